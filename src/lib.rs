@@ -1,0 +1,5 @@
+//! ringmq: a thread-per-core MQTT broker.
+//!
+//! Module rules (see `design.md`): `protocol` and `session` are sans-IO.
+
+pub mod protocol;

@@ -1,0 +1,278 @@
+//! MQTT 5.0 properties [MQTT-2.2.2]: one struct per packet type holding only
+//! the properties that packet may carry, so a property in the wrong packet
+//! cannot even be represented.
+//!
+//! Every property may appear at most once, except User Property and
+//! Subscription Identifier [MQTT-2.2.2.2]. All structs are empty (and cost
+//! nothing to encode) on MQTT 3.1 / 3.1.1 connections.
+
+use super::{QoS, TopicName};
+use bytes::Bytes;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+use std::num::{NonZeroU16, NonZeroU32};
+
+/// Property identifiers and their data types [MQTT-2.2.2.2].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PropertyId {
+    /// Byte; PUBLISH, Will.
+    PayloadFormatIndicator = 0x01,
+    /// Four Byte Integer; PUBLISH, Will.
+    MessageExpiryInterval = 0x02,
+    /// UTF-8 String; PUBLISH, Will.
+    ContentType = 0x03,
+    /// UTF-8 String (a topic name); PUBLISH, Will.
+    ResponseTopic = 0x08,
+    /// Binary Data; PUBLISH, Will.
+    CorrelationData = 0x09,
+    /// Variable Byte Integer; PUBLISH (repeatable), SUBSCRIBE.
+    SubscriptionIdentifier = 0x0B,
+    /// Four Byte Integer; CONNECT, CONNACK, DISCONNECT.
+    SessionExpiryInterval = 0x11,
+    /// UTF-8 String; CONNACK.
+    AssignedClientIdentifier = 0x12,
+    /// Two Byte Integer; CONNACK.
+    ServerKeepAlive = 0x13,
+    /// UTF-8 String; CONNECT, CONNACK, AUTH.
+    AuthenticationMethod = 0x15,
+    /// Binary Data; CONNECT, CONNACK, AUTH.
+    AuthenticationData = 0x16,
+    /// Byte; CONNECT.
+    RequestProblemInformation = 0x17,
+    /// Four Byte Integer; Will.
+    WillDelayInterval = 0x18,
+    /// Byte; CONNECT.
+    RequestResponseInformation = 0x19,
+    /// UTF-8 String; CONNACK.
+    ResponseInformation = 0x1A,
+    /// UTF-8 String; CONNACK, DISCONNECT.
+    ServerReference = 0x1C,
+    /// UTF-8 String; CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK,
+    /// UNSUBACK, DISCONNECT, AUTH.
+    ReasonString = 0x1F,
+    /// Two Byte Integer; CONNECT, CONNACK.
+    ReceiveMaximum = 0x21,
+    /// Two Byte Integer; CONNECT, CONNACK.
+    TopicAliasMaximum = 0x22,
+    /// Two Byte Integer; PUBLISH.
+    TopicAlias = 0x23,
+    /// Byte; CONNACK.
+    MaximumQoS = 0x24,
+    /// Byte; CONNACK.
+    RetainAvailable = 0x25,
+    /// UTF-8 String Pair; every packet with properties (repeatable).
+    UserProperty = 0x26,
+    /// Four Byte Integer; CONNECT, CONNACK.
+    MaximumPacketSize = 0x27,
+    /// Byte; CONNACK.
+    WildcardSubscriptionAvailable = 0x28,
+    /// Byte; CONNACK.
+    SubscriptionIdentifierAvailable = 0x29,
+    /// Byte; CONNACK.
+    SharedSubscriptionAvailable = 0x2A,
+}
+
+impl PropertyId {
+    /// Parses an identifier byte; `None` for an undefined identifier.
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        use PropertyId::*;
+        Some(match value {
+            0x01 => PayloadFormatIndicator,
+            0x02 => MessageExpiryInterval,
+            0x03 => ContentType,
+            0x08 => ResponseTopic,
+            0x09 => CorrelationData,
+            0x0B => SubscriptionIdentifier,
+            0x11 => SessionExpiryInterval,
+            0x12 => AssignedClientIdentifier,
+            0x13 => ServerKeepAlive,
+            0x15 => AuthenticationMethod,
+            0x16 => AuthenticationData,
+            0x17 => RequestProblemInformation,
+            0x18 => WillDelayInterval,
+            0x19 => RequestResponseInformation,
+            0x1A => ResponseInformation,
+            0x1C => ServerReference,
+            0x1F => ReasonString,
+            0x21 => ReceiveMaximum,
+            0x22 => TopicAliasMaximum,
+            0x23 => TopicAlias,
+            0x24 => MaximumQoS,
+            0x25 => RetainAvailable,
+            0x26 => UserProperty,
+            0x27 => MaximumPacketSize,
+            0x28 => WildcardSubscriptionAvailable,
+            0x29 => SubscriptionIdentifierAvailable,
+            0x2A => SharedSubscriptionAvailable,
+            _ => return None,
+        })
+    }
+}
+
+/// User Properties: name/value pairs, repeatable, order preserved
+/// [MQTT-3.3.2-18]. An empty list does not allocate.
+pub type UserProperties = Vec<(ByteString, ByteString)>;
+
+/// Subscription Identifiers of a PUBLISH sent to a subscriber: one per
+/// matching subscription that had one [MQTT-3.3.4-3]; usually zero or one.
+pub type SubscriptionIds = SmallVec<[NonZeroU32; 1]>;
+
+/// The largest Subscription Identifier, a Variable Byte Integer
+/// [MQTT-2.2.2.2].
+pub const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
+
+/// Properties of CONNECT [MQTT-3.1.2.11].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectProperties {
+    /// Seconds the session outlives the connection; absent means 0.
+    pub session_expiry_interval: Option<u32>,
+    /// QoS 1/2 publishes the client will process at once; never 0.
+    pub receive_maximum: Option<NonZeroU16>,
+    /// The largest packet the client accepts; never 0.
+    pub maximum_packet_size: Option<NonZeroU32>,
+    /// Topic aliases the client accepts from the server.
+    pub topic_alias_maximum: Option<u16>,
+    /// Whether the client wants Response Information in CONNACK.
+    pub request_response_information: Option<bool>,
+    /// Whether the server may send Reason Strings and User Properties on
+    /// packets other than PUBLISH, CONNACK and DISCONNECT.
+    pub request_problem_information: Option<bool>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+    /// Extended authentication method.
+    pub authentication_method: Option<ByteString>,
+    /// Extended authentication data; only with a method.
+    pub authentication_data: Option<Bytes>,
+}
+
+/// Properties of the Will Message inside CONNECT [MQTT-3.1.3.2].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WillProperties {
+    /// Seconds to wait before publishing the will.
+    pub will_delay_interval: Option<u32>,
+    /// `true`: the payload is UTF-8.
+    pub payload_format_indicator: Option<bool>,
+    /// Lifetime of the will message in seconds.
+    pub message_expiry_interval: Option<u32>,
+    /// MIME type of the payload.
+    pub content_type: Option<ByteString>,
+    /// Topic for a response.
+    pub response_topic: Option<TopicName>,
+    /// Correlation data for a response.
+    pub correlation_data: Option<Bytes>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+}
+
+/// Properties of CONNACK [MQTT-3.2.2.3].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnAckProperties {
+    /// Session expiry the server will use, when it differs from the request.
+    pub session_expiry_interval: Option<u32>,
+    /// QoS 1/2 publishes the server will process at once; never 0.
+    pub receive_maximum: Option<NonZeroU16>,
+    /// Highest QoS the server supports (absent: 2).
+    pub maximum_qos: Option<QoS>,
+    /// Whether retained messages are supported (absent: yes).
+    pub retain_available: Option<bool>,
+    /// The largest packet the server accepts; never 0.
+    pub maximum_packet_size: Option<NonZeroU32>,
+    /// The client id the server assigned to an empty one.
+    pub assigned_client_identifier: Option<ByteString>,
+    /// Topic aliases the server accepts from the client.
+    pub topic_alias_maximum: Option<u16>,
+    /// Human-readable diagnostic.
+    pub reason_string: Option<ByteString>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+    /// Whether wildcard subscriptions are supported (absent: yes).
+    pub wildcard_subscription_available: Option<bool>,
+    /// Whether subscription identifiers are supported (absent: yes).
+    pub subscription_identifiers_available: Option<bool>,
+    /// Whether shared subscriptions are supported (absent: yes).
+    pub shared_subscription_available: Option<bool>,
+    /// Keep alive the server imposes instead of the requested one.
+    pub server_keep_alive: Option<u16>,
+    /// Basis for response topics.
+    pub response_information: Option<ByteString>,
+    /// Another server to use.
+    pub server_reference: Option<ByteString>,
+    /// Extended authentication method.
+    pub authentication_method: Option<ByteString>,
+    /// Extended authentication data.
+    pub authentication_data: Option<Bytes>,
+}
+
+/// Properties of PUBLISH [MQTT-3.3.2.3].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishProperties {
+    /// `true`: the payload is UTF-8.
+    pub payload_format_indicator: Option<bool>,
+    /// Lifetime of the message in seconds.
+    pub message_expiry_interval: Option<u32>,
+    /// Topic alias; never 0 [MQTT-3.3.2-8].
+    pub topic_alias: Option<NonZeroU16>,
+    /// Topic for a response.
+    pub response_topic: Option<TopicName>,
+    /// Correlation data for a response.
+    pub correlation_data: Option<Bytes>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+    /// Identifiers of the matching subscriptions (server to client only).
+    pub subscription_identifiers: SubscriptionIds,
+    /// MIME type of the payload.
+    pub content_type: Option<ByteString>,
+}
+
+/// Properties of PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK:
+/// a reason string and user properties.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AckProperties {
+    /// Human-readable diagnostic.
+    pub reason_string: Option<ByteString>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+}
+
+/// Properties of SUBSCRIBE [MQTT-3.8.2.1].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeProperties {
+    /// Identifier given back in matching publishes; 1..=268,435,455.
+    pub subscription_identifier: Option<NonZeroU32>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+}
+
+/// Properties of UNSUBSCRIBE [MQTT-3.10.2.1].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnsubscribeProperties {
+    /// User Properties.
+    pub user_properties: UserProperties,
+}
+
+/// Properties of DISCONNECT [MQTT-3.14.2.2].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DisconnectProperties {
+    /// New session expiry, client to server only.
+    pub session_expiry_interval: Option<u32>,
+    /// Human-readable diagnostic.
+    pub reason_string: Option<ByteString>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+    /// Another server to use.
+    pub server_reference: Option<ByteString>,
+}
+
+/// Properties of AUTH [MQTT-3.15.2.2].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthProperties {
+    /// Extended authentication method.
+    pub authentication_method: Option<ByteString>,
+    /// Extended authentication data.
+    pub authentication_data: Option<Bytes>,
+    /// Human-readable diagnostic.
+    pub reason_string: Option<ByteString>,
+    /// User Properties.
+    pub user_properties: UserProperties,
+}

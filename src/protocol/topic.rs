@@ -1,0 +1,308 @@
+//! Topic names and topic filters [MQTT-4.7], as newtypes that can only be
+//! built by validating, and the matching rule between them.
+
+use bytestring::ByteString;
+use std::fmt;
+
+/// Why a string is not a valid topic name or filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Topic names and filters are at least one character long [MQTT-4.7.3-1].
+    #[error("topic is empty")]
+    Empty,
+    /// A topic name contains no wildcard characters [MQTT-3.3.2-2].
+    #[error("topic name contains a wildcard character")]
+    WildcardInName,
+    /// `#` is the last character of a filter and alone in its level
+    /// [MQTT-4.7.1-2].
+    #[error("'#' is not alone in the last level of the filter")]
+    MisplacedMultiLevelWildcard,
+    /// `+` occupies a whole level of a filter [MQTT-4.7.1-3].
+    #[error("'+' does not occupy a whole level of the filter")]
+    MisplacedSingleLevelWildcard,
+    /// A share name is at least one character, without `/`, `+` or `#`
+    /// [MQTT-4.8.2-1], and is followed by `/` and a topic filter
+    /// [MQTT-4.8.2-2].
+    #[error("shared subscription is not of the form $share/{{ShareName}}/{{filter}}")]
+    InvalidSharedSubscription,
+    /// Topics are UTF-8 strings of at most 65,535 bytes [MQTT-4.7.3-3].
+    #[error("topic is longer than 65535 bytes")]
+    TooLong,
+}
+
+/// A topic name: the topic a PUBLISH is sent to.
+///
+/// Invariant: no `+` or `#`, at most 65,535 bytes, and not empty - except
+/// the name of a v5 PUBLISH that carries a Topic Alias, which may be empty
+/// until the session resolves the alias [MQTT-3.3.2-7].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(ByteString);
+
+impl TopicName {
+    /// Validates `name` as a topic name.
+    pub fn new(name: impl Into<ByteString>) -> Result<Self, TopicError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        Self::check(&name)?;
+        Ok(Self(name))
+    }
+
+    /// A name that may be empty: only for a v5 PUBLISH whose Topic Alias
+    /// supplies the name.
+    pub(crate) fn new_aliased(name: ByteString) -> Result<Self, TopicError> {
+        Self::check(&name)?;
+        Ok(Self(name))
+    }
+
+    fn check(name: &str) -> Result<(), TopicError> {
+        if name.len() > u16::MAX as usize {
+            return Err(TopicError::TooLong);
+        }
+        if name.bytes().any(|b| b == b'+' || b == b'#') {
+            return Err(TopicError::WildcardInName);
+        }
+        Ok(())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared string, for cheap clones into other packets.
+    pub fn as_bytestring(&self) -> &ByteString {
+        &self.0
+    }
+
+    /// Whether this is the empty name of an aliased v5 PUBLISH.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Topics beginning with `$` are reserved for the server [MQTT-4.7.2].
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+const SHARE_PREFIX: &str = "$share/";
+
+/// A topic filter: what a SUBSCRIBE or UNSUBSCRIBE names. It may be a shared
+/// subscription, `$share/{ShareName}/{filter}` [MQTT-4.8.2].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter {
+    /// The whole filter as sent, `$share/` prefix included.
+    text: ByteString,
+    /// For a shared subscription, the byte offset where the inner filter
+    /// starts (after `$share/{ShareName}/`); 0 otherwise.
+    filter_start: u16,
+}
+
+impl TopicFilter {
+    /// Validates `filter` as a topic filter.
+    pub fn new(filter: impl Into<ByteString>) -> Result<Self, TopicError> {
+        let text = filter.into();
+        if text.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if text.len() > u16::MAX as usize {
+            return Err(TopicError::TooLong);
+        }
+        let filter_start = match text.strip_prefix(SHARE_PREFIX) {
+            Some(rest) => {
+                let group_len = rest.find('/').ok_or(TopicError::InvalidSharedSubscription)?;
+                let group = &rest[..group_len];
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(TopicError::InvalidSharedSubscription);
+                }
+                if rest.len() == group_len + 1 {
+                    return Err(TopicError::InvalidSharedSubscription);
+                }
+                SHARE_PREFIX.len() + group_len + 1
+            }
+            None => 0,
+        };
+        check_filter_levels(&text[filter_start..])?;
+        // The length was checked against u16::MAX above.
+        let filter_start = filter_start as u16;
+        Ok(Self { text, filter_start })
+    }
+
+    /// The filter as sent, `$share/{ShareName}/` prefix included.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The shared string, for cheap clones.
+    pub fn as_bytestring(&self) -> &ByteString {
+        &self.text
+    }
+
+    /// The filter that topic names are matched against (without any
+    /// `$share/{ShareName}/` prefix).
+    pub fn filter(&self) -> &str {
+        &self.text[self.filter_start as usize..]
+    }
+
+    /// The share name of a shared subscription.
+    pub fn share_name(&self) -> Option<&str> {
+        if self.filter_start == 0 {
+            None
+        } else {
+            Some(&self.text[SHARE_PREFIX.len()..self.filter_start as usize - 1])
+        }
+    }
+
+    /// Whether this is a shared subscription.
+    pub fn is_shared(&self) -> bool {
+        self.filter_start != 0
+    }
+
+    /// Whether the filter (share prefix aside) contains `+` or `#`.
+    pub fn has_wildcards(&self) -> bool {
+        self.filter().contains(['+', '#'])
+    }
+
+    /// Whether `name` matches this filter (the share prefix is ignored).
+    pub fn matches(&self, name: &TopicName) -> bool {
+        topic_matches(self.filter(), name.as_str())
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn check_filter_levels(filter: &str) -> Result<(), TopicError> {
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') {
+            // [MQTT-4.7.1-2] '#' alone, and in the last level.
+            if level != "#" || levels.peek().is_some() {
+                return Err(TopicError::MisplacedMultiLevelWildcard);
+            }
+        }
+        // [MQTT-4.7.1-3] '+' occupies an entire level.
+        if level.contains('+') && level != "+" {
+            return Err(TopicError::MisplacedSingleLevelWildcard);
+        }
+    }
+    Ok(())
+}
+
+/// Whether topic `name` matches topic `filter` (both already valid; the
+/// filter without any share prefix).
+///
+/// A filter that starts with a wildcard does not match a name that starts
+/// with `$` [MQTT-4.7.2-1]. `sport/#` also matches `sport`, the parent level
+/// [MQTT-4.7.1-2 non-normative example].
+pub fn topic_matches(filter: &str, name: &str) -> bool {
+    if name.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut names = name.split('/');
+    let mut filters = filter.split('/');
+    loop {
+        match (filters.next(), names.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(n)) if f == n => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(TopicName::new("a/b").is_ok());
+        assert!(TopicName::new("/").is_ok());
+        assert!(TopicName::new(" ").is_ok());
+        assert_eq!(TopicName::new(""), Err(TopicError::Empty));
+        assert_eq!(TopicName::new("a/+"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("a#"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("x".repeat(65536)), Err(TopicError::TooLong));
+    }
+
+    #[test]
+    fn filters() {
+        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b", "$SYS/#", "sport/tennis/#"] {
+            assert!(TopicFilter::new(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(TopicFilter::new("a#"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(TopicFilter::new("a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(TopicFilter::new("a+"), Err(TopicError::MisplacedSingleLevelWildcard));
+        assert_eq!(TopicFilter::new("a/b+/c"), Err(TopicError::MisplacedSingleLevelWildcard));
+        assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn shared_filters() {
+        let f = TopicFilter::new("$share/g1/a/+").unwrap();
+        assert_eq!(f.share_name(), Some("g1"));
+        assert_eq!(f.filter(), "a/+");
+        assert!(f.is_shared());
+        assert!(!TopicFilter::new("a/+").unwrap().is_shared());
+        for bad in ["$share/", "$share/g", "$share/g/", "$share//a", "$share/g+/a", "$share/#/a"] {
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(TopicError::InvalidSharedSubscription),
+                "{bad}"
+            );
+        }
+        assert_eq!(TopicFilter::new("$share/g/a#"), Err(TopicError::MisplacedMultiLevelWildcard));
+    }
+
+    #[test]
+    fn matching() {
+        // Examples of MQTT 3.1.1 section 4.7.1.
+        assert!(topic_matches("sport/tennis/player1/#", "sport/tennis/player1"));
+        assert!(topic_matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(topic_matches("sport/#", "sport"));
+        assert!(topic_matches("sport/tennis/+", "sport/tennis/player1"));
+        assert!(!topic_matches("sport/tennis/+", "sport/tennis/player1/ranking"));
+        assert!(!topic_matches("sport/+", "sport"));
+        assert!(topic_matches("sport/+", "sport/"));
+        assert!(topic_matches("+/+", "/finance"));
+        assert!(topic_matches("/+", "/finance"));
+        assert!(!topic_matches("+", "/finance"));
+        assert!(topic_matches("#", "a/b/c"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+        assert!(!topic_matches("a/b/c", "a/b"));
+    }
+
+    #[test]
+    fn dollar_topics_do_not_match_leading_wildcards() {
+        // [MQTT-4.7.2-1]
+        assert!(!topic_matches("#", "$SYS/x"));
+        assert!(!topic_matches("+/monitor/Clients", "$SYS/monitor/Clients"));
+        assert!(topic_matches("$SYS/#", "$SYS/monitor/Clients"));
+        assert!(topic_matches("$SYS/monitor/+", "$SYS/monitor/Clients"));
+    }
+}
