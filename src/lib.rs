@@ -3,3 +3,4 @@
 //! Module rules (see `design.md`): `protocol` and `session` are sans-IO.
 
 pub mod protocol;
+pub mod message;
