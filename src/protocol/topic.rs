@@ -270,11 +270,7 @@ mod tests {
         assert!(f.is_shared());
         assert!(!TopicFilter::new("a/+").unwrap().is_shared());
         for bad in ["$share/", "$share/g", "$share/g/", "$share//a", "$share/g+/a", "$share/#/a"] {
-            assert_eq!(
-                TopicFilter::new(bad),
-                Err(TopicError::InvalidSharedSubscription),
-                "{bad}"
-            );
+            assert_eq!(TopicFilter::new(bad), Err(TopicError::InvalidSharedSubscription), "{bad}");
         }
         assert_eq!(TopicFilter::new("$share/g/a#"), Err(TopicError::MisplacedMultiLevelWildcard));
     }
