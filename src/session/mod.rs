@@ -444,9 +444,14 @@ impl Session {
                 return Some(packet);
             }
         }
-        if let Some(control) = connection.control.pop_front() {
-            if matches!(control, Control::PubAck(_)) {
-                connection.pending_pubacks -= 1;
+        while let Some(control) = connection.control.pop_front() {
+            match control {
+                Control::PubAck(_) => connection.pending_pubacks -= 1,
+                // A PUBCOMP already ended this flow (the client did not wait
+                // for the PUBREL): the id may be reused, so a late PUBREL
+                // would confuse the client.
+                Control::PubRel(id) if !self.outbound.is_awaiting_pubcomp(id) => continue,
+                _ => {}
             }
             return Some(control.into_packet());
         }

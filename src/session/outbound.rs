@@ -84,14 +84,14 @@ impl Queued {
 
 /// Where an unacknowledged outgoing QoS 1/2 message stands.
 #[derive(Debug)]
-enum Stage {
+enum Flow {
     /// QoS 1 PUBLISH sent, awaiting PUBACK [MQTT-4.3.2-1].
-    AwaitPubAck(Queued),
+    Qos1Sent(Queued),
     /// QoS 2 PUBLISH sent, awaiting PUBREC [MQTT-4.3.3-1].
-    AwaitPubRec(Queued),
+    Qos2Sent(Queued),
     /// PUBREL sent, awaiting PUBCOMP. The PUBLISH is never re-sent from
     /// here [MQTT-4.3.3-1], so the message itself is released.
-    AwaitPubComp,
+    Released,
 }
 
 #[derive(Debug)]
@@ -99,7 +99,7 @@ struct Inflight {
     /// Position in the order of re-sending: when the PUBLISH was first sent,
     /// or for a PUBREL when the PUBREC arrived [MQTT-4.6.0-1], [MQTT-4.6.0-4].
     order: u64,
-    stage: Stage,
+    flow: Flow,
 }
 
 /// What a PUBREC did.
@@ -209,11 +209,11 @@ impl Outbound {
         while let Some(id) = self.resend.pop_front() {
             // Acknowledged since it was scheduled: nothing to re-send.
             let Some(inflight) = self.inflight.get(&id) else { continue };
-            return Some(match &inflight.stage {
-                Stage::AwaitPubAck(queued) | Stage::AwaitPubRec(queued) => {
+            return Some(match &inflight.flow {
+                Flow::Qos1Sent(queued) | Flow::Qos2Sent(queued) => {
                     Packet::Publish(queued.to_publish(Some(id), true, version, now))
                 }
-                Stage::AwaitPubComp => Packet::PubRel(PubResponse::new(id)),
+                Flow::Released => Packet::PubRel(PubResponse::new(id)),
             });
         }
         None
@@ -248,12 +248,12 @@ impl Outbound {
             let id = self.allocate_packet_id();
             // DUP=0 on the first send [MQTT-4.3.2-1], [MQTT-4.3.3-1].
             let publish = queued.to_publish(Some(id), false, version, now);
-            let stage = match queued.qos {
-                QoS::AtLeastOnce => Stage::AwaitPubAck(queued),
-                _ => Stage::AwaitPubRec(queued),
+            let flow = match queued.qos {
+                QoS::AtLeastOnce => Flow::Qos1Sent(queued),
+                _ => Flow::Qos2Sent(queued),
             };
             let order = self.take_order();
-            self.inflight.insert(id, Inflight { order, stage });
+            self.inflight.insert(id, Inflight { order, flow });
             return Some(publish);
         }
     }
@@ -281,7 +281,7 @@ impl Outbound {
     /// PUBACK: the QoS 1 flow is complete and the id is free
     /// [MQTT-4.3.2-1]. Returns false when no QoS 1 message awaited it.
     pub(super) fn handle_puback(&mut self, id: PacketId) -> bool {
-        self.remove_if(id, |stage| matches!(stage, Stage::AwaitPubAck(_)))
+        self.remove_if(id, |flow| matches!(flow, Flow::Qos1Sent(_)))
     }
 
     /// PUBREC: the message is delivered; PUBREL follows [MQTT-4.3.3-1],
@@ -289,16 +289,16 @@ impl Outbound {
     /// PUBREC gets its PUBREL again.
     pub(super) fn handle_pubrec(&mut self, id: PacketId, reason: ReasonCode) -> PubRecOutcome {
         let Some(inflight) = self.inflight.get(&id) else { return PubRecOutcome::Unexpected };
-        match inflight.stage {
-            Stage::AwaitPubAck(_) => PubRecOutcome::Unexpected,
-            Stage::AwaitPubComp => PubRecOutcome::Release,
-            Stage::AwaitPubRec(_) if reason.as_u8() >= 0x80 => {
+        match inflight.flow {
+            Flow::Qos1Sent(_) => PubRecOutcome::Unexpected,
+            Flow::Released => PubRecOutcome::Release,
+            Flow::Qos2Sent(_) if reason.as_u8() >= 0x80 => {
                 self.inflight.remove(&id);
                 PubRecOutcome::Refused
             }
-            Stage::AwaitPubRec(_) => {
+            Flow::Qos2Sent(_) => {
                 let order = self.take_order();
-                self.inflight.insert(id, Inflight { order, stage: Stage::AwaitPubComp });
+                self.inflight.insert(id, Inflight { order, flow: Flow::Released });
                 PubRecOutcome::Release
             }
         }
@@ -307,7 +307,12 @@ impl Outbound {
     /// PUBCOMP: the QoS 2 flow is complete and the id is free
     /// [MQTT-4.3.3-1]. Returns false when no PUBREL awaited it.
     pub(super) fn handle_pubcomp(&mut self, id: PacketId) -> bool {
-        self.remove_if(id, |stage| matches!(stage, Stage::AwaitPubComp))
+        self.remove_if(id, |flow| matches!(flow, Flow::Released))
+    }
+
+    /// Whether a PUBREL for `id` is unacknowledged.
+    pub(super) fn is_awaiting_pubcomp(&self, id: PacketId) -> bool {
+        self.inflight.get(&id).is_some_and(|inflight| matches!(inflight.flow, Flow::Released))
     }
 
     /// Behaves as if the flow of `id` had completed: its packet could not be
@@ -316,9 +321,9 @@ impl Outbound {
         self.inflight.remove(&id);
     }
 
-    fn remove_if(&mut self, id: PacketId, stage_matches: impl Fn(&Stage) -> bool) -> bool {
+    fn remove_if(&mut self, id: PacketId, flow_matches: impl Fn(&Flow) -> bool) -> bool {
         match self.inflight.get(&id) {
-            Some(inflight) if stage_matches(&inflight.stage) => {
+            Some(inflight) if flow_matches(&inflight.flow) => {
                 self.inflight.remove(&id);
                 true
             }
