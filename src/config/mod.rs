@@ -10,7 +10,7 @@
 //!
 //! Parsing goes in two steps: serde reads the file into a schema of raw
 //! optional values (`raw`), refusing unknown keys and wrong TOML types with
-//! the key's full path and position; then [`Config::from_raw`] applies the
+//! the key's full path and position; then `Config::from_raw` applies the
 //! [`Overrides`] from the command line, checks every value and builds the
 //! typed [`Config`]. Every refusal is one [`ConfigError`] line naming the key
 //! (or flag) and the fix. Keys of features this release does not have yet
