@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::{
-    ConnectProperties, PacketType, SubscribeProperties, Subscription, SubscriptionOptions,
+    ConnectProperties, Decoder, PacketType, SubscribeProperties, Subscription, SubscriptionOptions,
     TopicName, UnsubscribeProperties, WillProperties,
 };
 use bytes::Bytes;
@@ -54,7 +54,7 @@ fn will() -> Will {
 fn connected_with(now: Instant, connect: &Connect, limits: SessionLimits) -> Session {
     let mut session = Session::new(ByteString::from_static("c1"), limits);
     session.handle_connect(now, connect, false);
-    assert!(matches!(session.poll_packet(now), Some(Packet::ConnAck(_))));
+    assert!(matches!(drain(&mut session, now)[..], [Packet::ConnAck(_)]));
     session
 }
 
@@ -62,8 +62,18 @@ fn connected(now: Instant, version: ProtocolVersion) -> Session {
     connected_with(now, &connect_packet(version, 0, false), limits())
 }
 
+/// Everything the session has to send, written by `poll_transmit` and read
+/// back with the protocol decoder, as the client sees it.
 fn drain(session: &mut Session, now: Instant) -> Vec<Packet> {
-    std::iter::from_fn(|| session.poll_packet(now)).collect()
+    let mut out = BytesMut::new();
+    let written = session.poll_transmit(now, &mut out);
+    let mut decoder = Decoder::new(session.version().unwrap_or(V311), u32::MAX);
+    let packets: Vec<Packet> =
+        std::iter::from_fn(|| decoder.decode(&mut out).expect("the session writes valid packets"))
+            .collect();
+    assert!(out.is_empty(), "{} bytes left after the last whole packet", out.len());
+    assert_eq!(packets.len(), written, "poll_transmit counts the packets it writes");
+    packets
 }
 
 fn events(session: &mut Session) -> Vec<SessionEvent> {
@@ -1166,4 +1176,67 @@ fn nothing_is_sent_and_nothing_panics_without_a_connection() {
     let mut out = BytesMut::new();
     assert_eq!(session.poll_transmit(t0, &mut out), 0);
     assert!(out.is_empty());
+}
+
+// ---- Transmission ------------------------------------------------------------------
+
+#[test]
+fn poll_transmit_appends_every_ready_packet_in_order() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    let mut out = BytesMut::from(&b"already here"[..]);
+    assert_eq!(session.poll_transmit(t0, &mut out), 2);
+    assert_eq!(&out[..12], b"already here");
+    let mut rest = out.split_off(12);
+    let mut decoder = Decoder::new(V311, u32::MAX);
+    assert!(matches!(decoder.decode(&mut rest), Ok(Some(Packet::ConnAck(_)))));
+    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut rest) else { panic!() };
+    assert_eq!(
+        (publish.qos, publish.packet_id, publish.dup),
+        (QoS::AtLeastOnce, Some(pid(1)), false)
+    );
+    assert!(rest.is_empty());
+    assert_eq!(session.poll_transmit(t0, &mut out), 0, "nothing more to send");
+}
+
+#[test]
+fn packets_above_the_client_maximum_are_dropped_as_delivered_mqtt_3_1_2_25() {
+    // 5.0 [MQTT-3.1.2-25] "Where a Packet is too large to send, the Server
+    // MUST discard it without sending it and then behave as if it had
+    // completed sending that Application Message."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(40);
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_delivery(
+        t0,
+        delivery(message("t", QoS::AtLeastOnce, &[b'x'; 64]), QoS::AtLeastOnce),
+    );
+    session
+        .handle_delivery(t0, delivery(message("t", QoS::AtLeastOnce, b"small"), QoS::AtLeastOnce));
+    let packets = drain(&mut session, t0);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(&as_publish(&packets[0]).payload[..], b"small");
+    assert_eq!(session.counters().dropped_too_large, 1);
+    assert_eq!(session.inflight_len(), 1, "the dropped message holds no window slot");
+}
+
+#[test]
+fn poll_packet_yields_what_poll_transmit_would_encode() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect_packet(V311, 0, false), false);
+    session.handle_packet(t0, Packet::PingReq).unwrap();
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    let packets: Vec<Packet> = std::iter::from_fn(|| session.poll_packet(t0)).collect();
+    assert_eq!(
+        summary(&packets),
+        vec![
+            (PacketType::ConnAck, None, false),
+            (PacketType::PingResp, None, false),
+            (PacketType::Publish, None, false),
+        ]
+    );
 }
