@@ -117,9 +117,13 @@ pub(super) struct Connection {
     pub(super) connack: Option<ConnAck>,
     /// Acknowledgements and responses owed, in order.
     pub(super) control: VecDeque<Control>,
-    /// PUBACKs in `control`: QoS 1 publishes not yet acknowledged, counted
-    /// against the v5 Receive Maximum [MQTT-3.3.4-7].
-    pub(super) pending_pubacks: usize,
+    /// QoS 1/2 publishes received on this connection and not yet answered
+    /// with PUBACK or PUBCOMP, counted against the v5 Receive Maximum
+    /// [MQTT-3.3.4-7]. It mirrors the client's send quota (5.0 §4.9), which
+    /// starts full on every connection and grows with every PUBACK or
+    /// PUBCOMP it receives, so QoS 2 flows inherited from an earlier
+    /// connection do not count.
+    pub(super) unacknowledged_in: usize,
     /// Outgoing QoS 1/2 publishes in flight at most: the session's
     /// `max_inflight`, lowered to a v5 client's Receive Maximum
     /// [MQTT-3.3.4-9].

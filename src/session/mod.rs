@@ -166,7 +166,7 @@ impl Session {
             will: connect.will.clone(),
             connack: None,
             control: VecDeque::new(),
-            pending_pubacks: 0,
+            unacknowledged_in: 0,
             send_window,
             max_packet_size,
             aliases: TopicAliases::default(),
@@ -273,12 +273,12 @@ impl Session {
             }
             // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
             // publishes unacknowledged.
-            let unacknowledged = self.inbound_qos2.len() + connection.pending_pubacks;
             if connection.version.is_v5()
-                && unacknowledged >= usize::from(self.limits.receive_maximum.get())
+                && connection.unacknowledged_in >= usize::from(self.limits.receive_maximum.get())
             {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
+            connection.unacknowledged_in += 1;
         }
         let expires_at = properties
             .message_expiry_interval
@@ -300,7 +300,6 @@ impl Session {
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-2]
                 connection.control.push_back(Control::PubAck(id));
-                connection.pending_pubacks += 1;
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
@@ -446,7 +445,9 @@ impl Session {
         }
         while let Some(control) = connection.control.pop_front() {
             match control {
-                Control::PubAck(_) => connection.pending_pubacks -= 1,
+                Control::PubAck(_) | Control::PubComp(..) => {
+                    connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
+                }
                 // A PUBCOMP already ended this flow (the client did not wait
                 // for the PUBREL): the id may be reused, so a late PUBREL
                 // would confuse the client.

@@ -1119,6 +1119,37 @@ fn v5_receive_maximum_exceeded_closes_mqtt_3_3_4_7() {
 }
 
 #[test]
+fn v5_receive_maximum_frees_on_pubcomp_and_starts_full_on_each_connection() {
+    // 5.0 §4.9: the client's send quota grows with each PUBACK or PUBCOMP and
+    // starts at Receive Maximum on every connection, so a QoS 2 flow left
+    // from an earlier connection does not count [MQTT-3.3.4-7].
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 1, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "t"))).unwrap();
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    drain(&mut session, t0); // PUBREC 1, PUBREC 2, PUBCOMP 2
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 3, "t"))).unwrap();
+
+    session.handle_connection_lost(t0);
+    session.handle_connect(t0, &connect_packet(V5, 0, false), true);
+    drain(&mut session, t0);
+    // QoS 2 id 1 still awaits its PUBREL, yet two new publishes fit.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 4, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 5, "t"))).unwrap();
+    session.handle_packet(t0, Packet::PubRel(ack(1))).unwrap();
+    assert!(session.is_connected());
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![
+            (PacketType::PubAck, Some(4), false),
+            (PacketType::PubRec, Some(5), false),
+            (PacketType::PubComp, Some(1), false),
+        ]
+    );
+}
+
+#[test]
 fn no_local_is_not_sent_back_to_the_publisher_mqtt_3_8_3_3() {
     // 5.0 [MQTT-3.8.3-3] "Application Messages MUST NOT be forwarded to a
     // connection with a ClientID equal to the ClientID of the publishing
