@@ -36,8 +36,8 @@ use std::time::Duration;
 /// anonymous) from the network.
 pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
 
-/// The largest `shards` value accepted.
-pub const MAX_SHARDS: u16 = 1024;
+/// The largest `shards` value accepted (the interest table's shard sets hold 256).
+pub const MAX_SHARDS: u16 = 256;
 
 /// The size of the largest MQTT control packet: one byte of fixed header,
 /// four bytes of Remaining Length and at most 268,435,455 bytes after them

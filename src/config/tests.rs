@@ -199,16 +199,16 @@ fn example_file_documents_every_key_of_the_schema() {
 fn shards_zero_is_auto_and_the_maximum_is_accepted() {
     assert_eq!(parse("shards = 0").unwrap().shards(), ShardCount::Auto);
     assert_eq!(parse("shards = 1").unwrap().shards(), ShardCount::Fixed(nz16(1)));
-    assert_eq!(parse("shards = 1024").unwrap().shards(), ShardCount::Fixed(nz16(MAX_SHARDS)));
+    assert_eq!(parse("shards = 256").unwrap().shards(), ShardCount::Fixed(nz16(MAX_SHARDS)));
 }
 
 #[test]
 fn shards_out_of_range_is_refused_by_name() {
     assert_eq!(
-        error("shards = 1025"),
-        "config error: shards = 1025: must be between 0 and 1024 (0 = one shard per core)"
+        error("shards = 257"),
+        "config error: shards = 257: must be between 0 and 256 (0 = one shard per core)"
     );
-    assert!(error("shards = -1").contains("shards = -1: must be between 0 and 1024"));
+    assert!(error("shards = -1").contains("shards = -1: must be between 0 and 256"));
 }
 
 #[test]
@@ -596,7 +596,7 @@ fn bad_shards_and_log_flags_are_refused_by_flag() {
     let overrides = Overrides { shards: Some(2000), ..Overrides::default() };
     assert_eq!(
         error_with("", &overrides),
-        "config error: --shards 2000: must be between 0 and 1024 (0 = one shard per core)"
+        "config error: --shards 2000: must be between 0 and 256 (0 = one shard per core)"
     );
     let overrides = Overrides { log: Some("loud".to_owned()), ..Overrides::default() };
     assert_eq!(
