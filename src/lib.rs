@@ -2,5 +2,6 @@
 //!
 //! Module rules (see `design.md`): `protocol` and `session` are sans-IO.
 
-pub mod protocol;
 pub mod message;
+pub mod protocol;
+pub mod shard;

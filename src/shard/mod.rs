@@ -1,0 +1,11 @@
+//! What one core owns, alone and without locks: its sessions, its local
+//! subscription index, its share of the retained messages, its offline
+//! queues. Nothing here touches a socket or a channel endpoint; the shard
+//! returns actions that `router` and `net` carry out.
+//!
+//! * [`trie`]: the subscription index, topic filter -> subscribers, with
+//!   shared subscription groups.
+//! * [`retained`]: the retained messages by topic.
+
+pub mod retained;
+pub mod trie;
