@@ -4,4 +4,5 @@
 
 pub mod message;
 pub mod protocol;
+pub mod router;
 pub mod shard;
