@@ -80,7 +80,9 @@ pub async fn serve(
     };
     let result = connection.run(peer, listener).await;
     match &result {
-        Err(CloseReason::HandedOff) | Err(CloseReason::PeerClosed) | Ok(()) => {}
+        // The connection lives on at its home shard.
+        Err(CloseReason::HandedOff) => return ctx.connection_moved(),
+        Err(CloseReason::PeerClosed) | Ok(()) => {}
         Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
     }
     ctx.connection_closed();
@@ -120,6 +122,7 @@ impl Connection {
             connect.client_id.clone()
         };
         let home = self.ctx.shard.borrow().home_of(&client_id);
+        tracing::trace!(%peer, %client_id, %home, "connect read");
         if home != self.ctx.shard_id {
             return self.hand_off(home.index(), frame, peer, listener);
         }
@@ -216,9 +219,13 @@ impl Connection {
     async fn pump(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
         loop {
             self.ctx.shard.borrow_mut().poll_transmit(key, id, Instant::now(), &mut self.write_buf)?;
+            tracing::trace!(pending = self.write_buf.len(), "pump");
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
-                Wake::Read => self.handle_input(key, id)?,
-                Wake::Notified => {}
+                Wake::Read => {
+                    tracing::trace!(buffered = self.read_buf.as_ref().map_or(0, |b| b.len()), "read");
+                    self.handle_input(key, id)?
+                }
+                Wake::Notified => tracing::trace!("notified"),
                 Wake::Shutdown => return Err(CloseReason::Shutdown),
             }
         }

@@ -109,6 +109,12 @@ impl NetContext {
         true
     }
 
+    /// A connection task ended because its socket moved to another shard,
+    /// which keeps counting it in `open_connections`.
+    fn connection_moved(&self) {
+        self.live.set(self.live.get() - 1);
+    }
+
     fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         self.live.set(self.live.get() - 1);
@@ -124,6 +130,7 @@ impl NetContext {
         // ownership to the stream.
         let stream = unsafe { TcpStream::from_raw_fd(handoff.socket.into_raw_fd()) };
         let ctx = Rc::clone(self);
+        tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
         glommio::spawn_local(serve(ctx, stream, handoff.peer, handoff.listener, handoff.buffered))
             .detach();
     }

@@ -75,15 +75,16 @@ pub enum ShardMessage {
     /// Publishes matched on the sender's interest replica, to be matched
     /// against the receiver's local subscriptions.
     Publish(Vec<Arc<Message>>),
-    /// The sender's first local subscriber to `filter` arrived (`added`) or
-    /// its last one left.
-    Interest {
-        /// The filter (a `$share/...` filter for a shared group).
-        filter: TopicFilter,
-        /// Whether interest was added or removed.
-        added: bool,
-        /// The sender's revision of this change; older ones are stale.
-        revision: u64,
+    /// The sender's first local subscriber to a filter arrived, or its last
+    /// one left.
+    Interest(interest::InterestDelta),
+    /// Deliver to one local member of the shared group `group` (chosen for
+    /// this shard by the sender) [MQTT-4.8.2].
+    GroupPublish {
+        /// The group's `$share/{ShareName}/{filter}`.
+        group: TopicFilter,
+        /// The message.
+        message: Arc<Message>,
     },
     /// The receiver applied the sender's interest change `revision`.
     InterestAck {

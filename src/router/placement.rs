@@ -2,6 +2,8 @@
 //! processes and restarts (FNV-1a, never a randomly seeded hasher), and the
 //! ids the broker assigns to clients that send none.
 
+use super::interest::{ShardId, MAX_SHARDS};
+
 /// 64-bit FNV-1a: fixed constants, so the same bytes hash the same in every
 /// process and on every machine.
 pub fn stable_hash(bytes: &[u8]) -> u64 {

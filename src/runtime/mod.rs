@@ -50,7 +50,6 @@ struct Startup {
     /// One set of listening sockets per shard, taken by whichever shard
     /// starts first (they are interchangeable).
     sockets: Mutex<Vec<Vec<Socket>>>,
-    mesh: MeshSetup,
     session_limits: SessionLimits,
     net_limits: NetLimits,
     open_connections: Arc<AtomicUsize>,
@@ -82,7 +81,6 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let startup = Arc::new(Startup {
         nr_shards,
         sockets: Mutex::new(sockets),
-        mesh: MeshSetup::new(nr_shards),
         session_limits: session_limits(limits),
         net_limits: NetLimits {
             max_packet_size: limits.max_packet_size().get(),
@@ -100,7 +98,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("ringmq-shard")
         .io_memory(preflight::IO_MEMORY_PER_SHARD)
-        .on_all_shards(move || shard_main(Arc::clone(&startup)))
+        .on_all_shards({
+            let mesh = MeshSetup::new(nr_shards);
+            move || shard_main(startup, mesh)
+        })
         .map_err(|error| RuntimeError::Executors(error.to_string()))?;
     let mut failure = None;
     for result in handles.join_all() {
@@ -142,7 +143,8 @@ fn placement(nr_shards: usize, cpus: &[usize]) -> PoolPlacement {
 }
 
 /// The life of one shard.
-async fn shard_main(startup: Arc<Startup>) {
+async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
+    tracing::debug!("shard starting");
     let sockets = startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
     let listeners: Vec<TcpListener> = sockets
         .into_iter()
@@ -150,7 +152,7 @@ async fn shard_main(startup: Arc<Startup>) {
         // hands its ownership to the listener.
         .map(|socket| unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
         .collect();
-    let mesh = match Mesh::join(&startup.mesh).await {
+    let mesh = match Mesh::join(&mesh).await {
         Ok(mesh) => mesh,
         Err(error) => {
             tracing::error!(%error);
@@ -158,6 +160,7 @@ async fn shard_main(startup: Arc<Startup>) {
         }
     };
     let id = mesh.shard();
+    tracing::debug!(%id, "shard joined the mesh");
     let outbox = Rc::new(Outbox::new(startup.nr_shards));
     let shard = Rc::new(RefCell::new(Shard::new(
         id,

@@ -6,13 +6,14 @@
 
 use crate::message::Message;
 use crate::protocol::{
-    ConnAck, ConnAckProperties, Connect, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
+    ConnAck, ConnAckProperties, Connect, ProtocolVersion, ReasonCode, SubscriptionOptions,
     TopicFilter,
 };
 use crate::router::{
     home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage,
 };
-use crate::router::interest::{InterestTable, LocalInterest, InterestDelta};
+use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
+use crate::shard::trie::Match;
 use crate::protocol::RetainHandling;
 use crate::session::{
     CloseReason, Delivery, DeliveryOutcome, Session, SessionEvent, SessionLimits, SubscriptionGrant,
@@ -106,10 +107,10 @@ pub struct Shard {
     subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
     local_interest: LocalInterest,
     interest: InterestTable,
-    /// This shard's latest interest revision, and the latest each peer
-    /// acknowledged.
-    interest_revision: u64,
+    /// The latest of this shard's interest revisions each peer applied.
     interest_acked: Vec<u64>,
+    /// Spreads shared-group messages over the shards with members.
+    group_cursor: usize,
     retained: RetainedStore,
     assigner: ClientIdAssigner,
     outbox: Rc<Outbox>,
@@ -133,10 +134,10 @@ impl Shard {
             free_slots: Vec::new(),
             by_client_id: HashMap::new(),
             subscriptions: SubscriptionTrie::new(),
-            local_interest: LocalInterest::new(),
+            local_interest: LocalInterest::new(id),
             interest: InterestTable::new(),
-            interest_revision: 0,
             interest_acked: vec![0; nr_shards],
+            group_cursor: 0,
             retained: RetainedStore::new(),
             assigner: ClientIdAssigner::new(id, nr_shards, boot),
             outbox,
@@ -373,10 +374,11 @@ impl Shard {
         let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
             return Err(ConnectionError::Detached);
         };
+        // Woken again when the interest acknowledgement arrives.
+        link.notified = false;
         if link.await_interest > acked {
             return Ok(0);
         }
-        link.notified = false;
         let written = slot.session.poll_transmit(now, out);
         match &link.closed {
             Some(reason) => Err(ConnectionError::Closed(reason.clone())),
@@ -458,17 +460,33 @@ impl Shard {
     }
 
     /// Routes an accepted message: the retained store, local subscribers,
-    /// and every other shard with interest (one batch entry per shard, not
-    /// per subscriber).
+    /// every other shard with interest (one batch entry per shard, not per
+    /// subscriber), and one member of each matching shared group, on
+    /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
         if message.retain {
             self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
-        let shards = self.interest.matching_shards(&message.topic);
-        for shard in shards.iter() {
-            if shard != self.id.index() {
-                self.outbox.push_publish(shard, &message);
+        let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
+        let cursor = &mut self.group_cursor;
+        let shards = self.interest.route(&message.topic, |group, members| {
+            *cursor = cursor.wrapping_add(1);
+            // One allocation per matched group (not per subscriber): the
+            // group's name travels with the message.
+            if let (Some(shard), Some(filter)) = (pick(members, *cursor), group_filter(group)) {
+                chosen.push((shard, filter));
+            }
+        });
+        for shard in shards.iter().filter(|&shard| shard != self.id) {
+            self.outbox.push_publish(shard.index(), &message);
+        }
+        for (shard, group) in chosen {
+            if shard == self.id {
+                self.deliver_to_group(&group, &message, now);
+            } else {
+                let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
+                self.outbox.push(shard.index(), forward);
             }
         }
     }
@@ -476,7 +494,7 @@ impl Shard {
     /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
     /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
     /// that owns its topic.
-    fn store_retained(&mut self, message: &Arc<Message>, now: Instant) {
+    fn store_retained(&mut self, message: &Arc<Message>, _now: Instant) {
         let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
         // The stored copy owns exactly its payload, so a retained message
         // does not pin the read buffer it arrived in.
@@ -485,20 +503,23 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.retained.set(stored, now);
+            self.retained.set(stored);
         } else {
             self.outbox.push(owner.index(), ShardMessage::Retain(stored));
         }
     }
 
-    /// Queues `message` to every local session with a matching
+    /// Queues `message` to every local session with a matching plain
     /// subscription: once per session, at the highest QoS of its matching
-    /// subscriptions, with all their identifiers [MQTT-3.3.5-1].
+    /// subscriptions, with all their identifiers [MQTT-3.3.5-1]. Shared
+    /// groups are served through [`Shard::route`].
     fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.subscriptions.for_each_match(&message.topic, |key, subscription| {
-            matches.push((key, *subscription));
+        self.subscriptions.for_each_match_grouped(&message.topic, |found| {
+            if let Match::Subscriber { key, value } = found {
+                matches.push((key, *value));
+            }
         });
         matches.sort_unstable_by_key(|(key, _)| *key);
         let mut i = 0;
@@ -516,6 +537,28 @@ impl Shard {
             self.deliver(key, message, options, ids, false, now);
         }
         self.matches = matches;
+    }
+
+    /// Delivers `message` to the next member of the local shared group
+    /// `group`; dropped (and counted) if the group has no member here any
+    /// more.
+    fn deliver_to_group(&mut self, group: &TopicFilter, message: &Arc<Message>, now: Instant) {
+        let (share_name, filter) = (group.share_name().unwrap_or_default(), group.filter());
+        let mut member = None;
+        self.subscriptions.for_each_match_grouped(&message.topic, |found| {
+            if let Match::Group(candidate) = found {
+                if member.is_none() && candidate.share_name() == share_name && candidate.filter() == filter {
+                    member = candidate.next_member().map(|(key, value)| (key, *value));
+                }
+            }
+        });
+        match member {
+            Some((key, subscription)) => {
+                let ids = subscription.subscription_id.into_iter().collect();
+                self.deliver(key, message, subscription.options, ids, false, now);
+            }
+            None => self.counters.deliveries_dropped += 1,
+        }
     }
 
     fn deliver(
@@ -547,9 +590,9 @@ impl Shard {
         let SubscriptionGrant { filter, subscribed, is_new } = grant;
         let (options, subscription_id) = (subscribed.options, subscribed.identifier);
         let subscription = LocalSubscription { options, subscription_id };
-        self.subscriptions.insert(&filter, key, subscription);
-        if self.local_interest.add(&filter) {
-            let revision = self.announce_interest(&filter, true);
+        let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
+        if let Some(delta) = (!replaced).then(|| self.local_interest.handle_subscribe(&filter)).flatten() {
+            let revision = self.announce_interest(delta);
             let link = self.slot_mut(key).connection.as_mut();
             if let Some(link) = link {
                 link.await_interest = revision;
@@ -573,7 +616,7 @@ impl Shard {
             subscription_id,
         };
         let owners: Vec<ShardId> = if filter.has_wildcards() {
-            (0..self.nr_shards).map(|shard| ShardId(shard as u16)).collect()
+            (0..self.nr_shards).filter_map(ShardId::from_index).collect()
         } else {
             vec![home_shard(filter.filter().as_bytes(), self.nr_shards)]
         };
@@ -607,21 +650,20 @@ impl Shard {
     /// Removes a subscription of `key` from the index; the last local
     /// subscriber of a filter withdraws the shard's interest.
     fn unsubscribe_index(&mut self, key: SessionKey, filter: &TopicFilter) {
-        if self.subscriptions.remove(filter, key).is_some() && self.local_interest.remove(filter) {
-            self.announce_interest(filter, false);
+        if self.subscriptions.remove(filter, key).is_some() {
+            if let Some(delta) = self.local_interest.handle_unsubscribe(filter) {
+                self.announce_interest(delta);
+            }
         }
     }
 
     /// Applies an interest change of this shard to its own replica and
     /// sends it to every peer; returns its revision.
-    fn announce_interest(&mut self, filter: &TopicFilter, added: bool) -> u64 {
-        self.interest_revision += 1;
-        let revision = self.interest_revision;
-        let delta = InterestDelta { origin: self.id, filter: filter.clone(), added, revision };
-        self.interest.apply(delta);
+    fn announce_interest(&mut self, delta: InterestDelta) -> u64 {
+        self.interest.apply(&delta);
+        let revision = delta.revision;
         for peer in (0..self.nr_shards).filter(|&peer| peer != self.id.index()) {
-            let message = ShardMessage::Interest { filter: filter.clone(), added, revision };
-            self.outbox.push(peer, message);
+            self.outbox.push(peer, ShardMessage::Interest(delta.clone()));
         }
         revision
     }
@@ -637,15 +679,22 @@ impl Shard {
 
     /// Handles a message from shard `from` (all but hand-offs, which the
     /// network layer takes).
-    pub fn handle_router_message(&mut self, from: ShardId, message: RouterMessage, now: Instant) {
+    pub fn handle_shard_message(&mut self, from: ShardId, message: ShardMessage, now: Instant) {
         match message {
             ShardMessage::Publish(batch) => {
                 for message in &batch {
                     self.deliver_local(message, now);
                 }
             }
-            ShardMessage::Interest { filter, added, revision } => {
-                self.interest.apply(InterestDelta { origin: from, filter, added, revision });
+            ShardMessage::GroupPublish { group, message } => {
+                self.deliver_to_group(&group, &message, now);
+            }
+            ShardMessage::Interest(delta) => {
+                let revision = delta.revision;
+                self.interest.apply(&delta);
+                // Channels deliver each origin's deltas in order, so nothing
+                // older can still arrive.
+                self.interest.forget_through(from, revision);
                 self.outbox.push(from.index(), ShardMessage::InterestAck { revision });
             }
             ShardMessage::InterestAck { revision } => {
@@ -672,7 +721,9 @@ impl Shard {
                 });
                 self.interest_waiters = waiters;
             }
-            ShardMessage::Retain(message) => self.retained.set(message, now),
+            ShardMessage::Retain(message) => {
+                self.retained.set(message);
+            }
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {
@@ -696,4 +747,15 @@ pub enum ConnectionError {
     /// The session closed the connection.
     #[error("closed: {0:?}")]
     Closed(CloseReason),
+}
+
+/// The shard at position `cursor` (modulo) of `members`.
+fn pick(members: ShardSet, cursor: usize) -> Option<ShardId> {
+    let len = members.len();
+    (len > 0).then(|| members.iter().nth(cursor % len)).flatten()
+}
+
+/// The `$share/{group}/{filter}` filter of a matched group.
+fn group_filter(group: GroupKey<'_>) -> Option<TopicFilter> {
+    TopicFilter::new(format!("$share/{}/{}", group.share_name, group.filter)).ok()
 }
