@@ -202,7 +202,8 @@ fn v5_properties_in_any_order() {
 /// 268,435,455, a four-byte Variable Byte Integer (table 1.5.5 bound).
 #[test]
 fn v5_subscribe_largest_subscription_identifier() {
-    let bytes = cat(&[&[0x82, 12, 0x00, 0x01, 5, 0x0B, 0xFF, 0xFF, 0xFF, 0x7F], b"\x00\x01a", &[0]]);
+    let bytes =
+        cat(&[&[0x82, 12, 0x00, 0x01, 5, 0x0B, 0xFF, 0xFF, 0xFF, 0x7F], b"\x00\x01a", &[0]]);
     let Packet::Subscribe(subscribe) = decode_v5(&bytes) else { panic!("not a SUBSCRIBE") };
     assert_eq!(subscribe.properties.subscription_identifier, NonZeroU32::new(MAX_SUBSCRIPTION_ID));
 }
@@ -211,7 +212,8 @@ fn v5_subscribe_largest_subscription_identifier() {
 /// name and filter.
 #[test]
 fn v5_shared_subscription_filter_parts() {
-    let Packet::Subscribe(subscribe) = decode_v5(&common::v5_subscribe_options_and_shared()[0].bytes)
+    let Packet::Subscribe(subscribe) =
+        decode_v5(&common::v5_subscribe_options_and_shared()[0].bytes)
     else {
         panic!("not a SUBSCRIBE")
     };

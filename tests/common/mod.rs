@@ -110,7 +110,9 @@ macro_rules! collect_cases {
 pub fn all_cases() -> Vec<(&'static str, Case)> {
     for_each_case!(collect_cases)
         .into_iter()
-        .flat_map(|(name, cases): (&'static str, Vec<Case>)| cases.into_iter().map(move |c| (name, c)))
+        .flat_map(|(name, cases): (&'static str, Vec<Case>)| {
+            cases.into_iter().map(move |c| (name, c))
+        })
         .collect()
 }
 
@@ -187,16 +189,16 @@ fn ack_with(packet_id: u16, reason: ReasonCode) -> PubResponse {
 /// example Keep Alive of 10 seconds, and every flag but the reserved bit 0.
 pub fn v31_connect() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x10, 36],      // CONNECT, remaining length 36
+        &[0x10, 36],       // CONNECT, remaining length 36
         b"\x00\x06MQIsdp", // protocol name
-        &[3],             // protocol version 3
-        &[0xEE],          // user name, password, will retain, will QoS 1, will, clean session
-        &[0x00, 0x0A],    // keep alive 10
-        b"\x00\x03cid",   // client identifier
-        b"\x00\x03w/t",   // will topic
-        b"\x00\x02hi",    // will message
-        b"\x00\x04user",  // user name
-        b"\x00\x02pw",    // password
+        &[3],              // protocol version 3
+        &[0xEE],           // user name, password, will retain, will QoS 1, will, clean session
+        &[0x00, 0x0A],     // keep alive 10
+        b"\x00\x03cid",    // client identifier
+        b"\x00\x03w/t",    // will topic
+        b"\x00\x02hi",     // will message
+        b"\x00\x04user",   // user name
+        b"\x00\x02pw",     // password
     ]);
     let packet = Connect {
         version: V3_1,
@@ -289,12 +291,12 @@ pub fn v31_pubcomp() -> Vec<Case> {
 /// "c/d" at QoS 2, Message ID 10.
 pub fn v31_subscribe() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x82, 14],     // SUBSCRIBE, QoS 1 header bits, remaining length 14
-        &[0x00, 0x0A],   // message id 10
-        b"\x00\x03a/b",  // topic
-        &[0x01],         // requested QoS 1
-        b"\x00\x03c/d",  // topic
-        &[0x02],         // requested QoS 2
+        &[0x82, 14],    // SUBSCRIBE, QoS 1 header bits, remaining length 14
+        &[0x00, 0x0A],  // message id 10
+        b"\x00\x03a/b", // topic
+        &[0x01],        // requested QoS 1
+        b"\x00\x03c/d", // topic
+        &[0x02],        // requested QoS 2
     ]);
     let packet = Subscribe {
         packet_id: pid(10),
@@ -330,11 +332,8 @@ pub fn v31_unsubscribe() -> Vec<Case> {
 
 /// MQTT 3.1 section 3.11 UNSUBACK: Message ID only.
 pub fn v31_unsuback() -> Vec<Case> {
-    let packet = UnsubAck {
-        packet_id: pid(10),
-        properties: AckProperties::default(),
-        reasons: smallvec![],
-    };
+    let packet =
+        UnsubAck { packet_id: pid(10), properties: AckProperties::default(), reasons: smallvec![] };
     one(V3_1, vec![0xB0, 0x02, 0x00, 0x0A], Packet::UnsubAck(packet))
 }
 
@@ -532,7 +531,8 @@ pub fn v311_pubcomp() -> Vec<Case> {
 /// "a/b" requested QoS 1, "c/d" requested QoS 2); flags 0010
 /// [MQTT-3.8.1-1].
 pub fn v311_subscribe_figure_3_22() -> Vec<Case> {
-    let bytes = cat(&[&[0x82, 14], &[0x00, 0x0A], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
+    let bytes =
+        cat(&[&[0x82, 14], &[0x00, 0x0A], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
     let packet = Subscribe {
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
@@ -573,11 +573,8 @@ pub fn v311_unsubscribe_figure_3_30() -> Vec<Case> {
 
 /// MQTT 3.1.1 figure 3.31/3.32 (UNSUBACK): packet id only, no payload.
 pub fn v311_unsuback() -> Vec<Case> {
-    let packet = UnsubAck {
-        packet_id: pid(10),
-        properties: AckProperties::default(),
-        reasons: smallvec![],
-    };
+    let packet =
+        UnsubAck { packet_id: pid(10), properties: AckProperties::default(), reasons: smallvec![] };
     one(V3_1_1, vec![0xB0, 0x02, 0x00, 0x0A], Packet::UnsubAck(packet))
 }
 
@@ -605,18 +602,18 @@ pub fn v311_disconnect() -> Vec<Case> {
 /// with an empty Will Properties block.
 pub fn v5_connect_figure_3_6() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x10, 41],                   // CONNECT, remaining length 41
-        b"\x00\x04MQTT",               // protocol name
-        &[5],                          // protocol version 5
-        &[0xCE],                       // connect flags
-        &[0x00, 0x0A],                 // keep alive 10
+        &[0x10, 41],                        // CONNECT, remaining length 41
+        b"\x00\x04MQTT",                    // protocol name
+        &[5],                               // protocol version 5
+        &[0xCE],                            // connect flags
+        &[0x00, 0x0A],                      // keep alive 10
         &[5, 0x11, 0x00, 0x00, 0x00, 0x0A], // properties: session expiry 10
-        b"\x00\x03cid",                // client identifier
-        &[0],                          // will properties: none
-        b"\x00\x03w/t",                // will topic
-        b"\x00\x02hi",                 // will payload
-        b"\x00\x04user",               // user name
-        b"\x00\x02pw",                 // password
+        b"\x00\x03cid",                     // client identifier
+        &[0],                               // will properties: none
+        b"\x00\x03w/t",                     // will topic
+        b"\x00\x02hi",                      // will payload
+        b"\x00\x04user",                    // user name
+        b"\x00\x02pw",                      // password
     ]);
     let packet = Connect {
         version: V5,
@@ -644,34 +641,34 @@ pub fn v5_connect_figure_3_6() -> Vec<Case> {
 /// Will property, Will QoS 2 with Will Retain, user name and password.
 pub fn v5_connect_every_property() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x10, 126],                        // CONNECT, remaining length 126
-        b"\x00\x04MQTT",                     // protocol name
-        &[5],                                // protocol version 5
-        &[0xF6],                             // user, password, will retain, will QoS 2, will, clean start
-        &[0x00, 0x3C],                       // keep alive 60
-        &[40],                               // property length
-        &[0x11, 0x00, 0x00, 0x00, 0x0A],     // 3.1.2.11.2 session expiry interval 10
-        &[0x21, 0x00, 0x14],                 // 3.1.2.11.3 receive maximum 20
-        &[0x27, 0x00, 0x00, 0x10, 0x00],     // 3.1.2.11.4 maximum packet size 4096
-        &[0x22, 0x00, 0x05],                 // 3.1.2.11.5 topic alias maximum 5
-        &[0x19, 0x01],                       // 3.1.2.11.6 request response information 1
-        &[0x17, 0x00],                       // 3.1.2.11.7 request problem information 0
-        b"\x26\x00\x01k\x00\x01v",           // 3.1.2.11.8 user property k=v
-        b"\x15\x00\x05SCRAM",                // 3.1.2.11.9 authentication method
-        &[0x16, 0x00, 0x02, 0x01, 0x02],     // 3.1.2.11.10 authentication data
-        b"\x00\x03cid",                      // client identifier
-        &[44],                               // will property length
-        &[0x18, 0x00, 0x00, 0x00, 0x1E],     // 3.1.3.2.2 will delay interval 30
-        &[0x01, 0x01],                       // 3.1.3.2.3 payload format indicator: UTF-8
-        &[0x02, 0x00, 0x00, 0x0E, 0x10],     // 3.1.3.2.4 message expiry interval 3600
-        b"\x03\x00\x0Atext/plain",           // 3.1.3.2.5 content type
-        b"\x08\x00\x04resp",                 // 3.1.3.2.6 response topic
-        &[0x09, 0x00, 0x02, 0xCA, 0xFE],     // 3.1.3.2.7 correlation data
-        b"\x26\x00\x01a\x00\x01b",           // 3.1.3.2.8 user property a=b
-        b"\x00\x03w/t",                      // will topic
-        b"\x00\x04gone",                     // will payload
-        b"\x00\x04user",                     // user name
-        b"\x00\x06secret",                   // password
+        &[0x10, 126],                    // CONNECT, remaining length 126
+        b"\x00\x04MQTT",                 // protocol name
+        &[5],                            // protocol version 5
+        &[0xF6],       // user, password, will retain, will QoS 2, will, clean start
+        &[0x00, 0x3C], // keep alive 60
+        &[40],         // property length
+        &[0x11, 0x00, 0x00, 0x00, 0x0A], // 3.1.2.11.2 session expiry interval 10
+        &[0x21, 0x00, 0x14], // 3.1.2.11.3 receive maximum 20
+        &[0x27, 0x00, 0x00, 0x10, 0x00], // 3.1.2.11.4 maximum packet size 4096
+        &[0x22, 0x00, 0x05], // 3.1.2.11.5 topic alias maximum 5
+        &[0x19, 0x01], // 3.1.2.11.6 request response information 1
+        &[0x17, 0x00], // 3.1.2.11.7 request problem information 0
+        b"\x26\x00\x01k\x00\x01v", // 3.1.2.11.8 user property k=v
+        b"\x15\x00\x05SCRAM", // 3.1.2.11.9 authentication method
+        &[0x16, 0x00, 0x02, 0x01, 0x02], // 3.1.2.11.10 authentication data
+        b"\x00\x03cid", // client identifier
+        &[44],         // will property length
+        &[0x18, 0x00, 0x00, 0x00, 0x1E], // 3.1.3.2.2 will delay interval 30
+        &[0x01, 0x01], // 3.1.3.2.3 payload format indicator: UTF-8
+        &[0x02, 0x00, 0x00, 0x0E, 0x10], // 3.1.3.2.4 message expiry interval 3600
+        b"\x03\x00\x0Atext/plain", // 3.1.3.2.5 content type
+        b"\x08\x00\x04resp", // 3.1.3.2.6 response topic
+        &[0x09, 0x00, 0x02, 0xCA, 0xFE], // 3.1.3.2.7 correlation data
+        b"\x26\x00\x01a\x00\x01b", // 3.1.3.2.8 user property a=b
+        b"\x00\x03w/t", // will topic
+        b"\x00\x04gone", // will payload
+        b"\x00\x04user", // user name
+        b"\x00\x06secret", // password
     ]);
     let packet = Connect {
         version: V5,
@@ -738,27 +735,27 @@ pub fn v5_connect_password_without_user_name() -> Vec<Case> {
 /// reason Success.
 pub fn v5_connack_every_property() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x20, 80],                         // CONNACK, remaining length 80
-        &[0x01],                             // session present
-        &[0x00],                             // reason code: Success
-        &[77],                               // property length
-        &[0x11, 0x00, 0x00, 0x00, 0x78],     // 3.2.2.3.2 session expiry interval 120
-        &[0x21, 0x00, 0x0A],                 // 3.2.2.3.3 receive maximum 10
-        &[0x24, 0x01],                       // 3.2.2.3.4 maximum QoS 1
-        &[0x25, 0x00],                       // 3.2.2.3.5 retain available 0
-        &[0x27, 0x00, 0x01, 0x00, 0x00],     // 3.2.2.3.6 maximum packet size 65536
-        b"\x12\x00\x06auto-1",               // 3.2.2.3.7 assigned client identifier
-        &[0x22, 0x00, 0x10],                 // 3.2.2.3.8 topic alias maximum 16
-        b"\x1F\x00\x02ok",                   // 3.2.2.3.9 reason string
-        b"\x26\x00\x01k\x00\x01v",           // 3.2.2.3.10 user property
-        &[0x28, 0x00],                       // 3.2.2.3.11 wildcard subscription available 0
-        &[0x29, 0x00],                       // 3.2.2.3.12 subscription identifiers available 0
-        &[0x2A, 0x01],                       // 3.2.2.3.13 shared subscription available 1
-        &[0x13, 0x00, 0x1E],                 // 3.2.2.3.14 server keep alive 30
-        b"\x1A\x00\x04resp",                 // 3.2.2.3.15 response information
-        b"\x1C\x00\x05other",                // 3.2.2.3.16 server reference
-        b"\x15\x00\x05SCRAM",                // 3.2.2.3.17 authentication method
-        &[0x16, 0x00, 0x01, 0x07],           // 3.2.2.3.18 authentication data
+        &[0x20, 80],                     // CONNACK, remaining length 80
+        &[0x01],                         // session present
+        &[0x00],                         // reason code: Success
+        &[77],                           // property length
+        &[0x11, 0x00, 0x00, 0x00, 0x78], // 3.2.2.3.2 session expiry interval 120
+        &[0x21, 0x00, 0x0A],             // 3.2.2.3.3 receive maximum 10
+        &[0x24, 0x01],                   // 3.2.2.3.4 maximum QoS 1
+        &[0x25, 0x00],                   // 3.2.2.3.5 retain available 0
+        &[0x27, 0x00, 0x01, 0x00, 0x00], // 3.2.2.3.6 maximum packet size 65536
+        b"\x12\x00\x06auto-1",           // 3.2.2.3.7 assigned client identifier
+        &[0x22, 0x00, 0x10],             // 3.2.2.3.8 topic alias maximum 16
+        b"\x1F\x00\x02ok",               // 3.2.2.3.9 reason string
+        b"\x26\x00\x01k\x00\x01v",       // 3.2.2.3.10 user property
+        &[0x28, 0x00],                   // 3.2.2.3.11 wildcard subscription available 0
+        &[0x29, 0x00],                   // 3.2.2.3.12 subscription identifiers available 0
+        &[0x2A, 0x01],                   // 3.2.2.3.13 shared subscription available 1
+        &[0x13, 0x00, 0x1E],             // 3.2.2.3.14 server keep alive 30
+        b"\x1A\x00\x04resp",             // 3.2.2.3.15 response information
+        b"\x1C\x00\x05other",            // 3.2.2.3.16 server reference
+        b"\x15\x00\x05SCRAM",            // 3.2.2.3.17 authentication method
+        &[0x16, 0x00, 0x01, 0x07],       // 3.2.2.3.18 authentication data
     ]);
     let packet = ConnAck {
         session_present: true,
@@ -819,22 +816,22 @@ pub fn v5_publish_figure_3_9() -> Vec<Case> {
 /// [MQTT-3.3.4-3]; DUP, QoS 1, RETAIN.
 pub fn v5_publish_every_property() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x3B, 70],                      // PUBLISH, DUP, QoS 1, RETAIN, remaining length 70
-        b"\x00\x03a/b",                   // topic name
-        &[0x00, 0x0A],                    // packet identifier 10
-        &[57],                            // property length
-        &[0x01, 0x01],                    // 3.3.2.3.2 payload format indicator: UTF-8
-        &[0x02, 0x00, 0x00, 0x00, 0x3C],  // 3.3.2.3.3 message expiry interval 60
-        &[0x23, 0x00, 0x07],              // 3.3.2.3.4 topic alias 7
-        b"\x08\x00\x05reply",             // 3.3.2.3.5 response topic
-        &[0x09, 0x00, 0x03, 1, 2, 3],     // 3.3.2.3.6 correlation data
-        b"\x26\x00\x01x\x00\x011",        // 3.3.2.3.7 user property x=1
-        b"\x26\x00\x01a\x00\x012",        // user property a=2
-        b"\x26\x00\x01x\x00\x013",        // user property x=3
-        &[0x0B, 0x05],                    // 3.3.2.3.8 subscription identifier 5
-        &[0x0B, 0x80, 0x01],              // subscription identifier 128
-        b"\x03\x00\x04json",              // 3.3.2.3.9 content type
-        b"hello",                         // payload
+        &[0x3B, 70],                     // PUBLISH, DUP, QoS 1, RETAIN, remaining length 70
+        b"\x00\x03a/b",                  // topic name
+        &[0x00, 0x0A],                   // packet identifier 10
+        &[57],                           // property length
+        &[0x01, 0x01],                   // 3.3.2.3.2 payload format indicator: UTF-8
+        &[0x02, 0x00, 0x00, 0x00, 0x3C], // 3.3.2.3.3 message expiry interval 60
+        &[0x23, 0x00, 0x07],             // 3.3.2.3.4 topic alias 7
+        b"\x08\x00\x05reply",            // 3.3.2.3.5 response topic
+        &[0x09, 0x00, 0x03, 1, 2, 3],    // 3.3.2.3.6 correlation data
+        b"\x26\x00\x01x\x00\x011",       // 3.3.2.3.7 user property x=1
+        b"\x26\x00\x01a\x00\x012",       // user property a=2
+        b"\x26\x00\x01x\x00\x013",       // user property x=3
+        &[0x0B, 0x05],                   // 3.3.2.3.8 subscription identifier 5
+        &[0x0B, 0x80, 0x01],             // subscription identifier 128
+        b"\x03\x00\x04json",             // 3.3.2.3.9 content type
+        b"hello",                        // payload
     ]);
     let packet = Publish {
         dup: true,
@@ -896,9 +893,9 @@ pub fn v5_puback_every_property() -> Vec<Case> {
         &[0x00, 0x0A],
         &[0x10],
         &[21],
-        b"\x1F\x00\x04none",        // 3.4.2.2.2 reason string
-        b"\x26\x00\x01k\x00\x01v",  // 3.4.2.2.3 user property k=v
-        b"\x26\x00\x01k\x00\x01w",  // user property k=w
+        b"\x1F\x00\x04none",       // 3.4.2.2.2 reason string
+        b"\x26\x00\x01k\x00\x01v", // 3.4.2.2.3 user property k=v
+        b"\x26\x00\x01k\x00\x01w", // user property k=w
     ]);
     let packet = PubResponse {
         packet_id: pid(10),
@@ -968,17 +965,17 @@ pub fn v5_subscribe_figure_3_21() -> Vec<Case> {
 /// Handling 1 and 2; a shared subscription `$share/g/s/#` (section 4.8.2).
 pub fn v5_subscribe_options_and_shared() -> Vec<Case> {
     let bytes = cat(&[
-        &[0x82, 38],                 // SUBSCRIBE, remaining length 38
-        &[0x00, 0x0B],               // packet identifier 11
-        &[10],                       // property length
-        &[0x0B, 0x81, 0x01],         // subscription identifier 129
-        b"\x26\x00\x01k\x00\x01v",   // user property
-        b"\x00\x03a/+",              // filter
-        &[0x2D],                     // retain handling 2, RAP, no local, QoS 1
-        b"\x00\x0C$share/g/s/#",     // shared filter
-        &[0x1A],                     // retain handling 1, RAP, QoS 2
-        b"\x00\x01#",                // filter
-        &[0x00],                     // all defaults, QoS 0
+        &[0x82, 38],               // SUBSCRIBE, remaining length 38
+        &[0x00, 0x0B],             // packet identifier 11
+        &[10],                     // property length
+        &[0x0B, 0x81, 0x01],       // subscription identifier 129
+        b"\x26\x00\x01k\x00\x01v", // user property
+        b"\x00\x03a/+",            // filter
+        &[0x2D],                   // retain handling 2, RAP, no local, QoS 1
+        b"\x00\x0C$share/g/s/#",   // shared filter
+        &[0x1A],                   // retain handling 1, RAP, QoS 2
+        b"\x00\x01#",              // filter
+        &[0x00],                   // all defaults, QoS 0
     ]);
     let packet = Subscribe {
         packet_id: pid(11),
@@ -1127,10 +1124,10 @@ pub fn v5_auth_every_property() -> Vec<Case> {
         &[0xF0, 30],
         &[0x18],
         &[28],
-        b"\x15\x00\x05SCRAM",            // 3.15.2.2.2 authentication method
-        &[0x16, 0x00, 0x03, 1, 2, 3],    // 3.15.2.2.3 authentication data
-        b"\x1F\x00\x04more",             // 3.15.2.2.4 reason string
-        b"\x26\x00\x01k\x00\x01v",       // 3.15.2.2.5 user property
+        b"\x15\x00\x05SCRAM",         // 3.15.2.2.2 authentication method
+        &[0x16, 0x00, 0x03, 1, 2, 3], // 3.15.2.2.3 authentication data
+        b"\x1F\x00\x04more",          // 3.15.2.2.4 reason string
+        b"\x26\x00\x01k\x00\x01v",    // 3.15.2.2.5 user property
     ]);
     let packet = Auth {
         reason: ReasonCode::ContinueAuthentication,
