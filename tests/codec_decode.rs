@@ -150,7 +150,7 @@ fn v5_auth_reauthenticate() {
     assert_eq!(decode_v5(&bytes), Packet::Auth(expected));
 }
 
-/// MQTT 5.0 section 3.3.2.1 and [MQTT-3.3.2-12]: with a Topic Alias the
+/// MQTT 5.0 sections 3.3.2.1 and 3.3.2.3.4: with a Topic Alias the
 /// topic name may be zero length; the session resolves it.
 #[test]
 fn v5_publish_empty_topic_with_alias() {

@@ -75,7 +75,7 @@ fn all_vectors_in_one_buffer() {
     assert_eq!(&buf[..], &expected[..]);
 }
 
-/// MQTT 3.1.2.2: a CONNECT announces its own version; the encoder writes it
+/// MQTT 3.1.1 / 5.0 section 3.1.2.2: a CONNECT announces its own version; the encoder writes it
 /// in that version whatever the connection's version is.
 #[test]
 fn connect_is_written_in_its_own_version() {
@@ -88,7 +88,7 @@ fn connect_is_written_in_its_own_version() {
     }
 }
 
-/// MQTT 5.0 section 3.3.2.3.4 and [MQTT-3.3.2-12]: an aliased PUBLISH has a
+/// MQTT 5.0 sections 3.3.2.1 and 3.3.2.3.4: an aliased PUBLISH has a
 /// zero-length topic name. A `TopicName` cannot be empty outside the codec,
 /// so the packet comes from decoding the hand-written bytes.
 #[test]

@@ -131,7 +131,8 @@ malformed! {
     /// [MQTT-3.1.2-21]: the Password Flag is set but no password follows.
     truncated_missing_password: V3_1_1, b"\x10\x0F\x00\x04MQTT\x04\xC2\x00\x3C\x00\x00\x00\x01u"
         => Truncated, MalformedPacket;
-    /// [MQTT-3.8.3-1] (figure 3.21): a topic filter without its options byte.
+    /// MQTT 3.1.1 section 3.8.3 (figure 3.21): each filter is followed by a
+    /// requested QoS byte.
     truncated_subscription_options: V3_1_1, b"\x82\x05\x00\x01\x00\x01a"
         => Truncated, MalformedPacket;
     /// [MQTT-3.9.3-1]: a SUBACK with no return code at all.
