@@ -1,12 +1,14 @@
 //! Byte-literal DECODE tests: every packet type of MQTT 3.1, 3.1.1 and 5.0,
-//! written by hand from the specifications' figures (see `common`), plus the
-//! forms that only a decoder meets (the non-canonical v5 short forms, an
-//! aliased PUBLISH with an empty topic, properties in another order).
+//! written by hand from the specifications' figures (the vectors of
+//! `tests/common/codec_vectors.rs`), plus the forms that only a decoder meets
+//! (the non-canonical v5 short forms, an aliased PUBLISH with an empty topic,
+//! properties in another order).
 
-mod common;
+#[path = "common/codec_vectors.rs"]
+mod vectors;
 
 use bytes::{Bytes, BytesMut};
-use common::{b, cat, pid, s, topic, user, Case};
+use vectors::{b, cat, pid, s, topic, user, Case};
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
 use std::num::NonZeroU32;
@@ -37,7 +39,7 @@ macro_rules! decode_tests {
         $(
             #[test]
             fn $name() {
-                for case in common::$name() {
+                for case in vectors::$name() {
                     check_decode(stringify!($name), &case);
                 }
             }
@@ -45,14 +47,14 @@ macro_rules! decode_tests {
     };
 }
 
-common::for_each_case!(decode_tests);
+vectors::for_each_case!(decode_tests);
 
 /// The vectors themselves: each remaining length (MQTT 3.1.1 section 2.2.3 /
 /// MQTT 5.0 section 2.1.4) must equal the bytes that follow it, so a wrong
 /// hand count cannot hide behind an equally wrong decoder.
 #[test]
 fn vectors_are_framed_consistently() {
-    let cases = common::all_cases();
+    let cases = vectors::all_cases();
     assert!(cases.len() >= 60);
     for (name, case) in &cases {
         let mut value = 0usize;
@@ -71,7 +73,7 @@ fn vectors_are_framed_consistently() {
 /// Every packet type appears in every version that has it (AUTH only in 5.0).
 #[test]
 fn vectors_cover_every_packet_type_of_every_version() {
-    let cases = common::all_cases();
+    let cases = vectors::all_cases();
     for version in [V3_1, V3_1_1, V5] {
         for type_bits in 1..=15u8 {
             let Some(packet_type) = PacketType::from_u8(type_bits) else { continue };
@@ -213,7 +215,7 @@ fn v5_subscribe_largest_subscription_identifier() {
 #[test]
 fn v5_shared_subscription_filter_parts() {
     let Packet::Subscribe(subscribe) =
-        decode_v5(&common::v5_subscribe_options_and_shared()[0].bytes)
+        decode_v5(&vectors::v5_subscribe_options_and_shared()[0].bytes)
     else {
         panic!("not a SUBSCRIBE")
     };
@@ -228,7 +230,7 @@ fn v5_shared_subscription_filter_parts() {
 /// announces, whatever version the decoder was created with.
 #[test]
 fn connect_is_read_in_its_own_version() {
-    for case in common::all_cases().into_iter().map(|(_, c)| c) {
+    for case in vectors::all_cases().into_iter().map(|(_, c)| c) {
         let Packet::Connect(connect) = &case.packet else { continue };
         for start in [V3_1, V3_1_1, V5] {
             let got = decode_packet(Bytes::copy_from_slice(&case.bytes), start);

@@ -1,15 +1,16 @@
 //! Byte-literal ENCODE tests: `Packet::encode` must write exactly the
-//! hand-written bytes of every vector (see `common`), and `encoded_len` must
-//! equal what it writes. Then what only an encoder does: drop the fields a
-//! version cannot carry, map 5.0 reason codes onto 3.x return codes, size the
-//! remaining length, and refuse packets no receiver may accept - leaving the
-//! buffer untouched.
+//! hand-written bytes of every vector (`tests/common/codec_vectors.rs`), and
+//! `encoded_len` must equal what it writes. Then what only an encoder does:
+//! drop the fields a version cannot carry, map 5.0 reason codes onto 3.x
+//! return codes, size the remaining length, and refuse packets no receiver
+//! may accept - leaving the buffer untouched.
 
-mod common;
+#[path = "common/codec_vectors.rs"]
+mod vectors;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use common::{b, cat, filter, pid, s, topic, user, Case};
+use vectors::{b, cat, filter, pid, s, topic, user, Case};
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
 use smallvec::smallvec;
@@ -50,7 +51,7 @@ macro_rules! encode_tests {
         $(
             #[test]
             fn $name() {
-                for case in common::$name() {
+                for case in vectors::$name() {
                     check_encode(stringify!($name), &case);
                 }
             }
@@ -58,14 +59,14 @@ macro_rules! encode_tests {
     };
 }
 
-common::for_each_case!(encode_tests);
+vectors::for_each_case!(encode_tests);
 
 /// Every vector: the bytes come out the same however many packets were
 /// written before (a connection frames many packets into one buffer, design
 /// "glommio notes").
 #[test]
 fn all_vectors_in_one_buffer() {
-    let cases = common::all_cases();
+    let cases = vectors::all_cases();
     let mut buf = BytesMut::new();
     let mut expected = Vec::new();
     for (_, case) in &cases {
@@ -79,7 +80,7 @@ fn all_vectors_in_one_buffer() {
 /// in that version whatever the connection's version is.
 #[test]
 fn connect_is_written_in_its_own_version() {
-    for (name, case) in common::all_cases() {
+    for (name, case) in vectors::all_cases() {
         if let Packet::Connect(_) = case.packet {
             for version in [V3_1, V3_1_1, V5] {
                 assert_eq!(encode(&case.packet, version), Ok(case.bytes.clone()), "{name}");
@@ -124,7 +125,7 @@ fn publish_a_b(payload: Bytes) -> Publish {
 /// a forwarded message are not written to a 3.1.1 subscriber.
 #[test]
 fn v311_publish_drops_properties() {
-    let mut case = common::v5_publish_every_property().remove(0);
+    let mut case = vectors::v5_publish_every_property().remove(0);
     let Packet::Publish(publish) = &mut case.packet else { unreachable!() };
     publish.payload = b(b"hello");
     let expected = cat(&[&[0x3B, 12], b"\x00\x03a/b", &[0x00, 0x0A], b"hello"]);
@@ -136,7 +137,7 @@ fn v311_publish_drops_properties() {
 /// (remaining length 2); a 5.0 reason code and properties are not written.
 #[test]
 fn v311_acks_drop_reason_and_properties() {
-    let Packet::PubAck(response) = common::v5_puback_every_property().remove(0).packet else {
+    let Packet::PubAck(response) = vectors::v5_puback_every_property().remove(0).packet else {
         unreachable!()
     };
     for (packet, first) in [
@@ -153,7 +154,7 @@ fn v311_acks_drop_reason_and_properties() {
 /// MQTT 3.1.1 section 3.14: DISCONNECT is a fixed header only.
 #[test]
 fn v311_disconnect_drops_reason_and_properties() {
-    let packet = common::v5_disconnect_every_property().remove(0).packet;
+    let packet = vectors::v5_disconnect_every_property().remove(0).packet;
     assert_eq!(encode(&packet, V3_1_1), Ok(vec![0xE0, 0x00]));
 }
 
@@ -184,7 +185,7 @@ fn v311_subscribe_writes_only_the_qos() {
 /// MQTT 3.1.1 section 3.11: UNSUBACK carries no reason codes.
 #[test]
 fn v311_unsuback_drops_reasons() {
-    let packet = common::v5_unsuback().remove(0).packet;
+    let packet = vectors::v5_unsuback().remove(0).packet;
     assert_eq!(encode(&packet, V3_1_1), Ok(vec![0xB0, 0x02, 0x00, 0x0C]));
 }
 
@@ -192,7 +193,7 @@ fn v311_unsuback_drops_reasons() {
 /// written.
 #[test]
 fn v311_connack_drops_properties() {
-    let packet = common::v5_connack_every_property().remove(0).packet;
+    let packet = vectors::v5_connack_every_property().remove(0).packet;
     assert_eq!(encode(&packet, V3_1_1), Ok(vec![0x20, 0x02, 0x01, 0x00]));
 }
 
@@ -311,7 +312,7 @@ fn check_refused(packet: Packet, version: ProtocolVersion, error: EncodeError) {
 #[test]
 fn fields_longer_than_65535_bytes_are_refused() {
     let long = ByteString::from("x".repeat(65_536));
-    let mut connect = match common::v311_connect_minimal().remove(0).packet {
+    let mut connect = match vectors::v311_connect_minimal().remove(0).packet {
         Packet::Connect(connect) => *connect,
         _ => unreachable!(),
     };
@@ -520,7 +521,7 @@ fn invalid_values_are_refused() {
     // Before 5.0 the option does not exist and is not written.
     assert!(encode(&Packet::Subscribe(subscribe), V3_1_1).is_ok());
 
-    let mut connect = match common::v311_connect_minimal().remove(0).packet {
+    let mut connect = match vectors::v311_connect_minimal().remove(0).packet {
         Packet::Connect(connect) => *connect,
         _ => unreachable!(),
     };

@@ -2,10 +2,11 @@
 //! splits, the version switch on CONNECT, zero-copy payloads, and the
 //! maximum packet size checked on the fixed header alone.
 
-mod common;
+#[path = "common/codec_vectors.rs"]
+mod vectors;
 
 use bytes::{Bytes, BytesMut};
-use common::{cat, Case};
+use vectors::{cat, Case};
 use proptest::prelude::*;
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
@@ -15,7 +16,7 @@ const MAX: u32 = 1 << 20;
 /// Every vector in stream order, with the version of the first one (the
 /// stream opens with a CONNECT of that version).
 fn stream() -> (ProtocolVersion, Vec<u8>, Vec<Packet>) {
-    let cases: Vec<Case> = common::all_cases().into_iter().map(|(_, c)| c).collect();
+    let cases: Vec<Case> = vectors::all_cases().into_iter().map(|(_, c)| c).collect();
     let start = cases[0].version;
     let bytes = cases.iter().flat_map(|c| c.bytes.iter().copied()).collect();
     let packets = cases.into_iter().map(|c| c.packet).collect();
@@ -95,7 +96,7 @@ macro_rules! prefix_tests {
             $(
                 #[test]
                 fn $name() {
-                    for case in common::$name() {
+                    for case in vectors::$name() {
                         check_prefixes(stringify!($name), &case);
                     }
                 }
@@ -104,7 +105,7 @@ macro_rules! prefix_tests {
     };
 }
 
-common::for_each_case!(prefix_tests);
+vectors::for_each_case!(prefix_tests);
 
 /// MQTT 3.1.1 section 3.1.2.2 / 5.0 section 3.1.2.2: the protocol level of
 /// CONNECT decides how the rest of the connection is read. A server decoder
@@ -126,7 +127,7 @@ fn connect_switches_the_decoder_version() {
     );
 
     let mut decoder = Decoder::new(V3_1_1, MAX);
-    let mut buf = BytesMut::from(&common::v5_connect_figure_3_6()[0].bytes[..]);
+    let mut buf = BytesMut::from(&vectors::v5_connect_figure_3_6()[0].bytes[..]);
     buf.extend_from_slice(&puback);
     assert!(matches!(decoder.decode(&mut buf), Ok(Some(Packet::Connect(_)))));
     assert_eq!(decoder.version(), V5);
@@ -140,14 +141,14 @@ fn connect_switches_the_decoder_version() {
 #[test]
 fn connect_switches_back_to_older_versions() {
     let mut decoder = Decoder::new(V5, MAX);
-    let mut buf = BytesMut::from(&common::v311_connect_minimal()[0].bytes[..]);
+    let mut buf = BytesMut::from(&vectors::v311_connect_minimal()[0].bytes[..]);
     buf.extend_from_slice(&[0xF0, 0x00]);
     assert!(matches!(decoder.decode(&mut buf), Ok(Some(Packet::Connect(_)))));
     assert_eq!(decoder.version(), V3_1_1);
     assert_eq!(decoder.decode(&mut buf), Err(DecodeError::InvalidPacketType(15)));
 
     let mut decoder = Decoder::new(V5, MAX);
-    let mut buf = BytesMut::from(&common::v31_connect()[0].bytes[..]);
+    let mut buf = BytesMut::from(&vectors::v31_connect()[0].bytes[..]);
     buf.extend_from_slice(&[0x20, 0x02, 0x01, 0x00]);
     assert!(matches!(decoder.decode(&mut buf), Ok(Some(Packet::Connect(_)))));
     assert_eq!(decoder.version(), V3_1);
@@ -194,7 +195,7 @@ impl Region {
 /// buffer, not copies (design: "payload as `Bytes` (no copy)").
 #[test]
 fn decoded_fields_share_the_read_buffer() {
-    let case = &common::v5_publish_every_property()[0];
+    let case = &vectors::v5_publish_every_property()[0];
     let mut buf = BytesMut::with_capacity(case.bytes.len() + 2);
     buf.extend_from_slice(&case.bytes);
     buf.extend_from_slice(&[0xC0, 0x00]);
@@ -214,7 +215,7 @@ fn decoded_fields_share_the_read_buffer() {
     // The next packet is still in the buffer, after the PUBLISH.
     assert_eq!(&buf[..], &[0xC0, 0x00]);
 
-    let case = &common::v5_connect_every_property()[0];
+    let case = &vectors::v5_connect_every_property()[0];
     let bytes = Bytes::copy_from_slice(&case.bytes);
     let region = Region::of(&bytes);
     let Ok(Packet::Connect(connect)) = decode_packet(bytes.clone(), V5) else {
