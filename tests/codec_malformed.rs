@@ -277,11 +277,11 @@ malformed! {
     /// MQTT 5.0 section 3.8.3.1: "It is a Protocol Error to send a Retain
     /// Handling value of 3" - so 0x82, not 0x81.
     retain_handling_3_v5: V5, b"\x82\x07\x00\x01\x00\x00\x01a\x30"
-        => InvalidSubscriptionOptions(0x30), ProtocolError;
+        => InvalidSubscriptionOptionValue(0x30), ProtocolError;
     /// MQTT 5.0 section 3.8.3.1: "It is a Protocol Error if the Maximum QoS
     /// field has the value 3" - so 0x82, not 0x81.
     subscription_qos_3_v5: V5, b"\x82\x07\x00\x01\x00\x00\x01a\x03"
-        => InvalidSubscriptionOptions(0x03), ProtocolError;
+        => InvalidSubscriptionOptionValue(0x03), ProtocolError;
     /// [MQTT-3.8.3-4] (5.0): No Local on a shared subscription is a Protocol
     /// Error.
     no_local_on_shared_subscription: V5, b"\x82\x10\x00\x01\x00\x00\x0A$share/g/a\x04"
