@@ -122,16 +122,20 @@ impl Connection {
             connect.client_id.clone()
         };
         let home = self.ctx.shard.borrow().home_of(&client_id);
-        tracing::trace!(%peer, %client_id, %home, "connect read");
         if home != self.ctx.shard_id {
             return self.hand_off(home.index(), frame, peer, listener);
         }
         let id = self.ctx.shard.borrow_mut().new_connection_id();
-        let outcome = self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
+        let outcome =
+            self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
         let version = connect.version;
         match outcome {
-            ConnectOutcome::Refused(connack) => {
-                let reason = connack.reason;
+            ConnectOutcome::Refused(reason) => {
+                let connack = ConnAck {
+                    session_present: false,
+                    reason,
+                    properties: ConnAckProperties::default(),
+                };
                 self.send_final(&Packet::ConnAck(connack), version).await;
                 Err(CloseReason::Refused(reason))
             }
@@ -177,8 +181,7 @@ impl Connection {
     /// malformed CONNECT just closes the connection [MQTT-3.1.4-1].
     async fn refuse_malformed_connect(&mut self, error: DecodeError) -> CloseReason {
         if let DecodeError::UnsupportedProtocolVersion(level) = error {
-            let version =
-                if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+            let version = if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
             let connack = ConnAck {
                 session_present: false,
                 reason: ReasonCode::UnsupportedProtocolVersion,
@@ -204,7 +207,8 @@ impl Connection {
         // The duplicate is owned by the message: wherever the message ends
         // (delivered, or dropped at shutdown) the socket is closed once.
         let socket = fd.try_clone_to_owned()?;
-        let mut buffered = BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
+        let mut buffered =
+            BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
         buffered.extend_from_slice(&frame);
         if let Some(rest) = self.read_buf.take() {
             buffered.extend_from_slice(&rest);
@@ -218,16 +222,19 @@ impl Connection {
     /// Moves packets both ways until the connection ends.
     async fn pump(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
         loop {
-            self.ctx.shard.borrow_mut().poll_transmit(key, id, Instant::now(), &mut self.write_buf)?;
-            tracing::trace!(pending = self.write_buf.len(), "pump");
+            self.ctx.shard.borrow_mut().poll_transmit(
+                key,
+                id,
+                Instant::now(),
+                &mut self.write_buf,
+            )?;
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
-                Wake::Read => {
-                    tracing::trace!(buffered = self.read_buf.as_ref().map_or(0, |b| b.len()), "read");
-                    self.handle_input(key, id)?
-                }
-                Wake::Notified => tracing::trace!("notified"),
+                Wake::Read => self.handle_input(key, id)?,
+                Wake::Notified => {}
                 Wake::Shutdown => return Err(CloseReason::Shutdown),
             }
+            // A busy connection must not starve the shard's other tasks.
+            glommio::yield_if_needed().await;
         }
     }
 

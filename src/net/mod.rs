@@ -150,13 +150,10 @@ pub struct NetLimits {
 /// Accepts connections on `listener` until the shard shuts down.
 pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usize) {
     loop {
-        let accepted = futures_lite::future::or(
-            async { Some(listener.accept().await) },
-            async {
-                wait_shutdown(&ctx).await;
-                None
-            },
-        )
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_shutdown(&ctx).await;
+            None
+        })
         .await;
         let stream = match accepted {
             None => return,
