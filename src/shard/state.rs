@@ -96,7 +96,8 @@ pub struct Shard {
     id: ShardId,
     nr_shards: usize,
     limits: SessionLimits,
-    slots: Vec<Option<Slot>>,
+    /// Boxed, so the table grows by pointers, not by whole sessions.
+    slots: Vec<Option<Box<Slot>>>,
     free_slots: Vec<u32>,
     by_client_id: HashMap<ByteString, SessionKey>,
     subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
@@ -273,11 +274,11 @@ impl Shard {
         };
         let key = match self.free_slots.pop() {
             Some(index) => {
-                self.slots[index as usize] = Some(slot);
+                self.slots[index as usize] = Some(Box::new(slot));
                 SessionKey(index)
             }
             None => {
-                self.slots.push(Some(slot));
+                self.slots.push(Some(Box::new(slot)));
                 SessionKey((self.slots.len() - 1) as u32)
             }
         };
@@ -326,7 +327,7 @@ impl Shard {
     ) {
         let attached = matches!(
             self.slots.get(key.0 as usize),
-            Some(Some(Slot { connection: Some(link), .. })) if link.id == connection
+            Some(Some(slot)) if slot.connection.as_ref().is_some_and(|link| link.id == connection)
         );
         if attached {
             self.detach(key, now);
