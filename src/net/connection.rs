@@ -202,7 +202,7 @@ impl Connection {
             let version = if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
             self.send_final(refusal(ReasonCode::UnsupportedProtocolVersion), version).await;
         }
-        self.ctx.count_malformed(&error);
+        self.ctx.count_malformed();
         CloseReason::Decode(error)
     }
 
@@ -270,7 +270,7 @@ impl Connection {
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    self.ctx.count_malformed(&error);
+                    self.ctx.count_malformed();
                     return Err(CloseReason::Decode(error));
                 }
             }

@@ -214,5 +214,18 @@ async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     mesh_tasks.shutdown().await;
-    tracing::debug!(%id, "shard stopped");
+    let (net_counters, counters) = (net.counters(), shard.borrow().counters().clone());
+    tracing::info!(
+        %id,
+        accepted = net_counters.accepted,
+        refused_at_limit = net_counters.refused_limit,
+        handed_off = net_counters.handed_off,
+        malformed = net_counters.malformed,
+        messages_received = counters.messages_received,
+        deliveries = counters.deliveries,
+        deliveries_dropped = counters.deliveries_dropped,
+        cross_core_qos0_dropped = outbox.dropped_qos0(),
+        takeovers = counters.takeovers,
+        "shard stopped"
+    );
 }

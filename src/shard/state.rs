@@ -476,7 +476,7 @@ impl Shard {
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
         if message.retain {
-            self.store_retained(&message, now);
+            self.store_retained(&message);
         }
         self.deliver_local(&message, now);
         let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
@@ -505,7 +505,7 @@ impl Shard {
     /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
     /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
     /// that owns its topic.
-    fn store_retained(&mut self, message: &Arc<Message>, _now: Instant) {
+    fn store_retained(&mut self, message: &Arc<Message>) {
         let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
         // The stored copy owns exactly its payload, so a retained message
         // does not pin the read buffer it arrived in.
