@@ -1,23 +1,38 @@
-#!/bin/bash
-# Idle-connection memory of ringmq: RSS before and with N idle clients.
-N=${1:-15000}
-P=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
+#!/usr/bin/env bash
+# Broker memory per idle connection: starts the release ringmq (2 shards),
+# holds N idle MQTT 3.1.1 connections open with ringmq-bench (spread over
+# several loopback source addresses), and reports the broker's RSS growth
+# per connection, and its file descriptors before and after.
+#
+#   cargo build --release --workspace && benches/idle_memory.sh [N]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+N="${1:-15000}"
+BROKER=target/release/ringmq
+BENCH=target/release/ringmq-bench
+[[ -x $BROKER && -x $BENCH ]] || { echo "build first: cargo build --release --workspace" >&2; exit 2; }
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ulimit -n 20000
-./target/release/ringmq --listen 127.0.0.1:$P --shards 2 --log warn &
-B=$!
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+$BROKER --listen "127.0.0.1:$PORT" --shards 2 --log warn &
+broker=$!
+trap 'kill -9 $broker 2>/dev/null || true' EXIT
 sleep 1
-R0=$(awk '/VmRSS/ {print $2}' /proc/$B/status)
-./target/release/ringmq-bench conn --host 127.0.0.1:$P --clients $N --connect-rate 5000 --keepalive 120 --duration 8s --ifaddr 127.0.0.2-127.0.0.9 > /tmp/conn.out 2>&1 &
-C=$!
-sleep 9
-R1=$(awk '/VmRSS/ {print $2}' /proc/$B/status)
-FDS=$(ls /proc/$B/fd | wc -l)
-wait $C
-echo "bench exit: $?"
+before=$(rss $broker)
+fds_before=$(ls /proc/$broker/fd | wc -l)
+$BENCH conn --host "127.0.0.1:$PORT" --clients "$N" --connect-rate 5000 --keepalive 120 \
+    --duration 8s --ifaddr 127.0.0.2-127.0.0.9 > /dev/null &
+bench=$!
+# Measure while every connection is open and idle.
+sleep $(( N / 5000 + 5 ))
+with=$(rss $broker)
+fds_with=$(ls /proc/$broker/fd | wc -l)
+wait $bench
 sleep 1
-R2=$(awk '/VmRSS/ {print $2}' /proc/$B/status)
-FDS2=$(ls /proc/$B/fd | wc -l)
-kill -TERM $B; wait $B; echo "broker exit: $?"
-echo "rss_before_kib=$R0 rss_with_${N}_kib=$R1 rss_after_kib=$R2 fds_with=$FDS fds_after=$FDS2"
-python3 -c "print('per connection: %.0f bytes' % (($R1-$R0)*1024/$N))"
-tail -5 /tmp/conn.out
+fds_after=$(ls /proc/$broker/fd | wc -l)
+kill -TERM $broker
+wait $broker
+trap - EXIT
+echo "connections=$N rss_before_kib=$before rss_with_kib=$with fds_before=$fds_before fds_with=$fds_with fds_after=$fds_after"
+echo "bytes_per_idle_connection=$(( (with - before) * 1024 / N ))"
