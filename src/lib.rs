@@ -2,5 +2,7 @@
 //!
 //! Module rules (see `design.md`): `protocol` and `session` are sans-IO.
 
+pub mod config;
 pub mod message;
 pub mod protocol;
+pub mod session;

@@ -259,7 +259,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
     let properties = if v5 { publish_properties(r)? } else { PublishProperties::default() };
     let topic = if v5 && properties.topic_alias.is_some() {
-        // [MQTT-3.3.2-7] With a Topic Alias the name may be empty.
+        // MQTT 5.0 section 3.3.2.3.4: with a Topic Alias the name may be empty.
         TopicName::new_aliased(topic).map_err(DecodeError::InvalidTopicName)?
     } else if v5 && topic.is_empty() {
         return Err(DecodeError::EmptyTopicWithoutAlias);

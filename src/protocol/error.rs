@@ -111,7 +111,8 @@ pub enum DecodeError {
     /// Authentication Data without Authentication Method [MQTT-3.1.2.11.10].
     #[error("authentication data without authentication method")]
     AuthDataWithoutMethod,
-    /// A v5 PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-7].
+    /// A v5 PUBLISH with an empty topic and no Topic Alias (MQTT 5.0
+    /// section 3.3.2.3.4).
     #[error("empty topic name without a topic alias")]
     EmptyTopicWithoutAlias,
     /// A reason code the packet type does not allow [MQTT-2.4].

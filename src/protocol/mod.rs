@@ -26,7 +26,7 @@ mod topic;
 mod wire;
 
 pub use decode::{decode_packet, Decoder};
-pub use encode::EncodeError;
+pub use encode::{EncodeError, Field};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::*;

@@ -344,12 +344,6 @@ pub struct Disconnect {
     pub properties: DisconnectProperties,
 }
 
-impl Default for ReasonCode {
-    fn default() -> Self {
-        Self::Success
-    }
-}
-
 /// AUTH [MQTT-3.15] (5.0 only).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Auth {

@@ -10,7 +10,7 @@ macro_rules! reason_codes {
         /// One byte value can have several names in the specification
         /// (0x00 is Success, Normal disconnection and Granted QoS 0); the
         /// associated constants give the other names.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
         pub enum ReasonCode {
             $($(#[$doc])* $name = $value,)*
@@ -31,6 +31,7 @@ macro_rules! reason_codes {
 
 reason_codes! {
     /// 0x00: Success, Normal disconnection, Granted QoS 0.
+    #[default]
     Success = 0x00,
     /// 0x01: Granted QoS 1 (SUBACK).
     GrantedQoS1 = 0x01,

@@ -34,7 +34,7 @@ pub enum TopicError {
 ///
 /// Invariant: no `+` or `#`, at most 65,535 bytes, and not empty - except
 /// the name of a v5 PUBLISH that carries a Topic Alias, which may be empty
-/// until the session resolves the alias [MQTT-3.3.2-7].
+/// until the session resolves the alias (MQTT 5.0 section 3.3.2.3.4).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName(ByteString);
 

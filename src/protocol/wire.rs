@@ -86,10 +86,6 @@ impl Reader {
         Self { bytes }
     }
 
-    pub(crate) fn remaining(&self) -> usize {
-        self.bytes.len()
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -1,0 +1,814 @@
+//! Configuration: `ringmq.toml` plus command-line overrides, turned into a
+//! validated, immutable [`Config`].
+//!
+//! This module owns the configuration schema (the key names are a contract
+//! with scripts, deploy files and docs: see the "Configuration" section of
+//! `design.md`), its embedded defaults, and every check a value must pass.
+//! It does no IO beyond reading the file it is given, and leaves anything
+//! that needs the machine (how many CPUs there are, whether an address can
+//! be bound) to the runtime.
+//!
+//! Parsing goes in two steps: serde reads the file into a schema of raw
+//! optional values (`raw`), refusing unknown keys and wrong TOML types with
+//! the key's full path and position; then `Config::from_raw` applies the
+//! [`Overrides`] from the command line, checks every value and builds the
+//! typed [`Config`]. Every refusal is one [`ConfigError`] line naming the key
+//! (or flag) and the fix. Keys of features this release does not have yet
+//! are part of the schema so that they are refused by name rather than
+//! silently ignored.
+
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+
+use raw::{RawConfig, RawLimits, RawListener, RawLog};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::path::Path;
+use std::time::Duration;
+
+/// The address of the listener used when none is configured: loopback
+/// only, so a broker started without a configuration is not reachable (and
+/// anonymous) from the network.
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
+
+/// The largest `shards` value accepted (the interest table's shard sets hold 256).
+pub const MAX_SHARDS: u16 = 256;
+
+/// The size of the largest MQTT control packet: one byte of fixed header,
+/// four bytes of Remaining Length and at most 268,435,455 bytes after them
+/// (MQTT 5.0 §1.5.5, §2.1.4; MQTT 3.1.1 §2.2.3).
+const MAX_MQTT_PACKET_SIZE: u32 = 1 + 4 + 268_435_455;
+
+/// A validated, immutable broker configuration.
+///
+/// Build one with [`Config::from_file`], [`Config::from_toml`] or
+/// [`Config::from_overrides`]; [`Config::default`] is the configuration of
+/// an empty file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How many shards (executors, one per core) to run.
+    shards: ShardCount,
+    /// `allow_anonymous` as written; `None` means "loopback listeners only".
+    allow_anonymous: Option<bool>,
+    /// Never empty; no two share an address (except port 0).
+    listeners: Vec<ListenerConfig>,
+    limits: Limits,
+    log: LogConfig,
+}
+
+/// How many shards to run (`shards`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardCount {
+    /// `shards = 0`: one shard per CPU the process may use. Resolving the
+    /// number (from the process's affinity mask) is the runtime's job.
+    Auto,
+    /// Exactly this many shards, at most [`MAX_SHARDS`].
+    Fixed(NonZeroU16),
+}
+
+impl fmt::Display for ShardCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// One `[[listener]]`: an MQTT-over-TCP listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    bind: SocketAddr,
+    listen_backlog: NonZeroU16,
+}
+
+impl ListenerConfig {
+    /// The default `listen_backlog`.
+    pub const DEFAULT_LISTEN_BACKLOG: NonZeroU16 = nonzero_u16(1024);
+
+    /// The address to bind (`bind`). Port 0 asks the system for a free port;
+    /// every shard must then share the one port the first bind got.
+    pub fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    /// The `listen(2)` backlog of each shard's socket (`listen_backlog`);
+    /// the kernel caps it at `net.core.somaxconn`.
+    pub fn listen_backlog(&self) -> NonZeroU16 {
+        self.listen_backlog
+    }
+
+    /// Whether the address is a loopback one (127.0.0.0/8, `::1`, or
+    /// `::ffff:127.x.y.z`), reachable only from this machine.
+    pub fn is_loopback(&self) -> bool {
+        self.bind.ip().to_canonical().is_loopback()
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self { bind: DEFAULT_BIND, listen_backlog: Self::DEFAULT_LISTEN_BACKLOG }
+    }
+}
+
+/// The `[limits]` table: per-broker and per-connection resource limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    max_connections: NonZeroU32,
+    max_packet_size: NonZeroU32,
+    connect_timeout: Duration,
+    max_inflight: NonZeroU16,
+    max_queued_messages: NonZeroU32,
+    max_queued_bytes: u64,
+    max_keepalive: NonZeroU16,
+    receive_maximum: NonZeroU16,
+    topic_alias_maximum: u16,
+    max_session_expiry_s: u32,
+}
+
+impl Limits {
+    /// The most client connections open at once over all listeners and
+    /// shards (`max_connections`).
+    pub fn max_connections(&self) -> NonZeroU32 {
+        self.max_connections
+    }
+
+    /// The largest packet accepted, in bytes, fixed header included
+    /// (`max_packet_size`); in v5 it is also the Maximum Packet Size sent in
+    /// CONNACK (MQTT 5.0 §3.2.2.3.6).
+    pub fn max_packet_size(&self) -> NonZeroU32 {
+        self.max_packet_size
+    }
+
+    /// How long a new connection may take to send its CONNECT
+    /// (`connect_timeout_ms`).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The most outgoing QoS 1/2 messages awaiting acknowledgement per
+    /// session (`max_inflight`); a v5 client's Receive Maximum may lower it.
+    pub fn max_inflight(&self) -> NonZeroU16 {
+        self.max_inflight
+    }
+
+    /// The most messages queued for a session beyond its inflight window
+    /// (`max_queued_messages`).
+    pub fn max_queued_messages(&self) -> NonZeroU32 {
+        self.max_queued_messages
+    }
+
+    /// The most payload bytes queued for a session (`max_queued_bytes`).
+    pub fn max_queued_bytes(&self) -> u64 {
+        self.max_queued_bytes
+    }
+
+    /// The longest Keep Alive granted, in seconds (`max_keepalive`). A v5
+    /// client asking for more (or for 0) gets this as Server Keep Alive,
+    /// which it must then use [MQTT-3.2.2-21].
+    pub fn max_keepalive(&self) -> NonZeroU16 {
+        self.max_keepalive
+    }
+
+    /// The Receive Maximum advertised in a v5 CONNACK: the most incoming
+    /// QoS 1/2 PUBLISHes a client may have unacknowledged
+    /// (`receive_maximum`). 0 is not a valid value (MQTT 5.0 §3.2.2.3.3).
+    pub fn receive_maximum(&self) -> NonZeroU16 {
+        self.receive_maximum
+    }
+
+    /// The Topic Alias Maximum advertised in a v5 CONNACK: the highest
+    /// alias a client may send [MQTT-3.2.2-17]; 0 accepts none
+    /// [MQTT-3.2.2-18] (`topic_alias_maximum`).
+    pub fn topic_alias_maximum(&self) -> u16 {
+        self.topic_alias_maximum
+    }
+
+    /// The longest Session Expiry Interval granted, in seconds
+    /// (`max_session_expiry_s`); `u32::MAX` means sessions may never expire
+    /// (MQTT 5.0 §3.1.2.11.2).
+    pub fn max_session_expiry_s(&self) -> u32 {
+        self.max_session_expiry_s
+    }
+}
+
+impl Limits {
+    /// The defaults of `design.md`, checked at compile time.
+    const DEFAULT: Self = Self {
+        max_connections: nonzero_u32(1_000_000),
+        max_packet_size: nonzero_u32(1_048_576),
+        connect_timeout: Duration::from_millis(10_000),
+        max_inflight: nonzero_u16(32),
+        max_queued_messages: nonzero_u32(1000),
+        max_queued_bytes: 1_048_576,
+        max_keepalive: nonzero_u16(240),
+        receive_maximum: nonzero_u16(32),
+        topic_alias_maximum: 16,
+        max_session_expiry_s: 604_800,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The `[log]` table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    level: LogLevel,
+    format: LogFormat,
+}
+
+impl LogConfig {
+    /// The most verbose level logged (`level`, or `--log`).
+    pub fn level(&self) -> LogLevel {
+        self.level
+    }
+
+    /// How log lines are written (`format`).
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+}
+
+/// A log level, from the least to the most verbose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and anomalies the broker survived.
+    Warn,
+    /// Start-up, shutdown and rare events (the default).
+    #[default]
+    Info,
+    /// Per-connection events.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    const ALL: [Self; 5] = [Self::Error, Self::Warn, Self::Info, Self::Debug, Self::Trace];
+
+    /// The name used in the file, on the command line and by `RUST_LOG`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|level| level.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Settings given on the command line, applied over the file before
+/// validation. Values are kept as typed by the user so that a bad one is
+/// refused with the same kind of message as a bad key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen ADDR`, repeatable: when not empty, these replace the
+    /// configured listeners (each with the default backlog).
+    pub listen: Vec<String>,
+    /// `--shards N`: replaces `shards`.
+    pub shards: Option<u32>,
+    /// `--log LEVEL`: replaces `log.level`.
+    pub log: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`, then applies
+    /// `overrides`.
+    pub fn from_file(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Validates the configuration `text`, then applies `overrides`.
+    /// `source` names the text in error messages (usually the file name).
+    pub fn from_toml(text: &str, source: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_raw(parse(text, source)?, overrides)
+    }
+
+    /// The embedded defaults with `overrides` applied: the configuration
+    /// when no file is given.
+    pub fn from_overrides(overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::default(), overrides)
+    }
+
+    /// How many shards to run.
+    pub fn shards(&self) -> ShardCount {
+        self.shards
+    }
+
+    /// The listeners, never empty.
+    pub fn listeners(&self) -> &[ListenerConfig] {
+        &self.listeners
+    }
+
+    /// Whether a client that presents no credentials may connect through
+    /// `listener`: always when `allow_anonymous = true`, never when it is
+    /// `false`, and when it is unset only if the listener is loopback.
+    pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
+        self.allow_anonymous.unwrap_or_else(|| listener.is_loopback())
+    }
+
+    /// The resource limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The logging settings.
+    pub fn log(&self) -> &LogConfig {
+        &self.log
+    }
+
+    /// Applies `overrides` to `raw` and checks everything, in the order of
+    /// the schema, returning the first problem found.
+    fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        refuse_unavailable_top_level(&raw)?;
+        let shards = match overrides.shards {
+            Some(n) => shard_count(Setting::flag("--shards", n), i64::from(n))?,
+            None => match raw.shards {
+                Some(n) => shard_count(Setting::key("shards", n), n)?,
+                None => ShardCount::Auto,
+            },
+        };
+        let listeners = if overrides.listen.is_empty() {
+            listeners_from_file(raw.listener)?
+        } else {
+            listeners_from_flags(&overrides.listen)?
+        };
+        let config = Self {
+            shards,
+            allow_anonymous: raw.allow_anonymous,
+            listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
+            limits: limits(&raw.limits)?,
+            log: log(&raw.log, overrides.log.as_deref())?,
+        };
+        config.check_anonymous(&listeners)?;
+        Ok(config)
+    }
+
+    /// Refuses a configuration that would let anonymous clients in from the
+    /// network without being told to, or that no client could ever pass.
+    ///
+    /// Authentication cannot be configured in this release (`password_file`
+    /// is refused), so every client is anonymous.
+    fn check_anonymous(&self, listeners: &[(ListenerConfig, Setting)]) -> Result<(), ConfigError> {
+        if self.allow_anonymous == Some(false) {
+            return Err(ConfigError::invalid(
+                "allow_anonymous = false: no authentication is configured (password_file is not \
+                 available in this release), so no client could connect; remove the key \
+                 (loopback listeners then accept anonymous clients) or set it to true",
+            ));
+        }
+        match listeners.iter().find(|(listener, _)| !self.allow_anonymous_on(listener)) {
+            Some((_, setting)) => Err(ConfigError::invalid(format!(
+                "{setting} is not loopback and no authentication is configured; set \
+                 allow_anonymous = true to accept anonymous clients on it"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Default for Config {
+    /// The configuration of an empty file: one loopback listener on
+    /// [`DEFAULT_BIND`], one shard per core, default limits, `info` text
+    /// logs.
+    fn default() -> Self {
+        Self {
+            shards: ShardCount::Auto,
+            allow_anonymous: None,
+            listeners: vec![ListenerConfig::default()],
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A value as the user wrote it, for error messages: `key = value` for a key
+/// of the file, `--flag value` for a command-line flag.
+#[derive(Clone, Debug)]
+struct Setting {
+    name: String,
+    value: String,
+    from_flag: bool,
+}
+
+impl Setting {
+    fn key(name: impl Into<String>, value: impl fmt::Debug) -> Self {
+        Self { name: name.into(), value: format!("{value:?}"), from_flag: false }
+    }
+
+    fn flag(name: &str, value: impl fmt::Debug) -> Self {
+        Self { name: name.to_owned(), value: format!("{value:?}"), from_flag: true }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.from_flag {
+            write!(f, "{} {}", self.name, self.value)
+        } else {
+            write!(f, "{} = {}", self.name, self.value)
+        }
+    }
+}
+
+/// Reads `text` into the raw schema; errors carry the file position and the
+/// full path of the key (e.g. `listener[1].bnd`).
+fn parse(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|error| {
+        let path = error.path().to_string();
+        let error = error.into_inner();
+        let location = match error.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                format!("{source}:{line}:{column}")
+            }
+            None => source.to_owned(),
+        };
+        ConfigError::Parse { location, message: describe_parse_error(&path, error.message()) }
+    })
+}
+
+/// Rewrites a serde/TOML error message as one line that names the key and
+/// speaks TOML rather than Rust.
+fn describe_parse_error(path: &str, message: &str) -> String {
+    let message: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let message = message.join("; ");
+    // serde's words for an unknown field: "unknown field `KEY`, expected
+    // one of `A`, `B`" (or "expected `A`", or "there are no fields").
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let known = rest.split_once("`, ").map_or("", |(_, known)| known);
+        return format!("unknown key `{path}` ({known})");
+    }
+    let message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected a sequence", "expected an array of tables");
+    // The raw schema's struct names mean nothing to a user: they are tables.
+    let message = match message.find("expected struct Raw") {
+        Some(at) => format!("{}expected a table", &message[..at]),
+        None => message,
+    };
+    if path == "." {
+        message
+    } else {
+        format!("{path}: {message}")
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Refuses the top-level keys of features this release does not have.
+fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
+    let unavailable = [
+        ("password_file", raw.password_file.is_some(), "authentication"),
+        ("acl_file", raw.acl_file.is_some(), "access control"),
+        ("data_dir", raw.data_dir.is_some(), "persistence"),
+        ("durability", raw.durability.is_some(), "persistence"),
+        ("fsync_interval_ms", raw.fsync_interval_ms.is_some(), "persistence"),
+    ];
+    if let Some((key, _, feature)) = unavailable.into_iter().find(|(_, present, _)| *present) {
+        return Err(ConfigError::invalid(format!(
+            "{key}: {feature} is not available in this release; remove the key"
+        )));
+    }
+    if raw.admin.is_some() {
+        return Err(ConfigError::invalid(
+            "[admin]: the admin HTTP endpoint is not available in this release; remove the section",
+        ));
+    }
+    Ok(())
+}
+
+fn shard_count(setting: Setting, n: i64) -> Result<ShardCount, ConfigError> {
+    if n == 0 {
+        return Ok(ShardCount::Auto);
+    }
+    u16::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_SHARDS)
+        .and_then(NonZeroU16::new)
+        .map(ShardCount::Fixed)
+        .ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "{setting}: must be between 0 and {MAX_SHARDS} (0 = one shard per core)"
+            ))
+        })
+}
+
+/// The listeners of the file (the default one when the key is absent), each
+/// with the setting that names it in later errors.
+fn listeners_from_file(
+    raw: Option<Vec<RawListener>>,
+) -> Result<Vec<(ListenerConfig, Setting)>, ConfigError> {
+    let Some(raw) = raw else {
+        let setting = Setting::key("listener[0].bind", DEFAULT_BIND.to_string());
+        return Ok(vec![(ListenerConfig::default(), setting)]);
+    };
+    if raw.is_empty() {
+        return Err(ConfigError::invalid(format!(
+            "listener = []: at least one listener is required; remove the key to get the \
+             default one on {DEFAULT_BIND}"
+        )));
+    }
+    let mut listeners: Vec<(ListenerConfig, Setting)> = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.iter().enumerate() {
+        let listener = listener_from_file(i, raw)?;
+        let written = raw.bind.clone().unwrap_or_else(|| DEFAULT_BIND.to_string());
+        let setting = Setting::key(format!("listener[{i}].bind"), written);
+        if let Some(earlier) = listeners.iter().position(|(l, _)| same_address(l, &listener)) {
+            return Err(ConfigError::invalid(format!(
+                "{setting}: listener[{earlier}] already binds this address; give each \
+                 listener its own"
+            )));
+        }
+        listeners.push((listener, setting));
+    }
+    Ok(listeners)
+}
+
+fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, ConfigError> {
+    let key = |name: &str| format!("listener[{i}].{name}");
+    let bind = match &raw.bind {
+        Some(text) => socket_address(Setting::key(key("bind"), text), text)?,
+        None => DEFAULT_BIND,
+    };
+    match raw.protocol.as_deref() {
+        None | Some("mqtt") => {}
+        Some("ws") => {
+            return Err(ConfigError::invalid(format!(
+                "{} = \"ws\": WebSocket listeners are not available in this release; use \
+                 \"mqtt\"",
+                key("protocol")
+            )))
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"mqtt\" or \"ws\"",
+                Setting::key(key("protocol"), other)
+            )))
+        }
+    }
+    if raw.path.is_some() {
+        return Err(ConfigError::invalid(format!(
+            "{}: WebSocket listeners are not available in this release; remove the key",
+            key("path")
+        )));
+    }
+    if raw.proxy_protocol == Some(true) {
+        return Err(ConfigError::invalid(format!(
+            "{} = true: the PROXY protocol is not available in this release; remove the key \
+             or set it to false",
+            key("proxy_protocol")
+        )));
+    }
+    if raw.tls.is_some() {
+        return Err(ConfigError::invalid(format!(
+            "{}: TLS is not available in this release; remove the key",
+            key("tls")
+        )));
+    }
+    let listen_backlog = match raw.listen_backlog {
+        Some(n) => ranged(Setting::key(key("listen_backlog"), n), n, 1, 65_535, |n| {
+            u16::try_from(n).ok().and_then(NonZeroU16::new)
+        })?,
+        None => ListenerConfig::DEFAULT_LISTEN_BACKLOG,
+    };
+    Ok(ListenerConfig { bind, listen_backlog })
+}
+
+/// The listeners of `--listen` flags, replacing those of the file.
+fn listeners_from_flags(
+    addresses: &[String],
+) -> Result<Vec<(ListenerConfig, Setting)>, ConfigError> {
+    let mut listeners: Vec<(ListenerConfig, Setting)> = Vec::with_capacity(addresses.len());
+    for text in addresses {
+        let setting = Setting::flag("--listen", text);
+        let listener =
+            ListenerConfig { bind: socket_address(setting.clone(), text)?, ..Default::default() };
+        if listeners.iter().any(|(l, _)| same_address(l, &listener)) {
+            return Err(ConfigError::invalid(format!("{setting}: given twice")));
+        }
+        listeners.push((listener, setting));
+    }
+    Ok(listeners)
+}
+
+/// Whether two listeners would bind the same socket. With port 0 each bind
+/// gets its own port, so those never clash.
+fn same_address(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    a.bind == b.bind && a.bind.port() != 0
+}
+
+fn socket_address(setting: Setting, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError::invalid(format!("{setting}: not a socket address (e.g. \"0.0.0.0:1883\")"))
+    })
+}
+
+fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    let u16_nonzero = |n: i64| u16::try_from(n).ok().and_then(NonZeroU16::new);
+    let u32_nonzero = |n: i64| u32::try_from(n).ok().and_then(NonZeroU32::new);
+    Ok(Limits {
+        max_connections: limit(
+            "max_connections",
+            raw.max_connections,
+            default.max_connections,
+            (1, u32::MAX.into()),
+            u32_nonzero,
+        )?,
+        max_packet_size: limit(
+            "max_packet_size",
+            raw.max_packet_size,
+            default.max_packet_size,
+            // Below 64 bytes not even a typical CONNECT fits; above, no MQTT
+            // packet can be that large.
+            (64, MAX_MQTT_PACKET_SIZE.into()),
+            u32_nonzero,
+        )?,
+        connect_timeout: limit(
+            "connect_timeout_ms",
+            raw.connect_timeout_ms,
+            default.connect_timeout,
+            (1, 3_600_000),
+            |n| u64::try_from(n).ok().map(Duration::from_millis),
+        )?,
+        max_inflight: limit(
+            "max_inflight",
+            raw.max_inflight,
+            default.max_inflight,
+            // Each inflight message holds one of the 65535 packet ids
+            // [MQTT-2.2.1-3].
+            (1, 65_535),
+            u16_nonzero,
+        )?,
+        max_queued_messages: limit(
+            "max_queued_messages",
+            raw.max_queued_messages,
+            default.max_queued_messages,
+            (1, u32::MAX.into()),
+            u32_nonzero,
+        )?,
+        max_queued_bytes: limit(
+            "max_queued_bytes",
+            raw.max_queued_bytes,
+            default.max_queued_bytes,
+            (1, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_keepalive: limit(
+            "max_keepalive",
+            raw.max_keepalive,
+            default.max_keepalive,
+            // Keep Alive is a Two Byte Integer of seconds (MQTT 5.0
+            // §3.1.2.10); 0 would disable it.
+            (1, 65_535),
+            u16_nonzero,
+        )?,
+        receive_maximum: limit(
+            "receive_maximum",
+            raw.receive_maximum,
+            default.receive_maximum,
+            // A Receive Maximum of 0 is a Protocol Error (MQTT 5.0 §3.2.2.3.3).
+            (1, 65_535),
+            u16_nonzero,
+        )?,
+        topic_alias_maximum: limit(
+            "topic_alias_maximum",
+            raw.topic_alias_maximum,
+            default.topic_alias_maximum,
+            // 0: the client may send no Topic Alias [MQTT-3.2.2-18].
+            (0, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_session_expiry_s: limit(
+            "max_session_expiry_s",
+            raw.max_session_expiry_s,
+            default.max_session_expiry_s,
+            // A Four Byte Integer; 0xFFFFFFFF means "never expires" (MQTT 5.0
+            // §3.1.2.11.2).
+            (0, u32::MAX.into()),
+            |n| u32::try_from(n).ok(),
+        )?,
+    })
+}
+
+/// `limits.KEY`: `default` when absent, else `raw` checked against `range`
+/// and converted to its type.
+fn limit<T>(
+    key: &str,
+    raw: Option<i64>,
+    default: T,
+    (min, max): (i64, i64),
+    convert: impl FnOnce(i64) -> Option<T>,
+) -> Result<T, ConfigError> {
+    match raw {
+        Some(n) => ranged(Setting::key(format!("limits.{key}"), n), n, min, max, convert),
+        None => Ok(default),
+    }
+}
+
+/// `n` converted by `convert` when it lies in `min..=max`; else an error
+/// naming `setting` and the range. `convert` must succeed on the range.
+fn ranged<T>(
+    setting: Setting,
+    n: i64,
+    min: i64,
+    max: i64,
+    convert: impl FnOnce(i64) -> Option<T>,
+) -> Result<T, ConfigError> {
+    (min..=max)
+        .contains(&n)
+        .then(|| convert(n))
+        .flatten()
+        .ok_or_else(|| ConfigError::invalid(format!("{setting}: must be between {min} and {max}")))
+}
+
+fn log(raw: &RawLog, level_flag: Option<&str>) -> Result<LogConfig, ConfigError> {
+    let levels = || LogLevel::ALL.map(LogLevel::as_str).join(", ");
+    let level = match (level_flag, &raw.level) {
+        (Some(name), _) => LogLevel::parse(name).ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "{}: must be one of {}",
+                Setting::flag("--log", name),
+                levels()
+            ))
+        })?,
+        (None, Some(name)) => LogLevel::parse(name).ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "{}: must be one of {}",
+                Setting::key("log.level", name),
+                levels()
+            ))
+        })?,
+        (None, None) => LogLevel::default(),
+    };
+    let format = match raw.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"text\" or \"json\"",
+                Setting::key("log.format", other)
+            )))
+        }
+    };
+    Ok(LogConfig { level, format })
+}
+
+/// `NonZeroU16` of a non-zero constant. Only used to build constants, so a
+/// zero fails the build rather than the broker.
+const fn nonzero_u16(n: u16) -> NonZeroU16 {
+    match NonZeroU16::new(n) {
+        Some(n) => n,
+        None => panic!("a NonZeroU16 constant is zero"),
+    }
+}
+
+/// `NonZeroU32` of a non-zero constant. Only used to build constants, so a
+/// zero fails the build rather than the broker.
+const fn nonzero_u32(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("a NonZeroU32 constant is zero"),
+    }
+}

@@ -1,0 +1,67 @@
+//! The configuration file as written: the serde schema of `ringmq.toml`.
+//!
+//! Every key is optional and nothing here is checked beyond its TOML type;
+//! `super` turns a [`RawConfig`] into a validated [`super::Config`]. Unknown
+//! keys are refused by `deny_unknown_fields`. Integers are read as `i64` (the
+//! TOML integer) so that an out-of-range value gets a message naming its
+//! key and its allowed range rather than serde's generic one. Keys of
+//! features this release does not have are [`IgnoredAny`]: whatever their
+//! value, their mere presence is refused with a precise message.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// The top level of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) shards: Option<i64>,
+    pub(super) allow_anonymous: Option<bool>,
+    pub(super) password_file: Option<IgnoredAny>,
+    pub(super) acl_file: Option<IgnoredAny>,
+    pub(super) data_dir: Option<IgnoredAny>,
+    pub(super) durability: Option<IgnoredAny>,
+    pub(super) fsync_interval_ms: Option<IgnoredAny>,
+    pub(super) listener: Option<Vec<RawListener>>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    pub(super) admin: Option<IgnoredAny>,
+    #[serde(default)]
+    pub(super) log: RawLog,
+}
+
+/// One `[[listener]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) bind: Option<String>,
+    pub(super) protocol: Option<String>,
+    pub(super) path: Option<IgnoredAny>,
+    pub(super) proxy_protocol: Option<bool>,
+    pub(super) tls: Option<IgnoredAny>,
+    pub(super) listen_backlog: Option<i64>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_packet_size: Option<i64>,
+    pub(super) connect_timeout_ms: Option<i64>,
+    pub(super) max_inflight: Option<i64>,
+    pub(super) max_queued_messages: Option<i64>,
+    pub(super) max_queued_bytes: Option<i64>,
+    pub(super) max_keepalive: Option<i64>,
+    pub(super) receive_maximum: Option<i64>,
+    pub(super) topic_alias_maximum: Option<i64>,
+    pub(super) max_session_expiry_s: Option<i64>,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) level: Option<String>,
+    pub(super) format: Option<String>,
+}

@@ -1,0 +1,649 @@
+//! Tests of the configuration schema: defaults, parsing, every refusal and
+//! the command-line overrides.
+
+use super::*;
+use proptest::prelude::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", &Overrides::default())
+}
+
+fn parse_with(text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", overrides)
+}
+
+/// The error message of `text`, checked to be one line.
+fn error(text: &str) -> String {
+    error_with(text, &Overrides::default())
+}
+
+fn error_with(text: &str, overrides: &Overrides) -> String {
+    match parse_with(text, overrides) {
+        Ok(config) => panic!("accepted {text:?}: {config:?}"),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(!message.contains('\n'), "not one line: {message:?}");
+            assert!(message.starts_with("config error: "), "{message}");
+            message
+        }
+    }
+}
+
+fn listen(addresses: &[&str]) -> Overrides {
+    Overrides { listen: addresses.iter().map(|a| a.to_string()).collect(), ..Overrides::default() }
+}
+
+fn nz16(n: u16) -> NonZeroU16 {
+    NonZeroU16::new(n).expect("test constant is non-zero")
+}
+
+fn nz32(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).expect("test constant is non-zero")
+}
+
+// ---- defaults --------------------------------------------------------------
+
+#[test]
+fn empty_file_is_the_default_configuration() {
+    assert_eq!(parse("").unwrap(), Config::default());
+    assert_eq!(Config::from_overrides(&Overrides::default()).unwrap(), Config::default());
+}
+
+#[test]
+fn defaults_are_those_of_the_design() {
+    let config = Config::default();
+    assert_eq!(config.shards(), ShardCount::Auto);
+    assert_eq!(config.listeners().len(), 1);
+    let listener = &config.listeners()[0];
+    assert_eq!(listener.bind(), "127.0.0.1:1883".parse().unwrap());
+    assert_eq!(listener.listen_backlog(), nz16(1024));
+    assert!(config.allow_anonymous_on(listener));
+
+    let limits = config.limits();
+    assert_eq!(limits.max_connections(), nz32(1_000_000));
+    assert_eq!(limits.max_packet_size(), nz32(1_048_576));
+    assert_eq!(limits.connect_timeout(), Duration::from_millis(10_000));
+    assert_eq!(limits.max_inflight(), nz16(32));
+    assert_eq!(limits.max_queued_messages(), nz32(1000));
+    assert_eq!(limits.max_queued_bytes(), 1_048_576);
+    assert_eq!(limits.max_keepalive(), nz16(240));
+    assert_eq!(limits.receive_maximum(), nz16(32));
+    assert_eq!(limits.topic_alias_maximum(), 16);
+    assert_eq!(limits.max_session_expiry_s(), 604_800);
+
+    assert_eq!(config.log().level(), LogLevel::Info);
+    assert_eq!(config.log().format(), LogFormat::Text);
+}
+
+#[test]
+fn empty_tables_keep_the_defaults() {
+    assert_eq!(parse("[limits]\n[log]\n").unwrap(), Config::default());
+    let config = parse("[[listener]]\n").unwrap();
+    assert_eq!(config, Config::default());
+}
+
+// ---- a full file -----------------------------------------------------------
+
+#[test]
+fn every_available_key_is_read() {
+    let config = parse(
+        r#"
+        shards = 4
+        allow_anonymous = true
+
+        [[listener]]
+        bind = "0.0.0.0:1883"
+        protocol = "mqtt"
+        proxy_protocol = false
+        listen_backlog = 4096
+
+        [[listener]]
+        bind = "[::1]:1884"
+
+        [limits]
+        max_connections = 500
+        max_packet_size = 65536
+        connect_timeout_ms = 2500
+        max_inflight = 10
+        max_queued_messages = 20
+        max_queued_bytes = 30000
+        max_keepalive = 60
+        receive_maximum = 5
+        topic_alias_maximum = 0
+        max_session_expiry_s = 3600
+
+        [log]
+        level = "debug"
+        format = "json"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.shards(), ShardCount::Fixed(nz16(4)));
+    assert_eq!(config.listeners().len(), 2);
+    assert_eq!(config.listeners()[0].bind(), "0.0.0.0:1883".parse().unwrap());
+    assert_eq!(config.listeners()[0].listen_backlog(), nz16(4096));
+    assert_eq!(config.listeners()[1].bind(), "[::1]:1884".parse().unwrap());
+    assert_eq!(config.listeners()[1].listen_backlog(), nz16(1024));
+    assert!(config.listeners().iter().all(|l| config.allow_anonymous_on(l)));
+
+    let limits = config.limits();
+    assert_eq!(limits.max_connections(), nz32(500));
+    assert_eq!(limits.max_packet_size(), nz32(65536));
+    assert_eq!(limits.connect_timeout(), Duration::from_millis(2500));
+    assert_eq!(limits.max_inflight(), nz16(10));
+    assert_eq!(limits.max_queued_messages(), nz32(20));
+    assert_eq!(limits.max_queued_bytes(), 30000);
+    assert_eq!(limits.max_keepalive(), nz16(60));
+    assert_eq!(limits.receive_maximum(), nz16(5));
+    assert_eq!(limits.topic_alias_maximum(), 0);
+    assert_eq!(limits.max_session_expiry_s(), 3600);
+
+    assert_eq!(config.log().level(), LogLevel::Debug);
+    assert_eq!(config.log().format(), LogFormat::Json);
+}
+
+#[test]
+fn example_file_at_the_repository_root_is_valid() {
+    let text = include_str!("../../ringmq.toml");
+    let config = Config::from_toml(text, "ringmq.toml", &Overrides::default()).unwrap();
+    assert_eq!(config, Config::default(), "the example documents the defaults");
+}
+
+#[test]
+fn example_file_documents_every_key_of_the_schema() {
+    let text = include_str!("../../ringmq.toml");
+    let keys = [
+        "shards",
+        "allow_anonymous",
+        "password_file",
+        "acl_file",
+        "data_dir",
+        "durability",
+        "fsync_interval_ms",
+        "[[listener]]",
+        "bind",
+        "protocol",
+        "path",
+        "proxy_protocol",
+        "tls",
+        "listen_backlog",
+        "[limits]",
+        "max_connections",
+        "max_packet_size",
+        "connect_timeout_ms",
+        "max_inflight",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "max_keepalive",
+        "receive_maximum",
+        "topic_alias_maximum",
+        "max_session_expiry_s",
+        "[admin]",
+        "listen",
+        "[log]",
+        "level",
+        "format",
+    ];
+    for key in keys {
+        let documented = text.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.starts_with(&format!("{key} =")) || (key.starts_with('[') && line == key)
+        });
+        assert!(documented, "{key} is not in ringmq.toml");
+    }
+}
+
+// ---- shards ----------------------------------------------------------------
+
+#[test]
+fn shards_zero_is_auto_and_the_maximum_is_accepted() {
+    assert_eq!(parse("shards = 0").unwrap().shards(), ShardCount::Auto);
+    assert_eq!(parse("shards = 1").unwrap().shards(), ShardCount::Fixed(nz16(1)));
+    assert_eq!(parse("shards = 256").unwrap().shards(), ShardCount::Fixed(nz16(MAX_SHARDS)));
+}
+
+#[test]
+fn shards_out_of_range_is_refused_by_name() {
+    assert_eq!(
+        error("shards = 257"),
+        "config error: shards = 257: must be between 0 and 256 (0 = one shard per core)"
+    );
+    assert!(error("shards = -1").contains("shards = -1: must be between 0 and 256"));
+}
+
+#[test]
+fn shard_count_displays_as_check_config_prints_it() {
+    assert_eq!(ShardCount::Auto.to_string(), "auto");
+    assert_eq!(ShardCount::Fixed(nz16(8)).to_string(), "8");
+}
+
+// ---- limits ----------------------------------------------------------------
+
+/// Each limit with its smallest and largest valid values.
+const LIMIT_RANGES: [(&str, i64, i64); 10] = [
+    ("max_connections", 1, 4_294_967_295),
+    ("max_packet_size", 64, 268_435_460),
+    ("connect_timeout_ms", 1, 3_600_000),
+    ("max_inflight", 1, 65_535),
+    ("max_queued_messages", 1, 4_294_967_295),
+    ("max_queued_bytes", 1, i64::MAX),
+    ("max_keepalive", 1, 65_535),
+    ("receive_maximum", 1, 65_535),
+    ("topic_alias_maximum", 0, 65_535),
+    ("max_session_expiry_s", 0, 4_294_967_295),
+];
+
+#[test]
+fn limits_accept_both_ends_of_their_range() {
+    for (key, min, max) in LIMIT_RANGES {
+        for n in [min, max] {
+            let text = format!("[limits]\n{key} = {n}");
+            assert!(parse(&text).is_ok(), "{text}: {:?}", parse(&text));
+        }
+    }
+    let limits = *parse("[limits]\nmax_session_expiry_s = 4294967295").unwrap().limits();
+    assert_eq!(limits.max_session_expiry_s(), u32::MAX);
+    let limits = *parse("[limits]\nmax_packet_size = 268435460").unwrap().limits();
+    assert_eq!(limits.max_packet_size().get(), 268_435_460);
+}
+
+#[test]
+fn limits_out_of_range_are_refused_by_key_with_the_range() {
+    for (key, min, max) in LIMIT_RANGES {
+        let mut outside = vec![min - 1];
+        if max < i64::MAX {
+            outside.push(max + 1);
+        }
+        for n in outside {
+            let message = error(&format!("[limits]\n{key} = {n}"));
+            assert_eq!(
+                message,
+                format!("config error: limits.{key} = {n}: must be between {min} and {max}")
+            );
+        }
+    }
+}
+
+#[test]
+fn max_inflight_zero_gives_the_documented_message() {
+    assert_eq!(
+        error("[limits]\nmax_inflight = 0"),
+        "config error: limits.max_inflight = 0: must be between 1 and 65535"
+    );
+}
+
+#[test]
+fn receive_maximum_zero_is_refused() {
+    // A Receive Maximum of 0 is a Protocol Error (MQTT 5.0 §3.2.2.3.3): the
+    // broker must never advertise it.
+    assert!(error("[limits]\nreceive_maximum = 0").contains("limits.receive_maximum = 0"));
+}
+
+#[test]
+fn topic_alias_maximum_zero_is_accepted() {
+    // 0: the client may send no Topic Alias [MQTT-3.2.2-18].
+    let config = parse("[limits]\ntopic_alias_maximum = 0").unwrap();
+    assert_eq!(config.limits().topic_alias_maximum(), 0);
+}
+
+// ---- listeners -------------------------------------------------------------
+
+#[test]
+fn bad_bind_address_names_the_listener_and_gives_an_example() {
+    assert_eq!(
+        error("[[listener]]\nbind = \"127.0.0.1:1883\"\n[[listener]]\nbind = \"0.0.0.0:x\""),
+        "config error: listener[1].bind = \"0.0.0.0:x\": not a socket address (e.g. \
+         \"0.0.0.0:1883\")"
+    );
+    // Host names are not resolved: the address must be literal.
+    assert!(error("[[listener]]\nbind = \"localhost:1883\"").contains("listener[0].bind"));
+    assert!(error("[[listener]]\nbind = \"127.0.0.1\"").contains("not a socket address"));
+}
+
+#[test]
+fn listener_without_bind_uses_the_default_address() {
+    let config = parse("[[listener]]\nlisten_backlog = 10").unwrap();
+    assert_eq!(config.listeners()[0].bind(), DEFAULT_BIND);
+    assert_eq!(config.listeners()[0].listen_backlog(), nz16(10));
+}
+
+#[test]
+fn listen_backlog_out_of_range_is_refused_by_name() {
+    assert_eq!(
+        error("[[listener]]\nlisten_backlog = 0"),
+        "config error: listener[0].listen_backlog = 0: must be between 1 and 65535"
+    );
+    assert!(error("[[listener]]\nlisten_backlog = 65536")
+        .contains("listener[0].listen_backlog = 65536"));
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused() {
+    assert_eq!(
+        error("[[listener]]\nbind = \"127.0.0.1:1883\"\n[[listener]]\nbind = \"127.0.0.1:1883\""),
+        "config error: listener[1].bind = \"127.0.0.1:1883\": listener[0] already binds this \
+         address; give each listener its own"
+    );
+    // A listener without bind is on the default address too.
+    assert!(error("[[listener]]\n[[listener]]\n").contains("listener[1].bind"));
+}
+
+#[test]
+fn port_zero_listeners_do_not_clash() {
+    let config =
+        parse("[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"")
+            .unwrap();
+    assert_eq!(config.listeners().len(), 2);
+}
+
+#[test]
+fn an_empty_listener_array_is_refused() {
+    assert!(error("listener = []").contains("listener = []: at least one listener is required"));
+}
+
+#[test]
+fn unknown_protocol_is_refused_by_name() {
+    assert_eq!(
+        error("[[listener]]\nprotocol = \"mqtts\""),
+        "config error: listener[0].protocol = \"mqtts\": must be \"mqtt\" or \"ws\""
+    );
+}
+
+// ---- features not in this release ------------------------------------------
+
+#[test]
+fn unavailable_top_level_keys_are_refused_by_name() {
+    let cases = [
+        ("password_file = \"/etc/ringmq/passwd\"", "password_file: authentication"),
+        ("acl_file = \"/etc/ringmq/acl\"", "acl_file: access control"),
+        ("data_dir = \"/var/lib/ringmq\"", "data_dir: persistence"),
+        ("durability = \"always\"", "durability: persistence"),
+        ("fsync_interval_ms = 10", "fsync_interval_ms: persistence"),
+    ];
+    for (text, start) in cases {
+        assert_eq!(
+            error(text),
+            format!("config error: {start} is not available in this release; remove the key")
+        );
+    }
+}
+
+#[test]
+fn unavailable_keys_are_refused_whatever_their_value() {
+    // Even a value of the wrong type gets the precise message, not a type error.
+    assert!(error("data_dir = 5").contains("data_dir: persistence is not available"));
+    assert!(error("[[listener]]\ntls = true").contains("listener[0].tls: TLS is not available"));
+}
+
+#[test]
+fn admin_section_is_refused() {
+    assert_eq!(
+        error("[admin]\nlisten = \"127.0.0.1:8080\""),
+        "config error: [admin]: the admin HTTP endpoint is not available in this release; \
+         remove the section"
+    );
+}
+
+#[test]
+fn unavailable_listener_features_are_refused_by_name() {
+    assert_eq!(
+        error("[[listener]]\nprotocol = \"ws\""),
+        "config error: listener[0].protocol = \"ws\": WebSocket listeners are not available in \
+         this release; use \"mqtt\""
+    );
+    assert_eq!(
+        error("[[listener]]\npath = \"/mqtt\""),
+        "config error: listener[0].path: WebSocket listeners are not available in this release; \
+         remove the key"
+    );
+    assert_eq!(
+        error("[[listener]]\nproxy_protocol = true"),
+        "config error: listener[0].proxy_protocol = true: the PROXY protocol is not available \
+         in this release; remove the key or set it to false"
+    );
+    assert_eq!(
+        error("[[listener]]\n[[listener]]\nbind = \"127.0.0.1:1\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }"),
+        "config error: listener[1].tls: TLS is not available in this release; remove the key"
+    );
+}
+
+#[test]
+fn proxy_protocol_false_is_accepted() {
+    assert_eq!(parse("[[listener]]\nproxy_protocol = false").unwrap(), Config::default());
+}
+
+// ---- anonymous access ------------------------------------------------------
+
+#[test]
+fn non_loopback_listener_without_authentication_needs_allow_anonymous() {
+    assert_eq!(
+        error("[[listener]]\nbind = \"0.0.0.0:1883\""),
+        "config error: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no \
+         authentication is configured; set allow_anonymous = true to accept anonymous clients \
+         on it"
+    );
+    assert!(error("[[listener]]\nbind = \"127.0.0.1:1\"\n[[listener]]\nbind = \"[::]:1883\"")
+        .contains("listener[1].bind = \"[::]:1883\" is not loopback"));
+    assert!(error("[[listener]]\nbind = \"10.1.2.3:1883\"").contains("is not loopback"));
+}
+
+#[test]
+fn allow_anonymous_true_opens_every_listener() {
+    let config = parse("allow_anonymous = true\n[[listener]]\nbind = \"0.0.0.0:1883\"").unwrap();
+    assert!(config.allow_anonymous_on(&config.listeners()[0]));
+}
+
+#[test]
+fn loopback_listeners_allow_anonymous_by_default() {
+    for bind in ["127.0.0.1:1883", "127.9.9.9:1883", "[::1]:1883", "[::ffff:127.0.0.1]:1883"] {
+        let config = parse(&format!("[[listener]]\nbind = \"{bind}\"")).unwrap();
+        let listener = &config.listeners()[0];
+        assert!(listener.is_loopback(), "{bind}");
+        assert!(config.allow_anonymous_on(listener), "{bind}");
+    }
+}
+
+#[test]
+fn allow_anonymous_false_without_authentication_is_refused() {
+    assert!(error("allow_anonymous = false")
+        .starts_with("config error: allow_anonymous = false: no authentication is configured"));
+}
+
+// ---- log -------------------------------------------------------------------
+
+#[test]
+fn log_levels_are_read_case_insensitively() {
+    for (name, level) in [
+        ("error", LogLevel::Error),
+        ("warn", LogLevel::Warn),
+        ("INFO", LogLevel::Info),
+        ("Debug", LogLevel::Debug),
+        ("trace", LogLevel::Trace),
+    ] {
+        let config = parse(&format!("[log]\nlevel = \"{name}\"")).unwrap();
+        assert_eq!(config.log().level(), level);
+    }
+    assert_eq!(LogLevel::Warn.to_string(), "warn");
+}
+
+#[test]
+fn bad_log_settings_are_refused_by_name() {
+    assert_eq!(
+        error("[log]\nlevel = \"verbose\""),
+        "config error: log.level = \"verbose\": must be one of error, warn, info, debug, trace"
+    );
+    assert_eq!(
+        error("[log]\nformat = \"xml\""),
+        "config error: log.format = \"xml\": must be \"text\" or \"json\""
+    );
+}
+
+// ---- parse errors ----------------------------------------------------------
+
+#[test]
+fn unknown_top_level_key_names_key_file_and_line() {
+    let message = error("shards = 2\nshard = 2");
+    assert!(message.starts_with("config error: test.toml:2:1: unknown key `shard`"), "{message}");
+    assert!(message.contains("`shards`"), "lists the known keys: {message}");
+}
+
+#[test]
+fn unknown_nested_keys_are_named_by_their_full_path() {
+    let message = error("[limits]\nmax_inflite = 3");
+    assert!(message.starts_with("config error: test.toml:2:1: unknown key `limits.max_inflite`"));
+    assert!(message.contains("`max_inflight`"), "{message}");
+
+    let message = error("[[listener]]\nbind = \"127.0.0.1:1\"\n[[listener]]\nbnd = \"x\"");
+    assert!(message.starts_with("config error: test.toml:4:1: unknown key `listener[1].bnd`"));
+
+    assert!(
+        error("[admin]\nlisten = \"x\"\n[log]\nlevle = \"x\"").contains("unknown key `log.levle`")
+    );
+    assert!(error("[limits2]\n").contains("unknown key `limits2`"));
+}
+
+#[test]
+fn wrong_types_name_the_key_in_toml_terms() {
+    assert_eq!(
+        error("shards = \"four\""),
+        "config error: test.toml:1:10: shards: invalid type: string \"four\", expected an integer"
+    );
+    assert_eq!(
+        error("[limits]\nmax_inflight = 1.5"),
+        "config error: test.toml:2:16: limits.max_inflight: invalid type: floating point `1.5`, \
+         expected an integer"
+    );
+    assert!(error("limits = 3").contains("limits: invalid type: integer `3`, expected a table"));
+    assert!(error("allow_anonymous = \"yes\"").contains("allow_anonymous: invalid type"));
+    assert!(error("listener = 1").contains("listener: invalid type"));
+    assert!(error("[[listener]]\nbind = 1883").contains("listener[0].bind: invalid type"));
+}
+
+#[test]
+fn syntax_errors_are_one_line_with_a_position() {
+    assert!(error("[limits\nmax_inflight = 1").starts_with("config error: test.toml:1:8: "));
+    assert!(error("shards = 1\nshards = 2").starts_with("config error: test.toml:2:"));
+    assert!(error("a = = 3").starts_with("config error: test.toml:1:"));
+}
+
+#[test]
+fn positions_count_characters_not_bytes() {
+    assert_eq!(line_column("é = 1\nxé", 9), (2, 3));
+    assert_eq!(line_column("", 0), (1, 1));
+}
+
+#[test]
+fn missing_file_is_a_read_error_naming_it() {
+    let path = Path::new("/nonexistent/ringmq-test.toml");
+    let message = Config::from_file(path, &Overrides::default()).unwrap_err().to_string();
+    assert!(message.starts_with("config error: cannot read /nonexistent/ringmq-test.toml: "));
+    assert!(!message.contains('\n'));
+}
+
+// ---- overrides -------------------------------------------------------------
+
+#[test]
+fn listen_flags_replace_the_configured_listeners() {
+    let text = "[[listener]]\nbind = \"127.0.0.1:1\"\nlisten_backlog = 5";
+    let config = parse_with(text, &listen(&["127.0.0.1:2", "[::1]:3"])).unwrap();
+    let binds: Vec<SocketAddr> = config.listeners().iter().map(ListenerConfig::bind).collect();
+    assert_eq!(binds, ["127.0.0.1:2".parse().unwrap(), "[::1]:3".parse().unwrap()]);
+    assert!(config.listeners().iter().all(|l| l.listen_backlog() == nz16(1024)));
+}
+
+#[test]
+fn validation_runs_after_the_overrides() {
+    // The configured listener would be refused (not loopback); it is replaced.
+    let text = "[[listener]]\nbind = \"0.0.0.0:1883\"";
+    assert!(parse_with(text, &listen(&["127.0.0.1:1883"])).is_ok());
+    // And the replacement is checked instead.
+    assert_eq!(
+        error_with("", &listen(&["0.0.0.0:1883"])),
+        "config error: --listen \"0.0.0.0:1883\" is not loopback and no authentication is \
+         configured; set allow_anonymous = true to accept anonymous clients on it"
+    );
+    assert!(parse_with("allow_anonymous = true", &listen(&["0.0.0.0:1883"])).is_ok());
+    let overrides = Overrides { shards: Some(2), ..Overrides::default() };
+    assert_eq!(
+        parse_with("shards = 5000", &overrides).unwrap().shards(),
+        ShardCount::Fixed(nz16(2))
+    );
+}
+
+#[test]
+fn bad_listen_flags_are_refused_by_flag() {
+    assert_eq!(
+        error_with("", &listen(&["0.0.0.0:x"])),
+        "config error: --listen \"0.0.0.0:x\": not a socket address (e.g. \"0.0.0.0:1883\")"
+    );
+    assert_eq!(
+        error_with("", &listen(&["127.0.0.1:1883", "127.0.0.1:1883"])),
+        "config error: --listen \"127.0.0.1:1883\": given twice"
+    );
+}
+
+#[test]
+fn shards_and_log_flags_override_the_file() {
+    let overrides =
+        Overrides { shards: Some(0), log: Some("trace".to_owned()), ..Overrides::default() };
+    let config = parse_with("shards = 3\n[log]\nlevel = \"warn\"", &overrides).unwrap();
+    assert_eq!(config.shards(), ShardCount::Auto);
+    assert_eq!(config.log().level(), LogLevel::Trace);
+}
+
+#[test]
+fn bad_shards_and_log_flags_are_refused_by_flag() {
+    let overrides = Overrides { shards: Some(2000), ..Overrides::default() };
+    assert_eq!(
+        error_with("", &overrides),
+        "config error: --shards 2000: must be between 0 and 256 (0 = one shard per core)"
+    );
+    let overrides = Overrides { log: Some("loud".to_owned()), ..Overrides::default() };
+    assert_eq!(
+        error_with("[log]\nlevel = \"debug\"", &overrides),
+        "config error: --log \"loud\": must be one of error, warn, info, debug, trace"
+    );
+    // A bad level in the file does not matter when the flag replaces it.
+    let overrides = Overrides { log: Some("info".to_owned()), ..Overrides::default() };
+    assert!(parse_with("[log]\nlevel = \"loud\"", &overrides).is_ok());
+}
+
+#[test]
+fn file_checks_that_do_not_depend_on_overrides_still_apply() {
+    // Unknown keys and unavailable features are refused even when flags
+    // replace the part of the file they are in.
+    let overrides = listen(&["127.0.0.1:1883"]);
+    assert!(error_with("bogus = 1", &overrides).contains("unknown key `bogus`"));
+    assert!(error_with("data_dir = \"/x\"", &overrides).contains("data_dir: persistence"));
+}
+
+// ---- robustness ------------------------------------------------------------
+
+proptest! {
+    /// Whatever the input, parsing never panics and a refusal is one line.
+    #[test]
+    fn any_text_gives_a_config_or_a_one_line_error(text in "\\PC{0,200}") {
+        if let Err(error) = parse(&text) {
+            let message = error.to_string();
+            prop_assert!(!message.contains('\n'), "{:?}", message);
+        }
+    }
+
+    /// Same for text shaped like the schema, which reaches validation.
+    #[test]
+    fn schema_shaped_text_gives_a_config_or_a_one_line_error(
+        key in prop::sample::select(vec![
+            "shards", "allow_anonymous", "limits.max_inflight", "limits.max_packet_size",
+            "log.level", "listener", "data_dir",
+        ]),
+        value in prop::sample::select(vec![
+            "0", "-1", "1", "70000", "9223372036854775807", "true", "\"x\"", "[]", "{}", "1.5",
+            "\"0.0.0.0:1883\"", "[{ bind = \"0.0.0.0:1\" }]", "[{ bind = \"\\n\" }]",
+        ]),
+    ) {
+        if let Err(error) = parse(&format!("{key} = {value}")) {
+            let message = error.to_string();
+            prop_assert!(!message.contains('\n'), "{:?}", message);
+        }
+    }
+}

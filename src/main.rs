@@ -1,0 +1,253 @@
+//! The `ringmq` command: reads the command line and the configuration,
+//! sets up logging and runs the broker.
+//!
+//! * `ringmq serve [--config FILE] [--listen ADDR]... [--shards N] [--log LEVEL]`
+//!   runs the broker; `serve` is the default command, so `ringmq --listen
+//!   0.0.0.0:1883` works too.
+//! * `ringmq check-config FILE` validates a file and says so.
+//!
+//! Every failure is one line on stderr, `ringmq: <error>`, never a panic or
+//! a backtrace. Exit status: 0 on success, 1 when the runtime fails to start
+//! or stops with an error, 2 when the configuration (file, flags or
+//! `RUST_LOG`) is refused; clap's own usage errors also exit with 2.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use ringmq::config::{Config, LogFormat, Overrides};
+use std::error::Error;
+use std::io::{self, IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// A thread-per-core MQTT 3.1/3.1.1/5.0 broker.
+#[derive(Debug, Parser)]
+#[command(name = "ringmq", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The options of `serve`, which runs when no command is given.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default command).
+    Serve(ServeArgs),
+    /// Check a configuration file: print a summary and exit 0 if it is
+    /// valid, print the problem and exit 2 if not.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); without it, the built-in defaults (one
+    /// listener on 127.0.0.1:1883).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on ADDR (e.g. 0.0.0.0:1883) instead of the configured
+    /// listeners; repeat for several.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Number of shards, one per core (0 = one per CPU the process may use).
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+    /// Log level: error, warn, info, debug or trace. Takes precedence over
+    /// RUST_LOG, which takes precedence over log.level in the file.
+    #[arg(long, value_name = "LEVEL")]
+    log: Option<String>,
+}
+
+/// Why the command failed: the line printed after `ringmq: ` and the exit
+/// status.
+#[derive(Debug)]
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    /// The configuration was refused: exit status 2.
+    fn config(error: &(dyn Error + 'static)) -> Self {
+        Self { status: 2, message: one_line(error) }
+    }
+
+    /// The runtime failed: exit status 1.
+    fn runtime(error: &(dyn Error + 'static)) -> Self {
+        Self { status: 1, message: one_line(error) }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            // Nothing sensible is left to do if stderr itself is gone.
+            let _ = writeln!(io::stderr(), "ringmq: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> Result<(), Failure> {
+    let config =
+        Config::from_file(&file, &Overrides::default()).map_err(|error| Failure::config(&error))?;
+    // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
+    // must not turn it into a panic.
+    let _ = writeln!(
+        io::stdout(),
+        "ok: {} listener(s), shards={}",
+        config.listeners().len(),
+        config.shards()
+    );
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let overrides = Overrides { listen: args.listen, shards: args.shards, log: args.log };
+    let config = match &args.config {
+        Some(file) => Config::from_file(file, &overrides),
+        None => Config::from_overrides(&overrides),
+    }
+    .map_err(|error| Failure::config(&error))?;
+    init_tracing(&config, overrides.log.is_some())
+        .map_err(|error| Failure::config(error.as_ref()))?;
+    let listeners: Vec<String> =
+        config.listeners().iter().map(|listener| listener.bind().to_string()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = %config.shards(),
+        listeners = ?listeners,
+        "starting ringmq"
+    );
+    ringmq::runtime::run(config).map_err(|error| Failure::runtime(&error))
+}
+
+/// Installs the global tracing subscriber, writing to stderr in the
+/// configured format, in colour only on a terminal (not in a journal or a
+/// file). The filter is `--log` when given, else `RUST_LOG` when
+/// set (it may hold per-module directives), else `log.level`.
+fn init_tracing(config: &Config, level_flag: bool) -> anyhow::Result<()> {
+    let level = config.log().level().as_str();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !level_flag && !directives.trim().is_empty() => {
+            EnvFilter::try_new(&directives)
+                .with_context(|| format!("config error: RUST_LOG = {directives:?}"))?
+        }
+        _ => EnvFilter::new(level),
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal());
+    match config.log().format() {
+        LogFormat::Text => subscriber.try_init(),
+        LogFormat::Json => subscriber.json().try_init(),
+    }
+    .map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
+}
+
+/// `error` and its sources as one line: `error: cause: cause`, without
+/// repeating a cause its parent's message already includes, line breaks
+/// folded into `; `.
+fn one_line(error: &(dyn Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    let parts: Vec<&str> = line.lines().map(str::trim).filter(|part| !part.is_empty()).collect();
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner\nsecond line")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped: {0}")]
+    struct Repeats(#[source] Inner);
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default_command() {
+        let cli = Cli::try_parse_from(["ringmq", "--listen", "127.0.0.1:1", "--shards", "2"])
+            .expect("flags without a command are serve's");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, ["127.0.0.1:1"]);
+        assert_eq!(cli.serve.shards, Some(2));
+    }
+
+    #[test]
+    fn serve_flags_are_repeatable_and_optional() {
+        let cli = Cli::try_parse_from([
+            "ringmq", "serve", "-c", "x.toml", "--listen", "a", "--listen", "b", "--log", "debug",
+        ])
+        .expect("valid serve command line");
+        let Some(Command::Serve(args)) = cli.command else { panic!("not serve: {cli:?}") };
+        assert_eq!(args.config, Some(PathBuf::from("x.toml")));
+        assert_eq!(args.listen, ["a", "b"]);
+        assert_eq!(args.log.as_deref(), Some("debug"));
+        assert_eq!(args.shards, None);
+    }
+
+    #[test]
+    fn flags_before_a_command_are_refused() {
+        assert!(Cli::try_parse_from(["ringmq", "--shards", "2", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["ringmq", "--shards", "2", "check-config", "f"]).is_err());
+    }
+
+    #[test]
+    fn there_is_no_passwd_command_yet() {
+        assert!(Cli::try_parse_from(["ringmq", "passwd", "file", "user"]).is_err());
+    }
+
+    #[test]
+    fn check_config_needs_a_file() {
+        assert!(Cli::try_parse_from(["ringmq", "check-config"]).is_err());
+        let cli = Cli::try_parse_from(["ringmq", "check-config", "f.toml"]).expect("valid");
+        let Some(Command::CheckConfig { file }) = cli.command else { panic!("not check-config") };
+        assert_eq!(file, Path::new("f.toml"));
+    }
+
+    #[test]
+    fn errors_are_rendered_on_one_line_with_their_causes() {
+        assert_eq!(one_line(&Outer(Inner)), "outer: inner; second line");
+        assert_eq!(one_line(&Repeats(Inner)), "wrapped: inner; second line");
+    }
+
+    #[test]
+    fn failures_have_the_documented_exit_status() {
+        assert_eq!(Failure::config(&Inner).status, 2);
+        assert_eq!(Failure::runtime(&Inner).status, 1);
+    }
+}

@@ -1,0 +1,62 @@
+//! Why a session closes a connection on its own: the client broke a rule of
+//! the protocol. Each error carries the reason code to close with.
+
+use crate::protocol::{PacketType, ReasonCode};
+
+/// A protocol violation by the client. The session has already closed the
+/// connection when it returns one (a v5 client gets a DISCONNECT with
+/// [`SessionError::reason_code`]; MQTT 3.1 / 3.1.1 clients just have their
+/// connection closed [MQTT-4.8.0-1]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A second CONNECT on the same network connection [MQTT-3.1.0-2].
+    #[error("second CONNECT on a connection")]
+    SecondConnect,
+    /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP), or
+    /// AUTH without an authentication method in CONNECT (5.0 §4.12).
+    #[error("{0:?} is not accepted from a client")]
+    UnexpectedPacket(PacketType),
+    /// A packet after the connection was closed (for example after
+    /// DISCONNECT [MQTT-3.14.4-1]), or before any CONNECT was accepted.
+    #[error("no open connection")]
+    NotConnected,
+    /// A QoS 1/2 PUBLISH without a packet identifier [MQTT-2.3.1-1].
+    #[error("QoS > 0 PUBLISH without a packet identifier")]
+    MissingPacketId,
+    /// A PUBLISH with an empty topic and no Topic Alias [MQTT-4.7.3-1].
+    #[error("PUBLISH with an empty topic name")]
+    EmptyTopic,
+    /// A PUBLISH with a Subscription Identifier [MQTT-3.3.4-6].
+    #[error("Subscription Identifier in a PUBLISH from a client")]
+    SubscriptionIdentifierFromClient,
+    /// A Topic Alias above the Topic Alias Maximum of CONNACK
+    /// [MQTT-3.3.2-9].
+    #[error("topic alias {0} exceeds the maximum")]
+    TopicAliasInvalid(u16),
+    /// An empty topic with a Topic Alias that has no mapping on this
+    /// connection (5.0 §3.3.2.3.4).
+    #[error("topic alias {0} has no mapping")]
+    UnknownTopicAlias(u16),
+    /// More unacknowledged QoS 1/2 PUBLISH packets than the Receive Maximum
+    /// of CONNACK [MQTT-3.3.4-7].
+    #[error("receive maximum exceeded")]
+    ReceiveMaximumExceeded,
+}
+
+impl SessionError {
+    /// The reason code to close the connection with (sent in a v5
+    /// DISCONNECT).
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            Self::SecondConnect
+            | Self::UnexpectedPacket(_)
+            | Self::NotConnected
+            | Self::SubscriptionIdentifierFromClient
+            | Self::EmptyTopic
+            | Self::UnknownTopicAlias(_) => ReasonCode::ProtocolError,
+            Self::MissingPacketId => ReasonCode::MalformedPacket,
+            Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
+            Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
+        }
+    }
+}

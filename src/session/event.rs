@@ -1,0 +1,137 @@
+//! What crosses the boundary between a session and its shard: deliveries in,
+//! events out, and the per-subscription state the session keeps.
+
+use super::SessionError;
+use crate::message::Message;
+use crate::protocol::{ReasonCode, SubscriptionIds, SubscriptionOptions, TopicFilter};
+use smallvec::SmallVec;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// A subscription as the session stores it (part of the persistent session
+/// state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The options granted; `qos` is the maximum QoS delivered
+    /// [MQTT-3.8.4-6].
+    pub options: SubscriptionOptions,
+    /// The v5 Subscription Identifier given with the SUBSCRIBE, returned in
+    /// every PUBLISH this subscription matches [MQTT-3.3.4-3].
+    pub identifier: Option<NonZeroU32>,
+}
+
+/// One filter of an accepted SUBSCRIBE, as the shard needs it to update its
+/// subscription index and to send retained messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionGrant {
+    /// The filter (replacing any previous subscription to the same filter
+    /// [MQTT-3.8.4-3]).
+    pub filter: TopicFilter,
+    /// The granted options and identifier.
+    pub subscribed: Subscribed,
+    /// Whether no subscription to this filter existed before; v5 Retain
+    /// Handling 1 sends retained messages only then (5.0 §3.8.3.1).
+    pub is_new: bool,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT, with this reason code (Normal
+    /// disconnection on MQTT 3.1 / 3.1.1).
+    ClientDisconnect(ReasonCode),
+    /// The client broke the protocol.
+    ProtocolViolation(SessionError),
+    /// Nothing was received for one and a half times the keep alive
+    /// [MQTT-3.1.2-24].
+    KeepAliveTimeout,
+    /// The network connection ended without DISCONNECT.
+    ConnectionLost,
+    /// Another connection with the same client id took the session over
+    /// [MQTT-3.1.4-2].
+    TakenOver,
+}
+
+impl CloseReason {
+    /// Whether the will message is published: always, except after a
+    /// DISCONNECT with reason Success [MQTT-3.14.4-3] (v5 reason 0x04
+    /// "Disconnect with Will Message" publishes it).
+    pub fn publishes_will(&self) -> bool {
+        !matches!(self, Self::ClientDisconnect(ReasonCode::Success))
+    }
+
+    /// The reason code of the DISCONNECT a v5 client is sent before the
+    /// server closes the connection; `None` when the client closed it (or
+    /// the network did) and nothing can be sent.
+    pub fn server_disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Self::ProtocolViolation(error) => Some(error.reason_code()),
+            Self::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Self::TakenOver => Some(ReasonCode::SessionTakenOver),
+            Self::ClientDisconnect(_) | Self::ConnectionLost => None,
+        }
+    }
+}
+
+/// What the shard must act on, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// An accepted PUBLISH, to route to subscribers (and to the retained
+    /// store when `retain` is set). Built once; fan-out clones the `Arc`.
+    Publish(Arc<Message>),
+    /// Accepted subscriptions, in the order of the SUBSCRIBE packet.
+    Subscribe(SmallVec<[SubscriptionGrant; 1]>),
+    /// Filters whose subscription was removed by an UNSUBSCRIBE
+    /// [MQTT-3.10.4-1]; filters without a subscription are left out.
+    Unsubscribe(SmallVec<[TopicFilter; 1]>),
+    /// The will message to publish [MQTT-3.1.2-8], with the QoS and RETAIN
+    /// of CONNECT [MQTT-3.1.2-16], [MQTT-3.1.2-17].
+    Will(Arc<Message>),
+    /// The connection is closed. The network layer writes what
+    /// [`Session::poll_transmit`](super::Session::poll_transmit) still
+    /// produces (a v5 DISCONNECT), closes the socket and calls
+    /// [`Session::handle_connection_lost`](super::Session::handle_connection_lost).
+    Closed(CloseReason),
+}
+
+/// A message routed to this session: it matched one of its subscriptions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message, shared with every other subscriber.
+    pub message: Arc<Message>,
+    /// The options of the matching subscription (the highest QoS of all
+    /// matching ones when the shard merges overlapping subscriptions
+    /// [MQTT-3.3.5-1]).
+    pub options: SubscriptionOptions,
+    /// v5 identifiers of the matching subscriptions [MQTT-3.3.4-3].
+    pub subscription_ids: SubscriptionIds,
+    /// Whether the message comes from the retained store because a
+    /// subscription was just made: it is then sent with RETAIN=1
+    /// [MQTT-3.3.1-8].
+    pub from_retained: bool,
+}
+
+/// What became of a [`Delivery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Queued; [`Session::poll_transmit`](super::Session::poll_transmit)
+    /// sends it.
+    Queued,
+    /// Not queued.
+    Dropped(DropReason),
+}
+
+/// Why a delivery was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A QoS 0 message for a client that is not connected.
+    Offline,
+    /// The queue is at one of its limits (see
+    /// [`SessionLimits`](super::SessionLimits)).
+    QueueFull,
+    /// The v5 Message Expiry Interval has run out [MQTT-3.3.2-5].
+    Expired,
+    /// The client published it itself and subscribed with v5 No Local
+    /// [MQTT-3.8.3-3].
+    NoLocal,
+}

@@ -1,0 +1,97 @@
+//! Per-session limits (configuration, immutable) and counters (what the
+//! session dropped or re-sent, for metrics).
+
+use crate::protocol::QoS;
+use std::num::NonZeroU16;
+
+/// The limits one session enforces, taken from the `[limits]` section of the
+/// configuration.
+///
+/// # Queue overflow policy
+///
+/// Messages waiting to be sent (beyond the in-flight window, or while the
+/// client is offline) are held in one FIFO queue bounded by
+/// [`max_queued_messages`](Self::max_queued_messages) and
+/// [`max_queued_bytes`](Self::max_queued_bytes). When a new message would
+/// exceed either limit, **the new message is dropped** and counted in
+/// [`SessionCounters::dropped_queue_full`] (per QoS); an older message is
+/// never evicted, so what a client finally receives is always a prefix of
+/// what was routed to it. An empty queue always admits one message, so a
+/// message larger than `max_queued_bytes` can still be delivered to a client
+/// that keeps up. A subscriber that stops reading therefore holds at most
+/// `max_inflight` in-flight messages plus these limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Unacknowledged outgoing QoS 1/2 PUBLISH packets at most (the send
+    /// window); a v5 client's Receive Maximum can lower it [MQTT-3.3.4-9].
+    pub max_inflight: NonZeroU16,
+    /// Messages waiting in the queue at most.
+    pub max_queued_messages: usize,
+    /// Topic plus payload bytes waiting in the queue at most.
+    pub max_queued_bytes: usize,
+    /// The largest keep alive, in seconds, a v5 client may use: a client
+    /// asking for more (or for 0, no keep alive) is told this value as
+    /// Server Keep Alive (5.0 §3.2.2.3.14). MQTT 3.1 / 3.1.1 have no way to
+    /// tell the client, so their keep alive is honoured as requested. 0: no
+    /// maximum.
+    pub max_keepalive: u16,
+    /// v5: incoming QoS 1/2 PUBLISH packets the client may have unacknowledged
+    /// at once; advertised in CONNACK and enforced with 0x93
+    /// [MQTT-3.3.4-7].
+    pub receive_maximum: NonZeroU16,
+    /// v5: topic aliases the client may use towards the server, advertised in
+    /// CONNACK [MQTT-3.3.2-12]. 0: none.
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for SessionLimits {
+    /// The defaults of the configuration file.
+    fn default() -> Self {
+        Self {
+            max_inflight: NonZeroU16::new(32).expect("32 is not zero"),
+            max_queued_messages: 1000,
+            max_queued_bytes: 1 << 20,
+            max_keepalive: 240,
+            receive_maximum: NonZeroU16::new(32).expect("32 is not zero"),
+            topic_alias_maximum: 16,
+        }
+    }
+}
+
+/// What happened to the traffic of one session, for metrics. Counters only
+/// ever grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// PUBLISH packets accepted from the client (duplicates of a QoS 2
+    /// message still awaiting PUBREL are not counted).
+    pub publishes_received: u64,
+    /// Re-sent QoS 2 PUBLISH packets answered with PUBREC but not routed
+    /// again [MQTT-4.3.3-2].
+    pub duplicate_qos2_received: u64,
+    /// PUBLISH packets sent to the client for the first time.
+    pub publishes_sent: u64,
+    /// PUBLISH packets re-sent with DUP=1 on a resumed session
+    /// [MQTT-4.4.0-1].
+    pub publishes_resent: u64,
+    /// QoS 0 messages dropped because the client was not connected (offline
+    /// sessions keep QoS 1/2 messages only).
+    pub dropped_offline_qos0: u64,
+    /// New messages dropped because the queue was full, indexed by their
+    /// QoS as sent (`[QoS 0, QoS 1, QoS 2]`).
+    pub dropped_queue_full: [u64; 3],
+    /// Messages whose v5 Message Expiry Interval ran out before they could
+    /// be sent [MQTT-3.3.2-5].
+    pub dropped_expired: u64,
+    /// Packets that could not be sent: larger than the client's v5 Maximum
+    /// Packet Size [MQTT-3.1.2-25] or than MQTT can encode.
+    pub dropped_too_large: u64,
+    /// PUBACK, PUBREC or PUBCOMP packets for a packet identifier that was
+    /// not awaiting one; ignored.
+    pub unexpected_acks: u64,
+}
+
+impl SessionCounters {
+    pub(super) fn count_queue_full(&mut self, qos: QoS) {
+        self.dropped_queue_full[qos as usize] += 1;
+    }
+}

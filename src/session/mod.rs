@@ -1,0 +1,647 @@
+//! The per-client MQTT state machine, sans IO: everything one client's
+//! session means, and nothing about sockets, clocks or routing.
+//!
+//! A [`Session`] is driven by its shard and the network layer:
+//!
+//! * input: [`Session::handle_connect`] when a connection attaches (the shard
+//!   has already checked the CONNECT: authentication, takeover, clean start),
+//!   [`Session::handle_packet`] for every packet read after it,
+//!   [`Session::handle_delivery`] for every message routed to the client,
+//!   [`Session::handle_timeout`] and [`Session::handle_connection_lost`];
+//! * output: [`Session::poll_transmit`] (the bytes to write),
+//!   [`Session::poll_event`] (what the shard must route or record) and
+//!   [`Session::poll_timeout`] (when to call `handle_timeout`).
+//!
+//! Time is always passed in as `now`; the session never reads a clock, logs
+//! nothing and cannot panic on anything a peer sends. It owns the state that
+//! outlives a connection of a persistent session (subscriptions, queued and
+//! in-flight outgoing messages, QoS 2 packet ids received and not yet
+//! released) and the state of the current connection (version, keep alive,
+//! will, topic aliases, owed acknowledgements).
+//!
+//! MQTT 3.1 and 3.1.1 are complete. For 5.0 the session already carries
+//! properties through, answers with reason codes, applies No Local, Retain As
+//! Published and subscription identifiers, client Receive Maximum and
+//! Maximum Packet Size, inbound topic aliases and Server Keep Alive.
+
+mod connection;
+mod error;
+mod event;
+mod keepalive;
+mod limits;
+mod outbound;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use error::SessionError;
+pub use event::{
+    CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
+};
+pub use limits::{SessionCounters, SessionLimits};
+
+use crate::message::Message;
+use crate::protocol::{
+    ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId, ProtocolVersion,
+    PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe, TopicFilter, Unsubscribe,
+    Will,
+};
+use bytes::BytesMut;
+use bytestring::ByteString;
+use connection::{Connection, Control, TopicAliases};
+use hashbrown::{HashMap, HashSet};
+use keepalive::KeepAlive;
+use outbound::{Outbound, PubRecOutcome, Queued};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The session of one client id: its persistent state plus, while a client
+/// is connected, the state of that connection.
+///
+/// A clean start gets a fresh `Session` from the shard; a resumed session
+/// keeps this one and calls [`handle_connect`](Self::handle_connect) again.
+#[derive(Debug)]
+pub struct Session {
+    /// The client id (assigned by the shard when the client sent none).
+    client_id: ByteString,
+    limits: SessionLimits,
+    /// Subscriptions by filter; a SUBSCRIBE to an existing filter replaces
+    /// it [MQTT-3.8.4-3].
+    subscriptions: HashMap<TopicFilter, Subscribed>,
+    /// Outgoing messages: queued and in flight.
+    outbound: Outbound,
+    /// Packet ids of QoS 2 publishes received and answered with PUBREC, not
+    /// yet released by PUBREL: a re-sent PUBLISH with one of them is not
+    /// routed again (method B of [MQTT-4.3.3-2]). Part of the session state.
+    inbound_qos2: HashSet<PacketId>,
+    /// The attached connection, if any.
+    connection: Option<Connection>,
+    /// Events not yet polled, oldest first.
+    events: VecDeque<SessionEvent>,
+    counters: SessionCounters,
+}
+
+impl Session {
+    /// A new session with no state, not connected.
+    pub fn new(client_id: ByteString, limits: SessionLimits) -> Self {
+        Self {
+            client_id,
+            limits,
+            subscriptions: HashMap::new(),
+            outbound: Outbound::new(),
+            inbound_qos2: HashSet::new(),
+            connection: None,
+            events: VecDeque::new(),
+            counters: SessionCounters::default(),
+        }
+    }
+
+    /// A network connection attaches, after the shard accepted its CONNECT.
+    ///
+    /// `session_present` says whether the shard resumed stored state; it is
+    /// reported only when the client did not ask for a clean start
+    /// [MQTT-3.2.2-1], [MQTT-3.2.2-2], and never to MQTT 3.1, whose CONNACK
+    /// has no such flag.
+    ///
+    /// Returns the CONNACK, which [`poll_transmit`](Self::poll_transmit)
+    /// writes first; the shard may add server-wide v5 properties to it.
+    /// Right after it, every unacknowledged outgoing QoS 1/2 PUBLISH is re-sent
+    /// with DUP=1 and every unacknowledged PUBREL re-sent, in their original
+    /// order [MQTT-4.4.0-1], [MQTT-4.6.0-1]; then the queued messages follow.
+    ///
+    /// A connection still attached is taken over first
+    /// ([`handle_takeover`](Self::handle_takeover)) and its unsent output is
+    /// dropped.
+    pub fn handle_connect(
+        &mut self,
+        now: Instant,
+        connect: &Connect,
+        session_present: bool,
+    ) -> &mut ConnAck {
+        if self.connection.is_some() {
+            self.handle_takeover(now);
+            self.detach();
+        }
+        let version = connect.version;
+        let mut keep_alive = connect.keep_alive;
+        let mut properties = ConnAckProperties::default();
+        let mut send_window = self.limits.max_inflight.get();
+        let mut max_packet_size = None;
+        if version.is_v5() {
+            let max = self.limits.max_keepalive;
+            if max > 0 && (keep_alive == 0 || keep_alive > max) {
+                // The client must use the Server Keep Alive (5.0 §3.2.2.3.14).
+                keep_alive = max;
+                properties.server_keep_alive = Some(max);
+            }
+            properties.receive_maximum = Some(self.limits.receive_maximum);
+            properties.topic_alias_maximum =
+                (self.limits.topic_alias_maximum > 0).then_some(self.limits.topic_alias_maximum);
+            if connect.client_id.is_empty() {
+                properties.assigned_client_identifier = Some(self.client_id.clone());
+            }
+            // [MQTT-3.3.4-9] no more unacknowledged QoS 1/2 publishes than
+            // the client's Receive Maximum.
+            if let Some(receive_maximum) = connect.properties.receive_maximum {
+                send_window = send_window.min(receive_maximum.get());
+            }
+            max_packet_size = connect.properties.maximum_packet_size;
+        }
+        let connack = ConnAck {
+            session_present: session_present
+                && !connect.clean_start
+                && version != ProtocolVersion::V3_1,
+            reason: ReasonCode::Success,
+            properties,
+        };
+        self.outbound.start_resend();
+        let connection = self.connection.insert(Connection {
+            version,
+            open: true,
+            keep_alive: KeepAlive::new(keep_alive, now),
+            will: connect.will.clone(),
+            connack: None,
+            control: VecDeque::new(),
+            unacknowledged_in: 0,
+            send_window,
+            max_packet_size,
+            aliases: TopicAliases::default(),
+        });
+        connection.connack.insert(connack)
+    }
+
+    /// Every packet read after CONNECT. Any packet resets the keep alive
+    /// timer.
+    ///
+    /// # Errors
+    ///
+    /// A protocol violation: the session has closed the connection (events
+    /// [`SessionEvent::Will`] and [`SessionEvent::Closed`]); the network layer
+    /// writes what `poll_transmit` still produces and closes the socket.
+    /// [`SessionError::NotConnected`] (a packet after the close) changes
+    /// nothing.
+    pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), SessionError> {
+        let Some(connection) = self.connection.as_mut().filter(|c| c.open) else {
+            return Err(SessionError::NotConnected);
+        };
+        connection.keep_alive.handle_received(now);
+        let result = match packet {
+            Packet::Publish(publish) => self.handle_publish(now, publish),
+            Packet::PubAck(ack) => {
+                if !self.outbound.handle_puback(ack.packet_id) {
+                    self.counters.unexpected_acks += 1;
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                self.handle_pubrec(ack);
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                self.handle_pubrel(ack);
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                if !self.outbound.handle_pubcomp(ack.packet_id) {
+                    self.counters.unexpected_acks += 1;
+                }
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.handle_subscribe(subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                // [MQTT-3.12.4-1]
+                connection.control.push_back(Control::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                self.handle_disconnect(now, disconnect);
+                Ok(())
+            }
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
+            Packet::Connect(_) => Err(SessionError::SecondConnect),
+            // Packets only a server sends, and AUTH: no enhanced
+            // authentication method was accepted in CONNECT (5.0 §4.12).
+            packet @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Auth(_)) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
+        };
+        if let Err(error) = &result {
+            self.close(now, CloseReason::ProtocolViolation(error.clone()));
+        }
+        result
+    }
+
+    fn handle_publish(&mut self, now: Instant, publish: Publish) -> Result<(), SessionError> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(SessionError::NotConnected);
+        };
+        let Publish { qos, retain, topic, packet_id, mut properties, payload, .. } = publish;
+        // [MQTT-3.3.4-6] subscription identifiers go server to client only.
+        if !properties.subscription_identifiers.is_empty() {
+            return Err(SessionError::SubscriptionIdentifierFromClient);
+        }
+        let topic = connection.aliases.resolve(
+            topic,
+            properties.topic_alias.take(),
+            self.limits.topic_alias_maximum,
+        )?;
+        let packet_id = match qos {
+            QoS::AtMostOnce => None,
+            // [MQTT-2.3.1-1]
+            _ => Some(packet_id.ok_or(SessionError::MissingPacketId)?),
+        };
+        if let Some(id) = packet_id {
+            if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
+                // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
+                // answered with PUBREC again and not delivered again.
+                connection.control.push_back(Control::PubRec(id));
+                self.counters.duplicate_qos2_received += 1;
+                return Ok(());
+            }
+            // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
+            // publishes unacknowledged.
+            if connection.version.is_v5()
+                && connection.unacknowledged_in >= usize::from(self.limits.receive_maximum.get())
+            {
+                return Err(SessionError::ReceiveMaximumExceeded);
+            }
+            connection.unacknowledged_in += 1;
+        }
+        let expires_at = properties
+            .message_expiry_interval
+            .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+        let message = Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            publisher: Some(self.client_id.clone()),
+            expires_at,
+        };
+        self.events.push_back(SessionEvent::Publish(Arc::new(message)));
+        self.counters.publishes_received += 1;
+        // Acknowledgements are queued in the order the publishes arrived
+        // [MQTT-4.6.0-2], [MQTT-4.6.0-3].
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                // [MQTT-4.3.2-2]
+                connection.control.push_back(Control::PubAck(id));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
+                self.inbound_qos2.insert(id);
+                connection.control.push_back(Control::PubRec(id));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_pubrec(&mut self, ack: PubResponse) {
+        let Some(connection) = self.connection.as_mut() else { return };
+        match self.outbound.handle_pubrec(ack.packet_id, ack.reason) {
+            // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
+            // [MQTT-4.6.0-4].
+            PubRecOutcome::Release => connection.control.push_back(Control::PubRel(ack.packet_id)),
+            PubRecOutcome::Refused => {}
+            PubRecOutcome::Unexpected => self.counters.unexpected_acks += 1,
+        }
+    }
+
+    fn handle_pubrel(&mut self, ack: PubResponse) {
+        let Some(connection) = self.connection.as_mut() else { return };
+        // [MQTT-4.3.3-2] discard the id and answer PUBCOMP; an unknown id
+        // still gets one (v5 says it was not found).
+        let known = self.inbound_qos2.remove(&ack.packet_id);
+        let reason = if known || !connection.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        connection.control.push_back(Control::PubComp(ack.packet_id, reason));
+    }
+
+    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+        let Some(connection) = self.connection.as_mut() else { return };
+        let identifier = subscribe.properties.subscription_identifier;
+        let mut reasons = SmallVec::new();
+        let mut grants = SmallVec::new();
+        // [MQTT-3.8.4-4] several filters act as several SUBSCRIBEs with one
+        // SUBACK, one code per filter in order [MQTT-3.8.4-5], [MQTT-3.9.3-1].
+        for subscription in subscribe.subscriptions {
+            let subscribed = Subscribed { options: subscription.options, identifier };
+            // [MQTT-3.8.4-3] an existing subscription is replaced.
+            let is_new =
+                self.subscriptions.insert(subscription.filter.clone(), subscribed).is_none();
+            reasons.push(granted_qos_reason(subscription.options.qos));
+            grants.push(SubscriptionGrant { filter: subscription.filter, subscribed, is_new });
+        }
+        // [MQTT-3.8.4-1] SUBACK with the id of the SUBSCRIBE [MQTT-3.8.4-2].
+        connection.control.push_back(Control::SubAck(subscribe.packet_id, reasons));
+        self.events.push_back(SessionEvent::Subscribe(grants));
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Some(connection) = self.connection.as_mut() else { return };
+        let v5 = connection.version.is_v5();
+        let mut reasons = SmallVec::new();
+        let mut removed = SmallVec::new();
+        for filter in unsubscribe.filters {
+            // [MQTT-3.10.4-1] filters compare character by character.
+            let existed = self.subscriptions.remove(&filter).is_some();
+            if v5 {
+                reasons.push(if existed {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::NoSubscriptionExisted
+                });
+            }
+            if existed {
+                removed.push(filter);
+            }
+        }
+        // [MQTT-3.10.4-4] UNSUBACK with the same id, [MQTT-3.10.4-5] even
+        // when nothing was removed.
+        connection.control.push_back(Control::UnsubAck(unsubscribe.packet_id, reasons));
+        if !removed.is_empty() {
+            self.events.push_back(SessionEvent::Unsubscribe(removed));
+        }
+    }
+
+    fn handle_disconnect(&mut self, now: Instant, disconnect: Disconnect) {
+        // [MQTT-3.14.4-3] the will is discarded, except after a v5
+        // "Disconnect with Will Message" (see CloseReason::publishes_will).
+        self.close(now, CloseReason::ClientDisconnect(disconnect.reason));
+    }
+
+    /// A message matched one of this session's subscriptions. The shard has
+    /// chosen the options of the matching subscription and the subscription
+    /// identifiers, and says whether the message comes from the retained
+    /// store because of a new subscription.
+    ///
+    /// The message is sent with QoS min(message QoS, subscription QoS)
+    /// [MQTT-3.8.4-6] and RETAIN 1 only from the retained store
+    /// [MQTT-3.3.1-8] or with v5 Retain As Published [MQTT-3.3.1-13], else 0
+    /// [MQTT-3.3.1-9]. A QoS 0 message for a client that is not connected is
+    /// dropped; a full queue drops the new message (see [`SessionLimits`]).
+    pub fn handle_delivery(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+        let Delivery { message, options, subscription_ids, from_retained } = delivery;
+        // [MQTT-3.8.3-3] No Local: not back to the publishing client.
+        if options.no_local && message.publisher.as_ref() == Some(&self.client_id) {
+            return DeliveryOutcome::Dropped(DropReason::NoLocal);
+        }
+        // [MQTT-3.3.2-5]
+        if message.expires_at.is_some_and(|at| at <= now) {
+            self.counters.dropped_expired += 1;
+            return DeliveryOutcome::Dropped(DropReason::Expired);
+        }
+        let qos = message.qos.min(options.qos);
+        let retain = from_retained || (options.retain_as_published && message.retain);
+        if qos == QoS::AtMostOnce && !self.is_connected() {
+            self.counters.dropped_offline_qos0 += 1;
+            return DeliveryOutcome::Dropped(DropReason::Offline);
+        }
+        let queued = Queued { message, qos, retain, subscription_ids };
+        if self.outbound.push(queued, &self.limits) {
+            DeliveryOutcome::Queued
+        } else {
+            self.counters.count_queue_full(qos);
+            DeliveryOutcome::Dropped(DropReason::QueueFull)
+        }
+    }
+
+    /// The next packet to send, in protocol order: the CONNACK, the
+    /// re-sends of a resumed session, the acknowledgements and responses in
+    /// the order of the requests, then queued messages within the in-flight
+    /// window. `None` when there is nothing to send (or no connection).
+    ///
+    /// [`poll_transmit`](Self::poll_transmit) is this, encoded.
+    pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
+        let connection = self.connection.as_mut()?;
+        if let Some(connack) = connection.connack.take() {
+            return Some(Packet::ConnAck(connack));
+        }
+        if connection.open {
+            if let Some(packet) = self.outbound.poll_resend(connection.version, now) {
+                if matches!(packet, Packet::Publish(_)) {
+                    self.counters.publishes_resent += 1;
+                }
+                return Some(packet);
+            }
+        }
+        while let Some(control) = connection.control.pop_front() {
+            match control {
+                Control::PubAck(_) | Control::PubComp(..) => {
+                    connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
+                }
+                // A PUBCOMP already ended this flow (the client did not wait
+                // for the PUBREL): the id may be reused, so a late PUBREL
+                // would confuse the client.
+                Control::PubRel(id) if !self.outbound.is_awaiting_pubcomp(id) => continue,
+                _ => {}
+            }
+            return Some(control.into_packet());
+        }
+        if !connection.open {
+            return None;
+        }
+        let publish = self.outbound.poll_new(
+            connection.send_window,
+            connection.version,
+            now,
+            &mut self.counters,
+        )?;
+        self.counters.publishes_sent += 1;
+        Some(Packet::Publish(publish))
+    }
+
+    /// Encodes every packet ready to go (see
+    /// [`poll_packet`](Self::poll_packet)) into `out`, appending; returns how
+    /// many packets were written. Nothing is allocated beyond `out`.
+    ///
+    /// A packet larger than a v5 client's Maximum Packet Size (or than MQTT
+    /// can encode) is not written, and its message counts as delivered
+    /// [MQTT-3.1.2-25]. The caller stops calling this while its socket
+    /// cannot take more: the messages then wait in the bounded queue.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut BytesMut) -> usize {
+        let mut written = 0;
+        while let Some(packet) = self.poll_packet(now) {
+            let Some(connection) = self.connection.as_ref() else { break };
+            let version = connection.version;
+            let too_large = connection.max_packet_size.is_some_and(|max| {
+                packet.encoded_len(version).map_or(true, |len| len > max.get() as usize)
+            });
+            let start = out.len();
+            if !too_large && packet.encode(version, out).is_ok() {
+                written += 1;
+                continue;
+            }
+            out.truncate(start);
+            self.counters.dropped_too_large += 1;
+            match &packet {
+                Packet::Publish(Publish { packet_id: Some(id), .. })
+                | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
+                _ => {}
+            }
+        }
+        written
+    }
+
+    /// The next thing the shard must act on, oldest first.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due: one and a half
+    /// times the keep alive after the last packet received [MQTT-3.1.2-24];
+    /// `None` when the keep alive is 0 or no connection is open.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.connection.as_ref().filter(|c| c.open)?.keep_alive.deadline()
+    }
+
+    /// Closes the connection when its keep alive has expired at `now`
+    /// [MQTT-3.1.2-24]; the will is published.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.connection.as_ref().is_some_and(|c| c.open && c.keep_alive.is_expired(now)) {
+            self.close(now, CloseReason::KeepAliveTimeout);
+        }
+    }
+
+    /// The network connection ended (socket error or closed by either side).
+    /// Without a DISCONNECT first, the will is published [MQTT-3.1.2-8]. The
+    /// connection is detached; a persistent session keeps its subscriptions,
+    /// queued QoS 1/2 messages and in-flight messages, which are re-sent on
+    /// the next connect.
+    pub fn handle_connection_lost(&mut self, now: Instant) {
+        self.close(now, CloseReason::ConnectionLost);
+        self.detach();
+    }
+
+    /// A new connection with this client id was accepted: the current one is
+    /// closed [MQTT-3.1.4-2] (its will published; a v5 client is sent
+    /// DISCONNECT 0x8E). The network layer writes what `poll_transmit` still
+    /// produces to the old socket before the new connection attaches.
+    pub fn handle_takeover(&mut self, now: Instant) {
+        self.close(now, CloseReason::TakenOver);
+    }
+
+    /// Whether a connection is attached and open.
+    pub fn is_connected(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| c.open)
+    }
+
+    /// The protocol version of the attached connection.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.connection.as_ref().map(|c| c.version)
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &ByteString {
+        &self.client_id
+    }
+
+    /// The subscriptions, in no particular order.
+    pub fn subscriptions(&self) -> impl ExactSizeIterator<Item = (&TopicFilter, &Subscribed)> {
+        self.subscriptions.iter()
+    }
+
+    /// Unacknowledged outgoing QoS 1/2 messages.
+    pub fn inflight_len(&self) -> usize {
+        self.outbound.inflight_len()
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queued_len(&self) -> usize {
+        self.outbound.queued_len()
+    }
+
+    /// Topic and payload bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.queued_bytes()
+    }
+
+    /// What this session dropped, sent and re-sent.
+    pub fn counters(&self) -> &SessionCounters {
+        &self.counters
+    }
+
+    /// Ends the open connection: publishes or discards the will, queues a v5
+    /// DISCONNECT when the server is the one closing, drops queued QoS 0
+    /// messages (an offline session keeps QoS 1/2 only) and reports
+    /// [`SessionEvent::Closed`]. Nothing happens if no connection is open.
+    fn close(&mut self, now: Instant, reason: CloseReason) {
+        let Some(connection) = self.connection.as_mut().filter(|c| c.open) else { return };
+        connection.open = false;
+        // [MQTT-3.1.2-10] the will is removed once published or discarded.
+        if let Some(will) = connection.will.take() {
+            if reason.publishes_will() {
+                let message = will_message(will, &self.client_id, now);
+                self.events.push_back(SessionEvent::Will(Arc::new(message)));
+            }
+        }
+        if connection.version.is_v5() {
+            if let Some(code) = reason.server_disconnect_reason() {
+                connection.control.push_back(Control::Disconnect(code));
+            }
+        }
+        self.outbound.clear_resend();
+        self.counters.dropped_offline_qos0 += self.outbound.drop_qos0();
+        self.events.push_back(SessionEvent::Closed(reason));
+    }
+
+    /// Forgets the (closed) connection and its unsent output.
+    fn detach(&mut self) {
+        self.connection = None;
+    }
+}
+
+/// The SUBACK code granting `qos`: the requested QoS is granted as asked
+/// [MQTT-3.8.4-5].
+fn granted_qos_reason(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::GRANTED_QOS_0,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+/// The message a will becomes, with the QoS and RETAIN of CONNECT
+/// [MQTT-3.1.2-16], [MQTT-3.1.2-17] and its v5 properties.
+fn will_message(will: Will, client_id: &ByteString, now: Instant) -> Message {
+    let Will { topic, payload, qos, retain, properties } = will;
+    let expires_at = properties
+        .message_expiry_interval
+        .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
+    Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties: PublishProperties {
+            payload_format_indicator: properties.payload_format_indicator,
+            message_expiry_interval: properties.message_expiry_interval,
+            topic_alias: None,
+            response_topic: properties.response_topic,
+            correlation_data: properties.correlation_data,
+            user_properties: properties.user_properties,
+            subscription_identifiers: SmallVec::new(),
+            content_type: properties.content_type,
+        },
+        publisher: Some(client_id.clone()),
+        expires_at,
+    }
+}

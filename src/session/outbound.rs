@@ -1,0 +1,333 @@
+//! The outgoing half of a session: the queue of messages waiting to be sent,
+//! the in-flight window of unacknowledged QoS 1/2 publishes, and packet
+//! identifier allocation.
+//!
+//! Messages leave the queue in FIFO order, so the order in which they were
+//! routed to this session is the order the client sees, per topic and
+//! overall [MQTT-4.6.0-6]. A QoS 1/2 message at the head of the queue waits
+//! while the window is full; a QoS 0 message takes no window slot
+//! [MQTT-3.3.4-9].
+
+use super::{SessionCounters, SessionLimits};
+use crate::message::Message;
+use crate::protocol::{
+    Packet, PacketId, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
+    SubscriptionIds,
+};
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A message for this client, with what its subscription decided: the QoS
+/// and RETAIN flag it is sent with and the v5 subscription identifiers.
+#[derive(Clone, Debug)]
+pub(super) struct Queued {
+    /// The shared message.
+    pub(super) message: Arc<Message>,
+    /// min(message QoS, subscription QoS) [MQTT-3.8.4-6].
+    pub(super) qos: QoS,
+    /// The RETAIN flag to send [MQTT-3.3.1-8], [MQTT-3.3.1-9].
+    pub(super) retain: bool,
+    /// Identifiers of the matching subscriptions [MQTT-3.3.4-3].
+    pub(super) subscription_ids: SubscriptionIds,
+}
+
+impl Queued {
+    /// What the message weighs against `max_queued_bytes`.
+    fn size(&self) -> usize {
+        self.message.topic.as_str().len() + self.message.payload.len()
+    }
+
+    fn is_expired(&self, now: Instant) -> bool {
+        self.message.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The PUBLISH packet for this message. Topic and payload are shared,
+    /// not copied; on MQTT 3.1 / 3.1.1 nothing is allocated.
+    fn to_publish(
+        &self,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        version: ProtocolVersion,
+        now: Instant,
+    ) -> Publish {
+        let message = &*self.message;
+        let properties = if version.is_v5() {
+            let mut properties = message.properties.clone();
+            // Topic aliases are per connection and per direction; the
+            // message never carries one [MQTT-3.3.2-7].
+            properties.topic_alias = None;
+            properties.subscription_identifiers = self.subscription_ids.clone();
+            // The interval sent is what is left of it [MQTT-3.3.2-6],
+            // rounded up so that an unexpired message never says 0.
+            if let Some(at) = message.expires_at {
+                let left = at.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                properties.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+            }
+            properties
+        } else {
+            PublishProperties::default()
+        };
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            properties,
+            payload: message.payload.clone(),
+        }
+    }
+}
+
+/// Where an unacknowledged outgoing QoS 1/2 message stands.
+#[derive(Debug)]
+enum Flow {
+    /// QoS 1 PUBLISH sent, awaiting PUBACK [MQTT-4.3.2-1].
+    Qos1Sent(Queued),
+    /// QoS 2 PUBLISH sent, awaiting PUBREC [MQTT-4.3.3-1].
+    Qos2Sent(Queued),
+    /// PUBREL sent, awaiting PUBCOMP. The PUBLISH is never re-sent from
+    /// here [MQTT-4.3.3-1], so the message itself is released.
+    Released,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    /// Position in the order of re-sending: when the PUBLISH was first sent,
+    /// or for a PUBREL when the PUBREC arrived [MQTT-4.6.0-1], [MQTT-4.6.0-4].
+    order: u64,
+    flow: Flow,
+}
+
+/// What a PUBREC did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PubRecOutcome {
+    /// Send PUBREL with this packet id [MQTT-4.3.3-1].
+    Release,
+    /// A v5 PUBREC with a failure reason ends the flow: no PUBREL, the id is
+    /// free again [MQTT-4.3.3-4].
+    Refused,
+    /// No QoS 2 message was awaiting it; ignored.
+    Unexpected,
+}
+
+/// The outgoing state of a session. It survives disconnections of a
+/// persistent session.
+#[derive(Debug)]
+pub(super) struct Outbound {
+    /// Messages not sent yet, oldest first.
+    queue: VecDeque<Queued>,
+    /// Sum of [`Queued::size`] over `queue`.
+    queued_bytes: usize,
+    /// Unacknowledged QoS 1/2 messages by packet id.
+    inflight: HashMap<PacketId, Inflight>,
+    /// Where the search for a free packet id starts.
+    next_packet_id: PacketId,
+    /// The next [`Inflight::order`].
+    next_order: u64,
+    /// In-flight packet ids still to re-send on this connection, in order.
+    resend: VecDeque<PacketId>,
+}
+
+impl Outbound {
+    pub(super) fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: HashMap::new(),
+            next_packet_id: PacketId::new(1).expect("1 is not zero"),
+            next_order: 0,
+            resend: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub(super) fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Appends a message to the queue unless that would exceed a limit: the
+    /// new message is the one dropped, never an older one (see
+    /// [`SessionLimits`]). Returns whether it was queued.
+    pub(super) fn push(&mut self, queued: Queued, limits: &SessionLimits) -> bool {
+        let size = queued.size();
+        let full = !self.queue.is_empty()
+            && (self.queue.len() >= limits.max_queued_messages
+                || self.queued_bytes + size > limits.max_queued_bytes);
+        if full {
+            return false;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(queued);
+        true
+    }
+
+    /// Removes the queued QoS 0 messages (an offline session keeps QoS 1/2
+    /// only); returns how many were removed.
+    pub(super) fn drop_qos0(&mut self) -> u64 {
+        let before = self.queue.len();
+        let mut bytes = 0;
+        self.queue.retain(|queued| {
+            let keep = queued.qos != QoS::AtMostOnce;
+            if keep {
+                bytes += queued.size();
+            }
+            keep
+        });
+        self.queued_bytes = bytes;
+        (before - self.queue.len()) as u64
+    }
+
+    /// On a resumed session, schedules every unacknowledged PUBLISH and
+    /// PUBREL to be re-sent, in their original order [MQTT-4.4.0-1],
+    /// [MQTT-4.6.0-1].
+    pub(super) fn start_resend(&mut self) {
+        let mut pending: Vec<(u64, PacketId)> =
+            self.inflight.iter().map(|(&id, inflight)| (inflight.order, id)).collect();
+        pending.sort_unstable();
+        self.resend = pending.into_iter().map(|(_, id)| id).collect();
+    }
+
+    /// Forgets what was left to re-send (the connection is gone).
+    pub(super) fn clear_resend(&mut self) {
+        self.resend.clear();
+    }
+
+    /// The next re-sent packet: a PUBLISH with DUP=1 [MQTT-3.3.1-1] or a
+    /// PUBREL, with its original packet id [MQTT-2.3.1-3].
+    pub(super) fn poll_resend(&mut self, version: ProtocolVersion, now: Instant) -> Option<Packet> {
+        while let Some(id) = self.resend.pop_front() {
+            // Acknowledged since it was scheduled: nothing to re-send.
+            let Some(inflight) = self.inflight.get(&id) else { continue };
+            return Some(match &inflight.flow {
+                Flow::Qos1Sent(queued) | Flow::Qos2Sent(queued) => {
+                    Packet::Publish(queued.to_publish(Some(id), true, version, now))
+                }
+                Flow::Released => Packet::PubRel(PubResponse::new(id)),
+            });
+        }
+        None
+    }
+
+    /// Takes the next message off the queue if it may be sent now: a QoS 0
+    /// message always, a QoS 1/2 message while fewer than `window` are in
+    /// flight. Expired messages are dropped on the way [MQTT-3.3.2-5].
+    pub(super) fn poll_new(
+        &mut self,
+        window: u16,
+        version: ProtocolVersion,
+        now: Instant,
+        counters: &mut SessionCounters,
+    ) -> Option<Publish> {
+        loop {
+            let head = self.queue.front()?;
+            let expired = head.is_expired(now);
+            if !expired && head.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(window)
+            {
+                return None;
+            }
+            let queued = self.queue.pop_front()?;
+            self.queued_bytes -= queued.size();
+            if expired {
+                counters.dropped_expired += 1;
+                continue;
+            }
+            if queued.qos == QoS::AtMostOnce {
+                return Some(queued.to_publish(None, false, version, now));
+            }
+            let id = self.allocate_packet_id();
+            // DUP=0 on the first send [MQTT-4.3.2-1], [MQTT-4.3.3-1].
+            let publish = queued.to_publish(Some(id), false, version, now);
+            let flow = match queued.qos {
+                QoS::AtLeastOnce => Flow::Qos1Sent(queued),
+                _ => Flow::Qos2Sent(queued),
+            };
+            let order = self.take_order();
+            self.inflight.insert(id, Inflight { order, flow });
+            return Some(publish);
+        }
+    }
+
+    /// A non-zero packet id not used by any unacknowledged outgoing PUBLISH
+    /// or PUBREL (3.1.1 [MQTT-2.3.1-2], 5.0 [MQTT-2.2.1-3]). Only called with
+    /// fewer than 65,535 ids in flight (the window is a `u16`), so a free id
+    /// exists.
+    fn allocate_packet_id(&mut self) -> PacketId {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = id.next();
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn take_order(&mut self) -> u64 {
+        let order = self.next_order;
+        self.next_order += 1;
+        order
+    }
+
+    /// PUBACK: the QoS 1 flow is complete and the id is free
+    /// [MQTT-4.3.2-1]. Returns false when no QoS 1 message awaited it.
+    pub(super) fn handle_puback(&mut self, id: PacketId) -> bool {
+        self.remove_if(id, |flow| matches!(flow, Flow::Qos1Sent(_)))
+    }
+
+    /// PUBREC: the message is delivered; PUBREL follows [MQTT-4.3.3-1],
+    /// unless a v5 failure reason ends the flow [MQTT-4.3.3-4]. A repeated
+    /// PUBREC gets its PUBREL again.
+    pub(super) fn handle_pubrec(&mut self, id: PacketId, reason: ReasonCode) -> PubRecOutcome {
+        let Some(inflight) = self.inflight.get(&id) else { return PubRecOutcome::Unexpected };
+        match inflight.flow {
+            Flow::Qos1Sent(_) => PubRecOutcome::Unexpected,
+            Flow::Released => PubRecOutcome::Release,
+            Flow::Qos2Sent(_) if reason.as_u8() >= 0x80 => {
+                self.inflight.remove(&id);
+                PubRecOutcome::Refused
+            }
+            Flow::Qos2Sent(_) => {
+                let order = self.take_order();
+                self.inflight.insert(id, Inflight { order, flow: Flow::Released });
+                PubRecOutcome::Release
+            }
+        }
+    }
+
+    /// PUBCOMP: the QoS 2 flow is complete and the id is free
+    /// [MQTT-4.3.3-1]. Returns false when no PUBREL awaited it.
+    pub(super) fn handle_pubcomp(&mut self, id: PacketId) -> bool {
+        self.remove_if(id, |flow| matches!(flow, Flow::Released))
+    }
+
+    /// Whether a PUBREL for `id` is unacknowledged.
+    pub(super) fn is_awaiting_pubcomp(&self, id: PacketId) -> bool {
+        self.inflight.get(&id).is_some_and(|inflight| matches!(inflight.flow, Flow::Released))
+    }
+
+    /// Behaves as if the flow of `id` had completed: its packet could not be
+    /// sent [MQTT-3.1.2-25].
+    pub(super) fn abandon(&mut self, id: PacketId) {
+        self.inflight.remove(&id);
+    }
+
+    fn remove_if(&mut self, id: PacketId, flow_matches: impl Fn(&Flow) -> bool) -> bool {
+        match self.inflight.get(&id) {
+            Some(inflight) if flow_matches(&inflight.flow) => {
+                self.inflight.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+}

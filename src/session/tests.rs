@@ -1,0 +1,1273 @@
+//! Tests of the session state machine, driven with a virtual clock. Each test
+//! is named after the rule it enforces and quotes its normative statement.
+
+use super::*;
+use crate::protocol::{
+    ConnectProperties, Decoder, PacketType, SubscribeProperties, Subscription, SubscriptionOptions,
+    TopicName, UnsubscribeProperties, WillProperties,
+};
+use bytes::Bytes;
+use std::num::{NonZeroU16, NonZeroU32};
+
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn pid(id: u16) -> PacketId {
+    PacketId::new(id).expect("non-zero packet id")
+}
+
+fn limits() -> SessionLimits {
+    SessionLimits {
+        max_inflight: NonZeroU16::new(4).unwrap(),
+        max_queued_messages: 10,
+        max_queued_bytes: 1000,
+        max_keepalive: 100,
+        receive_maximum: NonZeroU16::new(2).unwrap(),
+        topic_alias_maximum: 2,
+    }
+}
+
+fn connect_packet(version: ProtocolVersion, keep_alive: u16, clean_start: bool) -> Connect {
+    Connect {
+        version,
+        clean_start,
+        keep_alive,
+        client_id: ByteString::from_static("c1"),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+fn will() -> Will {
+    Will {
+        topic: TopicName::new("clients/c1/status").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: WillProperties::default(),
+    }
+}
+
+/// A session connected with `connect`, its CONNACK already taken.
+fn connected_with(now: Instant, connect: &Connect, limits: SessionLimits) -> Session {
+    let mut session = Session::new(ByteString::from_static("c1"), limits);
+    session.handle_connect(now, connect, false);
+    assert!(matches!(drain(&mut session, now)[..], [Packet::ConnAck(_)]));
+    session
+}
+
+fn connected(now: Instant, version: ProtocolVersion) -> Session {
+    connected_with(now, &connect_packet(version, 0, false), limits())
+}
+
+/// Everything the session has to send, written by `poll_transmit` and read
+/// back with the protocol decoder, as the client sees it.
+fn drain(session: &mut Session, now: Instant) -> Vec<Packet> {
+    let mut out = BytesMut::new();
+    let written = session.poll_transmit(now, &mut out);
+    let mut decoder = Decoder::new(session.version().unwrap_or(V311), u32::MAX);
+    let packets: Vec<Packet> =
+        std::iter::from_fn(|| decoder.decode(&mut out).expect("the session writes valid packets"))
+            .collect();
+    assert!(out.is_empty(), "{} bytes left after the last whole packet", out.len());
+    assert_eq!(packets.len(), written, "poll_transmit counts the packets it writes");
+    packets
+}
+
+fn events(session: &mut Session) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn publish_in(qos: QoS, id: u16, topic: &str) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: PacketId::new(id),
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(b"payload"),
+    }
+}
+
+fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message {
+        topic: TopicName::new(topic).unwrap(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        publisher: Some(ByteString::from_static("other")),
+        expires_at: None,
+    })
+}
+
+fn delivery(message: Arc<Message>, subscription_qos: QoS) -> Delivery {
+    Delivery {
+        message,
+        options: SubscriptionOptions { qos: subscription_qos, ..SubscriptionOptions::default() },
+        subscription_ids: SmallVec::new(),
+        from_retained: false,
+    }
+}
+
+fn deliver(session: &mut Session, now: Instant, topic: &str, qos: QoS) -> DeliveryOutcome {
+    session.handle_delivery(now, delivery(message(topic, qos, b"m"), QoS::ExactlyOnce))
+}
+
+fn ack(packet_id: u16) -> PubResponse {
+    PubResponse::new(pid(packet_id))
+}
+
+fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: pid(id),
+        properties: SubscribeProperties::default(),
+        subscriptions: filters
+            .iter()
+            .map(|&(filter, qos)| Subscription {
+                filter: TopicFilter::new(filter).unwrap(),
+                options: SubscriptionOptions { qos, ..SubscriptionOptions::default() },
+            })
+            .collect(),
+    })
+}
+
+fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
+    Packet::Unsubscribe(Unsubscribe {
+        packet_id: pid(id),
+        properties: UnsubscribeProperties::default(),
+        filters: filters.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+    })
+}
+
+fn disconnect(reason: ReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect { reason, ..Disconnect::default() })
+}
+
+fn as_publish(packet: &Packet) -> &Publish {
+    match packet {
+        Packet::Publish(publish) => publish,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// (packet type, packet id, dup) of each packet, for compact assertions.
+fn summary(packets: &[Packet]) -> Vec<(PacketType, Option<u16>, bool)> {
+    packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::Publish(p) => (PacketType::Publish, p.packet_id.map(PacketId::get), p.dup),
+            Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+                (packet.packet_type(), Some(r.packet_id.get()), false)
+            }
+            Packet::SubAck(s) => (PacketType::SubAck, Some(s.packet_id.get()), false),
+            Packet::UnsubAck(u) => (PacketType::UnsubAck, Some(u.packet_id.get()), false),
+            other => (other.packet_type(), None, false),
+        })
+        .collect()
+}
+
+fn closed_reason(events: &[SessionEvent]) -> Option<&CloseReason> {
+    events.iter().find_map(|event| match event {
+        SessionEvent::Closed(reason) => Some(reason),
+        _ => None,
+    })
+}
+
+fn will_event(events: &[SessionEvent]) -> Option<&Arc<Message>> {
+    events.iter().find_map(|event| match event {
+        SessionEvent::Will(message) => Some(message),
+        _ => None,
+    })
+}
+
+// ---- CONNECT ---------------------------------------------------------------
+
+#[test]
+fn second_connect_is_a_protocol_violation_mqtt_3_1_0_2() {
+    // [MQTT-3.1.0-2] "The Server MUST process a second CONNECT Packet sent
+    // from a Client as a protocol violation and disconnect the Client."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V311, 0, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    let result = session.handle_packet(t0, Packet::Connect(Box::new(connect)));
+    assert_eq!(result, Err(SessionError::SecondConnect));
+    assert_eq!(SessionError::SecondConnect.reason_code(), ReasonCode::ProtocolError);
+    assert!(!session.is_connected());
+    let events = events(&mut session);
+    assert!(will_event(&events).is_some(), "a protocol error close publishes the will");
+    assert_eq!(
+        closed_reason(&events),
+        Some(&CloseReason::ProtocolViolation(SessionError::SecondConnect))
+    );
+    // Nothing more is read from the closed connection.
+    assert_eq!(session.handle_packet(t0, Packet::PingReq), Err(SessionError::NotConnected));
+    assert!(drain(&mut session, t0).is_empty(), "MQTT 3.1.1 gets no DISCONNECT");
+}
+
+#[test]
+fn session_present_only_without_clean_start_mqtt_3_2_2_1() {
+    // [MQTT-3.2.2-1] CleanSession=1 -> Session Present 0; [MQTT-3.2.2-2]
+    // stored state and CleanSession=0 -> Session Present 1.
+    let t0 = Instant::now();
+    let cases = [
+        (V311, true, true, false),
+        (V311, false, true, true),
+        (V311, false, false, false),
+        (V5, false, true, true),
+        (ProtocolVersion::V3_1, false, true, false),
+    ];
+    for (version, clean_start, stored, expected) in cases {
+        let mut session = Session::new(ByteString::from_static("c1"), limits());
+        let connack =
+            session.handle_connect(t0, &connect_packet(version, 0, clean_start), stored).clone();
+        assert_eq!(connack.session_present, expected, "{version:?} clean={clean_start}");
+        assert_eq!(connack.reason, ReasonCode::Success);
+        assert_eq!(session.poll_packet(t0), Some(Packet::ConnAck(connack)));
+    }
+}
+
+#[test]
+fn v5_connack_advertises_limits_and_assigned_client_id() {
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 30, true);
+    connect.client_id = ByteString::new();
+    let mut session = Session::new(ByteString::from_static("auto-1"), limits());
+    let connack = session.handle_connect(t0, &connect, false);
+    assert_eq!(connack.properties.receive_maximum, NonZeroU16::new(2));
+    assert_eq!(connack.properties.topic_alias_maximum, Some(2));
+    assert_eq!(connack.properties.assigned_client_identifier.as_deref(), Some("auto-1"));
+    assert_eq!(connack.properties.server_keep_alive, None, "30 s is within the maximum");
+}
+
+// ---- PUBLISH from the client ------------------------------------------------
+
+#[test]
+fn qos0_publish_in_is_routed_without_acknowledgement() {
+    // [MQTT-3.3.4-1] QoS 0: no response.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "a/b"))).unwrap();
+    let events = events(&mut session);
+    assert!(matches!(&events[..], [SessionEvent::Publish(m)] if m.topic.as_str() == "a/b"));
+    assert!(drain(&mut session, t0).is_empty());
+}
+
+#[test]
+fn qos1_publish_in_is_routed_and_acknowledged_mqtt_4_3_2_2() {
+    // [MQTT-4.3.2-2] "MUST respond with a PUBACK Packet containing the Packet
+    // Identifier from the incoming PUBLISH Packet, having accepted ownership".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for _ in 0..2 {
+        // After PUBACK the same id is a new publication, DUP or not.
+        session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 9, "a"))).unwrap();
+        assert_eq!(events(&mut session).len(), 1);
+        assert_eq!(drain(&mut session, t0), vec![Packet::PubAck(ack(9))]);
+    }
+}
+
+#[test]
+fn qos2_publish_in_method_b_delivers_once_mqtt_4_3_3_2() {
+    // [MQTT-4.3.3-2] "Until it has received the corresponding PUBREL packet,
+    // the Receiver MUST acknowledge any subsequent PUBLISH packet with the
+    // same Packet Identifier by sending a PUBREC. It MUST NOT cause duplicate
+    // messages to be delivered to any onward recipients in this case."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 7, "a"))).unwrap();
+    assert_eq!(events(&mut session).len(), 1);
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRec(ack(7))]);
+
+    let mut again = publish_in(QoS::ExactlyOnce, 7, "a");
+    again.dup = true;
+    session.handle_packet(t0, Packet::Publish(again)).unwrap();
+    assert!(events(&mut session).is_empty(), "no second event before PUBREL");
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRec(ack(7))]);
+    assert_eq!(session.counters().duplicate_qos2_received, 1);
+
+    // "MUST respond to a PUBREL packet by sending a PUBCOMP packet containing
+    // the same Packet Identifier as the PUBREL."
+    session.handle_packet(t0, Packet::PubRel(ack(7))).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubComp(ack(7))]);
+
+    // "After it has sent a PUBCOMP, the receiver MUST treat any subsequent
+    // PUBLISH packet that contains that Packet Identifier as being a new
+    // publication."
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 7, "a"))).unwrap();
+    assert_eq!(events(&mut session).len(), 1);
+    assert_eq!(session.counters().publishes_received, 2);
+}
+
+#[test]
+fn qos2_awaiting_pubrel_survives_reconnect_mqtt_4_3_3_2() {
+    // The ids awaiting PUBREL are session state (3.1.1 §3.1.2.4): a re-sent
+    // PUBLISH on the next connection is still not delivered twice.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 3, "a"))).unwrap();
+    session.handle_connection_lost(t0);
+    events(&mut session);
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    drain(&mut session, t0);
+    let mut again = publish_in(QoS::ExactlyOnce, 3, "a");
+    again.dup = true;
+    session.handle_packet(t0, Packet::Publish(again)).unwrap();
+    assert!(events(&mut session).is_empty());
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRec(ack(3))]);
+}
+
+#[test]
+fn pubrel_for_unknown_id_still_gets_pubcomp() {
+    // [MQTT-4.3.3-2] PUBREL -> PUBCOMP; v5 says the id was not found.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, Packet::PubRel(ack(44))).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubComp(ack(44))]);
+
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, Packet::PubRel(ack(44))).unwrap();
+    let mut expected = ack(44);
+    expected.reason = ReasonCode::PacketIdentifierNotFound;
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubComp(expected)]);
+}
+
+#[test]
+fn acknowledgements_follow_the_order_of_publishes_mqtt_4_6_0_2() {
+    // [MQTT-4.6.0-2] PUBACKs and [MQTT-4.6.0-3] PUBRECs in the order the
+    // PUBLISHes were received.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let incoming = [
+        (QoS::AtLeastOnce, 5),
+        (QoS::ExactlyOnce, 2),
+        (QoS::AtLeastOnce, 9),
+        (QoS::ExactlyOnce, 1),
+    ];
+    for (qos, id) in incoming {
+        session.handle_packet(t0, Packet::Publish(publish_in(qos, id, "a"))).unwrap();
+    }
+    session.handle_packet(t0, Packet::PubRel(ack(1))).unwrap();
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![
+            Packet::PubAck(ack(5)),
+            Packet::PubRec(ack(2)),
+            Packet::PubAck(ack(9)),
+            Packet::PubRec(ack(1)),
+            Packet::PubComp(ack(1)),
+            Packet::PubComp(ack(2)),
+        ]
+    );
+}
+
+#[test]
+fn routed_message_keeps_publisher_retain_and_properties() {
+    // The Message is built once with the publisher's client id (for No Local)
+    // and RETAIN as published (for the retained store).
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut publish = publish_in(QoS::AtLeastOnce, 1, "a/b");
+    publish.retain = true;
+    publish.properties.content_type = Some(ByteString::from_static("text/plain"));
+    publish.properties.message_expiry_interval = Some(10);
+    session.handle_packet(t0, Packet::Publish(publish)).unwrap();
+    let events = events(&mut session);
+    let [SessionEvent::Publish(message)] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(message.publisher.as_deref(), Some("c1"));
+    assert!(message.retain);
+    assert_eq!(message.qos, QoS::AtLeastOnce);
+    assert_eq!(&message.payload[..], b"payload");
+    assert_eq!(message.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(message.expires_at, Some(t0 + Duration::from_secs(10)));
+}
+
+// ---- PUBLISH to the client ---------------------------------------------------
+
+#[test]
+fn effective_qos_is_the_minimum_mqtt_3_8_4_6() {
+    // [MQTT-3.8.4-6] (5.0 [MQTT-3.8.4-8]) "The QoS of Payload Messages sent in
+    // response to a Subscription MUST be the minimum of the QoS of the
+    // originally published message and the maximum QoS granted by the Server."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let cases = [
+        (QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::AtLeastOnce),
+        (QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce),
+        (QoS::ExactlyOnce, QoS::AtMostOnce, QoS::AtMostOnce),
+        (QoS::ExactlyOnce, QoS::ExactlyOnce, QoS::ExactlyOnce),
+    ];
+    for (message_qos, subscription_qos, expected) in cases {
+        let outcome = session
+            .handle_delivery(t0, delivery(message("t", message_qos, b"x"), subscription_qos));
+        assert_eq!(outcome, DeliveryOutcome::Queued);
+        let packets = drain(&mut session, t0);
+        let publish = as_publish(&packets[0]);
+        assert_eq!(publish.qos, expected);
+        assert_eq!(publish.packet_id.is_some(), expected != QoS::AtMostOnce, "[MQTT-2.3.1-5]");
+    }
+}
+
+#[test]
+fn retain_flag_is_zero_for_established_subscriptions_mqtt_3_3_1_9() {
+    // [MQTT-3.3.1-9] "It MUST set the RETAIN flag to 0 when a PUBLISH Packet
+    // is sent to a Client because it matches an established subscription
+    // regardless of how the flag was set in the message it received."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let mut retained = Message::clone(&message("t", QoS::AtMostOnce, b"x"));
+    retained.retain = true;
+    session.handle_delivery(t0, delivery(Arc::new(retained), QoS::AtMostOnce));
+    assert!(!as_publish(&drain(&mut session, t0)[0]).retain);
+}
+
+#[test]
+fn retain_flag_is_one_from_the_retained_store_mqtt_3_3_1_8() {
+    // [MQTT-3.3.1-8] "When sending a PUBLISH Packet to a Client the Server
+    // MUST set the RETAIN flag to 1 if a message is sent as a result of a new
+    // subscription being made by a Client."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let mut from_store = delivery(message("t", QoS::AtMostOnce, b"x"), QoS::AtMostOnce);
+    from_store.from_retained = true;
+    session.handle_delivery(t0, from_store);
+    assert!(as_publish(&drain(&mut session, t0)[0]).retain);
+}
+
+#[test]
+fn retain_as_published_keeps_the_flag_mqtt_3_3_1_13() {
+    // 5.0 [MQTT-3.3.1-13] "If the value of Retain As Published subscription
+    // option is set to 1, the Server MUST set the RETAIN flag equal to the
+    // RETAIN flag in the received PUBLISH packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    for published in [true, false] {
+        let mut m = Message::clone(&message("t", QoS::AtMostOnce, b"x"));
+        m.retain = published;
+        let mut d = delivery(Arc::new(m), QoS::AtMostOnce);
+        d.options.retain_as_published = true;
+        session.handle_delivery(t0, d);
+        assert_eq!(as_publish(&drain(&mut session, t0)[0]).retain, published);
+    }
+}
+
+#[test]
+fn first_send_has_dup_zero_and_unused_nonzero_ids_mqtt_2_3_1_2() {
+    // [MQTT-2.3.1-2] (5.0 [MQTT-2.2.1-3]) a new QoS > 0 PUBLISH gets a
+    // non-zero Packet Identifier that is currently unused; [MQTT-4.3.2-1]
+    // and [MQTT-4.3.3-1] with DUP=0.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let mut in_use = std::collections::BTreeSet::new();
+    // Go around the id space twice; every second message stays unacknowledged.
+    for round in 0..70_000u32 {
+        assert_eq!(deliver(&mut session, t0, "t", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+        let packets = drain(&mut session, t0);
+        let publish = as_publish(&packets[0]);
+        assert!(!publish.dup);
+        let id = publish.packet_id.unwrap().get();
+        assert!(in_use.insert(id), "id {id} reused while in flight");
+        if round % 2 == 0 || in_use.len() == 4 {
+            let oldest = *in_use.iter().next().unwrap();
+            in_use.remove(&oldest);
+            session.handle_packet(t0, Packet::PubAck(ack(oldest))).unwrap();
+        }
+    }
+    assert_eq!(session.counters().unexpected_acks, 0);
+}
+
+#[test]
+fn qos1_out_is_unacknowledged_until_puback_mqtt_4_3_2_1() {
+    // [MQTT-4.3.2-1] "MUST treat the PUBLISH Packet as unacknowledged until
+    // it has received the corresponding PUBACK packet from the receiver."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    drain(&mut session, t0);
+    assert_eq!(session.inflight_len(), 1);
+    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+    assert_eq!(session.inflight_len(), 1, "a PUBREC does not acknowledge QoS 1");
+    session.handle_packet(t0, Packet::PubAck(ack(1))).unwrap();
+    assert_eq!(session.inflight_len(), 0);
+    assert!(drain(&mut session, t0).is_empty());
+}
+
+#[test]
+fn qos2_out_pubrec_pubrel_pubcomp_mqtt_4_3_3_1() {
+    // [MQTT-4.3.3-1] unacknowledged until PUBREC; then "MUST send a PUBREL
+    // packet ... containing the same Packet Identifier" and treat it as
+    // unacknowledged until PUBCOMP.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    deliver(&mut session, t0, "t", QoS::ExactlyOnce);
+    let packets = drain(&mut session, t0);
+    assert_eq!(summary(&packets), vec![(PacketType::Publish, Some(1), false)]);
+    session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
+    assert_eq!(session.inflight_len(), 1, "PUBCOMP before PUBREC is ignored");
+    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRel(ack(1))]);
+    assert_eq!(session.inflight_len(), 1, "the PUBREL awaits PUBCOMP");
+    session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
+    assert_eq!(session.inflight_len(), 0);
+    assert_eq!(session.counters().unexpected_acks, 1);
+}
+
+#[test]
+fn v5_pubrec_with_failure_ends_the_flow_mqtt_4_3_3_4() {
+    // 5.0 [MQTT-4.3.3-4] PUBREL only for a PUBREC with a reason below 0x80.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    deliver(&mut session, t0, "t", QoS::ExactlyOnce);
+    drain(&mut session, t0);
+    let mut refused = ack(1);
+    refused.reason = ReasonCode::QuotaExceeded;
+    session.handle_packet(t0, Packet::PubRec(refused)).unwrap();
+    assert!(drain(&mut session, t0).is_empty());
+    assert_eq!(session.inflight_len(), 0);
+}
+
+#[test]
+fn acknowledgements_for_unknown_ids_are_ignored() {
+    // MQTT 3.1.1 defines no error for them: they are counted and ignored.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for packet in [Packet::PubAck(ack(3)), Packet::PubRec(ack(4)), Packet::PubComp(ack(5))] {
+        assert_eq!(session.handle_packet(t0, packet), Ok(()));
+    }
+    assert!(session.is_connected());
+    assert!(drain(&mut session, t0).is_empty());
+    assert_eq!(session.counters().unexpected_acks, 3);
+}
+
+#[test]
+fn messages_keep_their_order_mqtt_4_6_0_6() {
+    // [MQTT-4.6.0-6] PUBLISH packets to a subscriber in the order they were
+    // received (the session keeps one FIFO for every topic and QoS).
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let sent = [
+        ("a", QoS::AtLeastOnce),
+        ("b", QoS::AtMostOnce),
+        ("a", QoS::ExactlyOnce),
+        ("a", QoS::AtMostOnce),
+    ];
+    for (i, (topic, qos)) in sent.iter().enumerate() {
+        let payload: &'static [u8] = [b"0", b"1", b"2", b"3"][i];
+        session.handle_delivery(t0, delivery(message(topic, *qos, payload), QoS::ExactlyOnce));
+    }
+    let packets = drain(&mut session, t0);
+    let payloads: Vec<&[u8]> = packets.iter().map(|p| &as_publish(p).payload[..]).collect();
+    assert_eq!(payloads, [b"0", b"1", b"2", b"3"]);
+}
+
+// ---- Flow control and queue limits -------------------------------------------
+
+#[test]
+fn at_most_max_inflight_unacknowledged_publishes() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for _ in 0..6 {
+        deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    }
+    let packets = drain(&mut session, t0);
+    assert_eq!(packets.len(), 4, "max_inflight is 4");
+    assert_eq!((session.inflight_len(), session.queued_len()), (4, 2));
+    session.handle_packet(t0, Packet::PubAck(ack(2))).unwrap();
+    assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::Publish, Some(5), false)]);
+    assert!(drain(&mut session, t0).is_empty(), "the window is full again");
+}
+
+#[test]
+fn qos0_bypasses_the_inflight_window() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for _ in 0..4 {
+        deliver(&mut session, t0, "t", QoS::ExactlyOnce);
+    }
+    drain(&mut session, t0);
+    assert_eq!(session.inflight_len(), 4);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    let packets = drain(&mut session, t0);
+    assert_eq!(summary(&packets), vec![(PacketType::Publish, None, false)]);
+}
+
+#[test]
+fn v5_client_receive_maximum_narrows_the_window_mqtt_3_3_4_9() {
+    // 5.0 [MQTT-3.3.4-9] "The Server MUST NOT send more than Receive Maximum
+    // QoS 1 and QoS 2 PUBLISH packets for which it has not received PUBACK,
+    // PUBCOMP, or PUBREC with a Reason Code of 128 or greater."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.receive_maximum = NonZeroU16::new(1);
+    let mut session = connected_with(t0, &connect, limits());
+    deliver(&mut session, t0, "t", QoS::ExactlyOnce);
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    assert_eq!(drain(&mut session, t0).len(), 1);
+    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+    assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::PubRel, Some(1), false)]);
+    session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
+    assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::Publish, Some(2), false)]);
+}
+
+#[test]
+fn full_queue_drops_the_new_message_not_an_older_one() {
+    let t0 = Instant::now();
+    let mut small = limits();
+    small.max_queued_messages = 3;
+    let mut session = Session::new(ByteString::from_static("c1"), small);
+    let qos =
+        [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce];
+    let outcomes: Vec<_> = qos.iter().map(|&q| deliver(&mut session, t0, "t", q)).collect();
+    assert_eq!(outcomes[..3], [DeliveryOutcome::Queued; 3]);
+    assert_eq!(outcomes[3..], [DeliveryOutcome::Dropped(DropReason::QueueFull); 2]);
+    assert_eq!(session.queued_len(), 3);
+    assert_eq!(session.counters().dropped_queue_full, [0, 1, 1], "counted per QoS");
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    let packets = drain(&mut session, t0);
+    let sent: Vec<QoS> = packets[1..].iter().map(|p| as_publish(p).qos).collect();
+    assert_eq!(sent, qos[..3], "the first three survive");
+}
+
+#[test]
+fn queue_bytes_limit_counts_topic_and_payload() {
+    let t0 = Instant::now();
+    let mut small = limits();
+    small.max_queued_bytes = 10;
+    let mut session = Session::new(ByteString::from_static("c1"), small);
+    // 1 byte of topic + 4 of payload = 5 bytes each.
+    let five = || delivery(message("t", QoS::AtLeastOnce, b"1234"), QoS::AtLeastOnce);
+    assert_eq!(session.handle_delivery(t0, five()), DeliveryOutcome::Queued);
+    assert_eq!(session.handle_delivery(t0, five()), DeliveryOutcome::Queued);
+    assert_eq!(session.queued_bytes(), 10);
+    assert_eq!(
+        session.handle_delivery(t0, five()),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+    assert_eq!(session.queued_bytes(), 10);
+}
+
+#[test]
+fn empty_queue_admits_one_oversized_message() {
+    let t0 = Instant::now();
+    let mut small = limits();
+    small.max_queued_bytes = 3;
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), small);
+    let big = || delivery(message("topic", QoS::AtLeastOnce, b"larger than 3"), QoS::AtLeastOnce);
+    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Queued);
+    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Dropped(DropReason::QueueFull));
+    assert_eq!(drain(&mut session, t0).len(), 1);
+    assert_eq!(session.queued_bytes(), 0);
+}
+
+// ---- Offline sessions and resumption ------------------------------------------
+
+#[test]
+fn offline_session_queues_qos1_and_qos2_but_not_qos0() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    assert_eq!(
+        deliver(&mut session, t0, "t", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::Offline)
+    );
+    assert_eq!(deliver(&mut session, t0, "t", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+    assert_eq!(deliver(&mut session, t0, "t", QoS::ExactlyOnce), DeliveryOutcome::Queued);
+    assert_eq!(session.counters().dropped_offline_qos0, 1);
+    assert!(session.poll_packet(t0).is_none(), "nothing is sent without a connection");
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![
+            (PacketType::ConnAck, None, false),
+            (PacketType::Publish, Some(1), false),
+            (PacketType::Publish, Some(2), false),
+        ]
+    );
+}
+
+#[test]
+fn queued_qos0_is_dropped_when_the_connection_is_lost() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    session.handle_connection_lost(t0);
+    assert_eq!(session.queued_len(), 1);
+    assert_eq!(session.queued_bytes(), 2);
+    assert_eq!(session.counters().dropped_offline_qos0, 1);
+}
+
+#[test]
+fn resume_resends_publishes_with_dup_and_pubrels_in_order_mqtt_4_4_0_1() {
+    // [MQTT-4.4.0-1] re-send unacknowledged PUBLISH (QoS > 0) and PUBREL
+    // packets with their original Packet Identifiers; [MQTT-3.3.1-1] DUP=1;
+    // [MQTT-4.6.0-1] PUBLISHes in the order first sent; [MQTT-4.6.0-4]
+    // PUBRELs in the order the PUBRECs arrived.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for qos in [QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::ExactlyOnce] {
+        deliver(&mut session, t0, "t", qos);
+    }
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce); // waits: window of 4
+    assert_eq!(drain(&mut session, t0).len(), 4);
+    session.handle_packet(t0, Packet::PubRec(ack(4))).unwrap();
+    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRel(ack(4)), Packet::PubRel(ack(1))]);
+    session.handle_connection_lost(t0);
+    assert!(!session.is_connected());
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce); // queued while offline
+
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![
+            (PacketType::ConnAck, None, false),
+            (PacketType::Publish, Some(2), true),
+            (PacketType::Publish, Some(3), true),
+            (PacketType::PubRel, Some(4), false),
+            (PacketType::PubRel, Some(1), false),
+        ]
+    );
+    assert_eq!(session.counters().publishes_resent, 2);
+    // The queued messages follow as the window frees up.
+    session.handle_packet(t0, Packet::PubAck(ack(2))).unwrap();
+    session.handle_packet(t0, Packet::PubComp(ack(4))).unwrap();
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![(PacketType::Publish, Some(5), false), (PacketType::Publish, Some(6), false)]
+    );
+}
+
+#[test]
+fn resent_publish_keeps_the_message_and_switches_version() {
+    // A session resumed by a v5 connection re-sends in v5 (properties
+    // included), from the same shared message.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let mut m = Message::clone(&message("t", QoS::AtLeastOnce, b"body"));
+    m.properties.content_type = Some(ByteString::from_static("x/y"));
+    session.handle_delivery(t0, delivery(Arc::new(m), QoS::AtLeastOnce));
+    let first = drain(&mut session, t0);
+    assert_eq!(as_publish(&first[0]).properties, PublishProperties::default(), "3.1.1: none");
+    session.handle_connection_lost(t0);
+    session.handle_connect(t0, &connect_packet(V5, 0, false), true);
+    let packets = drain(&mut session, t0);
+    let resent = as_publish(&packets[1]);
+    assert!(resent.dup);
+    assert_eq!(&resent.payload[..], b"body");
+    assert_eq!(resent.properties.content_type.as_deref(), Some("x/y"));
+}
+
+// ---- Keep alive ------------------------------------------------------------------
+
+#[test]
+fn no_keep_alive_when_zero() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    assert_eq!(session.poll_timeout(), None);
+    session.handle_timeout(t0 + Duration::from_secs(1_000_000));
+    assert!(session.is_connected());
+}
+
+#[test]
+fn keep_alive_closes_after_one_and_a_half_times_mqtt_3_1_2_24() {
+    // [MQTT-3.1.2-24] "If the Keep Alive value is non-zero and the Server does
+    // not receive a Control Packet from the Client within one and a half times
+    // the Keep Alive time period, it MUST disconnect the Network Connection to
+    // the Client as if the network had failed."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V311, 10, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+
+    // Any packet resets the timer.
+    let t1 = t0 + Duration::from_secs(14);
+    session.handle_timeout(t1);
+    assert!(session.is_connected());
+    session.handle_packet(t1, Packet::PubAck(ack(1))).unwrap();
+    assert_eq!(session.poll_timeout(), Some(t1 + Duration::from_secs(15)));
+    session.handle_timeout(t0 + Duration::from_secs(15));
+    assert!(session.is_connected());
+
+    session.handle_timeout(t1 + Duration::from_secs(15));
+    assert!(!session.is_connected());
+    assert_eq!(session.poll_timeout(), None);
+    let events = events(&mut session);
+    assert!(will_event(&events).is_some(), "as if the network had failed: the will is published");
+    assert_eq!(closed_reason(&events), Some(&CloseReason::KeepAliveTimeout));
+}
+
+#[test]
+fn v5_server_keep_alive_caps_the_keep_alive() {
+    // 5.0 §3.2.2.3.14: the client must use the Server Keep Alive; 3.1.1 has
+    // no way to say it, so the requested value is kept.
+    let t0 = Instant::now();
+    for (version, requested, expected, property) in [
+        (V5, 500, 100, Some(100)),
+        (V5, 0, 100, Some(100)),
+        (V5, 60, 60, None),
+        (V311, 500, 500, None),
+    ] {
+        let mut session = Session::new(ByteString::from_static("c1"), limits());
+        let connack = session.handle_connect(t0, &connect_packet(version, requested, false), false);
+        assert_eq!(connack.properties.server_keep_alive, property);
+        assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_millis(expected * 1500)));
+    }
+}
+
+#[test]
+fn pingreq_gets_pingresp_mqtt_3_12_4_1() {
+    // [MQTT-3.12.4-1] "The Server MUST send a PINGRESP Packet in response to a
+    // PINGREQ Packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, Packet::PingReq).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PingResp]);
+}
+
+// ---- Will and DISCONNECT -----------------------------------------------------------
+
+#[test]
+fn will_is_published_when_the_connection_is_lost_mqtt_3_1_2_8() {
+    // [MQTT-3.1.2-8] the Will Message MUST be published when the Network
+    // Connection is closed without DISCONNECT; [MQTT-3.1.2-16/17] with the
+    // Will QoS and Will Retain of CONNECT.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V311, 0, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_connection_lost(t0);
+    let events = events(&mut session);
+    let [SessionEvent::Will(message), SessionEvent::Closed(CloseReason::ConnectionLost)] =
+        &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(message.topic.as_str(), "clients/c1/status");
+    assert_eq!(&message.payload[..], b"gone");
+    assert_eq!(message.qos, QoS::AtLeastOnce);
+    assert!(message.retain);
+    assert_eq!(message.publisher.as_deref(), Some("c1"));
+    // [MQTT-3.1.2-10] published once: a second loss publishes nothing.
+    session.handle_connection_lost(t0);
+    assert!(session.poll_event().is_none());
+}
+
+#[test]
+fn disconnect_discards_the_will_mqtt_3_14_4_3() {
+    // [MQTT-3.14.4-3] "On receipt of DISCONNECT the Server MUST discard any
+    // Will Message associated with the current connection without publishing
+    // it."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V311, 0, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_packet(t0, Packet::Disconnect(Disconnect::default())).unwrap();
+    assert!(!session.is_connected());
+    session.handle_connection_lost(t0);
+    assert_eq!(
+        events(&mut session),
+        vec![SessionEvent::Closed(CloseReason::ClientDisconnect(ReasonCode::Success))]
+    );
+    assert!(drain(&mut session, t0).is_empty());
+    assert_eq!(session.handle_packet(t0, Packet::PingReq), Err(SessionError::NotConnected));
+}
+
+#[test]
+fn v5_disconnect_with_will_message_publishes_it() {
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    let disconnect =
+        Disconnect { reason: ReasonCode::DisconnectWithWillMessage, ..Disconnect::default() };
+    session.handle_packet(t0, Packet::Disconnect(disconnect)).unwrap();
+    assert!(will_event(&events(&mut session)).is_some());
+    assert!(drain(&mut session, t0).is_empty(), "the client closed: no DISCONNECT back");
+}
+
+#[test]
+fn packets_only_a_server_sends_are_protocol_errors_mqtt_4_8_0_1() {
+    // [MQTT-4.8.0-1] a protocol violation closes the connection; a v5 client
+    // is told why with DISCONNECT (5.0 §4.13).
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    assert_eq!(
+        session.handle_packet(t0, Packet::PingResp),
+        Err(SessionError::UnexpectedPacket(PacketType::PingResp))
+    );
+    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::ProtocolError)]);
+}
+
+#[test]
+fn takeover_closes_the_old_connection_mqtt_3_1_4_2() {
+    // [MQTT-3.1.4-2] "If the ClientId represents a Client already connected to
+    // the Server then the Server MUST disconnect the existing Client"; 5.0
+    // [MQTT-3.1.4-3] with DISCONNECT 0x8E.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.will = Some(will());
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_takeover(t0);
+    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::SessionTakenOver)]);
+    let first = events(&mut session);
+    assert!(will_event(&first).is_some());
+    assert_eq!(closed_reason(&first), Some(&CloseReason::TakenOver));
+
+    // The new connection attaches and works.
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    assert!(session.is_connected());
+    assert!(matches!(drain(&mut session, t0)[..], [Packet::ConnAck(_)]));
+
+    // handle_connect over a still-open connection takes it over itself.
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    assert_eq!(closed_reason(&events(&mut session)), Some(&CloseReason::TakenOver));
+    assert!(session.is_connected());
+}
+
+// ---- SUBSCRIBE and UNSUBSCRIBE -----------------------------------------------------
+
+#[test]
+fn subscribe_answers_suback_in_order_mqtt_3_8_4_1() {
+    // [MQTT-3.8.4-1] SUBACK; [MQTT-3.8.4-2] same Packet Identifier;
+    // [MQTT-3.8.4-5] a code per filter, [MQTT-3.9.3-1] in order; the
+    // requested QoS is granted.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session
+        .handle_packet(
+            t0,
+            subscribe(
+                12,
+                &[("a/#", QoS::ExactlyOnce), ("b", QoS::AtMostOnce), ("c/+", QoS::AtLeastOnce)],
+            ),
+        )
+        .unwrap();
+    let packets = drain(&mut session, t0);
+    let [Packet::SubAck(suback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(suback.packet_id, pid(12));
+    assert_eq!(
+        suback.reasons[..],
+        [ReasonCode::GrantedQoS2, ReasonCode::GRANTED_QOS_0, ReasonCode::GrantedQoS1]
+    );
+    let events = events(&mut session);
+    let [SessionEvent::Subscribe(grants)] = &events[..] else { panic!("{events:?}") };
+    let filters: Vec<&str> = grants.iter().map(|g| g.filter.as_str()).collect();
+    assert_eq!(filters, ["a/#", "b", "c/+"]);
+    assert!(grants.iter().all(|g| g.is_new));
+    assert_eq!(grants[0].subscribed.options.qos, QoS::ExactlyOnce);
+    assert_eq!(session.subscriptions().len(), 3);
+}
+
+#[test]
+fn subscribe_to_an_existing_filter_replaces_it_mqtt_3_8_4_3() {
+    // [MQTT-3.8.4-3] "it MUST completely replace that existing Subscription
+    // with a new Subscription" (the shard re-sends retained messages).
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    session.handle_packet(t0, subscribe(2, &[("a", QoS::ExactlyOnce)])).unwrap();
+    let events = events(&mut session);
+    let SessionEvent::Subscribe(grants) = &events[1] else { panic!("{events:?}") };
+    assert!(!grants[0].is_new);
+    let subscriptions: Vec<_> = session.subscriptions().collect();
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(subscriptions[0].1.options.qos, QoS::ExactlyOnce);
+}
+
+#[test]
+fn v5_subscription_identifier_is_kept_and_sent_back_mqtt_3_3_4_3() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let Packet::Subscribe(mut sub) = subscribe(1, &[("a", QoS::AtLeastOnce)]) else {
+        unreachable!()
+    };
+    sub.properties.subscription_identifier = NonZeroU32::new(77);
+    session.handle_packet(t0, Packet::Subscribe(sub)).unwrap();
+    assert_eq!(session.subscriptions().next().unwrap().1.identifier, NonZeroU32::new(77));
+    drain(&mut session, t0);
+    let mut d = delivery(message("a", QoS::AtLeastOnce, b"x"), QoS::AtLeastOnce);
+    d.subscription_ids.push(NonZeroU32::new(77).unwrap());
+    session.handle_delivery(t0, d);
+    let packets = drain(&mut session, t0);
+    assert_eq!(
+        as_publish(&packets[0]).properties.subscription_identifiers[..],
+        [NonZeroU32::new(77).unwrap()]
+    );
+}
+
+#[test]
+fn unsubscribe_always_answers_unsuback_mqtt_3_10_4_5() {
+    // [MQTT-3.10.4-4] UNSUBACK with the same Packet Identifier;
+    // [MQTT-3.10.4-5] "Even where no Topic Subscriptions are deleted, the
+    // Server MUST respond with an UNSUBACK."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session
+        .handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)]))
+        .unwrap();
+    events(&mut session);
+    drain(&mut session, t0);
+    session.handle_packet(t0, unsubscribe(2, &["a", "zzz"])).unwrap();
+    let packets = drain(&mut session, t0);
+    let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(unsuback.packet_id, pid(2));
+    assert!(unsuback.reasons.is_empty(), "3.1.1 UNSUBACK has no payload");
+    let events = events(&mut session);
+    let [SessionEvent::Unsubscribe(removed)] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(removed[..], [TopicFilter::new("a").unwrap()]);
+    assert_eq!(session.subscriptions().len(), 1);
+
+    session.handle_packet(t0, unsubscribe(3, &["nothing"])).unwrap();
+    assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::UnsubAck, Some(3), false)]);
+    assert!(session.poll_event().is_none(), "nothing removed, nothing for the shard");
+}
+
+#[test]
+fn v5_unsuback_says_which_subscriptions_existed() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    drain(&mut session, t0);
+    session.handle_packet(t0, unsubscribe(2, &["a", "b"])).unwrap();
+    let packets = drain(&mut session, t0);
+    let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(unsuback.reasons[..], [ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+}
+
+// ---- v5 publish rules ------------------------------------------------------------
+
+#[test]
+fn v5_topic_aliases_resolve_mqtt_3_3_2_12() {
+    // [MQTT-3.3.2-12] aliases 1..=Topic Alias Maximum are accepted; an empty
+    // topic uses the mapping; the Message never carries the alias.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut first = publish_in(QoS::AtMostOnce, 0, "long/topic/name");
+    first.properties.topic_alias = NonZeroU16::new(2);
+    session.handle_packet(t0, Packet::Publish(first)).unwrap();
+    let mut second = publish_in(QoS::AtMostOnce, 0, "x");
+    second.topic = TopicName::new_aliased(ByteString::new()).unwrap();
+    second.properties.topic_alias = NonZeroU16::new(2);
+    session.handle_packet(t0, Packet::Publish(second)).unwrap();
+    for event in events(&mut session) {
+        let SessionEvent::Publish(message) = event else { panic!("{event:?}") };
+        assert_eq!(message.topic.as_str(), "long/topic/name");
+        assert_eq!(message.properties.topic_alias, None);
+    }
+}
+
+#[test]
+fn v5_topic_alias_above_the_maximum_is_invalid_mqtt_3_3_2_9() {
+    // [MQTT-3.3.2-9] "A Client MUST NOT send a PUBLISH packet with a Topic
+    // Alias greater than the Topic Alias Maximum value returned by the Server
+    // in the CONNACK packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut publish = publish_in(QoS::AtMostOnce, 0, "t");
+    publish.properties.topic_alias = NonZeroU16::new(3);
+    let error = session.handle_packet(t0, Packet::Publish(publish)).unwrap_err();
+    assert_eq!(error, SessionError::TopicAliasInvalid(3));
+    assert_eq!(error.reason_code(), ReasonCode::TopicAliasInvalid);
+    assert!(!session.is_connected());
+
+    let mut session = connected(t0, V5);
+    let mut unknown = publish_in(QoS::AtMostOnce, 0, "t");
+    unknown.topic = TopicName::new_aliased(ByteString::new()).unwrap();
+    unknown.properties.topic_alias = NonZeroU16::new(1);
+    let error = session.handle_packet(t0, Packet::Publish(unknown)).unwrap_err();
+    assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
+}
+
+#[test]
+fn v5_subscription_identifier_from_client_is_a_protocol_error_mqtt_3_3_4_6() {
+    // [MQTT-3.3.4-6] "A PUBLISH packet sent from a Client to a Server MUST NOT
+    // contain a Subscription Identifier."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut publish = publish_in(QoS::AtMostOnce, 0, "t");
+    publish.properties.subscription_identifiers.push(NonZeroU32::new(1).unwrap());
+    assert_eq!(
+        session.handle_packet(t0, Packet::Publish(publish)),
+        Err(SessionError::SubscriptionIdentifierFromClient)
+    );
+    let events = events(&mut session);
+    assert!(!events.iter().any(|e| matches!(e, SessionEvent::Publish(_))));
+}
+
+#[test]
+fn v5_receive_maximum_exceeded_closes_mqtt_3_3_4_7() {
+    // [MQTT-3.3.4-7] the client keeps at most Receive Maximum (2 here) QoS 1/2
+    // publishes unacknowledged; the server closes with 0x93.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 1, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 2, "t"))).unwrap();
+    drain(&mut session, t0); // the PUBACK for 2 is sent: one left unacknowledged
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 3, "t"))).unwrap();
+    let error = session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 4, "t")));
+    assert_eq!(error, Err(SessionError::ReceiveMaximumExceeded));
+    assert_eq!(
+        drain(&mut session, t0).last(),
+        Some(&disconnect(ReasonCode::ReceiveMaximumExceeded))
+    );
+}
+
+#[test]
+fn v5_receive_maximum_frees_on_pubcomp_and_starts_full_on_each_connection() {
+    // 5.0 §4.9: the client's send quota grows with each PUBACK or PUBCOMP and
+    // starts at Receive Maximum on every connection, so a QoS 2 flow left
+    // from an earlier connection does not count [MQTT-3.3.4-7].
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 1, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "t"))).unwrap();
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    drain(&mut session, t0); // PUBREC 1, PUBREC 2, PUBCOMP 2
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 3, "t"))).unwrap();
+
+    session.handle_connection_lost(t0);
+    session.handle_connect(t0, &connect_packet(V5, 0, false), true);
+    drain(&mut session, t0);
+    // QoS 2 id 1 still awaits its PUBREL, yet two new publishes fit.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 4, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 5, "t"))).unwrap();
+    session.handle_packet(t0, Packet::PubRel(ack(1))).unwrap();
+    assert!(session.is_connected());
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![
+            (PacketType::PubAck, Some(4), false),
+            (PacketType::PubRec, Some(5), false),
+            (PacketType::PubComp, Some(1), false),
+        ]
+    );
+}
+
+#[test]
+fn no_local_is_not_sent_back_to_the_publisher_mqtt_3_8_3_3() {
+    // 5.0 [MQTT-3.8.3-3] "Application Messages MUST NOT be forwarded to a
+    // connection with a ClientID equal to the ClientID of the publishing
+    // connection" when No Local is set.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut own = Message::clone(&message("t", QoS::AtMostOnce, b"x"));
+    own.publisher = Some(ByteString::from_static("c1"));
+    let own = Arc::new(own);
+    let mut d = delivery(own.clone(), QoS::AtMostOnce);
+    d.options.no_local = true;
+    assert_eq!(session.handle_delivery(t0, d), DeliveryOutcome::Dropped(DropReason::NoLocal));
+    assert_eq!(
+        session.handle_delivery(t0, delivery(own, QoS::AtMostOnce)),
+        DeliveryOutcome::Queued
+    );
+}
+
+#[test]
+fn expired_messages_are_not_sent_mqtt_3_3_2_5() {
+    // 5.0 [MQTT-3.3.2-5] an expired message not yet sent is deleted;
+    // [MQTT-3.3.2-6] the interval sent is what is left of it.
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let expiring = |secs| {
+        let mut m = Message::clone(&message("t", QoS::AtLeastOnce, b"x"));
+        m.properties.message_expiry_interval = Some(secs);
+        m.expires_at = Some(t0 + Duration::from_secs(u64::from(secs)));
+        delivery(Arc::new(m), QoS::AtLeastOnce)
+    };
+    assert_eq!(session.handle_delivery(t0, expiring(5)), DeliveryOutcome::Queued);
+    assert_eq!(session.handle_delivery(t0, expiring(60)), DeliveryOutcome::Queued);
+    assert_eq!(
+        session.handle_delivery(t0 + Duration::from_secs(61), expiring(60)),
+        DeliveryOutcome::Dropped(DropReason::Expired)
+    );
+    let t1 = t0 + Duration::from_millis(10_500);
+    session.handle_connect(t1, &connect_packet(V5, 0, false), true);
+    let packets = drain(&mut session, t1);
+    assert_eq!(packets.len(), 2, "CONNACK and the unexpired message");
+    assert_eq!(as_publish(&packets[1]).properties.message_expiry_interval, Some(50));
+    assert_eq!(session.counters().dropped_expired, 2);
+}
+
+#[test]
+fn nothing_is_sent_and_nothing_panics_without_a_connection() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    assert_eq!(session.handle_packet(t0, Packet::PingReq), Err(SessionError::NotConnected));
+    session.handle_timeout(t0);
+    session.handle_connection_lost(t0);
+    session.handle_takeover(t0);
+    assert_eq!(session.poll_timeout(), None);
+    assert!(session.poll_event().is_none());
+    let mut out = BytesMut::new();
+    assert_eq!(session.poll_transmit(t0, &mut out), 0);
+    assert!(out.is_empty());
+}
+
+// ---- Transmission ------------------------------------------------------------------
+
+#[test]
+fn poll_transmit_appends_every_ready_packet_in_order() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    let mut out = BytesMut::from(&b"already here"[..]);
+    assert_eq!(session.poll_transmit(t0, &mut out), 2);
+    assert_eq!(&out[..12], b"already here");
+    let mut rest = out.split_off(12);
+    let mut decoder = Decoder::new(V311, u32::MAX);
+    assert!(matches!(decoder.decode(&mut rest), Ok(Some(Packet::ConnAck(_)))));
+    let Ok(Some(Packet::Publish(publish))) = decoder.decode(&mut rest) else { panic!() };
+    assert_eq!(
+        (publish.qos, publish.packet_id, publish.dup),
+        (QoS::AtLeastOnce, Some(pid(1)), false)
+    );
+    assert!(rest.is_empty());
+    assert_eq!(session.poll_transmit(t0, &mut out), 0, "nothing more to send");
+}
+
+#[test]
+fn packets_above_the_client_maximum_are_dropped_as_delivered_mqtt_3_1_2_25() {
+    // 5.0 [MQTT-3.1.2-25] "Where a Packet is too large to send, the Server
+    // MUST discard it without sending it and then behave as if it had
+    // completed sending that Application Message."
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(40);
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_delivery(
+        t0,
+        delivery(message("t", QoS::AtLeastOnce, &[b'x'; 64]), QoS::AtLeastOnce),
+    );
+    session
+        .handle_delivery(t0, delivery(message("t", QoS::AtLeastOnce, b"small"), QoS::AtLeastOnce));
+    let packets = drain(&mut session, t0);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(&as_publish(&packets[0]).payload[..], b"small");
+    assert_eq!(session.counters().dropped_too_large, 1);
+    assert_eq!(session.inflight_len(), 1, "the dropped message holds no window slot");
+}
+
+#[test]
+fn poll_packet_yields_what_poll_transmit_would_encode() {
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect_packet(V311, 0, false), false);
+    session.handle_packet(t0, Packet::PingReq).unwrap();
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    let packets: Vec<Packet> = std::iter::from_fn(|| session.poll_packet(t0)).collect();
+    assert_eq!(
+        summary(&packets),
+        vec![
+            (PacketType::ConnAck, None, false),
+            (PacketType::PingResp, None, false),
+            (PacketType::Publish, None, false),
+        ]
+    );
+}
