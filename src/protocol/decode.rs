@@ -239,9 +239,15 @@ fn conn_ack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeE
         ReasonCode::from_v3_connect_return_code(code)
             .ok_or(DecodeError::InvalidReasonCode { packet: PacketType::ConnAck, code })?
     };
+    let session_present = flags & 0x01 != 0;
+    // [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0): a CONNACK that refuses
+    // the connection has Session Present 0.
+    if session_present && reason != ReasonCode::Success {
+        return Err(DecodeError::InvalidConnAckFlags);
+    }
     let properties =
         if version.is_v5() { conn_ack_properties(r)? } else { ConnAckProperties::default() };
-    Ok(ConnAck { session_present: flags & 0x01 != 0, reason, properties })
+    Ok(ConnAck { session_present, reason, properties })
 }
 
 fn reason_code_of(code: u8, packet: PacketType) -> Result<ReasonCode, DecodeError> {
@@ -673,4 +679,24 @@ fn auth_properties(r: &mut Reader) -> Result<AuthProperties, DecodeError> {
     })?;
     check_auth(&p.authentication_method, &p.authentication_data)?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusing_conn_ack_with_session_present_is_malformed() {
+        // [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0): Session Present is 0
+        // when the CONNACK refuses the connection. The encoder refuses to
+        // write such a CONNACK, so the decoder must not accept one either.
+        let v311 = Bytes::from_static(&[0x20, 0x02, 0x01, 0x05]);
+        let v5 = Bytes::from_static(&[0x20, 0x03, 0x01, 0x87, 0x00]);
+        for (bytes, version) in [(v311, ProtocolVersion::V3_1_1), (v5, ProtocolVersion::V5)] {
+            assert_eq!(decode_packet(bytes, version), Err(DecodeError::InvalidConnAckFlags));
+        }
+        let accepted =
+            decode_packet(Bytes::from_static(&[0x20, 0x02, 0x01, 0x00]), ProtocolVersion::V3_1_1);
+        assert!(matches!(accepted, Ok(Packet::ConnAck(ConnAck { session_present: true, .. }))));
+    }
 }

@@ -123,8 +123,10 @@ pub enum DecodeError {
         /// The byte received.
         code: u8,
     },
-    /// A CONNACK with reserved acknowledge flags set [MQTT-3.2.2-1].
-    #[error("reserved CONNACK flags set")]
+    /// A CONNACK with reserved acknowledge flags set [MQTT-3.2.2-1], or
+    /// with Session Present set although it refuses the connection
+    /// [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0).
+    #[error("invalid CONNACK acknowledge flags")]
     InvalidConnAckFlags,
 }
 
