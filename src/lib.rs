@@ -1,8 +1,26 @@
-//! ringmq: a thread-per-core MQTT broker.
+//! ringmq: a thread-per-core MQTT broker on io_uring (glommio).
 //!
-//! Module rules (see `design.md`): `protocol` and `session` are sans-IO.
+//! One shard per core. A shard owns, alone and without locks, the sessions
+//! whose client id hashes to it, its subscription index, its share of the
+//! retained messages and a replica of which shards are interested in which
+//! filters. A publish is matched on the shard that received it and crosses
+//! to each interested shard once, over bounded shared-nothing channels.
+//!
+//! Module rules (see `design.md`):
+//! * [`protocol`] and [`session`] are sans-IO: no sockets, no clock (time is
+//!   passed in), no logging on the hot path; tested without sockets.
+//! * [`shard`] never touches sockets or channel endpoints: what must cross
+//!   to another shard goes into the router's outbox.
+//! * Only [`router`] imports `glommio::channels`; only [`net`] touches
+//!   sockets; [`runtime`] starts and stops it all.
+//! * Data from a peer never panics the broker: malformed input becomes a
+//!   reason code, a closed socket and a counter.
 
 pub mod config;
 pub mod message;
+pub mod net;
 pub mod protocol;
+pub mod router;
+pub mod runtime;
 pub mod session;
+pub mod shard;

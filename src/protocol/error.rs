@@ -80,6 +80,11 @@ pub enum DecodeError {
     /// Retain Handling 3, or QoS 3.
     #[error("invalid subscription options {0:#04x}")]
     InvalidSubscriptionOptions(u8),
+    /// Retain Handling 3 or Maximum QoS 3 in a 5.0 SUBSCRIBE: a protocol
+    /// error (MQTT 5.0 section 3.8.3.1), where 3.1.1 calls any bad option
+    /// bits malformed.
+    #[error("invalid subscription option value {0:#04x}")]
+    InvalidSubscriptionOptionValue(u8),
     /// No Local on a shared subscription [MQTT-3.8.3-4].
     #[error("No Local set on a shared subscription")]
     NoLocalOnSharedSubscription,
@@ -124,9 +129,8 @@ pub enum DecodeError {
         code: u8,
     },
     /// A CONNACK with reserved acknowledge flags set [MQTT-3.2.2-1], or
-    /// with Session Present set although it refuses the connection
-    /// [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0).
-    #[error("invalid CONNACK acknowledge flags")]
+    /// Session Present with a refusal [MQTT-3.2.2-4].
+    #[error("reserved CONNACK flags set")]
     InvalidConnAckFlags,
 }
 
@@ -142,7 +146,10 @@ impl DecodeError {
             }
             InvalidTopicName(_) => ReasonCode::TopicNameInvalid,
             InvalidTopicFilter(_) => ReasonCode::TopicFilterInvalid,
+            // MQTT 5.0 section 3.3.2.3.4: Topic Alias 0 is answered with 0x94.
+            InvalidPropertyValue(PropertyId::TopicAlias) => ReasonCode::TopicAliasInvalid,
             NoTopicFilters(_)
+            | InvalidSubscriptionOptionValue(_)
             | NoLocalOnSharedSubscription
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)

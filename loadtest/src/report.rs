@@ -1,0 +1,526 @@
+//! The results of a run: merged over executors, checked against what the
+//! QoS allows, and written as a table, JSON and CSV.
+
+use crate::plan::{Expect, Plan};
+use crate::runner::{latency_histogram, RunResult, Tick};
+use hdrhistogram::Histogram;
+use ringmq::protocol::QoS;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest.
+    pub min: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// Summarises a histogram.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min: h.min(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Connection results.
+#[derive(Debug, Serialize)]
+pub struct Connections {
+    /// Clients in the plan.
+    pub clients: usize,
+    /// CONNACKs received (reconnections included).
+    pub connected: u64,
+    /// Clients that never became ready, by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Connections lost after they were ready, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Connections per second while opening them.
+    pub rate_per_s: f64,
+    /// TCP connect to CONNACK of the first connections.
+    pub latency_us: Percentiles,
+    /// TCP connect to CONNACK of reconnections (`storm`).
+    pub reconnect_latency_us: Percentiles,
+}
+
+/// Counts of one QoS.
+#[derive(Debug, Default, Serialize)]
+pub struct QosCounts {
+    /// The QoS.
+    pub qos: u8,
+    /// Messages received at it.
+    pub received: u64,
+    /// Extra copies.
+    pub duplicates: u64,
+    /// Arrivals after a higher sequence number.
+    pub out_of_order: u64,
+}
+
+/// Message results.
+#[derive(Debug, Serialize)]
+pub struct Messages {
+    /// Publishers.
+    pub publishers: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// QoS of publishes and subscriptions.
+    pub qos: u8,
+    /// Payload bytes.
+    pub payload: usize,
+    /// Messages published.
+    pub sent: u64,
+    /// QoS 1/2 publishes acknowledged.
+    pub acked: u64,
+    /// Publishes refused by the broker (5.0 reason codes).
+    pub refused: BTreeMap<String, u64>,
+    /// Deliveries the subscribers should have had; `null` for `sub`, which
+    /// cannot know.
+    pub expected: Option<u64>,
+    /// Messages received (copies included).
+    pub received: u64,
+    /// Expected deliveries that never arrived (for `sub`: sequence gaps).
+    pub lost: u64,
+    /// Extra copies received.
+    pub duplicates: u64,
+    /// Arrivals after a higher sequence number.
+    pub out_of_order: u64,
+    /// Messages without a benchmark header.
+    pub foreign: u64,
+    /// Per received QoS.
+    pub by_qos: Vec<QosCounts>,
+    /// Publishing rate.
+    pub sent_per_s: f64,
+    /// Receiving rate.
+    pub received_per_s: f64,
+    /// End-to-end latency from the intended send time.
+    pub latency_us: Percentiles,
+}
+
+/// One second of the run.
+#[derive(Debug, Serialize)]
+pub struct Second {
+    /// Seconds since publishing started.
+    pub second: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Their latency.
+    pub latency_us: Percentiles,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Subcommand.
+    pub scenario: &'static str,
+    /// Broker addresses.
+    pub targets: Vec<String>,
+    /// MQTT version.
+    pub mqtt_version: String,
+    /// Executors.
+    pub cores: usize,
+    /// Seconds of publishing (or holding).
+    pub elapsed_s: f64,
+    /// Connections.
+    pub connections: Connections,
+    /// Messages.
+    pub messages: Messages,
+    /// Per second.
+    pub timeline: Vec<Second>,
+    /// Whether the run met what its QoS promises.
+    pub passed: bool,
+    /// Why not.
+    pub violations: Vec<String>,
+    /// Latency distribution for plotting: (percentile, microseconds).
+    #[serde(skip)]
+    pub distribution: Vec<(f64, u64)>,
+}
+
+impl Report {
+    /// Merges the executors' results and checks them.
+    pub fn new(plan: &Plan, run: &RunResult) -> Self {
+        let mut latency = latency_histogram();
+        let mut connect = latency_histogram();
+        let mut reconnect = latency_histogram();
+        let mut failures = BTreeMap::new();
+        let mut errors = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        let mut sent_by = HashMap::new();
+        let (mut connected, mut sent, mut acked, mut foreign) = (0, 0, 0, 0);
+        let mut by_qos: Vec<QosCounts> =
+            (0..3).map(|q| QosCounts { qos: q, ..QosCounts::default() }).collect();
+        let mut span: Option<(std::time::Instant, std::time::Instant)> = None;
+        for exec in &run.executors {
+            latency.add(&exec.latency).expect("same bounds");
+            connect.add(&exec.connect).expect("same bounds");
+            reconnect.add(&exec.reconnect).expect("same bounds");
+            merge_counts(&mut failures, &exec.connect_failures);
+            merge_counts(&mut errors, &exec.errors);
+            merge_counts(&mut refused, &exec.refused);
+            connected += exec.connected;
+            sent += exec.sent;
+            acked += exec.acked;
+            foreign += exec.foreign;
+            for (q, counts) in by_qos.iter_mut().enumerate() {
+                counts.received += exec.received[q];
+                counts.duplicates += exec.duplicates[q];
+                counts.out_of_order += exec.out_of_order[q];
+            }
+            sent_by.extend(exec.sent_by_publisher.iter().map(|(k, v)| (*k, *v)));
+            if let Some((first, last)) = exec.publish_span {
+                let s = span.get_or_insert((first, last));
+                *s = (s.0.min(first), s.1.max(last));
+            }
+        }
+        let received: u64 = by_qos.iter().map(|q| q.received).sum();
+        let duplicates: u64 = by_qos.iter().map(|q| q.duplicates).sum();
+        let out_of_order: u64 = by_qos.iter().map(|q| q.out_of_order).sum();
+        let (expected, lost) = loss(run, &sent_by);
+        let elapsed_s = run.elapsed.as_secs_f64().max(1e-9);
+        let publish_s = span.map_or(elapsed_s, |(a, b)| (b - a).as_secs_f64().max(1e-3));
+        let qos = plan.qos as u8;
+
+        let mut violations = Vec::new();
+        let subscribers = plan.subscribers();
+        if lost > 0 {
+            match plan.qos {
+                QoS::AtMostOnce => {
+                    let base = expected.unwrap_or(received + lost).max(1);
+                    let pct = lost as f64 * 100.0 / base as f64;
+                    if pct > plan.output.max_loss {
+                        violations.push(format!(
+                            "QoS 0: {lost} messages lost ({pct:.3}%), more than --max-loss {}%",
+                            plan.output.max_loss
+                        ));
+                    }
+                }
+                _ => violations.push(format!("QoS {qos}: {lost} messages lost")),
+            }
+        }
+        if plan.qos == QoS::ExactlyOnce && by_qos[2].duplicates > 0 {
+            violations.push(format!("QoS 2: {} duplicates", by_qos[2].duplicates));
+        }
+        if !failures.is_empty() {
+            let total: u64 = failures.values().sum();
+            violations.push(format!("{total} clients never became ready"));
+        }
+        if !errors.is_empty() {
+            let total: u64 = errors.values().sum();
+            violations.push(format!("{total} connections lost during the run"));
+        }
+        let unconfirmed = if plan.qos == QoS::AtMostOnce { 0 } else { sent - acked };
+        if unconfirmed > 0 {
+            violations.push(format!("QoS {qos}: {unconfirmed} publishes not acknowledged"));
+        }
+
+        let timeline = run
+            .timeline
+            .iter()
+            .map(|t: &Tick| Second {
+                second: t.second,
+                sent: t.sent,
+                received: t.received,
+                latency_us: Percentiles::of(&t.latency),
+            })
+            .collect();
+        let distribution = if latency.is_empty() {
+            Vec::new()
+        } else {
+            latency
+                .iter_quantiles(1)
+                .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
+                .collect()
+        };
+        let clients = plan.clients.len();
+        Report {
+            scenario: plan.scenario,
+            targets: {
+                let mut t: Vec<String> =
+                    plan.clients.iter().map(|c| c.target.to_string()).collect();
+                t.sort();
+                t.dedup();
+                t
+            },
+            mqtt_version: if plan.version.is_v5() { "5".into() } else { "3.1.1".into() },
+            cores: plan.cores,
+            elapsed_s: round3(elapsed_s),
+            connections: Connections {
+                clients,
+                connected,
+                failures,
+                errors,
+                rate_per_s: round3(
+                    connect.len() as f64 / run.connect_elapsed.as_secs_f64().max(1e-3),
+                ),
+                latency_us: Percentiles::of(&connect),
+                reconnect_latency_us: Percentiles::of(&reconnect),
+            },
+            messages: Messages {
+                publishers: plan.publishers(),
+                subscribers,
+                qos,
+                payload: plan.payload,
+                sent,
+                acked,
+                refused,
+                expected,
+                received,
+                lost,
+                duplicates,
+                out_of_order,
+                foreign,
+                by_qos,
+                sent_per_s: round3(sent as f64 / publish_s),
+                received_per_s: round3(received as f64 / publish_s),
+                latency_us: Percentiles::of(&latency),
+            },
+            timeline,
+            passed: violations.is_empty(),
+            violations,
+            distribution,
+        }
+    }
+
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let c = &self.connections;
+        let m = &self.messages;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "ringmq-bench {} | MQTT {} | {} core(s) | {:.2}s | targets {}",
+            self.scenario,
+            self.mqtt_version,
+            self.cores,
+            self.elapsed_s,
+            self.targets.join(",")
+        );
+        let _ = writeln!(
+            out,
+            "connections  {} clients, {} connected, {:.0}/s",
+            c.clients, c.connected, c.rate_per_s
+        );
+        let row = |out: &mut String, name: &str, p: &Percentiles| {
+            let _ = writeln!(
+                out,
+                "  {name:<18} n={:<9} p50={:<8} p90={:<8} p99={:<8} p99.9={:<8} max={} (us)",
+                p.count, p.p50, p.p90, p.p99, p.p999, p.max
+            );
+        };
+        row(&mut out, "connect latency", &c.latency_us);
+        if c.reconnect_latency_us.count > 0 {
+            row(&mut out, "reconnect latency", &c.reconnect_latency_us);
+        }
+        for (reason, n) in &c.failures {
+            let _ = writeln!(out, "  failed: {reason}: {n}");
+        }
+        for (reason, n) in &c.errors {
+            let _ = writeln!(out, "  lost: {reason}: {n}");
+        }
+        if m.publishers + m.subscribers > 0 {
+            let _ = writeln!(
+                out,
+                "messages     QoS {} | {} B | {} pub -> {} sub",
+                m.qos, m.payload, m.publishers, m.subscribers
+            );
+            let _ = writeln!(
+                out,
+                "  sent {} ({:.0}/s), acked {}, received {} ({:.0}/s), expected {}",
+                m.sent,
+                m.sent_per_s,
+                m.acked,
+                m.received,
+                m.received_per_s,
+                m.expected.map_or("?".into(), |e| e.to_string())
+            );
+            let _ = writeln!(
+                out,
+                "  lost {}, duplicates {}, out of order {}, foreign {}",
+                m.lost, m.duplicates, m.out_of_order, m.foreign
+            );
+            row(&mut out, "e2e latency", &m.latency_us);
+        }
+        if self.passed {
+            let _ = writeln!(out, "result       OK");
+        } else {
+            for v in &self.violations {
+                let _ = writeln!(out, "result       FAILED: {v}");
+            }
+        }
+        out
+    }
+
+    /// Writes the report as JSON.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n")?;
+        Ok(())
+    }
+
+    /// Writes one row per second and a `total` row.
+    pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
+        let mut out = String::from(
+            "second,sent,received,latency_count,latency_p50_us,latency_p90_us,latency_p99_us,\
+             latency_p999_us,latency_max_us,lost,duplicates,out_of_order\n",
+        );
+        let line = |out: &mut String,
+                    label: &str,
+                    sent: u64,
+                    recv: u64,
+                    p: &Percentiles,
+                    loss: (u64, u64, u64)| {
+            let _ = writeln!(
+                out,
+                "{label},{sent},{recv},{},{},{},{},{},{},{},{},{}",
+                p.count, p.p50, p.p90, p.p99, p.p999, p.max, loss.0, loss.1, loss.2
+            );
+        };
+        for s in &self.timeline {
+            line(&mut out, &s.second.to_string(), s.sent, s.received, &s.latency_us, (0, 0, 0));
+        }
+        let m = &self.messages;
+        line(
+            &mut out,
+            "total",
+            m.sent,
+            m.received,
+            &m.latency_us,
+            (m.lost, m.duplicates, m.out_of_order),
+        );
+        std::fs::write(path, out)?;
+        Ok(())
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn merge_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Expected deliveries and loss over every subscriber.
+fn loss(run: &RunResult, sent_by: &HashMap<u32, u64>) -> (Option<u64>, u64) {
+    let total_sent: u64 = sent_by.values().sum();
+    let (mut expected, mut lost, mut known) = (0u64, 0u64, true);
+    let (mut shared_received, mut shared_groups) = (0u64, false);
+    for sub in run.executors.iter().flat_map(|e| &e.subscribers) {
+        match sub.expect {
+            Expect::All => {
+                expected += total_sent;
+                for (publisher, sent) in sent_by {
+                    let got = sub.streams.get(publisher).map_or(0, |s| s.received());
+                    lost += sent.saturating_sub(got);
+                }
+            }
+            Expect::One(publisher) => {
+                let sent = sent_by.get(&publisher).copied().unwrap_or(0);
+                expected += sent;
+                lost += sub.streams.get(&publisher).map_or(sent, |s| s.lost(sent));
+            }
+            Expect::Shared => {
+                shared_groups = true;
+                shared_received += sub.streams.values().map(|s| s.received()).sum::<u64>();
+            }
+            Expect::Gaps => {
+                known = false;
+                lost += sub.streams.values().map(|s| s.gaps()).sum::<u64>();
+            }
+        }
+    }
+    if shared_groups {
+        // One group: every message reaches exactly one of its members.
+        expected += total_sent;
+        lost += total_sent.saturating_sub(shared_received);
+    }
+    (known.then_some(expected), lost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{ExecResult, SubscriberResult};
+    use crate::tracker::StreamTracker;
+    use std::time::Duration;
+
+    fn tracker(seqs: impl IntoIterator<Item = u64>) -> StreamTracker {
+        let mut t = StreamTracker::default();
+        for s in seqs {
+            t.handle_arrival(s);
+        }
+        t
+    }
+
+    fn run_with(subscribers: Vec<SubscriberResult>) -> RunResult {
+        let mut exec = ExecResult::new();
+        exec.subscribers = subscribers;
+        RunResult {
+            executors: vec![exec],
+            timeline: Vec::new(),
+            elapsed: Duration::from_secs(1),
+            connect_elapsed: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn loss_per_expectation() {
+        let sent: HashMap<u32, u64> = [(0, 10), (1, 10)].into();
+        let all = SubscriberResult {
+            expect: Expect::All,
+            streams: [(0, tracker(0..10)), (1, tracker(0..7))].into(),
+        };
+        let one = SubscriberResult { expect: Expect::One(1), streams: HashMap::new() };
+        assert_eq!(loss(&run_with(vec![all, one]), &sent), (Some(30), 3 + 10));
+        let shared = |seqs: Vec<u64>| SubscriberResult {
+            expect: Expect::Shared,
+            streams: [(0, tracker(seqs))].into(),
+        };
+        let run = run_with(vec![shared((0..10).step_by(2).collect()), shared(vec![1, 3, 5])]);
+        assert_eq!(loss(&run, &sent), (Some(20), 12));
+        let gaps =
+            SubscriberResult { expect: Expect::Gaps, streams: [(0, tracker([0, 5]))].into() };
+        assert_eq!(loss(&run_with(vec![gaps]), &sent), (None, 4));
+    }
+
+    #[test]
+    fn percentiles_of_a_histogram() {
+        let mut h = latency_histogram();
+        for v in 1..=1000 {
+            h.record(v).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert_eq!((p.count, p.min, p.p50, p.max), (1000, 1, 500, 1000));
+        assert_eq!(p.p999, 999);
+        assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
+    }
+}

@@ -1,0 +1,356 @@
+//! One client connection: read the CONNECT (under a timeout), move the
+//! socket to the client's home shard if needed, then pump bytes between the
+//! socket and the session until either side ends.
+//!
+//! Buffers are held only while there is traffic: an idle connection owns no
+//! read or write buffer. Reads land in a per-shard scratch buffer and are
+//! copied into an exactly-sized buffer whose packets become zero-copy
+//! `Bytes`; writes gather every pending packet of the session into one
+//! buffer and one `send`.
+
+use super::NetContext;
+use crate::protocol::{
+    decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
+    ProtocolVersion, ReasonCode,
+};
+use crate::router::{HandOff, RouterMessage};
+use crate::shard::{ConnectOutcome, ConnectionError, ConnectionId, SessionKey};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::future::poll_fn;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Stop reading from a client while this much output to it is unsent, so a
+/// client that publishes but never reads cannot grow our buffers.
+const MAX_UNSENT: usize = 256 * 1024;
+
+/// Why a connection ended, for logs and counters.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseReason {
+    /// The client closed the socket.
+    #[error("closed by the client")]
+    PeerClosed,
+    /// A socket error.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    /// No complete CONNECT within the connect timeout.
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+    /// The first packet was not a CONNECT [MQTT-3.1.0-1].
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    /// The client sent bytes that are not a valid packet.
+    #[error("malformed packet: {0}")]
+    Decode(#[from] DecodeError),
+    /// The CONNECT was refused with this code.
+    #[error("connection refused: {0:?}")]
+    Refused(ReasonCode),
+    /// The session or shard ended the connection.
+    #[error(transparent)]
+    Session(#[from] ConnectionError),
+    /// The connection moved to its home shard.
+    #[error("handed off to its home shard")]
+    HandedOff,
+    /// The broker is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Serves one accepted (or handed-off) connection to its end.
+pub async fn serve(
+    ctx: Rc<NetContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    buffered: Bytes,
+) {
+    let mut connection = Connection {
+        ctx: Rc::clone(&ctx),
+        stream,
+        read_buf: (!buffered.is_empty()).then(|| BytesMut::from(&buffered[..])),
+        write_buf: BytesMut::new(),
+        decoder: Decoder::new(ProtocolVersion::V3_1_1, ctx.max_packet_size),
+    };
+    let result = connection.run(peer, listener).await;
+    match &result {
+        // The connection lives on at its home shard.
+        Err(CloseReason::HandedOff) => return ctx.connection_moved(),
+        Err(CloseReason::PeerClosed) | Ok(()) => {}
+        Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
+    }
+    ctx.connection_closed();
+}
+
+struct Connection {
+    ctx: Rc<NetContext>,
+    stream: TcpStream,
+    /// Bytes read but not yet decoded; `None` when there are none.
+    read_buf: Option<BytesMut>,
+    /// Encoded packets not yet written.
+    write_buf: BytesMut,
+    decoder: Decoder,
+}
+
+/// What woke a connection task.
+enum Wake {
+    /// Bytes were read into `read_buf`.
+    Read,
+    /// The session has output, or the connection was detached.
+    Notified,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Connection {
+    async fn run(&mut self, peer: SocketAddr, listener: usize) -> Result<(), CloseReason> {
+        let timeout = self.ctx.connect_timeout;
+        let (frame, connect) = futures_lite::future::or(self.read_connect(), async {
+            glommio::timer::Timer::new(timeout).await;
+            Err(CloseReason::ConnectTimeout)
+        })
+        .await?;
+        let client_id = if connect.client_id.is_empty() {
+            self.ctx.shard.borrow_mut().assign_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+        let home = self.ctx.shard.borrow().home_of(&client_id);
+        tracing::trace!(%peer, %client_id, %home, "connect read");
+        if home != self.ctx.shard_id {
+            return self.hand_off(home.index(), frame, peer, listener);
+        }
+        let id = self.ctx.shard.borrow_mut().new_connection_id();
+        let outcome = self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
+        let version = connect.version;
+        match outcome {
+            ConnectOutcome::Refused(connack) => {
+                let reason = connack.reason;
+                self.send_final(&Packet::ConnAck(connack), version).await;
+                Err(CloseReason::Refused(reason))
+            }
+            ConnectOutcome::Accepted(key) => {
+                let result = self.pump(key, id).await;
+                self.ctx.shard.borrow_mut().handle_connection_closed(key, id, Instant::now());
+                // Best effort: what the session produced before the end (e.g.
+                // the last acks) still goes out.
+                self.flush_with_timeout().await;
+                result
+            }
+        }
+    }
+
+    /// Reads until a complete first packet, which must be a CONNECT.
+    /// Returns its bytes (for a hand-off) and the parsed packet.
+    async fn read_connect(&mut self) -> Result<(Bytes, Box<Connect>), CloseReason> {
+        loop {
+            let buffered = self.read_buf.as_deref().unwrap_or_default();
+            let size = match self.decoder.next_packet_size(buffered) {
+                Ok(size) => size,
+                Err(error) => return Err(self.refuse_malformed_connect(error).await),
+            };
+            if let Some(size) = size.filter(|&size| buffered.len() >= size) {
+                let frame = self.read_buf.as_mut().map(|buf| buf.split_to(size).freeze());
+                let frame = frame.unwrap_or_default();
+                return match decode_packet(frame.clone(), ProtocolVersion::V3_1_1) {
+                    Ok(Packet::Connect(connect)) => {
+                        self.decoder.set_version(connect.version);
+                        Ok((frame, connect))
+                    }
+                    // [MQTT-3.1.0-1] The first packet is a CONNECT.
+                    Ok(_) => Err(CloseReason::NotConnect),
+                    Err(error) => Err(self.refuse_malformed_connect(error).await),
+                };
+            }
+            poll_fn(|cx| self.poll_read(cx)).await?;
+        }
+    }
+
+    /// [MQTT-3.1.2-2] An unsupported protocol level is answered with
+    /// CONNACK return code 1 (0x84 in 5.0) before closing; any other
+    /// malformed CONNECT just closes the connection [MQTT-3.1.4-1].
+    async fn refuse_malformed_connect(&mut self, error: DecodeError) -> CloseReason {
+        if let DecodeError::UnsupportedProtocolVersion(level) = error {
+            let version =
+                if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+            let connack = ConnAck {
+                session_present: false,
+                reason: ReasonCode::UnsupportedProtocolVersion,
+                properties: ConnAckProperties::default(),
+            };
+            self.send_final(&Packet::ConnAck(connack), version).await;
+        }
+        self.ctx.count_malformed(&error);
+        CloseReason::Decode(error)
+    }
+
+    /// Moves the socket, with the CONNECT and anything read after it, to
+    /// the home shard of its client id.
+    fn hand_off(
+        &mut self,
+        home: usize,
+        frame: Bytes,
+        peer: SocketAddr,
+        listener: usize,
+    ) -> Result<(), CloseReason> {
+        // SAFETY: the fd belongs to `self.stream`, alive for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        // The duplicate is owned by the message: wherever the message ends
+        // (delivered, or dropped at shutdown) the socket is closed once.
+        let socket = fd.try_clone_to_owned()?;
+        let mut buffered = BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
+        buffered.extend_from_slice(&frame);
+        if let Some(rest) = self.read_buf.take() {
+            buffered.extend_from_slice(&rest);
+        }
+        let handoff = HandOff { socket, buffered: buffered.freeze(), peer, listener };
+        self.ctx.outbox.push(home, RouterMessage::HandOff(handoff));
+        self.ctx.count_handoff();
+        Err(CloseReason::HandedOff)
+    }
+
+    /// Moves packets both ways until the connection ends.
+    async fn pump(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
+        loop {
+            self.ctx.shard.borrow_mut().poll_transmit(key, id, Instant::now(), &mut self.write_buf)?;
+            tracing::trace!(pending = self.write_buf.len(), "pump");
+            match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
+                Wake::Read => {
+                    tracing::trace!(buffered = self.read_buf.as_ref().map_or(0, |b| b.len()), "read");
+                    self.handle_input(key, id)?
+                }
+                Wake::Notified => tracing::trace!("notified"),
+                Wake::Shutdown => return Err(CloseReason::Shutdown),
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet read so far.
+    fn handle_input(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
+        let Some(buf) = self.read_buf.as_mut() else { return Ok(()) };
+        let now = Instant::now();
+        loop {
+            match self.decoder.decode(buf) {
+                Ok(Some(packet)) => {
+                    if !self.ctx.shard.borrow_mut().handle_packet(key, id, now, packet)? {
+                        // The session closed the connection; the rest is
+                        // ignored [MQTT-3.14.4-1].
+                        self.read_buf = None;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    self.ctx.count_malformed(&error);
+                    return Err(CloseReason::Decode(error));
+                }
+            }
+        }
+        if buf.is_empty() {
+            // Idle connections hold no read buffer.
+            self.read_buf = None;
+        }
+        Ok(())
+    }
+
+    /// Writes pending output, then waits for input, new output, or
+    /// shutdown.
+    fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        key: SessionKey,
+        id: ConnectionId,
+    ) -> Poll<Result<Wake, CloseReason>> {
+        if let Poll::Ready(Err(error)) = self.poll_flush(cx) {
+            return Poll::Ready(Err(error.into()));
+        }
+        {
+            let mut shard = self.ctx.shard.borrow_mut();
+            if shard.is_shutting_down() {
+                return Poll::Ready(Ok(Wake::Shutdown));
+            }
+            // New output is taken only once the previous output is out, so
+            // a client that stops reading holds at most one batch here.
+            if shard.register_waker(key, id, cx.waker()) && self.write_buf.is_empty() {
+                return Poll::Ready(Ok(Wake::Notified));
+            }
+        }
+        if self.ctx.outbox.is_congested() {
+            // Backpressure: publishes wait until the cross-core queues drain.
+            self.ctx.outbox.wait_uncongested(cx.waker());
+        } else if self.write_buf.len() < MAX_UNSENT {
+            match self.poll_read(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Wake::Read)),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Reads what the socket has into `read_buf`.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), CloseReason>> {
+        let mut scratch = self.ctx.read_scratch.borrow_mut();
+        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(CloseReason::PeerClosed)),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+            Poll::Pending => return Poll::Pending,
+        };
+        match &mut self.read_buf {
+            Some(buf) => buf.extend_from_slice(&scratch[..n]),
+            None => self.read_buf = Some(BytesMut::from(&scratch[..n])),
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes as much of `write_buf` as the socket takes.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.write_buf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.write_buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Idle connections hold no write buffer.
+        self.write_buf = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is pending, giving up after a short while (the peer may
+    /// not read at all).
+    async fn flush_with_timeout(&mut self) {
+        if self.write_buf.is_empty() {
+            return;
+        }
+        let _ = futures_lite::future::or(
+            async { poll_fn(|cx| self.poll_flush(cx)).await.is_ok() },
+            async {
+                glommio::timer::Timer::new(Duration::from_secs(1)).await;
+                false
+            },
+        )
+        .await;
+    }
+
+    /// Sends one last packet, then the connection closes.
+    async fn send_final(&mut self, packet: &Packet, version: ProtocolVersion) {
+        encode_into(packet, version, &mut self.write_buf);
+        self.flush_with_timeout().await;
+    }
+}
+
+/// Encodes a packet the broker built itself (so it always fits).
+fn encode_into(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
+    if let Err(error) = packet.encode(version, out) {
+        tracing::error!(%error, ?packet, "cannot encode a packet the broker built");
+    }
+}

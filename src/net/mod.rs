@@ -1,0 +1,187 @@
+//! The only socket code: listeners, the accept loop, and the connection
+//! tasks that move bytes between sockets and sessions.
+
+mod connection;
+pub mod listener;
+
+pub use connection::serve;
+
+use crate::protocol::DecodeError;
+use crate::router::{Outbox, ShardId};
+use crate::shard::Shard;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes one socket read may bring in at most.
+const READ_SCRATCH: usize = 64 * 1024;
+
+/// What the connection tasks of one shard share.
+#[derive(Debug)]
+pub struct NetContext {
+    /// This shard's number.
+    pub shard_id: ShardId,
+    /// The shard's state.
+    pub shard: Rc<RefCell<Shard>>,
+    /// Queues towards the other shards.
+    pub outbox: Rc<Outbox>,
+    /// The largest packet accepted from clients.
+    pub max_packet_size: u32,
+    /// How long a new connection has to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Connections open in the whole process, against `max_connections`.
+    pub open_connections: Arc<AtomicUsize>,
+    /// The limit on `open_connections`.
+    pub max_connections: usize,
+    /// Socket reads land here first (one read at a time per shard).
+    read_scratch: RefCell<Box<[u8]>>,
+    counters: RefCell<NetCounters>,
+    /// Connection tasks alive on this shard.
+    live: Cell<usize>,
+}
+
+/// Counters of the network layer of one shard.
+#[derive(Clone, Debug, Default)]
+pub struct NetCounters {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because `max_connections` was reached.
+    pub refused_limit: u64,
+    /// Connections moved to their home shard.
+    pub handed_off: u64,
+    /// Malformed packets, by the reason code they map to.
+    pub malformed: u64,
+}
+
+impl NetContext {
+    /// The context of one shard's network layer.
+    pub fn new(
+        shard_id: ShardId,
+        shard: Rc<RefCell<Shard>>,
+        outbox: Rc<Outbox>,
+        limits: NetLimits,
+        open_connections: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            shard_id,
+            shard,
+            outbox,
+            max_packet_size: limits.max_packet_size,
+            connect_timeout: limits.connect_timeout,
+            open_connections,
+            max_connections: limits.max_connections,
+            read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
+            counters: RefCell::new(NetCounters::default()),
+            live: Cell::new(0),
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> NetCounters {
+        self.counters.borrow().clone()
+    }
+
+    /// Connection tasks alive on this shard.
+    pub fn live_connections(&self) -> usize {
+        self.live.get()
+    }
+
+    fn count_malformed(&self, _error: &DecodeError) {
+        self.counters.borrow_mut().malformed += 1;
+    }
+
+    fn count_handoff(&self) {
+        self.counters.borrow_mut().handed_off += 1;
+    }
+
+    /// Takes a connection slot; false when `max_connections` is reached.
+    fn try_open(&self) -> bool {
+        let previous = self.open_connections.fetch_add(1, Ordering::Relaxed);
+        if previous >= self.max_connections {
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            self.counters.borrow_mut().refused_limit += 1;
+            return false;
+        }
+        self.live.set(self.live.get() + 1);
+        true
+    }
+
+    /// A connection task ended because its socket moved to another shard,
+    /// which keeps counting it in `open_connections`.
+    fn connection_moved(&self) {
+        self.live.set(self.live.get() - 1);
+    }
+
+    fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.live.set(self.live.get() - 1);
+    }
+
+    /// Starts serving a connection handed off by another shard.
+    pub fn adopt(self: &Rc<Self>, handoff: crate::router::HandOff) {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // The accepting shard counted it in open_connections; this shard
+        // takes over that count.
+        self.live.set(self.live.get() + 1);
+        // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
+        // ownership to the stream.
+        let stream = unsafe { TcpStream::from_raw_fd(handoff.socket.into_raw_fd()) };
+        let ctx = Rc::clone(self);
+        tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
+        glommio::spawn_local(serve(ctx, stream, handoff.peer, handoff.listener, handoff.buffered))
+            .detach();
+    }
+}
+
+/// The limits the network layer enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct NetLimits {
+    /// The largest packet accepted.
+    pub max_packet_size: u32,
+    /// The time allowed for the CONNECT.
+    pub connect_timeout: Duration,
+    /// Connections open at once in the process.
+    pub max_connections: usize,
+}
+
+/// Accepts connections on `listener` until the shard shuts down.
+pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usize) {
+    loop {
+        let accepted = futures_lite::future::or(
+            async { Some(listener.accept().await) },
+            async {
+                wait_shutdown(&ctx).await;
+                None
+            },
+        )
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if !ctx.try_open() {
+            continue;
+        }
+        ctx.counters.borrow_mut().accepted += 1;
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, bytes::Bytes::new()))
+            .detach();
+    }
+}
+
+/// Resolves when the shard starts shutting down.
+async fn wait_shutdown(ctx: &NetContext) {
+    while !ctx.shard.borrow().is_shutting_down() {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! Starting and stopping the broker: preflight checks, one pinned glommio
+//! executor per shard, the listeners, the mesh between shards, and the
+//! graceful shutdown on SIGINT/SIGTERM.
+
+mod preflight;
+mod signals;
+
+use crate::config::{Config, ShardCount};
+use crate::net::{self, listener::bind_reuseport, NetContext, NetLimits};
+use crate::router::{Mesh, MeshSetup, Outbox, RouterMessage};
+use crate::session::SessionLimits;
+use crate::shard::Shard;
+use glommio::net::TcpListener;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use preflight::PreflightError;
+use socket2::Socket;
+use std::cell::RefCell;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a shard checks for shutdown and sweeps keep alive deadlines.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How long connections get to close during a shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The machine cannot run the broker.
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Listen(#[from] net::listener::ListenError),
+    /// The executors could not start.
+    #[error("cannot start the shard executors: {0}")]
+    Executors(String),
+    /// The signal watcher could not start.
+    #[error("cannot watch for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What every shard needs to start.
+struct Startup {
+    nr_shards: usize,
+    /// One set of listening sockets per shard, taken by whichever shard
+    /// starts first (they are interchangeable).
+    sockets: Mutex<Vec<Vec<Socket>>>,
+    session_limits: SessionLimits,
+    net_limits: NetLimits,
+    open_connections: Arc<AtomicUsize>,
+    shutdown: Arc<AtomicBool>,
+    boot: u64,
+}
+
+/// Runs the broker until SIGINT or SIGTERM, then shuts it down gracefully.
+pub fn run(config: Config) -> Result<(), RuntimeError> {
+    preflight::check_io_uring()?;
+    let cpus = preflight::allowed_cpus()?;
+    let nr_shards = match config.shards() {
+        ShardCount::Auto => cpus.len(),
+        ShardCount::Fixed(n) => usize::from(n.get()),
+    };
+    preflight::ensure_memlock(nr_shards)?;
+
+    let mut sockets: Vec<Vec<Socket>> = (0..nr_shards).map(|_| Vec::new()).collect();
+    for listener in config.listeners() {
+        let bound = bind_reuseport(listener.bind(), u32::from(listener.listen_backlog().get()), nr_shards)?;
+        let addr = bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
+        tracing::info!(%addr, "listening (mqtt)");
+        for (shard, socket) in bound.into_iter().enumerate() {
+            sockets[shard].push(socket);
+        }
+    }
+    let shutdown = signals::watch_shutdown_signals().map_err(RuntimeError::Signals)?;
+    let limits = config.limits();
+    let startup = Arc::new(Startup {
+        nr_shards,
+        sockets: Mutex::new(sockets),
+        session_limits: session_limits(limits),
+        net_limits: NetLimits {
+            max_packet_size: limits.max_packet_size().get(),
+            connect_timeout: limits.connect_timeout(),
+            max_connections: limits.max_connections().get() as usize,
+        },
+        open_connections: Arc::new(AtomicUsize::new(0)),
+        shutdown,
+        boot: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    });
+    let placement = placement(nr_shards, &cpus);
+    tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("ringmq-shard")
+        .io_memory(preflight::IO_MEMORY_PER_SHARD)
+        .on_all_shards({
+            let mesh = MeshSetup::new(nr_shards);
+            move || shard_main(startup, mesh)
+        })
+        .map_err(|error| RuntimeError::Executors(error.to_string()))?;
+    let mut failure = None;
+    for result in handles.join_all() {
+        if let Err(error) = result {
+            failure.get_or_insert(error.to_string());
+        }
+    }
+    match failure {
+        Some(error) => Err(RuntimeError::Executors(error)),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The per-session limits of the `[limits]` section.
+fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
+    SessionLimits {
+        max_inflight: limits.max_inflight(),
+        max_queued_messages: limits.max_queued_messages().get() as usize,
+        max_queued_bytes: usize::try_from(limits.max_queued_bytes()).unwrap_or(usize::MAX),
+        max_keepalive: limits.max_keepalive().get(),
+        receive_maximum: limits.receive_maximum(),
+        topic_alias_maximum: limits.topic_alias_maximum(),
+    }
+}
+
+/// One executor per allowed CPU, pinned; more shards than CPUs share them.
+fn placement(nr_shards: usize, cpus: &[usize]) -> PoolPlacement {
+    let allowed = CpuSet::online().map(|set| set.filter(|location| cpus.contains(&location.cpu)));
+    match allowed {
+        Ok(set) if !set.is_empty() && nr_shards <= set.len() => {
+            PoolPlacement::MaxSpread(nr_shards, Some(set))
+        }
+        Ok(set) if !set.is_empty() => PoolPlacement::Fenced(nr_shards, set),
+        _ => PoolPlacement::Unbound(nr_shards),
+    }
+}
+
+/// The life of one shard.
+async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
+    tracing::debug!("shard starting");
+    let sockets = startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
+    let listeners: Vec<TcpListener> = sockets
+        .into_iter()
+        // SAFETY: each socket is bound and listening, and `into_raw_fd`
+        // hands its ownership to the listener.
+        .map(|socket| unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+        .collect();
+    let mesh = match Mesh::join(&mesh).await {
+        Ok(mesh) => mesh,
+        Err(error) => {
+            tracing::error!(%error);
+            return;
+        }
+    };
+    let id = mesh.shard();
+    tracing::debug!(%id, "shard joined the mesh");
+    let outbox = Rc::new(Outbox::new(startup.nr_shards));
+    let shard = Rc::new(RefCell::new(Shard::new(
+        id,
+        startup.nr_shards,
+        startup.session_limits,
+        Rc::clone(&outbox),
+        startup.boot,
+    )));
+    let net = Rc::new(NetContext::new(
+        id,
+        Rc::clone(&shard),
+        Rc::clone(&outbox),
+        startup.net_limits,
+        Arc::clone(&startup.open_connections),
+    ));
+    let mesh_tasks = mesh.start(Rc::clone(&outbox), {
+        let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
+        move |from, message| match message {
+            RouterMessage::HandOff(handoff) if !shard.borrow().is_shutting_down() => {
+                net.adopt(handoff)
+            }
+            // Dropping a hand-off closes its socket.
+            RouterMessage::HandOff(_) => {}
+            RouterMessage::Shard(message) => {
+                shard.borrow_mut().handle_shard_message(from, message, Instant::now())
+            }
+        }
+    });
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| glommio::spawn_local(net::accept_loop(Rc::clone(&net), listener, index)))
+        .collect();
+
+    // Tick: keep alive sweep, and the shutdown signal.
+    while !startup.shutdown.load(Ordering::Relaxed) {
+        glommio::timer::sleep(TICK).await;
+        shard.borrow_mut().sweep_keepalive(Instant::now());
+    }
+    shard.borrow_mut().begin_shutdown();
+    for accept in accepts {
+        accept.await;
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while net.live_connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    mesh_tasks.shutdown().await;
+    tracing::debug!(%id, "shard stopped");
+}

@@ -1,0 +1,16 @@
+//! What one core owns, alone and without locks: its sessions, its local
+//! subscription index, its share of the retained messages, its offline
+//! queues. Nothing here touches a socket or a channel endpoint; the shard
+//! returns actions that `router` and `net` carry out.
+//!
+//! * [`trie`]: the subscription index, topic filter -> subscribers, with
+//!   shared subscription groups.
+//! * [`retained`]: the retained messages by topic.
+//! * [`Shard`]: the state that ties sessions, index and retained store
+//!   together and routes messages.
+
+pub mod retained;
+mod state;
+pub mod trie;
+
+pub use state::{ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters};

@@ -1,0 +1,761 @@
+//! What one core owns, without locks: its sessions (keyed by client id),
+//! its subscription index, its share of the retained messages and its
+//! interest replica. It never touches a socket or a channel endpoint: what
+//! must cross to other shards goes into the [`Outbox`], and connection
+//! tasks are told about new output through their wakers.
+
+use crate::message::Message;
+use crate::protocol::{
+    ConnAck, ConnAckProperties, Connect, ProtocolVersion, ReasonCode, SubscriptionOptions,
+    TopicFilter,
+};
+use crate::router::{
+    home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage,
+};
+use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
+use crate::shard::trie::Match;
+use crate::protocol::RetainHandling;
+use crate::session::{
+    CloseReason, Delivery, DeliveryOutcome, Session, SessionEvent, SessionLimits, SubscriptionGrant,
+};
+use crate::shard::retained::RetainedStore;
+use crate::shard::trie::SubscriptionTrie;
+use bytes::Bytes;
+use bytestring::ByteString;
+use hashbrown::HashMap;
+use std::num::NonZeroU32;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+/// A session's slot number on its shard; stable while the session exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(u32);
+
+/// Identifies one network connection, so that a stale connection task
+/// (taken over, or closed) cannot act on the session's next connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// A local subscription as the index stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSubscription {
+    /// Its options.
+    pub options: SubscriptionOptions,
+    /// Its v5 Subscription Identifier.
+    pub subscription_id: Option<NonZeroU32>,
+}
+
+/// The link between a session and the task serving its connection.
+#[derive(Debug)]
+struct ConnectionLink {
+    id: ConnectionId,
+    /// The connection task, woken when the session has output or must close.
+    waker: Option<Waker>,
+    /// Output or a close request arrived since the task last looked.
+    notified: bool,
+    /// The interest revision this connection must see acknowledged by every
+    /// peer before its SUBACK goes out.
+    await_interest: u64,
+    /// The session closed the connection: after its last output the
+    /// connection ends.
+    closed: Option<CloseReason>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    session: Session,
+    /// Clean Session / Clean Start of the current or last connection: the
+    /// session ends with the connection.
+    clean: bool,
+    connection: Option<ConnectionLink>,
+}
+
+/// Counters of one shard.
+#[derive(Clone, Debug, Default)]
+pub struct ShardCounters {
+    /// Messages accepted from publishers on this shard.
+    pub messages_received: u64,
+    /// Deliveries queued to local sessions.
+    pub deliveries: u64,
+    /// Deliveries a session refused (queue full, offline QoS 0).
+    pub deliveries_dropped: u64,
+    /// Connections taken over by a newer one with the same client id.
+    pub takeovers: u64,
+}
+
+/// The outcome of a CONNECT at its home shard.
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// The connection is attached to the session, whose output starts
+    /// with the CONNACK.
+    Accepted(SessionKey),
+    /// The connection must be refused with this CONNACK.
+    Refused(ConnAck),
+}
+
+/// Everything one core owns.
+#[derive(Debug)]
+pub struct Shard {
+    id: ShardId,
+    nr_shards: usize,
+    limits: SessionLimits,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    by_client_id: HashMap<ByteString, SessionKey>,
+    subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
+    local_interest: LocalInterest,
+    interest: InterestTable,
+    /// The latest of this shard's interest revisions each peer applied.
+    interest_acked: Vec<u64>,
+    /// Spreads shared-group messages over the shards with members.
+    group_cursor: usize,
+    retained: RetainedStore,
+    assigner: ClientIdAssigner,
+    outbox: Rc<Outbox>,
+    next_connection: u64,
+    shutting_down: bool,
+    counters: ShardCounters,
+    /// Sessions whose SUBACK waits for an interest acknowledgement.
+    interest_waiters: Vec<SessionKey>,
+    /// Reused between publishes: the local sessions a message matched.
+    matches: Vec<(SessionKey, LocalSubscription)>,
+}
+
+impl Shard {
+    /// The state of shard `id` of `nr_shards`.
+    pub fn new(id: ShardId, nr_shards: usize, limits: SessionLimits, outbox: Rc<Outbox>, boot: u64) -> Self {
+        Self {
+            id,
+            nr_shards,
+            limits,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_client_id: HashMap::new(),
+            subscriptions: SubscriptionTrie::new(),
+            local_interest: LocalInterest::new(id),
+            interest: InterestTable::new(),
+            interest_acked: vec![0; nr_shards],
+            group_cursor: 0,
+            retained: RetainedStore::new(),
+            assigner: ClientIdAssigner::new(id, nr_shards, boot),
+            outbox,
+            next_connection: 0,
+            shutting_down: false,
+            counters: ShardCounters::default(),
+            interest_waiters: Vec::new(),
+            matches: Vec::new(),
+        }
+    }
+
+    /// This shard's number.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.nr_shards
+    }
+
+    /// The shard's counters.
+    pub fn counters(&self) -> &ShardCounters {
+        &self.counters
+    }
+
+    /// Sessions on this shard, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// A new connection identity.
+    pub fn new_connection_id(&mut self) -> ConnectionId {
+        self.next_connection += 1;
+        ConnectionId(self.next_connection)
+    }
+
+    /// A client id for a client that sent none, homed on this shard.
+    pub fn assign_client_id(&mut self) -> ByteString {
+        ByteString::from(self.assigner.assign())
+    }
+
+    /// The home shard of `client_id`.
+    pub fn home_of(&self, client_id: &str) -> ShardId {
+        home_shard(client_id.as_bytes(), self.nr_shards)
+    }
+
+    fn slot(&self, key: SessionKey) -> &Slot {
+        self.slots[key.0 as usize].as_ref().expect("live session key")
+    }
+
+    fn slot_mut(&mut self, key: SessionKey) -> &mut Slot {
+        self.slots[key.0 as usize].as_mut().expect("live session key")
+    }
+
+    /// The session in `key`, if `connection` is still the one attached to
+    /// it (a taken-over connection gets `None`).
+    pub fn session_mut(&mut self, key: SessionKey, connection: ConnectionId) -> Option<&mut Session> {
+        let slot = self.slots.get_mut(key.0 as usize)?.as_mut()?;
+        match &slot.connection {
+            Some(link) if link.id == connection => Some(&mut slot.session),
+            _ => None,
+        }
+    }
+
+    /// Accepts (or refuses) a CONNECT whose client id is homed here
+    /// (`client_id` already assigned when the client sent none).
+    pub fn handle_connect(
+        &mut self,
+        now: Instant,
+        connect: &Connect,
+        client_id: ByteString,
+        connection: ConnectionId,
+    ) -> ConnectOutcome {
+        let refuse = |reason| {
+            ConnectOutcome::Refused(ConnAck {
+                session_present: false,
+                reason,
+                properties: ConnAckProperties::default(),
+            })
+        };
+        if self.shutting_down {
+            return refuse(ReasonCode::ServerUnavailable);
+        }
+        // MQTT 5.0 sessions are not served yet: refused with 0x84 rather than
+        // half an implementation.
+        if connect.version.is_v5() {
+            return refuse(ReasonCode::UnsupportedProtocolVersion);
+        }
+        // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
+        // 3.1 requires an id of 1 to 23 characters.
+        if connect.client_id.is_empty()
+            && (!connect.clean_start || connect.version == ProtocolVersion::V3_1)
+        {
+            return refuse(ReasonCode::ClientIdentifierNotValid);
+        }
+        let existing = self.by_client_id.get(&client_id).copied();
+        if let Some(key) = existing {
+            // [MQTT-3.1.4-3] A second connection with the same client id
+            // takes over: the first is closed (its will is published).
+            if self.slot(key).connection.is_some() {
+                self.counters.takeovers += 1;
+                self.slot_mut(key).session.handle_takeover(now);
+                self.detach(key, now);
+            }
+            // [MQTT-3.1.2-6] Clean Session discards the previous session.
+            if connect.clean_start {
+                self.remove_session(key);
+            }
+        }
+        let (key, session_present) = match self.by_client_id.get(&client_id).copied() {
+            Some(key) => (key, true),
+            None => (self.insert_session(client_id), false),
+        };
+        let link = ConnectionLink {
+            id: connection,
+            waker: None,
+            notified: true,
+            await_interest: 0,
+            closed: None,
+        };
+        let slot = self.slot_mut(key);
+        slot.clean = connect.clean_start;
+        slot.connection = Some(link);
+        slot.session.handle_connect(now, connect, session_present);
+        self.drain_events(key, now);
+        ConnectOutcome::Accepted(key)
+    }
+
+    fn insert_session(&mut self, client_id: ByteString) -> SessionKey {
+        let slot = Slot {
+            session: Session::new(client_id.clone(), self.limits.clone()),
+            clean: true,
+            connection: None,
+        };
+        let key = match self.free_slots.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(slot);
+                SessionKey(index)
+            }
+            None => {
+                self.slots.push(Some(slot));
+                SessionKey((self.slots.len() - 1) as u32)
+            }
+        };
+        self.by_client_id.insert(client_id, key);
+        key
+    }
+
+    /// Ends a session: its subscriptions leave the index.
+    fn remove_session(&mut self, key: SessionKey) {
+        let Some(slot) = self.slots[key.0 as usize].take() else { return };
+        self.free_slots.push(key.0);
+        self.by_client_id.remove(slot.session.client_id());
+        for filter in slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>() {
+            self.unsubscribe_index(key, &filter);
+        }
+    }
+
+    /// Detaches the connection of `key` (it is told through its waker) and
+    /// lets the session react: the will of an abnormal end is published,
+    /// in-flight messages wait for the next connection. A clean session
+    /// ends here.
+    fn detach(&mut self, key: SessionKey, now: Instant) {
+        let slot = self.slot_mut(key);
+        if let Some(mut link) = slot.connection.take() {
+            if let Some(waker) = link.waker.take() {
+                waker.wake();
+            }
+        }
+        slot.session.handle_connection_lost(now);
+        let clean = slot.clean;
+        self.drain_events(key, now);
+        if clean {
+            self.remove_session(key);
+        }
+    }
+
+    /// The connection `connection` of `key` ended (socket closed, protocol
+    /// error, keep alive expired or after DISCONNECT).
+    pub fn handle_connection_closed(&mut self, key: SessionKey, connection: ConnectionId, now: Instant) {
+        let attached = matches!(
+            self.slots.get(key.0 as usize),
+            Some(Some(Slot { connection: Some(link), .. })) if link.id == connection
+        );
+        if attached {
+            self.detach(key, now);
+        }
+    }
+
+    /// Feeds one packet read from `connection` to its session. Returns
+    /// false once the session has closed the connection (later packets are
+    /// ignored); a protocol violation closes it that way too, after the
+    /// will and a v5 DISCONNECT.
+    pub fn handle_packet(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        now: Instant,
+        packet: crate::protocol::Packet,
+    ) -> Result<bool, ConnectionError> {
+        let session = self.session_mut(key, connection).ok_or(ConnectionError::Detached)?;
+        if let Err(error) = session.handle_packet(now, packet) {
+            tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
+        }
+        self.drain_events(key, now);
+        Ok(self.slot(key).connection.as_ref().is_some_and(|link| link.closed.is_none()))
+    }
+
+    /// Closes every connection whose keep alive expired [MQTT-3.1.2-24].
+    pub fn sweep_keepalive(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots[index].as_mut() else { continue };
+            if slot.session.poll_timeout().is_some_and(|deadline| deadline <= now) {
+                slot.session.handle_timeout(now);
+                self.drain_events(SessionKey(index as u32), now);
+            }
+        }
+    }
+
+    /// Encodes the session's pending output into `out`. Returns how many
+    /// packets were written; 0 also while a SUBACK waits for the interest
+    /// change to reach every shard.
+    pub fn poll_transmit(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        now: Instant,
+        out: &mut bytes::BytesMut,
+    ) -> Result<usize, ConnectionError> {
+        let acked = self.interest_acked_by_all();
+        let slot = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut);
+        let Some(slot) = slot else { return Err(ConnectionError::Detached) };
+        let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
+            return Err(ConnectionError::Detached);
+        };
+        // Woken again when the interest acknowledgement arrives.
+        link.notified = false;
+        if link.await_interest > acked {
+            return Ok(0);
+        }
+        let written = slot.session.poll_transmit(now, out);
+        match &link.closed {
+            Some(reason) => Err(ConnectionError::Closed(reason.clone())),
+            None => Ok(written),
+        }
+    }
+
+    /// Registers the connection task's waker; returns true when output or
+    /// a close arrived since the last [`Shard::poll_transmit`].
+    pub fn register_waker(&mut self, key: SessionKey, connection: ConnectionId, waker: &Waker) -> bool {
+        let slot = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut);
+        match slot.and_then(|slot| slot.connection.as_mut()).filter(|link| link.id == connection) {
+            Some(link) => {
+                if !link.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    link.waker = Some(waker.clone());
+                }
+                link.notified
+            }
+            // Detached: the task must run to notice.
+            None => true,
+        }
+    }
+
+    /// Whether the broker is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Starts the shutdown: no new sessions, and every connection task is
+    /// woken to close.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        for link in self.slots.iter_mut().flatten().filter_map(|slot| slot.connection.as_mut()) {
+            link.notified = true;
+            if let Some(waker) = link.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn notify(&mut self, key: SessionKey) {
+        if let Some(link) = self.slot_mut(key).connection.as_mut() {
+            if !link.notified {
+                link.notified = true;
+                if let Some(waker) = link.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Acts on everything the session of `key` asked for.
+    fn drain_events(&mut self, key: SessionKey, now: Instant) {
+        while let Some(event) = self.slot_mut(key).session.poll_event() {
+            match event {
+                SessionEvent::Publish(message) => {
+                    self.counters.messages_received += 1;
+                    self.route(message, now);
+                }
+                SessionEvent::Will(message) => self.route(message, now),
+                SessionEvent::Subscribe(grants) => {
+                    for grant in grants {
+                        self.subscribe(key, grant, now);
+                    }
+                }
+                SessionEvent::Unsubscribe(filters) => {
+                    for filter in filters {
+                        self.unsubscribe_index(key, &filter);
+                    }
+                }
+                SessionEvent::Closed(reason) => {
+                    if let Some(link) = self.slot_mut(key).connection.as_mut() {
+                        link.closed = Some(reason);
+                    }
+                }
+            }
+        }
+        self.notify(key);
+    }
+
+    /// Routes an accepted message: the retained store, local subscribers,
+    /// every other shard with interest (one batch entry per shard, not per
+    /// subscriber), and one member of each matching shared group, on
+    /// whichever shard it lives [MQTT-4.8.2].
+    pub fn route(&mut self, message: Arc<Message>, now: Instant) {
+        if message.retain {
+            self.store_retained(&message, now);
+        }
+        self.deliver_local(&message, now);
+        let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
+        let cursor = &mut self.group_cursor;
+        let shards = self.interest.route(&message.topic, |group, members| {
+            *cursor = cursor.wrapping_add(1);
+            // One allocation per matched group (not per subscriber): the
+            // group's name travels with the message.
+            if let (Some(shard), Some(filter)) = (pick(members, *cursor), group_filter(group)) {
+                chosen.push((shard, filter));
+            }
+        });
+        for shard in shards.iter().filter(|&shard| shard != self.id) {
+            self.outbox.push_publish(shard.index(), &message);
+        }
+        for (shard, group) in chosen {
+            if shard == self.id {
+                self.deliver_to_group(&group, &message, now);
+            } else {
+                let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
+                self.outbox.push(shard.index(), forward);
+            }
+        }
+    }
+
+    /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
+    /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
+    /// that owns its topic.
+    fn store_retained(&mut self, message: &Arc<Message>, _now: Instant) {
+        let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
+        // The stored copy owns exactly its payload, so a retained message
+        // does not pin the read buffer it arrived in.
+        let stored = Arc::new(Message {
+            payload: Bytes::copy_from_slice(&message.payload),
+            ..Message::clone(message)
+        });
+        if owner == self.id {
+            self.retained.set(stored);
+        } else {
+            self.outbox.push(owner.index(), ShardMessage::Retain(stored));
+        }
+    }
+
+    /// Queues `message` to every local session with a matching plain
+    /// subscription: once per session, at the highest QoS of its matching
+    /// subscriptions, with all their identifiers [MQTT-3.3.5-1]. Shared
+    /// groups are served through [`Shard::route`].
+    fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.subscriptions.for_each_match_grouped(&message.topic, |found| {
+            if let Match::Subscriber { key, value } = found {
+                matches.push((key, *value));
+            }
+        });
+        matches.sort_unstable_by_key(|(key, _)| *key);
+        let mut i = 0;
+        while i < matches.len() {
+            let key = matches[i].0;
+            let mut options = matches[i].1.options;
+            let mut ids = crate::protocol::SubscriptionIds::new();
+            while i < matches.len() && matches[i].0 == key {
+                let subscription = &matches[i].1;
+                options.qos = options.qos.max(subscription.options.qos);
+                options.retain_as_published |= subscription.options.retain_as_published;
+                ids.extend(subscription.subscription_id);
+                i += 1;
+            }
+            self.deliver(key, message, options, ids, false, now);
+        }
+        self.matches = matches;
+    }
+
+    /// Delivers `message` to the next member of the local shared group
+    /// `group`; dropped (and counted) if the group has no member here any
+    /// more.
+    fn deliver_to_group(&mut self, group: &TopicFilter, message: &Arc<Message>, now: Instant) {
+        let (share_name, filter) = (group.share_name().unwrap_or_default(), group.filter());
+        let mut member = None;
+        self.subscriptions.for_each_match_grouped(&message.topic, |found| {
+            if let Match::Group(candidate) = found {
+                if member.is_none() && candidate.share_name() == share_name && candidate.filter() == filter {
+                    member = candidate.next_member().map(|(key, value)| (key, *value));
+                }
+            }
+        });
+        match member {
+            Some((key, subscription)) => {
+                let ids = subscription.subscription_id.into_iter().collect();
+                self.deliver(key, message, subscription.options, ids, false, now);
+            }
+            None => self.counters.deliveries_dropped += 1,
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        key: SessionKey,
+        message: &Arc<Message>,
+        options: SubscriptionOptions,
+        subscription_ids: crate::protocol::SubscriptionIds,
+        retained: bool,
+        now: Instant,
+    ) {
+        let delivery = Delivery {
+            message: Arc::clone(message),
+            options,
+            subscription_ids,
+            from_retained: retained,
+        };
+        if self.slot_mut(key).session.handle_delivery(now, delivery) == DeliveryOutcome::Queued {
+            self.counters.deliveries += 1;
+            self.notify(key);
+        } else {
+            self.counters.deliveries_dropped += 1;
+        }
+    }
+
+    /// Adds a subscription of `key` to the index, announces new interest
+    /// to the other shards, and asks for the retained messages it matches.
+    fn subscribe(&mut self, key: SessionKey, grant: SubscriptionGrant, now: Instant) {
+        let SubscriptionGrant { filter, subscribed, is_new } = grant;
+        let (options, subscription_id) = (subscribed.options, subscribed.identifier);
+        let subscription = LocalSubscription { options, subscription_id };
+        let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
+        if let Some(delta) = (!replaced).then(|| self.local_interest.handle_subscribe(&filter)).flatten() {
+            let revision = self.announce_interest(delta);
+            let link = self.slot_mut(key).connection.as_mut();
+            if let Some(link) = link {
+                link.await_interest = revision;
+                self.interest_waiters.push(key);
+            }
+        }
+        // [MQTT-3.3.1-6] Retained messages matching a new subscription are
+        // sent; v5 Retain Handling may say otherwise [MQTT-3.3.1-9..-11].
+        let send_retained = match options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendIfNew => is_new,
+            RetainHandling::DoNotSend => false,
+        };
+        if !send_retained || filter.is_shared() {
+            return;
+        }
+        let reply_to = RetainedReplyTo {
+            shard: self.id,
+            client_id: self.slot(key).session.client_id().clone(),
+            options,
+            subscription_id,
+        };
+        let owners: Vec<ShardId> = if filter.has_wildcards() {
+            (0..self.nr_shards).filter_map(ShardId::from_index).collect()
+        } else {
+            vec![home_shard(filter.filter().as_bytes(), self.nr_shards)]
+        };
+        for owner in owners {
+            if owner == self.id {
+                let messages = self.retained_matching(&filter, now);
+                self.deliver_retained(&reply_to, &messages, now);
+            } else {
+                let query =
+                    ShardMessage::RetainedQuery { filter: filter.clone(), reply_to: reply_to.clone() };
+                self.outbox.push(owner.index(), query);
+            }
+        }
+    }
+
+    fn retained_matching(&mut self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
+        let mut messages = Vec::new();
+        self.retained.for_each_match(filter, now, |message| messages.push(Arc::clone(message)));
+        messages
+    }
+
+    fn deliver_retained(&mut self, to: &RetainedReplyTo, messages: &[Arc<Message>], now: Instant) {
+        let Some(&key) = self.by_client_id.get(&to.client_id) else { return };
+        let ids = to.subscription_id.into_iter().collect::<crate::protocol::SubscriptionIds>();
+        for message in messages {
+            // [MQTT-3.3.1-8] Sent with RETAIN set.
+            self.deliver(key, message, to.options, ids.clone(), true, now);
+        }
+    }
+
+    /// Removes a subscription of `key` from the index; the last local
+    /// subscriber of a filter withdraws the shard's interest.
+    fn unsubscribe_index(&mut self, key: SessionKey, filter: &TopicFilter) {
+        if self.subscriptions.remove(filter, key).is_some() {
+            if let Some(delta) = self.local_interest.handle_unsubscribe(filter) {
+                self.announce_interest(delta);
+            }
+        }
+    }
+
+    /// Applies an interest change of this shard to its own replica and
+    /// sends it to every peer; returns its revision.
+    fn announce_interest(&mut self, delta: InterestDelta) -> u64 {
+        self.interest.apply(&delta);
+        let revision = delta.revision;
+        for peer in (0..self.nr_shards).filter(|&peer| peer != self.id.index()) {
+            self.outbox.push(peer, ShardMessage::Interest(delta.clone()));
+        }
+        revision
+    }
+
+    /// The latest interest revision of this shard that every peer applied.
+    fn interest_acked_by_all(&self) -> u64 {
+        (0..self.nr_shards)
+            .filter(|&peer| peer != self.id.index())
+            .map(|peer| self.interest_acked[peer])
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Handles a message from shard `from` (all but hand-offs, which the
+    /// network layer takes).
+    pub fn handle_shard_message(&mut self, from: ShardId, message: ShardMessage, now: Instant) {
+        match message {
+            ShardMessage::Publish(batch) => {
+                for message in &batch {
+                    self.deliver_local(message, now);
+                }
+            }
+            ShardMessage::GroupPublish { group, message } => {
+                self.deliver_to_group(&group, &message, now);
+            }
+            ShardMessage::Interest(delta) => {
+                let revision = delta.revision;
+                self.interest.apply(&delta);
+                // Channels deliver each origin's deltas in order, so nothing
+                // older can still arrive.
+                self.interest.forget_through(from, revision);
+                self.outbox.push(from.index(), ShardMessage::InterestAck { revision });
+            }
+            ShardMessage::InterestAck { revision } => {
+                let acked = &mut self.interest_acked[from.index()];
+                *acked = (*acked).max(revision);
+                let acked_by_all = self.interest_acked_by_all();
+                let mut waiters = std::mem::take(&mut self.interest_waiters);
+                waiters.retain(|&key| {
+                    let link = self.slots[key.0 as usize]
+                        .as_mut()
+                        .and_then(|slot| slot.connection.as_mut());
+                    match link {
+                        Some(link) if link.await_interest > acked_by_all => true,
+                        Some(link) => {
+                            link.await_interest = 0;
+                            link.notified = true;
+                            if let Some(waker) = link.waker.take() {
+                                waker.wake();
+                            }
+                            false
+                        }
+                        None => false,
+                    }
+                });
+                self.interest_waiters = waiters;
+            }
+            ShardMessage::Retain(message) => {
+                self.retained.set(message);
+            }
+            ShardMessage::RetainedQuery { filter, reply_to } => {
+                let messages = self.retained_matching(&filter, now);
+                if !messages.is_empty() {
+                    let shard = reply_to.shard.index();
+                    self.outbox.push(shard, ShardMessage::Retained { reply_to, messages });
+                }
+            }
+            ShardMessage::Retained { reply_to, messages } => {
+                self.deliver_retained(&reply_to, &messages, now);
+            }
+        }
+    }
+}
+
+/// Why a connection task must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Another connection took the session over, or the session ended.
+    #[error("connection detached from its session")]
+    Detached,
+    /// The session closed the connection.
+    #[error("closed: {0:?}")]
+    Closed(CloseReason),
+}
+
+/// The shard at position `cursor` (modulo) of `members`.
+fn pick(members: ShardSet, cursor: usize) -> Option<ShardId> {
+    let len = members.len();
+    (len > 0).then(|| members.iter().nth(cursor % len)).flatten()
+}
+
+/// The `$share/{group}/{filter}` filter of a matched group.
+fn group_filter(group: GroupKey<'_>) -> Option<TopicFilter> {
+    TopicFilter::new(format!("$share/{}/{}", group.share_name, group.filter)).ok()
+}

@@ -1,0 +1,180 @@
+//! Shared by the end-to-end tests: start the real `ringmq` binary on a free
+//! loopback port, wait until it accepts, and stop it with SIGTERM (checking
+//! that it exits 0).
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker process for one test.
+pub struct Broker {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its shard count.
+    pub shards: usize,
+}
+
+impl Broker {
+    /// Starts `ringmq` with `shards` shards on a free port.
+    pub fn start(shards: usize) -> Self {
+        Self::start_with(shards, &[])
+    }
+
+    /// Starts `ringmq` with extra command-line arguments.
+    pub fn start_with(shards: usize, args: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()])
+            .args(["--log", "warn"])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start ringmq");
+        let broker = Self { child: Some(child), addr, shards };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "ringmq did not start listening on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// The port as a number.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ringmq did not exit within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A client id, starting with `prefix`, whose home is `shard` of `shards`.
+pub fn client_id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| ringmq::router::home_shard(id.as_bytes(), shards).index() == shard)
+        .unwrap()
+}
+
+/// A raw MQTT connection over a blocking socket, driven with ringmq's own
+/// codec, for tests that need byte-level control.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: bytes::BytesMut,
+    decoder: ringmq::protocol::Decoder,
+    version: ringmq::protocol::ProtocolVersion,
+}
+
+impl RawClient {
+    /// Connects the socket (no MQTT yet).
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let version = ringmq::protocol::ProtocolVersion::V3_1_1;
+        Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+            decoder: ringmq::protocol::Decoder::new(version, 1 << 20),
+            version,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends a packet.
+    pub fn send(&mut self, packet: &ringmq::protocol::Packet) {
+        if let ringmq::protocol::Packet::Connect(connect) = packet {
+            self.version = connect.version;
+            self.decoder.set_version(connect.version);
+        }
+        let mut out = bytes::BytesMut::new();
+        packet.encode(self.version, &mut out).unwrap();
+        self.send_bytes(&out);
+    }
+
+    /// The next packet, or `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<ringmq::protocol::Packet> {
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(packet);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Whether the server closed the connection within `within`.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let mut chunk = [0u8; 64];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A v3.1.1 CONNECT.
+pub fn connect_packet(client_id: &str, clean: bool, keep_alive: u16) -> ringmq::protocol::Packet {
+    ringmq::protocol::Packet::Connect(Box::new(ringmq::protocol::Connect {
+        version: ringmq::protocol::ProtocolVersion::V3_1_1,
+        clean_start: clean,
+        keep_alive,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }))
+}
