@@ -42,29 +42,43 @@ const MAX_PACKET_SIZE: usize = 1 << 20;
 const TOPIC: &str = "sensors/device-0042/temperature";
 const PACKET_ID: u16 = 7;
 
-/// The same packet in `mqttbytes`' two modules.
+/// The same packet in `mqttbytes`' two modules. Boxed: the v5 packet is
+/// 384 bytes, and the cases are built once, outside any timing.
 enum Theirs {
-    V4(v4::Packet),
-    V5(v5::Packet),
+    V4(Box<v4::Packet>),
+    V5(Box<v5::Packet>),
 }
 
 impl Theirs {
     fn write(&self, buf: &mut BytesMut) -> usize {
         let written = match self {
-            Self::V4(v4::Packet::Publish(p)) => p.write(buf),
-            Self::V5(v5::Packet::Publish(p)) => p.write(buf),
-            Self::V5(v5::Packet::Connect(p)) => p.write(buf),
-            Self::V5(v5::Packet::Subscribe(p)) => p.write(buf),
-            Self::V4(_) | Self::V5(_) => unreachable!("no benchmark case uses this packet"),
+            Self::V4(packet) => match &**packet {
+                v4::Packet::Publish(p) => p.write(buf),
+                _ => unreachable!("no 3.1.1 benchmark case uses this packet"),
+            },
+            Self::V5(packet) => match &**packet {
+                v5::Packet::Publish(p) => p.write(buf),
+                v5::Packet::Connect(p) => p.write(buf),
+                v5::Packet::Subscribe(p) => p.write(buf),
+                _ => unreachable!("no 5.0 benchmark case uses this packet"),
+            },
         };
         written.expect("mqttbytes encodes the benchmark packet")
     }
 
-    /// Reads one packet; the benchmark inputs are always complete.
+    /// Reads one packet (boxed; for the checks, not timed).
     fn read(&self, buf: &mut BytesMut) -> Theirs {
         match self {
-            Self::V4(_) => Self::V4(v4::read(buf, MAX_PACKET_SIZE).expect("mqttbytes v4 decodes")),
-            Self::V5(_) => Self::V5(v5::read(buf, MAX_PACKET_SIZE).expect("mqttbytes v5 decodes")),
+            Self::V4(_) => Self::V4(Box::new(read_v4(buf))),
+            Self::V5(_) => Self::V5(Box::new(read_v5(buf))),
+        }
+    }
+
+    /// Reads [`BATCH`] packets of this packet's version (the timed loop).
+    fn read_batch(&self, buf: &mut BytesMut) {
+        match self {
+            Self::V4(_) => (0..BATCH).for_each(|_| drop(black_box(read_v4(buf)))),
+            Self::V5(_) => (0..BATCH).for_each(|_| drop(black_box(read_v5(buf)))),
         }
     }
 
@@ -75,6 +89,15 @@ impl Theirs {
             _ => false,
         }
     }
+}
+
+/// The benchmark inputs are always complete and valid.
+fn read_v4(buf: &mut BytesMut) -> v4::Packet {
+    v4::read(buf, MAX_PACKET_SIZE).expect("mqttbytes v4 decodes")
+}
+
+fn read_v5(buf: &mut BytesMut) -> v5::Packet {
+    v5::read(buf, MAX_PACKET_SIZE).expect("mqttbytes v5 decodes")
 }
 
 /// One benchmark input: the packet as each library represents it.
@@ -112,12 +135,12 @@ fn publish_case(version: ProtocolVersion, len: usize) -> Case {
         ProtocolVersion::V5 => {
             let mut p = v5::Publish::from_bytes(TOPIC, mqttbytes::QoS::AtLeastOnce, payload);
             p.pkid = PACKET_ID;
-            ("v5", Theirs::V5(v5::Packet::Publish(p)))
+            ("v5", Theirs::V5(Box::new(v5::Packet::Publish(p))))
         }
         _ => {
             let mut p = v4::Publish::from_bytes(TOPIC, mqttbytes::QoS::AtLeastOnce, payload);
             p.pkid = PACKET_ID;
-            ("v311", Theirs::V4(v4::Packet::Publish(p)))
+            ("v311", Theirs::V4(Box::new(v4::Packet::Publish(p))))
         }
     };
     Case { name: format!("publish_{label}_{}", size_name(len)), version, ours, theirs }
@@ -201,7 +224,7 @@ fn connect_case() -> Case {
         name: "connect_v5".into(),
         version: ProtocolVersion::V5,
         ours,
-        theirs: Theirs::V5(v5::Packet::Connect(theirs)),
+        theirs: Theirs::V5(Box::new(v5::Packet::Connect(theirs))),
     }
 }
 
@@ -259,7 +282,7 @@ fn subscribe_case() -> Case {
         name: "subscribe_v5".into(),
         version: ProtocolVersion::V5,
         ours,
-        theirs: Theirs::V5(v5::Packet::Subscribe(theirs)),
+        theirs: Theirs::V5(Box::new(v5::Packet::Subscribe(theirs))),
     }
 }
 
@@ -315,7 +338,7 @@ fn bench_decode(c: &mut Criterion, case: &Case, input: &BytesMut) {
                 |buf| {
                     let mut decoder = Decoder::new(case.version, MAX_PACKET_SIZE as u32);
                     for _ in 0..BATCH {
-                        black_box(decoder.decode(buf).expect("valid input").expect("complete"));
+                        drop(black_box(decoder.decode(buf).expect("valid").expect("complete")));
                     }
                 },
                 // Bounds the inputs held at once (BATCH x 4 KiB each).
@@ -325,11 +348,7 @@ fn bench_decode(c: &mut Criterion, case: &Case, input: &BytesMut) {
         group.bench_function("mqttbytes", |b| {
             b.iter_batched_ref(
                 || input.clone(),
-                |buf| {
-                    for _ in 0..BATCH {
-                        black_box(case.theirs.read(buf));
-                    }
-                },
+                |buf| case.theirs.read_batch(buf),
                 BatchSize::NumIterations(16),
             )
         });
