@@ -8,10 +8,10 @@
 mod vectors;
 
 use bytes::{Bytes, BytesMut};
-use vectors::{b, cat, pid, s, topic, user, Case};
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
 use std::num::NonZeroU32;
+use vectors::{b, cat, pid, s, topic, user, Case};
 
 const MAX: u32 = 1 << 20;
 

@@ -10,11 +10,11 @@ mod vectors;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use vectors::{b, cat, filter, pid, s, topic, user, Case};
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
 use smallvec::smallvec;
 use std::num::{NonZeroU16, NonZeroU32};
+use vectors::{b, cat, filter, pid, s, topic, user, Case};
 
 fn encode(packet: &Packet, version: ProtocolVersion) -> Result<Vec<u8>, EncodeError> {
     let mut buf = BytesMut::new();

@@ -6,10 +6,10 @@
 mod vectors;
 
 use bytes::{Bytes, BytesMut};
-use vectors::{cat, Case};
 use proptest::prelude::*;
 use ringmq::protocol::ProtocolVersion::{V3_1, V3_1_1, V5};
 use ringmq::protocol::*;
+use vectors::{cat, Case};
 
 const MAX: u32 = 1 << 20;
 

@@ -17,7 +17,10 @@ fn available(program: &str, probe: &[&str]) -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !found {
-        assert!(std::env::var_os("CI").is_none(), "{program} is required on CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is required on CI (.ci/run installs it)"
+        );
         eprintln!("SKIPPED: {program} is not installed");
     }
     found
@@ -61,10 +64,11 @@ fn mosquitto_clients_pub_sub_across_shards() {
         for (topic, message) in [("mq/a", "one"), ("mq/b/c", "two"), ("mq/a", "three")] {
             publish(topic, message);
         }
-        let got: Vec<String> = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(10)).ok())
-            .filter(|line| line != "mq/probe probe")
-            .take(3)
-            .collect();
+        let got: Vec<String> =
+            std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(10)).ok())
+                .filter(|line| line != "mq/probe probe")
+                .take(3)
+                .collect();
         assert_eq!(got, ["mq/a one", "mq/b/c two", "mq/a three"]);
         let _ = sub.kill();
         let _ = sub.wait();
@@ -104,10 +108,8 @@ fn paho_mqtt_python_client() {
     }
     let broker = Broker::start(2);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_client.py");
-    let output = Command::new("python3")
-        .args([script, &broker.port().to_string()])
-        .output()
-        .unwrap();
+    let output =
+        Command::new("python3").args([script, &broker.port().to_string()]).output().unwrap();
     assert!(
         output.status.success(),
         "paho test failed:\n{}\n{}",

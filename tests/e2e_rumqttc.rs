@@ -152,7 +152,10 @@ async fn retained_set_replace_delete_on_every_shard() {
         let mut got = publishes_within(&mut events, Duration::from_millis(1500)).await;
         got.sort_by(|a, b| a.topic.cmp(&b.topic));
         let topics: Vec<_> = got.iter().map(|p| p.topic.as_str()).collect();
-        assert_eq!(topics, ["ret/0", "ret/1", "ret/2", "ret/3", "ret/5", "ret/6", "ret/7", "ret/8", "ret/9"]);
+        assert_eq!(
+            topics,
+            ["ret/0", "ret/1", "ret/2", "ret/3", "ret/5", "ret/6", "ret/7", "ret/8", "ret/9"]
+        );
         // [MQTT-3.3.1-8] retained deliveries carry RETAIN 1.
         assert!(got.iter().all(|p| p.retain));
         assert_eq!(&got[3].payload[..], b"v2");
@@ -174,8 +177,8 @@ async fn will_is_published_on_abnormal_close_not_after_disconnect() {
 
     // Abnormal end: the socket closes without DISCONNECT [MQTT-3.1.2-8].
     let mut raw = common::RawClient::connect(broker.addr);
-    let mut connect = common::connect_packet(&client_id_on_shard("will-a", 0, 2), true, 30);
-    if let ringmq::protocol::Packet::Connect(c) = &mut connect {
+    let mut connect_a = common::connect_packet(&client_id_on_shard("will-a", 0, 2), true, 30);
+    if let ringmq::protocol::Packet::Connect(c) = &mut connect_a {
         c.will = Some(ringmq::protocol::Will {
             topic: ringmq::protocol::TopicName::new("will/a").unwrap(),
             payload: bytes::Bytes::from_static(b"gone"),
@@ -184,7 +187,7 @@ async fn will_is_published_on_abnormal_close_not_after_disconnect() {
             properties: Default::default(),
         });
     }
-    raw.send(&connect);
+    raw.send(&connect_a);
     assert!(matches!(raw.recv(), Some(ringmq::protocol::Packet::ConnAck(_))));
     drop(raw);
     let will = next_publish(&mut watch_events).await;
@@ -208,8 +211,8 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
     watcher.subscribe("ka/will", QoS::AtMostOnce).await.unwrap();
     wait_suback(&mut watch_events).await;
     let mut raw = common::RawClient::connect(broker.addr);
-    let mut connect = common::connect_packet("ka-silent", true, 1);
-    if let ringmq::protocol::Packet::Connect(c) = &mut connect {
+    let mut silent = common::connect_packet("ka-silent", true, 1);
+    if let ringmq::protocol::Packet::Connect(c) = &mut silent {
         c.will = Some(ringmq::protocol::Will {
             topic: ringmq::protocol::TopicName::new("ka/will").unwrap(),
             payload: bytes::Bytes::from_static(b"expired"),
@@ -219,7 +222,7 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
         });
     }
     let started = std::time::Instant::now();
-    raw.send(&connect);
+    raw.send(&silent);
     assert!(matches!(raw.recv(), Some(ringmq::protocol::Packet::ConnAck(_))));
     assert!(raw.closed_within(Duration::from_secs(5)), "not closed after keep alive expiry");
     let elapsed = started.elapsed();
@@ -257,7 +260,8 @@ async fn simultaneous_connects_leave_exactly_one_connection() {
     std::thread::sleep(Duration::from_millis(1500));
     let open = clients
         .iter_mut()
-        .filter(|client| !client.closed_within(Duration::from_millis(300)))
+        .map(|client| client.closed_within(Duration::from_millis(300)))
+        .filter(|closed| !closed)
         .count();
     assert_eq!(open, 1, "exactly one connection survives");
 }
@@ -273,9 +277,11 @@ async fn persistent_session_keeps_subscriptions_and_queues_offline_messages() {
     sub.subscribe("persist/t", QoS::AtLeastOnce).await.unwrap();
     wait_suback(&mut sub_events).await;
     sub.disconnect().await.unwrap();
-    let _ = timeout(Duration::from_secs(2), async { while sub_events.poll().await.is_ok() {} }).await;
+    let _ =
+        timeout(Duration::from_secs(2), async { while sub_events.poll().await.is_ok() {} }).await;
 
-    let (publisher, pub_events, _) = connect(options(&broker, &client_id_on_shard("p", 0, 2))).await;
+    let (publisher, pub_events, _) =
+        connect(options(&broker, &client_id_on_shard("p", 0, 2))).await;
     let _driver = drive(pub_events);
     for i in 0..5u8 {
         publisher.publish("persist/t", QoS::AtLeastOnce, false, vec![i]).await.unwrap();

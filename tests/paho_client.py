@@ -13,11 +13,20 @@ PORT = int(sys.argv[1])
 TIMEOUT = 10
 
 
+def wait_connected(c):
+    """Waits for the CONNACK: paho queues publishes made before it."""
+    deadline = time.monotonic() + TIMEOUT
+    while not c.is_connected():
+        assert time.monotonic() < deadline, "no CONNACK"
+        time.sleep(0.01)
+
+
 def client(client_id, clean=True):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                     clean_session=clean, protocol=mqtt.MQTTv311)
     c.connect("127.0.0.1", PORT, keepalive=30)
     c.loop_start()
+    wait_connected(c)
     return c
 
 
@@ -37,6 +46,7 @@ def main():
     sub.on_subscribe = lambda *args: subscribed.set()
     sub.connect("127.0.0.1", PORT, keepalive=30)
     sub.loop_start()
+    wait_connected(sub)
 
     pub = client("paho-pub")
     # A retained message before the subscription.
@@ -49,7 +59,8 @@ def main():
         info.wait_for_publish(TIMEOUT)
     assert got_all.wait(TIMEOUT), f"received only {received}"
     by_topic = {t: (p, q, r) for t, p, q, r in received}
-    assert by_topic["paho/retained"] == (b"r", 1, True), by_topic
+    assert by_topic["paho/retained"] == (b"r", 1, True), received
+    assert len(received) == 4, received
     for qos in (0, 1, 2):
         assert by_topic[f"paho/q{qos}"] == (f"m{qos}".encode(), qos, False), by_topic
     for c in (pub, sub):

@@ -64,28 +64,37 @@ pub enum CloseReason {
 }
 
 /// Serves one accepted (or handed-off) connection to its end.
-pub async fn serve(
+///
+/// Not an `async fn`: the connection is built before the future, so the
+/// task of an idle connection holds it once, not once per argument and
+/// once per local.
+pub fn serve(
     ctx: Rc<NetContext>,
     stream: TcpStream,
     peer: SocketAddr,
     listener: usize,
     buffered: Bytes,
-) {
+) -> impl std::future::Future<Output = ()> {
     let mut connection = Connection {
-        ctx: Rc::clone(&ctx),
-        stream,
         read_buf: (!buffered.is_empty()).then(|| BytesMut::from(&buffered[..])),
         write_buf: BytesMut::new(),
         decoder: Decoder::new(ProtocolVersion::V3_1_1, ctx.max_packet_size),
+        ctx,
+        stream,
     };
-    let result = connection.run(peer, listener).await;
-    match &result {
-        // The connection lives on at its home shard.
-        Err(CloseReason::HandedOff) => return ctx.connection_moved(),
-        Err(CloseReason::PeerClosed) | Ok(()) => {}
-        Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
+    // The connection is used in place: moving it into a local would store
+    // it twice in the task.
+    async move {
+        let result = connection.run(peer, listener).await;
+        let ctx = &connection.ctx;
+        match &result {
+            // The connection lives on at its home shard.
+            Err(CloseReason::HandedOff) => return ctx.connection_moved(),
+            Err(CloseReason::PeerClosed) | Ok(()) => {}
+            Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
+        }
+        ctx.connection_closed();
     }
-    ctx.connection_closed();
 }
 
 struct Connection {
@@ -109,7 +118,26 @@ enum Wake {
 }
 
 impl Connection {
+    /// The whole life of the connection. The phases before and after the
+    /// session are boxed: their futures would otherwise be part of every
+    /// idle connection's task, which only needs the small [`Self::pump`].
     async fn run(&mut self, peer: SocketAddr, listener: usize) -> Result<(), CloseReason> {
+        let (key, id) = Box::pin(self.attach(peer, listener)).await?;
+        let result = self.pump(key, id).await;
+        self.ctx.shard.borrow_mut().handle_connection_closed(key, id, Instant::now());
+        // Best effort: what the session produced before the end (e.g. the
+        // last acks, a v5 DISCONNECT) still goes out.
+        Box::pin(self.flush_with_timeout()).await;
+        result
+    }
+
+    /// Reads the CONNECT, moves the connection to its home shard if needed,
+    /// and attaches it to its session there.
+    async fn attach(
+        &mut self,
+        peer: SocketAddr,
+        listener: usize,
+    ) -> Result<(SessionKey, ConnectionId), CloseReason> {
         let timeout = self.ctx.connect_timeout;
         let (frame, connect) = futures_lite::future::or(self.read_connect(), async {
             glommio::timer::Timer::new(timeout).await;
@@ -122,26 +150,20 @@ impl Connection {
             connect.client_id.clone()
         };
         let home = self.ctx.shard.borrow().home_of(&client_id);
-        tracing::trace!(%peer, %client_id, %home, "connect read");
         if home != self.ctx.shard_id {
-            return self.hand_off(home.index(), frame, peer, listener);
+            return Err(self.hand_off(home.index(), frame, peer, listener));
         }
         let id = self.ctx.shard.borrow_mut().new_connection_id();
-        let outcome = self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
-        let version = connect.version;
+        let outcome =
+            self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
+        if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
+            self.read_buf = None;
+        }
         match outcome {
-            ConnectOutcome::Refused(connack) => {
-                let reason = connack.reason;
-                self.send_final(&Packet::ConnAck(connack), version).await;
+            ConnectOutcome::Accepted(key) => Ok((key, id)),
+            ConnectOutcome::Refused(reason) => {
+                self.send_final(refusal(reason), connect.version).await;
                 Err(CloseReason::Refused(reason))
-            }
-            ConnectOutcome::Accepted(key) => {
-                let result = self.pump(key, id).await;
-                self.ctx.shard.borrow_mut().handle_connection_closed(key, id, Instant::now());
-                // Best effort: what the session produced before the end (e.g.
-                // the last acks) still goes out.
-                self.flush_with_timeout().await;
-                result
             }
         }
     }
@@ -177,16 +199,10 @@ impl Connection {
     /// malformed CONNECT just closes the connection [MQTT-3.1.4-1].
     async fn refuse_malformed_connect(&mut self, error: DecodeError) -> CloseReason {
         if let DecodeError::UnsupportedProtocolVersion(level) = error {
-            let version =
-                if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
-            let connack = ConnAck {
-                session_present: false,
-                reason: ReasonCode::UnsupportedProtocolVersion,
-                properties: ConnAckProperties::default(),
-            };
-            self.send_final(&Packet::ConnAck(connack), version).await;
+            let version = if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+            self.send_final(refusal(ReasonCode::UnsupportedProtocolVersion), version).await;
         }
-        self.ctx.count_malformed(&error);
+        self.ctx.count_malformed();
         CloseReason::Decode(error)
     }
 
@@ -198,13 +214,17 @@ impl Connection {
         frame: Bytes,
         peer: SocketAddr,
         listener: usize,
-    ) -> Result<(), CloseReason> {
+    ) -> CloseReason {
         // SAFETY: the fd belongs to `self.stream`, alive for this call.
         let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
         // The duplicate is owned by the message: wherever the message ends
         // (delivered, or dropped at shutdown) the socket is closed once.
-        let socket = fd.try_clone_to_owned()?;
-        let mut buffered = BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
+        let socket = match fd.try_clone_to_owned() {
+            Ok(socket) => socket,
+            Err(error) => return CloseReason::Io(error),
+        };
+        let mut buffered =
+            BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
         buffered.extend_from_slice(&frame);
         if let Some(rest) = self.read_buf.take() {
             buffered.extend_from_slice(&rest);
@@ -212,22 +232,25 @@ impl Connection {
         let handoff = HandOff { socket, buffered: buffered.freeze(), peer, listener };
         self.ctx.outbox.push(home, RouterMessage::HandOff(handoff));
         self.ctx.count_handoff();
-        Err(CloseReason::HandedOff)
+        CloseReason::HandedOff
     }
 
     /// Moves packets both ways until the connection ends.
     async fn pump(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
         loop {
-            self.ctx.shard.borrow_mut().poll_transmit(key, id, Instant::now(), &mut self.write_buf)?;
-            tracing::trace!(pending = self.write_buf.len(), "pump");
+            self.ctx.shard.borrow_mut().poll_transmit(
+                key,
+                id,
+                Instant::now(),
+                &mut self.write_buf,
+            )?;
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
-                Wake::Read => {
-                    tracing::trace!(buffered = self.read_buf.as_ref().map_or(0, |b| b.len()), "read");
-                    self.handle_input(key, id)?
-                }
-                Wake::Notified => tracing::trace!("notified"),
+                Wake::Read => self.handle_input(key, id)?,
+                Wake::Notified => {}
                 Wake::Shutdown => return Err(CloseReason::Shutdown),
             }
+            // A busy connection must not starve the shard's other tasks.
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -247,7 +270,7 @@ impl Connection {
                 }
                 Ok(None) => break,
                 Err(error) => {
-                    self.ctx.count_malformed(&error);
+                    self.ctx.count_malformed();
                     return Err(CloseReason::Decode(error));
                 }
             }
@@ -342,10 +365,20 @@ impl Connection {
     }
 
     /// Sends one last packet, then the connection closes.
-    async fn send_final(&mut self, packet: &Packet, version: ProtocolVersion) {
-        encode_into(packet, version, &mut self.write_buf);
+    async fn send_final(&mut self, packet: Packet, version: ProtocolVersion) {
+        encode_into(&packet, version, &mut self.write_buf);
+        drop(packet);
         self.flush_with_timeout().await;
     }
+}
+
+/// The CONNACK that refuses a connection.
+fn refusal(reason: ReasonCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason,
+        properties: ConnAckProperties::default(),
+    })
 }
 
 /// Encodes a packet the broker built itself (so it always fits).

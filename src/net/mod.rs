@@ -6,7 +6,6 @@ pub mod listener;
 
 pub use connection::serve;
 
-use crate::protocol::DecodeError;
 use crate::router::{Outbox, ShardId};
 use crate::shard::Shard;
 use glommio::net::{TcpListener, TcpStream};
@@ -52,7 +51,7 @@ pub struct NetCounters {
     pub refused_limit: u64,
     /// Connections moved to their home shard.
     pub handed_off: u64,
-    /// Malformed packets, by the reason code they map to.
+    /// Connections closed for a malformed packet.
     pub malformed: u64,
 }
 
@@ -89,7 +88,7 @@ impl NetContext {
         self.live.get()
     }
 
-    fn count_malformed(&self, _error: &DecodeError) {
+    fn count_malformed(&self) {
         self.counters.borrow_mut().malformed += 1;
     }
 
@@ -150,13 +149,10 @@ pub struct NetLimits {
 /// Accepts connections on `listener` until the shard shuts down.
 pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usize) {
     loop {
-        let accepted = futures_lite::future::or(
-            async { Some(listener.accept().await) },
-            async {
-                wait_shutdown(&ctx).await;
-                None
-            },
-        )
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_shutdown(&ctx).await;
+            None
+        })
         .await;
         let stream = match accepted {
             None => return,

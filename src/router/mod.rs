@@ -12,8 +12,8 @@ pub mod interest;
 mod outbox;
 pub mod placement;
 
-pub use outbox::Outbox;
 pub use interest::ShardId;
+pub use outbox::Outbox;
 pub use placement::{home_shard, stable_hash, ClientIdAssigner};
 
 use crate::message::Message;

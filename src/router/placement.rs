@@ -69,12 +69,16 @@ mod tests {
     fn assigned_ids_are_valid_and_stay_home() {
         for nr_shards in [1, 2, 3, 16, 64] {
             for shard in 0..nr_shards {
-                let mut assigner = ClientIdAssigner::new(ShardId::from_index(shard).unwrap(), nr_shards, u64::MAX);
+                let mut assigner =
+                    ClientIdAssigner::new(ShardId::from_index(shard).unwrap(), nr_shards, u64::MAX);
                 let a = assigner.assign();
                 let b = assigner.assign();
                 assert_ne!(a, b);
                 for id in [a, b] {
-                    assert!(id.len() <= 23 && id.bytes().all(|c| c.is_ascii_alphanumeric()), "{id}");
+                    assert!(
+                        id.len() <= 23 && id.bytes().all(|c| c.is_ascii_alphanumeric()),
+                        "{id}"
+                    );
                     assert_eq!(home_shard(id.as_bytes(), nr_shards).index(), shard);
                 }
             }

@@ -69,8 +69,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
 
     let mut sockets: Vec<Vec<Socket>> = (0..nr_shards).map(|_| Vec::new()).collect();
     for listener in config.listeners() {
-        let bound = bind_reuseport(listener.bind(), u32::from(listener.listen_backlog().get()), nr_shards)?;
-        let addr = bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
+        let bound =
+            bind_reuseport(listener.bind(), u32::from(listener.listen_backlog().get()), nr_shards)?;
+        let addr =
+            bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
         tracing::info!(%addr, "listening (mqtt)");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
@@ -145,7 +147,8 @@ fn placement(nr_shards: usize, cpus: &[usize]) -> PoolPlacement {
 /// The life of one shard.
 async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
     tracing::debug!("shard starting");
-    let sockets = startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
+    let sockets =
+        startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
     let listeners: Vec<TcpListener> = sockets
         .into_iter()
         // SAFETY: each socket is bound and listening, and `into_raw_fd`
@@ -192,7 +195,9 @@ async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
     let accepts: Vec<_> = listeners
         .into_iter()
         .enumerate()
-        .map(|(index, listener)| glommio::spawn_local(net::accept_loop(Rc::clone(&net), listener, index)))
+        .map(|(index, listener)| {
+            glommio::spawn_local(net::accept_loop(Rc::clone(&net), listener, index))
+        })
         .collect();
 
     // Tick: keep alive sweep, and the shutdown signal.
@@ -209,5 +214,18 @@ async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     mesh_tasks.shutdown().await;
-    tracing::debug!(%id, "shard stopped");
+    let (net_counters, counters) = (net.counters(), shard.borrow().counters().clone());
+    tracing::info!(
+        %id,
+        accepted = net_counters.accepted,
+        refused_at_limit = net_counters.refused_limit,
+        handed_off = net_counters.handed_off,
+        malformed = net_counters.malformed,
+        messages_received = counters.messages_received,
+        deliveries = counters.deliveries,
+        deliveries_dropped = counters.deliveries_dropped,
+        cross_core_qos0_dropped = outbox.dropped_qos0(),
+        takeovers = counters.takeovers,
+        "shard stopped"
+    );
 }

@@ -112,9 +112,9 @@ pub(super) struct Connection {
     pub(super) keep_alive: KeepAlive,
     /// The will of CONNECT, until it is published or discarded
     /// [MQTT-3.1.2-10].
-    pub(super) will: Option<Will>,
+    pub(super) will: Option<Box<Will>>,
     /// The CONNACK, always the first packet written.
-    pub(super) connack: Option<ConnAck>,
+    pub(super) connack: Option<Box<ConnAck>>,
     /// Acknowledgements and responses owed, in order.
     pub(super) control: VecDeque<Control>,
     /// QoS 1/2 publishes received on this connection and not yet answered

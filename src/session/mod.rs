@@ -163,7 +163,7 @@ impl Session {
             version,
             open: true,
             keep_alive: KeepAlive::new(keep_alive, now),
-            will: connect.will.clone(),
+            will: connect.will.clone().map(Box::new),
             connack: None,
             control: VecDeque::new(),
             unacknowledged_in: 0,
@@ -171,7 +171,7 @@ impl Session {
             max_packet_size,
             aliases: TopicAliases::default(),
         });
-        connection.connack.insert(connack)
+        connection.connack.insert(Box::new(connack))
     }
 
     /// Every packet read after CONNECT. Any packet resets the keep alive
@@ -433,7 +433,7 @@ impl Session {
     pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
         let connection = self.connection.as_mut()?;
         if let Some(connack) = connection.connack.take() {
-            return Some(Packet::ConnAck(connack));
+            return Some(Packet::ConnAck(*connack));
         }
         if connection.open {
             if let Some(packet) = self.outbound.poll_resend(connection.version, now) {
@@ -589,7 +589,7 @@ impl Session {
         // [MQTT-3.1.2-10] the will is removed once published or discarded.
         if let Some(will) = connection.will.take() {
             if reason.publishes_will() {
-                let message = will_message(will, &self.client_id, now);
+                let message = will_message(*will, &self.client_id, now);
                 self.events.push_back(SessionEvent::Will(Arc::new(message)));
             }
         }

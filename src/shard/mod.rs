@@ -11,6 +11,8 @@
 
 pub mod retained;
 mod state;
+#[cfg(test)]
+mod tests;
 pub mod trie;
 
 pub use state::{ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters};

@@ -5,20 +5,15 @@
 //! tasks are told about new output through their wakers.
 
 use crate::message::Message;
-use crate::protocol::{
-    ConnAck, ConnAckProperties, Connect, ProtocolVersion, ReasonCode, SubscriptionOptions,
-    TopicFilter,
-};
-use crate::router::{
-    home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage,
-};
-use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
-use crate::shard::trie::Match;
 use crate::protocol::RetainHandling;
+use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
+use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
+use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::{
     CloseReason, Delivery, DeliveryOutcome, Session, SessionEvent, SessionLimits, SubscriptionGrant,
 };
 use crate::shard::retained::RetainedStore;
+use crate::shard::trie::Match;
 use crate::shard::trie::SubscriptionTrie;
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -91,8 +86,8 @@ pub enum ConnectOutcome {
     /// The connection is attached to the session, whose output starts
     /// with the CONNACK.
     Accepted(SessionKey),
-    /// The connection must be refused with this CONNACK.
-    Refused(ConnAck),
+    /// The connection must be refused with a CONNACK carrying this code.
+    Refused(ReasonCode),
 }
 
 /// Everything one core owns.
@@ -101,7 +96,8 @@ pub struct Shard {
     id: ShardId,
     nr_shards: usize,
     limits: SessionLimits,
-    slots: Vec<Option<Slot>>,
+    /// Boxed, so the table grows by pointers, not by whole sessions.
+    slots: Vec<Option<Box<Slot>>>,
     free_slots: Vec<u32>,
     by_client_id: HashMap<ByteString, SessionKey>,
     subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
@@ -125,7 +121,13 @@ pub struct Shard {
 
 impl Shard {
     /// The state of shard `id` of `nr_shards`.
-    pub fn new(id: ShardId, nr_shards: usize, limits: SessionLimits, outbox: Rc<Outbox>, boot: u64) -> Self {
+    pub fn new(
+        id: ShardId,
+        nr_shards: usize,
+        limits: SessionLimits,
+        outbox: Rc<Outbox>,
+        boot: u64,
+    ) -> Self {
         Self {
             id,
             nr_shards,
@@ -195,7 +197,11 @@ impl Shard {
 
     /// The session in `key`, if `connection` is still the one attached to
     /// it (a taken-over connection gets `None`).
-    pub fn session_mut(&mut self, key: SessionKey, connection: ConnectionId) -> Option<&mut Session> {
+    pub fn session_mut(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+    ) -> Option<&mut Session> {
         let slot = self.slots.get_mut(key.0 as usize)?.as_mut()?;
         match &slot.connection {
             Some(link) if link.id == connection => Some(&mut slot.session),
@@ -212,27 +218,20 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        let refuse = |reason| {
-            ConnectOutcome::Refused(ConnAck {
-                session_present: false,
-                reason,
-                properties: ConnAckProperties::default(),
-            })
-        };
         if self.shutting_down {
-            return refuse(ReasonCode::ServerUnavailable);
+            return ConnectOutcome::Refused(ReasonCode::ServerUnavailable);
         }
         // MQTT 5.0 sessions are not served yet: refused with 0x84 rather than
         // half an implementation.
         if connect.version.is_v5() {
-            return refuse(ReasonCode::UnsupportedProtocolVersion);
+            return ConnectOutcome::Refused(ReasonCode::UnsupportedProtocolVersion);
         }
         // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
         // 3.1 requires an id of 1 to 23 characters.
         if connect.client_id.is_empty()
             && (!connect.clean_start || connect.version == ProtocolVersion::V3_1)
         {
-            return refuse(ReasonCode::ClientIdentifierNotValid);
+            return ConnectOutcome::Refused(ReasonCode::ClientIdentifierNotValid);
         }
         let existing = self.by_client_id.get(&client_id).copied();
         if let Some(key) = existing {
@@ -269,17 +268,17 @@ impl Shard {
 
     fn insert_session(&mut self, client_id: ByteString) -> SessionKey {
         let slot = Slot {
-            session: Session::new(client_id.clone(), self.limits.clone()),
+            session: Session::new(client_id.clone(), self.limits),
             clean: true,
             connection: None,
         };
         let key = match self.free_slots.pop() {
             Some(index) => {
-                self.slots[index as usize] = Some(slot);
+                self.slots[index as usize] = Some(Box::new(slot));
                 SessionKey(index)
             }
             None => {
-                self.slots.push(Some(slot));
+                self.slots.push(Some(Box::new(slot)));
                 SessionKey((self.slots.len() - 1) as u32)
             }
         };
@@ -292,7 +291,9 @@ impl Shard {
         let Some(slot) = self.slots[key.0 as usize].take() else { return };
         self.free_slots.push(key.0);
         self.by_client_id.remove(slot.session.client_id());
-        for filter in slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>() {
+        for filter in
+            slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
+        {
             self.unsubscribe_index(key, &filter);
         }
     }
@@ -318,10 +319,15 @@ impl Shard {
 
     /// The connection `connection` of `key` ended (socket closed, protocol
     /// error, keep alive expired or after DISCONNECT).
-    pub fn handle_connection_closed(&mut self, key: SessionKey, connection: ConnectionId, now: Instant) {
+    pub fn handle_connection_closed(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        now: Instant,
+    ) {
         let attached = matches!(
             self.slots.get(key.0 as usize),
-            Some(Some(Slot { connection: Some(link), .. })) if link.id == connection
+            Some(Some(slot)) if slot.connection.as_ref().is_some_and(|link| link.id == connection)
         );
         if attached {
             self.detach(key, now);
@@ -388,7 +394,12 @@ impl Shard {
 
     /// Registers the connection task's waker; returns true when output or
     /// a close arrived since the last [`Shard::poll_transmit`].
-    pub fn register_waker(&mut self, key: SessionKey, connection: ConnectionId, waker: &Waker) -> bool {
+    pub fn register_waker(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        waker: &Waker,
+    ) -> bool {
         let slot = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut);
         match slot.and_then(|slot| slot.connection.as_mut()).filter(|link| link.id == connection) {
             Some(link) => {
@@ -465,7 +476,7 @@ impl Shard {
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
         if message.retain {
-            self.store_retained(&message, now);
+            self.store_retained(&message);
         }
         self.deliver_local(&message, now);
         let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
@@ -494,7 +505,7 @@ impl Shard {
     /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
     /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
     /// that owns its topic.
-    fn store_retained(&mut self, message: &Arc<Message>, _now: Instant) {
+    fn store_retained(&mut self, message: &Arc<Message>) {
         let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
         // The stored copy owns exactly its payload, so a retained message
         // does not pin the read buffer it arrived in.
@@ -547,7 +558,10 @@ impl Shard {
         let mut member = None;
         self.subscriptions.for_each_match_grouped(&message.topic, |found| {
             if let Match::Group(candidate) = found {
-                if member.is_none() && candidate.share_name() == share_name && candidate.filter() == filter {
+                if member.is_none()
+                    && candidate.share_name() == share_name
+                    && candidate.filter() == filter
+                {
                     member = candidate.next_member().map(|(key, value)| (key, *value));
                 }
             }
@@ -591,7 +605,9 @@ impl Shard {
         let (options, subscription_id) = (subscribed.options, subscribed.identifier);
         let subscription = LocalSubscription { options, subscription_id };
         let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
-        if let Some(delta) = (!replaced).then(|| self.local_interest.handle_subscribe(&filter)).flatten() {
+        if let Some(delta) =
+            (!replaced).then(|| self.local_interest.handle_subscribe(&filter)).flatten()
+        {
             let revision = self.announce_interest(delta);
             let link = self.slot_mut(key).connection.as_mut();
             if let Some(link) = link {
@@ -625,8 +641,10 @@ impl Shard {
                 let messages = self.retained_matching(&filter, now);
                 self.deliver_retained(&reply_to, &messages, now);
             } else {
-                let query =
-                    ShardMessage::RetainedQuery { filter: filter.clone(), reply_to: reply_to.clone() };
+                let query = ShardMessage::RetainedQuery {
+                    filter: filter.clone(),
+                    reply_to: reply_to.clone(),
+                };
                 self.outbox.push(owner.index(), query);
             }
         }

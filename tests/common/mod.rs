@@ -44,6 +44,35 @@ impl Broker {
         broker
     }
 
+    /// Starts `ringmq` with a configuration file holding `toml` (its
+    /// listeners are replaced by the test's `--listen`).
+    pub fn start_with_config(shards: usize, toml: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "ringmq-test-{}-{}.toml",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let broker = Self::start_with(shards, &["--config", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&path);
+        broker
+    }
+
+    /// The broker's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// File descriptors the broker has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).unwrap().count()
+    }
+
     /// The port as a number.
     pub fn port(&self) -> u16 {
         self.addr.port()

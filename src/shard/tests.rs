@@ -1,0 +1,263 @@
+//! Sans-IO tests of the shard state: several shards driven by hand, with
+//! the messages their outboxes hold carried between them by the test.
+
+use super::*;
+use crate::protocol::{
+    Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use crate::router::{home_shard, Outbox, RouterMessage, ShardId, ShardMessage};
+use crate::session::SessionLimits;
+use bytes::BytesMut;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+/// Shards and their outboxes, with the test as the mesh.
+struct Cluster {
+    shards: Vec<Shard>,
+    outboxes: Vec<Rc<Outbox>>,
+    now: Instant,
+}
+
+/// A client attached to its home shard.
+struct Client {
+    shard: usize,
+    key: SessionKey,
+    id: ConnectionId,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        let outboxes: Vec<_> = (0..n).map(|_| Rc::new(Outbox::new(n))).collect();
+        let shards = (0..n)
+            .map(|i| {
+                let id = ShardId::from_index(i).unwrap();
+                Shard::new(id, n, SessionLimits::default(), Rc::clone(&outboxes[i]), 1)
+            })
+            .collect();
+        Self { shards, outboxes, now: Instant::now() }
+    }
+
+    /// Messages queued from `from` to `to`, without delivering them.
+    fn queued(&self, from: usize, to: usize) -> Vec<ShardMessage> {
+        let mut messages = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(RouterMessage::Shard(message))) =
+            self.outboxes[from].poll_pop(to, &mut cx)
+        {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Carries every queued message to its shard until all are quiet.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.shards.len() {
+                for to in (0..self.shards.len()).filter(|&to| to != from) {
+                    for message in self.queued(from, to) {
+                        moved = true;
+                        let origin = ShardId::from_index(from).unwrap();
+                        self.shards[to].handle_shard_message(origin, message, self.now);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Connects `client_id` (3.1.1, clean) at its home shard.
+    fn connect(&mut self, client_id: &str) -> Client {
+        let shard = home_shard(client_id.as_bytes(), self.shards.len()).index();
+        let connect = Connect {
+            version: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        };
+        let id = self.shards[shard].new_connection_id();
+        let ConnectOutcome::Accepted(key) =
+            self.shards[shard].handle_connect(self.now, &connect, client_id.into(), id)
+        else {
+            panic!("refused")
+        };
+        let client = Client { shard, key, id };
+        assert!(matches!(self.output(&client)[..], [Packet::ConnAck(_)]));
+        client
+    }
+
+    fn send(&mut self, client: &Client, packet: Packet) {
+        let now = self.now;
+        assert!(self.shards[client.shard]
+            .handle_packet(client.key, client.id, now, packet)
+            .unwrap());
+    }
+
+    /// What the client's connection would write now.
+    fn output(&mut self, client: &Client) -> Vec<Packet> {
+        let mut out = BytesMut::new();
+        let now = self.now;
+        self.shards[client.shard].poll_transmit(client.key, client.id, now, &mut out).unwrap();
+        let mut decoder = crate::protocol::Decoder::new(ProtocolVersion::V3_1_1, 1 << 20);
+        std::iter::from_fn(|| decoder.decode(&mut out).unwrap()).collect()
+    }
+
+    fn subscribe(&mut self, client: &Client, filter: &str) {
+        let subscribe = Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: [Subscription {
+                filter: TopicFilter::new(filter).unwrap(),
+                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            }]
+            .into_iter()
+            .collect(),
+        };
+        self.send(client, Packet::Subscribe(subscribe));
+    }
+}
+
+fn publish(topic: &str, payload: &'static [u8], retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: None,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(payload),
+    })
+}
+
+/// A client id homed on `shard` of `n`.
+fn id_on(prefix: &str, shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| home_shard(id.as_bytes(), n).index() == shard)
+        .unwrap()
+}
+
+fn payloads(packets: &[Packet]) -> Vec<&[u8]> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(&p.payload[..]),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn suback_waits_until_every_shard_knows_the_new_interest() {
+    let mut cluster = Cluster::new(3);
+    let sub = cluster.connect(&id_on("s", 0, 3));
+    cluster.subscribe(&sub, "a/+");
+    // The first subscriber to a filter on shard 0: the SUBACK is held until
+    // shards 1 and 2 acknowledge the interest delta.
+    assert!(cluster.output(&sub).is_empty());
+    cluster.settle();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    // A second subscriber to the same filter changes no interest.
+    let other = cluster.connect(&id_on("t", 0, 3));
+    cluster.subscribe(&other, "a/+");
+    assert!(matches!(cluster.output(&other)[..], [Packet::SubAck(_)]));
+}
+
+#[test]
+fn a_publish_crosses_once_per_interested_shard_not_per_subscriber() {
+    let mut cluster = Cluster::new(3);
+    let subscribers: Vec<_> =
+        (0..5).map(|i| cluster.connect(&id_on(&format!("s{i}-"), 1, 3))).collect();
+    for sub in &subscribers {
+        cluster.subscribe(sub, "t/#");
+    }
+    cluster.settle();
+    let publisher = cluster.connect(&id_on("p", 0, 3));
+    cluster.send(&publisher, publish("t/x", b"one", false));
+    cluster.send(&publisher, publish("other", b"none", false));
+    // One batch to shard 1 with one message, nothing to shard 2.
+    let to_1 = cluster.queued(0, 1);
+    assert!(matches!(&to_1[..], [ShardMessage::Publish(batch)] if batch.len() == 1));
+    assert!(cluster.queued(0, 2).is_empty());
+    for message in to_1 {
+        cluster.shards[1].handle_shard_message(
+            ShardId::from_index(0).unwrap(),
+            message,
+            cluster.now,
+        );
+    }
+    for sub in &subscribers {
+        let out = cluster.output(sub);
+        assert_eq!(payloads(&out), [b"one"], "every subscriber gets it once");
+    }
+}
+
+#[test]
+fn shared_group_members_on_different_shards_share_the_messages() {
+    // [MQTT-4.8.2] each message goes to exactly one member of the group.
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(&id_on("a", 0, 2));
+    let b = cluster.connect(&id_on("b", 1, 2));
+    cluster.subscribe(&a, "$share/g/work/+");
+    cluster.subscribe(&b, "$share/g/work/+");
+    cluster.settle();
+    cluster.output(&a);
+    cluster.output(&b);
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    for _ in 0..10 {
+        cluster.send(&publisher, publish("work/1", b"job", false));
+        cluster.settle();
+    }
+    let (got_a, got_b) = (payloads(&cluster.output(&a)).len(), payloads(&cluster.output(&b)).len());
+    assert_eq!(got_a + got_b, 10);
+    assert!(got_a > 0 && got_b > 0, "both members get work: {got_a} / {got_b}");
+}
+
+#[test]
+fn retained_messages_live_on_their_topic_owner_and_reach_wildcard_subscribers() {
+    let mut cluster = Cluster::new(2);
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    for topic in ["r/1", "r/2", "r/3", "r/4", "r/5", "r/6"] {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+    }
+    cluster.settle();
+    for shard in 0..2 {
+        let sub = cluster.connect(&id_on(&format!("w{shard}-"), shard, 2));
+        cluster.subscribe(&sub, "r/#");
+        cluster.settle();
+        let out = cluster.output(&sub);
+        let retained: Vec<_> = out
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.topic.as_str().to_owned(), p.retain)),
+                _ => None,
+            })
+            .collect();
+        // [MQTT-3.3.1-6] all six, from both shards, [MQTT-3.3.1-8] RETAIN set.
+        assert_eq!(retained.len(), 6, "{retained:?}");
+        assert!(retained.iter().all(|(_, retain)| *retain));
+    }
+}
+
+#[test]
+fn a_taken_over_connection_is_detached() {
+    // [MQTT-3.1.4-2]
+    let mut cluster = Cluster::new(1);
+    let first = cluster.connect("twin");
+    let second = cluster.connect("twin");
+    let now = cluster.now;
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        cluster.shards[0].poll_transmit(first.key, first.id, now, &mut out),
+        Err(ConnectionError::Detached)
+    ));
+    assert!(cluster.shards[0].poll_transmit(second.key, second.id, now, &mut out).is_ok());
+}
