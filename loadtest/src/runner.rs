@@ -12,14 +12,14 @@
 use crate::client::{Client, ClientConfig, ClientError, Event};
 use crate::payload::{Clock, Header, PayloadWriter};
 use crate::plan::{allowed_cpus, Expect, Plan, PublishPlan};
-use crate::tracker::{Arrival, StreamTracker};
+use crate::tracker::{Arrival, StreamMap};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringmq::protocol::{Publish, QoS, ReasonCode, TopicName};
+use ringmq::protocol::{QoS, ReasonCode, TopicName};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
@@ -127,13 +127,14 @@ pub struct SubscriberResult {
     /// Whose messages it should get.
     pub expect: Expect,
     /// Its streams by publisher id.
-    pub streams: HashMap<u32, StreamTracker>,
+    pub streams: StreamMap,
 }
 
 /// Everything one executor measured.
 #[derive(Debug)]
 pub struct ExecResult {
-    /// End-to-end latency of every message received while publishing.
+    /// End-to-end latency of every message received while publishing
+    /// (merged from the per-second histograms).
     pub latency: Histogram<u64>,
     /// TCP connect to CONNACK, first connections.
     pub connect: Histogram<u64>,
@@ -460,29 +461,6 @@ impl Exec {
         self.control.settled.fetch_add(cycles as usize, Relaxed);
     }
 
-    fn record_message(&self, publish: &Publish, now_ns: u64, streams: &RefCell<StreamMap>) {
-        let mut stats = self.stats.borrow_mut();
-        let q = publish.qos as usize;
-        stats.received[q] += 1;
-        let total = stats.received.iter().sum();
-        self.live().received.store(total, Relaxed);
-        let Some(header) = Header::parse(&publish.payload).filter(|h| h.is_plausible(now_ns))
-        else {
-            stats.foreign += 1;
-            return;
-        };
-        let latency_us = now_ns.saturating_sub(header.sent_ns) / 1000;
-        if self.phase.get() >= Phase::Running {
-            stats.latency.saturating_record(latency_us);
-            self.interval.borrow_mut().saturating_record(latency_us);
-        }
-        match streams.borrow_mut().entry(header.publisher).or_default().handle_arrival(header.seq) {
-            Arrival::InOrder => {}
-            Arrival::Duplicate => stats.duplicates[q] += 1,
-            Arrival::OutOfOrder | Arrival::TooLate => stats.out_of_order[q] += 1,
-        }
-    }
-
     fn record_ack(&self, reason: ReasonCode) {
         let mut stats = self.stats.borrow_mut();
         if reason.is_error() {
@@ -497,7 +475,41 @@ impl Exec {
     }
 }
 
-type StreamMap = HashMap<u32, StreamTracker>;
+/// Records the messages of one read: everything it needs, borrowed once
+/// per read instead of once per message.
+struct Recorder<'a> {
+    /// The executor's counters.
+    stats: &'a mut ExecResult,
+    /// Latency of the current second (merged into the run's histogram
+    /// once a second by [`tick`]).
+    interval: &'a mut Histogram<u64>,
+    /// The connection's publisher streams.
+    streams: &'a mut StreamMap,
+    /// When the read completed, nanoseconds of the payload clock.
+    now_ns: u64,
+    /// Whether publishing has started (latency counts from then on).
+    running: bool,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, qos: QoS, payload: &[u8]) {
+        let q = qos as usize;
+        self.stats.received[q] += 1;
+        let Some(header) = Header::parse(payload).filter(|h| h.is_plausible(self.now_ns)) else {
+            self.stats.foreign += 1;
+            return;
+        };
+        if self.running {
+            let latency_us = self.now_ns.saturating_sub(header.sent_ns) / 1000;
+            self.interval.saturating_record(latency_us);
+        }
+        match self.streams.entry(header.publisher).or_default().handle_arrival(header.seq) {
+            Arrival::InOrder => {}
+            Arrival::Duplicate => self.stats.duplicates[q] += 1,
+            Arrival::OutOfOrder | Arrival::TooLate => self.stats.out_of_order[q] += 1,
+        }
+    }
+}
 
 /// The body of one executor.
 async fn run_executor(exec: Rc<Exec>, ticks: mpsc::Sender<Tick>) -> ExecResult {
@@ -560,6 +572,7 @@ async fn tick(exec: Rc<Exec>, ticks: mpsc::Sender<Tick>) {
             glommio::timer::sleep((due - Instant::now()).min(Duration::from_millis(50))).await;
         }
         let latency = exec.interval.replace(latency_histogram());
+        exec.stats.borrow_mut().latency.add(&latency).expect("same histogram bounds");
         let sent = exec.live().sent.load(Relaxed);
         let received = exec.live().received.load(Relaxed);
         let (sent0, received0) = exec.counters.replace((sent, received));
@@ -796,7 +809,7 @@ async fn run_client(exec: Rc<Exec>, index: usize) {
     let plan = exec.plan.clone();
     let client_plan = &plan.clients[index];
     let mut publisher = client_plan.publish.as_ref().map(|p| Publisher::new(p, &plan));
-    let streams = RefCell::new(StreamMap::new());
+    let streams = RefCell::new(StreamMap::default());
     // Connections start at the configured rate over all executors.
     let slot = plan.connect_interval.mul_f64(index as f64);
     glommio::timer::sleep(slot).await;
@@ -984,10 +997,30 @@ async fn read_loop(
         if n == chunk && chunk < MAX_READ {
             chunk *= 2;
         }
+        if n < chunk / 8 && chunk > MIN_READ {
+            // Large reads that come back nearly empty only cost the zeroing.
+            chunk /= 2;
+        }
         let now = Instant::now();
         let now_ns = exec.clock.ns(now);
         loop {
-            let event = conn.client.borrow_mut().handle_read(&mut buf)?;
+            let event = {
+                let mut stats = exec.stats.borrow_mut();
+                let mut recorder = Recorder {
+                    stats: &mut stats,
+                    interval: &mut exec.interval.borrow_mut(),
+                    streams: &mut streams.borrow_mut(),
+                    now_ns,
+                    running: exec.phase.get() >= Phase::Running,
+                };
+                let event = conn
+                    .client
+                    .borrow_mut()
+                    .handle_read(&mut buf, &mut |qos, payload| recorder.record(qos, payload))?;
+                let total = stats.received.iter().sum();
+                exec.live().received.store(total, Relaxed);
+                event
+            };
             match event {
                 None => break,
                 Some(Event::Connected { .. }) => {
@@ -1016,7 +1049,6 @@ async fn read_loop(
                         exec.settle(1);
                     }
                 }
-                Some(Event::Message(publish)) => exec.record_message(&publish, now_ns, streams),
                 Some(Event::Acked { reason }) => exec.record_ack(reason),
             }
         }
