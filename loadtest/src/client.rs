@@ -577,7 +577,9 @@ pub fn parse_publish(frame: &[u8], v5: bool) -> Option<PublishView<'_>> {
     if topic.is_empty() || topic.iter().any(|&b| matches!(b, 0 | b'+' | b'#')) {
         return None;
     }
-    std::str::from_utf8(topic).ok()?;
+    if !topic.is_ascii() {
+        std::str::from_utf8(topic).ok()?;
+    }
     let mut rest = &body[2 + topic_len..];
     let packet_id = if qos == QoS::AtMostOnce {
         None
