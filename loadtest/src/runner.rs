@@ -38,6 +38,14 @@ use std::time::{Duration, Instant};
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Messages queued per pass of a publisher before the bytes are written.
 const MAX_BATCH: usize = 1024;
+/// A publisher whose messages are due more often than this sends them in
+/// bursts this far apart, each message still stamped with its own intended
+/// time (so the wait shows in the latency). Without it a publisher at
+/// 125,000 msg/s wakes its executor (a timer, a park, a write) for every
+/// few messages: in `fan-out` to 8 subscribers through ringmq on one core
+/// the granule cut the bench's CPU time by about a quarter, and the broker
+/// gets fewer, larger writes.
+const PUBLISH_GRANULE: Duration = Duration::from_micros(100);
 /// First read size of a connection; doubled while reads fill it.
 const MIN_READ: usize = 512;
 /// Largest read size.
@@ -792,13 +800,14 @@ impl Publisher {
         Ok(sent)
     }
 
-    /// When to come back: the next message's time, or `None` when only an
-    /// acknowledgement (or nothing) can let it go on.
+    /// When to come back: the next message's time (at least
+    /// [`PUBLISH_GRANULE`] from now), or `None` when only an acknowledgement
+    /// (or nothing) can let it go on.
     fn next_wakeup(&self, start: Instant, now: Instant, client: &Client) -> Option<Instant> {
         if self.exhausted(start, now) || !client.can_publish(self.qos) {
             None
         } else {
-            Some(self.intended(start, now))
+            Some(self.intended(start, now).max(now + PUBLISH_GRANULE))
         }
     }
 }
