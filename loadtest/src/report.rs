@@ -2,7 +2,7 @@
 //! QoS allows, and written as a table, JSON and CSV.
 
 use crate::plan::{Expect, Plan};
-use crate::runner::{latency_histogram, RunResult, Tick};
+use crate::runner::{latency_histogram, RunResult};
 use hdrhistogram::Histogram;
 use ringmq::protocol::QoS;
 use serde::Serialize;
@@ -123,7 +123,7 @@ pub struct Messages {
 }
 
 /// One second of the run.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Second {
     /// Seconds since publishing started.
     pub second: u64,
@@ -240,16 +240,7 @@ impl Report {
             violations.push(format!("QoS {qos}: {unconfirmed} publishes not acknowledged"));
         }
 
-        let timeline = run
-            .timeline
-            .iter()
-            .map(|t: &Tick| Second {
-                second: t.second,
-                sent: t.sent,
-                received: t.received,
-                latency_us: Percentiles::of(&t.latency),
-            })
-            .collect();
+        let timeline = run.timeline.clone();
         let distribution = if latency.is_empty() {
             Vec::new()
         } else {
