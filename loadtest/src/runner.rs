@@ -347,10 +347,15 @@ fn raise_fd_limit(need: u64) -> anyhow::Result<()> {
 
 /// The coordinating thread: phases, progress line, timeline.
 struct Coordinator<'a> {
+    /// The run.
     plan: &'a Plan,
+    /// Shared with the executors.
     control: &'a Control,
+    /// The live line.
     progress: Progress,
+    /// The executors' ticks.
     ticks: &'a mpsc::Receiver<TickerMessage>,
+    /// The seconds so far.
     timeline: Timeline,
 }
 
