@@ -32,6 +32,7 @@ fn ringmq_binary() -> PathBuf {
 /// Starts ringmq with two shards and `limits` lines in its `[limits]`
 /// table.
 fn ringmq(name: &str, limits: &str) -> Broker {
+    let binary = ringmq_binary();
     let (port, dir) = common::port_and_dir("ringmq", name);
     let config = dir.join("ringmq.toml");
     std::fs::write(
@@ -42,7 +43,7 @@ fn ringmq(name: &str, limits: &str) -> Broker {
         ),
     )
     .unwrap();
-    let mut command = Command::new(ringmq_binary());
+    let mut command = Command::new(binary);
     command.arg("--config").arg(&config).args(["--shards", "2"]);
     Broker::start(command, port, dir)
 }
