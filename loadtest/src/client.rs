@@ -5,8 +5,15 @@
 //! exchanges, the publish window and keep-alive. Bytes go in through
 //! [`Client::handle_read`], encoded packets come out of
 //! [`Client::poll_transmit`]; time is passed in, never read.
+//!
+//! Received application messages are handed to a callback as a slice of
+//! the read buffer, so the hot path moves no packet structs and takes no
+//! reference counts. PUBLISH packets without v5 properties (every 3.1.1
+//! PUBLISH, and the usual 5.0 one) are read by [`parse_publish`], which
+//! accepts only packets the codec would accept too; every other packet, and
+//! any PUBLISH it does not accept, goes through the codec's [`Decoder`].
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use ringmq::protocol::{
     ConnAck, Connect, ConnectProperties, DecodeError, Decoder, Disconnect, EncodeError, Packet,
@@ -63,9 +70,8 @@ enum Awaiting {
 }
 
 /// Something the caller needs to know about, produced by a received packet.
-// `Message` is the common variant on the hot path; boxing it would cost an
-// allocation per received message to shrink the rare ones.
-#[allow(clippy::large_enum_variant)]
+/// Application messages are not events: they go to the `on_message`
+/// callback of [`Client::handle_read`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     /// CONNACK accepted the connection.
@@ -75,8 +81,6 @@ pub enum Event {
     },
     /// SUBACK granted every subscription of a SUBSCRIBE.
     Subscribed,
-    /// An application message arrived (each QoS 2 message once).
-    Message(Publish),
     /// A QoS 1/2 publish of ours completed its exchange.
     Acked {
         /// Success, or the failure code the server answered (5.0).
@@ -88,8 +92,13 @@ pub enum Event {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server refused the connection in CONNACK.
-    #[error("connection refused: {0:?}")]
-    Refused(ReasonCode),
+    #[error("connection refused by the broker: {}", refusal(*.reason, *.version))]
+    Refused {
+        /// The CONNACK reason code (3.1.1 return codes are mapped onto it).
+        reason: ReasonCode,
+        /// The version the CONNECT asked for.
+        version: ProtocolVersion,
+    },
     /// The server refused a subscription in SUBACK.
     #[error("subscription refused: {0:?}")]
     SubscribeRefused(ReasonCode),
@@ -203,31 +212,59 @@ impl Client {
             && (qos == QoS::AtMostOnce || self.outgoing.len() < usize::from(self.max_inflight))
     }
 
-    /// Feeds received bytes: takes at most one complete packet off `buf` and
-    /// handles it. `Ok(None)` when no event came of it; call again while
-    /// `buf` still holds complete packets (it returns `Ok(None)` with `buf`
-    /// untouched once only a partial packet is left).
-    pub fn handle_read(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, ClientError> {
+    /// Feeds received bytes: handles the complete packets at the front of
+    /// `buf` and takes them off it, handing each application message to
+    /// `on_message` (each QoS 2 message once). Stops after the first packet
+    /// that produces an [`Event`] and returns it; call again while `buf`
+    /// still holds complete packets. `Ok(None)`: only a partial packet (or
+    /// nothing) is left, untouched.
+    pub fn handle_read(
+        &mut self,
+        buf: &mut BytesMut,
+        on_message: &mut impl FnMut(QoS, &[u8]),
+    ) -> Result<Option<Event>, ClientError> {
         loop {
-            let Some(packet) = self.decoder.decode(buf)? else { return Ok(None) };
-            if let Some(event) = self.handle_packet(packet)? {
-                return Ok(Some(event));
-            }
-            if buf.is_empty() {
+            // Checks the first byte and the size limit like `decode` does.
+            let Some(size) = self.decoder.next_packet_size(buf)? else { return Ok(None) };
+            if buf.len() < size {
                 return Ok(None);
+            }
+            if self.state != State::Connecting {
+                if let Some(publish) = parse_publish(&buf[..size], self.version.is_v5()) {
+                    self.handle_message(
+                        publish.qos,
+                        publish.packet_id,
+                        publish.payload,
+                        on_message,
+                    )?;
+                    buf.advance(size);
+                    continue;
+                }
+            }
+            let Some(packet) = self.decoder.decode(buf)? else { return Ok(None) };
+            if let Some(event) = self.handle_packet(packet, on_message)? {
+                return Ok(Some(event));
             }
         }
     }
 
-    /// Handles one decoded packet from the server.
-    pub fn handle_packet(&mut self, packet: Packet) -> Result<Option<Event>, ClientError> {
+    /// Handles one decoded packet from the server; an application message
+    /// goes to `on_message`.
+    pub fn handle_packet(
+        &mut self,
+        packet: Packet,
+        on_message: &mut impl FnMut(QoS, &[u8]),
+    ) -> Result<Option<Event>, ClientError> {
         if self.state == State::Connecting && !matches!(packet, Packet::ConnAck(_)) {
             // The first packet from the server must be CONNACK [MQTT-3.2.0-1].
             return Err(ClientError::Protocol("first packet from the server is not CONNACK"));
         }
         match packet {
             Packet::ConnAck(connack) => self.handle_connack(connack),
-            Packet::Publish(publish) => self.handle_publish(publish),
+            Packet::Publish(publish) => {
+                self.handle_message(publish.qos, publish.packet_id, &publish.payload, on_message)?;
+                Ok(None)
+            }
             Packet::PubAck(ack) => self.handle_puback(ack),
             Packet::PubRec(rec) => self.handle_pubrec(rec),
             Packet::PubRel(rel) => {
@@ -278,7 +315,7 @@ impl Client {
             return Err(ClientError::Protocol("second CONNACK"));
         }
         if connack.reason.is_error() {
-            return Err(ClientError::Refused(connack.reason));
+            return Err(ClientError::Refused { reason: connack.reason, version: self.version });
         }
         self.state = State::Connected;
         let props = &connack.properties;
@@ -298,27 +335,34 @@ impl Client {
         Ok(Some(Event::Connected { session_present: connack.session_present }))
     }
 
-    fn handle_publish(&mut self, publish: Publish) -> Result<Option<Event>, ClientError> {
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => Ok(Some(Event::Message(publish))),
+    /// Acknowledges an incoming application message as its QoS requires
+    /// and hands it to `on_message`.
+    fn handle_message(
+        &mut self,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        payload: &[u8],
+        on_message: &mut impl FnMut(QoS, &[u8]),
+    ) -> Result<(), ClientError> {
+        match (qos, packet_id) {
+            (QoS::AtMostOnce, _) => on_message(qos, payload),
             (QoS::AtLeastOnce, Some(id)) => {
                 // The receiver MUST respond with a PUBACK carrying the packet
                 // id [MQTT-4.3.2-2] (3.1.1).
                 self.send(&Packet::PubAck(PubResponse::new(id)))?;
-                Ok(Some(Event::Message(publish)))
+                on_message(qos, payload);
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // PUBREC for every PUBLISH of this id until PUBREL, without
                 // delivering it twice [MQTT-4.3.3-2] (3.1.1).
                 self.send(&Packet::PubRec(PubResponse::new(id)))?;
                 if self.incoming_qos2.insert(id.get()) {
-                    Ok(Some(Event::Message(publish)))
-                } else {
-                    Ok(None)
+                    on_message(qos, payload);
                 }
             }
-            _ => Err(ClientError::Protocol("QoS 1/2 PUBLISH without a packet id")),
+            _ => return Err(ClientError::Protocol("QoS 1/2 PUBLISH without a packet id")),
         }
+        Ok(())
     }
 
     fn handle_puback(&mut self, ack: PubResponse) -> Result<Option<Event>, ClientError> {
@@ -477,10 +521,89 @@ impl Client {
     }
 }
 
+/// How a CONNACK refusal reads in a report: the code as the version sends
+/// it, and what to do about an unsupported version.
+fn refusal(reason: ReasonCode, version: ProtocolVersion) -> String {
+    let code = if version.is_v5() {
+        format!("reason code 0x{:02X} {reason:?}", reason.as_u8())
+    } else {
+        format!("return code {} {reason:?}", reason.to_v3_connect_return_code())
+    };
+    if reason != ReasonCode::UnsupportedProtocolVersion {
+        return code;
+    }
+    // [MQTT-3.1.2-2] The server answers a protocol level it does not
+    // support with this code and closes the connection.
+    let (asked, other) = match version {
+        ProtocolVersion::V5 => ("5.0", "3.1.1"),
+        ProtocolVersion::V3_1_1 | ProtocolVersion::V3_1 => ("3.1.1", "5"),
+    };
+    format!("{code}: the broker does not accept MQTT {asked}, try --mqtt-version {other}")
+}
+
+/// The fields of a PUBLISH that the client acts on, read in place.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PublishView<'a> {
+    /// Its QoS.
+    pub qos: QoS,
+    /// Its packet identifier (QoS 1/2).
+    pub packet_id: Option<PacketId>,
+    /// The application message.
+    pub payload: &'a [u8],
+}
+
+/// Reads a complete PUBLISH packet (`frame`, fixed header included, whose
+/// first byte and size [`Decoder::next_packet_size`] has checked) without
+/// building a [`Publish`]. `None` for anything it does not handle: another
+/// packet type, v5 properties, an empty topic, or anything the codec would
+/// refuse; the caller then decodes the packet with the codec, which reads
+/// it or says what is wrong with it. What it accepts, the codec accepts with
+/// the same QoS, packet identifier and payload (tested below).
+pub fn parse_publish(frame: &[u8], v5: bool) -> Option<PublishView<'_>> {
+    let first = *frame.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    // [MQTT-3.3.1-4] QoS 3 is malformed (already refused by the caller).
+    let qos = QoS::from_u8((first >> 1) & 0b11)?;
+    // Skip the Remaining Length (1 to 4 bytes, validated by the caller).
+    let length_bytes = frame.get(1..5)?.iter().position(|b| b & 0x80 == 0)? + 1;
+    let body = &frame[1 + length_bytes..];
+    let topic_len = usize::from(u16::from_be_bytes(body.get(..2)?.try_into().ok()?));
+    let topic = body.get(2..2 + topic_len)?;
+    // A topic name is not empty [MQTT-4.7.3-1] (an empty v5 name needs a
+    // Topic Alias, left to the codec), has no wildcard [MQTT-3.3.2-2] and
+    // no U+0000 [MQTT-1.5.4-2], and is well-formed UTF-8 [MQTT-1.5.4-1].
+    if topic.is_empty() || topic.iter().any(|&b| matches!(b, 0 | b'+' | b'#')) {
+        return None;
+    }
+    if !topic.is_ascii() {
+        std::str::from_utf8(topic).ok()?;
+    }
+    let mut rest = &body[2 + topic_len..];
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        // [MQTT-2.3.1-1] A non-zero packet identifier when QoS > 0.
+        let id = PacketId::new(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?))?;
+        rest = &rest[2..];
+        Some(id)
+    };
+    if v5 {
+        // Only an empty property list (length 0); anything else is read by
+        // the codec.
+        if *rest.first()? != 0 {
+            return None;
+        }
+        rest = &rest[1..];
+    }
+    Some(PublishView { qos, packet_id, payload: rest })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringmq::protocol::{AckProperties, ConnAckProperties, SubAck, UnsubAck};
+    use ringmq::protocol::{decode_packet, AckProperties, ConnAckProperties, SubAck, UnsubAck};
     use std::iter::once;
 
     fn config(version: ProtocolVersion) -> ClientConfig {
@@ -513,10 +636,27 @@ mod tests {
         Packet::ConnAck(ConnAck { session_present: false, reason: ReasonCode::Success, properties })
     }
 
+    /// Handles `packet`, which must not carry an application message.
+    fn handle(client: &mut Client, packet: Packet) -> Result<Option<Event>, ClientError> {
+        client.handle_packet(packet, &mut |qos, payload| panic!("message {qos:?} {payload:?}"))
+    }
+
+    /// Handles `packet`; returns its event and the messages it delivered.
+    fn handle_messages(
+        client: &mut Client,
+        packet: Packet,
+    ) -> (Option<Event>, Vec<(QoS, Vec<u8>)>) {
+        let mut messages = Vec::new();
+        let event = client
+            .handle_packet(packet, &mut |qos, payload| messages.push((qos, payload.to_vec())))
+            .unwrap();
+        (event, messages)
+    }
+
     fn connected(version: ProtocolVersion, now: Instant) -> Client {
         let mut client = Client::new(config(version), now).unwrap();
         sent(&mut client, now);
-        let event = client.handle_packet(connack(ConnAckProperties::default())).unwrap();
+        let event = handle(&mut client, connack(ConnAckProperties::default())).unwrap();
         assert_eq!(event, Some(Event::Connected { session_present: false }));
         client
     }
@@ -557,7 +697,7 @@ mod tests {
         // [MQTT-3.2.0-1]: the first packet from the server is CONNACK.
         let now = Instant::now();
         let mut client = Client::new(config(ProtocolVersion::V3_1_1), now).unwrap();
-        assert!(matches!(client.handle_packet(Packet::PingResp), Err(ClientError::Protocol(_))));
+        assert!(matches!(handle(&mut client, Packet::PingResp), Err(ClientError::Protocol(_))));
     }
 
     #[test]
@@ -570,8 +710,8 @@ mod tests {
             properties: ConnAckProperties::default(),
         });
         assert!(matches!(
-            client.handle_packet(refused),
-            Err(ClientError::Refused(ReasonCode::NotAuthorized))
+            handle(&mut client, refused),
+            Err(ClientError::Refused { reason: ReasonCode::NotAuthorized, .. })
         ));
     }
 
@@ -609,12 +749,12 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [1, 2, 3, 4]);
-        let event = client.handle_packet(Packet::PubAck(PubResponse::new(id(2)))).unwrap();
+        let event = handle(&mut client, Packet::PubAck(PubResponse::new(id(2)))).unwrap();
         assert_eq!(event, Some(Event::Acked { reason: ReasonCode::Success }));
         assert_eq!(client.inflight(), 3);
         assert!(client.publish(&topic(), QoS::AtLeastOnce, Bytes::new()).unwrap());
         // A PUBACK for an id not in flight is a protocol violation.
-        assert!(client.handle_packet(Packet::PubAck(PubResponse::new(id(2)))).is_err());
+        assert!(handle(&mut client, Packet::PubAck(PubResponse::new(id(2)))).is_err());
     }
 
     #[test]
@@ -624,11 +764,11 @@ mod tests {
         let mut client = connected(ProtocolVersion::V5, now);
         assert!(client.publish(&topic(), QoS::ExactlyOnce, Bytes::new()).unwrap());
         sent(&mut client, now);
-        assert_eq!(client.handle_packet(Packet::PubRec(PubResponse::new(id(1)))).unwrap(), None);
+        assert_eq!(handle(&mut client, Packet::PubRec(PubResponse::new(id(1)))).unwrap(), None);
         let packets = sent(&mut client, now);
         assert_eq!(packets, [Packet::PubRel(PubResponse::new(id(1)))]);
         assert_eq!(client.inflight(), 1);
-        let event = client.handle_packet(Packet::PubComp(PubResponse::new(id(1)))).unwrap();
+        let event = handle(&mut client, Packet::PubComp(PubResponse::new(id(1)))).unwrap();
         assert_eq!(event, Some(Event::Acked { reason: ReasonCode::Success }));
         assert_eq!(client.inflight(), 0);
     }
@@ -644,7 +784,7 @@ mod tests {
             reason: ReasonCode::QuotaExceeded,
             properties: AckProperties::default(),
         };
-        let event = client.handle_packet(Packet::PubRec(rec)).unwrap();
+        let event = handle(&mut client, Packet::PubRec(rec)).unwrap();
         assert_eq!(event, Some(Event::Acked { reason: ReasonCode::QuotaExceeded }));
         assert!(sent(&mut client, now).is_empty());
         assert_eq!(client.inflight(), 0);
@@ -667,8 +807,10 @@ mod tests {
         // [MQTT-4.3.2-2]: the receiver answers with a PUBACK of the same id.
         let now = Instant::now();
         let mut client = connected(ProtocolVersion::V3_1_1, now);
-        let event = client.handle_packet(incoming(QoS::AtLeastOnce, Some(id(7)))).unwrap();
-        assert!(matches!(event, Some(Event::Message(_))));
+        let (event, messages) =
+            handle_messages(&mut client, incoming(QoS::AtLeastOnce, Some(id(7))));
+        assert_eq!(event, None);
+        assert_eq!(messages, [(QoS::AtLeastOnce, b"payload".to_vec())]);
         assert_eq!(sent(&mut client, now), [Packet::PubAck(PubResponse::new(id(7)))]);
     }
 
@@ -678,11 +820,11 @@ mod tests {
         // PUBCOMP for PUBREL; afterwards the id is new again.
         let now = Instant::now();
         let mut client = connected(ProtocolVersion::V5, now);
-        let first = client.handle_packet(incoming(QoS::ExactlyOnce, Some(id(9)))).unwrap();
-        assert!(matches!(first, Some(Event::Message(_))));
-        let again = client.handle_packet(incoming(QoS::ExactlyOnce, Some(id(9)))).unwrap();
-        assert_eq!(again, None);
-        client.handle_packet(Packet::PubRel(PubResponse::new(id(9)))).unwrap();
+        let (_, first) = handle_messages(&mut client, incoming(QoS::ExactlyOnce, Some(id(9))));
+        assert_eq!(first.len(), 1);
+        let (_, again) = handle_messages(&mut client, incoming(QoS::ExactlyOnce, Some(id(9))));
+        assert!(again.is_empty());
+        handle(&mut client, Packet::PubRel(PubResponse::new(id(9)))).unwrap();
         assert_eq!(
             sent(&mut client, now),
             [
@@ -691,8 +833,8 @@ mod tests {
                 Packet::PubComp(PubResponse::new(id(9))),
             ]
         );
-        let new = client.handle_packet(incoming(QoS::ExactlyOnce, Some(id(9)))).unwrap();
-        assert!(matches!(new, Some(Event::Message(_))));
+        let (_, new) = handle_messages(&mut client, incoming(QoS::ExactlyOnce, Some(id(9))));
+        assert_eq!(new.len(), 1);
     }
 
     #[test]
@@ -710,7 +852,7 @@ mod tests {
             properties: AckProperties::default(),
             reasons: once(ReasonCode::granted(QoS::AtLeastOnce)).collect(),
         };
-        assert_eq!(client.handle_packet(Packet::SubAck(suback)).unwrap(), Some(Event::Subscribed));
+        assert_eq!(handle(&mut client, Packet::SubAck(suback)).unwrap(), Some(Event::Subscribed));
     }
 
     #[test]
@@ -725,7 +867,7 @@ mod tests {
             reasons: once(ReasonCode::UnspecifiedError).collect(),
         };
         assert!(matches!(
-            client.handle_packet(Packet::SubAck(suback)),
+            handle(&mut client, Packet::SubAck(suback)),
             Err(ClientError::SubscribeRefused(ReasonCode::UnspecifiedError))
         ));
         let unsuback = UnsubAck {
@@ -733,7 +875,7 @@ mod tests {
             properties: AckProperties::default(),
             reasons: Default::default(),
         };
-        assert_eq!(client.handle_packet(Packet::UnsubAck(unsuback)).unwrap(), None);
+        assert_eq!(handle(&mut client, Packet::UnsubAck(unsuback)).unwrap(), None);
     }
 
     #[test]
@@ -747,7 +889,7 @@ mod tests {
         let t1 = start + Duration::from_secs(10);
         client.handle_timeout(t1).unwrap();
         assert_eq!(sent(&mut client, t1), [Packet::PingReq]);
-        client.handle_packet(Packet::PingResp).unwrap();
+        handle(&mut client, Packet::PingResp).unwrap();
         assert_eq!(client.poll_timeout(), Some(t1 + Duration::from_secs(10)));
         let t2 = t1 + Duration::from_secs(10);
         client.handle_timeout(t2).unwrap();
@@ -768,7 +910,7 @@ mod tests {
             server_keep_alive: Some(3),
             ..ConnAckProperties::default()
         };
-        client.handle_packet(connack(props)).unwrap();
+        handle(&mut client, connack(props)).unwrap();
         assert_eq!(client.poll_timeout(), Some(now + Duration::from_secs(3)));
         assert!(matches!(
             client.publish(&topic(), QoS::ExactlyOnce, Bytes::new()),
@@ -779,24 +921,184 @@ mod tests {
         assert!(!client.publish(&topic(), QoS::AtLeastOnce, Bytes::new()).unwrap());
     }
 
-    #[test]
-    fn handle_read_resumes_across_partial_packets() {
-        let now = Instant::now();
-        let mut client = Client::new(config(ProtocolVersion::V3_1_1), now).unwrap();
-        let mut wire = BytesMut::new();
-        connack(ConnAckProperties::default()).encode(ProtocolVersion::V3_1_1, &mut wire).unwrap();
-        incoming(QoS::AtMostOnce, None).encode(ProtocolVersion::V3_1_1, &mut wire).unwrap();
-        let total = wire.len();
+    /// Feeds `wire` to `client` in pieces of `step` bytes; returns the
+    /// events and the messages.
+    fn feed(client: &mut Client, wire: &[u8], step: usize) -> (Vec<Event>, Vec<(QoS, Vec<u8>)>) {
+        let (mut events, mut messages) = (Vec::new(), Vec::new());
         let mut buf = BytesMut::new();
-        let mut events = Vec::new();
-        for byte in wire.iter() {
-            buf.extend_from_slice(&[*byte]);
-            while let Some(event) = client.handle_read(&mut buf).unwrap() {
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            let mut on_message = |qos, payload: &[u8]| messages.push((qos, payload.to_vec()));
+            while let Some(event) = client.handle_read(&mut buf, &mut on_message).unwrap() {
                 events.push(event);
             }
         }
-        assert_eq!(events.len(), 2, "{total} bytes gave {events:?}");
-        assert!(matches!(events[1], Event::Message(_)));
+        assert!(buf.is_empty(), "{} bytes left", buf.len());
+        (events, messages)
+    }
+
+    #[test]
+    fn handle_read_resumes_across_partial_packets() {
+        // Both paths: PUBLISH read in place, and a v5 PUBLISH with
+        // properties through the codec.
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let mut wire = BytesMut::new();
+            connack(ConnAckProperties::default()).encode(version, &mut wire).unwrap();
+            incoming(QoS::AtMostOnce, None).encode(version, &mut wire).unwrap();
+            incoming(QoS::AtLeastOnce, Some(id(3))).encode(version, &mut wire).unwrap();
+            let Packet::Publish(mut with_properties) = incoming(QoS::AtMostOnce, None) else {
+                unreachable!()
+            };
+            with_properties.properties.content_type = Some("text/plain".into());
+            with_properties.payload = Bytes::from_static(b"last");
+            Packet::Publish(with_properties).encode(version, &mut wire).unwrap();
+            for step in [1, 2, 7, wire.len()] {
+                let now = Instant::now();
+                let mut client = Client::new(config(version), now).unwrap();
+                sent(&mut client, now);
+                let (events, messages) = feed(&mut client, &wire, step);
+                assert_eq!(events, [Event::Connected { session_present: false }]);
+                assert_eq!(
+                    messages,
+                    [
+                        (QoS::AtMostOnce, b"payload".to_vec()),
+                        (QoS::AtLeastOnce, b"payload".to_vec()),
+                        (QoS::AtMostOnce, b"last".to_vec()),
+                    ],
+                    "{version:?} in steps of {step}"
+                );
+                // [MQTT-4.3.2-2] on the in-place path too.
+                assert_eq!(sent(&mut client, now), [Packet::PubAck(PubResponse::new(id(3)))]);
+            }
+        }
+    }
+
+    #[test]
+    fn handle_read_reports_malformed_publish_through_the_codec() {
+        // [MQTT-3.3.2-2] A wildcard in a topic name is malformed: the
+        // in-place reader leaves it to the codec, which says why.
+        let now = Instant::now();
+        let mut client = connected(ProtocolVersion::V3_1_1, now);
+        let mut buf = BytesMut::from(&b"\x30\x05\x00\x01+ab"[..]);
+        let error = client.handle_read(&mut buf, &mut |_, _| panic!("delivered")).unwrap_err();
+        assert!(matches!(error, ClientError::Decode(DecodeError::InvalidTopicName(_))), "{error}");
+    }
+
+    /// PUBLISH packets of every shape the in-place reader meets.
+    fn publishes(version: ProtocolVersion) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        for (qos, packet_id) in [
+            (QoS::AtMostOnce, None),
+            (QoS::AtLeastOnce, Some(id(1))),
+            (QoS::ExactlyOnce, Some(id(65535))),
+        ] {
+            for (topic, payload) in [("a", 0), ("ringmq-bench/7", 16), ("é/x", 200)] {
+                for properties in [false, true] {
+                    let mut publish = Publish {
+                        dup: qos != QoS::AtMostOnce,
+                        qos,
+                        retain: true,
+                        topic: TopicName::new(topic).unwrap(),
+                        packet_id,
+                        properties: PublishProperties::default(),
+                        payload: Bytes::from(vec![7; payload]),
+                    };
+                    if properties {
+                        if !version.is_v5() {
+                            continue;
+                        }
+                        publish.properties.message_expiry_interval = Some(9);
+                    }
+                    let mut wire = BytesMut::new();
+                    Packet::Publish(publish).encode(version, &mut wire).unwrap();
+                    frames.push(wire.to_vec());
+                }
+            }
+        }
+        frames
+    }
+
+    /// What the in-place reader makes of `bytes`, checked against the
+    /// codec; whether it accepted them.
+    fn agrees_with_codec(bytes: &[u8], version: ProtocolVersion) -> bool {
+        let decoder = Decoder::new(version, 1 << 20);
+        let Ok(Some(size)) = decoder.next_packet_size(bytes) else { return false };
+        let Some(frame) = bytes.get(..size) else { return false };
+        let Some(view) = parse_publish(frame, version.is_v5()) else { return false };
+        match decode_packet(Bytes::copy_from_slice(frame), version) {
+            Ok(Packet::Publish(publish)) => {
+                assert_eq!(
+                    (publish.qos, publish.packet_id, &publish.payload[..]),
+                    (view.qos, view.packet_id, view.payload),
+                    "{frame:02x?}"
+                );
+                assert_eq!(publish.properties, PublishProperties::default());
+            }
+            other => panic!("read in place, but the codec says {other:?}: {frame:02x?}"),
+        }
+        true
+    }
+
+    #[test]
+    fn parse_publish_accepts_only_what_the_codec_accepts() {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let frames = publishes(version);
+            for frame in &frames {
+                let has_properties = version.is_v5()
+                    && !matches!(
+                        decode_packet(Bytes::copy_from_slice(frame), version),
+                        Ok(Packet::Publish(p)) if p.properties == PublishProperties::default()
+                    );
+                assert_eq!(agrees_with_codec(frame, version), !has_properties, "{frame:02x?}");
+            }
+            // Every single-byte change of every frame, and every prefix.
+            let mut accepted = 0;
+            for frame in &frames {
+                for at in 0..frame.len() {
+                    let mut mutated = frame.clone();
+                    for value in 0..=255 {
+                        mutated[at] = value;
+                        accepted += usize::from(agrees_with_codec(&mutated, version));
+                    }
+                    agrees_with_codec(&frame[..at], version);
+                }
+            }
+            assert!(accepted > 1000, "mutations read in place: {accepted}");
+        }
+    }
+
+    #[test]
+    fn refused_version_says_what_to_do() {
+        // [MQTT-3.1.2-2] An unsupported protocol level is answered with
+        // 0x84 (5.0) / return code 1 (3.1.1).
+        for (version, text) in [
+            (
+                ProtocolVersion::V5,
+                "connection refused by the broker: reason code 0x84 UnsupportedProtocolVersion: \
+                 the broker does not accept MQTT 5.0, try --mqtt-version 3.1.1",
+            ),
+            (
+                ProtocolVersion::V3_1_1,
+                "connection refused by the broker: return code 1 UnsupportedProtocolVersion: \
+                 the broker does not accept MQTT 3.1.1, try --mqtt-version 5",
+            ),
+        ] {
+            let mut client = Client::new(config(version), Instant::now()).unwrap();
+            let refused = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ReasonCode::UnsupportedProtocolVersion,
+                properties: ConnAckProperties::default(),
+            });
+            assert_eq!(handle(&mut client, refused).unwrap_err().to_string(), text);
+        }
+        let error = ClientError::Refused {
+            reason: ReasonCode::NotAuthorized,
+            version: ProtocolVersion::V3_1_1,
+        };
+        assert_eq!(
+            error.to_string(),
+            "connection refused by the broker: return code 5 NotAuthorized"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! QoS allows, and written as a table, JSON and CSV.
 
 use crate::plan::{Expect, Plan};
-use crate::runner::{latency_histogram, RunResult, Tick};
+use crate::runner::{latency_histogram, RunResult};
 use hdrhistogram::Histogram;
 use ringmq::protocol::QoS;
 use serde::Serialize;
@@ -123,7 +123,7 @@ pub struct Messages {
 }
 
 /// One second of the run.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Second {
     /// Seconds since publishing started.
     pub second: u64,
@@ -240,16 +240,7 @@ impl Report {
             violations.push(format!("QoS {qos}: {unconfirmed} publishes not acknowledged"));
         }
 
-        let timeline = run
-            .timeline
-            .iter()
-            .map(|t: &Tick| Second {
-                second: t.second,
-                sent: t.sent,
-                received: t.received,
-                latency_us: Percentiles::of(&t.latency),
-            })
-            .collect();
+        let timeline = run.timeline.clone();
         let distribution = if latency.is_empty() {
             Vec::new()
         } else {
@@ -494,21 +485,23 @@ mod tests {
 
     #[test]
     fn loss_per_expectation() {
-        let sent: HashMap<u32, u64> = [(0, 10), (1, 10)].into();
+        let sent: HashMap<u32, u64> = [(0, 10), (1, 10)].into_iter().collect();
         let all = SubscriberResult {
             expect: Expect::All,
-            streams: [(0, tracker(0..10)), (1, tracker(0..7))].into(),
+            streams: [(0, tracker(0..10)), (1, tracker(0..7))].into_iter().collect(),
         };
-        let one = SubscriberResult { expect: Expect::One(1), streams: HashMap::new() };
+        let one = SubscriberResult { expect: Expect::One(1), streams: Default::default() };
         assert_eq!(loss(&run_with(vec![all, one]), &sent), (Some(30), 3 + 10));
         let shared = |seqs: Vec<u64>| SubscriberResult {
             expect: Expect::Shared,
-            streams: [(0, tracker(seqs))].into(),
+            streams: [(0, tracker(seqs))].into_iter().collect(),
         };
         let run = run_with(vec![shared((0..10).step_by(2).collect()), shared(vec![1, 3, 5])]);
         assert_eq!(loss(&run, &sent), (Some(20), 12));
-        let gaps =
-            SubscriberResult { expect: Expect::Gaps, streams: [(0, tracker([0, 5]))].into() };
+        let gaps = SubscriberResult {
+            expect: Expect::Gaps,
+            streams: [(0, tracker([0, 5]))].into_iter().collect(),
+        };
         assert_eq!(loss(&run_with(vec![gaps]), &sent), (None, 4));
     }
 

@@ -6,6 +6,35 @@
 //! [`WINDOW`] numbers below it arrived, so a late message is told apart
 //! from a duplicate without keeping every number.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The streams of one subscriber, by publisher id.
+pub type StreamMap = HashMap<u32, StreamTracker, BuildHasherDefault<PublisherHasher>>;
+
+/// Hashes a publisher id with one multiplication (Fibonacci hashing): ids
+/// are small and chosen by this program, so SipHash's protection against
+/// chosen keys buys nothing on a lookup made for every message. A foreign
+/// publisher id only costs a slower lookup, never a wrong one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublisherHasher(u64);
+
+impl Hasher for PublisherHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// How far below the highest sequence number arrivals are remembered.
 pub const WINDOW: u64 = 1024;
 const WORDS: usize = (WINDOW / 64) as usize;
