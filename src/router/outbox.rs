@@ -168,3 +168,77 @@ impl Outbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TopicName;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Wake;
+
+    fn message(qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: TopicName::new("t").unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        })
+    }
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn publishes_to_one_peer_travel_as_one_batch() {
+        let outbox = Outbox::new(2);
+        for _ in 0..10 {
+            assert!(outbox.push_publish(1, &message(QoS::AtMostOnce)));
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match outbox.poll_pop(1, &mut cx) {
+            Poll::Ready(Some(RouterMessage::Shard(ShardMessage::Publish(batch)))) => {
+                assert_eq!(batch.len(), 10)
+            }
+            other => panic!("expected one batch, got {other:?}"),
+        }
+        assert!(outbox.poll_pop(1, &mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_full_queue_congests_qos1_and_drops_qos0() {
+        let outbox = Outbox::new(2);
+        let waiter = Arc::new(Flag(AtomicBool::new(false)));
+        for _ in 0..=HIGH_WATER {
+            outbox.push_publish(1, &message(QoS::AtLeastOnce));
+        }
+        // Past the high-water mark, connections stop reading (backpressure).
+        assert!(outbox.is_congested());
+        outbox.wait_uncongested(&Waker::from(Arc::clone(&waiter)));
+        // QoS 1 is never dropped; QoS 0 is, once past its limit, and counted.
+        while outbox.push_publish(1, &message(QoS::AtMostOnce)) {}
+        assert!(outbox.push_publish(1, &message(QoS::AtLeastOnce)));
+        assert_eq!(outbox.dropped_qos0(), 1);
+        // Draining below the low-water mark ends congestion and wakes waiters.
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(_)) = outbox.poll_pop(1, &mut cx) {}
+        assert!(!outbox.is_congested());
+        assert!(waiter.0.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_closed_outbox_ends_its_flushers_and_takes_nothing_more() {
+        let outbox = Outbox::new(2);
+        outbox.close();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(outbox.poll_pop(1, &mut cx), Poll::Ready(None)));
+        assert!(!outbox.push_publish(1, &message(QoS::AtLeastOnce)));
+    }
+}
