@@ -312,17 +312,22 @@ class Scenario:
         """ringmq-bench arguments without --host/--json, or None (g)."""
         step = "2s" if quick else "5s"
         k = self.key
+        # The drain must outlast the backlog of an overloaded step (up to
+        # about its own length, since the rate doubles per step), or
+        # messages still queued in the broker would count as lost.
         if k in "ab":
             return ["fan-in", "--publishers", "100", "--subscribers", "1", "--qos", "0" if k == "a" else "1",
                     "--payload", "16", "--total-rate", f"{offered:g}", "--duration", step,
-                    "--drain", "2s", "--connect-rate", "2000"]
+                    "--drain", "5s" if k == "a" else "10s", "--connect-rate", "2000",
+                    "--connect-timeout", "60s"]
         if k == "c":
             return ["fan-out", "--publishers", "1", "--subscribers", "1000", "--qos", "0", "--payload", "16",
                     "--rate", f"{offered / self.fanout:g}", "--duration", step,
-                    "--drain", "2s", "--connect-rate", "5000"]
+                    "--drain", "5s", "--connect-rate", "5000", "--connect-timeout", "60s"]
         if k == "d":
             return ["p2p", "--clients", "1000", "--qos", "0", "--payload", "16", "--rate", "10",
-                    "--duration", "3s" if quick else "10s", "--drain", "2s", "--connect-rate", "5000"]
+                    "--duration", "3s" if quick else "10s", "--drain", "5s", "--connect-rate", "5000",
+                    "--connect-timeout", "60s"]
         if k == "e":
             return ["conn", "--clients", "15000", "--connect-rate", "5000",
                     "--ifaddr", "127.0.2.1-127.0.2.60", "--duration", "4s" if quick else "10s",
