@@ -1,0 +1,1099 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of ringmq, Mosquitto and rumqttd.
+
+Runs scenarios a-g of the comparison (see benches/README.md) against each
+broker in turn, over several rounds, with the broker pinned to one CPU and
+ringmq-bench to another; writes BENCHMARKS.md and BENCHMARKS.json with the
+medians, the ratios ringmq/peer, the losses, the machine, the versions and
+the exact commands. Normally started by benches/compare/run.sh, which
+installs and builds what this needs.
+
+Only the Python standard library is used. Every process it starts is
+stopped by its PID before it returns, and every wait is bounded.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+import retained as retained_driver  # noqa: E402  (the scenario g driver, next to this file)
+
+BROKER_CPUS = "0"
+BENCH_CPUS = "1"
+ANALYSIS = HERE / "analysis.md"
+
+# Limits every broker gets: the same outgoing QoS 1/2 window (100: rumqttd's
+# own ceiling, a constant of its router), and queues large enough that
+# scenario g (100,000 retained messages to one subscriber) fits.
+MAX_INFLIGHT = 100
+MAX_QUEUED = 200_000
+
+
+# ---------------------------------------------------------------- brokers
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """How to start one broker configuration."""
+
+    def __init__(self, name, label, kind, cpus, shards=1):
+        self.name, self.label, self.kind, self.cpus, self.shards = name, label, kind, cpus, shards
+
+    def config(self, port, extra_port):
+        if self.kind == "mosquitto":
+            return MOSQUITTO_CONF.format(port=port, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
+        if self.kind == "rumqttd":
+            return RUMQTTD_CONF.format(port=port, port5=extra_port, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
+        return RINGMQ_CONF.format(port=port, shards=self.shards, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
+
+    def argv(self, binaries, config_path):
+        if self.kind == "mosquitto":
+            cmd = [binaries["mosquitto"], "-c", config_path]
+        elif self.kind == "rumqttd":
+            cmd = [binaries["rumqttd"], "--quiet", "--config", config_path]
+        else:
+            cmd = [binaries["ringmq"], "serve", "--config", config_path]
+        return ["taskset", "-c", self.cpus] + cmd
+
+
+MOSQUITTO_CONF = """\
+# One listener for MQTT 3.1, 3.1.1 and 5.0 (mosquitto picks the version per
+# connection); memory only; the same windows and queues as the others.
+per_listener_settings false
+listener {port} 127.0.0.1
+protocol mqtt
+allow_anonymous true
+persistence false
+max_inflight_messages {inflight}
+max_queued_messages {queued}
+max_queued_bytes 0
+max_connections -1
+max_keepalive 65535
+set_tcp_nodelay true
+sys_interval 0
+log_dest stderr
+log_type error
+log_type warning
+connection_messages false
+"""
+
+RUMQTTD_CONF = """\
+# rumqttd serves one protocol version per listener: [v4.1] is MQTT 3.1.1
+# (the one the benchmark uses), [v5.1] is 5.0. No connection pacing
+# (next_connection_delay_ms = 0); max_outgoing_packet_count is also the cap
+# on retained messages sent per subscribe, so it is raised to the queue size.
+id = 0
+
+[router]
+id = 0
+max_connections = 20000
+max_outgoing_packet_count = {queued}
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = {inflight}
+    dynamic_filters = true
+
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:{port5}"
+next_connection_delay_ms = 0
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = {inflight}
+"""
+
+RINGMQ_CONF = """\
+# ringmq serves 3.1, 3.1.1 and 5.0 on one listener; memory only.
+shards = {shards}
+
+[[listener]]
+bind = "127.0.0.1:{port}"
+listen_backlog = 4096
+
+[limits]
+max_inflight = {inflight}
+max_queued_messages = {queued}
+max_queued_bytes = 1073741824
+
+[log]
+level = "warn"
+"""
+
+BROKERS = {
+    "ringmq": Broker("ringmq", "ringmq (1 shard)", "ringmq", BROKER_CPUS, 1),
+    "mosquitto": Broker("mosquitto", "Mosquitto", "mosquitto", BROKER_CPUS),
+    "rumqttd": Broker("rumqttd", "rumqttd", "rumqttd", BROKER_CPUS),
+    "ringmq-2s1c": Broker("ringmq-2s1c", "ringmq, 2 shards on 1 CPU", "ringmq", BROKER_CPUS, 2),
+    "ringmq-2s2c": Broker(
+        "ringmq-2s2c", "ringmq, 2 shards on 2 CPUs (CPU 1 shared with the bench)", "ringmq",
+        f"{BROKER_CPUS},{BENCH_CPUS}", 2,
+    ),
+}
+PEERS = ["mosquitto", "rumqttd"]
+SCALING = ["ringmq-2s1c", "ringmq-2s2c"]
+
+
+def raise_nofile():
+    """Child setup: as many descriptors as the hard limit allows (scenario
+    e needs 15,000 connections on each side)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def proc_status(pid, key):
+    """A `kB` field of /proc/PID/status, in KiB (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
+
+
+class RunningBroker:
+    """A started broker: its PID, port and log; stopped by PID."""
+
+    def __init__(self, broker, binaries, workdir):
+        self.broker = broker
+        self.port, self.extra_port = free_port(), free_port()
+        self.workdir = workdir
+        ext = "conf" if broker.kind == "mosquitto" else "toml"
+        self.config_path = str(workdir / f"{broker.name}.{ext}")
+        Path(self.config_path).write_text(broker.config(self.port, self.extra_port))
+        self.argv = broker.argv(binaries, self.config_path)
+        self.log_path = workdir / f"{broker.name}.log"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+            preexec_fn=raise_nofile, start_new_session=True,
+        )
+        self.pid = self.proc.pid  # taskset execs the broker: same PID
+
+    def wait_ready(self, timeout=20.0):
+        """Until an MQTT 3.1.1 CONNECT gets its CONNACK."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.broker.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                sock = retained_driver.open_session("127.0.0.1", self.port, "compare-probe", 60, 2.0)
+                sock.sendall(b"\xe0\x00")
+                sock.close()
+                time.sleep(0.2)
+                return
+            except (OSError, ConnectionError) as error:
+                last = error
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.broker.name} not ready on port {self.port}: {last}")
+
+    def log_tail(self, n=600):
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after 10 s; by PID only."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+class Sampler(threading.Thread):
+    """Samples a PID's VmRSS and CPU time every 100 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.cpu, self.halt = pid, [], [], threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            now = time.monotonic()
+            rss = proc_status(self.pid, "VmRSS")
+            cpu = proc_cpu_seconds(self.pid)
+            if rss is not None:
+                self.samples.append((now, rss))
+            if cpu is not None:
+                self.cpu.append((now, cpu))
+            self.halt.wait(0.1)
+
+    def peak_cpu_pct(self, window=1.0):
+        """The busiest `window` seconds, in % of one CPU."""
+        best, j = None, 0
+        for i, (t, cpu) in enumerate(self.cpu):
+            # j: the latest sample at least `window` before sample i.
+            while j + 1 < i and t - self.cpu[j + 1][0] >= window:
+                j += 1
+            tj, cpu_j = self.cpu[j]
+            if t - tj >= window:
+                pct = 100 * (cpu - cpu_j) / (t - tj)
+                best = pct if best is None else max(best, pct)
+        return round(best, 1) if best is not None else None
+
+    def stop(self):
+        self.halt.set()
+        self.join()
+
+
+# -------------------------------------------------------------- scenarios
+
+# Offered rates of the throughput scenarios (a, b: messages per second over
+# all publishers; c: deliveries per second over all subscribers). Each
+# broker climbs the ladder until a step fails (or ringmq-bench cannot keep
+# up); the result is the best delivered rate seen.
+LADDER = [25_000, 50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000, 3_200_000]
+# A step passes when at most this share is lost, this share of the offered
+# rate is delivered in the steady seconds, and p99 latency stays below this.
+PASS_LOSS_PCT = 0.1
+PASS_DELIVERED = 0.9
+PASS_P99_US = 1_000_000
+
+
+class Scenario:
+    def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None):
+        self.key, self.title, self.metric, self.unit = key, title, metric, unit
+        self.higher_is_better, self.target, self.describe = higher_is_better, target, describe
+        # Deliveries per published message, for the ladder scenarios.
+        self.fanout = fanout
+
+    @property
+    def ladder(self):
+        return LADDER if self.fanout else None
+
+    def bench_args(self, quick, offered=None):
+        """ringmq-bench arguments without --host/--json, or None (g)."""
+        step = "2s" if quick else "5s"
+        k = self.key
+        # The drain must outlast the backlog of an overloaded step (up to
+        # about its own length, since the rate doubles per step), or
+        # messages still queued in the broker would count as lost.
+        if k in "ab":
+            return ["fan-in", "--publishers", "100", "--subscribers", "1", "--qos", "0" if k == "a" else "1",
+                    "--payload", "16", "--total-rate", f"{offered:g}", "--duration", step,
+                    "--drain", "5s" if k == "a" else "10s", "--connect-rate", "2000",
+                    "--connect-timeout", "60s"]
+        if k == "c":
+            return ["fan-out", "--publishers", "1", "--subscribers", "1000", "--qos", "0", "--payload", "16",
+                    "--rate", f"{offered / self.fanout:g}", "--duration", step,
+                    "--drain", "5s", "--connect-rate", "5000", "--connect-timeout", "60s"]
+        if k == "d":
+            return ["p2p", "--clients", "1000", "--qos", "0", "--payload", "16", "--rate", "10",
+                    "--duration", "3s" if quick else "10s", "--drain", "5s", "--connect-rate", "5000",
+                    "--connect-timeout", "60s"]
+        if k == "e":
+            return ["conn", "--clients", "15000", "--connect-rate", "5000",
+                    "--ifaddr", "127.0.2.1-127.0.2.60", "--duration", "4s" if quick else "10s",
+                    "--connect-timeout", "60s"]
+        if k == "f":
+            return ["conn", "--clients", "10000", "--connect-rate", "0",
+                    "--ifaddr", "127.0.3.1-127.0.3.40", "--duration", "1s", "--connect-timeout", "60s"]
+        return None
+
+    def retained_args(self):
+        return ["--count", "100000", "--payload", "16", "--settle", "0.5", "--idle", "10", "--timeout", "120"]
+
+    def command_template(self, quick):
+        if self.key == "g":
+            return shlex.join(["taskset", "-c", BENCH_CPUS, "python3", "benches/compare/retained.py",
+                               "--port", "PORT", *self.retained_args()])
+        offered = LADDER[0] if self.ladder else None
+        args = self.bench_args(quick, offered)
+        text = shlex.join(["taskset", "-c", BENCH_CPUS, "ringmq-bench", *args, "--host", "127.0.0.1:PORT"])
+        if self.ladder:
+            rate_flag = "--total-rate" if self.key in "ab" else "--rate"
+            first = f"{offered:g}" if self.key in "ab" else f"{offered / self.fanout:g}"
+            text = text.replace(f"{rate_flag} {first}", f"{rate_flag} RATE")
+        return text
+
+
+THROUGHPUT_TARGET = {"mosquitto": 2.0, "rumqttd": 1.5}
+SCENARIOS = [
+    Scenario("a", "fan-in, QoS 0, 16 B: 100 publishers -> 1 subscriber", "delivered_per_s", "msg/s",
+             True, THROUGHPUT_TARGET,
+             "100 publishers at RATE messages per second in all, one subscriber to `ringmq-bench/+`; "
+             "RATE doubles from 25k up to 3.2M until a step fails.", fanout=1),
+    Scenario("b", "fan-in, QoS 1, 16 B: 100 publishers -> 1 subscriber", "delivered_per_s", "msg/s",
+             True, THROUGHPUT_TARGET,
+             "As a, at QoS 1: each publisher keeps up to 20 PUBLISHes unacknowledged, the subscriber "
+             "acknowledges every delivery.", fanout=1),
+    Scenario("c", "fan-out, QoS 0, 16 B: 1 publisher -> 1,000 subscribers", "delivered_per_s", "msg/s",
+             True, THROUGHPUT_TARGET,
+             "One publisher at RATE/1000 messages per second, 1,000 subscribers to its topic; RATE "
+             "(deliveries per second) climbs as in a.", fanout=1000),
+    Scenario("d", "p2p, 1,000 pairs, 10 msg/s each, QoS 0: latency", "p99_us", "µs",
+             False, {"mosquitto": "p99"},
+             "1,000 clients in a ring, each publishing 10 msg/s on its own topic and subscribed to "
+             "the next one's (1,000 publisher -> subscriber pairs, 10,000 msg/s in all); end-to-end "
+             "latency from the intended send time."),
+    Scenario("e", "15,000 idle connections: broker RSS per connection", "rss_per_conn_bytes", "B",
+             False, {"mosquitto": "rss"},
+             "15,000 connections at 5,000/s from 60 source addresses, held idle (keep alive 60 s); "
+             "(median broker VmRSS over the second half of the run - VmRSS before) / connections."),
+    Scenario("f", "connect rate, 10,000 clients", "connects_per_s", "conn/s", True, None,
+             "10,000 clients connecting at once (no pacing) from 40 source addresses; "
+             "CONNACKs per second until all are connected."),
+    Scenario("g", "100,000 retained messages, one wildcard subscribe", "seconds", "s", False, None,
+             "100,000 retained QoS 0 messages (16 B, topics `bench/retained/NNNNNN`, stored through "
+             "one connection, confirmed by a QoS 1 PUBACK), then one subscriber to `bench/retained/#`: "
+             "time from SUBSCRIBE to the last message."),
+]
+SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
+
+
+def steady_rate(report):
+    """Delivered messages per second over the steady seconds of the
+    publishing window (the first and the last second left out when there
+    are more than two), from ringmq-bench's per-second timeline."""
+    timeline = report.get("timeline") or []
+    publishing = [t for t in timeline if t.get("sent", 0) > 0]
+    if len(publishing) > 2:
+        publishing = publishing[1:-1]
+    if not publishing:
+        return report["messages"]["received_per_s"]
+    return sum(t["received"] for t in publishing) / len(publishing)
+
+
+def bench_metrics(scenario, report):
+    """The numbers of one ringmq-bench report that the comparison uses."""
+    m, c = report["messages"], report["connections"]
+    out = {
+        "connected": c["connected"],
+        "connect_failures": sum(c["failures"].values()),
+        "connection_errors": sum(c["errors"].values()),
+        "violations": report.get("violations", []),
+    }
+    if scenario.key in "abcd":
+        expected = m["expected"] or 0
+        out.update({
+            "sent": m["sent"], "received": m["received"], "expected": expected, "lost": m["lost"],
+            "loss_pct": round(100.0 * m["lost"] / expected, 3) if expected else 0.0,
+            "duplicates": m["duplicates"],
+            "sent_per_s": m["sent_per_s"], "received_per_s": m["received_per_s"],
+            "delivered_per_s": round(steady_rate(report), 1),
+            "p50_us": m["latency_us"]["p50"], "p99_us": m["latency_us"]["p99"],
+            "p999_us": m["latency_us"]["p999"], "max_us": m["latency_us"]["max"],
+        })
+        if scenario.key == "b":
+            out["acked"] = m["acked"]
+    if scenario.key in "ef":
+        out.update({
+            "clients": c["clients"],
+            "connects_per_s": c["rate_per_s"],
+            "connect_p50_us": c["latency_us"]["p50"], "connect_p99_us": c["latency_us"]["p99"],
+        })
+    return out
+
+
+def holding_rss(samples, start, end):
+    """Median VmRSS over the second half of [start, end]: the connections
+    of scenario e are all open and idle by then."""
+    mid = start + (end - start) / 2
+    window = [kib for t, kib in samples if mid <= t <= end - 0.5] or [kib for _, kib in samples]
+    return int(statistics.median(window)) if window else None
+
+
+def measure(running, argv, timeout):
+    """Runs one load process against a running broker; returns its exit
+    status, output, and the broker's CPU time and RSS meanwhile."""
+    before = proc_status(running.pid, "VmRSS")
+    cpu0 = proc_cpu_seconds(running.pid)
+    sampler = Sampler(running.pid)
+    sampler.start()
+    t0 = time.monotonic()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = {"command": shlex.join(argv)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=raise_nofile, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(10)
+        out["error"] = f"timed out after {timeout} s"
+    t1 = time.monotonic()
+    cpu1 = proc_cpu_seconds(running.pid)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    bench_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    out["bench_cpu_pct"] = round(100 * bench_cpu / max(t1 - t0, 1e-3), 1)
+    time.sleep(0.3)
+    after = proc_status(running.pid, "VmRSS")
+    sampler.stop()
+    out.update({
+        "exit": proc.returncode, "wall_s": round(t1 - t0, 3),
+        "rss_before_kib": before, "rss_after_kib": after,
+        "rss_peak_kib": max((kib for _, kib in sampler.samples), default=None),
+        "rss_holding_kib": holding_rss(sampler.samples, t0, t1),
+    })
+    if cpu0 is not None and cpu1 is not None:
+        out["broker_cpu_s"] = round(cpu1 - cpu0, 3)
+        out["broker_cpu_pct"] = round(100 * (cpu1 - cpu0) / max(t1 - t0, 1e-3), 1)
+    out["broker_cpu_peak_pct"] = sampler.peak_cpu_pct()
+    if running.proc.poll() is not None:
+        out["error"] = f"broker exited with {running.proc.returncode}: {running.log_tail()}"
+    return out, stdout, stderr
+
+
+def run_bench(running, scenario, binaries, args, workdir, tag):
+    """One ringmq-bench run; its metrics merged into the measure dict."""
+    json_path = workdir / f"{scenario.key}-{running.broker.name}-{tag}.json"
+    json_path.unlink(missing_ok=True)
+    argv = ["taskset", "-c", BENCH_CPUS, binaries["ringmq-bench"], *args,
+            "--host", f"127.0.0.1:{running.port}", "--json", str(json_path), "--quiet"]
+    out, _, stderr = measure(running, argv, timeout=180)
+    if "error" not in out:
+        if out["exit"] == 2 or not json_path.exists():
+            out["error"] = f"ringmq-bench exit {out['exit']}: " + stderr.decode(errors="replace")[-500:]
+        else:
+            out.update(bench_metrics(scenario, json.loads(json_path.read_text())))
+    return out
+
+
+def run_ladder(running, scenario, binaries, quick, workdir, log):
+    """Climbs the offered rates; returns the steps and their summary."""
+    steps = []
+    for offered in scenario.ladder:
+        # A failed step is run a second time: on a shared machine one bad
+        # second must not end the climb.
+        for attempt in (1, 2):
+            args = scenario.bench_args(quick, offered)
+            step = run_bench(running, scenario, binaries, args, workdir, f"{offered}-{attempt}")
+            step["offered"], step["attempt"] = offered, attempt
+            if "error" in step:
+                step["passed"] = False
+                steps.append(step)
+                break
+            step["cpu_us_per_msg"] = (round(step["broker_cpu_s"] * 1e6 / step["received"], 3)
+                                      if step.get("received") and step.get("broker_cpu_s") else None)
+            step["bench_limited"] = step["sent_per_s"] < 0.95 * offered / scenario.fanout
+            step["passed"] = (step["loss_pct"] <= PASS_LOSS_PCT
+                              and step["delivered_per_s"] >= PASS_DELIVERED * offered
+                              and step["p99_us"] <= PASS_P99_US)
+            steps.append(step)
+            log(f"    {offered:>9,}/s: delivered {step['delivered_per_s']:>11,.0f}/s, "
+                f"loss {step['loss_pct']:.2f}%, p99 {step['p99_us'] / 1000:,.1f} ms, "
+                f"broker CPU {step.get('broker_cpu_pct', 0):.0f}% (peak {step.get('broker_cpu_peak_pct') or 0:.0f}%), "
+                f"bench CPU {step['bench_cpu_pct']:.0f}%"
+                + (" (bench behind schedule)" if step["bench_limited"] else "")
+                + ("" if step["passed"] else " FAILED"))
+            if step["passed"] or step["bench_limited"]:
+                break
+        if "error" in step or not step["passed"] or step["bench_limited"]:
+            break
+    ok = [s for s in steps if "error" not in s]
+    passed = [s for s in ok if s["passed"]]
+    last = steps[-1]
+    summary = {
+        "steps": steps,
+        "delivered_per_s": max((s["delivered_per_s"] for s in ok), default=None),
+        "sustained_per_s": max((s["offered"] for s in passed), default=0),
+        # The ladder ended without the broker failing: the result is a lower bound.
+        "lower_bound": last.get("passed", False),
+        "failed_at": None if last.get("passed", False) else last["offered"],
+        # Every message lost at any step (at QoS 1 none may be lost, even
+        # in overload), and those lost at the rates below the limit.
+        "lost": sum(s.get("lost", 0) for s in ok),
+        "lost_below_limit": sum(s.get("lost", 0) for s in ok if s["offered"] < last["offered"] or s["passed"]),
+        "loss_pct_last_step": last.get("loss_pct"),
+        "duplicates": sum(s.get("duplicates", 0) for s in ok),
+        "connect_failures": sum(s.get("connect_failures", 0) for s in ok),
+        "connection_errors": sum(s.get("connection_errors", 0) for s in ok),
+    }
+    if passed:
+        best = passed[-1]
+        summary["cpu_us_per_msg"] = best.get("cpu_us_per_msg")
+        summary["broker_cpu_pct"] = best.get("broker_cpu_pct")
+        summary["broker_cpu_peak_pct"] = best.get("broker_cpu_peak_pct")
+        summary["p99_us_at_sustained"] = best.get("p99_us")
+    if "error" in last:
+        summary["error"] = f"at {last['offered']:,}/s: {last['error']}"
+    return summary
+
+
+def run_once(scenario, broker, binaries, quick, workdir, log):
+    """One round of one scenario against one broker: start a fresh broker,
+    run the load, measure, stop the broker. Returns a result dict (with
+    "error" when the run could not be made)."""
+    result = {"broker": broker.name}
+    running = RunningBroker(broker, binaries, workdir)
+    try:
+        running.wait_ready()
+        if scenario.ladder:
+            result.update(run_ladder(running, scenario, binaries, quick, workdir, log))
+        elif scenario.key != "g":
+            out = run_bench(running, scenario, binaries, scenario.bench_args(quick), workdir, "run")
+            result.update(out)
+            if scenario.key == "e" and out.get("rss_before_kib") and out.get("rss_holding_kib"):
+                connected = max(1, out.get("clients", 0) - out.get("connect_failures", 0))
+                result["rss_per_conn_bytes"] = round(
+                    (out["rss_holding_kib"] - out["rss_before_kib"]) * 1024 / connected, 1)
+        else:
+            argv = ["taskset", "-c", BENCH_CPUS, sys.executable, str(HERE / "retained.py"),
+                    "--port", str(running.port), *scenario.retained_args()]
+            out, stdout, stderr = measure(running, argv, timeout=150)
+            result.update(out)
+            if "error" not in out:
+                try:
+                    driver = json.loads(stdout.decode().strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    driver = {"error": stderr.decode(errors="replace")[-500:]}
+                if "error" in driver:
+                    result["error"] = "retained.py: " + driver["error"]
+                else:
+                    result.update(driver)
+    except RuntimeError as error:
+        result["error"] = str(error)
+    finally:
+        running.stop()
+    result["broker_log"] = running.log_tail(300)
+    return result
+
+
+# ----------------------------------------------------------------- trie
+
+
+def run_trie(quick, log):
+    """The criterion benchmark of the trie and the interest table with
+    1M filters (benches/trie.rs); medians from target/criterion."""
+    argv = ["taskset", "-c", BROKER_CPUS, "cargo", "bench", "--bench", "trie", "--", "--noplot"]
+    if quick:
+        argv.append("--quick")
+    log(f"$ {shlex.join(argv)}")
+    started = time.time()
+    proc = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=3600)
+    if proc.returncode != 0:
+        return {"command": shlex.join(argv), "error": proc.stdout.decode(errors="replace")[-800:]}
+    results = []
+    criterion = ROOT / "target" / "criterion"
+    for bench_json in sorted(criterion.glob("**/new/benchmark.json")):
+        if bench_json.stat().st_mtime < started:
+            continue  # an earlier run, or another benchmark file
+        info = json.loads(bench_json.read_text())
+        estimates = json.loads((bench_json.parent / "estimates.json").read_text())
+        median_ns = estimates["median"]["point_estimate"]
+        throughput = info.get("throughput") or {}
+        elements = throughput.get("Elements")
+        results.append({
+            "group": info["group_id"], "function": info["function_id"] or info.get("value_str") or "",
+            "median_ns": round(median_ns, 1), "elements": elements,
+            "ns_per_element": round(median_ns / elements, 2) if elements else None,
+            "elements_per_s": round(elements * 1e9 / median_ns, 1) if elements else None,
+        })
+    return {"command": shlex.join(argv), "results": results}
+
+
+# ------------------------------------------------------------ reporting
+
+
+def median_of(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.median(values) if values else None
+
+
+def summarise(rounds):
+    ok = [r for r in rounds if "error" not in r]
+    numeric = {}
+    for r in ok:
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                numeric.setdefault(k, []).append(v)
+    median = {k: median_of(v) for k, v in numeric.items()}
+    summary = {"median": median, "ok_rounds": len(ok), "errors": [r["error"] for r in rounds if "error" in r]}
+    if any("lower_bound" in r for r in ok):
+        summary["lower_bound"] = sum(1 for r in ok if r.get("lower_bound")) * 2 > len(ok)
+    return summary
+
+
+def evaluate_targets(scenario, summaries):
+    ring = summaries.get("ringmq", {}).get("median", {}).get(scenario.metric)
+    notes = {}
+    if not scenario.target or ring is None:
+        return notes
+    for peer, goal in scenario.target.items():
+        value = summaries.get(peer, {}).get("median", {}).get(scenario.metric)
+        if value is None:
+            notes[peer] = {"goal": f"vs {peer}", "met": None}
+        elif goal == "p99":
+            notes[peer] = {"goal": f"p99 <= {peer}'s", "met": ring <= value}
+        elif goal == "rss":
+            notes[peer] = {"goal": f"<= {peer}'s + 1024 B", "met": ring <= value + 1024}
+        else:
+            ratio = ring / value if value else None
+            notes[peer] = {"goal": f">= {goal}x {peer}", "met": ratio is not None and ratio >= goal}
+    return notes
+
+
+def fmt(value, unit):
+    if value is None:
+        return "–"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "µs" and value < 100:
+        return f"{value:.2f} µs"
+    if unit == "B":
+        return f"{value / 1024:.1f} KiB" if value >= 1024 else f"{value:.0f} B"
+    return f"{value:,.0f} {unit}"
+
+
+def ratio_text(ring, peer):
+    if ring is None or not peer:
+        return "–"
+    return f"{ring / peer:.2f}"
+
+
+def loss_text(scenario, summary):
+    """What a broker lost or failed, in the medians of its rounds."""
+    med = summary.get("median", {})
+    parts = []
+    lost = med.get("lost")
+    if scenario.ladder:
+        if scenario.key == "b" and lost:
+            parts.append(f"{lost:,.0f} QoS 1 messages lost")
+        elif med.get("lost_below_limit"):
+            parts.append(f"{med['lost_below_limit']:,.0f} lost below the limit")
+        if med.get("failed_at") and med.get("loss_pct_last_step"):
+            parts.append(f"{med['loss_pct_last_step']:.1f}% lost in overload at {med['failed_at']:,.0f}/s")
+    elif scenario.key == "d" and lost:
+        parts.append(f"{lost:,.0f} lost ({med.get('loss_pct', 0):.2f}%)")
+    elif scenario.key == "g" and lost:
+        parts.append(f"{lost:,.0f} of 100,000 not received")
+    if med.get("duplicates"):
+        parts.append(f"{med['duplicates']:,.0f} duplicates")
+    if med.get("connect_failures"):
+        parts.append(f"{med['connect_failures']:,.0f} never connected")
+    if med.get("connection_errors"):
+        parts.append(f"{med['connection_errors']:,.0f} dropped connections")
+    if summary.get("errors"):
+        parts.append(f"{len(summary['errors'])} failed round(s)")
+    return ", ".join(parts) or "none"
+
+
+# Rows of the results table: (metric key, label, unit, lower is better).
+ROWS = {
+    "a": [("delivered_per_s", "delivered, best step", "msg/s", False),
+          ("sustained_per_s", "highest passing rate", "msg/s", False),
+          ("cpu_us_per_msg", "broker CPU per message at that rate", "µs", True)],
+    "d": [("p50_us", "latency p50", "µs", True), ("p99_us", "latency p99", "µs", True)],
+    "e": [("rss_per_conn_bytes", "RSS per connection", "B", True),
+          ("rss_before_kib", "RSS before", "KiB", True)],
+    "f": [("connects_per_s", "connections per second", "conn/s", False),
+          ("connect_p99_us", "connect latency p99", "µs", True)],
+    "g": [("seconds", "time to receive all", "s", True), ("publish_s", "time to store all", "s", True)],
+}
+ROWS["b"] = ROWS["c"] = ROWS["a"]
+
+
+def render(data):
+    lines = []
+    w = lines.append
+    meta = data["meta"]
+    w("# Benchmarks: ringmq beside Mosquitto and rumqttd")
+    w("")
+    w(f"<!-- Generated by `benches/compare/run.sh` ({meta['mode']} mode) from BENCHMARKS.json; "
+      "the Analysis section is benches/compare/analysis.md. Do not edit by hand. -->")
+    w("")
+    w(f"Measured {meta['date']} on {meta['machine']['cpu']}, {meta['machine']['cpus']} CPUs, "
+      f"{meta['machine']['memory_gib']} GiB, Linux {meta['machine']['kernel']} "
+      f"({meta['machine']['os']}); load average {meta['load_before']} before, {meta['load_after']} after. "
+      f"Every broker is pinned to CPU {BROKER_CPUS} (`taskset -c {BROKER_CPUS}`) and ringmq-bench to "
+      f"CPU {BENCH_CPUS}; ringmq runs with 1 shard. All clients speak MQTT 3.1.1 (ringmq does not "
+      f"accept 5.0 CONNECTs yet). {meta['rounds']} round(s), brokers taking turns (the order rotates "
+      "every round), a fresh broker process for every run; the tables give the median of the rounds.")
+    w("")
+    if meta["mode"] == "quick":
+        w("**Quick mode: short runs and one round. A smoke test of the script, not a measurement.**")
+        w("")
+    w("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".")
+    w("")
+    w("Reproduce (installs Mosquitto from Debian and rumqttd into a cache, builds ringmq; "
+      "about an hour on 2 CPUs):")
+    w("")
+    w("```sh")
+    w(meta["command"])
+    w("```")
+    w("")
+    w("## Results")
+    w("")
+    w("Ratios are ringmq / peer: above 1 is better for ringmq on rates, below 1 is better on "
+      "latency, memory and time.")
+    w("")
+    w("| scenario | metric | ringmq | Mosquitto | rumqttd | ringmq/Mosquitto | ringmq/rumqttd | target | losses (ringmq; Mosquitto; rumqttd) |")
+    w("| --- | --- | --: | --: | --: | --: | --: | --- | --- |")
+    for s in SCENARIOS:
+        sc = data["scenarios"].get(s.key)
+        if not sc:
+            continue
+        summ = sc["summary"]
+        rows = ROWS[s.key]
+        for i, (metric, label, unit, _) in enumerate(rows):
+            v = {b: summ.get(b, {}).get("median", {}).get(metric) for b in ["ringmq", *PEERS]}
+            cells = {b: fmt(v[b], unit) for b in v}
+            if metric == "delivered_per_s":
+                for b in v:
+                    if summ.get(b, {}).get("lower_bound") and v[b] is not None:
+                        cells[b] = "≥ " + cells[b]
+            targets = sc.get("targets", {})
+            target = ""
+            if metric == s.metric and targets:
+                target = "; ".join(
+                    f"{t['goal']}: " + ("met" if t["met"] else "missed" if t["met"] is not None else "?")
+                    for t in targets.values())
+            losses = "; ".join(loss_text(s, summ.get(b, {})) for b in ["ringmq", *PEERS]) if i == 0 else ""
+            title = f"{s.key}. {s.title}" if i == 0 else ""
+            w(f"| {title} | {label} | {cells['ringmq']} | {cells['mosquitto']} | {cells['rumqttd']} | "
+              f"{ratio_text(v['ringmq'], v['mosquitto'])} | {ratio_text(v['ringmq'], v['rumqttd'])} | "
+              f"{target} | {losses} |")
+    w("")
+    w("A ladder step passes when at most {:g}% is lost, at least {:.0f}% of the offered rate is "
+      "delivered in its steady seconds and p99 latency stays under {:,} ms; a broker climbs until a "
+      "step fails. ≥: the broker passed the last step run (the top of the ladder, or the step where "
+      "ringmq-bench fell behind its schedule), so its limit lies higher.".format(
+          PASS_LOSS_PCT, PASS_DELIVERED * 100, PASS_P99_US // 1000))
+    w("")
+    w("Broker CPU use, % of one CPU, over the whole ringmq-bench run (connecting, publishing, "
+      "draining) and in its busiest second; for a-c at the highest passing step. A broker far "
+      "from 100% in its busiest second was not the bottleneck:")
+    w("")
+    w("| scenario | ringmq | Mosquitto | rumqttd |")
+    w("| --- | --: | --: | --: |")
+    for s in SCENARIOS:
+        sc = data["scenarios"].get(s.key)
+        if not sc:
+            continue
+        cells = []
+        for b in ["ringmq", *PEERS]:
+            med = sc["summary"].get(b, {}).get("median", {})
+            pct, peak = med.get("broker_cpu_pct"), med.get("broker_cpu_peak_pct")
+            cells.append("–" if pct is None else f"{pct:.0f}% (peak {peak or 0:.0f}%)")
+        w(f"| {s.key} | " + " | ".join(cells) + " |")
+    w("")
+    ladder_keys = [k for k in "abc" if k in data["scenarios"]]
+    if ladder_keys:
+        w("Every ladder step (medians over the rounds that ran it): delivered msg/s (loss, broker CPU "
+          "in its busiest second / ringmq-bench CPU over the run).")
+        w("")
+        w("| scenario | broker | " + " | ".join(f"{r // 1000}k/s" for r in LADDER) + " |")
+        w("| --- | --- |" + " --: |" * len(LADDER))
+        for k in ladder_keys:
+            sc = data["scenarios"][k]
+            for b, rounds in sc["rounds"].items():
+                cells = []
+                for rate in LADDER:
+                    # The last attempt of the step in each round.
+                    steps = [[st for st in r.get("steps", []) if st.get("offered") == rate] for r in rounds]
+                    steps = [ss[-1] for ss in steps if ss and "error" not in ss[-1]]
+                    if not steps:
+                        cells.append("")
+                        continue
+                    delivered = median_of([st["delivered_per_s"] for st in steps])
+                    loss = median_of([st["loss_pct"] for st in steps])
+                    cpu = median_of([st.get("broker_cpu_peak_pct") for st in steps])
+                    bench_cpu = median_of([st.get("bench_cpu_pct") for st in steps])
+                    mark = "" if all(st["passed"] for st in steps) else " ✗"
+                    mark += " ⏱" if any(st.get("bench_limited") for st in steps) else ""
+                    cells.append(f"{delivered / 1000:,.0f}k ({loss:.1f}%, {cpu or 0:.0f}%/{bench_cpu or 0:.0f}%){mark}")
+                w(f"| {k} | {b} | " + " | ".join(cells) + " |")
+        w("")
+        w("✗: the step failed in at least one round (after one retry). ⏱: ringmq-bench fell behind "
+          "its schedule (the load generator's limit).")
+        w("")
+    w("## Scenarios")
+    w("")
+    for s in SCENARIOS:
+        sc = data["scenarios"].get(s.key)
+        if not sc:
+            continue
+        w(f"* **{s.key}. {s.title}.** {s.describe}  ")
+        w(f"  `{sc['command_template']}`")
+    w("")
+    w("## Scaling: ringmq with 2 shards")
+    w("")
+    w("This machine has 2 CPUs, one of them taken by the load generator, so a true 2-core run is "
+      "not possible. Two runs stand in: 2 shards sharing CPU 0 (what the sharding costs: "
+      "hand-offs of connections accepted on the wrong shard and cross-shard message batches, "
+      "without a second core to gain from), and 2 shards on CPUs 0 and 1 (the second shard "
+      "competes with ringmq-bench for CPU 1).")
+    w("")
+    scaled = [b for b in SCALING if any(b in sc["summary"] for sc in data["scenarios"].values())]
+    if scaled:
+        header = ["ringmq, 1 shard"] + [BROKERS[b].label for b in scaled]
+        w("| scenario | metric | " + " | ".join(header) + " | " +
+          " | ".join(f"{BROKERS[b].name} / 1 shard" for b in scaled) + " |")
+        w("| --- | --- |" + " --: |" * (len(header) + len(scaled)))
+        for s in SCENARIOS:
+            sc = data["scenarios"].get(s.key)
+            if not sc:
+                continue
+            one = sc["summary"].get("ringmq", {}).get("median", {}).get(s.metric)
+            cells = [fmt(one, s.unit)]
+            ratios = []
+            for b in scaled:
+                v = sc["summary"].get(b, {}).get("median", {}).get(s.metric)
+                cells.append(fmt(v, s.unit))
+                ratios.append(ratio_text(v, one) if v is not None else "–")
+            w(f"| {s.key} | {s.metric.replace('_', ' ')} | " + " | ".join(cells + ratios) + " |")
+        w("")
+    trie = data.get("trie")
+    if trie:
+        w("## Micro-benchmark: subscription trie and interest table (criterion)")
+        w("")
+        w(f"`{trie['command']}` (benches/trie.rs), on CPU {BROKER_CPUS}; medians.")
+        w("")
+        if "error" in trie:
+            w(f"Failed: `{trie['error'][-300:]}`")
+        else:
+            w("| group | benchmark | median per iteration | per element | elements/s |")
+            w("| --- | --- | --: | --: | --: |")
+            for r in trie["results"]:
+                per = f"{r['ns_per_element']:,.1f} ns" if r["ns_per_element"] is not None else "–"
+                rate = f"{r['elements_per_s']:,.0f}" if r["elements_per_s"] is not None else "–"
+                w(f"| {r['group']} | {r['function']} | {r['median_ns'] / 1e6:,.3f} ms | {per} | {rate} |")
+        w("")
+    w("## Analysis")
+    w("")
+    analysis = data.get("analysis", "").strip()
+    w(analysis if analysis else "_(benches/compare/analysis.md is empty)_")
+    w("")
+    w("## Losses, failures and errors by round")
+    w("")
+    any_issue = False
+    for s in SCENARIOS:
+        sc = data["scenarios"].get(s.key)
+        if not sc:
+            continue
+        for b, rounds in sc["rounds"].items():
+            for i, r in enumerate(rounds, 1):
+                issues = []
+                if "error" in r:
+                    issues.append(f"error: {r['error'][:300]}")
+                if r.get("lost"):
+                    issues.append(f"lost {r['lost']:,}" + (f" of {r['expected']:,}" if r.get("expected") else ""))
+                if r.get("connect_failures"):
+                    issues.append(f"{r['connect_failures']:,} never connected")
+                if r.get("connection_errors"):
+                    issues.append(f"{r['connection_errors']:,} connections dropped")
+                if r.get("duplicates"):
+                    issues.append(f"{r['duplicates']:,} duplicates")
+                if issues:
+                    any_issue = True
+                    w(f"* {s.key}, {b}, round {i}: " + "; ".join(issues).replace("\n", " "))
+    if not any_issue:
+        w("None.")
+    w("")
+    w("## Broker configurations")
+    w("")
+    w("Written by the script for each run (the port varies); the broker is started as shown.")
+    w("")
+    for name, b in data["brokers"].items():
+        w(f"### {b['label']}")
+        w("")
+        w(f"`{b['command']}`")
+        w("")
+        w("```")
+        w(b["config"].rstrip())
+        w("```")
+        w("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------- main
+
+
+def sh(argv):
+    try:
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=30).stdout.decode(errors="replace").strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        total_kib = int(f.readline().split()[1])
+    os_name = "?"
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(total_kib / 2**20, 1),
+            "kernel": platform.release(), "os": os_name}
+
+
+def versions(binaries):
+    mosq = sh([binaries["mosquitto"], "-h"]).splitlines()
+    mosq = next((l.split("version", 1)[1].strip() for l in mosq if "version" in l), "?")
+    commit = sh(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    return {
+        "ringmq": f"{sh([binaries['ringmq'], '--version']).split()[-1]} ({commit})",
+        "ringmq-bench": sh([binaries["ringmq-bench"], "--version"]).split()[-1],
+        "Mosquitto": mosq,
+        "rumqttd": sh([binaries["rumqttd"], "--version"]).split()[-1],
+        "rustc": sh(["rustc", "--version"]).split()[1],
+        "Python": platform.python_version(),
+    }
+
+
+def load_average():
+    return open("/proc/loadavg").read().split()[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, 1 round, quick criterion")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
+    parser.add_argument("--scenarios", default="abcdefg", help="subset of abcdefg")
+    parser.add_argument("--brokers", default=",".join(["ringmq", *PEERS, *SCALING]),
+                        help="comma-separated subset of " + ",".join(BROKERS))
+    parser.add_argument("--no-trie", action="store_true", help="skip the criterion trie benchmark")
+    parser.add_argument("--out", default=str(ROOT), help="directory of BENCHMARKS.md/.json")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render BENCHMARKS.md from BENCHMARKS.json (e.g. after editing analysis.md)")
+    parser.add_argument("--ringmq", required=False)
+    parser.add_argument("--ringmq-bench", dest="ringmq_bench")
+    parser.add_argument("--mosquitto", default="mosquitto")
+    parser.add_argument("--rumqttd")
+    parser.add_argument("--command-line", default="benches/compare/run.sh",
+                        help="the command recorded in BENCHMARKS.md")
+    args = parser.parse_args()
+    out = Path(args.out)
+    md_path, json_path = out / "BENCHMARKS.md", out / "BENCHMARKS.json"
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    if args.render_only:
+        data = json.loads(json_path.read_text())
+        data["analysis"] = ANALYSIS.read_text() if ANALYSIS.exists() else ""
+        json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        md_path.write_text(render(data))
+        log(f"wrote {md_path}")
+        return 0
+
+    binaries = {"ringmq": args.ringmq, "ringmq-bench": args.ringmq_bench,
+                "mosquitto": args.mosquitto, "rumqttd": args.rumqttd}
+    missing = [k for k, v in binaries.items() if not v]
+    if missing:
+        parser.error("missing binaries: " + ", ".join(missing))
+    if os.cpu_count() < 2:
+        parser.error("needs 2 CPUs: one for the brokers, one for ringmq-bench")
+    rounds = args.rounds or (1 if args.quick else 3)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    for b in brokers:
+        if b not in BROKERS:
+            parser.error(f"unknown broker {b}")
+    scenarios = [SCENARIO_BY_KEY[k] for k in args.scenarios if k in SCENARIO_BY_KEY]
+
+    data = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "mode": "quick" if args.quick else "full",
+            "rounds": rounds,
+            "machine": machine(),
+            "versions": versions(binaries),
+            "command": args.command_line,
+            "broker_cpus": BROKER_CPUS, "bench_cpus": BENCH_CPUS,
+            "load_before": load_average(),
+        },
+        "brokers": {},
+        "scenarios": {},
+    }
+    for name in brokers:
+        b = BROKERS[name]
+        path = "CONFIG." + ("conf" if b.kind == "mosquitto" else "toml")
+        cmd = b.argv({k: Path(v).name for k, v in binaries.items()}, path)
+        data["brokers"][name] = {"label": b.label, "command": shlex.join(cmd),
+                                 "config": b.config("PORT", "PORT5"), "cpus": b.cpus, "shards": b.shards}
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ringmq-compare-") as tmp:
+        workdir = Path(tmp)
+        for s in scenarios:
+            template = s.command_template(args.quick)
+            entry = {"title": s.title, "metric": s.metric, "unit": s.unit,
+                     "higher_is_better": s.higher_is_better, "command_template": template,
+                     "rounds": {b: [] for b in brokers}}
+            data["scenarios"][s.key] = entry
+            for r in range(rounds):
+                order = brokers[r % len(brokers):] + brokers[:r % len(brokers)]
+                for name in order:
+                    log(f"{s.key} round {r + 1}/{rounds}: {name}")
+                    result = run_once(s, BROKERS[name], binaries, args.quick, workdir, log)
+                    entry["rounds"][name].append(result)
+                    shown = {k: result.get(k) for k in (s.metric, "lost", "connect_failures", "broker_cpu_pct", "error")
+                             if result.get(k) is not None}
+                    log(f"  -> {shown}")
+            entry["summary"] = {b: summarise(rs) for b, rs in entry["rounds"].items()}
+            entry["targets"] = evaluate_targets(s, entry["summary"])
+            data["meta"]["load_after"] = load_average()
+            data["analysis"] = ANALYSIS.read_text() if ANALYSIS.exists() else ""
+            # Written after every scenario, so a long run leaves its results behind.
+            json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+            md_path.write_text(render(data))
+    if not args.no_trie:
+        data["trie"] = run_trie(args.quick, log)
+    data["meta"]["load_after"] = load_average()
+    data["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    data["analysis"] = ANALYSIS.read_text() if ANALYSIS.exists() else ""
+    json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    md_path.write_text(render(data))
+    log(f"wrote {md_path} and {json_path} in {data['meta']['elapsed_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

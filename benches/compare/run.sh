@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The comparison of ringmq with Mosquitto and rumqttd: writes BENCHMARKS.md
+# and BENCHMARKS.json at the repository root.
+#
+#   benches/compare/run.sh            # 3 rounds of scenarios a-g, about an hour
+#   benches/compare/run.sh --quick    # short runs, 1 round: a smoke test
+#   benches/compare/run.sh --scenarios ag --brokers ringmq,mosquitto --no-trie
+#   benches/compare/run.sh --render-only   # re-render BENCHMARKS.md from the JSON
+#
+# Needs Linux with io_uring, 2 CPUs or more, bash, python3, cargo and
+# taskset. It installs what is missing:
+#   * Mosquitto from the distribution (apt-get install -y mosquitto; its
+#     system service, if any, is left alone: the benchmark uses its own ports);
+#   * rumqttd with `cargo install rumqttd --root $CACHE/rumqttd` (no --locked:
+#     its lock file no longer builds on current Rust), once; then reused;
+#   * ringmq and ringmq-bench: cargo build --release, in this checkout's target/.
+# CACHE is $RINGMQ_BENCH_CACHE, default ~/.cache/ringmq-bench.
+# Other flags go to benches/compare/compare.py (see --help there).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CACHE="${RINGMQ_BENCH_CACHE:-$HOME/.cache/ringmq-bench}"
+cd "$ROOT"
+
+say() { printf '[run.sh] %s\n' "$*" >&2; }
+
+for arg in "$@"; do
+    if [[ "$arg" == "--render-only" ]]; then
+        exec python3 "$ROOT/benches/compare/compare.py" "$@"
+    fi
+done
+
+for tool in python3 cargo taskset; do
+    command -v "$tool" >/dev/null || { say "needs $tool"; exit 2; }
+done
+
+if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+    say "installing Mosquitto from the distribution"
+    SUDO=""
+    [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q mosquitto
+fi
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+
+RUMQTTD="$CACHE/rumqttd/bin/rumqttd"
+if [[ ! -x "$RUMQTTD" ]]; then
+    say "installing rumqttd into $CACHE/rumqttd (once)"
+    mkdir -p "$CACHE"
+    cargo install rumqttd --root "$CACHE/rumqttd"
+fi
+
+say "building ringmq and ringmq-bench (release)"
+cargo build --release -q -p ringmq -p ringmq-bench
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+if [[ " $* " != *" --no-trie "* ]]; then
+    say "building the criterion benchmark benches/trie.rs"
+    cargo bench --bench trie --no-run -q
+fi
+
+exec python3 "$ROOT/benches/compare/compare.py" \
+    --ringmq "$TARGET/release/ringmq" \
+    --ringmq-bench "$TARGET/release/ringmq-bench" \
+    --mosquitto "$MOSQUITTO" \
+    --rumqttd "$RUMQTTD" \
+    --command-line "benches/compare/run.sh${*:+ $*}" \
+    "$@"
