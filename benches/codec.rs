@@ -28,8 +28,8 @@ use bytestring::ByteString;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mqttbytes::{v4, v5};
 use ringmq::protocol::{
-    decode_packet, Connect, ConnectProperties, Decoder, Packet, PacketId, ProtocolVersion, Publish,
-    PublishProperties, QoS, RetainHandling, Subscribe, SubscribeProperties, Subscription,
+    decode_packet, BoxedPublishProperties, Connect, ConnectProperties, Decoder, Packet, PacketId,
+    ProtocolVersion, Publish, QoS, RetainHandling, Subscribe, SubscribeProperties, Subscription,
     SubscriptionOptions, TopicFilter, TopicName, Will, WillProperties,
 };
 use std::num::{NonZeroU16, NonZeroU32};
@@ -128,7 +128,7 @@ fn publish_case(version: ProtocolVersion, len: usize) -> Case {
         retain: false,
         topic: TopicName::new(TOPIC).expect("valid topic"),
         packet_id: PacketId::new(PACKET_ID),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: payload.clone(),
     });
     let (label, theirs) = match version {

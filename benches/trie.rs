@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ringmq::message::Message;
-use ringmq::protocol::{PublishProperties, QoS, TopicFilter, TopicName};
+use ringmq::protocol::{BoxedPublishProperties, QoS, TopicFilter, TopicName};
 use ringmq::router::interest::{InterestDelta, InterestTable, ShardId};
 use ringmq::shard::retained::RetainedStore;
 use ringmq::shard::trie::SubscriptionTrie;
@@ -136,7 +136,7 @@ fn retained(c: &mut Criterion) {
             payload: Bytes::from_static(b"21.5"),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: PublishProperties::default(),
+            properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at: None,
         }));

@@ -5,7 +5,7 @@
 //! `Arc<Message>`: fanning it out to many subscribers (and across cores)
 //! clones a pointer, never the payload or the properties.
 
-use crate::protocol::{PublishProperties, QoS, TopicName};
+use crate::protocol::{BoxedPublishProperties, QoS, TopicName};
 use bytes::Bytes;
 use bytestring::ByteString;
 use std::fmt;
@@ -26,7 +26,7 @@ pub struct Message {
     /// v5 properties forwarded to subscribers unaltered [MQTT-3.3.2-17],
     /// except Topic Alias and Subscription Identifier, which are per
     /// subscriber and never stored here.
-    pub properties: PublishProperties,
+    pub properties: BoxedPublishProperties,
     /// Client id of the publisher, for No Local [MQTT-3.8.3-3]; `None` for
     /// messages the broker itself publishes.
     pub publisher: Option<ByteString>,

@@ -135,7 +135,7 @@ fn v5_disconnect_remaining_length_1_success() {
 /// block.
 #[test]
 fn v5_auth_remaining_length_2() {
-    assert_eq!(decode_v5(&[0xF0, 0x02, 0x00, 0x00]), Packet::Auth(Auth::default()));
+    assert_eq!(decode_v5(&[0xF0, 0x02, 0x00, 0x00]), Packet::Auth(Box::default()));
 }
 
 /// MQTT 5.0 section 3.15.2.1: Re-authenticate (0x19) with a method.
@@ -149,7 +149,7 @@ fn v5_auth_reauthenticate() {
             ..AuthProperties::default()
         },
     };
-    assert_eq!(decode_v5(&bytes), Packet::Auth(expected));
+    assert_eq!(decode_v5(&bytes), Packet::Auth(Box::new(expected)));
 }
 
 /// MQTT 5.0 sections 3.3.2.1 and 3.3.2.3.4: with a Topic Alias the
@@ -197,7 +197,7 @@ fn v5_properties_in_any_order() {
             ..ConnAckProperties::default()
         },
     };
-    assert_eq!(decode_v5(&bytes), Packet::ConnAck(expected));
+    assert_eq!(decode_v5(&bytes), Packet::ConnAck(Box::new(expected)));
 }
 
 /// MQTT 5.0 section 3.8.2.1.2: the largest Subscription Identifier,

@@ -103,7 +103,7 @@ fn v5_publish_with_alias_and_empty_topic() {
     // ([MQTT-4.7.3-1], MQTT 5.0 section 3.3.2.1).
     let Packet::Publish(mut publish) = packet else { unreachable!() };
     assert_eq!(encode(&Packet::Publish(publish.clone()), V3_1_1), Err(EncodeError::EmptyTopic));
-    publish.properties.topic_alias = None;
+    publish.properties.make_mut().topic_alias = None;
     assert_eq!(encode(&Packet::Publish(publish), V5), Err(EncodeError::EmptyTopic));
 }
 
@@ -114,7 +114,7 @@ fn publish_a_b(payload: Bytes) -> Publish {
         retain: false,
         topic: topic("a/b"),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload,
     }
 }
@@ -201,11 +201,11 @@ fn v311_connack_drops_properties() {
 /// (3.1.1 and later) is not written.
 #[test]
 fn v31_connack_has_no_session_present() {
-    let packet = Packet::ConnAck(ConnAck {
+    let packet = Packet::ConnAck(Box::new(ConnAck {
         session_present: true,
         reason: ReasonCode::Success,
         properties: ConnAckProperties::default(),
-    });
+    }));
     assert_eq!(encode(&packet, V3_1), Ok(vec![0x20, 0x02, 0x00, 0x00]));
     assert_eq!(encode(&packet, V3_1_1), Ok(vec![0x20, 0x02, 0x01, 0x00]));
 }
@@ -226,11 +226,11 @@ fn v311_connack_maps_v5_reasons_to_return_codes() {
         (ReasonCode::Banned, 5),
         (ReasonCode::BadAuthenticationMethod, 5),
     ] {
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason,
             properties: ConnAckProperties::default(),
-        });
+        }));
         assert_eq!(encode(&packet, V3_1_1), Ok(vec![0x20, 0x02, 0x00, code]), "{reason:?}");
     }
 }
@@ -337,7 +337,7 @@ fn fields_longer_than_65535_bytes_are_refused() {
     );
 
     let mut publish = publish_a_b(Bytes::new());
-    publish.properties.user_properties = vec![(s("k"), long)];
+    publish.properties.make_mut().user_properties = vec![(s("k"), long)];
     check_refused(
         Packet::Publish(publish),
         V5,
@@ -350,7 +350,7 @@ fn fields_longer_than_65535_bytes_are_refused() {
 fn auth_before_v5_is_refused() {
     for version in [V3_1, V3_1_1] {
         check_refused(
-            Packet::Auth(Auth::default()),
+            Packet::Auth(Box::default()),
             version,
             EncodeError::NotInVersion { packet: PacketType::Auth, version },
         );
@@ -435,7 +435,7 @@ fn reason_codes_the_packet_does_not_define_are_refused() {
     );
     let auth = Auth { reason: ReasonCode::NotAuthorized, properties: AuthProperties::default() };
     check_refused(
-        Packet::Auth(auth),
+        Packet::Auth(Box::new(auth)),
         V5,
         EncodeError::InvalidReasonCode {
             packet: PacketType::Auth,
@@ -458,11 +458,11 @@ fn reason_codes_the_packet_does_not_define_are_refused() {
 /// Session Present 0.
 #[test]
 fn session_present_with_a_refusal_is_refused() {
-    let packet = Packet::ConnAck(ConnAck {
+    let packet = Packet::ConnAck(Box::new(ConnAck {
         session_present: true,
         reason: ReasonCode::NotAuthorized,
         properties: ConnAckProperties::default(),
-    });
+    }));
     check_refused(packet.clone(), V3_1_1, EncodeError::SessionPresentWithError);
     check_refused(packet, V5, EncodeError::SessionPresentWithError);
 }
@@ -482,13 +482,13 @@ fn invalid_values_are_refused() {
         },
     };
     check_refused(
-        Packet::ConnAck(conn_ack),
+        Packet::ConnAck(Box::new(conn_ack)),
         V5,
         EncodeError::InvalidPropertyValue(PropertyId::MaximumQoS),
     );
 
     let mut publish = publish_a_b(Bytes::new());
-    publish.properties.subscription_identifiers =
+    publish.properties.make_mut().subscription_identifiers =
         smallvec![NonZeroU32::new(MAX_SUBSCRIPTION_ID + 1).unwrap()];
     check_refused(
         Packet::Publish(publish),
@@ -503,7 +503,7 @@ fn invalid_values_are_refused() {
             ..AuthProperties::default()
         },
     };
-    check_refused(Packet::Auth(auth), V5, EncodeError::AuthDataWithoutMethod);
+    check_refused(Packet::Auth(Box::new(auth)), V5, EncodeError::AuthDataWithoutMethod);
 
     let subscribe = Subscribe {
         packet_id: pid(1),
@@ -540,7 +540,7 @@ fn invalid_values_are_refused() {
 #[test]
 fn v5_topic_alias_maximum_value() {
     let mut publish = publish_a_b(Bytes::new());
-    publish.properties.topic_alias = NonZeroU16::new(u16::MAX);
+    publish.properties.make_mut().topic_alias = NonZeroU16::new(u16::MAX);
     let expected = cat(&[&[0x30, 9], b"\x00\x03a/b", &[3, 0x23, 0xFF, 0xFF]]);
     assert_eq!(encode(&Packet::Publish(publish), V5), Ok(expected));
 }

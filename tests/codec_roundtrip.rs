@@ -292,7 +292,7 @@ fn conn_ack(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             // Session Present; 3.1 has no such flag.
             let session_present =
                 session_present && reason == ReasonCode::Success && version != V3_1;
-            Packet::ConnAck(ConnAck { session_present, reason, properties })
+            Packet::ConnAck(Box::new(ConnAck { session_present, reason, properties }))
         },
     )
 }
@@ -316,7 +316,7 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 retain,
                 topic,
                 packet_id: (!qos0).then_some(id),
-                properties,
+                properties: properties.into(),
                 payload,
             })
         })
@@ -445,7 +445,7 @@ fn auth() -> impl Strategy<Value = Packet> {
         },
     );
     (select(reasons_for(PacketType::Auth)), properties)
-        .prop_map(|(reason, properties)| Packet::Auth(Auth { reason, properties }))
+        .prop_map(|(reason, properties)| Packet::Auth(Box::new(Auth { reason, properties })))
 }
 
 /// Any packet `version` can carry: every type, AUTH only in 5.0.

@@ -16,9 +16,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use ringmq::protocol::{
-    ConnAck, Connect, ConnectProperties, DecodeError, Decoder, Disconnect, EncodeError, Packet,
-    PacketId, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
-    SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
+    BoxedPublishProperties, ConnAck, Connect, ConnectProperties, DecodeError, Decoder, Disconnect,
+    EncodeError, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    Subscribe, SubscribeProperties, Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU16;
@@ -260,7 +260,7 @@ impl Client {
             return Err(ClientError::Protocol("first packet from the server is not CONNACK"));
         }
         match packet {
-            Packet::ConnAck(connack) => self.handle_connack(connack),
+            Packet::ConnAck(connack) => self.handle_connack(*connack),
             Packet::Publish(publish) => {
                 self.handle_message(publish.qos, publish.packet_id, &publish.payload, on_message)?;
                 Ok(None)
@@ -449,7 +449,7 @@ impl Client {
             retain: false,
             topic: topic.clone(),
             packet_id,
-            properties: PublishProperties::default(),
+            properties: BoxedPublishProperties::none(),
             payload,
         }))?;
         Ok(true)
@@ -633,7 +633,11 @@ mod tests {
     }
 
     fn connack(properties: ConnAckProperties) -> Packet {
-        Packet::ConnAck(ConnAck { session_present: false, reason: ReasonCode::Success, properties })
+        Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason: ReasonCode::Success,
+            properties,
+        }))
     }
 
     /// Handles `packet`, which must not carry an application message.
@@ -704,11 +708,11 @@ mod tests {
     fn refused_connack_is_an_error() {
         let now = Instant::now();
         let mut client = Client::new(config(ProtocolVersion::V5), now).unwrap();
-        let refused = Packet::ConnAck(ConnAck {
+        let refused = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::NotAuthorized,
             properties: ConnAckProperties::default(),
-        });
+        }));
         assert!(matches!(
             handle(&mut client, refused),
             Err(ClientError::Refused { reason: ReasonCode::NotAuthorized, .. })
@@ -797,7 +801,7 @@ mod tests {
             retain: false,
             topic: topic(),
             packet_id,
-            properties: PublishProperties::default(),
+            properties: BoxedPublishProperties::none(),
             payload: Bytes::from_static(b"payload"),
         })
     }
@@ -949,7 +953,7 @@ mod tests {
             let Packet::Publish(mut with_properties) = incoming(QoS::AtMostOnce, None) else {
                 unreachable!()
             };
-            with_properties.properties.content_type = Some("text/plain".into());
+            with_properties.properties.make_mut().content_type = Some("text/plain".into());
             with_properties.payload = Bytes::from_static(b"last");
             Packet::Publish(with_properties).encode(version, &mut wire).unwrap();
             for step in [1, 2, 7, wire.len()] {
@@ -1000,14 +1004,14 @@ mod tests {
                         retain: true,
                         topic: TopicName::new(topic).unwrap(),
                         packet_id,
-                        properties: PublishProperties::default(),
+                        properties: BoxedPublishProperties::none(),
                         payload: Bytes::from(vec![7; payload]),
                     };
                     if properties {
                         if !version.is_v5() {
                             continue;
                         }
-                        publish.properties.message_expiry_interval = Some(9);
+                        publish.properties.make_mut().message_expiry_interval = Some(9);
                     }
                     let mut wire = BytesMut::new();
                     Packet::Publish(publish).encode(version, &mut wire).unwrap();
@@ -1032,7 +1036,7 @@ mod tests {
                     (view.qos, view.packet_id, view.payload),
                     "{frame:02x?}"
                 );
-                assert_eq!(publish.properties, PublishProperties::default());
+                assert_eq!(publish.properties, BoxedPublishProperties::none());
             }
             other => panic!("read in place, but the codec says {other:?}: {frame:02x?}"),
         }
@@ -1047,7 +1051,7 @@ mod tests {
                 let has_properties = version.is_v5()
                     && !matches!(
                         decode_packet(Bytes::copy_from_slice(frame), version),
-                        Ok(Packet::Publish(p)) if p.properties == PublishProperties::default()
+                        Ok(Packet::Publish(p)) if p.properties == BoxedPublishProperties::none()
                     );
                 assert_eq!(agrees_with_codec(frame, version), !has_properties, "{frame:02x?}");
             }
@@ -1084,11 +1088,11 @@ mod tests {
             ),
         ] {
             let mut client = Client::new(config(version), Instant::now()).unwrap();
-            let refused = Packet::ConnAck(ConnAck {
+            let refused = Packet::ConnAck(Box::new(ConnAck {
                 session_present: false,
                 reason: ReasonCode::UnsupportedProtocolVersion,
                 properties: ConnAckProperties::default(),
-            });
+            }));
             assert_eq!(handle(&mut client, refused).unwrap_err().to_string(), text);
         }
         let error = ClientError::Refused {

@@ -374,11 +374,11 @@ impl Connection {
 
 /// The CONNACK that refuses a connection.
 fn refusal(reason: ReasonCode) -> Packet {
-    Packet::ConnAck(ConnAck {
+    Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
         reason,
         properties: ConnAckProperties::default(),
-    })
+    }))
 }
 
 /// Encodes a packet the broker built itself (so it always fits).

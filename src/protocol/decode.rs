@@ -97,7 +97,7 @@ pub fn decode_packet(mut bytes: Bytes, version: ProtocolVersion) -> Result<Packe
     let v5 = version.is_v5();
     let packet = match packet_type {
         PacketType::Connect => Packet::Connect(Box::new(connect(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(conn_ack(&mut r, version)?),
+        PacketType::ConnAck => Packet::ConnAck(Box::new(conn_ack(&mut r, version)?)),
         PacketType::Publish => Packet::Publish(publish(&mut r, first & 0x0F, v5)?),
         PacketType::PubAck => Packet::PubAck(pub_response(&mut r, packet_type, v5)?),
         PacketType::PubRec => Packet::PubRec(pub_response(&mut r, packet_type, v5)?),
@@ -110,7 +110,7 @@ pub fn decode_packet(mut bytes: Bytes, version: ProtocolVersion) -> Result<Packe
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
         PacketType::Disconnect => Packet::Disconnect(disconnect(&mut r, v5)?),
-        PacketType::Auth => Packet::Auth(auth(&mut r)?),
+        PacketType::Auth => Packet::Auth(Box::new(auth(&mut r)?)),
     };
     r.finish()?;
     Ok(packet)
@@ -265,18 +265,25 @@ fn reason_code_of(code: u8, packet: PacketType) -> Result<ReasonCode, DecodeErro
 fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
     // The flags were checked by `check_first_byte`.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
-    let topic = r.string()?;
+    let (topic, has_wildcard) = r.topic_string()?;
     // [MQTT-2.3.1-5] A packet identifier only when QoS > 0.
     let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
-    let properties = if v5 { publish_properties(r)? } else { PublishProperties::default() };
-    let topic = if v5 && properties.topic_alias.is_some() {
-        // MQTT 5.0 section 3.3.2.3.4: with a Topic Alias the name may be empty.
-        TopicName::new_aliased(topic).map_err(DecodeError::InvalidTopicName)?
-    } else if v5 && topic.is_empty() {
-        return Err(DecodeError::EmptyTopicWithoutAlias);
-    } else {
-        TopicName::new(topic).map_err(DecodeError::InvalidTopicName)?
-    };
+    let properties = if v5 { publish_properties(r)? } else { BoxedPublishProperties::none() };
+    if topic.is_empty() {
+        // MQTT 5.0 section 3.3.2.3.4: with a Topic Alias the name may be
+        // empty; otherwise it has at least one character [MQTT-4.7.3-1].
+        if !v5 {
+            return Err(DecodeError::InvalidTopicName(TopicError::Empty));
+        }
+        if properties.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicWithoutAlias);
+        }
+    }
+    // [MQTT-3.3.2-2] No wildcard characters in a topic name.
+    if has_wildcard {
+        return Err(DecodeError::InvalidTopicName(TopicError::WildcardInName));
+    }
+    let topic = TopicName::from_checked(topic);
     Ok(Publish {
         dup: flags & 0b1000 != 0,
         qos,
@@ -599,10 +606,12 @@ fn conn_ack_properties(r: &mut Reader) -> Result<ConnAckProperties, DecodeError>
     Ok(p)
 }
 
-fn publish_properties(r: &mut Reader) -> Result<PublishProperties, DecodeError> {
+/// Allocates only when the block holds a property.
+fn publish_properties(r: &mut Reader) -> Result<BoxedPublishProperties, DecodeError> {
     use PropertyId as P;
-    let mut p = PublishProperties::default();
+    let mut properties = BoxedPublishProperties::none();
     read_properties(r, PacketType::Publish, |id, r| {
+        let p = properties.make_mut();
         match id {
             P::PayloadFormatIndicator => p.payload_format_indicator = Some(boolean(r, id)?),
             P::MessageExpiryInterval => p.message_expiry_interval = Some(r.u32()?),
@@ -617,7 +626,7 @@ fn publish_properties(r: &mut Reader) -> Result<PublishProperties, DecodeError> 
         }
         Ok(true)
     })?;
-    Ok(p)
+    Ok(properties)
 }
 
 fn ack_properties(r: &mut Reader, packet: PacketType) -> Result<AckProperties, DecodeError> {

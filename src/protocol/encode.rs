@@ -146,7 +146,49 @@ impl Publish {
     /// Appends this PUBLISH, encoded for `version`, to `buf`: the fast path
     /// for fanning a message out, without wrapping it in a [`Packet`].
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
-        encode_frame(self, version, buf)
+        let v5 = version.is_v5();
+        if v5 && !self.properties.is_empty() {
+            return encode_frame(self, version, buf);
+        }
+        // Without properties (every 3.1 / 3.1.1 PUBLISH, most 5.0 ones) the
+        // size is a sum, so the counting pass is skipped: the same checks,
+        // then the writing pass alone.
+        self.check(v5)?;
+        let remaining = 2
+            + self.topic.as_str().len()
+            + if self.packet_id.is_some() { 2 } else { 0 }
+            + usize::from(v5)
+            + self.payload.len();
+        let remaining = checked_var_int(remaining).ok_or(EncodeError::PacketTooLarge)?;
+        buf.reserve(frame_len(remaining));
+        buf.put_u8(self.first_byte());
+        wire::put_var_int(buf, remaining);
+        let mut writer = Writer { buf, plan: Plan::default(), next: 0 };
+        self.put_body(version, &mut writer)
+    }
+
+    /// The rules the encoder enforces on a PUBLISH.
+    fn check(&self, v5: bool) -> Result<(), EncodeError> {
+        let qos0 = self.qos == QoS::AtMostOnce;
+        // [MQTT-2.3.1-5] / [MQTT-2.2.1-2] A packet identifier exactly when
+        // QoS > 0.
+        if qos0 != self.packet_id.is_none() {
+            return Err(EncodeError::PacketIdMismatch {
+                qos: self.qos,
+                present: self.packet_id.is_some(),
+            });
+        }
+        // [MQTT-3.3.1-2] DUP is 0 at QoS 0.
+        if qos0 && self.dup {
+            return Err(EncodeError::DupWithQoS0);
+        }
+        // [MQTT-4.7.3-1] A topic name has at least one character; 5.0 lets a
+        // Topic Alias stand for it (section 3.3.2.3.4). Its length fits
+        // the two-byte prefix by the `TopicName` invariant.
+        if self.topic.is_empty() && !(v5 && self.properties.topic_alias.is_some()) {
+            return Err(EncodeError::EmptyTopic);
+        }
+        Ok(())
     }
 }
 
@@ -414,27 +456,20 @@ impl Body for Publish {
 
     fn put_body<S: Sink>(&self, version: ProtocolVersion, sink: &mut S) -> Result<(), EncodeError> {
         let v5 = version.is_v5();
-        let qos0 = self.qos == QoS::AtMostOnce;
-        // [MQTT-2.3.1-5] / [MQTT-2.2.1-2] A packet identifier exactly when
-        // QoS > 0.
-        ensure::<S>(qos0 == self.packet_id.is_none(), || EncodeError::PacketIdMismatch {
-            qos: self.qos,
-            present: self.packet_id.is_some(),
-        })?;
-        // [MQTT-3.3.1-2] DUP is 0 at QoS 0.
-        ensure::<S>(!(qos0 && self.dup), || EncodeError::DupWithQoS0)?;
-        // [MQTT-4.7.3-1] A topic name has at least one character; 5.0 lets a
-        // Topic Alias stand for it (section 3.3.2.3.4).
-        ensure::<S>(
-            !self.topic.is_empty() || (v5 && self.properties.topic_alias.is_some()),
-            || EncodeError::EmptyTopic,
-        )?;
+        if S::CHECKS {
+            self.check(v5)?;
+        }
         put_field(sink, Field::TopicName, self.topic.as_str().as_bytes())?;
         if let Some(id) = self.packet_id {
             put_packet_id(sink, id);
         }
         if v5 {
-            sink.put_properties(&self.properties)?;
+            if self.properties.is_empty() {
+                // [MQTT-2.2.2.1] Property Length 0: no properties.
+                sink.put_u8(0);
+            } else {
+                sink.put_properties(&*self.properties)?;
+            }
         }
         // [MQTT-3.3.3] The payload fills the rest, without a length prefix.
         sink.put_slice(&self.payload);
@@ -1072,7 +1107,7 @@ mod tests {
             retain: false,
             topic: name(topic),
             packet_id: packet_id.map(id),
-            properties: PublishProperties::default(),
+            properties: BoxedPublishProperties::none(),
             payload: Bytes::from_static(payload),
         }
     }
@@ -1266,13 +1301,13 @@ mod tests {
             reason: ReasonCode::NotAuthorized,
             properties: ConnAckProperties::default(),
         };
-        assert_encodes(&Packet::ConnAck(refused), V31, &[0x20, 0x02, 0x00, 0x05]);
+        assert_encodes(&Packet::ConnAck(Box::new(refused)), V31, &[0x20, 0x02, 0x00, 0x05]);
         let accepted = ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
             properties: ConnAckProperties::default(),
         };
-        assert_bytes(&Packet::ConnAck(accepted), V31, &[0x20, 0x02, 0x00, 0x00]);
+        assert_bytes(&Packet::ConnAck(Box::new(accepted)), V31, &[0x20, 0x02, 0x00, 0x00]);
     }
 
     #[test]
@@ -1283,30 +1318,30 @@ mod tests {
             reason: ReasonCode::Success,
             properties: ConnAckProperties::default(),
         };
-        assert_encodes(&Packet::ConnAck(accepted), V311, &[0x20, 0x02, 0x01, 0x00]);
+        assert_encodes(&Packet::ConnAck(Box::new(accepted)), V311, &[0x20, 0x02, 0x01, 0x00]);
         let refused = ConnAck {
             session_present: false,
             reason: ReasonCode::BadUserNameOrPassword,
             properties: ConnAckProperties::default(),
         };
-        assert_encodes(&Packet::ConnAck(refused), V311, &[0x20, 0x02, 0x00, 0x04]);
+        assert_encodes(&Packet::ConnAck(Box::new(refused)), V311, &[0x20, 0x02, 0x00, 0x04]);
         // A 5.0-only refusal becomes the closest return code, 3.
         let busy = ConnAck {
             session_present: false,
             reason: ReasonCode::ServerBusy,
             properties: ConnAckProperties::default(),
         };
-        assert_bytes(&Packet::ConnAck(busy), V311, &[0x20, 0x02, 0x00, 0x03]);
+        assert_bytes(&Packet::ConnAck(Box::new(busy)), V311, &[0x20, 0x02, 0x00, 0x03]);
     }
 
     #[test]
     fn connack_refusal_never_has_session_present() {
         // [MQTT-3.2.2-4] (3.1.1), [MQTT-3.2.2-6] (5.0).
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: true,
             reason: ReasonCode::NotAuthorized,
             properties: ConnAckProperties::default(),
-        });
+        }));
         assert_error(&packet, V311, EncodeError::SessionPresentWithError);
         assert_error(&packet, V5, EncodeError::SessionPresentWithError);
     }
@@ -1314,18 +1349,18 @@ mod tests {
     #[test]
     fn connack_v5_minimal_and_invalid_reason() {
         // Flags, reason code, Property Length 0.
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::Success,
             properties: ConnAckProperties::default(),
-        });
+        }));
         assert_encodes(&packet, V5, &[0x20, 0x03, 0x00, 0x00, 0x00]);
         // [MQTT-3.2.2-8] 0x8B is a DISCONNECT code only.
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::ServerShuttingDown,
             properties: ConnAckProperties::default(),
-        });
+        }));
         let error = EncodeError::InvalidReasonCode {
             packet: PacketType::ConnAck,
             reason: ReasonCode::ServerShuttingDown,
@@ -1356,7 +1391,7 @@ mod tests {
         ]);
         assert_eq!(properties.len(), 74);
         let expected = cat(&[&[0x20, 77, 0x01, 0x00, 74], &properties]);
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: true,
             reason: ReasonCode::Success,
             properties: ConnAckProperties {
@@ -1378,30 +1413,30 @@ mod tests {
                 authentication_method: Some(s("m")),
                 authentication_data: Some(Bytes::from_static(&[0])),
             },
-        });
+        }));
         assert_encodes(&packet, V5, &expected);
     }
 
     #[test]
     fn connack_maximum_qos_is_0_or_1() {
         // MQTT 5.0 section 3.2.2.3.4.
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::Success,
             properties: ConnAckProperties {
                 maximum_qos: Some(QoS::ExactlyOnce),
                 ..ConnAckProperties::default()
             },
-        });
+        }));
         assert_error(&packet, V5, EncodeError::InvalidPropertyValue(PropertyId::MaximumQoS));
-        let packet = Packet::ConnAck(ConnAck {
+        let packet = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::Success,
             properties: ConnAckProperties {
                 maximum_qos: Some(QoS::AtMostOnce),
                 ..ConnAckProperties::default()
             },
-        });
+        }));
         assert_encodes(&packet, V5, &[0x20, 0x05, 0x00, 0x00, 0x02, 0x24, 0x00]);
     }
 
@@ -1433,8 +1468,8 @@ mod tests {
     #[test]
     fn publish_v311_leaves_out_properties() {
         let mut p = publish(QoS::AtMostOnce, None, "t", b"x");
-        p.properties.content_type = Some(s("text/plain"));
-        p.properties.user_properties.push(pair("a", "b"));
+        p.properties.make_mut().content_type = Some(s("text/plain"));
+        p.properties.make_mut().user_properties.push(pair("a", "b"));
         assert_bytes(&Packet::Publish(p), V311, &[0x30, 0x04, 0x00, 0x01, b't', b'x']);
     }
 
@@ -1501,7 +1536,8 @@ mod tests {
                 NonZeroU32::new(200).unwrap()
             ],
             content_type: Some(s("c")),
-        };
+        }
+        .into();
         assert_encodes(&Packet::Publish(p), V5, &expected);
     }
 
@@ -1510,12 +1546,12 @@ mod tests {
         // MQTT 5.0 section 3.3.2.3.4: a zero-length name with a Topic Alias.
         let mut p = publish(QoS::AtMostOnce, None, "t", b"z");
         p.topic = TopicName::new_aliased(s("")).unwrap();
-        p.properties.topic_alias = NonZeroU16::new(7);
+        p.properties.make_mut().topic_alias = NonZeroU16::new(7);
         let expected = [0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x07, b'z'];
         assert_encodes(&Packet::Publish(p.clone()), V5, &expected);
         // [MQTT-4.7.3-1] Not without the alias, and never before 5.0.
         assert_error(&Packet::Publish(p.clone()), V311, EncodeError::EmptyTopic);
-        p.properties.topic_alias = None;
+        p.properties.make_mut().topic_alias = None;
         assert_error(&Packet::Publish(p), V5, EncodeError::EmptyTopic);
     }
 
@@ -1542,7 +1578,10 @@ mod tests {
     fn publish_subscription_identifier_range() {
         // MQTT 5.0 section 3.8.2.1.2: 1 to 268,435,455.
         let mut p = publish(QoS::AtMostOnce, None, "t", b"");
-        p.properties.subscription_identifiers.push(NonZeroU32::new(268_435_456).unwrap());
+        p.properties
+            .make_mut()
+            .subscription_identifiers
+            .push(NonZeroU32::new(268_435_456).unwrap());
         let error = EncodeError::InvalidPropertyValue(PropertyId::SubscriptionIdentifier);
         assert_error(&Packet::Publish(p), V5, error);
     }
@@ -1555,7 +1594,7 @@ mod tests {
         let value = s(&"v".repeat(65_535));
         let one = 1 + 3 + 2 + 65_535;
         let mut p = publish(QoS::AtMostOnce, None, "t", b"");
-        p.properties.user_properties = vec![(s("k"), value); 4_095];
+        p.properties.make_mut().user_properties = vec![(s("k"), value); 4_095];
         let properties_len = 4_095 * one;
         let payload_len = MAX_VAR_INT as usize - (3 + 4 + properties_len);
         p.payload = Bytes::from(vec![0; payload_len]);
@@ -1921,10 +1960,10 @@ mod tests {
     #[test]
     fn auth_v5() {
         // Section 3.15.2.1: Success without properties is remaining length 0.
-        assert_encodes(&Packet::Auth(Auth::default()), V5, &[0xF0, 0x00]);
+        assert_encodes(&Packet::Auth(Box::default()), V5, &[0xF0, 0x00]);
         // A reason is followed by a Property Length, even 0.
         let re = Auth { reason: ReasonCode::ReAuthenticate, properties: AuthProperties::default() };
-        assert_encodes(&Packet::Auth(re), V5, &[0xF0, 0x02, 0x19, 0x00]);
+        assert_encodes(&Packet::Auth(Box::new(re)), V5, &[0xF0, 0x02, 0x19, 0x00]);
         let properties = cat(&[
             &[0x15, 0x00, 0x01, b'm'],                   // Authentication Method
             &[0x16, 0x00, 0x01, 0x09],                   // Authentication Data
@@ -1932,7 +1971,7 @@ mod tests {
             &[0x26, 0x00, 0x01, b'a', 0x00, 0x01, b'b'], // User Property
         ]);
         let expected = cat(&[&[0xF0, 21, 0x18, 19], &properties]);
-        let packet = Packet::Auth(Auth {
+        let packet = Packet::Auth(Box::new(Auth {
             reason: ReasonCode::ContinueAuthentication,
             properties: AuthProperties {
                 authentication_method: Some(s("m")),
@@ -1940,12 +1979,12 @@ mod tests {
                 reason_string: Some(s("c")),
                 user_properties: vec![pair("a", "b")],
             },
-        });
+        }));
         assert_encodes(&packet, V5, &expected);
         // [MQTT-3.15.2-1] AUTH reason codes only.
         let bad = Auth { reason: ReasonCode::NotAuthorized, properties: AuthProperties::default() };
         let error = EncodeError::InvalidReasonCode { packet: PacketType::Auth, reason: bad.reason };
-        assert_error(&Packet::Auth(bad), V5, error);
+        assert_error(&Packet::Auth(Box::new(bad)), V5, error);
     }
 
     #[test]
@@ -1953,7 +1992,7 @@ mod tests {
         // [MQTT-2.1.2] Packet type 15 is reserved before 5.0.
         for version in [V31, V311] {
             let error = EncodeError::NotInVersion { packet: PacketType::Auth, version };
-            assert_error(&Packet::Auth(Auth::default()), version, error);
+            assert_error(&Packet::Auth(Box::default()), version, error);
         }
     }
 
@@ -1962,8 +2001,8 @@ mod tests {
     #[test]
     fn encode_allocates_nothing_but_the_reservation() {
         let mut p = publish(QoS::AtLeastOnce, Some(7), "sensors/1/temp", b"21.5");
-        p.properties.user_properties.push(pair("unit", "C"));
-        p.properties.subscription_identifiers.push(NonZeroU32::new(3).unwrap());
+        p.properties.make_mut().user_properties.push(pair("unit", "C"));
+        p.properties.make_mut().subscription_identifiers.push(NonZeroU32::new(3).unwrap());
         let len = p.encoded_len(V5).unwrap();
         let mut buf = BytesMut::with_capacity(64 * (len + 4));
         let before = alloc_count::get();
@@ -2010,5 +2049,38 @@ mod tests {
 
         #[global_allocator]
         static GLOBAL: Counting = Counting;
+    }
+
+    /// `Publish::encode` skips the counting pass when there are no
+    /// properties; it must write the same bytes, and fail the same way, as
+    /// the two passes, on both sides of each Remaining Length boundary.
+    #[test]
+    fn publish_fast_path_matches_the_two_passes() {
+        static PAYLOAD: [u8; 16_400] = [0x5A; 16_400];
+        for version in [V31, V311, V5] {
+            for (qos, packet_id) in [
+                (QoS::AtMostOnce, None),
+                (QoS::AtLeastOnce, Some(1)),
+                (QoS::ExactlyOnce, Some(65_535)),
+                // Invalid: an id at QoS 0, none at QoS 1.
+                (QoS::AtMostOnce, Some(3)),
+                (QoS::AtLeastOnce, None),
+            ] {
+                for len in [0, 1, 115, 116, 117, 16_370, 16_371, 16_372, 16_400] {
+                    for (dup, retain) in [(false, false), (true, true)] {
+                        let mut p = publish(qos, packet_id, "a/b/c", &PAYLOAD[..len]);
+                        p.dup = dup;
+                        p.retain = retain;
+                        let mut fast = BytesMut::new();
+                        let mut two_pass = BytesMut::new();
+                        let fast_result = p.encode(version, &mut fast);
+                        let two_pass_result = encode_frame(&p, version, &mut two_pass);
+                        let case = format!("{version:?} {qos:?} {packet_id:?} {len} {dup}");
+                        assert_eq!(fast_result, two_pass_result, "{case}");
+                        assert_eq!(fast, two_pass, "{case}");
+                    }
+                }
+            }
+        }
     }
 }

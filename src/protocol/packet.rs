@@ -87,8 +87,9 @@ impl PacketType {
 pub enum Packet {
     /// CONNECT.
     Connect(Box<Connect>),
-    /// CONNACK.
-    ConnAck(ConnAck),
+    /// CONNACK; boxed, as it is once per connection and its properties
+    /// would otherwise set the size of every packet.
+    ConnAck(Box<ConnAck>),
     /// PUBLISH.
     Publish(Publish),
     /// PUBACK.
@@ -113,8 +114,8 @@ pub enum Packet {
     PingResp,
     /// DISCONNECT.
     Disconnect(Disconnect),
-    /// AUTH (MQTT 5.0 only).
-    Auth(Auth),
+    /// AUTH (MQTT 5.0 only); boxed for the same reason as CONNACK.
+    Auth(Box<Auth>),
 }
 
 impl Packet {
@@ -214,8 +215,8 @@ pub struct Publish {
     pub topic: TopicName,
     /// Packet identifier: present exactly when QoS > 0 [MQTT-2.3.1-5].
     pub packet_id: Option<PacketId>,
-    /// Properties (5.0).
-    pub properties: PublishProperties,
+    /// Properties (5.0); out of line, as most PUBLISH packets have none.
+    pub properties: BoxedPublishProperties,
     /// Application payload, shared and never copied.
     pub payload: Bytes,
 }

@@ -225,6 +225,97 @@ pub struct PublishProperties {
     pub content_type: Option<ByteString>,
 }
 
+impl PublishProperties {
+    /// The empty block: what every MQTT 3.1 / 3.1.1 PUBLISH carries.
+    pub const EMPTY: Self = Self {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: SmallVec::new_const(),
+        content_type: None,
+    };
+
+    /// `true` when no property is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::EMPTY
+    }
+}
+
+/// The properties of a PUBLISH (or of a message), kept out of line.
+///
+/// Most PUBLISH packets carry no properties (all of 3.1 / 3.1.1, most of
+/// 5.0). Inline, the 160-byte block made every `Publish` 232 bytes and every
+/// `Packet` 256, and copying those out of the decoder was most of the time
+/// it took to decode a small PUBLISH (measured with perf on
+/// `benches/codec.rs`). Here an empty block is a null pointer: it reads as
+/// [`PublishProperties::EMPTY`] through `Deref`, and only
+/// [`BoxedPublishProperties::make_mut`] allocates it. Equality compares the properties, so an allocated
+/// empty block equals an absent one.
+#[derive(Clone, Default)]
+pub struct BoxedPublishProperties(Option<Box<PublishProperties>>);
+
+/// What an absent block reads as.
+static EMPTY_PUBLISH_PROPERTIES: PublishProperties = PublishProperties::EMPTY;
+
+impl BoxedPublishProperties {
+    /// No properties; allocates nothing.
+    pub const fn none() -> Self {
+        Self(None)
+    }
+
+    /// `true` when no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(PublishProperties::is_empty)
+    }
+
+    /// The block to change, allocated first if absent. Hot paths that only
+    /// may change something use [`Self::get_mut`] instead.
+    pub fn make_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// The block to change, if one is allocated; never allocates.
+    pub fn get_mut(&mut self) -> Option<&mut PublishProperties> {
+        self.0.as_deref_mut()
+    }
+}
+
+impl From<PublishProperties> for BoxedPublishProperties {
+    /// Boxes `properties` unless the block is empty.
+    fn from(properties: PublishProperties) -> Self {
+        if properties.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Box::new(properties)))
+        }
+    }
+}
+
+impl std::ops::Deref for BoxedPublishProperties {
+    type Target = PublishProperties;
+
+    fn deref(&self) -> &PublishProperties {
+        self.0.as_deref().unwrap_or(&EMPTY_PUBLISH_PROPERTIES)
+    }
+}
+
+impl PartialEq for BoxedPublishProperties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for BoxedPublishProperties {}
+
+impl std::fmt::Debug for BoxedPublishProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Properties of PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK:
 /// a reason string and user properties.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -275,4 +366,61 @@ pub struct AuthProperties {
     pub reason_string: Option<ByteString>,
     /// User Properties.
     pub user_properties: UserProperties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_block_is_not_allocated() {
+        let boxed = BoxedPublishProperties::from(PublishProperties::default());
+        assert!(boxed.0.is_none());
+        assert!(boxed.is_empty());
+        assert_eq!(*boxed, PublishProperties::EMPTY);
+    }
+
+    #[test]
+    fn an_allocated_empty_block_equals_an_absent_one() {
+        let mut allocated = BoxedPublishProperties::none();
+        allocated.make_mut().topic_alias = None;
+        assert!(allocated.0.is_some());
+        assert!(allocated.is_empty());
+        assert_eq!(allocated, BoxedPublishProperties::none());
+    }
+
+    #[test]
+    fn get_mut_never_allocates() {
+        let mut absent = BoxedPublishProperties::none();
+        assert!(absent.get_mut().is_none());
+        assert!(absent.0.is_none());
+        let mut present = BoxedPublishProperties::from(PublishProperties {
+            content_type: Some(ByteString::from_static("text/plain")),
+            ..PublishProperties::default()
+        });
+        present.get_mut().expect("allocated").content_type = None;
+        assert!(present.is_empty());
+    }
+
+    #[test]
+    fn reads_see_the_properties() {
+        let boxed = BoxedPublishProperties::from(PublishProperties {
+            message_expiry_interval: Some(9),
+            ..PublishProperties::default()
+        });
+        assert_eq!(boxed.message_expiry_interval, Some(9));
+        assert!(!boxed.is_empty());
+        assert_ne!(boxed, BoxedPublishProperties::none());
+    }
+
+    #[test]
+    fn decoding_a_publish_without_properties_allocates_no_block() {
+        use crate::protocol::{decode_packet, Packet, ProtocolVersion};
+        // PUBLISH QoS 0, topic "a", Property Length 0, payload "x".
+        let bytes = bytes::Bytes::from_static(&[0x30, 0x05, 0x00, 0x01, b'a', 0x00, b'x']);
+        let Ok(Packet::Publish(publish)) = decode_packet(bytes, ProtocolVersion::V5) else {
+            panic!("a valid PUBLISH");
+        };
+        assert!(publish.properties.0.is_none());
+    }
 }

@@ -44,9 +44,9 @@ pub use limits::{SessionCounters, SessionLimits};
 
 use crate::message::Message;
 use crate::protocol::{
-    ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId, ProtocolVersion,
-    PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe, TopicFilter, Unsubscribe,
-    Will,
+    BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId,
+    ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
+    TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
@@ -255,7 +255,7 @@ impl Session {
         }
         let topic = connection.aliases.resolve(
             topic,
-            properties.topic_alias.take(),
+            properties.get_mut().and_then(|p| p.topic_alias.take()),
             self.limits.topic_alias_maximum,
         )?;
         let packet_id = match qos {
@@ -433,7 +433,7 @@ impl Session {
     pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
         let connection = self.connection.as_mut()?;
         if let Some(connack) = connection.connack.take() {
-            return Some(Packet::ConnAck(*connack));
+            return Some(Packet::ConnAck(connack));
         }
         if connection.open {
             if let Some(packet) = self.outbound.poll_resend(connection.version, now) {
@@ -631,7 +631,7 @@ fn will_message(will: Will, client_id: &ByteString, now: Instant) -> Message {
         payload,
         qos,
         retain,
-        properties: PublishProperties {
+        properties: BoxedPublishProperties::from(PublishProperties {
             payload_format_indicator: properties.payload_format_indicator,
             message_expiry_interval: properties.message_expiry_interval,
             topic_alias: None,
@@ -640,7 +640,7 @@ fn will_message(will: Will, client_id: &ByteString, now: Instant) -> Message {
             user_properties: properties.user_properties,
             subscription_identifiers: SmallVec::new(),
             content_type: properties.content_type,
-        },
+        }),
         publisher: Some(client_id.clone()),
         expires_at,
     }

@@ -11,8 +11,8 @@
 use super::{SessionCounters, SessionLimits};
 use crate::message::Message;
 use crate::protocol::{
-    Packet, PacketId, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
-    SubscriptionIds,
+    BoxedPublishProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS,
+    ReasonCode, SubscriptionIds,
 };
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -54,21 +54,26 @@ impl Queued {
     ) -> Publish {
         let message = &*self.message;
         let properties = if version.is_v5() {
+            // A shallow copy: nothing is allocated unless the message has
+            // properties or this delivery adds one.
             let mut properties = message.properties.clone();
             // Topic aliases are per connection and per direction; the
             // message never carries one [MQTT-3.3.2-7].
-            properties.topic_alias = None;
-            properties.subscription_identifiers = self.subscription_ids.clone();
+            debug_assert!(properties.topic_alias.is_none(), "messages never store a topic alias");
+            if !self.subscription_ids.is_empty() {
+                properties.make_mut().subscription_identifiers = self.subscription_ids.clone();
+            }
             // The interval sent is what is left of it [MQTT-3.3.2-6],
             // rounded up so that an unexpired message never says 0.
             if let Some(at) = message.expires_at {
                 let left = at.saturating_duration_since(now);
                 let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                properties.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+                properties.make_mut().message_expiry_interval =
+                    Some(u32::try_from(secs).unwrap_or(u32::MAX));
             }
             properties
         } else {
-            PublishProperties::default()
+            BoxedPublishProperties::none()
         };
         Publish {
             dup,

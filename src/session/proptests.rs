@@ -121,7 +121,7 @@ proptest! {
                         payload: Bytes::from(vec![0u8; payload_len]),
                         qos: qos(message_qos),
                         retain: false,
-                        properties: PublishProperties::default(),
+                        properties: BoxedPublishProperties::none(),
                         publisher: None,
                         expires_at: None,
                     });

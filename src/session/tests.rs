@@ -87,7 +87,7 @@ fn publish_in(qos: QoS, id: u16, topic: &str) -> Publish {
         retain: false,
         topic: TopicName::new(topic).unwrap(),
         packet_id: PacketId::new(id),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: Bytes::from_static(b"payload"),
     }
 }
@@ -98,7 +98,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         payload: Bytes::from_static(payload),
         qos,
         retain: false,
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         publisher: Some(ByteString::from_static("other")),
         expires_at: None,
     })
@@ -227,7 +227,7 @@ fn session_present_only_without_clean_start_mqtt_3_2_2_1() {
             session.handle_connect(t0, &connect_packet(version, 0, clean_start), stored).clone();
         assert_eq!(connack.session_present, expected, "{version:?} clean={clean_start}");
         assert_eq!(connack.reason, ReasonCode::Success);
-        assert_eq!(session.poll_packet(t0), Some(Packet::ConnAck(connack)));
+        assert_eq!(session.poll_packet(t0), Some(Packet::ConnAck(Box::new(connack))));
     }
 }
 
@@ -374,8 +374,8 @@ fn routed_message_keeps_publisher_retain_and_properties() {
     let mut session = connected(t0, V5);
     let mut publish = publish_in(QoS::AtLeastOnce, 1, "a/b");
     publish.retain = true;
-    publish.properties.content_type = Some(ByteString::from_static("text/plain"));
-    publish.properties.message_expiry_interval = Some(10);
+    publish.properties.make_mut().content_type = Some(ByteString::from_static("text/plain"));
+    publish.properties.make_mut().message_expiry_interval = Some(10);
     session.handle_packet(t0, Packet::Publish(publish)).unwrap();
     let events = events(&mut session);
     let [SessionEvent::Publish(message)] = &events[..] else { panic!("{events:?}") };
@@ -749,10 +749,10 @@ fn resent_publish_keeps_the_message_and_switches_version() {
     let t0 = Instant::now();
     let mut session = connected(t0, V311);
     let mut m = Message::clone(&message("t", QoS::AtLeastOnce, b"body"));
-    m.properties.content_type = Some(ByteString::from_static("x/y"));
+    m.properties.make_mut().content_type = Some(ByteString::from_static("x/y"));
     session.handle_delivery(t0, delivery(Arc::new(m), QoS::AtLeastOnce));
     let first = drain(&mut session, t0);
-    assert_eq!(as_publish(&first[0]).properties, PublishProperties::default(), "3.1.1: none");
+    assert_eq!(as_publish(&first[0]).properties, BoxedPublishProperties::none(), "3.1.1: none");
     session.handle_connection_lost(t0);
     session.handle_connect(t0, &connect_packet(V5, 0, false), true);
     let packets = drain(&mut session, t0);
@@ -1049,11 +1049,11 @@ fn v5_topic_aliases_resolve_mqtt_3_3_2_12() {
     let t0 = Instant::now();
     let mut session = connected(t0, V5);
     let mut first = publish_in(QoS::AtMostOnce, 0, "long/topic/name");
-    first.properties.topic_alias = NonZeroU16::new(2);
+    first.properties.make_mut().topic_alias = NonZeroU16::new(2);
     session.handle_packet(t0, Packet::Publish(first)).unwrap();
     let mut second = publish_in(QoS::AtMostOnce, 0, "x");
     second.topic = TopicName::new_aliased(ByteString::new()).unwrap();
-    second.properties.topic_alias = NonZeroU16::new(2);
+    second.properties.make_mut().topic_alias = NonZeroU16::new(2);
     session.handle_packet(t0, Packet::Publish(second)).unwrap();
     for event in events(&mut session) {
         let SessionEvent::Publish(message) = event else { panic!("{event:?}") };
@@ -1070,7 +1070,7 @@ fn v5_topic_alias_above_the_maximum_is_invalid_mqtt_3_3_2_9() {
     let t0 = Instant::now();
     let mut session = connected(t0, V5);
     let mut publish = publish_in(QoS::AtMostOnce, 0, "t");
-    publish.properties.topic_alias = NonZeroU16::new(3);
+    publish.properties.make_mut().topic_alias = NonZeroU16::new(3);
     let error = session.handle_packet(t0, Packet::Publish(publish)).unwrap_err();
     assert_eq!(error, SessionError::TopicAliasInvalid(3));
     assert_eq!(error.reason_code(), ReasonCode::TopicAliasInvalid);
@@ -1079,7 +1079,7 @@ fn v5_topic_alias_above_the_maximum_is_invalid_mqtt_3_3_2_9() {
     let mut session = connected(t0, V5);
     let mut unknown = publish_in(QoS::AtMostOnce, 0, "t");
     unknown.topic = TopicName::new_aliased(ByteString::new()).unwrap();
-    unknown.properties.topic_alias = NonZeroU16::new(1);
+    unknown.properties.make_mut().topic_alias = NonZeroU16::new(1);
     let error = session.handle_packet(t0, Packet::Publish(unknown)).unwrap_err();
     assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
 }
@@ -1091,7 +1091,7 @@ fn v5_subscription_identifier_from_client_is_a_protocol_error_mqtt_3_3_4_6() {
     let t0 = Instant::now();
     let mut session = connected(t0, V5);
     let mut publish = publish_in(QoS::AtMostOnce, 0, "t");
-    publish.properties.subscription_identifiers.push(NonZeroU32::new(1).unwrap());
+    publish.properties.make_mut().subscription_identifiers.push(NonZeroU32::new(1).unwrap());
     assert_eq!(
         session.handle_packet(t0, Packet::Publish(publish)),
         Err(SessionError::SubscriptionIdentifierFromClient)
@@ -1176,7 +1176,7 @@ fn expired_messages_are_not_sent_mqtt_3_3_2_5() {
     let mut session = Session::new(ByteString::from_static("c1"), limits());
     let expiring = |secs| {
         let mut m = Message::clone(&message("t", QoS::AtLeastOnce, b"x"));
-        m.properties.message_expiry_interval = Some(secs);
+        m.properties.make_mut().message_expiry_interval = Some(secs);
         m.expires_at = Some(t0 + Duration::from_secs(u64::from(secs)));
         delivery(Arc::new(m), QoS::AtLeastOnce)
     };

@@ -294,7 +294,7 @@ impl Drop for TopicNode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{topic_matches, PublishProperties, QoS};
+    use crate::protocol::{topic_matches, BoxedPublishProperties, QoS};
     use bytes::Bytes;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
@@ -314,7 +314,7 @@ mod tests {
             payload: Bytes::from_static(payload.as_bytes()),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: PublishProperties::default(),
+            properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at,
         })

@@ -225,11 +225,11 @@ pub fn v31_connack_accepted() -> Vec<Case> {
     one(
         V3_1,
         vec![0x20, 0x02, 0x00, 0x00],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::Success,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     )
 }
 
@@ -239,11 +239,11 @@ pub fn v31_connack_refused_identifier() -> Vec<Case> {
     one(
         V3_1,
         vec![0x20, 0x02, 0x00, 0x02],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason: ReasonCode::ClientIdentifierNotValid,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     )
 }
 
@@ -261,7 +261,7 @@ pub fn v31_publish_qos1() -> Vec<Case> {
         retain: false,
         topic: topic("a/b"),
         packet_id: Some(pid(10)),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: b(b"hello"),
     };
     one(V3_1, bytes, Packet::Publish(packet))
@@ -416,7 +416,7 @@ pub fn v311_connack_session_present() -> Vec<Case> {
         reason: ReasonCode::Success,
         properties: ConnAckProperties::default(),
     };
-    one(V3_1_1, vec![0x20, 0x02, 0x01, 0x00], Packet::ConnAck(packet))
+    one(V3_1_1, vec![0x20, 0x02, 0x01, 0x00], Packet::ConnAck(Box::new(packet)))
 }
 
 /// MQTT 3.1.1 table 3.1 (Connect Return code values): every defined code,
@@ -433,11 +433,11 @@ pub fn v311_connack_return_codes() -> Vec<Case> {
     .map(|(code, reason)| Case {
         version: V3_1_1,
         bytes: vec![0x20, 0x02, 0x00, code],
-        packet: Packet::ConnAck(ConnAck {
+        packet: Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     })
     .collect()
 }
@@ -452,7 +452,7 @@ pub fn v311_publish_figure_3_11() -> Vec<Case> {
         retain: false,
         topic: topic("a/b"),
         packet_id: Some(pid(10)),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: b(b"hello"),
     };
     one(V3_1_1, bytes, Packet::Publish(packet))
@@ -468,7 +468,7 @@ pub fn v311_publish_qos0_retain() -> Vec<Case> {
         retain: true,
         topic: topic("a/b"),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: b(b"x"),
     };
     one(V3_1_1, bytes, Packet::Publish(packet))
@@ -484,7 +484,7 @@ pub fn v311_publish_qos2_dup_empty_payload() -> Vec<Case> {
         retain: false,
         topic: topic("a/b"),
         packet_id: Some(pid(11)),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: Bytes::new(),
     };
     one(V3_1_1, bytes, Packet::Publish(packet))
@@ -501,7 +501,7 @@ pub fn v311_publish_two_byte_remaining_length() -> Vec<Case> {
         retain: false,
         topic: topic("a/b"),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: Bytes::copy_from_slice(&payload),
     };
     one(V3_1_1, bytes, Packet::Publish(packet))
@@ -780,7 +780,7 @@ pub fn v5_connack_every_property() -> Vec<Case> {
             authentication_data: Some(b(&[0x07])),
         },
     };
-    one(V5, bytes, Packet::ConnAck(packet))
+    one(V5, bytes, Packet::ConnAck(Box::new(packet)))
 }
 
 /// MQTT 5.0 section 3.2.2.2: reason 0x87 Not authorized, Session Present 0
@@ -791,7 +791,7 @@ pub fn v5_connack_refused() -> Vec<Case> {
         reason: ReasonCode::NotAuthorized,
         properties: ConnAckProperties::default(),
     };
-    one(V5, vec![0x20, 0x03, 0x00, 0x87, 0x00], Packet::ConnAck(packet))
+    one(V5, vec![0x20, 0x03, 0x00, 0x87, 0x00], Packet::ConnAck(Box::new(packet)))
 }
 
 /// MQTT 5.0 figure 3-9 (PUBLISH variable header example): topic "a/b",
@@ -804,7 +804,7 @@ pub fn v5_publish_figure_3_9() -> Vec<Case> {
         retain: false,
         topic: topic("a/b"),
         packet_id: Some(pid(10)),
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: b(b"hello"),
     };
     one(V5, bytes, Packet::Publish(packet))
@@ -848,7 +848,8 @@ pub fn v5_publish_every_property() -> Vec<Case> {
             user_properties: vec![user("x", "1"), user("a", "2"), user("x", "3")],
             subscription_identifiers: smallvec![nz32(5), nz32(128)],
             content_type: Some(s("json")),
-        },
+        }
+        .into(),
         payload: b(b"hello"),
     };
     one(V5, bytes, Packet::Publish(packet))
@@ -863,7 +864,7 @@ pub fn v5_publish_qos0_no_payload() -> Vec<Case> {
         retain: false,
         topic: topic("t"),
         packet_id: None,
-        properties: PublishProperties::default(),
+        properties: BoxedPublishProperties::none(),
         payload: Bytes::new(),
     };
     one(V5, vec![0x30, 0x04, 0x00, 0x01, b't', 0x00], Packet::Publish(packet))
@@ -1114,7 +1115,7 @@ pub fn v5_disconnect_every_property() -> Vec<Case> {
 /// MQTT 5.0 section 3.15.2.1: remaining length 0 means Success without
 /// properties.
 pub fn v5_auth_short() -> Vec<Case> {
-    one(V5, vec![0xF0, 0x00], Packet::Auth(Auth::default()))
+    one(V5, vec![0xF0, 0x00], Packet::Auth(Box::default()))
 }
 
 /// MQTT 5.0 section 3.15.2.2: reason 0x18 Continue authentication and every
@@ -1138,5 +1139,5 @@ pub fn v5_auth_every_property() -> Vec<Case> {
             user_properties: vec![user("k", "v")],
         },
     };
-    one(V5, bytes, Packet::Auth(packet))
+    one(V5, bytes, Packet::Auth(Box::new(packet)))
 }
