@@ -191,8 +191,10 @@ impl Region {
     }
 }
 
-/// Payloads, topics, strings and binary properties are slices of the read
-/// buffer, not copies (design: "payload as `Bytes` (no copy)").
+/// Payloads, strings and binary properties are slices of the read buffer,
+/// not copies (design: "payload as `Bytes` (no copy)"); so are topic names
+/// longer than `TopicName::INLINE_CAPACITY`, while shorter ones are copied
+/// into the name.
 #[test]
 fn decoded_fields_share_the_read_buffer() {
     let case = &vectors::v5_publish_every_property()[0];
@@ -204,7 +206,8 @@ fn decoded_fields_share_the_read_buffer() {
         panic!("not a PUBLISH")
     };
     assert!(region.holds(&publish.payload), "payload copied");
-    assert!(region.holds(publish.topic.as_str().as_bytes()), "topic copied");
+    assert!(publish.topic.as_str().len() <= TopicName::INLINE_CAPACITY);
+    assert!(!region.holds(publish.topic.as_str().as_bytes()), "short topic not inline");
     let correlation = publish.properties.correlation_data.as_ref().unwrap();
     assert!(region.holds(correlation), "correlation data copied");
     let (name, value) = &publish.properties.user_properties[0];
@@ -279,4 +282,33 @@ fn invalid_first_byte_is_refused_at_once() {
         decoder.decode(&mut BytesMut::from(&[0x60][..])),
         Err(DecodeError::InvalidFixedHeaderFlags { packet: PacketType::PubRel, flags: 0 })
     );
+}
+
+#[test]
+fn long_topic_names_share_the_read_buffer_and_short_ones_are_copied() {
+    for len in [1, TopicName::INLINE_CAPACITY, TopicName::INLINE_CAPACITY + 1, 300] {
+        let topic = "t".repeat(len);
+        // 3.1.1 PUBLISH, QoS 0: topic, then a 2-byte payload.
+        let remaining = 2 + len + 2;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0x30]);
+        if remaining < 128 {
+            buf.extend_from_slice(&[remaining as u8]);
+        } else {
+            buf.extend_from_slice(&[(remaining % 128) as u8 | 0x80, (remaining / 128) as u8]);
+        }
+        buf.extend_from_slice(&(len as u16).to_be_bytes());
+        buf.extend_from_slice(topic.as_bytes());
+        buf.extend_from_slice(b"hi");
+        let region = Region::of(&buf);
+        let Ok(Some(Packet::Publish(publish))) =
+            Decoder::new(ProtocolVersion::V3_1_1, MAX).decode(&mut buf)
+        else {
+            panic!("not a PUBLISH")
+        };
+        assert_eq!(publish.topic.as_str(), topic);
+        assert_eq!(&publish.payload[..], b"hi");
+        let shared = region.holds(publish.topic.as_str().as_bytes());
+        assert_eq!(shared, len > TopicName::INLINE_CAPACITY, "topic of {len} bytes");
+    }
 }

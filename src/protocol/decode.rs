@@ -265,7 +265,7 @@ fn reason_code_of(code: u8, packet: PacketType) -> Result<ReasonCode, DecodeErro
 fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
     // The flags were checked by `check_first_byte`.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
-    let (topic, has_wildcard) = r.topic_string()?;
+    let topic = r.topic_name()?;
     // [MQTT-2.3.1-5] A packet identifier only when QoS > 0.
     let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
     let properties = if v5 { publish_properties(r)? } else { BoxedPublishProperties::none() };
@@ -279,11 +279,6 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
             return Err(DecodeError::EmptyTopicWithoutAlias);
         }
     }
-    // [MQTT-3.3.2-2] No wildcard characters in a topic name.
-    if has_wildcard {
-        return Err(DecodeError::InvalidTopicName(TopicError::WildcardInName));
-    }
-    let topic = TopicName::from_checked(topic);
     Ok(Publish {
         dup: flags & 0b1000 != 0,
         qos,

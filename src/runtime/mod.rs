@@ -66,6 +66,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         ShardCount::Fixed(n) => usize::from(n.get()),
     };
     preflight::ensure_memlock(nr_shards)?;
+    // Before the first socket is bound: from the moment a client can
+    // connect, SIGTERM must mean a graceful stop, not the default exit.
+    let shutdown = signals::watch_shutdown_signals().map_err(RuntimeError::Signals)?;
 
     let mut sockets: Vec<Vec<Socket>> = (0..nr_shards).map(|_| Vec::new()).collect();
     for listener in config.listeners() {
@@ -78,7 +81,6 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             sockets[shard].push(socket);
         }
     }
-    let shutdown = signals::watch_shutdown_signals().map_err(RuntimeError::Signals)?;
     let limits = config.limits();
     let startup = Arc::new(Startup {
         nr_shards,
