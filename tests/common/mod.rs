@@ -112,8 +112,24 @@ impl Drop for Broker {
 }
 
 /// A port nobody listens on right now.
+///
+/// Not an ephemeral port from `bind(0)`: once released, the kernel may give
+/// the same port to a client socket of a concurrent test, or to another
+/// test's broker, and brokers bind with SO_REUSEPORT, so two of them would
+/// share one port's connections. These ports lie below the ephemeral range
+/// (32768 and up by default), are handed out once per process from a base
+/// that depends on the pid, and are checked free by binding.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const PER_PROCESS: u32 = 120;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 100) * PER_PROCESS;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % PER_PROCESS) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A client id, starting with `prefix`, whose home is `shard` of `shards`.

@@ -29,7 +29,7 @@ impl Drop for Broker {
 /// A free port on 127.0.0.1 and a fresh directory for the broker of test
 /// `name`.
 pub fn port_and_dir(broker: &str, name: &str) -> (u16, PathBuf) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let dir =
         std::env::temp_dir().join(format!("ringmq-bench-{broker}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -300,4 +300,23 @@ pub fn separate_pub_and_sub(broker: &Broker) {
 pub fn assert_svg(path: &Path) {
     let svg = std::fs::read_to_string(path).unwrap();
     assert!(svg.contains("<svg") && svg.contains("latency"), "{svg}");
+}
+
+/// A port for a test broker. Not an ephemeral port from `bind(0)`: once
+/// released, the kernel may give it to a client socket of a concurrent
+/// test, or to another test's broker (ringmq binds with SO_REUSEPORT, so two
+/// brokers would share its connections). These lie below the ephemeral range
+/// (32768 and up by default), apart from the ringmq package's test ports,
+/// are handed out once per process and are checked free by binding.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const PER_PROCESS: u32 = 40;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 200) * PER_PROCESS;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % PER_PROCESS) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
