@@ -98,7 +98,8 @@ pub fn decode_packet(mut bytes: Bytes, version: ProtocolVersion) -> Result<Packe
     let packet = match packet_type {
         PacketType::Connect => Packet::Connect(Box::new(connect(&mut r)?)),
         PacketType::ConnAck => Packet::ConnAck(Box::new(conn_ack(&mut r, version)?)),
-        PacketType::Publish => Packet::Publish(publish(&mut r, first & 0x0F, v5)?),
+        // The payload is the rest of the packet: nothing can trail it.
+        PacketType::Publish => return publish(&mut r, first & 0x0F, v5).map(Packet::Publish),
         PacketType::PubAck => Packet::PubAck(pub_response(&mut r, packet_type, v5)?),
         PacketType::PubRec => Packet::PubRec(pub_response(&mut r, packet_type, v5)?),
         PacketType::PubRel => Packet::PubRel(pub_response(&mut r, packet_type, v5)?),
