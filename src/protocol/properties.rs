@@ -252,8 +252,8 @@ impl PublishProperties {
 /// it took to decode a small PUBLISH (measured with perf on
 /// `benches/codec.rs`). Here an empty block is a null pointer: it reads as
 /// [`PublishProperties::EMPTY`] through `Deref`, and only
-/// [`BoxedPublishProperties::make_mut`] allocates it. Equality compares the properties, so an allocated
-/// empty block equals an absent one.
+/// [`BoxedPublishProperties::make_mut`] allocates it. Equality compares the
+/// properties, so an allocated empty block equals an absent one.
 #[derive(Clone, Default)]
 pub struct BoxedPublishProperties(Option<Box<PublishProperties>>);
 

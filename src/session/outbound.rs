@@ -54,8 +54,10 @@ impl Queued {
     ) -> Publish {
         let message = &*self.message;
         let properties = if version.is_v5() {
-            // A shallow copy: nothing is allocated unless the message has
-            // properties or this delivery adds one.
+            // Allocates nothing when the message has no properties and this
+            // delivery adds none (the common case). A message with
+            // properties has them copied per delivery, as the subscription
+            // ids and the remaining expiry differ per subscriber.
             let mut properties = message.properties.clone();
             // Topic aliases are per connection and per direction; the
             // message never carries one [MQTT-3.3.2-7].
