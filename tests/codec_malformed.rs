@@ -120,6 +120,14 @@ malformed! {
     truncated_topic_name: V3_1_1, b"\x30\x04\x00\x05a/" => Truncated, MalformedPacket;
     /// Section 2.3.1: a PUBACK of remaining length 1 has half a packet id.
     truncated_packet_id: V3_1_1, b"\x40\x01\x00" => Truncated, MalformedPacket;
+    /// Section 3.3.2: a PUBLISH too short for its topic name's length.
+    truncated_topic_length: V3_1_1, b"\x30\x01\x00" => Truncated, MalformedPacket;
+    /// [MQTT-2.3.1-5]: a QoS 1 PUBLISH ends after half its packet id...
+    truncated_publish_packet_id: V3_1_1, b"\x32\x04\x00\x01a\x00" => Truncated, MalformedPacket;
+    /// ...or before it.
+    missing_publish_packet_id: V3_1_1, b"\x32\x03\x00\x01a" => Truncated, MalformedPacket;
+    /// Section 3.3.2.3: a 5.0 PUBLISH ends before its property length.
+    missing_publish_property_length_v5: V5, b"\x30\x03\x00\x01t" => Truncated, MalformedPacket;
     /// Section 3.1.2: the CONNECT ends before Keep Alive.
     truncated_connect_keep_alive: V3_1_1, b"\x10\x08\x00\x04MQTT\x04\x02" => Truncated, MalformedPacket;
     /// Section 3.2: a CONNACK of remaining length 1.

@@ -90,6 +90,19 @@ impl TopicName {
         Self(Repr::Inline { len: name.len() as u8, bytes })
     }
 
+    /// A checked name made of the first `len` bytes of `window`, copied
+    /// whole: the bytes after the name are kept but never read (the name's
+    /// text, equality, order and hash use `len` bytes only).
+    ///
+    /// # Safety
+    /// `window[..len]` is valid UTF-8, checked as a topic name, and `len`
+    /// is at most [`Self::INLINE_CAPACITY`].
+    #[inline]
+    pub(crate) unsafe fn inline_window(len: usize, window: &[u8; Self::INLINE_CAPACITY]) -> Self {
+        debug_assert!(std::str::from_utf8(&window[..len]).is_ok_and(|n| Self::check(n).is_ok()));
+        Self(Repr::Inline { len: len as u8, bytes: *window })
+    }
+
     /// A name that may be empty: only for a v5 PUBLISH whose Topic Alias
     /// supplies the name. Tests build such packets with it; the decoder
     /// checks the alias itself.
@@ -113,8 +126,9 @@ impl TopicName {
     #[inline]
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // SAFETY: `Self::inline`, the only constructor of `Inline`,
-            // copies the `len` bytes of a `&str`, and they are never changed.
+            // SAFETY: `Self::inline` copies the `len` bytes of a `&str`,
+            // `Self::inline_window` requires its first `len` bytes to be
+            // UTF-8, and they are never changed.
             // (Validating here would cost a pass over the name at each use.)
             Repr::Inline { len, bytes } => unsafe {
                 std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])

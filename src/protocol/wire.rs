@@ -92,37 +92,94 @@ impl TopicScan {
     /// Scans eight bytes per step (SWAR).
     #[inline(always)]
     fn of(bytes: &[u8]) -> Self {
-        let (mut nul, mut wildcard, mut high) = (false, false, 0u64);
+        // Each mask has a high bit set in a byte that matched (exactly
+        // when one did: see `zero_bytes`).
+        let (mut nul, mut wildcard, mut high) = (0u64, 0u64, 0u64);
         let mut step = |word: u64| {
-            nul |= Self::has_zero_byte(word);
-            wildcard |= Self::has_zero_byte(word ^ (Self::ONES * u64::from(b'+')))
-                | Self::has_zero_byte(word ^ (Self::ONES * u64::from(b'#')));
+            nul |= Self::zero_bytes(word);
+            wildcard |= Self::zero_bytes(word ^ (Self::ONES * u64::from(b'+')))
+                | Self::zero_bytes(word ^ (Self::ONES * u64::from(b'#')));
             high |= word;
         };
-        let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        if bytes.len() >= 8 {
-            let mut chunks = bytes.chunks_exact(8);
-            for chunk in &mut chunks {
-                step(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
+        if let Some(last) = bytes.len().checked_sub(8) {
+            let mut at = 0;
+            while at < last {
+                step(Self::word(bytes, at));
+                at += 8;
             }
-            if !chunks.remainder().is_empty() {
-                // The last eight bytes, overlapping bytes already seen.
-                step(word(bytes.len() - 8));
-            }
+            // The last eight bytes, overlapping bytes already seen.
+            step(Self::word(bytes, last));
         } else {
             // Padded with a byte that triggers nothing.
             let mut short = [b'a'; 8];
             short[..bytes.len()].copy_from_slice(bytes);
             step(u64::from_ne_bytes(short));
         }
-        Self { nul, wildcard, ascii: high & Self::HIGH_BITS == 0 }
+        Self { nul: nul != 0, wildcard: wildcard != 0, ascii: high & Self::HIGH_BITS == 0 }
     }
 
-    /// Whether any byte of `word` is zero; exact (the borrow into a byte
-    /// above a zero byte only matters when there is a zero byte).
-    fn has_zero_byte(word: u64) -> bool {
-        word.wrapping_sub(Self::ONES) & !word & Self::HIGH_BITS != 0
+    /// The eight bytes at `at`.
+    #[inline(always)]
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(word)
     }
+
+    /// Non-zero exactly when a byte of `word` is zero (the borrow into a
+    /// byte above a zero byte only matters when there is a zero byte).
+    #[inline(always)]
+    fn zero_bytes(word: u64) -> u64 {
+        word.wrapping_sub(Self::ONES) & !word & Self::HIGH_BITS
+    }
+}
+
+/// The topic name of a PUBLISH at offset `at` of `frame`, and the offset
+/// after it: a UTF-8 Encoded String with the checks of [`Reader::string`]
+/// and no wildcard character [MQTT-3.3.2-2]. It may be empty; whether a
+/// Topic Alias allows that is for the caller.
+///
+/// This is the hot path of every PUBLISH, so it reads the frame in place
+/// rather than through a [`Reader`]: one pass, eight bytes at a time, finds
+/// U+0000, wildcards and non-ASCII bytes (an ASCII name needs no UTF-8
+/// validation), and a short name is copied into the [`TopicName`] rather
+/// than sharing the buffer.
+#[inline]
+pub(crate) fn topic_name_at(frame: &Bytes, at: usize) -> Result<(TopicName, usize), DecodeError> {
+    let Some(&[high, low]) = frame.get(at..at + 2) else { return Err(DecodeError::Truncated) };
+    let (start, len) = (at + 2, usize::from(u16::from_be_bytes([high, low])));
+    let end = start + len;
+    let Some(raw) = frame.get(start..end) else { return Err(DecodeError::Truncated) };
+    let scan = TopicScan::of(raw);
+    if scan.nul {
+        return Err(DecodeError::NullCharacter);
+    }
+    let text = if scan.ascii {
+        // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(raw) }
+    } else {
+        std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?
+    };
+    if scan.wildcard {
+        return Err(DecodeError::InvalidTopicName(TopicError::WildcardInName));
+    }
+    let name = if len <= TopicName::INLINE_CAPACITY {
+        match frame.get(start..start + TopicName::INLINE_CAPACITY) {
+            // A copy of fixed size stays in registers on its way into the
+            // packet; a copy of `len` bytes goes through the stack.
+            // SAFETY: its first `len` bytes are `text`, checked above.
+            Some(window) => unsafe {
+                TopicName::inline_window(len, window.try_into().expect("INLINE_CAPACITY bytes"))
+            },
+            None => TopicName::inline(text),
+        }
+    } else {
+        // SAFETY: the same bytes were just validated as `text`.
+        TopicName::from_checked(unsafe {
+            ByteString::from_bytes_unchecked(frame.slice(start..end))
+        })
+    };
+    Ok((name, end))
 }
 
 /// A cursor over one packet body. Every read fails with
@@ -189,50 +246,14 @@ impl Reader {
     }
 
     /// Everything left, shared with the packet buffer.
-    pub(crate) fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.bytes)
+    pub(crate) fn into_bytes(self) -> Bytes {
+        self.bytes
     }
 
     /// Binary Data: a Two Byte length and that many bytes [MQTT-1.5.6].
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.u16()?;
         self.take(usize::from(len))
-    }
-
-    /// The topic name of a PUBLISH: a UTF-8 Encoded String with the checks
-    /// of [`Self::string`] and no wildcard character [MQTT-3.3.2-2]. It may
-    /// be empty; whether a Topic Alias allows that is for the caller.
-    ///
-    /// This is the hot path of every PUBLISH: one pass, eight bytes at a
-    /// time, finds U+0000, wildcards and non-ASCII bytes (an ASCII name needs
-    /// no UTF-8 validation), and a short name is copied into the
-    /// [`TopicName`] rather than sharing the buffer.
-    #[inline]
-    pub(crate) fn topic_name(&mut self) -> Result<TopicName, DecodeError> {
-        let len = usize::from(self.u16()?);
-        let Some(raw) = self.bytes.get(..len) else { return Err(DecodeError::Truncated) };
-        let scan = TopicScan::of(raw);
-        if scan.nul {
-            return Err(DecodeError::NullCharacter);
-        }
-        let text = if scan.ascii {
-            // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
-            unsafe { std::str::from_utf8_unchecked(raw) }
-        } else {
-            std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?
-        };
-        if scan.wildcard {
-            return Err(DecodeError::InvalidTopicName(TopicError::WildcardInName));
-        }
-        if len <= TopicName::INLINE_CAPACITY {
-            let name = TopicName::inline(text);
-            self.bytes.advance(len);
-            Ok(name)
-        } else {
-            let shared = self.bytes.split_to(len);
-            // SAFETY: the same bytes were just validated as `text`.
-            Ok(TopicName::from_checked(unsafe { ByteString::from_bytes_unchecked(shared) }))
-        }
     }
 
     /// A UTF-8 Encoded String [MQTT-1.5.4]: valid UTF-8 (so no surrogates)
@@ -292,6 +313,48 @@ mod tests {
         assert_eq!(r.string(), Err(DecodeError::InvalidUtf8));
         let mut r = Reader::new(Bytes::from_static(b"\x00\x05ab"));
         assert_eq!(r.string(), Err(DecodeError::Truncated));
+    }
+
+    /// A short name is copied with or without the bytes that follow it in
+    /// the packet (a fixed-size window when the packet has them); either
+    /// way it is the same name, equal, ordered and hashed by its text only.
+    #[test]
+    fn topic_names_are_the_same_whatever_follows_them() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        for len in [0, 1, 7, 8, 9, 31, TopicName::INLINE_CAPACITY, TopicName::INLINE_CAPACITY + 1] {
+            let name = "n".repeat(len);
+            let decoded: Vec<(TopicName, usize)> = [0, 1, 40, 64]
+                .into_iter()
+                .map(|trailing| {
+                    let mut frame = (len as u16).to_be_bytes().to_vec();
+                    frame.extend_from_slice(name.as_bytes());
+                    frame.extend((0..trailing).map(|i| i as u8));
+                    topic_name_at(&Bytes::from(frame), 0).unwrap()
+                })
+                .collect();
+            for (topic, end) in &decoded {
+                assert_eq!((topic.as_str(), *end), (name.as_str(), 2 + len));
+                assert_eq!(topic, &decoded[0].0);
+                assert_eq!(topic.cmp(&decoded[0].0), std::cmp::Ordering::Equal);
+                assert_eq!(hasher.hash_one(topic), hasher.hash_one(&decoded[0].0));
+            }
+        }
+    }
+
+    #[test]
+    fn topic_name_checks() {
+        let at = |bytes: &'static [u8]| topic_name_at(&Bytes::from_static(bytes), 0);
+        assert_eq!(at(b"\x00\x03a/b").map(|(t, end)| (t.to_string(), end)), Ok(("a/b".into(), 5)));
+        assert_eq!(at(b"\x00\x03a\x00b"), Err(DecodeError::NullCharacter));
+        assert_eq!(
+            at(b"\x00\x03a/+"),
+            Err(DecodeError::InvalidTopicName(TopicError::WildcardInName))
+        );
+        assert_eq!(at(b"\x00\x02\xC3\xA9").map(|(t, _)| t.to_string()), Ok("\u{e9}".into()));
+        assert_eq!(at(b"\x00\x03\xED\xA0\x80"), Err(DecodeError::InvalidUtf8));
+        assert_eq!(at(b"\x00\x05ab"), Err(DecodeError::Truncated));
+        assert_eq!(at(b"\x00"), Err(DecodeError::Truncated));
     }
 
     /// The word-at-a-time scan agrees with a byte-by-byte one for every
