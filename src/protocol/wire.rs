@@ -260,10 +260,15 @@ impl Reader {
     /// [MQTT-1.5.4-1] and no U+0000 [MQTT-1.5.4-2].
     pub(crate) fn string(&mut self) -> Result<ByteString, DecodeError> {
         let bytes = self.binary()?;
-        if bytes.contains(&0) {
+        let scan = TopicScan::of(&bytes);
+        if scan.nul {
             return Err(DecodeError::NullCharacter);
         }
-        ByteString::try_from(bytes).map_err(|_| DecodeError::InvalidUtf8)
+        if !scan.ascii {
+            std::str::from_utf8(&bytes).map_err(|_| DecodeError::InvalidUtf8)?;
+        }
+        // SAFETY: the bytes are ASCII, or were just validated as UTF-8.
+        Ok(unsafe { ByteString::from_bytes_unchecked(bytes) })
     }
 }
 
