@@ -39,7 +39,7 @@ pub enum RuntimeError {
     /// The executors could not start.
     #[error("cannot start the shard executors: {0}")]
     Executors(String),
-    /// A shard panicked, or its thread ended before the shard started.
+    /// A shard panicked, or its thread ended early.
     #[error("a shard stopped abnormally: {0}; see the log above")]
     ShardFailed(&'static str),
     /// The signal watcher could not start.
@@ -89,7 +89,8 @@ struct FinishedState {
 enum ShardsOutcome {
     /// Every shard finished, cleanly or not.
     Finished { panicked: bool },
-    /// A shard thread ended without finishing (it could not start).
+    /// A shard thread ended before every shard finished: it could not
+    /// start its executor, or it panicked while the others still serve.
     ThreadEnded,
 }
 
@@ -193,9 +194,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             Ok(())
         }
         ShardsOutcome::Finished { panicked: true } => Err(RuntimeError::ShardFailed("panicked")),
-        ShardsOutcome::ThreadEnded => {
-            Err(RuntimeError::ShardFailed("its thread ended before the shard started"))
-        }
+        ShardsOutcome::ThreadEnded => Err(RuntimeError::ShardFailed(
+            "its thread ended early (it could not start, or it panicked)",
+        )),
     }
 }
 
