@@ -300,6 +300,33 @@ async fn persistent_session_keeps_subscriptions_and_queues_offline_messages() {
 }
 
 #[tokio::test]
+async fn a_persistent_session_expires_after_max_session_expiry() {
+    // A 3.1.1 session with Clean Session 0 lasts `max_session_expiry_s`
+    // after its client leaves: then its subscription is gone too.
+    let broker = Broker::start_with_config(2, "[limits]\nmax_session_expiry_s = 1\n");
+    let sub_id = client_id_on_shard("expiring", 1, 2);
+    let mut sub_options = options(&broker, &sub_id);
+    sub_options.set_clean_session(false);
+    let (sub, mut sub_events, _) = connect(sub_options.clone()).await;
+    sub.subscribe("expiring/t", QoS::AtLeastOnce).await.unwrap();
+    wait_suback(&mut sub_events).await;
+    sub.disconnect().await.unwrap();
+    let _ =
+        timeout(Duration::from_secs(2), async { while sub_events.poll().await.is_ok() {} }).await;
+    // The expiry, plus a sweep (every 250 ms) and slack.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (publisher, pub_events, _) =
+        connect(options(&broker, &client_id_on_shard("p", 0, 2))).await;
+    let _driver = drive(pub_events);
+    publisher.publish("expiring/t", QoS::AtLeastOnce, false, vec![1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_sub, mut sub_events, present) = connect(sub_options).await;
+    assert!(!present, "the session outlived max_session_expiry_s");
+    assert!(publishes_within(&mut sub_events, Duration::from_millis(500)).await.is_empty());
+    assert!(broker.stop().success());
+}
+
+#[tokio::test]
 async fn clean_session_discards_state() {
     let broker = Broker::start(2);
     let mut persistent = options(&broker, "cleaner");

@@ -191,7 +191,8 @@ impl Limits {
 
     /// The longest Session Expiry Interval granted, in seconds
     /// (`max_session_expiry_s`); `u32::MAX` means sessions may never expire
-    /// (MQTT 5.0 §3.1.2.11.2).
+    /// (MQTT 5.0 §3.1.2.11.2). 3.1/3.1.1 sessions with Clean Session 0 are
+    /// kept this long after their client disconnects.
     pub fn max_session_expiry_s(&self) -> u32 {
         self.max_session_expiry_s
     }

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often a shard checks for shutdown and sweeps keep alive deadlines.
+/// How often a shard checks for shutdown and sweeps keep alive deadlines
+/// and expired sessions.
 const TICK: Duration = Duration::from_millis(250);
 
 /// How long connections get to close during a shutdown.
@@ -209,6 +210,10 @@ fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
         max_keepalive: limits.max_keepalive().get(),
         receive_maximum: limits.receive_maximum(),
         topic_alias_maximum: limits.topic_alias_maximum(),
+        max_session_expiry: match limits.max_session_expiry_s() {
+            u32::MAX => None,
+            seconds => Some(Duration::from_secs(seconds.into())),
+        },
     }
 }
 
@@ -294,7 +299,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
     // Tick: keep alive sweep, and the shutdown signal.
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(TICK).await;
-        shard.borrow_mut().sweep_keepalive(Instant::now());
+        shard.borrow_mut().sweep(Instant::now());
     }
     shard.borrow_mut().begin_shutdown();
     for accept in accepts {
@@ -317,6 +322,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
         deliveries_dropped = counters.deliveries_dropped,
         cross_core_qos0_dropped = outbox.dropped_qos0(),
         takeovers = counters.takeovers,
+        sessions_expired = counters.sessions_expired,
         "shard stopped"
     );
 }

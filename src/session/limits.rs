@@ -3,6 +3,7 @@
 
 use crate::protocol::QoS;
 use std::num::NonZeroU16;
+use std::time::Duration;
 
 /// The limits one session enforces, taken from the `[limits]` section of the
 /// configuration.
@@ -42,6 +43,11 @@ pub struct SessionLimits {
     /// v5: topic aliases the client may use towards the server, advertised in
     /// CONNACK [MQTT-3.3.2-12]. 0: none.
     pub topic_alias_maximum: u16,
+    /// How long a session outlives its connection at most (the longest
+    /// Session Expiry Interval granted). A 3.1/3.1.1 session with Clean
+    /// Session 0 asks for no expiry at all, so it is kept this long after
+    /// its client goes away. `None`: sessions never expire.
+    pub max_session_expiry: Option<Duration>,
 }
 
 impl Default for SessionLimits {
@@ -54,6 +60,7 @@ impl Default for SessionLimits {
             max_keepalive: 240,
             receive_maximum: NonZeroU16::new(32).expect("32 is not zero"),
             topic_alias_maximum: 16,
+            max_session_expiry: Some(Duration::from_secs(604_800)),
         }
     }
 }

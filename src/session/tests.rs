@@ -24,6 +24,7 @@ fn limits() -> SessionLimits {
         max_keepalive: 100,
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
+        max_session_expiry: None,
     }
 }
 

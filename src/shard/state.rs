@@ -22,7 +22,7 @@ use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A session's slot number on its shard; stable while the session exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +65,9 @@ struct Slot {
     /// session ends with the connection.
     clean: bool,
     connection: Option<ConnectionLink>,
+    /// When a session without a connection ends (see
+    /// `SessionLimits::max_session_expiry`).
+    expires_at: Option<Instant>,
 }
 
 /// Counters of one shard.
@@ -78,6 +81,8 @@ pub struct ShardCounters {
     pub deliveries_dropped: u64,
     /// Connections taken over by a newer one with the same client id.
     pub takeovers: u64,
+    /// Sessions ended because their client stayed away too long.
+    pub sessions_expired: u64,
 }
 
 /// The outcome of a CONNECT at its home shard.
@@ -261,6 +266,7 @@ impl Shard {
         let slot = self.slot_mut(key);
         slot.clean = connect.clean_start;
         slot.connection = Some(link);
+        slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present);
         self.drain_events(key, now);
         ConnectOutcome::Accepted(key)
@@ -271,6 +277,7 @@ impl Shard {
             session: Session::new(client_id.clone(), self.limits),
             clean: true,
             connection: None,
+            expires_at: None,
         };
         let key = match self.free_slots.pop() {
             Some(index) => {
@@ -301,8 +308,9 @@ impl Shard {
     /// Detaches the connection of `key` (it is told through its waker) and
     /// lets the session react: the will of an abnormal end is published,
     /// in-flight messages wait for the next connection. A clean session
-    /// ends here.
+    /// ends here; any other ends after `max_session_expiry`.
     fn detach(&mut self, key: SessionKey, now: Instant) {
+        let expiry = self.limits.max_session_expiry;
         let slot = self.slot_mut(key);
         if let Some(mut link) = slot.connection.take() {
             if let Some(waker) = link.waker.take() {
@@ -310,9 +318,13 @@ impl Shard {
             }
         }
         slot.session.handle_connection_lost(now);
-        let clean = slot.clean;
+        // A 3.1.1 session with Clean Session 0 asks to be kept without
+        // limit; the server's longest Session Expiry Interval applies (as
+        // to a 5.0 client asking for 0xFFFFFFFF, section 3.1.2.11.2).
+        slot.expires_at = expiry.map(|expiry| now + expiry);
+        let ends_now = slot.clean || expiry == Some(Duration::ZERO);
         self.drain_events(key, now);
-        if clean {
+        if ends_now {
             self.remove_session(key);
         }
     }
@@ -353,13 +365,20 @@ impl Shard {
         Ok(self.slot(key).connection.as_ref().is_some_and(|link| link.closed.is_none()))
     }
 
-    /// Closes every connection whose keep alive expired [MQTT-3.1.2-24].
-    pub fn sweep_keepalive(&mut self, now: Instant) {
+    /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
+    /// and ends every session whose client stayed away past its expiry.
+    pub fn sweep(&mut self, now: Instant) {
         for index in 0..self.slots.len() {
             let Some(slot) = self.slots[index].as_mut() else { continue };
+            let key = SessionKey(index as u32);
+            if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
+                self.counters.sessions_expired += 1;
+                self.remove_session(key);
+                continue;
+            }
             if slot.session.poll_timeout().is_some_and(|deadline| deadline <= now) {
                 slot.session.handle_timeout(now);
-                self.drain_events(SessionKey(index as u32), now);
+                self.drain_events(key, now);
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::session::SessionLimits;
 use bytes::BytesMut;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Shards and their outboxes, with the test as the mesh.
 struct Cluster {
@@ -29,11 +29,15 @@ struct Client {
 
 impl Cluster {
     fn new(n: usize) -> Self {
+        Self::with_limits(n, SessionLimits::default())
+    }
+
+    fn with_limits(n: usize, limits: SessionLimits) -> Self {
         let outboxes: Vec<_> = (0..n).map(|_| Rc::new(Outbox::new(n))).collect();
         let shards = (0..n)
             .map(|i| {
                 let id = ShardId::from_index(i).unwrap();
-                Shard::new(id, n, SessionLimits::default(), Rc::clone(&outboxes[i]), 1)
+                Shard::new(id, n, limits, Rc::clone(&outboxes[i]), 1)
             })
             .collect();
         Self { shards, outboxes, now: Instant::now() }
@@ -72,10 +76,18 @@ impl Cluster {
 
     /// Connects `client_id` (3.1.1, clean) at its home shard.
     fn connect(&mut self, client_id: &str) -> Client {
+        let (client, output) = self.connect_with(client_id, true);
+        assert!(matches!(output[..], [Packet::ConnAck(_)]));
+        client
+    }
+
+    /// Connects `client_id` (3.1.1, Clean Session `clean`) at its home
+    /// shard; returns the client and its first output (CONNACK first).
+    fn connect_with(&mut self, client_id: &str, clean: bool) -> (Client, Vec<Packet>) {
         let shard = home_shard(client_id.as_bytes(), self.shards.len()).index();
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
-            clean_start: true,
+            clean_start: clean,
             keep_alive: 0,
             client_id: client_id.into(),
             will: None,
@@ -90,8 +102,22 @@ impl Cluster {
             panic!("refused")
         };
         let client = Client { shard, key, id };
-        assert!(matches!(self.output(&client)[..], [Packet::ConnAck(_)]));
-        client
+        let output = self.output(&client);
+        (client, output)
+    }
+
+    /// The client's connection ends.
+    fn close(&mut self, client: &Client) {
+        let now = self.now;
+        self.shards[client.shard].handle_connection_closed(client.key, client.id, now);
+        self.settle();
+    }
+
+    /// Every shard sweeps its timers at the current time.
+    fn sweep(&mut self) {
+        let now = self.now;
+        self.shards.iter_mut().for_each(|shard| shard.sweep(now));
+        self.settle();
     }
 
     fn send(&mut self, client: &Client, packet: Packet) {
@@ -260,4 +286,72 @@ fn a_taken_over_connection_is_detached() {
         Err(ConnectionError::Detached)
     ));
     assert!(cluster.shards[0].poll_transmit(second.key, second.id, now, &mut out).is_ok());
+}
+
+/// Whether a 3.1.1 session with Clean Session 0 is still there when its
+/// client comes back `away` after disconnecting, with `max_session_expiry`.
+fn session_present_after(max_session_expiry: Option<Duration>, away: Duration) -> bool {
+    let mut cluster =
+        Cluster::with_limits(1, SessionLimits { max_session_expiry, ..SessionLimits::default() });
+    let (client, _) = cluster.connect_with("persistent", false);
+    cluster.close(&client);
+    cluster.now += away;
+    cluster.sweep();
+    let (_, output) = cluster.connect_with("persistent", false);
+    match &output[..] {
+        [Packet::ConnAck(ack), ..] => ack.session_present,
+        other => panic!("no CONNACK: {other:?}"),
+    }
+}
+
+#[test]
+fn a_persistent_session_is_kept_until_the_longest_session_expiry() {
+    // 3.1.1 has no Session Expiry Interval: the server's longest applies,
+    // as to a 5.0 client asking for none (MQTT 5.0 section 3.1.2.11.2).
+    let hour = Duration::from_secs(3600);
+    assert!(session_present_after(Some(hour), hour - Duration::from_secs(1)));
+    assert!(!session_present_after(Some(hour), hour));
+    // 0: the session ends with the connection.
+    assert!(!session_present_after(Some(Duration::ZERO), Duration::ZERO));
+    // No limit: kept for good.
+    assert!(session_present_after(None, Duration::from_secs(10 * 365 * 86_400)));
+}
+
+#[test]
+fn an_expired_session_takes_its_queue_and_subscriptions_along() {
+    let expiry = Duration::from_secs(60);
+    let limits = SessionLimits { max_session_expiry: Some(expiry), ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(2, limits);
+    // The subscriber lives on shard 1, the publisher on shard 0: the
+    // subscription reaches shard 0's interest replica and must leave it.
+    let (subscriber_id, publisher_id) = (id_on("sub", 1, 2), id_on("pub", 0, 2));
+    let (subscriber, _) = cluster.connect_with(&subscriber_id, false);
+    cluster.subscribe(&subscriber, "t/#");
+    cluster.settle();
+    assert!(matches!(cluster.output(&subscriber)[..], [Packet::SubAck(_)]));
+    cluster.close(&subscriber);
+    let publisher = cluster.connect(&publisher_id);
+    let publish_qos1 = |payload: &'static [u8], id: u16| {
+        let Packet::Publish(mut publish) = publish("t/a", payload, false) else { unreachable!() };
+        publish.qos = QoS::AtLeastOnce;
+        publish.packet_id = PacketId::new(id);
+        Packet::Publish(publish)
+    };
+    // Within the expiry the offline session queues the message.
+    cluster.now += expiry - Duration::from_secs(1);
+    cluster.sweep();
+    cluster.send(&publisher, publish_qos1(b"queued", 1));
+    cluster.settle();
+    let (subscriber, output) = cluster.connect_with(&subscriber_id, false);
+    assert!(matches!(&output[0], Packet::ConnAck(ack) if ack.session_present));
+    assert_eq!(payloads(&output), [b"queued"]);
+    cluster.close(&subscriber);
+    // Past it, the session, its subscription and its interest are gone.
+    cluster.now += expiry;
+    cluster.sweep();
+    assert_eq!(cluster.shards[1].counters().sessions_expired, 1);
+    cluster.send(&publisher, publish_qos1(b"lost", 2));
+    assert!(cluster.queued(0, 1).is_empty(), "shard 0 still forwards to the expired session");
+    let (_, output) = cluster.connect_with(&subscriber_id, false);
+    assert!(matches!(&output[..], [Packet::ConnAck(ack)] if !ack.session_present));
 }
