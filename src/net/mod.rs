@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 /// Bytes one socket read may bring in at most.
@@ -40,6 +41,10 @@ pub struct NetContext {
     counters: RefCell<NetCounters>,
     /// Connection tasks alive on this shard.
     live: Cell<usize>,
+    /// Set once the shard stops accepting.
+    shutting_down: Cell<bool>,
+    /// The accept loops waiting for `shutting_down`.
+    shutdown_wakers: RefCell<Vec<Waker>>,
 }
 
 /// Counters of the network layer of one shard.
@@ -75,7 +80,16 @@ impl NetContext {
             read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
             counters: RefCell::new(NetCounters::default()),
             live: Cell::new(0),
+            shutting_down: Cell::new(false),
+            shutdown_wakers: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Stops the accept loops (connections are closed through their
+    /// sessions: see `Shard::begin_shutdown`).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        self.shutdown_wakers.take().into_iter().for_each(Waker::wake);
     }
 
     /// The counters so far.
@@ -175,9 +189,21 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
     }
 }
 
-/// Resolves when the shard starts shutting down.
+/// Resolves when the shard starts shutting down: woken by
+/// [`NetContext::begin_shutdown`] rather than polling, so an idle shard
+/// sleeps.
 async fn wait_shutdown(ctx: &NetContext) {
-    while !ctx.shard.borrow().is_shutting_down() {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    futures_lite::future::poll_fn(|cx| {
+        if ctx.shutting_down.get() {
+            return Poll::Ready(());
+        }
+        // Each accept loop's task keeps its waker: kept once, however
+        // often the loop polls.
+        let mut wakers = ctx.shutdown_wakers.borrow_mut();
+        if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
 }

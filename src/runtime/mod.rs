@@ -302,6 +302,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
         shard.borrow_mut().sweep(Instant::now());
     }
     shard.borrow_mut().begin_shutdown();
+    net.begin_shutdown();
     for accept in accepts {
         accept.await;
     }
