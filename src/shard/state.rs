@@ -18,6 +18,8 @@ use crate::shard::trie::SubscriptionTrie;
 use bytes::Bytes;
 use bytestring::ByteString;
 use hashbrown::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -68,6 +70,19 @@ struct Slot {
     /// When a session without a connection ends (see
     /// `SessionLimits::max_session_expiry`).
     expires_at: Option<Instant>,
+    /// The time of this slot's live entry in `Shard::deadlines`.
+    scheduled: Option<Instant>,
+}
+
+impl Slot {
+    /// When the shard must next look at this slot: the keep alive deadline
+    /// of its connection, or the expiry of a session without one.
+    fn next_deadline(&self) -> Option<Instant> {
+        match self.connection {
+            Some(_) => self.session.poll_timeout(),
+            None => self.expires_at,
+        }
+    }
 }
 
 /// Counters of one shard.
@@ -122,6 +137,13 @@ pub struct Shard {
     interest_waiters: Vec<SessionKey>,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
+    /// When to look at which slot, earliest first. A keep alive deadline
+    /// only moves later as packets arrive, so entries are not updated:
+    /// one that comes due early is checked and pushed again for the
+    /// slot's current deadline. An entry whose time is not its slot's
+    /// `scheduled` is stale and skipped. The sweep so costs the entries
+    /// that came due, not one visit per session.
+    deadlines: BinaryHeap<Reverse<(Instant, SessionKey)>>,
 }
 
 impl Shard {
@@ -153,6 +175,7 @@ impl Shard {
             counters: ShardCounters::default(),
             interest_waiters: Vec::new(),
             matches: Vec::new(),
+            deadlines: BinaryHeap::new(),
         }
     }
 
@@ -269,6 +292,7 @@ impl Shard {
         slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present);
         self.drain_events(key, now);
+        self.schedule(key);
         ConnectOutcome::Accepted(key)
     }
 
@@ -278,6 +302,7 @@ impl Shard {
             clean: true,
             connection: None,
             expires_at: None,
+            scheduled: None,
         };
         let key = match self.free_slots.pop() {
             Some(index) => {
@@ -326,6 +351,20 @@ impl Shard {
         self.drain_events(key, now);
         if ends_now {
             self.remove_session(key);
+        } else {
+            self.schedule(key);
+        }
+    }
+
+    /// Makes sure the sweep looks at `key` by its next deadline.
+    fn schedule(&mut self, key: SessionKey) {
+        let Some(slot) = self.slots[key.0 as usize].as_mut() else { return };
+        let Some(deadline) = slot.next_deadline() else { return };
+        // A later entry already queued would come too late; an earlier one
+        // will reschedule when it comes due.
+        if slot.scheduled.is_none_or(|scheduled| deadline < scheduled) {
+            slot.scheduled = Some(deadline);
+            self.deadlines.push(Reverse((deadline, key)));
         }
     }
 
@@ -368,9 +407,16 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
-        for index in 0..self.slots.len() {
-            let Some(slot) = self.slots[index].as_mut() else { continue };
-            let key = SessionKey(index as u32);
+        while let Some(&Reverse((due, key))) = self.deadlines.peek() {
+            if due > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(slot) = self.slots[key.0 as usize].as_mut() else { continue };
+            if slot.scheduled != Some(due) {
+                continue;
+            }
+            slot.scheduled = None;
             if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
                 self.counters.sessions_expired += 1;
                 self.remove_session(key);
@@ -380,6 +426,7 @@ impl Shard {
                 slot.session.handle_timeout(now);
                 self.drain_events(key, now);
             }
+            self.schedule(key);
         }
     }
 

@@ -84,11 +84,21 @@ impl Cluster {
     /// Connects `client_id` (3.1.1, Clean Session `clean`) at its home
     /// shard; returns the client and its first output (CONNACK first).
     fn connect_with(&mut self, client_id: &str, clean: bool) -> (Client, Vec<Packet>) {
+        self.connect_keep_alive(client_id, clean, 0)
+    }
+
+    /// [`Self::connect_with`] with a keep alive, in seconds.
+    fn connect_keep_alive(
+        &mut self,
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+    ) -> (Client, Vec<Packet>) {
         let shard = home_shard(client_id.as_bytes(), self.shards.len()).index();
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
             clean_start: clean,
-            keep_alive: 0,
+            keep_alive,
             client_id: client_id.into(),
             will: None,
             username: None,
@@ -354,4 +364,55 @@ fn an_expired_session_takes_its_queue_and_subscriptions_along() {
     assert!(cluster.queued(0, 1).is_empty(), "shard 0 still forwards to the expired session");
     let (_, output) = cluster.connect_with(&subscriber_id, false);
     assert!(matches!(&output[..], [Packet::ConnAck(ack)] if !ack.session_present));
+}
+
+/// Whether the shard has closed the client's connection.
+fn closed(cluster: &mut Cluster, client: &Client) -> bool {
+    let now = cluster.now;
+    let mut out = BytesMut::new();
+    matches!(
+        cluster.shards[client.shard].poll_transmit(client.key, client.id, now, &mut out),
+        Err(ConnectionError::Closed(_))
+    )
+}
+
+#[test]
+fn the_sweep_closes_a_connection_silent_for_one_and_a_half_keep_alives() {
+    // [MQTT-3.1.2-24] With a keep alive of 2 s: closed 3 s after the last
+    // packet. The sweep's entry for 3 s after the CONNECT comes due after
+    // the PINGREQ at 2 s moved the deadline to 5 s: it must find nothing
+    // due then, and look again at 5 s.
+    let mut cluster = Cluster::new(1);
+    let (client, _) = cluster.connect_keep_alive("ka", true, 2);
+    let start = cluster.now;
+    cluster.now += Duration::from_secs(2);
+    cluster.send(&client, Packet::PingReq);
+    assert!(matches!(cluster.output(&client)[..], [Packet::PingResp]));
+    for (at_ms, expect_closed) in [(3_000, false), (4_999, false), (5_000, true)] {
+        cluster.now = start + Duration::from_millis(at_ms);
+        cluster.sweep();
+        assert_eq!(closed(&mut cluster, &client), expect_closed, "at {at_ms} ms");
+    }
+}
+
+#[test]
+fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
+    // Detached at 0 with an expiry of 10 s, back at 5 s with a keep alive
+    // of 60 s, traffic-free: the entry queued for 10 s finds a connected
+    // session, and the keep alive is only due at 5 + 90 s.
+    let limits =
+        SessionLimits { max_session_expiry: Some(Duration::from_secs(10)), ..Default::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let (first, _) = cluster.connect_keep_alive("back", false, 60);
+    cluster.close(&first);
+    cluster.now += Duration::from_secs(5);
+    let (second, output) = cluster.connect_keep_alive("back", false, 60);
+    assert!(matches!(&output[0], Packet::ConnAck(ack) if ack.session_present));
+    let start = cluster.now - Duration::from_secs(5);
+    for (at_s, expect_closed) in [(10, false), (94, false), (95, true)] {
+        cluster.now = start + Duration::from_secs(at_s);
+        cluster.sweep();
+        assert_eq!(closed(&mut cluster, &second), expect_closed, "at {at_s} s");
+        assert_eq!(cluster.shards[0].counters().sessions_expired, 0);
+    }
 }
