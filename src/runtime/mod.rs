@@ -7,7 +7,7 @@ mod signals;
 
 use crate::config::{Config, ShardCount};
 use crate::net::{self, listener::bind_reuseport, NetContext, NetLimits};
-use crate::router::{Mesh, MeshSetup, Outbox, RouterMessage};
+use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::session::SessionLimits;
 use crate::shard::Shard;
 use glommio::net::TcpListener;
@@ -40,7 +40,8 @@ pub enum RuntimeError {
     /// The executors could not start.
     #[error("cannot start the shard executors: {0}")]
     Executors(String),
-    /// A shard panicked, or its thread ended early.
+    /// A shard failed (could not join the others, or panicked), or its
+    /// thread ended early.
     #[error("a shard stopped abnormally: {0}; see the log above")]
     ShardFailed(&'static str),
     /// The signal watcher could not start.
@@ -82,25 +83,27 @@ struct Finished {
 #[derive(Debug, Default)]
 struct FinishedState {
     shards: usize,
-    panicked: bool,
+    failed: bool,
 }
 
 /// What the main thread saw while waiting for the shards.
 #[derive(Debug, PartialEq, Eq)]
 enum ShardsOutcome {
-    /// Every shard finished, cleanly or not.
-    Finished { panicked: bool },
+    /// Every shard finished: all cleanly, or some failed (could not join
+    /// the mesh, or panicked).
+    Finished { failed: bool },
     /// A shard thread ended before every shard finished: it could not
     /// start its executor, or it panicked while the others still serve.
     ThreadEnded,
 }
 
 impl Finished {
-    /// Counts one shard as finished, and whether it is unwinding a panic.
-    fn shard_finished(&self) {
+    /// Counts one shard as finished: failed when `failed` or when it is
+    /// unwinding a panic.
+    fn shard_finished(&self, failed: bool) {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.shards += 1;
-        state.panicked |= std::thread::panicking();
+        state.failed |= failed || std::thread::panicking();
         self.changed.notify_all();
     }
 
@@ -110,7 +113,7 @@ impl Finished {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if state.shards >= shards {
-                return ShardsOutcome::Finished { panicked: state.panicked };
+                return ShardsOutcome::Finished { failed: state.failed };
             }
             if thread_ended() {
                 return ShardsOutcome::ThreadEnded;
@@ -125,11 +128,15 @@ impl Finished {
 }
 
 /// Counts its shard as finished when dropped, also when the shard panics.
-struct FinishedGuard(Arc<Startup>);
+struct FinishedGuard {
+    startup: Arc<Startup>,
+    /// Whether the shard failed; true until it says otherwise.
+    failed: bool,
+}
 
 impl Drop for FinishedGuard {
     fn drop(&mut self) {
-        self.0.finished.shard_finished();
+        self.startup.finished.shard_finished(self.failed);
     }
 }
 
@@ -190,11 +197,13 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         .finished
         .wait(nr_shards, || handles.handles().iter().any(std::thread::JoinHandle::is_finished));
     match outcome {
-        ShardsOutcome::Finished { panicked: false } => {
+        ShardsOutcome::Finished { failed: false } => {
             tracing::info!("stopped");
             Ok(())
         }
-        ShardsOutcome::Finished { panicked: true } => Err(RuntimeError::ShardFailed("panicked")),
+        ShardsOutcome::Finished { failed: true } => {
+            Err(RuntimeError::ShardFailed("it could not join the other shards, or it panicked"))
+        }
         ShardsOutcome::ThreadEnded => Err(RuntimeError::ShardFailed(
             "its thread ended early (it could not start, or it panicked)",
         )),
@@ -232,8 +241,8 @@ fn placement(nr_shards: usize, cpus: &[usize]) -> PoolPlacement {
 /// The life of one shard, then a parked thread (see [`Finished`]).
 async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
     {
-        let _finished = FinishedGuard(Arc::clone(&startup));
-        serve_shard(startup, mesh).await;
+        let mut finished = FinishedGuard { startup: Arc::clone(&startup), failed: true };
+        finished.failed = serve_shard(startup, mesh).await.is_err();
     }
     loop {
         std::thread::park();
@@ -241,7 +250,7 @@ async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
 }
 
 /// Serves one shard from its start to the end of its graceful shutdown.
-async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
+async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshError> {
     tracing::debug!("shard starting");
     let sockets =
         startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
@@ -255,7 +264,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
         Ok(mesh) => mesh,
         Err(error) => {
             tracing::error!(%error);
-            return;
+            return Err(error);
         }
     };
     let id = mesh.shard();
@@ -326,6 +335,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) {
         sessions_expired = counters.sessions_expired,
         "shard stopped"
     );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,19 +348,19 @@ mod tests {
         let shards: Vec<_> = (0..3)
             .map(|_| {
                 let finished = Arc::clone(&finished);
-                std::thread::spawn(move || finished.shard_finished())
+                std::thread::spawn(move || finished.shard_finished(false))
             })
             .collect();
-        assert_eq!(finished.wait(3, || false), ShardsOutcome::Finished { panicked: false });
+        assert_eq!(finished.wait(3, || false), ShardsOutcome::Finished { failed: false });
         shards.into_iter().for_each(|shard| shard.join().unwrap());
     }
 
     #[test]
-    fn a_shard_that_panics_is_counted_as_panicked() {
+    fn a_shard_that_panics_is_counted_as_failed() {
         struct Guard(Arc<Finished>);
         impl Drop for Guard {
             fn drop(&mut self) {
-                self.0.shard_finished();
+                self.0.shard_finished(false);
             }
         }
         let finished = Arc::new(Finished::default());
@@ -361,15 +371,23 @@ mod tests {
                 panic!("shard failure (expected by this test)");
             }
         });
-        finished.shard_finished();
-        assert_eq!(finished.wait(2, || false), ShardsOutcome::Finished { panicked: true });
+        finished.shard_finished(false);
+        assert_eq!(finished.wait(2, || false), ShardsOutcome::Finished { failed: true });
         assert!(shard.join().is_err());
+    }
+
+    #[test]
+    fn a_shard_that_fails_makes_the_run_fail() {
+        let finished = Finished::default();
+        finished.shard_finished(false);
+        finished.shard_finished(true);
+        assert_eq!(finished.wait(2, || false), ShardsOutcome::Finished { failed: true });
     }
 
     #[test]
     fn a_thread_that_ends_early_stops_the_wait() {
         let finished = Finished::default();
-        finished.shard_finished();
+        finished.shard_finished(false);
         assert_eq!(finished.wait(2, || true), ShardsOutcome::ThreadEnded);
     }
 }
