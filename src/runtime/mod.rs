@@ -25,6 +25,15 @@ use std::time::{Duration, Instant};
 /// and expired sessions.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Entries of each io_uring ring of a shard (glommio's default is 128).
+/// The kernel sizes its table of pending polls from the completion queue,
+/// twice this deep: 2^(log2(entries) - 5) buckets, at most 256, which
+/// 4096 reaches. Every socket waiting for input has a poll in that table,
+/// and glommio cancels one each time the shard wakes from sleep: with 128
+/// entries (8 buckets) each cancellation walked an eighth of all the
+/// connections.
+const RING_DEPTH: usize = 4096;
+
 /// How long connections get to close during a shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -186,6 +195,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("ringmq-shard")
         .io_memory(preflight::IO_MEMORY_PER_SHARD)
+        .ring_depth(RING_DEPTH)
         .on_all_shards({
             let (startup, mesh) = (Arc::clone(&startup), MeshSetup::new(nr_shards));
             move || shard_main(startup, mesh)
