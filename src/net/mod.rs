@@ -41,9 +41,7 @@ pub struct NetContext {
     counters: RefCell<NetCounters>,
     /// Connection tasks alive on this shard.
     live: Cell<usize>,
-    /// Set once the shard stops accepting.
-    shutting_down: Cell<bool>,
-    /// The accept loops waiting for `shutting_down`.
+    /// The accept loops waiting for the shard's shutdown.
     shutdown_wakers: RefCell<Vec<Waker>>,
 }
 
@@ -80,15 +78,14 @@ impl NetContext {
             read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
             counters: RefCell::new(NetCounters::default()),
             live: Cell::new(0),
-            shutting_down: Cell::new(false),
             shutdown_wakers: RefCell::new(Vec::new()),
         }
     }
 
-    /// Stops the accept loops (connections are closed through their
-    /// sessions: see `Shard::begin_shutdown`).
+    /// Starts the shard's shutdown (its sessions wake their connections
+    /// to close: see `Shard::begin_shutdown`) and stops the accept loops.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.set(true);
+        self.shard.borrow_mut().begin_shutdown();
         self.shutdown_wakers.take().into_iter().for_each(Waker::wake);
     }
 
@@ -194,7 +191,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
 /// sleeps.
 async fn wait_shutdown(ctx: &NetContext) {
     futures_lite::future::poll_fn(|cx| {
-        if ctx.shutting_down.get() {
+        if ctx.shard.borrow().is_shutting_down() {
             return Poll::Ready(());
         }
         // Each accept loop's task keeps its waker: kept once, however

@@ -320,7 +320,6 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         glommio::timer::sleep(TICK).await;
         shard.borrow_mut().sweep(Instant::now());
     }
-    shard.borrow_mut().begin_shutdown();
     net.begin_shutdown();
     for accept in accepts {
         accept.await;

@@ -141,8 +141,11 @@ pub struct Shard {
     /// only moves later as packets arrive, so entries are not updated:
     /// one that comes due early is checked and pushed again for the
     /// slot's current deadline. An entry whose time is not its slot's
-    /// `scheduled` is stale and skipped. The sweep so costs the entries
-    /// that came due, not one visit per session.
+    /// `scheduled` is stale and skipped (also after the slot is reused);
+    /// stale entries leave when their time comes, so under connection
+    /// churn the heap holds at most the connects of the last 1.5 keep
+    /// alives. The sweep so costs the entries that came due, not one visit
+    /// per session.
     deadlines: BinaryHeap<Reverse<(Instant, SessionKey)>>,
 }
 
@@ -417,12 +420,12 @@ impl Shard {
                 continue;
             }
             slot.scheduled = None;
-            if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
-                self.counters.sessions_expired += 1;
-                self.remove_session(key);
-                continue;
-            }
-            if slot.session.poll_timeout().is_some_and(|deadline| deadline <= now) {
+            if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
+                if slot.connection.is_none() {
+                    self.counters.sessions_expired += 1;
+                    self.remove_session(key);
+                    continue;
+                }
                 slot.session.handle_timeout(now);
                 self.drain_events(key, now);
             }
