@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 /// client that publishes but never reads cannot grow our buffers.
 const MAX_UNSENT: usize = 256 * 1024;
 
+/// The pause between two turns of indexing a large SUBSCRIBE.
+const INDEX_TURN_PAUSE: Duration = Duration::from_micros(10);
+
 /// Why a connection ended, for logs and counters.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseReason {
@@ -237,7 +240,16 @@ impl Connection {
 
     /// Moves packets both ways until the connection ends.
     async fn pump(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
+        // A client may send packets right after CONNECT without waiting for
+        // CONNACK (MQTT 3.1.1 section 3.1.4, 5.0 section 3.1.4): whatever
+        // arrived with the CONNECT (or with the hand-off) is served now,
+        // not when the socket next has bytes, which may be never.
+        self.handle_input(key, id)?;
         loop {
+            if self.ctx.shard.borrow().has_index_work(key) {
+                self.index_turn(key, id).await?;
+                continue;
+            }
             self.ctx.shard.borrow_mut().poll_transmit(
                 key,
                 id,
@@ -254,17 +266,45 @@ impl Connection {
         }
     }
 
-    /// Decodes and handles every complete packet read so far.
+    /// One turn of indexing a large SUBSCRIBE or UNSUBSCRIBE, then the
+    /// other tasks of the shard run; once it is done, the packets read
+    /// after it are handled.
+    async fn index_turn(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
+        if self.ctx.shard.borrow().is_shutting_down() {
+            return Err(CloseReason::Shutdown);
+        }
+        self.ctx.shard.borrow_mut().handle_index_work(key, id, Instant::now())?;
+        // Not a yield: glommio reaps socket completions only when its task
+        // queues run dry or after its 100 ms time slice, so a yielding task
+        // would keep the other connections' input unread. A timer that is
+        // not due yet (a zero one returns at once) is fired by the reactor,
+        // after it has reaped them.
+        glommio::timer::sleep(INDEX_TURN_PAUSE).await;
+        if !self.ctx.shard.borrow().has_index_work(key) {
+            self.handle_input(key, id)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes and handles every complete packet read so far; stops after
+    /// a SUBSCRIBE or UNSUBSCRIBE too large to index at once (see
+    /// [`Self::index_turn`]).
     fn handle_input(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
         let Some(buf) = self.read_buf.as_mut() else { return Ok(()) };
         let now = Instant::now();
         loop {
             match self.decoder.decode(buf) {
                 Ok(Some(packet)) => {
-                    if !self.ctx.shard.borrow_mut().handle_packet(key, id, now, packet)? {
+                    let indexes = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    let mut shard = self.ctx.shard.borrow_mut();
+                    if !shard.handle_packet(key, id, now, packet)? {
                         // The session closed the connection; the rest is
                         // ignored [MQTT-3.14.4-1].
                         self.read_buf = None;
+                        return Ok(());
+                    }
+                    if indexes && shard.has_index_work(key) {
+                        // The packets after it wait until it is indexed.
                         return Ok(());
                     }
                 }

@@ -15,4 +15,7 @@ mod state;
 mod tests;
 pub mod trie;
 
-pub use state::{ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters};
+pub use state::{
+    ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters,
+    INDEX_WORK_PER_TURN,
+};

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use hashbrown::HashMap;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +34,12 @@ pub struct SessionKey(u32);
 /// (taken over, or closed) cannot act on the session's next connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
+
+/// Filters of one session added to or removed from the index per turn: a
+/// SUBSCRIBE of 100,000 filters is indexed over many turns, the connection
+/// task yielding between them, so the shard's other connections are served
+/// meanwhile (about a millisecond per turn).
+pub const INDEX_WORK_PER_TURN: usize = 256;
 
 /// A local subscription as the index stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +66,22 @@ struct ConnectionLink {
     closed: Option<CloseReason>,
 }
 
+/// Index changes a session asked for that are not done yet, oldest first.
+#[derive(Debug)]
+enum IndexWork {
+    Subscribe(smallvec::IntoIter<[SubscriptionGrant; 1]>),
+    Unsubscribe(smallvec::IntoIter<[TopicFilter; 1]>),
+}
+
+impl IndexWork {
+    fn len(&self) -> usize {
+        match self {
+            Self::Subscribe(grants) => grants.len(),
+            Self::Unsubscribe(filters) => filters.len(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     session: Session,
@@ -72,6 +94,11 @@ struct Slot {
     expires_at: Option<Instant>,
     /// The time of this slot's live entry in `Shard::deadlines`.
     scheduled: Option<Instant>,
+    /// Subscribes and unsubscribes too large for one turn (see
+    /// [`INDEX_WORK_PER_TURN`]). While there are any, the connection's
+    /// output waits (its SUBACK or UNSUBACK must not go out before the
+    /// index has every filter) and its later packets stay unread.
+    index_backlog: Option<Box<VecDeque<IndexWork>>>,
 }
 
 impl Slot {
@@ -133,8 +160,12 @@ pub struct Shard {
     next_connection: u64,
     shutting_down: bool,
     counters: ShardCounters,
-    /// Sessions whose SUBACK waits for an interest acknowledgement.
-    interest_waiters: Vec<SessionKey>,
+    /// Sessions whose SUBACK waits for an interest acknowledgement, with
+    /// the revision each waits for, in increasing revision order (so an
+    /// acknowledgement releases a prefix: linear in the subscribes, however
+    /// many filters they carry). A session may appear more than once; its
+    /// link's `await_interest` is what counts.
+    interest_waiters: VecDeque<(u64, SessionKey)>,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
     /// When to look at which slot, earliest first. A keep alive deadline
@@ -176,7 +207,7 @@ impl Shard {
             next_connection: 0,
             shutting_down: false,
             counters: ShardCounters::default(),
-            interest_waiters: Vec::new(),
+            interest_waiters: VecDeque::new(),
             matches: Vec::new(),
             deadlines: BinaryHeap::new(),
         }
@@ -306,6 +337,7 @@ impl Shard {
             connection: None,
             expires_at: None,
             scheduled: None,
+            index_backlog: None,
         };
         let key = match self.free_slots.pop() {
             Some(index) => {
@@ -351,6 +383,14 @@ impl Shard {
         // to a 5.0 client asking for 0xFFFFFFFF, section 3.1.2.11.2).
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let ends_now = slot.clean || expiry == Some(Duration::ZERO);
+        // A persistent session keeps what it subscribed to: the rest of a
+        // large SUBSCRIBE is indexed now, there is no connection to pace.
+        let backlog = slot.index_backlog.take();
+        if !ends_now {
+            for work in backlog.into_iter().flat_map(|backlog| *backlog) {
+                self.run_index_work(key, work, usize::MAX, now);
+            }
+        }
         self.drain_events(key, now);
         if ends_now {
             self.remove_session(key);
@@ -449,9 +489,10 @@ impl Shard {
         let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
             return Err(ConnectionError::Detached);
         };
-        // Woken again when the interest acknowledgement arrives.
+        // Woken again when the interest acknowledgement arrives, or when
+        // the last of a large SUBSCRIBE is indexed.
         link.notified = false;
-        if link.await_interest > acked {
+        if link.await_interest > acked || slot.index_backlog.is_some() {
             return Ok(0);
         }
         let written = slot.session.poll_transmit(now, out);
@@ -520,14 +561,10 @@ impl Shard {
                 }
                 SessionEvent::Will(message) => self.route(message, now),
                 SessionEvent::Subscribe(grants) => {
-                    for grant in grants {
-                        self.subscribe(key, grant, now);
-                    }
+                    self.queue_index_work(key, IndexWork::Subscribe(grants.into_iter()), now);
                 }
                 SessionEvent::Unsubscribe(filters) => {
-                    for filter in filters {
-                        self.unsubscribe_index(key, &filter);
-                    }
+                    self.queue_index_work(key, IndexWork::Unsubscribe(filters.into_iter()), now);
                 }
                 SessionEvent::Closed(reason) => {
                     if let Some(link) = self.slot_mut(key).connection.as_mut() {
@@ -537,6 +574,97 @@ impl Shard {
             }
         }
         self.notify(key);
+    }
+
+    /// Entries waiting for interest acknowledgements.
+    #[cfg(test)]
+    pub(super) fn interest_waiters(&self) -> usize {
+        self.interest_waiters.len()
+    }
+
+    /// Indexes a session's subscribe or unsubscribe: at once when it is
+    /// small and nothing is waiting before it, else in turns driven by the
+    /// connection ([`Shard::handle_index_work`]).
+    fn queue_index_work(&mut self, key: SessionKey, work: IndexWork, now: Instant) {
+        let slot = self.slot_mut(key);
+        match &mut slot.index_backlog {
+            None if work.len() <= INDEX_WORK_PER_TURN => {
+                self.run_index_work(key, work, usize::MAX, now);
+            }
+            Some(backlog) => backlog.push_back(work),
+            None => {
+                slot.index_backlog = Some(Box::new(VecDeque::from([work])));
+                self.handle_index_turn(key, now);
+            }
+        }
+    }
+
+    /// Whether `key` has subscribes or unsubscribes not fully indexed: its
+    /// connection then calls [`Shard::handle_index_work`], yielding in
+    /// between, before it reads further packets.
+    pub fn has_index_work(&self, key: SessionKey) -> bool {
+        self.slots
+            .get(key.0 as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|slot| slot.index_backlog.is_some())
+    }
+
+    /// Indexes up to [`INDEX_WORK_PER_TURN`] more filters of `key`'s
+    /// pending subscribes and unsubscribes; once none is left, the
+    /// connection is woken for the SUBACK.
+    pub fn handle_index_work(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        now: Instant,
+    ) -> Result<(), ConnectionError> {
+        self.session_mut(key, connection).ok_or(ConnectionError::Detached)?;
+        self.handle_index_turn(key, now);
+        Ok(())
+    }
+
+    fn handle_index_turn(&mut self, key: SessionKey, now: Instant) {
+        let mut budget = INDEX_WORK_PER_TURN;
+        while budget > 0 {
+            let slot = self.slot_mut(key);
+            let Some(backlog) = slot.index_backlog.as_mut() else { return };
+            let Some(work) = backlog.pop_front() else {
+                slot.index_backlog = None;
+                self.notify(key);
+                return;
+            };
+            budget = self.run_index_work(key, work, budget, now);
+        }
+    }
+
+    /// Indexes up to `budget` filters of `work`; what is left goes back to
+    /// the front of the backlog. Returns the budget left.
+    fn run_index_work(
+        &mut self,
+        key: SessionKey,
+        mut work: IndexWork,
+        mut budget: usize,
+        now: Instant,
+    ) -> usize {
+        while budget > 0 {
+            let done = match &mut work {
+                IndexWork::Subscribe(grants) => {
+                    grants.next().map(|grant| self.subscribe(key, grant, now)).is_none()
+                }
+                IndexWork::Unsubscribe(filters) => {
+                    filters.next().map(|filter| self.unsubscribe_index(key, &filter)).is_none()
+                }
+            };
+            if done {
+                return budget;
+            }
+            budget -= 1;
+        }
+        if work.len() > 0 {
+            let slot = self.slot_mut(key);
+            slot.index_backlog.get_or_insert_with(Box::default).push_front(work);
+        }
+        0
     }
 
     /// Routes an accepted message: the retained store, local subscribers,
@@ -681,7 +809,7 @@ impl Shard {
             let link = self.slot_mut(key).connection.as_mut();
             if let Some(link) = link {
                 link.await_interest = revision;
-                self.interest_waiters.push(key);
+                self.interest_waiters.push_back((revision, key));
             }
         }
         // [MQTT-3.3.1-6] Retained messages matching a new subscription are
@@ -788,25 +916,25 @@ impl Shard {
                 let acked = &mut self.interest_acked[from.index()];
                 *acked = (*acked).max(revision);
                 let acked_by_all = self.interest_acked_by_all();
-                let mut waiters = std::mem::take(&mut self.interest_waiters);
-                waiters.retain(|&key| {
+                while let Some(&(revision, key)) = self.interest_waiters.front() {
+                    if revision > acked_by_all {
+                        break;
+                    }
+                    self.interest_waiters.pop_front();
                     let link = self.slots[key.0 as usize]
                         .as_mut()
-                        .and_then(|slot| slot.connection.as_mut());
-                    match link {
-                        Some(link) if link.await_interest > acked_by_all => true,
-                        Some(link) => {
-                            link.await_interest = 0;
-                            link.notified = true;
-                            if let Some(waker) = link.waker.take() {
-                                waker.wake();
-                            }
-                            false
+                        .and_then(|slot| slot.connection.as_mut())
+                        // A later connection, or a later revision still
+                        // awaited, is not released by this entry.
+                        .filter(|link| (1..=acked_by_all).contains(&link.await_interest));
+                    if let Some(link) = link {
+                        link.await_interest = 0;
+                        link.notified = true;
+                        if let Some(waker) = link.waker.take() {
+                            waker.wake();
                         }
-                        None => false,
                     }
-                });
-                self.interest_waiters = waiters;
+                }
             }
             ShardMessage::Retain(message) => {
                 self.retained.set(message);

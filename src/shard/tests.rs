@@ -416,3 +416,83 @@ fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
         assert_eq!(cluster.shards[0].counters().sessions_expired, 0);
     }
 }
+
+/// A SUBSCRIBE of `n` filters `{prefix}/{i}`.
+fn subscribe_many(prefix: &str, n: usize) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(7).unwrap(),
+        properties: Default::default(),
+        subscriptions: (0..n)
+            .map(|i| Subscription {
+                filter: TopicFilter::new(format!("{prefix}/{i}")).unwrap(),
+                options: SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() },
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn a_large_subscribe_is_indexed_in_turns_and_acknowledged_after_the_last() {
+    let mut cluster = Cluster::new(1);
+    let sub = cluster.connect("big");
+    let n = INDEX_WORK_PER_TURN * 3 + 5;
+    cluster.send(&sub, subscribe_many("t", n));
+    // One turn is done while handling the packet; the SUBACK waits.
+    assert!(cluster.shards[0].has_index_work(sub.key));
+    assert!(cluster.output(&sub).is_empty(), "no SUBACK before every filter is indexed");
+    let mut turns = 1;
+    while cluster.shards[0].has_index_work(sub.key) {
+        let now = cluster.now;
+        cluster.shards[0].handle_index_work(sub.key, sub.id, now).unwrap();
+        turns += 1;
+        assert!(turns <= 5, "each turn indexes {INDEX_WORK_PER_TURN} filters");
+    }
+    assert_eq!(turns, 4);
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    // Every filter is in the index: the last one matches.
+    let publisher = cluster.connect("pub");
+    cluster.send(&publisher, publish(&format!("t/{}", n - 1), b"last", false));
+    assert_eq!(payloads(&cluster.output(&sub)), [b"last"]);
+}
+
+#[test]
+fn a_persistent_session_that_leaves_mid_subscribe_keeps_every_filter() {
+    let mut cluster = Cluster::new(1);
+    let (sub, _) = cluster.connect_with("leaver", false);
+    let n = INDEX_WORK_PER_TURN * 2;
+    cluster.send(&sub, subscribe_many("t", n));
+    assert!(cluster.shards[0].has_index_work(sub.key));
+    cluster.close(&sub);
+    assert!(!cluster.shards[0].has_index_work(sub.key));
+    let (sub, _) = cluster.connect_with("leaver", false);
+    let publisher = cluster.connect("pub");
+    let mut last = publish(&format!("t/{}", n - 1), b"last", false);
+    if let Packet::Publish(publish) = &mut last {
+        publish.qos = QoS::AtLeastOnce;
+        publish.packet_id = PacketId::new(1);
+    }
+    cluster.send(&publisher, last);
+    assert_eq!(payloads(&cluster.output(&sub)), [b"last"]);
+}
+
+#[test]
+fn subacks_wait_for_the_acknowledgement_of_their_last_revision() {
+    // 2 shards: every new filter is an interest delta to acknowledge. The
+    // waiters are released in revision order, each entry looked at once
+    // (the old code scanned every waiter per acknowledgement: quadratic).
+    let mut cluster = Cluster::new(2);
+    let sub = cluster.connect(&id_on("s", 0, 2));
+    for round in 0..20 {
+        cluster.send(&sub, subscribe_many(&format!("r{round}"), 200));
+        while cluster.shards[0].has_index_work(sub.key) {
+            let now = cluster.now;
+            cluster.shards[0].handle_index_work(sub.key, sub.id, now).unwrap();
+        }
+    }
+    assert!(cluster.output(&sub).is_empty(), "SUBACKs wait for the peer's acknowledgements");
+    assert_eq!(cluster.shards[0].interest_waiters(), 20 * 200);
+    cluster.settle();
+    assert!(cluster.shards[0].interest_waiters() == 0);
+    let acks = cluster.output(&sub);
+    assert_eq!(acks.iter().filter(|p| matches!(p, Packet::SubAck(_))).count(), 20);
+}
