@@ -416,3 +416,19 @@ fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
         assert_eq!(cluster.shards[0].counters().sessions_expired, 0);
     }
 }
+
+#[test]
+fn protocol_violations_close_the_connection_and_are_counted_mqtt_4_8_0_1() {
+    // [MQTT-4.8.0-1] a protocol violation closes the connection; the shard
+    // counts it. A PUBREC for a packet id that was never sent is not one (it
+    // is counted by the session as an unexpected acknowledgement).
+    let mut cluster = Cluster::new(1);
+    let client = cluster.connect("violator");
+    let ack = crate::protocol::PubResponse::new(PacketId::new(9).unwrap());
+    cluster.send(&client, Packet::PubRec(ack.clone()));
+    assert_eq!(cluster.shards[0].counters().protocol_violations, 0);
+    let now = cluster.now;
+    let open = cluster.shards[0].handle_packet(client.key, client.id, now, Packet::PingResp);
+    assert!(matches!(open, Ok(false)), "the connection is closed");
+    assert_eq!(cluster.shards[0].counters().protocol_violations, 1);
+}
