@@ -250,3 +250,62 @@ fn utf8_bom_and_multibyte_characters_are_kept() {
     assert_eq!(publish.topic.as_str(), "\u{FEFF}é/ü");
     assert!(publish.payload.is_empty());
 }
+
+// ---- MQTT 3.1 as 3.1 clients send it ----------------------------------------
+
+/// Decodes `bytes` as the broker does on an MQTT 3.1 connection: through
+/// `decode_packet` and through a `Decoder` switched to 3.1 by `set_version`.
+fn decode_v31(bytes: &[u8]) -> Packet {
+    let got = decode_packet(Bytes::copy_from_slice(bytes), V3_1).expect("valid 3.1 packet");
+    let mut decoder = Decoder::new(V3_1_1, MAX);
+    decoder.set_version(V3_1);
+    let mut buf = BytesMut::from(bytes);
+    assert_eq!(decoder.decode(&mut buf), Ok(Some(got.clone())), "Decoder::decode");
+    assert!(buf.is_empty());
+    got
+}
+
+/// MQTT 3.1 section 2.1 (DUP) and 3.6 (PUBREL: QoS 1): a re-sent PUBREL
+/// carries DUP=1, first byte 0x6A; 3.1.1 forbids it [MQTT-3.6.1-1].
+#[test]
+fn v31_pubrel_with_dup_is_accepted() {
+    assert_eq!(decode_v31(&[0x6A, 0x02, 0x00, 0x01]), Packet::PubRel(PubResponse::new(pid(1))));
+}
+
+/// MQTT 3.1 sections 3.8 and 3.10: SUBSCRIBE and UNSUBSCRIBE use QoS 1 and
+/// carry DUP=1 when re-sent (0x8A, 0xAA); 3.1.1 forbids it
+/// [MQTT-3.8.1-1], [MQTT-3.10.1-1].
+#[test]
+fn v31_subscribe_and_unsubscribe_with_dup_are_accepted() {
+    let Packet::Subscribe(subscribe) = decode_v31(b"\x8A\x06\x00\x07\x00\x01t\x01") else {
+        panic!("not a SUBSCRIBE")
+    };
+    assert_eq!(subscribe.packet_id, pid(7));
+    assert_eq!(subscribe.subscriptions[0].filter.as_str(), "t");
+    assert_eq!(subscribe.subscriptions[0].options.qos, QoS::AtLeastOnce);
+    let Packet::Unsubscribe(unsubscribe) = decode_v31(b"\xAA\x05\x00\x08\x00\x01t") else {
+        panic!("not an UNSUBSCRIBE")
+    };
+    assert_eq!(unsubscribe.packet_id, pid(8));
+    assert_eq!(unsubscribe.filters[0].as_str(), "t");
+}
+
+/// MQTT 3.1 section 3.1 (Connect flags): bit 0 is reserved but, unlike
+/// 3.1.1 [MQTT-3.1.2-3], not required to be 0. A 3.1 CONNECT with it set is
+/// read, by a decoder that starts in 3.1.1 as the broker's does.
+#[test]
+fn v31_connect_with_the_reserved_flag_is_accepted() {
+    let bytes = b"\x10\x11\x00\x06MQIsdp\x03\x03\x00\x3C\x00\x03c31";
+    let mut decoder = Decoder::new(V3_1_1, MAX);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let Ok(Some(Packet::Connect(connect))) = decoder.decode(&mut buf) else {
+        panic!("3.1 CONNECT with bit 0 set refused")
+    };
+    assert_eq!(connect.version, V3_1);
+    assert!(connect.clean_start);
+    assert_eq!(&*connect.client_id, "c31");
+    assert_eq!(decoder.version(), V3_1);
+    // The DUP PUBREL that follows on the same connection is read too.
+    buf.extend_from_slice(&[0x6A, 0x02, 0x00, 0x01]);
+    assert_eq!(decoder.decode(&mut buf), Ok(Some(Packet::PubRel(PubResponse::new(pid(1))))));
+}

@@ -89,6 +89,27 @@ malformed! {
     /// [MQTT-2.2.2-2]: PINGREQ flags are 0000.
     pingreq_flags_1: V3_1_1, b"\xC1\x00"
         => InvalidFixedHeaderFlags { packet: PacketType::PingReq, flags: 1 }, MalformedPacket;
+    /// [MQTT-3.6.1-1]: a 3.1.1 PUBREL has flags 0010; DUP=1 (0x6A, which
+    /// MQTT 3.1 allows on a re-sent PUBREL) is malformed.
+    pubrel_dup_v311: V3_1_1, b"\x6A\x02\x00\x01"
+        => InvalidFixedHeaderFlags { packet: PacketType::PubRel, flags: 0x0A }, MalformedPacket;
+    /// MQTT 5.0 section 3.6.1: the same in 5.0.
+    pubrel_dup_v5: V5, b"\x6A\x02\x00\x01"
+        => InvalidFixedHeaderFlags { packet: PacketType::PubRel, flags: 0x0A }, MalformedPacket;
+    /// [MQTT-3.8.1-1]: a 3.1.1 SUBSCRIBE with DUP=1 is malformed.
+    subscribe_dup_v311: V3_1_1, b"\x8A\x06\x00\x01\x00\x01a\x00"
+        => InvalidFixedHeaderFlags { packet: PacketType::Subscribe, flags: 0x0A }, MalformedPacket;
+    /// [MQTT-3.10.1-1]: a 5.0 UNSUBSCRIBE with DUP=1 is malformed.
+    unsubscribe_dup_v5: V5, b"\xAA\x06\x00\x01\x00\x00\x01a"
+        => InvalidFixedHeaderFlags { packet: PacketType::Unsubscribe, flags: 0x0A }, MalformedPacket;
+    /// MQTT 3.1 section 3.6: PUBREL uses QoS 1, so QoS 0 stays malformed
+    /// in 3.1 too; only DUP is free.
+    pubrel_flags_0_v31: V3_1, b"\x60\x02\x00\x01"
+        => InvalidFixedHeaderFlags { packet: PacketType::PubRel, flags: 0 }, MalformedPacket;
+    /// MQTT 3.1 allows DUP on a re-sent PUBREL, SUBSCRIBE or UNSUBSCRIBE
+    /// only: a 3.1 PUBACK with DUP=1 stays malformed.
+    puback_dup_v31: V3_1, b"\x48\x02\x00\x01"
+        => InvalidFixedHeaderFlags { packet: PacketType::PubAck, flags: 8 }, MalformedPacket;
     /// [MQTT-2.2.2-2]: PINGRESP flags are 0000.
     pingresp_flags_8: V3_1, b"\xD8\x00"
         => InvalidFixedHeaderFlags { packet: PacketType::PingResp, flags: 8 }, MalformedPacket;

@@ -119,7 +119,14 @@ pub fn decode_packet(mut bytes: Bytes, version: ProtocolVersion) -> Result<Packe
     Ok(packet)
 }
 
-/// Checks the packet type and the fixed-header flags of the first byte.
+/// The fixed-header flags of PUBREL, SUBSCRIBE and UNSUBSCRIBE: QoS 1.
+const QOS_1_FLAGS: u8 = 0b0010;
+
+/// The DUP bit of the fixed-header flags.
+const DUP_FLAG: u8 = 0b1000;
+
+/// Checks the packet type and the fixed-header flags of the first byte,
+/// as `version` has them: a connection's version once its CONNECT is read.
 fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<(), DecodeError> {
     let type_bits = first >> 4;
     let packet = match PacketType::from_u8(type_bits) {
@@ -132,17 +139,23 @@ fn check_first_byte(first: u8, version: ProtocolVersion) -> Result<(), DecodeErr
     };
     let flags = first & 0x0F;
     match packet.fixed_flags() {
-        // [MQTT-2.2.2-2] Flags of other packet types are fixed.
-        Some(expected) if flags != expected => {
-            Err(DecodeError::InvalidFixedHeaderFlags { packet, flags })
+        Some(expected) if flags == expected => Ok(()),
+        // MQTT 3.1 section 2.1: PUBREL, SUBSCRIBE and UNSUBSCRIBE use QoS 1
+        // and carry DUP=1 when re-sent. 3.1.1 and 5.0 fix their flags to
+        // 0010 ([MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]).
+        Some(QOS_1_FLAGS)
+            if version == ProtocolVersion::V3_1 && flags == QOS_1_FLAGS | DUP_FLAG =>
+        {
+            Ok(())
         }
-        Some(_) => Ok(()),
+        // [MQTT-2.2.2-2] Flags of other packet types are fixed.
+        Some(_) => Err(DecodeError::InvalidFixedHeaderFlags { packet, flags }),
         None => {
             // PUBLISH: [MQTT-3.3.1-4] QoS 3 is malformed; [MQTT-3.3.1-2]
             // DUP is 0 for QoS 0.
             match (flags >> 1) & 0b11 {
                 3 => Err(DecodeError::InvalidQoS),
-                0 if flags & 0b1000 != 0 => Err(DecodeError::DupWithQoS0),
+                0 if flags & DUP_FLAG != 0 => Err(DecodeError::DupWithQoS0),
                 _ => Ok(()),
             }
         }
@@ -179,8 +192,10 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         _ => return Err(DecodeError::InvalidProtocolName),
     };
     let flags = r.u8()?;
-    // [MQTT-3.1.2-3] The reserved flag is zero.
-    if flags & 0x01 != 0 {
+    // [MQTT-3.1.2-3] The reserved flag is zero. MQTT 3.1 (section 3.1,
+    // Connect flags) marks bit 0 reserved without requiring it to be 0, so
+    // a 3.1 client's CONNECT is accepted whatever it holds.
+    if flags & 0x01 != 0 && version != ProtocolVersion::V3_1 {
         return Err(DecodeError::ReservedConnectFlag);
     }
     let clean_start = flags & 0x02 != 0;

@@ -59,7 +59,8 @@ pub enum DecodeError {
     /// [MQTT-3.1.2-2].
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocolVersion(u8),
-    /// The reserved bit of the CONNECT flags is set [MQTT-3.1.2-3].
+    /// The reserved bit of the CONNECT flags is set [MQTT-3.1.2-3] (3.1.1
+    /// and 5.0; MQTT 3.1 leaves it unchecked).
     #[error("reserved CONNECT flag is set")]
     ReservedConnectFlag,
     /// Will QoS or Will Retain without the Will Flag [MQTT-3.1.2-11],

@@ -72,7 +72,8 @@ impl PacketType {
     }
 
     /// The fixed-header flags this type must carry; PUBLISH has variable
-    /// flags and returns `None` [MQTT-2.2.2-1].
+    /// flags and returns `None` [MQTT-2.2.2-1]. (The decoder also accepts
+    /// DUP=1 on a re-sent MQTT 3.1 PUBREL, SUBSCRIBE or UNSUBSCRIBE.)
     pub const fn fixed_flags(self) -> Option<u8> {
         match self {
             Self::Publish => None,

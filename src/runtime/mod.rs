@@ -342,6 +342,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         cross_core_qos0_dropped = outbox.dropped_qos0(),
         takeovers = counters.takeovers,
         sessions_expired = counters.sessions_expired,
+        protocol_violations = counters.protocol_violations,
         "shard stopped"
     );
     Ok(())

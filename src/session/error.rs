@@ -41,6 +41,18 @@ pub enum SessionError {
     /// of CONNACK [MQTT-3.3.4-7].
     #[error("receive maximum exceeded")]
     ReceiveMaximumExceeded,
+    /// An acknowledgement of the wrong kind for a packet id in flight: a
+    /// QoS 1 PUBLISH is acknowledged by PUBACK only [MQTT-4.3.2-1], a QoS 2
+    /// PUBLISH by PUBREC and its PUBREL by PUBCOMP [MQTT-4.3.3-1].
+    #[error("{packet:?} for packet id {packet_id}, which awaits {expected:?}")]
+    WrongAcknowledgement {
+        /// What the client sent.
+        packet: PacketType,
+        /// The packet identifier it acknowledged.
+        packet_id: u16,
+        /// What the flow of that packet identifier awaits.
+        expected: PacketType,
+    },
 }
 
 impl SessionError {
@@ -53,7 +65,8 @@ impl SessionError {
             | Self::NotConnected
             | Self::SubscriptionIdentifierFromClient
             | Self::EmptyTopic
-            | Self::UnknownTopicAlias(_) => ReasonCode::ProtocolError,
+            | Self::UnknownTopicAlias(_)
+            | Self::WrongAcknowledgement { .. } => ReasonCode::ProtocolError,
             Self::MissingPacketId => ReasonCode::MalformedPacket,
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,

@@ -92,8 +92,9 @@ pub struct SessionCounters {
     /// Packets that could not be sent: larger than the client's v5 Maximum
     /// Packet Size [MQTT-3.1.2-25] or than MQTT can encode.
     pub dropped_too_large: u64,
-    /// PUBACK, PUBREC or PUBCOMP packets for a packet identifier that was
-    /// not awaiting one; ignored.
+    /// PUBACK, PUBREC or PUBCOMP packets for a packet identifier not in
+    /// flight; ignored (one of the wrong kind for an id in flight is a
+    /// protocol violation instead).
     pub unexpected_acks: u64,
 }
 

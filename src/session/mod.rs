@@ -45,15 +45,15 @@ pub use limits::{SessionCounters, SessionLimits};
 use crate::message::Message;
 use crate::protocol::{
     BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId,
-    ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
-    TopicFilter, Unsubscribe, Will,
+    PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
+    Subscribe, TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 use connection::{Connection, Control, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
-use outbound::{Outbound, PubRecOutcome, Queued};
+use outbound::{AckOutcome, Outbound, Queued};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -191,26 +191,13 @@ impl Session {
         connection.keep_alive.handle_received(now);
         let result = match packet {
             Packet::Publish(publish) => self.handle_publish(now, publish),
-            Packet::PubAck(ack) => {
-                if !self.outbound.handle_puback(ack.packet_id) {
-                    self.counters.unexpected_acks += 1;
-                }
-                Ok(())
-            }
-            Packet::PubRec(ack) => {
-                self.handle_pubrec(ack);
-                Ok(())
-            }
+            Packet::PubAck(ack) => self.handle_ack(PacketType::PubAck, ack),
+            Packet::PubRec(ack) => self.handle_ack(PacketType::PubRec, ack),
             Packet::PubRel(ack) => {
                 self.handle_pubrel(ack);
                 Ok(())
             }
-            Packet::PubComp(ack) => {
-                if !self.outbound.handle_pubcomp(ack.packet_id) {
-                    self.counters.unexpected_acks += 1;
-                }
-                Ok(())
-            }
+            Packet::PubComp(ack) => self.handle_ack(PacketType::PubComp, ack),
             Packet::Subscribe(subscribe) => {
                 self.handle_subscribe(subscribe);
                 Ok(())
@@ -311,15 +298,42 @@ impl Session {
         Ok(())
     }
 
-    fn handle_pubrec(&mut self, ack: PubResponse) {
-        let Some(connection) = self.connection.as_mut() else { return };
-        match self.outbound.handle_pubrec(ack.packet_id, ack.reason) {
+    /// A PUBACK, PUBREC or PUBCOMP (`packet`) for an outgoing message.
+    ///
+    /// One of the wrong kind for a message in flight (a PUBREC or PUBCOMP
+    /// for a QoS 1 PUBLISH, a PUBACK or PUBCOMP for a QoS 2 PUBLISH awaiting
+    /// PUBREC, a PUBACK for a PUBREL) breaks [MQTT-4.3.2-1] or
+    /// [MQTT-4.3.3-1]: a protocol violation, which closes the connection
+    /// ([MQTT-4.8.0-1]; 5.0 §4.13: DISCONNECT 0x82 first). The message stays
+    /// in flight and is re-sent on the next connection of a persistent
+    /// session [MQTT-4.4.0-1].
+    ///
+    /// One for an id not in flight is counted and ignored. Neither 3.1.1
+    /// nor 5.0 calls it an error: 5.0 answers the one such packet that has
+    /// an answer, a PUBREL, with 0x92 Packet Identifier not found, "not an
+    /// error during recovery" (§3.7.2.1). It happens when the client's
+    /// session state and the server's disagree after a reconnect (a session
+    /// that expired or was not kept, a repeated v5 PUBREC refusal), and
+    /// Mosquitto ignores it too.
+    fn handle_ack(&mut self, packet: PacketType, ack: PubResponse) -> Result<(), SessionError> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(SessionError::NotConnected);
+        };
+        match self.outbound.handle_ack(packet, ack.packet_id, ack.reason) {
+            AckOutcome::Completed | AckOutcome::Refused => {}
             // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
             // [MQTT-4.6.0-4].
-            PubRecOutcome::Release => connection.control.push_back(Control::PubRel(ack.packet_id)),
-            PubRecOutcome::Refused => {}
-            PubRecOutcome::Unexpected => self.counters.unexpected_acks += 1,
+            AckOutcome::Release => connection.control.push_back(Control::PubRel(ack.packet_id)),
+            AckOutcome::NotInFlight => self.counters.unexpected_acks += 1,
+            AckOutcome::Mismatch { expected } => {
+                return Err(SessionError::WrongAcknowledgement {
+                    packet,
+                    packet_id: ack.packet_id.get(),
+                    expected,
+                })
+            }
         }
+        Ok(())
     }
 
     fn handle_pubrel(&mut self, ack: PubResponse) {

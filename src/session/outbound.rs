@@ -11,8 +11,8 @@
 use super::{SessionCounters, SessionLimits};
 use crate::message::Message;
 use crate::protocol::{
-    BoxedPublishProperties, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS,
-    ReasonCode, SubscriptionIds,
+    BoxedPublishProperties, Packet, PacketId, PacketType, ProtocolVersion, PubResponse, Publish,
+    QoS, ReasonCode, SubscriptionIds,
 };
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -101,6 +101,17 @@ enum Flow {
     Released,
 }
 
+impl Flow {
+    /// The acknowledgement this flow waits for.
+    fn awaits(&self) -> PacketType {
+        match self {
+            Self::Qos1Sent(_) => PacketType::PubAck,
+            Self::Qos2Sent(_) => PacketType::PubRec,
+            Self::Released => PacketType::PubComp,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inflight {
     /// Position in the order of re-sending: when the PUBLISH was first sent,
@@ -109,16 +120,25 @@ struct Inflight {
     flow: Flow,
 }
 
-/// What a PUBREC did.
+/// What an acknowledgement (PUBACK, PUBREC or PUBCOMP) of an outgoing
+/// message did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PubRecOutcome {
-    /// Send PUBREL with this packet id [MQTT-4.3.3-1].
+pub(super) enum AckOutcome {
+    /// PUBACK of a QoS 1 PUBLISH [MQTT-4.3.2-1] or PUBCOMP of a PUBREL
+    /// [MQTT-4.3.3-1]: the flow is complete and the id is free.
+    Completed,
+    /// PUBREC: send PUBREL with this packet id [MQTT-4.3.3-1].
     Release,
     /// A v5 PUBREC with a failure reason ends the flow: no PUBREL, the id is
     /// free again [MQTT-4.3.3-4].
     Refused,
-    /// No QoS 2 message was awaiting it; ignored.
-    Unexpected,
+    /// No message is in flight with this id: nothing to acknowledge.
+    NotInFlight,
+    /// The id is in flight, but its flow awaits `expected`, not this packet.
+    Mismatch {
+        /// The acknowledgement the flow awaits.
+        expected: PacketType,
+    },
 }
 
 /// The outgoing state of a session. It survives disconnections of a
@@ -285,36 +305,40 @@ impl Outbound {
         order
     }
 
-    /// PUBACK: the QoS 1 flow is complete and the id is free
-    /// [MQTT-4.3.2-1]. Returns false when no QoS 1 message awaited it.
-    pub(super) fn handle_puback(&mut self, id: PacketId) -> bool {
-        self.remove_if(id, |flow| matches!(flow, Flow::Qos1Sent(_)))
-    }
-
-    /// PUBREC: the message is delivered; PUBREL follows [MQTT-4.3.3-1],
-    /// unless a v5 failure reason ends the flow [MQTT-4.3.3-4]. A repeated
-    /// PUBREC gets its PUBREL again.
-    pub(super) fn handle_pubrec(&mut self, id: PacketId, reason: ReasonCode) -> PubRecOutcome {
-        let Some(inflight) = self.inflight.get(&id) else { return PubRecOutcome::Unexpected };
-        match inflight.flow {
-            Flow::Qos1Sent(_) => PubRecOutcome::Unexpected,
-            Flow::Released => PubRecOutcome::Release,
-            Flow::Qos2Sent(_) if reason.as_u8() >= 0x80 => {
+    /// An acknowledgement `packet` (PUBACK, PUBREC or PUBCOMP) for `id`,
+    /// with its v5 `reason`, checked against the flow of `id`.
+    ///
+    /// A QoS 1 PUBLISH is acknowledged by PUBACK only [MQTT-4.3.2-1]; a
+    /// QoS 2 PUBLISH by PUBREC, and the PUBREL that follows by PUBCOMP
+    /// [MQTT-4.3.3-1]. Anything else for an id in flight is a
+    /// [`AckOutcome::Mismatch`] and changes nothing. A repeated PUBREC gets
+    /// its PUBREL again.
+    pub(super) fn handle_ack(
+        &mut self,
+        packet: PacketType,
+        id: PacketId,
+        reason: ReasonCode,
+    ) -> AckOutcome {
+        let Some(inflight) = self.inflight.get(&id) else { return AckOutcome::NotInFlight };
+        match (packet, &inflight.flow) {
+            (PacketType::PubAck, Flow::Qos1Sent(_)) | (PacketType::PubComp, Flow::Released) => {
                 self.inflight.remove(&id);
-                PubRecOutcome::Refused
+                AckOutcome::Completed
             }
-            Flow::Qos2Sent(_) => {
+            (PacketType::PubRec, Flow::Qos2Sent(_)) if reason.as_u8() >= 0x80 => {
+                self.inflight.remove(&id);
+                AckOutcome::Refused
+            }
+            (PacketType::PubRec, Flow::Qos2Sent(_)) => {
+                // The PUBREL takes its place in the order of re-sending when
+                // the PUBREC arrives [MQTT-4.6.0-4].
                 let order = self.take_order();
                 self.inflight.insert(id, Inflight { order, flow: Flow::Released });
-                PubRecOutcome::Release
+                AckOutcome::Release
             }
+            (PacketType::PubRec, Flow::Released) => AckOutcome::Release,
+            (_, flow) => AckOutcome::Mismatch { expected: flow.awaits() },
         }
-    }
-
-    /// PUBCOMP: the QoS 2 flow is complete and the id is free
-    /// [MQTT-4.3.3-1]. Returns false when no PUBREL awaited it.
-    pub(super) fn handle_pubcomp(&mut self, id: PacketId) -> bool {
-        self.remove_if(id, |flow| matches!(flow, Flow::Released))
     }
 
     /// Whether a PUBREL for `id` is unacknowledged.
@@ -326,15 +350,5 @@ impl Outbound {
     /// sent [MQTT-3.1.2-25].
     pub(super) fn abandon(&mut self, id: PacketId) {
         self.inflight.remove(&id);
-    }
-
-    fn remove_if(&mut self, id: PacketId, flow_matches: impl Fn(&Flow) -> bool) -> bool {
-        match self.inflight.get(&id) {
-            Some(inflight) if flow_matches(&inflight.flow) => {
-                self.inflight.remove(&id);
-                true
-            }
-            _ => false,
-        }
     }
 }

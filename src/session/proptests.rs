@@ -1,5 +1,6 @@
 //! Property test: whatever the sequence of deliveries, acknowledgements
-//! (right or wrong), transmissions and reconnections, the session never has
+//! (right or wrong: a wrong one for an id in flight closes the connection),
+//! transmissions and reconnections, the session never has
 //! more than `max_inflight` unacknowledged publishes, never exceeds its queue
 //! limits, never reuses a packet id still in flight [MQTT-2.3.1-2], and
 //! re-sends only what is in flight.
@@ -175,11 +176,25 @@ proptest! {
                 }
                 Op::RandomAck { kind, id } => {
                     let result = session.handle_packet(t0, ack_packet(kind, PacketId::new(id).unwrap()));
-                    if connected {
-                        prop_assert_eq!(result, Ok(()));
-                        apply_ack(&mut model, kind, id);
-                    } else {
-                        prop_assert_eq!(result, Err(SessionError::NotConnected));
+                    match model.get(&id) {
+                        _ if !connected => {
+                            prop_assert_eq!(result, Err(SessionError::NotConnected));
+                        }
+                        // Not in flight, the right acknowledgement, or a
+                        // repeated PUBREC for a PUBREL: accepted.
+                        None => prop_assert_eq!(result, Ok(())),
+                        Some(&owed) if owed == kind || (owed, kind) == (OWES_PUBCOMP, OWES_PUBREC) => {
+                            prop_assert_eq!(result, Ok(()));
+                            apply_ack(&mut model, kind, id);
+                        }
+                        // [MQTT-4.8.0-1] the wrong kind closes the connection.
+                        Some(_) => {
+                            prop_assert!(
+                                matches!(result, Err(SessionError::WrongAcknowledgement { .. })),
+                                "{:?}", result
+                            );
+                            connected = false;
+                        }
                     }
                 }
                 Op::ConnectionLost => {

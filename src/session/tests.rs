@@ -323,8 +323,12 @@ fn qos2_awaiting_pubrel_survives_reconnect_mqtt_4_3_3_2() {
 }
 
 #[test]
-fn pubrel_for_unknown_id_still_gets_pubcomp() {
-    // [MQTT-4.3.3-2] PUBREL -> PUBCOMP; v5 says the id was not found.
+fn pubrel_for_unknown_id_still_gets_pubcomp_mqtt_4_3_3_2() {
+    // 3.1.1 [MQTT-4.3.3-2] the receiver "MUST respond to a PUBREL packet by
+    // sending a PUBCOMP packet containing the same Packet Identifier as the
+    // PUBREL", known or not: it is no violation, as the PUBREL may be a
+    // re-send after the PUBCOMP was lost [MQTT-4.4.0-1]. 5.0 §3.7.2.1 answers
+    // an unknown id with PUBCOMP 0x92 (Packet Identifier not found).
     let t0 = Instant::now();
     let mut session = connected(t0, V311);
     session.handle_packet(t0, Packet::PubRel(ack(44))).unwrap();
@@ -491,8 +495,6 @@ fn qos1_out_is_unacknowledged_until_puback_mqtt_4_3_2_1() {
     deliver(&mut session, t0, "t", QoS::AtLeastOnce);
     drain(&mut session, t0);
     assert_eq!(session.inflight_len(), 1);
-    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
-    assert_eq!(session.inflight_len(), 1, "a PUBREC does not acknowledge QoS 1");
     session.handle_packet(t0, Packet::PubAck(ack(1))).unwrap();
     assert_eq!(session.inflight_len(), 0);
     assert!(drain(&mut session, t0).is_empty());
@@ -508,14 +510,12 @@ fn qos2_out_pubrec_pubrel_pubcomp_mqtt_4_3_3_1() {
     deliver(&mut session, t0, "t", QoS::ExactlyOnce);
     let packets = drain(&mut session, t0);
     assert_eq!(summary(&packets), vec![(PacketType::Publish, Some(1), false)]);
-    session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
-    assert_eq!(session.inflight_len(), 1, "PUBCOMP before PUBREC is ignored");
     session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
     assert_eq!(drain(&mut session, t0), vec![Packet::PubRel(ack(1))]);
     assert_eq!(session.inflight_len(), 1, "the PUBREL awaits PUBCOMP");
     session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
     assert_eq!(session.inflight_len(), 0);
-    assert_eq!(session.counters().unexpected_acks, 1);
+    assert_eq!(session.counters().unexpected_acks, 0);
 }
 
 #[test]
@@ -533,16 +533,156 @@ fn v5_pubrec_with_failure_ends_the_flow_mqtt_4_3_3_4() {
 }
 
 #[test]
-fn acknowledgements_for_unknown_ids_are_ignored() {
-    // MQTT 3.1.1 defines no error for them: they are counted and ignored.
+fn acknowledgements_for_ids_not_in_flight_are_ignored() {
+    // MQTT 3.1.1 defines no error for them, and 5.0 §3.6.2.1 calls an
+    // unknown packet id "not an error during recovery": a client may re-send
+    // an acknowledgement after reconnecting. They are counted and ignored,
+    // in 3.1.1 and in 5.0, including ids whose flow has just completed.
     let t0 = Instant::now();
-    let mut session = connected(t0, V311);
-    for packet in [Packet::PubAck(ack(3)), Packet::PubRec(ack(4)), Packet::PubComp(ack(5))] {
-        assert_eq!(session.handle_packet(t0, packet), Ok(()));
+    for version in [V311, V5] {
+        let mut session = connected(t0, version);
+        deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+        drain(&mut session, t0);
+        session.handle_packet(t0, Packet::PubAck(ack(1))).unwrap();
+        for packet in [
+            Packet::PubAck(ack(1)),
+            Packet::PubRec(ack(1)),
+            Packet::PubComp(ack(1)),
+            Packet::PubAck(ack(3)),
+            Packet::PubRec(ack(4)),
+            Packet::PubComp(ack(5)),
+        ] {
+            assert_eq!(session.handle_packet(t0, packet), Ok(()));
+        }
+        assert!(session.is_connected());
+        assert!(drain(&mut session, t0).is_empty());
+        assert_eq!(session.counters().unexpected_acks, 6);
     }
+}
+
+/// A session (3.1.1 or 5.0, persistent) that has sent one PUBLISH at `qos`
+/// (packet id 1); with `pubrec`, the client has answered PUBREC and been sent
+/// the PUBREL.
+fn awaiting_ack(t0: Instant, version: ProtocolVersion, qos: QoS, pubrec: bool) -> Session {
+    let mut session = connected(t0, version);
+    deliver(&mut session, t0, "t", qos);
+    assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::Publish, Some(1), false)]);
+    if pubrec {
+        session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+        assert_eq!(drain(&mut session, t0), vec![Packet::PubRel(ack(1))]);
+    }
+    session
+}
+
+/// Sends `wrong` to `session` and checks that it is a protocol violation
+/// that closes the connection: nothing more for a 3.1.1 client
+/// [MQTT-4.8.0-1], a DISCONNECT 0x82 for a 5.0 client (5.0 §4.13). The
+/// message stays in flight and is re-sent on the next connection
+/// [MQTT-4.4.0-1].
+fn assert_wrong_ack(mut session: Session, t0: Instant, wrong: Packet, expected: PacketType) {
+    let version = session.version().unwrap();
+    let packet = wrong.packet_type();
+    let error = SessionError::WrongAcknowledgement { packet, packet_id: 1, expected };
+    assert_eq!(session.handle_packet(t0, wrong), Err(error.clone()));
+    assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
+    assert!(!session.is_connected());
+    assert_eq!(closed_reason(&events(&mut session)), Some(&CloseReason::ProtocolViolation(error)));
+    let output = drain(&mut session, t0);
+    if version.is_v5() {
+        assert_eq!(output, vec![disconnect(ReasonCode::ProtocolError)]);
+    } else {
+        assert!(output.is_empty(), "MQTT 3.1.1 has no DISCONNECT from the server");
+    }
+    assert_eq!(session.inflight_len(), 1, "the message is still in flight");
+    assert_eq!(session.counters().unexpected_acks, 0);
+    session.handle_connection_lost(t0);
+    session.handle_connect(t0, &connect_packet(version, 0, false), true);
+    let resent = summary(&drain(&mut session, t0)[1..]);
+    let resent_as = if expected == PacketType::PubComp {
+        (PacketType::PubRel, Some(1), false)
+    } else {
+        (PacketType::Publish, Some(1), true)
+    };
+    assert_eq!(resent, vec![resent_as]);
+}
+
+#[test]
+fn pubrec_for_a_qos1_publish_is_a_protocol_violation_mqtt_4_3_2_1_mqtt_4_8_0_1() {
+    // [MQTT-4.3.2-1] the sender of a QoS 1 PUBLISH "MUST treat the PUBLISH
+    // Packet as unacknowledged until it has received the corresponding
+    // PUBACK packet"; a PUBREC instead breaks the protocol, and "if either
+    // the Server or Client encounters a protocol violation, it MUST close
+    // the Network Connection" [MQTT-4.8.0-1].
+    let t0 = Instant::now();
+    for version in [V311, V5] {
+        let session = awaiting_ack(t0, version, QoS::AtLeastOnce, false);
+        assert_wrong_ack(session, t0, Packet::PubRec(ack(1)), PacketType::PubAck);
+        // A v5 PUBREC with a failure reason is no better.
+        let session = awaiting_ack(t0, version, QoS::AtLeastOnce, false);
+        let mut refused = ack(1);
+        if version.is_v5() {
+            refused.reason = ReasonCode::QuotaExceeded;
+        }
+        assert_wrong_ack(session, t0, Packet::PubRec(refused), PacketType::PubAck);
+    }
+}
+
+#[test]
+fn pubcomp_for_a_qos1_publish_is_a_protocol_violation_mqtt_4_3_2_1_mqtt_4_8_0_1() {
+    // [MQTT-4.3.2-1] only PUBACK acknowledges a QoS 1 PUBLISH; there was no
+    // PUBREL to complete. [MQTT-4.8.0-1]
+    let t0 = Instant::now();
+    for version in [V311, V5] {
+        let session = awaiting_ack(t0, version, QoS::AtLeastOnce, false);
+        assert_wrong_ack(session, t0, Packet::PubComp(ack(1)), PacketType::PubAck);
+    }
+}
+
+#[test]
+fn puback_for_a_qos2_publish_is_a_protocol_violation_mqtt_4_3_3_1_mqtt_4_8_0_1() {
+    // [MQTT-4.3.3-1] the sender of a QoS 2 PUBLISH "MUST treat the PUBLISH
+    // packet as unacknowledged until it has received the corresponding
+    // PUBREC packet from the receiver"; a PUBACK is not one. [MQTT-4.8.0-1]
+    let t0 = Instant::now();
+    for version in [V311, V5] {
+        let session = awaiting_ack(t0, version, QoS::ExactlyOnce, false);
+        assert_wrong_ack(session, t0, Packet::PubAck(ack(1)), PacketType::PubRec);
+    }
+}
+
+#[test]
+fn pubcomp_before_pubrec_is_a_protocol_violation_mqtt_4_3_3_1_mqtt_4_8_0_1() {
+    // [MQTT-4.3.3-1] a QoS 2 PUBLISH awaits PUBREC; a PUBCOMP completes a
+    // PUBREL, and none was sent. [MQTT-4.8.0-1]
+    let t0 = Instant::now();
+    for version in [V311, V5] {
+        let session = awaiting_ack(t0, version, QoS::ExactlyOnce, false);
+        assert_wrong_ack(session, t0, Packet::PubComp(ack(1)), PacketType::PubRec);
+    }
+}
+
+#[test]
+fn puback_for_a_pubrel_is_a_protocol_violation_mqtt_4_3_3_1_mqtt_4_8_0_1() {
+    // [MQTT-4.3.3-1] the sender "MUST treat the PUBREL packet as
+    // unacknowledged until it has received the corresponding PUBCOMP
+    // packet from the receiver"; a PUBACK is not one. [MQTT-4.8.0-1]
+    let t0 = Instant::now();
+    for version in [V311, V5] {
+        let session = awaiting_ack(t0, version, QoS::ExactlyOnce, true);
+        assert_wrong_ack(session, t0, Packet::PubAck(ack(1)), PacketType::PubComp);
+    }
+}
+
+#[test]
+fn repeated_pubrec_gets_its_pubrel_again_mqtt_4_3_3_1() {
+    // A PUBREC for a PUBREL already sent is the right kind of
+    // acknowledgement, late: it is answered with the PUBREL again, not
+    // treated as a violation.
+    let t0 = Instant::now();
+    let mut session = awaiting_ack(t0, V311, QoS::ExactlyOnce, true);
+    session.handle_packet(t0, Packet::PubRec(ack(1))).unwrap();
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubRel(ack(1))]);
     assert!(session.is_connected());
-    assert!(drain(&mut session, t0).is_empty());
-    assert_eq!(session.counters().unexpected_acks, 3);
 }
 
 #[test]

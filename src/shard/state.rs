@@ -10,7 +10,8 @@ use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions,
 use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::{
-    CloseReason, Delivery, DeliveryOutcome, Session, SessionEvent, SessionLimits, SubscriptionGrant,
+    CloseReason, Delivery, DeliveryOutcome, Session, SessionError, SessionEvent, SessionLimits,
+    SubscriptionGrant,
 };
 use crate::shard::retained::RetainedStore;
 use crate::shard::trie::Match;
@@ -125,6 +126,9 @@ pub struct ShardCounters {
     pub takeovers: u64,
     /// Sessions ended because their client stayed away too long.
     pub sessions_expired: u64,
+    /// Connections a session closed because its client broke the protocol
+    /// after CONNECT ([`SessionError`](crate::session::SessionError)).
+    pub protocol_violations: u64,
 }
 
 /// The outcome of a CONNECT at its home shard.
@@ -442,6 +446,10 @@ impl Shard {
         let session = self.session_mut(key, connection).ok_or(ConnectionError::Detached)?;
         if let Err(error) = session.handle_packet(now, packet) {
             tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
+            // A packet after the close is not a new violation.
+            if error != SessionError::NotConnected {
+                self.counters.protocol_violations += 1;
+            }
         }
         self.drain_events(key, now);
         Ok(self.slot(key).connection.as_ref().is_some_and(|link| link.closed.is_none()))

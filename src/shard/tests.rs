@@ -496,3 +496,19 @@ fn subacks_wait_for_the_acknowledgement_of_their_last_revision() {
     let acks = cluster.output(&sub);
     assert_eq!(acks.iter().filter(|p| matches!(p, Packet::SubAck(_))).count(), 20);
 }
+
+#[test]
+fn protocol_violations_close_the_connection_and_are_counted_mqtt_4_8_0_1() {
+    // [MQTT-4.8.0-1] a protocol violation closes the connection; the shard
+    // counts it. A PUBREC for a packet id that was never sent is not one (it
+    // is counted by the session as an unexpected acknowledgement).
+    let mut cluster = Cluster::new(1);
+    let client = cluster.connect("violator");
+    let ack = crate::protocol::PubResponse::new(PacketId::new(9).unwrap());
+    cluster.send(&client, Packet::PubRec(ack.clone()));
+    assert_eq!(cluster.shards[0].counters().protocol_violations, 0);
+    let now = cluster.now;
+    let open = cluster.shards[0].handle_packet(client.key, client.id, now, Packet::PingResp);
+    assert!(matches!(open, Ok(false)), "the connection is closed");
+    assert_eq!(cluster.shards[0].counters().protocol_violations, 1);
+}
