@@ -125,6 +125,9 @@ pub struct Limits {
     max_inflight: NonZeroU16,
     max_queued_messages: NonZeroU32,
     max_queued_bytes: u64,
+    max_queued_retained: NonZeroU32,
+    max_connect_size: NonZeroU32,
+    max_pending_connect_bytes: u64,
     max_keepalive: NonZeroU16,
     receive_maximum: NonZeroU16,
     topic_alias_maximum: u16,
@@ -168,6 +171,28 @@ impl Limits {
         self.max_queued_bytes
     }
 
+    /// The most retained messages waiting to be sent to one session after
+    /// its subscribes (`max_queued_retained`); they do not count against
+    /// `max_queued_messages` or `max_queued_bytes` [MQTT-3.3.1-6].
+    pub fn max_queued_retained(&self) -> NonZeroU32 {
+        self.max_queued_retained
+    }
+
+    /// The largest CONNECT accepted, in bytes (`max_connect_size`; never
+    /// more than `max_packet_size`). Until its CONNECT is complete a
+    /// connection is nobody's: this bounds what a stranger can make the
+    /// broker hold.
+    pub fn max_connect_size(&self) -> NonZeroU32 {
+        self.max_connect_size.min(self.max_packet_size)
+    }
+
+    /// The most bytes one shard holds for connections whose CONNECT is not
+    /// complete yet (`max_pending_connect_bytes`); past it, such a
+    /// connection that needs more is closed and counted.
+    pub fn max_pending_connect_bytes(&self) -> u64 {
+        self.max_pending_connect_bytes
+    }
+
     /// The longest Keep Alive granted, in seconds (`max_keepalive`). A v5
     /// client asking for more (or for 0) gets this as Server Keep Alive,
     /// which it must then use [MQTT-3.2.2-21].
@@ -207,6 +232,9 @@ impl Limits {
         max_inflight: nonzero_u16(32),
         max_queued_messages: nonzero_u32(1000),
         max_queued_bytes: 1_048_576,
+        max_queued_retained: nonzero_u32(1_000_000),
+        max_connect_size: nonzero_u32(65_536),
+        max_pending_connect_bytes: 16 * 1_048_576,
         max_keepalive: nonzero_u16(240),
         receive_maximum: nonzero_u16(32),
         topic_alias_maximum: 16,
@@ -693,6 +721,28 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             "max_queued_bytes",
             raw.max_queued_bytes,
             default.max_queued_bytes,
+            (1, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_queued_retained: limit(
+            "max_queued_retained",
+            raw.max_queued_retained,
+            default.max_queued_retained,
+            (1, u32::MAX.into()),
+            u32_nonzero,
+        )?,
+        max_connect_size: limit(
+            "max_connect_size",
+            raw.max_connect_size,
+            default.max_connect_size,
+            // As max_packet_size; the smaller of the two applies.
+            (64, MAX_MQTT_PACKET_SIZE.into()),
+            u32_nonzero,
+        )?,
+        max_pending_connect_bytes: limit(
+            "max_pending_connect_bytes",
+            raw.max_pending_connect_bytes,
+            default.max_pending_connect_bytes,
             (1, i64::MAX),
             |n| u64::try_from(n).ok(),
         )?,

@@ -66,6 +66,9 @@ fn defaults_are_those_of_the_design() {
     assert_eq!(limits.max_inflight(), nz16(32));
     assert_eq!(limits.max_queued_messages(), nz32(1000));
     assert_eq!(limits.max_queued_bytes(), 1_048_576);
+    assert_eq!(limits.max_queued_retained(), nz32(1_000_000));
+    assert_eq!(limits.max_connect_size(), nz32(65_536));
+    assert_eq!(limits.max_pending_connect_bytes(), 16 * 1_048_576);
     assert_eq!(limits.max_keepalive(), nz16(240));
     assert_eq!(limits.receive_maximum(), nz16(32));
     assert_eq!(limits.topic_alias_maximum(), 16);
@@ -107,6 +110,9 @@ fn every_available_key_is_read() {
         max_inflight = 10
         max_queued_messages = 20
         max_queued_bytes = 30000
+        max_queued_retained = 40
+        max_connect_size = 1000
+        max_pending_connect_bytes = 50000
         max_keepalive = 60
         receive_maximum = 5
         topic_alias_maximum = 0
@@ -133,6 +139,9 @@ fn every_available_key_is_read() {
     assert_eq!(limits.max_inflight(), nz16(10));
     assert_eq!(limits.max_queued_messages(), nz32(20));
     assert_eq!(limits.max_queued_bytes(), 30000);
+    assert_eq!(limits.max_queued_retained(), nz32(40));
+    assert_eq!(limits.max_connect_size(), nz32(1000));
+    assert_eq!(limits.max_pending_connect_bytes(), 50000);
     assert_eq!(limits.max_keepalive(), nz16(60));
     assert_eq!(limits.receive_maximum(), nz16(5));
     assert_eq!(limits.topic_alias_maximum(), 0);
@@ -174,6 +183,9 @@ fn example_file_documents_every_key_of_the_schema() {
         "max_inflight",
         "max_queued_messages",
         "max_queued_bytes",
+        "max_queued_retained",
+        "max_connect_size",
+        "max_pending_connect_bytes",
         "max_keepalive",
         "receive_maximum",
         "topic_alias_maximum",
@@ -220,13 +232,16 @@ fn shard_count_displays_as_check_config_prints_it() {
 // ---- limits ----------------------------------------------------------------
 
 /// Each limit with its smallest and largest valid values.
-const LIMIT_RANGES: [(&str, i64, i64); 10] = [
+const LIMIT_RANGES: [(&str, i64, i64); 13] = [
     ("max_connections", 1, 4_294_967_295),
     ("max_packet_size", 64, 268_435_460),
     ("connect_timeout_ms", 1, 3_600_000),
     ("max_inflight", 1, 65_535),
     ("max_queued_messages", 1, 4_294_967_295),
     ("max_queued_bytes", 1, i64::MAX),
+    ("max_queued_retained", 1, 4_294_967_295),
+    ("max_connect_size", 64, 268_435_460),
+    ("max_pending_connect_bytes", 1, i64::MAX),
     ("max_keepalive", 1, 65_535),
     ("receive_maximum", 1, 65_535),
     ("topic_alias_maximum", 0, 65_535),

@@ -64,6 +64,39 @@ pub enum CloseReason {
     /// The broker is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// The incomplete CONNECT needed more of the shard's
+    /// `max_pending_connect_bytes` than was left.
+    #[error("too many bytes held by incomplete CONNECTs on this shard")]
+    ConnectBudget,
+}
+
+/// The bytes an incomplete CONNECT holds, charged to the shard's
+/// `pending_connect_bytes` and released when dropped (CONNECT complete,
+/// timeout, error).
+struct PendingConnect {
+    ctx: Rc<NetContext>,
+    bytes: usize,
+}
+
+impl PendingConnect {
+    /// Charges `bytes` instead of what was held; false (and nothing
+    /// charged) when that would pass the shard's budget.
+    fn hold(&mut self, bytes: usize) -> bool {
+        let others = self.ctx.pending_connect_bytes.get() - self.bytes;
+        if bytes > self.bytes && others + bytes > self.ctx.max_pending_connect_bytes {
+            return false;
+        }
+        self.ctx.pending_connect_bytes.set(others + bytes);
+        self.bytes = bytes;
+        true
+    }
+}
+
+impl Drop for PendingConnect {
+    fn drop(&mut self) {
+        let total = self.ctx.pending_connect_bytes.get();
+        self.ctx.pending_connect_bytes.set(total - self.bytes);
+    }
 }
 
 /// Serves one accepted (or handed-off) connection to its end.
@@ -81,7 +114,8 @@ pub fn serve(
     let mut connection = Connection {
         read_buf: (!buffered.is_empty()).then(|| BytesMut::from(&buffered[..])),
         write_buf: BytesMut::new(),
-        decoder: Decoder::new(ProtocolVersion::V3_1_1, ctx.max_packet_size),
+        // Until the CONNECT is read, the smaller limit applies.
+        decoder: Decoder::new(ProtocolVersion::V3_1_1, ctx.max_connect_size),
         ctx,
         stream,
     };
@@ -173,7 +207,12 @@ impl Connection {
 
     /// Reads until a complete first packet, which must be a CONNECT.
     /// Returns its bytes (for a hand-off) and the parsed packet.
+    ///
+    /// What an incomplete CONNECT holds between reads counts against the
+    /// shard's `max_pending_connect_bytes`; a connection that would pass it
+    /// is closed (a stranger's bytes, not yet anybody's session).
     async fn read_connect(&mut self) -> Result<(Bytes, Box<Connect>), CloseReason> {
+        let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
         loop {
             let buffered = self.read_buf.as_deref().unwrap_or_default();
             let size = match self.decoder.next_packet_size(buffered) {
@@ -185,13 +224,17 @@ impl Connection {
                 let frame = frame.unwrap_or_default();
                 return match decode_packet(frame.clone(), ProtocolVersion::V3_1_1) {
                     Ok(Packet::Connect(connect)) => {
-                        self.decoder.set_version(connect.version);
+                        self.decoder = Decoder::new(connect.version, self.ctx.max_packet_size);
                         Ok((frame, connect))
                     }
                     // [MQTT-3.1.0-1] The first packet is a CONNECT.
                     Ok(_) => Err(CloseReason::NotConnect),
                     Err(error) => Err(self.refuse_malformed_connect(error).await),
                 };
+            }
+            if !held.hold(self.read_buf.as_ref().map_or(0, BytesMut::capacity)) {
+                self.ctx.counters.borrow_mut().connect_budget_exceeded += 1;
+                return Err(CloseReason::ConnectBudget);
             }
             poll_fn(|cx| self.poll_read(cx)).await?;
         }
@@ -201,9 +244,19 @@ impl Connection {
     /// CONNACK return code 1 (0x84 in 5.0) before closing; any other
     /// malformed CONNECT just closes the connection [MQTT-3.1.4-1].
     async fn refuse_malformed_connect(&mut self, error: DecodeError) -> CloseReason {
-        if let DecodeError::UnsupportedProtocolVersion(level) = error {
-            let version = if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
-            self.send_final(refusal(ReasonCode::UnsupportedProtocolVersion), version).await;
+        match error {
+            DecodeError::UnsupportedProtocolVersion(level) => {
+                let version =
+                    if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+                self.send_final(refusal(ReasonCode::UnsupportedProtocolVersion), version).await;
+            }
+            // Too large for `max_connect_size`: told apart in the counters;
+            // the protocol version is not known yet, so nothing is sent.
+            DecodeError::PacketTooLarge { .. } => {
+                self.ctx.counters.borrow_mut().connect_too_large += 1;
+                return CloseReason::Decode(error);
+            }
+            _ => {}
         }
         self.ctx.count_malformed();
         CloseReason::Decode(error)

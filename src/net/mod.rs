@@ -30,6 +30,12 @@ pub struct NetContext {
     pub outbox: Rc<Outbox>,
     /// The largest packet accepted from clients.
     pub max_packet_size: u32,
+    /// The largest CONNECT accepted.
+    pub max_connect_size: u32,
+    /// The most bytes held for connections whose CONNECT is incomplete.
+    max_pending_connect_bytes: usize,
+    /// Bytes held now for connections whose CONNECT is incomplete.
+    pending_connect_bytes: Cell<usize>,
     /// How long a new connection has to send its CONNECT.
     pub connect_timeout: Duration,
     /// Connections open in the whole process, against `max_connections`.
@@ -56,6 +62,11 @@ pub struct NetCounters {
     pub handed_off: u64,
     /// Connections closed for a malformed packet.
     pub malformed: u64,
+    /// Connections closed for a CONNECT larger than `max_connect_size`.
+    pub connect_too_large: u64,
+    /// Connections closed because their incomplete CONNECT needed more
+    /// than `max_pending_connect_bytes` left on the shard.
+    pub connect_budget_exceeded: u64,
 }
 
 impl NetContext {
@@ -72,6 +83,9 @@ impl NetContext {
             shard,
             outbox,
             max_packet_size: limits.max_packet_size,
+            max_connect_size: limits.max_connect_size,
+            max_pending_connect_bytes: limits.max_pending_connect_bytes,
+            pending_connect_bytes: Cell::new(0),
             connect_timeout: limits.connect_timeout,
             open_connections,
             max_connections: limits.max_connections,
@@ -105,6 +119,11 @@ impl NetContext {
 
     fn count_handoff(&self) {
         self.counters.borrow_mut().handed_off += 1;
+    }
+
+    /// Bytes held now for connections whose CONNECT is incomplete.
+    pub fn pending_connect_bytes(&self) -> usize {
+        self.pending_connect_bytes.get()
     }
 
     /// Takes a connection slot; false when `max_connections` is reached.
@@ -151,6 +170,11 @@ impl NetContext {
 pub struct NetLimits {
     /// The largest packet accepted.
     pub max_packet_size: u32,
+    /// The largest CONNECT accepted (at most `max_packet_size`).
+    pub max_connect_size: u32,
+    /// The most bytes a shard holds for connections whose CONNECT is
+    /// incomplete.
+    pub max_pending_connect_bytes: usize,
     /// The time allowed for the CONNECT.
     pub connect_timeout: Duration,
     /// Connections open at once in the process.

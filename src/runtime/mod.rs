@@ -180,6 +180,9 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         session_limits: session_limits(limits),
         net_limits: NetLimits {
             max_packet_size: limits.max_packet_size().get(),
+            max_connect_size: limits.max_connect_size().get(),
+            max_pending_connect_bytes: usize::try_from(limits.max_pending_connect_bytes())
+                .unwrap_or(usize::MAX),
             connect_timeout: limits.connect_timeout(),
             max_connections: limits.max_connections().get() as usize,
         },
@@ -226,6 +229,7 @@ fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
         max_inflight: limits.max_inflight(),
         max_queued_messages: limits.max_queued_messages().get() as usize,
         max_queued_bytes: usize::try_from(limits.max_queued_bytes()).unwrap_or(usize::MAX),
+        max_queued_retained: limits.max_queued_retained().get() as usize,
         max_keepalive: limits.max_keepalive().get(),
         receive_maximum: limits.receive_maximum(),
         topic_alias_maximum: limits.topic_alias_maximum(),
@@ -336,6 +340,8 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         refused_at_limit = net_counters.refused_limit,
         handed_off = net_counters.handed_off,
         malformed = net_counters.malformed,
+        connect_too_large = net_counters.connect_too_large,
+        connect_budget_exceeded = net_counters.connect_budget_exceeded,
         messages_received = counters.messages_received,
         deliveries = counters.deliveries,
         deliveries_dropped = counters.deliveries_dropped,

@@ -129,6 +129,10 @@ pub enum DropReason {
     /// The queue is at one of its limits (see
     /// [`SessionLimits`](super::SessionLimits)).
     QueueFull,
+    /// A retained message for a new subscription, with
+    /// `max_queued_retained` of them already waiting (see
+    /// [`SessionLimits`](super::SessionLimits)).
+    RetainedLimit,
     /// The v5 Message Expiry Interval has run out [MQTT-3.3.2-5].
     Expired,
     /// The client published it itself and subscribed with v5 No Local

@@ -30,6 +30,12 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
     /// Topic plus payload bytes waiting in the queue at most.
     pub max_queued_bytes: usize,
+    /// Retained messages sent for new subscriptions [MQTT-3.3.1-6] waiting
+    /// in the queue at most. They do not count against the two limits
+    /// above: a new subscriber to `sensors/#` over 100,000 retained topics
+    /// receives all of them, as fast as it reads. Each waiting one costs a
+    /// queue entry (the message itself is shared with the retained store).
+    pub max_queued_retained: usize,
     /// The largest keep alive, in seconds, a v5 client may use: a client
     /// asking for more (or for 0, no keep alive) is told this value as
     /// Server Keep Alive (5.0 §3.2.2.3.14). MQTT 3.1 / 3.1.1 have no way to
@@ -57,6 +63,7 @@ impl Default for SessionLimits {
             max_inflight: NonZeroU16::new(32).expect("32 is not zero"),
             max_queued_messages: 1000,
             max_queued_bytes: 1 << 20,
+            max_queued_retained: 1_000_000,
             max_keepalive: 240,
             receive_maximum: NonZeroU16::new(32).expect("32 is not zero"),
             topic_alias_maximum: 16,
@@ -86,6 +93,9 @@ pub struct SessionCounters {
     /// New messages dropped because the queue was full, indexed by their
     /// QoS as sent (`[QoS 0, QoS 1, QoS 2]`).
     pub dropped_queue_full: [u64; 3],
+    /// Retained messages not sent to a new subscription because
+    /// `max_queued_retained` of them were already waiting.
+    pub dropped_retained_limit: u64,
     /// Messages whose v5 Message Expiry Interval ran out before they could
     /// be sent [MQTT-3.3.2-5].
     pub dropped_expired: u64,

@@ -59,6 +59,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Bytes of output above which [`Session::poll_transmit`] takes no more
+/// queued messages: the caller writes them and asks again.
+pub const TRANSMIT_BATCH: usize = 64 * 1024;
+
 /// The session of one client id: its persistent state plus, while a client
 /// is connected, the state of that connection.
 ///
@@ -429,9 +433,12 @@ impl Session {
             self.counters.dropped_offline_qos0 += 1;
             return DeliveryOutcome::Dropped(DropReason::Offline);
         }
-        let queued = Queued { message, qos, retain, subscription_ids };
+        let queued = Queued { message, qos, retain, subscription_ids, from_retained };
         if self.outbound.push(queued, &self.limits) {
             DeliveryOutcome::Queued
+        } else if from_retained {
+            self.counters.dropped_retained_limit += 1;
+            DeliveryOutcome::Dropped(DropReason::RetainedLimit)
         } else {
             self.counters.count_queue_full(qos);
             DeliveryOutcome::Dropped(DropReason::QueueFull)
@@ -445,6 +452,23 @@ impl Session {
     ///
     /// [`poll_transmit`](Self::poll_transmit) is this, encoded.
     pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
+        if let Some(packet) = self.poll_control(now) {
+            return Some(packet);
+        }
+        let connection = self.connection.as_mut().filter(|connection| connection.open)?;
+        let publish = self.outbound.poll_new(
+            connection.send_window,
+            connection.version,
+            now,
+            &mut self.counters,
+        )?;
+        self.counters.publishes_sent += 1;
+        Some(Packet::Publish(publish))
+    }
+
+    /// [`poll_packet`](Self::poll_packet) without the queued messages: the
+    /// CONNACK, re-sends and acknowledgements.
+    fn poll_control(&mut self, now: Instant) -> Option<Packet> {
         let connection = self.connection.as_mut()?;
         if let Some(connack) = connection.connack.take() {
             return Some(Packet::ConnAck(connack));
@@ -470,17 +494,7 @@ impl Session {
             }
             return Some(control.into_packet());
         }
-        if !connection.open {
-            return None;
-        }
-        let publish = self.outbound.poll_new(
-            connection.send_window,
-            connection.version,
-            now,
-            &mut self.counters,
-        )?;
-        self.counters.publishes_sent += 1;
-        Some(Packet::Publish(publish))
+        None
     }
 
     /// Encodes every packet ready to go (see
@@ -491,9 +505,21 @@ impl Session {
     /// can encode) is not written, and its message counts as delivered
     /// [MQTT-3.1.2-25]. The caller stops calling this while its socket
     /// cannot take more: the messages then wait in the bounded queue.
+    ///
+    /// Queued messages are taken only while `out` holds less than
+    /// [`TRANSMIT_BATCH`] bytes, so a long queue (the retained messages of
+    /// a new subscription) leaves in batches paced by the socket;
+    /// acknowledgements are always taken (they are bounded by what the
+    /// client sends, which the network layer stops reading when `out` is
+    /// not drained).
     pub fn poll_transmit(&mut self, now: Instant, out: &mut BytesMut) -> usize {
         let mut written = 0;
-        while let Some(packet) = self.poll_packet(now) {
+        loop {
+            let packet = match out.len() < TRANSMIT_BATCH {
+                true => self.poll_packet(now),
+                false => self.poll_control(now),
+            };
+            let Some(packet) = packet else { break };
             let Some(connection) = self.connection.as_ref() else { break };
             let version = connection.version;
             let too_large = connection.max_packet_size.is_some_and(|max| {

@@ -31,6 +31,9 @@ pub(super) struct Queued {
     pub(super) retain: bool,
     /// Identifiers of the matching subscriptions [MQTT-3.3.4-3].
     pub(super) subscription_ids: SubscriptionIds,
+    /// Sent from the retained store for a new subscription: counted against
+    /// `max_queued_retained`, not the queue's other limits.
+    pub(super) from_retained: bool,
 }
 
 impl Queued {
@@ -147,8 +150,11 @@ pub(super) enum AckOutcome {
 pub(super) struct Outbound {
     /// Messages not sent yet, oldest first.
     queue: VecDeque<Queued>,
-    /// Sum of [`Queued::size`] over `queue`.
+    /// Sum of [`Queued::size`] over the entries of `queue` that are not
+    /// `from_retained`.
     queued_bytes: usize,
+    /// Entries of `queue` that are `from_retained`.
+    queued_retained: usize,
     /// Unacknowledged QoS 1/2 messages by packet id.
     inflight: HashMap<PacketId, Inflight>,
     /// Where the search for a free packet id starts.
@@ -164,6 +170,7 @@ impl Outbound {
         Self {
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_retained: 0,
             inflight: HashMap::new(),
             next_packet_id: PacketId::new(1).expect("1 is not zero"),
             next_order: 0,
@@ -186,10 +193,24 @@ impl Outbound {
     /// Appends a message to the queue unless that would exceed a limit: the
     /// new message is the one dropped, never an older one (see
     /// [`SessionLimits`]). Returns whether it was queued.
+    ///
+    /// Retained messages sent for a new subscription [MQTT-3.3.1-6] count
+    /// against `max_queued_retained` only: a subscriber that reads gets
+    /// every one of them, paced by its window and its socket, however many
+    /// there are beside its other messages.
     pub(super) fn push(&mut self, queued: Queued, limits: &SessionLimits) -> bool {
+        if queued.from_retained {
+            if self.queued_retained >= limits.max_queued_retained {
+                return false;
+            }
+            self.queued_retained += 1;
+            self.queue.push_back(queued);
+            return true;
+        }
         let size = queued.size();
-        let full = !self.queue.is_empty()
-            && (self.queue.len() >= limits.max_queued_messages
+        let others = self.queue.len() - self.queued_retained;
+        let full = others > 0
+            && (others >= limits.max_queued_messages
                 || self.queued_bytes + size > limits.max_queued_bytes);
         if full {
             return false;
@@ -199,19 +220,33 @@ impl Outbound {
         true
     }
 
+    /// Takes the oldest message off the queue, and off its limits.
+    fn pop(&mut self) -> Option<Queued> {
+        let queued = self.queue.pop_front()?;
+        if queued.from_retained {
+            self.queued_retained -= 1;
+        } else {
+            self.queued_bytes -= queued.size();
+        }
+        Some(queued)
+    }
+
     /// Removes the queued QoS 0 messages (an offline session keeps QoS 1/2
     /// only); returns how many were removed.
     pub(super) fn drop_qos0(&mut self) -> u64 {
         let before = self.queue.len();
-        let mut bytes = 0;
+        let (mut bytes, mut retained) = (0, 0);
         self.queue.retain(|queued| {
             let keep = queued.qos != QoS::AtMostOnce;
-            if keep {
-                bytes += queued.size();
+            match keep {
+                true if queued.from_retained => retained += 1,
+                true => bytes += queued.size(),
+                false => {}
             }
             keep
         });
         self.queued_bytes = bytes;
+        self.queued_retained = retained;
         (before - self.queue.len()) as u64
     }
 
@@ -263,8 +298,7 @@ impl Outbound {
             {
                 return None;
             }
-            let queued = self.queue.pop_front()?;
-            self.queued_bytes -= queued.size();
+            let queued = self.pop()?;
             if expired {
                 counters.dropped_expired += 1;
                 continue;

@@ -21,6 +21,7 @@ fn limits() -> SessionLimits {
         max_inflight: NonZeroU16::new(4).unwrap(),
         max_queued_messages: 10,
         max_queued_bytes: 1000,
+        max_queued_retained: 20,
         max_keepalive: 100,
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
@@ -1411,4 +1412,101 @@ fn poll_packet_yields_what_poll_transmit_would_encode() {
             (PacketType::Publish, None, false),
         ]
     );
+}
+
+/// A delivery from the retained store for a new subscription.
+fn retained_delivery(topic: &str, qos: QoS, payload: &'static [u8]) -> Delivery {
+    let mut from_store = delivery(message(topic, qos, payload), qos);
+    from_store.from_retained = true;
+    from_store
+}
+
+#[test]
+fn every_retained_message_of_a_new_subscription_is_sent_mqtt_3_3_1_6() {
+    // [MQTT-3.3.1-6] "When a new subscription is established, the last
+    // retained message, if any, on each matching topic name MUST be sent to
+    // the subscriber." They pass the queue's message and byte limits (10
+    // and 1000 here), paced by the in-flight window (4) instead.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for i in 0..20 {
+        let outcome = session
+            .handle_delivery(t0, retained_delivery(&format!("r/{i}"), QoS::AtLeastOnce, b"x"));
+        assert_eq!(outcome, DeliveryOutcome::Queued, "retained message {i}");
+    }
+    // Live messages still have their own limits beside them.
+    for i in 0..10 {
+        assert_eq!(
+            deliver(&mut session, t0, &format!("live/{i}"), QoS::AtLeastOnce),
+            DeliveryOutcome::Queued
+        );
+    }
+    assert_eq!(
+        deliver(&mut session, t0, "live/10", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+    let mut topics = Vec::new();
+    loop {
+        let packets = drain(&mut session, t0);
+        if packets.is_empty() {
+            break;
+        }
+        assert!(packets.len() <= 4, "at most the window in flight");
+        for packet in &packets {
+            let publish = as_publish(packet);
+            topics.push(publish.topic.to_string());
+            session
+                .handle_packet(t0, Packet::PubAck(ack(publish.packet_id.unwrap().get())))
+                .unwrap();
+        }
+    }
+    let expected: Vec<String> =
+        (0..20).map(|i| format!("r/{i}")).chain((0..10).map(|i| format!("live/{i}"))).collect();
+    assert_eq!(topics, expected);
+}
+
+#[test]
+fn retained_messages_past_max_queued_retained_are_dropped_and_counted() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    for i in 0..20 {
+        session.handle_delivery(t0, retained_delivery(&format!("r/{i}"), QoS::AtLeastOnce, b"x"));
+    }
+    assert_eq!(
+        session.handle_delivery(t0, retained_delivery("r/20", QoS::AtLeastOnce, b"x")),
+        DeliveryOutcome::Dropped(DropReason::RetainedLimit)
+    );
+    assert_eq!(session.counters().dropped_retained_limit, 1);
+    assert_eq!(session.counters().dropped_queue_full, [0, 0, 0]);
+}
+
+#[test]
+fn queued_messages_leave_in_batches_acknowledgements_always() {
+    // A long queue of QoS 0 messages is written TRANSMIT_BATCH bytes at a
+    // time (the caller asks again once a batch is written); an
+    // acknowledgement owed to the client is written even past the batch.
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_queued_retained: 10_000, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    static PAYLOAD: [u8; 1000] = [7; 1000];
+    for i in 0..500 {
+        session
+            .handle_delivery(t0, retained_delivery(&format!("r/{i}"), QoS::AtMostOnce, &PAYLOAD));
+    }
+    let mut out = BytesMut::new();
+    let first = session.poll_transmit(t0, &mut out);
+    assert!(out.len() >= TRANSMIT_BATCH && out.len() < TRANSMIT_BATCH + 1100, "{}", out.len());
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 9, "in"))).unwrap();
+    assert_eq!(session.poll_transmit(t0, &mut out), 1, "the PUBACK, past the batch");
+    out.clear();
+    let mut total = first;
+    loop {
+        let written = session.poll_transmit(t0, &mut out);
+        if written == 0 {
+            break;
+        }
+        total += written;
+        out.clear();
+    }
+    assert_eq!(total, 500);
 }
