@@ -296,3 +296,43 @@ fn incomplete_connects_share_a_budget() {
     assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
     assert!(broker.stop().success());
 }
+
+/// Drops are told when they happen: a subscriber that never reads, with a
+/// queue of 10 messages, loses most of 2,000 messages; the broker logs one
+/// warning line for the cause with its count at once, not one per message
+/// and not only at shutdown.
+#[test]
+fn drops_are_logged_when_they_happen_once_per_cause_and_interval() {
+    let log = std::env::temp_dir().join(format!("ringmq-drops-{}.log", std::process::id()));
+    let config = std::env::temp_dir().join(format!("ringmq-drops-{}.toml", std::process::id()));
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 10\nmax_inflight = 1\n").unwrap();
+    let broker = Broker::start_logging_to(1, &["--config", config.to_str().unwrap()], &log);
+    let _ = std::fs::remove_file(&config);
+    let _sleeper = subscriber(&broker, "sleeper", "flood/#");
+    let mut publisher = RawClient::connect(broker.addr);
+    publisher.send(&connect_packet("flooder", true, 0));
+    assert!(matches!(publisher.recv(), Some(Packet::ConnAck(_))));
+    let flood: Vec<Packet> =
+        (0..2_000).map(|i| publish("flood/x", QoS::AtLeastOnce, i % 60_000 + 1, b"m")).collect();
+    publisher.send_bytes(&encode_all(&flood));
+    for _ in 0..2_000 {
+        assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|line| line.contains("messages dropped"))
+            .map(String::from)
+            .collect();
+        if !lines.is_empty() || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(broker.stop().success());
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(lines.len(), 1, "one line per cause per interval: {lines:?}");
+    assert!(lines[0].contains("queue_full") && lines[0].contains("dropped=1"), "{}", lines[0]);
+}

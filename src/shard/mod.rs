@@ -6,9 +6,11 @@
 //! * [`trie`]: the subscription index, topic filter -> subscribers, with
 //!   shared subscription groups.
 //! * [`retained`]: the retained messages by topic.
+//! * [`drops`]: rate-limited warnings for dropped messages.
 //! * [`Shard`]: the state that ties sessions, index and retained store
 //!   together and routes messages.
 
+pub mod drops;
 pub mod retained;
 mod state;
 #[cfg(test)]

@@ -9,10 +9,12 @@ use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
 use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
+use crate::session::DropReason;
 use crate::session::{
     CloseReason, Delivery, DeliveryOutcome, Session, SessionError, SessionEvent, SessionLimits,
     SubscriptionGrant,
 };
+use crate::shard::drops::{DropCause, DropWarnings};
 use crate::shard::retained::RetainedStore;
 use crate::shard::trie::Match;
 use crate::shard::trie::SubscriptionTrie;
@@ -173,6 +175,8 @@ pub struct Shard {
     /// many filters they carry). A session may appear more than once; its
     /// link's `await_interest` is what counts.
     interest_waiters: VecDeque<(u64, SessionKey)>,
+    /// When drops were last logged, per cause.
+    drop_warnings: DropWarnings,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
     /// When to look at which slot, earliest first. A keep alive deadline
@@ -215,6 +219,7 @@ impl Shard {
             shutting_down: false,
             counters: ShardCounters::default(),
             interest_waiters: VecDeque::new(),
+            drop_warnings: DropWarnings::default(),
             matches: Vec::new(),
             deadlines: BinaryHeap::new(),
         }
@@ -461,6 +466,9 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
+        while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
+            self.warn_dropped(cause, count);
+        }
         while let Some(&Reverse((due, key))) = self.deadlines.peek() {
             if due > now {
                 break;
@@ -506,16 +514,41 @@ impl Shard {
         if link.await_interest > acked || slot.index_backlog.is_some() {
             return Ok(0);
         }
+        let too_large = slot.session.counters().dropped_too_large;
         let written = slot.session.poll_transmit(now, out);
+        let too_large = slot.session.counters().dropped_too_large - too_large;
         if out.len() >= crate::session::TRANSMIT_BATCH {
             // Messages may be left in the queue: the connection asks again
             // once this batch is written.
             link.notified = true;
         }
-        match &link.closed {
+        let result = match &link.closed {
             Some(reason) => Err(ConnectionError::Closed(reason.clone())),
             None => Ok(written),
+        };
+        if too_large > 0 {
+            self.count_drops(DropCause::TooLargeForClient, too_large, now);
         }
+        result
+    }
+
+    /// Logs drops of `cause` unless they were logged in the last
+    /// interval; then the sweep tells them later, summed.
+    fn count_drops(&mut self, cause: DropCause, count: u64, now: Instant) {
+        if let Some(count) = self.drop_warnings.record(cause, count, now) {
+            self.warn_dropped(cause, count);
+        }
+    }
+
+    fn warn_dropped(&self, cause: DropCause, count: u64) {
+        tracing::warn!(
+            shard = %self.id,
+            %cause,
+            dropped = count,
+            "messages dropped: {} (at most one line per cause every {} s)",
+            cause.hint(),
+            crate::shard::drops::WARNING_INTERVAL.as_secs()
+        );
     }
 
     /// Registers the connection task's waker; returns true when output or
@@ -702,8 +735,11 @@ impl Shard {
                 chosen.push((shard, filter));
             }
         });
-        for shard in shards.iter().filter(|&shard| shard != self.id) {
-            self.outbox.push_publish(shard.index(), &message);
+        let me = self.id;
+        for shard in shards.iter().filter(|&shard| shard != me) {
+            if !self.outbox.push_publish(shard.index(), &message) {
+                self.count_drops(DropCause::PeerOverloaded, 1, now);
+            }
         }
         for (shard, group) in chosen {
             if shard == self.id {
@@ -784,7 +820,10 @@ impl Shard {
                 let ids = subscription.subscription_id.into_iter().collect();
                 self.deliver(key, message, subscription.options, ids, false, now);
             }
-            None => self.counters.deliveries_dropped += 1,
+            None => {
+                self.counters.deliveries_dropped += 1;
+                self.count_drops(DropCause::NoGroupMember, 1, now);
+            }
         }
     }
 
@@ -803,11 +842,21 @@ impl Shard {
             subscription_ids,
             from_retained: retained,
         };
-        if self.slot_mut(key).session.handle_delivery(now, delivery) == DeliveryOutcome::Queued {
-            self.counters.deliveries += 1;
-            self.notify(key);
-        } else {
-            self.counters.deliveries_dropped += 1;
+        match self.slot_mut(key).session.handle_delivery(now, delivery) {
+            DeliveryOutcome::Queued => {
+                self.counters.deliveries += 1;
+                self.notify(key);
+            }
+            DeliveryOutcome::Dropped(reason) => {
+                self.counters.deliveries_dropped += 1;
+                let cause = match reason {
+                    DropReason::QueueFull => DropCause::QueueFull,
+                    DropReason::RetainedLimit => DropCause::RetainedLimit,
+                    // What the subscriber asked for, not a limit.
+                    DropReason::Offline | DropReason::Expired | DropReason::NoLocal => return,
+                };
+                self.count_drops(cause, 1, now);
+            }
         }
     }
 

@@ -26,6 +26,16 @@ impl Broker {
 
     /// Starts `ringmq` with extra command-line arguments.
     pub fn start_with(shards: usize, args: &[&str]) -> Self {
+        Self::spawn(shards, args, Stdio::inherit())
+    }
+
+    /// Starts `ringmq` with extra command-line arguments, its log (stderr)
+    /// written to `log`.
+    pub fn start_logging_to(shards: usize, args: &[&str], log: &std::path::Path) -> Self {
+        Self::spawn(shards, args, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn(shards: usize, args: &[&str], stderr: Stdio) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
@@ -33,6 +43,7 @@ impl Broker {
             .args(["--log", "warn"])
             .args(args)
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start ringmq");
         let broker = Self { child: Some(child), addr, shards };
