@@ -99,6 +99,10 @@ struct Slot {
     /// [`INDEX_WORK_PER_TURN`]). While there are any, the connection's
     /// output waits (its SUBACK or UNSUBACK must not go out before the
     /// index has every filter) and its later packets stay unread.
+    #[allow(
+        clippy::box_collection,
+        reason = "rarely used: one pointer in every slot, not an inline VecDeque (four words)"
+    )]
     index_backlog: Option<Box<VecDeque<IndexWork>>>,
 }
 
