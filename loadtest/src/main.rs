@@ -3,8 +3,8 @@
 //! `cli` parses the command line, `plan` turns it into the list of clients,
 //! `runner` drives them on one pinned glommio executor per core with the
 //! sans-IO `client` state machine, `payload` and `tracker` carry the
-//! timestamps and the loss accounting, `report` and `plot` write the
-//! results.
+//! timestamps and the loss accounting, `runner` fills in the `stats` that
+//! `report` checks and writes (with `plot`).
 //!
 //! Exit status: 0 when the run met what its QoS promises, 1 when it did not
 //! (loss at QoS 1/2 or above `--max-loss` at QoS 0, duplicates at QoS 2,
@@ -17,6 +17,7 @@ mod plan;
 mod plot;
 mod report;
 mod runner;
+mod stats;
 mod tracker;
 
 use clap::Parser;

@@ -2,53 +2,12 @@
 //! QoS allows, and written as a table, JSON and CSV.
 
 use crate::plan::{Expect, Plan};
-use crate::runner::{latency_histogram, RunResult};
-use hdrhistogram::Histogram;
+use crate::stats::{latency_histogram, Percentiles, RunResult, Second};
 use ringmq::protocol::QoS;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// Latency percentiles in microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Percentiles {
-    /// Values recorded.
-    pub count: u64,
-    /// Smallest.
-    pub min: u64,
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// 99.9th percentile.
-    pub p999: u64,
-    /// Largest.
-    pub max: u64,
-}
-
-impl Percentiles {
-    /// Summarises a histogram.
-    pub fn of(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return Self::default();
-        }
-        Self {
-            count: h.len(),
-            min: h.min(),
-            mean: (h.mean() * 10.0).round() / 10.0,
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        }
-    }
-}
 
 /// Connection results.
 #[derive(Debug, Serialize)]
@@ -119,19 +78,6 @@ pub struct Messages {
     /// Receiving rate.
     pub received_per_s: f64,
     /// End-to-end latency from the intended send time.
-    pub latency_us: Percentiles,
-}
-
-/// One second of the run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Second {
-    /// Seconds since publishing started.
-    pub second: u64,
-    /// Messages sent.
-    pub sent: u64,
-    /// Messages received.
-    pub received: u64,
-    /// Their latency.
     pub latency_us: Percentiles,
 }
 
@@ -460,7 +406,7 @@ fn loss(run: &RunResult, sent_by: &HashMap<u32, u64>) -> (Option<u64>, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::{ExecResult, SubscriberResult};
+    use crate::stats::{ExecResult, SubscriberResult};
     use crate::tracker::StreamTracker;
     use std::time::Duration;
 
@@ -503,17 +449,5 @@ mod tests {
             streams: [(0, tracker([0, 5]))].into_iter().collect(),
         };
         assert_eq!(loss(&run_with(vec![gaps]), &sent), (None, 4));
-    }
-
-    #[test]
-    fn percentiles_of_a_histogram() {
-        let mut h = latency_histogram();
-        for v in 1..=1000 {
-            h.record(v).unwrap();
-        }
-        let p = Percentiles::of(&h);
-        assert_eq!((p.count, p.min, p.p50, p.max), (1000, 1, 500, 1000));
-        assert_eq!(p.p999, 999);
-        assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
     }
 }

@@ -11,8 +11,10 @@
 
 use crate::client::{Client, ClientConfig, ClientError, Event};
 use crate::payload::{Clock, Header, PayloadWriter};
-use crate::plan::{allowed_cpus, Expect, Plan, PublishPlan};
-use crate::report::{Percentiles, Second};
+use crate::plan::{allowed_cpus, Plan, PublishPlan};
+use crate::stats::{
+    latency_histogram, ExecResult, Percentiles, RunResult, Second, SubscriberResult,
+};
 use crate::tracker::{Arrival, StreamMap};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -22,7 +24,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use ringmq::protocol::{QoS, ReasonCode, TopicName};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -34,9 +36,6 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Highest latency the histograms hold, in microseconds (larger values are
-/// recorded as this).
-const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Messages queued per pass of a publisher before the bytes are written.
 const MAX_BATCH: usize = 1024;
 /// A publisher whose messages are due more often than this sends them in
@@ -61,11 +60,6 @@ const RING_DEPTH: usize = 4096;
 /// RLIMIT_MEMLOCK is small on many hosts; glommio's default 10 MiB per
 /// executor would not fit.
 const IO_MEMORY: usize = 512 * 1024;
-
-/// A new latency histogram in microseconds, 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
-}
 
 /// The phases of a run, in order; set by the coordinator, followed by the
 /// executors.
@@ -150,91 +144,6 @@ enum TickerMessage {
         /// The executor.
         executor: usize,
     },
-}
-
-/// What one subscriber connection saw, for the loss accounting.
-#[derive(Debug)]
-pub struct SubscriberResult {
-    /// Whose messages it should get.
-    pub expect: Expect,
-    /// Its streams by publisher id.
-    pub streams: StreamMap,
-}
-
-/// Everything one executor measured.
-#[derive(Debug)]
-pub struct ExecResult {
-    /// End-to-end latency of every message received while publishing
-    /// (merged from the per-second histograms).
-    pub latency: Histogram<u64>,
-    /// TCP connect to CONNACK, first connections.
-    pub connect: Histogram<u64>,
-    /// TCP connect to CONNACK, reconnections of `storm`.
-    pub reconnect: Histogram<u64>,
-    /// Connections that got their CONNACK.
-    pub connected: u64,
-    /// Failures before a connection was ready, by reason.
-    pub connect_failures: BTreeMap<String, u64>,
-    /// Connections lost after they were ready, by reason.
-    pub errors: BTreeMap<String, u64>,
-    /// Messages received, by the QoS they arrived with.
-    pub received: [u64; 3],
-    /// Extra copies received, by QoS.
-    pub duplicates: [u64; 3],
-    /// Messages received after a higher sequence number, by QoS.
-    pub out_of_order: [u64; 3],
-    /// Messages without a benchmark header.
-    pub foreign: u64,
-    /// Messages published.
-    pub sent: u64,
-    /// Publishes acknowledged (QoS 1/2) successfully.
-    pub acked: u64,
-    /// Publishes the broker refused in PUBACK/PUBREC (5.0), by reason.
-    pub refused: BTreeMap<String, u64>,
-    /// Messages sent per publisher id.
-    pub sent_by_publisher: HashMap<u32, u64>,
-    /// Subscriber streams.
-    pub subscribers: Vec<SubscriberResult>,
-    /// First and last message of this executor's publishers.
-    pub publish_span: Option<(Instant, Instant)>,
-}
-
-impl ExecResult {
-    /// Nothing measured yet.
-    pub(crate) fn new() -> Self {
-        Self {
-            latency: latency_histogram(),
-            connect: latency_histogram(),
-            reconnect: latency_histogram(),
-            connected: 0,
-            connect_failures: BTreeMap::new(),
-            errors: BTreeMap::new(),
-            received: [0; 3],
-            duplicates: [0; 3],
-            out_of_order: [0; 3],
-            foreign: 0,
-            sent: 0,
-            acked: 0,
-            refused: BTreeMap::new(),
-            sent_by_publisher: HashMap::new(),
-            subscribers: Vec::new(),
-            publish_span: None,
-        }
-    }
-}
-
-/// Everything the run measured, for the report.
-#[derive(Debug)]
-pub struct RunResult {
-    /// Per executor.
-    pub executors: Vec<ExecResult>,
-    /// Per second, merged over the executors.
-    pub timeline: Vec<Second>,
-    /// Time from the start of publishing until the publishers finished
-    /// (or the holding time without publishers).
-    pub elapsed: Duration,
-    /// Time to open every connection.
-    pub connect_elapsed: Duration,
 }
 
 /// Runs the plan to the end.

@@ -5,6 +5,7 @@
 //! neither read nor written for it.
 
 use super::properties::*;
+use super::redact::Redacted;
 use super::{PacketId, ProtocolVersion, QoS, ReasonCode, TopicFilter, TopicName};
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -142,8 +143,8 @@ impl Packet {
     }
 }
 
-/// CONNECT [MQTT-3.1].
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// CONNECT [MQTT-3.1]. Its `Debug` shows the password's length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     /// Protocol name and level; every later packet of the connection is
     /// read and written in this version.
@@ -162,6 +163,33 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// Properties (5.0).
     pub properties: ConnectProperties,
+}
+
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out (or let a
+        // secret in) unnoticed.
+        let Self {
+            version,
+            clean_start,
+            keep_alive,
+            client_id,
+            will,
+            username,
+            password,
+            properties,
+        } = self;
+        f.debug_struct("Connect")
+            .field("version", version)
+            .field("clean_start", clean_start)
+            .field("keep_alive", keep_alive)
+            .field("client_id", client_id)
+            .field("will", will)
+            .field("username", username)
+            .field("password", &Redacted(password))
+            .field("properties", properties)
+            .finish()
+    }
 }
 
 /// The Will Message of CONNECT [MQTT-3.1.2.5].

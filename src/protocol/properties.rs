@@ -6,10 +6,12 @@
 //! Subscription Identifier [MQTT-2.2.2.2]. All structs are empty (and cost
 //! nothing to encode) on MQTT 3.1 / 3.1.1 connections.
 
+use super::redact::Redacted;
 use super::{QoS, TopicName};
 use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
+use std::fmt;
 use std::num::{NonZeroU16, NonZeroU32};
 
 /// Property identifiers and their data types [MQTT-2.2.2.2].
@@ -122,8 +124,9 @@ pub type SubscriptionIds = SmallVec<[NonZeroU32; 1]>;
 /// [MQTT-2.2.2.2].
 pub const MAX_SUBSCRIPTION_ID: u32 = 268_435_455;
 
-/// Properties of CONNECT [MQTT-3.1.2.11].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Properties of CONNECT [MQTT-3.1.2.11]. Their `Debug` shows the
+/// Authentication Data's length only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnectProperties {
     /// Seconds the session outlives the connection; absent means 0.
     pub session_expiry_interval: Option<u32>,
@@ -146,6 +149,34 @@ pub struct ConnectProperties {
     pub authentication_data: Option<Bytes>,
 }
 
+impl fmt::Debug for ConnectProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out unnoticed.
+        let Self {
+            session_expiry_interval,
+            receive_maximum,
+            maximum_packet_size,
+            topic_alias_maximum,
+            request_response_information,
+            request_problem_information,
+            user_properties,
+            authentication_method,
+            authentication_data,
+        } = self;
+        f.debug_struct("ConnectProperties")
+            .field("session_expiry_interval", session_expiry_interval)
+            .field("receive_maximum", receive_maximum)
+            .field("maximum_packet_size", maximum_packet_size)
+            .field("topic_alias_maximum", topic_alias_maximum)
+            .field("request_response_information", request_response_information)
+            .field("request_problem_information", request_problem_information)
+            .field("user_properties", user_properties)
+            .field("authentication_method", authentication_method)
+            .field("authentication_data", &Redacted(authentication_data))
+            .finish()
+    }
+}
+
 /// Properties of the Will Message inside CONNECT [MQTT-3.1.3.2].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WillProperties {
@@ -165,8 +196,9 @@ pub struct WillProperties {
     pub user_properties: UserProperties,
 }
 
-/// Properties of CONNACK [MQTT-3.2.2.3].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Properties of CONNACK [MQTT-3.2.2.3]. Their `Debug` shows the
+/// Authentication Data's length only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnAckProperties {
     /// Session expiry the server will use, when it differs from the request.
     pub session_expiry_interval: Option<u32>,
@@ -202,6 +234,50 @@ pub struct ConnAckProperties {
     pub authentication_method: Option<ByteString>,
     /// Extended authentication data.
     pub authentication_data: Option<Bytes>,
+}
+
+impl fmt::Debug for ConnAckProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out unnoticed.
+        let Self {
+            session_expiry_interval,
+            receive_maximum,
+            maximum_qos,
+            retain_available,
+            maximum_packet_size,
+            assigned_client_identifier,
+            topic_alias_maximum,
+            reason_string,
+            user_properties,
+            wildcard_subscription_available,
+            subscription_identifiers_available,
+            shared_subscription_available,
+            server_keep_alive,
+            response_information,
+            server_reference,
+            authentication_method,
+            authentication_data,
+        } = self;
+        f.debug_struct("ConnAckProperties")
+            .field("session_expiry_interval", session_expiry_interval)
+            .field("receive_maximum", receive_maximum)
+            .field("maximum_qos", maximum_qos)
+            .field("retain_available", retain_available)
+            .field("maximum_packet_size", maximum_packet_size)
+            .field("assigned_client_identifier", assigned_client_identifier)
+            .field("topic_alias_maximum", topic_alias_maximum)
+            .field("reason_string", reason_string)
+            .field("user_properties", user_properties)
+            .field("wildcard_subscription_available", wildcard_subscription_available)
+            .field("subscription_identifiers_available", subscription_identifiers_available)
+            .field("shared_subscription_available", shared_subscription_available)
+            .field("server_keep_alive", server_keep_alive)
+            .field("response_information", response_information)
+            .field("server_reference", server_reference)
+            .field("authentication_method", authentication_method)
+            .field("authentication_data", &Redacted(authentication_data))
+            .finish()
+    }
 }
 
 /// Properties of PUBLISH [MQTT-3.3.2.3].
@@ -310,8 +386,8 @@ impl PartialEq for BoxedPublishProperties {
 
 impl Eq for BoxedPublishProperties {}
 
-impl std::fmt::Debug for BoxedPublishProperties {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for BoxedPublishProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         (**self).fmt(f)
     }
 }
@@ -355,8 +431,9 @@ pub struct DisconnectProperties {
     pub server_reference: Option<ByteString>,
 }
 
-/// Properties of AUTH [MQTT-3.15.2.2].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Properties of AUTH [MQTT-3.15.2.2]. Their `Debug` shows the
+/// Authentication Data's length only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthProperties {
     /// Extended authentication method.
     pub authentication_method: Option<ByteString>,
@@ -366,6 +443,20 @@ pub struct AuthProperties {
     pub reason_string: Option<ByteString>,
     /// User Properties.
     pub user_properties: UserProperties,
+}
+
+impl fmt::Debug for AuthProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so that a new field cannot be left out unnoticed.
+        let Self { authentication_method, authentication_data, reason_string, user_properties } =
+            self;
+        f.debug_struct("AuthProperties")
+            .field("authentication_method", authentication_method)
+            .field("authentication_data", &Redacted(authentication_data))
+            .field("reason_string", reason_string)
+            .field("user_properties", user_properties)
+            .finish()
+    }
 }
 
 #[cfg(test)]
