@@ -10,7 +10,8 @@ RSS grew per unique filter after the first round (which sizes what the
 allocator keeps for reuse).
 
     cargo build --release && benches/churn_memory.py [--levels 10000]
-        [--filters 50] [--rounds 4] [--clients 4] [--broker target/release/ringmq]
+        [--filters 50] [--rounds 4] [--clients 4] [--settle 0]
+        [--broker target/release/ringmq]
 
 Standard library only; the packets are built by hand.
 """
@@ -115,6 +116,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--settle", type=float, default=0,
+                        help="seconds to wait after the last round before the final RSS")
     parser.add_argument("--broker", default="target/release/ringmq")
     args = parser.parse_args()
 
@@ -158,6 +161,11 @@ def main():
             if round_ == 0:
                 first = rss
             print(f"round={round_ + 1} rss_unsubscribed_kib={rss}")
+        if args.settle > 0:
+            # Allocators that give memory back on a timer (jemalloc's decay,
+            # mimalloc's purge delay) need a moment.
+            time.sleep(args.settle)
+            print(f"settled_{args.settle}s rss_kib={rss_kib(broker.pid)}")
         end = rss_kib(broker.pid)
         per_round = args.filters * args.clients
         print(f"filters_per_round={per_round} levels={args.levels} rss_end_kib={end}")
