@@ -24,3 +24,4 @@ pub mod router;
 pub mod runtime;
 pub mod session;
 pub mod shard;
+mod shrink;

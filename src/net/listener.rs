@@ -5,10 +5,15 @@
 //! All sockets are bound on the main thread before any executor starts, so
 //! an address in use or a permission error is reported once, clearly, and
 //! no shard is left waiting for a peer that failed.
+//!
+//! They are stopped at one point too, [`ListenerStop::stop`], when the
+//! broker stops accepting: closing a shard's descriptor is not enough (see
+//! [`ListenerStop`]).
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Mutex, PoisonError};
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,66 @@ pub fn bind_reuseport(
     Ok(sockets)
 }
 
+/// Every listening socket of the process, to stop them all at once.
+///
+/// A shard's listener cannot simply be closed: while an accept is pending
+/// in its io_uring ring, the ring holds the socket, which keeps listening
+/// after the descriptor is closed and even after the process has ended,
+/// until the kernel tears the ring down (10-17 ms after the exit, measured):
+/// connections made meanwhile completed their handshake and were then
+/// reset, and a broker restarted on the same port shared it with the
+/// lingering socket (SO_REUSEPORT). `shutdown(2)` on a listening socket
+/// acts on the socket itself, whoever else holds it: it leaves the
+/// listening state, so new connections are refused (the SYN is answered
+/// with a reset, ECONNREFUSED); the connections in its accept queue
+/// (handshake done, not accepted yet) are reset, which is the defined end
+/// of a connection the broker never took; and pending accepts fail, which
+/// ends the shard's accept loop (see `net::accept_loop`).
+#[derive(Debug, Default)]
+pub struct ListenerStop {
+    state: Mutex<StopState>,
+}
+
+#[derive(Debug, Default)]
+struct StopState {
+    /// Set by the first [`ListenerStop::stop`].
+    stopped: bool,
+    /// Duplicates of the descriptors of the sockets to stop.
+    sockets: Vec<Socket>,
+}
+
+impl ListenerStop {
+    /// Keeps a duplicate of `socket`'s descriptor, to stop it with the
+    /// others; stops it at once if [`Self::stop`] already ran.
+    pub fn register(&self, socket: &Socket) -> io::Result<()> {
+        let duplicate = socket.try_clone()?;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.stopped {
+            stop_listening(&duplicate);
+        } else {
+            state.sockets.push(duplicate);
+        }
+        Ok(())
+    }
+
+    /// Stops every registered socket listening, and closes the duplicates.
+    /// Idempotent; sockets registered later are stopped as they come.
+    pub fn stop(&self) {
+        let sockets = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.stopped = true;
+            std::mem::take(&mut state.sockets)
+        };
+        sockets.iter().for_each(stop_listening);
+    }
+}
+
+fn stop_listening(socket: &Socket) {
+    if let Err(error) = socket.shutdown(Shutdown::Both) {
+        tracing::warn!(%error, "cannot stop a listening socket");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +125,33 @@ mod tests {
         let ports: Vec<u16> =
             sockets.iter().map(|s| s.local_addr().unwrap().as_socket().unwrap().port()).collect();
         assert!(ports[0] != 0 && ports.iter().all(|&p| p == ports[0]));
+    }
+
+    #[test]
+    fn a_stopped_listener_refuses_and_resets_its_queue() {
+        let sockets = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, 2).unwrap();
+        let addr = sockets[0].local_addr().unwrap().as_socket().unwrap();
+        let stop = ListenerStop::default();
+        stop.register(&sockets[0]).unwrap();
+        // Handshakes the kernel completes; nobody accepts them.
+        let mut queued: Vec<_> =
+            (0..4).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        stop.stop();
+        stop.register(&sockets[1]).unwrap();
+        // The descriptors are still open here, as a pending io_uring
+        // accept would keep them: nothing listens any more.
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            sockets[0].accept().unwrap_err().raw_os_error(),
+            Some(libc::EINVAL),
+            "accepting on a stopped socket fails"
+        );
+        for stream in &mut queued {
+            use std::io::Read;
+            let reset = stream.read(&mut [0; 1]).unwrap_err();
+            assert_eq!(reset.kind(), io::ErrorKind::ConnectionReset);
+        }
     }
 
     #[test]

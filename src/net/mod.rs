@@ -193,6 +193,12 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
             None => return,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
+                let error = std::io::Error::from(error);
+                // EINVAL: the socket no longer listens, stopped at shutdown
+                // (`listener::ListenerStop`); the shard follows within a tick.
+                if error.raw_os_error() == Some(libc::EINVAL) {
+                    return;
+                }
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(%error, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;

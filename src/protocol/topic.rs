@@ -241,6 +241,14 @@ impl TopicFilter {
         &self.text
     }
 
+    /// A copy in its own allocation. The filter of a decoded SUBSCRIBE
+    /// shares the packet's read buffer: a long-lived map, or a delta sent
+    /// to other cores, keeps a detached copy so as not to keep that whole
+    /// buffer alive.
+    pub fn detached(&self) -> Self {
+        Self { text: ByteString::from(self.as_str()), filter_start: self.filter_start }
+    }
+
     /// The filter that topic names are matched against (without any
     /// `$share/{ShareName}/` prefix).
     pub fn filter(&self) -> &str {

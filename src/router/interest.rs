@@ -265,7 +265,9 @@ impl InterestTable {
             return false;
         }
         if delta.added {
-            origin.removed.remove(text);
+            if origin.removed.remove(text).is_some() {
+                crate::shrink::after_remove(&mut origin.removed);
+            }
             self.trie.insert(&delta.filter, delta.origin_shard, delta.revision);
         } else {
             self.trie.remove(&delta.filter, delta.origin_shard);
@@ -284,6 +286,7 @@ impl InterestTable {
         state.floor = state.floor.max(revision);
         let floor = state.floor;
         state.removed.retain(|_, removed| *removed > floor);
+        crate::shrink::after_remove(&mut state.removed);
     }
 
     /// Removal records kept to recognize stale deltas.
@@ -387,7 +390,7 @@ impl LocalInterest {
             *count += 1;
             return None;
         }
-        let filter = detached(filter);
+        let filter = filter.detached();
         self.subscribers.insert(filter.clone(), 1);
         Some(self.delta(filter, true))
     }
@@ -402,6 +405,7 @@ impl LocalInterest {
             return None;
         }
         let (filter, _) = self.subscribers.remove_entry(filter)?;
+        crate::shrink::after_remove(&mut self.subscribers);
         Some(self.delta(filter, false))
     }
 
@@ -409,15 +413,6 @@ impl LocalInterest {
         self.revision += 1;
         InterestDelta { origin_shard: self.shard, filter, added, revision: self.revision }
     }
-}
-
-/// A copy of `filter` in its own allocation: the filter of a SUBSCRIBE may
-/// share the packet's read buffer, which a long-lived map or a delta sent to
-/// other cores must not keep alive.
-fn detached(filter: &TopicFilter) -> TopicFilter {
-    // Re-validating a valid filter cannot fail; should it, the original
-    // filter is just as correct, only less compact.
-    TopicFilter::new(ByteString::from(filter.as_str())).unwrap_or_else(|_| filter.clone())
 }
 
 #[cfg(test)]

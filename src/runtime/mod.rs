@@ -6,7 +6,8 @@ mod preflight;
 mod signals;
 
 use crate::config::{Config, ShardCount};
-use crate::net::{self, listener::bind_reuseport, NetContext, NetLimits};
+use crate::net::listener::{bind_reuseport, ListenerStop};
+use crate::net::{self, NetContext, NetLimits};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::session::SessionLimits;
 use crate::shard::Shard;
@@ -159,13 +160,39 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     };
     preflight::ensure_memlock(nr_shards)?;
     // Before the first socket is bound: from the moment a client can
-    // connect, SIGTERM must mean a graceful stop, not the default exit.
-    let shutdown = signals::watch_shutdown_signals().map_err(RuntimeError::Signals)?;
+    // connect, SIGTERM must mean a graceful stop, not the default exit. The
+    // first signal stops every listener at once; the shards notice the
+    // flag each within a tick, and wind down.
+    let listeners = Arc::new(ListenerStop::default());
+    let shutdown = signals::watch_shutdown_signals({
+        let listeners = Arc::clone(&listeners);
+        move || listeners.stop()
+    })
+    .map_err(RuntimeError::Signals)?;
+    let outcome = serve(&config, nr_shards, &cpus, &listeners, shutdown);
+    // Also when a shard failed: no socket may outlive the process listening
+    // (see `ListenerStop`).
+    listeners.stop();
+    outcome
+}
 
+/// Binds the listeners, runs the shards, and waits until they finish.
+fn serve(
+    config: &Config,
+    nr_shards: usize,
+    cpus: &[usize],
+    listeners: &ListenerStop,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), RuntimeError> {
     let mut sockets: Vec<Vec<Socket>> = (0..nr_shards).map(|_| Vec::new()).collect();
     for listener in config.listeners() {
         let bound =
             bind_reuseport(listener.bind(), u32::from(listener.listen_backlog().get()), nr_shards)?;
+        for socket in &bound {
+            listeners
+                .register(socket)
+                .map_err(|source| net::listener::ListenError { addr: listener.bind(), source })?;
+        }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
         tracing::info!(%addr, "listening (mqtt)");
@@ -193,7 +220,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             .map_or(0, |d| d.as_nanos() as u64),
         finished: Finished::default(),
     });
-    let placement = placement(nr_shards, &cpus);
+    let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("ringmq-shard")

@@ -1,6 +1,7 @@
 //! SIGINT and SIGTERM start a graceful shutdown. The signals are blocked in
-//! every thread and taken synchronously by one watcher thread, which sets a
-//! flag the shards poll; no signal handler runs inside an executor.
+//! every thread and taken synchronously by one watcher thread, which stops
+//! the listeners and sets a flag the shards poll; no signal handler runs
+//! inside an executor.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +19,10 @@ fn shutdown_signals() -> libc::sigset_t {
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread
-/// it spawns afterwards) and starts the watcher thread. The returned flag
-/// turns true on the first signal; a second signal exits at once.
-pub fn watch_shutdown_signals() -> io::Result<Arc<AtomicBool>> {
+/// it spawns afterwards) and starts the watcher thread. On the first
+/// signal the watcher calls `on_first` (the broker stops accepting), then
+/// turns the returned flag true; a second signal exits at once.
+pub fn watch_shutdown_signals(on_first: impl Fn() + Send + 'static) -> io::Result<Arc<AtomicBool>> {
     let set = shutdown_signals();
     // SAFETY: `set` is a valid, initialised signal set.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -35,11 +37,13 @@ pub fn watch_shutdown_signals() -> io::Result<Arc<AtomicBool>> {
         if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
             continue;
         }
-        if raised.swap(true, Ordering::SeqCst) {
+        if raised.load(Ordering::SeqCst) {
             tracing::warn!(signal, "second signal: exiting immediately");
             std::process::exit(130);
         }
         tracing::info!(signal, "shutting down");
+        on_first();
+        raised.store(true, Ordering::SeqCst);
     })?;
     Ok(flag)
 }

@@ -362,9 +362,18 @@ impl Session {
         // SUBACK, one code per filter in order [MQTT-3.8.4-5], [MQTT-3.9.3-1].
         for subscription in subscribe.subscriptions {
             let subscribed = Subscribed { options: subscription.options, identifier };
-            // [MQTT-3.8.4-3] an existing subscription is replaced.
-            let is_new =
-                self.subscriptions.insert(subscription.filter.clone(), subscribed).is_none();
+            // [MQTT-3.8.4-3] an existing subscription is replaced. A new one
+            // keeps a detached copy of its filter, not the packet's buffer.
+            let is_new = match self.subscriptions.get_mut(&subscription.filter) {
+                Some(existing) => {
+                    *existing = subscribed;
+                    false
+                }
+                None => {
+                    self.subscriptions.insert(subscription.filter.detached(), subscribed);
+                    true
+                }
+            };
             reasons.push(granted_qos_reason(subscription.options.qos));
             grants.push(SubscriptionGrant { filter: subscription.filter, subscribed, is_new });
         }
@@ -381,6 +390,9 @@ impl Session {
         for filter in unsubscribe.filters {
             // [MQTT-3.10.4-1] filters compare character by character.
             let existed = self.subscriptions.remove(&filter).is_some();
+            if existed {
+                crate::shrink::after_remove(&mut self.subscriptions);
+            }
             if v5 {
                 reasons.push(if existed {
                     ReasonCode::Success

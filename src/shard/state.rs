@@ -370,6 +370,7 @@ impl Shard {
         let Some(slot) = self.slots[key.0 as usize].take() else { return };
         self.free_slots.push(key.0);
         self.by_client_id.remove(slot.session.client_id());
+        crate::shrink::after_remove(&mut self.by_client_id);
         for filter in
             slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
         {
@@ -942,6 +943,10 @@ impl Shard {
     fn announce_interest(&mut self, delta: InterestDelta) -> u64 {
         self.interest.apply(&delta);
         let revision = delta.revision;
+        // Applied here in the order it was made: nothing older from this
+        // shard can still arrive, so the replica keeps no removal record
+        // of it (which would hold the filter's text for good).
+        self.interest.forget_through(self.id, revision);
         for peer in (0..self.nr_shards).filter(|&peer| peer != self.id.index()) {
             self.outbox.push(peer, ShardMessage::Interest(delta.clone()));
         }

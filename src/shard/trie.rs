@@ -618,6 +618,8 @@ impl<K: Copy + Eq + Hash, V> Entries<K, V> {
             }
             if self.items.len() <= UNINDEX_AT {
                 self.index = None;
+            } else {
+                crate::shrink::after_remove(index);
             }
         }
         // Give memory back once the vector is mostly empty.
@@ -732,13 +734,16 @@ impl<N> LevelMap<N> {
         }
     }
 
+    /// Removes the value for `level`. The room of removed entries is given
+    /// back: a vector at most half full shrinks to fit, a hash map follows
+    /// [`crate::shrink::after_remove`] until it turns back into a vector.
     pub(crate) fn remove(&mut self, level: &str) -> Option<N> {
         let removed = match &mut self.repr {
             LevelRepr::Small(entries) => {
                 let at = entries.iter().position(|(key, _)| **key == *level)?;
                 let (_, value) = entries.swap_remove(at);
-                if entries.is_empty() {
-                    *entries = Vec::new();
+                if entries.len() * 2 <= entries.capacity() {
+                    entries.shrink_to_fit();
                 }
                 value
             }
@@ -748,6 +753,8 @@ impl<N> LevelMap<N> {
             if map.len() <= LARGE_MIN {
                 let entries = map.drain().collect();
                 self.repr = LevelRepr::Small(entries);
+            } else {
+                crate::shrink::after_remove(map);
             }
         }
         Some(removed)

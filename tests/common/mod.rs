@@ -38,6 +38,11 @@ impl Broker {
     fn spawn(shards: usize, args: &[&str], stderr: Stdio) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        Self::start_on(addr, shards, args)
+    }
+
+    /// Starts `ringmq` listening on `addr`, with extra arguments.
+    pub fn start_on(addr: SocketAddr, shards: usize, args: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()])
             .args(["--log", "warn"])
@@ -104,6 +109,30 @@ impl Broker {
                 panic!("ringmq did not exit within 15 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit after [`Self::terminate`] and returns
+    /// its status, noticing the exit at once (it polls without sleeping),
+    /// so that the caller can act right after it.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ringmq did not exit within 15 s of SIGTERM");
+            }
+            std::thread::yield_now();
         }
     }
 
