@@ -38,11 +38,15 @@ impl Broker {
     fn spawn(shards: usize, args: &[&str], stderr: Stdio) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        Self::start_on(addr, shards, args)
+        Self::spawn_on(addr, shards, args, stderr)
     }
 
     /// Starts `ringmq` listening on `addr`, with extra arguments.
     pub fn start_on(addr: SocketAddr, shards: usize, args: &[&str]) -> Self {
+        Self::spawn_on(addr, shards, args, Stdio::inherit())
+    }
+
+    fn spawn_on(addr: SocketAddr, shards: usize, args: &[&str], stderr: Stdio) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()])
             .args(["--log", "warn"])
