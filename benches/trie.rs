@@ -5,11 +5,11 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringmq::index::SubscriptionTrie;
 use ringmq::message::Message;
 use ringmq::protocol::{BoxedPublishProperties, QoS, TopicFilter, TopicName};
 use ringmq::router::interest::{InterestDelta, InterestTable, ShardId};
 use ringmq::shard::retained::RetainedStore;
-use ringmq::shard::trie::SubscriptionTrie;
 use std::sync::Arc;
 use std::time::Instant;
 

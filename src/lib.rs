@@ -10,13 +10,24 @@
 //! * [`protocol`] and [`session`] are sans-IO: no sockets, no clock (time is
 //!   passed in), no logging on the hot path; tested without sockets.
 //! * [`shard`] never touches sockets or channel endpoints: what must cross
-//!   to another shard goes into the router's outbox.
+//!   to another shard goes into the router's [`router::Outbox`] (a plain
+//!   queue that the router's flusher tasks drain into the channels), and a
+//!   connection task learns of new output through the `Waker` it
+//!   registered, then asks the shard for the bytes. (design.md's wording,
+//!   "it returns actions", is this: the outbox and the wakers are those
+//!   actions, queued rather than returned.)
+//! * [`index`] is a leaf: the subscription trie that `shard` and `router`
+//!   both build on, importing neither.
+//! * No import cycles. Each module imports only those before it:
+//!   `config`, `protocol`, `shrink`; `index`, `message`; `session`,
+//!   `router`; `shard`; `net`; `runtime`.
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
 //!   sockets; [`runtime`] starts and stops it all.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 
 pub mod config;
+pub mod index;
 pub mod message;
 pub mod net;
 pub mod protocol;

@@ -18,6 +18,7 @@
 //!   that shrinking stays amortized O(1) per removal
 //!   ([`a_wide_node_gives_its_room_back_when_it_shrinks`]).
 
+use ringmq::index::SubscriptionTrie;
 use ringmq::message::Message;
 use ringmq::protocol::{
     BoxedPublishProperties, Connect, Packet, PacketId, ProtocolVersion, QoS, Subscribe,
@@ -27,7 +28,6 @@ use ringmq::router::interest::{InterestTable, LocalInterest};
 use ringmq::router::{home_shard, Outbox, RouterMessage, ShardId};
 use ringmq::session::SessionLimits;
 use ringmq::shard::retained::RetainedStore;
-use ringmq::shard::trie::SubscriptionTrie;
 use ringmq::shard::{ConnectOutcome, ConnectionId, SessionKey, Shard};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -10,6 +10,7 @@
 //! broker stops accepting: closing a shard's descriptor is not enough (see
 //! [`ListenerStop`]).
 
+use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -53,6 +54,15 @@ pub fn bind_reuseport(
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// A socket of [`bind_reuseport`] as a listener of the calling shard's
+/// executor.
+pub fn serve_on_this_shard(socket: Socket) -> TcpListener {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the socket is bound and listening, and `into_raw_fd` hands
+    // its ownership to the listener.
+    unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) }
 }
 
 /// Every listening socket of the process, to stop them all at once.

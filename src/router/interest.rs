@@ -16,8 +16,8 @@
 //!
 //! Pure data: no channels and no IO here; the router carries the deltas.
 
+use crate::index::{Match, SubscriptionTrie};
 use crate::protocol::{TopicFilter, TopicName};
-use crate::shard::trie::{Match, SubscriptionTrie};
 use bytestring::ByteString;
 use hashbrown::HashMap;
 use std::fmt;

@@ -60,7 +60,7 @@ impl Outbox {
     }
 
     /// Queues a publish for `peer`. Returns false when it was dropped (QoS
-    /// 0 to a queue past [`QOS0_DROP_LIMIT`]).
+    /// 0 to a queue past `outbox::QOS0_DROP_LIMIT`).
     pub fn push_publish(&self, peer: usize, message: &Arc<Message>) -> bool {
         if self.closed.get() {
             return false;

@@ -6,17 +6,15 @@ mod preflight;
 mod signals;
 
 use crate::config::{Config, ShardCount};
-use crate::net::listener::{bind_reuseport, ListenerStop};
+use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetContext, NetLimits};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::session::SessionLimits;
 use crate::shard::Shard;
-use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
 use socket2::Socket;
 use std::cell::RefCell;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -295,12 +293,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     tracing::debug!("shard starting");
     let sockets =
         startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
-    let listeners: Vec<TcpListener> = sockets
-        .into_iter()
-        // SAFETY: each socket is bound and listening, and `into_raw_fd`
-        // hands its ownership to the listener.
-        .map(|socket| unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
-        .collect();
+    let listeners: Vec<_> = sockets.into_iter().map(listener::serve_on_this_shard).collect();
     let mesh = match Mesh::join(&mesh).await {
         Ok(mesh) => mesh,
         Err(error) => {

@@ -3,8 +3,6 @@
 //! queues. Nothing here touches a socket or a channel endpoint; the shard
 //! returns actions that `router` and `net` carry out.
 //!
-//! * [`trie`]: the subscription index, topic filter -> subscribers, with
-//!   shared subscription groups.
 //! * [`retained`]: the retained messages by topic.
 //! * [`drops`]: rate-limited warnings for dropped messages.
 //! * [`Shard`]: the state that ties sessions, index and retained store
@@ -15,7 +13,6 @@ pub mod retained;
 mod state;
 #[cfg(test)]
 mod tests;
-pub mod trie;
 
 pub use state::{
     ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters,

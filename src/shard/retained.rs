@@ -8,7 +8,7 @@
 //! when a lookup meets them. Like the subscription trie, every walk and the
 //! drop are iterative, so a topic of 32,768 levels cannot overflow the stack.
 
-use super::trie::{split_level, LevelIter, LevelMap};
+use crate::index::trie::{split_level, LevelIter, LevelMap};
 use crate::message::Message;
 use crate::protocol::{TopicFilter, TopicName};
 use smallvec::SmallVec;

@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
@@ -16,8 +17,6 @@ use crate::session::{
 };
 use crate::shard::drops::{DropCause, DropWarnings};
 use crate::shard::retained::RetainedStore;
-use crate::shard::trie::Match;
-use crate::shard::trie::SubscriptionTrie;
 use bytes::Bytes;
 use bytestring::ByteString;
 use hashbrown::HashMap;
