@@ -5,16 +5,23 @@
 //!
 //! * [`retained`]: the retained messages by topic.
 //! * [`drops`]: rate-limited warnings for dropped messages.
+//! * `slots`: the session table and the links to connection tasks;
+//!   `deadlines`: when to look at which session; `interest_sync`: this
+//!   shard's side of the interest replica; `index_work`: subscribes too
+//!   large for one turn.
 //! * [`Shard`]: the state that ties sessions, index and retained store
 //!   together and routes messages.
 
+mod deadlines;
 pub mod drops;
+mod index_work;
+mod interest_sync;
 pub mod retained;
+mod slots;
 mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{
-    ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters,
-    INDEX_WORK_PER_TURN,
-};
+pub use index_work::INDEX_WORK_PER_TURN;
+pub use slots::{ConnectionId, SessionKey};
+pub use state::{ConnectOutcome, ConnectionError, Shard, ShardCounters};

@@ -8,40 +8,28 @@ use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
-use crate::router::interest::{GroupKey, InterestDelta, InterestTable, LocalInterest, ShardSet};
+use crate::router::interest::{GroupKey, ShardSet};
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::DropReason;
 use crate::session::{
     CloseReason, Delivery, DeliveryOutcome, Session, SessionError, SessionEvent, SessionLimits,
     SubscriptionGrant,
 };
+use crate::shard::deadlines::Deadlines;
 use crate::shard::drops::{DropCause, DropWarnings};
+use crate::shard::index_work::{IndexWork, INDEX_WORK_PER_TURN};
+use crate::shard::interest_sync::InterestSync;
 use crate::shard::retained::RetainedStore;
+pub use crate::shard::slots::{ConnectionId, SessionKey};
+use crate::shard::slots::{ConnectionLink, Slot, Slots};
 use bytes::Bytes;
 use bytestring::ByteString;
-use hashbrown::HashMap;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
-
-/// A session's slot number on its shard; stable while the session exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(u32);
-
-/// Identifies one network connection, so that a stale connection task
-/// (taken over, or closed) cannot act on the session's next connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnectionId(pub u64);
-
-/// Filters of one session added to or removed from the index per turn: a
-/// SUBSCRIBE of 100,000 filters is indexed over many turns, the connection
-/// task yielding between them, so the shard's other connections are served
-/// meanwhile (about a millisecond per turn).
-pub const INDEX_WORK_PER_TURN: usize = 256;
 
 /// A local subscription as the index stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,71 +38,6 @@ pub struct LocalSubscription {
     pub options: SubscriptionOptions,
     /// Its v5 Subscription Identifier.
     pub subscription_id: Option<NonZeroU32>,
-}
-
-/// The link between a session and the task serving its connection.
-#[derive(Debug)]
-struct ConnectionLink {
-    id: ConnectionId,
-    /// The connection task, woken when the session has output or must close.
-    waker: Option<Waker>,
-    /// Output or a close request arrived since the task last looked.
-    notified: bool,
-    /// The interest revision this connection must see acknowledged by every
-    /// peer before its SUBACK goes out.
-    await_interest: u64,
-    /// The session closed the connection: after its last output the
-    /// connection ends.
-    closed: Option<CloseReason>,
-}
-
-/// Index changes a session asked for that are not done yet, oldest first.
-#[derive(Debug)]
-enum IndexWork {
-    Subscribe(smallvec::IntoIter<[SubscriptionGrant; 1]>),
-    Unsubscribe(smallvec::IntoIter<[TopicFilter; 1]>),
-}
-
-impl IndexWork {
-    fn len(&self) -> usize {
-        match self {
-            Self::Subscribe(grants) => grants.len(),
-            Self::Unsubscribe(filters) => filters.len(),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Slot {
-    session: Session,
-    /// Clean Session / Clean Start of the current or last connection: the
-    /// session ends with the connection.
-    clean: bool,
-    connection: Option<ConnectionLink>,
-    /// When a session without a connection ends (see
-    /// `SessionLimits::max_session_expiry`).
-    expires_at: Option<Instant>,
-    /// The time of this slot's live entry in `Shard::deadlines`.
-    scheduled: Option<Instant>,
-    /// Subscribes and unsubscribes too large for one turn (see
-    /// [`INDEX_WORK_PER_TURN`]). While there are any, the connection's
-    /// output waits (its SUBACK or UNSUBACK must not go out before the
-    /// index has every filter) and its later packets stay unread.
-    // Boxed: 8 bytes in every slot instead of 32 for a state that is
-    // almost always absent.
-    #[allow(clippy::box_collection)]
-    index_backlog: Option<Box<VecDeque<IndexWork>>>,
-}
-
-impl Slot {
-    /// When the shard must next look at this slot: the keep alive deadline
-    /// of its connection, or the expiry of a session without one.
-    fn next_deadline(&self) -> Option<Instant> {
-        match self.connection {
-            Some(_) => self.session.poll_timeout(),
-            None => self.expires_at,
-        }
-    }
 }
 
 /// Counters of one shard.
@@ -151,15 +74,9 @@ pub struct Shard {
     id: ShardId,
     nr_shards: usize,
     limits: SessionLimits,
-    /// Boxed, so the table grows by pointers, not by whole sessions.
-    slots: Vec<Option<Box<Slot>>>,
-    free_slots: Vec<u32>,
-    by_client_id: HashMap<ByteString, SessionKey>,
+    slots: Slots,
     subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
-    local_interest: LocalInterest,
-    interest: InterestTable,
-    /// The latest of this shard's interest revisions each peer applied.
-    interest_acked: Vec<u64>,
+    interest: InterestSync,
     /// Spreads shared-group messages over the shards with members.
     group_cursor: usize,
     retained: RetainedStore,
@@ -168,26 +85,12 @@ pub struct Shard {
     next_connection: u64,
     shutting_down: bool,
     counters: ShardCounters,
-    /// Sessions whose SUBACK waits for an interest acknowledgement, with
-    /// the revision each waits for, in increasing revision order (so an
-    /// acknowledgement releases a prefix: linear in the subscribes, however
-    /// many filters they carry). A session may appear more than once; its
-    /// link's `await_interest` is what counts.
-    interest_waiters: VecDeque<(u64, SessionKey)>,
     /// When drops were last logged, per cause.
     drop_warnings: DropWarnings,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
-    /// When to look at which slot, earliest first. A keep alive deadline
-    /// only moves later as packets arrive, so entries are not updated:
-    /// one that comes due early is checked and pushed again for the
-    /// slot's current deadline. An entry whose time is not its slot's
-    /// `scheduled` is stale and skipped (also after the slot is reused);
-    /// stale entries leave when their time comes, so under connection
-    /// churn the heap holds at most the connects of the last 1.5 keep
-    /// alives. The sweep so costs the entries that came due, not one visit
-    /// per session.
-    deadlines: BinaryHeap<Reverse<(Instant, SessionKey)>>,
+    /// When to look at which session.
+    deadlines: Deadlines,
 }
 
 impl Shard {
@@ -203,13 +106,9 @@ impl Shard {
             id,
             nr_shards,
             limits,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
-            by_client_id: HashMap::new(),
+            slots: Slots::default(),
             subscriptions: SubscriptionTrie::new(),
-            local_interest: LocalInterest::new(id),
-            interest: InterestTable::new(),
-            interest_acked: vec![0; nr_shards],
+            interest: InterestSync::new(id, nr_shards),
             group_cursor: 0,
             retained: RetainedStore::new(),
             assigner: ClientIdAssigner::new(id, nr_shards, boot),
@@ -217,10 +116,9 @@ impl Shard {
             next_connection: 0,
             shutting_down: false,
             counters: ShardCounters::default(),
-            interest_waiters: VecDeque::new(),
             drop_warnings: DropWarnings::default(),
             matches: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -241,7 +139,7 @@ impl Shard {
 
     /// Sessions on this shard, connected or not.
     pub fn session_count(&self) -> usize {
-        self.by_client_id.len()
+        self.slots.len()
     }
 
     /// A new connection identity.
@@ -261,11 +159,11 @@ impl Shard {
     }
 
     fn slot(&self, key: SessionKey) -> &Slot {
-        self.slots[key.0 as usize].as_ref().expect("live session key")
+        self.slots.slot(key)
     }
 
     fn slot_mut(&mut self, key: SessionKey) -> &mut Slot {
-        self.slots[key.0 as usize].as_mut().expect("live session key")
+        self.slots.slot_mut(key)
     }
 
     /// The session in `key`, if `connection` is still the one attached to
@@ -275,11 +173,9 @@ impl Shard {
         key: SessionKey,
         connection: ConnectionId,
     ) -> Option<&mut Session> {
-        let slot = self.slots.get_mut(key.0 as usize)?.as_mut()?;
-        match &slot.connection {
-            Some(link) if link.id == connection => Some(&mut slot.session),
-            _ => None,
-        }
+        let slot = self.slots.get_mut(key)?;
+        slot.link_mut(connection)?;
+        Some(&mut slot.session)
     }
 
     /// Accepts (or refuses) a CONNECT whose client id is homed here
@@ -306,7 +202,7 @@ impl Shard {
         {
             return ConnectOutcome::Refused(ReasonCode::ClientIdentifierNotValid);
         }
-        let existing = self.by_client_id.get(&client_id).copied();
+        let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
             // takes over: the first is closed (its will is published).
@@ -320,20 +216,16 @@ impl Shard {
                 self.remove_session(key);
             }
         }
-        let (key, session_present) = match self.by_client_id.get(&client_id).copied() {
+        let (key, session_present) = match self.slots.find(&client_id) {
             Some(key) => (key, true),
-            None => (self.insert_session(client_id), false),
-        };
-        let link = ConnectionLink {
-            id: connection,
-            waker: None,
-            notified: true,
-            await_interest: 0,
-            closed: None,
+            None => {
+                let session = Session::new(client_id, self.limits);
+                (self.slots.insert(Slot::new(session)), false)
+            }
         };
         let slot = self.slot_mut(key);
         slot.clean = connect.clean_start;
-        slot.connection = Some(link);
+        slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present);
         self.drain_events(key, now);
@@ -341,35 +233,9 @@ impl Shard {
         ConnectOutcome::Accepted(key)
     }
 
-    fn insert_session(&mut self, client_id: ByteString) -> SessionKey {
-        let slot = Slot {
-            session: Session::new(client_id.clone(), self.limits),
-            clean: true,
-            connection: None,
-            expires_at: None,
-            scheduled: None,
-            index_backlog: None,
-        };
-        let key = match self.free_slots.pop() {
-            Some(index) => {
-                self.slots[index as usize] = Some(Box::new(slot));
-                SessionKey(index)
-            }
-            None => {
-                self.slots.push(Some(Box::new(slot)));
-                SessionKey((self.slots.len() - 1) as u32)
-            }
-        };
-        self.by_client_id.insert(client_id, key);
-        key
-    }
-
     /// Ends a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
-        let Some(slot) = self.slots[key.0 as usize].take() else { return };
-        self.free_slots.push(key.0);
-        self.by_client_id.remove(slot.session.client_id());
-        crate::shrink::after_remove(&mut self.by_client_id);
+        let Some(slot) = self.slots.remove(key) else { return };
         for filter in
             slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
         {
@@ -385,9 +251,7 @@ impl Shard {
         let expiry = self.limits.max_session_expiry;
         let slot = self.slot_mut(key);
         if let Some(mut link) = slot.connection.take() {
-            if let Some(waker) = link.waker.take() {
-                waker.wake();
-            }
+            link.wake();
         }
         slot.session.handle_connection_lost(now);
         // A 3.1.1 session with Clean Session 0 asks to be kept without
@@ -413,13 +277,8 @@ impl Shard {
 
     /// Makes sure the sweep looks at `key` by its next deadline.
     fn schedule(&mut self, key: SessionKey) {
-        let Some(slot) = self.slots[key.0 as usize].as_mut() else { return };
-        let Some(deadline) = slot.next_deadline() else { return };
-        // A later entry already queued would come too late; an earlier one
-        // will reschedule when it comes due.
-        if slot.scheduled.is_none_or(|scheduled| deadline < scheduled) {
-            slot.scheduled = Some(deadline);
-            self.deadlines.push(Reverse((deadline, key)));
+        if let Some(slot) = self.slots.get_mut(key) {
+            self.deadlines.schedule(key, slot);
         }
     }
 
@@ -431,11 +290,7 @@ impl Shard {
         connection: ConnectionId,
         now: Instant,
     ) {
-        let attached = matches!(
-            self.slots.get(key.0 as usize),
-            Some(Some(slot)) if slot.connection.as_ref().is_some_and(|link| link.id == connection)
-        );
-        if attached {
+        if self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection)).is_some() {
             self.detach(key, now);
         }
     }
@@ -469,16 +324,8 @@ impl Shard {
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
         }
-        while let Some(&Reverse((due, key))) = self.deadlines.peek() {
-            if due > now {
-                break;
-            }
-            self.deadlines.pop();
-            let Some(slot) = self.slots[key.0 as usize].as_mut() else { continue };
-            if slot.scheduled != Some(due) {
-                continue;
-            }
-            slot.scheduled = None;
+        while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
+            let slot = self.slot_mut(key);
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
                 if slot.connection.is_none() {
                     self.counters.sessions_expired += 1;
@@ -502,9 +349,8 @@ impl Shard {
         now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, ConnectionError> {
-        let acked = self.interest_acked_by_all();
-        let slot = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut);
-        let Some(slot) = slot else { return Err(ConnectionError::Detached) };
+        let acked = self.interest.acked_by_all();
+        let Some(slot) = self.slots.get_mut(key) else { return Err(ConnectionError::Detached) };
         let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
             return Err(ConnectionError::Detached);
         };
@@ -559,8 +405,7 @@ impl Shard {
         connection: ConnectionId,
         waker: &Waker,
     ) -> bool {
-        let slot = self.slots.get_mut(key.0 as usize).and_then(Option::as_mut);
-        match slot.and_then(|slot| slot.connection.as_mut()).filter(|link| link.id == connection) {
+        match self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection)) {
             Some(link) => {
                 if !link.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                     link.waker = Some(waker.clone());
@@ -581,22 +426,14 @@ impl Shard {
     /// woken to close.
     pub fn begin_shutdown(&mut self) {
         self.shutting_down = true;
-        for link in self.slots.iter_mut().flatten().filter_map(|slot| slot.connection.as_mut()) {
-            link.notified = true;
-            if let Some(waker) = link.waker.take() {
-                waker.wake();
-            }
+        for link in self.slots.iter_mut().filter_map(|slot| slot.connection.as_mut()) {
+            link.wake();
         }
     }
 
     fn notify(&mut self, key: SessionKey) {
         if let Some(link) = self.slot_mut(key).connection.as_mut() {
-            if !link.notified {
-                link.notified = true;
-                if let Some(waker) = link.waker.take() {
-                    waker.wake();
-                }
-            }
+            link.notify();
         }
     }
 
@@ -628,7 +465,7 @@ impl Shard {
     /// Entries waiting for interest acknowledgements.
     #[cfg(test)]
     pub(super) fn interest_waiters(&self) -> usize {
-        self.interest_waiters.len()
+        self.interest.waiters()
     }
 
     /// Indexes a session's subscribe or unsubscribe: at once when it is
@@ -652,10 +489,7 @@ impl Shard {
     /// connection then calls [`Shard::handle_index_work`], yielding in
     /// between, before it reads further packets.
     pub fn has_index_work(&self, key: SessionKey) -> bool {
-        self.slots
-            .get(key.0 as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|slot| slot.index_backlog.is_some())
+        self.slots.get(key).is_some_and(|slot| slot.index_backlog.is_some())
     }
 
     /// Indexes up to [`INDEX_WORK_PER_TURN`] more filters of `key`'s
@@ -727,7 +561,7 @@ impl Shard {
         self.deliver_local(&message, now);
         let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
         let cursor = &mut self.group_cursor;
-        let shards = self.interest.route(&message.topic, |group, members| {
+        let shards = self.interest.replica().route(&message.topic, |group, members| {
             *cursor = cursor.wrapping_add(1);
             // One allocation per matched group (not per subscriber): the
             // group's name travels with the message.
@@ -867,14 +701,12 @@ impl Shard {
         let (options, subscription_id) = (subscribed.options, subscribed.identifier);
         let subscription = LocalSubscription { options, subscription_id };
         let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
-        if let Some(delta) =
-            (!replaced).then(|| self.local_interest.handle_subscribe(&filter)).flatten()
-        {
-            let revision = self.announce_interest(delta);
-            let link = self.slot_mut(key).connection.as_mut();
-            if let Some(link) = link {
+        let revision =
+            (!replaced).then(|| self.interest.handle_subscribe(&filter, &self.outbox)).flatten();
+        if let Some(revision) = revision {
+            if let Some(link) = self.slot_mut(key).connection.as_mut() {
                 link.await_interest = revision;
-                self.interest_waiters.push_back((revision, key));
+                self.interest.wait_for(revision, key);
             }
         }
         // [MQTT-3.3.1-6] Retained messages matching a new subscription are
@@ -919,7 +751,7 @@ impl Shard {
     }
 
     fn deliver_retained(&mut self, to: &RetainedReplyTo, messages: &[Arc<Message>], now: Instant) {
-        let Some(&key) = self.by_client_id.get(&to.client_id) else { return };
+        let Some(key) = self.slots.find(&to.client_id) else { return };
         let ids = to.subscription_id.into_iter().collect::<crate::protocol::SubscriptionIds>();
         for message in messages {
             // [MQTT-3.3.1-8] Sent with RETAIN set.
@@ -931,34 +763,8 @@ impl Shard {
     /// subscriber of a filter withdraws the shard's interest.
     fn unsubscribe_index(&mut self, key: SessionKey, filter: &TopicFilter) {
         if self.subscriptions.remove(filter, key).is_some() {
-            if let Some(delta) = self.local_interest.handle_unsubscribe(filter) {
-                self.announce_interest(delta);
-            }
+            self.interest.handle_unsubscribe(filter, &self.outbox);
         }
-    }
-
-    /// Applies an interest change of this shard to its own replica and
-    /// sends it to every peer; returns its revision.
-    fn announce_interest(&mut self, delta: InterestDelta) -> u64 {
-        self.interest.apply(&delta);
-        let revision = delta.revision;
-        // Applied here in the order it was made: nothing older from this
-        // shard can still arrive, so the replica keeps no removal record
-        // of it (which would hold the filter's text for good).
-        self.interest.forget_through(self.id, revision);
-        for peer in (0..self.nr_shards).filter(|&peer| peer != self.id.index()) {
-            self.outbox.push(peer, ShardMessage::Interest(delta.clone()));
-        }
-        revision
-    }
-
-    /// The latest interest revision of this shard that every peer applied.
-    fn interest_acked_by_all(&self) -> u64 {
-        (0..self.nr_shards)
-            .filter(|&peer| peer != self.id.index())
-            .map(|peer| self.interest_acked[peer])
-            .min()
-            .unwrap_or(u64::MAX)
     }
 
     /// Handles a message from shard `from` (all but hand-offs, which the
@@ -974,36 +780,22 @@ impl Shard {
                 self.deliver_to_group(&group, &message, now);
             }
             ShardMessage::Interest(delta) => {
-                let revision = delta.revision;
-                self.interest.apply(&delta);
-                // Channels deliver each origin's deltas in order, so nothing
-                // older can still arrive.
-                self.interest.forget_through(from, revision);
-                self.outbox.push(from.index(), ShardMessage::InterestAck { revision });
+                self.interest.handle_delta(from, &delta, &self.outbox);
             }
             ShardMessage::InterestAck { revision } => {
-                let acked = &mut self.interest_acked[from.index()];
-                *acked = (*acked).max(revision);
-                let acked_by_all = self.interest_acked_by_all();
-                while let Some(&(revision, key)) = self.interest_waiters.front() {
-                    if revision > acked_by_all {
-                        break;
-                    }
-                    self.interest_waiters.pop_front();
-                    let link = self.slots[key.0 as usize]
-                        .as_mut()
+                let slots = &mut self.slots;
+                self.interest.handle_ack(from, revision, |key, acked_by_all| {
+                    let link = slots
+                        .get_mut(key)
                         .and_then(|slot| slot.connection.as_mut())
                         // A later connection, or a later revision still
                         // awaited, is not released by this entry.
                         .filter(|link| (1..=acked_by_all).contains(&link.await_interest));
                     if let Some(link) = link {
                         link.await_interest = 0;
-                        link.notified = true;
-                        if let Some(waker) = link.waker.take() {
-                            waker.wake();
-                        }
+                        link.wake();
                     }
-                }
+                });
             }
             ShardMessage::Retain(message) => {
                 self.retained.set(message);

@@ -1,0 +1,131 @@
+//! This shard's side of the interest replica: its local subscriber counts
+//! and the deltas they emit, its copy of every shard's interest, the
+//! acknowledgements of its deltas by the peers, and the sessions whose
+//! SUBACK waits for them.
+
+use super::slots::SessionKey;
+use crate::protocol::TopicFilter;
+use crate::router::interest::{InterestDelta, InterestTable, LocalInterest};
+use crate::router::{Outbox, ShardId, ShardMessage};
+use std::collections::VecDeque;
+
+/// The interest state of one shard.
+#[derive(Debug)]
+pub(super) struct InterestSync {
+    me: ShardId,
+    nr_shards: usize,
+    local: LocalInterest,
+    replica: InterestTable,
+    /// The latest of this shard's interest revisions each peer applied.
+    acked: Vec<u64>,
+    /// Sessions whose SUBACK waits for an interest acknowledgement, with
+    /// the revision each waits for, in increasing revision order (so an
+    /// acknowledgement releases a prefix: linear in the subscribes, however
+    /// many filters they carry). A session may appear more than once; its
+    /// connection link's `await_interest` is what counts.
+    waiters: VecDeque<(u64, SessionKey)>,
+}
+
+impl InterestSync {
+    pub(super) fn new(me: ShardId, nr_shards: usize) -> Self {
+        Self {
+            me,
+            nr_shards,
+            local: LocalInterest::new(me),
+            replica: InterestTable::new(),
+            acked: vec![0; nr_shards],
+            waiters: VecDeque::new(),
+        }
+    }
+
+    /// Every shard's interest, as this shard knows it.
+    pub(super) fn replica(&self) -> &InterestTable {
+        &self.replica
+    }
+
+    /// A local subscription to `filter` was added. Returns the revision
+    /// the peers must acknowledge before the SUBACK, when it was the first
+    /// (the delta is sent).
+    pub(super) fn handle_subscribe(
+        &mut self,
+        filter: &TopicFilter,
+        outbox: &Outbox,
+    ) -> Option<u64> {
+        let delta = self.local.handle_subscribe(filter)?;
+        Some(self.announce(delta, outbox))
+    }
+
+    /// A local subscription to `filter` was removed; the last one
+    /// withdraws the shard's interest.
+    pub(super) fn handle_unsubscribe(&mut self, filter: &TopicFilter, outbox: &Outbox) {
+        if let Some(delta) = self.local.handle_unsubscribe(filter) {
+            self.announce(delta, outbox);
+        }
+    }
+
+    /// Applies an interest change of this shard to its own replica and
+    /// sends it to every peer; returns its revision.
+    fn announce(&mut self, delta: InterestDelta, outbox: &Outbox) -> u64 {
+        self.replica.apply(&delta);
+        let revision = delta.revision;
+        // Applied here in the order it was made: nothing older from this
+        // shard can still arrive, so the replica keeps no removal record
+        // of it (which would hold the filter's text for good).
+        self.replica.forget_through(self.me, revision);
+        for peer in (0..self.nr_shards).filter(|&peer| peer != self.me.index()) {
+            outbox.push(peer, ShardMessage::Interest(delta.clone()));
+        }
+        revision
+    }
+
+    /// `key`'s output waits until every peer acknowledged `revision`.
+    pub(super) fn wait_for(&mut self, revision: u64, key: SessionKey) {
+        self.waiters.push_back((revision, key));
+    }
+
+    /// The latest interest revision of this shard that every peer applied.
+    pub(super) fn acked_by_all(&self) -> u64 {
+        (0..self.nr_shards)
+            .filter(|&peer| peer != self.me.index())
+            .map(|peer| self.acked[peer])
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// A peer's interest change: applied and acknowledged.
+    pub(super) fn handle_delta(&mut self, from: ShardId, delta: &InterestDelta, outbox: &Outbox) {
+        let revision = delta.revision;
+        self.replica.apply(delta);
+        // Channels deliver each origin's deltas in order, so nothing older
+        // can still arrive.
+        self.replica.forget_through(from, revision);
+        outbox.push(from.index(), ShardMessage::InterestAck { revision });
+    }
+
+    /// A peer applied this shard's revisions up to `revision`: calls
+    /// `release` with the sessions whose waited-for revision every peer has
+    /// now applied, and the revision acknowledged by all.
+    pub(super) fn handle_ack(
+        &mut self,
+        from: ShardId,
+        revision: u64,
+        mut release: impl FnMut(SessionKey, u64),
+    ) {
+        let acked = &mut self.acked[from.index()];
+        *acked = (*acked).max(revision);
+        let acked_by_all = self.acked_by_all();
+        while let Some(&(revision, key)) = self.waiters.front() {
+            if revision > acked_by_all {
+                break;
+            }
+            self.waiters.pop_front();
+            release(key, acked_by_all);
+        }
+    }
+
+    /// Entries waiting for interest acknowledgements.
+    #[cfg(test)]
+    pub(super) fn waiters(&self) -> usize {
+        self.waiters.len()
+    }
+}

@@ -1,0 +1,188 @@
+//! The shard's session table: a slot per session, found by key or by client
+//! id, and the link from a session to the task serving its connection.
+
+use super::index_work::IndexWork;
+use crate::session::{CloseReason, Session};
+use bytestring::ByteString;
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::task::Waker;
+use std::time::Instant;
+
+/// A session's slot number on its shard; stable while the session exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(u32);
+
+impl SessionKey {
+    fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Identifies one network connection, so that a stale connection task
+/// (taken over, or closed) cannot act on the session's next connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// The link between a session and the task serving its connection.
+#[derive(Debug)]
+pub(super) struct ConnectionLink {
+    pub(super) id: ConnectionId,
+    /// The connection task, woken when the session has output or must close.
+    pub(super) waker: Option<Waker>,
+    /// Output or a close request arrived since the task last looked.
+    pub(super) notified: bool,
+    /// The interest revision this connection must see acknowledged by every
+    /// peer before its SUBACK goes out.
+    pub(super) await_interest: u64,
+    /// The session closed the connection: after its last output the
+    /// connection ends.
+    pub(super) closed: Option<CloseReason>,
+}
+
+impl ConnectionLink {
+    /// A new connection's link: notified, so its task looks for the
+    /// CONNACK at once.
+    pub(super) fn new(id: ConnectionId) -> Self {
+        Self { id, waker: None, notified: true, await_interest: 0, closed: None }
+    }
+
+    /// Tells the connection task to look at the session again (woken once
+    /// until it does).
+    pub(super) fn notify(&mut self) {
+        if !self.notified {
+            self.wake();
+        }
+    }
+
+    /// Wakes the connection task, notified or not.
+    pub(super) fn wake(&mut self) {
+        self.notified = true;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// One session and what the shard keeps beside it.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) session: Session,
+    /// Clean Session / Clean Start of the current or last connection: the
+    /// session ends with the connection.
+    pub(super) clean: bool,
+    pub(super) connection: Option<ConnectionLink>,
+    /// When a session without a connection ends (see
+    /// `SessionLimits::max_session_expiry`).
+    pub(super) expires_at: Option<Instant>,
+    /// The time of this slot's live entry in the shard's
+    /// [`Deadlines`](super::deadlines::Deadlines).
+    pub(super) scheduled: Option<Instant>,
+    /// Subscribes and unsubscribes too large for one turn (see
+    /// [`INDEX_WORK_PER_TURN`](super::INDEX_WORK_PER_TURN)). While there
+    /// are any, the connection's output waits (its SUBACK or UNSUBACK must
+    /// not go out before the index has every filter) and its later packets
+    /// stay unread.
+    // Boxed: 8 bytes in every slot instead of 32 for a state that is
+    // almost always absent.
+    #[allow(clippy::box_collection)]
+    pub(super) index_backlog: Option<Box<VecDeque<IndexWork>>>,
+}
+
+impl Slot {
+    /// A session without a connection.
+    pub(super) fn new(session: Session) -> Self {
+        Self {
+            session,
+            clean: true,
+            connection: None,
+            expires_at: None,
+            scheduled: None,
+            index_backlog: None,
+        }
+    }
+
+    /// When the shard must next look at this slot: the keep alive deadline
+    /// of its connection, or the expiry of a session without one.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        match self.connection {
+            Some(_) => self.session.poll_timeout(),
+            None => self.expires_at,
+        }
+    }
+
+    /// The link of `connection`, if it is still the one attached.
+    pub(super) fn link_mut(&mut self, connection: ConnectionId) -> Option<&mut ConnectionLink> {
+        self.connection.as_mut().filter(|link| link.id == connection)
+    }
+}
+
+/// The sessions of one shard, by key and by client id.
+#[derive(Debug, Default)]
+pub(super) struct Slots {
+    /// Boxed, so the table grows by pointers, not by whole sessions.
+    slots: Vec<Option<Box<Slot>>>,
+    free: Vec<u32>,
+    by_client_id: HashMap<ByteString, SessionKey>,
+}
+
+impl Slots {
+    /// Sessions, connected or not.
+    pub(super) fn len(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// The session of `client_id`.
+    pub(super) fn find(&self, client_id: &str) -> Option<SessionKey> {
+        self.by_client_id.get(client_id).copied()
+    }
+
+    pub(super) fn get(&self, key: SessionKey) -> Option<&Slot> {
+        self.slots.get(key.index())?.as_deref()
+    }
+
+    pub(super) fn get_mut(&mut self, key: SessionKey) -> Option<&mut Slot> {
+        self.slots.get_mut(key.index())?.as_deref_mut()
+    }
+
+    /// The slot of a key known to be live.
+    pub(super) fn slot(&self, key: SessionKey) -> &Slot {
+        self.get(key).expect("live session key")
+    }
+
+    /// The slot of a key known to be live.
+    pub(super) fn slot_mut(&mut self, key: SessionKey) -> &mut Slot {
+        self.get_mut(key).expect("live session key")
+    }
+
+    /// Adds a slot for its session's client id (which has none yet).
+    pub(super) fn insert(&mut self, slot: Slot) -> SessionKey {
+        let client_id = slot.session.client_id().clone();
+        let key = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(Box::new(slot));
+                SessionKey(index)
+            }
+            None => {
+                self.slots.push(Some(Box::new(slot)));
+                SessionKey((self.slots.len() - 1) as u32)
+            }
+        };
+        self.by_client_id.insert(client_id, key);
+        key
+    }
+
+    /// Takes a session out; its key may be reused.
+    pub(super) fn remove(&mut self, key: SessionKey) -> Option<Box<Slot>> {
+        let slot = self.slots.get_mut(key.index())?.take()?;
+        self.free.push(key.0);
+        self.by_client_id.remove(slot.session.client_id());
+        crate::shrink::after_remove(&mut self.by_client_id);
+        Some(slot)
+    }
+
+    /// Every live slot.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.slots.iter_mut().flatten().map(|slot| &mut **slot)
+    }
+}
