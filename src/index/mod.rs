@@ -7,6 +7,8 @@
 //! * [`trie`]: the [`SubscriptionTrie`] and its level map, which the
 //!   retained store also walks.
 
+#[cfg(test)]
+pub(crate) mod strategies;
 pub mod trie;
 
 pub use trie::{Match, SubscriptionTrie};

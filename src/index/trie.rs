@@ -783,6 +783,7 @@ impl<N> LevelMap<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::strategies::{filter_text, topic_text};
     use crate::protocol::topic_matches;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -1064,33 +1065,6 @@ mod tests {
         assert_eq!(trie.remove(&filter(&deep), 1), Some(()));
         assert_eq!(trie.node_count(), 1000);
         drop(trie);
-    }
-
-    /// Levels to build random filters and topics from.
-    fn level() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec!["a", "b", "$s", ""])
-    }
-
-    fn topic_text() -> impl Strategy<Value = String> {
-        prop::collection::vec(level(), 1..5)
-            .prop_map(|levels| levels.join("/"))
-            .prop_filter("a topic is not empty", |text| !text.is_empty())
-    }
-
-    fn filter_text() -> impl Strategy<Value = String> {
-        let part = prop_oneof![3 => level(), 1 => Just("+")];
-        (prop::collection::vec(part, 0..5), any::<bool>(), prop::option::of(0u8..2))
-            .prop_map(|(mut levels, hash, share)| {
-                if hash || levels.is_empty() {
-                    levels.push("#");
-                }
-                (levels.join("/"), share)
-            })
-            .prop_filter("a filter is not empty", |(text, _)| !text.is_empty())
-            .prop_map(|(text, share)| match share {
-                Some(group) => format!("$share/g{group}/{text}"),
-                None => text,
-            })
     }
 
     proptest! {

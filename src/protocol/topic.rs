@@ -236,11 +236,6 @@ impl TopicFilter {
         &self.text
     }
 
-    /// The shared string, for cheap clones.
-    pub fn as_bytestring(&self) -> &ByteString {
-        &self.text
-    }
-
     /// A copy in its own allocation. The filter of a decoded SUBSCRIBE
     /// shares the packet's read buffer: a long-lived map, or a delta sent
     /// to other cores, keeps a detached copy so as not to keep that whole

@@ -294,6 +294,7 @@ impl Drop for TopicNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::strategies::{plain_filter_text, topic_text};
     use crate::protocol::{topic_matches, BoxedPublishProperties, QoS};
     use bytes::Bytes;
     use proptest::prelude::*;
@@ -483,33 +484,11 @@ mod tests {
         drop(store);
     }
 
-    fn level() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec!["a", "b", "$s", ""])
-    }
-
-    fn topic_text() -> impl Strategy<Value = String> {
-        prop::collection::vec(level(), 1..5)
-            .prop_map(|levels| levels.join("/"))
-            .prop_filter("a topic is not empty", |text| !text.is_empty())
-    }
-
-    fn filter_text() -> impl Strategy<Value = String> {
-        let part = prop_oneof![3 => level(), 1 => Just("+")];
-        (prop::collection::vec(part, 0..5), any::<bool>())
-            .prop_map(|(mut levels, hash)| {
-                if hash || levels.is_empty() {
-                    levels.push("#");
-                }
-                levels.join("/")
-            })
-            .prop_filter("a filter is not empty", |text| !text.is_empty())
-    }
-
     proptest! {
         #[test]
         fn matching_agrees_with_topic_matches(
             names in prop::collection::btree_set(topic_text(), 0..30),
-            filters in prop::collection::vec(filter_text(), 1..10),
+            filters in prop::collection::vec(plain_filter_text(), 1..10),
         ) {
             let now = Instant::now();
             let mut store = RetainedStore::new();
