@@ -56,6 +56,21 @@ impl Control {
     }
 }
 
+/// Names a barrier in a connection's acknowledgements: the control packets
+/// owed after it wait until the shard releases it
+/// ([`Session::release_acks`](super::Session::release_acks)). Unique within
+/// its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AckToken(pub(super) u64);
+
+/// What a connection owes the client, in order: control packets, and
+/// barriers that hold the ones after them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Owed {
+    Control(Control),
+    Barrier(AckToken),
+}
+
 /// Client-to-server v5 topic aliases of one connection [MQTT-3.3.2-7].
 #[derive(Debug, Default)]
 pub(super) struct TopicAliases {
@@ -115,8 +130,9 @@ pub(super) struct Connection {
     pub(super) will: Option<Box<Will>>,
     /// The CONNACK, always the first packet written.
     pub(super) connack: Option<Box<ConnAck>>,
-    /// Acknowledgements and responses owed, in order.
-    pub(super) control: VecDeque<Control>,
+    /// Acknowledgements and responses owed, in order, with the barriers
+    /// that hold some of them.
+    pub(super) control: VecDeque<Owed>,
     /// QoS 1/2 publishes received on this connection and not yet answered
     /// with PUBACK or PUBCOMP, counted against the v5 Receive Maximum
     /// [MQTT-3.3.4-7]. It mirrors the client's send quota (5.0 §4.9), which
@@ -131,4 +147,35 @@ pub(super) struct Connection {
     /// A v5 client's Maximum Packet Size [MQTT-3.1.2-24 (5.0)].
     pub(super) max_packet_size: Option<NonZeroU32>,
     pub(super) aliases: TopicAliases,
+}
+
+impl Connection {
+    /// Queues a control packet, after everything owed before it.
+    pub(super) fn owe(&mut self, control: Control) {
+        self.control.push_back(Owed::Control(control));
+    }
+
+    /// Holds every control packet owed from now on (and the CONNACK, when
+    /// it is not written yet: nothing may precede it [MQTT-3.2.0-1]) until
+    /// `token` is released.
+    pub(super) fn hold(&mut self, token: AckToken) {
+        self.control.push_back(Owed::Barrier(token));
+    }
+
+    /// Releases the barrier `token`, if this connection has it.
+    pub(super) fn release(&mut self, token: AckToken) {
+        if let Some(at) = self.control.iter().position(|owed| *owed == Owed::Barrier(token)) {
+            self.control.remove(at);
+        }
+    }
+
+    /// Whether the next thing owed waits for a barrier.
+    pub(super) fn is_held(&self) -> bool {
+        matches!(self.control.front(), Some(Owed::Barrier(_)))
+    }
+
+    /// Removes every barrier: a closing connection writes what it owes.
+    pub(super) fn release_all(&mut self) {
+        self.control.retain(|owed| matches!(owed, Owed::Control(_)));
+    }
 }

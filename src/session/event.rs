@@ -1,7 +1,7 @@
 //! What crosses the boundary between a session and its shard: deliveries in,
 //! events out, and the per-subscription state the session keeps.
 
-use super::SessionError;
+use super::{AckToken, SessionError};
 use crate::message::Message;
 use crate::protocol::{ReasonCode, SubscriptionIds, SubscriptionOptions, TopicFilter};
 use smallvec::SmallVec;
@@ -79,11 +79,28 @@ pub enum SessionEvent {
     /// An accepted PUBLISH, to route to subscribers (and to the retained
     /// store when `retain` is set). Built once; fan-out clones the `Arc`.
     Publish(Arc<Message>),
-    /// Accepted subscriptions, in the order of the SUBSCRIBE packet.
-    Subscribe(SmallVec<[SubscriptionGrant; 1]>),
+    /// Accepted subscriptions, in the order of the SUBSCRIBE packet. The
+    /// SUBACK waits until the shard releases `ack`
+    /// ([`Session::release_acks`](super::Session::release_acks)): once the
+    /// filters are in its index and, for new interest, every other shard
+    /// knows of it, so that no message published after the SUBACK misses
+    /// the new subscription.
+    Subscribe {
+        /// The filters, granted options and identifiers.
+        grants: SmallVec<[SubscriptionGrant; 1]>,
+        /// Releases the SUBACK.
+        ack: AckToken,
+    },
     /// Filters whose subscription was removed by an UNSUBSCRIBE
-    /// [MQTT-3.10.4-1]; filters without a subscription are left out.
-    Unsubscribe(SmallVec<[TopicFilter; 1]>),
+    /// [MQTT-3.10.4-1]; filters without a subscription are left out. The
+    /// UNSUBACK waits until the shard releases `ack`, once they are out of
+    /// its index.
+    Unsubscribe {
+        /// The filters removed.
+        filters: SmallVec<[TopicFilter; 1]>,
+        /// Releases the UNSUBACK.
+        ack: AckToken,
+    },
     /// The will message to publish [MQTT-3.1.2-8], with the QoS and RETAIN
     /// of CONNECT [MQTT-3.1.2-16], [MQTT-3.1.2-17].
     Will(Arc<Message>),

@@ -50,7 +50,8 @@ use crate::protocol::{
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
-use connection::{Connection, Control, TopicAliases};
+pub use connection::AckToken;
+use connection::{Connection, Control, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
@@ -86,6 +87,8 @@ pub struct Session {
     connection: Option<Connection>,
     /// Events not yet polled, oldest first.
     events: VecDeque<SessionEvent>,
+    /// The next [`AckToken`] of this session.
+    next_ack_token: u64,
     counters: SessionCounters,
 }
 
@@ -100,6 +103,7 @@ impl Session {
             inbound_qos2: HashSet::new(),
             connection: None,
             events: VecDeque::new(),
+            next_ack_token: 0,
             counters: SessionCounters::default(),
         }
     }
@@ -212,7 +216,7 @@ impl Session {
             }
             Packet::PingReq => {
                 // [MQTT-3.12.4-1]
-                connection.control.push_back(Control::PingResp);
+                connection.owe(Control::PingResp);
                 Ok(())
             }
             Packet::Disconnect(disconnect) => {
@@ -258,7 +262,7 @@ impl Session {
             if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
-                connection.control.push_back(Control::PubRec(id));
+                connection.owe(Control::PubRec(id));
                 self.counters.duplicate_qos2_received += 1;
                 return Ok(());
             }
@@ -290,12 +294,12 @@ impl Session {
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-2]
-                connection.control.push_back(Control::PubAck(id));
+                connection.owe(Control::PubAck(id));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
                 self.inbound_qos2.insert(id);
-                connection.control.push_back(Control::PubRec(id));
+                connection.owe(Control::PubRec(id));
             }
             _ => {}
         }
@@ -327,7 +331,7 @@ impl Session {
             AckOutcome::Completed | AckOutcome::Refused => {}
             // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
             // [MQTT-4.6.0-4].
-            AckOutcome::Release => connection.control.push_back(Control::PubRel(ack.packet_id)),
+            AckOutcome::Release => connection.owe(Control::PubRel(ack.packet_id)),
             AckOutcome::NotInFlight => self.counters.unexpected_acks += 1,
             AckOutcome::Mismatch { expected } => {
                 return Err(SessionError::WrongAcknowledgement {
@@ -350,7 +354,7 @@ impl Session {
         } else {
             ReasonCode::PacketIdentifierNotFound
         };
-        connection.control.push_back(Control::PubComp(ack.packet_id, reason));
+        connection.owe(Control::PubComp(ack.packet_id, reason));
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) {
@@ -377,9 +381,13 @@ impl Session {
             reasons.push(granted_qos_reason(subscription.options.qos));
             grants.push(SubscriptionGrant { filter: subscription.filter, subscribed, is_new });
         }
-        // [MQTT-3.8.4-1] SUBACK with the id of the SUBSCRIBE [MQTT-3.8.4-2].
-        connection.control.push_back(Control::SubAck(subscribe.packet_id, reasons));
-        self.events.push_back(SessionEvent::Subscribe(grants));
+        // [MQTT-3.8.4-1] SUBACK with the id of the SUBSCRIBE [MQTT-3.8.4-2],
+        // once the shard has indexed the filters (it releases the barrier).
+        let ack = AckToken(self.next_ack_token);
+        self.next_ack_token += 1;
+        connection.hold(ack);
+        connection.owe(Control::SubAck(subscribe.packet_id, reasons));
+        self.events.push_back(SessionEvent::Subscribe { grants, ack });
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -406,10 +414,13 @@ impl Session {
         }
         // [MQTT-3.10.4-4] UNSUBACK with the same id, [MQTT-3.10.4-5] even
         // when nothing was removed.
-        connection.control.push_back(Control::UnsubAck(unsubscribe.packet_id, reasons));
         if !removed.is_empty() {
-            self.events.push_back(SessionEvent::Unsubscribe(removed));
+            let ack = AckToken(self.next_ack_token);
+            self.next_ack_token += 1;
+            connection.hold(ack);
+            self.events.push_back(SessionEvent::Unsubscribe { filters: removed, ack });
         }
+        connection.owe(Control::UnsubAck(unsubscribe.packet_id, reasons));
     }
 
     fn handle_disconnect(&mut self, now: Instant, disconnect: Disconnect) {
@@ -467,7 +478,8 @@ impl Session {
         if let Some(packet) = self.poll_control(now) {
             return Some(packet);
         }
-        let connection = self.connection.as_mut().filter(|connection| connection.open)?;
+        // Nothing before the CONNACK [MQTT-3.2.0-1].
+        let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
         let publish = self.outbound.poll_new(
             connection.send_window,
             connection.version,
@@ -482,8 +494,10 @@ impl Session {
     /// CONNACK, re-sends and acknowledgements.
     fn poll_control(&mut self, now: Instant) -> Option<Packet> {
         let connection = self.connection.as_mut()?;
-        if let Some(connack) = connection.connack.take() {
-            return Some(Packet::ConnAck(connack));
+        if connection.connack.is_some() {
+            // A barrier owed before the CONNACK was written holds it too.
+            let held = connection.is_held();
+            return connection.connack.take_if(|_| !held).map(Packet::ConnAck);
         }
         if connection.open {
             if let Some(packet) = self.outbound.poll_resend(connection.version, now) {
@@ -493,7 +507,8 @@ impl Session {
                 return Some(packet);
             }
         }
-        while let Some(control) = connection.control.pop_front() {
+        while let Some(Owed::Control(_)) = connection.control.front() {
+            let Some(Owed::Control(control)) = connection.control.pop_front() else { break };
             match control {
                 Control::PubAck(_) | Control::PubComp(..) => {
                     connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
@@ -551,6 +566,29 @@ impl Session {
             }
         }
         written
+    }
+
+    /// Holds the acknowledgements owed from now on (and the CONNACK, when it
+    /// is not written yet) until [`release_acks`](Self::release_acks): for
+    /// what the shard must finish first, e.g. an authenticator's answer or
+    /// a durable write. Other output (messages to the client) keeps
+    /// flowing, as the spec allows. `None` without a connection.
+    pub fn hold_acks(&mut self) -> Option<AckToken> {
+        let connection = self.connection.as_mut()?;
+        let token = AckToken(self.next_ack_token);
+        self.next_ack_token += 1;
+        connection.hold(token);
+        Some(token)
+    }
+
+    /// Releases a barrier of [`hold_acks`](Self::hold_acks) or of a
+    /// [`SessionEvent::Subscribe`] / [`SessionEvent::Unsubscribe`]; what it
+    /// held is written, up to the next barrier. A token of an earlier
+    /// connection does nothing.
+    pub fn release_acks(&mut self, token: AckToken) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.release(token);
+        }
     }
 
     /// The next thing the shard must act on, oldest first.
@@ -645,9 +683,11 @@ impl Session {
                 self.events.push_back(SessionEvent::Will(Arc::new(message)));
             }
         }
+        // What is owed goes out before the end, held or not.
+        connection.release_all();
         if connection.version.is_v5() {
             if let Some(code) = reason.server_disconnect_reason() {
-                connection.control.push_back(Control::Disconnect(code));
+                connection.owe(Control::Disconnect(code));
             }
         }
         self.outbound.clear_resend();

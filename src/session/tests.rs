@@ -82,6 +82,18 @@ fn events(session: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| session.poll_event()).collect()
 }
 
+/// [`events`], with the SUBACK and UNSUBACK barriers released as the shard
+/// does once the filters are in its index.
+fn indexed(session: &mut Session) -> Vec<SessionEvent> {
+    let events = events(session);
+    for event in &events {
+        if let SessionEvent::Subscribe { ack, .. } | SessionEvent::Unsubscribe { ack, .. } = event {
+            session.release_acks(*ack);
+        }
+    }
+    events
+}
+
 fn publish_in(qos: QoS, id: u16, topic: &str) -> Publish {
     Publish {
         dup: false,
@@ -1090,6 +1102,7 @@ fn subscribe_answers_suback_in_order_mqtt_3_8_4_1() {
             ),
         )
         .unwrap();
+    let events = indexed(&mut session);
     let packets = drain(&mut session, t0);
     let [Packet::SubAck(suback)] = &packets[..] else { panic!("{packets:?}") };
     assert_eq!(suback.packet_id, pid(12));
@@ -1097,8 +1110,7 @@ fn subscribe_answers_suback_in_order_mqtt_3_8_4_1() {
         suback.reasons[..],
         [ReasonCode::GrantedQoS2, ReasonCode::GRANTED_QOS_0, ReasonCode::GrantedQoS1]
     );
-    let events = events(&mut session);
-    let [SessionEvent::Subscribe(grants)] = &events[..] else { panic!("{events:?}") };
+    let [SessionEvent::Subscribe { grants, .. }] = &events[..] else { panic!("{events:?}") };
     let filters: Vec<&str> = grants.iter().map(|g| g.filter.as_str()).collect();
     assert_eq!(filters, ["a/#", "b", "c/+"]);
     assert!(grants.iter().all(|g| g.is_new));
@@ -1115,7 +1127,7 @@ fn subscribe_to_an_existing_filter_replaces_it_mqtt_3_8_4_3() {
     session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
     session.handle_packet(t0, subscribe(2, &[("a", QoS::ExactlyOnce)])).unwrap();
     let events = events(&mut session);
-    let SessionEvent::Subscribe(grants) = &events[1] else { panic!("{events:?}") };
+    let SessionEvent::Subscribe { grants, .. } = &events[1] else { panic!("{events:?}") };
     assert!(!grants[0].is_new);
     let subscriptions: Vec<_> = session.subscriptions().collect();
     assert_eq!(subscriptions.len(), 1);
@@ -1153,15 +1165,17 @@ fn unsubscribe_always_answers_unsuback_mqtt_3_10_4_5() {
     session
         .handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)]))
         .unwrap();
-    events(&mut session);
+    indexed(&mut session);
     drain(&mut session, t0);
     session.handle_packet(t0, unsubscribe(2, &["a", "zzz"])).unwrap();
+    let events = indexed(&mut session);
     let packets = drain(&mut session, t0);
     let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
     assert_eq!(unsuback.packet_id, pid(2));
     assert!(unsuback.reasons.is_empty(), "3.1.1 UNSUBACK has no payload");
-    let events = events(&mut session);
-    let [SessionEvent::Unsubscribe(removed)] = &events[..] else { panic!("{events:?}") };
+    let [SessionEvent::Unsubscribe { filters: removed, .. }] = &events[..] else {
+        panic!("{events:?}")
+    };
     assert_eq!(removed[..], [TopicFilter::new("a").unwrap()]);
     assert_eq!(session.subscriptions().len(), 1);
 
@@ -1175,8 +1189,10 @@ fn v5_unsuback_says_which_subscriptions_existed() {
     let t0 = Instant::now();
     let mut session = connected(t0, V5);
     session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    indexed(&mut session);
     drain(&mut session, t0);
     session.handle_packet(t0, unsubscribe(2, &["a", "b"])).unwrap();
+    indexed(&mut session);
     let packets = drain(&mut session, t0);
     let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
     assert_eq!(unsuback.reasons[..], [ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
@@ -1509,4 +1525,62 @@ fn queued_messages_leave_in_batches_acknowledgements_always() {
         out.clear();
     }
     assert_eq!(total, 500);
+}
+
+#[test]
+fn a_barrier_holds_the_acknowledgements_after_it_not_the_messages() {
+    // The SUBACK waits for its barrier (the shard indexes the filters
+    // first), and so does every acknowledgement owed after it, in order
+    // [MQTT-4.6.0-2]; messages to the client keep flowing: the server may
+    // send PUBLISH packets matching the subscription before the SUBACK
+    // (MQTT 3.1.1 section 3.8.4).
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 5, "x"))).unwrap();
+    deliver(&mut session, t0, "a", QoS::AtMostOnce);
+    let packets = drain(&mut session, t0);
+    assert_eq!(summary(&packets), vec![(PacketType::Publish, None, false)]);
+    let ack = events(&mut session)
+        .into_iter()
+        .find_map(|event| match event {
+            SessionEvent::Subscribe { ack, .. } => Some(ack),
+            _ => None,
+        })
+        .unwrap();
+    session.release_acks(ack);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![(PacketType::SubAck, Some(1), false), (PacketType::PubAck, Some(5), false)]
+    );
+}
+
+#[test]
+fn a_barrier_before_the_connack_holds_everything_mqtt_3_2_0_1() {
+    // An authenticator that answers later holds the CONNACK; nothing may be
+    // written before it [MQTT-3.2.0-1], queued messages included.
+    let t0 = Instant::now();
+    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect_packet(V311, 0, false), false);
+    let ack = session.hold_acks().unwrap();
+    deliver(&mut session, t0, "a", QoS::AtMostOnce);
+    assert!(drain(&mut session, t0).is_empty());
+    session.release_acks(ack);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        vec![(PacketType::ConnAck, None, false), (PacketType::Publish, None, false)]
+    );
+}
+
+#[test]
+fn a_closing_connection_writes_what_it_owes_barriers_or_not() {
+    // A v5 client that breaks the protocol gets its DISCONNECT even while
+    // a SUBACK waits for its barrier.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    assert!(session.handle_packet(t0, Packet::PingResp).is_err());
+    let kinds: Vec<PacketType> =
+        summary(&drain(&mut session, t0)).into_iter().map(|p| p.0).collect();
+    assert_eq!(kinds, [PacketType::SubAck, PacketType::Disconnect]);
 }

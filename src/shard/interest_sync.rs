@@ -7,6 +7,7 @@ use super::slots::SessionKey;
 use crate::protocol::TopicFilter;
 use crate::router::interest::{InterestDelta, InterestTable, LocalInterest};
 use crate::router::{Outbox, ShardId, ShardMessage};
+use crate::session::AckToken;
 use std::collections::VecDeque;
 
 /// The interest state of one shard.
@@ -18,12 +19,13 @@ pub(super) struct InterestSync {
     replica: InterestTable,
     /// The latest of this shard's interest revisions each peer applied.
     acked: Vec<u64>,
-    /// Sessions whose SUBACK waits for an interest acknowledgement, with
-    /// the revision each waits for, in increasing revision order (so an
-    /// acknowledgement releases a prefix: linear in the subscribes, however
-    /// many filters they carry). A session may appear more than once; its
-    /// connection link's `await_interest` is what counts.
-    waiters: VecDeque<(u64, SessionKey)>,
+    /// SUBACK barriers waiting for an interest acknowledgement, with the
+    /// revision each waits for, nearly in increasing revision order (a
+    /// subscribe whose last filters announced nothing waits for an older
+    /// revision than one queued before it, and is released with it: late,
+    /// never early). An acknowledgement releases a prefix: linear in the
+    /// subscribes, however many filters they carry.
+    waiters: VecDeque<(u64, SessionKey, AckToken)>,
 }
 
 impl InterestSync {
@@ -78,9 +80,10 @@ impl InterestSync {
         revision
     }
 
-    /// `key`'s output waits until every peer acknowledged `revision`.
-    pub(super) fn wait_for(&mut self, revision: u64, key: SessionKey) {
-        self.waiters.push_back((revision, key));
+    /// `key`'s barrier `ack` waits until every peer acknowledged
+    /// `revision`.
+    pub(super) fn wait_for(&mut self, revision: u64, key: SessionKey, ack: AckToken) {
+        self.waiters.push_back((revision, key, ack));
     }
 
     /// The latest interest revision of this shard that every peer applied.
@@ -103,23 +106,23 @@ impl InterestSync {
     }
 
     /// A peer applied this shard's revisions up to `revision`: calls
-    /// `release` with the sessions whose waited-for revision every peer has
-    /// now applied, and the revision acknowledged by all.
+    /// `release` with the barriers whose revision every peer has now
+    /// applied.
     pub(super) fn handle_ack(
         &mut self,
         from: ShardId,
         revision: u64,
-        mut release: impl FnMut(SessionKey, u64),
+        mut release: impl FnMut(SessionKey, AckToken),
     ) {
         let acked = &mut self.acked[from.index()];
         *acked = (*acked).max(revision);
         let acked_by_all = self.acked_by_all();
-        while let Some(&(revision, key)) = self.waiters.front() {
+        while let Some(&(revision, key, ack)) = self.waiters.front() {
             if revision > acked_by_all {
                 break;
             }
             self.waiters.pop_front();
-            release(key, acked_by_all);
+            release(key, ack);
         }
     }
 

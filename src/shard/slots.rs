@@ -32,9 +32,6 @@ pub(super) struct ConnectionLink {
     pub(super) waker: Option<Waker>,
     /// Output or a close request arrived since the task last looked.
     pub(super) notified: bool,
-    /// The interest revision this connection must see acknowledged by every
-    /// peer before its SUBACK goes out.
-    pub(super) await_interest: u64,
     /// The session closed the connection: after its last output the
     /// connection ends.
     pub(super) closed: Option<CloseReason>,
@@ -44,7 +41,7 @@ impl ConnectionLink {
     /// A new connection's link: notified, so its task looks for the
     /// CONNACK at once.
     pub(super) fn new(id: ConnectionId) -> Self {
-        Self { id, waker: None, notified: true, await_interest: 0, closed: None }
+        Self { id, waker: None, notified: true, closed: None }
     }
 
     /// Tells the connection task to look at the session again (woken once
@@ -80,9 +77,8 @@ pub(super) struct Slot {
     pub(super) scheduled: Option<Instant>,
     /// Subscribes and unsubscribes too large for one turn (see
     /// [`INDEX_WORK_PER_TURN`](super::INDEX_WORK_PER_TURN)). While there
-    /// are any, the connection's output waits (its SUBACK or UNSUBACK must
-    /// not go out before the index has every filter) and its later packets
-    /// stay unread.
+    /// are any, the connection's later packets stay unread; the SUBACK or
+    /// UNSUBACK waits on its barrier.
     // Boxed: 8 bytes in every slot instead of 32 for a state that is
     // almost always absent.
     #[allow(clippy::box_collection)]

@@ -10,6 +10,7 @@ use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
 use crate::router::interest::{GroupKey, ShardSet};
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
+use crate::session::AckToken;
 use crate::session::DropReason;
 use crate::session::{
     CloseReason, Delivery, DeliveryOutcome, Session, SessionError, SessionEvent, SessionLimits,
@@ -17,7 +18,7 @@ use crate::session::{
 };
 use crate::shard::deadlines::Deadlines;
 use crate::shard::drops::{DropCause, DropWarnings};
-use crate::shard::index_work::{IndexWork, INDEX_WORK_PER_TURN};
+use crate::shard::index_work::{IndexFilters, IndexWork, INDEX_WORK_PER_TURN};
 use crate::shard::interest_sync::InterestSync;
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
@@ -87,6 +88,8 @@ pub struct Shard {
     counters: ShardCounters,
     /// When drops were last logged, per cause.
     drop_warnings: DropWarnings,
+    /// Reused between interest acknowledgements: the barriers they release.
+    released: Vec<(SessionKey, AckToken)>,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
     /// When to look at which session.
@@ -117,6 +120,7 @@ impl Shard {
             shutting_down: false,
             counters: ShardCounters::default(),
             drop_warnings: DropWarnings::default(),
+            released: Vec::new(),
             matches: Vec::new(),
             deadlines: Deadlines::default(),
         }
@@ -349,17 +353,13 @@ impl Shard {
         now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, ConnectionError> {
-        let acked = self.interest.acked_by_all();
         let Some(slot) = self.slots.get_mut(key) else { return Err(ConnectionError::Detached) };
         let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
             return Err(ConnectionError::Detached);
         };
-        // Woken again when the interest acknowledgement arrives, or when
-        // the last of a large SUBSCRIBE is indexed.
+        // Woken again when there is more: new output, or a barrier
+        // released (see `Shard::release_acks`).
         link.notified = false;
-        if link.await_interest > acked || slot.index_backlog.is_some() {
-            return Ok(0);
-        }
         let too_large = slot.session.counters().dropped_too_large;
         let written = slot.session.poll_transmit(now, out);
         let too_large = slot.session.counters().dropped_too_large - too_large;
@@ -446,11 +446,13 @@ impl Shard {
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),
-                SessionEvent::Subscribe(grants) => {
-                    self.queue_index_work(key, IndexWork::Subscribe(grants.into_iter()), now);
+                SessionEvent::Subscribe { grants, ack } => {
+                    let filters = IndexFilters::Subscribe(grants.into_iter());
+                    self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
                 }
-                SessionEvent::Unsubscribe(filters) => {
-                    self.queue_index_work(key, IndexWork::Unsubscribe(filters.into_iter()), now);
+                SessionEvent::Unsubscribe { filters, ack } => {
+                    let filters = IndexFilters::Unsubscribe(filters.into_iter());
+                    self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
                 }
                 SessionEvent::Closed(reason) => {
                     if let Some(link) = self.slot_mut(key).connection.as_mut() {
@@ -529,25 +531,45 @@ impl Shard {
         mut budget: usize,
         now: Instant,
     ) -> usize {
-        while budget > 0 {
-            let done = match &mut work {
-                IndexWork::Subscribe(grants) => {
-                    grants.next().map(|grant| self.subscribe(key, grant, now)).is_none()
+        while budget > 0 && work.len() > 0 {
+            match &mut work.filters {
+                IndexFilters::Subscribe(grants) => {
+                    if let Some(revision) = grants.next().and_then(|g| self.subscribe(key, g, now))
+                    {
+                        work.revision = revision;
+                    }
                 }
-                IndexWork::Unsubscribe(filters) => {
-                    filters.next().map(|filter| self.unsubscribe_index(key, &filter)).is_none()
+                IndexFilters::Unsubscribe(filters) => {
+                    if let Some(filter) = filters.next() {
+                        self.unsubscribe_index(key, &filter);
+                    }
                 }
-            };
-            if done {
-                return budget;
             }
             budget -= 1;
         }
         if work.len() > 0 {
             let slot = self.slot_mut(key);
             slot.index_backlog.get_or_insert_with(Box::default).push_front(work);
+            return 0;
         }
-        0
+        // Every filter is in the index; new interest must also have reached
+        // every other shard before the SUBACK.
+        if work.revision > self.interest.acked_by_all() {
+            self.interest.wait_for(work.revision, key, work.ack);
+        } else {
+            self.release_acks(key, work.ack);
+        }
+        budget
+    }
+
+    /// Releases a barrier of `key`'s session and tells its connection.
+    fn release_acks(&mut self, key: SessionKey, ack: AckToken) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.session.release_acks(ack);
+            if let Some(link) = slot.connection.as_mut() {
+                link.notify();
+            }
+        }
     }
 
     /// Routes an accepted message: the retained store, local subscribers,
@@ -696,19 +718,19 @@ impl Shard {
 
     /// Adds a subscription of `key` to the index, announces new interest
     /// to the other shards, and asks for the retained messages it matches.
-    fn subscribe(&mut self, key: SessionKey, grant: SubscriptionGrant, now: Instant) {
+    /// Returns the revision of the interest it announced, if any.
+    fn subscribe(
+        &mut self,
+        key: SessionKey,
+        grant: SubscriptionGrant,
+        now: Instant,
+    ) -> Option<u64> {
         let SubscriptionGrant { filter, subscribed, is_new } = grant;
         let (options, subscription_id) = (subscribed.options, subscribed.identifier);
         let subscription = LocalSubscription { options, subscription_id };
         let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
         let revision =
             (!replaced).then(|| self.interest.handle_subscribe(&filter, &self.outbox)).flatten();
-        if let Some(revision) = revision {
-            if let Some(link) = self.slot_mut(key).connection.as_mut() {
-                link.await_interest = revision;
-                self.interest.wait_for(revision, key);
-            }
-        }
         // [MQTT-3.3.1-6] Retained messages matching a new subscription are
         // sent; v5 Retain Handling may say otherwise [MQTT-3.3.1-9..-11].
         let send_retained = match options.retain_handling {
@@ -717,7 +739,7 @@ impl Shard {
             RetainHandling::DoNotSend => false,
         };
         if !send_retained || filter.is_shared() {
-            return;
+            return revision;
         }
         let reply_to = RetainedReplyTo {
             shard: self.id,
@@ -742,6 +764,7 @@ impl Shard {
                 self.outbox.push(owner.index(), query);
             }
         }
+        revision
     }
 
     fn retained_matching(&mut self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
@@ -783,19 +806,13 @@ impl Shard {
                 self.interest.handle_delta(from, &delta, &self.outbox);
             }
             ShardMessage::InterestAck { revision } => {
-                let slots = &mut self.slots;
-                self.interest.handle_ack(from, revision, |key, acked_by_all| {
-                    let link = slots
-                        .get_mut(key)
-                        .and_then(|slot| slot.connection.as_mut())
-                        // A later connection, or a later revision still
-                        // awaited, is not released by this entry.
-                        .filter(|link| (1..=acked_by_all).contains(&link.await_interest));
-                    if let Some(link) = link {
-                        link.await_interest = 0;
-                        link.wake();
-                    }
-                });
+                let mut released = std::mem::take(&mut self.released);
+                self.interest.handle_ack(from, revision, |key, ack| released.push((key, ack)));
+                for &(key, ack) in &released {
+                    self.release_acks(key, ack);
+                }
+                released.clear();
+                self.released = released;
             }
             ShardMessage::Retain(message) => {
                 self.retained.set(message);
