@@ -4,6 +4,11 @@
 //! A message is built once when a PUBLISH is accepted and then shared as
 //! `Arc<Message>`: fanning it out to many subscribers (and across cores)
 //! clones a pointer, never the payload or the properties.
+//!
+//! * [`wire`]: the form in which a message leaves the process and comes
+//!   back (a cluster peer, the durable log), expiry included.
+
+pub mod wire;
 
 use crate::protocol::{BoxedPublishProperties, QoS, TopicName};
 use bytes::Bytes;
