@@ -75,3 +75,33 @@ fn a_broker_restarted_on_the_same_port_serves_every_client_at_once() {
     }
     assert!(broker.stop().success());
 }
+
+/// A second ringmq started on the port of a running one refuses to start
+/// with one line naming the address, and the first keeps every client.
+/// Before, SO_REUSEPORT let the second join the port silently and take
+/// part of the first's clients (6 of 10 publishes, in a test as a new user
+/// would make it).
+#[test]
+fn a_second_broker_on_the_same_port_refuses_to_start() {
+    let first = Broker::start(2);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--listen", &first.addr.to_string(), "--log", "warn"])
+        .output()
+        .expect("run ringmq");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let error_lines: Vec<&str> =
+        stderr.lines().filter(|line| line.starts_with("ringmq:")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains(&first.addr.to_string())
+            && error_lines[0].contains("in use by another program"),
+        "{stderr}"
+    );
+    for i in 0..10 {
+        let mut client = RawClient::connect(first.addr);
+        client.send(&connect_packet(&format!("still-first-{i}"), true, 0));
+        assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+    }
+    assert!(first.stop().success());
+}

@@ -29,12 +29,22 @@ pub struct ListenError {
 
 /// Binds `count` sockets to `addr` with SO_REUSEPORT, so the kernel spreads
 /// incoming connections over them (one per shard).
+///
+/// SO_REUSEPORT would also let this process join the sockets of another
+/// program of the same user listening on `addr` (a second ringmq started by
+/// mistake), the kernel then splitting the clients between two brokers that
+/// know nothing of each other. So the address is first probed without it:
+/// a bind that fails there means somebody listens already, and the broker
+/// refuses to start.
 pub fn bind_reuseport(
     addr: SocketAddr,
     backlog: u32,
     count: usize,
 ) -> Result<Vec<Socket>, ListenError> {
     let wrap = |source| ListenError { addr, source };
+    if addr.port() != 0 {
+        probe_unused(addr).map_err(wrap)?;
+    }
     let mut sockets = Vec::with_capacity(count);
     let mut bound_addr = addr;
     for _ in 0..count {
@@ -54,6 +64,24 @@ pub fn bind_reuseport(
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// Binds a socket to `addr` without SO_REUSEPORT (SO_REUSEADDR only, so
+/// connections of an earlier run in TIME_WAIT do not count) and closes it.
+fn probe_unused(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into()).map_err(|error| match error.kind() {
+        io::ErrorKind::AddrInUse => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the address is in use by another program (another ringmq, or a \
+             broker such as mosquitto); stop it or choose another port",
+        ),
+        _ => error,
+    })
 }
 
 /// A socket of [`bind_reuseport`] as a listener of the calling shard's
@@ -169,5 +197,17 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = bind_reuseport(taken.local_addr().unwrap(), 16, 1).unwrap_err();
         assert!(err.to_string().starts_with("cannot listen on 127.0.0.1:"), "{err}");
+    }
+
+    #[test]
+    fn a_port_another_program_shares_with_reuseport_is_refused() {
+        // Another ringmq (SO_REUSEPORT, same user) would let a second one
+        // join its port and take some of its clients.
+        let first = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, 2).unwrap();
+        let addr = first[0].local_addr().unwrap().as_socket().unwrap();
+        let err = bind_reuseport(addr, 16, 2).unwrap_err();
+        assert!(err.to_string().contains("in use by another program"), "{err}");
+        drop(first);
+        assert!(bind_reuseport(addr, 16, 2).is_ok(), "free again once the first is gone");
     }
 }

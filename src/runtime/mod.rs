@@ -157,6 +157,11 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         ShardCount::Fixed(n) => usize::from(n.get()),
     };
     preflight::ensure_memlock(nr_shards)?;
+    let max_connections = u64::from(config.limits().max_connections().get());
+    preflight::raise_open_files(max_connections);
+    for line in preflight::warnings(nr_shards, cpus.len(), max_connections) {
+        tracing::warn!("{line}");
+    }
     // Before the first socket is bound: from the moment a client can
     // connect, SIGTERM must mean a graceful stop, not the default exit. The
     // first signal stops every listener at once; the shards notice the

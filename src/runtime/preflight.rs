@@ -1,6 +1,8 @@
 //! Checks made before any executor starts, so that a machine that cannot
 //! run ringmq gets a one-line explanation instead of a panic: io_uring
-//! availability, the locked-memory limit, and the CPUs this process may use.
+//! availability, the locked-memory limit, and the CPUs this process may use;
+//! and what it can run with but should warn about (more shards than CPUs,
+//! an open-files limit below `max_connections`).
 
 use std::io;
 
@@ -95,9 +97,70 @@ pub fn allowed_cpus() -> Result<Vec<usize>, PreflightError> {
     Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
 }
 
+/// Raises the soft open-files limit towards what `max_connections` needs,
+/// up to the hard limit (as `ensure_memlock` does for locked memory): the
+/// soft limit is often 1024 where the hard one allows far more.
+pub fn raise_open_files(max_connections: u64) {
+    let need = open_files_needed(max_connections);
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+        || limit.rlim_cur >= need
+    {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: need.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads one rlimit struct. A failure leaves the limit
+    // as it was, which `warnings` then reports.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+}
+
+/// Descriptors for `max_connections` connections and the broker's own.
+fn open_files_needed(max_connections: u64) -> u64 {
+    max_connections.saturating_add(64)
+}
+
+/// What the broker can run with but should say at start: each a line to log
+/// as a warning.
+pub fn warnings(shards: usize, cpus: usize, max_connections: u64) -> Vec<String> {
+    let mut lines = Vec::new();
+    if shards > cpus {
+        lines.push(format!(
+            "{shards} shards on {cpus} CPU(s): shards share cores, so each one waits for the \
+             others' turns (latency) and cross-shard hand-offs cost more; use shards = 0 (one \
+             per CPU) unless you are testing"
+        ));
+    }
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let need = open_files_needed(max_connections);
+    if known && limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < need {
+        lines.push(format!(
+            "the open-files limit is {} but limits.max_connections is {max_connections}: \
+             connections past the limit are refused by the kernel (accept fails with EMFILE); \
+             raise it with `ulimit -n {need}` (systemd: LimitNOFILE={need}; the kernel's \
+             ceiling is sysctl fs.nr_open) or lower limits.max_connections",
+            limit.rlim_cur
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_shards_than_cpus_and_too_few_files_are_warned_about() {
+        assert!(warnings(2, 2, 100).is_empty());
+        let lines = warnings(4, 2, 100);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("4 shards on 2 CPU(s)"), "{}", lines[0]);
+        let lines = warnings(1, 1, u64::from(u32::MAX));
+        assert!(lines.iter().any(|line| line.contains("ulimit -n")), "{lines:?}");
+    }
 
     #[test]
     fn this_process_has_cpus() {
