@@ -4,6 +4,7 @@
 
 mod preflight;
 mod signals;
+mod systemd;
 
 use crate::config::{Config, ShardCount};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
@@ -69,6 +70,8 @@ struct Startup {
     shutdown: Arc<AtomicBool>,
     boot: u64,
     finished: Finished,
+    /// What the service manager is told about the shards.
+    liveness: systemd::Liveness,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -116,8 +119,14 @@ impl Finished {
     }
 
     /// Blocks until `shards` shards have finished, or `thread_ended` says
-    /// a shard thread is gone (checked every 100 ms).
-    fn wait(&self, shards: usize, thread_ended: impl Fn() -> bool) -> ShardsOutcome {
+    /// a shard thread is gone (checked every 100 ms, when `every_100ms`
+    /// runs too).
+    fn wait(
+        &self,
+        shards: usize,
+        thread_ended: impl Fn() -> bool,
+        mut every_100ms: impl FnMut(),
+    ) -> ShardsOutcome {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if state.shards >= shards {
@@ -126,6 +135,7 @@ impl Finished {
             if thread_ended() {
                 return ShardsOutcome::ThreadEnded;
             }
+            every_100ms();
             state = self
                 .changed
                 .wait_timeout(state, Duration::from_millis(100))
@@ -169,7 +179,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     let listeners = Arc::new(ListenerStop::default());
     let shutdown = signals::watch_shutdown_signals({
         let listeners = Arc::clone(&listeners);
-        move || listeners.stop()
+        move || {
+            systemd::stopping();
+            listeners.stop();
+        }
     })
     .map_err(RuntimeError::Signals)?;
     let outcome = serve(&config, nr_shards, &cpus, &listeners, shutdown);
@@ -222,6 +235,7 @@ fn serve(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         finished: Finished::default(),
+        liveness: systemd::Liveness::new(nr_shards),
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -236,9 +250,12 @@ fn serve(
         .map_err(|error| RuntimeError::Executors(error.to_string()))?;
     // The shard threads are not joined: a finished shard parks for good
     // (see `Finished`), and returning from `main` ends the process.
-    let outcome = startup
-        .finished
-        .wait(nr_shards, || handles.handles().iter().any(std::thread::JoinHandle::is_finished));
+    let mut notifier = systemd::Notifier::new(nr_shards);
+    let outcome = startup.finished.wait(
+        nr_shards,
+        || handles.handles().iter().any(std::thread::JoinHandle::is_finished),
+        || notifier.poll(&startup.liveness, startup.open_connections.load(Ordering::Relaxed)),
+    );
     match outcome {
         ShardsOutcome::Finished { failed: false } => {
             tracing::info!("stopped");
@@ -344,10 +361,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         })
         .collect();
 
+    startup.liveness.shard_serving();
     // Tick: keep alive sweep, and the shutdown signal.
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(TICK).await;
         shard.borrow_mut().sweep(Instant::now());
+        startup.liveness.tick(id.index());
     }
     net.begin_shutdown();
     for accept in accepts {
@@ -392,7 +411,7 @@ mod tests {
                 std::thread::spawn(move || finished.shard_finished(false))
             })
             .collect();
-        assert_eq!(finished.wait(3, || false), ShardsOutcome::Finished { failed: false });
+        assert_eq!(finished.wait(3, || false, || {}), ShardsOutcome::Finished { failed: false });
         shards.into_iter().for_each(|shard| shard.join().unwrap());
     }
 
@@ -413,7 +432,7 @@ mod tests {
             }
         });
         finished.shard_finished(false);
-        assert_eq!(finished.wait(2, || false), ShardsOutcome::Finished { failed: true });
+        assert_eq!(finished.wait(2, || false, || {}), ShardsOutcome::Finished { failed: true });
         assert!(shard.join().is_err());
     }
 
@@ -422,13 +441,13 @@ mod tests {
         let finished = Finished::default();
         finished.shard_finished(false);
         finished.shard_finished(true);
-        assert_eq!(finished.wait(2, || false), ShardsOutcome::Finished { failed: true });
+        assert_eq!(finished.wait(2, || false, || {}), ShardsOutcome::Finished { failed: true });
     }
 
     #[test]
     fn a_thread_that_ends_early_stops_the_wait() {
         let finished = Finished::default();
         finished.shard_finished(false);
-        assert_eq!(finished.wait(2, || true), ShardsOutcome::ThreadEnded);
+        assert_eq!(finished.wait(2, || true, || {}), ShardsOutcome::ThreadEnded);
     }
 }
