@@ -24,7 +24,7 @@ mod tests;
 
 pub use error::ConfigError;
 
-use raw::{RawConfig, RawLimits, RawListener, RawLog};
+use raw::{RawAdmin, RawConfig, RawLimits, RawListener, RawLog};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
@@ -58,8 +58,14 @@ pub struct Config {
     /// Never empty; no two share an address (except port 0).
     listeners: Vec<ListenerConfig>,
     limits: Limits,
+    /// The admin HTTP listener, if any.
+    admin: Option<SocketAddr>,
     log: LogConfig,
 }
+
+/// Where `[admin] listen` binds when the section is there without it.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
 
 /// How many shards to run (`shards`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -375,6 +381,13 @@ impl Config {
         &self.limits
     }
 
+    /// The admin HTTP listener's address (`[admin] listen`): `None` when
+    /// the section is absent or `listen = ""`; 127.0.0.1:8080 when the
+    /// section has no `listen`.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// The logging settings.
     pub fn log(&self) -> &LogConfig {
         &self.log
@@ -401,6 +414,7 @@ impl Config {
             allow_anonymous: raw.allow_anonymous,
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
             limits: limits(&raw.limits)?,
+            admin: admin(raw.admin.as_ref())?,
             log: log(&raw.log, overrides.log.as_deref())?,
         };
         config.check_anonymous(&listeners)?;
@@ -440,6 +454,7 @@ impl Default for Config {
             allow_anonymous: None,
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
+            admin: None,
             log: LogConfig::default(),
         }
     }
@@ -539,12 +554,16 @@ fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
             "{key}: {feature} is not available in this release; remove the key"
         )));
     }
-    if raw.admin.is_some() {
-        return Err(ConfigError::invalid(
-            "[admin]: the admin HTTP endpoint is not available in this release; remove the section",
-        ));
-    }
     Ok(())
+}
+
+/// The `[admin]` table: `None` when absent or `listen = ""`.
+fn admin(raw: Option<&RawAdmin>) -> Result<Option<SocketAddr>, ConfigError> {
+    match raw.map(|admin| admin.listen.as_deref()) {
+        None | Some(Some("")) => Ok(None),
+        Some(None) => Ok(Some(DEFAULT_ADMIN_LISTEN)),
+        Some(Some(text)) => socket_address(Setting::key("admin.listen", text), text).map(Some),
+    }
 }
 
 fn shard_count(setting: Setting, n: i64) -> Result<ShardCount, ConfigError> {

@@ -25,7 +25,7 @@ pub(super) struct RawConfig {
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
-    pub(super) admin: Option<IgnoredAny>,
+    pub(super) admin: Option<RawAdmin>,
     #[serde(default)]
     pub(super) log: RawLog,
 }
@@ -59,6 +59,13 @@ pub(super) struct RawLimits {
     pub(super) receive_maximum: Option<i64>,
     pub(super) topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<String>,
 }
 
 /// The `[log]` table.

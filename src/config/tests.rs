@@ -391,11 +391,17 @@ fn unavailable_keys_are_refused_whatever_their_value() {
 }
 
 #[test]
-fn admin_section_is_refused() {
+fn admin_listen_is_absent_default_empty_or_an_address() {
+    assert_eq!(parse("").unwrap().admin(), None, "no [admin]: no admin listener");
+    assert_eq!(parse("[admin]").unwrap().admin(), Some(DEFAULT_ADMIN_LISTEN));
+    assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin(), None);
     assert_eq!(
-        error("[admin]\nlisten = \"127.0.0.1:8080\""),
-        "config error: [admin]: the admin HTTP endpoint is not available in this release; \
-         remove the section"
+        parse("[admin]\nlisten = \"127.0.0.1:9100\"").unwrap().admin(),
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert_eq!(
+        error("[admin]\nlisten = \"x\""),
+        "config error: admin.listen = \"x\": not a socket address (e.g. \"0.0.0.0:1883\")"
     );
 }
 

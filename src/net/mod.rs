@@ -1,6 +1,8 @@
-//! The only socket code: listeners, the accept loop, and the connection
-//! tasks that move bytes between sockets and sessions.
+//! The only socket code: listeners, the accept loop, the connection tasks
+//! that move bytes between sockets and sessions, and the admin HTTP
+//! listener ([`admin`]).
 
+pub mod admin;
 mod connection;
 pub mod listener;
 

@@ -7,6 +7,7 @@ mod signals;
 mod systemd;
 
 use crate::config::{Config, ShardCount};
+use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetContext, NetLimits};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
@@ -70,8 +71,9 @@ struct Startup {
     shutdown: Arc<AtomicBool>,
     boot: u64,
     finished: Finished,
-    /// What the service manager is told about the shards.
-    liveness: systemd::Liveness,
+    /// What the shards say of themselves, for probes and the service
+    /// manager.
+    health: Arc<Health>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -177,15 +179,18 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     // first signal stops every listener at once; the shards notice the
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
+    let health = Arc::new(Health::new(nr_shards));
     let shutdown = signals::watch_shutdown_signals({
-        let listeners = Arc::clone(&listeners);
+        let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
         move || {
+            // Probes fail first, so a load balancer stops sending.
+            health.set_draining();
             systemd::stopping();
             listeners.stop();
         }
     })
     .map_err(RuntimeError::Signals)?;
-    let outcome = serve(&config, nr_shards, &cpus, &listeners, shutdown);
+    let outcome = serve(&config, nr_shards, &cpus, &listeners, &health, shutdown);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
     listeners.stop();
@@ -198,8 +203,16 @@ fn serve(
     nr_shards: usize,
     cpus: &[usize],
     listeners: &ListenerStop,
+    health: &Arc<Health>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
+    if let Some(addr) = config.admin() {
+        let bound = admin::start(addr, Arc::clone(health))?;
+        if !bound.ip().to_canonical().is_loopback() {
+            tracing::warn!(%bound, "the admin listener has no authentication: keep it off the internet");
+        }
+        tracing::info!(addr = %bound, "listening (admin http: /healthz, /readyz)");
+    }
     let mut sockets: Vec<Vec<Socket>> = (0..nr_shards).map(|_| Vec::new()).collect();
     for listener in config.listeners() {
         let bound =
@@ -235,7 +248,7 @@ fn serve(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         finished: Finished::default(),
-        liveness: systemd::Liveness::new(nr_shards),
+        health: Arc::clone(health),
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -254,7 +267,7 @@ fn serve(
     let outcome = startup.finished.wait(
         nr_shards,
         || handles.handles().iter().any(std::thread::JoinHandle::is_finished),
-        || notifier.poll(&startup.liveness, startup.open_connections.load(Ordering::Relaxed)),
+        || notifier.poll(&startup.health, startup.open_connections.load(Ordering::Relaxed)),
     );
     match outcome {
         ShardsOutcome::Finished { failed: false } => {
@@ -361,12 +374,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         })
         .collect();
 
-    startup.liveness.shard_serving();
+    startup.health.shard_serving();
     // Tick: keep alive sweep, and the shutdown signal.
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(TICK).await;
         shard.borrow_mut().sweep(Instant::now());
-        startup.liveness.tick(id.index());
+        startup.health.tick(id.index());
     }
     net.begin_shutdown();
     for accept in accepts {

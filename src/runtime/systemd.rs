@@ -6,47 +6,12 @@
 //! stop signal. Without `NOTIFY_SOCKET` in the environment all of it does
 //! nothing.
 
+use crate::net::admin::Health;
 use sd_notify::NotifyState;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often `STATUS=` is refreshed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
-
-/// What the shards report for the service manager: written by the shards,
-/// read by the main thread.
-#[derive(Debug)]
-pub(super) struct Liveness {
-    /// Shards whose accept loops run.
-    serving: AtomicUsize,
-    /// Per shard, the number of ticks it has run.
-    ticks: Vec<AtomicU64>,
-}
-
-impl Liveness {
-    pub(super) fn new(shards: usize) -> Self {
-        Self {
-            serving: AtomicUsize::new(0),
-            ticks: (0..shards).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    /// A shard accepts connections.
-    pub(super) fn shard_serving(&self) {
-        self.serving.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Shard `index` ran its tick.
-    pub(super) fn tick(&self, index: usize) {
-        if let Some(ticks) = self.ticks.get(index) {
-            ticks.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn ticks(&self) -> Vec<u64> {
-        self.ticks.iter().map(|ticks| ticks.load(Ordering::Relaxed)).collect()
-    }
-}
 
 /// The main thread's side: call [`Notifier::poll`] every 100 ms or so.
 #[derive(Debug)]
@@ -74,10 +39,9 @@ impl Notifier {
     /// Sends what is due: `READY=1` once every shard serves, the status,
     /// and a watchdog ping when every shard ticked since the last one (a
     /// stuck shard stops the pings, and systemd restarts the broker).
-    pub(super) fn poll(&mut self, liveness: &Liveness, connections: usize) {
+    pub(super) fn poll(&mut self, health: &Health, connections: usize) {
         let now = Instant::now();
-        let all_serving = liveness.serving.load(Ordering::Relaxed) >= liveness.ticks.len();
-        if all_serving && !self.ready_sent {
+        if health.is_ready() && !self.ready_sent {
             self.ready_sent = true;
             send(&[NotifyState::Ready]);
         }
@@ -86,7 +50,7 @@ impl Notifier {
             send(&[NotifyState::Status(&format!("{connections} connections"))]);
         }
         if let Some(every) = self.watchdog_every {
-            let ticks = liveness.ticks();
+            let ticks = health.last_tick_marks();
             let all_ticked =
                 ticks.iter().zip(&self.ticks_at_watchdog).all(|(now, then)| now > then);
             if now >= self.last_watchdog + every && all_ticked {
