@@ -561,7 +561,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
     cluster.close(&sub);
     cluster.send(&publisher, publish("t/d", b"0", false));
     // Back: the message in flight is re-sent; taken over: re-sent again.
-    let (sub, output) = cluster.connect_with(&sub_id, false);
+    let (_, output) = cluster.connect_with(&sub_id, false);
     assert!(matches!(&output[..], [Packet::ConnAck(_), Packet::Publish(p)] if p.dup));
     let (sub, output) = cluster.connect_with(&sub_id, false);
     assert!(matches!(&output[..], [Packet::ConnAck(_), Packet::Publish(p)] if p.dup));
