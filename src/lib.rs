@@ -19,8 +19,11 @@
 //! * [`index`] is a leaf: the subscription trie that `shard` and `router`
 //!   both build on, importing neither.
 //! * No import cycles. Each module imports only those before it:
-//!   `config`, `protocol`, `shrink`; `index`, `message`; `session`,
-//!   `router`; `shard`; `net`; `runtime`.
+//!   `config`, `protocol`, `shrink`, `metrics`; `index`, `message`;
+//!   `session`, `router`; `shard`; `net`; `runtime`.
+//! * Counters live in [`metrics`], owned by the shard: sessions,
+//!   connections and the outbox count into them through a reference and
+//!   keep none of their own.
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
 //!   sockets; [`runtime`] starts and stops it all.
 //! * Data from a peer never panics the broker: malformed input becomes a
@@ -29,6 +32,7 @@
 pub mod config;
 pub mod index;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod router;

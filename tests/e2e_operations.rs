@@ -7,8 +7,8 @@
 mod common;
 
 use common::{connect_packet, free_port, Broker, RawClient};
-use std::io::{Read, Write};
 use ringmq::protocol::Packet;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

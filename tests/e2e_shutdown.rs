@@ -3,7 +3,8 @@
 //! with SO_REUSEPORT) accepts a connection any more: a client that connects
 //! after the process exited is refused (ECONNREFUSED), never accepted by a
 //! socket that lingers and then reset; and a broker restarted on the same
-//! port serves every client at once.
+//! port serves every client at once. As it stops, every shard logs all its
+//! counters in one line.
 //!
 //! Before the listeners were stopped explicitly, a listener's pending
 //! io_uring accept could keep the socket listening after its descriptor
@@ -104,4 +105,53 @@ fn a_second_broker_on_the_same_port_refuses_to_start() {
         assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
     }
     assert!(first.stop().success());
+}
+
+#[test]
+fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
+    let log = std::env::temp_dir().join(format!("ringmq-stop-line-{}.log", std::process::id()));
+    let broker = Broker::start_logging_to(1, &["--log", "info"], &log);
+    let mut client = RawClient::connect(broker.addr);
+    client.send(&connect_packet("counted", true, 0));
+    assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+    client.send_bytes(b"\x30\x03\x00\x01x"); // PUBLISH QoS 0 to "x"
+    let mut malformed = RawClient::connect(broker.addr);
+    malformed.send_bytes(b"\x00\x00"); // reserved packet type
+    assert!(malformed.closed_within(Duration::from_secs(5)));
+    client.send(&Packet::PingReq);
+    assert!(matches!(client.recv(), Some(Packet::PingResp)), "the PUBLISH was read");
+    assert!(broker.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let line = text.lines().find(|line| line.contains("shard stopped")).expect("a stop line");
+    // Accepted: the probe that waited for the broker to listen, and two.
+    for counted in ["accepted=3", "malformed=1", "messages_received=1", "sessions=0"] {
+        assert!(line.contains(counted), "{counted} in {line}");
+    }
+    let names = [
+        "refused_at_limit",
+        "handed_off",
+        "connect_too_large",
+        "connect_budget_exceeded",
+        "deliveries",
+        "deliveries_dropped",
+        "cross_core_qos0_dropped",
+        "takeovers",
+        "sessions_expired",
+        "protocol_violations",
+        "duplicate_qos2_received",
+        "publishes_sent",
+        "publishes_resent",
+        "dropped_offline_qos0",
+        "dropped_queue_full_qos0",
+        "dropped_queue_full_qos1",
+        "dropped_queue_full_qos2",
+        "dropped_retained_limit",
+        "dropped_expired",
+        "dropped_too_large",
+        "unexpected_acks",
+    ];
+    for name in names {
+        assert!(line.contains(&format!(" {name}=")), "{name} in {line}");
+    }
 }

@@ -233,7 +233,7 @@ impl Connection {
                 };
             }
             if !held.hold(self.read_buf.as_ref().map_or(0, BytesMut::capacity)) {
-                self.ctx.counters.borrow_mut().connect_budget_exceeded += 1;
+                self.ctx.count(|net| net.connect_budget_exceeded += 1);
                 return Err(CloseReason::ConnectBudget);
             }
             poll_fn(|cx| self.poll_read(cx)).await?;
@@ -253,7 +253,7 @@ impl Connection {
             // Too large for `max_connect_size`: told apart in the counters;
             // the protocol version is not known yet, so nothing is sent.
             DecodeError::PacketTooLarge { .. } => {
-                self.ctx.counters.borrow_mut().connect_too_large += 1;
+                self.ctx.count(|net| net.connect_too_large += 1);
                 return CloseReason::Decode(error);
             }
             _ => {}

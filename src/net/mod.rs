@@ -8,6 +8,7 @@ pub mod listener;
 
 pub use connection::serve;
 
+use crate::metrics::NetCounters;
 use crate::router::{Outbox, ShardId};
 use crate::shard::Shard;
 use glommio::net::{TcpListener, TcpStream};
@@ -46,29 +47,10 @@ pub struct NetContext {
     pub max_connections: usize,
     /// Socket reads land here first (one read at a time per shard).
     read_scratch: RefCell<Box<[u8]>>,
-    counters: RefCell<NetCounters>,
     /// Connection tasks alive on this shard.
     live: Cell<usize>,
     /// The accept loops waiting for the shard's shutdown.
     shutdown_wakers: RefCell<Vec<Waker>>,
-}
-
-/// Counters of the network layer of one shard.
-#[derive(Clone, Debug, Default)]
-pub struct NetCounters {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// Connections refused because `max_connections` was reached.
-    pub refused_limit: u64,
-    /// Connections moved to their home shard.
-    pub handed_off: u64,
-    /// Connections closed for a malformed packet.
-    pub malformed: u64,
-    /// Connections closed for a CONNECT larger than `max_connect_size`.
-    pub connect_too_large: u64,
-    /// Connections closed because their incomplete CONNECT needed more
-    /// than `max_pending_connect_bytes` left on the shard.
-    pub connect_budget_exceeded: u64,
 }
 
 impl NetContext {
@@ -92,7 +74,6 @@ impl NetContext {
             open_connections,
             max_connections: limits.max_connections,
             read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
-            counters: RefCell::new(NetCounters::default()),
             live: Cell::new(0),
             shutdown_wakers: RefCell::new(Vec::new()),
         }
@@ -105,9 +86,10 @@ impl NetContext {
         self.shutdown_wakers.take().into_iter().for_each(Waker::wake);
     }
 
-    /// The counters so far.
-    pub fn counters(&self) -> NetCounters {
-        self.counters.borrow().clone()
+    /// Counts into the shard's [`NetCounters`]; never called while the
+    /// shard is borrowed.
+    fn count(&self, count: impl FnOnce(&mut NetCounters)) {
+        count(self.shard.borrow_mut().net_counters());
     }
 
     /// Connection tasks alive on this shard.
@@ -116,11 +98,11 @@ impl NetContext {
     }
 
     fn count_malformed(&self) {
-        self.counters.borrow_mut().malformed += 1;
+        self.count(|net| net.malformed += 1);
     }
 
     fn count_handoff(&self) {
-        self.counters.borrow_mut().handed_off += 1;
+        self.count(|net| net.handed_off += 1);
     }
 
     /// Bytes held now for connections whose CONNECT is incomplete.
@@ -133,7 +115,7 @@ impl NetContext {
         let previous = self.open_connections.fetch_add(1, Ordering::Relaxed);
         if previous >= self.max_connections {
             self.open_connections.fetch_sub(1, Ordering::Relaxed);
-            self.counters.borrow_mut().refused_limit += 1;
+            self.count(|net| net.refused_limit += 1);
             return false;
         }
         self.live.set(self.live.get() + 1);
@@ -210,7 +192,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         if !ctx.try_open() {
             continue;
         }
-        ctx.counters.borrow_mut().accepted += 1;
+        ctx.count(|net| net.accepted += 1);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, bytes::Bytes::new()))

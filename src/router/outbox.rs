@@ -10,6 +10,7 @@
 
 use super::{RouterMessage, ShardMessage};
 use crate::message::Message;
+use crate::metrics::RouterCounters;
 use crate::protocol::QoS;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -44,7 +45,6 @@ pub struct Outbox {
     congestion_waiters: RefCell<Vec<Waker>>,
     congested: Cell<bool>,
     closed: Cell<bool>,
-    dropped_qos0: Cell<u64>,
 }
 
 impl Outbox {
@@ -55,20 +55,25 @@ impl Outbox {
             congestion_waiters: RefCell::new(Vec::new()),
             congested: Cell::new(false),
             closed: Cell::new(false),
-            dropped_qos0: Cell::new(0),
         }
     }
 
     /// Queues a publish for `peer`. Returns false when it was dropped (QoS
-    /// 0 to a queue past `outbox::QOS0_DROP_LIMIT`).
-    pub fn push_publish(&self, peer: usize, message: &Arc<Message>) -> bool {
+    /// 0 to a queue past `outbox::QOS0_DROP_LIMIT`, counted in `counters`;
+    /// or the outbox is closed).
+    pub fn push_publish(
+        &self,
+        peer: usize,
+        message: &Arc<Message>,
+        counters: &mut RouterCounters,
+    ) -> bool {
         if self.closed.get() {
             return false;
         }
         let mut peers = self.peers.borrow_mut();
         let queue = &mut peers[peer];
         if message.qos == QoS::AtMostOnce && queue.queued_publishes >= QOS0_DROP_LIMIT {
-            self.dropped_qos0.set(self.dropped_qos0.get() + 1);
+            counters.cross_core_qos0_dropped += 1;
             return false;
         }
         match queue.items.back_mut() {
@@ -150,11 +155,6 @@ impl Outbox {
         }
     }
 
-    /// QoS 0 publishes dropped because a peer queue was full.
-    pub fn dropped_qos0(&self) -> u64 {
-        self.dropped_qos0.get()
-    }
-
     fn update_congestion(&self) {
         if !self.congested.get() {
             return;
@@ -198,9 +198,9 @@ mod tests {
 
     #[test]
     fn publishes_to_one_peer_travel_as_one_batch() {
-        let outbox = Outbox::new(2);
+        let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
         for _ in 0..10 {
-            assert!(outbox.push_publish(1, &message(QoS::AtMostOnce)));
+            assert!(outbox.push_publish(1, &message(QoS::AtMostOnce), &mut counters));
         }
         let mut cx = Context::from_waker(Waker::noop());
         match outbox.poll_pop(1, &mut cx) {
@@ -214,18 +214,18 @@ mod tests {
 
     #[test]
     fn a_full_queue_congests_qos1_and_drops_qos0() {
-        let outbox = Outbox::new(2);
+        let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
         let waiter = Arc::new(Flag(AtomicBool::new(false)));
         for _ in 0..=HIGH_WATER {
-            outbox.push_publish(1, &message(QoS::AtLeastOnce));
+            outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters);
         }
         // Past the high-water mark, connections stop reading (backpressure).
         assert!(outbox.is_congested());
         outbox.wait_uncongested(&Waker::from(Arc::clone(&waiter)));
         // QoS 1 is never dropped; QoS 0 is, once past its limit, and counted.
-        while outbox.push_publish(1, &message(QoS::AtMostOnce)) {}
-        assert!(outbox.push_publish(1, &message(QoS::AtLeastOnce)));
-        assert_eq!(outbox.dropped_qos0(), 1);
+        while outbox.push_publish(1, &message(QoS::AtMostOnce), &mut counters) {}
+        assert!(outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters));
+        assert_eq!(counters.cross_core_qos0_dropped, 1);
         // Draining below the low-water mark ends congestion and wakes waiters.
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Some(_)) = outbox.poll_pop(1, &mut cx) {}
@@ -235,10 +235,10 @@ mod tests {
 
     #[test]
     fn a_closed_outbox_ends_its_flushers_and_takes_nothing_more() {
-        let outbox = Outbox::new(2);
+        let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
         outbox.close();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(outbox.poll_pop(1, &mut cx), Poll::Ready(None)));
-        assert!(!outbox.push_publish(1, &message(QoS::AtLeastOnce)));
+        assert!(!outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters));
     }
 }

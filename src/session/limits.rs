@@ -1,7 +1,5 @@
-//! Per-session limits (configuration, immutable) and counters (what the
-//! session dropped or re-sent, for metrics).
+//! Per-session limits: configuration, immutable.
 
-use crate::protocol::QoS;
 use std::num::NonZeroU16;
 use std::time::Duration;
 
@@ -15,7 +13,8 @@ use std::time::Duration;
 /// [`max_queued_messages`](Self::max_queued_messages) and
 /// [`max_queued_bytes`](Self::max_queued_bytes). When a new message would
 /// exceed either limit, **the new message is dropped** and counted in
-/// [`SessionCounters::dropped_queue_full`] (per QoS); an older message is
+/// `dropped_queue_full` (per QoS) of the shard's
+/// [`SessionCounters`](crate::metrics::SessionCounters); an older message is
 /// never evicted, so what a client finally receives is always a prefix of
 /// what was routed to it. An empty queue always admits one message, so a
 /// message larger than `max_queued_bytes` can still be delivered to a client
@@ -69,47 +68,5 @@ impl Default for SessionLimits {
             topic_alias_maximum: 16,
             max_session_expiry: Some(Duration::from_secs(604_800)),
         }
-    }
-}
-
-/// What happened to the traffic of one session, for metrics. Counters only
-/// ever grow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SessionCounters {
-    /// PUBLISH packets accepted from the client (duplicates of a QoS 2
-    /// message still awaiting PUBREL are not counted).
-    pub publishes_received: u64,
-    /// Re-sent QoS 2 PUBLISH packets answered with PUBREC but not routed
-    /// again [MQTT-4.3.3-2].
-    pub duplicate_qos2_received: u64,
-    /// PUBLISH packets sent to the client for the first time.
-    pub publishes_sent: u64,
-    /// PUBLISH packets re-sent with DUP=1 on a resumed session
-    /// [MQTT-4.4.0-1].
-    pub publishes_resent: u64,
-    /// QoS 0 messages dropped because the client was not connected (offline
-    /// sessions keep QoS 1/2 messages only).
-    pub dropped_offline_qos0: u64,
-    /// New messages dropped because the queue was full, indexed by their
-    /// QoS as sent (`[QoS 0, QoS 1, QoS 2]`).
-    pub dropped_queue_full: [u64; 3],
-    /// Retained messages not sent to a new subscription because
-    /// `max_queued_retained` of them were already waiting.
-    pub dropped_retained_limit: u64,
-    /// Messages whose v5 Message Expiry Interval ran out before they could
-    /// be sent [MQTT-3.3.2-5].
-    pub dropped_expired: u64,
-    /// Packets that could not be sent: larger than the client's v5 Maximum
-    /// Packet Size [MQTT-3.1.2-25] or than MQTT can encode.
-    pub dropped_too_large: u64,
-    /// PUBACK, PUBREC or PUBCOMP packets for a packet identifier not in
-    /// flight; ignored (one of the wrong kind for an id in flight is a
-    /// protocol violation instead).
-    pub unexpected_acks: u64,
-}
-
-impl SessionCounters {
-    pub(super) fn count_queue_full(&mut self, qos: QoS) {
-        self.dropped_queue_full[qos as usize] += 1;
     }
 }

@@ -12,8 +12,10 @@
 //!   [`Session::poll_event`] (what the shard must route or record) and
 //!   [`Session::poll_timeout`] (when to call `handle_timeout`).
 //!
-//! Time is always passed in as `now`; the session never reads a clock, logs
-//! nothing and cannot panic on anything a peer sends. It owns the state that
+//! Time is always passed in as `now`, and the shard's
+//! [`SessionCounters`] as `counters` to every call that can count; the
+//! session keeps no counters, never reads a clock, logs nothing and cannot
+//! panic on anything a peer sends. It owns the state that
 //! outlives a connection of a persistent session (subscriptions, queued and
 //! in-flight outgoing messages, QoS 2 packet ids received and not yet
 //! released) and the state of the current connection (version, keep alive,
@@ -40,9 +42,10 @@ pub use error::SessionError;
 pub use event::{
     CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
 };
-pub use limits::{SessionCounters, SessionLimits};
+pub use limits::SessionLimits;
 
 use crate::message::Message;
+use crate::metrics::SessionCounters;
 use crate::protocol::{
     BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId,
     PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
@@ -89,7 +92,6 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     /// The next [`AckToken`] of this session.
     next_ack_token: u64,
-    counters: SessionCounters,
 }
 
 impl Session {
@@ -104,7 +106,6 @@ impl Session {
             connection: None,
             events: VecDeque::new(),
             next_ack_token: 0,
-            counters: SessionCounters::default(),
         }
     }
 
@@ -129,9 +130,10 @@ impl Session {
         now: Instant,
         connect: &Connect,
         session_present: bool,
+        counters: &mut SessionCounters,
     ) -> &mut ConnAck {
         if self.connection.is_some() {
-            self.handle_takeover(now);
+            self.handle_takeover(now, counters);
             self.detach();
         }
         let version = connect.version;
@@ -192,20 +194,25 @@ impl Session {
     /// writes what `poll_transmit` still produces and closes the socket.
     /// [`SessionError::NotConnected`] (a packet after the close) changes
     /// nothing.
-    pub fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), SessionError> {
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        counters: &mut SessionCounters,
+    ) -> Result<(), SessionError> {
         let Some(connection) = self.connection.as_mut().filter(|c| c.open) else {
             return Err(SessionError::NotConnected);
         };
         connection.keep_alive.handle_received(now);
         let result = match packet {
-            Packet::Publish(publish) => self.handle_publish(now, publish),
-            Packet::PubAck(ack) => self.handle_ack(PacketType::PubAck, ack),
-            Packet::PubRec(ack) => self.handle_ack(PacketType::PubRec, ack),
+            Packet::Publish(publish) => self.handle_publish(now, publish, counters),
+            Packet::PubAck(ack) => self.handle_ack(PacketType::PubAck, ack, counters),
+            Packet::PubRec(ack) => self.handle_ack(PacketType::PubRec, ack, counters),
             Packet::PubRel(ack) => {
                 self.handle_pubrel(ack);
                 Ok(())
             }
-            Packet::PubComp(ack) => self.handle_ack(PacketType::PubComp, ack),
+            Packet::PubComp(ack) => self.handle_ack(PacketType::PubComp, ack, counters),
             Packet::Subscribe(subscribe) => {
                 self.handle_subscribe(subscribe);
                 Ok(())
@@ -220,7 +227,7 @@ impl Session {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => {
-                self.handle_disconnect(now, disconnect);
+                self.handle_disconnect(now, disconnect, counters);
                 Ok(())
             }
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
@@ -234,12 +241,17 @@ impl Session {
             | Packet::Auth(_)) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
         };
         if let Err(error) = &result {
-            self.close(now, CloseReason::ProtocolViolation(error.clone()));
+            self.close(now, CloseReason::ProtocolViolation(error.clone()), counters);
         }
         result
     }
 
-    fn handle_publish(&mut self, now: Instant, publish: Publish) -> Result<(), SessionError> {
+    fn handle_publish(
+        &mut self,
+        now: Instant,
+        publish: Publish,
+        counters: &mut SessionCounters,
+    ) -> Result<(), SessionError> {
         let Some(connection) = self.connection.as_mut() else {
             return Err(SessionError::NotConnected);
         };
@@ -263,7 +275,7 @@ impl Session {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
                 connection.owe(Control::PubRec(id));
-                self.counters.duplicate_qos2_received += 1;
+                counters.duplicate_qos2_received += 1;
                 return Ok(());
             }
             // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
@@ -287,8 +299,8 @@ impl Session {
             publisher: Some(self.client_id.clone()),
             expires_at,
         };
+        // Counted by the shard as it routes it (`messages_received`).
         self.events.push_back(SessionEvent::Publish(Arc::new(message)));
-        self.counters.publishes_received += 1;
         // Acknowledgements are queued in the order the publishes arrived
         // [MQTT-4.6.0-2], [MQTT-4.6.0-3].
         match (qos, packet_id) {
@@ -323,7 +335,12 @@ impl Session {
     /// session state and the server's disagree after a reconnect (a session
     /// that expired or was not kept, a repeated v5 PUBREC refusal), and
     /// Mosquitto ignores it too.
-    fn handle_ack(&mut self, packet: PacketType, ack: PubResponse) -> Result<(), SessionError> {
+    fn handle_ack(
+        &mut self,
+        packet: PacketType,
+        ack: PubResponse,
+        counters: &mut SessionCounters,
+    ) -> Result<(), SessionError> {
         let Some(connection) = self.connection.as_mut() else {
             return Err(SessionError::NotConnected);
         };
@@ -332,7 +349,7 @@ impl Session {
             // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
             // [MQTT-4.6.0-4].
             AckOutcome::Release => connection.owe(Control::PubRel(ack.packet_id)),
-            AckOutcome::NotInFlight => self.counters.unexpected_acks += 1,
+            AckOutcome::NotInFlight => counters.unexpected_acks += 1,
             AckOutcome::Mismatch { expected } => {
                 return Err(SessionError::WrongAcknowledgement {
                     packet,
@@ -423,10 +440,15 @@ impl Session {
         connection.owe(Control::UnsubAck(unsubscribe.packet_id, reasons));
     }
 
-    fn handle_disconnect(&mut self, now: Instant, disconnect: Disconnect) {
+    fn handle_disconnect(
+        &mut self,
+        now: Instant,
+        disconnect: Disconnect,
+        counters: &mut SessionCounters,
+    ) {
         // [MQTT-3.14.4-3] the will is discarded, except after a v5
         // "Disconnect with Will Message" (see CloseReason::publishes_will).
-        self.close(now, CloseReason::ClientDisconnect(disconnect.reason));
+        self.close(now, CloseReason::ClientDisconnect(disconnect.reason), counters);
     }
 
     /// A message matched one of this session's subscriptions. The shard has
@@ -439,7 +461,12 @@ impl Session {
     /// [MQTT-3.3.1-8] or with v5 Retain As Published [MQTT-3.3.1-13], else 0
     /// [MQTT-3.3.1-9]. A QoS 0 message for a client that is not connected is
     /// dropped; a full queue drops the new message (see [`SessionLimits`]).
-    pub fn handle_delivery(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+    pub fn handle_delivery(
+        &mut self,
+        now: Instant,
+        delivery: Delivery,
+        counters: &mut SessionCounters,
+    ) -> DeliveryOutcome {
         let Delivery { message, options, subscription_ids, from_retained } = delivery;
         // [MQTT-3.8.3-3] No Local: not back to the publishing client.
         if options.no_local && message.publisher.as_ref() == Some(&self.client_id) {
@@ -447,23 +474,23 @@ impl Session {
         }
         // [MQTT-3.3.2-5]
         if message.expires_at.is_some_and(|at| at <= now) {
-            self.counters.dropped_expired += 1;
+            counters.dropped_expired += 1;
             return DeliveryOutcome::Dropped(DropReason::Expired);
         }
         let qos = message.qos.min(options.qos);
         let retain = from_retained || (options.retain_as_published && message.retain);
         if qos == QoS::AtMostOnce && !self.is_connected() {
-            self.counters.dropped_offline_qos0 += 1;
+            counters.dropped_offline_qos0 += 1;
             return DeliveryOutcome::Dropped(DropReason::Offline);
         }
         let queued = Queued { message, qos, retain, subscription_ids, from_retained };
         if self.outbound.push(queued, &self.limits) {
             DeliveryOutcome::Queued
         } else if from_retained {
-            self.counters.dropped_retained_limit += 1;
+            counters.dropped_retained_limit += 1;
             DeliveryOutcome::Dropped(DropReason::RetainedLimit)
         } else {
-            self.counters.count_queue_full(qos);
+            counters.dropped_queue_full[qos as usize] += 1;
             DeliveryOutcome::Dropped(DropReason::QueueFull)
         }
     }
@@ -474,25 +501,21 @@ impl Session {
     /// window. `None` when there is nothing to send (or no connection).
     ///
     /// [`poll_transmit`](Self::poll_transmit) is this, encoded.
-    pub fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
-        if let Some(packet) = self.poll_control(now) {
+    pub fn poll_packet(&mut self, now: Instant, counters: &mut SessionCounters) -> Option<Packet> {
+        if let Some(packet) = self.poll_control(now, counters) {
             return Some(packet);
         }
         // Nothing before the CONNACK [MQTT-3.2.0-1].
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
-        let publish = self.outbound.poll_new(
-            connection.send_window,
-            connection.version,
-            now,
-            &mut self.counters,
-        )?;
-        self.counters.publishes_sent += 1;
+        let publish =
+            self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
+        counters.publishes_sent += 1;
         Some(Packet::Publish(publish))
     }
 
     /// [`poll_packet`](Self::poll_packet) without the queued messages: the
     /// CONNACK, re-sends and acknowledgements.
-    fn poll_control(&mut self, now: Instant) -> Option<Packet> {
+    fn poll_control(&mut self, now: Instant, counters: &mut SessionCounters) -> Option<Packet> {
         let connection = self.connection.as_mut()?;
         if connection.connack.is_some() {
             // A barrier owed before the CONNACK was written holds it too.
@@ -502,7 +525,7 @@ impl Session {
         if connection.open {
             if let Some(packet) = self.outbound.poll_resend(connection.version, now) {
                 if matches!(packet, Packet::Publish(_)) {
-                    self.counters.publishes_resent += 1;
+                    counters.publishes_resent += 1;
                 }
                 return Some(packet);
             }
@@ -539,12 +562,17 @@ impl Session {
     /// acknowledgements are always taken (they are bounded by what the
     /// client sends, which the network layer stops reading when `out` is
     /// not drained).
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut BytesMut) -> usize {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut BytesMut,
+        counters: &mut SessionCounters,
+    ) -> usize {
         let mut written = 0;
         loop {
             let packet = match out.len() < TRANSMIT_BATCH {
-                true => self.poll_packet(now),
-                false => self.poll_control(now),
+                true => self.poll_packet(now, counters),
+                false => self.poll_control(now, counters),
             };
             let Some(packet) = packet else { break };
             let Some(connection) = self.connection.as_ref() else { break };
@@ -558,7 +586,7 @@ impl Session {
                 continue;
             }
             out.truncate(start);
-            self.counters.dropped_too_large += 1;
+            counters.dropped_too_large += 1;
             match &packet {
                 Packet::Publish(Publish { packet_id: Some(id), .. })
                 | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
@@ -605,9 +633,9 @@ impl Session {
 
     /// Closes the connection when its keep alive has expired at `now`
     /// [MQTT-3.1.2-24]; the will is published.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant, counters: &mut SessionCounters) {
         if self.connection.as_ref().is_some_and(|c| c.open && c.keep_alive.is_expired(now)) {
-            self.close(now, CloseReason::KeepAliveTimeout);
+            self.close(now, CloseReason::KeepAliveTimeout, counters);
         }
     }
 
@@ -616,8 +644,8 @@ impl Session {
     /// connection is detached; a persistent session keeps its subscriptions,
     /// queued QoS 1/2 messages and in-flight messages, which are re-sent on
     /// the next connect.
-    pub fn handle_connection_lost(&mut self, now: Instant) {
-        self.close(now, CloseReason::ConnectionLost);
+    pub fn handle_connection_lost(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::ConnectionLost, counters);
         self.detach();
     }
 
@@ -625,8 +653,8 @@ impl Session {
     /// closed [MQTT-3.1.4-2] (its will published; a v5 client is sent
     /// DISCONNECT 0x8E). The network layer writes what `poll_transmit` still
     /// produces to the old socket before the new connection attaches.
-    pub fn handle_takeover(&mut self, now: Instant) {
-        self.close(now, CloseReason::TakenOver);
+    pub fn handle_takeover(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::TakenOver, counters);
     }
 
     /// Whether a connection is attached and open.
@@ -664,16 +692,11 @@ impl Session {
         self.outbound.queued_bytes()
     }
 
-    /// What this session dropped, sent and re-sent.
-    pub fn counters(&self) -> &SessionCounters {
-        &self.counters
-    }
-
     /// Ends the open connection: publishes or discards the will, queues a v5
     /// DISCONNECT when the server is the one closing, drops queued QoS 0
     /// messages (an offline session keeps QoS 1/2 only) and reports
     /// [`SessionEvent::Closed`]. Nothing happens if no connection is open.
-    fn close(&mut self, now: Instant, reason: CloseReason) {
+    fn close(&mut self, now: Instant, reason: CloseReason, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut().filter(|c| c.open) else { return };
         connection.open = false;
         // [MQTT-3.1.2-10] the will is removed once published or discarded.
@@ -691,7 +714,7 @@ impl Session {
             }
         }
         self.outbound.clear_resend();
-        self.counters.dropped_offline_qos0 += self.outbound.drop_qos0();
+        counters.dropped_offline_qos0 += self.outbound.drop_qos0();
         self.events.push_back(SessionEvent::Closed(reason));
     }
 

@@ -8,8 +8,9 @@
 //! while the window is full; a QoS 0 message takes no window slot
 //! [MQTT-3.3.4-9].
 
-use super::{SessionCounters, SessionLimits};
+use super::SessionLimits;
 use crate::message::Message;
+use crate::metrics::SessionCounters;
 use crate::protocol::{
     BoxedPublishProperties, Packet, PacketId, PacketType, ProtocolVersion, PubResponse, Publish,
     QoS, ReasonCode, SubscriptionIds,

@@ -110,7 +110,8 @@ proptest! {
         };
         let t0 = Instant::now();
         let mut session = Session::new(ByteString::from_static("c1"), limits);
-        session.handle_connect(t0, &connect(), false);
+        let mut counters = SessionCounters::default();
+        session.handle_connect(t0, &connect(), false, &mut counters);
         let mut connected = true;
         let mut model: BTreeMap<u16, u8> = BTreeMap::new();
 
@@ -135,10 +136,10 @@ proptest! {
                         subscription_ids: SmallVec::new(),
                         from_retained: false,
                     };
-                    session.handle_delivery(t0, delivery);
+                    session.handle_delivery(t0, delivery, &mut counters);
                 }
                 Op::Transmit => {
-                    while let Some(packet) = session.poll_packet(t0) {
+                    while let Some(packet) = session.poll_packet(t0, &mut counters) {
                         match packet {
                             Packet::Publish(publish) => {
                                 let Some(id) = publish.packet_id else {
@@ -170,12 +171,12 @@ proptest! {
                     if connected && !model.is_empty() {
                         let (&id, &kind) = model.iter().nth(pick % model.len()).unwrap();
                         let packet = ack_packet(kind, PacketId::new(id).unwrap());
-                        prop_assert_eq!(session.handle_packet(t0, packet), Ok(()));
+                        prop_assert_eq!(session.handle_packet(t0, packet, &mut counters), Ok(()));
                         apply_ack(&mut model, kind, id);
                     }
                 }
                 Op::RandomAck { kind, id } => {
-                    let result = session.handle_packet(t0, ack_packet(kind, PacketId::new(id).unwrap()));
+                    let result = session.handle_packet(t0, ack_packet(kind, PacketId::new(id).unwrap()), &mut counters);
                     match model.get(&id) {
                         _ if !connected => {
                             prop_assert_eq!(result, Err(SessionError::NotConnected));
@@ -198,11 +199,11 @@ proptest! {
                     }
                 }
                 Op::ConnectionLost => {
-                    session.handle_connection_lost(t0);
+                    session.handle_connection_lost(t0, &mut counters);
                     connected = false;
                 }
                 Op::Connect => {
-                    session.handle_connect(t0, &connect(), true);
+                    session.handle_connect(t0, &connect(), true, &mut counters);
                     connected = true;
                 }
             }

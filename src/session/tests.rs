@@ -8,12 +8,72 @@ use crate::protocol::{
 };
 use bytes::Bytes;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::ops::{Deref, DerefMut};
 
 const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn pid(id: u16) -> PacketId {
     PacketId::new(id).expect("non-zero packet id")
+}
+
+/// A session with the counters its shard would keep for it: the calls that
+/// count take the counters by `&mut`; these pass [`Counted::counters`].
+struct Counted {
+    session: Session,
+    counters: SessionCounters,
+}
+
+impl Counted {
+    fn new(client_id: ByteString, limits: SessionLimits) -> Self {
+        Self { session: Session::new(client_id, limits), counters: SessionCounters::default() }
+    }
+
+    fn handle_connect(&mut self, now: Instant, connect: &Connect, present: bool) -> &mut ConnAck {
+        self.session.handle_connect(now, connect, present, &mut self.counters)
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), SessionError> {
+        self.session.handle_packet(now, packet, &mut self.counters)
+    }
+
+    fn handle_delivery(&mut self, now: Instant, delivery: Delivery) -> DeliveryOutcome {
+        self.session.handle_delivery(now, delivery, &mut self.counters)
+    }
+
+    fn poll_packet(&mut self, now: Instant) -> Option<Packet> {
+        self.session.poll_packet(now, &mut self.counters)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, out: &mut BytesMut) -> usize {
+        self.session.poll_transmit(now, out, &mut self.counters)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now, &mut self.counters)
+    }
+
+    fn handle_connection_lost(&mut self, now: Instant) {
+        self.session.handle_connection_lost(now, &mut self.counters)
+    }
+
+    fn handle_takeover(&mut self, now: Instant) {
+        self.session.handle_takeover(now, &mut self.counters)
+    }
+}
+
+impl Deref for Counted {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl DerefMut for Counted {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
 }
 
 fn limits() -> SessionLimits {
@@ -53,20 +113,20 @@ fn will() -> Will {
 }
 
 /// A session connected with `connect`, its CONNACK already taken.
-fn connected_with(now: Instant, connect: &Connect, limits: SessionLimits) -> Session {
-    let mut session = Session::new(ByteString::from_static("c1"), limits);
+fn connected_with(now: Instant, connect: &Connect, limits: SessionLimits) -> Counted {
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
     session.handle_connect(now, connect, false);
     assert!(matches!(drain(&mut session, now)[..], [Packet::ConnAck(_)]));
     session
 }
 
-fn connected(now: Instant, version: ProtocolVersion) -> Session {
+fn connected(now: Instant, version: ProtocolVersion) -> Counted {
     connected_with(now, &connect_packet(version, 0, false), limits())
 }
 
 /// Everything the session has to send, written by `poll_transmit` and read
 /// back with the protocol decoder, as the client sees it.
-fn drain(session: &mut Session, now: Instant) -> Vec<Packet> {
+fn drain(session: &mut Counted, now: Instant) -> Vec<Packet> {
     let mut out = BytesMut::new();
     let written = session.poll_transmit(now, &mut out);
     let mut decoder = Decoder::new(session.version().unwrap_or(V311), u32::MAX);
@@ -78,13 +138,13 @@ fn drain(session: &mut Session, now: Instant) -> Vec<Packet> {
     packets
 }
 
-fn events(session: &mut Session) -> Vec<SessionEvent> {
+fn events(session: &mut Counted) -> Vec<SessionEvent> {
     std::iter::from_fn(|| session.poll_event()).collect()
 }
 
 /// [`events`], with the SUBACK and UNSUBACK barriers released as the shard
 /// does once the filters are in its index.
-fn indexed(session: &mut Session) -> Vec<SessionEvent> {
+fn indexed(session: &mut Counted) -> Vec<SessionEvent> {
     let events = events(session);
     for event in &events {
         if let SessionEvent::Subscribe { ack, .. } | SessionEvent::Unsubscribe { ack, .. } = event {
@@ -127,7 +187,7 @@ fn delivery(message: Arc<Message>, subscription_qos: QoS) -> Delivery {
     }
 }
 
-fn deliver(session: &mut Session, now: Instant, topic: &str, qos: QoS) -> DeliveryOutcome {
+fn deliver(session: &mut Counted, now: Instant, topic: &str, qos: QoS) -> DeliveryOutcome {
     session.handle_delivery(now, delivery(message(topic, qos, b"m"), QoS::ExactlyOnce))
 }
 
@@ -236,7 +296,7 @@ fn session_present_only_without_clean_start_mqtt_3_2_2_1() {
         (ProtocolVersion::V3_1, false, true, false),
     ];
     for (version, clean_start, stored, expected) in cases {
-        let mut session = Session::new(ByteString::from_static("c1"), limits());
+        let mut session = Counted::new(ByteString::from_static("c1"), limits());
         let connack =
             session.handle_connect(t0, &connect_packet(version, 0, clean_start), stored).clone();
         assert_eq!(connack.session_present, expected, "{version:?} clean={clean_start}");
@@ -250,7 +310,7 @@ fn v5_connack_advertises_limits_and_assigned_client_id() {
     let t0 = Instant::now();
     let mut connect = connect_packet(V5, 30, true);
     connect.client_id = ByteString::new();
-    let mut session = Session::new(ByteString::from_static("auto-1"), limits());
+    let mut session = Counted::new(ByteString::from_static("auto-1"), limits());
     let connack = session.handle_connect(t0, &connect, false);
     assert_eq!(connack.properties.receive_maximum, NonZeroU16::new(2));
     assert_eq!(connack.properties.topic_alias_maximum, Some(2));
@@ -302,7 +362,7 @@ fn qos2_publish_in_method_b_delivers_once_mqtt_4_3_3_2() {
     session.handle_packet(t0, Packet::Publish(again)).unwrap();
     assert!(events(&mut session).is_empty(), "no second event before PUBREL");
     assert_eq!(drain(&mut session, t0), vec![Packet::PubRec(ack(7))]);
-    assert_eq!(session.counters().duplicate_qos2_received, 1);
+    assert_eq!(session.counters.duplicate_qos2_received, 1);
 
     // "MUST respond to a PUBREL packet by sending a PUBCOMP packet containing
     // the same Packet Identifier as the PUBREL."
@@ -314,7 +374,6 @@ fn qos2_publish_in_method_b_delivers_once_mqtt_4_3_3_2() {
     // publication."
     session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 7, "a"))).unwrap();
     assert_eq!(events(&mut session).len(), 1);
-    assert_eq!(session.counters().publishes_received, 2);
 }
 
 #[test]
@@ -496,7 +555,7 @@ fn first_send_has_dup_zero_and_unused_nonzero_ids_mqtt_2_3_1_2() {
             session.handle_packet(t0, Packet::PubAck(ack(oldest))).unwrap();
         }
     }
-    assert_eq!(session.counters().unexpected_acks, 0);
+    assert_eq!(session.counters.unexpected_acks, 0);
 }
 
 #[test]
@@ -528,7 +587,7 @@ fn qos2_out_pubrec_pubrel_pubcomp_mqtt_4_3_3_1() {
     assert_eq!(session.inflight_len(), 1, "the PUBREL awaits PUBCOMP");
     session.handle_packet(t0, Packet::PubComp(ack(1))).unwrap();
     assert_eq!(session.inflight_len(), 0);
-    assert_eq!(session.counters().unexpected_acks, 0);
+    assert_eq!(session.counters.unexpected_acks, 0);
 }
 
 #[test]
@@ -569,14 +628,14 @@ fn acknowledgements_for_ids_not_in_flight_are_ignored() {
         }
         assert!(session.is_connected());
         assert!(drain(&mut session, t0).is_empty());
-        assert_eq!(session.counters().unexpected_acks, 6);
+        assert_eq!(session.counters.unexpected_acks, 6);
     }
 }
 
 /// A session (3.1.1 or 5.0, persistent) that has sent one PUBLISH at `qos`
 /// (packet id 1); with `pubrec`, the client has answered PUBREC and been sent
 /// the PUBREL.
-fn awaiting_ack(t0: Instant, version: ProtocolVersion, qos: QoS, pubrec: bool) -> Session {
+fn awaiting_ack(t0: Instant, version: ProtocolVersion, qos: QoS, pubrec: bool) -> Counted {
     let mut session = connected(t0, version);
     deliver(&mut session, t0, "t", qos);
     assert_eq!(summary(&drain(&mut session, t0)), vec![(PacketType::Publish, Some(1), false)]);
@@ -592,7 +651,7 @@ fn awaiting_ack(t0: Instant, version: ProtocolVersion, qos: QoS, pubrec: bool) -
 /// [MQTT-4.8.0-1], a DISCONNECT 0x82 for a 5.0 client (5.0 §4.13). The
 /// message stays in flight and is re-sent on the next connection
 /// [MQTT-4.4.0-1].
-fn assert_wrong_ack(mut session: Session, t0: Instant, wrong: Packet, expected: PacketType) {
+fn assert_wrong_ack(mut session: Counted, t0: Instant, wrong: Packet, expected: PacketType) {
     let version = session.version().unwrap();
     let packet = wrong.packet_type();
     let error = SessionError::WrongAcknowledgement { packet, packet_id: 1, expected };
@@ -607,7 +666,7 @@ fn assert_wrong_ack(mut session: Session, t0: Instant, wrong: Packet, expected: 
         assert!(output.is_empty(), "MQTT 3.1.1 has no DISCONNECT from the server");
     }
     assert_eq!(session.inflight_len(), 1, "the message is still in flight");
-    assert_eq!(session.counters().unexpected_acks, 0);
+    assert_eq!(session.counters.unexpected_acks, 0);
     session.handle_connection_lost(t0);
     session.handle_connect(t0, &connect_packet(version, 0, false), true);
     let resent = summary(&drain(&mut session, t0)[1..]);
@@ -773,14 +832,14 @@ fn full_queue_drops_the_new_message_not_an_older_one() {
     let t0 = Instant::now();
     let mut small = limits();
     small.max_queued_messages = 3;
-    let mut session = Session::new(ByteString::from_static("c1"), small);
+    let mut session = Counted::new(ByteString::from_static("c1"), small);
     let qos =
         [QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::AtLeastOnce];
     let outcomes: Vec<_> = qos.iter().map(|&q| deliver(&mut session, t0, "t", q)).collect();
     assert_eq!(outcomes[..3], [DeliveryOutcome::Queued; 3]);
     assert_eq!(outcomes[3..], [DeliveryOutcome::Dropped(DropReason::QueueFull); 2]);
     assert_eq!(session.queued_len(), 3);
-    assert_eq!(session.counters().dropped_queue_full, [0, 1, 1], "counted per QoS");
+    assert_eq!(session.counters.dropped_queue_full, [0, 1, 1], "counted per QoS");
     session.handle_connect(t0, &connect_packet(V311, 0, false), true);
     let packets = drain(&mut session, t0);
     let sent: Vec<QoS> = packets[1..].iter().map(|p| as_publish(p).qos).collect();
@@ -792,7 +851,7 @@ fn queue_bytes_limit_counts_topic_and_payload() {
     let t0 = Instant::now();
     let mut small = limits();
     small.max_queued_bytes = 10;
-    let mut session = Session::new(ByteString::from_static("c1"), small);
+    let mut session = Counted::new(ByteString::from_static("c1"), small);
     // 1 byte of topic + 4 of payload = 5 bytes each.
     let five = || delivery(message("t", QoS::AtLeastOnce, b"1234"), QoS::AtLeastOnce);
     assert_eq!(session.handle_delivery(t0, five()), DeliveryOutcome::Queued);
@@ -823,14 +882,14 @@ fn empty_queue_admits_one_oversized_message() {
 #[test]
 fn offline_session_queues_qos1_and_qos2_but_not_qos0() {
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     assert_eq!(
         deliver(&mut session, t0, "t", QoS::AtMostOnce),
         DeliveryOutcome::Dropped(DropReason::Offline)
     );
     assert_eq!(deliver(&mut session, t0, "t", QoS::AtLeastOnce), DeliveryOutcome::Queued);
     assert_eq!(deliver(&mut session, t0, "t", QoS::ExactlyOnce), DeliveryOutcome::Queued);
-    assert_eq!(session.counters().dropped_offline_qos0, 1);
+    assert_eq!(session.counters.dropped_offline_qos0, 1);
     assert!(session.poll_packet(t0).is_none(), "nothing is sent without a connection");
     session.handle_connect(t0, &connect_packet(V311, 0, false), true);
     assert_eq!(
@@ -852,7 +911,7 @@ fn queued_qos0_is_dropped_when_the_connection_is_lost() {
     session.handle_connection_lost(t0);
     assert_eq!(session.queued_len(), 1);
     assert_eq!(session.queued_bytes(), 2);
-    assert_eq!(session.counters().dropped_offline_qos0, 1);
+    assert_eq!(session.counters.dropped_offline_qos0, 1);
 }
 
 #[test]
@@ -886,7 +945,7 @@ fn resume_resends_publishes_with_dup_and_pubrels_in_order_mqtt_4_4_0_1() {
             (PacketType::PubRel, Some(1), false),
         ]
     );
-    assert_eq!(session.counters().publishes_resent, 2);
+    assert_eq!(session.counters.publishes_resent, 2);
     // The queued messages follow as the window frees up.
     session.handle_packet(t0, Packet::PubAck(ack(2))).unwrap();
     session.handle_packet(t0, Packet::PubComp(ack(4))).unwrap();
@@ -967,7 +1026,7 @@ fn v5_server_keep_alive_caps_the_keep_alive() {
         (V5, 60, 60, None),
         (V311, 500, 500, None),
     ] {
-        let mut session = Session::new(ByteString::from_static("c1"), limits());
+        let mut session = Counted::new(ByteString::from_static("c1"), limits());
         let connack = session.handle_connect(t0, &connect_packet(version, requested, false), false);
         assert_eq!(connack.properties.server_keep_alive, property);
         assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_millis(expected * 1500)));
@@ -1331,7 +1390,7 @@ fn expired_messages_are_not_sent_mqtt_3_3_2_5() {
     // 5.0 [MQTT-3.3.2-5] an expired message not yet sent is deleted;
     // [MQTT-3.3.2-6] the interval sent is what is left of it.
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     let expiring = |secs| {
         let mut m = Message::clone(&message("t", QoS::AtLeastOnce, b"x"));
         m.properties.make_mut().message_expiry_interval = Some(secs);
@@ -1349,13 +1408,13 @@ fn expired_messages_are_not_sent_mqtt_3_3_2_5() {
     let packets = drain(&mut session, t1);
     assert_eq!(packets.len(), 2, "CONNACK and the unexpired message");
     assert_eq!(as_publish(&packets[1]).properties.message_expiry_interval, Some(50));
-    assert_eq!(session.counters().dropped_expired, 2);
+    assert_eq!(session.counters.dropped_expired, 2);
 }
 
 #[test]
 fn nothing_is_sent_and_nothing_panics_without_a_connection() {
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     assert_eq!(session.handle_packet(t0, Packet::PingReq), Err(SessionError::NotConnected));
     session.handle_timeout(t0);
     session.handle_connection_lost(t0);
@@ -1372,7 +1431,7 @@ fn nothing_is_sent_and_nothing_panics_without_a_connection() {
 #[test]
 fn poll_transmit_appends_every_ready_packet_in_order() {
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     deliver(&mut session, t0, "t", QoS::AtLeastOnce);
     session.handle_connect(t0, &connect_packet(V311, 0, false), true);
     let mut out = BytesMut::from(&b"already here"[..]);
@@ -1408,14 +1467,14 @@ fn packets_above_the_client_maximum_are_dropped_as_delivered_mqtt_3_1_2_25() {
     let packets = drain(&mut session, t0);
     assert_eq!(packets.len(), 1);
     assert_eq!(&as_publish(&packets[0]).payload[..], b"small");
-    assert_eq!(session.counters().dropped_too_large, 1);
+    assert_eq!(session.counters.dropped_too_large, 1);
     assert_eq!(session.inflight_len(), 1, "the dropped message holds no window slot");
 }
 
 #[test]
 fn poll_packet_yields_what_poll_transmit_would_encode() {
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     session.handle_connect(t0, &connect_packet(V311, 0, false), false);
     session.handle_packet(t0, Packet::PingReq).unwrap();
     deliver(&mut session, t0, "t", QoS::AtMostOnce);
@@ -1492,8 +1551,8 @@ fn retained_messages_past_max_queued_retained_are_dropped_and_counted() {
         session.handle_delivery(t0, retained_delivery("r/20", QoS::AtLeastOnce, b"x")),
         DeliveryOutcome::Dropped(DropReason::RetainedLimit)
     );
-    assert_eq!(session.counters().dropped_retained_limit, 1);
-    assert_eq!(session.counters().dropped_queue_full, [0, 0, 0]);
+    assert_eq!(session.counters.dropped_retained_limit, 1);
+    assert_eq!(session.counters.dropped_queue_full, [0, 0, 0]);
 }
 
 #[test]
@@ -1560,7 +1619,7 @@ fn a_barrier_before_the_connack_holds_everything_mqtt_3_2_0_1() {
     // An authenticator that answers later holds the CONNACK; nothing may be
     // written before it [MQTT-3.2.0-1], queued messages included.
     let t0 = Instant::now();
-    let mut session = Session::new(ByteString::from_static("c1"), limits());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
     session.handle_connect(t0, &connect_packet(V311, 0, false), false);
     let ack = session.hold_acks().unwrap();
     deliver(&mut session, t0, "a", QoS::AtMostOnce);

@@ -24,4 +24,4 @@ mod tests;
 
 pub use index_work::INDEX_WORK_PER_TURN;
 pub use slots::{ConnectionId, SessionKey};
-pub use state::{ConnectOutcome, ConnectionError, Shard, ShardCounters};
+pub use state::{ConnectOutcome, ConnectionError, Shard};

@@ -6,6 +6,7 @@
 
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
+use crate::metrics::{Counters, NetCounters, Snapshot};
 use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
 use crate::router::interest::{GroupKey, ShardSet};
@@ -41,24 +42,6 @@ pub struct LocalSubscription {
     pub subscription_id: Option<NonZeroU32>,
 }
 
-/// Counters of one shard.
-#[derive(Clone, Debug, Default)]
-pub struct ShardCounters {
-    /// Messages accepted from publishers on this shard.
-    pub messages_received: u64,
-    /// Deliveries queued to local sessions.
-    pub deliveries: u64,
-    /// Deliveries a session refused (queue full, offline QoS 0).
-    pub deliveries_dropped: u64,
-    /// Connections taken over by a newer one with the same client id.
-    pub takeovers: u64,
-    /// Sessions ended because their client stayed away too long.
-    pub sessions_expired: u64,
-    /// Connections a session closed because its client broke the protocol
-    /// after CONNECT ([`SessionError`](crate::session::SessionError)).
-    pub protocol_violations: u64,
-}
-
 /// The outcome of a CONNECT at its home shard.
 #[derive(Debug)]
 pub enum ConnectOutcome {
@@ -85,7 +68,9 @@ pub struct Shard {
     outbox: Rc<Outbox>,
     next_connection: u64,
     shutting_down: bool,
-    counters: ShardCounters,
+    /// Every counter of the shard: its own, its sessions' (passed to them
+    /// by `&mut`), its connections' and its outbox's.
+    counters: Counters,
     /// When drops were last logged, per cause.
     drop_warnings: DropWarnings,
     /// Reused between interest acknowledgements: the barriers they release.
@@ -118,7 +103,7 @@ impl Shard {
             outbox,
             next_connection: 0,
             shutting_down: false,
-            counters: ShardCounters::default(),
+            counters: Counters::default(),
             drop_warnings: DropWarnings::default(),
             released: Vec::new(),
             matches: Vec::new(),
@@ -137,8 +122,22 @@ impl Shard {
     }
 
     /// The shard's counters.
-    pub fn counters(&self) -> &ShardCounters {
+    pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The counters the network layer counts into.
+    pub fn net_counters(&mut self) -> &mut NetCounters {
+        &mut self.counters.net
+    }
+
+    /// Every counter and gauge of this shard, now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            shard: self.id.index(),
+            sessions: self.slots.len(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// Sessions on this shard, connected or not.
@@ -211,8 +210,9 @@ impl Shard {
             // [MQTT-3.1.4-3] A second connection with the same client id
             // takes over: the first is closed (its will is published).
             if self.slot(key).connection.is_some() {
-                self.counters.takeovers += 1;
-                self.slot_mut(key).session.handle_takeover(now);
+                self.counters.shard.takeovers += 1;
+                let session = &mut self.slots.slot_mut(key).session;
+                session.handle_takeover(now, &mut self.counters.session);
                 self.detach(key, now);
             }
             // [MQTT-3.1.2-6] Clean Session discards the previous session.
@@ -227,11 +227,11 @@ impl Shard {
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
-        let slot = self.slot_mut(key);
+        let slot = self.slots.slot_mut(key);
         slot.clean = connect.clean_start;
         slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
-        slot.session.handle_connect(now, connect, session_present);
+        slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)
@@ -253,11 +253,11 @@ impl Shard {
     /// ends here; any other ends after `max_session_expiry`.
     fn detach(&mut self, key: SessionKey, now: Instant) {
         let expiry = self.limits.max_session_expiry;
-        let slot = self.slot_mut(key);
+        let slot = self.slots.slot_mut(key);
         if let Some(mut link) = slot.connection.take() {
             link.wake();
         }
-        slot.session.handle_connection_lost(now);
+        slot.session.handle_connection_lost(now, &mut self.counters.session);
         // A 3.1.1 session with Clean Session 0 asks to be kept without
         // limit; the server's longest Session Expiry Interval applies (as
         // to a 5.0 client asking for 0xFFFFFFFF, section 3.1.2.11.2).
@@ -310,12 +310,14 @@ impl Shard {
         now: Instant,
         packet: crate::protocol::Packet,
     ) -> Result<bool, ConnectionError> {
-        let session = self.session_mut(key, connection).ok_or(ConnectionError::Detached)?;
-        if let Err(error) = session.handle_packet(now, packet) {
+        let slot = self.slots.get_mut(key).ok_or(ConnectionError::Detached)?;
+        slot.link_mut(connection).ok_or(ConnectionError::Detached)?;
+        let session = &mut slot.session;
+        if let Err(error) = session.handle_packet(now, packet, &mut self.counters.session) {
             tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
             // A packet after the close is not a new violation.
             if error != SessionError::NotConnected {
-                self.counters.protocol_violations += 1;
+                self.counters.shard.protocol_violations += 1;
             }
         }
         self.drain_events(key, now);
@@ -329,14 +331,14 @@ impl Shard {
             self.warn_dropped(cause, count);
         }
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
-            let slot = self.slot_mut(key);
+            let slot = self.slots.slot_mut(key);
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
                 if slot.connection.is_none() {
-                    self.counters.sessions_expired += 1;
+                    self.counters.shard.sessions_expired += 1;
                     self.remove_session(key);
                     continue;
                 }
-                slot.session.handle_timeout(now);
+                slot.session.handle_timeout(now, &mut self.counters.session);
                 self.drain_events(key, now);
             }
             self.schedule(key);
@@ -360,9 +362,10 @@ impl Shard {
         // Woken again when there is more: new output, or a barrier
         // released (see `Shard::release_acks`).
         link.notified = false;
-        let too_large = slot.session.counters().dropped_too_large;
-        let written = slot.session.poll_transmit(now, out);
-        let too_large = slot.session.counters().dropped_too_large - too_large;
+        let counters = &mut self.counters.session;
+        let too_large = counters.dropped_too_large;
+        let written = slot.session.poll_transmit(now, out, counters);
+        let too_large = counters.dropped_too_large - too_large;
         if out.len() >= crate::session::TRANSMIT_BATCH {
             // Messages may be left in the queue: the connection asks again
             // once this batch is written.
@@ -442,7 +445,7 @@ impl Shard {
         while let Some(event) = self.slot_mut(key).session.poll_event() {
             match event {
                 SessionEvent::Publish(message) => {
-                    self.counters.messages_received += 1;
+                    self.counters.shard.messages_received += 1;
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),
@@ -593,7 +596,7 @@ impl Shard {
         });
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
-            if !self.outbox.push_publish(shard.index(), &message) {
+            if !self.outbox.push_publish(shard.index(), &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             }
         }
@@ -677,7 +680,7 @@ impl Shard {
                 self.deliver(key, message, subscription.options, ids, false, now);
             }
             None => {
-                self.counters.deliveries_dropped += 1;
+                self.counters.shard.deliveries_dropped += 1;
                 self.count_drops(DropCause::NoGroupMember, 1, now);
             }
         }
@@ -698,13 +701,14 @@ impl Shard {
             subscription_ids,
             from_retained: retained,
         };
-        match self.slot_mut(key).session.handle_delivery(now, delivery) {
+        let session = &mut self.slots.slot_mut(key).session;
+        match session.handle_delivery(now, delivery, &mut self.counters.session) {
             DeliveryOutcome::Queued => {
-                self.counters.deliveries += 1;
+                self.counters.shard.deliveries += 1;
                 self.notify(key);
             }
             DeliveryOutcome::Dropped(reason) => {
-                self.counters.deliveries_dropped += 1;
+                self.counters.shard.deliveries_dropped += 1;
                 let cause = match reason {
                     DropReason::QueueFull => DropCause::QueueFull,
                     DropReason::RetainedLimit => DropCause::RetainedLimit,

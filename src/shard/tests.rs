@@ -359,7 +359,7 @@ fn an_expired_session_takes_its_queue_and_subscriptions_along() {
     // Past it, the session, its subscription and its interest are gone.
     cluster.now += expiry;
     cluster.sweep();
-    assert_eq!(cluster.shards[1].counters().sessions_expired, 1);
+    assert_eq!(cluster.shards[1].counters().shard.sessions_expired, 1);
     cluster.send(&publisher, publish_qos1(b"lost", 2));
     assert!(cluster.queued(0, 1).is_empty(), "shard 0 still forwards to the expired session");
     let (_, output) = cluster.connect_with(&subscriber_id, false);
@@ -413,7 +413,7 @@ fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
         cluster.now = start + Duration::from_secs(at_s);
         cluster.sweep();
         assert_eq!(closed(&mut cluster, &second), expect_closed, "at {at_s} s");
-        assert_eq!(cluster.shards[0].counters().sessions_expired, 0);
+        assert_eq!(cluster.shards[0].counters().shard.sessions_expired, 0);
     }
 }
 
@@ -506,9 +506,140 @@ fn protocol_violations_close_the_connection_and_are_counted_mqtt_4_8_0_1() {
     let client = cluster.connect("violator");
     let ack = crate::protocol::PubResponse::new(PacketId::new(9).unwrap());
     cluster.send(&client, Packet::PubRec(ack.clone()));
-    assert_eq!(cluster.shards[0].counters().protocol_violations, 0);
+    assert_eq!(cluster.shards[0].counters().shard.protocol_violations, 0);
     let now = cluster.now;
     let open = cluster.shards[0].handle_packet(client.key, client.id, now, Packet::PingResp);
     assert!(matches!(open, Ok(false)), "the connection is closed");
-    assert_eq!(cluster.shards[0].counters().protocol_violations, 1);
+    assert_eq!(cluster.shards[0].counters().shard.protocol_violations, 1);
+}
+
+/// A PUBLISH from a client at QoS 1 or 2.
+fn publish_acked(topic: &str, qos: QoS, id: u16, dup: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain: false,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: PacketId::new(id),
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(b"m"),
+    })
+}
+
+#[test]
+fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
+    use crate::metrics::{Counters, RouterCounters, SessionCounters, ShardCounters, Snapshot};
+    let limits = SessionLimits {
+        max_inflight: std::num::NonZeroU16::new(1).unwrap(),
+        max_queued_messages: 2,
+        max_queued_retained: 1,
+        max_session_expiry: Some(Duration::from_secs(60)),
+        ..SessionLimits::default()
+    };
+    let mut cluster = Cluster::with_limits(2, limits);
+    let sub_id = id_on("sub", 0, 2);
+    let (sub, _) = cluster.connect_with(&sub_id, false);
+    cluster.subscribe(&sub, "t/#");
+    cluster.settle();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    let publisher = cluster.connect(&id_on("pub", 0, 2));
+
+    // Sent: a QoS 0 message, and a QoS 2 one (as QoS 1) that stays in
+    // flight; its re-sent PUBLISH is answered but not routed again.
+    cluster.send(&publisher, publish("t/a", b"0", false));
+    cluster.send(&publisher, publish_acked("t/b", QoS::ExactlyOnce, 7, false));
+    cluster.send(&publisher, publish_acked("t/b", QoS::ExactlyOnce, 7, true));
+    assert_eq!(payloads(&cluster.output(&sub)).len(), 2);
+    // An acknowledgement for an id not in flight.
+    cluster
+        .send(&sub, Packet::PubAck(crate::protocol::PubResponse::new(PacketId::new(99).unwrap())));
+    // The window is full: two wait in the queue, the third is dropped.
+    for id in 1..=3 {
+        cluster.send(&publisher, publish_acked("t/c", QoS::AtLeastOnce, id, false));
+    }
+    // QoS 0 to a client away is dropped.
+    cluster.close(&sub);
+    cluster.send(&publisher, publish("t/d", b"0", false));
+    // Back: the message in flight is re-sent; taken over: re-sent again.
+    let (_, output) = cluster.connect_with(&sub_id, false);
+    assert!(matches!(&output[..], [Packet::ConnAck(_), Packet::Publish(p)] if p.dup));
+    let (sub, output) = cluster.connect_with(&sub_id, false);
+    assert!(matches!(&output[..], [Packet::ConnAck(_), Packet::Publish(p)] if p.dup));
+    // A protocol violation closes it; the session then expires.
+    let now = cluster.now;
+    let open = cluster.shards[0].handle_packet(sub.key, sub.id, now, Packet::PingResp);
+    assert!(matches!(open, Ok(false)));
+    cluster.close(&sub);
+    cluster.now += Duration::from_secs(61);
+    cluster.sweep();
+
+    // Three retained messages for a new subscription: one may wait.
+    for topic in ["r/1", "r/2", "r/3"] {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+    }
+    cluster.settle();
+    let late = cluster.connect(&id_on("late", 0, 2));
+    cluster.subscribe(&late, "r/+");
+    cluster.settle();
+    // A shared-group message for a group with no member left here.
+    let group = ShardMessage::GroupPublish {
+        group: TopicFilter::new("$share/g/t/#").unwrap(),
+        message: std::sync::Arc::new(crate::message::Message {
+            topic: TopicName::new("t/g").unwrap(),
+            payload: bytes::Bytes::from_static(b"g"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        }),
+    };
+    cluster.shards[0].handle_shard_message(ShardId::from_index(1).unwrap(), group, cluster.now);
+    // QoS 0 past the limit of the queue towards a peer is dropped.
+    let far = cluster.connect(&id_on("far", 1, 2));
+    cluster.subscribe(&far, "flood");
+    cluster.settle();
+    let mut flood = 0;
+    while cluster.shards[0].counters().router.cross_core_qos0_dropped == 0 {
+        cluster.send(&publisher, publish("flood", b"f", false));
+        flood += 1;
+    }
+    assert!(flood > 10_000, "dropped only past the limit, at {flood}");
+    cluster.queued(0, 1);
+
+    let expected = Snapshot {
+        shard: 0,
+        // The publisher and the late subscriber; the first one expired.
+        sessions: 2,
+        counters: Counters {
+            net: Default::default(),
+            shard: ShardCounters {
+                messages_received: 9 + flood,
+                // t/a, t/b, two of t/c, one retained.
+                deliveries: 5,
+                // One t/c, t/d, two retained, the group message.
+                deliveries_dropped: 5,
+                takeovers: 1,
+                sessions_expired: 1,
+                protocol_violations: 1,
+            },
+            session: SessionCounters {
+                duplicate_qos2_received: 1,
+                publishes_sent: 2,
+                publishes_resent: 2,
+                dropped_offline_qos0: 1,
+                dropped_queue_full: [0, 1, 0],
+                dropped_retained_limit: 2,
+                dropped_expired: 0,
+                dropped_too_large: 0,
+                unexpected_acks: 1,
+            },
+            router: RouterCounters { cross_core_qos0_dropped: 1 },
+        },
+    };
+    assert_eq!(cluster.shards[0].snapshot(), expected);
+    // Shard 1 only held retained messages and one idle subscriber.
+    let other = cluster.shards[1].snapshot();
+    assert_eq!((other.shard, other.sessions), (1, 1));
+    assert_eq!(other.counters, Counters::default());
 }

@@ -47,14 +47,14 @@ impl Broker {
     }
 
     fn spawn_on(addr: SocketAddr, shards: usize, args: &[&str], stderr: Stdio) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()])
-            .args(["--log", "warn"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start ringmq");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        command.args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()]);
+        // Quiet unless the test chose a level.
+        if !args.contains(&"--log") {
+            command.args(["--log", "warn"]);
+        }
+        let child =
+            command.args(args).stdin(Stdio::null()).stderr(stderr).spawn().expect("start ringmq");
         let broker = Self { child: Some(child), addr, shards };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(addr).is_err() {

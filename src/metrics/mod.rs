@@ -1,0 +1,129 @@
+//! The counters of one shard, in one place: plain integers that the shard
+//! owns alone (no atomics, no locks), grouped by the layer that sees the
+//! event, and a [`Snapshot`] of them taken on request.
+//!
+//! Whoever sees an event counts it through a reference, never in a copy of
+//! its own:
+//! * the shard, into [`ShardCounters`];
+//! * its sessions, into [`SessionCounters`]: the shard passes `&mut` into
+//!   every `Session::handle_*` / `poll_*` call that can count, so a session
+//!   keeps no counters (and no bytes for them) and stays sans-IO;
+//! * its connections, into [`NetCounters`], through the shard they share;
+//! * the router's outbox, into [`RouterCounters`], passed in by the shard
+//!   with each publish it queues.
+//!
+//! A whole-process view is one [`Snapshot`] per shard, each taken on its own
+//! core (`Shard::snapshot`). Whoever serves them (the admin HTTP `/metrics`
+//! and `$SYS`, still to come) asks every shard for its snapshot over the
+//! mesh and renders them, labelled by [`Snapshot::shard`]; until then every
+//! shard logs its snapshot in its "shard stopped" line.
+//!
+//! Counters only ever grow. Nothing here is per client: a per-client series
+//! would be its own, configured, option.
+
+/// Every counter of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections: accepted, refused, handed off, closed early.
+    pub net: NetCounters,
+    /// Routing and the life of sessions.
+    pub shard: ShardCounters,
+    /// The traffic of the shard's sessions, summed over them.
+    pub session: SessionCounters,
+    /// The queues towards other shards.
+    pub router: RouterCounters,
+}
+
+/// What the network layer of one shard did with connections.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because `max_connections` was reached.
+    pub refused_limit: u64,
+    /// Connections moved to their home shard.
+    pub handed_off: u64,
+    /// Connections closed for a malformed packet.
+    pub malformed: u64,
+    /// Connections closed for a CONNECT larger than `max_connect_size`.
+    pub connect_too_large: u64,
+    /// Connections closed because their incomplete CONNECT needed more
+    /// than `max_pending_connect_bytes` left on the shard.
+    pub connect_budget_exceeded: u64,
+}
+
+/// What the shard routed, and how its sessions ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    /// PUBLISH packets accepted from this shard's clients (a re-sent QoS 2
+    /// PUBLISH still awaiting PUBREL is not counted again: see
+    /// [`SessionCounters::duplicate_qos2_received`]).
+    pub messages_received: u64,
+    /// Deliveries queued to local sessions.
+    pub deliveries: u64,
+    /// Deliveries not queued: a session refused them (its queue was full,
+    /// QoS 0 to an offline client, expired, No Local, the retained limit;
+    /// the `dropped_*` counters of [`SessionCounters`] tell most of these
+    /// apart), or a shared group had no member left on this shard.
+    pub deliveries_dropped: u64,
+    /// Connections taken over by a newer one with the same client id.
+    pub takeovers: u64,
+    /// Sessions ended because their client stayed away too long.
+    pub sessions_expired: u64,
+    /// Connections a session closed because its client broke the protocol
+    /// after CONNECT (a `SessionError`).
+    pub protocol_violations: u64,
+}
+
+/// What the sessions of one shard dropped, sent and re-sent, summed over
+/// them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Re-sent QoS 2 PUBLISH packets answered with PUBREC but not routed
+    /// again [MQTT-4.3.3-2].
+    pub duplicate_qos2_received: u64,
+    /// PUBLISH packets sent to clients for the first time.
+    pub publishes_sent: u64,
+    /// PUBLISH packets re-sent with DUP=1 on a resumed session
+    /// [MQTT-4.4.0-1].
+    pub publishes_resent: u64,
+    /// QoS 0 messages dropped because their client was not connected
+    /// (offline sessions keep QoS 1/2 messages only).
+    pub dropped_offline_qos0: u64,
+    /// New messages dropped because a session's queue was full, indexed by
+    /// their QoS as sent (`[QoS 0, QoS 1, QoS 2]`).
+    pub dropped_queue_full: [u64; 3],
+    /// Retained messages not sent to a new subscription because
+    /// `max_queued_retained` of them were already waiting.
+    pub dropped_retained_limit: u64,
+    /// Messages whose v5 Message Expiry Interval ran out before they could
+    /// be sent [MQTT-3.3.2-5].
+    pub dropped_expired: u64,
+    /// Packets that could not be sent: larger than the client's v5 Maximum
+    /// Packet Size [MQTT-3.1.2-25] or than MQTT can encode.
+    pub dropped_too_large: u64,
+    /// PUBACK, PUBREC or PUBCOMP packets for a packet identifier not in
+    /// flight; ignored (one of the wrong kind for an id in flight is a
+    /// protocol violation instead).
+    pub unexpected_acks: u64,
+}
+
+/// What happened on the way to other shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// QoS 0 publishes dropped because the queue towards a peer shard was
+    /// full (QoS 1/2 apply backpressure instead).
+    pub cross_core_qos0_dropped: u64,
+}
+
+/// The counters of one shard at one moment, with the gauges worth reading
+/// beside them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The shard's number.
+    pub shard: usize,
+    /// Sessions on the shard, connected or not.
+    pub sessions: usize,
+    /// Every counter.
+    pub counters: Counters,
+}
