@@ -85,6 +85,27 @@ fn health_probes_answer_while_the_broker_serves() {
     assert!(healthz.starts_with("HTTP/1.1 200 OK") && healthz.ends_with("ok\n"), "{healthz}");
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200 OK"));
     assert!(http_get(&admin, "/other").starts_with("HTTP/1.1 404"));
+    // A publish shows in /metrics within a tick or two.
+    let mut client = RawClient::connect(broker.addr);
+    client.send(&connect_packet("metered", true, 0));
+    assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+    client.send_bytes(b"\x30\x03\x00\x01x"); // PUBLISH QoS 0 to "x"
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = http_get(&admin, "/metrics");
+        let received: u64 = metrics
+            .lines()
+            .filter(|line| line.starts_with("ringmq_messages_received_total{"))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum();
+        if received == 1 || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metrics.contains("ringmq_connections 1\n"), "{metrics}");
+    assert!(metrics.contains("ringmq_messages_received_total{shard=\""), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     assert!(broker.stop().success());
 }
 

@@ -13,13 +13,18 @@
 //!   with each publish it queues.
 //!
 //! A whole-process view is one [`Snapshot`] per shard, each taken on its own
-//! core (`Shard::snapshot`). Whoever serves them (the admin HTTP `/metrics`
-//! and `$SYS`, still to come) asks every shard for its snapshot over the
-//! mesh and renders them, labelled by [`Snapshot::shard`]; until then every
-//! shard logs its snapshot in its "shard stopped" line.
+//! core (`Shard::snapshot`): every shard publishes its snapshot once per
+//! tick (250 ms) where the admin listener's `/metrics` reads it, so a
+//! scrape never waits on a shard nor costs one anything per message (the
+//! figures are at most a tick old); every shard also logs its snapshot in
+//! its "shard stopped" line.
+//!
+//! * [`prometheus`]: snapshots in the Prometheus text format.
 //!
 //! Counters only ever grow. Nothing here is per client: a per-client series
 //! would be its own, configured, option.
+
+pub mod prometheus;
 
 /// Every counter of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! balancers and orchestrators. `GET /healthz` is 200 while every shard
 //! accepts connections and its tick ran within [`STALE_AFTER`], 503 while
 //! starting, draining, or when a shard is stuck; `GET /readyz` is 200 once
-//! every shard accepts connections and until the broker starts to stop.
+//! every shard accepts connections and until the broker starts to stop;
+//! `GET /metrics` is every shard's counters in the Prometheus text format,
+//! as each shard published them at its last tick.
 //!
 //! It runs on a thread of its own with blocking sockets, outside the shards'
 //! executors: a probe never waits on a busy shard, and a busy probe never
@@ -11,10 +13,11 @@
 //! belongs on loopback or a private network).
 
 use super::listener::ListenError;
+use crate::metrics::{prometheus, Snapshot};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A shard whose tick has not run for this long is stuck (it ticks every
@@ -39,17 +42,49 @@ pub struct Health {
     last_tick_ms: Vec<AtomicU64>,
     /// The broker has started to stop.
     draining: AtomicBool,
+    /// Per shard, its counters as of its last tick.
+    snapshots: Vec<Mutex<Snapshot>>,
+    /// Client connections open in the process.
+    connections: Arc<AtomicUsize>,
 }
 
 impl Health {
-    /// The health of `shards` shards, none serving yet.
-    pub fn new(shards: usize) -> Self {
+    /// The health of `shards` shards, none serving yet; `connections`
+    /// counts the open client connections.
+    pub fn new(shards: usize, connections: Arc<AtomicUsize>) -> Self {
         Self {
             base: Instant::now(),
             serving: AtomicUsize::new(0),
             last_tick_ms: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             draining: AtomicBool::new(false),
+            snapshots: (0..shards)
+                .map(|shard| Mutex::new(Snapshot { shard, ..Snapshot::default() }))
+                .collect(),
+            connections,
         }
+    }
+
+    /// Shard `snapshot.shard` publishes its counters (once per tick).
+    pub fn publish(&self, snapshot: Snapshot) {
+        if let Some(slot) = self.snapshots.get(snapshot.shard) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        }
+    }
+
+    /// Every shard's last published counters, in Prometheus text.
+    fn metrics(&self) -> String {
+        let snapshots: Vec<Snapshot> = self
+            .snapshots
+            .iter()
+            .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect();
+        prometheus::render(&snapshots, self.connections.load(Ordering::Relaxed))
+    }
+
+    /// The process's count of open client connections, for the shards to
+    /// count into.
+    pub fn connection_count(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.connections)
     }
 
     /// A shard accepts connections.
@@ -149,16 +184,17 @@ fn serve(mut stream: TcpStream, health: &Health) -> io::Result<()> {
             Ok(httparse::Status::Complete(_)) => break respond(&request, health),
             Ok(httparse::Status::Partial) if len < MAX_REQUEST => continue,
             Ok(httparse::Status::Partial) | Err(_) => {
-                break Response { status: "400 Bad Request", body: "bad request\n".into() }
+                break Response::text("400 Bad Request", "bad request\n")
             }
         }
     };
     let head_only = buf[..len].starts_with(b"HEAD ");
     write!(
         stream,
-        "HTTP/1.1 {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         response.status,
+        response.content_type,
         response.body.len()
     )?;
     if !head_only {
@@ -169,15 +205,27 @@ fn serve(mut stream: TcpStream, health: &Health) -> io::Result<()> {
 
 struct Response {
     status: &'static str,
+    content_type: &'static str,
     body: String,
 }
 
+impl Response {
+    fn text(status: &'static str, body: impl Into<String>) -> Self {
+        Self { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+}
+
 fn respond(request: &httparse::Request<'_, '_>, health: &Health) -> Response {
-    let ok = |body: &str| Response { status: "200 OK", body: format!("{body}\n") };
-    let unavailable =
-        |why: String| Response { status: "503 Service Unavailable", body: why + "\n" };
+    let ok = |body: &str| Response::text("200 OK", format!("{body}\n"));
+    let unavailable = |why: String| {
+        Response::text(
+            "503 Service Unavailable",
+            why + "
+",
+        )
+    };
     if !matches!(request.method, Some("GET" | "HEAD")) {
-        return Response { status: "405 Method Not Allowed", body: "GET or HEAD only\n".into() };
+        return Response::text("405 Method Not Allowed", "GET or HEAD only\n");
     }
     let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
     match path {
@@ -187,7 +235,12 @@ fn respond(request: &httparse::Request<'_, '_>, health: &Health) -> Response {
         },
         "/readyz" if health.is_ready() => ok("ready"),
         "/readyz" => unavailable(health.problem().unwrap_or_else(|| "not ready".into())),
-        _ => Response { status: "404 Not Found", body: "/healthz and /readyz are served\n".into() },
+        "/metrics" => Response {
+            status: "200 OK",
+            content_type: prometheus::CONTENT_TYPE,
+            body: health.metrics(),
+        },
+        _ => Response::text("404 Not Found", "/healthz, /readyz and /metrics are served\n"),
     }
 }
 
@@ -197,7 +250,7 @@ mod tests {
 
     #[test]
     fn healthy_only_once_every_shard_serves_and_ticks_and_not_while_draining() {
-        let health = Health::new(2);
+        let health = Health::new(2, Arc::default());
         assert_eq!(health.problem().as_deref(), Some("starting"));
         health.shard_serving();
         assert!(!health.is_ready());
@@ -223,7 +276,7 @@ mod tests {
 
     #[test]
     fn probes_answer_over_http() {
-        let health = Arc::new(Health::new(1));
+        let health = Arc::new(Health::new(1, Arc::default()));
         let addr = start("127.0.0.1:0".parse().unwrap(), Arc::clone(&health)).unwrap();
         let request = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(get(addr, request).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
@@ -236,6 +289,12 @@ mod tests {
         let head = get(addr, "HEAD /healthz HTTP/1.1\r\n\r\n");
         assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "{head}");
         assert!(get(addr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let mut snapshot = Snapshot::default();
+        snapshot.counters.shard.messages_received = 9;
+        health.publish(snapshot);
+        let metrics = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(metrics.contains("Content-Type: application/openmetrics-text"), "{metrics}");
+        assert!(metrics.contains("ringmq_messages_received_total{shard=\"0\"} 9\n"), "{metrics}");
         assert!(get(addr, "POST /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         assert!(get(addr, "\x16\x03\x01 not http\r\n\r\n").starts_with("HTTP/1.1 400"));
         health.set_draining();

@@ -182,7 +182,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     // first signal stops every listener at once; the shards notice the
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
-    let health = Arc::new(Health::new(nr_shards));
+    let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let shutdown = signals::watch_shutdown_signals({
         let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
         move || {
@@ -245,7 +245,7 @@ fn serve(
             connect_timeout: limits.connect_timeout(),
             max_connections: limits.max_connections().get() as usize,
         },
-        open_connections: Arc::new(AtomicUsize::new(0)),
+        open_connections: health.connection_count(),
         shutdown,
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -383,6 +383,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         glommio::timer::sleep(TICK).await;
         shard.borrow_mut().sweep(Instant::now());
         startup.health.tick(id.index());
+        startup.health.publish(shard.borrow().snapshot());
     }
     net.begin_shutdown();
     for accept in accepts {

@@ -1,0 +1,144 @@
+//! The shards' [`Snapshot`]s in the Prometheus text format (OpenMetrics),
+//! encoded by the `prometheus-client` crate. Every series has a `shard`
+//! label, so imbalance between cores shows; totals are Prometheus `sum`s.
+
+use super::Snapshot;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardQoSLabel {
+    shard: u64,
+    qos: u64,
+}
+
+/// A counter family labelled by shard, registered as `ringmq_{name}`.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardLabel, Counter> {
+    let family = Family::<ShardLabel, Counter>::default();
+    registry.register(format!("ringmq_{name}"), help, family.clone());
+    family
+}
+
+/// Renders `snapshots` (one per shard) and the process's open connections.
+pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
+    let mut registry = Registry::default();
+    let open = Gauge::<i64>::default();
+    registry.register("ringmq_connections", "Client connections open now", open.clone());
+    open.set(i64::try_from(connections).unwrap_or(i64::MAX));
+    let sessions = Family::<ShardLabel, Gauge>::default();
+    registry.register("ringmq_sessions", "Sessions, connected or not", sessions.clone());
+    let queue_full = Family::<ShardQoSLabel, Counter>::default();
+    registry.register(
+        "ringmq_dropped_queue_full",
+        "Messages dropped because a subscriber's queue was full, by QoS as sent",
+        queue_full.clone(),
+    );
+    // (name, help, value) of every plain counter.
+    type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
+    let fields: [Field; 20] = [
+        ("accepted", "Connections accepted", |s| s.counters.net.accepted),
+        ("refused_at_limit", "Connections refused at max_connections", |s| {
+            s.counters.net.refused_limit
+        }),
+        ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
+        ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),
+        ("connect_too_large", "Connections closed for a CONNECT over max_connect_size", |s| {
+            s.counters.net.connect_too_large
+        }),
+        ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
+            s.counters.net.connect_budget_exceeded
+        }),
+        ("messages_received", "PUBLISH packets accepted from clients", |s| {
+            s.counters.shard.messages_received
+        }),
+        ("deliveries", "Deliveries queued to subscribers", |s| s.counters.shard.deliveries),
+        ("deliveries_dropped", "Deliveries not queued", |s| s.counters.shard.deliveries_dropped),
+        ("takeovers", "Connections taken over by a new one with the same client id", |s| {
+            s.counters.shard.takeovers
+        }),
+        ("sessions_expired", "Sessions ended after their expiry", |s| {
+            s.counters.shard.sessions_expired
+        }),
+        ("protocol_violations", "Connections closed for a protocol violation", |s| {
+            s.counters.shard.protocol_violations
+        }),
+        ("duplicate_qos2_received", "Re-sent QoS 2 PUBLISHes not routed again", |s| {
+            s.counters.session.duplicate_qos2_received
+        }),
+        ("publishes_sent", "PUBLISH packets sent to clients", |s| {
+            s.counters.session.publishes_sent
+        }),
+        ("publishes_resent", "PUBLISH packets re-sent with DUP on a resumed session", |s| {
+            s.counters.session.publishes_resent
+        }),
+        ("dropped_offline_qos0", "QoS 0 messages for clients not connected", |s| {
+            s.counters.session.dropped_offline_qos0
+        }),
+        ("dropped_retained_limit", "Retained messages past max_queued_retained", |s| {
+            s.counters.session.dropped_retained_limit
+        }),
+        ("dropped_expired", "Messages whose Message Expiry Interval ran out", |s| {
+            s.counters.session.dropped_expired
+        }),
+        ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
+            s.counters.session.dropped_too_large
+        }),
+        ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
+            s.counters.router.cross_core_qos0_dropped
+        }),
+    ];
+    let families: Vec<_> =
+        fields.iter().map(|(name, help, _)| counter(&mut registry, name, help)).collect();
+    for snapshot in snapshots {
+        let shard = snapshot.shard as u64;
+        let label = ShardLabel { shard };
+        for ((_, _, value), family) in fields.iter().zip(&families) {
+            family.get_or_create(&label).inc_by(value(snapshot));
+        }
+        sessions.get_or_create(&label).set(i64::try_from(snapshot.sessions).unwrap_or(i64::MAX));
+        for (qos, dropped) in snapshot.counters.session.dropped_queue_full.iter().enumerate() {
+            queue_full.get_or_create(&ShardQoSLabel { shard, qos: qos as u64 }).inc_by(*dropped);
+        }
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_labelled_by_shard_and_parses_as_openmetrics() {
+        let mut first = Snapshot { shard: 0, sessions: 3, ..Snapshot::default() };
+        first.counters.shard.messages_received = 41;
+        first.counters.session.dropped_queue_full = [1, 2, 0];
+        let second = Snapshot { shard: 1, sessions: 5, ..Snapshot::default() };
+        let text = render(&[first, second], 7);
+        assert!(text.contains("ringmq_connections 7\n"), "{text}");
+        assert!(text.contains("ringmq_sessions{shard=\"1\"} 5\n"), "{text}");
+        assert!(text.contains("ringmq_messages_received_total{shard=\"0\"} 41\n"), "{text}");
+        assert!(text.contains("ringmq_dropped_queue_full_total{shard=\"0\",qos=\"1\"} 2\n"));
+        assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every sample line: a name, labels, one value.
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.starts_with("ringmq_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
