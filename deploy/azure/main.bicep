@@ -17,10 +17,10 @@ param location string = resourceGroup().location
 @maxLength(20)
 param namePrefix string = 'ringmq'
 
-@description('Broker VMs in the scale set. Plan about 500k active flows per VM (Azure\'s limit, see README.md) and 1M connections per VM (the sysctl and unit sizing).')
+@description('Broker VMs in the scale set. Until clustering (#17) the brokers do not exchange messages: a subscriber only receives what is published through the same VM, so keep 1 unless clients are partitioned by VM (README.md). Plan about 500k active flows per VM (Azure\'s limit).')
 @minValue(1)
 @maxValue(1000)
-param instanceCount int = 2
+param instanceCount int = 1
 
 @description('Broker VM size. Dsv5: accelerated networking, 8 vCPUs and 32 GiB for D8s_v5.')
 param vmSize string = 'Standard_D8s_v5'

@@ -17,7 +17,8 @@ param releaseUrl = ''
 param releaseSha256 = ''
 param sourceRef = 'main'
 
-param instanceCount = 2
+// 1 until clustering (#17): separate brokers do not exchange messages.
+param instanceCount = 1
 param vmSize = 'Standard_D8s_v5'
 param idleTimeoutMinutes = 10
 
