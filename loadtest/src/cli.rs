@@ -40,6 +40,10 @@ pub enum Command {
     P2p(P2pArgs),
     /// Every client disconnects and reconnects at once, --cycles times.
     Storm(StormArgs),
+    /// Merge the --json reports of several ringmq-bench processes that ran
+    /// the same scenario at once: counts and rates summed, latency
+    /// histograms merged.
+    Merge(MergeArgs),
 }
 
 /// MQTT protocol version.
@@ -293,6 +297,23 @@ pub struct StormArgs {
     pub connection: ConnectionOpts,
     #[command(flatten)]
     pub output: OutputOpts,
+}
+
+/// `merge`.
+#[derive(Clone, Debug, Args)]
+pub struct MergeArgs {
+    /// JSON reports written with --json.
+    #[arg(required = true, num_args = 1.., value_name = "REPORT.json")]
+    pub files: Vec<PathBuf>,
+    /// Write the merged report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the merged per-second timeline and totals as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Draw the merged latency over time and distribution as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Source addresses to bind before connecting.

@@ -4,7 +4,8 @@
 //! `runner` drives them on one pinned glommio executor per core with the
 //! sans-IO `client` state machine, `payload` and `tracker` carry the
 //! timestamps and the loss accounting, `runner` fills in the `stats` that
-//! `report` checks and writes (with `plot`).
+//! `report` checks and writes (with `plot`); `merge` adds up the reports of
+//! several processes.
 //!
 //! Exit status: 0 when the run met what its QoS promises, 1 when it did not
 //! (loss at QoS 1/2 or above `--max-loss` at QoS 0, duplicates at QoS 2,
@@ -12,6 +13,7 @@
 
 mod cli;
 mod client;
+mod merge;
 mod payload;
 mod plan;
 mod plot;
@@ -36,6 +38,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<bool> {
+    if let cli::Command::Merge(args) = &cli.command {
+        let report = merge::merge_files(&args.files)?;
+        print!("{}", report.table());
+        if let Some(path) = &args.json {
+            report.write_json(path)?;
+        }
+        if let Some(path) = &args.csv {
+            report.write_csv(path)?;
+        }
+        if let Some(path) = &args.plot {
+            plot::draw(&report, path)?;
+        }
+        return Ok(report.passed);
+    }
     let plan = plan::Plan::from_command(cli.command)?;
     let output = plan.output.clone();
     let result = runner::run(plan.clone())?;

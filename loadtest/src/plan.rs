@@ -125,6 +125,7 @@ impl Plan {
     /// Builds the plan of a subcommand.
     pub fn from_command(command: Command) -> anyhow::Result<Self> {
         match command {
+            Command::Merge(_) => anyhow::bail!("merge runs no clients"),
             Command::Conn(args) => {
                 let mut plan = base("conn", &args.connection, None, None, args.output)?;
                 plan.duration = Some(args.duration);

@@ -3,14 +3,15 @@
 
 use crate::plan::{Expect, Plan};
 use crate::stats::{latency_histogram, Percentiles, RunResult, Second};
+use hdrhistogram::Histogram;
 use ringmq::protocol::QoS;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 
 /// Connection results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Connections {
     /// Clients in the plan.
     pub clients: usize,
@@ -29,7 +30,7 @@ pub struct Connections {
 }
 
 /// Counts of one QoS.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct QosCounts {
     /// The QoS.
     pub qos: u8,
@@ -42,7 +43,7 @@ pub struct QosCounts {
 }
 
 /// Message results.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Messages {
     /// Publishers.
     pub publishers: usize,
@@ -82,10 +83,10 @@ pub struct Messages {
 }
 
 /// The whole report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     /// Subcommand.
-    pub scenario: &'static str,
+    pub scenario: String,
     /// Broker addresses.
     pub targets: Vec<String>,
     /// MQTT version.
@@ -187,17 +188,10 @@ impl Report {
         }
 
         let timeline = run.timeline.clone();
-        let distribution = if latency.is_empty() {
-            Vec::new()
-        } else {
-            latency
-                .iter_quantiles(1)
-                .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
-                .collect()
-        };
+        let distribution = distribution(&latency);
         let clients = plan.clients.len();
         Report {
-            scenario: plan.scenario,
+            scenario: plan.scenario.into(),
             targets: {
                 let mut t: Vec<String> =
                     plan.clients.iter().map(|c| c.target.to_string()).collect();
@@ -356,11 +350,22 @@ impl Report {
     }
 }
 
-fn round3(value: f64) -> f64 {
+/// (percentile, microseconds) of `latency`, for the plot.
+pub fn distribution(latency: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if latency.is_empty() {
+        return Vec::new();
+    }
+    latency
+        .iter_quantiles(1)
+        .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to()))
+        .collect()
+}
+
+pub(crate) fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
-fn merge_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
+pub(crate) fn merge_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
     }

@@ -9,8 +9,10 @@
 
 use crate::plan::Expect;
 use crate::tracker::StreamMap;
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,27 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// The histogram in HdrHistogram's V2 serialization (uncompressed), base64
+/// with the standard alphabet: what `ringmq-bench merge` adds up, and what
+/// other HdrHistogram implementations read (after base64 decoding).
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2Serializer::new().serialize(h, &mut bytes).expect("serializing into a Vec cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The histogram [`encode_histogram`] wrote.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("histogram is not base64: {e}"))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("histogram is not an HdrHistogram V2 serialization: {e:?}"))
+}
+
+/// Latency percentiles in microseconds, and the histogram they come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Values recorded.
     pub count: u64,
@@ -42,6 +63,11 @@ pub struct Percentiles {
     pub p999: u64,
     /// Largest.
     pub max: u64,
+    /// The whole histogram ([`encode_histogram`]), so that reports of
+    /// several processes merge exactly (`ringmq-bench merge`); empty when
+    /// nothing was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hdr: String,
 }
 
 impl Percentiles {
@@ -59,12 +85,27 @@ impl Percentiles {
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
+            hdr: encode_histogram(h),
         }
+    }
+
+    /// The histogram back from [`Self::hdr`] (empty for no values).
+    pub fn histogram(&self) -> Result<Histogram<u64>, String> {
+        let mut h = latency_histogram();
+        if self.count > 0 {
+            if self.hdr.is_empty() {
+                return Err("a latency summary has no histogram (\"hdr\"): the report was \
+                            written by a ringmq-bench older than `merge`"
+                    .into());
+            }
+            h.add(decode_histogram(&self.hdr)?).map_err(|e| format!("histogram: {e:?}"))?;
+        }
+        Ok(h)
     }
 }
 
 /// One second of the run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Second {
     /// Seconds since publishing started.
     pub second: u64,
@@ -175,5 +216,22 @@ mod tests {
         assert_eq!((p.count, p.min, p.p50, p.max), (1000, 1, 500, 1000));
         assert_eq!(p.p999, 999);
         assert_eq!(Percentiles::of(&latency_histogram()), Percentiles::default());
+    }
+
+    #[test]
+    fn histograms_survive_their_encoding() {
+        let mut h = latency_histogram();
+        for v in [1, 7, 250, 250, 99_999, 3_600_000_000] {
+            h.record(v).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        assert!(!p.hdr.is_empty());
+        let back = p.histogram().unwrap();
+        assert_eq!(back, h);
+        assert_eq!(Percentiles::of(&back), p);
+        assert!(decode_histogram("not base64!").is_err());
+        assert!(decode_histogram("AAAA").is_err());
+        let old = Percentiles { hdr: String::new(), ..p };
+        assert!(old.histogram().unwrap_err().contains("older"));
     }
 }

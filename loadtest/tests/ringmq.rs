@@ -101,3 +101,87 @@ fn refused_mqtt5_connect_is_reported_clearly() {
     assert!(stdout.contains(&format!("failed: {reason}: 4")), "{stdout}");
     assert!(stdout.contains("4 clients never became ready"), "{stdout}");
 }
+
+#[test]
+fn merge_adds_up_two_concurrent_processes() {
+    // The load-test rig's case: two ringmq-bench processes run the same
+    // scenario at once against one broker, each with its own clients and
+    // topics; `merge` sums their counts and rates and merges their latency
+    // histograms.
+    let broker = ringmq("merge", "");
+    let run = |name: &str, count: &str| {
+        let json = broker.dir.join(format!("{name}.json"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+            .args(["fan-out", "--publishers", "2", "--subscribers", "3", "--rate", "2000"])
+            .args(["--count", count, "--quiet", "--host", &broker.host()])
+            .args(["--client-id-prefix", name, "--topic", &format!("{name}/%i"), "--json"])
+            .arg(&json)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (child, json)
+    };
+    let (a, a_json) = run("lg0", "300");
+    let (b, b_json) = run("lg1", "500");
+    assert!(common::wait(a).success());
+    assert!(common::wait(b).success());
+    let read = |path: &PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (ra, rb) = (read(&a_json), read(&b_json));
+    assert!(ra["messages"]["latency_us"]["hdr"].as_str().is_some_and(|h| !h.is_empty()), "{ra}");
+
+    let merged_json = broker.dir.join("merged.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .arg("merge")
+        .args([&a_json, &b_json])
+        .arg("--json")
+        .arg(&merged_json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("result       OK"), "{stdout}");
+    let m = read(&merged_json);
+    for path in [
+        "/messages/sent",
+        "/messages/received",
+        "/messages/expected",
+        "/messages/publishers",
+        "/messages/subscribers",
+        "/connections/connected",
+        "/messages/latency_us/count",
+        "/connections/latency_us/count",
+        "/cores",
+    ] {
+        assert_eq!(n(&m, path), n(&ra, path) + n(&rb, path), "{path}");
+    }
+    assert_eq!(n(&m, "/messages/sent"), 2 * 300 + 2 * 500);
+    assert_eq!(n(&m, "/messages/received"), 3 * (2 * 300 + 2 * 500));
+    assert_eq!(n(&m, "/messages/lost"), 0);
+    let rate = |r: &Value| r["messages"]["received_per_s"].as_f64().unwrap();
+    assert!((rate(&m) - rate(&ra) - rate(&rb)).abs() < 0.01, "rates are summed");
+    // Merged, not averaged: the extremes are those of either run, and the
+    // median lies between the runs' medians.
+    let min = |r: &Value| n(r, "/messages/latency_us/min");
+    let max = |r: &Value| n(r, "/messages/latency_us/max");
+    assert_eq!(min(&m), min(&ra).min(min(&rb)));
+    assert_eq!(max(&m), max(&ra).max(max(&rb)));
+    let p50 = |r: &Value| n(r, "/messages/latency_us/p50");
+    assert!(p50(&ra).min(p50(&rb)) <= p50(&m) && p50(&m) <= p50(&ra).max(p50(&rb)));
+    let timeline_sent: u64 = m["timeline"].as_array().unwrap().iter().map(|s| n(s, "/sent")).sum();
+    assert_eq!(timeline_sent, n(&m, "/messages/sent"));
+    assert_eq!(m["passed"], Value::Bool(true));
+
+    // Reports of different scenarios do not merge.
+    let (code, other, _) = bench(&broker, &["conn", "--clients", "2", "--duration", "100ms"]);
+    assert_eq!(code, 0, "{other}");
+    let other_json = broker.dir.join(format!("report-conn-{}.json", 5));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .arg("merge")
+        .args([&a_json, &other_json])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only runs of the same scenario merge"));
+}

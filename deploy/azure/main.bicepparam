@@ -1,0 +1,37 @@
+// Parameters for deploy/azure/main.bicep. Copy this file, fill in the three
+// values marked REQUIRED, and deploy:
+//   az deployment group create -g ringmq -f deploy/azure/main.bicep -p deploy/azure/main.bicepparam
+using 'main.bicep'
+
+// REQUIRED: your SSH public key (cat ~/.ssh/id_ed25519.pub).
+param adminSshPublicKey = 'ssh-ed25519 AAAA... replace-me'
+
+// REQUIRED: who may reach port 1883. There is no authentication yet (#13):
+// use your devices' (or your own) address range, not 'Internet'.
+// 203.0.113.0/24 is a documentation range that matches nobody.
+param mqttSourcePrefix = '203.0.113.0/24'
+
+// REQUIRED, one of the two: a release binary and its sha256, or a git ref
+// to build from (about 10 minutes on a D8s_v5 at first boot).
+param releaseUrl = ''
+param releaseSha256 = ''
+param sourceRef = 'main'
+
+// 1 until clustering (#17): separate brokers do not exchange messages.
+param instanceCount = 1
+param vmSize = 'Standard_D8s_v5'
+param idleTimeoutMinutes = 10
+
+// Off until the broker serves them (#13).
+param enableTls = false
+param enableWebSocket = false
+
+param enableNatGateway = false
+// No durability yet (#15): no data disk.
+param dataDiskSizeGB = 0
+
+// The load-test rig: loadgenCount VMs with loadgenSecondaryIps extra
+// addresses each, reachable over SSH from sshSourcePrefix.
+param loadgenCount = 0
+param loadgenSecondaryIps = 7
+param sshSourcePrefix = ''
