@@ -82,6 +82,7 @@ fn matching(c: &mut Criterion) {
             filter: f.clone(),
             added: true,
             revision: 1,
+            group: None,
         });
     }
     let mut group = c.benchmark_group("match 1M filters");

@@ -132,6 +132,67 @@ async fn delivered_qos_is_the_minimum_of_publish_and_subscription() {
 }
 
 #[tokio::test]
+async fn a_shared_group_across_shards_delivers_each_message_to_one_member() {
+    // [MQTT-4.8.2] (5.0 shared subscriptions, also served to 3.1.1
+    // clients): one member on shard 0, two on shard 1, the publisher on
+    // shard 0.
+    let broker = Broker::start(2);
+    let mut members = Vec::new();
+    for (prefix, shard) in [("m0", 0), ("m1", 1), ("m2", 1)] {
+        let (client, mut events, _) =
+            connect(options(&broker, &client_id_on_shard(prefix, shard, 2))).await;
+        client.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await.unwrap();
+        wait_suback(&mut events).await;
+        members.push((client, events));
+    }
+    let (publisher, pub_events, _) =
+        connect(options(&broker, &client_id_on_shard("share-pub", 0, 2))).await;
+    let _driver = drive(pub_events);
+    let publish_all = |range: std::ops::Range<u8>| {
+        let publisher = publisher.clone();
+        async move {
+            for i in range {
+                publisher.publish("jobs/1", QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+            }
+        }
+    };
+    /// The payloads each member receives within two seconds.
+    async fn received(members: &mut [(AsyncClient, EventLoop)]) -> Vec<Vec<u8>> {
+        let within = Duration::from_secs(2);
+        let [(_, a), (_, b), (_, c)] = members else { unreachable!() };
+        let (a, b, c) = tokio::join!(
+            publishes_within(a, within),
+            publishes_within(b, within),
+            publishes_within(c, within)
+        );
+        [a, b, c].iter().map(|got| got.iter().map(|p| p.payload[0]).collect()).collect()
+    }
+    publish_all(0..30).await;
+    let got = received(&mut members).await;
+    let mut all: Vec<u8> = got.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..30).collect::<Vec<_>>(), "each message exactly once: {got:?}");
+    // The member shards take turns; so do the members within shard 1.
+    assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [15, 8, 7], "{got:?}");
+
+    // Shard 0's member leaves: everything goes to shard 1's.
+    members[0].0.unsubscribe("$share/g/jobs/+").await.unwrap();
+    loop {
+        let event = timeout(WAIT, members[0].1.poll()).await.expect("unsuback in time");
+        if let Event::Incoming(Packet::UnsubAck(_)) = event.expect("poll") {
+            break;
+        }
+    }
+    publish_all(30..40).await;
+    let got = received(&mut members).await;
+    assert!(got[0].is_empty(), "{got:?}");
+    let mut rest: Vec<u8> = got.concat();
+    rest.sort_unstable();
+    assert_eq!(rest, (30..40).collect::<Vec<_>>());
+    assert!(broker.stop().success());
+}
+
+#[tokio::test]
 async fn retained_set_replace_delete_on_every_shard() {
     let broker = Broker::start(2);
     let (publisher, pub_events, _) = connect(options(&broker, "ret-pub")).await;

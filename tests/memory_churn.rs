@@ -206,6 +206,8 @@ fn the_interest_replica_and_local_counts_return_memory() {
         let mut local = LocalInterest::new(me);
         let mut mine = InterestTable::new();
         let mut theirs = InterestTable::new();
+        // The shard's index, which names the shared groups in the deltas.
+        let mut index: SubscriptionTrie<u32, ()> = SubscriptionTrie::new();
         // How the shards use them: every delta is applied in order, to
         // this shard's replica and to the peer's, and declared final.
         let mut cycle = |round: usize, local: &mut LocalInterest| {
@@ -213,11 +215,15 @@ fn the_interest_replica_and_local_counts_return_memory() {
             let before = live();
             let mut deltas = Vec::new();
             for f in &filters {
-                deltas.extend(local.handle_subscribe(f));
-                assert_eq!(local.handle_subscribe(f), None);
+                index.insert(f, 1, ());
+                deltas.extend(local.handle_subscribe(f, index.group_id(f)));
+                index.insert(f, 2, ());
+                assert_eq!(local.handle_subscribe(f, index.group_id(f)), None);
             }
             for f in &filters {
+                index.remove(f, 2);
                 assert_eq!(local.handle_unsubscribe(f), None);
+                index.remove(f, 1);
                 deltas.extend(local.handle_unsubscribe(f));
             }
             assert_eq!(deltas.len(), 2 * filters.len());
@@ -256,6 +262,8 @@ fn the_interest_replica_and_local_counts_return_memory() {
                     filter: f.clone(),
                     added,
                     revision,
+                    // Only the replica's memory is measured here.
+                    group: None,
                 };
                 assert!(theirs.apply(&delta));
             }

@@ -11,4 +11,4 @@
 pub(crate) mod strategies;
 pub mod trie;
 
-pub use trie::{Match, SubscriptionTrie};
+pub use trie::{GroupId, Match, SubscriptionTrie};

@@ -25,6 +25,14 @@
 //! section 4.8.2); the group keeps its cursor in a [`Cell`], so matching
 //! takes `&self`. The trie is therefore `Send` but not `Sync`, which is what
 //! a structure owned by one shard needs.
+//!
+//! Group ids. Each shared group gets a [`GroupId`] when its first member
+//! subscribes, and keeps it until its last member leaves. The groups live
+//! in a map by id beside the nodes (a node names its groups by id), so a
+//! group can be found again in O(1) from its id alone: a shard tells its
+//! peers the ids of its groups, and a message routed to one of them comes
+//! back with the id instead of the group's name (see
+//! [`crate::router::interest`]).
 
 use crate::protocol::{TopicFilter, TopicName};
 use bytestring::ByteString;
@@ -56,6 +64,29 @@ pub struct SubscriptionTrie<K, V> {
     filters: usize,
     /// Nodes below the root, to show that removal returns memory.
     nodes: usize,
+    /// Every shared group, by the id its node names it with.
+    groups: HashMap<GroupId, SharedGroup<K, V>>,
+    /// The last group id given out: ids are never reused.
+    last_group: u64,
+}
+
+/// Names a shared group of one [`SubscriptionTrie`] for as long as the
+/// group has members: given out when its first member subscribes, from a
+/// 64-bit counter of the trie, so never reused. An id that outlived its
+/// group finds nothing (not some later group), and the same group
+/// re-created after its last member left has a new id.
+///
+/// Ids of different tries are unrelated: an id means something only to the
+/// trie that gave it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(u64);
+
+impl GroupId {
+    /// An id made up by a test, as if a trie had given it out.
+    #[cfg(test)]
+    pub(crate) const fn for_test(raw: u64) -> Self {
+        Self(raw)
+    }
 }
 
 /// What [`SubscriptionTrie::for_each_match_grouped`] reports for a topic.
@@ -75,6 +106,8 @@ pub enum Match<'a, K, V> {
 
 /// The members of one shared subscription `$share/{share_name}/{filter}`.
 pub struct SharedGroup<K, V> {
+    /// Its id in the trie.
+    id: GroupId,
     /// `$share/{share_name}/{filter}`, copied so that the trie never keeps
     /// a packet's read buffer alive.
     text: ByteString,
@@ -96,7 +129,14 @@ impl<K: Copy + Eq + Hash, V> Default for SubscriptionTrie<K, V> {
 impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
     /// An empty index.
     pub fn new() -> Self {
-        Self { root: Node::default(), len: 0, filters: 0, nodes: 0 }
+        Self {
+            root: Node::default(),
+            len: 0,
+            filters: 0,
+            nodes: 0,
+            groups: HashMap::new(),
+            last_group: 0,
+        }
     }
 
     /// Subscriptions in the index (each shared group member counts).
@@ -140,9 +180,14 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
                 subscribers.plain.insert(key, value)
             }
             Some(name) => {
-                let (group, created) =
-                    subscribers.groups.get_or_insert_with(name, || SharedGroup::new(filter));
+                let last_group = &mut self.last_group;
+                let (id, created) = subscribers.groups.get_or_insert_with(name, || {
+                    *last_group += 1;
+                    GroupId(*last_group)
+                });
+                let id = *id;
                 self.filters += usize::from(created);
+                let group = self.groups.entry(id).or_insert_with(|| SharedGroup::new(filter, id));
                 group.members.insert(key, value)
             }
         };
@@ -173,10 +218,19 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
                 value
             }
             Some(name) => {
-                let group = subscribers.groups.get_mut(name)?;
+                let id = *subscribers.groups.get(name)?;
+                let group = self.groups.get_mut(&id)?;
                 let value = group.members.remove(key)?;
                 if group.members.is_empty() {
                     subscribers.groups.remove(name);
+                    self.groups.remove(&id);
+                    if self.groups.is_empty() {
+                        // `after_remove` leaves a few buckets to a small
+                        // map; a trie without groups holds none.
+                        self.groups = HashMap::new();
+                    } else {
+                        crate::shrink::after_remove(&mut self.groups);
+                    }
                     self.filters -= 1;
                 }
                 value
@@ -194,16 +248,33 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
 
     /// The value of `key`'s subscription to `filter`.
     pub fn get(&self, filter: &TopicFilter, key: K) -> Option<&V> {
+        let subscribers = self.subscribers(filter)?;
+        match filter.share_name() {
+            None => subscribers.plain.get(key),
+            Some(name) => self.groups.get(subscribers.groups.get(name)?)?.members.get(key),
+        }
+    }
+
+    /// The id of the shared group `filter` (`$share/{name}/{filter}`);
+    /// `None` for a plain filter or a group without members.
+    pub fn group_id(&self, filter: &TopicFilter) -> Option<GroupId> {
+        let name = filter.share_name()?;
+        self.subscribers(filter)?.groups.get(name).copied()
+    }
+
+    /// The shared group `id`, while it has members: a hash lookup, no walk.
+    pub fn group(&self, id: GroupId) -> Option<&SharedGroup<K, V>> {
+        self.groups.get(&id)
+    }
+
+    /// The subscriptions of the slot `filter` names, if it has any.
+    fn subscribers(&self, filter: &TopicFilter) -> Option<&Subscribers<K, V>> {
         let (path, slot) = split_filter(filter.filter());
         let mut node = &self.root;
         for level in levels(path) {
             node = node.child(level)?;
         }
-        let subscribers = node.slot(slot).as_deref()?;
-        match filter.share_name() {
-            None => subscribers.plain.get(key),
-            Some(name) => subscribers.groups.get(name)?.members.get(key),
-        }
+        node.slot(slot).as_deref()
     }
 
     /// Calls `f` once for every plain subscription whose filter matches
@@ -216,7 +287,7 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
             for (key, value) in subscribers.plain.iter() {
                 f(*key, value);
             }
-            for group in subscribers.groups.values() {
+            for group in subscribers.groups.values().filter_map(|id| self.groups.get(id)) {
                 if let Some((key, value)) = group.next_member() {
                     f(key, value);
                 }
@@ -232,7 +303,7 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
             for (key, value) in subscribers.plain.iter() {
                 f(Match::Subscriber { key: *key, value });
             }
-            for group in subscribers.groups.values() {
+            for group in subscribers.groups.values().filter_map(|id| self.groups.get(id)) {
                 f(Match::Group(group));
             }
         });
@@ -323,15 +394,21 @@ impl<K, V> fmt::Debug for SubscriptionTrie<K, V> {
             .field("len", &self.len)
             .field("filters", &self.filters)
             .field("nodes", &self.nodes)
+            .field("groups", &self.groups.len())
             .finish_non_exhaustive()
     }
 }
 
 impl<K: Copy + Eq + Hash, V> SharedGroup<K, V> {
-    fn new(filter: &TopicFilter) -> Self {
+    fn new(filter: &TopicFilter, id: GroupId) -> Self {
         let text = ByteString::from(filter.as_str());
         let filter_start = text.len() - filter.filter().len();
-        Self { text, filter_start, members: Entries::new(), cursor: Cell::new(0) }
+        Self { id, text, filter_start, members: Entries::new(), cursor: Cell::new(0) }
+    }
+
+    /// Its id in the trie, for [`SubscriptionTrie::group`].
+    pub fn id(&self) -> GroupId {
+        self.id
     }
 
     /// The share name: `{share_name}` of `$share/{share_name}/{filter}`.
@@ -375,6 +452,7 @@ impl<K: Copy + Eq + Hash, V> SharedGroup<K, V> {
 impl<K, V> fmt::Debug for SharedGroup<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedGroup")
+            .field("id", &self.id)
             .field("filter", &&*self.text)
             .field("members", &self.members.items.len())
             .finish_non_exhaustive()
@@ -526,9 +604,9 @@ impl<K, V> Drop for Node<K, V> {
 struct Subscribers<K, V> {
     /// Non-shared subscriptions, one per subscriber.
     plain: Entries<K, V>,
-    /// Shared groups by share name; a group is removed with its last
-    /// member.
-    groups: LevelMap<SharedGroup<K, V>>,
+    /// The ids of the shared groups (in [`SubscriptionTrie::groups`]) by
+    /// share name; a group is removed with its last member.
+    groups: LevelMap<GroupId>,
 }
 
 impl<K, V> Default for Subscribers<K, V> {
@@ -996,6 +1074,54 @@ mod tests {
         assert_eq!(trie.filter_count(), 2);
         trie.remove(&filter("$share/audit/jobs/#"), 10);
         trie.remove(&filter("jobs/+"), 20);
+        assert_eq!(trie.node_count(), 0);
+    }
+
+    #[test]
+    fn group_ids_find_their_group_and_are_never_reused() {
+        let mut trie = SubscriptionTrie::new();
+        let (g, h) = (filter("$share/g/jobs/+"), filter("$share/h/jobs/+"));
+        assert_eq!(trie.group_id(&g), None);
+        trie.insert(&g, 1, "g1");
+        trie.insert(&g, 2, "g2");
+        trie.insert(&h, 1, "h1");
+        trie.insert(&filter("jobs/+"), 3, "plain");
+        let (g_id, h_id) = (trie.group_id(&g).unwrap(), trie.group_id(&h).unwrap());
+        assert_ne!(g_id, h_id);
+        assert_eq!(trie.group_id(&filter("jobs/+")), None, "a plain filter has no group");
+        assert_eq!(trie.group_id(&filter("$share/x/jobs/+")), None);
+        // Found by id, members in turn, without a walk.
+        let group = trie.group(g_id).unwrap();
+        assert_eq!((group.id(), group.share_name(), group.filter()), (g_id, "g", "jobs/+"));
+        let mut turns: Vec<u32> = (0..4).map(|_| group.next_member().unwrap().0).collect();
+        turns.sort_unstable();
+        assert_eq!(turns, vec![1, 1, 2, 2]);
+        // The walk hands over the same group.
+        let mut seen = Vec::new();
+        trie.for_each_match_grouped(&topic("jobs/7"), |m| {
+            if let Match::Group(group) = m {
+                seen.push(group.id());
+            }
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, vec![g_id, h_id]);
+        // A member leaving keeps the id; the last one takes it along, and
+        // the group made again gets a new one.
+        trie.remove(&g, 1);
+        assert_eq!(trie.group_id(&g), Some(g_id));
+        trie.remove(&g, 2);
+        assert_eq!(trie.group_id(&g), None);
+        assert!(trie.group(g_id).is_none(), "a stale id finds nothing");
+        trie.insert(&g, 4, "g4");
+        let again = trie.group_id(&g).unwrap();
+        assert!(again != g_id && again != h_id);
+        assert!(trie.group(g_id).is_none());
+        assert_eq!(trie.group(again).unwrap().next_member(), Some((4, &"g4")));
+        assert_eq!(trie.get(&g, 4), Some(&"g4"));
+        trie.remove(&g, 4);
+        trie.remove(&h, 1);
+        trie.remove(&filter("jobs/+"), 3);
+        assert!(trie.is_empty());
         assert_eq!(trie.node_count(), 0);
     }
 

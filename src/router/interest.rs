@@ -8,6 +8,29 @@
 //! Shared subscriptions are kept per `(group, filter)`, so the router can
 //! pick one shard per group.
 //!
+//! Shared groups by id. A message for a shared group crosses to the member
+//! shard chosen for it as `(GroupId, message)`, where the id is the one the
+//! *receiving* shard's own index gave its local part of the group
+//! ([`GroupId`]): the receiver finds its members with one hash lookup, and
+//! neither side formats, parses or compares the group's name per message.
+//! Each shard announces that id in the delta that adds its interest in the
+//! group ([`InterestDelta::group`]), and every replica keeps it beside the
+//! member shard. Why ids local to each shard rather than one id per group
+//! that all shards agree on: nothing has to be agreed. A shard creates and
+//! removes its part of a group on its own (no round trip, no owner), the
+//! ids cannot collide (a stable hash of the name would need a collision
+//! check, that is a string comparison, on the receiving side), and an id is
+//! never reused, so a stale one is recognized. The replica already carries
+//! the per-shard entry the id travels with, and orders it like any delta.
+//!
+//! Groups that change while messages are in flight: a shard whose last
+//! local member left removes its group, and its id with it; a message that
+//! was routed to that id before the removal reached the sender finds
+//! nothing and is dropped and counted (as when the group was looked up by
+//! name). If members join again meanwhile, the re-created group has a new
+//! id, and messages sent with the old one are dropped the same way; the
+//! window is one delta's trip between two cores.
+//!
 //! A shard's [`LocalInterest`] counts its local subscribers per filter and
 //! emits an [`InterestDelta`] only when the first one arrives or the last
 //! one leaves. Each origin numbers its deltas; a replica applies a delta only
@@ -15,6 +38,8 @@
 //! filter, so a stale or replayed delta cannot undo a newer one.
 //!
 //! Pure data: no channels and no IO here; the router carries the deltas.
+
+pub use crate::index::GroupId;
 
 use crate::index::{Match, SubscriptionTrie};
 use crate::protocol::{TopicFilter, TopicName};
@@ -193,24 +218,27 @@ pub struct InterestDelta {
     pub added: bool,
     /// The origin's sequence number for its deltas, from 1 and increasing.
     pub revision: u64,
+    /// For a shared filter being added: the id the origin's subscription
+    /// index gave its local group, which messages routed to that group on
+    /// the origin carry. `None` for a plain filter and for a removal.
+    pub group: Option<GroupId>,
 }
 
-/// Identifies a shared subscription group `$share/{share_name}/{filter}`
-/// during a match, so the caller can keep a per-group cursor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GroupKey<'a> {
-    /// The share name.
-    pub share_name: &'a str,
-    /// The filter the group subscribed to.
-    pub filter: &'a str,
+/// What a replica holds per `(filter, shard)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Announced {
+    /// The revision of the delta that added it.
+    revision: u64,
+    /// The shard's id for its part of a shared group ([`InterestDelta::group`]).
+    group: Option<GroupId>,
 }
 
 /// The replica of `filter -> shards with at least one local subscriber`.
 #[derive(Debug, Default)]
 pub struct InterestTable {
     /// Filters to interested shards, each with the revision of the delta
-    /// that added it.
-    trie: SubscriptionTrie<ShardId, u64>,
+    /// that added it (and, for a shared group, the shard's group id).
+    trie: SubscriptionTrie<ShardId, Announced>,
     /// What each origin's removals left behind, to recognize stale deltas.
     origins: HashMap<ShardId, OriginState>,
 }
@@ -258,7 +286,7 @@ impl InterestTable {
         }
         let text = delta.filter.as_str();
         let last = match self.trie.get(&delta.filter, delta.origin_shard) {
-            Some(revision) => Some(*revision),
+            Some(announced) => Some(announced.revision),
             None => origin.removed.get(text).copied(),
         };
         if last.is_some_and(|last| delta.revision <= last) {
@@ -268,7 +296,8 @@ impl InterestTable {
             if origin.removed.remove(text).is_some() {
                 crate::shrink::after_remove(&mut origin.removed);
             }
-            self.trie.insert(&delta.filter, delta.origin_shard, delta.revision);
+            let announced = Announced { revision: delta.revision, group: delta.group };
+            self.trie.insert(&delta.filter, delta.origin_shard, announced);
         } else {
             self.trie.remove(&delta.filter, delta.origin_shard);
             *origin.removed.entry_ref(text).or_default() = delta.revision;
@@ -305,42 +334,28 @@ impl InterestTable {
         shards
     }
 
-    /// Calls `f` once per shared group whose filter matches `topic`, with
-    /// the shards that have members in it: the message goes to one of them
-    /// (MQTT 5.0 section 4.8.2).
-    pub fn for_each_group(&self, topic: &TopicName, mut f: impl FnMut(GroupKey<'_>, ShardSet)) {
-        self.trie.for_each_match_grouped(topic, |found| {
-            if let Match::Group(group) = found {
-                f(
-                    group_key(group.share_name(), group.filter()),
-                    group.members().map(|(k, _)| k).collect(),
-                );
-            }
-        });
-    }
-
-    /// [`Self::matching_shards`] and [`Self::for_each_group`] in one walk:
-    /// calls `f` per matching shared group and returns the shards with a
-    /// matching plain subscription.
-    pub fn route(&self, topic: &TopicName, mut f: impl FnMut(GroupKey<'_>, ShardSet)) -> ShardSet {
+    /// Routes `topic`: returns the shards with a matching plain
+    /// subscription, and calls `f` once per matching shared group with the
+    /// shard chosen to receive the message (MQTT 5.0 section 4.8.2) and
+    /// that shard's id for the group. The shards with members take turns,
+    /// per group: each group of the replica keeps its own round-robin
+    /// cursor. Allocates nothing.
+    pub fn route(&self, topic: &TopicName, mut f: impl FnMut(ShardId, GroupId)) -> ShardSet {
         let mut shards = ShardSet::EMPTY;
         self.trie.for_each_match_grouped(topic, |found| match found {
             Match::Subscriber { key, .. } => {
                 shards.insert(key);
             }
             Match::Group(group) => {
-                f(
-                    group_key(group.share_name(), group.filter()),
-                    group.members().map(|(k, _)| k).collect(),
-                );
+                // Every delta adding a shared filter names the origin's
+                // group (`LocalInterest::handle_subscribe`).
+                if let Some((shard, Announced { group: Some(id), .. })) = group.next_member() {
+                    f(shard, *id);
+                }
             }
         });
         shards
     }
-}
-
-fn group_key<'a>(share_name: &'a str, filter: &'a str) -> GroupKey<'a> {
-    GroupKey { share_name, filter }
 }
 
 /// The local subscriber count per filter of one shard, and the source of
@@ -385,14 +400,21 @@ impl LocalInterest {
 
     /// A local subscription to `filter` was added (not when a re-subscribe
     /// replaced one). Returns the delta to broadcast when it is the first.
-    pub fn handle_subscribe(&mut self, filter: &TopicFilter) -> Option<InterestDelta> {
+    /// `group`: for a shared filter, the id the shard's subscription index
+    /// gave the group ([`InterestDelta::group`]); `None` for a plain one.
+    pub fn handle_subscribe(
+        &mut self,
+        filter: &TopicFilter,
+        group: Option<GroupId>,
+    ) -> Option<InterestDelta> {
+        debug_assert_eq!(filter.is_shared(), group.is_some(), "{filter:?}");
         if let Some(count) = self.subscribers.get_mut(filter) {
             *count += 1;
             return None;
         }
         let filter = filter.detached();
         self.subscribers.insert(filter.clone(), 1);
-        Some(self.delta(filter, true))
+        Some(InterestDelta { group, ..self.delta(filter, true) })
     }
 
     /// A local subscription to `filter` was removed. Returns the delta to
@@ -411,7 +433,13 @@ impl LocalInterest {
 
     fn delta(&mut self, filter: TopicFilter, added: bool) -> InterestDelta {
         self.revision += 1;
-        InterestDelta { origin_shard: self.shard, filter, added, revision: self.revision }
+        InterestDelta {
+            origin_shard: self.shard,
+            filter,
+            added,
+            revision: self.revision,
+            group: None,
+        }
     }
 }
 
@@ -436,7 +464,35 @@ mod tests {
     }
 
     fn delta(origin: u8, text: &str, added: bool, revision: u64) -> InterestDelta {
-        InterestDelta { origin_shard: shard(origin), filter: filter(text), added, revision }
+        InterestDelta {
+            origin_shard: shard(origin),
+            filter: filter(text),
+            added,
+            revision,
+            group: None,
+        }
+    }
+
+    /// `origin` joins the shared filter `text` with its group `id`.
+    fn join(origin: u8, text: &str, id: u64, revision: u64) -> InterestDelta {
+        InterestDelta { group: Some(GroupId::for_test(id)), ..delta(origin, text, true, revision) }
+    }
+
+    /// The `(shard, group id)` chosen for each matching group, `rounds`
+    /// times, sorted; and the plain shards of the last route.
+    fn routes(table: &InterestTable, name: &str, rounds: usize) -> (Vec<(u8, GroupId)>, ShardSet) {
+        let mut chosen = Vec::new();
+        let mut plain = ShardSet::EMPTY;
+        for _ in 0..rounds {
+            plain = table.route(&topic(name), |shard, id| chosen.push((shard.0, id)));
+        }
+        chosen.sort_unstable();
+        (chosen, plain)
+    }
+
+    /// `(shard, group id)` pairs, as [`routes`] returns them.
+    fn picks(pairs: &[(u8, u64)]) -> Vec<(u8, GroupId)> {
+        pairs.iter().map(|&(shard, id)| (shard, GroupId::for_test(id))).collect()
     }
 
     #[test]
@@ -486,32 +542,70 @@ mod tests {
     }
 
     #[test]
-    fn shared_groups_report_their_shards() {
+    fn a_shared_group_routes_to_one_member_shard_with_that_shards_id() {
         let mut table = InterestTable::new();
-        table.apply(&delta(0, "$share/g/jobs/+", true, 1));
-        table.apply(&delta(3, "$share/g/jobs/+", true, 1));
-        table.apply(&delta(1, "$share/h/jobs/#", true, 1));
+        // Shards 0 and 3 each have members of g, under their own ids (which
+        // may coincide: an id means something only to its shard).
+        table.apply(&join(0, "$share/g/jobs/+", 7, 1));
+        table.apply(&join(3, "$share/g/jobs/+", 7, 1));
+        table.apply(&join(1, "$share/h/jobs/#", 9, 1));
         table.apply(&delta(2, "jobs/+", true, 1));
-        let mut groups = Vec::new();
-        let plain = table.route(&topic("jobs/1"), |key, shards| {
-            groups.push((key.share_name.to_owned(), key.filter.to_owned(), shards));
-        });
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        // Each message: one member shard per group, the shards in turn.
+        let (chosen, plain) = routes(&table, "jobs/1", 4);
         assert_eq!(plain, set(&[2]));
         assert_eq!(
-            groups,
-            vec![
-                ("g".to_owned(), "jobs/+".to_owned(), set(&[0, 3])),
-                ("h".to_owned(), "jobs/#".to_owned(), set(&[1])),
-            ]
+            chosen,
+            picks(&[(0, 7), (0, 7), (1, 9), (1, 9), (1, 9), (1, 9), (3, 7), (3, 7)])
         );
-        let mut count = 0;
-        table.for_each_group(&topic("jobs/1"), |_, _| count += 1);
-        assert_eq!(count, 2);
         assert_eq!(table.matching_shards(&topic("jobs/1")), set(&[2]));
-        let mut count = 0;
-        table.for_each_group(&topic("other"), |_, _| count += 1);
-        assert_eq!(count, 0);
+        assert_eq!(routes(&table, "other", 3), (vec![], ShardSet::EMPTY));
+    }
+
+    #[test]
+    fn group_ids_follow_groups_made_and_unmade_on_several_shards() {
+        let mut table = InterestTable::new();
+        let g = "$share/g/a/#";
+        table.apply(&join(0, g, 1, 1));
+        table.apply(&join(1, g, 1, 1));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[(0, 1), (1, 1)]));
+        // Shard 1's last member leaves: only shard 0 is chosen.
+        assert!(table.apply(&delta(1, g, false, 2)));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[(0, 1), (0, 1)]));
+        // Shard 1 makes the group again: a new id, which replaces the old
+        // one in every route from now on.
+        assert!(table.apply(&join(1, g, 2, 3)));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[(0, 1), (1, 2)]));
+        // Shard 0 leaves and comes back at once (two deltas in order).
+        assert!(table.apply(&delta(0, g, false, 2)));
+        assert!(table.apply(&join(0, g, 5, 3)));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[(0, 5), (1, 2)]));
+        // A late, older join with the old id changes nothing.
+        assert!(!table.apply(&join(1, g, 1, 1)));
+        assert!(!table.apply(&join(0, g, 1, 2)));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[(0, 5), (1, 2)]));
+        // Everyone gone: nothing is chosen.
+        assert!(table.apply(&delta(0, g, false, 4)));
+        assert!(table.apply(&delta(1, g, false, 4)));
+        assert_eq!(routes(&table, "a/b", 2).0, picks(&[]));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn each_group_keeps_its_own_turns() {
+        // Two groups on the same topic, both with members on shards 0 and
+        // 1: each alternates on its own (one cursor for all groups would
+        // send every message of one group to the same shard).
+        let mut table = InterestTable::new();
+        for (origin, revision) in [(0, 1), (1, 1)] {
+            table.apply(&join(origin, "$share/g/t", 1, revision));
+            table.apply(&join(origin, "$share/h/t", 2, revision + 1));
+        }
+        let (chosen, _) = routes(&table, "t", 4);
+        assert_eq!(
+            chosen,
+            picks(&[(0, 1), (0, 1), (0, 2), (0, 2), (1, 1), (1, 1), (1, 2), (1, 2)]),
+            "each group's messages split evenly over the shards"
+        );
     }
 
     #[test]
@@ -566,12 +660,13 @@ mod tests {
     fn local_interest_emits_on_first_and_last() {
         let mut local = LocalInterest::new(shard(4));
         let f = filter("dev/+/telemetry");
-        let first = local.handle_subscribe(&f).unwrap();
+        let first = local.handle_subscribe(&f, None).unwrap();
         assert_eq!(first, delta(4, "dev/+/telemetry", true, 1));
-        assert_eq!(local.handle_subscribe(&f), None);
+        assert_eq!(local.handle_subscribe(&f, None), None);
         assert_eq!(local.subscribers(&f), 2);
-        let shared = local.handle_subscribe(&filter("$share/g/dev/+/telemetry")).unwrap();
-        assert_eq!(shared.revision, 2);
+        let group = filter("$share/g/dev/+/telemetry");
+        let shared = local.handle_subscribe(&group, Some(GroupId::for_test(3))).unwrap();
+        assert_eq!(shared, join(4, "$share/g/dev/+/telemetry", 3, 2));
         assert_eq!(local.filter_count(), 2);
         assert_eq!(local.handle_unsubscribe(&f), None);
         let last = local.handle_unsubscribe(&f).unwrap();
@@ -589,5 +684,11 @@ mod tests {
         assert!(table.apply(&last));
         assert!(table.matching_shards(&topic("dev/1/telemetry")).is_empty());
         assert_eq!(table.filter_count(), 1);
+        assert_eq!(routes(&table, "dev/1/telemetry", 1).0, picks(&[(4, 3)]));
+        // The last member of the group leaves: the removal names no group.
+        let gone = local.handle_unsubscribe(&group).unwrap();
+        assert_eq!(gone, delta(4, "$share/g/dev/+/telemetry", false, 4));
+        assert!(table.apply(&gone));
+        assert!(table.is_empty());
     }
 }

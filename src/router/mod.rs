@@ -81,8 +81,9 @@ pub enum ShardMessage {
     /// Deliver to one local member of the shared group `group` (chosen for
     /// this shard by the sender) [MQTT-4.8.2].
     GroupPublish {
-        /// The group's `$share/{ShareName}/{filter}`.
-        group: TopicFilter,
+        /// The receiver's id for the group, as its interest delta announced
+        /// it ([`interest::InterestDelta::group`]).
+        group: interest::GroupId,
         /// The message.
         message: Arc<Message>,
     },

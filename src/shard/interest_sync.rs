@@ -5,7 +5,7 @@
 
 use super::slots::SessionKey;
 use crate::protocol::TopicFilter;
-use crate::router::interest::{InterestDelta, InterestTable, LocalInterest};
+use crate::router::interest::{GroupId, InterestDelta, InterestTable, LocalInterest};
 use crate::router::{Outbox, ShardId, ShardMessage};
 use crate::session::AckToken;
 use std::collections::VecDeque;
@@ -45,15 +45,17 @@ impl InterestSync {
         &self.replica
     }
 
-    /// A local subscription to `filter` was added. Returns the revision
-    /// the peers must acknowledge before the SUBACK, when it was the first
-    /// (the delta is sent).
+    /// A local subscription to `filter` was added (`group`: the index's id
+    /// for a shared filter's group). Returns the revision the peers must
+    /// acknowledge before the SUBACK, when it was the first (the delta is
+    /// sent).
     pub(super) fn handle_subscribe(
         &mut self,
         filter: &TopicFilter,
+        group: Option<GroupId>,
         outbox: &Outbox,
     ) -> Option<u64> {
-        let delta = self.local.handle_subscribe(filter)?;
+        let delta = self.local.handle_subscribe(filter, group)?;
         Some(self.announce(delta, outbox))
     }
 

@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
 use crate::protocol::RetainHandling;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
-use crate::router::interest::{GroupKey, ShardSet};
+use crate::router::interest::GroupId;
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::AckToken;
 use crate::session::DropReason;
@@ -61,8 +61,6 @@ pub struct Shard {
     slots: Slots,
     subscriptions: SubscriptionTrie<SessionKey, LocalSubscription>,
     interest: InterestSync,
-    /// Spreads shared-group messages over the shards with members.
-    group_cursor: usize,
     retained: RetainedStore,
     assigner: ClientIdAssigner,
     outbox: Rc<Outbox>,
@@ -97,7 +95,6 @@ impl Shard {
             slots: Slots::default(),
             subscriptions: SubscriptionTrie::new(),
             interest: InterestSync::new(id, nr_shards),
-            group_cursor: 0,
             retained: RetainedStore::new(),
             assigner: ClientIdAssigner::new(id, nr_shards, boot),
             outbox,
@@ -584,16 +581,13 @@ impl Shard {
             self.store_retained(&message);
         }
         self.deliver_local(&message, now);
-        let mut chosen: smallvec::SmallVec<[(ShardId, TopicFilter); 2]> = smallvec::SmallVec::new();
-        let cursor = &mut self.group_cursor;
-        let shards = self.interest.replica().route(&message.topic, |group, members| {
-            *cursor = cursor.wrapping_add(1);
-            // One allocation per matched group (not per subscriber): the
-            // group's name travels with the message.
-            if let (Some(shard), Some(filter)) = (pick(members, *cursor), group_filter(group)) {
-                chosen.push((shard, filter));
-            }
-        });
+        // Per matched group: the member shard chosen and its id for the
+        // group, which is all that travels with the message.
+        let mut chosen: smallvec::SmallVec<[(ShardId, GroupId); 4]> = smallvec::SmallVec::new();
+        let shards = self
+            .interest
+            .replica()
+            .route(&message.topic, |shard, group| chosen.push((shard, group)));
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
             if !self.outbox.push_publish(shard.index(), &message, &mut self.counters.router) {
@@ -602,7 +596,7 @@ impl Shard {
         }
         for (shard, group) in chosen {
             if shard == self.id {
-                self.deliver_to_group(&group, &message, now);
+                self.deliver_to_group(group, &message, now);
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
                 self.outbox.push(shard.index(), forward);
@@ -659,21 +653,14 @@ impl Shard {
     }
 
     /// Delivers `message` to the next member of the local shared group
-    /// `group`; dropped (and counted) if the group has no member here any
-    /// more.
-    fn deliver_to_group(&mut self, group: &TopicFilter, message: &Arc<Message>, now: Instant) {
-        let (share_name, filter) = (group.share_name().unwrap_or_default(), group.filter());
-        let mut member = None;
-        self.subscriptions.for_each_match_grouped(&message.topic, |found| {
-            if let Match::Group(candidate) = found {
-                if member.is_none()
-                    && candidate.share_name() == share_name
-                    && candidate.filter() == filter
-                {
-                    member = candidate.next_member().map(|(key, value)| (key, *value));
-                }
-            }
-        });
+    /// `group` (found by id, without a walk); dropped (and counted) if the
+    /// group has no member here any more.
+    fn deliver_to_group(&mut self, group: GroupId, message: &Arc<Message>, now: Instant) {
+        let member = self
+            .subscriptions
+            .group(group)
+            .and_then(|group| group.next_member())
+            .map(|(key, value)| (key, *value));
         match member {
             Some((key, subscription)) => {
                 let ids = subscription.subscription_id.into_iter().collect();
@@ -733,8 +720,12 @@ impl Shard {
         let (options, subscription_id) = (subscribed.options, subscribed.identifier);
         let subscription = LocalSubscription { options, subscription_id };
         let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
-        let revision =
-            (!replaced).then(|| self.interest.handle_subscribe(&filter, &self.outbox)).flatten();
+        let revision = (!replaced)
+            .then(|| {
+                let group = self.subscriptions.group_id(&filter);
+                self.interest.handle_subscribe(&filter, group, &self.outbox)
+            })
+            .flatten();
         // [MQTT-3.3.1-6] Retained messages matching a new subscription are
         // sent; v5 Retain Handling may say otherwise [MQTT-3.3.1-9..-11].
         let send_retained = match options.retain_handling {
@@ -804,7 +795,7 @@ impl Shard {
                 }
             }
             ShardMessage::GroupPublish { group, message } => {
-                self.deliver_to_group(&group, &message, now);
+                self.deliver_to_group(group, &message, now);
             }
             ShardMessage::Interest(delta) => {
                 self.interest.handle_delta(from, &delta, &self.outbox);
@@ -844,15 +835,4 @@ pub enum ConnectionError {
     /// The session closed the connection.
     #[error("closed: {0:?}")]
     Closed(CloseReason),
-}
-
-/// The shard at position `cursor` (modulo) of `members`.
-fn pick(members: ShardSet, cursor: usize) -> Option<ShardId> {
-    let len = members.len();
-    (len > 0).then(|| members.iter().nth(cursor % len)).flatten()
-}
-
-/// The `$share/{group}/{filter}` filter of a matched group.
-fn group_filter(group: GroupKey<'_>) -> Option<TopicFilter> {
-    TopicFilter::new(format!("$share/{}/{}", group.share_name, group.filter)).ok()
 }

@@ -258,6 +258,107 @@ fn shared_group_members_on_different_shards_share_the_messages() {
 }
 
 #[test]
+fn each_group_takes_turns_over_shards_and_over_members_within_a_shard() {
+    // Group g: one member on shard 0, two on shard 1; group h on the same
+    // topic: one member on each. Each message goes to one member of each
+    // group; the member shards of a group take turns, and so do the members
+    // of a group within a shard.
+    let mut cluster = Cluster::new(2);
+    let g0 = cluster.connect(&id_on("g0-", 0, 2));
+    let g1 = cluster.connect(&id_on("g1-", 1, 2));
+    let g2 = cluster.connect(&id_on("g2-", 1, 2));
+    let h0 = cluster.connect(&id_on("h0-", 0, 2));
+    let h1 = cluster.connect(&id_on("h1-", 1, 2));
+    for member in [&g0, &g1, &g2] {
+        cluster.subscribe(member, "$share/g/work/+");
+    }
+    for member in [&h0, &h1] {
+        cluster.subscribe(member, "$share/h/work/#");
+    }
+    cluster.settle();
+    for member in [&g0, &g1, &g2, &h0, &h1] {
+        cluster.output(member);
+    }
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    for _ in 0..12 {
+        cluster.send(&publisher, publish("work/1", b"job", false));
+        cluster.settle();
+    }
+    let mut got = |client: &Client| payloads(&cluster.output(client)).len();
+    assert_eq!([got(&g0), got(&g1), got(&g2)], [6, 3, 3]);
+    assert_eq!([got(&h0), got(&h1)], [6, 6]);
+    let dropped: u64 = cluster.shards.iter().map(|s| s.counters().shard.deliveries_dropped).sum();
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn a_group_message_for_a_group_the_receiver_no_longer_has_is_dropped_and_counted() {
+    // Shard 0 routes to shard 1's part of the group by shard 1's id for it.
+    // Shard 1's only member leaves, and a new member makes the group again,
+    // while messages routed with the old id are still on their way: those
+    // find no group and are dropped and counted; later ones use the new id.
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(&id_on("a", 0, 2));
+    let b = cluster.connect(&id_on("b", 1, 2));
+    cluster.subscribe(&a, "$share/g/work/+");
+    cluster.subscribe(&b, "$share/g/work/+");
+    cluster.settle();
+    cluster.output(&a);
+    cluster.output(&b);
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    for _ in 0..4 {
+        cluster.send(&publisher, publish("work/1", b"old", false));
+    }
+    // Two of the four for shard 1, held back by the test.
+    let in_flight = cluster.queued(0, 1);
+    assert_eq!(in_flight.len(), 2, "{in_flight:?}");
+    assert!(in_flight.iter().all(|m| matches!(m, ShardMessage::GroupPublish { .. })));
+    assert_eq!(payloads(&cluster.output(&a)), [b"old", b"old"]);
+    // b's clean session ends: shard 1's group goes; b2 makes it again.
+    cluster.close(&b);
+    let b2 = cluster.connect(&id_on("b2-", 1, 2));
+    cluster.subscribe(&b2, "$share/g/work/+");
+    cluster.settle();
+    cluster.output(&b2);
+    let from = ShardId::from_index(0).unwrap();
+    for message in in_flight {
+        cluster.shards[1].handle_shard_message(from, message, cluster.now);
+    }
+    assert!(payloads(&cluster.output(&b2)).is_empty(), "not for the new group");
+    assert_eq!(cluster.shards[1].counters().shard.deliveries_dropped, 2);
+    // New messages reach the group as it is now.
+    for _ in 0..4 {
+        cluster.send(&publisher, publish("work/1", b"new", false));
+        cluster.settle();
+    }
+    assert_eq!(payloads(&cluster.output(&a)), [b"new", b"new"]);
+    assert_eq!(payloads(&cluster.output(&b2)), [b"new", b"new"]);
+    assert_eq!(cluster.shards[1].counters().shard.deliveries_dropped, 2);
+}
+
+#[test]
+fn a_group_whose_members_leave_on_every_shard_takes_no_more_messages() {
+    // Members join and leave on both shards; once the last has left and
+    // every shard knows it, messages are no longer routed to the group.
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(&id_on("a", 0, 2));
+    let b = cluster.connect(&id_on("b", 1, 2));
+    cluster.subscribe(&a, "$share/g/work/+");
+    cluster.subscribe(&b, "$share/g/work/+");
+    cluster.settle();
+    cluster.close(&a);
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    cluster.send(&publisher, publish("work/1", b"to b", false));
+    cluster.settle();
+    assert_eq!(payloads(&cluster.output(&b)), [b"to b"]);
+    cluster.close(&b);
+    cluster.send(&publisher, publish("work/1", b"nobody", false));
+    assert!(cluster.queued(0, 1).is_empty(), "no group left to route to");
+    let dropped: u64 = cluster.shards.iter().map(|s| s.counters().shard.deliveries_dropped).sum();
+    assert_eq!(dropped, 0);
+}
+
+#[test]
 fn retained_messages_live_on_their_topic_owner_and_reach_wildcard_subscribers() {
     let mut cluster = Cluster::new(2);
     let publisher = cluster.connect(&id_on("p", 0, 2));
@@ -583,7 +684,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
     cluster.settle();
     // A shared-group message for a group with no member left here.
     let group = ShardMessage::GroupPublish {
-        group: TopicFilter::new("$share/g/t/#").unwrap(),
+        group: crate::index::GroupId::for_test(u64::MAX),
         message: std::sync::Arc::new(crate::message::Message {
             topic: TopicName::new("t/g").unwrap(),
             payload: bytes::Bytes::from_static(b"g"),
