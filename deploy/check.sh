@@ -124,15 +124,25 @@ step "7. checkov (Bicep, secrets)"
 "$VENV/bin/checkov" -d deploy/azure --framework bicep secrets --compact --quiet --skip-download
 
 step "8. boot the unit's ExecStart with cloud-init's config, under its seccomp filter"
+free_port() { # FROM -> the first port from FROM that nothing listens on
+    local p=$1
+    while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+    echo "$p"
+}
+# cloud-init's config, its admin listener moved from every interface to a
+# free loopback port (traffic here stays on loopback).
+admin_port=$(free_port $((18000 + $$ % 500)))
+BOOT_CONFIG="$WORK/boot.toml"
+sed "s#^listen = \"0.0.0.0:8080\"#listen = \"127.0.0.1:$admin_port\"#" "$CONFIG" >"$BOOT_CONFIG"
+grep -q "127.0.0.1:$admin_port" "$BOOT_CONFIG" || { echo "no [admin] listen in $CONFIG" >&2; exit 1; }
 exec_line() { # KEY -> the command of KEY= in the unit, paths substituted
     sed -n "s/^$1=//p" "$UNIT" | head -n 1 |
-        sed "s#/usr/local/bin/ringmq#$RINGMQ_BIN#g; s#/etc/ringmq/ringmq.toml#$CONFIG#g"
+        sed "s#/usr/local/bin/ringmq#$RINGMQ_BIN#g; s#/etc/ringmq/ringmq.toml#$BOOT_CONFIG#g"
 }
 limit() { sed -n "s/^$1=//p" "$UNIT" | head -n 1 | sed 's/^infinity$/unlimited/'; }
 read -r -a pre <<<"$(exec_line ExecStartPre)"
 read -r -a start <<<"$(exec_line ExecStart)"
-port=$((19000 + $$ % 500))
-while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+port=$(free_port $((19000 + $$ % 500)))
 "${pre[@]}"
 boot() { # UNIT_FILE LOG: runs ExecStart under UNIT_FILE's filter, in the background
     (
@@ -166,6 +176,21 @@ mosquitto_pub -h 127.0.0.1 -p "$port" -t deploy/live -m hello -q 1
 wait "$sub" || { echo "mosquitto_sub failed"; cat "$WORK/broker.log"; exit 1; }
 printf 'deploy/retained kept\ndeploy/live hello\n' | diff - "$WORK/sub.out"
 echo "mosquitto_sub received the retained and the live message on 127.0.0.1:$port"
+python3 - "$admin_port" <<'EOF'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/healthz"
+for _ in range(50):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = response.read().decode()
+            assert response.status == 200 and body == "ok\n", (response.status, body)
+            print(f"{url}: 200 {body.strip()}")
+            break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"{url} never answered 200")
+EOF
 
 step "9. rig-run.sh with two local generators, merged"
 PATH="$(dirname "$RINGMQ_BENCH_BIN"):$PATH" RIG_LOCAL=1 RIG_START_DELAY=1 RIG_BENCH="$RINGMQ_BENCH_BIN" \

@@ -4,8 +4,9 @@
 //   az deployment group create -g RG -f deploy/azure/main.bicep -p deploy/azure/main.bicepparam
 //
 // See deploy/azure/README.md for the whole walk-through and for what is not
-// in the broker yet: TLS on 8883 and WebSocket on 8083/8084 (#13), the admin
-// listener with /healthz (#14), the durable log (#15), clustering (#17).
+// in the broker yet: TLS on 8883 and WebSocket on 8083/8084 (#13), the
+// durable log (#15), clustering (#17). The load balancer probes the broker's
+// /healthz on its admin listener (8080, never open to the Internet).
 
 targetScope = 'resourceGroup'
 

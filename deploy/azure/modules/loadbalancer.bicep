@@ -56,14 +56,15 @@ resource lb 'Microsoft.Network/loadBalancers@2023-11-01' = {
     ]
     probes: [
       {
-        // A TCP probe on the MQTT port: healthy when the broker accepts.
-        // When the admin listener lands (#14), switch to protocol 'Http',
-        // port 8080, requestPath '/healthz', so that a draining broker
-        // (503) leaves the rotation before it stops.
+        // The broker's /healthz on its admin listener: 200 while every
+        // shard serves and ticks, 503 while starting, stuck, or from the
+        // first stop signal on, so a draining broker leaves the rotation
+        // before it stops accepting.
         name: 'mqtt'
         properties: {
-          protocol: 'Tcp'
-          port: 1883
+          protocol: 'Http'
+          port: 8080
+          requestPath: '/healthz'
           intervalInSeconds: 5
           probeThreshold: 2
         }
