@@ -3,10 +3,12 @@
 
 mod connection;
 pub mod listener;
+mod transport;
 
 pub use connection::serve;
+pub use transport::Transport;
 
-use crate::router::{Outbox, ShardId};
+use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
@@ -155,13 +157,18 @@ impl NetContext {
         // The accepting shard counted it in open_connections; this shard
         // takes over that count.
         self.live.set(self.live.get() + 1);
-        // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
-        // ownership to the stream.
-        let stream = unsafe { TcpStream::from_raw_fd(handoff.socket.into_raw_fd()) };
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
-        glommio::spawn_local(serve(ctx, stream, handoff.peer, handoff.listener, handoff.buffered))
-            .detach();
+        let HandOff { transport, buffered, peer, listener } = handoff;
+        let task = match transport {
+            MovedTransport::Tcp(socket) => {
+                // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives
+                // that ownership to the stream.
+                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                glommio::spawn_local(serve(ctx, stream, peer, listener, buffered))
+            }
+        };
+        task.detach();
     }
 }
 

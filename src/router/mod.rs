@@ -30,13 +30,22 @@ use std::sync::Arc;
 /// Slots of each shard-to-shard channel. Each slot carries a batch.
 pub const CHANNEL_CAPACITY: usize = 1024;
 
-/// A connection moving to its home shard: the socket and the bytes already
-/// read from it (the CONNECT and anything after). The fd is owned: dropping
-/// the message anywhere closes it, so no path leaks it.
+/// The transport of a connection moving to its home shard: its socket,
+/// and whatever transport state must travel with it (a TLS session will).
+/// The fd is owned: dropping the message anywhere closes it, so no path
+/// leaks it.
+#[derive(Debug)]
+pub enum MovedTransport {
+    /// Plain TCP: the socket alone.
+    Tcp(OwnedFd),
+}
+
+/// A connection moving to its home shard: its transport and the bytes
+/// already read from it (the CONNECT and anything after).
 #[derive(Debug)]
 pub struct HandOff {
-    /// The connected socket.
-    pub socket: OwnedFd,
+    /// The connected socket and its transport state.
+    pub transport: MovedTransport,
     /// Bytes read but not yet processed, CONNECT first.
     pub buffered: Bytes,
     /// The client's address, for logs.
