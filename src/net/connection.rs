@@ -14,9 +14,9 @@ use crate::protocol::{
     decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
     ProtocolVersion, ReasonCode,
 };
-use crate::router::{HandOff, RouterMessage};
-use crate::shard::{ConnectOutcome, ConnectionError, ConnectionId, SessionKey};
-use bytes::{Buf, Bytes, BytesMut};
+use crate::router::{HandOff, RouterMessage, ShardId};
+use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
+use bytes::{Buf, BytesMut};
 use futures_lite::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -58,6 +58,10 @@ pub enum CloseReason {
     /// The connection moved to its home shard.
     #[error("handed off to its home shard")]
     HandedOff,
+    /// The shard a connection was handed off to placed it elsewhere: the
+    /// shards disagree on the home of a client id (a bug).
+    #[error("handed off to {0}, which is not its home")]
+    Misplaced(ShardId),
     /// The broker is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -96,7 +100,9 @@ impl Drop for PendingConnect {
     }
 }
 
-/// Serves one accepted (or handed-off) connection to its end.
+/// Serves one connection to its end: one accepted by this shard
+/// (`connect` is `None`: it is read first), or one handed off by the shard
+/// that accepted it, with its decoded CONNECT and the bytes read after it.
 ///
 /// Not an `async fn`: the connection is built before the future, so the
 /// task of an idle connection holds it once, not once per argument and
@@ -106,20 +112,30 @@ pub fn serve<T: Transport>(
     transport: T,
     peer: SocketAddr,
     listener: usize,
-    buffered: Bytes,
+    connect: Option<Box<Connect>>,
+    rest: Option<BytesMut>,
 ) -> impl std::future::Future<Output = ()> {
-    let mut connection = Connection {
-        read_buf: (!buffered.is_empty()).then(|| BytesMut::from(&buffered[..])),
-        write_buf: BytesMut::new(),
+    let decoder = match &connect {
+        Some(connect) => Decoder::new(connect.version, ctx.max_packet_size),
         // Until the CONNECT is read, the smaller limit applies.
-        decoder: Decoder::new(ProtocolVersion::V3_1_1, ctx.max_connect_size),
+        None => Decoder::new(ProtocolVersion::V3_1_1, ctx.max_connect_size),
+    };
+    let mut connection = Connection {
+        read_buf: rest.filter(|rest| !rest.is_empty()),
+        write_buf: BytesMut::new(),
+        decoder,
         ctx,
         transport,
     };
     // The connection is used in place: moving it into a local would store
-    // it twice in the task.
+    // it twice in the task. The attach phase is boxed: its future would
+    // otherwise be part of every idle connection's task.
     async move {
-        let result = connection.run(peer, listener).await;
+        let attached = Box::pin(connection.attach(peer, listener, connect)).await;
+        let result = match attached {
+            Ok((key, id)) => connection.run(key, id).await,
+            Err(reason) => Err(reason),
+        };
         let ctx = &connection.ctx;
         match &result {
             // The connection lives on at its home shard.
@@ -153,11 +169,10 @@ enum Wake {
 }
 
 impl<T: Transport> Connection<T> {
-    /// The whole life of the connection. The phases before and after the
-    /// session are boxed: their futures would otherwise be part of every
+    /// The life of the connection once attached to its session. The
+    /// closing flush is boxed: its future would otherwise be part of every
     /// idle connection's task, which only needs the small [`Self::pump`].
-    async fn run(&mut self, peer: SocketAddr, listener: usize) -> Result<(), CloseReason> {
-        let (key, id) = Box::pin(self.attach(peer, listener)).await?;
+    async fn run(&mut self, key: SessionKey, id: ConnectionId) -> Result<(), CloseReason> {
         let result = self.pump(key, id).await;
         self.ctx.shard.borrow_mut().handle_connection_closed(key, id, Instant::now());
         // Best effort: what the session produced before the end (e.g. the
@@ -166,50 +181,54 @@ impl<T: Transport> Connection<T> {
         result
     }
 
-    /// Reads the CONNECT, moves the connection to its home shard if needed,
-    /// and attaches it to its session there.
+    /// Reads the CONNECT (unless the connection was handed off with it),
+    /// and lets the shard place it: attached to its session here, moved to
+    /// its home shard, or refused.
     async fn attach(
         &mut self,
         peer: SocketAddr,
         listener: usize,
+        handed_off: Option<Box<Connect>>,
     ) -> Result<(SessionKey, ConnectionId), CloseReason> {
-        let timeout = self.ctx.connect_timeout;
-        let (frame, connect) = futures_lite::future::or(self.read_connect(), async {
-            glommio::timer::Timer::new(timeout).await;
-            Err(CloseReason::ConnectTimeout)
-        })
-        .await?;
-        let client_id = if connect.client_id.is_empty() {
-            self.ctx.shard.borrow_mut().assign_client_id()
-        } else {
-            connect.client_id.clone()
+        let adopted = handed_off.is_some();
+        let connect = match handed_off {
+            Some(connect) => connect,
+            None => {
+                let timeout = self.ctx.connect_timeout;
+                futures_lite::future::or(self.read_connect(), async {
+                    glommio::timer::Timer::new(timeout).await;
+                    Err(CloseReason::ConnectTimeout)
+                })
+                .await?
+            }
         };
-        let home = self.ctx.shard.borrow().home_of(&client_id);
-        if home != self.ctx.shard_id {
-            return Err(self.hand_off(home.index(), frame, peer, listener));
-        }
-        let id = self.ctx.shard.borrow_mut().new_connection_id();
-        let outcome =
-            self.ctx.shard.borrow_mut().handle_connect(Instant::now(), &connect, client_id, id);
         if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
             self.read_buf = None;
         }
-        match outcome {
-            ConnectOutcome::Accepted(key) => Ok((key, id)),
-            ConnectOutcome::Refused(reason) => {
+        let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect);
+        match placement {
+            Placement::Attached { key, connection } => Ok((key, connection)),
+            Placement::HandOff(home) if !adopted => {
+                Err(self.hand_off(home, connect, peer, listener))
+            }
+            Placement::HandOff(home) => {
+                tracing::error!(%peer, %home, "a handed-off connection is not homed here");
+                Err(CloseReason::Misplaced(home))
+            }
+            Placement::Refused(reason) => {
                 self.send_final(refusal(reason), connect.version).await;
                 Err(CloseReason::Refused(reason))
             }
         }
     }
 
-    /// Reads until a complete first packet, which must be a CONNECT.
-    /// Returns its bytes (for a hand-off) and the parsed packet.
+    /// Reads until a complete first packet, which must be a CONNECT, and
+    /// decodes it; what was read after it stays in `read_buf`.
     ///
     /// What an incomplete CONNECT holds between reads counts against the
     /// shard's `max_pending_connect_bytes`; a connection that would pass it
     /// is closed (a stranger's bytes, not yet anybody's session).
-    async fn read_connect(&mut self) -> Result<(Bytes, Box<Connect>), CloseReason> {
+    async fn read_connect(&mut self) -> Result<Box<Connect>, CloseReason> {
         let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
         loop {
             let buffered = self.read_buf.as_deref().unwrap_or_default();
@@ -220,10 +239,10 @@ impl<T: Transport> Connection<T> {
             if let Some(size) = size.filter(|&size| buffered.len() >= size) {
                 let frame = self.read_buf.as_mut().map(|buf| buf.split_to(size).freeze());
                 let frame = frame.unwrap_or_default();
-                return match decode_packet(frame.clone(), ProtocolVersion::V3_1_1) {
+                return match decode_packet(frame, ProtocolVersion::V3_1_1) {
                     Ok(Packet::Connect(connect)) => {
                         self.decoder = Decoder::new(connect.version, self.ctx.max_packet_size);
-                        Ok((frame, connect))
+                        Ok(connect)
                     }
                     // [MQTT-3.1.0-1] The first packet is a CONNECT.
                     Ok(_) => Err(CloseReason::NotConnect),
@@ -260,12 +279,13 @@ impl<T: Transport> Connection<T> {
         CloseReason::Decode(error)
     }
 
-    /// Moves the socket, with the CONNECT and anything read after it, to
-    /// the home shard of its client id.
+    /// Moves the transport, with the decoded CONNECT and the bytes read
+    /// after it (neither copied nor decoded again), to the home shard of
+    /// its client id.
     fn hand_off(
         &mut self,
-        home: usize,
-        frame: Bytes,
+        home: ShardId,
+        connect: Box<Connect>,
         peer: SocketAddr,
         listener: usize,
     ) -> CloseReason {
@@ -273,14 +293,8 @@ impl<T: Transport> Connection<T> {
             Ok(transport) => transport,
             Err(error) => return CloseReason::Io(error),
         };
-        let mut buffered =
-            BytesMut::with_capacity(frame.len() + self.read_buf.as_ref().map_or(0, |b| b.len()));
-        buffered.extend_from_slice(&frame);
-        if let Some(rest) = self.read_buf.take() {
-            buffered.extend_from_slice(&rest);
-        }
-        let handoff = HandOff { transport, buffered: buffered.freeze(), peer, listener };
-        self.ctx.outbox.push(home, RouterMessage::HandOff(handoff));
+        let handoff = HandOff { transport, connect, rest: self.read_buf.take(), peer, listener };
+        self.ctx.outbox.push(home.index(), RouterMessage::HandOff(handoff));
         self.ctx.count_handoff();
         CloseReason::HandedOff
     }
@@ -294,7 +308,9 @@ impl<T: Transport> Connection<T> {
         self.handle_input(key, id)?;
         loop {
             if self.ctx.shard.borrow().has_index_work(key) {
-                self.index_turn(key, id).await?;
+                // Boxed: its timer would otherwise be part of every idle
+                // connection's task; a subscribe that needs turns is rare.
+                Box::pin(self.index_turn(key, id)).await?;
                 continue;
             }
             self.ctx.shard.borrow_mut().poll_transmit(
@@ -486,9 +502,9 @@ mod tests {
     use glommio::net::TcpStream;
 
     /// The size of what `f` returns, without calling it.
-    fn output_size<F, A, B, C, D, E, R>(_: F) -> usize
+    fn output_size<F, A, B, C, D, E, G, R>(_: F) -> usize
     where
-        F: FnOnce(A, B, C, D, E) -> R,
+        F: FnOnce(A, B, C, D, E, G) -> R,
     {
         std::mem::size_of::<R>()
     }

@@ -159,13 +159,13 @@ impl NetContext {
         self.live.set(self.live.get() + 1);
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
-        let HandOff { transport, buffered, peer, listener } = handoff;
+        let HandOff { transport, connect, rest, peer, listener } = handoff;
         let task = match transport {
             MovedTransport::Tcp(socket) => {
                 // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives
                 // that ownership to the stream.
                 let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                glommio::spawn_local(serve(ctx, stream, peer, listener, buffered))
+                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
             }
         };
         task.detach();
@@ -218,8 +218,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         ctx.counters.borrow_mut().accepted += 1;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, bytes::Bytes::new()))
-            .detach();
+        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, None, None)).detach();
     }
 }
 

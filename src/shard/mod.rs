@@ -5,15 +5,18 @@
 //!
 //! * [`retained`]: the retained messages by topic.
 //! * [`drops`]: rate-limited warnings for dropped messages.
+//! * [`Placement`]: where a new connection goes ([`Shard::place`]).
 //! * [`Shard`]: the state that ties sessions, index and retained store
 //!   together and routes messages.
 
 pub mod drops;
+mod placement;
 pub mod retained;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use placement::Placement;
 pub use state::{
     ConnectOutcome, ConnectionError, ConnectionId, SessionKey, Shard, ShardCounters,
     INDEX_WORK_PER_TURN,
