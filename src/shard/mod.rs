@@ -5,10 +5,13 @@
 //!
 //! * [`retained`]: the retained messages by topic.
 //! * [`drops`]: rate-limited warnings for dropped messages.
+//! * backpressure: a held-back connection's keep alive
+//!   ([`Shard::handle_held`]).
 //! * [`Placement`]: where a new connection goes ([`Shard::place`]).
 //! * [`Shard`]: the state that ties sessions, index and retained store
 //!   together and routes messages.
 
+mod backpressure;
 pub mod drops;
 mod placement;
 pub mod retained;

@@ -400,7 +400,7 @@ impl Shard {
     }
 
     /// Makes sure the sweep looks at `key` by its next deadline.
-    fn schedule(&mut self, key: SessionKey) {
+    pub(super) fn schedule(&mut self, key: SessionKey) {
         let Some(slot) = self.slots[key.0 as usize].as_mut() else { return };
         let Some(deadline) = slot.next_deadline() else { return };
         // A later entry already queued would come too late; an earlier one
