@@ -1,15 +1,60 @@
 //! The only socket code: listeners, the accept loop, the connection tasks
 //! that move bytes between sockets and sessions, and the admin HTTP
-//! listener ([`admin`]).
+//! listener.
+//!
+//! * [`listener`]: the listening sockets (SO_REUSEPORT, one per shard).
+//! * [`admin`]: health probes and metrics over HTTP, on a thread of its own.
+//! * [`Transport`]: the byte stream a connection runs over. The connection
+//!   loop is generic over it: plain TCP today, TLS and WebSocket later.
+//! * [`serve`]: one connection's task. It reads the CONNECT, asks the
+//!   shard where the connection goes ([`crate::shard::Shard::place`]:
+//!   attached here, handed off, or refused) and, when attached, pumps
+//!   packets both ways.
+//!
+//! # The hand-off
+//!
+//! A connection whose client id is homed on another shard moves there: the
+//! accepting shard sends a [`crate::router::HandOff`] over the mesh, with
+//! the transport ([`crate::router::MovedTransport`]: a duplicate of the
+//! socket and whatever transport state must travel), the CONNECT as it
+//! was decoded and the bytes read after it. The home shard neither copies
+//! nor decodes them again. Whatever the home shard would refuse is
+//! refused before moving.
+//!
+//! # How a TLS connection reaches its home shard
+//!
+//! The client id is inside the encrypted CONNECT, so the accepting shard
+//! does the TLS handshake, decrypts the CONNECT and places it like any
+//! other. On a hand-off, the rustls `ServerConnection` travels with the
+//! socket: it is `Send`, and moving it is moving a `Box` inside the
+//! hand-off message (a `MovedTransport::Tls` beside `Tcp`), so the cost of
+//! a hand-off stays what it is for TCP (one mesh message, one `dup`, one
+//! socket registration on the home shard). The session state goes whole:
+//! traffic secrets and sequence numbers, a partial record already read,
+//! session tickets not yet sent. The home shard continues the same TLS
+//! session; the client sees nothing.
+//!
+//! Not kTLS for the hand-off: switching to kernel TLS needs the `tls`
+//! kernel module (absent from many container hosts) and a cipher suite
+//! the kernel implements; it can only happen on a record boundary (a
+//! partial record rustls has read cannot be given to the kernel); and a
+//! TLS 1.3 KeyUpdate from the client arrives as a control record that the
+//! readiness-based `recv` the connection loop uses cannot take. The
+//! rustls state works everywhere and makes the hand-off no special case.
+//! kTLS stays an option for the steady state: once a connection is home
+//! and at a record boundary, its transport may hand its record layer to
+//! the kernel where supported; that is independent of the hand-off.
 
 pub mod admin;
 mod connection;
 pub mod listener;
+mod transport;
 
 pub use connection::serve;
+pub use transport::Transport;
 
 use crate::metrics::NetCounters;
-use crate::router::{Outbox, ShardId};
+use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
@@ -139,13 +184,18 @@ impl NetContext {
         // The accepting shard counted it in open_connections; this shard
         // takes over that count.
         self.live.set(self.live.get() + 1);
-        // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
-        // ownership to the stream.
-        let stream = unsafe { TcpStream::from_raw_fd(handoff.socket.into_raw_fd()) };
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
-        glommio::spawn_local(serve(ctx, stream, handoff.peer, handoff.listener, handoff.buffered))
-            .detach();
+        let HandOff { transport, connect, rest, peer, listener } = handoff;
+        let task = match transport {
+            MovedTransport::Tcp(socket) => {
+                // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives
+                // that ownership to the stream.
+                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+            }
+        };
+        task.detach();
     }
 }
 
@@ -195,8 +245,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         ctx.count(|net| net.accepted += 1);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, bytes::Bytes::new()))
-            .detach();
+        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, None, None)).detach();
     }
 }
 

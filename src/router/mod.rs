@@ -17,8 +17,8 @@ pub use outbox::Outbox;
 pub use placement::{home_shard, stable_hash, ClientIdAssigner};
 
 use crate::message::Message;
-use crate::protocol::{SubscriptionOptions, TopicFilter};
-use bytes::Bytes;
+use crate::protocol::{Connect, SubscriptionOptions, TopicFilter};
+use bytes::BytesMut;
 use futures_lite::future::poll_fn;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -30,15 +30,28 @@ use std::sync::Arc;
 /// Slots of each shard-to-shard channel. Each slot carries a batch.
 pub const CHANNEL_CAPACITY: usize = 1024;
 
-/// A connection moving to its home shard: the socket and the bytes already
-/// read from it (the CONNECT and anything after). The fd is owned: dropping
-/// the message anywhere closes it, so no path leaks it.
+/// The transport of a connection moving to its home shard: its socket,
+/// and whatever transport state must travel with it (a TLS session will).
+/// The fd is owned: dropping the message anywhere closes it, so no path
+/// leaks it.
+#[derive(Debug)]
+pub enum MovedTransport {
+    /// Plain TCP: the socket alone.
+    Tcp(OwnedFd),
+}
+
+/// A connection moving to its home shard: its transport, its CONNECT as
+/// the accepting shard decoded it, and the bytes read after the CONNECT
+/// (a client may send packets before the CONNACK), so the home shard
+/// neither copies nor decodes them again.
 #[derive(Debug)]
 pub struct HandOff {
-    /// The connected socket.
-    pub socket: OwnedFd,
-    /// Bytes read but not yet processed, CONNECT first.
-    pub buffered: Bytes,
+    /// The connected socket and its transport state.
+    pub transport: MovedTransport,
+    /// The CONNECT.
+    pub connect: Box<Connect>,
+    /// Bytes read after the CONNECT, not yet decoded.
+    pub rest: Option<BytesMut>,
     /// The client's address, for logs.
     pub peer: SocketAddr,
     /// Index of the listener that accepted it.

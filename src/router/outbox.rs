@@ -2,13 +2,16 @@
 //! other core, batched, bounded, and drained by one flusher task per peer.
 //!
 //! Publishes queued to the same peer in the same tick travel as one batch
-//! (one channel slot, one wake-up of the peer). When a peer's queue passes
-//! its high-water mark the shard counts as congested: connections stop
-//! reading their sockets (backpressure on QoS 1/2 publishers) until the
-//! queues drain below the low-water mark; QoS 0 publishes to a full queue
-//! are dropped and counted instead.
+//! (one channel slot, one wake-up of the peer). Congestion is per peer:
+//! when a peer's queue passes its high-water mark, that peer is congested
+//! until its queue drains to the low-water mark. Backpressure applies only
+//! to the connections that pushed a QoS 1/2 publish to a congested peer
+//! (they stop reading their sockets until that peer drains, see
+//! [`Outbox::take_held_by`]); the shard's other connections, subscribers
+//! and publishers to other peers, keep reading. QoS 0 publishes to a full
+//! queue are dropped and counted instead.
 
-use super::{RouterMessage, ShardMessage};
+use super::{RouterMessage, ShardId, ShardMessage};
 use crate::message::Message;
 use crate::metrics::RouterCounters;
 use crate::protocol::QoS;
@@ -17,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-/// Messages queued for one peer above which the shard is congested.
+/// Messages queued for one peer above which the peer is congested.
 pub const HIGH_WATER: usize = 16 * 1024;
 /// Messages queued for one peer at or below which congestion ends.
 pub const LOW_WATER: usize = HIGH_WATER / 2;
@@ -34,6 +37,10 @@ struct PeerQueue {
     queued_publishes: usize,
     /// The flusher task of this peer, parked while the queue is empty.
     flusher: Option<Waker>,
+    /// Past [`HIGH_WATER`], and not yet drained to [`LOW_WATER`].
+    congested: bool,
+    /// Connections held back until this queue drains.
+    held: Vec<Waker>,
 }
 
 /// All outgoing queues of one shard. Shared (`Rc`) between the shard's
@@ -41,9 +48,9 @@ struct PeerQueue {
 #[derive(Debug)]
 pub struct Outbox {
     peers: RefCell<Vec<PeerQueue>>,
-    /// Connection tasks waiting for congestion to end.
-    congestion_waiters: RefCell<Vec<Waker>>,
-    congested: Cell<bool>,
+    /// A congested peer that a QoS 1/2 publish was pushed to since the
+    /// last [`Outbox::take_held_by`].
+    held_by: Cell<Option<ShardId>>,
     closed: Cell<bool>,
 }
 
@@ -52,8 +59,7 @@ impl Outbox {
     pub fn new(nr_shards: usize) -> Self {
         Self {
             peers: RefCell::new((0..nr_shards).map(|_| PeerQueue::default()).collect()),
-            congestion_waiters: RefCell::new(Vec::new()),
-            congested: Cell::new(false),
+            held_by: Cell::new(None),
             closed: Cell::new(false),
         }
     }
@@ -85,8 +91,9 @@ impl Outbox {
                 .push_back(RouterMessage::Shard(ShardMessage::Publish(vec![Arc::clone(message)]))),
         }
         queue.queued_publishes += 1;
-        if queue.queued_publishes > HIGH_WATER {
-            self.congested.set(true);
+        queue.congested |= queue.queued_publishes > HIGH_WATER;
+        if queue.congested && message.qos != QoS::AtMostOnce {
+            self.held_by.set(ShardId::from_index(peer));
         }
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
@@ -118,8 +125,12 @@ impl Outbox {
                 if let RouterMessage::Shard(ShardMessage::Publish(batch)) = &message {
                     queue.queued_publishes -= batch.len();
                 }
-                drop(peers);
-                self.update_congestion();
+                if queue.congested && queue.queued_publishes <= LOW_WATER {
+                    queue.congested = false;
+                    let held = std::mem::take(&mut queue.held);
+                    drop(peers);
+                    held.into_iter().for_each(Waker::wake);
+                }
                 Poll::Ready(Some(message))
             }
             None if self.closed.get() => Poll::Ready(None),
@@ -141,30 +152,29 @@ impl Outbox {
         }
     }
 
-    /// Whether connections should stop reading (a peer queue is past its
-    /// high-water mark and has not yet drained to the low-water mark).
-    pub fn is_congested(&self) -> bool {
-        self.congested.get()
+    /// The congested peer a QoS 1/2 publish was pushed to since the last
+    /// call, if any, and forgets it. A connection task calls it before it
+    /// handles the packets it read (forgetting what others pushed) and
+    /// after: when it returns a peer, the connection stops reading until
+    /// that peer drains ([`Self::is_congested`], [`Self::wait_drained`]).
+    /// Per message it costs a `Cell` read and write: no allocation.
+    pub fn take_held_by(&self) -> Option<ShardId> {
+        self.held_by.take()
     }
 
-    /// Registers `waker` to be woken when congestion ends.
-    pub fn wait_uncongested(&self, waker: &Waker) {
-        let mut waiters = self.congestion_waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(waker)) {
-            waiters.push(waker.clone());
-        }
+    /// Whether `peer`'s queue is past its high-water mark and has not yet
+    /// drained to the low-water mark.
+    pub fn is_congested(&self, peer: ShardId) -> bool {
+        self.peers.borrow().get(peer.index()).is_some_and(|queue| queue.congested)
     }
 
-    fn update_congestion(&self) {
-        if !self.congested.get() {
-            return;
-        }
-        let drained = self.peers.borrow().iter().all(|q| q.queued_publishes <= LOW_WATER);
-        if drained {
-            self.congested.set(false);
-            for waker in self.congestion_waiters.borrow_mut().drain(..) {
-                waker.wake();
-            }
+    /// Registers `waker` to be woken when `peer`'s queue has drained to
+    /// the low-water mark.
+    pub fn wait_drained(&self, peer: ShardId, waker: &Waker) {
+        let mut peers = self.peers.borrow_mut();
+        let Some(queue) = peers.get_mut(peer.index()) else { return };
+        if !queue.held.iter().any(|w| w.will_wake(waker)) {
+            queue.held.push(waker.clone());
         }
     }
 }
@@ -212,25 +222,51 @@ mod tests {
         assert!(outbox.poll_pop(1, &mut cx).is_pending());
     }
 
+    fn flag() -> (Arc<Flag>, Waker) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&flag));
+        (flag, waker)
+    }
+
+    fn shard(index: usize) -> ShardId {
+        ShardId::from_index(index).unwrap()
+    }
+
     #[test]
-    fn a_full_queue_congests_qos1_and_drops_qos0() {
-        let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
-        let waiter = Arc::new(Flag(AtomicBool::new(false)));
-        for _ in 0..=HIGH_WATER {
+    fn a_full_queue_congests_its_peer_only_and_drops_qos0() {
+        let (outbox, mut counters) = (Outbox::new(3), RouterCounters::default());
+        for _ in 0..HIGH_WATER {
             outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters);
         }
-        // Past the high-water mark, connections stop reading (backpressure).
-        assert!(outbox.is_congested());
-        outbox.wait_uncongested(&Waker::from(Arc::clone(&waiter)));
-        // QoS 1 is never dropped; QoS 0 is, once past its limit, and counted.
+        assert!(!outbox.is_congested(shard(1)));
+        assert_eq!(outbox.take_held_by(), None, "nothing held below the high-water mark");
+        outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters);
+        // Past the high-water mark, the publisher that pushed there is held
+        // back; the other peer is not congested.
+        assert!(outbox.is_congested(shard(1)));
+        assert!(!outbox.is_congested(shard(2)));
+        assert_eq!(outbox.take_held_by(), Some(shard(1)));
+        assert_eq!(outbox.take_held_by(), None, "taken once");
+        outbox.push_publish(2, &message(QoS::AtLeastOnce), &mut counters);
+        assert_eq!(outbox.take_held_by(), None, "a publish to another peer is not held");
+        // QoS 0 is not held back: it is dropped once past its limit, and
+        // counted; QoS 1 is never dropped.
         while outbox.push_publish(1, &message(QoS::AtMostOnce), &mut counters) {}
+        assert_eq!(outbox.take_held_by(), None, "QoS 0 is dropped, not held back");
         assert!(outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters));
         assert_eq!(counters.cross_core_qos0_dropped, 1);
-        // Draining below the low-water mark ends congestion and wakes waiters.
+        assert_eq!(outbox.take_held_by(), Some(shard(1)));
+        let (held, waker) = flag();
+        outbox.wait_drained(shard(1), &waker);
+        let (other, waker) = flag();
+        outbox.wait_drained(shard(2), &waker);
+        // Draining to the low-water mark ends that peer's congestion and
+        // wakes the connections it held back, only those.
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Some(_)) = outbox.poll_pop(1, &mut cx) {}
-        assert!(!outbox.is_congested());
-        assert!(waiter.0.load(Ordering::SeqCst));
+        assert!(!outbox.is_congested(shard(1)));
+        assert!(held.0.load(Ordering::SeqCst));
+        assert!(!other.0.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   has already checked the CONNECT: authentication, takeover, clean start),
 //!   [`Session::handle_packet`] for every packet read after it,
 //!   [`Session::handle_delivery`] for every message routed to the client,
-//!   [`Session::handle_timeout`] and [`Session::handle_connection_lost`];
+//!   [`Session::handle_timeout`], [`Session::handle_held`] (backpressure)
+//!   and [`Session::handle_connection_lost`];
 //! * output: [`Session::poll_transmit`] (the bytes to write),
 //!   [`Session::poll_event`] (what the shard must route or record) and
 //!   [`Session::poll_timeout`] (when to call `handle_timeout`).
@@ -629,6 +630,19 @@ impl Session {
     /// `None` when the keep alive is 0 or no connection is open.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.connection.as_ref().filter(|c| c.open)?.keep_alive.deadline()
+    }
+
+    /// The network layer stopped (`held`) or resumed reading the
+    /// connection's packets, to hold back a publisher whose messages wait
+    /// for a congested destination. While held, the keep alive does not
+    /// run: [MQTT-3.1.2-24] closes a connection whose client sent nothing
+    /// for one and a half keep alives, and a client that the server does
+    /// not read has not failed to send. On release it restarts, as if a
+    /// packet had arrived then.
+    pub fn handle_held(&mut self, now: Instant, held: bool) {
+        if let Some(connection) = self.connection.as_mut().filter(|c| c.open) {
+            connection.keep_alive.handle_held(held, now);
+        }
     }
 
     /// Closes the connection when its keep alive has expired at `now`

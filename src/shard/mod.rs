@@ -8,14 +8,18 @@
 //! * `slots`: the session table and the links to connection tasks;
 //!   `deadlines`: when to look at which session; `interest_sync`: this
 //!   shard's side of the interest replica; `index_work`: subscribes too
-//!   large for one turn.
+//!   large for one turn; `backpressure`: a held-back connection's keep
+//!   alive ([`Shard::handle_held`]).
+//! * [`Placement`]: where a new connection goes ([`Shard::place`]).
 //! * [`Shard`]: the state that ties sessions, index and retained store
 //!   together and routes messages.
 
+mod backpressure;
 mod deadlines;
 pub mod drops;
 mod index_work;
 mod interest_sync;
+mod placement;
 pub mod retained;
 mod slots;
 mod state;
@@ -23,5 +27,6 @@ mod state;
 mod tests;
 
 pub use index_work::INDEX_WORK_PER_TURN;
+pub use placement::Placement;
 pub use slots::{ConnectionId, SessionKey};
 pub use state::{ConnectOutcome, ConnectionError, Shard};

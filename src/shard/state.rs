@@ -8,7 +8,7 @@ use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
 use crate::protocol::RetainHandling;
-use crate::protocol::{Connect, ProtocolVersion, ReasonCode, SubscriptionOptions, TopicFilter};
+use crate::protocol::{Connect, ReasonCode, SubscriptionOptions, TopicFilter};
 use crate::router::interest::GroupId;
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::AckToken;
@@ -187,20 +187,8 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        if self.shutting_down {
-            return ConnectOutcome::Refused(ReasonCode::ServerUnavailable);
-        }
-        // MQTT 5.0 sessions are not served yet: refused with 0x84 rather than
-        // half an implementation.
-        if connect.version.is_v5() {
-            return ConnectOutcome::Refused(ReasonCode::UnsupportedProtocolVersion);
-        }
-        // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
-        // 3.1 requires an id of 1 to 23 characters.
-        if connect.client_id.is_empty()
-            && (!connect.clean_start || connect.version == ProtocolVersion::V3_1)
-        {
-            return ConnectOutcome::Refused(ReasonCode::ClientIdentifierNotValid);
+        if let Some(reason) = super::placement::connect_refusal(connect, self.shutting_down) {
+            return ConnectOutcome::Refused(reason);
         }
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
@@ -277,7 +265,7 @@ impl Shard {
     }
 
     /// Makes sure the sweep looks at `key` by its next deadline.
-    fn schedule(&mut self, key: SessionKey) {
+    pub(super) fn schedule(&mut self, key: SessionKey) {
         if let Some(slot) = self.slots.get_mut(key) {
             self.deadlines.schedule(key, slot);
         }

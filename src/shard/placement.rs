@@ -1,0 +1,156 @@
+//! Where a new connection goes, decided once by the shard that has its
+//! CONNECT: attached to its session here, moved to its home shard, or
+//! refused. What any shard would refuse is refused where the CONNECT was
+//! read, so no socket moves only to be refused.
+
+use super::state::{ConnectOutcome, ConnectionId, SessionKey, Shard};
+use crate::protocol::{Connect, ProtocolVersion, ReasonCode};
+use crate::router::ShardId;
+use std::time::Instant;
+
+/// The shard's decision on a CONNECT ([`Shard::place`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Homed here and accepted: the connection is attached to its session,
+    /// whose output starts with the CONNACK.
+    Attached {
+        /// The session.
+        key: SessionKey,
+        /// The connection's identity, for every later call.
+        connection: ConnectionId,
+    },
+    /// Homed on this other shard, which takes the connection with its
+    /// CONNECT. Nothing this shard can see would make it refuse it.
+    HandOff(ShardId),
+    /// Refused with a CONNACK carrying this code.
+    Refused(ReasonCode),
+}
+
+impl Shard {
+    /// Places a connection whose CONNECT this shard has read (accepted
+    /// here, or handed off to this shard as its home). A client without a
+    /// client id gets one homed here, so it never moves.
+    pub fn place(&mut self, now: Instant, connect: &Connect) -> Placement {
+        if let Some(reason) = connect_refusal(connect, self.is_shutting_down()) {
+            return Placement::Refused(reason);
+        }
+        let client_id = if connect.client_id.is_empty() {
+            self.assign_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+        let home = self.home_of(&client_id);
+        if home != self.id() {
+            return Placement::HandOff(home);
+        }
+        let connection = self.new_connection_id();
+        match self.handle_connect(now, connect, client_id, connection) {
+            ConnectOutcome::Accepted(key) => Placement::Attached { key, connection },
+            ConnectOutcome::Refused(reason) => Placement::Refused(reason),
+        }
+    }
+}
+
+/// Why a CONNECT is refused, whichever shard is its home; `None` when
+/// it is not.
+pub(super) fn connect_refusal(connect: &Connect, shutting_down: bool) -> Option<ReasonCode> {
+    if shutting_down {
+        return Some(ReasonCode::ServerUnavailable);
+    }
+    // MQTT 5.0 sessions are not served yet: refused with 0x84 rather than
+    // half an implementation.
+    if connect.version.is_v5() {
+        return Some(ReasonCode::UnsupportedProtocolVersion);
+    }
+    // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
+    // 3.1 requires an id of 1 to 23 characters.
+    if connect.client_id.is_empty()
+        && (!connect.clean_start || connect.version == ProtocolVersion::V3_1)
+    {
+        return Some(ReasonCode::ClientIdentifierNotValid);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::{home_shard, Outbox};
+    use crate::session::SessionLimits;
+    use std::rc::Rc;
+
+    /// Shard 0 of two.
+    fn shard() -> Shard {
+        let outbox = Rc::new(Outbox::new(2));
+        Shard::new(ShardId::from_index(0).unwrap(), 2, SessionLimits::default(), outbox, 1)
+    }
+
+    fn connect(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+        Connect {
+            version,
+            clean_start: clean,
+            keep_alive: 30,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        }
+    }
+
+    /// A client id homed on `shard` of two.
+    fn id_on(shard: usize) -> String {
+        (0..)
+            .map(|i| format!("c{i}"))
+            .find(|id| home_shard(id.as_bytes(), 2).index() == shard)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_connect_homed_here_is_attached_and_one_homed_elsewhere_moves() {
+        let mut shard = shard();
+        let now = Instant::now();
+        let here = shard.place(now, &connect(ProtocolVersion::V3_1_1, &id_on(0), true));
+        assert!(matches!(here, Placement::Attached { .. }), "{here:?}");
+        let there = connect(ProtocolVersion::V3_1_1, &id_on(1), true);
+        assert_eq!(shard.place(now, &there), Placement::HandOff(ShardId::from_index(1).unwrap()));
+        // Moving takes nothing on this shard.
+        assert_eq!(shard.session_count(), 1);
+    }
+
+    #[test]
+    fn an_empty_client_id_is_assigned_here_and_never_moves() {
+        let mut shard = shard();
+        for _ in 0..20 {
+            let placement =
+                shard.place(Instant::now(), &connect(ProtocolVersion::V3_1_1, "", true));
+            assert!(matches!(placement, Placement::Attached { .. }), "{placement:?}");
+        }
+        assert_eq!(shard.session_count(), 20);
+    }
+
+    /// What the home shard would refuse is refused before the hand-off,
+    /// by the shard that read the CONNECT.
+    #[test]
+    fn what_the_home_shard_would_refuse_is_refused_before_moving() {
+        let there = id_on(1);
+        let cases = [
+            (connect(ProtocolVersion::V5, &there, true), ReasonCode::UnsupportedProtocolVersion),
+            // [MQTT-3.1.3-8]
+            (connect(ProtocolVersion::V3_1_1, "", false), ReasonCode::ClientIdentifierNotValid),
+            (connect(ProtocolVersion::V3_1, "", true), ReasonCode::ClientIdentifierNotValid),
+        ];
+        for (connect, reason) in cases {
+            let mut shard = shard();
+            assert_eq!(shard.place(Instant::now(), &connect), Placement::Refused(reason));
+            assert_eq!(shard.session_count(), 0);
+        }
+        let mut shard = shard();
+        shard.begin_shutdown();
+        let connect = connect(ProtocolVersion::V3_1_1, &there, true);
+        assert_eq!(
+            shard.place(Instant::now(), &connect),
+            Placement::Refused(ReasonCode::ServerUnavailable)
+        );
+    }
+}
