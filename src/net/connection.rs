@@ -14,7 +14,7 @@ use crate::protocol::{
     decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
     ProtocolVersion, ReasonCode,
 };
-use crate::router::{HandOff, RouterMessage, ShardId};
+use crate::router::{Destination, HandOff, RouterMessage, ShardId};
 use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
 use bytes::{Buf, BytesMut};
 use futures_lite::future::poll_fn;
@@ -159,7 +159,7 @@ struct Connection<T> {
     decoder: Decoder,
     /// The congested peer this connection pushed a QoS 1/2 publish to: it
     /// reads nothing more until that peer's queue drains.
-    held_by: Option<ShardId>,
+    held_by: Option<Destination>,
 }
 
 /// What woke a connection task.
@@ -298,7 +298,7 @@ impl<T: Transport> Connection<T> {
             Err(error) => return CloseReason::Io(error),
         };
         let handoff = HandOff { transport, connect, rest: self.read_buf.take(), peer, listener };
-        self.ctx.outbox.push(home.index(), RouterMessage::HandOff(handoff));
+        self.ctx.outbox.push(home, RouterMessage::HandOff(handoff));
         self.ctx.count_handoff();
         CloseReason::HandedOff
     }

@@ -11,7 +11,7 @@
 //! and publishers to other peers, keep reading. QoS 0 publishes to a full
 //! queue are dropped and counted instead.
 
-use super::{RouterMessage, ShardId, ShardMessage};
+use super::{Destination, RouterMessage, ShardMessage};
 use crate::message::Message;
 use crate::metrics::RouterCounters;
 use crate::protocol::QoS;
@@ -50,7 +50,7 @@ pub struct Outbox {
     peers: RefCell<Vec<PeerQueue>>,
     /// A congested peer that a QoS 1/2 publish was pushed to since the
     /// last [`Outbox::take_held_by`].
-    held_by: Cell<Option<ShardId>>,
+    held_by: Cell<Option<Destination>>,
     closed: Cell<bool>,
 }
 
@@ -64,20 +64,21 @@ impl Outbox {
         }
     }
 
-    /// Queues a publish for `peer`. Returns false when it was dropped (QoS
+    /// Queues a publish for `to`. Returns false when it was dropped (QoS
     /// 0 to a queue past `outbox::QOS0_DROP_LIMIT`, counted in `counters`;
     /// or the outbox is closed).
     pub fn push_publish(
         &self,
-        peer: usize,
+        to: impl Into<Destination>,
         message: &Arc<Message>,
         counters: &mut RouterCounters,
     ) -> bool {
         if self.closed.get() {
             return false;
         }
+        let to = to.into();
         let mut peers = self.peers.borrow_mut();
-        let queue = &mut peers[peer];
+        let queue = &mut peers[to.queue()];
         if message.qos == QoS::AtMostOnce && queue.queued_publishes >= QOS0_DROP_LIMIT {
             counters.cross_core_qos0_dropped += 1;
             return false;
@@ -93,7 +94,7 @@ impl Outbox {
         queue.queued_publishes += 1;
         queue.congested |= queue.queued_publishes > HIGH_WATER;
         if queue.congested && message.qos != QoS::AtMostOnce {
-            self.held_by.set(ShardId::from_index(peer));
+            self.held_by.set(Some(to));
         }
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
@@ -101,22 +102,22 @@ impl Outbox {
         true
     }
 
-    /// Queues a message for `peer`, after everything queued before.
-    pub fn push(&self, peer: usize, message: impl Into<RouterMessage>) {
+    /// Queues a message for `to`, after everything queued before.
+    pub fn push(&self, to: impl Into<Destination>, message: impl Into<RouterMessage>) {
         if self.closed.get() {
             return;
         }
         let message = message.into();
         let mut peers = self.peers.borrow_mut();
-        let queue = &mut peers[peer];
+        let queue = &mut peers[to.into().queue()];
         queue.items.push_back(message);
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
         }
     }
 
-    /// The next message for `peer`; `Ready(None)` once the outbox is
-    /// closed and the queue empty.
+    /// The next message for the queue of shard `peer` (the transport's
+    /// side); `Ready(None)` once the outbox is closed and the queue empty.
     pub fn poll_pop(&self, peer: usize, cx: &mut Context<'_>) -> Poll<Option<RouterMessage>> {
         let mut peers = self.peers.borrow_mut();
         let queue = &mut peers[peer];
@@ -158,21 +159,21 @@ impl Outbox {
     /// after: when it returns a peer, the connection stops reading until
     /// that peer drains ([`Self::is_congested`], [`Self::wait_drained`]).
     /// Per message it costs a `Cell` read and write: no allocation.
-    pub fn take_held_by(&self) -> Option<ShardId> {
+    pub fn take_held_by(&self) -> Option<Destination> {
         self.held_by.take()
     }
 
-    /// Whether `peer`'s queue is past its high-water mark and has not yet
+    /// Whether `to`'s queue is past its high-water mark and has not yet
     /// drained to the low-water mark.
-    pub fn is_congested(&self, peer: ShardId) -> bool {
-        self.peers.borrow().get(peer.index()).is_some_and(|queue| queue.congested)
+    pub fn is_congested(&self, to: impl Into<Destination>) -> bool {
+        self.peers.borrow().get(to.into().queue()).is_some_and(|queue| queue.congested)
     }
 
     /// Registers `waker` to be woken when `peer`'s queue has drained to
     /// the low-water mark.
-    pub fn wait_drained(&self, peer: ShardId, waker: &Waker) {
+    pub fn wait_drained(&self, to: impl Into<Destination>, waker: &Waker) {
         let mut peers = self.peers.borrow_mut();
-        let Some(queue) = peers.get_mut(peer.index()) else { return };
+        let Some(queue) = peers.get_mut(to.into().queue()) else { return };
         if !queue.held.iter().any(|w| w.will_wake(waker)) {
             queue.held.push(waker.clone());
         }
@@ -210,7 +211,7 @@ mod tests {
     fn publishes_to_one_peer_travel_as_one_batch() {
         let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
         for _ in 0..10 {
-            assert!(outbox.push_publish(1, &message(QoS::AtMostOnce), &mut counters));
+            assert!(outbox.push_publish(shard(1), &message(QoS::AtMostOnce), &mut counters));
         }
         let mut cx = Context::from_waker(Waker::noop());
         match outbox.poll_pop(1, &mut cx) {
@@ -228,34 +229,34 @@ mod tests {
         (flag, waker)
     }
 
-    fn shard(index: usize) -> ShardId {
-        ShardId::from_index(index).unwrap()
+    fn shard(index: usize) -> crate::router::ShardId {
+        crate::router::ShardId::from_index(index).unwrap()
     }
 
     #[test]
     fn a_full_queue_congests_its_peer_only_and_drops_qos0() {
         let (outbox, mut counters) = (Outbox::new(3), RouterCounters::default());
         for _ in 0..HIGH_WATER {
-            outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters);
+            outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters);
         }
         assert!(!outbox.is_congested(shard(1)));
         assert_eq!(outbox.take_held_by(), None, "nothing held below the high-water mark");
-        outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters);
+        outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters);
         // Past the high-water mark, the publisher that pushed there is held
         // back; the other peer is not congested.
         assert!(outbox.is_congested(shard(1)));
         assert!(!outbox.is_congested(shard(2)));
-        assert_eq!(outbox.take_held_by(), Some(shard(1)));
+        assert_eq!(outbox.take_held_by(), Some(shard(1).into()));
         assert_eq!(outbox.take_held_by(), None, "taken once");
-        outbox.push_publish(2, &message(QoS::AtLeastOnce), &mut counters);
+        outbox.push_publish(shard(2), &message(QoS::AtLeastOnce), &mut counters);
         assert_eq!(outbox.take_held_by(), None, "a publish to another peer is not held");
         // QoS 0 is not held back: it is dropped once past its limit, and
         // counted; QoS 1 is never dropped.
-        while outbox.push_publish(1, &message(QoS::AtMostOnce), &mut counters) {}
+        while outbox.push_publish(shard(1), &message(QoS::AtMostOnce), &mut counters) {}
         assert_eq!(outbox.take_held_by(), None, "QoS 0 is dropped, not held back");
-        assert!(outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters));
+        assert!(outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters));
         assert_eq!(counters.cross_core_qos0_dropped, 1);
-        assert_eq!(outbox.take_held_by(), Some(shard(1)));
+        assert_eq!(outbox.take_held_by(), Some(shard(1).into()));
         let (held, waker) = flag();
         outbox.wait_drained(shard(1), &waker);
         let (other, waker) = flag();
@@ -275,6 +276,6 @@ mod tests {
         outbox.close();
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(outbox.poll_pop(1, &mut cx), Poll::Ready(None)));
-        assert!(!outbox.push_publish(1, &message(QoS::AtLeastOnce), &mut counters));
+        assert!(!outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters));
     }
 }

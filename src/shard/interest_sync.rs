@@ -76,7 +76,8 @@ impl InterestSync {
         // shard can still arrive, so the replica keeps no removal record
         // of it (which would hold the filter's text for good).
         self.replica.forget_through(self.me, revision);
-        for peer in (0..self.nr_shards).filter(|&peer| peer != self.me.index()) {
+        let peers = (0..self.nr_shards).filter_map(ShardId::from_index);
+        for peer in peers.filter(|&peer| peer != self.me) {
             outbox.push(peer, ShardMessage::Interest(delta.clone()));
         }
         revision
@@ -104,7 +105,7 @@ impl InterestSync {
         // Channels deliver each origin's deltas in order, so nothing older
         // can still arrive.
         self.replica.forget_through(from, revision);
-        outbox.push(from.index(), ShardMessage::InterestAck { revision });
+        outbox.push(from, ShardMessage::InterestAck { revision });
     }
 
     /// A peer applied this shard's revisions up to `revision`: calls

@@ -578,7 +578,7 @@ impl Shard {
             .route(&message.topic, |shard, group| chosen.push((shard, group)));
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
-            if !self.outbox.push_publish(shard.index(), &message, &mut self.counters.router) {
+            if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             }
         }
@@ -587,7 +587,7 @@ impl Shard {
                 self.deliver_to_group(group, &message, now);
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
-                self.outbox.push(shard.index(), forward);
+                self.outbox.push(shard, forward);
             }
         }
     }
@@ -606,7 +606,7 @@ impl Shard {
         if owner == self.id {
             self.retained.set(stored);
         } else {
-            self.outbox.push(owner.index(), ShardMessage::Retain(stored));
+            self.outbox.push(owner, ShardMessage::Retain(stored));
         }
     }
 
@@ -744,7 +744,7 @@ impl Shard {
                     filter: filter.clone(),
                     reply_to: reply_to.clone(),
                 };
-                self.outbox.push(owner.index(), query);
+                self.outbox.push(owner, query);
             }
         }
         revision
@@ -803,7 +803,7 @@ impl Shard {
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {
-                    let shard = reply_to.shard.index();
+                    let shard = reply_to.shard;
                     self.outbox.push(shard, ShardMessage::Retained { reply_to, messages });
                 }
             }
