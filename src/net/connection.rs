@@ -312,7 +312,12 @@ impl Connection {
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
                 Wake::Read => self.handle_input(key, id)?,
                 Wake::Notified => {}
-                Wake::Shutdown => return Err(CloseReason::Shutdown),
+                Wake::Shutdown => {
+                    // The session's last words (a v5 DISCONNECT 0x8B).
+                    let mut shard = self.ctx.shard.borrow_mut();
+                    let _ = shard.poll_transmit(key, id, Instant::now(), &mut self.write_buf);
+                    return Err(CloseReason::Shutdown);
+                }
             }
             // A busy connection must not starve the shard's other tasks.
             glommio::yield_if_needed().await;
@@ -363,6 +368,12 @@ impl Connection {
                 }
                 Ok(None) => break,
                 Err(error) => {
+                    // A v5 client is told why (DISCONNECT 0x81, 0x82 or
+                    // 0x95 for a packet above our Maximum Packet Size).
+                    let mut shard = self.ctx.shard.borrow_mut();
+                    shard.handle_malformed(key, id, now, error.clone());
+                    let _ = shard.poll_transmit(key, id, now, &mut self.write_buf);
+                    drop(shard);
                     self.ctx.count_malformed();
                     return Err(CloseReason::Decode(error));
                 }

@@ -300,6 +300,7 @@ fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
             u32::MAX => None,
             seconds => Some(Duration::from_secs(seconds.into())),
         },
+        max_packet_size: Some(limits.max_packet_size()),
     }
 }
 

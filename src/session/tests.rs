@@ -86,6 +86,7 @@ fn limits() -> SessionLimits {
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
         max_session_expiry: None,
+        max_packet_size: None,
     }
 }
 
@@ -219,6 +220,17 @@ fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
 
 fn disconnect(reason: ReasonCode) -> Packet {
     Packet::Disconnect(Disconnect { reason, ..Disconnect::default() })
+}
+
+/// `packets` with the Reason Strings of DISCONNECTs taken out, to compare
+/// reason codes.
+fn stripped(mut packets: Vec<Packet>) -> Vec<Packet> {
+    for packet in &mut packets {
+        if let Packet::Disconnect(disconnect) = packet {
+            disconnect.properties.reason_string = None;
+        }
+    }
+    packets
 }
 
 fn as_publish(packet: &Packet) -> &Publish {
@@ -659,7 +671,7 @@ fn assert_wrong_ack(mut session: Counted, t0: Instant, wrong: Packet, expected: 
     assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
     assert!(!session.is_connected());
     assert_eq!(closed_reason(&events(&mut session)), Some(&CloseReason::ProtocolViolation(error)));
-    let output = drain(&mut session, t0);
+    let output = stripped(drain(&mut session, t0));
     if version.is_v5() {
         assert_eq!(output, vec![disconnect(ReasonCode::ProtocolError)]);
     } else {
@@ -1114,7 +1126,7 @@ fn packets_only_a_server_sends_are_protocol_errors_mqtt_4_8_0_1() {
         session.handle_packet(t0, Packet::PingResp),
         Err(SessionError::UnexpectedPacket(PacketType::PingResp))
     );
-    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::ProtocolError)]);
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
 }
 
 #[test]
@@ -1127,7 +1139,7 @@ fn takeover_closes_the_old_connection_mqtt_3_1_4_2() {
     connect.will = Some(will());
     let mut session = connected_with(t0, &connect, limits());
     session.handle_takeover(t0);
-    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::SessionTakenOver)]);
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::SessionTakenOver)]);
     let first = events(&mut session);
     assert!(will_event(&first).is_some());
     assert_eq!(closed_reason(&first), Some(&CloseReason::TakenOver));
@@ -1330,7 +1342,7 @@ fn v5_receive_maximum_exceeded_closes_mqtt_3_3_4_7() {
     let error = session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 4, "t")));
     assert_eq!(error, Err(SessionError::ReceiveMaximumExceeded));
     assert_eq!(
-        drain(&mut session, t0).last(),
+        stripped(drain(&mut session, t0)).last(),
         Some(&disconnect(ReasonCode::ReceiveMaximumExceeded))
     );
 }
