@@ -418,6 +418,7 @@ fn log_stopped(snapshot: &Snapshot) {
         deliveries_dropped,
         takeovers,
         sessions_expired,
+        retained_expired,
         protocol_violations,
     } = shard;
     let SessionCounters {
@@ -448,6 +449,7 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_qos0_dropped,
         takeovers,
         sessions_expired,
+        retained_expired,
         protocol_violations,
         duplicate_qos2_received,
         publishes_sent,

@@ -21,10 +21,15 @@
 //! released) and the state of the current connection (version, keep alive,
 //! will, topic aliases, owed acknowledgements).
 //!
-//! MQTT 3.1 and 3.1.1 are complete. For 5.0 the session already carries
-//! properties through, answers with reason codes, applies No Local, Retain As
-//! Published and subscription identifiers, client Receive Maximum and
-//! Maximum Packet Size, inbound topic aliases and Server Keep Alive.
+//! MQTT 3.1 and 3.1.1 are complete. For 5.0 the session carries properties
+//! through, answers with reason codes, tells the client why it closes a
+//! connection (DISCONNECT with a reason code, and a Reason String unless
+//! the client asked for none), applies No Local, Retain As Published and
+//! subscription identifiers, client Receive Maximum and Maximum Packet
+//! Size, inbound topic aliases, Server Keep Alive, the Session Expiry
+//! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
+//! Interval. Not yet: enhanced authentication (AUTH is refused as a
+//! protocol error) and server-to-client topic aliases.
 
 mod connection;
 mod error;

@@ -1704,7 +1704,7 @@ fn v5_session_expiry_is_capped_and_the_cap_told_in_connack_mqtt_3_2_2_3_2() {
         let mut session = Counted::new(ByteString::from_static("c1"), limits_with_expiry_cap(3600));
         let connack = session.handle_connect(t0, &connect_v5_expiry(asked), false).clone();
         assert_eq!(connack.properties.session_expiry_interval, told, "asked {asked:?}");
-        assert_eq!(session.expiry(), granted.map(|s| Duration::from_secs(s)), "asked {asked:?}");
+        assert_eq!(session.expiry(), granted.map(Duration::from_secs), "asked {asked:?}");
     }
     // Without a cap, 0xFFFFFFFF never expires (5.0 §3.1.2.11.2).
     let mut session = Counted::new(ByteString::from_static("c1"), limits());

@@ -821,7 +821,9 @@ impl Shard {
 
     fn retained_matching(&mut self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
         let mut messages = Vec::new();
-        self.retained.for_each_match(filter, now, |message| messages.push(Arc::clone(message)));
+        let expired =
+            self.retained.for_each_match(filter, now, |message| messages.push(Arc::clone(message)));
+        self.counters.shard.retained_expired += expired as u64;
         messages
     }
 

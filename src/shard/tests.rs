@@ -633,6 +633,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 deliveries_dropped: 5,
                 takeovers: 1,
                 sessions_expired: 1,
+                retained_expired: 0,
                 protocol_violations: 1,
             },
             session: SessionCounters {
