@@ -138,6 +138,7 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
         "cross_core_qos0_dropped",
         "takeovers",
         "sessions_expired",
+        "retained_expired",
         "protocol_violations",
         "duplicate_qos2_received",
         "publishes_sent",

@@ -75,6 +75,9 @@ pub struct ShardCounters {
     pub takeovers: u64,
     /// Sessions ended because their client stayed away too long.
     pub sessions_expired: u64,
+    /// Retained messages dropped from the store because their v5 Message
+    /// Expiry Interval ran out [MQTT-3.3.2-5].
+    pub retained_expired: u64,
     /// Connections a session closed because its client broke the protocol
     /// after CONNECT (a `SessionError`).
     pub protocol_violations: u64,

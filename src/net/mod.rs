@@ -127,7 +127,7 @@ impl NetContext {
     /// Starts the shard's shutdown (its sessions wake their connections
     /// to close: see `Shard::begin_shutdown`) and stops the accept loops.
     pub fn begin_shutdown(&self) {
-        self.shard.borrow_mut().begin_shutdown();
+        self.shard.borrow_mut().begin_shutdown(std::time::Instant::now());
         self.shutdown_wakers.take().into_iter().for_each(Waker::wake);
     }
 

@@ -300,6 +300,7 @@ fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
             u32::MAX => None,
             seconds => Some(Duration::from_secs(seconds.into())),
         },
+        max_packet_size: Some(limits.max_packet_size()),
     }
 }
 
@@ -418,6 +419,7 @@ fn log_stopped(snapshot: &Snapshot) {
         deliveries_dropped,
         takeovers,
         sessions_expired,
+        retained_expired,
         protocol_violations,
     } = shard;
     let SessionCounters {
@@ -448,6 +450,7 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_qos0_dropped,
         takeovers,
         sessions_expired,
+        retained_expired,
         protocol_violations,
         duplicate_qos2_received,
         publishes_sent,

@@ -8,6 +8,7 @@ use crate::protocol::{
     AckProperties, ConnAck, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
     PubResponse, ReasonCode, SubAck, TopicName, UnsubAck, Will,
 };
+use bytestring::ByteString;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -24,7 +25,9 @@ pub(super) enum Control {
     SubAck(PacketId, SmallVec<[ReasonCode; 1]>),
     UnsubAck(PacketId, SmallVec<[ReasonCode; 1]>),
     PingResp,
-    Disconnect(ReasonCode),
+    /// A server DISCONNECT, with its Reason String when the client did not
+    /// turn problem information off.
+    Disconnect(ReasonCode, Option<ByteString>),
 }
 
 impl Control {
@@ -48,9 +51,9 @@ impl Control {
                 reasons,
             }),
             Self::PingResp => Packet::PingResp,
-            Self::Disconnect(reason) => Packet::Disconnect(Disconnect {
+            Self::Disconnect(reason, reason_string) => Packet::Disconnect(Disconnect {
                 reason,
-                properties: DisconnectProperties::default(),
+                properties: DisconnectProperties { reason_string, ..Default::default() },
             }),
         }
     }
@@ -147,6 +150,13 @@ pub(super) struct Connection {
     /// A v5 client's Maximum Packet Size [MQTT-3.1.2-24 (5.0)].
     pub(super) max_packet_size: Option<NonZeroU32>,
     pub(super) aliases: TopicAliases,
+    /// v5 Request Problem Information (absent: 1). At 0 no Reason String
+    /// is sent [MQTT-3.1.2-29]: ringmq sends one only on DISCONNECT, and
+    /// not even there then.
+    pub(super) problem_information: bool,
+    /// The CONNECT's Session Expiry Interval was 0 (or absent): a
+    /// DISCONNECT may not set a non-zero one [MQTT-3.14.2-2].
+    pub(super) expiry_zero_at_connect: bool,
 }
 
 impl Connection {

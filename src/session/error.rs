@@ -41,6 +41,10 @@ pub enum SessionError {
     /// of CONNACK [MQTT-3.3.4-7].
     #[error("receive maximum exceeded")]
     ReceiveMaximumExceeded,
+    /// A DISCONNECT setting a non-zero Session Expiry Interval after a
+    /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
+    #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
+    SessionExpiryFromZero,
     /// An acknowledgement of the wrong kind for a packet id in flight: a
     /// QoS 1 PUBLISH is acknowledged by PUBACK only [MQTT-4.3.2-1], a QoS 2
     /// PUBLISH by PUBREC and its PUBREL by PUBCOMP [MQTT-4.3.3-1].
@@ -66,6 +70,7 @@ impl SessionError {
             | Self::SubscriptionIdentifierFromClient
             | Self::EmptyTopic
             | Self::UnknownTopicAlias(_)
+            | Self::SessionExpiryFromZero
             | Self::WrongAcknowledgement { .. } => ReasonCode::ProtocolError,
             Self::MissingPacketId => ReasonCode::MalformedPacket,
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,

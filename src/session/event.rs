@@ -3,7 +3,7 @@
 
 use super::{AckToken, SessionError};
 use crate::message::Message;
-use crate::protocol::{ReasonCode, SubscriptionIds, SubscriptionOptions, TopicFilter};
+use crate::protocol::{DecodeError, ReasonCode, SubscriptionIds, SubscriptionOptions, TopicFilter};
 use smallvec::SmallVec;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -50,6 +50,11 @@ pub enum CloseReason {
     /// Another connection with the same client id took the session over
     /// [MQTT-3.1.4-2].
     TakenOver,
+    /// The client sent bytes that are not a valid packet (or a packet
+    /// larger than the server's Maximum Packet Size, 5.0 §3.2.2.3.6).
+    Malformed(Box<DecodeError>),
+    /// The broker is shutting down.
+    ServerShuttingDown,
 }
 
 impl CloseReason {
@@ -68,7 +73,22 @@ impl CloseReason {
             Self::ProtocolViolation(error) => Some(error.reason_code()),
             Self::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             Self::TakenOver => Some(ReasonCode::SessionTakenOver),
+            Self::Malformed(error) => Some(error.reason_code()),
+            Self::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
             Self::ClientDisconnect(_) | Self::ConnectionLost => None,
+        }
+    }
+
+    /// The Reason String of that DISCONNECT: what went wrong, for a human
+    /// (5.0 §3.14.2.2.3).
+    pub fn reason_string(&self) -> String {
+        match self {
+            Self::ProtocolViolation(error) => error.to_string(),
+            Self::Malformed(error) => error.to_string(),
+            Self::KeepAliveTimeout => "keep alive timeout".to_owned(),
+            Self::TakenOver => "session taken over by another connection".to_owned(),
+            Self::ServerShuttingDown => "server shutting down".to_owned(),
+            Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Per-session limits: configuration, immutable.
 
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
 /// The limits one session enforces, taken from the `[limits]` section of the
@@ -51,8 +51,13 @@ pub struct SessionLimits {
     /// How long a session outlives its connection at most (the longest
     /// Session Expiry Interval granted). A 3.1/3.1.1 session with Clean
     /// Session 0 asks for no expiry at all, so it is kept this long after
-    /// its client goes away. `None`: sessions never expire.
+    /// its client goes away. `None`: sessions never expire. A v5 client
+    /// asking for longer is told the cap in CONNACK (5.0 §3.2.2.3.2).
     pub max_session_expiry: Option<Duration>,
+    /// The largest packet the network layer accepts from a client
+    /// (`max_packet_size`), advertised to v5 clients as Maximum Packet Size
+    /// (5.0 §3.2.2.3.6). `None`: the protocol's own limit.
+    pub max_packet_size: Option<NonZeroU32>,
 }
 
 impl Default for SessionLimits {
@@ -67,6 +72,7 @@ impl Default for SessionLimits {
             receive_maximum: NonZeroU16::new(32).expect("32 is not zero"),
             topic_alias_maximum: 16,
             max_session_expiry: Some(Duration::from_secs(604_800)),
+            max_packet_size: NonZeroU32::new(1 << 20),
         }
     }
 }

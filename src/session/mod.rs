@@ -22,10 +22,15 @@
 //! released) and the state of the current connection (version, keep alive,
 //! will, topic aliases, owed acknowledgements).
 //!
-//! MQTT 3.1 and 3.1.1 are complete. For 5.0 the session already carries
-//! properties through, answers with reason codes, applies No Local, Retain As
-//! Published and subscription identifiers, client Receive Maximum and
-//! Maximum Packet Size, inbound topic aliases and Server Keep Alive.
+//! MQTT 3.1 and 3.1.1 are complete. For 5.0 the session carries properties
+//! through, answers with reason codes, tells the client why it closes a
+//! connection (DISCONNECT with a reason code, and a Reason String unless
+//! the client asked for none), applies No Local, Retain As Published and
+//! subscription identifiers, client Receive Maximum and Maximum Packet
+//! Size, inbound topic aliases, Server Keep Alive, the Session Expiry
+//! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
+//! Interval. Not yet: enhanced authentication (AUTH is refused as a
+//! protocol error) and server-to-client topic aliases.
 
 mod connection;
 mod error;
@@ -93,6 +98,21 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     /// The next [`AckToken`] of this session.
     next_ack_token: u64,
+    /// How long the session outlives its connection: the Session Expiry
+    /// Interval granted (v5), or what Clean Session means (3.1/3.1.1: 0 or
+    /// the longest kept). `None`: never expires.
+    expiry: Option<Duration>,
+    /// A will whose v5 Will Delay Interval is running: published when it
+    /// is due or when the session ends, whichever comes first, and never
+    /// if a connection attaches before [MQTT-3.1.3-9].
+    delayed_will: Option<DelayedWill>,
+}
+
+/// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
+#[derive(Debug)]
+struct DelayedWill {
+    due: Instant,
+    will: Box<Will>,
 }
 
 impl Session {
@@ -107,6 +127,8 @@ impl Session {
             connection: None,
             events: VecDeque::new(),
             next_ack_token: 0,
+            expiry: Some(Duration::ZERO),
+            delayed_will: None,
         }
     }
 
@@ -125,7 +147,13 @@ impl Session {
     ///
     /// A connection still attached is taken over first
     /// ([`handle_takeover`](Self::handle_takeover)) and its unsent output is
-    /// dropped.
+    /// dropped. A will still waiting for its delay is dropped: a new
+    /// connection came in time [MQTT-3.1.3-9].
+    ///
+    /// The session's expiry ([`expiry`](Self::expiry)) becomes the v5
+    /// Session Expiry Interval (absent: 0 [MQTT-3.1.2-23 (5.0)]), capped by
+    /// `max_session_expiry` and the cap then told in CONNACK (5.0
+    /// §3.2.2.3.2); for 3.1/3.1.1, 0 with Clean Session 1, else the cap.
     pub fn handle_connect(
         &mut self,
         now: Instant,
@@ -137,12 +165,39 @@ impl Session {
             self.handle_takeover(now, counters);
             self.detach();
         }
+        self.delayed_will = None;
         let version = connect.version;
         let mut keep_alive = connect.keep_alive;
         let mut properties = ConnAckProperties::default();
         let mut send_window = self.limits.max_inflight.get();
         let mut max_packet_size = None;
+        let cap = self.limits.max_session_expiry;
+        let requested = match version.is_v5() {
+            // 0xFFFFFFFF: the session does not expire (5.0 §3.1.2.11.2).
+            true => match connect.properties.session_expiry_interval.unwrap_or(0) {
+                u32::MAX => None,
+                seconds => Some(Duration::from_secs(u64::from(seconds))),
+            },
+            false if connect.clean_start => Some(Duration::ZERO),
+            false => None,
+        };
+        self.expiry = match (requested, cap) {
+            (Some(requested), Some(cap)) => Some(requested.min(cap)),
+            (requested, None) => requested,
+            (None, cap) => cap,
+        };
         if version.is_v5() {
+            if self.expiry != requested {
+                properties.session_expiry_interval =
+                    self.expiry.map(|cap| u32::try_from(cap.as_secs()).unwrap_or(u32::MAX - 1));
+            }
+            // What the server supports (5.0 §3.2.2.3): absent would mean
+            // the same, but clients show these and some log their absence.
+            properties.retain_available = Some(true);
+            properties.wildcard_subscription_available = Some(true);
+            properties.subscription_identifiers_available = Some(true);
+            properties.shared_subscription_available = Some(true);
+            properties.maximum_packet_size = self.limits.max_packet_size;
             let max = self.limits.max_keepalive;
             if max > 0 && (keep_alive == 0 || keep_alive > max) {
                 // The client must use the Server Keep Alive (5.0 §3.2.2.3.14).
@@ -181,6 +236,8 @@ impl Session {
             send_window,
             max_packet_size,
             aliases: TopicAliases::default(),
+            problem_information: connect.properties.request_problem_information != Some(false),
+            expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
         });
         connection.connack.insert(Box::new(connack))
     }
@@ -227,10 +284,7 @@ impl Session {
                 connection.owe(Control::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(disconnect) => {
-                self.handle_disconnect(now, disconnect, counters);
-                Ok(())
-            }
+            Packet::Disconnect(disconnect) => self.handle_disconnect(now, disconnect, counters),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(SessionError::SecondConnect),
             // Packets only a server sends, and AUTH: no enhanced
@@ -441,15 +495,33 @@ impl Session {
         connection.owe(Control::UnsubAck(unsubscribe.packet_id, reasons));
     }
 
+    /// A client DISCONNECT. A v5 one may change the Session Expiry
+    /// Interval (capped as at CONNECT), but not from 0 to non-zero
+    /// [MQTT-3.14.2-2]: that is a protocol error (0x82).
     fn handle_disconnect(
         &mut self,
         now: Instant,
         disconnect: Disconnect,
         counters: &mut SessionCounters,
-    ) {
+    ) -> Result<(), SessionError> {
+        let Some(connection) = self.connection.as_ref() else {
+            return Err(SessionError::NotConnected);
+        };
+        if let Some(seconds) = disconnect.properties.session_expiry_interval {
+            if seconds != 0 && connection.expiry_zero_at_connect {
+                return Err(SessionError::SessionExpiryFromZero);
+            }
+            let requested = (seconds != u32::MAX).then(|| Duration::from_secs(u64::from(seconds)));
+            self.expiry = match (requested, self.limits.max_session_expiry) {
+                (Some(requested), Some(cap)) => Some(requested.min(cap)),
+                (requested, None) => requested,
+                (None, cap) => cap,
+            };
+        }
         // [MQTT-3.14.4-3] the will is discarded, except after a v5
         // "Disconnect with Will Message" (see CloseReason::publishes_will).
         self.close(now, CloseReason::ClientDisconnect(disconnect.reason), counters);
+        Ok(())
     }
 
     /// A message matched one of this session's subscriptions. The shard has
@@ -626,10 +698,17 @@ impl Session {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is due: one and a half
-    /// times the keep alive after the last packet received [MQTT-3.1.2-24];
-    /// `None` when the keep alive is 0 or no connection is open.
+    /// times the keep alive after the last packet received [MQTT-3.1.2-24]
+    /// (none when the keep alive is 0 or no connection is open), or the end
+    /// of a v5 Will Delay Interval, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.connection.as_ref().filter(|c| c.open)?.keep_alive.deadline()
+        let keep_alive = self.connection.as_ref().filter(|c| c.open);
+        let keep_alive = keep_alive.and_then(|c| c.keep_alive.deadline());
+        let will = self.delayed_will.as_ref().map(|delayed| delayed.due);
+        match (keep_alive, will) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The network layer stopped (`held`) or resumed reading the
@@ -646,11 +725,54 @@ impl Session {
     }
 
     /// Closes the connection when its keep alive has expired at `now`
-    /// [MQTT-3.1.2-24]; the will is published.
+    /// [MQTT-3.1.2-24] (the will is published); publishes a delayed will
+    /// whose delay has run out [MQTT-3.1.3-9].
     pub fn handle_timeout(&mut self, now: Instant, counters: &mut SessionCounters) {
         if self.connection.as_ref().is_some_and(|c| c.open && c.keep_alive.is_expired(now)) {
             self.close(now, CloseReason::KeepAliveTimeout, counters);
         }
+        if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {
+            self.publish_delayed_will(now);
+        }
+    }
+
+    /// The session ends (expired, or replaced by a clean start): a will
+    /// still waiting for its delay is published now, as the session ending
+    /// came first [MQTT-3.1.3-9].
+    pub fn handle_session_end(&mut self, now: Instant) {
+        self.publish_delayed_will(now);
+    }
+
+    /// The broker is shutting down: the open connection is closed, a v5
+    /// client told so with DISCONNECT 0x8B (5.0 §3.14.2.1).
+    pub fn handle_shutdown(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::ServerShuttingDown, counters);
+    }
+
+    /// The network layer could not decode what the client sent (or it was
+    /// larger than the server's Maximum Packet Size): the connection is
+    /// closed, a v5 client told why with DISCONNECT 0x81, 0x82 or 0x95
+    /// first (5.0 §4.13.1).
+    pub fn handle_malformed(
+        &mut self,
+        now: Instant,
+        error: crate::protocol::DecodeError,
+        counters: &mut SessionCounters,
+    ) {
+        self.close(now, CloseReason::Malformed(Box::new(error)), counters);
+    }
+
+    fn publish_delayed_will(&mut self, now: Instant) {
+        if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
+            let message = will_message(*will, &self.client_id, now);
+            self.events.push_back(SessionEvent::Will(Arc::new(message)));
+        }
+    }
+
+    /// How long the session outlives its connection (see
+    /// [`handle_connect`](Self::handle_connect)); `None`: without limit.
+    pub fn expiry(&self) -> Option<Duration> {
+        self.expiry
     }
 
     /// The network connection ended (socket error or closed by either side).
@@ -713,18 +835,30 @@ impl Session {
     fn close(&mut self, now: Instant, reason: CloseReason, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut().filter(|c| c.open) else { return };
         connection.open = false;
-        // [MQTT-3.1.2-10] the will is removed once published or discarded.
+        // [MQTT-3.1.2-10] the will is removed once published or discarded;
+        // a v5 Will Delay Interval postpones it [MQTT-3.1.3-9].
         if let Some(will) = connection.will.take() {
             if reason.publishes_will() {
-                let message = will_message(*will, &self.client_id, now);
-                self.events.push_back(SessionEvent::Will(Arc::new(message)));
+                match will.properties.will_delay_interval.filter(|&delay| delay > 0) {
+                    Some(delay) => {
+                        let due = now + Duration::from_secs(u64::from(delay));
+                        self.delayed_will = Some(DelayedWill { due, will });
+                    }
+                    None => {
+                        let message = will_message(*will, &self.client_id, now);
+                        self.events.push_back(SessionEvent::Will(Arc::new(message)));
+                    }
+                }
             }
         }
         // What is owed goes out before the end, held or not.
         connection.release_all();
         if connection.version.is_v5() {
             if let Some(code) = reason.server_disconnect_reason() {
-                connection.owe(Control::Disconnect(code));
+                // Only when the client did not ask for none [MQTT-3.1.2-29].
+                let reason_string =
+                    connection.problem_information.then(|| reason.reason_string().into());
+                connection.owe(Control::Disconnect(code, reason_string));
             }
         }
         self.outbound.clear_resend();

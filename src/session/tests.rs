@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::protocol::{
-    ConnectProperties, Decoder, PacketType, SubscribeProperties, Subscription, SubscriptionOptions,
-    TopicName, UnsubscribeProperties, WillProperties,
+    ConnectProperties, DecodeError, Decoder, PacketType, SubscribeProperties, Subscription,
+    SubscriptionOptions, TopicName, UnsubscribeProperties, WillProperties,
 };
 use bytes::Bytes;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -86,6 +86,7 @@ fn limits() -> SessionLimits {
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
         max_session_expiry: None,
+        max_packet_size: None,
     }
 }
 
@@ -219,6 +220,17 @@ fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
 
 fn disconnect(reason: ReasonCode) -> Packet {
     Packet::Disconnect(Disconnect { reason, ..Disconnect::default() })
+}
+
+/// `packets` with the Reason Strings of DISCONNECTs taken out, to compare
+/// reason codes.
+fn stripped(mut packets: Vec<Packet>) -> Vec<Packet> {
+    for packet in &mut packets {
+        if let Packet::Disconnect(disconnect) = packet {
+            disconnect.properties.reason_string = None;
+        }
+    }
+    packets
 }
 
 fn as_publish(packet: &Packet) -> &Publish {
@@ -659,7 +671,7 @@ fn assert_wrong_ack(mut session: Counted, t0: Instant, wrong: Packet, expected: 
     assert_eq!(error.reason_code(), ReasonCode::ProtocolError);
     assert!(!session.is_connected());
     assert_eq!(closed_reason(&events(&mut session)), Some(&CloseReason::ProtocolViolation(error)));
-    let output = drain(&mut session, t0);
+    let output = stripped(drain(&mut session, t0));
     if version.is_v5() {
         assert_eq!(output, vec![disconnect(ReasonCode::ProtocolError)]);
     } else {
@@ -1114,7 +1126,7 @@ fn packets_only_a_server_sends_are_protocol_errors_mqtt_4_8_0_1() {
         session.handle_packet(t0, Packet::PingResp),
         Err(SessionError::UnexpectedPacket(PacketType::PingResp))
     );
-    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::ProtocolError)]);
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
 }
 
 #[test]
@@ -1127,7 +1139,7 @@ fn takeover_closes_the_old_connection_mqtt_3_1_4_2() {
     connect.will = Some(will());
     let mut session = connected_with(t0, &connect, limits());
     session.handle_takeover(t0);
-    assert_eq!(drain(&mut session, t0), vec![disconnect(ReasonCode::SessionTakenOver)]);
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::SessionTakenOver)]);
     let first = events(&mut session);
     assert!(will_event(&first).is_some());
     assert_eq!(closed_reason(&first), Some(&CloseReason::TakenOver));
@@ -1330,7 +1342,7 @@ fn v5_receive_maximum_exceeded_closes_mqtt_3_3_4_7() {
     let error = session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 4, "t")));
     assert_eq!(error, Err(SessionError::ReceiveMaximumExceeded));
     assert_eq!(
-        drain(&mut session, t0).last(),
+        stripped(drain(&mut session, t0)).last(),
         Some(&disconnect(ReasonCode::ReceiveMaximumExceeded))
     );
 }
@@ -1642,4 +1654,193 @@ fn a_closing_connection_writes_what_it_owes_barriers_or_not() {
     let kinds: Vec<PacketType> =
         summary(&drain(&mut session, t0)).into_iter().map(|p| p.0).collect();
     assert_eq!(kinds, [PacketType::SubAck, PacketType::Disconnect]);
+}
+
+// ---- MQTT 5.0: session expiry, will delay, server DISCONNECT ---------------
+
+fn connect_v5_expiry(expiry: Option<u32>) -> Connect {
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.session_expiry_interval = expiry;
+    connect
+}
+
+fn limits_with_expiry_cap(seconds: u64) -> SessionLimits {
+    SessionLimits { max_session_expiry: Some(Duration::from_secs(seconds)), ..limits() }
+}
+
+#[test]
+fn v5_connack_advertises_what_the_server_supports_mqtt_3_2_2_3() {
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_packet_size: NonZeroU32::new(4096), ..limits() };
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    let properties = session.handle_connect(t0, &connect_v5_expiry(None), false).properties.clone();
+    // Maximum QoS 2 is the default: absent [MQTT-3.2.2-9].
+    assert_eq!(properties.maximum_qos, None);
+    assert_eq!(properties.retain_available, Some(true));
+    assert_eq!(properties.wildcard_subscription_available, Some(true));
+    assert_eq!(properties.subscription_identifiers_available, Some(true));
+    assert_eq!(properties.shared_subscription_available, Some(true));
+    assert_eq!(properties.maximum_packet_size, NonZeroU32::new(4096));
+    assert_eq!(properties.session_expiry_interval, None, "0 asked, 0 granted");
+    // A 3.1.1 CONNACK has no properties at all.
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    let connack = session.handle_connect(t0, &connect_packet(V311, 0, false), false);
+    assert_eq!(connack.properties, ConnAckProperties::default());
+}
+
+#[test]
+fn v5_session_expiry_is_capped_and_the_cap_told_in_connack_mqtt_3_2_2_3_2() {
+    // 5.0 §3.2.2.3.2: "If the Session Expiry Interval is absent the value in
+    // the CONNECT Packet used. The server uses this property to inform the
+    // Client that it is using a value other than that sent by the Client".
+    let t0 = Instant::now();
+    let cases = [
+        (None, Some(0), None),
+        (Some(30), Some(30), None),
+        (Some(7200), Some(3600), Some(3600)),
+        (Some(u32::MAX), Some(3600), Some(3600)),
+    ];
+    for (asked, granted, told) in cases {
+        let mut session = Counted::new(ByteString::from_static("c1"), limits_with_expiry_cap(3600));
+        let connack = session.handle_connect(t0, &connect_v5_expiry(asked), false).clone();
+        assert_eq!(connack.properties.session_expiry_interval, told, "asked {asked:?}");
+        assert_eq!(session.expiry(), granted.map(Duration::from_secs), "asked {asked:?}");
+    }
+    // Without a cap, 0xFFFFFFFF never expires (5.0 §3.1.2.11.2).
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect_v5_expiry(Some(u32::MAX)), false);
+    assert_eq!(session.expiry(), None);
+    // 3.1.1: Clean Session 1 ends with the connection, 0 is kept to the cap.
+    let mut session = Counted::new(ByteString::from_static("c1"), limits_with_expiry_cap(60));
+    session.handle_connect(t0, &connect_packet(V311, 0, true), false);
+    assert_eq!(session.expiry(), Some(Duration::ZERO));
+    session.handle_connect(t0, &connect_packet(V311, 0, false), false);
+    assert_eq!(session.expiry(), Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn v5_disconnect_changes_the_session_expiry_mqtt_3_14_2_2() {
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_v5_expiry(Some(10)), limits_with_expiry_cap(60));
+    let mut disconnect = Disconnect::default();
+    disconnect.properties.session_expiry_interval = Some(600);
+    session.handle_packet(t0, Packet::Disconnect(disconnect)).unwrap();
+    assert_eq!(session.expiry(), Some(Duration::from_secs(60)), "capped as at CONNECT");
+}
+
+#[test]
+fn v5_disconnect_may_not_set_expiry_after_zero_mqtt_3_14_2_2() {
+    // [MQTT-3.14.2-2] "If the Session Expiry Interval in the CONNECT packet
+    // was zero, then it is a Protocol Error to set a non-zero Session Expiry
+    // Interval in the DISCONNECT packet sent by the Client."
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_v5_expiry(None), limits_with_expiry_cap(60));
+    let mut packet = Disconnect::default();
+    packet.properties.session_expiry_interval = Some(30);
+    let result = session.handle_packet(t0, Packet::Disconnect(packet));
+    assert_eq!(result, Err(SessionError::SessionExpiryFromZero));
+    assert_eq!(session.expiry(), Some(Duration::ZERO));
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
+}
+
+fn delayed_will(delay: u32) -> Will {
+    let mut will = will();
+    will.properties.will_delay_interval = Some(delay);
+    will
+}
+
+#[test]
+fn v5_will_waits_for_its_delay_mqtt_3_1_3_9() {
+    // [MQTT-3.1.3-9] "If a new Network Connection to this Session is made
+    // before the Will Delay Interval has passed, the Server MUST NOT send
+    // the Will Message."
+    let t0 = Instant::now();
+    let mut connect = connect_v5_expiry(Some(600));
+    connect.will = Some(delayed_will(10));
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_connection_lost(t0);
+    assert!(will_event(&events(&mut session)).is_none(), "not before the delay");
+    assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    // Back after 5 s: the will is never sent.
+    let t5 = t0 + Duration::from_secs(5);
+    session.handle_connect(t5, &connect_v5_expiry(Some(600)), true);
+    // Only the Server Keep Alive (100 s) is left to wait for.
+    assert_eq!(session.poll_timeout(), Some(t5 + Duration::from_secs(150)));
+    session.handle_timeout(t0 + Duration::from_secs(20));
+    assert!(will_event(&events(&mut session)).is_none());
+}
+
+#[test]
+fn v5_will_is_published_when_its_delay_runs_out_mqtt_3_1_3_9() {
+    let t0 = Instant::now();
+    let mut connect = connect_v5_expiry(Some(600));
+    connect.will = Some(delayed_will(10));
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_connection_lost(t0);
+    events(&mut session);
+    session.handle_timeout(t0 + Duration::from_secs(9));
+    assert!(will_event(&events(&mut session)).is_none());
+    session.handle_timeout(t0 + Duration::from_secs(10));
+    assert!(will_event(&events(&mut session)).is_some());
+    assert_eq!(session.poll_timeout(), None, "published once");
+}
+
+#[test]
+fn v5_will_is_published_when_the_session_ends_first_mqtt_3_1_3_9() {
+    // 5.0 §3.1.3.2.2: "The Server delays publishing the Client's Will
+    // Message until the Will Delay Interval has passed or the Session
+    // ends, whichever happens first."
+    let t0 = Instant::now();
+    let mut connect = connect_v5_expiry(Some(5));
+    connect.will = Some(delayed_will(3600));
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_connection_lost(t0);
+    events(&mut session);
+    session.handle_session_end(t0 + Duration::from_secs(5));
+    assert!(will_event(&events(&mut session)).is_some());
+}
+
+#[test]
+fn v5_server_disconnects_carry_their_reason_code_mqtt_4_13_1() {
+    let t0 = Instant::now();
+    // 0x8D keep alive timeout.
+    let mut session = connected_with(t0, &connect_packet(V5, 10, false), limits());
+    session.handle_timeout(t0 + Duration::from_secs(15));
+    let output = drain(&mut session, t0);
+    assert_eq!(stripped(output.clone()), vec![disconnect(ReasonCode::KeepAliveTimeout)]);
+    let Packet::Disconnect(sent) = &output[0] else { unreachable!() };
+    assert_eq!(sent.properties.reason_string.as_deref(), Some("keep alive timeout"));
+    // 0x8B server shutting down.
+    let mut session = connected(t0, V5);
+    session.handle_shutdown(t0, &mut SessionCounters::default());
+    assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ServerShuttingDown)]);
+    // 0x95 packet too large, 0x81 malformed, from the decoder.
+    for (error, code) in [
+        (DecodeError::PacketTooLarge { size: 10, max: 5 }, ReasonCode::PacketTooLarge),
+        (DecodeError::MalformedVarInt, ReasonCode::MalformedPacket),
+    ] {
+        let mut session = connected(t0, V5);
+        session.handle_malformed(t0, error, &mut SessionCounters::default());
+        assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(code)]);
+    }
+    // 3.1.1 has no DISCONNECT from the server.
+    let mut session = connected(t0, V311);
+    session.handle_shutdown(t0, &mut SessionCounters::default());
+    assert!(drain(&mut session, t0).is_empty());
+}
+
+#[test]
+fn no_reason_string_when_problem_information_is_off_mqtt_3_1_2_29() {
+    // [MQTT-3.1.2-29] with Request Problem Information 0 the server "MUST
+    // NOT send a Reason String or User Properties on any packet other than
+    // PUBLISH, CONNACK, or DISCONNECT"; ringmq omits it there too.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.request_problem_information = Some(false);
+    let mut session = connected_with(t0, &connect, limits());
+    session.handle_takeover(t0);
+    let output = drain(&mut session, t0);
+    let [Packet::Disconnect(sent)] = &output[..] else { panic!("{output:?}") };
+    assert_eq!(sent.reason, ReasonCode::SessionTakenOver);
+    assert_eq!(sent.properties.reason_string, None);
 }

@@ -57,11 +57,6 @@ pub(super) fn connect_refusal(connect: &Connect, shutting_down: bool) -> Option<
     if shutting_down {
         return Some(ReasonCode::ServerUnavailable);
     }
-    // MQTT 5.0 sessions are not served yet: refused with 0x84 rather than
-    // half an implementation.
-    if connect.version.is_v5() {
-        return Some(ReasonCode::UnsupportedProtocolVersion);
-    }
     // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
     // 3.1 requires an id of 1 to 23 characters.
     if connect.client_id.is_empty()
@@ -135,7 +130,6 @@ mod tests {
     fn what_the_home_shard_would_refuse_is_refused_before_moving() {
         let there = id_on(1);
         let cases = [
-            (connect(ProtocolVersion::V5, &there, true), ReasonCode::UnsupportedProtocolVersion),
             // [MQTT-3.1.3-8]
             (connect(ProtocolVersion::V3_1_1, "", false), ReasonCode::ClientIdentifierNotValid),
             (connect(ProtocolVersion::V3_1, "", true), ReasonCode::ClientIdentifierNotValid),
@@ -145,8 +139,11 @@ mod tests {
             assert_eq!(shard.place(Instant::now(), &connect), Placement::Refused(reason));
             assert_eq!(shard.session_count(), 0);
         }
+        // A 5.0 CONNECT is served like any other: it moves to its home.
         let mut shard = shard();
-        shard.begin_shutdown();
+        let v5 = connect(ProtocolVersion::V5, &there, true);
+        assert!(matches!(shard.place(Instant::now(), &v5), Placement::HandOff(_)));
+        shard.begin_shutdown(Instant::now());
         let connect = connect(ProtocolVersion::V3_1_1, &there, true);
         assert_eq!(
             shard.place(Instant::now(), &connect),

@@ -108,13 +108,14 @@ impl RetainedStore {
     /// them from the store. Only the branches the filter can match are
     /// walked: `+` visits the children of one node, `#` the subtree below
     /// it. A filter starting with a wildcard does not match topics starting
-    /// with `$` [MQTT-4.7.2-1].
+    /// with `$` [MQTT-4.7.2-1]. Returns how many expired messages were
+    /// dropped [MQTT-3.3.2-5].
     pub fn for_each_match(
         &mut self,
         filter: &TopicFilter,
         now: Instant,
         mut f: impl FnMut(&Arc<Message>),
-    ) {
+    ) -> usize {
         // Expired messages met on the way, to drop after the walk; the
         // vector only allocates if there are any.
         let mut expired: Vec<Arc<Message>> = Vec::new();
@@ -186,9 +187,11 @@ impl RetainedStore {
             stack.push(next);
         }
         drop(stack);
+        let dropped = expired.len();
         for message in expired {
             self.remove_where(message.topic.as_str(), |stored| Arc::ptr_eq(stored, &message));
         }
+        dropped
     }
 
     /// Removes the message of `topic` if `condition` holds for it, then
@@ -430,7 +433,9 @@ mod tests {
         let old = TopicName::new("a/old").unwrap();
         assert!(store.get(&old, now).is_some());
         assert!(store.get(&old, later).is_none());
-        assert_eq!(topics(&mut store, "a/+", later), vec!["a/forever", "a/new"]);
+        let mut seen = 0;
+        let dropped = store.for_each_match(&filter("a/+"), later, |_| seen += 1);
+        assert_eq!((seen, dropped), (2, 1), "two delivered, one dropped and counted");
         assert_eq!(store.len(), 3, "the expired message met on the walk is dropped");
         assert_eq!(topics(&mut store, "#", later), vec!["a/forever", "a/new"]);
         assert_eq!(store.len(), 2);

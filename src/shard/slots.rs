@@ -65,9 +65,6 @@ impl ConnectionLink {
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) session: Session,
-    /// Clean Session / Clean Start of the current or last connection: the
-    /// session ends with the connection.
-    pub(super) clean: bool,
     pub(super) connection: Option<ConnectionLink>,
     /// When a session without a connection ends (see
     /// `SessionLimits::max_session_expiry`).
@@ -88,22 +85,17 @@ pub(super) struct Slot {
 impl Slot {
     /// A session without a connection.
     pub(super) fn new(session: Session) -> Self {
-        Self {
-            session,
-            clean: true,
-            connection: None,
-            expires_at: None,
-            scheduled: None,
-            index_backlog: None,
-        }
+        Self { session, connection: None, expires_at: None, scheduled: None, index_backlog: None }
     }
 
-    /// When the shard must next look at this slot: the keep alive deadline
-    /// of its connection, or the expiry of a session without one.
+    /// When the shard must next look at this slot: the session's own
+    /// timeout (the keep alive of its connection, a delayed will), or the
+    /// expiry of a session without a connection.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        match self.connection {
-            Some(_) => self.session.poll_timeout(),
-            None => self.expires_at,
+        let session = self.session.poll_timeout();
+        match (self.connection.is_none().then_some(self.expires_at).flatten(), session) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -177,8 +169,11 @@ impl Slots {
         Some(slot)
     }
 
-    /// Every live slot.
-    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
-        self.slots.iter_mut().flatten().map(|slot| &mut **slot)
+    /// The keys of the sessions with a connection attached.
+    pub(super) fn connected(&self) -> Vec<SessionKey> {
+        let slots = self.slots.iter().enumerate();
+        let connected =
+            slots.filter(|(_, slot)| slot.as_ref().is_some_and(|s| s.connection.is_some()));
+        connected.map(|(index, _)| SessionKey(index as u32)).collect()
     }
 }

@@ -77,6 +77,9 @@ pub struct Shard {
     matches: Vec<(SessionKey, LocalSubscription)>,
     /// When to look at which session.
     deadlines: Deadlines,
+    /// The last bytes of taken-over connections (a v5 DISCONNECT 0x8E),
+    /// until their task takes them; rarely more than one.
+    farewells: Vec<(ConnectionId, Bytes)>,
 }
 
 impl Shard {
@@ -105,6 +108,7 @@ impl Shard {
             released: Vec::new(),
             matches: Vec::new(),
             deadlines: Deadlines::default(),
+            farewells: Vec::new(),
         }
     }
 
@@ -194,15 +198,26 @@ impl Shard {
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
             // takes over: the first is closed (its will is published).
-            if self.slot(key).connection.is_some() {
+            if let Some(old) = self.slot(key).connection.as_ref().map(|link| link.id) {
                 self.counters.shard.takeovers += 1;
-                let session = &mut self.slots.slot_mut(key).session;
-                session.handle_takeover(now, &mut self.counters.session);
+                let slot = self.slots.slot_mut(key);
+                slot.session.handle_takeover(now, &mut self.counters.session);
+                // A v5 client is told DISCONNECT 0x8E before its connection
+                // closes (5.0 §3.1.4): the old connection task takes these
+                // last bytes on its way out (`poll_transmit`).
+                let mut farewell = bytes::BytesMut::new();
+                slot.session.poll_transmit(now, &mut farewell, &mut self.counters.session);
+                if !farewell.is_empty() {
+                    self.farewells.push((old, farewell.freeze()));
+                }
                 self.detach(key, now);
             }
-            // [MQTT-3.1.2-6] Clean Session discards the previous session.
+            // [MQTT-3.1.2-6] Clean Session (v5 Clean Start) discards the
+            // previous session.
             if connect.clean_start {
-                self.remove_session(key);
+                if let Some(key) = self.slots.find(&client_id) {
+                    self.end_session(key, now);
+                }
             }
         }
         let (key, session_present) = match self.slots.find(&client_id) {
@@ -213,7 +228,6 @@ impl Shard {
             }
         };
         let slot = self.slots.slot_mut(key);
-        slot.clean = connect.clean_start;
         slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
@@ -222,7 +236,15 @@ impl Shard {
         ConnectOutcome::Accepted(key)
     }
 
-    /// Ends a session: its subscriptions leave the index.
+    /// Ends a session: a will still waiting for its delay is published
+    /// [MQTT-3.1.3-9], then it is removed.
+    fn end_session(&mut self, key: SessionKey, now: Instant) {
+        self.slot_mut(key).session.handle_session_end(now);
+        self.drain_events(key, now);
+        self.remove_session(key);
+    }
+
+    /// Removes a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
         let Some(slot) = self.slots.remove(key) else { return };
         for filter in
@@ -234,20 +256,18 @@ impl Shard {
 
     /// Detaches the connection of `key` (it is told through its waker) and
     /// lets the session react: the will of an abnormal end is published,
-    /// in-flight messages wait for the next connection. A clean session
-    /// ends here; any other ends after `max_session_expiry`.
+    /// in-flight messages wait for the next connection. The session ends
+    /// after its expiry ([`Session::expiry`]: 0 for a clean 3.1.1 session,
+    /// the v5 Session Expiry Interval, capped by `max_session_expiry`).
     fn detach(&mut self, key: SessionKey, now: Instant) {
-        let expiry = self.limits.max_session_expiry;
         let slot = self.slots.slot_mut(key);
         if let Some(mut link) = slot.connection.take() {
             link.wake();
         }
         slot.session.handle_connection_lost(now, &mut self.counters.session);
-        // A 3.1.1 session with Clean Session 0 asks to be kept without
-        // limit; the server's longest Session Expiry Interval applies (as
-        // to a 5.0 client asking for 0xFFFFFFFF, section 3.1.2.11.2).
+        let expiry = slot.session.expiry();
         slot.expires_at = expiry.map(|expiry| now + expiry);
-        let ends_now = slot.clean || expiry == Some(Duration::ZERO);
+        let ends_now = expiry == Some(Duration::ZERO);
         // A persistent session keeps what it subscribed to: the rest of a
         // large SUBSCRIBE is indexed now, there is no connection to pace.
         let backlog = slot.index_backlog.take();
@@ -258,7 +278,7 @@ impl Shard {
         }
         self.drain_events(key, now);
         if ends_now {
-            self.remove_session(key);
+            self.end_session(key, now);
         } else {
             self.schedule(key);
         }
@@ -282,6 +302,26 @@ impl Shard {
         if self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection)).is_some() {
             self.detach(key, now);
         }
+        // A taken-over connection that ended without taking its last bytes.
+        self.farewells.retain(|(id, _)| *id != connection);
+    }
+
+    /// The connection could not decode what its client sent: the session
+    /// closes it (a v5 client is sent DISCONNECT with the decoder's reason
+    /// code first, which `poll_transmit` still returns).
+    pub fn handle_malformed(
+        &mut self,
+        key: SessionKey,
+        connection: ConnectionId,
+        now: Instant,
+        error: crate::protocol::DecodeError,
+    ) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        if slot.link_mut(connection).is_none() {
+            return;
+        }
+        slot.session.handle_malformed(now, error, &mut self.counters.session);
+        self.drain_events(key, now);
     }
 
     /// Feeds one packet read from `connection` to its session. Returns
@@ -318,9 +358,9 @@ impl Shard {
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
             let slot = self.slots.slot_mut(key);
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
-                if slot.connection.is_none() {
+                if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
                     self.counters.shard.sessions_expired += 1;
-                    self.remove_session(key);
+                    self.end_session(key, now);
                     continue;
                 }
                 slot.session.handle_timeout(now, &mut self.counters.session);
@@ -340,10 +380,17 @@ impl Shard {
         now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, ConnectionError> {
-        let Some(slot) = self.slots.get_mut(key) else { return Err(ConnectionError::Detached) };
-        let Some(link) = slot.connection.as_mut().filter(|link| link.id == connection) else {
+        let link = self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection));
+        if link.is_none() {
+            // Taken over: the DISCONNECT 0x8E (and what was owed) is the
+            // last thing written.
+            if let Some(at) = self.farewells.iter().position(|(id, _)| *id == connection) {
+                out.extend_from_slice(&self.farewells.swap_remove(at).1);
+            }
             return Err(ConnectionError::Detached);
-        };
+        }
+        let slot = self.slots.slot_mut(key);
+        let Some(link) = slot.connection.as_mut() else { return Err(ConnectionError::Detached) };
         // Woken again when there is more: new output, or a barrier
         // released (see `Shard::release_acks`).
         link.notified = false;
@@ -410,12 +457,18 @@ impl Shard {
         self.shutting_down
     }
 
-    /// Starts the shutdown: no new sessions, and every connection task is
-    /// woken to close.
-    pub fn begin_shutdown(&mut self) {
+    /// Starts the shutdown: no new sessions, and every connection is
+    /// closed (a v5 client is sent DISCONNECT 0x8B, which its task writes
+    /// before it closes the socket) and its task woken.
+    pub fn begin_shutdown(&mut self, now: Instant) {
         self.shutting_down = true;
-        for link in self.slots.iter_mut().filter_map(|slot| slot.connection.as_mut()) {
-            link.wake();
+        for key in self.slots.connected() {
+            let slot = self.slots.slot_mut(key);
+            slot.session.handle_shutdown(now, &mut self.counters.session);
+            self.drain_events(key, now);
+            if let Some(link) = self.slots.slot_mut(key).connection.as_mut() {
+                link.wake();
+            }
         }
     }
 
@@ -752,7 +805,9 @@ impl Shard {
 
     fn retained_matching(&mut self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
         let mut messages = Vec::new();
-        self.retained.for_each_match(filter, now, |message| messages.push(Arc::clone(message)));
+        let expired =
+            self.retained.for_each_match(filter, now, |message| messages.push(Arc::clone(message)));
+        self.counters.shard.retained_expired += expired as u64;
         messages
     }
 

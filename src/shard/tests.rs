@@ -25,6 +25,7 @@ struct Client {
     shard: usize,
     key: SessionKey,
     id: ConnectionId,
+    version: ProtocolVersion,
 }
 
 impl Cluster {
@@ -94,7 +95,6 @@ impl Cluster {
         clean: bool,
         keep_alive: u16,
     ) -> (Client, Vec<Packet>) {
-        let shard = home_shard(client_id.as_bytes(), self.shards.len()).index();
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
             clean_start: clean,
@@ -105,13 +105,20 @@ impl Cluster {
             password: None,
             properties: Default::default(),
         };
+        self.connect_packet(&connect)
+    }
+
+    /// Connects with `connect` at the home shard of its client id.
+    fn connect_packet(&mut self, connect: &Connect) -> (Client, Vec<Packet>) {
+        let client_id = connect.client_id.clone();
+        let shard = home_shard(client_id.as_bytes(), self.shards.len()).index();
         let id = self.shards[shard].new_connection_id();
         let ConnectOutcome::Accepted(key) =
-            self.shards[shard].handle_connect(self.now, &connect, client_id.into(), id)
+            self.shards[shard].handle_connect(self.now, connect, client_id, id)
         else {
             panic!("refused")
         };
-        let client = Client { shard, key, id };
+        let client = Client { shard, key, id, version: connect.version };
         let output = self.output(&client);
         (client, output)
     }
@@ -142,8 +149,7 @@ impl Cluster {
         let mut out = BytesMut::new();
         let now = self.now;
         self.shards[client.shard].poll_transmit(client.key, client.id, now, &mut out).unwrap();
-        let mut decoder = crate::protocol::Decoder::new(ProtocolVersion::V3_1_1, 1 << 20);
-        std::iter::from_fn(|| decoder.decode(&mut out).unwrap()).collect()
+        decode_all(client.version, out)
     }
 
     fn subscribe(&mut self, client: &Client, filter: &str) {
@@ -159,6 +165,12 @@ impl Cluster {
         };
         self.send(client, Packet::Subscribe(subscribe));
     }
+}
+
+/// Every packet in `out`, read as a client of `version` reads them.
+fn decode_all(version: ProtocolVersion, mut out: BytesMut) -> Vec<Packet> {
+    let mut decoder = crate::protocol::Decoder::new(version, 1 << 20);
+    std::iter::from_fn(|| decoder.decode(&mut out).unwrap()).collect()
 }
 
 fn publish(topic: &str, payload: &'static [u8], retain: bool) -> Packet {
@@ -722,6 +734,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 deliveries_dropped: 5,
                 takeovers: 1,
                 sessions_expired: 1,
+                retained_expired: 0,
                 protocol_violations: 1,
             },
             session: SessionCounters {
@@ -743,4 +756,166 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
     let other = cluster.shards[1].snapshot();
     assert_eq!((other.shard, other.sessions), (1, 1));
     assert_eq!(other.counters, Counters::default());
+}
+
+// ---- MQTT 5.0 ----------------------------------------------------------------
+
+/// A 5.0 CONNECT with a Session Expiry Interval of `expiry` seconds.
+fn connect_v5(client_id: &str, expiry: u32) -> Connect {
+    Connect {
+        version: ProtocolVersion::V5,
+        clean_start: false,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: crate::protocol::ConnectProperties {
+            session_expiry_interval: Some(expiry),
+            ..Default::default()
+        },
+    }
+}
+
+fn disconnect_reason(packets: &[Packet]) -> Option<crate::protocol::ReasonCode> {
+    packets.iter().find_map(|packet| match packet {
+        Packet::Disconnect(disconnect) => Some(disconnect.reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_v5_connection_taken_over_is_sent_disconnect_0x8e_before_it_closes_mqtt_3_1_4_3() {
+    // [MQTT-3.1.4-3] "If the ClientID represents a Client already connected
+    // to the Server, the Server sends a DISCONNECT packet to the existing
+    // Client with Reason Code of 0x8E (Session taken over)".
+    let mut cluster = Cluster::new(1);
+    let (first, _) = cluster.connect_packet(&connect_v5("twin", 60));
+    let (second, output) = cluster.connect_packet(&connect_v5("twin", 60));
+    assert!(matches!(&output[..], [Packet::ConnAck(connack)] if connack.session_present));
+    let now = cluster.now;
+    let mut out = BytesMut::new();
+    let result = cluster.shards[0].poll_transmit(first.key, first.id, now, &mut out);
+    assert!(matches!(result, Err(ConnectionError::Detached)));
+    let last = decode_all(ProtocolVersion::V5, out);
+    assert_eq!(disconnect_reason(&last), Some(crate::protocol::ReasonCode::SessionTakenOver));
+    // Taken once; the new connection is untouched.
+    let mut out = BytesMut::new();
+    let _ = cluster.shards[0].poll_transmit(first.key, first.id, now, &mut out);
+    assert!(out.is_empty());
+    assert!(cluster.shards[0].poll_transmit(second.key, second.id, now, &mut out).is_ok());
+}
+
+#[test]
+fn a_v5_session_ends_after_its_session_expiry_interval() {
+    let mut cluster = Cluster::new(1);
+    let (client, _) = cluster.connect_packet(&connect_v5("leaver", 10));
+    cluster.close(&client);
+    cluster.now += Duration::from_secs(9);
+    cluster.sweep();
+    assert_eq!(cluster.shards[0].session_count(), 1);
+    cluster.now += Duration::from_secs(1);
+    cluster.sweep();
+    assert_eq!(cluster.shards[0].session_count(), 0);
+    assert_eq!(cluster.shards[0].counters().shard.sessions_expired, 1);
+    // Session Expiry Interval 0 (absent): the session ends with the
+    // connection.
+    let (client, _) = cluster.connect_packet(&connect_v5("brief", 0));
+    cluster.close(&client);
+    assert_eq!(cluster.shards[0].session_count(), 0);
+}
+
+#[test]
+fn a_delayed_will_is_published_by_the_sweep_unless_the_client_returns_mqtt_3_1_3_9() {
+    let mut cluster = Cluster::new(2);
+    let watcher = cluster.connect("watcher");
+    cluster.subscribe(&watcher, "wills/#");
+    cluster.settle();
+    cluster.output(&watcher);
+    let mut connect = connect_v5("mortal", 600);
+    connect.will = Some(crate::protocol::Will {
+        topic: TopicName::new("wills/mortal").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: crate::protocol::WillProperties {
+            will_delay_interval: Some(5),
+            ..Default::default()
+        },
+    });
+    // Away for 3 s, back in time: no will.
+    let (client, _) = cluster.connect_packet(&connect);
+    cluster.close(&client);
+    cluster.now += Duration::from_secs(3);
+    cluster.sweep();
+    let (client, _) = cluster.connect_packet(&connect);
+    cluster.now += Duration::from_secs(10);
+    cluster.sweep();
+    assert!(payloads(&cluster.output(&watcher)).is_empty());
+    // Away for good: the will after 5 s.
+    cluster.close(&client);
+    cluster.now += Duration::from_secs(4);
+    cluster.sweep();
+    assert!(payloads(&cluster.output(&watcher)).is_empty());
+    cluster.now += Duration::from_secs(1);
+    cluster.sweep();
+    assert_eq!(payloads(&cluster.output(&watcher)), [b"gone"]);
+}
+
+#[test]
+fn shutdown_sends_every_v5_client_disconnect_0x8b() {
+    let mut cluster = Cluster::new(1);
+    let (v5, _) = cluster.connect_packet(&connect_v5("five", 0));
+    let v3 = cluster.connect("three");
+    let now = cluster.now;
+    cluster.shards[0].begin_shutdown(now);
+    let mut out = BytesMut::new();
+    let result = cluster.shards[0].poll_transmit(v5.key, v5.id, now, &mut out);
+    assert!(matches!(result, Err(ConnectionError::Closed(_))));
+    let last = decode_all(ProtocolVersion::V5, out);
+    assert_eq!(disconnect_reason(&last), Some(crate::protocol::ReasonCode::ServerShuttingDown));
+    let mut out = BytesMut::new();
+    let _ = cluster.shards[0].poll_transmit(v3.key, v3.id, now, &mut out);
+    assert!(out.is_empty(), "3.1.1 has no DISCONNECT from the server");
+}
+
+#[test]
+fn v3_and_v5_clients_exchange_messages_across_shards() {
+    // 5.0 properties reach 5.0 subscribers unaltered [MQTT-3.3.2-17]; a
+    // 3.1.1 subscriber gets the same message without them.
+    let mut cluster = Cluster::new(2);
+    let (v5, _) = cluster.connect_packet(&connect_v5(&id_on("five", 0, 2), 0));
+    let v3 = cluster.connect(&id_on("three", 1, 2));
+    cluster.subscribe(&v3, "mixed/#");
+    cluster.subscribe(&v5, "mixed/#");
+    cluster.settle();
+    cluster.output(&v3);
+    cluster.output(&v5);
+    let mut from_v5 = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: TopicName::new("mixed/a").unwrap(),
+        packet_id: None,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(b"from five"),
+    };
+    from_v5.properties.make_mut().content_type = Some("text/plain".into());
+    cluster.send(&v5, Packet::Publish(from_v5));
+    cluster.send(&v3, publish("mixed/b", b"from three", false));
+    cluster.settle();
+    // Read with a 3.1.1 decoder: no properties on the wire.
+    let to_v3 = cluster.output(&v3);
+    let mut got = payloads(&to_v3);
+    got.sort_unstable();
+    assert_eq!(got, [&b"from five"[..], b"from three"]);
+    let to_v5 = cluster.output(&v5);
+    let mut got = payloads(&to_v5);
+    got.sort_unstable();
+    assert_eq!(got, [&b"from five"[..], b"from three"]);
+    let from_five = to_v5.iter().find_map(|packet| match packet {
+        Packet::Publish(publish) if &publish.payload[..] == b"from five" => Some(publish),
+        _ => None,
+    });
+    assert_eq!(from_five.unwrap().properties.content_type.as_deref(), Some("text/plain"));
 }
