@@ -60,8 +60,16 @@ pub struct Config {
     limits: Limits,
     /// The admin HTTP listener, if any.
     admin: Option<SocketAddr>,
+    /// How often the `$SYS` topics are published, in seconds; 0: never.
+    sys_interval_s: u32,
     log: LogConfig,
 }
+
+/// The default `sys_interval_s`, as Mosquitto's `sys_interval`.
+pub const DEFAULT_SYS_INTERVAL_S: u32 = 10;
+
+/// The largest `sys_interval_s` accepted: a day.
+const MAX_SYS_INTERVAL_S: u32 = 86_400;
 
 /// Where `[admin] listen` binds when the section is there without it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
@@ -388,6 +396,12 @@ impl Config {
         self.admin
     }
 
+    /// How often the `$SYS/broker/...` topics are published
+    /// (`sys_interval_s`); `None` when they are not (`sys_interval_s = 0`).
+    pub fn sys_interval(&self) -> Option<Duration> {
+        (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s.into()))
+    }
+
     /// The logging settings.
     pub fn log(&self) -> &LogConfig {
         &self.log
@@ -415,6 +429,16 @@ impl Config {
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
             limits: limits(&raw.limits)?,
             admin: admin(raw.admin.as_ref())?,
+            sys_interval_s: match raw.sys_interval_s {
+                Some(n) => ranged(
+                    Setting::key("sys_interval_s", n),
+                    n,
+                    0,
+                    MAX_SYS_INTERVAL_S.into(),
+                    |n| u32::try_from(n).ok(),
+                )?,
+                None => DEFAULT_SYS_INTERVAL_S,
+            },
             log: log(&raw.log, overrides.log.as_deref())?,
         };
         config.check_anonymous(&listeners)?;
@@ -455,6 +479,7 @@ impl Default for Config {
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             admin: None,
+            sys_interval_s: DEFAULT_SYS_INTERVAL_S,
             log: LogConfig::default(),
         }
     }

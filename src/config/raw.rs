@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) data_dir: Option<IgnoredAny>,
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
+    pub(super) sys_interval_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,

@@ -169,6 +169,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "data_dir",
         "durability",
         "fsync_interval_ms",
+        "sys_interval_s",
         "[[listener]]",
         "bind",
         "protocol",
@@ -203,6 +204,23 @@ fn example_file_documents_every_key_of_the_schema() {
         });
         assert!(documented, "{key} is not in ringmq.toml");
     }
+}
+
+// ---- sys_interval_s --------------------------------------------------------
+
+#[test]
+fn sys_interval_defaults_to_ten_seconds_and_zero_disables_it() {
+    assert_eq!(Config::default().sys_interval(), Some(Duration::from_secs(10)));
+    assert_eq!(parse("sys_interval_s = 0").unwrap().sys_interval(), None);
+    assert_eq!(
+        parse("sys_interval_s = 86400").unwrap().sys_interval(),
+        Some(Duration::from_secs(86_400))
+    );
+    assert_eq!(
+        error("sys_interval_s = -1"),
+        "config error: sys_interval_s = -1: must be between 0 and 86400"
+    );
+    assert!(error("sys_interval_s = 86401").contains("sys_interval_s = 86401: must be between"));
 }
 
 // ---- shards ----------------------------------------------------------------

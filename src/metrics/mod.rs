@@ -20,11 +20,13 @@
 //! its "shard stopped" line.
 //!
 //! * [`prometheus`]: snapshots in the Prometheus text format.
+//! * [`sys`]: snapshots as the `$SYS/broker/...` topics.
 //!
 //! Counters only ever grow. Nothing here is per client: a per-client series
 //! would be its own, configured, option.
 
 pub mod prometheus;
+pub mod sys;
 
 /// Every counter of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -132,6 +134,12 @@ pub struct Snapshot {
     pub shard: usize,
     /// Sessions on the shard, connected or not.
     pub sessions: usize,
+    /// Subscriptions of the shard's sessions (each shared group member
+    /// counts).
+    pub subscriptions: usize,
+    /// Retained messages stored on the shard (each topic's lives on one
+    /// shard).
+    pub retained: usize,
     /// Every counter.
     pub counters: Counters,
 }

@@ -71,14 +71,22 @@ impl Health {
         }
     }
 
-    /// Every shard's last published counters, in Prometheus text.
-    fn metrics(&self) -> String {
-        let snapshots: Vec<Snapshot> = self
-            .snapshots
+    /// Every shard's last published counters, in shard order.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        self.snapshots
             .iter()
             .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).clone())
-            .collect();
-        prometheus::render(&snapshots, self.connections.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Client connections open in the process now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Every shard's last published counters, in Prometheus text.
+    fn metrics(&self) -> String {
+        prometheus::render(&self.snapshots(), self.connections())
     }
 
     /// The process's count of open client connections, for the shards to

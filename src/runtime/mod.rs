@@ -7,15 +7,19 @@ mod signals;
 mod systemd;
 
 use crate::config::{Config, ShardCount};
+use crate::message::Message;
+use crate::metrics::sys::SysTree;
 use crate::metrics::{
     Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot,
 };
 use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetContext, NetLimits};
+use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::session::SessionLimits;
 use crate::shard::Shard;
+use bytes::Bytes;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
 use socket2::Socket;
@@ -73,6 +77,8 @@ struct Startup {
     open_connections: Arc<AtomicUsize>,
     shutdown: Arc<AtomicBool>,
     boot: u64,
+    /// How often shard 0 publishes the `$SYS` topics; `None`: never.
+    sys_interval: Option<Duration>,
     finished: Finished,
     /// What the shards say of themselves, for probes and the service
     /// manager.
@@ -250,6 +256,7 @@ fn serve(
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
+        sys_interval: config.sys_interval(),
         finished: Finished::default(),
         health: Arc::clone(health),
     });
@@ -379,12 +386,22 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         .collect();
 
     startup.health.shard_serving();
+    // Shard 0 publishes the $SYS topics, the first time at its first tick.
+    let mut sys = startup
+        .sys_interval
+        .filter(|_| id.index() == 0)
+        .map(|interval| (SysTree::new(Instant::now()), interval, Instant::now()));
     // Tick: keep alive sweep, and the shutdown signal.
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(TICK).await;
-        shard.borrow_mut().sweep(Instant::now());
+        let now = Instant::now();
+        shard.borrow_mut().sweep(now);
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
+        if let Some((tree, interval, due)) = sys.as_mut().filter(|(_, _, due)| now >= *due) {
+            *due = now + *interval;
+            publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+        }
     }
     net.begin_shutdown();
     for accept in accepts {
@@ -399,11 +416,35 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     Ok(())
 }
 
+/// Publishes the `$SYS/broker/...` topics, retained and at QoS 0, through
+/// `shard` as if a client had: from every shard's last snapshot.
+fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Instant) {
+    for (topic, payload) in tree.update(&health.snapshots(), health.connections(), now) {
+        let topic = match TopicName::new(topic) {
+            Ok(topic) => topic,
+            Err(error) => {
+                tracing::error!(%error, "a $SYS topic the broker built is invalid");
+                continue;
+            }
+        };
+        let message = Message {
+            topic,
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        };
+        shard.route(Arc::new(message), now);
+    }
+}
+
 /// Logs the "shard stopped" line: every counter of the shard.
 fn log_stopped(snapshot: &Snapshot) {
     // Bound without `..`: a counter added to `metrics` and left out of
     // this line fails to build, or warns as unused.
-    let Snapshot { shard: id, sessions, counters } = snapshot;
+    let Snapshot { shard: id, sessions, subscriptions, retained, counters } = snapshot;
     let Counters { net, shard, session, router } = counters;
     let NetCounters {
         accepted,
@@ -438,6 +479,8 @@ fn log_stopped(snapshot: &Snapshot) {
     tracing::info!(
         id,
         sessions,
+        subscriptions,
+        retained,
         accepted,
         refused_at_limit = refused_limit,
         handed_off,

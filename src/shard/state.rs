@@ -137,6 +137,8 @@ impl Shard {
         Snapshot {
             shard: self.id.index(),
             sessions: self.slots.len(),
+            subscriptions: self.subscriptions.len(),
+            retained: self.retained.len(),
             counters: self.counters.clone(),
         }
     }

@@ -724,6 +724,10 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         shard: 0,
         // The publisher and the late subscriber; the first one expired.
         sessions: 2,
+        // The late subscriber's r/+ (the others' left with them).
+        subscriptions: 1,
+        // Of the three retained messages, the one whose topic hashes here.
+        retained: 1,
         counters: Counters {
             net: Default::default(),
             shard: ShardCounters {
