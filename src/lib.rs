@@ -19,7 +19,7 @@
 //! * [`index`] is a leaf: the subscription trie that `shard` and `router`
 //!   both build on, importing neither.
 //! * No import cycles. Each module imports only those before it:
-//!   `config`, `protocol`, `shrink`, `metrics`; `index`, `message`;
+//!   `config`, `protocol`, `shrink`, `ratelimit`, `metrics`; `index`, `message`;
 //!   `session`, `router`; `shard`; `net`; `runtime`.
 //! * Counters live in [`metrics`], owned by the shard: sessions,
 //!   connections and the outbox count into them through a reference and
@@ -39,4 +39,5 @@ pub mod router;
 pub mod runtime;
 pub mod session;
 pub mod shard;
+mod ratelimit;
 mod shrink;

@@ -3,9 +3,11 @@
 //! without a line per message. The counters say how many in total; these
 //! lines say when.
 //!
-//! Pure bookkeeping: the shard records drops with the time it was given and
-//! logs what [`DropWarnings::record`] and [`DropWarnings::poll_due`] return.
+//! Pure bookkeeping, one [`RateLimit`] of one line per interval per cause:
+//! the shard records drops with the time it was given and logs what
+//! [`DropWarnings::record`] and [`DropWarnings::poll_due`] return.
 
+use crate::ratelimit::RateLimit;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -66,17 +68,17 @@ impl fmt::Display for DropCause {
     }
 }
 
-/// Per cause: when it was last logged and what was dropped since.
-#[derive(Clone, Copy, Debug, Default)]
-struct CauseState {
-    last_logged: Option<Instant>,
-    unlogged: u64,
+/// The warning state of one shard: one line per cause per
+/// [`WARNING_INTERVAL`].
+#[derive(Debug)]
+pub struct DropWarnings {
+    causes: [RateLimit; DropCause::ALL.len()],
 }
 
-/// The warning state of one shard.
-#[derive(Debug, Default)]
-pub struct DropWarnings {
-    causes: [CauseState; DropCause::ALL.len()],
+impl Default for DropWarnings {
+    fn default() -> Self {
+        Self { causes: [RateLimit::new(1, WARNING_INTERVAL); DropCause::ALL.len()] }
+    }
 }
 
 impl DropWarnings {
@@ -85,26 +87,15 @@ impl DropWarnings {
     /// drop of a flood is told at once); else it is kept for
     /// [`Self::poll_due`].
     pub fn record(&mut self, cause: DropCause, count: u64, now: Instant) -> Option<u64> {
-        let state = &mut self.causes[cause as usize];
-        state.unlogged += count;
-        let quiet = state.last_logged.is_none_or(|at| now >= at + WARNING_INTERVAL);
-        quiet.then(|| Self::take(state, now))
+        self.causes[cause as usize].record(count, now)
     }
 
     /// A cause whose drops were kept and whose interval has passed, with
     /// the count to log; call until `None`.
     pub fn poll_due(&mut self, now: Instant) -> Option<(DropCause, u64)> {
-        DropCause::ALL.into_iter().find_map(|cause| {
-            let state = &mut self.causes[cause as usize];
-            let due = state.unlogged > 0
-                && state.last_logged.is_none_or(|at| now >= at + WARNING_INTERVAL);
-            due.then(|| (cause, Self::take(state, now)))
-        })
-    }
-
-    fn take(state: &mut CauseState, now: Instant) -> u64 {
-        state.last_logged = Some(now);
-        std::mem::take(&mut state.unlogged)
+        DropCause::ALL
+            .into_iter()
+            .find_map(|cause| self.causes[cause as usize].poll_due(now).map(|n| (cause, n)))
     }
 }
 
