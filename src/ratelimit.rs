@@ -51,8 +51,8 @@ impl RateLimit {
     /// were held back has passed: the summary line to log now, which
     /// counts against the next interval's budget.
     pub fn poll_due(&mut self, now: Instant) -> Option<u64> {
-        let due = self.untold > 0
-            && self.window_start.is_none_or(|start| now >= start + self.interval);
+        let due =
+            self.untold > 0 && self.window_start.is_none_or(|start| now >= start + self.interval);
         due.then(|| {
             self.window_start = Some(now);
             self.told = 1;

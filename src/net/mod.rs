@@ -54,6 +54,7 @@ pub use connection::serve;
 pub use transport::Transport;
 
 use crate::metrics::NetCounters;
+use crate::ratelimit::RateLimit;
 use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
 use glommio::net::{TcpListener, TcpStream};
@@ -62,7 +63,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Connect, refusal and disconnect lines a shard logs per second at most;
+/// past it, one summary line per second tells how many were held back.
+pub const CONNECTION_LOG_LINES_PER_S: u32 = 50;
 
 /// Bytes one socket read may bring in at most.
 const READ_SCRATCH: usize = 64 * 1024;
@@ -96,6 +101,9 @@ pub struct NetContext {
     live: Cell<usize>,
     /// The accept loops waiting for the shard's shutdown.
     shutdown_wakers: RefCell<Vec<Waker>>,
+    /// The budget of connect and disconnect log lines (a reconnect storm
+    /// must not flood the log).
+    connection_logs: RefCell<RateLimit>,
 }
 
 impl NetContext {
@@ -121,6 +129,35 @@ impl NetContext {
             read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
             live: Cell::new(0),
             shutdown_wakers: RefCell::new(Vec::new()),
+            connection_logs: RefCell::new(RateLimit::new(
+                CONNECTION_LOG_LINES_PER_S,
+                Duration::from_secs(1),
+            )),
+        }
+    }
+
+    /// Whether one more connect or disconnect line may be logged now
+    /// (`info` is enabled and the shard's budget has room); the lines held
+    /// back are told by [`Self::poll_connection_log_summary`].
+    fn may_log_connection(&self) -> bool {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return false;
+        }
+        let now = Instant::now();
+        self.poll_connection_log_summary(now);
+        self.connection_logs.borrow_mut().record(1, now).is_some()
+    }
+
+    /// Logs how many connect and disconnect lines were held back, once
+    /// per second while there are some; the shard's tick calls it.
+    pub fn poll_connection_log_summary(&self, now: Instant) {
+        let held_back = self.connection_logs.borrow_mut().poll_due(now);
+        if let Some(suppressed) = held_back {
+            tracing::info!(
+                suppressed,
+                limit_per_s = CONNECTION_LOG_LINES_PER_S,
+                "connection log lines suppressed"
+            );
         }
     }
 

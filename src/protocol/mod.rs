@@ -69,6 +69,17 @@ impl ProtocolVersion {
     }
 }
 
+impl std::fmt::Display for ProtocolVersion {
+    /// The version as people name it: `3.1`, `3.1.1`, `5.0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V3_1 => "3.1",
+            Self::V3_1_1 => "3.1.1",
+            Self::V5 => "5.0",
+        })
+    }
+}
+
 /// Quality of service of a message [MQTT-4.3].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 #[repr(u8)]

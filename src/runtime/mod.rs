@@ -398,6 +398,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         shard.borrow_mut().sweep(now);
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
+        net.poll_connection_log_summary(now);
         if let Some((tree, interval, due)) = sys.as_mut().filter(|(_, _, due)| now >= *due) {
             *due = now + *interval;
             publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);

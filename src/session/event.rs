@@ -93,6 +93,18 @@ impl CloseReason {
     }
 }
 
+impl std::fmt::Display for CloseReason {
+    /// Why the connection ended, for a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClientDisconnect(ReasonCode::Success) => f.write_str("client sent DISCONNECT"),
+            Self::ClientDisconnect(code) => write!(f, "client sent DISCONNECT with {code:?}"),
+            Self::ConnectionLost => f.write_str("connection lost"),
+            other => f.write_str(&other.reason_string()),
+        }
+    }
+}
+
 /// What the shard must act on, in the order it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {

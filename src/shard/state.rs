@@ -172,6 +172,11 @@ impl Shard {
         self.slots.slot_mut(key)
     }
 
+    /// The client id of the session in `key`, if it is still there.
+    pub fn client_id(&self, key: SessionKey) -> Option<&ByteString> {
+        self.slots.get(key).map(|slot| slot.session.client_id())
+    }
+
     /// The session in `key`, if `connection` is still the one attached to
     /// it (a taken-over connection gets `None`).
     pub fn session_mut(
@@ -878,6 +883,6 @@ pub enum ConnectionError {
     #[error("connection detached from its session")]
     Detached,
     /// The session closed the connection.
-    #[error("closed: {0:?}")]
+    #[error("{0}")]
     Closed(CloseReason),
 }
