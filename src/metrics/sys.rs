@@ -8,6 +8,16 @@
 //! match these topics [MQTT-4.7.2-1]: a client reads them by subscribing to
 //! `$SYS/#`.
 //!
+//! What the figures count: `clients/connected` is the open client
+//! connections (also those whose CONNECT is not read yet), `clients/total`
+//! the sessions, connected or not (as Mosquitto's, persistent sessions of
+//! absent clients included); `messages/received` the PUBLISH packets
+//! accepted from clients, `messages/sent` the PUBLISH packets sent to them
+//! (re-sent ones included); `subscriptions/count` the subscriptions (each
+//! shared group member counts); `retained messages/count` the retained
+//! messages, these topics' own included. Every figure is at most one shard
+//! tick (250 ms) old.
+//!
 //! The load averages are Mosquitto's: per-minute rates smoothed with an
 //! exponential moving average over 1, 5 and 15 minutes.
 
