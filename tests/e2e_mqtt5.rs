@@ -180,3 +180,21 @@ fn sigterm_sends_every_v5_client_disconnect_0x8b() {
     }
     assert!(broker.wait_exit().success());
 }
+
+#[test]
+fn a_payload_that_is_not_the_utf8_it_claims_gets_0x99() {
+    // [MQTT-3.3.2-4]: a PUBLISH with Payload Format Indicator 1 whose
+    // payload is not UTF-8 is refused in its PUBACK (QoS 1) or with a
+    // DISCONNECT (QoS 0), and not routed.
+    let broker = Broker::start(1);
+    let mut client = raw_v5(&broker, "pfi");
+    // QoS 1, topic "t", packet id 1, properties {Payload Format Indicator:
+    // 1}, payload 0xFF.
+    client.send_bytes(&[0x32, 9, 0, 1, b't', 0, 1, 2, 1, 1, 0xff]);
+    let Some(Packet::PubAck(ack)) = client.recv() else { panic!("no PUBACK") };
+    assert_eq!(ack.reason, ReasonCode::PayloadFormatInvalid);
+    // QoS 0: nothing to answer in, so the connection ends.
+    client.send_bytes(&[0x30, 7, 0, 1, b't', 2, 1, 1, 0xff]);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::PayloadFormatInvalid);
+    assert!(client.closed_within(Duration::from_secs(5)));
+}

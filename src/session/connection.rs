@@ -18,8 +18,11 @@ use std::num::{NonZeroU16, NonZeroU32};
 /// [MQTT-4.6.0-3].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Control {
-    PubAck(PacketId),
-    PubRec(PacketId),
+    /// With Success, or a failure that refuses the message (0x99).
+    PubAck(PacketId, ReasonCode),
+    /// With Success, or a failure that refuses the message and ends the
+    /// flow [MQTT-4.3.3-4].
+    PubRec(PacketId, ReasonCode),
     PubComp(PacketId, ReasonCode),
     PubRel(PacketId),
     SubAck(PacketId, SmallVec<[ReasonCode; 1]>),
@@ -38,8 +41,8 @@ impl Control {
             properties: AckProperties::default(),
         };
         match self {
-            Self::PubAck(id) => Packet::PubAck(response(id, ReasonCode::Success)),
-            Self::PubRec(id) => Packet::PubRec(response(id, ReasonCode::Success)),
+            Self::PubAck(id, reason) => Packet::PubAck(response(id, reason)),
+            Self::PubRec(id, reason) => Packet::PubRec(response(id, reason)),
             Self::PubComp(id, reason) => Packet::PubComp(response(id, reason)),
             Self::PubRel(id) => Packet::PubRel(response(id, ReasonCode::Success)),
             Self::SubAck(packet_id, reasons) => {

@@ -329,7 +329,7 @@ impl Session {
             if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
-                connection.owe(Control::PubRec(id));
+                connection.owe(Control::PubRec(id, ReasonCode::Success));
                 counters.duplicate_qos2_received += 1;
                 return Ok(());
             }
@@ -341,6 +341,28 @@ impl Session {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
             connection.unacknowledged_in += 1;
+        }
+        // 5.0 §3.3.2.3.2: "The receiver MAY validate that the Payload is of
+        // the format indicated, and if it is not send a PUBACK, PUBREC, or
+        // DISCONNECT with Reason Code of 0x99 (Payload format invalid)"
+        // [MQTT-3.3.2-4]. ringmq does: subscribers that trust the flag are
+        // never handed bytes that are not UTF-8. The message is not routed.
+        if properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&payload).is_err()
+        {
+            return match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    connection.owe(Control::PubAck(id, ReasonCode::PayloadFormatInvalid));
+                    Ok(())
+                }
+                // A failed PUBREC ends the flow: the id is not kept
+                // [MQTT-4.3.3-4].
+                (QoS::ExactlyOnce, Some(id)) => {
+                    connection.owe(Control::PubRec(id, ReasonCode::PayloadFormatInvalid));
+                    Ok(())
+                }
+                _ => Err(SessionError::PayloadFormatInvalid),
+            };
         }
         let expires_at = properties
             .message_expiry_interval
@@ -361,12 +383,12 @@ impl Session {
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-2]
-                connection.owe(Control::PubAck(id));
+                connection.owe(Control::PubAck(id, ReasonCode::Success));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
                 self.inbound_qos2.insert(id);
-                connection.owe(Control::PubRec(id));
+                connection.owe(Control::PubRec(id, ReasonCode::Success));
             }
             _ => {}
         }
@@ -606,7 +628,12 @@ impl Session {
         while let Some(Owed::Control(_)) = connection.control.front() {
             let Some(Owed::Control(control)) = connection.control.pop_front() else { break };
             match control {
-                Control::PubAck(_) | Control::PubComp(..) => {
+                // The client's send quota grows with every PUBACK and
+                // PUBCOMP, and with a PUBREC that fails the flow (5.0 §4.9).
+                Control::PubAck(..) | Control::PubComp(..) => {
+                    connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
+                }
+                Control::PubRec(_, reason) if reason.as_u8() >= 0x80 => {
                     connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
                 }
                 // A PUBCOMP already ended this flow (the client did not wait

@@ -1844,3 +1844,68 @@ fn no_reason_string_when_problem_information_is_off_mqtt_3_1_2_29() {
     assert_eq!(sent.reason, ReasonCode::SessionTakenOver);
     assert_eq!(sent.properties.reason_string, None);
 }
+
+// ---- Payload Format Indicator ---------------------------------------------
+
+/// A v5 PUBLISH whose Payload Format Indicator says UTF-8, with `payload`.
+fn utf8_flagged(qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    let mut publish = publish_in(qos, id, "text");
+    publish.properties.make_mut().payload_format_indicator = Some(true);
+    publish.payload = Bytes::from_static(payload);
+    Packet::Publish(publish)
+}
+
+#[test]
+fn payload_not_utf8_is_refused_with_0x99_and_not_routed_mqtt_3_3_2_4() {
+    // 5.0 §3.3.2.3.2 [MQTT-3.3.2-4]: "The receiver MAY validate that the
+    // Payload is of the format indicated, and if it is not send a PUBACK,
+    // PUBREC, or DISCONNECT with Reason Code of 0x99 (Payload format
+    // invalid)".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, utf8_flagged(QoS::AtLeastOnce, 1, b"\xff\xfe")).unwrap();
+    session.handle_packet(t0, utf8_flagged(QoS::ExactlyOnce, 2, b"\xc3")).unwrap();
+    assert!(events(&mut session).is_empty(), "nothing is routed");
+    let refused = |id| PubResponse { reason: ReasonCode::PayloadFormatInvalid, ..ack(id) };
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![Packet::PubAck(refused(1)), Packet::PubRec(refused(2))]
+    );
+    // The refused PUBREC ended the QoS 2 flow [MQTT-4.3.3-4]: the same id is
+    // a new message, and the client's quota is whole again (receive
+    // maximum 2 in `limits()`).
+    for id in [2, 3] {
+        session.handle_packet(t0, utf8_flagged(QoS::ExactlyOnce, id, "é".as_bytes())).unwrap();
+    }
+    assert_eq!(events(&mut session).len(), 2);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        [(PacketType::PubRec, Some(2), false), (PacketType::PubRec, Some(3), false),]
+    );
+}
+
+#[test]
+fn qos0_payload_not_utf8_gets_disconnect_0x99_mqtt_3_3_2_4() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let error = session.handle_packet(t0, utf8_flagged(QoS::AtMostOnce, 0, b"\x80")).unwrap_err();
+    assert_eq!(error, SessionError::PayloadFormatInvalid);
+    let events = events(&mut session);
+    assert!(!events.iter().any(|event| matches!(event, SessionEvent::Publish(_))));
+    assert_eq!(
+        stripped(drain(&mut session, t0)),
+        vec![disconnect(ReasonCode::PayloadFormatInvalid)]
+    );
+}
+
+#[test]
+fn valid_utf8_with_the_indicator_is_routed_unaltered_mqtt_3_3_2_4() {
+    // [MQTT-3.3.2-4] "A Server MUST send the Payload Format Indicator
+    // unaltered to all subscribers receiving the Application Message".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, utf8_flagged(QoS::AtMostOnce, 0, "naïve ✓".as_bytes())).unwrap();
+    let events = events(&mut session);
+    let [SessionEvent::Publish(message)] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(message.properties.payload_format_indicator, Some(true));
+}
