@@ -651,9 +651,11 @@ impl Session {
     /// [`poll_packet`](Self::poll_packet)) into `out`, appending; returns how
     /// many packets were written. Nothing is allocated beyond `out`.
     ///
-    /// A packet larger than a v5 client's Maximum Packet Size (or than MQTT
-    /// can encode) is not written, and its message counts as delivered
-    /// [MQTT-3.1.2-25]. The caller stops calling this while its socket
+    /// A packet larger than a v5 client's Maximum Packet Size first loses
+    /// its Reason String and User Properties where the spec allows it (not
+    /// a PUBLISH's: see `without_diagnostics`) [MQTT-3.1.2-24]; one still
+    /// too large (or larger than MQTT can encode) is not written, and its
+    /// message counts as delivered [MQTT-3.1.2-25]. The caller stops calling this while its socket
     /// cannot take more: the messages then wait in the bounded queue.
     ///
     /// Queued messages are taken only while `out` holds less than
@@ -677,9 +679,17 @@ impl Session {
             let Some(packet) = packet else { break };
             let Some(connection) = self.connection.as_ref() else { break };
             let version = connection.version;
-            let too_large = connection.max_packet_size.is_some_and(|max| {
-                packet.encoded_len(version).map_or(true, |len| len > max.get() as usize)
-            });
+            let max_packet_size = connection.max_packet_size;
+            let exceeds = |packet: &Packet| {
+                max_packet_size.is_some_and(|max| {
+                    packet.encoded_len(version).map_or(true, |len| len > max.get() as usize)
+                })
+            };
+            let mut packet = packet;
+            let mut too_large = exceeds(&packet);
+            if too_large && without_diagnostics(&mut packet) {
+                too_large = exceeds(&packet);
+            }
             let start = out.len();
             if !too_large && packet.encode(version, out).is_ok() {
                 written += 1;
@@ -897,6 +907,51 @@ impl Session {
     fn detach(&mut self) {
         self.connection = None;
     }
+}
+
+/// Takes the Reason String and User Properties out of `packet`, which is
+/// too large for the client's Maximum Packet Size; returns whether it had
+/// any. The spec lets the server leave them out of every packet but a
+/// PUBLISH, and requires it to when they would make the packet too large:
+/// CONNACK [MQTT-3.2.2-19], [MQTT-3.2.2-20], PUBACK [MQTT-3.4.2-2],
+/// [MQTT-3.4.2-3], PUBREC [MQTT-3.5.2-2], [MQTT-3.5.2-3], PUBREL
+/// [MQTT-3.6.2-2], [MQTT-3.6.2-3], PUBCOMP [MQTT-3.7.2-2], [MQTT-3.7.2-3],
+/// SUBACK [MQTT-3.9.2-1], [MQTT-3.9.2-2], UNSUBACK [MQTT-3.11.2-1],
+/// [MQTT-3.11.2-2], DISCONNECT [MQTT-3.14.2-3], [MQTT-3.14.2-4], AUTH
+/// [MQTT-3.15.2-2], [MQTT-3.15.2-3]. A PUBLISH forwards its User
+/// Properties unaltered [MQTT-3.3.2-17] (and has no Reason String), so it
+/// is never trimmed: one still too large is dropped [MQTT-3.1.2-25].
+fn without_diagnostics(packet: &mut Packet) -> bool {
+    let (reason_string, user_properties) = match packet {
+        Packet::ConnAck(connack) => {
+            (&mut connack.properties.reason_string, &mut connack.properties.user_properties)
+        }
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::SubAck(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::UnsubAck(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::Disconnect(disconnect) => {
+            (&mut disconnect.properties.reason_string, &mut disconnect.properties.user_properties)
+        }
+        Packet::Auth(auth) => {
+            (&mut auth.properties.reason_string, &mut auth.properties.user_properties)
+        }
+        Packet::Connect(_)
+        | Packet::Publish(_)
+        | Packet::Subscribe(_)
+        | Packet::Unsubscribe(_)
+        | Packet::PingReq
+        | Packet::PingResp => return false,
+    };
+    let had = reason_string.is_some() || !user_properties.is_empty();
+    *reason_string = None;
+    user_properties.clear();
+    had
 }
 
 /// The SUBACK code granting `qos`: the requested QoS is granted as asked

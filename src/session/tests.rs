@@ -1909,3 +1909,58 @@ fn valid_utf8_with_the_indicator_is_routed_unaltered_mqtt_3_3_2_4() {
     let [SessionEvent::Publish(message)] = &events[..] else { panic!("{events:?}") };
     assert_eq!(message.properties.payload_format_indicator, Some(true));
 }
+
+// ---- Maximum Packet Size: what may be left out ------------------------------
+
+#[test]
+fn reason_string_is_left_out_to_fit_the_maximum_packet_size_mqtt_3_1_2_24() {
+    // 5.0 [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding
+    // Maximum Packet Size to the Client"; [MQTT-3.14.2-3] "The sender MUST
+    // NOT send this property [the Reason String] if it would increase the
+    // size of the DISCONNECT packet beyond the Maximum Packet Size specified
+    // by the receiver".
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    // Room for the CONNACK (22 bytes) and a bare DISCONNECT (4), not for
+    // one with "server shutting down" (27).
+    connect.properties.maximum_packet_size = NonZeroU32::new(24);
+    let mut session = connected_with(t0, &connect, limits());
+    session.session.handle_shutdown(t0, &mut session.counters);
+    let packets = drain(&mut session, t0);
+    assert_eq!(
+        packets,
+        vec![disconnect(ReasonCode::ServerShuttingDown)],
+        "sent, without its Reason String"
+    );
+    assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+#[test]
+fn reason_string_is_kept_when_it_fits_mqtt_3_1_2_24() {
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(64);
+    let mut session = connected_with(t0, &connect, limits());
+    session.session.handle_shutdown(t0, &mut session.counters);
+    let packets = drain(&mut session, t0);
+    let [Packet::Disconnect(disconnect)] = &packets[..] else { panic!("{packets:?}") };
+    assert!(disconnect.properties.reason_string.is_some());
+}
+
+#[test]
+fn a_publish_keeps_its_user_properties_and_is_dropped_if_too_large_mqtt_3_3_2_17() {
+    // [MQTT-3.3.2-17] "The Server MUST send all User Properties unaltered in
+    // a PUBLISH packet when forwarding the Application Message to a
+    // Client": they are not trimmed to fit, the message is dropped
+    // [MQTT-3.1.2-25].
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(24);
+    let mut session = connected_with(t0, &connect, limits());
+    let mut message = (*message("t", QoS::AtMostOnce, b"m")).clone();
+    message.properties.make_mut().user_properties =
+        vec![(ByteString::from_static("origin"), ByteString::from_static("building-7"))];
+    session.handle_delivery(t0, delivery(Arc::new(message), QoS::AtMostOnce));
+    assert!(drain(&mut session, t0).is_empty());
+    assert_eq!(session.counters.dropped_too_large, 1);
+}
