@@ -27,10 +27,13 @@
 //! connection (DISCONNECT with a reason code, and a Reason String unless
 //! the client asked for none), applies No Local, Retain As Published and
 //! subscription identifiers, client Receive Maximum and Maximum Packet
-//! Size, inbound topic aliases, Server Keep Alive, the Session Expiry
+//! Size (leaving out Reason Strings and User Properties where allowed to
+//! fit it), topic aliases both ways (server-to-client: a small LRU per
+//! connection), the Payload Format Indicator (a payload that is not the
+//! UTF-8 it claims gets 0x99), Server Keep Alive, the Session Expiry
 //! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
 //! Interval. Not yet: enhanced authentication (AUTH is refused as a
-//! protocol error) and server-to-client topic aliases.
+//! protocol error).
 
 mod connection;
 mod error;
@@ -60,7 +63,7 @@ use crate::protocol::{
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
-use connection::{Connection, Control, Owed, TopicAliases};
+use connection::{Connection, Control, OutboundAliases, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
@@ -236,6 +239,10 @@ impl Session {
             send_window,
             max_packet_size,
             aliases: TopicAliases::default(),
+            aliases_out: OutboundAliases::new(
+                connect.properties.topic_alias_maximum.filter(|_| version.is_v5()).unwrap_or(0),
+                self.limits.server_topic_alias_maximum,
+            ),
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
         });
@@ -677,7 +684,7 @@ impl Session {
                 false => self.poll_control(now, counters),
             };
             let Some(packet) = packet else { break };
-            let Some(connection) = self.connection.as_ref() else { break };
+            let Some(connection) = self.connection.as_mut() else { break };
             let version = connection.version;
             let max_packet_size = connection.max_packet_size;
             let exceeds = |packet: &Packet| {
@@ -686,12 +693,32 @@ impl Session {
                 })
             };
             let mut packet = packet;
+            let mut alias = match &mut packet {
+                Packet::Publish(publish) => connection.aliases_out.apply(publish),
+                _ => None,
+            };
             let mut too_large = exceeds(&packet);
-            if too_large && without_diagnostics(&mut packet) {
-                too_large = exceeds(&packet);
+            if too_large {
+                match (&mut packet, alias) {
+                    // A new alias adds three bytes: try without it.
+                    (Packet::Publish(publish), Some(applied)) if applied.is_new() => {
+                        connection.aliases_out.finish(publish, applied, false);
+                        alias = None;
+                        too_large = exceeds(&packet);
+                    }
+                    (packet, _) => {
+                        if without_diagnostics(packet) {
+                            too_large = exceeds(packet);
+                        }
+                    }
+                }
             }
             let start = out.len();
-            if !too_large && packet.encode(version, out).is_ok() {
+            let sent = !too_large && packet.encode(version, out).is_ok();
+            if let (Packet::Publish(publish), Some(applied)) = (&mut packet, alias) {
+                connection.aliases_out.finish(publish, applied, sent);
+            }
+            if sent {
                 written += 1;
                 continue;
             }

@@ -85,6 +85,7 @@ fn limits() -> SessionLimits {
         max_keepalive: 100,
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
+        server_topic_alias_maximum: 2,
         max_session_expiry: None,
         max_packet_size: None,
     }
@@ -1963,4 +1964,149 @@ fn a_publish_keeps_its_user_properties_and_is_dropped_if_too_large_mqtt_3_3_2_17
     session.handle_delivery(t0, delivery(Arc::new(message), QoS::AtMostOnce));
     assert!(drain(&mut session, t0).is_empty());
     assert_eq!(session.counters.dropped_too_large, 1);
+}
+
+// ---- Server-to-client topic aliases -----------------------------------------
+
+/// A v5 session whose client accepts `client_maximum` topic aliases.
+fn aliasing(t0: Instant, client_maximum: u16, limits: SessionLimits) -> Counted {
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(client_maximum);
+    connected_with(t0, &connect, limits)
+}
+
+/// (topic name, topic alias) of each PUBLISH in `packets`.
+fn topics_and_aliases(packets: &[Packet]) -> Vec<(String, Option<u16>)> {
+    packets
+        .iter()
+        .map(|packet| {
+            let publish = as_publish(packet);
+            (publish.topic.as_str().to_owned(), publish.properties.topic_alias.map(NonZeroU16::get))
+        })
+        .collect()
+}
+
+fn alias(topic: &str, alias: u16) -> (String, Option<u16>) {
+    (topic.to_owned(), Some(alias))
+}
+
+#[test]
+fn a_repeated_topic_is_sent_as_its_alias_mqtt_3_3_2_10() {
+    // 5.0 §3.3.2.3.4: a sender may set a mapping with a topic name and a
+    // Topic Alias, then send a zero length topic name with that alias.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 10, limits());
+    for topic in ["a/b", "a/b", "c", "a/b"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    let packets = drain(&mut session, t0);
+    assert_eq!(
+        topics_and_aliases(&packets),
+        [alias("a/b", 1), alias("", 1), alias("c", 2), alias("", 1)]
+    );
+    // Payloads and everything else unchanged.
+    assert!(packets.iter().all(|p| &as_publish(p).payload[..] == b"m"));
+}
+
+#[test]
+fn aliases_never_exceed_the_client_maximum_least_recently_used_is_reused_mqtt_3_3_2_10() {
+    // [MQTT-3.3.2-10] "The Server MUST NOT send a Topic Alias in a PUBLISH
+    // packet to the Client greater than this value" (the client's Topic
+    // Alias Maximum). The server's cap in `limits()` is 2.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 5, limits());
+    for topic in ["x", "y", "x", "z", "x", "y"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    // "y" was least recently used when "z" came: "z" takes alias 2; "y"
+    // later takes the least recently used then, "z"'s.
+    assert_eq!(
+        topics_and_aliases(&drain(&mut session, t0)),
+        [alias("x", 1), alias("y", 2), alias("", 1), alias("z", 2), alias("", 1), alias("y", 2),]
+    );
+    let mut session = aliasing(t0, 1, limits());
+    for topic in ["x", "y", "y"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    assert_eq!(
+        topics_and_aliases(&drain(&mut session, t0)),
+        [alias("x", 1), alias("y", 1), alias("", 1)]
+    );
+}
+
+#[test]
+fn no_alias_without_a_client_topic_alias_maximum_mqtt_3_3_2_11() {
+    // [MQTT-3.3.2-11] "A Client Topic Alias Maximum of 0 ... The Server MUST
+    // NOT send a Topic Alias"; absent means 0. And off when the server cap is.
+    let t0 = Instant::now();
+    for (client, server) in [(0, 2), (4, 0)] {
+        let limits = SessionLimits { server_topic_alias_maximum: server, ..limits() };
+        let mut session = aliasing(t0, client, limits);
+        deliver(&mut session, t0, "t", QoS::AtMostOnce);
+        deliver(&mut session, t0, "t", QoS::AtMostOnce);
+        assert_eq!(
+            topics_and_aliases(&drain(&mut session, t0)),
+            [("t".into(), None), ("t".into(), None)]
+        );
+    }
+    let mut session = connected(t0, V5);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    assert_eq!(topics_and_aliases(&drain(&mut session, t0)), [("t".into(), None)]);
+}
+
+#[test]
+fn aliases_are_per_connection_and_reset_on_reconnect_mqtt_3_3_2_7() {
+    // [MQTT-3.3.2-7] "A receiver MUST NOT carry forward any Topic Alias
+    // mappings from one Network Connection to another". A QoS 1 message
+    // re-sent on the new connection names its topic again.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 4, limits());
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    assert_eq!(topics_and_aliases(&drain(&mut session, t0)), [alias("t", 1), alias("", 1)]);
+    session.handle_connection_lost(t0);
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(4);
+    connect.properties.session_expiry_interval = Some(60);
+    session.handle_connect(t0, &connect, true);
+    let packets = drain(&mut session, t0);
+    assert!(matches!(packets[0], Packet::ConnAck(_)));
+    assert_eq!(topics_and_aliases(&packets[1..]), [alias("t", 1), alias("", 1)]);
+    assert!(packets[1..].iter().all(|p| as_publish(p).dup));
+}
+
+#[test]
+fn a_message_with_properties_keeps_them_beside_its_alias() {
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 4, limits());
+    let mut with = (*message("t", QoS::AtMostOnce, b"m")).clone();
+    with.properties.make_mut().content_type = Some(ByteString::from_static("text/plain"));
+    let with = Arc::new(with);
+    for message in [with.clone(), message("t", QoS::AtMostOnce, b"m"), with] {
+        session.handle_delivery(t0, delivery(message, QoS::AtMostOnce));
+    }
+    let packets = drain(&mut session, t0);
+    assert_eq!(topics_and_aliases(&packets), [alias("t", 1), alias("", 1), alias("", 1)]);
+    let content_types: Vec<_> =
+        packets.iter().map(|p| as_publish(p).properties.content_type.clone()).collect();
+    assert_eq!(content_types, [Some("text/plain".into()), None, Some("text/plain".into())]);
+}
+
+#[test]
+fn a_new_alias_is_left_out_when_it_would_make_the_publish_too_large_mqtt_3_1_2_24() {
+    // The PUBLISH of "t" and 15 bytes is 21 bytes, 24 with a Topic Alias:
+    // at a Maximum Packet Size of 23 it goes without one, and the alias is
+    // not remembered (the client never saw it set).
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(4);
+    connect.properties.maximum_packet_size = NonZeroU32::new(23);
+    let mut session = connected_with(t0, &connect, limits());
+    session
+        .handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, &[b'x'; 15]), QoS::AtMostOnce));
+    session.handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, b"m"), QoS::AtMostOnce));
+    session.handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, b"m"), QoS::AtMostOnce));
+    let packets = drain(&mut session, t0);
+    assert_eq!(topics_and_aliases(&packets), [("t".into(), None), alias("t", 1), alias("", 1)]);
+    assert_eq!(session.counters.dropped_too_large, 0);
 }
