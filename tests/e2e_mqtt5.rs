@@ -232,3 +232,20 @@ fn a_repeated_topic_reaches_a_v5_subscriber_as_a_topic_alias() {
     assert_eq!(received, expected);
     assert!(broker.stop().success());
 }
+
+#[test]
+fn subscribe_failures_get_their_v5_reason_codes() {
+    // An ill-formed filter closes with 0x8F (Topic Filter invalid); No
+    // Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4].
+    let broker = Broker::start(1);
+    let mut client = raw_v5(&broker, "badfilter");
+    client.send_bytes(&[0x82, 11, 0, 1, 0, 0, 5, b'a', b'/', b'#', b'/', b'b', 0]);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::TopicFilterInvalid);
+    let mut client = raw_v5(&broker, "nolocalshare");
+    let mut subscribe = vec![0x82, 16, 0, 1, 0, 0, 10];
+    subscribe.extend_from_slice(b"$share/g/t");
+    subscribe.push(0b0000_0100);
+    client.send_bytes(&subscribe);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::ProtocolError);
+    assert!(broker.stop().success());
+}
