@@ -937,6 +937,15 @@ fn subscribe_v5(packet_id: u16, filter: &str, qos: QoS, no_local: bool, id: Opti
     })
 }
 
+/// A row of the overlapping-subscriptions matrix: who publishes what, and
+/// the one copy the subscriber gets (QoS and subscription identifiers).
+struct Case {
+    own: bool,
+    topic: &'static str,
+    qos: QoS,
+    copy: Option<(QoS, &'static [u32])>,
+}
+
 #[test]
 fn overlapping_subscriptions_matrix_one_copy_highest_qos_every_identifier_mqtt_3_3_4_3() {
     // [MQTT-3.3.4-2] one copy per message at the maximum QoS of all the
@@ -962,17 +971,52 @@ fn overlapping_subscriptions_matrix_one_copy_highest_qos_every_identifier_mqtt_3
     cluster.output(&me);
     // (publisher is me, topic, published QoS) -> (QoS, identifiers) of the
     // one copy, or nothing.
-    let matrix: [(bool, &str, QoS, Option<(QoS, &[u32])>); 8] = [
-        (false, "mx/a/b", QoS::ExactlyOnce, Some((QoS::ExactlyOnce, &[1, 3, 4]))),
-        (true, "mx/a/b", QoS::ExactlyOnce, Some((QoS::ExactlyOnce, &[1, 4]))),
-        (true, "mx/a/b", QoS::AtLeastOnce, Some((QoS::AtLeastOnce, &[1, 4]))),
-        (false, "mx/a/c", QoS::ExactlyOnce, Some((QoS::AtLeastOnce, &[1, 4]))),
-        (false, "mx/c/b", QoS::ExactlyOnce, Some((QoS::ExactlyOnce, &[1]))),
-        (false, "mx/z", QoS::ExactlyOnce, Some((QoS::AtMostOnce, &[1]))),
-        (false, "nl/x", QoS::ExactlyOnce, Some((QoS::AtLeastOnce, &[5]))),
-        (true, "nl/x", QoS::ExactlyOnce, None),
+    let matrix = [
+        Case {
+            own: false,
+            topic: "mx/a/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1, 3, 4][..])),
+        },
+        Case {
+            own: true,
+            topic: "mx/a/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1, 4][..])),
+        },
+        Case {
+            own: true,
+            topic: "mx/a/b",
+            qos: QoS::AtLeastOnce,
+            copy: Some((QoS::AtLeastOnce, &[1, 4][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/a/c",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtLeastOnce, &[1, 4][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/c/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/z",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtMostOnce, &[1][..])),
+        },
+        Case {
+            own: false,
+            topic: "nl/x",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtLeastOnce, &[5][..])),
+        },
+        Case { own: true, topic: "nl/x", qos: QoS::ExactlyOnce, copy: None },
     ];
-    for (n, (own, topic, qos, expected)) in matrix.into_iter().enumerate() {
+    for (n, Case { own, topic, qos, copy: expected }) in matrix.into_iter().enumerate() {
         let publisher = if own { &me } else { &other };
         let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(100 + n as u16).unwrap());
         let publish = Publish {
