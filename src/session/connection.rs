@@ -137,8 +137,8 @@ pub(super) struct OutboundAliases {
     /// Alias `n` is at index `n - 1`, with when it was last sent.
     slots: Vec<AliasSlot>,
     /// Aliases used at most: min(client's Topic Alias Maximum, the
-    /// server's `server_topic_alias_maximum`). 0: aliases are off. The
-    /// lookup is a scan, which the configured cap keeps short.
+    /// server's `server_topic_alias_maximum`), never 0. The lookup is a
+    /// scan, which the configured cap (at most 255) keeps short.
     maximum: u16,
     /// Advances at every aliased PUBLISH sent: the slot with the smallest
     /// [`AliasSlot::used`] is the least recently used.
@@ -175,19 +175,17 @@ impl Applied {
 
 impl OutboundAliases {
     /// Aliases for a connection whose client accepts `client_maximum`, the
-    /// server using at most `server_maximum`.
-    pub(super) fn new(client_maximum: u16, server_maximum: u16) -> Self {
-        Self { maximum: client_maximum.min(server_maximum), ..Self::default() }
+    /// server using at most `server_maximum`; `None` when that is 0.
+    pub(super) fn new(client_maximum: u16, server_maximum: u16) -> Option<Box<Self>> {
+        let maximum = client_maximum.min(server_maximum);
+        (maximum > 0).then(|| Box::new(Self { maximum, ..Self::default() }))
     }
 
-    /// Gives `publish` a Topic Alias, when aliases are on: the one its
-    /// topic already has, with an empty topic name, or a new one (the next
-    /// unused alias, else the least recently used one's) beside the topic
-    /// name, which sets the mapping in the client (5.0 §3.3.2.3.4).
+    /// Gives `publish` a Topic Alias: the one its topic already has, with
+    /// an empty topic name, or a new one (the next unused alias, else the
+    /// least recently used one's) beside the topic name, which sets the
+    /// mapping in the client (5.0 §3.3.2.3.4).
     pub(super) fn apply(&mut self, publish: &mut Publish) -> Option<Applied> {
-        if self.maximum == 0 {
-            return None;
-        }
         let known = self.slots.iter().position(|slot| slot.topic == publish.topic);
         let slot = match known {
             Some(slot) => slot,
@@ -265,7 +263,10 @@ pub(super) struct Connection {
     /// A v5 client's Maximum Packet Size [MQTT-3.1.2-24 (5.0)].
     pub(super) max_packet_size: Option<NonZeroU32>,
     pub(super) aliases: TopicAliases,
-    pub(super) aliases_out: OutboundAliases,
+    /// Server-to-client topic aliases; `None` when off (3.1/3.1.1, a
+    /// client that accepts none, or a server cap of 0), so that a
+    /// connection without them carries one pointer, not the LRU.
+    pub(super) aliases_out: Option<Box<OutboundAliases>>,
     /// v5 Request Problem Information (absent: 1). At 0 no Reason String
     /// is sent [MQTT-3.1.2-29]: ringmq sends one only on DISCONNECT, and
     /// not even there then.

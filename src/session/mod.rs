@@ -694,7 +694,9 @@ impl Session {
             };
             let mut packet = packet;
             let mut alias = match &mut packet {
-                Packet::Publish(publish) => connection.aliases_out.apply(publish),
+                Packet::Publish(publish) => {
+                    connection.aliases_out.as_mut().and_then(|aliases| aliases.apply(publish))
+                }
                 _ => None,
             };
             let mut too_large = exceeds(&packet);
@@ -702,7 +704,9 @@ impl Session {
                 match (&mut packet, alias) {
                     // A new alias adds three bytes: try without it.
                     (Packet::Publish(publish), Some(applied)) if applied.is_new() => {
-                        connection.aliases_out.finish(publish, applied, false);
+                        if let Some(aliases) = connection.aliases_out.as_mut() {
+                            aliases.finish(publish, applied, false);
+                        }
                         alias = None;
                         too_large = exceeds(&packet);
                     }
@@ -715,8 +719,10 @@ impl Session {
             }
             let start = out.len();
             let sent = !too_large && packet.encode(version, out).is_ok();
-            if let (Packet::Publish(publish), Some(applied)) = (&mut packet, alias) {
-                connection.aliases_out.finish(publish, applied, sent);
+            if let (Packet::Publish(publish), Some(applied), Some(aliases)) =
+                (&mut packet, alias, connection.aliases_out.as_mut())
+            {
+                aliases.finish(publish, applied, sent);
             }
             if sent {
                 written += 1;
