@@ -662,8 +662,12 @@ impl Session {
     /// its Reason String and User Properties where the spec allows it (not
     /// a PUBLISH's: see `without_diagnostics`) [MQTT-3.1.2-24]; one still
     /// too large (or larger than MQTT can encode) is not written, and its
-    /// message counts as delivered [MQTT-3.1.2-25]. The caller stops calling this while its socket
-    /// cannot take more: the messages then wait in the bounded queue.
+    /// message counts as delivered [MQTT-3.1.2-25]. The caller stops
+    /// calling this while its socket cannot take more: the messages then
+    /// wait in the bounded queue.
+    ///
+    /// A PUBLISH to a v5 client that accepts Topic Aliases gets one here,
+    /// as it is written (see `OutboundAliases`).
     ///
     /// Queued messages are taken only while `out` holds less than
     /// [`TRANSMIT_BATCH`] bytes, so a long queue (the retained messages of
