@@ -180,3 +180,72 @@ fn sigterm_sends_every_v5_client_disconnect_0x8b() {
     }
     assert!(broker.wait_exit().success());
 }
+
+#[test]
+fn a_payload_that_is_not_the_utf8_it_claims_gets_0x99() {
+    // [MQTT-3.3.2-4]: a PUBLISH with Payload Format Indicator 1 whose
+    // payload is not UTF-8 is refused in its PUBACK (QoS 1) or with a
+    // DISCONNECT (QoS 0), and not routed.
+    let broker = Broker::start(1);
+    let mut client = raw_v5(&broker, "pfi");
+    // QoS 1, topic "t", packet id 1, properties {Payload Format Indicator:
+    // 1}, payload 0xFF.
+    client.send_bytes(&[0x32, 9, 0, 1, b't', 0, 1, 2, 1, 1, 0xff]);
+    let Some(Packet::PubAck(ack)) = client.recv() else { panic!("no PUBACK") };
+    assert_eq!(ack.reason, ReasonCode::PayloadFormatInvalid);
+    // QoS 0: nothing to answer in, so the connection ends.
+    client.send_bytes(&[0x30, 7, 0, 1, b't', 2, 1, 1, 0xff]);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::PayloadFormatInvalid);
+    assert!(client.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_repeated_topic_reaches_a_v5_subscriber_as_a_topic_alias() {
+    // 5.0 §3.3.2.3.4: the subscriber accepts 4 aliases; the first message
+    // on a topic sets alias 1, the next ones carry it with an empty topic.
+    let broker = Broker::start(2);
+    let sub_id = client_id_on_shard("aliased", 1, 2);
+    let mut subscriber = RawClient::connect(broker.addr);
+    let properties = ConnectProperties { topic_alias_maximum: Some(4), ..Default::default() };
+    subscriber.send(&connect_v5(&sub_id, properties));
+    let Some(Packet::ConnAck(_)) = subscriber.recv() else { panic!("no CONNACK") };
+    // SUBSCRIBE id 1, no properties, "alias/#" at QoS 0.
+    subscriber.send_bytes(&[0x82, 13, 0, 1, 0, 0, 7, b'a', b'l', b'i', b'a', b's', b'/', b'#', 0]);
+    let Some(Packet::SubAck(_)) = subscriber.recv() else { panic!("no SUBACK") };
+    let mut publisher = raw_v5(&broker, &client_id_on_shard("aliaspub", 0, 2));
+    // Three QoS 0 PUBLISHes to "alias/x", no properties, payload "p".
+    let publish = [0x30, 11, 0, 7, b'a', b'l', b'i', b'a', b's', b'/', b'x', 0, b'p'];
+    for _ in 0..3 {
+        publisher.send_bytes(&publish);
+    }
+    let received: Vec<(String, Option<u16>)> = (0..3)
+        .map(|_| match subscriber.recv() {
+            Some(Packet::Publish(publish)) => {
+                assert_eq!(&publish.payload[..], b"p");
+                let alias = publish.properties.topic_alias.map(|alias| alias.get());
+                (publish.topic.as_str().to_owned(), alias)
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    let expected = [("alias/x", 1), ("", 1), ("", 1)].map(|(t, a)| (t.to_owned(), Some(a)));
+    assert_eq!(received, expected);
+    assert!(broker.stop().success());
+}
+
+#[test]
+fn subscribe_failures_get_their_v5_reason_codes() {
+    // An ill-formed filter closes with 0x8F (Topic Filter invalid); No
+    // Local on a shared subscription is a Protocol Error [MQTT-3.8.3-4].
+    let broker = Broker::start(1);
+    let mut client = raw_v5(&broker, "badfilter");
+    client.send_bytes(&[0x82, 11, 0, 1, 0, 0, 5, b'a', b'/', b'#', b'/', b'b', 0]);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::TopicFilterInvalid);
+    let mut client = raw_v5(&broker, "nolocalshare");
+    let mut subscribe = vec![0x82, 16, 0, 1, 0, 0, 10];
+    subscribe.extend_from_slice(b"$share/g/t");
+    subscribe.push(0b0000_0100);
+    client.send_bytes(&subscribe);
+    assert_eq!(disconnect_code(&mut client), ReasonCode::ProtocolError);
+    assert!(broker.stop().success());
+}

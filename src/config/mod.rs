@@ -145,6 +145,7 @@ pub struct Limits {
     max_keepalive: NonZeroU16,
     receive_maximum: NonZeroU16,
     topic_alias_maximum: u16,
+    server_topic_alias_maximum: u16,
     max_session_expiry_s: u32,
 }
 
@@ -228,6 +229,13 @@ impl Limits {
         self.topic_alias_maximum
     }
 
+    /// Server-to-client topic aliases per v5 connection at most, lowered
+    /// to the client's Topic Alias Maximum [MQTT-3.3.2-10]; 0 sends none
+    /// (`server_topic_alias_maximum`).
+    pub fn server_topic_alias_maximum(&self) -> u16 {
+        self.server_topic_alias_maximum
+    }
+
     /// The longest Session Expiry Interval granted, in seconds
     /// (`max_session_expiry_s`); `u32::MAX` means sessions may never expire
     /// (MQTT 5.0 §3.1.2.11.2). 3.1/3.1.1 sessions with Clean Session 0 are
@@ -252,6 +260,7 @@ impl Limits {
         max_keepalive: nonzero_u16(240),
         receive_maximum: nonzero_u16(32),
         topic_alias_maximum: 16,
+        server_topic_alias_maximum: 16,
         max_session_expiry_s: 604_800,
     };
 }
@@ -813,6 +822,15 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             default.topic_alias_maximum,
             // 0: the client may send no Topic Alias [MQTT-3.2.2-18].
             (0, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        server_topic_alias_maximum: limit(
+            "server_topic_alias_maximum",
+            raw.server_topic_alias_maximum,
+            default.server_topic_alias_maximum,
+            // 0: the server sends no Topic Alias. The session finds a
+            // topic's alias with a scan, so the cap keeps it short.
+            (0, 255),
             |n| u16::try_from(n).ok(),
         )?,
         max_session_expiry_s: limit(

@@ -59,6 +59,7 @@ pub(super) struct RawLimits {
     pub(super) max_keepalive: Option<i64>,
     pub(super) receive_maximum: Option<i64>,
     pub(super) topic_alias_maximum: Option<i64>,
+    pub(super) server_topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
 }
 

@@ -190,6 +190,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "max_keepalive",
         "receive_maximum",
         "topic_alias_maximum",
+        "server_topic_alias_maximum",
         "max_session_expiry_s",
         "[admin]",
         "listen",
@@ -250,7 +251,7 @@ fn shard_count_displays_as_check_config_prints_it() {
 // ---- limits ----------------------------------------------------------------
 
 /// Each limit with its smallest and largest valid values.
-const LIMIT_RANGES: [(&str, i64, i64); 13] = [
+const LIMIT_RANGES: [(&str, i64, i64); 14] = [
     ("max_connections", 1, 4_294_967_295),
     ("max_packet_size", 64, 268_435_460),
     ("connect_timeout_ms", 1, 3_600_000),
@@ -263,6 +264,7 @@ const LIMIT_RANGES: [(&str, i64, i64); 13] = [
     ("max_keepalive", 1, 65_535),
     ("receive_maximum", 1, 65_535),
     ("topic_alias_maximum", 0, 65_535),
+    ("server_topic_alias_maximum", 0, 255),
     ("max_session_expiry_s", 0, 4_294_967_295),
 ];
 

@@ -303,6 +303,7 @@ fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
         max_keepalive: limits.max_keepalive().get(),
         receive_maximum: limits.receive_maximum(),
         topic_alias_maximum: limits.topic_alias_maximum(),
+        server_topic_alias_maximum: limits.server_topic_alias_maximum(),
         max_session_expiry: match limits.max_session_expiry_s() {
             u32::MAX => None,
             seconds => Some(Duration::from_secs(seconds.into())),

@@ -1,12 +1,12 @@
 //! The part of a session that lives as long as one network connection: the
-//! protocol version, keep alive, will, inbound topic aliases and the
-//! control packets (acknowledgements and responses) waiting to be sent.
+//! protocol version, keep alive, will, topic aliases in both directions and
+//! the control packets (acknowledgements and responses) waiting to be sent.
 
 use super::keepalive::KeepAlive;
 use super::SessionError;
 use crate::protocol::{
-    AckProperties, ConnAck, Disconnect, DisconnectProperties, Packet, PacketId, ProtocolVersion,
-    PubResponse, ReasonCode, SubAck, TopicName, UnsubAck, Will,
+    AckProperties, BoxedPublishProperties, ConnAck, Disconnect, DisconnectProperties, Packet,
+    PacketId, ProtocolVersion, PubResponse, Publish, ReasonCode, SubAck, TopicName, UnsubAck, Will,
 };
 use bytestring::ByteString;
 use smallvec::SmallVec;
@@ -18,8 +18,11 @@ use std::num::{NonZeroU16, NonZeroU32};
 /// [MQTT-4.6.0-3].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Control {
-    PubAck(PacketId),
-    PubRec(PacketId),
+    /// With Success, or a failure that refuses the message (0x99).
+    PubAck(PacketId, ReasonCode),
+    /// With Success, or a failure that refuses the message and ends the
+    /// flow [MQTT-4.3.3-4].
+    PubRec(PacketId, ReasonCode),
     PubComp(PacketId, ReasonCode),
     PubRel(PacketId),
     SubAck(PacketId, SmallVec<[ReasonCode; 1]>),
@@ -38,8 +41,8 @@ impl Control {
             properties: AckProperties::default(),
         };
         match self {
-            Self::PubAck(id) => Packet::PubAck(response(id, ReasonCode::Success)),
-            Self::PubRec(id) => Packet::PubRec(response(id, ReasonCode::Success)),
+            Self::PubAck(id, reason) => Packet::PubAck(response(id, reason)),
+            Self::PubRec(id, reason) => Packet::PubRec(response(id, reason)),
             Self::PubComp(id, reason) => Packet::PubComp(response(id, reason)),
             Self::PubRel(id) => Packet::PubRel(response(id, ReasonCode::Success)),
             Self::SubAck(packet_id, reasons) => {
@@ -119,6 +122,116 @@ impl TopicAliases {
     }
 }
 
+/// Server-to-client v5 topic aliases of one connection (5.0 §3.3.2.3.4):
+/// the most recently used topics keep an alias, so a repeated topic is sent
+/// as an empty topic name and two bytes of alias.
+///
+/// Aliases are per connection [MQTT-3.3.2-7] (a new connection starts with
+/// none) and never above the client's Topic Alias Maximum
+/// [MQTT-3.3.2-10]. A delivery allocates nothing: the slots are reserved
+/// once, on the first aliased PUBLISH, and a PUBLISH without properties
+/// borrows one spare properties block to carry its alias. A slot keeps its
+/// topic (for a long one, the buffer it shares) until it is reused.
+#[derive(Debug, Default)]
+pub(super) struct OutboundAliases {
+    /// Alias `n` is at index `n - 1`, with when it was last sent.
+    slots: Vec<AliasSlot>,
+    /// Aliases used at most: min(client's Topic Alias Maximum, the
+    /// server's `server_topic_alias_maximum`), never 0. The lookup is a
+    /// scan, which the configured cap (at most 255) keeps short.
+    maximum: u16,
+    /// Advances at every aliased PUBLISH sent: the slot with the smallest
+    /// [`AliasSlot::used`] is the least recently used.
+    clock: u64,
+    /// The properties block lent to a PUBLISH that has none.
+    spare: BoxedPublishProperties,
+}
+
+#[derive(Debug)]
+struct AliasSlot {
+    topic: TopicName,
+    used: u64,
+}
+
+/// The alias [`OutboundAliases::apply`] gave a PUBLISH, to settle with
+/// [`OutboundAliases::finish`] once it is written or not.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Applied {
+    /// The slot index (the alias less one).
+    slot: usize,
+    /// The topic already had this alias: the topic name was left out.
+    known: bool,
+    /// The PUBLISH carries [`OutboundAliases::spare`].
+    lent: bool,
+}
+
+impl Applied {
+    /// Whether the alias is new: the topic name is still in the PUBLISH,
+    /// so it can be sent without the alias.
+    pub(super) fn is_new(&self) -> bool {
+        !self.known
+    }
+}
+
+impl OutboundAliases {
+    /// Aliases for a connection whose client accepts `client_maximum`, the
+    /// server using at most `server_maximum`; `None` when that is 0.
+    pub(super) fn new(client_maximum: u16, server_maximum: u16) -> Option<Box<Self>> {
+        let maximum = client_maximum.min(server_maximum);
+        (maximum > 0).then(|| Box::new(Self { maximum, ..Self::default() }))
+    }
+
+    /// Gives `publish` a Topic Alias: the one its topic already has, with
+    /// an empty topic name, or a new one (the next unused alias, else the
+    /// least recently used one's) beside the topic name, which sets the
+    /// mapping in the client (5.0 §3.3.2.3.4).
+    pub(super) fn apply(&mut self, publish: &mut Publish) -> Option<Applied> {
+        let known = self.slots.iter().position(|slot| slot.topic == publish.topic);
+        let slot = match known {
+            Some(slot) => slot,
+            None if self.slots.len() < usize::from(self.maximum) => self.slots.len(),
+            None => self.slots.iter().enumerate().min_by_key(|(_, slot)| slot.used)?.0,
+        };
+        let alias = u16::try_from(slot + 1).ok().and_then(NonZeroU16::new)?;
+        let lent = publish.properties.get_mut().is_none();
+        if lent {
+            std::mem::swap(&mut publish.properties, &mut self.spare);
+        }
+        publish.properties.make_mut().topic_alias = Some(alias);
+        if known.is_some() {
+            publish.topic = TopicName::inline("");
+        }
+        Some(Applied { slot, known: known.is_some(), lent })
+    }
+
+    /// Settles the alias `applied` gave `publish`: if the PUBLISH was
+    /// written (`sent`), the slot is marked used, a new alias remembered
+    /// (only once the client has seen it set); if not, the alias is taken
+    /// off again. The spare block comes back either way.
+    pub(super) fn finish(&mut self, publish: &mut Publish, applied: Applied, sent: bool) {
+        if sent {
+            self.clock += 1;
+            let used = self.clock;
+            match self.slots.get_mut(applied.slot) {
+                Some(slot) if applied.known => slot.used = used,
+                Some(slot) => *slot = AliasSlot { topic: publish.topic.clone(), used },
+                None => {
+                    if self.slots.capacity() == 0 {
+                        self.slots.reserve_exact(usize::from(self.maximum));
+                    }
+                    self.slots.push(AliasSlot { topic: publish.topic.clone(), used });
+                }
+            }
+        }
+        if let Some(properties) = publish.properties.get_mut() {
+            properties.topic_alias = None;
+        }
+        if applied.lent {
+            std::mem::swap(&mut publish.properties, &mut self.spare);
+        }
+    }
+}
+
 /// One network connection attached to a session.
 #[derive(Debug)]
 pub(super) struct Connection {
@@ -150,6 +263,10 @@ pub(super) struct Connection {
     /// A v5 client's Maximum Packet Size [MQTT-3.1.2-24 (5.0)].
     pub(super) max_packet_size: Option<NonZeroU32>,
     pub(super) aliases: TopicAliases,
+    /// Server-to-client topic aliases; `None` when off (3.1/3.1.1, a
+    /// client that accepts none, or a server cap of 0), so that a
+    /// connection without them carries one pointer, not the LRU.
+    pub(super) aliases_out: Option<Box<OutboundAliases>>,
     /// v5 Request Problem Information (absent: 1). At 0 no Reason String
     /// is sent [MQTT-3.1.2-29]: ringmq sends one only on DISCONNECT, and
     /// not even there then.

@@ -41,6 +41,11 @@ pub enum SessionError {
     /// of CONNACK [MQTT-3.3.4-7].
     #[error("receive maximum exceeded")]
     ReceiveMaximumExceeded,
+    /// A QoS 0 PUBLISH whose Payload Format Indicator says UTF-8 and whose
+    /// payload is not (5.0 §3.3.2.3.2, [MQTT-3.3.2-4]); QoS 1/2 ones are
+    /// refused in their PUBACK / PUBREC instead.
+    #[error("payload is not UTF-8 but its Payload Format Indicator says it is")]
+    PayloadFormatInvalid,
     /// A DISCONNECT setting a non-zero Session Expiry Interval after a
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
@@ -75,6 +80,7 @@ impl SessionError {
             Self::MissingPacketId => ReasonCode::MalformedPacket,
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
+            Self::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
         }
     }
 }

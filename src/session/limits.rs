@@ -48,6 +48,10 @@ pub struct SessionLimits {
     /// v5: topic aliases the client may use towards the server, advertised in
     /// CONNACK [MQTT-3.3.2-12]. 0: none.
     pub topic_alias_maximum: u16,
+    /// v5: topic aliases the server uses towards a client at most, lowered
+    /// to the client's Topic Alias Maximum [MQTT-3.3.2-10]; the most
+    /// recently used topics keep one. 0: none.
+    pub server_topic_alias_maximum: u16,
     /// How long a session outlives its connection at most (the longest
     /// Session Expiry Interval granted). A 3.1/3.1.1 session with Clean
     /// Session 0 asks for no expiry at all, so it is kept this long after
@@ -71,6 +75,7 @@ impl Default for SessionLimits {
             max_keepalive: 240,
             receive_maximum: NonZeroU16::new(32).expect("32 is not zero"),
             topic_alias_maximum: 16,
+            server_topic_alias_maximum: 16,
             max_session_expiry: Some(Duration::from_secs(604_800)),
             max_packet_size: NonZeroU32::new(1 << 20),
         }

@@ -27,10 +27,13 @@
 //! connection (DISCONNECT with a reason code, and a Reason String unless
 //! the client asked for none), applies No Local, Retain As Published and
 //! subscription identifiers, client Receive Maximum and Maximum Packet
-//! Size, inbound topic aliases, Server Keep Alive, the Session Expiry
+//! Size (leaving out Reason Strings and User Properties where allowed to
+//! fit it), topic aliases both ways (server-to-client: a small LRU per
+//! connection), the Payload Format Indicator (a payload that is not the
+//! UTF-8 it claims gets 0x99), Server Keep Alive, the Session Expiry
 //! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
 //! Interval. Not yet: enhanced authentication (AUTH is refused as a
-//! protocol error) and server-to-client topic aliases.
+//! protocol error).
 
 mod connection;
 mod error;
@@ -60,7 +63,7 @@ use crate::protocol::{
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
-use connection::{Connection, Control, Owed, TopicAliases};
+use connection::{Connection, Control, OutboundAliases, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
@@ -236,6 +239,10 @@ impl Session {
             send_window,
             max_packet_size,
             aliases: TopicAliases::default(),
+            aliases_out: OutboundAliases::new(
+                connect.properties.topic_alias_maximum.filter(|_| version.is_v5()).unwrap_or(0),
+                self.limits.server_topic_alias_maximum,
+            ),
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
         });
@@ -329,7 +336,7 @@ impl Session {
             if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
-                connection.owe(Control::PubRec(id));
+                connection.owe(Control::PubRec(id, ReasonCode::Success));
                 counters.duplicate_qos2_received += 1;
                 return Ok(());
             }
@@ -341,6 +348,28 @@ impl Session {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
             connection.unacknowledged_in += 1;
+        }
+        // 5.0 §3.3.2.3.2: "The receiver MAY validate that the Payload is of
+        // the format indicated, and if it is not send a PUBACK, PUBREC, or
+        // DISCONNECT with Reason Code of 0x99 (Payload format invalid)"
+        // [MQTT-3.3.2-4]. ringmq does: subscribers that trust the flag are
+        // never handed bytes that are not UTF-8. The message is not routed.
+        if properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&payload).is_err()
+        {
+            return match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    connection.owe(Control::PubAck(id, ReasonCode::PayloadFormatInvalid));
+                    Ok(())
+                }
+                // A failed PUBREC ends the flow: the id is not kept
+                // [MQTT-4.3.3-4].
+                (QoS::ExactlyOnce, Some(id)) => {
+                    connection.owe(Control::PubRec(id, ReasonCode::PayloadFormatInvalid));
+                    Ok(())
+                }
+                _ => Err(SessionError::PayloadFormatInvalid),
+            };
         }
         let expires_at = properties
             .message_expiry_interval
@@ -361,12 +390,12 @@ impl Session {
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 // [MQTT-4.3.2-2]
-                connection.owe(Control::PubAck(id));
+                connection.owe(Control::PubAck(id, ReasonCode::Success));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
                 self.inbound_qos2.insert(id);
-                connection.owe(Control::PubRec(id));
+                connection.owe(Control::PubRec(id, ReasonCode::Success));
             }
             _ => {}
         }
@@ -606,7 +635,12 @@ impl Session {
         while let Some(Owed::Control(_)) = connection.control.front() {
             let Some(Owed::Control(control)) = connection.control.pop_front() else { break };
             match control {
-                Control::PubAck(_) | Control::PubComp(..) => {
+                // The client's send quota grows with every PUBACK and
+                // PUBCOMP, and with a PUBREC that fails the flow (5.0 §4.9).
+                Control::PubAck(..) | Control::PubComp(..) => {
+                    connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
+                }
+                Control::PubRec(_, reason) if reason.as_u8() >= 0x80 => {
                     connection.unacknowledged_in = connection.unacknowledged_in.saturating_sub(1);
                 }
                 // A PUBCOMP already ended this flow (the client did not wait
@@ -624,10 +658,16 @@ impl Session {
     /// [`poll_packet`](Self::poll_packet)) into `out`, appending; returns how
     /// many packets were written. Nothing is allocated beyond `out`.
     ///
-    /// A packet larger than a v5 client's Maximum Packet Size (or than MQTT
-    /// can encode) is not written, and its message counts as delivered
-    /// [MQTT-3.1.2-25]. The caller stops calling this while its socket
-    /// cannot take more: the messages then wait in the bounded queue.
+    /// A packet larger than a v5 client's Maximum Packet Size first loses
+    /// its Reason String and User Properties where the spec allows it (not
+    /// a PUBLISH's: see `without_diagnostics`) [MQTT-3.1.2-24]; one still
+    /// too large (or larger than MQTT can encode) is not written, and its
+    /// message counts as delivered [MQTT-3.1.2-25]. The caller stops
+    /// calling this while its socket cannot take more: the messages then
+    /// wait in the bounded queue.
+    ///
+    /// A PUBLISH to a v5 client that accepts Topic Aliases gets one here,
+    /// as it is written (see `OutboundAliases`).
     ///
     /// Queued messages are taken only while `out` holds less than
     /// [`TRANSMIT_BATCH`] bytes, so a long queue (the retained messages of
@@ -648,13 +688,47 @@ impl Session {
                 false => self.poll_control(now, counters),
             };
             let Some(packet) = packet else { break };
-            let Some(connection) = self.connection.as_ref() else { break };
+            let Some(connection) = self.connection.as_mut() else { break };
             let version = connection.version;
-            let too_large = connection.max_packet_size.is_some_and(|max| {
-                packet.encoded_len(version).map_or(true, |len| len > max.get() as usize)
-            });
+            let max_packet_size = connection.max_packet_size;
+            let exceeds = |packet: &Packet| {
+                max_packet_size.is_some_and(|max| {
+                    packet.encoded_len(version).map_or(true, |len| len > max.get() as usize)
+                })
+            };
+            let mut packet = packet;
+            let mut alias = match &mut packet {
+                Packet::Publish(publish) => {
+                    connection.aliases_out.as_mut().and_then(|aliases| aliases.apply(publish))
+                }
+                _ => None,
+            };
+            let mut too_large = exceeds(&packet);
+            if too_large {
+                match (&mut packet, alias) {
+                    // A new alias adds three bytes: try without it.
+                    (Packet::Publish(publish), Some(applied)) if applied.is_new() => {
+                        if let Some(aliases) = connection.aliases_out.as_mut() {
+                            aliases.finish(publish, applied, false);
+                        }
+                        alias = None;
+                        too_large = exceeds(&packet);
+                    }
+                    (packet, _) => {
+                        if without_diagnostics(packet) {
+                            too_large = exceeds(packet);
+                        }
+                    }
+                }
+            }
             let start = out.len();
-            if !too_large && packet.encode(version, out).is_ok() {
+            let sent = !too_large && packet.encode(version, out).is_ok();
+            if let (Packet::Publish(publish), Some(applied), Some(aliases)) =
+                (&mut packet, alias, connection.aliases_out.as_mut())
+            {
+                aliases.finish(publish, applied, sent);
+            }
+            if sent {
                 written += 1;
                 continue;
             }
@@ -870,6 +944,51 @@ impl Session {
     fn detach(&mut self) {
         self.connection = None;
     }
+}
+
+/// Takes the Reason String and User Properties out of `packet`, which is
+/// too large for the client's Maximum Packet Size; returns whether it had
+/// any. The spec lets the server leave them out of every packet but a
+/// PUBLISH, and requires it to when they would make the packet too large:
+/// CONNACK [MQTT-3.2.2-19], [MQTT-3.2.2-20], PUBACK [MQTT-3.4.2-2],
+/// [MQTT-3.4.2-3], PUBREC [MQTT-3.5.2-2], [MQTT-3.5.2-3], PUBREL
+/// [MQTT-3.6.2-2], [MQTT-3.6.2-3], PUBCOMP [MQTT-3.7.2-2], [MQTT-3.7.2-3],
+/// SUBACK [MQTT-3.9.2-1], [MQTT-3.9.2-2], UNSUBACK [MQTT-3.11.2-1],
+/// [MQTT-3.11.2-2], DISCONNECT [MQTT-3.14.2-3], [MQTT-3.14.2-4], AUTH
+/// [MQTT-3.15.2-2], [MQTT-3.15.2-3]. A PUBLISH forwards its User
+/// Properties unaltered [MQTT-3.3.2-17] (and has no Reason String), so it
+/// is never trimmed: one still too large is dropped [MQTT-3.1.2-25].
+fn without_diagnostics(packet: &mut Packet) -> bool {
+    let (reason_string, user_properties) = match packet {
+        Packet::ConnAck(connack) => {
+            (&mut connack.properties.reason_string, &mut connack.properties.user_properties)
+        }
+        Packet::PubAck(ack) | Packet::PubRec(ack) | Packet::PubRel(ack) | Packet::PubComp(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::SubAck(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::UnsubAck(ack) => {
+            (&mut ack.properties.reason_string, &mut ack.properties.user_properties)
+        }
+        Packet::Disconnect(disconnect) => {
+            (&mut disconnect.properties.reason_string, &mut disconnect.properties.user_properties)
+        }
+        Packet::Auth(auth) => {
+            (&mut auth.properties.reason_string, &mut auth.properties.user_properties)
+        }
+        Packet::Connect(_)
+        | Packet::Publish(_)
+        | Packet::Subscribe(_)
+        | Packet::Unsubscribe(_)
+        | Packet::PingReq
+        | Packet::PingResp => return false,
+    };
+    let had = reason_string.is_some() || !user_properties.is_empty();
+    *reason_string = None;
+    user_properties.clear();
+    had
 }
 
 /// The SUBACK code granting `qos`: the requested QoS is granted as asked

@@ -85,6 +85,7 @@ fn limits() -> SessionLimits {
         max_keepalive: 100,
         receive_maximum: NonZeroU16::new(2).unwrap(),
         topic_alias_maximum: 2,
+        server_topic_alias_maximum: 2,
         max_session_expiry: None,
         max_packet_size: None,
     }
@@ -1843,4 +1844,269 @@ fn no_reason_string_when_problem_information_is_off_mqtt_3_1_2_29() {
     let [Packet::Disconnect(sent)] = &output[..] else { panic!("{output:?}") };
     assert_eq!(sent.reason, ReasonCode::SessionTakenOver);
     assert_eq!(sent.properties.reason_string, None);
+}
+
+// ---- Payload Format Indicator ---------------------------------------------
+
+/// A v5 PUBLISH whose Payload Format Indicator says UTF-8, with `payload`.
+fn utf8_flagged(qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    let mut publish = publish_in(qos, id, "text");
+    publish.properties.make_mut().payload_format_indicator = Some(true);
+    publish.payload = Bytes::from_static(payload);
+    Packet::Publish(publish)
+}
+
+#[test]
+fn payload_not_utf8_is_refused_with_0x99_and_not_routed_mqtt_3_3_2_4() {
+    // 5.0 §3.3.2.3.2 [MQTT-3.3.2-4]: "The receiver MAY validate that the
+    // Payload is of the format indicated, and if it is not send a PUBACK,
+    // PUBREC, or DISCONNECT with Reason Code of 0x99 (Payload format
+    // invalid)".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, utf8_flagged(QoS::AtLeastOnce, 1, b"\xff\xfe")).unwrap();
+    session.handle_packet(t0, utf8_flagged(QoS::ExactlyOnce, 2, b"\xc3")).unwrap();
+    assert!(events(&mut session).is_empty(), "nothing is routed");
+    let refused = |id| PubResponse { reason: ReasonCode::PayloadFormatInvalid, ..ack(id) };
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![Packet::PubAck(refused(1)), Packet::PubRec(refused(2))]
+    );
+    // The refused PUBREC ended the QoS 2 flow [MQTT-4.3.3-4]: the same id is
+    // a new message, and the client's quota is whole again (receive
+    // maximum 2 in `limits()`).
+    for id in [2, 3] {
+        session.handle_packet(t0, utf8_flagged(QoS::ExactlyOnce, id, "é".as_bytes())).unwrap();
+    }
+    assert_eq!(events(&mut session).len(), 2);
+    assert_eq!(
+        summary(&drain(&mut session, t0)),
+        [(PacketType::PubRec, Some(2), false), (PacketType::PubRec, Some(3), false),]
+    );
+}
+
+#[test]
+fn qos0_payload_not_utf8_gets_disconnect_0x99_mqtt_3_3_2_4() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let error = session.handle_packet(t0, utf8_flagged(QoS::AtMostOnce, 0, b"\x80")).unwrap_err();
+    assert_eq!(error, SessionError::PayloadFormatInvalid);
+    let events = events(&mut session);
+    assert!(!events.iter().any(|event| matches!(event, SessionEvent::Publish(_))));
+    assert_eq!(
+        stripped(drain(&mut session, t0)),
+        vec![disconnect(ReasonCode::PayloadFormatInvalid)]
+    );
+}
+
+#[test]
+fn valid_utf8_with_the_indicator_is_routed_unaltered_mqtt_3_3_2_4() {
+    // [MQTT-3.3.2-4] "A Server MUST send the Payload Format Indicator
+    // unaltered to all subscribers receiving the Application Message".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, utf8_flagged(QoS::AtMostOnce, 0, "naïve ✓".as_bytes())).unwrap();
+    let events = events(&mut session);
+    let [SessionEvent::Publish(message)] = &events[..] else { panic!("{events:?}") };
+    assert_eq!(message.properties.payload_format_indicator, Some(true));
+}
+
+// ---- Maximum Packet Size: what may be left out ------------------------------
+
+#[test]
+fn reason_string_is_left_out_to_fit_the_maximum_packet_size_mqtt_3_1_2_24() {
+    // 5.0 [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding
+    // Maximum Packet Size to the Client"; [MQTT-3.14.2-3] "The sender MUST
+    // NOT send this property [the Reason String] if it would increase the
+    // size of the DISCONNECT packet beyond the Maximum Packet Size specified
+    // by the receiver".
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    // Room for the CONNACK (22 bytes) and a bare DISCONNECT (4), not for
+    // one with "server shutting down" (27).
+    connect.properties.maximum_packet_size = NonZeroU32::new(24);
+    let mut session = connected_with(t0, &connect, limits());
+    session.session.handle_shutdown(t0, &mut session.counters);
+    let packets = drain(&mut session, t0);
+    assert_eq!(
+        packets,
+        vec![disconnect(ReasonCode::ServerShuttingDown)],
+        "sent, without its Reason String"
+    );
+    assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+#[test]
+fn reason_string_is_kept_when_it_fits_mqtt_3_1_2_24() {
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(64);
+    let mut session = connected_with(t0, &connect, limits());
+    session.session.handle_shutdown(t0, &mut session.counters);
+    let packets = drain(&mut session, t0);
+    let [Packet::Disconnect(disconnect)] = &packets[..] else { panic!("{packets:?}") };
+    assert!(disconnect.properties.reason_string.is_some());
+}
+
+#[test]
+fn a_publish_keeps_its_user_properties_and_is_dropped_if_too_large_mqtt_3_3_2_17() {
+    // [MQTT-3.3.2-17] "The Server MUST send all User Properties unaltered in
+    // a PUBLISH packet when forwarding the Application Message to a
+    // Client": they are not trimmed to fit, the message is dropped
+    // [MQTT-3.1.2-25].
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(24);
+    let mut session = connected_with(t0, &connect, limits());
+    let mut message = (*message("t", QoS::AtMostOnce, b"m")).clone();
+    message.properties.make_mut().user_properties =
+        vec![(ByteString::from_static("origin"), ByteString::from_static("building-7"))];
+    session.handle_delivery(t0, delivery(Arc::new(message), QoS::AtMostOnce));
+    assert!(drain(&mut session, t0).is_empty());
+    assert_eq!(session.counters.dropped_too_large, 1);
+}
+
+// ---- Server-to-client topic aliases -----------------------------------------
+
+/// A v5 session whose client accepts `client_maximum` topic aliases.
+fn aliasing(t0: Instant, client_maximum: u16, limits: SessionLimits) -> Counted {
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(client_maximum);
+    connected_with(t0, &connect, limits)
+}
+
+/// (topic name, topic alias) of each PUBLISH in `packets`.
+fn topics_and_aliases(packets: &[Packet]) -> Vec<(String, Option<u16>)> {
+    packets
+        .iter()
+        .map(|packet| {
+            let publish = as_publish(packet);
+            (publish.topic.as_str().to_owned(), publish.properties.topic_alias.map(NonZeroU16::get))
+        })
+        .collect()
+}
+
+fn alias(topic: &str, alias: u16) -> (String, Option<u16>) {
+    (topic.to_owned(), Some(alias))
+}
+
+#[test]
+fn a_repeated_topic_is_sent_as_its_alias_mqtt_3_3_2_10() {
+    // 5.0 §3.3.2.3.4: a sender may set a mapping with a topic name and a
+    // Topic Alias, then send a zero length topic name with that alias.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 10, limits());
+    for topic in ["a/b", "a/b", "c", "a/b"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    let packets = drain(&mut session, t0);
+    assert_eq!(
+        topics_and_aliases(&packets),
+        [alias("a/b", 1), alias("", 1), alias("c", 2), alias("", 1)]
+    );
+    // Payloads and everything else unchanged.
+    assert!(packets.iter().all(|p| &as_publish(p).payload[..] == b"m"));
+}
+
+#[test]
+fn aliases_never_exceed_the_client_maximum_least_recently_used_is_reused_mqtt_3_3_2_10() {
+    // [MQTT-3.3.2-10] "The Server MUST NOT send a Topic Alias in a PUBLISH
+    // packet to the Client greater than this value" (the client's Topic
+    // Alias Maximum). The server's cap in `limits()` is 2.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 5, limits());
+    for topic in ["x", "y", "x", "z", "x", "y"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    // "y" was least recently used when "z" came: "z" takes alias 2; "y"
+    // later takes the least recently used then, "z"'s.
+    assert_eq!(
+        topics_and_aliases(&drain(&mut session, t0)),
+        [alias("x", 1), alias("y", 2), alias("", 1), alias("z", 2), alias("", 1), alias("y", 2),]
+    );
+    let mut session = aliasing(t0, 1, limits());
+    for topic in ["x", "y", "y"] {
+        deliver(&mut session, t0, topic, QoS::AtMostOnce);
+    }
+    assert_eq!(
+        topics_and_aliases(&drain(&mut session, t0)),
+        [alias("x", 1), alias("y", 1), alias("", 1)]
+    );
+}
+
+#[test]
+fn no_alias_without_a_client_topic_alias_maximum_mqtt_3_3_2_11() {
+    // [MQTT-3.3.2-11] "A Client Topic Alias Maximum of 0 ... The Server MUST
+    // NOT send a Topic Alias"; absent means 0. And off when the server cap is.
+    let t0 = Instant::now();
+    for (client, server) in [(0, 2), (4, 0)] {
+        let limits = SessionLimits { server_topic_alias_maximum: server, ..limits() };
+        let mut session = aliasing(t0, client, limits);
+        deliver(&mut session, t0, "t", QoS::AtMostOnce);
+        deliver(&mut session, t0, "t", QoS::AtMostOnce);
+        assert_eq!(
+            topics_and_aliases(&drain(&mut session, t0)),
+            [("t".into(), None), ("t".into(), None)]
+        );
+    }
+    let mut session = connected(t0, V5);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    assert_eq!(topics_and_aliases(&drain(&mut session, t0)), [("t".into(), None)]);
+}
+
+#[test]
+fn aliases_are_per_connection_and_reset_on_reconnect_mqtt_3_3_2_7() {
+    // [MQTT-3.3.2-7] "A receiver MUST NOT carry forward any Topic Alias
+    // mappings from one Network Connection to another". A QoS 1 message
+    // re-sent on the new connection names its topic again.
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 4, limits());
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    deliver(&mut session, t0, "t", QoS::AtLeastOnce);
+    assert_eq!(topics_and_aliases(&drain(&mut session, t0)), [alias("t", 1), alias("", 1)]);
+    session.handle_connection_lost(t0);
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(4);
+    connect.properties.session_expiry_interval = Some(60);
+    session.handle_connect(t0, &connect, true);
+    let packets = drain(&mut session, t0);
+    assert!(matches!(packets[0], Packet::ConnAck(_)));
+    assert_eq!(topics_and_aliases(&packets[1..]), [alias("t", 1), alias("", 1)]);
+    assert!(packets[1..].iter().all(|p| as_publish(p).dup));
+}
+
+#[test]
+fn a_message_with_properties_keeps_them_beside_its_alias() {
+    let t0 = Instant::now();
+    let mut session = aliasing(t0, 4, limits());
+    let mut with = (*message("t", QoS::AtMostOnce, b"m")).clone();
+    with.properties.make_mut().content_type = Some(ByteString::from_static("text/plain"));
+    let with = Arc::new(with);
+    for message in [with.clone(), message("t", QoS::AtMostOnce, b"m"), with] {
+        session.handle_delivery(t0, delivery(message, QoS::AtMostOnce));
+    }
+    let packets = drain(&mut session, t0);
+    assert_eq!(topics_and_aliases(&packets), [alias("t", 1), alias("", 1), alias("", 1)]);
+    let content_types: Vec<_> =
+        packets.iter().map(|p| as_publish(p).properties.content_type.clone()).collect();
+    assert_eq!(content_types, [Some("text/plain".into()), None, Some("text/plain".into())]);
+}
+
+#[test]
+fn a_new_alias_is_left_out_when_it_would_make_the_publish_too_large_mqtt_3_1_2_24() {
+    // The PUBLISH of "t" and 15 bytes is 21 bytes, 24 with a Topic Alias:
+    // at a Maximum Packet Size of 23 it goes without one, and the alias is
+    // not remembered (the client never saw it set).
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.topic_alias_maximum = Some(4);
+    connect.properties.maximum_packet_size = NonZeroU32::new(23);
+    let mut session = connected_with(t0, &connect, limits());
+    session
+        .handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, &[b'x'; 15]), QoS::AtMostOnce));
+    session.handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, b"m"), QoS::AtMostOnce));
+    session.handle_delivery(t0, delivery(message("t", QoS::AtMostOnce, b"m"), QoS::AtMostOnce));
+    let packets = drain(&mut session, t0);
+    assert_eq!(topics_and_aliases(&packets), [("t".into(), None), alias("t", 1), alias("", 1)]);
+    assert_eq!(session.counters.dropped_too_large, 0);
 }

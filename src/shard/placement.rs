@@ -64,6 +64,17 @@ pub(super) fn connect_refusal(connect: &Connect, shutting_down: bool) -> Option<
     {
         return Some(ReasonCode::ClientIdentifierNotValid);
     }
+    // 5.0 §3.1.3.2.3: "The Server MAY validate that the Will Message is of
+    // the format indicated, and if it is not send a CONNACK with the Reason
+    // Code of 0x99 (Payload format invalid)", as a PUBLISH is checked
+    // [MQTT-3.3.2-4].
+    if let Some(will) = &connect.will {
+        if will.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&will.payload).is_err()
+        {
+            return Some(ReasonCode::PayloadFormatInvalid);
+        }
+    }
     None
 }
 
@@ -149,5 +160,31 @@ mod tests {
             shard.place(Instant::now(), &connect),
             Placement::Refused(ReasonCode::ServerUnavailable)
         );
+    }
+
+    #[test]
+    fn a_will_that_is_not_the_utf8_it_claims_gets_connack_0x99() {
+        // 5.0 §3.1.3.2.3: "The Server MAY validate that the Will Message is
+        // of the format indicated, and if it is not send a CONNACK with the
+        // Reason Code of 0x99 (Payload format invalid)".
+        let with_will = |payload: &'static [u8]| {
+            let mut connect = connect(ProtocolVersion::V5, &id_on(0), true);
+            connect.will = Some(crate::protocol::Will {
+                topic: crate::protocol::TopicName::new("w").unwrap(),
+                payload: bytes::Bytes::from_static(payload),
+                qos: crate::protocol::QoS::AtMostOnce,
+                retain: false,
+                properties: crate::protocol::WillProperties {
+                    payload_format_indicator: Some(true),
+                    ..Default::default()
+                },
+            });
+            connect
+        };
+        let mut shard = shard();
+        let refused = shard.place(Instant::now(), &with_will(b"\xff"));
+        assert_eq!(refused, Placement::Refused(ReasonCode::PayloadFormatInvalid));
+        let accepted = shard.place(Instant::now(), &with_will("adiós".as_bytes()));
+        assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
     }
 }

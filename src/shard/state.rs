@@ -672,8 +672,12 @@ impl Shard {
 
     /// Queues `message` to every local session with a matching plain
     /// subscription: once per session, at the highest QoS of its matching
-    /// subscriptions, with all their identifiers [MQTT-3.3.5-1]. Shared
-    /// groups are served through [`Shard::route`].
+    /// subscriptions [MQTT-3.3.4-2], with all their identifiers
+    /// [MQTT-3.3.4-3], [MQTT-3.3.5-1]. A No Local subscription takes no
+    /// part for the session's own messages [MQTT-3.8.3-3]: its QoS and
+    /// identifier are left out, and the session's other matching
+    /// subscriptions still deliver. Shared groups are served through
+    /// [`Shard::route`].
     fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -686,18 +690,30 @@ impl Shard {
         let mut i = 0;
         while i < matches.len() {
             let key = matches[i].0;
-            let mut options = matches[i].1.options;
+            let mut merged: Option<SubscriptionOptions> = None;
             let mut ids = crate::protocol::SubscriptionIds::new();
             while i < matches.len() && matches[i].0 == key {
-                let subscription = &matches[i].1;
+                let subscription = matches[i].1;
+                i += 1;
+                if subscription.options.no_local && self.is_publisher(key, message) {
+                    continue;
+                }
+                let options = merged.get_or_insert(subscription.options);
                 options.qos = options.qos.max(subscription.options.qos);
                 options.retain_as_published |= subscription.options.retain_as_published;
                 ids.extend(subscription.subscription_id);
-                i += 1;
             }
-            self.deliver(key, message, options, ids, false, now);
+            if let Some(options) = merged {
+                self.deliver(key, message, options, ids, false, now);
+            }
         }
         self.matches = matches;
+    }
+
+    /// Whether the session of `key` published `message` (No Local,
+    /// [MQTT-3.8.3-3]).
+    fn is_publisher(&self, key: SessionKey, message: &Message) -> bool {
+        message.publisher.as_ref() == Some(self.slot(key).session.client_id())
     }
 
     /// Delivers `message` to the next member of the local shared group

@@ -923,3 +923,137 @@ fn v3_and_v5_clients_exchange_messages_across_shards() {
     });
     assert_eq!(from_five.unwrap().properties.content_type.as_deref(), Some("text/plain"));
 }
+
+/// A v5 SUBSCRIBE of one filter, with its options and identifier.
+fn subscribe_v5(packet_id: u16, filter: &str, qos: QoS, no_local: bool, id: Option<u32>) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(packet_id).unwrap(),
+        properties: crate::protocol::SubscribeProperties {
+            subscription_identifier: id.and_then(std::num::NonZeroU32::new),
+            ..Default::default()
+        },
+        subscriptions: [Subscription {
+            filter: TopicFilter::new(filter).unwrap(),
+            options: SubscriptionOptions { qos, no_local, ..Default::default() },
+        }]
+        .into_iter()
+        .collect(),
+    })
+}
+
+/// A row of the overlapping-subscriptions matrix: who publishes what, and
+/// the one copy the subscriber gets (QoS and subscription identifiers).
+struct Case {
+    own: bool,
+    topic: &'static str,
+    qos: QoS,
+    copy: Option<(QoS, &'static [u32])>,
+}
+
+#[test]
+fn overlapping_subscriptions_matrix_one_copy_highest_qos_every_identifier_mqtt_3_3_4_3() {
+    // [MQTT-3.3.4-2] one copy per message at the maximum QoS of all the
+    // matching subscriptions; [MQTT-3.3.4-3] "If the Server sends a single
+    // copy of the message it MUST include in the PUBLISH packet the
+    // Subscription Identifiers for all matching subscriptions which have
+    // a Subscription Identifiers"; [MQTT-3.8.3-3] a No Local subscription
+    // takes no part for the client's own messages, the others still do.
+    let mut cluster = Cluster::new(2);
+    let (me, _) = cluster.connect_packet(&connect_v5(&id_on("matrix", 0, 2), 0));
+    let (other, _) = cluster.connect_packet(&connect_v5(&id_on("other", 1, 2), 0));
+    let subscriptions = [
+        ("mx/#", QoS::AtMostOnce, false, Some(1)),
+        ("mx/+/b", QoS::ExactlyOnce, false, None),
+        ("mx/a/b", QoS::AtLeastOnce, true, Some(3)),
+        ("mx/a/+", QoS::AtLeastOnce, false, Some(4)),
+        ("nl/x", QoS::AtLeastOnce, true, Some(5)),
+    ];
+    for (i, (filter, qos, no_local, id)) in subscriptions.into_iter().enumerate() {
+        cluster.send(&me, subscribe_v5(i as u16 + 1, filter, qos, no_local, id));
+    }
+    cluster.settle();
+    cluster.output(&me);
+    // (publisher is me, topic, published QoS) -> (QoS, identifiers) of the
+    // one copy, or nothing.
+    let matrix = [
+        Case {
+            own: false,
+            topic: "mx/a/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1, 3, 4][..])),
+        },
+        Case {
+            own: true,
+            topic: "mx/a/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1, 4][..])),
+        },
+        Case {
+            own: true,
+            topic: "mx/a/b",
+            qos: QoS::AtLeastOnce,
+            copy: Some((QoS::AtLeastOnce, &[1, 4][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/a/c",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtLeastOnce, &[1, 4][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/c/b",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::ExactlyOnce, &[1][..])),
+        },
+        Case {
+            own: false,
+            topic: "mx/z",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtMostOnce, &[1][..])),
+        },
+        Case {
+            own: false,
+            topic: "nl/x",
+            qos: QoS::ExactlyOnce,
+            copy: Some((QoS::AtLeastOnce, &[5][..])),
+        },
+        Case { own: true, topic: "nl/x", qos: QoS::ExactlyOnce, copy: None },
+    ];
+    for (n, Case { own, topic, qos, copy: expected }) in matrix.into_iter().enumerate() {
+        let publisher = if own { &me } else { &other };
+        let packet_id = (qos != QoS::AtMostOnce).then(|| PacketId::new(100 + n as u16).unwrap());
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            packet_id,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"m"),
+        };
+        cluster.send(publisher, Packet::Publish(publish));
+        cluster.settle();
+        cluster.output(&other);
+        let copies: Vec<(QoS, Vec<u32>)> = cluster
+            .output(&me)
+            .into_iter()
+            .filter_map(|packet| match packet {
+                Packet::Publish(publish) => {
+                    let mut ids: Vec<u32> = publish
+                        .properties
+                        .subscription_identifiers
+                        .iter()
+                        .map(|id| id.get())
+                        .collect();
+                    ids.sort_unstable();
+                    Some((publish.qos, ids))
+                }
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(QoS, Vec<u32>)> =
+            expected.into_iter().map(|(qos, ids)| (qos, ids.to_vec())).collect();
+        assert_eq!(copies, expected, "case {n}: {topic} at {qos:?}, own: {own}");
+    }
+}
