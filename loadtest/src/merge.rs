@@ -130,6 +130,7 @@ pub fn merge(reports: Vec<(String, Report)>) -> anyhow::Result<Report> {
             second: i as u64,
             sent: all().filter_map(at).map(|s| s.sent).sum(),
             received: all().filter_map(at).map(|s| s.received).sum(),
+            lost: all().filter_map(at).map(|s| s.lost).sum(),
             latency_us: Percentiles::of(&merged),
         });
     }

@@ -3,6 +3,7 @@
 
 use crate::plan::{Expect, Plan};
 use crate::stats::{latency_histogram, Percentiles, RunResult, Second};
+use crate::tracker::add_at;
 use hdrhistogram::Histogram;
 use ringmq::protocol::QoS;
 use serde::{Deserialize, Serialize};
@@ -140,7 +141,7 @@ impl Report {
                 counts.duplicates += exec.duplicates[q];
                 counts.out_of_order += exec.out_of_order[q];
             }
-            sent_by.extend(exec.sent_by_publisher.iter().map(|(k, v)| (*k, *v)));
+            sent_by.extend(exec.sent_by_publisher.iter().map(|(k, v)| (*k, v.clone())));
             if let Some((first, last)) = exec.publish_span {
                 let s = span.get_or_insert((first, last));
                 *s = (s.0.min(first), s.1.max(last));
@@ -149,7 +150,8 @@ impl Report {
         let received: u64 = by_qos.iter().map(|q| q.received).sum();
         let duplicates: u64 = by_qos.iter().map(|q| q.duplicates).sum();
         let out_of_order: u64 = by_qos.iter().map(|q| q.out_of_order).sum();
-        let (expected, lost) = loss(run, &sent_by);
+        let (expected, lost_by_second) = loss(run, &sent_by);
+        let lost: u64 = lost_by_second.iter().sum();
         let elapsed_s = run.elapsed.as_secs_f64().max(1e-9);
         let publish_s = span.map_or(elapsed_s, |(a, b)| (b - a).as_secs_f64().max(1e-3));
         let qos = plan.qos as u8;
@@ -187,7 +189,19 @@ impl Report {
             violations.push(format!("QoS {qos}: {unconfirmed} publishes not acknowledged"));
         }
 
-        let timeline = run.timeline.clone();
+        let mut timeline = run.timeline.clone();
+        for (second, &n) in lost_by_second.iter().enumerate() {
+            match timeline.get_mut(second) {
+                Some(s) => s.lost = n,
+                None => timeline.push(Second {
+                    second: second as u64,
+                    sent: 0,
+                    received: 0,
+                    lost: n,
+                    latency_us: Percentiles::default(),
+                }),
+            }
+        }
         let distribution = distribution(&latency);
         let clients = plan.clients.len();
         Report {
@@ -334,7 +348,14 @@ impl Report {
             );
         };
         for s in &self.timeline {
-            line(&mut out, &s.second.to_string(), s.sent, s.received, &s.latency_us, (0, 0, 0));
+            line(
+                &mut out,
+                &s.second.to_string(),
+                s.sent,
+                s.received,
+                &s.latency_us,
+                (s.lost, 0, 0),
+            );
         }
         let m = &self.messages;
         line(
@@ -371,41 +392,72 @@ pub(crate) fn merge_counts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<Str
     }
 }
 
-/// Expected deliveries and loss over every subscriber.
-fn loss(run: &RunResult, sent_by: &HashMap<u32, u64>) -> (Option<u64>, u64) {
-    let total_sent: u64 = sent_by.values().sum();
-    let (mut expected, mut lost, mut known) = (0u64, 0u64, true);
-    let (mut shared_received, mut shared_groups) = (0u64, false);
+/// Expected deliveries, and loss by the second the lost messages were
+/// sent in, over every subscriber. `sent_by` is each publisher's count by
+/// second. A subscriber that expects a publisher's messages loses, in each
+/// second, those sent then that it did not receive; `sub` (which cannot know
+/// what was sent) loses its sequence gaps, by
+/// [`StreamTracker::gaps_by_second`](crate::tracker::StreamTracker::gaps_by_second).
+/// The total loss is the sum of the seconds.
+fn loss(run: &RunResult, sent_by: &HashMap<u32, Vec<u64>>) -> (Option<u64>, Vec<u64>) {
+    let mut total_sent_by_second = Vec::new();
+    for counts in sent_by.values() {
+        for (second, &n) in counts.iter().enumerate() {
+            add_at(&mut total_sent_by_second, second, n);
+        }
+    }
+    let total_sent: u64 = total_sent_by_second.iter().sum();
+    let (mut expected, mut lost, mut known) = (0u64, Vec::new(), true);
+    let mut shared_received = Vec::new();
+    let mut shared_groups = false;
+    let none: &[u64] = &[];
     for sub in run.executors.iter().flat_map(|e| &e.subscribers) {
+        let received =
+            |publisher: &u32| sub.streams.get(publisher).map_or(none, |s| s.received_by_second());
         match sub.expect {
             Expect::All => {
                 expected += total_sent;
                 for (publisher, sent) in sent_by {
-                    let got = sub.streams.get(publisher).map_or(0, |s| s.received());
-                    lost += sent.saturating_sub(got);
+                    add_shortfall(&mut lost, sent, received(publisher));
                 }
             }
             Expect::One(publisher) => {
-                let sent = sent_by.get(&publisher).copied().unwrap_or(0);
-                expected += sent;
-                lost += sub.streams.get(&publisher).map_or(sent, |s| s.lost(sent));
+                let sent = sent_by.get(&publisher).map_or(none, Vec::as_slice);
+                expected += sent.iter().sum::<u64>();
+                add_shortfall(&mut lost, sent, received(&publisher));
             }
             Expect::Shared => {
                 shared_groups = true;
-                shared_received += sub.streams.values().map(|s| s.received()).sum::<u64>();
+                for stream in sub.streams.values() {
+                    for (second, &n) in stream.received_by_second().iter().enumerate() {
+                        add_at(&mut shared_received, second, n);
+                    }
+                }
             }
             Expect::Gaps => {
                 known = false;
-                lost += sub.streams.values().map(|s| s.gaps()).sum::<u64>();
+                for stream in sub.streams.values() {
+                    for (second, n) in stream.gaps_by_second().into_iter().enumerate() {
+                        add_at(&mut lost, second, n);
+                    }
+                }
             }
         }
     }
     if shared_groups {
         // One group: every message reaches exactly one of its members.
         expected += total_sent;
-        lost += total_sent.saturating_sub(shared_received);
+        add_shortfall(&mut lost, &total_sent_by_second, &shared_received);
     }
     (known.then_some(expected), lost)
+}
+
+/// Adds to `lost`, second by second, what `received` falls short of `sent`.
+fn add_shortfall(lost: &mut Vec<u64>, sent: &[u64], received: &[u64]) {
+    for (second, &n) in sent.iter().enumerate() {
+        let got = received.get(second).copied().unwrap_or(0);
+        add_at(lost, second, n.saturating_sub(got));
+    }
 }
 
 #[cfg(test)]
@@ -418,7 +470,7 @@ mod tests {
     fn tracker(seqs: impl IntoIterator<Item = u64>) -> StreamTracker {
         let mut t = StreamTracker::default();
         for s in seqs {
-            t.handle_arrival(s);
+            t.handle_arrival(s, s / 5);
         }
         t
     }
@@ -436,23 +488,24 @@ mod tests {
 
     #[test]
     fn loss_per_expectation() {
-        let sent: HashMap<u32, u64> = [(0, 10), (1, 10)].into_iter().collect();
+        // Five messages a second for two seconds.
+        let sent: HashMap<u32, Vec<u64>> = [(0, vec![5, 5]), (1, vec![5, 5])].into_iter().collect();
         let all = SubscriberResult {
             expect: Expect::All,
             streams: [(0, tracker(0..10)), (1, tracker(0..7))].into_iter().collect(),
         };
         let one = SubscriberResult { expect: Expect::One(1), streams: Default::default() };
-        assert_eq!(loss(&run_with(vec![all, one]), &sent), (Some(30), 3 + 10));
+        assert_eq!(loss(&run_with(vec![all, one]), &sent), (Some(30), vec![5, 3 + 5]));
         let shared = |seqs: Vec<u64>| SubscriberResult {
             expect: Expect::Shared,
             streams: [(0, tracker(seqs))].into_iter().collect(),
         };
         let run = run_with(vec![shared((0..10).step_by(2).collect()), shared(vec![1, 3, 5])]);
-        assert_eq!(loss(&run, &sent), (Some(20), 12));
+        assert_eq!(loss(&run, &sent), (Some(20), vec![5, 7]));
         let gaps = SubscriberResult {
             expect: Expect::Gaps,
             streams: [(0, tracker([0, 5]))].into_iter().collect(),
         };
-        assert_eq!(loss(&run_with(vec![gaps]), &sent), (None, 4));
+        assert_eq!(loss(&run_with(vec![gaps]), &sent), (None, vec![0, 4]));
     }
 }

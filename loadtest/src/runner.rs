@@ -15,7 +15,7 @@ use crate::plan::{allowed_cpus, Plan, PublishPlan};
 use crate::stats::{
     latency_histogram, ExecResult, Percentiles, RunResult, Second, SubscriberResult,
 };
-use crate::tracker::{Arrival, StreamMap};
+use crate::tracker::{add_at, Arrival, StreamMap};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -412,6 +412,8 @@ impl Timeline {
             second: tick.second,
             sent: tick.sent,
             received: tick.received,
+            // Filled in by the report, which knows what was sent.
+            lost: 0,
             latency_us: Percentiles::of(&tick.latency),
         }
     }
@@ -429,6 +431,7 @@ impl Timeline {
                     second,
                     sent: 0,
                     received: 0,
+                    lost: 0,
                     latency_us: Percentiles::default(),
                 })
             })
@@ -541,8 +544,9 @@ struct Recorder<'a> {
     streams: &'a mut StreamMap,
     /// When the read completed, nanoseconds of the payload clock.
     now_ns: u64,
-    /// Whether publishing has started: latency counts from then on.
-    running: bool,
+    /// When publishing started, nanoseconds of the payload clock; `None`
+    /// before. Latency counts from then on.
+    start_ns: Option<u64>,
 }
 
 impl Recorder<'_> {
@@ -553,11 +557,14 @@ impl Recorder<'_> {
             self.stats.foreign += 1;
             return;
         };
-        if self.running {
+        if self.start_ns.is_some() {
             let latency_us = self.now_ns.saturating_sub(header.sent_ns) / 1000;
             self.interval.saturating_record(latency_us);
         }
-        match self.streams.entry(header.publisher).or_default().handle_arrival(header.seq) {
+        let second =
+            header.sent_ns.saturating_sub(self.start_ns.unwrap_or(u64::MAX)) / 1_000_000_000;
+        let stream = self.streams.entry(header.publisher).or_default();
+        match stream.handle_arrival(header.seq, second) {
             Arrival::InOrder => {}
             Arrival::Duplicate => self.stats.duplicates[q] += 1,
             Arrival::OutOfOrder | Arrival::TooLate => self.stats.out_of_order[q] += 1,
@@ -787,6 +794,8 @@ struct Publisher {
     done: bool,
     /// First and last send.
     span: Option<(Instant, Instant)>,
+    /// Messages sent, by the second of their intended send time.
+    sent_by_second: Vec<u64>,
 }
 
 impl Publisher {
@@ -803,6 +812,7 @@ impl Publisher {
             next_seq: 0,
             done: false,
             span: None,
+            sent_by_second: Vec::new(),
         }
     }
 
@@ -845,6 +855,7 @@ impl Publisher {
             }
             self.next_seq += 1;
             sent += 1;
+            add_at(&mut self.sent_by_second, (intended - start).as_secs() as usize, 1);
         }
         if sent > 0 {
             let first = self.span.map_or(now, |(first, _)| first);
@@ -916,7 +927,7 @@ async fn run_client(exec: Rc<Exec>, index: usize) {
         if !publisher.done {
             exec.control.publishers_done.fetch_add(1, Relaxed);
         }
-        stats.sent_by_publisher.insert(publisher.id, publisher.next_seq);
+        stats.sent_by_publisher.insert(publisher.id, publisher.sent_by_second);
         if let Some((first, last)) = publisher.span {
             let span = stats.publish_span.get_or_insert((first, last));
             *span = (span.0.min(first), span.1.max(last));
@@ -1076,7 +1087,7 @@ async fn read_loop(
                     // Straight from the coordinator: this executor's
                     // watcher may not have seen the start yet while
                     // another executor's publishers already publish.
-                    running: exec.control.start.get().is_some(),
+                    start_ns: exec.control.start.get().map(|&start| exec.clock.ns(start)),
                 };
                 let event = conn
                     .client

@@ -113,6 +113,11 @@ pub struct Second {
     pub sent: u64,
     /// Messages received.
     pub received: u64,
+    /// Messages sent in this second that never arrived where they should
+    /// have (for `sub`: sequence gaps of this second); the seconds add up
+    /// to the report's `lost`.
+    #[serde(default)]
+    pub lost: u64,
     /// Their latency.
     pub latency_us: Percentiles,
 }
@@ -156,8 +161,9 @@ pub struct ExecResult {
     pub acked: u64,
     /// Publishes the broker refused in PUBACK/PUBREC (5.0), by reason.
     pub refused: BTreeMap<String, u64>,
-    /// Messages sent per publisher id.
-    pub sent_by_publisher: HashMap<u32, u64>,
+    /// Messages sent per publisher id, by the second (since publishing
+    /// started) they were meant to be sent in.
+    pub sent_by_publisher: HashMap<u32, Vec<u64>>,
     /// Subscriber streams.
     pub subscribers: Vec<SubscriberResult>,
     /// First and last message of this executor's publishers.

@@ -198,6 +198,8 @@ pub fn shared_subscription_splits_the_messages(broker: &Broker, version: &str) {
 /// broker drops messages, the run reports them and exits 1; the same loss
 /// within `--max-loss` passes.
 pub fn forced_qos0_overflow_is_reported_and_fails_the_run(broker: &Broker) {
+    let csv = broker.dir.join("overflow.csv");
+    let csv_arg = csv.to_str().unwrap();
     let stalled = [
         "fan-out",
         "--publishers",
@@ -214,6 +216,8 @@ pub fn forced_qos0_overflow_is_reported_and_fails_the_run(broker: &Broker) {
         "1s",
         "--rcvbuf",
         "4096",
+        "--csv",
+        csv_arg,
     ];
     let (code, r, stdout) = bench(broker, &stalled);
     assert_eq!(code, 1, "loss must fail the run: {r}");
@@ -223,6 +227,17 @@ pub fn forced_qos0_overflow_is_reported_and_fails_the_run(broker: &Broker) {
     assert_eq!(received + lost, sent, "every message is received or counted lost");
     assert_eq!(r["passed"], Value::Bool(false));
     assert!(stdout.contains("messages lost"), "{stdout}");
+    // The per-second loss adds up to the total, in the JSON and the CSV.
+    let timeline = r["timeline"].as_array().unwrap();
+    assert_eq!(timeline.iter().map(|s| n(s, "/lost")).sum::<u64>(), lost, "{r}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let mut rows = csv.lines();
+    let lost_column = rows.next().unwrap().split(',').position(|c| c == "lost").unwrap();
+    let per_second: u64 = rows
+        .filter(|row| !row.starts_with("total"))
+        .map(|row| row.split(',').nth(lost_column).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(per_second, lost, "{csv}");
 
     let mut tolerant = stalled.to_vec();
     tolerant.extend(["--max-loss", "100", "--client-id-prefix", "tolerant"]);
