@@ -214,6 +214,11 @@ pub struct SubArgs {
     /// Stay subscribed this long.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub duration: Duration,
+    /// Exit as soon as the subscribers have received this many messages
+    /// in all (copies included), or when --duration ends, whichever comes
+    /// first.
+    #[arg(long, value_name = "N")]
+    pub receive: Option<u64>,
     #[command(flatten)]
     pub connection: ConnectionOpts,
     #[command(flatten)]
@@ -437,6 +442,11 @@ mod tests {
         assert!(Cli::try_parse_from(["ringmq-bench", "pub", "--qos", "3"]).is_err());
         assert!(Cli::try_parse_from(["ringmq-bench", "pub", "--rate", "1", "--total-rate", "2"])
             .is_err());
+        let cli = Cli::try_parse_from(["ringmq-bench", "pub", "--drain", "2s"]).unwrap();
+        let Command::Pub(args) = cli.command else { panic!() };
+        assert_eq!(args.load.drain, Duration::from_secs(2));
+        let cli = Cli::try_parse_from(["ringmq-bench", "sub", "--receive", "1000"]).unwrap();
+        assert!(matches!(cli.command, Command::Sub(SubArgs { receive: Some(1000), .. })));
         let cli = Cli::try_parse_from(["ringmq-bench", "conn", "--clients", "3"]).unwrap();
         assert!(matches!(cli.command, Command::Conn(ConnArgs { clients: 3, .. })));
     }

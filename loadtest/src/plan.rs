@@ -107,6 +107,9 @@ pub struct Plan {
     pub rcvbuf: Option<usize>,
     /// Reconnection storms (`storm`).
     pub cycles: u32,
+    /// `sub --receive`: stop holding once the subscribers received this
+    /// many messages.
+    pub receive: Option<u64>,
     /// Output settings.
     pub output: OutputOpts,
 }
@@ -152,6 +155,7 @@ impl Plan {
                     base("sub", &args.connection, None, Some(&args.subscriber), args.output)?;
                 plan.qos = qos(args.qos);
                 plan.duration = Some(args.duration);
+                plan.receive = args.receive;
                 let filter = TopicFilter::new(args.filter.clone())
                     .map_err(|e| anyhow::anyhow!("--filter {}: {e:?}", args.filter))?;
                 plan.clients = clients(&args.connection, args.clients, |_| {
@@ -292,6 +296,7 @@ fn base(
         stall: sub.and_then(|s| s.stall),
         rcvbuf: sub.and_then(|s| s.rcvbuf),
         cycles: 0,
+        receive: None,
         output,
     })
 }

@@ -295,9 +295,11 @@ impl Coordinator<'_> {
         }
     }
 
+    /// For `duration`, or until `sub --receive`'s count arrived.
     fn hold(&mut self, duration: Duration) {
         let end = Instant::now() + duration;
-        while Instant::now() < end {
+        let enough = self.plan.receive.unwrap_or(u64::MAX);
+        while Instant::now() < end && received(self.control) < enough {
             self.pause("holding", Some(end));
         }
     }

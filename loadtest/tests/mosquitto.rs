@@ -74,3 +74,9 @@ fn separate_pub_and_sub_processes_and_file_outputs() {
     let Some(broker) = mosquitto("pubsub", "") else { return };
     common::separate_pub_and_sub(&broker);
 }
+
+#[test]
+fn sub_receive_n_then_exit() {
+    let Some(broker) = mosquitto("receive", "") else { return };
+    common::sub_receive_n_then_exit(&broker);
+}

@@ -82,6 +82,11 @@ fn separate_pub_and_sub_processes_and_file_outputs() {
 }
 
 #[test]
+fn sub_receive_n_then_exit() {
+    common::sub_receive_n_then_exit(&ringmq("receive", ""));
+}
+
+#[test]
 fn mqtt5_fan_in_runs_clean() {
     // ringmq serves MQTT 5.0 (it answered CONNACK 0x84 before): a paced
     // 5.0 fan-in loses nothing.

@@ -311,6 +311,34 @@ pub fn separate_pub_and_sub(broker: &Broker) {
     assert_svg(&svg);
 }
 
+/// `sub --receive N` exits once N messages arrived, long before its
+/// `--duration`.
+pub fn sub_receive_n_then_exit(broker: &Broker) {
+    let host = broker.host();
+    let sub_json = broker.dir.join("sub-receive.json");
+    let started = Instant::now();
+    let sub = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .args(["sub", "--receive", "300", "--duration", "25s", "--quiet"])
+        .args(["--client-id-prefix", "rs", "--filter", "receive/#", "--host", &host, "--json"])
+        .arg(&sub_json)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .args(["pub", "--clients", "2", "--count", "500", "--rate", "500", "--topic", "receive/%i"])
+        .args(["--host", &host, "--quiet", "--client-id-prefix", "rp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(wait(sub).success());
+    assert!(started.elapsed() < Duration::from_secs(15), "sub waited for its --duration");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&sub_json).unwrap()).unwrap();
+    let received = n(&r, "/messages/received");
+    assert!((300..1000).contains(&received), "{r}");
+    assert!(r["elapsed_s"].as_f64().unwrap() < 10.0, "{r}");
+}
+
 /// The file is an SVG with the latency charts.
 pub fn assert_svg(path: &Path) {
     let svg = std::fs::read_to_string(path).unwrap();
