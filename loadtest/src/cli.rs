@@ -137,6 +137,21 @@ pub struct LoadOpts {
     /// still on their way.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
+    /// Find the highest sustained total rate instead of running at one:
+    /// runs of --duration each, the rate doubling from --total-rate
+    /// (default 1000/s) up to --rate-limit until one is not sustained, then
+    /// bisection between the last sustained rate and the first that was not,
+    /// to within 5%. A rate is sustained when its run passes (no loss beyond
+    /// what the QoS allows), publishes at least 95% of it and keeps its p99
+    /// latency within --max-p99. The report is the highest sustained run's.
+    #[arg(long, conflicts_with_all = ["rate", "count"])]
+    pub find_max_rate: bool,
+    /// Highest p99 end-to-end latency of a sustained rate (--find-max-rate).
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub max_p99: Duration,
+    /// Highest total rate --find-max-rate tries.
+    #[arg(long, value_name = "MSGS_PER_S", default_value_t = 10_000_000.0)]
+    pub rate_limit: f64,
 }
 
 /// Subscriber behaviour that lets tests force an overflow.

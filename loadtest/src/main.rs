@@ -5,11 +5,13 @@
 //! sans-IO `client` state machine, `payload` and `tracker` carry the
 //! timestamps and the loss accounting, `runner` fills in the `stats` that
 //! `report` checks and writes (with `plot`); `merge` adds up the reports of
-//! several processes.
+//! several processes; `search` runs the plan at rising rates for
+//! `--find-max-rate`.
 //!
 //! Exit status: 0 when the run met what its QoS promises, 1 when it did not
 //! (loss at QoS 1/2 or above `--max-loss` at QoS 0, duplicates at QoS 2,
-//! clients that never connected), 2 when the run could not be made.
+//! clients that never connected; with `--find-max-rate`, no rate was
+//! sustained), 2 when the run could not be made.
 
 mod cli;
 mod client;
@@ -19,6 +21,7 @@ mod plan;
 mod plot;
 mod report;
 mod runner;
+mod search;
 mod stats;
 mod tracker;
 
@@ -54,8 +57,16 @@ fn run(cli: cli::Cli) -> anyhow::Result<bool> {
     }
     let plan = plan::Plan::from_command(cli.command)?;
     let output = plan.output.clone();
-    let result = runner::run(plan.clone())?;
-    let report = report::Report::new(&plan, &result);
+    let report = match plan.search {
+        Some(search) => match find_max_rate(&plan, search)? {
+            Some(report) => report,
+            None => return Ok(false),
+        },
+        None => {
+            let result = runner::run(plan.clone())?;
+            report::Report::new(&plan, &result)
+        }
+    };
     print!("{}", report.table());
     if let Some(path) = &output.json {
         report.write_json(path)?;
@@ -67,4 +78,39 @@ fn run(cli: cli::Cli) -> anyhow::Result<bool> {
         plot::draw(&report, path)?;
     }
     Ok(report.passed)
+}
+
+/// Runs `plan` at the rates [`search::find_max`] asks for, one line each;
+/// the report of the highest sustained rate, or `None` (after saying so)
+/// when not even the first was.
+fn find_max_rate(
+    plan: &plan::Plan,
+    search: plan::Search,
+) -> anyhow::Result<Option<report::Report>> {
+    let publishers = plan.publishers().max(1) as f64;
+    let mut best = None;
+    let found = search::find_max(search.start, search.limit, |rate| {
+        let mut step = plan.clone();
+        step.set_rate(rate / publishers);
+        let report = report::Report::new(&step, &runner::run(step.clone())?);
+        let ok = search::sustained(&report, rate, search.max_p99_us);
+        println!(
+            "rate {rate:.0}/s: {} (sent {:.0}/s, received {:.0}/s, lost {}, p99 {} us)",
+            if ok { "sustained" } else { "not sustained" },
+            report.messages.sent_per_s,
+            report.messages.received_per_s,
+            report.messages.lost,
+            report.messages.latency_us.p99
+        );
+        if ok {
+            // Rates asked about only rise past a sustained one.
+            best = Some(report);
+        }
+        Ok(ok)
+    })?;
+    match found {
+        Some(rate) => println!("max sustained rate: {rate:.0} msg/s"),
+        None => println!("no sustained rate: {:.0} msg/s was not", search.start),
+    }
+    Ok(best)
 }

@@ -107,6 +107,9 @@ pub struct Plan {
     pub rcvbuf: Option<usize>,
     /// Reconnection storms (`storm`).
     pub cycles: u32,
+    /// `--find-max-rate`: search the highest sustained rate instead of one
+    /// run.
+    pub search: Option<Search>,
     /// `sub --receive`: stop holding once the subscribers received this
     /// many messages.
     pub receive: Option<u64>,
@@ -118,6 +121,21 @@ impl Plan {
     /// Publishing clients.
     pub fn publishers(&self) -> usize {
         self.clients.iter().filter(|c| c.publish.is_some()).count()
+    }
+
+    /// Every publisher sends `rate` messages per second, the publishers
+    /// spread over one interval instead of bursting.
+    pub fn set_rate(&mut self, rate: f64) {
+        let publishers = self.publishers();
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        self.interval = Some(interval);
+        let mut k = 0u32;
+        for client in &mut self.clients {
+            if let Some(publish) = &mut client.publish {
+                publish.offset = interval.mul_f64(f64::from(k) / publishers as f64);
+                k += 1;
+            }
+        }
     }
 
     /// Subscribing clients.
@@ -297,8 +315,20 @@ fn base(
         rcvbuf: sub.and_then(|s| s.rcvbuf),
         cycles: 0,
         receive: None,
+        search: None,
         output,
     })
+}
+
+/// What `--find-max-rate` searches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Search {
+    /// First total rate tried, messages per second.
+    pub start: f64,
+    /// Highest total rate tried.
+    pub limit: f64,
+    /// Highest p99 end-to-end latency of a sustained rate.
+    pub max_p99_us: u64,
 }
 
 /// Rate, duration and count of a publishing scenario.
@@ -319,16 +349,14 @@ fn finish_load(mut plan: Plan, load: &LoadOpts) -> anyhow::Result<Plan> {
         if !(rate > 0.0 && rate.is_finite()) {
             bail!("--rate / --total-rate must be positive");
         }
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        plan.interval = Some(interval);
-        // Spread the publishers over one interval instead of bursting.
-        let mut k = 0u32;
-        for client in &mut plan.clients {
-            if let Some(publish) = &mut client.publish {
-                publish.offset = interval.mul_f64(f64::from(k) / publishers as f64);
-                k += 1;
-            }
-        }
+        plan.set_rate(rate);
+    }
+    if load.find_max_rate {
+        plan.search = Some(Search {
+            start: load.total_rate.unwrap_or(1000.0),
+            limit: load.rate_limit,
+            max_p99_us: load.max_p99.as_micros() as u64,
+        });
     }
     plan.duration = load.duration;
     plan.count = load.count;

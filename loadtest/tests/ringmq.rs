@@ -195,3 +195,44 @@ fn merge_adds_up_two_concurrent_processes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only runs of the same scenario merge"));
 }
+
+#[test]
+fn find_max_rate_climbs_the_ladder() {
+    let broker = ringmq("maxrate", "");
+    let search = [
+        "fan-out",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--find-max-rate",
+        "--total-rate",
+        "500",
+        "--rate-limit",
+        "2000",
+        "--duration",
+        "300ms",
+        "--drain",
+        "1s",
+    ];
+    let (code, r, stdout) = bench(&broker, &search);
+    assert_eq!(code, 0, "{stdout}");
+    for line in ["rate 500/s: sustained", "rate 1000/s: sustained", "rate 2000/s: sustained"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    assert!(stdout.contains("max sustained rate: 2000 msg/s"), "{stdout}");
+    // The report is the run at the highest sustained rate.
+    assert!(r["messages"]["sent_per_s"].as_f64().unwrap() > 1500.0, "{r}");
+    assert_eq!(n(&r, "/messages/lost"), 0);
+
+    // Nothing is sustained within a p99 of 1 us: exit status 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq-bench"))
+        .args(search)
+        .args(["--max-p99", "1us", "--quiet", "--host", &broker.host()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("rate 500/s: not sustained"), "{stdout}");
+    assert!(stdout.contains("no sustained rate: 500 msg/s was not"), "{stdout}");
+}
