@@ -6,6 +6,9 @@
 //!   0.0.0.0:1883` works too.
 //! * `ringmq check-config FILE` validates a file and says so.
 //!
+//! On SIGHUP `serve` re-reads its `--config` file with the same flags and
+//! applies what can change without a restart (see `ringmq::runtime::Reload`).
+//!
 //! Every failure is one line on stderr, `ringmq: <error>`, never a panic or
 //! a backtrace. Exit status: 0 on success, 1 when the runtime fails to start
 //! or stops with an error, 2 when the configuration (file, flags or
@@ -13,7 +16,8 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use ringmq::config::{Config, LogFormat, Overrides};
+use ringmq::config::{Config, LogFormat, LogLevel, Overrides};
+use ringmq::runtime::Reload;
 use std::error::Error;
 use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -120,7 +124,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(|error| Failure::config(&error))?;
-    init_tracing(&config, overrides.log.is_some())
+    let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
         config.listeners().iter().map(|listener| listener.bind().to_string()).collect();
@@ -130,31 +134,61 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         listeners = ?listeners,
         "starting ringmq"
     );
-    ringmq::runtime::run(config).map_err(|error| Failure::runtime(&error))
+    let reload = args.config.map(|file| Reload {
+        read: Box::new(move || Config::from_file(&file, &overrides)),
+        set_log_level,
+    });
+    ringmq::runtime::run(config, reload).map_err(|error| Failure::runtime(&error))
 }
+
+/// Sets the level of the installed subscriber (a reload's `log.level`), or
+/// says which setting takes precedence over the file's.
+type SetLogLevel = Box<dyn FnMut(LogLevel) -> Result<(), String> + Send>;
 
 /// Installs the global tracing subscriber, writing to stderr in the
 /// configured format, in colour only on a terminal (not in a journal or a
 /// file). The filter is `--log` when given, else `RUST_LOG` when
-/// set (it may hold per-module directives), else `log.level`.
-fn init_tracing(config: &Config, level_flag: bool) -> anyhow::Result<()> {
+/// set (it may hold per-module directives), else `log.level`. Returns what
+/// a reload calls to change `log.level`: it applies only when neither
+/// `--log` nor `RUST_LOG` set the filter.
+fn init_tracing(config: &Config, level_flag: bool) -> anyhow::Result<SetLogLevel> {
     let level = config.log().level().as_str();
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !level_flag && !directives.trim().is_empty() => {
+    let (filter, precedence) = match std::env::var("RUST_LOG") {
+        _ if level_flag => (EnvFilter::new(level), Some("--log takes precedence")),
+        Ok(directives) if !directives.trim().is_empty() => (
             EnvFilter::try_new(&directives)
-                .with_context(|| format!("config error: RUST_LOG = {directives:?}"))?
-        }
-        _ => EnvFilter::new(level),
+                .with_context(|| format!("config error: RUST_LOG = {directives:?}"))?,
+            Some("RUST_LOG takes precedence"),
+        ),
+        _ => (EnvFilter::new(level), None),
     };
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal());
-    match config.log().format() {
-        LogFormat::Text => subscriber.try_init(),
-        LogFormat::Json => subscriber.json().try_init(),
-    }
-    .map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
+    let set_level = |reload: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send>| -> SetLogLevel {
+        Box::new(move |level: LogLevel| match precedence {
+            Some(why) => Err(why.to_string()),
+            None => reload(EnvFilter::new(level.as_str())),
+        })
+    };
+    let setter = match config.log().format() {
+        LogFormat::Text => {
+            let subscriber = subscriber.with_filter_reloading();
+            let handle = subscriber.reload_handle();
+            subscriber.try_init().map(|()| {
+                set_level(Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())))
+            })
+        }
+        LogFormat::Json => {
+            let subscriber = subscriber.json().with_filter_reloading();
+            let handle = subscriber.reload_handle();
+            subscriber.try_init().map(|()| {
+                set_level(Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())))
+            })
+        }
+    };
+    setter.map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
 }
 
 /// `error` and its sources as one line: `error: cause: cause`, without

@@ -2,11 +2,11 @@
 //! `sd_notify` messages it sends on the socket named by `NOTIFY_SOCKET`,
 //! read here as systemd would read them, from a Unix datagram socket), and
 //! the admin listener's health probes, asked over HTTP as a load balancer
-//! would.
+//! would, and the configuration reload on SIGHUP.
 
 mod common;
 
-use common::{connect_packet, free_port, Broker, RawClient};
+use common::{client_id_on_shard, connect_packet, free_port, Broker, RawClient};
 use ringmq::protocol::Packet;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -126,4 +126,144 @@ fn an_admin_address_in_use_stops_the_start_with_one_line() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("ringmq: cannot listen on {admin}")), "{stderr}");
+}
+
+/// The broker's log so far.
+fn log_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until the log at `path` holds `wanted`.
+fn log_shows(path: &std::path::Path, wanted: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if log_of(path).contains(wanted) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A QoS 1 PUBLISH of one byte to `t`, as bytes.
+fn publish_qos1(packet_id: u16, payload: u8) -> Vec<u8> {
+    let [high, low] = packet_id.to_be_bytes();
+    vec![0x32, 6, 0, 1, b't', high, low, payload]
+}
+
+/// How many of `count` QoS 1 messages to `t`, published while `subscriber`
+/// is away, reach it when it comes back (they wait in its queue).
+fn queued_for_a_returning_subscriber(
+    addr: std::net::SocketAddr,
+    subscriber: &str,
+    publisher: &str,
+    count: u16,
+) -> usize {
+    let mut publishing = RawClient::connect(addr);
+    publishing.send(&connect_packet(publisher, true, 0));
+    assert!(matches!(publishing.recv(), Some(Packet::ConnAck(_))));
+    for id in 1..=count {
+        publishing.send_bytes(&publish_qos1(id, b'q'));
+        assert!(matches!(publishing.recv(), Some(Packet::PubAck(_))));
+    }
+    let mut back = RawClient::connect(addr);
+    back.send(&connect_packet(subscriber, false, 0));
+    assert!(matches!(back.recv(), Some(Packet::ConnAck(ack)) if ack.session_present));
+    // A marker published now arrives after every queued message.
+    publishing.send_bytes(&publish_qos1(count + 1, b'm'));
+    let mut queued = 0;
+    loop {
+        let Some(Packet::Publish(publish)) = back.recv() else { panic!("no PUBLISH") };
+        // Acknowledged, so that nothing is in flight at the next return.
+        let [high, low] = publish.packet_id.expect("QoS 1").get().to_be_bytes();
+        back.send_bytes(&[0x40, 2, high, low]);
+        if publish.payload[..] == *b"m" {
+            break;
+        }
+        queued += 1;
+    }
+    back.send_bytes(b"\xe0\x00"); // DISCONNECT: the session stays
+    queued
+}
+
+#[test]
+fn sighup_applies_new_limits_and_log_level_and_keeps_them_on_a_broken_file() {
+    let config = std::env::temp_dir().join(format!("ringmq-reload-{}.toml", std::process::id()));
+    let log = std::env::temp_dir().join(format!("ringmq-reload-{}.log", std::process::id()));
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 2\n[log]\nlevel = \"warn\"\n")
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--config", config.to_str().unwrap(), "--listen", &addr.to_string()])
+        .args(["--shards", "2"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // Killed if the test fails before its SIGTERM.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child's pid (gone already: ESRCH).
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _guard = KillOnDrop(pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "ringmq did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Both on shard 0: the publish is queued before its PUBACK.
+    let (subscriber, publisher) =
+        (client_id_on_shard("reload-sub", 0, 2), client_id_on_shard("reload-pub", 0, 2));
+    let mut subscribing = RawClient::connect(addr);
+    subscribing.send(&connect_packet(&subscriber, false, 0));
+    assert!(matches!(subscribing.recv(), Some(Packet::ConnAck(_))));
+    subscribing.send_bytes(b"\x82\x06\x00\x01\x00\x01t\x01"); // SUBSCRIBE t, QoS 1
+    assert!(matches!(subscribing.recv(), Some(Packet::SubAck(_))));
+    subscribing.send_bytes(b"\xe0\x00");
+    drop(subscribing);
+    assert_eq!(queued_for_a_returning_subscriber(addr, &subscriber, &publisher, 4), 2);
+    assert!(!log_of(&log).contains("INFO"), "started at warn: {}", log_of(&log));
+
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 5\n[log]\nlevel = \"info\"\n")
+        .unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(log_shows(&log, "log.level: warn -> info"), "{}", log_of(&log));
+    assert!(log_shows(&log, "limits.max_queued_messages: 2 -> 5"), "{}", log_of(&log));
+    // The shards take the new limits at their next tick (250 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(queued_for_a_returning_subscriber(addr, &subscriber, &publisher, 7), 5);
+
+    std::fs::write(&config, "[limits]\nmax_queued_messages = 0\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    assert!(log_shows(&log, "reload refused"), "{}", log_of(&log));
+    let text = log_of(&log);
+    let errors: Vec<&str> = text.lines().filter(|line| line.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(errors[0].contains("limits.max_queued_messages = 0"), "{text}");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(queued_for_a_returning_subscriber(addr, &subscriber, &publisher, 7), 5);
+
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "{}", log_of(&log));
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn sighup_without_a_configuration_file_only_says_so() {
+    let log = std::env::temp_dir().join(format!("ringmq-reload-none-{}.log", std::process::id()));
+    let broker = Broker::start_logging_to(1, &["--log", "info"], &log);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    assert!(log_shows(&log, "nothing to reload"), "{}", log_of(&log));
+    assert!(broker.stop().success());
+    let _ = std::fs::remove_file(&log);
 }

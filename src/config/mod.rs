@@ -19,10 +19,12 @@
 
 mod error;
 mod raw;
+mod reload;
 #[cfg(test)]
 mod tests;
 
 pub use error::ConfigError;
+pub use reload::{Change, Changes};
 
 use raw::{RawAdmin, RawConfig, RawLimits, RawListener, RawLog};
 use std::fmt;

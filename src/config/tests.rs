@@ -688,3 +688,57 @@ proptest! {
         }
     }
 }
+
+// ---- Reload: what a re-read file changes ------------------------------------
+
+#[test]
+fn an_unchanged_file_changes_nothing() {
+    let text = "[limits]\nmax_inflight = 8\n[log]\nlevel = \"warn\"\n";
+    let config = parse(text).unwrap();
+    assert!(config.changes(&parse(text).unwrap()).is_empty());
+}
+
+#[test]
+fn changed_limits_are_listed_as_key_old_new() {
+    let old = parse("[limits]\nmax_inflight = 32\nconnect_timeout_ms = 5000\n").unwrap();
+    let new = parse("[limits]\nmax_inflight = 64\nconnect_timeout_ms = 7000\n").unwrap();
+    let changes = old.changes(&new);
+    let lines: Vec<String> = changes.limits.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["limits.connect_timeout_ms: 5000 -> 7000", "limits.max_inflight: 32 -> 64"]);
+    assert!(changes.needs_restart.is_empty());
+    assert_eq!(changes.log_level, None);
+    let running = old.reloaded(&new);
+    assert_eq!(running.limits(), new.limits());
+}
+
+#[test]
+fn the_log_level_is_a_change_the_format_needs_a_restart() {
+    let old = parse("[log]\nlevel = \"warn\"\n").unwrap();
+    let new = parse("[log]\nlevel = \"debug\"\nformat = \"json\"\n").unwrap();
+    let changes = old.changes(&new);
+    assert_eq!(changes.log_level.unwrap().to_string(), "log.level: warn -> debug");
+    assert_eq!(changes.needs_restart, ["log.format"]);
+    let running = old.reloaded(&new);
+    assert_eq!(running.log().level(), LogLevel::Debug);
+    assert_eq!(running.log().format(), LogFormat::Text);
+}
+
+#[test]
+fn listeners_shards_and_admin_need_a_restart_and_are_not_applied() {
+    let old = parse("shards = 2\n[[listener]]\nbind = \"127.0.0.1:1883\"\n").unwrap();
+    let new = parse(
+        "shards = 4\n[[listener]]\nbind = \"127.0.0.1:1884\"\n[admin]\nlisten = \"127.0.0.1:9\"\n\
+         [limits]\nmax_queued_messages = 5\n",
+    )
+    .unwrap();
+    let changes = old.changes(&new);
+    assert_eq!(changes.needs_restart, ["shards", "listener", "admin.listen"]);
+    assert_eq!(changes.limits.len(), 1);
+    let running = old.reloaded(&new);
+    assert_eq!(running.shards(), old.shards());
+    assert_eq!(running.listeners(), old.listeners());
+    assert_eq!(running.admin(), old.admin());
+    assert_eq!(running.limits().max_queued_messages().get(), 5);
+    // What was not applied is reported again at the next reload.
+    assert_eq!(running.changes(&new).needs_restart, ["shards", "listener", "admin.listen"]);
+}

@@ -84,7 +84,7 @@ impl PendingConnect {
     /// charged) when that would pass the shard's budget.
     fn hold(&mut self, bytes: usize) -> bool {
         let others = self.ctx.pending_connect_bytes.get() - self.bytes;
-        if bytes > self.bytes && others + bytes > self.ctx.max_pending_connect_bytes {
+        if bytes > self.bytes && others + bytes > self.ctx.limits().max_pending_connect_bytes {
             return false;
         }
         self.ctx.pending_connect_bytes.set(others + bytes);
@@ -116,9 +116,9 @@ pub fn serve<T: Transport>(
     rest: Option<BytesMut>,
 ) -> impl std::future::Future<Output = ()> {
     let decoder = match &connect {
-        Some(connect) => Decoder::new(connect.version, ctx.max_packet_size),
+        Some(connect) => Decoder::new(connect.version, ctx.limits().max_packet_size),
         // Until the CONNECT is read, the smaller limit applies.
-        None => Decoder::new(ProtocolVersion::V3_1_1, ctx.max_connect_size),
+        None => Decoder::new(ProtocolVersion::V3_1_1, ctx.limits().max_connect_size),
     };
     let mut connection = Connection {
         read_buf: rest.filter(|rest| !rest.is_empty()),
@@ -225,7 +225,7 @@ impl<T: Transport> Connection<T> {
         let connect = match handed_off {
             Some(connect) => connect,
             None => {
-                let timeout = self.ctx.connect_timeout;
+                let timeout = self.ctx.limits().connect_timeout;
                 futures_lite::future::or(self.read_connect(), async {
                     glommio::timer::Timer::new(timeout).await;
                     Err(CloseReason::ConnectTimeout)
@@ -295,7 +295,8 @@ impl<T: Transport> Connection<T> {
                 let frame = frame.unwrap_or_default();
                 return match decode_packet(frame, ProtocolVersion::V3_1_1) {
                     Ok(Packet::Connect(connect)) => {
-                        self.decoder = Decoder::new(connect.version, self.ctx.max_packet_size);
+                        self.decoder =
+                            Decoder::new(connect.version, self.ctx.limits().max_packet_size);
                         Ok(connect)
                     }
                     // [MQTT-3.1.0-1] The first packet is a CONNECT.

@@ -81,20 +81,13 @@ pub struct NetContext {
     pub shard: Rc<RefCell<Shard>>,
     /// Queues towards the other shards.
     pub outbox: Rc<Outbox>,
-    /// The largest packet accepted from clients.
-    pub max_packet_size: u32,
-    /// The largest CONNECT accepted.
-    pub max_connect_size: u32,
-    /// The most bytes held for connections whose CONNECT is incomplete.
-    max_pending_connect_bytes: usize,
+    /// The limits in force; a Cell so that a configuration reload can
+    /// replace them (see [`NetContext::set_limits`]).
+    limits: Cell<NetLimits>,
     /// Bytes held now for connections whose CONNECT is incomplete.
     pending_connect_bytes: Cell<usize>,
-    /// How long a new connection has to send its CONNECT.
-    pub connect_timeout: Duration,
     /// Connections open in the whole process, against `max_connections`.
     pub open_connections: Arc<AtomicUsize>,
-    /// The limit on `open_connections`.
-    pub max_connections: usize,
     /// Socket reads land here first (one read at a time per shard).
     read_scratch: RefCell<Box<[u8]>>,
     /// Connection tasks alive on this shard.
@@ -119,13 +112,9 @@ impl NetContext {
             shard_id,
             shard,
             outbox,
-            max_packet_size: limits.max_packet_size,
-            max_connect_size: limits.max_connect_size,
-            max_pending_connect_bytes: limits.max_pending_connect_bytes,
+            limits: Cell::new(limits),
             pending_connect_bytes: Cell::new(0),
-            connect_timeout: limits.connect_timeout,
             open_connections,
-            max_connections: limits.max_connections,
             read_scratch: RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice()),
             live: Cell::new(0),
             shutdown_wakers: RefCell::new(Vec::new()),
@@ -159,6 +148,19 @@ impl NetContext {
                 "connection log lines suppressed"
             );
         }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> NetLimits {
+        self.limits.get()
+    }
+
+    /// Replaces the limits (a configuration reload). `max_connections` and
+    /// `max_pending_connect_bytes` apply at once (nothing open is closed);
+    /// `connect_timeout`, `max_connect_size` and `max_packet_size` apply
+    /// to connections accepted from now on.
+    pub fn set_limits(&self, limits: NetLimits) {
+        self.limits.set(limits);
     }
 
     /// Starts the shard's shutdown (its sessions wake their connections
@@ -195,7 +197,7 @@ impl NetContext {
     /// Takes a connection slot; false when `max_connections` is reached.
     fn try_open(&self) -> bool {
         let previous = self.open_connections.fetch_add(1, Ordering::Relaxed);
-        if previous >= self.max_connections {
+        if previous >= self.limits.get().max_connections {
             self.open_connections.fetch_sub(1, Ordering::Relaxed);
             self.count(|net| net.refused_limit += 1);
             return false;
@@ -237,7 +239,7 @@ impl NetContext {
 }
 
 /// The limits the network layer enforces.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetLimits {
     /// The largest packet accepted.
     pub max_packet_size: u32,

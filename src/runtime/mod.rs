@@ -1,10 +1,13 @@
 //! Starting and stopping the broker: preflight checks, one pinned glommio
-//! executor per shard, the listeners, the mesh between shards, and the
-//! graceful shutdown on SIGINT/SIGTERM.
+//! executor per shard, the listeners, the mesh between shards, the
+//! graceful shutdown on SIGINT/SIGTERM and the reload on SIGHUP.
 
 mod preflight;
+mod reload;
 mod signals;
 mod systemd;
+
+pub use reload::Reload;
 
 use crate::config::{Config, ShardCount};
 use crate::message::Message;
@@ -14,14 +17,14 @@ use crate::metrics::{
 };
 use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetContext, NetLimits};
+use crate::net::{self, NetContext};
 use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
-use crate::session::SessionLimits;
 use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
+use reload::{Reloader, SharedLimits};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -72,8 +75,8 @@ struct Startup {
     /// One set of listening sockets per shard, taken by whichever shard
     /// starts first (they are interchangeable).
     sockets: Mutex<Vec<Vec<Socket>>>,
-    session_limits: SessionLimits,
-    net_limits: NetLimits,
+    /// The `[limits]` in force, replaced by a reload (SIGHUP).
+    limits: Arc<SharedLimits>,
     open_connections: Arc<AtomicUsize>,
     shutdown: Arc<AtomicBool>,
     boot: u64,
@@ -170,7 +173,10 @@ impl Drop for FinishedGuard {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down gracefully.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// On SIGHUP it re-reads the configuration through `reload` (`None`: there
+/// is no file, and a SIGHUP only says so) and applies what can change
+/// without a restart (see [`Reload`]).
+pub fn run(config: Config, reload: Option<Reload>) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -189,21 +195,35 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
-    let shutdown = signals::watch_shutdown_signals({
-        let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
-        move || {
-            // Probes fail first, so a load balancer stops sending.
-            health.set_draining();
-            systemd::stopping();
-            listeners.stop();
-        }
-    })
+    let limits = Arc::new(SharedLimits::new(config.limits()));
+    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits));
+    let shutdown = signals::watch_signals(
+        {
+            let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
+            move || {
+                // Probes fail first, so a load balancer stops sending.
+                health.set_draining();
+                systemd::stopping();
+                listeners.stop();
+            }
+        },
+        move || reloader.reload(),
+    )
     .map_err(RuntimeError::Signals)?;
-    let outcome = serve(&config, nr_shards, &cpus, &listeners, &health, shutdown);
+    let running = Running { listeners: &listeners, health: &health, limits, shutdown };
+    let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
     listeners.stop();
     outcome
+}
+
+/// What `run` sets up before `serve`: shared with the signal thread.
+struct Running<'a> {
+    listeners: &'a ListenerStop,
+    health: &'a Arc<Health>,
+    limits: Arc<SharedLimits>,
+    shutdown: Arc<AtomicBool>,
 }
 
 /// Binds the listeners, runs the shards, and waits until they finish.
@@ -211,10 +231,9 @@ fn serve(
     config: &Config,
     nr_shards: usize,
     cpus: &[usize],
-    listeners: &ListenerStop,
-    health: &Arc<Health>,
-    shutdown: Arc<AtomicBool>,
+    running: Running<'_>,
 ) -> Result<(), RuntimeError> {
+    let Running { listeners, health, limits, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -238,19 +257,10 @@ fn serve(
             sockets[shard].push(socket);
         }
     }
-    let limits = config.limits();
     let startup = Arc::new(Startup {
         nr_shards,
         sockets: Mutex::new(sockets),
-        session_limits: session_limits(limits),
-        net_limits: NetLimits {
-            max_packet_size: limits.max_packet_size().get(),
-            max_connect_size: limits.max_connect_size().get(),
-            max_pending_connect_bytes: usize::try_from(limits.max_pending_connect_bytes())
-                .unwrap_or(usize::MAX),
-            connect_timeout: limits.connect_timeout(),
-            max_connections: limits.max_connections().get() as usize,
-        },
+        limits,
         open_connections: health.connection_count(),
         shutdown,
         boot: std::time::SystemTime::now()
@@ -293,25 +303,6 @@ fn serve(
     }
 }
 
-/// The per-session limits of the `[limits]` section.
-fn session_limits(limits: &crate::config::Limits) -> SessionLimits {
-    SessionLimits {
-        max_inflight: limits.max_inflight(),
-        max_queued_messages: limits.max_queued_messages().get() as usize,
-        max_queued_bytes: usize::try_from(limits.max_queued_bytes()).unwrap_or(usize::MAX),
-        max_queued_retained: limits.max_queued_retained().get() as usize,
-        max_keepalive: limits.max_keepalive().get(),
-        receive_maximum: limits.receive_maximum(),
-        topic_alias_maximum: limits.topic_alias_maximum(),
-        server_topic_alias_maximum: limits.server_topic_alias_maximum(),
-        max_session_expiry: match limits.max_session_expiry_s() {
-            u32::MAX => None,
-            seconds => Some(Duration::from_secs(seconds.into())),
-        },
-        max_packet_size: Some(limits.max_packet_size()),
-    }
-}
-
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
 fn placement(nr_shards: usize, cpus: &[usize]) -> PoolPlacement {
     let allowed = CpuSet::online().map(|set| set.filter(|location| cpus.contains(&location.cpu)));
@@ -351,10 +342,11 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     let id = mesh.shard();
     tracing::debug!(%id, "shard joined the mesh");
     let outbox = Rc::new(Outbox::new(startup.nr_shards));
+    let (mut limits_seen, session_limits, net_limits) = startup.limits.current();
     let shard = Rc::new(RefCell::new(Shard::new(
         id,
         startup.nr_shards,
-        startup.session_limits,
+        session_limits,
         Rc::clone(&outbox),
         startup.boot,
     )));
@@ -362,7 +354,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         id,
         Rc::clone(&shard),
         Rc::clone(&outbox),
-        startup.net_limits,
+        net_limits,
         Arc::clone(&startup.open_connections),
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
@@ -392,9 +384,16 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         .sys_interval
         .filter(|_| id.index() == 0)
         .map(|interval| (SysTree::new(Instant::now()), interval, Instant::now()));
-    // Tick: keep alive sweep, and the shutdown signal.
+    // Tick: keep alive sweep, reloaded limits, $SYS, and the shutdown
+    // signal.
     while !startup.shutdown.load(Ordering::Relaxed) {
         glommio::timer::sleep(TICK).await;
+        if let Some((seen, session_limits, net_limits)) = startup.limits.changed_since(limits_seen)
+        {
+            limits_seen = seen;
+            shard.borrow_mut().set_limits(session_limits);
+            net.set_limits(net_limits);
+        }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
         startup.health.tick(id.index());

@@ -1,29 +1,35 @@
-//! SIGINT and SIGTERM start a graceful shutdown. The signals are blocked in
-//! every thread and taken synchronously by one watcher thread, which stops
-//! the listeners and sets a flag the shards poll; no signal handler runs
+//! SIGINT and SIGTERM start a graceful shutdown; SIGHUP reloads the
+//! configuration. The signals are blocked in every thread and taken
+//! synchronously by one watcher thread, which stops the listeners and sets
+//! a flag the shards poll, or runs the reload; no signal handler runs
 //! inside an executor.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-fn shutdown_signals() -> libc::sigset_t {
+fn watched_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread
-/// it spawns afterwards) and starts the watcher thread. On the first
-/// signal the watcher calls `on_first` (the broker stops accepting), then
-/// turns the returned flag true; a second signal exits at once.
-pub fn watch_shutdown_signals(on_first: impl Fn() + Send + 'static) -> io::Result<Arc<AtomicBool>> {
-    let set = shutdown_signals();
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in
+/// every thread it spawns afterwards) and starts the watcher thread. On
+/// the first SIGINT or SIGTERM the watcher calls `on_first` (the broker
+/// stops accepting), then turns the returned flag true; a second one exits
+/// at once. Each SIGHUP calls `on_reload`, on the watcher thread.
+pub fn watch_signals(
+    on_first: impl Fn() + Send + 'static,
+    mut on_reload: impl FnMut() + Send + 'static,
+) -> io::Result<Arc<AtomicBool>> {
+    let set = watched_signals();
     // SAFETY: `set` is a valid, initialised signal set.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -35,6 +41,10 @@ pub fn watch_shutdown_signals(on_first: impl Fn() + Send + 'static) -> io::Resul
         let mut signal = 0;
         // SAFETY: sigwait reads `set` and writes one int.
         if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            continue;
+        }
+        if signal == libc::SIGHUP {
+            on_reload();
             continue;
         }
         if raised.load(Ordering::SeqCst) {

@@ -262,6 +262,12 @@ pub(super) struct Connection {
     pub(super) send_window: u16,
     /// A v5 client's Maximum Packet Size [MQTT-3.1.2-24 (5.0)].
     pub(super) max_packet_size: Option<NonZeroU32>,
+    /// The Receive Maximum advertised in this connection's CONNACK: a
+    /// limits reload changes it only for the next connection.
+    pub(super) receive_maximum: NonZeroU16,
+    /// The Topic Alias Maximum advertised in this connection's CONNACK:
+    /// a limits reload changes it only for the next connection.
+    pub(super) topic_alias_maximum: u16,
     pub(super) aliases: TopicAliases,
     /// Server-to-client topic aliases; `None` when off (3.1/3.1.1, a
     /// client that accepts none, or a server cap of 0), so that a

@@ -119,6 +119,18 @@ struct DelayedWill {
 }
 
 impl Session {
+    /// Replaces the session's limits (a configuration reload). The queue
+    /// limits (`max_queued_messages`, `max_queued_bytes`,
+    /// `max_queued_retained`) apply from the next message queued: lowering
+    /// one drops nothing already queued. `max_session_expiry` applies at
+    /// the next CONNECT or DISCONNECT. What a connection was told or set
+    /// up with at CONNECT (`max_inflight`, `receive_maximum`,
+    /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
+    /// its value until the client connects again.
+    pub fn set_limits(&mut self, limits: SessionLimits) {
+        self.limits = limits;
+    }
+
     /// A new session with no state, not connected.
     pub fn new(client_id: ByteString, limits: SessionLimits) -> Self {
         Self {
@@ -238,6 +250,8 @@ impl Session {
             unacknowledged_in: 0,
             send_window,
             max_packet_size,
+            receive_maximum: self.limits.receive_maximum,
+            topic_alias_maximum: self.limits.topic_alias_maximum,
             aliases: TopicAliases::default(),
             aliases_out: OutboundAliases::new(
                 connect.properties.topic_alias_maximum.filter(|_| version.is_v5()).unwrap_or(0),
@@ -325,7 +339,7 @@ impl Session {
         let topic = connection.aliases.resolve(
             topic,
             properties.get_mut().and_then(|p| p.topic_alias.take()),
-            self.limits.topic_alias_maximum,
+            connection.topic_alias_maximum,
         )?;
         let packet_id = match qos {
             QoS::AtMostOnce => None,
@@ -343,7 +357,7 @@ impl Session {
             // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
             // publishes unacknowledged.
             if connection.version.is_v5()
-                && connection.unacknowledged_in >= usize::from(self.limits.receive_maximum.get())
+                && connection.unacknowledged_in >= usize::from(connection.receive_maximum.get())
             {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }

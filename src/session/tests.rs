@@ -878,6 +878,47 @@ fn queue_bytes_limit_counts_topic_and_payload() {
 }
 
 #[test]
+fn new_queue_limits_apply_at_once_and_drop_nothing_queued() {
+    let t0 = Instant::now();
+    let mut small = limits();
+    small.max_queued_messages = 2;
+    let mut session = Counted::new(ByteString::from_static("c1"), small);
+    for _ in 0..2 {
+        assert_eq!(deliver(&mut session, t0, "t", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+    }
+    assert_eq!(
+        deliver(&mut session, t0, "t", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+    small.max_queued_messages = 3;
+    session.set_limits(small);
+    assert_eq!(deliver(&mut session, t0, "t", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+    small.max_queued_messages = 1;
+    session.set_limits(small);
+    assert_eq!(session.queued_len(), 3, "lowering a limit drops nothing already queued");
+    assert_eq!(
+        deliver(&mut session, t0, "t", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+}
+
+#[test]
+fn receive_maximum_keeps_the_value_its_connack_advertised_until_reconnect() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut lower = limits();
+    lower.receive_maximum = NonZeroU16::new(1).unwrap();
+    session.set_limits(lower);
+    // Advertised 2 at CONNECT: two unacknowledged QoS 2 publishes are fine.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 1, "t"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "t"))).unwrap();
+    session.handle_connection_lost(t0);
+    session.handle_connect(t0, &connect_packet(V5, 0, false), true);
+    let Packet::ConnAck(connack) = &drain(&mut session, t0)[0] else { panic!("no CONNACK") };
+    assert_eq!(connack.properties.receive_maximum, NonZeroU16::new(1));
+}
+
+#[test]
 fn empty_queue_admits_one_oversized_message() {
     let t0 = Instant::now();
     let mut small = limits();

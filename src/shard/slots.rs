@@ -169,6 +169,11 @@ impl Slots {
         Some(slot)
     }
 
+    /// Every session, connected or not.
+    pub(super) fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.slots.iter_mut().flatten().map(|slot| &mut slot.session)
+    }
+
     /// The keys of the sessions with a connection attached.
     pub(super) fn connected(&self) -> Vec<SessionKey> {
         let slots = self.slots.iter().enumerate();

@@ -112,6 +112,20 @@ impl Shard {
         }
     }
 
+    /// The limits new sessions start with.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    /// Applies new limits (a configuration reload): to the sessions created
+    /// from now on, and to every existing one as [`Session::set_limits`]
+    /// says (queue limits at once; what a connection was told at CONNECT
+    /// from its next connection).
+    pub fn set_limits(&mut self, limits: SessionLimits) {
+        self.limits = limits;
+        self.slots.sessions_mut().for_each(|session| session.set_limits(limits));
+    }
+
     /// This shard's number.
     pub fn id(&self) -> ShardId {
         self.id

@@ -1057,3 +1057,45 @@ fn overlapping_subscriptions_matrix_one_copy_highest_qos_every_identifier_mqtt_3
         assert_eq!(copies, expected, "case {n}: {topic} at {qos:?}, own: {own}");
     }
 }
+
+#[test]
+fn new_limits_reach_existing_offline_sessions_and_new_ones() {
+    let two = SessionLimits { max_queued_messages: 2, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(2, two);
+    let (subscriber_id, publisher_id) = (id_on("sub", 1, 2), id_on("pub", 0, 2));
+    let (subscriber, _) = cluster.connect_with(&subscriber_id, false);
+    cluster.subscribe(&subscriber, "t/#");
+    cluster.settle();
+    assert!(matches!(cluster.output(&subscriber)[..], [Packet::SubAck(_)]));
+    cluster.close(&subscriber);
+    let publisher = cluster.connect(&publisher_id);
+    let mut next_id = 0;
+    let mut publish_qos1 = |cluster: &mut Cluster, count: usize| {
+        for _ in 0..count {
+            next_id += 1;
+            let Packet::Publish(mut publish) = publish("t/a", b"m", false) else { unreachable!() };
+            publish.qos = QoS::AtLeastOnce;
+            publish.packet_id = PacketId::new(next_id);
+            cluster.send(&publisher, Packet::Publish(publish));
+        }
+        cluster.settle();
+    };
+    publish_qos1(&mut cluster, 3);
+    let five = SessionLimits { max_queued_messages: 5, ..SessionLimits::default() };
+    cluster.shards.iter_mut().for_each(|shard| shard.set_limits(five));
+    assert_eq!(cluster.shards[1].limits(), &five);
+    // The offline session kept its two, and now takes three more.
+    publish_qos1(&mut cluster, 4);
+    let (subscriber, output) = cluster.connect_with(&subscriber_id, false);
+    assert_eq!(payloads(&output).len(), 5);
+    cluster.close(&subscriber);
+    // A session created after the change starts with the new limits.
+    let late_id = id_on("late", 1, 2);
+    let (late, _) = cluster.connect_with(&late_id, false);
+    cluster.subscribe(&late, "t/#");
+    cluster.settle();
+    cluster.close(&late);
+    publish_qos1(&mut cluster, 7);
+    let (_, output) = cluster.connect_with(&late_id, false);
+    assert_eq!(payloads(&output).len(), 5);
+}

@@ -1,0 +1,103 @@
+//! What a re-read configuration changes ([`Config::changes`]): which keys
+//! a running broker can apply (the `[limits]`, `log.level`) and which need a
+//! restart; and the configuration that runs once the appliable ones are
+//! applied ([`Config::reloaded`]).
+
+use super::{Config, Limits};
+use std::fmt;
+
+/// The differences between the running configuration and a re-read one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The `[limits]` keys that changed, in the order of the schema.
+    pub limits: Vec<Change>,
+    /// `log.level`, when it changed.
+    pub log_level: Option<Change>,
+    /// Keys that changed but take effect only at the next start (e.g.
+    /// `shards`, `listener`): reported, never applied.
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty() && self.log_level.is_none() && self.needs_restart.is_empty()
+    }
+}
+
+/// One key's old and new value, shown as `key: old -> new`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key's full path, e.g. `limits.max_inflight`.
+    pub key: &'static str,
+    /// The running value, as written in the file.
+    pub old: String,
+    /// The re-read value.
+    pub new: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.old, self.new)
+    }
+}
+
+impl Config {
+    /// What changes from `self` (running) to `new` (re-read).
+    pub fn changes(&self, new: &Config) -> Changes {
+        let mut needs_restart = Vec::new();
+        let mut restart_if = |changed: bool, key| {
+            if changed {
+                needs_restart.push(key);
+            }
+        };
+        restart_if(self.shards != new.shards, "shards");
+        restart_if(self.allow_anonymous != new.allow_anonymous, "allow_anonymous");
+        restart_if(self.listeners != new.listeners, "listener");
+        restart_if(self.admin != new.admin, "admin.listen");
+        restart_if(self.log.format != new.log.format, "log.format");
+        let log_level = (self.log.level != new.log.level).then(|| Change {
+            key: "log.level",
+            old: self.log.level.to_string(),
+            new: new.log.level.to_string(),
+        });
+        Changes { limits: limit_changes(&self.limits, &new.limits), log_level, needs_restart }
+    }
+
+    /// `self` with the parts of `new` that a running broker applies (the
+    /// `[limits]` and `log.level`); the rest stays as it started.
+    pub fn reloaded(&self, new: &Config) -> Config {
+        let mut running = self.clone();
+        running.limits = new.limits;
+        running.log.level = new.log.level;
+        running
+    }
+}
+
+/// The `[limits]` keys whose value differs, with the values as written in
+/// the file (`connect_timeout_ms` in milliseconds).
+fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
+    let values = |limits: &Limits| -> [(&'static str, String); 13] {
+        [
+            ("limits.max_connections", limits.max_connections.to_string()),
+            ("limits.max_packet_size", limits.max_packet_size.to_string()),
+            ("limits.connect_timeout_ms", limits.connect_timeout.as_millis().to_string()),
+            ("limits.max_inflight", limits.max_inflight.to_string()),
+            ("limits.max_queued_messages", limits.max_queued_messages.to_string()),
+            ("limits.max_queued_bytes", limits.max_queued_bytes.to_string()),
+            ("limits.max_queued_retained", limits.max_queued_retained.to_string()),
+            ("limits.max_connect_size", limits.max_connect_size.to_string()),
+            ("limits.max_pending_connect_bytes", limits.max_pending_connect_bytes.to_string()),
+            ("limits.max_keepalive", limits.max_keepalive.to_string()),
+            ("limits.receive_maximum", limits.receive_maximum.to_string()),
+            ("limits.topic_alias_maximum", limits.topic_alias_maximum.to_string()),
+            ("limits.max_session_expiry_s", limits.max_session_expiry_s.to_string()),
+        ]
+    };
+    values(old)
+        .into_iter()
+        .zip(values(new))
+        .filter(|((_, old), (_, new))| old != new)
+        .map(|((key, old), (_, new))| Change { key, old, new })
+        .collect()
+}

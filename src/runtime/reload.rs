@@ -1,0 +1,208 @@
+//! SIGHUP: re-read the configuration and apply what can change without a
+//! restart.
+//!
+//! The signal thread re-reads the file with the command line's overrides
+//! ([`Reload::read`]). A refused file changes nothing and logs one error
+//! line naming the key. An accepted one is compared with the running
+//! configuration ([`Config::changes`]): keys that need a restart
+//! (`shards`, `listener`, `admin.listen`, ...) are logged and not applied;
+//! changed `[limits]` are logged one line each (`limits.max_inflight: 32 ->
+//! 64`) and published in [`SharedLimits`], which every shard checks at its
+//! tick; a changed `log.level` goes to [`Reload::set_log_level`].
+
+use super::preflight;
+use crate::config::{Config, ConfigError, LogLevel};
+use crate::net::NetLimits;
+use crate::session::SessionLimits;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// How the runtime re-reads the configuration on SIGHUP; given by the
+/// command, which knows the file, the flags and the log subscriber.
+pub struct Reload {
+    /// Reads the configuration again: the same file, the same overrides.
+    pub read: Box<dyn FnMut() -> Result<Config, ConfigError> + Send>,
+    /// Applies a new `log.level`; the error says why it was not applied
+    /// (e.g. `--log` or `RUST_LOG` take precedence).
+    pub set_log_level: Box<dyn FnMut(LogLevel) -> Result<(), String> + Send>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload").finish_non_exhaustive()
+    }
+}
+
+/// The limits in force, shared by the shards: replaced by a reload, read
+/// by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedLimits {
+    /// Bumped after each replacement of `limits`.
+    generation: AtomicU64,
+    limits: Mutex<(SessionLimits, NetLimits)>,
+}
+
+impl SharedLimits {
+    pub(super) fn new(config: &crate::config::Limits) -> Self {
+        Self { generation: AtomicU64::new(0), limits: Mutex::new(limits(config)) }
+    }
+
+    /// The generation and limits in force.
+    pub(super) fn current(&self) -> (u64, SessionLimits, NetLimits) {
+        let limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), limits.0, limits.1)
+    }
+
+    /// The limits, when their generation is not `seen` (one atomic load
+    /// when nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, SessionLimits, NetLimits)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, config: &crate::config::Limits) {
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits(config);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The session and network limits of the `[limits]` section.
+fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
+    let session = SessionLimits {
+        max_inflight: limits.max_inflight(),
+        max_queued_messages: limits.max_queued_messages().get() as usize,
+        max_queued_bytes: usize::try_from(limits.max_queued_bytes()).unwrap_or(usize::MAX),
+        max_queued_retained: limits.max_queued_retained().get() as usize,
+        max_keepalive: limits.max_keepalive().get(),
+        receive_maximum: limits.receive_maximum(),
+        topic_alias_maximum: limits.topic_alias_maximum(),
+        server_topic_alias_maximum: limits.server_topic_alias_maximum(),
+        max_session_expiry: match limits.max_session_expiry_s() {
+            u32::MAX => None,
+            seconds => Some(Duration::from_secs(seconds.into())),
+        },
+        max_packet_size: Some(limits.max_packet_size()),
+    };
+    let net = NetLimits {
+        max_packet_size: limits.max_packet_size().get(),
+        max_connect_size: limits.max_connect_size().get(),
+        max_pending_connect_bytes: usize::try_from(limits.max_pending_connect_bytes())
+            .unwrap_or(usize::MAX),
+        connect_timeout: limits.connect_timeout(),
+        max_connections: limits.max_connections().get() as usize,
+    };
+    (session, net)
+}
+
+/// What the signal thread keeps between reloads.
+pub(super) struct Reloader {
+    /// What runs: the start's configuration with every applied reload.
+    running: Config,
+    reload: Option<Reload>,
+    limits: Arc<SharedLimits>,
+}
+
+impl Reloader {
+    pub(super) fn new(running: Config, reload: Option<Reload>, limits: Arc<SharedLimits>) -> Self {
+        Self { running, reload, limits }
+    }
+
+    /// Handles one SIGHUP.
+    pub(super) fn reload(&mut self) {
+        let Some(reload) = self.reload.as_mut() else {
+            tracing::info!(
+                "SIGHUP: no configuration file (started without --config): nothing to reload"
+            );
+            return;
+        };
+        let new = match (reload.read)() {
+            Ok(new) => new,
+            Err(error) => {
+                tracing::error!("reload refused, the running configuration stays: {error}");
+                return;
+            }
+        };
+        let changes = self.running.changes(&new);
+        if changes.is_empty() {
+            tracing::info!("reload: no changes");
+            return;
+        }
+        // The level first: the lines below are logged at the new one.
+        if let Some(change) = &changes.log_level {
+            match (reload.set_log_level)(new.log().level()) {
+                Ok(()) => tracing::info!("reload: {change}"),
+                Err(why) => tracing::warn!("reload: {change}: not applied: {why}"),
+            }
+        }
+        for key in &changes.needs_restart {
+            tracing::warn!("reload: {key} changed: needs a restart, not applied");
+        }
+        if !changes.limits.is_empty() {
+            for change in &changes.limits {
+                tracing::info!("reload: {change}");
+            }
+            preflight::raise_open_files(u64::from(new.limits().max_connections().get()));
+            self.limits.replace(new.limits());
+        }
+        self.running = self.running.reloaded(&new);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use std::sync::atomic::AtomicUsize;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(text, "test.toml", &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn a_good_file_bumps_the_generation_a_bad_one_changes_nothing() {
+        let start = config("[limits]\nmax_queued_messages = 2\n");
+        let shared = Arc::new(SharedLimits::new(start.limits()));
+        let (generation, session, _) = shared.current();
+        assert_eq!(session.max_queued_messages, 2);
+        let texts = Arc::new(Mutex::new(vec![
+            "[limits]\nmax_queued_messages = 2\n", // unchanged
+            "[limits]\nmax_queued_messages = 0\n", // refused
+            "[limits]\nmax_queued_messages = 7\nmax_connections = 10\n",
+        ]));
+        let levels = Arc::new(AtomicUsize::new(0));
+        let reload = Reload {
+            read: Box::new({
+                let texts = Arc::clone(&texts);
+                move || {
+                    let text = texts.lock().unwrap().remove(0);
+                    Config::from_toml(text, "test.toml", &Overrides::default())
+                }
+            }),
+            set_log_level: Box::new({
+                let levels = Arc::clone(&levels);
+                move |_| {
+                    levels.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }),
+        };
+        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared));
+        reloader.reload();
+        assert_eq!(shared.changed_since(generation), None);
+        reloader.reload();
+        assert_eq!(shared.changed_since(generation), None);
+        reloader.reload();
+        let (next, session, net) = shared.changed_since(generation).expect("changed");
+        assert_ne!(next, generation);
+        assert_eq!(session.max_queued_messages, 7);
+        assert_eq!(net.max_connections, 10);
+        assert_eq!(levels.load(Ordering::SeqCst), 0, "the level did not change");
+    }
+
+    #[test]
+    fn without_a_file_a_reload_does_nothing() {
+        let shared = Arc::new(SharedLimits::new(Config::default().limits()));
+        Reloader::new(Config::default(), None, Arc::clone(&shared)).reload();
+        assert_eq!(shared.changed_since(0), None);
+    }
+}
