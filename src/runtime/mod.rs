@@ -6,6 +6,8 @@ mod preflight;
 mod signals;
 mod systemd;
 
+use crate::auth::pool::Verifier;
+use crate::auth::PasswordFile;
 use crate::config::{Config, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
@@ -14,7 +16,7 @@ use crate::metrics::{
 };
 use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetContext, NetLimits};
+use crate::net::{self, NetAuth, NetContext, NetLimits};
 use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::session::SessionLimits;
@@ -51,6 +53,9 @@ pub enum RuntimeError {
     /// The machine cannot run the broker.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The password-checking threads could not be started.
+    #[error("cannot start the password-checking threads: {0}")]
+    AuthThreads(#[source] std::io::Error),
     /// A listener could not be opened.
     #[error(transparent)]
     Listen(#[from] net::listener::ListenError),
@@ -83,6 +88,8 @@ struct Startup {
     /// What the shards say of themselves, for probes and the service
     /// manager.
     health: Arc<Health>,
+    /// How connections authenticate.
+    auth: NetAuth,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -170,7 +177,10 @@ impl Drop for FinishedGuard {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down gracefully.
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+///
+/// `passwords` is the configured password file, already read (a bad file
+/// is a configuration error, reported before anything starts).
+pub fn run(config: Config, passwords: Option<PasswordFile>) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -199,7 +209,8 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         }
     })
     .map_err(RuntimeError::Signals)?;
-    let outcome = serve(&config, nr_shards, &cpus, &listeners, &health, shutdown);
+    let auth = net_auth(&config, passwords)?;
+    let outcome = serve(&config, nr_shards, &cpus, &listeners, &health, auth, shutdown);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
     listeners.stop();
@@ -213,6 +224,7 @@ fn serve(
     cpus: &[usize],
     listeners: &ListenerStop,
     health: &Arc<Health>,
+    auth: NetAuth,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), RuntimeError> {
     if let Some(addr) = config.admin() {
@@ -259,6 +271,7 @@ fn serve(
         sys_interval: config.sys_interval(),
         finished: Finished::default(),
         health: Arc::clone(health),
+        auth,
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -291,6 +304,29 @@ fn serve(
             "its thread ended early (it could not start, or it panicked)",
         )),
     }
+}
+
+/// Threads checking passwords: each check takes milliseconds of one core.
+const AUTH_THREADS: usize = 2;
+
+/// Password checks that may wait for a thread; past it a CONNECT is
+/// refused as busy (the client retries later).
+const AUTH_QUEUE: usize = 1024;
+
+/// The authentication of each listener, and the password-checking threads
+/// when there is a password file.
+fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth, RuntimeError> {
+    let verifier = match passwords {
+        Some(file) => {
+            tracing::info!(users = file.len(), "password file read");
+            let verifier = Verifier::start(file, AUTH_THREADS, AUTH_QUEUE)
+                .map_err(RuntimeError::AuthThreads)?;
+            Some(Arc::new(verifier))
+        }
+        None => None,
+    };
+    let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
+    Ok(NetAuth { verifier, anonymous })
 }
 
 /// The per-session limits of the `[limits]` section.
@@ -364,6 +400,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         startup.net_limits,
         Arc::clone(&startup.open_connections),
+        startup.auth.clone(),
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -455,6 +492,8 @@ fn log_stopped(snapshot: &Snapshot) {
         malformed,
         connect_too_large,
         connect_budget_exceeded,
+        auth_failed,
+        auth_busy,
     } = net;
     let ShardCounters {
         messages_received,
@@ -489,6 +528,8 @@ fn log_stopped(snapshot: &Snapshot) {
         malformed,
         connect_too_large,
         connect_budget_exceeded,
+        auth_failed,
+        auth_busy,
         messages_received,
         deliveries,
         deliveries_dropped,
