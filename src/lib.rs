@@ -19,16 +19,20 @@
 //! * [`index`] is a leaf: the subscription trie that `shard` and `router`
 //!   both build on, importing neither.
 //! * No import cycles. Each module imports only those before it:
-//!   `config`, `protocol`, `shrink`, `ratelimit`, `metrics`; `index`, `message`;
+//!   `config`, `auth`, `protocol`, `shrink`, `ratelimit`, `metrics`; `index`,
+//!   `message`;
 //!   `session`, `router`; `shard`; `net`; `runtime`.
 //! * Counters live in [`metrics`], owned by the shard: sessions,
 //!   connections and the outbox count into them through a reference and
 //!   keep none of their own.
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
 //!   sockets; [`runtime`] starts and stops it all.
+//! * [`auth`] checks credentials; its checks cost milliseconds, so they
+//!   run on its own small thread pool, never on a shard.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 
+pub mod auth;
 pub mod config;
 pub mod index;
 pub mod message;

@@ -4,7 +4,10 @@
 //! * `ringmq serve [--config FILE] [--listen ADDR]... [--shards N] [--log LEVEL]`
 //!   runs the broker; `serve` is the default command, so `ringmq --listen
 //!   0.0.0.0:1883` works too.
-//! * `ringmq check-config FILE` validates a file and says so.
+//! * `ringmq check-config FILE` validates a file (and its password file)
+//!   and says so.
+//! * `ringmq passwd FILE USER [--password-stdin]` sets USER's password in
+//!   a password file (argon2id); `ringmq passwd -D FILE USER` deletes USER.
 //!
 //! On SIGHUP `serve` re-reads its `--config` file with the same flags and
 //! applies what can change without a restart (see `ringmq::runtime::Reload`).
@@ -16,11 +19,12 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use ringmq::auth::PasswordFile;
 use ringmq::config::{Config, LogFormat, LogLevel, Overrides};
 use ringmq::runtime::Reload;
 use std::error::Error;
-use std::io::{self, IsTerminal as _, Write as _};
-use std::path::PathBuf;
+use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +49,25 @@ enum Command {
         /// The configuration file (TOML).
         file: PathBuf,
     },
+    /// Set a user's password in a password file (argon2id), creating the
+    /// file if needed; with -D, delete the user. The password is asked
+    /// twice on the terminal, without echo.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, Args)]
+struct PasswdArgs {
+    /// The password file (the configuration's password_file).
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// Delete USER instead of setting a password (as mosquitto_passwd -D).
+    #[arg(short = 'D', long)]
+    delete: bool,
+    /// Read the password from the first line of standard input instead of
+    /// prompting (for scripts).
+    #[arg(long, conflicts_with = "delete")]
+    password_stdin: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +114,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(file),
         Some(Command::Serve(args)) => serve(args),
+        Some(Command::Passwd(args)) => passwd(&args),
         None => serve(cli.serve),
     };
     match result {
@@ -106,15 +130,89 @@ fn main() -> ExitCode {
 fn check_config(file: PathBuf) -> Result<(), Failure> {
     let config =
         Config::from_file(&file, &Overrides::default()).map_err(|error| Failure::config(&error))?;
+    let passwords = load_passwords(&config)?;
+    let users = passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}",
+        "ok: {} listener(s), shards={}{users}",
         config.listeners().len(),
         config.shards()
     );
     Ok(())
+}
+
+/// Reads the configured password file: a bad one is a configuration error.
+fn load_passwords(config: &Config) -> Result<Option<PasswordFile>, Failure> {
+    config.password_file().map(PasswordFile::load).transpose().map_err(|e| Failure::config(&e))
+}
+
+/// `ringmq passwd`: sets or deletes one user, then replaces the file
+/// atomically (a new file is readable by its owner only).
+fn passwd(args: &PasswdArgs) -> Result<(), Failure> {
+    let failure = |message: String| Failure { status: 1, message };
+    let mut file = match std::fs::read_to_string(&args.file) {
+        Ok(text) => PasswordFile::parse(&text)
+            .map_err(|error| failure(format!("{}: {error}", args.file.display())))?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound && !args.delete => {
+            PasswordFile::default()
+        }
+        Err(error) => return Err(failure(format!("cannot read {}: {error}", args.file.display()))),
+    };
+    if args.delete {
+        if !file.remove(&args.user) {
+            return Err(failure(format!("user {:?} is not in {}", args.user, args.file.display())));
+        }
+    } else {
+        let password = read_password(args.password_stdin).map_err(failure)?;
+        file.set_password(&args.user, password.as_bytes()).map_err(failure)?;
+    }
+    write_replacing(&args.file, file.to_text().as_bytes())
+        .map_err(|error| failure(format!("cannot write {}: {error}", args.file.display())))
+}
+
+/// The new password: the first line of stdin, or asked twice without echo.
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read stdin: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let second = rpassword::prompt_password("Reenter password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if first != second {
+            return Err("the passwords do not match".to_owned());
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err("the password is empty".to_owned());
+    }
+    Ok(password)
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over
+/// `path`, keeping the permissions of the file replaced (0600 for a new one).
+fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    out.write_all(bytes)?;
+    if let Ok(metadata) = std::fs::metadata(path) {
+        out.set_permissions(metadata.permissions())?;
+    }
+    out.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -124,6 +222,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(|error| Failure::config(&error))?;
+    let passwords = load_passwords(&config)?;
     let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
@@ -138,7 +237,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read: Box::new(move || Config::from_file(&file, &overrides)),
         set_log_level,
     });
-    ringmq::runtime::run(config, reload).map_err(|error| Failure::runtime(&error))
+    ringmq::runtime::run(config, passwords, reload).map_err(|error| Failure::runtime(&error))
 }
 
 /// Sets the level of the installed subscriber (a reload's `log.level`), or
@@ -261,8 +360,21 @@ mod tests {
     }
 
     #[test]
-    fn there_is_no_passwd_command_yet() {
-        assert!(Cli::try_parse_from(["ringmq", "passwd", "file", "user"]).is_err());
+    fn passwd_takes_a_file_and_a_user() {
+        assert!(Cli::try_parse_from(["ringmq", "passwd", "file"]).is_err());
+        let cli = Cli::try_parse_from(["ringmq", "passwd", "f", "u", "--password-stdin"]).unwrap();
+        let Some(Command::Passwd(args)) = cli.command else { panic!("not passwd") };
+        assert_eq!((args.file.as_path(), args.user.as_str()), (Path::new("f"), "u"));
+        assert!(args.password_stdin && !args.delete);
+        // As mosquitto_passwd: -D FILE USER; also FILE -D USER.
+        for line in [["ringmq", "passwd", "-D", "f", "u"], ["ringmq", "passwd", "f", "-D", "u"]] {
+            let cli = Cli::try_parse_from(line).unwrap();
+            let Some(Command::Passwd(args)) = cli.command else { panic!("not passwd") };
+            assert!(args.delete && args.user == "u");
+        }
+        assert!(
+            Cli::try_parse_from(["ringmq", "passwd", "-D", "f", "u", "--password-stdin"]).is_err()
+        );
     }
 
     #[test]

@@ -193,9 +193,10 @@ fn non_numeric_shards_is_a_usage_error() {
 }
 
 #[test]
-fn there_is_no_passwd_command_in_this_release() {
-    let output = ringmq(&["passwd", "/tmp/x", "user"]);
+fn passwd_without_a_user_is_a_usage_error() {
+    let output = ringmq(&["passwd", "/tmp/x"]);
     assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("<USER>"), "{}", stderr(&output));
 }
 
 #[test]
@@ -203,11 +204,25 @@ fn help_lists_the_commands_and_flags() {
     let output = ringmq(&["--help"]);
     assert_eq!(output.status.code(), Some(0));
     let help = stdout(&output);
-    for word in ["serve", "check-config", "--config", "--listen", "--shards", "--log", "--version"]
-    {
+    let words = [
+        "serve",
+        "check-config",
+        "passwd",
+        "--config",
+        "--listen",
+        "--shards",
+        "--log",
+        "--version",
+    ];
+    for word in words {
         assert!(help.contains(word), "{word} missing from --help:\n{help}");
     }
-    assert!(!help.contains("passwd"), "{help}");
+
+    let output = ringmq(&["passwd", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    for word in ["<FILE>", "<USER>", "--delete", "-D", "--password-stdin"] {
+        assert!(stdout(&output).contains(word), "{word}: {}", stdout(&output));
+    }
 
     let output = ringmq(&["serve", "--help"]);
     assert_eq!(output.status.code(), Some(0));

@@ -133,6 +133,8 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
         "handed_off",
         "connect_too_large",
         "connect_budget_exceeded",
+        "auth_failed",
+        "auth_busy",
         "deliveries",
         "deliveries_dropped",
         "cross_core_qos0_dropped",

@@ -30,7 +30,7 @@ use raw::{RawAdmin, RawConfig, RawLimits, RawListener, RawLog};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The address of the listener used when none is configured: loopback
@@ -55,8 +55,12 @@ const MAX_MQTT_PACKET_SIZE: u32 = 1 + 4 + 268_435_455;
 pub struct Config {
     /// How many shards (executors, one per core) to run.
     shards: ShardCount,
-    /// `allow_anonymous` as written; `None` means "loopback listeners only".
+    /// `allow_anonymous` as written; `None` means "loopback listeners
+    /// only, and only without a password file".
     allow_anonymous: Option<bool>,
+    /// `password_file`: the users and their password hashes, read at start
+    /// (by the runtime: this module reads no other file).
+    password_file: Option<PathBuf>,
     /// Never empty; no two share an address (except port 0).
     listeners: Vec<ListenerConfig>,
     limits: Limits,
@@ -388,11 +392,19 @@ impl Config {
         &self.listeners
     }
 
-    /// Whether a client that presents no credentials may connect through
+    /// Whether a client that presents no user name may connect through
     /// `listener`: always when `allow_anonymous = true`, never when it is
-    /// `false`, and when it is unset only if the listener is loopback.
+    /// `false`; when it is unset, only if the listener is loopback and no
+    /// `password_file` is configured (configuring authentication means
+    /// every client authenticates unless told otherwise).
     pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
-        self.allow_anonymous.unwrap_or_else(|| listener.is_loopback())
+        self.allow_anonymous
+            .unwrap_or_else(|| self.password_file.is_none() && listener.is_loopback())
+    }
+
+    /// The password file (`password_file`), if authentication is configured.
+    pub fn password_file(&self) -> Option<&Path> {
+        self.password_file.as_deref()
     }
 
     /// The resource limits.
@@ -437,6 +449,12 @@ impl Config {
         let config = Self {
             shards,
             allow_anonymous: raw.allow_anonymous,
+            password_file: match raw.password_file {
+                Some(path) if path.is_empty() => return Err(ConfigError::invalid(
+                    "password_file = \"\": must be a path; remove the key for no authentication",
+                )),
+                path => path.map(PathBuf::from),
+            },
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
             limits: limits(&raw.limits)?,
             admin: admin(raw.admin.as_ref())?,
@@ -459,14 +477,17 @@ impl Config {
     /// Refuses a configuration that would let anonymous clients in from the
     /// network without being told to, or that no client could ever pass.
     ///
-    /// Authentication cannot be configured in this release (`password_file`
-    /// is refused), so every client is anonymous.
+    /// With a `password_file` every listener is allowed: clients
+    /// authenticate (anonymous ones only where `allow_anonymous = true`).
     fn check_anonymous(&self, listeners: &[(ListenerConfig, Setting)]) -> Result<(), ConfigError> {
+        if self.password_file.is_some() {
+            return Ok(());
+        }
         if self.allow_anonymous == Some(false) {
             return Err(ConfigError::invalid(
-                "allow_anonymous = false: no authentication is configured (password_file is not \
-                 available in this release), so no client could connect; remove the key \
-                 (loopback listeners then accept anonymous clients) or set it to true",
+                "allow_anonymous = false: no authentication is configured (no password_file), \
+                 so no client could connect; set password_file, remove the key (loopback \
+                 listeners then accept anonymous clients) or set it to true",
             ));
         }
         match listeners.iter().find(|(listener, _)| !self.allow_anonymous_on(listener)) {
@@ -487,6 +508,7 @@ impl Default for Config {
         Self {
             shards: ShardCount::Auto,
             allow_anonymous: None,
+            password_file: None,
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             admin: None,
@@ -579,7 +601,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// Refuses the top-level keys of features this release does not have.
 fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
     let unavailable = [
-        ("password_file", raw.password_file.is_some(), "authentication"),
         ("acl_file", raw.acl_file.is_some(), "access control"),
         ("data_dir", raw.data_dir.is_some(), "persistence"),
         ("durability", raw.durability.is_some(), "persistence"),

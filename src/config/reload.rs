@@ -56,6 +56,8 @@ impl Config {
         restart_if(self.listeners != new.listeners, "listener");
         restart_if(self.admin != new.admin, "admin.listen");
         restart_if(self.log.format != new.log.format, "log.format");
+        // The file is read at start; its contents are not re-read either.
+        restart_if(self.password_file != new.password_file, "password_file");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),
@@ -77,21 +79,39 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 13] {
+    let values = |limits: &Limits| -> [(&'static str, String); 14] {
+        // Destructured, so that a new limit cannot be left out unnoticed.
+        let Limits {
+            max_connections,
+            max_packet_size,
+            connect_timeout,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            max_queued_retained,
+            max_connect_size,
+            max_pending_connect_bytes,
+            max_keepalive,
+            receive_maximum,
+            topic_alias_maximum,
+            server_topic_alias_maximum,
+            max_session_expiry_s,
+        } = limits;
         [
-            ("limits.max_connections", limits.max_connections.to_string()),
-            ("limits.max_packet_size", limits.max_packet_size.to_string()),
-            ("limits.connect_timeout_ms", limits.connect_timeout.as_millis().to_string()),
-            ("limits.max_inflight", limits.max_inflight.to_string()),
-            ("limits.max_queued_messages", limits.max_queued_messages.to_string()),
-            ("limits.max_queued_bytes", limits.max_queued_bytes.to_string()),
-            ("limits.max_queued_retained", limits.max_queued_retained.to_string()),
-            ("limits.max_connect_size", limits.max_connect_size.to_string()),
-            ("limits.max_pending_connect_bytes", limits.max_pending_connect_bytes.to_string()),
-            ("limits.max_keepalive", limits.max_keepalive.to_string()),
-            ("limits.receive_maximum", limits.receive_maximum.to_string()),
-            ("limits.topic_alias_maximum", limits.topic_alias_maximum.to_string()),
-            ("limits.max_session_expiry_s", limits.max_session_expiry_s.to_string()),
+            ("limits.max_connections", max_connections.to_string()),
+            ("limits.max_packet_size", max_packet_size.to_string()),
+            ("limits.connect_timeout_ms", connect_timeout.as_millis().to_string()),
+            ("limits.max_inflight", max_inflight.to_string()),
+            ("limits.max_queued_messages", max_queued_messages.to_string()),
+            ("limits.max_queued_bytes", max_queued_bytes.to_string()),
+            ("limits.max_queued_retained", max_queued_retained.to_string()),
+            ("limits.max_connect_size", max_connect_size.to_string()),
+            ("limits.max_pending_connect_bytes", max_pending_connect_bytes.to_string()),
+            ("limits.max_keepalive", max_keepalive.to_string()),
+            ("limits.receive_maximum", receive_maximum.to_string()),
+            ("limits.topic_alias_maximum", topic_alias_maximum.to_string()),
+            ("limits.server_topic_alias_maximum", server_topic_alias_maximum.to_string()),
+            ("limits.max_session_expiry_s", max_session_expiry_s.to_string()),
         ]
     };
     values(old)

@@ -389,7 +389,6 @@ fn unknown_protocol_is_refused_by_name() {
 #[test]
 fn unavailable_top_level_keys_are_refused_by_name() {
     let cases = [
-        ("password_file = \"/etc/ringmq/passwd\"", "password_file: authentication"),
         ("acl_file = \"/etc/ringmq/acl\"", "acl_file: access control"),
         ("data_dir = \"/var/lib/ringmq\"", "data_dir: persistence"),
         ("durability = \"always\"", "durability: persistence"),
@@ -482,6 +481,37 @@ fn loopback_listeners_allow_anonymous_by_default() {
         assert!(listener.is_loopback(), "{bind}");
         assert!(config.allow_anonymous_on(listener), "{bind}");
     }
+}
+
+#[test]
+fn a_password_file_opens_non_loopback_listeners_to_authenticated_clients() {
+    let config =
+        parse("password_file = \"/etc/ringmq/passwd\"\n[[listener]]\nbind = \"0.0.0.0:1883\"")
+            .unwrap();
+    assert_eq!(config.password_file(), Some(Path::new("/etc/ringmq/passwd")));
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let with_flag = parse_with("password_file = \"p\"", &listen(&["0.0.0.0:1883"])).unwrap();
+    assert!(!with_flag.allow_anonymous_on(&with_flag.listeners()[0]));
+}
+
+#[test]
+fn a_password_file_refuses_anonymous_clients_unless_allowed() {
+    // Even on loopback: configuring authentication means using it.
+    let config = parse("password_file = \"p\"").unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let config = parse("password_file = \"p\"\nallow_anonymous = false").unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let text = "password_file = \"p\"\nallow_anonymous = true\n[[listener]]\nbind = \"[::]:1\"";
+    let config = parse(text).unwrap();
+    assert!(config.allow_anonymous_on(&config.listeners()[0]));
+}
+
+#[test]
+fn password_file_must_be_a_non_empty_path() {
+    assert!(error("password_file = \"\"")
+        .starts_with("config error: password_file = \"\": must be a path"));
+    assert!(error("password_file = 1").contains("password_file: invalid type"));
+    assert_eq!(parse("").unwrap().password_file(), None);
 }
 
 #[test]

@@ -57,6 +57,12 @@ pub struct NetCounters {
     /// Connections closed because their incomplete CONNECT needed more
     /// than `max_pending_connect_bytes` left on the shard.
     pub connect_budget_exceeded: u64,
+    /// CONNECTs refused for their credentials: unknown user, wrong
+    /// password, or no user name where anonymous clients are not allowed.
+    pub auth_failed: u64,
+    /// CONNECTs refused as busy: too many password checks waiting, or the
+    /// check not done within the connect timeout.
+    pub auth_busy: u64,
 }
 
 /// What the shard routed, and how its sessions ended.

@@ -46,7 +46,7 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
     );
     // (name, help, value) of every plain counter.
     type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let fields: [Field; 20] = [
+    let fields: [Field; 22] = [
         ("accepted", "Connections accepted", |s| s.counters.net.accepted),
         ("refused_at_limit", "Connections refused at max_connections", |s| {
             s.counters.net.refused_limit
@@ -58,6 +58,12 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         }),
         ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
             s.counters.net.connect_budget_exceeded
+        }),
+        ("auth_failed", "CONNECTs refused for their credentials (or their absence)", |s| {
+            s.counters.net.auth_failed
+        }),
+        ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
+            s.counters.net.auth_busy
         }),
         ("messages_received", "PUBLISH packets accepted from clients", |s| {
             s.counters.shard.messages_received

@@ -236,6 +236,12 @@ impl<T: Transport> Connection<T> {
         if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
             self.read_buf = None;
         }
+        // A handed-off CONNECT was checked by the shard that accepted it.
+        if !adopted {
+            if let Err(reason) = self.authenticate(&connect, listener).await {
+                return Err(self.refuse(&connect, peer, reason).await);
+            }
+        }
         let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect);
         match placement {
             Placement::Attached { key, connection } => {
@@ -260,20 +266,68 @@ impl<T: Transport> Connection<T> {
                 tracing::error!(%peer, %home, "a handed-off connection is not homed here");
                 Err(CloseReason::Misplaced(home))
             }
-            Placement::Refused(reason) => {
-                if self.ctx.may_log_connection() {
-                    tracing::info!(
-                        client_id = &*connect.client_id,
-                        %peer,
-                        protocol = %connect.version,
-                        reason = ?reason,
-                        "client refused"
-                    );
-                }
-                self.send_final(refusal(reason), connect.version).await;
-                Err(CloseReason::Refused(reason))
+            Placement::Refused(reason) => Err(self.refuse(&connect, peer, reason).await),
+        }
+    }
+
+    /// Checks the CONNECT's credentials: a user name and its password
+    /// against the password file (on the verification threads, awaited
+    /// under the connect timeout), or none where the listener accepts
+    /// anonymous clients. Without a password file a user name is not
+    /// checked. The error is the CONNACK's reason code.
+    async fn authenticate(&self, connect: &Connect, listener: usize) -> Result<(), ReasonCode> {
+        let auth = &self.ctx.auth;
+        let Some(user) = connect.username.as_deref() else {
+            if auth.anonymous.get(listener).copied().unwrap_or(false) {
+                return Ok(());
+            }
+            self.ctx.count(|net| net.auth_failed += 1);
+            return Err(ReasonCode::NotAuthorized);
+        };
+        let Some(verifier) = &auth.verifier else { return Ok(()) };
+        let password = connect.password.as_deref().unwrap_or_default();
+        let Ok(verdict) = verifier.verify(user, password) else {
+            self.ctx.count(|net| net.auth_busy += 1);
+            return Err(ReasonCode::ServerBusy);
+        };
+        let timeout = self.ctx.limits().connect_timeout;
+        let verdict = futures_lite::future::or(async { Some(verdict.await) }, async {
+            glommio::timer::Timer::new(timeout).await;
+            None
+        })
+        .await;
+        match verdict {
+            Some(true) => Ok(()),
+            Some(false) => {
+                self.ctx.count(|net| net.auth_failed += 1);
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+            None => {
+                self.ctx.count(|net| net.auth_busy += 1);
+                Err(ReasonCode::ServerBusy)
             }
         }
+    }
+
+    /// Refuses the CONNECT with `reason` (a CONNACK, then the connection
+    /// closes), logging it within the shard's log budget.
+    async fn refuse(
+        &mut self,
+        connect: &Connect,
+        peer: SocketAddr,
+        reason: ReasonCode,
+    ) -> CloseReason {
+        if self.ctx.may_log_connection() {
+            tracing::info!(
+                client_id = &*connect.client_id,
+                %peer,
+                protocol = %connect.version,
+                reason = ?reason,
+                "client refused"
+            );
+        }
+        self.send_final(refusal(reason), connect.version).await;
+        CloseReason::Refused(reason)
     }
 
     /// Reads until a complete first packet, which must be a CONNECT, and

@@ -53,6 +53,7 @@ mod transport;
 pub use connection::serve;
 pub use transport::Transport;
 
+use crate::auth::pool::Verifier;
 use crate::metrics::NetCounters;
 use crate::ratelimit::RateLimit;
 use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
@@ -97,6 +98,19 @@ pub struct NetContext {
     /// The budget of connect and disconnect log lines (a reconnect storm
     /// must not flood the log).
     connection_logs: RefCell<RateLimit>,
+    /// How clients authenticate.
+    auth: NetAuth,
+}
+
+/// How the clients of each listener authenticate; the same for every shard.
+#[derive(Clone, Debug)]
+pub struct NetAuth {
+    /// Checks passwords when a `password_file` is configured: then every
+    /// CONNECT with a user name is checked (off the shard).
+    pub verifier: Option<Arc<Verifier>>,
+    /// Per listener (by index in the configuration): whether a CONNECT
+    /// without a user name is accepted.
+    pub anonymous: Arc<[bool]>,
 }
 
 impl NetContext {
@@ -107,6 +121,7 @@ impl NetContext {
         outbox: Rc<Outbox>,
         limits: NetLimits,
         open_connections: Arc<AtomicUsize>,
+        auth: NetAuth,
     ) -> Self {
         Self {
             shard_id,
@@ -122,6 +137,7 @@ impl NetContext {
                 CONNECTION_LOG_LINES_PER_S,
                 Duration::from_secs(1),
             )),
+            auth,
         }
     }
 

@@ -9,6 +9,8 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::pool::Verifier;
+use crate::auth::PasswordFile;
 use crate::config::{Config, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
@@ -17,7 +19,7 @@ use crate::metrics::{
 };
 use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetContext};
+use crate::net::{self, NetAuth, NetContext};
 use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
@@ -54,6 +56,9 @@ pub enum RuntimeError {
     /// The machine cannot run the broker.
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    /// The password-checking threads could not be started.
+    #[error("cannot start the password-checking threads: {0}")]
+    AuthThreads(#[source] std::io::Error),
     /// A listener could not be opened.
     #[error(transparent)]
     Listen(#[from] net::listener::ListenError),
@@ -86,6 +91,8 @@ struct Startup {
     /// What the shards say of themselves, for probes and the service
     /// manager.
     health: Arc<Health>,
+    /// How connections authenticate.
+    auth: NetAuth,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -176,7 +183,14 @@ impl Drop for FinishedGuard {
 /// On SIGHUP it re-reads the configuration through `reload` (`None`: there
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
-pub fn run(config: Config, reload: Option<Reload>) -> Result<(), RuntimeError> {
+///
+/// `passwords` is the configured password file, already read (a bad file
+/// is a configuration error, reported before anything starts).
+pub fn run(
+    config: Config,
+    passwords: Option<PasswordFile>,
+    reload: Option<Reload>,
+) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -210,7 +224,8 @@ pub fn run(config: Config, reload: Option<Reload>) -> Result<(), RuntimeError> {
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let running = Running { listeners: &listeners, health: &health, limits, shutdown };
+    let auth = net_auth(&config, passwords)?;
+    let running = Running { listeners: &listeners, health: &health, limits, auth, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -223,6 +238,8 @@ struct Running<'a> {
     listeners: &'a ListenerStop,
     health: &'a Arc<Health>,
     limits: Arc<SharedLimits>,
+    /// How connections authenticate.
+    auth: NetAuth,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -233,7 +250,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, shutdown } = running;
+    let Running { listeners, health, limits, auth, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -269,6 +286,7 @@ fn serve(
         sys_interval: config.sys_interval(),
         finished: Finished::default(),
         health: Arc::clone(health),
+        auth,
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -301,6 +319,29 @@ fn serve(
             "its thread ended early (it could not start, or it panicked)",
         )),
     }
+}
+
+/// Threads checking passwords: each check takes milliseconds of one core.
+const AUTH_THREADS: usize = 2;
+
+/// Password checks that may wait for a thread; past it a CONNECT is
+/// refused as busy (the client retries later).
+const AUTH_QUEUE: usize = 1024;
+
+/// The authentication of each listener, and the password-checking threads
+/// when there is a password file.
+fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth, RuntimeError> {
+    let verifier = match passwords {
+        Some(file) => {
+            tracing::info!(users = file.len(), "password file read");
+            let verifier = Verifier::start(file, AUTH_THREADS, AUTH_QUEUE)
+                .map_err(RuntimeError::AuthThreads)?;
+            Some(Arc::new(verifier))
+        }
+        None => None,
+    };
+    let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
+    Ok(NetAuth { verifier, anonymous })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -356,6 +397,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         net_limits,
         Arc::clone(&startup.open_connections),
+        startup.auth.clone(),
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -454,6 +496,8 @@ fn log_stopped(snapshot: &Snapshot) {
         malformed,
         connect_too_large,
         connect_budget_exceeded,
+        auth_failed,
+        auth_busy,
     } = net;
     let ShardCounters {
         messages_received,
@@ -488,6 +532,8 @@ fn log_stopped(snapshot: &Snapshot) {
         malformed,
         connect_too_large,
         connect_budget_exceeded,
+        auth_failed,
+        auth_busy,
         messages_received,
         deliveries,
         deliveries_dropped,

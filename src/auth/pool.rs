@@ -1,0 +1,122 @@
+//! The verification pool: a few std threads that check passwords, so that
+//! the milliseconds each check costs never stall a shard.
+//!
+//! A connection task submits its CONNECT's credentials with
+//! [`Verifier::verify`] and awaits the [`Verdict`]; the pool thread stores
+//! the answer and wakes the task's waker (glommio wakers may be woken from
+//! a foreign thread). The queue is bounded: when it is full the CONNECT is
+//! refused as busy at once rather than queued without limit, which also
+//! bounds how many verifications a connect storm can start.
+
+use super::PasswordFile;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// Hands password checks to the pool threads; shared by every shard.
+#[derive(Debug)]
+pub struct Verifier {
+    jobs: SyncSender<Job>,
+}
+
+/// One check to do.
+struct Job {
+    user: String,
+    password: Vec<u8>,
+    reply: Arc<Mutex<Reply>>,
+}
+
+/// Where a pool thread leaves the answer for the waiting task.
+#[derive(Default)]
+struct Reply {
+    verdict: Option<bool>,
+    waker: Option<Waker>,
+}
+
+/// The pool's queue is full: too many CONNECTs are waiting for a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+impl Verifier {
+    /// Starts `threads` threads (at least one) checking against `file`, with
+    /// at most `queue` checks waiting beyond those running.
+    pub fn start(file: PasswordFile, threads: usize, queue: usize) -> std::io::Result<Self> {
+        let (jobs, receiver) = mpsc::sync_channel(queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let file = Arc::new(file);
+        for n in 0..threads.max(1) {
+            let (receiver, file) = (Arc::clone(&receiver), Arc::clone(&file));
+            std::thread::Builder::new()
+                .name(format!("ringmq-auth-{n}"))
+                .spawn(move || work(&receiver, &file))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Queues a check of `password` for `user`; the verdict is `true` when
+    /// it matches.
+    pub fn verify(&self, user: &str, password: &[u8]) -> Result<Verdict, Busy> {
+        let reply = Arc::new(Mutex::new(Reply::default()));
+        let job =
+            Job { user: user.to_owned(), password: password.to_vec(), reply: Arc::clone(&reply) };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(Verdict { reply }),
+            // Disconnected: every pool thread is gone (cannot happen unless
+            // one panicked); refusing is the safe answer.
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+}
+
+/// A pool thread: checks jobs until the [`Verifier`] is dropped.
+fn work(receiver: &Mutex<Receiver<Job>>, file: &PasswordFile) {
+    loop {
+        // The lock is held only while waiting for the next job.
+        let job = match receiver.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let verdict = file.verify(&job.user, &job.password);
+        let waker = match job.reply.lock() {
+            Ok(mut reply) => {
+                reply.verdict = Some(verdict);
+                reply.waker.take()
+            }
+            Err(_) => None,
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The answer to one [`Verifier::verify`]: `true` when the password matches.
+#[derive(Debug)]
+pub struct Verdict {
+    reply: Arc<Mutex<Reply>>,
+}
+
+impl Future for Verdict {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        // A poisoned lock means a pool thread panicked mid-check: refuse.
+        let Ok(mut reply) = self.reply.lock() else { return Poll::Ready(false) };
+        match reply.verdict {
+            Some(verdict) => Poll::Ready(verdict),
+            None => {
+                reply.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply").field("verdict", &self.verdict).finish_non_exhaustive()
+    }
+}
