@@ -3,7 +3,7 @@
 //! without a line per message. The counters say how many in total; these
 //! lines say when.
 //!
-//! Pure bookkeeping, one [`RateLimit`] of one line per interval per cause:
+//! Pure bookkeeping, one `ratelimit::RateLimit` of one line per interval per cause:
 //! the shard records drops with the time it was given and logs what
 //! [`DropWarnings::record`] and [`DropWarnings::poll_due`] return.
 
