@@ -164,6 +164,20 @@ fn mqtt5_connect_is_accepted() {
 }
 
 #[test]
+fn an_unknown_protocol_level_gets_return_code_1_mqtt_3_1_2_2() {
+    // [MQTT-3.1.2-2] "The Server MUST respond to the CONNECT Packet with a
+    // CONNACK return code 0x01 (unacceptable protocol level) and then
+    // disconnect the Client if the Protocol Level is not supported".
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(broker.addr);
+    client.send_bytes(b"\x10\x0f\x00\x04MQTT\x06\x02\x00\x3c\x00\x03abc");
+    let mut answer = [0u8; 4];
+    std::io::Read::read_exact(&mut client.stream, &mut answer).unwrap();
+    assert_eq!(answer, [0x20, 0x02, 0x00, 0x01]);
+    assert!(client.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
 fn no_file_descriptor_leaks() {
     let broker = Broker::start_with_config(2, "[limits]\nconnect_timeout_ms = 300\n");
     std::thread::sleep(Duration::from_millis(300));

@@ -371,10 +371,11 @@ impl<T: Transport> Connection<T> {
     /// malformed CONNECT just closes the connection [MQTT-3.1.4-1].
     async fn refuse_malformed_connect(&mut self, error: DecodeError) -> CloseReason {
         match error {
-            DecodeError::UnsupportedProtocolVersion(level) => {
-                let version =
-                    if level == 5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
-                self.send_final(refusal(ReasonCode::UnsupportedProtocolVersion), version).await;
+            // Levels 3, 4 and 5 are all served, so the client speaks none
+            // the broker knows: answered in the 3.1.1 form (return code 1).
+            DecodeError::UnsupportedProtocolVersion(_) => {
+                let refused = refusal(ReasonCode::UnsupportedProtocolVersion);
+                self.send_final(refused, ProtocolVersion::V3_1_1).await;
             }
             // Too large for `max_connect_size`: told apart in the counters;
             // the protocol version is not known yet, so nothing is sent.

@@ -99,21 +99,9 @@ impl Broker {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("ringmq did not exit within 15 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn stop(self) -> ExitStatus {
+        self.terminate();
+        self.wait(|| std::thread::sleep(Duration::from_millis(20)))
     }
 
     /// Sends SIGTERM and returns at once.
@@ -125,7 +113,13 @@ impl Broker {
     /// Waits for the process to exit after [`Self::terminate`] and returns
     /// its status, noticing the exit at once (it polls without sleeping),
     /// so that the caller can act right after it.
-    pub fn wait_exit(mut self) -> ExitStatus {
+    pub fn wait_exit(self) -> ExitStatus {
+        self.wait(std::thread::yield_now)
+    }
+
+    /// Polls for the exit status, calling `pause` between polls; kills
+    /// the process and fails the test after 15 s.
+    fn wait(mut self, pause: impl Fn()) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -136,7 +130,7 @@ impl Broker {
                 let _ = child.kill();
                 panic!("ringmq did not exit within 15 s of SIGTERM");
             }
-            std::thread::yield_now();
+            pause();
         }
     }
 
