@@ -70,18 +70,23 @@ fn http_get(addr: &str, path: &str) -> String {
     response
 }
 
-#[test]
-fn health_probes_answer_while_the_broker_serves() {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let broker = Broker::start_with_config(2, &format!("[admin]\nlisten = \"{admin}\"\n"));
+/// `/healthz` once it answers 200 (the shards tick), or after 10 s.
+fn healthz_once_serving(admin: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let healthz = loop {
-        let response = http_get(&admin, "/healthz");
+    loop {
+        let response = http_get(admin, "/healthz");
         if response.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
             break response;
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn health_probes_answer_while_the_broker_serves() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(2, &format!("[admin]\nlisten = \"{admin}\"\n"));
+    let healthz = healthz_once_serving(&admin);
     assert!(healthz.starts_with("HTTP/1.1 200 OK") && healthz.ends_with("ok\n"), "{healthz}");
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200 OK"));
     assert!(http_get(&admin, "/other").starts_with("HTTP/1.1 404"));
@@ -266,4 +271,108 @@ fn sighup_without_a_configuration_file_only_says_so() {
     assert!(log_shows(&log, "nothing to reload"), "{}", log_of(&log));
     assert!(broker.stop().success());
     let _ = std::fs::remove_file(&log);
+}
+
+/// A 5.0 client that pings every 50 ms until the server sends DISCONNECT
+/// (returned with when it came) or closes; `served` counts the PINGRESPs
+/// that arrived once `draining` was set.
+fn ping_until_disconnected(
+    mut client: RawClient,
+    draining: &std::sync::atomic::AtomicBool,
+    served: &std::sync::atomic::AtomicUsize,
+) -> (Option<ringmq::protocol::ReasonCode>, Instant) {
+    use std::sync::atomic::Ordering;
+    loop {
+        // The server may have closed meanwhile: a failed write is seen as
+        // the end of the stream by the read below.
+        let _ = client.stream.write_all(&[0xC0, 0x00]);
+        match client.recv() {
+            Some(Packet::PingResp) => {
+                if draining.load(Ordering::SeqCst) {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Some(Packet::Disconnect(disconnect)) => {
+                return (Some(disconnect.reason), Instant::now())
+            }
+            None => return (None, Instant::now()),
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_fails_the_probe_then_spreads_disconnects_over_the_drain_timeout() {
+    use ringmq::protocol::{Connect, ProtocolVersion, ReasonCode};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 16;
+    const DRAIN_S: u64 = 2;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(
+        2,
+        &format!("drain_timeout_s = {DRAIN_S}\n[admin]\nlisten = \"{admin}\"\n"),
+    );
+    let draining = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let left = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let mut client = RawClient::connect(broker.addr);
+            client.send(&Packet::Connect(Box::new(Connect {
+                version: ProtocolVersion::V5,
+                clean_start: true,
+                keep_alive: 30,
+                client_id: client_id_on_shard(&format!("drained-{n}-"), n % 2, 2).into(),
+                will: None,
+                username: None,
+                password: None,
+                properties: Default::default(),
+            })));
+            assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+            let (draining, served) = (Arc::clone(&draining), Arc::clone(&served));
+            let left = Arc::clone(&left);
+            std::thread::spawn(move || {
+                let end = ping_until_disconnected(client, &draining, &served);
+                left.fetch_add(1, Ordering::SeqCst);
+                end
+            })
+        })
+        .collect();
+    let health_before = healthz_once_serving(&admin);
+    draining.store(true, Ordering::SeqCst);
+    let terminated = Instant::now();
+    broker.terminate();
+    // The probe fails while the clients are still connected, so a load
+    // balancer stops sending before they leave.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (health_during, gone_by_then) = loop {
+        let gone = left.load(Ordering::SeqCst);
+        let response = http_get(&admin, "/healthz");
+        if !response.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
+            break (response, gone);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ends: Vec<_> = clients.into_iter().map(|client| client.join().unwrap()).collect();
+    assert!(broker.wait_exit().success());
+    assert!(health_before.starts_with("HTTP/1.1 200"), "{health_before}");
+    assert!(health_during.starts_with("HTTP/1.1 503"), "{health_during}");
+    assert!(gone_by_then < CLIENTS, "every client had left before the probe failed");
+    for (reason, at) in &ends {
+        assert_eq!(*reason, Some(ReasonCode::ServerShuttingDown), "after {:?}", *at - terminated);
+    }
+    let first = ends.iter().map(|(_, at)| *at).min().unwrap();
+    let last = ends.iter().map(|(_, at)| *at).max().unwrap();
+    // Spread, not at once: with steps every 250 ms the last client leaves
+    // at the drain timeout, the first within the first step. (Lower bounds
+    // only: a slow machine only spreads them more.)
+    assert!(
+        last - first >= Duration::from_millis(DRAIN_S * 1000 / 2),
+        "closed from {:?} to {:?} after SIGTERM",
+        first - terminated,
+        last - terminated
+    );
+    assert!(served.load(Ordering::SeqCst) > 0, "the clients still connected were served");
 }

@@ -68,6 +68,9 @@ pub struct Config {
     admin: Option<SocketAddr>,
     /// How often the `$SYS` topics are published, in seconds; 0: never.
     sys_interval_s: u32,
+    /// Seconds over which a graceful shutdown spreads the disconnection
+    /// of clients; 0: all at once.
+    drain_timeout_s: u32,
     log: LogConfig,
 }
 
@@ -76,6 +79,9 @@ pub const DEFAULT_SYS_INTERVAL_S: u32 = 10;
 
 /// The largest `sys_interval_s` accepted: a day.
 const MAX_SYS_INTERVAL_S: u32 = 86_400;
+
+/// The largest `drain_timeout_s` accepted: an hour.
+const MAX_DRAIN_TIMEOUT_S: u32 = 3_600;
 
 /// Where `[admin] listen` binds when the section is there without it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
@@ -425,6 +431,14 @@ impl Config {
         (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s.into()))
     }
 
+    /// How long a graceful shutdown (SIGTERM, SIGINT) takes to disconnect
+    /// the clients (`drain_timeout_s`): they are closed in steps spread
+    /// evenly over it, so a fleet reconnects elsewhere without a storm.
+    /// Zero: all at once.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s.into())
+    }
+
     /// The logging settings.
     pub fn log(&self) -> &LogConfig {
         &self.log
@@ -467,6 +481,16 @@ impl Config {
                     |n| u32::try_from(n).ok(),
                 )?,
                 None => DEFAULT_SYS_INTERVAL_S,
+            },
+            drain_timeout_s: match raw.drain_timeout_s {
+                Some(n) => ranged(
+                    Setting::key("drain_timeout_s", n),
+                    n,
+                    0,
+                    MAX_DRAIN_TIMEOUT_S.into(),
+                    |n| u32::try_from(n).ok(),
+                )?,
+                None => 0,
             },
             log: log(&raw.log, overrides.log.as_deref())?,
         };
@@ -513,6 +537,7 @@ impl Default for Config {
             limits: Limits::default(),
             admin: None,
             sys_interval_s: DEFAULT_SYS_INTERVAL_S,
+            drain_timeout_s: 0,
             log: LogConfig::default(),
         }
     }

@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
     pub(super) sys_interval_s: Option<i64>,
+    pub(super) drain_timeout_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,

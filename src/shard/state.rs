@@ -482,8 +482,26 @@ impl Shard {
     /// closed (a v5 client is sent DISCONNECT 0x8B, which its task writes
     /// before it closes the socket) and its task woken.
     pub fn begin_shutdown(&mut self, now: Instant) {
+        self.begin_drain();
+        self.close_connections(usize::MAX, now);
+    }
+
+    /// Starts a graceful shutdown that closes the connections in steps
+    /// ([`close_connections`](Self::close_connections)): from now on no
+    /// session starts or moves here; the connected ones keep being served.
+    pub fn begin_drain(&mut self) {
         self.shutting_down = true;
-        for key in self.slots.connected() {
+    }
+
+    /// Closes up to `count` of the connected sessions' connections as
+    /// [`begin_shutdown`](Self::begin_shutdown) does; returns how many stay
+    /// connected.
+    pub fn close_connections(&mut self, count: usize, now: Instant) -> usize {
+        let mut connected = self.slots.connected();
+        // Those already closing (an earlier step) wait for their task.
+        connected.retain(|&key| self.slots.slot(key).session.is_connected());
+        let staying = connected.len().saturating_sub(count);
+        for key in connected.into_iter().skip(staying) {
             let slot = self.slots.slot_mut(key);
             slot.session.handle_shutdown(now, &mut self.counters.session);
             self.drain_events(key, now);
@@ -491,6 +509,7 @@ impl Shard {
                 link.wake();
             }
         }
+        staying
     }
 
     fn notify(&mut self, key: SessionKey) {
