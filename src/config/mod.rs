@@ -18,6 +18,7 @@
 //! silently ignored.
 
 mod error;
+mod locate;
 mod raw;
 mod reload;
 #[cfg(test)]
@@ -373,7 +374,9 @@ impl Config {
     pub fn from_file(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let source = path.display().to_string();
+        Self::from_toml(&text, &source, overrides)
+            .map_err(|error| locate::locate(error, &text, &source))
     }
 
     /// Validates the configuration `text`, then applies `overrides`.
@@ -580,12 +583,25 @@ fn parse(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
         let error = error.into_inner();
         let location = match error.span() {
             Some(span) => {
-                let (line, column) = line_column(text, span.start);
+                let (line, column) = locate::line_column(text, span.start);
                 format!("{source}:{line}:{column}")
             }
             None => source.to_owned(),
         };
-        ConfigError::Parse { location, message: describe_parse_error(&path, error.message()) }
+        let mut message = describe_parse_error(&path, error.message());
+        // A syntax error (no key known to serde) on a `KEY =` line: most
+        // often a value missing or unquoted.
+        let key = error
+            .span()
+            .filter(|_| path == ".")
+            .and_then(|span| locate::key_on_line(text, span.start));
+        if let Some(key) = key {
+            message = format!(
+                "{key}: the value is missing or not valid TOML ({message}); write one after `=` \
+                 (ringmq.toml shows every key with its default) or remove the line"
+            );
+        }
+        ConfigError::Parse { location, message }
     })
 }
 
@@ -613,14 +629,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
     } else {
         format!("{path}: {message}")
     }
-}
-
-/// The 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Refuses the top-level keys of features this release does not have.

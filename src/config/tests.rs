@@ -614,8 +614,8 @@ fn syntax_errors_are_one_line_with_a_position() {
 
 #[test]
 fn positions_count_characters_not_bytes() {
-    assert_eq!(line_column("é = 1\nxé", 9), (2, 3));
-    assert_eq!(line_column("", 0), (1, 1));
+    assert_eq!(locate::line_column("é = 1\nxé", 9), (2, 3));
+    assert_eq!(locate::line_column("", 0), (1, 1));
 }
 
 #[test]
