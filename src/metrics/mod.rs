@@ -63,15 +63,20 @@ pub struct NetCounters {
     /// CONNECTs refused as busy: too many password checks waiting, or the
     /// check not done within the connect timeout.
     pub auth_busy: u64,
+    /// Bytes read from clients (MQTT packets; inside TLS, the decrypted
+    /// bytes).
+    pub bytes_received: u64,
+    /// Bytes written to clients (MQTT packets).
+    pub bytes_sent: u64,
 }
 
 /// What the shard routed, and how its sessions ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardCounters {
-    /// PUBLISH packets accepted from this shard's clients (a re-sent QoS 2
-    /// PUBLISH still awaiting PUBREL is not counted again: see
-    /// [`SessionCounters::duplicate_qos2_received`]).
-    pub messages_received: u64,
+    /// PUBLISH packets accepted from this shard's clients, by QoS (a
+    /// re-sent QoS 2 PUBLISH still awaiting PUBREL is not counted again:
+    /// see [`SessionCounters::duplicate_qos2_received`]).
+    pub messages_received: [u64; 3],
     /// Deliveries queued to local sessions.
     pub deliveries: u64,
     /// Deliveries not queued: a session refused them (its queue was full,
@@ -98,8 +103,8 @@ pub struct SessionCounters {
     /// Re-sent QoS 2 PUBLISH packets answered with PUBREC but not routed
     /// again [MQTT-4.3.3-2].
     pub duplicate_qos2_received: u64,
-    /// PUBLISH packets sent to clients for the first time.
-    pub publishes_sent: u64,
+    /// PUBLISH packets sent to clients for the first time, by QoS as sent.
+    pub publishes_sent: [u64; 3],
     /// PUBLISH packets re-sent with DUP=1 on a resumed session
     /// [MQTT-4.4.0-1].
     pub publishes_resent: u64,
@@ -130,6 +135,9 @@ pub struct RouterCounters {
     /// QoS 0 publishes dropped because the queue towards a peer shard was
     /// full (QoS 1/2 apply backpressure instead).
     pub cross_core_qos0_dropped: u64,
+    /// Times a queue towards a peer shard passed its high-water mark (the
+    /// connections publishing QoS 1/2 to it were held back).
+    pub congestion_events: u64,
 }
 
 /// The counters of one shard at one moment, with the gauges worth reading
@@ -146,6 +154,10 @@ pub struct Snapshot {
     /// Retained messages stored on the shard (each topic's lives on one
     /// shard).
     pub retained: usize,
+    /// Payload bytes of those retained messages.
+    pub retained_bytes: usize,
+    /// Publishes waiting in the queues towards the other shards.
+    pub cross_core_queued: usize,
     /// Every counter.
     pub counters: Counters,
 }

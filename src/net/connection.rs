@@ -575,6 +575,7 @@ impl<T: Transport> Connection<T> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             Poll::Pending => return Poll::Pending,
         };
+        self.ctx.count(|net| net.bytes_received += n as u64);
         match &mut self.read_buf {
             Some(buf) => buf.extend_from_slice(&scratch[..n]),
             None => self.read_buf = Some(BytesMut::from(&scratch[..n])),
@@ -588,7 +589,10 @@ impl<T: Transport> Connection<T> {
         while !self.write_buf.is_empty() {
             match self.transport.poll_write(cx, &self.write_buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.write_buf.advance(n);
+                    self.ctx.count(|net| net.bytes_sent += n as u64);
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             }

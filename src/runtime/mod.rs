@@ -510,7 +510,15 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
 fn log_stopped(snapshot: &Snapshot) {
     // Bound without `..`: a counter added to `metrics` and left out of
     // this line fails to build, or warns as unused.
-    let Snapshot { shard: id, sessions, subscriptions, retained, counters } = snapshot;
+    let Snapshot {
+        shard: id,
+        sessions,
+        subscriptions,
+        retained,
+        retained_bytes,
+        cross_core_queued,
+        counters,
+    } = snapshot;
     let Counters { net, shard, session, router } = counters;
     let NetCounters {
         accepted,
@@ -521,9 +529,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        bytes_received,
+        bytes_sent,
     } = net;
     let ShardCounters {
-        messages_received,
+        messages_received: [messages_received_qos0, messages_received_qos1, messages_received_qos2],
         deliveries,
         deliveries_dropped,
         takeovers,
@@ -533,7 +543,7 @@ fn log_stopped(snapshot: &Snapshot) {
     } = shard;
     let SessionCounters {
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent: [publishes_sent_qos0, publishes_sent_qos1, publishes_sent_qos2],
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full:
@@ -543,12 +553,14 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_too_large,
         unexpected_acks,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
         id,
         sessions,
         subscriptions,
         retained,
+        retained_bytes,
+        cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
         handed_off,
@@ -557,16 +569,23 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
-        messages_received,
+        bytes_received,
+        bytes_sent,
+        messages_received_qos0,
+        messages_received_qos1,
+        messages_received_qos2,
         deliveries,
         deliveries_dropped,
         cross_core_qos0_dropped,
+        congestion_events,
         takeovers,
         sessions_expired,
         retained_expired,
         protocol_violations,
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent_qos0,
+        publishes_sent_qos1,
+        publishes_sent_qos2,
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full_qos0,

@@ -153,6 +153,8 @@ impl Shard {
             sessions: self.slots.len(),
             subscriptions: self.subscriptions.len(),
             retained: self.retained.len(),
+            retained_bytes: self.retained.payload_bytes(),
+            cross_core_queued: self.outbox.queued_publishes(),
             counters: self.counters.clone(),
         }
     }
@@ -523,7 +525,7 @@ impl Shard {
         while let Some(event) = self.slot_mut(key).session.poll_event() {
             match event {
                 SessionEvent::Publish(message) => {
-                    self.counters.shard.messages_received += 1;
+                    self.counters.shard.messages_received[message.qos as usize] += 1;
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),

@@ -728,10 +728,14 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         subscriptions: 1,
         // Of the three retained messages, the one whose topic hashes here.
         retained: 1,
+        // "kept".
+        retained_bytes: 4,
+        cross_core_queued: 0,
         counters: Counters {
             net: Default::default(),
             shard: ShardCounters {
-                messages_received: 9 + flood,
+                // t/a, t/d and the three retained; three t/c; one t/b.
+                messages_received: [5 + flood, 3, 1],
                 // t/a, t/b, two of t/c, one retained.
                 deliveries: 5,
                 // One t/c, t/d, two retained, the group message.
@@ -743,7 +747,8 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
             },
             session: SessionCounters {
                 duplicate_qos2_received: 1,
-                publishes_sent: 2,
+                // t/a at QoS 0, t/b at the subscription's QoS 1.
+                publishes_sent: [1, 1, 0],
                 publishes_resent: 2,
                 dropped_offline_qos0: 1,
                 dropped_queue_full: [0, 1, 0],
@@ -752,7 +757,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 dropped_too_large: 0,
                 unexpected_acks: 1,
             },
-            router: RouterCounters { cross_core_qos0_dropped: 1 },
+            router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);
