@@ -480,6 +480,7 @@ fn metrics_parsed_by_prometheus_count_a_known_workload() {
     assert_eq!(value("ringmq_publishes_sent_total{qos=\"0\"}"), 4.0);
     assert_eq!(value("ringmq_publishes_sent_total{qos=\"1\"}"), 2.0);
     assert_eq!(value("ringmq_sessions{}"), 2.0);
+    assert_eq!(value("ringmq_sessions_online{}"), 2.0);
     assert_eq!(value("ringmq_subscriptions{}"), 1.0);
     assert_eq!(value("ringmq_retained_messages{}"), 1.0);
     assert_eq!(value("ringmq_retained_bytes{}"), 5.0);

@@ -148,6 +148,8 @@ pub struct Snapshot {
     pub shard: usize,
     /// Sessions on the shard, connected or not.
     pub sessions: usize,
+    /// Those with a connection attached.
+    pub sessions_online: usize,
     /// Subscriptions of the shard's sessions (each shared group member
     /// counts).
     pub subscriptions: usize,

@@ -49,8 +49,9 @@ fn qos_counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardQ
 type Field<T> = (&'static str, &'static str, fn(&Snapshot) -> T);
 
 /// The gauges: what the shard holds now.
-const GAUGES: [Field<usize>; 5] = [
+const GAUGES: [Field<usize>; 6] = [
     ("sessions", "Sessions, connected or not", |s| s.sessions),
+    ("sessions_online", "Sessions with a connection attached", |s| s.sessions_online),
     ("subscriptions", "Subscriptions (each shared group member counts)", |s| s.subscriptions),
     ("retained_messages", "Retained messages stored", |s| s.retained),
     ("retained_bytes", "Payload bytes of the retained messages", |s| s.retained_bytes),

@@ -513,6 +513,7 @@ fn log_stopped(snapshot: &Snapshot) {
     let Snapshot {
         shard: id,
         sessions,
+        sessions_online,
         subscriptions,
         retained,
         retained_bytes,
@@ -557,6 +558,7 @@ fn log_stopped(snapshot: &Snapshot) {
     tracing::info!(
         id,
         sessions,
+        sessions_online,
         subscriptions,
         retained,
         retained_bytes,

@@ -151,6 +151,7 @@ impl Shard {
         Snapshot {
             shard: self.id.index(),
             sessions: self.slots.len(),
+            sessions_online: self.slots.online(),
             subscriptions: self.subscriptions.len(),
             retained: self.retained.len(),
             retained_bytes: self.retained.payload_bytes(),
@@ -250,8 +251,8 @@ impl Shard {
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
+        self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
-        slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
         self.drain_events(key, now);
@@ -283,10 +284,10 @@ impl Shard {
     /// after its expiry ([`Session::expiry`]: 0 for a clean 3.1.1 session,
     /// the v5 Session Expiry Interval, capped by `max_session_expiry`).
     fn detach(&mut self, key: SessionKey, now: Instant) {
-        let slot = self.slots.slot_mut(key);
-        if let Some(mut link) = slot.connection.take() {
+        if let Some(mut link) = self.slots.detach(key) {
             link.wake();
         }
+        let slot = self.slots.slot_mut(key);
         slot.session.handle_connection_lost(now, &mut self.counters.session);
         let expiry = slot.session.expiry();
         slot.expires_at = expiry.map(|expiry| now + expiry);

@@ -724,6 +724,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         shard: 0,
         // The publisher and the late subscriber; the first one expired.
         sessions: 2,
+        sessions_online: 2,
         // The late subscriber's r/+ (the others' left with them).
         subscriptions: 1,
         // Of the three retained messages, the one whose topic hashes here.
@@ -1103,4 +1104,27 @@ fn new_limits_reach_existing_offline_sessions_and_new_ones() {
     publish_qos1(&mut cluster, 7);
     let (_, output) = cluster.connect_with(&late_id, false);
     assert_eq!(payloads(&output).len(), 5);
+}
+
+#[test]
+fn sessions_online_follow_attach_takeover_detach_and_end() {
+    let mut cluster = Cluster::new(1);
+    let online = |cluster: &Cluster| {
+        let snapshot = cluster.shards[0].snapshot();
+        (snapshot.sessions, snapshot.sessions_online)
+    };
+    let (kept, _) = cluster.connect_with("kept", false);
+    let passing = cluster.connect("passing");
+    assert_eq!(online(&cluster), (2, 2));
+    // A takeover replaces the connection: still one online.
+    let (again, _) = cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (2, 2));
+    cluster.close(&kept);
+    assert_eq!(online(&cluster), (2, 2), "the old connection was already detached");
+    cluster.close(&again);
+    assert_eq!(online(&cluster), (2, 1), "a persistent session stays, offline");
+    cluster.close(&passing);
+    assert_eq!(online(&cluster), (1, 0), "a clean session ends with its connection");
+    cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (1, 1));
 }
