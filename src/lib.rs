@@ -20,7 +20,7 @@
 //!   both build on, importing neither.
 //! * No import cycles. Each module imports only those before it:
 //!   `config`, `auth`, `protocol`, `shrink`, `ratelimit`, `metrics`; `index`,
-//!   `message`;
+//!   `message`; `store`;
 //!   `session`, `router`; `shard`; `net`; `runtime`.
 //! * Counters live in [`metrics`], owned by the shard: sessions,
 //!   connections and the outbox count into them through a reference and
@@ -29,6 +29,9 @@
 //!   sockets; [`runtime`] starts and stops it all.
 //! * [`auth`] checks credentials; its checks cost milliseconds, so they
 //!   run on its own small thread pool, never on a shard.
+//! * [`store`] is a shard's durable log: the shard appends records to an
+//!   in-memory queue, and a writer task of the shard's own (started by
+//!   [`runtime`]) writes them with glommio's DMA file I/O.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 
@@ -45,3 +48,4 @@ pub mod runtime;
 pub mod session;
 pub mod shard;
 mod shrink;
+pub mod store;

@@ -64,6 +64,9 @@ impl Config {
         restart_if(self.log.format != new.log.format, "log.format");
         // The file is read at start; its contents are not re-read either.
         restart_if(self.password_file != new.password_file, "password_file");
+        // The log is opened and replayed at start.
+        restart_if(self.data_dir != new.data_dir, "data_dir");
+        restart_if(self.durability != new.durability, "durability");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),

@@ -98,6 +98,28 @@ impl RetainedStore {
         previous
     }
 
+    /// Every stored message, expired ones not yet dropped included, `$`
+    /// topics included, in no particular order (for a snapshot of the
+    /// durable log). Iterative, like every walk here.
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let mut out = Vec::with_capacity(self.len);
+        let mut stack: Vec<LevelIter<'_, TopicNode>> = vec![self.root.children.iter()];
+        while let Some(children) = stack.last_mut() {
+            match children.next() {
+                Some((_, child)) => {
+                    out.extend(child.message.iter().cloned());
+                    if !child.children.is_empty() {
+                        stack.push(child.children.iter());
+                    }
+                }
+                None => {
+                    stack.pop();
+                }
+            }
+        }
+        out
+    }
+
     /// Removes the retained message of `topic`, pruning nodes left empty.
     pub fn remove(&mut self, topic: &TopicName) -> Option<Arc<Message>> {
         self.remove_where(topic.as_str(), |_| true)
@@ -482,6 +504,7 @@ mod tests {
         let mut count = 0;
         store.for_each_match(&filter("dev/7/+"), now, |_| count += 1);
         assert_eq!(count, 100);
+        assert_eq!(store.all().len(), 100_001, "all: `$` topics too");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::shard::interest_sync::InterestSync;
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
 use crate::shard::slots::{ConnectionLink, Slot, Slots};
+use crate::store::{LiveState, Log, Record};
 use bytes::Bytes;
 use bytestring::ByteString;
 use std::collections::VecDeque;
@@ -80,6 +81,9 @@ pub struct Shard {
     /// The last bytes of taken-over connections (a v5 DISCONNECT 0x8E),
     /// until their task takes them; rarely more than one.
     farewells: Vec<(ConnectionId, Bytes)>,
+    /// The durable log, when there is a `data_dir`: every change to the
+    /// retained messages this shard owns is appended to it.
+    log: Option<Rc<Log>>,
 }
 
 impl Shard {
@@ -109,7 +113,39 @@ impl Shard {
             matches: Vec::new(),
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
+            log: None,
         }
+    }
+
+    /// Loads the state the shard's durable log held at start and logs
+    /// every later change to it. Called once, before the shard takes any
+    /// message.
+    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState) {
+        for (_, message) in state.retained {
+            self.retained.set(message);
+        }
+        self.log = Some(log);
+    }
+
+    /// Stores (or, with an empty payload, deletes) a retained message of a
+    /// topic this shard owns, and logs the change. The broker's own `$SYS`
+    /// topics are not logged: they are rebuilt at every start.
+    fn set_retained(&mut self, message: Arc<Message>) {
+        let topic = message.topic.clone();
+        let logged = self.log.as_ref().filter(|_| !topic.as_str().starts_with("$SYS"));
+        if message.payload.is_empty() {
+            // [MQTT-3.3.1-10] Deleting what is not there logs nothing.
+            if self.retained.remove(&topic).is_some() {
+                if let Some(log) = logged {
+                    log.append(Record::RetainDelete(topic));
+                }
+            }
+            return;
+        }
+        if let Some(log) = logged {
+            log.append(Record::RetainSet(Arc::clone(&message)));
+        }
+        self.retained.set(message);
     }
 
     /// The limits new sessions start with.
@@ -156,7 +192,10 @@ impl Shard {
             retained: self.retained.len(),
             retained_bytes: self.retained.payload_bytes(),
             cross_core_queued: self.outbox.queued_publishes(),
-            counters: self.counters.clone(),
+            counters: Counters {
+                store: self.log.as_ref().map(|log| log.counters()).unwrap_or_default(),
+                ..self.counters.clone()
+            },
         }
     }
 
@@ -376,6 +415,13 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
+        // Compaction: the live retained messages at this point of the log
+        // (pointer copies; the writer encodes them at its own pace).
+        if let Some(log) = self.log.as_ref().filter(|log| log.wants_compaction()) {
+            let mut live = self.retained.all();
+            live.retain(|message| !message.topic.as_str().starts_with("$SYS"));
+            log.compact(live);
+        }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
         }
@@ -700,7 +746,7 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.retained.set(stored);
+            self.set_retained(stored);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
         }
@@ -912,7 +958,7 @@ impl Shard {
                 self.released = released;
             }
             ShardMessage::Retain(message) => {
-                self.retained.set(message);
+                self.set_retained(message);
             }
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
