@@ -557,17 +557,18 @@ async fn open_log(
     let (index, count) = (id as u16, nr_shards as u16);
     match store::open(&store::shard_dir(data_dir, id), index, count, options, &log).await {
         Ok(opened) => {
+            let (retained, stats) = (opened.state.retained.len(), opened.stats);
+            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state);
             tracing::info!(
                 shard = id,
-                retained = opened.state.retained.len(),
-                records = opened.stats.records,
-                segments = opened.stats.segments,
-                torn_tails = opened.stats.torn_tails,
-                expired = opened.stats.expired,
+                retained,
+                records = stats.records,
+                segments = stats.segments,
+                torn_tails = stats.torn_tails,
+                expired = stats.expired,
                 ms = started.elapsed().as_millis() as u64,
                 "durable log replayed"
             );
-            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state);
             let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
             Ok((log, writer))
         }

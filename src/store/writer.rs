@@ -239,7 +239,10 @@ pub async fn open(
             );
         }
         let superseded = last_snapshot.is_some_and(|snapshot| sequence < snapshot);
-        if outcome.header.is_none() || incomplete_snapshot || superseded {
+        // Each start opens a segment; one that got no record holds
+        // nothing to replay.
+        let empty = outcome.records == 0 && outcome.torn_bytes == 0;
+        if outcome.header.is_none() || incomplete_snapshot || superseded || empty {
             glommio::io::remove(&path).await.map_err(io_error(&path))?;
             continue;
         }
@@ -638,7 +641,15 @@ mod tests {
             let (opened, log) = reopen(&dir, options).await;
             assert_eq!(retained(&opened.state), vec![("a/2".into(), "two".into())]);
             assert_eq!(log.counters().records_recovered, 3);
-            // One segment from the first run, one opened by the second.
+            // The segment of the first run, and the one opened by the
+            // second.
+            assert_eq!(segments(&dir).len(), 2);
+            drop(opened);
+            // A run that writes nothing leaves no segment behind.
+            let (opened, _) = reopen(&dir, options).await;
+            drop(opened);
+            let (opened, _) = reopen(&dir, options).await;
+            assert_eq!(retained(&opened.state), vec![("a/2".into(), "two".into())]);
             assert_eq!(segments(&dir).len(), 2);
         });
     }
