@@ -1,7 +1,7 @@
 //! End-to-end tests of the durable log with independent clients
 //! (mosquitto_pub / mosquitto_sub): retained messages survive kill -9, a
 //! torn tail is cut off, logged once and counted, and a bad `data_dir` is
-//! one line at start-up.
+//! one line at start-up, and /readyz waits for every shard's replay.
 
 mod common;
 
@@ -198,4 +198,79 @@ fn a_bad_data_dir_is_one_line_at_start_naming_the_key() {
     let expected = format!("ringmq: data_dir = {:?}: cannot create the directory", data_dir);
     assert!(lines[0].starts_with(&expected), "{stderr}");
     assert!(lines[0].contains("set data_dir to one"), "{stderr}");
+}
+
+/// Writes a log of `count` retained messages for `shards` shards, as the
+/// broker would have.
+fn write_log(dir: &Path, count: usize, shards: u16) {
+    use ringmq::message::{wire::Clocks, Message};
+    use ringmq::protocol::{QoS, TopicName};
+    use ringmq::store::record::{self, Record, SegmentHeader, SegmentKind};
+    let clocks = Clocks::read();
+    let mut segments: Vec<bytes::BytesMut> = (0..shards)
+        .map(|shard| {
+            let header = SegmentHeader { kind: SegmentKind::Appends, shard, shards, sequence: 1 };
+            bytes::BytesMut::from(&header.encode()[..])
+        })
+        .collect();
+    for i in 0..count {
+        let topic = TopicName::new(format!("store/bulk/{i}")).unwrap();
+        let owner = ringmq::router::home_shard(topic.as_str().as_bytes(), usize::from(shards));
+        let message = Message {
+            topic,
+            payload: bytes::Bytes::from_static(b"bulk"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        };
+        let out = &mut segments[owner.index()];
+        record::encode(&Record::RetainSet(std::sync::Arc::new(message)), clocks, out).unwrap();
+    }
+    for (shard, segment) in segments.iter().enumerate() {
+        let shard_dir = ringmq::store::shard_dir(dir, shard);
+        std::fs::create_dir_all(&shard_dir).unwrap();
+        std::fs::write(shard_dir.join(format!("{:020}.seg", 1)), segment).unwrap();
+    }
+}
+
+#[test]
+fn readyz_waits_until_every_shard_has_replayed_its_log() {
+    let dir = temp_dir("ready");
+    write_log(&dir, 400_000, SHARDS as u16);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = std::env::temp_dir().join(format!("ringmq-e2e-ready-{}.toml", std::process::id()));
+    std::fs::write(&toml, config(&dir, &admin)).unwrap();
+    let log = dir.with_extension("log");
+    let broker = Broker::start_logging_to(
+        SHARDS,
+        &["--config", toml.to_str().unwrap(), "--log", "info"],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::net::TcpStream::connect(&admin)
+            .is_ok_and(|_| http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Ready only once both shards logged their replay.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let replayed: Vec<&str> =
+        text.lines().filter(|line| line.contains("durable log replayed")).collect();
+    assert_eq!(replayed.len(), SHARDS, "{text}");
+    let retained: usize = replayed
+        .iter()
+        .filter_map(|line| line.split("retained=").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(retained, 400_000, "{text}");
+    assert!(broker.stop().success());
+    for path in [&log, &toml] {
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
