@@ -52,6 +52,9 @@ pub struct NetCounters {
     pub handed_off: u64,
     /// Connections closed for a malformed packet.
     pub malformed: u64,
+    /// Connections closed because no complete CONNECT arrived within
+    /// `connect_timeout_ms`.
+    pub connect_timeouts: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
     /// Connections closed because their incomplete CONNECT needed more

@@ -76,13 +76,16 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 24] = [
+const COUNTERS: [Field<u64>; 25] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections", |s| {
         s.counters.net.refused_limit
     }),
     ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
     ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),
+    ("connect_timeouts", "Connections closed without a CONNECT within connect_timeout_ms", |s| {
+        s.counters.net.connect_timeouts
+    }),
     ("connect_too_large", "Connections closed for a CONNECT over max_connect_size", |s| {
         s.counters.net.connect_too_large
     }),

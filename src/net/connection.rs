@@ -228,8 +228,11 @@ impl<T: Transport> Connection<T> {
             Some(connect) => connect,
             None => {
                 let timeout = self.ctx.limits().connect_timeout;
-                futures_lite::future::or(self.read_connect(), async {
+                let ctx = Rc::clone(&self.ctx);
+                futures_lite::future::or(self.read_connect(), async move {
                     glommio::timer::Timer::new(timeout).await;
+                    // Slowloris: a socket that never completes its CONNECT.
+                    ctx.count(|net| net.connect_timeouts += 1);
                     Err(CloseReason::ConnectTimeout)
                 })
                 .await?
