@@ -168,3 +168,78 @@ fn slowloris_sockets_are_closed_at_the_connect_timeout_while_others_are_served()
     );
     assert!(broker.stop().success());
 }
+
+/// Whether the broker answers a CONNECT on a new connection (false: it
+/// closed the connection without a word).
+fn admitted(addr: std::net::SocketAddr, id: &str) -> Option<RawClient> {
+    let mut client = RawClient::connect(addr);
+    client.send(&connect_packet(id, true, 60));
+    match client.recv() {
+        Some(Packet::ConnAck(_)) => Some(client),
+        None => None,
+        Some(other) => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_listener_refuses_connections_past_its_own_limit() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_listener(
+        2,
+        "max_connections = 3",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    // The readiness probe of Broker::start has come and gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&admin, "ringmq_connections") != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let open: Vec<_> = (0..3).map(|n| admitted(broker.addr, &format!("in-{n}")).unwrap()).collect();
+    assert!(admitted(broker.addr, "fourth").is_none(), "past the listener's max_connections");
+    drop(open);
+    // Once one closes, its slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        if let Some(client) = admitted(broker.addr, "again") {
+            break Some(client);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(again.is_some(), "a closed connection gives its slot back");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&admin, "ringmq_refused_at_limit_total") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(metric(&admin, "ringmq_refused_at_limit_total") >= 1);
+    assert!(broker.stop().success());
+}
+
+#[test]
+fn a_listener_refuses_connections_over_its_rate() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_listener(
+        2,
+        "max_connection_rate = 4",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    // A second for the buckets to fill again after the readiness probe.
+    std::thread::sleep(Duration::from_secs(1));
+    const TRIED: u64 = 40;
+    let clients: Vec<_> =
+        (0..TRIED).map(|n| admitted(broker.addr, &format!("burst-{n}"))).collect();
+    let accepted = clients.iter().flatten().count() as u64;
+    // 4 per second over 2 shards: a burst of 2 per shard, plus what
+    // refills while the burst is tried.
+    assert!((1..TRIED / 2).contains(&accepted), "{accepted} of {TRIED} accepted");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&admin, "ringmq_refused_rate_total") < TRIED - accepted
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(metric(&admin, "ringmq_refused_rate_total"), TRIED - accepted);
+    assert!(broker.stop().success());
+}

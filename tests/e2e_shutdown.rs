@@ -130,6 +130,7 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
     }
     let names = [
         "refused_at_limit",
+        "refused_rate",
         "handed_off",
         "connect_timeouts",
         "connect_too_large",

@@ -112,6 +112,12 @@ impl fmt::Display for ShardCount {
 pub struct ListenerConfig {
     bind: SocketAddr,
     listen_backlog: NonZeroU16,
+    /// Connections open at once through this listener; 0: no limit of
+    /// its own.
+    max_connections: u32,
+    /// New connections accepted per second through this listener; 0: no
+    /// limit.
+    max_connection_rate: u32,
 }
 
 impl ListenerConfig {
@@ -130,6 +136,18 @@ impl ListenerConfig {
         self.listen_backlog
     }
 
+    /// Connections open at once through this listener
+    /// (`max_connections`); `None`: only `limits.max_connections` applies.
+    pub fn max_connections(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_connections)
+    }
+
+    /// New connections accepted per second through this listener, over
+    /// all shards (`max_connection_rate`); `None`: no limit.
+    pub fn max_connection_rate(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_connection_rate)
+    }
+
     /// Whether the address is a loopback one (127.0.0.0/8, `::1`, or
     /// `::ffff:127.x.y.z`), reachable only from this machine.
     pub fn is_loopback(&self) -> bool {
@@ -139,7 +157,12 @@ impl ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        Self { bind: DEFAULT_BIND, listen_backlog: Self::DEFAULT_LISTEN_BACKLOG }
+        Self {
+            bind: DEFAULT_BIND,
+            listen_backlog: Self::DEFAULT_LISTEN_BACKLOG,
+            max_connections: 0,
+            max_connection_rate: 0,
+        }
     }
 }
 
@@ -750,7 +773,15 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         })?,
         None => ListenerConfig::DEFAULT_LISTEN_BACKLOG,
     };
-    Ok(ListenerConfig { bind, listen_backlog })
+    let per_listener = |name: &str, value: Option<i64>| match value {
+        Some(n) => {
+            ranged(Setting::key(key(name), n), n, 0, u32::MAX.into(), |n| u32::try_from(n).ok())
+        }
+        None => Ok(0),
+    };
+    let max_connections = per_listener("max_connections", raw.max_connections)?;
+    let max_connection_rate = per_listener("max_connection_rate", raw.max_connection_rate)?;
+    Ok(ListenerConfig { bind, listen_backlog, max_connections, max_connection_rate })
 }
 
 /// The listeners of `--listen` flags, replacing those of the file.

@@ -42,6 +42,8 @@ pub(super) struct RawListener {
     pub(super) proxy_protocol: Option<bool>,
     pub(super) tls: Option<IgnoredAny>,
     pub(super) listen_backlog: Option<i64>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_connection_rate: Option<i64>,
 }
 
 /// The `[limits]` table.

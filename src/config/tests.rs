@@ -178,6 +178,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "proxy_protocol",
         "tls",
         "listen_backlog",
+        "max_connection_rate",
         "[limits]",
         "max_connections",
         "max_packet_size",
@@ -800,4 +801,19 @@ fn the_sys_interval_and_the_drain_timeout_are_applied_by_a_reload() {
     assert_eq!(running.sys_interval(), None);
     assert_eq!(running.drain_timeout(), Duration::from_secs(30));
     assert!(running.changes(&new).is_empty());
+}
+
+#[test]
+fn a_listener_may_limit_its_connections_and_their_rate() {
+    let config = parse("[[listener]]\nmax_connections = 10\nmax_connection_rate = 500\n").unwrap();
+    let listener = &config.listeners()[0];
+    assert_eq!(listener.max_connections().map(NonZeroU32::get), Some(10));
+    assert_eq!(listener.max_connection_rate().map(NonZeroU32::get), Some(500));
+    let default = Config::default();
+    let unlimited = &default.listeners()[0];
+    assert_eq!((unlimited.max_connections(), unlimited.max_connection_rate()), (None, None));
+    assert_eq!(
+        error("[[listener]]\nmax_connection_rate = -1\n"),
+        "config error: listener[0].max_connection_rate = -1: must be between 0 and 4294967295"
+    );
 }

@@ -46,8 +46,11 @@ pub struct Counters {
 pub struct NetCounters {
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused because `max_connections` was reached.
+    /// Connections refused because `limits.max_connections` or their
+    /// listener's `max_connections` was reached.
     pub refused_limit: u64,
+    /// Connections refused over their listener's `max_connection_rate`.
+    pub refused_rate: u64,
     /// Connections moved to their home shard.
     pub handed_off: u64,
     /// Connections closed for a malformed packet.

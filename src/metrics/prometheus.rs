@@ -76,10 +76,13 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 25] = [
+const COUNTERS: [Field<u64>; 26] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
-    ("refused_at_limit", "Connections refused at max_connections", |s| {
+    ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
+    }),
+    ("refused_rate", "Connections refused over their listener's max_connection_rate", |s| {
+        s.counters.net.refused_rate
     }),
     ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
     ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),

@@ -157,7 +157,7 @@ pub fn serve<T: Transport>(
             Err(CloseReason::PeerClosed) | Ok(()) => {}
             Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
         }
-        ctx.connection_closed();
+        ctx.connection_closed(listener);
     }
 }
 

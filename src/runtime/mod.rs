@@ -19,8 +19,9 @@ use crate::metrics::{
     Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot,
 };
 use crate::net::admin::{self, Health};
+use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetAuth, NetContext};
+use crate::net::{self, NetAuth, NetContext, NetShared};
 use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
@@ -96,6 +97,8 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// Each listener's connection limits and open connections.
+    listeners: Arc<[ListenerAdmission]>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -294,6 +297,7 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -403,8 +407,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&shard),
         Rc::clone(&outbox),
         net_limits,
-        Arc::clone(&startup.open_connections),
-        startup.auth.clone(),
+        NetShared {
+            open_connections: Arc::clone(&startup.open_connections),
+            auth: startup.auth.clone(),
+            listeners: Arc::clone(&startup.listeners),
+            nr_shards: startup.nr_shards,
+        },
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -458,6 +466,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
         net.poll_connection_log_summary(now);
+        net.poll_refusal_log_summary(now);
         if let (Some((tree, due)), Some(interval)) =
             (sys.as_mut(), startup.intervals.sys_interval())
         {
@@ -524,6 +533,7 @@ fn log_stopped(snapshot: &Snapshot) {
     let NetCounters {
         accepted,
         refused_limit,
+        refused_rate,
         handed_off,
         malformed,
         connect_timeouts,
@@ -566,6 +576,7 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
+        refused_rate,
         handed_off,
         malformed,
         connect_timeouts,
