@@ -126,6 +126,7 @@ fn client(
     assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
     if let Some(filter) = filter {
         client.send(&Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: vec![Subscription {

@@ -46,7 +46,7 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
     );
     // (name, help, value) of every plain counter.
     type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let fields: [Field; 22] = [
+    let fields: [Field; 26] = [
         ("accepted", "Connections accepted", |s| s.counters.net.accepted),
         ("refused_at_limit", "Connections refused at max_connections", |s| {
             s.counters.net.refused_limit
@@ -64,6 +64,9 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         }),
         ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
             s.counters.net.auth_busy
+        }),
+        ("redirected", "CONNECTs sent to another server ([redirect])", |s| {
+            s.counters.net.redirected
         }),
         ("messages_received", "PUBLISH packets accepted from clients", |s| {
             s.counters.shard.messages_received
@@ -100,6 +103,19 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
             s.counters.session.dropped_too_large
         }),
+        (
+            "payload_format_invalid",
+            "PUBLISHes and wills refused with 0x99 Payload format invalid",
+            |s| s.counters.session.payload_format_invalid,
+        ),
+        ("topic_filters_invalid", "v5 SUBSCRIBE/UNSUBSCRIBE filters refused with 0x8F", |s| {
+            s.counters.session.topic_filters_invalid
+        }),
+        (
+            "subscriptions_quota_exceeded",
+            "Subscriptions refused past max_subscriptions_per_client",
+            |s| s.counters.session.subscriptions_quota_exceeded,
+        ),
         ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
             s.counters.router.cross_core_qos0_dropped
         }),
@@ -132,12 +148,14 @@ mod tests {
         let mut first = Snapshot { shard: 0, sessions: 3, ..Snapshot::default() };
         first.counters.shard.messages_received = 41;
         first.counters.session.dropped_queue_full = [1, 2, 0];
+        first.counters.session.payload_format_invalid = 3;
         let second = Snapshot { shard: 1, sessions: 5, ..Snapshot::default() };
         let text = render(&[first, second], 7);
         assert!(text.contains("ringmq_connections 7\n"), "{text}");
         assert!(text.contains("ringmq_sessions{shard=\"1\"} 5\n"), "{text}");
         assert!(text.contains("ringmq_messages_received_total{shard=\"0\"} 41\n"), "{text}");
         assert!(text.contains("ringmq_dropped_queue_full_total{shard=\"0\",qos=\"1\"} 2\n"));
+        assert!(text.contains("ringmq_payload_format_invalid_total{shard=\"0\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Every sample line: a name, labels, one value.

@@ -55,6 +55,7 @@ pub use transport::Transport;
 
 use crate::auth::pool::Verifier;
 use crate::metrics::NetCounters;
+use crate::protocol::ReasonCode;
 use crate::ratelimit::RateLimit;
 use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
@@ -100,6 +101,20 @@ pub struct NetContext {
     connection_logs: RefCell<RateLimit>,
     /// How clients authenticate.
     auth: NetAuth,
+    /// `[redirect]`: where every client is sent instead of being served.
+    redirect: Option<Redirect>,
+}
+
+/// A broker configured to send its clients elsewhere (`[redirect]`): every
+/// CONNECT is answered with a CONNACK carrying `reason` and, to a v5
+/// client, the Server Reference (MQTT 5.0 §4.11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// 0x9C Use another server or 0x9D Server moved (3.1.1 clients get
+    /// return code 3, Server unavailable: 3.1.1 has no redirection).
+    pub reason: ReasonCode,
+    /// The Server Reference property.
+    pub server_reference: bytestring::ByteString,
 }
 
 /// How the clients of each listener authenticate; the same for every shard.
@@ -122,6 +137,7 @@ impl NetContext {
         limits: NetLimits,
         open_connections: Arc<AtomicUsize>,
         auth: NetAuth,
+        redirect: Option<Redirect>,
     ) -> Self {
         Self {
             shard_id,
@@ -138,6 +154,7 @@ impl NetContext {
                 Duration::from_secs(1),
             )),
             auth,
+            redirect,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use super::properties::*;
 use super::redact::Redacted;
-use super::{PacketId, ProtocolVersion, QoS, ReasonCode, TopicFilter, TopicName};
+use super::{PacketId, ProtocolVersion, QoS, ReasonCode, TopicError, TopicFilter, TopicName};
 use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
@@ -319,15 +319,46 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
 }
 
-/// SUBSCRIBE [MQTT-3.8]; at least one subscription [MQTT-3.8.3-3].
+/// A filter of a 5.0 SUBSCRIBE or UNSUBSCRIBE that is a well-formed UTF-8
+/// string but not a valid topic filter (`a/#/b`, `a+`, `$share/g`): the
+/// packet parses, and the server answers that filter alone with 0x8F Topic
+/// Filter invalid while serving the others, as if each filter had come in
+/// a SUBSCRIBE of its own [MQTT-3.8.4-5], [MQTT-3.10.4-6]. (3.1.1 has no
+/// such code: there an invalid filter is a protocol violation that closes
+/// the connection [MQTT-4.8.0-1 (3.1.1)], and the decoder refuses it.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedFilter {
+    /// Its place among all the filters of the packet, from 0: its reason
+    /// code goes at this place in the SUBACK / UNSUBACK [MQTT-3.9.3-1],
+    /// [MQTT-3.11.3-1].
+    pub position: usize,
+    /// The filter as sent.
+    pub text: ByteString,
+    /// Why it is not a topic filter.
+    pub error: TopicError,
+    /// Its Subscription Options (SUBSCRIBE only; default in UNSUBSCRIBE).
+    pub options: SubscriptionOptions,
+}
+
+/// SUBSCRIBE [MQTT-3.8]; at least one filter [MQTT-3.8.3-2].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: SubscribeProperties,
-    /// The subscriptions, in order.
+    /// The valid subscriptions, in order.
     pub subscriptions: SmallVec<[Subscription; 1]>,
+    /// The 5.0 filters that are not valid topic filters, by increasing
+    /// position; empty in nearly every packet (and then not allocated).
+    pub refused: Vec<RefusedFilter>,
+}
+
+impl Subscribe {
+    /// How many filters the packet carries, valid or not.
+    pub fn filter_count(&self) -> usize {
+        self.subscriptions.len() + self.refused.len()
+    }
 }
 
 /// SUBACK [MQTT-3.9]; one code per subscription, in order [MQTT-3.8.4-6].
@@ -349,8 +380,11 @@ pub struct Unsubscribe {
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: UnsubscribeProperties,
-    /// The filters to remove.
+    /// The valid filters to remove, in order.
     pub filters: SmallVec<[TopicFilter; 1]>,
+    /// The 5.0 filters that are not valid topic filters, by increasing
+    /// position (see [`RefusedFilter`]); usually empty.
+    pub refused: Vec<RefusedFilter>,
 }
 
 /// UNSUBACK [MQTT-3.11].

@@ -11,7 +11,7 @@ pub use reload::Reload;
 
 use crate::auth::pool::Verifier;
 use crate::auth::PasswordFile;
-use crate::config::{Config, ShardCount};
+use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
 use crate::metrics::{
@@ -20,7 +20,7 @@ use crate::metrics::{
 use crate::net::admin::{self, Health};
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetAuth, NetContext};
-use crate::protocol::{QoS, TopicName};
+use crate::protocol::{QoS, ReasonCode, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -93,6 +93,10 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// `[redirect]`, for the network layer.
+    redirect: Option<net::Redirect>,
+    /// `response_information_prefix`, for the shards.
+    response_information_prefix: Option<String>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -209,7 +213,7 @@ pub fn run(
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
-    let limits = Arc::new(SharedLimits::new(config.limits()));
+    let limits = Arc::new(SharedLimits::new(&config));
     let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits));
     let shutdown = signals::watch_signals(
         {
@@ -287,6 +291,14 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        redirect: config.redirect().map(|redirect| net::Redirect {
+            reason: match redirect.mode {
+                RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
+                RedirectMode::Moved => ReasonCode::ServerMoved,
+            },
+            server_reference: redirect.server_reference.as_str().into(),
+        }),
+        response_information_prefix: config.response_information_prefix().map(str::to_owned),
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -391,6 +403,9 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         startup.boot,
     )));
+    shard
+        .borrow_mut()
+        .set_response_information_prefix(startup.response_information_prefix.as_deref());
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
@@ -398,6 +413,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         net_limits,
         Arc::clone(&startup.open_connections),
         startup.auth.clone(),
+        startup.redirect.clone(),
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -474,7 +490,9 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
             topic,
             payload: Bytes::from(payload),
             qos: QoS::AtMostOnce,
-            retain: true,
+            // Not stored where retained messages are off
+            // (`retain_available = false`): sent as they are published.
+            retain: shard.limits().retain_available,
             properties: Default::default(),
             publisher: None,
             expires_at: None,
@@ -498,6 +516,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
     } = net;
     let ShardCounters {
         messages_received,
@@ -519,6 +538,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
     } = session;
     let RouterCounters { cross_core_qos0_dropped } = router;
     tracing::info!(
@@ -534,6 +556,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
         messages_received,
         deliveries,
         deliveries_dropped,
@@ -553,6 +576,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
         "shard stopped"
     );
 }

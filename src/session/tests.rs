@@ -88,6 +88,8 @@ fn limits() -> SessionLimits {
         server_topic_alias_maximum: 2,
         max_session_expiry: None,
         max_packet_size: None,
+        max_subscriptions: 0,
+        retain_available: true,
     }
 }
 
@@ -199,6 +201,7 @@ fn ack(packet_id: u16) -> PubResponse {
 
 fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: SubscribeProperties::default(),
         subscriptions: filters
@@ -213,6 +216,7 @@ fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
 
 fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
     Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: UnsubscribeProperties::default(),
         filters: filters.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),

@@ -31,7 +31,11 @@ impl Shard {
     /// here, or handed off to this shard as its home). A client without a
     /// client id gets one homed here, so it never moves.
     pub fn place(&mut self, now: Instant, connect: &Connect) -> Placement {
-        if let Some(reason) = connect_refusal(connect, self.is_shutting_down()) {
+        let retain_available = self.limits().retain_available;
+        if let Some(reason) = connect_refusal(connect, self.is_shutting_down(), retain_available) {
+            if reason == ReasonCode::PayloadFormatInvalid {
+                self.count_payload_format_invalid();
+            }
             return Placement::Refused(reason);
         }
         let client_id = if connect.client_id.is_empty() {
@@ -53,9 +57,22 @@ impl Shard {
 
 /// Why a CONNECT is refused, whichever shard is its home; `None` when
 /// it is not.
-pub(super) fn connect_refusal(connect: &Connect, shutting_down: bool) -> Option<ReasonCode> {
+pub(super) fn connect_refusal(
+    connect: &Connect,
+    shutting_down: bool,
+    retain_available: bool,
+) -> Option<ReasonCode> {
     if shutting_down {
         return Some(ReasonCode::ServerUnavailable);
+    }
+    // [MQTT-3.2.2-13] "If a Server receives a CONNECT packet containing a
+    // Will Message with the Will Retain set to 1, and it does not support
+    // retained messages, the Server MUST reject the connection request. It
+    // SHOULD send CONNACK with Reason Code 0x9A (Retain not supported) and
+    // then it MUST close the Network Connection". (3.1.1: return code 3,
+    // Server unavailable, the closest it has.)
+    if !retain_available && connect.will.as_ref().is_some_and(|will| will.retain) {
+        return Some(ReasonCode::RetainNotSupported);
     }
     // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
     // 3.1 requires an id of 1 to 23 characters.

@@ -154,6 +154,7 @@ impl Cluster {
 
     fn subscribe(&mut self, client: &Client, filter: &str) {
         let subscribe = Subscribe {
+            refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: [Subscription {
@@ -533,6 +534,7 @@ fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
 /// A SUBSCRIBE of `n` filters `{prefix}/{i}`.
 fn subscribe_many(prefix: &str, n: usize) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(7).unwrap(),
         properties: Default::default(),
         subscriptions: (0..n)
@@ -751,6 +753,9 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 dropped_expired: 0,
                 dropped_too_large: 0,
                 unexpected_acks: 1,
+                payload_format_invalid: 0,
+                topic_filters_invalid: 0,
+                subscriptions_quota_exceeded: 0,
             },
             router: RouterCounters { cross_core_qos0_dropped: 1 },
         },
@@ -927,6 +932,7 @@ fn v3_and_v5_clients_exchange_messages_across_shards() {
 /// A v5 SUBSCRIBE of one filter, with its options and identifier.
 fn subscribe_v5(packet_id: u16, filter: &str, qos: QoS, no_local: bool, id: Option<u32>) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(packet_id).unwrap(),
         properties: crate::protocol::SubscribeProperties {
             subscription_identifier: id.and_then(std::num::NonZeroU32::new),
