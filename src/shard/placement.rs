@@ -204,4 +204,53 @@ mod tests {
         let accepted = shard.place(Instant::now(), &with_will("adiós".as_bytes()));
         assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
     }
+
+    #[test]
+    fn a_will_to_retain_without_retain_available_gets_connack_0x9a_mqtt_3_2_2_13() {
+        // [MQTT-3.2.2-13] "If a Server receives a CONNECT packet containing
+        // a Will Message with the Will Retain set to 1, and it does not
+        // support retained messages, the Server MUST reject the connection
+        // request. It SHOULD send CONNACK with Reason Code 0x9A (Retain not
+        // supported) and then it MUST close the Network Connection."
+        let with_will = |retain| {
+            let mut connect = connect(ProtocolVersion::V5, &id_on(0), true);
+            connect.will = Some(crate::protocol::Will {
+                topic: crate::protocol::TopicName::new("w").unwrap(),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: crate::protocol::QoS::AtMostOnce,
+                retain,
+                properties: Default::default(),
+            });
+            connect
+        };
+        let outbox = Rc::new(Outbox::new(2));
+        let limits = SessionLimits { retain_available: false, ..SessionLimits::default() };
+        let mut off = Shard::new(ShardId::from_index(0).unwrap(), 2, limits, outbox, 1);
+        let refused = off.place(Instant::now(), &with_will(true));
+        assert_eq!(refused, Placement::Refused(ReasonCode::RetainNotSupported));
+        let accepted = off.place(Instant::now(), &with_will(false));
+        assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+        // Served as usual where retained messages are available.
+        let mut on = shard();
+        let accepted = on.place(Instant::now(), &with_will(true));
+        assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_refused_will_payload_is_counted() {
+        let mut connect = connect(ProtocolVersion::V5, &id_on(1), true);
+        connect.will = Some(crate::protocol::Will {
+            topic: crate::protocol::TopicName::new("w").unwrap(),
+            payload: bytes::Bytes::from_static(b"\xff"),
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: false,
+            properties: crate::protocol::WillProperties {
+                payload_format_indicator: Some(true),
+                ..Default::default()
+            },
+        });
+        let mut shard = shard();
+        shard.place(Instant::now(), &connect);
+        assert_eq!(shard.counters().session.payload_format_invalid, 1);
+    }
 }

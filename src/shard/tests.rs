@@ -1105,3 +1105,26 @@ fn new_limits_reach_existing_offline_sessions_and_new_ones() {
     let (_, output) = cluster.connect_with(&late_id, false);
     assert_eq!(payloads(&output).len(), 5);
 }
+
+#[test]
+fn response_information_is_sent_only_when_asked_and_configured_mqtt_3_1_2_28() {
+    // [MQTT-3.1.2-28] "A value of 0 indicates that the Server MUST NOT
+    // return Response Information. If the value is 1 the Server MAY return
+    // Response Information in the CONNACK packet."
+    let response_information = |prefix: Option<&str>, client_id: &str, asked: Option<bool>| {
+        let mut cluster = Cluster::new(1);
+        cluster.shards[0].set_response_information_prefix(prefix);
+        let mut connect = connect_v5(client_id, 0);
+        connect.properties.request_response_information = asked;
+        let (_, output) = cluster.connect_packet(&connect);
+        let [Packet::ConnAck(connack)] = &output[..] else { panic!("{output:?}") };
+        connack.properties.response_information.as_deref().map(str::to_owned)
+    };
+    assert_eq!(response_information(Some("reply/"), "c1", Some(true)).as_deref(), Some("reply/c1"));
+    assert_eq!(response_information(Some("reply/"), "c1", Some(false)), None);
+    assert_eq!(response_information(Some("reply/"), "c1", None), None);
+    assert_eq!(response_information(None, "c1", Some(true)), None);
+    // A client id that is not one topic level gets none.
+    assert_eq!(response_information(Some("reply/"), "a/b", Some(true)), None);
+    assert_eq!(response_information(Some("reply/"), "a+", Some(true)), None);
+}
