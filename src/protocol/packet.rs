@@ -347,8 +347,10 @@ pub struct Subscribe {
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: SubscribeProperties,
-    /// The valid subscriptions, in order.
-    pub subscriptions: SmallVec<[Subscription; 1]>,
+    /// The valid subscriptions, in order. Not stored inline: beside
+    /// `refused`, an inline entry would make [`Packet`] larger than its
+    /// largest other variant, a size every PUBLISH pays as it moves.
+    pub subscriptions: SmallVec<[Subscription; 0]>,
     /// The 5.0 filters that are not valid topic filters, by increasing
     /// position; empty in nearly every packet (and then not allocated).
     pub refused: Vec<RefusedFilter>,
@@ -380,8 +382,9 @@ pub struct Unsubscribe {
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: UnsubscribeProperties,
-    /// The valid filters to remove, in order.
-    pub filters: SmallVec<[TopicFilter; 1]>,
+    /// The valid filters to remove, in order (not inline, as in
+    /// [`Subscribe`]).
+    pub filters: SmallVec<[TopicFilter; 0]>,
     /// The 5.0 filters that are not valid topic filters, by increasing
     /// position (see [`RefusedFilter`]); usually empty.
     pub refused: Vec<RefusedFilter>,
@@ -415,4 +418,20 @@ pub struct Auth {
     pub reason: ReasonCode,
     /// Properties.
     pub properties: AuthProperties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every PUBLISH is decoded into a `Packet` and moved into its
+    /// session: the per-filter refusals of SUBSCRIBE / UNSUBSCRIBE must not
+    /// make it larger than DISCONNECT, its largest variant before them.
+    #[test]
+    fn a_packet_is_no_larger_than_its_disconnect_variant() {
+        let packet = std::mem::size_of::<Packet>();
+        assert!(packet <= 104, "Packet grew to {packet} bytes");
+        assert!(std::mem::size_of::<Subscribe>() <= std::mem::size_of::<Disconnect>());
+        assert!(std::mem::size_of::<Unsubscribe>() <= std::mem::size_of::<Disconnect>());
+    }
 }
