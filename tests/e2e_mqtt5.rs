@@ -454,6 +454,15 @@ fn a_connack_larger_than_the_client_maximum_packet_size_is_trimmed_mqtt_3_1_2_24
     // The connection works.
     client.send_bytes(&[0xC0, 0]);
     assert!(matches!(client.recv(), Some(Packet::PingResp)));
+    // 8 bytes cannot hold even the trimmed CONNACK: nothing is sent before
+    // a CONNACK [MQTT-3.2.0-1], so the connection is closed at once.
+    let mut client = RawClient::connect(broker.addr);
+    let properties = ConnectProperties {
+        maximum_packet_size: std::num::NonZeroU32::new(8),
+        ..Default::default()
+    };
+    client.send(&connect_v5("tinier", properties));
+    assert!(client.recv().is_none(), "closed without a CONNACK");
     assert!(broker.stop().success());
 }
 

@@ -300,6 +300,13 @@ fn serve(
         }),
         response_information_prefix: config.response_information_prefix().map(str::to_owned),
     });
+    if let Some(redirect) = config.redirect() {
+        tracing::warn!(
+            server_reference = %redirect.server_reference,
+            mode = ?redirect.mode,
+            "[redirect] is set: every client is sent to another server, none is served"
+        );
+    }
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
     let handles = LocalExecutorPoolBuilder::new(placement)

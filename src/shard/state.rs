@@ -461,14 +461,22 @@ impl Shard {
             // once this batch is written.
             link.notified = true;
         }
-        let result = match &link.closed {
-            Some(reason) => Err(ConnectionError::Closed(reason.clone())),
-            None => Ok(written),
-        };
+        // The session may close the connection while writing (a CONNACK
+        // that cannot fit the client's Maximum Packet Size): its events
+        // say so, and the connection must learn it now.
+        let closed_now = link.closed.is_none() && !slot.session.is_connected();
         if too_large > 0 {
             self.count_drops(DropCause::TooLargeForClient, too_large, now);
         }
-        result
+        if closed_now {
+            self.drain_events(key, now);
+        }
+        let link = self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection));
+        match link.map(|link| link.closed.clone()) {
+            None => Err(ConnectionError::Detached),
+            Some(Some(reason)) => Err(ConnectionError::Closed(reason)),
+            Some(None) => Ok(written),
+        }
     }
 
     /// Logs drops of `cause` unless they were logged in the last
