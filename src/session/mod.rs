@@ -123,7 +123,9 @@ impl Session {
     /// limits (`max_queued_messages`, `max_queued_bytes`,
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
-    /// the next CONNECT or DISCONNECT. What a connection was told or set
+    /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
     /// its value until the client connects again.
