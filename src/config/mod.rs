@@ -18,6 +18,7 @@
 //! silently ignored.
 
 mod error;
+mod locate;
 mod raw;
 mod reload;
 #[cfg(test)]
@@ -75,6 +76,9 @@ pub struct Config {
     response_information_prefix: Option<String>,
     /// `[redirect]`: every CONNECT is sent elsewhere; `None`: normal service.
     redirect: Option<Redirect>,
+    /// Seconds over which a graceful shutdown spreads the disconnection
+    /// of clients; 0: all at once.
+    drain_timeout_s: u32,
     log: LogConfig,
 }
 
@@ -105,6 +109,9 @@ pub const DEFAULT_SYS_INTERVAL_S: u32 = 10;
 
 /// The largest `sys_interval_s` accepted: a day.
 const MAX_SYS_INTERVAL_S: u32 = 86_400;
+
+/// The largest `drain_timeout_s` accepted: an hour.
+const MAX_DRAIN_TIMEOUT_S: u32 = 3_600;
 
 /// Where `[admin] listen` binds when the section is there without it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
@@ -409,7 +416,9 @@ impl Config {
     pub fn from_file(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let source = path.display().to_string();
+        Self::from_toml(&text, &source, overrides)
+            .map_err(|error| locate::locate(error, &text, &source))
     }
 
     /// Validates the configuration `text`, then applies `overrides`.
@@ -487,6 +496,14 @@ impl Config {
         self.redirect.as_ref()
     }
 
+    /// How long a graceful shutdown (SIGTERM, SIGINT) takes to disconnect
+    /// the clients (`drain_timeout_s`): they are closed in steps spread
+    /// evenly over it, so a fleet reconnects elsewhere without a storm.
+    /// Zero: all at once.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s.into())
+    }
+
     /// The logging settings.
     pub fn log(&self) -> &LogConfig {
         &self.log
@@ -535,6 +552,16 @@ impl Config {
                 raw.response_information_prefix,
             )?,
             redirect: redirect(raw.redirect)?,
+            drain_timeout_s: match raw.drain_timeout_s {
+                Some(n) => ranged(
+                    Setting::key("drain_timeout_s", n),
+                    n,
+                    0,
+                    MAX_DRAIN_TIMEOUT_S.into(),
+                    |n| u32::try_from(n).ok(),
+                )?,
+                None => 0,
+            },
             log: log(&raw.log, overrides.log.as_deref())?,
         };
         config.check_anonymous(&listeners)?;
@@ -583,6 +610,7 @@ impl Default for Config {
             retain_available: true,
             response_information_prefix: None,
             redirect: None,
+            drain_timeout_s: 0,
             log: LogConfig::default(),
         }
     }
@@ -625,12 +653,25 @@ fn parse(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
         let error = error.into_inner();
         let location = match error.span() {
             Some(span) => {
-                let (line, column) = line_column(text, span.start);
+                let (line, column) = locate::line_column(text, span.start);
                 format!("{source}:{line}:{column}")
             }
             None => source.to_owned(),
         };
-        ConfigError::Parse { location, message: describe_parse_error(&path, error.message()) }
+        let mut message = describe_parse_error(&path, error.message());
+        // A syntax error (no key known to serde) on a `KEY =` line: most
+        // often a value missing or unquoted.
+        let key = error
+            .span()
+            .filter(|_| path == ".")
+            .and_then(|span| locate::key_on_line(text, span.start));
+        if let Some(key) = key {
+            message = format!(
+                "{key}: the value is missing or not valid TOML ({message}); write one after `=` \
+                 (ringmq.toml shows every key with its default) or remove the line"
+            );
+        }
+        ConfigError::Parse { location, message }
     })
 }
 
@@ -658,14 +699,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
     } else {
         format!("{path}: {message}")
     }
-}
-
-/// The 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Refuses the top-level keys of features this release does not have.

@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub(super) retain_available: Option<bool>,
     pub(super) response_information_prefix: Option<String>,
     pub(super) redirect: Option<RawRedirect>,
+    pub(super) drain_timeout_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,

@@ -1,5 +1,6 @@
 //! What a re-read configuration changes ([`Config::changes`]): which keys
-//! a running broker can apply (the `[limits]`, `log.level`) and which need a
+//! a running broker can apply (the `[limits]`, `log.level`,
+//! `sys_interval_s`, `drain_timeout_s`) and which need a
 //! restart; and the configuration that runs once the appliable ones are
 //! applied ([`Config::reloaded`]).
 
@@ -13,6 +14,8 @@ pub struct Changes {
     pub limits: Vec<Change>,
     /// `log.level`, when it changed.
     pub log_level: Option<Change>,
+    /// `sys_interval_s` and `drain_timeout_s`, those that changed.
+    pub intervals: Vec<Change>,
     /// Keys that changed but take effect only at the next start (e.g.
     /// `shards`, `listener`): reported, never applied.
     pub needs_restart: Vec<&'static str>,
@@ -21,7 +24,10 @@ pub struct Changes {
 impl Changes {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.limits.is_empty() && self.log_level.is_none() && self.needs_restart.is_empty()
+        self.limits.is_empty()
+            && self.log_level.is_none()
+            && self.intervals.is_empty()
+            && self.needs_restart.is_empty()
     }
 }
 
@@ -69,15 +75,30 @@ impl Config {
             old: self.log.level.to_string(),
             new: new.log.level.to_string(),
         });
-        Changes { limits: limit_changes(&self.limits, &new.limits), log_level, needs_restart }
+        let interval = |key, old: u32, new: u32| {
+            (old != new).then(|| Change { key, old: old.to_string(), new: new.to_string() })
+        };
+        let intervals = [
+            interval("sys_interval_s", self.sys_interval_s, new.sys_interval_s),
+            interval("drain_timeout_s", self.drain_timeout_s, new.drain_timeout_s),
+        ];
+        Changes {
+            limits: limit_changes(&self.limits, &new.limits),
+            log_level,
+            intervals: intervals.into_iter().flatten().collect(),
+            needs_restart,
+        }
     }
 
     /// `self` with the parts of `new` that a running broker applies (the
-    /// `[limits]` and `log.level`); the rest stays as it started.
+    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`); the
+    /// rest stays as it started.
     pub fn reloaded(&self, new: &Config) -> Config {
         let mut running = self.clone();
         running.limits = new.limits;
         running.log.level = new.log.level;
+        running.sys_interval_s = new.sys_interval_s;
+        running.drain_timeout_s = new.drain_timeout_s;
         running
     }
 }

@@ -174,6 +174,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "durability",
         "fsync_interval_ms",
         "sys_interval_s",
+        "drain_timeout_s",
         "[[listener]]",
         "bind",
         "protocol",
@@ -294,6 +295,20 @@ fn sys_interval_defaults_to_ten_seconds_and_zero_disables_it() {
         "config error: sys_interval_s = -1: must be between 0 and 86400"
     );
     assert!(error("sys_interval_s = 86401").contains("sys_interval_s = 86401: must be between"));
+}
+
+// ---- drain_timeout_s -------------------------------------------------------
+
+#[test]
+fn drain_timeout_defaults_to_zero_and_is_at_most_an_hour() {
+    assert_eq!(Config::default().drain_timeout(), Duration::ZERO);
+    assert_eq!(parse("drain_timeout_s = 30").unwrap().drain_timeout(), Duration::from_secs(30));
+    assert_eq!(parse("drain_timeout_s = 3600").unwrap().drain_timeout(), Duration::from_secs(3600));
+    assert_eq!(
+        error("drain_timeout_s = 3601"),
+        "config error: drain_timeout_s = 3601: must be between 0 and 3600"
+    );
+    assert!(error("drain_timeout_s = -1").contains("drain_timeout_s = -1: must be between"));
 }
 
 // ---- shards ----------------------------------------------------------------
@@ -671,8 +686,8 @@ fn syntax_errors_are_one_line_with_a_position() {
 
 #[test]
 fn positions_count_characters_not_bytes() {
-    assert_eq!(line_column("é = 1\nxé", 9), (2, 3));
-    assert_eq!(line_column("", 0), (1, 1));
+    assert_eq!(locate::line_column("é = 1\nxé", 9), (2, 3));
+    assert_eq!(locate::line_column("", 0), (1, 1));
 }
 
 #[test]
@@ -843,4 +858,18 @@ fn listeners_shards_and_admin_need_a_restart_and_are_not_applied() {
     assert_eq!(running.limits().max_queued_messages().get(), 5);
     // What was not applied is reported again at the next reload.
     assert_eq!(running.changes(&new).needs_restart, ["shards", "listener", "admin.listen"]);
+}
+
+#[test]
+fn the_sys_interval_and_the_drain_timeout_are_applied_by_a_reload() {
+    let old = parse("sys_interval_s = 10\n").unwrap();
+    let new = parse("sys_interval_s = 0\ndrain_timeout_s = 30\n").unwrap();
+    let changes = old.changes(&new);
+    let lines: Vec<String> = changes.intervals.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["sys_interval_s: 10 -> 0", "drain_timeout_s: 0 -> 30"]);
+    assert!(changes.needs_restart.is_empty());
+    let running = old.reloaded(&new);
+    assert_eq!(running.sys_interval(), None);
+    assert_eq!(running.drain_timeout(), Duration::from_secs(30));
+    assert!(running.changes(&new).is_empty());
 }

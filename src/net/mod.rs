@@ -196,11 +196,19 @@ impl NetContext {
         self.limits.set(limits);
     }
 
-    /// Starts the shard's shutdown (its sessions wake their connections
-    /// to close: see `Shard::begin_shutdown`) and stops the accept loops.
-    pub fn begin_shutdown(&self) {
-        self.shard.borrow_mut().begin_shutdown(std::time::Instant::now());
+    /// Starts the shard's shutdown: the accept loops stop and no session
+    /// starts or moves here any more (see `Shard::begin_drain`); the
+    /// connections are closed by [`close_connections`](Self::close_connections).
+    pub fn stop_accepting(&self) {
+        self.shard.borrow_mut().begin_drain();
         self.shutdown_wakers.take().into_iter().for_each(Waker::wake);
+    }
+
+    /// Closes up to `count` connections of the shard (their sessions wake
+    /// their tasks to close: see `Shard::close_connections`); returns how
+    /// many stay connected.
+    pub fn close_connections(&self, count: usize) -> usize {
+        self.shard.borrow_mut().close_connections(count, std::time::Instant::now())
     }
 
     /// Counts into the shard's [`NetCounters`]; never called while the

@@ -2,6 +2,7 @@
 //! executor per shard, the listeners, the mesh between shards, the
 //! graceful shutdown on SIGINT/SIGTERM and the reload on SIGHUP.
 
+mod drain;
 mod preflight;
 mod reload;
 mod signals;
@@ -24,9 +25,10 @@ use crate::protocol::{QoS, ReasonCode, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use bytes::Bytes;
+use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedLimits};
+use reload::{Reloader, SharedIntervals, SharedLimits};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -85,8 +87,9 @@ struct Startup {
     open_connections: Arc<AtomicUsize>,
     shutdown: Arc<AtomicBool>,
     boot: u64,
-    /// How often shard 0 publishes the `$SYS` topics; `None`: never.
-    sys_interval: Option<Duration>,
+    /// How often shard 0 publishes the `$SYS` topics and how long a
+    /// shutdown drains, replaced by a reload (SIGHUP).
+    intervals: Arc<SharedIntervals>,
     finished: Finished,
     /// What the shards say of themselves, for probes and the service
     /// manager.
@@ -214,7 +217,9 @@ pub fn run(
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(&config));
-    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits));
+    let intervals = Arc::new(SharedIntervals::new(&config));
+    let mut reloader =
+        Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&intervals));
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -229,7 +234,8 @@ pub fn run(
     )
     .map_err(RuntimeError::Signals)?;
     let auth = net_auth(&config, passwords)?;
-    let running = Running { listeners: &listeners, health: &health, limits, auth, shutdown };
+    let running =
+        Running { listeners: &listeners, health: &health, limits, intervals, auth, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -242,6 +248,7 @@ struct Running<'a> {
     listeners: &'a ListenerStop,
     health: &'a Arc<Health>,
     limits: Arc<SharedLimits>,
+    intervals: Arc<SharedIntervals>,
     /// How connections authenticate.
     auth: NetAuth,
     shutdown: Arc<AtomicBool>,
@@ -254,7 +261,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, auth, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -287,7 +294,7 @@ fn serve(
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
-        sys_interval: config.sys_interval(),
+        intervals,
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
@@ -445,14 +452,24 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
 
     startup.health.shard_serving();
     // Shard 0 publishes the $SYS topics, the first time at its first tick.
-    let mut sys = startup
-        .sys_interval
-        .filter(|_| id.index() == 0)
-        .map(|interval| (SysTree::new(Instant::now()), interval, Instant::now()));
-    // Tick: keep alive sweep, reloaded limits, $SYS, and the shutdown
-    // signal.
-    while !startup.shutdown.load(Ordering::Relaxed) {
+    let mut sys = (id.index() == 0).then(|| (SysTree::new(Instant::now()), Instant::now()));
+    // Tick: keep alive sweep, reloaded limits, $SYS; from the shutdown
+    // signal on, the drain closes connections step by step while the
+    // others are still served.
+    let mut drain: Option<Drain> = None;
+    loop {
         glommio::timer::sleep(TICK).await;
+        if drain.is_none() && startup.shutdown.load(Ordering::Relaxed) {
+            net.stop_accepting();
+            let connected = net.close_connections(0);
+            drain = Some(Drain::new(Instant::now(), startup.intervals.drain_timeout(), connected));
+        }
+        if let Some(drain) = drain.as_mut() {
+            let staying = net.close_connections(drain.due(Instant::now()));
+            if staying == 0 || drain.is_over(Instant::now()) {
+                break;
+            }
+        }
         if let Some((seen, session_limits, net_limits)) = startup.limits.changed_since(limits_seen)
         {
             limits_seen = seen;
@@ -464,12 +481,18 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
         net.poll_connection_log_summary(now);
-        if let Some((tree, interval, due)) = sys.as_mut().filter(|(_, _, due)| now >= *due) {
-            *due = now + *interval;
-            publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+        if let (Some((tree, due)), Some(interval)) =
+            (sys.as_mut(), startup.intervals.sys_interval())
+        {
+            if now >= *due {
+                *due = now + interval;
+                publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+            } else {
+                // A reload to a shorter interval applies from now.
+                *due = (*due).min(now + interval);
+            }
         }
     }
-    net.begin_shutdown();
     for accept in accepts {
         accept.await;
     }
@@ -512,21 +535,33 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
 fn log_stopped(snapshot: &Snapshot) {
     // Bound without `..`: a counter added to `metrics` and left out of
     // this line fails to build, or warns as unused.
-    let Snapshot { shard: id, sessions, subscriptions, retained, counters } = snapshot;
+    let Snapshot {
+        shard: id,
+        sessions,
+        sessions_online,
+        subscriptions,
+        retained,
+        retained_bytes,
+        cross_core_queued,
+        counters,
+    } = snapshot;
     let Counters { net, shard, session, router } = counters;
     let NetCounters {
         accepted,
         refused_limit,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
         redirected,
+        bytes_received,
+        bytes_sent,
     } = net;
     let ShardCounters {
-        messages_received,
+        messages_received: [messages_received_qos0, messages_received_qos1, messages_received_qos2],
         deliveries,
         deliveries_dropped,
         takeovers,
@@ -536,7 +571,7 @@ fn log_stopped(snapshot: &Snapshot) {
     } = shard;
     let SessionCounters {
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent: [publishes_sent_qos0, publishes_sent_qos1, publishes_sent_qos2],
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full:
@@ -549,31 +584,42 @@ fn log_stopped(snapshot: &Snapshot) {
         topic_filters_invalid,
         subscriptions_quota_exceeded,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
         id,
         sessions,
+        sessions_online,
         subscriptions,
         retained,
+        retained_bytes,
+        cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
         redirected,
-        messages_received,
+        bytes_received,
+        bytes_sent,
+        messages_received_qos0,
+        messages_received_qos1,
+        messages_received_qos2,
         deliveries,
         deliveries_dropped,
         cross_core_qos0_dropped,
+        congestion_events,
         takeovers,
         sessions_expired,
         retained_expired,
         protocol_violations,
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent_qos0,
+        publishes_sent_qos1,
+        publishes_sent_qos2,
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full_qos0,
