@@ -126,6 +126,7 @@ fn client(
     assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
     if let Some(filter) = filter {
         client.send(&Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: vec![Subscription {
@@ -248,7 +249,12 @@ fn a_congested_shard_holds_back_only_the_publishers_that_wait_for_it() {
             let _ = stream.write_all(&burst);
         })
     };
-    // Wait until the publisher is held: its acknowledgements stop short.
+    // The spaced publishes are acknowledged (however slow this machine is
+    // today), then the publisher is held: its acknowledgements stop short.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.load(Ordering::SeqCst) < usize::from(SPACED) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut last = (0, Instant::now());
     while last.1.elapsed() < Duration::from_millis(500) {
         std::thread::sleep(Duration::from_millis(50));

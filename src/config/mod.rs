@@ -27,7 +27,7 @@ mod tests;
 pub use error::ConfigError;
 pub use reload::{Change, Changes};
 
-use raw::{RawAdmin, RawConfig, RawLimits, RawListener, RawLog};
+use raw::{RawAdmin, RawConfig, RawLimits, RawListener, RawLog, RawRedirect};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
@@ -69,10 +69,39 @@ pub struct Config {
     admin: Option<SocketAddr>,
     /// How often the `$SYS` topics are published, in seconds; 0: never.
     sys_interval_s: u32,
+    /// `retain_available`: whether retained messages are served.
+    retain_available: bool,
+    /// `response_information_prefix`: the start of the Response
+    /// Information a v5 client asking for one gets; `None`: none is sent.
+    response_information_prefix: Option<String>,
+    /// `[redirect]`: every CONNECT is sent elsewhere; `None`: normal service.
+    redirect: Option<Redirect>,
     /// Seconds over which a graceful shutdown spreads the disconnection
     /// of clients; 0: all at once.
     drain_timeout_s: u32,
     log: LogConfig,
+}
+
+/// The `[redirect]` table: this broker serves no client, it sends every
+/// v5 client to another server with CONNACK 0x9C (Use another server) or
+/// 0x9D (Server moved) and a Server Reference (MQTT 5.0 §4.11); 3.1.1 has
+/// no redirection, so its clients get return code 3 (Server unavailable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `server_reference`: where to go, as the Server Reference property
+    /// carries it (a space-separated list of `host[:port]`, 5.0 §4.11).
+    pub server_reference: String,
+    /// `mode`.
+    pub mode: RedirectMode,
+}
+
+/// `redirect.mode`: for how long the client should go elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// `"use_another"`: for now (0x9C Use another server); the default.
+    UseAnother,
+    /// `"moved"`: for good (0x9D Server moved).
+    Moved,
 }
 
 /// The default `sys_interval_s`, as Mosquitto's `sys_interval`.
@@ -183,6 +212,7 @@ pub struct Limits {
     topic_alias_maximum: u16,
     server_topic_alias_maximum: u16,
     max_session_expiry_s: u32,
+    max_subscriptions_per_client: u32,
 }
 
 impl Limits {
@@ -279,6 +309,13 @@ impl Limits {
     pub fn max_session_expiry_s(&self) -> u32 {
         self.max_session_expiry_s
     }
+
+    /// Subscriptions one session may hold at most
+    /// (`max_subscriptions_per_client`); 0: no limit. A new filter beyond
+    /// it is refused in SUBACK (5.0: 0x97 Quota exceeded; 3.1.1: 0x80).
+    pub fn max_subscriptions_per_client(&self) -> u32 {
+        self.max_subscriptions_per_client
+    }
 }
 
 impl Limits {
@@ -298,6 +335,11 @@ impl Limits {
         topic_alias_maximum: 16,
         server_topic_alias_maximum: 16,
         max_session_expiry_s: 604_800,
+        // Unlimited, as Mosquitto and EMQX: one client holding 100,000
+        // filters is a served use (see the subscribe benchmarks), and the
+        // per-session memory is already bounded per SUBSCRIBE by
+        // max_packet_size; brokers open to untrusted clients should set it.
+        max_subscriptions_per_client: 0,
     };
 }
 
@@ -457,6 +499,26 @@ impl Config {
         (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s.into()))
     }
 
+    /// Whether retained messages are served (`retain_available`, default
+    /// true). When not: a v5 CONNACK says Retain Available 0, a PUBLISH
+    /// with RETAIN 1 closes its connection (5.0: DISCONNECT 0x9A) and a
+    /// will with Will Retain 1 is refused (5.0: CONNACK 0x9A).
+    pub fn retain_available(&self) -> bool {
+        self.retain_available
+    }
+
+    /// The start of the Response Information sent to v5 clients that set
+    /// Request Response Information 1 (`response_information_prefix`);
+    /// `None`: never sent.
+    pub fn response_information_prefix(&self) -> Option<&str> {
+        self.response_information_prefix.as_deref()
+    }
+
+    /// Where every client is sent instead of being served (`[redirect]`).
+    pub fn redirect(&self) -> Option<&Redirect> {
+        self.redirect.as_ref()
+    }
+
     /// How long a graceful shutdown (SIGTERM, SIGINT) takes to disconnect
     /// the clients (`drain_timeout_s`): they are closed in steps spread
     /// evenly over it, so a fleet reconnects elsewhere without a storm.
@@ -508,6 +570,11 @@ impl Config {
                 )?,
                 None => DEFAULT_SYS_INTERVAL_S,
             },
+            retain_available: raw.retain_available.unwrap_or(true),
+            response_information_prefix: response_information_prefix(
+                raw.response_information_prefix,
+            )?,
+            redirect: redirect(raw.redirect)?,
             drain_timeout_s: match raw.drain_timeout_s {
                 Some(n) => ranged(
                     Setting::key("drain_timeout_s", n),
@@ -563,6 +630,9 @@ impl Default for Config {
             limits: Limits::default(),
             admin: None,
             sys_interval_s: DEFAULT_SYS_INTERVAL_S,
+            retain_available: true,
+            response_information_prefix: None,
+            redirect: None,
             drain_timeout_s: 0,
             log: LogConfig::default(),
         }
@@ -929,7 +999,60 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             (0, u32::MAX.into()),
             |n| u32::try_from(n).ok(),
         )?,
+        max_subscriptions_per_client: limit(
+            "max_subscriptions_per_client",
+            raw.max_subscriptions_per_client,
+            default.max_subscriptions_per_client,
+            // 0: no limit.
+            (0, u32::MAX.into()),
+            |n| u32::try_from(n).ok(),
+        )?,
     })
+}
+
+/// `response_information_prefix`: a non-empty start of a topic name.
+fn response_information_prefix(raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(prefix) if prefix.is_empty() || prefix.contains(['+', '#', '\0']) => {
+            Err(ConfigError::invalid(format!(
+                "{}: must be a non-empty topic name start without '+', '#' or NUL (e.g. \
+                 \"reply/\"); remove the key to send no Response Information",
+                Setting::key("response_information_prefix", &prefix)
+            )))
+        }
+        // Each client's Response Information adds its id to it, so the
+        // whole name must stay within a UTF-8 string's 65,535 bytes.
+        Some(prefix) if prefix.len() > 32_768 => Err(ConfigError::invalid(
+            "response_information_prefix: longer than 32768 bytes; shorten it",
+        )),
+        Some(prefix) => Ok(Some(prefix)),
+    }
+}
+
+/// The `[redirect]` table.
+fn redirect(raw: Option<RawRedirect>) -> Result<Option<Redirect>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let server_reference = match raw.server_reference {
+        Some(reference) if !reference.trim().is_empty() && reference.len() <= 65_535 => reference,
+        _ => {
+            return Err(ConfigError::invalid(
+                "redirect.server_reference: missing or empty; set where clients should go \
+                 (e.g. \"mqtt2.example.com:1883\"), or remove [redirect] to serve clients",
+            ))
+        }
+    };
+    let mode = match raw.mode.as_deref() {
+        None | Some("use_another") => RedirectMode::UseAnother,
+        Some("moved") => RedirectMode::Moved,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"use_another\" (0x9C, for now) or \"moved\" (0x9D, for good)",
+                Setting::key("redirect.mode", other)
+            )))
+        }
+    };
+    Ok(Some(Redirect { server_reference, mode }))
 }
 
 /// `limits.KEY`: `default` when absent, else `raw` checked against `range`

@@ -23,6 +23,9 @@ pub(super) struct RawConfig {
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
     pub(super) sys_interval_s: Option<i64>,
+    pub(super) retain_available: Option<bool>,
+    pub(super) response_information_prefix: Option<String>,
+    pub(super) redirect: Option<RawRedirect>,
     pub(super) drain_timeout_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
@@ -64,6 +67,15 @@ pub(super) struct RawLimits {
     pub(super) topic_alias_maximum: Option<i64>,
     pub(super) server_topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
+    pub(super) max_subscriptions_per_client: Option<i64>,
+}
+
+/// The `[redirect]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    pub(super) server_reference: Option<String>,
+    pub(super) mode: Option<String>,
 }
 
 /// The `[admin]` table.

@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 26] = [
+const COUNTERS: [Field<u64>; 30] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -101,6 +101,7 @@ const COUNTERS: [Field<u64>; 26] = [
     ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
         s.counters.net.auth_busy
     }),
+    ("redirected", "CONNECTs sent to another server ([redirect])", |s| s.counters.net.redirected),
     ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
         s.counters.net.bytes_received
     }),
@@ -137,6 +138,19 @@ const COUNTERS: [Field<u64>; 26] = [
     ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
         s.counters.session.dropped_too_large
     }),
+    (
+        "payload_format_invalid",
+        "PUBLISHes and wills refused with 0x99 Payload format invalid",
+        |s| s.counters.session.payload_format_invalid,
+    ),
+    ("topic_filters_invalid", "v5 SUBSCRIBE/UNSUBSCRIBE filters refused with 0x8F", |s| {
+        s.counters.session.topic_filters_invalid
+    }),
+    (
+        "subscriptions_quota_exceeded",
+        "Subscriptions refused past max_subscriptions_per_client",
+        |s| s.counters.session.subscriptions_quota_exceeded,
+    ),
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped
     }),
@@ -189,6 +203,7 @@ mod tests {
         let mut first = Snapshot { shard: 0, sessions: 3, ..Snapshot::default() };
         first.counters.shard.messages_received = [41, 0, 0];
         first.counters.session.dropped_queue_full = [1, 2, 0];
+        first.counters.session.payload_format_invalid = 3;
         let second = Snapshot { shard: 1, sessions: 5, ..Snapshot::default() };
         let text = render(&[first, second], 7);
         assert!(text.contains("ringmq_connections 7\n"), "{text}");
@@ -196,6 +211,7 @@ mod tests {
         let received = "ringmq_messages_received_total{shard=\"0\",qos=\"0\"} 41\n";
         assert!(text.contains(received), "{text}");
         assert!(text.contains("ringmq_dropped_queue_full_total{shard=\"0\",qos=\"1\"} 2\n"));
+        assert!(text.contains("ringmq_payload_format_invalid_total{shard=\"0\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Every sample line: a name, labels, one value.

@@ -241,6 +241,43 @@ impl<T: Transport> Connection<T> {
         if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
             self.read_buf = None;
         }
+        // `[redirect]`: nobody is served here (5.0 §4.11). Before the
+        // password check: the answer is the same for everybody.
+        if let Some(redirect) = self.ctx.redirect.as_ref().filter(|_| !adopted) {
+            let (reason, reference) = (redirect.reason, redirect.server_reference.clone());
+            self.ctx.count(|net| net.redirected += 1);
+            let mut connack = ConnAck {
+                session_present: false,
+                reason,
+                properties: ConnAckProperties::default(),
+            };
+            // "The Server uses a Server Reference in either a CONNACK or
+            // DISCONNECT packet with Reason code of 0x9C (Use another
+            // server) or Reason Code 0x9D (Server moved)" (5.0
+            // §3.2.2.3.16); left out where it would pass the client's
+            // Maximum Packet Size [MQTT-3.1.2-24].
+            connack.properties.server_reference = Some(reference);
+            let max = connect.properties.maximum_packet_size.filter(|_| connect.version.is_v5());
+            let packet = Packet::ConnAck(Box::new(connack));
+            let too_large = max.is_some_and(|max| {
+                packet.encoded_len(connect.version).map_or(true, |len| len > max.get() as usize)
+            });
+            let packet = match (too_large, packet) {
+                (true, _) => refusal(reason),
+                (false, packet) => packet,
+            };
+            if self.ctx.may_log_connection() {
+                tracing::info!(
+                    client_id = &*connect.client_id,
+                    %peer,
+                    protocol = %connect.version,
+                    reason = ?reason,
+                    "client redirected"
+                );
+            }
+            self.send_final(packet, connect.version).await;
+            return Err(CloseReason::Refused(reason));
+        }
         // A handed-off CONNECT was checked by the shard that accepted it.
         if !adopted {
             if let Err(reason) = self.authenticate(&connect, listener).await {

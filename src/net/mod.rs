@@ -56,6 +56,7 @@ pub use transport::Transport;
 
 use crate::auth::pool::Verifier;
 use crate::metrics::NetCounters;
+use crate::protocol::ReasonCode;
 use crate::ratelimit::RateLimit;
 use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
@@ -106,6 +107,8 @@ pub struct NetContext {
     listeners: Arc<[ListenerAdmission]>,
     /// This shard's connection-rate buckets and refusal log lines.
     admission: RefCell<Admission>,
+    /// `[redirect]`: where every client is sent instead of being served.
+    redirect: Option<Redirect>,
 }
 
 /// What the network layers of all shards share, built once at start.
@@ -119,6 +122,20 @@ pub struct NetShared {
     pub listeners: Arc<[ListenerAdmission]>,
     /// How many shards share the listeners (and their connection rates).
     pub nr_shards: usize,
+    /// `[redirect]`: where every client is sent instead of being served.
+    pub redirect: Option<Redirect>,
+}
+
+/// A broker configured to send its clients elsewhere (`[redirect]`): every
+/// CONNECT is answered with a CONNACK carrying `reason` and, to a v5
+/// client, the Server Reference (MQTT 5.0 §4.11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// 0x9C Use another server or 0x9D Server moved (3.1.1 clients get
+    /// return code 3, Server unavailable: 3.1.1 has no redirection).
+    pub reason: ReasonCode,
+    /// The Server Reference property.
+    pub server_reference: bytestring::ByteString,
 }
 
 /// How the clients of each listener authenticate; the same for every shard.
@@ -141,7 +158,7 @@ impl NetContext {
         limits: NetLimits,
         shared: NetShared,
     ) -> Self {
-        let NetShared { open_connections, auth, listeners, nr_shards } = shared;
+        let NetShared { open_connections, auth, listeners, nr_shards, redirect } = shared;
         let admission = Admission::new(&listeners, nr_shards, Instant::now());
         Self {
             shard_id,
@@ -160,6 +177,7 @@ impl NetContext {
             auth,
             listeners,
             admission: RefCell::new(admission),
+            redirect,
         }
     }
 

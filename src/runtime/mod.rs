@@ -12,7 +12,7 @@ pub use reload::Reload;
 
 use crate::auth::pool::Verifier;
 use crate::auth::PasswordFile;
-use crate::config::{Config, ShardCount};
+use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
 use crate::metrics::{
@@ -22,7 +22,7 @@ use crate::net::admin::{self, Health};
 use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetAuth, NetContext, NetShared};
-use crate::protocol::{QoS, TopicName};
+use crate::protocol::{QoS, ReasonCode, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -99,6 +99,10 @@ struct Startup {
     auth: NetAuth,
     /// Each listener's connection limits and open connections.
     listeners: Arc<[ListenerAdmission]>,
+    /// `[redirect]`, for the network layer.
+    redirect: Option<net::Redirect>,
+    /// `response_information_prefix`, for the shards.
+    response_information_prefix: Option<String>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -215,7 +219,7 @@ pub fn run(
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
-    let limits = Arc::new(SharedLimits::new(config.limits()));
+    let limits = Arc::new(SharedLimits::new(&config));
     let intervals = Arc::new(SharedIntervals::new(&config));
     let mut reloader =
         Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&intervals));
@@ -298,7 +302,22 @@ fn serve(
         health: Arc::clone(health),
         auth,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
+        redirect: config.redirect().map(|redirect| net::Redirect {
+            reason: match redirect.mode {
+                RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
+                RedirectMode::Moved => ReasonCode::ServerMoved,
+            },
+            server_reference: redirect.server_reference.as_str().into(),
+        }),
+        response_information_prefix: config.response_information_prefix().map(str::to_owned),
     });
+    if let Some(redirect) = config.redirect() {
+        tracing::warn!(
+            server_reference = %redirect.server_reference,
+            mode = ?redirect.mode,
+            "[redirect] is set: every client is sent to another server, none is served"
+        );
+    }
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -402,6 +421,9 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         startup.boot,
     )));
+    shard
+        .borrow_mut()
+        .set_response_information_prefix(startup.response_information_prefix.as_deref());
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
@@ -412,6 +434,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             auth: startup.auth.clone(),
             listeners: Arc::clone(&startup.listeners),
             nr_shards: startup.nr_shards,
+            redirect: startup.redirect.clone(),
         },
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
@@ -506,7 +529,9 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
             topic,
             payload: Bytes::from(payload),
             qos: QoS::AtMostOnce,
-            retain: true,
+            // Not stored where retained messages are off
+            // (`retain_available = false`): sent as they are published.
+            retain: shard.limits().retain_available,
             properties: Default::default(),
             publisher: None,
             expires_at: None,
@@ -541,6 +566,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
         bytes_received,
         bytes_sent,
     } = net;
@@ -564,6 +590,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
@@ -584,6 +613,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
         bytes_received,
         bytes_sent,
         messages_received_qos0,
@@ -610,6 +640,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
         "shard stopped"
     );
 }

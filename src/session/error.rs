@@ -46,6 +46,13 @@ pub enum SessionError {
     /// refused in their PUBACK / PUBREC instead.
     #[error("payload is not UTF-8 but its Payload Format Indicator says it is")]
     PayloadFormatInvalid,
+    /// A PUBLISH with RETAIN 1 while `retain_available = false`: 5.0 told
+    /// the client Retain Available 0 in CONNACK [MQTT-3.2.2-14] ("If the
+    /// Server receives such a packet, this is a Protocol Error. The Server
+    /// SHOULD send a DISCONNECT with Reason Code of 0x9A"); 3.1.1 has no way
+    /// to tell, and its connection is closed as Mosquitto does.
+    #[error("RETAIN set while retained messages are not available")]
+    RetainNotSupported,
     /// A DISCONNECT setting a non-zero Session Expiry Interval after a
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
@@ -81,6 +88,7 @@ impl SessionError {
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
             Self::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
+            Self::RetainNotSupported => ReasonCode::RetainNotSupported,
         }
     }
 }

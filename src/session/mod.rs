@@ -123,7 +123,9 @@ impl Session {
     /// limits (`max_queued_messages`, `max_queued_bytes`,
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
-    /// the next CONNECT or DISCONNECT. What a connection was told or set
+    /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
     /// its value until the client connects again.
@@ -208,7 +210,8 @@ impl Session {
             }
             // What the server supports (5.0 §3.2.2.3): absent would mean
             // the same, but clients show these and some log their absence.
-            properties.retain_available = Some(true);
+            // [MQTT-3.2.2-14]: 0 forbids the client RETAIN 1.
+            properties.retain_available = Some(self.limits.retain_available);
             properties.wildcard_subscription_available = Some(true);
             properties.subscription_identifiers_available = Some(true);
             properties.shared_subscription_available = Some(true);
@@ -293,11 +296,11 @@ impl Session {
             }
             Packet::PubComp(ack) => self.handle_ack(PacketType::PubComp, ack, counters),
             Packet::Subscribe(subscribe) => {
-                self.handle_subscribe(subscribe);
+                self.handle_subscribe(subscribe, counters);
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.handle_unsubscribe(unsubscribe);
+                self.handle_unsubscribe(unsubscribe, counters);
                 Ok(())
             }
             Packet::PingReq => {
@@ -332,6 +335,17 @@ impl Session {
             return Err(SessionError::NotConnected);
         };
         let Publish { qos, retain, topic, packet_id, mut properties, payload, .. } = publish;
+        // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from
+        // the Server MUST NOT send a PUBLISH packet with the RETAIN flag set
+        // to 1. If the Server receives such a packet, this is a Protocol
+        // Error. The Server SHOULD send a DISCONNECT with Reason Code of
+        // 0x9A (Retain not supported)". A 3.1.1 client, which could not be
+        // told, is closed too (as Mosquitto's `retain_available false`):
+        // storing nothing while it believes the message retained would
+        // break [MQTT-3.3.1-5 (3.1.1)] silently.
+        if retain && !self.limits.retain_available {
+            return Err(SessionError::RetainNotSupported);
+        }
         // [MQTT-3.3.4-6] subscription identifiers go server to client only.
         if !properties.subscription_identifiers.is_empty() {
             return Err(SessionError::SubscriptionIdentifierFromClient);
@@ -371,6 +385,7 @@ impl Session {
         if properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&payload).is_err()
         {
+            counters.payload_format_invalid += 1;
             return match (qos, packet_id) {
                 (QoS::AtLeastOnce, Some(id)) => {
                     connection.owe(Control::PubAck(id, ReasonCode::PayloadFormatInvalid));
@@ -472,21 +487,50 @@ impl Session {
         connection.owe(Control::PubComp(ack.packet_id, reason));
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+    fn handle_subscribe(&mut self, subscribe: Subscribe, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut() else { return };
         let identifier = subscribe.properties.subscription_identifier;
-        let mut reasons = SmallVec::new();
+        let count = subscribe.filter_count();
+        let mut reasons = SmallVec::with_capacity(count);
         let mut grants = SmallVec::new();
-        // [MQTT-3.8.4-4] several filters act as several SUBSCRIBEs with one
-        // SUBACK, one code per filter in order [MQTT-3.8.4-5], [MQTT-3.9.3-1].
-        for subscription in subscribe.subscriptions {
+        let mut refused = subscribe.refused.into_iter().peekable();
+        let mut valid = subscribe.subscriptions.into_iter();
+        // [MQTT-3.8.4-5] "If a Server receives a SUBSCRIBE packet that
+        // contains multiple Topic Filters it MUST handle that packet as if
+        // it had received a sequence of multiple SUBSCRIBE packets, except
+        // that it combines their responses into a single SUBACK response";
+        // one code per filter [MQTT-3.8.4-6], in order [MQTT-3.9.3-1].
+        for position in 0..count {
+            let subscription = match refused.next_if(|r| r.position <= position) {
+                Some(_) => None,
+                None => valid.next(),
+            };
+            let Some(subscription) = subscription else {
+                // A 5.0 filter that is no topic filter (`a/#/b`): 0x8F for
+                // it alone, "Topic Filter invalid" (table 3-8); the others
+                // are served.
+                counters.topic_filters_invalid += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
             let subscribed = Subscribed { options: subscription.options, identifier };
+            let max = self.limits.max_subscriptions;
+            let full = max > 0 && self.subscriptions.len() >= max;
             // [MQTT-3.8.4-3] an existing subscription is replaced. A new one
             // keeps a detached copy of its filter, not the packet's buffer.
             let is_new = match self.subscriptions.get_mut(&subscription.filter) {
                 Some(existing) => {
                     *existing = subscribed;
                     false
+                }
+                // `max_subscriptions_per_client`: a new filter beyond it is
+                // refused, 0x97 "Quota exceeded: An implementation or
+                // administrative imposed limit has been exceeded" (3.1.1:
+                // 0x80 Failure); [MQTT-3.8.4-7] the code says it failed.
+                None if full => {
+                    counters.subscriptions_quota_exceeded += 1;
+                    reasons.push(ReasonCode::QuotaExceeded);
+                    continue;
                 }
                 None => {
                     self.subscriptions.insert(subscription.filter.detached(), subscribed);
@@ -505,12 +549,27 @@ impl Session {
         self.events.push_back(SessionEvent::Subscribe { grants, ack });
     }
 
-    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut() else { return };
         let v5 = connection.version.is_v5();
+        let count = unsubscribe.filters.len() + unsubscribe.refused.len();
         let mut reasons = SmallVec::new();
         let mut removed = SmallVec::new();
-        for filter in unsubscribe.filters {
+        let mut refused = unsubscribe.refused.into_iter().peekable();
+        let mut valid = unsubscribe.filters.into_iter();
+        // [MQTT-3.10.4-6] as a sequence of UNSUBSCRIBEs, one UNSUBACK; one
+        // code per filter, in order [MQTT-3.11.3-1], [MQTT-3.11.3-2].
+        for position in 0..count {
+            let filter = match refused.next_if(|r| r.position <= position) {
+                Some(_) => None,
+                None => valid.next(),
+            };
+            let Some(filter) = filter else {
+                // Only 5.0 packets carry refused filters: 0x8F for it.
+                counters.topic_filters_invalid += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
             // [MQTT-3.10.4-1] filters compare character by character.
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {
@@ -732,6 +791,14 @@ impl Session {
                         if without_diagnostics(packet) {
                             too_large = exceeds(packet);
                         }
+                        // Then what a CONNACK may leave out without
+                        // changing what the client must do (see
+                        // `without_optional_connack_properties`).
+                        if let (true, Packet::ConnAck(connack)) = (too_large, &mut *packet) {
+                            if without_optional_connack_properties(connack) {
+                                too_large = exceeds(packet);
+                            }
+                        }
                     }
                 }
             }
@@ -751,6 +818,8 @@ impl Session {
             match &packet {
                 Packet::Publish(Publish { packet_id: Some(id), .. })
                 | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
+                // Nothing may be sent before the CONNACK [MQTT-3.2.0-1].
+                Packet::ConnAck(_) => self.close(now, CloseReason::ConnAckTooLarge, counters),
                 _ => {}
             }
         }
@@ -1003,6 +1072,36 @@ fn without_diagnostics(packet: &mut Packet) -> bool {
     *reason_string = None;
     user_properties.clear();
     had
+}
+
+/// Takes out of a CONNACK too large for the client's Maximum Packet Size
+/// the properties whose absence means the same to the client, or only
+/// loses an offer: Retain / Wildcard / Subscription Identifier / Shared
+/// Subscription Available when 1 (absent means supported, 5.0 §3.2.2.3.5,
+/// §3.2.2.3.11-13), Topic Alias Maximum (absent: 0, the client just sends
+/// no aliases, §3.2.2.3.8) and Response Information (OPTIONAL,
+/// §3.2.2.3.15). What the client must obey stays: Maximum Packet Size,
+/// Receive Maximum, Server Keep Alive, Session Expiry Interval, Retain
+/// Available 0 and the Assigned Client Identifier [MQTT-3.2.2-16].
+/// [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding Maximum
+/// Packet Size to the Client". Returns whether it took any.
+fn without_optional_connack_properties(connack: &mut ConnAck) -> bool {
+    let p = &mut connack.properties;
+    let mut took = false;
+    for flag in [
+        &mut p.retain_available,
+        &mut p.wildcard_subscription_available,
+        &mut p.subscription_identifiers_available,
+        &mut p.shared_subscription_available,
+    ] {
+        if *flag == Some(true) {
+            *flag = None;
+            took = true;
+        }
+    }
+    took |= p.topic_alias_maximum.take().is_some();
+    took |= p.response_information.take().is_some();
+    took
 }
 
 /// The SUBACK code granting `qos`: the requested QoS is granted as asked

@@ -88,6 +88,8 @@ fn limits() -> SessionLimits {
         server_topic_alias_maximum: 2,
         max_session_expiry: None,
         max_packet_size: None,
+        max_subscriptions: 0,
+        retain_available: true,
     }
 }
 
@@ -199,6 +201,7 @@ fn ack(packet_id: u16) -> PubResponse {
 
 fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: SubscribeProperties::default(),
         subscriptions: filters
@@ -213,6 +216,7 @@ fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
 
 fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
     Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: UnsubscribeProperties::default(),
         filters: filters.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
@@ -2150,4 +2154,248 @@ fn a_new_alias_is_left_out_when_it_would_make_the_publish_too_large_mqtt_3_1_2_2
     let packets = drain(&mut session, t0);
     assert_eq!(topics_and_aliases(&packets), [("t".into(), None), alias("t", 1), alias("", 1)]);
     assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+// ---- Per-filter SUBACK / UNSUBACK codes, quota, retain, CONNACK size ---------
+
+/// A 5.0 SUBSCRIBE whose filter at `position` is the invalid `text`
+/// (as the decoder hands it over), among the valid `filters`.
+fn subscribe_with_refused(id: u16, filters: &[(&str, QoS)], refused: &[(usize, &str)]) -> Packet {
+    let Packet::Subscribe(mut subscribe) = subscribe(id, filters) else { unreachable!() };
+    subscribe.refused = refused
+        .iter()
+        .map(|&(position, text)| crate::protocol::RefusedFilter {
+            position,
+            text: ByteString::from(text),
+            error: crate::protocol::TopicError::MisplacedMultiLevelWildcard,
+            options: SubscriptionOptions::default(),
+        })
+        .collect();
+    Packet::Subscribe(subscribe)
+}
+
+fn suback_reasons(packets: &[Packet]) -> Vec<ReasonCode> {
+    match packets {
+        [Packet::SubAck(suback)] => suback.reasons.to_vec(),
+        other => panic!("expected one SUBACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_invalid_filter_gets_0x8f_and_the_others_are_served_mqtt_3_8_4_5() {
+    // [MQTT-3.8.4-5] "If a Server receives a SUBSCRIBE packet that contains
+    // multiple Topic Filters it MUST handle that packet as if it had
+    // received a sequence of multiple SUBSCRIBE packets, except that it
+    // combines their responses into a single SUBACK response."
+    // [MQTT-3.8.4-6] "The SUBACK packet sent by the Server to the Client
+    // MUST contain a Reason Code for each Topic Filter/Subscription Option
+    // pair." [MQTT-3.9.3-1] "The order of Reason Codes in the SUBACK packet
+    // MUST match the order of Topic Filters in the SUBSCRIBE packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let packet = subscribe_with_refused(
+        3,
+        &[("a/b", QoS::AtLeastOnce), ("c", QoS::ExactlyOnce)],
+        &[(0, "a/#/b"), (2, "x+")],
+    );
+    session.handle_packet(t0, packet).expect("the connection stays open");
+    let events = indexed(&mut session);
+    let [SessionEvent::Subscribe { grants, .. }] = &events[..] else { panic!("{events:?}") };
+    let granted: Vec<_> = grants.iter().map(|g| g.filter.as_str()).collect();
+    assert_eq!(granted, ["a/b", "c"]);
+    assert_eq!(
+        suback_reasons(&drain(&mut session, t0)),
+        [
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::GrantedQoS1,
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::GrantedQoS2,
+        ]
+    );
+    assert!(session.is_connected());
+    assert_eq!(session.counters.topic_filters_invalid, 2);
+    assert_eq!(session.subscriptions().len(), 2);
+}
+
+#[test]
+fn an_invalid_filter_in_unsubscribe_gets_0x8f_in_its_place_mqtt_3_11_3_1() {
+    // [MQTT-3.10.4-6] "If a Server receives an UNSUBSCRIBE packet that
+    // contains multiple Topic Filters, it MUST process that packet as if it
+    // had received a sequence of multiple UNSUBSCRIBE packets, except that it
+    // sends just one UNSUBACK response." [MQTT-3.11.3-1] "The order of
+    // Reason Codes in the UNSUBACK packet MUST match the order of Topic
+    // Filters in the UNSUBSCRIBE packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    indexed(&mut session);
+    drain(&mut session, t0);
+    let Packet::Unsubscribe(mut unsubscribe) = unsubscribe(2, &["a", "b"]) else { unreachable!() };
+    unsubscribe.refused.push(crate::protocol::RefusedFilter {
+        position: 1,
+        text: ByteString::from_static("#/x"),
+        error: crate::protocol::TopicError::MisplacedMultiLevelWildcard,
+        options: SubscriptionOptions::default(),
+    });
+    session.handle_packet(t0, Packet::Unsubscribe(unsubscribe)).unwrap();
+    indexed(&mut session);
+    let packets = drain(&mut session, t0);
+    let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(
+        unsuback.reasons.to_vec(),
+        [ReasonCode::Success, ReasonCode::TopicFilterInvalid, ReasonCode::NoSubscriptionExisted]
+    );
+    assert_eq!(session.counters.topic_filters_invalid, 1);
+}
+
+#[test]
+fn subscriptions_past_the_quota_get_0x97_mqtt_3_8_4_7() {
+    // [MQTT-3.8.4-7] "This Reason Code MUST either show the maximum QoS that
+    // was granted for that Subscription or indicate that the subscription
+    // failed": 0x97 Quota exceeded ("An implementation or administrative
+    // imposed limit has been exceeded"). A filter already held is replaced
+    // [MQTT-3.8.4-3], not counted again.
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_subscriptions: 2, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), limits);
+    let filters = [
+        ("a", QoS::AtMostOnce),
+        ("b", QoS::AtMostOnce),
+        ("a", QoS::AtLeastOnce),
+        ("c", QoS::AtMostOnce),
+    ];
+    session.handle_packet(t0, subscribe(1, &filters)).unwrap();
+    indexed(&mut session);
+    assert_eq!(
+        suback_reasons(&drain(&mut session, t0)),
+        [
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GrantedQoS1,
+            ReasonCode::QuotaExceeded
+        ]
+    );
+    assert_eq!(session.subscriptions().len(), 2);
+    assert_eq!(session.counters.subscriptions_quota_exceeded, 1);
+    // Room again after an UNSUBSCRIBE.
+    session.handle_packet(t0, unsubscribe(2, &["b"])).unwrap();
+    session.handle_packet(t0, subscribe(3, &[("c", QoS::AtMostOnce)])).unwrap();
+    indexed(&mut session);
+    let packets = drain(&mut session, t0);
+    assert_eq!(suback_reasons(&packets[1..]), [ReasonCode::GRANTED_QOS_0]);
+}
+
+#[test]
+fn subscriptions_past_the_quota_get_0x80_in_3_1_1_mqtt_3_9_3_2() {
+    // 3.1.1 [MQTT-3.9.3-2] "SUBACK return codes other than 0x00, 0x01, 0x02
+    // and 0x80 are reserved and MUST NOT be used": the quota is told as
+    // 0x80 Failure.
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_subscriptions: 1, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    session
+        .handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)]))
+        .unwrap();
+    indexed(&mut session);
+    let mut out = BytesMut::new();
+    session.poll_transmit(t0, &mut out);
+    assert_eq!(&out[..], b"\x90\x04\x00\x01\x00\x80");
+}
+
+#[test]
+fn retain_1_without_retain_available_is_disconnect_0x9a_mqtt_3_2_2_14() {
+    // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from the
+    // Server MUST NOT send a PUBLISH packet with the RETAIN flag set to 1.
+    // If the Server receives such a packet, this is a Protocol Error. The
+    // Server SHOULD send a DISCONNECT with Reason Code of 0x9A (Retain not
+    // supported)".
+    let t0 = Instant::now();
+    let limits = SessionLimits { retain_available: false, ..limits() };
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    let connack = session.handle_connect(t0, &connect_packet(V5, 0, false), false).clone();
+    assert_eq!(connack.properties.retain_available, Some(false));
+    drain(&mut session, t0);
+    // Not retained: served.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 1, "t"))).unwrap();
+    let mut retained = publish_in(QoS::AtLeastOnce, 2, "t");
+    retained.retain = true;
+    assert_eq!(
+        session.handle_packet(t0, Packet::Publish(retained)),
+        Err(SessionError::RetainNotSupported)
+    );
+    assert_eq!(stripped(drain(&mut session, t0)), [disconnect(ReasonCode::RetainNotSupported)]);
+    let events = events(&mut session);
+    assert_eq!(events.iter().filter(|e| matches!(e, SessionEvent::Publish(_))).count(), 1);
+}
+
+#[test]
+fn retain_1_without_retain_available_closes_a_3_1_1_connection() {
+    // 3.1.1 cannot be told; its connection is closed without DISCONNECT
+    // (3.1.1 has none from the server), as Mosquitto does.
+    let t0 = Instant::now();
+    let limits = SessionLimits { retain_available: false, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    let mut retained = publish_in(QoS::AtMostOnce, 1, "t");
+    retained.retain = true;
+    assert!(session.handle_packet(t0, Packet::Publish(retained)).is_err());
+    assert!(drain(&mut session, t0).is_empty());
+    assert!(!session.is_connected());
+}
+
+#[test]
+fn payload_format_failures_are_counted_mqtt_3_3_2_4() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut publish = publish_in(QoS::AtLeastOnce, 1, "t");
+    publish.payload = Bytes::from_static(b"\xff");
+    publish.properties.make_mut().payload_format_indicator = Some(true);
+    session.handle_packet(t0, Packet::Publish(publish)).unwrap();
+    assert_eq!(session.counters.payload_format_invalid, 1);
+}
+
+#[test]
+fn a_connack_leaves_out_optional_properties_to_fit_mqtt_3_1_2_24() {
+    // [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding Maximum
+    // Packet Size to the Client": the capability properties whose absence
+    // means the same (Retain / Wildcard / Subscription Identifier / Shared
+    // Subscription Available 1) and the Topic Alias Maximum go first; what
+    // the client must obey (Maximum Packet Size, Receive Maximum, Server
+    // Keep Alive) stays.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(20);
+    let limits = SessionLimits { max_packet_size: NonZeroU32::new(4096), ..limits() };
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    session.handle_connect(t0, &connect, false);
+    let packets = drain(&mut session, t0);
+    let [Packet::ConnAck(connack)] = &packets[..] else { panic!("{packets:?}") };
+    let p = &connack.properties;
+    assert_eq!(connack.reason, ReasonCode::Success);
+    assert_eq!(p.retain_available, None);
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.topic_alias_maximum, None);
+    assert_eq!(p.maximum_packet_size, NonZeroU32::new(4096));
+    assert_eq!(p.receive_maximum, NonZeroU16::new(2));
+    assert_eq!(p.server_keep_alive, Some(100));
+    assert!(session.is_connected());
+    assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+#[test]
+fn a_connack_that_cannot_fit_closes_the_connection_mqtt_3_2_0_1() {
+    // [MQTT-3.2.0-1] "The Server MUST send a CONNACK with a 0x00 (Success)
+    // Reason Code before sending any Packet other than AUTH": a CONNACK too
+    // large even without its optional properties is not sent, and nothing
+    // else may be; the connection is closed.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(8);
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect, false);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    assert!(drain(&mut session, t0).is_empty());
+    assert!(!session.is_connected());
+    assert_eq!(session.counters.dropped_too_large, 1);
+    let closed = events(&mut session);
+    assert!(closed.contains(&SessionEvent::Closed(CloseReason::ConnAckTooLarge)), "{closed:?}");
 }

@@ -299,6 +299,7 @@ pub fn v31_subscribe() -> Vec<Case> {
         &[0x02],        // requested QoS 2
     ]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -323,6 +324,7 @@ pub fn v31_suback() -> Vec<Case> {
 pub fn v31_unsubscribe() -> Vec<Case> {
     let bytes = cat(&[&[0xA2, 12], &[0x00, 0x0A], b"\x00\x03a/b", b"\x00\x03c/d"]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![filter("a/b"), filter("c/d")],
@@ -534,6 +536,7 @@ pub fn v311_subscribe_figure_3_22() -> Vec<Case> {
     let bytes =
         cat(&[&[0x82, 14], &[0x00, 0x0A], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -564,6 +567,7 @@ pub fn v311_suback_figure_3_26() -> Vec<Case> {
 pub fn v311_unsubscribe_figure_3_30() -> Vec<Case> {
     let bytes = cat(&[&[0xA2, 12], &[0x00, 0x0A], b"\x00\x03a/b", b"\x00\x03c/d"]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![filter("a/b"), filter("c/d")],
@@ -950,6 +954,7 @@ pub fn v5_subscribe_figure_3_21() -> Vec<Case> {
     let bytes =
         cat(&[&[0x82, 15], &[0x00, 0x0A], &[0], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -979,6 +984,7 @@ pub fn v5_subscribe_options_and_shared() -> Vec<Case> {
         &[0x00],                   // all defaults, QoS 0
     ]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(11),
         properties: SubscribeProperties {
             subscription_identifier: Some(nz32(129)),
@@ -1045,6 +1051,7 @@ pub fn v5_unsubscribe() -> Vec<Case> {
         b"\x00\x0C$share/g/s/#",
     ]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(12),
         properties: UnsubscribeProperties { user_properties: vec![user("k", "v")] },
         filters: smallvec![filter("a/+"), filter("$share/g/s/#")],
