@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 30] = [
+const COUNTERS: [Field<u64>; 31] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -125,6 +125,9 @@ const COUNTERS: [Field<u64>; 30] = [
     }),
     ("publishes_resent", "PUBLISH packets re-sent with DUP on a resumed session", |s| {
         s.counters.session.publishes_resent
+    }),
+    ("unexpected_acks", "Acknowledgements for a packet id not in flight (ignored)", |s| {
+        s.counters.session.unexpected_acks
     }),
     ("dropped_offline_qos0", "QoS 0 messages for clients not connected", |s| {
         s.counters.session.dropped_offline_qos0
