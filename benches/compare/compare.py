@@ -1057,6 +1057,7 @@ def main():
                         help="the command recorded in BENCHMARKS.md")
     args = parser.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / "BENCHMARKS.md", out / "BENCHMARKS.json"
 
     def log(msg):
