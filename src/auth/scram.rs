@@ -658,15 +658,19 @@ mod tests {
             CLIENT_FINAL.split(",p=").next().unwrap().to_owned(),
         ];
         for client_final in tampered {
-            assert_eq!(exchange(&server, CLIENT_FIRST, &client_final), Step::Fail, "{client_final}");
+            assert_eq!(
+                exchange(&server, CLIENT_FIRST, &client_final),
+                Step::Fail,
+                "{client_final}"
+            );
         }
         for client_first in [
-            "p=tls-unique,,n=user,r=abc",   // channel binding
-            "n,a=other,n=user,r=abc",       // another authzid
-            "n,,m=ext,n=user,r=abc",        // mandatory extension
-            "n,,n=us=er,r=abc",             // bad saslname escape
-            "n,,n=user,r=",                 // empty nonce
-            "n,,n=user",                    // no nonce
+            "p=tls-unique,,n=user,r=abc", // channel binding
+            "n,a=other,n=user,r=abc",     // another authzid
+            "n,,m=ext,n=user,r=abc",      // mandatory extension
+            "n,,n=us=er,r=abc",           // bad saslname escape
+            "n,,n=user,r=",               // empty nonce
+            "n,,n=user",                  // no nonce
             "garbage",
         ] {
             let (step, _) = server.start_with_nonce(client_first.as_bytes(), SERVER_NONCE);

@@ -122,6 +122,7 @@ fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
             seconds => Some(Duration::from_secs(seconds.into())),
         },
         max_packet_size: Some(limits.max_packet_size()),
+        auth_timeout: limits.connect_timeout(),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),

@@ -55,6 +55,10 @@ pub enum CloseReason {
     Malformed(Box<DecodeError>),
     /// The broker is shutting down.
     ServerShuttingDown,
+    /// A re-authentication failed (wrong credentials) [MQTT-4.12.1-2].
+    ReauthenticationFailed,
+    /// A re-authentication was not finished within `connect_timeout_ms`.
+    ReauthenticationTimeout,
 }
 
 impl CloseReason {
@@ -75,6 +79,9 @@ impl CloseReason {
             Self::TakenOver => Some(ReasonCode::SessionTakenOver),
             Self::Malformed(error) => Some(error.reason_code()),
             Self::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
+            Self::ReauthenticationFailed | Self::ReauthenticationTimeout => {
+                Some(ReasonCode::NotAuthorized)
+            }
             Self::ClientDisconnect(_) | Self::ConnectionLost => None,
         }
     }
@@ -88,6 +95,8 @@ impl CloseReason {
             Self::KeepAliveTimeout => "keep alive timeout".to_owned(),
             Self::TakenOver => "session taken over by another connection".to_owned(),
             Self::ServerShuttingDown => "server shutting down".to_owned(),
+            Self::ReauthenticationFailed => "re-authentication failed".to_owned(),
+            Self::ReauthenticationTimeout => "re-authentication not finished in time".to_owned(),
             Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }
     }

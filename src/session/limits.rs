@@ -62,6 +62,10 @@ pub struct SessionLimits {
     /// (`max_packet_size`), advertised to v5 clients as Maximum Packet Size
     /// (5.0 §3.2.2.3.6). `None`: the protocol's own limit.
     pub max_packet_size: Option<NonZeroU32>,
+    /// How long a client has to finish a re-authentication (5.0 section
+    /// 4.12.1) once it started one: `connect_timeout_ms`, which bounds the
+    /// exchange at CONNECT too.
+    pub auth_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -78,6 +82,7 @@ impl Default for SessionLimits {
             server_topic_alias_maximum: 16,
             max_session_expiry: Some(Duration::from_secs(604_800)),
             max_packet_size: NonZeroU32::new(1 << 20),
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }

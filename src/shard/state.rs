@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
@@ -80,6 +81,9 @@ pub struct Shard {
     /// The last bytes of taken-over connections (a v5 DISCONNECT 0x8E),
     /// until their task takes them; rarely more than one.
     farewells: Vec<(ConnectionId, Bytes)>,
+    /// The enhanced authentication methods offered, for re-authentication
+    /// (the network layer runs the exchange at CONNECT).
+    authenticators: Arc<Authenticators>,
 }
 
 impl Shard {
@@ -109,7 +113,13 @@ impl Shard {
             matches: Vec::new(),
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
+            authenticators: Arc::default(),
         }
+    }
+
+    /// The enhanced authentication methods offered (none by default).
+    pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
+        self.authenticators = authenticators;
     }
 
     /// The limits new sessions start with.
@@ -255,6 +265,12 @@ impl Shard {
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
         slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
+        // The network layer authenticated the connection with this method
+        // (5.0 section 4.12); the client may re-authenticate with it.
+        let method = connect.properties.authentication_method.as_deref();
+        if let Some(authenticator) = method.and_then(|method| self.authenticators.get(method)) {
+            slot.session.set_authenticator(Arc::clone(authenticator));
+        }
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)
