@@ -21,7 +21,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use ringmq::auth::scram::ScramFile;
+use ringmq::auth::scram::{self, ScramFile};
 use ringmq::auth::PasswordFile;
 use ringmq::config::{Config, LogFormat, LogLevel, Overrides};
 use ringmq::runtime::Reload;
@@ -78,6 +78,10 @@ struct PasswdArgs {
     /// password (PBKDF2-HMAC-SHA-256, 600,000 iterations).
     #[arg(long)]
     scram: bool,
+    /// With --scram: PBKDF2 iterations (at least 4096, RFC 7677). Every
+    /// client pays them once per connection; the broker never does.
+    #[arg(long, requires = "scram", conflicts_with = "delete", value_name = "N")]
+    iterations: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -184,7 +188,8 @@ fn passwd_scram(args: &PasswdArgs) -> Result<(), Failure> {
         }
     } else {
         let password = read_password(args.password_stdin).map_err(failure)?;
-        file.set_password(&args.user, &password).map_err(failure)?;
+        let iterations = args.iterations.unwrap_or(scram::DEFAULT_ITERATIONS);
+        file.set_password(&args.user, &password, iterations).map_err(failure)?;
     }
     write_replacing(&args.file, file.to_text().as_bytes())
         .map_err(|error| failure(format!("cannot write {}: {error}", args.file.display())))

@@ -82,12 +82,14 @@ impl ScramCredential {
         })
     }
 
-    /// Derives a credential with a fresh random salt and
-    /// [`DEFAULT_ITERATIONS`].
-    pub fn generate(password: &str) -> Result<Self, String> {
+    /// Derives a credential with a fresh random salt.
+    pub fn generate(password: &str, iterations: u32) -> Result<Self, String> {
+        if iterations > MAX_ITERATIONS {
+            return Err(format!("at most {MAX_ITERATIONS} iterations"));
+        }
         let mut salt = [0; SALT_LEN];
         getrandom::getrandom(&mut salt).map_err(|e| format!("cannot get random bytes: {e}"))?;
-        Self::derive(password, &salt, DEFAULT_ITERATIONS)
+        Self::derive(password, &salt, iterations)
     }
 
     /// The RFC 5803 text: `SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey`.
@@ -228,11 +230,16 @@ impl ScramFile {
         self.index.get(user).map(|&at| &self.entries[at].1)
     }
 
-    /// Sets `user`'s password: derives a new credential (PBKDF2, slow on
-    /// purpose) and adds the user at the end if new.
-    pub fn set_password(&mut self, user: &str, password: &str) -> Result<(), String> {
+    /// Sets `user`'s password: derives a new credential with `iterations`
+    /// (PBKDF2, slow on purpose) and adds the user at the end if new.
+    pub fn set_password(
+        &mut self,
+        user: &str,
+        password: &str,
+        iterations: u32,
+    ) -> Result<(), String> {
         check_user(user)?;
-        self.set(user, ScramCredential::generate(password)?);
+        self.set(user, ScramCredential::generate(password, iterations)?);
         Ok(())
     }
 
@@ -712,10 +719,11 @@ mod tests {
     #[test]
     fn set_password_derives_a_credential_the_client_matches() {
         let mut file = ScramFile::default();
-        file.set_password("alice", "s3cret").unwrap();
-        assert!(file.set_password("a:b", "x").is_err());
+        file.set_password("alice", "s3cret", 5000).unwrap();
+        assert!(file.set_password("a:b", "x", 5000).is_err());
+        assert!(file.set_password("bob", "x", 4095).is_err(), "RFC 7677: at least 4096");
         let credential = file.get("alice").unwrap();
-        assert_eq!(credential.iterations, DEFAULT_ITERATIONS);
+        assert_eq!(credential.iterations, 5000);
         assert_eq!(credential.salt.len(), SALT_LEN);
         let server = ScramSha256::new(file.clone()).unwrap();
         let mut client = ScramClient::new("alice", "s3cret", "nonce1");
