@@ -364,14 +364,13 @@ impl ScramSha256 {
         server_nonce: &str,
     ) -> (Step, Option<Box<dyn Conversation>>) {
         let Some(first) = ClientFirst::parse(data) else { return (Step::Fail, None) };
-        let credential = self.file.get(&first.user).cloned();
-        let (salt, iterations) = match &credential {
-            Some(credential) => (credential.salt.clone(), credential.iterations),
-            None => (hmac(&self.secret, first.user.as_bytes())[..SALT_LEN].to_vec(), 4096),
-        };
+        let known = self.file.get(&first.user);
+        let credential = known.cloned().unwrap_or_else(|| self.made_up(&first.user));
         let nonce = format!("{}{server_nonce}", first.nonce);
-        let server_first = format!("r={nonce},s={},i={iterations}", BASE64.encode(&salt));
+        let server_first =
+            format!("r={nonce},s={},i={}", BASE64.encode(&credential.salt), credential.iterations);
         let conversation = ServerConversation {
+            known: known.is_some(),
             credential,
             gs2_header: first.gs2_header,
             nonce,
@@ -379,6 +378,20 @@ impl ScramSha256 {
             done: false,
         };
         (Step::Continue(server_first.into_bytes()), Some(Box::new(conversation)))
+    }
+
+    /// The credential an unknown user is answered with: the same at every
+    /// attempt (derived from the per-process secret and the name), never
+    /// accepted, and checked with the same work as a real one, so neither
+    /// the answers nor their timing tell whether the user exists.
+    fn made_up(&self, user: &str) -> ScramCredential {
+        let derive = |label: &str| hmac(&self.secret, format!("{label}:{user}").as_bytes());
+        ScramCredential {
+            iterations: MIN_ITERATIONS,
+            salt: derive("salt")[..SALT_LEN].to_vec(),
+            stored_key: derive("stored"),
+            server_key: derive("server"),
+        }
     }
 }
 
@@ -447,8 +460,10 @@ fn decode_saslname(text: &str) -> Option<String> {
 /// The server's side after its server-first-message: waits for the
 /// client-final-message.
 struct ServerConversation {
-    /// `None` for an unknown user: the proof is never accepted.
-    credential: Option<ScramCredential>,
+    /// The user's credential, or a made-up one for an unknown user.
+    credential: ScramCredential,
+    /// Whether the user is in the file: if not, no proof is accepted.
+    known: bool,
     gs2_header: String,
     /// The combined nonce, client's then server's.
     nonce: String,
@@ -492,17 +507,18 @@ impl ServerConversation {
             return None;
         }
         let proof = <[u8; 32]>::try_from(BASE64.decode(proof).ok()?).ok()?;
-        let credential = self.credential.as_ref()?;
+        let credential = &self.credential;
         self.auth_message.push(',');
         self.auth_message.push_str(without_proof);
         let signature = hmac(&credential.stored_key, self.auth_message.as_bytes());
         let mut client_key = proof;
         client_key.iter_mut().zip(signature).for_each(|(key, sig)| *key ^= sig);
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        if !bool::from(stored_key.ct_eq(&credential.stored_key)) {
+        let matches = bool::from(stored_key.ct_eq(&credential.stored_key));
+        let server_signature = hmac(&credential.server_key, self.auth_message.as_bytes());
+        if !(matches && self.known) {
             return None;
         }
-        let server_signature = hmac(&credential.server_key, self.auth_message.as_bytes());
         Some(format!("v={}", BASE64.encode(server_signature)))
     }
 }
