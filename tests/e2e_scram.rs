@@ -1,7 +1,7 @@
 //! End to end: MQTT 5.0 enhanced authentication with SCRAM-SHA-256 over
 //! loopback, with a credentials file written by `ringmq passwd --scram`.
-//! The exchange is driven with ringmq's codec over a raw socket (no Rust
-//! MQTT client sends AUTH packets) and from Python (`scram_client.py`: its
+//! The exchange is driven with ringmq's codec over a raw socket (rumqttc
+//! 0.24, the dev-dependency, has no AUTH packet) and from Python (`scram_client.py`: its
 //! own SCRAM on hashlib/hmac and paho-mqtt's property codec over a raw
 //! socket, since paho-mqtt 2.x cannot send AUTH either).
 

@@ -6,6 +6,8 @@
 //! * input: [`Session::handle_connect`] when a connection attaches (the shard
 //!   has already checked the CONNECT: authentication, takeover, clean start),
 //!   [`Session::handle_packet`] for every packet read after it,
+//!   [`Session::set_authenticator`] after a CONNECT authenticated by an
+//!   enhanced authentication method (for re-authentication),
 //!   [`Session::handle_delivery`] for every message routed to the client,
 //!   [`Session::handle_timeout`], [`Session::handle_held`] (backpressure)
 //!   and [`Session::handle_connection_lost`];
