@@ -199,6 +199,27 @@ fn scram_exchanges_on_two_shards_then_reauthenticate() {
     assert!(broker.stop().success());
 }
 
+/// The exchange runs on the shard that accepted the connection; one homed
+/// elsewhere then moves with its authenticated CONNECT, and its home shard
+/// must let it re-authenticate. Which shard accepts is the kernel's choice
+/// (SO_REUSEPORT), so several connections per home make a hand-off all
+/// but certain.
+#[test]
+fn reauthentication_works_wherever_the_connection_was_accepted() {
+    let (broker, _file) = broker("handoff", 2, "");
+    for shard in 0..2 {
+        for n in 0..4 {
+            let id = client_id_on_shard(&format!("handoff{n}"), shard, 2);
+            let (mut client, connack, scram) = scram_connect(&broker, &id, "alice", "wonderland");
+            assert_eq!(connack_code(connack, &scram), Some(ReasonCode::Success), "{id}");
+            let (answer, _) = reauthenticate(&mut client, "alice", "wonderland");
+            let Packet::Auth(done) = answer else { panic!("{id}: expected AUTH, got {answer:?}") };
+            assert_eq!(done.reason, ReasonCode::Success, "{id}");
+        }
+    }
+    assert!(broker.stop().success());
+}
+
 #[test]
 fn failures_get_their_connack_codes() {
     let (broker, _file) = broker("failures", 1, "");
