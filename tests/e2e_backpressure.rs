@@ -238,10 +238,17 @@ fn a_congested_shard_holds_back_only_the_publishers_that_wait_for_it() {
     const TOTAL: u16 = 41_100;
     let writer = {
         let mut stream = publisher.try_clone().unwrap();
+        let acks = Arc::clone(&acks);
         std::thread::spawn(move || {
             for id in 1..=SPACED {
                 stream.write_all(&publish_bytes("flood", id)).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
+                // Each publish read on its own, so each is its own batch
+                // in the channel, however slow the machine: its PUBACK
+                // comes once it is routed.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while acks.load(Ordering::SeqCst) < usize::from(id) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
             }
             let burst: Vec<u8> =
                 (SPACED + 1..=TOTAL).flat_map(|id| publish_bytes("flood", id)).collect();

@@ -62,6 +62,9 @@ pub struct Config {
     /// `password_file`: the users and their password hashes, read at start
     /// (by the runtime: this module reads no other file).
     password_file: Option<PathBuf>,
+    /// `scram_file`: the SCRAM-SHA-256 credentials for MQTT 5.0 enhanced
+    /// authentication, read at start like the password file.
+    scram_file: Option<PathBuf>,
     /// Never empty; no two share an address (except port 0).
     listeners: Vec<ListenerConfig>,
     limits: Limits,
@@ -468,12 +471,23 @@ impl Config {
 
     /// Whether a client that presents no user name may connect through
     /// `listener`: always when `allow_anonymous = true`, never when it is
-    /// `false`; when it is unset, only if the listener is loopback and no
-    /// `password_file` is configured (configuring authentication means
-    /// every client authenticates unless told otherwise).
+    /// `false`; when it is unset, only if the listener is loopback and
+    /// neither `password_file` nor `scram_file` is configured (configuring
+    /// authentication means every client authenticates unless told
+    /// otherwise).
     pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
-        self.allow_anonymous
-            .unwrap_or_else(|| self.password_file.is_none() && listener.is_loopback())
+        self.allow_anonymous.unwrap_or_else(|| !self.authenticates() && listener.is_loopback())
+    }
+
+    /// Whether a `password_file` or a `scram_file` is configured.
+    fn authenticates(&self) -> bool {
+        self.password_file.is_some() || self.scram_file.is_some()
+    }
+
+    /// The SCRAM-SHA-256 credentials file (`scram_file`), if MQTT 5.0
+    /// enhanced authentication is offered.
+    pub fn scram_file(&self) -> Option<&Path> {
+        self.scram_file.as_deref()
     }
 
     /// The password file (`password_file`), if authentication is configured.
@@ -557,6 +571,12 @@ impl Config {
                 )),
                 path => path.map(PathBuf::from),
             },
+            scram_file: match raw.scram_file {
+                Some(path) if path.is_empty() => return Err(ConfigError::invalid(
+                    "scram_file = \"\": must be a path; remove the key for no SCRAM authentication",
+                )),
+                path => path.map(PathBuf::from),
+            },
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
             limits: limits(&raw.limits)?,
             admin: admin(raw.admin.as_ref())?,
@@ -594,15 +614,16 @@ impl Config {
     /// Refuses a configuration that would let anonymous clients in from the
     /// network without being told to, or that no client could ever pass.
     ///
-    /// With a `password_file` every listener is allowed: clients
-    /// authenticate (anonymous ones only where `allow_anonymous = true`).
+    /// With a `password_file` or a `scram_file` every listener is allowed:
+    /// clients authenticate (anonymous ones only where `allow_anonymous =
+    /// true`).
     fn check_anonymous(&self, listeners: &[(ListenerConfig, Setting)]) -> Result<(), ConfigError> {
-        if self.password_file.is_some() {
+        if self.authenticates() {
             return Ok(());
         }
         if self.allow_anonymous == Some(false) {
             return Err(ConfigError::invalid(
-                "allow_anonymous = false: no authentication is configured (no password_file), \
+                "allow_anonymous = false: no authentication is configured (no password_file or scram_file), \
                  so no client could connect; set password_file, remove the key (loopback \
                  listeners then accept anonymous clients) or set it to true",
             ));
@@ -626,6 +647,7 @@ impl Default for Config {
             shards: ShardCount::Auto,
             allow_anonymous: None,
             password_file: None,
+            scram_file: None,
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             admin: None,

@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) shards: Option<i64>,
     pub(super) allow_anonymous: Option<bool>,
     pub(super) password_file: Option<String>,
+    pub(super) scram_file: Option<String>,
     pub(super) acl_file: Option<IgnoredAny>,
     pub(super) data_dir: Option<IgnoredAny>,
     pub(super) durability: Option<IgnoredAny>,

@@ -70,6 +70,7 @@ impl Config {
         restart_if(self.redirect != new.redirect, "redirect");
         // The file is read at start; its contents are not re-read either.
         restart_if(self.password_file != new.password_file, "password_file");
+        restart_if(self.scram_file != new.scram_file, "scram_file");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),

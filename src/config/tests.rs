@@ -169,6 +169,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "shards",
         "allow_anonymous",
         "password_file",
+        "scram_file",
         "acl_file",
         "data_dir",
         "durability",
@@ -600,6 +601,25 @@ fn password_file_must_be_a_non_empty_path() {
         .starts_with("config error: password_file = \"\": must be a path"));
     assert!(error("password_file = 1").contains("password_file: invalid type"));
     assert_eq!(parse("").unwrap().password_file(), None);
+}
+
+#[test]
+fn a_scram_file_is_authentication_too() {
+    // Like a password file: non-loopback listeners are allowed, anonymous
+    // clients refused unless allowed, and an empty path refused.
+    let config =
+        parse("scram_file = \"/etc/ringmq/scram\"\n[[listener]]\nbind = \"0.0.0.0:1\"").unwrap();
+    assert_eq!(config.scram_file(), Some(Path::new("/etc/ringmq/scram")));
+    assert_eq!(config.password_file(), None);
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let config = parse("scram_file = \"s\"\nallow_anonymous = false").unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let config = parse("scram_file = \"s\"\nallow_anonymous = true").unwrap();
+    assert!(config.allow_anonymous_on(&config.listeners()[0]));
+    assert!(
+        error("scram_file = \"\"").starts_with("config error: scram_file = \"\": must be a path")
+    );
+    assert_eq!(parse("").unwrap().scram_file(), None);
 }
 
 #[test]

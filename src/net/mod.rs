@@ -54,6 +54,7 @@ mod transport;
 pub use connection::serve;
 pub use transport::Transport;
 
+use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
 use crate::metrics::NetCounters;
 use crate::protocol::ReasonCode;
@@ -147,6 +148,10 @@ pub struct NetAuth {
     /// Per listener (by index in the configuration): whether a CONNECT
     /// without a user name is accepted.
     pub anonymous: Arc<[bool]>,
+    /// The MQTT 5.0 enhanced authentication methods offered (SCRAM-SHA-256
+    /// when a `scram_file` is configured); a CONNECT with another
+    /// Authentication Method is refused with 0x8C.
+    pub methods: Arc<Authenticators>,
 }
 
 impl NetContext {

@@ -10,7 +10,9 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
+use crate::auth::scram::{ScramFile, ScramSha256};
 use crate::auth::PasswordFile;
 use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
@@ -62,6 +64,9 @@ pub enum RuntimeError {
     /// The password-checking threads could not be started.
     #[error("cannot start the password-checking threads: {0}")]
     AuthThreads(#[source] std::io::Error),
+    /// The SCRAM authenticator could not be set up (no random bytes).
+    #[error("cannot set up SCRAM authentication: {0}")]
+    Scram(String),
     /// A listener could not be opened.
     #[error(transparent)]
     Listen(#[from] net::listener::ListenError),
@@ -194,11 +199,13 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file, already read (a bad file
-/// is a configuration error, reported before anything starts).
+/// `passwords` is the configured password file and `scram` the SCRAM
+/// credentials file, already read (a bad file is a configuration error,
+/// reported before anything starts).
 pub fn run(
     config: Config,
     passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
     reload: Option<Reload>,
 ) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
@@ -236,7 +243,7 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords)?;
+    let auth = net_auth(&config, passwords, scram)?;
     let running =
         Running { listeners: &listeners, health: &health, limits, intervals, auth, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
@@ -360,7 +367,11 @@ const AUTH_QUEUE: usize = 1024;
 
 /// The authentication of each listener, and the password-checking threads
 /// when there is a password file.
-fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth, RuntimeError> {
+fn net_auth(
+    config: &Config,
+    passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
+) -> Result<NetAuth, RuntimeError> {
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
@@ -370,8 +381,14 @@ fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth,
         }
         None => None,
     };
+    let mut methods = Authenticators::default();
+    if let Some(file) = scram {
+        tracing::info!(users = file.len(), "SCRAM credentials file read");
+        let scram = ScramSha256::new(file).map_err(RuntimeError::Scram)?;
+        methods.add(Arc::new(scram));
+    }
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
-    Ok(NetAuth { verifier, anonymous })
+    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods) })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -424,6 +441,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     shard
         .borrow_mut()
         .set_response_information_prefix(startup.response_information_prefix.as_deref());
+    shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),

@@ -127,6 +127,7 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
         max_subscriptions: usize::try_from(limits.max_subscriptions_per_client())
             .unwrap_or(usize::MAX),
         retain_available: config.retain_available(),
+        auth_timeout: limits.connect_timeout(),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),

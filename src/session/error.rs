@@ -13,7 +13,7 @@ pub enum SessionError {
     #[error("second CONNECT on a connection")]
     SecondConnect,
     /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP), or
-    /// AUTH without an authentication method in CONNECT (5.0 §4.12).
+    /// AUTH without an authentication method in CONNECT [MQTT-4.12.0-7].
     #[error("{0:?} is not accepted from a client")]
     UnexpectedPacket(PacketType),
     /// A packet after the connection was closed (for example after
@@ -57,6 +57,15 @@ pub enum SessionError {
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
     SessionExpiryFromZero,
+    /// An AUTH whose method is not the CONNECT's [MQTT-4.12.1-1],
+    /// [MQTT-4.12.0-5].
+    #[error("AUTH with another authentication method than CONNECT's")]
+    AuthMethodChanged,
+    /// An AUTH with a reason code that does not fit the exchange: Success
+    /// from a client, Re-authenticate during a re-authentication, Continue
+    /// outside one.
+    #[error("AUTH with reason code {0:?} out of turn")]
+    UnexpectedAuth(ReasonCode),
     /// An acknowledgement of the wrong kind for a packet id in flight: a
     /// QoS 1 PUBLISH is acknowledged by PUBACK only [MQTT-4.3.2-1], a QoS 2
     /// PUBLISH by PUBREC and its PUBREL by PUBCOMP [MQTT-4.3.3-1].
@@ -83,6 +92,8 @@ impl SessionError {
             | Self::EmptyTopic
             | Self::UnknownTopicAlias(_)
             | Self::SessionExpiryFromZero
+            | Self::AuthMethodChanged
+            | Self::UnexpectedAuth(_)
             | Self::WrongAcknowledgement { .. } => ReasonCode::ProtocolError,
             Self::MissingPacketId => ReasonCode::MalformedPacket,
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,

@@ -60,6 +60,10 @@ pub enum CloseReason {
     /// connection cannot be acknowledged, so it is closed (no DISCONNECT
     /// may come before a CONNACK [MQTT-3.14.0-1]).
     ConnAckTooLarge,
+    /// A re-authentication failed (wrong credentials) [MQTT-4.12.1-2].
+    ReauthenticationFailed,
+    /// A re-authentication was not finished within `connect_timeout_ms`.
+    ReauthenticationTimeout,
 }
 
 impl CloseReason {
@@ -81,6 +85,9 @@ impl CloseReason {
             Self::Malformed(error) => Some(error.reason_code()),
             Self::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
             Self::ClientDisconnect(_) | Self::ConnectionLost | Self::ConnAckTooLarge => None,
+            Self::ReauthenticationFailed | Self::ReauthenticationTimeout => {
+                Some(ReasonCode::NotAuthorized)
+            }
         }
     }
 
@@ -96,6 +103,8 @@ impl CloseReason {
             Self::ConnAckTooLarge => {
                 "CONNACK larger than the client's Maximum Packet Size".to_owned()
             }
+            Self::ReauthenticationFailed => "re-authentication failed".to_owned(),
+            Self::ReauthenticationTimeout => "re-authentication not finished in time".to_owned(),
             Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }
     }

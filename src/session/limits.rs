@@ -70,6 +70,10 @@ pub struct SessionLimits {
     /// not, a v5 CONNACK says Retain Available 0 and a PUBLISH with RETAIN
     /// 1 closes the connection (5.0: DISCONNECT 0x9A [MQTT-3.2.2-14]).
     pub retain_available: bool,
+    /// How long a client has to finish a re-authentication (5.0 section
+    /// 4.12.1) once it started one: `connect_timeout_ms`, which bounds the
+    /// exchange at CONNECT too.
+    pub auth_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -88,6 +92,7 @@ impl Default for SessionLimits {
             max_packet_size: NonZeroU32::new(1 << 20),
             max_subscriptions: 0,
             retain_available: true,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! * input: [`Session::handle_connect`] when a connection attaches (the shard
 //!   has already checked the CONNECT: authentication, takeover, clean start),
 //!   [`Session::handle_packet`] for every packet read after it,
+//!   [`Session::set_authenticator`] after a CONNECT authenticated by an
+//!   enhanced authentication method (for re-authentication),
 //!   [`Session::handle_delivery`] for every message routed to the client,
 //!   [`Session::handle_timeout`], [`Session::handle_held`] (backpressure)
 //!   and [`Session::handle_connection_lost`];
@@ -32,9 +34,11 @@
 //! connection), the Payload Format Indicator (a payload that is not the
 //! UTF-8 it claims gets 0x99), Server Keep Alive, the Session Expiry
 //! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
-//! Interval. Not yet: enhanced authentication (AUTH is refused as a
-//! protocol error).
+//! Interval, and the re-authentication of enhanced authentication (AUTH
+//! 0x19, see [`auth`]; the first exchange, before CONNACK, is driven by
+//! the network layer with the same [`AuthExchange`]).
 
+pub mod auth;
 mod connection;
 mod error;
 mod event;
@@ -47,23 +51,25 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthExchange, AuthOutcome};
 pub use error::SessionError;
 pub use event::{
     CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
 };
 pub use limits::SessionLimits;
 
+use crate::auth::enhanced::Authenticator;
 use crate::message::Message;
 use crate::metrics::SessionCounters;
 use crate::protocol::{
-    BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId,
-    PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
-    Subscribe, TopicFilter, Unsubscribe, Will,
+    Auth, BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
+    PacketId, PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS,
+    ReasonCode, Subscribe, TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
-use connection::{Connection, Control, OutboundAliases, Owed, TopicAliases};
+use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
@@ -234,6 +240,14 @@ impl Session {
                 send_window = send_window.min(receive_maximum.get());
             }
             max_packet_size = connect.properties.maximum_packet_size;
+            // [MQTT-4.12.0-5] a successful CONNACK after enhanced
+            // authentication carries the CONNECT's method; the network
+            // layer put the method's last data (SCRAM's server-final) in
+            // the CONNECT's Authentication Data once the exchange ended.
+            if let Some(method) = &connect.properties.authentication_method {
+                properties.authentication_method = Some(method.clone());
+                properties.authentication_data = connect.properties.authentication_data.clone();
+            }
         }
         let connack = ConnAck {
             session_present: session_present
@@ -262,8 +276,81 @@ impl Session {
             ),
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
+            auth: None,
         });
         connection.connack.insert(Box::new(connack))
+    }
+
+    /// The connection just attached ([`handle_connect`](Self::handle_connect))
+    /// authenticated with `authenticator`'s method: the client may
+    /// re-authenticate with it [MQTT-4.12.1-1].
+    pub fn set_authenticator(&mut self, authenticator: Arc<dyn Authenticator>) {
+        if let Some(connection) = self.connection.as_mut().filter(|c| c.open) {
+            let method = ByteString::from_static(authenticator.method());
+            connection.auth =
+                Some(Box::new(ConnectionAuth { authenticator, method, exchange: None }));
+        }
+    }
+
+    /// An AUTH on an open connection: a re-authentication starts (0x19 with
+    /// the connection's method [MQTT-4.12.1-1]) or continues (0x18). It
+    /// ends with AUTH 0x00, or with DISCONNECT 0x87 when it fails
+    /// [MQTT-4.12.1-2]; meanwhile the other packets flow on with the
+    /// previous authentication (5.0 section 4.12.1).
+    fn handle_auth(
+        &mut self,
+        now: Instant,
+        auth: &Auth,
+        counters: &mut SessionCounters,
+    ) -> Result<(), SessionError> {
+        let timeout = self.limits.auth_timeout;
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(SessionError::NotConnected);
+        };
+        // [MQTT-4.12.0-7] no AUTH without a method in CONNECT.
+        let Some(state) = connection.auth.as_deref_mut() else {
+            return Err(SessionError::UnexpectedPacket(PacketType::Auth));
+        };
+        let outcome = match (auth.reason, state.exchange.as_mut()) {
+            (ReasonCode::ReAuthenticate, None) => {
+                // [MQTT-4.12.1-1] the same method as the CONNECT.
+                if auth.properties.authentication_method.as_ref() != Some(&state.method) {
+                    return Err(SessionError::AuthMethodChanged);
+                }
+                let deadline = auth::deadline_after(now, timeout);
+                let data = auth.properties.authentication_data.as_ref();
+                let (exchange, outcome) =
+                    AuthExchange::start_with(&state.authenticator, deadline, &state.method, data);
+                state.exchange = exchange;
+                outcome
+            }
+            (ReasonCode::ContinueAuthentication, Some(exchange)) => {
+                let outcome = exchange.handle_auth(auth);
+                if !matches!(outcome, AuthOutcome::Continue(_)) {
+                    state.exchange = None;
+                }
+                outcome
+            }
+            // A client never sends Success, starts a second exchange
+            // before the first ends, or continues one that is not there.
+            (reason, _) => return Err(SessionError::UnexpectedAuth(reason)),
+        };
+        match outcome {
+            AuthOutcome::Continue(next) => connection.owe(Control::Auth(Box::new(next))),
+            AuthOutcome::Success(data) => {
+                let done = auth::auth_packet(&state.method, ReasonCode::Success, data);
+                connection.owe(Control::Auth(Box::new(done)));
+            }
+            // The method changed in the middle of the exchange
+            // [MQTT-4.12.0-5].
+            AuthOutcome::Failed(ReasonCode::ProtocolError) => {
+                return Err(SessionError::AuthMethodChanged)
+            }
+            AuthOutcome::Failed(_) => {
+                self.close(now, CloseReason::ReauthenticationFailed, counters);
+            }
+        }
+        Ok(())
     }
 
     /// Every packet read after CONNECT. Any packet resets the keep alive
@@ -309,15 +396,14 @@ impl Session {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(now, disconnect, counters),
+            Packet::Auth(auth) => self.handle_auth(now, &auth, counters),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(SessionError::SecondConnect),
-            // Packets only a server sends, and AUTH: no enhanced
-            // authentication method was accepted in CONNECT (5.0 §4.12).
+            // Packets only a server sends.
             packet @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Auth(_)) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
+            | Packet::PingResp) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
         };
         if let Err(error) = &result {
             self.close(now, CloseReason::ProtocolViolation(error.clone()), counters);
@@ -857,15 +943,14 @@ impl Session {
     /// When [`handle_timeout`](Self::handle_timeout) is due: one and a half
     /// times the keep alive after the last packet received [MQTT-3.1.2-24]
     /// (none when the keep alive is 0 or no connection is open), or the end
-    /// of a v5 Will Delay Interval, whichever comes first.
+    /// of a v5 Will Delay Interval, or the deadline of a re-authentication
+    /// in progress, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let keep_alive = self.connection.as_ref().filter(|c| c.open);
-        let keep_alive = keep_alive.and_then(|c| c.keep_alive.deadline());
+        let open = self.connection.as_ref().filter(|c| c.open);
+        let keep_alive = open.and_then(|c| c.keep_alive.deadline());
         let will = self.delayed_will.as_ref().map(|delayed| delayed.due);
-        match (keep_alive, will) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let reauth = open.and_then(|c| c.auth.as_ref()?.exchange.as_ref());
+        [keep_alive, will, reauth.map(AuthExchange::deadline)].into_iter().flatten().min()
     }
 
     /// The network layer stopped (`held`) or resumed reading the
@@ -882,11 +967,19 @@ impl Session {
     }
 
     /// Closes the connection when its keep alive has expired at `now`
-    /// [MQTT-3.1.2-24] (the will is published); publishes a delayed will
+    /// [MQTT-3.1.2-24] (the will is published), or when a
+    /// re-authentication was not finished by its deadline; publishes a delayed will
     /// whose delay has run out [MQTT-3.1.3-9].
     pub fn handle_timeout(&mut self, now: Instant, counters: &mut SessionCounters) {
         if self.connection.as_ref().is_some_and(|c| c.open && c.keep_alive.is_expired(now)) {
             self.close(now, CloseReason::KeepAliveTimeout, counters);
+        }
+        // A re-authentication the client did not finish in time fails
+        // [MQTT-4.12.1-2].
+        let reauth = self.connection.as_ref().filter(|c| c.open);
+        let reauth = reauth.and_then(|c| c.auth.as_ref()?.exchange.as_ref());
+        if reauth.is_some_and(|exchange| exchange.deadline() <= now) {
+            self.close(now, CloseReason::ReauthenticationTimeout, counters);
         }
         if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {
             self.publish_delayed_will(now);

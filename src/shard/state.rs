@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
@@ -82,6 +83,9 @@ pub struct Shard {
     farewells: Vec<(ConnectionId, Bytes)>,
     /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
     response_information_prefix: Option<Box<str>>,
+    /// The enhanced authentication methods offered, for re-authentication
+    /// (the network layer runs the exchange at CONNECT).
+    authenticators: Arc<Authenticators>,
 }
 
 impl Shard {
@@ -112,6 +116,7 @@ impl Shard {
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
             response_information_prefix: None,
+            authenticators: Arc::default(),
         }
     }
 
@@ -124,6 +129,11 @@ impl Shard {
     /// `None` (the default): never sent.
     pub fn set_response_information_prefix(&mut self, prefix: Option<&str>) {
         self.response_information_prefix = prefix.map(Box::from);
+    }
+
+    /// The enhanced authentication methods offered (none by default).
+    pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
+        self.authenticators = authenticators;
     }
 
     /// The limits new sessions start with.
@@ -292,6 +302,12 @@ impl Shard {
         let connack =
             slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
         connack.properties.response_information = response_information;
+        // The network layer authenticated the connection with this method
+        // (5.0 section 4.12); the client may re-authenticate with it.
+        let method = connect.properties.authentication_method.as_deref();
+        if let Some(authenticator) = method.and_then(|method| self.authenticators.get(method)) {
+            slot.session.set_authenticator(Arc::clone(authenticator));
+        }
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)

@@ -95,6 +95,7 @@ macro_rules! for_each_case {
             v5_disconnect_every_property,
             v5_auth_short,
             v5_auth_every_property,
+            v5_auth_reauthenticate_scram,
         }
     };
 }
@@ -1144,6 +1145,27 @@ pub fn v5_auth_every_property() -> Vec<Case> {
             authentication_data: Some(b(&[1, 2, 3])),
             reason_string: Some(s("more")),
             user_properties: vec![user("k", "v")],
+        },
+    };
+    one(V5, bytes, Packet::Auth(Box::new(packet)))
+}
+
+/// MQTT 5.0 section 3.15.2.1: 0x19 Re-authenticate, with SCRAM-SHA-256's
+/// client-first-message of RFC 7677 section 3 as Authentication Data.
+pub fn v5_auth_reauthenticate_scram() -> Vec<Case> {
+    let bytes = cat(&[
+        &[0xF0, 53],
+        &[0x19],
+        &[51],
+        b"\x15\x00\x0DSCRAM-SHA-256",                    // 3.15.2.2.2
+        b"\x16\x00\x20n,,n=user,r=rOprNGfwEbeRWgbNEkqO", // 3.15.2.2.3
+    ]);
+    let packet = Auth {
+        reason: ReasonCode::ReAuthenticate,
+        properties: AuthProperties {
+            authentication_method: Some(s("SCRAM-SHA-256")),
+            authentication_data: Some(b(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")),
+            ..AuthProperties::default()
         },
     };
     one(V5, bytes, Packet::Auth(Box::new(packet)))
