@@ -130,7 +130,9 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
     }
     let names = [
         "refused_at_limit",
+        "refused_rate",
         "handed_off",
+        "connect_timeouts",
         "connect_too_large",
         "connect_budget_exceeded",
         "auth_failed",

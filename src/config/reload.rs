@@ -62,8 +62,15 @@ impl Config {
         restart_if(self.listeners != new.listeners, "listener");
         restart_if(self.admin != new.admin, "admin.listen");
         restart_if(self.log.format != new.log.format, "log.format");
+        restart_if(self.retain_available != new.retain_available, "retain_available");
+        restart_if(
+            self.response_information_prefix != new.response_information_prefix,
+            "response_information_prefix",
+        );
+        restart_if(self.redirect != new.redirect, "redirect");
         // The file is read at start; its contents are not re-read either.
         restart_if(self.password_file != new.password_file, "password_file");
+        restart_if(self.scram_file != new.scram_file, "scram_file");
         // The log is opened and replayed at start.
         restart_if(self.data_dir != new.data_dir, "data_dir");
         restart_if(self.durability != new.durability, "durability");
@@ -103,7 +110,7 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 14] {
+    let values = |limits: &Limits| -> [(&'static str, String); 15] {
         // Destructured, so that a new limit cannot be left out unnoticed.
         let Limits {
             max_connections,
@@ -120,6 +127,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             topic_alias_maximum,
             server_topic_alias_maximum,
             max_session_expiry_s,
+            max_subscriptions_per_client,
         } = limits;
         [
             ("limits.max_connections", max_connections.to_string()),
@@ -136,6 +144,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             ("limits.topic_alias_maximum", topic_alias_maximum.to_string()),
             ("limits.server_topic_alias_maximum", server_topic_alias_maximum.to_string()),
             ("limits.max_session_expiry_s", max_session_expiry_s.to_string()),
+            ("limits.max_subscriptions_per_client", max_subscriptions_per_client.to_string()),
         ]
     };
     values(old)

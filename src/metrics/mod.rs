@@ -72,12 +72,18 @@ pub struct StoreCounters {
 pub struct NetCounters {
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused because `max_connections` was reached.
+    /// Connections refused because `limits.max_connections` or their
+    /// listener's `max_connections` was reached.
     pub refused_limit: u64,
+    /// Connections refused over their listener's `max_connection_rate`.
+    pub refused_rate: u64,
     /// Connections moved to their home shard.
     pub handed_off: u64,
     /// Connections closed for a malformed packet.
     pub malformed: u64,
+    /// Connections closed because no complete CONNECT arrived within
+    /// `connect_timeout_ms`.
+    pub connect_timeouts: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
     /// Connections closed because their incomplete CONNECT needed more
@@ -89,6 +95,8 @@ pub struct NetCounters {
     /// CONNECTs refused as busy: too many password checks waiting, or the
     /// check not done within the connect timeout.
     pub auth_busy: u64,
+    /// CONNECTs answered with a redirection (`[redirect]`: 0x9C / 0x9D).
+    pub redirected: u64,
     /// Bytes read from clients (MQTT packets; inside TLS, the decrypted
     /// bytes).
     pub bytes_received: u64,
@@ -153,6 +161,16 @@ pub struct SessionCounters {
     /// flight; ignored (one of the wrong kind for an id in flight is a
     /// protocol violation instead).
     pub unexpected_acks: u64,
+    /// v5 PUBLISH packets (and wills) whose Payload Format Indicator says
+    /// UTF-8 and whose payload is not: refused with 0x99 (PUBACK, PUBREC,
+    /// DISCONNECT or CONNACK) and not routed [MQTT-3.3.2-4].
+    pub payload_format_invalid: u64,
+    /// v5 SUBSCRIBE / UNSUBSCRIBE filters that are not valid topic filters,
+    /// answered with 0x8F for that filter [MQTT-3.8.4-5].
+    pub topic_filters_invalid: u64,
+    /// New subscriptions refused because the session held
+    /// `max_subscriptions_per_client` (0x97, 3.1.1: 0x80).
+    pub subscriptions_quota_exceeded: u64,
 }
 
 /// What happened on the way to other shards.

@@ -76,13 +76,19 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 32] = [
+const COUNTERS: [Field<u64>; 39] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
-    ("refused_at_limit", "Connections refused at max_connections", |s| {
+    ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
+    }),
+    ("refused_rate", "Connections refused over their listener's max_connection_rate", |s| {
+        s.counters.net.refused_rate
     }),
     ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
     ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),
+    ("connect_timeouts", "Connections closed without a CONNECT within connect_timeout_ms", |s| {
+        s.counters.net.connect_timeouts
+    }),
     ("connect_too_large", "Connections closed for a CONNECT over max_connect_size", |s| {
         s.counters.net.connect_too_large
     }),
@@ -95,6 +101,7 @@ const COUNTERS: [Field<u64>; 32] = [
     ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
         s.counters.net.auth_busy
     }),
+    ("redirected", "CONNECTs sent to another server ([redirect])", |s| s.counters.net.redirected),
     ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
         s.counters.net.bytes_received
     }),
@@ -139,6 +146,9 @@ const COUNTERS: [Field<u64>; 32] = [
     ("publishes_resent", "PUBLISH packets re-sent with DUP on a resumed session", |s| {
         s.counters.session.publishes_resent
     }),
+    ("unexpected_acks", "Acknowledgements for a packet id not in flight (ignored)", |s| {
+        s.counters.session.unexpected_acks
+    }),
     ("dropped_offline_qos0", "QoS 0 messages for clients not connected", |s| {
         s.counters.session.dropped_offline_qos0
     }),
@@ -151,6 +161,19 @@ const COUNTERS: [Field<u64>; 32] = [
     ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
         s.counters.session.dropped_too_large
     }),
+    (
+        "payload_format_invalid",
+        "PUBLISHes and wills refused with 0x99 Payload format invalid",
+        |s| s.counters.session.payload_format_invalid,
+    ),
+    ("topic_filters_invalid", "v5 SUBSCRIBE/UNSUBSCRIBE filters refused with 0x8F", |s| {
+        s.counters.session.topic_filters_invalid
+    }),
+    (
+        "subscriptions_quota_exceeded",
+        "Subscriptions refused past max_subscriptions_per_client",
+        |s| s.counters.session.subscriptions_quota_exceeded,
+    ),
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped
     }),
@@ -203,6 +226,7 @@ mod tests {
         let mut first = Snapshot { shard: 0, sessions: 3, ..Snapshot::default() };
         first.counters.shard.messages_received = [41, 0, 0];
         first.counters.session.dropped_queue_full = [1, 2, 0];
+        first.counters.session.payload_format_invalid = 3;
         let second = Snapshot { shard: 1, sessions: 5, ..Snapshot::default() };
         let text = render(&[first, second], 7);
         assert!(text.contains("ringmq_connections 7\n"), "{text}");
@@ -210,6 +234,7 @@ mod tests {
         let received = "ringmq_messages_received_total{shard=\"0\",qos=\"0\"} 41\n";
         assert!(text.contains(received), "{text}");
         assert!(text.contains("ringmq_dropped_queue_full_total{shard=\"0\",qos=\"1\"} 2\n"));
+        assert!(text.contains("ringmq_payload_format_invalid_total{shard=\"0\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Every sample line: a name, labels, one value.

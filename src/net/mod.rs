@@ -46,6 +46,7 @@
 //! the kernel where supported; that is independent of the hand-off.
 
 pub mod admin;
+pub mod admission;
 mod connection;
 pub mod listener;
 mod transport;
@@ -53,15 +54,18 @@ mod transport;
 pub use connection::serve;
 pub use transport::Transport;
 
+use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
 use crate::metrics::NetCounters;
+use crate::protocol::ReasonCode;
 use crate::ratelimit::RateLimit;
 use crate::router::{HandOff, MovedTransport, Outbox, ShardId};
 use crate::shard::Shard;
+use admission::{Admission, ListenerAdmission};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -100,6 +104,39 @@ pub struct NetContext {
     connection_logs: RefCell<RateLimit>,
     /// How clients authenticate.
     auth: NetAuth,
+    /// Each listener's limits and open connections (process-wide).
+    listeners: Arc<[ListenerAdmission]>,
+    /// This shard's connection-rate buckets and refusal log lines.
+    admission: RefCell<Admission>,
+    /// `[redirect]`: where every client is sent instead of being served.
+    redirect: Option<Redirect>,
+}
+
+/// What the network layers of all shards share, built once at start.
+#[derive(Clone, Debug)]
+pub struct NetShared {
+    /// Connections open in the whole process.
+    pub open_connections: Arc<AtomicUsize>,
+    /// How the clients of each listener authenticate.
+    pub auth: NetAuth,
+    /// Each listener's connection limits and open connections.
+    pub listeners: Arc<[ListenerAdmission]>,
+    /// How many shards share the listeners (and their connection rates).
+    pub nr_shards: usize,
+    /// `[redirect]`: where every client is sent instead of being served.
+    pub redirect: Option<Redirect>,
+}
+
+/// A broker configured to send its clients elsewhere (`[redirect]`): every
+/// CONNECT is answered with a CONNACK carrying `reason` and, to a v5
+/// client, the Server Reference (MQTT 5.0 §4.11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// 0x9C Use another server or 0x9D Server moved (3.1.1 clients get
+    /// return code 3, Server unavailable: 3.1.1 has no redirection).
+    pub reason: ReasonCode,
+    /// The Server Reference property.
+    pub server_reference: bytestring::ByteString,
 }
 
 /// How the clients of each listener authenticate; the same for every shard.
@@ -111,6 +148,10 @@ pub struct NetAuth {
     /// Per listener (by index in the configuration): whether a CONNECT
     /// without a user name is accepted.
     pub anonymous: Arc<[bool]>,
+    /// The MQTT 5.0 enhanced authentication methods offered (SCRAM-SHA-256
+    /// when a `scram_file` is configured); a CONNECT with another
+    /// Authentication Method is refused with 0x8C.
+    pub methods: Arc<Authenticators>,
 }
 
 impl NetContext {
@@ -120,9 +161,10 @@ impl NetContext {
         shard: Rc<RefCell<Shard>>,
         outbox: Rc<Outbox>,
         limits: NetLimits,
-        open_connections: Arc<AtomicUsize>,
-        auth: NetAuth,
+        shared: NetShared,
     ) -> Self {
+        let NetShared { open_connections, auth, listeners, nr_shards, redirect } = shared;
+        let admission = Admission::new(&listeners, nr_shards, Instant::now());
         Self {
             shard_id,
             shard,
@@ -138,6 +180,9 @@ impl NetContext {
                 Duration::from_secs(1),
             )),
             auth,
+            listeners,
+            admission: RefCell::new(admission),
+            redirect,
         }
     }
 
@@ -218,16 +263,29 @@ impl NetContext {
         self.pending_connect_bytes.get()
     }
 
-    /// Takes a connection slot; false when `max_connections` is reached.
-    fn try_open(&self) -> bool {
-        let previous = self.open_connections.fetch_add(1, Ordering::Relaxed);
-        if previous >= self.limits.get().max_connections {
-            self.open_connections.fetch_sub(1, Ordering::Relaxed);
-            self.count(|net| net.refused_limit += 1);
+    /// Takes a connection slot for a connection accepted on `listener`;
+    /// false (counted and logged) when a limit refuses it (see
+    /// [`admission`]).
+    fn try_open(&self, listener: usize) -> bool {
+        let mut shard = self.shard.borrow_mut();
+        let admitted = self.admission.borrow_mut().admit(
+            listener,
+            &self.listeners,
+            &self.open_connections,
+            self.limits.get().max_connections,
+            Instant::now(),
+            shard.net_counters(),
+        );
+        if admitted.is_err() {
             return false;
         }
         self.live.set(self.live.get() + 1);
         true
+    }
+
+    /// Logs the connection refusals held back; the shard's tick calls it.
+    pub fn poll_refusal_log_summary(&self, now: Instant) {
+        self.admission.borrow_mut().poll_log_summary(now);
     }
 
     /// A connection task ended because its socket moved to another shard,
@@ -236,8 +294,8 @@ impl NetContext {
         self.live.set(self.live.get() - 1);
     }
 
-    fn connection_closed(&self) {
-        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    fn connection_closed(&self, listener: usize) {
+        Admission::release(listener, &self.listeners, &self.open_connections);
         self.live.set(self.live.get() - 1);
     }
 
@@ -302,7 +360,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
                 continue;
             }
         };
-        if !ctx.try_open() {
+        if !ctx.try_open(index) {
             continue;
         }
         ctx.count(|net| net.accepted += 1);

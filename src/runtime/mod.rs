@@ -10,18 +10,21 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
+use crate::auth::scram::{ScramFile, ScramSha256};
 use crate::auth::PasswordFile;
-use crate::config::{Config, ShardCount};
+use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
 use crate::metrics::{
     Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot, StoreCounters,
 };
 use crate::net::admin::{self, Health};
+use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetAuth, NetContext};
-use crate::protocol::{QoS, TopicName};
+use crate::net::{self, NetAuth, NetContext, NetShared};
+use crate::protocol::{QoS, ReasonCode, TopicName};
 use crate::router::{Mesh, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use crate::store::data_dir::DataDirError;
@@ -63,6 +66,9 @@ pub enum RuntimeError {
     /// The password-checking threads could not be started.
     #[error("cannot start the password-checking threads: {0}")]
     AuthThreads(#[source] std::io::Error),
+    /// The SCRAM authenticator could not be set up (no random bytes).
+    #[error("cannot set up SCRAM authentication: {0}")]
+    Scram(String),
     /// A listener could not be opened.
     #[error(transparent)]
     Listen(#[from] net::listener::ListenError),
@@ -101,6 +107,12 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// Each listener's connection limits and open connections.
+    listeners: Arc<[ListenerAdmission]>,
+    /// `[redirect]`, for the network layer.
+    redirect: Option<net::Redirect>,
+    /// `response_information_prefix`, for the shards.
+    response_information_prefix: Option<String>,
     /// The data directory (checked and locked) and how the logs in it are
     /// written; `None`: memory only.
     store: Option<(std::path::PathBuf, StoreOptions)>,
@@ -204,11 +216,13 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file, already read (a bad file
-/// is a configuration error, reported before anything starts).
+/// `passwords` is the configured password file and `scram` the SCRAM
+/// credentials file, already read (a bad file is a configuration error,
+/// reported before anything starts).
 pub fn run(
     config: Config,
     passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
     reload: Option<Reload>,
 ) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
@@ -235,7 +249,7 @@ pub fn run(
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
-    let limits = Arc::new(SharedLimits::new(config.limits()));
+    let limits = Arc::new(SharedLimits::new(&config));
     let intervals = Arc::new(SharedIntervals::new(&config));
     let mut reloader =
         Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&intervals));
@@ -252,7 +266,7 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords)?;
+    let auth = net_auth(&config, passwords, scram)?;
     let store = data_dir.as_ref().map(|dir| {
         tracing::info!(
             data_dir = %dir.path().display(),
@@ -334,7 +348,23 @@ fn serve(
         health: Arc::clone(health),
         auth,
         store,
+        listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
+        redirect: config.redirect().map(|redirect| net::Redirect {
+            reason: match redirect.mode {
+                RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
+                RedirectMode::Moved => ReasonCode::ServerMoved,
+            },
+            server_reference: redirect.server_reference.as_str().into(),
+        }),
+        response_information_prefix: config.response_information_prefix().map(str::to_owned),
     });
+    if let Some(redirect) = config.redirect() {
+        tracing::warn!(
+            server_reference = %redirect.server_reference,
+            mode = ?redirect.mode,
+            "[redirect] is set: every client is sent to another server, none is served"
+        );
+    }
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -377,7 +407,11 @@ const AUTH_QUEUE: usize = 1024;
 
 /// The authentication of each listener, and the password-checking threads
 /// when there is a password file.
-fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth, RuntimeError> {
+fn net_auth(
+    config: &Config,
+    passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
+) -> Result<NetAuth, RuntimeError> {
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
@@ -387,8 +421,14 @@ fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth,
         }
         None => None,
     };
+    let mut methods = Authenticators::default();
+    if let Some(file) = scram {
+        tracing::info!(users = file.len(), "SCRAM credentials file read");
+        let scram = ScramSha256::new(file).map_err(RuntimeError::Scram)?;
+        methods.add(Arc::new(scram));
+    }
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
-    Ok(NetAuth { verifier, anonymous })
+    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods) })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -438,6 +478,10 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         Rc::clone(&outbox),
         startup.boot,
     )));
+    shard
+        .borrow_mut()
+        .set_response_information_prefix(startup.response_information_prefix.as_deref());
+    shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
     // The log is replayed before the shard takes any message from a peer
     // or a client, and before it counts as serving (`/readyz`, READY=1).
     let writer = match &startup.store {
@@ -456,8 +500,13 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         Rc::clone(&shard),
         Rc::clone(&outbox),
         net_limits,
-        Arc::clone(&startup.open_connections),
-        startup.auth.clone(),
+        NetShared {
+            open_connections: Arc::clone(&startup.open_connections),
+            auth: startup.auth.clone(),
+            listeners: Arc::clone(&startup.listeners),
+            nr_shards: startup.nr_shards,
+            redirect: startup.redirect.clone(),
+        },
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -511,6 +560,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
         net.poll_connection_log_summary(now);
+        net.poll_refusal_log_summary(now);
         if let (Some((tree, due)), Some(interval)) =
             (sys.as_mut(), startup.intervals.sys_interval())
         {
@@ -594,7 +644,9 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
             topic,
             payload: Bytes::from(payload),
             qos: QoS::AtMostOnce,
-            retain: true,
+            // Not stored where retained messages are off
+            // (`retain_available = false`): sent as they are published.
+            retain: shard.limits().retain_available,
             properties: Default::default(),
             publisher: None,
             expires_at: None,
@@ -621,12 +673,15 @@ fn log_stopped(snapshot: &Snapshot) {
     let NetCounters {
         accepted,
         refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
         bytes_received,
         bytes_sent,
     } = net;
@@ -650,6 +705,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     let StoreCounters {
@@ -672,12 +730,15 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        redirected,
         bytes_received,
         bytes_sent,
         messages_received_qos0,
@@ -704,6 +765,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
         store_records_recovered,
         store_torn_tails,
         store_torn_bytes,

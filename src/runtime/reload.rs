@@ -46,7 +46,7 @@ pub(super) struct SharedLimits {
 }
 
 impl SharedLimits {
-    pub(super) fn new(config: &crate::config::Limits) -> Self {
+    pub(super) fn new(config: &Config) -> Self {
         Self { generation: AtomicU64::new(0), limits: Mutex::new(limits(config)) }
     }
 
@@ -62,7 +62,7 @@ impl SharedLimits {
         (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
     }
 
-    fn replace(&self, config: &crate::config::Limits) {
+    fn replace(&self, config: &Config) {
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits(config);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -106,8 +106,10 @@ impl SharedIntervals {
     }
 }
 
-/// The session and network limits of the `[limits]` section.
-fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
+/// The session and network limits of the `[limits]` section (and
+/// `retain_available`, which a reload does not change).
+fn limits(config: &Config) -> (SessionLimits, NetLimits) {
+    let limits = config.limits();
     let session = SessionLimits {
         max_inflight: limits.max_inflight(),
         max_queued_messages: limits.max_queued_messages().get() as usize,
@@ -122,6 +124,10 @@ fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
             seconds => Some(Duration::from_secs(seconds.into())),
         },
         max_packet_size: Some(limits.max_packet_size()),
+        max_subscriptions: usize::try_from(limits.max_subscriptions_per_client())
+            .unwrap_or(usize::MAX),
+        retain_available: config.retain_available(),
+        auth_timeout: limits.connect_timeout(),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),
@@ -188,12 +194,14 @@ impl Reloader {
                 tracing::info!("reload: {change}");
             }
             preflight::raise_open_files(u64::from(new.limits().max_connections().get()));
-            self.limits.replace(new.limits());
         }
         for change in &changes.intervals {
             tracing::info!("reload: {change}");
         }
         self.running = self.running.reloaded(&new);
+        if !changes.limits.is_empty() {
+            self.limits.replace(&self.running);
+        }
         self.intervals.replace(&self.running);
     }
 }
@@ -211,7 +219,7 @@ mod tests {
     #[test]
     fn a_good_file_bumps_the_generation_a_bad_one_changes_nothing() {
         let start = config("[limits]\nmax_queued_messages = 2\n");
-        let shared = Arc::new(SharedLimits::new(start.limits()));
+        let shared = Arc::new(SharedLimits::new(&start));
         let (generation, session, _) = shared.current();
         assert_eq!(session.max_queued_messages, 2);
         let texts = Arc::new(Mutex::new(vec![
@@ -260,7 +268,7 @@ mod tests {
 
     #[test]
     fn without_a_file_a_reload_does_nothing() {
-        let shared = Arc::new(SharedLimits::new(Config::default().limits()));
+        let shared = Arc::new(SharedLimits::new(&Config::default()));
         let intervals = Arc::new(SharedIntervals::new(&Config::default()));
         Reloader::new(Config::default(), None, Arc::clone(&shared), intervals).reload();
         assert_eq!(shared.changed_since(0), None);

@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
@@ -84,6 +85,11 @@ pub struct Shard {
     /// The durable log, when there is a `data_dir`: every change to the
     /// retained messages this shard owns is appended to it.
     log: Option<Rc<Log>>,
+    /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
+    response_information_prefix: Option<Box<str>>,
+    /// The enhanced authentication methods offered, for re-authentication
+    /// (the network layer runs the exchange at CONNECT).
+    authenticators: Arc<Authenticators>,
 }
 
 impl Shard {
@@ -114,6 +120,8 @@ impl Shard {
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
             log: None,
+            response_information_prefix: None,
+            authenticators: Arc::default(),
         }
     }
 
@@ -148,6 +156,22 @@ impl Shard {
         self.retained.set(message);
     }
 
+    /// Sends v5 clients that set Request Response Information 1 the
+    /// Response Information `{prefix}{client id}` in CONNACK (5.0
+    /// §3.2.2.3.15, §4.10.2): a part of the topic tree for that client
+    /// alone, to build its Response Topics under. Left out for a client id
+    /// holding `/`, `+` or `#` (it would not name one level: `a` and `a/b`
+    /// would overlap) and for clients that asked for none [MQTT-3.1.2-28].
+    /// `None` (the default): never sent.
+    pub fn set_response_information_prefix(&mut self, prefix: Option<&str>) {
+        self.response_information_prefix = prefix.map(Box::from);
+    }
+
+    /// The enhanced authentication methods offered (none by default).
+    pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
+        self.authenticators = authenticators;
+    }
+
     /// The limits new sessions start with.
     pub fn limits(&self) -> &SessionLimits {
         &self.limits
@@ -170,6 +194,12 @@ impl Shard {
     /// The number of shards.
     pub fn nr_shards(&self) -> usize {
         self.nr_shards
+    }
+
+    /// Counts a PUBLISH or will refused with 0x99 outside a session (a
+    /// will at CONNECT).
+    pub(super) fn count_payload_format_invalid(&mut self) {
+        self.counters.session.payload_format_invalid += 1;
     }
 
     /// The shard's counters.
@@ -254,9 +284,24 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        if let Some(reason) = super::placement::connect_refusal(connect, self.shutting_down) {
+        let retain_available = self.limits.retain_available;
+        if let Some(reason) =
+            super::placement::connect_refusal(connect, self.shutting_down, retain_available)
+        {
             return ConnectOutcome::Refused(reason);
         }
+        // [MQTT-3.1.2-28] "A value of 0 indicates that the Server MUST NOT
+        // return Response Information. If the value is 1 the Server MAY
+        // return Response Information in the CONNACK packet."
+        let response_information = self
+            .response_information_prefix
+            .as_ref()
+            .filter(|_| {
+                connect.version.is_v5()
+                    && connect.properties.request_response_information == Some(true)
+                    && !client_id.contains(['/', '+', '#'])
+            })
+            .map(|prefix| ByteString::from(format!("{prefix}{client_id}")));
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
@@ -293,7 +338,15 @@ impl Shard {
         self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
-        slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
+        let connack =
+            slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
+        connack.properties.response_information = response_information;
+        // The network layer authenticated the connection with this method
+        // (5.0 section 4.12); the client may re-authenticate with it.
+        let method = connect.properties.authentication_method.as_deref();
+        if let Some(authenticator) = method.and_then(|method| self.authenticators.get(method)) {
+            slot.session.set_authenticator(Arc::clone(authenticator));
+        }
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)
@@ -473,14 +526,22 @@ impl Shard {
             // once this batch is written.
             link.notified = true;
         }
-        let result = match &link.closed {
-            Some(reason) => Err(ConnectionError::Closed(reason.clone())),
-            None => Ok(written),
-        };
+        // The session may close the connection while writing (a CONNACK
+        // that cannot fit the client's Maximum Packet Size): its events
+        // say so, and the connection must learn it now.
+        let closed_now = link.closed.is_none() && !slot.session.is_connected();
         if too_large > 0 {
             self.count_drops(DropCause::TooLargeForClient, too_large, now);
         }
-        result
+        if closed_now {
+            self.drain_events(key, now);
+        }
+        let link = self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection));
+        match link.map(|link| link.closed.clone()) {
+            None => Err(ConnectionError::Detached),
+            Some(Some(reason)) => Err(ConnectionError::Closed(reason)),
+            Some(None) => Ok(written),
+        }
     }
 
     /// Logs drops of `cause` unless they were logged in the last
@@ -707,7 +768,9 @@ impl Shard {
     /// subscriber), and one member of each matching shared group, on
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
-        if message.retain {
+        // With `retain_available = false` sessions refuse RETAIN 1, so only
+        // the broker's own messages could ask to be stored: nothing is.
+        if message.retain && self.limits.retain_available {
             self.store_retained(&message);
         }
         self.deliver_local(&message, now);
