@@ -1,7 +1,8 @@
 //! End-to-end tests of the durable log with independent clients
 //! (mosquitto_pub / mosquitto_sub): retained messages survive kill -9, a
-//! torn tail is cut off, logged once and counted, and a bad `data_dir` is
-//! one line at start-up, and /readyz waits for every shard's replay.
+//! torn tail is cut off, logged once and counted, they follow a change of
+//! the shard count, a bad `data_dir` is one line at start-up, and /readyz
+//! waits for every shard's replay.
 
 mod common;
 
@@ -129,6 +130,29 @@ fn retained_messages_survive_kill_9() {
     left.retain(|line| !line.starts_with("store/b "));
     assert_eq!(retained_set(&broker), left);
     assert!(broker.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn retained_messages_follow_a_change_of_the_shard_count() {
+    let dir = temp_dir("reshard");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    publish_retained(&broker, &admin);
+    drop(broker);
+    // Each topic lives on the shard its hash picks among 3 now.
+    let broker = Broker::start_with_config(3, &config(&dir, &admin));
+    assert_eq!(retained_set(&broker), expected());
+    mosquitto_pub(&broker, &["-r", "-t", "store/b", "-n"]);
+    wait_counter(&admin, "store_records_written", 1);
+    assert!(broker.stop().success());
+    // And back to 1.
+    let broker = Broker::start_with_config(1, &config(&dir, &admin));
+    let mut left = expected();
+    left.retain(|line| !line.starts_with("store/b "));
+    assert_eq!(retained_set(&broker), left);
+    assert!(broker.stop().success());
+    assert!(!dir.join("shard-1").exists(), "the directories of shards gone are deleted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

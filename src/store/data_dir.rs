@@ -6,9 +6,9 @@
 //!   `data_dir/LOCK`, held until the process ends);
 //! * its log was written by as many shards as this start runs. A retained
 //!   topic lives on the shard its hash picks, which depends on the shard
-//!   count, so a log written by N shards is refused by a start with M != N
-//!   (the error says how to start); moving the data to the new homes is
-//!   not done yet.
+//!   count, so when a log written by N shards meets a start with M != N,
+//!   every retained message is moved to its new home first (see
+//!   `reshard`: crash-safe, logged in one line).
 
 use super::record::{SegmentHeader, HEADER_LEN};
 use super::shard_dir;
@@ -70,13 +70,27 @@ pub fn prepare(path: &Path, shards: usize) -> Result<DataDir, DataDirError> {
             refuse(format!("cannot lock it ({error})"))
         });
     }
+    let cannot_move = |error: std::io::Error| {
+        refuse(format!(
+            "cannot move its retained messages to the new shard count ({error}); start with the \
+             shard count it was written with, or move the directory away to start empty"
+        ))
+    };
+    if let Some(to) = super::reshard::resume(path).map_err(cannot_move)? {
+        tracing::warn!(data_dir = %path.display(), shards = to, "finished moving the retained messages to their new home shards (the last start was cut short)");
+    }
     if let Some(found) = written_by(path)? {
         if found != shards {
-            return Err(refuse(format!(
-                "its log was written by {found} shards and this start runs {shards}; start with \
-                 shards = {found} (the shard count of a data_dir cannot change yet), or move the \
-                 directory away to start empty"
-            )));
+            let started = std::time::Instant::now();
+            let moved = super::reshard::reshard(path, shards).map_err(cannot_move)?;
+            tracing::info!(
+                data_dir = %path.display(),
+                from = found,
+                to = shards,
+                retained = moved,
+                ms = started.elapsed().as_millis() as u64,
+                "the shard count changed: retained messages moved to their new home shards"
+            );
         }
     }
     for shard in 0..shards {
@@ -160,16 +174,16 @@ mod tests {
     }
 
     #[test]
-    fn a_log_of_another_shard_count_is_refused_with_the_fix() {
+    fn a_log_of_another_shard_count_is_moved_to_the_new_homes() {
         let dir = temp("count");
         drop(prepare(&dir, 2).unwrap());
         let header = SegmentHeader { kind: SegmentKind::Appends, shard: 1, shards: 2, sequence: 1 };
         std::fs::write(dir.join("shard-1").join(format!("{:020}.seg", 1)), header.encode())
             .unwrap();
-        let error = prepare(&dir, 3).unwrap_err().to_string();
-        assert!(error.contains("written by 2 shards and this start runs 3"), "{error}");
-        assert!(error.contains("start with shards = 2"), "{error}");
-        prepare(&dir, 2).unwrap();
+        assert_eq!(written_by(&dir).unwrap(), Some(2));
+        drop(prepare(&dir, 3).unwrap());
+        assert_eq!(written_by(&dir).unwrap(), Some(3));
+        assert!(dir.join("shard-2").is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

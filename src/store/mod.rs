@@ -16,8 +16,9 @@
 //! * [`writer`]: the files: recovery at start, group commit, rotation,
 //!   compaction.
 //! * [`data_dir`]: the checks made once, before any shard starts: the
-//!   directory is writable, no other process uses it, and its log was
-//!   written by as many shards as this start runs.
+//!   directory is writable and no other process uses it; and, when the
+//!   shard count changed since the log was written, `reshard` moves each
+//!   retained message to its new home shard.
 //!
 //! What is logged in this release: the retained messages (set and delete),
 //! by the shard that owns their topic. Sessions and queued messages are
@@ -27,6 +28,7 @@ pub mod data_dir;
 pub mod log;
 pub mod record;
 pub mod recovery;
+mod reshard;
 pub mod writer;
 
 pub use log::{Entry, Log, Lsn};
