@@ -79,23 +79,7 @@ fn retained_set(broker: &Broker) -> Vec<String> {
 /// overwritten, one deleted with an empty payload, one with a user
 /// property and an expiry an hour away.
 fn publish_retained(broker: &Broker, admin: &str) {
-    for topic in ["a", "b", "c", "d", "e"] {
-        mosquitto_pub(
-            broker,
-            &["-r", "-t", &format!("store/{topic}"), "-m", &format!("v-{topic}")],
-        );
-    }
-    mosquitto_pub(broker, &["-r", "-t", "store/a", "-m", "v-a2"]);
-    // [MQTT-3.3.1-10] An empty retained message deletes the topic's.
-    mosquitto_pub(broker, &["-r", "-t", "store/c", "-n"]);
-    mosquitto_pub(
-        broker,
-        &["-r", "-t", "store/p", "-m", "v-p"]
-            .into_iter()
-            .chain(["-D", "publish", "user-property", "k", "v"])
-            .chain(["-D", "publish", "message-expiry-interval", "3600"])
-            .collect::<Vec<_>>(),
-    );
+    publish_retained_unlogged(broker);
     // Eight records: seven sets and the delete, written by the shards
     // that own the topics.
     wait_counter(admin, "store_records_written", 8);
@@ -297,4 +281,48 @@ fn readyz_waits_until_every_shard_has_replayed_its_log() {
         let _ = std::fs::remove_file(path);
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn interval_durability_keeps_what_was_written_and_none_keeps_nothing() {
+    let dir = temp_dir("modes");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let interval =
+        format!("durability = \"interval\"\nfsync_interval_ms = 50\n{}", config(&dir, &admin));
+    let broker = Broker::start_with_config(SHARDS, &interval);
+    publish_retained(&broker, &admin);
+    wait_counter(&admin, "store_syncs", 1);
+    drop(broker);
+    let broker = Broker::start_with_config(SHARDS, &interval);
+    assert_eq!(retained_set(&broker), expected());
+    assert!(broker.stop().success());
+    // `none`: memory only; the directory is neither read nor written.
+    let none_dir = temp_dir("modes-none");
+    let none = format!("durability = \"none\"\n{}", config(&none_dir, &admin));
+    let broker = Broker::start_with_config(SHARDS, &none);
+    publish_retained_unlogged(&broker);
+    assert_eq!(retained_set(&broker), expected());
+    assert!(broker.stop().success());
+    assert!(!none_dir.exists());
+    let broker = Broker::start_with_config(SHARDS, &none);
+    assert!(retained_set(&broker).is_empty());
+    assert!(broker.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// [`publish_retained`] without waiting for the log.
+fn publish_retained_unlogged(broker: &Broker) {
+    for topic in ["a", "b", "c", "d", "e"] {
+        mosquitto_pub(
+            broker,
+            &["-r", "-t", &format!("store/{topic}"), "-m", &format!("v-{topic}")],
+        );
+    }
+    mosquitto_pub(broker, &["-r", "-t", "store/a", "-m", "v-a2"]);
+    mosquitto_pub(broker, &["-r", "-t", "store/c", "-n"]);
+    let property = ["-D", "publish", "user-property", "k", "v"];
+    let expiry = ["-D", "publish", "message-expiry-interval", "3600"];
+    let args: Vec<&str> =
+        ["-r", "-t", "store/p", "-m", "v-p"].into_iter().chain(property).chain(expiry).collect();
+    mosquitto_pub(broker, &args);
 }
