@@ -397,6 +397,63 @@ fn retained_messages_live_on_their_topic_owner_and_reach_wildcard_subscribers() 
     }
 }
 
+/// What a shard's log holds, taken from it: `set TOPIC`, `delete TOPIC`,
+/// `snapshot TOPIC,TOPIC`.
+fn logged(log: &crate::store::Log) -> Vec<String> {
+    use crate::store::{Entry, Record};
+    let mut entries = Vec::new();
+    log.take_now(&mut entries);
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Record(Record::RetainSet(m)) => format!("set {}", m.topic),
+            Entry::Record(Record::RetainDelete(topic)) => format!("delete {topic}"),
+            Entry::Record(Record::SnapshotEnd) => "end".to_owned(),
+            Entry::Snapshot(live) => {
+                let mut topics: Vec<String> = live.iter().map(|m| m.topic.to_string()).collect();
+                topics.sort();
+                format!("snapshot {}", topics.join(","))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_owner_of_a_retained_topic_logs_its_changes() {
+    let mut cluster = Cluster::new(2);
+    let logs: Vec<_> = (0..2).map(|_| Rc::new(crate::store::Log::new())).collect();
+    for (shard, log) in cluster.shards.iter_mut().zip(&logs) {
+        shard.attach_log(Rc::clone(log), Default::default());
+    }
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    let topics = ["r/1", "r/2", "r/3", "r/4", "r/5", "r/6"];
+    for topic in topics {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+    }
+    // [MQTT-3.3.1-10] an empty payload deletes; deleting nothing logs nothing.
+    cluster.send(&publisher, publish("r/1", b"", true));
+    cluster.send(&publisher, publish("r/none", b"", true));
+    // Not retained: not logged.
+    cluster.send(&publisher, publish("r/2", b"live", false));
+    cluster.settle();
+    for (shard, log) in logs.iter().enumerate() {
+        let owned: Vec<&str> =
+            topics.into_iter().filter(|t| home_shard(t.as_bytes(), 2).index() == shard).collect();
+        let mut expected: Vec<String> = owned.iter().map(|t| format!("set {t}")).collect();
+        if owned.contains(&"r/1") {
+            expected.push("delete r/1".to_owned());
+        }
+        assert_eq!(logged(log), expected, "shard {shard}");
+        // Compaction: asked by the writer, the snapshot comes at the next
+        // tick with the live messages the shard owns.
+        log.request_compaction();
+        cluster.shards[shard].sweep(cluster.now);
+        let live: Vec<&str> = owned.into_iter().filter(|t| *t != "r/1").collect();
+        assert_eq!(logged(log), vec![format!("snapshot {}", live.join(","))], "shard {shard}");
+        assert!(!log.wants_compaction());
+    }
+}
+
 #[test]
 fn a_taken_over_connection_is_detached() {
     // [MQTT-3.1.4-2]

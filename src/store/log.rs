@@ -130,8 +130,8 @@ impl Log {
         f(&mut self.counters.borrow_mut());
     }
 
-    /// For the writer: asks the shard for a snapshot.
-    pub(super) fn request_compaction(&self) {
+    /// For the writer (and tests): asks the shard for a snapshot.
+    pub(crate) fn request_compaction(&self) {
         self.wants_compaction.set(true);
     }
 
@@ -155,9 +155,9 @@ impl Log {
         Poll::Ready(Some(inner.next))
     }
 
-    /// For the writer: whatever is queued now, without waiting; returns
-    /// the Lsn after the last entry.
-    pub(super) fn take_now(&self, out: &mut Vec<Entry>) -> u64 {
+    /// For the writer (and tests): whatever is queued now, without
+    /// waiting; returns the Lsn after the last entry.
+    pub(crate) fn take_now(&self, out: &mut Vec<Entry>) -> u64 {
         let mut inner = self.inner.borrow_mut();
         out.append(&mut inner.queue);
         inner.next
