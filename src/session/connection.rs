@@ -280,6 +280,10 @@ pub(super) struct Connection {
     /// The CONNECT's Session Expiry Interval was 0 (or absent): a
     /// DISCONNECT may not set a non-zero one [MQTT-3.14.2-2].
     pub(super) expiry_zero_at_connect: bool,
+    /// The publish budgets of `max_publish_rate` / `max_publish_bytes_rate`;
+    /// `None` while neither is set, so an unlimited connection carries one
+    /// pointer.
+    pub(super) pace: Option<Box<super::pace::PublishPace>>,
 }
 
 impl Connection {

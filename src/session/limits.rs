@@ -70,6 +70,44 @@ pub struct SessionLimits {
     /// not, a v5 CONNACK says Retain Available 0 and a PUBLISH with RETAIN
     /// 1 closes the connection (5.0: DISCONNECT 0x9A [MQTT-3.2.2-14]).
     pub retain_available: bool,
+    /// The longest topic name or filter, in bytes (`max_topic_length`).
+    pub max_topic_length: usize,
+    /// The most levels of a topic name or filter (`max_topic_levels`; a
+    /// shared subscription's `$share/NAME/` is not counted).
+    pub max_topic_levels: usize,
+    /// The longest client id, in bytes (`max_client_id_length`): checked
+    /// by the shard at CONNECT.
+    pub max_client_id_length: usize,
+    /// PUBLISH packets per second a connection may send (`max_publish_rate`);
+    /// past it the connection is paced (see [`Session::paced_until`]).
+    /// 0: no limit.
+    ///
+    /// [`Session::paced_until`]: super::Session::paced_until
+    pub max_publish_rate: u32,
+    /// Payload bytes per second a connection may publish
+    /// (`max_publish_bytes_rate`), paced the same way. 0: no limit.
+    pub max_publish_bytes_rate: u64,
+    /// Retained messages the broker stores at most
+    /// (`max_retained_messages`); each shard enforces its share (see
+    /// `Shard::retained_share`). 0: no limit.
+    pub max_retained_messages: usize,
+    /// Retained payload bytes the broker stores at most
+    /// (`max_retained_bytes`), shared out the same way. 0: no limit.
+    pub max_retained_bytes: usize,
+}
+
+impl SessionLimits {
+    /// Whether `topic` (a topic name, or a filter without its `$share/NAME/`
+    /// prefix) passes `max_topic_length` and `max_topic_levels`. Counts
+    /// the separators only as long as needed: no allocation, at most
+    /// `max_topic_levels` steps.
+    pub fn topic_within(&self, topic: &str) -> bool {
+        // Levels are separators plus one: within the limit unless there
+        // is a separator number `max_topic_levels`.
+        let separators = self.max_topic_levels.saturating_sub(1);
+        topic.len() <= self.max_topic_length
+            && topic.bytes().filter(|&b| b == b'/').nth(separators).is_none()
+    }
 }
 
 impl Default for SessionLimits {
@@ -88,6 +126,13 @@ impl Default for SessionLimits {
             max_packet_size: NonZeroU32::new(1 << 20),
             max_subscriptions: 0,
             retain_available: true,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            max_client_id_length: 256,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_retained_messages: 0,
+            max_retained_bytes: 0,
         }
     }
 }

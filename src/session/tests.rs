@@ -90,6 +90,7 @@ fn limits() -> SessionLimits {
         max_packet_size: None,
         max_subscriptions: 0,
         retain_available: true,
+        ..SessionLimits::default()
     }
 }
 

@@ -746,6 +746,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 takeovers: 1,
                 sessions_expired: 1,
                 retained_expired: 0,
+                retained_limit_exceeded: 0,
                 protocol_violations: 1,
             },
             session: SessionCounters {
@@ -762,6 +763,9 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 payload_format_invalid: 0,
                 topic_filters_invalid: 0,
                 subscriptions_quota_exceeded: 0,
+                topic_limit_exceeded: 0,
+                client_id_too_long: 0,
+                publish_rate_limited: 0,
             },
             router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
         },
