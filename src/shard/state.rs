@@ -635,6 +635,13 @@ impl Shard {
         self.interest.waiters()
     }
 
+    /// The retained message of `topic` stored on this shard.
+    #[cfg(test)]
+    pub(super) fn retained_of(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
+        let name = crate::protocol::TopicName::new(topic).ok()?;
+        self.retained.get(&name, now).cloned()
+    }
+
     /// Indexes a session's subscribe or unsubscribe: at once when it is
     /// small and nothing is waiting before it, else in turns driven by the
     /// connection ([`Shard::handle_index_work`]).
