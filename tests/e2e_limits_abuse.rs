@@ -317,3 +317,34 @@ fn a_paced_client_is_not_closed_for_keep_alive_while_it_is_not_read() {
     await_counter(&admin, "publish_rate_limited", 1);
     broker.stop();
 }
+
+#[test]
+fn sighup_applies_new_abuse_limits_at_once() {
+    let config =
+        std::env::temp_dir().join(format!("ringmq-abuse-reload-{}.toml", std::process::id()));
+    let log = std::env::temp_dir().join(format!("ringmq-abuse-reload-{}.log", std::process::id()));
+    std::fs::write(&config, "[limits]\nmax_client_id_length = 23\n").unwrap();
+    let args = ["--config", config.to_str().unwrap(), "--log", "info"];
+    let broker = Broker::start_logging_to(2, &args, &log);
+    let id = "r".repeat(30);
+    let v5 = connect(ProtocolVersion::V5, &id, 30, None);
+    assert_eq!(connack_reason(&broker, &v5), ReasonCode::ClientIdentifierNotValid);
+    std::fs::write(&config, "[limits]\nmax_client_id_length = 64\nmax_topic_levels = 2\n").unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = "limits.max_client_id_length: 23 -> 64";
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(wanted) {
+        assert!(Instant::now() < deadline, "no reload line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The shards take new limits at their next tick (250 ms).
+    std::thread::sleep(Duration::from_millis(800));
+    let mut client = connected(&broker, ProtocolVersion::V5, &id, 30);
+    client.send(&publish("a/b/c", QoS::AtLeastOnce, 1, b"m", false));
+    let Some(Packet::PubAck(ack)) = client.recv() else { panic!("no PUBACK") };
+    assert_eq!(ack.reason, ReasonCode::TopicNameInvalid);
+    assert!(broker.stop().success());
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&log);
+}

@@ -126,7 +126,8 @@ impl Session {
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
     /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
-    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept), the
+    /// topic limits and publish rates at the next packet. What a
     /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
