@@ -333,7 +333,7 @@ impl Limits {
 
     /// The most levels (`/`-separated parts) of a topic name or filter
     /// (`max_topic_levels`; a shared subscription's `$share/NAME/` prefix
-    /// is not counted). A PUBLISH past it or past `max_topic_length` gets
+    /// counts against the length only). A PUBLISH past it or past `max_topic_length` gets
     /// 5.0 PUBACK/PUBREC 0x90 (QoS 0: DISCONNECT 0x90; 3.1.1: the
     /// connection is closed), a filter 0x8F (3.1.1: 0x80), a will CONNACK
     /// 0x90 (3.1.1: return code 3).

@@ -1,5 +1,6 @@
 //! Per-session limits: configuration, immutable.
 
+use crate::protocol::TopicFilter;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
@@ -73,7 +74,8 @@ pub struct SessionLimits {
     /// The longest topic name or filter, in bytes (`max_topic_length`).
     pub max_topic_length: usize,
     /// The most levels of a topic name or filter (`max_topic_levels`; a
-    /// shared subscription's `$share/NAME/` is not counted).
+    /// shared subscription's `$share/NAME/` counts against the length
+    /// only).
     pub max_topic_levels: usize,
     /// The longest client id, in bytes (`max_client_id_length`): checked
     /// by the shard at CONNECT.
@@ -102,11 +104,21 @@ impl SessionLimits {
     /// the separators only as long as needed: no allocation, at most
     /// `max_topic_levels` steps.
     pub fn topic_within(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_length && self.levels_within(topic)
+    }
+
+    /// [`Self::topic_within`] for a filter: its whole text (a shared
+    /// subscription's share name included) against `max_topic_length`,
+    /// the filter matched against topic names against `max_topic_levels`.
+    pub fn filter_within(&self, filter: &TopicFilter) -> bool {
+        filter.as_str().len() <= self.max_topic_length && self.levels_within(filter.filter())
+    }
+
+    fn levels_within(&self, topic: &str) -> bool {
         // Levels are separators plus one: within the limit unless there
         // is a separator number `max_topic_levels`.
         let separators = self.max_topic_levels.saturating_sub(1);
-        topic.len() <= self.max_topic_length
-            && topic.bytes().filter(|&b| b == b'/').nth(separators).is_none()
+        topic.bytes().filter(|&b| b == b'/').nth(separators).is_none()
     }
 }
 

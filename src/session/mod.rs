@@ -567,7 +567,7 @@ impl Session {
             // invalid, "The Topic Filter is correctly formed but is not
             // allowed for this Client" (table 3-8); 3.1.1: 0x80 Failure.
             // Only this filter is refused [MQTT-3.8.4-5].
-            if !self.limits.topic_within(subscription.filter.filter()) {
+            if !self.limits.filter_within(&subscription.filter) {
                 counters.topic_limit_exceeded += 1;
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
@@ -632,7 +632,7 @@ impl Session {
             // A filter past `max_topic_length` / `max_topic_levels` cannot
             // have been subscribed: 5.0 0x8F as at SUBSCRIBE (UNSUBACK
             // table 3-9); 3.1.1 UNSUBACK has no codes and nothing is removed.
-            if !self.limits.topic_within(filter.filter()) {
+            if !self.limits.filter_within(&filter) {
                 counters.topic_limit_exceeded += 1;
                 if v5 {
                     reasons.push(ReasonCode::TopicFilterInvalid);

@@ -2418,6 +2418,11 @@ fn topic_limits_count_bytes_and_levels() {
     assert!(!limits.topic_within("0123456789abcdefg"), "17 bytes");
     let one = SessionLimits { max_topic_levels: 1, ..limits };
     assert!(one.topic_within("a") && !one.topic_within("a/"));
+    // A filter: its share name counts against the length, not the levels.
+    let shared = TopicFilter::new("$share/g/a/b/c").unwrap();
+    assert!(limits.filter_within(&shared));
+    let long_share = TopicFilter::new("$share/a-very-long-group/a").unwrap();
+    assert!(!limits.filter_within(&long_share));
 }
 
 #[test]

@@ -803,7 +803,14 @@ impl Shard {
     /// acknowledgement sent by the shard that received it, which cannot
     /// wait for this one (the store of a topic lives on its own shard).
     /// Counted and logged.
+    /// The broker's own messages (`$SYS`, no publisher) are not limited:
+    /// their topics are few and fixed, and must not vanish because clients
+    /// filled the store.
     fn retain_here(&mut self, message: Arc<Message>, now: Instant) {
+        if message.publisher.is_none() {
+            self.retained.set(message);
+            return;
+        }
         let max_messages = self.retained_share(self.limits.max_retained_messages);
         let max_bytes = self.retained_share(self.limits.max_retained_bytes);
         if self.retained.set_within(message, max_messages, max_bytes).is_err() {

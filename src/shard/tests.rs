@@ -1227,6 +1227,20 @@ fn retained_bytes_past_the_limit_refuse_new_topics() {
     let snapshot = cluster.shards[0].snapshot();
     assert_eq!((snapshot.retained, snapshot.retained_bytes), (2, 8));
     assert_eq!(snapshot.counters.shard.retained_limit_exceeded, 1);
+    // The broker's own messages ($SYS, no publisher) are always stored.
+    let sys = crate::message::Message {
+        topic: TopicName::new("$SYS/broker/uptime").unwrap(),
+        payload: bytes::Bytes::from_static(b"42 seconds"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Default::default(),
+        publisher: None,
+        expires_at: None,
+    };
+    let now = cluster.now;
+    cluster.shards[0].route(std::sync::Arc::new(sys), now);
+    assert!(cluster.shards[0].retained_of("$SYS/broker/uptime", now).is_some());
+    assert_eq!(cluster.shards[0].snapshot().counters.shard.retained_limit_exceeded, 1);
 }
 
 /// A 5.0 CONNECT of `client_id` with a will on `will_topic`, if any.
