@@ -216,6 +216,13 @@ pub struct Limits {
     server_topic_alias_maximum: u16,
     max_session_expiry_s: u32,
     max_subscriptions_per_client: u32,
+    max_topic_length: u16,
+    max_topic_levels: u16,
+    max_client_id_length: u16,
+    max_publish_rate: u32,
+    max_publish_bytes_rate: u64,
+    max_retained_messages: u64,
+    max_retained_bytes: u64,
 }
 
 impl Limits {
@@ -319,6 +326,57 @@ impl Limits {
     pub fn max_subscriptions_per_client(&self) -> u32 {
         self.max_subscriptions_per_client
     }
+
+    /// The longest topic name or filter accepted, in bytes
+    /// (`max_topic_length`); 65535, the longest MQTT can carry, sets no
+    /// limit of its own. See [`Self::max_topic_levels`] for what is refused.
+    pub fn max_topic_length(&self) -> u16 {
+        self.max_topic_length
+    }
+
+    /// The most levels (`/`-separated parts) of a topic name or filter
+    /// (`max_topic_levels`; a shared subscription's `$share/NAME/` prefix
+    /// counts against the length only). A PUBLISH past it or past `max_topic_length` gets
+    /// 5.0 PUBACK/PUBREC 0x90 (QoS 0: DISCONNECT 0x90; 3.1.1: the
+    /// connection is closed), a filter 0x8F (3.1.1: 0x80), a will CONNACK
+    /// 0x90 (3.1.1: return code 3).
+    pub fn max_topic_levels(&self) -> u16 {
+        self.max_topic_levels
+    }
+
+    /// The longest client id accepted, in bytes (`max_client_id_length`);
+    /// a longer one is refused with CONNACK 0x85 (3.1.1: return code 2).
+    pub fn max_client_id_length(&self) -> u16 {
+        self.max_client_id_length
+    }
+
+    /// PUBLISH packets one connection may send per second
+    /// (`max_publish_rate`); past it, its socket is not read until the
+    /// rate allows. 0: no limit.
+    pub fn max_publish_rate(&self) -> u32 {
+        self.max_publish_rate
+    }
+
+    /// Payload bytes one connection may publish per second
+    /// (`max_publish_bytes_rate`), paced as `max_publish_rate`. 0: no
+    /// limit.
+    pub fn max_publish_bytes_rate(&self) -> u64 {
+        self.max_publish_bytes_rate
+    }
+
+    /// Retained messages the broker stores at most
+    /// (`max_retained_messages`), each shard its share; a new retained
+    /// topic past it is not stored (the PUBLISH is still delivered).
+    /// 0: no limit.
+    pub fn max_retained_messages(&self) -> u64 {
+        self.max_retained_messages
+    }
+
+    /// Retained payload bytes the broker stores at most
+    /// (`max_retained_bytes`), as `max_retained_messages`. 0: no limit.
+    pub fn max_retained_bytes(&self) -> u64 {
+        self.max_retained_bytes
+    }
 }
 
 impl Limits {
@@ -343,6 +401,22 @@ impl Limits {
         // per-session memory is already bounded per SUBSCRIBE by
         // max_packet_size; brokers open to untrusted clients should set it.
         max_subscriptions_per_client: 0,
+        // The longest topic MQTT can carry: no limit of its own (a topic
+        // is bounded by max_packet_size already); levels as EMQX's
+        // `max_topic_levels` default, which no real topic tree reaches
+        // and which bounds the trie walks per message.
+        max_topic_length: 65_535,
+        max_topic_levels: 128,
+        // 3.1.1 servers MUST accept 1-23 characters and MAY accept more
+        // [MQTT-3.1.3-5]; 256 holds every id scheme seen in practice
+        // (UUIDs with prefixes, Azure IoT device ids of up to 128, AWS IoT
+        // client ids of up to 128) while keeping what every session's key
+        // costs bounded.
+        max_client_id_length: 256,
+        max_publish_rate: 0,
+        max_publish_bytes_rate: 0,
+        max_retained_messages: 0,
+        max_retained_bytes: 0,
     };
 }
 
@@ -1028,6 +1102,59 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             // 0: no limit.
             (0, u32::MAX.into()),
             |n| u32::try_from(n).ok(),
+        )?,
+        max_topic_length: limit(
+            "max_topic_length",
+            raw.max_topic_length,
+            default.max_topic_length,
+            // A topic is a UTF-8 string of at most 65,535 bytes (1.5.4).
+            (1, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_topic_levels: limit(
+            "max_topic_levels",
+            raw.max_topic_levels,
+            default.max_topic_levels,
+            // 65,535 bytes hold at most 32,768 levels.
+            (1, 32_768),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_client_id_length: limit(
+            "max_client_id_length",
+            raw.max_client_id_length,
+            default.max_client_id_length,
+            // [MQTT-3.1.3-5]: 23 must be accepted.
+            (23, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_publish_rate: limit(
+            "max_publish_rate",
+            raw.max_publish_rate,
+            default.max_publish_rate,
+            // 0: no limit.
+            (0, u32::MAX.into()),
+            |n| u32::try_from(n).ok(),
+        )?,
+        max_publish_bytes_rate: limit(
+            "max_publish_bytes_rate",
+            raw.max_publish_bytes_rate,
+            default.max_publish_bytes_rate,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_retained_messages: limit(
+            "max_retained_messages",
+            raw.max_retained_messages,
+            default.max_retained_messages,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_retained_bytes: limit(
+            "max_retained_bytes",
+            raw.max_retained_bytes,
+            default.max_retained_bytes,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
         )?,
     })
 }

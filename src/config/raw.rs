@@ -69,6 +69,13 @@ pub(super) struct RawLimits {
     pub(super) server_topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
     pub(super) max_subscriptions_per_client: Option<i64>,
+    pub(super) max_topic_length: Option<i64>,
+    pub(super) max_topic_levels: Option<i64>,
+    pub(super) max_client_id_length: Option<i64>,
+    pub(super) max_publish_rate: Option<i64>,
+    pub(super) max_publish_bytes_rate: Option<i64>,
+    pub(super) max_retained_messages: Option<i64>,
+    pub(super) max_retained_bytes: Option<i64>,
 }
 
 /// The `[redirect]` table.

@@ -107,7 +107,7 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 15] {
+    let values = |limits: &Limits| -> [(&'static str, String); 22] {
         // Destructured, so that a new limit cannot be left out unnoticed.
         let Limits {
             max_connections,
@@ -125,6 +125,13 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             server_topic_alias_maximum,
             max_session_expiry_s,
             max_subscriptions_per_client,
+            max_topic_length,
+            max_topic_levels,
+            max_client_id_length,
+            max_publish_rate,
+            max_publish_bytes_rate,
+            max_retained_messages,
+            max_retained_bytes,
         } = limits;
         [
             ("limits.max_connections", max_connections.to_string()),
@@ -142,6 +149,13 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             ("limits.server_topic_alias_maximum", server_topic_alias_maximum.to_string()),
             ("limits.max_session_expiry_s", max_session_expiry_s.to_string()),
             ("limits.max_subscriptions_per_client", max_subscriptions_per_client.to_string()),
+            ("limits.max_topic_length", max_topic_length.to_string()),
+            ("limits.max_topic_levels", max_topic_levels.to_string()),
+            ("limits.max_client_id_length", max_client_id_length.to_string()),
+            ("limits.max_publish_rate", max_publish_rate.to_string()),
+            ("limits.max_publish_bytes_rate", max_publish_bytes_rate.to_string()),
+            ("limits.max_retained_messages", max_retained_messages.to_string()),
+            ("limits.max_retained_bytes", max_retained_bytes.to_string()),
         ]
     };
     values(old)

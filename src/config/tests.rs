@@ -74,6 +74,13 @@ fn defaults_are_those_of_the_design() {
     assert_eq!(limits.topic_alias_maximum(), 16);
     assert_eq!(limits.max_session_expiry_s(), 604_800);
     assert_eq!(limits.max_subscriptions_per_client(), 0);
+    assert_eq!(limits.max_topic_length(), 65_535);
+    assert_eq!(limits.max_topic_levels(), 128);
+    assert_eq!(limits.max_client_id_length(), 256);
+    assert_eq!(limits.max_publish_rate(), 0);
+    assert_eq!(limits.max_publish_bytes_rate(), 0);
+    assert_eq!(limits.max_retained_messages(), 0);
+    assert_eq!(limits.max_retained_bytes(), 0);
     assert!(config.retain_available());
     assert_eq!(config.response_information_prefix(), None);
     assert_eq!(config.redirect(), None);
@@ -200,6 +207,13 @@ fn example_file_documents_every_key_of_the_schema() {
         "server_topic_alias_maximum",
         "max_session_expiry_s",
         "max_subscriptions_per_client",
+        "max_topic_length",
+        "max_topic_levels",
+        "max_client_id_length",
+        "max_publish_rate",
+        "max_publish_bytes_rate",
+        "max_retained_messages",
+        "max_retained_bytes",
         "retain_available",
         "response_information_prefix",
         "[redirect]",
@@ -280,6 +294,43 @@ fn retain_response_information_and_redirect_need_a_restart_the_quota_does_not() 
     let reloaded = running.reloaded(&new);
     assert!(reloaded.retain_available());
     assert_eq!(reloaded.limits().max_subscriptions_per_client(), 5);
+}
+
+// ---- abuse limits ----------------------------------------------------------
+
+#[test]
+fn abuse_limits_are_read_refused_out_of_range_and_reloadable() {
+    let text = "[limits]\nmax_topic_length = 256\nmax_topic_levels = 8\n\
+                max_client_id_length = 64\nmax_publish_rate = 100\n\
+                max_publish_bytes_rate = 65536\nmax_retained_messages = 1000\n\
+                max_retained_bytes = 1048576\n";
+    let config = parse(text).unwrap();
+    let limits = config.limits();
+    assert_eq!(limits.max_topic_length(), 256);
+    assert_eq!(limits.max_topic_levels(), 8);
+    assert_eq!(limits.max_client_id_length(), 64);
+    assert_eq!(limits.max_publish_rate(), 100);
+    assert_eq!(limits.max_publish_bytes_rate(), 65_536);
+    assert_eq!(limits.max_retained_messages(), 1000);
+    assert_eq!(limits.max_retained_bytes(), 1_048_576);
+    for (key, bad) in [
+        ("max_topic_length", "0"),
+        ("max_topic_length", "65536"),
+        ("max_topic_levels", "0"),
+        ("max_topic_levels", "32769"),
+        // [MQTT-3.1.3-5] ids of 1 to 23 bytes must be accepted.
+        ("max_client_id_length", "22"),
+        ("max_publish_rate", "-1"),
+        ("max_publish_bytes_rate", "-1"),
+        ("max_retained_messages", "-1"),
+        ("max_retained_bytes", "-1"),
+    ] {
+        let message = error(&format!("[limits]\n{key} = {bad}\n"));
+        assert!(message.contains(&format!("limits.{key} = {bad}")), "{message}");
+    }
+    let changes = Config::default().changes(&config);
+    assert!(changes.needs_restart.is_empty());
+    assert_eq!(changes.limits.len(), 7);
 }
 
 // ---- sys_interval_s --------------------------------------------------------

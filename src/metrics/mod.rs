@@ -99,6 +99,10 @@ pub struct ShardCounters {
     /// Retained messages dropped from the store because their v5 Message
     /// Expiry Interval ran out [MQTT-3.3.2-5].
     pub retained_expired: u64,
+    /// New retained topics not stored because the shard held its share of
+    /// `max_retained_messages` or `max_retained_bytes` (the PUBLISH was
+    /// still delivered).
+    pub retained_limit_exceeded: u64,
     /// Connections a session closed because its client broke the protocol
     /// after CONNECT (a `SessionError`).
     pub protocol_violations: u64,
@@ -145,6 +149,16 @@ pub struct SessionCounters {
     /// New subscriptions refused because the session held
     /// `max_subscriptions_per_client` (0x97, 3.1.1: 0x80).
     pub subscriptions_quota_exceeded: u64,
+    /// PUBLISH topics, wills and SUBSCRIBE / UNSUBSCRIBE filters refused
+    /// past `max_topic_length` or `max_topic_levels` (PUBACK/PUBREC/
+    /// DISCONNECT/CONNACK 0x90, filters 0x8F; 3.1.1: closed, 0x80).
+    pub topic_limit_exceeded: u64,
+    /// CONNECTs refused for a client id past `max_client_id_length`
+    /// (CONNACK 0x85, 3.1.1: return code 2).
+    pub client_id_too_long: u64,
+    /// Times a connection was paced (its socket left unread) for passing
+    /// `max_publish_rate` or `max_publish_bytes_rate`.
+    pub publish_rate_limited: u64,
 }
 
 /// What happened on the way to other shards.

@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 31] = [
+const COUNTERS: [Field<u64>; 35] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -153,6 +153,24 @@ const COUNTERS: [Field<u64>; 31] = [
         "subscriptions_quota_exceeded",
         "Subscriptions refused past max_subscriptions_per_client",
         |s| s.counters.session.subscriptions_quota_exceeded,
+    ),
+    (
+        "topic_limit_exceeded",
+        "Topics and filters refused past max_topic_length or max_topic_levels",
+        |s| s.counters.session.topic_limit_exceeded,
+    ),
+    ("client_id_too_long", "CONNECTs refused past max_client_id_length", |s| {
+        s.counters.session.client_id_too_long
+    }),
+    (
+        "publish_rate_limited",
+        "Times a connection was paced past max_publish_rate or max_publish_bytes_rate",
+        |s| s.counters.session.publish_rate_limited,
+    ),
+    (
+        "retained_limit_exceeded",
+        "New retained topics not stored past max_retained_messages or max_retained_bytes",
+        |s| s.counters.shard.retained_limit_exceeded,
     ),
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped

@@ -19,6 +19,7 @@ use crate::session::{AuthExchange, AuthOutcome};
 use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
 use bytes::{Buf, BytesMut};
 use futures_lite::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -131,6 +132,8 @@ pub fn serve<T: Transport>(
         write_buf: BytesMut::new(),
         decoder,
         held_by: None,
+        pace_timer: None,
+        paced: false,
         ctx,
         transport,
     };
@@ -175,6 +178,12 @@ struct Connection<T> {
     /// The congested peer this connection pushed a QoS 1/2 publish to: it
     /// reads nothing more until that peer's queue drains.
     held_by: Option<Destination>,
+    /// Set while the connection is paced past its publish rate (it reads
+    /// nothing until the timer fires); kept once created, so a saturated
+    /// connection re-arms it instead of allocating one per pause.
+    pace_timer: Option<glommio::timer::Timer>,
+    /// Whether `pace_timer` is armed.
+    paced: bool,
 }
 
 /// What woke a connection task.
@@ -637,12 +646,25 @@ impl<T: Transport> Connection<T> {
             match self.decoder.decode(buf) {
                 Ok(Some(packet)) => {
                     let indexes = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    let publishes = matches!(packet, Packet::Publish(_));
                     let mut shard = self.ctx.shard.borrow_mut();
                     if !shard.handle_packet(key, id, now, packet)? {
                         // The session closed the connection; the rest is
                         // ignored [MQTT-3.14.4-1].
                         self.read_buf = None;
                         return Ok(());
+                    }
+                    if publishes {
+                        if let Some(until) = shard.paced_until(key, now) {
+                            // Past its publish rate: the packets after it
+                            // wait (here and in the socket) until `until`.
+                            if self.held_by.is_none() {
+                                shard.handle_held(key, id, now, true)?;
+                            }
+                            drop(shard);
+                            self.pace(until.saturating_duration_since(now));
+                            return Ok(());
+                        }
                     }
                     if indexes && shard.has_index_work(key) {
                         // The packets after it wait until it is indexed.
@@ -667,6 +689,15 @@ impl<T: Transport> Connection<T> {
             self.read_buf = None;
         }
         Ok(())
+    }
+
+    /// Stops reading for `pause` (see [`Self::poll_wake`]).
+    fn pace(&mut self, pause: Duration) {
+        match &mut self.pace_timer {
+            Some(timer) => timer.reset(pause),
+            None => self.pace_timer = Some(glommio::timer::Timer::new(pause)),
+        }
+        self.paced = true;
     }
 
     /// Writes pending output, then waits for input, new output, or
@@ -700,10 +731,32 @@ impl<T: Transport> Connection<T> {
                 return Poll::Pending;
             }
             self.held_by = None;
-            let released = self.ctx.shard.borrow_mut().handle_held(key, id, Instant::now(), false);
-            if let Err(error) = released {
-                return Poll::Ready(Err(error.into()));
+            if !self.paced {
+                let now = Instant::now();
+                let released = self.ctx.shard.borrow_mut().handle_held(key, id, now, false);
+                if let Err(error) = released {
+                    return Poll::Ready(Err(error.into()));
+                }
             }
+        }
+        if self.paced {
+            // Paced past its publish rate: output still flows (above), the
+            // socket is not read until the budget is back. Then the
+            // packets already read are handled first (`Wake::Read`).
+            if let Some(timer) = self.pace_timer.as_mut() {
+                if std::pin::Pin::new(timer).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.paced = false;
+            if self.held_by.is_none() {
+                let now = Instant::now();
+                let released = self.ctx.shard.borrow_mut().handle_held(key, id, now, false);
+                if let Err(error) = released {
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+            return Poll::Ready(Ok(Wake::Read));
         }
         if self.write_buf.len() < MAX_UNSENT {
             match self.poll_read(cx) {
@@ -840,13 +893,14 @@ mod tests {
     /// backpressure state; 432 once a v5 close carries why the input was
     /// malformed (the close reason, held across the last flush, went from
     /// 16 to 24 bytes); 392 once the close of an attached connection moved
-    /// from its own `run` future into `serve`.
+    /// from its own `run` future into `serve`; 400 (Connection 216) with
+    /// the publish-rate pacing timer (one reused `Timer` handle).
     #[test]
     fn an_idle_connection_task_stays_small() {
         let (connection, future) =
             (std::mem::size_of::<Connection<TcpStream>>(), output_size(serve::<TcpStream>));
         eprintln!("Connection<TcpStream>: {connection} bytes, serve future: {future} bytes");
-        assert!(connection <= 208, "Connection<TcpStream> grew to {connection} bytes");
-        assert!(future <= 392, "the serve future grew to {future} bytes");
+        assert!(connection <= 216, "Connection<TcpStream> grew to {connection} bytes");
+        assert!(future <= 400, "the serve future grew to {future} bytes");
     }
 }

@@ -595,6 +595,7 @@ fn log_stopped(snapshot: &Snapshot) {
         takeovers,
         sessions_expired,
         retained_expired,
+        retained_limit_exceeded,
         protocol_violations,
     } = shard;
     let SessionCounters {
@@ -611,6 +612,9 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        topic_limit_exceeded,
+        client_id_too_long,
+        publish_rate_limited,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
@@ -661,6 +665,10 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        topic_limit_exceeded,
+        client_id_too_long,
+        publish_rate_limited,
+        retained_limit_exceeded,
         "shard stopped"
     );
 }

@@ -128,6 +128,14 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
             .unwrap_or(usize::MAX),
         retain_available: config.retain_available(),
         auth_timeout: limits.connect_timeout(),
+        max_topic_length: limits.max_topic_length().into(),
+        max_topic_levels: limits.max_topic_levels().into(),
+        max_client_id_length: limits.max_client_id_length().into(),
+        max_publish_rate: limits.max_publish_rate(),
+        max_publish_bytes_rate: limits.max_publish_bytes_rate(),
+        max_retained_messages: usize::try_from(limits.max_retained_messages())
+            .unwrap_or(usize::MAX),
+        max_retained_bytes: usize::try_from(limits.max_retained_bytes()).unwrap_or(usize::MAX),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),

@@ -45,6 +45,7 @@ mod event;
 mod keepalive;
 mod limits;
 mod outbound;
+mod pace;
 
 #[cfg(test)]
 mod proptests;
@@ -73,6 +74,7 @@ use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, Top
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
+use pace::PublishPace;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -130,7 +132,8 @@ impl Session {
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
     /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
-    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept), the
+    /// topic limits and publish rates at the next packet. What a
     /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
@@ -277,6 +280,7 @@ impl Session {
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
             auth: None,
+            pace: None,
         });
         connection.connack.insert(Box::new(connack))
     }
@@ -421,6 +425,19 @@ impl Session {
             return Err(SessionError::NotConnected);
         };
         let Publish { qos, retain, topic, packet_id, mut properties, payload, .. } = publish;
+        // `max_publish_rate` / `max_publish_bytes_rate`: every PUBLISH is
+        // charged and served; past the rate the network layer stops
+        // reading until `paced_until` (see `pace`).
+        let (rate, bytes_rate) = (self.limits.max_publish_rate, self.limits.max_publish_bytes_rate);
+        if rate > 0 || bytes_rate > 0 {
+            let pace = connection.pace.get_or_insert_with(|| Box::new(PublishPace::new(now)));
+            if pace.charge(now, payload.len(), rate, bytes_rate) {
+                counters.publish_rate_limited += 1;
+            }
+        } else if connection.pace.is_some() {
+            // Turned off by a reload.
+            connection.pace = None;
+        }
         // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from
         // the Server MUST NOT send a PUBLISH packet with the RETAIN flag set
         // to 1. If the Server receives such a packet, this is a Protocol
@@ -462,6 +479,28 @@ impl Session {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
             connection.unacknowledged_in += 1;
+        }
+        // `max_topic_length` / `max_topic_levels`, on the topic after alias
+        // resolution. 5.0: 0x90 Topic Name invalid, "The Topic Name is not
+        // malformed, but is not accepted by this Client or Server" (PUBACK
+        // table 3-4, PUBREC table 3-5); a failed PUBREC ends the flow
+        // [MQTT-4.3.3-4]. A QoS 0 PUBLISH has no acknowledgement, so the
+        // client is told with DISCONNECT 0x90 rather than losing every
+        // message without a word. 3.1/3.1.1 can refuse no PUBLISH: the
+        // connection is closed (see `SessionError::TopicLimitExceeded`).
+        if !self.limits.topic_within(topic.as_str()) {
+            counters.topic_limit_exceeded += 1;
+            return match (connection.version.is_v5(), qos, packet_id) {
+                (true, QoS::AtLeastOnce, Some(id)) => {
+                    connection.owe(Control::PubAck(id, ReasonCode::TopicNameInvalid));
+                    Ok(())
+                }
+                (true, QoS::ExactlyOnce, Some(id)) => {
+                    connection.owe(Control::PubRec(id, ReasonCode::TopicNameInvalid));
+                    Ok(())
+                }
+                _ => Err(SessionError::TopicLimitExceeded),
+            };
         }
         // 5.0 §3.3.2.3.2: "The receiver MAY validate that the Payload is of
         // the format indicated, and if it is not send a PUBACK, PUBREC, or
@@ -515,6 +554,17 @@ impl Session {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Until when the network layer is not to read the client's packets:
+    /// it passed `max_publish_rate` or `max_publish_bytes_rate` (the
+    /// publishes read so far are all served). `None`: read on. While
+    /// paced, the connection is held as for backpressure
+    /// ([`handle_held`](Self::handle_held)): the keep alive counts only
+    /// what the broker reads [MQTT-3.1.2-24], so a client whose packets
+    /// wait unread in its socket is not closed for them.
+    pub fn paced_until(&self, now: Instant) -> Option<Instant> {
+        self.connection.as_ref()?.pace.as_ref()?.until(now)
     }
 
     /// A PUBACK, PUBREC or PUBCOMP (`packet`) for an outgoing message.
@@ -599,6 +649,15 @@ impl Session {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
+            // `max_topic_length` / `max_topic_levels`: 0x8F Topic Filter
+            // invalid, "The Topic Filter is correctly formed but is not
+            // allowed for this Client" (table 3-8); 3.1.1: 0x80 Failure.
+            // Only this filter is refused [MQTT-3.8.4-5].
+            if !self.limits.filter_within(&subscription.filter) {
+                counters.topic_limit_exceeded += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let subscribed = Subscribed { options: subscription.options, identifier };
             let max = self.limits.max_subscriptions;
             let full = max > 0 && self.subscriptions.len() >= max;
@@ -656,6 +715,16 @@ impl Session {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
+            // A filter past `max_topic_length` / `max_topic_levels` cannot
+            // have been subscribed: 5.0 0x8F as at SUBSCRIBE (UNSUBACK
+            // table 3-9); 3.1.1 UNSUBACK has no codes and nothing is removed.
+            if !self.limits.filter_within(&filter) {
+                counters.topic_limit_exceeded += 1;
+                if v5 {
+                    reasons.push(ReasonCode::TopicFilterInvalid);
+                }
+                continue;
+            }
             // [MQTT-3.10.4-1] filters compare character by character.
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {

@@ -22,6 +22,7 @@ use crate::shard::deadlines::Deadlines;
 use crate::shard::drops::{DropCause, DropWarnings};
 use crate::shard::index_work::{IndexFilters, IndexWork, INDEX_WORK_PER_TURN};
 use crate::shard::interest_sync::InterestSync;
+use crate::shard::limit_log::{LimitCause, LimitWarnings};
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
 use crate::shard::slots::{ConnectionLink, Slot, Slots};
@@ -72,6 +73,8 @@ pub struct Shard {
     counters: Counters,
     /// When drops were last logged, per cause.
     drop_warnings: DropWarnings,
+    /// When abuse limits were last logged, per cause.
+    limit_warnings: LimitWarnings,
     /// Reused between interest acknowledgements: the barriers they release.
     released: Vec<(SessionKey, AckToken)>,
     /// Reused between publishes: the local sessions a message matched.
@@ -111,6 +114,7 @@ impl Shard {
             shutting_down: false,
             counters: Counters::default(),
             drop_warnings: DropWarnings::default(),
+            limit_warnings: LimitWarnings::default(),
             released: Vec::new(),
             matches: Vec::new(),
             deadlines: Deadlines::default(),
@@ -171,6 +175,11 @@ impl Shard {
         &self.counters
     }
 
+    /// The counters, to count into.
+    pub(super) fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
     /// The counters the network layer counts into.
     pub fn net_counters(&mut self) -> &mut NetCounters {
         &mut self.counters.net
@@ -224,6 +233,14 @@ impl Shard {
         self.slots.get(key).map(|slot| slot.session.client_id())
     }
 
+    /// Until when the connection of `key` is not to be read: it passed
+    /// its publish rate (see `Session::paced_until`). The network layer
+    /// asks after each PUBLISH and holds the connection
+    /// ([`Self::handle_held`]) meanwhile.
+    pub fn paced_until(&self, key: SessionKey, now: Instant) -> Option<Instant> {
+        self.slots.get(key)?.session.paced_until(now)
+    }
+
     /// The session in `key`, if `connection` is still the one attached to
     /// it (a taken-over connection gets `None`).
     pub fn session_mut(
@@ -245,9 +262,8 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        let retain_available = self.limits.retain_available;
         if let Some(reason) =
-            super::placement::connect_refusal(connect, self.shutting_down, retain_available)
+            super::placement::connect_refusal(connect, self.shutting_down, &self.limits)
         {
             return ConnectOutcome::Refused(reason);
         }
@@ -415,12 +431,18 @@ impl Shard {
         let slot = self.slots.get_mut(key).ok_or(ConnectionError::Detached)?;
         slot.link_mut(connection).ok_or(ConnectionError::Detached)?;
         let session = &mut slot.session;
+        let before = limit_hits(&self.counters.session);
         if let Err(error) = session.handle_packet(now, packet, &mut self.counters.session) {
             tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
             // A packet after the close is not a new violation.
             if error != SessionError::NotConnected {
                 self.counters.shard.protocol_violations += 1;
             }
+        }
+        let after = limit_hits(&self.counters.session);
+        if after != before {
+            self.count_limit(LimitCause::TopicTooLong, after.0 - before.0, now);
+            self.count_limit(LimitCause::PublishRate, after.1 - before.1, now);
         }
         self.drain_events(key, now);
         Ok(self.slot(key).connection.as_ref().is_some_and(|link| link.closed.is_none()))
@@ -431,6 +453,9 @@ impl Shard {
     pub fn sweep(&mut self, now: Instant) {
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
+        }
+        while let Some((cause, count)) = self.limit_warnings.poll_due(now) {
+            warn_limit(self.id, cause, count);
         }
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
             let slot = self.slots.slot_mut(key);
@@ -495,6 +520,17 @@ impl Shard {
             None => Err(ConnectionError::Detached),
             Some(Some(reason)) => Err(ConnectionError::Closed(reason)),
             Some(None) => Ok(written),
+        }
+    }
+
+    /// Logs `count` hits of an abuse limit unless it was logged in the
+    /// last interval; then the sweep tells them later, summed.
+    pub(super) fn count_limit(&mut self, cause: LimitCause, count: u64, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        if let Some(count) = self.limit_warnings.record(cause, count, now) {
+            warn_limit(self.id, cause, count);
         }
     }
 
@@ -615,6 +651,13 @@ impl Shard {
         self.interest.waiters()
     }
 
+    /// The retained message of `topic` stored on this shard.
+    #[cfg(test)]
+    pub(super) fn retained_of(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
+        let name = crate::protocol::TopicName::new(topic).ok()?;
+        self.retained.get(&name, now).cloned()
+    }
+
     /// Indexes a session's subscribe or unsubscribe: at once when it is
     /// small and nothing is waiting before it, else in turns driven by the
     /// connection ([`Shard::handle_index_work`]).
@@ -725,7 +768,7 @@ impl Shard {
         // With `retain_available = false` sessions refuse RETAIN 1, so only
         // the broker's own messages could ask to be stored: nothing is.
         if message.retain && self.limits.retain_available {
-            self.store_retained(&message);
+            self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
         // Per matched group: the member shard chosen and its id for the
@@ -754,7 +797,7 @@ impl Shard {
     /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
     /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
     /// that owns its topic.
-    fn store_retained(&mut self, message: &Arc<Message>) {
+    fn store_retained(&mut self, message: &Arc<Message>, now: Instant) {
         let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
         // The stored copy owns exactly its payload, so a retained message
         // does not pin the read buffer it arrived in.
@@ -763,10 +806,41 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.retained.set(stored);
+            self.retain_here(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
         }
+    }
+
+    /// Stores a retained message of a topic homed here, within this
+    /// shard's share of `max_retained_messages` and `max_retained_bytes`
+    /// (see [`Self::retained_share`]). Past it, a new topic is not stored:
+    /// the PUBLISH has been delivered to the subscribers already, and its
+    /// acknowledgement sent by the shard that received it, which cannot
+    /// wait for this one (the store of a topic lives on its own shard).
+    /// Counted and logged.
+    /// The broker's own messages (`$SYS`, no publisher) are not limited:
+    /// their topics are few and fixed, and must not vanish because clients
+    /// filled the store.
+    fn retain_here(&mut self, message: Arc<Message>, now: Instant) {
+        if message.publisher.is_none() {
+            self.retained.set(message);
+            return;
+        }
+        let max_messages = self.retained_share(self.limits.max_retained_messages);
+        let max_bytes = self.retained_share(self.limits.max_retained_bytes);
+        if self.retained.set_within(message, max_messages, max_bytes).is_err() {
+            self.counters.shard.retained_limit_exceeded += 1;
+            self.count_limit(LimitCause::RetainedFull, 1, now);
+        }
+    }
+
+    /// This shard's share of a broker-wide retained limit (0: none): the
+    /// topics are spread over the shards by a hash of their name, so each
+    /// holds about one in `nr_shards` of them; rounded up, so the shares
+    /// sum to at least the limit.
+    pub fn retained_share(&self, broker_wide: usize) -> usize {
+        broker_wide.div_ceil(self.nr_shards)
     }
 
     /// Queues `message` to every local session with a matching plain
@@ -974,9 +1048,7 @@ impl Shard {
                 released.clear();
                 self.released = released;
             }
-            ShardMessage::Retain(message) => {
-                self.retained.set(message);
-            }
+            ShardMessage::Retain(message) => self.retain_here(message, now),
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {
@@ -1000,4 +1072,21 @@ pub enum ConnectionError {
     /// The session closed the connection.
     #[error("{0}")]
     Closed(CloseReason),
+}
+
+/// The counters of the abuse limits a session's packet can hit: topics and
+/// filters past their limits, publish-rate pacing.
+fn limit_hits(counters: &crate::metrics::SessionCounters) -> (u64, u64) {
+    (counters.topic_limit_exceeded, counters.publish_rate_limited)
+}
+
+fn warn_limit(shard: ShardId, cause: LimitCause, count: u64) {
+    tracing::warn!(
+        %shard,
+        %cause,
+        count,
+        "limit hit: {} (at most one line per cause every {} s)",
+        cause.hint(),
+        crate::shard::drops::WARNING_INTERVAL.as_secs()
+    );
 }
