@@ -4,8 +4,9 @@
 //! This module owns the password file's format (one `user:hash` per line,
 //! `#` comments and blank lines ignored) and the hashes it accepts:
 //! argon2id PHC strings, which `ringmq passwd` writes, and Mosquitto's
-//! `$7$` (PBKDF2-HMAC-SHA512, as `mosquitto_passwd` writes it), so a
-//! Mosquitto user's file works unchanged. Parsing and verifying are pure
+//! `$7$` (PBKDF2-HMAC-SHA512, as `mosquitto_passwd` writes it) and `$6$`
+//! (salted SHA-512, as Mosquitto 1.x wrote it), so a Mosquitto user's file
+//! works unchanged. Parsing and verifying are pure
 //! (no IO besides [`PasswordFile::load`], used at start); verifying costs
 //! milliseconds by design, so the broker runs it on the small thread pool
 //! of [`pool`], never on a shard.
@@ -59,6 +60,12 @@ enum Hash {
     Argon2,
     /// Mosquitto's `$7$iterations$salt$hash`: PBKDF2-HMAC-SHA512.
     Pbkdf2Sha512 { iterations: u32, salt: Vec<u8>, hash: Vec<u8> },
+    /// Mosquitto's `$6$salt$hash` (what `mosquitto_passwd` wrote before
+    /// 2.0, and writes with `-H sha512`): one SHA-512 of the password
+    /// followed by the salt. Weak (one hash, no work factor): accepted so
+    /// that old files keep working; `ringmq passwd` rewrites a user's
+    /// entry as argon2id.
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
 }
 
 /// A line of a password file that cannot be used.
@@ -207,6 +214,12 @@ impl Hash {
                 pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, *iterations, &mut computed);
                 bool::from(computed.ct_eq(hash))
             }
+            Self::Sha512 { salt, hash } => {
+                use sha2::Digest as _;
+                let computed =
+                    sha2::Sha512::new().chain_update(password).chain_update(salt).finalize();
+                bool::from(computed.as_slice().ct_eq(hash))
+            }
         }
     }
 }
@@ -228,12 +241,12 @@ fn parse_hash(text: &str) -> Result<Hash, String> {
     if let Some(rest) = text.strip_prefix("$7$") {
         return parse_pbkdf2(rest);
     }
-    if text.starts_with("$6$") {
-        return Err("Mosquitto's `$6$` (sha512) hashes are not supported yet; set the \
-                    password again with `ringmq passwd`"
-            .to_owned());
+    if let Some(rest) = text.strip_prefix("$6$") {
+        return parse_sha512(rest);
     }
-    Err("unknown hash format (expected argon2id `$argon2id$...` or Mosquitto `$7$...`)".to_owned())
+    Err("unknown hash format (expected argon2id `$argon2id$...`, or Mosquitto's `$7$...` or \
+         `$6$...`)"
+        .to_owned())
 }
 
 /// Mosquitto's `$7$`: `iterations$salt$hash`, salt and hash in standard
@@ -259,6 +272,22 @@ fn parse_pbkdf2(rest: &str) -> Result<Hash, String> {
         return Err("invalid `$7$` hash: empty salt or hash".to_owned());
     }
     Ok(Hash::Pbkdf2Sha512 { iterations, salt, hash })
+}
+
+/// Mosquitto's `$6$`: `salt$hash`, both standard base64; the hash is the
+/// SHA-512 of the password then the salt (mosquitto 1.x
+/// `src/security_default.c`, `pw__digest`), so it is 64 bytes.
+fn parse_sha512(rest: &str) -> Result<Hash, String> {
+    let (Some((salt, hash)), false) = (rest.split_once('$'), rest.matches('$').count() > 1) else {
+        return Err("invalid `$6$` hash: expected `$6$salt$hash`".to_owned());
+    };
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let salt = base64.decode(salt).map_err(|_| "invalid `$6$` hash: bad base64 salt")?;
+    let hash = base64.decode(hash).map_err(|_| "invalid `$6$` hash: bad base64 hash")?;
+    if salt.is_empty() || hash.len() != 64 {
+        return Err("invalid `$6$` hash: empty salt, or a hash that is not 64 bytes".to_owned());
+    }
+    Ok(Hash::Sha512 { salt, hash })
 }
 
 /// The argon2id PHC string of `password` with a random salt and the
