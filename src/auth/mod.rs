@@ -14,6 +14,7 @@
 //! Credentials are never logged: [`PasswordFile`]'s `Debug` shows the user
 //! names only.
 
+pub mod acl;
 pub mod pool;
 #[cfg(test)]
 mod tests;
