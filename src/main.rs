@@ -4,8 +4,8 @@
 //! * `ringmq serve [--config FILE] [--listen ADDR]... [--shards N] [--log LEVEL]`
 //!   runs the broker; `serve` is the default command, so `ringmq --listen
 //!   0.0.0.0:1883` works too.
-//! * `ringmq check-config FILE` validates a file (and its password file)
-//!   and says so.
+//! * `ringmq check-config FILE` validates a file (and the password and ACL
+//!   files it names) and says so.
 //! * `ringmq passwd FILE USER [--password-stdin]` sets USER's password in
 //!   a password file (argon2id); `ringmq passwd -D FILE USER` deletes USER.
 //!
@@ -19,9 +19,10 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use ringmq::auth::acl::AclFile;
 use ringmq::auth::PasswordFile;
 use ringmq::config::{Config, LogFormat, LogLevel, Overrides};
-use ringmq::runtime::Reload;
+use ringmq::runtime::{AuthFiles, Reload};
 use std::error::Error;
 use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -130,22 +131,30 @@ fn main() -> ExitCode {
 fn check_config(file: PathBuf) -> Result<(), Failure> {
     let config =
         Config::from_file(&file, &Overrides::default()).map_err(|error| Failure::config(&error))?;
-    let passwords = load_passwords(&config)?;
-    let users = passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
+    let files = load_auth_files(&config)?;
+    let users =
+        files.passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
+    let acl = files.acl.map_or_else(String::new, |file| {
+        format!(", acl: {} user section(s), {} rule(s)", file.users(), file.rules())
+    });
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}{users}",
+        "ok: {} listener(s), shards={}{users}{acl}",
         config.listeners().len(),
         config.shards()
     );
     Ok(())
 }
 
-/// Reads the configured password file: a bad one is a configuration error.
-fn load_passwords(config: &Config) -> Result<Option<PasswordFile>, Failure> {
-    config.password_file().map(PasswordFile::load).transpose().map_err(|e| Failure::config(&e))
+/// Reads the configured password and ACL files: a bad one is a
+/// configuration error.
+fn load_auth_files(config: &Config) -> Result<AuthFiles, Failure> {
+    let passwords = config.password_file().map(PasswordFile::load).transpose();
+    let passwords = passwords.map_err(|e| Failure::config(&e))?;
+    let acl = config.acl_file().map(AclFile::load).transpose().map_err(|e| Failure::config(&e))?;
+    Ok(AuthFiles { passwords, acl })
 }
 
 /// `ringmq passwd`: sets or deletes one user, then replaces the file
@@ -222,7 +231,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(|error| Failure::config(&error))?;
-    let passwords = load_passwords(&config)?;
+    let files = load_auth_files(&config)?;
     let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
@@ -237,7 +246,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read: Box::new(move || Config::from_file(&file, &overrides)),
         set_log_level,
     });
-    ringmq::runtime::run(config, passwords, reload).map_err(|error| Failure::runtime(&error))
+    ringmq::runtime::run(config, files, reload).map_err(|error| Failure::runtime(&error))
 }
 
 /// Sets the level of the installed subscriber (a reload's `log.level`), or

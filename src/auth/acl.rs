@@ -94,14 +94,14 @@ enum Level {
 }
 
 /// One `topic` or `pattern` line, compiled.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Rule {
     levels: Box<[Level]>,
     access: Access,
 }
 
 /// A node of a section's trie: the rules whose filter leads here.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Node {
     /// Rules whose filter ends at this node.
     exact: Access,
@@ -177,7 +177,7 @@ fn descend(node: &Node, mut rest: std::str::Split<'_, char>, names: &Names<'_>) 
 }
 
 /// The rules of one section (anonymous, one user, or the patterns).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Section {
     trie: Node,
     /// The same rules as a list, for subscription checks (rare, and
@@ -212,8 +212,9 @@ impl<'a> Names<'a> {
     }
 }
 
-/// A parsed ACL file.
-#[derive(Clone, Debug, Default)]
+/// A parsed ACL file; two are equal when they grant the same (a reload
+/// of an unchanged file says so).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AclFile {
     /// Index 0: anonymous clients; then one per user, in file order.
     sections: Vec<Section>,

@@ -44,6 +44,24 @@ pub struct PasswordFile {
     index: hashbrown::HashMap<String, usize>,
 }
 
+/// What a reloaded password file changed, in users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    /// Users new in the file.
+    pub added: usize,
+    /// Users no longer in it.
+    pub removed: usize,
+    /// Users whose hash changed.
+    pub changed: usize,
+}
+
+impl UserChanges {
+    /// Whether no user changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One `user:hash` line.
 #[derive(Clone)]
 struct Entry {
@@ -152,6 +170,21 @@ impl PasswordFile {
                 false
             }
         }
+    }
+
+    /// How `new` differs from this file: users added, removed, and whose
+    /// hash changed (for the reload's log line; no hash is shown).
+    pub fn changes_to(&self, new: &Self) -> UserChanges {
+        let mut changes = UserChanges::default();
+        for entry in &new.entries {
+            match self.index.get(&entry.user).map(|&at| &self.entries[at]) {
+                None => changes.added += 1,
+                Some(old) if old.text != entry.text => changes.changed += 1,
+                Some(_) => {}
+            }
+        }
+        changes.removed = self.entries.iter().filter(|e| !new.index.contains_key(&e.user)).count();
+        changes
     }
 
     /// Sets `user`'s password to the argon2id hash of `password` (adding

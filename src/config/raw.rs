@@ -18,7 +18,7 @@ pub(super) struct RawConfig {
     pub(super) shards: Option<i64>,
     pub(super) allow_anonymous: Option<bool>,
     pub(super) password_file: Option<String>,
-    pub(super) acl_file: Option<IgnoredAny>,
+    pub(super) acl_file: Option<String>,
     pub(super) data_dir: Option<IgnoredAny>,
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
@@ -41,6 +41,7 @@ pub(super) struct RawListener {
     pub(super) proxy_protocol: Option<bool>,
     pub(super) tls: Option<IgnoredAny>,
     pub(super) listen_backlog: Option<i64>,
+    pub(super) allow_anonymous: Option<bool>,
 }
 
 /// The `[limits]` table.

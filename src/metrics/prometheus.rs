@@ -46,7 +46,7 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
     );
     // (name, help, value) of every plain counter.
     type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let fields: [Field; 22] = [
+    let fields: [Field; 25] = [
         ("accepted", "Connections accepted", |s| s.counters.net.accepted),
         ("refused_at_limit", "Connections refused at max_connections", |s| {
             s.counters.net.refused_limit
@@ -99,6 +99,15 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         }),
         ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
             s.counters.session.dropped_too_large
+        }),
+        ("acl_denied_publish", "PUBLISH packets and wills the ACL file refused", |s| {
+            s.counters.session.acl_denied_publish
+        }),
+        ("acl_denied_subscribe", "SUBSCRIBE filters the ACL file refused", |s| {
+            s.counters.session.acl_denied_subscribe
+        }),
+        ("acl_denied_delivery", "Messages not sent: the subscriber may not read the topic", |s| {
+            s.counters.session.acl_denied_delivery
         }),
         ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
             s.counters.router.cross_core_qos0_dropped

@@ -9,6 +9,7 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::acl::AclFile;
 use crate::auth::pool::Verifier;
 use crate::auth::PasswordFile;
 use crate::config::{Config, ShardCount};
@@ -26,7 +27,7 @@ use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedLimits};
+use reload::{AuthState, Reloader, SharedAcl, SharedLimits};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -93,6 +94,19 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The ACL file in force, if one is configured; replaced by a reload.
+    acl: Option<Arc<SharedAcl>>,
+}
+
+/// The password and ACL files the configuration names, as read before the
+/// start (a bad one is a configuration error, reported before anything
+/// starts).
+#[derive(Debug, Default)]
+pub struct AuthFiles {
+    /// The `password_file`.
+    pub passwords: Option<PasswordFile>,
+    /// The `acl_file`.
+    pub acl: Option<AclFile>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -184,13 +198,8 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file, already read (a bad file
-/// is a configuration error, reported before anything starts).
-pub fn run(
-    config: Config,
-    passwords: Option<PasswordFile>,
-    reload: Option<Reload>,
-) -> Result<(), RuntimeError> {
+/// `files` are the configured password and ACL files, already read.
+pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -210,7 +219,21 @@ pub fn run(
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(config.limits()));
-    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits));
+    let AuthFiles { passwords, acl } = files;
+    let auth = net_auth(&config, passwords.clone())?;
+    let acl = acl.map(|file| {
+        tracing::info!(users = file.users(), rules = file.rules(), "acl file read");
+        if config.password_file().is_none() {
+            tracing::warn!(
+                "acl_file without password_file: user names are not verified, so a client \
+                 gets the rules of whichever user it names"
+            );
+        }
+        Arc::new(SharedAcl::new(Some(Arc::new(file))))
+    });
+    let auth_state =
+        AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
+    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits), auth_state);
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -224,8 +247,7 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords)?;
-    let running = Running { listeners: &listeners, health: &health, limits, auth, shutdown };
+    let running = Running { listeners: &listeners, health: &health, limits, auth, acl, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -240,6 +262,8 @@ struct Running<'a> {
     limits: Arc<SharedLimits>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The ACL file, if any.
+    acl: Option<Arc<SharedAcl>>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -250,7 +274,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, auth, shutdown } = running;
+    let Running { listeners, health, limits, auth, acl, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -287,6 +311,7 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        acl,
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -334,6 +359,9 @@ fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth,
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
+            if file.is_empty() {
+                tracing::warn!("the password file has no user: only anonymous clients can connect");
+            }
             let verifier = Verifier::start(file, AUTH_THREADS, AUTH_QUEUE)
                 .map_err(RuntimeError::AuthThreads)?;
             Some(Arc::new(verifier))
@@ -391,6 +419,11 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         startup.boot,
     )));
+    let mut acl_seen = startup.acl.as_ref().map(|acl| {
+        let (seen, file) = acl.current();
+        shard.borrow_mut().set_acl(file);
+        seen
+    });
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
@@ -435,6 +468,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             limits_seen = seen;
             shard.borrow_mut().set_limits(session_limits);
             net.set_limits(net_limits);
+        }
+        if let (Some(shared), Some(seen)) = (&startup.acl, acl_seen.as_mut()) {
+            if let Some((now_seen, file)) = shared.changed_since(*seen) {
+                *seen = now_seen;
+                shard.borrow_mut().set_acl(file);
+            }
         }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
@@ -519,6 +558,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
     } = session;
     let RouterCounters { cross_core_qos0_dropped } = router;
     tracing::info!(
@@ -553,6 +595,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
         "shard stopped"
     );
 }

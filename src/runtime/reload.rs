@@ -9,8 +9,20 @@
 //! changed `[limits]` are logged one line each (`limits.max_inflight: 32 ->
 //! 64`) and published in [`SharedLimits`], which every shard checks at its
 //! tick; a changed `log.level` goes to [`Reload::set_log_level`].
+//!
+//! Every SIGHUP also re-reads `password_file` and `acl_file` (changed or
+//! not in the configuration): a file that cannot be read or parsed keeps
+//! the one in force and logs one error line with the file and line. A new
+//! password file goes to the verification threads (new CONNECTs are
+//! checked against it; connected clients stay). A new ACL file is
+//! published in [`SharedAcl`]: each shard takes it at its next tick, for
+//! new connections and for every existing session from its next check, as
+//! Mosquitto re-applies its ACLs to connected clients.
 
 use super::preflight;
+use crate::auth::acl::AclFile;
+use crate::auth::pool::Verifier;
+use crate::auth::PasswordFile;
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
@@ -66,6 +78,100 @@ impl SharedLimits {
     }
 }
 
+/// The ACL file in force, shared by the shards: replaced by a reload, read
+/// by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedAcl {
+    /// Bumped after each replacement of `file`.
+    generation: AtomicU64,
+    file: Mutex<Option<Arc<AclFile>>>,
+}
+
+impl SharedAcl {
+    pub(super) fn new(file: Option<Arc<AclFile>>) -> Self {
+        Self { generation: AtomicU64::new(0), file: Mutex::new(file) }
+    }
+
+    /// The generation and file in force.
+    pub(super) fn current(&self) -> (u64, Option<Arc<AclFile>>) {
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), file.clone())
+    }
+
+    /// The file, when its generation is not `seen` (one atomic load when
+    /// nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, Option<Arc<AclFile>>)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, file: Arc<AclFile>) {
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The password and ACL files in force, for re-reading them on SIGHUP.
+#[derive(Debug, Default)]
+pub(super) struct AuthState {
+    /// The password file in force and the threads that check against it
+    /// (both or neither).
+    pub(super) passwords: Option<(PasswordFile, Arc<Verifier>)>,
+    /// Where the shards take the ACL file from; its current file is
+    /// `acl.current()`.
+    pub(super) acl: Option<Arc<SharedAcl>>,
+}
+
+impl AuthState {
+    /// Re-reads the files `running` names; logs what changed.
+    fn reload(&mut self, running: &Config) {
+        if let (Some(path), Some((old, verifier))) = (running.password_file(), &mut self.passwords)
+        {
+            match PasswordFile::load(path) {
+                Err(error) => tracing::error!("reload: {error}; the file in force stays"),
+                Ok(new) => {
+                    let changes = old.changes_to(&new);
+                    if changes.is_empty() {
+                        tracing::info!(path = %path.display(), "reload: password_file unchanged");
+                    } else {
+                        tracing::info!(
+                            path = %path.display(),
+                            users = new.len(),
+                            added = changes.added,
+                            removed = changes.removed,
+                            changed = changes.changed,
+                            "reload: password_file applied to new connections"
+                        );
+                        verifier.replace(new.clone());
+                        *old = new;
+                    }
+                }
+            }
+        }
+        if let (Some(path), Some(shared)) = (running.acl_file(), &self.acl) {
+            match AclFile::load(path) {
+                Err(error) => tracing::error!("reload: {error}; the file in force stays"),
+                Ok(new) => match shared.current().1 {
+                    Some(old) if *old == new => {
+                        tracing::info!(path = %path.display(), "reload: acl_file unchanged");
+                    }
+                    old => {
+                        tracing::info!(
+                            path = %path.display(),
+                            users = new.users(),
+                            rules = new.rules(),
+                            previous_users = old.as_ref().map_or(0, |old| old.users()),
+                            previous_rules = old.as_ref().map_or(0, |old| old.rules()),
+                            "reload: acl_file applied to new connections and, from their next \
+                             check, to connected clients"
+                        );
+                        shared.replace(Arc::new(new));
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// The session and network limits of the `[limits]` section.
 fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
     let session = SessionLimits {
@@ -100,11 +206,17 @@ pub(super) struct Reloader {
     running: Config,
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
+    auth: AuthState,
 }
 
 impl Reloader {
-    pub(super) fn new(running: Config, reload: Option<Reload>, limits: Arc<SharedLimits>) -> Self {
-        Self { running, reload, limits }
+    pub(super) fn new(
+        running: Config,
+        reload: Option<Reload>,
+        limits: Arc<SharedLimits>,
+        auth: AuthState,
+    ) -> Self {
+        Self { running, reload, limits, auth }
     }
 
     /// Handles one SIGHUP.
@@ -124,8 +236,7 @@ impl Reloader {
         };
         let changes = self.running.changes(&new);
         if changes.is_empty() {
-            tracing::info!("reload: no changes");
-            return;
+            tracing::info!("reload: no changes in the configuration");
         }
         // The level first: the lines below are logged at the new one.
         if let Some(change) = &changes.log_level {
@@ -144,7 +255,11 @@ impl Reloader {
             preflight::raise_open_files(u64::from(new.limits().max_connections().get()));
             self.limits.replace(new.limits());
         }
+        for change in &changes.files {
+            tracing::info!("reload: {change}");
+        }
         self.running = self.running.reloaded(&new);
+        self.auth.reload(&self.running);
     }
 }
 
@@ -186,7 +301,8 @@ mod tests {
                 }
             }),
         };
-        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared));
+        let auth = AuthState::default();
+        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared), auth);
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
         reloader.reload();
@@ -202,7 +318,7 @@ mod tests {
     #[test]
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(Config::default().limits()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared)).reload();
+        Reloader::new(Config::default(), None, Arc::clone(&shared), AuthState::default()).reload();
         assert_eq!(shared.changed_since(0), None);
     }
 }

@@ -60,6 +60,10 @@ impl Counted {
     fn handle_takeover(&mut self, now: Instant) {
         self.session.handle_takeover(now, &mut self.counters)
     }
+
+    fn handle_session_end(&mut self, now: Instant) {
+        self.session.handle_session_end(now, &mut self.counters)
+    }
 }
 
 impl Deref for Counted {
