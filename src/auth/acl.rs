@@ -245,12 +245,13 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// A line is wrong.
-    #[error("acl_file {}:{}: {}", path.display(), source.line, source.reason)]
+    #[error("acl_file {}:{}: {}", path.display(), problem.line, problem.reason)]
     Parse {
         /// The configured path.
         path: PathBuf,
-        /// The line and what is wrong with it.
-        source: ParseError,
+        /// The line and what is wrong with it (not a `source`: the
+        /// message already says it, on one line).
+        problem: ParseError,
     },
 }
 
@@ -259,7 +260,7 @@ impl AclFile {
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
-        Self::parse(&text).map_err(|source| LoadError::Parse { path: path.to_owned(), source })
+        Self::parse(&text).map_err(|problem| LoadError::Parse { path: path.to_owned(), problem })
     }
 
     /// Parses the text of an ACL file.

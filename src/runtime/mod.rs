@@ -220,7 +220,6 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(config.limits()));
     let AuthFiles { passwords, acl } = files;
-    let auth = net_auth(&config, passwords.clone())?;
     let acl = acl.map(|file| {
         tracing::info!(users = file.users(), rules = file.rules(), "acl file read");
         if config.password_file().is_none() {
@@ -231,9 +230,9 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
         }
         Arc::new(SharedAcl::new(Some(Arc::new(file))))
     });
-    let auth_state =
-        AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
-    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits), auth_state);
+    let auth_state = Arc::new(Mutex::new(AuthState::default()));
+    let mut reloader =
+        Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&auth_state));
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -247,6 +246,11 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
+    // After the watcher: the verification threads inherit the blocked
+    // signals (a SIGTERM delivered to one of them would kill the process).
+    let auth = net_auth(&config, passwords.clone())?;
+    *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
     let running = Running { listeners: &listeners, health: &health, limits, auth, acl, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening

@@ -206,7 +206,9 @@ pub(super) struct Reloader {
     running: Config,
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
-    auth: AuthState,
+    /// Filled once the verification threads run (they start after the
+    /// signal watcher, so that they inherit its blocked signals).
+    auth: Arc<Mutex<AuthState>>,
 }
 
 impl Reloader {
@@ -214,7 +216,7 @@ impl Reloader {
         running: Config,
         reload: Option<Reload>,
         limits: Arc<SharedLimits>,
-        auth: AuthState,
+        auth: Arc<Mutex<AuthState>>,
     ) -> Self {
         Self { running, reload, limits, auth }
     }
@@ -259,7 +261,7 @@ impl Reloader {
             tracing::info!("reload: {change}");
         }
         self.running = self.running.reloaded(&new);
-        self.auth.reload(&self.running);
+        self.auth.lock().unwrap_or_else(PoisonError::into_inner).reload(&self.running);
     }
 }
 
@@ -301,7 +303,7 @@ mod tests {
                 }
             }),
         };
-        let auth = AuthState::default();
+        let auth = Arc::default();
         let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared), auth);
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
@@ -318,7 +320,7 @@ mod tests {
     #[test]
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(Config::default().limits()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared), AuthState::default()).reload();
+        Reloader::new(Config::default(), None, Arc::clone(&shared), Arc::default()).reload();
         assert_eq!(shared.changed_since(0), None);
     }
 }
