@@ -69,13 +69,13 @@ fn set_password(file: &Path, user: &str, password: &str) {
 /// log in a file; killed if the test fails first.
 struct Served {
     child: Child,
-    addr: SocketAddr,
     log: PathBuf,
 }
 
 impl Served {
-    /// Starts `ringmq --config FILE` with 2 shards; `listen` replaces the
-    /// file's listeners unless `None` (then the first must be `addr`).
+    /// Starts `ringmq --config FILE` with 2 shards, waiting until `addr`
+    /// accepts; with `listen`, `--listen addr` replaces the file's
+    /// listeners.
     fn start(config: &Path, log: &Path, addr: SocketAddr, listen: bool) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
         command.args(["serve", "--config", config.to_str().unwrap(), "--shards", "2"]);
@@ -89,7 +89,7 @@ impl Served {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let served = Self { child, addr, log: log.to_owned() };
+        let served = Self { child, log: log.to_owned() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(Instant::now() < deadline, "ringmq did not start: {}", served.log());
@@ -423,7 +423,7 @@ fn the_acl_matrix_holds_for_users_patterns_and_anonymous_clients() {
         denied.0 += 1;
         let own = format!("devices/{anonymous_id}/t");
         assert_eq!(publish(&mut anonymous, QoS::AtLeastOnce, 3, &own), Some(ReasonCode::Success));
-        assert_eq!(received_until(&mut anonymous, &own), [own.clone()]);
+        assert_eq!(received_until(&mut anonymous, &own), [own.as_str()]);
         disconnect(anonymous);
     }
     // A publisher the rules refuse a will: refused at CONNECT.
