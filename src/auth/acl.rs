@@ -35,11 +35,12 @@
 //! be delivered through it) and no `deny` rule covers all of it; what it
 //! then delivers is still checked message by message. So `#` by a client
 //! with `read a/#` is granted and receives only `a/...`, and `b/#` is
-//! refused (0x87 / 0x80) because nothing under it could ever arrive. This
-//! differs from Mosquitto 2.x, which checks a subscription filter as a
-//! topic against its rules and so refuses `#` there: refusing a
-//! subscription that can deliver something helps no one, and the check at
-//! delivery is what keeps messages in.
+//! refused (0x87 / 0x80) because nothing under it could ever arrive.
+//! Mosquitto (2.0.18, checked) grants every subscription under an
+//! `acl_file` and checks at delivery only; ringmq checks at delivery the
+//! same way, and also tells the client at once when a filter can never
+//! deliver anything, as the SUBACK codes allow (MQTT 5.0 §3.9.3: 0x87 Not
+//! authorized; 3.1.1 [MQTT-3.9.3-2]: 0x80 Failure).
 //!
 //! The rules are compiled once per file load into tries (one per section
 //! and one for the patterns); a client's [`ClientAcl`] points at its
