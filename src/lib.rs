@@ -28,7 +28,10 @@
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
 //!   sockets; [`runtime`] starts and stops it all.
 //! * [`auth`] checks credentials; its checks cost milliseconds, so they
-//!   run on its own small thread pool, never on a shard.
+//!   run on its own small thread pool, never on a shard. Its ACL rules
+//!   ([`auth::acl`]) are the exception: compiled once per file, they are
+//!   checked by the session on every publish, subscription and delivery,
+//!   without allocating.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 

@@ -1,5 +1,6 @@
 //! Authentication: the password file and the verification of a CONNECT's
-//! credentials against it.
+//! credentials against it; and, in [`acl`], the ACL file that says which
+//! topics each client may use.
 //!
 //! This module owns the password file's format (one `user:hash` per line,
 //! `#` comments and blank lines ignored) and the hashes it accepts:

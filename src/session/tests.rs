@@ -2236,8 +2236,14 @@ fn denied_subscribe_filters_are_refused_one_by_one() {
     let t0 = Instant::now();
     for (version, refused) in [(V5, 0x87), (V311, 0x80)] {
         let mut session = with_acl(t0, version, ALICE);
-        let filters =
-            [("ok/#", QoS::AtLeastOnce), ("no/#", QoS::AtLeastOnce), ("#", QoS::AtMostOnce)];
+        // A shared subscription is checked by its filter.
+        let filters = [
+            ("ok/#", QoS::AtLeastOnce),
+            ("no/#", QoS::AtLeastOnce),
+            ("#", QoS::AtMostOnce),
+            ("$share/g/no/#", QoS::AtMostOnce),
+            ("$share/g/ro/+", QoS::AtMostOnce),
+        ];
         session.handle_packet(t0, subscribe(1, &filters)).unwrap();
         let subscribed: Vec<_> = indexed(&mut session)
             .into_iter()
@@ -2248,16 +2254,16 @@ fn denied_subscribe_filters_are_refused_one_by_one() {
                 _ => Vec::new(),
             })
             .collect();
-        assert_eq!(subscribed, ["ok/#", "#"], "{version}");
+        assert_eq!(subscribed, ["ok/#", "#", "$share/g/ro/+"], "{version}");
         let [Packet::SubAck(suback)] = &drain(&mut session, t0)[..] else { panic!("a SUBACK") };
         let codes: Vec<u8> = suback.reasons.iter().map(|r| r.to_v3_suback_return_code()).collect();
-        assert_eq!(codes, [1, 0x80, 0], "{version}");
+        assert_eq!(codes, [1, 0x80, 0, 0x80, 0], "{version}");
         assert_eq!(suback.reasons[1].as_u8(), refused, "{version}: as the client reads it");
         // Every filter refused: the SUBACK goes at once, nothing to index.
         session.handle_packet(t0, subscribe(2, &[("no/x", QoS::AtLeastOnce)])).unwrap();
         assert!(events(&mut session).is_empty());
         assert_eq!(summary(&drain(&mut session, t0)), [(PacketType::SubAck, Some(2), false)]);
-        assert_eq!(session.counters.acl_denied_subscribe, 2);
+        assert_eq!(session.counters.acl_denied_subscribe, 3);
     }
 }
 
