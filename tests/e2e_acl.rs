@@ -662,14 +662,13 @@ fn allow_anonymous_is_set_per_listener() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.starts_with(
-            "ringmq: config error: listener[1].bind = \"0.0.0.0:1884\" is not loopback and no \
-             authentication is configured; set allow_anonymous = true (globally, or \
-             listener[1].allow_anonymous)"
-        ) && stderr.lines().count() == 1,
-        "{stderr}"
+    let expected = format!(
+        "ringmq: config error: {}:5:8: listener[1].bind = \"0.0.0.0:1884\" is not loopback and \
+         no authentication is configured; set allow_anonymous = true (globally, or \
+         listener[1].allow_anonymous) to accept anonymous clients on it\n",
+        config.display()
     );
+    assert_eq!(stderr, expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -18,6 +18,7 @@
 //! silently ignored.
 
 mod error;
+mod locate;
 mod raw;
 mod reload;
 #[cfg(test)]
@@ -71,6 +72,9 @@ pub struct Config {
     admin: Option<SocketAddr>,
     /// How often the `$SYS` topics are published, in seconds; 0: never.
     sys_interval_s: u32,
+    /// Seconds over which a graceful shutdown spreads the disconnection
+    /// of clients; 0: all at once.
+    drain_timeout_s: u32,
     log: LogConfig,
 }
 
@@ -79,6 +83,9 @@ pub const DEFAULT_SYS_INTERVAL_S: u32 = 10;
 
 /// The largest `sys_interval_s` accepted: a day.
 const MAX_SYS_INTERVAL_S: u32 = 86_400;
+
+/// The largest `drain_timeout_s` accepted: an hour.
+const MAX_DRAIN_TIMEOUT_S: u32 = 3_600;
 
 /// Where `[admin] listen` binds when the section is there without it.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
@@ -110,6 +117,12 @@ pub struct ListenerConfig {
     listen_backlog: NonZeroU16,
     /// `allow_anonymous` of this listener, overriding the global key.
     allow_anonymous: Option<bool>,
+    /// Connections open at once through this listener; 0: no limit of
+    /// its own.
+    max_connections: u32,
+    /// New connections accepted per second through this listener; 0: no
+    /// limit.
+    max_connection_rate: u32,
 }
 
 impl ListenerConfig {
@@ -128,6 +141,18 @@ impl ListenerConfig {
         self.listen_backlog
     }
 
+    /// Connections open at once through this listener
+    /// (`max_connections`); `None`: only `limits.max_connections` applies.
+    pub fn max_connections(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_connections)
+    }
+
+    /// New connections accepted per second through this listener, over
+    /// all shards (`max_connection_rate`); `None`: no limit.
+    pub fn max_connection_rate(&self) -> Option<NonZeroU32> {
+        NonZeroU32::new(self.max_connection_rate)
+    }
+
     /// Whether the address is a loopback one (127.0.0.0/8, `::1`, or
     /// `::ffff:127.x.y.z`), reachable only from this machine.
     pub fn is_loopback(&self) -> bool {
@@ -141,6 +166,8 @@ impl Default for ListenerConfig {
             bind: DEFAULT_BIND,
             listen_backlog: Self::DEFAULT_LISTEN_BACKLOG,
             allow_anonymous: None,
+            max_connections: 0,
+            max_connection_rate: 0,
         }
     }
 }
@@ -376,7 +403,9 @@ impl Config {
     pub fn from_file(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let source = path.display().to_string();
+        Self::from_toml(&text, &source, overrides)
+            .map_err(|error| locate::locate(error, &text, &source))
     }
 
     /// Validates the configuration `text`, then applies `overrides`.
@@ -442,6 +471,14 @@ impl Config {
         (self.sys_interval_s > 0).then(|| Duration::from_secs(self.sys_interval_s.into()))
     }
 
+    /// How long a graceful shutdown (SIGTERM, SIGINT) takes to disconnect
+    /// the clients (`drain_timeout_s`): they are closed in steps spread
+    /// evenly over it, so a fleet reconnects elsewhere without a storm.
+    /// Zero: all at once.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s.into())
+    }
+
     /// The logging settings.
     pub fn log(&self) -> &LogConfig {
         &self.log
@@ -492,6 +529,16 @@ impl Config {
                     |n| u32::try_from(n).ok(),
                 )?,
                 None => DEFAULT_SYS_INTERVAL_S,
+            },
+            drain_timeout_s: match raw.drain_timeout_s {
+                Some(n) => ranged(
+                    Setting::key("drain_timeout_s", n),
+                    n,
+                    0,
+                    MAX_DRAIN_TIMEOUT_S.into(),
+                    |n| u32::try_from(n).ok(),
+                )?,
+                None => 0,
             },
             log: log(&raw.log, overrides.log.as_deref())?,
         };
@@ -554,6 +601,7 @@ impl Default for Config {
             limits: Limits::default(),
             admin: None,
             sys_interval_s: DEFAULT_SYS_INTERVAL_S,
+            drain_timeout_s: 0,
             log: LogConfig::default(),
         }
     }
@@ -596,12 +644,25 @@ fn parse(text: &str, source: &str) -> Result<RawConfig, ConfigError> {
         let error = error.into_inner();
         let location = match error.span() {
             Some(span) => {
-                let (line, column) = line_column(text, span.start);
+                let (line, column) = locate::line_column(text, span.start);
                 format!("{source}:{line}:{column}")
             }
             None => source.to_owned(),
         };
-        ConfigError::Parse { location, message: describe_parse_error(&path, error.message()) }
+        let mut message = describe_parse_error(&path, error.message());
+        // A syntax error (no key known to serde) on a `KEY =` line: most
+        // often a value missing or unquoted.
+        let key = error
+            .span()
+            .filter(|_| path == ".")
+            .and_then(|span| locate::key_on_line(text, span.start));
+        if let Some(key) = key {
+            message = format!(
+                "{key}: the value is missing or not valid TOML ({message}); write one after `=` \
+                 (ringmq.toml shows every key with its default) or remove the line"
+            );
+        }
+        ConfigError::Parse { location, message }
     })
 }
 
@@ -629,14 +690,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
     } else {
         format!("{path}: {message}")
     }
-}
-
-/// The 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 /// Refuses the top-level keys of features this release does not have.
@@ -757,7 +810,21 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         })?,
         None => ListenerConfig::DEFAULT_LISTEN_BACKLOG,
     };
-    Ok(ListenerConfig { bind, listen_backlog, allow_anonymous: raw.allow_anonymous })
+    let per_listener = |name: &str, value: Option<i64>| match value {
+        Some(n) => {
+            ranged(Setting::key(key(name), n), n, 0, u32::MAX.into(), |n| u32::try_from(n).ok())
+        }
+        None => Ok(0),
+    };
+    let max_connections = per_listener("max_connections", raw.max_connections)?;
+    let max_connection_rate = per_listener("max_connection_rate", raw.max_connection_rate)?;
+    Ok(ListenerConfig {
+        bind,
+        listen_backlog,
+        allow_anonymous: raw.allow_anonymous,
+        max_connections,
+        max_connection_rate,
+    })
 }
 
 /// The listeners of `--listen` flags, replacing those of the file.

@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
     pub(super) sys_interval_s: Option<i64>,
+    pub(super) drain_timeout_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -42,6 +43,8 @@ pub(super) struct RawListener {
     pub(super) tls: Option<IgnoredAny>,
     pub(super) listen_backlog: Option<i64>,
     pub(super) allow_anonymous: Option<bool>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_connection_rate: Option<i64>,
 }
 
 /// The `[limits]` table.

@@ -1,7 +1,8 @@
 //! What a re-read configuration changes ([`Config::changes`]): which keys
-//! a running broker can apply (the `[limits]`, `log.level`, the path of
-//! `password_file` and `acl_file`) and which need a restart; and the configuration that runs once the appliable ones are
-//! applied ([`Config::reloaded`]).
+//! a running broker can apply (the `[limits]`, `log.level`,
+//! `sys_interval_s`, `drain_timeout_s`, the paths of `password_file` and
+//! `acl_file`) and which need a restart; and the configuration that runs
+//! once the appliable ones are applied ([`Config::reloaded`]).
 
 use super::{Config, Limits};
 use std::fmt;
@@ -17,6 +18,8 @@ pub struct Changes {
     /// files are re-read on every reload anyway; adding or removing the
     /// key needs a restart).
     pub files: Vec<Change>,
+    /// `sys_interval_s` and `drain_timeout_s`, those that changed.
+    pub intervals: Vec<Change>,
     /// Keys that changed but take effect only at the next start (e.g.
     /// `shards`, `listener`): reported, never applied.
     pub needs_restart: Vec<&'static str>,
@@ -28,6 +31,7 @@ impl Changes {
         self.limits.is_empty()
             && self.log_level.is_none()
             && self.files.is_empty()
+            && self.intervals.is_empty()
             && self.needs_restart.is_empty()
     }
 }
@@ -84,17 +88,26 @@ impl Config {
             old: self.log.level.to_string(),
             new: new.log.level.to_string(),
         });
+        let interval = |key, old: u32, new: u32| {
+            (old != new).then(|| Change { key, old: old.to_string(), new: new.to_string() })
+        };
+        let intervals = [
+            interval("sys_interval_s", self.sys_interval_s, new.sys_interval_s),
+            interval("drain_timeout_s", self.drain_timeout_s, new.drain_timeout_s),
+        ];
         Changes {
             limits: limit_changes(&self.limits, &new.limits),
             log_level,
+            intervals: intervals.into_iter().flatten().collect(),
             files,
             needs_restart,
         }
     }
 
     /// `self` with the parts of `new` that a running broker applies (the
-    /// `[limits]`, `log.level`, and the paths of the password and ACL
-    /// files where both name one); the rest stays as it started.
+    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`, and the
+    /// paths of the password and ACL files where both name one); the rest
+    /// stays as it started.
     pub fn reloaded(&self, new: &Config) -> Config {
         let mut running = self.clone();
         running.limits = new.limits;
@@ -105,6 +118,8 @@ impl Config {
         if self.acl_file.is_some() && new.acl_file.is_some() {
             running.acl_file.clone_from(&new.acl_file);
         }
+        running.sys_interval_s = new.sys_interval_s;
+        running.drain_timeout_s = new.drain_timeout_s;
         running
     }
 }

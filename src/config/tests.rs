@@ -170,6 +170,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "durability",
         "fsync_interval_ms",
         "sys_interval_s",
+        "drain_timeout_s",
         "[[listener]]",
         "bind",
         "protocol",
@@ -177,6 +178,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "proxy_protocol",
         "tls",
         "listen_backlog",
+        "max_connection_rate",
         "[limits]",
         "max_connections",
         "max_packet_size",
@@ -222,6 +224,20 @@ fn sys_interval_defaults_to_ten_seconds_and_zero_disables_it() {
         "config error: sys_interval_s = -1: must be between 0 and 86400"
     );
     assert!(error("sys_interval_s = 86401").contains("sys_interval_s = 86401: must be between"));
+}
+
+// ---- drain_timeout_s -------------------------------------------------------
+
+#[test]
+fn drain_timeout_defaults_to_zero_and_is_at_most_an_hour() {
+    assert_eq!(Config::default().drain_timeout(), Duration::ZERO);
+    assert_eq!(parse("drain_timeout_s = 30").unwrap().drain_timeout(), Duration::from_secs(30));
+    assert_eq!(parse("drain_timeout_s = 3600").unwrap().drain_timeout(), Duration::from_secs(3600));
+    assert_eq!(
+        error("drain_timeout_s = 3601"),
+        "config error: drain_timeout_s = 3601: must be between 0 and 3600"
+    );
+    assert!(error("drain_timeout_s = -1").contains("drain_timeout_s = -1: must be between"));
 }
 
 // ---- shards ----------------------------------------------------------------
@@ -641,8 +657,8 @@ fn syntax_errors_are_one_line_with_a_position() {
 
 #[test]
 fn positions_count_characters_not_bytes() {
-    assert_eq!(line_column("é = 1\nxé", 9), (2, 3));
-    assert_eq!(line_column("", 0), (1, 1));
+    assert_eq!(locate::line_column("é = 1\nxé", 9), (2, 3));
+    assert_eq!(locate::line_column("", 0), (1, 1));
 }
 
 #[test]
@@ -835,5 +851,34 @@ fn auth_file_paths_reload_but_adding_or_removing_them_needs_a_restart() {
     assert_eq!(
         (running.password_file(), running.acl_file()),
         (old.password_file(), old.acl_file())
+    );
+}
+
+#[test]
+fn the_sys_interval_and_the_drain_timeout_are_applied_by_a_reload() {
+    let old = parse("sys_interval_s = 10\n").unwrap();
+    let new = parse("sys_interval_s = 0\ndrain_timeout_s = 30\n").unwrap();
+    let changes = old.changes(&new);
+    let lines: Vec<String> = changes.intervals.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["sys_interval_s: 10 -> 0", "drain_timeout_s: 0 -> 30"]);
+    assert!(changes.needs_restart.is_empty());
+    let running = old.reloaded(&new);
+    assert_eq!(running.sys_interval(), None);
+    assert_eq!(running.drain_timeout(), Duration::from_secs(30));
+    assert!(running.changes(&new).is_empty());
+}
+
+#[test]
+fn a_listener_may_limit_its_connections_and_their_rate() {
+    let config = parse("[[listener]]\nmax_connections = 10\nmax_connection_rate = 500\n").unwrap();
+    let listener = &config.listeners()[0];
+    assert_eq!(listener.max_connections().map(NonZeroU32::get), Some(10));
+    assert_eq!(listener.max_connection_rate().map(NonZeroU32::get), Some(500));
+    let default = Config::default();
+    let unlimited = &default.listeners()[0];
+    assert_eq!((unlimited.max_connections(), unlimited.max_connection_rate()), (None, None));
+    assert_eq!(
+        error("[[listener]]\nmax_connection_rate = -1\n"),
+        "config error: listener[0].max_connection_rate = -1: must be between 0 and 4294967295"
     );
 }

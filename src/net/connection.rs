@@ -31,6 +31,10 @@ const MAX_UNSENT: usize = 256 * 1024;
 /// The pause between two turns of indexing a large SUBSCRIBE.
 const INDEX_TURN_PAUSE: Duration = Duration::from_micros(10);
 
+/// How long a connection the broker ends may take to send its last packet
+/// and see the client close (see `Connection::flush_with_timeout`).
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Why a connection ended, for logs and counters.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseReason {
@@ -153,7 +157,7 @@ pub fn serve<T: Transport>(
             Err(CloseReason::PeerClosed) | Ok(()) => {}
             Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
         }
-        ctx.connection_closed();
+        ctx.connection_closed(listener);
     }
 }
 
@@ -177,8 +181,6 @@ enum Wake {
     Read,
     /// The session has output, or the connection was detached.
     Notified,
-    /// The broker is shutting down.
-    Shutdown,
 }
 
 impl<T: Transport> Connection<T> {
@@ -226,8 +228,11 @@ impl<T: Transport> Connection<T> {
             Some(connect) => connect,
             None => {
                 let timeout = self.ctx.limits().connect_timeout;
-                futures_lite::future::or(self.read_connect(), async {
+                let ctx = Rc::clone(&self.ctx);
+                futures_lite::future::or(self.read_connect(), async move {
                     glommio::timer::Timer::new(timeout).await;
+                    // Slowloris: a socket that never completes its CONNECT.
+                    ctx.count(|net| net.connect_timeouts += 1);
                     Err(CloseReason::ConnectTimeout)
                 })
                 .await?
@@ -432,7 +437,6 @@ impl<T: Transport> Connection<T> {
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
                 Wake::Read => self.handle_input(key, id)?,
                 Wake::Notified => {}
-                Wake::Shutdown => return Err(self.last_words(key, id)),
             }
             // A busy connection must not starve the shard's other tasks.
             glommio::yield_if_needed().await;
@@ -475,16 +479,6 @@ impl<T: Transport> Connection<T> {
             self.ctx.shard.borrow_mut().handle_held(key, id, Instant::now(), true)?;
         }
         Ok(())
-    }
-
-    /// Takes the session's last output at shutdown (a v5 DISCONNECT 0x8B)
-    /// for the final flush. Not inlined into [`Self::pump`]: its locals
-    /// would widen every idle connection's task.
-    #[inline(never)]
-    fn last_words(&mut self, key: SessionKey, id: ConnectionId) -> CloseReason {
-        let mut shard = self.ctx.shard.borrow_mut();
-        let _ = shard.poll_transmit(key, id, Instant::now(), &mut self.write_buf);
-        CloseReason::Shutdown
     }
 
     /// Decodes and handles every complete packet read so far; stops after
@@ -541,10 +535,10 @@ impl<T: Transport> Connection<T> {
             return Poll::Ready(Err(error.into()));
         }
         {
+            // At shutdown the session closes the connection, as it does
+            // for any other reason: its last output (a v5 DISCONNECT 0x8B)
+            // comes with the error of `poll_transmit`.
             let mut shard = self.ctx.shard.borrow_mut();
-            if shard.is_shutting_down() {
-                return Poll::Ready(Ok(Wake::Shutdown));
-            }
             // New output is taken only once the previous output is out, so
             // a client that stops reading holds at most one batch here.
             if shard.register_waker(key, id, cx.waker()) && self.write_buf.is_empty() {
@@ -584,6 +578,7 @@ impl<T: Transport> Connection<T> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             Poll::Pending => return Poll::Pending,
         };
+        self.ctx.count(|net| net.bytes_received += n as u64);
         match &mut self.read_buf {
             Some(buf) => buf.extend_from_slice(&scratch[..n]),
             None => self.read_buf = Some(BytesMut::from(&scratch[..n])),
@@ -597,7 +592,10 @@ impl<T: Transport> Connection<T> {
         while !self.write_buf.is_empty() {
             match self.transport.poll_write(cx, &self.write_buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.write_buf.advance(n);
+                    self.ctx.count(|net| net.bytes_sent += n as u64);
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -611,20 +609,45 @@ impl<T: Transport> Connection<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes what is pending, giving up after a short while (the peer may
-    /// not read at all).
+    /// Writes what is pending and, when there was something, ends the
+    /// connection gracefully: the write side is shut (TCP FIN) and what the
+    /// client still sends is read and dropped until it closes too. Closing
+    /// a socket with unread input makes the kernel answer with a reset,
+    /// which can destroy the last packet (a CONNACK refusal, a DISCONNECT)
+    /// before the client reads it: a device that pipelines its SUBSCRIBE
+    /// behind a refused CONNECT, or pings as the broker shuts down, would
+    /// never learn why. All of it within [`FINAL_FLUSH_TIMEOUT`] (the peer
+    /// may not read at all).
     async fn flush_with_timeout(&mut self) {
         if self.write_buf.is_empty() {
             return;
         }
         let _ = futures_lite::future::or(
-            async { poll_fn(|cx| self.poll_flush(cx)).await.is_ok() },
             async {
-                glommio::timer::Timer::new(Duration::from_secs(1)).await;
-                false
+                if poll_fn(|cx| self.poll_flush(cx)).await.is_ok()
+                    && poll_fn(|cx| self.transport.poll_close(cx)).await.is_ok()
+                {
+                    poll_fn(|cx| self.poll_discard_until_closed(cx)).await;
+                }
+            },
+            async {
+                glommio::timer::Timer::new(FINAL_FLUSH_TIMEOUT).await;
             },
         )
         .await;
+    }
+
+    /// Reads and drops the client's input until it closes the stream (or
+    /// the read fails).
+    fn poll_discard_until_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = self.ctx.read_scratch.borrow_mut();
+        loop {
+            match self.transport.poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// Sends one last packet, then the connection closes.

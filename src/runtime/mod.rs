@@ -2,6 +2,7 @@
 //! executor per shard, the listeners, the mesh between shards, the
 //! graceful shutdown on SIGINT/SIGTERM and the reload on SIGHUP.
 
+mod drain;
 mod preflight;
 mod reload;
 mod signals;
@@ -19,15 +20,17 @@ use crate::metrics::{
     Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot,
 };
 use crate::net::admin::{self, Health};
+use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetAuth, NetContext};
+use crate::net::{self, NetAuth, NetContext, NetShared};
 use crate::protocol::{QoS, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use bytes::Bytes;
+use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{AuthState, Reloader, SharedAcl, SharedLimits};
+use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -86,14 +89,17 @@ struct Startup {
     open_connections: Arc<AtomicUsize>,
     shutdown: Arc<AtomicBool>,
     boot: u64,
-    /// How often shard 0 publishes the `$SYS` topics; `None`: never.
-    sys_interval: Option<Duration>,
+    /// How often shard 0 publishes the `$SYS` topics and how long a
+    /// shutdown drains, replaced by a reload (SIGHUP).
+    intervals: Arc<SharedIntervals>,
     finished: Finished,
     /// What the shards say of themselves, for probes and the service
     /// manager.
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// Each listener's connection limits and open connections.
+    listeners: Arc<[ListenerAdmission]>,
     /// The ACL file in force, if one is configured; replaced by a reload.
     acl: Option<Arc<SharedAcl>>,
 }
@@ -231,8 +237,14 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
         Arc::new(SharedAcl::new(Some(Arc::new(file))))
     });
     let auth_state = Arc::new(Mutex::new(AuthState::default()));
-    let mut reloader =
-        Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&auth_state));
+    let intervals = Arc::new(SharedIntervals::new(&config));
+    let mut reloader = Reloader::new(
+        config.clone(),
+        reload,
+        Arc::clone(&limits),
+        Arc::clone(&intervals),
+        Arc::clone(&auth_state),
+    );
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -251,7 +263,8 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
     let auth = net_auth(&config, passwords.clone())?;
     *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
-    let running = Running { listeners: &listeners, health: &health, limits, auth, acl, shutdown };
+    let running =
+        Running { listeners: &listeners, health: &health, limits, intervals, auth, acl, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -264,6 +277,7 @@ struct Running<'a> {
     listeners: &'a ListenerStop,
     health: &'a Arc<Health>,
     limits: Arc<SharedLimits>,
+    intervals: Arc<SharedIntervals>,
     /// How connections authenticate.
     auth: NetAuth,
     /// The ACL file, if any.
@@ -278,7 +292,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, auth, acl, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, acl, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -311,11 +325,12 @@ fn serve(
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
-        sys_interval: config.sys_interval(),
+        intervals,
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
         acl,
+        listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -433,8 +448,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&shard),
         Rc::clone(&outbox),
         net_limits,
-        Arc::clone(&startup.open_connections),
-        startup.auth.clone(),
+        NetShared {
+            open_connections: Arc::clone(&startup.open_connections),
+            auth: startup.auth.clone(),
+            listeners: Arc::clone(&startup.listeners),
+            nr_shards: startup.nr_shards,
+        },
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -459,14 +478,24 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
 
     startup.health.shard_serving();
     // Shard 0 publishes the $SYS topics, the first time at its first tick.
-    let mut sys = startup
-        .sys_interval
-        .filter(|_| id.index() == 0)
-        .map(|interval| (SysTree::new(Instant::now()), interval, Instant::now()));
-    // Tick: keep alive sweep, reloaded limits, $SYS, and the shutdown
-    // signal.
-    while !startup.shutdown.load(Ordering::Relaxed) {
+    let mut sys = (id.index() == 0).then(|| (SysTree::new(Instant::now()), Instant::now()));
+    // Tick: keep alive sweep, reloaded limits, $SYS; from the shutdown
+    // signal on, the drain closes connections step by step while the
+    // others are still served.
+    let mut drain: Option<Drain> = None;
+    loop {
         glommio::timer::sleep(TICK).await;
+        if drain.is_none() && startup.shutdown.load(Ordering::Relaxed) {
+            net.stop_accepting();
+            let connected = net.close_connections(0);
+            drain = Some(Drain::new(Instant::now(), startup.intervals.drain_timeout(), connected));
+        }
+        if let Some(drain) = drain.as_mut() {
+            let staying = net.close_connections(drain.due(Instant::now()));
+            if staying == 0 || drain.is_over(Instant::now()) {
+                break;
+            }
+        }
         if let Some((seen, session_limits, net_limits)) = startup.limits.changed_since(limits_seen)
         {
             limits_seen = seen;
@@ -484,12 +513,19 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
         net.poll_connection_log_summary(now);
-        if let Some((tree, interval, due)) = sys.as_mut().filter(|(_, _, due)| now >= *due) {
-            *due = now + *interval;
-            publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+        net.poll_refusal_log_summary(now);
+        if let (Some((tree, due)), Some(interval)) =
+            (sys.as_mut(), startup.intervals.sys_interval())
+        {
+            if now >= *due {
+                *due = now + interval;
+                publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+            } else {
+                // A reload to a shorter interval applies from now.
+                *due = (*due).min(now + interval);
+            }
         }
     }
-    net.begin_shutdown();
     for accept in accepts {
         accept.await;
     }
@@ -530,20 +566,33 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
 fn log_stopped(snapshot: &Snapshot) {
     // Bound without `..`: a counter added to `metrics` and left out of
     // this line fails to build, or warns as unused.
-    let Snapshot { shard: id, sessions, subscriptions, retained, counters } = snapshot;
+    let Snapshot {
+        shard: id,
+        sessions,
+        sessions_online,
+        subscriptions,
+        retained,
+        retained_bytes,
+        cross_core_queued,
+        counters,
+    } = snapshot;
     let Counters { net, shard, session, router } = counters;
     let NetCounters {
         accepted,
         refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        bytes_received,
+        bytes_sent,
     } = net;
     let ShardCounters {
-        messages_received,
+        messages_received: [messages_received_qos0, messages_received_qos1, messages_received_qos2],
         deliveries,
         deliveries_dropped,
         takeovers,
@@ -553,7 +602,7 @@ fn log_stopped(snapshot: &Snapshot) {
     } = shard;
     let SessionCounters {
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent: [publishes_sent_qos0, publishes_sent_qos1, publishes_sent_qos2],
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full:
@@ -566,30 +615,42 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_subscribe,
         acl_denied_delivery,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
         id,
         sessions,
+        sessions_online,
         subscriptions,
         retained,
+        retained_bytes,
+        cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
-        messages_received,
+        bytes_received,
+        bytes_sent,
+        messages_received_qos0,
+        messages_received_qos1,
+        messages_received_qos2,
         deliveries,
         deliveries_dropped,
         cross_core_qos0_dropped,
+        congestion_events,
         takeovers,
         sessions_expired,
         retained_expired,
         protocol_violations,
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent_qos0,
+        publishes_sent_qos1,
+        publishes_sent_qos2,
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full_qos0,

@@ -8,7 +8,9 @@
 //! (`shards`, `listener`, `admin.listen`, ...) are logged and not applied;
 //! changed `[limits]` are logged one line each (`limits.max_inflight: 32 ->
 //! 64`) and published in [`SharedLimits`], which every shard checks at its
-//! tick; a changed `log.level` goes to [`Reload::set_log_level`].
+//! tick; `sys_interval_s` and `drain_timeout_s` go to [`SharedIntervals`],
+//! read when they are needed; a changed `log.level` goes to
+//! [`Reload::set_log_level`].
 //!
 //! Every SIGHUP also re-reads `password_file` and `acl_file` (changed or
 //! not in the configuration): a file that cannot be read or parsed keeps
@@ -26,7 +28,7 @@ use crate::auth::PasswordFile;
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -172,6 +174,44 @@ impl AuthState {
     }
 }
 
+/// `sys_interval_s` and `drain_timeout_s` in force, replaced by a reload:
+/// shard 0 reads the first at each tick, every shard the second when a
+/// shutdown starts.
+#[derive(Debug)]
+pub(super) struct SharedIntervals {
+    /// Seconds; 0: no `$SYS` topics.
+    sys_interval_s: AtomicU32,
+    /// Seconds; 0: every client disconnected at once.
+    drain_timeout_s: AtomicU32,
+}
+
+impl SharedIntervals {
+    pub(super) fn new(config: &Config) -> Self {
+        let intervals =
+            Self { sys_interval_s: AtomicU32::new(0), drain_timeout_s: AtomicU32::new(0) };
+        intervals.replace(config);
+        intervals
+    }
+
+    /// How often the `$SYS` topics are published; `None`: never.
+    pub(super) fn sys_interval(&self) -> Option<Duration> {
+        let seconds = self.sys_interval_s.load(Ordering::Relaxed);
+        (seconds > 0).then(|| Duration::from_secs(seconds.into()))
+    }
+
+    /// Over how long a shutdown spreads the disconnection of clients.
+    pub(super) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s.load(Ordering::Relaxed).into())
+    }
+
+    fn replace(&self, config: &Config) {
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let sys = config.sys_interval().map_or(0, seconds);
+        self.sys_interval_s.store(sys, Ordering::Relaxed);
+        self.drain_timeout_s.store(seconds(config.drain_timeout()), Ordering::Relaxed);
+    }
+}
+
 /// The session and network limits of the `[limits]` section.
 fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
     let session = SessionLimits {
@@ -206,6 +246,7 @@ pub(super) struct Reloader {
     running: Config,
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
+    intervals: Arc<SharedIntervals>,
     /// Filled once the verification threads run (they start after the
     /// signal watcher, so that they inherit its blocked signals).
     auth: Arc<Mutex<AuthState>>,
@@ -216,9 +257,10 @@ impl Reloader {
         running: Config,
         reload: Option<Reload>,
         limits: Arc<SharedLimits>,
+        intervals: Arc<SharedIntervals>,
         auth: Arc<Mutex<AuthState>>,
     ) -> Self {
-        Self { running, reload, limits, auth }
+        Self { running, reload, limits, intervals, auth }
     }
 
     /// Handles one SIGHUP.
@@ -257,10 +299,14 @@ impl Reloader {
             preflight::raise_open_files(u64::from(new.limits().max_connections().get()));
             self.limits.replace(new.limits());
         }
+        for change in &changes.intervals {
+            tracing::info!("reload: {change}");
+        }
         for change in &changes.files {
             tracing::info!("reload: {change}");
         }
         self.running = self.running.reloaded(&new);
+        self.intervals.replace(&self.running);
         self.auth.lock().unwrap_or_else(PoisonError::into_inner).reload(&self.running);
     }
 }
@@ -285,6 +331,8 @@ mod tests {
             "[limits]\nmax_queued_messages = 2\n", // unchanged
             "[limits]\nmax_queued_messages = 0\n", // refused
             "[limits]\nmax_queued_messages = 7\nmax_connections = 10\n",
+            "sys_interval_s = 3\ndrain_timeout_s = 20\n\
+             [limits]\nmax_queued_messages = 7\nmax_connections = 10\n",
         ]));
         let levels = Arc::new(AtomicUsize::new(0));
         let reload = Reload {
@@ -303,8 +351,14 @@ mod tests {
                 }
             }),
         };
-        let auth = Arc::default();
-        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared), auth);
+        let intervals = Arc::new(SharedIntervals::new(&start));
+        let mut reloader = Reloader::new(
+            start,
+            Some(reload),
+            Arc::clone(&shared),
+            Arc::clone(&intervals),
+            Arc::default(),
+        );
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
         reloader.reload();
@@ -315,12 +369,19 @@ mod tests {
         assert_eq!(session.max_queued_messages, 7);
         assert_eq!(net.max_connections, 10);
         assert_eq!(levels.load(Ordering::SeqCst), 0, "the level did not change");
+        assert_eq!(intervals.sys_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(intervals.drain_timeout(), Duration::ZERO);
+        reloader.reload();
+        assert_eq!(intervals.sys_interval(), Some(Duration::from_secs(3)));
+        assert_eq!(intervals.drain_timeout(), Duration::from_secs(20));
     }
 
     #[test]
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(Config::default().limits()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared), Arc::default()).reload();
+        let intervals = Arc::new(SharedIntervals::new(&Config::default()));
+        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals, Arc::default())
+            .reload();
         assert_eq!(shared.changed_since(0), None);
     }
 }

@@ -699,7 +699,7 @@ impl Session {
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
         let publish =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
-        counters.publishes_sent += 1;
+        counters.publishes_sent[publish.qos as usize] += 1;
         Some(Packet::Publish(publish))
     }
 

@@ -183,8 +183,11 @@ impl Shard {
         Snapshot {
             shard: self.id.index(),
             sessions: self.slots.len(),
+            sessions_online: self.slots.online(),
             subscriptions: self.subscriptions.len(),
             retained: self.retained.len(),
+            retained_bytes: self.retained.payload_bytes(),
+            cross_core_queued: self.outbox.queued_publishes(),
             counters: self.counters.clone(),
         }
     }
@@ -283,8 +286,8 @@ impl Shard {
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
+        self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
-        slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
         let acl = self.client_acl(connect);
         let slot = self.slots.slot_mut(key);
@@ -320,10 +323,10 @@ impl Shard {
     /// after its expiry ([`Session::expiry`]: 0 for a clean 3.1.1 session,
     /// the v5 Session Expiry Interval, capped by `max_session_expiry`).
     fn detach(&mut self, key: SessionKey, now: Instant) {
-        let slot = self.slots.slot_mut(key);
-        if let Some(mut link) = slot.connection.take() {
+        if let Some(mut link) = self.slots.detach(key) {
             link.wake();
         }
+        let slot = self.slots.slot_mut(key);
         slot.session.handle_connection_lost(now, &mut self.counters.session);
         let expiry = slot.session.expiry();
         slot.expires_at = expiry.map(|expiry| now + expiry);
@@ -521,8 +524,26 @@ impl Shard {
     /// closed (a v5 client is sent DISCONNECT 0x8B, which its task writes
     /// before it closes the socket) and its task woken.
     pub fn begin_shutdown(&mut self, now: Instant) {
+        self.begin_drain();
+        self.close_connections(usize::MAX, now);
+    }
+
+    /// Starts a graceful shutdown that closes the connections in steps
+    /// ([`close_connections`](Self::close_connections)): from now on no
+    /// session starts or moves here; the connected ones keep being served.
+    pub fn begin_drain(&mut self) {
         self.shutting_down = true;
-        for key in self.slots.connected() {
+    }
+
+    /// Closes up to `count` of the connected sessions' connections as
+    /// [`begin_shutdown`](Self::begin_shutdown) does; returns how many stay
+    /// connected.
+    pub fn close_connections(&mut self, count: usize, now: Instant) -> usize {
+        let mut connected = self.slots.connected();
+        // Those already closing (an earlier step) wait for their task.
+        connected.retain(|&key| self.slots.slot(key).session.is_connected());
+        let staying = connected.len().saturating_sub(count);
+        for key in connected.into_iter().skip(staying) {
             let slot = self.slots.slot_mut(key);
             slot.session.handle_shutdown(now, &mut self.counters.session);
             self.drain_events(key, now);
@@ -530,6 +551,7 @@ impl Shard {
                 link.wake();
             }
         }
+        staying
     }
 
     fn notify(&mut self, key: SessionKey) {
@@ -543,7 +565,7 @@ impl Shard {
         while let Some(event) = self.slot_mut(key).session.poll_event() {
             match event {
                 SessionEvent::Publish(message) => {
-                    self.counters.shard.messages_received += 1;
+                    self.counters.shard.messages_received[message.qos as usize] += 1;
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),

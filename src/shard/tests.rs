@@ -724,14 +724,19 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         shard: 0,
         // The publisher and the late subscriber; the first one expired.
         sessions: 2,
+        sessions_online: 2,
         // The late subscriber's r/+ (the others' left with them).
         subscriptions: 1,
         // Of the three retained messages, the one whose topic hashes here.
         retained: 1,
+        // "kept".
+        retained_bytes: 4,
+        cross_core_queued: 0,
         counters: Counters {
             net: Default::default(),
             shard: ShardCounters {
-                messages_received: 9 + flood,
+                // t/a, t/d and the three retained; three t/c; one t/b.
+                messages_received: [5 + flood, 3, 1],
                 // t/a, t/b, two of t/c, one retained.
                 deliveries: 5,
                 // One t/c, t/d, two retained, the group message.
@@ -743,7 +748,8 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
             },
             session: SessionCounters {
                 duplicate_qos2_received: 1,
-                publishes_sent: 2,
+                // t/a at QoS 0, t/b at the subscription's QoS 1.
+                publishes_sent: [1, 1, 0],
                 publishes_resent: 2,
                 dropped_offline_qos0: 1,
                 dropped_queue_full: [0, 1, 0],
@@ -755,7 +761,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 acl_denied_subscribe: 0,
                 acl_denied_delivery: 0,
             },
-            router: RouterCounters { cross_core_qos0_dropped: 1 },
+            router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);
@@ -1101,4 +1107,27 @@ fn new_limits_reach_existing_offline_sessions_and_new_ones() {
     publish_qos1(&mut cluster, 7);
     let (_, output) = cluster.connect_with(&late_id, false);
     assert_eq!(payloads(&output).len(), 5);
+}
+
+#[test]
+fn sessions_online_follow_attach_takeover_detach_and_end() {
+    let mut cluster = Cluster::new(1);
+    let online = |cluster: &Cluster| {
+        let snapshot = cluster.shards[0].snapshot();
+        (snapshot.sessions, snapshot.sessions_online)
+    };
+    let (kept, _) = cluster.connect_with("kept", false);
+    let passing = cluster.connect("passing");
+    assert_eq!(online(&cluster), (2, 2));
+    // A takeover replaces the connection: still one online.
+    let (again, _) = cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (2, 2));
+    cluster.close(&kept);
+    assert_eq!(online(&cluster), (2, 2), "the old connection was already detached");
+    cluster.close(&again);
+    assert_eq!(online(&cluster), (2, 1), "a persistent session stays, offline");
+    cluster.close(&passing);
+    assert_eq!(online(&cluster), (1, 0), "a clean session ends with its connection");
+    cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (1, 1));
 }
