@@ -21,8 +21,10 @@
 //!   name or client id (Mosquitto: "The substitution pattern must be the
 //!   only text for that level of hierarchy"). A pattern with `%u` does not
 //!   apply to anonymous clients; a user name or client id containing `+`,
-//!   `#` or `/` never stands in a pattern (as Mosquitto, which would
-//!   otherwise let a client pick a name that widens its rules).
+//!   `#` or `/` never stands in a pattern, as in Mosquitto 1.x: otherwise
+//!   a client could pick the id `victim/x` and be granted
+//!   `devices/victim/x/...` by `devices/%c/#`. (Mosquitto 2.0.18, checked,
+//!   refuses only `+` and `#` and substitutes an id with `/`.)
 //! * With an ACL file, what is not granted is denied. A `deny` rule that
 //!   matches wins over every grant.
 //! * A topic beginning with `$` (e.g. `$SYS/...`) is matched only by rules
