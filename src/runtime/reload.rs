@@ -384,4 +384,42 @@ mod tests {
             .reload();
         assert_eq!(shared.changed_since(0), None);
     }
+
+    #[test]
+    fn the_auth_files_are_re_read_and_a_broken_one_keeps_the_one_in_force() {
+        let dir = std::env::temp_dir().join(format!("ringmq-reload-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (passwd, acl) = (dir.join("passwd"), dir.join("acl"));
+        let mut users = PasswordFile::default();
+        users.set_password("alice", b"a").unwrap();
+        std::fs::write(&passwd, users.to_text()).unwrap();
+        std::fs::write(&acl, "user alice\ntopic a\n").unwrap();
+        let running = config(&format!("password_file = {passwd:?}\nacl_file = {acl:?}\n"));
+        let first = Arc::new(AclFile::load(&acl).unwrap());
+        let shared = Arc::new(SharedAcl::new(Some(Arc::clone(&first))));
+        let verifier = Arc::new(Verifier::start(users.clone(), 1, 4).unwrap());
+        let mut state =
+            AuthState { passwords: Some((users, Arc::clone(&verifier))), acl: Some(shared) };
+        let generation = |state: &AuthState| state.acl.as_ref().unwrap().current().0;
+        let users = |state: &AuthState| state.passwords.as_ref().unwrap().0.len();
+
+        // Unchanged files: nothing replaced.
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (0, 1));
+        // New files: both replaced.
+        let mut more = PasswordFile::parse(&std::fs::read_to_string(&passwd).unwrap()).unwrap();
+        more.set_password("bob", b"b").unwrap();
+        std::fs::write(&passwd, more.to_text()).unwrap();
+        std::fs::write(&acl, "user alice\ntopic b\n").unwrap();
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (1, 2));
+        let (_, file) = state.acl.as_ref().unwrap().current();
+        assert_ne!(file.as_deref(), Some(&*first));
+        // Broken files: the ones in force stay.
+        std::fs::write(&passwd, "bob:plain\n").unwrap();
+        std::fs::write(&acl, "user alice\ntopic rw b\n").unwrap();
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (1, 2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
