@@ -30,7 +30,10 @@
 //! * [`auth`] checks credentials; password checks cost milliseconds, so
 //!   they run on its own small thread pool, never on a shard. SCRAM's
 //!   server side (enhanced authentication) costs a few HMACs and runs
-//!   inline, driven by `session::AuthExchange`.
+//!   inline, driven by `session::AuthExchange`. Its ACL rules
+//!   ([`auth::acl`]) are checked by the session on every publish,
+//!   subscription and delivery, without allocating (compiled once per
+//!   file).
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 

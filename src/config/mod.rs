@@ -65,6 +65,9 @@ pub struct Config {
     /// `scram_file`: the SCRAM-SHA-256 credentials for MQTT 5.0 enhanced
     /// authentication, read at start like the password file.
     scram_file: Option<PathBuf>,
+    /// `acl_file`: which topics each client may publish, subscribe to and
+    /// receive, read at start and on SIGHUP (by the runtime).
+    acl_file: Option<PathBuf>,
     /// Never empty; no two share an address (except port 0).
     listeners: Vec<ListenerConfig>,
     limits: Limits,
@@ -144,6 +147,8 @@ impl fmt::Display for ShardCount {
 pub struct ListenerConfig {
     bind: SocketAddr,
     listen_backlog: NonZeroU16,
+    /// `allow_anonymous` of this listener, overriding the global key.
+    allow_anonymous: Option<bool>,
     /// Connections open at once through this listener; 0: no limit of
     /// its own.
     max_connections: u32,
@@ -192,6 +197,7 @@ impl Default for ListenerConfig {
         Self {
             bind: DEFAULT_BIND,
             listen_backlog: Self::DEFAULT_LISTEN_BACKLOG,
+            allow_anonymous: None,
             max_connections: 0,
             max_connection_rate: 0,
         }
@@ -544,13 +550,16 @@ impl Config {
     }
 
     /// Whether a client that presents no user name may connect through
-    /// `listener`: always when `allow_anonymous = true`, never when it is
-    /// `false`; when it is unset, only if the listener is loopback and
-    /// neither `password_file` nor `scram_file` is configured (configuring
-    /// authentication means every client authenticates unless told
-    /// otherwise).
+    /// `listener`: the listener's `allow_anonymous` if set, else the
+    /// global one: always when `true`, never when `false`; when neither is
+    /// set, only if the listener is loopback and neither `password_file`
+    /// nor `scram_file` is configured (configuring authentication means
+    /// every client authenticates unless told otherwise).
     pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
-        self.allow_anonymous.unwrap_or_else(|| !self.authenticates() && listener.is_loopback())
+        listener
+            .allow_anonymous
+            .or(self.allow_anonymous)
+            .unwrap_or_else(|| !self.authenticates() && listener.is_loopback())
     }
 
     /// Whether a `password_file` or a `scram_file` is configured.
@@ -567,6 +576,11 @@ impl Config {
     /// The password file (`password_file`), if authentication is configured.
     pub fn password_file(&self) -> Option<&Path> {
         self.password_file.as_deref()
+    }
+
+    /// The ACL file (`acl_file`), if access control is configured.
+    pub fn acl_file(&self) -> Option<&Path> {
+        self.acl_file.as_deref()
     }
 
     /// The resource limits.
@@ -651,6 +665,14 @@ impl Config {
                 )),
                 path => path.map(PathBuf::from),
             },
+            acl_file: match raw.acl_file {
+                Some(path) if path.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        "acl_file = \"\": must be a path; remove the key for no access control",
+                    ))
+                }
+                path => path.map(PathBuf::from),
+            },
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
             limits: limits(&raw.limits)?,
             admin: admin(raw.admin.as_ref())?,
@@ -695,20 +717,35 @@ impl Config {
         if self.authenticates() {
             return Ok(());
         }
+        let closed = "no authentication is configured (no password_file or scram_file), so no \
+                      client could connect";
         if self.allow_anonymous == Some(false) {
-            return Err(ConfigError::invalid(
-                "allow_anonymous = false: no authentication is configured (no password_file or scram_file), \
-                 so no client could connect; set password_file, remove the key (loopback \
-                 listeners then accept anonymous clients) or set it to true",
-            ));
+            return Err(ConfigError::invalid(format!(
+                "allow_anonymous = false: {closed}; set password_file, remove the key (loopback \
+                 listeners then accept anonymous clients) or set it to true"
+            )));
         }
-        match listeners.iter().find(|(listener, _)| !self.allow_anonymous_on(listener)) {
-            Some((_, setting)) => Err(ConfigError::invalid(format!(
-                "{setting} is not loopback and no authentication is configured; set \
-                 allow_anonymous = true to accept anonymous clients on it"
-            ))),
-            None => Ok(()),
+        for (i, (listener, setting)) in listeners.iter().enumerate() {
+            if listener.allow_anonymous == Some(false) {
+                return Err(ConfigError::invalid(format!(
+                    "listener[{i}].allow_anonymous = false: {closed} through it; set \
+                     password_file, or remove the key"
+                )));
+            }
+            if !self.allow_anonymous_on(listener) {
+                let key = match setting.from_flag {
+                    true => "allow_anonymous = true".to_owned(),
+                    false => format!(
+                        "allow_anonymous = true (globally, or listener[{i}].allow_anonymous)"
+                    ),
+                };
+                return Err(ConfigError::invalid(format!(
+                    "{setting} is not loopback and no authentication is configured; set {key} \
+                     to accept anonymous clients on it"
+                )));
+            }
         }
+        Ok(())
     }
 }
 
@@ -722,6 +759,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             scram_file: None,
+            acl_file: None,
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             admin: None,
@@ -823,7 +861,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
 /// Refuses the top-level keys of features this release does not have.
 fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
     let unavailable = [
-        ("acl_file", raw.acl_file.is_some(), "access control"),
         ("data_dir", raw.data_dir.is_some(), "persistence"),
         ("durability", raw.durability.is_some(), "persistence"),
         ("fsync_interval_ms", raw.fsync_interval_ms.is_some(), "persistence"),
@@ -947,7 +984,13 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
     };
     let max_connections = per_listener("max_connections", raw.max_connections)?;
     let max_connection_rate = per_listener("max_connection_rate", raw.max_connection_rate)?;
-    Ok(ListenerConfig { bind, listen_backlog, max_connections, max_connection_rate })
+    Ok(ListenerConfig {
+        bind,
+        listen_backlog,
+        allow_anonymous: raw.allow_anonymous,
+        max_connections,
+        max_connection_rate,
+    })
 }
 
 /// The listeners of `--listen` flags, replacing those of the file.

@@ -19,7 +19,7 @@ pub(super) struct RawConfig {
     pub(super) allow_anonymous: Option<bool>,
     pub(super) password_file: Option<String>,
     pub(super) scram_file: Option<String>,
-    pub(super) acl_file: Option<IgnoredAny>,
+    pub(super) acl_file: Option<String>,
     pub(super) data_dir: Option<IgnoredAny>,
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
@@ -46,6 +46,7 @@ pub(super) struct RawListener {
     pub(super) proxy_protocol: Option<bool>,
     pub(super) tls: Option<IgnoredAny>,
     pub(super) listen_backlog: Option<i64>,
+    pub(super) allow_anonymous: Option<bool>,
     pub(super) max_connections: Option<i64>,
     pub(super) max_connection_rate: Option<i64>,
 }

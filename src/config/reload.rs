@@ -1,8 +1,8 @@
 //! What a re-read configuration changes ([`Config::changes`]): which keys
 //! a running broker can apply (the `[limits]`, `log.level`,
-//! `sys_interval_s`, `drain_timeout_s`) and which need a
-//! restart; and the configuration that runs once the appliable ones are
-//! applied ([`Config::reloaded`]).
+//! `sys_interval_s`, `drain_timeout_s`, the paths of `password_file` and
+//! `acl_file`) and which need a restart; and the configuration that runs
+//! once the appliable ones are applied ([`Config::reloaded`]).
 
 use super::{Config, Limits};
 use std::fmt;
@@ -14,6 +14,10 @@ pub struct Changes {
     pub limits: Vec<Change>,
     /// `log.level`, when it changed.
     pub log_level: Option<Change>,
+    /// `password_file` or `acl_file` pointing at another file (both
+    /// files are re-read on every reload anyway; adding or removing the
+    /// key needs a restart).
+    pub files: Vec<Change>,
     /// `sys_interval_s` and `drain_timeout_s`, those that changed.
     pub intervals: Vec<Change>,
     /// Keys that changed but take effect only at the next start (e.g.
@@ -26,6 +30,7 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
             && self.log_level.is_none()
+            && self.files.is_empty()
             && self.intervals.is_empty()
             && self.needs_restart.is_empty()
     }
@@ -68,9 +73,24 @@ impl Config {
             "response_information_prefix",
         );
         restart_if(self.redirect != new.redirect, "redirect");
-        // The file is read at start; its contents are not re-read either.
-        restart_if(self.password_file != new.password_file, "password_file");
+        // The SCRAM file is read at start; its contents are not re-read.
         restart_if(self.scram_file != new.scram_file, "scram_file");
+        // Turning authentication or access control on or off changes who
+        // may connect and what existing sessions were checked against.
+        restart_if(self.password_file.is_some() != new.password_file.is_some(), "password_file");
+        restart_if(self.acl_file.is_some() != new.acl_file.is_some(), "acl_file");
+        let files = [
+            ("password_file", &self.password_file, &new.password_file),
+            ("acl_file", &self.acl_file, &new.acl_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, old, new)| match (old, new) {
+            (Some(old), Some(new)) if old != new => {
+                Some(Change { key, old: format!("{old:?}"), new: format!("{new:?}") })
+            }
+            _ => None,
+        })
+        .collect();
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),
@@ -87,17 +107,25 @@ impl Config {
             limits: limit_changes(&self.limits, &new.limits),
             log_level,
             intervals: intervals.into_iter().flatten().collect(),
+            files,
             needs_restart,
         }
     }
 
     /// `self` with the parts of `new` that a running broker applies (the
-    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`); the
-    /// rest stays as it started.
+    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`, and the
+    /// paths of the password and ACL files where both name one); the rest
+    /// stays as it started.
     pub fn reloaded(&self, new: &Config) -> Config {
         let mut running = self.clone();
         running.limits = new.limits;
         running.log.level = new.log.level;
+        if self.password_file.is_some() && new.password_file.is_some() {
+            running.password_file.clone_from(&new.password_file);
+        }
+        if self.acl_file.is_some() && new.acl_file.is_some() {
+            running.acl_file.clone_from(&new.acl_file);
+        }
         running.sys_interval_s = new.sys_interval_s;
         running.drain_timeout_s = new.drain_timeout_s;
         running

@@ -529,7 +529,6 @@ fn unknown_protocol_is_refused_by_name() {
 #[test]
 fn unavailable_top_level_keys_are_refused_by_name() {
     let cases = [
-        ("acl_file = \"/etc/ringmq/acl\"", "acl_file: access control"),
         ("data_dir = \"/var/lib/ringmq\"", "data_dir: persistence"),
         ("durability = \"always\"", "durability: persistence"),
         ("fsync_interval_ms = 10", "fsync_interval_ms: persistence"),
@@ -599,8 +598,8 @@ fn non_loopback_listener_without_authentication_needs_allow_anonymous() {
     assert_eq!(
         error("[[listener]]\nbind = \"0.0.0.0:1883\""),
         "config error: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no \
-         authentication is configured; set allow_anonymous = true to accept anonymous clients \
-         on it"
+         authentication is configured; set allow_anonymous = true (globally, or \
+         listener[0].allow_anonymous) to accept anonymous clients on it"
     );
     assert!(error("[[listener]]\nbind = \"127.0.0.1:1\"\n[[listener]]\nbind = \"[::]:1883\"")
         .contains("listener[1].bind = \"[::]:1883\" is not loopback"));
@@ -671,6 +670,49 @@ fn a_scram_file_is_authentication_too() {
         error("scram_file = \"\"").starts_with("config error: scram_file = \"\": must be a path")
     );
     assert_eq!(parse("").unwrap().scram_file(), None);
+}
+
+#[test]
+fn allow_anonymous_per_listener_overrides_the_global_key() {
+    // Open to anonymous clients on one public listener only.
+    let text = "password_file = \"p\"\n[[listener]]\nbind = \"0.0.0.0:1883\"\n\
+                [[listener]]\nbind = \"0.0.0.0:1884\"\nallow_anonymous = true";
+    let config = parse(text).unwrap();
+    let [first, second] = config.listeners() else { panic!("two listeners") };
+    assert!(!config.allow_anonymous_on(first) && config.allow_anonymous_on(second));
+    // Closed on one listener although open globally.
+    let text = "password_file = \"p\"\nallow_anonymous = true\n[[listener]]\n\
+                bind = \"127.0.0.1:1\"\nallow_anonymous = false\n[[listener]]\nbind = \"[::]:2\"";
+    let config = parse(text).unwrap();
+    let [first, second] = config.listeners() else { panic!("two listeners") };
+    assert!(!config.allow_anonymous_on(first) && config.allow_anonymous_on(second));
+    // Without authentication: a public listener may be opened by its own key...
+    let text = "[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true";
+    assert!(parse(text).is_ok());
+    // ... and the refusal names the listener that is neither.
+    let text = "[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n\
+                [[listener]]\nbind = \"0.0.0.0:1884\"";
+    assert!(error(text).starts_with(
+        "config error: listener[1].bind = \"0.0.0.0:1884\" is not loopback and no \
+         authentication is configured; set allow_anonymous = true (globally, or \
+         listener[1].allow_anonymous)"
+    ));
+    // A listener closed to everyone is refused.
+    let text = "[[listener]]\nbind = \"127.0.0.1:1883\"\nallow_anonymous = false";
+    assert!(error(text).starts_with(
+        "config error: listener[0].allow_anonymous = false: no authentication is configured"
+    ));
+    assert!(error("[[listener]]\nallow_anonymous = 1")
+        .contains("listener[0].allow_anonymous: invalid type"));
+}
+
+#[test]
+fn acl_file_is_a_non_empty_path() {
+    let config = parse("acl_file = \"/etc/ringmq/acl\"").unwrap();
+    assert_eq!(config.acl_file(), Some(Path::new("/etc/ringmq/acl")));
+    assert_eq!(parse("").unwrap().acl_file(), None);
+    assert!(error("acl_file = \"\"").starts_with("config error: acl_file = \"\": must be a path"));
+    assert!(error("acl_file = 1").contains("acl_file: invalid type"));
 }
 
 #[test]
@@ -930,6 +972,29 @@ fn listeners_shards_and_admin_need_a_restart_and_are_not_applied() {
     assert_eq!(running.limits().max_queued_messages().get(), 5);
     // What was not applied is reported again at the next reload.
     assert_eq!(running.changes(&new).needs_restart, ["shards", "listener", "admin.listen"]);
+}
+
+#[test]
+fn auth_file_paths_reload_but_adding_or_removing_them_needs_a_restart() {
+    let old = parse("password_file = \"a\"\nacl_file = \"x\"\n").unwrap();
+    let new = parse("password_file = \"b\"\nacl_file = \"y\"\n").unwrap();
+    let changes = old.changes(&new);
+    assert!(changes.needs_restart.is_empty());
+    let files: Vec<_> = changes.files.iter().map(ToString::to_string).collect();
+    assert_eq!(files, ["password_file: \"a\" -> \"b\"", "acl_file: \"x\" -> \"y\""]);
+    let running = old.reloaded(&new);
+    assert_eq!(
+        (running.password_file(), running.acl_file()),
+        (new.password_file(), new.acl_file())
+    );
+    let without = parse("allow_anonymous = true\n").unwrap();
+    let changes = old.changes(&without);
+    assert_eq!(changes.needs_restart, ["allow_anonymous", "password_file", "acl_file"]);
+    let running = old.reloaded(&without);
+    assert_eq!(
+        (running.password_file(), running.acl_file()),
+        (old.password_file(), old.acl_file())
+    );
 }
 
 #[test]

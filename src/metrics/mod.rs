@@ -159,6 +159,13 @@ pub struct SessionCounters {
     /// Times a connection was paced (its socket left unread) for passing
     /// `max_publish_rate` or `max_publish_bytes_rate`.
     pub publish_rate_limited: u64,
+    /// PUBLISH packets (and wills) the ACL file does not let their client
+    /// publish: dropped, acknowledged as the protocol requires.
+    pub acl_denied_publish: u64,
+    /// SUBSCRIBE filters refused by the ACL file.
+    pub acl_denied_subscribe: u64,
+    /// Messages not sent to a subscriber that may not read their topic.
+    pub acl_denied_delivery: u64,
 }
 
 /// What happened on the way to other shards.

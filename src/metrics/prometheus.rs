@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 35] = [
+const COUNTERS: [Field<u64>; 38] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -172,6 +172,15 @@ const COUNTERS: [Field<u64>; 35] = [
         "New retained topics not stored past max_retained_messages or max_retained_bytes",
         |s| s.counters.shard.retained_limit_exceeded,
     ),
+    ("acl_denied_publish", "PUBLISH packets and wills the ACL file refused", |s| {
+        s.counters.session.acl_denied_publish
+    }),
+    ("acl_denied_subscribe", "SUBSCRIBE filters the ACL file refused", |s| {
+        s.counters.session.acl_denied_subscribe
+    }),
+    ("acl_denied_delivery", "Messages not sent: the subscriber may not read the topic", |s| {
+        s.counters.session.acl_denied_delivery
+    }),
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped
     }),

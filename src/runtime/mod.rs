@@ -10,6 +10,7 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::acl::AclFile;
 use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
 use crate::auth::scram::{ScramFile, ScramSha256};
@@ -31,7 +32,7 @@ use bytes::Bytes;
 use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedIntervals, SharedLimits};
+use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -108,6 +109,21 @@ struct Startup {
     redirect: Option<net::Redirect>,
     /// `response_information_prefix`, for the shards.
     response_information_prefix: Option<String>,
+    /// The ACL file in force, if one is configured; replaced by a reload.
+    acl: Option<Arc<SharedAcl>>,
+}
+
+/// The password and ACL files the configuration names, as read before the
+/// start (a bad one is a configuration error, reported before anything
+/// starts).
+#[derive(Debug, Default)]
+pub struct AuthFiles {
+    /// The `password_file`.
+    pub passwords: Option<PasswordFile>,
+    /// The `acl_file`.
+    pub acl: Option<AclFile>,
+    /// The `scram_file`.
+    pub scram: Option<ScramFile>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -199,15 +215,8 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file and `scram` the SCRAM
-/// credentials file, already read (a bad file is a configuration error,
-/// reported before anything starts).
-pub fn run(
-    config: Config,
-    passwords: Option<PasswordFile>,
-    scram: Option<ScramFile>,
-    reload: Option<Reload>,
-) -> Result<(), RuntimeError> {
+/// `files` are the configured password, ACL and SCRAM files, already read.
+pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -227,9 +236,26 @@ pub fn run(
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(&config));
+    let AuthFiles { passwords, acl, scram } = files;
+    let acl = acl.map(|file| {
+        tracing::info!(users = file.users(), rules = file.rules(), "acl file read");
+        if config.password_file().is_none() {
+            tracing::warn!(
+                "acl_file without password_file: user names are not verified, so a client \
+                 gets the rules of whichever user it names"
+            );
+        }
+        Arc::new(SharedAcl::new(Some(Arc::new(file))))
+    });
+    let auth_state = Arc::new(Mutex::new(AuthState::default()));
     let intervals = Arc::new(SharedIntervals::new(&config));
-    let mut reloader =
-        Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&intervals));
+    let mut reloader = Reloader::new(
+        config.clone(),
+        reload,
+        Arc::clone(&limits),
+        Arc::clone(&intervals),
+        Arc::clone(&auth_state),
+    );
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -243,9 +269,13 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords, scram)?;
+    // After the watcher: the verification threads inherit the blocked
+    // signals (a SIGTERM delivered to one of them would kill the process).
+    let auth = net_auth(&config, passwords.clone(), scram)?;
+    *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
     let running =
-        Running { listeners: &listeners, health: &health, limits, intervals, auth, shutdown };
+        Running { listeners: &listeners, health: &health, limits, intervals, auth, acl, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -261,6 +291,8 @@ struct Running<'a> {
     intervals: Arc<SharedIntervals>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The ACL file, if any.
+    acl: Option<Arc<SharedAcl>>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -271,7 +303,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, intervals, auth, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, acl, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -308,6 +340,7 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        acl,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
             reason: match redirect.mode {
@@ -375,6 +408,9 @@ fn net_auth(
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
+            if file.is_empty() {
+                tracing::warn!("the password file has no user: only anonymous clients can connect");
+            }
             let verifier = Verifier::start(file, AUTH_THREADS, AUTH_QUEUE)
                 .map_err(RuntimeError::AuthThreads)?;
             Some(Arc::new(verifier))
@@ -442,6 +478,11 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         .borrow_mut()
         .set_response_information_prefix(startup.response_information_prefix.as_deref());
     shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
+    let mut acl_seen = startup.acl.as_ref().map(|acl| {
+        let (seen, file) = acl.current();
+        shard.borrow_mut().set_acl(file);
+        seen
+    });
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
@@ -501,6 +542,12 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             limits_seen = seen;
             shard.borrow_mut().set_limits(session_limits);
             net.set_limits(net_limits);
+        }
+        if let (Some(shared), Some(seen)) = (&startup.acl, acl_seen.as_mut()) {
+            if let Some((now_seen, file)) = shared.changed_since(*seen) {
+                *seen = now_seen;
+                shard.borrow_mut().set_acl(file);
+            }
         }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
@@ -615,6 +662,9 @@ fn log_stopped(snapshot: &Snapshot) {
         topic_limit_exceeded,
         client_id_too_long,
         publish_rate_limited,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
@@ -669,6 +719,9 @@ fn log_stopped(snapshot: &Snapshot) {
         client_id_too_long,
         publish_rate_limited,
         retained_limit_exceeded,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
         "shard stopped"
     );
 }

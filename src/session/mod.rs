@@ -59,6 +59,7 @@ pub use event::{
 };
 pub use limits::SessionLimits;
 
+use crate::auth::acl::{AclFile, ClientAcl};
 use crate::auth::enhanced::Authenticator;
 use crate::message::Message;
 use crate::metrics::SessionCounters;
@@ -117,6 +118,10 @@ pub struct Session {
     /// is due or when the session ends, whichever comes first, and never
     /// if a connection attaches before [MQTT-3.1.3-9].
     delayed_will: Option<DelayedWill>,
+    /// The client's rules when an `acl_file` is configured: every publish
+    /// (will included), subscription and delivery is checked against them.
+    /// Boxed: a broker without an ACL file pays one pointer per session.
+    acl: Option<Box<ClientAcl>>,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -155,7 +160,28 @@ impl Session {
             next_ack_token: 0,
             expiry: Some(Duration::ZERO),
             delayed_will: None,
+            acl: None,
         }
+    }
+
+    /// Sets the client's ACL (at CONNECT, before
+    /// [`handle_connect`](Self::handle_connect)): `None` without an ACL
+    /// file. The rules stay with the session while it is offline, for the
+    /// messages queued to it.
+    pub fn set_acl(&mut self, acl: Option<ClientAcl>) {
+        self.acl = acl.map(Box::new);
+    }
+
+    /// Applies a reloaded ACL file: the session's next check uses it.
+    pub fn rebind_acl(&mut self, file: &Arc<AclFile>) {
+        if let Some(acl) = &mut self.acl {
+            acl.rebind(Arc::clone(file));
+        }
+    }
+
+    /// Whether the ACL (if any) lets this client publish to `topic`.
+    fn may_publish(&self, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|acl| acl.may_publish(topic, &self.client_id))
     }
 
     /// A network connection attaches, after the shard accepted its CONNECT.
@@ -525,6 +551,30 @@ impl Session {
                 _ => Err(SessionError::PayloadFormatInvalid),
             };
         }
+        if let Some(acl) = self.acl.as_deref() {
+            if !acl.may_publish(topic.as_str(), &self.client_id) {
+                counters.acl_denied_publish += 1;
+                // The message is dropped; the client still gets the ack
+                // its QoS calls for. 5.0: 0x87 Not authorized in PUBACK
+                // (§3.4.2.1) or PUBREC (§3.5.2.1), and a failed PUBREC
+                // ends the flow (the id is not kept) [MQTT-4.3.3-4].
+                // 3.1.1 has no refusal: the normal PUBACK [MQTT-4.3.2-2] or
+                // PUBREC [MQTT-4.3.3-2] (then PUBREL / PUBCOMP as usual).
+                let v5 = connection.version.is_v5();
+                let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
+                match (qos, packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => connection.owe(Control::PubAck(id, reason)),
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        if !v5 {
+                            self.inbound_qos2.insert(id);
+                        }
+                        connection.owe(Control::PubRec(id, reason));
+                    }
+                    _ => {}
+                }
+                return Ok(());
+            }
+        }
         let expires_at = properties
             .message_expiry_interval
             .and_then(|secs| now.checked_add(Duration::from_secs(u64::from(secs))));
@@ -658,6 +708,17 @@ impl Session {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
+            // With an ACL file a filter needs read access (see
+            // `auth::acl`): refused, 5.0 says 0x87 Not authorized
+            // (§3.9.3), 3.1.1 0x80 Failure [MQTT-3.9.3-2] (the encoder
+            // writes any refusal as 0x80); the filter is not subscribed.
+            if let Some(acl) = self.acl.as_deref() {
+                if !acl.may_subscribe(subscription.filter.filter(), &self.client_id) {
+                    counters.acl_denied_subscribe += 1;
+                    reasons.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
+            }
             let subscribed = Subscribed { options: subscription.options, identifier };
             let max = self.limits.max_subscriptions;
             let full = max > 0 && self.subscriptions.len() >= max;
@@ -687,6 +748,11 @@ impl Session {
         }
         // [MQTT-3.8.4-1] SUBACK with the id of the SUBSCRIBE [MQTT-3.8.4-2],
         // once the shard has indexed the filters (it releases the barrier).
+        if grants.is_empty() {
+            // Every filter refused: nothing to index, nothing to wait for.
+            connection.owe(Control::SubAck(subscribe.packet_id, reasons));
+            return;
+        }
         let ack = AckToken(self.next_ack_token);
         self.next_ack_token += 1;
         connection.hold(ack);
@@ -798,6 +864,14 @@ impl Session {
         counters: &mut SessionCounters,
     ) -> DeliveryOutcome {
         let Delivery { message, options, subscription_ids, from_retained } = delivery;
+        // With an ACL file, a message is sent only where the client may
+        // read its topic (a subscription may be wider than its rules).
+        if let Some(acl) = self.acl.as_deref() {
+            if !acl.may_receive(message.topic.as_str(), &self.client_id) {
+                counters.acl_denied_delivery += 1;
+                return DeliveryOutcome::Dropped(DropReason::NotAuthorized);
+            }
+        }
         // [MQTT-3.8.3-3] No Local: not back to the publishing client.
         if options.no_local && message.publisher.as_ref() == Some(&self.client_id) {
             return DeliveryOutcome::Dropped(DropReason::NoLocal);
@@ -1051,15 +1125,15 @@ impl Session {
             self.close(now, CloseReason::ReauthenticationTimeout, counters);
         }
         if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {
-            self.publish_delayed_will(now);
+            self.publish_delayed_will(now, counters);
         }
     }
 
     /// The session ends (expired, or replaced by a clean start): a will
     /// still waiting for its delay is published now, as the session ending
     /// came first [MQTT-3.1.3-9].
-    pub fn handle_session_end(&mut self, now: Instant) {
-        self.publish_delayed_will(now);
+    pub fn handle_session_end(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.publish_delayed_will(now, counters);
     }
 
     /// The broker is shutting down: the open connection is closed, a v5
@@ -1081,11 +1155,22 @@ impl Session {
         self.close(now, CloseReason::Malformed(Box::new(error)), counters);
     }
 
-    fn publish_delayed_will(&mut self, now: Instant) {
+    fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
         if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
-            let message = will_message(*will, &self.client_id, now);
-            self.events.push_back(SessionEvent::Will(Arc::new(message)));
+            self.publish_will(*will, now, counters);
         }
+    }
+
+    /// Routes a will, if the ACL (as it is now: it may have been reloaded
+    /// since CONNECT, where the will was checked too) lets the client
+    /// publish to its topic.
+    fn publish_will(&mut self, will: Will, now: Instant, counters: &mut SessionCounters) {
+        if !self.may_publish(will.topic.as_str()) {
+            counters.acl_denied_publish += 1;
+            return;
+        }
+        let message = will_message(will, &self.client_id, now);
+        self.events.push_back(SessionEvent::Will(Arc::new(message)));
     }
 
     /// How long the session outlives its connection (see
@@ -1156,6 +1241,7 @@ impl Session {
         connection.open = false;
         // [MQTT-3.1.2-10] the will is removed once published or discarded;
         // a v5 Will Delay Interval postpones it [MQTT-3.1.3-9].
+        let mut will_now = None;
         if let Some(will) = connection.will.take() {
             if reason.publishes_will() {
                 match will.properties.will_delay_interval.filter(|&delay| delay > 0) {
@@ -1163,10 +1249,7 @@ impl Session {
                         let due = now + Duration::from_secs(u64::from(delay));
                         self.delayed_will = Some(DelayedWill { due, will });
                     }
-                    None => {
-                        let message = will_message(*will, &self.client_id, now);
-                        self.events.push_back(SessionEvent::Will(Arc::new(message)));
-                    }
+                    None => will_now = Some(will),
                 }
             }
         }
@@ -1182,6 +1265,9 @@ impl Session {
         }
         self.outbound.clear_resend();
         counters.dropped_offline_qos0 += self.outbound.drop_qos0();
+        if let Some(will) = will_now {
+            self.publish_will(*will, now, counters);
+        }
         self.events.push_back(SessionEvent::Closed(reason));
     }
 

@@ -60,6 +60,10 @@ impl Counted {
     fn handle_takeover(&mut self, now: Instant) {
         self.session.handle_takeover(now, &mut self.counters)
     }
+
+    fn handle_session_end(&mut self, now: Instant) {
+        self.session.handle_session_end(now, &mut self.counters)
+    }
 }
 
 impl Deref for Counted {
@@ -2799,6 +2803,117 @@ fn v311_publish_past_the_topic_limits_closes_the_connection_mqtt_4_8_0_1() {
     }
 }
 
+// ---- ACL -------------------------------------------------------------------
+
+/// A session of user `alice` (client id "c1") connected with `version`,
+/// under these ACL rules.
+fn with_acl(now: Instant, version: ProtocolVersion, rules: &str) -> Counted {
+    let file = Arc::new(crate::auth::acl::AclFile::parse(rules).unwrap());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
+    session.set_acl(Some(ClientAcl::new(file, Some("alice"))));
+    session.handle_connect(now, &connect_packet(version, 0, false), false);
+    assert!(matches!(drain(&mut session, now)[..], [Packet::ConnAck(_)]));
+    session
+}
+
+const ALICE: &str = "user alice\ntopic readwrite ok/#\ntopic read ro/#\ntopic deny ok/no\n";
+
+#[test]
+fn v5_denied_publish_gets_0x87_and_is_not_routed() {
+    // 5.0 §3.4.2.1 / §3.5.2.1: 0x87 Not authorized in PUBACK / PUBREC; a
+    // failed PUBREC ends the QoS 2 flow [MQTT-4.3.3-4].
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V5, ALICE);
+    for packet in [
+        publish_in(QoS::AtMostOnce, 0, "ro/x"),
+        publish_in(QoS::AtLeastOnce, 1, "ro/x"),
+        publish_in(QoS::ExactlyOnce, 2, "ok/no"),
+    ] {
+        session.handle_packet(t0, Packet::Publish(packet)).unwrap();
+    }
+    let refused = |id| PubResponse { reason: ReasonCode::NotAuthorized, ..ack(id) };
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![Packet::PubAck(refused(1)), Packet::PubRec(refused(2))]
+    );
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 3, "ok/yes"))).unwrap();
+    let routed: Vec<_> = events(&mut session)
+        .into_iter()
+        .filter_map(|event| match event {
+            SessionEvent::Publish(message) => Some(message.topic.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed, ["ok/yes"]);
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubAck(ack(3))]);
+    assert_eq!(session.counters.acl_denied_publish, 3);
+    // The id of the refused PUBREC is not kept: PUBREL gets 0x92.
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    let not_found = PubResponse { reason: ReasonCode::PacketIdentifierNotFound, ..ack(2) };
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubComp(not_found)]);
+}
+
+#[test]
+fn v311_denied_publish_gets_the_normal_ack_and_is_dropped() {
+    // 3.1.1 has no refusal: PUBACK [MQTT-4.3.2-2], PUBREC then PUBCOMP
+    // [MQTT-4.3.3-2], and the message goes nowhere.
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V311, ALICE);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 1, "ro/x"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "x"))).unwrap();
+    // A re-sent QoS 2 PUBLISH is answered as the first [MQTT-4.3.3-2].
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "x"))).unwrap();
+    assert!(events(&mut session).is_empty(), "nothing is routed");
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![
+            Packet::PubAck(ack(1)),
+            Packet::PubRec(ack(2)),
+            Packet::PubRec(ack(2)),
+            Packet::PubComp(ack(2))
+        ]
+    );
+    assert_eq!(session.counters.acl_denied_publish, 2);
+}
+
+#[test]
+fn denied_subscribe_filters_are_refused_one_by_one() {
+    // 5.0 §3.9.3: 0x87 Not authorized; 3.1.1 [MQTT-3.9.3-2]: 0x80 Failure.
+    let t0 = Instant::now();
+    for (version, refused) in [(V5, 0x87), (V311, 0x80)] {
+        let mut session = with_acl(t0, version, ALICE);
+        // A shared subscription is checked by its filter.
+        let filters = [
+            ("ok/#", QoS::AtLeastOnce),
+            ("no/#", QoS::AtLeastOnce),
+            ("#", QoS::AtMostOnce),
+            ("$share/g/no/#", QoS::AtMostOnce),
+            ("$share/g/ro/+", QoS::AtMostOnce),
+        ];
+        session.handle_packet(t0, subscribe(1, &filters)).unwrap();
+        let subscribed: Vec<_> = indexed(&mut session)
+            .into_iter()
+            .flat_map(|event| match event {
+                SessionEvent::Subscribe { grants, .. } => {
+                    grants.into_iter().map(|g| g.filter.as_str().to_owned()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(subscribed, ["ok/#", "#", "$share/g/ro/+"], "{version}");
+        let [Packet::SubAck(suback)] = &drain(&mut session, t0)[..] else { panic!("a SUBACK") };
+        let codes: Vec<u8> = suback.reasons.iter().map(|r| r.to_v3_suback_return_code()).collect();
+        assert_eq!(codes, [1, 0x80, 0, 0x80, 0], "{version}");
+        assert_eq!(suback.reasons[1].as_u8(), refused, "{version}: as the client reads it");
+        // Every filter refused: the SUBACK goes at once, nothing to index.
+        session.handle_packet(t0, subscribe(2, &[("no/x", QoS::AtLeastOnce)])).unwrap();
+        assert!(events(&mut session).is_empty());
+        assert_eq!(summary(&drain(&mut session, t0)), [(PacketType::SubAck, Some(2), false)]);
+        assert_eq!(session.counters.acl_denied_subscribe, 3);
+    }
+}
+
 #[test]
 fn v5_aliased_publish_is_checked_on_the_resolved_topic() {
     // The limits apply to the Topic Name the alias stands for (5.0
@@ -2897,4 +3012,47 @@ fn payload_bytes_past_the_rate_pace_the_connection() {
     assert!(session.paced_until(t0).is_some());
     assert_eq!(session.counters.publish_rate_limited, 1);
     assert_eq!(events(&mut session).len(), 2);
+}
+
+#[test]
+fn denied_deliveries_are_never_sent() {
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V5, ALICE);
+    assert_eq!(
+        deliver(&mut session, t0, "elsewhere/x", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+    assert_eq!(
+        deliver(&mut session, t0, "ok/no", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+    assert_eq!(deliver(&mut session, t0, "ro/x", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+    let sent: Vec<_> =
+        drain(&mut session, t0).iter().map(|p| as_publish(p).topic.as_str().to_owned()).collect();
+    assert_eq!(sent, ["ro/x"]);
+    assert_eq!(session.counters.acl_denied_delivery, 2);
+    // A reloaded file applies from the next check.
+    let reloaded = Arc::new(crate::auth::acl::AclFile::parse("user alice\ntopic read x").unwrap());
+    session.rebind_acl(&reloaded);
+    assert_eq!(deliver(&mut session, t0, "x", QoS::AtMostOnce), DeliveryOutcome::Queued);
+    assert_eq!(
+        deliver(&mut session, t0, "ro/x", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+}
+
+#[test]
+fn a_will_the_acl_denies_is_not_published() {
+    let t0 = Instant::now();
+    for (topic, published) in [("clients/c1/status", false), ("ok/will", true)] {
+        let file = Arc::new(crate::auth::acl::AclFile::parse(ALICE).unwrap());
+        let mut session = Counted::new(ByteString::from_static("c1"), limits());
+        session.set_acl(Some(ClientAcl::new(file, Some("alice"))));
+        let mut connect = connect_packet(V311, 0, false);
+        connect.will = Some(Will { topic: TopicName::new(topic).unwrap(), ..will() });
+        session.handle_connect(t0, &connect, false);
+        session.handle_connection_lost(t0);
+        assert_eq!(will_event(&events(&mut session)).is_some(), published, "{topic}");
+        assert_eq!(session.counters.acl_denied_publish, u64::from(!published));
+    }
 }

@@ -42,6 +42,9 @@ impl Shard {
         } else {
             connect.client_id.clone()
         };
+        if let Some(reason) = self.will_refusal(connect, &client_id) {
+            return Placement::Refused(reason);
+        }
         let home = self.home_of(&client_id);
         if home != self.id() {
             return Placement::HandOff(home);

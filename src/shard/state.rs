@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::acl::{AclFile, ClientAcl};
 use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
@@ -89,6 +90,9 @@ pub struct Shard {
     /// The enhanced authentication methods offered, for re-authentication
     /// (the network layer runs the exchange at CONNECT).
     authenticators: Arc<Authenticators>,
+    /// The ACL file in force (`acl_file`), shared by every shard; `None`
+    /// without one (then nothing is checked).
+    acl: Option<Arc<AclFile>>,
 }
 
 impl Shard {
@@ -121,6 +125,7 @@ impl Shard {
             farewells: Vec::new(),
             response_information_prefix: None,
             authenticators: Arc::default(),
+            acl: None,
         }
     }
 
@@ -138,6 +143,33 @@ impl Shard {
     /// The enhanced authentication methods offered (none by default).
     pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
         self.authenticators = authenticators;
+    }
+
+    /// Sets the ACL file (at start, or reloaded): new connections use it,
+    /// and so does every existing session from its next check (as
+    /// Mosquitto re-applies its ACLs to connected clients on reload).
+    /// Switching between no file and a file needs a restart (the runtime
+    /// refuses it): sessions without rules keep none.
+    pub fn set_acl(&mut self, file: Option<Arc<AclFile>>) {
+        if let Some(file) = &file {
+            self.slots.sessions_mut().for_each(|session| session.rebind_acl(file));
+        }
+        self.acl = file;
+    }
+
+    /// The rules of the ACL file for a client with this CONNECT.
+    fn client_acl(&self, connect: &Connect) -> Option<ClientAcl> {
+        let file = self.acl.as_ref()?;
+        Some(ClientAcl::new(Arc::clone(file), connect.username.as_deref()))
+    }
+
+    /// With an ACL file, a CONNECT whose will the client may not publish
+    /// is refused with 0x87 Not authorized (3.1.1: return code 5), as
+    /// Mosquitto does; the will is checked again when it is published.
+    pub(super) fn will_refusal(&self, connect: &Connect, client_id: &str) -> Option<ReasonCode> {
+        let will = connect.will.as_ref()?;
+        let acl = self.client_acl(connect)?;
+        (!acl.may_publish(will.topic.as_str(), client_id)).then_some(ReasonCode::NotAuthorized)
     }
 
     /// The limits new sessions start with.
@@ -279,6 +311,9 @@ impl Shard {
                     && !client_id.contains(['/', '+', '#'])
             })
             .map(|prefix| ByteString::from(format!("{prefix}{client_id}")));
+        if let Some(reason) = self.will_refusal(connect, &client_id) {
+            return ConnectOutcome::Refused(reason);
+        }
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
@@ -315,6 +350,9 @@ impl Shard {
         self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
+        let acl = self.client_acl(connect);
+        let slot = self.slots.slot_mut(key);
+        slot.session.set_acl(acl);
         let connack =
             slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
         connack.properties.response_information = response_information;
@@ -332,7 +370,8 @@ impl Shard {
     /// Ends a session: a will still waiting for its delay is published
     /// [MQTT-3.1.3-9], then it is removed.
     fn end_session(&mut self, key: SessionKey, now: Instant) {
-        self.slot_mut(key).session.handle_session_end(now);
+        let slot = self.slots.slot_mut(key);
+        slot.session.handle_session_end(now, &mut self.counters.session);
         self.drain_events(key, now);
         self.remove_session(key);
     }
@@ -938,6 +977,8 @@ impl Shard {
                     DropReason::RetainedLimit => DropCause::RetainedLimit,
                     // What the subscriber asked for, not a limit.
                     DropReason::Offline | DropReason::Expired | DropReason::NoLocal => return,
+                    // The ACL file's doing, counted by the session.
+                    DropReason::NotAuthorized => return,
                 };
                 self.count_drops(cause, 1, now);
             }
