@@ -131,12 +131,17 @@ fn check_config(file: PathBuf) -> Result<(), Failure> {
     let config =
         Config::from_file(&file, &Overrides::default()).map_err(|error| Failure::config(&error))?;
     let passwords = load_passwords(&config)?;
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
     let users = passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
+    let tls = match tls.iter().flatten().count() {
+        0 => String::new(),
+        n => format!(", {n} TLS listener(s)"),
+    };
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}{users}",
+        "ok: {} listener(s), shards={}{users}{tls}",
         config.listeners().len(),
         config.shards()
     );
@@ -223,6 +228,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     .map_err(|error| Failure::config(&error))?;
     let passwords = load_passwords(&config)?;
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
     let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
@@ -237,7 +243,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read: Box::new(move || Config::from_file(&file, &overrides)),
         set_log_level,
     });
-    ringmq::runtime::run(config, passwords, reload).map_err(|error| Failure::runtime(&error))
+    ringmq::runtime::run(config, passwords, tls, reload).map_err(|error| Failure::runtime(&error))
 }
 
 /// Sets the level of the installed subscriber (a reload's `log.level`), or

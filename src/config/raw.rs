@@ -39,8 +39,18 @@ pub(super) struct RawListener {
     pub(super) protocol: Option<String>,
     pub(super) path: Option<IgnoredAny>,
     pub(super) proxy_protocol: Option<bool>,
-    pub(super) tls: Option<IgnoredAny>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) use_identity_as_username: Option<bool>,
     pub(super) listen_backlog: Option<i64>,
+}
+
+/// A listener's `tls = { cert = "...", key = "...", client_ca = "..." }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) client_ca: Option<String>,
 }
 
 /// The `[limits]` table.

@@ -63,6 +63,19 @@ pub struct NetCounters {
     /// CONNECTs refused as busy: too many password checks waiting, or the
     /// check not done within the connect timeout.
     pub auth_busy: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed for a certificate: the client's (unknown
+    /// issuer, expired, missing where required) or ours, refused by the
+    /// client.
+    pub tls_failed_certificate: u64,
+    /// TLS handshakes failed for want of a common protocol version, cipher
+    /// suite or ALPN protocol.
+    pub tls_failed_protocol: u64,
+    /// TLS handshakes not done within `connect_timeout_ms`.
+    pub tls_failed_timeout: u64,
+    /// TLS handshakes failed otherwise (not TLS, the client went away).
+    pub tls_failed_other: u64,
 }
 
 /// What the shard routed, and how its sessions ended.

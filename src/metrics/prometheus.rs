@@ -46,7 +46,7 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
     );
     // (name, help, value) of every plain counter.
     type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let fields: [Field; 22] = [
+    let fields: [Field; 27] = [
         ("accepted", "Connections accepted", |s| s.counters.net.accepted),
         ("refused_at_limit", "Connections refused at max_connections", |s| {
             s.counters.net.refused_limit
@@ -64,6 +64,19 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         }),
         ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
             s.counters.net.auth_busy
+        }),
+        ("tls_handshakes", "TLS handshakes completed", |s| s.counters.net.tls_handshakes),
+        ("tls_failed_certificate", "TLS handshakes failed for a certificate", |s| {
+            s.counters.net.tls_failed_certificate
+        }),
+        ("tls_failed_protocol", "TLS handshakes failed: no common version, cipher or ALPN", |s| {
+            s.counters.net.tls_failed_protocol
+        }),
+        ("tls_failed_timeout", "TLS handshakes not done within connect_timeout_ms", |s| {
+            s.counters.net.tls_failed_timeout
+        }),
+        ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
+            s.counters.net.tls_failed_other
         }),
         ("messages_received", "PUBLISH packets accepted from clients", |s| {
             s.counters.shard.messages_received

@@ -222,7 +222,7 @@ impl<T: Transport> Connection<T> {
         handed_off: Option<Box<Connect>>,
     ) -> Result<(SessionKey, ConnectionId), CloseReason> {
         let adopted = handed_off.is_some();
-        let connect = match handed_off {
+        let mut connect = match handed_off {
             Some(connect) => connect,
             None => {
                 let timeout = self.ctx.limits().connect_timeout;
@@ -238,7 +238,7 @@ impl<T: Transport> Connection<T> {
         }
         // A handed-off CONNECT was checked by the shard that accepted it.
         if !adopted {
-            if let Err(reason) = self.authenticate(&connect, listener).await {
+            if let Err(reason) = self.authenticate(&mut connect, listener).await {
                 return Err(self.refuse(&connect, peer, reason).await);
             }
         }
@@ -249,6 +249,7 @@ impl<T: Transport> Connection<T> {
                     let shard = self.ctx.shard.borrow();
                     tracing::info!(
                         client_id = shard.client_id(key).map_or("", |id| &**id),
+                        username = connect.username.as_deref().unwrap_or(""),
                         %peer,
                         protocol = %connect.version,
                         clean_start = connect.clean_start,
@@ -275,8 +276,23 @@ impl<T: Transport> Connection<T> {
     /// under the connect timeout), or none where the listener accepts
     /// anonymous clients. Without a password file a user name is not
     /// checked. The error is the CONNACK's reason code.
-    async fn authenticate(&self, connect: &Connect, listener: usize) -> Result<(), ReasonCode> {
+    ///
+    /// On a listener with `use_identity_as_username`, the client
+    /// certificate's identity replaces the CONNECT's user name and its
+    /// password is dropped: the certificate, verified in the TLS handshake,
+    /// is the credential, and the password file is not consulted (as in
+    /// Mosquitto). A certificate without an identity is refused.
+    async fn authenticate(&self, connect: &mut Connect, listener: usize) -> Result<(), ReasonCode> {
         let auth = &self.ctx.auth;
+        if auth.identity_as_username.get(listener).copied().unwrap_or(false) {
+            let Some(identity) = self.transport.peer_identity() else {
+                self.ctx.count(|net| net.auth_failed += 1);
+                return Err(ReasonCode::NotAuthorized);
+            };
+            connect.username = Some(identity.into());
+            connect.password = None;
+            return Ok(());
+        }
         let Some(user) = connect.username.as_deref() else {
             if auth.anonymous.get(listener).copied().unwrap_or(false) {
                 return Ok(());

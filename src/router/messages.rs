@@ -20,6 +20,15 @@ use std::sync::Arc;
 pub enum MovedTransport {
     /// Plain TCP: the socket alone.
     Tcp(OwnedFd),
+    /// TLS: the socket and the whole rustls state (keys, sequence
+    /// numbers, buffered records and plaintext), so that the home shard
+    /// continues the same TLS session.
+    Tls {
+        /// The socket.
+        socket: OwnedFd,
+        /// The TLS session.
+        tls: Box<rustls::ServerConnection>,
+    },
 }
 
 /// A connection moving to its home shard: its transport, its CONNECT as

@@ -26,7 +26,7 @@ use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedLimits};
+use reload::{Reloader, SharedLimits, SharedTls};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -93,6 +93,8 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The TLS listeners' configurations, replaced by a reload.
+    tls: Arc<SharedTls>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -184,11 +186,13 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file, already read (a bad file
-/// is a configuration error, reported before anything starts).
+/// `passwords` is the configured password file and `tls` the TLS
+/// listeners' certificates ([`net::tls::load_listeners`]), already read (a
+/// bad file is a configuration error, reported before anything starts).
 pub fn run(
     config: Config,
     passwords: Option<PasswordFile>,
+    tls: net::tls::ListenerTls,
     reload: Option<Reload>,
 ) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
@@ -210,7 +214,8 @@ pub fn run(
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(config.limits()));
-    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits));
+    let tls = Arc::new(SharedTls::new(tls));
+    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&tls));
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -225,7 +230,7 @@ pub fn run(
     )
     .map_err(RuntimeError::Signals)?;
     let auth = net_auth(&config, passwords)?;
-    let running = Running { listeners: &listeners, health: &health, limits, auth, shutdown };
+    let running = Running { listeners: &listeners, health: &health, limits, auth, tls, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -240,6 +245,7 @@ struct Running<'a> {
     limits: Arc<SharedLimits>,
     /// How connections authenticate.
     auth: NetAuth,
+    tls: Arc<SharedTls>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -250,7 +256,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, auth, shutdown } = running;
+    let Running { listeners, health, limits, auth, tls, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -269,7 +275,8 @@ fn serve(
         }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
-        tracing::info!(%addr, "listening (mqtt)");
+        let protocol = if listener.tls().is_some() { "mqtt over tls" } else { "mqtt" };
+        tracing::info!(%addr, "listening ({protocol})");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
         }
@@ -287,6 +294,7 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        tls,
     });
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
@@ -341,7 +349,9 @@ fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth,
         None => None,
     };
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
-    Ok(NetAuth { verifier, anonymous })
+    let identity_as_username =
+        config.listeners().iter().map(|l| l.use_identity_as_username()).collect();
+    Ok(NetAuth { verifier, anonymous, identity_as_username })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -384,6 +394,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     tracing::debug!(%id, "shard joined the mesh");
     let outbox = Rc::new(Outbox::new(startup.nr_shards));
     let (mut limits_seen, session_limits, net_limits) = startup.limits.current();
+    let (mut tls_seen, tls) = startup.tls.current();
     let shard = Rc::new(RefCell::new(Shard::new(
         id,
         startup.nr_shards,
@@ -398,6 +409,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         net_limits,
         Arc::clone(&startup.open_connections),
         startup.auth.clone(),
+        tls,
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -435,6 +447,10 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             limits_seen = seen;
             shard.borrow_mut().set_limits(session_limits);
             net.set_limits(net_limits);
+        }
+        if let Some((seen, tls)) = startup.tls.changed_since(tls_seen) {
+            tls_seen = seen;
+            net.set_tls(tls);
         }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
@@ -498,6 +514,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
     } = net;
     let ShardCounters {
         messages_received,
@@ -534,6 +555,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
         messages_received,
         deliveries,
         deliveries_dropped,

@@ -9,9 +9,16 @@
 //! changed `[limits]` are logged one line each (`limits.max_inflight: 32 ->
 //! 64`) and published in [`SharedLimits`], which every shard checks at its
 //! tick; a changed `log.level` goes to [`Reload::set_log_level`].
+//!
+//! Every accepted reload also re-reads the certificates and keys of the TLS
+//! listeners (at the paths the broker started with: a changed path needs a
+//! restart) and publishes them in [`SharedTls`]: connections accepted after
+//! the shards' next tick use them. A listener whose files cannot be used
+//! keeps its previous certificate, with one error line naming the key.
 
 use super::preflight;
 use crate::config::{Config, ConfigError, LogLevel};
+use crate::net::tls::{self, ListenerTls};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +73,38 @@ impl SharedLimits {
     }
 }
 
+/// The TLS configurations of the listeners, shared by the shards: replaced
+/// by a reload, read by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedTls {
+    /// Bumped after each replacement of `tls`.
+    generation: AtomicU64,
+    tls: Mutex<ListenerTls>,
+}
+
+impl SharedTls {
+    pub(super) fn new(tls: ListenerTls) -> Self {
+        Self { generation: AtomicU64::new(0), tls: Mutex::new(tls) }
+    }
+
+    /// The generation and configurations in force.
+    pub(super) fn current(&self) -> (u64, ListenerTls) {
+        let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), tls.clone())
+    }
+
+    /// The configurations, when their generation is not `seen` (one atomic
+    /// load when nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, ListenerTls)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, tls: ListenerTls) {
+        *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = tls;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// The session and network limits of the `[limits]` section.
 fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
     let session = SessionLimits {
@@ -100,13 +139,47 @@ pub(super) struct Reloader {
     running: Config,
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
+    tls: Arc<SharedTls>,
 }
 
 impl Reloader {
-    pub(super) fn new(running: Config, reload: Option<Reload>, limits: Arc<SharedLimits>) -> Self {
-        Self { running, reload, limits }
+    pub(super) fn new(
+        running: Config,
+        reload: Option<Reload>,
+        limits: Arc<SharedLimits>,
+        tls: Arc<SharedTls>,
+    ) -> Self {
+        Self { running, reload, limits, tls }
     }
+}
 
+/// Re-reads the certificates and keys of the TLS listeners of `running`
+/// into `shared`; a listener whose files cannot be used keeps the ones it
+/// has.
+fn reload_tls(running: &Config, shared: &SharedTls) {
+    let (_, mut configs) = shared.current();
+    let mut reloaded = false;
+    for (i, listener) in running.listeners().iter().enumerate() {
+        let (Some(files), Some(slot)) = (listener.tls(), configs.get_mut(i)) else {
+            continue;
+        };
+        match tls::load(i, files) {
+            Ok(config) => {
+                *slot = Some(config);
+                reloaded = true;
+                tracing::info!("reload: listener[{i}].tls: certificate and key re-read");
+            }
+            Err(error) => tracing::error!(
+                "reload: {error}; listener[{i}] keeps its previous certificate and key"
+            ),
+        }
+    }
+    if reloaded {
+        shared.replace(configs);
+    }
+}
+
+impl Reloader {
     /// Handles one SIGHUP.
     pub(super) fn reload(&mut self) {
         let Some(reload) = self.reload.as_mut() else {
@@ -122,6 +195,7 @@ impl Reloader {
                 return;
             }
         };
+        reload_tls(&self.running, &self.tls);
         let changes = self.running.changes(&new);
         if changes.is_empty() {
             tracing::info!("reload: no changes");
@@ -186,7 +260,8 @@ mod tests {
                 }
             }),
         };
-        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared));
+        let tls = Arc::new(SharedTls::new(vec![None]));
+        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared), tls);
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
         reloader.reload();
@@ -202,7 +277,8 @@ mod tests {
     #[test]
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(Config::default().limits()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared)).reload();
+        let tls = Arc::new(SharedTls::new(vec![None]));
+        Reloader::new(Config::default(), None, Arc::clone(&shared), tls).reload();
         assert_eq!(shared.changed_since(0), None);
     }
 }

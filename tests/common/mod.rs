@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,9 +47,24 @@ impl Broker {
         Self::spawn_on(addr, shards, args, Stdio::inherit())
     }
 
+    /// Starts `ringmq` with `args` (a `--config` whose listeners include
+    /// `addr`: no `--listen` is given), its log written to `log`; waits
+    /// until `addr` accepts.
+    pub fn start_configured(addr: SocketAddr, shards: usize, args: &[&str], log: &Path) -> Self {
+        let stderr = std::fs::File::create(log).unwrap().into();
+        Self::launch(addr, shards, false, args, stderr)
+    }
+
     fn spawn_on(addr: SocketAddr, shards: usize, args: &[&str], stderr: Stdio) -> Self {
+        Self::launch(addr, shards, true, args, stderr)
+    }
+
+    fn launch(addr: SocketAddr, shards: usize, listen: bool, args: &[&str], stderr: Stdio) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
-        command.args(["serve", "--listen", &addr.to_string(), "--shards", &shards.to_string()]);
+        command.args(["serve", "--shards", &shards.to_string()]);
+        if listen {
+            command.args(["--listen", &addr.to_string()]);
+        }
         // Quiet unless the test chose a level.
         if !args.contains(&"--log") {
             command.args(["--log", "warn"]);
