@@ -37,12 +37,9 @@ pub fn client_config(cafile: &Path) -> anyhow::Result<Arc<ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// rustls's ring provider, as the broker uses.
-// Deprecated in rustls 0.23.48 only for its lack of post-quantum key
-// exchange; the broker uses ring too (see its Cargo.toml).
-#[allow(deprecated)]
+/// The broker's provider (ring, X25519 preferred, as most clients do).
 fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
+    ringmq::net::tls::provider()
 }
 
 /// A connection's byte stream.
@@ -184,9 +181,23 @@ impl AsyncWrite for Stream {
         if !tls.is_handshaking() {
             tls.send_close_notify();
         }
-        match send_records(tls, &mut SocketIo { tcp: &mut *tcp, cx }) {
+        let closed = match send_records(tls, &mut SocketIo { tcp: &mut *tcp, cx }) {
             Poll::Ready(Ok(())) => Pin::new(tcp).poll_close(cx),
             other => other,
-        }
+        };
+        // The close_notify goes in a record after the DISCONNECT; a broker
+        // that closed on the DISCONNECT answers it with a reset, which is
+        // no failure of the run (plain TCP has no such second write).
+        closed.map(|result| match result {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOTCONN | libc::ECONNRESET | libc::EPIPE)
+                ) =>
+            {
+                Ok(())
+            }
+            other => other,
+        })
     }
 }

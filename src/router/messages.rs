@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// The transport of a connection moving to its home shard: its socket,
-/// and whatever transport state must travel with it (a TLS session will).
+/// and whatever transport state must travel with it (a TLS session does).
 /// The fd is owned: dropping the message anywhere closes it, so no path
 /// leaks it.
 #[derive(Debug)]
