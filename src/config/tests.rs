@@ -175,9 +175,8 @@ fn example_file_documents_every_key_of_the_schema() {
         "protocol",
         "path",
         "proxy_protocol",
+        // Its cert, key and client_ca are documented on its own line.
         "tls",
-        "cert",
-        "client_ca",
         "use_identity_as_username",
         "listen_backlog",
         "[limits]",
