@@ -54,8 +54,9 @@ pub struct NetCounters {
     pub malformed: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
-    /// Connections closed because their incomplete CONNECT needed more
-    /// than `max_pending_connect_bytes` left on the shard.
+    /// Connections closed because their incomplete CONNECT (or TLS
+    /// handshake) needed more than `max_pending_connect_bytes` left on the
+    /// shard.
     pub connect_budget_exceeded: u64,
     /// CONNECTs refused for their credentials: unknown user, wrong
     /// password, or no user name where anonymous clients are not allowed.

@@ -71,18 +71,23 @@ pub enum CloseReason {
     ConnectBudget,
 }
 
-/// The bytes an incomplete CONNECT holds, charged to the shard's
-/// `pending_connect_bytes` and released when dropped (CONNECT complete,
-/// timeout, error).
-struct PendingConnect {
+/// The bytes an incomplete CONNECT (or TLS handshake) holds, charged to
+/// the shard's `pending_connect_bytes` and released when dropped (CONNECT
+/// complete, timeout, error).
+pub(super) struct PendingConnect {
     ctx: Rc<NetContext>,
     bytes: usize,
 }
 
 impl PendingConnect {
+    /// Nothing held yet.
+    pub(super) fn new(ctx: Rc<NetContext>) -> Self {
+        Self { ctx, bytes: 0 }
+    }
+
     /// Charges `bytes` instead of what was held; false (and nothing
     /// charged) when that would pass the shard's budget.
-    fn hold(&mut self, bytes: usize) -> bool {
+    pub(super) fn hold(&mut self, bytes: usize) -> bool {
         let others = self.ctx.pending_connect_bytes.get() - self.bytes;
         if bytes > self.bytes && others + bytes > self.ctx.limits().max_pending_connect_bytes {
             return false;
@@ -353,7 +358,7 @@ impl<T: Transport> Connection<T> {
     /// shard's `max_pending_connect_bytes`; a connection that would pass it
     /// is closed (a stranger's bytes, not yet anybody's session).
     async fn read_connect(&mut self) -> Result<Box<Connect>, CloseReason> {
-        let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
+        let mut held = PendingConnect::new(Rc::clone(&self.ctx));
         loop {
             let buffered = self.read_buf.as_deref().unwrap_or_default();
             let size = match self.decoder.next_packet_size(buffered) {

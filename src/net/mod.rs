@@ -352,7 +352,8 @@ async fn serve_tls(
     let timeout = ctx.limits().connect_timeout;
     let handshake = async {
         let mut stream = TlsStream::accept(stream, config)?;
-        stream.handshake().await.map(|()| stream)
+        let mut held = connection::PendingConnect::new(Rc::clone(&ctx));
+        stream.handshake(|received| held.hold(received)).await.map(|()| stream)
     };
     let timer = async {
         glommio::timer::Timer::new(timeout).await;
@@ -371,6 +372,7 @@ async fn serve_tls(
                 HandshakeFailure::BadCertificate => net.tls_failed_certificate += 1,
                 HandshakeFailure::Protocol => net.tls_failed_protocol += 1,
                 HandshakeFailure::Timeout => net.tls_failed_timeout += 1,
+                HandshakeFailure::ConnectBudget => net.connect_budget_exceeded += 1,
                 HandshakeFailure::Other => net.tls_failed_other += 1,
             });
             if ctx.may_log_connection() {

@@ -157,6 +157,9 @@ pub enum HandshakeFailure {
     Protocol,
     /// Not done within `limits.connect_timeout_ms`.
     Timeout,
+    /// What it held would pass the shard's `max_pending_connect_bytes`
+    /// (counted with the CONNECTs that do: `connect_budget_exceeded`).
+    ConnectBudget,
     /// Anything else: not TLS, a socket error, the client went away.
     Other,
 }
@@ -261,11 +264,26 @@ impl TlsStream {
     /// Application data the client sent with its last flight (a CONNECT)
     /// stays buffered for [`Transport::poll_read`]. The caller bounds it
     /// in time.
-    pub async fn handshake(&mut self) -> Result<(), HandshakeError> {
-        futures_lite::future::poll_fn(|cx| self.poll_handshake(cx)).await
+    ///
+    /// `admit` is asked, after each read, whether the bytes received so
+    /// far may be held: they bound what rustls buffers of an unfinished
+    /// handshake (a partial record of up to 16 KiB), which the shard
+    /// charges to `max_pending_connect_bytes` as it does an unfinished
+    /// CONNECT.
+    pub async fn handshake(
+        &mut self,
+        mut admit: impl FnMut(usize) -> bool,
+    ) -> Result<(), HandshakeError> {
+        let mut received = 0;
+        futures_lite::future::poll_fn(|cx| self.poll_handshake(cx, &mut received, &mut admit)).await
     }
 
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandshakeError>> {
+    fn poll_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        received: &mut usize,
+        admit: &mut impl FnMut(usize) -> bool,
+    ) -> Poll<Result<(), HandshakeError>> {
         let other = |error| HandshakeError { cause: HandshakeFailure::Other, error };
         let Some(tls) = self.tls.as_deref_mut() else {
             return Poll::Ready(Err(other(handed_off())));
@@ -282,7 +300,17 @@ impl TlsStream {
             }
             match tls.read_tls(&mut io) {
                 Ok(0) => return Poll::Ready(Err(other(io::ErrorKind::UnexpectedEof.into()))),
-                Ok(_) => {}
+                Ok(n) => {
+                    *received += n;
+                    if !admit(*received) {
+                        return Poll::Ready(Err(HandshakeError {
+                            cause: HandshakeFailure::ConnectBudget,
+                            error: io::Error::other(
+                                "too many bytes held by unfinished handshakes on this shard",
+                            ),
+                        }));
+                    }
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
                 Err(error) => return Poll::Ready(Err(other(error))),
             }
