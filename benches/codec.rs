@@ -260,6 +260,7 @@ fn subscribe_case() -> Case {
                 },
             })
             .collect(),
+        refused: Vec::new(),
     });
     let theirs = v5::Subscribe {
         pkid: PACKET_ID,

@@ -27,8 +27,10 @@
 //!   keep none of their own.
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
 //!   sockets; [`runtime`] starts and stops it all.
-//! * [`auth`] checks credentials; its checks cost milliseconds, so they
-//!   run on its own small thread pool, never on a shard.
+//! * [`auth`] checks credentials; password checks cost milliseconds, so
+//!   they run on its own small thread pool, never on a shard. SCRAM's
+//!   server side (enhanced authentication) costs a few HMACs and runs
+//!   inline, driven by `session::AuthExchange`.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 

@@ -226,6 +226,67 @@ fn v5_shared_subscription_filter_parts() {
     assert!(!subscribe.subscriptions[0].filter.is_shared());
 }
 
+/// [MQTT-3.8.4-5] "If a Server receives a SUBSCRIBE packet that contains
+/// multiple Topic Filters it MUST handle that packet as if it had received a
+/// sequence of multiple SUBSCRIBE packets": a 5.0 filter that is UTF-8 but no
+/// topic filter (`a/#/b`, `a+`, `$share/g`) is kept aside with its position
+/// and options, for a 0x8F in its place; the valid ones decode as usual, and
+/// the packet encodes back to the same bytes.
+#[test]
+fn v5_subscribe_keeps_invalid_filters_aside_with_their_positions() {
+    let bytes = cat(&[
+        &[0x82, 33, 0x00, 0x07, 0x00],
+        b"\x00\x05a/#/b",
+        &[0x01],
+        b"\x00\x03x/y",
+        &[0x02],
+        b"\x00\x02a+",
+        &[0x24],
+        b"\x00\x08$share/g",
+        &[0x00],
+    ]);
+    let Packet::Subscribe(subscribe) = decode_v5(&bytes) else { panic!("not a SUBSCRIBE") };
+    assert_eq!(subscribe.filter_count(), 4);
+    assert_eq!(subscribe.subscriptions.len(), 1);
+    assert_eq!(subscribe.subscriptions[0].filter.as_str(), "x/y");
+    let refused: Vec<_> =
+        subscribe.refused.iter().map(|r| (r.position, &*r.text, r.error)).collect();
+    assert_eq!(
+        refused,
+        [
+            (0, "a/#/b", TopicError::MisplacedMultiLevelWildcard),
+            (2, "a+", TopicError::MisplacedSingleLevelWildcard),
+            (3, "$share/g", TopicError::InvalidSharedSubscription),
+        ]
+    );
+    // Options are kept too: No Local and Retain Handling 2 on "a+".
+    assert!(subscribe.refused[1].options.no_local);
+    assert_eq!(subscribe.refused[1].options.retain_handling, RetainHandling::DoNotSend);
+    let mut out = BytesMut::new();
+    Packet::Subscribe(subscribe).encode(V5, &mut out).unwrap();
+    assert_eq!(&out[..], &bytes[..]);
+    // The same filters in 3.1.1 close the connection: the packet is refused.
+    let v311 = cat(&[&[0x82, 10, 0x00, 0x07], b"\x00\x05a/#/b", &[0x01]]);
+    assert_eq!(
+        decode_packet(Bytes::from(v311), V3_1_1),
+        Err(DecodeError::InvalidTopicFilter(TopicError::MisplacedMultiLevelWildcard))
+    );
+}
+
+/// [MQTT-3.10.4-6] the same for UNSUBSCRIBE: the invalid filter is kept
+/// aside for a 0x8F in the UNSUBACK.
+#[test]
+fn v5_unsubscribe_keeps_invalid_filters_aside_with_their_positions() {
+    let bytes = cat(&[&[0xA2, 10, 0x00, 0x03, 0x00], b"\x00\x01t", b"\x00\x02#a"]);
+    let Packet::Unsubscribe(unsubscribe) = decode_v5(&bytes) else { panic!("not UNSUBSCRIBE") };
+    assert_eq!(unsubscribe.filters.len(), 1);
+    assert_eq!(unsubscribe.refused.len(), 1);
+    assert_eq!((unsubscribe.refused[0].position, &*unsubscribe.refused[0].text), (1, "#a"));
+    let mut out = BytesMut::new();
+    Packet::Unsubscribe(unsubscribe).encode(V5, &mut out).unwrap();
+    assert_eq!(&out[..], &bytes[..]);
+}
+
 /// MQTT 3.1.1 section 3.1.2.2: a server reads the CONNECT in the version it
 /// announces, whatever version the decoder was created with.
 #[test]

@@ -163,6 +163,7 @@ fn v311_disconnect_drops_reason_and_properties() {
 #[test]
 fn v311_subscribe_writes_only_the_qos() {
     let packet = Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties {
             subscription_identifier: NonZeroU32::new(7),
@@ -386,6 +387,7 @@ fn publish_flags_and_packet_id_must_agree() {
 #[test]
 fn empty_lists_are_refused() {
     let subscribe = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(1),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![],
@@ -396,6 +398,7 @@ fn empty_lists_are_refused() {
         EncodeError::NoEntries(PacketType::Subscribe),
     );
     let unsubscribe = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(1),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![],
@@ -506,6 +509,7 @@ fn invalid_values_are_refused() {
     check_refused(Packet::Auth(Box::new(auth)), V5, EncodeError::AuthDataWithoutMethod);
 
     let subscribe = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(1),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![Subscription {

@@ -340,7 +340,7 @@ malformed! {
     filter_hash_not_alone: V3_1_1, b"\x82\x07\x00\x01\x00\x02a#\x00"
         => InvalidTopicFilter(TopicError::MisplacedMultiLevelWildcard), TopicFilterInvalid;
     /// [MQTT-4.7.1-2] in UNSUBSCRIBE (5.0).
-    unsubscribe_filter_hash_not_alone_v5: V5, b"\xA2\x07\x00\x01\x00\x00\x02#a"
+    unsubscribe_filter_hash_not_alone_v311: V3_1_1, b"\xA2\x06\x00\x01\x00\x02#a"
         => InvalidTopicFilter(TopicError::MisplacedMultiLevelWildcard), TopicFilterInvalid;
     /// [MQTT-4.7.1-3]: '+' occupies an entire level.
     filter_plus_not_alone: V3_1_1, b"\x82\x09\x00\x01\x00\x04a/b+\x01"
@@ -351,17 +351,23 @@ malformed! {
     /// [MQTT-4.7.3-1]: topic filters are at least one character long.
     empty_filter: V3_1_1, b"\x82\x05\x00\x01\x00\x00\x00"
         => InvalidTopicFilter(TopicError::Empty), TopicFilterInvalid;
-    /// [MQTT-4.8.2-2] (5.0): the ShareName is followed by '/' and a filter.
-    shared_without_filter: V5, b"\x82\x0E\x00\x01\x00\x00\x08$share/g\x00"
+    /// [MQTT-4.7.3-1] in a 5.0 SUBSCRIBE: an empty filter is still a
+    /// malformed packet (the other invalid filters are refused one by one).
+    empty_filter_v5: V5, b"\x82\x06\x00\x01\x00\x00\x00\x00"
+        => InvalidTopicFilter(TopicError::Empty), TopicFilterInvalid;
+    /// [MQTT-4.8.2-2] (5.0, served to 3.1.1 too): the ShareName is followed
+    /// by '/' and a filter. (A 5.0 SUBSCRIBE refuses such a filter alone,
+    /// with 0x8F in SUBACK: see codec_decode.)
+    shared_without_filter: V3_1_1, b"\x82\x0D\x00\x01\x00\x08$share/g\x00"
         => InvalidTopicFilter(TopicError::InvalidSharedSubscription), TopicFilterInvalid;
     /// [MQTT-4.8.2-2]: '/' must be followed by a topic filter.
-    shared_with_empty_filter: V5, b"\x82\x0F\x00\x01\x00\x00\x09$share/g/\x00"
+    shared_with_empty_filter: V3_1_1, b"\x82\x0E\x00\x01\x00\x09$share/g/\x00"
         => InvalidTopicFilter(TopicError::InvalidSharedSubscription), TopicFilterInvalid;
     /// [MQTT-4.8.2-1]: the ShareName is at least one character long.
-    shared_with_empty_share_name: V5, b"\x82\x0F\x00\x01\x00\x00\x09$share//a\x00"
+    shared_with_empty_share_name: V3_1_1, b"\x82\x0E\x00\x01\x00\x09$share//a\x00"
         => InvalidTopicFilter(TopicError::InvalidSharedSubscription), TopicFilterInvalid;
     /// [MQTT-4.8.2-2]: the ShareName has no '+', '#' or '/'.
-    shared_share_name_with_plus: V5, b"\x82\x11\x00\x01\x00\x00\x0B$share/g+/a\x00"
+    shared_share_name_with_plus: V3_1_1, b"\x82\x10\x00\x01\x00\x0B$share/g+/a\x00"
         => InvalidTopicFilter(TopicError::InvalidSharedSubscription), TopicFilterInvalid;
 
     // ---- Properties (5.0) ---------------------------------------------------

@@ -365,6 +365,7 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (packet_id(), v5_only(version, properties), vec(subscription, 1..4)).prop_map(
         |(packet_id, properties, subscriptions)| {
             Packet::Subscribe(Subscribe {
+                refused: Vec::new(),
                 packet_id,
                 properties,
                 subscriptions: SmallVec::from_vec(subscriptions),
@@ -399,6 +400,7 @@ fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (packet_id(), v5_only(version, properties), vec(topic_filter(), 1..4)).prop_map(
         |(packet_id, properties, filters)| {
             Packet::Unsubscribe(Unsubscribe {
+                refused: Vec::new(),
                 packet_id,
                 properties,
                 filters: SmallVec::from_vec(filters),

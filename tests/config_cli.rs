@@ -91,7 +91,10 @@ fn check_config_refuses_an_out_of_range_value_by_key() {
     let file = TempConfig::new("[limits]\nmax_inflight = 0\n");
     assert_eq!(
         refused(&ringmq(&["check-config", file.path()])),
-        "config error: limits.max_inflight = 0: must be between 1 and 65535"
+        format!(
+            "config error: {}:2:16: limits.max_inflight = 0: must be between 1 and 65535",
+            file.path()
+        )
     );
 }
 
@@ -111,11 +114,27 @@ fn check_config_refuses_a_syntax_error_on_one_line() {
 }
 
 #[test]
+fn check_config_names_the_key_of_a_line_without_a_value() {
+    let file = TempConfig::new("[limits]\nmax_inflight = \n");
+    let line = refused(&ringmq(&["check-config", file.path()]));
+    let expected = format!(
+        "config error: {}:2:16: limits.max_inflight: the value is missing or not valid TOML",
+        file.path()
+    );
+    assert!(line.starts_with(&expected), "{line}");
+    assert!(line.contains("write one after `=`"), "{line}");
+}
+
+#[test]
 fn check_config_refuses_features_not_in_this_release() {
     let file = TempConfig::new("data_dir = \"/var/lib/ringmq\"\n");
     assert_eq!(
         refused(&ringmq(&["check-config", file.path()])),
-        "config error: data_dir: persistence is not available in this release; remove the key"
+        format!(
+            "config error: {}:1:12: data_dir: persistence is not available in this release; \
+             remove the key",
+            file.path()
+        )
     );
     let file = TempConfig::new("[[listener]]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n");
     assert!(refused(&ringmq(&["check-config", file.path()])).contains("listener[0].tls"));
@@ -126,8 +145,12 @@ fn check_config_refuses_an_anonymous_public_listener() {
     let file = TempConfig::new("[[listener]]\nbind = \"0.0.0.0:1883\"\n");
     assert_eq!(
         refused(&ringmq(&["check-config", file.path()])),
-        "config error: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no authentication \
-         is configured; set allow_anonymous = true to accept anonymous clients on it"
+        format!(
+            "config error: {}:2:8: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no \
+             authentication is configured; set allow_anonymous = true to accept anonymous clients \
+             on it",
+            file.path()
+        )
     );
 }
 

@@ -126,6 +126,7 @@ fn client(
     assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
     if let Some(filter) = filter {
         client.send(&Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: vec![Subscription {
@@ -237,10 +238,17 @@ fn a_congested_shard_holds_back_only_the_publishers_that_wait_for_it() {
     const TOTAL: u16 = 41_100;
     let writer = {
         let mut stream = publisher.try_clone().unwrap();
+        let acks = Arc::clone(&acks);
         std::thread::spawn(move || {
             for id in 1..=SPACED {
                 stream.write_all(&publish_bytes("flood", id)).unwrap();
-                std::thread::sleep(Duration::from_millis(1));
+                // Each publish read on its own, so each is its own batch
+                // in the channel, however slow the machine: its PUBACK
+                // comes once it is routed.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while acks.load(Ordering::SeqCst) < usize::from(id) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
             }
             let burst: Vec<u8> =
                 (SPACED + 1..=TOTAL).flat_map(|id| publish_bytes("flood", id)).collect();
@@ -248,7 +256,12 @@ fn a_congested_shard_holds_back_only_the_publishers_that_wait_for_it() {
             let _ = stream.write_all(&burst);
         })
     };
-    // Wait until the publisher is held: its acknowledgements stop short.
+    // The spaced publishes are acknowledged (however slow this machine is
+    // today), then the publisher is held: its acknowledgements stop short.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.load(Ordering::SeqCst) < usize::from(SPACED) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut last = (0, Instant::now());
     while last.1.elapsed() < Duration::from_millis(500) {
         std::thread::sleep(Duration::from_millis(50));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 fn subscribe(client: &mut RawClient, filter: &str, qos: QoS) {
     client.send(&Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(1).unwrap(),
         properties: Default::default(),
         subscriptions: [Subscription {

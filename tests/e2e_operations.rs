@@ -70,18 +70,23 @@ fn http_get(addr: &str, path: &str) -> String {
     response
 }
 
-#[test]
-fn health_probes_answer_while_the_broker_serves() {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let broker = Broker::start_with_config(2, &format!("[admin]\nlisten = \"{admin}\"\n"));
+/// `/healthz` once it answers 200 (the shards tick), or after 10 s.
+fn healthz_once_serving(admin: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let healthz = loop {
-        let response = http_get(&admin, "/healthz");
+    loop {
+        let response = http_get(admin, "/healthz");
         if response.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
             break response;
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+#[test]
+fn health_probes_answer_while_the_broker_serves() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(2, &format!("[admin]\nlisten = \"{admin}\"\n"));
+    let healthz = healthz_once_serving(&admin);
     assert!(healthz.starts_with("HTTP/1.1 200 OK") && healthz.ends_with("ok\n"), "{healthz}");
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200 OK"));
     assert!(http_get(&admin, "/other").starts_with("HTTP/1.1 404"));
@@ -266,4 +271,224 @@ fn sighup_without_a_configuration_file_only_says_so() {
     assert!(log_shows(&log, "nothing to reload"), "{}", log_of(&log));
     assert!(broker.stop().success());
     let _ = std::fs::remove_file(&log);
+}
+
+/// A 5.0 client that pings every 50 ms until the server sends DISCONNECT
+/// (returned with when it came) or closes; `served` counts the PINGRESPs
+/// that arrived once `draining` was set.
+fn ping_until_disconnected(
+    mut client: RawClient,
+    draining: &std::sync::atomic::AtomicBool,
+    served: &std::sync::atomic::AtomicUsize,
+) -> (Option<ringmq::protocol::ReasonCode>, Instant) {
+    use std::sync::atomic::Ordering;
+    loop {
+        // The server may have closed meanwhile: a failed write is seen as
+        // the end of the stream by the read below.
+        let _ = client.stream.write_all(&[0xC0, 0x00]);
+        match client.recv() {
+            Some(Packet::PingResp) => {
+                if draining.load(Ordering::SeqCst) {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Some(Packet::Disconnect(disconnect)) => {
+                return (Some(disconnect.reason), Instant::now())
+            }
+            None => return (None, Instant::now()),
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_fails_the_probe_then_spreads_disconnects_over_the_drain_timeout() {
+    use ringmq::protocol::{Connect, ProtocolVersion, ReasonCode};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 16;
+    const DRAIN_S: u64 = 2;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(
+        2,
+        &format!("drain_timeout_s = {DRAIN_S}\n[admin]\nlisten = \"{admin}\"\n"),
+    );
+    let draining = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let left = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let mut client = RawClient::connect(broker.addr);
+            client.send(&Packet::Connect(Box::new(Connect {
+                version: ProtocolVersion::V5,
+                clean_start: true,
+                keep_alive: 30,
+                client_id: client_id_on_shard(&format!("drained-{n}-"), n % 2, 2).into(),
+                will: None,
+                username: None,
+                password: None,
+                properties: Default::default(),
+            })));
+            assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+            let (draining, served) = (Arc::clone(&draining), Arc::clone(&served));
+            let left = Arc::clone(&left);
+            std::thread::spawn(move || {
+                let end = ping_until_disconnected(client, &draining, &served);
+                left.fetch_add(1, Ordering::SeqCst);
+                end
+            })
+        })
+        .collect();
+    let health_before = healthz_once_serving(&admin);
+    draining.store(true, Ordering::SeqCst);
+    let terminated = Instant::now();
+    broker.terminate();
+    // The probe fails while the clients are still connected, so a load
+    // balancer stops sending before they leave.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (health_during, gone_by_then) = loop {
+        let gone = left.load(Ordering::SeqCst);
+        let response = http_get(&admin, "/healthz");
+        if !response.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
+            break (response, gone);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ends: Vec<_> = clients.into_iter().map(|client| client.join().unwrap()).collect();
+    assert!(broker.wait_exit().success());
+    assert!(health_before.starts_with("HTTP/1.1 200"), "{health_before}");
+    assert!(health_during.starts_with("HTTP/1.1 503"), "{health_during}");
+    assert!(gone_by_then < CLIENTS, "every client had left before the probe failed");
+    for (reason, at) in &ends {
+        assert_eq!(*reason, Some(ReasonCode::ServerShuttingDown), "after {:?}", *at - terminated);
+    }
+    let first = ends.iter().map(|(_, at)| *at).min().unwrap();
+    let last = ends.iter().map(|(_, at)| *at).max().unwrap();
+    // Spread, not at once: with steps every 250 ms the last client leaves
+    // at the drain timeout, the first within the first step. (Lower bounds
+    // only: a slow machine only spreads them more.)
+    assert!(
+        last - first >= Duration::from_millis(DRAIN_S * 1000 / 2),
+        "closed from {:?} to {:?} after SIGTERM",
+        first - terminated,
+        last - terminated
+    );
+    assert!(served.load(Ordering::SeqCst) > 0, "the clients still connected were served");
+}
+
+/// `/metrics` read by Prometheus's own parser (tests/metrics_parse.py):
+/// each sample summed over its `shard` label, keyed by name and the other
+/// labels (`ringmq_messages_received_total{qos="1"}`).
+fn parsed_metrics(admin: &str) -> std::collections::BTreeMap<String, f64> {
+    let response = http_get(admin, "/metrics");
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let mut parser = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics_parse.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    parser.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let output = parser.wait_with_output().unwrap();
+    assert!(output.status.success(), "Prometheus's parser refused:\n{body}");
+    let mut sums = std::collections::BTreeMap::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = series.split_once('{').unwrap();
+        let labels: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|label| !label.is_empty() && !label.starts_with("shard="))
+            .collect();
+        let key = format!("{name}{{{}}}", labels.join(","));
+        *sums.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap();
+    }
+    sums
+}
+
+#[test]
+fn metrics_parsed_by_prometheus_count_a_known_workload() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(
+        2,
+        &format!("sys_interval_s = 0\n[admin]\nlisten = \"{admin}\"\n"),
+    );
+    healthz_once_serving(&admin);
+    let (mut sent, mut received) = (0usize, 0usize);
+    let mut exchange = |client: &mut RawClient, bytes: &[u8], answers: usize| {
+        client.send_bytes(bytes);
+        sent += bytes.len();
+        for _ in 0..answers {
+            let packet = client.recv().expect("an answer");
+            let mut encoded = bytes::BytesMut::new();
+            packet.encode(ringmq::protocol::ProtocolVersion::V3_1_1, &mut encoded).unwrap();
+            received += encoded.len();
+        }
+    };
+    let connect = |id: &str| {
+        let mut bytes = bytes::BytesMut::new();
+        let packet = connect_packet(id, true, 0);
+        packet.encode(ringmq::protocol::ProtocolVersion::V3_1_1, &mut bytes).unwrap();
+        bytes.to_vec()
+    };
+    let mut subscriber = RawClient::connect(broker.addr);
+    exchange(&mut subscriber, &connect(&client_id_on_shard("sub", 0, 2)), 1);
+    // SUBSCRIBE m/# at QoS 1.
+    exchange(&mut subscriber, b"\x82\x08\x00\x01\x00\x03m/#\x01", 1);
+    let mut publisher = RawClient::connect(broker.addr);
+    exchange(&mut publisher, &connect(&client_id_on_shard("pub", 1, 2)), 1);
+    for _ in 0..3 {
+        exchange(&mut publisher, b"\x30\x06\x00\x03m/ax", 0); // QoS 0
+    }
+    exchange(&mut publisher, b"\x31\x0a\x00\x03m/rkept!", 0); // QoS 0, retained
+    for id in 1..=2u8 {
+        exchange(&mut publisher, &[0x32, 0x08, 0x00, 0x03, b'm', b'/', b'b', 0, id, b'y'], 1);
+    }
+    // Three m/a, m/r, two m/b (QoS 1, acknowledged).
+    for _ in 0..6 {
+        let packet = subscriber.recv().expect("a delivery");
+        let mut encoded = bytes::BytesMut::new();
+        packet.encode(ringmq::protocol::ProtocolVersion::V3_1_1, &mut encoded).unwrap();
+        received += encoded.len();
+        if let Packet::Publish(publish) = packet {
+            if let Some(id) = publish.packet_id {
+                let [high, low] = id.get().to_be_bytes();
+                subscriber.send_bytes(&[0x40, 2, high, low]);
+                sent += 4;
+            }
+        }
+    }
+    // The figures are at most a shard tick old.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = parsed_metrics(&admin);
+        let settled = metrics.get("ringmq_bytes_received_total{}") == Some(&(sent as f64))
+            && metrics.get("ringmq_bytes_sent_total{}") == Some(&(received as f64));
+        if settled || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let value =
+        |key: &str| metrics.get(key).copied().unwrap_or_else(|| panic!("{key}: {metrics:#?}"));
+    assert_eq!(value("ringmq_bytes_received_total{}"), sent as f64);
+    assert_eq!(value("ringmq_bytes_sent_total{}"), received as f64);
+    assert_eq!(value("ringmq_messages_received_total{qos=\"0\"}"), 4.0);
+    assert_eq!(value("ringmq_messages_received_total{qos=\"1\"}"), 2.0);
+    assert_eq!(value("ringmq_messages_received_total{qos=\"2\"}"), 0.0);
+    assert_eq!(value("ringmq_publishes_sent_total{qos=\"0\"}"), 4.0);
+    assert_eq!(value("ringmq_publishes_sent_total{qos=\"1\"}"), 2.0);
+    assert_eq!(value("ringmq_sessions{}"), 2.0);
+    assert_eq!(value("ringmq_sessions_online{}"), 2.0);
+    assert_eq!(value("ringmq_subscriptions{}"), 1.0);
+    assert_eq!(value("ringmq_retained_messages{}"), 1.0);
+    assert_eq!(value("ringmq_retained_bytes{}"), 5.0);
+    assert_eq!(value("ringmq_connections{}"), 2.0);
+    // The readiness probe of Broker::start, and the two clients.
+    assert_eq!(value("ringmq_accepted_total{}"), 3.0);
+    assert_eq!(value("ringmq_deliveries_total{}"), 6.0);
+    assert_eq!(value("ringmq_deliveries_dropped_total{}"), 0.0);
+    assert_eq!(value("ringmq_cross_core_queued{}"), 0.0);
+    assert!(broker.stop().success());
 }

@@ -86,6 +86,7 @@ fn delivered(qos: QoS) -> (Broker, RawClient, PacketId) {
     subscriber.send(&connect_packet("sub", true, 0));
     assert!(matches!(subscriber.recv(), Some(Packet::ConnAck(_))));
     subscriber.send(&Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(1).unwrap(),
         properties: Default::default(),
         subscriptions: [Subscription {

@@ -26,6 +26,7 @@ fn encode_all(packets: &[Packet]) -> Vec<u8> {
 
 fn subscribe(packet_id: u16, filters: impl IntoIterator<Item = String>, qos: QoS) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(packet_id).unwrap(),
         properties: Default::default(),
         subscriptions: filters

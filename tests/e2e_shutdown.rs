@@ -125,12 +125,14 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
     let _ = std::fs::remove_file(&log);
     let line = text.lines().find(|line| line.contains("shard stopped")).expect("a stop line");
     // Accepted: the probe that waited for the broker to listen, and two.
-    for counted in ["accepted=3", "malformed=1", "messages_received=1", "sessions=0"] {
+    for counted in ["accepted=3", "malformed=1", "messages_received_qos0=1", "sessions=0"] {
         assert!(line.contains(counted), "{counted} in {line}");
     }
     let names = [
         "refused_at_limit",
+        "refused_rate",
         "handed_off",
+        "connect_timeouts",
         "connect_too_large",
         "connect_budget_exceeded",
         "auth_failed",
@@ -143,7 +145,16 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
         "retained_expired",
         "protocol_violations",
         "duplicate_qos2_received",
-        "publishes_sent",
+        "publishes_sent_qos0",
+        "publishes_sent_qos1",
+        "publishes_sent_qos2",
+        "messages_received_qos1",
+        "messages_received_qos2",
+        "bytes_received",
+        "bytes_sent",
+        "retained_bytes",
+        "cross_core_queued",
+        "congestion_events",
         "publishes_resent",
         "dropped_offline_qos0",
         "dropped_queue_full_qos0",

@@ -19,6 +19,7 @@ type Seen = HashMap<String, (String, bool)>;
 /// (retained messages may overtake it).
 fn subscribe(client: &mut RawClient, filters: &[&str]) -> Seen {
     client.send(&Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(1).unwrap(),
         properties: Default::default(),
         subscriptions: filters

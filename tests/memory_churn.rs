@@ -419,6 +419,7 @@ fn a_shard_pair_returns_memory_after_subscribe_unsubscribe_cycles() {
                 let filters = churn_filters(10 * round + client.shard);
                 for chunk in filters.chunks(64) {
                     let subscribe = Subscribe {
+                        refused: Vec::new(),
                         packet_id,
                         properties: Default::default(),
                         subscriptions: chunk
@@ -438,6 +439,7 @@ fn a_shard_pair_returns_memory_after_subscribe_unsubscribe_cycles() {
                 }
                 for chunk in filters.chunks(64) {
                     let unsubscribe = Unsubscribe {
+                        refused: Vec::new(),
                         packet_id,
                         properties: Default::default(),
                         filters: chunk.iter().cloned().collect(),

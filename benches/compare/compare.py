@@ -229,6 +229,11 @@ class RunningBroker:
                 time.sleep(0.1)
         raise RuntimeError(f"{self.broker.name} not ready on port {self.port}: {last}")
 
+    def port_for(self, scenario):
+        """The port that serves the scenario's MQTT version (rumqttd has a
+        listener per version; the others serve every version on one)."""
+        return self.extra_port if scenario.mqtt5 and self.broker.kind == "rumqttd" else self.port
+
     def log_tail(self, n=600):
         try:
             return self.log_path.read_bytes()[-n:].decode(errors="replace").strip()
@@ -298,11 +303,16 @@ PASS_P99_US = 1_000_000
 
 
 class Scenario:
-    def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None):
+    def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None,
+                 base=None):
         self.key, self.title, self.metric, self.unit = key, title, metric, unit
         self.higher_is_better, self.target, self.describe = higher_is_better, target, describe
         # Deliveries per published message, for the ladder scenarios.
         self.fanout = fanout
+        # An MQTT 5.0 variant runs the load of scenario `base` with 5.0
+        # clients; `kind` is the scenario whose load and metrics it has.
+        self.mqtt5 = base is not None
+        self.kind = base or key
 
     @property
     def ladder(self):
@@ -311,7 +321,13 @@ class Scenario:
     def bench_args(self, quick, offered=None):
         """ringmq-bench arguments without --host/--json, or None (g)."""
         step = "2s" if quick else "5s"
-        k = self.key
+        args = self.base_args(quick, offered, step)
+        if args is not None and self.mqtt5:
+            args += ["--mqtt-version", "5"]
+        return args
+
+    def base_args(self, quick, offered, step):
+        k = self.kind
         # The drain must outlast the backlog of an overloaded step (up to
         # about its own length, since the rate doubles per step), or
         # messages still queued in the broker would count as lost.
@@ -348,8 +364,8 @@ class Scenario:
         args = self.bench_args(quick, offered)
         text = shlex.join(["taskset", "-c", BENCH_CPUS, "ringmq-bench", *args, "--host", "127.0.0.1:PORT"])
         if self.ladder:
-            rate_flag = "--total-rate" if self.key in "ab" else "--rate"
-            first = f"{offered:g}" if self.key in "ab" else f"{offered / self.fanout:g}"
+            rate_flag = "--total-rate" if self.kind in "ab" else "--rate"
+            first = f"{offered:g}" if self.kind in "ab" else f"{offered / self.fanout:g}"
             text = text.replace(f"{rate_flag} {first}", f"{rate_flag} RATE")
         return text
 
@@ -384,7 +400,18 @@ SCENARIOS = [
              "100,000 retained QoS 0 messages (16 B, topics `bench/retained/NNNNNN`, stored through "
              "one connection, confirmed by a QoS 1 PUBACK), then one subscriber to `bench/retained/#`: "
              "time from SUBSCRIBE to the last message."),
+    Scenario("h", "fan-in, QoS 0, 16 B, MQTT 5.0: 100 publishers -> 1 subscriber", "delivered_per_s",
+             "msg/s", True, THROUGHPUT_TARGET,
+             "Scenario a with MQTT 5.0 clients (`--mqtt-version 5`; rumqttd on its [v5.1] listener).",
+             fanout=1, base="a"),
+    Scenario("i", "p2p, 1,000 pairs, 10 msg/s each, QoS 0, MQTT 5.0: latency", "p99_us", "µs",
+             False, {"mosquitto": "p99"},
+             "Scenario d with MQTT 5.0 clients (`--mqtt-version 5`; rumqttd on its [v5.1] listener).",
+             base="d"),
 ]
+# MQTT 5.0 variants and the 3.1.1 scenario each repeats: ringmq's 5.0 / 3.1.1
+# ratio is reported for these pairs.
+MQTT5_PAIRS = [("h", "a"), ("i", "d")]
 SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
 
@@ -410,7 +437,7 @@ def bench_metrics(scenario, report):
         "connection_errors": sum(c["errors"].values()),
         "violations": report.get("violations", []),
     }
-    if scenario.key in "abcd":
+    if scenario.kind in "abcd":
         expected = m["expected"] or 0
         out.update({
             "sent": m["sent"], "received": m["received"], "expected": expected, "lost": m["lost"],
@@ -423,7 +450,7 @@ def bench_metrics(scenario, report):
         })
         if scenario.key == "b":
             out["acked"] = m["acked"]
-    if scenario.key in "ef":
+    if scenario.kind in "ef":
         out.update({
             "clients": c["clients"],
             "connects_per_s": c["rate_per_s"],
@@ -486,7 +513,7 @@ def run_bench(running, scenario, binaries, args, workdir, tag):
     json_path = workdir / f"{scenario.key}-{running.broker.name}-{tag}.json"
     json_path.unlink(missing_ok=True)
     argv = ["taskset", "-c", BENCH_CPUS, binaries["ringmq-bench"], *args,
-            "--host", f"127.0.0.1:{running.port}", "--json", str(json_path), "--quiet"]
+            "--host", f"127.0.0.1:{running.port_for(scenario)}", "--json", str(json_path), "--quiet"]
     out, _, stderr = measure(running, argv, timeout=180)
     if "error" not in out:
         if out["exit"] == 2 or not json_path.exists():
@@ -700,7 +727,7 @@ def loss_text(scenario, summary):
             parts.append(f"{med['lost_below_limit']:,.0f} lost below the limit")
         if med.get("failed_at") and med.get("loss_pct_last_step"):
             parts.append(f"{med['loss_pct_last_step']:.1f}% lost in overload at {med['failed_at']:,.0f}/s")
-    elif scenario.key == "d" and lost:
+    elif scenario.kind == "d" and lost:
         parts.append(f"{lost:,.0f} lost ({med.get('loss_pct', 0):.2f}%)")
     elif scenario.key == "g" and lost:
         parts.append(f"{lost:,.0f} of 100,000 not received")
@@ -727,7 +754,8 @@ ROWS = {
           ("connect_p99_us", "connect latency p99", "µs", True)],
     "g": [("seconds", "time to receive all", "s", True), ("publish_s", "time to store all", "s", True)],
 }
-ROWS["b"] = ROWS["c"] = ROWS["a"]
+ROWS["b"] = ROWS["c"] = ROWS["h"] = ROWS["a"]
+ROWS["i"] = ROWS["d"]
 
 
 def render(data):
@@ -743,8 +771,8 @@ def render(data):
       f"{meta['machine']['memory_gib']} GiB, Linux {meta['machine']['kernel']} "
       f"({meta['machine']['os']}); load average {meta['load_before']} before, {meta['load_after']} after. "
       f"Every broker is pinned to CPU {BROKER_CPUS} (`taskset -c {BROKER_CPUS}`) and ringmq-bench to "
-      f"CPU {BENCH_CPUS}; ringmq runs with 1 shard. All clients speak MQTT 3.1.1 (ringmq does not "
-      f"accept 5.0 CONNECTs yet). {meta['rounds']} round(s), brokers taking turns (the order rotates "
+      f"CPU {BENCH_CPUS}; ringmq runs with 1 shard. Clients speak MQTT 3.1.1, except in the 5.0 "
+      f"variants (h, i) of a and d. {meta['rounds']} round(s), brokers taking turns (the order rotates "
       "every round), a fresh broker process for every run; the tables give the median of the rounds.")
     w("")
     if meta["mode"] == "quick":
@@ -814,7 +842,7 @@ def render(data):
             cells.append("–" if pct is None else f"{pct:.0f}% (peak {peak or 0:.0f}%)")
         w(f"| {s.key} | " + " | ".join(cells) + " |")
     w("")
-    ladder_keys = [k for k in "abc" if k in data["scenarios"]]
+    ladder_keys = [s.key for s in SCENARIOS if s.ladder and s.key in data["scenarios"]]
     if ladder_keys:
         w("Every ladder step (medians over the rounds that ran it): delivered msg/s (loss, broker CPU "
           "in its busiest second / ringmq-bench CPU over the run).")
@@ -843,6 +871,24 @@ def render(data):
         w("")
         w("✗: the step failed in at least one round (after one retry). ⏱: ringmq-bench fell behind "
           "its schedule (the load generator's limit).")
+        w("")
+    pairs = [(v5, v3) for v5, v3 in MQTT5_PAIRS if v5 in data["scenarios"] and v3 in data["scenarios"]]
+    if pairs:
+        w("## MQTT 5.0 beside 3.1.1")
+        w("")
+        w("The same load with 5.0 clients (h = a, i = d), per broker: 5.0 / 3.1.1 (target for "
+          "ringmq: at least 0.95 on rates, at most 1.05 on latency).")
+        w("")
+        w("| scenarios | metric | ringmq | Mosquitto | rumqttd |")
+        w("| --- | --- | --: | --: | --: |")
+        for v5, v3 in pairs:
+            metric, label, _, _ = ROWS[v3][0]
+            cells = []
+            for b in ["ringmq", *PEERS]:
+                new = data["scenarios"][v5]["summary"].get(b, {}).get("median", {}).get(metric)
+                old = data["scenarios"][v3]["summary"].get(b, {}).get("median", {}).get(metric)
+                cells.append(ratio_text(new, old))
+            w(f"| {v5} / {v3} | {label} | " + " | ".join(cells) + " |")
         w("")
     w("## Scenarios")
     w("")
@@ -996,7 +1042,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, 1 round, quick criterion")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    parser.add_argument("--scenarios", default="abcdefg", help="subset of abcdefg")
+    parser.add_argument("--scenarios", default="abcdefghi", help="subset of abcdefghi")
     parser.add_argument("--brokers", default=",".join(["ringmq", *PEERS, *SCALING]),
                         help="comma-separated subset of " + ",".join(BROKERS))
     parser.add_argument("--no-trie", action="store_true", help="skip the criterion trie benchmark")
@@ -1011,6 +1057,7 @@ def main():
                         help="the command recorded in BENCHMARKS.md")
     args = parser.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     md_path, json_path = out / "BENCHMARKS.md", out / "BENCHMARKS.json"
 
     def log(msg):

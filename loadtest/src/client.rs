@@ -410,6 +410,7 @@ impl Client {
             packet_id,
             properties: SubscribeProperties::default(),
             subscriptions,
+            refused: Vec::new(),
         }))
     }
 

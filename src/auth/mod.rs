@@ -10,10 +10,17 @@
 //! milliseconds by design, so the broker runs it on the small thread pool
 //! of [`pool`], never on a shard.
 //!
+//! MQTT 5.0 enhanced authentication is [`enhanced`] (the interface of a
+//! method) and [`scram`] (SCRAM-SHA-256 and its credentials file,
+//! `scram_file`); its server side costs microseconds and runs on the
+//! shards.
+//!
 //! Credentials are never logged: [`PasswordFile`]'s `Debug` shows the user
 //! names only.
 
+pub mod enhanced;
 pub mod pool;
+pub mod scram;
 #[cfg(test)]
 mod tests;
 

@@ -18,11 +18,16 @@ pub(super) struct RawConfig {
     pub(super) shards: Option<i64>,
     pub(super) allow_anonymous: Option<bool>,
     pub(super) password_file: Option<String>,
+    pub(super) scram_file: Option<String>,
     pub(super) acl_file: Option<IgnoredAny>,
     pub(super) data_dir: Option<IgnoredAny>,
     pub(super) durability: Option<IgnoredAny>,
     pub(super) fsync_interval_ms: Option<IgnoredAny>,
     pub(super) sys_interval_s: Option<i64>,
+    pub(super) retain_available: Option<bool>,
+    pub(super) response_information_prefix: Option<String>,
+    pub(super) redirect: Option<RawRedirect>,
+    pub(super) drain_timeout_s: Option<i64>,
     pub(super) listener: Option<Vec<RawListener>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -42,6 +47,8 @@ pub(super) struct RawListener {
     pub(super) tls: Option<RawTls>,
     pub(super) use_identity_as_username: Option<bool>,
     pub(super) listen_backlog: Option<i64>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_connection_rate: Option<i64>,
 }
 
 /// A listener's `tls = { cert = "...", key = "...", client_ca = "..." }`.
@@ -71,6 +78,15 @@ pub(super) struct RawLimits {
     pub(super) topic_alias_maximum: Option<i64>,
     pub(super) server_topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
+    pub(super) max_subscriptions_per_client: Option<i64>,
+}
+
+/// The `[redirect]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedirect {
+    pub(super) server_reference: Option<String>,
+    pub(super) mode: Option<String>,
 }
 
 /// The `[admin]` table.

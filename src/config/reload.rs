@@ -1,5 +1,6 @@
 //! What a re-read configuration changes ([`Config::changes`]): which keys
-//! a running broker can apply (the `[limits]`, `log.level`) and which need a
+//! a running broker can apply (the `[limits]`, `log.level`,
+//! `sys_interval_s`, `drain_timeout_s`) and which need a
 //! restart; and the configuration that runs once the appliable ones are
 //! applied ([`Config::reloaded`]).
 
@@ -13,6 +14,8 @@ pub struct Changes {
     pub limits: Vec<Change>,
     /// `log.level`, when it changed.
     pub log_level: Option<Change>,
+    /// `sys_interval_s` and `drain_timeout_s`, those that changed.
+    pub intervals: Vec<Change>,
     /// Keys that changed but take effect only at the next start (e.g.
     /// `shards`, `listener`): reported, never applied.
     pub needs_restart: Vec<&'static str>,
@@ -21,7 +24,10 @@ pub struct Changes {
 impl Changes {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.limits.is_empty() && self.log_level.is_none() && self.needs_restart.is_empty()
+        self.limits.is_empty()
+            && self.log_level.is_none()
+            && self.intervals.is_empty()
+            && self.needs_restart.is_empty()
     }
 }
 
@@ -56,22 +62,44 @@ impl Config {
         restart_if(self.listeners != new.listeners, "listener");
         restart_if(self.admin != new.admin, "admin.listen");
         restart_if(self.log.format != new.log.format, "log.format");
+        restart_if(self.retain_available != new.retain_available, "retain_available");
+        restart_if(
+            self.response_information_prefix != new.response_information_prefix,
+            "response_information_prefix",
+        );
+        restart_if(self.redirect != new.redirect, "redirect");
         // The file is read at start; its contents are not re-read either.
         restart_if(self.password_file != new.password_file, "password_file");
+        restart_if(self.scram_file != new.scram_file, "scram_file");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),
             new: new.log.level.to_string(),
         });
-        Changes { limits: limit_changes(&self.limits, &new.limits), log_level, needs_restart }
+        let interval = |key, old: u32, new: u32| {
+            (old != new).then(|| Change { key, old: old.to_string(), new: new.to_string() })
+        };
+        let intervals = [
+            interval("sys_interval_s", self.sys_interval_s, new.sys_interval_s),
+            interval("drain_timeout_s", self.drain_timeout_s, new.drain_timeout_s),
+        ];
+        Changes {
+            limits: limit_changes(&self.limits, &new.limits),
+            log_level,
+            intervals: intervals.into_iter().flatten().collect(),
+            needs_restart,
+        }
     }
 
     /// `self` with the parts of `new` that a running broker applies (the
-    /// `[limits]` and `log.level`); the rest stays as it started.
+    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`); the
+    /// rest stays as it started.
     pub fn reloaded(&self, new: &Config) -> Config {
         let mut running = self.clone();
         running.limits = new.limits;
         running.log.level = new.log.level;
+        running.sys_interval_s = new.sys_interval_s;
+        running.drain_timeout_s = new.drain_timeout_s;
         running
     }
 }
@@ -79,7 +107,7 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 14] {
+    let values = |limits: &Limits| -> [(&'static str, String); 15] {
         // Destructured, so that a new limit cannot be left out unnoticed.
         let Limits {
             max_connections,
@@ -96,6 +124,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             topic_alias_maximum,
             server_topic_alias_maximum,
             max_session_expiry_s,
+            max_subscriptions_per_client,
         } = limits;
         [
             ("limits.max_connections", max_connections.to_string()),
@@ -112,6 +141,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             ("limits.topic_alias_maximum", topic_alias_maximum.to_string()),
             ("limits.server_topic_alias_maximum", server_topic_alias_maximum.to_string()),
             ("limits.max_session_expiry_s", max_session_expiry_s.to_string()),
+            ("limits.max_subscriptions_per_client", max_subscriptions_per_client.to_string()),
         ]
     };
     values(old)

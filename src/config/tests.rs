@@ -73,6 +73,10 @@ fn defaults_are_those_of_the_design() {
     assert_eq!(limits.receive_maximum(), nz16(32));
     assert_eq!(limits.topic_alias_maximum(), 16);
     assert_eq!(limits.max_session_expiry_s(), 604_800);
+    assert_eq!(limits.max_subscriptions_per_client(), 0);
+    assert!(config.retain_available());
+    assert_eq!(config.response_information_prefix(), None);
+    assert_eq!(config.redirect(), None);
 
     assert_eq!(config.log().level(), LogLevel::Info);
     assert_eq!(config.log().format(), LogFormat::Text);
@@ -165,11 +169,13 @@ fn example_file_documents_every_key_of_the_schema() {
         "shards",
         "allow_anonymous",
         "password_file",
+        "scram_file",
         "acl_file",
         "data_dir",
         "durability",
         "fsync_interval_ms",
         "sys_interval_s",
+        "drain_timeout_s",
         "[[listener]]",
         "bind",
         "protocol",
@@ -179,6 +185,7 @@ fn example_file_documents_every_key_of_the_schema() {
         "tls",
         "use_identity_as_username",
         "listen_backlog",
+        "max_connection_rate",
         "[limits]",
         "max_connections",
         "max_packet_size",
@@ -194,6 +201,12 @@ fn example_file_documents_every_key_of_the_schema() {
         "topic_alias_maximum",
         "server_topic_alias_maximum",
         "max_session_expiry_s",
+        "max_subscriptions_per_client",
+        "retain_available",
+        "response_information_prefix",
+        "[redirect]",
+        "server_reference",
+        "mode",
         "[admin]",
         "listen",
         "[log]",
@@ -207,6 +220,68 @@ fn example_file_documents_every_key_of_the_schema() {
         });
         assert!(documented, "{key} is not in ringmq.toml");
     }
+}
+
+// ---- 5.0 features: retain, response information, redirect, quota -----------
+
+#[test]
+fn retain_response_information_redirect_and_the_subscription_quota_are_read() {
+    let config = parse(
+        r#"
+        retain_available = false
+        response_information_prefix = "reply/"
+
+        [redirect]
+        server_reference = "mqtt2.example.com:1883 [::1]:1883"
+        mode = "moved"
+
+        [limits]
+        max_subscriptions_per_client = 100
+        "#,
+    )
+    .unwrap();
+    assert!(!config.retain_available());
+    assert_eq!(config.response_information_prefix(), Some("reply/"));
+    let redirect = config.redirect().unwrap();
+    assert_eq!(redirect.server_reference, "mqtt2.example.com:1883 [::1]:1883");
+    assert_eq!(redirect.mode, RedirectMode::Moved);
+    assert_eq!(config.limits().max_subscriptions_per_client(), 100);
+    let config = parse("[redirect]\nserver_reference = \"b:1883\"\n").unwrap();
+    assert_eq!(config.redirect().unwrap().mode, RedirectMode::UseAnother);
+}
+
+#[test]
+fn bad_redirect_and_response_information_prefix_are_refused_by_name() {
+    assert!(error("[redirect]\nmode = \"moved\"\n").contains("redirect.server_reference"));
+    assert!(error("[redirect]\nserver_reference = \" \"\n").contains("redirect.server_reference"));
+    let message = error("[redirect]\nserver_reference = \"b\"\nmode = \"gone\"\n");
+    assert!(message.contains("redirect.mode = \"gone\""), "{message}");
+    for bad in ["", "a/+/", "#"] {
+        let message = error(&format!("response_information_prefix = {bad:?}\n"));
+        assert!(message.contains("response_information_prefix"), "{message}");
+    }
+    let message = error("[limits]\nmax_subscriptions_per_client = -1\n");
+    assert!(message.contains("limits.max_subscriptions_per_client = -1"), "{message}");
+}
+
+#[test]
+fn retain_response_information_and_redirect_need_a_restart_the_quota_does_not() {
+    let running = Config::default();
+    let new = parse(
+        "retain_available = false\nresponse_information_prefix = \"r/\"\n\
+         [redirect]\nserver_reference = \"b\"\n[limits]\nmax_subscriptions_per_client = 5\n",
+    )
+    .unwrap();
+    let changes = running.changes(&new);
+    assert_eq!(
+        changes.needs_restart,
+        ["retain_available", "response_information_prefix", "redirect"]
+    );
+    assert_eq!(changes.limits.len(), 1);
+    assert_eq!(changes.limits[0].key, "limits.max_subscriptions_per_client");
+    let reloaded = running.reloaded(&new);
+    assert!(reloaded.retain_available());
+    assert_eq!(reloaded.limits().max_subscriptions_per_client(), 5);
 }
 
 // ---- sys_interval_s --------------------------------------------------------
@@ -224,6 +299,20 @@ fn sys_interval_defaults_to_ten_seconds_and_zero_disables_it() {
         "config error: sys_interval_s = -1: must be between 0 and 86400"
     );
     assert!(error("sys_interval_s = 86401").contains("sys_interval_s = 86401: must be between"));
+}
+
+// ---- drain_timeout_s -------------------------------------------------------
+
+#[test]
+fn drain_timeout_defaults_to_zero_and_is_at_most_an_hour() {
+    assert_eq!(Config::default().drain_timeout(), Duration::ZERO);
+    assert_eq!(parse("drain_timeout_s = 30").unwrap().drain_timeout(), Duration::from_secs(30));
+    assert_eq!(parse("drain_timeout_s = 3600").unwrap().drain_timeout(), Duration::from_secs(3600));
+    assert_eq!(
+        error("drain_timeout_s = 3601"),
+        "config error: drain_timeout_s = 3601: must be between 0 and 3600"
+    );
+    assert!(error("drain_timeout_s = -1").contains("drain_timeout_s = -1: must be between"));
 }
 
 // ---- shards ----------------------------------------------------------------
@@ -561,6 +650,25 @@ fn password_file_must_be_a_non_empty_path() {
 }
 
 #[test]
+fn a_scram_file_is_authentication_too() {
+    // Like a password file: non-loopback listeners are allowed, anonymous
+    // clients refused unless allowed, and an empty path refused.
+    let config =
+        parse("scram_file = \"/etc/ringmq/scram\"\n[[listener]]\nbind = \"0.0.0.0:1\"").unwrap();
+    assert_eq!(config.scram_file(), Some(Path::new("/etc/ringmq/scram")));
+    assert_eq!(config.password_file(), None);
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let config = parse("scram_file = \"s\"\nallow_anonymous = false").unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    let config = parse("scram_file = \"s\"\nallow_anonymous = true").unwrap();
+    assert!(config.allow_anonymous_on(&config.listeners()[0]));
+    assert!(
+        error("scram_file = \"\"").starts_with("config error: scram_file = \"\": must be a path")
+    );
+    assert_eq!(parse("").unwrap().scram_file(), None);
+}
+
+#[test]
 fn allow_anonymous_false_without_authentication_is_refused() {
     assert!(error("allow_anonymous = false")
         .starts_with("config error: allow_anonymous = false: no authentication is configured"));
@@ -645,8 +753,8 @@ fn syntax_errors_are_one_line_with_a_position() {
 
 #[test]
 fn positions_count_characters_not_bytes() {
-    assert_eq!(line_column("é = 1\nxé", 9), (2, 3));
-    assert_eq!(line_column("", 0), (1, 1));
+    assert_eq!(locate::line_column("é = 1\nxé", 9), (2, 3));
+    assert_eq!(locate::line_column("", 0), (1, 1));
 }
 
 #[test]
@@ -817,4 +925,33 @@ fn listeners_shards_and_admin_need_a_restart_and_are_not_applied() {
     assert_eq!(running.limits().max_queued_messages().get(), 5);
     // What was not applied is reported again at the next reload.
     assert_eq!(running.changes(&new).needs_restart, ["shards", "listener", "admin.listen"]);
+}
+
+#[test]
+fn the_sys_interval_and_the_drain_timeout_are_applied_by_a_reload() {
+    let old = parse("sys_interval_s = 10\n").unwrap();
+    let new = parse("sys_interval_s = 0\ndrain_timeout_s = 30\n").unwrap();
+    let changes = old.changes(&new);
+    let lines: Vec<String> = changes.intervals.iter().map(ToString::to_string).collect();
+    assert_eq!(lines, ["sys_interval_s: 10 -> 0", "drain_timeout_s: 0 -> 30"]);
+    assert!(changes.needs_restart.is_empty());
+    let running = old.reloaded(&new);
+    assert_eq!(running.sys_interval(), None);
+    assert_eq!(running.drain_timeout(), Duration::from_secs(30));
+    assert!(running.changes(&new).is_empty());
+}
+
+#[test]
+fn a_listener_may_limit_its_connections_and_their_rate() {
+    let config = parse("[[listener]]\nmax_connections = 10\nmax_connection_rate = 500\n").unwrap();
+    let listener = &config.listeners()[0];
+    assert_eq!(listener.max_connections().map(NonZeroU32::get), Some(10));
+    assert_eq!(listener.max_connection_rate().map(NonZeroU32::get), Some(500));
+    let default = Config::default();
+    let unlimited = &default.listeners()[0];
+    assert_eq!((unlimited.max_connections(), unlimited.max_connection_rate()), (None, None));
+    assert_eq!(
+        error("[[listener]]\nmax_connection_rate = -1\n"),
+        "config error: listener[0].max_connection_rate = -1: must be between 0 and 4294967295"
+    );
 }

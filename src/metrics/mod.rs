@@ -46,12 +46,18 @@ pub struct Counters {
 pub struct NetCounters {
     /// Connections accepted.
     pub accepted: u64,
-    /// Connections refused because `max_connections` was reached.
+    /// Connections refused because `limits.max_connections` or their
+    /// listener's `max_connections` was reached.
     pub refused_limit: u64,
+    /// Connections refused over their listener's `max_connection_rate`.
+    pub refused_rate: u64,
     /// Connections moved to their home shard.
     pub handed_off: u64,
     /// Connections closed for a malformed packet.
     pub malformed: u64,
+    /// Connections closed because no complete CONNECT arrived within
+    /// `connect_timeout_ms`.
+    pub connect_timeouts: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
     /// Connections closed because their incomplete CONNECT (or TLS
@@ -64,6 +70,13 @@ pub struct NetCounters {
     /// CONNECTs refused as busy: too many password checks waiting, or the
     /// check not done within the connect timeout.
     pub auth_busy: u64,
+    /// CONNECTs answered with a redirection (`[redirect]`: 0x9C / 0x9D).
+    pub redirected: u64,
+    /// Bytes read from clients (MQTT packets; inside TLS, the decrypted
+    /// bytes).
+    pub bytes_received: u64,
+    /// Bytes written to clients (MQTT packets).
+    pub bytes_sent: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS handshakes failed for a certificate: the client's (unknown
@@ -82,10 +95,10 @@ pub struct NetCounters {
 /// What the shard routed, and how its sessions ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardCounters {
-    /// PUBLISH packets accepted from this shard's clients (a re-sent QoS 2
-    /// PUBLISH still awaiting PUBREL is not counted again: see
-    /// [`SessionCounters::duplicate_qos2_received`]).
-    pub messages_received: u64,
+    /// PUBLISH packets accepted from this shard's clients, by QoS (a
+    /// re-sent QoS 2 PUBLISH still awaiting PUBREL is not counted again:
+    /// see [`SessionCounters::duplicate_qos2_received`]).
+    pub messages_received: [u64; 3],
     /// Deliveries queued to local sessions.
     pub deliveries: u64,
     /// Deliveries not queued: a session refused them (its queue was full,
@@ -112,8 +125,8 @@ pub struct SessionCounters {
     /// Re-sent QoS 2 PUBLISH packets answered with PUBREC but not routed
     /// again [MQTT-4.3.3-2].
     pub duplicate_qos2_received: u64,
-    /// PUBLISH packets sent to clients for the first time.
-    pub publishes_sent: u64,
+    /// PUBLISH packets sent to clients for the first time, by QoS as sent.
+    pub publishes_sent: [u64; 3],
     /// PUBLISH packets re-sent with DUP=1 on a resumed session
     /// [MQTT-4.4.0-1].
     pub publishes_resent: u64,
@@ -136,6 +149,16 @@ pub struct SessionCounters {
     /// flight; ignored (one of the wrong kind for an id in flight is a
     /// protocol violation instead).
     pub unexpected_acks: u64,
+    /// v5 PUBLISH packets (and wills) whose Payload Format Indicator says
+    /// UTF-8 and whose payload is not: refused with 0x99 (PUBACK, PUBREC,
+    /// DISCONNECT or CONNACK) and not routed [MQTT-3.3.2-4].
+    pub payload_format_invalid: u64,
+    /// v5 SUBSCRIBE / UNSUBSCRIBE filters that are not valid topic filters,
+    /// answered with 0x8F for that filter [MQTT-3.8.4-5].
+    pub topic_filters_invalid: u64,
+    /// New subscriptions refused because the session held
+    /// `max_subscriptions_per_client` (0x97, 3.1.1: 0x80).
+    pub subscriptions_quota_exceeded: u64,
 }
 
 /// What happened on the way to other shards.
@@ -144,6 +167,9 @@ pub struct RouterCounters {
     /// QoS 0 publishes dropped because the queue towards a peer shard was
     /// full (QoS 1/2 apply backpressure instead).
     pub cross_core_qos0_dropped: u64,
+    /// Times a queue towards a peer shard passed its high-water mark (the
+    /// connections publishing QoS 1/2 to it were held back).
+    pub congestion_events: u64,
 }
 
 /// The counters of one shard at one moment, with the gauges worth reading
@@ -154,12 +180,18 @@ pub struct Snapshot {
     pub shard: usize,
     /// Sessions on the shard, connected or not.
     pub sessions: usize,
+    /// Those with a connection attached.
+    pub sessions_online: usize,
     /// Subscriptions of the shard's sessions (each shared group member
     /// counts).
     pub subscriptions: usize,
     /// Retained messages stored on the shard (each topic's lives on one
     /// shard).
     pub retained: usize,
+    /// Payload bytes of those retained messages.
+    pub retained_bytes: usize,
+    /// Publishes waiting in the queues towards the other shards.
+    pub cross_core_queued: usize,
     /// Every counter.
     pub counters: Counters,
 }

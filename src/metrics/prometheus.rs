@@ -30,104 +30,178 @@ fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardLabel
     family
 }
 
+/// A gauge family labelled by shard, registered as `ringmq_{name}`.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<ShardLabel, Gauge> {
+    let family = Family::<ShardLabel, Gauge>::default();
+    registry.register(format!("ringmq_{name}"), help, family.clone());
+    family
+}
+
+/// A counter family labelled by shard and QoS, registered as
+/// `ringmq_{name}`.
+fn qos_counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardQoSLabel, Counter> {
+    let family = Family::<ShardQoSLabel, Counter>::default();
+    registry.register(format!("ringmq_{name}"), help, family.clone());
+    family
+}
+
+/// (name, help, value) of a series labelled by shard.
+type Field<T> = (&'static str, &'static str, fn(&Snapshot) -> T);
+
+/// The gauges: what the shard holds now.
+const GAUGES: [Field<usize>; 6] = [
+    ("sessions", "Sessions, connected or not", |s| s.sessions),
+    ("sessions_online", "Sessions with a connection attached", |s| s.sessions_online),
+    ("subscriptions", "Subscriptions (each shared group member counts)", |s| s.subscriptions),
+    ("retained_messages", "Retained messages stored", |s| s.retained),
+    ("retained_bytes", "Payload bytes of the retained messages", |s| s.retained_bytes),
+    ("cross_core_queued", "Publishes waiting in the queues towards other shards", |s| {
+        s.cross_core_queued
+    }),
+];
+
+/// The counters labelled by shard and QoS.
+const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
+    ("messages_received", "PUBLISH packets accepted from clients, by QoS", |s| {
+        s.counters.shard.messages_received
+    }),
+    ("publishes_sent", "PUBLISH packets sent to clients, by QoS as sent", |s| {
+        s.counters.session.publishes_sent
+    }),
+    (
+        "dropped_queue_full",
+        "Messages dropped because a subscriber's queue was full, by QoS as sent",
+        |s| s.counters.session.dropped_queue_full,
+    ),
+];
+
+/// The counters labelled by shard only.
+const COUNTERS: [Field<u64>; 36] = [
+    ("accepted", "Connections accepted", |s| s.counters.net.accepted),
+    ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
+        s.counters.net.refused_limit
+    }),
+    ("refused_rate", "Connections refused over their listener's max_connection_rate", |s| {
+        s.counters.net.refused_rate
+    }),
+    ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
+    ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),
+    ("connect_timeouts", "Connections closed without a CONNECT within connect_timeout_ms", |s| {
+        s.counters.net.connect_timeouts
+    }),
+    ("connect_too_large", "Connections closed for a CONNECT over max_connect_size", |s| {
+        s.counters.net.connect_too_large
+    }),
+    ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
+        s.counters.net.connect_budget_exceeded
+    }),
+    ("auth_failed", "CONNECTs refused for their credentials (or their absence)", |s| {
+        s.counters.net.auth_failed
+    }),
+    ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
+        s.counters.net.auth_busy
+    }),
+    ("redirected", "CONNECTs sent to another server ([redirect])", |s| s.counters.net.redirected),
+    ("tls_handshakes", "TLS handshakes completed", |s| s.counters.net.tls_handshakes),
+    ("tls_failed_certificate", "TLS handshakes failed for a certificate", |s| {
+        s.counters.net.tls_failed_certificate
+    }),
+    ("tls_failed_protocol", "TLS handshakes failed: no common version, cipher or ALPN", |s| {
+        s.counters.net.tls_failed_protocol
+    }),
+    ("tls_failed_timeout", "TLS handshakes not done within connect_timeout_ms", |s| {
+        s.counters.net.tls_failed_timeout
+    }),
+    ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
+        s.counters.net.tls_failed_other
+    }),
+    ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
+        s.counters.net.bytes_received
+    }),
+    ("bytes_sent", "Bytes of MQTT packets written to clients", |s| s.counters.net.bytes_sent),
+    ("deliveries", "Deliveries queued to subscribers", |s| s.counters.shard.deliveries),
+    ("deliveries_dropped", "Deliveries not queued", |s| s.counters.shard.deliveries_dropped),
+    ("takeovers", "Connections taken over by a new one with the same client id", |s| {
+        s.counters.shard.takeovers
+    }),
+    ("sessions_expired", "Sessions ended after their expiry", |s| {
+        s.counters.shard.sessions_expired
+    }),
+    ("retained_expired", "Retained messages dropped when their expiry ran out", |s| {
+        s.counters.shard.retained_expired
+    }),
+    ("protocol_violations", "Connections closed for a protocol violation", |s| {
+        s.counters.shard.protocol_violations
+    }),
+    ("duplicate_qos2_received", "Re-sent QoS 2 PUBLISHes not routed again", |s| {
+        s.counters.session.duplicate_qos2_received
+    }),
+    ("publishes_resent", "PUBLISH packets re-sent with DUP on a resumed session", |s| {
+        s.counters.session.publishes_resent
+    }),
+    ("unexpected_acks", "Acknowledgements for a packet id not in flight (ignored)", |s| {
+        s.counters.session.unexpected_acks
+    }),
+    ("dropped_offline_qos0", "QoS 0 messages for clients not connected", |s| {
+        s.counters.session.dropped_offline_qos0
+    }),
+    ("dropped_retained_limit", "Retained messages past max_queued_retained", |s| {
+        s.counters.session.dropped_retained_limit
+    }),
+    ("dropped_expired", "Messages whose Message Expiry Interval ran out", |s| {
+        s.counters.session.dropped_expired
+    }),
+    ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
+        s.counters.session.dropped_too_large
+    }),
+    (
+        "payload_format_invalid",
+        "PUBLISHes and wills refused with 0x99 Payload format invalid",
+        |s| s.counters.session.payload_format_invalid,
+    ),
+    ("topic_filters_invalid", "v5 SUBSCRIBE/UNSUBSCRIBE filters refused with 0x8F", |s| {
+        s.counters.session.topic_filters_invalid
+    }),
+    (
+        "subscriptions_quota_exceeded",
+        "Subscriptions refused past max_subscriptions_per_client",
+        |s| s.counters.session.subscriptions_quota_exceeded,
+    ),
+    ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
+        s.counters.router.cross_core_qos0_dropped
+    }),
+    (
+        "cross_core_congestion_events",
+        "Times a queue towards another shard passed its high-water mark",
+        |s| s.counters.router.congestion_events,
+    ),
+];
+
 /// Renders `snapshots` (one per shard) and the process's open connections.
 pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
     let mut registry = Registry::default();
     let open = Gauge::<i64>::default();
     registry.register("ringmq_connections", "Client connections open now", open.clone());
     open.set(i64::try_from(connections).unwrap_or(i64::MAX));
-    let sessions = Family::<ShardLabel, Gauge>::default();
-    registry.register("ringmq_sessions", "Sessions, connected or not", sessions.clone());
-    let queue_full = Family::<ShardQoSLabel, Counter>::default();
-    registry.register(
-        "ringmq_dropped_queue_full",
-        "Messages dropped because a subscriber's queue was full, by QoS as sent",
-        queue_full.clone(),
-    );
-    // (name, help, value) of every plain counter.
-    type Field = (&'static str, &'static str, fn(&Snapshot) -> u64);
-    let fields: [Field; 27] = [
-        ("accepted", "Connections accepted", |s| s.counters.net.accepted),
-        ("refused_at_limit", "Connections refused at max_connections", |s| {
-            s.counters.net.refused_limit
-        }),
-        ("handed_off", "Connections moved to their home shard", |s| s.counters.net.handed_off),
-        ("malformed", "Connections closed for a malformed packet", |s| s.counters.net.malformed),
-        ("connect_too_large", "Connections closed for a CONNECT over max_connect_size", |s| {
-            s.counters.net.connect_too_large
-        }),
-        ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
-            s.counters.net.connect_budget_exceeded
-        }),
-        ("auth_failed", "CONNECTs refused for their credentials (or their absence)", |s| {
-            s.counters.net.auth_failed
-        }),
-        ("auth_busy", "CONNECTs refused because password checks were backed up", |s| {
-            s.counters.net.auth_busy
-        }),
-        ("tls_handshakes", "TLS handshakes completed", |s| s.counters.net.tls_handshakes),
-        ("tls_failed_certificate", "TLS handshakes failed for a certificate", |s| {
-            s.counters.net.tls_failed_certificate
-        }),
-        ("tls_failed_protocol", "TLS handshakes failed: no common version, cipher or ALPN", |s| {
-            s.counters.net.tls_failed_protocol
-        }),
-        ("tls_failed_timeout", "TLS handshakes not done within connect_timeout_ms", |s| {
-            s.counters.net.tls_failed_timeout
-        }),
-        ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
-            s.counters.net.tls_failed_other
-        }),
-        ("messages_received", "PUBLISH packets accepted from clients", |s| {
-            s.counters.shard.messages_received
-        }),
-        ("deliveries", "Deliveries queued to subscribers", |s| s.counters.shard.deliveries),
-        ("deliveries_dropped", "Deliveries not queued", |s| s.counters.shard.deliveries_dropped),
-        ("takeovers", "Connections taken over by a new one with the same client id", |s| {
-            s.counters.shard.takeovers
-        }),
-        ("sessions_expired", "Sessions ended after their expiry", |s| {
-            s.counters.shard.sessions_expired
-        }),
-        ("protocol_violations", "Connections closed for a protocol violation", |s| {
-            s.counters.shard.protocol_violations
-        }),
-        ("duplicate_qos2_received", "Re-sent QoS 2 PUBLISHes not routed again", |s| {
-            s.counters.session.duplicate_qos2_received
-        }),
-        ("publishes_sent", "PUBLISH packets sent to clients", |s| {
-            s.counters.session.publishes_sent
-        }),
-        ("publishes_resent", "PUBLISH packets re-sent with DUP on a resumed session", |s| {
-            s.counters.session.publishes_resent
-        }),
-        ("dropped_offline_qos0", "QoS 0 messages for clients not connected", |s| {
-            s.counters.session.dropped_offline_qos0
-        }),
-        ("dropped_retained_limit", "Retained messages past max_queued_retained", |s| {
-            s.counters.session.dropped_retained_limit
-        }),
-        ("dropped_expired", "Messages whose Message Expiry Interval ran out", |s| {
-            s.counters.session.dropped_expired
-        }),
-        ("dropped_too_large", "Messages larger than the client's Maximum Packet Size", |s| {
-            s.counters.session.dropped_too_large
-        }),
-        ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
-            s.counters.router.cross_core_qos0_dropped
-        }),
-    ];
-    let families: Vec<_> =
-        fields.iter().map(|(name, help, _)| counter(&mut registry, name, help)).collect();
+    let gauges: Vec<_> =
+        GAUGES.iter().map(|(name, help, _)| gauge(&mut registry, name, help)).collect();
+    let qos_counters: Vec<_> =
+        QOS_COUNTERS.iter().map(|(name, help, _)| qos_counter(&mut registry, name, help)).collect();
+    let counters: Vec<_> =
+        COUNTERS.iter().map(|(name, help, _)| counter(&mut registry, name, help)).collect();
     for snapshot in snapshots {
         let shard = snapshot.shard as u64;
         let label = ShardLabel { shard };
-        for ((_, _, value), family) in fields.iter().zip(&families) {
-            family.get_or_create(&label).inc_by(value(snapshot));
+        for ((_, _, value), family) in GAUGES.iter().zip(&gauges) {
+            family.get_or_create(&label).set(i64::try_from(value(snapshot)).unwrap_or(i64::MAX));
         }
-        sessions.get_or_create(&label).set(i64::try_from(snapshot.sessions).unwrap_or(i64::MAX));
-        for (qos, dropped) in snapshot.counters.session.dropped_queue_full.iter().enumerate() {
-            queue_full.get_or_create(&ShardQoSLabel { shard, qos: qos as u64 }).inc_by(*dropped);
+        for ((_, _, values), family) in QOS_COUNTERS.iter().zip(&qos_counters) {
+            for (qos, value) in values(snapshot).into_iter().enumerate() {
+                family.get_or_create(&ShardQoSLabel { shard, qos: qos as u64 }).inc_by(value);
+            }
+        }
+        for ((_, _, value), family) in COUNTERS.iter().zip(&counters) {
+            family.get_or_create(&label).inc_by(value(snapshot));
         }
     }
     let mut text = String::new();
@@ -143,14 +217,17 @@ mod tests {
     #[test]
     fn every_series_is_labelled_by_shard_and_parses_as_openmetrics() {
         let mut first = Snapshot { shard: 0, sessions: 3, ..Snapshot::default() };
-        first.counters.shard.messages_received = 41;
+        first.counters.shard.messages_received = [41, 0, 0];
         first.counters.session.dropped_queue_full = [1, 2, 0];
+        first.counters.session.payload_format_invalid = 3;
         let second = Snapshot { shard: 1, sessions: 5, ..Snapshot::default() };
         let text = render(&[first, second], 7);
         assert!(text.contains("ringmq_connections 7\n"), "{text}");
         assert!(text.contains("ringmq_sessions{shard=\"1\"} 5\n"), "{text}");
-        assert!(text.contains("ringmq_messages_received_total{shard=\"0\"} 41\n"), "{text}");
+        let received = "ringmq_messages_received_total{shard=\"0\",qos=\"0\"} 41\n";
+        assert!(text.contains(received), "{text}");
         assert!(text.contains("ringmq_dropped_queue_full_total{shard=\"0\",qos=\"1\"} 2\n"));
+        assert!(text.contains("ringmq_payload_format_invalid_total{shard=\"0\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         // Every sample line: a name, labels, one value.
@@ -159,5 +236,30 @@ mod tests {
             assert!(series.starts_with("ringmq_"), "{line}");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_reads_only_series_that_exist() {
+        let dashboard = include_str!("../../deploy/grafana/ringmq-dashboard.json");
+        let text = render(&[Snapshot::default()], 0);
+        let exposed: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let mut used = 0;
+        for (at, _) in dashboard.match_indices("ringmq_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // The dashboard's uid and tags are not series.
+            if name == "ringmq_" {
+                continue;
+            }
+            assert!(exposed.contains(&name.as_str()), "the dashboard reads {name}, not exposed");
+            used += 1;
+        }
+        assert!(used > 20, "the dashboard's queries were not found");
     }
 }

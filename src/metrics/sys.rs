@@ -15,7 +15,8 @@
 //! accepted from clients, `messages/sent` the PUBLISH packets sent to them
 //! (re-sent ones included); `subscriptions/count` the subscriptions (each
 //! shared group member counts); `retained messages/count` the retained
-//! messages, these topics' own included. Every figure is at most one shard
+//! messages, these topics' own included; `bytes/received` and `bytes/sent`
+//! the bytes of MQTT packets read from and written to clients. Every figure is at most one shard
 //! tick (250 ms) old.
 //!
 //! The load averages are Mosquitto's: per-minute rates smoothed with an
@@ -27,12 +28,16 @@ use std::time::Instant;
 /// The averaging windows of the load topics, with their topic suffixes.
 const LOAD_WINDOWS: [(&str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
 
+/// The totals that have load averages, in the order of their topic names.
+const LOADS: [&str; 4] =
+    ["load/messages/received", "load/messages/sent", "load/bytes/received", "load/bytes/sent"];
+
 /// The totals the load averages are computed from, as of one update.
 #[derive(Clone, Copy, Debug)]
 struct Totals {
     at: Instant,
-    received: u64,
-    sent: u64,
+    /// In the order of [`LOADS`].
+    counts: [u64; 4],
 }
 
 /// What the `$SYS` tree remembers between two publications: when the
@@ -42,16 +47,14 @@ pub struct SysTree {
     started: Instant,
     /// The totals of the previous update; `None` before the first.
     last: Option<Totals>,
-    /// Messages received per minute, per window of [`LOAD_WINDOWS`].
-    load_received: [f64; 3],
-    /// Messages sent per minute, per window of [`LOAD_WINDOWS`].
-    load_sent: [f64; 3],
+    /// Per minute, per total of [`LOADS`] and window of [`LOAD_WINDOWS`].
+    loads: [[f64; 3]; 4],
 }
 
 impl SysTree {
     /// The tree of a broker started at `started`.
     pub fn new(started: Instant) -> Self {
-        Self { started, last: None, load_received: [0.0; 3], load_sent: [0.0; 3] }
+        Self { started, last: None, loads: [[0.0; 3]; 4] }
     }
 
     /// Every topic and its payload at `now`, from one snapshot per shard
@@ -63,23 +66,27 @@ impl SysTree {
         now: Instant,
     ) -> Vec<(String, String)> {
         let sum = |field: fn(&Snapshot) -> u64| snapshots.iter().map(field).sum::<u64>();
-        let received = sum(|s| s.counters.shard.messages_received);
-        let sent = sum(|s| s.counters.session.publishes_sent + s.counters.session.publishes_resent);
+        let received = sum(|s| s.counters.shard.messages_received.iter().sum());
+        let sent = sum(|s| {
+            s.counters.session.publishes_sent.iter().sum::<u64>()
+                + s.counters.session.publishes_resent
+        });
+        let bytes_received = sum(|s| s.counters.net.bytes_received);
+        let bytes_sent = sum(|s| s.counters.net.bytes_sent);
+        let counts = [received, sent, bytes_received, bytes_sent];
         if let Some(last) = self.last {
             let elapsed = now.saturating_duration_since(last.at).as_secs_f64();
             if elapsed > 0.0 {
-                let per_minute = |delta: u64| delta as f64 * 60.0 / elapsed;
-                let new_received = per_minute(received.saturating_sub(last.received));
-                let new_sent = per_minute(sent.saturating_sub(last.sent));
-                for (i, (_, window)) in LOAD_WINDOWS.into_iter().enumerate() {
-                    let keep = (-elapsed / window).exp();
-                    self.load_received[i] =
-                        keep * self.load_received[i] + (1.0 - keep) * new_received;
-                    self.load_sent[i] = keep * self.load_sent[i] + (1.0 - keep) * new_sent;
+                for ((load, count), last) in self.loads.iter_mut().zip(counts).zip(last.counts) {
+                    let per_minute = count.saturating_sub(last) as f64 * 60.0 / elapsed;
+                    for (average, (_, window)) in load.iter_mut().zip(LOAD_WINDOWS) {
+                        let keep = (-elapsed / window).exp();
+                        *average = keep * *average + (1.0 - keep) * per_minute;
+                    }
                 }
             }
         }
-        self.last = Some(Totals { at: now, received, sent });
+        self.last = Some(Totals { at: now, counts });
         let uptime = now.saturating_duration_since(self.started);
         let totals = [
             ("version", format!("ringmq version {}", env!("CARGO_PKG_VERSION"))),
@@ -88,17 +95,15 @@ impl SysTree {
             ("clients/total", sum(|s| s.sessions as u64).to_string()),
             ("messages/received", received.to_string()),
             ("messages/sent", sent.to_string()),
+            ("bytes/received", bytes_received.to_string()),
+            ("bytes/sent", bytes_sent.to_string()),
             ("subscriptions/count", sum(|s| s.subscriptions as u64).to_string()),
             ("retained messages/count", sum(|s| s.retained as u64).to_string()),
         ];
-        let loads = LOAD_WINDOWS.into_iter().enumerate().flat_map(|(i, (window, _))| {
-            [
-                (
-                    format!("load/messages/received/{window}"),
-                    format!("{:.2}", self.load_received[i]),
-                ),
-                (format!("load/messages/sent/{window}"), format!("{:.2}", self.load_sent[i])),
-            ]
+        let loads = LOADS.into_iter().zip(self.loads).flat_map(|(name, averages)| {
+            LOAD_WINDOWS.into_iter().zip(averages).map(move |((window, _), average)| {
+                (format!("{name}/{window}"), format!("{average:.2}"))
+            })
         });
         totals
             .into_iter()
@@ -117,8 +122,9 @@ mod tests {
     fn snapshot(shard: usize, received: u64, sent: u64) -> Snapshot {
         let mut snapshot =
             Snapshot { shard, sessions: 2, subscriptions: 3, retained: 1, ..Snapshot::default() };
-        snapshot.counters.shard.messages_received = received;
-        snapshot.counters.session.publishes_sent = sent;
+        snapshot.counters.shard.messages_received = [received, 0, 0];
+        snapshot.counters.session.publishes_sent = [0, sent, 0];
+        snapshot.counters.net.bytes_received = 20 * received;
         snapshot
     }
 
@@ -146,7 +152,9 @@ mod tests {
         assert_eq!(payload(&topics, "retained messages/count"), "2");
         assert_eq!(payload(&topics, "load/messages/received/1min"), "0.00", "no rate yet");
         assert!(topics.iter().all(|(topic, _)| topic.starts_with("$SYS/broker/")));
-        assert_eq!(topics.len(), 8 + 6);
+        assert_eq!(payload(&topics, "bytes/received"), "300");
+        assert_eq!(payload(&topics, "bytes/sent"), "0");
+        assert_eq!(topics.len(), 10 + 12);
     }
 
     #[test]
@@ -163,6 +171,7 @@ mod tests {
         assert_eq!(payload(&topics, "load/messages/received/1min"), "379.27");
         assert_eq!(payload(&topics, "load/messages/received/15min"), expect(900.0, 600.0));
         assert_eq!(payload(&topics, "load/messages/sent/5min"), expect(300.0, 60.0));
+        assert_eq!(payload(&topics, "load/bytes/received/1min"), expect(60.0, 12_000.0));
         // Quiet afterwards: the averages decay.
         let topics = tree.update(&[snapshot(0, 600, 60)], 0, t0 + Duration::from_secs(120));
         let decayed = 600.0 * (1.0 - (-1.0f64).exp()) * (-1.0f64).exp();

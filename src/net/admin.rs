@@ -298,11 +298,12 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "{head}");
         assert!(get(addr, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
         let mut snapshot = Snapshot::default();
-        snapshot.counters.shard.messages_received = 9;
+        snapshot.counters.shard.messages_received = [0, 9, 0];
         health.publish(snapshot);
         let metrics = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
         assert!(metrics.contains("Content-Type: application/openmetrics-text"), "{metrics}");
-        assert!(metrics.contains("ringmq_messages_received_total{shard=\"0\"} 9\n"), "{metrics}");
+        let received = "ringmq_messages_received_total{shard=\"0\",qos=\"1\"} 9\n";
+        assert!(metrics.contains(received), "{metrics}");
         assert!(get(addr, "POST /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         assert!(get(addr, "\x16\x03\x01 not http\r\n\r\n").starts_with("HTTP/1.1 400"));
         health.set_draining();

@@ -15,12 +15,14 @@ use crate::protocol::{
     ProtocolVersion, ReasonCode,
 };
 use crate::router::{Destination, HandOff, RouterMessage, ShardId};
+use crate::session::{AuthExchange, AuthOutcome};
 use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
 use bytes::{Buf, BytesMut};
 use futures_lite::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,10 @@ const MAX_UNSENT: usize = 256 * 1024;
 
 /// The pause between two turns of indexing a large SUBSCRIBE.
 const INDEX_TURN_PAUSE: Duration = Duration::from_micros(10);
+
+/// How long a connection the broker ends may take to send its last packet
+/// and see the client close (see `Connection::flush_with_timeout`).
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a connection ended, for logs and counters.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +164,7 @@ pub fn serve<T: Transport>(
             Err(CloseReason::PeerClosed) | Ok(()) => {}
             Err(reason) => tracing::debug!(%peer, %reason, "connection closed"),
         }
-        ctx.connection_closed();
+        ctx.connection_closed(listener);
     }
 }
 
@@ -182,8 +188,6 @@ enum Wake {
     Read,
     /// The session has output, or the connection was detached.
     Notified,
-    /// The broker is shutting down.
-    Shutdown,
 }
 
 impl<T: Transport> Connection<T> {
@@ -227,12 +231,18 @@ impl<T: Transport> Connection<T> {
         handed_off: Option<Box<Connect>>,
     ) -> Result<(SessionKey, ConnectionId), CloseReason> {
         let adopted = handed_off.is_some();
+        // The connect timeout bounds reading the CONNECT and the enhanced
+        // authentication exchange after it, together.
+        let deadline = Instant::now() + self.ctx.limits().connect_timeout;
         let mut connect = match handed_off {
             Some(connect) => connect,
             None => {
                 let timeout = self.ctx.limits().connect_timeout;
-                futures_lite::future::or(self.read_connect(), async {
+                let ctx = Rc::clone(&self.ctx);
+                futures_lite::future::or(self.read_connect(), async move {
                     glommio::timer::Timer::new(timeout).await;
+                    // Slowloris: a socket that never completes its CONNECT.
+                    ctx.count(|net| net.connect_timeouts += 1);
                     Err(CloseReason::ConnectTimeout)
                 })
                 .await?
@@ -241,10 +251,57 @@ impl<T: Transport> Connection<T> {
         if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
             self.read_buf = None;
         }
+        // `[redirect]`: nobody is served here (5.0 §4.11). Before the
+        // password check: the answer is the same for everybody.
+        if let Some(redirect) = self.ctx.redirect.as_ref().filter(|_| !adopted) {
+            let (reason, reference) = (redirect.reason, redirect.server_reference.clone());
+            self.ctx.count(|net| net.redirected += 1);
+            let mut connack = ConnAck {
+                session_present: false,
+                reason,
+                properties: ConnAckProperties::default(),
+            };
+            // "The Server uses a Server Reference in either a CONNACK or
+            // DISCONNECT packet with Reason code of 0x9C (Use another
+            // server) or Reason Code 0x9D (Server moved)" (5.0
+            // §3.2.2.3.16); left out where it would pass the client's
+            // Maximum Packet Size [MQTT-3.1.2-24].
+            connack.properties.server_reference = Some(reference);
+            let max = connect.properties.maximum_packet_size.filter(|_| connect.version.is_v5());
+            let packet = Packet::ConnAck(Box::new(connack));
+            let too_large = max.is_some_and(|max| {
+                packet.encoded_len(connect.version).map_or(true, |len| len > max.get() as usize)
+            });
+            let packet = match (too_large, packet) {
+                (true, _) => refusal(reason),
+                (false, packet) => packet,
+            };
+            if self.ctx.may_log_connection() {
+                tracing::info!(
+                    client_id = &*connect.client_id,
+                    %peer,
+                    protocol = %connect.version,
+                    reason = ?reason,
+                    "client redirected"
+                );
+            }
+            self.send_final(packet, connect.version).await;
+            return Err(CloseReason::Refused(reason));
+        }
         // A handed-off CONNECT was checked by the shard that accepted it.
         if !adopted {
-            if let Err(reason) = self.authenticate(&mut connect, listener).await {
-                return Err(self.refuse(&connect, peer, reason).await);
+            // 5.0 section 4.12: an Authentication Method asks for enhanced
+            // authentication, which replaces the user name and password.
+            match connect.properties.authentication_method.clone() {
+                Some(method) => {
+                    let exchange = self.exchange(&mut connect, method, deadline, peer);
+                    Box::pin(exchange).await?;
+                }
+                None => {
+                    if let Err(reason) = self.authenticate(&mut connect, listener).await {
+                        return Err(self.refuse(&connect, peer, reason).await);
+                    }
+                }
             }
         }
         let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect);
@@ -305,7 +362,16 @@ impl<T: Transport> Connection<T> {
             self.ctx.count(|net| net.auth_failed += 1);
             return Err(ReasonCode::NotAuthorized);
         };
-        let Some(verifier) = &auth.verifier else { return Ok(()) };
+        let Some(verifier) = &auth.verifier else {
+            // Without a password file a user name is not checked, unless
+            // SCRAM is the configured authentication: then a user name
+            // has nothing to be checked against.
+            if auth.methods.is_empty() {
+                return Ok(());
+            }
+            self.ctx.count(|net| net.auth_failed += 1);
+            return Err(ReasonCode::BadUserNameOrPassword);
+        };
         let password = connect.password.as_deref().unwrap_or_default();
         let Ok(verdict) = verifier.verify(user, password) else {
             self.ctx.count(|net| net.auth_busy += 1);
@@ -327,6 +393,91 @@ impl<T: Transport> Connection<T> {
                 self.ctx.count(|net| net.auth_busy += 1);
                 Err(ReasonCode::ServerBusy)
             }
+        }
+    }
+
+    /// Enhanced authentication at CONNECT (5.0 section 4.12): runs the
+    /// [`AuthExchange`] of `method` with the client until it succeeds (the
+    /// method's last data replaces the CONNECT's Authentication Data, so
+    /// the session puts it in the CONNACK wherever the connection is
+    /// placed), fails (CONNACK 0x8C for an unknown method
+    /// [MQTT-4.12.0-1], 0x87 for wrong credentials or a late client
+    /// [MQTT-4.12.0-4], 0x82 for a packet other than AUTH
+    /// [MQTT-3.1.2-30]) or `deadline` passes. While it runs the client's
+    /// packets may be no larger than a CONNECT (`max_connect_size`), and
+    /// what they hold counts against `max_pending_connect_bytes`.
+    async fn exchange(
+        &mut self,
+        connect: &mut Connect,
+        method: bytestring::ByteString,
+        deadline: Instant,
+        peer: SocketAddr,
+    ) -> Result<(), CloseReason> {
+        let methods = Arc::clone(&self.ctx.auth.methods);
+        let data = connect.properties.authentication_data.as_ref();
+        let (mut exchange, mut outcome) = AuthExchange::start(&methods, deadline, &method, data);
+        let version = connect.version;
+        self.decoder = Decoder::new(version, self.ctx.limits().max_connect_size);
+        loop {
+            let auth = match outcome {
+                AuthOutcome::Continue(auth) => auth,
+                AuthOutcome::Success(data) => {
+                    self.decoder = Decoder::new(version, self.ctx.limits().max_packet_size);
+                    connect.properties.authentication_data = data;
+                    return Ok(());
+                }
+                AuthOutcome::Failed(reason) => {
+                    self.ctx.count(|net| net.auth_failed += 1);
+                    return Err(self.refuse(connect, peer, reason).await);
+                }
+            };
+            // [MQTT-4.12.0-2] the server continues with AUTH 0x18.
+            encode_into(&Packet::Auth(Box::new(auth)), version, &mut self.write_buf);
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let answer =
+                futures_lite::future::or(async { Some(self.next_packet().await) }, async {
+                    glommio::timer::Timer::new(wait).await;
+                    None
+                })
+                .await;
+            outcome = match (answer.transpose()?, exchange.as_mut()) {
+                (Some(Packet::Auth(auth)), Some(exchange)) => exchange.handle_auth(&auth),
+                // The client gave up.
+                (Some(Packet::Disconnect(_)), _) => return Err(CloseReason::PeerClosed),
+                // [MQTT-3.1.2-30] only AUTH or DISCONNECT before CONNACK.
+                (Some(_), _) => AuthOutcome::Failed(ReasonCode::ProtocolError),
+                // Not answered within the connect timeout.
+                (None, _) => AuthOutcome::Failed(ReasonCode::NotAuthorized),
+            };
+        }
+    }
+
+    /// Writes what is pending, then reads until one complete packet; for
+    /// the exchange before CONNACK, when no session is attached yet.
+    async fn next_packet(&mut self) -> Result<Packet, CloseReason> {
+        poll_fn(|cx| self.poll_flush(cx)).await?;
+        let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
+        loop {
+            if let Some(buf) = self.read_buf.as_mut() {
+                match self.decoder.decode(buf) {
+                    Ok(Some(packet)) => {
+                        if buf.is_empty() {
+                            self.read_buf = None;
+                        }
+                        return Ok(packet);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.ctx.count_malformed();
+                        return Err(CloseReason::Decode(error));
+                    }
+                }
+            }
+            if !held.hold(self.read_buf.as_ref().map_or(0, BytesMut::capacity)) {
+                self.ctx.count(|net| net.connect_budget_exceeded += 1);
+                return Err(CloseReason::ConnectBudget);
+            }
+            poll_fn(|cx| self.poll_read(cx)).await?;
         }
     }
 
@@ -453,7 +604,6 @@ impl<T: Transport> Connection<T> {
             match poll_fn(|cx| self.poll_wake(cx, key, id)).await? {
                 Wake::Read => self.handle_input(key, id)?,
                 Wake::Notified => {}
-                Wake::Shutdown => return Err(self.last_words(key, id)),
             }
             // A busy connection must not starve the shard's other tasks.
             glommio::yield_if_needed().await;
@@ -496,16 +646,6 @@ impl<T: Transport> Connection<T> {
             self.ctx.shard.borrow_mut().handle_held(key, id, Instant::now(), true)?;
         }
         Ok(())
-    }
-
-    /// Takes the session's last output at shutdown (a v5 DISCONNECT 0x8B)
-    /// for the final flush. Not inlined into [`Self::pump`]: its locals
-    /// would widen every idle connection's task.
-    #[inline(never)]
-    fn last_words(&mut self, key: SessionKey, id: ConnectionId) -> CloseReason {
-        let mut shard = self.ctx.shard.borrow_mut();
-        let _ = shard.poll_transmit(key, id, Instant::now(), &mut self.write_buf);
-        CloseReason::Shutdown
     }
 
     /// Decodes and handles every complete packet read so far; stops after
@@ -562,10 +702,10 @@ impl<T: Transport> Connection<T> {
             return Poll::Ready(Err(error.into()));
         }
         {
+            // At shutdown the session closes the connection, as it does
+            // for any other reason: its last output (a v5 DISCONNECT 0x8B)
+            // comes with the error of `poll_transmit`.
             let mut shard = self.ctx.shard.borrow_mut();
-            if shard.is_shutting_down() {
-                return Poll::Ready(Ok(Wake::Shutdown));
-            }
             // New output is taken only once the previous output is out, so
             // a client that stops reading holds at most one batch here.
             if shard.register_waker(key, id, cx.waker()) && self.write_buf.is_empty() {
@@ -605,6 +745,7 @@ impl<T: Transport> Connection<T> {
             Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             Poll::Pending => return Poll::Pending,
         };
+        self.ctx.count(|net| net.bytes_received += n as u64);
         match &mut self.read_buf {
             Some(buf) => buf.extend_from_slice(&scratch[..n]),
             None => self.read_buf = Some(BytesMut::from(&scratch[..n])),
@@ -618,7 +759,10 @@ impl<T: Transport> Connection<T> {
         while !self.write_buf.is_empty() {
             match self.transport.poll_write(cx, &self.write_buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.write_buf.advance(n);
+                    self.ctx.count(|net| net.bytes_sent += n as u64);
+                }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -632,20 +776,45 @@ impl<T: Transport> Connection<T> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes what is pending, giving up after a short while (the peer may
-    /// not read at all).
+    /// Writes what is pending and, when there was something, ends the
+    /// connection gracefully: the write side is shut (TCP FIN) and what the
+    /// client still sends is read and dropped until it closes too. Closing
+    /// a socket with unread input makes the kernel answer with a reset,
+    /// which can destroy the last packet (a CONNACK refusal, a DISCONNECT)
+    /// before the client reads it: a device that pipelines its SUBSCRIBE
+    /// behind a refused CONNECT, or pings as the broker shuts down, would
+    /// never learn why. All of it within [`FINAL_FLUSH_TIMEOUT`] (the peer
+    /// may not read at all).
     async fn flush_with_timeout(&mut self) {
         if self.write_buf.is_empty() {
             return;
         }
         let _ = futures_lite::future::or(
-            async { poll_fn(|cx| self.poll_flush(cx)).await.is_ok() },
             async {
-                glommio::timer::Timer::new(Duration::from_secs(1)).await;
-                false
+                if poll_fn(|cx| self.poll_flush(cx)).await.is_ok()
+                    && poll_fn(|cx| self.transport.poll_close(cx)).await.is_ok()
+                {
+                    poll_fn(|cx| self.poll_discard_until_closed(cx)).await;
+                }
+            },
+            async {
+                glommio::timer::Timer::new(FINAL_FLUSH_TIMEOUT).await;
             },
         )
         .await;
+    }
+
+    /// Reads and drops the client's input until it closes the stream (or
+    /// the read fails).
+    fn poll_discard_until_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = self.ctx.read_scratch.borrow_mut();
+        loop {
+            match self.transport.poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// Sends one last packet, then the connection closes.

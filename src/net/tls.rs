@@ -399,6 +399,17 @@ impl Transport for TlsStream {
         }
     }
 
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(tls) = self.tls.as_deref_mut() else { return Poll::Ready(Err(handed_off())) };
+        // TLS's end of stream first (RFC 8446 section 6.1: close_notify),
+        // then TCP's. rustls queues it once, however often this is polled.
+        tls.send_close_notify();
+        match send_records(tls, &mut SocketIo { tcp: &mut self.tcp, cx }) {
+            Poll::Ready(Ok(())) => AsyncWrite::poll_close(Pin::new(&mut self.tcp), cx),
+            other => other,
+        }
+    }
+
     fn hand_off(&mut self) -> io::Result<MovedTransport> {
         // SAFETY: the fd belongs to `self.tcp`, alive for this call.
         let fd = unsafe { BorrowedFd::borrow_raw(self.tcp.as_raw_fd()) };

@@ -30,6 +30,11 @@ pub trait Transport: 'static {
     /// Sends whatever the transport still buffers of what it took.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
+    /// Ends the stream towards the client (TCP: shuts the write side,
+    /// FIN) while its input can still be read; called once, after the
+    /// last flush.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
     /// What the home shard needs to continue this connection: a duplicate
     /// of the socket and any transport state that must travel with it.
     /// The transport is only dropped afterwards, which closes this
@@ -54,6 +59,11 @@ impl Transport for TcpStream {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         AsyncWrite::poll_flush(Pin::new(self), cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // glommio shuts the write side (shutdown(2), SHUT_WR).
+        AsyncWrite::poll_close(Pin::new(self), cx)
     }
 
     fn hand_off(&mut self) -> io::Result<MovedTransport> {

@@ -10,6 +10,7 @@ use super::properties::*;
 use super::wire::{peek_var_int, topic_name_at, Reader};
 use super::*;
 use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
 use std::num::{NonZeroU16, NonZeroU32};
 
 /// Splits complete packets off a read buffer.
@@ -348,12 +349,31 @@ fn pub_response(r: &mut Reader, packet: PacketType, v5: bool) -> Result<PubRespo
     Ok(response)
 }
 
+/// A topic filter of a 5.0 SUBSCRIBE or UNSUBSCRIBE: `Ok(Err(..))` for a
+/// well-formed UTF-8 string that is not a valid filter, which the server
+/// refuses alone (see [`RefusedFilter`]). An empty filter stays a malformed
+/// packet [MQTT-4.7.3-1], [MQTT-3.8.3-1], [MQTT-3.10.3-1]: the string field
+/// itself is missing its content. Before 5.0 every invalid filter is an
+/// error (3.1.1 closes the connection on it [MQTT-4.8.0-1 (3.1.1)]).
+fn v5_topic_filter(
+    r: &mut Reader,
+) -> Result<Result<TopicFilter, (ByteString, TopicError)>, DecodeError> {
+    let text = r.string()?;
+    match TopicFilter::new(text.clone()) {
+        Ok(filter) => Ok(Ok(filter)),
+        Err(error @ TopicError::Empty) => Err(DecodeError::InvalidTopicFilter(error)),
+        Err(error) => Ok(Err((text, error))),
+    }
+}
+
 fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = if v5 { subscribe_properties(r)? } else { SubscribeProperties::default() };
     let mut subscriptions = smallvec::SmallVec::new();
+    let mut refused = Vec::new();
+    let mut position = 0;
     while !r.is_empty() {
-        let filter = topic_filter(r)?;
+        let filter = if v5 { v5_topic_filter(r)? } else { Ok(topic_filter(r)?) };
         let byte = r.u8()?;
         // [MQTT-3.8.3-5] Reserved bits are zero (bits 2-7 before 5.0,
         // bits 6-7 in 5.0); Retain Handling 3 and QoS 3 are malformed.
@@ -381,17 +401,24 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
             retain_as_published: byte & 0b1000 != 0,
             retain_handling,
         };
-        // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
-        if options.no_local && filter.is_shared() {
-            return Err(DecodeError::NoLocalOnSharedSubscription);
+        match filter {
+            Ok(filter) => {
+                // [MQTT-3.8.3-4] "It is a Protocol Error to set the No
+                // Local bit to 1 on a Shared Subscription".
+                if options.no_local && filter.is_shared() {
+                    return Err(DecodeError::NoLocalOnSharedSubscription);
+                }
+                subscriptions.push(Subscription { filter, options });
+            }
+            Err((text, error)) => refused.push(RefusedFilter { position, text, error, options }),
         }
-        subscriptions.push(Subscription { filter, options });
+        position += 1;
     }
-    // [MQTT-3.8.3-3] At least one topic filter.
-    if subscriptions.is_empty() {
+    // [MQTT-3.8.3-2] At least one topic filter.
+    if position == 0 {
         return Err(DecodeError::NoTopicFilters(PacketType::Subscribe));
     }
-    Ok(Subscribe { packet_id, properties, subscriptions })
+    Ok(Subscribe { packet_id, properties, subscriptions, refused })
 }
 
 fn sub_ack(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
@@ -427,14 +454,25 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = if v5 { unsubscribe_properties(r)? } else { UnsubscribeProperties::default() };
     let mut filters = smallvec::SmallVec::new();
+    let mut refused = Vec::new();
+    let mut position = 0;
     while !r.is_empty() {
-        filters.push(topic_filter(r)?);
+        match if v5 { v5_topic_filter(r)? } else { Ok(topic_filter(r)?) } {
+            Ok(filter) => filters.push(filter),
+            Err((text, error)) => refused.push(RefusedFilter {
+                position,
+                text,
+                error,
+                options: SubscriptionOptions::default(),
+            }),
+        }
+        position += 1;
     }
     // [MQTT-3.10.3-2] At least one topic filter.
-    if filters.is_empty() {
+    if position == 0 {
         return Err(DecodeError::NoTopicFilters(PacketType::Unsubscribe));
     }
-    Ok(Unsubscribe { packet_id, properties, filters })
+    Ok(Unsubscribe { packet_id, properties, filters, refused })
 }
 
 fn unsub_ack(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {

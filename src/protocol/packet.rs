@@ -6,7 +6,7 @@
 
 use super::properties::*;
 use super::redact::Redacted;
-use super::{PacketId, ProtocolVersion, QoS, ReasonCode, TopicFilter, TopicName};
+use super::{PacketId, ProtocolVersion, QoS, ReasonCode, TopicError, TopicFilter, TopicName};
 use bytes::Bytes;
 use bytestring::ByteString;
 use smallvec::SmallVec;
@@ -319,15 +319,48 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
 }
 
-/// SUBSCRIBE [MQTT-3.8]; at least one subscription [MQTT-3.8.3-3].
+/// A filter of a 5.0 SUBSCRIBE or UNSUBSCRIBE that is a well-formed UTF-8
+/// string but not a valid topic filter (`a/#/b`, `a+`, `$share/g`): the
+/// packet parses, and the server answers that filter alone with 0x8F Topic
+/// Filter invalid while serving the others, as if each filter had come in
+/// a SUBSCRIBE of its own [MQTT-3.8.4-5], [MQTT-3.10.4-6]. (3.1.1 has no
+/// such code: there an invalid filter is a protocol violation that closes
+/// the connection [MQTT-4.8.0-1 (3.1.1)], and the decoder refuses it.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedFilter {
+    /// Its place among all the filters of the packet, from 0: its reason
+    /// code goes at this place in the SUBACK / UNSUBACK [MQTT-3.9.3-1],
+    /// [MQTT-3.11.3-1].
+    pub position: usize,
+    /// The filter as sent.
+    pub text: ByteString,
+    /// Why it is not a topic filter.
+    pub error: TopicError,
+    /// Its Subscription Options (SUBSCRIBE only; default in UNSUBSCRIBE).
+    pub options: SubscriptionOptions,
+}
+
+/// SUBSCRIBE [MQTT-3.8]; at least one filter [MQTT-3.8.3-2].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: SubscribeProperties,
-    /// The subscriptions, in order.
-    pub subscriptions: SmallVec<[Subscription; 1]>,
+    /// The valid subscriptions, in order. Not stored inline: beside
+    /// `refused`, an inline entry would make [`Packet`] larger than its
+    /// largest other variant, a size every PUBLISH pays as it moves.
+    pub subscriptions: SmallVec<[Subscription; 0]>,
+    /// The 5.0 filters that are not valid topic filters, by increasing
+    /// position; empty in nearly every packet (and then not allocated).
+    pub refused: Vec<RefusedFilter>,
+}
+
+impl Subscribe {
+    /// How many filters the packet carries, valid or not.
+    pub fn filter_count(&self) -> usize {
+        self.subscriptions.len() + self.refused.len()
+    }
 }
 
 /// SUBACK [MQTT-3.9]; one code per subscription, in order [MQTT-3.8.4-6].
@@ -349,8 +382,12 @@ pub struct Unsubscribe {
     pub packet_id: PacketId,
     /// Properties (5.0).
     pub properties: UnsubscribeProperties,
-    /// The filters to remove.
-    pub filters: SmallVec<[TopicFilter; 1]>,
+    /// The valid filters to remove, in order (not inline, as in
+    /// [`Subscribe`]).
+    pub filters: SmallVec<[TopicFilter; 0]>,
+    /// The 5.0 filters that are not valid topic filters, by increasing
+    /// position (see [`RefusedFilter`]); usually empty.
+    pub refused: Vec<RefusedFilter>,
 }
 
 /// UNSUBACK [MQTT-3.11].
@@ -381,4 +418,20 @@ pub struct Auth {
     pub reason: ReasonCode,
     /// Properties.
     pub properties: AuthProperties,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every PUBLISH is decoded into a `Packet` and moved into its
+    /// session: the per-filter refusals of SUBSCRIBE / UNSUBSCRIBE must not
+    /// make it larger than DISCONNECT, its largest variant before them.
+    #[test]
+    fn a_packet_is_no_larger_than_its_disconnect_variant() {
+        let packet = std::mem::size_of::<Packet>();
+        assert!(packet <= 104, "Packet grew to {packet} bytes");
+        assert!(std::mem::size_of::<Subscribe>() <= std::mem::size_of::<Disconnect>());
+        assert!(std::mem::size_of::<Unsubscribe>() <= std::mem::size_of::<Disconnect>());
+    }
 }

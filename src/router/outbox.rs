@@ -92,7 +92,10 @@ impl Outbox {
                 .push_back(RouterMessage::Shard(ShardMessage::Publish(vec![Arc::clone(message)]))),
         }
         queue.queued_publishes += 1;
-        queue.congested |= queue.queued_publishes > HIGH_WATER;
+        if !queue.congested && queue.queued_publishes > HIGH_WATER {
+            queue.congested = true;
+            counters.congestion_events += 1;
+        }
         if queue.congested && message.qos != QoS::AtMostOnce {
             self.held_by.set(Some(to));
         }
@@ -100,6 +103,11 @@ impl Outbox {
             waker.wake();
         }
         true
+    }
+
+    /// Publishes waiting in the queues towards every peer.
+    pub fn queued_publishes(&self) -> usize {
+        self.peers.borrow().iter().map(|queue| queue.queued_publishes).sum()
     }
 
     /// Queues a message for `to`, after everything queued before.

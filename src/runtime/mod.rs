@@ -2,6 +2,7 @@
 //! executor per shard, the listeners, the mesh between shards, the
 //! graceful shutdown on SIGINT/SIGTERM and the reload on SIGHUP.
 
+mod drain;
 mod preflight;
 mod reload;
 mod signals;
@@ -9,24 +10,28 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
+use crate::auth::scram::{ScramFile, ScramSha256};
 use crate::auth::PasswordFile;
-use crate::config::{Config, ShardCount};
+use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
 use crate::metrics::{
     Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot,
 };
 use crate::net::admin::{self, Health};
+use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
-use crate::net::{self, NetAuth, NetContext};
-use crate::protocol::{QoS, TopicName};
+use crate::net::{self, NetAuth, NetContext, NetShared};
+use crate::protocol::{QoS, ReasonCode, TopicName};
 use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use bytes::Bytes;
+use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedLimits, SharedTls};
+use reload::{Reloader, SharedIntervals, SharedLimits, SharedTls};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -59,6 +64,9 @@ pub enum RuntimeError {
     /// The password-checking threads could not be started.
     #[error("cannot start the password-checking threads: {0}")]
     AuthThreads(#[source] std::io::Error),
+    /// The SCRAM authenticator could not be set up (no random bytes).
+    #[error("cannot set up SCRAM authentication: {0}")]
+    Scram(String),
     /// A listener could not be opened.
     #[error(transparent)]
     Listen(#[from] net::listener::ListenError),
@@ -85,8 +93,9 @@ struct Startup {
     open_connections: Arc<AtomicUsize>,
     shutdown: Arc<AtomicBool>,
     boot: u64,
-    /// How often shard 0 publishes the `$SYS` topics; `None`: never.
-    sys_interval: Option<Duration>,
+    /// How often shard 0 publishes the `$SYS` topics and how long a
+    /// shutdown drains, replaced by a reload (SIGHUP).
+    intervals: Arc<SharedIntervals>,
     finished: Finished,
     /// What the shards say of themselves, for probes and the service
     /// manager.
@@ -95,6 +104,12 @@ struct Startup {
     auth: NetAuth,
     /// The TLS listeners' configurations, replaced by a reload.
     tls: Arc<SharedTls>,
+    /// Each listener's connection limits and open connections.
+    listeners: Arc<[ListenerAdmission]>,
+    /// `[redirect]`, for the network layer.
+    redirect: Option<net::Redirect>,
+    /// `response_information_prefix`, for the shards.
+    response_information_prefix: Option<String>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -186,12 +201,14 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file and `tls` the TLS
-/// listeners' certificates ([`net::tls::load_listeners`]), already read (a
-/// bad file is a configuration error, reported before anything starts).
+/// `passwords` is the configured password file, `scram` the SCRAM
+/// credentials file and `tls` the TLS listeners' certificates
+/// ([`net::tls::load_listeners`]), already read (a bad file is a
+/// configuration error, reported before anything starts).
 pub fn run(
     config: Config,
     passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
     tls: net::tls::ListenerTls,
     reload: Option<Reload>,
 ) -> Result<(), RuntimeError> {
@@ -213,9 +230,16 @@ pub fn run(
     // flag each within a tick, and wind down.
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
-    let limits = Arc::new(SharedLimits::new(config.limits()));
+    let limits = Arc::new(SharedLimits::new(&config));
+    let intervals = Arc::new(SharedIntervals::new(&config));
     let tls = Arc::new(SharedTls::new(tls));
-    let mut reloader = Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&tls));
+    let mut reloader = Reloader::new(
+        config.clone(),
+        reload,
+        Arc::clone(&limits),
+        Arc::clone(&intervals),
+        Arc::clone(&tls),
+    );
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -229,8 +253,9 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords)?;
-    let running = Running { listeners: &listeners, health: &health, limits, auth, tls, shutdown };
+    let auth = net_auth(&config, passwords, scram)?;
+    let running =
+        Running { listeners: &listeners, health: &health, limits, intervals, auth, tls, shutdown };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -243,6 +268,7 @@ struct Running<'a> {
     listeners: &'a ListenerStop,
     health: &'a Arc<Health>,
     limits: Arc<SharedLimits>,
+    intervals: Arc<SharedIntervals>,
     /// How connections authenticate.
     auth: NetAuth,
     tls: Arc<SharedTls>,
@@ -256,7 +282,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, auth, tls, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, tls, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -290,12 +316,28 @@ fn serve(
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
-        sys_interval: config.sys_interval(),
+        intervals,
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
         tls,
+        listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
+        redirect: config.redirect().map(|redirect| net::Redirect {
+            reason: match redirect.mode {
+                RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
+                RedirectMode::Moved => ReasonCode::ServerMoved,
+            },
+            server_reference: redirect.server_reference.as_str().into(),
+        }),
+        response_information_prefix: config.response_information_prefix().map(str::to_owned),
     });
+    if let Some(redirect) = config.redirect() {
+        tracing::warn!(
+            server_reference = %redirect.server_reference,
+            mode = ?redirect.mode,
+            "[redirect] is set: every client is sent to another server, none is served"
+        );
+    }
     let placement = placement(nr_shards, cpus);
     tracing::info!(shards = nr_shards, cpus = ?cpus, "starting");
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -338,7 +380,11 @@ const AUTH_QUEUE: usize = 1024;
 
 /// The authentication of each listener, and the password-checking threads
 /// when there is a password file.
-fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth, RuntimeError> {
+fn net_auth(
+    config: &Config,
+    passwords: Option<PasswordFile>,
+    scram: Option<ScramFile>,
+) -> Result<NetAuth, RuntimeError> {
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
@@ -348,10 +394,16 @@ fn net_auth(config: &Config, passwords: Option<PasswordFile>) -> Result<NetAuth,
         }
         None => None,
     };
+    let mut methods = Authenticators::default();
+    if let Some(file) = scram {
+        tracing::info!(users = file.len(), "SCRAM credentials file read");
+        let scram = ScramSha256::new(file).map_err(RuntimeError::Scram)?;
+        methods.add(Arc::new(scram));
+    }
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
     let identity_as_username =
         config.listeners().iter().map(|l| l.use_identity_as_username()).collect();
-    Ok(NetAuth { verifier, anonymous, identity_as_username })
+    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods), identity_as_username })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -402,13 +454,22 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Rc::clone(&outbox),
         startup.boot,
     )));
+    shard
+        .borrow_mut()
+        .set_response_information_prefix(startup.response_information_prefix.as_deref());
+    shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
         Rc::clone(&outbox),
         net_limits,
-        Arc::clone(&startup.open_connections),
-        startup.auth.clone(),
+        NetShared {
+            open_connections: Arc::clone(&startup.open_connections),
+            auth: startup.auth.clone(),
+            listeners: Arc::clone(&startup.listeners),
+            nr_shards: startup.nr_shards,
+            redirect: startup.redirect.clone(),
+        },
         tls,
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
@@ -434,14 +495,24 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
 
     startup.health.shard_serving();
     // Shard 0 publishes the $SYS topics, the first time at its first tick.
-    let mut sys = startup
-        .sys_interval
-        .filter(|_| id.index() == 0)
-        .map(|interval| (SysTree::new(Instant::now()), interval, Instant::now()));
-    // Tick: keep alive sweep, reloaded limits, $SYS, and the shutdown
-    // signal.
-    while !startup.shutdown.load(Ordering::Relaxed) {
+    let mut sys = (id.index() == 0).then(|| (SysTree::new(Instant::now()), Instant::now()));
+    // Tick: keep alive sweep, reloaded limits, $SYS; from the shutdown
+    // signal on, the drain closes connections step by step while the
+    // others are still served.
+    let mut drain: Option<Drain> = None;
+    loop {
         glommio::timer::sleep(TICK).await;
+        if drain.is_none() && startup.shutdown.load(Ordering::Relaxed) {
+            net.stop_accepting();
+            let connected = net.close_connections(0);
+            drain = Some(Drain::new(Instant::now(), startup.intervals.drain_timeout(), connected));
+        }
+        if let Some(drain) = drain.as_mut() {
+            let staying = net.close_connections(drain.due(Instant::now()));
+            if staying == 0 || drain.is_over(Instant::now()) {
+                break;
+            }
+        }
         if let Some((seen, session_limits, net_limits)) = startup.limits.changed_since(limits_seen)
         {
             limits_seen = seen;
@@ -457,12 +528,19 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         startup.health.tick(id.index());
         startup.health.publish(shard.borrow().snapshot());
         net.poll_connection_log_summary(now);
-        if let Some((tree, interval, due)) = sys.as_mut().filter(|(_, _, due)| now >= *due) {
-            *due = now + *interval;
-            publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+        net.poll_refusal_log_summary(now);
+        if let (Some((tree, due)), Some(interval)) =
+            (sys.as_mut(), startup.intervals.sys_interval())
+        {
+            if now >= *due {
+                *due = now + interval;
+                publish_sys(&mut shard.borrow_mut(), tree, &startup.health, now);
+            } else {
+                // A reload to a shorter interval applies from now.
+                *due = (*due).min(now + interval);
+            }
         }
     }
-    net.begin_shutdown();
     for accept in accepts {
         accept.await;
     }
@@ -490,7 +568,9 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
             topic,
             payload: Bytes::from(payload),
             qos: QoS::AtMostOnce,
-            retain: true,
+            // Not stored where retained messages are off
+            // (`retain_available = false`): sent as they are published.
+            retain: shard.limits().retain_available,
             properties: Default::default(),
             publisher: None,
             expires_at: None,
@@ -503,13 +583,24 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
 fn log_stopped(snapshot: &Snapshot) {
     // Bound without `..`: a counter added to `metrics` and left out of
     // this line fails to build, or warns as unused.
-    let Snapshot { shard: id, sessions, subscriptions, retained, counters } = snapshot;
+    let Snapshot {
+        shard: id,
+        sessions,
+        sessions_online,
+        subscriptions,
+        retained,
+        retained_bytes,
+        cross_core_queued,
+        counters,
+    } = snapshot;
     let Counters { net, shard, session, router } = counters;
     let NetCounters {
         accepted,
         refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
@@ -519,9 +610,12 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
+        redirected,
+        bytes_received,
+        bytes_sent,
     } = net;
     let ShardCounters {
-        messages_received,
+        messages_received: [messages_received_qos0, messages_received_qos1, messages_received_qos2],
         deliveries,
         deliveries_dropped,
         takeovers,
@@ -531,7 +625,7 @@ fn log_stopped(snapshot: &Snapshot) {
     } = shard;
     let SessionCounters {
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent: [publishes_sent_qos0, publishes_sent_qos1, publishes_sent_qos2],
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full:
@@ -540,17 +634,25 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     tracing::info!(
         id,
         sessions,
+        sessions_online,
         subscriptions,
         retained,
+        retained_bytes,
+        cross_core_queued,
         accepted,
         refused_at_limit = refused_limit,
+        refused_rate,
         handed_off,
         malformed,
+        connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
         auth_failed,
@@ -560,16 +662,24 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
-        messages_received,
+        redirected,
+        bytes_received,
+        bytes_sent,
+        messages_received_qos0,
+        messages_received_qos1,
+        messages_received_qos2,
         deliveries,
         deliveries_dropped,
         cross_core_qos0_dropped,
+        congestion_events,
         takeovers,
         sessions_expired,
         retained_expired,
         protocol_violations,
         duplicate_qos2_received,
-        publishes_sent,
+        publishes_sent_qos0,
+        publishes_sent_qos1,
+        publishes_sent_qos2,
         publishes_resent,
         dropped_offline_qos0,
         dropped_queue_full_qos0,
@@ -579,6 +689,9 @@ fn log_stopped(snapshot: &Snapshot) {
         dropped_expired,
         dropped_too_large,
         unexpected_acks,
+        payload_format_invalid,
+        topic_filters_invalid,
+        subscriptions_quota_exceeded,
         "shard stopped"
     );
 }

@@ -8,7 +8,9 @@
 //! (`shards`, `listener`, `admin.listen`, ...) are logged and not applied;
 //! changed `[limits]` are logged one line each (`limits.max_inflight: 32 ->
 //! 64`) and published in [`SharedLimits`], which every shard checks at its
-//! tick; a changed `log.level` goes to [`Reload::set_log_level`].
+//! tick; `sys_interval_s` and `drain_timeout_s` go to [`SharedIntervals`],
+//! read when they are needed; a changed `log.level` goes to
+//! [`Reload::set_log_level`].
 //!
 //! Every accepted reload also re-reads the certificates and keys of the TLS
 //! listeners (at the paths the broker started with: a changed path needs a
@@ -21,7 +23,7 @@ use crate::config::{Config, ConfigError, LogLevel};
 use crate::net::tls::{self, ListenerTls};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ pub(super) struct SharedLimits {
 }
 
 impl SharedLimits {
-    pub(super) fn new(config: &crate::config::Limits) -> Self {
+    pub(super) fn new(config: &Config) -> Self {
         Self { generation: AtomicU64::new(0), limits: Mutex::new(limits(config)) }
     }
 
@@ -67,7 +69,7 @@ impl SharedLimits {
         (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
     }
 
-    fn replace(&self, config: &crate::config::Limits) {
+    fn replace(&self, config: &Config) {
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits(config);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -105,8 +107,48 @@ impl SharedTls {
     }
 }
 
-/// The session and network limits of the `[limits]` section.
-fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
+/// `sys_interval_s` and `drain_timeout_s` in force, replaced by a reload:
+/// shard 0 reads the first at each tick, every shard the second when a
+/// shutdown starts.
+#[derive(Debug)]
+pub(super) struct SharedIntervals {
+    /// Seconds; 0: no `$SYS` topics.
+    sys_interval_s: AtomicU32,
+    /// Seconds; 0: every client disconnected at once.
+    drain_timeout_s: AtomicU32,
+}
+
+impl SharedIntervals {
+    pub(super) fn new(config: &Config) -> Self {
+        let intervals =
+            Self { sys_interval_s: AtomicU32::new(0), drain_timeout_s: AtomicU32::new(0) };
+        intervals.replace(config);
+        intervals
+    }
+
+    /// How often the `$SYS` topics are published; `None`: never.
+    pub(super) fn sys_interval(&self) -> Option<Duration> {
+        let seconds = self.sys_interval_s.load(Ordering::Relaxed);
+        (seconds > 0).then(|| Duration::from_secs(seconds.into()))
+    }
+
+    /// Over how long a shutdown spreads the disconnection of clients.
+    pub(super) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_s.load(Ordering::Relaxed).into())
+    }
+
+    fn replace(&self, config: &Config) {
+        let seconds = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let sys = config.sys_interval().map_or(0, seconds);
+        self.sys_interval_s.store(sys, Ordering::Relaxed);
+        self.drain_timeout_s.store(seconds(config.drain_timeout()), Ordering::Relaxed);
+    }
+}
+
+/// The session and network limits of the `[limits]` section (and
+/// `retain_available`, which a reload does not change).
+fn limits(config: &Config) -> (SessionLimits, NetLimits) {
+    let limits = config.limits();
     let session = SessionLimits {
         max_inflight: limits.max_inflight(),
         max_queued_messages: limits.max_queued_messages().get() as usize,
@@ -121,6 +163,10 @@ fn limits(limits: &crate::config::Limits) -> (SessionLimits, NetLimits) {
             seconds => Some(Duration::from_secs(seconds.into())),
         },
         max_packet_size: Some(limits.max_packet_size()),
+        max_subscriptions: usize::try_from(limits.max_subscriptions_per_client())
+            .unwrap_or(usize::MAX),
+        retain_available: config.retain_available(),
+        auth_timeout: limits.connect_timeout(),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),
@@ -139,6 +185,7 @@ pub(super) struct Reloader {
     running: Config,
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
+    intervals: Arc<SharedIntervals>,
     tls: Arc<SharedTls>,
 }
 
@@ -147,9 +194,10 @@ impl Reloader {
         running: Config,
         reload: Option<Reload>,
         limits: Arc<SharedLimits>,
+        intervals: Arc<SharedIntervals>,
         tls: Arc<SharedTls>,
     ) -> Self {
-        Self { running, reload, limits, tls }
+        Self { running, reload, limits, intervals, tls }
     }
 }
 
@@ -216,9 +264,15 @@ impl Reloader {
                 tracing::info!("reload: {change}");
             }
             preflight::raise_open_files(u64::from(new.limits().max_connections().get()));
-            self.limits.replace(new.limits());
+        }
+        for change in &changes.intervals {
+            tracing::info!("reload: {change}");
         }
         self.running = self.running.reloaded(&new);
+        if !changes.limits.is_empty() {
+            self.limits.replace(&self.running);
+        }
+        self.intervals.replace(&self.running);
     }
 }
 
@@ -235,13 +289,15 @@ mod tests {
     #[test]
     fn a_good_file_bumps_the_generation_a_bad_one_changes_nothing() {
         let start = config("[limits]\nmax_queued_messages = 2\n");
-        let shared = Arc::new(SharedLimits::new(start.limits()));
+        let shared = Arc::new(SharedLimits::new(&start));
         let (generation, session, _) = shared.current();
         assert_eq!(session.max_queued_messages, 2);
         let texts = Arc::new(Mutex::new(vec![
             "[limits]\nmax_queued_messages = 2\n", // unchanged
             "[limits]\nmax_queued_messages = 0\n", // refused
             "[limits]\nmax_queued_messages = 7\nmax_connections = 10\n",
+            "sys_interval_s = 3\ndrain_timeout_s = 20\n\
+             [limits]\nmax_queued_messages = 7\nmax_connections = 10\n",
         ]));
         let levels = Arc::new(AtomicUsize::new(0));
         let reload = Reload {
@@ -260,8 +316,10 @@ mod tests {
                 }
             }),
         };
+        let intervals = Arc::new(SharedIntervals::new(&start));
         let tls = Arc::new(SharedTls::new(vec![None]));
-        let mut reloader = Reloader::new(start, Some(reload), Arc::clone(&shared), tls);
+        let mut reloader =
+            Reloader::new(start, Some(reload), Arc::clone(&shared), Arc::clone(&intervals), tls);
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
         reloader.reload();
@@ -272,13 +330,19 @@ mod tests {
         assert_eq!(session.max_queued_messages, 7);
         assert_eq!(net.max_connections, 10);
         assert_eq!(levels.load(Ordering::SeqCst), 0, "the level did not change");
+        assert_eq!(intervals.sys_interval(), Some(Duration::from_secs(10)));
+        assert_eq!(intervals.drain_timeout(), Duration::ZERO);
+        reloader.reload();
+        assert_eq!(intervals.sys_interval(), Some(Duration::from_secs(3)));
+        assert_eq!(intervals.drain_timeout(), Duration::from_secs(20));
     }
 
     #[test]
     fn without_a_file_a_reload_does_nothing() {
-        let shared = Arc::new(SharedLimits::new(Config::default().limits()));
+        let shared = Arc::new(SharedLimits::new(&Config::default()));
+        let intervals = Arc::new(SharedIntervals::new(&Config::default()));
         let tls = Arc::new(SharedTls::new(vec![None]));
-        Reloader::new(Config::default(), None, Arc::clone(&shared), tls).reload();
+        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals, tls).reload();
         assert_eq!(shared.changed_since(0), None);
     }
 }

@@ -2,16 +2,19 @@
 //! protocol version, keep alive, will, topic aliases in both directions and
 //! the control packets (acknowledgements and responses) waiting to be sent.
 
+use super::auth::AuthExchange;
 use super::keepalive::KeepAlive;
 use super::SessionError;
+use crate::auth::enhanced::Authenticator;
 use crate::protocol::{
-    AckProperties, BoxedPublishProperties, ConnAck, Disconnect, DisconnectProperties, Packet,
+    AckProperties, Auth, BoxedPublishProperties, ConnAck, Disconnect, DisconnectProperties, Packet,
     PacketId, ProtocolVersion, PubResponse, Publish, ReasonCode, SubAck, TopicName, UnsubAck, Will,
 };
 use bytestring::ByteString;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
 
 /// A control packet the session owes the client, kept small (no packet
 /// bodies) and in the order the requests arrived [MQTT-4.6.0-2],
@@ -31,6 +34,9 @@ pub(super) enum Control {
     /// A server DISCONNECT, with its Reason String when the client did not
     /// turn problem information off.
     Disconnect(ReasonCode, Option<ByteString>),
+    /// A step of a re-authentication (5.0 section 4.12.1): AUTH 0x18 or the
+    /// closing 0x00.
+    Auth(Box<Auth>),
 }
 
 impl Control {
@@ -58,6 +64,7 @@ impl Control {
                 reason,
                 properties: DisconnectProperties { reason_string, ..Default::default() },
             }),
+            Self::Auth(auth) => Packet::Auth(auth),
         }
     }
 }
@@ -280,6 +287,21 @@ pub(super) struct Connection {
     /// The CONNECT's Session Expiry Interval was 0 (or absent): a
     /// DISCONNECT may not set a non-zero one [MQTT-3.14.2-2].
     pub(super) expiry_zero_at_connect: bool,
+    /// The enhanced authentication method the connection authenticated
+    /// with, for re-authentication; `None` without one (then AUTH is a
+    /// Protocol Error [MQTT-4.12.0-7]). Boxed: most connections have none.
+    pub(super) auth: Option<Box<ConnectionAuth>>,
+}
+
+/// The method of a connection authenticated by enhanced authentication,
+/// and its re-authentication in progress.
+#[derive(Debug)]
+pub(super) struct ConnectionAuth {
+    pub(super) authenticator: Arc<dyn Authenticator>,
+    /// The method's name, as CONNECT gave it.
+    pub(super) method: ByteString,
+    /// A re-authentication waiting for the client's next AUTH.
+    pub(super) exchange: Option<AuthExchange>,
 }
 
 impl Connection {

@@ -13,7 +13,7 @@ pub enum SessionError {
     #[error("second CONNECT on a connection")]
     SecondConnect,
     /// A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP), or
-    /// AUTH without an authentication method in CONNECT (5.0 §4.12).
+    /// AUTH without an authentication method in CONNECT [MQTT-4.12.0-7].
     #[error("{0:?} is not accepted from a client")]
     UnexpectedPacket(PacketType),
     /// A packet after the connection was closed (for example after
@@ -46,10 +46,26 @@ pub enum SessionError {
     /// refused in their PUBACK / PUBREC instead.
     #[error("payload is not UTF-8 but its Payload Format Indicator says it is")]
     PayloadFormatInvalid,
+    /// A PUBLISH with RETAIN 1 while `retain_available = false`: 5.0 told
+    /// the client Retain Available 0 in CONNACK [MQTT-3.2.2-14] ("If the
+    /// Server receives such a packet, this is a Protocol Error. The Server
+    /// SHOULD send a DISCONNECT with Reason Code of 0x9A"); 3.1.1 has no way
+    /// to tell, and its connection is closed as Mosquitto does.
+    #[error("RETAIN set while retained messages are not available")]
+    RetainNotSupported,
     /// A DISCONNECT setting a non-zero Session Expiry Interval after a
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
     SessionExpiryFromZero,
+    /// An AUTH whose method is not the CONNECT's [MQTT-4.12.1-1],
+    /// [MQTT-4.12.0-5].
+    #[error("AUTH with another authentication method than CONNECT's")]
+    AuthMethodChanged,
+    /// An AUTH with a reason code that does not fit the exchange: Success
+    /// from a client, Re-authenticate during a re-authentication, Continue
+    /// outside one.
+    #[error("AUTH with reason code {0:?} out of turn")]
+    UnexpectedAuth(ReasonCode),
     /// An acknowledgement of the wrong kind for a packet id in flight: a
     /// QoS 1 PUBLISH is acknowledged by PUBACK only [MQTT-4.3.2-1], a QoS 2
     /// PUBLISH by PUBREC and its PUBREL by PUBCOMP [MQTT-4.3.3-1].
@@ -76,11 +92,14 @@ impl SessionError {
             | Self::EmptyTopic
             | Self::UnknownTopicAlias(_)
             | Self::SessionExpiryFromZero
+            | Self::AuthMethodChanged
+            | Self::UnexpectedAuth(_)
             | Self::WrongAcknowledgement { .. } => ReasonCode::ProtocolError,
             Self::MissingPacketId => ReasonCode::MalformedPacket,
             Self::TopicAliasInvalid(_) => ReasonCode::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
             Self::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
+            Self::RetainNotSupported => ReasonCode::RetainNotSupported,
         }
     }
 }

@@ -55,6 +55,15 @@ pub enum CloseReason {
     Malformed(Box<DecodeError>),
     /// The broker is shutting down.
     ServerShuttingDown,
+    /// The CONNACK does not fit the client's v5 Maximum Packet Size even
+    /// without every property it may leave out [MQTT-3.1.2-24]: the
+    /// connection cannot be acknowledged, so it is closed (no DISCONNECT
+    /// may come before a CONNACK [MQTT-3.14.0-1]).
+    ConnAckTooLarge,
+    /// A re-authentication failed (wrong credentials) [MQTT-4.12.1-2].
+    ReauthenticationFailed,
+    /// A re-authentication was not finished within `connect_timeout_ms`.
+    ReauthenticationTimeout,
 }
 
 impl CloseReason {
@@ -75,7 +84,10 @@ impl CloseReason {
             Self::TakenOver => Some(ReasonCode::SessionTakenOver),
             Self::Malformed(error) => Some(error.reason_code()),
             Self::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
-            Self::ClientDisconnect(_) | Self::ConnectionLost => None,
+            Self::ClientDisconnect(_) | Self::ConnectionLost | Self::ConnAckTooLarge => None,
+            Self::ReauthenticationFailed | Self::ReauthenticationTimeout => {
+                Some(ReasonCode::NotAuthorized)
+            }
         }
     }
 
@@ -88,6 +100,11 @@ impl CloseReason {
             Self::KeepAliveTimeout => "keep alive timeout".to_owned(),
             Self::TakenOver => "session taken over by another connection".to_owned(),
             Self::ServerShuttingDown => "server shutting down".to_owned(),
+            Self::ConnAckTooLarge => {
+                "CONNACK larger than the client's Maximum Packet Size".to_owned()
+            }
+            Self::ReauthenticationFailed => "re-authentication failed".to_owned(),
+            Self::ReauthenticationTimeout => "re-authentication not finished in time".to_owned(),
             Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }
     }

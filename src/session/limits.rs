@@ -62,6 +62,18 @@ pub struct SessionLimits {
     /// (`max_packet_size`), advertised to v5 clients as Maximum Packet Size
     /// (5.0 §3.2.2.3.6). `None`: the protocol's own limit.
     pub max_packet_size: Option<NonZeroU32>,
+    /// Subscriptions one session may hold at most (`max_subscriptions_per_client`);
+    /// a SUBSCRIBE for a new filter beyond it is refused for that filter
+    /// (5.0: 0x97 Quota exceeded; 3.1.1: 0x80). 0: no limit.
+    pub max_subscriptions: usize,
+    /// Whether retained messages are served (`retain_available`). When
+    /// not, a v5 CONNACK says Retain Available 0 and a PUBLISH with RETAIN
+    /// 1 closes the connection (5.0: DISCONNECT 0x9A [MQTT-3.2.2-14]).
+    pub retain_available: bool,
+    /// How long a client has to finish a re-authentication (5.0 section
+    /// 4.12.1) once it started one: `connect_timeout_ms`, which bounds the
+    /// exchange at CONNECT too.
+    pub auth_timeout: Duration,
 }
 
 impl Default for SessionLimits {
@@ -78,6 +90,9 @@ impl Default for SessionLimits {
             server_topic_alias_maximum: 16,
             max_session_expiry: Some(Duration::from_secs(604_800)),
             max_packet_size: NonZeroU32::new(1 << 20),
+            max_subscriptions: 0,
+            retain_available: true,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }

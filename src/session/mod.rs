@@ -6,6 +6,8 @@
 //! * input: [`Session::handle_connect`] when a connection attaches (the shard
 //!   has already checked the CONNECT: authentication, takeover, clean start),
 //!   [`Session::handle_packet`] for every packet read after it,
+//!   [`Session::set_authenticator`] after a CONNECT authenticated by an
+//!   enhanced authentication method (for re-authentication),
 //!   [`Session::handle_delivery`] for every message routed to the client,
 //!   [`Session::handle_timeout`], [`Session::handle_held`] (backpressure)
 //!   and [`Session::handle_connection_lost`];
@@ -32,9 +34,11 @@
 //! connection), the Payload Format Indicator (a payload that is not the
 //! UTF-8 it claims gets 0x99), Server Keep Alive, the Session Expiry
 //! Interval (set at CONNECT, changed at DISCONNECT) and the Will Delay
-//! Interval. Not yet: enhanced authentication (AUTH is refused as a
-//! protocol error).
+//! Interval, and the re-authentication of enhanced authentication (AUTH
+//! 0x19, see [`auth`]; the first exchange, before CONNACK, is driven by
+//! the network layer with the same [`AuthExchange`]).
 
+pub mod auth;
 mod connection;
 mod error;
 mod event;
@@ -47,23 +51,25 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthExchange, AuthOutcome};
 pub use error::SessionError;
 pub use event::{
     CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
 };
 pub use limits::SessionLimits;
 
+use crate::auth::enhanced::Authenticator;
 use crate::message::Message;
 use crate::metrics::SessionCounters;
 use crate::protocol::{
-    BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PacketId,
-    PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
-    Subscribe, TopicFilter, Unsubscribe, Will,
+    Auth, BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
+    PacketId, PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS,
+    ReasonCode, Subscribe, TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
-use connection::{Connection, Control, OutboundAliases, Owed, TopicAliases};
+use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
@@ -123,7 +129,9 @@ impl Session {
     /// limits (`max_queued_messages`, `max_queued_bytes`,
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
-    /// the next CONNECT or DISCONNECT. What a connection was told or set
+    /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
     /// its value until the client connects again.
@@ -208,7 +216,8 @@ impl Session {
             }
             // What the server supports (5.0 §3.2.2.3): absent would mean
             // the same, but clients show these and some log their absence.
-            properties.retain_available = Some(true);
+            // [MQTT-3.2.2-14]: 0 forbids the client RETAIN 1.
+            properties.retain_available = Some(self.limits.retain_available);
             properties.wildcard_subscription_available = Some(true);
             properties.subscription_identifiers_available = Some(true);
             properties.shared_subscription_available = Some(true);
@@ -231,6 +240,14 @@ impl Session {
                 send_window = send_window.min(receive_maximum.get());
             }
             max_packet_size = connect.properties.maximum_packet_size;
+            // [MQTT-4.12.0-5] a successful CONNACK after enhanced
+            // authentication carries the CONNECT's method; the network
+            // layer put the method's last data (SCRAM's server-final) in
+            // the CONNECT's Authentication Data once the exchange ended.
+            if let Some(method) = &connect.properties.authentication_method {
+                properties.authentication_method = Some(method.clone());
+                properties.authentication_data = connect.properties.authentication_data.clone();
+            }
         }
         let connack = ConnAck {
             session_present: session_present
@@ -259,8 +276,81 @@ impl Session {
             ),
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
+            auth: None,
         });
         connection.connack.insert(Box::new(connack))
+    }
+
+    /// The connection just attached ([`handle_connect`](Self::handle_connect))
+    /// authenticated with `authenticator`'s method: the client may
+    /// re-authenticate with it [MQTT-4.12.1-1].
+    pub fn set_authenticator(&mut self, authenticator: Arc<dyn Authenticator>) {
+        if let Some(connection) = self.connection.as_mut().filter(|c| c.open) {
+            let method = ByteString::from_static(authenticator.method());
+            connection.auth =
+                Some(Box::new(ConnectionAuth { authenticator, method, exchange: None }));
+        }
+    }
+
+    /// An AUTH on an open connection: a re-authentication starts (0x19 with
+    /// the connection's method [MQTT-4.12.1-1]) or continues (0x18). It
+    /// ends with AUTH 0x00, or with DISCONNECT 0x87 when it fails
+    /// [MQTT-4.12.1-2]; meanwhile the other packets flow on with the
+    /// previous authentication (5.0 section 4.12.1).
+    fn handle_auth(
+        &mut self,
+        now: Instant,
+        auth: &Auth,
+        counters: &mut SessionCounters,
+    ) -> Result<(), SessionError> {
+        let timeout = self.limits.auth_timeout;
+        let Some(connection) = self.connection.as_mut() else {
+            return Err(SessionError::NotConnected);
+        };
+        // [MQTT-4.12.0-7] no AUTH without a method in CONNECT.
+        let Some(state) = connection.auth.as_deref_mut() else {
+            return Err(SessionError::UnexpectedPacket(PacketType::Auth));
+        };
+        let outcome = match (auth.reason, state.exchange.as_mut()) {
+            (ReasonCode::ReAuthenticate, None) => {
+                // [MQTT-4.12.1-1] the same method as the CONNECT.
+                if auth.properties.authentication_method.as_ref() != Some(&state.method) {
+                    return Err(SessionError::AuthMethodChanged);
+                }
+                let deadline = auth::deadline_after(now, timeout);
+                let data = auth.properties.authentication_data.as_ref();
+                let (exchange, outcome) =
+                    AuthExchange::start_with(&state.authenticator, deadline, &state.method, data);
+                state.exchange = exchange;
+                outcome
+            }
+            (ReasonCode::ContinueAuthentication, Some(exchange)) => {
+                let outcome = exchange.handle_auth(auth);
+                if !matches!(outcome, AuthOutcome::Continue(_)) {
+                    state.exchange = None;
+                }
+                outcome
+            }
+            // A client never sends Success, starts a second exchange
+            // before the first ends, or continues one that is not there.
+            (reason, _) => return Err(SessionError::UnexpectedAuth(reason)),
+        };
+        match outcome {
+            AuthOutcome::Continue(next) => connection.owe(Control::Auth(Box::new(next))),
+            AuthOutcome::Success(data) => {
+                let done = auth::auth_packet(&state.method, ReasonCode::Success, data);
+                connection.owe(Control::Auth(Box::new(done)));
+            }
+            // The method changed in the middle of the exchange
+            // [MQTT-4.12.0-5].
+            AuthOutcome::Failed(ReasonCode::ProtocolError) => {
+                return Err(SessionError::AuthMethodChanged)
+            }
+            AuthOutcome::Failed(_) => {
+                self.close(now, CloseReason::ReauthenticationFailed, counters);
+            }
+        }
+        Ok(())
     }
 
     /// Every packet read after CONNECT. Any packet resets the keep alive
@@ -293,11 +383,11 @@ impl Session {
             }
             Packet::PubComp(ack) => self.handle_ack(PacketType::PubComp, ack, counters),
             Packet::Subscribe(subscribe) => {
-                self.handle_subscribe(subscribe);
+                self.handle_subscribe(subscribe, counters);
                 Ok(())
             }
             Packet::Unsubscribe(unsubscribe) => {
-                self.handle_unsubscribe(unsubscribe);
+                self.handle_unsubscribe(unsubscribe, counters);
                 Ok(())
             }
             Packet::PingReq => {
@@ -306,15 +396,14 @@ impl Session {
                 Ok(())
             }
             Packet::Disconnect(disconnect) => self.handle_disconnect(now, disconnect, counters),
+            Packet::Auth(auth) => self.handle_auth(now, &auth, counters),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol violation.
             Packet::Connect(_) => Err(SessionError::SecondConnect),
-            // Packets only a server sends, and AUTH: no enhanced
-            // authentication method was accepted in CONNECT (5.0 §4.12).
+            // Packets only a server sends.
             packet @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Auth(_)) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
+            | Packet::PingResp) => Err(SessionError::UnexpectedPacket(packet.packet_type())),
         };
         if let Err(error) = &result {
             self.close(now, CloseReason::ProtocolViolation(error.clone()), counters);
@@ -332,6 +421,17 @@ impl Session {
             return Err(SessionError::NotConnected);
         };
         let Publish { qos, retain, topic, packet_id, mut properties, payload, .. } = publish;
+        // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from
+        // the Server MUST NOT send a PUBLISH packet with the RETAIN flag set
+        // to 1. If the Server receives such a packet, this is a Protocol
+        // Error. The Server SHOULD send a DISCONNECT with Reason Code of
+        // 0x9A (Retain not supported)". A 3.1.1 client, which could not be
+        // told, is closed too (as Mosquitto's `retain_available false`):
+        // storing nothing while it believes the message retained would
+        // break [MQTT-3.3.1-5 (3.1.1)] silently.
+        if retain && !self.limits.retain_available {
+            return Err(SessionError::RetainNotSupported);
+        }
         // [MQTT-3.3.4-6] subscription identifiers go server to client only.
         if !properties.subscription_identifiers.is_empty() {
             return Err(SessionError::SubscriptionIdentifierFromClient);
@@ -371,6 +471,7 @@ impl Session {
         if properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&payload).is_err()
         {
+            counters.payload_format_invalid += 1;
             return match (qos, packet_id) {
                 (QoS::AtLeastOnce, Some(id)) => {
                     connection.owe(Control::PubAck(id, ReasonCode::PayloadFormatInvalid));
@@ -472,21 +573,50 @@ impl Session {
         connection.owe(Control::PubComp(ack.packet_id, reason));
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+    fn handle_subscribe(&mut self, subscribe: Subscribe, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut() else { return };
         let identifier = subscribe.properties.subscription_identifier;
-        let mut reasons = SmallVec::new();
+        let count = subscribe.filter_count();
+        let mut reasons = SmallVec::with_capacity(count);
         let mut grants = SmallVec::new();
-        // [MQTT-3.8.4-4] several filters act as several SUBSCRIBEs with one
-        // SUBACK, one code per filter in order [MQTT-3.8.4-5], [MQTT-3.9.3-1].
-        for subscription in subscribe.subscriptions {
+        let mut refused = subscribe.refused.into_iter().peekable();
+        let mut valid = subscribe.subscriptions.into_iter();
+        // [MQTT-3.8.4-5] "If a Server receives a SUBSCRIBE packet that
+        // contains multiple Topic Filters it MUST handle that packet as if
+        // it had received a sequence of multiple SUBSCRIBE packets, except
+        // that it combines their responses into a single SUBACK response";
+        // one code per filter [MQTT-3.8.4-6], in order [MQTT-3.9.3-1].
+        for position in 0..count {
+            let subscription = match refused.next_if(|r| r.position <= position) {
+                Some(_) => None,
+                None => valid.next(),
+            };
+            let Some(subscription) = subscription else {
+                // A 5.0 filter that is no topic filter (`a/#/b`): 0x8F for
+                // it alone, "Topic Filter invalid" (table 3-8); the others
+                // are served.
+                counters.topic_filters_invalid += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
             let subscribed = Subscribed { options: subscription.options, identifier };
+            let max = self.limits.max_subscriptions;
+            let full = max > 0 && self.subscriptions.len() >= max;
             // [MQTT-3.8.4-3] an existing subscription is replaced. A new one
             // keeps a detached copy of its filter, not the packet's buffer.
             let is_new = match self.subscriptions.get_mut(&subscription.filter) {
                 Some(existing) => {
                     *existing = subscribed;
                     false
+                }
+                // `max_subscriptions_per_client`: a new filter beyond it is
+                // refused, 0x97 "Quota exceeded: An implementation or
+                // administrative imposed limit has been exceeded" (3.1.1:
+                // 0x80 Failure); [MQTT-3.8.4-7] the code says it failed.
+                None if full => {
+                    counters.subscriptions_quota_exceeded += 1;
+                    reasons.push(ReasonCode::QuotaExceeded);
+                    continue;
                 }
                 None => {
                     self.subscriptions.insert(subscription.filter.detached(), subscribed);
@@ -505,12 +635,27 @@ impl Session {
         self.events.push_back(SessionEvent::Subscribe { grants, ack });
     }
 
-    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe, counters: &mut SessionCounters) {
         let Some(connection) = self.connection.as_mut() else { return };
         let v5 = connection.version.is_v5();
+        let count = unsubscribe.filters.len() + unsubscribe.refused.len();
         let mut reasons = SmallVec::new();
         let mut removed = SmallVec::new();
-        for filter in unsubscribe.filters {
+        let mut refused = unsubscribe.refused.into_iter().peekable();
+        let mut valid = unsubscribe.filters.into_iter();
+        // [MQTT-3.10.4-6] as a sequence of UNSUBSCRIBEs, one UNSUBACK; one
+        // code per filter, in order [MQTT-3.11.3-1], [MQTT-3.11.3-2].
+        for position in 0..count {
+            let filter = match refused.next_if(|r| r.position <= position) {
+                Some(_) => None,
+                None => valid.next(),
+            };
+            let Some(filter) = filter else {
+                // Only 5.0 packets carry refused filters: 0x8F for it.
+                counters.topic_filters_invalid += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            };
             // [MQTT-3.10.4-1] filters compare character by character.
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {
@@ -625,7 +770,7 @@ impl Session {
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
         let publish =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
-        counters.publishes_sent += 1;
+        counters.publishes_sent[publish.qos as usize] += 1;
         Some(Packet::Publish(publish))
     }
 
@@ -732,6 +877,14 @@ impl Session {
                         if without_diagnostics(packet) {
                             too_large = exceeds(packet);
                         }
+                        // Then what a CONNACK may leave out without
+                        // changing what the client must do (see
+                        // `without_optional_connack_properties`).
+                        if let (true, Packet::ConnAck(connack)) = (too_large, &mut *packet) {
+                            if without_optional_connack_properties(connack) {
+                                too_large = exceeds(packet);
+                            }
+                        }
                     }
                 }
             }
@@ -751,6 +904,8 @@ impl Session {
             match &packet {
                 Packet::Publish(Publish { packet_id: Some(id), .. })
                 | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
+                // Nothing may be sent before the CONNACK [MQTT-3.2.0-1].
+                Packet::ConnAck(_) => self.close(now, CloseReason::ConnAckTooLarge, counters),
                 _ => {}
             }
         }
@@ -788,15 +943,14 @@ impl Session {
     /// When [`handle_timeout`](Self::handle_timeout) is due: one and a half
     /// times the keep alive after the last packet received [MQTT-3.1.2-24]
     /// (none when the keep alive is 0 or no connection is open), or the end
-    /// of a v5 Will Delay Interval, whichever comes first.
+    /// of a v5 Will Delay Interval, or the deadline of a re-authentication
+    /// in progress, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let keep_alive = self.connection.as_ref().filter(|c| c.open);
-        let keep_alive = keep_alive.and_then(|c| c.keep_alive.deadline());
+        let open = self.connection.as_ref().filter(|c| c.open);
+        let keep_alive = open.and_then(|c| c.keep_alive.deadline());
         let will = self.delayed_will.as_ref().map(|delayed| delayed.due);
-        match (keep_alive, will) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let reauth = open.and_then(|c| c.auth.as_ref()?.exchange.as_ref());
+        [keep_alive, will, reauth.map(AuthExchange::deadline)].into_iter().flatten().min()
     }
 
     /// The network layer stopped (`held`) or resumed reading the
@@ -813,11 +967,19 @@ impl Session {
     }
 
     /// Closes the connection when its keep alive has expired at `now`
-    /// [MQTT-3.1.2-24] (the will is published); publishes a delayed will
+    /// [MQTT-3.1.2-24] (the will is published), or when a
+    /// re-authentication was not finished by its deadline; publishes a delayed will
     /// whose delay has run out [MQTT-3.1.3-9].
     pub fn handle_timeout(&mut self, now: Instant, counters: &mut SessionCounters) {
         if self.connection.as_ref().is_some_and(|c| c.open && c.keep_alive.is_expired(now)) {
             self.close(now, CloseReason::KeepAliveTimeout, counters);
+        }
+        // A re-authentication the client did not finish in time fails
+        // [MQTT-4.12.1-2].
+        let reauth = self.connection.as_ref().filter(|c| c.open);
+        let reauth = reauth.and_then(|c| c.auth.as_ref()?.exchange.as_ref());
+        if reauth.is_some_and(|exchange| exchange.deadline() <= now) {
+            self.close(now, CloseReason::ReauthenticationTimeout, counters);
         }
         if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {
             self.publish_delayed_will(now);
@@ -1003,6 +1165,36 @@ fn without_diagnostics(packet: &mut Packet) -> bool {
     *reason_string = None;
     user_properties.clear();
     had
+}
+
+/// Takes out of a CONNACK too large for the client's Maximum Packet Size
+/// the properties whose absence means the same to the client, or only
+/// loses an offer: Retain / Wildcard / Subscription Identifier / Shared
+/// Subscription Available when 1 (absent means supported, 5.0 §3.2.2.3.5,
+/// §3.2.2.3.11-13), Topic Alias Maximum (absent: 0, the client just sends
+/// no aliases, §3.2.2.3.8) and Response Information (OPTIONAL,
+/// §3.2.2.3.15). What the client must obey stays: Maximum Packet Size,
+/// Receive Maximum, Server Keep Alive, Session Expiry Interval, Retain
+/// Available 0 and the Assigned Client Identifier [MQTT-3.2.2-16].
+/// [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding Maximum
+/// Packet Size to the Client". Returns whether it took any.
+fn without_optional_connack_properties(connack: &mut ConnAck) -> bool {
+    let p = &mut connack.properties;
+    let mut took = false;
+    for flag in [
+        &mut p.retain_available,
+        &mut p.wildcard_subscription_available,
+        &mut p.subscription_identifiers_available,
+        &mut p.shared_subscription_available,
+    ] {
+        if *flag == Some(true) {
+            *flag = None;
+            took = true;
+        }
+    }
+    took |= p.topic_alias_maximum.take().is_some();
+    took |= p.response_information.take().is_some();
+    took
 }
 
 /// The SUBACK code granting `qos`: the requested QoS is granted as asked

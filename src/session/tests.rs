@@ -88,6 +88,9 @@ fn limits() -> SessionLimits {
         server_topic_alias_maximum: 2,
         max_session_expiry: None,
         max_packet_size: None,
+        max_subscriptions: 0,
+        retain_available: true,
+        auth_timeout: Duration::from_secs(10),
     }
 }
 
@@ -199,6 +202,7 @@ fn ack(packet_id: u16) -> PubResponse {
 
 fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: SubscribeProperties::default(),
         subscriptions: filters
@@ -213,6 +217,7 @@ fn subscribe(id: u16, filters: &[(&str, QoS)]) -> Packet {
 
 fn unsubscribe(id: u16, filters: &[&str]) -> Packet {
     Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(id),
         properties: UnsubscribeProperties::default(),
         filters: filters.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
@@ -2150,4 +2155,549 @@ fn a_new_alias_is_left_out_when_it_would_make_the_publish_too_large_mqtt_3_1_2_2
     let packets = drain(&mut session, t0);
     assert_eq!(topics_and_aliases(&packets), [("t".into(), None), alias("t", 1), alias("", 1)]);
     assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+// ---- Per-filter SUBACK / UNSUBACK codes, quota, retain, CONNACK size ---------
+
+/// A 5.0 SUBSCRIBE whose filter at `position` is the invalid `text`
+/// (as the decoder hands it over), among the valid `filters`.
+fn subscribe_with_refused(id: u16, filters: &[(&str, QoS)], refused: &[(usize, &str)]) -> Packet {
+    let Packet::Subscribe(mut subscribe) = subscribe(id, filters) else { unreachable!() };
+    subscribe.refused = refused
+        .iter()
+        .map(|&(position, text)| crate::protocol::RefusedFilter {
+            position,
+            text: ByteString::from(text),
+            error: crate::protocol::TopicError::MisplacedMultiLevelWildcard,
+            options: SubscriptionOptions::default(),
+        })
+        .collect();
+    Packet::Subscribe(subscribe)
+}
+
+fn suback_reasons(packets: &[Packet]) -> Vec<ReasonCode> {
+    match packets {
+        [Packet::SubAck(suback)] => suback.reasons.to_vec(),
+        other => panic!("expected one SUBACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_invalid_filter_gets_0x8f_and_the_others_are_served_mqtt_3_8_4_5() {
+    // [MQTT-3.8.4-5] "If a Server receives a SUBSCRIBE packet that contains
+    // multiple Topic Filters it MUST handle that packet as if it had
+    // received a sequence of multiple SUBSCRIBE packets, except that it
+    // combines their responses into a single SUBACK response."
+    // [MQTT-3.8.4-6] "The SUBACK packet sent by the Server to the Client
+    // MUST contain a Reason Code for each Topic Filter/Subscription Option
+    // pair." [MQTT-3.9.3-1] "The order of Reason Codes in the SUBACK packet
+    // MUST match the order of Topic Filters in the SUBSCRIBE packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let packet = subscribe_with_refused(
+        3,
+        &[("a/b", QoS::AtLeastOnce), ("c", QoS::ExactlyOnce)],
+        &[(0, "a/#/b"), (2, "x+")],
+    );
+    session.handle_packet(t0, packet).expect("the connection stays open");
+    let events = indexed(&mut session);
+    let [SessionEvent::Subscribe { grants, .. }] = &events[..] else { panic!("{events:?}") };
+    let granted: Vec<_> = grants.iter().map(|g| g.filter.as_str()).collect();
+    assert_eq!(granted, ["a/b", "c"]);
+    assert_eq!(
+        suback_reasons(&drain(&mut session, t0)),
+        [
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::GrantedQoS1,
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::GrantedQoS2,
+        ]
+    );
+    assert!(session.is_connected());
+    assert_eq!(session.counters.topic_filters_invalid, 2);
+    assert_eq!(session.subscriptions().len(), 2);
+}
+
+#[test]
+fn an_invalid_filter_in_unsubscribe_gets_0x8f_in_its_place_mqtt_3_11_3_1() {
+    // [MQTT-3.10.4-6] "If a Server receives an UNSUBSCRIBE packet that
+    // contains multiple Topic Filters, it MUST process that packet as if it
+    // had received a sequence of multiple UNSUBSCRIBE packets, except that it
+    // sends just one UNSUBACK response." [MQTT-3.11.3-1] "The order of
+    // Reason Codes in the UNSUBACK packet MUST match the order of Topic
+    // Filters in the UNSUBSCRIBE packet."
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce)])).unwrap();
+    indexed(&mut session);
+    drain(&mut session, t0);
+    let Packet::Unsubscribe(mut unsubscribe) = unsubscribe(2, &["a", "b"]) else { unreachable!() };
+    unsubscribe.refused.push(crate::protocol::RefusedFilter {
+        position: 1,
+        text: ByteString::from_static("#/x"),
+        error: crate::protocol::TopicError::MisplacedMultiLevelWildcard,
+        options: SubscriptionOptions::default(),
+    });
+    session.handle_packet(t0, Packet::Unsubscribe(unsubscribe)).unwrap();
+    indexed(&mut session);
+    let packets = drain(&mut session, t0);
+    let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(
+        unsuback.reasons.to_vec(),
+        [ReasonCode::Success, ReasonCode::TopicFilterInvalid, ReasonCode::NoSubscriptionExisted]
+    );
+    assert_eq!(session.counters.topic_filters_invalid, 1);
+}
+
+#[test]
+fn subscriptions_past_the_quota_get_0x97_mqtt_3_8_4_7() {
+    // [MQTT-3.8.4-7] "This Reason Code MUST either show the maximum QoS that
+    // was granted for that Subscription or indicate that the subscription
+    // failed": 0x97 Quota exceeded ("An implementation or administrative
+    // imposed limit has been exceeded"). A filter already held is replaced
+    // [MQTT-3.8.4-3], not counted again.
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_subscriptions: 2, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), limits);
+    let filters = [
+        ("a", QoS::AtMostOnce),
+        ("b", QoS::AtMostOnce),
+        ("a", QoS::AtLeastOnce),
+        ("c", QoS::AtMostOnce),
+    ];
+    session.handle_packet(t0, subscribe(1, &filters)).unwrap();
+    indexed(&mut session);
+    assert_eq!(
+        suback_reasons(&drain(&mut session, t0)),
+        [
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GRANTED_QOS_0,
+            ReasonCode::GrantedQoS1,
+            ReasonCode::QuotaExceeded
+        ]
+    );
+    assert_eq!(session.subscriptions().len(), 2);
+    assert_eq!(session.counters.subscriptions_quota_exceeded, 1);
+    // Room again after an UNSUBSCRIBE.
+    session.handle_packet(t0, unsubscribe(2, &["b"])).unwrap();
+    session.handle_packet(t0, subscribe(3, &[("c", QoS::AtMostOnce)])).unwrap();
+    indexed(&mut session);
+    let packets = drain(&mut session, t0);
+    assert_eq!(suback_reasons(&packets[1..]), [ReasonCode::GRANTED_QOS_0]);
+}
+
+#[test]
+fn subscriptions_past_the_quota_get_0x80_in_3_1_1_mqtt_3_9_3_2() {
+    // 3.1.1 [MQTT-3.9.3-2] "SUBACK return codes other than 0x00, 0x01, 0x02
+    // and 0x80 are reserved and MUST NOT be used": the quota is told as
+    // 0x80 Failure.
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_subscriptions: 1, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    session
+        .handle_packet(t0, subscribe(1, &[("a", QoS::AtMostOnce), ("b", QoS::AtMostOnce)]))
+        .unwrap();
+    indexed(&mut session);
+    let mut out = BytesMut::new();
+    session.poll_transmit(t0, &mut out);
+    assert_eq!(&out[..], b"\x90\x04\x00\x01\x00\x80");
+}
+
+#[test]
+fn retain_1_without_retain_available_is_disconnect_0x9a_mqtt_3_2_2_14() {
+    // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from the
+    // Server MUST NOT send a PUBLISH packet with the RETAIN flag set to 1.
+    // If the Server receives such a packet, this is a Protocol Error. The
+    // Server SHOULD send a DISCONNECT with Reason Code of 0x9A (Retain not
+    // supported)".
+    let t0 = Instant::now();
+    let limits = SessionLimits { retain_available: false, ..limits() };
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    let connack = session.handle_connect(t0, &connect_packet(V5, 0, false), false).clone();
+    assert_eq!(connack.properties.retain_available, Some(false));
+    drain(&mut session, t0);
+    // Not retained: served.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 1, "t"))).unwrap();
+    let mut retained = publish_in(QoS::AtLeastOnce, 2, "t");
+    retained.retain = true;
+    assert_eq!(
+        session.handle_packet(t0, Packet::Publish(retained)),
+        Err(SessionError::RetainNotSupported)
+    );
+    assert_eq!(stripped(drain(&mut session, t0)), [disconnect(ReasonCode::RetainNotSupported)]);
+    let events = events(&mut session);
+    assert_eq!(events.iter().filter(|e| matches!(e, SessionEvent::Publish(_))).count(), 1);
+}
+
+#[test]
+fn retain_1_without_retain_available_closes_a_3_1_1_connection() {
+    // 3.1.1 cannot be told; its connection is closed without DISCONNECT
+    // (3.1.1 has none from the server), as Mosquitto does.
+    let t0 = Instant::now();
+    let limits = SessionLimits { retain_available: false, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    let mut retained = publish_in(QoS::AtMostOnce, 1, "t");
+    retained.retain = true;
+    assert!(session.handle_packet(t0, Packet::Publish(retained)).is_err());
+    assert!(drain(&mut session, t0).is_empty());
+    assert!(!session.is_connected());
+}
+
+#[test]
+fn payload_format_failures_are_counted_mqtt_3_3_2_4() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    let mut publish = publish_in(QoS::AtLeastOnce, 1, "t");
+    publish.payload = Bytes::from_static(b"\xff");
+    publish.properties.make_mut().payload_format_indicator = Some(true);
+    session.handle_packet(t0, Packet::Publish(publish)).unwrap();
+    assert_eq!(session.counters.payload_format_invalid, 1);
+}
+
+#[test]
+fn a_connack_leaves_out_optional_properties_to_fit_mqtt_3_1_2_24() {
+    // [MQTT-3.1.2-24] "The Server MUST NOT send packets exceeding Maximum
+    // Packet Size to the Client": the capability properties whose absence
+    // means the same (Retain / Wildcard / Subscription Identifier / Shared
+    // Subscription Available 1) and the Topic Alias Maximum go first; what
+    // the client must obey (Maximum Packet Size, Receive Maximum, Server
+    // Keep Alive) stays.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(20);
+    let limits = SessionLimits { max_packet_size: NonZeroU32::new(4096), ..limits() };
+    let mut session = Counted::new(ByteString::from_static("c1"), limits);
+    session.handle_connect(t0, &connect, false);
+    let packets = drain(&mut session, t0);
+    let [Packet::ConnAck(connack)] = &packets[..] else { panic!("{packets:?}") };
+    let p = &connack.properties;
+    assert_eq!(connack.reason, ReasonCode::Success);
+    assert_eq!(p.retain_available, None);
+    assert_eq!(p.wildcard_subscription_available, None);
+    assert_eq!(p.topic_alias_maximum, None);
+    assert_eq!(p.maximum_packet_size, NonZeroU32::new(4096));
+    assert_eq!(p.receive_maximum, NonZeroU16::new(2));
+    assert_eq!(p.server_keep_alive, Some(100));
+    assert!(session.is_connected());
+    assert_eq!(session.counters.dropped_too_large, 0);
+}
+
+#[test]
+fn a_connack_that_cannot_fit_closes_the_connection_mqtt_3_2_0_1() {
+    // [MQTT-3.2.0-1] "The Server MUST send a CONNACK with a 0x00 (Success)
+    // Reason Code before sending any Packet other than AUTH": a CONNACK too
+    // large even without its optional properties is not sent, and nothing
+    // else may be; the connection is closed.
+    let t0 = Instant::now();
+    let mut connect = connect_packet(V5, 0, false);
+    connect.properties.maximum_packet_size = NonZeroU32::new(8);
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
+    session.handle_connect(t0, &connect, false);
+    deliver(&mut session, t0, "t", QoS::AtMostOnce);
+    assert!(drain(&mut session, t0).is_empty());
+    assert!(!session.is_connected());
+    assert_eq!(session.counters.dropped_too_large, 1);
+    let closed = events(&mut session);
+    assert!(closed.contains(&SessionEvent::Closed(CloseReason::ConnAckTooLarge)), "{closed:?}");
+}
+// ---- MQTT 5.0: enhanced authentication (section 4.12) ---------------------
+
+mod enhanced_auth {
+    use super::*;
+    use crate::auth::enhanced::{Authenticator, Authenticators};
+    use crate::auth::scram::client::ScramClient;
+    use crate::auth::scram::{ScramCredential, ScramFile, ScramSha256};
+
+    const METHOD: &str = "SCRAM-SHA-256";
+
+    /// SCRAM-SHA-256 with user "user", password "pencil" (RFC 7677's).
+    fn scram() -> Arc<dyn Authenticator> {
+        let credential = ScramCredential::derive("pencil", b"salt of user", 4096).unwrap();
+        let file = ScramFile::parse(&format!("user:{}", credential.to_text())).unwrap();
+        Arc::new(ScramSha256::new(file).unwrap())
+    }
+
+    fn methods() -> Authenticators {
+        let mut methods = Authenticators::default();
+        methods.add(scram());
+        methods
+    }
+
+    fn auth(reason: ReasonCode, method: &str, data: Option<&str>) -> Auth {
+        auth::auth_packet(
+            &ByteString::from(method),
+            reason,
+            data.map(|data| Bytes::copy_from_slice(data.as_bytes())),
+        )
+    }
+
+    fn data(auth: &Auth) -> &str {
+        std::str::from_utf8(auth.properties.authentication_data.as_deref().unwrap()).unwrap()
+    }
+
+    fn as_auth(packet: &Packet) -> &Auth {
+        match packet {
+            Packet::Auth(auth) => auth,
+            other => panic!("expected AUTH, got {other:?}"),
+        }
+    }
+
+    /// A v5 session whose connection authenticated with SCRAM at CONNECT.
+    fn authenticated(now: Instant) -> Counted {
+        let mut connect = connect_packet(V5, 0, false);
+        connect.properties.authentication_method = Some(ByteString::from_static(METHOD));
+        let mut session = connected_with(now, &connect, limits());
+        session.set_authenticator(scram());
+        session
+    }
+
+    /// The CONNECT exchange, as the network layer drives it, with the RFC
+    /// 7677 flow: CONNECT -> AUTH 0x18 -> AUTH 0x18 -> success.
+    #[test]
+    fn the_connect_exchange_continues_with_auth_0x18_mqtt_4_12_0_2() {
+        // [MQTT-4.12.0-2] "If the Server requires additional information to
+        // complete the authorization, it can send an AUTH packet to the
+        // Client. This packet MUST contain a Reason Code of 0x18 (Continue
+        // authentication)." [MQTT-4.12.0-5]: with the CONNECT's method.
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(10);
+        let mut client = ScramClient::new("user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let method = ByteString::from_static(METHOD);
+        let first = Bytes::from(client.client_first());
+        let (exchange, outcome) = AuthExchange::start(&methods(), deadline, &method, Some(&first));
+        let mut exchange = exchange.expect("the exchange goes on");
+        assert_eq!(exchange.deadline(), deadline);
+        assert_eq!(exchange.method(), &method);
+        let AuthOutcome::Continue(server_first) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(server_first.reason, ReasonCode::ContinueAuthentication);
+        assert_eq!(server_first.properties.authentication_method.as_ref(), Some(&method));
+        let client_final = client.client_final(data(&server_first)).unwrap();
+        let answer = auth(ReasonCode::ContinueAuthentication, METHOD, Some(&client_final));
+        let AuthOutcome::Success(Some(server_final)) = exchange.handle_auth(&answer) else {
+            panic!("refused")
+        };
+        assert!(client.verify_server_final(std::str::from_utf8(&server_final).unwrap()));
+    }
+
+    #[test]
+    fn an_unknown_method_is_refused_with_0x8c_mqtt_4_12_0_1() {
+        // [MQTT-4.12.0-1] "If the Server does not support the Authentication
+        // Method supplied by the Client, it MAY send a CONNACK with a Reason
+        // Code of 0x8C (Bad authentication method) or 0x87 (Not Authorized)
+        // as described in section 4.13 and MUST close the Network
+        // Connection."
+        let t0 = Instant::now();
+        for (methods, name) in [(methods(), "SCRAM-SHA-1"), (Authenticators::default(), METHOD)] {
+            let (exchange, outcome) =
+                AuthExchange::start(&methods, t0, &ByteString::from(name), None);
+            assert!(exchange.is_none());
+            assert_eq!(outcome, AuthOutcome::Failed(ReasonCode::BadAuthenticationMethod));
+        }
+    }
+
+    #[test]
+    fn the_connect_exchange_fails_with_0x87_or_0x82_mqtt_4_12_0_4() {
+        // [MQTT-4.12.0-4] "The Server can reject the authentication at any
+        // point in this process. It MAY send a CONNACK with a Reason Code of
+        // 0x80 or above as described in section 4.13, and MUST close the
+        // Network Connection."
+        let t0 = Instant::now();
+        let method = ByteString::from_static(METHOD);
+        let start = |client: &ScramClient| {
+            let first = Bytes::from(client.client_first());
+            let (exchange, outcome) = AuthExchange::start(&methods(), t0, &method, Some(&first));
+            let AuthOutcome::Continue(server_first) = outcome else { panic!("{outcome:?}") };
+            (exchange.unwrap(), data(&server_first).to_owned())
+        };
+        // A wrong password: Not authorized.
+        let mut client = ScramClient::new("user", "pencil?", "n1");
+        let (mut exchange, server_first) = start(&client);
+        let client_final = client.client_final(&server_first).unwrap();
+        let answer = auth(ReasonCode::ContinueAuthentication, METHOD, Some(&client_final));
+        assert_eq!(exchange.handle_auth(&answer), AuthOutcome::Failed(ReasonCode::NotAuthorized));
+        // Another method, or another reason code, in the client's AUTH: a
+        // Protocol Error ([MQTT-4.12.0-5], [MQTT-4.12.0-3]).
+        let mut client = ScramClient::new("user", "pencil", "n2");
+        let (mut exchange, server_first) = start(&client);
+        let client_final = client.client_final(&server_first).unwrap();
+        for answer in [
+            auth(ReasonCode::ContinueAuthentication, "PLAIN", Some(&client_final)),
+            auth(ReasonCode::ReAuthenticate, METHOD, Some(&client_final)),
+        ] {
+            assert_eq!(
+                exchange.handle_auth(&answer),
+                AuthOutcome::Failed(ReasonCode::ProtocolError)
+            );
+        }
+        // Malformed SCRAM data in CONNECT: Not authorized at once.
+        let garbage = Bytes::from_static(b"garbage");
+        let (exchange, outcome) = AuthExchange::start(&methods(), t0, &method, Some(&garbage));
+        assert!(exchange.is_none());
+        assert_eq!(outcome, AuthOutcome::Failed(ReasonCode::NotAuthorized));
+    }
+
+    #[test]
+    fn a_successful_connack_carries_the_method_and_data_mqtt_4_12_0_5() {
+        // [MQTT-4.12.0-5] "If the initial CONNECT packet included an
+        // Authentication Method property then all AUTH packets, and any
+        // successful CONNACK packet MUST include an Authentication Method
+        // Property with the same value as in the CONNECT packet."
+        let t0 = Instant::now();
+        let mut connect = connect_packet(V5, 0, false);
+        connect.properties.authentication_method = Some(ByteString::from_static(METHOD));
+        connect.properties.authentication_data = Some(Bytes::from_static(b"v=final"));
+        let mut session = Counted::new(ByteString::from_static("c1"), limits());
+        session.handle_connect(t0, &connect, false);
+        let Packet::ConnAck(connack) = &drain(&mut session, t0)[0] else { panic!("no CONNACK") };
+        assert_eq!(connack.properties.authentication_method.as_deref(), Some(METHOD));
+        assert_eq!(connack.properties.authentication_data.as_deref(), Some(&b"v=final"[..]));
+        // [MQTT-4.12.0-6] and none without a method in CONNECT.
+        let mut plain = Counted::new(ByteString::from_static("c1"), limits());
+        plain.handle_connect(t0, &connect_packet(V5, 0, false), false);
+        let Packet::ConnAck(connack) = &drain(&mut plain, t0)[0] else { panic!("no CONNACK") };
+        assert_eq!(connack.properties.authentication_method, None);
+    }
+
+    #[test]
+    fn reauthentication_succeeds_with_auth_0x00_mqtt_4_12_1_1() {
+        // [MQTT-4.12.1-1] "If the Client supplied an Authentication Method
+        // in the CONNECT packet it can initiate a re-authentication at any
+        // time after receiving a CONNACK. It does this by sending an AUTH
+        // packet with a Reason Code of 0x19 (Re-authentication). The Client
+        // MUST set the Authentication Method to the same value as the
+        // Authentication Method originally used to authenticate the Network
+        // Connection." 4.12.1: the server ends it with AUTH 0x00, and other
+        // packets flow meanwhile.
+        let t0 = Instant::now();
+        let mut session = authenticated(t0);
+        let mut client = ScramClient::new("user", "pencil", "again");
+        let first = auth(ReasonCode::ReAuthenticate, METHOD, Some(&client.client_first()));
+        session.handle_packet(t0, Packet::Auth(Box::new(first))).unwrap();
+        let packets = drain(&mut session, t0);
+        let server_first = as_auth(&packets[0]);
+        assert_eq!(server_first.reason, ReasonCode::ContinueAuthentication);
+        assert_eq!(server_first.properties.authentication_method.as_deref(), Some(METHOD));
+        assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+        // The connection goes on with the previous authentication.
+        session.handle_packet(t0, Packet::PingReq).unwrap();
+        assert_eq!(drain(&mut session, t0), vec![Packet::PingResp]);
+        let client_final = client.client_final(data(server_first)).unwrap();
+        let last = auth(ReasonCode::ContinueAuthentication, METHOD, Some(&client_final));
+        session.handle_packet(t0, Packet::Auth(Box::new(last))).unwrap();
+        let packets = drain(&mut session, t0);
+        let done = as_auth(&packets[0]);
+        assert_eq!(done.reason, ReasonCode::Success);
+        assert_eq!(done.properties.authentication_method.as_deref(), Some(METHOD));
+        assert!(client.verify_server_final(data(done)));
+        assert!(session.is_connected());
+        // Only the keep alive is left to time out.
+        assert!(session.poll_timeout() > Some(t0 + Duration::from_secs(10)));
+        // And again: a connection may re-authenticate any number of times.
+        let client = ScramClient::new("user", "pencil", "third");
+        let first = auth(ReasonCode::ReAuthenticate, METHOD, Some(&client.client_first()));
+        session.handle_packet(t0, Packet::Auth(Box::new(first))).unwrap();
+        assert_eq!(as_auth(&drain(&mut session, t0)[0]).reason, ReasonCode::ContinueAuthentication);
+    }
+
+    #[test]
+    fn failed_reauthentication_disconnects_with_0x87_mqtt_4_12_1_2() {
+        // [MQTT-4.12.1-2] "If the re-authentication fails, the Client or
+        // Server SHOULD send DISCONNECT with an appropriate Reason Code as
+        // described in section 4.13, and MUST close the Network Connection."
+        let t0 = Instant::now();
+        let mut session = authenticated(t0);
+        let mut client = ScramClient::new("user", "wrong", "again");
+        let first = auth(ReasonCode::ReAuthenticate, METHOD, Some(&client.client_first()));
+        session.handle_packet(t0, Packet::Auth(Box::new(first))).unwrap();
+        let packets = drain(&mut session, t0);
+        let client_final = client.client_final(data(as_auth(&packets[0]))).unwrap();
+        let last = auth(ReasonCode::ContinueAuthentication, METHOD, Some(&client_final));
+        session.handle_packet(t0, Packet::Auth(Box::new(last))).unwrap();
+        assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::NotAuthorized)]);
+        assert!(!session.is_connected());
+        assert_eq!(
+            closed_reason(&events(&mut session)),
+            Some(&CloseReason::ReauthenticationFailed)
+        );
+    }
+
+    #[test]
+    fn reauthentication_times_out_with_0x87() {
+        // The exchange is bounded by connect_timeout_ms (`auth_timeout`):
+        // a client that does not answer is disconnected [MQTT-4.12.1-2].
+        let t0 = Instant::now();
+        let mut session = authenticated(t0);
+        let client = ScramClient::new("user", "pencil", "again");
+        let first = auth(ReasonCode::ReAuthenticate, METHOD, Some(&client.client_first()));
+        session.handle_packet(t0, Packet::Auth(Box::new(first))).unwrap();
+        drain(&mut session, t0);
+        let due = t0 + limits().auth_timeout;
+        assert_eq!(session.poll_timeout(), Some(due));
+        session.handle_timeout(due - Duration::from_millis(1));
+        assert!(session.is_connected());
+        session.handle_timeout(due);
+        assert_eq!(stripped(drain(&mut session, due)), vec![disconnect(ReasonCode::NotAuthorized)]);
+        assert_eq!(
+            closed_reason(&events(&mut session)),
+            Some(&CloseReason::ReauthenticationTimeout)
+        );
+    }
+
+    #[test]
+    fn reauthentication_with_another_method_is_a_protocol_error_mqtt_4_12_1_1() {
+        // [MQTT-4.12.1-1] "The Client MUST set the Authentication Method to
+        // the same value"; DISCONNECT has no 0x8C, so it is 0x82.
+        let t0 = Instant::now();
+        let mut session = authenticated(t0);
+        let other = auth(ReasonCode::ReAuthenticate, "SCRAM-SHA-1", Some("n,,n=user,r=x"));
+        assert_eq!(
+            session.handle_packet(t0, Packet::Auth(Box::new(other))),
+            Err(SessionError::AuthMethodChanged)
+        );
+        assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
+    }
+
+    #[test]
+    fn auth_out_of_turn_is_a_protocol_error_mqtt_3_15_2_1() {
+        // 5.0 section 3.15.2.1 and 4.12: a client sends 0x19 to start and
+        // 0x18 to continue; never 0x00, never 0x18 with no exchange, never
+        // 0x19 during one.
+        let t0 = Instant::now();
+        for (reason, started) in [
+            (ReasonCode::Success, false),
+            (ReasonCode::ContinueAuthentication, false),
+            (ReasonCode::ReAuthenticate, true),
+        ] {
+            let mut session = authenticated(t0);
+            if started {
+                let first = auth(ReasonCode::ReAuthenticate, METHOD, Some("n,,n=user,r=x"));
+                session.handle_packet(t0, Packet::Auth(Box::new(first))).unwrap();
+                drain(&mut session, t0);
+            }
+            let packet = auth(reason, METHOD, Some("n,,n=user,r=x"));
+            assert_eq!(
+                session.handle_packet(t0, Packet::Auth(Box::new(packet))),
+                Err(SessionError::UnexpectedAuth(reason))
+            );
+            assert_eq!(
+                stripped(drain(&mut session, t0)),
+                vec![disconnect(ReasonCode::ProtocolError)]
+            );
+        }
+    }
+
+    #[test]
+    fn auth_without_a_method_in_connect_is_a_protocol_error_mqtt_4_12_0_7() {
+        // [MQTT-4.12.0-7] "If the Client does not include an Authentication
+        // Method in the CONNECT, the Client MUST NOT send an AUTH packet to
+        // the Server."
+        let t0 = Instant::now();
+        let mut session = connected(t0, V5);
+        let packet = auth(ReasonCode::ReAuthenticate, METHOD, Some("n,,n=user,r=x"));
+        assert_eq!(
+            session.handle_packet(t0, Packet::Auth(Box::new(packet))),
+            Err(SessionError::UnexpectedPacket(PacketType::Auth))
+        );
+        assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
+    }
 }

@@ -31,7 +31,11 @@ impl Shard {
     /// here, or handed off to this shard as its home). A client without a
     /// client id gets one homed here, so it never moves.
     pub fn place(&mut self, now: Instant, connect: &Connect) -> Placement {
-        if let Some(reason) = connect_refusal(connect, self.is_shutting_down()) {
+        let retain_available = self.limits().retain_available;
+        if let Some(reason) = connect_refusal(connect, self.is_shutting_down(), retain_available) {
+            if reason == ReasonCode::PayloadFormatInvalid {
+                self.count_payload_format_invalid();
+            }
             return Placement::Refused(reason);
         }
         let client_id = if connect.client_id.is_empty() {
@@ -53,9 +57,22 @@ impl Shard {
 
 /// Why a CONNECT is refused, whichever shard is its home; `None` when
 /// it is not.
-pub(super) fn connect_refusal(connect: &Connect, shutting_down: bool) -> Option<ReasonCode> {
+pub(super) fn connect_refusal(
+    connect: &Connect,
+    shutting_down: bool,
+    retain_available: bool,
+) -> Option<ReasonCode> {
     if shutting_down {
         return Some(ReasonCode::ServerUnavailable);
+    }
+    // [MQTT-3.2.2-13] "If a Server receives a CONNECT packet containing a
+    // Will Message with the Will Retain set to 1, and it does not support
+    // retained messages, the Server MUST reject the connection request. It
+    // SHOULD send CONNACK with Reason Code 0x9A (Retain not supported) and
+    // then it MUST close the Network Connection". (3.1.1: return code 3,
+    // Server unavailable, the closest it has.)
+    if !retain_available && connect.will.as_ref().is_some_and(|will| will.retain) {
+        return Some(ReasonCode::RetainNotSupported);
     }
     // [MQTT-3.1.3-8] An empty client id needs Clean Session = 1; MQTT
     // 3.1 requires an id of 1 to 23 characters.
@@ -186,5 +203,54 @@ mod tests {
         assert_eq!(refused, Placement::Refused(ReasonCode::PayloadFormatInvalid));
         let accepted = shard.place(Instant::now(), &with_will("adiós".as_bytes()));
         assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_will_to_retain_without_retain_available_gets_connack_0x9a_mqtt_3_2_2_13() {
+        // [MQTT-3.2.2-13] "If a Server receives a CONNECT packet containing
+        // a Will Message with the Will Retain set to 1, and it does not
+        // support retained messages, the Server MUST reject the connection
+        // request. It SHOULD send CONNACK with Reason Code 0x9A (Retain not
+        // supported) and then it MUST close the Network Connection."
+        let with_will = |retain| {
+            let mut connect = connect(ProtocolVersion::V5, &id_on(0), true);
+            connect.will = Some(crate::protocol::Will {
+                topic: crate::protocol::TopicName::new("w").unwrap(),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos: crate::protocol::QoS::AtMostOnce,
+                retain,
+                properties: Default::default(),
+            });
+            connect
+        };
+        let outbox = Rc::new(Outbox::new(2));
+        let limits = SessionLimits { retain_available: false, ..SessionLimits::default() };
+        let mut off = Shard::new(ShardId::from_index(0).unwrap(), 2, limits, outbox, 1);
+        let refused = off.place(Instant::now(), &with_will(true));
+        assert_eq!(refused, Placement::Refused(ReasonCode::RetainNotSupported));
+        let accepted = off.place(Instant::now(), &with_will(false));
+        assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+        // Served as usual where retained messages are available.
+        let mut on = shard();
+        let accepted = on.place(Instant::now(), &with_will(true));
+        assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_refused_will_payload_is_counted() {
+        let mut connect = connect(ProtocolVersion::V5, &id_on(1), true);
+        connect.will = Some(crate::protocol::Will {
+            topic: crate::protocol::TopicName::new("w").unwrap(),
+            payload: bytes::Bytes::from_static(b"\xff"),
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: false,
+            properties: crate::protocol::WillProperties {
+                payload_format_indicator: Some(true),
+                ..Default::default()
+            },
+        });
+        let mut shard = shard();
+        shard.place(Instant::now(), &connect);
+        assert_eq!(shard.counters().session.payload_format_invalid, 1);
     }
 }

@@ -25,6 +25,8 @@ pub struct RetainedStore {
     len: usize,
     /// Nodes below the root, to show that removal returns memory.
     nodes: usize,
+    /// Payload bytes of the stored messages.
+    payload_bytes: usize,
 }
 
 struct TopicNode {
@@ -48,12 +50,17 @@ impl Default for RetainedStore {
 impl RetainedStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { root: TopicNode::default(), len: 0, nodes: 0 }
+        Self { root: TopicNode::default(), len: 0, nodes: 0, payload_bytes: 0 }
     }
 
     /// Stored messages (expired ones are counted until a lookup drops them).
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Payload bytes of the stored messages.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
     }
 
     /// Whether no message is stored.
@@ -82,9 +89,11 @@ impl RetainedStore {
             self.nodes += usize::from(created);
             node = child;
         }
+        self.payload_bytes += message.payload.len();
         let previous = node.message.replace(message);
-        if previous.is_none() {
-            self.len += 1;
+        match &previous {
+            Some(previous) => self.payload_bytes -= previous.payload.len(),
+            None => self.len += 1,
         }
         previous
     }
@@ -212,6 +221,7 @@ impl RetainedStore {
         }
         let removed = node.message.take()?;
         self.len -= 1;
+        self.payload_bytes -= removed.payload.len();
         if !node.children.is_empty() {
             return Some(removed);
         }

@@ -112,12 +112,36 @@ pub(super) struct Slots {
     slots: Vec<Option<Box<Slot>>>,
     free: Vec<u32>,
     by_client_id: HashMap<ByteString, SessionKey>,
+    /// Sessions with a connection attached: kept as connections attach
+    /// ([`Slots::attach`]) and leave ([`Slots::detach`]), so a snapshot
+    /// does not walk every slot.
+    online: usize,
 }
 
 impl Slots {
     /// Sessions, connected or not.
     pub(super) fn len(&self) -> usize {
         self.by_client_id.len()
+    }
+
+    /// Sessions with a connection attached.
+    pub(super) fn online(&self) -> usize {
+        self.online
+    }
+
+    /// Attaches `link` to the session of `key`, replacing any attached
+    /// connection.
+    pub(super) fn attach(&mut self, key: SessionKey, link: ConnectionLink) {
+        let slot = self.slot_mut(key);
+        let was_online = slot.connection.replace(link).is_some();
+        self.online += usize::from(!was_online);
+    }
+
+    /// Detaches the connection of the session of `key`, if any.
+    pub(super) fn detach(&mut self, key: SessionKey) -> Option<ConnectionLink> {
+        let link = self.slot_mut(key).connection.take();
+        self.online -= usize::from(link.is_some());
+        link
     }
 
     /// The session of `client_id`.
@@ -163,6 +187,7 @@ impl Slots {
     /// Takes a session out; its key may be reused.
     pub(super) fn remove(&mut self, key: SessionKey) -> Option<Box<Slot>> {
         let slot = self.slots.get_mut(key.index())?.take()?;
+        self.online -= usize::from(slot.connection.is_some());
         self.free.push(key.0);
         self.by_client_id.remove(slot.session.client_id());
         crate::shrink::after_remove(&mut self.by_client_id);

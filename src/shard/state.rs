@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
@@ -80,6 +81,11 @@ pub struct Shard {
     /// The last bytes of taken-over connections (a v5 DISCONNECT 0x8E),
     /// until their task takes them; rarely more than one.
     farewells: Vec<(ConnectionId, Bytes)>,
+    /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
+    response_information_prefix: Option<Box<str>>,
+    /// The enhanced authentication methods offered, for re-authentication
+    /// (the network layer runs the exchange at CONNECT).
+    authenticators: Arc<Authenticators>,
 }
 
 impl Shard {
@@ -109,7 +115,25 @@ impl Shard {
             matches: Vec::new(),
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
+            response_information_prefix: None,
+            authenticators: Arc::default(),
         }
+    }
+
+    /// Sends v5 clients that set Request Response Information 1 the
+    /// Response Information `{prefix}{client id}` in CONNACK (5.0
+    /// §3.2.2.3.15, §4.10.2): a part of the topic tree for that client
+    /// alone, to build its Response Topics under. Left out for a client id
+    /// holding `/`, `+` or `#` (it would not name one level: `a` and `a/b`
+    /// would overlap) and for clients that asked for none [MQTT-3.1.2-28].
+    /// `None` (the default): never sent.
+    pub fn set_response_information_prefix(&mut self, prefix: Option<&str>) {
+        self.response_information_prefix = prefix.map(Box::from);
+    }
+
+    /// The enhanced authentication methods offered (none by default).
+    pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
+        self.authenticators = authenticators;
     }
 
     /// The limits new sessions start with.
@@ -136,6 +160,12 @@ impl Shard {
         self.nr_shards
     }
 
+    /// Counts a PUBLISH or will refused with 0x99 outside a session (a
+    /// will at CONNECT).
+    pub(super) fn count_payload_format_invalid(&mut self) {
+        self.counters.session.payload_format_invalid += 1;
+    }
+
     /// The shard's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -151,8 +181,11 @@ impl Shard {
         Snapshot {
             shard: self.id.index(),
             sessions: self.slots.len(),
+            sessions_online: self.slots.online(),
             subscriptions: self.subscriptions.len(),
             retained: self.retained.len(),
+            retained_bytes: self.retained.payload_bytes(),
+            cross_core_queued: self.outbox.queued_publishes(),
             counters: self.counters.clone(),
         }
     }
@@ -212,9 +245,24 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        if let Some(reason) = super::placement::connect_refusal(connect, self.shutting_down) {
+        let retain_available = self.limits.retain_available;
+        if let Some(reason) =
+            super::placement::connect_refusal(connect, self.shutting_down, retain_available)
+        {
             return ConnectOutcome::Refused(reason);
         }
+        // [MQTT-3.1.2-28] "A value of 0 indicates that the Server MUST NOT
+        // return Response Information. If the value is 1 the Server MAY
+        // return Response Information in the CONNACK packet."
+        let response_information = self
+            .response_information_prefix
+            .as_ref()
+            .filter(|_| {
+                connect.version.is_v5()
+                    && connect.properties.request_response_information == Some(true)
+                    && !client_id.contains(['/', '+', '#'])
+            })
+            .map(|prefix| ByteString::from(format!("{prefix}{client_id}")));
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
@@ -248,10 +296,18 @@ impl Shard {
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
+        self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
-        slot.connection = Some(ConnectionLink::new(connection));
         slot.expires_at = None;
-        slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
+        let connack =
+            slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
+        connack.properties.response_information = response_information;
+        // The network layer authenticated the connection with this method
+        // (5.0 section 4.12); the client may re-authenticate with it.
+        let method = connect.properties.authentication_method.as_deref();
+        if let Some(authenticator) = method.and_then(|method| self.authenticators.get(method)) {
+            slot.session.set_authenticator(Arc::clone(authenticator));
+        }
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)
@@ -281,10 +337,10 @@ impl Shard {
     /// after its expiry ([`Session::expiry`]: 0 for a clean 3.1.1 session,
     /// the v5 Session Expiry Interval, capped by `max_session_expiry`).
     fn detach(&mut self, key: SessionKey, now: Instant) {
-        let slot = self.slots.slot_mut(key);
-        if let Some(mut link) = slot.connection.take() {
+        if let Some(mut link) = self.slots.detach(key) {
             link.wake();
         }
+        let slot = self.slots.slot_mut(key);
         slot.session.handle_connection_lost(now, &mut self.counters.session);
         let expiry = slot.session.expiry();
         slot.expires_at = expiry.map(|expiry| now + expiry);
@@ -424,14 +480,22 @@ impl Shard {
             // once this batch is written.
             link.notified = true;
         }
-        let result = match &link.closed {
-            Some(reason) => Err(ConnectionError::Closed(reason.clone())),
-            None => Ok(written),
-        };
+        // The session may close the connection while writing (a CONNACK
+        // that cannot fit the client's Maximum Packet Size): its events
+        // say so, and the connection must learn it now.
+        let closed_now = link.closed.is_none() && !slot.session.is_connected();
         if too_large > 0 {
             self.count_drops(DropCause::TooLargeForClient, too_large, now);
         }
-        result
+        if closed_now {
+            self.drain_events(key, now);
+        }
+        let link = self.slots.get_mut(key).and_then(|slot| slot.link_mut(connection));
+        match link.map(|link| link.closed.clone()) {
+            None => Err(ConnectionError::Detached),
+            Some(Some(reason)) => Err(ConnectionError::Closed(reason)),
+            Some(None) => Ok(written),
+        }
     }
 
     /// Logs drops of `cause` unless they were logged in the last
@@ -482,8 +546,26 @@ impl Shard {
     /// closed (a v5 client is sent DISCONNECT 0x8B, which its task writes
     /// before it closes the socket) and its task woken.
     pub fn begin_shutdown(&mut self, now: Instant) {
+        self.begin_drain();
+        self.close_connections(usize::MAX, now);
+    }
+
+    /// Starts a graceful shutdown that closes the connections in steps
+    /// ([`close_connections`](Self::close_connections)): from now on no
+    /// session starts or moves here; the connected ones keep being served.
+    pub fn begin_drain(&mut self) {
         self.shutting_down = true;
-        for key in self.slots.connected() {
+    }
+
+    /// Closes up to `count` of the connected sessions' connections as
+    /// [`begin_shutdown`](Self::begin_shutdown) does; returns how many stay
+    /// connected.
+    pub fn close_connections(&mut self, count: usize, now: Instant) -> usize {
+        let mut connected = self.slots.connected();
+        // Those already closing (an earlier step) wait for their task.
+        connected.retain(|&key| self.slots.slot(key).session.is_connected());
+        let staying = connected.len().saturating_sub(count);
+        for key in connected.into_iter().skip(staying) {
             let slot = self.slots.slot_mut(key);
             slot.session.handle_shutdown(now, &mut self.counters.session);
             self.drain_events(key, now);
@@ -491,6 +573,7 @@ impl Shard {
                 link.wake();
             }
         }
+        staying
     }
 
     fn notify(&mut self, key: SessionKey) {
@@ -504,7 +587,7 @@ impl Shard {
         while let Some(event) = self.slot_mut(key).session.poll_event() {
             match event {
                 SessionEvent::Publish(message) => {
-                    self.counters.shard.messages_received += 1;
+                    self.counters.shard.messages_received[message.qos as usize] += 1;
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),
@@ -639,7 +722,9 @@ impl Shard {
     /// subscriber), and one member of each matching shared group, on
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
-        if message.retain {
+        // With `retain_available = false` sessions refuse RETAIN 1, so only
+        // the broker's own messages could ask to be stored: nothing is.
+        if message.retain && self.limits.retain_available {
             self.store_retained(&message);
         }
         self.deliver_local(&message, now);

@@ -154,6 +154,7 @@ impl Cluster {
 
     fn subscribe(&mut self, client: &Client, filter: &str) {
         let subscribe = Subscribe {
+            refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: [Subscription {
@@ -533,6 +534,7 @@ fn a_session_back_before_its_expiry_is_not_expired_by_the_old_deadline() {
 /// A SUBSCRIBE of `n` filters `{prefix}/{i}`.
 fn subscribe_many(prefix: &str, n: usize) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(7).unwrap(),
         properties: Default::default(),
         subscriptions: (0..n)
@@ -724,14 +726,19 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         shard: 0,
         // The publisher and the late subscriber; the first one expired.
         sessions: 2,
+        sessions_online: 2,
         // The late subscriber's r/+ (the others' left with them).
         subscriptions: 1,
         // Of the three retained messages, the one whose topic hashes here.
         retained: 1,
+        // "kept".
+        retained_bytes: 4,
+        cross_core_queued: 0,
         counters: Counters {
             net: Default::default(),
             shard: ShardCounters {
-                messages_received: 9 + flood,
+                // t/a, t/d and the three retained; three t/c; one t/b.
+                messages_received: [5 + flood, 3, 1],
                 // t/a, t/b, two of t/c, one retained.
                 deliveries: 5,
                 // One t/c, t/d, two retained, the group message.
@@ -743,7 +750,8 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
             },
             session: SessionCounters {
                 duplicate_qos2_received: 1,
-                publishes_sent: 2,
+                // t/a at QoS 0, t/b at the subscription's QoS 1.
+                publishes_sent: [1, 1, 0],
                 publishes_resent: 2,
                 dropped_offline_qos0: 1,
                 dropped_queue_full: [0, 1, 0],
@@ -751,8 +759,11 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 dropped_expired: 0,
                 dropped_too_large: 0,
                 unexpected_acks: 1,
+                payload_format_invalid: 0,
+                topic_filters_invalid: 0,
+                subscriptions_quota_exceeded: 0,
             },
-            router: RouterCounters { cross_core_qos0_dropped: 1 },
+            router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);
@@ -927,6 +938,7 @@ fn v3_and_v5_clients_exchange_messages_across_shards() {
 /// A v5 SUBSCRIBE of one filter, with its options and identifier.
 fn subscribe_v5(packet_id: u16, filter: &str, qos: QoS, no_local: bool, id: Option<u32>) -> Packet {
     Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: PacketId::new(packet_id).unwrap(),
         properties: crate::protocol::SubscribeProperties {
             subscription_identifier: id.and_then(std::num::NonZeroU32::new),
@@ -1098,4 +1110,50 @@ fn new_limits_reach_existing_offline_sessions_and_new_ones() {
     publish_qos1(&mut cluster, 7);
     let (_, output) = cluster.connect_with(&late_id, false);
     assert_eq!(payloads(&output).len(), 5);
+}
+
+#[test]
+fn response_information_is_sent_only_when_asked_and_configured_mqtt_3_1_2_28() {
+    // [MQTT-3.1.2-28] "A value of 0 indicates that the Server MUST NOT
+    // return Response Information. If the value is 1 the Server MAY return
+    // Response Information in the CONNACK packet."
+    let response_information = |prefix: Option<&str>, client_id: &str, asked: Option<bool>| {
+        let mut cluster = Cluster::new(1);
+        cluster.shards[0].set_response_information_prefix(prefix);
+        let mut connect = connect_v5(client_id, 0);
+        connect.properties.request_response_information = asked;
+        let (_, output) = cluster.connect_packet(&connect);
+        let [Packet::ConnAck(connack)] = &output[..] else { panic!("{output:?}") };
+        connack.properties.response_information.as_deref().map(str::to_owned)
+    };
+    assert_eq!(response_information(Some("reply/"), "c1", Some(true)).as_deref(), Some("reply/c1"));
+    assert_eq!(response_information(Some("reply/"), "c1", Some(false)), None);
+    assert_eq!(response_information(Some("reply/"), "c1", None), None);
+    assert_eq!(response_information(None, "c1", Some(true)), None);
+    // A client id that is not one topic level gets none.
+    assert_eq!(response_information(Some("reply/"), "a/b", Some(true)), None);
+    assert_eq!(response_information(Some("reply/"), "a+", Some(true)), None);
+}
+
+#[test]
+fn sessions_online_follow_attach_takeover_detach_and_end() {
+    let mut cluster = Cluster::new(1);
+    let online = |cluster: &Cluster| {
+        let snapshot = cluster.shards[0].snapshot();
+        (snapshot.sessions, snapshot.sessions_online)
+    };
+    let (kept, _) = cluster.connect_with("kept", false);
+    let passing = cluster.connect("passing");
+    assert_eq!(online(&cluster), (2, 2));
+    // A takeover replaces the connection: still one online.
+    let (again, _) = cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (2, 2));
+    cluster.close(&kept);
+    assert_eq!(online(&cluster), (2, 2), "the old connection was already detached");
+    cluster.close(&again);
+    assert_eq!(online(&cluster), (2, 1), "a persistent session stays, offline");
+    cluster.close(&passing);
+    assert_eq!(online(&cluster), (1, 0), "a clean session ends with its connection");
+    cluster.connect_with("kept", false);
+    assert_eq!(online(&cluster), (1, 1));
 }

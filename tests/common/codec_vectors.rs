@@ -95,6 +95,7 @@ macro_rules! for_each_case {
             v5_disconnect_every_property,
             v5_auth_short,
             v5_auth_every_property,
+            v5_auth_reauthenticate_scram,
         }
     };
 }
@@ -299,6 +300,7 @@ pub fn v31_subscribe() -> Vec<Case> {
         &[0x02],        // requested QoS 2
     ]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -323,6 +325,7 @@ pub fn v31_suback() -> Vec<Case> {
 pub fn v31_unsubscribe() -> Vec<Case> {
     let bytes = cat(&[&[0xA2, 12], &[0x00, 0x0A], b"\x00\x03a/b", b"\x00\x03c/d"]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![filter("a/b"), filter("c/d")],
@@ -534,6 +537,7 @@ pub fn v311_subscribe_figure_3_22() -> Vec<Case> {
     let bytes =
         cat(&[&[0x82, 14], &[0x00, 0x0A], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -564,6 +568,7 @@ pub fn v311_suback_figure_3_26() -> Vec<Case> {
 pub fn v311_unsubscribe_figure_3_30() -> Vec<Case> {
     let bytes = cat(&[&[0xA2, 12], &[0x00, 0x0A], b"\x00\x03a/b", b"\x00\x03c/d"]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![filter("a/b"), filter("c/d")],
@@ -950,6 +955,7 @@ pub fn v5_subscribe_figure_3_21() -> Vec<Case> {
     let bytes =
         cat(&[&[0x82, 15], &[0x00, 0x0A], &[0], b"\x00\x03a/b", &[0x01], b"\x00\x03c/d", &[0x02]]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -979,6 +985,7 @@ pub fn v5_subscribe_options_and_shared() -> Vec<Case> {
         &[0x00],                   // all defaults, QoS 0
     ]);
     let packet = Subscribe {
+        refused: Vec::new(),
         packet_id: pid(11),
         properties: SubscribeProperties {
             subscription_identifier: Some(nz32(129)),
@@ -1045,6 +1052,7 @@ pub fn v5_unsubscribe() -> Vec<Case> {
         b"\x00\x0C$share/g/s/#",
     ]);
     let packet = Unsubscribe {
+        refused: Vec::new(),
         packet_id: pid(12),
         properties: UnsubscribeProperties { user_properties: vec![user("k", "v")] },
         filters: smallvec![filter("a/+"), filter("$share/g/s/#")],
@@ -1137,6 +1145,27 @@ pub fn v5_auth_every_property() -> Vec<Case> {
             authentication_data: Some(b(&[1, 2, 3])),
             reason_string: Some(s("more")),
             user_properties: vec![user("k", "v")],
+        },
+    };
+    one(V5, bytes, Packet::Auth(Box::new(packet)))
+}
+
+/// MQTT 5.0 section 3.15.2.1: 0x19 Re-authenticate, with SCRAM-SHA-256's
+/// client-first-message of RFC 7677 section 3 as Authentication Data.
+pub fn v5_auth_reauthenticate_scram() -> Vec<Case> {
+    let bytes = cat(&[
+        &[0xF0, 53],
+        &[0x19],
+        &[51],
+        b"\x15\x00\x0DSCRAM-SHA-256",                    // 3.15.2.2.2
+        b"\x16\x00\x20n,,n=user,r=rOprNGfwEbeRWgbNEkqO", // 3.15.2.2.3
+    ]);
+    let packet = Auth {
+        reason: ReasonCode::ReAuthenticate,
+        properties: AuthProperties {
+            authentication_method: Some(s("SCRAM-SHA-256")),
+            authentication_data: Some(b(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")),
+            ..AuthProperties::default()
         },
     };
     one(V5, bytes, Packet::Auth(Box::new(packet)))

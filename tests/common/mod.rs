@@ -52,19 +52,46 @@ impl Broker {
     /// until `addr` accepts.
     pub fn start_configured(addr: SocketAddr, shards: usize, args: &[&str], log: &Path) -> Self {
         let stderr = std::fs::File::create(log).unwrap().into();
-        Self::launch(addr, shards, false, args, stderr)
+        Self::spawn_configured(Some(addr), addr, shards, args, stderr)
+    }
+
+    /// Starts `ringmq` with a configuration file of `toml` and one
+    /// `[[listener]]` on a free port with the keys `listener_keys` (no
+    /// `--listen`: the listener's own settings apply).
+    pub fn start_with_listener(shards: usize, listener_keys: &str, toml: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "ringmq-test-{}-{}.toml",
+            std::process::id(),
+            addr.port()
+        ));
+        let text = format!("{toml}\n[[listener]]\nbind = \"{addr}\"\n{listener_keys}\n");
+        std::fs::write(&path, text).unwrap();
+        let args = ["--config", path.to_str().unwrap()];
+        let broker = Self::spawn_configured(Some(addr), addr, shards, &args, Stdio::inherit());
+        let _ = std::fs::remove_file(&path);
+        broker
     }
 
     fn spawn_on(addr: SocketAddr, shards: usize, args: &[&str], stderr: Stdio) -> Self {
-        Self::launch(addr, shards, true, args, stderr)
+        Self::spawn_configured(None, addr, shards, args, stderr)
     }
 
-    fn launch(addr: SocketAddr, shards: usize, listen: bool, args: &[&str], stderr: Stdio) -> Self {
+    /// Starts `ringmq` on `addr`: with `--listen addr`, unless `from_file`
+    /// says the configuration file binds it.
+    fn spawn_configured(
+        from_file: Option<SocketAddr>,
+        addr: SocketAddr,
+        shards: usize,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
-        command.args(["serve", "--shards", &shards.to_string()]);
-        if listen {
+        command.arg("serve");
+        if from_file.is_none() {
             command.args(["--listen", &addr.to_string()]);
         }
+        command.args(["--shards", &shards.to_string()]);
         // Quiet unless the test chose a level.
         if !args.contains(&"--log") {
             command.args(["--log", "warn"]);

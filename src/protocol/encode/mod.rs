@@ -575,25 +575,36 @@ fn put_subscribe<S: Sink>(
     version: ProtocolVersion,
     sink: &mut S,
 ) -> Result<(), EncodeError> {
-    // [MQTT-3.8.3-3] At least one subscription.
-    ensure::<S>(!subscribe.subscriptions.is_empty(), || {
-        EncodeError::NoEntries(PacketType::Subscribe)
-    })?;
+    // [MQTT-3.8.3-2] At least one topic filter.
+    ensure::<S>(subscribe.filter_count() > 0, || EncodeError::NoEntries(PacketType::Subscribe))?;
     put_packet_id(sink, subscribe.packet_id);
     let v5 = version.is_v5();
     if v5 {
         sink.put_properties(&subscribe.properties)?;
     }
-    for subscription in &subscribe.subscriptions {
-        let options = subscription.options;
-        put_field(sink, Field::TopicFilter, subscription.filter.as_str().as_bytes())?;
+    // Refused (5.0) filters go back at their positions; any past the end
+    // go last.
+    let mut refused = subscribe.refused.iter().peekable();
+    let mut valid = subscribe.subscriptions.iter();
+    for position in 0..subscribe.filter_count() {
+        let (text, options, shared) = match refused.next_if(|r| r.position <= position) {
+            Some(r) => (str::as_bytes(&r.text), r.options, false),
+            None => match valid.next() {
+                Some(s) => (s.filter.as_str().as_bytes(), s.options, s.filter.is_shared()),
+                None => match refused.next() {
+                    Some(r) => (str::as_bytes(&r.text), r.options, false),
+                    None => break,
+                },
+            },
+        };
+        put_field(sink, Field::TopicFilter, text)?;
         // [MQTT-3.8.3-5] Reserved bits are 0: bits 2-7 before 5.0, bits 6-7
         // in 5.0 (section 3.8.3.1).
         let mut byte = options.qos as u8;
         if v5 {
             // [MQTT-3.8.3-4] No Local on a shared subscription is a
             // Protocol Error.
-            ensure::<S>(!(options.no_local && subscription.filter.is_shared()), || {
+            ensure::<S>(!(options.no_local && shared), || {
                 EncodeError::NoLocalOnSharedSubscription
             })?;
             byte |= u8::from(options.no_local) << 2
@@ -632,16 +643,28 @@ fn put_unsubscribe<S: Sink>(
     version: ProtocolVersion,
     sink: &mut S,
 ) -> Result<(), EncodeError> {
+    let count = unsubscribe.filters.len() + unsubscribe.refused.len();
     // [MQTT-3.10.3-2] At least one topic filter.
-    ensure::<S>(!unsubscribe.filters.is_empty(), || {
-        EncodeError::NoEntries(PacketType::Unsubscribe)
-    })?;
+    ensure::<S>(count > 0, || EncodeError::NoEntries(PacketType::Unsubscribe))?;
     put_packet_id(sink, unsubscribe.packet_id);
     if version.is_v5() {
         sink.put_properties(&unsubscribe.properties)?;
     }
-    for filter in &unsubscribe.filters {
-        put_field(sink, Field::TopicFilter, filter.as_str().as_bytes())?;
+    // As in SUBSCRIBE: refused filters at their positions.
+    let mut refused = unsubscribe.refused.iter().peekable();
+    let mut valid = unsubscribe.filters.iter();
+    for position in 0..count {
+        let text = match refused.next_if(|r| r.position <= position) {
+            Some(r) => str::as_bytes(&r.text),
+            None => match valid.next() {
+                Some(filter) => filter.as_str().as_bytes(),
+                None => match refused.next() {
+                    Some(r) => str::as_bytes(&r.text),
+                    None => break,
+                },
+            },
+        };
+        put_field(sink, Field::TopicFilter, text)?;
     }
     Ok(())
 }

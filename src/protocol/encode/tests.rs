@@ -650,6 +650,7 @@ fn subscribe_v311() {
     // [MQTT-3.8.1-1] flags 0b0010; options byte = QoS only, reserved bits
     // 0 [MQTT-3.8.3-5] (5.0 options are not written).
     let packet = Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: id(10),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![
@@ -695,6 +696,7 @@ fn subscribe_v5_options_and_properties() {
         &[0x00, 0x01, b'x', 0x14],
     ]);
     let packet = Packet::Subscribe(Subscribe {
+        refused: Vec::new(),
         packet_id: id(1),
         properties: SubscribeProperties {
             subscription_identifier: NonZeroU32::new(268_435_455),
@@ -728,6 +730,7 @@ fn subscribe_v5_options_and_properties() {
 fn subscribe_errors() {
     // [MQTT-3.8.3-3] At least one subscription.
     let empty = Subscribe {
+        refused: Vec::new(),
         packet_id: id(1),
         properties: SubscribeProperties::default(),
         subscriptions: smallvec![],
@@ -810,6 +813,7 @@ fn suback_errors() {
 fn unsubscribe_v311() {
     // [MQTT-3.10.1-1] flags 0b0010.
     let packet = Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: id(3),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![filter("a"), filter("$share/g/#")],
@@ -821,6 +825,7 @@ fn unsubscribe_v311() {
 #[test]
 fn unsubscribe_v5() {
     let packet = Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: id(4),
         properties: UnsubscribeProperties { user_properties: vec![pair("k", "v")] },
         filters: smallvec![filter("f")],
@@ -830,6 +835,7 @@ fn unsubscribe_v5() {
     assert_encodes(&packet, V5, &expected);
     // [MQTT-3.10.3-2]
     let empty = Packet::Unsubscribe(Unsubscribe {
+        refused: Vec::new(),
         packet_id: id(4),
         properties: UnsubscribeProperties::default(),
         filters: smallvec![],
