@@ -656,7 +656,8 @@ impl Config {
         if self.authenticates() {
             return Ok(());
         }
-        if self.allow_anonymous == Some(false) {
+        let by_certificate = listeners.iter().any(|(l, _)| l.use_identity_as_username);
+        if self.allow_anonymous == Some(false) && !by_certificate {
             return Err(ConfigError::invalid(
                 "allow_anonymous = false: no authentication is configured (no password_file or scram_file), \
                  so no client could connect; set password_file, remove the key (loopback \

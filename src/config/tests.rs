@@ -580,6 +580,11 @@ fn a_listener_naming_clients_by_certificate_needs_no_allow_anonymous() {
     assert!(error(mtls).contains("is not loopback and no authentication is configured"));
     let config = parse(&format!("{mtls}use_identity_as_username = true")).unwrap();
     assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    // Clients named by their certificates can connect: not refused as a
+    // configuration nobody could pass.
+    assert!(
+        parse(&format!("allow_anonymous = false\n{mtls}use_identity_as_username = true")).is_ok()
+    );
 }
 
 #[test]
