@@ -328,6 +328,20 @@ fn tls12_and_tls13_clients_publish_and_subscribe_with_or_without_alpn() {
         publisher.send_bytes(&publish_t(b"hello")).unwrap();
         assert_eq!(payload_of(sub.recv()), b"hello");
     }
+    // A refused CONNECT (protocol level 9, [MQTT-3.1.2-2]: CONNACK return
+    // code 1): the broker ends the TLS stream with close_notify, so the
+    // client reads a clean end (rustls reports a bare TCP close as
+    // UnexpectedEof).
+    for version in [TLS12, TLS13] {
+        let mut client =
+            TlsClient::connect(broker.tls, client_config(&ca, None, version, &[])).unwrap();
+        client.send_bytes(b"\x10\x0d\x00\x04MQTT\x09\x02\x00\x00\x00\x01x").unwrap();
+        let mut answer = [0u8; 4];
+        client.stream.read_exact(&mut answer).unwrap();
+        assert_eq!(answer, [0x20, 0x02, 0x00, 0x01]);
+        let mut rest = [0u8; 1];
+        assert_eq!(client.stream.read(&mut rest).unwrap(), 0, "a clean close_notify");
+    }
     // A client that offers ALPN without "mqtt" is refused, as no shared
     // protocol.
     let http = client_config(&ca, None, TLS13, &[b"http/1.1"]);
