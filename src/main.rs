@@ -154,11 +154,16 @@ fn check_config(file: PathBuf) -> Result<(), Failure> {
     let acl = files.acl.map_or_else(String::new, |file| {
         format!(", acl: {} user section(s), {} rule(s)", file.users(), file.rules())
     });
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
+    let tls = match tls.iter().flatten().count() {
+        0 => String::new(),
+        n => format!(", {n} TLS listener(s)"),
+    };
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}{users}{acl}",
+        "ok: {} listener(s), shards={}{users}{acl}{tls}",
         config.listeners().len(),
         config.shards()
     );
@@ -279,6 +284,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     .map_err(|error| Failure::config(&error))?;
     let files = load_auth_files(&config)?;
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
     let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
@@ -293,7 +299,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read: Box::new(move || Config::from_file(&file, &overrides)),
         set_log_level,
     });
-    ringmq::runtime::run(config, files, reload).map_err(|error| Failure::runtime(&error))
+    ringmq::runtime::run(config, files, tls, reload).map_err(|error| Failure::runtime(&error))
 }
 
 /// Sets the level of the installed subscriber (a reload's `log.level`), or

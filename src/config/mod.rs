@@ -142,7 +142,7 @@ impl fmt::Display for ShardCount {
     }
 }
 
-/// One `[[listener]]`: an MQTT-over-TCP listening address.
+/// One `[[listener]]`: an MQTT listening address, over TCP or TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     bind: SocketAddr,
@@ -155,6 +155,24 @@ pub struct ListenerConfig {
     /// New connections accepted per second through this listener; 0: no
     /// limit.
     max_connection_rate: u32,
+    /// `tls`: the listener speaks TLS with these files.
+    tls: Option<TlsFiles>,
+    /// `use_identity_as_username`: the client certificate's identity is
+    /// the user name (only with `tls.client_ca`).
+    use_identity_as_username: bool,
+}
+
+/// The files of a TLS listener (`tls = { cert, key, client_ca }`), read by
+/// the network layer at start and on every reload (SIGHUP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls.cert`: the PEM certificate chain, the server's own first.
+    pub cert: PathBuf,
+    /// `tls.key`: the PEM private key of the first certificate.
+    pub key: PathBuf,
+    /// `tls.client_ca`: PEM certificates of the authorities that sign
+    /// client certificates; when set, every client must present one.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ListenerConfig {
@@ -190,6 +208,18 @@ impl ListenerConfig {
     pub fn is_loopback(&self) -> bool {
         self.bind.ip().to_canonical().is_loopback()
     }
+
+    /// The TLS files (`tls`), when the listener speaks TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the client certificate's identity (its subject's CN, else
+    /// its first DNS name) is the user name (`use_identity_as_username`):
+    /// the CONNECT's user name and password are then not used.
+    pub fn use_identity_as_username(&self) -> bool {
+        self.use_identity_as_username
+    }
 }
 
 impl Default for ListenerConfig {
@@ -200,6 +230,8 @@ impl Default for ListenerConfig {
             allow_anonymous: None,
             max_connections: 0,
             max_connection_rate: 0,
+            tls: None,
+            use_identity_as_username: false,
         }
     }
 }
@@ -555,6 +587,9 @@ impl Config {
     /// set, only if the listener is loopback and neither `password_file`
     /// nor `scram_file` is configured (configuring authentication means
     /// every client authenticates unless told otherwise).
+    ///
+    /// A listener with `use_identity_as_username` has no anonymous clients:
+    /// every client is named by its certificate.
     pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
         listener
             .allow_anonymous
@@ -719,13 +754,18 @@ impl Config {
         }
         let closed = "no authentication is configured (no password_file or scram_file), so no \
                       client could connect";
-        if self.allow_anonymous == Some(false) {
+        // A `use_identity_as_username` listener authenticates by certificate.
+        let by_certificate = listeners.iter().any(|(l, _)| l.use_identity_as_username);
+        if self.allow_anonymous == Some(false) && !by_certificate {
             return Err(ConfigError::invalid(format!(
                 "allow_anonymous = false: {closed}; set password_file, remove the key (loopback \
                  listeners then accept anonymous clients) or set it to true"
             )));
         }
         for (i, (listener, setting)) in listeners.iter().enumerate() {
+            if listener.use_identity_as_username {
+                continue;
+            }
             if listener.allow_anonymous == Some(false) {
                 return Err(ConfigError::invalid(format!(
                     "listener[{i}].allow_anonymous = false: {closed} through it; set \
@@ -964,10 +1004,14 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
             key("proxy_protocol")
         )));
     }
-    if raw.tls.is_some() {
+    let tls = raw.tls.as_ref().map(|tls| tls_files(i, tls)).transpose()?;
+    let use_identity_as_username = raw.use_identity_as_username.unwrap_or(false);
+    if use_identity_as_username && tls.as_ref().and_then(|tls| tls.client_ca.as_ref()).is_none() {
         return Err(ConfigError::invalid(format!(
-            "{}: TLS is not available in this release; remove the key",
-            key("tls")
+            "{} = true: needs client certificates; set {} (and {}) or remove the key",
+            key("use_identity_as_username"),
+            key("tls.client_ca"),
+            key("tls.cert/key"),
         )));
     }
     let listen_backlog = match raw.listen_backlog {
@@ -990,6 +1034,33 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         allow_anonymous: raw.allow_anonymous,
         max_connections,
         max_connection_rate,
+        tls,
+        use_identity_as_username,
+    })
+}
+
+/// The paths of a listener's `tls` table; the files are read by the
+/// network layer (a bad file is refused there, naming the same keys).
+fn tls_files(i: usize, raw: &raw::RawTls) -> Result<TlsFiles, ConfigError> {
+    let path = |name: &str, value: &Option<String>| match value.as_deref() {
+        Some("") => Err(ConfigError::invalid(format!(
+            "listener[{i}].tls.{name} = \"\": must be the path of a PEM file"
+        ))),
+        Some(path) => Ok(Some(PathBuf::from(path))),
+        None => Ok(None),
+    };
+    let required = |name: &str, value: &Option<String>| {
+        path(name, value)?.ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "listener[{i}].tls.{name}: missing; a TLS listener needs both cert and key \
+                 (PEM files)"
+            ))
+        })
+    };
+    Ok(TlsFiles {
+        cert: required("cert", &raw.cert)?,
+        key: required("key", &raw.key)?,
+        client_ca: path("client_ca", &raw.client_ca)?,
     })
 }
 

@@ -44,11 +44,21 @@ pub(super) struct RawListener {
     pub(super) protocol: Option<String>,
     pub(super) path: Option<IgnoredAny>,
     pub(super) proxy_protocol: Option<bool>,
-    pub(super) tls: Option<IgnoredAny>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) use_identity_as_username: Option<bool>,
     pub(super) listen_backlog: Option<i64>,
     pub(super) allow_anonymous: Option<bool>,
     pub(super) max_connections: Option<i64>,
     pub(super) max_connection_rate: Option<i64>,
+}
+
+/// A listener's `tls = { cert = "...", key = "...", client_ca = "..." }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) client_ca: Option<String>,
 }
 
 /// The `[limits]` table.

@@ -188,7 +188,9 @@ fn example_file_documents_every_key_of_the_schema() {
         "protocol",
         "path",
         "proxy_protocol",
+        // Its cert, key and client_ca are documented on its own line.
         "tls",
+        "use_identity_as_username",
         "listen_backlog",
         "max_connection_rate",
         "[limits]",
@@ -545,7 +547,6 @@ fn unavailable_top_level_keys_are_refused_by_name() {
 fn unavailable_keys_are_refused_whatever_their_value() {
     // Even a value of the wrong type gets the precise message, not a type error.
     assert!(error("data_dir = 5").contains("data_dir: persistence is not available"));
-    assert!(error("[[listener]]\ntls = true").contains("listener[0].tls: TLS is not available"));
 }
 
 #[test]
@@ -580,9 +581,59 @@ fn unavailable_listener_features_are_refused_by_name() {
         "config error: listener[0].proxy_protocol = true: the PROXY protocol is not available \
          in this release; remove the key or set it to false"
     );
+}
+
+#[test]
+fn tls_takes_a_cert_a_key_and_an_optional_client_ca() {
+    let config = parse(
+        "[[listener]]\n[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\" }",
+    )
+    .unwrap();
+    assert_eq!(config.listeners()[0].tls(), None);
+    let tls = config.listeners()[1].tls().unwrap();
+    assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("c.pem"), Some("k.pem")));
+    assert_eq!(tls.client_ca, None);
+    let config = parse(
+        "[[listener]]\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\" }\n\
+         use_identity_as_username = true",
+    )
+    .unwrap();
+    assert_eq!(config.listeners()[0].tls().unwrap().client_ca, Some("ca.pem".into()));
+    assert!(config.listeners()[0].use_identity_as_username());
+}
+
+#[test]
+fn tls_without_its_files_is_refused_by_key() {
     assert_eq!(
-        error("[[listener]]\n[[listener]]\nbind = \"127.0.0.1:1\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }"),
-        "config error: listener[1].tls: TLS is not available in this release; remove the key"
+        error("[[listener]]\ntls = { cert = \"c.pem\" }"),
+        "config error: listener[0].tls.key: missing; a TLS listener needs both cert and key \
+         (PEM files)"
+    );
+    assert_eq!(
+        error("[[listener]]\ntls = { cert = \"\", key = \"k.pem\" }"),
+        "config error: listener[0].tls.cert = \"\": must be the path of a PEM file"
+    );
+    assert!(error("[[listener]]\ntls = { cert = \"c\", key = \"k\", ca = \"x\" }")
+        .contains("unknown key `listener[0].tls.ca`"));
+    assert_eq!(
+        error("[[listener]]\ntls = { cert = \"c\", key = \"k\" }\nuse_identity_as_username = true"),
+        "config error: listener[0].use_identity_as_username = true: needs client certificates; \
+         set listener[0].tls.client_ca (and listener[0].tls.cert/key) or remove the key"
+    );
+}
+
+#[test]
+fn a_listener_naming_clients_by_certificate_needs_no_allow_anonymous() {
+    let mtls = "[[listener]]\nbind = \"0.0.0.0:8883\"\n\
+                tls = { cert = \"c\", key = \"k\", client_ca = \"ca\" }\n";
+    assert!(error(mtls).contains("is not loopback and no authentication is configured"));
+    let config = parse(&format!("{mtls}use_identity_as_username = true")).unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    // Clients named by their certificates can connect: not refused as a
+    // configuration nobody could pass.
+    assert!(
+        parse(&format!("allow_anonymous = false\n{mtls}use_identity_as_username = true")).is_ok()
     );
 }
 

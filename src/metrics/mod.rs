@@ -60,8 +60,9 @@ pub struct NetCounters {
     pub connect_timeouts: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
-    /// Connections closed because their incomplete CONNECT needed more
-    /// than `max_pending_connect_bytes` left on the shard.
+    /// Connections closed because their incomplete CONNECT (or TLS
+    /// handshake) needed more than `max_pending_connect_bytes` left on the
+    /// shard.
     pub connect_budget_exceeded: u64,
     /// CONNECTs refused for their credentials: unknown user, wrong
     /// password, or no user name where anonymous clients are not allowed.
@@ -76,6 +77,19 @@ pub struct NetCounters {
     pub bytes_received: u64,
     /// Bytes written to clients (MQTT packets).
     pub bytes_sent: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed for a certificate: the client's (unknown
+    /// issuer, expired, missing where required) or ours, refused by the
+    /// client.
+    pub tls_failed_certificate: u64,
+    /// TLS handshakes failed for want of a common protocol version, cipher
+    /// suite or ALPN protocol.
+    pub tls_failed_protocol: u64,
+    /// TLS handshakes not done within `connect_timeout_ms`.
+    pub tls_failed_timeout: u64,
+    /// TLS handshakes failed otherwise (not TLS, the client went away).
+    pub tls_failed_other: u64,
 }
 
 /// What the shard routed, and how its sessions ended.

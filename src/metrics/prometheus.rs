@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 38] = [
+const COUNTERS: [Field<u64>; 43] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -102,6 +102,19 @@ const COUNTERS: [Field<u64>; 38] = [
         s.counters.net.auth_busy
     }),
     ("redirected", "CONNECTs sent to another server ([redirect])", |s| s.counters.net.redirected),
+    ("tls_handshakes", "TLS handshakes completed", |s| s.counters.net.tls_handshakes),
+    ("tls_failed_certificate", "TLS handshakes failed for a certificate", |s| {
+        s.counters.net.tls_failed_certificate
+    }),
+    ("tls_failed_protocol", "TLS handshakes failed: no common version, cipher or ALPN", |s| {
+        s.counters.net.tls_failed_protocol
+    }),
+    ("tls_failed_timeout", "TLS handshakes not done within connect_timeout_ms", |s| {
+        s.counters.net.tls_failed_timeout
+    }),
+    ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
+        s.counters.net.tls_failed_other
+    }),
     ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
         s.counters.net.bytes_received
     }),

@@ -78,18 +78,23 @@ pub enum CloseReason {
     ConnectBudget,
 }
 
-/// The bytes an incomplete CONNECT holds, charged to the shard's
-/// `pending_connect_bytes` and released when dropped (CONNECT complete,
-/// timeout, error).
-struct PendingConnect {
+/// The bytes an incomplete CONNECT (or TLS handshake) holds, charged to
+/// the shard's `pending_connect_bytes` and released when dropped (CONNECT
+/// complete, timeout, error).
+pub(super) struct PendingConnect {
     ctx: Rc<NetContext>,
     bytes: usize,
 }
 
 impl PendingConnect {
+    /// Nothing held yet.
+    pub(super) fn new(ctx: Rc<NetContext>) -> Self {
+        Self { ctx, bytes: 0 }
+    }
+
     /// Charges `bytes` instead of what was held; false (and nothing
     /// charged) when that would pass the shard's budget.
-    fn hold(&mut self, bytes: usize) -> bool {
+    pub(super) fn hold(&mut self, bytes: usize) -> bool {
         let others = self.ctx.pending_connect_bytes.get() - self.bytes;
         if bytes > self.bytes && others + bytes > self.ctx.limits().max_pending_connect_bytes {
             return false;
@@ -302,7 +307,7 @@ impl<T: Transport> Connection<T> {
                     Box::pin(exchange).await?;
                 }
                 None => {
-                    if let Err(reason) = self.authenticate(&connect, listener).await {
+                    if let Err(reason) = self.authenticate(&mut connect, listener).await {
                         return Err(self.refuse(&connect, peer, reason).await);
                     }
                 }
@@ -315,6 +320,7 @@ impl<T: Transport> Connection<T> {
                     let shard = self.ctx.shard.borrow();
                     tracing::info!(
                         client_id = shard.client_id(key).map_or("", |id| &**id),
+                        username = connect.username.as_deref().unwrap_or(""),
                         %peer,
                         protocol = %connect.version,
                         clean_start = connect.clean_start,
@@ -341,8 +347,23 @@ impl<T: Transport> Connection<T> {
     /// under the connect timeout), or none where the listener accepts
     /// anonymous clients. Without a password file a user name is not
     /// checked. The error is the CONNACK's reason code.
-    async fn authenticate(&self, connect: &Connect, listener: usize) -> Result<(), ReasonCode> {
+    ///
+    /// On a listener with `use_identity_as_username`, the client
+    /// certificate's identity replaces the CONNECT's user name and its
+    /// password is dropped: the certificate, verified in the TLS handshake,
+    /// is the credential, and the password file is not consulted (as in
+    /// Mosquitto). A certificate without an identity is refused.
+    async fn authenticate(&self, connect: &mut Connect, listener: usize) -> Result<(), ReasonCode> {
         let auth = &self.ctx.auth;
+        if auth.identity_as_username.get(listener).copied().unwrap_or(false) {
+            let Some(identity) = self.transport.peer_identity() else {
+                self.ctx.count(|net| net.auth_failed += 1);
+                return Err(ReasonCode::NotAuthorized);
+            };
+            connect.username = Some(identity.into());
+            connect.password = None;
+            return Ok(());
+        }
         let Some(user) = connect.username.as_deref() else {
             if auth.anonymous.get(listener).copied().unwrap_or(false) {
                 return Ok(());
@@ -497,7 +518,7 @@ impl<T: Transport> Connection<T> {
     /// shard's `max_pending_connect_bytes`; a connection that would pass it
     /// is closed (a stranger's bytes, not yet anybody's session).
     async fn read_connect(&mut self) -> Result<Box<Connect>, CloseReason> {
-        let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
+        let mut held = PendingConnect::new(Rc::clone(&self.ctx));
         loop {
             let buffered = self.read_buf.as_deref().unwrap_or_default();
             let size = match self.decoder.next_packet_size(buffered) {

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits};
+use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits, SharedTls};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -103,6 +103,8 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The TLS listeners' configurations, replaced by a reload.
+    tls: Arc<SharedTls>,
     /// Each listener's connection limits and open connections.
     listeners: Arc<[ListenerAdmission]>,
     /// `[redirect]`, for the network layer.
@@ -216,7 +218,14 @@ impl Drop for FinishedGuard {
 /// without a restart (see [`Reload`]).
 ///
 /// `files` are the configured password, ACL and SCRAM files, already read.
-pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(), RuntimeError> {
+/// `tls` the TLS listeners' certificates ([`net::tls::load_listeners`]),
+/// also read before the start.
+pub fn run(
+    config: Config,
+    files: AuthFiles,
+    tls: net::tls::ListenerTls,
+    reload: Option<Reload>,
+) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
     let cpus = preflight::allowed_cpus()?;
     let nr_shards = match config.shards() {
@@ -249,12 +258,14 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
     });
     let auth_state = Arc::new(Mutex::new(AuthState::default()));
     let intervals = Arc::new(SharedIntervals::new(&config));
+    let tls = Arc::new(SharedTls::new(tls));
     let mut reloader = Reloader::new(
         config.clone(),
         reload,
         Arc::clone(&limits),
         Arc::clone(&intervals),
         Arc::clone(&auth_state),
+        Arc::clone(&tls),
     );
     let shutdown = signals::watch_signals(
         {
@@ -274,8 +285,16 @@ pub fn run(config: Config, files: AuthFiles, reload: Option<Reload>) -> Result<(
     let auth = net_auth(&config, passwords.clone(), scram)?;
     *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
-    let running =
-        Running { listeners: &listeners, health: &health, limits, intervals, auth, acl, shutdown };
+    let running = Running {
+        listeners: &listeners,
+        health: &health,
+        limits,
+        intervals,
+        auth,
+        acl,
+        tls,
+        shutdown,
+    };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
     // (see `ListenerStop`).
@@ -293,6 +312,7 @@ struct Running<'a> {
     auth: NetAuth,
     /// The ACL file, if any.
     acl: Option<Arc<SharedAcl>>,
+    tls: Arc<SharedTls>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -303,7 +323,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, intervals, auth, acl, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, acl, tls, shutdown } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -322,7 +342,8 @@ fn serve(
         }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
-        tracing::info!(%addr, "listening (mqtt)");
+        let protocol = if listener.tls().is_some() { "mqtt over tls" } else { "mqtt" };
+        tracing::info!(%addr, "listening ({protocol})");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
         }
@@ -341,6 +362,7 @@ fn serve(
         health: Arc::clone(health),
         auth,
         acl,
+        tls,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
             reason: match redirect.mode {
@@ -424,7 +446,9 @@ fn net_auth(
         methods.add(Arc::new(scram));
     }
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
-    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods) })
+    let identity_as_username =
+        config.listeners().iter().map(|l| l.use_identity_as_username()).collect();
+    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods), identity_as_username })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -467,6 +491,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
     tracing::debug!(%id, "shard joined the mesh");
     let outbox = Rc::new(Outbox::new(startup.nr_shards));
     let (mut limits_seen, session_limits, net_limits) = startup.limits.current();
+    let (mut tls_seen, tls) = startup.tls.current();
     let shard = Rc::new(RefCell::new(Shard::new(
         id,
         startup.nr_shards,
@@ -495,6 +520,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             nr_shards: startup.nr_shards,
             redirect: startup.redirect.clone(),
         },
+        tls,
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -548,6 +574,10 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
                 *seen = now_seen;
                 shard.borrow_mut().set_acl(file);
             }
+        }
+        if let Some((seen, tls)) = startup.tls.changed_since(tls_seen) {
+            tls_seen = seen;
+            net.set_tls(tls);
         }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
@@ -631,6 +661,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
         redirected,
         bytes_received,
         bytes_sent,
@@ -685,6 +720,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
         redirected,
         bytes_received,
         bytes_sent,

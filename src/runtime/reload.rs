@@ -20,12 +20,19 @@
 //! published in [`SharedAcl`]: each shard takes it at its next tick, for
 //! new connections and for every existing session from its next check, as
 //! Mosquitto re-applies its ACLs to connected clients.
+//!
+//! Every accepted reload also re-reads the certificates and keys of the TLS
+//! listeners (at the paths the broker started with: a changed path needs a
+//! restart) and publishes them in [`SharedTls`]: connections accepted after
+//! the shards' next tick use them. A listener whose files cannot be used
+//! keeps its previous certificate, with one error line naming the key.
 
 use super::preflight;
 use crate::auth::acl::AclFile;
 use crate::auth::pool::Verifier;
 use crate::auth::PasswordFile;
 use crate::config::{Config, ConfigError, LogLevel};
+use crate::net::tls::{self, ListenerTls};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -108,6 +115,38 @@ impl SharedAcl {
 
     fn replace(&self, file: Arc<AclFile>) {
         *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The TLS configurations of the listeners, shared by the shards: replaced
+/// by a reload, read by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedTls {
+    /// Bumped after each replacement of `tls`.
+    generation: AtomicU64,
+    tls: Mutex<ListenerTls>,
+}
+
+impl SharedTls {
+    pub(super) fn new(tls: ListenerTls) -> Self {
+        Self { generation: AtomicU64::new(0), tls: Mutex::new(tls) }
+    }
+
+    /// The generation and configurations in force.
+    pub(super) fn current(&self) -> (u64, ListenerTls) {
+        let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), tls.clone())
+    }
+
+    /// The configurations, when their generation is not `seen` (one atomic
+    /// load when nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, ListenerTls)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, tls: ListenerTls) {
+        *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = tls;
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
@@ -264,6 +303,7 @@ pub(super) struct Reloader {
     /// Filled once the verification threads run (they start after the
     /// signal watcher, so that they inherit its blocked signals).
     auth: Arc<Mutex<AuthState>>,
+    tls: Arc<SharedTls>,
 }
 
 impl Reloader {
@@ -273,10 +313,39 @@ impl Reloader {
         limits: Arc<SharedLimits>,
         intervals: Arc<SharedIntervals>,
         auth: Arc<Mutex<AuthState>>,
+        tls: Arc<SharedTls>,
     ) -> Self {
-        Self { running, reload, limits, intervals, auth }
+        Self { running, reload, limits, intervals, auth, tls }
     }
+}
 
+/// Re-reads the certificates and keys of the TLS listeners of `running`
+/// into `shared`; a listener whose files cannot be used keeps the ones it
+/// has.
+fn reload_tls(running: &Config, shared: &SharedTls) {
+    let (_, mut configs) = shared.current();
+    let mut reloaded = false;
+    for (i, listener) in running.listeners().iter().enumerate() {
+        let (Some(files), Some(slot)) = (listener.tls(), configs.get_mut(i)) else {
+            continue;
+        };
+        match tls::load(i, files) {
+            Ok(config) => {
+                *slot = Some(config);
+                reloaded = true;
+                tracing::info!("reload: listener[{i}].tls: certificate and key re-read");
+            }
+            Err(error) => tracing::error!(
+                "reload: {error}; listener[{i}] keeps its previous certificate and key"
+            ),
+        }
+    }
+    if reloaded {
+        shared.replace(configs);
+    }
+}
+
+impl Reloader {
     /// Handles one SIGHUP.
     pub(super) fn reload(&mut self) {
         let Some(reload) = self.reload.as_mut() else {
@@ -292,6 +361,7 @@ impl Reloader {
                 return;
             }
         };
+        reload_tls(&self.running, &self.tls);
         let changes = self.running.changes(&new);
         if changes.is_empty() {
             tracing::info!("reload: no changes in the configuration");
@@ -368,12 +438,14 @@ mod tests {
             }),
         };
         let intervals = Arc::new(SharedIntervals::new(&start));
+        let tls = Arc::new(SharedTls::new(vec![None]));
         let mut reloader = Reloader::new(
             start,
             Some(reload),
             Arc::clone(&shared),
             Arc::clone(&intervals),
             Arc::default(),
+            tls,
         );
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
@@ -396,7 +468,8 @@ mod tests {
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(&Config::default()));
         let intervals = Arc::new(SharedIntervals::new(&Config::default()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals, Arc::default())
+        let tls = Arc::new(SharedTls::new(vec![None]));
+        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals, Arc::default(), tls)
             .reload();
         assert_eq!(shared.changed_since(0), None);
     }
