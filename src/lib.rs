@@ -30,7 +30,10 @@
 //! * [`auth`] checks credentials; password checks cost milliseconds, so
 //!   they run on its own small thread pool, never on a shard. SCRAM's
 //!   server side (enhanced authentication) costs a few HMACs and runs
-//!   inline, driven by `session::AuthExchange`.
+//!   inline, driven by `session::AuthExchange`. Its ACL rules
+//!   ([`auth::acl`]) are checked by the session on every publish,
+//!   subscription and delivery, without allocating (compiled once per
+//!   file).
 //! * [`store`] is a shard's durable log: the shard appends records to an
 //!   in-memory queue, and a writer task of the shard's own (started by
 //!   [`runtime`]) writes them with glommio's DMA file I/O.

@@ -4,8 +4,8 @@
 //! * `ringmq serve [--config FILE] [--listen ADDR]... [--shards N] [--log LEVEL]`
 //!   runs the broker; `serve` is the default command, so `ringmq --listen
 //!   0.0.0.0:1883` works too.
-//! * `ringmq check-config FILE` validates a file (and its password file)
-//!   and says so.
+//! * `ringmq check-config FILE` validates a file (and the password and ACL
+//!   files it names) and says so.
 //! * `ringmq passwd FILE USER [--password-stdin]` sets USER's password in
 //!   a password file (argon2id); `ringmq passwd -D FILE USER` deletes USER;
 //!   with `--scram` FILE is a SCRAM-SHA-256 credentials file (`scram_file`).
@@ -21,10 +21,11 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use ringmq::auth::acl::AclFile;
 use ringmq::auth::scram::{self, ScramFile};
 use ringmq::auth::PasswordFile;
 use ringmq::config::{Config, LogFormat, LogLevel, Overrides};
-use ringmq::runtime::Reload;
+use ringmq::runtime::{AuthFiles, Reload};
 use std::error::Error;
 use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -144,30 +145,40 @@ fn main() -> ExitCode {
 fn check_config(file: PathBuf) -> Result<(), Failure> {
     let config =
         Config::from_file(&file, &Overrides::default()).map_err(|error| Failure::config(&error))?;
-    let passwords = load_passwords(&config)?;
-    let mut users = passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
-    if let Some(scram) = load_scram(&config)? {
+    let files = load_auth_files(&config)?;
+    let mut users =
+        files.passwords.map_or_else(String::new, |file| format!(", {} user(s)", file.len()));
+    if let Some(scram) = &files.scram {
         users.push_str(&format!(", {} SCRAM user(s)", scram.len()));
     }
+    let acl = files.acl.map_or_else(String::new, |file| {
+        format!(", acl: {} user section(s), {} rule(s)", file.users(), file.rules())
+    });
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
+    let tls = match tls.iter().flatten().count() {
+        0 => String::new(),
+        n => format!(", {n} TLS listener(s)"),
+    };
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}{users}",
+        "ok: {} listener(s), shards={}{users}{acl}{tls}",
         config.listeners().len(),
         config.shards()
     );
     Ok(())
 }
 
-/// Reads the configured password file: a bad one is a configuration error.
-fn load_passwords(config: &Config) -> Result<Option<PasswordFile>, Failure> {
-    config.password_file().map(PasswordFile::load).transpose().map_err(|e| Failure::config(&e))
-}
-
-/// Reads the configured SCRAM file: a bad one is a configuration error.
-fn load_scram(config: &Config) -> Result<Option<ScramFile>, Failure> {
-    config.scram_file().map(ScramFile::load).transpose().map_err(|e| Failure::config(&e))
+/// Reads the configured password, ACL and SCRAM files: a bad one is a
+/// configuration error.
+fn load_auth_files(config: &Config) -> Result<AuthFiles, Failure> {
+    let passwords = config.password_file().map(PasswordFile::load).transpose();
+    let passwords = passwords.map_err(|e| Failure::config(&e))?;
+    let acl = config.acl_file().map(AclFile::load).transpose().map_err(|e| Failure::config(&e))?;
+    let scram = config.scram_file().map(ScramFile::load).transpose();
+    let scram = scram.map_err(|e| Failure::config(&e))?;
+    Ok(AuthFiles { passwords, acl, scram })
 }
 
 /// `ringmq passwd --scram`: as [`passwd`], on a SCRAM credentials file.
@@ -272,8 +283,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => Config::from_overrides(&overrides),
     }
     .map_err(|error| Failure::config(&error))?;
-    let passwords = load_passwords(&config)?;
-    let scram = load_scram(&config)?;
+    let files = load_auth_files(&config)?;
+    let tls = ringmq::net::tls::load_listeners(&config).map_err(|e| Failure::config(&e))?;
     let set_log_level = init_tracing(&config, overrides.log.is_some())
         .map_err(|error| Failure::config(error.as_ref()))?;
     let listeners: Vec<String> =
@@ -288,7 +299,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         read: Box::new(move || Config::from_file(&file, &overrides)),
         set_log_level,
     });
-    ringmq::runtime::run(config, passwords, scram, reload).map_err(|error| Failure::runtime(&error))
+    ringmq::runtime::run(config, files, tls, reload).map_err(|error| Failure::runtime(&error))
 }
 
 /// Sets the level of the installed subscriber (a reload's `log.level`), or

@@ -146,8 +146,8 @@ fn check_config_refuses_an_anonymous_public_listener() {
         refused(&ringmq(&["check-config", file.path()])),
         format!(
             "config error: {}:2:8: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no \
-             authentication is configured; set allow_anonymous = true to accept anonymous clients \
-             on it",
+             authentication is configured; set allow_anonymous = true (globally, or \
+             listener[0].allow_anonymous) to accept anonymous clients on it",
             file.path()
         )
     );

@@ -164,6 +164,10 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
         "dropped_expired",
         "dropped_too_large",
         "unexpected_acks",
+        "topic_limit_exceeded",
+        "client_id_too_long",
+        "publish_rate_limited",
+        "retained_limit_exceeded",
     ];
     for name in names {
         assert!(line.contains(&format!(" {name}=")), "{name} in {line}");

@@ -107,6 +107,13 @@ pub struct ConnectionOpts {
     /// Clock of the payload timestamps.
     #[arg(long, value_enum, default_value = "monotonic")]
     pub clock: ClockSource,
+    /// Connect over TLS (1.2 or 1.3, ALPN "mqtt"): the broker's certificate
+    /// is verified against --cafile and the host name (or IP) of --host.
+    #[arg(long, requires = "cafile")]
+    pub tls: bool,
+    /// PEM file of the CA certificates that sign the broker's certificate.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cafile: Option<PathBuf>,
 }
 
 /// What the publishers send and for how long.

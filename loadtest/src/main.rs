@@ -6,7 +6,7 @@
 //! timestamps and the loss accounting, `runner` fills in the `stats` that
 //! `report` checks and writes (with `plot`); `merge` adds up the reports of
 //! several processes; `search` runs the plan at rising rates for
-//! `--find-max-rate`.
+//! `--find-max-rate`; `tls` is the client side of `--tls`.
 //!
 //! Exit status: 0 when the run met what its QoS promises, 1 when it did not
 //! (loss at QoS 1/2 or above `--max-loss` at QoS 0, duplicates at QoS 2,
@@ -23,6 +23,7 @@ mod report;
 mod runner;
 mod search;
 mod stats;
+mod tls;
 mod tracker;
 
 use clap::Parser;

@@ -51,6 +51,9 @@ pub struct ClientPlan {
     pub client_id: String,
     /// Broker address.
     pub target: SocketAddr,
+    /// With `--tls`: the name the broker's certificate must have (the
+    /// host of `--host`).
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     /// Source address to bind before connecting.
     pub source: Option<IpAddr>,
     /// Its publishing, if any.
@@ -74,6 +77,8 @@ pub struct Plan {
     pub clean_start: bool,
     /// Session Expiry Interval (5.0).
     pub session_expiry: Option<u32>,
+    /// With `--tls`: the TLS client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// User name.
     pub username: Option<String>,
     /// Password.
@@ -298,6 +303,12 @@ fn base(
         keep_alive: conn.keepalive,
         clean_start: conn.clean_start,
         session_expiry: conn.session_expiry,
+        tls: conn
+            .cafile
+            .as_deref()
+            .filter(|_| conn.tls)
+            .map(crate::tls::client_config)
+            .transpose()?,
         username: conn.username.clone(),
         password: conn.password.clone(),
         inflight: conn.inflight.max(1),
@@ -318,6 +329,14 @@ fn base(
         search: None,
         output,
     })
+}
+
+/// The TLS server name of `HOST:PORT` (a DNS name or an IP address).
+fn server_name(host: &str) -> anyhow::Result<rustls::pki_types::ServerName<'static>> {
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(name.to_owned())
+        .with_context(|| format!("--host {host}: not a TLS server name"))
 }
 
 /// What `--find-max-rate` searches.
@@ -402,7 +421,8 @@ fn clients(
             .with_context(|| format!("--host {host}"))?
             .next()
             .with_context(|| format!("--host {host}: no address"))?;
-        targets.push(addr);
+        let server_name = conn.tls.then(|| server_name(host)).transpose()?;
+        targets.push((addr, server_name));
     }
     let sources = conn.ifaddr.as_ref().map(|a| &a.0[..]).unwrap_or(&[]);
     let mut out = Vec::with_capacity(n);
@@ -410,7 +430,8 @@ fn clients(
         let (publish, subscribe) = role(i);
         out.push(ClientPlan {
             client_id: format!("{}-{i}", conn.client_id_prefix),
-            target: targets[i % targets.len()],
+            target: targets[i % targets.len()].0,
+            server_name: targets[i % targets.len()].1.clone(),
             source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
             publish: publish.map(|(k, topic)| PublishPlan {
                 publisher: k as u32,

@@ -15,6 +15,7 @@ use crate::plan::{allowed_cpus, Plan, PublishPlan};
 use crate::stats::{
     latency_histogram, ExecResult, Percentiles, RunResult, Second, SubscriberResult,
 };
+use crate::tls::Stream;
 use crate::tracker::{add_at, Arrival, StreamMap};
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -731,7 +732,7 @@ impl Notify {
 /// One half of a connection's socket. glommio's stream keeps separate read
 /// and write state; the `RefCell` is borrowed only inside one poll, so the
 /// reader and the writer never hold it across an await.
-struct Half(Rc<RefCell<TcpStream>>);
+struct Half(Rc<RefCell<Stream>>);
 
 impl AsyncRead for Half {
     fn poll_read(
@@ -997,6 +998,10 @@ async fn connect_and_run(
     // SAFETY: the fd comes straight from `into_raw_fd`: open, a TCP socket,
     // and owned by nobody else.
     let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    let stream = match (&plan.tls, &client_plan.server_name) {
+        (Some(config), Some(name)) => Stream::tls(stream, Arc::clone(config), name.clone())?,
+        _ => Stream::Tcp(stream),
+    };
     let stream = Rc::new(RefCell::new(stream));
     let config = ClientConfig {
         version: plan.version,

@@ -1,11 +1,13 @@
 //! Authentication: the password file and the verification of a CONNECT's
-//! credentials against it.
+//! credentials against it; and, in [`acl`], the ACL file that says which
+//! topics each client may use.
 //!
 //! This module owns the password file's format (one `user:hash` per line,
 //! `#` comments and blank lines ignored) and the hashes it accepts:
 //! argon2id PHC strings, which `ringmq passwd` writes, and Mosquitto's
-//! `$7$` (PBKDF2-HMAC-SHA512, as `mosquitto_passwd` writes it), so a
-//! Mosquitto user's file works unchanged. Parsing and verifying are pure
+//! `$7$` (PBKDF2-HMAC-SHA512, as `mosquitto_passwd` writes it) and `$6$`
+//! (salted SHA-512, as Mosquitto 1.x wrote it), so a Mosquitto user's file
+//! works unchanged. Parsing and verifying are pure
 //! (no IO besides [`PasswordFile::load`], used at start); verifying costs
 //! milliseconds by design, so the broker runs it on the small thread pool
 //! of [`pool`], never on a shard.
@@ -18,6 +20,7 @@
 //! Credentials are never logged: [`PasswordFile`]'s `Debug` shows the user
 //! names only.
 
+pub mod acl;
 pub mod enhanced;
 pub mod pool;
 pub mod scram;
@@ -49,6 +52,24 @@ pub struct PasswordFile {
     index: hashbrown::HashMap<String, usize>,
 }
 
+/// What a reloaded password file changed, in users.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    /// Users new in the file.
+    pub added: usize,
+    /// Users no longer in it.
+    pub removed: usize,
+    /// Users whose hash changed.
+    pub changed: usize,
+}
+
+impl UserChanges {
+    /// Whether no user changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One `user:hash` line.
 #[derive(Clone)]
 struct Entry {
@@ -66,6 +87,12 @@ enum Hash {
     Argon2,
     /// Mosquitto's `$7$iterations$salt$hash`: PBKDF2-HMAC-SHA512.
     Pbkdf2Sha512 { iterations: u32, salt: Vec<u8>, hash: Vec<u8> },
+    /// Mosquitto's `$6$salt$hash` (what `mosquitto_passwd` wrote before
+    /// 2.0, and writes with `-H sha512`): one SHA-512 of the password
+    /// followed by the salt. Weak (one hash, no work factor): accepted so
+    /// that old files keep working; `ringmq passwd` rewrites a user's
+    /// entry as argon2id.
+    Sha512 { salt: Vec<u8>, hash: Vec<u8> },
 }
 
 /// A line of a password file that cannot be used.
@@ -153,6 +180,21 @@ impl PasswordFile {
         }
     }
 
+    /// How `new` differs from this file: users added, removed, and whose
+    /// hash changed (for the reload's log line; no hash is shown).
+    pub fn changes_to(&self, new: &Self) -> UserChanges {
+        let mut changes = UserChanges::default();
+        for entry in &new.entries {
+            match self.index.get(&entry.user).map(|&at| &self.entries[at]) {
+                None => changes.added += 1,
+                Some(old) if old.text != entry.text => changes.changed += 1,
+                Some(_) => {}
+            }
+        }
+        changes.removed = self.entries.iter().filter(|e| !new.index.contains_key(&e.user)).count();
+        changes
+    }
+
     /// Sets `user`'s password to the argon2id hash of `password` (adding
     /// the user at the end if new).
     pub fn set_password(&mut self, user: &str, password: &[u8]) -> Result<(), String> {
@@ -214,6 +256,12 @@ impl Hash {
                 pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password, salt, *iterations, &mut computed);
                 bool::from(computed.ct_eq(hash))
             }
+            Self::Sha512 { salt, hash } => {
+                use sha2::Digest as _;
+                let computed =
+                    sha2::Sha512::new().chain_update(password).chain_update(salt).finalize();
+                bool::from(computed.as_slice().ct_eq(hash))
+            }
         }
     }
 }
@@ -235,12 +283,12 @@ fn parse_hash(text: &str) -> Result<Hash, String> {
     if let Some(rest) = text.strip_prefix("$7$") {
         return parse_pbkdf2(rest);
     }
-    if text.starts_with("$6$") {
-        return Err("Mosquitto's `$6$` (sha512) hashes are not supported yet; set the \
-                    password again with `ringmq passwd`"
-            .to_owned());
+    if let Some(rest) = text.strip_prefix("$6$") {
+        return parse_sha512(rest);
     }
-    Err("unknown hash format (expected argon2id `$argon2id$...` or Mosquitto `$7$...`)".to_owned())
+    Err("unknown hash format (expected argon2id `$argon2id$...`, or Mosquitto's `$7$...` or \
+         `$6$...`)"
+        .to_owned())
 }
 
 /// Mosquitto's `$7$`: `iterations$salt$hash`, salt and hash in standard
@@ -266,6 +314,22 @@ fn parse_pbkdf2(rest: &str) -> Result<Hash, String> {
         return Err("invalid `$7$` hash: empty salt or hash".to_owned());
     }
     Ok(Hash::Pbkdf2Sha512 { iterations, salt, hash })
+}
+
+/// Mosquitto's `$6$`: `salt$hash`, both standard base64; the hash is the
+/// SHA-512 of the password then the salt (mosquitto 1.x
+/// `src/security_default.c`, `pw__digest`), so it is 64 bytes.
+fn parse_sha512(rest: &str) -> Result<Hash, String> {
+    let (Some((salt, hash)), false) = (rest.split_once('$'), rest.matches('$').count() > 1) else {
+        return Err("invalid `$6$` hash: expected `$6$salt$hash`".to_owned());
+    };
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let salt = base64.decode(salt).map_err(|_| "invalid `$6$` hash: bad base64 salt")?;
+    let hash = base64.decode(hash).map_err(|_| "invalid `$6$` hash: bad base64 hash")?;
+    if salt.is_empty() || hash.len() != 64 {
+        return Err("invalid `$6$` hash: empty salt, or a hash that is not 64 bytes".to_owned());
+    }
+    Ok(Hash::Sha512 { salt, hash })
 }
 
 /// The argon2id PHC string of `password` with a random salt and the

@@ -12,13 +12,17 @@ use super::PasswordFile;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 
 /// Hands password checks to the pool threads; shared by every shard.
 #[derive(Debug)]
 pub struct Verifier {
     jobs: SyncSender<Job>,
+    /// The file the threads check against; replaced by a reload
+    /// ([`Verifier::replace`]). Locked by the pool threads only (and the
+    /// reload), never by a shard.
+    file: Arc<RwLock<Arc<PasswordFile>>>,
 }
 
 /// One check to do.
@@ -45,14 +49,20 @@ impl Verifier {
     pub fn start(file: PasswordFile, threads: usize, queue: usize) -> std::io::Result<Self> {
         let (jobs, receiver) = mpsc::sync_channel(queue);
         let receiver = Arc::new(Mutex::new(receiver));
-        let file = Arc::new(file);
+        let file = Arc::new(RwLock::new(Arc::new(file)));
         for n in 0..threads.max(1) {
             let (receiver, file) = (Arc::clone(&receiver), Arc::clone(&file));
             std::thread::Builder::new()
                 .name(format!("ringmq-auth-{n}"))
                 .spawn(move || work(&receiver, &file))?;
         }
-        Ok(Self { jobs })
+        Ok(Self { jobs, file })
+    }
+
+    /// Checks from now on use `file` (a reload); checks already running
+    /// finish with the previous one.
+    pub fn replace(&self, file: PasswordFile) {
+        *self.file.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(file);
     }
 
     /// Queues a check of `password` for `user`; the verdict is `true` when
@@ -71,7 +81,7 @@ impl Verifier {
 }
 
 /// A pool thread: checks jobs until the [`Verifier`] is dropped.
-fn work(receiver: &Mutex<Receiver<Job>>, file: &PasswordFile) {
+fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>) {
     loop {
         // The lock is held only while waiting for the next job.
         let job = match receiver.lock() {
@@ -79,7 +89,9 @@ fn work(receiver: &Mutex<Receiver<Job>>, file: &PasswordFile) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        let verdict = file.verify(&job.user, &job.password);
+        // Held only to clone the pointer: a reload never waits on a check.
+        let current = Arc::clone(&file.read().unwrap_or_else(PoisonError::into_inner));
+        let verdict = current.verify(&job.user, &job.password);
         let waker = match job.reply.lock() {
             Ok(mut reply) => {
                 reply.verdict = Some(verdict);

@@ -1,5 +1,5 @@
 //! Tests of the password file: parsing, refusals with their line number,
-//! verification of argon2id and Mosquitto `$7$` hashes, editing.
+//! verification of argon2id and Mosquitto `$7$` and `$6$` hashes, editing.
 
 use super::*;
 
@@ -33,6 +33,27 @@ fn mosquitto_pbkdf2_hashes_verify() {
     assert_eq!(file.to_text(), format!("{MOSQUITTO_LINE}\n"));
 }
 
+/// Written by Debian's `mosquitto_passwd -H sha512 -c -b FILE alice
+/// alice-six` (mosquitto 2.0.18: `-H sha512` still writes the 1.x format).
+const MOSQUITTO_SHA512_LINE: &str =
+    "alice:$6$4pmw1hq9ea8yakBc$5RMW0nDHD7e4pM0dhcntgpi7vrmqmZmRTYsGw5qOA6sB\
+ryMTFM+V7RVwMFxmsQaPsbtmfeHKC0QdxLIIHU6vaA==";
+
+#[test]
+fn mosquitto_sha512_hashes_verify() {
+    let file = PasswordFile::parse(MOSQUITTO_SHA512_LINE).unwrap();
+    assert!(file.verify("alice", b"alice-six"));
+    assert!(!file.verify("alice", b"alice-six "));
+    assert!(!file.verify("alice", b""));
+    assert_eq!(file.to_text(), format!("{MOSQUITTO_SHA512_LINE}\n"));
+    // Computed apart (Python: base64 of sha512(b"hunter2" + salt)), so the
+    // order password-then-salt is checked by a second source.
+    let python = "bob:$6$cmluZ21xLXNhbHQh$JccOf2kMmiozhQEiQd1QcA+z247AIzV6S+EwcPwAbfK0ZQqPoU9DJq35sI084YlnM5qucCFe8SrODBQBa5yRbg==";
+    let file = PasswordFile::parse(python).unwrap();
+    assert!(file.verify("bob", b"hunter2"));
+    assert!(!file.verify("bob", b"hunter"));
+}
+
 #[test]
 fn the_unknown_user_hash_is_a_valid_argon2id_hash() {
     assert!(matches!(parse_hash(UNKNOWN_USER_HASH), Ok(Hash::Argon2)));
@@ -52,6 +73,8 @@ fn bad_lines_are_refused_with_their_number() {
     assert!(error(":$7$101$AAAA$AAAA").reason.contains("user name is empty"));
     assert!(error("a:plain").reason.contains("unknown hash format"));
     assert!(error("a:$6$salt$hash").reason.contains("`$6$`"));
+    assert!(error("a:$6$c2FsdA==").reason.contains("expected `$6$salt$hash`"));
+    assert!(error("a:$6$!!$AAAA").reason.contains("bad base64 salt"));
     assert!(error("a:$7$0$AAAA$AAAA").reason.contains("iterations"));
     assert!(error("a:$7$101$!!$AAAA").reason.contains("salt"));
     assert!(error("a:$7$101$AAAA").reason.contains("expected `$7$iterations$salt$hash`"));

@@ -65,6 +65,9 @@ pub struct Config {
     /// `scram_file`: the SCRAM-SHA-256 credentials for MQTT 5.0 enhanced
     /// authentication, read at start like the password file.
     scram_file: Option<PathBuf>,
+    /// `acl_file`: which topics each client may publish, subscribe to and
+    /// receive, read at start and on SIGHUP (by the runtime).
+    acl_file: Option<PathBuf>,
     /// Never empty; no two share an address (except port 0).
     listeners: Vec<ListenerConfig>,
     limits: Limits,
@@ -176,17 +179,37 @@ impl fmt::Display for ShardCount {
     }
 }
 
-/// One `[[listener]]`: an MQTT-over-TCP listening address.
+/// One `[[listener]]`: an MQTT listening address, over TCP or TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     bind: SocketAddr,
     listen_backlog: NonZeroU16,
+    /// `allow_anonymous` of this listener, overriding the global key.
+    allow_anonymous: Option<bool>,
     /// Connections open at once through this listener; 0: no limit of
     /// its own.
     max_connections: u32,
     /// New connections accepted per second through this listener; 0: no
     /// limit.
     max_connection_rate: u32,
+    /// `tls`: the listener speaks TLS with these files.
+    tls: Option<TlsFiles>,
+    /// `use_identity_as_username`: the client certificate's identity is
+    /// the user name (only with `tls.client_ca`).
+    use_identity_as_username: bool,
+}
+
+/// The files of a TLS listener (`tls = { cert, key, client_ca }`), read by
+/// the network layer at start and on every reload (SIGHUP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls.cert`: the PEM certificate chain, the server's own first.
+    pub cert: PathBuf,
+    /// `tls.key`: the PEM private key of the first certificate.
+    pub key: PathBuf,
+    /// `tls.client_ca`: PEM certificates of the authorities that sign
+    /// client certificates; when set, every client must present one.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ListenerConfig {
@@ -222,6 +245,18 @@ impl ListenerConfig {
     pub fn is_loopback(&self) -> bool {
         self.bind.ip().to_canonical().is_loopback()
     }
+
+    /// The TLS files (`tls`), when the listener speaks TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the client certificate's identity (its subject's CN, else
+    /// its first DNS name) is the user name (`use_identity_as_username`):
+    /// the CONNECT's user name and password are then not used.
+    pub fn use_identity_as_username(&self) -> bool {
+        self.use_identity_as_username
+    }
 }
 
 impl Default for ListenerConfig {
@@ -229,8 +264,11 @@ impl Default for ListenerConfig {
         Self {
             bind: DEFAULT_BIND,
             listen_backlog: Self::DEFAULT_LISTEN_BACKLOG,
+            allow_anonymous: None,
             max_connections: 0,
             max_connection_rate: 0,
+            tls: None,
+            use_identity_as_username: false,
         }
     }
 }
@@ -253,6 +291,13 @@ pub struct Limits {
     server_topic_alias_maximum: u16,
     max_session_expiry_s: u32,
     max_subscriptions_per_client: u32,
+    max_topic_length: u16,
+    max_topic_levels: u16,
+    max_client_id_length: u16,
+    max_publish_rate: u32,
+    max_publish_bytes_rate: u64,
+    max_retained_messages: u64,
+    max_retained_bytes: u64,
 }
 
 impl Limits {
@@ -356,6 +401,57 @@ impl Limits {
     pub fn max_subscriptions_per_client(&self) -> u32 {
         self.max_subscriptions_per_client
     }
+
+    /// The longest topic name or filter accepted, in bytes
+    /// (`max_topic_length`); 65535, the longest MQTT can carry, sets no
+    /// limit of its own. See [`Self::max_topic_levels`] for what is refused.
+    pub fn max_topic_length(&self) -> u16 {
+        self.max_topic_length
+    }
+
+    /// The most levels (`/`-separated parts) of a topic name or filter
+    /// (`max_topic_levels`; a shared subscription's `$share/NAME/` prefix
+    /// counts against the length only). A PUBLISH past it or past `max_topic_length` gets
+    /// 5.0 PUBACK/PUBREC 0x90 (QoS 0: DISCONNECT 0x90; 3.1.1: the
+    /// connection is closed), a filter 0x8F (3.1.1: 0x80), a will CONNACK
+    /// 0x90 (3.1.1: return code 3).
+    pub fn max_topic_levels(&self) -> u16 {
+        self.max_topic_levels
+    }
+
+    /// The longest client id accepted, in bytes (`max_client_id_length`);
+    /// a longer one is refused with CONNACK 0x85 (3.1.1: return code 2).
+    pub fn max_client_id_length(&self) -> u16 {
+        self.max_client_id_length
+    }
+
+    /// PUBLISH packets one connection may send per second
+    /// (`max_publish_rate`); past it, its socket is not read until the
+    /// rate allows. 0: no limit.
+    pub fn max_publish_rate(&self) -> u32 {
+        self.max_publish_rate
+    }
+
+    /// Payload bytes one connection may publish per second
+    /// (`max_publish_bytes_rate`), paced as `max_publish_rate`. 0: no
+    /// limit.
+    pub fn max_publish_bytes_rate(&self) -> u64 {
+        self.max_publish_bytes_rate
+    }
+
+    /// Retained messages the broker stores at most
+    /// (`max_retained_messages`), each shard its share; a new retained
+    /// topic past it is not stored (the PUBLISH is still delivered).
+    /// 0: no limit.
+    pub fn max_retained_messages(&self) -> u64 {
+        self.max_retained_messages
+    }
+
+    /// Retained payload bytes the broker stores at most
+    /// (`max_retained_bytes`), as `max_retained_messages`. 0: no limit.
+    pub fn max_retained_bytes(&self) -> u64 {
+        self.max_retained_bytes
+    }
 }
 
 impl Limits {
@@ -380,6 +476,22 @@ impl Limits {
         // per-session memory is already bounded per SUBSCRIBE by
         // max_packet_size; brokers open to untrusted clients should set it.
         max_subscriptions_per_client: 0,
+        // The longest topic MQTT can carry: no limit of its own (a topic
+        // is bounded by max_packet_size already); levels as EMQX's
+        // `max_topic_levels` default, which no real topic tree reaches
+        // and which bounds the trie walks per message.
+        max_topic_length: 65_535,
+        max_topic_levels: 128,
+        // 3.1.1 servers MUST accept 1-23 characters and MAY accept more
+        // [MQTT-3.1.3-5]; 256 holds every id scheme seen in practice
+        // (UUIDs with prefixes, Azure IoT device ids of up to 128, AWS IoT
+        // client ids of up to 128) while keeping what every session's key
+        // costs bounded.
+        max_client_id_length: 256,
+        max_publish_rate: 0,
+        max_publish_bytes_rate: 0,
+        max_retained_messages: 0,
+        max_retained_bytes: 0,
     };
 }
 
@@ -507,13 +619,19 @@ impl Config {
     }
 
     /// Whether a client that presents no user name may connect through
-    /// `listener`: always when `allow_anonymous = true`, never when it is
-    /// `false`; when it is unset, only if the listener is loopback and
-    /// neither `password_file` nor `scram_file` is configured (configuring
-    /// authentication means every client authenticates unless told
-    /// otherwise).
+    /// `listener`: the listener's `allow_anonymous` if set, else the
+    /// global one: always when `true`, never when `false`; when neither is
+    /// set, only if the listener is loopback and neither `password_file`
+    /// nor `scram_file` is configured (configuring authentication means
+    /// every client authenticates unless told otherwise).
+    ///
+    /// A listener with `use_identity_as_username` has no anonymous clients:
+    /// every client is named by its certificate.
     pub fn allow_anonymous_on(&self, listener: &ListenerConfig) -> bool {
-        self.allow_anonymous.unwrap_or_else(|| !self.authenticates() && listener.is_loopback())
+        listener
+            .allow_anonymous
+            .or(self.allow_anonymous)
+            .unwrap_or_else(|| !self.authenticates() && listener.is_loopback())
     }
 
     /// Whether a `password_file` or a `scram_file` is configured.
@@ -530,6 +648,11 @@ impl Config {
     /// The password file (`password_file`), if authentication is configured.
     pub fn password_file(&self) -> Option<&Path> {
         self.password_file.as_deref()
+    }
+
+    /// The ACL file (`acl_file`), if access control is configured.
+    pub fn acl_file(&self) -> Option<&Path> {
+        self.acl_file.as_deref()
     }
 
     /// The resource limits.
@@ -602,7 +725,6 @@ impl Config {
     /// Applies `overrides` to `raw` and checks everything, in the order of
     /// the schema, returning the first problem found.
     fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
-        refuse_unavailable_top_level(&raw)?;
         let shards = match overrides.shards {
             Some(n) => shard_count(Setting::flag("--shards", n), i64::from(n))?,
             None => match raw.shards {
@@ -632,6 +754,14 @@ impl Config {
                 Some(path) if path.is_empty() => return Err(ConfigError::invalid(
                     "scram_file = \"\": must be a path; remove the key for no SCRAM authentication",
                 )),
+                path => path.map(PathBuf::from),
+            },
+            acl_file: match raw.acl_file {
+                Some(path) if path.is_empty() => {
+                    return Err(ConfigError::invalid(
+                        "acl_file = \"\": must be a path; remove the key for no access control",
+                    ))
+                }
                 path => path.map(PathBuf::from),
             },
             listeners: listeners.iter().map(|(listener, _)| listener.clone()).collect(),
@@ -680,20 +810,40 @@ impl Config {
         if self.authenticates() {
             return Ok(());
         }
-        if self.allow_anonymous == Some(false) {
-            return Err(ConfigError::invalid(
-                "allow_anonymous = false: no authentication is configured (no password_file or scram_file), \
-                 so no client could connect; set password_file, remove the key (loopback \
-                 listeners then accept anonymous clients) or set it to true",
-            ));
+        let closed = "no authentication is configured (no password_file or scram_file), so no \
+                      client could connect";
+        // A `use_identity_as_username` listener authenticates by certificate.
+        let by_certificate = listeners.iter().any(|(l, _)| l.use_identity_as_username);
+        if self.allow_anonymous == Some(false) && !by_certificate {
+            return Err(ConfigError::invalid(format!(
+                "allow_anonymous = false: {closed}; set password_file, remove the key (loopback \
+                 listeners then accept anonymous clients) or set it to true"
+            )));
         }
-        match listeners.iter().find(|(listener, _)| !self.allow_anonymous_on(listener)) {
-            Some((_, setting)) => Err(ConfigError::invalid(format!(
-                "{setting} is not loopback and no authentication is configured; set \
-                 allow_anonymous = true to accept anonymous clients on it"
-            ))),
-            None => Ok(()),
+        for (i, (listener, setting)) in listeners.iter().enumerate() {
+            if listener.use_identity_as_username {
+                continue;
+            }
+            if listener.allow_anonymous == Some(false) {
+                return Err(ConfigError::invalid(format!(
+                    "listener[{i}].allow_anonymous = false: {closed} through it; set \
+                     password_file, or remove the key"
+                )));
+            }
+            if !self.allow_anonymous_on(listener) {
+                let key = match setting.from_flag {
+                    true => "allow_anonymous = true".to_owned(),
+                    false => format!(
+                        "allow_anonymous = true (globally, or listener[{i}].allow_anonymous)"
+                    ),
+                };
+                return Err(ConfigError::invalid(format!(
+                    "{setting} is not loopback and no authentication is configured; set {key} \
+                     to accept anonymous clients on it"
+                )));
+            }
         }
+        Ok(())
     }
 }
 
@@ -707,6 +857,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             scram_file: None,
+            acl_file: None,
             listeners: vec![ListenerConfig::default()],
             limits: Limits::default(),
             admin: None,
@@ -857,17 +1008,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
     }
 }
 
-/// Refuses the top-level keys of features this release does not have.
-fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
-    let unavailable = [("acl_file", raw.acl_file.is_some(), "access control")];
-    if let Some((key, _, feature)) = unavailable.into_iter().find(|(_, present, _)| *present) {
-        return Err(ConfigError::invalid(format!(
-            "{key}: {feature} is not available in this release; remove the key"
-        )));
-    }
-    Ok(())
-}
-
 /// The `[admin]` table: `None` when absent or `listen = ""`.
 fn admin(raw: Option<&RawAdmin>) -> Result<Option<SocketAddr>, ConfigError> {
     match raw.map(|admin| admin.listen.as_deref()) {
@@ -959,10 +1099,14 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
             key("proxy_protocol")
         )));
     }
-    if raw.tls.is_some() {
+    let tls = raw.tls.as_ref().map(|tls| tls_files(i, tls)).transpose()?;
+    let use_identity_as_username = raw.use_identity_as_username.unwrap_or(false);
+    if use_identity_as_username && tls.as_ref().and_then(|tls| tls.client_ca.as_ref()).is_none() {
         return Err(ConfigError::invalid(format!(
-            "{}: TLS is not available in this release; remove the key",
-            key("tls")
+            "{} = true: needs client certificates; set {} (and {}) or remove the key",
+            key("use_identity_as_username"),
+            key("tls.client_ca"),
+            key("tls.cert/key"),
         )));
     }
     let listen_backlog = match raw.listen_backlog {
@@ -979,7 +1123,40 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
     };
     let max_connections = per_listener("max_connections", raw.max_connections)?;
     let max_connection_rate = per_listener("max_connection_rate", raw.max_connection_rate)?;
-    Ok(ListenerConfig { bind, listen_backlog, max_connections, max_connection_rate })
+    Ok(ListenerConfig {
+        bind,
+        listen_backlog,
+        allow_anonymous: raw.allow_anonymous,
+        max_connections,
+        max_connection_rate,
+        tls,
+        use_identity_as_username,
+    })
+}
+
+/// The paths of a listener's `tls` table; the files are read by the
+/// network layer (a bad file is refused there, naming the same keys).
+fn tls_files(i: usize, raw: &raw::RawTls) -> Result<TlsFiles, ConfigError> {
+    let path = |name: &str, value: &Option<String>| match value.as_deref() {
+        Some("") => Err(ConfigError::invalid(format!(
+            "listener[{i}].tls.{name} = \"\": must be the path of a PEM file"
+        ))),
+        Some(path) => Ok(Some(PathBuf::from(path))),
+        None => Ok(None),
+    };
+    let required = |name: &str, value: &Option<String>| {
+        path(name, value)?.ok_or_else(|| {
+            ConfigError::invalid(format!(
+                "listener[{i}].tls.{name}: missing; a TLS listener needs both cert and key \
+                 (PEM files)"
+            ))
+        })
+    };
+    Ok(TlsFiles {
+        cert: required("cert", &raw.cert)?,
+        key: required("key", &raw.key)?,
+        client_ca: path("client_ca", &raw.client_ca)?,
+    })
 }
 
 /// The listeners of `--listen` flags, replacing those of the file.
@@ -1134,6 +1311,59 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             // 0: no limit.
             (0, u32::MAX.into()),
             |n| u32::try_from(n).ok(),
+        )?,
+        max_topic_length: limit(
+            "max_topic_length",
+            raw.max_topic_length,
+            default.max_topic_length,
+            // A topic is a UTF-8 string of at most 65,535 bytes (1.5.4).
+            (1, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_topic_levels: limit(
+            "max_topic_levels",
+            raw.max_topic_levels,
+            default.max_topic_levels,
+            // 65,535 bytes hold at most 32,768 levels.
+            (1, 32_768),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_client_id_length: limit(
+            "max_client_id_length",
+            raw.max_client_id_length,
+            default.max_client_id_length,
+            // [MQTT-3.1.3-5]: 23 must be accepted.
+            (23, 65_535),
+            |n| u16::try_from(n).ok(),
+        )?,
+        max_publish_rate: limit(
+            "max_publish_rate",
+            raw.max_publish_rate,
+            default.max_publish_rate,
+            // 0: no limit.
+            (0, u32::MAX.into()),
+            |n| u32::try_from(n).ok(),
+        )?,
+        max_publish_bytes_rate: limit(
+            "max_publish_bytes_rate",
+            raw.max_publish_bytes_rate,
+            default.max_publish_bytes_rate,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_retained_messages: limit(
+            "max_retained_messages",
+            raw.max_retained_messages,
+            default.max_retained_messages,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        max_retained_bytes: limit(
+            "max_retained_bytes",
+            raw.max_retained_bytes,
+            default.max_retained_bytes,
+            (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
         )?,
     })
 }

@@ -19,7 +19,7 @@ pub(super) struct RawConfig {
     pub(super) allow_anonymous: Option<bool>,
     pub(super) password_file: Option<String>,
     pub(super) scram_file: Option<String>,
-    pub(super) acl_file: Option<IgnoredAny>,
+    pub(super) acl_file: Option<String>,
     pub(super) data_dir: Option<String>,
     pub(super) durability: Option<String>,
     pub(super) fsync_interval_ms: Option<i64>,
@@ -44,10 +44,21 @@ pub(super) struct RawListener {
     pub(super) protocol: Option<String>,
     pub(super) path: Option<IgnoredAny>,
     pub(super) proxy_protocol: Option<bool>,
-    pub(super) tls: Option<IgnoredAny>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) use_identity_as_username: Option<bool>,
     pub(super) listen_backlog: Option<i64>,
+    pub(super) allow_anonymous: Option<bool>,
     pub(super) max_connections: Option<i64>,
     pub(super) max_connection_rate: Option<i64>,
+}
+
+/// A listener's `tls = { cert = "...", key = "...", client_ca = "..." }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) client_ca: Option<String>,
 }
 
 /// The `[limits]` table.
@@ -69,6 +80,13 @@ pub(super) struct RawLimits {
     pub(super) server_topic_alias_maximum: Option<i64>,
     pub(super) max_session_expiry_s: Option<i64>,
     pub(super) max_subscriptions_per_client: Option<i64>,
+    pub(super) max_topic_length: Option<i64>,
+    pub(super) max_topic_levels: Option<i64>,
+    pub(super) max_client_id_length: Option<i64>,
+    pub(super) max_publish_rate: Option<i64>,
+    pub(super) max_publish_bytes_rate: Option<i64>,
+    pub(super) max_retained_messages: Option<i64>,
+    pub(super) max_retained_bytes: Option<i64>,
 }
 
 /// The `[redirect]` table.

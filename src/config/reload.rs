@@ -1,8 +1,8 @@
 //! What a re-read configuration changes ([`Config::changes`]): which keys
 //! a running broker can apply (the `[limits]`, `log.level`,
-//! `sys_interval_s`, `drain_timeout_s`) and which need a
-//! restart; and the configuration that runs once the appliable ones are
-//! applied ([`Config::reloaded`]).
+//! `sys_interval_s`, `drain_timeout_s`, the paths of `password_file` and
+//! `acl_file`) and which need a restart; and the configuration that runs
+//! once the appliable ones are applied ([`Config::reloaded`]).
 
 use super::{Config, Limits};
 use std::fmt;
@@ -14,6 +14,10 @@ pub struct Changes {
     pub limits: Vec<Change>,
     /// `log.level`, when it changed.
     pub log_level: Option<Change>,
+    /// `password_file` or `acl_file` pointing at another file (both
+    /// files are re-read on every reload anyway; adding or removing the
+    /// key needs a restart).
+    pub files: Vec<Change>,
     /// `sys_interval_s` and `drain_timeout_s`, those that changed.
     pub intervals: Vec<Change>,
     /// Keys that changed but take effect only at the next start (e.g.
@@ -26,6 +30,7 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
             && self.log_level.is_none()
+            && self.files.is_empty()
             && self.intervals.is_empty()
             && self.needs_restart.is_empty()
     }
@@ -68,9 +73,24 @@ impl Config {
             "response_information_prefix",
         );
         restart_if(self.redirect != new.redirect, "redirect");
-        // The file is read at start; its contents are not re-read either.
-        restart_if(self.password_file != new.password_file, "password_file");
+        // The SCRAM file is read at start; its contents are not re-read.
         restart_if(self.scram_file != new.scram_file, "scram_file");
+        // Turning authentication or access control on or off changes who
+        // may connect and what existing sessions were checked against.
+        restart_if(self.password_file.is_some() != new.password_file.is_some(), "password_file");
+        restart_if(self.acl_file.is_some() != new.acl_file.is_some(), "acl_file");
+        let files = [
+            ("password_file", &self.password_file, &new.password_file),
+            ("acl_file", &self.acl_file, &new.acl_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, old, new)| match (old, new) {
+            (Some(old), Some(new)) if old != new => {
+                Some(Change { key, old: format!("{old:?}"), new: format!("{new:?}") })
+            }
+            _ => None,
+        })
+        .collect();
         // The log is opened and replayed at start.
         restart_if(self.data_dir != new.data_dir, "data_dir");
         restart_if(self.durability != new.durability, "durability");
@@ -90,17 +110,25 @@ impl Config {
             limits: limit_changes(&self.limits, &new.limits),
             log_level,
             intervals: intervals.into_iter().flatten().collect(),
+            files,
             needs_restart,
         }
     }
 
     /// `self` with the parts of `new` that a running broker applies (the
-    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`); the
-    /// rest stays as it started.
+    /// `[limits]`, `log.level`, `sys_interval_s`, `drain_timeout_s`, and the
+    /// paths of the password and ACL files where both name one); the rest
+    /// stays as it started.
     pub fn reloaded(&self, new: &Config) -> Config {
         let mut running = self.clone();
         running.limits = new.limits;
         running.log.level = new.log.level;
+        if self.password_file.is_some() && new.password_file.is_some() {
+            running.password_file.clone_from(&new.password_file);
+        }
+        if self.acl_file.is_some() && new.acl_file.is_some() {
+            running.acl_file.clone_from(&new.acl_file);
+        }
         running.sys_interval_s = new.sys_interval_s;
         running.drain_timeout_s = new.drain_timeout_s;
         running
@@ -110,7 +138,7 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 15] {
+    let values = |limits: &Limits| -> [(&'static str, String); 22] {
         // Destructured, so that a new limit cannot be left out unnoticed.
         let Limits {
             max_connections,
@@ -128,6 +156,13 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             server_topic_alias_maximum,
             max_session_expiry_s,
             max_subscriptions_per_client,
+            max_topic_length,
+            max_topic_levels,
+            max_client_id_length,
+            max_publish_rate,
+            max_publish_bytes_rate,
+            max_retained_messages,
+            max_retained_bytes,
         } = limits;
         [
             ("limits.max_connections", max_connections.to_string()),
@@ -145,6 +180,13 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             ("limits.server_topic_alias_maximum", server_topic_alias_maximum.to_string()),
             ("limits.max_session_expiry_s", max_session_expiry_s.to_string()),
             ("limits.max_subscriptions_per_client", max_subscriptions_per_client.to_string()),
+            ("limits.max_topic_length", max_topic_length.to_string()),
+            ("limits.max_topic_levels", max_topic_levels.to_string()),
+            ("limits.max_client_id_length", max_client_id_length.to_string()),
+            ("limits.max_publish_rate", max_publish_rate.to_string()),
+            ("limits.max_publish_bytes_rate", max_publish_bytes_rate.to_string()),
+            ("limits.max_retained_messages", max_retained_messages.to_string()),
+            ("limits.max_retained_bytes", max_retained_bytes.to_string()),
         ]
     };
     values(old)

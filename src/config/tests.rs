@@ -74,6 +74,13 @@ fn defaults_are_those_of_the_design() {
     assert_eq!(limits.topic_alias_maximum(), 16);
     assert_eq!(limits.max_session_expiry_s(), 604_800);
     assert_eq!(limits.max_subscriptions_per_client(), 0);
+    assert_eq!(limits.max_topic_length(), 65_535);
+    assert_eq!(limits.max_topic_levels(), 128);
+    assert_eq!(limits.max_client_id_length(), 256);
+    assert_eq!(limits.max_publish_rate(), 0);
+    assert_eq!(limits.max_publish_bytes_rate(), 0);
+    assert_eq!(limits.max_retained_messages(), 0);
+    assert_eq!(limits.max_retained_bytes(), 0);
     assert!(config.retain_available());
     assert_eq!(config.response_information_prefix(), None);
     assert_eq!(config.redirect(), None);
@@ -181,7 +188,9 @@ fn example_file_documents_every_key_of_the_schema() {
         "protocol",
         "path",
         "proxy_protocol",
+        // Its cert, key and client_ca are documented on its own line.
         "tls",
+        "use_identity_as_username",
         "listen_backlog",
         "max_connection_rate",
         "[limits]",
@@ -200,6 +209,13 @@ fn example_file_documents_every_key_of_the_schema() {
         "server_topic_alias_maximum",
         "max_session_expiry_s",
         "max_subscriptions_per_client",
+        "max_topic_length",
+        "max_topic_levels",
+        "max_client_id_length",
+        "max_publish_rate",
+        "max_publish_bytes_rate",
+        "max_retained_messages",
+        "max_retained_bytes",
         "retain_available",
         "response_information_prefix",
         "[redirect]",
@@ -280,6 +296,43 @@ fn retain_response_information_and_redirect_need_a_restart_the_quota_does_not() 
     let reloaded = running.reloaded(&new);
     assert!(reloaded.retain_available());
     assert_eq!(reloaded.limits().max_subscriptions_per_client(), 5);
+}
+
+// ---- abuse limits ----------------------------------------------------------
+
+#[test]
+fn abuse_limits_are_read_refused_out_of_range_and_reloadable() {
+    let text = "[limits]\nmax_topic_length = 256\nmax_topic_levels = 8\n\
+                max_client_id_length = 64\nmax_publish_rate = 100\n\
+                max_publish_bytes_rate = 65536\nmax_retained_messages = 1000\n\
+                max_retained_bytes = 1048576\n";
+    let config = parse(text).unwrap();
+    let limits = config.limits();
+    assert_eq!(limits.max_topic_length(), 256);
+    assert_eq!(limits.max_topic_levels(), 8);
+    assert_eq!(limits.max_client_id_length(), 64);
+    assert_eq!(limits.max_publish_rate(), 100);
+    assert_eq!(limits.max_publish_bytes_rate(), 65_536);
+    assert_eq!(limits.max_retained_messages(), 1000);
+    assert_eq!(limits.max_retained_bytes(), 1_048_576);
+    for (key, bad) in [
+        ("max_topic_length", "0"),
+        ("max_topic_length", "65536"),
+        ("max_topic_levels", "0"),
+        ("max_topic_levels", "32769"),
+        // [MQTT-3.1.3-5] ids of 1 to 23 bytes must be accepted.
+        ("max_client_id_length", "22"),
+        ("max_publish_rate", "-1"),
+        ("max_publish_bytes_rate", "-1"),
+        ("max_retained_messages", "-1"),
+        ("max_retained_bytes", "-1"),
+    ] {
+        let message = error(&format!("[limits]\n{key} = {bad}\n"));
+        assert!(message.contains(&format!("limits.{key} = {bad}")), "{message}");
+    }
+    let changes = Config::default().changes(&config);
+    assert!(changes.needs_restart.is_empty());
+    assert_eq!(changes.limits.len(), 7);
 }
 
 // ---- sys_interval_s --------------------------------------------------------
@@ -473,23 +526,6 @@ fn unknown_protocol_is_refused_by_name() {
     );
 }
 
-// ---- features not in this release ------------------------------------------
-
-#[test]
-fn unavailable_top_level_keys_are_refused_by_name() {
-    assert_eq!(
-        error("acl_file = \"/etc/ringmq/acl\""),
-        "config error: acl_file: access control is not available in this release; remove the key"
-    );
-}
-
-#[test]
-fn unavailable_keys_are_refused_whatever_their_value() {
-    // Even a value of the wrong type gets the precise message, not a type error.
-    assert!(error("acl_file = 5").contains("acl_file: access control is not available"));
-    assert!(error("[[listener]]\ntls = true").contains("listener[0].tls: TLS is not available"));
-}
-
 // ---- persistence -------------------------------------------------------------
 
 #[test]
@@ -575,9 +611,59 @@ fn unavailable_listener_features_are_refused_by_name() {
         "config error: listener[0].proxy_protocol = true: the PROXY protocol is not available \
          in this release; remove the key or set it to false"
     );
+}
+
+#[test]
+fn tls_takes_a_cert_a_key_and_an_optional_client_ca() {
+    let config = parse(
+        "[[listener]]\n[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+         tls = { cert = \"c.pem\", key = \"k.pem\" }",
+    )
+    .unwrap();
+    assert_eq!(config.listeners()[0].tls(), None);
+    let tls = config.listeners()[1].tls().unwrap();
+    assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("c.pem"), Some("k.pem")));
+    assert_eq!(tls.client_ca, None);
+    let config = parse(
+        "[[listener]]\ntls = { cert = \"c.pem\", key = \"k.pem\", client_ca = \"ca.pem\" }\n\
+         use_identity_as_username = true",
+    )
+    .unwrap();
+    assert_eq!(config.listeners()[0].tls().unwrap().client_ca, Some("ca.pem".into()));
+    assert!(config.listeners()[0].use_identity_as_username());
+}
+
+#[test]
+fn tls_without_its_files_is_refused_by_key() {
     assert_eq!(
-        error("[[listener]]\n[[listener]]\nbind = \"127.0.0.1:1\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }"),
-        "config error: listener[1].tls: TLS is not available in this release; remove the key"
+        error("[[listener]]\ntls = { cert = \"c.pem\" }"),
+        "config error: listener[0].tls.key: missing; a TLS listener needs both cert and key \
+         (PEM files)"
+    );
+    assert_eq!(
+        error("[[listener]]\ntls = { cert = \"\", key = \"k.pem\" }"),
+        "config error: listener[0].tls.cert = \"\": must be the path of a PEM file"
+    );
+    assert!(error("[[listener]]\ntls = { cert = \"c\", key = \"k\", ca = \"x\" }")
+        .contains("unknown key `listener[0].tls.ca`"));
+    assert_eq!(
+        error("[[listener]]\ntls = { cert = \"c\", key = \"k\" }\nuse_identity_as_username = true"),
+        "config error: listener[0].use_identity_as_username = true: needs client certificates; \
+         set listener[0].tls.client_ca (and listener[0].tls.cert/key) or remove the key"
+    );
+}
+
+#[test]
+fn a_listener_naming_clients_by_certificate_needs_no_allow_anonymous() {
+    let mtls = "[[listener]]\nbind = \"0.0.0.0:8883\"\n\
+                tls = { cert = \"c\", key = \"k\", client_ca = \"ca\" }\n";
+    assert!(error(mtls).contains("is not loopback and no authentication is configured"));
+    let config = parse(&format!("{mtls}use_identity_as_username = true")).unwrap();
+    assert!(!config.allow_anonymous_on(&config.listeners()[0]));
+    // Clients named by their certificates can connect: not refused as a
+    // configuration nobody could pass.
+    assert!(
+        parse(&format!("allow_anonymous = false\n{mtls}use_identity_as_username = true")).is_ok()
     );
 }
 
@@ -593,8 +679,8 @@ fn non_loopback_listener_without_authentication_needs_allow_anonymous() {
     assert_eq!(
         error("[[listener]]\nbind = \"0.0.0.0:1883\""),
         "config error: listener[0].bind = \"0.0.0.0:1883\" is not loopback and no \
-         authentication is configured; set allow_anonymous = true to accept anonymous clients \
-         on it"
+         authentication is configured; set allow_anonymous = true (globally, or \
+         listener[0].allow_anonymous) to accept anonymous clients on it"
     );
     assert!(error("[[listener]]\nbind = \"127.0.0.1:1\"\n[[listener]]\nbind = \"[::]:1883\"")
         .contains("listener[1].bind = \"[::]:1883\" is not loopback"));
@@ -665,6 +751,49 @@ fn a_scram_file_is_authentication_too() {
         error("scram_file = \"\"").starts_with("config error: scram_file = \"\": must be a path")
     );
     assert_eq!(parse("").unwrap().scram_file(), None);
+}
+
+#[test]
+fn allow_anonymous_per_listener_overrides_the_global_key() {
+    // Open to anonymous clients on one public listener only.
+    let text = "password_file = \"p\"\n[[listener]]\nbind = \"0.0.0.0:1883\"\n\
+                [[listener]]\nbind = \"0.0.0.0:1884\"\nallow_anonymous = true";
+    let config = parse(text).unwrap();
+    let [first, second] = config.listeners() else { panic!("two listeners") };
+    assert!(!config.allow_anonymous_on(first) && config.allow_anonymous_on(second));
+    // Closed on one listener although open globally.
+    let text = "password_file = \"p\"\nallow_anonymous = true\n[[listener]]\n\
+                bind = \"127.0.0.1:1\"\nallow_anonymous = false\n[[listener]]\nbind = \"[::]:2\"";
+    let config = parse(text).unwrap();
+    let [first, second] = config.listeners() else { panic!("two listeners") };
+    assert!(!config.allow_anonymous_on(first) && config.allow_anonymous_on(second));
+    // Without authentication: a public listener may be opened by its own key...
+    let text = "[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true";
+    assert!(parse(text).is_ok());
+    // ... and the refusal names the listener that is neither.
+    let text = "[[listener]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n\
+                [[listener]]\nbind = \"0.0.0.0:1884\"";
+    assert!(error(text).starts_with(
+        "config error: listener[1].bind = \"0.0.0.0:1884\" is not loopback and no \
+         authentication is configured; set allow_anonymous = true (globally, or \
+         listener[1].allow_anonymous)"
+    ));
+    // A listener closed to everyone is refused.
+    let text = "[[listener]]\nbind = \"127.0.0.1:1883\"\nallow_anonymous = false";
+    assert!(error(text).starts_with(
+        "config error: listener[0].allow_anonymous = false: no authentication is configured"
+    ));
+    assert!(error("[[listener]]\nallow_anonymous = 1")
+        .contains("listener[0].allow_anonymous: invalid type"));
+}
+
+#[test]
+fn acl_file_is_a_non_empty_path() {
+    let config = parse("acl_file = \"/etc/ringmq/acl\"").unwrap();
+    assert_eq!(config.acl_file(), Some(Path::new("/etc/ringmq/acl")));
+    assert_eq!(parse("").unwrap().acl_file(), None);
+    assert!(error("acl_file = \"\"").starts_with("config error: acl_file = \"\": must be a path"));
+    assert!(error("acl_file = 1").contains("acl_file: invalid type"));
 }
 
 #[test]
@@ -834,11 +963,11 @@ fn bad_shards_and_log_flags_are_refused_by_flag() {
 
 #[test]
 fn file_checks_that_do_not_depend_on_overrides_still_apply() {
-    // Unknown keys and unavailable features are refused even when flags
-    // replace the part of the file they are in.
+    // Unknown keys and values that contradict each other are refused even
+    // when flags replace the listeners.
     let overrides = listen(&["127.0.0.1:1883"]);
     assert!(error_with("bogus = 1", &overrides).contains("unknown key `bogus`"));
-    assert!(error_with("acl_file = \"/x\"", &overrides).contains("acl_file: access control"));
+    assert!(error_with("durability = \"always\"", &overrides).contains("needs data_dir"));
 }
 
 // ---- robustness ------------------------------------------------------------
@@ -924,6 +1053,29 @@ fn listeners_shards_and_admin_need_a_restart_and_are_not_applied() {
     assert_eq!(running.limits().max_queued_messages().get(), 5);
     // What was not applied is reported again at the next reload.
     assert_eq!(running.changes(&new).needs_restart, ["shards", "listener", "admin.listen"]);
+}
+
+#[test]
+fn auth_file_paths_reload_but_adding_or_removing_them_needs_a_restart() {
+    let old = parse("password_file = \"a\"\nacl_file = \"x\"\n").unwrap();
+    let new = parse("password_file = \"b\"\nacl_file = \"y\"\n").unwrap();
+    let changes = old.changes(&new);
+    assert!(changes.needs_restart.is_empty());
+    let files: Vec<_> = changes.files.iter().map(ToString::to_string).collect();
+    assert_eq!(files, ["password_file: \"a\" -> \"b\"", "acl_file: \"x\" -> \"y\""]);
+    let running = old.reloaded(&new);
+    assert_eq!(
+        (running.password_file(), running.acl_file()),
+        (new.password_file(), new.acl_file())
+    );
+    let without = parse("allow_anonymous = true\n").unwrap();
+    let changes = old.changes(&without);
+    assert_eq!(changes.needs_restart, ["allow_anonymous", "password_file", "acl_file"]);
+    let running = old.reloaded(&without);
+    assert_eq!(
+        (running.password_file(), running.acl_file()),
+        (old.password_file(), old.acl_file())
+    );
 }
 
 #[test]

@@ -86,8 +86,9 @@ pub struct NetCounters {
     pub connect_timeouts: u64,
     /// Connections closed for a CONNECT larger than `max_connect_size`.
     pub connect_too_large: u64,
-    /// Connections closed because their incomplete CONNECT needed more
-    /// than `max_pending_connect_bytes` left on the shard.
+    /// Connections closed because their incomplete CONNECT (or TLS
+    /// handshake) needed more than `max_pending_connect_bytes` left on the
+    /// shard.
     pub connect_budget_exceeded: u64,
     /// CONNECTs refused for their credentials: unknown user, wrong
     /// password, or no user name where anonymous clients are not allowed.
@@ -102,6 +103,19 @@ pub struct NetCounters {
     pub bytes_received: u64,
     /// Bytes written to clients (MQTT packets).
     pub bytes_sent: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes failed for a certificate: the client's (unknown
+    /// issuer, expired, missing where required) or ours, refused by the
+    /// client.
+    pub tls_failed_certificate: u64,
+    /// TLS handshakes failed for want of a common protocol version, cipher
+    /// suite or ALPN protocol.
+    pub tls_failed_protocol: u64,
+    /// TLS handshakes not done within `connect_timeout_ms`.
+    pub tls_failed_timeout: u64,
+    /// TLS handshakes failed otherwise (not TLS, the client went away).
+    pub tls_failed_other: u64,
 }
 
 /// What the shard routed, and how its sessions ended.
@@ -125,6 +139,10 @@ pub struct ShardCounters {
     /// Retained messages dropped from the store because their v5 Message
     /// Expiry Interval ran out [MQTT-3.3.2-5].
     pub retained_expired: u64,
+    /// New retained topics not stored because the shard held its share of
+    /// `max_retained_messages` or `max_retained_bytes` (the PUBLISH was
+    /// still delivered).
+    pub retained_limit_exceeded: u64,
     /// Connections a session closed because its client broke the protocol
     /// after CONNECT (a `SessionError`).
     pub protocol_violations: u64,
@@ -171,6 +189,23 @@ pub struct SessionCounters {
     /// New subscriptions refused because the session held
     /// `max_subscriptions_per_client` (0x97, 3.1.1: 0x80).
     pub subscriptions_quota_exceeded: u64,
+    /// PUBLISH topics, wills and SUBSCRIBE / UNSUBSCRIBE filters refused
+    /// past `max_topic_length` or `max_topic_levels` (PUBACK/PUBREC/
+    /// DISCONNECT/CONNACK 0x90, filters 0x8F; 3.1.1: closed, 0x80).
+    pub topic_limit_exceeded: u64,
+    /// CONNECTs refused for a client id past `max_client_id_length`
+    /// (CONNACK 0x85, 3.1.1: return code 2).
+    pub client_id_too_long: u64,
+    /// Times a connection was paced (its socket left unread) for passing
+    /// `max_publish_rate` or `max_publish_bytes_rate`.
+    pub publish_rate_limited: u64,
+    /// PUBLISH packets (and wills) the ACL file does not let their client
+    /// publish: dropped, acknowledged as the protocol requires.
+    pub acl_denied_publish: u64,
+    /// SUBSCRIBE filters refused by the ACL file.
+    pub acl_denied_subscribe: u64,
+    /// Messages not sent to a subscriber that may not read their topic.
+    pub acl_denied_delivery: u64,
 }
 
 /// What happened on the way to other shards.

@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 39] = [
+const COUNTERS: [Field<u64>; 51] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -102,6 +102,19 @@ const COUNTERS: [Field<u64>; 39] = [
         s.counters.net.auth_busy
     }),
     ("redirected", "CONNECTs sent to another server ([redirect])", |s| s.counters.net.redirected),
+    ("tls_handshakes", "TLS handshakes completed", |s| s.counters.net.tls_handshakes),
+    ("tls_failed_certificate", "TLS handshakes failed for a certificate", |s| {
+        s.counters.net.tls_failed_certificate
+    }),
+    ("tls_failed_protocol", "TLS handshakes failed: no common version, cipher or ALPN", |s| {
+        s.counters.net.tls_failed_protocol
+    }),
+    ("tls_failed_timeout", "TLS handshakes not done within connect_timeout_ms", |s| {
+        s.counters.net.tls_failed_timeout
+    }),
+    ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
+        s.counters.net.tls_failed_other
+    }),
     ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
         s.counters.net.bytes_received
     }),
@@ -174,6 +187,33 @@ const COUNTERS: [Field<u64>; 39] = [
         "Subscriptions refused past max_subscriptions_per_client",
         |s| s.counters.session.subscriptions_quota_exceeded,
     ),
+    (
+        "topic_limit_exceeded",
+        "Topics and filters refused past max_topic_length or max_topic_levels",
+        |s| s.counters.session.topic_limit_exceeded,
+    ),
+    ("client_id_too_long", "CONNECTs refused past max_client_id_length", |s| {
+        s.counters.session.client_id_too_long
+    }),
+    (
+        "publish_rate_limited",
+        "Times a connection was paced past max_publish_rate or max_publish_bytes_rate",
+        |s| s.counters.session.publish_rate_limited,
+    ),
+    (
+        "retained_limit_exceeded",
+        "New retained topics not stored past max_retained_messages or max_retained_bytes",
+        |s| s.counters.shard.retained_limit_exceeded,
+    ),
+    ("acl_denied_publish", "PUBLISH packets and wills the ACL file refused", |s| {
+        s.counters.session.acl_denied_publish
+    }),
+    ("acl_denied_subscribe", "SUBSCRIBE filters the ACL file refused", |s| {
+        s.counters.session.acl_denied_subscribe
+    }),
+    ("acl_denied_delivery", "Messages not sent: the subscriber may not read the topic", |s| {
+        s.counters.session.acl_denied_delivery
+    }),
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped
     }),

@@ -19,6 +19,7 @@ use crate::session::{AuthExchange, AuthOutcome};
 use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
 use bytes::{Buf, BytesMut};
 use futures_lite::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -77,18 +78,23 @@ pub enum CloseReason {
     ConnectBudget,
 }
 
-/// The bytes an incomplete CONNECT holds, charged to the shard's
-/// `pending_connect_bytes` and released when dropped (CONNECT complete,
-/// timeout, error).
-struct PendingConnect {
+/// The bytes an incomplete CONNECT (or TLS handshake) holds, charged to
+/// the shard's `pending_connect_bytes` and released when dropped (CONNECT
+/// complete, timeout, error).
+pub(super) struct PendingConnect {
     ctx: Rc<NetContext>,
     bytes: usize,
 }
 
 impl PendingConnect {
+    /// Nothing held yet.
+    pub(super) fn new(ctx: Rc<NetContext>) -> Self {
+        Self { ctx, bytes: 0 }
+    }
+
     /// Charges `bytes` instead of what was held; false (and nothing
     /// charged) when that would pass the shard's budget.
-    fn hold(&mut self, bytes: usize) -> bool {
+    pub(super) fn hold(&mut self, bytes: usize) -> bool {
         let others = self.ctx.pending_connect_bytes.get() - self.bytes;
         if bytes > self.bytes && others + bytes > self.ctx.limits().max_pending_connect_bytes {
             return false;
@@ -131,6 +137,8 @@ pub fn serve<T: Transport>(
         write_buf: BytesMut::new(),
         decoder,
         held_by: None,
+        pace_timer: None,
+        paced: false,
         ctx,
         transport,
     };
@@ -175,6 +183,12 @@ struct Connection<T> {
     /// The congested peer this connection pushed a QoS 1/2 publish to: it
     /// reads nothing more until that peer's queue drains.
     held_by: Option<Destination>,
+    /// Set while the connection is paced past its publish rate (it reads
+    /// nothing until the timer fires); kept once created, so a saturated
+    /// connection re-arms it instead of allocating one per pause.
+    pace_timer: Option<glommio::timer::Timer>,
+    /// Whether `pace_timer` is armed.
+    paced: bool,
 }
 
 /// What woke a connection task.
@@ -293,7 +307,7 @@ impl<T: Transport> Connection<T> {
                     Box::pin(exchange).await?;
                 }
                 None => {
-                    if let Err(reason) = self.authenticate(&connect, listener).await {
+                    if let Err(reason) = self.authenticate(&mut connect, listener).await {
                         return Err(self.refuse(&connect, peer, reason).await);
                     }
                 }
@@ -306,6 +320,7 @@ impl<T: Transport> Connection<T> {
                     let shard = self.ctx.shard.borrow();
                     tracing::info!(
                         client_id = shard.client_id(key).map_or("", |id| &**id),
+                        username = connect.username.as_deref().unwrap_or(""),
                         %peer,
                         protocol = %connect.version,
                         clean_start = connect.clean_start,
@@ -332,8 +347,23 @@ impl<T: Transport> Connection<T> {
     /// under the connect timeout), or none where the listener accepts
     /// anonymous clients. Without a password file a user name is not
     /// checked. The error is the CONNACK's reason code.
-    async fn authenticate(&self, connect: &Connect, listener: usize) -> Result<(), ReasonCode> {
+    ///
+    /// On a listener with `use_identity_as_username`, the client
+    /// certificate's identity replaces the CONNECT's user name and its
+    /// password is dropped: the certificate, verified in the TLS handshake,
+    /// is the credential, and the password file is not consulted (as in
+    /// Mosquitto). A certificate without an identity is refused.
+    async fn authenticate(&self, connect: &mut Connect, listener: usize) -> Result<(), ReasonCode> {
         let auth = &self.ctx.auth;
+        if auth.identity_as_username.get(listener).copied().unwrap_or(false) {
+            let Some(identity) = self.transport.peer_identity() else {
+                self.ctx.count(|net| net.auth_failed += 1);
+                return Err(ReasonCode::NotAuthorized);
+            };
+            connect.username = Some(identity.into());
+            connect.password = None;
+            return Ok(());
+        }
         let Some(user) = connect.username.as_deref() else {
             if auth.anonymous.get(listener).copied().unwrap_or(false) {
                 return Ok(());
@@ -488,7 +518,7 @@ impl<T: Transport> Connection<T> {
     /// shard's `max_pending_connect_bytes`; a connection that would pass it
     /// is closed (a stranger's bytes, not yet anybody's session).
     async fn read_connect(&mut self) -> Result<Box<Connect>, CloseReason> {
-        let mut held = PendingConnect { ctx: Rc::clone(&self.ctx), bytes: 0 };
+        let mut held = PendingConnect::new(Rc::clone(&self.ctx));
         loop {
             let buffered = self.read_buf.as_deref().unwrap_or_default();
             let size = match self.decoder.next_packet_size(buffered) {
@@ -637,12 +667,25 @@ impl<T: Transport> Connection<T> {
             match self.decoder.decode(buf) {
                 Ok(Some(packet)) => {
                     let indexes = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                    let publishes = matches!(packet, Packet::Publish(_));
                     let mut shard = self.ctx.shard.borrow_mut();
                     if !shard.handle_packet(key, id, now, packet)? {
                         // The session closed the connection; the rest is
                         // ignored [MQTT-3.14.4-1].
                         self.read_buf = None;
                         return Ok(());
+                    }
+                    if publishes {
+                        if let Some(until) = shard.paced_until(key, now) {
+                            // Past its publish rate: the packets after it
+                            // wait (here and in the socket) until `until`.
+                            if self.held_by.is_none() {
+                                shard.handle_held(key, id, now, true)?;
+                            }
+                            drop(shard);
+                            self.pace(until.saturating_duration_since(now));
+                            return Ok(());
+                        }
                     }
                     if indexes && shard.has_index_work(key) {
                         // The packets after it wait until it is indexed.
@@ -667,6 +710,15 @@ impl<T: Transport> Connection<T> {
             self.read_buf = None;
         }
         Ok(())
+    }
+
+    /// Stops reading for `pause` (see [`Self::poll_wake`]).
+    fn pace(&mut self, pause: Duration) {
+        match &mut self.pace_timer {
+            Some(timer) => timer.reset(pause),
+            None => self.pace_timer = Some(glommio::timer::Timer::new(pause)),
+        }
+        self.paced = true;
     }
 
     /// Writes pending output, then waits for input, new output, or
@@ -700,10 +752,32 @@ impl<T: Transport> Connection<T> {
                 return Poll::Pending;
             }
             self.held_by = None;
-            let released = self.ctx.shard.borrow_mut().handle_held(key, id, Instant::now(), false);
-            if let Err(error) = released {
-                return Poll::Ready(Err(error.into()));
+            if !self.paced {
+                let now = Instant::now();
+                let released = self.ctx.shard.borrow_mut().handle_held(key, id, now, false);
+                if let Err(error) = released {
+                    return Poll::Ready(Err(error.into()));
+                }
             }
+        }
+        if self.paced {
+            // Paced past its publish rate: output still flows (above), the
+            // socket is not read until the budget is back. Then the
+            // packets already read are handled first (`Wake::Read`).
+            if let Some(timer) = self.pace_timer.as_mut() {
+                if std::pin::Pin::new(timer).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.paced = false;
+            if self.held_by.is_none() {
+                let now = Instant::now();
+                let released = self.ctx.shard.borrow_mut().handle_held(key, id, now, false);
+                if let Err(error) = released {
+                    return Poll::Ready(Err(error.into()));
+                }
+            }
+            return Poll::Ready(Ok(Wake::Read));
         }
         if self.write_buf.len() < MAX_UNSENT {
             match self.poll_read(cx) {
@@ -840,13 +914,14 @@ mod tests {
     /// backpressure state; 432 once a v5 close carries why the input was
     /// malformed (the close reason, held across the last flush, went from
     /// 16 to 24 bytes); 392 once the close of an attached connection moved
-    /// from its own `run` future into `serve`.
+    /// from its own `run` future into `serve`; 400 (Connection 216) with
+    /// the publish-rate pacing timer (one reused `Timer` handle).
     #[test]
     fn an_idle_connection_task_stays_small() {
         let (connection, future) =
             (std::mem::size_of::<Connection<TcpStream>>(), output_size(serve::<TcpStream>));
         eprintln!("Connection<TcpStream>: {connection} bytes, serve future: {future} bytes");
-        assert!(connection <= 208, "Connection<TcpStream> grew to {connection} bytes");
-        assert!(future <= 392, "the serve future grew to {future} bytes");
+        assert!(connection <= 216, "Connection<TcpStream> grew to {connection} bytes");
+        assert!(future <= 400, "the serve future grew to {future} bytes");
     }
 }

@@ -5,7 +5,8 @@
 //! * [`listener`]: the listening sockets (SO_REUSEPORT, one per shard).
 //! * [`admin`]: health probes and metrics over HTTP, on a thread of its own.
 //! * [`Transport`]: the byte stream a connection runs over. The connection
-//!   loop is generic over it: plain TCP today, TLS and WebSocket later.
+//!   loop is generic over it: plain TCP, or TLS ([`tls`]); WebSocket later.
+//! * [`tls`]: the TLS listeners' configurations, handshake and transport.
 //! * [`serve`]: one connection's task. It reads the CONNECT, asks the
 //!   shard where the connection goes ([`crate::shard::Shard::place`]:
 //!   attached here, handed off, or refused) and, when attached, pumps
@@ -49,6 +50,7 @@ pub mod admin;
 pub mod admission;
 mod connection;
 pub mod listener;
+pub mod tls;
 mod transport;
 
 pub use connection::serve;
@@ -69,6 +71,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+use tls::{HandshakeFailure, ListenerTls, TlsStream};
 
 /// Connect, refusal and disconnect lines a shard logs per second at most;
 /// past it, one summary line per second tells how many were held back.
@@ -104,6 +107,9 @@ pub struct NetContext {
     connection_logs: RefCell<RateLimit>,
     /// How clients authenticate.
     auth: NetAuth,
+    /// The TLS configuration of each listener (`None`: plain TCP); a
+    /// reload replaces it (see [`NetContext::set_tls`]).
+    tls: RefCell<ListenerTls>,
     /// Each listener's limits and open connections (process-wide).
     listeners: Arc<[ListenerAdmission]>,
     /// This shard's connection-rate buckets and refusal log lines.
@@ -148,6 +154,10 @@ pub struct NetAuth {
     /// Per listener (by index in the configuration): whether a CONNECT
     /// without a user name is accepted.
     pub anonymous: Arc<[bool]>,
+    /// Per listener: whether the client certificate's identity is the
+    /// user name (`use_identity_as_username`); the password file is then
+    /// not consulted.
+    pub identity_as_username: Arc<[bool]>,
     /// The MQTT 5.0 enhanced authentication methods offered (SCRAM-SHA-256
     /// when a `scram_file` is configured); a CONNECT with another
     /// Authentication Method is refused with 0x8C.
@@ -162,6 +172,7 @@ impl NetContext {
         outbox: Rc<Outbox>,
         limits: NetLimits,
         shared: NetShared,
+        tls: ListenerTls,
     ) -> Self {
         let NetShared { open_connections, auth, listeners, nr_shards, redirect } = shared;
         let admission = Admission::new(&listeners, nr_shards, Instant::now());
@@ -180,10 +191,22 @@ impl NetContext {
                 Duration::from_secs(1),
             )),
             auth,
+            tls: RefCell::new(tls),
             listeners,
             admission: RefCell::new(admission),
             redirect,
         }
+    }
+
+    /// Replaces the listeners' TLS configurations (a reload re-read the
+    /// certificates): connections accepted from now on use the new ones.
+    pub fn set_tls(&self, tls: ListenerTls) {
+        *self.tls.borrow_mut() = tls;
+    }
+
+    /// The TLS configuration of listener `index`, when it speaks TLS.
+    fn tls_config(&self, index: usize) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.borrow().get(index).cloned().flatten()
     }
 
     /// Whether one more connect or disconnect line may be logged now
@@ -315,6 +338,12 @@ impl NetContext {
                 let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
                 glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
             }
+            MovedTransport::Tls { socket, tls } => {
+                // SAFETY: as above.
+                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                let stream = TlsStream::adopt(stream, tls);
+                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+            }
         };
         task.detach();
     }
@@ -366,7 +395,57 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         ctx.count(|net| net.accepted += 1);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, None, None)).detach();
+        match ctx.tls_config(index) {
+            None => glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, None, None)),
+            Some(config) => {
+                glommio::spawn_local(serve_tls(Rc::clone(&ctx), stream, config, peer, index))
+            }
+        }
+        .detach();
+    }
+}
+
+/// Serves a connection of a TLS listener: the handshake, within
+/// `connect_timeout`, then [`serve`] (which gives the CONNECT its own
+/// `connect_timeout`). Only this connection's task waits on its handshake.
+async fn serve_tls(
+    ctx: Rc<NetContext>,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    peer: std::net::SocketAddr,
+    listener: usize,
+) {
+    let timeout = ctx.limits().connect_timeout;
+    let handshake = async {
+        let mut stream = TlsStream::accept(stream, config)?;
+        let mut held = connection::PendingConnect::new(Rc::clone(&ctx));
+        stream.handshake(|received| held.hold(received)).await.map(|()| stream)
+    };
+    let timer = async {
+        glommio::timer::Timer::new(timeout).await;
+        Err(tls::HandshakeError {
+            cause: HandshakeFailure::Timeout,
+            error: std::io::ErrorKind::TimedOut.into(),
+        })
+    };
+    match futures_lite::future::or(handshake, timer).await {
+        Ok(stream) => {
+            ctx.count(|net| net.tls_handshakes += 1);
+            serve(ctx, stream, peer, listener, None, None).await;
+        }
+        Err(failure) => {
+            ctx.count(|net| match failure.cause {
+                HandshakeFailure::BadCertificate => net.tls_failed_certificate += 1,
+                HandshakeFailure::Protocol => net.tls_failed_protocol += 1,
+                HandshakeFailure::Timeout => net.tls_failed_timeout += 1,
+                HandshakeFailure::ConnectBudget => net.connect_budget_exceeded += 1,
+                HandshakeFailure::Other => net.tls_failed_other += 1,
+            });
+            if ctx.may_log_connection() {
+                tracing::info!(%peer, cause = ?failure.cause, error = %failure.error, "TLS handshake failed");
+            }
+            ctx.connection_closed(listener);
+        }
     }
 }
 

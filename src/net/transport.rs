@@ -1,7 +1,8 @@
 //! The byte transports a connection runs over. The connection loop
-//! ([`super::connection`]) is generic over [`Transport`]: plain TCP today;
-//! TLS and WebSocket implement the same trait (see the module notes of
-//! [`super`] for how a TLS connection reaches its home shard).
+//! ([`super::connection`]) is generic over [`Transport`]: plain TCP here,
+//! TLS in [`super::tls`]; WebSocket will implement the same trait (see the
+//! module notes of [`super`] for how a TLS connection reaches its home
+//! shard).
 
 use crate::router::MovedTransport;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -39,6 +40,12 @@ pub trait Transport: 'static {
     /// The transport is only dropped afterwards, which closes this
     /// shard's handle of the socket.
     fn hand_off(&mut self) -> io::Result<MovedTransport>;
+
+    /// Who the client proved to be below MQTT: the identity of its TLS
+    /// client certificate (see [`super::tls::TlsStream::peer_identity`]).
+    fn peer_identity(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Transport for TcpStream {

@@ -13,13 +13,22 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// The transport of a connection moving to its home shard: its socket,
-/// and whatever transport state must travel with it (a TLS session will).
+/// and whatever transport state must travel with it (a TLS session does).
 /// The fd is owned: dropping the message anywhere closes it, so no path
 /// leaks it.
 #[derive(Debug)]
 pub enum MovedTransport {
     /// Plain TCP: the socket alone.
     Tcp(OwnedFd),
+    /// TLS: the socket and the whole rustls state (keys, sequence
+    /// numbers, buffered records and plaintext), so that the home shard
+    /// continues the same TLS session.
+    Tls {
+        /// The socket.
+        socket: OwnedFd,
+        /// The TLS session.
+        tls: Box<rustls::ServerConnection>,
+    },
 }
 
 /// A connection moving to its home shard: its transport, its CONNECT as

@@ -10,6 +10,7 @@ mod systemd;
 
 pub use reload::Reload;
 
+use crate::auth::acl::AclFile;
 use crate::auth::enhanced::Authenticators;
 use crate::auth::pool::Verifier;
 use crate::auth::scram::{ScramFile, ScramSha256};
@@ -33,7 +34,7 @@ use bytes::Bytes;
 use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use preflight::PreflightError;
-use reload::{Reloader, SharedIntervals, SharedLimits};
+use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits, SharedTls};
 use socket2::Socket;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -107,12 +108,16 @@ struct Startup {
     health: Arc<Health>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The TLS listeners' configurations, replaced by a reload.
+    tls: Arc<SharedTls>,
     /// Each listener's connection limits and open connections.
     listeners: Arc<[ListenerAdmission]>,
     /// `[redirect]`, for the network layer.
     redirect: Option<net::Redirect>,
     /// `response_information_prefix`, for the shards.
     response_information_prefix: Option<String>,
+    /// The ACL file in force, if one is configured; replaced by a reload.
+    acl: Option<Arc<SharedAcl>>,
     /// The data directory (checked and locked) and how the logs in it are
     /// written; `None`: memory only.
     store: Option<(std::path::PathBuf, StoreOptions)>,
@@ -125,6 +130,19 @@ enum ShardFailure {
     Mesh,
     /// Its durable log could not be opened.
     Store,
+}
+
+/// The password and ACL files the configuration names, as read before the
+/// start (a bad one is a configuration error, reported before anything
+/// starts).
+#[derive(Debug, Default)]
+pub struct AuthFiles {
+    /// The `password_file`.
+    pub passwords: Option<PasswordFile>,
+    /// The `acl_file`.
+    pub acl: Option<AclFile>,
+    /// The `scram_file`.
+    pub scram: Option<ScramFile>,
 }
 
 /// How many shards have finished their graceful shutdown.
@@ -216,13 +234,13 @@ impl Drop for FinishedGuard {
 /// is no file, and a SIGHUP only says so) and applies what can change
 /// without a restart (see [`Reload`]).
 ///
-/// `passwords` is the configured password file and `scram` the SCRAM
-/// credentials file, already read (a bad file is a configuration error,
-/// reported before anything starts).
+/// `files` are the configured password, ACL and SCRAM files, already read.
+/// `tls` the TLS listeners' certificates ([`net::tls::load_listeners`]),
+/// also read before the start.
 pub fn run(
     config: Config,
-    passwords: Option<PasswordFile>,
-    scram: Option<ScramFile>,
+    files: AuthFiles,
+    tls: net::tls::ListenerTls,
     reload: Option<Reload>,
 ) -> Result<(), RuntimeError> {
     preflight::check_io_uring()?;
@@ -250,9 +268,28 @@ pub fn run(
     let listeners = Arc::new(ListenerStop::default());
     let health = Arc::new(Health::new(nr_shards, Arc::new(AtomicUsize::new(0))));
     let limits = Arc::new(SharedLimits::new(&config));
+    let AuthFiles { passwords, acl, scram } = files;
+    let acl = acl.map(|file| {
+        tracing::info!(users = file.users(), rules = file.rules(), "acl file read");
+        if config.password_file().is_none() {
+            tracing::warn!(
+                "acl_file without password_file: user names are not verified, so a client \
+                 gets the rules of whichever user it names"
+            );
+        }
+        Arc::new(SharedAcl::new(Some(Arc::new(file))))
+    });
+    let auth_state = Arc::new(Mutex::new(AuthState::default()));
     let intervals = Arc::new(SharedIntervals::new(&config));
-    let mut reloader =
-        Reloader::new(config.clone(), reload, Arc::clone(&limits), Arc::clone(&intervals));
+    let tls = Arc::new(SharedTls::new(tls));
+    let mut reloader = Reloader::new(
+        config.clone(),
+        reload,
+        Arc::clone(&limits),
+        Arc::clone(&intervals),
+        Arc::clone(&auth_state),
+        Arc::clone(&tls),
+    );
     let shutdown = signals::watch_signals(
         {
             let (listeners, health) = (Arc::clone(&listeners), Arc::clone(&health));
@@ -266,7 +303,11 @@ pub fn run(
         move || reloader.reload(),
     )
     .map_err(RuntimeError::Signals)?;
-    let auth = net_auth(&config, passwords, scram)?;
+    // After the watcher: the verification threads inherit the blocked
+    // signals (a SIGTERM delivered to one of them would kill the process).
+    let auth = net_auth(&config, passwords.clone(), scram)?;
+    *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+        AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
     let store = data_dir.as_ref().map(|dir| {
         tracing::info!(
             data_dir = %dir.path().display(),
@@ -281,6 +322,8 @@ pub fn run(
         limits,
         intervals,
         auth,
+        acl,
+        tls,
         shutdown,
         store,
     };
@@ -299,6 +342,9 @@ struct Running<'a> {
     intervals: Arc<SharedIntervals>,
     /// How connections authenticate.
     auth: NetAuth,
+    /// The ACL file, if any.
+    acl: Option<Arc<SharedAcl>>,
+    tls: Arc<SharedTls>,
     shutdown: Arc<AtomicBool>,
     store: Option<(std::path::PathBuf, StoreOptions)>,
 }
@@ -310,7 +356,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, intervals, auth, shutdown, store } = running;
+    let Running { listeners, health, limits, intervals, auth, acl, tls, shutdown, store } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -329,7 +375,8 @@ fn serve(
         }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
-        tracing::info!(%addr, "listening (mqtt)");
+        let protocol = if listener.tls().is_some() { "mqtt over tls" } else { "mqtt" };
+        tracing::info!(%addr, "listening ({protocol})");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
         }
@@ -347,6 +394,8 @@ fn serve(
         finished: Finished::default(),
         health: Arc::clone(health),
         auth,
+        acl,
+        tls,
         store,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
@@ -415,6 +464,9 @@ fn net_auth(
     let verifier = match passwords {
         Some(file) => {
             tracing::info!(users = file.len(), "password file read");
+            if file.is_empty() {
+                tracing::warn!("the password file has no user: only anonymous clients can connect");
+            }
             let verifier = Verifier::start(file, AUTH_THREADS, AUTH_QUEUE)
                 .map_err(RuntimeError::AuthThreads)?;
             Some(Arc::new(verifier))
@@ -428,7 +480,9 @@ fn net_auth(
         methods.add(Arc::new(scram));
     }
     let anonymous = config.listeners().iter().map(|l| config.allow_anonymous_on(l)).collect();
-    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods) })
+    let identity_as_username =
+        config.listeners().iter().map(|l| l.use_identity_as_username()).collect();
+    Ok(NetAuth { verifier, anonymous, methods: Arc::new(methods), identity_as_username })
 }
 
 /// One executor per allowed CPU, pinned; more shards than CPUs share them.
@@ -471,6 +525,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
     tracing::debug!(%id, "shard joined the mesh");
     let outbox = Rc::new(Outbox::new(startup.nr_shards));
     let (mut limits_seen, session_limits, net_limits) = startup.limits.current();
+    let (mut tls_seen, tls) = startup.tls.current();
     let shard = Rc::new(RefCell::new(Shard::new(
         id,
         startup.nr_shards,
@@ -482,6 +537,11 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         .borrow_mut()
         .set_response_information_prefix(startup.response_information_prefix.as_deref());
     shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
+    let mut acl_seen = startup.acl.as_ref().map(|acl| {
+        let (seen, file) = acl.current();
+        shard.borrow_mut().set_acl(file);
+        seen
+    });
     // The log is replayed before the shard takes any message from a peer
     // or a client, and before it counts as serving (`/readyz`, READY=1).
     let writer = match &startup.store {
@@ -507,6 +567,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
             nr_shards: startup.nr_shards,
             redirect: startup.redirect.clone(),
         },
+        tls,
     ));
     let mesh_tasks = mesh.start(Rc::clone(&outbox), {
         let (shard, net) = (Rc::clone(&shard), Rc::clone(&net));
@@ -554,6 +615,16 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
             limits_seen = seen;
             shard.borrow_mut().set_limits(session_limits);
             net.set_limits(net_limits);
+        }
+        if let (Some(shared), Some(seen)) = (&startup.acl, acl_seen.as_mut()) {
+            if let Some((now_seen, file)) = shared.changed_since(*seen) {
+                *seen = now_seen;
+                shard.borrow_mut().set_acl(file);
+            }
+        }
+        if let Some((seen, tls)) = startup.tls.changed_since(tls_seen) {
+            tls_seen = seen;
+            net.set_tls(tls);
         }
         let now = Instant::now();
         shard.borrow_mut().sweep(now);
@@ -681,6 +752,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
         redirected,
         bytes_received,
         bytes_sent,
@@ -692,6 +768,7 @@ fn log_stopped(snapshot: &Snapshot) {
         takeovers,
         sessions_expired,
         retained_expired,
+        retained_limit_exceeded,
         protocol_violations,
     } = shard;
     let SessionCounters {
@@ -708,6 +785,12 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        topic_limit_exceeded,
+        client_id_too_long,
+        publish_rate_limited,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
     let StoreCounters {
@@ -738,6 +821,11 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_budget_exceeded,
         auth_failed,
         auth_busy,
+        tls_handshakes,
+        tls_failed_certificate,
+        tls_failed_protocol,
+        tls_failed_timeout,
+        tls_failed_other,
         redirected,
         bytes_received,
         bytes_sent,
@@ -768,6 +856,13 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        topic_limit_exceeded,
+        client_id_too_long,
+        publish_rate_limited,
+        retained_limit_exceeded,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
         store_records_recovered,
         store_torn_tails,
         store_torn_bytes,

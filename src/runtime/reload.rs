@@ -11,9 +11,28 @@
 //! tick; `sys_interval_s` and `drain_timeout_s` go to [`SharedIntervals`],
 //! read when they are needed; a changed `log.level` goes to
 //! [`Reload::set_log_level`].
+//!
+//! Every SIGHUP also re-reads `password_file` and `acl_file` (changed or
+//! not in the configuration): a file that cannot be read or parsed keeps
+//! the one in force and logs one error line with the file and line. A new
+//! password file goes to the verification threads (new CONNECTs are
+//! checked against it; connected clients stay). A new ACL file is
+//! published in [`SharedAcl`]: each shard takes it at its next tick, for
+//! new connections and for every existing session from its next check, as
+//! Mosquitto re-applies its ACLs to connected clients.
+//!
+//! Every accepted reload also re-reads the certificates and keys of the TLS
+//! listeners (at the paths the broker started with: a changed path needs a
+//! restart) and publishes them in [`SharedTls`]: connections accepted after
+//! the shards' next tick use them. A listener whose files cannot be used
+//! keeps its previous certificate, with one error line naming the key.
 
 use super::preflight;
+use crate::auth::acl::AclFile;
+use crate::auth::pool::Verifier;
+use crate::auth::PasswordFile;
 use crate::config::{Config, ConfigError, LogLevel};
+use crate::net::tls::{self, ListenerTls};
 use crate::net::NetLimits;
 use crate::session::SessionLimits;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -65,6 +84,132 @@ impl SharedLimits {
     fn replace(&self, config: &Config) {
         *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits(config);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The ACL file in force, shared by the shards: replaced by a reload, read
+/// by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedAcl {
+    /// Bumped after each replacement of `file`.
+    generation: AtomicU64,
+    file: Mutex<Option<Arc<AclFile>>>,
+}
+
+impl SharedAcl {
+    pub(super) fn new(file: Option<Arc<AclFile>>) -> Self {
+        Self { generation: AtomicU64::new(0), file: Mutex::new(file) }
+    }
+
+    /// The generation and file in force.
+    pub(super) fn current(&self) -> (u64, Option<Arc<AclFile>>) {
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), file.clone())
+    }
+
+    /// The file, when its generation is not `seen` (one atomic load when
+    /// nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, Option<Arc<AclFile>>)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, file: Arc<AclFile>) {
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The TLS configurations of the listeners, shared by the shards: replaced
+/// by a reload, read by each shard at its tick when `generation` moved.
+#[derive(Debug)]
+pub(super) struct SharedTls {
+    /// Bumped after each replacement of `tls`.
+    generation: AtomicU64,
+    tls: Mutex<ListenerTls>,
+}
+
+impl SharedTls {
+    pub(super) fn new(tls: ListenerTls) -> Self {
+        Self { generation: AtomicU64::new(0), tls: Mutex::new(tls) }
+    }
+
+    /// The generation and configurations in force.
+    pub(super) fn current(&self) -> (u64, ListenerTls) {
+        let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.generation.load(Ordering::Acquire), tls.clone())
+    }
+
+    /// The configurations, when their generation is not `seen` (one atomic
+    /// load when nothing changed).
+    pub(super) fn changed_since(&self, seen: u64) -> Option<(u64, ListenerTls)> {
+        (self.generation.load(Ordering::Acquire) != seen).then(|| self.current())
+    }
+
+    fn replace(&self, tls: ListenerTls) {
+        *self.tls.lock().unwrap_or_else(PoisonError::into_inner) = tls;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The password and ACL files in force, for re-reading them on SIGHUP.
+#[derive(Debug, Default)]
+pub(super) struct AuthState {
+    /// The password file in force and the threads that check against it
+    /// (both or neither).
+    pub(super) passwords: Option<(PasswordFile, Arc<Verifier>)>,
+    /// Where the shards take the ACL file from; its current file is
+    /// `acl.current()`.
+    pub(super) acl: Option<Arc<SharedAcl>>,
+}
+
+impl AuthState {
+    /// Re-reads the files `running` names; logs what changed.
+    fn reload(&mut self, running: &Config) {
+        if let (Some(path), Some((old, verifier))) = (running.password_file(), &mut self.passwords)
+        {
+            match PasswordFile::load(path) {
+                Err(error) => tracing::error!("reload: {error}; the file in force stays"),
+                Ok(new) => {
+                    let changes = old.changes_to(&new);
+                    if changes.is_empty() {
+                        tracing::info!(path = %path.display(), "reload: password_file unchanged");
+                    } else {
+                        tracing::info!(
+                            path = %path.display(),
+                            users = new.len(),
+                            added = changes.added,
+                            removed = changes.removed,
+                            changed = changes.changed,
+                            "reload: password_file applied to new connections"
+                        );
+                        verifier.replace(new.clone());
+                        *old = new;
+                    }
+                }
+            }
+        }
+        if let (Some(path), Some(shared)) = (running.acl_file(), &self.acl) {
+            match AclFile::load(path) {
+                Err(error) => tracing::error!("reload: {error}; the file in force stays"),
+                Ok(new) => match shared.current().1 {
+                    Some(old) if *old == new => {
+                        tracing::info!(path = %path.display(), "reload: acl_file unchanged");
+                    }
+                    old => {
+                        tracing::info!(
+                            path = %path.display(),
+                            users = new.users(),
+                            rules = new.rules(),
+                            previous_users = old.as_ref().map_or(0, |old| old.users()),
+                            previous_rules = old.as_ref().map_or(0, |old| old.rules()),
+                            "reload: acl_file applied to new connections and, from their next \
+                             check, to connected clients"
+                        );
+                        shared.replace(Arc::new(new));
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -128,6 +273,14 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
             .unwrap_or(usize::MAX),
         retain_available: config.retain_available(),
         auth_timeout: limits.connect_timeout(),
+        max_topic_length: limits.max_topic_length().into(),
+        max_topic_levels: limits.max_topic_levels().into(),
+        max_client_id_length: limits.max_client_id_length().into(),
+        max_publish_rate: limits.max_publish_rate(),
+        max_publish_bytes_rate: limits.max_publish_bytes_rate(),
+        max_retained_messages: usize::try_from(limits.max_retained_messages())
+            .unwrap_or(usize::MAX),
+        max_retained_bytes: usize::try_from(limits.max_retained_bytes()).unwrap_or(usize::MAX),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),
@@ -147,6 +300,10 @@ pub(super) struct Reloader {
     reload: Option<Reload>,
     limits: Arc<SharedLimits>,
     intervals: Arc<SharedIntervals>,
+    /// Filled once the verification threads run (they start after the
+    /// signal watcher, so that they inherit its blocked signals).
+    auth: Arc<Mutex<AuthState>>,
+    tls: Arc<SharedTls>,
 }
 
 impl Reloader {
@@ -155,10 +312,40 @@ impl Reloader {
         reload: Option<Reload>,
         limits: Arc<SharedLimits>,
         intervals: Arc<SharedIntervals>,
+        auth: Arc<Mutex<AuthState>>,
+        tls: Arc<SharedTls>,
     ) -> Self {
-        Self { running, reload, limits, intervals }
+        Self { running, reload, limits, intervals, auth, tls }
     }
+}
 
+/// Re-reads the certificates and keys of the TLS listeners of `running`
+/// into `shared`; a listener whose files cannot be used keeps the ones it
+/// has.
+fn reload_tls(running: &Config, shared: &SharedTls) {
+    let (_, mut configs) = shared.current();
+    let mut reloaded = false;
+    for (i, listener) in running.listeners().iter().enumerate() {
+        let (Some(files), Some(slot)) = (listener.tls(), configs.get_mut(i)) else {
+            continue;
+        };
+        match tls::load(i, files) {
+            Ok(config) => {
+                *slot = Some(config);
+                reloaded = true;
+                tracing::info!("reload: listener[{i}].tls: certificate and key re-read");
+            }
+            Err(error) => tracing::error!(
+                "reload: {error}; listener[{i}] keeps its previous certificate and key"
+            ),
+        }
+    }
+    if reloaded {
+        shared.replace(configs);
+    }
+}
+
+impl Reloader {
     /// Handles one SIGHUP.
     pub(super) fn reload(&mut self) {
         let Some(reload) = self.reload.as_mut() else {
@@ -174,10 +361,10 @@ impl Reloader {
                 return;
             }
         };
+        reload_tls(&self.running, &self.tls);
         let changes = self.running.changes(&new);
         if changes.is_empty() {
-            tracing::info!("reload: no changes");
-            return;
+            tracing::info!("reload: no changes in the configuration");
         }
         // The level first: the lines below are logged at the new one.
         if let Some(change) = &changes.log_level {
@@ -198,11 +385,15 @@ impl Reloader {
         for change in &changes.intervals {
             tracing::info!("reload: {change}");
         }
+        for change in &changes.files {
+            tracing::info!("reload: {change}");
+        }
         self.running = self.running.reloaded(&new);
         if !changes.limits.is_empty() {
             self.limits.replace(&self.running);
         }
         self.intervals.replace(&self.running);
+        self.auth.lock().unwrap_or_else(PoisonError::into_inner).reload(&self.running);
     }
 }
 
@@ -247,8 +438,15 @@ mod tests {
             }),
         };
         let intervals = Arc::new(SharedIntervals::new(&start));
-        let mut reloader =
-            Reloader::new(start, Some(reload), Arc::clone(&shared), Arc::clone(&intervals));
+        let tls = Arc::new(SharedTls::new(vec![None]));
+        let mut reloader = Reloader::new(
+            start,
+            Some(reload),
+            Arc::clone(&shared),
+            Arc::clone(&intervals),
+            Arc::default(),
+            tls,
+        );
         reloader.reload();
         assert_eq!(shared.changed_since(generation), None);
         reloader.reload();
@@ -270,7 +468,47 @@ mod tests {
     fn without_a_file_a_reload_does_nothing() {
         let shared = Arc::new(SharedLimits::new(&Config::default()));
         let intervals = Arc::new(SharedIntervals::new(&Config::default()));
-        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals).reload();
+        let tls = Arc::new(SharedTls::new(vec![None]));
+        Reloader::new(Config::default(), None, Arc::clone(&shared), intervals, Arc::default(), tls)
+            .reload();
         assert_eq!(shared.changed_since(0), None);
+    }
+
+    #[test]
+    fn the_auth_files_are_re_read_and_a_broken_one_keeps_the_one_in_force() {
+        let dir = std::env::temp_dir().join(format!("ringmq-reload-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (passwd, acl) = (dir.join("passwd"), dir.join("acl"));
+        let mut users = PasswordFile::default();
+        users.set_password("alice", b"a").unwrap();
+        std::fs::write(&passwd, users.to_text()).unwrap();
+        std::fs::write(&acl, "user alice\ntopic a\n").unwrap();
+        let running = config(&format!("password_file = {passwd:?}\nacl_file = {acl:?}\n"));
+        let first = Arc::new(AclFile::load(&acl).unwrap());
+        let shared = Arc::new(SharedAcl::new(Some(Arc::clone(&first))));
+        let verifier = Arc::new(Verifier::start(users.clone(), 1, 4).unwrap());
+        let mut state =
+            AuthState { passwords: Some((users, Arc::clone(&verifier))), acl: Some(shared) };
+        let generation = |state: &AuthState| state.acl.as_ref().unwrap().current().0;
+        let users = |state: &AuthState| state.passwords.as_ref().unwrap().0.len();
+
+        // Unchanged files: nothing replaced.
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (0, 1));
+        // New files: both replaced.
+        let mut more = PasswordFile::parse(&std::fs::read_to_string(&passwd).unwrap()).unwrap();
+        more.set_password("bob", b"b").unwrap();
+        std::fs::write(&passwd, more.to_text()).unwrap();
+        std::fs::write(&acl, "user alice\ntopic b\n").unwrap();
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (1, 2));
+        let (_, file) = state.acl.as_ref().unwrap().current();
+        assert_ne!(file.as_deref(), Some(&*first));
+        // Broken files: the ones in force stay.
+        std::fs::write(&passwd, "bob:plain\n").unwrap();
+        std::fs::write(&acl, "user alice\ntopic rw b\n").unwrap();
+        state.reload(&running);
+        assert_eq!((generation(&state), users(&state)), (1, 2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -291,6 +291,10 @@ pub(super) struct Connection {
     /// with, for re-authentication; `None` without one (then AUTH is a
     /// Protocol Error [MQTT-4.12.0-7]). Boxed: most connections have none.
     pub(super) auth: Option<Box<ConnectionAuth>>,
+    /// The publish budgets of `max_publish_rate` / `max_publish_bytes_rate`;
+    /// `None` while neither is set, so an unlimited connection carries one
+    /// pointer.
+    pub(super) pace: Option<Box<super::pace::PublishPace>>,
 }
 
 /// The method of a connection authenticated by enhanced authentication,

@@ -53,6 +53,14 @@ pub enum SessionError {
     /// to tell, and its connection is closed as Mosquitto does.
     #[error("RETAIN set while retained messages are not available")]
     RetainNotSupported,
+    /// A PUBLISH whose topic passes `max_topic_length` or
+    /// `max_topic_levels` that cannot be refused in an acknowledgement: a
+    /// v5 QoS 0 one (DISCONNECT 0x90 Topic Name invalid, "The Topic Name
+    /// is correctly formed, but is not accepted by this Client or Server",
+    /// table 3-10) or any 3.1/3.1.1 one (no acknowledgement can refuse a
+    /// PUBLISH there: the connection is closed).
+    #[error("topic name past limits.max_topic_length or limits.max_topic_levels")]
+    TopicLimitExceeded,
     /// A DISCONNECT setting a non-zero Session Expiry Interval after a
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
@@ -100,6 +108,7 @@ impl SessionError {
             Self::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
             Self::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
             Self::RetainNotSupported => ReasonCode::RetainNotSupported,
+            Self::TopicLimitExceeded => ReasonCode::TopicNameInvalid,
         }
     }
 }

@@ -204,4 +204,6 @@ pub enum DropReason {
     /// The client published it itself and subscribed with v5 No Local
     /// [MQTT-3.8.3-3].
     NoLocal,
+    /// The client may not read the message's topic (the ACL file).
+    NotAuthorized,
 }

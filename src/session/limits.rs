@@ -1,5 +1,6 @@
 //! Per-session limits: configuration, immutable.
 
+use crate::protocol::TopicFilter;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
@@ -74,6 +75,55 @@ pub struct SessionLimits {
     /// 4.12.1) once it started one: `connect_timeout_ms`, which bounds the
     /// exchange at CONNECT too.
     pub auth_timeout: Duration,
+    /// The longest topic name or filter, in bytes (`max_topic_length`).
+    pub max_topic_length: usize,
+    /// The most levels of a topic name or filter (`max_topic_levels`; a
+    /// shared subscription's `$share/NAME/` counts against the length
+    /// only).
+    pub max_topic_levels: usize,
+    /// The longest client id, in bytes (`max_client_id_length`): checked
+    /// by the shard at CONNECT.
+    pub max_client_id_length: usize,
+    /// PUBLISH packets per second a connection may send (`max_publish_rate`);
+    /// past it the connection is paced (see [`Session::paced_until`]).
+    /// 0: no limit.
+    ///
+    /// [`Session::paced_until`]: super::Session::paced_until
+    pub max_publish_rate: u32,
+    /// Payload bytes per second a connection may publish
+    /// (`max_publish_bytes_rate`), paced the same way. 0: no limit.
+    pub max_publish_bytes_rate: u64,
+    /// Retained messages the broker stores at most
+    /// (`max_retained_messages`); each shard enforces its share (see
+    /// `Shard::retained_share`). 0: no limit.
+    pub max_retained_messages: usize,
+    /// Retained payload bytes the broker stores at most
+    /// (`max_retained_bytes`), shared out the same way. 0: no limit.
+    pub max_retained_bytes: usize,
+}
+
+impl SessionLimits {
+    /// Whether `topic` (a topic name, or a filter without its `$share/NAME/`
+    /// prefix) passes `max_topic_length` and `max_topic_levels`. Counts
+    /// the separators only as long as needed: no allocation, at most
+    /// `max_topic_levels` steps.
+    pub fn topic_within(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_length && self.levels_within(topic)
+    }
+
+    /// [`Self::topic_within`] for a filter: its whole text (a shared
+    /// subscription's share name included) against `max_topic_length`,
+    /// the filter matched against topic names against `max_topic_levels`.
+    pub fn filter_within(&self, filter: &TopicFilter) -> bool {
+        filter.as_str().len() <= self.max_topic_length && self.levels_within(filter.filter())
+    }
+
+    fn levels_within(&self, topic: &str) -> bool {
+        // Levels are separators plus one: within the limit unless there
+        // is a separator number `max_topic_levels`.
+        let separators = self.max_topic_levels.saturating_sub(1);
+        topic.bytes().filter(|&b| b == b'/').nth(separators).is_none()
+    }
 }
 
 impl Default for SessionLimits {
@@ -93,6 +143,13 @@ impl Default for SessionLimits {
             max_subscriptions: 0,
             retain_available: true,
             auth_timeout: Duration::from_secs(10),
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            max_client_id_length: 256,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+            max_retained_messages: 0,
+            max_retained_bytes: 0,
         }
     }
 }

@@ -45,6 +45,7 @@ mod event;
 mod keepalive;
 mod limits;
 mod outbound;
+mod pace;
 
 #[cfg(test)]
 mod proptests;
@@ -58,6 +59,7 @@ pub use event::{
 };
 pub use limits::SessionLimits;
 
+use crate::auth::acl::{AclFile, ClientAcl};
 use crate::auth::enhanced::Authenticator;
 use crate::message::Message;
 use crate::metrics::SessionCounters;
@@ -73,6 +75,7 @@ use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, Top
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Queued};
+use pace::PublishPace;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -115,6 +118,10 @@ pub struct Session {
     /// is due or when the session ends, whichever comes first, and never
     /// if a connection attaches before [MQTT-3.1.3-9].
     delayed_will: Option<DelayedWill>,
+    /// The client's rules when an `acl_file` is configured: every publish
+    /// (will included), subscription and delivery is checked against them.
+    /// Boxed: a broker without an ACL file pays one pointer per session.
+    acl: Option<Box<ClientAcl>>,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -130,7 +137,8 @@ impl Session {
     /// `max_queued_retained`) apply from the next message queued: lowering
     /// one drops nothing already queued. `max_session_expiry` applies at
     /// the next CONNECT or DISCONNECT, `max_subscriptions` at the next
-    /// SUBSCRIBE (subscriptions held past a lowered quota are kept). What a
+    /// SUBSCRIBE (subscriptions held past a lowered quota are kept), the
+    /// topic limits and publish rates at the next packet. What a
     /// connection was told or set
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
@@ -152,7 +160,28 @@ impl Session {
             next_ack_token: 0,
             expiry: Some(Duration::ZERO),
             delayed_will: None,
+            acl: None,
         }
+    }
+
+    /// Sets the client's ACL (at CONNECT, before
+    /// [`handle_connect`](Self::handle_connect)): `None` without an ACL
+    /// file. The rules stay with the session while it is offline, for the
+    /// messages queued to it.
+    pub fn set_acl(&mut self, acl: Option<ClientAcl>) {
+        self.acl = acl.map(Box::new);
+    }
+
+    /// Applies a reloaded ACL file: the session's next check uses it.
+    pub fn rebind_acl(&mut self, file: &Arc<AclFile>) {
+        if let Some(acl) = &mut self.acl {
+            acl.rebind(Arc::clone(file));
+        }
+    }
+
+    /// Whether the ACL (if any) lets this client publish to `topic`.
+    fn may_publish(&self, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|acl| acl.may_publish(topic, &self.client_id))
     }
 
     /// A network connection attaches, after the shard accepted its CONNECT.
@@ -277,6 +306,7 @@ impl Session {
             problem_information: connect.properties.request_problem_information != Some(false),
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
             auth: None,
+            pace: None,
         });
         connection.connack.insert(Box::new(connack))
     }
@@ -421,6 +451,19 @@ impl Session {
             return Err(SessionError::NotConnected);
         };
         let Publish { qos, retain, topic, packet_id, mut properties, payload, .. } = publish;
+        // `max_publish_rate` / `max_publish_bytes_rate`: every PUBLISH is
+        // charged and served; past the rate the network layer stops
+        // reading until `paced_until` (see `pace`).
+        let (rate, bytes_rate) = (self.limits.max_publish_rate, self.limits.max_publish_bytes_rate);
+        if rate > 0 || bytes_rate > 0 {
+            let pace = connection.pace.get_or_insert_with(|| Box::new(PublishPace::new(now)));
+            if pace.charge(now, payload.len(), rate, bytes_rate) {
+                counters.publish_rate_limited += 1;
+            }
+        } else if connection.pace.is_some() {
+            // Turned off by a reload.
+            connection.pace = None;
+        }
         // [MQTT-3.2.2-14] "A Client receiving Retain Available set to 0 from
         // the Server MUST NOT send a PUBLISH packet with the RETAIN flag set
         // to 1. If the Server receives such a packet, this is a Protocol
@@ -463,6 +506,28 @@ impl Session {
             }
             connection.unacknowledged_in += 1;
         }
+        // `max_topic_length` / `max_topic_levels`, on the topic after alias
+        // resolution. 5.0: 0x90 Topic Name invalid, "The Topic Name is not
+        // malformed, but is not accepted by this Client or Server" (PUBACK
+        // table 3-4, PUBREC table 3-5); a failed PUBREC ends the flow
+        // [MQTT-4.3.3-4]. A QoS 0 PUBLISH has no acknowledgement, so the
+        // client is told with DISCONNECT 0x90 rather than losing every
+        // message without a word. 3.1/3.1.1 can refuse no PUBLISH: the
+        // connection is closed (see `SessionError::TopicLimitExceeded`).
+        if !self.limits.topic_within(topic.as_str()) {
+            counters.topic_limit_exceeded += 1;
+            return match (connection.version.is_v5(), qos, packet_id) {
+                (true, QoS::AtLeastOnce, Some(id)) => {
+                    connection.owe(Control::PubAck(id, ReasonCode::TopicNameInvalid));
+                    Ok(())
+                }
+                (true, QoS::ExactlyOnce, Some(id)) => {
+                    connection.owe(Control::PubRec(id, ReasonCode::TopicNameInvalid));
+                    Ok(())
+                }
+                _ => Err(SessionError::TopicLimitExceeded),
+            };
+        }
         // 5.0 §3.3.2.3.2: "The receiver MAY validate that the Payload is of
         // the format indicated, and if it is not send a PUBACK, PUBREC, or
         // DISCONNECT with Reason Code of 0x99 (Payload format invalid)"
@@ -485,6 +550,30 @@ impl Session {
                 }
                 _ => Err(SessionError::PayloadFormatInvalid),
             };
+        }
+        if let Some(acl) = self.acl.as_deref() {
+            if !acl.may_publish(topic.as_str(), &self.client_id) {
+                counters.acl_denied_publish += 1;
+                // The message is dropped; the client still gets the ack
+                // its QoS calls for. 5.0: 0x87 Not authorized in PUBACK
+                // (§3.4.2.1) or PUBREC (§3.5.2.1), and a failed PUBREC
+                // ends the flow (the id is not kept) [MQTT-4.3.3-4].
+                // 3.1.1 has no refusal: the normal PUBACK [MQTT-4.3.2-2] or
+                // PUBREC [MQTT-4.3.3-2] (then PUBREL / PUBCOMP as usual).
+                let v5 = connection.version.is_v5();
+                let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
+                match (qos, packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => connection.owe(Control::PubAck(id, reason)),
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        if !v5 {
+                            self.inbound_qos2.insert(id);
+                        }
+                        connection.owe(Control::PubRec(id, reason));
+                    }
+                    _ => {}
+                }
+                return Ok(());
+            }
         }
         let expires_at = properties
             .message_expiry_interval
@@ -515,6 +604,17 @@ impl Session {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Until when the network layer is not to read the client's packets:
+    /// it passed `max_publish_rate` or `max_publish_bytes_rate` (the
+    /// publishes read so far are all served). `None`: read on. While
+    /// paced, the connection is held as for backpressure
+    /// ([`handle_held`](Self::handle_held)): the keep alive counts only
+    /// what the broker reads [MQTT-3.1.2-24], so a client whose packets
+    /// wait unread in its socket is not closed for them.
+    pub fn paced_until(&self, now: Instant) -> Option<Instant> {
+        self.connection.as_ref()?.pace.as_ref()?.until(now)
     }
 
     /// A PUBACK, PUBREC or PUBCOMP (`packet`) for an outgoing message.
@@ -599,6 +699,26 @@ impl Session {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
+            // `max_topic_length` / `max_topic_levels`: 0x8F Topic Filter
+            // invalid, "The Topic Filter is correctly formed but is not
+            // allowed for this Client" (table 3-8); 3.1.1: 0x80 Failure.
+            // Only this filter is refused [MQTT-3.8.4-5].
+            if !self.limits.filter_within(&subscription.filter) {
+                counters.topic_limit_exceeded += 1;
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            // With an ACL file a filter needs read access (see
+            // `auth::acl`): refused, 5.0 says 0x87 Not authorized
+            // (§3.9.3), 3.1.1 0x80 Failure [MQTT-3.9.3-2] (the encoder
+            // writes any refusal as 0x80); the filter is not subscribed.
+            if let Some(acl) = self.acl.as_deref() {
+                if !acl.may_subscribe(subscription.filter.filter(), &self.client_id) {
+                    counters.acl_denied_subscribe += 1;
+                    reasons.push(ReasonCode::NotAuthorized);
+                    continue;
+                }
+            }
             let subscribed = Subscribed { options: subscription.options, identifier };
             let max = self.limits.max_subscriptions;
             let full = max > 0 && self.subscriptions.len() >= max;
@@ -628,6 +748,11 @@ impl Session {
         }
         // [MQTT-3.8.4-1] SUBACK with the id of the SUBSCRIBE [MQTT-3.8.4-2],
         // once the shard has indexed the filters (it releases the barrier).
+        if grants.is_empty() {
+            // Every filter refused: nothing to index, nothing to wait for.
+            connection.owe(Control::SubAck(subscribe.packet_id, reasons));
+            return;
+        }
         let ack = AckToken(self.next_ack_token);
         self.next_ack_token += 1;
         connection.hold(ack);
@@ -656,6 +781,16 @@ impl Session {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
+            // A filter past `max_topic_length` / `max_topic_levels` cannot
+            // have been subscribed: 5.0 0x8F as at SUBSCRIBE (UNSUBACK
+            // table 3-9); 3.1.1 UNSUBACK has no codes and nothing is removed.
+            if !self.limits.filter_within(&filter) {
+                counters.topic_limit_exceeded += 1;
+                if v5 {
+                    reasons.push(ReasonCode::TopicFilterInvalid);
+                }
+                continue;
+            }
             // [MQTT-3.10.4-1] filters compare character by character.
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {
@@ -729,6 +864,14 @@ impl Session {
         counters: &mut SessionCounters,
     ) -> DeliveryOutcome {
         let Delivery { message, options, subscription_ids, from_retained } = delivery;
+        // With an ACL file, a message is sent only where the client may
+        // read its topic (a subscription may be wider than its rules).
+        if let Some(acl) = self.acl.as_deref() {
+            if !acl.may_receive(message.topic.as_str(), &self.client_id) {
+                counters.acl_denied_delivery += 1;
+                return DeliveryOutcome::Dropped(DropReason::NotAuthorized);
+            }
+        }
         // [MQTT-3.8.3-3] No Local: not back to the publishing client.
         if options.no_local && message.publisher.as_ref() == Some(&self.client_id) {
             return DeliveryOutcome::Dropped(DropReason::NoLocal);
@@ -982,15 +1125,15 @@ impl Session {
             self.close(now, CloseReason::ReauthenticationTimeout, counters);
         }
         if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {
-            self.publish_delayed_will(now);
+            self.publish_delayed_will(now, counters);
         }
     }
 
     /// The session ends (expired, or replaced by a clean start): a will
     /// still waiting for its delay is published now, as the session ending
     /// came first [MQTT-3.1.3-9].
-    pub fn handle_session_end(&mut self, now: Instant) {
-        self.publish_delayed_will(now);
+    pub fn handle_session_end(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.publish_delayed_will(now, counters);
     }
 
     /// The broker is shutting down: the open connection is closed, a v5
@@ -1012,11 +1155,22 @@ impl Session {
         self.close(now, CloseReason::Malformed(Box::new(error)), counters);
     }
 
-    fn publish_delayed_will(&mut self, now: Instant) {
+    fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
         if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
-            let message = will_message(*will, &self.client_id, now);
-            self.events.push_back(SessionEvent::Will(Arc::new(message)));
+            self.publish_will(*will, now, counters);
         }
+    }
+
+    /// Routes a will, if the ACL (as it is now: it may have been reloaded
+    /// since CONNECT, where the will was checked too) lets the client
+    /// publish to its topic.
+    fn publish_will(&mut self, will: Will, now: Instant, counters: &mut SessionCounters) {
+        if !self.may_publish(will.topic.as_str()) {
+            counters.acl_denied_publish += 1;
+            return;
+        }
+        let message = will_message(will, &self.client_id, now);
+        self.events.push_back(SessionEvent::Will(Arc::new(message)));
     }
 
     /// How long the session outlives its connection (see
@@ -1087,6 +1241,7 @@ impl Session {
         connection.open = false;
         // [MQTT-3.1.2-10] the will is removed once published or discarded;
         // a v5 Will Delay Interval postpones it [MQTT-3.1.3-9].
+        let mut will_now = None;
         if let Some(will) = connection.will.take() {
             if reason.publishes_will() {
                 match will.properties.will_delay_interval.filter(|&delay| delay > 0) {
@@ -1094,10 +1249,7 @@ impl Session {
                         let due = now + Duration::from_secs(u64::from(delay));
                         self.delayed_will = Some(DelayedWill { due, will });
                     }
-                    None => {
-                        let message = will_message(*will, &self.client_id, now);
-                        self.events.push_back(SessionEvent::Will(Arc::new(message)));
-                    }
+                    None => will_now = Some(will),
                 }
             }
         }
@@ -1113,6 +1265,9 @@ impl Session {
         }
         self.outbound.clear_resend();
         counters.dropped_offline_qos0 += self.outbound.drop_qos0();
+        if let Some(will) = will_now {
+            self.publish_will(*will, now, counters);
+        }
         self.events.push_back(SessionEvent::Closed(reason));
     }
 

@@ -60,6 +60,10 @@ impl Counted {
     fn handle_takeover(&mut self, now: Instant) {
         self.session.handle_takeover(now, &mut self.counters)
     }
+
+    fn handle_session_end(&mut self, now: Instant) {
+        self.session.handle_session_end(now, &mut self.counters)
+    }
 }
 
 impl Deref for Counted {
@@ -91,6 +95,7 @@ fn limits() -> SessionLimits {
         max_subscriptions: 0,
         retain_available: true,
         auth_timeout: Duration::from_secs(10),
+        ..SessionLimits::default()
     }
 }
 
@@ -2699,5 +2704,355 @@ mod enhanced_auth {
             Err(SessionError::UnexpectedPacket(PacketType::Auth))
         );
         assert_eq!(stripped(drain(&mut session, t0)), vec![disconnect(ReasonCode::ProtocolError)]);
+    }
+}
+
+// ---- Abuse limits: topic length and levels, publish rate -------------------
+
+/// Limits of at most 16 bytes and 3 levels per topic.
+fn short_topics() -> SessionLimits {
+    SessionLimits { max_topic_length: 16, max_topic_levels: 3, ..limits() }
+}
+
+#[test]
+fn topic_limits_count_bytes_and_levels() {
+    let limits = short_topics();
+    assert!(limits.topic_within("a/b/c"));
+    assert!(!limits.topic_within("a/b/c/d"), "four levels");
+    assert!(!limits.topic_within("a//b/"), "empty levels count");
+    assert!(limits.topic_within("0123456789abcdef"));
+    assert!(!limits.topic_within("0123456789abcdefg"), "17 bytes");
+    let one = SessionLimits { max_topic_levels: 1, ..limits };
+    assert!(one.topic_within("a") && !one.topic_within("a/"));
+    // A filter: its share name counts against the length, not the levels.
+    let shared = TopicFilter::new("$share/g/a/b/c").unwrap();
+    assert!(limits.filter_within(&shared));
+    let long_share = TopicFilter::new("$share/a-very-long-group/a").unwrap();
+    assert!(!limits.filter_within(&long_share));
+}
+
+#[test]
+fn v5_publish_past_the_topic_limits_gets_0x90_in_puback_and_pubrec() {
+    // 5.0 PUBACK / PUBREC 0x90 Topic Name invalid: "The Topic Name is not
+    // malformed, but is not accepted by this Client or Server" (tables 3-4,
+    // 3-5). [MQTT-3.4.2-1] / [MQTT-3.5.2-1]: the code is one the tables
+    // allow. The message is not routed; a failed PUBREC ends the QoS 2 flow
+    // [MQTT-4.3.3-4], so the id is free again.
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), short_topics());
+    let too_deep = "a/b/c/d";
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 1, too_deep))).unwrap();
+    session
+        .handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "0123456789abcdefg")))
+        .unwrap();
+    let packets = drain(&mut session, t0);
+    let codes: Vec<_> = packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) | Packet::PubRec(ack) => (packet.packet_type(), ack.reason),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (PacketType::PubAck, ReasonCode::TopicNameInvalid),
+            (PacketType::PubRec, ReasonCode::TopicNameInvalid)
+        ]
+    );
+    assert!(ReasonCode::TopicNameInvalid.is_valid_for(PacketType::PubAck));
+    assert!(events(&mut session).is_empty(), "nothing routed");
+    assert_eq!(session.counters.topic_limit_exceeded, 2);
+    // The QoS 2 id was not kept: a new PUBLISH with it is served.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "a/b"))).unwrap();
+    assert_eq!(events(&mut session).len(), 1);
+    assert!(session.is_connected());
+}
+
+#[test]
+fn v5_qos0_publish_past_the_topic_limits_is_disconnect_0x90() {
+    // A QoS 0 PUBLISH has no acknowledgement to refuse it in. DISCONNECT
+    // 0x90 (table 3-10: "The Topic Name is correctly formed, but is not
+    // accepted by this Client or Server") tells the client, where dropping
+    // would lose every message it sends without a word.
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), short_topics());
+    let result =
+        session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "a/b/c/d")));
+    assert_eq!(result, Err(SessionError::TopicLimitExceeded));
+    assert_eq!(stripped(drain(&mut session, t0)), [disconnect(ReasonCode::TopicNameInvalid)]);
+    assert!(!session.is_connected());
+    assert_eq!(session.counters.topic_limit_exceeded, 1);
+}
+
+#[test]
+fn v311_publish_past_the_topic_limits_closes_the_connection_mqtt_4_8_0_1() {
+    // 3.1.1 has no way to refuse a PUBLISH (its PUBACK has no code):
+    // the connection is closed [MQTT-4.8.0-1], nothing is routed.
+    let t0 = Instant::now();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut session = connected_with(t0, &connect_packet(V311, 0, false), short_topics());
+        let publish = publish_in(qos, 1, "a/b/c/d");
+        assert_eq!(
+            session.handle_packet(t0, Packet::Publish(publish)),
+            Err(SessionError::TopicLimitExceeded)
+        );
+        assert!(drain(&mut session, t0).is_empty(), "no DISCONNECT in 3.1.1");
+        assert!(!session.is_connected());
+        assert!(!events(&mut session).iter().any(|e| matches!(e, SessionEvent::Publish(_))));
+    }
+}
+
+// ---- ACL -------------------------------------------------------------------
+
+/// A session of user `alice` (client id "c1") connected with `version`,
+/// under these ACL rules.
+fn with_acl(now: Instant, version: ProtocolVersion, rules: &str) -> Counted {
+    let file = Arc::new(crate::auth::acl::AclFile::parse(rules).unwrap());
+    let mut session = Counted::new(ByteString::from_static("c1"), limits());
+    session.set_acl(Some(ClientAcl::new(file, Some("alice"))));
+    session.handle_connect(now, &connect_packet(version, 0, false), false);
+    assert!(matches!(drain(&mut session, now)[..], [Packet::ConnAck(_)]));
+    session
+}
+
+const ALICE: &str = "user alice\ntopic readwrite ok/#\ntopic read ro/#\ntopic deny ok/no\n";
+
+#[test]
+fn v5_denied_publish_gets_0x87_and_is_not_routed() {
+    // 5.0 §3.4.2.1 / §3.5.2.1: 0x87 Not authorized in PUBACK / PUBREC; a
+    // failed PUBREC ends the QoS 2 flow [MQTT-4.3.3-4].
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V5, ALICE);
+    for packet in [
+        publish_in(QoS::AtMostOnce, 0, "ro/x"),
+        publish_in(QoS::AtLeastOnce, 1, "ro/x"),
+        publish_in(QoS::ExactlyOnce, 2, "ok/no"),
+    ] {
+        session.handle_packet(t0, Packet::Publish(packet)).unwrap();
+    }
+    let refused = |id| PubResponse { reason: ReasonCode::NotAuthorized, ..ack(id) };
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![Packet::PubAck(refused(1)), Packet::PubRec(refused(2))]
+    );
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 3, "ok/yes"))).unwrap();
+    let routed: Vec<_> = events(&mut session)
+        .into_iter()
+        .filter_map(|event| match event {
+            SessionEvent::Publish(message) => Some(message.topic.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed, ["ok/yes"]);
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubAck(ack(3))]);
+    assert_eq!(session.counters.acl_denied_publish, 3);
+    // The id of the refused PUBREC is not kept: PUBREL gets 0x92.
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    let not_found = PubResponse { reason: ReasonCode::PacketIdentifierNotFound, ..ack(2) };
+    assert_eq!(drain(&mut session, t0), vec![Packet::PubComp(not_found)]);
+}
+
+#[test]
+fn v311_denied_publish_gets_the_normal_ack_and_is_dropped() {
+    // 3.1.1 has no refusal: PUBACK [MQTT-4.3.2-2], PUBREC then PUBCOMP
+    // [MQTT-4.3.3-2], and the message goes nowhere.
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V311, ALICE);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 1, "ro/x"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "x"))).unwrap();
+    // A re-sent QoS 2 PUBLISH is answered as the first [MQTT-4.3.3-2].
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "x"))).unwrap();
+    assert!(events(&mut session).is_empty(), "nothing is routed");
+    session.handle_packet(t0, Packet::PubRel(ack(2))).unwrap();
+    assert_eq!(
+        drain(&mut session, t0),
+        vec![
+            Packet::PubAck(ack(1)),
+            Packet::PubRec(ack(2)),
+            Packet::PubRec(ack(2)),
+            Packet::PubComp(ack(2))
+        ]
+    );
+    assert_eq!(session.counters.acl_denied_publish, 2);
+}
+
+#[test]
+fn denied_subscribe_filters_are_refused_one_by_one() {
+    // 5.0 §3.9.3: 0x87 Not authorized; 3.1.1 [MQTT-3.9.3-2]: 0x80 Failure.
+    let t0 = Instant::now();
+    for (version, refused) in [(V5, 0x87), (V311, 0x80)] {
+        let mut session = with_acl(t0, version, ALICE);
+        // A shared subscription is checked by its filter.
+        let filters = [
+            ("ok/#", QoS::AtLeastOnce),
+            ("no/#", QoS::AtLeastOnce),
+            ("#", QoS::AtMostOnce),
+            ("$share/g/no/#", QoS::AtMostOnce),
+            ("$share/g/ro/+", QoS::AtMostOnce),
+        ];
+        session.handle_packet(t0, subscribe(1, &filters)).unwrap();
+        let subscribed: Vec<_> = indexed(&mut session)
+            .into_iter()
+            .flat_map(|event| match event {
+                SessionEvent::Subscribe { grants, .. } => {
+                    grants.into_iter().map(|g| g.filter.as_str().to_owned()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(subscribed, ["ok/#", "#", "$share/g/ro/+"], "{version}");
+        let [Packet::SubAck(suback)] = &drain(&mut session, t0)[..] else { panic!("a SUBACK") };
+        let codes: Vec<u8> = suback.reasons.iter().map(|r| r.to_v3_suback_return_code()).collect();
+        assert_eq!(codes, [1, 0x80, 0, 0x80, 0], "{version}");
+        assert_eq!(suback.reasons[1].as_u8(), refused, "{version}: as the client reads it");
+        // Every filter refused: the SUBACK goes at once, nothing to index.
+        session.handle_packet(t0, subscribe(2, &[("no/x", QoS::AtLeastOnce)])).unwrap();
+        assert!(events(&mut session).is_empty());
+        assert_eq!(summary(&drain(&mut session, t0)), [(PacketType::SubAck, Some(2), false)]);
+        assert_eq!(session.counters.acl_denied_subscribe, 3);
+    }
+}
+
+#[test]
+fn v5_aliased_publish_is_checked_on_the_resolved_topic() {
+    // The limits apply to the Topic Name the alias stands for (5.0
+    // §3.3.2.3.4): an empty topic with an alias of a long one is refused.
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), short_topics());
+    let mut first = publish_in(QoS::AtLeastOnce, 1, "a/b/c/d");
+    first.properties.make_mut().topic_alias = NonZeroU16::new(1);
+    session.handle_packet(t0, Packet::Publish(first)).unwrap();
+    let mut second = publish_in(QoS::AtLeastOnce, 2, "x");
+    second.topic = TopicName::new_aliased(ByteString::new()).unwrap();
+    second.properties.make_mut().topic_alias = NonZeroU16::new(1);
+    session.handle_packet(t0, Packet::Publish(second)).unwrap();
+    assert_eq!(session.counters.topic_limit_exceeded, 2);
+    assert!(events(&mut session).is_empty());
+}
+
+#[test]
+fn filters_past_the_topic_limits_get_0x8f_alone_mqtt_3_8_4_5() {
+    // [MQTT-3.8.4-5] each filter is handled as its own SUBSCRIBE: the one
+    // past the limits gets 0x8F Topic Filter invalid ("correctly formed
+    // but is not allowed for this Client", table 3-8), the others are
+    // served. A `$share/NAME/` prefix does not count against the levels.
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), short_topics());
+    let filters = [
+        ("a/+/#", QoS::AtMostOnce),
+        ("a/b/c/#", QoS::AtMostOnce),
+        ("$share/g/a/b/c", QoS::AtMostOnce),
+    ];
+    session.handle_packet(t0, subscribe(1, &filters)).unwrap();
+    indexed(&mut session);
+    assert_eq!(
+        suback_reasons(&drain(&mut session, t0)),
+        [ReasonCode::GRANTED_QOS_0, ReasonCode::TopicFilterInvalid, ReasonCode::GRANTED_QOS_0]
+    );
+    assert_eq!(session.subscriptions().len(), 2);
+    // UNSUBSCRIBE of such a filter: 0x8F as well (table 3-9).
+    session.handle_packet(t0, unsubscribe(2, &["a/b/c/#", "a/+/#"])).unwrap();
+    indexed(&mut session);
+    let packets = drain(&mut session, t0);
+    let [Packet::UnsubAck(unsuback)] = &packets[..] else { panic!("{packets:?}") };
+    assert_eq!(unsuback.reasons.to_vec(), [ReasonCode::TopicFilterInvalid, ReasonCode::Success]);
+    assert_eq!(session.counters.topic_limit_exceeded, 2);
+}
+
+#[test]
+fn v311_filters_past_the_topic_limits_get_0x80_mqtt_3_9_3_2() {
+    // 3.1.1 [MQTT-3.9.3-2]: the failure is told as 0x80.
+    let t0 = Instant::now();
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), short_topics());
+    session
+        .handle_packet(t0, subscribe(1, &[("a/b/c/d", QoS::AtMostOnce), ("a", QoS::AtMostOnce)]))
+        .unwrap();
+    indexed(&mut session);
+    let mut out = BytesMut::new();
+    session.poll_transmit(t0, &mut out);
+    assert_eq!(&out[..], b"\x90\x04\x00\x01\x80\x00");
+}
+
+#[test]
+fn publishes_past_the_rate_pace_the_connection_and_are_all_served() {
+    // Nothing acknowledged is dropped: every PUBLISH read is routed and
+    // acknowledged; past the rate the session only asks not to be read
+    // until its budget is back.
+    let t0 = Instant::now();
+    let limits =
+        SessionLimits { max_publish_rate: 5, receive_maximum: NonZeroU16::MAX, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V5, 0, false), limits);
+    for id in 1..=5 {
+        session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, id, "t"))).unwrap();
+        assert_eq!(session.paced_until(t0), None, "within a second's burst");
+    }
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 6, "t"))).unwrap();
+    let until = session.paced_until(t0).expect("paced past 5/s");
+    assert!(until > t0 && until <= t0 + Duration::from_millis(400), "{until:?}");
+    assert_eq!(session.paced_until(until), None);
+    assert_eq!(session.counters.publish_rate_limited, 1);
+    assert_eq!(events(&mut session).len(), 6, "every publish routed");
+    assert_eq!(drain(&mut session, t0).len(), 6, "and acknowledged");
+    // Turned off by a reload: no pacing, the budget is dropped.
+    session.set_limits(SessionLimits { max_publish_rate: 0, ..limits });
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "t"))).unwrap();
+    assert_eq!(session.paced_until(t0), None);
+}
+
+#[test]
+fn payload_bytes_past_the_rate_pace_the_connection() {
+    let t0 = Instant::now();
+    let limits = SessionLimits { max_publish_bytes_rate: 10, ..limits() };
+    let mut session = connected_with(t0, &connect_packet(V311, 0, false), limits);
+    // "payload" is 7 bytes: the second passes 10 bytes/s.
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "t"))).unwrap();
+    assert_eq!(session.paced_until(t0), None);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "t"))).unwrap();
+    assert!(session.paced_until(t0).is_some());
+    assert_eq!(session.counters.publish_rate_limited, 1);
+    assert_eq!(events(&mut session).len(), 2);
+}
+
+#[test]
+fn denied_deliveries_are_never_sent() {
+    let t0 = Instant::now();
+    let mut session = with_acl(t0, V5, ALICE);
+    assert_eq!(
+        deliver(&mut session, t0, "elsewhere/x", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+    assert_eq!(
+        deliver(&mut session, t0, "ok/no", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+    assert_eq!(deliver(&mut session, t0, "ro/x", QoS::AtLeastOnce), DeliveryOutcome::Queued);
+    let sent: Vec<_> =
+        drain(&mut session, t0).iter().map(|p| as_publish(p).topic.as_str().to_owned()).collect();
+    assert_eq!(sent, ["ro/x"]);
+    assert_eq!(session.counters.acl_denied_delivery, 2);
+    // A reloaded file applies from the next check.
+    let reloaded = Arc::new(crate::auth::acl::AclFile::parse("user alice\ntopic read x").unwrap());
+    session.rebind_acl(&reloaded);
+    assert_eq!(deliver(&mut session, t0, "x", QoS::AtMostOnce), DeliveryOutcome::Queued);
+    assert_eq!(
+        deliver(&mut session, t0, "ro/x", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::NotAuthorized)
+    );
+}
+
+#[test]
+fn a_will_the_acl_denies_is_not_published() {
+    let t0 = Instant::now();
+    for (topic, published) in [("clients/c1/status", false), ("ok/will", true)] {
+        let file = Arc::new(crate::auth::acl::AclFile::parse(ALICE).unwrap());
+        let mut session = Counted::new(ByteString::from_static("c1"), limits());
+        session.set_acl(Some(ClientAcl::new(file, Some("alice"))));
+        let mut connect = connect_packet(V311, 0, false);
+        connect.will = Some(Will { topic: TopicName::new(topic).unwrap(), ..will() });
+        session.handle_connect(t0, &connect, false);
+        session.handle_connection_lost(t0);
+        assert_eq!(will_event(&events(&mut session)).is_some(), published, "{topic}");
+        assert_eq!(session.counters.acl_denied_publish, u64::from(!published));
     }
 }

@@ -19,6 +19,7 @@ mod deadlines;
 pub mod drops;
 mod index_work;
 mod interest_sync;
+pub mod limit_log;
 mod placement;
 pub mod retained;
 mod slots;

@@ -3,9 +3,11 @@
 //! refused. What any shard would refuse is refused where the CONNECT was
 //! read, so no socket moves only to be refused.
 
+use super::limit_log::LimitCause;
 use super::state::{ConnectOutcome, ConnectionId, SessionKey, Shard};
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode};
 use crate::router::ShardId;
+use crate::session::SessionLimits;
 use std::time::Instant;
 
 /// The shard's decision on a CONNECT ([`Shard::place`]).
@@ -31,11 +33,8 @@ impl Shard {
     /// here, or handed off to this shard as its home). A client without a
     /// client id gets one homed here, so it never moves.
     pub fn place(&mut self, now: Instant, connect: &Connect) -> Placement {
-        let retain_available = self.limits().retain_available;
-        if let Some(reason) = connect_refusal(connect, self.is_shutting_down(), retain_available) {
-            if reason == ReasonCode::PayloadFormatInvalid {
-                self.count_payload_format_invalid();
-            }
+        if let Some(reason) = connect_refusal(connect, self.is_shutting_down(), self.limits()) {
+            self.count_refusal(reason, connect, now);
             return Placement::Refused(reason);
         }
         let client_id = if connect.client_id.is_empty() {
@@ -43,6 +42,9 @@ impl Shard {
         } else {
             connect.client_id.clone()
         };
+        if let Some(reason) = self.will_refusal(connect, &client_id) {
+            return Placement::Refused(reason);
+        }
         let home = self.home_of(&client_id);
         if home != self.id() {
             return Placement::HandOff(home);
@@ -55,16 +57,38 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Counts (and logs, rate-limited) a CONNECT refused by
+    /// [`connect_refusal`] where a counter says why.
+    fn count_refusal(&mut self, reason: ReasonCode, connect: &Connect, now: Instant) {
+        match reason {
+            ReasonCode::PayloadFormatInvalid => self.count_payload_format_invalid(),
+            // An empty client id is refused with the same code; only a
+            // long one is a limit hit.
+            ReasonCode::ClientIdentifierNotValid if !connect.client_id.is_empty() => {
+                self.counters_mut().session.client_id_too_long += 1;
+                self.count_limit(LimitCause::ClientIdTooLong, 1, now);
+            }
+            ReasonCode::TopicNameInvalid => {
+                self.counters_mut().session.topic_limit_exceeded += 1;
+                self.count_limit(LimitCause::TopicTooLong, 1, now);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Why a CONNECT is refused, whichever shard is its home; `None` when
 /// it is not.
 pub(super) fn connect_refusal(
     connect: &Connect,
     shutting_down: bool,
-    retain_available: bool,
+    limits: &SessionLimits,
 ) -> Option<ReasonCode> {
     if shutting_down {
         return Some(ReasonCode::ServerUnavailable);
     }
+    let retain_available = limits.retain_available;
     // [MQTT-3.2.2-13] "If a Server receives a CONNECT packet containing a
     // Will Message with the Will Retain set to 1, and it does not support
     // retained messages, the Server MUST reject the connection request. It
@@ -80,6 +104,21 @@ pub(super) fn connect_refusal(
         && (!connect.clean_start || connect.version == ProtocolVersion::V3_1)
     {
         return Some(ReasonCode::ClientIdentifierNotValid);
+    }
+    // `max_client_id_length`. [MQTT-3.1.3-5] "The Server MUST allow
+    // ClientIds which are between 1 and 23 UTF-8 encoded bytes in length"
+    // and MAY allow more; one it does not allow gets 0x85 Client Identifier
+    // not valid [MQTT-3.1.3-8] (3.1.1: return code 2, "Identifier
+    // rejected" [MQTT-3.1.3-9]). The configured maximum is at least 23.
+    if connect.client_id.len() > limits.max_client_id_length {
+        return Some(ReasonCode::ClientIdentifierNotValid);
+    }
+    // A will topic past `max_topic_length` / `max_topic_levels`: CONNACK
+    // 0x90 Topic Name invalid, "The Will Topic Name is not malformed, but
+    // is not accepted by this Server" (table 3-6). 3.1.1 has no such
+    // return code: 3, Server unavailable, the closest (as for 0x9A).
+    if connect.will.as_ref().is_some_and(|will| !limits.topic_within(will.topic.as_str())) {
+        return Some(ReasonCode::TopicNameInvalid);
     }
     // 5.0 §3.1.3.2.3: "The Server MAY validate that the Will Message is of
     // the format indicated, and if it is not send a CONNACK with the Reason

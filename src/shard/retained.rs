@@ -120,6 +120,42 @@ impl RetainedStore {
         out
     }
 
+    /// [`Self::set`] within limits: a message for a topic that holds no
+    /// retained message yet is refused (given back) when the store already
+    /// holds `max_messages` messages or the payload would take it past
+    /// `max_bytes` (0: no limit). Replacing or removing the message of a
+    /// topic that has one is always done, so a client can always update
+    /// or clear what it retained.
+    pub fn set_within(
+        &mut self,
+        message: Arc<Message>,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Arc<Message>>, Arc<Message>> {
+        let limited = max_messages > 0 || max_bytes > 0;
+        if limited && !message.payload.is_empty() && !self.holds(&message.topic) {
+            let full = max_messages > 0 && self.len >= max_messages;
+            let too_many_bytes =
+                max_bytes > 0 && self.payload_bytes + message.payload.len() > max_bytes;
+            if full || too_many_bytes {
+                return Err(message);
+            }
+        }
+        Ok(self.set(message))
+    }
+
+    /// Whether `topic` has a message stored (expired or not).
+    fn holds(&self, topic: &TopicName) -> bool {
+        let mut node = &self.root;
+        for level in topic.as_str().split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.message.is_some()
+    }
+
     /// Removes the retained message of `topic`, pruning nodes left empty.
     pub fn remove(&mut self, topic: &TopicName) -> Option<Arc<Message>> {
         self.remove_where(topic.as_str(), |_| true)

@@ -4,6 +4,7 @@
 //! must cross to other shards goes into the [`Outbox`], and connection
 //! tasks are told about new output through their wakers.
 
+use crate::auth::acl::{AclFile, ClientAcl};
 use crate::auth::enhanced::Authenticators;
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
@@ -22,6 +23,7 @@ use crate::shard::deadlines::Deadlines;
 use crate::shard::drops::{DropCause, DropWarnings};
 use crate::shard::index_work::{IndexFilters, IndexWork, INDEX_WORK_PER_TURN};
 use crate::shard::interest_sync::InterestSync;
+use crate::shard::limit_log::{LimitCause, LimitWarnings};
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
 use crate::shard::slots::{ConnectionLink, Slot, Slots};
@@ -73,6 +75,8 @@ pub struct Shard {
     counters: Counters,
     /// When drops were last logged, per cause.
     drop_warnings: DropWarnings,
+    /// When abuse limits were last logged, per cause.
+    limit_warnings: LimitWarnings,
     /// Reused between interest acknowledgements: the barriers they release.
     released: Vec<(SessionKey, AckToken)>,
     /// Reused between publishes: the local sessions a message matched.
@@ -90,6 +94,9 @@ pub struct Shard {
     /// The enhanced authentication methods offered, for re-authentication
     /// (the network layer runs the exchange at CONNECT).
     authenticators: Arc<Authenticators>,
+    /// The ACL file in force (`acl_file`), shared by every shard; `None`
+    /// without one (then nothing is checked).
+    acl: Option<Arc<AclFile>>,
 }
 
 impl Shard {
@@ -115,6 +122,7 @@ impl Shard {
             shutting_down: false,
             counters: Counters::default(),
             drop_warnings: DropWarnings::default(),
+            limit_warnings: LimitWarnings::default(),
             released: Vec::new(),
             matches: Vec::new(),
             deadlines: Deadlines::default(),
@@ -122,6 +130,7 @@ impl Shard {
             log: None,
             response_information_prefix: None,
             authenticators: Arc::default(),
+            acl: None,
         }
     }
 
@@ -133,27 +142,6 @@ impl Shard {
             self.retained.set(message);
         }
         self.log = Some(log);
-    }
-
-    /// Stores (or, with an empty payload, deletes) a retained message of a
-    /// topic this shard owns, and logs the change. The broker's own `$SYS`
-    /// topics are not logged: they are rebuilt at every start.
-    fn set_retained(&mut self, message: Arc<Message>) {
-        let topic = message.topic.clone();
-        let logged = self.log.as_ref().filter(|_| !topic.as_str().starts_with("$SYS"));
-        if message.payload.is_empty() {
-            // [MQTT-3.3.1-10] Deleting what is not there logs nothing.
-            if self.retained.remove(&topic).is_some() {
-                if let Some(log) = logged {
-                    log.append(Record::RetainDelete(topic));
-                }
-            }
-            return;
-        }
-        if let Some(log) = logged {
-            log.append(Record::RetainSet(Arc::clone(&message)));
-        }
-        self.retained.set(message);
     }
 
     /// Sends v5 clients that set Request Response Information 1 the
@@ -170,6 +158,33 @@ impl Shard {
     /// The enhanced authentication methods offered (none by default).
     pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
         self.authenticators = authenticators;
+    }
+
+    /// Sets the ACL file (at start, or reloaded): new connections use it,
+    /// and so does every existing session from its next check (as
+    /// Mosquitto re-applies its ACLs to connected clients on reload).
+    /// Switching between no file and a file needs a restart (the runtime
+    /// refuses it): sessions without rules keep none.
+    pub fn set_acl(&mut self, file: Option<Arc<AclFile>>) {
+        if let Some(file) = &file {
+            self.slots.sessions_mut().for_each(|session| session.rebind_acl(file));
+        }
+        self.acl = file;
+    }
+
+    /// The rules of the ACL file for a client with this CONNECT.
+    fn client_acl(&self, connect: &Connect) -> Option<ClientAcl> {
+        let file = self.acl.as_ref()?;
+        Some(ClientAcl::new(Arc::clone(file), connect.username.as_deref()))
+    }
+
+    /// With an ACL file, a CONNECT whose will the client may not publish
+    /// is refused with 0x87 Not authorized (3.1.1: return code 5), as
+    /// Mosquitto does; the will is checked again when it is published.
+    pub(super) fn will_refusal(&self, connect: &Connect, client_id: &str) -> Option<ReasonCode> {
+        let will = connect.will.as_ref()?;
+        let acl = self.client_acl(connect)?;
+        (!acl.may_publish(will.topic.as_str(), client_id)).then_some(ReasonCode::NotAuthorized)
     }
 
     /// The limits new sessions start with.
@@ -205,6 +220,11 @@ impl Shard {
     /// The shard's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The counters, to count into.
+    pub(super) fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 
     /// The counters the network layer counts into.
@@ -263,6 +283,14 @@ impl Shard {
         self.slots.get(key).map(|slot| slot.session.client_id())
     }
 
+    /// Until when the connection of `key` is not to be read: it passed
+    /// its publish rate (see `Session::paced_until`). The network layer
+    /// asks after each PUBLISH and holds the connection
+    /// ([`Self::handle_held`]) meanwhile.
+    pub fn paced_until(&self, key: SessionKey, now: Instant) -> Option<Instant> {
+        self.slots.get(key)?.session.paced_until(now)
+    }
+
     /// The session in `key`, if `connection` is still the one attached to
     /// it (a taken-over connection gets `None`).
     pub fn session_mut(
@@ -284,9 +312,8 @@ impl Shard {
         client_id: ByteString,
         connection: ConnectionId,
     ) -> ConnectOutcome {
-        let retain_available = self.limits.retain_available;
         if let Some(reason) =
-            super::placement::connect_refusal(connect, self.shutting_down, retain_available)
+            super::placement::connect_refusal(connect, self.shutting_down, &self.limits)
         {
             return ConnectOutcome::Refused(reason);
         }
@@ -302,6 +329,9 @@ impl Shard {
                     && !client_id.contains(['/', '+', '#'])
             })
             .map(|prefix| ByteString::from(format!("{prefix}{client_id}")));
+        if let Some(reason) = self.will_refusal(connect, &client_id) {
+            return ConnectOutcome::Refused(reason);
+        }
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
             // [MQTT-3.1.4-3] A second connection with the same client id
@@ -338,6 +368,9 @@ impl Shard {
         self.slots.attach(key, ConnectionLink::new(connection));
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
+        let acl = self.client_acl(connect);
+        let slot = self.slots.slot_mut(key);
+        slot.session.set_acl(acl);
         let connack =
             slot.session.handle_connect(now, connect, session_present, &mut self.counters.session);
         connack.properties.response_information = response_information;
@@ -355,7 +388,8 @@ impl Shard {
     /// Ends a session: a will still waiting for its delay is published
     /// [MQTT-3.1.3-9], then it is removed.
     fn end_session(&mut self, key: SessionKey, now: Instant) {
-        self.slot_mut(key).session.handle_session_end(now);
+        let slot = self.slots.slot_mut(key);
+        slot.session.handle_session_end(now, &mut self.counters.session);
         self.drain_events(key, now);
         self.remove_session(key);
     }
@@ -454,12 +488,18 @@ impl Shard {
         let slot = self.slots.get_mut(key).ok_or(ConnectionError::Detached)?;
         slot.link_mut(connection).ok_or(ConnectionError::Detached)?;
         let session = &mut slot.session;
+        let before = limit_hits(&self.counters.session);
         if let Err(error) = session.handle_packet(now, packet, &mut self.counters.session) {
             tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
             // A packet after the close is not a new violation.
             if error != SessionError::NotConnected {
                 self.counters.shard.protocol_violations += 1;
             }
+        }
+        let after = limit_hits(&self.counters.session);
+        if after != before {
+            self.count_limit(LimitCause::TopicTooLong, after.0 - before.0, now);
+            self.count_limit(LimitCause::PublishRate, after.1 - before.1, now);
         }
         self.drain_events(key, now);
         Ok(self.slot(key).connection.as_ref().is_some_and(|link| link.closed.is_none()))
@@ -472,11 +512,15 @@ impl Shard {
         // (pointer copies; the writer encodes them at its own pace).
         if let Some(log) = self.log.as_ref().filter(|log| log.wants_compaction()) {
             let mut live = self.retained.all();
-            live.retain(|message| !message.topic.as_str().starts_with("$SYS"));
+            // The broker's own ($SYS) are not logged (see `retain_here`).
+            live.retain(|message| message.publisher.is_some());
             log.compact(live);
         }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
+        }
+        while let Some((cause, count)) = self.limit_warnings.poll_due(now) {
+            warn_limit(self.id, cause, count);
         }
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
             let slot = self.slots.slot_mut(key);
@@ -541,6 +585,17 @@ impl Shard {
             None => Err(ConnectionError::Detached),
             Some(Some(reason)) => Err(ConnectionError::Closed(reason)),
             Some(None) => Ok(written),
+        }
+    }
+
+    /// Logs `count` hits of an abuse limit unless it was logged in the
+    /// last interval; then the sweep tells them later, summed.
+    pub(super) fn count_limit(&mut self, cause: LimitCause, count: u64, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        if let Some(count) = self.limit_warnings.record(cause, count, now) {
+            warn_limit(self.id, cause, count);
         }
     }
 
@@ -661,6 +716,13 @@ impl Shard {
         self.interest.waiters()
     }
 
+    /// The retained message of `topic` stored on this shard.
+    #[cfg(test)]
+    pub(super) fn retained_of(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
+        let name = crate::protocol::TopicName::new(topic).ok()?;
+        self.retained.get(&name, now).cloned()
+    }
+
     /// Indexes a session's subscribe or unsubscribe: at once when it is
     /// small and nothing is waiting before it, else in turns driven by the
     /// connection ([`Shard::handle_index_work`]).
@@ -771,7 +833,7 @@ impl Shard {
         // With `retain_available = false` sessions refuse RETAIN 1, so only
         // the broker's own messages could ask to be stored: nothing is.
         if message.retain && self.limits.retain_available {
-            self.store_retained(&message);
+            self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
         // Per matched group: the member shard chosen and its id for the
@@ -800,7 +862,7 @@ impl Shard {
     /// [MQTT-3.3.1-5] A retained message replaces the topic's previous one;
     /// [MQTT-3.3.1-10] an empty payload deletes it. It lives on the shard
     /// that owns its topic.
-    fn store_retained(&mut self, message: &Arc<Message>) {
+    fn store_retained(&mut self, message: &Arc<Message>, now: Instant) {
         let owner = home_shard(message.topic.as_str().as_bytes(), self.nr_shards);
         // The stored copy owns exactly its payload, so a retained message
         // does not pin the read buffer it arrived in.
@@ -809,10 +871,54 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.set_retained(stored);
+            self.retain_here(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
         }
+    }
+
+    /// Stores a retained message of a topic homed here, within this
+    /// shard's share of `max_retained_messages` and `max_retained_bytes`
+    /// (see [`Self::retained_share`]). Past it, a new topic is not stored:
+    /// the PUBLISH has been delivered to the subscribers already, and its
+    /// acknowledgement sent by the shard that received it, which cannot
+    /// wait for this one (the store of a topic lives on its own shard).
+    /// Counted and logged.
+    /// The broker's own messages (`$SYS`, no publisher) are not limited:
+    /// their topics are few and fixed, and must not vanish because clients
+    /// filled the store. Nor are they written to the durable log: they are
+    /// rebuilt at every start. Every other change that is made is logged:
+    /// a set, or a delete [MQTT-3.3.1-10] of a message that was there.
+    fn retain_here(&mut self, message: Arc<Message>, now: Instant) {
+        if message.publisher.is_none() {
+            self.retained.set(message);
+            return;
+        }
+        let max_messages = self.retained_share(self.limits.max_retained_messages);
+        let max_bytes = self.retained_share(self.limits.max_retained_bytes);
+        let logged = self.log.is_some().then(|| Arc::clone(&message));
+        match self.retained.set_within(message, max_messages, max_bytes) {
+            Err(_) => {
+                self.counters.shard.retained_limit_exceeded += 1;
+                self.count_limit(LimitCause::RetainedFull, 1, now);
+            }
+            Ok(previous) => {
+                let (Some(log), Some(message)) = (&self.log, logged) else { return };
+                if !message.payload.is_empty() {
+                    log.append(Record::RetainSet(message));
+                } else if previous.is_some() {
+                    log.append(Record::RetainDelete(message.topic.clone()));
+                }
+            }
+        }
+    }
+
+    /// This shard's share of a broker-wide retained limit (0: none): the
+    /// topics are spread over the shards by a hash of their name, so each
+    /// holds about one in `nr_shards` of them; rounded up, so the shares
+    /// sum to at least the limit.
+    pub fn retained_share(&self, broker_wide: usize) -> usize {
+        broker_wide.div_ceil(self.nr_shards)
     }
 
     /// Queues `message` to every local session with a matching plain
@@ -910,6 +1016,8 @@ impl Shard {
                     DropReason::RetainedLimit => DropCause::RetainedLimit,
                     // What the subscriber asked for, not a limit.
                     DropReason::Offline | DropReason::Expired | DropReason::NoLocal => return,
+                    // The ACL file's doing, counted by the session.
+                    DropReason::NotAuthorized => return,
                 };
                 self.count_drops(cause, 1, now);
             }
@@ -1020,9 +1128,7 @@ impl Shard {
                 released.clear();
                 self.released = released;
             }
-            ShardMessage::Retain(message) => {
-                self.set_retained(message);
-            }
+            ShardMessage::Retain(message) => self.retain_here(message, now),
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {
@@ -1046,4 +1152,21 @@ pub enum ConnectionError {
     /// The session closed the connection.
     #[error("{0}")]
     Closed(CloseReason),
+}
+
+/// The counters of the abuse limits a session's packet can hit: topics and
+/// filters past their limits, publish-rate pacing.
+fn limit_hits(counters: &crate::metrics::SessionCounters) -> (u64, u64) {
+    (counters.topic_limit_exceeded, counters.publish_rate_limited)
+}
+
+fn warn_limit(shard: ShardId, cause: LimitCause, count: u64) {
+    tracing::warn!(
+        %shard,
+        %cause,
+        count,
+        "limit hit: {} (at most one line per cause every {} s)",
+        cause.hint(),
+        crate::shard::drops::WARNING_INTERVAL.as_secs()
+    );
 }

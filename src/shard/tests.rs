@@ -803,6 +803,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 takeovers: 1,
                 sessions_expired: 1,
                 retained_expired: 0,
+                retained_limit_exceeded: 0,
                 protocol_violations: 1,
             },
             session: SessionCounters {
@@ -819,6 +820,12 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 payload_format_invalid: 0,
                 topic_filters_invalid: 0,
                 subscriptions_quota_exceeded: 0,
+                topic_limit_exceeded: 0,
+                client_id_too_long: 0,
+                publish_rate_limited: 0,
+                acl_denied_publish: 0,
+                acl_denied_subscribe: 0,
+                acl_denied_delivery: 0,
             },
             router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
             store: Default::default(),
@@ -1214,4 +1221,149 @@ fn sessions_online_follow_attach_takeover_detach_and_end() {
     assert_eq!(online(&cluster), (1, 0), "a clean session ends with its connection");
     cluster.connect_with("kept", false);
     assert_eq!(online(&cluster), (1, 1));
+}
+
+// ---- Abuse limits: retained store, client id, will topic ---------------------
+
+use crate::protocol::ReasonCode;
+
+#[test]
+fn new_retained_topics_past_the_limit_are_delivered_not_stored_and_counted() {
+    // `max_retained_messages` = 4 over two shards: 2 topics per shard.
+    // Past a shard's share, a new topic is not stored, but the PUBLISH
+    // reaches its subscribers; replacing or clearing a stored topic always
+    // works.
+    let limits = SessionLimits { max_retained_messages: 4, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(2, limits);
+    assert_eq!(cluster.shards[0].retained_share(4), 2);
+    assert_eq!(cluster.shards[0].retained_share(5), 3, "rounded up");
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    let live = cluster.connect(&id_on("live", 0, 2));
+    cluster.subscribe(&live, "r/#");
+    cluster.settle();
+    cluster.output(&live);
+    let topics: Vec<String> = (0..40).map(|i| format!("r/{i}")).collect();
+    for topic in &topics {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+        cluster.settle();
+    }
+    let delivered = cluster.output(&live).len();
+    assert_eq!(delivered, 40, "every PUBLISH delivered");
+    let stored: usize = cluster.shards.iter().map(|s| s.snapshot().retained).sum();
+    assert_eq!(stored, 4);
+    let refused: u64 =
+        cluster.shards.iter().map(|s| s.counters().shard.retained_limit_exceeded).sum();
+    assert_eq!(refused, 36);
+    // A stored topic is replaced, then cleared, past the limit.
+    let owner = |topic: &str| home_shard(topic.as_bytes(), 2).index();
+    let now = cluster.now;
+    let stored = topics
+        .iter()
+        .find(|topic| cluster.shards[owner(topic)].retained_of(topic, now).is_some())
+        .unwrap()
+        .clone();
+    let shard = owner(&stored);
+    cluster.send(&publisher, publish(&stored, b"new", true));
+    cluster.settle();
+    assert_eq!(&cluster.shards[shard].retained_of(&stored, now).unwrap().payload[..], b"new");
+    cluster.send(&publisher, publish(&stored, b"", true));
+    cluster.settle();
+    assert!(cluster.shards[shard].retained_of(&stored, now).is_none());
+    // Room again for one new topic on that shard.
+    let fresh = (40..).map(|i| format!("r/{i}")).find(|t| owner(t) == shard).unwrap();
+    cluster.send(&publisher, publish(&fresh, b"kept", true));
+    cluster.settle();
+    assert!(cluster.shards[shard].retained_of(&fresh, now).is_some());
+}
+
+#[test]
+fn retained_bytes_past_the_limit_refuse_new_topics() {
+    // 10 bytes on one shard: "kept" twice fits, a third topic does not.
+    let limits = SessionLimits { max_retained_bytes: 10, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let publisher = cluster.connect("p");
+    for topic in ["a", "b", "c"] {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+    }
+    let snapshot = cluster.shards[0].snapshot();
+    assert_eq!((snapshot.retained, snapshot.retained_bytes), (2, 8));
+    assert_eq!(snapshot.counters.shard.retained_limit_exceeded, 1);
+    // The broker's own messages ($SYS, no publisher) are always stored.
+    let sys = crate::message::Message {
+        topic: TopicName::new("$SYS/broker/uptime").unwrap(),
+        payload: bytes::Bytes::from_static(b"42 seconds"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: Default::default(),
+        publisher: None,
+        expires_at: None,
+    };
+    let now = cluster.now;
+    cluster.shards[0].route(std::sync::Arc::new(sys), now);
+    assert!(cluster.shards[0].retained_of("$SYS/broker/uptime", now).is_some());
+    assert_eq!(cluster.shards[0].snapshot().counters.shard.retained_limit_exceeded, 1);
+}
+
+/// A 5.0 CONNECT of `client_id` with a will on `will_topic`, if any.
+fn connect_with_will(
+    version: ProtocolVersion,
+    client_id: &str,
+    will_topic: Option<&str>,
+) -> Connect {
+    Connect {
+        version,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: client_id.into(),
+        will: will_topic.map(|topic| crate::protocol::Will {
+            topic: TopicName::new(topic).unwrap(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+        }),
+        username: None,
+        password: None,
+        properties: Default::default(),
+    }
+}
+
+#[test]
+fn a_client_id_past_the_limit_gets_0x85_mqtt_3_1_3_5() {
+    // [MQTT-3.1.3-5] "The Server MUST allow ClientIds which are between 1
+    // and 23 UTF-8 encoded bytes in length" and MAY allow more; one it
+    // does not allow is answered with 0x85 Client Identifier not valid
+    // [MQTT-3.1.3-8] (3.1.1: return code 2 [MQTT-3.1.3-9]).
+    let limits = SessionLimits { max_client_id_length: 23, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let now = cluster.now;
+    let shard = &mut cluster.shards[0];
+    let at_limit = "a".repeat(23);
+    let accepted = shard.place(now, &connect_with_will(ProtocolVersion::V5, &at_limit, None));
+    assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+    for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        let long = connect_with_will(version, &"a".repeat(24), None);
+        let refused = shard.place(now, &long);
+        assert_eq!(refused, Placement::Refused(ReasonCode::ClientIdentifierNotValid));
+    }
+    assert_eq!(ReasonCode::ClientIdentifierNotValid.to_v3_connect_return_code(), 2);
+    assert_eq!(shard.counters().session.client_id_too_long, 2);
+}
+
+#[test]
+fn a_will_topic_past_the_limits_gets_connack_0x90() {
+    // 5.0 CONNACK 0x90 Topic Name invalid: "The Will Topic Name is not
+    // malformed, but is not accepted by this Server" (table 3-6); 3.1.1
+    // has no such return code: 3, Server unavailable.
+    let limits = SessionLimits { max_topic_levels: 2, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let now = cluster.now;
+    let shard = &mut cluster.shards[0];
+    let deep = connect_with_will(ProtocolVersion::V5, "w1", Some("a/b/c"));
+    assert_eq!(shard.place(now, &deep), Placement::Refused(ReasonCode::TopicNameInvalid));
+    assert!(ReasonCode::TopicNameInvalid.is_valid_for(crate::protocol::PacketType::ConnAck));
+    assert_eq!(ReasonCode::TopicNameInvalid.to_v3_connect_return_code(), 3);
+    let within = connect_with_will(ProtocolVersion::V5, "w2", Some("a/b"));
+    assert!(matches!(shard.place(now, &within), Placement::Attached { .. }));
+    assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,14 @@ impl Broker {
     /// Starts `ringmq` listening on `addr`, with extra arguments.
     pub fn start_on(addr: SocketAddr, shards: usize, args: &[&str]) -> Self {
         Self::spawn_on(addr, shards, args, Stdio::inherit())
+    }
+
+    /// Starts `ringmq` with `args` (a `--config` whose listeners include
+    /// `addr`: no `--listen` is given), its log written to `log`; waits
+    /// until `addr` accepts.
+    pub fn start_configured(addr: SocketAddr, shards: usize, args: &[&str], log: &Path) -> Self {
+        let stderr = std::fs::File::create(log).unwrap().into();
+        Self::spawn_configured(Some(addr), addr, shards, args, stderr)
     }
 
     /// Starts `ringmq` with a configuration file of `toml` and one
