@@ -455,6 +455,21 @@ fn the_owner_of_a_retained_topic_logs_its_changes() {
 }
 
 #[test]
+fn a_retained_message_refused_by_the_limit_is_not_logged() {
+    let limits = SessionLimits { max_retained_messages: 1, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let log = Rc::new(crate::store::Log::new());
+    cluster.shards[0].attach_log(Rc::clone(&log), Default::default());
+    let publisher = cluster.connect("p");
+    cluster.send(&publisher, publish("r/1", b"one", true));
+    // Past the limit: not stored, so not logged.
+    cluster.send(&publisher, publish("r/2", b"two", true));
+    // Replacing what is there is always done, and logged.
+    cluster.send(&publisher, publish("r/1", b"uno", true));
+    assert_eq!(logged(&log), vec!["set r/1", "set r/1"]);
+}
+
+#[test]
 fn a_taken_over_connection_is_detached() {
     // [MQTT-3.1.4-2]
     let mut cluster = Cluster::new(1);
