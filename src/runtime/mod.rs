@@ -800,9 +800,11 @@ fn log_stopped(snapshot: &Snapshot) {
         records_written: store_records_written,
         bytes_written: store_bytes_written,
         syncs: store_syncs,
+        sync_latency,
         compactions: store_compactions,
         write_errors: store_write_errors,
     } = store;
+    let store_sync_us_total = sync_latency.sum_us;
     tracing::info!(
         id,
         sessions,
@@ -869,6 +871,7 @@ fn log_stopped(snapshot: &Snapshot) {
         store_records_written,
         store_bytes_written,
         store_syncs,
+        store_sync_us_total,
         store_compactions,
         store_write_errors,
         "shard stopped"

@@ -434,10 +434,14 @@ impl Writer {
     /// fdatasync of the current segment, retried until it works.
     async fn sync(&mut self, log: &Log) {
         loop {
+            let started = Instant::now();
             match self.current.file.fdatasync().await {
                 Ok(()) => {
                     self.last_sync = Instant::now();
-                    log.count(|c| c.syncs += 1);
+                    log.count(|c| {
+                        c.syncs += 1;
+                        c.sync_latency.record(self.last_sync - started);
+                    });
                     self.recovered();
                     return;
                 }
