@@ -4,7 +4,8 @@
 //! valid header are closed and counted (`proxy_header_invalid` on
 //! /metrics). Each broker has a plain listener (probed for readiness, so
 //! that probes are not refused headers), a `proxy_protocol` one, a
-//! `proxy_protocol` TLS one, and an admin listener.
+//! `proxy_protocol` TLS one, and an admin listener. HAProxy (`send-proxy`,
+//! `send-proxy-v2`) in front of mosquitto_pub is the independent check.
 
 mod common;
 
@@ -393,5 +394,82 @@ fn on_a_tls_listener_the_header_comes_before_the_handshake() {
         assert!(line.contains(peer), "{line}");
     }
     assert_eq!(broker.counter("tls_handshakes", 2), 2);
+    broker.stop();
+}
+
+// ---- HAProxy and mosquitto_pub: an independent proxy and client ----------
+
+/// Whether `program` runs; required on CI.
+fn installed(program: &str, package: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg(if program == "haproxy" { "-v" } else { "--help" })
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{package} is required on CI");
+        eprintln!("SKIPPED: {package} is not installed");
+    }
+    found
+}
+
+/// A HAProxy process for one test, killed when dropped.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn haproxy_send_proxy_and_send_proxy_v2_in_front_of_mosquitto_pub() {
+    if !installed("haproxy", "haproxy") || !installed("mosquitto_pub", "mosquitto-clients") {
+        return;
+    }
+    let broker = ProxyBroker::start("haproxy", 2, "");
+    let (v1, v2) = (free_port(), free_port());
+    let config = broker.dir.join("haproxy.cfg");
+    let target = broker.proxy;
+    std::fs::write(
+        &config,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
+             timeout server 30s\n\
+             listen v1\n  bind 127.0.0.1:{v1}\n  server broker {target} send-proxy\n\
+             listen v2\n  bind 127.0.0.1:{v2}\n  server broker {target} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let _haproxy = Haproxy(
+        std::process::Command::new("haproxy")
+            .args(["-db", "-f", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    for port in [v1, v2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The clients connect from 127.0.0.2; HAProxy connects to the broker
+    // from 127.0.0.1: the broker must name 127.0.0.2.
+    for (id, port) in [("haproxy-v1", v1), ("haproxy-v2", v2)] {
+        let status = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-A", "127.0.0.2"])
+            .args(["-i", id, "-t", "t", "-m", "hello", "-V", "mqttv311"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{id}");
+        let line = broker.connect_line(id);
+        assert!(line.contains("peer=127.0.0.2:"), "{line}");
+    }
+    // HAProxy's own probes are not headers refused.
+    assert_eq!(broker.counter("proxy_header_invalid", 0), 0);
     broker.stop();
 }
