@@ -233,6 +233,33 @@ proptest! {
         let _ = wanted(&bytes);
     }
 
+    /// Read as the socket loop reads it, a prefix at a time: once a prefix
+    /// is a header or an error, every longer one says the same, and while
+    /// more is needed the loop is asked to look further than it has.
+    /// Inputs start like headers half of the time, so both grammars are
+    /// explored past their first bytes.
+    #[test]
+    fn longer_prefixes_never_change_the_answer(
+        start in 0usize..3,
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut input = match start {
+            0 => b"PROXY ".to_vec(),
+            1 => V2_SIGNATURE.to_vec(),
+            _ => Vec::new(),
+        };
+        input.extend_from_slice(&bytes);
+        let mut answer = None;
+        for end in 0..=input.len() {
+            let now = parse(&input[..end]);
+            match (&answer, now) {
+                (None, Ok(None)) => prop_assert!(wanted(&input[..end]) > end),
+                (None, settled) => answer = Some(settled),
+                (Some(settled), now) => prop_assert_eq!(settled, &now, "at {}", end),
+            }
+        }
+    }
+
     /// Any header followed by anything parses to the same header.
     #[test]
     fn a_header_is_read_whatever_follows(
