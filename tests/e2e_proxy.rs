@@ -343,6 +343,24 @@ fn a_silent_or_slow_header_is_closed_at_the_connect_timeout_and_held_bytes_are_b
     broker.stop();
 }
 
+#[test]
+fn check_config_counts_the_proxy_protocol_listeners() {
+    let path = std::env::temp_dir().join(format!("ringmq-proxy-check-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[listener]]\nproxy_protocol = true\n[[listener]]\nbind = \"127.0.0.1:1884\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("2 listener(s)") && stdout.contains("1 PROXY protocol listener(s)"));
+}
+
 /// MQTT over rustls, over a socket that first carried `header` in clear.
 fn tls_client_after(
     addr: SocketAddr,
