@@ -39,6 +39,32 @@ pub struct Counters {
     pub session: SessionCounters,
     /// The queues towards other shards.
     pub router: RouterCounters,
+    /// The shard's durable log (all zero without a `data_dir`).
+    pub store: StoreCounters,
+}
+
+/// What the durable log of one shard did. Its writer task counts into the
+/// log, and the shard copies the figures into each snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Records read back at start.
+    pub records_recovered: u64,
+    /// Segments found at start with a torn or damaged tail, which was cut
+    /// off (a crash while writing, or damage).
+    pub torn_tails: u64,
+    /// Bytes cut off those tails.
+    pub torn_bytes: u64,
+    /// Records appended.
+    pub records_written: u64,
+    /// Bytes written to segment files (padding and rewrites of a partial
+    /// last block included).
+    pub bytes_written: u64,
+    /// fdatasync calls: one per group commit.
+    pub syncs: u64,
+    /// Snapshots written by compaction.
+    pub compactions: u64,
+    /// Writes or syncs that failed (each retried until it succeeds).
+    pub write_errors: u64,
 }
 
 /// What the network layer of one shard did with connections.

@@ -76,7 +76,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 44] = [
+const COUNTERS: [Field<u64>; 52] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -137,6 +137,26 @@ const COUNTERS: [Field<u64>; 44] = [
     }),
     ("protocol_violations", "Connections closed for a protocol violation", |s| {
         s.counters.shard.protocol_violations
+    }),
+    ("store_records_recovered", "Durable log records read back at start", |s| {
+        s.counters.store.records_recovered
+    }),
+    ("store_torn_tails", "Log segments whose torn or damaged tail was cut off at start", |s| {
+        s.counters.store.torn_tails
+    }),
+    ("store_torn_bytes", "Bytes cut off torn log tails at start", |s| s.counters.store.torn_bytes),
+    ("store_records_written", "Durable log records appended", |s| s.counters.store.records_written),
+    ("store_bytes_written", "Bytes written to durable log segments", |s| {
+        s.counters.store.bytes_written
+    }),
+    ("store_syncs", "fdatasync calls of the durable log (one per group commit)", |s| {
+        s.counters.store.syncs
+    }),
+    ("store_compactions", "Durable log snapshots written by compaction", |s| {
+        s.counters.store.compactions
+    }),
+    ("store_write_errors", "Durable log writes or syncs that failed and were retried", |s| {
+        s.counters.store.write_errors
     }),
     ("duplicate_qos2_received", "Re-sent QoS 2 PUBLISHes not routed again", |s| {
         s.counters.session.duplicate_qos2_received
