@@ -71,6 +71,15 @@ impl ProxyBroker {
         std::fs::write(&config, text).unwrap();
         let args = ["--config", config.to_str().unwrap(), "--log", "info"];
         let broker = Broker::start_configured(plain, shards, &args, &dir.join("ringmq.log"));
+        // The listeners are bound one after the other: wait for the PROXY
+        // ones too (a probe that sends nothing is not a refused header).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in [proxy, proxy_tls] {
+            while TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "ringmq did not listen on {addr}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Self { broker, proxy, proxy_tls, admin, dir, ca }
     }
 
@@ -313,6 +322,13 @@ fn a_silent_or_slow_header_is_closed_at_the_connect_timeout_and_held_bytes_are_b
         1,
         "[limits]\nconnect_timeout_ms = 1000\nmax_pending_connect_bytes = 1000",
     );
+    // The two readiness probes of the PROXY listeners held header bytes
+    // until their end of file was seen: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.log().matches("unexpected end of file").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", broker.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let started = Instant::now();
     // Each unfinished header holds its peek buffers (2 x 107 bytes): four
     // fit in 1000 bytes, the fifth is closed at once.
