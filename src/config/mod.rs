@@ -197,6 +197,9 @@ pub struct ListenerConfig {
     /// `use_identity_as_username`: the client certificate's identity is
     /// the user name (only with `tls.client_ca`).
     use_identity_as_username: bool,
+    /// `proxy_protocol`: every connection opens with a PROXY protocol
+    /// header (v1 or v2) naming the client.
+    proxy_protocol: bool,
 }
 
 /// The files of a TLS listener (`tls = { cert, key, client_ca }`), read by
@@ -257,6 +260,13 @@ impl ListenerConfig {
     pub fn use_identity_as_username(&self) -> bool {
         self.use_identity_as_username
     }
+
+    /// Whether every connection opens with a PROXY protocol header whose
+    /// client address replaces the socket's (`proxy_protocol`); a
+    /// connection without a valid one is closed.
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy_protocol
+    }
 }
 
 impl Default for ListenerConfig {
@@ -269,6 +279,7 @@ impl Default for ListenerConfig {
             max_connection_rate: 0,
             tls: None,
             use_identity_as_username: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -1092,13 +1103,6 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
             key("path")
         )));
     }
-    if raw.proxy_protocol == Some(true) {
-        return Err(ConfigError::invalid(format!(
-            "{} = true: the PROXY protocol is not available in this release; remove the key \
-             or set it to false",
-            key("proxy_protocol")
-        )));
-    }
     let tls = raw.tls.as_ref().map(|tls| tls_files(i, tls)).transpose()?;
     let use_identity_as_username = raw.use_identity_as_username.unwrap_or(false);
     if use_identity_as_username && tls.as_ref().and_then(|tls| tls.client_ca.as_ref()).is_none() {
@@ -1131,6 +1135,7 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         max_connection_rate,
         tls,
         use_identity_as_username,
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
     })
 }
 

@@ -606,11 +606,6 @@ fn unavailable_listener_features_are_refused_by_name() {
         "config error: listener[0].path: WebSocket listeners are not available in this release; \
          remove the key"
     );
-    assert_eq!(
-        error("[[listener]]\nproxy_protocol = true"),
-        "config error: listener[0].proxy_protocol = true: the PROXY protocol is not available \
-         in this release; remove the key or set it to false"
-    );
 }
 
 #[test]
@@ -668,8 +663,17 @@ fn a_listener_naming_clients_by_certificate_needs_no_allow_anonymous() {
 }
 
 #[test]
-fn proxy_protocol_false_is_accepted() {
+fn proxy_protocol_is_per_listener_and_off_by_default() {
     assert_eq!(parse("[[listener]]\nproxy_protocol = false").unwrap(), Config::default());
+    assert!(!Config::default().listeners()[0].proxy_protocol());
+    let config = parse(
+        "[[listener]]\nproxy_protocol = true\n[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+         proxy_protocol = true\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n\
+         [[listener]]\nbind = \"127.0.0.1:1884\"",
+    )
+    .unwrap();
+    let proxied: Vec<bool> = config.listeners().iter().map(|l| l.proxy_protocol()).collect();
+    assert_eq!(proxied, [true, true, false]);
 }
 
 // ---- anonymous access ------------------------------------------------------

@@ -124,6 +124,9 @@ pub struct NetCounters {
     /// handshake) needed more than `max_pending_connect_bytes` left on the
     /// shard.
     pub connect_budget_exceeded: u64,
+    /// Connections closed on a `proxy_protocol` listener because they did
+    /// not open with a valid PROXY protocol header.
+    pub proxy_header_invalid: u64,
     /// CONNECTs refused for their credentials: unknown user, wrong
     /// password, or no user name where anonymous clients are not allowed.
     pub auth_failed: u64,

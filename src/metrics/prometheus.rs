@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 51] = [
+const COUNTERS: [Field<u64>; 52] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -126,6 +126,11 @@ const COUNTERS: [Field<u64>; 51] = [
     ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
         s.counters.net.connect_budget_exceeded
     }),
+    (
+        "proxy_header_invalid",
+        "Connections closed without a valid PROXY header (proxy_protocol listeners)",
+        |s| s.counters.net.proxy_header_invalid,
+    ),
     ("auth_failed", "CONNECTs refused for their credentials (or their absence)", |s| {
         s.counters.net.auth_failed
     }),
