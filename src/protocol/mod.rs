@@ -25,6 +25,7 @@ mod reason;
 mod redact;
 mod topic;
 mod wire;
+pub mod websocket;
 
 pub use decode::{decode_packet, Decoder};
 pub use encode::{EncodeError, Field};
