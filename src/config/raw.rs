@@ -42,7 +42,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawListener {
     pub(super) bind: Option<String>,
     pub(super) protocol: Option<String>,
-    pub(super) path: Option<IgnoredAny>,
+    pub(super) path: Option<String>,
     pub(super) proxy_protocol: Option<bool>,
     pub(super) tls: Option<RawTls>,
     pub(super) use_identity_as_username: Option<bool>,

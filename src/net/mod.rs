@@ -52,6 +52,7 @@ mod connection;
 pub mod listener;
 pub mod tls;
 mod transport;
+mod websocket;
 
 pub use connection::serve;
 pub use transport::Transport;
@@ -72,6 +73,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tls::{HandshakeFailure, ListenerTls, TlsStream};
+use websocket::WebSocket;
 
 /// Connect, refusal and disconnect lines a shard logs per second at most;
 /// past it, one summary line per second tells how many were held back.
@@ -116,6 +118,8 @@ pub struct NetContext {
     admission: RefCell<Admission>,
     /// `[redirect]`: where every client is sent instead of being served.
     redirect: Option<Redirect>,
+    /// Each listener's WebSocket path (`None`: MQTT straight over TCP/TLS).
+    websocket: Arc<[Option<Arc<str>>]>,
 }
 
 /// What the network layers of all shards share, built once at start.
@@ -131,6 +135,8 @@ pub struct NetShared {
     pub nr_shards: usize,
     /// `[redirect]`: where every client is sent instead of being served.
     pub redirect: Option<Redirect>,
+    /// Each listener's WebSocket path (`None`: not a WebSocket listener).
+    pub websocket: Arc<[Option<Arc<str>>]>,
 }
 
 /// A broker configured to send its clients elsewhere (`[redirect]`): every
@@ -174,7 +180,8 @@ impl NetContext {
         shared: NetShared,
         tls: ListenerTls,
     ) -> Self {
-        let NetShared { open_connections, auth, listeners, nr_shards, redirect } = shared;
+        let NetShared { open_connections, auth, listeners, nr_shards, redirect, websocket } =
+            shared;
         let admission = Admission::new(&listeners, nr_shards, Instant::now());
         Self {
             shard_id,
@@ -195,6 +202,7 @@ impl NetContext {
             listeners,
             admission: RefCell::new(admission),
             redirect,
+            websocket,
         }
     }
 
@@ -331,19 +339,37 @@ impl NetContext {
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
         let HandOff { transport, connect, rest, peer, listener } = handoff;
+        // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
+        // ownership to the stream.
+        let tcp = |socket: std::os::fd::OwnedFd| unsafe {
+            TcpStream::from_raw_fd(socket.into_raw_fd())
+        };
+        let connect = Some(connect);
         let task = match transport {
             MovedTransport::Tcp(socket) => {
-                // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives
-                // that ownership to the stream.
-                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+                glommio::spawn_local(serve(ctx, tcp(socket), peer, listener, connect, rest))
             }
             MovedTransport::Tls { socket, tls } => {
-                // SAFETY: as above.
-                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                let stream = TlsStream::adopt(stream, tls);
-                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+                let stream = TlsStream::adopt(tcp(socket), tls);
+                glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
             }
+            MovedTransport::WebSocket { inner, codec } => match *inner {
+                MovedTransport::Tcp(socket) => {
+                    let stream = WebSocket::new(tcp(socket), codec);
+                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                }
+                MovedTransport::Tls { socket, tls } => {
+                    let stream = WebSocket::new(TlsStream::adopt(tcp(socket), tls), codec);
+                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                }
+                // Never built: a WebSocket runs over TCP or TLS. Dropping
+                // it closes the socket.
+                MovedTransport::WebSocket { .. } => {
+                    tracing::warn!(%peer, "dropped a hand-off of WebSocket over WebSocket");
+                    ctx.connection_closed(listener);
+                    return;
+                }
+            },
         };
         task.detach();
     }
@@ -396,7 +422,7 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         match ctx.tls_config(index) {
-            None => glommio::spawn_local(serve(Rc::clone(&ctx), stream, peer, index, None, None)),
+            None => glommio::spawn_local(serve_accepted(Rc::clone(&ctx), stream, peer, index)),
             Some(config) => {
                 glommio::spawn_local(serve_tls(Rc::clone(&ctx), stream, config, peer, index))
             }
@@ -431,7 +457,7 @@ async fn serve_tls(
     match futures_lite::future::or(handshake, timer).await {
         Ok(stream) => {
             ctx.count(|net| net.tls_handshakes += 1);
-            serve(ctx, stream, peer, listener, None, None).await;
+            serve_accepted(ctx, stream, peer, listener).await;
         }
         Err(failure) => {
             ctx.count(|net| match failure.cause {
@@ -446,6 +472,20 @@ async fn serve_tls(
             }
             ctx.connection_closed(listener);
         }
+    }
+}
+
+/// Serves a connection accepted on `listener` (over TLS, handshake done):
+/// MQTT straight away, or after the WebSocket upgrade on a `ws` listener.
+async fn serve_accepted<T: Transport>(
+    ctx: Rc<NetContext>,
+    transport: T,
+    peer: std::net::SocketAddr,
+    listener: usize,
+) {
+    match ctx.websocket.get(listener).cloned().flatten() {
+        None => serve(ctx, transport, peer, listener, None, None).await,
+        Some(path) => websocket::serve_ws(ctx, transport, path, peer, listener).await,
     }
 }
 

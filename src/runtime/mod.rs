@@ -109,6 +109,8 @@ struct Startup {
     listeners: Arc<[ListenerAdmission]>,
     /// `[redirect]`, for the network layer.
     redirect: Option<net::Redirect>,
+    /// Each listener's WebSocket path, for the network layer.
+    websocket: Arc<[Option<Arc<str>>]>,
     /// `response_information_prefix`, for the shards.
     response_information_prefix: Option<String>,
     /// The ACL file in force, if one is configured; replaced by a reload.
@@ -364,6 +366,7 @@ fn serve(
         acl,
         tls,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
+        websocket: config.listeners().iter().map(|l| l.websocket_path().map(Arc::from)).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
             reason: match redirect.mode {
                 RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
@@ -519,6 +522,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
             listeners: Arc::clone(&startup.listeners),
             nr_shards: startup.nr_shards,
             redirect: startup.redirect.clone(),
+            websocket: Arc::clone(&startup.websocket),
         },
         tls,
     ));
@@ -666,6 +670,8 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
+        ws_upgrades,
+        ws_upgrade_failed,
         redirected,
         bytes_received,
         bytes_sent,
@@ -725,6 +731,8 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
+        ws_upgrades,
+        ws_upgrade_failed,
         redirected,
         bytes_received,
         bytes_sent,
