@@ -341,9 +341,8 @@ impl NetContext {
         let HandOff { transport, connect, rest, peer, listener } = handoff;
         // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
         // ownership to the stream.
-        let tcp = |socket: std::os::fd::OwnedFd| unsafe {
-            TcpStream::from_raw_fd(socket.into_raw_fd())
-        };
+        let tcp =
+            |socket: std::os::fd::OwnedFd| unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
         let connect = Some(connect);
         let task = match transport {
             MovedTransport::Tcp(socket) => {

@@ -46,6 +46,13 @@ pub trait Transport: 'static {
     fn peer_identity(&self) -> Option<String> {
         None
     }
+
+    /// Whether [`Transport::poll_close`] tells the client something even
+    /// when no bytes are pending (a WebSocket close frame): the connection
+    /// then always ends with it, not only after a last packet.
+    fn has_closing_handshake(&self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {

@@ -149,6 +149,11 @@ impl<T: Transport> Transport for WebSocket<T> {
     fn peer_identity(&self) -> Option<String> {
         self.inner.peer_identity()
     }
+
+    fn has_closing_handshake(&self) -> bool {
+        // RFC 6455 section 7.1.2: the close frame, then the TCP close.
+        true
+    }
 }
 
 /// Why an upgrade request was refused.
@@ -181,7 +186,10 @@ impl Refusal {
 }
 
 /// The values of header `name` in `request`, split at commas, trimmed.
-fn tokens<'a>(request: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+fn tokens<'a>(
+    request: &'a httparse::Request<'_, '_>,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
     request
         .headers
         .iter()
@@ -380,9 +388,11 @@ mod tests {
 
     #[test]
     fn the_upgrade_echoes_the_mqtt_subprotocol_and_the_accept_key() {
-        let response =
-            answer(&request("/mqtt?x=1", &format!("{V13}Sec-WebSocket-Protocol: mqttv3.1, mqtt\r\n")))
-                .unwrap();
+        let response = answer(&request(
+            "/mqtt?x=1",
+            &format!("{V13}Sec-WebSocket-Protocol: mqttv3.1, mqtt\r\n"),
+        ))
+        .unwrap();
         // The key and accept value of RFC 6455 section 1.3.
         assert!(response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(response.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{response}");

@@ -24,8 +24,8 @@ mod properties;
 mod reason;
 mod redact;
 mod topic;
-mod wire;
 pub mod websocket;
+mod wire;
 
 pub use decode::{decode_packet, Decoder};
 pub use encode::{EncodeError, Field};

@@ -212,9 +212,7 @@ impl WsCodec {
             OpCode::Data(Data::Text) => return Err(self.fail(WsError::TextFrame)),
             OpCode::Data(Data::Binary) if !self.fragmented => Payload::Data,
             OpCode::Data(Data::Continue) if self.fragmented => Payload::Data,
-            OpCode::Control(control)
-                if header.is_final && len <= MAX_CONTROL as u64 =>
-            {
+            OpCode::Control(control) if header.is_final && len <= MAX_CONTROL as u64 => {
                 Payload::Control(control)
             }
             _ => return Err(self.fail(WsError::Protocol)),

@@ -344,7 +344,12 @@ fn serve(
         }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
-        let protocol = if listener.tls().is_some() { "mqtt over tls" } else { "mqtt" };
+        let protocol = match (listener.tls().is_some(), listener.websocket_path()) {
+            (false, None) => "mqtt".to_owned(),
+            (true, None) => "mqtt over tls".to_owned(),
+            (false, Some(path)) => format!("mqtt over ws, path {path}"),
+            (true, Some(path)) => format!("mqtt over wss, path {path}"),
+        };
         tracing::info!(%addr, "listening ({protocol})");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
