@@ -5,8 +5,11 @@
 //! * [`listener`]: the listening sockets (SO_REUSEPORT, one per shard).
 //! * [`admin`]: health probes and metrics over HTTP, on a thread of its own.
 //! * [`Transport`]: the byte stream a connection runs over. The connection
-//!   loop is generic over it: plain TCP, or TLS ([`tls`]); WebSocket later.
+//!   loop is generic over it: plain TCP, TLS ([`tls`]), WebSocket over
+//!   either (`websocket`).
 //! * [`tls`]: the TLS listeners' configurations, handshake and transport.
+//! * `websocket`: the WebSocket upgrade and transport (ws, and wss over
+//!   TLS); the framing itself is [`crate::protocol::websocket`], sans IO.
 //! * [`serve`]: one connection's task. It reads the CONNECT, asks the
 //!   shard where the connection goes ([`crate::shard::Shard::place`]:
 //!   attached here, handed off, or refused) and, when attached, pumps
@@ -45,6 +48,21 @@
 //! kTLS stays an option for the steady state: once a connection is home
 //! and at a record boundary, its transport may hand its record layer to
 //! the kernel where supported; that is independent of the hand-off.
+//!
+//! # WebSocket connections
+//!
+//! A WebSocket connection (`websocket`, ws or wss) is placed the same
+//! way: the accepting shard does the upgrade (and the TLS handshake for
+//! wss), unframes the CONNECT and places it. On a hand-off its framing state
+//! ([`crate::protocol::websocket::WsCodec`]: a partial frame header, the
+//! mask and its position, a partial control frame, frames not yet sent)
+//! goes boxed in `MovedTransport::WebSocket` around the inner transport's
+//! (`Tcp`, or `Tls` with the rustls state): one more `Box` of a few hundred
+//! bytes in the same mesh message, no other cost, and a frame cut in the
+//! middle by the hand-off continues on the home shard. The alternative,
+//! ending the frame layer before moving (waiting for a frame boundary on
+//! the accepting shard), cannot be forced: the client decides where its
+//! frames end.
 
 pub mod admin;
 pub mod admission;

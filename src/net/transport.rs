@@ -1,8 +1,9 @@
 //! The byte transports a connection runs over. The connection loop
 //! ([`super::connection`]) is generic over [`Transport`]: plain TCP here,
-//! TLS in [`super::tls`]; WebSocket will implement the same trait (see the
-//! module notes of [`super`] for how a TLS connection reaches its home
-//! shard).
+//! TLS in [`super::tls`], WebSocket over either in `super::websocket` (see
+//! the module notes of [`super`] for how a TLS connection reaches its home
+//! shard; a WebSocket one moves the same way, its framing state boxed
+//! beside the inner transport's).
 
 use crate::router::MovedTransport;
 use futures_lite::{AsyncRead, AsyncWrite};

@@ -337,13 +337,11 @@ impl WsCodec {
     /// `n` bytes of [`Self::output`] were sent.
     pub fn consume(&mut self, n: usize) {
         self.sent += n;
-        if self.sent == self.out.len() {
-            self.out.clear();
+        if self.sent == self.out.len() && self.batch.is_none() {
+            // Idle connections hold no output buffer (as the connection's
+            // own write buffer).
+            self.out = Vec::new();
             self.sent = 0;
-            // Idle connections hold no large output buffer.
-            if self.out.capacity() > OUTPUT_HIGH_WATER {
-                self.out = Vec::new();
-            }
         }
     }
 }
