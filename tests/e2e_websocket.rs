@@ -33,7 +33,8 @@ struct WsBroker {
 }
 
 impl WsBroker {
-    fn start(name: &str) -> Self {
+    /// `top` goes before the listeners.
+    fn start(name: &str, top: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("ringmq-ws-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -48,7 +49,7 @@ impl WsBroker {
         let admin = format!("127.0.0.1:{}", free_port());
         let d = dir.display();
         let text = format!(
-            "[[listener]]\nbind = \"{plain}\"\n\
+            "{top}\n[[listener]]\nbind = \"{plain}\"\n\
              [[listener]]\nbind = \"{ws}\"\nprotocol = \"ws\"\n\
              [[listener]]\nbind = \"{wss}\"\nprotocol = \"ws\"\npath = \"/ws\"\n\
              tls = {{ cert = \"{d}/cert.pem\", key = \"{d}/key.pem\" }}\n\
@@ -270,7 +271,7 @@ fn publish(topic: &str, payload: &'static [u8], packet_id: u16) -> Packet {
 /// socket.
 #[test]
 fn packets_split_across_frames_and_batched_in_one_frame_on_both_shards() {
-    let broker = WsBroker::start("frames");
+    let broker = WsBroker::start("frames", "");
     for shard in 0..SHARDS {
         for attempt in 0..8 {
             let id = client_id_on_shard(&format!("ws-frames-{attempt}"), shard, SHARDS);
@@ -339,11 +340,12 @@ fn packets_split_across_frames_and_batched_in_one_frame_on_both_shards() {
 }
 
 /// Wrong path: 404; not an upgrade: 400; no `mqtt` subprotocol: 400
-/// ([MQTT-6.0.0-3]); no response at all within the connect timeout: the
-/// connection is closed. None gets a 101, all are counted.
+/// ([MQTT-6.0.0-3]); larger than `max_connect_size`: 431; not whole within
+/// `connect_timeout_ms`: closed. None gets a 101, all are counted.
 #[test]
 fn bad_upgrades_are_refused_and_counted() {
-    let broker = WsBroker::start("refused");
+    let broker =
+        WsBroker::start("refused", "[limits]\nconnect_timeout_ms = 1000\nmax_connect_size = 4096");
     let mqtt = "Sec-WebSocket-Protocol: mqtt\r\n";
     let (head, _) = WsClient::open(broker.ws, &upgrade_request("/other", mqtt), b"");
     assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
@@ -360,7 +362,20 @@ fn bad_upgrades_are_refused_and_counted() {
     // The ws listener does not answer MQTT straight over TCP.
     let (head, _) = WsClient::open(broker.ws, "", &encode(&[connect_packet("raw", true, 30)]));
     assert!(!head.contains("101"), "{head}");
-    assert_eq!(broker.counter("ws_upgrade_failed", 5), 5);
+    let huge = format!("X-Padding: {}\r\n", "x".repeat(5000));
+    let (head, _) = WsClient::open(broker.ws, &upgrade_request("/mqtt", &huge), b"");
+    assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    // Half a request, then silence: closed at the timeout, without a reply.
+    let mut silent = TcpStream::connect(broker.ws).unwrap();
+    silent.write_all(b"GET /mqtt HTTP/1.1\r\n").unwrap();
+    // A safety net far beyond connect_timeout_ms, not a measurement.
+    silent.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let closed = match silent.read(&mut [0u8; 64]) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the silent upgrade was not closed");
+    assert_eq!(broker.counter("ws_upgrade_failed", 7), 7);
     assert_eq!(broker.counter("ws_upgrades", 0), 0);
     broker.stop();
 }
@@ -370,7 +385,7 @@ fn bad_upgrades_are_refused_and_counted() {
 /// 1003; an unmasked frame close 1002 (RFC 6455 5.1).
 #[test]
 fn text_and_unmasked_frames_close_the_connection() {
-    let broker = WsBroker::start("text");
+    let broker = WsBroker::start("text", "");
     let id = client_id_on_shard("ws-text", 1, SHARDS);
     let connect = frame(0x2, true, &encode(&[connect_packet(&id, true, 30)]));
     let mut client = WsClient::upgrade(broker.ws, "/mqtt", &connect);
@@ -420,7 +435,7 @@ fn paho_mqtt_over_ws_and_wss() {
     if !available("python3", &["-c", "import paho.mqtt.client"], &[]) {
         return;
     }
-    let broker = WsBroker::start("paho");
+    let broker = WsBroker::start("paho", "");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_websocket.py");
     let cafile = broker.cafile();
     for (addr, path, ca) in [(broker.ws, "/mqtt", "-"), (broker.wss, "/ws", cafile.as_str())] {
@@ -450,7 +465,7 @@ fn mqtt_js_over_ws_and_wss() {
     if !available("node", &["-e", "require('mqtt')"], &[("NODE_PATH", &modules)]) {
         return;
     }
-    let broker = WsBroker::start("mqttjs");
+    let broker = WsBroker::start("mqttjs", "");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mqttjs_websocket.js");
     let cafile = broker.cafile();
     let ws = format!("ws://127.0.0.1:{}/mqtt", broker.ws.port());

@@ -449,6 +449,25 @@ mod tests {
         assert_eq!(codec.write(b"late"), 0);
     }
 
+    proptest::proptest! {
+        /// Whatever the client sends, decoding never panics, never yields
+        /// more bytes than it was given, and stops at the first error.
+        #[test]
+        fn arbitrary_input_never_panics(input: Vec<u8>, chunk in 1usize..64) {
+            let mut codec = WsCodec::new(Vec::new());
+            for piece in input.chunks(chunk) {
+                let mut buf = piece.to_vec();
+                match codec.decode(&mut buf) {
+                    Ok(n) => proptest::prop_assert!(n <= piece.len()),
+                    Err(_) => {
+                        proptest::prop_assert!(codec.close_received());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn each_batch_is_one_binary_frame() {
         let mut codec = WsCodec::new(Vec::new());
