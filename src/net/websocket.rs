@@ -79,9 +79,12 @@ impl<T: Transport> Transport for WebSocket<T> {
         let Some(codec) = self.codec.as_deref_mut() else { return Poll::Ready(Err(handed_off())) };
         loop {
             if codec.close_received() {
-                // The client's close frame (answered), or ours after a
-                // refused frame: the end of the stream.
-                return Poll::Ready(Ok(0));
+                // The client's close frame (answered), or a refused frame
+                // (our close frame says why): the end of the stream.
+                return Poll::Ready(match codec.error() {
+                    None => Ok(0),
+                    Some(error) => Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+                });
             }
             let mut n = codec.take_early(buf);
             if n == 0 {

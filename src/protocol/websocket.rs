@@ -91,8 +91,11 @@ pub struct WsCodec {
     control_len: u8,
     /// Inside a fragmented message (a data frame without FIN was read).
     fragmented: bool,
-    /// The client sent its close frame: nothing more is read.
+    /// The client sent its close frame, or a frame that was refused:
+    /// nothing more is read.
     close_received: bool,
+    /// Why the client's frames were refused, if they were.
+    error: Option<WsError>,
     /// Our close frame is queued: nothing more is sent after it.
     close_sent: bool,
     /// Frames to send from `sent` on; an open batch starts at `batch` with
@@ -120,6 +123,7 @@ impl WsCodec {
             control_len: 0,
             fragmented: false,
             close_received: false,
+            error: None,
             close_sent: false,
             out: Vec::new(),
             sent: 0,
@@ -140,9 +144,15 @@ impl WsCodec {
         n
     }
 
-    /// Whether the client's close frame was read: the stream has ended.
+    /// Whether the stream from the client has ended: its close frame was
+    /// read, or a frame was refused ([`Self::error`]).
     pub fn close_received(&self) -> bool {
         self.close_received
+    }
+
+    /// Why the client's frames were refused, once they were.
+    pub fn error(&self) -> Option<WsError> {
+        self.error
     }
 
     /// Decodes the frames in `buf` (bytes as received) in place: the MQTT
@@ -154,12 +164,22 @@ impl WsCodec {
     /// Control Packets. The receiver MUST NOT assume that MQTT Control
     /// Packets are aligned on WebSocket frame boundaries" [MQTT-6.0.0-2]:
     /// the result is a byte stream, frame boundaries are not kept.
+    ///
+    /// A refused frame is an error once the MQTT bytes before it were
+    /// returned (the next call), however the input was cut into reads.
     pub fn decode(&mut self, buf: &mut [u8]) -> Result<usize, WsError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
         let mut read = 0;
         let mut written = 0;
         while read < buf.len() && !self.close_received {
             if self.payload == Payload::None {
-                read += self.read_header(&buf[read..])?;
+                match self.read_header(&buf[read..]) {
+                    Ok(used) => read += used,
+                    Err(error) if written == 0 => return Err(error),
+                    Err(_) => break,
+                }
                 continue;
             }
             let n = usize::try_from(self.payload_left).unwrap_or(usize::MAX).min(buf.len() - read);
@@ -269,6 +289,7 @@ impl WsCodec {
     fn fail(&mut self, error: WsError) -> WsError {
         self.queue_close(error.code());
         self.close_received = true;
+        self.error = Some(error);
         error
     }
 
@@ -430,10 +451,15 @@ mod tests {
             assert_eq!(codec.output(), [0x88, 2, code[0], code[1]]);
             assert!(codec.close_received());
         }
+        // The bytes before a refused frame come first, then the error.
         let mut codec = WsCodec::new(Vec::new());
         let mut input = frame(0x2, false, b"a");
         input.extend(frame(0x2, true, b"b"));
-        assert_eq!(decode_chunked(&mut codec, &input, 100), Err(WsError::Protocol));
+        let mut buf = input.clone();
+        assert_eq!(codec.decode(&mut buf), Ok(1));
+        assert_eq!(buf[0], b'a');
+        assert_eq!(codec.error(), Some(WsError::Protocol));
+        assert_eq!(codec.decode(&mut []), Err(WsError::Protocol));
     }
 
     #[test]
