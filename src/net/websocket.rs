@@ -351,6 +351,20 @@ pub(super) async fn serve_ws<T: Transport>(
             super::serve(ctx, transport, peer, listener, None, None).await;
         }
         Err(failure) => {
+            if matches!(failure, Failure::Refused(_)) {
+                // The response is out and the write side shut: read what
+                // the client still sends until it closes, so that closing
+                // with unread input (a reset) cannot destroy the response
+                // before the client reads it. Bounded in time.
+                let discard = async {
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(1..) = poll_fn(|cx| transport.poll_read(cx, &mut chunk)).await {}
+                };
+                let timer = async {
+                    glommio::timer::Timer::new(timeout).await;
+                };
+                futures_lite::future::or(discard, timer).await;
+            }
             ctx.count(|net| net.ws_upgrade_failed += 1);
             if ctx.may_log_connection() {
                 match failure {
