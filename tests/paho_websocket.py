@@ -3,8 +3,9 @@
 Usage: paho_websocket.py PORT PATH CAFILE|- SUB_ID PUB_ID. With a CA file the
 connection is wss. A subscriber and a publisher (ids chosen by the test so
 that their sessions live on different shards) exchange QoS 0, 1 and 2
-messages, one larger than a WebSocket frame's 16-bit length. Exits 0 when
-every message arrived intact.
+messages, one larger than a WebSocket frame's 16-bit length; then an MQTT
+3.1 client connects. Exits 0 when every message
+arrived intact.
 """
 
 import sys
@@ -17,9 +18,9 @@ PORT, PATH, CAFILE, SUB_ID, PUB_ID = int(sys.argv[1]), sys.argv[2], sys.argv[3],
 TIMEOUT = 10
 
 
-def client(client_id):
+def client(client_id, protocol=mqtt.MQTTv311):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=mqtt.MQTTv311, transport="websockets")
+                    protocol=protocol, transport="websockets")
     c.ws_set_options(path=PATH)
     if CAFILE != "-":
         c.tls_set(ca_certs=CAFILE)
@@ -53,7 +54,9 @@ def main():
         pub.publish(topic, payload, qos=qos).wait_for_publish(TIMEOUT)
     assert got_all.wait(TIMEOUT), f"received {[(t, len(p), q) for t, p, q in received]}"
     assert sorted(received) == sorted(expected), "messages differ"
-    for c in (pub, sub):
+    # MQTT 3.1 (MQIsdp) over WebSocket too (paho offers "mqtt" for every version).
+    old = client(PUB_ID + "-31", mqtt.MQTTv31)
+    for c in (pub, sub, old):
         c.disconnect()
         c.loop_stop()
     print("ok")

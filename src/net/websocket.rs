@@ -28,8 +28,8 @@ use std::task::{Context, Poll};
 /// The subprotocols accepted, preferred first. "The Client MUST include
 /// "mqtt" in the list of WebSocket Sub Protocols it offers" [MQTT-6.0.0-3]
 /// and "The WebSocket Sub Protocol name selected and returned by the
-/// Server MUST be "mqtt"" [MQTT-6.0.0-4]; MQTT 3.1 clients (paho with
-/// MQTTv31, older libraries) offer "mqttv3.1" alone, which Mosquitto
+/// Server MUST be "mqtt"" [MQTT-6.0.0-4]; older MQTT 3.1 clients offer
+/// "mqttv3.1" alone (the name of the MQTT 3.1 days), which Mosquitto
 /// accepts too, and get it back.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
