@@ -20,7 +20,7 @@
 //!   both build on, importing neither.
 //! * No import cycles. Each module imports only those before it:
 //!   `config`, `auth`, `protocol`, `shrink`, `ratelimit`, `metrics`; `index`,
-//!   `message`;
+//!   `message`; `store`;
 //!   `session`, `router`; `shard`; `net`; `runtime`.
 //! * Counters live in [`metrics`], owned by the shard: sessions,
 //!   connections and the outbox count into them through a reference and
@@ -34,6 +34,9 @@
 //!   ([`auth::acl`]) are checked by the session on every publish,
 //!   subscription and delivery, without allocating (compiled once per
 //!   file).
+//! * [`store`] is a shard's durable log: the shard appends records to an
+//!   in-memory queue, and a writer task of the shard's own (started by
+//!   [`runtime`]) writes them with glommio's DMA file I/O.
 //! * Data from a peer never panics the broker: malformed input becomes a
 //!   reason code, a closed socket and a counter.
 
@@ -50,3 +53,4 @@ pub mod runtime;
 pub mod session;
 pub mod shard;
 mod shrink;
+pub mod store;

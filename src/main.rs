@@ -159,11 +159,15 @@ fn check_config(file: PathBuf) -> Result<(), Failure> {
         0 => String::new(),
         n => format!(", {n} TLS listener(s)"),
     };
+    let proxied = match config.listeners().iter().filter(|l| l.proxy_protocol()).count() {
+        0 => String::new(),
+        n => format!(", {n} PROXY protocol listener(s)"),
+    };
     // The exit status is the answer; a closed stdout (e.g. `| head -c0`)
     // must not turn it into a panic.
     let _ = writeln!(
         io::stdout(),
-        "ok: {} listener(s), shards={}{users}{acl}{tls}",
+        "ok: {} listener(s), shards={}{users}{acl}{tls}{proxied}",
         config.listeners().len(),
         config.shards()
     );

@@ -127,17 +127,16 @@ fn check_config_names_the_key_of_a_line_without_a_value() {
 
 #[test]
 fn check_config_refuses_features_not_in_this_release() {
-    let file = TempConfig::new("data_dir = \"/var/lib/ringmq\"\n");
-    assert_eq!(
-        refused(&ringmq(&["check-config", file.path()])),
-        format!(
-            "config error: {}:1:12: data_dir: persistence is not available in this release; \
-             remove the key",
-            file.path()
-        )
-    );
     let file = TempConfig::new("[[listener]]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n");
     assert!(refused(&ringmq(&["check-config", file.path()])).contains("listener[0].tls"));
+}
+
+#[test]
+fn check_config_refuses_durability_without_a_data_dir() {
+    let file = TempConfig::new("durability = \"always\"\n");
+    let line = refused(&ringmq(&["check-config", file.path()]));
+    assert!(line.starts_with(&format!("config error: {}:1:", file.path())), "{line}");
+    assert!(line.contains("durability = \"always\": needs data_dir"), "{line}");
 }
 
 #[test]

@@ -135,6 +135,7 @@ fn every_counter_is_in_the_line_a_shard_logs_as_it_stops() {
         "connect_timeouts",
         "connect_too_large",
         "connect_budget_exceeded",
+        "proxy_header_invalid",
         "auth_failed",
         "auth_busy",
         "deliveries",

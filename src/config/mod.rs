@@ -85,7 +85,44 @@ pub struct Config {
     /// Seconds over which a graceful shutdown spreads the disconnection
     /// of clients; 0: all at once.
     drain_timeout_s: u32,
+    /// `data_dir`: where each shard keeps its durable log; `None`: memory
+    /// only.
+    data_dir: Option<PathBuf>,
+    /// `durability` (with `fsync_interval_ms`); [`Durability::None`]
+    /// whenever there is no `data_dir`.
+    durability: Durability,
     log: LogConfig,
+}
+
+/// The default `fsync_interval_ms`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u32 = 10;
+
+/// The largest `fsync_interval_ms` accepted: a minute.
+const MAX_FSYNC_INTERVAL_MS: u32 = 60_000;
+
+/// When a record of the durable log counts as written (`durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// `"always"` (the default with a `data_dir`): every record is on disk
+    /// (fdatasync) before it counts as written; records queued in the same
+    /// tick share one fdatasync (group commit).
+    Always,
+    /// `"interval"`: records are written at once and synced at most this
+    /// often (`fsync_interval_ms`): a power loss may lose that much.
+    Interval(Duration),
+    /// `"none"` (the only mode without a `data_dir`): memory only; nothing
+    /// is written or read back.
+    None,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Interval(every) => write!(f, "interval ({} ms)", every.as_millis()),
+            Self::None => f.write_str("none"),
+        }
+    }
 }
 
 /// The `[redirect]` table: this broker serves no client, it sends every
@@ -162,6 +199,9 @@ pub struct ListenerConfig {
     use_identity_as_username: bool,
     /// `protocol = "ws"`: MQTT over WebSocket, upgraded at this path.
     websocket_path: Option<String>,
+    /// `proxy_protocol`: every connection opens with a PROXY protocol
+    /// header (v1 or v2) naming the client.
+    proxy_protocol: bool,
 }
 
 /// The files of a TLS listener (`tls = { cert, key, client_ca }`), read by
@@ -231,6 +271,13 @@ impl ListenerConfig {
     pub fn use_identity_as_username(&self) -> bool {
         self.use_identity_as_username
     }
+
+    /// Whether every connection opens with a PROXY protocol header whose
+    /// client address replaces the socket's (`proxy_protocol`); a
+    /// connection without a valid one is closed.
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy_protocol
+    }
 }
 
 impl Default for ListenerConfig {
@@ -244,6 +291,7 @@ impl Default for ListenerConfig {
             tls: None,
             use_identity_as_username: false,
             websocket_path: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -681,10 +729,25 @@ impl Config {
         &self.log
     }
 
+    /// The directory of the durable log (`data_dir`), when one is
+    /// configured and `durability` is not `"none"`: each shard keeps its
+    /// log in `shard-K/` under it.
+    pub fn data_dir(&self) -> Option<&Path> {
+        match self.durability {
+            Durability::None => None,
+            Durability::Always | Durability::Interval(_) => self.data_dir.as_deref(),
+        }
+    }
+
+    /// When a record of the durable log counts as written (`durability`):
+    /// [`Durability::None`] when [`Config::data_dir`] is `None`.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// Applies `overrides` to `raw` and checks everything, in the order of
     /// the schema, returning the first problem found.
     fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
-        refuse_unavailable_top_level(&raw)?;
         let shards = match overrides.shards {
             Some(n) => shard_count(Setting::flag("--shards", n), i64::from(n))?,
             None => match raw.shards {
@@ -697,6 +760,10 @@ impl Config {
         } else {
             listeners_from_flags(&overrides.listen)?
         };
+        let (data_dir, durability) = (
+            data_dir(raw.data_dir.as_deref())?,
+            durability(&raw.data_dir, &raw.durability, raw.fsync_interval_ms)?,
+        );
         let config = Self {
             shards,
             allow_anonymous: raw.allow_anonymous,
@@ -748,6 +815,8 @@ impl Config {
                 )?,
                 None => 0,
             },
+            data_dir,
+            durability,
             log: log(&raw.log, overrides.log.as_deref())?,
         };
         config.check_anonymous(&listeners)?;
@@ -820,9 +889,61 @@ impl Default for Config {
             response_information_prefix: None,
             redirect: None,
             drain_timeout_s: 0,
+            data_dir: None,
+            durability: Durability::None,
             log: LogConfig::default(),
         }
     }
+}
+
+/// `data_dir`: a non-empty path, or absent (memory only). Whether it can be
+/// created and written is checked at start, by the runtime.
+fn data_dir(raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+    match raw {
+        Some("") => Err(ConfigError::invalid(
+            "data_dir = \"\": must be a directory; remove the key to keep everything in memory \
+             only",
+        )),
+        raw => Ok(raw.map(PathBuf::from)),
+    }
+}
+
+/// `durability` and `fsync_interval_ms`. Without a `data_dir` only
+/// `"none"` means anything; with one the default is `"always"`.
+/// `fsync_interval_ms` is used by `"interval"` only (the others accept and
+/// ignore it, so one file can switch modes with one line).
+fn durability(
+    data_dir: &Option<String>,
+    written: &Option<String>,
+    fsync_interval_ms: Option<i64>,
+) -> Result<Durability, ConfigError> {
+    let interval = match fsync_interval_ms {
+        Some(n) => {
+            ranged(Setting::key("fsync_interval_ms", n), n, 1, MAX_FSYNC_INTERVAL_MS.into(), |n| {
+                u32::try_from(n).ok()
+            })?
+        }
+        None => DEFAULT_FSYNC_INTERVAL_MS,
+    };
+    let durability = match written.as_deref() {
+        None if data_dir.is_some() => Durability::Always,
+        None | Some("none") => Durability::None,
+        Some("always") => Durability::Always,
+        Some("interval") => Durability::Interval(Duration::from_millis(interval.into())),
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "durability = {other:?}: must be \"always\", \"interval\" or \"none\""
+            )))
+        }
+    };
+    if durability != Durability::None && data_dir.is_none() {
+        let written = written.as_deref().unwrap_or_default();
+        return Err(ConfigError::invalid(format!(
+            "durability = {written:?}: needs data_dir (the directory of the durable log); set \
+             data_dir or remove the key"
+        )));
+    }
+    Ok(durability)
 }
 
 /// A value as the user wrote it, for error messages: `key = value` for a key
@@ -910,21 +1031,6 @@ fn describe_parse_error(path: &str, message: &str) -> String {
     }
 }
 
-/// Refuses the top-level keys of features this release does not have.
-fn refuse_unavailable_top_level(raw: &RawConfig) -> Result<(), ConfigError> {
-    let unavailable = [
-        ("data_dir", raw.data_dir.is_some(), "persistence"),
-        ("durability", raw.durability.is_some(), "persistence"),
-        ("fsync_interval_ms", raw.fsync_interval_ms.is_some(), "persistence"),
-    ];
-    if let Some((key, _, feature)) = unavailable.into_iter().find(|(_, present, _)| *present) {
-        return Err(ConfigError::invalid(format!(
-            "{key}: {feature} is not available in this release; remove the key"
-        )));
-    }
-    Ok(())
-}
-
 /// The `[admin]` table: `None` when absent or `listen = ""`.
 fn admin(raw: Option<&RawAdmin>) -> Result<Option<SocketAddr>, ConfigError> {
     match raw.map(|admin| admin.listen.as_deref()) {
@@ -1004,13 +1110,6 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
             )))
         }
     };
-    if raw.proxy_protocol == Some(true) {
-        return Err(ConfigError::invalid(format!(
-            "{} = true: the PROXY protocol is not available in this release; remove the key \
-             or set it to false",
-            key("proxy_protocol")
-        )));
-    }
     let tls = raw.tls.as_ref().map(|tls| tls_files(i, tls)).transpose()?;
     let use_identity_as_username = raw.use_identity_as_username.unwrap_or(false);
     if use_identity_as_username && tls.as_ref().and_then(|tls| tls.client_ca.as_ref()).is_none() {
@@ -1044,6 +1143,7 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         tls,
         use_identity_as_username,
         websocket_path,
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
     })
 }
 

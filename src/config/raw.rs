@@ -8,7 +8,6 @@
 //! features this release does not have are [`IgnoredAny`]: whatever their
 //! value, their mere presence is refused with a precise message.
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// The top level of the file.
@@ -20,9 +19,9 @@ pub(super) struct RawConfig {
     pub(super) password_file: Option<String>,
     pub(super) scram_file: Option<String>,
     pub(super) acl_file: Option<String>,
-    pub(super) data_dir: Option<IgnoredAny>,
-    pub(super) durability: Option<IgnoredAny>,
-    pub(super) fsync_interval_ms: Option<IgnoredAny>,
+    pub(super) data_dir: Option<String>,
+    pub(super) durability: Option<String>,
+    pub(super) fsync_interval_ms: Option<i64>,
     pub(super) sys_interval_s: Option<i64>,
     pub(super) retain_available: Option<bool>,
     pub(super) response_information_prefix: Option<String>,

@@ -91,6 +91,9 @@ impl Config {
             _ => None,
         })
         .collect();
+        // The log is opened and replayed at start.
+        restart_if(self.data_dir != new.data_dir, "data_dir");
+        restart_if(self.durability != new.durability, "durability");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),

@@ -526,27 +526,57 @@ fn unknown_protocol_is_refused_by_name() {
     );
 }
 
-// ---- features not in this release ------------------------------------------
+// ---- persistence -------------------------------------------------------------
 
 #[test]
-fn unavailable_top_level_keys_are_refused_by_name() {
-    let cases = [
-        ("data_dir = \"/var/lib/ringmq\"", "data_dir: persistence"),
-        ("durability = \"always\"", "durability: persistence"),
-        ("fsync_interval_ms = 10", "fsync_interval_ms: persistence"),
-    ];
-    for (text, start) in cases {
-        assert_eq!(
-            error(text),
-            format!("config error: {start} is not available in this release; remove the key")
-        );
-    }
+fn without_data_dir_everything_is_in_memory() {
+    let config = parse("").unwrap();
+    assert_eq!((config.data_dir(), config.durability()), (None, Durability::None));
+    let config = parse("durability = \"none\"\nfsync_interval_ms = 5").unwrap();
+    assert_eq!((config.data_dir(), config.durability()), (None, Durability::None));
 }
 
 #[test]
-fn unavailable_keys_are_refused_whatever_their_value() {
-    // Even a value of the wrong type gets the precise message, not a type error.
-    assert!(error("data_dir = 5").contains("data_dir: persistence is not available"));
+fn data_dir_defaults_to_always_and_takes_every_mode() {
+    let config = parse("data_dir = \"/var/lib/ringmq\"").unwrap();
+    assert_eq!(config.data_dir(), Some(Path::new("/var/lib/ringmq")));
+    assert_eq!(config.durability(), Durability::Always);
+    let config = parse("data_dir = \"/d\"\ndurability = \"interval\"").unwrap();
+    assert_eq!(config.durability(), Durability::Interval(Duration::from_millis(10)));
+    let config =
+        parse("data_dir = \"/d\"\ndurability = \"interval\"\nfsync_interval_ms = 250").unwrap();
+    assert_eq!(config.durability(), Durability::Interval(Duration::from_millis(250)));
+    // `none` keeps the key but writes and reads nothing.
+    let config = parse("data_dir = \"/d\"\ndurability = \"none\"").unwrap();
+    assert_eq!((config.data_dir(), config.durability()), (None, Durability::None));
+}
+
+#[test]
+fn bad_persistence_settings_are_one_line_naming_the_key() {
+    assert_eq!(
+        error("durability = \"always\""),
+        "config error: durability = \"always\": needs data_dir (the directory of the durable \
+         log); set data_dir or remove the key"
+    );
+    assert_eq!(
+        error("data_dir = \"/d\"\ndurability = \"sometimes\""),
+        "config error: durability = \"sometimes\": must be \"always\", \"interval\" or \"none\""
+    );
+    assert!(
+        error("data_dir = \"\"").starts_with("config error: data_dir = \"\": must be a directory")
+    );
+    assert_eq!(
+        error("data_dir = \"/d\"\nfsync_interval_ms = 0"),
+        "config error: fsync_interval_ms = 0: must be between 1 and 60000"
+    );
+    assert!(error("data_dir = 5").contains("data_dir"));
+}
+
+#[test]
+fn persistence_changes_need_a_restart() {
+    let old = parse("").unwrap();
+    let new = parse("data_dir = \"/d\"").unwrap();
+    assert_eq!(old.changes(&new).needs_restart, vec!["data_dir", "durability"]);
 }
 
 #[test]
@@ -561,15 +591,6 @@ fn admin_listen_is_absent_default_empty_or_an_address() {
     assert_eq!(
         error("[admin]\nlisten = \"x\""),
         "config error: admin.listen = \"x\": not a socket address (e.g. \"0.0.0.0:1883\")"
-    );
-}
-
-#[test]
-fn unavailable_listener_features_are_refused_by_name() {
-    assert_eq!(
-        error("[[listener]]\nproxy_protocol = true"),
-        "config error: listener[0].proxy_protocol = true: the PROXY protocol is not available \
-         in this release; remove the key or set it to false"
     );
 }
 
@@ -657,8 +678,17 @@ fn a_listener_naming_clients_by_certificate_needs_no_allow_anonymous() {
 }
 
 #[test]
-fn proxy_protocol_false_is_accepted() {
+fn proxy_protocol_is_per_listener_and_off_by_default() {
     assert_eq!(parse("[[listener]]\nproxy_protocol = false").unwrap(), Config::default());
+    assert!(!Config::default().listeners()[0].proxy_protocol());
+    let config = parse(
+        "[[listener]]\nproxy_protocol = true\n[[listener]]\nbind = \"127.0.0.1:8883\"\n\
+         proxy_protocol = true\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n\
+         [[listener]]\nbind = \"127.0.0.1:1884\"",
+    )
+    .unwrap();
+    let proxied: Vec<bool> = config.listeners().iter().map(|l| l.proxy_protocol()).collect();
+    assert_eq!(proxied, [true, true, false]);
 }
 
 // ---- anonymous access ------------------------------------------------------
@@ -952,11 +982,11 @@ fn bad_shards_and_log_flags_are_refused_by_flag() {
 
 #[test]
 fn file_checks_that_do_not_depend_on_overrides_still_apply() {
-    // Unknown keys and unavailable features are refused even when flags
-    // replace the part of the file they are in.
+    // Unknown keys and values that contradict each other are refused even
+    // when flags replace the listeners.
     let overrides = listen(&["127.0.0.1:1883"]);
     assert!(error_with("bogus = 1", &overrides).contains("unknown key `bogus`"));
-    assert!(error_with("data_dir = \"/x\"", &overrides).contains("data_dir: persistence"));
+    assert!(error_with("durability = \"always\"", &overrides).contains("needs data_dir"));
 }
 
 // ---- robustness ------------------------------------------------------------

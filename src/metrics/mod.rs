@@ -39,6 +39,66 @@ pub struct Counters {
     pub session: SessionCounters,
     /// The queues towards other shards.
     pub router: RouterCounters,
+    /// The shard's durable log (all zero without a `data_dir`).
+    pub store: StoreCounters,
+}
+
+/// What the durable log of one shard did. Its writer task counts into the
+/// log, and the shard copies the figures into each snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// Records read back at start.
+    pub records_recovered: u64,
+    /// Segments found at start with a torn or damaged tail, which was cut
+    /// off (a crash while writing, or damage).
+    pub torn_tails: u64,
+    /// Bytes cut off those tails.
+    pub torn_bytes: u64,
+    /// Records appended.
+    pub records_written: u64,
+    /// Bytes written to segment files (padding and rewrites of a partial
+    /// last block included).
+    pub bytes_written: u64,
+    /// fdatasync calls: one per group commit.
+    pub syncs: u64,
+    /// How long those fdatasync calls took.
+    pub sync_latency: SyncLatency,
+    /// Snapshots written by compaction.
+    pub compactions: u64,
+    /// Writes or syncs that failed (each retried until it succeeds).
+    pub write_errors: u64,
+}
+
+/// Upper bounds, in microseconds, of the buckets of [`SyncLatency`] (the
+/// last bucket, above them, is unbounded).
+pub const SYNC_LATENCY_BOUNDS_US: [u64; 12] =
+    [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000];
+
+/// A histogram of fdatasync durations with the fixed buckets of
+/// [`SYNC_LATENCY_BOUNDS_US`]: an array and a sum, no allocation, counted
+/// by the shard that syncs (exported as a Prometheus histogram).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncLatency {
+    /// Syncs per bucket (not cumulative); the last one is above every
+    /// bound.
+    pub buckets: [u64; SYNC_LATENCY_BOUNDS_US.len() + 1],
+    /// The sum of every duration, in microseconds.
+    pub sum_us: u64,
+}
+
+impl SyncLatency {
+    /// Counts one sync that took `took`.
+    pub fn record(&mut self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = SYNC_LATENCY_BOUNDS_US.iter().position(|&bound| us <= bound);
+        self.buckets[bucket.unwrap_or(SYNC_LATENCY_BOUNDS_US.len())] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Syncs counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
 }
 
 /// What the network layer of one shard did with connections.
@@ -64,6 +124,9 @@ pub struct NetCounters {
     /// handshake) needed more than `max_pending_connect_bytes` left on the
     /// shard.
     pub connect_budget_exceeded: u64,
+    /// Connections closed on a `proxy_protocol` listener because they did
+    /// not open with a valid PROXY protocol header.
+    pub proxy_header_invalid: u64,
     /// CONNECTs refused for their credentials: unknown user, wrong
     /// password, or no user name where anonymous clients are not allowed.
     pub auth_failed: u64,

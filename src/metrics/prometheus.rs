@@ -2,11 +2,14 @@
 //! encoded by the `prometheus-client` crate. Every series has a `shard`
 //! label, so imbalance between cores shows; totals are Prometheus `sum`s.
 
-use super::Snapshot;
-use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use super::{Snapshot, SyncLatency, SYNC_LATENCY_BOUNDS_US};
+use prometheus_client::encoding::{
+    text::encode, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 /// The content type of [`render`]'s text.
@@ -28,6 +31,34 @@ fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardLabel
     let family = Family::<ShardLabel, Counter>::default();
     registry.register(format!("ringmq_{name}"), help, family.clone());
     family
+}
+
+/// Each shard's [`SyncLatency`], as one Prometheus histogram per shard
+/// (in seconds): the shards count into fixed buckets, so the histogram is
+/// encoded from those counts rather than observed here.
+#[derive(Debug)]
+struct ShardSyncLatency(Vec<(u64, SyncLatency)>);
+
+impl EncodeMetric for ShardSyncLatency {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (shard, latency) in &self.0 {
+            let bounds = SYNC_LATENCY_BOUNDS_US.iter().map(|&us| us as f64 / 1e6);
+            let buckets: Vec<(f64, u64)> =
+                bounds.chain([f64::INFINITY]).zip(latency.buckets.iter().copied()).collect();
+            let label = ShardLabel { shard: *shard };
+            encoder.encode_family(&label)?.encode_histogram::<NoLabelSet>(
+                latency.sum_us as f64 / 1e6,
+                latency.count(),
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// A gauge family labelled by shard, registered as `ringmq_{name}`.
@@ -76,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 45] = [
+const COUNTERS: [Field<u64>; 54] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -95,6 +126,11 @@ const COUNTERS: [Field<u64>; 45] = [
     ("connect_budget_exceeded", "Connections closed at max_pending_connect_bytes", |s| {
         s.counters.net.connect_budget_exceeded
     }),
+    (
+        "proxy_header_invalid",
+        "Connections closed without a valid PROXY header (proxy_protocol listeners)",
+        |s| s.counters.net.proxy_header_invalid,
+    ),
     ("auth_failed", "CONNECTs refused for their credentials (or their absence)", |s| {
         s.counters.net.auth_failed
     }),
@@ -136,6 +172,26 @@ const COUNTERS: [Field<u64>; 45] = [
     }),
     ("protocol_violations", "Connections closed for a protocol violation", |s| {
         s.counters.shard.protocol_violations
+    }),
+    ("store_records_recovered", "Durable log records read back at start", |s| {
+        s.counters.store.records_recovered
+    }),
+    ("store_torn_tails", "Log segments whose torn or damaged tail was cut off at start", |s| {
+        s.counters.store.torn_tails
+    }),
+    ("store_torn_bytes", "Bytes cut off torn log tails at start", |s| s.counters.store.torn_bytes),
+    ("store_records_written", "Durable log records appended", |s| s.counters.store.records_written),
+    ("store_bytes_written", "Bytes written to durable log segments", |s| {
+        s.counters.store.bytes_written
+    }),
+    ("store_syncs", "fdatasync calls of the durable log (one per group commit)", |s| {
+        s.counters.store.syncs
+    }),
+    ("store_compactions", "Durable log snapshots written by compaction", |s| {
+        s.counters.store.compactions
+    }),
+    ("store_write_errors", "Durable log writes or syncs that failed and were retried", |s| {
+        s.counters.store.write_errors
     }),
     ("duplicate_qos2_received", "Re-sent QoS 2 PUBLISHes not routed again", |s| {
         s.counters.session.duplicate_qos2_received
@@ -220,6 +276,13 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         QOS_COUNTERS.iter().map(|(name, help, _)| qos_counter(&mut registry, name, help)).collect();
     let counters: Vec<_> =
         COUNTERS.iter().map(|(name, help, _)| counter(&mut registry, name, help)).collect();
+    let sync_latency =
+        snapshots.iter().map(|s| (s.shard as u64, s.counters.store.sync_latency.clone()));
+    registry.register(
+        "ringmq_store_sync_seconds",
+        "Time each fdatasync of the durable log took (one per group commit)",
+        ShardSyncLatency(sync_latency.collect()),
+    );
     for snapshot in snapshots {
         let shard = snapshot.shard as u64;
         let label = ShardLabel { shard };
@@ -261,6 +324,7 @@ mod tests {
         assert!(text.contains("ringmq_payload_format_invalid_total{shard=\"0\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE ringmq_accepted counter\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE ringmq_store_sync_seconds histogram\n"), "{text}");
         // Every sample line: a name, labels, one value.
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -292,5 +356,27 @@ mod tests {
             used += 1;
         }
         assert!(used > 20, "the dashboard's queries were not found");
+    }
+
+    #[test]
+    fn sync_latency_is_a_cumulative_histogram_in_seconds_per_shard() {
+        let mut snapshot = Snapshot::default();
+        let latency = &mut snapshot.counters.store.sync_latency;
+        for us in [40, 400, 900, 3_000, 2_000_000] {
+            latency.record(std::time::Duration::from_micros(us));
+        }
+        let text = render(&[snapshot], 0);
+        let line =
+            |le: &str| format!("ringmq_store_sync_seconds_bucket{{le=\"{le}\",shard=\"0\"}}");
+        let value = |series: &str| {
+            let found = text.lines().find(|l| l.starts_with(series));
+            found.and_then(|l| l.rsplit_once(' ')).map(|(_, v)| v.to_owned())
+        };
+        assert_eq!(value(&line("0.00005")).as_deref(), Some("1"), "{text}");
+        assert_eq!(value(&line("0.001")).as_deref(), Some("3"), "cumulative: {text}");
+        assert_eq!(value(&line("1.0")).as_deref(), Some("4"), "{text}");
+        assert_eq!(value(&line("+Inf")).as_deref(), Some("5"), "{text}");
+        assert_eq!(value("ringmq_store_sync_seconds_count{").as_deref(), Some("5"), "{text}");
+        assert_eq!(value("ringmq_store_sync_seconds_sum{").as_deref(), Some("2.00434"), "{text}");
     }
 }

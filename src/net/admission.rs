@@ -53,6 +53,9 @@ pub struct ListenerAdmission {
     max_connections: Option<usize>,
     max_connection_rate: Option<u32>,
     open: AtomicUsize,
+    /// `proxy_protocol`: a connection stays only once it has sent a valid
+    /// PROXY header (read by [`super::serve_proxied`]).
+    proxy_protocol: bool,
 }
 
 impl ListenerAdmission {
@@ -62,7 +65,13 @@ impl ListenerAdmission {
             max_connections: listener.max_connections().map(|n| n.get() as usize),
             max_connection_rate: listener.max_connection_rate().map(|n| n.get()),
             open: AtomicUsize::new(0),
+            proxy_protocol: listener.proxy_protocol(),
         }
+    }
+
+    /// Whether every connection must open with a PROXY protocol header.
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy_protocol
     }
 }
 
@@ -196,7 +205,12 @@ mod tests {
     use super::*;
 
     fn listener(max_connections: Option<usize>, rate: Option<u32>) -> ListenerAdmission {
-        ListenerAdmission { max_connections, max_connection_rate: rate, open: AtomicUsize::new(0) }
+        ListenerAdmission {
+            max_connections,
+            max_connection_rate: rate,
+            open: AtomicUsize::new(0),
+            proxy_protocol: false,
+        }
     }
 
     #[test]

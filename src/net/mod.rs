@@ -10,6 +10,10 @@
 //! * [`tls`]: the TLS listeners' configurations, handshake and transport.
 //! * `websocket`: the WebSocket upgrade and transport (ws, and wss over
 //!   TLS); the framing itself is [`crate::protocol::websocket`], sans IO.
+//! * [`proxy`]: the PROXY protocol header a `proxy_protocol` listener reads
+//!   before anything else (before the TLS handshake too): its client
+//!   address replaces the socket's peer address for the connection's life,
+//!   the hand-off included ([`crate::router::HandOff`] carries it).
 //! * [`serve`]: one connection's task. It reads the CONNECT, asks the
 //!   shard where the connection goes ([`crate::shard::Shard::place`]:
 //!   attached here, handed off, or refused) and, when attached, pumps
@@ -68,6 +72,7 @@ pub mod admin;
 pub mod admission;
 mod connection;
 pub mod listener;
+pub mod proxy;
 pub mod tls;
 mod transport;
 mod websocket;
@@ -85,6 +90,7 @@ use crate::shard::Shard;
 use admission::{Admission, ListenerAdmission};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -438,13 +444,122 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         ctx.count(|net| net.accepted += 1);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        match ctx.tls_config(index) {
-            None => glommio::spawn_local(serve_accepted(Rc::clone(&ctx), stream, peer, index)),
-            Some(config) => {
-                glommio::spawn_local(serve_tls(Rc::clone(&ctx), stream, config, peer, index))
-            }
+        if ctx.listeners[index].proxy_protocol() {
+            glommio::spawn_local(serve_proxied(Rc::clone(&ctx), stream, peer, index)).detach();
+        } else {
+            start_serving(&ctx, stream, peer, index);
         }
-        .detach();
+    }
+}
+
+/// Starts the task of a connection whose client is `peer`: the TLS
+/// handshake first on a TLS listener, the WebSocket upgrade on a `ws`
+/// listener, then [`serve`].
+fn start_serving(ctx: &Rc<NetContext>, stream: TcpStream, peer: SocketAddr, index: usize) {
+    match ctx.tls_config(index) {
+        None => glommio::spawn_local(serve_accepted(Rc::clone(ctx), stream, peer, index)),
+        Some(config) => {
+            glommio::spawn_local(serve_tls(Rc::clone(ctx), stream, config, peer, index))
+        }
+    }
+    .detach();
+}
+
+/// Why a connection of a `proxy_protocol` listener was closed before its
+/// PROXY header was read.
+#[derive(Debug, thiserror::Error)]
+enum ProxyFailure {
+    /// Not a valid PROXY header.
+    #[error(transparent)]
+    Invalid(#[from] proxy::ProxyError),
+    /// No complete header within `connect_timeout_ms`.
+    #[error("no PROXY header within the connect timeout")]
+    Timeout,
+    /// The header would pass the shard's `max_pending_connect_bytes`.
+    #[error("too many bytes held by incomplete CONNECTs on this shard")]
+    ConnectBudget,
+    /// The client went away, or the socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves a connection of a `proxy_protocol` listener: reads its PROXY
+/// header, within `connect_timeout` (the CONNECT, or the TLS handshake,
+/// then has its own), then starts serving it as the client the header
+/// names ([`start_serving`], in a task of its own: nothing of the header
+/// stays with the connection). A connection without a valid header is
+/// closed, counted (`proxy_header_invalid`) and logged within the shard's
+/// connection log budget.
+async fn serve_proxied(
+    ctx: Rc<NetContext>,
+    mut stream: TcpStream,
+    socket: SocketAddr,
+    index: usize,
+) {
+    let timeout = ctx.limits().connect_timeout;
+    let read = Box::pin(read_proxy_header(&ctx, &mut stream));
+    let timer = async {
+        glommio::timer::Timer::new(timeout).await;
+        Err(ProxyFailure::Timeout)
+    };
+    let failure = match futures_lite::future::or(read, timer).await {
+        Ok(header) => {
+            // LOCAL (v2), UNKNOWN (v1): the proxy names no client; the
+            // socket's address stands.
+            let peer = header.source.unwrap_or(socket);
+            return start_serving(&ctx, stream, peer, index);
+        }
+        Err(failure) => failure,
+    };
+    ctx.count(|net| match failure {
+        ProxyFailure::Invalid(_) => net.proxy_header_invalid += 1,
+        ProxyFailure::Timeout => net.connect_timeouts += 1,
+        ProxyFailure::ConnectBudget => net.connect_budget_exceeded += 1,
+        ProxyFailure::Io(_) => {}
+    });
+    if ctx.may_log_connection() {
+        tracing::info!(peer = %socket, error = %failure, "PROXY header refused");
+    }
+    ctx.connection_closed(index);
+}
+
+/// Reads the PROXY header at the start of `stream` and consumes exactly
+/// its bytes: what follows (a CONNECT, a TLS ClientHello) stays in the
+/// socket for the connection's transport. The socket is peeked, and only
+/// bytes known to belong to the header are read, so nothing read past it
+/// needs handing on. What it looks at is held against the shard's
+/// `max_pending_connect_bytes`.
+async fn read_proxy_header(
+    ctx: &Rc<NetContext>,
+    stream: &mut TcpStream,
+) -> Result<proxy::ProxyHeader, ProxyFailure> {
+    use futures_lite::AsyncReadExt;
+    let mut held = connection::PendingConnect::new(Rc::clone(ctx));
+    // The header's bytes consumed so far, then those peeked after them.
+    let mut seen = Vec::new();
+    let mut peeked = Vec::new();
+    loop {
+        let wanted = proxy::wanted(&seen);
+        // The header so far, and the peek's buffers (glommio's and ours).
+        if !held.hold(seen.len() + 2 * (wanted - seen.len())) {
+            return Err(ProxyFailure::ConnectBudget);
+        }
+        peeked.resize(wanted - seen.len(), 0);
+        let n = stream.peek(&mut peeked).await.map_err(std::io::Error::from)?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let consumed = seen.len();
+        seen.extend_from_slice(&peeked[..n]);
+        // A proper prefix of a header is all header: consumed whole.
+        let (header, take) = match proxy::parse(&seen)? {
+            Some(header) => (Some(header), header.len - consumed),
+            None => (None, n),
+        };
+        stream.read_exact(&mut peeked[..take]).await?;
+        if let Some(header) = header {
+            return Ok(header);
+        }
     }
 }
 

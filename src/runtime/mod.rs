@@ -19,15 +19,17 @@ use crate::config::{Config, RedirectMode, ShardCount};
 use crate::message::Message;
 use crate::metrics::sys::SysTree;
 use crate::metrics::{
-    Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot,
+    Counters, NetCounters, RouterCounters, SessionCounters, ShardCounters, Snapshot, StoreCounters,
 };
 use crate::net::admin::{self, Health};
 use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetAuth, NetContext, NetShared};
 use crate::protocol::{QoS, ReasonCode, TopicName};
-use crate::router::{Mesh, MeshError, MeshSetup, Outbox, RouterMessage};
+use crate::router::{Mesh, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
+use crate::store::data_dir::DataDirError;
+use crate::store::{self, Log, StoreOptions};
 use bytes::Bytes;
 use drain::Drain;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
@@ -81,6 +83,9 @@ pub enum RuntimeError {
     /// The signal watcher could not start.
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),
+    /// `data_dir` cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 /// What every shard needs to start.
@@ -115,6 +120,18 @@ struct Startup {
     response_information_prefix: Option<String>,
     /// The ACL file in force, if one is configured; replaced by a reload.
     acl: Option<Arc<SharedAcl>>,
+    /// The data directory (checked and locked) and how the logs in it are
+    /// written; `None`: memory only.
+    store: Option<(std::path::PathBuf, StoreOptions)>,
+}
+
+/// Why a shard could not serve.
+#[derive(Debug)]
+enum ShardFailure {
+    /// It could not join the other shards.
+    Mesh,
+    /// Its durable log could not be opened.
+    Store,
 }
 
 /// The password and ACL files the configuration names, as read before the
@@ -235,6 +252,12 @@ pub fn run(
         ShardCount::Fixed(n) => usize::from(n.get()),
     };
     preflight::ensure_memlock(nr_shards)?;
+    // Checked and locked before any socket is bound; held until the
+    // process ends.
+    let data_dir = match config.data_dir() {
+        Some(path) => Some(store::data_dir::prepare(path, nr_shards)?),
+        None => None,
+    };
     let max_connections = u64::from(config.limits().max_connections().get());
     preflight::raise_open_files(max_connections);
     for line in preflight::warnings(nr_shards, cpus.len(), max_connections) {
@@ -287,6 +310,14 @@ pub fn run(
     let auth = net_auth(&config, passwords.clone(), scram)?;
     *auth_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
         AuthState { passwords: passwords.zip(auth.verifier.clone()), acl: acl.clone() };
+    let store = data_dir.as_ref().map(|dir| {
+        tracing::info!(
+            data_dir = %dir.path().display(),
+            durability = %config.durability(),
+            "durable log: retained messages are persisted"
+        );
+        (dir.path().to_owned(), StoreOptions::new(config.durability()))
+    });
     let running = Running {
         listeners: &listeners,
         health: &health,
@@ -296,6 +327,7 @@ pub fn run(
         acl,
         tls,
         shutdown,
+        store,
     };
     let outcome = serve(&config, nr_shards, &cpus, running);
     // Also when a shard failed: no socket may outlive the process listening
@@ -316,6 +348,7 @@ struct Running<'a> {
     acl: Option<Arc<SharedAcl>>,
     tls: Arc<SharedTls>,
     shutdown: Arc<AtomicBool>,
+    store: Option<(std::path::PathBuf, StoreOptions)>,
 }
 
 /// Binds the listeners, runs the shards, and waits until they finish.
@@ -325,7 +358,7 @@ fn serve(
     cpus: &[usize],
     running: Running<'_>,
 ) -> Result<(), RuntimeError> {
-    let Running { listeners, health, limits, intervals, auth, acl, tls, shutdown } = running;
+    let Running { listeners, health, limits, intervals, auth, acl, tls, shutdown, store } = running;
     if let Some(addr) = config.admin() {
         let bound = admin::start(addr, Arc::clone(health))?;
         if !bound.ip().to_canonical().is_loopback() {
@@ -370,6 +403,7 @@ fn serve(
         auth,
         acl,
         tls,
+        store,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
         websocket: config.listeners().iter().map(|l| l.websocket_path().map(Arc::from)).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
@@ -483,7 +517,7 @@ async fn shard_main(startup: Arc<Startup>, mesh: MeshSetup) {
 }
 
 /// Serves one shard from its start to the end of its graceful shutdown.
-async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshError> {
+async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), ShardFailure> {
     tracing::debug!("shard starting");
     let sockets =
         startup.sockets.lock().map(|mut sets| sets.pop()).ok().flatten().unwrap_or_default();
@@ -492,7 +526,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         Ok(mesh) => mesh,
         Err(error) => {
             tracing::error!(%error);
-            return Err(error);
+            return Err(ShardFailure::Mesh);
         }
     };
     let id = mesh.shard();
@@ -516,6 +550,19 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         shard.borrow_mut().set_acl(file);
         seen
     });
+    // The log is replayed before the shard takes any message from a peer
+    // or a client, and before it counts as serving (`/readyz`, READY=1).
+    let writer = match &startup.store {
+        Some((data_dir, options)) => match open_log(&shard, data_dir, *options).await {
+            Ok(writer) => Some(writer),
+            Err(()) => {
+                // The other shards wind down as on SIGTERM; the run fails.
+                startup.shutdown.store(true, Ordering::Relaxed);
+                return Err(ShardFailure::Store);
+            }
+        },
+        None => None,
+    };
     let net = Rc::new(NetContext::new(
         id,
         Rc::clone(&shard),
@@ -614,8 +661,52 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), MeshE
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     mesh_tasks.shutdown().await;
+    if let Some((log, writer)) = writer {
+        // Written and synced before the shard reports it stopped.
+        log.close();
+        writer.await;
+    }
     log_stopped(&shard.borrow().snapshot());
     Ok(())
+}
+
+/// Replays the shard's log into `shard` and starts its writer; logs one
+/// line either way.
+async fn open_log(
+    shard: &Rc<RefCell<Shard>>,
+    data_dir: &std::path::Path,
+    options: StoreOptions,
+) -> Result<(Rc<Log>, glommio::Task<()>), ()> {
+    let (id, nr_shards) = {
+        let shard = shard.borrow();
+        (shard.id().index(), shard.nr_shards())
+    };
+    let started = Instant::now();
+    let log = Rc::new(Log::new());
+    // The configuration allows at most 256 shards.
+    let (index, count) = (id as u16, nr_shards as u16);
+    match store::open(&store::shard_dir(data_dir, id), index, count, options, &log).await {
+        Ok(opened) => {
+            let (retained, stats) = (opened.state.retained.len(), opened.stats);
+            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state);
+            tracing::info!(
+                shard = id,
+                retained,
+                records = stats.records,
+                segments = stats.segments,
+                torn_tails = stats.torn_tails,
+                expired = stats.expired,
+                ms = started.elapsed().as_millis() as u64,
+                "durable log replayed"
+            );
+            let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
+            Ok((log, writer))
+        }
+        Err(error) => {
+            tracing::error!(shard = id, %error, "cannot open the durable log");
+            Err(())
+        }
+    }
 }
 
 /// Publishes the `$SYS/broker/...` topics, retained and at QoS 0, through
@@ -658,7 +749,7 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_queued,
         counters,
     } = snapshot;
-    let Counters { net, shard, session, router } = counters;
+    let Counters { net, shard, session, router, store } = counters;
     let NetCounters {
         accepted,
         refused_limit,
@@ -668,6 +759,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
+        proxy_header_invalid,
         auth_failed,
         auth_busy,
         tls_handshakes,
@@ -713,6 +805,18 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_delivery,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
+    let StoreCounters {
+        records_recovered: store_records_recovered,
+        torn_tails: store_torn_tails,
+        torn_bytes: store_torn_bytes,
+        records_written: store_records_written,
+        bytes_written: store_bytes_written,
+        syncs: store_syncs,
+        sync_latency,
+        compactions: store_compactions,
+        write_errors: store_write_errors,
+    } = store;
+    let store_sync_us_total = sync_latency.sum_us;
     tracing::info!(
         id,
         sessions,
@@ -729,6 +833,7 @@ fn log_stopped(snapshot: &Snapshot) {
         connect_timeouts,
         connect_too_large,
         connect_budget_exceeded,
+        proxy_header_invalid,
         auth_failed,
         auth_busy,
         tls_handshakes,
@@ -775,6 +880,15 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
+        store_records_recovered,
+        store_torn_tails,
+        store_torn_bytes,
+        store_records_written,
+        store_bytes_written,
+        store_syncs,
+        store_sync_us_total,
+        store_compactions,
+        store_write_errors,
         "shard stopped"
     );
 }

@@ -98,6 +98,28 @@ impl RetainedStore {
         previous
     }
 
+    /// Every stored message, expired ones not yet dropped included, `$`
+    /// topics included, in no particular order (for a snapshot of the
+    /// durable log). Iterative, like every walk here.
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let mut out = Vec::with_capacity(self.len);
+        let mut stack: Vec<LevelIter<'_, TopicNode>> = vec![self.root.children.iter()];
+        while let Some(children) = stack.last_mut() {
+            match children.next() {
+                Some((_, child)) => {
+                    out.extend(child.message.iter().cloned());
+                    if !child.children.is_empty() {
+                        stack.push(child.children.iter());
+                    }
+                }
+                None => {
+                    stack.pop();
+                }
+            }
+        }
+        out
+    }
+
     /// [`Self::set`] within limits: a message for a topic that holds no
     /// retained message yet is refused (given back) when the store already
     /// holds `max_messages` messages or the payload would take it past
@@ -518,6 +540,7 @@ mod tests {
         let mut count = 0;
         store.for_each_match(&filter("dev/7/+"), now, |_| count += 1);
         assert_eq!(count, 100);
+        assert_eq!(store.all().len(), 100_001, "all: `$` topics too");
     }
 
     #[test]

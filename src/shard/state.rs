@@ -27,6 +27,7 @@ use crate::shard::limit_log::{LimitCause, LimitWarnings};
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
 use crate::shard::slots::{ConnectionLink, Slot, Slots};
+use crate::store::{LiveState, Log, Record};
 use bytes::Bytes;
 use bytestring::ByteString;
 use std::collections::VecDeque;
@@ -85,6 +86,9 @@ pub struct Shard {
     /// The last bytes of taken-over connections (a v5 DISCONNECT 0x8E),
     /// until their task takes them; rarely more than one.
     farewells: Vec<(ConnectionId, Bytes)>,
+    /// The durable log, when there is a `data_dir`: every change to the
+    /// retained messages this shard owns is appended to it.
+    log: Option<Rc<Log>>,
     /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
     response_information_prefix: Option<Box<str>>,
     /// The enhanced authentication methods offered, for re-authentication
@@ -123,10 +127,21 @@ impl Shard {
             matches: Vec::new(),
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
+            log: None,
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
         }
+    }
+
+    /// Loads the state the shard's durable log held at start and logs
+    /// every later change to it. Called once, before the shard takes any
+    /// message.
+    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState) {
+        for (_, message) in state.retained {
+            self.retained.set(message);
+        }
+        self.log = Some(log);
     }
 
     /// Sends v5 clients that set Request Response Information 1 the
@@ -227,7 +242,10 @@ impl Shard {
             retained: self.retained.len(),
             retained_bytes: self.retained.payload_bytes(),
             cross_core_queued: self.outbox.queued_publishes(),
-            counters: self.counters.clone(),
+            counters: Counters {
+                store: self.log.as_ref().map(|log| log.counters()).unwrap_or_default(),
+                ..self.counters.clone()
+            },
         }
     }
 
@@ -490,6 +508,14 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
+        // Compaction: the live retained messages at this point of the log
+        // (pointer copies; the writer encodes them at its own pace).
+        if let Some(log) = self.log.as_ref().filter(|log| log.wants_compaction()) {
+            let mut live = self.retained.all();
+            // The broker's own ($SYS) are not logged (see `retain_here`).
+            live.retain(|message| message.publisher.is_some());
+            log.compact(live);
+        }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
         }
@@ -860,7 +886,9 @@ impl Shard {
     /// Counted and logged.
     /// The broker's own messages (`$SYS`, no publisher) are not limited:
     /// their topics are few and fixed, and must not vanish because clients
-    /// filled the store.
+    /// filled the store. Nor are they written to the durable log: they are
+    /// rebuilt at every start. Every other change that is made is logged:
+    /// a set, or a delete [MQTT-3.3.1-10] of a message that was there.
     fn retain_here(&mut self, message: Arc<Message>, now: Instant) {
         if message.publisher.is_none() {
             self.retained.set(message);
@@ -868,9 +896,20 @@ impl Shard {
         }
         let max_messages = self.retained_share(self.limits.max_retained_messages);
         let max_bytes = self.retained_share(self.limits.max_retained_bytes);
-        if self.retained.set_within(message, max_messages, max_bytes).is_err() {
-            self.counters.shard.retained_limit_exceeded += 1;
-            self.count_limit(LimitCause::RetainedFull, 1, now);
+        let logged = self.log.is_some().then(|| Arc::clone(&message));
+        match self.retained.set_within(message, max_messages, max_bytes) {
+            Err(_) => {
+                self.counters.shard.retained_limit_exceeded += 1;
+                self.count_limit(LimitCause::RetainedFull, 1, now);
+            }
+            Ok(previous) => {
+                let (Some(log), Some(message)) = (&self.log, logged) else { return };
+                if !message.payload.is_empty() {
+                    log.append(Record::RetainSet(message));
+                } else if previous.is_some() {
+                    log.append(Record::RetainDelete(message.topic.clone()));
+                }
+            }
         }
     }
 

@@ -397,6 +397,78 @@ fn retained_messages_live_on_their_topic_owner_and_reach_wildcard_subscribers() 
     }
 }
 
+/// What a shard's log holds, taken from it: `set TOPIC`, `delete TOPIC`,
+/// `snapshot TOPIC,TOPIC`.
+fn logged(log: &crate::store::Log) -> Vec<String> {
+    use crate::store::{Entry, Record};
+    let mut entries = Vec::new();
+    log.take_now(&mut entries);
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Record(Record::RetainSet(m)) => format!("set {}", m.topic),
+            Entry::Record(Record::RetainDelete(topic)) => format!("delete {topic}"),
+            Entry::Record(Record::SnapshotEnd) => "end".to_owned(),
+            Entry::Snapshot(live) => {
+                let mut topics: Vec<String> = live.iter().map(|m| m.topic.to_string()).collect();
+                topics.sort();
+                format!("snapshot {}", topics.join(","))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_owner_of_a_retained_topic_logs_its_changes() {
+    let mut cluster = Cluster::new(2);
+    let logs: Vec<_> = (0..2).map(|_| Rc::new(crate::store::Log::new())).collect();
+    for (shard, log) in cluster.shards.iter_mut().zip(&logs) {
+        shard.attach_log(Rc::clone(log), Default::default());
+    }
+    let publisher = cluster.connect(&id_on("p", 0, 2));
+    let topics = ["r/1", "r/2", "r/3", "r/4", "r/5", "r/6"];
+    for topic in topics {
+        cluster.send(&publisher, publish(topic, b"kept", true));
+    }
+    // [MQTT-3.3.1-10] an empty payload deletes; deleting nothing logs nothing.
+    cluster.send(&publisher, publish("r/1", b"", true));
+    cluster.send(&publisher, publish("r/none", b"", true));
+    // Not retained: not logged.
+    cluster.send(&publisher, publish("r/2", b"live", false));
+    cluster.settle();
+    for (shard, log) in logs.iter().enumerate() {
+        let owned: Vec<&str> =
+            topics.into_iter().filter(|t| home_shard(t.as_bytes(), 2).index() == shard).collect();
+        let mut expected: Vec<String> = owned.iter().map(|t| format!("set {t}")).collect();
+        if owned.contains(&"r/1") {
+            expected.push("delete r/1".to_owned());
+        }
+        assert_eq!(logged(log), expected, "shard {shard}");
+        // Compaction: asked by the writer, the snapshot comes at the next
+        // tick with the live messages the shard owns.
+        log.request_compaction();
+        cluster.shards[shard].sweep(cluster.now);
+        let live: Vec<&str> = owned.into_iter().filter(|t| *t != "r/1").collect();
+        assert_eq!(logged(log), vec![format!("snapshot {}", live.join(","))], "shard {shard}");
+        assert!(!log.wants_compaction());
+    }
+}
+
+#[test]
+fn a_retained_message_refused_by_the_limit_is_not_logged() {
+    let limits = SessionLimits { max_retained_messages: 1, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(1, limits);
+    let log = Rc::new(crate::store::Log::new());
+    cluster.shards[0].attach_log(Rc::clone(&log), Default::default());
+    let publisher = cluster.connect("p");
+    cluster.send(&publisher, publish("r/1", b"one", true));
+    // Past the limit: not stored, so not logged.
+    cluster.send(&publisher, publish("r/2", b"two", true));
+    // Replacing what is there is always done, and logged.
+    cluster.send(&publisher, publish("r/1", b"uno", true));
+    assert_eq!(logged(&log), vec!["set r/1", "set r/1"]);
+}
+
 #[test]
 fn a_taken_over_connection_is_detached() {
     // [MQTT-3.1.4-2]
@@ -771,6 +843,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 acl_denied_delivery: 0,
             },
             router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
+            store: Default::default(),
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);

@@ -1,0 +1,180 @@
+//! The shard's side of its log: a queue that the shard appends records to
+//! (no IO, never blocks, nothing allocated per record beyond the queue's
+//! slot) and that the writer task drains; and futures that resolve once a
+//! record is durable.
+//!
+//! Sequence numbers ([`Lsn`]) are given in append order; the writer
+//! reports the first one it has not made durable yet, so "durable" is a
+//! single watermark and a waiter needs no per-record state.
+
+use super::record::Record;
+use crate::message::Message;
+use crate::metrics::StoreCounters;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// The place of a record in its shard's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(u64);
+
+/// What the shard hands the writer.
+#[derive(Debug)]
+pub enum Entry {
+    /// A record to append.
+    Record(Record),
+    /// Compaction: the live retained messages at this point of the log.
+    /// The writer closes the current segment, writes these as a snapshot,
+    /// then deletes every segment before it.
+    Snapshot(Vec<Arc<Message>>),
+}
+
+/// A shard's log, shared (`Rc`) by the shard and its writer task.
+#[derive(Debug, Default)]
+pub struct Log {
+    inner: RefCell<Inner>,
+    /// Set by the writer when the log has grown past its compaction
+    /// threshold; cleared when the shard hands over a snapshot.
+    wants_compaction: Cell<bool>,
+    counters: RefCell<StoreCounters>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Entries not yet taken by the writer, the first with Lsn
+    /// `next - queue.len()`.
+    queue: Vec<Entry>,
+    /// The Lsn of the next entry.
+    next: u64,
+    /// Every entry below this Lsn is durable.
+    durable: u64,
+    /// Tasks waiting for an Lsn to become durable.
+    waiters: Vec<(u64, Waker)>,
+    /// The writer, parked until there is something to write.
+    writer: Option<Waker>,
+    /// No more entries: the writer writes what is queued and ends.
+    closed: bool,
+}
+
+impl Log {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `record`; it is written within a tick and is durable once
+    /// [`Log::durable`] resolves.
+    pub fn append(&self, record: Record) -> Lsn {
+        self.push(Entry::Record(record))
+    }
+
+    /// Whether the writer asked for a snapshot (see [`Log::compact`]).
+    pub fn wants_compaction(&self) -> bool {
+        self.wants_compaction.get()
+    }
+
+    /// Hands the writer the live state at this point of the log, to write
+    /// as a snapshot that replaces every earlier segment.
+    pub fn compact(&self, live: Vec<Arc<Message>>) -> Lsn {
+        self.wants_compaction.set(false);
+        self.push(Entry::Snapshot(live))
+    }
+
+    fn push(&self, entry: Entry) -> Lsn {
+        let mut inner = self.inner.borrow_mut();
+        let lsn = Lsn(inner.next);
+        inner.next += 1;
+        inner.queue.push(entry);
+        if let Some(writer) = inner.writer.take() {
+            writer.wake();
+        }
+        lsn
+    }
+
+    /// Whether the record `lsn` is durable.
+    pub fn is_durable(&self, lsn: Lsn) -> bool {
+        self.inner.borrow().durable > lsn.0
+    }
+
+    /// Resolves once the record `lsn` is durable (as `durability` defines
+    /// it).
+    pub fn durable(&self, lsn: Lsn) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.durable > lsn.0 {
+                return Poll::Ready(());
+            }
+            inner.waiters.push((lsn.0, cx.waker().clone()));
+            Poll::Pending
+        })
+    }
+
+    /// Stops taking entries: the writer writes what is queued, syncs and
+    /// ends.
+    pub fn close(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.closed = true;
+        if let Some(writer) = inner.writer.take() {
+            writer.wake();
+        }
+    }
+
+    /// The counters of the log (the shard copies them into its snapshot).
+    pub fn counters(&self) -> StoreCounters {
+        self.counters.borrow().clone()
+    }
+
+    /// For the writer: counts into the counters.
+    pub(super) fn count(&self, f: impl FnOnce(&mut StoreCounters)) {
+        f(&mut self.counters.borrow_mut());
+    }
+
+    /// For the writer (and tests): asks the shard for a snapshot.
+    pub(crate) fn request_compaction(&self) {
+        self.wants_compaction.set(true);
+    }
+
+    /// For the writer: moves every queued entry into `out` and returns the
+    /// Lsn after the last; `Pending` while there is none, `Ready(None)`
+    /// once closed and empty.
+    pub(super) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Entry>,
+    ) -> Poll<Option<u64>> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.queue.is_empty() {
+            if inner.closed {
+                return Poll::Ready(None);
+            }
+            inner.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        out.append(&mut inner.queue);
+        Poll::Ready(Some(inner.next))
+    }
+
+    /// For the writer (and tests): whatever is queued now, without
+    /// waiting; returns the Lsn after the last entry.
+    pub(crate) fn take_now(&self, out: &mut Vec<Entry>) -> u64 {
+        let mut inner = self.inner.borrow_mut();
+        out.append(&mut inner.queue);
+        inner.next
+    }
+
+    /// For the writer: every entry below `end` is durable.
+    pub(super) fn handle_durable(&self, end: u64) {
+        let mut inner = self.inner.borrow_mut();
+        inner.durable = inner.durable.max(end);
+        let durable = inner.durable;
+        let mut i = 0;
+        while i < inner.waiters.len() {
+            if inner.waiters[i].0 < durable {
+                inner.waiters.swap_remove(i).1.wake();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! End-to-end tests of the durable log with independent clients
+//! (mosquitto_pub / mosquitto_sub): retained messages survive kill -9, a
+//! torn tail is cut off, logged once and counted, they follow a change of
+//! the shard count, a bad `data_dir` is one line at start-up, and /readyz
+//! waits for every shard's replay.
+
+mod common;
+
+use common::{free_port, Broker};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 2;
+
+/// A fresh directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmq-e2e-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn config(data_dir: &Path, admin: &str) -> String {
+    format!("data_dir = {:?}\n[admin]\nlisten = \"{admin}\"\n", data_dir.display().to_string())
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The sum over the shards of the counter `ringmq_NAME_total`.
+fn counter(admin: &str, name: &str) -> u64 {
+    let prefix = format!("ringmq_{name}_total{{");
+    http_get(admin, "/metrics")
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the counter reaches `at_least` (it is at most a tick old).
+fn wait_counter(admin: &str, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(admin, name) < at_least {
+        assert!(Instant::now() < deadline, "{name} stayed below {at_least}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn mosquitto_pub(broker: &Broker, args: &[&str]) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-V", "mqttv5", "-q", "1"])
+        .args(args)
+        .status()
+        .expect("mosquitto_pub (package mosquitto-clients)");
+    assert!(status.success(), "mosquitto_pub {args:?}");
+}
+
+/// Every retained message under `store/#` a new v5 subscriber receives
+/// within 3 s, as `topic payload user-properties`, sorted.
+fn retained_set(broker: &Broker) -> Vec<String> {
+    let output = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-V", "mqttv5"])
+        .args(["-t", "store/#", "--retained-only", "-W", "3", "-F", "%t %p %P"])
+        .output()
+        .expect("mosquitto_sub (package mosquitto-clients)");
+    let mut lines: Vec<String> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|l| l.trim_end().to_owned()).collect();
+    lines.sort();
+    lines
+}
+
+/// Publishes the retained set of these tests: five topics, one
+/// overwritten, one deleted with an empty payload, one with a user
+/// property and an expiry an hour away.
+fn publish_retained(broker: &Broker, admin: &str) {
+    publish_retained_unlogged(broker);
+    // Eight records: seven sets and the delete, written by the shards
+    // that own the topics.
+    wait_counter(admin, "store_records_written", 8);
+}
+
+fn expected() -> Vec<String> {
+    ["store/a v-a2", "store/b v-b", "store/d v-d", "store/e v-e", "store/p v-p k:v"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[test]
+fn retained_messages_survive_kill_9() {
+    let dir = temp_dir("kill9");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    publish_retained(&broker, &admin);
+    assert_eq!(retained_set(&broker), expected());
+    // kill -9: the broker gets no chance to write anything more.
+    drop(broker);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    assert_eq!(retained_set(&broker), expected());
+    wait_counter(&admin, "store_records_recovered", 8);
+    assert_eq!(counter(&admin, "store_torn_tails"), 0);
+    // Deleted after the restart, gone after the next.
+    mosquitto_pub(&broker, &["-r", "-t", "store/b", "-n"]);
+    wait_counter(&admin, "store_records_written", 1);
+    assert!(broker.stop().success());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    let mut left = expected();
+    left.retain(|line| !line.starts_with("store/b "));
+    assert_eq!(retained_set(&broker), left);
+    assert!(broker.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn retained_messages_follow_a_change_of_the_shard_count() {
+    let dir = temp_dir("reshard");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    publish_retained(&broker, &admin);
+    drop(broker);
+    // Each topic lives on the shard its hash picks among 3 now.
+    let broker = Broker::start_with_config(3, &config(&dir, &admin));
+    assert_eq!(retained_set(&broker), expected());
+    mosquitto_pub(&broker, &["-r", "-t", "store/b", "-n"]);
+    wait_counter(&admin, "store_records_written", 1);
+    assert!(broker.stop().success());
+    // And back to 1.
+    let broker = Broker::start_with_config(1, &config(&dir, &admin));
+    let mut left = expected();
+    left.retain(|line| !line.starts_with("store/b "));
+    assert_eq!(retained_set(&broker), left);
+    assert!(broker.stop().success());
+    assert!(!dir.join("shard-1").exists(), "the directories of shards gone are deleted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_logged_once_and_counted() {
+    let dir = temp_dir("tail");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    publish_retained(&broker, &admin);
+    drop(broker);
+    // Garbage after the last record of shard 0's newest segment, as a
+    // write cut short by a crash leaves.
+    let shard0 = dir.join("shard-0");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&shard0).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let newest = names.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    bytes.truncate(bytes.iter().rposition(|&b| b != 0).unwrap() + 1);
+    bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, b'x', b'y']);
+    std::fs::write(newest, &bytes).unwrap();
+    let log = dir.with_extension("log");
+    let toml = std::env::temp_dir().join(format!("ringmq-e2e-store-{}.toml", std::process::id()));
+    let admin = format!("127.0.0.1:{}", free_port());
+    std::fs::write(&toml, config(&dir, &admin)).unwrap();
+    let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
+    assert_eq!(retained_set(&broker), expected());
+    wait_counter(&admin, "store_torn_tails", 1);
+    assert_eq!(counter(&admin, "store_torn_bytes"), 10);
+    assert!(broker.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let torn: Vec<&str> =
+        text.lines().filter(|line| line.contains("torn or damaged tail")).collect();
+    assert_eq!(torn.len(), 1, "{text}");
+    assert!(torn[0].contains("torn_bytes=10") && torn[0].contains("shard-0"), "{}", torn[0]);
+    // Cut off for good: the next start finds nothing to cut.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let broker = Broker::start_with_config(SHARDS, &config(&dir, &admin));
+    assert_eq!(retained_set(&broker), expected());
+    assert_eq!(counter(&admin, "store_torn_tails"), 0);
+    assert!(broker.stop().success());
+    for path in [&log, &toml] {
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_data_dir_is_one_line_at_start_naming_the_key() {
+    let file = temp_dir("not-a-dir");
+    std::fs::write(&file, b"a file, not a directory").unwrap();
+    let data_dir = file.join("data");
+    let toml = std::env::temp_dir().join(format!("ringmq-e2e-baddir-{}.toml", std::process::id()));
+    std::fs::write(&toml, format!("data_dir = {:?}\n", data_dir.display().to_string())).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["serve", "--listen", &listen, "--shards", "1", "--log", "error"])
+        .args(["--config", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&toml);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let expected = format!("ringmq: data_dir = {:?}: cannot create the directory", data_dir);
+    assert!(lines[0].starts_with(&expected), "{stderr}");
+    assert!(lines[0].contains("set data_dir to one"), "{stderr}");
+}
+
+/// Writes a log of `count` retained messages for `shards` shards, as the
+/// broker would have.
+fn write_log(dir: &Path, count: usize, shards: u16) {
+    use ringmq::message::{wire::Clocks, Message};
+    use ringmq::protocol::{QoS, TopicName};
+    use ringmq::store::record::{self, Record, SegmentHeader, SegmentKind};
+    let clocks = Clocks::read();
+    let mut segments: Vec<bytes::BytesMut> = (0..shards)
+        .map(|shard| {
+            let header = SegmentHeader { kind: SegmentKind::Appends, shard, shards, sequence: 1 };
+            bytes::BytesMut::from(&header.encode()[..])
+        })
+        .collect();
+    for i in 0..count {
+        let topic = TopicName::new(format!("store/bulk/{i}")).unwrap();
+        let owner = ringmq::router::home_shard(topic.as_str().as_bytes(), usize::from(shards));
+        let message = Message {
+            topic,
+            payload: bytes::Bytes::from_static(b"bulk"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        };
+        let out = &mut segments[owner.index()];
+        record::encode(&Record::RetainSet(std::sync::Arc::new(message)), clocks, out).unwrap();
+    }
+    for (shard, segment) in segments.iter().enumerate() {
+        let shard_dir = ringmq::store::shard_dir(dir, shard);
+        std::fs::create_dir_all(&shard_dir).unwrap();
+        std::fs::write(shard_dir.join(format!("{:020}.seg", 1)), segment).unwrap();
+    }
+}
+
+#[test]
+fn readyz_waits_until_every_shard_has_replayed_its_log() {
+    let dir = temp_dir("ready");
+    write_log(&dir, 400_000, SHARDS as u16);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = std::env::temp_dir().join(format!("ringmq-e2e-ready-{}.toml", std::process::id()));
+    std::fs::write(&toml, config(&dir, &admin)).unwrap();
+    let log = dir.with_extension("log");
+    let broker = Broker::start_logging_to(
+        SHARDS,
+        &["--config", toml.to_str().unwrap(), "--log", "info"],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = std::net::TcpStream::connect(&admin)
+            .is_ok_and(|_| http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Ready only once both shards logged their replay.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let replayed: Vec<&str> =
+        text.lines().filter(|line| line.contains("durable log replayed")).collect();
+    assert_eq!(replayed.len(), SHARDS, "{text}");
+    let retained: usize = replayed
+        .iter()
+        .filter_map(|line| line.split("retained=").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(retained, 400_000, "{text}");
+    assert!(broker.stop().success());
+    for path in [&log, &toml] {
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn interval_durability_keeps_what_was_written_and_none_keeps_nothing() {
+    let dir = temp_dir("modes");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let interval =
+        format!("durability = \"interval\"\nfsync_interval_ms = 50\n{}", config(&dir, &admin));
+    let broker = Broker::start_with_config(SHARDS, &interval);
+    publish_retained(&broker, &admin);
+    wait_counter(&admin, "store_syncs", 1);
+    drop(broker);
+    let broker = Broker::start_with_config(SHARDS, &interval);
+    assert_eq!(retained_set(&broker), expected());
+    assert!(broker.stop().success());
+    // `none`: memory only; the directory is neither read nor written.
+    let none_dir = temp_dir("modes-none");
+    let none = format!("durability = \"none\"\n{}", config(&none_dir, &admin));
+    let broker = Broker::start_with_config(SHARDS, &none);
+    publish_retained_unlogged(&broker);
+    assert_eq!(retained_set(&broker), expected());
+    assert!(broker.stop().success());
+    assert!(!none_dir.exists());
+    let broker = Broker::start_with_config(SHARDS, &none);
+    assert!(retained_set(&broker).is_empty());
+    assert!(broker.stop().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// [`publish_retained`] without waiting for the log.
+fn publish_retained_unlogged(broker: &Broker) {
+    for topic in ["a", "b", "c", "d", "e"] {
+        mosquitto_pub(
+            broker,
+            &["-r", "-t", &format!("store/{topic}"), "-m", &format!("v-{topic}")],
+        );
+    }
+    mosquitto_pub(broker, &["-r", "-t", "store/a", "-m", "v-a2"]);
+    mosquitto_pub(broker, &["-r", "-t", "store/c", "-n"]);
+    let property = ["-D", "publish", "user-property", "k", "v"];
+    let expiry = ["-D", "publish", "message-expiry-interval", "3600"];
+    let args: Vec<&str> =
+        ["-r", "-t", "store/p", "-m", "v-p"].into_iter().chain(property).chain(expiry).collect();
+    mosquitto_pub(broker, &args);
+}
