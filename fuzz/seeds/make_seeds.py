@@ -5,7 +5,8 @@ Each codec seed is one selector byte (0x00 = start in 3.1, 0x01 = 3.1.1,
 0x02 = 5.0; see fuzz/src/lib.rs) followed by a stream of valid packets,
 written here byte by byte from the specifications, independently of the
 ringmq encoder. The same files seed `decode` and `roundtrip`. Topic seeds
-are `filter 0xFF name`.
+are `filter 0xFF name`. WebSocket seeds are a chunk-size byte and client
+frames.
 
 Run from anywhere: python3 fuzz/seeds/make_seeds.py
 """
@@ -191,6 +192,26 @@ TOPICS = {
 }
 
 
+def ws_frame(opcode, fin, payload, mask=b"\x01\x02\x03\x04"):
+    """A client WebSocket frame (RFC 6455 5.2): masked, short or 16-bit length."""
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + u16(n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([opcode | (0x80 if fin else 0)]) + length + mask + masked
+
+
+def websocket_seeds():
+    """`websocket` seeds: a chunk-size byte, then client frames."""
+    stream = v3_client_stream("MQTT", 4)
+    return {
+        "binary": b"\x00" + ws_frame(0x2, True, stream),
+        "fragmented": b"\x03" + ws_frame(0x2, False, stream[:5]) + ws_frame(0x9, True, b"hi")
+        + ws_frame(0x0, True, stream[5:]),
+        "close": b"\x07" + ws_frame(0x2, True, b"\xc0\x00") + ws_frame(0x8, True, u16(1000)),
+        "long": b"\x0b" + ws_frame(0x2, True, bytes(300)),
+    }
+
+
 def main():
     streams = {
         "v3_1-client": b"\x00" + v3_client_stream("MQIsdp", 3),
@@ -207,6 +228,9 @@ def main():
     (HERE / "topic").mkdir(exist_ok=True)
     for name, data in TOPICS.items():
         (HERE / "topic" / name).write_bytes(data)
+    (HERE / "websocket").mkdir(exist_ok=True)
+    for name, data in websocket_seeds().items():
+        (HERE / "websocket" / name).write_bytes(data)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,8 @@ pub struct ListenerConfig {
     /// `use_identity_as_username`: the client certificate's identity is
     /// the user name (only with `tls.client_ca`).
     use_identity_as_username: bool,
+    /// `protocol = "ws"`: MQTT over WebSocket, upgraded at this path.
+    websocket_path: Option<String>,
     /// `proxy_protocol`: every connection opens with a PROXY protocol
     /// header (v1 or v2) naming the client.
     proxy_protocol: bool,
@@ -218,6 +220,15 @@ pub struct TlsFiles {
 impl ListenerConfig {
     /// The default `listen_backlog`.
     pub const DEFAULT_LISTEN_BACKLOG: NonZeroU16 = nonzero_u16(1024);
+
+    /// The default `path` of a WebSocket listener.
+    pub const DEFAULT_WEBSOCKET_PATH: &'static str = "/mqtt";
+
+    /// The path the WebSocket upgrade is accepted at, when the listener
+    /// speaks MQTT over WebSocket (`protocol = "ws"`; over `tls`: wss).
+    pub fn websocket_path(&self) -> Option<&str> {
+        self.websocket_path.as_deref()
+    }
 
     /// The address to bind (`bind`). Port 0 asks the system for a free port;
     /// every shard must then share the one port the first bind got.
@@ -279,6 +290,7 @@ impl Default for ListenerConfig {
             max_connection_rate: 0,
             tls: None,
             use_identity_as_username: false,
+            websocket_path: None,
             proxy_protocol: false,
         }
     }
@@ -1081,28 +1093,23 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         Some(text) => socket_address(Setting::key(key("bind"), text), text)?,
         None => DEFAULT_BIND,
     };
-    match raw.protocol.as_deref() {
-        None | Some("mqtt") => {}
-        Some("ws") => {
+    let websocket_path = match (raw.protocol.as_deref(), raw.path.as_deref()) {
+        (None | Some("mqtt"), None) => None,
+        (None | Some("mqtt"), Some(_)) => {
             return Err(ConfigError::invalid(format!(
-                "{} = \"ws\": WebSocket listeners are not available in this release; use \
-                 \"mqtt\"",
+                "{}: only a WebSocket listener has a path; set {} = \"ws\" or remove the key",
+                key("path"),
                 key("protocol")
             )))
         }
-        Some(other) => {
+        (Some("ws"), path) => Some(websocket_path(&key("path"), path)?),
+        (Some(other), _) => {
             return Err(ConfigError::invalid(format!(
                 "{}: must be \"mqtt\" or \"ws\"",
                 Setting::key(key("protocol"), other)
             )))
         }
-    }
-    if raw.path.is_some() {
-        return Err(ConfigError::invalid(format!(
-            "{}: WebSocket listeners are not available in this release; remove the key",
-            key("path")
-        )));
-    }
+    };
     let tls = raw.tls.as_ref().map(|tls| tls_files(i, tls)).transpose()?;
     let use_identity_as_username = raw.use_identity_as_username.unwrap_or(false);
     if use_identity_as_username && tls.as_ref().and_then(|tls| tls.client_ca.as_ref()).is_none() {
@@ -1135,8 +1142,27 @@ fn listener_from_file(i: usize, raw: &RawListener) -> Result<ListenerConfig, Con
         max_connection_rate,
         tls,
         use_identity_as_username,
+        websocket_path,
         proxy_protocol: raw.proxy_protocol.unwrap_or(false),
     })
+}
+
+/// The path of a WebSocket listener (`path`, default
+/// [`ListenerConfig::DEFAULT_WEBSOCKET_PATH`]): an absolute path, printable
+/// ASCII without a query or fragment.
+fn websocket_path(key: &str, path: Option<&str>) -> Result<String, ConfigError> {
+    let Some(path) = path else { return Ok(ListenerConfig::DEFAULT_WEBSOCKET_PATH.to_owned()) };
+    let valid = path.starts_with('/')
+        && path.len() <= 1024
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    if !valid {
+        return Err(ConfigError::invalid(format!(
+            "{}: must be an absolute path such as \"/mqtt\" (printable ASCII, no spaces, \
+             '?' or '#', at most 1024 bytes)",
+            Setting::key(key.to_owned(), path)
+        )));
+    }
+    Ok(path.to_owned())
 }
 
 /// The paths of a listener's `tls` table; the files are read by the

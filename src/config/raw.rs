@@ -8,7 +8,6 @@
 //! features this release does not have are [`IgnoredAny`]: whatever their
 //! value, their mere presence is refused with a precise message.
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// The top level of the file.
@@ -42,7 +41,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawListener {
     pub(super) bind: Option<String>,
     pub(super) protocol: Option<String>,
-    pub(super) path: Option<IgnoredAny>,
+    pub(super) path: Option<String>,
     pub(super) proxy_protocol: Option<bool>,
     pub(super) tls: Option<RawTls>,
     pub(super) use_identity_as_username: Option<bool>,

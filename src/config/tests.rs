@@ -595,16 +595,31 @@ fn admin_listen_is_absent_default_empty_or_an_address() {
 }
 
 #[test]
-fn unavailable_listener_features_are_refused_by_name() {
-    assert_eq!(
-        error("[[listener]]\nprotocol = \"ws\""),
-        "config error: listener[0].protocol = \"ws\": WebSocket listeners are not available in \
-         this release; use \"mqtt\""
-    );
+fn websocket_listeners_take_a_path_defaulting_to_mqtt() {
+    let config = parse(
+        "[[listener]]\n[[listener]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"ws\"\n\
+         [[listener]]\nbind = \"127.0.0.1:8081\"\nprotocol = \"ws\"\npath = \"/a/b\"",
+    )
+    .unwrap();
+    let paths: Vec<_> = config.listeners().iter().map(|l| l.websocket_path()).collect();
+    assert_eq!(paths, [None, Some("/mqtt"), Some("/a/b")]);
     assert_eq!(
         error("[[listener]]\npath = \"/mqtt\""),
-        "config error: listener[0].path: WebSocket listeners are not available in this release; \
-         remove the key"
+        "config error: listener[0].path: only a WebSocket listener has a path; set \
+         listener[0].protocol = \"ws\" or remove the key"
+    );
+    for bad in ["mqtt", "/a b", "/a?x", ""] {
+        assert_eq!(
+            error(&format!("[[listener]]\nprotocol = \"ws\"\npath = {bad:?}")),
+            format!(
+                "config error: listener[0].path = {bad:?}: must be an absolute path such as \
+                 \"/mqtt\" (printable ASCII, no spaces, '?' or '#', at most 1024 bytes)"
+            )
+        );
+    }
+    assert_eq!(
+        error("[[listener]]\nprotocol = \"http\""),
+        "config error: listener[0].protocol = \"http\": must be \"mqtt\" or \"ws\""
     );
 }
 

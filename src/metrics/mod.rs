@@ -153,6 +153,11 @@ pub struct NetCounters {
     pub tls_failed_timeout: u64,
     /// TLS handshakes failed otherwise (not TLS, the client went away).
     pub tls_failed_other: u64,
+    /// WebSocket upgrades accepted (`protocol = "ws"` listeners).
+    pub ws_upgrades: u64,
+    /// WebSocket upgrade requests refused (wrong path, not an upgrade, no
+    /// `mqtt` subprotocol, too large, not within `connect_timeout_ms`).
+    pub ws_upgrade_failed: u64,
 }
 
 /// What the shard routed, and how its sessions ended.

@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 52] = [
+const COUNTERS: [Field<u64>; 54] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -150,6 +150,10 @@ const COUNTERS: [Field<u64>; 52] = [
     }),
     ("tls_failed_other", "TLS handshakes failed otherwise (not TLS, peer gone)", |s| {
         s.counters.net.tls_failed_other
+    }),
+    ("ws_upgrades", "WebSocket upgrades accepted", |s| s.counters.net.ws_upgrades),
+    ("ws_upgrade_failed", "WebSocket upgrade requests refused", |s| {
+        s.counters.net.ws_upgrade_failed
     }),
     ("bytes_received", "Bytes of MQTT packets read from clients", |s| {
         s.counters.net.bytes_received

@@ -837,9 +837,10 @@ impl<T: Transport> Connection<T> {
     /// before the client reads it: a device that pipelines its SUBSCRIBE
     /// behind a refused CONNECT, or pings as the broker shuts down, would
     /// never learn why. All of it within [`FINAL_FLUSH_TIMEOUT`] (the peer
-    /// may not read at all).
+    /// may not read at all). A transport with a closing handshake
+    /// (WebSocket) always ends this way.
     async fn flush_with_timeout(&mut self) {
-        if self.write_buf.is_empty() {
+        if self.write_buf.is_empty() && !self.transport.has_closing_handshake() {
             return;
         }
         let _ = futures_lite::future::or(

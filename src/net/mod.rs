@@ -5,8 +5,11 @@
 //! * [`listener`]: the listening sockets (SO_REUSEPORT, one per shard).
 //! * [`admin`]: health probes and metrics over HTTP, on a thread of its own.
 //! * [`Transport`]: the byte stream a connection runs over. The connection
-//!   loop is generic over it: plain TCP, or TLS ([`tls`]); WebSocket later.
+//!   loop is generic over it: plain TCP, TLS ([`tls`]), WebSocket over
+//!   either (`websocket`).
 //! * [`tls`]: the TLS listeners' configurations, handshake and transport.
+//! * `websocket`: the WebSocket upgrade and transport (ws, and wss over
+//!   TLS); the framing itself is [`crate::protocol::websocket`], sans IO.
 //! * [`proxy`]: the PROXY protocol header a `proxy_protocol` listener reads
 //!   before anything else (before the TLS handshake too): its client
 //!   address replaces the socket's peer address for the connection's life,
@@ -49,6 +52,21 @@
 //! kTLS stays an option for the steady state: once a connection is home
 //! and at a record boundary, its transport may hand its record layer to
 //! the kernel where supported; that is independent of the hand-off.
+//!
+//! # WebSocket connections
+//!
+//! A WebSocket connection (`websocket`, ws or wss) is placed the same
+//! way: the accepting shard does the upgrade (and the TLS handshake for
+//! wss), unframes the CONNECT and places it. On a hand-off its framing state
+//! ([`crate::protocol::websocket::WsCodec`]: a partial frame header, the
+//! mask and its position, a partial control frame, frames not yet sent)
+//! goes boxed in `MovedTransport::WebSocket` around the inner transport's
+//! (`Tcp`, or `Tls` with the rustls state): one more `Box` of a few hundred
+//! bytes in the same mesh message, no other cost, and a frame cut in the
+//! middle by the hand-off continues on the home shard. The alternative,
+//! ending the frame layer before moving (waiting for a frame boundary on
+//! the accepting shard), cannot be forced: the client decides where its
+//! frames end.
 
 pub mod admin;
 pub mod admission;
@@ -57,6 +75,7 @@ pub mod listener;
 pub mod proxy;
 pub mod tls;
 mod transport;
+mod websocket;
 
 pub use connection::serve;
 pub use transport::Transport;
@@ -78,6 +97,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tls::{HandshakeFailure, ListenerTls, TlsStream};
+use websocket::WebSocket;
 
 /// Connect, refusal and disconnect lines a shard logs per second at most;
 /// past it, one summary line per second tells how many were held back.
@@ -122,6 +142,8 @@ pub struct NetContext {
     admission: RefCell<Admission>,
     /// `[redirect]`: where every client is sent instead of being served.
     redirect: Option<Redirect>,
+    /// Each listener's WebSocket path (`None`: MQTT straight over TCP/TLS).
+    websocket: Arc<[Option<Arc<str>>]>,
 }
 
 /// What the network layers of all shards share, built once at start.
@@ -137,6 +159,8 @@ pub struct NetShared {
     pub nr_shards: usize,
     /// `[redirect]`: where every client is sent instead of being served.
     pub redirect: Option<Redirect>,
+    /// Each listener's WebSocket path (`None`: not a WebSocket listener).
+    pub websocket: Arc<[Option<Arc<str>>]>,
 }
 
 /// A broker configured to send its clients elsewhere (`[redirect]`): every
@@ -180,7 +204,8 @@ impl NetContext {
         shared: NetShared,
         tls: ListenerTls,
     ) -> Self {
-        let NetShared { open_connections, auth, listeners, nr_shards, redirect } = shared;
+        let NetShared { open_connections, auth, listeners, nr_shards, redirect, websocket } =
+            shared;
         let admission = Admission::new(&listeners, nr_shards, Instant::now());
         Self {
             shard_id,
@@ -201,6 +226,7 @@ impl NetContext {
             listeners,
             admission: RefCell::new(admission),
             redirect,
+            websocket,
         }
     }
 
@@ -337,19 +363,36 @@ impl NetContext {
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
         let HandOff { transport, connect, rest, peer, listener } = handoff;
+        // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
+        // ownership to the stream.
+        let tcp =
+            |socket: std::os::fd::OwnedFd| unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+        let connect = Some(connect);
         let task = match transport {
             MovedTransport::Tcp(socket) => {
-                // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives
-                // that ownership to the stream.
-                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+                glommio::spawn_local(serve(ctx, tcp(socket), peer, listener, connect, rest))
             }
             MovedTransport::Tls { socket, tls } => {
-                // SAFETY: as above.
-                let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-                let stream = TlsStream::adopt(stream, tls);
-                glommio::spawn_local(serve(ctx, stream, peer, listener, Some(connect), rest))
+                let stream = TlsStream::adopt(tcp(socket), tls);
+                glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
             }
+            MovedTransport::WebSocket { inner, codec } => match *inner {
+                MovedTransport::Tcp(socket) => {
+                    let stream = WebSocket::new(tcp(socket), codec);
+                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                }
+                MovedTransport::Tls { socket, tls } => {
+                    let stream = WebSocket::new(TlsStream::adopt(tcp(socket), tls), codec);
+                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                }
+                // Never built: a WebSocket runs over TCP or TLS. Dropping
+                // it closes the socket.
+                MovedTransport::WebSocket { .. } => {
+                    tracing::warn!(%peer, "dropped a hand-off of WebSocket over WebSocket");
+                    ctx.connection_closed(listener);
+                    return;
+                }
+            },
         };
         task.detach();
     }
@@ -410,10 +453,11 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
 }
 
 /// Starts the task of a connection whose client is `peer`: the TLS
-/// handshake first on a TLS listener, then [`serve`].
+/// handshake first on a TLS listener, the WebSocket upgrade on a `ws`
+/// listener, then [`serve`].
 fn start_serving(ctx: &Rc<NetContext>, stream: TcpStream, peer: SocketAddr, index: usize) {
     match ctx.tls_config(index) {
-        None => glommio::spawn_local(serve(Rc::clone(ctx), stream, peer, index, None, None)),
+        None => glommio::spawn_local(serve_accepted(Rc::clone(ctx), stream, peer, index)),
         Some(config) => {
             glommio::spawn_local(serve_tls(Rc::clone(ctx), stream, config, peer, index))
         }
@@ -545,7 +589,7 @@ async fn serve_tls(
     match futures_lite::future::or(handshake, timer).await {
         Ok(stream) => {
             ctx.count(|net| net.tls_handshakes += 1);
-            serve(ctx, stream, peer, listener, None, None).await;
+            serve_accepted(ctx, stream, peer, listener).await;
         }
         Err(failure) => {
             ctx.count(|net| match failure.cause {
@@ -560,6 +604,20 @@ async fn serve_tls(
             }
             ctx.connection_closed(listener);
         }
+    }
+}
+
+/// Serves a connection accepted on `listener` (over TLS, handshake done):
+/// MQTT straight away, or after the WebSocket upgrade on a `ws` listener.
+async fn serve_accepted<T: Transport>(
+    ctx: Rc<NetContext>,
+    transport: T,
+    peer: std::net::SocketAddr,
+    listener: usize,
+) {
+    match ctx.websocket.get(listener).cloned().flatten() {
+        None => serve(ctx, transport, peer, listener, None, None).await,
+        Some(path) => websocket::serve_ws(ctx, transport, path, peer, listener).await,
     }
 }
 

@@ -1,8 +1,9 @@
 //! The byte transports a connection runs over. The connection loop
 //! ([`super::connection`]) is generic over [`Transport`]: plain TCP here,
-//! TLS in [`super::tls`]; WebSocket will implement the same trait (see the
-//! module notes of [`super`] for how a TLS connection reaches its home
-//! shard).
+//! TLS in [`super::tls`], WebSocket over either in `super::websocket` (see
+//! the module notes of [`super`] for how a TLS connection reaches its home
+//! shard; a WebSocket one moves the same way, its framing state boxed
+//! beside the inner transport's).
 
 use crate::router::MovedTransport;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -45,6 +46,13 @@ pub trait Transport: 'static {
     /// client certificate (see [`super::tls::TlsStream::peer_identity`]).
     fn peer_identity(&self) -> Option<String> {
         None
+    }
+
+    /// Whether [`Transport::poll_close`] tells the client something even
+    /// when no bytes are pending (a WebSocket close frame): the connection
+    /// then always ends with it, not only after a last packet.
+    fn has_closing_handshake(&self) -> bool {
+        false
     }
 }
 

@@ -24,6 +24,7 @@ mod properties;
 mod reason;
 mod redact;
 mod topic;
+pub mod websocket;
 mod wire;
 
 pub use decode::{decode_packet, Decoder};

@@ -29,6 +29,15 @@ pub enum MovedTransport {
         /// The TLS session.
         tls: Box<rustls::ServerConnection>,
     },
+    /// WebSocket over `inner` (TCP for ws, TLS for wss): the framing state
+    /// (a partial frame, its mask, frames not yet sent) travels with the
+    /// inner transport's.
+    WebSocket {
+        /// The transport the frames run over.
+        inner: Box<MovedTransport>,
+        /// The framing state.
+        codec: Box<crate::protocol::websocket::WsCodec>,
+    },
 }
 
 /// A connection moving to its home shard: its transport, its CONNECT as

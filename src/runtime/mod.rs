@@ -114,6 +114,8 @@ struct Startup {
     listeners: Arc<[ListenerAdmission]>,
     /// `[redirect]`, for the network layer.
     redirect: Option<net::Redirect>,
+    /// Each listener's WebSocket path, for the network layer.
+    websocket: Arc<[Option<Arc<str>>]>,
     /// `response_information_prefix`, for the shards.
     response_information_prefix: Option<String>,
     /// The ACL file in force, if one is configured; replaced by a reload.
@@ -375,7 +377,12 @@ fn serve(
         }
         let addr =
             bound[0].local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(listener.bind());
-        let protocol = if listener.tls().is_some() { "mqtt over tls" } else { "mqtt" };
+        let protocol = match (listener.tls().is_some(), listener.websocket_path()) {
+            (false, None) => "mqtt".to_owned(),
+            (true, None) => "mqtt over tls".to_owned(),
+            (false, Some(path)) => format!("mqtt over ws, path {path}"),
+            (true, Some(path)) => format!("mqtt over wss, path {path}"),
+        };
         tracing::info!(%addr, "listening ({protocol})");
         for (shard, socket) in bound.into_iter().enumerate() {
             sockets[shard].push(socket);
@@ -398,6 +405,7 @@ fn serve(
         tls,
         store,
         listeners: config.listeners().iter().map(ListenerAdmission::new).collect(),
+        websocket: config.listeners().iter().map(|l| l.websocket_path().map(Arc::from)).collect(),
         redirect: config.redirect().map(|redirect| net::Redirect {
             reason: match redirect.mode {
                 RedirectMode::UseAnother => ReasonCode::UseAnotherServer,
@@ -566,6 +574,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
             listeners: Arc::clone(&startup.listeners),
             nr_shards: startup.nr_shards,
             redirect: startup.redirect.clone(),
+            websocket: Arc::clone(&startup.websocket),
         },
         tls,
     ));
@@ -758,6 +767,8 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
+        ws_upgrades,
+        ws_upgrade_failed,
         redirected,
         bytes_received,
         bytes_sent,
@@ -830,6 +841,8 @@ fn log_stopped(snapshot: &Snapshot) {
         tls_failed_protocol,
         tls_failed_timeout,
         tls_failed_other,
+        ws_upgrades,
+        ws_upgrade_failed,
         redirected,
         bytes_received,
         bytes_sent,
