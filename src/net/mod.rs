@@ -622,7 +622,7 @@ async fn serve_accepted<T: Transport>(
 }
 
 /// Resolves when the shard starts shutting down: woken by
-/// [`NetContext::begin_shutdown`] rather than polling, so an idle shard
+/// [`NetContext::stop_accepting`] rather than polling, so an idle shard
 /// sleeps.
 async fn wait_shutdown(ctx: &NetContext) {
     futures_lite::future::poll_fn(|cx| {
