@@ -14,7 +14,7 @@ mod common;
 
 use common::{connect_packet, free_port, Broker, RawClient};
 use ringmq::protocol::Packet;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,18 +38,6 @@ fn raise_open_files() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
-}
-
-/// `/metrics`'s `name` summed over shards.
-fn metric(admin: &str, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
 }
 
 /// The well-behaved client: publishes QoS 1 to its own subscription every
@@ -144,12 +132,16 @@ fn slowloris_sockets_are_closed_at_the_connect_timeout_while_others_are_served()
     let trips = steady.join().expect("the steady client lost nothing");
     assert_eq!(early, 0, "silent sockets closed before the connect timeout");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&admin, "ringmq_connect_timeouts_total") < SILENT as u64
+    while common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_connect_timeouts_total")
+        < SILENT as u64
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(metric(&admin, "ringmq_connect_timeouts_total"), SILENT as u64);
+    assert_eq!(
+        common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_connect_timeouts_total"),
+        SILENT as u64
+    );
     let quiet: Vec<_> =
         trips.iter().filter(|(at, _)| *at < flood_started).map(|(_, rtt)| *rtt).collect();
     let flooded: Vec<_> = trips
@@ -191,7 +183,9 @@ fn a_listener_refuses_connections_past_its_own_limit() {
     );
     // The readiness probe of Broker::start has come and gone.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&admin, "ringmq_connections") != 0 && Instant::now() < deadline {
+    while common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_connections") != 0
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let open: Vec<_> = (0..3).map(|n| admitted(broker.addr, &format!("in-{n}")).unwrap()).collect();
@@ -210,10 +204,16 @@ fn a_listener_refuses_connections_past_its_own_limit() {
     };
     assert!(again.is_some(), "a closed connection gives its slot back");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&admin, "ringmq_refused_at_limit_total") == 0 && Instant::now() < deadline {
+    while common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_refused_at_limit_total")
+        == 0
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(metric(&admin, "ringmq_refused_at_limit_total") >= 1);
+    assert!(
+        common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_refused_at_limit_total")
+            >= 1
+    );
     assert!(broker.stop().success());
 }
 
@@ -235,11 +235,15 @@ fn a_listener_refuses_connections_over_its_rate() {
     // refills while the burst is tried.
     assert!((1..TRIED / 2).contains(&accepted), "{accepted} of {TRIED} accepted");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&admin, "ringmq_refused_rate_total") < TRIED - accepted
+    while common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_refused_rate_total")
+        < TRIED - accepted
         && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(&admin, "ringmq_refused_rate_total"), TRIED - accepted);
+    assert_eq!(
+        common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_refused_rate_total"),
+        TRIED - accepted
+    );
     assert!(broker.stop().success());
 }

@@ -9,13 +9,20 @@
 
 mod common;
 
+/// A fresh directory for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch_dir("e2e-acl", name)
+}
+
+use common::counter_total as counter;
+
 use bytes::Bytes;
 use common::{client_id_on_shard, free_port, RawClient};
 use ringmq::protocol::{
     Connect, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
     Subscription, SubscriptionOptions, TopicFilter, TopicName,
 };
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,14 +51,6 @@ topic write alice/inbox
 pattern readwrite devices/%c/#
 pattern read inbox/%u
 ";
-
-/// A fresh directory for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmq-e2e-acl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Adds `user` with `password` to `file` through `ringmq passwd`.
 fn set_password(file: &Path, user: &str, password: &str) {
@@ -257,24 +256,6 @@ fn received_until(client: &mut RawClient, marker: &str) -> Vec<String> {
             other => panic!("expected a PUBLISH, got {other:?} after {topics:?}"),
         }
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The sum over the shards of counter `name` in /metrics.
-fn counter(admin: &str, name: &str) -> u64 {
-    let prefix = format!("ringmq_{name}_total{{");
-    http_get(admin, "/metrics")
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
 }
 
 /// Waits until `counter(name)` reaches `expected` (the shards publish

@@ -6,6 +6,11 @@
 
 mod common;
 
+/// A fresh directory for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch_dir("e2e-auth", name)
+}
+
 use bytes::Bytes;
 use common::{client_id_on_shard, Broker, RawClient};
 use ringmq::protocol::{Connect, Packet, ProtocolVersion, ReasonCode};
@@ -13,14 +18,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-/// A fresh directory for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmq-e2e-auth-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Runs `ringmq ARGS` with `stdin`.
 fn ringmq(args: &[&str], stdin: &str) -> Output {

@@ -10,26 +10,14 @@
 
 mod common;
 
+use common::counter_total as counter;
+
 use common::{connect_packet, free_port, Broker, RawClient};
 use ringmq::protocol::{
     Connect, ConnectProperties, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode,
     Subscribe, Subscription, SubscriptionOptions, TopicFilter, TopicName, Will,
 };
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// `/metrics`'s `ringmq_{name}_total` summed over shards.
-fn counter(admin: &str, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let prefix = format!("ringmq_{name}_total{{");
-    let lines: Vec<_> = text.lines().filter(|line| line.starts_with(&prefix)).collect();
-    assert!(!lines.is_empty(), "no {prefix} in /metrics");
-    lines.iter().filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok()).sum()
-}
 
 /// Waits until `counter(admin, name)` is `expected` (the shards publish
 /// their counters to `/metrics` at their tick), or panics after 10 s.

@@ -6,9 +6,11 @@
 
 mod common;
 
+use common::http_get;
+
 use common::{client_id_on_shard, connect_packet, free_port, Broker, RawClient};
 use ringmq::protocol::Packet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,14 +62,6 @@ fn ready_status_watchdog_and_stopping_are_sent() {
     assert!(until(&socket, "STOPPING=1", Duration::from_secs(10), &mut seen), "{seen:?}");
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_file(&path);
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// `/healthz` once it answers 200 (the shards tick), or after 10 s.

@@ -7,6 +7,11 @@
 
 mod common;
 
+/// A fresh directory for this test's files.
+fn scratch(name: &str) -> PathBuf {
+    common::scratch_dir("e2e-scram", name)
+}
+
 use bytes::Bytes;
 use common::{client_id_on_shard, Broker, RawClient};
 use ringmq::auth::scram::client::ScramClient;
@@ -20,14 +25,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const METHOD: &str = "SCRAM-SHA-256";
-
-/// A fresh directory for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringmq-e2e-scram-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Runs `ringmq ARGS` with `stdin`.
 fn ringmq(args: &[&str], stdin: &str) -> Output {

@@ -6,8 +6,9 @@
 
 mod common;
 
+use common::{counter_total as counter, http_get};
+
 use common::{free_port, Broker};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,24 +24,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn config(data_dir: &Path, admin: &str) -> String {
     format!("data_dir = {:?}\n[admin]\nlisten = \"{admin}\"\n", data_dir.display().to_string())
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The sum over the shards of the counter `ringmq_NAME_total`.
-fn counter(admin: &str, name: &str) -> u64 {
-    let prefix = format!("ringmq_{name}_total{{");
-    http_get(admin, "/metrics")
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
 }
 
 /// Waits until the counter reaches `at_least` (it is at most a tick old).

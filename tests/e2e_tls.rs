@@ -139,20 +139,14 @@ impl TlsBroker {
         let log = PathBuf::from(dir.path("ringmq.log"));
         let args = ["--config", config.to_str().unwrap(), "--log", "info"];
         let broker = Broker::start_configured(plain, shards, &args, &log);
+        common::wait_ready(&admin);
         Self { broker, tls, admin, log, config }
     }
 
     /// A counter of /metrics summed over the shards, once it is at least
     /// `at_least` (the shards publish their counters every 250 ms).
     fn counter(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let value = sum_of(&http_get(&self.admin, "/metrics"), name);
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::counter_at_least(&self.admin, name, at_least)
     }
 
     fn log(&self) -> String {
@@ -163,24 +157,6 @@ impl TlsBroker {
         let log = self.log();
         assert!(self.broker.stop().success(), "{log}");
     }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-/// The sum over the shards of `ringmq_{name}_total` in a /metrics page.
-fn sum_of(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("ringmq_{name}_total{{");
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
 }
 
 // ---- a rustls client --------------------------------------------------------

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SHARDS: usize = 2;
 
@@ -60,6 +60,7 @@ impl WsBroker {
         let log = dir.join("ringmq.log");
         let args = ["--config", config.to_str().unwrap(), "--log", "info"];
         let broker = Broker::start_configured(plain, SHARDS, &args, &log);
+        common::wait_ready(&admin);
         Self { broker, ws, wss, admin, dir }
     }
 
@@ -70,23 +71,7 @@ impl WsBroker {
     /// A counter of /metrics summed over the shards, once it is at least
     /// `at_least` (the shards publish their counters every 250 ms).
     fn counter(&self, name: &str, at_least: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let prefix = format!("ringmq_{name}_total{{");
-        loop {
-            let mut stream = TcpStream::connect(&self.admin).unwrap();
-            write!(stream, "GET /metrics HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
-            let mut metrics = String::new();
-            stream.read_to_string(&mut metrics).unwrap();
-            let value: u64 = metrics
-                .lines()
-                .filter(|line| line.starts_with(&prefix))
-                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
-                .sum();
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::counter_at_least(&self.admin, name, at_least)
     }
 
     fn stop(self) {

@@ -304,3 +304,66 @@ pub fn connect_packet(client_id: &str, clean: bool, keep_alive: u16) -> ringmq::
         properties: Default::default(),
     }))
 }
+
+/// `GET path` on the HTTP listener at `addr` (the admin listener): the
+/// whole response, status line and headers included.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: probe\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The samples of `series` (e.g. `ringmq_accepted_total`) in a `/metrics`
+/// page, summed over the shards. Panics if the page has no such series, so
+/// a misspelt name cannot pass for a zero.
+pub fn metric_sum(metrics: &str, series: &str) -> u64 {
+    let samples: Vec<u64> = metrics
+        .lines()
+        .filter(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .collect();
+    assert!(!samples.is_empty(), "no {series} in /metrics");
+    samples.iter().sum()
+}
+
+/// The counter `ringmq_{name}_total` of the admin listener at `admin`,
+/// summed over the shards.
+pub fn counter_total(admin: &str, name: &str) -> u64 {
+    metric_sum(&http_get(admin, "/metrics"), &format!("ringmq_{name}_total"))
+}
+
+/// [`counter_total`] once it is at least `at_least` (the shards publish
+/// their counters every 250 ms), or whatever it is after 5 s.
+pub fn counter_at_least(admin: &str, name: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = counter_total(admin, name);
+        if value >= at_least || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh, empty directory for the files of test `name` of `suite`.
+pub fn scratch_dir(suite: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringmq-{suite}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits until the admin listener at `admin` answers `/readyz` with 200:
+/// every listener is bound and every shard serves. (A broker's first
+/// listener accepting says nothing of the others, bound after it.)
+pub fn wait_ready(admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !TcpStream::connect(admin)
+        .is_ok_and(|_| http_get(admin, "/readyz").starts_with("HTTP/1.1 200"))
+    {
+        assert!(Instant::now() < deadline, "the broker was not ready within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
