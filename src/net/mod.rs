@@ -77,7 +77,7 @@ pub mod tls;
 mod transport;
 mod websocket;
 
-pub use connection::serve;
+pub use connection::{serve, Accepted};
 pub use transport::Transport;
 
 use crate::auth::enhanced::Authenticators;
@@ -367,23 +367,39 @@ impl NetContext {
         // ownership to the stream.
         let tcp =
             |socket: std::os::fd::OwnedFd| unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-        let connect = Some(connect);
+        let handed_off = |connect, rest| Accepted::HandedOff { connect, rest };
         let task = match transport {
-            MovedTransport::Tcp(socket) => {
-                glommio::spawn_local(serve(ctx, tcp(socket), peer, listener, connect, rest))
-            }
+            MovedTransport::Tcp(socket) => glommio::spawn_local(serve(
+                ctx,
+                tcp(socket),
+                peer,
+                listener,
+                handed_off(connect, rest),
+            )),
             MovedTransport::Tls { socket, tls } => {
                 let stream = TlsStream::adopt(tcp(socket), tls);
-                glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                glommio::spawn_local(serve(ctx, stream, peer, listener, handed_off(connect, rest)))
             }
             MovedTransport::WebSocket { inner, codec } => match *inner {
                 MovedTransport::Tcp(socket) => {
                     let stream = WebSocket::new(tcp(socket), codec);
-                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                    glommio::spawn_local(serve(
+                        ctx,
+                        stream,
+                        peer,
+                        listener,
+                        handed_off(connect, rest),
+                    ))
                 }
                 MovedTransport::Tls { socket, tls } => {
                     let stream = WebSocket::new(TlsStream::adopt(tcp(socket), tls), codec);
-                    glommio::spawn_local(serve(ctx, stream, peer, listener, connect, rest))
+                    glommio::spawn_local(serve(
+                        ctx,
+                        stream,
+                        peer,
+                        listener,
+                        handed_off(connect, rest),
+                    ))
                 }
                 // Never built: a WebSocket runs over TCP or TLS. Dropping
                 // it closes the socket.
@@ -444,25 +460,42 @@ pub async fn accept_loop(ctx: Rc<NetContext>, listener: TcpListener, index: usiz
         ctx.count(|net| net.accepted += 1);
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        // One connect timeout for everything before the session: the PROXY
+        // header, the TLS handshake, the WebSocket upgrade and the CONNECT
+        // (with its authentication) share it, so a slow client cannot hold
+        // a socket for a timeout per step.
+        let deadline = Instant::now() + ctx.limits().connect_timeout;
         if ctx.listeners[index].proxy_protocol() {
-            glommio::spawn_local(serve_proxied(Rc::clone(&ctx), stream, peer, index)).detach();
+            glommio::spawn_local(serve_proxied(Rc::clone(&ctx), stream, peer, index, deadline))
+                .detach();
         } else {
-            start_serving(&ctx, stream, peer, index);
+            start_serving(&ctx, stream, peer, index, deadline);
         }
     }
 }
 
 /// Starts the task of a connection whose client is `peer`: the TLS
 /// handshake first on a TLS listener, the WebSocket upgrade on a `ws`
-/// listener, then [`serve`].
-fn start_serving(ctx: &Rc<NetContext>, stream: TcpStream, peer: SocketAddr, index: usize) {
+/// listener, then [`serve`]; all of them before `deadline`.
+fn start_serving(
+    ctx: &Rc<NetContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    index: usize,
+    deadline: Instant,
+) {
     match ctx.tls_config(index) {
-        None => glommio::spawn_local(serve_accepted(Rc::clone(ctx), stream, peer, index)),
+        None => glommio::spawn_local(serve_accepted(Rc::clone(ctx), stream, peer, index, deadline)),
         Some(config) => {
-            glommio::spawn_local(serve_tls(Rc::clone(ctx), stream, config, peer, index))
+            glommio::spawn_local(serve_tls(Rc::clone(ctx), stream, config, peer, index, deadline))
         }
     }
     .detach();
+}
+
+/// A timer that fires at `deadline` (at once if it passed).
+fn timer_until(deadline: Instant) -> glommio::timer::Timer {
+    glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Why a connection of a `proxy_protocol` listener was closed before its
@@ -484,9 +517,9 @@ enum ProxyFailure {
 }
 
 /// Serves a connection of a `proxy_protocol` listener: reads its PROXY
-/// header, within `connect_timeout` (the CONNECT, or the TLS handshake,
-/// then has its own), then starts serving it as the client the header
-/// names ([`start_serving`], in a task of its own: nothing of the header
+/// header before `deadline` (the connect timeout, which the TLS handshake
+/// and the CONNECT after it share), then starts serving it as the client
+/// the header names ([`start_serving`], in a task of its own: nothing of the header
 /// stays with the connection). A connection without a valid header is
 /// closed, counted (`proxy_header_invalid`) and logged within the shard's
 /// connection log budget.
@@ -495,11 +528,11 @@ async fn serve_proxied(
     mut stream: TcpStream,
     socket: SocketAddr,
     index: usize,
+    deadline: Instant,
 ) {
-    let timeout = ctx.limits().connect_timeout;
     let read = Box::pin(read_proxy_header(&ctx, &mut stream));
     let timer = async {
-        glommio::timer::Timer::new(timeout).await;
+        timer_until(deadline).await;
         Err(ProxyFailure::Timeout)
     };
     let failure = match futures_lite::future::or(read, timer).await {
@@ -507,7 +540,7 @@ async fn serve_proxied(
             // LOCAL (v2), UNKNOWN (v1): the proxy names no client; the
             // socket's address stands.
             let peer = header.source.unwrap_or(socket);
-            return start_serving(&ctx, stream, peer, index);
+            return start_serving(&ctx, stream, peer, index, deadline);
         }
         Err(failure) => failure,
     };
@@ -563,24 +596,24 @@ async fn read_proxy_header(
     }
 }
 
-/// Serves a connection of a TLS listener: the handshake, within
-/// `connect_timeout`, then [`serve`] (which gives the CONNECT its own
-/// `connect_timeout`). Only this connection's task waits on its handshake.
+/// Serves a connection of a TLS listener: the handshake, then [`serve`],
+/// both before `deadline` (the connect timeout). Only this connection's
+/// task waits on its handshake.
 async fn serve_tls(
     ctx: Rc<NetContext>,
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     peer: std::net::SocketAddr,
     listener: usize,
+    deadline: Instant,
 ) {
-    let timeout = ctx.limits().connect_timeout;
     let handshake = async {
         let mut stream = TlsStream::accept(stream, config)?;
         let mut held = connection::PendingConnect::new(Rc::clone(&ctx));
         stream.handshake(|received| held.hold(received)).await.map(|()| stream)
     };
     let timer = async {
-        glommio::timer::Timer::new(timeout).await;
+        timer_until(deadline).await;
         Err(tls::HandshakeError {
             cause: HandshakeFailure::Timeout,
             error: std::io::ErrorKind::TimedOut.into(),
@@ -589,7 +622,7 @@ async fn serve_tls(
     match futures_lite::future::or(handshake, timer).await {
         Ok(stream) => {
             ctx.count(|net| net.tls_handshakes += 1);
-            serve_accepted(ctx, stream, peer, listener).await;
+            serve_accepted(ctx, stream, peer, listener, deadline).await;
         }
         Err(failure) => {
             ctx.count(|net| match failure.cause {
@@ -608,16 +641,18 @@ async fn serve_tls(
 }
 
 /// Serves a connection accepted on `listener` (over TLS, handshake done):
-/// MQTT straight away, or after the WebSocket upgrade on a `ws` listener.
+/// MQTT straight away, or after the WebSocket upgrade on a `ws` listener;
+/// its CONNECT must arrive before `deadline`.
 async fn serve_accepted<T: Transport>(
     ctx: Rc<NetContext>,
     transport: T,
     peer: std::net::SocketAddr,
     listener: usize,
+    deadline: Instant,
 ) {
     match ctx.websocket.get(listener).cloned().flatten() {
-        None => serve(ctx, transport, peer, listener, None, None).await,
-        Some(path) => websocket::serve_ws(ctx, transport, path, peer, listener).await,
+        None => serve(ctx, transport, peer, listener, Accepted::Read(deadline)).await,
+        Some(path) => websocket::serve_ws(ctx, transport, path, peer, listener, deadline).await,
     }
 }
 

@@ -12,7 +12,7 @@
 //! frames not yet sent) travels inside [`MovedTransport::WebSocket`] with
 //! the inner transport's own; it is a few hundred bytes, moved as a `Box`.
 
-use super::connection::PendingConnect;
+use super::connection::{Accepted, PendingConnect};
 use super::transport::Transport;
 use super::NetContext;
 use crate::protocol::websocket::{close_code, WsCodec};
@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 /// The subprotocols accepted, preferred first. "The Client MUST include
 /// "mqtt" in the list of WebSocket Sub Protocols it offers" [MQTT-6.0.0-3]
@@ -329,18 +330,19 @@ async fn upgrade<T: Transport>(
 }
 
 /// Serves a connection of a WebSocket listener: the upgrade at `path`,
-/// within `connect_timeout`, then [`super::serve`] over [`WebSocket`]
-/// (which gives the CONNECT its own `connect_timeout`).
+/// then [`super::serve`] over [`WebSocket`], both before `deadline` (the
+/// connect timeout).
 pub(super) async fn serve_ws<T: Transport>(
     ctx: Rc<NetContext>,
     mut transport: T,
     path: Arc<str>,
     peer: SocketAddr,
     listener: usize,
+    deadline: Instant,
 ) {
     let timeout = ctx.limits().connect_timeout;
     let upgraded = futures_lite::future::or(upgrade(&ctx, &mut transport, &path), async {
-        glommio::timer::Timer::new(timeout).await;
+        super::timer_until(deadline).await;
         Err(Failure::Io(io::ErrorKind::TimedOut.into()))
     })
     .await;
@@ -348,7 +350,7 @@ pub(super) async fn serve_ws<T: Transport>(
         Ok(early) => {
             ctx.count(|net| net.ws_upgrades += 1);
             let transport = WebSocket::new(transport, Box::new(WsCodec::new(early)));
-            super::serve(ctx, transport, peer, listener, None, None).await;
+            super::serve(ctx, transport, peer, listener, Accepted::Read(deadline)).await;
         }
         Err(failure) => {
             if matches!(failure, Failure::Refused(_)) {
