@@ -835,6 +835,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 payload_format_invalid: 0,
                 topic_filters_invalid: 0,
                 subscriptions_quota_exceeded: 0,
+                reauth_failed: 0,
                 topic_limit_exceeded: 0,
                 client_id_too_long: 0,
                 publish_rate_limited: 0,
