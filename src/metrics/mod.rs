@@ -263,6 +263,9 @@ pub struct RouterCounters {
     /// Times a queue towards a peer shard passed its high-water mark (the
     /// connections publishing QoS 1/2 to it were held back).
     pub congestion_events: u64,
+    /// Client messages that matched no subscription on any shard, counted
+    /// by the shard that received them (a retained one is still stored).
+    pub dropped_no_subscribers: u64,
 }
 
 /// The counters of one shard at one moment, with the gauges worth reading

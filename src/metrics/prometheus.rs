@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 55] = [
+const COUNTERS: [Field<u64>; 56] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -265,6 +265,9 @@ const COUNTERS: [Field<u64>; 55] = [
         "Times a queue towards another shard passed its high-water mark",
         |s| s.counters.router.congestion_events,
     ),
+    ("dropped_no_subscribers", "Messages received that matched no subscription", |s| {
+        s.counters.router.dropped_no_subscribers
+    }),
 ];
 
 /// Renders `snapshots` (one per shard) and the process's open connections.

@@ -805,7 +805,8 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_subscribe,
         acl_denied_delivery,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events, dropped_no_subscribers } =
+        router;
     let StoreCounters {
         records_recovered: store_records_recovered,
         torn_tails: store_torn_tails,
@@ -854,6 +855,7 @@ fn log_stopped(snapshot: &Snapshot) {
         deliveries_dropped,
         cross_core_qos0_dropped,
         congestion_events,
+        dropped_no_subscribers,
         takeovers,
         sessions_expired,
         retained_expired,
