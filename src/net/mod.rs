@@ -484,11 +484,39 @@ fn start_serving(
     index: usize,
     deadline: Instant,
 ) {
+    let ctx = Rc::clone(ctx);
     match ctx.tls_config(index) {
-        None => glommio::spawn_local(serve_accepted(Rc::clone(ctx), stream, peer, index, deadline)),
+        None => spawn_serving(ctx, stream, peer, index, deadline),
         Some(config) => {
-            glommio::spawn_local(serve_tls(Rc::clone(ctx), stream, config, peer, index, deadline))
+            glommio::spawn_local(serve_tls(ctx, stream, config, peer, index, deadline)).detach();
         }
+    }
+}
+
+/// Starts the task that serves `transport` (TCP, or TLS with its handshake
+/// done) on `listener`: MQTT straight away, or after the WebSocket upgrade
+/// on a `ws` listener; its CONNECT must arrive before `deadline`.
+///
+/// A connection's task lives as long as the connection, and is as large as
+/// the largest state of its future, arguments included: so each step before
+/// the CONNECT (TLS handshake, WebSocket upgrade) runs in a task of its own
+/// that starts the next one and ends, and an idle connection's task is the
+/// [`serve`] future alone (when one task ran every step, each plain
+/// connection's task was 2 KiB; heaptrack, 15,000 idle connections).
+fn spawn_serving<T: Transport + 'static>(
+    ctx: Rc<NetContext>,
+    transport: T,
+    peer: SocketAddr,
+    listener: usize,
+    deadline: Instant,
+) {
+    match ctx.websocket.get(listener).cloned().flatten() {
+        None => {
+            glommio::spawn_local(serve(ctx, transport, peer, listener, Accepted::Read(deadline)))
+        }
+        Some(path) => glommio::spawn_local(websocket::serve_ws(
+            ctx, transport, path, peer, listener, deadline,
+        )),
     }
     .detach();
 }
@@ -607,11 +635,13 @@ async fn serve_tls(
     listener: usize,
     deadline: Instant,
 ) {
-    let handshake = async {
+    // Boxed: its state (the handshake's buffers) must not size the task
+    // that then serves the connection for its whole life.
+    let handshake = Box::pin(async {
         let mut stream = TlsStream::accept(stream, config)?;
         let mut held = connection::PendingConnect::new(Rc::clone(&ctx));
         stream.handshake(|received| held.hold(received)).await.map(|()| stream)
-    };
+    });
     let timer = async {
         timer_until(deadline).await;
         Err(tls::HandshakeError {
@@ -622,7 +652,7 @@ async fn serve_tls(
     match futures_lite::future::or(handshake, timer).await {
         Ok(stream) => {
             ctx.count(|net| net.tls_handshakes += 1);
-            serve_accepted(ctx, stream, peer, listener, deadline).await;
+            spawn_serving(ctx, stream, peer, listener, deadline);
         }
         Err(failure) => {
             ctx.count(|net| match failure.cause {
@@ -637,22 +667,6 @@ async fn serve_tls(
             }
             ctx.connection_closed(listener);
         }
-    }
-}
-
-/// Serves a connection accepted on `listener` (over TLS, handshake done):
-/// MQTT straight away, or after the WebSocket upgrade on a `ws` listener;
-/// its CONNECT must arrive before `deadline`.
-async fn serve_accepted<T: Transport>(
-    ctx: Rc<NetContext>,
-    transport: T,
-    peer: std::net::SocketAddr,
-    listener: usize,
-    deadline: Instant,
-) {
-    match ctx.websocket.get(listener).cloned().flatten() {
-        None => serve(ctx, transport, peer, listener, Accepted::Read(deadline)).await,
-        Some(path) => websocket::serve_ws(ctx, transport, path, peer, listener, deadline).await,
     }
 }
 
@@ -673,4 +687,44 @@ async fn wait_shutdown(ctx: &NetContext) {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size5<F, A, B, C, D, E, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn size6<F, A, B, C, D, E, G, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E, G) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// What an idle connection's task holds, per kind: [`serve`] over its
+    /// transport, since the TLS handshake and the WebSocket upgrade run in
+    /// tasks of their own ([`spawn_serving`]); those are short-lived, and
+    /// still kept small (their buffers boxed). Measured with rustc 1.95:
+    /// serve 400 bytes over TCP, 408 over WebSocket, 416 over TLS; the
+    /// upgrade's task 416, the handshake's 296.
+    #[test]
+    fn connection_tasks_are_sized_by_serving_not_by_their_handshakes() {
+        let plain = size5(serve::<TcpStream>);
+        let over_ws = size5(serve::<WebSocket<TcpStream>>);
+        let over_tls = size5(serve::<TlsStream>).max(size5(serve::<WebSocket<TlsStream>>));
+        let upgrade = size6(websocket::serve_ws::<TcpStream>);
+        let handshake = size6(serve_tls);
+        eprintln!(
+            "task futures: serve {plain}, over WebSocket {over_ws}, over TLS {over_tls}; \
+             upgrade {upgrade}, handshake {handshake}"
+        );
+        assert!(plain <= 400 && over_ws <= 416 && over_tls <= 448);
+        assert!(upgrade <= 1024 && handshake <= 1024);
+    }
 }
