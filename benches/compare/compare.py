@@ -1333,7 +1333,7 @@ def render(data):
         w("")
         for vname, v in b.get("variants", {}).items():
             keys = ", ".join(re.findall(r"[a-z]'?", v["scenarios"]))
-            w(f"Scenario(s) {keys} ({vname}):")
+            w(f"Scenario(s) {keys}, {vname}:")
             w("")
             w("```diff")
             diff = difflib.unified_diff(b["config"].splitlines(), v["config"].splitlines(), lineterm="", n=0)
