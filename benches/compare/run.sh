@@ -68,11 +68,18 @@ if [[ " $* " != *" --no-trie "* ]]; then
     cargo bench --bench trie --no-run -q
 fi
 
+# The command as BENCHMARKS.md shows it, quoted so that it can be pasted
+# back (--scenarios "b'" holds a quote).
+COMMAND_LINE="benches/compare/run.sh"
+if [[ $# -gt 0 ]]; then
+    COMMAND_LINE+="$(printf ' %q' "$@")"
+fi
+
 exec python3 "$ROOT/benches/compare/compare.py" \
     --ringmq "$TARGET/release/ringmq" \
     --ringmq-bench "$TARGET/release/ringmq-bench" \
     --mosquitto "$MOSQUITTO" \
     --mosquitto-passwd "$MOSQUITTO_PASSWD" \
     --rumqttd "$RUMQTTD" \
-    --command-line "benches/compare/run.sh${*:+ $*}" \
+    --command-line "$COMMAND_LINE" \
     "$@"
