@@ -1,10 +1,10 @@
 //! `--plot FILE.svg`: under a title naming the scenario, the broker
-//! (`--broker-name`, else its address), the QoS and the payload, four
-//! panels: latency per second (p50, p99, max) beside throughput per second
-//! (sent, received), and loss per second (by the second the lost messages
-//! were sent in) beside the latency percentile distribution. SVG only: text
-//! is written as SVG `<text>` and laid out with plotters' built-in metrics,
-//! so no font or system library is needed.
+//! (`--broker-name`, else its address), the QoS and the payload, latency
+//! per second (p50, p99, max) beside throughput and loss per second (sent
+//! and received on the left axis, lost, by the second the lost messages
+//! were sent in, on its own right axis), above the latency percentile
+//! distribution. SVG only: text is written as SVG `<text>` and laid out
+//! with plotters' built-in metrics, so no font or system library is needed.
 //!
 //! Each series stops at its last second with data (the seconds of the
 //! drain have received messages but none sent) and the axis at the last
@@ -21,11 +21,11 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let root = root.titled(&title(report), ("sans-serif", 22)).map_err(plot_error)?;
-    let panels = root.split_evenly((2, 2));
-    latency_over_time(report, &panels[0])?;
-    throughput(report, &panels[1])?;
-    loss(report, &panels[2])?;
-    distribution(report, &panels[3])?;
+    let (top, bottom) = root.split_vertically(400);
+    let (left, right) = top.split_horizontally(600);
+    latency_over_time(report, &left)?;
+    throughput_and_loss(report, &right)?;
+    distribution(report, &bottom)?;
     root.present().map_err(plot_error)?;
     Ok(())
 }
@@ -133,28 +133,55 @@ fn latency_over_time(report: &Report, area: &Area<'_>) -> anyhow::Result<()> {
     per_second_chart(area, "end-to-end latency per second", "us", seconds_axis(report), series)
 }
 
-fn throughput(report: &Report, area: &Area<'_>) -> anyhow::Result<()> {
-    let series = vec![
-        ("sent", BLUE, until_last(report, |s| s.sent > 0, |s| s.sent)),
-        ("received", GREEN, until_last(report, |s| s.received > 0, |s| s.received)),
-    ];
-    per_second_chart(area, "throughput per second", "msg/s", seconds_axis(report), series)
-}
-
-/// Lost messages by the second they were sent in, over the seconds of
-/// sending.
-fn loss(report: &Report, area: &Area<'_>) -> anyhow::Result<()> {
+/// Sent and received per second on the left axis; lost per second of
+/// sending on the right one, so that a loss far smaller than the
+/// throughput still shows.
+fn throughput_and_loss(report: &Report, area: &Area<'_>) -> anyhow::Result<()> {
     let m = &report.messages;
     let caption = match m.expected {
         Some(expected) if expected > 0 => format!(
-            "lost per second of sending: {} in all ({:.2}%)",
+            "throughput and loss per second: {} lost ({:.2}%)",
             m.lost,
             m.lost as f64 * 100.0 / expected as f64
         ),
-        _ => format!("lost per second of sending: {} in all", m.lost),
+        _ => format!("throughput and loss per second: {} lost", m.lost),
     };
-    let series = vec![("lost", RED, until_last(report, |s| s.sent > 0 || s.lost > 0, |s| s.lost))];
-    per_second_chart(area, &caption, "msg", seconds_axis(report), series)
+    let sent = until_last(report, |s| s.sent > 0, |s| s.sent);
+    let received = until_last(report, |s| s.received > 0, |s| s.received);
+    let lost = until_last(report, |s| s.sent > 0 || s.lost > 0, |s| s.lost);
+    let max = |points: &[(u64, u64)]| points.iter().map(|p| p.1).max().unwrap_or(0);
+    let x = seconds_axis(report);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(x.clone(), counts_axis(max(&sent).max(max(&received))))
+        .map_err(plot_error)?
+        .set_secondary_coord(x, counts_axis(max(&lost)));
+    chart
+        .configure_mesh()
+        .x_desc("second")
+        .x_label_formatter(&|x| format!("{x}s"))
+        .y_desc("msg/s")
+        .draw()
+        .map_err(plot_error)?;
+    chart.configure_secondary_axes().y_desc("lost").draw().map_err(plot_error)?;
+    for (name, color, points) in [("sent", BLUE, sent), ("received", GREEN, received)] {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    chart
+        .draw_secondary_series(LineSeries::new(lost, RED.stroke_width(2)))
+        .map_err(plot_error)?
+        .label("lost (right axis)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart.configure_series_labels().background_style(WHITE).draw().map_err(plot_error)?;
+    Ok(())
 }
 
 /// Percentile on a "nines" axis: x = -log10(1 - p/100), so 90 -> 1,
@@ -270,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn plot_has_a_title_four_panels_integer_ticks_and_ends_with_the_data() {
+    fn plot_has_a_title_a_throughput_and_loss_panel_integer_ticks_and_ends_with_the_data() {
         let texts = plot_texts(&report(&["--broker-name", "ringmq 0.1"]), "named");
         let has = |text: &str| texts.iter().any(|t| t == text);
         assert!(
@@ -279,8 +306,8 @@ mod tests {
         );
         for caption in [
             "end-to-end latency per second",
-            "throughput per second",
-            "lost per second of sending: 30 in all (1.00%)",
+            "throughput and loss per second: 30 lost (1.00%)",
+            "lost (right axis)",
             "latency by percentile",
         ] {
             assert!(has(caption), "{caption}: {texts:?}");
