@@ -124,8 +124,8 @@ fi
 
 # --- The broker ----------------------------------------------------------
 # The optional data disk (Bicep: dataDiskSizeGB > 0) at LUN 0 becomes
-# /var/lib/ringmq, the unit's StateDirectory. Nothing is written there until
-# the durable log (#15) brings data_dir; the disk is formatted only if it
+# /var/lib/ringmq, the unit's StateDirectory; ringmq-configure points
+# data_dir at /var/lib/ringmq/log on it. The disk is formatted only if it
 # holds no filesystem yet.
 disk=/dev/disk/azure/scsi1/lun0
 if [[ -e "$disk" ]] && ! grep -q ' /var/lib/ringmq ' /etc/fstab; then
@@ -136,6 +136,10 @@ if [[ -e "$disk" ]] && ! grep -q ' /var/lib/ringmq ' /etc/fstab; then
 fi
 getent passwd ringmq >/dev/null ||
     useradd --system --no-create-home --home-dir /var/lib/ringmq --shell /usr/sbin/nologin ringmq
+# /etc/ringmq/ringmq.toml from the base and the deployment's TLS
+# certificate, password and ACL files, WebSocket and durability choices.
+/usr/local/sbin/ringmq-configure ||
+    die "ringmq-configure failed (see the line above)"
 /usr/local/bin/ringmq check-config /etc/ringmq/ringmq.toml ||
     die "/etc/ringmq/ringmq.toml is refused (see the line above)"
 systemctl daemon-reload

@@ -334,6 +334,41 @@ fn a_silent_or_slow_header_is_closed_at_the_connect_timeout_and_held_bytes_are_b
     broker.stop();
 }
 
+/// The connect timeout counts from the accept and covers the PROXY header
+/// and the CONNECT together: a client that sends its header late cannot
+/// start a second timeout for its CONNECT (it used to: up to one timeout
+/// per step, PROXY, TLS, WebSocket and CONNECT). Then a first packet that
+/// is not a CONNECT is closed and counted as malformed [MQTT-3.1.0-1].
+#[test]
+fn the_header_and_the_connect_share_one_connect_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let broker = ProxyBroker::start(
+        "shared-timeout",
+        1,
+        &format!("[limits]\nconnect_timeout_ms = {}", TIMEOUT.as_millis()),
+    );
+    let started = Instant::now();
+    let mut late = RawClient::connect(broker.proxy);
+    std::thread::sleep(TIMEOUT * 2 / 3);
+    late.send_bytes(b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 1883\r\n");
+    // Closed at the timeout from the accept (3 s), with a second of slack
+    // either side: a timeout started at the header would end at 5 s.
+    assert!(late.closed_within(TIMEOUT * 2), "not closed");
+    let closed = started.elapsed();
+    assert!(closed >= TIMEOUT - Duration::from_millis(100), "closed early, at {closed:?}");
+    assert!(closed < TIMEOUT + Duration::from_secs(1), "closed at {closed:?}: a second timeout");
+    assert_eq!(broker.counter("connect_timeouts", 1), 1);
+
+    let malformed = broker.counter("malformed", 0);
+    let mut pinger = RawClient::connect(broker.proxy);
+    let mut bytes = b"PROXY TCP4 192.0.2.8 10.0.0.1 51000 1883\r\n".to_vec();
+    bytes.extend_from_slice(&[0xC0, 0x00]); // PINGREQ
+    pinger.send_bytes(&bytes);
+    assert!(pinger.closed_within(Duration::from_secs(5)));
+    assert_eq!(broker.counter("malformed", malformed + 1), malformed + 1);
+    broker.stop();
+}
+
 #[test]
 fn check_config_counts_the_proxy_protocol_listeners() {
     let path = std::env::temp_dir().join(format!("ringmq-proxy-check-{}.toml", std::process::id()));

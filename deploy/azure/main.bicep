@@ -3,10 +3,10 @@
 //
 //   az deployment group create -g RG -f deploy/azure/main.bicep -p deploy/azure/main.bicepparam
 //
-// See deploy/azure/README.md for the whole walk-through and for what is not
-// in the broker yet: TLS on 8883 and WebSocket on 8083/8084 (#13), the
-// durable log (#15), clustering (#17). The load balancer probes the broker's
-// /healthz on its admin listener (8080, never open to the Internet).
+// See deploy/azure/README.md for the whole walk-through (TLS, passwords and
+// ACL, the durable log on a data disk) and for what is not in the broker yet:
+// clustering (#17). The load balancer probes the broker's /healthz on its
+// admin listener (8080, never open to the Internet).
 
 targetScope = 'resourceGroup'
 
@@ -32,7 +32,7 @@ param adminUsername string = 'azureuser'
 @description('SSH public key of the administrator.')
 param adminSshPublicKey string
 
-@description('Source address prefix allowed to reach the MQTT ports, e.g. your devices\' range or "Internet". There is no authentication in the broker yet (#13): whoever reaches 1883 can publish and subscribe.')
+@description('Source address prefix allowed to reach the MQTT ports, e.g. your devices\' range or "Internet". Without passwordFile whoever reaches the ports can publish and subscribe.')
 param mqttSourcePrefix string
 
 @description('ringmq release binary or .tar.gz (https). Empty: build from source (sourceRef).')
@@ -52,19 +52,41 @@ param sourceRef string = ''
 @maxValue(100)
 param idleTimeoutMinutes int = 10
 
-@description('Open 8883 (MQTT over TLS) in the NSG and the load balancer. Off until the broker serves TLS (#13).')
+@description('MQTT over TLS on 8883 (and WebSocket over TLS on 8084 with enableWebSocket): opens the ports and serves them with tlsCertificatePem and tlsPrivateKeyPem, which are then required (the VM refuses to start the broker without them).')
 param enableTls bool = false
 
-@description('Open 8083 (WebSocket) and 8084 (WebSocket over TLS). Off until the broker serves WebSocket (#13).')
+@description('PEM certificate chain of the TLS listeners (server certificate first). From Key Vault: see README.md.')
+param tlsCertificatePem string = ''
+
+@description('PEM private key of tlsCertificatePem. Pass it from Key Vault with az.getSecret() in the .bicepparam file (README.md), not as a literal.')
+@secure()
+param tlsPrivateKeyPem string = ''
+
+@description('MQTT over WebSocket (subprotocol mqtt, path /mqtt) on 8083, and on 8084 over TLS with enableTls.')
 param enableWebSocket bool = false
+
+@description('A password file (the lines `ringmq passwd FILE USER` or mosquitto_passwd write: hashes, never passwords). Set: every client must log in, anonymous clients are refused. Empty: anonymous clients allowed.')
+@secure()
+param passwordFile string = ''
+
+@description('An ACL file in Mosquitto\'s syntax (user, topic, pattern lines). Empty: every authenticated client may use every topic.')
+param aclFile string = ''
 
 @description('Outbound through a NAT gateway (true) instead of the load balancer\'s outbound rule (false). A NAT gateway gives 64k SNAT ports per public IP shared by the subnet, on demand; the outbound rule preallocates ports per VM.')
 param enableNatGateway bool = false
 
-@description('Size in GiB of a managed data disk per broker, mounted at /var/lib/ringmq; 0 = none. Nothing uses it until the durable log (#15) lands.')
+@description('Size in GiB of a managed data disk per broker, mounted at /var/lib/ringmq, holding the durable log (data_dir) with the durability below; 0 = none, memory only.')
 @minValue(0)
 @maxValue(32767)
 param dataDiskSizeGB int = 0
+
+@description('Durability of the log on the data disk (with dataDiskSizeGB > 0): always = a QoS 1/2 message is acknowledged once it is on disk; interval = synced every 10 ms; none = memory only.')
+@allowed([
+  'always'
+  'interval'
+  'none'
+])
+param durability string = 'always'
 
 @description('Load-generator VMs of the test rig (0 = no rig).')
 @minValue(0)
@@ -117,6 +139,15 @@ var installValues = {
   ref: sourceRef
 }
 
+// The broker's cloud-init: install.env placeholders filled in one step at a
+// time (base64 for files: no quote or newline reaches the shell file).
+var brokerInit0 = loadTextContent('cloud-init.yaml')
+var brokerInit1 = replace(replace(replace(replace(brokerInit0, '{{RINGMQ_RELEASE_URL}}', installValues.url), '{{RINGMQ_RELEASE_SHA256}}', installValues.sha), '{{RINGMQ_SOURCE_REPO}}', installValues.repo), '{{RINGMQ_SOURCE_REF}}', installValues.ref)
+var brokerInit2 = replace(replace(brokerInit1, '{{RINGMQ_REQUIRE_TLS}}', enableTls ? '1' : '0'), '{{RINGMQ_TLS_CERT_B64}}', enableTls ? base64(tlsCertificatePem) : '')
+var brokerInit3 = replace(brokerInit2, '{{RINGMQ_TLS_KEY_B64}}', enableTls ? base64(tlsPrivateKeyPem) : '')
+var brokerInit4 = replace(replace(brokerInit3, '{{RINGMQ_PASSWD_B64}}', empty(passwordFile) ? '' : base64(passwordFile)), '{{RINGMQ_ACL_B64}}', empty(aclFile) ? '' : base64(aclFile))
+var brokerInit5 = replace(replace(brokerInit4, '{{RINGMQ_WEBSOCKET}}', enableWebSocket ? '1' : '0'), '{{RINGMQ_DURABILITY}}', dataDiskSizeGB > 0 ? durability : '')
+
 module vmss 'modules/vmss.bicep' = {
   name: '${namePrefix}-vmss'
   params: {
@@ -129,7 +160,7 @@ module vmss 'modules/vmss.bicep' = {
     subnetId: network.outputs.brokerSubnetId
     backendPoolId: lb.outputs.backendPoolId
     probeId: lb.outputs.probeId
-    customData: base64(replace(replace(replace(replace(loadTextContent('cloud-init.yaml'), '__RINGMQ_RELEASE_URL__', installValues.url), '__RINGMQ_RELEASE_SHA256__', installValues.sha), '__RINGMQ_SOURCE_REPO__', installValues.repo), '__RINGMQ_SOURCE_REF__', installValues.ref))
+    customData: base64(brokerInit5)
     dataDiskSizeGB: dataDiskSizeGB
   }
 }
@@ -146,7 +177,7 @@ module rig 'modules/loadgen.bicep' = if (loadgenCount > 0) {
     adminSshPublicKey: adminSshPublicKey
     subnetId: network.outputs.loadgenSubnetId
     publicSsh: !empty(sshSourcePrefix)
-    customData: base64(replace(replace(replace(replace(loadTextContent('cloud-init-loadgen.yaml'), '__RINGMQ_RELEASE_URL__', installValues.url), '__RINGMQ_RELEASE_SHA256__', installValues.sha), '__RINGMQ_SOURCE_REPO__', installValues.repo), '__RINGMQ_SOURCE_REF__', installValues.ref))
+    customData: base64(replace(replace(replace(replace(loadTextContent('cloud-init-loadgen.yaml'), '{{RINGMQ_RELEASE_URL}}', installValues.url), '{{RINGMQ_RELEASE_SHA256}}', installValues.sha), '{{RINGMQ_SOURCE_REPO}}', installValues.repo), '{{RINGMQ_SOURCE_REF}}', installValues.ref))
   }
 }
 
@@ -154,10 +185,12 @@ module rig 'modules/loadgen.bicep' = if (loadgenCount > 0) {
 output mqttAddress string = lb.outputs.publicIp
 
 @description('Commands to try the broker through the load balancer.')
-output connectCommands array = [
-  'mosquitto_sub -h ${lb.outputs.publicIp} -p 1883 -t \'hello/#\' -v'
-  'mosquitto_pub -h ${lb.outputs.publicIp} -p 1883 -t hello/azure -m "it works" -q 1'
-]
+output connectCommands array = concat([
+  'mosquitto_sub -h ${lb.outputs.publicIp} -p 1883 -t \'hello/#\' -v${empty(passwordFile) ? '' : ' -u USER -P PASSWORD'}'
+  'mosquitto_pub -h ${lb.outputs.publicIp} -p 1883 -t hello/azure -m "it works" -q 1${empty(passwordFile) ? '' : ' -u USER -P PASSWORD'}'
+], enableTls ? [
+  'mosquitto_sub -h YOUR.CERTIFICATE.NAME -p 8883 --cafile CA.pem -t \'hello/#\' -v${empty(passwordFile) ? '' : ' -u USER -P PASSWORD'} (YOUR.CERTIFICATE.NAME resolving to ${lb.outputs.publicIp})'
+] : [])
 
 @description('Name of the scale set (az vmss ...).')
 output scaleSetName string = vmss.outputs.name

@@ -231,6 +231,10 @@ pub struct SessionCounters {
     /// New subscriptions refused because the session held
     /// `max_subscriptions_per_client` (0x97, 3.1.1: 0x80).
     pub subscriptions_quota_exceeded: u64,
+    /// 5.0 re-authentications (AUTH 0x19) that failed, with wrong
+    /// credentials or not finished within `connect_timeout_ms`: the
+    /// connection is closed [MQTT-4.12.1-2].
+    pub reauth_failed: u64,
     /// PUBLISH topics, wills and SUBSCRIBE / UNSUBSCRIBE filters refused
     /// past `max_topic_length` or `max_topic_levels` (PUBACK/PUBREC/
     /// DISCONNECT/CONNACK 0x90, filters 0x8F; 3.1.1: closed, 0x80).
@@ -259,6 +263,9 @@ pub struct RouterCounters {
     /// Times a queue towards a peer shard passed its high-water mark (the
     /// connections publishing QoS 1/2 to it were held back).
     pub congestion_events: u64,
+    /// Client messages that matched no subscription on any shard, counted
+    /// by the shard that received them (a retained one is still stored).
+    pub dropped_no_subscribers: u64,
 }
 
 /// The counters of one shard at one moment, with the gauges worth reading

@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 54] = [
+const COUNTERS: [Field<u64>; 56] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -227,6 +227,9 @@ const COUNTERS: [Field<u64>; 54] = [
         "Subscriptions refused past max_subscriptions_per_client",
         |s| s.counters.session.subscriptions_quota_exceeded,
     ),
+    ("reauth_failed", "v5 re-authentications failed or timed out (connection closed)", |s| {
+        s.counters.session.reauth_failed
+    }),
     (
         "topic_limit_exceeded",
         "Topics and filters refused past max_topic_length or max_topic_levels",
@@ -262,6 +265,9 @@ const COUNTERS: [Field<u64>; 54] = [
         "Times a queue towards another shard passed its high-water mark",
         |s| s.counters.router.congestion_events,
     ),
+    ("dropped_no_subscribers", "Messages received that matched no subscription", |s| {
+        s.counters.router.dropped_no_subscribers
+    }),
 ];
 
 /// Renders `snapshots` (one per shard) and the process's open connections.

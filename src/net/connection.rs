@@ -112,9 +112,20 @@ impl Drop for PendingConnect {
     }
 }
 
-/// Serves one connection to its end: one accepted by this shard
-/// (`connect` is `None`: it is read first), or one handed off by the shard
-/// that accepted it, with its decoded CONNECT and the bytes read after it.
+/// How a connection reaches [`serve`].
+#[derive(Debug)]
+pub enum Accepted {
+    /// Accepted by this shard: its CONNECT is read first, and it and its
+    /// authentication must be done by this instant (the connect timeout
+    /// counted from the accept, shared with the PROXY header, the TLS
+    /// handshake and the WebSocket upgrade before it).
+    Read(Instant),
+    /// Handed off by the shard that accepted it, with its decoded CONNECT
+    /// and the bytes read after it.
+    HandedOff { connect: Box<Connect>, rest: Option<BytesMut> },
+}
+
+/// Serves one connection to its end.
 ///
 /// Not an `async fn`: the connection is built before the future, so the
 /// task of an idle connection holds it once, not once per argument and
@@ -124,13 +135,19 @@ pub fn serve<T: Transport>(
     transport: T,
     peer: SocketAddr,
     listener: usize,
-    connect: Option<Box<Connect>>,
-    rest: Option<BytesMut>,
+    accepted: Accepted,
 ) -> impl std::future::Future<Output = ()> {
-    let decoder = match &connect {
-        Some(connect) => Decoder::new(connect.version, ctx.limits().max_packet_size),
+    let (decoder, rest, handed_off, connect_within_ms) = match accepted {
+        Accepted::HandedOff { connect, rest } => {
+            let decoder = Decoder::new(connect.version, ctx.limits().max_packet_size);
+            (decoder, rest, Some(connect), 0)
+        }
         // Until the CONNECT is read, the smaller limit applies.
-        None => Decoder::new(ProtocolVersion::V3_1_1, ctx.limits().max_connect_size),
+        Accepted::Read(deadline) => {
+            let decoder = Decoder::new(ProtocolVersion::V3_1_1, ctx.limits().max_connect_size);
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis();
+            (decoder, None, None, u32::try_from(left).unwrap_or(u32::MAX))
+        }
     };
     let mut connection = Connection {
         read_buf: rest.filter(|rest| !rest.is_empty()),
@@ -139,6 +156,7 @@ pub fn serve<T: Transport>(
         held_by: None,
         pace_timer: None,
         paced: false,
+        connect_within_ms,
         ctx,
         transport,
     };
@@ -146,7 +164,7 @@ pub fn serve<T: Transport>(
     // it twice in the task. The attach phase is boxed: its future would
     // otherwise be part of every idle connection's task.
     async move {
-        let attached = Box::pin(connection.attach(peer, listener, connect)).await;
+        let attached = Box::pin(connection.attach(peer, listener, handed_off)).await;
         let result = match attached {
             Ok((key, id)) => {
                 let result = connection.pump(key, id).await;
@@ -189,6 +207,12 @@ struct Connection<T> {
     pace_timer: Option<glommio::timer::Timer>,
     /// Whether `pace_timer` is armed.
     paced: bool,
+    /// Until `attach` reads the CONNECT: the milliseconds left of the
+    /// connect timeout counted from the accept. Here rather than an
+    /// `Instant` beside the connection in the task, whose size every idle
+    /// connection pays (it fits in this struct's padding); the time between
+    /// [`serve`] and the task's first poll is a scheduling delay.
+    connect_within_ms: u32,
 }
 
 /// What woke a connection task.
@@ -232,7 +256,10 @@ impl<T: Transport> Connection<T> {
 
     /// Reads the CONNECT (unless the connection was handed off with it),
     /// and lets the shard place it: attached to its session here, moved to
-    /// its home shard, or refused.
+    /// its home shard, or refused. The CONNECT (within
+    /// `connect_within_ms`) and the enhanced authentication exchange after
+    /// it share the connect timeout; a handed-off CONNECT arrived in time,
+    /// and its exchange on the home shard gets a timeout of its own.
     async fn attach(
         &mut self,
         peer: SocketAddr,
@@ -240,21 +267,19 @@ impl<T: Transport> Connection<T> {
         handed_off: Option<Box<Connect>>,
     ) -> Result<(SessionKey, ConnectionId), CloseReason> {
         let adopted = handed_off.is_some();
-        // The connect timeout bounds reading the CONNECT and the enhanced
-        // authentication exchange after it, together.
-        let deadline = Instant::now() + self.ctx.limits().connect_timeout;
-        let mut connect = match handed_off {
-            Some(connect) => connect,
+        let (mut connect, deadline) = match handed_off {
+            Some(connect) => (connect, Instant::now() + self.ctx.limits().connect_timeout),
             None => {
-                let timeout = self.ctx.limits().connect_timeout;
+                let left = Duration::from_millis(self.connect_within_ms.into());
+                let deadline = Instant::now() + left;
                 let ctx = Rc::clone(&self.ctx);
-                futures_lite::future::or(self.read_connect(), async move {
-                    glommio::timer::Timer::new(timeout).await;
+                let read = futures_lite::future::or(self.read_connect(), async move {
+                    super::timer_until(deadline).await;
                     // Slowloris: a socket that never completes its CONNECT.
                     ctx.count(|net| net.connect_timeouts += 1);
                     Err(CloseReason::ConnectTimeout)
-                })
-                .await?
+                });
+                (read.await?, deadline)
             }
         };
         if self.read_buf.as_ref().is_some_and(BytesMut::is_empty) {
@@ -534,8 +559,15 @@ impl<T: Transport> Connection<T> {
                             Decoder::new(connect.version, self.ctx.limits().max_packet_size);
                         Ok(connect)
                     }
-                    // [MQTT-3.1.0-1] The first packet is a CONNECT.
-                    Ok(_) => Err(CloseReason::NotConnect),
+                    // [MQTT-3.1.0-1] "After a Network Connection is
+                    // established by a Client to a Server, the first Packet
+                    // sent from the Client to the Server MUST be a CONNECT
+                    // Packet": anything else is a protocol violation,
+                    // counted as malformed input.
+                    Ok(_) => {
+                        self.ctx.count_malformed();
+                        Err(CloseReason::NotConnect)
+                    }
                     Err(error) => Err(self.refuse_malformed_connect(error).await),
                 };
             }
@@ -901,9 +933,9 @@ mod tests {
     use glommio::net::TcpStream;
 
     /// The size of what `f` returns, without calling it.
-    fn output_size<F, A, B, C, D, E, G, R>(_: F) -> usize
+    fn output_size<F, A, B, C, D, E, R>(_: F) -> usize
     where
-        F: FnOnce(A, B, C, D, E, G) -> R,
+        F: FnOnce(A, B, C, D, E) -> R,
     {
         std::mem::size_of::<R>()
     }

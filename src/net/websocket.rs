@@ -12,7 +12,7 @@
 //! frames not yet sent) travels inside [`MovedTransport::WebSocket`] with
 //! the inner transport's own; it is a few hundred bytes, moved as a `Box`.
 
-use super::connection::PendingConnect;
+use super::connection::{Accepted, PendingConnect};
 use super::transport::Transport;
 use super::NetContext;
 use crate::protocol::websocket::{close_code, WsCodec};
@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 /// The subprotocols accepted, preferred first. "The Client MUST include
 /// "mqtt" in the list of WebSocket Sub Protocols it offers" [MQTT-6.0.0-3]
@@ -329,57 +330,80 @@ async fn upgrade<T: Transport>(
 }
 
 /// Serves a connection of a WebSocket listener: the upgrade at `path`,
-/// within `connect_timeout`, then [`super::serve`] over [`WebSocket`]
-/// (which gives the CONNECT its own `connect_timeout`).
+/// then [`super::serve`] over [`WebSocket`], both before `deadline` (the
+/// connect timeout).
 pub(super) async fn serve_ws<T: Transport>(
     ctx: Rc<NetContext>,
     mut transport: T,
     path: Arc<str>,
     peer: SocketAddr,
     listener: usize,
+    deadline: Instant,
 ) {
-    let timeout = ctx.limits().connect_timeout;
-    let upgraded = futures_lite::future::or(upgrade(&ctx, &mut transport, &path), async {
-        glommio::timer::Timer::new(timeout).await;
-        Err(Failure::Io(io::ErrorKind::TimedOut.into()))
-    })
-    .await;
+    // Boxed: the upgrade's state (the request's buffer and headers, the
+    // refusal's drain) must not size the task that then serves the
+    // connection for its whole life.
+    let upgraded = Box::pin(upgrade_within(&ctx, &mut transport, &path, peer, deadline)).await;
     match upgraded {
-        Ok(early) => {
+        Some(early) => {
             ctx.count(|net| net.ws_upgrades += 1);
             let transport = WebSocket::new(transport, Box::new(WsCodec::new(early)));
-            super::serve(ctx, transport, peer, listener, None, None).await;
+            // A task of its own: this one (which holds the upgrade's
+            // arguments) ends, and the connection's long-lived task is the
+            // `serve` future alone.
+            let serving = super::serve(ctx, transport, peer, listener, Accepted::Read(deadline));
+            glommio::spawn_local(serving).detach();
         }
-        Err(failure) => {
-            if matches!(failure, Failure::Refused(_)) {
-                // The response is out and the write side shut: read what
-                // the client still sends until it closes, so that closing
-                // with unread input (a reset) cannot destroy the response
-                // before the client reads it. Bounded in time.
-                let discard = async {
-                    let mut chunk = [0u8; 1024];
-                    while let Ok(1..) = poll_fn(|cx| transport.poll_read(cx, &mut chunk)).await {}
-                };
-                let timer = async {
-                    glommio::timer::Timer::new(timeout).await;
-                };
-                futures_lite::future::or(discard, timer).await;
-            }
+        None => {
             ctx.count(|net| net.ws_upgrade_failed += 1);
-            if ctx.may_log_connection() {
-                match failure {
-                    Failure::Refused(refusal) => tracing::info!(
-                        %peer, status = refusal.status, reason = refusal.reason,
-                        "WebSocket upgrade refused"
-                    ),
-                    Failure::Io(error) => {
-                        tracing::info!(%peer, %error, "WebSocket upgrade failed")
-                    }
-                }
-            }
             ctx.connection_closed(listener);
         }
     }
+}
+
+/// The upgrade at `path` before `deadline`: the bytes read after the
+/// request, or `None` when it was refused or failed (logged within the
+/// shard's connection log budget).
+async fn upgrade_within<T: Transport>(
+    ctx: &Rc<NetContext>,
+    transport: &mut T,
+    path: &str,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Vec<u8>> {
+    let upgraded = futures_lite::future::or(upgrade(ctx, transport, path), async {
+        super::timer_until(deadline).await;
+        Err(Failure::Io(io::ErrorKind::TimedOut.into()))
+    })
+    .await;
+    let failure = match upgraded {
+        Ok(early) => return Some(early),
+        Err(failure) => failure,
+    };
+    if matches!(failure, Failure::Refused(_)) {
+        // The response is out and the write side shut: read what the
+        // client still sends until it closes, so that closing with unread
+        // input (a reset) cannot destroy the response before the client
+        // reads it. Bounded in time.
+        let discard = async {
+            let mut chunk = [0u8; 1024];
+            while let Ok(1..) = poll_fn(|cx| transport.poll_read(cx, &mut chunk)).await {}
+        };
+        let timer = async {
+            glommio::timer::Timer::new(ctx.limits().connect_timeout).await;
+        };
+        futures_lite::future::or(discard, timer).await;
+    }
+    if ctx.may_log_connection() {
+        match failure {
+            Failure::Refused(refusal) => tracing::info!(
+                %peer, status = refusal.status, reason = refusal.reason,
+                "WebSocket upgrade refused"
+            ),
+            Failure::Io(error) => tracing::info!(%peer, %error, "WebSocket upgrade failed"),
+        }
+    }
+    None
 }
 
 #[cfg(test)]

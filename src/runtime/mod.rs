@@ -797,6 +797,7 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        reauth_failed,
         topic_limit_exceeded,
         client_id_too_long,
         publish_rate_limited,
@@ -804,7 +805,8 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_subscribe,
         acl_denied_delivery,
     } = session;
-    let RouterCounters { cross_core_qos0_dropped, congestion_events } = router;
+    let RouterCounters { cross_core_qos0_dropped, congestion_events, dropped_no_subscribers } =
+        router;
     let StoreCounters {
         records_recovered: store_records_recovered,
         torn_tails: store_torn_tails,
@@ -853,6 +855,7 @@ fn log_stopped(snapshot: &Snapshot) {
         deliveries_dropped,
         cross_core_qos0_dropped,
         congestion_events,
+        dropped_no_subscribers,
         takeovers,
         sessions_expired,
         retained_expired,
@@ -873,6 +876,7 @@ fn log_stopped(snapshot: &Snapshot) {
         payload_format_invalid,
         topic_filters_invalid,
         subscriptions_quota_exceeded,
+        reauth_failed,
         topic_limit_exceeded,
         client_id_too_long,
         publish_rate_limited,

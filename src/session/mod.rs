@@ -377,6 +377,7 @@ impl Session {
                 return Err(SessionError::AuthMethodChanged)
             }
             AuthOutcome::Failed(_) => {
+                counters.reauth_failed += 1;
                 self.close(now, CloseReason::ReauthenticationFailed, counters);
             }
         }
@@ -1122,6 +1123,7 @@ impl Session {
         let reauth = self.connection.as_ref().filter(|c| c.open);
         let reauth = reauth.and_then(|c| c.auth.as_ref()?.exchange.as_ref());
         if reauth.is_some_and(|exchange| exchange.deadline() <= now) {
+            counters.reauth_failed += 1;
             self.close(now, CloseReason::ReauthenticationTimeout, counters);
         }
         if self.delayed_will.as_ref().is_some_and(|delayed| delayed.due <= now) {

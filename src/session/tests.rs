@@ -2624,6 +2624,7 @@ mod enhanced_auth {
             closed_reason(&events(&mut session)),
             Some(&CloseReason::ReauthenticationFailed)
         );
+        assert_eq!(session.counters.reauth_failed, 1);
     }
 
     #[test]
@@ -2646,6 +2647,7 @@ mod enhanced_auth {
             closed_reason(&events(&mut session)),
             Some(&CloseReason::ReauthenticationTimeout)
         );
+        assert_eq!(session.counters.reauth_failed, 1);
     }
 
     #[test]

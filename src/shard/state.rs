@@ -843,6 +843,12 @@ impl Shard {
             .interest
             .replica()
             .route(&message.topic, |shard, group| chosen.push((shard, group)));
+        // The replica holds this shard's own interest too: nothing in it
+        // means no subscriber anywhere. The broker's own messages ($SYS)
+        // are not counted.
+        if shards.is_empty() && chosen.is_empty() && message.publisher.is_some() {
+            self.counters.router.dropped_no_subscribers += 1;
+        }
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {

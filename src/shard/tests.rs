@@ -835,6 +835,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 payload_format_invalid: 0,
                 topic_filters_invalid: 0,
                 subscriptions_quota_exceeded: 0,
+                reauth_failed: 0,
                 topic_limit_exceeded: 0,
                 client_id_too_long: 0,
                 publish_rate_limited: 0,
@@ -842,7 +843,12 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 acl_denied_subscribe: 0,
                 acl_denied_delivery: 0,
             },
-            router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
+            router: RouterCounters {
+                cross_core_qos0_dropped: 1,
+                congestion_events: 1,
+                // r/1, r/2 and r/3: retained before anyone subscribed.
+                dropped_no_subscribers: 3,
+            },
             store: Default::default(),
         },
     };

@@ -16,7 +16,7 @@ var frontendId = resourceId('Microsoft.Network/loadBalancers/frontendIPConfigura
 var poolId = resourceId('Microsoft.Network/loadBalancers/backendAddressPools', lbName, 'brokers')
 var probeId = resourceId('Microsoft.Network/loadBalancers/probes', lbName, 'mqtt')
 
-var ports = concat([1883], enableTls ? [8883] : [], enableWebSocket ? [8083, 8084] : [])
+var ports = concat([1883], enableTls ? [8883] : [], enableWebSocket ? [8083] : [], enableWebSocket && enableTls ? [8084] : [])
 
 resource ip 'Microsoft.Network/publicIPAddresses@2023-11-01' = {
   name: '${lbName}-ip'

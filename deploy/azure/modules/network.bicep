@@ -19,7 +19,7 @@ var mqttRules = [
   {
     name: 'allow-mqtt'
     properties: {
-      description: 'MQTT over TCP. No authentication in the broker yet (#13): keep the source narrow.'
+      description: 'MQTT over TCP. Without a password file (passwordFile) anyone in the source range may publish and subscribe: keep it narrow.'
       priority: 100
       direction: 'Inbound'
       access: 'Allow'
@@ -35,7 +35,7 @@ var tlsRules = enableTls ? [
   {
     name: 'allow-mqtts'
     properties: {
-      description: 'MQTT over TLS (#13).'
+      description: 'MQTT over TLS.'
       priority: 110
       direction: 'Inbound'
       access: 'Allow'
@@ -51,7 +51,7 @@ var wsRules = enableWebSocket ? [
   {
     name: 'allow-mqtt-websocket'
     properties: {
-      description: 'MQTT over WebSocket and WebSocket over TLS (#13).'
+      description: 'MQTT over WebSocket (8083) and, with TLS, secure WebSocket (8084).'
       priority: 120
       direction: 'Inbound'
       access: 'Allow'
@@ -59,9 +59,11 @@ var wsRules = enableWebSocket ? [
       sourceAddressPrefix: mqttSourcePrefix
       sourcePortRange: '*'
       destinationAddressPrefix: '*'
-      destinationPortRanges: [
+      destinationPortRanges: enableTls ? [
         '8083'
         '8084'
+      ] : [
+        '8083'
       ]
     }
   }

@@ -18,7 +18,7 @@ param customData string
 param dataDiskSizeGB int
 
 resource vmss 'Microsoft.Compute/virtualMachineScaleSets@2024-03-01' = {
-  // checkov:skip=CKV_AZURE_95: automatic OS image upgrades reimage brokers on Azure's schedule, dropping every in-memory session (no durable log until #15); Ubuntu's unattended-upgrades patches in place, new images roll out with `az vmss update` + rolling upgrade (README.md)
+  // checkov:skip=CKV_AZURE_95: automatic OS image upgrades reimage brokers on Azure's schedule, dropping every session that is not on a data disk (memory only unless dataDiskSizeGB > 0); Ubuntu's unattended-upgrades patches in place, new images roll out with `az vmss update` + rolling upgrade (README.md)
   name: '${namePrefix}-vmss'
   location: location
   sku: {
