@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of ringmq, Mosquitto and rumqttd.
 
-Runs scenarios a-g of the comparison (see benches/README.md) against each
-broker in turn, over several rounds, with the broker pinned to one CPU and
+Runs scenarios a-m of the comparison (listed in SCENARIOS below and in
+BENCHMARKS.md) against each broker in turn, over several rounds, with the broker pinned to one CPU and
 ringmq-bench to another; writes BENCHMARKS.md and BENCHMARKS.json with the
 medians, the ratios ringmq/peer, the losses, the machine, the versions and
 the exact commands. Normally started by benches/compare/run.sh, which
@@ -14,9 +14,11 @@ stopped by its PID before it returns, and every wait is bounded.
 
 import argparse
 import datetime
+import difflib
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import signal
@@ -43,6 +45,25 @@ ANALYSIS = HERE / "analysis.md"
 # scenario g (100,000 retained messages to one subscriber) fits.
 MAX_INFLIGHT = 100
 MAX_QUEUED = 200_000
+# The outgoing window of scenario b: the largest each broker accepts. MQTT
+# caps it at 65,535 (the Receive Maximum and packet identifiers); rumqttd
+# accepts no more than 100.
+LARGEST_WINDOW = {"ringmq": 65_535, "mosquitto": 65_535, "rumqttd": 100}
+# The credentials of the password scenarios (l, m).
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-secret"
+
+
+class Variant:
+    """What a scenario changes in a broker's configuration: the outgoing
+    window, a TLS listener (on the broker's second port) with the
+    certificate of the run, a password file. `name` tells the variants
+    apart in BENCHMARKS.md."""
+
+    def __init__(self, name="base", window=MAX_INFLIGHT, tls=False, password_file=None):
+        self.name, self.window, self.tls, self.password_file = name, window, tls, password_file
+
+
+BASE = Variant()
 
 
 # ---------------------------------------------------------------- brokers
@@ -60,12 +81,27 @@ class Broker:
     def __init__(self, name, label, kind, cpus, shards=1):
         self.name, self.label, self.kind, self.cpus, self.shards = name, label, kind, cpus, shards
 
-    def config(self, port, extra_port):
+    def config(self, port, extra_port, variant=BASE, files=None):
+        """The configuration file's text. `files` names the certificate,
+        key and password files of the run (placeholders when None)."""
+        files = files or PLACEHOLDER_FILES
         if self.kind == "mosquitto":
-            return MOSQUITTO_CONF.format(port=port, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
+            text = MOSQUITTO_CONF.format(port=port, inflight=variant.window, queued=MAX_QUEUED)
+            if variant.password_file:
+                text += MOSQUITTO_PASSWORDS.format(file=files[variant.password_file])
+            if variant.tls:
+                text += MOSQUITTO_TLS.format(port=extra_port, cert=files["cert"], key=files["key"])
+            return text
         if self.kind == "rumqttd":
-            return RUMQTTD_CONF.format(port=port, port5=extra_port, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
-        return RINGMQ_CONF.format(port=port, shards=self.shards, inflight=MAX_INFLIGHT, queued=MAX_QUEUED)
+            if variant.tls or variant.password_file:
+                raise ValueError("rumqttd is not configured for TLS or passwords here")
+            return RUMQTTD_CONF.format(port=port, port5=extra_port, inflight=variant.window, queued=MAX_QUEUED)
+        top = ""
+        if variant.password_file:
+            top = RINGMQ_PASSWORDS.format(file=files[variant.password_file])
+        tls = RINGMQ_TLS.format(port=extra_port, cert=files["cert"], key=files["key"]) if variant.tls else ""
+        return RINGMQ_CONF.format(port=port, shards=self.shards, inflight=variant.window, queued=MAX_QUEUED,
+                                  top=top, tls=tls)
 
     def argv(self, binaries, config_path):
         if self.kind == "mosquitto":
@@ -96,6 +132,20 @@ log_dest stderr
 log_type error
 log_type warning
 connection_messages false
+"""
+
+# Scenarios l and m: clients with a user name are checked against the file;
+# anonymous ones (the readiness probe) are let in.
+MOSQUITTO_PASSWORDS = """\
+password_file {file}
+"""
+
+# Scenarios j and k: a second listener, TLS with the run's certificate.
+MOSQUITTO_TLS = """\
+listener {port} 127.0.0.1
+protocol mqtt
+certfile {cert}
+keyfile {key}
 """
 
 RUMQTTD_CONF = """\
@@ -135,11 +185,11 @@ next_connection_delay_ms = 0
 RINGMQ_CONF = """\
 # ringmq serves 3.1, 3.1.1 and 5.0 on one listener; memory only.
 shards = {shards}
-
+{top}
 [[listener]]
 bind = "127.0.0.1:{port}"
 listen_backlog = 4096
-
+{tls}
 [limits]
 max_inflight = {inflight}
 max_queued_messages = {queued}
@@ -148,6 +198,24 @@ max_queued_bytes = 1073741824
 [log]
 level = "warn"
 """
+
+RINGMQ_PASSWORDS = """\
+# Clients with a user name are checked against the file; anonymous ones
+# (the readiness probe) are let in.
+password_file = "{file}"
+allow_anonymous = true
+"""
+
+RINGMQ_TLS = """\
+[[listener]]
+bind = "127.0.0.1:{port}"
+listen_backlog = 4096
+tls = {{ cert = "{cert}", key = "{key}" }}
+"""
+
+# The files of the TLS and password scenarios, as BENCHMARKS.md shows them.
+PLACEHOLDER_FILES = {"cert": "server.pem", "key": "server.key", "ca": "ca.pem",
+                     "argon2id": "passwd-argon2id", "pbkdf2": "passwd-mosquitto"}
 
 BROKERS = {
     "ringmq": Broker("ringmq", "ringmq (1 shard)", "ringmq", BROKER_CPUS, 1),
@@ -182,26 +250,53 @@ def proc_status(pid, key):
     return None
 
 
-def proc_cpu_seconds(pid):
-    """utime + stime of a process (all its threads), in seconds."""
+def proc_sched(pid):
+    """(CPU seconds, seconds waiting for a CPU) of a process, summed over
+    its threads from /proc/PID/task/*/schedstat (nanoseconds), or from
+    /proc/PID/stat (CPU time in clock ticks, no waiting) where there is no
+    schedstat; None if the process is gone. The waiting time tells a
+    process that did not get the CPU it wanted (a shared machine) from one
+    that did not want it."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
+    cpu_ns = wait_ns = 0
+    try:
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    on_cpu, waiting = f.read().split()[:2]
+            except FileNotFoundError:
+                continue  # a thread that just ended
+            cpu_ns += int(on_cpu)
+            wait_ns += int(waiting)
+        return cpu_ns / 1e9, wait_ns / 1e9
+    except (OSError, ValueError):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), None
+        except OSError:
+            return None
+
+
+def proc_cpu_seconds(pid):
+    """CPU time of a process (all its threads), in seconds."""
+    sched = proc_sched(pid)
+    return sched[0] if sched else None
 
 
 class RunningBroker:
     """A started broker: its PID, port and log; stopped by PID."""
 
-    def __init__(self, broker, binaries, workdir):
+    def __init__(self, broker, binaries, workdir, variant=BASE, files=None):
         self.broker = broker
         self.port, self.extra_port = free_port(), free_port()
         self.workdir = workdir
         ext = "conf" if broker.kind == "mosquitto" else "toml"
         self.config_path = str(workdir / f"{broker.name}.{ext}")
-        Path(self.config_path).write_text(broker.config(self.port, self.extra_port))
+        Path(self.config_path).write_text(broker.config(self.port, self.extra_port, variant, files))
         self.argv = broker.argv(binaries, self.config_path)
         self.log_path = workdir / f"{broker.name}.log"
         self.log = open(self.log_path, "ab")
@@ -231,8 +326,11 @@ class RunningBroker:
 
     def port_for(self, scenario):
         """The port that serves the scenario's MQTT version (rumqttd has a
-        listener per version; the others serve every version on one)."""
-        return self.extra_port if scenario.mqtt5 and self.broker.kind == "rumqttd" else self.port
+        listener per version; the others serve every version on one), or
+        its TLS listener."""
+        if scenario.tls or (scenario.mqtt5 and self.broker.kind == "rumqttd"):
+            return self.extra_port
+        return self.port
 
     def log_tail(self, n=600):
         try:
@@ -257,31 +355,46 @@ class Sampler(threading.Thread):
 
     def __init__(self, pid):
         super().__init__(daemon=True)
-        self.pid, self.samples, self.cpu, self.halt = pid, [], [], threading.Event()
+        self.pid, self.samples, self.cpu, self.demand, self.halt = pid, [], [], [], threading.Event()
 
     def run(self):
         while not self.halt.is_set():
             now = time.monotonic()
             rss = proc_status(self.pid, "VmRSS")
-            cpu = proc_cpu_seconds(self.pid)
+            sched = proc_sched(self.pid)
             if rss is not None:
                 self.samples.append((now, rss))
-            if cpu is not None:
+            if sched is not None:
+                cpu, wait = sched
                 self.cpu.append((now, cpu))
+                if wait is not None:
+                    self.demand.append((now, cpu + wait))
             self.halt.wait(0.1)
+
+    @staticmethod
+    def busiest(samples, window):
+        """The largest increase of a cumulative time over `window`
+        seconds, in % of the window."""
+        best, j = None, 0
+        for i, (t, value) in enumerate(samples):
+            # j: the latest sample at least `window` before sample i.
+            while j + 1 < i and t - samples[j + 1][0] >= window:
+                j += 1
+            tj, value_j = samples[j]
+            if t - tj >= window:
+                pct = 100 * (value - value_j) / (t - tj)
+                best = pct if best is None else max(best, pct)
+        return round(best, 1) if best is not None else None
 
     def peak_cpu_pct(self, window=1.0):
         """The busiest `window` seconds, in % of one CPU."""
-        best, j = None, 0
-        for i, (t, cpu) in enumerate(self.cpu):
-            # j: the latest sample at least `window` before sample i.
-            while j + 1 < i and t - self.cpu[j + 1][0] >= window:
-                j += 1
-            tj, cpu_j = self.cpu[j]
-            if t - tj >= window:
-                pct = 100 * (cpu - cpu_j) / (t - tj)
-                best = pct if best is None else max(best, pct)
-        return round(best, 1) if best is not None else None
+        return self.busiest(self.cpu, window)
+
+    def peak_demand_pct(self, window=1.0):
+        """The busiest `window` seconds counting the time spent waiting
+        for a CPU as well as on it, in % of one CPU: 100% or more is a
+        process that was never idle (it had, or wanted, a whole CPU)."""
+        return self.busiest(self.demand, window) if self.demand else None
 
     def stop(self):
         self.halt.set()
@@ -304,30 +417,74 @@ PASS_P99_US = 1_000_000
 
 class Scenario:
     def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None,
-                 base=None):
+                 base=None, mqtt5=False, tls=False, auth=None, window=None, kinds=None):
         self.key, self.title, self.metric, self.unit = key, title, metric, unit
         self.higher_is_better, self.target, self.describe = higher_is_better, target, describe
         # Deliveries per published message, for the ladder scenarios.
         self.fanout = fanout
-        # An MQTT 5.0 variant runs the load of scenario `base` with 5.0
-        # clients; `kind` is the scenario whose load and metrics it has.
-        self.mqtt5 = base is not None
+        # A variant runs the load of scenario `base` (its `kind`, whose
+        # load and metrics it has) with MQTT 5.0 clients, over TLS, with
+        # passwords or another window.
         self.kind = base or key
+        self.mqtt5, self.tls = mqtt5, tls
+        # Passwords: "own" (each broker's own hash: argon2id for ringmq,
+        # Mosquitto's $7$) or "pbkdf2" (the same $7$ file for every broker).
+        self.auth = auth
+        # The broker's outgoing window: "largest" (LARGEST_WINDOW) or the
+        # common MAX_INFLIGHT.
+        self.window = window
+        # The broker kinds the scenario runs on (None: all).
+        self.kinds = kinds
 
     @property
     def ladder(self):
         return LADDER if self.fanout else None
 
-    def bench_args(self, quick, offered=None):
-        """ringmq-bench arguments without --host/--json, or None (g)."""
+    def runs_on(self, broker):
+        return self.kinds is None or broker.kind in self.kinds
+
+    def variant(self, broker):
+        """What the scenario changes in `broker`'s configuration."""
+        if self.window == "largest":
+            return Variant(f"window {LARGEST_WINDOW[broker.kind]:,}", window=LARGEST_WINDOW[broker.kind])
+        if self.tls:
+            return Variant("TLS listener", tls=True)
+        if self.auth == "own":
+            if broker.kind == "mosquitto":
+                return Variant("password file ($7$)", password_file="pbkdf2")
+            return Variant("password file (argon2id)", password_file="argon2id")
+        if self.auth == "pbkdf2":
+            return Variant("password file ($7$)", password_file="pbkdf2")
+        return BASE
+
+    def bench_args(self, quick, offered=None, files=None):
+        """ringmq-bench arguments without --host/--json, or None (g).
+        `files`: the run's CA and password files (placeholders if None)."""
+        files = files or PLACEHOLDER_FILES
         step = "2s" if quick else "5s"
         args = self.base_args(quick, offered, step)
         if args is not None and self.mqtt5:
             args += ["--mqtt-version", "5"]
+        if args is not None and self.tls:
+            args += ["--tls", "--cafile", str(files["ca"])]
+        if args is not None and self.auth:
+            args += ["--username", BENCH_USER, "--password", BENCH_PASSWORD]
         return args
 
     def base_args(self, quick, offered, step):
         k = self.kind
+        if self.key == "j":
+            # As many TLS handshakes at once as the broker takes.
+            return ["conn", "--clients", "2000" if quick else "5000", "--connect-rate", "0",
+                    "--duration", "1s", "--connect-timeout", "60s"]
+        if self.auth == "own":
+            # An argon2id check costs milliseconds (by design): fewer
+            # clients than f, all at once.
+            return ["conn", "--clients", "100" if quick else "300", "--connect-rate", "0",
+                    "--duration", "1s", "--connect-timeout", "120s"]
+        if self.auth == "pbkdf2":
+            return ["conn", "--clients", "1000" if quick else "2000", "--connect-rate", "0",
+                    "--duration", "1s", "--connect-timeout", "120s"]
         # The drain must outlast the backlog of an overloaded step (up to
         # about its own length, since the rate doubles per step), or
         # messages still queued in the broker would count as lost.
@@ -362,7 +519,8 @@ class Scenario:
                                "--port", "PORT", *self.retained_args()])
         offered = LADDER[0] if self.ladder else None
         args = self.bench_args(quick, offered)
-        text = shlex.join(["taskset", "-c", BENCH_CPUS, "ringmq-bench", *args, "--host", "127.0.0.1:PORT"])
+        port = "TLS_PORT" if self.tls else "PORT"
+        text = shlex.join(["taskset", "-c", BENCH_CPUS, "ringmq-bench", *args, "--host", f"127.0.0.1:{port}"])
         if self.ladder:
             rate_flag = "--total-rate" if self.kind in "ab" else "--rate"
             first = f"{offered:g}" if self.kind in "ab" else f"{offered / self.fanout:g}"
@@ -376,10 +534,17 @@ SCENARIOS = [
              True, THROUGHPUT_TARGET,
              "100 publishers at RATE messages per second in all, one subscriber to `ringmq-bench/+`; "
              "RATE doubles from 25k up to 3.2M until a step fails.", fanout=1),
-    Scenario("b", "fan-in, QoS 1, 16 B: 100 publishers -> 1 subscriber", "delivered_per_s", "msg/s",
-             True, THROUGHPUT_TARGET,
+    Scenario("b", "fan-in, QoS 1, 16 B: 100 publishers -> 1 subscriber, largest window", "delivered_per_s",
+             "msg/s", True, THROUGHPUT_TARGET,
              "As a, at QoS 1: each publisher keeps up to 20 PUBLISHes unacknowledged, the subscriber "
-             "acknowledges every delivery.", fanout=1),
+             "acknowledges every delivery. The broker's outgoing window to the subscriber is the largest "
+             "it accepts: 65,535 for ringmq and Mosquitto (`max_inflight`, `max_inflight_messages`), 100 "
+             "for rumqttd (`max_inflight_count`: its ceiling, a constant of its router).",
+             fanout=1, window="largest"),
+    Scenario("b'", "fan-in, QoS 1, 16 B: 100 publishers -> 1 subscriber, window 100", "delivered_per_s",
+             "msg/s", True, None,
+             "b with the same outgoing window of 100 for every broker (rumqttd's ceiling): kept for the "
+             "record, the way b was measured before.", fanout=1, base="b"),
     Scenario("c", "fan-out, QoS 0, 16 B: 1 publisher -> 1,000 subscribers", "delivered_per_s", "msg/s",
              True, THROUGHPUT_TARGET,
              "One publisher at RATE/1000 messages per second, 1,000 subscribers to its topic; RATE "
@@ -403,11 +568,39 @@ SCENARIOS = [
     Scenario("h", "fan-in, QoS 0, 16 B, MQTT 5.0: 100 publishers -> 1 subscriber", "delivered_per_s",
              "msg/s", True, THROUGHPUT_TARGET,
              "Scenario a with MQTT 5.0 clients (`--mqtt-version 5`; rumqttd on its [v5.1] listener).",
-             fanout=1, base="a"),
+             fanout=1, base="a", mqtt5=True),
     Scenario("i", "p2p, 1,000 pairs, 10 msg/s each, QoS 0, MQTT 5.0: latency", "p99_us", "µs",
              False, {"mosquitto": "p99"},
              "Scenario d with MQTT 5.0 clients (`--mqtt-version 5`; rumqttd on its [v5.1] listener).",
-             base="d"),
+             base="d", mqtt5=True),
+    Scenario("j", "TLS handshakes, 5,000 clients at once", "connects_per_cpu_s", "conn/s", True, None,
+             "5,000 clients (2,000 in quick mode) opening TLS connections at once (no pacing) to a second "
+             "listener of the broker, TLS with the same ECDSA P-256 certificate for every broker (made "
+             "with openssl for the run), ringmq-bench verifying it against the run's CA; TLS 1.3, X25519. "
+             "Connections per second until all are connected, and per second of broker CPU (the whole run: "
+             "handshakes, CONNECTs and disconnects), which is the rate of one saturated core. rumqttd "
+             "is not run (its TLS listener is not set up here).", base="f", tls=True,
+             kinds={"ringmq", "mosquitto"}),
+    Scenario("k", "fan-in over TLS, QoS 0, 16 B: 100 publishers -> 1 subscriber", "delivered_per_s", "msg/s",
+             True, None,
+             "Scenario a over TLS (the listener and certificate of j).", fanout=1, base="a", tls=True,
+             kinds={"ringmq", "mosquitto"}),
+    Scenario("l", "connect rate with passwords, each broker's own hash", "connects_per_cpu_s", "conn/s", True,
+             None,
+             "300 clients (100 in quick mode) connecting at once with a user name and password, checked "
+             "against a password file of one user: argon2id for ringmq (as `ringmq passwd` writes it: "
+             "m=19 MiB, t=2, p=1, checked on 2 threads beside the shard, all on the broker's CPU), "
+             "PBKDF2-SHA512 `$7$` for Mosquitto (as `mosquitto_passwd` writes it: 101 iterations). "
+             "A wrong password is checked to be refused first. Mosquitto listens with a backlog of "
+             "100 (fixed in its code), so connections beyond it wait for SYN retransmissions (1 s, "
+             "3 s, ...): its wall-clock rate in j, l and m shows that more than its CPU.",
+             base="f", auth="own",
+             kinds={"ringmq", "mosquitto"}),
+    Scenario("m", "connect rate with passwords, the same Mosquitto `$7$` file", "connects_per_cpu_s", "conn/s",
+             True, None,
+             "As l with 2,000 clients (1,000 in quick mode), every broker reading the file "
+             "`mosquitto_passwd` wrote (ringmq reads `$7$` hashes too).",
+             base="f", auth="pbkdf2", kinds={"ringmq", "mosquitto"}),
 ]
 # MQTT 5.0 variants and the 3.1.1 scenario each repeats: ringmq's 5.0 / 3.1.1
 # ratio is reported for these pairs.
@@ -448,7 +641,7 @@ def bench_metrics(scenario, report):
             "p50_us": m["latency_us"]["p50"], "p99_us": m["latency_us"]["p99"],
             "p999_us": m["latency_us"]["p999"], "max_us": m["latency_us"]["max"],
         })
-        if scenario.key == "b":
+        if scenario.kind == "b":
             out["acked"] = m["acked"]
     if scenario.kind in "ef":
         out.update({
@@ -457,6 +650,35 @@ def bench_metrics(scenario, report):
             "connect_p50_us": c["latency_us"]["p50"], "connect_p99_us": c["latency_us"]["p99"],
         })
     return out
+
+
+def what_limits(step, scenario, window):
+    """What stopped a ladder step, from the busiest second of the broker
+    and of ringmq-bench: a process that was on a CPU, or waiting for one
+    (a shared machine), at least 95% of that second was limited by its CPU;
+    when neither was, at QoS 1 the windows and round trips were."""
+    if "error" in step:
+        return "error: " + step["error"][:120]
+
+    def demand(who):
+        # Recorded before the waiting time was: CPU time only.
+        cpu = step.get(f"{who}_cpu_peak_pct") or step.get(f"{who}_cpu_pct") or 0
+        return cpu, step.get(f"{who}_demand_peak_pct") or cpu
+
+    (broker_cpu, broker), (bench_cpu, bench) = demand("broker"), demand("bench")
+    busy = 95
+    cpus = f"broker {broker_cpu:.0f}% CPU, ringmq-bench {bench_cpu:.0f}%"
+    if broker > broker_cpu + 5 or bench > bench_cpu + 5:
+        cpus += f"; with the time waiting for a CPU {broker:.0f}% and {bench:.0f}%"
+    if broker >= busy and bench >= busy:
+        return f"both CPUs ({cpus})"
+    if broker >= busy:
+        return f"broker CPU ({cpus})"
+    if bench >= busy:
+        return f"ringmq-bench CPU ({cpus})"
+    if scenario.kind == "b":
+        return f"neither CPU: the windows (broker's {window:,}, publishers' 20) and round trips ({cpus})"
+    return f"neither CPU ({cpus})"
 
 
 def holding_rss(samples, start, end):
@@ -479,6 +701,9 @@ def measure(running, argv, timeout):
     out = {"command": shlex.join(argv)}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=raise_nofile, start_new_session=True)
+    # taskset execs the load process: same PID.
+    load_sampler = Sampler(proc.pid)
+    load_sampler.start()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -490,6 +715,9 @@ def measure(running, argv, timeout):
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     bench_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     out["bench_cpu_pct"] = round(100 * bench_cpu / max(t1 - t0, 1e-3), 1)
+    load_sampler.stop()
+    out["bench_cpu_peak_pct"] = load_sampler.peak_cpu_pct()
+    out["bench_demand_peak_pct"] = load_sampler.peak_demand_pct()
     time.sleep(0.3)
     after = proc_status(running.pid, "VmRSS")
     sampler.stop()
@@ -503,6 +731,7 @@ def measure(running, argv, timeout):
         out["broker_cpu_s"] = round(cpu1 - cpu0, 3)
         out["broker_cpu_pct"] = round(100 * (cpu1 - cpu0) / max(t1 - t0, 1e-3), 1)
     out["broker_cpu_peak_pct"] = sampler.peak_cpu_pct()
+    out["broker_demand_peak_pct"] = sampler.peak_demand_pct()
     if running.proc.poll() is not None:
         out["error"] = f"broker exited with {running.proc.returncode}: {running.log_tail()}"
     return out, stdout, stderr
@@ -523,14 +752,14 @@ def run_bench(running, scenario, binaries, args, workdir, tag):
     return out
 
 
-def run_ladder(running, scenario, binaries, quick, workdir, log):
+def run_ladder(running, scenario, binaries, quick, workdir, log, files, variant):
     """Climbs the offered rates; returns the steps and their summary."""
     steps = []
     for offered in scenario.ladder:
         # A failed step is run a second time: on a shared machine one bad
         # second must not end the climb.
         for attempt in (1, 2):
-            args = scenario.bench_args(quick, offered)
+            args = scenario.bench_args(quick, offered, files)
             step = run_bench(running, scenario, binaries, args, workdir, f"{offered}-{attempt}")
             step["offered"], step["attempt"] = offered, attempt
             if "error" in step:
@@ -547,7 +776,7 @@ def run_ladder(running, scenario, binaries, quick, workdir, log):
             log(f"    {offered:>9,}/s: delivered {step['delivered_per_s']:>11,.0f}/s, "
                 f"loss {step['loss_pct']:.2f}%, p99 {step['p99_us'] / 1000:,.1f} ms, "
                 f"broker CPU {step.get('broker_cpu_pct', 0):.0f}% (peak {step.get('broker_cpu_peak_pct') or 0:.0f}%), "
-                f"bench CPU {step['bench_cpu_pct']:.0f}%"
+                f"bench CPU {step['bench_cpu_pct']:.0f}% (peak {step.get('bench_cpu_peak_pct') or 0:.0f}%)"
                 + (" (bench behind schedule)" if step["bench_limited"] else "")
                 + ("" if step["passed"] else " FAILED"))
             if step["passed"] or step["bench_limited"]:
@@ -579,24 +808,38 @@ def run_ladder(running, scenario, binaries, quick, workdir, log):
         summary["broker_cpu_pct"] = best.get("broker_cpu_pct")
         summary["broker_cpu_peak_pct"] = best.get("broker_cpu_peak_pct")
         summary["p99_us_at_sustained"] = best.get("p99_us")
+    # What stopped the climb, at the last step run (unless the ladder's top
+    # was passed, which says nothing about a limit).
+    if not (last.get("passed") and not last.get("bench_limited") and last["offered"] == scenario.ladder[-1]):
+        summary["limit"] = what_limits(last, scenario, variant.window)
+        summary["limit_step"] = last["offered"]
+    summary["window"] = variant.window
     if "error" in last:
         summary["error"] = f"at {last['offered']:,}/s: {last['error']}"
     return summary
 
 
-def run_once(scenario, broker, binaries, quick, workdir, log):
+def run_once(scenario, broker, binaries, quick, workdir, log, files=None):
     """One round of one scenario against one broker: start a fresh broker,
     run the load, measure, stop the broker. Returns a result dict (with
-    "error" when the run could not be made)."""
+    "error" when the run could not be made). `files`: the certificates and
+    password files of the run (make_files)."""
     result = {"broker": broker.name}
-    running = RunningBroker(broker, binaries, workdir)
+    variant = scenario.variant(broker)
+    running = RunningBroker(broker, binaries, workdir, variant, files)
     try:
         running.wait_ready()
+        if scenario.auth:
+            # The load is only a measure if the broker checks the passwords.
+            if not connect_refused(running.port, BENCH_USER, BENCH_PASSWORD + "-wrong"):
+                raise RuntimeError(f"{broker.name} accepted a wrong password: the password file is not in force")
         if scenario.ladder:
-            result.update(run_ladder(running, scenario, binaries, quick, workdir, log))
+            result.update(run_ladder(running, scenario, binaries, quick, workdir, log, files, variant))
         elif scenario.key != "g":
-            out = run_bench(running, scenario, binaries, scenario.bench_args(quick), workdir, "run")
+            out = run_bench(running, scenario, binaries, scenario.bench_args(quick, files=files), workdir, "run")
             result.update(out)
+            if scenario.kind == "f" and out.get("broker_cpu_s") and out.get("connected"):
+                result["connects_per_cpu_s"] = round(out["connected"] / out["broker_cpu_s"], 1)
             if scenario.key == "e" and out.get("rss_before_kib") and out.get("rss_holding_kib"):
                 connected = max(1, out.get("clients", 0) - out.get("connect_failures", 0))
                 result["rss_per_conn_bytes"] = round(
@@ -621,6 +864,59 @@ def run_once(scenario, broker, binaries, quick, workdir, log):
         running.stop()
     result["broker_log"] = running.log_tail(300)
     return result
+
+
+def connect_refused(port, user, password, timeout=10.0):
+    """Whether a 3.1.1 CONNECT with these credentials gets a refusing
+    CONNACK (or the connection closed) from the broker on `port`."""
+    def utf8(text):
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+    # Protocol "MQTT" level 4; flags: user name, password, Clean Session.
+    body = utf8("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")
+    body += utf8("compare-wrong-password") + utf8(user) + utf8(password)
+    packet = bytes([0x10]) + retained_driver.varint(len(body)) + body
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(packet)
+            connack = retained_driver.recv_exact(sock, 4, time.monotonic() + timeout)
+            return connack[0] != 0x20 or connack[3] != 0
+    except (OSError, ConnectionError):
+        return True
+
+
+def make_files(workdir, binaries, log):
+    """The files of the TLS and password scenarios, made once per run: a CA
+    and a server certificate for 127.0.0.1 signed by it (ECDSA P-256, with
+    openssl), an argon2id password file (`ringmq passwd`) and a `$7$` one
+    (`mosquitto_passwd`), each for BENCH_USER. Returns their paths."""
+    d = workdir / "files"
+    d.mkdir(exist_ok=True)
+    files = {k: str(d / v) for k, v in PLACEHOLDER_FILES.items()}
+    ca_key, csr, ext = d / "ca.key", d / "server.csr", d / "server.ext"
+    ext.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                   "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    commands = [
+        ["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", files["ca"], "-days", "2",
+         "-subj", "/CN=ringmq-bench compare CA"],
+        ["openssl", "req", *ec, "-keyout", files["key"], "-out", str(csr), "-subj", "/CN=localhost"],
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", files["ca"], "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", files["cert"], "-days", "2", "-extfile", str(ext)],
+        [binaries["mosquitto_passwd"], "-c", "-b", files["pbkdf2"], BENCH_USER, BENCH_PASSWORD],
+    ]
+    for argv in commands:
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    subprocess.run([binaries["ringmq"], "passwd", files["argon2id"], BENCH_USER, "--password-stdin"],
+                   input=(BENCH_PASSWORD + "\n").encode(), check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=60)
+    # Mosquitto reads its files after dropping root privileges.
+    for path in d.iterdir():
+        path.chmod(0o644)
+    d.chmod(0o755)
+    workdir.chmod(0o755)
+    log(f"made the CA, the server certificate and the password files in {d}")
+    return files
 
 
 # ----------------------------------------------------------------- trie
@@ -721,7 +1017,7 @@ def loss_text(scenario, summary):
     parts = []
     lost = med.get("lost")
     if scenario.ladder:
-        if scenario.key == "b" and lost:
+        if scenario.kind == "b" and lost:
             parts.append(f"{lost:,.0f} QoS 1 messages lost")
         elif med.get("lost_below_limit"):
             parts.append(f"{med['lost_below_limit']:,.0f} lost below the limit")
@@ -754,8 +1050,26 @@ ROWS = {
           ("connect_p99_us", "connect latency p99", "µs", True)],
     "g": [("seconds", "time to receive all", "s", True), ("publish_s", "time to store all", "s", True)],
 }
-ROWS["b"] = ROWS["c"] = ROWS["h"] = ROWS["a"]
+ROWS["b"] = ROWS["b'"] = ROWS["c"] = ROWS["h"] = ROWS["k"] = ROWS["a"]
 ROWS["i"] = ROWS["d"]
+ROWS["j"] = [("connects_per_s", "TLS connections per second", "conn/s", False),
+             ("connects_per_cpu_s", "per second of broker CPU (one core)", "conn/s", False),
+             ("connect_p99_us", "connect latency p99", "µs", True)]
+ROWS["l"] = ROWS["m"] = [("connects_per_s", "connections per second", "conn/s", False),
+                         ("connects_per_cpu_s", "per second of broker CPU", "conn/s", False),
+                         ("connect_p99_us", "connect latency p99", "µs", True)]
+
+
+def scenario_text(scenario, entry):
+    """What BENCHMARKS.md says a scenario is: as it was when measured
+    (recorded since b changed its window), else as it is now."""
+    if "describe" in entry:
+        return entry["describe"]
+    if scenario.window == "largest":
+        return ("As a, at QoS 1: each publisher keeps up to 20 PUBLISHes unacknowledged, the "
+                "subscriber acknowledges every delivery. Measured before b used the largest window "
+                "each broker accepts: an outgoing window of 100 for every broker (now b').")
+    return scenario.describe
 
 
 def render(data):
@@ -781,7 +1095,7 @@ def render(data):
     w("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".")
     w("")
     w("Reproduce (installs Mosquitto from Debian and rumqttd into a cache, builds ringmq; "
-      "about an hour on 2 CPUs):")
+      "about an hour and a half on 2 CPUs):")
     w("")
     w("```sh")
     w(meta["command"])
@@ -814,7 +1128,7 @@ def render(data):
                     f"{t['goal']}: " + ("met" if t["met"] else "missed" if t["met"] is not None else "?")
                     for t in targets.values())
             losses = "; ".join(loss_text(s, summ.get(b, {})) for b in ["ringmq", *PEERS]) if i == 0 else ""
-            title = f"{s.key}. {s.title}" if i == 0 else ""
+            title = f"{s.key}. {sc.get('title', s.title)}" if i == 0 else ""
             w(f"| {title} | {label} | {cells['ringmq']} | {cells['mosquitto']} | {cells['rumqttd']} | "
               f"{ratio_text(v['ringmq'], v['mosquitto'])} | {ratio_text(v['ringmq'], v['rumqttd'])} | "
               f"{target} | {losses} |")
@@ -869,8 +1183,36 @@ def render(data):
                     cells.append(f"{delivered / 1000:,.0f}k ({loss:.1f}%, {cpu or 0:.0f}%/{bench_cpu or 0:.0f}%){mark}")
                 w(f"| {k} | {b} | " + " | ".join(cells) + " |")
         w("")
-        w("✗: the step failed in at least one round (after one retry). ⏱: ringmq-bench fell behind "
-          "its schedule (the load generator's limit).")
+        w("✗: the step failed in at least one round (after one retry). ⏱: ringmq-bench published "
+          "less than 95% of the offered rate: its own CPU, or (at QoS 1) the broker acknowledging "
+          "too slowly for the publishers' window of 20; the next table tells which.")
+        w("")
+        w("What stopped each climb, at the last step run (the round shown is the median's): the "
+          "process, broker or ringmq-bench, that was on a CPU or waiting for one (on a shared "
+          "machine) for 95% or more of its busiest second, or neither, when the limit is elsewhere "
+          "(at QoS 1: the windows and round trips). CPU use and waiting come from "
+          "/proc/PID/task/*/schedstat.")
+        w("")
+        w("| scenario | broker | last step | delivered | loss | what limits |")
+        w("| --- | --- | --: | --: | --: | --- |")
+        for k in ladder_keys:
+            for b, rounds in data["scenarios"][k]["rounds"].items():
+                ok = sorted((r for r in rounds if r.get("steps")), key=lambda r: r.get("delivered_per_s") or 0)
+                if not ok:
+                    continue
+                r = ok[len(ok) // 2]
+                last = r["steps"][-1]
+                if "limit" in r:
+                    limit = r["limit"]
+                elif last.get("passed") and not last.get("bench_limited") and last["offered"] == LADDER[-1]:
+                    limit = "nothing: the top of the ladder passed"
+                else:
+                    # A run recorded before the script named the limit.
+                    limit = what_limits(last, SCENARIO_BY_KEY[k], r.get("window", MAX_INFLIGHT))
+                delivered = last.get("delivered_per_s")
+                w(f"| {k} | {b} | {last['offered']:,}/s | "
+                  f"{'–' if delivered is None else f'{delivered:,.0f}/s'} | "
+                  f"{last.get('loss_pct', 0) or 0:.1f}% | {limit} |")
         w("")
     pairs = [(v5, v3) for v5, v3 in MQTT5_PAIRS if v5 in data["scenarios"] and v3 in data["scenarios"]]
     if pairs:
@@ -896,7 +1238,7 @@ def render(data):
         sc = data["scenarios"].get(s.key)
         if not sc:
             continue
-        w(f"* **{s.key}. {s.title}.** {s.describe}  ")
+        w(f"* **{s.key}. {sc.get('title', s.title)}.** {scenario_text(s, sc)}  ")
         w(f"  `{sc['command_template']}`")
     w("")
     w("## Scaling: ringmq with 2 shards")
@@ -975,7 +1317,10 @@ def render(data):
     w("")
     w("## Broker configurations")
     w("")
-    w("Written by the script for each run (the port varies); the broker is started as shown.")
+    w("Written by the script for each run (the port varies); the broker is started as shown. "
+      "Scenarios that change the configuration list their changes after it (lines removed and "
+      "added). Certificates and password files are made for each run (`make_files` in "
+      "benches/compare/compare.py).")
     w("")
     for name, b in data["brokers"].items():
         w(f"### {b['label']}")
@@ -986,6 +1331,15 @@ def render(data):
         w(b["config"].rstrip())
         w("```")
         w("")
+        for vname, v in b.get("variants", {}).items():
+            keys = ", ".join(re.findall(r"[a-z]'?", v["scenarios"]))
+            w(f"Scenario(s) {keys}, {vname}:")
+            w("")
+            w("```diff")
+            diff = difflib.unified_diff(b["config"].splitlines(), v["config"].splitlines(), lineterm="", n=0)
+            w("\n".join(line for line in diff if not line.startswith(("---", "+++", "@@"))))
+            w("```")
+            w("")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1031,6 +1385,7 @@ def versions(binaries):
         "rumqttd": sh([binaries["rumqttd"], "--version"]).split()[-1],
         "rustc": sh(["rustc", "--version"]).split()[1],
         "Python": platform.python_version(),
+        "OpenSSL": (sh(["openssl", "version"]).split() + ["?", "?"])[1],
     }
 
 
@@ -1042,7 +1397,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, 1 round, quick criterion")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    parser.add_argument("--scenarios", default="abcdefghi", help="subset of abcdefghi")
+    parser.add_argument("--scenarios", default="".join(SCENARIO_BY_KEY),
+                        help="subset of " + "".join(SCENARIO_BY_KEY) + " (b' is one key)")
     parser.add_argument("--brokers", default=",".join(["ringmq", *PEERS, *SCALING]),
                         help="comma-separated subset of " + ",".join(BROKERS))
     parser.add_argument("--no-trie", action="store_true", help="skip the criterion trie benchmark")
@@ -1052,6 +1408,7 @@ def main():
     parser.add_argument("--ringmq", required=False)
     parser.add_argument("--ringmq-bench", dest="ringmq_bench")
     parser.add_argument("--mosquitto", default="mosquitto")
+    parser.add_argument("--mosquitto-passwd", dest="mosquitto_passwd", default="mosquitto_passwd")
     parser.add_argument("--rumqttd")
     parser.add_argument("--command-line", default="benches/compare/run.sh",
                         help="the command recorded in BENCHMARKS.md")
@@ -1072,7 +1429,8 @@ def main():
         return 0
 
     binaries = {"ringmq": args.ringmq, "ringmq-bench": args.ringmq_bench,
-                "mosquitto": args.mosquitto, "rumqttd": args.rumqttd}
+                "mosquitto": args.mosquitto, "rumqttd": args.rumqttd,
+                "mosquitto_passwd": args.mosquitto_passwd}
     missing = [k for k, v in binaries.items() if not v]
     if missing:
         parser.error("missing binaries: " + ", ".join(missing))
@@ -1083,7 +1441,11 @@ def main():
     for b in brokers:
         if b not in BROKERS:
             parser.error(f"unknown broker {b}")
-    scenarios = [SCENARIO_BY_KEY[k] for k in args.scenarios if k in SCENARIO_BY_KEY]
+    keys = re.findall(r"[a-z]'?", args.scenarios)
+    unknown = [k for k in keys if k not in SCENARIO_BY_KEY]
+    if unknown:
+        parser.error("unknown scenario(s) " + ", ".join(unknown))
+    scenarios = [s for s in SCENARIOS if s.key in keys]
 
     data = {
         "meta": {
@@ -1104,22 +1466,32 @@ def main():
         path = "CONFIG." + ("conf" if b.kind == "mosquitto" else "toml")
         cmd = b.argv({k: Path(v).name for k, v in binaries.items()}, path)
         data["brokers"][name] = {"label": b.label, "command": shlex.join(cmd),
-                                 "config": b.config("PORT", "PORT5"), "cpus": b.cpus, "shards": b.shards}
+                                 "config": b.config("PORT", "PORT2"), "cpus": b.cpus, "shards": b.shards,
+                                 "variants": {}}
+        for s in scenarios:
+            v = s.variant(b)
+            if s.runs_on(b) and v is not BASE:
+                variant = data["brokers"][name]["variants"].setdefault(
+                    v.name, {"config": b.config("PORT", "PORT2", v), "scenarios": ""})
+                variant["scenarios"] += s.key
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ringmq-compare-") as tmp:
         workdir = Path(tmp)
+        files = make_files(workdir, binaries, log) if any(s.tls or s.auth for s in scenarios) else None
         for s in scenarios:
             template = s.command_template(args.quick)
-            entry = {"title": s.title, "metric": s.metric, "unit": s.unit,
+            entry = {"title": s.title, "describe": s.describe, "metric": s.metric, "unit": s.unit,
                      "higher_is_better": s.higher_is_better, "command_template": template,
-                     "rounds": {b: [] for b in brokers}}
+                     "rounds": {b: [] for b in brokers if s.runs_on(BROKERS[b])}}
             data["scenarios"][s.key] = entry
             for r in range(rounds):
                 order = brokers[r % len(brokers):] + brokers[:r % len(brokers)]
                 for name in order:
+                    if not s.runs_on(BROKERS[name]):
+                        continue
                     log(f"{s.key} round {r + 1}/{rounds}: {name}")
-                    result = run_once(s, BROKERS[name], binaries, args.quick, workdir, log)
+                    result = run_once(s, BROKERS[name], binaries, args.quick, workdir, log, files)
                     entry["rounds"][name].append(result)
                     shown = {k: result.get(k) for k in (s.metric, "lost", "connect_failures", "broker_cpu_pct", "error")
                              if result.get(k) is not None}

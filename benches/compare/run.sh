@@ -2,15 +2,18 @@
 # The comparison of ringmq with Mosquitto and rumqttd: writes BENCHMARKS.md
 # and BENCHMARKS.json at the repository root.
 #
-#   benches/compare/run.sh            # 3 rounds of scenarios a-i, about an hour
+#   benches/compare/run.sh            # 3 rounds of scenarios a-m, about 1.5 hours
 #   benches/compare/run.sh --quick    # short runs, 1 round: a smoke test
 #   benches/compare/run.sh --scenarios ag --brokers ringmq,mosquitto --no-trie
+#   benches/compare/run.sh --quick --scenarios "bb'" --brokers ringmq,mosquitto,rumqttd
 #   benches/compare/run.sh --render-only   # re-render BENCHMARKS.md from the JSON
 #
 # Needs Linux with io_uring, 2 CPUs or more, bash, python3, cargo and
 # taskset. It installs what is missing:
 #   * Mosquitto from the distribution (apt-get install -y mosquitto; its
-#     system service, if any, is left alone: the benchmark uses its own ports);
+#     system service, if any, is left alone: the benchmark uses its own ports),
+#     with mosquitto_passwd for the password scenarios (l, m);
+#   * openssl, which makes the certificate of the TLS scenarios (j, k);
 #   * rumqttd with `cargo install rumqttd --root $CACHE/rumqttd` (no --locked:
 #     its lock file no longer builds on current Rust), once; then reused;
 #   * ringmq and ringmq-bench: cargo build --release, in this checkout's target/.
@@ -34,14 +37,20 @@ for tool in python3 cargo taskset; do
     command -v "$tool" >/dev/null || { say "needs $tool"; exit 2; }
 done
 
+MISSING=()
 if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
-    say "installing Mosquitto from the distribution"
+    MISSING+=(mosquitto)
+fi
+command -v openssl >/dev/null || MISSING+=(openssl)
+if [[ ${#MISSING[@]} -gt 0 ]]; then
+    say "installing ${MISSING[*]} from the distribution"
     SUDO=""
     [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
     $SUDO apt-get update -q
-    $SUDO apt-get install -y -q mosquitto
+    $SUDO apt-get install -y -q "${MISSING[@]}"
 fi
 MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+MOSQUITTO_PASSWD="$(command -v mosquitto_passwd || echo /usr/bin/mosquitto_passwd)"
 
 RUMQTTD="$CACHE/rumqttd/bin/rumqttd"
 if [[ ! -x "$RUMQTTD" ]]; then
@@ -59,10 +68,18 @@ if [[ " $* " != *" --no-trie "* ]]; then
     cargo bench --bench trie --no-run -q
 fi
 
+# The command as BENCHMARKS.md shows it, quoted so that it can be pasted
+# back (--scenarios "b'" holds a quote).
+COMMAND_LINE="benches/compare/run.sh"
+if [[ $# -gt 0 ]]; then
+    COMMAND_LINE+="$(printf ' %q' "$@")"
+fi
+
 exec python3 "$ROOT/benches/compare/compare.py" \
     --ringmq "$TARGET/release/ringmq" \
     --ringmq-bench "$TARGET/release/ringmq-bench" \
     --mosquitto "$MOSQUITTO" \
+    --mosquitto-passwd "$MOSQUITTO_PASSWD" \
     --rumqttd "$RUMQTTD" \
-    --command-line "benches/compare/run.sh${*:+ $*}" \
+    --command-line "$COMMAND_LINE" \
     "$@"

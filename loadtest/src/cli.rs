@@ -141,16 +141,26 @@ pub struct LoadOpts {
     #[arg(long, default_value = "ringmq-bench/%i")]
     pub topic: String,
     /// After the publishers finish, wait this long at most for messages
-    /// still on their way.
+    /// still on their way. The drain ends earlier when every expected
+    /// delivery arrived, or when nothing arrived for --drain-idle.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
-    /// Find the highest sustained total rate instead of running at one:
-    /// runs of --duration each, the rate doubling from --total-rate
-    /// (default 1000/s) up to --rate-limit until one is not sustained, then
-    /// bisection between the last sustained rate and the first that was not,
-    /// to within 5%. A rate is sustained when its run passes (no loss beyond
-    /// what the QoS allows), publishes at least 95% of it and keeps its p99
-    /// latency within --max-p99. The report is the highest sustained run's.
+    /// End the drain once nothing arrived for this long (a broker that
+    /// pauses longer, e.g. a stalled subscriber's queue, needs more; at
+    /// least --drain to always wait the whole --drain).
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub drain_idle: Duration,
+    /// Find the highest sustained total rate instead of running at one (a
+    /// closed loop: each run's result sets the next run's rate): runs of
+    /// --duration each, the rate doubling from --total-rate (default
+    /// 1000/s) up to --rate-limit until one is not sustained (or halving,
+    /// down to 1/1024 of it or 1/s, until one is), then bisection between the highest
+    /// sustained rate and the lowest that was not, to within 5%. A rate is
+    /// sustained when its run passes (no loss beyond what the QoS allows),
+    /// publishes at least 95% of it and keeps its p99 latency within
+    /// --max-p99; a run still behind its schedule at twice --duration
+    /// stops there. The report is the highest sustained run's, with every
+    /// run's result under "search".
     #[arg(long, conflicts_with_all = ["rate", "count"])]
     pub find_max_rate: bool,
     /// Highest p99 end-to-end latency of a sustained rate (--find-max-rate).
@@ -187,6 +197,10 @@ pub struct OutputOpts {
     /// Tolerated QoS 0 loss in percent (QoS 1/2 tolerate none).
     #[arg(long, value_name = "PERCENT", default_value_t = 0.0)]
     pub max_loss: f64,
+    /// The broker's name, for the plot's title and the report (default:
+    /// the --host addresses).
+    #[arg(long, value_name = "NAME")]
+    pub broker_name: Option<String>,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -82,36 +82,47 @@ fn run(cli: cli::Cli) -> anyhow::Result<bool> {
 }
 
 /// Runs `plan` at the rates [`search::find_max`] asks for, one line each;
-/// the report of the highest sustained rate, or `None` (after saying so)
-/// when not even the first was.
+/// the report of the highest sustained rate with every run under
+/// `search`, or `None` (after saying so) when not even the lowest rate
+/// tried was sustained.
 fn find_max_rate(
     plan: &plan::Plan,
     search: plan::Search,
 ) -> anyhow::Result<Option<report::Report>> {
     let publishers = plan.publishers().max(1) as f64;
-    let mut best = None;
-    let found = search::find_max(search.start, search.limit, |rate| {
-        let mut step = plan.clone();
-        step.set_rate(rate / publishers);
-        let report = report::Report::new(&step, &runner::run(step.clone())?);
-        let ok = search::sustained(&report, rate, search.max_p99_us);
+    let mut best: Option<(f64, report::Report)> = None;
+    let mut steps = Vec::new();
+    let found = search::find_max(search.start, search.limit, search.floor, |rate| {
+        let mut run = plan.clone();
+        run.set_rate(rate / publishers);
+        // A run twice as long as asked is not sustained, whatever is left.
+        run.give_up = plan.duration.map(|d| d * 2);
+        let report = report::Report::new(&run, &runner::run(run.clone())?);
+        let step = search::step(&report, rate, search.max_p99_us);
         println!(
-            "rate {rate:.0}/s: {} (sent {:.0}/s, received {:.0}/s, lost {}, p99 {} us)",
-            if ok { "sustained" } else { "not sustained" },
-            report.messages.sent_per_s,
-            report.messages.received_per_s,
-            report.messages.lost,
-            report.messages.latency_us.p99
+            "rate {rate:.0}/s: {} (sent {:.0}/s, received {:.0}/s, lost {}, p99 {} us){}",
+            if step.sustained { "sustained" } else { "not sustained" },
+            step.sent_per_s,
+            step.received_per_s,
+            step.lost,
+            step.p99_us,
+            if step.sustained { String::new() } else { format!(": {}", step.why) }
         );
-        if ok {
-            // Rates asked about only rise past a sustained one.
-            best = Some(report);
+        let sustained = step.sustained;
+        steps.push(step);
+        if sustained && best.as_ref().is_none_or(|(r, _)| rate > *r) {
+            best = Some((rate, report));
         }
-        Ok(ok)
+        Ok(sustained)
     })?;
     match found {
         Some(rate) => println!("max sustained rate: {rate:.0} msg/s"),
-        None => println!("no sustained rate: {:.0} msg/s was not", search.start),
+        None => {
+            println!("no sustained rate from {:.0} down to {:.0} msg/s", search.start, search.floor)
+        }
     }
-    Ok(best)
+    Ok(best.map(|(rate, mut report)| {
+        report.search = Some(search::Summary { max_sustained_rate: Some(rate), steps });
+        report
+    }))
 }

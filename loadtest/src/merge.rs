@@ -141,6 +141,7 @@ pub fn merge(reports: Vec<(String, Report)>) -> anyhow::Result<Report> {
         .collect();
     Ok(Report {
         scenario: first.scenario.clone(),
+        broker: first.broker.clone(),
         targets,
         mqtt_version: first.mqtt_version.clone(),
         cores: all().map(|r| r.cores).sum(),
@@ -150,6 +151,7 @@ pub fn merge(reports: Vec<(String, Report)>) -> anyhow::Result<Report> {
         timeline,
         passed: all().all(|r| r.passed),
         violations,
+        search: None,
         distribution: distribution(&latency.histogram().map_err(anyhow::Error::msg)?),
     })
 }

@@ -104,8 +104,14 @@ pub struct Plan {
     pub duration: Option<Duration>,
     /// Messages per publisher.
     pub count: Option<u64>,
+    /// Publishers stop this long after the start even when they are behind
+    /// their schedule (`--find-max-rate`: a run that far behind is not
+    /// sustained, and sending its backlog would only take time).
+    pub give_up: Option<Duration>,
     /// Longest wait for messages in flight after the publishers finish.
     pub drain: Duration,
+    /// The drain ends once nothing arrived for this long.
+    pub drain_idle: Duration,
     /// Subscribers stop reading this long when publishing starts.
     pub stall: Option<Duration>,
     /// Subscriber SO_RCVBUF.
@@ -146,6 +152,30 @@ impl Plan {
     /// Subscribing clients.
     pub fn subscribers(&self) -> usize {
         self.clients.iter().filter(|c| c.subscribe.is_some()).count()
+    }
+
+    /// Deliveries every published message should make, when that is the
+    /// same for every publisher (then `sent` times it is what the
+    /// subscribers should have received, and the drain can end as soon as
+    /// it arrived); `None` when publishers differ or the subscribers cannot
+    /// know (`sub` on its own).
+    pub fn deliveries_per_message(&self) -> Option<u64> {
+        let mut all = 0;
+        let mut shared = false;
+        let mut by_publisher = std::collections::HashMap::new();
+        for sub in self.clients.iter().filter_map(|c| c.subscribe.as_ref()) {
+            match sub.expect {
+                Expect::All => all += 1,
+                Expect::Shared => shared = true,
+                Expect::One(publisher) => *by_publisher.entry(publisher).or_insert(0u64) += 1,
+                Expect::Gaps => return None,
+            }
+        }
+        let mut per_publisher = self.clients.iter().filter_map(|c| c.publish.as_ref()).map(|p| {
+            all + u64::from(shared) + by_publisher.get(&p.publisher).copied().unwrap_or(0)
+        });
+        let first = per_publisher.next()?;
+        per_publisher.all(|d| d == first).then_some(first)
     }
 
     /// Builds the plan of a subcommand.
@@ -288,6 +318,9 @@ fn base(
     if !(0.0..=100.0).contains(&output.max_loss) {
         bail!("--max-loss is a percentage (0 to 100)");
     }
+    if load.is_some_and(|l| l.drain_idle.is_zero()) {
+        bail!("--drain-idle 0 would end every drain at once: give a duration (default 500ms)");
+    }
     let connect_interval = if conn.connect_rate > 0.0 {
         Duration::from_secs_f64(1.0 / conn.connect_rate)
     } else {
@@ -321,7 +354,9 @@ fn base(
         interval: None,
         duration: None,
         count: None,
+        give_up: None,
         drain: load.map_or(Duration::from_secs(5), |l| l.drain),
+        drain_idle: load.map_or(Duration::from_millis(500), |l| l.drain_idle),
         stall: sub.and_then(|s| s.stall),
         rcvbuf: sub.and_then(|s| s.rcvbuf),
         cycles: 0,
@@ -346,6 +381,9 @@ pub struct Search {
     pub start: f64,
     /// Highest total rate tried.
     pub limit: f64,
+    /// Lowest total rate tried when `start` is not sustained (1/1024 of
+    /// it, ten halvings, but at least 1 msg/s).
+    pub floor: f64,
     /// Highest p99 end-to-end latency of a sustained rate.
     pub max_p99_us: u64,
 }
@@ -371,9 +409,11 @@ fn finish_load(mut plan: Plan, load: &LoadOpts) -> anyhow::Result<Plan> {
         plan.set_rate(rate);
     }
     if load.find_max_rate {
+        let start = load.total_rate.unwrap_or(1000.0);
         plan.search = Some(Search {
-            start: load.total_rate.unwrap_or(1000.0),
+            start,
             limit: load.rate_limit,
+            floor: (start / 1024.0).max(1.0).min(start),
             max_p99_us: load.max_p99.as_micros() as u64,
         });
     }
@@ -542,7 +582,25 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_per_message_by_scenario() {
+        let d = |args: &[&str]| plan(args).unwrap().deliveries_per_message();
+        assert_eq!(d(&["fan-out", "--publishers", "2", "--subscribers", "3"]), Some(3));
+        assert_eq!(d(&["fan-in", "--publishers", "5", "--subscribers", "2"]), Some(2));
+        assert_eq!(
+            d(&["fan-in", "--publishers", "5", "--subscribers", "4", "--share", "g"]),
+            Some(1)
+        );
+        assert_eq!(d(&["p2p", "--clients", "4"]), Some(1));
+        assert_eq!(d(&["pub", "--clients", "2"]), Some(0));
+        assert_eq!(d(&["sub", "--clients", "2"]), None);
+        assert_eq!(d(&["conn", "--clients", "2"]), None);
+        // A p2p ring of one: the client hears itself.
+        assert_eq!(d(&["p2p", "--clients", "1"]), Some(1));
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
+        assert!(plan(&["fan-in", "--drain-idle", "0s"]).is_err());
         assert!(plan(&["pub", "--payload", "15"]).is_err());
         assert!(plan(&["fan-out", "--topic", "a/x%i"]).is_err());
         assert!(plan(&["p2p", "--topic", "fixed"]).is_err());

@@ -88,6 +88,9 @@ pub struct Messages {
 pub struct Report {
     /// Subcommand.
     pub scenario: String,
+    /// The broker's name (`--broker-name`), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
     /// Broker addresses.
     pub targets: Vec<String>,
     /// MQTT version.
@@ -106,6 +109,9 @@ pub struct Report {
     pub passed: bool,
     /// Why not.
     pub violations: Vec<String>,
+    /// `--find-max-rate`: every run of the search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<crate::search::Summary>,
     /// Latency distribution for plotting: (percentile, microseconds).
     #[serde(skip)]
     pub distribution: Vec<(f64, u64)>,
@@ -206,6 +212,7 @@ impl Report {
         let clients = plan.clients.len();
         Report {
             scenario: plan.scenario.into(),
+            broker: plan.output.broker_name.clone(),
             targets: {
                 let mut t: Vec<String> =
                     plan.clients.iter().map(|c| c.target.to_string()).collect();
@@ -249,6 +256,7 @@ impl Report {
             timeline,
             passed: violations.is_empty(),
             violations,
+            search: None,
             distribution,
         }
     }
@@ -260,11 +268,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "ringmq-bench {} | MQTT {} | {} core(s) | {:.2}s | targets {}",
+            "ringmq-bench {} | MQTT {} | {} core(s) | {:.2}s | {}targets {}",
             self.scenario,
             self.mqtt_version,
             self.cores,
             self.elapsed_s,
+            self.broker.as_ref().map_or(String::new(), |name| format!("{name} | ")),
             self.targets.join(",")
         );
         let _ = writeln!(

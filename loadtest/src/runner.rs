@@ -330,18 +330,17 @@ impl Coordinator<'_> {
             }
             elapsed = start.elapsed();
             control.phase.store(Phase::Draining as u8, Relaxed);
-            // Drain until nothing arrived for a while, or the drain time ends.
-            let drain_end = Instant::now() + plan.drain;
-            let quiet_for = Duration::from_millis(500).min(plan.drain);
-            let mut last = received(control);
-            let mut last_change = Instant::now();
-            while Instant::now() < drain_end && last_change.elapsed() < quiet_for {
-                self.pause("draining", Some(drain_end));
-                let now = received(control);
-                if now != last {
-                    last = now;
-                    last_change = Instant::now();
-                }
+            // Drain until everything arrived, nothing arrived for
+            // --drain-idle, or --drain ends.
+            let sent: u64 = control.live.iter().map(|l| l.sent.load(Relaxed)).sum();
+            let mut drain = Drain::new(
+                Instant::now(),
+                plan,
+                plan.deliveries_per_message().map(|d| sent * d),
+                received(control),
+            );
+            while !drain.over(Instant::now(), received(control)) {
+                self.pause("draining", Some(drain.end));
             }
         } else {
             let hold = plan.duration.unwrap_or_default();
@@ -356,6 +355,37 @@ impl Coordinator<'_> {
         control.phase.store(Phase::Stopping as u8, Relaxed);
         self.progress.finish();
         (elapsed, connect_elapsed)
+    }
+}
+
+/// When the drain after publishing ends: once every expected delivery
+/// arrived, once nothing arrived for the idle time, or at the end of the
+/// drain time, whichever comes first.
+#[derive(Debug)]
+struct Drain {
+    /// The latest end (`--drain` after it began).
+    end: Instant,
+    /// `--drain-idle`.
+    idle: Duration,
+    /// Deliveries the subscribers should have in all, when known.
+    expected: Option<u64>,
+    /// Received when last looked at, and when that count last changed.
+    last: (u64, Instant),
+}
+
+impl Drain {
+    fn new(now: Instant, plan: &Plan, expected: Option<u64>, received: u64) -> Self {
+        Self { end: now + plan.drain, idle: plan.drain_idle, expected, last: (received, now) }
+    }
+
+    /// Whether the drain is over at `now`, with `received` messages so far.
+    fn over(&mut self, now: Instant, received: u64) -> bool {
+        if received != self.last.0 {
+            self.last = (received, now);
+        }
+        now >= self.end
+            || now.duration_since(self.last.1) >= self.idle
+            || self.expected.is_some_and(|expected| received >= expected)
     }
 }
 
@@ -791,6 +821,8 @@ struct Publisher {
     count: Option<u64>,
     /// How long to publish.
     duration: Option<Duration>,
+    /// Stop at this time even when behind the schedule.
+    give_up: Option<Duration>,
     /// Next sequence number = messages sent so far.
     next_seq: u64,
     /// Told the coordinator that it finished.
@@ -812,6 +844,7 @@ impl Publisher {
             offset: plan.offset,
             count: run.count,
             duration: run.duration,
+            give_up: run.give_up,
             next_seq: 0,
             done: false,
             span: None,
@@ -834,6 +867,7 @@ impl Publisher {
     fn exhausted(&self, start: Instant, now: Instant) -> bool {
         self.count.is_some_and(|count| self.next_seq >= count)
             || self.duration.is_some_and(|d| self.intended(start, now) >= start + d)
+            || self.give_up.is_some_and(|g| now >= start + g)
     }
 
     /// Queues every message due at `now` (at most [`MAX_BATCH`]) that the
@@ -1215,6 +1249,38 @@ mod tests {
         }
         let received = latencies.len() as u64;
         TickerMessage::Tick(Tick { executor, second, sent, received, latency })
+    }
+
+    fn drain_plan(args: &[&str]) -> Plan {
+        use clap::Parser as _;
+        let mut argv = vec!["ringmq-bench", "fan-out", "--subscribers", "2"];
+        argv.extend_from_slice(args);
+        Plan::from_command(crate::cli::Cli::try_parse_from(argv).unwrap().command).unwrap()
+    }
+
+    #[test]
+    fn drain_ends_when_all_arrived_when_idle_or_at_its_end() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let plan = drain_plan(&["--drain", "5s", "--drain-idle", "800ms"]);
+        // 100 sent to 2 subscribers: 200 expected.
+        let mut drain = Drain::new(t0, &plan, Some(200), 150);
+        assert!(!drain.over(ms(700), 150), "idle for 700 ms only");
+        assert!(!drain.over(ms(1000), 190), "arrivals restart the idle time");
+        assert!(!drain.over(ms(1700), 190));
+        assert!(drain.over(ms(1800), 190), "idle for --drain-idle");
+        let mut drain = Drain::new(t0, &plan, Some(200), 150);
+        assert!(drain.over(ms(10), 200), "everything arrived");
+        let mut drain = Drain::new(t0, &plan, None, 0);
+        for n in 1..50 {
+            assert!(!drain.over(ms(n * 100), n), "still arriving");
+        }
+        assert!(drain.over(ms(5000), 50), "--drain is the longest wait");
+        // An idle time past the drain time: the whole drain time.
+        let plan = drain_plan(&["--drain", "1s", "--drain-idle", "1h"]);
+        let mut drain = Drain::new(t0, &plan, None, 0);
+        assert!(!drain.over(ms(999), 0));
+        assert!(drain.over(ms(1000), 0));
     }
 
     #[test]

@@ -80,3 +80,9 @@ fn sub_receive_n_then_exit() {
     let Some(broker) = mosquitto("receive", "") else { return };
     common::sub_receive_n_then_exit(&broker);
 }
+
+#[test]
+fn drain_waits_as_configured() {
+    let Some(broker) = mosquitto("drain", "") else { return };
+    common::drain_waits_as_configured(&broker);
+}

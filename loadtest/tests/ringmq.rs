@@ -234,5 +234,57 @@ fn find_max_rate_climbs_the_ladder() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("rate 500/s: not sustained"), "{stdout}");
-    assert!(stdout.contains("no sustained rate: 500 msg/s was not"), "{stdout}");
+    assert!(stdout.contains("above --max-p99"), "the reason is given: {stdout}");
+    // Halving down to 1/1024 of the first rate before giving up.
+    assert!(stdout.contains("rate 250/s: not sustained"), "{stdout}");
+    assert!(stdout.contains("no sustained rate from 500 down to 1 msg/s"), "{stdout}");
+}
+
+#[test]
+fn find_max_rate_climbs_down_and_reports_every_step() {
+    // A first rate of 8 M msg/s from one publisher is sustained by no
+    // broker and no build; the halving (each run cut at twice its 300 ms)
+    // finds a rate that is, down to 7,813/s at worst, then bisects. Every
+    // step is in the report.
+    let broker = ringmq("maxrate-down", "");
+    let (code, r, stdout) = bench(
+        &broker,
+        &[
+            "fan-out",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+            "--find-max-rate",
+            "--total-rate",
+            "8000000",
+            "--rate-limit",
+            "8000000",
+            "--duration",
+            "300ms",
+            "--max-p99",
+            "1s",
+            "--broker-name",
+            "ringmq (test)",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("rate 8000000/s: not sustained"), "{stdout}");
+    let steps = r["search"]["steps"].as_array().unwrap_or_else(|| panic!("{r}"));
+    let rates: Vec<f64> = steps.iter().map(|s| s["rate"].as_f64().unwrap()).collect();
+    assert_eq!(rates[..2], [8e6, 4e6], "{stdout}");
+    let best = r["search"]["max_sustained_rate"].as_f64().unwrap();
+    assert!(steps.iter().any(|s| s["sustained"] == true && s["rate"].as_f64() == Some(best)));
+    // The highest sustained rate is the highest sustained step, below
+    // every unsustained one, and the report is its run.
+    let unsustained = steps.iter().filter(|s| s["sustained"] == false);
+    assert!(unsustained.clone().all(|s| s["rate"].as_f64().unwrap() > best), "{stdout}");
+    assert!(unsustained.clone().all(|s| !s["why"].as_str().unwrap().is_empty()));
+    assert!(r["messages"]["sent_per_s"].as_f64().unwrap() >= 0.95 * best, "{r}");
+    assert_eq!(r["broker"], "ringmq (test)");
+}
+
+#[test]
+fn drain_waits_as_configured() {
+    common::drain_waits_as_configured(&ringmq("drain", ""));
 }

@@ -339,6 +339,46 @@ pub fn sub_receive_n_then_exit(broker: &Broker) {
     assert!(r["elapsed_s"].as_f64().unwrap() < 10.0, "{r}");
 }
 
+/// The drain after publishing: a subscriber that stops reading for 2 s
+/// while 200 QoS 1 messages are published in half a second. With the
+/// default `--drain-idle` (500 ms) the drain gives up while it is stalled
+/// and the messages count as lost; with `--drain-idle 30s` it waits, and
+/// ends as soon as all 200 arrived, long before its 30 s.
+pub fn drain_waits_as_configured(broker: &Broker) {
+    let run = |prefix: &str, drain: &[&str]| {
+        let mut args = vec![
+            "fan-out",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+            "--qos",
+            "1",
+            "--count",
+            "200",
+            "--rate",
+            "400",
+            "--stall",
+            "2s",
+            "--client-id-prefix",
+            prefix,
+        ];
+        args.extend_from_slice(drain);
+        let started = Instant::now();
+        let (code, r, _) = bench(broker, &args);
+        (code, r, started.elapsed())
+    };
+    let (code, r, _) = run("drain-short", &[]);
+    assert_eq!(code, 1, "the drain ended while the subscriber was stalled: {r}");
+    assert!(n(&r, "/messages/lost") > 0, "{r}");
+
+    let (code, r, took) = run("drain-long", &["--drain", "30s", "--drain-idle", "30s"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(n(&r, "/messages/received"), 200, "{r}");
+    assert_eq!(n(&r, "/messages/lost"), 0, "{r}");
+    assert!(took < Duration::from_secs(20), "the drain did not end once all arrived: {took:?}");
+}
+
 /// The file is an SVG with the latency charts.
 pub fn assert_svg(path: &Path) {
     let svg = std::fs::read_to_string(path).unwrap();
