@@ -12,8 +12,10 @@
 //! The transport that carries batches to destinations, wired by `runtime`:
 //! * [`mesh`]: glommio's shared-nothing channels between the shards of this
 //!   process, the only code that imports `glommio::channels`. A bridge to
-//!   other nodes (over NATS) would be a second transport beside it.
+//!   other nodes (over NATS) would be a second transport beside it; its
+//!   subject mapping is in [`cluster`].
 
+pub mod cluster;
 pub mod destination;
 pub mod interest;
 pub mod mesh;
