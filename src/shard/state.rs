@@ -97,6 +97,9 @@ pub struct Shard {
     /// The ACL file in force (`acl_file`), shared by every shard; `None`
     /// without one (then nothing is checked).
     acl: Option<Arc<AclFile>>,
+    /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
+    /// single node. See `state/cluster.rs`.
+    cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
 }
 
 impl Shard {
@@ -131,6 +134,7 @@ impl Shard {
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
+            cluster: None,
         }
     }
 
@@ -836,6 +840,9 @@ impl Shard {
             self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(&message);
+        }
         // Per matched group: the member shard chosen and its id for the
         // group, which is all that travels with the message.
         let mut chosen: smallvec::SmallVec<[(ShardId, GroupId); 4]> = smallvec::SmallVec::new();
@@ -1142,6 +1149,8 @@ impl Shard {
         }
     }
 }
+
+mod cluster;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

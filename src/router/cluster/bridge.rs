@@ -1,0 +1,420 @@
+//! The NATS bridge: one thread per node, running async-nats on a
+//! current-thread tokio runtime (tokio never runs on a shard). Three kinds
+//! of task share the thread: the publisher (the shards' messages to NATS),
+//! the interest task (subscriptions, counted per subject), and one reader
+//! per NATS subscription (messages from other nodes to the shards).
+//!
+//! The connection: async-nats connects to any of the seeds in the
+//! background, reconnects forever with exponential backoff (capped at
+//! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
+//! reconnect. While it is down, publishes wait in the client's bounded
+//! buffer, then in the lane; past that they are dropped and counted. The
+//! node's own messages do not come back to it: the connection asks the
+//! server for no echo, and the origin in every frame is checked too.
+
+use super::frame::{self, Dedup, Seen};
+use super::subject::{filter_subjects, topic_subject};
+use super::{ClusterCounters, ClusterSetup, Interest, Lane, Shared};
+use crate::config::{ClusterConfig, NatsCredentials};
+use crate::message::wire::Clocks;
+use crate::router::home_shard;
+use async_nats::connection::State;
+use bytes::BytesMut;
+use futures_lite::StreamExt;
+use hashbrown::HashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest wait between two reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long an interest acknowledgement waits for the NATS server to
+/// confirm a subscription (a flush) before it is sent anyway.
+const SUBSCRIBE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a stopping bridge waits to flush what it published.
+const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// `cluster.tls_ca` cannot be read.
+    #[error("cluster.tls_ca {path}: {error}")]
+    TlsCa {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The thread or its runtime could not be created.
+    #[error("cannot start the NATS bridge thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    shared: Arc<Shared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread for `nr_shards` shards; it connects in the
+    /// background. Returns the shards' side of it.
+    pub fn start(
+        config: &ClusterConfig,
+        nr_shards: usize,
+    ) -> Result<(Self, ClusterSetup), BridgeError> {
+        if let Some(path) = &config.tls_ca {
+            if let Err(error) = std::fs::File::open(path) {
+                return Err(BridgeError::TlsCa { path: path.display().to_string(), error });
+            }
+        }
+        let shared = Arc::new(Shared {
+            outbound: Lane::new(config.queue_capacity.saturating_mul(nr_shards)),
+            inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
+            counters: ClusterCounters::default(),
+            local_only: config.local_only.clone(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BridgeError::Thread)?;
+        let (config, for_thread) = (config.clone(), Arc::clone(&shared));
+        let thread = std::thread::Builder::new()
+            .name("ringmq-nats".into())
+            .spawn(move || run(runtime, config, for_thread))
+            .map_err(BridgeError::Thread)?;
+        Ok((Self { shared: Arc::clone(&shared), thread }, ClusterSetup(shared)))
+    }
+
+    /// The bridge's counters.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.shared.counters
+    }
+
+    /// Publishes what the shards queued, flushes, and ends the thread.
+    /// Call once the shards have stopped.
+    pub fn stop(self) {
+        self.shared.outbound.close();
+        if self.thread.join().is_err() {
+            tracing::error!("the NATS bridge thread panicked");
+        }
+        let c = &self.shared.counters;
+        let n = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        tracing::info!(
+            published = n(&c.published),
+            published_qos12 = n(&c.published_qos12),
+            publish_failed = n(&c.publish_failed),
+            outbound_dropped_qos0 = n(&c.outbound_dropped_qos0),
+            outbound_dropped_qos12 = n(&c.outbound_dropped_qos12),
+            received = n(&c.received),
+            duplicates = n(&c.duplicates),
+            stale = n(&c.stale),
+            malformed = n(&c.malformed),
+            inbound_dropped = n(&c.inbound_dropped),
+            subject_too_long = n(&c.subject_too_long),
+            connects = n(&c.connects),
+            disconnects = n(&c.disconnects),
+            "NATS bridge stopped"
+        );
+    }
+}
+
+/// The connection options of `config`.
+fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectOptions {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("ringmq {}", config.node_id))
+        .no_echo()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(backoff)
+        .subscription_capacity(config.queue_capacity)
+        .client_capacity(config.queue_capacity);
+    options = match &config.credentials {
+        NatsCredentials::None => options,
+        NatsCredentials::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsCredentials::Token(token) => options.token(token.clone()),
+    };
+    if let Some(path) = &config.tls_ca {
+        options = options.require_tls(true).add_root_certificates(path.clone());
+    }
+    let (shared, node) = (Arc::clone(shared), config.node_id.clone());
+    options.event_callback(move |event| {
+        let counters = &shared.counters;
+        match &event {
+            async_nats::Event::Connected => {
+                ClusterCounters::add(&counters.connects);
+                tracing::info!(node = %node, "connected to NATS");
+            }
+            async_nats::Event::Disconnected => {
+                ClusterCounters::add(&counters.disconnects);
+                tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
+            }
+            event => tracing::warn!(node = %node, %event, "NATS"),
+        }
+        async {}
+    })
+}
+
+/// The delay before reconnection attempt `attempts`: none for the first,
+/// then 10 ms doubling up to [`MAX_BACKOFF`].
+fn backoff(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(10u64 << (n - 2).min(16)).min(MAX_BACKOFF),
+    }
+}
+
+/// The bridge thread.
+fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shared>) {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let client = match options(&config, &shared).connect(config.nats.clone()).await {
+            Ok(client) => client,
+            // With retry_on_initial_connect only a bad address fails here,
+            // and the configuration checked them.
+            Err(error) => {
+                tracing::error!(%error, "cannot start the NATS client");
+                return;
+            }
+        };
+        let bridge = Rc::new(BridgeState {
+            client,
+            prefix: config.subject_prefix.clone(),
+            origin: origin(),
+            shared: Arc::clone(&shared),
+            subscriptions: RefCell::new(HashMap::new()),
+            dedup: RefCell::new(Dedup::default()),
+        });
+        let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
+        Rc::clone(&bridge).publish_task().await;
+        let _ = interest.await;
+        // Stop the readers (each unsubscribes), then flush.
+        let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
+        for reader in readers {
+            let _ = reader.stop.send(());
+            let _ = reader.task.await;
+        }
+        let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.client.flush()).await;
+    });
+    // Whatever is left is dropped inside the runtime's context (async-nats
+    // spawns on drop).
+    let _context = runtime.enter();
+    drop(local);
+}
+
+/// This node's origin id for this run: random, so that a restarted node
+/// starts a new sequence without colliding with its previous run.
+fn origin() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No random source: the clock still tells runs apart.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        return now.map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// One NATS subscription and how many (shard, filter) pairs want it.
+struct Subscription {
+    count: usize,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The bridge thread's state, shared by its tasks.
+struct BridgeState {
+    client: async_nats::Client,
+    prefix: String,
+    origin: u64,
+    shared: Arc<Shared>,
+    subscriptions: RefCell<HashMap<String, Subscription>>,
+    dedup: RefCell<Dedup>,
+}
+
+impl BridgeState {
+    /// Publishes every message the shards queue, until the lane closes.
+    async fn publish_task(self: Rc<Self>) {
+        let counters = &self.shared.counters;
+        let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
+        while let Some(message) =
+            std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
+        {
+            if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
+                ClusterCounters::add(&counters.subject_too_long);
+                continue;
+            }
+            sequence += 1;
+            if frame::encode(self.origin, sequence, &message, Clocks::read(), &mut buffer).is_err()
+            {
+                ClusterCounters::add(&counters.publish_failed);
+                buffer.clear();
+                continue;
+            }
+            let payload = buffer.split().freeze();
+            match self.client.publish(subject.clone(), payload).await {
+                Ok(()) => {
+                    ClusterCounters::add(&counters.published);
+                    if message.qos != crate::protocol::QoS::AtMostOnce {
+                        ClusterCounters::add(&counters.published_qos12);
+                    }
+                }
+                Err(error) => {
+                    ClusterCounters::add(&counters.publish_failed);
+                    tracing::debug!(%error, topic = %message.topic.as_str(), "NATS publish failed");
+                }
+            }
+        }
+    }
+
+    /// Applies the shards' interest changes, until the lane closes.
+    async fn interest_task(self: Rc<Self>) {
+        while let Some(change) =
+            std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
+        {
+            let Interest { shard, filter, added, revision } = change;
+            // Shared subscriptions are served by the node's own publishers
+            // only in this release.
+            let subjects = match filter.is_shared() {
+                true => None,
+                false => filter_subjects(&self.prefix, filter.filter()),
+            };
+            match subjects {
+                None if !filter.is_shared() && added => {
+                    ClusterCounters::add(&self.shared.counters.subject_too_long);
+                }
+                None => {}
+                Some(subjects) if added => {
+                    let mut subscribed = false;
+                    for subject in subjects {
+                        subscribed |= self.subscribe(subject).await;
+                    }
+                    if subscribed && self.client.connection_state() == State::Connected {
+                        // The server has the subscription once it answers
+                        // the PING after it [MQTT-3.8.4-1].
+                        let _ = tokio::time::timeout(SUBSCRIBE_FLUSH_TIMEOUT, self.client.flush())
+                            .await;
+                    }
+                }
+                Some(subjects) => {
+                    for subject in subjects {
+                        self.unsubscribe(&subject).await;
+                    }
+                }
+            }
+            self.shared.inbound[shard.index()].push_control(revision);
+        }
+    }
+
+    /// Counts one more want of `subject`; subscribes on the first. Returns
+    /// whether it subscribed.
+    async fn subscribe(self: &Rc<Self>, subject: String) -> bool {
+        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&subject) {
+            subscription.count += 1;
+            return false;
+        }
+        let subscriber = match self.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                // Only when the client is closed (the bridge is stopping).
+                tracing::warn!(%error, %subject, "NATS subscribe failed");
+                return false;
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_local(Rc::clone(self).read(subscriber, stopped));
+        self.subscriptions.borrow_mut().insert(subject, Subscription { count: 1, stop, task });
+        true
+    }
+
+    /// Counts one want of `subject` less; unsubscribes after the last.
+    async fn unsubscribe(&self, subject: &str) {
+        let reader = {
+            let mut subscriptions = self.subscriptions.borrow_mut();
+            let Some(subscription) = subscriptions.get_mut(subject) else { return };
+            subscription.count -= 1;
+            if subscription.count > 0 {
+                return;
+            }
+            subscriptions.remove(subject)
+        };
+        if let Some(reader) = reader {
+            let _ = reader.stop.send(());
+            let _ = reader.task.await;
+        }
+    }
+
+    /// Hands what `subscriber` receives to the shards, until `stop`.
+    async fn read(
+        self: Rc<Self>,
+        mut subscriber: async_nats::Subscriber,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        enum Next {
+            Message(Option<async_nats::Message>),
+            Stop,
+        }
+        loop {
+            let next =
+                futures_lite::future::or(async { Next::Message(subscriber.next().await) }, async {
+                    let _ = (&mut stop).await;
+                    Next::Stop
+                })
+                .await;
+            match next {
+                Next::Message(Some(message)) => self.handle_received(message),
+                Next::Message(None) => return,
+                Next::Stop => break,
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+    }
+
+    /// A message from NATS: decoded, deduplicated, and handed to the shard
+    /// its topic hashes to (one shard per topic keeps a topic's order).
+    fn handle_received(&self, message: async_nats::Message) {
+        let counters = &self.shared.counters;
+        let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                ClusterCounters::add(&counters.malformed);
+                tracing::debug!(%error, subject = %message.subject, "not a ringmq frame");
+                return;
+            }
+        };
+        if origin == self.origin {
+            // no_echo should make this impossible; a duplicate at worst.
+            ClusterCounters::add(&counters.duplicates);
+            return;
+        }
+        match self.dedup.borrow_mut().see(origin, sequence) {
+            Seen::New => {}
+            Seen::Duplicate => return ClusterCounters::add(&counters.duplicates),
+            Seen::Stale => return ClusterCounters::add(&counters.stale),
+        }
+        let shard = home_shard(message.topic.as_str().as_bytes(), self.shared.inbound.len());
+        match self.shared.inbound[shard.index()].push_message(Arc::new(message)) {
+            Ok(()) => ClusterCounters::add(&counters.received),
+            Err(_) => ClusterCounters::add(&counters.inbound_dropped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(10));
+        assert_eq!(backoff(3), Duration::from_millis(20));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,195 @@
+//! The shard's side of a cluster: what it hands the NATS bridge (through
+//! the hooks in [`Shard::route`] and the interest announcements) and what
+//! it takes from it.
+
+use super::Shard;
+use crate::message::Message;
+use crate::router::cluster::{ClusterLink, FromBridge};
+use crate::shard::drops::DropCause;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Shard {
+    /// Links the shard to the other nodes of a cluster: from now on its
+    /// accepted publishes and its interest changes go to the bridge too,
+    /// and a SUBACK also waits for the bridge's subscription. Called
+    /// before the shard takes any subscription.
+    pub fn set_cluster(&mut self, link: Rc<ClusterLink>) {
+        self.interest.set_cluster(Rc::clone(&link));
+        self.cluster = Some(link);
+    }
+
+    /// Handles what the bridge sends.
+    pub fn handle_cluster(&mut self, event: FromBridge, now: Instant) {
+        match event {
+            FromBridge::Publish(message) => self.route_remote(&message, now),
+            FromBridge::InterestAck(revision) => {
+                let mut released = std::mem::take(&mut self.released);
+                self.interest.handle_bridge_ack(revision, |key, ack| released.push((key, ack)));
+                for &(key, ack) in &released {
+                    self.release_acks(key, ack);
+                }
+                released.clear();
+                self.released = released;
+            }
+        }
+    }
+
+    /// A message published on another node: delivered to this shard's
+    /// subscribers and forwarded to its peers with interest, as a local
+    /// publish, but never back to the bridge. Shared groups and the
+    /// retained store are per node in this release: neither takes it.
+    fn route_remote(&mut self, message: &Arc<Message>, now: Instant) {
+        self.deliver_local(message, now);
+        let shards = self.interest.replica().matching_shards(&message.topic);
+        let me = self.id;
+        for shard in shards.iter().filter(|&shard| shard != me) {
+            if !self.outbox.push_publish(shard, message, &mut self.counters.router) {
+                self.count_drops(DropCause::PeerOverloaded, 1, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{
+        Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
+        SubscriptionOptions, TopicFilter, TopicName,
+    };
+    use crate::router::cluster::ClusterSetup;
+    use crate::router::{home_shard, Outbox, ShardId};
+    use crate::session::SessionLimits;
+    use crate::shard::{ConnectOutcome, ConnectionId, SessionKey};
+    use bytes::BytesMut;
+
+    /// One shard of `n` (shard 0) linked to a bridge the test plays.
+    fn shard(n: usize, local_only: &[&str]) -> (Shard, ClusterSetup) {
+        let id = ShardId::from_index(0).unwrap();
+        let mut shard = Shard::new(id, n, SessionLimits::default(), Rc::new(Outbox::new(n)), 1);
+        let setup = ClusterSetup::for_tests(n, local_only);
+        shard.set_cluster(Rc::new(setup.link(id)));
+        (shard, setup)
+    }
+
+    /// Connects a client homed on shard 0 of `n`.
+    fn connect(
+        shard: &mut Shard,
+        n: usize,
+        prefix: &str,
+        now: Instant,
+    ) -> (SessionKey, ConnectionId) {
+        let client_id = (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| home_shard(id.as_bytes(), n).index() == 0)
+            .unwrap();
+        let connect = Connect {
+            version: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.as_str().into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        };
+        let id = shard.new_connection_id();
+        let ConnectOutcome::Accepted(key) =
+            shard.handle_connect(now, &connect, client_id.into(), id)
+        else {
+            panic!("refused")
+        };
+        assert!(matches!(output(shard, key, id, now)[..], [Packet::ConnAck(_)]));
+        (key, id)
+    }
+
+    fn output(shard: &mut Shard, key: SessionKey, id: ConnectionId, now: Instant) -> Vec<Packet> {
+        let mut out = BytesMut::new();
+        shard.poll_transmit(key, id, now, &mut out).unwrap();
+        let mut decoder = crate::protocol::Decoder::new(ProtocolVersion::V3_1_1, 1 << 20);
+        std::iter::from_fn(|| decoder.decode(&mut out).unwrap()).collect()
+    }
+
+    fn subscribe(filter: &str) -> Packet {
+        Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: [Subscription {
+                filter: TopicFilter::new(filter).unwrap(),
+                options: SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() },
+            }]
+            .into_iter()
+            .collect(),
+        })
+    }
+
+    fn publish(topic: &str) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            packet_id: None,
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    #[test]
+    fn a_suback_waits_for_the_bridge_subscription() {
+        // [MQTT-3.8.4-1]: once the SUBACK is sent, what any node publishes
+        // to the filter reaches the subscriber; so it waits until the
+        // bridge has subscribed on NATS, even on a node of one shard.
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(1, &[]);
+        let (key, id) = connect(&mut shard, 1, "s", now);
+        assert!(shard.handle_packet(key, id, now, subscribe("a/+")).unwrap());
+        assert!(output(&mut shard, key, id, now).is_empty(), "held for the bridge");
+        let interest = bridge.take_interest();
+        assert_eq!(interest, [(0, "a/+".to_owned(), true, 1)]);
+        shard.handle_cluster(FromBridge::InterestAck(1), now);
+        assert!(matches!(output(&mut shard, key, id, now)[..], [Packet::SubAck(_)]));
+        // The last subscriber leaving withdraws the interest.
+        shard.handle_connection_closed(key, id, now);
+        assert_eq!(bridge.take_interest(), [(0, "a/+".to_owned(), false, 2)]);
+    }
+
+    #[test]
+    fn accepted_publishes_go_to_the_bridge_once_remote_ones_never() {
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(2, &["private/#"]);
+        let (sub, sub_id) = connect(&mut shard, 2, "s", now);
+        assert!(shard.handle_packet(sub, sub_id, now, subscribe("#")).unwrap());
+        let revision = bridge.take_interest()[0].3;
+        shard.handle_cluster(FromBridge::InterestAck(revision), now);
+        let (key, id) = connect(&mut shard, 2, "p", now);
+        for topic in ["a/b", "private/x", "c"] {
+            assert!(shard.handle_packet(key, id, now, publish(topic)).unwrap());
+        }
+        assert_eq!(bridge.take_published(), ["a/b", "c"], "local_only stays on the node");
+        // A message from another node reaches the local subscriber and is
+        // not handed back to the bridge.
+        let remote = Arc::new(Message {
+            topic: TopicName::new("remote/t").unwrap(),
+            payload: bytes::Bytes::from_static(b"r"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: Some("elsewhere".into()),
+            expires_at: None,
+        });
+        shard.handle_cluster(FromBridge::Publish(remote), now);
+        assert!(bridge.take_published().is_empty());
+        let topics: Vec<String> = output(&mut shard, sub, sub_id, now)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, ["a/b", "private/x", "c", "remote/t"]);
+    }
+}
