@@ -156,6 +156,11 @@ fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectO
                 ClusterCounters::add(&counters.disconnects);
                 tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
             }
+            // Every failed reconnection attempt (at most one per
+            // MAX_BACKOFF once backed off): the disconnect said it already.
+            async_nats::Event::ClientError(error) => {
+                tracing::debug!(node = %node, %error, "NATS client error")
+            }
             event => tracing::warn!(node = %node, %event, "NATS"),
         }
         async {}
