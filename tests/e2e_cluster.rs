@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, scratch_dir, Broker};
+use common::{counter_at_least, free_port, scratch_dir, Broker};
 use ringmq::protocol::topic_matches;
 use ringmq::router::cluster::subject::{filter_subjects, topic_subject};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -118,6 +118,8 @@ impl Drop for NatsServer {
 struct Node {
     broker: Broker,
     log: PathBuf,
+    /// The admin listener (`/metrics`).
+    admin: String,
 }
 
 impl Node {
@@ -126,16 +128,18 @@ impl Node {
     fn start(id: &str, nats: &[String], extra: &str) -> Self {
         let dir = scratch_dir("cluster", id);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
         let seeds: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
         let config = format!(
-            "[[listener]]\nbind = \"{addr}\"\n\n[cluster]\nnode_id = \"{id}\"\nnats = [{}]\n{extra}\n",
+            "[[listener]]\nbind = \"{addr}\"\n[admin]\nlisten = \"{admin}\"\n\n\
+             [cluster]\nnode_id = \"{id}\"\nnats = [{}]\n{extra}\n",
             seeds.join(", ")
         );
         let (path, log) = (dir.join("ringmq.toml"), dir.join("ringmq.log"));
         std::fs::write(&path, config).unwrap();
         let args = ["--config", path.to_str().unwrap(), "--log", "info"];
         let broker = Broker::start_configured(addr, 2, &args, &log);
-        let node = Self { broker, log };
+        let node = Self { broker, log, admin };
         node.wait_log("connected to NATS", 1);
         node
     }
@@ -269,6 +273,11 @@ async fn publishes_cross_nodes_at_qos_0_and_1_once_with_wildcards() {
         ["/", "a.b/*/>", "alerts", "alerts/end", "alerts/x/y", "sensors/1/temp"],
         "each matching message once; local_only topics stay on node a"
     );
+    // Counted: sensors/1/temp reached node b twice (sensors/+/temp and
+    // sensors/#) and was delivered once.
+    assert_eq!(counter_at_least(&b.admin, "cluster_received", 6), 6);
+    assert_eq!(counter_at_least(&b.admin, "cluster_duplicates", 1), 1);
+    assert_eq!(counter_at_least(&a.admin, "cluster_published", 8), 8, "not private/secret");
     let sensor = got.iter().find(|p| p.topic == "sensors/1/temp").unwrap();
     assert_eq!(sensor.qos, QoS::AtLeastOnce, "the highest QoS of the matching subscriptions");
     assert_eq!(&sensor.payload[..], b"sensors/1/temp");

@@ -789,7 +789,8 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_queued,
         counters,
     } = snapshot;
-    let Counters { net, shard, session, router, store } = counters;
+    // The NATS bridge logs its own figures when it stops.
+    let Counters { net, shard, session, router, store, cluster: _ } = counters;
     let NetCounters {
         accepted,
         refused_limit,

@@ -248,6 +248,7 @@ impl Shard {
             cross_core_queued: self.outbox.queued_publishes(),
             counters: Counters {
                 store: self.log.as_ref().map(|log| log.counters()).unwrap_or_default(),
+                cluster: self.cluster_counters(),
                 ..self.counters.clone()
             },
         }

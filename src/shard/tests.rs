@@ -844,6 +844,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
             },
             router: RouterCounters { cross_core_qos0_dropped: 1, congestion_events: 1 },
             store: Default::default(),
+            cluster: Default::default(),
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);

@@ -14,7 +14,7 @@
 
 use super::frame::{self, Dedup, Seen};
 use super::subject::{filter_subjects, topic_subject};
-use super::{ClusterCounters, ClusterSetup, Interest, Lane, Shared};
+use super::{BridgeCounters, ClusterSetup, Interest, Lane, Shared};
 use crate::config::{ClusterConfig, NatsCredentials};
 use crate::message::wire::Clocks;
 use crate::router::home_shard;
@@ -24,7 +24,6 @@ use futures_lite::StreamExt;
 use hashbrown::HashMap;
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +75,7 @@ impl Bridge {
         let shared = Arc::new(Shared {
             outbound: Lane::new(config.queue_capacity.saturating_mul(nr_shards)),
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
-            counters: ClusterCounters::default(),
+            counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -91,11 +90,6 @@ impl Bridge {
         Ok((Self { shared: Arc::clone(&shared), thread }, ClusterSetup(shared)))
     }
 
-    /// The bridge's counters.
-    pub fn counters(&self) -> &ClusterCounters {
-        &self.shared.counters
-    }
-
     /// Publishes what the shards queued, flushes, and ends the thread.
     /// Call once the shards have stopped.
     pub fn stop(self) {
@@ -103,22 +97,35 @@ impl Bridge {
         if self.thread.join().is_err() {
             tracing::error!("the NATS bridge thread panicked");
         }
-        let c = &self.shared.counters;
-        let n = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let crate::metrics::ClusterCounters {
+            published,
+            published_qos12,
+            publish_failed,
+            subject_too_long,
+            outbound_dropped_qos0,
+            outbound_dropped_qos12,
+            received,
+            duplicates,
+            stale,
+            malformed,
+            inbound_dropped,
+            connects,
+            disconnects,
+        } = self.shared.counters.snapshot();
         tracing::info!(
-            published = n(&c.published),
-            published_qos12 = n(&c.published_qos12),
-            publish_failed = n(&c.publish_failed),
-            outbound_dropped_qos0 = n(&c.outbound_dropped_qos0),
-            outbound_dropped_qos12 = n(&c.outbound_dropped_qos12),
-            received = n(&c.received),
-            duplicates = n(&c.duplicates),
-            stale = n(&c.stale),
-            malformed = n(&c.malformed),
-            inbound_dropped = n(&c.inbound_dropped),
-            subject_too_long = n(&c.subject_too_long),
-            connects = n(&c.connects),
-            disconnects = n(&c.disconnects),
+            published,
+            published_qos12,
+            publish_failed,
+            subject_too_long,
+            outbound_dropped_qos0,
+            outbound_dropped_qos12,
+            received,
+            duplicates,
+            stale,
+            malformed,
+            inbound_dropped,
+            connects,
+            disconnects,
             "NATS bridge stopped"
         );
     }
@@ -149,11 +156,11 @@ fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectO
         let counters = &shared.counters;
         match &event {
             async_nats::Event::Connected => {
-                ClusterCounters::add(&counters.connects);
+                BridgeCounters::add(&counters.connects);
                 tracing::info!(node = %node, "connected to NATS");
             }
             async_nats::Event::Disconnected => {
-                ClusterCounters::add(&counters.disconnects);
+                BridgeCounters::add(&counters.disconnects);
                 tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
             }
             // Every failed reconnection attempt (at most one per
@@ -252,26 +259,26 @@ impl BridgeState {
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
             if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
-                ClusterCounters::add(&counters.subject_too_long);
+                BridgeCounters::add(&counters.subject_too_long);
                 continue;
             }
             sequence += 1;
             if frame::encode(self.origin, sequence, &message, Clocks::read(), &mut buffer).is_err()
             {
-                ClusterCounters::add(&counters.publish_failed);
+                BridgeCounters::add(&counters.publish_failed);
                 buffer.clear();
                 continue;
             }
             let payload = buffer.split().freeze();
             match self.client.publish(subject.clone(), payload).await {
                 Ok(()) => {
-                    ClusterCounters::add(&counters.published);
+                    BridgeCounters::add(&counters.published);
                     if message.qos != crate::protocol::QoS::AtMostOnce {
-                        ClusterCounters::add(&counters.published_qos12);
+                        BridgeCounters::add(&counters.published_qos12);
                     }
                 }
                 Err(error) => {
-                    ClusterCounters::add(&counters.publish_failed);
+                    BridgeCounters::add(&counters.publish_failed);
                     tracing::debug!(%error, topic = %message.topic.as_str(), "NATS publish failed");
                 }
             }
@@ -292,7 +299,7 @@ impl BridgeState {
             };
             match subjects {
                 None if !filter.is_shared() && added => {
-                    ClusterCounters::add(&self.shared.counters.subject_too_long);
+                    BridgeCounters::add(&self.shared.counters.subject_too_long);
                 }
                 None => {}
                 Some(subjects) if added => {
@@ -388,25 +395,25 @@ impl BridgeState {
         let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
             Ok(decoded) => decoded,
             Err(error) => {
-                ClusterCounters::add(&counters.malformed);
+                BridgeCounters::add(&counters.malformed);
                 tracing::debug!(%error, subject = %message.subject, "not a ringmq frame");
                 return;
             }
         };
         if origin == self.origin {
             // no_echo should make this impossible; a duplicate at worst.
-            ClusterCounters::add(&counters.duplicates);
+            BridgeCounters::add(&counters.duplicates);
             return;
         }
         match self.dedup.borrow_mut().see(origin, sequence) {
             Seen::New => {}
-            Seen::Duplicate => return ClusterCounters::add(&counters.duplicates),
-            Seen::Stale => return ClusterCounters::add(&counters.stale),
+            Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+            Seen::Stale => return BridgeCounters::add(&counters.stale),
         }
         let shard = home_shard(message.topic.as_str().as_bytes(), self.shared.inbound.len());
         match self.shared.inbound[shard.index()].push_message(Arc::new(message)) {
-            Ok(()) => ClusterCounters::add(&counters.received),
-            Err(_) => ClusterCounters::add(&counters.inbound_dropped),
+            Ok(()) => BridgeCounters::add(&counters.received),
+            Err(_) => BridgeCounters::add(&counters.inbound_dropped),
         }
     }
 }

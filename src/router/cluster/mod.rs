@@ -70,7 +70,7 @@ pub enum FromBridge {
 /// The bridge's counters: atomics, since the bridge thread and every shard
 /// count into them; shards only on the rare paths (a drop).
 #[derive(Debug, Default)]
-pub struct ClusterCounters {
+pub struct BridgeCounters {
     /// Messages published to NATS.
     pub published: AtomicU64,
     /// Of those, QoS 1/2 ones: they cross nodes at most once.
@@ -102,9 +102,29 @@ pub struct ClusterCounters {
     pub disconnects: AtomicU64,
 }
 
-impl ClusterCounters {
+impl BridgeCounters {
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures now.
+    pub fn snapshot(&self) -> crate::metrics::ClusterCounters {
+        let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::metrics::ClusterCounters {
+            published: n(&self.published),
+            published_qos12: n(&self.published_qos12),
+            publish_failed: n(&self.publish_failed),
+            subject_too_long: n(&self.subject_too_long),
+            outbound_dropped_qos0: n(&self.outbound_dropped_qos0),
+            outbound_dropped_qos12: n(&self.outbound_dropped_qos12),
+            received: n(&self.received),
+            duplicates: n(&self.duplicates),
+            stale: n(&self.stale),
+            malformed: n(&self.malformed),
+            inbound_dropped: n(&self.inbound_dropped),
+            connects: n(&self.connects),
+            disconnects: n(&self.disconnects),
+        }
     }
 }
 
@@ -115,7 +135,7 @@ struct Shared {
     outbound: Lane<Interest>,
     /// Bridge to each shard: messages received, interest acknowledgements.
     inbound: Vec<Lane<u64>>,
-    counters: ClusterCounters,
+    counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
 }
@@ -151,7 +171,7 @@ impl ClusterLink {
         }
         if self.shared.outbound.push_message(Arc::clone(message)).is_err() {
             let counters = &self.shared.counters;
-            ClusterCounters::add(match message.qos {
+            BridgeCounters::add(match message.qos {
                 QoS::AtMostOnce => &counters.outbound_dropped_qos0,
                 _ => &counters.outbound_dropped_qos12,
             });
@@ -168,6 +188,11 @@ impl ClusterLink {
             added: delta.added,
             revision: delta.revision,
         });
+    }
+
+    /// The bridge's counters now (node-wide).
+    pub fn counters(&self) -> crate::metrics::ClusterCounters {
+        self.shared.counters.snapshot()
     }
 
     /// Starts the task that hands what the bridge sends this shard to
@@ -221,7 +246,7 @@ impl ClusterSetup {
         Self(Arc::new(Shared {
             outbound: Lane::new(16),
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
-            counters: ClusterCounters::default(),
+            counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
         }))
     }

@@ -20,6 +20,16 @@ impl Shard {
         self.cluster = Some(link);
     }
 
+    /// The node's bridge counters, for this shard's snapshot: shard 0
+    /// reports them, the others report zeros (so that a sum over the
+    /// shards is the node's figure).
+    pub(super) fn cluster_counters(&self) -> crate::metrics::ClusterCounters {
+        match &self.cluster {
+            Some(link) if self.id.index() == 0 => link.counters(),
+            _ => Default::default(),
+        }
+    }
+
     /// Handles what the bridge sends.
     pub fn handle_cluster(&mut self, event: FromBridge, now: Instant) {
         match event {
