@@ -313,6 +313,8 @@ fn node_subscriptions(nats: &NatsServer, name: &str) -> Vec<String> {
         .map(|s| s.trim().trim_matches('"').to_owned())
         .filter(|s| !s.is_empty())
         .collect();
+    // The inbox of the bridge's round trips aside.
+    subjects.retain(|subject| !subject.starts_with(&format!("ringmq._INBOX.{name}.")));
     subjects.sort();
     subjects
 }

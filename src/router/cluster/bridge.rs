@@ -31,8 +31,8 @@ use std::time::Duration;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How long an interest acknowledgement waits for the NATS server to
-/// confirm a subscription (a flush) before it is sent anyway.
-const SUBSCRIBE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// confirm a subscription (a round trip) before it is sent anyway.
+const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -135,6 +135,9 @@ impl Bridge {
 fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectOptions {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("ringmq {}", config.node_id))
+        // Every subject the node uses is under the prefix (one NATS
+        // permission covers them): the inbox of its round trips too.
+        .custom_inbox_prefix(format!("{}._INBOX.{}", config.subject_prefix, config.node_id))
         .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -308,10 +311,7 @@ impl BridgeState {
                         subscribed |= self.subscribe(subject).await;
                     }
                     if subscribed && self.client.connection_state() == State::Connected {
-                        // The server has the subscription once it answers
-                        // the PING after it [MQTT-3.8.4-1].
-                        let _ = tokio::time::timeout(SUBSCRIBE_FLUSH_TIMEOUT, self.client.flush())
-                            .await;
+                        self.round_trip().await;
                     }
                 }
                 Some(subjects) => {
@@ -322,6 +322,20 @@ impl BridgeState {
             }
             self.shared.inbound[shard.index()].push_control(revision);
         }
+    }
+
+    /// Waits until the NATS server has processed everything this node sent
+    /// before (a server handles a connection's operations in order): a
+    /// request to a subject nobody answers, which the server itself
+    /// answers "no responders". Once it is back, the server has the new
+    /// subscriptions, so a publish it gets from now on reaches this node
+    /// [MQTT-3.8.4-1] (in a NATS cluster the other servers learn of them a
+    /// moment later: NATS propagates interest asynchronously). Bounded by
+    /// [`SUBSCRIBE_SYNC_TIMEOUT`]. (`Client::flush` only writes the socket.)
+    async fn round_trip(&self) {
+        let subject = format!("{}.sync", self.prefix);
+        let request = self.client.request(subject, bytes::Bytes::new());
+        let _ = tokio::time::timeout(SUBSCRIBE_SYNC_TIMEOUT, request).await;
     }
 
     /// Counts one more want of `subject`; subscribes on the first. Returns

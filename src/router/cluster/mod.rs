@@ -14,8 +14,8 @@
 //! same delta goes to the bridge, which counts, per NATS subject, how many
 //! (shard, filter) pairs want it: one NATS subscription per distinct
 //! subject per node, made when the count leaves 0, removed when it comes
-//! back to 0. The bridge acknowledges each delta once its subscription is
-//! sent and flushed to the NATS server (or at once while disconnected:
+//! back to 0. The bridge acknowledges each delta once the NATS server has
+//! its subscription (a round trip; at once while disconnected:
 //! the client re-subscribes on reconnect), and the SUBACK waits for that
 //! acknowledgement as it waits for the other shards' ([MQTT-3.8.4-1]: a
 //! message published after the SUBACK, anywhere in the cluster, reaches
