@@ -54,7 +54,12 @@ impl NatsServer {
     /// Starts a server on a free port; with `cluster`, one of a cluster:
     /// its own route port and the route ports of all the servers.
     fn start(binary: &Path, cluster: Option<(u16, &[u16])>) -> Self {
-        let (port, monitor) = (free_port(), free_port());
+        Self::start_on(binary, free_port(), cluster)
+    }
+
+    /// [`Self::start`] on client port `port`.
+    fn start_on(binary: &Path, port: u16, cluster: Option<(u16, &[u16])>) -> Self {
+        let monitor = free_port();
         let mut command = Command::new(binary);
         command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
         if let Some((route_port, routes)) = cluster {
@@ -126,6 +131,13 @@ impl Node {
     /// Starts node `id` with 2 shards, connected to `nats`, with the extra
     /// `[cluster]` keys `extra`; waits until its bridge is connected.
     fn start(id: &str, nats: &[String], extra: &str) -> Self {
+        let node = Self::start_unconnected(id, nats, extra);
+        node.wait_log("connected to NATS", 1);
+        node
+    }
+
+    /// [`Self::start`] without waiting for NATS.
+    fn start_unconnected(id: &str, nats: &[String], extra: &str) -> Self {
         let dir = scratch_dir("cluster", id);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
@@ -139,9 +151,7 @@ impl Node {
         std::fs::write(&path, config).unwrap();
         let args = ["--config", path.to_str().unwrap(), "--log", "info"];
         let broker = Broker::start_configured(addr, 2, &args, &log);
-        let node = Self { broker, log, admin };
-        node.wait_log("connected to NATS", 1);
-        node
+        Self { broker, log, admin }
     }
 
     /// Waits until the log holds `line` at least `count` times.
@@ -482,4 +492,37 @@ async fn next_publish(events: &mut EventLoop, within: Duration) -> rumqttc::Publ
             return publish;
         }
     }
+}
+
+/// A node starts and serves its own clients while NATS is unreachable,
+/// connects once NATS is there (reconnection backoff), and stops (exit 0)
+/// when NATS is gone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_without_nats_and_joins_when_it_comes() {
+    let Some(binary) = nats_server_binary() else { return };
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = Node::start_unconnected("a", std::slice::from_ref(&url), "");
+    let (sub_a, mut sub_a_events) = connect(&a, "sub-a").await;
+    subscribe(&sub_a, &mut sub_a_events, &[("t/#", QoS::AtLeastOnce)]).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("t/local", QoS::AtLeastOnce, false, "x").await.unwrap();
+    let got = publishes_until(&mut sub_a_events, "t/local", Duration::ZERO).await;
+    assert_eq!(topics(&got), ["t/local"], "served without NATS");
+    let mut nats = NatsServer::start_on(&binary, port, None);
+    a.wait_log("connected to NATS", 1);
+    let b = Node::start("b", &[url], "");
+    let (sub_b, mut sub_b_events) = connect(&b, "sub-b").await;
+    subscribe(&sub_b, &mut sub_b_events, &[("t/#", QoS::AtMostOnce)]).await;
+    publisher.publish("t/remote", QoS::AtLeastOnce, false, "y").await.unwrap();
+    let got = publishes_until(&mut sub_b_events, "t/remote", Duration::ZERO).await;
+    assert_eq!(topics(&got), ["t/remote"]);
+    nats.kill();
+    a.wait_log("disconnected from NATS", 1);
+    publisher.publish("t/while-down", QoS::AtMostOnce, false, "z").await.unwrap();
+    let got = publishes_until(&mut sub_a_events, "t/while-down", Duration::ZERO).await;
+    assert_eq!(topics(&got).last().map(String::as_str), Some("t/while-down"));
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
 }

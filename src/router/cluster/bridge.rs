@@ -37,6 +37,10 @@ const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a stopping node waits for its bridge to publish what the
+/// shards queued.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The bridge could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -57,7 +61,8 @@ pub enum BridgeError {
 #[derive(Debug)]
 pub struct Bridge {
     shared: Arc<Shared>,
-    thread: std::thread::JoinHandle<()>,
+    /// Told when the bridge thread ends.
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Bridge {
@@ -83,19 +88,33 @@ impl Bridge {
             .build()
             .map_err(BridgeError::Thread)?;
         let (config, for_thread) = (config.clone(), Arc::clone(&shared));
-        let thread = std::thread::Builder::new()
+        let (finished, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
             .name("ringmq-nats".into())
-            .spawn(move || run(runtime, config, for_thread))
+            .spawn(move || {
+                run(runtime, config, for_thread);
+                let _ = finished.send(());
+            })
             .map_err(BridgeError::Thread)?;
-        Ok((Self { shared: Arc::clone(&shared), thread }, ClusterSetup(shared)))
+        Ok((Self { shared: Arc::clone(&shared), done }, ClusterSetup(shared)))
     }
 
     /// Publishes what the shards queued, flushes, and ends the thread.
-    /// Call once the shards have stopped.
+    /// Call once the shards have stopped. With NATS unreachable the
+    /// publishes can wait forever: after [`STOP_TIMEOUT`] the rest is
+    /// dropped (the thread ends with the process).
     pub fn stop(self) {
         self.shared.outbound.close();
-        if self.thread.join().is_err() {
-            tracing::error!("the NATS bridge thread panicked");
+        match self.done.recv_timeout(STOP_TIMEOUT) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                "the NATS bridge could not publish everything within {} s (is NATS \
+                 reachable?): the rest is dropped",
+                STOP_TIMEOUT.as_secs()
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::error!("the NATS bridge thread panicked")
+            }
         }
         let crate::metrics::ClusterCounters {
             published,
