@@ -133,13 +133,16 @@ impl Node {
     fn start(id: &str, nats: &[String], extra: &str) -> Self {
         let node = Self::start_unconnected(id, nats, extra);
         node.wait_log("connected to NATS", 1);
+        node.wait_log("queue connection to NATS up", 1);
         node
     }
 
     /// [`Self::start`] without waiting for NATS.
     fn start_unconnected(id: &str, nats: &[String], extra: &str) -> Self {
-        let dir = scratch_dir("cluster", id);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Tests run in parallel, several with a node "a": one directory per
+        // node.
+        let dir = scratch_dir("cluster", &format!("{id}-{}", addr.port()));
         let admin = format!("127.0.0.1:{}", free_port());
         let seeds: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
         let config = format!(
@@ -525,4 +528,63 @@ async fn a_node_serves_without_nats_and_joins_when_it_comes() {
     assert_eq!(topics(&got).last().map(String::as_str), Some("t/while-down"));
     assert_eq!(a.broker.stop().code(), Some(0));
     assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// A shared subscription with members on two nodes: each message published
+/// (on either node) reaches exactly one member in the whole cluster
+/// [MQTT-4.8.2], through the NATS queue group of the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_spans_nodes_one_member_per_message() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let a = Node::start("a", &[nats.url()], "");
+    let b = Node::start("b", &[nats.url()], "");
+    let (m1, mut m1_events) = connect(&a, "member-a").await;
+    subscribe(&m1, &mut m1_events, &[("$share/g/jobs/+", QoS::AtMostOnce)]).await;
+    let (m2, mut m2_events) = connect(&b, "member-b").await;
+    subscribe(&m2, &mut m2_events, &[("$share/g/jobs/+", QoS::AtMostOnce)]).await;
+    // Another group on the same filter gets every message too.
+    let (other, mut other_events) = connect(&b, "other-group").await;
+    subscribe(&other, &mut other_events, &[("$share/h/jobs/+", QoS::AtMostOnce)]).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    const N: usize = 60;
+    for i in 0..N {
+        publisher
+            .publish(format!("jobs/{i}"), QoS::AtMostOnce, false, i.to_string())
+            .await
+            .unwrap();
+    }
+    let linger = Duration::from_millis(700);
+    let got_other = publishes_until(&mut other_events, &format!("jobs/{}", N - 1), linger).await;
+    assert_eq!(got_other.len(), N, "group h: every message once");
+    let (got_1, got_2) = futures_lite::future::zip(
+        publishes_within(&mut m1_events, linger),
+        publishes_within(&mut m2_events, linger),
+    )
+    .await;
+    let mut all: Vec<usize> = got_1
+        .iter()
+        .chain(&got_2)
+        .map(|p| std::str::from_utf8(&p.payload).unwrap().parse().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "group g: each message to one member");
+    assert!(!got_1.is_empty() && !got_2.is_empty(), "both nodes' members served");
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// The publishes that arrive within `within`.
+async fn publishes_within(events: &mut EventLoop, within: Duration) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::new();
+    let _ = timeout(within, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(publish))) = events.poll().await {
+                got.push(publish);
+            }
+        }
+    })
+    .await;
+    got
 }

@@ -841,9 +841,9 @@ impl Shard {
             self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish(&message);
-        }
+        // In a cluster the message also goes to the other nodes; shared
+        // groups are then served through NATS (see `state/cluster.rs`).
+        let bridged = self.cluster.as_ref().is_some_and(|cluster| cluster.publish(&message));
         // Per matched group: the member shard chosen and its id for the
         // group, which is all that travels with the message.
         let mut chosen: smallvec::SmallVec<[(ShardId, GroupId); 4]> = smallvec::SmallVec::new();
@@ -856,6 +856,9 @@ impl Shard {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             }
+        }
+        if bridged {
+            return;
         }
         for (shard, group) in chosen {
             if shard == self.id {

@@ -1,10 +1,13 @@
 //! The NATS bridge: one thread per node, running async-nats on a
 //! current-thread tokio runtime (tokio never runs on a shard). Three kinds
 //! of task share the thread: the publisher (the shards' messages to NATS),
-//! the interest task (subscriptions, counted per subject), and one reader
-//! per NATS subscription (messages from other nodes to the shards).
+//! the interest task (subscriptions, counted per subject and queue group),
+//! and one reader per NATS subscription (messages to the shards). Two
+//! connections: publishes and plain subscriptions (no echo), and the queue
+//! subscriptions of shared groups (with echo: a node's own messages go to
+//! its members too).
 //!
-//! The connection: async-nats connects to any of the seeds in the
+//! The connections: async-nats connects to any of the seeds in the
 //! background, reconnects forever with exponential backoff (capped at
 //! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
 //! reconnect. While it is down, publishes wait in the client's bounded
@@ -13,10 +16,11 @@
 //! server for no echo, and the origin in every frame is checked too.
 
 use super::frame::{self, Dedup, Seen};
-use super::subject::{filter_subjects, topic_subject};
-use super::{BridgeCounters, ClusterSetup, Interest, Lane, Shared};
+use super::subject::{filter_subjects, queue_name, topic_subject};
+use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
 use crate::config::{ClusterConfig, NatsCredentials};
 use crate::message::wire::Clocks;
+use crate::protocol::TopicFilter;
 use crate::router::home_shard;
 use async_nats::connection::State;
 use bytes::BytesMut;
@@ -150,14 +154,29 @@ impl Bridge {
     }
 }
 
-/// The connection options of `config`.
-fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectOptions {
+/// The connection options of `config`: for the main connection (publishes
+/// and plain subscriptions, no echo), or for the queue connection (the
+/// queue subscriptions of shared groups; it publishes nothing, and must
+/// get the node's own messages: a group's member on this node is chosen
+/// among all the members in the cluster).
+fn options(
+    config: &ClusterConfig,
+    shared: &Arc<Shared>,
+    queues: bool,
+) -> async_nats::ConnectOptions {
+    let (name, inbox) = match queues {
+        false => (format!("ringmq {}", config.node_id), config.node_id.clone()),
+        true => (format!("ringmq {} queues", config.node_id), format!("{}-q", config.node_id)),
+    };
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("ringmq {}", config.node_id))
+        .name(name)
         // Every subject the node uses is under the prefix (one NATS
         // permission covers them): the inbox of its round trips too.
-        .custom_inbox_prefix(format!("{}._INBOX.{}", config.subject_prefix, config.node_id))
-        .no_echo()
+        .custom_inbox_prefix(format!("{}._INBOX.{inbox}", config.subject_prefix));
+    if !queues {
+        options = options.no_echo();
+    }
+    options = options
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(backoff)
@@ -176,21 +195,29 @@ fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectO
     let (shared, node) = (Arc::clone(shared), config.node_id.clone());
     options.event_callback(move |event| {
         let counters = &shared.counters;
-        match &event {
-            async_nats::Event::Connected => {
+        match (&event, queues) {
+            (async_nats::Event::Connected, false) => {
                 BridgeCounters::add(&counters.connects);
                 tracing::info!(node = %node, "connected to NATS");
             }
-            async_nats::Event::Disconnected => {
+            (async_nats::Event::Disconnected, false) => {
                 BridgeCounters::add(&counters.disconnects);
                 tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
             }
+            (async_nats::Event::Connected, true) => {
+                BridgeCounters::add(&counters.connects);
+                tracing::info!(node = %node, "queue connection to NATS up");
+            }
+            (async_nats::Event::Disconnected, true) => {
+                BridgeCounters::add(&counters.disconnects);
+                tracing::warn!(node = %node, "queue connection to NATS lost; reconnecting");
+            }
             // Every failed reconnection attempt (at most one per
             // MAX_BACKOFF once backed off): the disconnect said it already.
-            async_nats::Event::ClientError(error) => {
+            (async_nats::Event::ClientError(error), _) => {
                 tracing::debug!(node = %node, %error, "NATS client error")
             }
-            event => tracing::warn!(node = %node, %event, "NATS"),
+            (event, _) => tracing::warn!(node = %node, %event, "NATS"),
         }
         async {}
     })
@@ -209,17 +236,23 @@ fn backoff(attempts: usize) -> Duration {
 fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shared>) {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        let client = match options(&config, &shared).connect(config.nats.clone()).await {
-            Ok(client) => client,
+        let (client, queues) = match futures_lite::future::zip(
+            options(&config, &shared, false).connect(config.nats.clone()),
+            options(&config, &shared, true).connect(config.nats.clone()),
+        )
+        .await
+        {
+            (Ok(client), Ok(queues)) => (client, queues),
             // With retry_on_initial_connect only a bad address fails here,
             // and the configuration checked them.
-            Err(error) => {
+            (Err(error), _) | (_, Err(error)) => {
                 tracing::error!(%error, "cannot start the NATS client");
                 return;
             }
         };
         let bridge = Rc::new(BridgeState {
             client,
+            queues,
             prefix: config.subject_prefix.clone(),
             origin: origin(),
             shared: Arc::clone(&shared),
@@ -236,6 +269,7 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             let _ = reader.task.await;
         }
         let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.client.flush()).await;
+        let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.queues.flush()).await;
     });
     // Whatever is left is dropped inside the runtime's context (async-nats
     // spawns on drop).
@@ -255,6 +289,14 @@ fn origin() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
+/// A NATS subscription: its subject, and for a shared subscription the
+/// `$share/{group}/{filter}` whose queue group it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    subject: String,
+    group: Option<TopicFilter>,
+}
+
 /// One NATS subscription and how many (shard, filter) pairs want it.
 struct Subscription {
     count: usize,
@@ -264,11 +306,14 @@ struct Subscription {
 
 /// The bridge thread's state, shared by its tasks.
 struct BridgeState {
+    /// Publishes and plain subscriptions (no echo).
     client: async_nats::Client,
+    /// Queue subscriptions of shared groups.
+    queues: async_nats::Client,
     prefix: String,
     origin: u64,
     shared: Arc<Shared>,
-    subscriptions: RefCell<HashMap<String, Subscription>>,
+    subscriptions: RefCell<HashMap<Key, Subscription>>,
     dedup: RefCell<Dedup>,
 }
 
@@ -313,29 +358,25 @@ impl BridgeState {
             std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
         {
             let Interest { shard, filter, added, revision } = change;
-            // Shared subscriptions are served by the node's own publishers
-            // only in this release.
-            let subjects = match filter.is_shared() {
-                true => None,
-                false => filter_subjects(&self.prefix, filter.filter()),
-            };
-            match subjects {
-                None if !filter.is_shared() && added => {
-                    BridgeCounters::add(&self.shared.counters.subject_too_long);
-                }
+            // A shared subscription is a queue subscription of its own
+            // (on the queue connection); a plain one a plain subscription.
+            let group = filter.is_shared().then(|| filter.detached());
+            match filter_subjects(&self.prefix, filter.filter()) {
+                None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
                 None => {}
                 Some(subjects) if added => {
                     let mut subscribed = false;
                     for subject in subjects {
-                        subscribed |= self.subscribe(subject).await;
+                        subscribed |= self.subscribe(Key { subject, group: group.clone() }).await;
                     }
-                    if subscribed && self.client.connection_state() == State::Connected {
-                        self.round_trip().await;
+                    let client = self.client_for(group.is_some());
+                    if subscribed && client.connection_state() == State::Connected {
+                        self.round_trip(client).await;
                     }
                 }
                 Some(subjects) => {
                     for subject in subjects {
-                        self.unsubscribe(&subject).await;
+                        self.unsubscribe(&Key { subject, group: group.clone() }).await;
                     }
                 }
             }
@@ -343,7 +384,16 @@ impl BridgeState {
         }
     }
 
-    /// Waits until the NATS server has processed everything this node sent
+    /// The connection of plain subscriptions (`false`) or of queue ones.
+    fn client_for(&self, queue: bool) -> &async_nats::Client {
+        if queue {
+            &self.queues
+        } else {
+            &self.client
+        }
+    }
+
+    /// Waits until the NATS server has processed everything `client` sent
     /// before (a server handles a connection's operations in order): a
     /// request to a subject nobody answers, which the server itself
     /// answers "no responders". Once it is back, the server has the new
@@ -351,43 +401,51 @@ impl BridgeState {
     /// [MQTT-3.8.4-1] (in a NATS cluster the other servers learn of them a
     /// moment later: NATS propagates interest asynchronously). Bounded by
     /// [`SUBSCRIBE_SYNC_TIMEOUT`]. (`Client::flush` only writes the socket.)
-    async fn round_trip(&self) {
+    async fn round_trip(&self, client: &async_nats::Client) {
         let subject = format!("{}.sync", self.prefix);
-        let request = self.client.request(subject, bytes::Bytes::new());
+        let request = client.request(subject, bytes::Bytes::new());
         let _ = tokio::time::timeout(SUBSCRIBE_SYNC_TIMEOUT, request).await;
     }
 
-    /// Counts one more want of `subject`; subscribes on the first. Returns
+    /// Counts one more want of `key`; subscribes on the first. Returns
     /// whether it subscribed.
-    async fn subscribe(self: &Rc<Self>, subject: String) -> bool {
-        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&subject) {
+    async fn subscribe(self: &Rc<Self>, key: Key) -> bool {
+        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&key) {
             subscription.count += 1;
             return false;
         }
-        let subscriber = match self.client.subscribe(subject.clone()).await {
+        let subscribed = match &key.group {
+            None => self.client.subscribe(key.subject.clone()).await,
+            Some(group) => {
+                let queue = queue_name(group.as_str());
+                self.queues.queue_subscribe(key.subject.clone(), queue).await
+            }
+        };
+        let subscriber = match subscribed {
             Ok(subscriber) => subscriber,
             Err(error) => {
                 // Only when the client is closed (the bridge is stopping).
-                tracing::warn!(%error, %subject, "NATS subscribe failed");
+                tracing::warn!(%error, subject = %key.subject, "NATS subscribe failed");
                 return false;
             }
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::task::spawn_local(Rc::clone(self).read(subscriber, stopped));
-        self.subscriptions.borrow_mut().insert(subject, Subscription { count: 1, stop, task });
+        let reader = Rc::clone(self).read(subscriber, key.group.clone(), stopped);
+        let task = tokio::task::spawn_local(reader);
+        self.subscriptions.borrow_mut().insert(key, Subscription { count: 1, stop, task });
         true
     }
 
-    /// Counts one want of `subject` less; unsubscribes after the last.
-    async fn unsubscribe(&self, subject: &str) {
+    /// Counts one want of `key` less; unsubscribes after the last.
+    async fn unsubscribe(&self, key: &Key) {
         let reader = {
             let mut subscriptions = self.subscriptions.borrow_mut();
-            let Some(subscription) = subscriptions.get_mut(subject) else { return };
+            let Some(subscription) = subscriptions.get_mut(key) else { return };
             subscription.count -= 1;
             if subscription.count > 0 {
                 return;
             }
-            subscriptions.remove(subject)
+            subscriptions.remove(key)
         };
         if let Some(reader) = reader {
             let _ = reader.stop.send(());
@@ -395,10 +453,12 @@ impl BridgeState {
         }
     }
 
-    /// Hands what `subscriber` receives to the shards, until `stop`.
+    /// Hands what `subscriber` receives to the shards, until `stop`;
+    /// `group`: the shared subscription of a queue subscription.
     async fn read(
         self: Rc<Self>,
         mut subscriber: async_nats::Subscriber,
+        group: Option<TopicFilter>,
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         enum Next {
@@ -413,7 +473,7 @@ impl BridgeState {
                 })
                 .await;
             match next {
-                Next::Message(Some(message)) => self.handle_received(message),
+                Next::Message(Some(message)) => self.handle_received(message, group.as_ref()),
                 Next::Message(None) => return,
                 Next::Stop => break,
             }
@@ -421,9 +481,12 @@ impl BridgeState {
         let _ = subscriber.unsubscribe().await;
     }
 
-    /// A message from NATS: decoded, deduplicated, and handed to the shard
-    /// its topic hashes to (one shard per topic keeps a topic's order).
-    fn handle_received(&self, message: async_nats::Message) {
+    /// A message from NATS: decoded, deduplicated (plain subscriptions:
+    /// two of them may match one message; a queue subscription gets each
+    /// message its group is given once), and handed to a shard: the one
+    /// its topic hashes to (one shard per topic keeps a topic's order), or
+    /// for a shared group the one its filter hashes to.
+    fn handle_received(&self, message: async_nats::Message, group: Option<&TopicFilter>) {
         let counters = &self.shared.counters;
         let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
             Ok(decoded) => decoded,
@@ -433,18 +496,31 @@ impl BridgeState {
                 return;
             }
         };
-        if origin == self.origin {
-            // no_echo should make this impossible; a duplicate at worst.
-            BridgeCounters::add(&counters.duplicates);
-            return;
-        }
-        match self.dedup.borrow_mut().see(origin, sequence) {
-            Seen::New => {}
-            Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
-            Seen::Stale => return BridgeCounters::add(&counters.stale),
-        }
-        let shard = home_shard(message.topic.as_str().as_bytes(), self.shared.inbound.len());
-        match self.shared.inbound[shard.index()].push_message(Arc::new(message)) {
+        let nr_shards = self.shared.inbound.len();
+        let (shard, delivery) = match group {
+            // The node's own messages come back to its queue subscriptions
+            // (their connection asks for echo): a group picks among all its
+            // members, this node's too.
+            Some(group) => (
+                home_shard(group.as_str().as_bytes(), nr_shards),
+                Delivery { message: Arc::new(message), group: Some(group.clone()) },
+            ),
+            None => {
+                if origin == self.origin {
+                    // no_echo should make this impossible.
+                    BridgeCounters::add(&counters.duplicates);
+                    return;
+                }
+                match self.dedup.borrow_mut().see(origin, sequence) {
+                    Seen::New => {}
+                    Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+                    Seen::Stale => return BridgeCounters::add(&counters.stale),
+                }
+                let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
+                (shard, Delivery { message: Arc::new(message), group: None })
+            }
+        };
+        match self.shared.inbound[shard.index()].push_message(delivery) {
             Ok(()) => BridgeCounters::add(&counters.received),
             Err(_) => BridgeCounters::add(&counters.inbound_dropped),
         }

@@ -16,17 +16,15 @@
 //! acknowledgements: one per filter a shard starts or stops holding) must
 //! never be lost, and are few, so their queue has no bound.
 
-use crate::message::Message;
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A lane between threads; shared as `Arc`.
 #[derive(Debug)]
-pub(super) struct Lane<C> {
-    messages: ArrayQueue<Arc<Message>>,
+pub(super) struct Lane<M, C> {
+    messages: ArrayQueue<M>,
     control: SegQueue<C>,
     /// The task popping messages.
     message_waker: AtomicWaker,
@@ -35,7 +33,7 @@ pub(super) struct Lane<C> {
     closed: AtomicBool,
 }
 
-impl<C> Lane<C> {
+impl<M, C> Lane<M, C> {
     /// A lane holding at most `capacity` messages.
     pub(super) fn new(capacity: usize) -> Self {
         Self {
@@ -48,7 +46,7 @@ impl<C> Lane<C> {
     }
 
     /// Queues a message; gives it back when the lane is full or closed.
-    pub(super) fn push_message(&self, message: Arc<Message>) -> Result<(), Arc<Message>> {
+    pub(super) fn push_message(&self, message: M) -> Result<(), M> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(message);
         }
@@ -67,7 +65,7 @@ impl<C> Lane<C> {
     }
 
     /// The next message; `Ready(None)` once the lane is closed and empty.
-    pub(super) fn poll_message(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<Message>>> {
+    pub(super) fn poll_message(&self, cx: &mut Context<'_>) -> Poll<Option<M>> {
         poll(|| self.messages.pop(), &self.message_waker, &self.closed, cx)
     }
 
@@ -109,7 +107,9 @@ fn poll<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
     use crate::protocol::{QoS, TopicName};
+    use std::sync::Arc;
     use std::task::Waker;
 
     fn message() -> Arc<Message> {
@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn messages_are_bounded_control_is_not_and_close_ends_both() {
-        let lane = Lane::<u64>::new(2);
+        let lane = Lane::<Arc<Message>, u64>::new(2);
         assert!(lane.push_message(message()).is_ok());
         assert!(lane.push_message(message()).is_ok());
         assert!(lane.push_message(message()).is_err(), "full");
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_push_from_another_thread_wakes_the_consumer() {
-        let lane = Arc::new(Lane::<u64>::new(4));
+        let lane = Arc::new(Lane::<Arc<Message>, u64>::new(4));
         let consumer = Arc::clone(&lane);
         let thread = std::thread::spawn(move || {
             futures_lite::future::block_on(std::future::poll_fn(|cx| consumer.poll_message(cx)))

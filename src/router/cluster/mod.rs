@@ -27,10 +27,16 @@
 //! * `bridge`: the bridge thread (async-nats on a current-thread tokio
 //!   runtime): connection, reconnection with backoff, subscriptions.
 //!
+//! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
+//! subscription of its own (queue group [`subject::queue_name`]), made on a
+//! second connection that, unlike the first, gets the node's own messages:
+//! NATS picks one node among all those with members, the node one member
+//! ([MQTT-4.8.2]: one member of the group in the whole cluster). A bridged
+//! message is therefore never given to a local group directly.
+//!
 //! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
-//! nodes at most once (the PUBACK does not wait for remote nodes), shared
-//! subscriptions and retained messages stay per node, sessions do not move
-//! between nodes.
+//! nodes at most once (the PUBACK does not wait for remote nodes),
+//! retained messages stay per node, sessions do not move between nodes.
 
 mod bridge;
 mod frame;
@@ -57,12 +63,31 @@ struct Interest {
     revision: u64,
 }
 
+/// A message from NATS for a shard: for its plain subscribers (and its
+/// peers'), or for one member of a shared group.
+#[derive(Debug)]
+struct Delivery {
+    message: Arc<Message>,
+    /// The shared subscription (`$share/{group}/{filter}`) whose NATS
+    /// queue group picked this node; `None` for plain subscriptions.
+    group: Option<TopicFilter>,
+}
+
 /// What the bridge hands a shard.
 #[derive(Debug)]
 pub enum FromBridge {
     /// A message published on another node, for this shard's subscribers
     /// and its peers'.
     Publish(Arc<Message>),
+    /// A message for one member, on this node, of the shared subscription
+    /// `filter` (`$share/{group}/{filter}`): the NATS queue group of that
+    /// subscription chose this node among the nodes with members.
+    GroupPublish {
+        /// The shared subscription.
+        filter: TopicFilter,
+        /// The message.
+        message: Arc<Message>,
+    },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
 }
@@ -132,9 +157,9 @@ impl BridgeCounters {
 #[derive(Debug)]
 struct Shared {
     /// Shards to bridge: messages to publish, interest changes.
-    outbound: Lane<Interest>,
+    outbound: Lane<Arc<Message>, Interest>,
     /// Bridge to each shard: messages received, interest acknowledgements.
-    inbound: Vec<Lane<u64>>,
+    inbound: Vec<Lane<Delivery, u64>>,
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
@@ -163,11 +188,13 @@ pub struct ClusterLink {
 impl ClusterLink {
     /// Hands a message accepted on this node to the bridge, unless its
     /// topic is local-only. A full lane drops it, counted (QoS 1/2 too:
-    /// across nodes every QoS is at most once in this release).
-    pub fn publish(&self, message: &Arc<Message>) {
+    /// across nodes every QoS is at most once in this release). Returns
+    /// whether the bridge took it: then the shared groups of the whole
+    /// cluster, this node's included, are served through NATS queue groups.
+    pub fn publish(&self, message: &Arc<Message>) -> bool {
         let topic = &message.topic;
         if self.shared.local_only.iter().any(|filter| filter.matches(topic)) {
-            return;
+            return false;
         }
         if self.shared.outbound.push_message(Arc::clone(message)).is_err() {
             let counters = &self.shared.counters;
@@ -175,7 +202,9 @@ impl ClusterLink {
                 QoS::AtMostOnce => &counters.outbound_dropped_qos0,
                 _ => &counters.outbound_dropped_qos12,
             });
+            return false;
         }
+        true
     }
 
     /// This shard's first local subscriber to a filter arrived or its last
@@ -207,7 +236,12 @@ impl ClusterLink {
                     std::task::Poll::Ready(Some(revision)) => {
                         std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
                     }
-                    _ => lane.poll_message(cx).map(|m| m.map(FromBridge::Publish)),
+                    _ => lane.poll_message(cx).map(|delivery| {
+                        delivery.map(|Delivery { message, group }| match group {
+                            Some(filter) => FromBridge::GroupPublish { filter, message },
+                            None => FromBridge::Publish(message),
+                        })
+                    }),
                 })
                 .await;
                 match next {

@@ -4,7 +4,9 @@
 
 use super::Shard;
 use crate::message::Message;
+use crate::protocol::TopicFilter;
 use crate::router::cluster::{ClusterLink, FromBridge};
+use crate::router::ShardMessage;
 use crate::shard::drops::DropCause;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +36,7 @@ impl Shard {
     pub fn handle_cluster(&mut self, event: FromBridge, now: Instant) {
         match event {
             FromBridge::Publish(message) => self.route_remote(&message, now),
+            FromBridge::GroupPublish { filter, message } => self.route_group(&filter, message, now),
             FromBridge::InterestAck(revision) => {
                 let mut released = std::mem::take(&mut self.released);
                 self.interest.handle_bridge_ack(revision, |key, ack| released.push((key, ack)));
@@ -46,10 +49,31 @@ impl Shard {
         }
     }
 
+    /// A message for one member, on this node, of the shared subscription
+    /// `filter` [MQTT-4.8.2]: the shards with members take turns. In a
+    /// cluster every message bridged to NATS reaches the shared groups
+    /// this way, also those of its own node (the NATS queue group of the
+    /// subscription picks one node among those with members), so that each
+    /// message reaches one member in the whole cluster. Dropped, counted,
+    /// when the group has no member here any more.
+    fn route_group(&mut self, filter: &TopicFilter, message: Arc<Message>, now: Instant) {
+        match self.interest.replica().next_group_member(filter) {
+            Some((shard, group)) if shard == self.id => self.deliver_to_group(group, &message, now),
+            Some((shard, group)) => {
+                self.outbox.push(shard, ShardMessage::GroupPublish { group, message })
+            }
+            None => {
+                self.counters.shard.deliveries_dropped += 1;
+                self.count_drops(DropCause::NoGroupMember, 1, now);
+            }
+        }
+    }
+
     /// A message published on another node: delivered to this shard's
     /// subscribers and forwarded to its peers with interest, as a local
-    /// publish, but never back to the bridge. Shared groups and the
-    /// retained store are per node in this release: neither takes it.
+    /// publish, but never back to the bridge. Shared groups get it through
+    /// their own NATS queue subscriptions ([`Self::route_group`]), and the
+    /// retained store is per node in this release.
     fn route_remote(&mut self, message: &Arc<Message>, now: Instant) {
         self.deliver_local(message, now);
         let shards = self.interest.replica().matching_shards(&message.topic);
@@ -201,5 +225,45 @@ mod tests {
             })
             .collect();
         assert_eq!(topics, ["a/b", "private/x", "c", "remote/t"]);
+    }
+
+    #[test]
+    fn shared_groups_are_served_through_the_bridge_when_a_message_is_bridged() {
+        // Each message reaches one member of a group in the whole cluster
+        // [MQTT-4.8.2]: the NATS queue group picks the node, so a bridged
+        // message is not also given to a local member directly.
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(1, &["private/#"]);
+        let (sub, sub_id) = connect(&mut shard, 1, "s", now);
+        assert!(shard.handle_packet(sub, sub_id, now, subscribe("$share/g/s/+")).unwrap());
+        assert_eq!(bridge.take_interest(), [(0, "$share/g/s/+".to_owned(), true, 1)]);
+        shard.handle_cluster(FromBridge::InterestAck(1), now);
+        assert!(matches!(output(&mut shard, sub, sub_id, now)[..], [Packet::SubAck(_)]));
+        let (key, id) = connect(&mut shard, 1, "p", now);
+        assert!(shard.handle_packet(key, id, now, publish("s/1")).unwrap());
+        assert_eq!(bridge.take_published(), ["s/1"]);
+        assert!(output(&mut shard, sub, sub_id, now).is_empty(), "not directly");
+        let message = Arc::new(Message {
+            topic: TopicName::new("s/1").unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        });
+        let filter = TopicFilter::new("$share/g/s/+").unwrap();
+        shard.handle_cluster(FromBridge::GroupPublish { filter, message }, now);
+        assert!(matches!(output(&mut shard, sub, sub_id, now)[..], [Packet::Publish(_)]));
+        // A local-only topic is not bridged: its groups are served here.
+        let (private, private_id) = connect(&mut shard, 1, "q", now);
+        let packet = subscribe("$share/g/private/+");
+        assert!(shard.handle_packet(private, private_id, now, packet).unwrap());
+        let revision = bridge.take_interest()[0].3;
+        shard.handle_cluster(FromBridge::InterestAck(revision), now);
+        let _ = output(&mut shard, private, private_id, now);
+        assert!(shard.handle_packet(key, id, now, publish("private/x")).unwrap());
+        assert!(bridge.take_published().is_empty());
+        assert!(matches!(output(&mut shard, private, private_id, now)[..], [Packet::Publish(_)]));
     }
 }
