@@ -73,6 +73,10 @@ pub struct ClusterCounters {
     pub malformed: u64,
     /// Messages received while the queue to their shard was full: dropped.
     pub inbound_dropped: u64,
+    /// Messages the NATS client dropped because the bridge read a
+    /// subscription too slowly ("slow consumer"; a lower bound: the client
+    /// reports them on a bounded channel).
+    pub slow_consumer: u64,
     /// Connections to NATS made (the first and every reconnection).
     pub connects: u64,
     /// Connections to NATS lost.

@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 67] = [
+const COUNTERS: [Field<u64>; 68] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -302,6 +302,11 @@ const COUNTERS: [Field<u64>; 67] = [
         "cluster_inbound_dropped",
         "Messages from NATS dropped: the queue to their shard was full",
         |s| s.counters.cluster.inbound_dropped,
+    ),
+    (
+        "cluster_slow_consumer",
+        "Messages from NATS dropped by the client: the bridge read too slowly",
+        |s| s.counters.cluster.slow_consumer,
     ),
     ("cluster_connects", "Connections to NATS made (first and reconnections)", |s| {
         s.counters.cluster.connects

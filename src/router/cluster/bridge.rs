@@ -28,6 +28,7 @@ use futures_lite::StreamExt;
 use hashbrown::HashMap;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +133,7 @@ impl Bridge {
             stale,
             malformed,
             inbound_dropped,
+            slow_consumer,
             connects,
             disconnects,
         } = self.shared.counters.snapshot();
@@ -147,6 +149,7 @@ impl Bridge {
             stale,
             malformed,
             inbound_dropped,
+            slow_consumer,
             connects,
             disconnects,
             "NATS bridge stopped"
@@ -214,6 +217,22 @@ fn options(
             }
             // Every failed reconnection attempt (at most one per
             // MAX_BACKOFF once backed off): the disconnect said it already.
+            (async_nats::Event::SlowConsumer(_), _) => {
+                BridgeCounters::add(&counters.slow_consumer);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                let last = counters.slow_consumer_logged.load(Ordering::Relaxed);
+                if now >= last + 10 {
+                    counters.slow_consumer_logged.store(now, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = %node,
+                        dropped = counters.slow_consumer.load(Ordering::Relaxed),
+                        "messages from NATS dropped: the bridge reads too slowly \
+                         (cluster_slow_consumer; at most one line every 10 s)"
+                    );
+                }
+            }
             (async_nats::Event::ClientError(error), _) => {
                 tracing::debug!(node = %node, %error, "NATS client error")
             }

@@ -121,6 +121,11 @@ pub struct BridgeCounters {
     pub malformed: AtomicU64,
     /// Messages received while the lane to their shard was full: dropped.
     pub inbound_dropped: AtomicU64,
+    /// Messages the NATS client dropped: the bridge read too slowly.
+    pub slow_consumer: AtomicU64,
+    /// When a slow consumer was last logged, in seconds since the Unix
+    /// epoch (logged at most once per 10 s).
+    pub slow_consumer_logged: AtomicU64,
     /// Connections (first connection and reconnections) to NATS.
     pub connects: AtomicU64,
     /// Connections to NATS lost.
@@ -147,6 +152,7 @@ impl BridgeCounters {
             stale: n(&self.stale),
             malformed: n(&self.malformed),
             inbound_dropped: n(&self.inbound_dropped),
+            slow_consumer: n(&self.slow_consumer),
             connects: n(&self.connects),
             disconnects: n(&self.disconnects),
         }
