@@ -265,7 +265,14 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             // With retry_on_initial_connect only a bad address fails here,
             // and the configuration checked them.
             (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "cannot start the NATS client");
+                tracing::error!(%error, "cannot start the NATS client: the node stays alone");
+                // SUBACKs must not wait forever: every interest change is
+                // acknowledged (nothing is subscribed).
+                while let Some(Interest { shard, revision, .. }) =
+                    std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
+                {
+                    shared.inbound[shard.index()].push_control(revision);
+                }
                 return;
             }
         };
