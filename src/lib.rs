@@ -26,7 +26,10 @@
 //!   connections and the outbox count into them through a reference and
 //!   keep none of their own.
 //! * Only [`router`] imports `glommio::channels`; only [`net`] touches
-//!   sockets; [`runtime`] starts and stops it all.
+//!   sockets (but for the NATS connections of a cluster, which the
+//!   async-nats client of `router::cluster` holds on the bridge's own
+//!   thread, the only place tokio runs); [`runtime`] starts and stops it
+//!   all.
 //! * [`auth`] checks credentials; password checks cost milliseconds, so
 //!   they run on its own small thread pool, never on a shard. SCRAM's
 //!   server side (enhanced authentication) costs a few HMACs and runs

@@ -17,6 +17,7 @@
 //! are part of the schema so that they are refused by name rather than
 //! silently ignored.
 
+mod cluster;
 mod error;
 mod locate;
 mod raw;
@@ -24,6 +25,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::{ClusterConfig, NatsCredentials};
 pub use error::ConfigError;
 pub use reload::{Change, Changes};
 
@@ -92,6 +94,8 @@ pub struct Config {
     /// whenever there is no `data_dir`.
     durability: Durability,
     log: LogConfig,
+    /// `[cluster]`: `None` runs a single node.
+    cluster: Option<ClusterConfig>,
 }
 
 /// The default `fsync_interval_ms`.
@@ -739,6 +743,12 @@ impl Config {
         }
     }
 
+    /// `[cluster]`: this node's part in a cluster over NATS; `None` for a
+    /// single node.
+    pub fn cluster(&self) -> Option<&ClusterConfig> {
+        self.cluster.as_ref()
+    }
+
     /// When a record of the durable log counts as written (`durability`):
     /// [`Durability::None`] when [`Config::data_dir`] is `None`.
     pub fn durability(&self) -> Durability {
@@ -818,6 +828,7 @@ impl Config {
             data_dir,
             durability,
             log: log(&raw.log, overrides.log.as_deref())?,
+            cluster: cluster::cluster(raw.cluster)?,
         };
         config.check_anonymous(&listeners)?;
         Ok(config)
@@ -892,6 +903,7 @@ impl Default for Config {
             data_dir: None,
             durability: Durability::None,
             log: LogConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawAdmin>,
     #[serde(default)]
     pub(super) log: RawLog,
+    pub(super) cluster: Option<super::cluster::RawCluster>,
 }
 
 /// One `[[listener]]` table.

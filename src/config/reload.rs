@@ -94,6 +94,8 @@ impl Config {
         // The log is opened and replayed at start.
         restart_if(self.data_dir != new.data_dir, "data_dir");
         restart_if(self.durability != new.durability, "durability");
+        // The NATS bridge connects and subscribes at start.
+        restart_if(self.cluster != new.cluster, "cluster");
         let log_level = (self.log.level != new.log.level).then(|| Change {
             key: "log.level",
             old: self.log.level.to_string(),

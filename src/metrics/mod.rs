@@ -41,6 +41,46 @@ pub struct Counters {
     pub router: RouterCounters,
     /// The shard's durable log (all zero without a `data_dir`).
     pub store: StoreCounters,
+    /// The node's NATS bridge (`[cluster]`): node-wide figures, reported
+    /// by shard 0 only (all zero elsewhere and on a single node).
+    pub cluster: ClusterCounters,
+}
+
+/// What the NATS bridge of a cluster node did (see `router::cluster`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounters {
+    /// Messages published to NATS.
+    pub published: u64,
+    /// Of those, QoS 1/2 ones, which cross nodes at most once.
+    pub published_qos12: u64,
+    /// Messages NATS refused or that could not be encoded (past the
+    /// server's max_payload, connection closed).
+    pub publish_failed: u64,
+    /// Topics and filters whose NATS subject would be too long: kept on
+    /// the node.
+    pub subject_too_long: u64,
+    /// QoS 0 messages dropped: the queue to the bridge was full.
+    pub outbound_dropped_qos0: u64,
+    /// QoS 1/2 messages dropped: the queue to the bridge was full.
+    pub outbound_dropped_qos12: u64,
+    /// Messages received from other nodes and handed to a shard.
+    pub received: u64,
+    /// Messages received twice (two of the node's subscriptions matched).
+    pub duplicates: u64,
+    /// Messages received too late to be told from duplicates: dropped.
+    pub stale: u64,
+    /// Frames that were not ringmq messages.
+    pub malformed: u64,
+    /// Messages received while the queue to their shard was full: dropped.
+    pub inbound_dropped: u64,
+    /// Messages the NATS client dropped because the bridge read a
+    /// subscription too slowly ("slow consumer"; a lower bound: the client
+    /// reports them on a bounded channel).
+    pub slow_consumer: u64,
+    /// Connections to NATS made (the first and every reconnection).
+    pub connects: u64,
+    /// Connections to NATS lost.
+    pub disconnects: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

@@ -107,7 +107,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 56] = [
+const COUNTERS: [Field<u64>; 70] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -268,6 +268,56 @@ const COUNTERS: [Field<u64>; 56] = [
     ("dropped_no_subscribers", "Messages received that matched no subscription", |s| {
         s.counters.router.dropped_no_subscribers
     }),
+    ("cluster_published", "Messages published to NATS (node-wide, on shard 0)", |s| {
+        s.counters.cluster.published
+    }),
+    (
+        "cluster_published_qos12",
+        "QoS 1/2 messages published to NATS: they cross nodes at most once",
+        |s| s.counters.cluster.published_qos12,
+    ),
+    ("cluster_publish_failed", "Messages NATS refused (e.g. past its max_payload)", |s| {
+        s.counters.cluster.publish_failed
+    }),
+    ("cluster_subject_too_long", "Topics and filters too long for a NATS subject", |s| {
+        s.counters.cluster.subject_too_long
+    }),
+    (
+        "cluster_outbound_dropped_qos0",
+        "QoS 0 messages dropped: the queue to the NATS bridge was full",
+        |s| s.counters.cluster.outbound_dropped_qos0,
+    ),
+    (
+        "cluster_outbound_dropped_qos12",
+        "QoS 1/2 messages dropped: the queue to the NATS bridge was full",
+        |s| s.counters.cluster.outbound_dropped_qos12,
+    ),
+    ("cluster_received", "Messages received from other nodes", |s| s.counters.cluster.received),
+    (
+        "cluster_duplicates",
+        "Messages received twice from NATS (overlapping subscriptions), dropped",
+        |s| s.counters.cluster.duplicates,
+    ),
+    ("cluster_stale", "Messages from NATS too late to be told from duplicates, dropped", |s| {
+        s.counters.cluster.stale
+    }),
+    ("cluster_malformed", "Messages from NATS that were not ringmq frames", |s| {
+        s.counters.cluster.malformed
+    }),
+    (
+        "cluster_inbound_dropped",
+        "Messages from NATS dropped: the queue to their shard was full",
+        |s| s.counters.cluster.inbound_dropped,
+    ),
+    (
+        "cluster_slow_consumer",
+        "Messages from NATS dropped by the client: the bridge read too slowly",
+        |s| s.counters.cluster.slow_consumer,
+    ),
+    ("cluster_connects", "Connections to NATS made (first and reconnections)", |s| {
+        s.counters.cluster.connects
+    }),
+    ("cluster_disconnects", "Connections to NATS lost", |s| s.counters.cluster.disconnects),
 ];
 
 /// Renders `snapshots` (one per shard) and the process's open connections.

@@ -334,6 +334,18 @@ impl InterestTable {
         shards
     }
 
+    /// The shard that is next to receive a message for the shared
+    /// subscription `filter` (`$share/{group}/{filter}`), and that shard's
+    /// id for the group; `None` when no shard has a member. The shards
+    /// take turns, as in [`Self::route`].
+    pub fn next_group_member(&self, filter: &TopicFilter) -> Option<(ShardId, GroupId)> {
+        let group = self.trie.group(self.trie.group_id(filter)?)?;
+        match group.next_member()? {
+            (shard, Announced { group: Some(id), .. }) => Some((shard, *id)),
+            _ => None,
+        }
+    }
+
     /// Routes `topic`: returns the shards with a matching plain
     /// subscription, and calls `f` once per matching shared group with the
     /// shard chosen to receive the message (MQTT 5.0 section 4.8.2) and

@@ -11,9 +11,11 @@
 //!
 //! The transport that carries batches to destinations, wired by `runtime`:
 //! * [`mesh`]: glommio's shared-nothing channels between the shards of this
-//!   process, the only code that imports `glommio::channels`. A bridge to
-//!   other nodes (over NATS) would be a second transport beside it.
+//!   process, the only code that imports `glommio::channels`.
+//! * [`cluster`]: the bridge to the other nodes of a cluster, over NATS,
+//!   a second transport beside it (the only code that uses tokio).
 
+pub mod cluster;
 pub mod destination;
 pub mod interest;
 pub mod mesh;

@@ -26,6 +26,7 @@ use crate::net::admission::ListenerAdmission;
 use crate::net::listener::{self, bind_reuseport, ListenerStop};
 use crate::net::{self, NetAuth, NetContext, NetShared};
 use crate::protocol::{QoS, ReasonCode, TopicName};
+use crate::router::cluster::Bridge;
 use crate::router::{Mesh, MeshSetup, Outbox, RouterMessage};
 use crate::shard::Shard;
 use crate::store::data_dir::DataDirError;
@@ -86,6 +87,9 @@ pub enum RuntimeError {
     /// `data_dir` cannot be used.
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    /// The NATS bridge of `[cluster]` could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::router::cluster::BridgeError),
 }
 
 /// What every shard needs to start.
@@ -123,6 +127,9 @@ struct Startup {
     /// The data directory (checked and locked) and how the logs in it are
     /// written; `None`: memory only.
     store: Option<(std::path::PathBuf, StoreOptions)>,
+    /// The shards' side of the NATS bridge (`[cluster]`); `None` for a
+    /// single node.
+    cluster: Option<crate::router::cluster::ClusterSetup>,
 }
 
 /// Why a shard could not serve.
@@ -388,7 +395,23 @@ fn serve(
             sockets[shard].push(socket);
         }
     }
+    // The bridge connects in the background: a node starts (and serves its
+    // own clients) while NATS is unreachable.
+    let bridge = match config.cluster() {
+        Some(cluster) => {
+            let (bridge, setup) = Bridge::start(cluster, nr_shards)?;
+            tracing::info!(
+                node_id = %cluster.node_id,
+                nats = ?cluster.nats,
+                subject_prefix = %cluster.subject_prefix,
+                "cluster: NATS bridge started"
+            );
+            Some((bridge, setup))
+        }
+        None => None,
+    };
     let startup = Arc::new(Startup {
+        cluster: bridge.as_ref().map(|(_, setup)| setup.clone()),
         nr_shards,
         sockets: Mutex::new(sockets),
         limits,
@@ -441,6 +464,9 @@ fn serve(
         || handles.handles().iter().any(std::thread::JoinHandle::is_finished),
         || notifier.poll(&startup.health, startup.open_connections.load(Ordering::Relaxed)),
     );
+    if let Some((bridge, _)) = bridge {
+        bridge.stop();
+    }
     match outcome {
         ShardsOutcome::Finished { failed: false } => {
             tracing::info!("stopped");
@@ -545,6 +571,13 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         .borrow_mut()
         .set_response_information_prefix(startup.response_information_prefix.as_deref());
     shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
+    // Before the log replay and any client: every subscription is seen by
+    // the bridge.
+    let cluster = startup.cluster.as_ref().map(|setup| {
+        let link = Rc::new(setup.link(id));
+        shard.borrow_mut().set_cluster(Rc::clone(&link));
+        link
+    });
     let mut acl_seen = startup.acl.as_ref().map(|acl| {
         let (seen, file) = acl.current();
         shard.borrow_mut().set_acl(file);
@@ -590,6 +623,10 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
                 shard.borrow_mut().handle_shard_message(from, message, Instant::now())
             }
         }
+    });
+    let cluster_task = cluster.map(|link| {
+        let shard = Rc::clone(&shard);
+        link.start(move |event| shard.borrow_mut().handle_cluster(event, Instant::now()))
     });
     let accepts: Vec<_> = listeners
         .into_iter()
@@ -661,6 +698,9 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     mesh_tasks.shutdown().await;
+    if let Some(task) = cluster_task {
+        task.shutdown().await;
+    }
     if let Some((log, writer)) = writer {
         // Written and synced before the shard reports it stopped.
         log.close();
@@ -749,7 +789,8 @@ fn log_stopped(snapshot: &Snapshot) {
         cross_core_queued,
         counters,
     } = snapshot;
-    let Counters { net, shard, session, router, store } = counters;
+    // The NATS bridge logs its own figures when it stops.
+    let Counters { net, shard, session, router, store, cluster: _ } = counters;
     let NetCounters {
         accepted,
         refused_limit,

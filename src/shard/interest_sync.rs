@@ -5,10 +5,12 @@
 
 use super::slots::SessionKey;
 use crate::protocol::TopicFilter;
+use crate::router::cluster::ClusterLink;
 use crate::router::interest::{GroupId, InterestDelta, InterestTable, LocalInterest};
 use crate::router::{Outbox, ShardId, ShardMessage};
 use crate::session::AckToken;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 /// The interest state of one shard.
 #[derive(Debug)]
@@ -26,6 +28,9 @@ pub(super) struct InterestSync {
     /// never early). An acknowledgement releases a prefix: linear in the
     /// subscribes, however many filters they carry.
     waiters: VecDeque<(u64, SessionKey, AckToken)>,
+    /// In a cluster: the NATS bridge, which gets every delta too, and the
+    /// latest revision it applied (its subscriptions made or removed).
+    cluster: Option<(Rc<ClusterLink>, u64)>,
 }
 
 impl InterestSync {
@@ -37,7 +42,14 @@ impl InterestSync {
             replica: InterestTable::new(),
             acked: vec![0; nr_shards],
             waiters: VecDeque::new(),
+            cluster: None,
         }
+    }
+
+    /// From now on, every delta goes to the NATS bridge too, and a SUBACK
+    /// waits for its acknowledgement as well.
+    pub(super) fn set_cluster(&mut self, link: Rc<ClusterLink>) {
+        self.cluster = Some((link, self.local.revision()));
     }
 
     /// Every shard's interest, as this shard knows it.
@@ -80,6 +92,9 @@ impl InterestSync {
         for peer in peers.filter(|&peer| peer != self.me) {
             outbox.push(peer, ShardMessage::Interest(delta.clone()));
         }
+        if let Some((bridge, _)) = &self.cluster {
+            bridge.handle_interest(&delta);
+        }
         revision
     }
 
@@ -94,6 +109,7 @@ impl InterestSync {
         (0..self.nr_shards)
             .filter(|&peer| peer != self.me.index())
             .map(|peer| self.acked[peer])
+            .chain(self.cluster.as_ref().map(|&(_, acked)| acked))
             .min()
             .unwrap_or(u64::MAX)
     }
@@ -115,10 +131,29 @@ impl InterestSync {
         &mut self,
         from: ShardId,
         revision: u64,
-        mut release: impl FnMut(SessionKey, AckToken),
+        release: impl FnMut(SessionKey, AckToken),
     ) {
         let acked = &mut self.acked[from.index()];
         *acked = (*acked).max(revision);
+        self.release(release);
+    }
+
+    /// The NATS bridge applied this shard's revisions up to `revision`:
+    /// as [`Self::handle_ack`].
+    pub(super) fn handle_bridge_ack(
+        &mut self,
+        revision: u64,
+        release: impl FnMut(SessionKey, AckToken),
+    ) {
+        if let Some((_, acked)) = &mut self.cluster {
+            *acked = (*acked).max(revision);
+        }
+        self.release(release);
+    }
+
+    /// Calls `release` with the barriers whose revision every peer (and
+    /// the bridge) has applied.
+    fn release(&mut self, mut release: impl FnMut(SessionKey, AckToken)) {
         let acked_by_all = self.acked_by_all();
         while let Some(&(revision, key, ack)) = self.waiters.front() {
             if revision > acked_by_all {

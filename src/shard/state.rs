@@ -97,6 +97,9 @@ pub struct Shard {
     /// The ACL file in force (`acl_file`), shared by every shard; `None`
     /// without one (then nothing is checked).
     acl: Option<Arc<AclFile>>,
+    /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
+    /// single node. See `state/cluster.rs`.
+    cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
 }
 
 impl Shard {
@@ -131,6 +134,7 @@ impl Shard {
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
+            cluster: None,
         }
     }
 
@@ -244,6 +248,7 @@ impl Shard {
             cross_core_queued: self.outbox.queued_publishes(),
             counters: Counters {
                 store: self.log.as_ref().map(|log| log.counters()).unwrap_or_default(),
+                cluster: self.cluster_counters(),
                 ..self.counters.clone()
             },
         }
@@ -836,6 +841,9 @@ impl Shard {
             self.store_retained(&message, now);
         }
         self.deliver_local(&message, now);
+        // In a cluster the message also goes to the other nodes; shared
+        // groups are then served through NATS (see `state/cluster.rs`).
+        let bridged = self.cluster.as_ref().is_some_and(|cluster| cluster.publish(&message));
         // Per matched group: the member shard chosen and its id for the
         // group, which is all that travels with the message.
         let mut chosen: smallvec::SmallVec<[(ShardId, GroupId); 4]> = smallvec::SmallVec::new();
@@ -854,6 +862,9 @@ impl Shard {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             }
+        }
+        if bridged {
+            return;
         }
         for (shard, group) in chosen {
             if shard == self.id {
@@ -1148,6 +1159,8 @@ impl Shard {
         }
     }
 }
+
+mod cluster;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

@@ -850,6 +850,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 dropped_no_subscribers: 3,
             },
             store: Default::default(),
+            cluster: Default::default(),
         },
     };
     assert_eq!(cluster.shards[0].snapshot(), expected);

@@ -1,0 +1,363 @@
+//! The `[cluster]` table: this node's part in a ringmq cluster whose nodes
+//! exchange matched publishes over NATS (issue 17, design.md "Beyond one
+//! VM"). Absent: a single node, and the shards pay nothing for it beyond a
+//! `None` check.
+//!
+//! ```toml
+//! [cluster]
+//! node_id = "node-a"                     # required: unique in the cluster
+//! nats = ["nats://10.0.0.5:4222"]        # required: seed servers
+//! user = "ringmq"                        # with password; or token
+//! password = "secret"
+//! tls_ca = "/etc/ringmq/nats-ca.pem"     # TLS to NATS, trusting this CA
+//! subject_prefix = "ringmq"
+//! local_only = ["$SYS/#"]
+//! queue_capacity = 8192
+//! ```
+
+use super::{ConfigError, Setting};
+use crate::protocol::TopicFilter;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The default `subject_prefix`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "ringmq";
+
+/// The default `queue_capacity`.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+
+/// The range of `queue_capacity`.
+const QUEUE_CAPACITY_RANGE: (i64, i64) = (16, 1 << 20);
+
+/// The longest `node_id`.
+const MAX_NODE_ID_LEN: usize = 64;
+
+/// The longest `subject_prefix`: it starts every subject, and NATS caps
+/// the control line (`PUB subject size`) at 4 KiB by default.
+const MAX_PREFIX_LEN: usize = 128;
+
+/// The `[cluster]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) node_id: Option<String>,
+    pub(super) nats: Option<Vec<String>>,
+    pub(super) user: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) tls_ca: Option<String>,
+    pub(super) subject_prefix: Option<String>,
+    pub(super) local_only: Option<Vec<String>>,
+    pub(super) queue_capacity: Option<i64>,
+}
+
+/// How the node authenticates to NATS.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// None: the NATS server lets anonymous clients in.
+    None,
+    /// `user` and `password`.
+    UserPassword {
+        /// `user`.
+        user: String,
+        /// `password`.
+        password: String,
+    },
+    /// `token`.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are redacted.
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user:?}, <redacted>)"),
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+/// A validated `[cluster]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `node_id`: this node's name in the cluster (logs, the NATS
+    /// connection's name).
+    pub node_id: String,
+    /// `nats`: the seed servers, `nats://host:port` or `tls://host:port`;
+    /// never empty.
+    pub nats: Vec<String>,
+    /// `user`/`password` or `token`.
+    pub credentials: NatsCredentials,
+    /// `tls_ca`: the CA that signs the NATS servers' certificates; TLS is
+    /// required when set.
+    pub tls_ca: Option<PathBuf>,
+    /// `subject_prefix`: the first NATS tokens of every subject the node
+    /// uses; nodes of one cluster share it.
+    pub subject_prefix: String,
+    /// `local_only`: filters whose matching topics never leave the node.
+    pub local_only: Vec<TopicFilter>,
+    /// `queue_capacity`: messages each queue between a shard and the NATS
+    /// bridge holds, each way.
+    pub queue_capacity: usize,
+}
+
+/// Validates the `[cluster]` table: `None` when absent.
+pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let node_id =
+        match raw.node_id {
+            None => return Err(ConfigError::invalid(
+                "cluster.node_id: missing; set a name unique in the cluster (e.g. \"node-a\"), \
+                 or remove [cluster] to run a single node",
+            )),
+            Some(id) if id.is_empty() || id.len() > MAX_NODE_ID_LEN || !id.chars().all(is_name) => {
+                return Err(ConfigError::invalid(format!(
+                    "{}: must be 1 to {MAX_NODE_ID_LEN} characters of A-Z, a-z, 0-9, '-' and '_'",
+                    Setting::key("cluster.node_id", &id)
+                )))
+            }
+            Some(id) => id,
+        };
+    let nats = match raw.nats {
+        None => {
+            return Err(ConfigError::invalid(
+                "cluster.nats: missing; list the NATS servers to connect to (e.g. \
+                 [\"nats://127.0.0.1:4222\"])",
+            ))
+        }
+        Some(seeds) if seeds.is_empty() => {
+            return Err(ConfigError::invalid(
+                "cluster.nats = []: list at least one NATS server (e.g. \
+                 [\"nats://127.0.0.1:4222\"])",
+            ))
+        }
+        Some(seeds) => seeds,
+    };
+    for (i, seed) in nats.iter().enumerate() {
+        if let Err(why) = check_seed(seed) {
+            return Err(ConfigError::invalid(format!(
+                "{}: {why}; write nats://HOST:PORT or tls://HOST:PORT",
+                Setting::key(format!("cluster.nats[{i}]"), seed)
+            )));
+        }
+    }
+    let credentials =
+        match (raw.user, raw.password, raw.token) {
+            (None, None, None) => NatsCredentials::None,
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "cluster.token: set either token or user and password, not both",
+                ))
+            }
+            (None, None, Some(token)) if token.is_empty() => return Err(ConfigError::invalid(
+                "cluster.token = \"\": must not be empty; remove the key to connect without one",
+            )),
+            (None, None, Some(token)) => NatsCredentials::Token(token),
+            (Some(user), Some(password), None) if !user.is_empty() => {
+                NatsCredentials::UserPassword { user, password }
+            }
+            (Some(_), Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "cluster.user = \"\": must not be empty; set the NATS user name",
+                ))
+            }
+            (Some(_), None, None) => {
+                return Err(ConfigError::invalid(
+                    "cluster.user: needs cluster.password too; set both or neither",
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "cluster.password: needs cluster.user too; set both or neither",
+                ))
+            }
+        };
+    let tls_ca =
+        match raw.tls_ca {
+            Some(path) if path.is_empty() => return Err(ConfigError::invalid(
+                "cluster.tls_ca = \"\": must be a path; remove the key for plain NATS connections",
+            )),
+            path => path.map(PathBuf::from),
+        };
+    let subject_prefix = match raw.subject_prefix {
+        None => DEFAULT_SUBJECT_PREFIX.to_owned(),
+        Some(prefix)
+            if prefix.len() <= MAX_PREFIX_LEN
+                && prefix.split('.').all(|t| !t.is_empty() && t.chars().all(is_name)) =>
+        {
+            prefix
+        }
+        Some(prefix) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be NATS tokens of A-Z, a-z, 0-9, '-' and '_' joined by '.', at most \
+                 {MAX_PREFIX_LEN} bytes (e.g. \"ringmq\" or \"prod.mqtt\")",
+                Setting::key("cluster.subject_prefix", &prefix)
+            )))
+        }
+    };
+    let local_only = match raw.local_only {
+        None => vec![TopicFilter::new("$SYS/#").expect("a valid filter")],
+        Some(filters) => {
+            let mut parsed = Vec::with_capacity(filters.len());
+            for (i, text) in filters.into_iter().enumerate() {
+                let setting = Setting::key(format!("cluster.local_only[{i}]"), &text);
+                match TopicFilter::new(text) {
+                    Ok(filter) if !filter.is_shared() => parsed.push(filter.detached()),
+                    Ok(_) => {
+                        return Err(ConfigError::invalid(format!(
+                            "{setting}: must be a plain topic filter, not a shared subscription"
+                        )))
+                    }
+                    Err(error) => {
+                        return Err(ConfigError::invalid(format!(
+                            "{setting}: not a valid MQTT topic filter ({error})"
+                        )))
+                    }
+                }
+            }
+            parsed
+        }
+    };
+    let queue_capacity = match raw.queue_capacity {
+        None => DEFAULT_QUEUE_CAPACITY,
+        Some(n) => {
+            let (min, max) = QUEUE_CAPACITY_RANGE;
+            super::ranged(Setting::key("cluster.queue_capacity", n), n, min, max, |n| {
+                usize::try_from(n).ok()
+            })?
+        }
+    };
+    Ok(Some(ClusterConfig {
+        node_id,
+        nats,
+        credentials,
+        tls_ca,
+        subject_prefix,
+        local_only,
+        queue_capacity,
+    }))
+}
+
+/// A character of a node id or of a subject prefix's token.
+fn is_name(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// Checks a seed: `nats://` or `tls://` (or no scheme), an optional
+/// `user:pass@`, a host and a port.
+fn check_seed(seed: &str) -> Result<(), &'static str> {
+    let rest = match seed.split_once("://") {
+        Some(("nats" | "tls", rest)) => rest,
+        Some(_) => return Err("the scheme must be nats:// or tls://"),
+        None => seed,
+    };
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let (host, port) = host_port.rsplit_once(':').ok_or("missing :PORT")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return Err("missing or malformed host");
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err("the port must be a number from 1 to 65535"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{locate, Config, Overrides};
+    use super::*;
+
+    const MINIMAL: &str = "[cluster]\nnode_id = \"a\"\nnats = [\"nats://127.0.0.1:4222\"]\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", &Overrides::default())
+    }
+
+    /// The one-line error of `text`, placed as `Config::from_file` does.
+    fn error(text: &str) -> String {
+        let error = parse(text).expect_err("refused");
+        let message = locate::locate(error, text, "test.toml").to_string();
+        assert!(!message.contains('\n'), "{message}");
+        message
+    }
+
+    #[test]
+    fn absent_is_a_single_node() {
+        assert_eq!(parse("").unwrap().cluster(), None);
+    }
+
+    #[test]
+    fn defaults_of_a_minimal_table() {
+        let config = parse(MINIMAL).unwrap();
+        let cluster = config.cluster().unwrap();
+        assert_eq!(cluster.node_id, "a");
+        assert_eq!(cluster.nats, ["nats://127.0.0.1:4222"]);
+        assert_eq!(cluster.credentials, NatsCredentials::None);
+        assert_eq!(cluster.tls_ca, None);
+        assert_eq!(cluster.subject_prefix, DEFAULT_SUBJECT_PREFIX);
+        assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
+        assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
+                    user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
+                    subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
+                    queue_capacity = 100\n";
+        let config = parse(text).unwrap();
+        let cluster = config.cluster().unwrap();
+        assert_eq!(cluster.nats.len(), 2);
+        let user = NatsCredentials::UserPassword { user: "u".into(), password: "p".into() };
+        assert_eq!(cluster.credentials, user);
+        assert!(!format!("{cluster:?}").contains("\"p\""), "the password is redacted");
+        assert_eq!(cluster.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(cluster.subject_prefix, "prod.mqtt");
+        assert_eq!(cluster.local_only.len(), 2);
+        assert_eq!(cluster.queue_capacity, 100);
+        let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
+        assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
+    }
+
+    #[test]
+    fn refusals_name_the_key_and_its_position() {
+        let cases = [
+            ("[cluster]\nnats = [\"nats://h:1\"]", "config error: cluster.node_id: missing"),
+            ("[cluster]\nnode_id = \"a\"", "config error: cluster.nats: missing"),
+            ("[cluster]\nnode_id = \"a b\"\nnats = [\"h:1\"]", "test.toml:2:11: cluster.node_id"),
+            ("[cluster]\nnode_id = \"a\"\nnats = []", "test.toml:3:8: cluster.nats = []"),
+            (
+                "[cluster]\nnode_id = \"a\"\nnats = [\"h:1\", \"http://h:2\"]",
+                "test.toml:3:16: cluster.nats[1] = \"http://h:2\": the scheme",
+            ),
+            (
+                "[cluster]\nnode_id = \"a\"\nnats = [\"h\"]",
+                "cluster.nats[0] = \"h\": missing :PORT",
+            ),
+            ("[cluster]\nnode_id = \"a\"\nnats = [\"h:0\"]", "cluster.nats[0] = \"h:0\": the port"),
+            (&format!("{MINIMAL}user = \"u\""), "test.toml:4:8: cluster.user: needs"),
+            (&format!("{MINIMAL}password = \"p\""), "cluster.password: needs cluster.user"),
+            (&format!("{MINIMAL}token = \"t\"\nuser = \"u\""), "cluster.token: set either"),
+            (&format!("{MINIMAL}token = \"\""), "cluster.token = \"\": must not be empty"),
+            (&format!("{MINIMAL}tls_ca = \"\""), "cluster.tls_ca = \"\": must be a path"),
+            (&format!("{MINIMAL}subject_prefix = \"a..b\""), "test.toml:4:18: cluster.subject"),
+            (&format!("{MINIMAL}subject_prefix = \"a>\""), "cluster.subject_prefix = \"a>\""),
+            (&format!("{MINIMAL}local_only = [\"a/#/b\"]"), "cluster.local_only[0] = \"a/#/b\""),
+            (&format!("{MINIMAL}local_only = [\"$share/g/a\"]"), "not a shared subscription"),
+            (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
+            (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(message.contains(expected), "{text:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_changed_cluster_needs_a_restart() {
+        let (old, new) = (parse(MINIMAL).unwrap(), parse("").unwrap());
+        assert_eq!(old.changes(&new).needs_restart, ["cluster"]);
+    }
+}

@@ -1,0 +1,567 @@
+//! The NATS bridge: one thread per node, running async-nats on a
+//! current-thread tokio runtime (tokio never runs on a shard). Three kinds
+//! of task share the thread: the publisher (the shards' messages to NATS),
+//! the interest task (subscriptions, counted per subject and queue group),
+//! and one reader per NATS subscription (messages to the shards). Two
+//! connections: publishes and plain subscriptions (no echo), and the queue
+//! subscriptions of shared groups (with echo: a node's own messages go to
+//! its members too).
+//!
+//! The connections: async-nats connects to any of the seeds in the
+//! background, reconnects forever with exponential backoff (capped at
+//! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
+//! reconnect. While it is down, publishes wait in the client's bounded
+//! buffer, then in the lane; past that they are dropped and counted. The
+//! node's own messages do not come back to it: the connection asks the
+//! server for no echo, and the origin in every frame is checked too.
+
+use super::frame::{self, Dedup, Seen};
+use super::subject::{filter_subjects, queue_name, topic_subject};
+use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
+use crate::config::{ClusterConfig, NatsCredentials};
+use crate::message::wire::Clocks;
+use crate::protocol::TopicFilter;
+use crate::router::home_shard;
+use async_nats::connection::State;
+use bytes::BytesMut;
+use futures_lite::StreamExt;
+use hashbrown::HashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest wait between two reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How long an interest acknowledgement waits for the NATS server to
+/// confirm a subscription (a round trip) before it is sent anyway.
+const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a stopping bridge waits to flush what it published.
+const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a stopping node waits for its bridge to publish what the
+/// shards queued.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// `cluster.tls_ca` cannot be read.
+    #[error("cluster.tls_ca {path}: {error}")]
+    TlsCa {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The thread or its runtime could not be created.
+    #[error("cannot start the NATS bridge thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running bridge.
+#[derive(Debug)]
+pub struct Bridge {
+    shared: Arc<Shared>,
+    /// Told when the bridge thread ends.
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Bridge {
+    /// Starts the bridge thread for `nr_shards` shards; it connects in the
+    /// background. Returns the shards' side of it.
+    pub fn start(
+        config: &ClusterConfig,
+        nr_shards: usize,
+    ) -> Result<(Self, ClusterSetup), BridgeError> {
+        if let Some(path) = &config.tls_ca {
+            if let Err(error) = std::fs::File::open(path) {
+                return Err(BridgeError::TlsCa { path: path.display().to_string(), error });
+            }
+        }
+        let shared = Arc::new(Shared {
+            outbound: Lane::new(config.queue_capacity.saturating_mul(nr_shards)),
+            inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
+            counters: BridgeCounters::default(),
+            local_only: config.local_only.clone(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(BridgeError::Thread)?;
+        let (config, for_thread) = (config.clone(), Arc::clone(&shared));
+        let (finished, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ringmq-nats".into())
+            .spawn(move || {
+                run(runtime, config, for_thread);
+                let _ = finished.send(());
+            })
+            .map_err(BridgeError::Thread)?;
+        Ok((Self { shared: Arc::clone(&shared), done }, ClusterSetup(shared)))
+    }
+
+    /// Publishes what the shards queued, flushes, and ends the thread.
+    /// Call once the shards have stopped. With NATS unreachable the
+    /// publishes can wait forever: after [`STOP_TIMEOUT`] the rest is
+    /// dropped (the thread ends with the process).
+    pub fn stop(self) {
+        self.shared.outbound.close();
+        match self.done.recv_timeout(STOP_TIMEOUT) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                "the NATS bridge could not publish everything within {} s (is NATS \
+                 reachable?): the rest is dropped",
+                STOP_TIMEOUT.as_secs()
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::error!("the NATS bridge thread panicked")
+            }
+        }
+        let crate::metrics::ClusterCounters {
+            published,
+            published_qos12,
+            publish_failed,
+            subject_too_long,
+            outbound_dropped_qos0,
+            outbound_dropped_qos12,
+            received,
+            duplicates,
+            stale,
+            malformed,
+            inbound_dropped,
+            slow_consumer,
+            connects,
+            disconnects,
+        } = self.shared.counters.snapshot();
+        tracing::info!(
+            published,
+            published_qos12,
+            publish_failed,
+            subject_too_long,
+            outbound_dropped_qos0,
+            outbound_dropped_qos12,
+            received,
+            duplicates,
+            stale,
+            malformed,
+            inbound_dropped,
+            slow_consumer,
+            connects,
+            disconnects,
+            "NATS bridge stopped"
+        );
+    }
+}
+
+/// The connection options of `config`: for the main connection (publishes
+/// and plain subscriptions, no echo), or for the queue connection (the
+/// queue subscriptions of shared groups; it publishes nothing, and must
+/// get the node's own messages: a group's member on this node is chosen
+/// among all the members in the cluster).
+fn options(
+    config: &ClusterConfig,
+    shared: &Arc<Shared>,
+    queues: bool,
+) -> async_nats::ConnectOptions {
+    let (name, inbox) = match queues {
+        false => (format!("ringmq {}", config.node_id), config.node_id.clone()),
+        true => (format!("ringmq {} queues", config.node_id), format!("{}-q", config.node_id)),
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        // Every subject the node uses is under the prefix (one NATS
+        // permission covers them): the inbox of its round trips too.
+        .custom_inbox_prefix(format!("{}._INBOX.{inbox}", config.subject_prefix));
+    if !queues {
+        options = options.no_echo();
+    }
+    options = options
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(backoff)
+        .subscription_capacity(config.queue_capacity)
+        .client_capacity(config.queue_capacity);
+    options = match &config.credentials {
+        NatsCredentials::None => options,
+        NatsCredentials::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsCredentials::Token(token) => options.token(token.clone()),
+    };
+    if let Some(path) = &config.tls_ca {
+        options = options.require_tls(true).add_root_certificates(path.clone());
+    }
+    let (shared, node) = (Arc::clone(shared), config.node_id.clone());
+    options.event_callback(move |event| {
+        let counters = &shared.counters;
+        match (&event, queues) {
+            (async_nats::Event::Connected, false) => {
+                BridgeCounters::add(&counters.connects);
+                tracing::info!(node = %node, "connected to NATS");
+            }
+            (async_nats::Event::Disconnected, false) => {
+                BridgeCounters::add(&counters.disconnects);
+                tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
+            }
+            (async_nats::Event::Connected, true) => {
+                BridgeCounters::add(&counters.connects);
+                tracing::info!(node = %node, "queue connection to NATS up");
+            }
+            (async_nats::Event::Disconnected, true) => {
+                BridgeCounters::add(&counters.disconnects);
+                tracing::warn!(node = %node, "queue connection to NATS lost; reconnecting");
+            }
+            // Every failed reconnection attempt (at most one per
+            // MAX_BACKOFF once backed off): the disconnect said it already.
+            (async_nats::Event::SlowConsumer(_), _) => {
+                BridgeCounters::add(&counters.slow_consumer);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                let last = counters.slow_consumer_logged.load(Ordering::Relaxed);
+                if now >= last + 10 {
+                    counters.slow_consumer_logged.store(now, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = %node,
+                        dropped = counters.slow_consumer.load(Ordering::Relaxed),
+                        "messages from NATS dropped: the bridge reads too slowly \
+                         (cluster_slow_consumer; at most one line every 10 s)"
+                    );
+                }
+            }
+            (async_nats::Event::ClientError(error), _) => {
+                tracing::debug!(node = %node, %error, "NATS client error")
+            }
+            (event, _) => tracing::warn!(node = %node, %event, "NATS"),
+        }
+        async {}
+    })
+}
+
+/// The delay before reconnection attempt `attempts`: none for the first,
+/// then 10 ms doubling up to [`MAX_BACKOFF`].
+fn backoff(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(10u64 << (n - 2).min(16)).min(MAX_BACKOFF),
+    }
+}
+
+/// The bridge thread.
+fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shared>) {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        let (client, queues) = match futures_lite::future::zip(
+            options(&config, &shared, false).connect(config.nats.clone()),
+            options(&config, &shared, true).connect(config.nats.clone()),
+        )
+        .await
+        {
+            (Ok(client), Ok(queues)) => (client, queues),
+            // With retry_on_initial_connect only a bad address fails here,
+            // and the configuration checked them.
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "cannot start the NATS client: the node stays alone");
+                // SUBACKs must not wait forever: every interest change is
+                // acknowledged (nothing is subscribed).
+                while let Some(Interest { shard, revision, .. }) =
+                    std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
+                {
+                    shared.inbound[shard.index()].push_control(revision);
+                }
+                return;
+            }
+        };
+        let bridge = Rc::new(BridgeState {
+            client,
+            queues,
+            prefix: config.subject_prefix.clone(),
+            origin: origin(),
+            shared: Arc::clone(&shared),
+            subscriptions: RefCell::new(HashMap::new()),
+            dedup: RefCell::new(Dedup::default()),
+        });
+        let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
+        Rc::clone(&bridge).publish_task().await;
+        let _ = interest.await;
+        // Stop the readers (each unsubscribes), then flush.
+        let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
+        for reader in readers {
+            let _ = reader.stop.send(());
+            let _ = reader.task.await;
+        }
+        let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.client.flush()).await;
+        let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.queues.flush()).await;
+    });
+    // Whatever is left is dropped inside the runtime's context (async-nats
+    // spawns on drop).
+    let _context = runtime.enter();
+    drop(local);
+}
+
+/// This node's origin id for this run: random, so that a restarted node
+/// starts a new sequence without colliding with its previous run.
+fn origin() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No random source: the clock still tells runs apart.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        return now.map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(bytes)
+}
+
+/// A NATS subscription: its subject, and for a shared subscription the
+/// `$share/{group}/{filter}` whose queue group it joins.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    subject: String,
+    group: Option<TopicFilter>,
+}
+
+/// One NATS subscription and how many (shard, filter) pairs want it.
+struct Subscription {
+    count: usize,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The bridge thread's state, shared by its tasks.
+struct BridgeState {
+    /// Publishes and plain subscriptions (no echo).
+    client: async_nats::Client,
+    /// Queue subscriptions of shared groups.
+    queues: async_nats::Client,
+    prefix: String,
+    origin: u64,
+    shared: Arc<Shared>,
+    subscriptions: RefCell<HashMap<Key, Subscription>>,
+    dedup: RefCell<Dedup>,
+}
+
+impl BridgeState {
+    /// Publishes every message the shards queue, until the lane closes.
+    async fn publish_task(self: Rc<Self>) {
+        let counters = &self.shared.counters;
+        let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
+        while let Some(message) =
+            std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
+        {
+            if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
+                BridgeCounters::add(&counters.subject_too_long);
+                continue;
+            }
+            sequence += 1;
+            if frame::encode(self.origin, sequence, &message, Clocks::read(), &mut buffer).is_err()
+            {
+                BridgeCounters::add(&counters.publish_failed);
+                buffer.clear();
+                continue;
+            }
+            let payload = buffer.split().freeze();
+            match self.client.publish(subject.clone(), payload).await {
+                Ok(()) => {
+                    BridgeCounters::add(&counters.published);
+                    if message.qos != crate::protocol::QoS::AtMostOnce {
+                        BridgeCounters::add(&counters.published_qos12);
+                    }
+                }
+                Err(error) => {
+                    BridgeCounters::add(&counters.publish_failed);
+                    tracing::debug!(%error, topic = %message.topic.as_str(), "NATS publish failed");
+                }
+            }
+        }
+    }
+
+    /// Applies the shards' interest changes, until the lane closes.
+    async fn interest_task(self: Rc<Self>) {
+        while let Some(change) =
+            std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
+        {
+            let Interest { shard, filter, added, revision } = change;
+            // A shared subscription is a queue subscription of its own
+            // (on the queue connection); a plain one a plain subscription.
+            let group = filter.is_shared().then(|| filter.detached());
+            match filter_subjects(&self.prefix, filter.filter()) {
+                None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
+                None => {}
+                Some(subjects) if added => {
+                    let mut subscribed = false;
+                    for subject in subjects {
+                        subscribed |= self.subscribe(Key { subject, group: group.clone() }).await;
+                    }
+                    let client = self.client_for(group.is_some());
+                    if subscribed && client.connection_state() == State::Connected {
+                        self.round_trip(client).await;
+                    }
+                }
+                Some(subjects) => {
+                    for subject in subjects {
+                        self.unsubscribe(&Key { subject, group: group.clone() }).await;
+                    }
+                }
+            }
+            self.shared.inbound[shard.index()].push_control(revision);
+        }
+    }
+
+    /// The connection of plain subscriptions (`false`) or of queue ones.
+    fn client_for(&self, queue: bool) -> &async_nats::Client {
+        if queue {
+            &self.queues
+        } else {
+            &self.client
+        }
+    }
+
+    /// Waits until the NATS server has processed everything `client` sent
+    /// before (a server handles a connection's operations in order): a
+    /// request to a subject nobody answers, which the server itself
+    /// answers "no responders". Once it is back, the server has the new
+    /// subscriptions, so a publish it gets from now on reaches this node
+    /// [MQTT-3.8.4-1] (in a NATS cluster the other servers learn of them a
+    /// moment later: NATS propagates interest asynchronously). Bounded by
+    /// [`SUBSCRIBE_SYNC_TIMEOUT`]. (`Client::flush` only writes the socket.)
+    async fn round_trip(&self, client: &async_nats::Client) {
+        let subject = format!("{}.sync", self.prefix);
+        let request = client.request(subject, bytes::Bytes::new());
+        let _ = tokio::time::timeout(SUBSCRIBE_SYNC_TIMEOUT, request).await;
+    }
+
+    /// Counts one more want of `key`; subscribes on the first. Returns
+    /// whether it subscribed.
+    async fn subscribe(self: &Rc<Self>, key: Key) -> bool {
+        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&key) {
+            subscription.count += 1;
+            return false;
+        }
+        let subscribed = match &key.group {
+            None => self.client.subscribe(key.subject.clone()).await,
+            Some(group) => {
+                let queue = queue_name(group.as_str());
+                self.queues.queue_subscribe(key.subject.clone(), queue).await
+            }
+        };
+        let subscriber = match subscribed {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                // Only when the client is closed (the bridge is stopping).
+                tracing::warn!(%error, subject = %key.subject, "NATS subscribe failed");
+                return false;
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let reader = Rc::clone(self).read(subscriber, key.group.clone(), stopped);
+        let task = tokio::task::spawn_local(reader);
+        self.subscriptions.borrow_mut().insert(key, Subscription { count: 1, stop, task });
+        true
+    }
+
+    /// Counts one want of `key` less; unsubscribes after the last.
+    async fn unsubscribe(&self, key: &Key) {
+        let reader = {
+            let mut subscriptions = self.subscriptions.borrow_mut();
+            let Some(subscription) = subscriptions.get_mut(key) else { return };
+            subscription.count -= 1;
+            if subscription.count > 0 {
+                return;
+            }
+            subscriptions.remove(key)
+        };
+        if let Some(reader) = reader {
+            let _ = reader.stop.send(());
+            let _ = reader.task.await;
+        }
+    }
+
+    /// Hands what `subscriber` receives to the shards, until `stop`;
+    /// `group`: the shared subscription of a queue subscription.
+    async fn read(
+        self: Rc<Self>,
+        mut subscriber: async_nats::Subscriber,
+        group: Option<TopicFilter>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        enum Next {
+            Message(Option<async_nats::Message>),
+            Stop,
+        }
+        loop {
+            let next =
+                futures_lite::future::or(async { Next::Message(subscriber.next().await) }, async {
+                    let _ = (&mut stop).await;
+                    Next::Stop
+                })
+                .await;
+            match next {
+                Next::Message(Some(message)) => self.handle_received(message, group.as_ref()),
+                Next::Message(None) => return,
+                Next::Stop => break,
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+    }
+
+    /// A message from NATS: decoded, deduplicated (plain subscriptions:
+    /// two of them may match one message; a queue subscription gets each
+    /// message its group is given once), and handed to a shard: the one
+    /// its topic hashes to (one shard per topic keeps a topic's order), or
+    /// for a shared group the one its filter hashes to.
+    fn handle_received(&self, message: async_nats::Message, group: Option<&TopicFilter>) {
+        let counters = &self.shared.counters;
+        let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                BridgeCounters::add(&counters.malformed);
+                tracing::debug!(%error, subject = %message.subject, "not a ringmq frame");
+                return;
+            }
+        };
+        let nr_shards = self.shared.inbound.len();
+        let (shard, delivery) = match group {
+            // The node's own messages come back to its queue subscriptions
+            // (their connection asks for echo): a group picks among all its
+            // members, this node's too.
+            Some(group) => (
+                home_shard(group.as_str().as_bytes(), nr_shards),
+                Delivery { message: Arc::new(message), group: Some(group.clone()) },
+            ),
+            None => {
+                if origin == self.origin {
+                    // no_echo should make this impossible.
+                    BridgeCounters::add(&counters.duplicates);
+                    return;
+                }
+                match self.dedup.borrow_mut().see(origin, sequence) {
+                    Seen::New => {}
+                    Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+                    Seen::Stale => return BridgeCounters::add(&counters.stale),
+                }
+                let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
+                (shard, Delivery { message: Arc::new(message), group: None })
+            }
+        };
+        match self.shared.inbound[shard.index()].push_message(delivery) {
+            Ok(()) => BridgeCounters::add(&counters.received),
+            Err(_) => BridgeCounters::add(&counters.inbound_dropped),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(10));
+        assert_eq!(backoff(3), Duration::from_millis(20));
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,206 @@
+//! What a node publishes on NATS, and how a receiving node recognises a
+//! message it has seen already. Sans-IO.
+//!
+//! Layout (version 1), integers big-endian:
+//!
+//! ```text
+//! u8   frame version (1)
+//! u64  origin: the publishing node's id for this run (random at start)
+//! u64  sequence: per origin, from 1, one per message published
+//! ...  the message in `crate::message::wire` form (QoS, RETAIN, publisher,
+//!      expiry, topic, v5 properties, payload)
+//! ```
+//!
+//! A node holds one NATS subscription per distinct filter subject, so a
+//! message that matches two of its filters (`a/+` and `a/#`) reaches it
+//! twice, possibly in either order (each subscription is read by its own
+//! task). The receiver keeps, per origin, the highest sequence seen and
+//! which of the [`WINDOW`] before it were seen; a repeat is dropped. A
+//! message older than the window is dropped too (QoS 0 crosses nodes at
+//! most once), and counted.
+
+use crate::message::{wire, Message};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hashbrown::HashMap;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 8 + 8;
+
+/// Sequences behind the newest one of an origin that are still told apart.
+pub(super) const WINDOW: u64 = 4096;
+
+/// Origins remembered; past it the memory is cleared (each restart of a
+/// node is a new origin, so this only ever fills over many restarts).
+const MAX_ORIGINS: usize = 1024;
+
+/// Appends the frame of `message` to `out`.
+pub(super) fn encode(
+    origin: u64,
+    sequence: u64,
+    message: &Message,
+    clocks: wire::Clocks,
+    out: &mut BytesMut,
+) -> Result<(), wire::WireError> {
+    out.reserve(HEADER + message.payload.len() + message.topic.as_str().len() + 16);
+    out.put_u8(VERSION);
+    out.put_u64(origin);
+    out.put_u64(sequence);
+    wire::encode(message, clocks, out)
+}
+
+/// Why a frame was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(super) enum FrameError {
+    /// Not a version this build reads, or shorter than its header.
+    #[error("not a ringmq cluster frame")]
+    Header,
+    /// The message inside is malformed.
+    #[error("malformed message: {0}")]
+    Message(#[from] wire::WireError),
+}
+
+/// The origin and sequence of a frame, and the message.
+pub(super) fn decode(
+    mut frame: Bytes,
+    clocks: wire::Clocks,
+) -> Result<(u64, u64, Message), FrameError> {
+    if frame.len() < HEADER || frame[0] != VERSION {
+        return Err(FrameError::Header);
+    }
+    frame.advance(1);
+    let (origin, sequence) = (frame.get_u64(), frame.get_u64());
+    Ok((origin, sequence, wire::decode(frame, clocks)?))
+}
+
+/// Whether a frame is new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Not seen before: deliver it.
+    New,
+    /// Seen already (it matched two of this node's subscriptions).
+    Duplicate,
+    /// Older than the window: not known, dropped.
+    Stale,
+}
+
+/// The recent sequences of one origin.
+#[derive(Debug)]
+struct Window {
+    /// The highest sequence seen.
+    top: u64,
+    /// Bit `s % WINDOW` is set when sequence `s` (within the window below
+    /// `top`, `top` included) was seen.
+    bits: Box<[u64; (WINDOW / 64) as usize]>,
+}
+
+impl Window {
+    fn bit(sequence: u64) -> (usize, u64) {
+        let at = sequence % WINDOW;
+        ((at / 64) as usize, 1 << (at % 64))
+    }
+
+    fn see(&mut self, sequence: u64) -> Seen {
+        if sequence > self.top {
+            // Clear the slots of the sequences that leave the window.
+            if sequence - self.top >= WINDOW {
+                self.bits.fill(0);
+            } else {
+                for gone in self.top + 1..=sequence {
+                    let (word, bit) = Self::bit(gone);
+                    self.bits[word] &= !bit;
+                }
+            }
+            self.top = sequence;
+        } else if self.top - sequence >= WINDOW {
+            return Seen::Stale;
+        }
+        let (word, bit) = Self::bit(sequence);
+        if self.bits[word] & bit != 0 {
+            return Seen::Duplicate;
+        }
+        self.bits[word] |= bit;
+        Seen::New
+    }
+}
+
+/// The sequences seen per origin.
+#[derive(Debug, Default)]
+pub(super) struct Dedup {
+    origins: HashMap<u64, Window>,
+}
+
+impl Dedup {
+    /// Records `(origin, sequence)` and says whether it is new.
+    pub(super) fn see(&mut self, origin: u64, sequence: u64) -> Seen {
+        if !self.origins.contains_key(&origin) && self.origins.len() >= MAX_ORIGINS {
+            self.origins.clear();
+        }
+        let window = self
+            .origins
+            .entry(origin)
+            .or_insert_with(|| Window { top: 0, bits: Box::new([0; (WINDOW / 64) as usize]) });
+        window.see(sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{QoS, TopicName};
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_round_trips() {
+        let clocks = wire::Clocks::read();
+        let message = Message {
+            topic: TopicName::new("a/b").unwrap(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+            publisher: Some("client".into()),
+            expires_at: None,
+        };
+        let mut out = BytesMut::new();
+        encode(7, 42, &message, clocks, &mut out).unwrap();
+        let (origin, sequence, back) = decode(out.freeze(), clocks).unwrap();
+        assert_eq!((origin, sequence), (7, 42));
+        assert_eq!(back, message);
+        assert_eq!(decode(Bytes::from_static(b"\x02"), clocks).unwrap_err(), FrameError::Header);
+        let short = Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9]);
+        assert!(matches!(decode(short, clocks), Err(FrameError::Message(_))));
+    }
+
+    #[test]
+    fn repeats_are_duplicates_and_old_ones_stale() {
+        let mut dedup = Dedup::default();
+        assert_eq!(dedup.see(1, 5), Seen::New);
+        assert_eq!(dedup.see(1, 5), Seen::Duplicate);
+        assert_eq!(dedup.see(2, 5), Seen::New, "origins are apart");
+        assert_eq!(dedup.see(1, 3), Seen::New, "out of order within the window");
+        assert_eq!(dedup.see(1, 3), Seen::Duplicate);
+        assert_eq!(dedup.see(1, 5 + WINDOW), Seen::New);
+        assert_eq!(dedup.see(1, 5), Seen::Stale);
+        assert_eq!(dedup.see(1, 6), Seen::New, "its slot was cleared when the window moved");
+    }
+
+    proptest! {
+        /// Every sequence of a shuffled run with repeats is New exactly
+        /// once, as long as the disorder stays within the window.
+        #[test]
+        fn each_sequence_is_new_once(
+            order in Just((1..=3000u64).flat_map(|s| [s, s]).collect::<Vec<_>>()).prop_shuffle()
+        ) {
+            let mut dedup = Dedup::default();
+            let mut new = 0;
+            for sequence in order {
+                match dedup.see(9, sequence) {
+                    Seen::New => new += 1,
+                    Seen::Duplicate => {}
+                    Seen::Stale => prop_assert!(false, "3000 < WINDOW"),
+                }
+            }
+            prop_assert_eq!(new, 3000);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The cluster transport: other ringmq nodes reached through NATS
+//! (issue 17; design.md, "Beyond one VM").
+//!
+//! A remote node is one more destination beside the local shards. A
+//! publish accepted on a shard is matched locally as always, and handed
+//! once to the NATS bridge (unless its topic is `local_only`); NATS
+//! delivers it to every node that subscribed to a matching subject, once
+//! per node. The receiving node's bridge gives it to one of its shards,
+//! which delivers it to its own subscribers and forwards it to its other
+//! interested shards, exactly as a local publish (but never back to NATS).
+//!
+//! Interest: each shard's first local subscriber to a filter, and its last
+//! one leaving, already make an interest delta for the other shards; the
+//! same delta goes to the bridge, which counts, per NATS subject, how many
+//! (shard, filter) pairs want it: one NATS subscription per distinct
+//! subject per node, made when the count leaves 0, removed when it comes
+//! back to 0. The bridge acknowledges each delta once the NATS server has
+//! its subscription (a round trip; at once while disconnected:
+//! the client re-subscribes on reconnect), and the SUBACK waits for that
+//! acknowledgement as it waits for the other shards' ([MQTT-3.8.4-1]: a
+//! message published after the SUBACK, anywhere in the cluster, reaches
+//! the new subscriber).
+//!
+//! * [`subject`]: MQTT topics and filters as NATS subjects.
+//! * `frame`: a message as published on NATS, and the receiver's dedup.
+//! * `lane`: the lock-free queues between the shards and the bridge.
+//! * `bridge`: the bridge thread (async-nats on a current-thread tokio
+//!   runtime): connection, reconnection with backoff, subscriptions.
+//!
+//! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
+//! subscription of its own (queue group [`subject::queue_name`]), made on a
+//! second connection that, unlike the first, gets the node's own messages:
+//! NATS picks one node among all those with members, the node one member
+//! ([MQTT-4.8.2]: one member of the group in the whole cluster). A bridged
+//! message is therefore never given to a local group directly.
+//!
+//! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
+//! nodes at most once (the PUBACK does not wait for remote nodes),
+//! retained messages stay per node, sessions do not move between nodes.
+
+mod bridge;
+mod frame;
+mod lane;
+pub mod subject;
+
+pub use bridge::{Bridge, BridgeError};
+
+use super::interest::InterestDelta;
+use super::ShardId;
+use crate::message::Message;
+use crate::protocol::{QoS, TopicFilter};
+use lane::Lane;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A shard's interest change, as the bridge gets it.
+#[derive(Debug)]
+struct Interest {
+    shard: ShardId,
+    filter: TopicFilter,
+    added: bool,
+    revision: u64,
+}
+
+/// A message from NATS for a shard: for its plain subscribers (and its
+/// peers'), or for one member of a shared group.
+#[derive(Debug)]
+struct Delivery {
+    message: Arc<Message>,
+    /// The shared subscription (`$share/{group}/{filter}`) whose NATS
+    /// queue group picked this node; `None` for plain subscriptions.
+    group: Option<TopicFilter>,
+}
+
+/// What the bridge hands a shard.
+#[derive(Debug)]
+pub enum FromBridge {
+    /// A message published on another node, for this shard's subscribers
+    /// and its peers'.
+    Publish(Arc<Message>),
+    /// A message for one member, on this node, of the shared subscription
+    /// `filter` (`$share/{group}/{filter}`): the NATS queue group of that
+    /// subscription chose this node among the nodes with members.
+    GroupPublish {
+        /// The shared subscription.
+        filter: TopicFilter,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// The bridge applied this shard's interest changes up to `revision`.
+    InterestAck(u64),
+}
+
+/// The bridge's counters: atomics, since the bridge thread and every shard
+/// count into them; shards only on the rare paths (a drop).
+#[derive(Debug, Default)]
+pub struct BridgeCounters {
+    /// Messages published to NATS.
+    pub published: AtomicU64,
+    /// Of those, QoS 1/2 ones: they cross nodes at most once.
+    pub published_qos12: AtomicU64,
+    /// Messages NATS refused or that could not be encoded (larger than
+    /// the server's max_payload, connection closed).
+    pub publish_failed: AtomicU64,
+    /// Topics or filters whose subject is longer than
+    /// [`subject::MAX_SUBJECT_LEN`]: kept on this node.
+    pub subject_too_long: AtomicU64,
+    /// QoS 0 messages dropped because the lane to the bridge was full.
+    pub outbound_dropped_qos0: AtomicU64,
+    /// QoS 1/2 messages dropped because the lane to the bridge was full
+    /// (acknowledged to their publisher, delivered on this node only).
+    pub outbound_dropped_qos12: AtomicU64,
+    /// Messages received from other nodes and handed to a shard.
+    pub received: AtomicU64,
+    /// Messages received twice (two subscriptions of this node matched).
+    pub duplicates: AtomicU64,
+    /// Messages received too late to be told from duplicates: dropped.
+    pub stale: AtomicU64,
+    /// Frames that were not ringmq messages.
+    pub malformed: AtomicU64,
+    /// Messages received while the lane to their shard was full: dropped.
+    pub inbound_dropped: AtomicU64,
+    /// Messages the NATS client dropped: the bridge read too slowly.
+    pub slow_consumer: AtomicU64,
+    /// When a slow consumer was last logged, in seconds since the Unix
+    /// epoch (logged at most once per 10 s).
+    pub slow_consumer_logged: AtomicU64,
+    /// Connections (first connection and reconnections) to NATS.
+    pub connects: AtomicU64,
+    /// Connections to NATS lost.
+    pub disconnects: AtomicU64,
+}
+
+impl BridgeCounters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures now.
+    pub fn snapshot(&self) -> crate::metrics::ClusterCounters {
+        let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        crate::metrics::ClusterCounters {
+            published: n(&self.published),
+            published_qos12: n(&self.published_qos12),
+            publish_failed: n(&self.publish_failed),
+            subject_too_long: n(&self.subject_too_long),
+            outbound_dropped_qos0: n(&self.outbound_dropped_qos0),
+            outbound_dropped_qos12: n(&self.outbound_dropped_qos12),
+            received: n(&self.received),
+            duplicates: n(&self.duplicates),
+            stale: n(&self.stale),
+            malformed: n(&self.malformed),
+            inbound_dropped: n(&self.inbound_dropped),
+            slow_consumer: n(&self.slow_consumer),
+            connects: n(&self.connects),
+            disconnects: n(&self.disconnects),
+        }
+    }
+}
+
+/// What the shards and the bridge share.
+#[derive(Debug)]
+struct Shared {
+    /// Shards to bridge: messages to publish, interest changes.
+    outbound: Lane<Arc<Message>, Interest>,
+    /// Bridge to each shard: messages received, interest acknowledgements.
+    inbound: Vec<Lane<Delivery, u64>>,
+    counters: BridgeCounters,
+    /// Topics that never leave the node.
+    local_only: Vec<TopicFilter>,
+}
+
+/// The shards' side of the bridge, before the shards start: `Send`,
+/// cloned into every shard's executor.
+#[derive(Clone, Debug)]
+pub struct ClusterSetup(Arc<Shared>);
+
+impl ClusterSetup {
+    /// Shard `shard`'s link to the bridge.
+    pub fn link(&self, shard: ShardId) -> ClusterLink {
+        ClusterLink { shared: Arc::clone(&self.0), shard }
+    }
+}
+
+/// One shard's link to the bridge. The shard holds it as
+/// `Option<Rc<ClusterLink>>`: a single node pays a `None` check.
+#[derive(Debug)]
+pub struct ClusterLink {
+    shared: Arc<Shared>,
+    shard: ShardId,
+}
+
+impl ClusterLink {
+    /// Hands a message accepted on this node to the bridge, unless its
+    /// topic is local-only. A full lane drops it, counted (QoS 1/2 too:
+    /// across nodes every QoS is at most once in this release). Returns
+    /// whether the bridge took it: then the shared groups of the whole
+    /// cluster, this node's included, are served through NATS queue groups.
+    pub fn publish(&self, message: &Arc<Message>) -> bool {
+        let topic = &message.topic;
+        if self.shared.local_only.iter().any(|filter| filter.matches(topic)) {
+            return false;
+        }
+        if self.shared.outbound.push_message(Arc::clone(message)).is_err() {
+            let counters = &self.shared.counters;
+            BridgeCounters::add(match message.qos {
+                QoS::AtMostOnce => &counters.outbound_dropped_qos0,
+                _ => &counters.outbound_dropped_qos12,
+            });
+            return false;
+        }
+        true
+    }
+
+    /// This shard's first local subscriber to a filter arrived or its last
+    /// one left: the bridge subscribes or unsubscribes, then acknowledges
+    /// `delta.revision` ([`FromBridge::InterestAck`]).
+    pub fn handle_interest(&self, delta: &InterestDelta) {
+        self.shared.outbound.push_control(Interest {
+            shard: self.shard,
+            filter: delta.filter.clone(),
+            added: delta.added,
+            revision: delta.revision,
+        });
+    }
+
+    /// The bridge's counters now (node-wide).
+    pub fn counters(&self) -> crate::metrics::ClusterCounters {
+        self.shared.counters.snapshot()
+    }
+
+    /// Starts the task that hands what the bridge sends this shard to
+    /// `dispatch`.
+    pub fn start(self: &Rc<Self>, dispatch: impl Fn(FromBridge) + 'static) -> ClusterTask {
+        let link = Rc::clone(self);
+        let task = glommio::spawn_local(async move {
+            let lane = &link.shared.inbound[link.shard.index()];
+            // Acknowledgements first: a SUBACK waits for them.
+            loop {
+                let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
+                    std::task::Poll::Ready(Some(revision)) => {
+                        std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
+                    }
+                    _ => lane.poll_message(cx).map(|delivery| {
+                        delivery.map(|Delivery { message, group }| match group {
+                            Some(filter) => FromBridge::GroupPublish { filter, message },
+                            None => FromBridge::Publish(message),
+                        })
+                    }),
+                })
+                .await;
+                match next {
+                    Some(event) => dispatch(event),
+                    None => break,
+                }
+                // Let the shard's other tasks run when its time is up.
+                glommio::yield_if_needed().await;
+            }
+        });
+        ClusterTask { link: Rc::clone(self), task }
+    }
+}
+
+/// A shard's running task of its cluster link.
+#[derive(Debug)]
+pub struct ClusterTask {
+    link: Rc<ClusterLink>,
+    task: glommio::Task<()>,
+}
+
+impl ClusterTask {
+    /// Stops taking messages from the bridge (what is queued is still
+    /// handed over) and waits for the task.
+    pub async fn shutdown(self) {
+        self.link.shared.inbound[self.link.shard.index()].close();
+        self.task.await;
+    }
+}
+
+#[cfg(test)]
+impl ClusterSetup {
+    /// A setup without a bridge thread: the test takes what the shards
+    /// hand the bridge.
+    pub(crate) fn for_tests(nr_shards: usize, local_only: &[&str]) -> Self {
+        Self(Arc::new(Shared {
+            outbound: Lane::new(16),
+            inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
+            counters: BridgeCounters::default(),
+            local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+        }))
+    }
+
+    /// The topics of the messages handed to the bridge since the last call.
+    pub(crate) fn take_published(&self) -> Vec<String> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::iter::from_fn(|| match self.0.outbound.poll_message(&mut cx) {
+            std::task::Poll::Ready(Some(message)) => Some(message.topic.as_str().to_owned()),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// The interest changes handed to the bridge since the last call:
+    /// (shard, filter, added, revision).
+    pub(crate) fn take_interest(&self) -> Vec<(usize, String, bool, u64)> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::iter::from_fn(|| match self.0.outbound.poll_control(&mut cx) {
+            std::task::Poll::Ready(Some(i)) => {
+                Some((i.shard.index(), i.filter.as_str().to_owned(), i.added, i.revision))
+            }
+            _ => None,
+        })
+        .collect()
+    }
+}

@@ -1,0 +1,590 @@
+//! End-to-end tests of a ringmq cluster over NATS (issue 17): real
+//! `nats-server` processes (Debian's, installed by `.ci/run`) on free
+//! loopback ports, started and killed by the test, and real ringmq nodes
+//! with rumqttc as the MQTT client.
+
+mod common;
+
+use common::{counter_at_least, free_port, scratch_dir, Broker};
+use ringmq::protocol::topic_matches;
+use ringmq::router::cluster::subject::{filter_subjects, topic_subject};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The nats-server binary, or `None` (then the test is skipped, except on
+/// CI, where it fails).
+fn nats_server_binary() -> Option<PathBuf> {
+    let found = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| {
+            Command::new(path)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nats-server is required on CI (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: nats-server is not installed");
+    }
+    found
+}
+
+/// A nats-server process, killed (SIGKILL) when dropped.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    /// The monitoring HTTP port (`/connz`, `/routez`).
+    monitor: u16,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port; with `cluster`, one of a cluster:
+    /// its own route port and the route ports of all the servers.
+    fn start(binary: &Path, cluster: Option<(u16, &[u16])>) -> Self {
+        Self::start_on(binary, free_port(), cluster)
+    }
+
+    /// [`Self::start`] on client port `port`.
+    fn start_on(binary: &Path, port: u16, cluster: Option<(u16, &[u16])>) -> Self {
+        let monitor = free_port();
+        let mut command = Command::new(binary);
+        command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
+        if let Some((route_port, routes)) = cluster {
+            let routes: Vec<String> =
+                routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+            command.args([
+                "--cluster_name",
+                "ringmq-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{route_port}"),
+                "--routes",
+                &routes.join(","),
+            ]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let server = Self { child, port, monitor };
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(server.addr()).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path` on the monitoring port: the body.
+    fn monitor(&self, path: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    }
+
+    /// Kills the server at once (no lame-duck mode): a crash.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A ringmq node of the cluster, its log in a file.
+struct Node {
+    broker: Broker,
+    log: PathBuf,
+    /// The admin listener (`/metrics`).
+    admin: String,
+}
+
+impl Node {
+    /// Starts node `id` with 2 shards, connected to `nats`, with the extra
+    /// `[cluster]` keys `extra`; waits until its bridge is connected.
+    fn start(id: &str, nats: &[String], extra: &str) -> Self {
+        let node = Self::start_unconnected(id, nats, extra);
+        node.wait_log("connected to NATS", 1);
+        node.wait_log("queue connection to NATS up", 1);
+        node
+    }
+
+    /// [`Self::start`] without waiting for NATS.
+    fn start_unconnected(id: &str, nats: &[String], extra: &str) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Tests run in parallel, several with a node "a": one directory per
+        // node.
+        let dir = scratch_dir("cluster", &format!("{id}-{}", addr.port()));
+        let admin = format!("127.0.0.1:{}", free_port());
+        let seeds: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
+        let config = format!(
+            "[[listener]]\nbind = \"{addr}\"\n[admin]\nlisten = \"{admin}\"\n\n\
+             [cluster]\nnode_id = \"{id}\"\nnats = [{}]\n{extra}\n",
+            seeds.join(", ")
+        );
+        let (path, log) = (dir.join("ringmq.toml"), dir.join("ringmq.log"));
+        std::fs::write(&path, config).unwrap();
+        let args = ["--config", path.to_str().unwrap(), "--log", "info"];
+        let broker = Broker::start_configured(addr, 2, &args, &log);
+        Self { broker, log, admin }
+    }
+
+    /// Waits until the log holds `line` at least `count` times.
+    fn wait_log(&self, line: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.matches(line).count() >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {line:?} in {}:\n{text}", self.log.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Connects an MQTT client to `node`; returns it once connected.
+async fn connect(node: &Node, id: &str) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", node.broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 100);
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) =
+            timeout(WAIT, events.poll()).await.expect("connack in time").expect("connect")
+        {
+            return (client, events);
+        }
+    }
+}
+
+/// Subscribes to `filters` and waits for the SUBACK.
+async fn subscribe(client: &AsyncClient, events: &mut EventLoop, filters: &[(&str, QoS)]) {
+    let filters = filters.iter().map(|&(f, qos)| rumqttc::SubscribeFilter::new(f.into(), qos));
+    client.subscribe_many(filters).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) =
+            timeout(WAIT, events.poll()).await.expect("suback in time").expect("poll")
+        {
+            return;
+        }
+    }
+}
+
+/// Polls until a publish to `last` arrives (and `linger` after it); returns
+/// every publish received, `last` included.
+async fn publishes_until(
+    events: &mut EventLoop,
+    last: &str,
+    linger: Duration,
+) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::new();
+    loop {
+        let Ok(event) = timeout(WAIT, events.poll()).await else {
+            panic!("no {last} in time; got {got:?}")
+        };
+        if let Event::Incoming(Packet::Publish(publish)) = event.expect("poll") {
+            let done = publish.topic == last;
+            got.push(publish);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = timeout(linger, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(publish))) = events.poll().await {
+                got.push(publish);
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Drives an event loop in the background (a publisher's acks).
+fn drive(mut events: EventLoop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { while events.poll().await.is_ok() {} })
+}
+
+/// The topics of `publishes`, sorted.
+fn topics(publishes: &[rumqttc::Publish]) -> Vec<String> {
+    let mut topics: Vec<String> = publishes.iter().map(|p| p.topic.clone()).collect();
+    topics.sort();
+    topics
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_cross_nodes_at_qos_0_and_1_once_with_wildcards() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let a = Node::start("a", &[nats.url()], "local_only = [\"$SYS/#\", \"private/#\"]");
+    let b = Node::start("b", &[nats.url()], "");
+    let (sub_b, mut sub_b_events) = connect(&b, "sub-b").await;
+    // Overlapping filters: a message matching several reaches node b once
+    // through NATS, and the subscriber once [MQTT-3.3.4-2].
+    let filters = [
+        ("sensors/+/temp", QoS::AtLeastOnce),
+        ("sensors/#", QoS::AtMostOnce),
+        ("alerts/#", QoS::AtMostOnce),
+        ("a.b/*/>", QoS::AtMostOnce),
+        ("private/#", QoS::AtMostOnce),
+        // Two empty levels.
+        ("/", QoS::AtMostOnce),
+    ];
+    subscribe(&sub_b, &mut sub_b_events, &filters).await;
+    let (sub_a, mut sub_a_events) = connect(&a, "sub-a").await;
+    subscribe(&sub_a, &mut sub_a_events, &[("sensors/#", QoS::AtLeastOnce)]).await;
+    // The SUBACKs waited for each node's NATS subscription: what is
+    // published from now on reaches them [MQTT-3.8.4-1].
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    let sends = [
+        ("sensors/1/temp", QoS::AtLeastOnce),
+        ("alerts", QoS::AtMostOnce),
+        ("alerts/x/y", QoS::AtMostOnce),
+        ("a.b/*/>", QoS::AtMostOnce),
+        ("a.b/x/>", QoS::AtMostOnce),
+        ("other", QoS::AtMostOnce),
+        ("private/secret", QoS::AtMostOnce),
+        ("/", QoS::AtMostOnce),
+        ("alerts/end", QoS::AtLeastOnce),
+    ];
+    for (topic, qos) in sends {
+        publisher.publish(topic, qos, false, topic.as_bytes().to_vec()).await.unwrap();
+    }
+    let got = publishes_until(&mut sub_b_events, "alerts/end", Duration::from_millis(500)).await;
+    assert_eq!(
+        topics(&got),
+        ["/", "a.b/*/>", "alerts", "alerts/end", "alerts/x/y", "sensors/1/temp"],
+        "each matching message once; local_only topics stay on node a"
+    );
+    // Counted: sensors/1/temp reached node b twice (sensors/+/temp and
+    // sensors/#) and was delivered once.
+    assert_eq!(counter_at_least(&b.admin, "cluster_received", 6), 6);
+    assert_eq!(counter_at_least(&b.admin, "cluster_duplicates", 1), 1);
+    assert_eq!(counter_at_least(&a.admin, "cluster_published", 8), 8, "not private/secret");
+    let sensor = got.iter().find(|p| p.topic == "sensors/1/temp").unwrap();
+    assert_eq!(sensor.qos, QoS::AtLeastOnce, "the highest QoS of the matching subscriptions");
+    assert_eq!(&sensor.payload[..], b"sensors/1/temp");
+    // Node a delivered locally, once: its own publish did not come back
+    // from NATS.
+    publisher.publish("sensors/end", QoS::AtLeastOnce, false, "x").await.unwrap();
+    let got = publishes_until(&mut sub_a_events, "sensors/end", Duration::from_millis(500)).await;
+    assert_eq!(topics(&got), ["sensors/1/temp", "sensors/end"]);
+    // And the other way.
+    let (publisher_b, publisher_b_events) = connect(&b, "pub-b").await;
+    let _driver_b = drive(publisher_b_events);
+    publisher_b.publish("sensors/2/temp", QoS::AtLeastOnce, false, "b").await.unwrap();
+    let got =
+        publishes_until(&mut sub_a_events, "sensors/2/temp", Duration::from_millis(300)).await;
+    assert_eq!(topics(&got), ["sensors/2/temp"]);
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// The subjects node `name` subscribes to, per the server's `/connz`.
+fn node_subscriptions(nats: &NatsServer, name: &str) -> Vec<String> {
+    let connz = nats.monitor("/connz?subs=1");
+    let Some(at) = connz.find(&format!("\"name\": \"ringmq {name}\"")) else { return Vec::new() };
+    // The connection's object runs to the next connection's "cid".
+    let rest = &connz[at..];
+    let end = rest.find("\"cid\"").unwrap_or(rest.len());
+    let Some(list) = rest[..end].split_once("\"subscriptions_list\": [") else { return Vec::new() };
+    let list = list.1.split_once(']').map_or("", |(list, _)| list);
+    // Go's JSON escapes '>' (and '<', '&').
+    let list = list.replace("\\u003e", ">");
+    let mut subjects: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    // The inbox of the bridge's round trips aside.
+    subjects.retain(|subject| !subject.starts_with(&format!("ringmq._INBOX.{name}.")));
+    subjects.sort();
+    subjects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_subscription_per_distinct_filter_per_node() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let b = Node::start("b", &[nats.url()], "");
+    // Two clients (on either shard) with the same filter, one with another.
+    let (one, mut one_events) = connect(&b, "one").await;
+    let (two, mut two_events) = connect(&b, "two-other-shard").await;
+    subscribe(&one, &mut one_events, &[("dup/+", QoS::AtMostOnce)]).await;
+    subscribe(&two, &mut two_events, &[("dup/+", QoS::AtMostOnce), ("x/#", QoS::AtMostOnce)]).await;
+    assert_eq!(
+        node_subscriptions(&nats, "b"),
+        ["ringmq.t.dup.*", "ringmq.t.x", "ringmq.t.x.>"],
+        "subscribed once per subject, before the SUBACK"
+    );
+    let (_one_driver, _two_driver) = (drive(one_events), drive(two_events));
+    two.unsubscribe("dup/+").await.unwrap();
+    two.unsubscribe("x/#").await.unwrap();
+    wait_for(|| node_subscriptions(&nats, "b") == ["ringmq.t.dup.*"]).await;
+    one.disconnect().await.unwrap();
+    wait_for(|| node_subscriptions(&nats, "b").is_empty()).await;
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// Polls `condition` (for up to 10 s).
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The subject mapping against a real NATS server: a filter's
+/// subscriptions receive a topic's subject exactly when the MQTT filter
+/// matches the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_mapping_matches_as_mqtt_on_a_real_nats_server() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let filters = ["a/+", "a/#", "#", "+/+", "+", "/", "+/#", "a.b/ /*", "$SYS/#", "é/+/>"];
+    let topics = ["a", "a/b", "a/", "/", "a/b/c", "a.b/ /*", "$SYS/x", "é/ü/>", "x", "a.b"];
+    use futures_lite::StreamExt;
+    for filter in filters {
+        let mut subscribers = Vec::new();
+        for subject in filter_subjects("t", filter).unwrap() {
+            subscribers.push(client.subscribe(subject).await.unwrap());
+        }
+        client.flush().await.unwrap();
+        for topic in topics {
+            let mut subject = String::new();
+            assert!(topic_subject("t", topic, &mut subject));
+            client.publish(subject, topic.as_bytes().to_vec().into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut received = Vec::new();
+        for subscriber in &mut subscribers {
+            while let Ok(Some(message)) =
+                timeout(Duration::from_millis(200), subscriber.next()).await
+            {
+                received.push(String::from_utf8(message.payload.to_vec()).unwrap());
+            }
+        }
+        for topic in topics {
+            assert_eq!(
+                received.iter().any(|t| t == topic),
+                topic_matches(filter, topic),
+                "filter {filter:?}, topic {topic:?}"
+            );
+        }
+    }
+}
+
+/// Three NATS servers clustered with routes, two nodes; the server one
+/// node is connected to is killed mid-stream: the node reconnects to
+/// another, re-subscribes, and messages flow again both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_mid_stream_is_survived() {
+    let Some(binary) = nats_server_binary() else { return };
+    let routes = [free_port(), free_port(), free_port()];
+    let mut servers: Vec<NatsServer> =
+        routes.iter().map(|&port| NatsServer::start(&binary, Some((port, &routes)))).collect();
+    for server in &servers {
+        wait_for(|| server.monitor("/routez").contains("\"num_routes\": 2")).await;
+    }
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let a = Node::start("a", &urls, "");
+    let b = Node::start("b", &urls, "");
+    let (sub_b, mut sub_b_events) = connect(&b, "sub-b").await;
+    subscribe(&sub_b, &mut sub_b_events, &[("stream/#", QoS::AtMostOnce)]).await;
+    let (sub_a, mut sub_a_events) = connect(&a, "sub-a").await;
+    subscribe(&sub_a, &mut sub_a_events, &[("back/#", QoS::AtMostOnce)]).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    // A steady stream from a to b, one message every 5 ms.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = tokio::spawn({
+        let sent = std::sync::Arc::clone(&sent);
+        async move {
+            for n in 1u64.. {
+                let payload = n.to_string();
+                if publisher.publish("stream/n", QoS::AtMostOnce, false, payload).await.is_err() {
+                    return;
+                }
+                sent.store(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // Messages reach b (interest crosses the NATS routes in the background).
+    let received = |publish: rumqttc::Publish| -> u64 {
+        std::str::from_utf8(&publish.payload).unwrap().parse().unwrap()
+    };
+    let mut last = 0;
+    while last == 0 {
+        last = received(next_publish(&mut sub_b_events, Duration::from_secs(15)).await);
+    }
+    // Kill the server node a is connected to.
+    let victim = servers
+        .iter()
+        .position(|server| server.monitor("/connz").contains("\"name\": \"ringmq a\""))
+        .expect("node a is connected to one of the servers");
+    let killed_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    servers[victim].kill();
+    a.wait_log("disconnected from NATS", 1);
+    a.wait_log("connected to NATS", 2);
+    // The stream flows again: b receives messages sent after the kill.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last <= killed_at + 10 {
+        assert!(Instant::now() < deadline, "no message sent after the kill reached b");
+        last = received(next_publish(&mut sub_b_events, Duration::from_secs(20)).await);
+    }
+    // And a's subscriptions were made again on its new server: b to a.
+    let (publisher_b, publisher_b_events) = connect(&b, "pub-b").await;
+    let _driver_b = drive(publisher_b_events);
+    let back = tokio::spawn(async move {
+        loop {
+            if publisher_b.publish("back/x", QoS::AtMostOnce, false, "b").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let publish = next_publish(&mut sub_a_events, Duration::from_secs(15)).await;
+    assert_eq!(publish.topic, "back/x");
+    stream.abort();
+    back.abort();
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// The next publish within `within`.
+async fn next_publish(events: &mut EventLoop, within: Duration) -> rumqttc::Publish {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.poll()).await;
+        if let Event::Incoming(Packet::Publish(publish)) =
+            event.expect("a publish in time").expect("poll")
+        {
+            return publish;
+        }
+    }
+}
+
+/// A node starts and serves its own clients while NATS is unreachable,
+/// connects once NATS is there (reconnection backoff), and stops (exit 0)
+/// when NATS is gone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_without_nats_and_joins_when_it_comes() {
+    let Some(binary) = nats_server_binary() else { return };
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = Node::start_unconnected("a", std::slice::from_ref(&url), "");
+    let (sub_a, mut sub_a_events) = connect(&a, "sub-a").await;
+    subscribe(&sub_a, &mut sub_a_events, &[("t/#", QoS::AtLeastOnce)]).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("t/local", QoS::AtLeastOnce, false, "x").await.unwrap();
+    let got = publishes_until(&mut sub_a_events, "t/local", Duration::ZERO).await;
+    assert_eq!(topics(&got), ["t/local"], "served without NATS");
+    let mut nats = NatsServer::start_on(&binary, port, None);
+    a.wait_log("connected to NATS", 1);
+    let b = Node::start("b", &[url], "");
+    let (sub_b, mut sub_b_events) = connect(&b, "sub-b").await;
+    subscribe(&sub_b, &mut sub_b_events, &[("t/#", QoS::AtMostOnce)]).await;
+    publisher.publish("t/remote", QoS::AtLeastOnce, false, "y").await.unwrap();
+    let got = publishes_until(&mut sub_b_events, "t/remote", Duration::ZERO).await;
+    assert_eq!(topics(&got), ["t/remote"]);
+    nats.kill();
+    a.wait_log("disconnected from NATS", 1);
+    publisher.publish("t/while-down", QoS::AtMostOnce, false, "z").await.unwrap();
+    let got = publishes_until(&mut sub_a_events, "t/while-down", Duration::ZERO).await;
+    assert_eq!(topics(&got).last().map(String::as_str), Some("t/while-down"));
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// A shared subscription with members on two nodes: each message published
+/// (on either node) reaches exactly one member in the whole cluster
+/// [MQTT-4.8.2], through the NATS queue group of the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_spans_nodes_one_member_per_message() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let a = Node::start("a", &[nats.url()], "");
+    let b = Node::start("b", &[nats.url()], "");
+    let (m1, mut m1_events) = connect(&a, "member-a").await;
+    subscribe(&m1, &mut m1_events, &[("$share/g/jobs/+", QoS::AtMostOnce)]).await;
+    let (m2, mut m2_events) = connect(&b, "member-b").await;
+    subscribe(&m2, &mut m2_events, &[("$share/g/jobs/+", QoS::AtMostOnce)]).await;
+    // Another group on the same filter gets every message too.
+    let (other, mut other_events) = connect(&b, "other-group").await;
+    subscribe(&other, &mut other_events, &[("$share/h/jobs/+", QoS::AtMostOnce)]).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    const N: usize = 60;
+    for i in 0..N {
+        publisher
+            .publish(format!("jobs/{i}"), QoS::AtMostOnce, false, i.to_string())
+            .await
+            .unwrap();
+    }
+    let linger = Duration::from_millis(700);
+    let got_other = publishes_until(&mut other_events, &format!("jobs/{}", N - 1), linger).await;
+    assert_eq!(got_other.len(), N, "group h: every message once");
+    let (got_1, got_2) = futures_lite::future::zip(
+        publishes_within(&mut m1_events, linger),
+        publishes_within(&mut m2_events, linger),
+    )
+    .await;
+    let mut all: Vec<usize> = got_1
+        .iter()
+        .chain(&got_2)
+        .map(|p| std::str::from_utf8(&p.payload).unwrap().parse().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "group g: each message to one member");
+    assert!(!got_1.is_empty() && !got_2.is_empty(), "both nodes' members served");
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// The publishes that arrive within `within`.
+async fn publishes_within(events: &mut EventLoop, within: Duration) -> Vec<rumqttc::Publish> {
+    let mut got = Vec::new();
+    let _ = timeout(within, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(publish))) = events.poll().await {
+                got.push(publish);
+            }
+        }
+    })
+    .await;
+    got
+}
