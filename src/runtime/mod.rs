@@ -688,7 +688,7 @@ async fn open_log(
     match store::open(&store::shard_dir(data_dir, id), index, count, options, &log).await {
         Ok(opened) => {
             let (retained, stats) = (opened.state.retained.len(), opened.stats);
-            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state);
+            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state, Instant::now());
             tracing::info!(
                 shard = id,
                 retained,

@@ -175,6 +175,9 @@ pub struct Delivery {
     /// subscription was just made: it is then sent with RETAIN=1
     /// [MQTT-3.3.1-8].
     pub from_retained: bool,
+    /// The shard's number for the message in its durable log, noted with
+    /// the queued entry of a logged session; 0 without a log.
+    pub log_id: u64,
 }
 
 /// What became of a [`Delivery`].

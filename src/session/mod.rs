@@ -42,6 +42,7 @@ pub mod auth;
 mod connection;
 mod error;
 mod event;
+mod journal;
 mod keepalive;
 mod limits;
 mod outbound;
@@ -57,6 +58,7 @@ pub use error::SessionError;
 pub use event::{
     CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
 };
+pub use journal::SessionChange;
 pub use limits::SessionLimits;
 
 use crate::auth::acl::{AclFile, ClientAcl};
@@ -122,6 +124,8 @@ pub struct Session {
     /// (will included), subscription and delivery is checked against them.
     /// Boxed: a broker without an ACL file pays one pointer per session.
     acl: Option<Box<ClientAcl>>,
+    /// The changes to log (see [`journal`]).
+    journal: journal::Journal,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -161,6 +165,7 @@ impl Session {
             expiry: Some(Duration::ZERO),
             delayed_will: None,
             acl: None,
+            journal: journal::Journal::default(),
         }
     }
 
@@ -308,6 +313,9 @@ impl Session {
             auth: None,
             pace: None,
         });
+        let will = connection.will.clone();
+        self.note_state(will.as_deref());
+        let connection = self.connection.as_mut().expect("attached above");
         connection.connack.insert(Box::new(connack))
     }
 
@@ -565,8 +573,8 @@ impl Session {
                 match (qos, packet_id) {
                     (QoS::AtLeastOnce, Some(id)) => connection.owe(Control::PubAck(id, reason)),
                     (QoS::ExactlyOnce, Some(id)) => {
-                        if !v5 {
-                            self.inbound_qos2.insert(id);
+                        if !v5 && self.inbound_qos2.insert(id) {
+                            self.journal.note(self.expiry, || SessionChange::Qos2In(id));
                         }
                         connection.owe(Control::PubRec(id, reason));
                     }
@@ -600,6 +608,7 @@ impl Session {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
                 self.inbound_qos2.insert(id);
                 connection.owe(Control::PubRec(id, ReasonCode::Success));
+                self.journal.note(self.expiry, || SessionChange::Qos2In(id));
             }
             _ => {}
         }
@@ -643,11 +652,17 @@ impl Session {
         let Some(connection) = self.connection.as_mut() else {
             return Err(SessionError::NotConnected);
         };
+        let id = ack.packet_id;
         match self.outbound.handle_ack(packet, ack.packet_id, ack.reason) {
-            AckOutcome::Completed | AckOutcome::Refused => {}
+            AckOutcome::Completed | AckOutcome::Refused => {
+                self.journal.note(self.expiry, || SessionChange::Completed(id));
+            }
             // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
             // [MQTT-4.6.0-4].
-            AckOutcome::Release => connection.owe(Control::PubRel(ack.packet_id)),
+            AckOutcome::Release => {
+                connection.owe(Control::PubRel(ack.packet_id));
+                self.journal.note(self.expiry, || SessionChange::Released(id));
+            }
             AckOutcome::NotInFlight => counters.unexpected_acks += 1,
             AckOutcome::Mismatch { expected } => {
                 return Err(SessionError::WrongAcknowledgement {
@@ -671,6 +686,9 @@ impl Session {
             ReasonCode::PacketIdentifierNotFound
         };
         connection.owe(Control::PubComp(ack.packet_id, reason));
+        if known {
+            self.journal.note(self.expiry, || SessionChange::Qos2Done(ack.packet_id));
+        }
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe, counters: &mut SessionCounters) {
@@ -743,6 +761,10 @@ impl Session {
                     true
                 }
             };
+            if self.journal.is_enabled() {
+                let filter = subscription.filter.detached();
+                self.journal.note(self.expiry, || SessionChange::Subscribed(filter, subscribed));
+            }
             reasons.push(granted_qos_reason(subscription.options.qos));
             grants.push(SubscriptionGrant { filter: subscription.filter, subscribed, is_new });
         }
@@ -795,6 +817,10 @@ impl Session {
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {
                 crate::shrink::after_remove(&mut self.subscriptions);
+                if self.journal.is_enabled() {
+                    let filter = filter.detached();
+                    self.journal.note(self.expiry, || SessionChange::Unsubscribed(filter));
+                }
             }
             if v5 {
                 reasons.push(if existed {
@@ -863,7 +889,7 @@ impl Session {
         delivery: Delivery,
         counters: &mut SessionCounters,
     ) -> DeliveryOutcome {
-        let Delivery { message, options, subscription_ids, from_retained } = delivery;
+        let Delivery { message, options, subscription_ids, from_retained, log_id } = delivery;
         // With an ACL file, a message is sent only where the client may
         // read its topic (a subscription may be wider than its rules).
         if let Some(acl) = self.acl.as_deref() {
@@ -887,8 +913,15 @@ impl Session {
             counters.dropped_offline_qos0 += 1;
             return DeliveryOutcome::Dropped(DropReason::Offline);
         }
-        let queued = Queued { message, qos, retain, subscription_ids, from_retained };
+        // QoS 0 is never logged.
+        let log_id = if qos == QoS::AtMostOnce { 0 } else { log_id };
+        let entry = (log_id != 0 && self.journal.is_enabled())
+            .then(|| journal::entry_of(log_id, qos, retain, from_retained, &subscription_ids));
+        let queued = Queued { message, qos, retain, subscription_ids, from_retained, log_id };
         if self.outbound.push(queued, &self.limits) {
+            if let Some(entry) = entry {
+                self.journal.note(self.expiry, || SessionChange::Queued(entry));
+            }
             DeliveryOutcome::Queued
         } else if from_retained {
             counters.dropped_retained_limit += 1;
@@ -914,6 +947,12 @@ impl Session {
         let publish =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
         counters.publishes_sent[publish.qos as usize] += 1;
+        if let Some(packet_id) = publish.packet_id {
+            let mid = self.outbound.log_id_of(packet_id);
+            if mid != 0 {
+                self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
+            }
+        }
         Some(Packet::Publish(publish))
     }
 
@@ -1046,7 +1085,11 @@ impl Session {
             counters.dropped_too_large += 1;
             match &packet {
                 Packet::Publish(Publish { packet_id: Some(id), .. })
-                | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
+                | Packet::PubRel(PubResponse { packet_id: id, .. }) => {
+                    let id = *id;
+                    self.outbound.abandon(id);
+                    self.journal.note(self.expiry, || SessionChange::Completed(id));
+                }
                 // Nothing may be sent before the CONNACK [MQTT-3.2.0-1].
                 Packet::ConnAck(_) => self.close(now, CloseReason::ConnAckTooLarge, counters),
                 _ => {}
@@ -1158,6 +1201,7 @@ impl Session {
     fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
         if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
             self.publish_will(*will, now, counters);
+            self.note_state(None);
         }
     }
 
@@ -1268,6 +1312,9 @@ impl Session {
         if let Some(will) = will_now {
             self.publish_will(*will, now, counters);
         }
+        // The will is gone, published or waiting for its delay; the expiry
+        // may have changed at DISCONNECT.
+        self.note_state(None);
         self.events.push_back(SessionEvent::Closed(reason));
     }
 

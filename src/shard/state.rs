@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+mod persist;
+
 /// A local subscription as the index stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalSubscription {
@@ -89,6 +91,8 @@ pub struct Shard {
     /// The durable log, when there is a `data_dir`: every change to the
     /// retained messages this shard owns is appended to it.
     log: Option<Rc<Log>>,
+    /// What the shard keeps to log its persistent sessions.
+    session_log: persist::SessionLog,
     /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
     response_information_prefix: Option<Box<str>>,
     /// The enhanced authentication methods offered, for re-authentication
@@ -128,20 +132,23 @@ impl Shard {
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
             log: None,
+            session_log: persist::SessionLog::default(),
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
         }
     }
 
-    /// Loads the state the shard's durable log held at start and logs
+    /// Loads the state the shard's durable log held at start (retained
+    /// messages, persistent sessions: see `restore_sessions`) and logs
     /// every later change to it. Called once, before the shard takes any
     /// message.
-    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState) {
+    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState, now: Instant) {
         for (_, message) in state.retained {
             self.retained.set(message);
         }
         self.log = Some(log);
+        self.restore_sessions(state.sessions, now);
     }
 
     /// Sends v5 clients that set Request Response Information 1 the
@@ -361,7 +368,10 @@ impl Shard {
         let (key, session_present) = match self.slots.find(&client_id) {
             Some(key) => (key, true),
             None => {
-                let session = Session::new(client_id, self.limits);
+                let mut session = Session::new(client_id, self.limits);
+                if self.log.is_some() {
+                    session.enable_journal();
+                }
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
@@ -397,6 +407,7 @@ impl Shard {
     /// Removes a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
         let Some(slot) = self.slots.remove(key) else { return };
+        self.log_session_end(&slot);
         for filter in
             slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
         {
@@ -510,11 +521,12 @@ impl Shard {
     pub fn sweep(&mut self, now: Instant) {
         // Compaction: the live retained messages at this point of the log
         // (pointer copies; the writer encodes them at its own pace).
-        if let Some(log) = self.log.as_ref().filter(|log| log.wants_compaction()) {
-            let mut live = self.retained.all();
+        if let Some(log) = self.log.clone().filter(|log| log.wants_compaction()) {
+            let mut retained = self.retained.all();
             // The broker's own ($SYS) are not logged (see `retain_here`).
-            live.retain(|message| message.publisher.is_some());
-            log.compact(live);
+            retained.retain(|message| message.publisher.is_some());
+            let sessions = self.live_sessions();
+            log.compact(crate::store::Snapshot { retained, sessions });
         }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
@@ -565,6 +577,10 @@ impl Shard {
         let too_large = counters.dropped_too_large;
         let written = slot.session.poll_transmit(now, out, counters);
         let too_large = counters.dropped_too_large - too_large;
+        // Messages sent (now in flight with their packet ids).
+        self.log_changes(key);
+        let slot = self.slots.slot_mut(key);
+        let Some(link) = slot.connection.as_mut() else { return Err(ConnectionError::Detached) };
         if out.len() >= crate::session::TRANSMIT_BATCH {
             // Messages may be left in the queue: the connection asks again
             // once this batch is written.
@@ -707,6 +723,7 @@ impl Shard {
                 }
             }
         }
+        self.log_changes(key);
         self.notify(key);
     }
 
@@ -997,16 +1014,21 @@ impl Shard {
         retained: bool,
         now: Instant,
     ) {
+        let log_id = self.log_id_for(key, message);
         let delivery = Delivery {
             message: Arc::clone(message),
             options,
             subscription_ids,
             from_retained: retained,
+            log_id,
         };
         let session = &mut self.slots.slot_mut(key).session;
         match session.handle_delivery(now, delivery, &mut self.counters.session) {
             DeliveryOutcome::Queued => {
                 self.counters.shard.deliveries += 1;
+                if log_id != 0 {
+                    self.log_changes(key);
+                }
                 self.notify(key);
             }
             DeliveryOutcome::Dropped(reason) => {

@@ -8,6 +8,7 @@
 //! single watermark and a waiter needs no per-record state.
 
 use super::record::Record;
+use super::sessions::SessionState;
 use crate::message::Message;
 use crate::metrics::StoreCounters;
 use std::cell::{Cell, RefCell};
@@ -24,10 +25,19 @@ pub struct Lsn(u64);
 pub enum Entry {
     /// A record to append.
     Record(Record),
-    /// Compaction: the live retained messages at this point of the log.
-    /// The writer closes the current segment, writes these as a snapshot,
-    /// then deletes every segment before it.
-    Snapshot(Vec<Arc<Message>>),
+    /// Compaction: the live state at this point of the log. The writer
+    /// closes the current segment, writes it as a snapshot, then deletes
+    /// every segment before it.
+    Snapshot(Box<Snapshot>),
+}
+
+/// The live state a shard hands over for compaction.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The retained messages (pointer copies).
+    pub retained: Vec<Arc<Message>>,
+    /// The persistent sessions and the messages they reference.
+    pub sessions: SessionState,
 }
 
 /// A shard's log, shared (`Rc`) by the shard and its writer task.
@@ -76,9 +86,9 @@ impl Log {
 
     /// Hands the writer the live state at this point of the log, to write
     /// as a snapshot that replaces every earlier segment.
-    pub fn compact(&self, live: Vec<Arc<Message>>) -> Lsn {
+    pub fn compact(&self, live: Snapshot) -> Lsn {
         self.wants_compaction.set(false);
-        self.push(Entry::Snapshot(live))
+        self.push(Entry::Snapshot(Box::new(live)))
     }
 
     fn push(&self, entry: Entry) -> Lsn {

@@ -1,11 +1,14 @@
-//! Moving the retained messages to their new home shards when the shard
+//! Moving the retained messages and the persistent sessions to their new
+//! home shards when the shard
 //! count changed since the log was written (a start with another
 //! `shards`, or `shards = 0` on a machine with more or fewer cores).
 //!
 //! Done once, on the main thread, before any shard starts, with plain
 //! file IO (the whole log is read anyway):
 //! 1. every old shard's log is replayed, and each live retained message
-//!    goes to the shard its topic hashes to under the new count;
+//!    goes to the shard its topic hashes to under the new count, each
+//!    persistent session (with the messages it references) to the shard
+//!    its client id hashes to;
 //! 2. each new shard's state is written as a complete snapshot segment
 //!    into `data_dir/reshard/shard-K/`, synced, and `reshard/COMPLETE`
 //!    (holding the new count) is written and synced;
@@ -20,6 +23,8 @@
 
 use super::record::{self, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery};
+use super::sessions::{SessionState, StoredEntry, StoredFlow};
+use hashbrown::HashMap;
 use super::shard_dir;
 use crate::message::wire::Clocks;
 use crate::message::Message;
@@ -60,14 +65,17 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
     std::fs::create_dir(&staging)?;
     let clocks = Clocks::read();
     let mut homes: Vec<Vec<Arc<Message>>> = vec![Vec::new(); to];
+    let mut session_homes: Vec<SessionState> = vec![SessionState::default(); to];
     for dir in shard_dirs(path)? {
-        for (topic, message) in read_state(&dir, clocks)?.retained {
+        let state = read_state(&dir, clocks)?;
+        for (topic, message) in state.retained {
             homes[home_shard(topic.as_str().as_bytes(), to).index()].push(message);
         }
+        move_sessions(state.sessions, &mut session_homes);
     }
     let moved = homes.iter().map(Vec::len).sum();
-    for (shard, messages) in homes.iter().enumerate() {
-        write_snapshot(&shard_dir(&staging, shard), shard, to, messages, clocks)?;
+    for (shard, (messages, sessions)) in homes.iter().zip(&session_homes).enumerate() {
+        write_snapshot(&shard_dir(&staging, shard), shard, to, messages, sessions, clocks)?;
     }
     let mut complete = File::create(staging.join(COMPLETE))?;
     complete.write_all(to.to_string().as_bytes())?;
@@ -76,6 +84,38 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
     sync_dir(path)?;
     finish(path, to)?;
     Ok(moved)
+}
+
+/// Moves each session of one old shard to the new shard its client id
+/// hashes to (as a connection is placed), renumbering it and the messages
+/// it references in the new shard's numbers.
+fn move_sessions(from: SessionState, to: &mut [SessionState]) {
+    let count = to.len();
+    // Old mid -> new mid, per new shard: a message queued to sessions that
+    // land on one shard is still written once there.
+    let mut renumbered: Vec<HashMap<u64, u64>> = vec![HashMap::new(); count];
+    for (_, mut session) in from.sessions {
+        let home = home_shard(session.client_id.as_bytes(), count).index();
+        let (state, map) = (&mut to[home], &mut renumbered[home]);
+        let mut renumber = |entry: &mut StoredEntry| {
+            let Some(message) = from.messages.get(&entry.mid) else { return };
+            entry.mid = *map.entry(entry.mid).or_insert_with(|| {
+                let mid = state.next_mid;
+                state.next_mid += 1;
+                state.messages.insert(mid, Arc::clone(message));
+                mid
+            });
+        };
+        session.queue.iter_mut().for_each(&mut renumber);
+        for (_, flow) in &mut session.inflight {
+            if let StoredFlow::Sent(entry) = flow {
+                renumber(entry);
+            }
+        }
+        let sid = state.next_sid;
+        state.next_sid += 1;
+        state.sessions.insert(sid, session);
+    }
 }
 
 /// Steps 3 and 4 (see the module documentation).
@@ -138,6 +178,7 @@ fn write_snapshot(
     shard: usize,
     shards: usize,
     messages: &[Arc<Message>],
+    sessions: &SessionState,
     clocks: Clocks,
 ) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -152,6 +193,15 @@ fn write_snapshot(
     for message in messages {
         record::encode(&Record::RetainSet(Arc::clone(message)), clocks, &mut out)
             .map_err(|error| io::Error::other(error.to_string()))?;
+    }
+    let mut failed = None;
+    sessions.snapshot_records(|record| {
+        if let Err(error) = record::encode(&record, clocks, &mut out) {
+            failed = Some(io::Error::other(error.to_string()));
+        }
+    });
+    if let Some(error) = failed {
+        return Err(error);
     }
     record::encode(&Record::SnapshotEnd, clocks, &mut out)
         .map_err(|error| io::Error::other(error.to_string()))?;
@@ -265,7 +315,9 @@ mod tests {
             }
         }
         for (shard, messages) in homes.iter().enumerate() {
-            write_snapshot(&shard_dir(&staging, shard), shard, 3, messages, clocks).unwrap();
+            let sessions = SessionState::default();
+            write_snapshot(&shard_dir(&staging, shard), shard, 3, messages, &sessions, clocks)
+                .unwrap();
         }
         std::fs::write(staging.join(COMPLETE), "3").unwrap();
         for dir in shard_dirs(&path).unwrap() {
