@@ -74,7 +74,11 @@ impl Journal {
 
     /// Notes `change` if the session is logged: enabled, and not clean
     /// (`expiry`, see [`Session::expiry`]).
-    pub(super) fn note(&mut self, expiry: Option<Duration>, change: impl FnOnce() -> SessionChange) {
+    pub(super) fn note(
+        &mut self,
+        expiry: Option<Duration>,
+        change: impl FnOnce() -> SessionChange,
+    ) {
         if self.enabled && expiry != Some(Duration::ZERO) {
             self.changes.push(change());
         }
@@ -106,9 +110,9 @@ impl Session {
         if !(self.journal.enabled && self.is_persistent()) {
             return;
         }
-        let will = will.or(self.delayed_will.as_ref().map(|d| &*d.will)).map(|w| {
-            Box::new(stored_will(w, &self.client_id))
-        });
+        let will = will
+            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .map(|w| Box::new(stored_will(w, &self.client_id)));
         let expiry = self.expiry;
         self.journal.note(expiry, || SessionChange::State { expiry, will });
     }

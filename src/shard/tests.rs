@@ -1386,3 +1386,6 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
     assert!(matches!(shard.place(now, &within), Placement::Attached { .. }));
     assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }
+
+#[path = "tests_persist.rs"]
+mod persist;

@@ -36,7 +36,9 @@ pub mod writer;
 pub use log::{Entry, Log, Lsn, Snapshot};
 pub use record::Record;
 pub use recovery::{LiveState, RecoveryStats};
-pub use sessions::{SessionState, StoredEntry, StoredFlow, StoredSession, StoredSubscription, StoredWill};
+pub use sessions::{
+    SessionState, StoredEntry, StoredFlow, StoredSession, StoredSubscription, StoredWill,
+};
 pub use writer::{open, Opened, StoreError, StoreOptions, Writer};
 
 /// The directory of shard `shard`'s log under `data_dir`.

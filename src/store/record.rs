@@ -358,9 +358,8 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
             out.put_u8(KIND_ENQUEUE);
             out.put_u64_le(*sid);
             out.put_u64_le(entry.mid);
-            let flags = entry.qos as u8
-                | u8::from(entry.retain) << 2
-                | u8::from(entry.from_retained) << 3;
+            let flags =
+                entry.qos as u8 | u8::from(entry.retain) << 2 | u8::from(entry.from_retained) << 3;
             out.put_u8(flags);
             // A delivery carries one identifier per matching subscription
             // of the session; more than 255 are not kept.

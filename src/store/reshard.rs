@@ -24,11 +24,11 @@
 use super::record::{self, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery};
 use super::sessions::{SessionState, StoredEntry, StoredFlow};
-use hashbrown::HashMap;
 use super::shard_dir;
 use crate::message::wire::Clocks;
 use crate::message::Message;
 use crate::router::home_shard;
+use hashbrown::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -257,7 +257,11 @@ impl SessionState {
                 will: session.will.clone(),
             });
             for (filter, subscription) in &session.subscriptions {
-                each(Record::Subscribe { sid, filter: filter.clone(), subscription: *subscription });
+                each(Record::Subscribe {
+                    sid,
+                    filter: filter.clone(),
+                    subscription: *subscription,
+                });
             }
             for (packet_id, flow) in &session.inflight {
                 match flow {
@@ -337,10 +341,7 @@ mod tests {
             Record::Subscribe {
                 sid: 7,
                 filter: TopicFilter::new("$share/g/a/+").unwrap(),
-                subscription: StoredSubscription {
-                    options,
-                    identifier: NonZeroU32::new(42),
-                },
+                subscription: StoredSubscription { options, identifier: NonZeroU32::new(42) },
             },
             Record::Subscribe {
                 sid: 8,
@@ -380,7 +381,9 @@ mod tests {
         for original in every_kind() {
             let mut out = BytesMut::new();
             record::encode(&original, clocks, &mut out).unwrap();
-            let Frame::Record(body, end) = record::frame_at(&out, 0) else { panic!("{original:?}") };
+            let Frame::Record(body, end) = record::frame_at(&out, 0) else {
+                panic!("{original:?}")
+            };
             assert_eq!(end, out.len());
             assert_eq!(record::decode(body, clocks).unwrap(), original);
         }
@@ -414,7 +417,8 @@ mod tests {
             },
         };
         record::encode(&enqueue, clocks, &mut out).unwrap();
-        let body: &[u8] = &[9, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0b110, 1, 5, 0, 0, 0];
+        let body: &[u8] =
+            &[9, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0b110, 1, 5, 0, 0, 0];
         assert_eq!(&out[8..], body);
     }
 
@@ -549,7 +553,12 @@ mod tests {
                     Box::new(StoredWill { delay: 5, message: Message::clone(&message("w", b"w")) })
                 });
                 let expiry = Some(Duration::from_secs(u64::from(*s) * 100));
-                vec![Record::SessionOpen { sid: sid(s), client_id: format!("c{s}").into(), expiry, will }]
+                vec![Record::SessionOpen {
+                    sid: sid(s),
+                    client_id: format!("c{s}").into(),
+                    expiry,
+                    will,
+                }]
             }
             Op::End(s) if live(s) => vec![Record::SessionEnd { sid: sid(s) }],
             Op::Subscribe(s, f) if live(s) => vec![Record::Subscribe {
@@ -560,7 +569,9 @@ mod tests {
                     identifier: NonZeroU32::new(u32::from(*f)),
                 },
             }],
-            Op::Unsubscribe(s, f) if live(s) => vec![Record::Unsubscribe { sid: sid(s), filter: filter(f) }],
+            Op::Unsubscribe(s, f) if live(s) => {
+                vec![Record::Unsubscribe { sid: sid(s), filter: filter(f) }]
+            }
             Op::Fanout(set, q) => {
                 let targets: Vec<u64> =
                     (0..4u8).filter(|s| set & (1 << s) != 0 && live(s)).map(|s| sid(&s)).collect();
@@ -569,9 +580,12 @@ mod tests {
                 }
                 let mid = *next_mid;
                 *next_mid += 1;
-                let mut out = vec![Record::Message { mid, message: message("m", &mid.to_le_bytes()) }];
+                let mut out =
+                    vec![Record::Message { mid, message: message("m", &mid.to_le_bytes()) }];
                 let qos = QoS::from_u8(*q).unwrap();
-                out.extend(targets.into_iter().map(|sid| Record::Enqueue { sid, entry: entry(mid, qos) }));
+                out.extend(
+                    targets.into_iter().map(|sid| Record::Enqueue { sid, entry: entry(mid, qos) }),
+                );
                 out
             }
             Op::Send(s) if live(s) => {

@@ -713,7 +713,10 @@ mod tests {
                 most_segments = most_segments.max(segments(&dir).len());
                 if log.wants_compaction() {
                     // What the shard does at its next tick.
-                    log.compact(Snapshot { retained: live.values().cloned().collect(), ..Default::default() });
+                    log.compact(Snapshot {
+                        retained: live.values().cloned().collect(),
+                        ..Default::default()
+                    });
                 }
             }
             let lsn = log.append(Record::RetainDelete(TopicName::new("c/9").unwrap()));
