@@ -150,6 +150,12 @@ pub enum SessionEvent {
         /// Releases the UNSUBACK.
         ack: AckToken,
     },
+    /// The acknowledgement of the PUBLISH just before (PUBACK or PUBREC)
+    /// waits until what routing it logged is durable, here and on every
+    /// shard it went to (`durability = "always"`, see
+    /// [`Session::set_durable_acks`](super::Session::set_durable_acks));
+    /// the shard releases `ack` then.
+    Durable(AckToken),
     /// The will message to publish [MQTT-3.1.2-8], with the QoS and RETAIN
     /// of CONNECT [MQTT-3.1.2-16], [MQTT-3.1.2-17].
     Will(Arc<Message>),

@@ -126,6 +126,9 @@ pub struct Session {
     acl: Option<Box<ClientAcl>>,
     /// The changes to log (see [`journal`]).
     journal: journal::Journal,
+    /// Whether the acknowledgement of a QoS 1/2 PUBLISH waits for the
+    /// durable log (see [`Session::set_durable_acks`]).
+    durable_acks: bool,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -166,6 +169,7 @@ impl Session {
             delayed_will: None,
             acl: None,
             journal: journal::Journal::default(),
+            durable_acks: false,
         }
     }
 
@@ -597,6 +601,13 @@ impl Session {
         };
         // Counted by the shard as it routes it (`messages_received`).
         self.events.push_back(SessionEvent::Publish(Arc::new(message)));
+        if self.durable_acks && packet_id.is_some() {
+            // The acknowledgement below waits on this barrier.
+            let ack = AckToken(self.next_ack_token);
+            self.next_ack_token += 1;
+            connection.hold(ack);
+            self.events.push_back(SessionEvent::Durable(ack));
+        }
         // Acknowledgements are queued in the order the publishes arrived
         // [MQTT-4.6.0-2], [MQTT-4.6.0-3].
         match (qos, packet_id) {
@@ -1096,6 +1107,16 @@ impl Session {
             }
         }
         written
+    }
+
+    /// With `durability = "always"` the shard asks that a QoS 1/2 PUBLISH
+    /// be acknowledged (PUBACK [MQTT-4.3.2-2], PUBREC [MQTT-4.3.3-2]) only
+    /// once what its routing logged is durable: each such PUBLISH is
+    /// followed by a [`SessionEvent::Durable`] barrier, which holds that
+    /// acknowledgement and those owed after it, never the messages sent to
+    /// the client.
+    pub fn set_durable_acks(&mut self, on: bool) {
+        self.durable_acks = on;
     }
 
     /// Holds the acknowledgements owed from now on (and the CONNACK, when it

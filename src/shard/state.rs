@@ -376,8 +376,10 @@ impl Shard {
             }
         };
         self.slots.attach(key, ConnectionLink::new(connection));
+        let durable_acks = self.durable_acks();
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
+        slot.session.set_durable_acks(durable_acks);
         let acl = self.client_acl(connect);
         let slot = self.slots.slot_mut(key);
         slot.session.set_acl(acl);
@@ -708,6 +710,7 @@ impl Shard {
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),
+                SessionEvent::Durable(ack) => self.durable_wait(key, ack),
                 SessionEvent::Subscribe { grants, ack } => {
                     let filters = IndexFilters::Subscribe(grants.into_iter());
                     self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
@@ -847,6 +850,7 @@ impl Shard {
     /// subscriber), and one member of each matching shared group, on
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
+        self.durable_route_start();
         // With `retain_available = false` sessions refuse RETAIN 1, so only
         // the broker's own messages could ask to be stored: nothing is.
         if message.retain && self.limits.retain_available {
@@ -864,6 +868,8 @@ impl Shard {
         for shard in shards.iter().filter(|&shard| shard != me) {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
+            } else {
+                self.durable_sent(shard);
             }
         }
         for (shard, group) in chosen {
@@ -872,6 +878,7 @@ impl Shard {
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
                 self.outbox.push(shard, forward);
+                self.durable_sent(shard);
             }
         }
     }
@@ -891,6 +898,7 @@ impl Shard {
             self.retain_here(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
+            self.durable_sent(owner);
         }
     }
 
@@ -1134,10 +1142,13 @@ impl Shard {
                 for message in &batch {
                     self.deliver_local(message, now);
                 }
+                self.durable_received(from, batch.len() as u64);
             }
             ShardMessage::GroupPublish { group, message } => {
                 self.deliver_to_group(group, &message, now);
+                self.durable_received(from, 1);
             }
+            ShardMessage::Durable { count } => self.durable_acked(from, count),
             ShardMessage::Interest(delta) => {
                 self.interest.handle_delta(from, &delta, &self.outbox);
             }
@@ -1150,7 +1161,10 @@ impl Shard {
                 released.clear();
                 self.released = released;
             }
-            ShardMessage::Retain(message) => self.retain_here(message, now),
+            ShardMessage::Retain(message) => {
+                self.retain_here(message, now);
+                self.durable_received(from, 1);
+            }
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {

@@ -245,3 +245,69 @@ fn compaction_keeps_the_live_sessions() {
     let Packet::ConnAck(connack) = &output[0] else { panic!() };
     assert!(!connack.session_present);
 }
+
+fn pubacks(packets: &[Packet]) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(ack) => Some(ack.packet_id.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn with_durability_always_a_puback_waits_for_every_shard_that_logged_the_message() {
+    let mut cluster = Cluster::new(2);
+    let logs = with_logs(&mut cluster);
+    cluster.shards.iter_mut().for_each(|shard| shard.set_durable_acks());
+    let sub_id = id_on("sub", 0, 2);
+    let (sub, _) = cluster.connect_with(&sub_id, false);
+    cluster.subscribe(&sub, "t");
+    cluster.settle();
+    cluster.output(&sub);
+    cluster.close(&sub);
+    logs.iter().for_each(|log| _ = log.sync_now());
+    let publisher = cluster.connect(&id_on("pub", 1, 2));
+    cluster.send(&publisher, publish_qos("t", b"m", QoS::AtLeastOnce, 5, false));
+    cluster.send(&publisher, Packet::PingReq);
+    cluster.settle();
+    // Shard 0 queued it to the offline session and logged it; its log has
+    // not synced: no PUBACK yet [MQTT-4.3.2-2], and what is owed after it
+    // (the PINGRESP) waits behind it, in order [MQTT-4.6.0-2].
+    assert!(pubacks(&cluster.output(&publisher)).is_empty());
+    // Shard 1's own log syncing changes nothing: shard 0 holds the record.
+    logs[1].sync_now();
+    cluster.shards[1].handle_durable();
+    cluster.settle();
+    assert!(cluster.output(&publisher).is_empty());
+    let written = logs[0].sync_now();
+    assert!(written.iter().any(|e| matches!(e, Entry::Record(Record::Enqueue { .. }))));
+    cluster.shards[0].handle_durable();
+    cluster.settle();
+    let output = cluster.output(&publisher);
+    assert_eq!(pubacks(&output), vec![5]);
+    assert!(matches!(output.last(), Some(Packet::PingResp)), "{output:?}");
+}
+
+#[test]
+fn with_durability_always_a_retained_message_is_acknowledged_once_synced() {
+    let mut cluster = Cluster::new(1);
+    let logs = with_logs(&mut cluster);
+    cluster.shards[0].set_durable_acks();
+    let publisher = cluster.connect("pub");
+    let mut retained = publish_qos("r", b"kept", QoS::AtLeastOnce, 3, false);
+    if let Packet::Publish(p) = &mut retained {
+        p.retain = true;
+    }
+    cluster.send(&publisher, retained);
+    assert!(pubacks(&cluster.output(&publisher)).is_empty());
+    let written = logs[0].sync_now();
+    assert!(written.iter().any(|e| matches!(e, Entry::Record(Record::RetainSet(_)))));
+    cluster.shards[0].handle_durable();
+    assert_eq!(pubacks(&cluster.output(&publisher)), vec![3]);
+    // Nothing logged by a publish: acknowledged at once (the log holds no
+    // record that is not durable).
+    cluster.send(&publisher, publish_qos("nobody", b"x", QoS::AtLeastOnce, 4, false));
+    assert_eq!(pubacks(&cluster.output(&publisher)), vec![4]);
+}

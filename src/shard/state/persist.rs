@@ -7,10 +7,12 @@
 
 use super::Shard;
 use crate::message::Message;
-use crate::session::{Session, SessionChange};
+use crate::router::{ShardId, ShardMessage};
+use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
 use crate::shard::state::LocalSubscription;
-use crate::store::{Record, SessionState, StoredSubscription};
+use crate::store::{Lsn, Record, SessionState, StoredSubscription};
+use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,6 +30,43 @@ pub(super) struct SessionLog {
     current: Option<(Arc<Message>, u64, bool)>,
     /// Reused between sessions: the changes taken from one.
     changes: Vec<SessionChange>,
+    /// With `durability = "always"`: what waits for durability.
+    durable: Option<Box<DurableAcks>>,
+}
+
+/// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
+/// its routing logged is durable on this shard (its log's watermark) and on
+/// every shard it was sent to. Each peer counts the messages that may log
+/// (publishes, group publishes, retained messages) it receives from this
+/// shard, and reports the count once what they logged there is durable
+/// ([`ShardMessage::Durable`]); the queues between two shards keep their
+/// order, so a count covers every message sent before it.
+#[derive(Debug, Default)]
+pub(super) struct DurableAcks {
+    /// Per peer: messages that may log sent to it.
+    sent: Vec<u64>,
+    /// Per peer: how many of those it reported durable.
+    acked: Vec<u64>,
+    /// Per peer: such messages received from it.
+    received: Vec<u64>,
+    /// Reports owed to peers once the log is durable up to the record:
+    /// (peer, count, last record when the count was reached).
+    replies: Vec<(ShardId, u64, Option<Lsn>)>,
+    /// The peers the message being routed went to, with their counts.
+    touched: SmallVec<[(ShardId, u64); 4]>,
+    /// Acknowledgements waiting.
+    waits: Vec<DurableWait>,
+}
+
+/// An acknowledgement waiting for durability.
+#[derive(Debug)]
+struct DurableWait {
+    /// This shard's last record when the PUBLISH was routed.
+    lsn: Option<Lsn>,
+    /// The peers it went to and the count each must report.
+    peers: SmallVec<[(ShardId, u64); 4]>,
+    key: SessionKey,
+    token: AckToken,
 }
 
 impl Shard {
@@ -181,5 +220,116 @@ impl Shard {
             }
         }
         state
+    }
+
+    /// `durability = "always"`: from now on a QoS 1/2 PUBLISH is
+    /// acknowledged only once its records are durable here and on every
+    /// shard it went to (see [`DurableAcks`]). Called at start, with the
+    /// log attached.
+    pub fn set_durable_acks(&mut self) {
+        let n = self.nr_shards;
+        self.session_log.durable = Some(Box::new(DurableAcks {
+            sent: vec![0; n],
+            acked: vec![0; n],
+            received: vec![0; n],
+            ..DurableAcks::default()
+        }));
+    }
+
+    /// Whether acknowledgements wait for durability.
+    pub(super) fn durable_acks(&self) -> bool {
+        self.session_log.durable.is_some()
+    }
+
+    /// A message starts being routed.
+    pub(super) fn durable_route_start(&mut self) {
+        if let Some(durable) = self.session_log.durable.as_mut() {
+            durable.touched.clear();
+        }
+    }
+
+    /// A message that may log was queued to `to`.
+    pub(super) fn durable_sent(&mut self, to: ShardId) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        durable.sent[to.index()] += 1;
+        let count = durable.sent[to.index()];
+        match durable.touched.iter_mut().find(|(peer, _)| *peer == to) {
+            Some(entry) => entry.1 = count,
+            None => durable.touched.push((to, count)),
+        }
+    }
+
+    /// The acknowledgement held by `token` waits for what routing the
+    /// PUBLISH before it logged, here and on the shards it went to.
+    pub(super) fn durable_wait(&mut self, key: SessionKey, token: AckToken) {
+        // The session's own records (its inbound QoS 2 state) first.
+        self.log_changes(key);
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let peers = std::mem::take(&mut durable.touched);
+        durable.waits.push(DurableWait { lsn, peers, key, token });
+        self.release_durable();
+    }
+
+    /// `count` messages that may log were received from `from`: reported
+    /// back once what they logged is durable.
+    pub(super) fn durable_received(&mut self, from: ShardId, count: u64) {
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        durable.received[from.index()] += count;
+        let total = durable.received[from.index()];
+        durable.replies.push((from, total, lsn));
+        self.handle_durable();
+    }
+
+    /// A peer reported `count` of this shard's messages durable.
+    pub(super) fn durable_acked(&mut self, from: ShardId, count: u64) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let acked = &mut durable.acked[from.index()];
+        *acked = (*acked).max(count);
+        self.release_durable();
+    }
+
+    /// The log's durable watermark moved: reports owed to peers are sent
+    /// and the acknowledgements whose records are all durable released.
+    pub fn handle_durable(&mut self) {
+        let Some(log) = self.log.clone() else { return };
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        // Records are durable in order: the replies due are a prefix.
+        let due = durable
+            .replies
+            .iter()
+            .position(|(.., lsn)| lsn.is_some_and(|lsn| !log.is_durable(lsn)))
+            .unwrap_or(durable.replies.len());
+        let mut latest: SmallVec<[(ShardId, u64); 4]> = SmallVec::new();
+        for (peer, count, _) in durable.replies.drain(..due) {
+            match latest.iter_mut().find(|(p, _)| *p == peer) {
+                Some(entry) => entry.1 = entry.1.max(count),
+                None => latest.push((peer, count)),
+            }
+        }
+        for (peer, count) in latest {
+            self.outbox.push(peer, ShardMessage::Durable { count });
+        }
+        self.release_durable();
+    }
+
+    /// Releases every waiting acknowledgement whose records are durable.
+    fn release_durable(&mut self) {
+        let Some(log) = self.log.clone() else { return };
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let mut released: SmallVec<[(SessionKey, AckToken); 8]> = SmallVec::new();
+        let acked = &durable.acked;
+        durable.waits.retain(|wait| {
+            let ready = wait.lsn.is_none_or(|lsn| log.is_durable(lsn))
+                && wait.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count);
+            if ready {
+                released.push((wait.key, wait.token));
+            }
+            !ready
+        });
+        for (key, token) in released {
+            self.release_acks(key, token);
+        }
     }
 }
