@@ -330,4 +330,52 @@ mod tests {
         assert!(!staging.exists());
         std::fs::remove_dir_all(&path).unwrap();
     }
+
+    #[test]
+    fn sessions_move_to_the_shard_their_client_id_hashes_to_with_their_messages() {
+        use crate::store::sessions::{StoredEntry, StoredSession};
+        let entry = |mid| StoredEntry {
+            mid,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            from_retained: false,
+            subscription_ids: Default::default(),
+        };
+        // Two old shards whose message numbers collide.
+        let old: Vec<SessionState> = (0..2u8)
+            .map(|shard| {
+                let mut state = SessionState::default();
+                for i in 0..20u64 {
+                    let mut session = StoredSession::new(format!("c{shard}-{i}").into(), None);
+                    session.queue = vec![entry(1), entry(2)];
+                    state.sessions.insert(i + 1, session);
+                }
+                state.messages.insert(1, message(&format!("old{shard}/1")));
+                state.messages.insert(2, message(&format!("old{shard}/2")));
+                state
+            })
+            .collect();
+        let mut new = vec![SessionState::default(); 3];
+        for state in old {
+            move_sessions(state, &mut new);
+        }
+        let mut moved = 0;
+        for (shard, state) in new.iter().enumerate() {
+            for session in state.sessions.values() {
+                moved += 1;
+                assert_eq!(home_shard(session.client_id.as_bytes(), 3).index(), shard);
+                let origin = &session.client_id[1..2];
+                let topics: Vec<String> = session
+                    .queue
+                    .iter()
+                    .map(|e| state.messages[&e.mid].topic.to_string())
+                    .collect();
+                assert_eq!(topics, vec![format!("old{origin}/1"), format!("old{origin}/2")]);
+            }
+            // Each message once per new shard, whatever number of sessions
+            // reference it there.
+            assert!(state.messages.len() <= 4, "{}", state.messages.len());
+        }
+        assert_eq!(moved, 40);
+    }
 }
