@@ -311,3 +311,38 @@ fn with_durability_always_a_retained_message_is_acknowledged_once_synced() {
     cluster.send(&publisher, publish_qos("nobody", b"x", QoS::AtLeastOnce, 4, false));
     assert_eq!(pubacks(&cluster.output(&publisher)), vec![4]);
 }
+
+#[test]
+fn a_kept_will_is_published_after_its_delay_counted_from_the_restart() {
+    let mut cluster = Cluster::new(2);
+    let logs = with_logs(&mut cluster);
+    let (watcher, _) = cluster.connect_with("watcher", false);
+    cluster.subscribe(&watcher, "wills/#");
+    cluster.settle();
+    cluster.output(&watcher);
+    cluster.close(&watcher);
+    let mut connect = connect_v5("mortal", 600);
+    connect.will = Some(crate::protocol::Will {
+        topic: TopicName::new("wills/mortal").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: crate::protocol::WillProperties {
+            will_delay_interval: Some(5),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        },
+    });
+    // Connected with its will when the broker dies.
+    cluster.connect_packet(&connect);
+    let (mut cluster, _) = restart(&cluster, &logs);
+    // The connection ended at the restart: the will waits for its delay
+    // [MQTT-3.1.3-9], then goes to the (offline, persistent) watcher.
+    let (watcher, _) = cluster.connect_with("watcher", false);
+    cluster.now += Duration::from_secs(4);
+    cluster.sweep();
+    assert!(payloads(&cluster.output(&watcher)).is_empty());
+    cluster.now += Duration::from_secs(2);
+    cluster.sweep();
+    assert_eq!(payloads(&cluster.output(&watcher)), vec![b"gone".as_slice()]);
+}
