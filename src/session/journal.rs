@@ -275,3 +275,222 @@ pub(super) fn entry_of(
 ) -> StoredEntry {
     StoredEntry { mid, qos, retain, from_retained, subscription_ids: subscription_ids.clone() }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property test: whatever a persistent session goes through
+    //! (deliveries, sends, acknowledgements of every kind, inbound QoS 2
+    //! flows, subscribes, reconnections), the changes it notes, applied
+    //! as the log's recovery applies them, rebuild exactly its state; and
+    //! a session restored from that state holds it again.
+
+    use super::*;
+    use crate::metrics::SessionCounters;
+    use crate::protocol::{
+        Connect, ConnectProperties, Packet, ProtocolVersion, PubResponse, Publish, Subscribe,
+        Subscription, SubscriptionOptions, TopicName, Unsubscribe,
+    };
+    use crate::session::Delivery;
+    use crate::store::{Record, SessionState};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Deliver(u8, u8),
+        Transmit,
+        /// The right acknowledgement for the `pick`-th flow in flight.
+        Ack(usize),
+        /// A QoS 2 PUBLISH from the client, then maybe its PUBREL.
+        Inbound(u16, bool),
+        Subscribe(u8),
+        Unsubscribe(u8),
+        Reconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3u8, 0..3u8).prop_map(|(q, s)| Op::Deliver(q, s)),
+            3 => Just(Op::Transmit),
+            3 => any::<usize>().prop_map(Op::Ack),
+            2 => (1..5u16, any::<bool>()).prop_map(|(id, rel)| Op::Inbound(id, rel)),
+            1 => (0..3u8).prop_map(Op::Subscribe),
+            1 => (0..3u8).prop_map(Op::Unsubscribe),
+            1 => Just(Op::Reconnect),
+        ]
+    }
+
+    fn connect() -> Connect {
+        Connect {
+            version: ProtocolVersion::V3_1_1,
+            clean_start: false,
+            keep_alive: 0,
+            client_id: ByteString::from_static("c"),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties::default(),
+        }
+    }
+
+    /// The records the shard appends for `change` (session 1).
+    fn record(change: SessionChange, messages: &HashMap<u64, Arc<Message>>) -> Vec<Record> {
+        let sid = 1;
+        match change {
+            SessionChange::State { expiry, will } => {
+                vec![Record::SessionOpen { sid, client_id: "c".into(), expiry, will }]
+            }
+            SessionChange::Subscribed(filter, s) => vec![Record::Subscribe {
+                sid,
+                filter,
+                subscription: StoredSubscription { options: s.options, identifier: s.identifier },
+            }],
+            SessionChange::Unsubscribed(filter) => vec![Record::Unsubscribe { sid, filter }],
+            SessionChange::Queued(entry) => vec![
+                Record::Message { mid: entry.mid, message: Arc::clone(&messages[&entry.mid]) },
+                Record::Enqueue { sid, entry },
+            ],
+            SessionChange::Sent { mid, packet_id } => vec![Record::Sent { sid, mid, packet_id }],
+            SessionChange::Released(packet_id) => vec![Record::Released { sid, packet_id }],
+            SessionChange::Completed(packet_id) => vec![Record::Completed { sid, packet_id }],
+            SessionChange::Qos2In(packet_id) => vec![Record::Qos2In { sid, packet_id }],
+            SessionChange::Qos2Done(packet_id) => vec![Record::Qos2Done { sid, packet_id }],
+        }
+    }
+
+    fn normalized(mut stored: StoredSession) -> StoredSession {
+        stored.qos2_in.sort_unstable();
+        stored
+    }
+
+    proptest! {
+        #[test]
+        fn the_noted_changes_rebuild_the_session(ops in prop::collection::vec(op(), 1..120)) {
+            let now = Instant::now();
+            let limits = SessionLimits::default();
+            let mut counters = SessionCounters::default();
+            let mut session = Session::new(ByteString::from_static("c"), limits);
+            session.enable_journal();
+            session.handle_connect(now, &connect(), false, &mut counters);
+            let mut connected = true;
+            let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+            let mut logged = SessionState::default();
+            let mut changes = Vec::new();
+            // Flows in flight as the client sees them: id -> awaiting PUBREC.
+            let mut flows: Vec<(PacketId, bool)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Deliver(q, s) => {
+                        let mid = messages.len() as u64 + 1;
+                        let message = Arc::new(Message {
+                            topic: TopicName::new("t").unwrap(),
+                            payload: Bytes::from(mid.to_le_bytes().to_vec()),
+                            qos: QoS::from_u8(q).unwrap(),
+                            retain: false,
+                            properties: BoxedPublishProperties::none(),
+                            publisher: None,
+                            expires_at: None,
+                        });
+                        messages.insert(mid, Arc::clone(&message));
+                        let options = SubscriptionOptions { qos: QoS::from_u8(s).unwrap(), ..Default::default() };
+                        let delivery = Delivery {
+                            message,
+                            options,
+                            subscription_ids: SubscriptionIds::new(),
+                            from_retained: false,
+                            log_id: mid,
+                        };
+                        session.handle_delivery(now, delivery, &mut counters);
+                    }
+                    Op::Transmit => {
+                        while let Some(packet) = session.poll_packet(now, &mut counters) {
+                            if let Packet::Publish(Publish { packet_id: Some(id), qos, dup: false, .. }) = packet {
+                                flows.push((id, qos == QoS::ExactlyOnce));
+                            }
+                        }
+                    }
+                    Op::Ack(pick) if connected && !flows.is_empty() => {
+                        let at = pick % flows.len();
+                        let (id, awaiting_pubrec) = flows[at];
+                        let response = PubResponse::new(id);
+                        let packet = match (awaiting_pubrec, session.outbound.is_awaiting_pubcomp(id)) {
+                            (_, true) => Packet::PubComp(response),
+                            (true, false) => Packet::PubRec(response),
+                            (false, false) => Packet::PubAck(response),
+                        };
+                        let completes = !matches!(packet, Packet::PubRec(_));
+                        prop_assert_eq!(session.handle_packet(now, packet, &mut counters), Ok(()));
+                        if completes {
+                            flows.remove(at);
+                        }
+                    }
+                    Op::Ack(_) => {}
+                    Op::Inbound(id, release) if connected => {
+                        let id = PacketId::new(id).unwrap();
+                        let publish = Publish {
+                            dup: false,
+                            qos: QoS::ExactlyOnce,
+                            retain: false,
+                            topic: TopicName::new("in").unwrap(),
+                            packet_id: Some(id),
+                            properties: Default::default(),
+                            payload: Bytes::new(),
+                        };
+                        prop_assert_eq!(session.handle_packet(now, Packet::Publish(publish), &mut counters), Ok(()));
+                        if release {
+                            let rel = Packet::PubRel(PubResponse::new(id));
+                            prop_assert_eq!(session.handle_packet(now, rel, &mut counters), Ok(()));
+                        }
+                    }
+                    Op::Subscribe(f) if connected => {
+                        let subscribe = Subscribe {
+                            packet_id: PacketId::new(1).unwrap(),
+                            properties: Default::default(),
+                            subscriptions: [Subscription {
+                                filter: TopicFilter::new(format!("f/{f}")).unwrap(),
+                                options: SubscriptionOptions { qos: QoS::from_u8(f % 3).unwrap(), ..Default::default() },
+                            }].into_iter().collect(),
+                            refused: Vec::new(),
+                        };
+                        prop_assert_eq!(session.handle_packet(now, Packet::Subscribe(subscribe), &mut counters), Ok(()));
+                    }
+                    Op::Unsubscribe(f) if connected => {
+                        let unsubscribe = Unsubscribe {
+                            packet_id: PacketId::new(2).unwrap(),
+                            properties: Default::default(),
+                            filters: [TopicFilter::new(format!("f/{f}")).unwrap()].into_iter().collect(),
+                            refused: Vec::new(),
+                        };
+                        prop_assert_eq!(session.handle_packet(now, Packet::Unsubscribe(unsubscribe), &mut counters), Ok(()));
+                    }
+                    Op::Inbound(..) | Op::Subscribe(_) | Op::Unsubscribe(_) => {}
+                    Op::Reconnect => {
+                        if connected {
+                            session.handle_connection_lost(now, &mut counters);
+                        }
+                        session.handle_connect(now, &connect(), true, &mut counters);
+                        connected = true;
+                        // The client re-sends nothing; the server re-sends
+                        // its flows, which the client's view keeps.
+                        while session.poll_packet(now, &mut counters).is_some() {}
+                    }
+                }
+                while session.poll_event().is_some() {}
+                session.take_changes(&mut changes);
+                for change in changes.drain(..) {
+                    for r in record(change, &messages) {
+                        logged.apply(r);
+                    }
+                }
+                let mut rebuilt = logged.clone();
+                rebuilt.finish(now);
+                let mut referenced = HashMap::new();
+                let live = normalized(session.stored(&mut referenced));
+                prop_assert_eq!(&normalized(rebuilt.sessions[&1].clone()), &live);
+                prop_assert_eq!(&rebuilt.messages, &referenced);
+                let restored = Session::restore(live.clone(), &referenced, limits, now);
+                prop_assert_eq!(normalized(restored.stored(&mut HashMap::new())), live);
+            }
+        }
+    }
+}
