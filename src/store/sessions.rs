@@ -236,20 +236,23 @@ impl SessionState {
     }
 
     /// The records that rebuild this state from nothing, for a snapshot:
-    /// each referenced message once, then each session (header,
-    /// subscriptions, in-flight flows in their order, queue, QoS 2 ids).
+    /// each message once (those of [`SessionState::finish`] or of a shard's
+    /// live sessions are all referenced), then each session
+    /// ([`SessionState::session_records`]).
     pub fn snapshot_records(&self, mut each: impl FnMut(Record)) {
-        let mut written = hashbrown::HashSet::new();
-        for session in self.sessions.values() {
-            for entry in session.entries() {
-                if let Some(message) = self.messages.get(&entry.mid) {
-                    if written.insert(entry.mid) {
-                        each(Record::Message { mid: entry.mid, message: Arc::clone(message) });
-                    }
-                }
-            }
+        for (&mid, message) in &self.messages {
+            each(Record::Message { mid, message: Arc::clone(message) });
         }
         for (&sid, session) in &self.sessions {
+            Self::session_records(sid, session, &mut each);
+        }
+    }
+
+    /// The records of one session for a snapshot, after the messages it
+    /// references: header, subscriptions, in-flight flows in their order,
+    /// queue, QoS 2 ids.
+    pub fn session_records(sid: u64, session: &StoredSession, mut each: impl FnMut(Record)) {
+        {
             each(Record::SessionOpen {
                 sid,
                 client_id: session.client_id.clone(),

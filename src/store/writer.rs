@@ -29,6 +29,7 @@
 use super::log::{Entry, Log, Snapshot};
 use super::record::{self, HeaderError, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery, RecoveryStats};
+use super::sessions::SessionState;
 use crate::config::Durability;
 use crate::message::wire::Clocks;
 use bytes::BytesMut;
@@ -526,9 +527,22 @@ impl Writer {
                 glommio::yield_if_needed().await;
             }
         }
-        // Encoded in one go (a record is tens of bytes; the messages are
-        // shared), then written a chunk at a time.
-        sessions.snapshot_records(|record| self.encode(&record, clocks));
+        // A chunk at a time, yielding in between: a large state does not
+        // hold the shard's executor for long.
+        for (&mid, message) in &sessions.messages {
+            self.encode(&Record::Message { mid, message: std::sync::Arc::clone(message) }, clocks);
+            if self.scratch.len() >= CHUNK {
+                self.write_snapshot(&mut snapshot, log).await;
+                glommio::yield_if_needed().await;
+            }
+        }
+        for (&sid, session) in &sessions.sessions {
+            SessionState::session_records(sid, session, |record| self.encode(&record, clocks));
+            if self.scratch.len() >= CHUNK {
+                self.write_snapshot(&mut snapshot, log).await;
+                glommio::yield_if_needed().await;
+            }
+        }
         drop(sessions);
         self.encode(&Record::SnapshotEnd, clocks);
         self.write_snapshot(&mut snapshot, log).await;
