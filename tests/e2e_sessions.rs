@@ -34,8 +34,12 @@ fn config(data_dir: &Path, admin: &str) -> String {
 /// Starts the broker on `dir` and waits until every shard replayed its
 /// log.
 fn start(dir: &Path) -> Broker {
+    start_shards(dir, SHARDS)
+}
+
+fn start_shards(dir: &Path, shards: usize) -> Broker {
     let admin = format!("127.0.0.1:{}", free_port());
-    let broker = Broker::start_with_config(SHARDS, &config(dir, &admin));
+    let broker = Broker::start_with_config(shards, &config(dir, &admin));
     wait_ready(&admin);
     broker
 }
@@ -106,6 +110,30 @@ fn queued_qos1_messages_and_subscriptions_of_an_offline_session_survive_kill_9()
     sub.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(sub.wait().unwrap().success());
     assert_eq!(out.trim(), "after");
+    drop(broker);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sessions_follow_a_change_of_the_shard_count() {
+    let dir = common::scratch_dir("e2e-sessions", "reshard");
+    let broker = start_shards(&dir, 2);
+    let ids: Vec<String> = (0..6).map(|i| format!("moving-{i}")).collect();
+    for id in &ids {
+        mosquitto_sub(&broker, &["-c", "-i", id, "-q", "1", "-t", "mv/#", "-W", "1"]);
+    }
+    let lines: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    mosquitto_pub_lines(&broker, "mv/x", "1", &lines);
+    drop(broker);
+    // Three shards now: each session lives where its client id hashes to.
+    let broker = start_shards(&dir, 3);
+    for id in &ids {
+        let got = mosquitto_sub(
+            &broker,
+            &["-c", "-i", id, "-q", "1", "-t", "mv/#", "-C", "20", "-W", "10"],
+        );
+        assert_eq!(got, lines, "{id}");
+    }
     drop(broker);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -55,9 +55,10 @@ pub(super) fn resume(path: &Path) -> io::Result<Option<usize>> {
     Ok(Some(to))
 }
 
-/// Moves the retained messages of every `shard-*` directory under `path`
-/// to their homes among `to` shards. Returns how many were moved.
-pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
+/// Moves the retained messages and sessions of every `shard-*` directory
+/// under `path` to their homes among `to` shards. Returns how many of each
+/// were moved.
+pub(super) fn reshard(path: &Path, to: usize) -> io::Result<(usize, usize)> {
     let staging = path.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
@@ -74,6 +75,7 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
         move_sessions(state.sessions, &mut session_homes);
     }
     let moved = homes.iter().map(Vec::len).sum();
+    let sessions = session_homes.iter().map(|state| state.sessions.len()).sum();
     for (shard, (messages, sessions)) in homes.iter().zip(&session_homes).enumerate() {
         write_snapshot(&shard_dir(&staging, shard), shard, to, messages, sessions, clocks)?;
     }
@@ -83,7 +85,7 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
     sync_dir(&staging)?;
     sync_dir(path)?;
     finish(path, to)?;
-    Ok(moved)
+    Ok((moved, sessions))
 }
 
 /// Moves each session of one old shard to the new shard its client id
@@ -286,11 +288,11 @@ mod tests {
     fn every_retained_message_moves_to_its_new_home() {
         let path = temp("move");
         let expected = two_shard_log(&path);
-        assert_eq!(reshard(&path, 3).unwrap(), 39);
+        assert_eq!(reshard(&path, 3).unwrap(), (39, 0));
         assert_eq!(topics_at_home(&path, 3), expected);
         assert!(!path.join(STAGING).exists());
         // And back to one shard: shard-1 and shard-2 are gone.
-        assert_eq!(reshard(&path, 1).unwrap(), 39);
+        assert_eq!(reshard(&path, 1).unwrap(), (39, 0));
         assert_eq!(topics_at_home(&path, 1), expected);
         assert!(!shard_dir(&path, 1).exists() && !shard_dir(&path, 2).exists());
         std::fs::remove_dir_all(&path).unwrap();
