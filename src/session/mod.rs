@@ -294,6 +294,8 @@ impl Session {
             reason: ReasonCode::Success,
             properties,
         };
+        // The session's expiry and will, as this CONNECT set them.
+        self.note_state(connect.will.as_ref());
         self.outbound.start_resend();
         let connection = self.connection.insert(Connection {
             version,
@@ -317,9 +319,6 @@ impl Session {
             auth: None,
             pace: None,
         });
-        let will = connection.will.clone();
-        self.note_state(will.as_deref());
-        let connection = self.connection.as_mut().expect("attached above");
         connection.connack.insert(Box::new(connack))
     }
 
