@@ -830,7 +830,7 @@ impl Shard {
         if work.revision > self.interest.acked_by_all() {
             self.interest.wait_for(work.revision, key, work.ack);
         } else {
-            self.release_acks(key, work.ack);
+            self.release_acks_durable(key, work.ack);
         }
         budget
     }
@@ -1156,7 +1156,7 @@ impl Shard {
                 let mut released = std::mem::take(&mut self.released);
                 self.interest.handle_ack(from, revision, |key, ack| released.push((key, ack)));
                 for &(key, ack) in &released {
-                    self.release_acks(key, ack);
+                    self.release_acks_durable(key, ack);
                 }
                 released.clear();
                 self.released = released;

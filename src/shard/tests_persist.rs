@@ -265,7 +265,11 @@ fn with_durability_always_a_puback_waits_for_every_shard_that_logged_the_message
     let (sub, _) = cluster.connect_with(&sub_id, false);
     cluster.subscribe(&sub, "t");
     cluster.settle();
-    cluster.output(&sub);
+    // The SUBACK of a persistent session waits for its records too.
+    assert!(cluster.output(&sub).is_empty());
+    logs[0].sync_now();
+    cluster.shards[0].handle_durable();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
     cluster.close(&sub);
     logs.iter().for_each(|log| _ = log.sync_now());
     let publisher = cluster.connect(&id_on("pub", 1, 2));

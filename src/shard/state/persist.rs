@@ -271,6 +271,22 @@ impl Shard {
         self.release_durable();
     }
 
+    /// Releases the SUBACK or UNSUBACK barrier `token` of a persistent
+    /// session once its subscription records are durable (with
+    /// `durability = "always"`; at once otherwise): a subscription the
+    /// client was told about survives a crash.
+    pub(super) fn release_acks_durable(&mut self, key: SessionKey, token: AckToken) {
+        let persistent = self.slots.get(key).is_some_and(|slot| slot.log_id != 0);
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        match self.session_log.durable.as_mut() {
+            Some(durable) if persistent => {
+                durable.waits.push(DurableWait { lsn, peers: SmallVec::new(), key, token });
+                self.release_durable();
+            }
+            _ => self.release_acks(key, token),
+        }
+    }
+
     /// `count` messages that may log were received from `from`: reported
     /// back once what they logged is durable.
     pub(super) fn durable_received(&mut self, from: ShardId, count: u64) {
