@@ -869,7 +869,7 @@ impl Shard {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             } else {
-                self.durable_sent(shard);
+                self.durable_sent(shard, &message);
             }
         }
         for (shard, group) in chosen {
@@ -878,7 +878,7 @@ impl Shard {
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
                 self.outbox.push(shard, forward);
-                self.durable_sent(shard);
+                self.durable_sent(shard, &message);
             }
         }
     }
@@ -898,7 +898,7 @@ impl Shard {
             self.retain_here(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
-            self.durable_sent(owner);
+            self.durable_sent(owner, message);
         }
     }
 
@@ -1142,11 +1142,11 @@ impl Shard {
                 for message in &batch {
                     self.deliver_local(message, now);
                 }
-                self.durable_received(from, batch.len() as u64);
+                self.durable_received(from, &batch);
             }
             ShardMessage::GroupPublish { group, message } => {
                 self.deliver_to_group(group, &message, now);
-                self.durable_received(from, 1);
+                self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::Durable { count } => self.durable_acked(from, count),
             ShardMessage::Interest(delta) => {
@@ -1162,8 +1162,8 @@ impl Shard {
                 self.released = released;
             }
             ShardMessage::Retain(message) => {
-                self.retain_here(message, now);
-                self.durable_received(from, 1);
+                self.retain_here(Arc::clone(&message), now);
+                self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);

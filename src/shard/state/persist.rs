@@ -7,6 +7,7 @@
 
 use super::Shard;
 use crate::message::Message;
+use crate::protocol::QoS;
 use crate::router::{ShardId, ShardMessage};
 use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
@@ -37,8 +38,8 @@ pub(super) struct SessionLog {
 /// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
 /// its routing logged is durable on this shard (its log's watermark) and on
 /// every shard it was sent to. Each peer counts the messages that may log
-/// (publishes, group publishes, retained messages) it receives from this
-/// shard, and reports the count once what they logged there is durable
+/// (QoS 1/2 publishes, group publishes, retained messages) it receives
+/// from this shard, and reports the count once what they logged there is durable
 /// ([`ShardMessage::Durable`]); the queues between two shards keep their
 /// order, so a count covers every message sent before it.
 #[derive(Debug, Default)]
@@ -248,9 +249,13 @@ impl Shard {
         }
     }
 
-    /// A message that may log was queued to `to`.
-    pub(super) fn durable_sent(&mut self, to: ShardId) {
+    /// `message` was queued to `to`; a QoS 1/2 one may log there (QoS 0
+    /// never does, and is not counted).
+    pub(super) fn durable_sent(&mut self, to: ShardId, message: &Message) {
         let Some(durable) = self.session_log.durable.as_mut() else { return };
+        if message.qos == QoS::AtMostOnce {
+            return;
+        }
         durable.sent[to.index()] += 1;
         let count = durable.sent[to.index()];
         match durable.touched.iter_mut().find(|(peer, _)| *peer == to) {
@@ -287,11 +292,15 @@ impl Shard {
         }
     }
 
-    /// `count` messages that may log were received from `from`: reported
-    /// back once what they logged is durable.
-    pub(super) fn durable_received(&mut self, from: ShardId, count: u64) {
+    /// `messages` were received from `from` and handled: the count of the
+    /// QoS 1/2 ones is reported back once what they logged is durable.
+    pub(super) fn durable_received(&mut self, from: ShardId, messages: &[Arc<Message>]) {
         let lsn = self.log.as_ref().and_then(|log| log.last());
         let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let count = messages.iter().filter(|m| m.qos != QoS::AtMostOnce).count() as u64;
+        if count == 0 {
+            return;
+        }
         durable.received[from.index()] += count;
         let total = durable.received[from.index()];
         durable.replies.push((from, total, lsn));
