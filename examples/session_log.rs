@@ -52,7 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sid = i + 1;
         let expiry = Some(std::time::Duration::from_secs(86_400));
         record::encode(
-            &Record::SessionOpen { sid, client_id: client_id.into(), expiry, will: None },
+            &Record::SessionOpen {
+                sid,
+                client_id: client_id.into(),
+                expiry,
+                username: None,
+                will: None,
+            },
             clocks,
             out,
         )?;

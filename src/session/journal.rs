@@ -32,6 +32,8 @@ pub enum SessionChange {
     State {
         /// See [`Session::expiry`].
         expiry: Option<Duration>,
+        /// The user name of its ACL rules (with an `acl_file`).
+        username: Option<ByteString>,
         /// The will still to be published, if any.
         will: Option<Box<StoredWill>>,
     },
@@ -114,7 +116,13 @@ impl Session {
             .or(self.delayed_will.as_ref().map(|d| &*d.will))
             .map(|w| Box::new(stored_will(w, &self.client_id)));
         let expiry = self.expiry;
-        self.journal.note(expiry, || SessionChange::State { expiry, will });
+        let username = self.acl_user();
+        self.journal.note(expiry, || SessionChange::State { expiry, username, will });
+    }
+
+    /// The user name of the session's ACL rules, if it has an ACL.
+    fn acl_user(&self) -> Option<ByteString> {
+        self.acl.as_ref()?.user().map(ByteString::from)
     }
 
     /// The session as the log keeps it; `mid`s are those given with the
@@ -145,6 +153,7 @@ impl Session {
         StoredSession {
             client_id: self.client_id.clone(),
             expiry: self.expiry,
+            username: self.acl_user(),
             will,
             subscriptions,
             queue: queue.into_iter().map(stored_entry).collect(),
@@ -171,8 +180,17 @@ impl Session {
         limits: SessionLimits,
         now: Instant,
     ) -> Self {
-        let StoredSession { client_id, expiry, will, subscriptions, queue, inflight, qos2_in } =
-            stored;
+        // The user name goes to the shard, which has the ACL file.
+        let StoredSession {
+            client_id,
+            expiry,
+            username: _,
+            will,
+            subscriptions,
+            queue,
+            inflight,
+            qos2_in,
+        } = stored;
         let mut session = Session::new(client_id, limits);
         session.expiry = expiry;
         session.delayed_will = will.map(|will| DelayedWill {
@@ -337,8 +355,8 @@ mod tests {
     fn record(change: SessionChange, messages: &HashMap<u64, Arc<Message>>) -> Vec<Record> {
         let sid = 1;
         match change {
-            SessionChange::State { expiry, will } => {
-                vec![Record::SessionOpen { sid, client_id: "c".into(), expiry, will }]
+            SessionChange::State { expiry, username, will } => {
+                vec![Record::SessionOpen { sid, client_id: "c".into(), expiry, username, will }]
             }
             SessionChange::Subscribed(filter, s) => vec![Record::Subscribe {
                 sid,

@@ -350,3 +350,32 @@ fn a_kept_will_is_published_after_its_delay_counted_from_the_restart() {
     cluster.sweep();
     assert_eq!(payloads(&cluster.output(&watcher)), vec![b"gone".as_slice()]);
 }
+
+#[test]
+fn with_an_acl_file_a_restored_session_keeps_the_rules_of_its_user() {
+    use crate::auth::acl::AclFile;
+    let file = Arc::new(AclFile::parse("user alice\ntopic read ok/#\ntopic write #\n").unwrap());
+    let mut cluster = Cluster::new(1);
+    cluster.shards[0].set_acl(Some(Arc::clone(&file)));
+    let logs = with_logs(&mut cluster);
+    let mut connect = connect_v5("sub", 600);
+    connect.username = Some("alice".into());
+    let (sub, _) = cluster.connect_packet(&connect);
+    cluster.subscribe(&sub, "#");
+    cluster.output(&sub);
+    cluster.close(&sub);
+    let mut fresh = Cluster::new(1);
+    fresh.shards[0].set_acl(Some(file));
+    let now = fresh.now;
+    fresh.shards[0].attach_log(Rc::new(Log::new()), recovered(&logs[0]), now);
+    let mut cluster = fresh;
+    let mut publisher = connect_v5("pub", 0);
+    publisher.username = Some("alice".into());
+    let (publisher, _) = cluster.connect_packet(&publisher);
+    // Queued to the offline session after the restart: checked against
+    // alice's rules, as before it.
+    cluster.send(&publisher, publish_qos("secret/x", b"no", QoS::AtLeastOnce, 1, false));
+    cluster.send(&publisher, publish_qos("ok/x", b"yes", QoS::AtLeastOnce, 2, false));
+    let (_, output) = cluster.connect_packet(&connect);
+    assert_eq!(payloads(&output), vec![b"yes".as_slice()]);
+}

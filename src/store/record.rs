@@ -21,7 +21,8 @@
 //!     2 retained delete: the topic, UTF-8, to the end of the body
 //!     3 snapshot end:    nothing (closes a complete snapshot segment)
 //!     4 session open:    u64 sid, u16 length + client id, u64 expiry in
-//!                        seconds (u64::MAX: never), u8 1 if a will
+//!                        seconds (u64::MAX: never), u8 1 if a user name
+//!                        follows: u16 length + user name, u8 1 if a will
 //!                        follows: u32 will delay, the will as a message
 //!     5 session end:     u64 sid
 //!     6 subscribe:       u64 sid, u8 options (as in a 5.0 SUBSCRIBE),
@@ -197,6 +198,8 @@ pub enum Record {
         client_id: ByteString,
         /// How long it outlives its connection; `None`: never expires.
         expiry: Option<Duration>,
+        /// The user name its ACL rules are for (with an `acl_file`).
+        username: Option<ByteString>,
         /// The will still to be published, if any.
         will: Option<Box<StoredWill>>,
     },
@@ -311,13 +314,22 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
             out.put_slice(topic.as_str().as_bytes());
         }
         Record::SnapshotEnd => out.put_u8(KIND_SNAPSHOT_END),
-        Record::SessionOpen { sid, client_id, expiry, will } => {
+        Record::SessionOpen { sid, client_id, expiry, username, will } => {
             out.put_u8(KIND_SESSION_OPEN);
             out.put_u64_le(*sid);
-            // Client ids are MQTT strings: at most 65,535 bytes.
+            // Client ids and user names are MQTT strings: at most 65,535
+            // bytes.
             out.put_u16_le(client_id.len() as u16);
             out.put_slice(client_id.as_bytes());
             out.put_u64_le(expiry.map_or(u64::MAX, |e| e.as_secs().min(u64::MAX - 1)));
+            match username {
+                None => out.put_u8(0),
+                Some(name) => {
+                    out.put_u8(1);
+                    out.put_u16_le(name.len() as u16);
+                    out.put_slice(name.as_bytes());
+                }
+            }
             match will {
                 None => out.put_u8(0),
                 Some(will) => {
@@ -461,16 +473,24 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
     fn filter_of(rest: &[u8]) -> Option<TopicFilter> {
         TopicFilter::new(std::str::from_utf8(rest).ok()?.to_owned()).ok()
     }
+    fn string_of(rest: &mut &[u8]) -> Option<ByteString> {
+        let len = usize::from(u16_of(rest)?);
+        let text = std::str::from_utf8(rest.get(..len)?).ok()?.to_owned();
+        *rest = &rest[len..];
+        Some(ByteString::from(text))
+    }
     let sid = u64_of(&mut rest)?;
     let record = match kind {
         KIND_SESSION_OPEN => {
-            let len = usize::from(u16_of(&mut rest)?);
-            let client_id = rest.get(..len)?;
-            let client_id = ByteString::from(std::str::from_utf8(client_id).ok()?.to_owned());
-            rest = &rest[len..];
+            let client_id = string_of(&mut rest)?;
             let expiry = match u64_of(&mut rest)? {
                 u64::MAX => None,
                 secs => Some(Duration::from_secs(secs)),
+            };
+            let username = match u8_of(&mut rest)? {
+                0 => None,
+                1 => Some(string_of(&mut rest)?),
+                _ => return None,
             };
             let will = match u8_of(&mut rest)? {
                 0 if rest.is_empty() => None,
@@ -482,7 +502,8 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
                 }
                 _ => return None,
             };
-            return rest.is_empty().then_some(Record::SessionOpen { sid, client_id, expiry, will });
+            let open = Record::SessionOpen { sid, client_id, expiry, username, will };
+            return rest.is_empty().then_some(open);
         }
         KIND_SESSION_END => Record::SessionEnd { sid },
         KIND_SUBSCRIBE => {

@@ -78,6 +78,9 @@ pub struct StoredSession {
     pub client_id: ByteString,
     /// How long it outlives its connection; `None`: never expires.
     pub expiry: Option<Duration>,
+    /// The user name its ACL rules are for, kept with an `acl_file` so that
+    /// messages queued to it after a restart are checked as before.
+    pub username: Option<ByteString>,
     /// Its will, if one is still to be published.
     pub will: Option<Box<StoredWill>>,
     /// Subscriptions by filter.
@@ -97,6 +100,7 @@ impl StoredSession {
         Self {
             client_id,
             expiry,
+            username: None,
             will: None,
             subscriptions: HashMap::new(),
             queue: Vec::new(),
@@ -132,7 +136,7 @@ impl SessionState {
     /// Applies a session record; returns false for any other record.
     pub fn apply(&mut self, record: Record) -> bool {
         match record {
-            Record::SessionOpen { sid, client_id, expiry, will } => {
+            Record::SessionOpen { sid, client_id, expiry, username, will } => {
                 self.saw_sid(sid);
                 let session = self
                     .sessions
@@ -140,6 +144,7 @@ impl SessionState {
                     .or_insert_with(|| StoredSession::new(client_id.clone(), expiry));
                 session.client_id = client_id;
                 session.expiry = expiry;
+                session.username = username;
                 session.will = will;
             }
             Record::SessionEnd { sid } => {
@@ -257,6 +262,7 @@ impl SessionState {
                 sid,
                 client_id: session.client_id.clone(),
                 expiry: session.expiry,
+                username: session.username.clone(),
                 will: session.will.clone(),
             });
             for (filter, subscription) in &session.subscriptions {
@@ -338,9 +344,16 @@ mod tests {
                 sid: 7,
                 client_id: "dev-1".into(),
                 expiry: Some(Duration::from_secs(3600)),
+                username: Some("alice".into()),
                 will: Some(Box::new(will)),
             },
-            Record::SessionOpen { sid: 8, client_id: "dev-2".into(), expiry: None, will: None },
+            Record::SessionOpen {
+                sid: 8,
+                client_id: "dev-2".into(),
+                expiry: None,
+                username: None,
+                will: None,
+            },
             Record::Subscribe {
                 sid: 7,
                 filter: TopicFilter::new("$share/g/a/+").unwrap(),
@@ -493,7 +506,13 @@ mod tests {
         let mut soon = Message::clone(&message("e/1", b"x"));
         soon.expires_at = Some(clocks.now + Duration::from_secs(5));
         let records = vec![
-            Record::SessionOpen { sid: 1, client_id: "c".into(), expiry: None, will: None },
+            Record::SessionOpen {
+                sid: 1,
+                client_id: "c".into(),
+                expiry: None,
+                username: None,
+                will: None,
+            },
             Record::Message { mid: 1, message: Arc::new(soon) },
             Record::Message { mid: 2, message: message("e/2", b"y") },
             Record::Message { mid: 3, message: message("e/3", b"z") },
@@ -556,10 +575,13 @@ mod tests {
                     Box::new(StoredWill { delay: 5, message: Message::clone(&message("w", b"w")) })
                 });
                 let expiry = Some(Duration::from_secs(u64::from(*s) * 100));
+                // A user name on odd sessions.
+                let username = (s % 2 == 1).then(|| format!("user{s}").into());
                 vec![Record::SessionOpen {
                     sid: sid(s),
                     client_id: format!("c{s}").into(),
                     expiry,
+                    username,
                     will,
                 }]
             }

@@ -85,7 +85,13 @@ impl Shard {
                 self.remove_session(key);
             }
             let expiry = stored.expiry;
-            let session = Session::restore(stored, &messages, self.limits, now);
+            // With an ACL file, the rules of the user it connected as: the
+            // messages queued to it from now on are checked as before.
+            let acl = self.acl.as_ref().map(|file| {
+                crate::auth::acl::ClientAcl::new(Arc::clone(file), stored.username.as_deref())
+            });
+            let mut session = Session::restore(stored, &messages, self.limits, now);
+            session.set_acl(acl);
             let mut slot = Slot::new(session);
             slot.log_id = sid;
             slot.expires_at = expiry.map(|expiry| now + expiry);
@@ -151,10 +157,12 @@ impl Shard {
             slot.log_id = self.session_log.next_sid;
             self.session_log.next_sid += 1;
             if !matches!(changes.first(), Some(SessionChange::State { .. })) {
+                let stored = slot.session.stored(&mut Default::default());
                 log.append(Record::SessionOpen {
                     sid: slot.log_id,
-                    client_id: slot.session.client_id().clone(),
-                    expiry: slot.session.expiry(),
+                    client_id: stored.client_id,
+                    expiry: stored.expiry,
+                    username: stored.username,
                     will: None,
                 });
             }
@@ -162,10 +170,11 @@ impl Shard {
         let sid = slot.log_id;
         for change in changes.drain(..) {
             let record = match change {
-                SessionChange::State { expiry, will } => Record::SessionOpen {
+                SessionChange::State { expiry, username, will } => Record::SessionOpen {
                     sid,
                     client_id: slot.session.client_id().clone(),
                     expiry,
+                    username,
                     will,
                 },
                 SessionChange::Subscribed(filter, subscribed) => Record::Subscribe {
