@@ -382,6 +382,11 @@ pub struct ClientAcl {
 }
 
 impl ClientAcl {
+    /// The user name the rules are for (`None`: anonymous).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// The rules of `file` for a client with `user` (`None`: anonymous).
     pub fn new(file: Arc<AclFile>, user: Option<&str>) -> Self {
         let mut acl = Self { file, user: user.map(Into::into), section: None };

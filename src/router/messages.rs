@@ -115,6 +115,14 @@ pub enum ShardMessage {
         /// The subscriber.
         reply_to: RetainedReplyTo,
     },
+    /// With `durability = "always"`: the first `count` publishes, group
+    /// publishes and retained messages the receiver sent to the sender
+    /// (counted in the order they were sent) are handled and whatever they
+    /// logged there is durable; the acknowledgements waiting on them may go.
+    Durable {
+        /// How many.
+        count: u64,
+    },
     /// Retained messages for a subscriber homed on the receiving shard.
     Retained {
         /// The subscriber.

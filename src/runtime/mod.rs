@@ -728,10 +728,30 @@ async fn open_log(
     match store::open(&store::shard_dir(data_dir, id), index, count, options, &log).await {
         Ok(opened) => {
             let (retained, stats) = (opened.state.retained.len(), opened.stats);
-            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state);
+            let sessions = opened.state.sessions.sessions.len();
+            let queued: usize =
+                opened.state.sessions.sessions.values().map(|s| s.queue.len()).sum();
+            shard.borrow_mut().attach_log(Rc::clone(&log), opened.state, Instant::now());
+            if options.durability == crate::config::Durability::Always {
+                shard.borrow_mut().set_durable_acks();
+                // Releases the acknowledgements that wait for the log
+                // each time its durable watermark moves; ends with the
+                // executor.
+                let (log, shard) = (Rc::clone(&log), Rc::clone(shard));
+                glommio::spawn_local(async move {
+                    let mut seen = 0;
+                    loop {
+                        seen = log.durable_moved(seen).await;
+                        shard.borrow_mut().handle_durable();
+                    }
+                })
+                .detach();
+            }
             tracing::info!(
                 shard = id,
                 retained,
+                sessions,
+                queued,
                 records = stats.records,
                 segments = stats.segments,
                 torn_tails = stats.torn_tails,

@@ -150,6 +150,12 @@ pub enum SessionEvent {
         /// Releases the UNSUBACK.
         ack: AckToken,
     },
+    /// The acknowledgement of the PUBLISH just before (PUBACK or PUBREC)
+    /// waits until what routing it logged is durable, here and on every
+    /// shard it went to (`durability = "always"`, see
+    /// [`Session::set_durable_acks`](super::Session::set_durable_acks));
+    /// the shard releases `ack` then.
+    Durable(AckToken),
     /// The will message to publish [MQTT-3.1.2-8], with the QoS and RETAIN
     /// of CONNECT [MQTT-3.1.2-16], [MQTT-3.1.2-17].
     Will(Arc<Message>),
@@ -175,6 +181,9 @@ pub struct Delivery {
     /// subscription was just made: it is then sent with RETAIN=1
     /// [MQTT-3.3.1-8].
     pub from_retained: bool,
+    /// The shard's number for the message in its durable log, noted with
+    /// the queued entry of a logged session; 0 without a log.
+    pub log_id: u64,
 }
 
 /// What became of a [`Delivery`].

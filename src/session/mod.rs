@@ -42,6 +42,7 @@ pub mod auth;
 mod connection;
 mod error;
 mod event;
+mod journal;
 mod keepalive;
 mod limits;
 mod outbound;
@@ -57,6 +58,7 @@ pub use error::SessionError;
 pub use event::{
     CloseReason, Delivery, DeliveryOutcome, DropReason, SessionEvent, Subscribed, SubscriptionGrant,
 };
+pub use journal::SessionChange;
 pub use limits::SessionLimits;
 
 use crate::auth::acl::{AclFile, ClientAcl};
@@ -122,6 +124,11 @@ pub struct Session {
     /// (will included), subscription and delivery is checked against them.
     /// Boxed: a broker without an ACL file pays one pointer per session.
     acl: Option<Box<ClientAcl>>,
+    /// The changes to log (see [`journal`]).
+    journal: journal::Journal,
+    /// Whether the acknowledgement of a QoS 1/2 PUBLISH waits for the
+    /// durable log (see [`Session::set_durable_acks`]).
+    durable_acks: bool,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -161,6 +168,8 @@ impl Session {
             expiry: Some(Duration::ZERO),
             delayed_will: None,
             acl: None,
+            journal: journal::Journal::default(),
+            durable_acks: false,
         }
     }
 
@@ -285,6 +294,8 @@ impl Session {
             reason: ReasonCode::Success,
             properties,
         };
+        // The session's expiry and will, as this CONNECT set them.
+        self.note_state(connect.will.as_ref());
         self.outbound.start_resend();
         let connection = self.connection.insert(Connection {
             version,
@@ -566,8 +577,8 @@ impl Session {
                 match (qos, packet_id) {
                     (QoS::AtLeastOnce, Some(id)) => connection.owe(Control::PubAck(id, reason)),
                     (QoS::ExactlyOnce, Some(id)) => {
-                        if !v5 {
-                            self.inbound_qos2.insert(id);
+                        if !v5 && self.inbound_qos2.insert(id) {
+                            self.journal.note(self.expiry, || SessionChange::Qos2In(id));
                         }
                         connection.owe(Control::PubRec(id, reason));
                     }
@@ -590,6 +601,13 @@ impl Session {
         };
         // Counted by the shard as it routes it (`messages_received`).
         self.events.push_back(SessionEvent::Publish(Arc::new(message)));
+        if self.durable_acks && packet_id.is_some() {
+            // The acknowledgement below waits on this barrier.
+            let ack = AckToken(self.next_ack_token);
+            self.next_ack_token += 1;
+            connection.hold(ack);
+            self.events.push_back(SessionEvent::Durable(ack));
+        }
         // Acknowledgements are queued in the order the publishes arrived
         // [MQTT-4.6.0-2], [MQTT-4.6.0-3].
         match (qos, packet_id) {
@@ -601,6 +619,7 @@ impl Session {
                 // [MQTT-4.3.3-2] method B: store the id, deliver once, PUBREC.
                 self.inbound_qos2.insert(id);
                 connection.owe(Control::PubRec(id, ReasonCode::Success));
+                self.journal.note(self.expiry, || SessionChange::Qos2In(id));
             }
             _ => {}
         }
@@ -644,11 +663,17 @@ impl Session {
         let Some(connection) = self.connection.as_mut() else {
             return Err(SessionError::NotConnected);
         };
+        let id = ack.packet_id;
         match self.outbound.handle_ack(packet, ack.packet_id, ack.reason) {
-            AckOutcome::Completed | AckOutcome::Refused => {}
+            AckOutcome::Completed | AckOutcome::Refused => {
+                self.journal.note(self.expiry, || SessionChange::Completed(id));
+            }
             // [MQTT-4.3.3-1] PUBREL in the order the PUBRECs arrived
             // [MQTT-4.6.0-4].
-            AckOutcome::Release => connection.owe(Control::PubRel(ack.packet_id)),
+            AckOutcome::Release => {
+                connection.owe(Control::PubRel(ack.packet_id));
+                self.journal.note(self.expiry, || SessionChange::Released(id));
+            }
             AckOutcome::NotInFlight => counters.unexpected_acks += 1,
             AckOutcome::Mismatch { expected } => {
                 return Err(SessionError::WrongAcknowledgement {
@@ -672,6 +697,9 @@ impl Session {
             ReasonCode::PacketIdentifierNotFound
         };
         connection.owe(Control::PubComp(ack.packet_id, reason));
+        if known {
+            self.journal.note(self.expiry, || SessionChange::Qos2Done(ack.packet_id));
+        }
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe, counters: &mut SessionCounters) {
@@ -744,6 +772,10 @@ impl Session {
                     true
                 }
             };
+            if self.journal.is_enabled() {
+                let filter = subscription.filter.detached();
+                self.journal.note(self.expiry, || SessionChange::Subscribed(filter, subscribed));
+            }
             reasons.push(granted_qos_reason(subscription.options.qos));
             grants.push(SubscriptionGrant { filter: subscription.filter, subscribed, is_new });
         }
@@ -796,6 +828,10 @@ impl Session {
             let existed = self.subscriptions.remove(&filter).is_some();
             if existed {
                 crate::shrink::after_remove(&mut self.subscriptions);
+                if self.journal.is_enabled() {
+                    let filter = filter.detached();
+                    self.journal.note(self.expiry, || SessionChange::Unsubscribed(filter));
+                }
             }
             if v5 {
                 reasons.push(if existed {
@@ -864,7 +900,7 @@ impl Session {
         delivery: Delivery,
         counters: &mut SessionCounters,
     ) -> DeliveryOutcome {
-        let Delivery { message, options, subscription_ids, from_retained } = delivery;
+        let Delivery { message, options, subscription_ids, from_retained, log_id } = delivery;
         // With an ACL file, a message is sent only where the client may
         // read its topic (a subscription may be wider than its rules).
         if let Some(acl) = self.acl.as_deref() {
@@ -888,8 +924,15 @@ impl Session {
             counters.dropped_offline_qos0 += 1;
             return DeliveryOutcome::Dropped(DropReason::Offline);
         }
-        let queued = Queued { message, qos, retain, subscription_ids, from_retained };
+        // QoS 0 is never logged.
+        let log_id = if qos == QoS::AtMostOnce { 0 } else { log_id };
+        let entry = (log_id != 0 && self.journal.is_enabled())
+            .then(|| journal::entry_of(log_id, qos, retain, from_retained, &subscription_ids));
+        let queued = Queued { message, qos, retain, subscription_ids, from_retained, log_id };
         if self.outbound.push(queued, &self.limits) {
+            if let Some(entry) = entry {
+                self.journal.note(self.expiry, || SessionChange::Queued(entry));
+            }
             DeliveryOutcome::Queued
         } else if from_retained {
             counters.dropped_retained_limit += 1;
@@ -915,6 +958,12 @@ impl Session {
         let publish =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
         counters.publishes_sent[publish.qos as usize] += 1;
+        if let Some(packet_id) = publish.packet_id {
+            let mid = self.outbound.log_id_of(packet_id);
+            if mid != 0 {
+                self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
+            }
+        }
         Some(Packet::Publish(publish))
     }
 
@@ -1047,13 +1096,27 @@ impl Session {
             counters.dropped_too_large += 1;
             match &packet {
                 Packet::Publish(Publish { packet_id: Some(id), .. })
-                | Packet::PubRel(PubResponse { packet_id: id, .. }) => self.outbound.abandon(*id),
+                | Packet::PubRel(PubResponse { packet_id: id, .. }) => {
+                    let id = *id;
+                    self.outbound.abandon(id);
+                    self.journal.note(self.expiry, || SessionChange::Completed(id));
+                }
                 // Nothing may be sent before the CONNACK [MQTT-3.2.0-1].
                 Packet::ConnAck(_) => self.close(now, CloseReason::ConnAckTooLarge, counters),
                 _ => {}
             }
         }
         written
+    }
+
+    /// With `durability = "always"` the shard asks that a QoS 1/2 PUBLISH
+    /// be acknowledged (PUBACK [MQTT-4.3.2-2], PUBREC [MQTT-4.3.3-2]) only
+    /// once what its routing logged is durable: each such PUBLISH is
+    /// followed by a [`SessionEvent::Durable`] barrier, which holds that
+    /// acknowledgement and those owed after it, never the messages sent to
+    /// the client.
+    pub fn set_durable_acks(&mut self, on: bool) {
+        self.durable_acks = on;
     }
 
     /// Holds the acknowledgements owed from now on (and the CONNACK, when it
@@ -1160,6 +1223,7 @@ impl Session {
     fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
         if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
             self.publish_will(*will, now, counters);
+            self.note_state(None);
         }
     }
 
@@ -1270,6 +1334,9 @@ impl Session {
         if let Some(will) = will_now {
             self.publish_will(*will, now, counters);
         }
+        // The will is gone, published or waiting for its delay; the expiry
+        // may have changed at DISCONNECT.
+        self.note_state(None);
         self.events.push_back(SessionEvent::Closed(reason));
     }
 

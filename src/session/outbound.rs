@@ -35,6 +35,9 @@ pub(super) struct Queued {
     /// Sent from the retained store for a new subscription: counted against
     /// `max_queued_retained`, not the queue's other limits.
     pub(super) from_retained: bool,
+    /// The shard's number of the message in its durable log; 0 when it is
+    /// not logged (see `journal`).
+    pub(super) log_id: u64,
 }
 
 impl Queued {
@@ -385,5 +388,67 @@ impl Outbound {
     /// sent [MQTT-3.1.2-25].
     pub(super) fn abandon(&mut self, id: PacketId) {
         self.inflight.remove(&id);
+    }
+}
+
+/// For the durable log (see `journal`): what a snapshot keeps, and the
+/// state rebuilt from it. Nothing here changes how the queue works.
+impl Outbound {
+    /// The log number of the message in flight with `id`; 0 if none.
+    pub(super) fn log_id_of(&self, id: PacketId) -> u64 {
+        match self.inflight.get(&id).map(|inflight| &inflight.flow) {
+            Some(Flow::Qos1Sent(queued) | Flow::Qos2Sent(queued)) => queued.log_id,
+            _ => 0,
+        }
+    }
+
+    /// The logged queued messages, oldest first, and every in-flight flow
+    /// in the order of re-sending (`None`: a PUBREL awaiting PUBCOMP); a
+    /// flow whose message is not logged is left out.
+    pub(super) fn logged(
+        &self,
+    ) -> (impl Iterator<Item = &Queued>, Vec<(PacketId, Option<&Queued>)>) {
+        let queue = self.queue.iter().filter(|q| q.log_id != 0);
+        let mut inflight: Vec<(u64, PacketId, Option<&Queued>)> = self
+            .inflight
+            .iter()
+            .filter_map(|(&id, inflight)| match &inflight.flow {
+                Flow::Qos1Sent(q) | Flow::Qos2Sent(q) if q.log_id != 0 => {
+                    Some((inflight.order, id, Some(q)))
+                }
+                Flow::Qos1Sent(_) | Flow::Qos2Sent(_) => None,
+                Flow::Released => Some((inflight.order, id, None)),
+            })
+            .collect();
+        inflight.sort_unstable_by_key(|(order, ..)| *order);
+        (queue, inflight.into_iter().map(|(_, id, q)| (id, q)).collect())
+    }
+
+    /// Loads a session's queue and in-flight flows from the log (an empty
+    /// outbound only): `inflight` in the order of re-sending.
+    pub(super) fn restore(
+        &mut self,
+        queue: impl Iterator<Item = Queued>,
+        inflight: Vec<(PacketId, Option<Queued>)>,
+    ) {
+        // Kept whole even over limits lowered since, as a reload keeps what
+        // is queued.
+        for queued in queue {
+            if queued.from_retained {
+                self.queued_retained += 1;
+            } else {
+                self.queued_bytes += queued.size();
+            }
+            self.queue.push_back(queued);
+        }
+        for (id, queued) in inflight {
+            let flow = match queued {
+                Some(q) if q.qos == QoS::AtLeastOnce => Flow::Qos1Sent(q),
+                Some(q) => Flow::Qos2Sent(q),
+                None => Flow::Released,
+            };
+            let order = self.take_order();
+            self.inflight.insert(id, Inflight { order, flow });
+        }
     }
 }

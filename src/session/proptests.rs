@@ -135,6 +135,7 @@ proptest! {
                         },
                         subscription_ids: SmallVec::new(),
                         from_retained: false,
+                        log_id: 0,
                     };
                     session.handle_delivery(t0, delivery, &mut counters);
                 }

@@ -194,6 +194,7 @@ fn delivery(message: Arc<Message>, subscription_qos: QoS) -> Delivery {
         options: SubscriptionOptions { qos: subscription_qos, ..SubscriptionOptions::default() },
         subscription_ids: SmallVec::new(),
         from_retained: false,
+        log_id: 0,
     }
 }
 

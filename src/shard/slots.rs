@@ -80,12 +80,22 @@ pub(super) struct Slot {
     // almost always absent.
     #[allow(clippy::box_collection)]
     pub(super) index_backlog: Option<Box<VecDeque<IndexWork>>>,
+    /// The session's number in the shard's durable log; 0 while it is not
+    /// logged (no log, or a clean session).
+    pub(super) log_id: u64,
 }
 
 impl Slot {
     /// A session without a connection.
     pub(super) fn new(session: Session) -> Self {
-        Self { session, connection: None, expires_at: None, scheduled: None, index_backlog: None }
+        Self {
+            session,
+            connection: None,
+            expires_at: None,
+            scheduled: None,
+            index_backlog: None,
+            log_id: 0,
+        }
     }
 
     /// When the shard must next look at this slot: the session's own
@@ -195,6 +205,11 @@ impl Slots {
     }
 
     /// Every session, connected or not.
+    /// Every slot.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().flatten().map(|slot| &**slot)
+    }
+
     pub(super) fn sessions_mut(&mut self) -> impl Iterator<Item = &mut Session> {
         self.slots.iter_mut().flatten().map(|slot| &mut slot.session)
     }

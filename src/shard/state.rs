@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+mod persist;
+
 /// A local subscription as the index stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalSubscription {
@@ -89,6 +91,8 @@ pub struct Shard {
     /// The durable log, when there is a `data_dir`: every change to the
     /// retained messages this shard owns is appended to it.
     log: Option<Rc<Log>>,
+    /// What the shard keeps to log its persistent sessions.
+    session_log: persist::SessionLog,
     /// `response_information_prefix`: see [`Shard::set_response_information_prefix`].
     response_information_prefix: Option<Box<str>>,
     /// The enhanced authentication methods offered, for re-authentication
@@ -131,6 +135,7 @@ impl Shard {
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
             log: None,
+            session_log: persist::SessionLog::default(),
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
@@ -138,14 +143,16 @@ impl Shard {
         }
     }
 
-    /// Loads the state the shard's durable log held at start and logs
+    /// Loads the state the shard's durable log held at start (retained
+    /// messages, persistent sessions: see `restore_sessions`) and logs
     /// every later change to it. Called once, before the shard takes any
     /// message.
-    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState) {
+    pub fn attach_log(&mut self, log: Rc<Log>, state: LiveState, now: Instant) {
         for (_, message) in state.retained {
             self.retained.set(message);
         }
         self.log = Some(log);
+        self.restore_sessions(state.sessions, now);
     }
 
     /// Sends v5 clients that set Request Response Information 1 the
@@ -366,13 +373,18 @@ impl Shard {
         let (key, session_present) = match self.slots.find(&client_id) {
             Some(key) => (key, true),
             None => {
-                let session = Session::new(client_id, self.limits);
+                let mut session = Session::new(client_id, self.limits);
+                if self.log.is_some() {
+                    session.enable_journal();
+                }
                 (self.slots.insert(Slot::new(session)), false)
             }
         };
         self.slots.attach(key, ConnectionLink::new(connection));
+        let durable_acks = self.durable_acks();
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
+        slot.session.set_durable_acks(durable_acks);
         let acl = self.client_acl(connect);
         let slot = self.slots.slot_mut(key);
         slot.session.set_acl(acl);
@@ -402,6 +414,7 @@ impl Shard {
     /// Removes a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
         let Some(slot) = self.slots.remove(key) else { return };
+        self.log_session_end(&slot);
         for filter in
             slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
         {
@@ -515,11 +528,12 @@ impl Shard {
     pub fn sweep(&mut self, now: Instant) {
         // Compaction: the live retained messages at this point of the log
         // (pointer copies; the writer encodes them at its own pace).
-        if let Some(log) = self.log.as_ref().filter(|log| log.wants_compaction()) {
-            let mut live = self.retained.all();
+        if let Some(log) = self.log.clone().filter(|log| log.wants_compaction()) {
+            let mut retained = self.retained.all();
             // The broker's own ($SYS) are not logged (see `retain_here`).
-            live.retain(|message| message.publisher.is_some());
-            log.compact(live);
+            retained.retain(|message| message.publisher.is_some());
+            let sessions = self.live_sessions();
+            log.compact(crate::store::Snapshot { retained, sessions });
         }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
@@ -570,6 +584,10 @@ impl Shard {
         let too_large = counters.dropped_too_large;
         let written = slot.session.poll_transmit(now, out, counters);
         let too_large = counters.dropped_too_large - too_large;
+        // Messages sent (now in flight with their packet ids).
+        self.log_changes(key);
+        let slot = self.slots.slot_mut(key);
+        let Some(link) = slot.connection.as_mut() else { return Err(ConnectionError::Detached) };
         if out.len() >= crate::session::TRANSMIT_BATCH {
             // Messages may be left in the queue: the connection asks again
             // once this batch is written.
@@ -697,6 +715,7 @@ impl Shard {
                     self.route(message, now);
                 }
                 SessionEvent::Will(message) => self.route(message, now),
+                SessionEvent::Durable(ack) => self.durable_wait(key, ack),
                 SessionEvent::Subscribe { grants, ack } => {
                     let filters = IndexFilters::Subscribe(grants.into_iter());
                     self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
@@ -712,6 +731,7 @@ impl Shard {
                 }
             }
         }
+        self.log_changes(key);
         self.notify(key);
     }
 
@@ -815,7 +835,7 @@ impl Shard {
         if work.revision > self.interest.acked_by_all() {
             self.interest.wait_for(work.revision, key, work.ack);
         } else {
-            self.release_acks(key, work.ack);
+            self.release_acks_durable(key, work.ack);
         }
         budget
     }
@@ -835,6 +855,7 @@ impl Shard {
     /// subscriber), and one member of each matching shared group, on
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
+        self.durable_route_start();
         // With `retain_available = false` sessions refuse RETAIN 1, so only
         // the broker's own messages could ask to be stored: nothing is.
         if message.retain && self.limits.retain_available {
@@ -852,15 +873,18 @@ impl Shard {
             .replica()
             .route(&message.topic, |shard, group| chosen.push((shard, group)));
         // The replica holds this shard's own interest too: nothing in it
-        // means no subscriber anywhere. The broker's own messages ($SYS)
-        // are not counted.
-        if shards.is_empty() && chosen.is_empty() && message.publisher.is_some() {
+        // means no subscriber on this node; one handed to the other nodes
+        // may have some there. The broker's own messages ($SYS) are not
+        // counted.
+        if shards.is_empty() && chosen.is_empty() && !bridged && message.publisher.is_some() {
             self.counters.router.dropped_no_subscribers += 1;
         }
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
             if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
+            } else {
+                self.durable_sent(shard, &message);
             }
         }
         if bridged {
@@ -872,6 +896,7 @@ impl Shard {
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
                 self.outbox.push(shard, forward);
+                self.durable_sent(shard, &message);
             }
         }
     }
@@ -891,6 +916,7 @@ impl Shard {
             self.retain_here(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
+            self.durable_sent(owner, message);
         }
     }
 
@@ -1014,16 +1040,21 @@ impl Shard {
         retained: bool,
         now: Instant,
     ) {
+        let log_id = self.log_id_for(key, message);
         let delivery = Delivery {
             message: Arc::clone(message),
             options,
             subscription_ids,
             from_retained: retained,
+            log_id,
         };
         let session = &mut self.slots.slot_mut(key).session;
         match session.handle_delivery(now, delivery, &mut self.counters.session) {
             DeliveryOutcome::Queued => {
                 self.counters.shard.deliveries += 1;
+                if log_id != 0 {
+                    self.log_changes(key);
+                }
                 self.notify(key);
             }
             DeliveryOutcome::Dropped(reason) => {
@@ -1129,10 +1160,13 @@ impl Shard {
                 for message in &batch {
                     self.deliver_local(message, now);
                 }
+                self.durable_received(from, &batch);
             }
             ShardMessage::GroupPublish { group, message } => {
                 self.deliver_to_group(group, &message, now);
+                self.durable_received(from, std::slice::from_ref(&message));
             }
+            ShardMessage::Durable { count } => self.durable_acked(from, count),
             ShardMessage::Interest(delta) => {
                 self.interest.handle_delta(from, &delta, &self.outbox);
             }
@@ -1140,12 +1174,15 @@ impl Shard {
                 let mut released = std::mem::take(&mut self.released);
                 self.interest.handle_ack(from, revision, |key, ack| released.push((key, ack)));
                 for &(key, ack) in &released {
-                    self.release_acks(key, ack);
+                    self.release_acks_durable(key, ack);
                 }
                 released.clear();
                 self.released = released;
             }
-            ShardMessage::Retain(message) => self.retain_here(message, now),
+            ShardMessage::Retain(message) => {
+                self.retain_here(Arc::clone(&message), now);
+                self.durable_received(from, std::slice::from_ref(&message));
+            }
             ShardMessage::RetainedQuery { filter, reply_to } => {
                 let messages = self.retained_matching(&filter, now);
                 if !messages.is_empty() {

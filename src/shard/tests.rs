@@ -409,8 +409,10 @@ fn logged(log: &crate::store::Log) -> Vec<String> {
             Entry::Record(Record::RetainSet(m)) => format!("set {}", m.topic),
             Entry::Record(Record::RetainDelete(topic)) => format!("delete {topic}"),
             Entry::Record(Record::SnapshotEnd) => "end".to_owned(),
+            Entry::Record(other) => format!("{other:?}"),
             Entry::Snapshot(live) => {
-                let mut topics: Vec<String> = live.iter().map(|m| m.topic.to_string()).collect();
+                let mut topics: Vec<String> =
+                    live.retained.iter().map(|m| m.topic.to_string()).collect();
                 topics.sort();
                 format!("snapshot {}", topics.join(","))
             }
@@ -422,8 +424,9 @@ fn logged(log: &crate::store::Log) -> Vec<String> {
 fn the_owner_of_a_retained_topic_logs_its_changes() {
     let mut cluster = Cluster::new(2);
     let logs: Vec<_> = (0..2).map(|_| Rc::new(crate::store::Log::new())).collect();
+    let now = cluster.now;
     for (shard, log) in cluster.shards.iter_mut().zip(&logs) {
-        shard.attach_log(Rc::clone(log), Default::default());
+        shard.attach_log(Rc::clone(log), Default::default(), now);
     }
     let publisher = cluster.connect(&id_on("p", 0, 2));
     let topics = ["r/1", "r/2", "r/3", "r/4", "r/5", "r/6"];
@@ -459,7 +462,8 @@ fn a_retained_message_refused_by_the_limit_is_not_logged() {
     let limits = SessionLimits { max_retained_messages: 1, ..SessionLimits::default() };
     let mut cluster = Cluster::with_limits(1, limits);
     let log = Rc::new(crate::store::Log::new());
-    cluster.shards[0].attach_log(Rc::clone(&log), Default::default());
+    let now = cluster.now;
+    cluster.shards[0].attach_log(Rc::clone(&log), Default::default(), now);
     let publisher = cluster.connect("p");
     cluster.send(&publisher, publish("r/1", b"one", true));
     // Past the limit: not stored, so not logged.
@@ -1389,3 +1393,6 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
     assert!(matches!(shard.place(now, &within), Placement::Attached { .. }));
     assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }
+
+#[path = "tests_persist.rs"]
+mod persist;

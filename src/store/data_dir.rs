@@ -82,14 +82,17 @@ pub fn prepare(path: &Path, shards: usize) -> Result<DataDir, DataDirError> {
     if let Some(found) = written_by(path)? {
         if found != shards {
             let started = std::time::Instant::now();
-            let moved = super::reshard::reshard(path, shards).map_err(cannot_move)?;
+            let (retained, sessions) =
+                super::reshard::reshard(path, shards).map_err(cannot_move)?;
             tracing::info!(
                 data_dir = %path.display(),
                 from = found,
                 to = shards,
-                retained = moved,
+                retained,
+                sessions,
                 ms = started.elapsed().as_millis() as u64,
-                "the shard count changed: retained messages moved to their new home shards"
+                "the shard count changed: retained messages and sessions moved to their new home \
+                 shards"
             );
         }
     }

@@ -8,6 +8,7 @@
 //! single watermark and a waiter needs no per-record state.
 
 use super::record::Record;
+use super::sessions::SessionState;
 use crate::message::Message;
 use crate::metrics::StoreCounters;
 use std::cell::{Cell, RefCell};
@@ -24,10 +25,19 @@ pub struct Lsn(u64);
 pub enum Entry {
     /// A record to append.
     Record(Record),
-    /// Compaction: the live retained messages at this point of the log.
-    /// The writer closes the current segment, writes these as a snapshot,
-    /// then deletes every segment before it.
-    Snapshot(Vec<Arc<Message>>),
+    /// Compaction: the live state at this point of the log. The writer
+    /// closes the current segment, writes it as a snapshot, then deletes
+    /// every segment before it.
+    Snapshot(Box<Snapshot>),
+}
+
+/// The live state a shard hands over for compaction.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The retained messages (pointer copies).
+    pub retained: Vec<Arc<Message>>,
+    /// The persistent sessions and the messages they reference.
+    pub sessions: SessionState,
 }
 
 /// A shard's log, shared (`Rc`) by the shard and its writer task.
@@ -53,6 +63,9 @@ struct Inner {
     waiters: Vec<(u64, Waker)>,
     /// The writer, parked until there is something to write.
     writer: Option<Waker>,
+    /// A task waiting for the durable watermark to move
+    /// ([`Log::durable_moved`]).
+    watcher: Option<Waker>,
     /// No more entries: the writer writes what is queued and ends.
     closed: bool,
 }
@@ -76,9 +89,9 @@ impl Log {
 
     /// Hands the writer the live state at this point of the log, to write
     /// as a snapshot that replaces every earlier segment.
-    pub fn compact(&self, live: Vec<Arc<Message>>) -> Lsn {
+    pub fn compact(&self, live: Snapshot) -> Lsn {
         self.wants_compaction.set(false);
-        self.push(Entry::Snapshot(live))
+        self.push(Entry::Snapshot(Box::new(live)))
     }
 
     fn push(&self, entry: Entry) -> Lsn {
@@ -90,6 +103,25 @@ impl Log {
             writer.wake();
         }
         lsn
+    }
+
+    /// The last record appended, if any.
+    pub fn last(&self) -> Option<Lsn> {
+        self.inner.borrow().next.checked_sub(1).map(Lsn)
+    }
+
+    /// Resolves once records past the first `seen` are durable; returns
+    /// how many are. One task of the shard waits on it to release what
+    /// waits for durability.
+    pub fn durable_moved(&self, seen: u64) -> impl Future<Output = u64> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.durable > seen {
+                return Poll::Ready(inner.durable);
+            }
+            inner.watcher = Some(cx.waker().clone());
+            Poll::Pending
+        })
     }
 
     /// Whether the record `lsn` is durable.
@@ -163,11 +195,24 @@ impl Log {
         inner.next
     }
 
+    /// For tests: takes every queued entry and counts it durable, as the
+    /// writer does after its fdatasync.
+    #[cfg(test)]
+    pub(crate) fn sync_now(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        let end = self.take_now(&mut entries);
+        self.handle_durable(end);
+        entries
+    }
+
     /// For the writer: every entry below `end` is durable.
     pub(super) fn handle_durable(&self, end: u64) {
         let mut inner = self.inner.borrow_mut();
         inner.durable = inner.durable.max(end);
         let durable = inner.durable;
+        if let Some(watcher) = inner.watcher.take() {
+            watcher.wake();
+        }
         let mut i = 0;
         while i < inner.waiters.len() {
             if inner.waiters[i].0 < durable {

@@ -20,20 +20,25 @@
 //!   shard count changed since the log was written, `reshard` moves each
 //!   retained message to its new home shard.
 //!
-//! What is logged in this release: the retained messages (set and delete),
-//! by the shard that owns their topic. Sessions and queued messages are
-//! not logged yet.
+//! What is logged: the retained messages (set and delete), by the shard
+//! that owns their topic; and the persistent sessions with their
+//! subscriptions, queued and in-flight QoS 1/2 messages and inbound QoS 2
+//! state, by their home shard (see [`sessions`]).
 
 pub mod data_dir;
 pub mod log;
 pub mod record;
 pub mod recovery;
 mod reshard;
+pub mod sessions;
 pub mod writer;
 
-pub use log::{Entry, Log, Lsn};
+pub use log::{Entry, Log, Lsn, Snapshot};
 pub use record::Record;
 pub use recovery::{LiveState, RecoveryStats};
+pub use sessions::{
+    SessionState, StoredEntry, StoredFlow, StoredSession, StoredSubscription, StoredWill,
+};
 pub use writer::{open, Opened, StoreError, StoreOptions, Writer};
 
 /// The directory of shard `shard`'s log under `data_dir`.

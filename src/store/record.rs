@@ -20,16 +20,38 @@
 //!     1 retained set:    the message as `message::wire` writes it
 //!     2 retained delete: the topic, UTF-8, to the end of the body
 //!     3 snapshot end:    nothing (closes a complete snapshot segment)
+//!     4 session open:    u64 sid, u16 length + client id, u64 expiry in
+//!                        seconds (u64::MAX: never), u8 1 if a user name
+//!                        follows: u16 length + user name, u8 1 if a will
+//!                        follows: u32 will delay, the will as a message
+//!     5 session end:     u64 sid
+//!     6 subscribe:       u64 sid, u8 options (as in a 5.0 SUBSCRIBE),
+//!                        u32 subscription identifier (0: none), the
+//!                        filter to the end of the body
+//!     7 unsubscribe:     u64 sid, the filter to the end of the body
+//!     8 message:         u64 mid, the message as `message::wire` writes it
+//!     9 enqueue:         u64 sid, u64 mid, u8 flags (bits 0-1 QoS, 2
+//!                        RETAIN, 3 from the retained store), u8 count,
+//!                        count x u32 subscription identifiers
+//!    10 sent:            u64 sid, u64 mid, u16 packet id
+//!    11 released:        u64 sid, u16 packet id (PUBREC in, PUBREL out)
+//!    12 completed:       u64 sid, u16 packet id (PUBACK, PUBCOMP)
+//!    13 QoS 2 in:        u64 sid, u16 packet id (PUBREC sent)
+//!    14 QoS 2 done:      u64 sid, u16 packet id (PUBREL received)
 //! ```
 //!
 //! A body is never empty, so a length of zero is padding (the writer pads
 //! the last block of a file with zeros), never a record.
 
+use super::sessions::{StoredEntry, StoredSubscription, StoredWill};
 use crate::message::wire::{self, Clocks, WireError};
 use crate::message::Message;
-use crate::protocol::TopicName;
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::protocol::{PacketId, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The magic at the start of every segment file.
 const MAGIC: &[u8; 8] = b"RINGMQLG";
@@ -50,6 +72,17 @@ pub const MAX_BODY: usize = 268_435_460 + 1024;
 const KIND_RETAIN_SET: u8 = 1;
 const KIND_RETAIN_DELETE: u8 = 2;
 const KIND_SNAPSHOT_END: u8 = 3;
+const KIND_SESSION_OPEN: u8 = 4;
+const KIND_SESSION_END: u8 = 5;
+const KIND_SUBSCRIBE: u8 = 6;
+const KIND_UNSUBSCRIBE: u8 = 7;
+const KIND_MESSAGE: u8 = 8;
+const KIND_ENQUEUE: u8 = 9;
+const KIND_SENT: u8 = 10;
+const KIND_RELEASED: u8 = 11;
+const KIND_COMPLETED: u8 = 12;
+const KIND_QOS2_IN: u8 = 13;
+const KIND_QOS2_DONE: u8 = 14;
 
 /// What a segment file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +189,92 @@ pub enum Record {
     RetainDelete(TopicName),
     /// The snapshot segment it ends is complete.
     SnapshotEnd,
+    /// A persistent session starts, or its expiry or will changed (see
+    /// [`super::sessions`]).
+    SessionOpen {
+        /// The shard's number of the session.
+        sid: u64,
+        /// Its client id.
+        client_id: ByteString,
+        /// How long it outlives its connection; `None`: never expires.
+        expiry: Option<Duration>,
+        /// The user name its ACL rules are for (with an `acl_file`).
+        username: Option<ByteString>,
+        /// The will still to be published, if any.
+        will: Option<Box<StoredWill>>,
+    },
+    /// The session ended (expired, or replaced by a clean start).
+    SessionEnd {
+        /// The session.
+        sid: u64,
+    },
+    /// A subscription made or replaced [MQTT-3.8.4-3].
+    Subscribe {
+        /// The session.
+        sid: u64,
+        /// Its filter.
+        filter: TopicFilter,
+        /// Its options and identifier.
+        subscription: StoredSubscription,
+    },
+    /// A subscription removed [MQTT-3.10.4-1].
+    Unsubscribe {
+        /// The session.
+        sid: u64,
+        /// Its filter.
+        filter: TopicFilter,
+    },
+    /// A message queued to one or more sessions of the shard, written once.
+    Message {
+        /// The shard's number of the message.
+        mid: u64,
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// A QoS 1/2 message queued to a session.
+    Enqueue {
+        /// The session.
+        sid: u64,
+        /// The message and how it is sent.
+        entry: StoredEntry,
+    },
+    /// The first queued entry of message `mid` was sent with `packet_id`.
+    Sent {
+        /// The session.
+        sid: u64,
+        /// The message.
+        mid: u64,
+        /// Its packet id until acknowledged [MQTT-2.3.1-3].
+        packet_id: PacketId,
+    },
+    /// PUBREC received for `packet_id`: a PUBREL awaits PUBCOMP.
+    Released {
+        /// The session.
+        sid: u64,
+        /// The flow.
+        packet_id: PacketId,
+    },
+    /// The flow of `packet_id` is complete (PUBACK, PUBCOMP, refused).
+    Completed {
+        /// The session.
+        sid: u64,
+        /// The flow.
+        packet_id: PacketId,
+    },
+    /// An inbound QoS 2 PUBLISH was answered with PUBREC [MQTT-4.3.3-2].
+    Qos2In {
+        /// The session.
+        sid: u64,
+        /// Its packet id.
+        packet_id: PacketId,
+    },
+    /// The PUBREL of an inbound QoS 2 flow arrived: its id is free.
+    Qos2Done {
+        /// The session.
+        sid: u64,
+        /// Its packet id.
+        packet_id: PacketId,
+    },
 }
 
 /// Why a record's body (whose CRC matched) cannot be read: written by a
@@ -171,6 +290,9 @@ pub enum RecordError {
     /// A topic that is not a valid topic name.
     #[error("invalid topic in a retained delete")]
     Topic,
+    /// A session record that ends early or holds an invalid field.
+    #[error("invalid session record")]
+    Session,
 }
 
 /// Appends `record`, framed, to `out`. `clocks` turns a message's expiry
@@ -192,6 +314,92 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
             out.put_slice(topic.as_str().as_bytes());
         }
         Record::SnapshotEnd => out.put_u8(KIND_SNAPSHOT_END),
+        Record::SessionOpen { sid, client_id, expiry, username, will } => {
+            out.put_u8(KIND_SESSION_OPEN);
+            out.put_u64_le(*sid);
+            // Client ids and user names are MQTT strings: at most 65,535
+            // bytes.
+            out.put_u16_le(client_id.len() as u16);
+            out.put_slice(client_id.as_bytes());
+            out.put_u64_le(expiry.map_or(u64::MAX, |e| e.as_secs().min(u64::MAX - 1)));
+            match username {
+                None => out.put_u8(0),
+                Some(name) => {
+                    out.put_u8(1);
+                    out.put_u16_le(name.len() as u16);
+                    out.put_slice(name.as_bytes());
+                }
+            }
+            match will {
+                None => out.put_u8(0),
+                Some(will) => {
+                    out.put_u8(1);
+                    out.put_u32_le(will.delay);
+                    if let Err(error) = wire::encode(&will.message, clocks, out) {
+                        out.truncate(start);
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Record::SessionEnd { sid } => {
+            out.put_u8(KIND_SESSION_END);
+            out.put_u64_le(*sid);
+        }
+        Record::Subscribe { sid, filter, subscription } => {
+            out.put_u8(KIND_SUBSCRIBE);
+            out.put_u64_le(*sid);
+            out.put_u8(options_byte(subscription.options));
+            out.put_u32_le(subscription.identifier.map_or(0, NonZeroU32::get));
+            out.put_slice(filter.as_str().as_bytes());
+        }
+        Record::Unsubscribe { sid, filter } => {
+            out.put_u8(KIND_UNSUBSCRIBE);
+            out.put_u64_le(*sid);
+            out.put_slice(filter.as_str().as_bytes());
+        }
+        Record::Message { mid, message } => {
+            out.put_u8(KIND_MESSAGE);
+            out.put_u64_le(*mid);
+            if let Err(error) = wire::encode(message, clocks, out) {
+                out.truncate(start);
+                return Err(error);
+            }
+        }
+        Record::Enqueue { sid, entry } => {
+            out.put_u8(KIND_ENQUEUE);
+            out.put_u64_le(*sid);
+            out.put_u64_le(entry.mid);
+            let flags =
+                entry.qos as u8 | u8::from(entry.retain) << 2 | u8::from(entry.from_retained) << 3;
+            out.put_u8(flags);
+            // A delivery carries one identifier per matching subscription
+            // of the session; more than 255 are not kept.
+            let ids = &entry.subscription_ids[..entry.subscription_ids.len().min(255)];
+            out.put_u8(ids.len() as u8);
+            for id in ids {
+                out.put_u32_le(id.get());
+            }
+        }
+        Record::Sent { sid, mid, packet_id } => {
+            out.put_u8(KIND_SENT);
+            out.put_u64_le(*sid);
+            out.put_u64_le(*mid);
+            out.put_u16_le(packet_id.get());
+        }
+        Record::Released { sid, packet_id }
+        | Record::Completed { sid, packet_id }
+        | Record::Qos2In { sid, packet_id }
+        | Record::Qos2Done { sid, packet_id } => {
+            out.put_u8(match record {
+                Record::Released { .. } => KIND_RELEASED,
+                Record::Completed { .. } => KIND_COMPLETED,
+                Record::Qos2In { .. } => KIND_QOS2_IN,
+                _ => KIND_QOS2_DONE,
+            });
+            out.put_u64_le(*sid);
+            out.put_u16_le(packet_id.get());
+        }
     }
     let len = (out.len() - start - FRAME_LEN) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -217,8 +425,129 @@ pub fn decode(body: &[u8], clocks: Clocks) -> Result<Record, RecordError> {
                 .map_err(|_| RecordError::Topic)
         }
         KIND_SNAPSHOT_END => Ok(Record::SnapshotEnd),
+        KIND_SESSION_OPEN..=KIND_QOS2_DONE => {
+            decode_session(kind, rest, clocks).ok_or(RecordError::Session)
+        }
         other => Err(RecordError::Kind(other)),
     }
+}
+
+/// The subscription options byte of a 5.0 SUBSCRIBE (§3.8.3.1).
+fn options_byte(options: SubscriptionOptions) -> u8 {
+    options.qos as u8
+        | u8::from(options.no_local) << 2
+        | u8::from(options.retain_as_published) << 3
+        | (options.retain_handling as u8) << 4
+}
+
+fn options_from(byte: u8) -> Option<SubscriptionOptions> {
+    let retain_handling = match (byte >> 4) & 0b11 {
+        0 => RetainHandling::SendAtSubscribe,
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => return None,
+    };
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(byte & 0b11)?,
+        no_local: byte & 0b100 != 0,
+        retain_as_published: byte & 0b1000 != 0,
+        retain_handling,
+    })
+}
+
+/// Reads a session record's body after its kind byte; `None` when it ends
+/// early or a field is invalid.
+fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
+    fn u64_of(rest: &mut &[u8]) -> Option<u64> {
+        (rest.len() >= 8).then(|| rest.get_u64_le())
+    }
+    fn u16_of(rest: &mut &[u8]) -> Option<u16> {
+        (rest.len() >= 2).then(|| rest.get_u16_le())
+    }
+    fn u32_of(rest: &mut &[u8]) -> Option<u32> {
+        (rest.len() >= 4).then(|| rest.get_u32_le())
+    }
+    fn u8_of(rest: &mut &[u8]) -> Option<u8> {
+        (!rest.is_empty()).then(|| rest.get_u8())
+    }
+    fn filter_of(rest: &[u8]) -> Option<TopicFilter> {
+        TopicFilter::new(std::str::from_utf8(rest).ok()?.to_owned()).ok()
+    }
+    fn string_of(rest: &mut &[u8]) -> Option<ByteString> {
+        let len = usize::from(u16_of(rest)?);
+        let text = std::str::from_utf8(rest.get(..len)?).ok()?.to_owned();
+        *rest = &rest[len..];
+        Some(ByteString::from(text))
+    }
+    let sid = u64_of(&mut rest)?;
+    let record = match kind {
+        KIND_SESSION_OPEN => {
+            let client_id = string_of(&mut rest)?;
+            let expiry = match u64_of(&mut rest)? {
+                u64::MAX => None,
+                secs => Some(Duration::from_secs(secs)),
+            };
+            let username = match u8_of(&mut rest)? {
+                0 => None,
+                1 => Some(string_of(&mut rest)?),
+                _ => return None,
+            };
+            let will = match u8_of(&mut rest)? {
+                0 if rest.is_empty() => None,
+                1 => {
+                    let delay = u32_of(&mut rest)?;
+                    let message = wire::decode(Bytes::copy_from_slice(rest), clocks).ok()?;
+                    rest = &[];
+                    Some(Box::new(StoredWill { delay, message }))
+                }
+                _ => return None,
+            };
+            let open = Record::SessionOpen { sid, client_id, expiry, username, will };
+            return rest.is_empty().then_some(open);
+        }
+        KIND_SESSION_END => Record::SessionEnd { sid },
+        KIND_SUBSCRIBE => {
+            let options = options_from(u8_of(&mut rest)?)?;
+            let identifier = NonZeroU32::new(u32_of(&mut rest)?);
+            let filter = filter_of(rest)?;
+            let subscription = StoredSubscription { options, identifier };
+            return Some(Record::Subscribe { sid, filter, subscription });
+        }
+        KIND_UNSUBSCRIBE => return Some(Record::Unsubscribe { sid, filter: filter_of(rest)? }),
+        KIND_MESSAGE => {
+            // `sid` holds the mid: the same leading u64.
+            let message = wire::decode(Bytes::copy_from_slice(rest), clocks).ok()?;
+            return Some(Record::Message { mid: sid, message: Arc::new(message) });
+        }
+        KIND_ENQUEUE => {
+            let mid = u64_of(&mut rest)?;
+            let flags = u8_of(&mut rest)?;
+            let count = u8_of(&mut rest)?;
+            let mut subscription_ids = crate::protocol::SubscriptionIds::new();
+            for _ in 0..count {
+                subscription_ids.push(NonZeroU32::new(u32_of(&mut rest)?)?);
+            }
+            let qos = QoS::from_u8(flags & 0b11).filter(|&qos| qos != QoS::AtMostOnce)?;
+            let retain = flags & 0b100 != 0;
+            let from_retained = flags & 0b1000 != 0;
+            let entry = StoredEntry { mid, qos, retain, from_retained, subscription_ids };
+            Record::Enqueue { sid, entry }
+        }
+        KIND_SENT => {
+            let mid = u64_of(&mut rest)?;
+            Record::Sent { sid, mid, packet_id: PacketId::new(u16_of(&mut rest)?)? }
+        }
+        _ => {
+            let packet_id = PacketId::new(u16_of(&mut rest)?)?;
+            match kind {
+                KIND_RELEASED => Record::Released { sid, packet_id },
+                KIND_COMPLETED => Record::Completed { sid, packet_id },
+                KIND_QOS2_IN => Record::Qos2In { sid, packet_id },
+                _ => Record::Qos2Done { sid, packet_id },
+            }
+        }
+    };
+    rest.is_empty().then_some(record)
 }
 
 /// What is at `at` in a segment's bytes.

@@ -16,22 +16,35 @@
 //!   segments it was to replace are still there.
 
 use super::record::{self, Frame, HeaderError, Record, SegmentHeader, SegmentKind, HEADER_LEN};
+use super::sessions::SessionState;
 use crate::message::wire::Clocks;
 use crate::message::Message;
 use crate::protocol::TopicName;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// What the log holds: in this slice, the retained messages.
+/// What the log holds: the retained messages and the persistent sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LiveState {
     /// The retained message of each topic.
     pub retained: HashMap<TopicName, Arc<Message>>,
+    /// The persistent sessions and the messages they reference.
+    pub sessions: SessionState,
 }
 
 impl LiveState {
     /// Applies one record.
     pub fn apply(&mut self, record: Record) {
+        if let record @ (Record::RetainSet(_) | Record::RetainDelete(_) | Record::SnapshotEnd) =
+            record
+        {
+            self.apply_retained(record);
+        } else {
+            self.sessions.apply(record);
+        }
+    }
+
+    fn apply_retained(&mut self, record: Record) {
         match record {
             Record::RetainSet(message) => {
                 self.retained.insert(message.topic.clone(), message);
@@ -39,7 +52,7 @@ impl LiveState {
             Record::RetainDelete(topic) => {
                 self.retained.remove(&topic);
             }
-            Record::SnapshotEnd => {}
+            _ => {}
         }
     }
 }
@@ -73,6 +86,8 @@ pub struct RecoveryStats {
     pub torn_bytes: u64,
     /// Retained messages whose expiry had passed, not loaded.
     pub expired: u64,
+    /// Messages queued to sessions whose expiry had passed, not loaded.
+    pub queued_expired: u64,
 }
 
 /// Rebuilds a shard's live state from its segments.
@@ -135,7 +150,11 @@ impl Recovery {
                 }
             }
         };
-        if let (Some(snapshot), true) = (snapshot, complete_snapshot) {
+        if let (Some(mut snapshot), true) = (snapshot, complete_snapshot) {
+            // Numbers only grow: those seen before the snapshot count too.
+            let (sessions, before) = (&mut snapshot.sessions, &self.state.sessions);
+            sessions.next_sid = sessions.next_sid.max(before.next_sid);
+            sessions.next_mid = sessions.next_mid.max(before.next_mid);
             self.state = snapshot;
         }
         self.stats.records += records;
@@ -159,6 +178,7 @@ impl Recovery {
         let before = self.state.retained.len();
         self.state.retained.retain(|_, message| message.expires_at.is_none_or(|at| at > now));
         self.stats.expired = (before - self.state.retained.len()) as u64;
+        self.stats.queued_expired = self.state.sessions.finish(now);
         (self.state, self.stats)
     }
 }

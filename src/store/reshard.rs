@@ -1,11 +1,14 @@
-//! Moving the retained messages to their new home shards when the shard
+//! Moving the retained messages and the persistent sessions to their new
+//! home shards when the shard
 //! count changed since the log was written (a start with another
 //! `shards`, or `shards = 0` on a machine with more or fewer cores).
 //!
 //! Done once, on the main thread, before any shard starts, with plain
 //! file IO (the whole log is read anyway):
 //! 1. every old shard's log is replayed, and each live retained message
-//!    goes to the shard its topic hashes to under the new count;
+//!    goes to the shard its topic hashes to under the new count, each
+//!    persistent session (with the messages it references) to the shard
+//!    its client id hashes to;
 //! 2. each new shard's state is written as a complete snapshot segment
 //!    into `data_dir/reshard/shard-K/`, synced, and `reshard/COMPLETE`
 //!    (holding the new count) is written and synced;
@@ -20,10 +23,12 @@
 
 use super::record::{self, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery};
+use super::sessions::{SessionState, StoredEntry, StoredFlow};
 use super::shard_dir;
 use crate::message::wire::Clocks;
 use crate::message::Message;
 use crate::router::home_shard;
+use hashbrown::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -50,9 +55,10 @@ pub(super) fn resume(path: &Path) -> io::Result<Option<usize>> {
     Ok(Some(to))
 }
 
-/// Moves the retained messages of every `shard-*` directory under `path`
-/// to their homes among `to` shards. Returns how many were moved.
-pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
+/// Moves the retained messages and sessions of every `shard-*` directory
+/// under `path` to their homes among `to` shards. Returns how many of each
+/// were moved.
+pub(super) fn reshard(path: &Path, to: usize) -> io::Result<(usize, usize)> {
     let staging = path.join(STAGING);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
@@ -60,14 +66,18 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
     std::fs::create_dir(&staging)?;
     let clocks = Clocks::read();
     let mut homes: Vec<Vec<Arc<Message>>> = vec![Vec::new(); to];
+    let mut session_homes: Vec<SessionState> = vec![SessionState::default(); to];
     for dir in shard_dirs(path)? {
-        for (topic, message) in read_state(&dir, clocks)?.retained {
+        let state = read_state(&dir, clocks)?;
+        for (topic, message) in state.retained {
             homes[home_shard(topic.as_str().as_bytes(), to).index()].push(message);
         }
+        move_sessions(state.sessions, &mut session_homes);
     }
     let moved = homes.iter().map(Vec::len).sum();
-    for (shard, messages) in homes.iter().enumerate() {
-        write_snapshot(&shard_dir(&staging, shard), shard, to, messages, clocks)?;
+    let sessions = session_homes.iter().map(|state| state.sessions.len()).sum();
+    for (shard, (messages, sessions)) in homes.iter().zip(&session_homes).enumerate() {
+        write_snapshot(&shard_dir(&staging, shard), shard, to, messages, sessions, clocks)?;
     }
     let mut complete = File::create(staging.join(COMPLETE))?;
     complete.write_all(to.to_string().as_bytes())?;
@@ -75,7 +85,39 @@ pub(super) fn reshard(path: &Path, to: usize) -> io::Result<usize> {
     sync_dir(&staging)?;
     sync_dir(path)?;
     finish(path, to)?;
-    Ok(moved)
+    Ok((moved, sessions))
+}
+
+/// Moves each session of one old shard to the new shard its client id
+/// hashes to (as a connection is placed), renumbering it and the messages
+/// it references in the new shard's numbers.
+fn move_sessions(from: SessionState, to: &mut [SessionState]) {
+    let count = to.len();
+    // Old mid -> new mid, per new shard: a message queued to sessions that
+    // land on one shard is still written once there.
+    let mut renumbered: Vec<HashMap<u64, u64>> = vec![HashMap::new(); count];
+    for (_, mut session) in from.sessions {
+        let home = home_shard(session.client_id.as_bytes(), count).index();
+        let (state, map) = (&mut to[home], &mut renumbered[home]);
+        let mut renumber = |entry: &mut StoredEntry| {
+            let Some(message) = from.messages.get(&entry.mid) else { return };
+            entry.mid = *map.entry(entry.mid).or_insert_with(|| {
+                let mid = state.next_mid;
+                state.next_mid += 1;
+                state.messages.insert(mid, Arc::clone(message));
+                mid
+            });
+        };
+        session.queue.iter_mut().for_each(&mut renumber);
+        for (_, flow) in &mut session.inflight {
+            if let StoredFlow::Sent(entry) = flow {
+                renumber(entry);
+            }
+        }
+        let sid = state.next_sid;
+        state.next_sid += 1;
+        state.sessions.insert(sid, session);
+    }
 }
 
 /// Steps 3 and 4 (see the module documentation).
@@ -138,6 +180,7 @@ fn write_snapshot(
     shard: usize,
     shards: usize,
     messages: &[Arc<Message>],
+    sessions: &SessionState,
     clocks: Clocks,
 ) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -152,6 +195,15 @@ fn write_snapshot(
     for message in messages {
         record::encode(&Record::RetainSet(Arc::clone(message)), clocks, &mut out)
             .map_err(|error| io::Error::other(error.to_string()))?;
+    }
+    let mut failed = None;
+    sessions.snapshot_records(|record| {
+        if let Err(error) = record::encode(&record, clocks, &mut out) {
+            failed = Some(io::Error::other(error.to_string()));
+        }
+    });
+    if let Some(error) = failed {
+        return Err(error);
     }
     record::encode(&Record::SnapshotEnd, clocks, &mut out)
         .map_err(|error| io::Error::other(error.to_string()))?;
@@ -236,11 +288,11 @@ mod tests {
     fn every_retained_message_moves_to_its_new_home() {
         let path = temp("move");
         let expected = two_shard_log(&path);
-        assert_eq!(reshard(&path, 3).unwrap(), 39);
+        assert_eq!(reshard(&path, 3).unwrap(), (39, 0));
         assert_eq!(topics_at_home(&path, 3), expected);
         assert!(!path.join(STAGING).exists());
         // And back to one shard: shard-1 and shard-2 are gone.
-        assert_eq!(reshard(&path, 1).unwrap(), 39);
+        assert_eq!(reshard(&path, 1).unwrap(), (39, 0));
         assert_eq!(topics_at_home(&path, 1), expected);
         assert!(!shard_dir(&path, 1).exists() && !shard_dir(&path, 2).exists());
         std::fs::remove_dir_all(&path).unwrap();
@@ -265,7 +317,9 @@ mod tests {
             }
         }
         for (shard, messages) in homes.iter().enumerate() {
-            write_snapshot(&shard_dir(&staging, shard), shard, 3, messages, clocks).unwrap();
+            let sessions = SessionState::default();
+            write_snapshot(&shard_dir(&staging, shard), shard, 3, messages, &sessions, clocks)
+                .unwrap();
         }
         std::fs::write(staging.join(COMPLETE), "3").unwrap();
         for dir in shard_dirs(&path).unwrap() {
@@ -277,5 +331,53 @@ mod tests {
         assert_eq!(topics_at_home(&path, 3), expected);
         assert!(!staging.exists());
         std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn sessions_move_to_the_shard_their_client_id_hashes_to_with_their_messages() {
+        use crate::store::sessions::{StoredEntry, StoredSession};
+        let entry = |mid| StoredEntry {
+            mid,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            from_retained: false,
+            subscription_ids: Default::default(),
+        };
+        // Two old shards whose message numbers collide.
+        let old: Vec<SessionState> = (0..2u8)
+            .map(|shard| {
+                let mut state = SessionState::default();
+                for i in 0..20u64 {
+                    let mut session = StoredSession::new(format!("c{shard}-{i}").into(), None);
+                    session.queue = vec![entry(1), entry(2)];
+                    state.sessions.insert(i + 1, session);
+                }
+                state.messages.insert(1, message(&format!("old{shard}/1")));
+                state.messages.insert(2, message(&format!("old{shard}/2")));
+                state
+            })
+            .collect();
+        let mut new = vec![SessionState::default(); 3];
+        for state in old {
+            move_sessions(state, &mut new);
+        }
+        let mut moved = 0;
+        for (shard, state) in new.iter().enumerate() {
+            for session in state.sessions.values() {
+                moved += 1;
+                assert_eq!(home_shard(session.client_id.as_bytes(), 3).index(), shard);
+                let origin = &session.client_id[1..2];
+                let topics: Vec<String> = session
+                    .queue
+                    .iter()
+                    .map(|e| state.messages[&e.mid].topic.to_string())
+                    .collect();
+                assert_eq!(topics, vec![format!("old{origin}/1"), format!("old{origin}/2")]);
+            }
+            // Each message once per new shard, whatever number of sessions
+            // reference it there.
+            assert!(state.messages.len() <= 4, "{}", state.messages.len());
+        }
+        assert_eq!(moved, 40);
     }
 }

@@ -26,9 +26,10 @@
 //!   retried every second with the same bytes until it succeeds; records
 //!   wait in memory meanwhile and their durability futures stay pending.
 
-use super::log::{Entry, Log};
+use super::log::{Entry, Log, Snapshot};
 use super::record::{self, HeaderError, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery, RecoveryStats};
+use super::sessions::SessionState;
 use crate::config::Durability;
 use crate::message::wire::Clocks;
 use bytes::BytesMut;
@@ -507,7 +508,7 @@ impl Writer {
     }
 
     /// Writes `live` as a snapshot and deletes the segments it replaces.
-    async fn compact(&mut self, live: Vec<std::sync::Arc<crate::message::Message>>, log: &Log) {
+    async fn compact(&mut self, live: Box<Snapshot>, log: &Log) {
         // Everything before the snapshot's point is written: make it
         // durable, so the snapshot never comes before a hole.
         self.sync(log).await;
@@ -515,7 +516,8 @@ impl Writer {
         let mut snapshot = self.open_next(base + 1, SegmentKind::Snapshot, log).await;
         let clocks = Clocks::read();
         let now = clocks.now;
-        for message in live {
+        let Snapshot { retained, sessions } = *live;
+        for message in retained {
             if message.expires_at.is_some_and(|at| at <= now) {
                 continue;
             }
@@ -525,6 +527,23 @@ impl Writer {
                 glommio::yield_if_needed().await;
             }
         }
+        // A chunk at a time, yielding in between: a large state does not
+        // hold the shard's executor for long.
+        for (&mid, message) in &sessions.messages {
+            self.encode(&Record::Message { mid, message: std::sync::Arc::clone(message) }, clocks);
+            if self.scratch.len() >= CHUNK {
+                self.write_snapshot(&mut snapshot, log).await;
+                glommio::yield_if_needed().await;
+            }
+        }
+        for (&sid, session) in &sessions.sessions {
+            SessionState::session_records(sid, session, |record| self.encode(&record, clocks));
+            if self.scratch.len() >= CHUNK {
+                self.write_snapshot(&mut snapshot, log).await;
+                glommio::yield_if_needed().await;
+            }
+        }
+        drop(sessions);
         self.encode(&Record::SnapshotEnd, clocks);
         self.write_snapshot(&mut snapshot, log).await;
         while let Err(error) = snapshot.file.fdatasync().await {
@@ -708,7 +727,10 @@ mod tests {
                 most_segments = most_segments.max(segments(&dir).len());
                 if log.wants_compaction() {
                     // What the shard does at its next tick.
-                    log.compact(live.values().cloned().collect());
+                    log.compact(Snapshot {
+                        retained: live.values().cloned().collect(),
+                        ..Default::default()
+                    });
                 }
             }
             let lsn = log.append(Record::RetainDelete(TopicName::new("c/9").unwrap()));

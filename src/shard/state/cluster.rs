@@ -60,6 +60,9 @@ impl Shard {
         match self.interest.replica().next_group_member(filter) {
             Some((shard, group)) if shard == self.id => self.deliver_to_group(group, &message, now),
             Some((shard, group)) => {
+                // Counted like a local publish's: the peer reports it
+                // durable with the rest (see `state/persist.rs`).
+                self.durable_sent(shard, &message);
                 self.outbox.push(shard, ShardMessage::GroupPublish { group, message })
             }
             None => {
@@ -81,6 +84,12 @@ impl Shard {
         for shard in shards.iter().filter(|&shard| shard != me) {
             if !self.outbox.push_publish(shard, message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
+            } else {
+                // The peer counts every QoS 1/2 message it gets from this
+                // shard in its durability reports: so must this side, or
+                // a report would cover messages of this shard's own
+                // clients that the peer has not logged yet.
+                self.durable_sent(shard, message);
             }
         }
     }

@@ -1,0 +1,369 @@
+//! The shard's side of logging persistent sessions (see
+//! `store::sessions`): it numbers sessions and messages, turns what a
+//! session noted ([`SessionChange`]) into records, writes a message fanned
+//! out to many sessions once, rebuilds the sessions at start and hands
+//! them over for compaction. Hooks only: the session queues work the same
+//! with or without a log.
+
+use super::Shard;
+use crate::message::Message;
+use crate::protocol::QoS;
+use crate::router::{ShardId, ShardMessage};
+use crate::session::{AckToken, Session, SessionChange};
+use crate::shard::slots::{SessionKey, Slot};
+use crate::shard::state::LocalSubscription;
+use crate::store::{Lsn, Record, SessionState, StoredSubscription};
+use smallvec::SmallVec;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the shard keeps to log sessions.
+#[derive(Debug, Default)]
+pub(super) struct SessionLog {
+    /// The next session number.
+    next_sid: u64,
+    /// The next message number.
+    next_mid: u64,
+    /// The message being fanned out, its number, and whether its record is
+    /// written: a message queued to many sessions of the shard is written
+    /// once. (An `Arc`, not a pointer: a freed message's address may come
+    /// back.)
+    current: Option<(Arc<Message>, u64, bool)>,
+    /// Reused between sessions: the changes taken from one.
+    changes: Vec<SessionChange>,
+    /// With `durability = "always"`: what waits for durability.
+    durable: Option<Box<DurableAcks>>,
+}
+
+/// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
+/// its routing logged is durable on this shard (its log's watermark) and on
+/// every shard it was sent to. Each peer counts the messages that may log
+/// (QoS 1/2 publishes, group publishes, retained messages) it receives
+/// from this shard, and reports the count once what they logged there is durable
+/// ([`ShardMessage::Durable`]); the queues between two shards keep their
+/// order, so a count covers every message sent before it.
+#[derive(Debug, Default)]
+pub(super) struct DurableAcks {
+    /// Per peer: messages that may log sent to it.
+    sent: Vec<u64>,
+    /// Per peer: how many of those it reported durable.
+    acked: Vec<u64>,
+    /// Per peer: such messages received from it.
+    received: Vec<u64>,
+    /// Reports owed to peers once the log is durable up to the record:
+    /// (peer, count, last record when the count was reached).
+    replies: Vec<(ShardId, u64, Option<Lsn>)>,
+    /// The peers the message being routed went to, with their counts.
+    touched: SmallVec<[(ShardId, u64); 4]>,
+    /// Acknowledgements waiting.
+    waits: Vec<DurableWait>,
+}
+
+/// An acknowledgement waiting for durability.
+#[derive(Debug)]
+struct DurableWait {
+    /// This shard's last record when the PUBLISH was routed.
+    lsn: Option<Lsn>,
+    /// The peers it went to and the count each must report.
+    peers: SmallVec<[(ShardId, u64); 4]>,
+    key: SessionKey,
+    token: AckToken,
+}
+
+impl Shard {
+    /// Rebuilds the persistent sessions the log held: offline, their
+    /// expiry counted from `now` (the restart), their subscriptions in the
+    /// index and announced to the other shards, their queues as they were.
+    pub(super) fn restore_sessions(&mut self, state: SessionState, now: Instant) {
+        let SessionState { sessions, messages, next_sid, next_mid } = state;
+        self.session_log.next_sid = next_sid.max(1);
+        self.session_log.next_mid = next_mid.max(1);
+        for (sid, stored) in sessions {
+            // A client id already here (a bug in an older log): the later
+            // number wins.
+            if let Some(key) = self.slots.find(&stored.client_id) {
+                self.remove_session(key);
+            }
+            let expiry = stored.expiry;
+            // With an ACL file, the rules of the user it connected as: the
+            // messages queued to it from now on are checked as before.
+            let acl = self.acl.as_ref().map(|file| {
+                crate::auth::acl::ClientAcl::new(Arc::clone(file), stored.username.as_deref())
+            });
+            let mut session = Session::restore(stored, &messages, self.limits, now);
+            session.set_acl(acl);
+            let mut slot = Slot::new(session);
+            slot.log_id = sid;
+            slot.expires_at = expiry.map(|expiry| now + expiry);
+            let key = self.slots.insert(slot);
+            let filters: Vec<_> = self
+                .slot(key)
+                .session
+                .subscriptions()
+                .map(|(filter, s)| (filter.clone(), *s))
+                .collect();
+            for (filter, subscribed) in filters {
+                let subscription = LocalSubscription {
+                    options: subscribed.options,
+                    subscription_id: subscribed.identifier,
+                };
+                if self.subscriptions.insert(&filter, key, subscription).is_none() {
+                    let group = self.subscriptions.group_id(&filter);
+                    self.interest.handle_subscribe(&filter, group, &self.outbox);
+                }
+            }
+            self.schedule(key);
+        }
+    }
+
+    /// The number to give `message` in a delivery to the session of
+    /// `key`: 0 when it is not logged (no log, or a clean session).
+    pub(super) fn log_id_for(&mut self, key: SessionKey, message: &Arc<Message>) -> u64 {
+        if self.log.is_none() || !self.slot(key).session.is_persistent() {
+            return 0;
+        }
+        let log = &mut self.session_log;
+        match &log.current {
+            Some((current, mid, _)) if Arc::ptr_eq(current, message) => *mid,
+            _ => {
+                let mid = log.next_mid;
+                log.next_mid += 1;
+                log.current = Some((Arc::clone(message), mid, false));
+                mid
+            }
+        }
+    }
+
+    /// Appends the records of what the session of `key` noted. A session
+    /// that stopped being persistent (a v5 CONNECT or DISCONNECT with
+    /// Session Expiry Interval 0) ends in the log.
+    pub(super) fn log_changes(&mut self, key: SessionKey) {
+        let Some(log) = self.log.clone() else { return };
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        let mut changes = std::mem::take(&mut self.session_log.changes);
+        slot.session.take_changes(&mut changes);
+        if !slot.session.is_persistent() {
+            if slot.log_id != 0 {
+                log.append(Record::SessionEnd { sid: slot.log_id });
+                slot.log_id = 0;
+            }
+            changes.clear();
+        }
+        if changes.is_empty() {
+            self.session_log.changes = changes;
+            return;
+        }
+        if slot.log_id == 0 {
+            slot.log_id = self.session_log.next_sid;
+            self.session_log.next_sid += 1;
+            if !matches!(changes.first(), Some(SessionChange::State { .. })) {
+                let stored = slot.session.stored(&mut Default::default());
+                log.append(Record::SessionOpen {
+                    sid: slot.log_id,
+                    client_id: stored.client_id,
+                    expiry: stored.expiry,
+                    username: stored.username,
+                    will: None,
+                });
+            }
+        }
+        let sid = slot.log_id;
+        for change in changes.drain(..) {
+            let record = match change {
+                SessionChange::State { expiry, username, will } => Record::SessionOpen {
+                    sid,
+                    client_id: slot.session.client_id().clone(),
+                    expiry,
+                    username,
+                    will,
+                },
+                SessionChange::Subscribed(filter, subscribed) => Record::Subscribe {
+                    sid,
+                    filter,
+                    subscription: StoredSubscription {
+                        options: subscribed.options,
+                        identifier: subscribed.identifier,
+                    },
+                },
+                SessionChange::Unsubscribed(filter) => Record::Unsubscribe { sid, filter },
+                SessionChange::Queued(entry) => {
+                    if let Some((message, mid, written)) = &mut self.session_log.current {
+                        if *mid == entry.mid && !*written {
+                            *written = true;
+                            let message = Arc::clone(message);
+                            log.append(Record::Message { mid: *mid, message });
+                        }
+                    }
+                    Record::Enqueue { sid, entry }
+                }
+                SessionChange::Sent { mid, packet_id } => Record::Sent { sid, mid, packet_id },
+                SessionChange::Released(packet_id) => Record::Released { sid, packet_id },
+                SessionChange::Completed(packet_id) => Record::Completed { sid, packet_id },
+                SessionChange::Qos2In(packet_id) => Record::Qos2In { sid, packet_id },
+                SessionChange::Qos2Done(packet_id) => Record::Qos2Done { sid, packet_id },
+            };
+            log.append(record);
+        }
+        self.session_log.changes = changes;
+    }
+
+    /// A session leaves the shard: its end is logged.
+    pub(super) fn log_session_end(&mut self, slot: &Slot) {
+        if let (Some(log), true) = (&self.log, slot.log_id != 0) {
+            log.append(Record::SessionEnd { sid: slot.log_id });
+        }
+    }
+
+    /// The persistent sessions now, for a snapshot. The message being
+    /// fanned out is forgotten: its record may be older than the snapshot.
+    pub(super) fn live_sessions(&mut self) -> SessionState {
+        self.session_log.current = None;
+        let mut state = SessionState {
+            next_sid: self.session_log.next_sid,
+            next_mid: self.session_log.next_mid,
+            ..SessionState::default()
+        };
+        for slot in self.slots.iter() {
+            if slot.log_id != 0 && slot.session.is_persistent() {
+                let stored = slot.session.stored(&mut state.messages);
+                state.sessions.insert(slot.log_id, stored);
+            }
+        }
+        state
+    }
+
+    /// `durability = "always"`: from now on a QoS 1/2 PUBLISH is
+    /// acknowledged only once its records are durable here and on every
+    /// shard it went to (see [`DurableAcks`]). Called at start, with the
+    /// log attached.
+    pub fn set_durable_acks(&mut self) {
+        let n = self.nr_shards;
+        self.session_log.durable = Some(Box::new(DurableAcks {
+            sent: vec![0; n],
+            acked: vec![0; n],
+            received: vec![0; n],
+            ..DurableAcks::default()
+        }));
+    }
+
+    /// Whether acknowledgements wait for durability.
+    pub(super) fn durable_acks(&self) -> bool {
+        self.session_log.durable.is_some()
+    }
+
+    /// A message starts being routed.
+    pub(super) fn durable_route_start(&mut self) {
+        if let Some(durable) = self.session_log.durable.as_mut() {
+            durable.touched.clear();
+        }
+    }
+
+    /// `message` was queued to `to`; a QoS 1/2 one may log there (QoS 0
+    /// never does, and is not counted).
+    pub(super) fn durable_sent(&mut self, to: ShardId, message: &Message) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        if message.qos == QoS::AtMostOnce {
+            return;
+        }
+        durable.sent[to.index()] += 1;
+        let count = durable.sent[to.index()];
+        match durable.touched.iter_mut().find(|(peer, _)| *peer == to) {
+            Some(entry) => entry.1 = count,
+            None => durable.touched.push((to, count)),
+        }
+    }
+
+    /// The acknowledgement held by `token` waits for what routing the
+    /// PUBLISH before it logged, here and on the shards it went to.
+    pub(super) fn durable_wait(&mut self, key: SessionKey, token: AckToken) {
+        // The session's own records (its inbound QoS 2 state) first.
+        self.log_changes(key);
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let peers = std::mem::take(&mut durable.touched);
+        durable.waits.push(DurableWait { lsn, peers, key, token });
+        self.release_durable();
+    }
+
+    /// Releases the SUBACK or UNSUBACK barrier `token` of a persistent
+    /// session once its subscription records are durable (with
+    /// `durability = "always"`; at once otherwise): a subscription the
+    /// client was told about survives a crash.
+    pub(super) fn release_acks_durable(&mut self, key: SessionKey, token: AckToken) {
+        let persistent = self.slots.get(key).is_some_and(|slot| slot.log_id != 0);
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        match self.session_log.durable.as_mut() {
+            Some(durable) if persistent => {
+                durable.waits.push(DurableWait { lsn, peers: SmallVec::new(), key, token });
+                self.release_durable();
+            }
+            _ => self.release_acks(key, token),
+        }
+    }
+
+    /// `messages` were received from `from` and handled: the count of the
+    /// QoS 1/2 ones is reported back once what they logged is durable.
+    pub(super) fn durable_received(&mut self, from: ShardId, messages: &[Arc<Message>]) {
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let count = messages.iter().filter(|m| m.qos != QoS::AtMostOnce).count() as u64;
+        if count == 0 {
+            return;
+        }
+        durable.received[from.index()] += count;
+        let total = durable.received[from.index()];
+        durable.replies.push((from, total, lsn));
+        self.handle_durable();
+    }
+
+    /// A peer reported `count` of this shard's messages durable.
+    pub(super) fn durable_acked(&mut self, from: ShardId, count: u64) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let acked = &mut durable.acked[from.index()];
+        *acked = (*acked).max(count);
+        self.release_durable();
+    }
+
+    /// The log's durable watermark moved: reports owed to peers are sent
+    /// and the acknowledgements whose records are all durable released.
+    pub fn handle_durable(&mut self) {
+        let Some(log) = self.log.clone() else { return };
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        // Records are durable in order: the replies due are a prefix.
+        let due = durable
+            .replies
+            .iter()
+            .position(|(.., lsn)| lsn.is_some_and(|lsn| !log.is_durable(lsn)))
+            .unwrap_or(durable.replies.len());
+        let mut latest: SmallVec<[(ShardId, u64); 4]> = SmallVec::new();
+        for (peer, count, _) in durable.replies.drain(..due) {
+            match latest.iter_mut().find(|(p, _)| *p == peer) {
+                Some(entry) => entry.1 = entry.1.max(count),
+                None => latest.push((peer, count)),
+            }
+        }
+        for (peer, count) in latest {
+            self.outbox.push(peer, ShardMessage::Durable { count });
+        }
+        self.release_durable();
+    }
+
+    /// Releases every waiting acknowledgement whose records are durable.
+    fn release_durable(&mut self) {
+        let Some(log) = self.log.clone() else { return };
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        let mut released: SmallVec<[(SessionKey, AckToken); 8]> = SmallVec::new();
+        let acked = &durable.acked;
+        durable.waits.retain(|wait| {
+            let ready = wait.lsn.is_none_or(|lsn| log.is_durable(lsn))
+                && wait.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count);
+            if ready {
+                released.push((wait.key, wait.token));
+            }
+            !ready
+        });
+        for (key, token) in released {
+            self.release_acks(key, token);
+        }
+    }
+}
