@@ -935,9 +935,12 @@ fn empty_queue_admits_one_oversized_message() {
     let mut small = limits();
     small.max_queued_bytes = 3;
     let mut session = connected_with(t0, &connect_packet(V311, 0, false), small);
-    let big = || delivery(message("topic", QoS::AtLeastOnce, b"larger than 3"), QoS::AtLeastOnce);
-    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Queued);
-    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Dropped(DropReason::QueueFull));
+    let big = |qos| delivery(message("topic", qos, b"larger than 3"), qos);
+    assert_eq!(session.handle_delivery(t0, big(QoS::AtMostOnce)), DeliveryOutcome::Queued);
+    assert_eq!(
+        session.handle_delivery(t0, big(QoS::AtMostOnce)),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
     assert_eq!(drain(&mut session, t0).len(), 1);
     assert_eq!(session.queued_bytes(), 0);
 }
@@ -1582,7 +1585,7 @@ fn every_retained_message_of_a_new_subscription_is_sent_mqtt_3_3_1_6() {
         );
     }
     assert_eq!(
-        deliver(&mut session, t0, "live/10", QoS::AtLeastOnce),
+        deliver(&mut session, t0, "live/10", QoS::AtMostOnce),
         DeliveryOutcome::Dropped(DropReason::QueueFull)
     );
     let mut topics = Vec::new();
