@@ -1410,3 +1410,5 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 
 #[path = "tests_persist.rs"]
 mod persist;
+/// Overload without loss: backpressure and slow consumers.
+mod overload;
