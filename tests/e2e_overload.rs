@@ -206,14 +206,24 @@ async fn a_stalled_subscriber_does_not_stall_a_healthy_one_on_another_topic() {
     }
 
     // The slow topic's publisher (shard 0) is held once the stalled
-    // subscriber's window (32) and queue (50) are full.
+    // subscriber's window (32) and queue (50) are full. It writes in small
+    // bursts: what one read brings is all routed (and acknowledged) before
+    // the subscriber's shard can tell this one to hold.
     let mut slow =
         raw_client(&broker, &client_id_on_shard("slowpub", 0, 2), ProtocolVersion::V3_1_1);
-    slow.stream.write_all(&burst("slowpub", "slow/x", 500)).unwrap();
+    let mut writer = slow.stream.try_clone().unwrap();
+    let writing = std::thread::spawn(move || {
+        let bytes = burst("slowpub", "slow/x", 1000);
+        for chunk in bytes.chunks(bytes.len() / 50) {
+            writer.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
     assert!(counter_at_least(&admin, "overloads", 1) >= 1);
     assert!(counter_at_least(&admin, "publishers_held", 1) >= 1);
+    writing.join().unwrap();
     let held_at = pubacks_until_quiet(&mut slow, Duration::from_secs(1));
-    assert!(held_at < 500, "the slow topic's publisher was never held ({held_at} acked)");
+    assert!(held_at < 1000, "the slow topic's publisher was never held ({held_at} acked)");
 
     // Meanwhile the other topic flows, across the shards, in full.
     let fast = publisher(&broker, client_id_on_shard("fastpub", 0, 2), "fast", 200);
@@ -244,7 +254,8 @@ fn slow_consumer_timeout_disconnects_with_0x97_and_releases_the_publishers() {
     let mut stalled =
         raw_client(&broker, &client_id_on_shard("stalled", 1, 2), ProtocolVersion::V5);
     subscribe(&mut stalled, "slow/#");
-    let held = publisher(&broker, client_id_on_shard("slowpub", 0, 2), "slow/x", 500);
+    // On the subscriber's shard: held as soon as the queue is full.
+    let held = publisher(&broker, client_id_on_shard("slowpub", 1, 2), "slow/x", 500);
     // The stalled client reads now: its 32 messages in flight, then the
     // server's DISCONNECT, then the end of the connection.
     assert!(counter_at_least(&admin, "slow_consumers_disconnected", 1) == 1);

@@ -1046,7 +1046,8 @@ fn a_client_that_leaves_past_its_limits_keeps_them_counted_as_queue_full() {
         let packets = drain(&mut session, t0);
         let publishes: Vec<_> = packets
             .iter()
-            .filter_map(|p| matches!(p, Packet::Publish(_)).then(|| as_publish(p)))
+            .filter(|&p| matches!(p, Packet::Publish(_)))
+            .map(as_publish)
             .collect();
         if publishes.is_empty() {
             break;

@@ -558,6 +558,7 @@ impl Shard {
         }
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
             let slot = self.slots.slot_mut(key);
+            let mut cut = 0;
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
                 if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
                     self.counters.shard.sessions_expired += 1;
@@ -569,13 +570,18 @@ impl Shard {
                     // client is closed, its queue cut back to its limits
                     // (the `Closed` event opens its gates).
                     self.counters.shard.slow_consumers_disconnected += 1;
+                    let before = self.counters.session.dropped_slow_consumer;
                     slot.session.handle_slow_consumer(now, &mut self.counters.session);
                     if let Some(overload) = slot.overload.as_mut() {
                         overload.deadline = None;
                     }
+                    cut = self.counters.session.dropped_slow_consumer - before;
                 }
                 slot.session.handle_timeout(now, &mut self.counters.session);
                 self.drain_events(key, now);
+                if cut > 0 {
+                    self.count_drops(DropCause::SlowConsumer, cut, now);
+                }
             }
             self.schedule(key);
         }
