@@ -14,7 +14,7 @@ use crate::protocol::{
     decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
     ProtocolVersion, ReasonCode,
 };
-use crate::router::{HandOff, Hold, RouterMessage, ShardId};
+use crate::router::{HandOff, Hold, HoldOn, RouterMessage, ShardId};
 use crate::session::{AuthExchange, AuthOutcome};
 use crate::shard::{ConnectionError, ConnectionId, Placement, SessionKey};
 use bytes::{Buf, BytesMut};
@@ -790,7 +790,8 @@ impl<T: Transport> Connection<T> {
             // that is itself past its queue limits: it must read its
             // PUBACKs to drain (its publishes to itself then wait in its
             // queue, bounded by `slow_consumer_timeout`).
-            let own = matches!(hold, Hold::Topic(_)) && self.ctx.shard.borrow().is_overloaded(key);
+            let own =
+                matches!(hold.on(), HoldOn::Topic(_)) && self.ctx.shard.borrow().is_overloaded(key);
             if !own && self.ctx.outbox.is_congested(hold) {
                 self.ctx.outbox.wait_drained(hold, cx.waker());
                 return Poll::Pending;
@@ -964,9 +965,10 @@ mod tests {
     /// malformed (the close reason, held across the last flush, went from
     /// 16 to 24 bytes); 392 once the close of an attached connection moved
     /// from its own `run` future into `serve`; 400 (Connection 216) with
-    /// the publish-rate pacing timer (one reused `Timer` handle); Connection
-    /// 224 and serve 408 once a hold names a topic gate (an 8-byte
-    /// `GateId`) beside a congested peer.
+    /// the publish-rate pacing timer (one reused `Timer` handle); 408
+    /// (Connection 224) once a hold can name a topic gate beside a
+    /// congested peer (packed in 4 bytes, which no longer fit the padding
+    /// the 2-byte peer did).
     #[test]
     fn an_idle_connection_task_stays_small() {
         let (connection, future) =

@@ -23,11 +23,37 @@ use hashbrown::HashMap;
 use std::task::Waker;
 
 /// Names a gate a connection waits on; stale once the gate opened (its
-/// slot may be reused, with another generation).
+/// slot may be reused, with another generation). Packed in 31 bits (a
+/// slot index of 23 bits, a generation of 8), so that a connection task
+/// holds what it waits for in 4 bytes (see `Hold`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GateId {
-    index: u32,
-    generation: u32,
+pub struct GateId(u32);
+
+impl GateId {
+    /// Slots at most: 8 M gates closed at once (one per topic).
+    const MAX_SLOTS: usize = 1 << 23;
+
+    fn new(index: u32, generation: u8) -> Self {
+        Self(index << 8 | u32::from(generation))
+    }
+
+    fn index(self) -> usize {
+        (self.0 >> 8) as usize
+    }
+
+    fn generation(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// The 31 bits.
+    pub(super) fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// From [`Self::bits`].
+    pub(super) fn from_bits(bits: u32) -> Self {
+        Self(bits & !(1 << 31))
+    }
 }
 
 /// One closed topic.
@@ -53,7 +79,7 @@ impl Gate {
 
 #[derive(Debug, Default)]
 struct Slot {
-    generation: u32,
+    generation: u8,
     gate: Option<Gate>,
 }
 
@@ -76,7 +102,7 @@ impl Gates {
         let &index = self.by_topic.get(topic)?;
         let slot = &self.slots[index as usize];
         let gate = slot.gate.as_ref()?;
-        gate.is_closed().then_some(GateId { index, generation: slot.generation })
+        gate.is_closed().then_some(GateId::new(index, slot.generation))
     }
 
     /// Whether the gate `id` is still closed.
@@ -96,9 +122,12 @@ impl Gates {
         }
     }
 
-    /// A local session closes `topic`.
+    /// A local session closes `topic` (unless 8 M gates are closed
+    /// already: then its publishers are not held, see [`GateId`]).
     pub fn close_local(&mut self, topic: &TopicName) {
-        self.entry(topic).local += 1;
+        if let Some(gate) = self.entry(topic) {
+            gate.local += 1;
+        }
     }
 
     /// A local session that closed `topic` drained (or left): returns the
@@ -128,7 +157,9 @@ impl Gates {
     /// Peer `from` closed (`closed`) or opened `topic`.
     pub fn handle_remote(&mut self, from: ShardId, topic: &TopicName, closed: bool) {
         if closed {
-            self.entry(topic).remote.insert(from);
+            if let Some(gate) = self.entry(topic) {
+                gate.remote.insert(from);
+            }
             return;
         }
         let Some(index) = self.by_topic.get(topic).copied() else { return };
@@ -163,14 +194,19 @@ impl Gates {
         }
     }
 
-    fn entry(&mut self, topic: &TopicName) -> &mut Gate {
+    fn entry(&mut self, topic: &TopicName) -> Option<&mut Gate> {
         let index = match self.by_topic.get(topic) {
             Some(&index) => index,
             None => {
-                let index = self.free.pop().unwrap_or_else(|| {
-                    self.slots.push(Slot::default());
-                    u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 gates")
-                });
+                let index = match self.free.pop() {
+                    Some(index) => index,
+                    None if self.slots.len() < GateId::MAX_SLOTS => {
+                        self.slots.push(Slot::default());
+                        // Below 2^23: fits.
+                        (self.slots.len() - 1) as u32
+                    }
+                    None => return None,
+                };
                 self.slots[index as usize].gate = Some(Gate {
                     topic: topic.clone(),
                     local: 0,
@@ -182,17 +218,17 @@ impl Gates {
                 index
             }
         };
-        self.slots[index as usize].gate.as_mut().expect("live gate")
+        self.slots[index as usize].gate.as_mut()
     }
 
     fn gate(&self, id: GateId) -> Option<&Gate> {
-        let slot = self.slots.get(id.index as usize)?;
-        slot.gate.as_ref().filter(|_| slot.generation == id.generation)
+        let slot = self.slots.get(id.index())?;
+        slot.gate.as_ref().filter(|_| slot.generation == id.generation())
     }
 
     fn gate_mut(&mut self, id: GateId) -> Option<&mut Gate> {
-        let slot = self.slots.get_mut(id.index as usize)?;
-        slot.gate.as_mut().filter(|_| slot.generation == id.generation)
+        let slot = self.slots.get_mut(id.index())?;
+        slot.gate.as_mut().filter(|_| slot.generation == id.generation())
     }
 }
 

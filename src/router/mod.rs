@@ -30,5 +30,5 @@ pub use gates::GateId;
 pub use interest::ShardId;
 pub use mesh::{Mesh, MeshError, MeshSetup, MeshTasks, CHANNEL_CAPACITY};
 pub use messages::{HandOff, MovedTransport, RetainedReplyTo, RouterMessage, ShardMessage};
-pub use outbox::{Hold, Outbox};
+pub use outbox::{Hold, HoldOn, Outbox};
 pub use placement::{home_shard, stable_hash, ClientIdAssigner};

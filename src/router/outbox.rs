@@ -22,6 +22,7 @@ use crate::metrics::RouterCounters;
 use crate::protocol::{QoS, TopicName};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -32,14 +33,47 @@ pub const LOW_WATER: usize = HIGH_WATER / 2;
 /// Messages queued for one peer above which QoS 0 publishes are dropped.
 pub const QOS0_DROP_LIMIT: usize = 2 * HIGH_WATER;
 
-/// What a held connection waits for.
+/// What a held connection waits for, in 4 bytes (every connection task
+/// keeps one): see [`Hold::on`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hold {
+pub struct Hold(NonZeroU32);
+
+/// What a [`Hold`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldOn {
     /// The queue towards a peer to drain to its low-water mark.
     Peer(Destination),
     /// A topic gate to open: its subscribers drained (see
     /// [`super::gates`]).
     Topic(GateId),
+}
+
+/// The bit of a [`Hold`] that names a topic gate (else a peer).
+const TOPIC_BIT: u32 = 1 << 31;
+
+impl Hold {
+    /// Waits for the queue towards `to`.
+    pub fn peer(to: Destination) -> Self {
+        // A queue number is below MAX_SHARDS (256): 1..=256, not zero.
+        Self(NonZeroU32::MIN.saturating_add(to.queue() as u32))
+    }
+
+    /// Waits for the gate `gate`.
+    pub fn topic(gate: GateId) -> Self {
+        // The top bit is set: never zero.
+        Self(NonZeroU32::new(TOPIC_BIT | gate.bits()).unwrap_or(NonZeroU32::MAX))
+    }
+
+    /// What it waits for.
+    pub fn on(self) -> HoldOn {
+        let bits = self.0.get();
+        if bits & TOPIC_BIT != 0 {
+            HoldOn::Topic(GateId::from_bits(bits))
+        } else {
+            // From `peer`: 1..=256.
+            HoldOn::Peer(Destination::Shard(ShardId::new((bits - 1) as u8)))
+        }
+    }
 }
 
 /// The queue towards one peer shard.
@@ -116,7 +150,7 @@ impl Outbox {
             counters.congestion_events += 1;
         }
         if queue.congested && message.qos != QoS::AtMostOnce {
-            self.held_by.set(Some(Hold::Peer(to)));
+            self.held_by.set(Some(Hold::peer(to)));
         }
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
@@ -145,7 +179,7 @@ impl Outbox {
             // Counted in `congestion_events` by the next `push_publish`.
             queue.congested |= queue.queued_publishes > HIGH_WATER;
             if queue.congested && message.qos != QoS::AtMostOnce {
-                self.held_by.set(Some(Hold::Peer(to)));
+                self.held_by.set(Some(Hold::peer(to)));
             }
         }
         queue.items.push_back(message);
@@ -221,25 +255,25 @@ impl Outbox {
     /// mark and has not yet drained to the low-water mark, or the gate is
     /// still closed.
     pub fn is_congested(&self, hold: Hold) -> bool {
-        match hold {
-            Hold::Peer(to) => {
+        match hold.on() {
+            HoldOn::Peer(to) => {
                 self.peers.borrow().get(to.queue()).is_some_and(|queue| queue.congested)
             }
-            Hold::Topic(gate) => self.gates.borrow().is_closed(gate),
+            HoldOn::Topic(gate) => self.gates.borrow().is_closed(gate),
         }
     }
 
     /// Registers `waker` to be woken when `hold` is released.
     pub fn wait_drained(&self, hold: Hold, waker: &Waker) {
-        match hold {
-            Hold::Peer(to) => {
+        match hold.on() {
+            HoldOn::Peer(to) => {
                 let mut peers = self.peers.borrow_mut();
                 let Some(queue) = peers.get_mut(to.queue()) else { return };
                 if !queue.held.iter().any(|w| w.will_wake(waker)) {
                     queue.held.push(waker.clone());
                 }
             }
-            Hold::Topic(gate) => self.gates.borrow_mut().wait(gate, waker),
+            HoldOn::Topic(gate) => self.gates.borrow_mut().wait(gate, waker),
         }
     }
 
@@ -252,7 +286,7 @@ impl Outbox {
             return false;
         }
         let Some(gate) = gates.closed(topic) else { return false };
-        self.held_by.set(Some(Hold::Topic(gate)));
+        self.held_by.set(Some(Hold::topic(gate)));
         true
     }
 
@@ -346,7 +380,7 @@ mod tests {
     }
 
     fn peer(index: usize) -> Hold {
-        Hold::Peer(shard(index).into())
+        Hold::peer(shard(index).into())
     }
 
     #[test]
@@ -362,7 +396,7 @@ mod tests {
         // back; the other peer is not congested.
         assert!(outbox.is_congested(peer(1)));
         assert!(!outbox.is_congested(peer(2)));
-        assert_eq!(outbox.take_held_by(), Some(Hold::Peer(shard(1).into())));
+        assert_eq!(outbox.take_held_by(), Some(Hold::peer(shard(1).into())));
         assert_eq!(outbox.take_held_by(), None, "taken once");
         outbox.push_publish(shard(2), &message(QoS::AtLeastOnce), &mut counters);
         assert_eq!(outbox.take_held_by(), None, "a publish to another peer is not held");
@@ -372,7 +406,7 @@ mod tests {
         assert_eq!(outbox.take_held_by(), None, "QoS 0 is dropped, not held back");
         assert!(outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters));
         assert_eq!(counters.cross_core_qos0_dropped, 1);
-        assert_eq!(outbox.take_held_by(), Some(Hold::Peer(shard(1).into())));
+        assert_eq!(outbox.take_held_by(), Some(Hold::peer(shard(1).into())));
         let (held, waker) = flag();
         outbox.wait_drained(peer(1), &waker);
         let (other, waker) = flag();

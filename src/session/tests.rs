@@ -1044,11 +1044,8 @@ fn a_client_that_leaves_past_its_limits_keeps_them_counted_as_queue_full() {
     let mut topics = Vec::new();
     loop {
         let packets = drain(&mut session, t0);
-        let publishes: Vec<_> = packets
-            .iter()
-            .filter(|&p| matches!(p, Packet::Publish(_)))
-            .map(as_publish)
-            .collect();
+        let publishes: Vec<_> =
+            packets.iter().filter(|&p| matches!(p, Packet::Publish(_))).map(as_publish).collect();
         if publishes.is_empty() {
             break;
         }

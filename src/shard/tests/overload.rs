@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::protocol::{PubResponse, ReasonCode};
-use crate::router::Hold;
+use crate::router::{Hold, HoldOn};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Wake;
@@ -103,7 +103,7 @@ fn a_full_subscriber_slows_its_topics_publishers_on_every_shard_and_loses_nothin
     // one of another topic is not. So is the local publisher.
     let hold = publish_qos1(&mut cluster, &remote, "slow/a", 7).expect("remote publisher held");
     sent += 1;
-    assert!(matches!(hold, Hold::Topic(_)));
+    assert!(matches!(hold.on(), HoldOn::Topic(_)));
     assert_eq!(publish_qos1(&mut cluster, &remote, "fast", 8), None, "another topic flows");
     assert!(publish_qos1(&mut cluster, &local, "slow/a", 1).is_some(), "local publisher held");
     sent += 1;
