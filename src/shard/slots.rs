@@ -70,8 +70,10 @@ pub(super) struct Overload {
     /// When it is disconnected as a slow consumer unless it drained
     /// (`slow_consumer_timeout`); `None`: never.
     pub(super) deadline: Option<Instant>,
-    /// The topics of the messages queued past its limits, each once.
-    pub(super) topics: Vec<TopicName>,
+    /// The topics of the messages queued past its limits, each once (a
+    /// set: a wildcard subscriber may be sent many distinct topics, one
+    /// message each before their publishers are held).
+    pub(super) topics: hashbrown::HashSet<TopicName>,
 }
 
 /// What a session holds, as last added to the shard's gauges (see

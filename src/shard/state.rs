@@ -813,14 +813,13 @@ impl Shard {
         let overload = slot.overload.get_or_insert_with(|| {
             Box::new(Overload {
                 deadline: timeout.map(|timeout| now + timeout),
-                topics: Vec::new(),
+                topics: hashbrown::HashSet::new(),
             })
         });
-        // A subscriber gets few distinct topics while over its limits (its
-        // publishers are held after one message each): a short scan.
+        // Allocates only for a topic new to this overload.
         let newly = !overload.topics.contains(topic);
         if newly {
-            overload.topics.push(topic.clone());
+            overload.topics.insert(topic.clone());
         }
         self.outbox.close_gate(topic, origin, newly);
         if first {
