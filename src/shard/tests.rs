@@ -1408,7 +1408,7 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
     assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }
 
-#[path = "tests_persist.rs"]
-mod persist;
 /// Overload without loss: backpressure and slow consumers.
 mod overload;
+#[path = "tests_persist.rs"]
+mod persist;
