@@ -484,5 +484,63 @@ fn metrics_parsed_by_prometheus_count_a_known_workload() {
     assert_eq!(value("ringmq_deliveries_total{}"), 6.0);
     assert_eq!(value("ringmq_deliveries_dropped_total{}"), 0.0);
     assert_eq!(value("ringmq_cross_core_queued{}"), 0.0);
+    assert_eq!(value("ringmq_queued_messages{}"), 0.0);
+    assert_eq!(value("ringmq_inflight_messages{}"), 0.0);
+    assert_eq!(value("ringmq_shared_groups{}"), 0.0);
+
+    // What sessions hold: an offline persistent session with 5 queued
+    // messages, one message in flight to the subscriber, one shared group.
+    let mut offline = RawClient::connect(broker.addr);
+    offline.send(&connect_packet(&client_id_on_shard("off", 1, 2), false, 0));
+    assert!(matches!(offline.recv(), Some(Packet::ConnAck(_))));
+    offline.send_bytes(b"\x82\x08\x00\x02\x00\x03o/#\x01"); // o/# at QoS 1
+    assert!(matches!(offline.recv(), Some(Packet::SubAck(_))));
+    drop(offline);
+    subscriber.send_bytes(b"\x82\x0f\x00\x03\x00\x0a$share/g/s\x01");
+    assert!(matches!(subscriber.recv(), Some(Packet::SubAck(_))));
+    let wait_for = |key: &str, expected: f64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = parsed_metrics(&admin);
+            if metrics.get(key) == Some(&expected) || Instant::now() > deadline {
+                return metrics;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("ringmq_sessions_online{}", 2.0);
+    for id in 1..=5u8 {
+        // o/x, QoS 1, payload "12345": 3 + 5 bytes each.
+        publisher.send_bytes(&[
+            0x32,
+            12,
+            0,
+            3,
+            b'o',
+            b'/',
+            b'x',
+            0,
+            10 + id,
+            b'1',
+            b'2',
+            b'3',
+            b'4',
+            b'5',
+        ]);
+        assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
+    }
+    // m/i, QoS 1, read by the subscriber and never acknowledged.
+    publisher.send_bytes(&[0x32, 8, 0, 3, b'm', b'/', b'i', 0, 20, b'z']);
+    assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
+    assert!(matches!(subscriber.recv(), Some(Packet::Publish(_))));
+    let metrics = wait_for("ringmq_queued_messages{}", 5.0);
+    let value =
+        |key: &str| metrics.get(key).copied().unwrap_or_else(|| panic!("{key}: {metrics:#?}"));
+    assert_eq!(value("ringmq_queued_messages{}"), 5.0);
+    assert_eq!(value("ringmq_queued_bytes{}"), 40.0);
+    assert_eq!(value("ringmq_inflight_messages{}"), 1.0);
+    assert_eq!(value("ringmq_shared_groups{}"), 1.0);
+    assert_eq!(value("ringmq_topic_gates{}"), 0.0);
+    assert_eq!(value("ringmq_dropped_queue_full_total{qos=\"1\"}"), 0.0);
     assert!(broker.stop().success());
 }

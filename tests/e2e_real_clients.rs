@@ -299,9 +299,10 @@ fn incomplete_connects_share_a_budget() {
 }
 
 /// Drops are told when they happen: a subscriber that never reads, with a
-/// queue of 10 messages, loses most of 2,000 messages; the broker logs one
-/// warning line for the cause with its count at once, not one per message
-/// and not only at shutdown.
+/// queue of 10 messages, loses most of 2,000 QoS 0 messages (QoS 1 ones
+/// would hold the publisher back instead: see e2e_overload); the broker
+/// logs one warning line for the cause with its count at once, not one
+/// per message and not only at shutdown.
 #[test]
 fn drops_are_logged_when_they_happen_once_per_cause_and_interval() {
     let log = std::env::temp_dir().join(format!("ringmq-drops-{}.log", std::process::id()));
@@ -314,11 +315,8 @@ fn drops_are_logged_when_they_happen_once_per_cause_and_interval() {
     publisher.send(&connect_packet("flooder", true, 0));
     assert!(matches!(publisher.recv(), Some(Packet::ConnAck(_))));
     let flood: Vec<Packet> =
-        (0..2_000).map(|i| publish("flood/x", QoS::AtLeastOnce, i % 60_000 + 1, b"m")).collect();
+        (0..2_000).map(|i| publish("flood/x", QoS::AtMostOnce, i % 60_000 + 1, b"m")).collect();
     publisher.send_bytes(&encode_all(&flood));
-    for _ in 0..2_000 {
-        assert!(matches!(publisher.recv(), Some(Packet::PubAck(_))));
-    }
     let deadline = Instant::now() + Duration::from_secs(5);
     let lines = loop {
         let text = std::fs::read_to_string(&log).unwrap();

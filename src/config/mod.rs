@@ -325,6 +325,7 @@ pub struct Limits {
     max_publish_bytes_rate: u64,
     max_retained_messages: u64,
     max_retained_bytes: u64,
+    slow_consumer_timeout_ms: u64,
 }
 
 impl Limits {
@@ -479,6 +480,14 @@ impl Limits {
     pub fn max_retained_bytes(&self) -> u64 {
         self.max_retained_bytes
     }
+
+    /// How long a connected client may stay past its queue limits (the
+    /// publishers of its topics held back) before it is disconnected
+    /// (`slow_consumer_timeout_ms`); `None` (0): never.
+    pub fn slow_consumer_timeout(&self) -> Option<Duration> {
+        (self.slow_consumer_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.slow_consumer_timeout_ms))
+    }
 }
 
 impl Limits {
@@ -519,6 +528,11 @@ impl Limits {
         max_publish_bytes_rate: 0,
         max_retained_messages: 0,
         max_retained_bytes: 0,
+        // Long enough for a subscriber that reads, however slowly, to get
+        // back to half its queue (a stall of the network, a GC pause, a
+        // reconnecting link), short enough that the publishers of its
+        // topics are not held for minutes by one client that stopped.
+        slow_consumer_timeout_ms: 30_000,
     };
 }
 
@@ -1406,6 +1420,13 @@ fn limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             raw.max_retained_bytes,
             default.max_retained_bytes,
             (0, i64::MAX),
+            |n| u64::try_from(n).ok(),
+        )?,
+        slow_consumer_timeout_ms: limit(
+            "slow_consumer_timeout_ms",
+            raw.slow_consumer_timeout_ms,
+            default.slow_consumer_timeout_ms,
+            (0, 86_400_000),
             |n| u64::try_from(n).ok(),
         )?,
     })

@@ -87,6 +87,7 @@ pub(super) struct RawLimits {
     pub(super) max_publish_bytes_rate: Option<i64>,
     pub(super) max_retained_messages: Option<i64>,
     pub(super) max_retained_bytes: Option<i64>,
+    pub(super) slow_consumer_timeout_ms: Option<i64>,
 }
 
 /// The `[redirect]` table.

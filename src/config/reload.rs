@@ -140,7 +140,7 @@ impl Config {
 /// The `[limits]` keys whose value differs, with the values as written in
 /// the file (`connect_timeout_ms` in milliseconds).
 fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
-    let values = |limits: &Limits| -> [(&'static str, String); 22] {
+    let values = |limits: &Limits| -> [(&'static str, String); 23] {
         // Destructured, so that a new limit cannot be left out unnoticed.
         let Limits {
             max_connections,
@@ -165,6 +165,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             max_publish_bytes_rate,
             max_retained_messages,
             max_retained_bytes,
+            slow_consumer_timeout_ms,
         } = limits;
         [
             ("limits.max_connections", max_connections.to_string()),
@@ -189,6 +190,7 @@ fn limit_changes(old: &Limits, new: &Limits) -> Vec<Change> {
             ("limits.max_publish_bytes_rate", max_publish_bytes_rate.to_string()),
             ("limits.max_retained_messages", max_retained_messages.to_string()),
             ("limits.max_retained_bytes", max_retained_bytes.to_string()),
+            ("limits.slow_consumer_timeout_ms", slow_consumer_timeout_ms.to_string()),
         ]
     };
     values(old)

@@ -149,6 +149,11 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
         self.len == 0
     }
 
+    /// Shared groups with at least one member.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Distinct filters with at least one subscription. A shared group
     /// `$share/{group}/{filter}` counts as a filter of its own.
     pub fn filter_count(&self) -> usize {

@@ -193,6 +193,10 @@ pub struct NetCounters {
     pub tls_failed_timeout: u64,
     /// TLS handshakes failed otherwise (not TLS, the client went away).
     pub tls_failed_other: u64,
+    /// Times a connection stopped being read because a QoS 1/2 publish of
+    /// it went to a congested core or to a topic whose subscriber was past
+    /// its queue limits (backpressure instead of a drop).
+    pub publishers_held: u64,
     /// WebSocket upgrades accepted (`protocol = "ws"` listeners).
     pub ws_upgrades: u64,
     /// WebSocket upgrade requests refused (wrong path, not an upgrade, no
@@ -228,6 +232,15 @@ pub struct ShardCounters {
     /// Connections a session closed because its client broke the protocol
     /// after CONNECT (a `SessionError`).
     pub protocol_violations: u64,
+    /// QoS 1/2 deliveries queued past a connected subscriber's queue
+    /// limits instead of dropped (its publishers were then slowed).
+    pub deliveries_over_limit: u64,
+    /// Times a connected session went past its queue limits (the topics
+    /// it was sent then hold their publishers back until it drains).
+    pub overloads: u64,
+    /// Clients disconnected for staying past their queue limits longer
+    /// than `slow_consumer_timeout_ms` (v5: DISCONNECT 0x97).
+    pub slow_consumers_disconnected: u64,
 }
 
 /// What the sessions of one shard dropped, sent and re-sent, summed over
@@ -246,8 +259,16 @@ pub struct SessionCounters {
     /// (offline sessions keep QoS 1/2 messages only).
     pub dropped_offline_qos0: u64,
     /// New messages dropped because a session's queue was full, indexed by
-    /// their QoS as sent (`[QoS 0, QoS 1, QoS 2]`).
+    /// their QoS as sent (`[QoS 0, QoS 1, QoS 2]`): QoS 0 messages, and
+    /// messages for a client that is not connected (also those queued past
+    /// the limits while it was, cut when it went away). A QoS 1/2 message
+    /// for a connected client is never dropped for a full queue: its
+    /// publishers are slowed instead.
     pub dropped_queue_full: [u64; 3],
+    /// Messages dropped when a client stayed past its queue limits for
+    /// longer than `slow_consumer_timeout_ms` and was disconnected: its
+    /// queue was cut back to the limits, the newest first.
+    pub dropped_slow_consumer: u64,
     /// Retained messages not sent to a new subscription because
     /// `max_queued_retained` of them were already waiting.
     pub dropped_retained_limit: u64,
@@ -328,6 +349,20 @@ pub struct Snapshot {
     pub retained_bytes: usize,
     /// Publishes waiting in the queues towards the other shards.
     pub cross_core_queued: usize,
+    /// Messages queued for the shard's sessions, online and offline (not
+    /// yet sent; retained messages for new subscriptions included).
+    pub queued_messages: usize,
+    /// Topic and payload bytes of those queued messages that count against
+    /// `max_queued_bytes`.
+    pub queued_bytes: usize,
+    /// QoS 1/2 messages sent to the shard's sessions and not yet
+    /// acknowledged (PUBREL awaiting PUBCOMP included).
+    pub inflight_messages: usize,
+    /// Shared subscription groups with a member on the shard.
+    pub shared_groups: usize,
+    /// Topics whose publishers are held back (or whose peers are still to
+    /// be told they are not): a subscriber is past its queue limits.
+    pub topic_gates: usize,
     /// Every counter.
     pub counters: Counters,
 }

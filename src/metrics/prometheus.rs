@@ -80,7 +80,7 @@ fn qos_counter(registry: &mut Registry, name: &str, help: &str) -> Family<ShardQ
 type Field<T> = (&'static str, &'static str, fn(&Snapshot) -> T);
 
 /// The gauges: what the shard holds now.
-const GAUGES: [Field<usize>; 6] = [
+const GAUGES: [Field<usize>; 11] = [
     ("sessions", "Sessions, connected or not", |s| s.sessions),
     ("sessions_online", "Sessions with a connection attached", |s| s.sessions_online),
     ("subscriptions", "Subscriptions (each shared group member counts)", |s| s.subscriptions),
@@ -89,6 +89,21 @@ const GAUGES: [Field<usize>; 6] = [
     ("cross_core_queued", "Publishes waiting in the queues towards other shards", |s| {
         s.cross_core_queued
     }),
+    ("queued_messages", "Messages queued for sessions, online and offline, not yet sent", |s| {
+        s.queued_messages
+    }),
+    ("queued_bytes", "Topic and payload bytes of the queued messages (max_queued_bytes)", |s| {
+        s.queued_bytes
+    }),
+    ("inflight_messages", "QoS 1/2 messages sent to clients and not yet acknowledged", |s| {
+        s.inflight_messages
+    }),
+    ("shared_groups", "Shared subscription groups with a member on the shard", |s| s.shared_groups),
+    (
+        "topic_gates",
+        "Topics whose QoS 1/2 publishers are held for a subscriber past its limits",
+        |s| s.topic_gates,
+    ),
 ];
 
 /// The counters labelled by shard and QoS.
@@ -107,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 70] = [
+const COUNTERS: [Field<u64>; 75] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -260,6 +275,27 @@ const COUNTERS: [Field<u64>; 70] = [
     ("cross_core_qos0_dropped", "QoS 0 publishes dropped towards a full core", |s| {
         s.counters.router.cross_core_qos0_dropped
     }),
+    (
+        "deliveries_over_limit",
+        "QoS 1/2 deliveries queued past an online subscriber's limits instead of dropped",
+        |s| s.counters.shard.deliveries_over_limit,
+    ),
+    ("overloads", "Times an online session went past its queue limits (publishers slowed)", |s| {
+        s.counters.shard.overloads
+    }),
+    (
+        "slow_consumers_disconnected",
+        "Clients disconnected past their queue limits for slow_consumer_timeout_ms",
+        |s| s.counters.shard.slow_consumers_disconnected,
+    ),
+    ("dropped_slow_consumer", "Messages cut from the queue of a disconnected slow consumer", |s| {
+        s.counters.session.dropped_slow_consumer
+    }),
+    (
+        "publishers_held",
+        "Times a connection stopped being read: its QoS 1/2 publish met backpressure",
+        |s| s.counters.net.publishers_held,
+    ),
     (
         "cross_core_congestion_events",
         "Times a queue towards another shard passed its high-water mark",

@@ -16,8 +16,12 @@
 //! (re-sent ones included); `subscriptions/count` the subscriptions (each
 //! shared group member counts); `retained messages/count` the retained
 //! messages, these topics' own included; `bytes/received` and `bytes/sent`
-//! the bytes of MQTT packets read from and written to clients. Every figure is at most one shard
-//! tick (250 ms) old.
+//! the bytes of MQTT packets read from and written to clients;
+//! `messages/inflight` the QoS 1/2 messages sent and not yet acknowledged;
+//! `store/messages/count` the messages held for clients (queued, online or
+//! offline, and in flight: one per client) plus the retained ones, and
+//! `store/messages/bytes` their topic and payload bytes (in flight ones
+//! left out). Every figure is at most one shard tick (250 ms) old.
 //!
 //! The load averages are Mosquitto's: per-minute rates smoothed with an
 //! exponential moving average over 1, 5 and 15 minutes.
@@ -99,6 +103,20 @@ impl SysTree {
             ("bytes/sent", bytes_sent.to_string()),
             ("subscriptions/count", sum(|s| s.subscriptions as u64).to_string()),
             ("retained messages/count", sum(|s| s.retained as u64).to_string()),
+            // Mosquitto 1.x's name: QoS 1/2 messages awaiting their
+            // acknowledgement.
+            ("messages/inflight", sum(|s| s.inflight_messages as u64).to_string()),
+            // Mosquitto 2's store: the messages held for clients (queued
+            // for them, online or not, and in flight) and the retained
+            // ones. ringmq counts a message queued for two clients twice.
+            (
+                "store/messages/count",
+                sum(|s| (s.queued_messages + s.inflight_messages + s.retained) as u64).to_string(),
+            ),
+            (
+                "store/messages/bytes",
+                sum(|s| (s.queued_bytes + s.retained_bytes) as u64).to_string(),
+            ),
         ];
         let loads = LOADS.into_iter().zip(self.loads).flat_map(|(name, averages)| {
             LOAD_WINDOWS.into_iter().zip(averages).map(move |((window, _), average)| {
@@ -125,6 +143,10 @@ mod tests {
         snapshot.counters.shard.messages_received = [received, 0, 0];
         snapshot.counters.session.publishes_sent = [0, sent, 0];
         snapshot.counters.net.bytes_received = 20 * received;
+        snapshot.queued_messages = 5;
+        snapshot.queued_bytes = 100;
+        snapshot.inflight_messages = 2;
+        snapshot.retained_bytes = 7;
         snapshot
     }
 
@@ -154,7 +176,10 @@ mod tests {
         assert!(topics.iter().all(|(topic, _)| topic.starts_with("$SYS/broker/")));
         assert_eq!(payload(&topics, "bytes/received"), "300");
         assert_eq!(payload(&topics, "bytes/sent"), "0");
-        assert_eq!(topics.len(), 10 + 12);
+        assert_eq!(payload(&topics, "messages/inflight"), "4");
+        assert_eq!(payload(&topics, "store/messages/count"), "16");
+        assert_eq!(payload(&topics, "store/messages/bytes"), "214");
+        assert_eq!(topics.len(), 13 + 12);
     }
 
     #[test]

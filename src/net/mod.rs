@@ -712,7 +712,9 @@ mod tests {
     /// tasks of their own ([`spawn_serving`]); those are short-lived, and
     /// still kept small (their buffers boxed). Measured with rustc 1.95:
     /// serve 400 bytes over TCP, 408 over WebSocket, 416 over TLS; the
-    /// upgrade's task 416, the handshake's 296.
+    /// upgrade's task 416, the handshake's 296. Then 408 over TCP, 416 over
+    /// WebSocket, 424 over TLS once a held connection can wait for a topic
+    /// gate (overload without loss; 4 bytes that no longer fit the padding).
     #[test]
     fn connection_tasks_are_sized_by_serving_not_by_their_handshakes() {
         let plain = size5(serve::<TcpStream>);
@@ -724,7 +726,7 @@ mod tests {
             "task futures: serve {plain}, over WebSocket {over_ws}, over TLS {over_tls}; \
              upgrade {upgrade}, handshake {handshake}"
         );
-        assert!(plain <= 400 && over_ws <= 416 && over_tls <= 448);
+        assert!(plain <= 408 && over_ws <= 416 && over_tls <= 448);
         assert!(upgrade <= 1024 && handshake <= 1024);
     }
 }

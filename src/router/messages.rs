@@ -6,7 +6,7 @@
 
 use super::interest::{self, ShardId};
 use crate::message::Message;
-use crate::protocol::{Connect, SubscriptionOptions, TopicFilter};
+use crate::protocol::{Connect, SubscriptionOptions, TopicFilter, TopicName};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -122,6 +122,19 @@ pub enum ShardMessage {
     Durable {
         /// How many.
         count: u64,
+    },
+    /// A session of the sender went past its queue limits with messages
+    /// of `topic` that came from the receiver: the receiver holds back its
+    /// connections that publish QoS 1/2 to `topic` until `Unblock` (see
+    /// `router::gates`).
+    Block {
+        /// The topic.
+        topic: TopicName,
+    },
+    /// The sender's sessions that blocked `topic` drained (or left).
+    Unblock {
+        /// The topic.
+        topic: TopicName,
     },
     /// Retained messages for a subscriber homed on the receiving shard.
     Retained {

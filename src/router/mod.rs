@@ -7,7 +7,8 @@
 //!   deltas that keep every shard's replica in step.
 //! * [`placement`]: the home shard of a client id.
 //! * [`messages`]: what shards send each other.
-//! * [`Outbox`]: what waits to cross, per destination, batched, bounded.
+//! * [`Outbox`]: what waits to cross, per destination, batched, bounded;
+//!   with [`gates`], which publishers to hold back for whom.
 //!
 //! The transport that carries batches to destinations, wired by `runtime`:
 //! * [`mesh`]: glommio's shared-nothing channels between the shards of this
@@ -17,6 +18,7 @@
 
 pub mod cluster;
 pub mod destination;
+pub mod gates;
 pub mod interest;
 pub mod mesh;
 pub mod messages;
@@ -24,8 +26,9 @@ mod outbox;
 pub mod placement;
 
 pub use destination::Destination;
+pub use gates::GateId;
 pub use interest::ShardId;
 pub use mesh::{Mesh, MeshError, MeshSetup, MeshTasks, CHANNEL_CAPACITY};
 pub use messages::{HandOff, MovedTransport, RetainedReplyTo, RouterMessage, ShardMessage};
-pub use outbox::Outbox;
+pub use outbox::{Hold, HoldOn, Outbox};
 pub use placement::{home_shard, stable_hash, ClientIdAssigner};

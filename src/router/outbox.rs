@@ -10,13 +10,19 @@
 //! [`Outbox::take_held_by`]); the shard's other connections, subscribers
 //! and publishers to other peers, keep reading. QoS 0 publishes to a full
 //! queue are dropped and counted instead.
+//!
+//! The same hold applies to a connection that publishes QoS 1/2 to a topic
+//! whose gate is closed: a subscriber of it, here or on another core, is
+//! past its queue limits (see [`super::gates`]).
 
-use super::{Destination, RouterMessage, ShardMessage};
+use super::gates::{GateId, Gates};
+use super::{Destination, RouterMessage, ShardId, ShardMessage};
 use crate::message::Message;
 use crate::metrics::RouterCounters;
-use crate::protocol::QoS;
+use crate::protocol::{QoS, TopicName};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -26,6 +32,49 @@ pub const HIGH_WATER: usize = 16 * 1024;
 pub const LOW_WATER: usize = HIGH_WATER / 2;
 /// Messages queued for one peer above which QoS 0 publishes are dropped.
 pub const QOS0_DROP_LIMIT: usize = 2 * HIGH_WATER;
+
+/// What a held connection waits for, in 4 bytes (every connection task
+/// keeps one): see [`Hold::on`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold(NonZeroU32);
+
+/// What a [`Hold`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldOn {
+    /// The queue towards a peer to drain to its low-water mark.
+    Peer(Destination),
+    /// A topic gate to open: its subscribers drained (see
+    /// [`super::gates`]).
+    Topic(GateId),
+}
+
+/// The bit of a [`Hold`] that names a topic gate (else a peer).
+const TOPIC_BIT: u32 = 1 << 31;
+
+impl Hold {
+    /// Waits for the queue towards `to`.
+    pub fn peer(to: Destination) -> Self {
+        // A queue number is below MAX_SHARDS (256): 1..=256, not zero.
+        Self(NonZeroU32::MIN.saturating_add(to.queue() as u32))
+    }
+
+    /// Waits for the gate `gate`.
+    pub fn topic(gate: GateId) -> Self {
+        // The top bit is set: never zero.
+        Self(NonZeroU32::new(TOPIC_BIT | gate.bits()).unwrap_or(NonZeroU32::MAX))
+    }
+
+    /// What it waits for.
+    pub fn on(self) -> HoldOn {
+        let bits = self.0.get();
+        if bits & TOPIC_BIT != 0 {
+            HoldOn::Topic(GateId::from_bits(bits))
+        } else {
+            // From `peer`: 1..=256.
+            HoldOn::Peer(Destination::Shard(ShardId::new((bits - 1) as u8)))
+        }
+    }
+}
 
 /// The queue towards one peer shard.
 #[derive(Debug, Default)]
@@ -48,9 +97,12 @@ struct PeerQueue {
 #[derive(Debug)]
 pub struct Outbox {
     peers: RefCell<Vec<PeerQueue>>,
-    /// A congested peer that a QoS 1/2 publish was pushed to since the
-    /// last [`Outbox::take_held_by`].
-    held_by: Cell<Option<Destination>>,
+    /// A congested peer that a QoS 1/2 publish was pushed to, or the
+    /// closed gate of a QoS 1/2 publish's topic, since the last
+    /// [`Outbox::take_held_by`].
+    held_by: Cell<Option<Hold>>,
+    /// The topic gates of this shard.
+    gates: RefCell<Gates>,
     closed: Cell<bool>,
 }
 
@@ -60,6 +112,7 @@ impl Outbox {
         Self {
             peers: RefCell::new((0..nr_shards).map(|_| PeerQueue::default()).collect()),
             held_by: Cell::new(None),
+            gates: RefCell::new(Gates::default()),
             closed: Cell::new(false),
         }
     }
@@ -97,7 +150,7 @@ impl Outbox {
             counters.congestion_events += 1;
         }
         if queue.congested && message.qos != QoS::AtMostOnce {
-            self.held_by.set(Some(to));
+            self.held_by.set(Some(Hold::peer(to)));
         }
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
@@ -110,14 +163,25 @@ impl Outbox {
         self.peers.borrow().iter().map(|queue| queue.queued_publishes).sum()
     }
 
-    /// Queues a message for `to`, after everything queued before.
+    /// Queues a message for `to`, after everything queued before. A
+    /// shared-group delivery counts as a publish: towards the high-water
+    /// mark, and a QoS 1/2 one pushed to a congested peer holds its
+    /// publisher back as [`Self::push_publish`] does.
     pub fn push(&self, to: impl Into<Destination>, message: impl Into<RouterMessage>) {
         if self.closed.get() {
             return;
         }
-        let message = message.into();
+        let (to, message) = (to.into(), message.into());
         let mut peers = self.peers.borrow_mut();
-        let queue = &mut peers[to.into().queue()];
+        let queue = &mut peers[to.queue()];
+        if let RouterMessage::Shard(ShardMessage::GroupPublish { message, .. }) = &message {
+            queue.queued_publishes += 1;
+            // Counted in `congestion_events` by the next `push_publish`.
+            queue.congested |= queue.queued_publishes > HIGH_WATER;
+            if queue.congested && message.qos != QoS::AtMostOnce {
+                self.held_by.set(Some(Hold::peer(to)));
+            }
+        }
         queue.items.push_back(message);
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
@@ -131,8 +195,14 @@ impl Outbox {
         let queue = &mut peers[peer];
         match queue.items.pop_front() {
             Some(message) => {
-                if let RouterMessage::Shard(ShardMessage::Publish(batch)) = &message {
-                    queue.queued_publishes -= batch.len();
+                match &message {
+                    RouterMessage::Shard(ShardMessage::Publish(batch)) => {
+                        queue.queued_publishes -= batch.len();
+                    }
+                    RouterMessage::Shard(ShardMessage::GroupPublish { .. }) => {
+                        queue.queued_publishes -= 1;
+                    }
+                    _ => {}
                 }
                 if queue.congested && queue.queued_publishes <= LOW_WATER {
                     queue.congested = false;
@@ -161,30 +231,98 @@ impl Outbox {
         }
     }
 
-    /// The congested peer a QoS 1/2 publish was pushed to since the last
-    /// call, if any, and forgets it. A connection task calls it before it
-    /// handles the packets it read (forgetting what others pushed) and
-    /// after: when it returns a peer, the connection stops reading until
-    /// that peer drains ([`Self::is_congested`], [`Self::wait_drained`]).
-    /// Per message it costs a `Cell` read and write: no allocation.
-    pub fn take_held_by(&self) -> Option<Destination> {
+    /// What a QoS 1/2 publish pushed since the last call must wait for (a
+    /// congested peer, a closed topic gate), if anything, and forgets it.
+    /// A connection task calls it before it handles the packets it read
+    /// (forgetting what others pushed) and after: when it returns a hold,
+    /// the connection stops reading until it is released
+    /// ([`Self::is_congested`], [`Self::wait_drained`]). Per message it
+    /// costs a `Cell` read and write: no allocation.
+    pub fn take_held_by(&self) -> Option<Hold> {
         self.held_by.take()
     }
 
-    /// Whether `to`'s queue is past its high-water mark and has not yet
-    /// drained to the low-water mark.
-    pub fn is_congested(&self, to: impl Into<Destination>) -> bool {
-        self.peers.borrow().get(to.into().queue()).is_some_and(|queue| queue.congested)
+    /// Whether a hold was set since the last [`Self::take_held_by`],
+    /// without taking it: the connection stops handling the packets it
+    /// read after the publish that set it.
+    pub fn is_holding(&self) -> bool {
+        let held = self.held_by.take();
+        self.held_by.set(held);
+        held.is_some()
     }
 
-    /// Registers `waker` to be woken when `peer`'s queue has drained to
-    /// the low-water mark.
-    pub fn wait_drained(&self, to: impl Into<Destination>, waker: &Waker) {
-        let mut peers = self.peers.borrow_mut();
-        let Some(queue) = peers.get_mut(to.into().queue()) else { return };
-        if !queue.held.iter().any(|w| w.will_wake(waker)) {
-            queue.held.push(waker.clone());
+    /// Whether `hold` still holds: the peer's queue is past its high-water
+    /// mark and has not yet drained to the low-water mark, or the gate is
+    /// still closed.
+    pub fn is_congested(&self, hold: Hold) -> bool {
+        match hold.on() {
+            HoldOn::Peer(to) => {
+                self.peers.borrow().get(to.queue()).is_some_and(|queue| queue.congested)
+            }
+            HoldOn::Topic(gate) => self.gates.borrow().is_closed(gate),
         }
+    }
+
+    /// Registers `waker` to be woken when `hold` is released.
+    pub fn wait_drained(&self, hold: Hold, waker: &Waker) {
+        match hold.on() {
+            HoldOn::Peer(to) => {
+                let mut peers = self.peers.borrow_mut();
+                let Some(queue) = peers.get_mut(to.queue()) else { return };
+                if !queue.held.iter().any(|w| w.will_wake(waker)) {
+                    queue.held.push(waker.clone());
+                }
+            }
+            HoldOn::Topic(gate) => self.gates.borrow_mut().wait(gate, waker),
+        }
+    }
+
+    /// A QoS 1/2 publish to `topic` was routed: when its gate is closed
+    /// the publisher is held back (see [`Self::take_held_by`]). Returns
+    /// whether it is. One emptiness test while no gate is closed.
+    pub fn hold_if_closed(&self, topic: &TopicName) -> bool {
+        let gates = self.gates.borrow();
+        if gates.is_empty() {
+            return false;
+        }
+        let Some(gate) = gates.closed(topic) else { return false };
+        self.held_by.set(Some(Hold::topic(gate)));
+        true
+    }
+
+    /// A local session went past its queue limits with a message of
+    /// `topic` (once per session and topic): the topic's gate closes.
+    /// `from` is the peer the message came from, told to hold its own
+    /// publishers of `topic` (once per topic).
+    pub fn close_gate(&self, topic: &TopicName, from: Option<ShardId>, newly: bool) {
+        let mut gates = self.gates.borrow_mut();
+        if newly {
+            gates.close_local(topic);
+        }
+        let tell = from.filter(|&peer| gates.tell(topic, peer));
+        drop(gates);
+        if let Some(peer) = tell {
+            self.push(peer, ShardMessage::Block { topic: topic.clone() });
+        }
+    }
+
+    /// A local session that closed `topic`'s gate drained or left; once
+    /// none holds it, the gate opens here and at every peer told.
+    pub fn open_gate(&self, topic: &TopicName) {
+        let told = self.gates.borrow_mut().open_local(topic);
+        for peer in told.iter() {
+            self.push(peer, ShardMessage::Unblock { topic: topic.clone() });
+        }
+    }
+
+    /// Peer `from` closed (`Block`) or opened (`Unblock`) `topic`.
+    pub fn handle_remote_gate(&self, from: ShardId, topic: &TopicName, closed: bool) {
+        self.gates.borrow_mut().handle_remote(from, topic, closed);
+    }
+
+    /// Topic gates that exist (closed, or open with peers still to tell).
+    pub fn gates(&self) -> usize {
+        self.gates.borrow().len()
     }
 }
 
@@ -241,20 +379,24 @@ mod tests {
         crate::router::ShardId::from_index(index).unwrap()
     }
 
+    fn peer(index: usize) -> Hold {
+        Hold::peer(shard(index).into())
+    }
+
     #[test]
     fn a_full_queue_congests_its_peer_only_and_drops_qos0() {
         let (outbox, mut counters) = (Outbox::new(3), RouterCounters::default());
         for _ in 0..HIGH_WATER {
             outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters);
         }
-        assert!(!outbox.is_congested(shard(1)));
+        assert!(!outbox.is_congested(peer(1)));
         assert_eq!(outbox.take_held_by(), None, "nothing held below the high-water mark");
         outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters);
         // Past the high-water mark, the publisher that pushed there is held
         // back; the other peer is not congested.
-        assert!(outbox.is_congested(shard(1)));
-        assert!(!outbox.is_congested(shard(2)));
-        assert_eq!(outbox.take_held_by(), Some(shard(1).into()));
+        assert!(outbox.is_congested(peer(1)));
+        assert!(!outbox.is_congested(peer(2)));
+        assert_eq!(outbox.take_held_by(), Some(Hold::peer(shard(1).into())));
         assert_eq!(outbox.take_held_by(), None, "taken once");
         outbox.push_publish(shard(2), &message(QoS::AtLeastOnce), &mut counters);
         assert_eq!(outbox.take_held_by(), None, "a publish to another peer is not held");
@@ -264,16 +406,16 @@ mod tests {
         assert_eq!(outbox.take_held_by(), None, "QoS 0 is dropped, not held back");
         assert!(outbox.push_publish(shard(1), &message(QoS::AtLeastOnce), &mut counters));
         assert_eq!(counters.cross_core_qos0_dropped, 1);
-        assert_eq!(outbox.take_held_by(), Some(shard(1).into()));
+        assert_eq!(outbox.take_held_by(), Some(Hold::peer(shard(1).into())));
         let (held, waker) = flag();
-        outbox.wait_drained(shard(1), &waker);
+        outbox.wait_drained(peer(1), &waker);
         let (other, waker) = flag();
-        outbox.wait_drained(shard(2), &waker);
+        outbox.wait_drained(peer(2), &waker);
         // Draining to the low-water mark ends that peer's congestion and
         // wakes the connections it held back, only those.
         let mut cx = Context::from_waker(Waker::noop());
         while let Poll::Ready(Some(_)) = outbox.poll_pop(1, &mut cx) {}
-        assert!(!outbox.is_congested(shard(1)));
+        assert!(!outbox.is_congested(peer(1)));
         assert!(held.0.load(Ordering::SeqCst));
         assert!(!other.0.load(Ordering::SeqCst));
     }

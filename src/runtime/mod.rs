@@ -807,6 +807,11 @@ fn log_stopped(snapshot: &Snapshot) {
         retained,
         retained_bytes,
         cross_core_queued,
+        queued_messages,
+        queued_bytes,
+        inflight_messages,
+        shared_groups,
+        topic_gates,
         counters,
     } = snapshot;
     // The NATS bridge logs its own figures when it stops.
@@ -833,6 +838,7 @@ fn log_stopped(snapshot: &Snapshot) {
         redirected,
         bytes_received,
         bytes_sent,
+        publishers_held,
     } = net;
     let ShardCounters {
         messages_received: [messages_received_qos0, messages_received_qos1, messages_received_qos2],
@@ -843,6 +849,9 @@ fn log_stopped(snapshot: &Snapshot) {
         retained_expired,
         retained_limit_exceeded,
         protocol_violations,
+        deliveries_over_limit,
+        overloads,
+        slow_consumers_disconnected,
     } = shard;
     let SessionCounters {
         duplicate_qos2_received,
@@ -865,6 +874,7 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
+        dropped_slow_consumer,
     } = session;
     let RouterCounters { cross_core_qos0_dropped, congestion_events, dropped_no_subscribers } =
         router;
@@ -888,6 +898,11 @@ fn log_stopped(snapshot: &Snapshot) {
         retained,
         retained_bytes,
         cross_core_queued,
+        queued_messages,
+        queued_bytes,
+        inflight_messages,
+        shared_groups,
+        topic_gates,
         accepted,
         refused_at_limit = refused_limit,
         refused_rate,
@@ -914,6 +929,11 @@ fn log_stopped(snapshot: &Snapshot) {
         messages_received_qos2,
         deliveries,
         deliveries_dropped,
+        deliveries_over_limit,
+        overloads,
+        slow_consumers_disconnected,
+        dropped_slow_consumer,
+        publishers_held,
         cross_core_qos0_dropped,
         congestion_events,
         dropped_no_subscribers,

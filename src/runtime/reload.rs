@@ -281,6 +281,7 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
         max_retained_messages: usize::try_from(limits.max_retained_messages())
             .unwrap_or(usize::MAX),
         max_retained_bytes: usize::try_from(limits.max_retained_bytes()).unwrap_or(usize::MAX),
+        slow_consumer_timeout: limits.slow_consumer_timeout(),
     };
     let net = NetLimits {
         max_packet_size: limits.max_packet_size().get(),

@@ -64,6 +64,9 @@ pub enum CloseReason {
     ReauthenticationFailed,
     /// A re-authentication was not finished within `connect_timeout_ms`.
     ReauthenticationTimeout,
+    /// The client's queue stayed past its limits (its publishers held
+    /// back) for longer than `slow_consumer_timeout`.
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -88,6 +91,13 @@ impl CloseReason {
             Self::ReauthenticationFailed | Self::ReauthenticationTimeout => {
                 Some(ReasonCode::NotAuthorized)
             }
+            // 5.0 §3.14.2.1, DISCONNECT 0x97 Quota exceeded: "An
+            // implementation or administrative imposed limit has been
+            // exceeded" - the queue limits and `slow_consumer_timeout`
+            // are such a limit. 0x89 Server busy would tell the client to
+            // come back later for a state of the server, when it is the
+            // client that did not read.
+            Self::SlowConsumer => Some(ReasonCode::QuotaExceeded),
         }
     }
 
@@ -105,6 +115,10 @@ impl CloseReason {
             }
             Self::ReauthenticationFailed => "re-authentication failed".to_owned(),
             Self::ReauthenticationTimeout => "re-authentication not finished in time".to_owned(),
+            Self::SlowConsumer => {
+                "slow consumer: queue past its limits for longer than slow_consumer_timeout"
+                    .to_owned()
+            }
             Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }
     }
@@ -192,6 +206,13 @@ pub enum DeliveryOutcome {
     /// Queued; [`Session::poll_transmit`](super::Session::poll_transmit)
     /// sends it.
     Queued,
+    /// A QoS 1/2 message for a connected client, queued past
+    /// `max_queued_messages` or `max_queued_bytes` rather than dropped
+    /// (it may have been acknowledged to its publisher already): the shard
+    /// must slow the publishers of its topic until the queue drains
+    /// ([`Session::is_drained`](super::Session::is_drained)), or close the
+    /// client after `slow_consumer_timeout`.
+    OverLimit,
     /// Not queued.
     Dropped(DropReason),
 }

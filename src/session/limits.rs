@@ -19,8 +19,22 @@ use std::time::Duration;
 /// never evicted, so what a client finally receives is always a prefix of
 /// what was routed to it. An empty queue always admits one message, so a
 /// message larger than `max_queued_bytes` can still be delivered to a client
-/// that keeps up. A subscriber that stops reading therefore holds at most
-/// `max_inflight` in-flight messages plus these limits.
+/// that keeps up.
+///
+/// That drop applies to QoS 0 messages, and to every message for a client
+/// that is not connected. A QoS 1/2 message for a connected client is
+/// never dropped for a full queue (its publisher may hold a PUBACK for
+/// it already): it is queued past the limits and the publishers of its
+/// topic are slowed (their sockets are not read) until the queue is back
+/// to half its limits. A client that stays past its limits for longer
+/// than [`slow_consumer_timeout`](Self::slow_consumer_timeout) is
+/// disconnected and its queue cut back to the limits (the newest messages
+/// past them are dropped and counted in `dropped_slow_consumer`); on any
+/// other disconnect the same cut is counted in `dropped_queue_full`. A
+/// subscriber that stops reading therefore holds at most `max_inflight`
+/// in-flight messages plus these limits plus the messages its publishers
+/// sent before they were held back (about one per publisher, and what was
+/// on its way from other cores).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
     /// Unacknowledged outgoing QoS 1/2 PUBLISH packets at most (the send
@@ -100,6 +114,11 @@ pub struct SessionLimits {
     /// Retained payload bytes the broker stores at most
     /// (`max_retained_bytes`), shared out the same way. 0: no limit.
     pub max_retained_bytes: usize,
+    /// How long a connected client may stay past its queue limits (its
+    /// publishers held back) before it is disconnected
+    /// (`slow_consumer_timeout_ms`). `None`: never; its publishers then
+    /// wait for as long as it does not read.
+    pub slow_consumer_timeout: Option<Duration>,
 }
 
 impl SessionLimits {
@@ -150,6 +169,7 @@ impl Default for SessionLimits {
             max_publish_bytes_rate: 0,
             max_retained_messages: 0,
             max_retained_bytes: 0,
+            slow_consumer_timeout: Some(Duration::from_secs(30)),
         }
     }
 }

@@ -76,7 +76,7 @@ pub use connection::AckToken;
 use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, TopicAliases};
 use hashbrown::{HashMap, HashSet};
 use keepalive::KeepAlive;
-use outbound::{AckOutcome, Outbound, Queued};
+use outbound::{AckOutcome, Outbound, Push, Queued};
 use pace::PublishPace;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -929,18 +929,44 @@ impl Session {
         let entry = (log_id != 0 && self.journal.is_enabled())
             .then(|| journal::entry_of(log_id, qos, retain, from_retained, &subscription_ids));
         let queued = Queued { message, qos, retain, subscription_ids, from_retained, log_id };
-        if self.outbound.push(queued, &self.limits) {
-            if let Some(entry) = entry {
-                self.journal.note(self.expiry, || SessionChange::Queued(entry));
+        // design.md: "QoS 1/2 applies backpressure to the publishing
+        // connection - never ack and then silently drop". A QoS 1/2
+        // message for a connected client is queued past the limits; the
+        // shard then slows its publishers (see `DeliveryOutcome::OverLimit`).
+        let overflow = qos != QoS::AtMostOnce && self.is_connected();
+        let outcome = match self.outbound.push(queued, &self.limits, overflow) {
+            Push::Queued => DeliveryOutcome::Queued,
+            Push::OverLimit => DeliveryOutcome::OverLimit,
+            Push::Full if from_retained => {
+                counters.dropped_retained_limit += 1;
+                return DeliveryOutcome::Dropped(DropReason::RetainedLimit);
             }
-            DeliveryOutcome::Queued
-        } else if from_retained {
-            counters.dropped_retained_limit += 1;
-            DeliveryOutcome::Dropped(DropReason::RetainedLimit)
-        } else {
-            counters.dropped_queue_full[qos as usize] += 1;
-            DeliveryOutcome::Dropped(DropReason::QueueFull)
+            Push::Full => {
+                counters.dropped_queue_full[qos as usize] += 1;
+                return DeliveryOutcome::Dropped(DropReason::QueueFull);
+            }
+        };
+        if let Some(entry) = entry {
+            self.journal.note(self.expiry, || SessionChange::Queued(entry));
         }
+        outcome
+    }
+
+    /// Whether the queue is back to half its limits or less (see
+    /// [`DeliveryOutcome::OverLimit`]): the shard stops slowing the
+    /// publishers it held back for this session.
+    pub fn is_drained(&self) -> bool {
+        self.outbound.is_drained(&self.limits)
+    }
+
+    /// The client stayed past its queue limits for longer than
+    /// `slow_consumer_timeout`: its connection is closed (a v5 client is
+    /// sent DISCONNECT 0x97 Quota exceeded, see
+    /// [`CloseReason::SlowConsumer`]) and its queue is cut back to its
+    /// limits, the newest messages past them dropped and counted in
+    /// `dropped_slow_consumer`. A persistent session keeps the rest.
+    pub fn handle_slow_consumer(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::SlowConsumer, counters);
     }
 
     /// The next packet to send, in protocol order: the CONNACK, the
@@ -1331,6 +1357,17 @@ impl Session {
         }
         self.outbound.clear_resend();
         counters.dropped_offline_qos0 += self.outbound.drop_qos0();
+        // An offline session holds its limits: what was queued past them
+        // while the client was connected (see `handle_delivery`) goes, the
+        // newest first.
+        let trimmed = self.outbound.trim_to_limits(&self.limits);
+        if reason == CloseReason::SlowConsumer {
+            counters.dropped_slow_consumer += trimmed.iter().sum::<u64>();
+        } else {
+            for (qos, count) in trimmed.into_iter().enumerate() {
+                counters.dropped_queue_full[qos] += count;
+            }
+        }
         if let Some(will) = will_now {
             self.publish_will(*will, now, counters);
         }

@@ -96,6 +96,17 @@ impl Queued {
     }
 }
 
+/// What [`Outbound::push`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Push {
+    /// Queued within the limits.
+    Queued,
+    /// Queued past the limits (allowed for QoS 1/2 to a connected client).
+    OverLimit,
+    /// Not queued: a limit was reached.
+    Full,
+}
+
 /// Where an unacknowledged outgoing QoS 1/2 message stands.
 #[derive(Debug)]
 enum Flow {
@@ -196,32 +207,85 @@ impl Outbound {
 
     /// Appends a message to the queue unless that would exceed a limit: the
     /// new message is the one dropped, never an older one (see
-    /// [`SessionLimits`]). Returns whether it was queued.
+    /// [`SessionLimits`]). With `overflow` (a QoS 1/2 message for a
+    /// connected client) a message past the limits is queued all the same
+    /// and [`Push::OverLimit`] tells the shard to slow its publishers: an
+    /// acknowledged message is never dropped for an online subscriber.
     ///
     /// Retained messages sent for a new subscription [MQTT-3.3.1-6] count
     /// against `max_queued_retained` only: a subscriber that reads gets
     /// every one of them, paced by its window and its socket, however many
     /// there are beside its other messages.
-    pub(super) fn push(&mut self, queued: Queued, limits: &SessionLimits) -> bool {
+    pub(super) fn push(&mut self, queued: Queued, limits: &SessionLimits, overflow: bool) -> Push {
         if queued.from_retained {
             if self.queued_retained >= limits.max_queued_retained {
-                return false;
+                return Push::Full;
             }
             self.queued_retained += 1;
             self.queue.push_back(queued);
-            return true;
+            return Push::Queued;
         }
         let size = queued.size();
         let others = self.queue.len() - self.queued_retained;
         let full = others > 0
             && (others >= limits.max_queued_messages
                 || self.queued_bytes + size > limits.max_queued_bytes);
-        if full {
-            return false;
+        if full && !overflow {
+            return Push::Full;
         }
         self.queued_bytes += size;
         self.queue.push_back(queued);
-        true
+        if full {
+            Push::OverLimit
+        } else {
+            Push::Queued
+        }
+    }
+
+    /// Whether the queue (retained messages for new subscriptions left
+    /// out) holds no more than half of `max_queued_messages` and of
+    /// `max_queued_bytes`: where a subscriber that went past its limits
+    /// stops slowing its publishers (the gap keeps them from being held
+    /// and released at every message).
+    pub(super) fn is_drained(&self, limits: &SessionLimits) -> bool {
+        let others = self.queue.len() - self.queued_retained;
+        others <= limits.max_queued_messages / 2 && self.queued_bytes <= limits.max_queued_bytes / 2
+    }
+
+    /// Cuts the queue back to its limits, dropping the newest messages
+    /// past them (retained messages for new subscriptions, which have
+    /// their own limit, stay); returns how many were dropped, by QoS. What
+    /// is left is what [`Self::push`] would have admitted, oldest first,
+    /// so the client still receives a prefix of what was routed to it.
+    pub(super) fn trim_to_limits(&mut self, limits: &SessionLimits) -> [u64; 3] {
+        let mut dropped = [0; 3];
+        let others = self.queue.len() - self.queued_retained;
+        if others <= limits.max_queued_messages && self.queued_bytes <= limits.max_queued_bytes {
+            return dropped;
+        }
+        // Keep the oldest non-retained entries while they fit (the first
+        // always does, as in `push`).
+        let (mut kept, mut bytes, mut cut) = (0, 0, false);
+        self.queue.retain(|queued| {
+            if queued.from_retained {
+                return true;
+            }
+            let size = queued.size();
+            // Once one is dropped every later one is too: a prefix stays.
+            cut = cut
+                || (kept > 0
+                    && (kept >= limits.max_queued_messages
+                        || bytes + size > limits.max_queued_bytes));
+            if cut {
+                dropped[queued.qos as usize] += 1;
+                return false;
+            }
+            kept += 1;
+            bytes += size;
+            true
+        });
+        self.queued_bytes = bytes;
+        dropped
     }
 
     /// Takes the oldest message off the queue, and off its limits.

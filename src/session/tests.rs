@@ -935,11 +935,128 @@ fn empty_queue_admits_one_oversized_message() {
     let mut small = limits();
     small.max_queued_bytes = 3;
     let mut session = connected_with(t0, &connect_packet(V311, 0, false), small);
-    let big = || delivery(message("topic", QoS::AtLeastOnce, b"larger than 3"), QoS::AtLeastOnce);
-    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Queued);
-    assert_eq!(session.handle_delivery(t0, big()), DeliveryOutcome::Dropped(DropReason::QueueFull));
+    let big = |qos| delivery(message("topic", qos, b"larger than 3"), qos);
+    assert_eq!(session.handle_delivery(t0, big(QoS::AtMostOnce)), DeliveryOutcome::Queued);
+    assert_eq!(
+        session.handle_delivery(t0, big(QoS::AtMostOnce)),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
     assert_eq!(drain(&mut session, t0).len(), 1);
     assert_eq!(session.queued_bytes(), 0);
+}
+
+/// Fills a connected session's window (4) and queue (10), then delivers
+/// `past` more at `qos`; returns their outcomes.
+fn fill_past_limits(
+    session: &mut Counted,
+    now: Instant,
+    qos: QoS,
+    past: usize,
+) -> Vec<DeliveryOutcome> {
+    for i in 0..14 {
+        assert_eq!(
+            deliver(session, now, &format!("t/{i}"), QoS::AtLeastOnce),
+            DeliveryOutcome::Queued
+        );
+        if i == 3 {
+            assert_eq!(drain(session, now).len(), 4, "the window");
+        }
+    }
+    (0..past).map(|i| deliver(session, now, &format!("over/{i}"), qos)).collect()
+}
+
+#[test]
+fn qos1_for_a_connected_client_past_its_limits_is_queued_not_dropped() {
+    // design.md: "QoS 1/2 applies backpressure to the publishing
+    // connection - never ack and then silently drop". The message may be
+    // acknowledged to its publisher already: it is queued past the limits,
+    // and the shard slows the publishers instead.
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    let outcomes = fill_past_limits(&mut session, t0, QoS::AtLeastOnce, 3);
+    assert_eq!(outcomes, [DeliveryOutcome::OverLimit; 3]);
+    assert_eq!(session.counters.dropped_queue_full, [0, 0, 0]);
+    assert_eq!(session.queued_len(), 13);
+    // QoS 0 is still dropped at the limit.
+    assert_eq!(
+        deliver(&mut session, t0, "q0", QoS::AtMostOnce),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+    assert_eq!(session.counters.dropped_queue_full, [1, 0, 0]);
+    // Drained once back to half its limits (5 of 10), not before.
+    for id in 1..=4 {
+        session.handle_packet(t0, Packet::PubAck(ack(id))).unwrap();
+    }
+    let mut received = 4;
+    while !session.is_drained() {
+        for packet in drain(&mut session, t0) {
+            let Packet::Publish(publish) = packet else { continue };
+            received += 1;
+            session
+                .handle_packet(t0, Packet::PubAck(ack(publish.packet_id.unwrap().get())))
+                .unwrap();
+        }
+        assert!(session.queued_len() <= 13);
+    }
+    assert_eq!(session.queued_len(), 5);
+    assert_eq!(received + session.queued_len(), 14 + 3, "nothing lost");
+}
+
+#[test]
+fn a_slow_consumer_is_told_0x97_and_its_queue_cut_to_its_limits() {
+    // 5.0 §3.14.2.1: 0x97 Quota exceeded, "An implementation or
+    // administrative imposed limit has been exceeded".
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    fill_past_limits(&mut session, t0, QoS::AtLeastOnce, 3);
+    session.handle_slow_consumer(t0, &mut Default::default());
+    let last = drain(&mut session, t0);
+    let Some(Packet::Disconnect(disconnect)) = last.last() else { panic!("{last:?}") };
+    assert_eq!(disconnect.reason, ReasonCode::QuotaExceeded);
+    assert!(!session.is_connected());
+    let mut counters = SessionCounters::default();
+    let mut fresh = connected(t0, V5);
+    fill_past_limits(&mut fresh, t0, QoS::AtLeastOnce, 3);
+    fresh.session.handle_slow_consumer(t0, &mut counters);
+    // The newest three go: a prefix of what was routed stays.
+    assert_eq!(counters.dropped_slow_consumer, 3);
+    assert_eq!(counters.dropped_queue_full, [0, 0, 0]);
+    assert_eq!(fresh.queued_len(), 10);
+    // Offline: the limits hold again.
+    assert_eq!(
+        deliver(&mut fresh, t0, "late", QoS::AtLeastOnce),
+        DeliveryOutcome::Dropped(DropReason::QueueFull)
+    );
+}
+
+#[test]
+fn a_client_that_leaves_past_its_limits_keeps_them_counted_as_queue_full() {
+    let t0 = Instant::now();
+    let mut session = connected(t0, V311);
+    fill_past_limits(&mut session, t0, QoS::ExactlyOnce, 2);
+    session.handle_connection_lost(t0);
+    assert_eq!(session.counters.dropped_queue_full, [0, 0, 2]);
+    assert_eq!(session.counters.dropped_slow_consumer, 0);
+    assert_eq!(session.queued_len(), 10);
+    // What stays is the oldest: resumed, the client gets t/4 .. t/13 after
+    // its four in flight.
+    session.handle_connect(t0, &connect_packet(V311, 0, false), true);
+    let mut topics = Vec::new();
+    loop {
+        let packets = drain(&mut session, t0);
+        let publishes: Vec<_> =
+            packets.iter().filter(|&p| matches!(p, Packet::Publish(_))).map(as_publish).collect();
+        if publishes.is_empty() {
+            break;
+        }
+        for publish in publishes {
+            topics.push(publish.topic.to_string());
+            let id = publish.packet_id.unwrap().get();
+            session.handle_packet(t0, Packet::PubAck(ack(id))).unwrap();
+        }
+    }
+    let expected: Vec<String> = (0..14).map(|i| format!("t/{i}")).collect();
+    assert_eq!(topics, expected);
 }
 
 // ---- Offline sessions and resumption ------------------------------------------
@@ -1582,7 +1699,7 @@ fn every_retained_message_of_a_new_subscription_is_sent_mqtt_3_3_1_6() {
         );
     }
     assert_eq!(
-        deliver(&mut session, t0, "live/10", QoS::AtLeastOnce),
+        deliver(&mut session, t0, "live/10", QoS::AtMostOnce),
         DeliveryOutcome::Dropped(DropReason::QueueFull)
     );
     let mut topics = Vec::new();

@@ -29,15 +29,19 @@ pub enum DropCause {
     PeerOverloaded,
     /// A shared group's chosen member had left.
     NoGroupMember,
+    /// Cut from the queue of a client disconnected after
+    /// `slow_consumer_timeout_ms`.
+    SlowConsumer,
 }
 
 impl DropCause {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::QueueFull,
         Self::RetainedLimit,
         Self::TooLargeForClient,
         Self::PeerOverloaded,
         Self::NoGroupMember,
+        Self::SlowConsumer,
     ];
 
     /// The limit or condition to look at, for the log line.
@@ -52,6 +56,10 @@ impl DropCause {
             Self::TooLargeForClient => "larger than the subscriber's Maximum Packet Size",
             Self::PeerOverloaded => "QoS 0 to an overloaded core",
             Self::NoGroupMember => "the shared group's member left",
+            Self::SlowConsumer => {
+                "a client stayed past its queue limits for limits.slow_consumer_timeout_ms and \
+                 was disconnected"
+            }
         }
     }
 }
@@ -64,6 +72,7 @@ impl fmt::Display for DropCause {
             Self::TooLargeForClient => "too_large_for_client",
             Self::PeerOverloaded => "peer_overloaded",
             Self::NoGroupMember => "no_group_member",
+            Self::SlowConsumer => "slow_consumer",
         })
     }
 }

@@ -2,6 +2,7 @@
 //! id, and the link from a session to the task serving its connection.
 
 use super::index_work::IndexWork;
+use crate::protocol::TopicName;
 use crate::session::{CloseReason, Session};
 use bytestring::ByteString;
 use hashbrown::HashMap;
@@ -61,6 +62,32 @@ impl ConnectionLink {
     }
 }
 
+/// A connected session past its queue limits (see
+/// `DeliveryOutcome::OverLimit`): the topics whose gates it closed, so
+/// their publishers are held back until it drains.
+#[derive(Debug)]
+pub(super) struct Overload {
+    /// When it is disconnected as a slow consumer unless it drained
+    /// (`slow_consumer_timeout`); `None`: never.
+    pub(super) deadline: Option<Instant>,
+    /// The topics of the messages queued past its limits, each once (a
+    /// set: a wildcard subscriber may be sent many distinct topics, one
+    /// message each before their publishers are held).
+    pub(super) topics: hashbrown::HashSet<TopicName>,
+}
+
+/// What a session holds, as last added to the shard's gauges (see
+/// `Shard::account`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Usage {
+    /// Messages queued.
+    pub(super) queued: usize,
+    /// Bytes queued (topic and payload).
+    pub(super) bytes: usize,
+    /// QoS 1/2 messages in flight.
+    pub(super) inflight: usize,
+}
+
 /// One session and what the shard keeps beside it.
 #[derive(Debug)]
 pub(super) struct Slot {
@@ -83,6 +110,11 @@ pub(super) struct Slot {
     /// The session's number in the shard's durable log; 0 while it is not
     /// logged (no log, or a clean session).
     pub(super) log_id: u64,
+    /// Past its queue limits while connected; boxed, as it is almost
+    /// always absent.
+    pub(super) overload: Option<Box<Overload>>,
+    /// What the session held when the shard's gauges last counted it.
+    pub(super) usage: Usage,
 }
 
 impl Slot {
@@ -95,17 +127,35 @@ impl Slot {
             scheduled: None,
             index_backlog: None,
             log_id: 0,
+            overload: None,
+            usage: Usage::default(),
         }
     }
 
     /// When the shard must next look at this slot: the session's own
-    /// timeout (the keep alive of its connection, a delayed will), or the
-    /// expiry of a session without a connection.
+    /// timeout (the keep alive of its connection, a delayed will), the
+    /// expiry of a session without a connection, or the slow consumer
+    /// deadline of one past its queue limits.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let session = self.session.poll_timeout();
-        match (self.connection.is_none().then_some(self.expires_at).flatten(), session) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let expiry = self.connection.is_none().then_some(self.expires_at).flatten();
+        let slow = self.slow_consumer_deadline();
+        [session, expiry, slow].into_iter().flatten().min()
+    }
+
+    /// When this connected session, past its queue limits, is
+    /// disconnected as a slow consumer.
+    pub(super) fn slow_consumer_deadline(&self) -> Option<Instant> {
+        self.connection.as_ref()?;
+        self.overload.as_ref()?.deadline
+    }
+
+    /// What the session holds now.
+    pub(super) fn current_usage(&self) -> Usage {
+        Usage {
+            queued: self.session.queued_len(),
+            bytes: self.session.queued_bytes(),
+            inflight: self.session.inflight_len(),
         }
     }
 

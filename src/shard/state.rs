@@ -10,7 +10,7 @@ use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
 use crate::protocol::RetainHandling;
-use crate::protocol::{Connect, ReasonCode, SubscriptionOptions, TopicFilter};
+use crate::protocol::{Connect, ReasonCode, SubscriptionOptions, TopicFilter, TopicName};
 use crate::router::interest::GroupId;
 use crate::router::{home_shard, ClientIdAssigner, Outbox, RetainedReplyTo, ShardId, ShardMessage};
 use crate::session::AckToken;
@@ -26,7 +26,7 @@ use crate::shard::interest_sync::InterestSync;
 use crate::shard::limit_log::{LimitCause, LimitWarnings};
 use crate::shard::retained::RetainedStore;
 pub use crate::shard::slots::{ConnectionId, SessionKey};
-use crate::shard::slots::{ConnectionLink, Slot, Slots};
+use crate::shard::slots::{ConnectionLink, Overload, Slot, Slots, Usage};
 use crate::store::{LiveState, Log, Record};
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -104,6 +104,11 @@ pub struct Shard {
     /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
     /// single node. See `state/cluster.rs`.
     cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
+    /// What every session of the shard holds (queued messages and bytes,
+    /// in-flight messages): the sum of their [`Slot::usage`], moved as
+    /// sessions queue and drain (see [`Shard::account`]), never summed by
+    /// a walk.
+    usage: Usage,
 }
 
 impl Shard {
@@ -140,6 +145,7 @@ impl Shard {
             authenticators: Arc::default(),
             acl: None,
             cluster: None,
+            usage: Usage::default(),
         }
     }
 
@@ -253,6 +259,11 @@ impl Shard {
             retained: self.retained.len(),
             retained_bytes: self.retained.payload_bytes(),
             cross_core_queued: self.outbox.queued_publishes(),
+            queued_messages: self.usage.queued,
+            queued_bytes: self.usage.bytes,
+            inflight_messages: self.usage.inflight,
+            shared_groups: self.subscriptions.group_count(),
+            topic_gates: self.outbox.gates(),
             counters: Counters {
                 store: self.log.as_ref().map(|log| log.counters()).unwrap_or_default(),
                 cluster: self.cluster_counters(),
@@ -413,8 +424,12 @@ impl Shard {
 
     /// Removes a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
+        self.relieve(key);
         let Some(slot) = self.slots.remove(key) else { return };
         self.log_session_end(&slot);
+        self.usage.queued -= slot.usage.queued;
+        self.usage.bytes -= slot.usage.bytes;
+        self.usage.inflight -= slot.usage.inflight;
         for filter in
             slot.session.subscriptions().map(|(filter, _)| filter.clone()).collect::<Vec<_>>()
         {
@@ -543,14 +558,30 @@ impl Shard {
         }
         while let Some(key) = self.deadlines.next_due(now, &mut self.slots) {
             let slot = self.slots.slot_mut(key);
+            let mut cut = 0;
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
                 if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
                     self.counters.shard.sessions_expired += 1;
                     self.end_session(key, now);
                     continue;
                 }
+                if slot.slow_consumer_deadline().is_some_and(|at| at <= now) {
+                    // Its publishers waited `slow_consumer_timeout`: the
+                    // client is closed, its queue cut back to its limits
+                    // (the `Closed` event opens its gates).
+                    self.counters.shard.slow_consumers_disconnected += 1;
+                    let before = self.counters.session.dropped_slow_consumer;
+                    slot.session.handle_slow_consumer(now, &mut self.counters.session);
+                    if let Some(overload) = slot.overload.as_mut() {
+                        overload.deadline = None;
+                    }
+                    cut = self.counters.session.dropped_slow_consumer - before;
+                }
                 slot.session.handle_timeout(now, &mut self.counters.session);
                 self.drain_events(key, now);
+                if cut > 0 {
+                    self.count_drops(DropCause::SlowConsumer, cut, now);
+                }
             }
             self.schedule(key);
         }
@@ -597,6 +628,10 @@ impl Shard {
         // that cannot fit the client's Maximum Packet Size): its events
         // say so, and the connection must learn it now.
         let closed_now = link.closed.is_none() && !slot.session.is_connected();
+        if slot.overload.is_some() && slot.session.is_drained() {
+            self.relieve(key);
+        }
+        self.account(key);
         if too_large > 0 {
             self.count_drops(DropCause::TooLargeForClient, too_large, now);
         }
@@ -728,11 +763,81 @@ impl Shard {
                     if let Some(link) = self.slot_mut(key).connection.as_mut() {
                         link.closed = Some(reason);
                     }
+                    // A closed session's queue is back within its limits
+                    // (see `Session::handle_slow_consumer`).
+                    self.relieve(key);
                 }
             }
         }
         self.log_changes(key);
+        self.account(key);
         self.notify(key);
+    }
+
+    /// Whether the session of `key` is connected and past its queue
+    /// limits: its connection is not held back for the gates it closed
+    /// itself, or it could never read the PUBACKs that drain it.
+    pub fn is_overloaded(&self, key: SessionKey) -> bool {
+        self.slots.get(key).is_some_and(|slot| slot.overload.is_some())
+    }
+
+    /// Moves the shard's gauges by what the session of `key` queued or
+    /// drained since they last counted it: three reads, no walk.
+    fn account(&mut self, key: SessionKey) {
+        let Some(slot) = self.slots.get_mut(key) else { return };
+        let (was, now) = (slot.usage, slot.current_usage());
+        if was != now {
+            slot.usage = now;
+            self.usage.queued = self.usage.queued + now.queued - was.queued;
+            self.usage.bytes = self.usage.bytes + now.bytes - was.bytes;
+            self.usage.inflight = self.usage.inflight + now.inflight - was.inflight;
+        }
+    }
+
+    /// The session of `key` went past its queue limits with `topic`
+    /// (design.md: QoS 1/2 "applies backpressure to the publishing
+    /// connection - never ack and then silently drop"): the topic's gate
+    /// closes, here and at `origin`, the peer the message came from, so
+    /// the publishers of `topic` are held back until the session drains
+    /// or, after `slow_consumer_timeout`, is disconnected.
+    fn overload(
+        &mut self,
+        key: SessionKey,
+        topic: &TopicName,
+        origin: Option<ShardId>,
+        now: Instant,
+    ) {
+        let timeout = self.limits.slow_consumer_timeout;
+        let slot = self.slots.slot_mut(key);
+        let first = slot.overload.is_none();
+        let overload = slot.overload.get_or_insert_with(|| {
+            Box::new(Overload {
+                deadline: timeout.map(|timeout| now + timeout),
+                topics: hashbrown::HashSet::new(),
+            })
+        });
+        // Allocates only for a topic new to this overload.
+        let newly = !overload.topics.contains(topic);
+        if newly {
+            overload.topics.insert(topic.clone());
+        }
+        self.outbox.close_gate(topic, origin, newly);
+        if first {
+            self.counters.shard.overloads += 1;
+            self.schedule(key);
+        }
+    }
+
+    /// The session of `key` drained to half its queue limits, or was
+    /// disconnected: the gates it closed open (where no other session
+    /// holds them), and the publishers they held resume.
+    fn relieve(&mut self, key: SessionKey) {
+        let Some(overload) = self.slots.get_mut(key).and_then(|slot| slot.overload.take()) else {
+            return;
+        };
+        for topic in &overload.topics {
+            self.outbox.open_gate(topic);
+        }
     }
 
     /// Entries waiting for interest acknowledgements.
@@ -861,7 +966,7 @@ impl Shard {
         if message.retain && self.limits.retain_available {
             self.store_retained(&message, now);
         }
-        self.deliver_local(&message, now);
+        self.deliver_local(&message, None, now);
         // In a cluster the message also goes to the other nodes; shared
         // groups are then served through NATS (see `state/cluster.rs`).
         let bridged = self.cluster.as_ref().is_some_and(|cluster| cluster.publish(&message));
@@ -892,12 +997,18 @@ impl Shard {
         }
         for (shard, group) in chosen {
             if shard == self.id {
-                self.deliver_to_group(group, &message, now);
+                self.deliver_to_group(group, &message, None, now);
             } else {
                 let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
                 self.outbox.push(shard, forward);
                 self.durable_sent(shard, &message);
             }
+        }
+        // A subscriber of the topic, here or elsewhere, is past its queue
+        // limits: the publisher is held back (the message itself was
+        // queued, past the limits where it had to be).
+        if message.qos != crate::protocol::QoS::AtMostOnce {
+            self.outbox.hold_if_closed(&message.topic);
         }
     }
 
@@ -972,7 +1083,7 @@ impl Shard {
     /// identifier are left out, and the session's other matching
     /// subscriptions still deliver. Shared groups are served through
     /// [`Shard::route`].
-    fn deliver_local(&mut self, message: &Arc<Message>, now: Instant) {
+    fn deliver_local(&mut self, message: &Arc<Message>, origin: Option<ShardId>, now: Instant) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         self.subscriptions.for_each_match_grouped(&message.topic, |found| {
@@ -998,7 +1109,7 @@ impl Shard {
                 ids.extend(subscription.subscription_id);
             }
             if let Some(options) = merged {
-                self.deliver(key, message, options, ids, false, now);
+                self.deliver(key, message, options, ids, false, origin, now);
             }
         }
         self.matches = matches;
@@ -1013,7 +1124,13 @@ impl Shard {
     /// Delivers `message` to the next member of the local shared group
     /// `group` (found by id, without a walk); dropped (and counted) if the
     /// group has no member here any more.
-    fn deliver_to_group(&mut self, group: GroupId, message: &Arc<Message>, now: Instant) {
+    fn deliver_to_group(
+        &mut self,
+        group: GroupId,
+        message: &Arc<Message>,
+        origin: Option<ShardId>,
+        now: Instant,
+    ) {
         let member = self
             .subscriptions
             .group(group)
@@ -1022,7 +1139,7 @@ impl Shard {
         match member {
             Some((key, subscription)) => {
                 let ids = subscription.subscription_id.into_iter().collect();
-                self.deliver(key, message, subscription.options, ids, false, now);
+                self.deliver(key, message, subscription.options, ids, false, origin, now);
             }
             None => {
                 self.counters.shard.deliveries_dropped += 1;
@@ -1031,6 +1148,9 @@ impl Shard {
         }
     }
 
+    /// Queues `message` to the session of `key`; `origin` is the peer
+    /// shard it came from (`None`: from this shard).
+    #[allow(clippy::too_many_arguments)] // each is one fact of the delivery
     fn deliver(
         &mut self,
         key: SessionKey,
@@ -1038,6 +1158,7 @@ impl Shard {
         options: SubscriptionOptions,
         subscription_ids: crate::protocol::SubscriptionIds,
         retained: bool,
+        origin: Option<ShardId>,
         now: Instant,
     ) {
         let log_id = self.log_id_for(key, message);
@@ -1055,6 +1176,17 @@ impl Shard {
                 if log_id != 0 {
                     self.log_changes(key);
                 }
+                self.account(key);
+                self.notify(key);
+            }
+            DeliveryOutcome::OverLimit => {
+                self.counters.shard.deliveries += 1;
+                self.counters.shard.deliveries_over_limit += 1;
+                if log_id != 0 {
+                    self.log_changes(key);
+                }
+                self.overload(key, &message.topic, origin, now);
+                self.account(key);
                 self.notify(key);
             }
             DeliveryOutcome::Dropped(reason) => {
@@ -1140,7 +1272,7 @@ impl Shard {
         let ids = to.subscription_id.into_iter().collect::<crate::protocol::SubscriptionIds>();
         for message in messages {
             // [MQTT-3.3.1-8] Sent with RETAIN set.
-            self.deliver(key, message, to.options, ids.clone(), true, now);
+            self.deliver(key, message, to.options, ids.clone(), true, None, now);
         }
     }
 
@@ -1158,15 +1290,17 @@ impl Shard {
         match message {
             ShardMessage::Publish(batch) => {
                 for message in &batch {
-                    self.deliver_local(message, now);
+                    self.deliver_local(message, Some(from), now);
                 }
                 self.durable_received(from, &batch);
             }
             ShardMessage::GroupPublish { group, message } => {
-                self.deliver_to_group(group, &message, now);
+                self.deliver_to_group(group, &message, Some(from), now);
                 self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::Durable { count } => self.durable_acked(from, count),
+            ShardMessage::Block { topic } => self.outbox.handle_remote_gate(from, &topic, true),
+            ShardMessage::Unblock { topic } => self.outbox.handle_remote_gate(from, &topic, false),
             ShardMessage::Interest(delta) => {
                 self.interest.handle_delta(from, &delta, &self.outbox);
             }

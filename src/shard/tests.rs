@@ -744,7 +744,9 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
     // An acknowledgement for an id not in flight.
     cluster
         .send(&sub, Packet::PubAck(crate::protocol::PubResponse::new(PacketId::new(99).unwrap())));
-    // The window is full: two wait in the queue, the third is dropped.
+    // The window is full: two wait in the queue, the third goes past its
+    // limit (the subscriber is connected: QoS 1 is never dropped for it)
+    // and is cut when the subscriber goes away.
     for id in 1..=3 {
         cluster.send(&publisher, publish_acked("t/c", QoS::AtLeastOnce, id, false));
     }
@@ -810,20 +812,31 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
         // "kept".
         retained_bytes: 4,
         cross_core_queued: 0,
+        // The late subscriber's retained message (never polled here),
+        // which does not count against max_queued_bytes.
+        queued_messages: 1,
+        queued_bytes: 0,
+        inflight_messages: 0,
+        shared_groups: 0,
+        topic_gates: 0,
         counters: Counters {
             net: Default::default(),
             shard: ShardCounters {
                 // t/a, t/d and the three retained; three t/c; one t/b.
                 messages_received: [5 + flood, 3, 1],
-                // t/a, t/b, two of t/c, one retained.
-                deliveries: 5,
-                // One t/c, t/d, two retained, the group message.
-                deliveries_dropped: 5,
+                // t/a, t/b, three of t/c, one retained.
+                deliveries: 6,
+                // t/d, two retained, the group message.
+                deliveries_dropped: 4,
                 takeovers: 1,
                 sessions_expired: 1,
                 retained_expired: 0,
                 retained_limit_exceeded: 0,
                 protocol_violations: 1,
+                // The third t/c.
+                deliveries_over_limit: 1,
+                overloads: 1,
+                slow_consumers_disconnected: 0,
             },
             session: SessionCounters {
                 duplicate_qos2_received: 1,
@@ -846,6 +859,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 acl_denied_publish: 0,
                 acl_denied_subscribe: 0,
                 acl_denied_delivery: 0,
+                dropped_slow_consumer: 0,
             },
             router: RouterCounters {
                 cross_core_qos0_dropped: 1,
@@ -1394,5 +1408,7 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
     assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }
 
+/// Overload without loss: backpressure and slow consumers.
+mod overload;
 #[path = "tests_persist.rs"]
 mod persist;

@@ -107,6 +107,9 @@ fn queued_qos1_messages_and_subscriptions_of_an_offline_session_survive_a_restar
     cluster.send(&publisher, publish("t/1", b"qos0", false));
     cluster.settle();
     let (mut cluster, _) = restart(&cluster, &logs);
+    // The restored queue is in the shard's gauges ("t/1" and one byte).
+    let snapshot = cluster.shards[0].snapshot();
+    assert_eq!((snapshot.queued_messages, snapshot.queued_bytes), (5, 5 * 4));
     // [MQTT-3.1.2-4] the session resumes with its state: the five QoS 1
     // messages queued while it was offline [MQTT-3.1.2-5], in order.
     let (sub, output) = cluster.connect_with(&sub_id, false);

@@ -58,7 +58,9 @@ impl Shard {
     /// when the group has no member here any more.
     fn route_group(&mut self, filter: &TopicFilter, message: Arc<Message>, now: Instant) {
         match self.interest.replica().next_group_member(filter) {
-            Some((shard, group)) if shard == self.id => self.deliver_to_group(group, &message, now),
+            Some((shard, group)) if shard == self.id => {
+                self.deliver_to_group(group, &message, None, now)
+            }
             Some((shard, group)) => {
                 // Counted like a local publish's: the peer reports it
                 // durable with the rest (see `state/persist.rs`).
@@ -78,7 +80,7 @@ impl Shard {
     /// their own NATS queue subscriptions ([`Self::route_group`]), and the
     /// retained store is per node in this release.
     fn route_remote(&mut self, message: &Arc<Message>, now: Instant) {
-        self.deliver_local(message, now);
+        self.deliver_local(message, None, now);
         let shards = self.interest.replica().matching_shards(&message.topic);
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {

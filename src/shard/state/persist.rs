@@ -113,6 +113,8 @@ impl Shard {
                 }
             }
             self.schedule(key);
+            // Its queue and in-flight messages, in the shard's gauges.
+            self.account(key);
         }
     }
 
