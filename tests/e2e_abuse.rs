@@ -181,7 +181,7 @@ fn a_listener_refuses_connections_past_its_own_limit() {
         "max_connections = 3",
         &format!("[admin]\nlisten = \"{admin}\""),
     );
-    // The readiness probe of Broker::start has come and gone.
+    // Nobody connected yet (Broker::start waits without connecting).
     let deadline = Instant::now() + Duration::from_secs(5);
     while common::metric_sum(&common::http_get(&admin, "/metrics"), "ringmq_connections") != 0
         && Instant::now() < deadline
@@ -225,7 +225,7 @@ fn a_listener_refuses_connections_over_its_rate() {
         "max_connection_rate = 4",
         &format!("[admin]\nlisten = \"{admin}\""),
     );
-    // A second for the buckets to fill again after the readiness probe.
+    // A second for the buckets to fill (they start full; for the record).
     std::thread::sleep(Duration::from_secs(1));
     const TRIED: u64 = 40;
     let clients: Vec<_> =

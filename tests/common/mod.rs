@@ -27,19 +27,33 @@ impl Broker {
 
     /// Starts `ringmq` with extra command-line arguments.
     pub fn start_with(shards: usize, args: &[&str]) -> Self {
-        Self::spawn(shards, args, Stdio::inherit())
+        Self::spawn(shards, args, None)
     }
 
     /// Starts `ringmq` with extra command-line arguments, its log (stderr)
     /// written to `log`.
     pub fn start_logging_to(shards: usize, args: &[&str], log: &std::path::Path) -> Self {
-        Self::spawn(shards, args, std::fs::File::create(log).unwrap().into())
+        Self::spawn(shards, args, Some(log))
     }
 
-    fn spawn(shards: usize, args: &[&str], stderr: Stdio) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        Self::spawn_on(addr, shards, args, stderr)
+    /// Starts `ringmq` on a free port, its stderr inherited or written to
+    /// `log`. A broker that exits before it listens (the port was taken
+    /// meanwhile by another process: it refuses a port in use) is started
+    /// again on another port, a few times.
+    fn spawn(shards: usize, args: &[&str], log: Option<&Path>) -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let stderr = match log {
+                None => Stdio::inherit(),
+                Some(log) => std::fs::File::create(log).unwrap().into(),
+            };
+            match Self::try_spawn(None, addr, shards, args, stderr) {
+                Ok(broker) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("ringmq did not start: {failures:?}");
     }
 
     /// Starts `ringmq` listening on `addr`, with extra arguments.
@@ -77,8 +91,6 @@ impl Broker {
         Self::spawn_configured(None, addr, shards, args, stderr)
     }
 
-    /// Starts `ringmq` on `addr`: with `--listen addr`, unless `from_file`
-    /// says the configuration file binds it.
     fn spawn_configured(
         from_file: Option<SocketAddr>,
         addr: SocketAddr,
@@ -86,6 +98,23 @@ impl Broker {
         args: &[&str],
         stderr: Stdio,
     ) -> Self {
+        Self::try_spawn(from_file, addr, shards, args, stderr).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `ringmq` on `addr`: with `--listen addr`, unless `from_file`
+    /// says the configuration file binds it. Returns once the broker itself
+    /// listens on `addr`: not once a connection to `addr` succeeds, which
+    /// another process listening there could answer (two CI runs failed
+    /// so: a test talked to a listener that was not its broker, and removed
+    /// a configuration file before the broker had read it). `Err` when the
+    /// broker exited before listening.
+    fn try_spawn(
+        from_file: Option<SocketAddr>,
+        addr: SocketAddr,
+        shards: usize,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
         command.arg("serve");
         if from_file.is_none() {
@@ -98,13 +127,20 @@ impl Broker {
         }
         let child =
             command.args(args).stdin(Stdio::null()).stderr(stderr).spawn().expect("start ringmq");
-        let broker = Self { child: Some(child), addr, shards };
+        let mut broker = Self { child: Some(child), addr, shards };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
+        while !listens_on(broker.pid(), addr) {
+            if let Some(status) = broker.child.as_mut().unwrap().try_wait().unwrap() {
+                broker.child = None;
+                return Err(format!(
+                    "ringmq exited with {status} before listening on {addr} (listening there: {})",
+                    listeners_of(addr)
+                ));
+            }
             assert!(Instant::now() < deadline, "ringmq did not start listening on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        broker
+        Ok(broker)
     }
 
     /// Starts `ringmq` with a configuration file holding `toml` (its
@@ -189,6 +225,64 @@ impl Drop for Broker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The inodes of the sockets listening on `addr` (IPv4), from
+/// /proc/net/tcp.
+fn listening_inodes(addr: SocketAddr) -> Vec<String> {
+    let SocketAddr::V4(v4) = addr else { return Vec::new() };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode.
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|inode| (*inode).to_owned()))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether process `pid` holds a socket listening on `addr`.
+fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let inodes = listening_inodes(addr);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        inodes.iter().any(|inode| target == format!("socket:[{inode}]"))
+    })
+}
+
+/// Which processes listen on `addr`, for a failure message.
+fn listeners_of(addr: SocketAddr) -> String {
+    let inodes = listening_inodes(addr);
+    if inodes.is_empty() {
+        return "nobody".to_owned();
+    }
+    let mut owners = Vec::new();
+    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else { continue };
+        let holds = fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).any(|t| {
+            let t = t.to_string_lossy();
+            inodes.iter().any(|inode| t == format!("socket:[{inode}]"))
+        });
+        if holds {
+            let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            owners.push(format!("{} {cmdline}", process.file_name().to_string_lossy()));
+        }
+    }
+    if owners.is_empty() {
+        format!("sockets {inodes:?} of no visible process (an io_uring ring of an ended one?)")
+    } else {
+        owners.join("; ")
     }
 }
 
