@@ -247,17 +247,19 @@ fn listening_inodes(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-/// Whether process `pid` holds a socket listening on `addr`.
-fn listens_on(pid: u32, addr: SocketAddr) -> bool {
-    let inodes = listening_inodes(addr);
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+/// Whether the process at `proc_dir` (/proc/PID) holds one of `inodes`.
+fn holds_socket(proc_dir: &Path, inodes: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) else { return false };
     fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).any(|target| {
         let target = target.to_string_lossy();
         inodes.iter().any(|inode| target == format!("socket:[{inode}]"))
     })
+}
+
+/// Whether process `pid` holds a socket listening on `addr`.
+fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let inodes = listening_inodes(addr);
+    !inodes.is_empty() && holds_socket(Path::new(&format!("/proc/{pid}")), &inodes)
 }
 
 /// Which processes listen on `addr`, for a failure message.
@@ -266,19 +268,17 @@ fn listeners_of(addr: SocketAddr) -> String {
     if inodes.is_empty() {
         return "nobody".to_owned();
     }
-    let mut owners = Vec::new();
-    for process in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else { continue };
-        let holds = fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok()).any(|t| {
-            let t = t.to_string_lossy();
-            inodes.iter().any(|inode| t == format!("socket:[{inode}]"))
-        });
-        if holds {
+    let owners: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|process| holds_socket(&process.path(), &inodes))
+        .map(|process| {
             let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            owners.push(format!("{} {cmdline}", process.file_name().to_string_lossy()));
-        }
-    }
+            format!("{} {cmdline}", process.file_name().to_string_lossy())
+        })
+        .collect();
     if owners.is_empty() {
         format!("sockets {inodes:?} of no visible process (an io_uring ring of an ended one?)")
     } else {
