@@ -1,11 +1,12 @@
 //! End-to-end tests of a ringmq cluster over NATS (issue 17): real
 //! `nats-server` processes (Debian's, installed by `.ci/run`) on free
-//! loopback ports, started and killed by the test, and real ringmq nodes
-//! with rumqttc as the MQTT client.
+//! loopback ports, with JetStream (`-js`: the cluster's retained messages
+//! live in a key-value bucket), started and killed by the test, and real
+//! ringmq nodes with rumqttc as the MQTT client.
 
 mod common;
 
-use common::{counter_at_least, free_port, scratch_dir, Broker};
+use common::{counter_at_least, counter_total, free_port, scratch_dir, Broker};
 use ringmq::protocol::topic_matches;
 use ringmq::router::cluster::subject::{filter_subjects, topic_subject};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -51,7 +52,8 @@ struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a free port; with `cluster`, one of a cluster:
+    /// Starts a server on a free port, with JetStream (its store in a
+    /// scratch directory); with `cluster`, one of a cluster:
     /// its own route port and the route ports of all the servers.
     fn start(binary: &Path, cluster: Option<(u16, &[u16])>) -> Self {
         Self::start_on(binary, free_port(), cluster)
@@ -62,6 +64,10 @@ impl NatsServer {
         let monitor = free_port();
         let mut command = Command::new(binary);
         command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
+        // JetStream needs a store, and in a cluster a name per server.
+        let store = scratch_dir("cluster-nats", &port.to_string());
+        command.args(["-js", "--store_dir", store.to_str().unwrap()]);
+        command.args(["--server_name", &format!("nats-{port}")]);
         if let Some((route_port, routes)) = cluster {
             let routes: Vec<String> =
                 routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
@@ -587,4 +593,126 @@ async fn publishes_within(events: &mut EventLoop, within: Duration) -> Vec<rumqt
     })
     .await;
     got
+}
+
+/// What a new subscriber to `filter` on `node` is sent as retained
+/// messages: topic -> payload.
+async fn retained_on(node: &Node, filter: &str) -> std::collections::BTreeMap<String, String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("look-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let (client, mut events) = connect(node, &id).await;
+    client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    // Everything within 300 ms: the retained messages may come before the
+    // SUBACK, which waits for the bridge's NATS subscription.
+    let got = publishes_within(&mut events, Duration::from_millis(300)).await;
+    let _ = client.disconnect().await;
+    got.into_iter()
+        .filter(|publish| publish.retain)
+        .map(|p| (p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap()))
+        .collect()
+}
+
+/// Polls [`retained_on`] until `done` holds of what each of `nodes` sends
+/// (within 20 s); returns the last look.
+async fn retained_until(
+    nodes: &[&Node],
+    filter: &str,
+    mut done: impl FnMut(&[std::collections::BTreeMap<String, String>]) -> bool,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut looks = Vec::new();
+        for node in nodes {
+            looks.push(retained_on(node, filter).await);
+        }
+        if done(&looks) {
+            return looks;
+        }
+        assert!(Instant::now() < deadline, "retained messages never settled: {looks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Item 7: a retained message published on one node is sent to a new
+/// subscriber on another [MQTT-3.3.1-6], and replacing [MQTT-3.3.1-5] or
+/// deleting it [MQTT-3.3.1-10] on any node does so everywhere, through the
+/// cluster's JetStream bucket; a node that joins later gets its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_cross_nodes_with_replacements_and_deletes() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let a = Node::start("a", &[nats.url()], "");
+    let b = Node::start("b", &[nats.url()], "");
+    a.wait_log("cluster-wide retained messages: bucket open", 1);
+    b.wait_log("cluster-wide retained messages: bucket open", 1);
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("r/1", QoS::AtLeastOnce, true, "one").await.unwrap();
+    publisher.publish("r/2", QoS::AtMostOnce, true, "two").await.unwrap();
+    publisher.publish("r/plain", QoS::AtMostOnce, false, "not retained").await.unwrap();
+    let looks = retained_until(&[&b], "r/#", |looks| looks[0].len() == 2).await;
+    let want: std::collections::BTreeMap<String, String> =
+        [("r/1".into(), "one".into()), ("r/2".into(), "two".into())].into();
+    assert_eq!(looks[0], want);
+    // From node b: delete r/1, replace r/2.
+    let (publisher_b, publisher_b_events) = connect(&b, "pub-b").await;
+    let _driver_b = drive(publisher_b_events);
+    publisher_b.publish("r/1", QoS::AtLeastOnce, true, "").await.unwrap();
+    publisher_b.publish("r/2", QoS::AtLeastOnce, true, "deux").await.unwrap();
+    let want: std::collections::BTreeMap<String, String> = [("r/2".into(), "deux".into())].into();
+    retained_until(&[&a, &b], "r/#", |looks| looks.iter().all(|look| *look == want)).await;
+    assert!(counter_at_least(&a.admin, "cluster_retained_written", 2) >= 2);
+    assert!(counter_at_least(&b.admin, "cluster_retained_written", 2) >= 2);
+    assert_eq!(counter_total(&a.admin, "cluster_retained_failed"), 0);
+    // A node that joins later gets the bucket's content.
+    let c = Node::start("c", &[nats.url()], "");
+    c.wait_log("cluster-wide retained messages: bucket open", 1);
+    retained_until(&[&c], "r/#", |looks| looks[0] == want).await;
+    for node in [a, b, c] {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 7, races: two nodes set the same topics at the same time. Each
+/// stores its own message at once; the bucket orders the two writes, and
+/// every node ends with the one of the higher revision (the last writer
+/// wins everywhere), on a cluster of 3 NATS servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retained_sets_end_with_the_same_message_on_every_node() {
+    let Some(binary) = nats_server_binary() else { return };
+    let routes = [free_port(), free_port(), free_port()];
+    let servers: Vec<NatsServer> =
+        routes.iter().map(|&port| NatsServer::start(&binary, Some((port, &routes)))).collect();
+    for server in &servers {
+        wait_for(|| server.monitor("/routez").contains("\"num_routes\": 2")).await;
+    }
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let nodes: Vec<Node> =
+        ["a", "b", "c"].into_iter().map(|id| Node::start(id, &urls, "")).collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide retained messages: bucket open", 1);
+    }
+    let (pub_a, pub_a_events) = connect(&nodes[0], "pub-a").await;
+    let (pub_b, pub_b_events) = connect(&nodes[1], "pub-b").await;
+    let _drivers = (drive(pub_a_events), drive(pub_b_events));
+    const N: usize = 20;
+    for i in 0..N {
+        let topic = format!("race/{i}");
+        let (sent_a, sent_b) = futures_lite::future::zip(
+            pub_a.publish(topic.clone(), QoS::AtLeastOnce, true, "a"),
+            pub_b.publish(topic, QoS::AtLeastOnce, true, "b"),
+        )
+        .await;
+        sent_a.unwrap();
+        sent_b.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let looks = retained_until(&all, "race/#", |looks| {
+        looks[0].len() == N && looks.iter().all(|look| *look == looks[0])
+    })
+    .await;
+    assert!(looks[0].values().all(|v| v == "a" || v == "b"));
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
 }

@@ -13,6 +13,7 @@
 //! subject_prefix = "ringmq"
 //! local_only = ["$SYS/#"]
 //! queue_capacity = 8192
+//! retained = "cluster"                   # or "node"
 //! ```
 
 use super::{ConfigError, Setting};
@@ -49,6 +50,7 @@ pub(super) struct RawCluster {
     pub(super) subject_prefix: Option<String>,
     pub(super) local_only: Option<Vec<String>>,
     pub(super) queue_capacity: Option<i64>,
+    pub(super) retained: Option<String>,
 }
 
 /// How the node authenticates to NATS.
@@ -78,6 +80,17 @@ impl std::fmt::Debug for NatsCredentials {
     }
 }
 
+/// `retained`: where the retained messages live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetainedScope {
+    /// `"cluster"` (the default): in a JetStream key-value bucket every
+    /// node watches (the NATS servers need JetStream, `-js`); a subscriber
+    /// on any node gets what was retained on any node.
+    Cluster,
+    /// `"node"`: each node keeps its own (no JetStream needed).
+    Node,
+}
+
 /// A validated `[cluster]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -100,6 +113,8 @@ pub struct ClusterConfig {
     /// `queue_capacity`: messages each queue between a shard and the NATS
     /// bridge holds, each way.
     pub queue_capacity: usize,
+    /// `retained`: cluster-wide retained messages, or per node.
+    pub retained: RetainedScope,
 }
 
 /// Validates the `[cluster]` table: `None` when absent.
@@ -228,6 +243,17 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             })?
         }
     };
+    let retained = match raw.retained.as_deref() {
+        None | Some("cluster") => RetainedScope::Cluster,
+        Some("node") => RetainedScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a JetStream bucket shared by the nodes) or \"node\" \
+                 (each node its own)",
+                Setting::key("cluster.retained", other)
+            )))
+        }
+    };
     Ok(Some(ClusterConfig {
         node_id,
         nats,
@@ -236,6 +262,7 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         subject_prefix,
         local_only,
         queue_capacity,
+        retained,
     }))
 }
 
@@ -299,6 +326,7 @@ mod tests {
         assert_eq!(cluster.subject_prefix, DEFAULT_SUBJECT_PREFIX);
         assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(cluster.retained, RetainedScope::Cluster);
     }
 
     #[test]
@@ -306,7 +334,7 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\n";
+                    queue_capacity = 100\nretained = \"node\"\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -317,6 +345,7 @@ mod tests {
         assert_eq!(cluster.subject_prefix, "prod.mqtt");
         assert_eq!(cluster.local_only.len(), 2);
         assert_eq!(cluster.queue_capacity, 100);
+        assert_eq!(cluster.retained, RetainedScope::Node);
         let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
         assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
     }
@@ -348,6 +377,7 @@ mod tests {
             (&format!("{MINIMAL}local_only = [\"$share/g/a\"]"), "not a shared subscription"),
             (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
+            (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
         ];
         for (text, expected) in cases {
             let message = error(text);

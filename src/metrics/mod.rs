@@ -81,6 +81,14 @@ pub struct ClusterCounters {
     pub connects: u64,
     /// Connections to NATS lost.
     pub disconnects: u64,
+    /// Retained messages (and deletes) written to the cluster's JetStream
+    /// bucket.
+    pub retained_written: u64,
+    /// Retained messages the bucket refused or never acknowledged: they
+    /// stay on their node.
+    pub retained_failed: u64,
+    /// Changes of the cluster's retained messages applied from the bucket.
+    pub retained_applied: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

@@ -1332,6 +1332,7 @@ impl Shard {
 }
 
 mod cluster;
+mod cluster_retained;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

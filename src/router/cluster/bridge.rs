@@ -16,9 +16,10 @@
 //! server for no echo, and the origin in every frame is checked too.
 
 use super::frame::{self, Dedup, Seen};
+use super::retained::{self, RetainedSync};
 use super::subject::{filter_subjects, queue_name, topic_subject};
 use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
-use crate::config::{ClusterConfig, NatsCredentials};
+use crate::config::{ClusterConfig, NatsCredentials, RetainedScope};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
 use crate::router::home_shard;
@@ -87,6 +88,7 @@ impl Bridge {
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
+            retained: retained::to_shards(nr_shards),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -136,6 +138,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            retained_written,
+            retained_failed,
+            retained_applied,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -152,6 +157,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            retained_written,
+            retained_failed,
+            retained_applied,
             "NATS bridge stopped"
         );
     }
@@ -276,7 +284,12 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
                 return;
             }
         };
+        let retained = (config.retained == RetainedScope::Cluster).then(|| {
+            Rc::new(RetainedSync::new(client.clone(), &config.subject_prefix, Arc::clone(&shared)))
+        });
+        let watch = retained.clone().map(|sync| tokio::task::spawn_local(sync.run()));
         let bridge = Rc::new(BridgeState {
+            retained,
             client,
             queues,
             prefix: config.subject_prefix.clone(),
@@ -288,6 +301,9 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
+        if let Some(watch) = watch {
+            watch.abort();
+        }
         // Stop the readers (each unsubscribes), then flush.
         let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
         for reader in readers {
@@ -341,6 +357,8 @@ struct BridgeState {
     shared: Arc<Shared>,
     subscriptions: RefCell<HashMap<Key, Subscription>>,
     dedup: RefCell<Dedup>,
+    /// The cluster's retained messages (`cluster.retained = "cluster"`).
+    retained: Option<Rc<RetainedSync>>,
 }
 
 impl BridgeState {
@@ -374,6 +392,9 @@ impl BridgeState {
                     BridgeCounters::add(&counters.publish_failed);
                     tracing::debug!(%error, topic = %message.topic.as_str(), "NATS publish failed");
                 }
+            }
+            if let (true, Some(retained)) = (message.retain, &self.retained) {
+                retained.publish(&message, &mut buffer).await;
             }
         }
     }

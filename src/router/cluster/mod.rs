@@ -26,6 +26,8 @@
 //! * `lane`: the lock-free queues between the shards and the bridge.
 //! * `bridge`: the bridge thread (async-nats on a current-thread tokio
 //!   runtime): connection, reconnection with backoff, subscriptions.
+//! * `retained`: retained messages cluster-wide, through a JetStream
+//!   key-value bucket every node watches.
 //!
 //! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
 //! subscription of its own (queue group [`subject::queue_name`]), made on a
@@ -36,11 +38,12 @@
 //!
 //! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
 //! nodes at most once (the PUBACK does not wait for remote nodes),
-//! retained messages stay per node, sessions do not move between nodes.
+//! sessions do not move between nodes.
 
 mod bridge;
 mod frame;
 mod lane;
+mod retained;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
@@ -90,6 +93,9 @@ pub enum FromBridge {
     },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
+    /// The cluster's retained message of a topic this shard owns changed
+    /// (an empty payload: deleted); see `retained`.
+    Retained(Arc<Message>),
 }
 
 /// The bridge's counters: atomics, since the bridge thread and every shard
@@ -123,6 +129,13 @@ pub struct BridgeCounters {
     pub inbound_dropped: AtomicU64,
     /// Messages the NATS client dropped: the bridge read too slowly.
     pub slow_consumer: AtomicU64,
+    /// Retained messages (and deletes) written to the cluster's bucket.
+    pub retained_written: AtomicU64,
+    /// Retained messages the bucket refused or never acknowledged (no
+    /// JetStream, too large): they stay on this node.
+    pub retained_failed: AtomicU64,
+    /// Changes of the bucket handed to the shards.
+    pub retained_applied: AtomicU64,
     /// When a slow consumer was last logged, in seconds since the Unix
     /// epoch (logged at most once per 10 s).
     pub slow_consumer_logged: AtomicU64,
@@ -155,6 +168,9 @@ impl BridgeCounters {
             slow_consumer: n(&self.slow_consumer),
             connects: n(&self.connects),
             disconnects: n(&self.disconnects),
+            retained_written: n(&self.retained_written),
+            retained_failed: n(&self.retained_failed),
+            retained_applied: n(&self.retained_applied),
         }
     }
 }
@@ -169,6 +185,8 @@ struct Shared {
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
+    /// Bridge to each shard: the cluster's retained messages of its topics.
+    retained: Vec<retained::ToShard>,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -236,11 +254,16 @@ impl ClusterLink {
         let link = Rc::clone(self);
         let task = glommio::spawn_local(async move {
             let lane = &link.shared.inbound[link.shard.index()];
+            let retained = &link.shared.retained[link.shard.index()];
+            let mut changed = None;
             // Acknowledgements first: a SUBACK waits for them.
             loop {
                 let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
                     std::task::Poll::Ready(Some(revision)) => {
                         std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
+                    }
+                    _ if retained_ready(retained, cx, &mut changed) => {
+                        std::task::Poll::Ready(changed.take().map(FromBridge::Retained))
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
                         delivery.map(|Delivery { message, group }| match group {
@@ -262,6 +285,22 @@ impl ClusterLink {
     }
 }
 
+/// Whether a change of the cluster's retained messages is ready (then in
+/// `changed`).
+fn retained_ready(
+    lane: &retained::ToShard,
+    cx: &mut std::task::Context<'_>,
+    changed: &mut Option<Arc<Message>>,
+) -> bool {
+    match lane.poll_control(cx) {
+        std::task::Poll::Ready(Some(message)) => {
+            *changed = Some(message);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A shard's running task of its cluster link.
 #[derive(Debug)]
 pub struct ClusterTask {
@@ -274,6 +313,7 @@ impl ClusterTask {
     /// handed over) and waits for the task.
     pub async fn shutdown(self) {
         self.link.shared.inbound[self.link.shard.index()].close();
+        self.link.shared.retained[self.link.shard.index()].close();
         self.task.await;
     }
 }
@@ -288,6 +328,7 @@ impl ClusterSetup {
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+            retained: retained::to_shards(nr_shards),
         }))
     }
 
