@@ -716,3 +716,185 @@ async fn concurrent_retained_sets_end_with_the_same_message_on_every_node() {
         assert_eq!(node.broker.stop().code(), Some(0));
     }
 }
+
+/// Connects a 5.0 client (Clean Start) to `node`; returns it once the
+/// CONNACK is in.
+async fn connect_v5(node: &Node, id: &str) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", node.broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 100);
+    loop {
+        let event = timeout(WAIT, events.poll()).await.expect("connack in time").expect("poll");
+        if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)) = event {
+            return (client, events);
+        }
+    }
+}
+
+/// Polls a 5.0 client until its connection ends (within `within`): the
+/// reason code of the server's DISCONNECT, `None` for a plain close.
+async fn v5_end(
+    events: &mut rumqttc::v5::EventLoop,
+    within: Duration,
+) -> Option<Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>> {
+    use rumqttc::v5::{ConnectionError, StateError};
+    timeout(within, async {
+        loop {
+            match events.poll().await {
+                Ok(_) => continue,
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return Some(reason_code),
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Starts `ids` nodes on `nats` and waits until each has its session
+/// directory and retained bucket open.
+fn start_nodes(ids: &[&str], nats: &[String]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(id, nats, "")).collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide sessions: directory open", 1);
+        node.wait_log("cluster-wide retained messages: bucket open", 1);
+    }
+    nodes
+}
+
+/// Item 6: a client id is unique in the cluster [MQTT-3.1.4-3]. A
+/// connection on node b takes over the live one on node a: a 5.0 client
+/// is sent DISCONNECT 0x8E (Session taken over) before its connection
+/// closes, a 3.1.1 client's connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_on_another_node_takes_the_live_session_over() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let (_first, mut first_events) = connect_v5(&nodes[0], "roamer-5").await;
+    let (_second, second_events) = connect_v5(&nodes[1], "roamer-5").await;
+    let reason = v5_end(&mut first_events, WAIT).await.expect("the first connection ends");
+    assert_eq!(reason, Some(DisconnectReasonCode::SessionTakenOver));
+    // A 3.1.1 client: its connection is closed.
+    let (_old, mut old_events) = connect(&nodes[0], "roamer-311").await;
+    let (_new, new_events) = connect(&nodes[1], "roamer-311").await;
+    let _drivers = (
+        tokio::spawn(async move {
+            let mut events = second_events;
+            while events.poll().await.is_ok() {}
+        }),
+        drive(new_events),
+    );
+    let closed = timeout(WAIT, async {
+        loop {
+            if old_events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the 3.1.1 connection on node a is closed");
+    assert_eq!(counter_at_least(&nodes[1].admin, "cluster_session_takeovers", 2), 2);
+    assert_eq!(counter_total(&nodes[1].admin, "cluster_session_claims_failed"), 0);
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 6: a persistent session (3.1.1 Clean Session 0) moves to the node
+/// its client reconnects to: the CONNACK says Session Present
+/// [MQTT-3.2.2-2], the QoS 1 messages queued for it while it was offline
+/// on node a are delivered on node b [MQTT-3.1.2-5], and its subscription
+/// now lives on node b (what node a's clients publish reaches it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_with_its_subscriptions_and_queued_messages() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let persistent = |node: &Node| {
+        let mut options = MqttOptions::new("mover", "127.0.0.1", node.broker.port());
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(false);
+        AsyncClient::new(options, 100)
+    };
+    let (mover, mut mover_events) = persistent(&nodes[0]);
+    subscribe(&mover, &mut mover_events, &[("q/#", QoS::AtLeastOnce)]).await;
+    mover.disconnect().await.unwrap();
+    while mover_events.poll().await.is_ok() {}
+    let (publisher, mut publisher_events) = connect(&nodes[0], "pub-a").await;
+    for i in 1..=3 {
+        publisher.publish(format!("q/{i}"), QoS::AtLeastOnce, false, "queued").await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < 3 {
+        let event = timeout(WAIT, publisher_events.poll()).await.expect("puback").expect("poll");
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    // Reconnect on node b.
+    let (mover, mut mover_events) = persistent(&nodes[1]);
+    let present = loop {
+        let event = timeout(WAIT, mover_events.poll()).await.expect("connack").expect("poll");
+        if let Event::Incoming(Packet::ConnAck(ack)) = event {
+            break ack.session_present;
+        }
+    };
+    assert!(present, "[MQTT-3.2.2-2] Session Present: the session came from node a");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(next_publish(&mut mover_events, WAIT).await.topic);
+    }
+    assert_eq!(got, ["q/1", "q/2", "q/3"], "the queued messages, in order");
+    // Its subscription is node b's now: a publish on node a reaches it.
+    let _driver = drive(publisher_events);
+    let mut n = 0;
+    let arrived = loop {
+        n += 1;
+        publisher.publish("q/after", QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            timeout(Duration::from_millis(300), mover_events.poll()).await
+        {
+            break p;
+        }
+        assert!(n < 30, "nothing published on node a reached the moved session");
+    };
+    assert_eq!(arrived.topic, "q/after");
+    drop(mover);
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 6, races: one client id connects on two nodes at the same time.
+/// The directory's compare-and-set orders the two claims; the later one
+/// takes the session over from the earlier, whose client is sent 0x8E as
+/// soon as its own CONNECT is through. Exactly one connection is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_connects_of_one_client_id_on_two_nodes_leave_one() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    for round in 0..5 {
+        let id = format!("twin-{round}");
+        let ((_a, mut a_events), (_b, mut b_events)) =
+            futures_lite::future::zip(connect_v5(&nodes[0], &id), connect_v5(&nodes[1], &id)).await;
+        let linger = Duration::from_secs(2);
+        let (a_end, b_end) =
+            futures_lite::future::zip(v5_end(&mut a_events, linger), v5_end(&mut b_events, linger))
+                .await;
+        let taken_over = Some(Some(DisconnectReasonCode::SessionTakenOver));
+        assert!(
+            (a_end == taken_over && b_end.is_none()) || (b_end == taken_over && a_end.is_none()),
+            "round {round}: one connection taken over, one left: {a_end:?} {b_end:?}"
+        );
+    }
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}

@@ -14,6 +14,7 @@
 //! local_only = ["$SYS/#"]
 //! queue_capacity = 8192
 //! retained = "cluster"                   # or "node"
+//! sessions = "cluster"                   # or "node"
 //! ```
 
 use super::{ConfigError, Setting};
@@ -51,6 +52,7 @@ pub(super) struct RawCluster {
     pub(super) local_only: Option<Vec<String>>,
     pub(super) queue_capacity: Option<i64>,
     pub(super) retained: Option<String>,
+    pub(super) sessions: Option<String>,
 }
 
 /// How the node authenticates to NATS.
@@ -91,6 +93,17 @@ pub enum RetainedScope {
     Node,
 }
 
+/// `sessions`: where a client id is unique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionScope {
+    /// `"cluster"` (the default): a client id is claimed in a JetStream
+    /// key-value bucket before its CONNACK; connecting on another node
+    /// takes the session over and moves it there.
+    Cluster,
+    /// `"node"`: each node keeps its own sessions.
+    Node,
+}
+
 /// A validated `[cluster]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -115,6 +128,8 @@ pub struct ClusterConfig {
     pub queue_capacity: usize,
     /// `retained`: cluster-wide retained messages, or per node.
     pub retained: RetainedScope,
+    /// `sessions`: sessions unique in the cluster, or per node.
+    pub sessions: SessionScope,
 }
 
 /// Validates the `[cluster]` table: `None` when absent.
@@ -254,6 +269,17 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             )))
         }
     };
+    let sessions = match raw.sessions.as_deref() {
+        None | Some("cluster") => SessionScope::Cluster,
+        Some("node") => SessionScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a client id is unique in the cluster; its session \
+                 follows it) or \"node\" (each node its own)",
+                Setting::key("cluster.sessions", other)
+            )))
+        }
+    };
     Ok(Some(ClusterConfig {
         node_id,
         nats,
@@ -263,6 +289,7 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         local_only,
         queue_capacity,
         retained,
+        sessions,
     }))
 }
 
@@ -327,6 +354,7 @@ mod tests {
         assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
         assert_eq!(cluster.retained, RetainedScope::Cluster);
+        assert_eq!(cluster.sessions, SessionScope::Cluster);
     }
 
     #[test]
@@ -334,7 +362,7 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\nretained = \"node\"\n";
+                    queue_capacity = 100\nretained = \"node\"\nsessions = \"node\"\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -346,6 +374,7 @@ mod tests {
         assert_eq!(cluster.local_only.len(), 2);
         assert_eq!(cluster.queue_capacity, 100);
         assert_eq!(cluster.retained, RetainedScope::Node);
+        assert_eq!(cluster.sessions, SessionScope::Node);
         let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
         assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
     }
@@ -378,6 +407,7 @@ mod tests {
             (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
             (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
+            (&format!("{MINIMAL}sessions = \"x\""), "test.toml:4:12: cluster.sessions = \"x\""),
         ];
         for (text, expected) in cases {
             let message = error(text);

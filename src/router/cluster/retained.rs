@@ -39,9 +39,8 @@
 //!   bucket's content replaces it topic by topic, and a topic the bucket
 //!   does not know is kept on that node only.
 
-use super::lane::Lane;
 use super::subject::{decode_topic, topic_subject};
-use super::{BridgeCounters, Shared};
+use super::{BridgeCounters, FromBridge, Shared};
 use crate::message::wire::{self, Clocks};
 use crate::message::Message;
 use crate::protocol::{BoxedPublishProperties, QoS, TopicName};
@@ -65,17 +64,6 @@ const RETRY: Duration = Duration::from_secs(2);
 /// `A-Za-z0-9-_` only.
 pub fn bucket_name(subject_prefix: &str) -> String {
     format!("{}_retained", subject_prefix.replace('.', "_"))
-}
-
-/// The queue from the bridge to one shard of the changes to the retained
-/// messages of its topics: never bounded (a change must not be lost), and
-/// the changes are as few as the retained publishes. Only the control
-/// side of the lane is used.
-pub(super) type ToShard = Lane<(), Arc<Message>>;
-
-/// A queue for each of `nr_shards` shards.
-pub(super) fn to_shards(nr_shards: usize) -> Vec<ToShard> {
-    (0..nr_shards).map(|_| Lane::new(1)).collect()
 }
 
 /// The bridge's side: writes into the bucket, and the watch task.
@@ -236,8 +224,8 @@ impl RetainedSync {
         if self.shared.local_only.iter().any(|filter| filter.matches(&message.topic)) {
             return;
         }
-        let shard = home_shard(topic.as_bytes(), self.shared.retained.len());
-        self.shared.retained[shard.index()].push_control(Arc::new(message));
+        let shard = home_shard(topic.as_bytes(), self.shared.events.len());
+        self.shared.events[shard.index()].push_control(FromBridge::Retained(Arc::new(message)));
         BridgeCounters::add(&counters.retained_applied);
     }
 }

@@ -47,6 +47,7 @@ impl Shard {
                 self.released = released;
             }
             FromBridge::Retained(message) => self.retain_from_cluster(message, now),
+            FromBridge::Takeover(takeover) => self.handle_cluster_takeover(takeover, now),
         }
     }
 
