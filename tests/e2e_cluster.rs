@@ -332,8 +332,12 @@ fn node_subscriptions(nats: &NatsServer, name: &str) -> Vec<String> {
         .map(|s| s.trim().trim_matches('"').to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    // The inbox of the bridge's round trips aside.
-    subjects.retain(|subject| !subject.starts_with(&format!("ringmq._INBOX.{name}.")));
+    // The inbox of the bridge's round trips (and of its JetStream
+    // watches) aside, and the subject of its session takeovers.
+    subjects.retain(|subject| {
+        !subject.starts_with(&format!("ringmq._INBOX.{name}."))
+            && *subject != format!("ringmq.session.{name}")
+    });
     subjects.sort();
     subjects
 }
