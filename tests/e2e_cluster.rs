@@ -61,12 +61,24 @@ impl NatsServer {
 
     /// [`Self::start`] on client port `port`.
     fn start_on(binary: &Path, port: u16, cluster: Option<(u16, &[u16])>) -> Self {
+        Self::start_with(binary, port, cluster, true)
+    }
+
+    /// [`Self::start_on`], with JetStream or without.
+    fn start_with(
+        binary: &Path,
+        port: u16,
+        cluster: Option<(u16, &[u16])>,
+        jetstream: bool,
+    ) -> Self {
         let monitor = free_port();
         let mut command = Command::new(binary);
         command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
         // JetStream needs a store, and in a cluster a name per server.
-        let store = scratch_dir("cluster-nats", &port.to_string());
-        command.args(["-js", "--store_dir", store.to_str().unwrap()]);
+        if jetstream {
+            let store = scratch_dir("cluster-nats", &port.to_string());
+            command.args(["-js", "--store_dir", store.to_str().unwrap()]);
+        }
         command.args(["--server_name", &format!("nats-{port}")]);
         if let Some((route_port, routes)) = cluster {
             let routes: Vec<String> =
@@ -901,4 +913,25 @@ async fn simultaneous_connects_of_one_client_id_on_two_nodes_leave_one() {
     for node in nodes {
         assert_eq!(node.broker.stop().code(), Some(0));
     }
+}
+
+/// Without JetStream on the NATS server, a node says so once for each of
+/// `cluster.retained` and `cluster.sessions`, naming the fix, and serves
+/// as far as a node alone can: clients are accepted (their claims counted
+/// as failed), retained messages stay on the node, messages still cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_jetstream_a_node_says_so_and_keeps_retained_and_sessions_per_node() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start_with(&binary, free_port(), None, false);
+    let a = Node::start("a", &[nats.url()], "");
+    a.wait_log("cluster.retained = \"cluster\": cannot open the JetStream bucket", 1);
+    a.wait_log("cluster.sessions = \"cluster\": cannot open the JetStream bucket", 1);
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("r/x", QoS::AtLeastOnce, true, "kept").await.unwrap();
+    let want: std::collections::BTreeMap<String, String> = [("r/x".into(), "kept".into())].into();
+    retained_until(&[&a], "r/#", |looks| looks[0] == want).await;
+    assert!(counter_at_least(&a.admin, "cluster_session_claims_failed", 2) >= 2);
+    assert!(counter_at_least(&a.admin, "cluster_retained_failed", 1) >= 1);
+    assert_eq!(a.broker.stop().code(), Some(0));
 }

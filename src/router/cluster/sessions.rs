@@ -256,7 +256,10 @@ impl SessionSync {
     /// over (empty: none, or the claim could not be made).
     async fn claim(&self, client_id: &ByteString, clean_start: bool) -> Bytes {
         let counters = &self.shared.counters;
-        let Some(store) = self.store.borrow().clone() else {
+        // Not while disconnected: the client would wait for its
+        // reconnection, holding the CONNACK for the whole timeout.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let Some(store) = self.store.borrow().clone().filter(|_| connected) else {
             BridgeCounters::add(&counters.session_claims_failed);
             return Bytes::new();
         };
