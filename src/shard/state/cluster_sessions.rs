@@ -24,6 +24,10 @@ pub(super) struct Claiming {
     /// last claim ends, so that the connection this node is accepting is
     /// the one taken over (the later claim wins).
     waiting: Vec<Takeover>,
+    /// The interest revision the subscriptions of a session handed over
+    /// made: its CONNACK waits until the other shards and the NATS bridge
+    /// have it.
+    revision: u64,
 }
 
 impl Shard {
@@ -46,12 +50,26 @@ impl Shard {
     }
 
     /// A claim of `client_id` begun with [`Self::begin_cluster_claim`]
-    /// ended (its CONNECT accepted or refused): once no claim of it is in
+    /// ended (its CONNECT accepted or refused). When a session was handed
+    /// over, the CONNACK waits until its subscriptions are known to the
+    /// other shards and subscribed on NATS, as a SUBACK does
+    /// ([MQTT-3.8.4-1]: what is published after it, anywhere in the
+    /// cluster, reaches the session). Once no claim of the id is in
     /// progress, the takeovers that waited are served.
     pub fn end_cluster_claim(&mut self, client_id: &ByteString, now: Instant) {
         let Some(claiming) = self.cluster_claims.get_mut(client_id) else { return };
         claiming.claims -= 1;
-        if claiming.claims > 0 {
+        let (revision, claims) = (std::mem::take(&mut claiming.revision), claiming.claims);
+        if let (true, Some(key)) = (revision > 0, self.slots.find(client_id)) {
+            if let Some(token) = self.slots.slot_mut(key).session.hold_acks() {
+                if revision > self.interest.acked_by_all() {
+                    self.interest.wait_for(revision, key, token);
+                } else {
+                    self.release_acks(key, token);
+                }
+            }
+        }
+        if claims > 0 {
             return;
         }
         let waiting = self.cluster_claims.remove(client_id).map(|c| c.waiting).unwrap_or_default();
@@ -105,6 +123,7 @@ impl Shard {
         let key = self.slots.insert(slot);
         let filters: Vec<_> =
             self.slot(key).session.subscriptions().map(|(f, s)| (f.clone(), *s)).collect();
+        let mut revision = 0;
         for (filter, subscribed) in filters {
             let subscription = LocalSubscription {
                 options: subscribed.options,
@@ -112,8 +131,12 @@ impl Shard {
             };
             if self.subscriptions.insert(&filter, key, subscription).is_none() {
                 let group = self.subscriptions.group_id(&filter);
-                self.interest.handle_subscribe(&filter, group, &self.outbox);
+                let made = self.interest.handle_subscribe(&filter, group, &self.outbox);
+                revision = revision.max(made.unwrap_or(0));
             }
+        }
+        if let Some(claiming) = self.cluster_claims.get_mut(client_id) {
+            claiming.revision = claiming.revision.max(revision);
         }
         self.schedule(key);
         self.account(key);
@@ -277,9 +300,15 @@ mod tests {
         let [state] = &handovers[..] else { panic!("one answer: {handovers:?}") };
         assert!(!state.is_empty());
         assert!(a.slots.find("mover").is_none(), "gone from node a");
-        // Node b rebuilds it: Session Present, the queue delivered in order.
-        let (mut b, _bridge_b) = node();
-        let (_, _, out) = connect(&mut b, &connect_packet("mover", false), state, now);
+        // Node b rebuilds it: Session Present, the queue delivered in order,
+        // once its subscription is on NATS [MQTT-3.8.4-1].
+        let (mut b, bridge_b) = node();
+        let (key, id, out) = connect(&mut b, &connect_packet("mover", false), state, now);
+        assert!(out.is_empty(), "held: {out:?}");
+        let revisions: Vec<u64> = bridge_b.take_interest().iter().map(|i| i.3).collect();
+        assert_eq!(revisions.len(), 1, "q/# subscribed on NATS");
+        b.handle_cluster(FromBridge::InterestAck(revisions[0]), now);
+        let out = [out, output(&mut b, key, id, now)].concat();
         let topics: Vec<&str> = out
             .iter()
             .filter_map(|p| match p {
