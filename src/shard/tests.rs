@@ -1411,4 +1411,4 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 /// Overload without loss: backpressure and slow consumers.
 mod overload;
 #[path = "tests_persist.rs"]
-mod persist;
+pub(in crate::shard) mod persist;

@@ -113,12 +113,14 @@ impl Shard {
             crate::auth::acl::ClientAcl::new(Arc::clone(file), stored.username.as_deref())
         });
         let expiry = stored.expiry;
+        let (sid, stored, messages) = self.log_handed_over(stored, messages);
         let mut session = Session::restore(stored, &messages, self.limits, now);
         session.set_acl(acl);
         if self.log.is_some() {
             session.enable_journal();
         }
         let mut slot = Slot::new(session);
+        slot.log_id = sid;
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let key = self.slots.insert(slot);
         let filters: Vec<_> =
@@ -319,6 +321,48 @@ mod tests {
         assert!(matches!(out[0], Packet::ConnAck(ref ack) if ack.session_present));
         assert_eq!(topics, ["q/1", "q/2"]);
         assert!(!b.subscriptions.is_empty(), "its subscription is in node b's index");
+    }
+
+    #[test]
+    fn a_session_handed_over_is_in_the_new_nodes_log_at_once() {
+        // With a data_dir the moved session survives a crash of its new
+        // node right after the move: its subscription and queue are logged
+        // when it arrives, not at the next compaction.
+        let now = Instant::now();
+        let (mut a, bridge_a) = node();
+        let (key, id, _) = connect(&mut a, &connect_packet("mover", false), &[], now);
+        let subscribe = Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: [Subscription {
+                filter: TopicFilter::new("q/#").unwrap(),
+                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            }]
+            .into_iter()
+            .collect(),
+        });
+        assert!(a.handle_packet(key, id, now, subscribe).unwrap());
+        a.handle_cluster(FromBridge::InterestAck(1), now);
+        a.handle_connection_closed(key, id, now);
+        let (p, p_id, _) = connect(&mut a, &connect_packet("pub", true), &[], now);
+        assert!(a.handle_packet(p, p_id, now, publish("q/1", 1)).unwrap());
+        a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+        let state = bridge_a.take_sessions().0.remove(0);
+        let (mut b, _bridge_b) = node();
+        let log = Rc::new(crate::store::Log::new());
+        b.attach_log(Rc::clone(&log), crate::store::LiveState::default(), now);
+        assert!(b.begin_cluster_claim(&connect_packet("mover", false)).is_some());
+        b.restore_handover(&"mover".into(), &state, now);
+        let live = crate::shard::tests::persist::recovered(&log);
+        let [session] = &live.sessions.sessions.values().collect::<Vec<_>>()[..] else {
+            panic!("one session in the log: {:?}", live.sessions)
+        };
+        assert_eq!(session.client_id, "mover");
+        assert!(session.subscriptions.contains_key(&TopicFilter::new("q/#").unwrap()));
+        assert_eq!(session.queue.len(), 1);
+        let message = &live.sessions.messages[&session.queue[0].mid];
+        assert_eq!(message.topic.as_str(), "q/1");
     }
 
     #[test]
