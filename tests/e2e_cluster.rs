@@ -926,3 +926,42 @@ async fn without_jetstream_a_node_says_so_and_keeps_retained_and_sessions_per_no
     assert!(counter_at_least(&a.admin, "cluster_retained_failed", 1) >= 1);
     assert_eq!(a.broker.stop().code(), Some(0));
 }
+
+/// A node killed (SIGKILL) with a persistent session: its client
+/// reconnects to another node (the directory names the dead node, which
+/// has no responder: answered at once, not after a timeout, which would
+/// count as a failed claim) and gets a new session
+/// there (Session Present 0: what the dead node held stays in its own
+/// log), which works as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_reconnects_to_another_at_once() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let mut nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let persistent = |node: &Node| {
+        let mut options = MqttOptions::new("phoenix", "127.0.0.1", node.broker.port());
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(false);
+        AsyncClient::new(options, 100)
+    };
+    let (client, mut events) = persistent(&nodes[0]);
+    subscribe(&client, &mut events, &[("p/#", QoS::AtLeastOnce)]).await;
+    drop(nodes.remove(0)); // SIGKILL
+    let (client, mut events) = persistent(&nodes[0]);
+    let present = loop {
+        let event = timeout(WAIT, events.poll()).await.expect("connack");
+        if let Ok(Event::Incoming(Packet::ConnAck(ack))) = event {
+            break ack.session_present;
+        }
+    };
+    assert!(!present, "the dead node's session did not move");
+    assert_eq!(counter_at_least(&nodes[0].admin, "cluster_session_claims", 1), 1);
+    assert_eq!(counter_total(&nodes[0].admin, "cluster_session_claims_failed"), 0, "no timeout");
+    subscribe(&client, &mut events, &[("p/#", QoS::AtLeastOnce)]).await;
+    let (publisher, publisher_events) = connect(&nodes[0], "pub-b").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("p/1", QoS::AtLeastOnce, false, "x").await.unwrap();
+    assert_eq!(next_publish(&mut events, WAIT).await.topic, "p/1");
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
