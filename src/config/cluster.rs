@@ -15,6 +15,7 @@
 //! queue_capacity = 8192
 //! retained = "cluster"                   # or "node"
 //! sessions = "cluster"                   # or "node"
+//! kv_replicas = 1                        # of the two JetStream buckets
 //! ```
 
 use super::{ConfigError, Setting};
@@ -53,6 +54,7 @@ pub(super) struct RawCluster {
     pub(super) queue_capacity: Option<i64>,
     pub(super) retained: Option<String>,
     pub(super) sessions: Option<String>,
+    pub(super) kv_replicas: Option<i64>,
 }
 
 /// How the node authenticates to NATS.
@@ -130,6 +132,9 @@ pub struct ClusterConfig {
     pub retained: RetainedScope,
     /// `sessions`: sessions unique in the cluster, or per node.
     pub sessions: SessionScope,
+    /// `kv_replicas`: the replicas of the JetStream buckets of retained
+    /// messages and sessions when the node creates them (1 to 5).
+    pub kv_replicas: usize,
 }
 
 /// Validates the `[cluster]` table: `None` when absent.
@@ -280,6 +285,12 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             )))
         }
     };
+    let kv_replicas = match raw.kv_replicas {
+        None => 1,
+        Some(n) => super::ranged(Setting::key("cluster.kv_replicas", n), n, 1, 5, |n| {
+            usize::try_from(n).ok()
+        })?,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         nats,
@@ -290,6 +301,7 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         queue_capacity,
         retained,
         sessions,
+        kv_replicas,
     }))
 }
 
@@ -355,6 +367,7 @@ mod tests {
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
         assert_eq!(cluster.retained, RetainedScope::Cluster);
         assert_eq!(cluster.sessions, SessionScope::Cluster);
+        assert_eq!(cluster.kv_replicas, 1);
     }
 
     #[test]
@@ -362,7 +375,7 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\nretained = \"node\"\nsessions = \"node\"\n";
+                    queue_capacity = 100\nretained = \"node\"\nsessions = \"node\"\nkv_replicas = 3\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -375,6 +388,7 @@ mod tests {
         assert_eq!(cluster.queue_capacity, 100);
         assert_eq!(cluster.retained, RetainedScope::Node);
         assert_eq!(cluster.sessions, SessionScope::Node);
+        assert_eq!(cluster.kv_replicas, 3);
         let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
         assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
     }
@@ -408,6 +422,7 @@ mod tests {
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
             (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
             (&format!("{MINIMAL}sessions = \"x\""), "test.toml:4:12: cluster.sessions = \"x\""),
+            (&format!("{MINIMAL}kv_replicas = 6"), "test.toml:4:15: cluster.kv_replicas = 6"),
         ];
         for (text, expected) in cases {
             let message = error(text);

@@ -1034,7 +1034,7 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.retain_here(stored, now);
+            self.retain_published(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
             self.durable_sent(owner, message);
@@ -1324,7 +1324,7 @@ impl Shard {
                 self.released = released;
             }
             ShardMessage::Retain(message) => {
-                self.retain_here(Arc::clone(&message), now);
+                self.retain_published(Arc::clone(&message), now);
                 self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::RetainedQuery { filter, reply_to } => {

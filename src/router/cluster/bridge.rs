@@ -92,6 +92,7 @@ impl Bridge {
             events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
             sessions: Lane::new(1),
             sessions_cluster: config.sessions == SessionScope::Cluster,
+            retained_cluster: config.retained == RetainedScope::Cluster,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -305,22 +306,24 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             }
         };
         let retained = (config.retained == RetainedScope::Cluster).then(|| {
-            Rc::new(RetainedSync::new(client.clone(), &config.subject_prefix, Arc::clone(&shared)))
+            let (prefix, replicas) = (&config.subject_prefix, config.kv_replicas);
+            Rc::new(RetainedSync::new(client.clone(), prefix, replicas, Arc::clone(&shared)))
         });
         let watch = retained.clone().map(|sync| tokio::task::spawn_local(sync.run()));
         // Sessions: the shards' claims are served in any case (answered at
-        // once while the directory is not open).
+        // once while the directory is not open); so are their retained
+        // messages for the bucket.
         let sessions = Rc::new(SessionSync::new(
             client.clone(),
             &config.node_id,
             &config.subject_prefix,
+            config.kv_replicas,
             Arc::clone(&shared),
         ));
-        let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards());
+        let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards(retained));
         let directory = (config.sessions == SessionScope::Cluster)
             .then(|| tokio::task::spawn_local(Rc::clone(&sessions).run()));
         let bridge = Rc::new(BridgeState {
-            retained,
             client,
             queues,
             prefix: config.subject_prefix.clone(),
@@ -389,8 +392,6 @@ struct BridgeState {
     shared: Arc<Shared>,
     subscriptions: RefCell<HashMap<Key, Subscription>>,
     dedup: RefCell<Dedup>,
-    /// The cluster's retained messages (`cluster.retained = "cluster"`).
-    retained: Option<Rc<RetainedSync>>,
 }
 
 impl BridgeState {
@@ -424,9 +425,6 @@ impl BridgeState {
                     BridgeCounters::add(&counters.publish_failed);
                     tracing::debug!(%error, topic = %message.topic.as_str(), "NATS publish failed");
                 }
-            }
-            if let (true, Some(retained)) = (message.retain, &self.retained) {
-                retained.publish(&message, &mut buffer).await;
             }
         }
     }

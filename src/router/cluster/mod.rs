@@ -209,10 +209,13 @@ struct Shared {
     /// lost; they are as few as retained publishes and connects); only the
     /// control side of each lane is used.
     events: Vec<Lane<(), FromBridge>>,
-    /// Shards to bridge: session claims and handovers (see `sessions`).
+    /// Shards to bridge: session claims and handovers (see `sessions`),
+    /// retained messages for the bucket (see `retained`).
     sessions: Lane<(), sessions::ToBridge>,
     /// `cluster.sessions = "cluster"`: client ids are claimed.
     sessions_cluster: bool,
+    /// `cluster.retained = "cluster"`: retained messages go to the bucket.
+    retained_cluster: bool,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -356,6 +359,7 @@ impl ClusterSetup {
             events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
             sessions: Lane::new(1),
             sessions_cluster: true,
+            retained_cluster: true,
         }))
     }
 

@@ -3,11 +3,12 @@
 //! node watches it and applies each change to its own retained store.
 //!
 //! * **Writing.** A retained message a node accepts is stored on the node
-//!   at once, as on a single node, and its bridge puts it into the bucket
-//!   under the topic's key (an empty payload [MQTT-3.3.1-10] deletes the
-//!   key instead). The put is sent in the order the bridge received the
-//!   messages; the bridge does not wait for its acknowledgement before
-//!   sending the next message (a failure is counted and logged).
+//!   at once, as on a single node, by the shard that owns its topic, which
+//!   then hands it to the bridge; the bridge puts it into the bucket under
+//!   the topic's key (an empty payload [MQTT-3.3.1-10] deletes the key
+//!   instead), in the order the shards handed them over, without waiting
+//!   for the acknowledgement before the next (a failure is counted and
+//!   logged).
 //! * **Reading.** Each node watches the whole bucket from the latest value
 //!   of every key (at start: the current content, deletes included), and
 //!   hands each change to the shard that owns the topic, which stores it
@@ -17,7 +18,11 @@
 //!   store their own message at once; the bucket orders the two puts (its
 //!   revision), and every node applies every change in revision order, so
 //!   every node ends with the message of the higher revision: the last
-//!   writer by bucket revision wins everywhere. In between, a subscriber
+//!   writer by bucket revision wins everywhere. (The owner shard both
+//!   stores its node's writes and applies the bucket's changes, one after
+//!   the other, so a write it stored reaches the bucket after every change
+//!   it had applied, and the bucket's last change is applied last on every
+//!   node.) In between, a subscriber
 //!   may be sent either message (each was the topic's retained message at
 //!   some point).
 //! * **Keys.** A topic's key is its NATS subject under [`KEY_PREFIX`]
@@ -39,8 +44,9 @@
 //!   bucket's content replaces it topic by topic, and a topic the bucket
 //!   does not know is kept on that node only.
 
+use super::sessions::ToBridge;
 use super::subject::{decode_topic, topic_subject};
-use super::{BridgeCounters, FromBridge, Shared};
+use super::{BridgeCounters, ClusterLink, FromBridge, Shared};
 use crate::message::wire::{self, Clocks};
 use crate::message::Message;
 use crate::protocol::{BoxedPublishProperties, QoS, TopicName};
@@ -66,12 +72,31 @@ pub fn bucket_name(subject_prefix: &str) -> String {
     format!("{}_retained", subject_prefix.replace('.', "_"))
 }
 
+impl ClusterLink {
+    /// Hands a retained message (or delete) published on this node to the
+    /// bridge, for the cluster's bucket, from the shard that stored it
+    /// (see `Shard::retain_published`); not when retained messages are per
+    /// node, nor for a local-only topic or the broker's own messages.
+    pub fn put_retained(&self, message: &Arc<Message>) {
+        let shared = &self.shared;
+        if !shared.retained_cluster
+            || message.publisher.is_none()
+            || shared.local_only.iter().any(|filter| filter.matches(&message.topic))
+        {
+            return;
+        }
+        shared.sessions.push_control(ToBridge::Retain(Arc::clone(message)));
+    }
+}
+
 /// The bridge's side: writes into the bucket, and the watch task.
 pub(super) struct RetainedSync {
     context: jetstream::Context,
     bucket: String,
     /// `$KV.{bucket}.`: the subject prefix of the bucket's keys.
     subjects: String,
+    /// `cluster.kv_replicas`, for a bucket this node creates.
+    replicas: usize,
     shared: Arc<Shared>,
 }
 
@@ -80,10 +105,12 @@ impl RetainedSync {
     pub(super) fn new(
         client: async_nats::Client,
         subject_prefix: &str,
+        replicas: usize,
         shared: Arc<Shared>,
     ) -> Self {
         let bucket = bucket_name(subject_prefix);
-        Self { context: jetstream::new(client), subjects: format!("$KV.{bucket}."), bucket, shared }
+        let subjects = format!("$KV.{bucket}.");
+        Self { context: jetstream::new(client), subjects, replicas, bucket, shared }
     }
 
     /// Writes the retained message `message` (accepted on this node) into
@@ -169,10 +196,13 @@ impl RetainedSync {
                     continue;
                 }
             };
-            tracing::info!(bucket = %self.bucket, "cluster-wide retained messages: bucket open");
             warned = false;
             match store.watch_with_history(">").await {
                 Ok(mut watch) => {
+                    tracing::info!(
+                        bucket = %self.bucket,
+                        "cluster-wide retained messages: bucket open"
+                    );
                     while let Some(entry) = watch.next().await {
                         match entry {
                             Ok(entry) => self.apply(entry),
@@ -189,8 +219,8 @@ impl RetainedSync {
         }
     }
 
-    /// The bucket: the existing one, or a new one (history 1: only the
-    /// latest value of a key matters). The bucket's stream is made here as
+    /// The bucket: the existing one (as it is), or a new one (history 1:
+    /// only the latest value of a key matters; `kv_replicas` replicas). The bucket's stream is made here as
     /// `Context::create_key_value` makes it (ADR-8), because that function
     /// first reads the account's JetStream info, which async-nats 0.46
     /// cannot parse from a 2.9 server (Debian 12's nats-server).
@@ -206,7 +236,7 @@ impl RetainedSync {
             deny_delete: true,
             allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         self.context.get_or_create_stream(config).await?;

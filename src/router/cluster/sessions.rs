@@ -77,6 +77,9 @@ pub(super) enum ToBridge {
     Claim { client_id: ByteString, clean_start: bool, done: tokio::sync::oneshot::Sender<Bytes> },
     /// A shard's answer to a [`Takeover`]: the session (empty: none).
     Handover { reply: async_nats::Subject, state: Bytes },
+    /// A retained message (or delete) published on this node, for the
+    /// cluster's bucket (see `retained`), from the shard that stored it.
+    Retain(Arc<crate::message::Message>),
 }
 
 /// Another node asks this one to give up the session of `client_id`.
@@ -134,6 +137,8 @@ pub(super) struct SessionSync {
     store: RefCell<Option<kv::Store>>,
     /// This node's id, as written into the directory.
     node: String,
+    /// `cluster.kv_replicas`, for a bucket this node creates.
+    replicas: usize,
     prefix: String,
     shared: Arc<Shared>,
 }
@@ -143,9 +148,11 @@ impl SessionSync {
         client: async_nats::Client,
         node: &str,
         subject_prefix: &str,
+        replicas: usize,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
+            replicas,
             context: jetstream::new(client.clone()),
             client,
             bucket: bucket_name(subject_prefix),
@@ -161,8 +168,14 @@ impl SessionSync {
         format!("{}.session.{node}", self.prefix)
     }
 
-    /// Serves the shards' claims and handovers, until the bridge stops.
-    pub(super) async fn serve_shards(self: Rc<Self>) {
+    /// Serves the shards' claims, handovers and retained messages (to
+    /// `retained`, the bucket's writer; dropped without one), in the order
+    /// the shards sent them, until the bridge stops.
+    pub(super) async fn serve_shards(
+        self: Rc<Self>,
+        retained: Option<Rc<super::retained::RetainedSync>>,
+    ) {
+        let mut buffer = bytes::BytesMut::new();
         while let Some(item) =
             std::future::poll_fn(|cx| self.shared.sessions.poll_control(cx)).await
         {
@@ -177,6 +190,11 @@ impl SessionSync {
                 ToBridge::Handover { reply, state } => {
                     if let Err(error) = self.client.publish(reply, state).await {
                         tracing::warn!(%error, "cannot answer a session takeover");
+                    }
+                }
+                ToBridge::Retain(message) => {
+                    if let Some(retained) = &retained {
+                        retained.publish(&message, &mut buffer).await;
                     }
                 }
             }
@@ -229,7 +247,7 @@ impl SessionSync {
             deny_delete: true,
             allow_direct: true,
             discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             ..Default::default()
         };
         self.context.get_or_create_stream(config).await?;
@@ -349,18 +367,19 @@ impl Takeover {
 
 #[cfg(test)]
 impl super::ClusterSetup {
-    /// The shards' answers to takeovers, and the client ids claimed, since
-    /// the last call.
-    pub(crate) fn take_sessions(&self) -> (Vec<Bytes>, Vec<String>) {
+    /// The shards' answers to takeovers, the client ids claimed, and the
+    /// topics of the retained messages for the bucket, since the last call.
+    pub(crate) fn take_sessions(&self) -> (Vec<Bytes>, Vec<String>, Vec<String>) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let (mut handovers, mut claims) = (Vec::new(), Vec::new());
+        let (mut handovers, mut claims, mut retained) = (Vec::new(), Vec::new(), Vec::new());
         while let std::task::Poll::Ready(Some(item)) = self.0.sessions.poll_control(&mut cx) {
             match item {
                 ToBridge::Handover { state, .. } => handovers.push(state),
                 ToBridge::Claim { client_id, .. } => claims.push(client_id.to_string()),
+                ToBridge::Retain(message) => retained.push(message.topic.as_str().to_owned()),
             }
         }
-        (handovers, claims)
+        (handovers, claims, retained)
     }
 }
 

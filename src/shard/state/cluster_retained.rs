@@ -9,6 +9,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 impl Shard {
+    /// Stores a retained message published on this node, on the shard
+    /// that owns its topic; in a cluster it is then handed to the bridge
+    /// for the cluster's bucket. From this shard, after the local store:
+    /// the shard applies the bucket's changes of its topics too, so the
+    /// bucket's revision of this write comes after every change the shard
+    /// applied before it, and the last change any node applies is the
+    /// bucket's last.
+    pub(super) fn retain_published(&mut self, message: Arc<Message>, now: Instant) {
+        self.retain_here(Arc::clone(&message), now);
+        if let Some(cluster) = &self.cluster {
+            cluster.put_retained(&message);
+        }
+    }
+
     /// Stores the cluster's retained message of a topic this shard owns
     /// (an empty payload deletes it [MQTT-3.3.1-10]), unless the store
     /// holds that message already: the bucket sends a node its own writes
@@ -88,5 +102,62 @@ mod tests {
         assert!(payloads(&mut shard, "a/#", now + Duration::from_secs(2)).is_empty());
         // Nothing goes back to the bridge.
         assert!(setup.take_published().is_empty());
+        assert!(setup.take_sessions().2.is_empty());
+    }
+
+    #[test]
+    fn a_retained_publish_goes_to_the_bucket_from_the_shard_that_stored_it() {
+        use crate::protocol::{Connect, Packet, ProtocolVersion, Publish};
+        use crate::shard::ConnectOutcome;
+        let now = Instant::now();
+        let n = 2;
+        let shards: Vec<ShardId> = (0..n).filter_map(ShardId::from_index).collect();
+        let outbox = Rc::new(Outbox::new(n));
+        let mut shard = Shard::new(shards[0], n, SessionLimits::default(), outbox, 1);
+        let setup = ClusterSetup::for_tests(n, &["local/#"]);
+        shard.set_cluster(Rc::new(setup.link(shards[0])));
+        let client_id = (0..)
+            .map(|i| format!("p{i}"))
+            .find(|id| crate::router::home_shard(id.as_bytes(), n) == shards[0])
+            .unwrap();
+        let connect = Connect {
+            version: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.as_str().into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Default::default(),
+        };
+        let id = shard.new_connection_id();
+        let ConnectOutcome::Accepted(key) =
+            shard.handle_connect(now, &connect, client_id.into(), id)
+        else {
+            panic!("refused")
+        };
+        // One topic of each shard, and a local-only one.
+        let topic_on = |shard: ShardId| {
+            (0..)
+                .map(|i| format!("t/{i}"))
+                .find(|t| crate::router::home_shard(t.as_bytes(), n) == shard)
+                .unwrap()
+        };
+        let (here, there) = (topic_on(shards[0]), topic_on(shards[1]));
+        for topic in [here.as_str(), there.as_str(), "local/x"] {
+            let publish = Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: TopicName::new(topic).unwrap(),
+                packet_id: None,
+                properties: Default::default(),
+                payload: Bytes::from_static(b"v"),
+            });
+            assert!(shard.handle_packet(key, id, now, publish).unwrap());
+        }
+        // Only the topic this shard owns, once stored here; the other
+        // shard hands its own over when it stores it.
+        assert_eq!(setup.take_sessions().2, [here]);
     }
 }

@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(bridge_a.take_sessions().1, ["mover", "pub"]);
         // Node b takes it over (not Clean Start): node a gives it up.
         a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
-        let (handovers, _) = bridge_a.take_sessions();
+        let (handovers, ..) = bridge_a.take_sessions();
         let [state] = &handovers[..] else { panic!("one answer: {handovers:?}") };
         assert!(!state.is_empty());
         assert!(a.slots.find("mover").is_none(), "gone from node a");
