@@ -878,16 +878,31 @@ async fn a_persistent_session_moves_with_its_subscriptions_and_queued_messages()
     }
 }
 
-/// Item 6, races: one client id connects on two nodes at the same time.
-/// The directory's compare-and-set orders the two claims; the later one
-/// takes the session over from the earlier, whose client is sent 0x8E as
-/// soon as its own CONNECT is through. Exactly one connection is left.
+/// Item 6, races: one client id connects on two nodes at the same time,
+/// through two servers of a NATS cluster. The directory's compare-and-set
+/// orders the two claims; the later one takes the session over from the
+/// earlier, whose client is sent 0x8E as soon as its own CONNECT is
+/// through. Exactly one connection is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_connects_of_one_client_id_on_two_nodes_leave_one() {
     use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
     let Some(binary) = nats_server_binary() else { return };
-    let nats = NatsServer::start(&binary, None);
-    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    // A cluster of 3 NATS servers, the directory on all three (R3), each
+    // node on a server of its own: the two claims meet in JetStream.
+    let routes = [free_port(), free_port(), free_port()];
+    let servers: Vec<NatsServer> =
+        routes.iter().map(|&port| NatsServer::start(&binary, Some((port, &routes)))).collect();
+    for server in &servers {
+        wait_for(|| server.monitor("/routez").contains("\"num_routes\": 2")).await;
+    }
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .zip(&servers)
+        .map(|(id, server)| Node::start(id, &[server.url()], "kv_replicas = 3"))
+        .collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide sessions: directory open", 1);
+    }
     for round in 0..5 {
         let id = format!("twin-{round}");
         let ((_a, mut a_events), (_b, mut b_events)) =
