@@ -981,3 +981,37 @@ async fn a_client_of_a_killed_node_reconnects_to_another_without_a_timeout() {
         assert_eq!(node.broker.stop().code(), Some(0));
     }
 }
+
+/// Item 7 with a Message Expiry Interval [MQTT-3.3.2-5]: a retained
+/// message published with a 3 s expiry on node a is sent by node b while
+/// it lives, and no longer once it expired (the expiry crosses nodes as an
+/// absolute time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_expires_on_every_node() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let (publisher, mut publisher_events) = connect_v5(&nodes[0], "pub-v5").await;
+    let _driver = tokio::spawn(async move { while publisher_events.poll().await.is_ok() {} });
+    let properties = PublishProperties { message_expiry_interval: Some(3), ..Default::default() };
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    publisher
+        .publish_with_properties("exp/short", qos, true, "soon gone", properties)
+        .await
+        .unwrap();
+    publisher.publish("exp/long", qos, true, "stays").await.unwrap();
+    let both: std::collections::BTreeMap<String, String> =
+        [("exp/long".into(), "stays".into()), ("exp/short".into(), "soon gone".into())].into();
+    let looks = retained_until(&[&nodes[1]], "exp/#", |looks| looks[0].len() == 2).await;
+    assert_eq!(looks[0], both);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let left: std::collections::BTreeMap<String, String> =
+        [("exp/long".into(), "stays".into())].into();
+    for node in &nodes {
+        assert_eq!(retained_on(node, "exp/#").await, left, "expired everywhere");
+    }
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
