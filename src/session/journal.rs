@@ -21,6 +21,7 @@ use crate::store::{StoredEntry, StoredFlow, StoredSession, StoredSubscription, S
 use bytestring::ByteString;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,7 +165,7 @@ impl Session {
                     None => (id, StoredFlow::Released),
                 })
                 .collect(),
-            qos2_in: self.inbound_qos2.iter().copied().collect(),
+            qos2_in: self.inbound_qos2.iter().collect(),
         }
     }
 
@@ -177,7 +178,7 @@ impl Session {
     pub fn restore(
         stored: StoredSession,
         messages: &HashMap<u64, Arc<Message>>,
-        limits: SessionLimits,
+        limits: impl Into<Rc<SessionLimits>>,
         now: Instant,
     ) -> Self {
         // The user name goes to the shard, which has the ACL file.

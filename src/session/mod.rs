@@ -47,6 +47,7 @@ mod keepalive;
 mod limits;
 mod outbound;
 mod pace;
+mod qos2_in;
 
 #[cfg(test)]
 mod proptests;
@@ -67,19 +68,20 @@ use crate::message::Message;
 use crate::metrics::SessionCounters;
 use crate::protocol::{
     Auth, BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
-    PacketId, PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS,
-    ReasonCode, Subscribe, TopicFilter, Unsubscribe, Will,
+    PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
+    Subscribe, TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
 use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, TopicAliases};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Push, Queued};
 use pace::PublishPace;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,9 @@ pub const TRANSMIT_BATCH: usize = 64 * 1024;
 pub struct Session {
     /// The client id (assigned by the shard when the client sent none).
     client_id: ByteString,
-    limits: SessionLimits,
+    /// Shared with the shard and its other sessions: one copy per shard,
+    /// not one per session (8 bytes instead of 150 in every session).
+    limits: Rc<SessionLimits>,
     /// Subscriptions by filter; a SUBSCRIBE to an existing filter replaces
     /// it [MQTT-3.8.4-3].
     subscriptions: HashMap<TopicFilter, Subscribed>,
@@ -105,7 +109,7 @@ pub struct Session {
     /// Packet ids of QoS 2 publishes received and answered with PUBREC, not
     /// yet released by PUBREL: a re-sent PUBLISH with one of them is not
     /// routed again (method B of [MQTT-4.3.3-2]). Part of the session state.
-    inbound_qos2: HashSet<PacketId>,
+    inbound_qos2: qos2_in::InboundQos2,
     /// The attached connection, if any.
     connection: Option<Connection>,
     /// Events not yet polled, oldest first.
@@ -150,18 +154,18 @@ impl Session {
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
     /// its value until the client connects again.
-    pub fn set_limits(&mut self, limits: SessionLimits) {
-        self.limits = limits;
+    pub fn set_limits(&mut self, limits: impl Into<Rc<SessionLimits>>) {
+        self.limits = limits.into();
     }
 
     /// A new session with no state, not connected.
-    pub fn new(client_id: ByteString, limits: SessionLimits) -> Self {
+    pub fn new(client_id: ByteString, limits: impl Into<Rc<SessionLimits>>) -> Self {
         Self {
             client_id,
-            limits,
+            limits: limits.into(),
             subscriptions: HashMap::new(),
             outbound: Outbound::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: qos2_in::InboundQos2::default(),
             connection: None,
             events: VecDeque::new(),
             next_ack_token: 0,
@@ -502,7 +506,7 @@ impl Session {
             _ => Some(packet_id.ok_or(SessionError::MissingPacketId)?),
         };
         if let Some(id) = packet_id {
-            if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
+            if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(id) {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
                 connection.owe(Control::PubRec(id, ReasonCode::Success));
@@ -690,7 +694,7 @@ impl Session {
         let Some(connection) = self.connection.as_mut() else { return };
         // [MQTT-4.3.3-2] discard the id and answer PUBCOMP; an unknown id
         // still gets one (v5 says it was not found).
-        let known = self.inbound_qos2.remove(&ack.packet_id);
+        let known = self.inbound_qos2.remove(ack.packet_id);
         let reason = if known || !connection.version.is_v5() {
             ReasonCode::Success
         } else {

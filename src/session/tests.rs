@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::protocol::{
-    ConnectProperties, DecodeError, Decoder, PacketType, SubscribeProperties, Subscription,
-    SubscriptionOptions, TopicName, UnsubscribeProperties, WillProperties,
+    ConnectProperties, DecodeError, Decoder, PacketId, PacketType, SubscribeProperties,
+    Subscription, SubscriptionOptions, TopicName, UnsubscribeProperties, WillProperties,
 };
 use bytes::Bytes;
 use std::num::{NonZeroU16, NonZeroU32};

@@ -45,6 +45,7 @@ impl Shard {
                 }
                 released.clear();
                 self.released = released;
+                self.look_up_acknowledged_retained(now);
             }
         }
     }
