@@ -322,6 +322,7 @@ impl Session {
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
             auth: None,
             pace: None,
+            user: connect.username.as_deref().map(Box::from),
         });
         connection.connack.insert(Box::new(connack))
     }
@@ -516,11 +517,13 @@ impl Session {
             // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
             // publishes unacknowledged.
             if connection.version.is_v5()
-                && connection.unacknowledged_in >= usize::from(connection.receive_maximum.get())
+                && connection.unacknowledged_in >= connection.receive_maximum.get()
             {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
-            connection.unacknowledged_in += 1;
+            // Saturating: only a v5 client's count is bounded (above); a
+            // 3.1.1 client may have more ids unanswered while acks wait.
+            connection.unacknowledged_in = connection.unacknowledged_in.saturating_add(1);
         }
         // `max_topic_length` / `max_topic_levels`, on the topic after alias
         // resolution. 5.0: 0x90 Topic Name invalid, "The Topic Name is not
@@ -971,6 +974,21 @@ impl Session {
     /// `dropped_slow_consumer`. A persistent session keeps the rest.
     pub fn handle_slow_consumer(&mut self, now: Instant, counters: &mut SessionCounters) {
         self.close(now, CloseReason::SlowConsumer, counters);
+    }
+
+    /// The User Name the attached connection gave in its CONNECT.
+    pub fn connected_user(&self) -> Option<&str> {
+        self.connection.as_ref().filter(|c| c.open)?.user.as_deref()
+    }
+
+    /// A reloaded `password_file` removed the connected client's user or
+    /// changed its password: the connection is closed, a v5 client told
+    /// so with DISCONNECT 0x87 Not authorized first, as a failed
+    /// re-authentication is [MQTT-4.12.1-2]. The session itself stays,
+    /// like after any lost connection; the client must connect again with
+    /// credentials the new file accepts.
+    pub fn handle_credentials_revoked(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::CredentialsRevoked, counters);
     }
 
     /// The next packet to send, in protocol order: the CONNACK, the

@@ -742,6 +742,28 @@ impl Shard {
         staying
     }
 
+    /// Closes the connections whose CONNECT gave one of `users` (removed
+    /// from a reloaded `password_file`, or their password changed): v5
+    /// clients get DISCONNECT 0x87 Not authorized first. Their sessions
+    /// stay, as after any lost connection. Returns how many were closed.
+    pub fn close_revoked(&mut self, users: &[String], now: Instant) -> usize {
+        let users: hashbrown::HashSet<&str> = users.iter().map(String::as_str).collect();
+        let mut closed = 0;
+        for key in self.slots.connected() {
+            let session = &mut self.slots.slot_mut(key).session;
+            if !session.connected_user().is_some_and(|user| users.contains(user)) {
+                continue;
+            }
+            session.handle_credentials_revoked(now, &mut self.counters.session);
+            self.drain_events(key, now);
+            if let Some(link) = self.slots.slot_mut(key).connection.as_mut() {
+                link.wake();
+            }
+            closed += 1;
+        }
+        closed
+    }
+
     fn notify(&mut self, key: SessionKey) {
         if let Some(link) = self.slot_mut(key).connection.as_mut() {
             link.notify();
