@@ -32,6 +32,8 @@ pub struct Verifier {
     /// The number of the last list in `revoked`; read by every shard at
     /// every tick, so nothing is locked while no reload revoked anyone.
     revoked_generation: AtomicU64,
+    /// Checks skipped because their connection had stopped waiting.
+    abandoned: Arc<AtomicU64>,
 }
 
 /// How many reloads' revoked users are kept for shards that have not
@@ -63,14 +65,16 @@ impl Verifier {
         let (jobs, receiver) = mpsc::sync_channel(queue);
         let receiver = Arc::new(Mutex::new(receiver));
         let file = Arc::new(RwLock::new(Arc::new(file)));
+        let abandoned = Arc::new(AtomicU64::new(0));
         for n in 0..threads.max(1) {
             let (receiver, file) = (Arc::clone(&receiver), Arc::clone(&file));
+            let abandoned = Arc::clone(&abandoned);
             std::thread::Builder::new()
                 .name(format!("ringmq-auth-{n}"))
-                .spawn(move || work(&receiver, &file))?;
+                .spawn(move || work(&receiver, &file, &abandoned))?;
         }
         let (revoked, revoked_generation) = (Mutex::default(), AtomicU64::new(0));
-        Ok(Self { jobs, file, revoked, revoked_generation })
+        Ok(Self { jobs, file, revoked, revoked_generation, abandoned })
     }
 
     /// Checks from now on use `file` (a reload); checks already running
@@ -89,6 +93,12 @@ impl Verifier {
             lists.pop_front();
         }
         self.revoked_generation.store(generation, Ordering::Release);
+    }
+
+    /// How many checks were skipped because their connection had stopped
+    /// waiting for the verdict.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// The users revoked by the reloads after the one numbered `seen` (0:
@@ -120,7 +130,7 @@ impl Verifier {
 }
 
 /// A pool thread: checks jobs until the [`Verifier`] is dropped.
-fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>) {
+fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>, abandoned: &AtomicU64) {
     loop {
         // The lock is held only while waiting for the next job.
         let job = match receiver.lock() {
@@ -128,6 +138,14 @@ fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
+        // The connection stopped waiting (its connect timeout passed, or it
+        // closed): in a connect storm the queue fills with such checks,
+        // each ~24 ms of argon2id, and running them would push the waiting
+        // ones past their own deadline in turn.
+        if Arc::strong_count(&job.reply) == 1 {
+            abandoned.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         // Held only to clone the pointer: a reload never waits on a check.
         let current = Arc::clone(&file.read().unwrap_or_else(PoisonError::into_inner));
         let verdict = current.verify(&job.user, &job.password);

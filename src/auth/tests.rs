@@ -176,3 +176,21 @@ fn shards_see_every_reload_that_revoked_users_once() {
     assert_eq!(verifier.revoked_since(1), Some((2, vec!["bob".to_owned()])));
     assert_eq!(verifier.revoked_since(2), None);
 }
+
+#[test]
+fn checks_whose_connection_stopped_waiting_are_skipped() {
+    let mut file = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+    file.set_password("bob", b"slow").unwrap();
+    let verifier = pool::Verifier::start(file, 1, 64).unwrap();
+    // One thread: the first check (argon2id, tens of milliseconds) keeps it
+    // busy while the next 20 queue; their connections give up (the
+    // verdicts are dropped) before the thread takes them.
+    let first = verifier.verify("bob", b"slow").unwrap();
+    let gave_up: Vec<_> = (0..20).map(|_| verifier.verify("alice", b"x").unwrap()).collect();
+    drop(gave_up);
+    assert!(futures_lite::future::block_on(first));
+    // A check queued behind them still gets its answer.
+    let last = verifier.verify("alice", b"s3cret pass").unwrap();
+    assert!(futures_lite::future::block_on(last));
+    assert_eq!(verifier.abandoned(), 20);
+}
