@@ -114,7 +114,7 @@ impl Session {
             return;
         }
         let will = will
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|w| Box::new(stored_will(w, &self.client_id)));
         let expiry = self.expiry;
         let username = self.acl_user();
@@ -136,7 +136,7 @@ impl Session {
             .as_ref()
             .filter(|c| c.open)
             .and_then(|c| c.will.as_deref())
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|will| Box::new(stored_will(will, &self.client_id)));
         let subscriptions = self
             .subscriptions
@@ -194,9 +194,11 @@ impl Session {
         } = stored;
         let mut session = Session::new(client_id, limits);
         session.expiry = expiry;
-        session.delayed_will = will.map(|will| DelayedWill {
-            due: now + Duration::from_secs(u64::from(will.delay)),
-            will: Box::new(will_of(will.message, will.delay)),
+        session.delayed_will = will.map(|will| {
+            Box::new(DelayedWill {
+                due: now + Duration::from_secs(u64::from(will.delay)),
+                will: will_of(will.message, will.delay),
+            })
         });
         session.subscriptions = subscriptions
             .into_iter()

@@ -122,8 +122,9 @@ pub struct Session {
     expiry: Option<Duration>,
     /// A will whose v5 Will Delay Interval is running: published when it
     /// is due or when the session ends, whichever comes first, and never
-    /// if a connection attaches before [MQTT-3.1.3-9].
-    delayed_will: Option<DelayedWill>,
+    /// if a connection attaches before [MQTT-3.1.3-9]. Boxed: rare, and
+    /// in every session.
+    delayed_will: Option<Box<DelayedWill>>,
     /// The client's rules when an `acl_file` is configured: every publish
     /// (will included), subscription and delivery is checked against them.
     /// Boxed: a broker without an ACL file pays one pointer per session.
@@ -139,7 +140,7 @@ pub struct Session {
 #[derive(Debug)]
 struct DelayedWill {
     due: Instant,
-    will: Box<Will>,
+    will: Will,
 }
 
 impl Session {
@@ -1269,8 +1270,8 @@ impl Session {
     }
 
     fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
-        if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
-            self.publish_will(*will, now, counters);
+        if let Some(delayed) = self.delayed_will.take() {
+            self.publish_will(delayed.will, now, counters);
             self.note_state(None);
         }
     }
@@ -1361,7 +1362,7 @@ impl Session {
                 match will.properties.will_delay_interval.filter(|&delay| delay > 0) {
                     Some(delay) => {
                         let due = now + Duration::from_secs(u64::from(delay));
-                        self.delayed_will = Some(DelayedWill { due, will });
+                        self.delayed_will = Some(Box::new(DelayedWill { due, will: *will }));
                     }
                     None => will_now = Some(will),
                 }
