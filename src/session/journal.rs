@@ -21,6 +21,7 @@ use crate::store::{StoredEntry, StoredFlow, StoredSession, StoredSubscription, S
 use bytestring::ByteString;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,7 @@ impl Session {
             return;
         }
         let will = will
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|w| Box::new(stored_will(w, &self.client_id)));
         let expiry = self.expiry;
         let username = self.acl_user();
@@ -135,7 +136,7 @@ impl Session {
             .as_ref()
             .filter(|c| c.open)
             .and_then(|c| c.will.as_deref())
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|will| Box::new(stored_will(will, &self.client_id)));
         let subscriptions = self
             .subscriptions
@@ -164,7 +165,7 @@ impl Session {
                     None => (id, StoredFlow::Released),
                 })
                 .collect(),
-            qos2_in: self.inbound_qos2.iter().copied().collect(),
+            qos2_in: self.inbound_qos2.iter().collect(),
         }
     }
 
@@ -199,7 +200,7 @@ impl Session {
     pub fn restore(
         stored: StoredSession,
         messages: &HashMap<u64, Arc<Message>>,
-        limits: SessionLimits,
+        limits: impl Into<Rc<SessionLimits>>,
         now: Instant,
     ) -> Self {
         // The user name goes to the shard, which has the ACL file.
@@ -215,9 +216,11 @@ impl Session {
         } = stored;
         let mut session = Session::new(client_id, limits);
         session.expiry = expiry;
-        session.delayed_will = will.map(|will| DelayedWill {
-            due: now + Duration::from_secs(u64::from(will.delay)),
-            will: Box::new(will_of(will.message, will.delay)),
+        session.delayed_will = will.map(|will| {
+            Box::new(DelayedWill {
+                due: now + Duration::from_secs(u64::from(will.delay)),
+                will: will_of(will.message, will.delay),
+            })
         });
         session.subscriptions = subscriptions
             .into_iter()

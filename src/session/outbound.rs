@@ -176,8 +176,11 @@ pub(super) struct Outbound {
     next_packet_id: PacketId,
     /// The next [`Inflight::order`].
     next_order: u64,
-    /// In-flight packet ids still to re-send on this connection, in order.
-    resend: VecDeque<PacketId>,
+    /// In-flight packet ids still to re-send on this connection, in order;
+    /// boxed, and only while there are some (after a resumed CONNECT), as
+    /// it is in every session.
+    #[allow(clippy::box_collection)] // 8 bytes instead of 32 in every session.
+    resend: Option<Box<VecDeque<PacketId>>>,
 }
 
 impl Outbound {
@@ -189,7 +192,7 @@ impl Outbound {
             inflight: HashMap::new(),
             next_packet_id: PacketId::new(1).expect("1 is not zero"),
             next_order: 0,
-            resend: VecDeque::new(),
+            resend: None,
         }
     }
 
@@ -325,18 +328,19 @@ impl Outbound {
         let mut pending: Vec<(u64, PacketId)> =
             self.inflight.iter().map(|(&id, inflight)| (inflight.order, id)).collect();
         pending.sort_unstable();
-        self.resend = pending.into_iter().map(|(_, id)| id).collect();
+        self.resend = (!pending.is_empty())
+            .then(|| Box::new(pending.into_iter().map(|(_, id)| id).collect()));
     }
 
     /// Forgets what was left to re-send (the connection is gone).
     pub(super) fn clear_resend(&mut self) {
-        self.resend.clear();
+        self.resend = None;
     }
 
     /// The next re-sent packet: a PUBLISH with DUP=1 [MQTT-3.3.1-1] or a
     /// PUBREL, with its original packet id [MQTT-2.3.1-3].
     pub(super) fn poll_resend(&mut self, version: ProtocolVersion, now: Instant) -> Option<Packet> {
-        while let Some(id) = self.resend.pop_front() {
+        while let Some(id) = self.resend.as_mut().and_then(|ids| ids.pop_front()) {
             // Acknowledged since it was scheduled: nothing to re-send.
             let Some(inflight) = self.inflight.get(&id) else { continue };
             return Some(match &inflight.flow {
@@ -346,6 +350,7 @@ impl Outbound {
                 Flow::Released => Packet::PubRel(PubResponse::new(id)),
             });
         }
+        self.resend = None;
         None
     }
 

@@ -1412,3 +1412,60 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 mod overload;
 #[path = "tests_persist.rs"]
 pub(in crate::shard) mod persist;
+
+#[test]
+fn a_retained_message_published_while_a_subscription_is_being_made_reaches_it() {
+    // A publisher on one shard sets a retained message while a client on
+    // the topic's owner shard subscribes: the publisher's shard has not yet
+    // heard of the new interest (no live delivery), and the owner looked
+    // for retained messages before the message reached it. The message
+    // must still reach the subscriber: either as the retained message of
+    // its subscription [MQTT-3.3.1-6] or as a publish that came after it.
+    let mut cluster = Cluster::new(2);
+    let owner = home_shard(b"cfg/device", 2).index();
+    let other = 1 - owner;
+    let sub = cluster.connect(&id_on("s", owner, 2));
+    let publisher = cluster.connect(&id_on("p", other, 2));
+    cluster.subscribe(&sub, "cfg/device");
+    cluster.send(&publisher, publish("cfg/device", b"v1", true));
+    cluster.settle();
+    let out = cluster.output(&sub);
+    assert!(matches!(out.first(), Some(Packet::SubAck(_))), "{out:?}");
+    assert_eq!(payloads(&out), [b"v1"], "{out:?}");
+    // And it is stored: a later subscriber gets it too.
+    let late = cluster.connect(&id_on("l", other, 2));
+    cluster.subscribe(&late, "cfg/device");
+    cluster.settle();
+    assert_eq!(payloads(&cluster.output(&late)), [b"v1"]);
+}
+
+#[test]
+fn a_retained_message_racing_a_new_subscription_arrives_exactly_once() {
+    // Both shards as the topic's owner, and the subscriber's interest
+    // reaching the publisher's shard before or after the publish: in each
+    // case the subscriber gets the message once, live or retained, never
+    // twice and never not at all [MQTT-3.3.1-6].
+    let topics = ["race/a", "race/b", "race/c", "race/d"];
+    let owners: std::collections::BTreeSet<usize> =
+        topics.iter().map(|topic| home_shard(topic.as_bytes(), 2).index()).collect();
+    assert_eq!(owners.len(), 2, "both shards own one of the topics");
+    for topic in topics {
+        for interest_first in [false, true] {
+            let mut cluster = Cluster::new(2);
+            let sub = cluster.connect(&id_on("s", 0, 2));
+            let publisher = cluster.connect(&id_on("p", 1, 2));
+            cluster.subscribe(&sub, topic);
+            if interest_first {
+                for message in cluster.queued(0, 1) {
+                    let origin = ShardId::from_index(0).unwrap();
+                    cluster.shards[1].handle_shard_message(origin, message, cluster.now);
+                }
+            }
+            cluster.send(&publisher, publish(topic, b"v1", true));
+            cluster.settle();
+            let out = cluster.output(&sub);
+            let owner = home_shard(topic.as_bytes(), 2).index();
+            assert_eq!(payloads(&out), [b"v1"], "owner {owner}, interest first {interest_first}");
+        }
+    }
+}

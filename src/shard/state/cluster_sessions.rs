@@ -12,6 +12,7 @@ use crate::store::{handover, SessionState};
 use bytes::Bytes;
 use bytestring::ByteString;
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -114,7 +115,7 @@ impl Shard {
         });
         let expiry = stored.expiry;
         let (sid, stored, messages) = self.log_handed_over(stored, messages);
-        let mut session = Session::restore(stored, &messages, self.limits, now);
+        let mut session = Session::restore(stored, &messages, Rc::clone(&self.limits), now);
         session.set_acl(acl);
         if self.log.is_some() {
             session.enable_journal();

@@ -14,6 +14,7 @@ use crate::shard::slots::{SessionKey, Slot};
 use crate::shard::state::LocalSubscription;
 use crate::store::{Lsn, Record, SessionState, StoredFlow, StoredSession, StoredSubscription};
 use smallvec::SmallVec;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,7 +91,7 @@ impl Shard {
             let acl = self.acl.as_ref().map(|file| {
                 crate::auth::acl::ClientAcl::new(Arc::clone(file), stored.username.as_deref())
             });
-            let mut session = Session::restore(stored, &messages, self.limits, now);
+            let mut session = Session::restore(stored, &messages, Rc::clone(&self.limits), now);
             session.set_acl(acl);
             let mut slot = Slot::new(session);
             slot.log_id = sid;
