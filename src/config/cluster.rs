@@ -13,6 +13,9 @@
 //! subject_prefix = "ringmq"
 //! local_only = ["$SYS/#"]
 //! queue_capacity = 8192
+//! retained = "cluster"                   # or "node"
+//! sessions = "cluster"                   # or "node"
+//! kv_replicas = 1                        # of the two JetStream buckets
 //! ```
 
 use super::{ConfigError, Setting};
@@ -49,6 +52,9 @@ pub(super) struct RawCluster {
     pub(super) subject_prefix: Option<String>,
     pub(super) local_only: Option<Vec<String>>,
     pub(super) queue_capacity: Option<i64>,
+    pub(super) retained: Option<String>,
+    pub(super) sessions: Option<String>,
+    pub(super) kv_replicas: Option<i64>,
 }
 
 /// How the node authenticates to NATS.
@@ -78,6 +84,28 @@ impl std::fmt::Debug for NatsCredentials {
     }
 }
 
+/// `retained`: where the retained messages live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetainedScope {
+    /// `"cluster"` (the default): in a JetStream key-value bucket every
+    /// node watches (the NATS servers need JetStream, `-js`); a subscriber
+    /// on any node gets what was retained on any node.
+    Cluster,
+    /// `"node"`: each node keeps its own (no JetStream needed).
+    Node,
+}
+
+/// `sessions`: where a client id is unique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionScope {
+    /// `"cluster"` (the default): a client id is claimed in a JetStream
+    /// key-value bucket before its CONNACK; connecting on another node
+    /// takes the session over and moves it there.
+    Cluster,
+    /// `"node"`: each node keeps its own sessions.
+    Node,
+}
+
 /// A validated `[cluster]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -100,6 +128,13 @@ pub struct ClusterConfig {
     /// `queue_capacity`: messages each queue between a shard and the NATS
     /// bridge holds, each way.
     pub queue_capacity: usize,
+    /// `retained`: cluster-wide retained messages, or per node.
+    pub retained: RetainedScope,
+    /// `sessions`: sessions unique in the cluster, or per node.
+    pub sessions: SessionScope,
+    /// `kv_replicas`: the replicas of the JetStream buckets of retained
+    /// messages and sessions when the node creates them (1 to 5).
+    pub kv_replicas: usize,
 }
 
 /// Validates the `[cluster]` table: `None` when absent.
@@ -228,6 +263,34 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             })?
         }
     };
+    let retained = match raw.retained.as_deref() {
+        None | Some("cluster") => RetainedScope::Cluster,
+        Some("node") => RetainedScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a JetStream bucket shared by the nodes) or \"node\" \
+                 (each node its own)",
+                Setting::key("cluster.retained", other)
+            )))
+        }
+    };
+    let sessions = match raw.sessions.as_deref() {
+        None | Some("cluster") => SessionScope::Cluster,
+        Some("node") => SessionScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a client id is unique in the cluster; its session \
+                 follows it) or \"node\" (each node its own)",
+                Setting::key("cluster.sessions", other)
+            )))
+        }
+    };
+    let kv_replicas = match raw.kv_replicas {
+        None => 1,
+        Some(n) => super::ranged(Setting::key("cluster.kv_replicas", n), n, 1, 5, |n| {
+            usize::try_from(n).ok()
+        })?,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         nats,
@@ -236,6 +299,9 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         subject_prefix,
         local_only,
         queue_capacity,
+        retained,
+        sessions,
+        kv_replicas,
     }))
 }
 
@@ -299,6 +365,9 @@ mod tests {
         assert_eq!(cluster.subject_prefix, DEFAULT_SUBJECT_PREFIX);
         assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(cluster.retained, RetainedScope::Cluster);
+        assert_eq!(cluster.sessions, SessionScope::Cluster);
+        assert_eq!(cluster.kv_replicas, 1);
     }
 
     #[test]
@@ -306,7 +375,7 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\n";
+                    queue_capacity = 100\nretained = \"node\"\nsessions = \"node\"\nkv_replicas = 3\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -317,6 +386,9 @@ mod tests {
         assert_eq!(cluster.subject_prefix, "prod.mqtt");
         assert_eq!(cluster.local_only.len(), 2);
         assert_eq!(cluster.queue_capacity, 100);
+        assert_eq!(cluster.retained, RetainedScope::Node);
+        assert_eq!(cluster.sessions, SessionScope::Node);
+        assert_eq!(cluster.kv_replicas, 3);
         let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
         assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
     }
@@ -348,6 +420,9 @@ mod tests {
             (&format!("{MINIMAL}local_only = [\"$share/g/a\"]"), "not a shared subscription"),
             (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
+            (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
+            (&format!("{MINIMAL}sessions = \"x\""), "test.toml:4:12: cluster.sessions = \"x\""),
+            (&format!("{MINIMAL}kv_replicas = 6"), "test.toml:4:15: cluster.kv_replicas = 6"),
         ];
         for (text, expected) in cases {
             let message = error(text);

@@ -169,6 +169,28 @@ impl Session {
         }
     }
 
+    /// The session as another cluster node takes it over (see
+    /// `store::handover`): as [`Self::stored`], with every queued and
+    /// in-flight message (logged or not), numbered from 1 in `messages`.
+    pub fn handover(&self, messages: &mut HashMap<u64, Arc<Message>>) -> StoredSession {
+        let mut stored = self.stored(&mut HashMap::new());
+        let (queue, inflight) = self.outbound.entries(false);
+        let mut number = |queued: &Queued| {
+            let mid = messages.len() as u64 + 1;
+            messages.insert(mid, Arc::clone(&queued.message));
+            StoredEntry { mid, ..stored_entry(queued) }
+        };
+        stored.queue = queue.map(&mut number).collect();
+        stored.inflight = inflight
+            .into_iter()
+            .map(|(id, queued)| match queued {
+                Some(queued) => (id, StoredFlow::Sent(number(queued))),
+                None => (id, StoredFlow::Released),
+            })
+            .collect();
+        stored
+    }
+
     /// A session rebuilt from the log at start, offline: its will (if any)
     /// is due after its delay counted from `now`, as if the connection had
     /// ended at the restart [MQTT-3.1.3-9]; its in-flight messages are

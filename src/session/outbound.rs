@@ -477,12 +477,21 @@ impl Outbound {
     pub(super) fn logged(
         &self,
     ) -> (impl Iterator<Item = &Queued>, Vec<(PacketId, Option<&Queued>)>) {
-        let queue = self.queue.iter().filter(|q| q.log_id != 0);
+        self.entries(true)
+    }
+
+    /// The queue and the in-flight flows as [`Self::logged`] gives them,
+    /// of every message (`logged_only`: of logged ones only).
+    pub(super) fn entries(
+        &self,
+        logged_only: bool,
+    ) -> (impl Iterator<Item = &Queued>, Vec<(PacketId, Option<&Queued>)>) {
+        let queue = self.queue.iter().filter(move |q| !logged_only || q.log_id != 0);
         let mut inflight: Vec<(u64, PacketId, Option<&Queued>)> = self
             .inflight
             .iter()
             .filter_map(|(&id, inflight)| match &inflight.flow {
-                Flow::Qos1Sent(q) | Flow::Qos2Sent(q) if q.log_id != 0 => {
+                Flow::Qos1Sent(q) | Flow::Qos2Sent(q) if !logged_only || q.log_id != 0 => {
                     Some((inflight.order, id, Some(q)))
                 }
                 Flow::Qos1Sent(_) | Flow::Qos2Sent(_) => None,

@@ -109,6 +109,10 @@ pub struct Shard {
     /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
     /// single node. See `state/cluster.rs`.
     cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
+    /// Client ids whose claim in the cluster's session directory is in
+    /// progress here: how many, and the takeovers from other nodes that
+    /// wait for them (see `state/cluster_sessions.rs`).
+    cluster_claims: hashbrown::HashMap<ByteString, cluster_sessions::Claiming>,
     /// What every session of the shard holds (queued messages and bytes,
     /// in-flight messages): the sum of their [`Slot::usage`], moved as
     /// sessions queue and drain (see [`Shard::account`]), never summed by
@@ -151,6 +155,7 @@ impl Shard {
             authenticators: Arc::default(),
             acl: None,
             cluster: None,
+            cluster_claims: hashbrown::HashMap::new(),
             usage: Usage::default(),
         }
     }
@@ -364,22 +369,7 @@ impl Shard {
         }
         let existing = self.slots.find(&client_id);
         if let Some(key) = existing {
-            // [MQTT-3.1.4-3] A second connection with the same client id
-            // takes over: the first is closed (its will is published).
-            if let Some(old) = self.slot(key).connection.as_ref().map(|link| link.id) {
-                self.counters.shard.takeovers += 1;
-                let slot = self.slots.slot_mut(key);
-                slot.session.handle_takeover(now, &mut self.counters.session);
-                // A v5 client is told DISCONNECT 0x8E before its connection
-                // closes (5.0 §3.1.4): the old connection task takes these
-                // last bytes on its way out (`poll_transmit`).
-                let mut farewell = bytes::BytesMut::new();
-                slot.session.poll_transmit(now, &mut farewell, &mut self.counters.session);
-                if !farewell.is_empty() {
-                    self.farewells.push((old, farewell.freeze()));
-                }
-                self.detach(key, now);
-            }
+            self.take_over_connection(key, now);
             // [MQTT-3.1.2-6] Clean Session (v5 Clean Start) discards the
             // previous session.
             if connect.clean_start {
@@ -418,6 +408,26 @@ impl Shard {
         self.drain_events(key, now);
         self.schedule(key);
         ConnectOutcome::Accepted(key)
+    }
+
+    /// [MQTT-3.1.4-3] A second connection with the same client id takes
+    /// over: the first, if any, is closed (its will is published). Here, or
+    /// from another node of a cluster.
+    fn take_over_connection(&mut self, key: SessionKey, now: Instant) {
+        if let Some(old) = self.slot(key).connection.as_ref().map(|link| link.id) {
+            self.counters.shard.takeovers += 1;
+            let slot = self.slots.slot_mut(key);
+            slot.session.handle_takeover(now, &mut self.counters.session);
+            // A v5 client is told DISCONNECT 0x8E before its connection
+            // closes (5.0 §3.1.4): the old connection task takes these
+            // last bytes on its way out (`poll_transmit`).
+            let mut farewell = bytes::BytesMut::new();
+            slot.session.poll_transmit(now, &mut farewell, &mut self.counters.session);
+            if !farewell.is_empty() {
+                self.farewells.push((old, farewell.freeze()));
+            }
+            self.detach(key, now);
+        }
     }
 
     /// Ends a session: a will still waiting for its delay is published
@@ -1053,7 +1063,7 @@ impl Shard {
             ..Message::clone(message)
         });
         if owner == self.id {
-            self.retain_here(stored, now);
+            self.retain_published(stored, now);
         } else {
             self.outbox.push(owner, ShardMessage::Retain(stored));
             self.durable_sent(owner, message);
@@ -1375,7 +1385,7 @@ impl Shard {
                 self.look_up_acknowledged_retained(now);
             }
             ShardMessage::Retain(message) => {
-                self.retain_here(Arc::clone(&message), now);
+                self.retain_published(Arc::clone(&message), now);
                 self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::RetainedQuery { filter, reply_to } => {
@@ -1393,6 +1403,8 @@ impl Shard {
 }
 
 mod cluster;
+mod cluster_retained;
+mod cluster_sessions;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

@@ -1411,7 +1411,7 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 /// Overload without loss: backpressure and slow consumers.
 mod overload;
 #[path = "tests_persist.rs"]
-mod persist;
+pub(in crate::shard) mod persist;
 
 #[test]
 fn a_retained_message_published_while_a_subscription_is_being_made_reaches_it() {

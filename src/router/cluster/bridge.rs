@@ -16,9 +16,11 @@
 //! server for no echo, and the origin in every frame is checked too.
 
 use super::frame::{self, Dedup, Seen};
+use super::retained::RetainedSync;
+use super::sessions::SessionSync;
 use super::subject::{filter_subjects, queue_name, topic_subject};
 use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
-use crate::config::{ClusterConfig, NatsCredentials};
+use crate::config::{ClusterConfig, NatsCredentials, RetainedScope, SessionScope};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
 use crate::router::home_shard;
@@ -87,6 +89,10 @@ impl Bridge {
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
+            events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
+            sessions: Lane::new(1),
+            sessions_cluster: config.sessions == SessionScope::Cluster,
+            retained_cluster: config.retained == RetainedScope::Cluster,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -136,6 +142,12 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            retained_written,
+            retained_failed,
+            retained_applied,
+            session_claims,
+            session_claims_failed,
+            session_takeovers,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -152,6 +164,12 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            retained_written,
+            retained_failed,
+            retained_applied,
+            session_claims,
+            session_claims_failed,
+            session_takeovers,
             "NATS bridge stopped"
         );
     }
@@ -267,15 +285,44 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             (Err(error), _) | (_, Err(error)) => {
                 tracing::error!(%error, "cannot start the NATS client: the node stays alone");
                 // SUBACKs must not wait forever: every interest change is
-                // acknowledged (nothing is subscribed).
+                // acknowledged (nothing is subscribed). Nor CONNACKs:
+                // claims are dropped (the client gets a session here).
+                let sessions = tokio::task::spawn_local({
+                    let shared = Arc::clone(&shared);
+                    async move {
+                        while std::future::poll_fn(|cx| shared.sessions.poll_control(cx))
+                            .await
+                            .is_some()
+                        {}
+                    }
+                });
                 while let Some(Interest { shard, revision, .. }) =
                     std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
                 {
                     shared.inbound[shard.index()].push_control(revision);
                 }
+                sessions.abort();
                 return;
             }
         };
+        let retained = (config.retained == RetainedScope::Cluster).then(|| {
+            let (prefix, replicas) = (&config.subject_prefix, config.kv_replicas);
+            Rc::new(RetainedSync::new(client.clone(), prefix, replicas, Arc::clone(&shared)))
+        });
+        let watch = retained.clone().map(|sync| tokio::task::spawn_local(sync.run()));
+        // Sessions: the shards' claims are served in any case (answered at
+        // once while the directory is not open); so are their retained
+        // messages for the bucket.
+        let sessions = Rc::new(SessionSync::new(
+            client.clone(),
+            &config.node_id,
+            &config.subject_prefix,
+            config.kv_replicas,
+            Arc::clone(&shared),
+        ));
+        let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards(retained));
+        let directory = (config.sessions == SessionScope::Cluster)
+            .then(|| tokio::task::spawn_local(Rc::clone(&sessions).run()));
         let bridge = Rc::new(BridgeState {
             client,
             queues,
@@ -288,6 +335,10 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
+        for task in [watch, directory].into_iter().flatten() {
+            task.abort();
+        }
+        claims.abort();
         // Stop the readers (each unsubscribes), then flush.
         let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
         for reader in readers {

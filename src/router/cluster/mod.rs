@@ -26,6 +26,11 @@
 //! * `lane`: the lock-free queues between the shards and the bridge.
 //! * `bridge`: the bridge thread (async-nats on a current-thread tokio
 //!   runtime): connection, reconnection with backoff, subscriptions.
+//! * `retained`: retained messages cluster-wide, through a JetStream
+//!   key-value bucket every node watches.
+//! * `sessions`: a client id unique in the cluster: a directory bucket
+//!   claimed with compare-and-set, and the session handed over by the node
+//!   that held it.
 //!
 //! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
 //! subscription of its own (queue group [`subject::queue_name`]), made on a
@@ -35,15 +40,17 @@
 //! message is therefore never given to a local group directly.
 //!
 //! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
-//! nodes at most once (the PUBACK does not wait for remote nodes),
-//! retained messages stay per node, sessions do not move between nodes.
+//! nodes at most once (the PUBACK does not wait for remote nodes).
 
 mod bridge;
 mod frame;
 mod lane;
+mod retained;
+mod sessions;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
+pub use sessions::Takeover;
 
 use super::interest::InterestDelta;
 use super::ShardId;
@@ -90,6 +97,13 @@ pub enum FromBridge {
     },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
+    /// The cluster's retained message of a topic this shard owns changed
+    /// (an empty payload: deleted); see `retained`.
+    Retained(Arc<Message>),
+    /// Another node took the session of a client id homed on this shard
+    /// over: the shard closes its connection, and answers with the session
+    /// ([`ClusterLink::handover`]); see `sessions`.
+    Takeover(Takeover),
 }
 
 /// The bridge's counters: atomics, since the bridge thread and every shard
@@ -123,6 +137,21 @@ pub struct BridgeCounters {
     pub inbound_dropped: AtomicU64,
     /// Messages the NATS client dropped: the bridge read too slowly.
     pub slow_consumer: AtomicU64,
+    /// Retained messages (and deletes) written to the cluster's bucket.
+    pub retained_written: AtomicU64,
+    /// Retained messages the bucket refused or never acknowledged (no
+    /// JetStream, too large): they stay on this node.
+    pub retained_failed: AtomicU64,
+    /// Changes of the bucket handed to the shards.
+    pub retained_applied: AtomicU64,
+    /// Client ids claimed in the cluster's session directory.
+    pub session_claims: AtomicU64,
+    /// Claims that could not be made (no directory, NATS down, timeouts):
+    /// the client was accepted on this node alone.
+    pub session_claims_failed: AtomicU64,
+    /// Sessions taken over from another node (a live connection closed
+    /// there, and the session moved here unless Clean Start).
+    pub session_takeovers: AtomicU64,
     /// When a slow consumer was last logged, in seconds since the Unix
     /// epoch (logged at most once per 10 s).
     pub slow_consumer_logged: AtomicU64,
@@ -155,6 +184,12 @@ impl BridgeCounters {
             slow_consumer: n(&self.slow_consumer),
             connects: n(&self.connects),
             disconnects: n(&self.disconnects),
+            retained_written: n(&self.retained_written),
+            retained_failed: n(&self.retained_failed),
+            retained_applied: n(&self.retained_applied),
+            session_claims: n(&self.session_claims),
+            session_claims_failed: n(&self.session_claims_failed),
+            session_takeovers: n(&self.session_takeovers),
         }
     }
 }
@@ -169,6 +204,18 @@ struct Shared {
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
+    /// Bridge to each shard: changes of the cluster's retained messages of
+    /// its topics, takeovers of its sessions. Never bounded (none may be
+    /// lost; they are as few as retained publishes and connects); only the
+    /// control side of each lane is used.
+    events: Vec<Lane<(), FromBridge>>,
+    /// Shards to bridge: session claims and handovers (see `sessions`),
+    /// retained messages for the bucket (see `retained`).
+    sessions: Lane<(), sessions::ToBridge>,
+    /// `cluster.sessions = "cluster"`: client ids are claimed.
+    sessions_cluster: bool,
+    /// `cluster.retained = "cluster"`: retained messages go to the bucket.
+    retained_cluster: bool,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -236,11 +283,16 @@ impl ClusterLink {
         let link = Rc::clone(self);
         let task = glommio::spawn_local(async move {
             let lane = &link.shared.inbound[link.shard.index()];
+            let events = &link.shared.events[link.shard.index()];
+            let mut changed = None;
             // Acknowledgements first: a SUBACK waits for them.
             loop {
                 let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
                     std::task::Poll::Ready(Some(revision)) => {
                         std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
+                    }
+                    _ if event_ready(events, cx, &mut changed) => {
+                        std::task::Poll::Ready(changed.take())
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
                         delivery.map(|Delivery { message, group }| match group {
@@ -262,6 +314,21 @@ impl ClusterLink {
     }
 }
 
+/// Whether an event of `Shared::events` is ready (then in `changed`).
+fn event_ready(
+    lane: &Lane<(), FromBridge>,
+    cx: &mut std::task::Context<'_>,
+    changed: &mut Option<FromBridge>,
+) -> bool {
+    match lane.poll_control(cx) {
+        std::task::Poll::Ready(Some(message)) => {
+            *changed = Some(message);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A shard's running task of its cluster link.
 #[derive(Debug)]
 pub struct ClusterTask {
@@ -274,6 +341,7 @@ impl ClusterTask {
     /// handed over) and waits for the task.
     pub async fn shutdown(self) {
         self.link.shared.inbound[self.link.shard.index()].close();
+        self.link.shared.events[self.link.shard.index()].close();
         self.task.await;
     }
 }
@@ -288,6 +356,10 @@ impl ClusterSetup {
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+            events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
+            sessions: Lane::new(1),
+            sessions_cluster: true,
+            retained_cluster: true,
         }))
     }
 
