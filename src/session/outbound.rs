@@ -15,6 +15,7 @@ use crate::protocol::{
     BoxedPublishProperties, Packet, PacketId, PacketType, ProtocolVersion, PubResponse, Publish,
     QoS, ReasonCode, SubscriptionIds,
 };
+use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -352,13 +353,18 @@ impl Outbound {
     /// Takes the next message off the queue if it may be sent now: a QoS 0
     /// message always, a QoS 1/2 message while fewer than `window` are in
     /// flight. Expired messages are dropped on the way [MQTT-3.3.2-5].
+    /// Returned with the message's number in the durable log (0: not
+    /// logged), which the in-flight entry keeps.
+    ///
+    /// A QoS 1/2 message costs one lookup in the in-flight table: its
+    /// packet id is found free and the entry filled in the same probe.
     pub(super) fn poll_new(
         &mut self,
         window: u16,
         version: ProtocolVersion,
         now: Instant,
         counters: &mut SessionCounters,
-    ) -> Option<Publish> {
+    ) -> Option<(Publish, u64)> {
         loop {
             let head = self.queue.front()?;
             let expired = head.is_expired(now);
@@ -372,32 +378,33 @@ impl Outbound {
                 continue;
             }
             if queued.qos == QoS::AtMostOnce {
-                return Some(queued.to_publish(None, false, version, now));
+                return Some((queued.to_publish(None, false, version, now), 0));
             }
-            let id = self.allocate_packet_id();
+            // A non-zero packet id not used by any unacknowledged outgoing
+            // PUBLISH or PUBREL (3.1.1 [MQTT-2.3.1-2], 5.0 [MQTT-2.2.1-3]).
+            // Fewer than 65,535 ids are in flight here (the window is a
+            // `u16`), so a free one exists.
+            let (id, slot) = loop {
+                let id = self.next_packet_id;
+                self.next_packet_id = id.next();
+                if let Entry::Vacant(slot) = self.inflight.entry(id) {
+                    break (id, slot);
+                }
+            };
             // DUP=0 on the first send [MQTT-4.3.2-1], [MQTT-4.3.3-1].
             let publish = queued.to_publish(Some(id), false, version, now);
+            let log_id = queued.log_id;
+            // The entry keeps the queued message itself (its topic and
+            // payload shared with the PUBLISH just built, not copied) for a
+            // re-send [MQTT-4.4.0-1].
             let flow = match queued.qos {
                 QoS::AtLeastOnce => Flow::Qos1Sent(queued),
                 _ => Flow::Qos2Sent(queued),
             };
-            let order = self.take_order();
-            self.inflight.insert(id, Inflight { order, flow });
-            return Some(publish);
-        }
-    }
-
-    /// A non-zero packet id not used by any unacknowledged outgoing PUBLISH
-    /// or PUBREL (3.1.1 [MQTT-2.3.1-2], 5.0 [MQTT-2.2.1-3]). Only called with
-    /// fewer than 65,535 ids in flight (the window is a `u16`), so a free id
-    /// exists.
-    fn allocate_packet_id(&mut self) -> PacketId {
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = id.next();
-            if !self.inflight.contains_key(&id) {
-                return id;
-            }
+            let order = self.next_order;
+            self.next_order += 1;
+            slot.insert(Inflight { order, flow });
+            return Some((publish, log_id));
         }
     }
 
@@ -421,21 +428,25 @@ impl Outbound {
         id: PacketId,
         reason: ReasonCode,
     ) -> AckOutcome {
-        let Some(inflight) = self.inflight.get(&id) else { return AckOutcome::NotInFlight };
-        match (packet, &inflight.flow) {
+        // One lookup: the entry found is the one removed or replaced.
+        let Entry::Occupied(mut entry) = self.inflight.entry(id) else {
+            return AckOutcome::NotInFlight;
+        };
+        match (packet, &entry.get().flow) {
             (PacketType::PubAck, Flow::Qos1Sent(_)) | (PacketType::PubComp, Flow::Released) => {
-                self.inflight.remove(&id);
+                entry.remove();
                 AckOutcome::Completed
             }
             (PacketType::PubRec, Flow::Qos2Sent(_)) if reason.as_u8() >= 0x80 => {
-                self.inflight.remove(&id);
+                entry.remove();
                 AckOutcome::Refused
             }
             (PacketType::PubRec, Flow::Qos2Sent(_)) => {
                 // The PUBREL takes its place in the order of re-sending when
                 // the PUBREC arrives [MQTT-4.6.0-4].
-                let order = self.take_order();
-                self.inflight.insert(id, Inflight { order, flow: Flow::Released });
+                let order = self.next_order;
+                self.next_order += 1;
+                entry.insert(Inflight { order, flow: Flow::Released });
                 AckOutcome::Release
             }
             (PacketType::PubRec, Flow::Released) => AckOutcome::Release,
@@ -458,14 +469,6 @@ impl Outbound {
 /// For the durable log (see `journal`): what a snapshot keeps, and the
 /// state rebuilt from it. Nothing here changes how the queue works.
 impl Outbound {
-    /// The log number of the message in flight with `id`; 0 if none.
-    pub(super) fn log_id_of(&self, id: PacketId) -> u64 {
-        match self.inflight.get(&id).map(|inflight| &inflight.flow) {
-            Some(Flow::Qos1Sent(queued) | Flow::Qos2Sent(queued)) => queued.log_id,
-            _ => 0,
-        }
-    }
-
     /// The logged queued messages, oldest first, and every in-flight flow
     /// in the order of re-sending (`None`: a PUBREL awaiting PUBCOMP); a
     /// flow whose message is not logged is left out.
