@@ -1004,14 +1004,11 @@ impl Session {
         }
         // Nothing before the CONNACK [MQTT-3.2.0-1].
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
-        let publish =
+        let (publish, mid) =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
         counters.publishes_sent[publish.qos as usize] += 1;
-        if let Some(packet_id) = publish.packet_id {
-            let mid = self.outbound.log_id_of(packet_id);
-            if mid != 0 {
-                self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
-            }
+        if let (Some(packet_id), true) = (publish.packet_id, mid != 0) {
+            self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
         }
         Some(Packet::Publish(publish))
     }

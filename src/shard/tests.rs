@@ -1469,3 +1469,64 @@ fn a_retained_message_racing_a_new_subscription_arrives_exactly_once() {
         }
     }
 }
+
+/// A waker that counts how often it is woken.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// QoS 1 fan-in as the connection loop drives it: the publishes of one
+/// read batch are handled one by one, then the publisher's output is taken
+/// once. Their PUBACKs leave in that one transmit, in the order of the
+/// publishes ([MQTT-4.3.2-2] "MUST respond with a PUBACK Packet"; 4.6
+/// [MQTT-4.6.0-2] "MUST send PUBACK packets in the order in which the
+/// corresponding PUBLISH packets were received"); the subscriber's task is
+/// woken once for the whole batch, not once per message, and takes every
+/// delivery in one transmit; its PUBACKs, read in one batch, empty its
+/// window.
+#[test]
+fn one_read_batch_of_qos1_publishes_is_one_transmit_each_way_and_one_wake_up() {
+    const BATCH: u16 = 20;
+    let mut cluster = Cluster::new(1);
+    let sub = cluster.connect("sub");
+    cluster.subscribe(&sub, "t/#");
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    let publisher = cluster.connect("pub");
+    let wakes = std::sync::Arc::new(CountingWaker(Default::default()));
+    let waker = Waker::from(std::sync::Arc::clone(&wakes));
+    // The subscriber's task is parked, waiting for output.
+    assert!(!cluster.shards[0].register_waker(sub.key, sub.id, &waker));
+
+    for id in 1..=BATCH {
+        cluster.send(&publisher, publish_acked("t/x", QoS::AtLeastOnce, id, false));
+    }
+    let mut out = BytesMut::new();
+    let now = cluster.now;
+    let written =
+        cluster.shards[0].poll_transmit(publisher.key, publisher.id, now, &mut out).unwrap();
+    assert_eq!(written, usize::from(BATCH), "every PUBACK in one transmit");
+    let acks: Vec<_> = decode_all(publisher.version, out)
+        .into_iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) => ack.packet_id.get(),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, (1..=BATCH).collect::<Vec<_>>());
+
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1, "one wake-up per batch");
+    let deliveries = cluster.output(&sub);
+    assert_eq!(deliveries.len(), usize::from(BATCH), "every delivery in one transmit");
+    for packet in deliveries {
+        let Packet::Publish(publish) = packet else { panic!("expected a PUBLISH") };
+        let id = publish.packet_id.expect("QoS 1 has a packet id");
+        cluster.send(&sub, Packet::PubAck(crate::protocol::PubResponse::new(id)));
+    }
+    assert!(cluster.output(&sub).is_empty());
+    let session = cluster.shards[0].session_mut(sub.key, sub.id).unwrap();
+    assert_eq!(session.inflight_len(), 0, "every PUBACK freed its window slot");
+}
