@@ -7,7 +7,7 @@
 //! reports the first one it has not made durable yet, so "durable" is a
 //! single watermark and a waiter needs no per-record state.
 
-use super::record::Record;
+use super::record::{FlowOp, Record, MAX_FLOW_OPS};
 use super::sessions::SessionState;
 use crate::message::Message;
 use crate::metrics::StoreCounters;
@@ -80,6 +80,22 @@ impl Log {
     /// [`Log::durable`] resolves.
     pub fn append(&self, record: Record) -> Lsn {
         self.push(Entry::Record(record))
+    }
+
+    /// Queues `op` on session `sid`'s outgoing flows: added to the last
+    /// queued record when that is a [`Record::Flows`] of the same session
+    /// with room left (so a run of PUBACKs or of sends is framed, checked
+    /// and written as one record), else queued as a new one.
+    pub fn append_flow(&self, sid: u64, op: FlowOp) -> Lsn {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(Entry::Record(Record::Flows { sid: last, ops })) = inner.queue.last_mut() {
+            if *last == sid && ops.len() < MAX_FLOW_OPS {
+                ops.push(op);
+                return Lsn(inner.next - 1);
+            }
+        }
+        drop(inner);
+        self.push(Entry::Record(Record::Flows { sid, ops: vec![op] }))
     }
 
     /// Whether the writer asked for a snapshot (see [`Log::compact`]).
@@ -221,5 +237,46 @@ impl Log {
                 i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PacketId;
+
+    fn completed(id: u16) -> FlowOp {
+        FlowOp::Completed(PacketId::new(id).unwrap())
+    }
+
+    fn flows(entries: &[Entry]) -> Vec<(u64, usize)> {
+        entries
+            .iter()
+            .map(|entry| match entry {
+                Entry::Record(Record::Flows { sid, ops }) => (*sid, ops.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flow_changes_of_one_session_in_a_row_share_a_record_until_taken_or_full() {
+        let log = Log::new();
+        let first = log.append_flow(1, completed(1));
+        assert_eq!(log.append_flow(1, completed(2)), first, "merged: the same record");
+        let other = log.append_flow(2, completed(1));
+        assert!(other > first);
+        // Session 1 again after another session's record: a new record,
+        // so the order between sessions is kept.
+        let again = log.append_flow(1, completed(3));
+        assert!(again > other);
+        assert_eq!(flows(&log.sync_now()), vec![(1, 2), (2, 1), (1, 1)]);
+        // Taken by the writer: never added to afterwards.
+        let after = log.append_flow(1, completed(4));
+        assert!(after > again);
+        for id in 0..MAX_FLOW_OPS as u16 {
+            log.append_flow(1, completed(id % 100 + 1));
+        }
+        assert_eq!(flows(&log.sync_now()), vec![(1, MAX_FLOW_OPS), (1, 1)]);
     }
 }

@@ -12,6 +12,7 @@ use crate::router::{ShardId, ShardMessage};
 use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
 use crate::shard::state::LocalSubscription;
+use crate::store::record::FlowOp;
 use crate::store::{Lsn, Record, SessionState, StoredSubscription};
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -68,6 +69,15 @@ struct DurableWait {
     peers: SmallVec<[(ShardId, u64); 4]>,
     key: SessionKey,
     token: AckToken,
+}
+
+impl DurableWait {
+    /// Whether this shard's records up to `lsn` are durable and every peer
+    /// reported its count (`acked`, per peer).
+    fn is_ready(&self, log: &crate::store::Log, acked: &[u64]) -> bool {
+        self.lsn.is_none_or(|lsn| log.is_durable(lsn))
+            && self.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count)
+    }
 }
 
 impl Shard {
@@ -198,9 +208,20 @@ impl Shard {
                     }
                     Record::Enqueue { sid, entry }
                 }
-                SessionChange::Sent { mid, packet_id } => Record::Sent { sid, mid, packet_id },
-                SessionChange::Released(packet_id) => Record::Released { sid, packet_id },
-                SessionChange::Completed(packet_id) => Record::Completed { sid, packet_id },
+                // The changes to its flows go into one record while they
+                // follow each other in the log (see `Log::append_flow`).
+                SessionChange::Sent { mid, packet_id } => {
+                    log.append_flow(sid, FlowOp::Sent { mid, packet_id });
+                    continue;
+                }
+                SessionChange::Released(packet_id) => {
+                    log.append_flow(sid, FlowOp::Released(packet_id));
+                    continue;
+                }
+                SessionChange::Completed(packet_id) => {
+                    log.append_flow(sid, FlowOp::Completed(packet_id));
+                    continue;
+                }
                 SessionChange::Qos2In(packet_id) => Record::Qos2In { sid, packet_id },
                 SessionChange::Qos2Done(packet_id) => Record::Qos2Done { sid, packet_id },
             };
@@ -283,8 +304,20 @@ impl Shard {
         let lsn = self.log.as_ref().and_then(|log| log.last());
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         let peers = std::mem::take(&mut durable.touched);
-        durable.waits.push(DurableWait { lsn, peers, key, token });
-        self.release_durable();
+        self.wait_durable(DurableWait { lsn, peers, key, token });
+    }
+
+    /// Releases `wait` at once if what it waits for is durable already,
+    /// else keeps it for [`Shard::release_durable`]. Only the new wait is
+    /// looked at: the others cannot have become ready since the last
+    /// event that moved the log's watermark or a peer's count.
+    fn wait_durable(&mut self, wait: DurableWait) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        if self.log.as_ref().is_some_and(|log| wait.is_ready(log, &durable.acked)) {
+            self.release_acks(wait.key, wait.token);
+        } else {
+            durable.waits.push(wait);
+        }
     }
 
     /// Releases the SUBACK or UNSUBACK barrier `token` of a persistent
@@ -295,9 +328,8 @@ impl Shard {
         let persistent = self.slots.get(key).is_some_and(|slot| slot.log_id != 0);
         let lsn = self.log.as_ref().and_then(|log| log.last());
         match self.session_log.durable.as_mut() {
-            Some(durable) if persistent => {
-                durable.waits.push(DurableWait { lsn, peers: SmallVec::new(), key, token });
-                self.release_durable();
+            Some(_) if persistent => {
+                self.wait_durable(DurableWait { lsn, peers: SmallVec::new(), key, token });
             }
             _ => self.release_acks(key, token),
         }
@@ -315,7 +347,8 @@ impl Shard {
         durable.received[from.index()] += count;
         let total = durable.received[from.index()];
         durable.replies.push((from, total, lsn));
-        self.handle_durable();
+        // Nothing this shard waits for moved: only the reports are due.
+        self.send_durable_reports();
     }
 
     /// A peer reported `count` of this shard's messages durable.
@@ -329,6 +362,12 @@ impl Shard {
     /// The log's durable watermark moved: reports owed to peers are sent
     /// and the acknowledgements whose records are all durable released.
     pub fn handle_durable(&mut self) {
+        self.send_durable_reports();
+        self.release_durable();
+    }
+
+    /// Sends the reports owed to peers whose records are durable.
+    fn send_durable_reports(&mut self) {
         let Some(log) = self.log.clone() else { return };
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         // Records are durable in order: the replies due are a prefix.
@@ -347,18 +386,18 @@ impl Shard {
         for (peer, count) in latest {
             self.outbox.push(peer, ShardMessage::Durable { count });
         }
-        self.release_durable();
     }
 
-    /// Releases every waiting acknowledgement whose records are durable.
+    /// Releases every waiting acknowledgement whose records are durable:
+    /// a scan of the waits, once per move of the log's watermark or of a
+    /// peer's count (about once per group commit), not once per PUBLISH.
     fn release_durable(&mut self) {
         let Some(log) = self.log.clone() else { return };
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         let mut released: SmallVec<[(SessionKey, AckToken); 8]> = SmallVec::new();
         let acked = &durable.acked;
         durable.waits.retain(|wait| {
-            let ready = wait.lsn.is_none_or(|lsn| log.is_durable(lsn))
-                && wait.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count);
+            let ready = wait.is_ready(&log, acked);
             if ready {
                 released.push((wait.key, wait.token));
             }
