@@ -129,6 +129,9 @@ pub struct Session {
     /// Whether the acknowledgement of a QoS 1/2 PUBLISH waits for the
     /// durable log (see [`Session::set_durable_acks`]).
     durable_acks: bool,
+    /// Whether the durable log cannot be written now: QoS 1/2 publishes
+    /// are refused (see [`Session::set_store_unavailable`]).
+    store_unavailable: bool,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -170,6 +173,7 @@ impl Session {
             acl: None,
             journal: journal::Journal::default(),
             durable_acks: false,
+            store_unavailable: false,
         }
     }
 
@@ -585,6 +589,27 @@ impl Session {
                     _ => {}
                 }
                 return Ok(());
+            }
+        }
+        if self.store_unavailable {
+            if let Some(id) = packet_id {
+                counters.refused_store_unavailable += 1;
+                // 5.0 PUBACK / PUBREC 0x97 Quota exceeded, "An
+                // implementation or administrative imposed limit has been
+                // exceeded" (tables 3-4, 3-5): the disk is such a limit. A
+                // failed PUBREC ends the flow, the id is not kept
+                // [MQTT-4.3.3-4]. 3.1.1: see `SessionError::StoreUnavailable`.
+                return match (connection.version.is_v5(), qos) {
+                    (true, QoS::AtLeastOnce) => {
+                        connection.owe(Control::PubAck(id, ReasonCode::QuotaExceeded));
+                        Ok(())
+                    }
+                    (true, _) => {
+                        connection.owe(Control::PubRec(id, ReasonCode::QuotaExceeded));
+                        Ok(())
+                    }
+                    (false, _) => Err(SessionError::StoreUnavailable),
+                };
             }
         }
         let expires_at = properties
@@ -1143,6 +1168,15 @@ impl Session {
     /// the client.
     pub fn set_durable_acks(&mut self, on: bool) {
         self.durable_acks = on;
+    }
+
+    /// While the durable log cannot be written (disk full, EIO) a QoS 1/2
+    /// PUBLISH is refused, as it could not be made durable: MQTT 5 with
+    /// 0x97 Quota exceeded in its PUBACK or PUBREC, 3.1/3.1.1 by closing
+    /// the connection (see [`SessionError::StoreUnavailable`]). QoS 0 is
+    /// never logged and still flows. The shard sets it before each packet.
+    pub fn set_store_unavailable(&mut self, unavailable: bool) {
+        self.store_unavailable = unavailable;
     }
 
     /// Holds the acknowledgements owed from now on (and the CONNACK, when it

@@ -47,6 +47,9 @@ pub struct Log {
     /// Set by the writer when the log has grown past its compaction
     /// threshold; cleared when the shard hands over a snapshot.
     wants_compaction: Cell<bool>,
+    /// Set by the writer while its writes or syncs fail (disk full, EIO),
+    /// cleared once one succeeds again.
+    failing: Cell<bool>,
     counters: RefCell<StoreCounters>,
 }
 
@@ -63,8 +66,8 @@ struct Inner {
     waiters: Vec<(u64, Waker)>,
     /// The writer, parked until there is something to write.
     writer: Option<Waker>,
-    /// A task waiting for the durable watermark to move
-    /// ([`Log::durable_moved`]).
+    /// A task waiting for the durable watermark to move or the writer to
+    /// start or stop failing ([`Log::changed`]).
     watcher: Option<Waker>,
     /// No more entries: the writer writes what is queued and ends.
     closed: bool,
@@ -126,18 +129,34 @@ impl Log {
         self.inner.borrow().next.checked_sub(1).map(Lsn)
     }
 
-    /// Resolves once records past the first `seen` are durable; returns
-    /// how many are. One task of the shard waits on it to release what
-    /// waits for durability.
-    pub fn durable_moved(&self, seen: u64) -> impl Future<Output = u64> + '_ {
+    /// Resolves once records past the first `seen` are durable, or the
+    /// writer's [`Log::is_failing`] is no longer `failing`; returns both
+    /// as they are then. One task of the shard waits on it to release what
+    /// waits for durability and to refuse what cannot be made durable.
+    pub fn changed(&self, seen: u64, failing: bool) -> impl Future<Output = (u64, bool)> + '_ {
         std::future::poll_fn(move |cx| {
             let mut inner = self.inner.borrow_mut();
-            if inner.durable > seen {
-                return Poll::Ready(inner.durable);
+            if inner.durable > seen || self.failing.get() != failing {
+                return Poll::Ready((inner.durable, self.failing.get()));
             }
             inner.watcher = Some(cx.waker().clone());
             Poll::Pending
         })
+    }
+
+    /// Whether the writer cannot write or sync the log now (disk full,
+    /// EIO): records wait in memory and it retries every second.
+    pub fn is_failing(&self) -> bool {
+        self.failing.get()
+    }
+
+    /// For the writer (and tests): its writes started or stopped failing.
+    pub(crate) fn set_failing(&self, failing: bool) {
+        if self.failing.replace(failing) != failing {
+            if let Some(watcher) = self.inner.borrow_mut().watcher.take() {
+                watcher.wake();
+            }
+        }
     }
 
     /// Whether the record `lsn` is durable.

@@ -34,6 +34,11 @@ pub(super) struct SessionLog {
     changes: Vec<SessionChange>,
     /// With `durability = "always"`: what waits for durability.
     durable: Option<Box<DurableAcks>>,
+    /// Per shard (this one included): whether its log cannot be written
+    /// now (disk full, EIO). Empty until one fails.
+    failing: Vec<bool>,
+    /// How many of `failing` are true.
+    failing_count: usize,
 }
 
 /// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
@@ -253,6 +258,46 @@ impl Shard {
             }
         }
         state
+    }
+
+    /// This shard's log started (`true`) or stopped failing: the change is
+    /// told to every other shard ([`ShardMessage::StoreFailing`]).
+    pub fn handle_store_failing(&mut self, failing: bool) {
+        let me = self.id;
+        if self.set_store_failing(me, failing) {
+            for peer in
+                (0..self.nr_shards).filter_map(ShardId::from_index).filter(|&peer| peer != me)
+            {
+                self.outbox.push(peer, ShardMessage::StoreFailing { failing });
+            }
+        }
+    }
+
+    /// Notes that the log of `shard` fails or works; returns whether that
+    /// changed anything.
+    pub(super) fn set_store_failing(&mut self, shard: ShardId, failing: bool) -> bool {
+        let log = &mut self.session_log;
+        if log.failing.is_empty() {
+            log.failing = vec![false; self.nr_shards];
+        }
+        let Some(slot) = log.failing.get_mut(shard.index()) else { return false };
+        if std::mem::replace(slot, failing) == failing {
+            return false;
+        }
+        if failing {
+            log.failing_count += 1;
+        } else {
+            log.failing_count -= 1;
+        }
+        true
+    }
+
+    /// Whether a QoS 1/2 PUBLISH is refused now: the log of this shard or
+    /// of another cannot be written (they share `data_dir`'s disk, and a
+    /// message may be logged on any shard it is routed to), so it could not
+    /// be made durable. QoS 0 is never logged and still flows.
+    pub(super) fn store_unavailable(&self) -> bool {
+        self.session_log.failing_count > 0
     }
 
     /// `durability = "always"`: from now on a QoS 1/2 PUBLISH is
