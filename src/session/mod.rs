@@ -1394,7 +1394,13 @@ impl Session {
         // An offline session holds its limits: what was queued past them
         // while the client was connected (see `handle_delivery`) goes, the
         // newest first.
-        let trimmed = self.outbound.trim_to_limits(&self.limits);
+        // Logged as removed, so that they do not come back after a restart.
+        let (journal, expiry) = (&mut self.journal, self.expiry);
+        let trimmed = self.outbound.trim_to_limits(&self.limits, |queued| {
+            if queued.log_id != 0 {
+                journal.note(expiry, || SessionChange::Dropped(queued.log_id));
+            }
+        });
         if reason == CloseReason::SlowConsumer {
             counters.dropped_slow_consumer += trimmed.iter().sum::<u64>();
         } else {

@@ -493,3 +493,33 @@ fn while_one_shards_log_fails_every_shard_refuses_qos1_and_2_and_serves_qos0() {
     );
     assert_eq!(publishes(&cluster.output(&sub)).len(), 1);
 }
+
+#[test]
+fn messages_cut_from_a_persistent_queue_do_not_come_back_after_a_restart() {
+    let two = SessionLimits { max_queued_messages: 2, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(2, two);
+    let logs = with_logs(&mut cluster);
+    let sub_id = id_on("sub", 0, 2);
+    let (sub, _) = cluster.connect_with(&sub_id, false);
+    cluster.subscribe(&sub, "t");
+    cluster.settle();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    // The subscriber reads nothing: five QoS 1 messages queue, past its
+    // limit of two (queued all the same while it is connected).
+    let publisher = cluster.connect(&id_on("pub", 0, 2));
+    for i in 0..5u8 {
+        let packet = publish_qos("t", &[i], QoS::AtLeastOnce, u16::from(i) + 1, false);
+        let now = cluster.now;
+        cluster.shards[publisher.shard]
+            .handle_packet(publisher.key, publisher.id, now, packet)
+            .unwrap();
+    }
+    cluster.settle();
+    // It leaves: its queue is cut to its limit, the newest go.
+    cluster.close(&sub);
+    assert_eq!(cluster.shards[0].counters().session.dropped_queue_full, [0, 3, 0]);
+    let (mut cluster, _) = restart(&cluster, &logs);
+    let (_, output) = cluster.connect_with(&sub_id, false);
+    let got: Vec<Vec<u8>> = publishes(&output).into_iter().map(|(p, ..)| p).collect();
+    assert_eq!(got, vec![vec![0], vec![1]], "what was cut stays cut");
+}

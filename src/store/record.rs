@@ -42,16 +42,19 @@
 //!                        order they happened, any number of:
 //!                          u8 10 + u64 mid + u16 packet id (sent),
 //!                          u8 11 + u16 packet id (released),
-//!                          u8 12 + u16 packet id (completed)
-//!                        (version 2: the changes of kinds 10-12 of one
-//!                        session that follow each other in the log,
-//!                        framed once)
+//!                          u8 12 + u16 packet id (completed),
+//!                          u8 16 + u64 mid (dropped)
+//!                        (version 2: the changes of kinds 10-12 and 16
+//!                        of one session that follow each other in the
+//!                        log, framed once)
+//!    16 dropped:         u64 sid, u64 mid (version 2: the newest queued
+//!                        entry of the message was cut, past the limits)
 //! ```
 //!
-//! Version 2 adds kind 15 and nothing else, so a version 1 segment is a
+//! Version 2 adds kinds 15 and 16 and nothing else, so a version 1 segment is a
 //! valid version 2 one; a build that reads version 1 only refuses a
 //! version 2 segment by its header instead of cutting it off at the
-//! first kind 15 as a damaged tail.
+//! first new kind as a damaged tail.
 //!
 //! A body is never empty, so a length of zero is padding (the writer pads
 //! the last block of a file with zeros), never a record.
@@ -104,6 +107,7 @@ const KIND_COMPLETED: u8 = 12;
 const KIND_QOS2_IN: u8 = 13;
 const KIND_QOS2_DONE: u8 = 14;
 const KIND_FLOWS: u8 = 15;
+const KIND_DROPPED: u8 = 16;
 
 /// What a segment file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,10 +303,18 @@ pub enum Record {
         /// Its packet id.
         packet_id: PacketId,
     },
-    /// Changes to the outgoing flows of one session, in order: what
-    /// [`Record::Sent`], [`Record::Released`] and [`Record::Completed`]
-    /// say one by one, framed once (a subscriber's PUBACKs read together,
-    /// the messages sent by one write).
+    /// The newest queued entry of message `mid` was dropped: the queue was
+    /// cut back to its limits (an offline session, a slow consumer).
+    Dropped {
+        /// The session.
+        sid: u64,
+        /// The message.
+        mid: u64,
+    },
+    /// Changes to the outgoing flows and queue of one session, in order:
+    /// what [`Record::Sent`], [`Record::Released`], [`Record::Completed`]
+    /// and [`Record::Dropped`] say one by one, framed once (a subscriber's
+    /// PUBACKs read together, the messages sent by one write, a queue cut).
     Flows {
         /// The session.
         sid: u64,
@@ -325,6 +337,11 @@ pub enum FlowOp {
     Released(PacketId),
     /// As [`Record::Completed`].
     Completed(PacketId),
+    /// As [`Record::Dropped`].
+    Dropped {
+        /// The message.
+        mid: u64,
+    },
 }
 
 impl FlowOp {
@@ -334,6 +351,7 @@ impl FlowOp {
             Self::Sent { mid, packet_id } => Record::Sent { sid, mid, packet_id },
             Self::Released(packet_id) => Record::Released { sid, packet_id },
             Self::Completed(packet_id) => Record::Completed { sid, packet_id },
+            Self::Dropped { mid } => Record::Dropped { sid, mid },
         }
     }
 }
@@ -466,8 +484,17 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
                         out.put_u8(KIND_COMPLETED);
                         out.put_u16_le(packet_id.get());
                     }
+                    FlowOp::Dropped { mid } => {
+                        out.put_u8(KIND_DROPPED);
+                        out.put_u64_le(mid);
+                    }
                 }
             }
+        }
+        Record::Dropped { sid, mid } => {
+            out.put_u8(KIND_DROPPED);
+            out.put_u64_le(*sid);
+            out.put_u64_le(*mid);
         }
         Record::Released { sid, packet_id }
         | Record::Completed { sid, packet_id }
@@ -507,7 +534,7 @@ pub fn decode(body: &[u8], clocks: Clocks) -> Result<Record, RecordError> {
                 .map_err(|_| RecordError::Topic)
         }
         KIND_SNAPSHOT_END => Ok(Record::SnapshotEnd),
-        KIND_SESSION_OPEN..=KIND_FLOWS => {
+        KIND_SESSION_OPEN..=KIND_DROPPED => {
             decode_session(kind, rest, clocks).ok_or(RecordError::Session)
         }
         other => Err(RecordError::Kind(other)),
@@ -622,16 +649,15 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
         KIND_FLOWS => {
             let mut ops = Vec::new();
             while let Some(op) = u8_of(&mut rest) {
-                let mid = match op {
-                    KIND_SENT => Some(u64_of(&mut rest)?),
-                    KIND_RELEASED | KIND_COMPLETED => None,
+                ops.push(match op {
+                    KIND_SENT => {
+                        let mid = u64_of(&mut rest)?;
+                        FlowOp::Sent { mid, packet_id: PacketId::new(u16_of(&mut rest)?)? }
+                    }
+                    KIND_RELEASED => FlowOp::Released(PacketId::new(u16_of(&mut rest)?)?),
+                    KIND_COMPLETED => FlowOp::Completed(PacketId::new(u16_of(&mut rest)?)?),
+                    KIND_DROPPED => FlowOp::Dropped { mid: u64_of(&mut rest)? },
                     _ => return None,
-                };
-                let packet_id = PacketId::new(u16_of(&mut rest)?)?;
-                ops.push(match (op, mid) {
-                    (_, Some(mid)) => FlowOp::Sent { mid, packet_id },
-                    (KIND_RELEASED, None) => FlowOp::Released(packet_id),
-                    _ => FlowOp::Completed(packet_id),
                 });
             }
             if ops.is_empty() || ops.len() > MAX_FLOW_OPS {
@@ -639,6 +665,7 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
             }
             Record::Flows { sid, ops }
         }
+        KIND_DROPPED => Record::Dropped { sid, mid: u64_of(&mut rest)? },
         _ => {
             let packet_id = PacketId::new(u16_of(&mut rest)?)?;
             match kind {

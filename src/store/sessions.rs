@@ -190,6 +190,13 @@ impl SessionState {
                     session.inflight.retain(|(id, _)| *id != packet_id);
                 }
             }
+            Record::Dropped { sid, mid } => {
+                // The queue is cut from its end (see `trim_to_limits`).
+                let Some(session) = self.sessions.get_mut(&sid) else { return true };
+                if let Some(at) = session.queue.iter().rposition(|e| e.mid == mid) {
+                    session.queue.remove(at);
+                }
+            }
             Record::Qos2In { sid, packet_id } => {
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     if !session.qos2_in.contains(&packet_id) {
@@ -383,12 +390,16 @@ mod tests {
             Record::Flows {
                 sid: 7,
                 ops: vec![
+                    // Nothing of message 99 is queued: changes nothing.
+                    FlowOp::Dropped { mid: 99 },
                     FlowOp::Sent { mid: 1, packet_id: pid(10) },
                     FlowOp::Released(pid(10)),
                     FlowOp::Completed(pid(10)),
                     FlowOp::Sent { mid: 1, packet_id: pid(11) },
                 ],
             },
+            Record::Enqueue { sid: 7, entry: entry(1, QoS::ExactlyOnce) },
+            Record::Dropped { sid: 7, mid: 1 },
             Record::Qos2In { sid: 7, packet_id: pid(65535) },
             Record::Qos2Done { sid: 7, packet_id: pid(65535) },
             Record::SessionEnd { sid: 8 },
@@ -458,6 +469,7 @@ mod tests {
                 FlowOp::Sent { mid: 0x0A0B, packet_id: pid(0x1234) },
                 FlowOp::Released(pid(2)),
                 FlowOp::Completed(pid(0x0102)),
+                FlowOp::Dropped { mid: 0x0C0D },
             ],
         };
         record::encode(&flows, clocks, &mut out).unwrap();
@@ -467,6 +479,7 @@ mod tests {
             10, 0x0B, 0x0A, 0, 0, 0, 0, 0, 0, 0x34, 0x12, // sent: mid, packet id
             11, 2, 0, // released
             12, 0x02, 0x01, // completed
+            16, 0x0D, 0x0C, 0, 0, 0, 0, 0, 0, // dropped: mid
         ];
         assert_eq!(&out[8..], body);
     }
@@ -477,7 +490,7 @@ mod tests {
         // Enqueue of QoS 0 (never logged), a zero packet id, a bad filter,
         // a body that goes on after its fields; flows: none, an unknown
         // change, one cut short, a zero packet id.
-        let bodies: [&[u8]; 8] = [
+        let bodies: [&[u8]; 10] = [
             &[9, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[12, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[7, 1, 0, 0, 0, 0, 0, 0, 0, b'a', b'#'],
@@ -486,6 +499,8 @@ mod tests {
             &[15, 1, 0, 0, 0, 0, 0, 0, 0, 13, 1, 0],
             &[15, 1, 0, 0, 0, 0, 0, 0, 0, 12, 1, 0, 10, 1, 0],
             &[15, 1, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0, 16, 1, 0, 0, 0, 0, 0, 0],
+            &[16, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
         ];
         for body in bodies {
             assert_eq!(record::decode(body, clocks), Err(record::RecordError::Session), "{body:?}");
@@ -529,9 +544,9 @@ mod tests {
         assert_eq!(session.client_id, "dev-1");
         assert_eq!(session.will.as_ref().unwrap().delay, 30);
         assert_eq!(session.subscriptions.len(), 1);
-        // Enqueued three times: the first sent, released and completed;
+        // Enqueued four times: the first sent, released and completed;
         // the second too (in one flows record); the third sent and not
-        // acknowledged.
+        // acknowledged; the fourth dropped.
         assert!(session.queue.is_empty());
         assert_eq!(session.inflight, vec![(pid(11), StoredFlow::Sent(entry(1, QoS::AtLeastOnce)))]);
         assert!(session.qos2_in.is_empty());
@@ -581,8 +596,10 @@ mod tests {
         Send(u8),
         Release(u8),
         Complete(u8),
-        /// Sends (0), releases (1) and completions (2) of one session
-        /// in one flows record.
+        /// The newest queued entry of a session is dropped.
+        Drop(u8),
+        /// Sends (0), releases (1), completions (2) and drops (3) of one
+        /// session in one flows record.
         Flows(u8, Vec<u8>),
         Qos2(u8, u16, bool),
         Rotate,
@@ -599,7 +616,8 @@ mod tests {
             3 => (0u8..4).prop_map(Op::Send),
             1 => (0u8..4).prop_map(Op::Release),
             2 => (0u8..4).prop_map(Op::Complete),
-            3 => (0u8..4, prop::collection::vec(0u8..3, 1..8)).prop_map(|(s, k)| Op::Flows(s, k)),
+            1 => (0u8..4).prop_map(Op::Drop),
+            3 => (0u8..4, prop::collection::vec(0u8..4, 1..8)).prop_map(|(s, k)| Op::Flows(s, k)),
             2 => (0u8..4, 1u16..4, any::<bool>()).prop_map(|(s, p, d)| Op::Qos2(s, p, d)),
             1 => Just(Op::Rotate),
             1 => Just(Op::Compact),
@@ -683,7 +701,8 @@ mod tests {
                     let single = match kind {
                         0 => Op::Send(*s),
                         1 => Op::Release(*s),
-                        _ => Op::Complete(*s),
+                        2 => Op::Complete(*s),
+                        _ => Op::Drop(*s),
                     };
                     for record in records_of(&single, &state, next_mid) {
                         ops.push(match &record {
@@ -692,6 +711,7 @@ mod tests {
                             }
                             Record::Released { packet_id, .. } => FlowOp::Released(*packet_id),
                             Record::Completed { packet_id, .. } => FlowOp::Completed(*packet_id),
+                            Record::Dropped { mid, .. } => FlowOp::Dropped { mid: *mid },
                             other => unreachable!("{other:?}"),
                         });
                         state.apply(record);
@@ -701,6 +721,11 @@ mod tests {
                     return Vec::new();
                 }
                 vec![Record::Flows { sid: sid(s), ops }]
+            }
+            Op::Drop(s) if live(s) => {
+                let session = &model.sessions[&sid(s)];
+                let Some(last) = session.queue.last() else { return Vec::new() };
+                vec![Record::Dropped { sid: sid(s), mid: last.mid }]
             }
             Op::Qos2(s, p, done) if live(s) => vec![match done {
                 true => Record::Qos2Done { sid: sid(s), packet_id: pid(*p) },

@@ -227,6 +227,10 @@ impl Shard {
                     log.append_flow(sid, FlowOp::Completed(packet_id));
                     continue;
                 }
+                SessionChange::Dropped(mid) => {
+                    log.append_flow(sid, FlowOp::Dropped { mid });
+                    continue;
+                }
                 SessionChange::Qos2In(packet_id) => Record::Qos2In { sid, packet_id },
                 SessionChange::Qos2Done(packet_id) => Record::Qos2Done { sid, packet_id },
             };
