@@ -2,13 +2,18 @@
 //! (mosquitto_pub / mosquitto_sub): retained messages survive kill -9, a
 //! torn tail is cut off, logged once and counted, they follow a change of
 //! the shard count, a bad `data_dir` is one line at start-up, and /readyz
-//! waits for every shard's replay.
+//! waits for every shard's replay; a full disk (a small tmpfs, as root)
+//! refuses QoS 1/2, keeps QoS 0, logs once and recovers.
 
 mod common;
 
 use common::{counter_total as counter, http_get};
 
-use common::{free_port, Broker};
+use common::{connect_packet, free_port, Broker, RawClient};
+use ringmq::protocol::{
+    Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
+    Subscription, SubscriptionOptions, TopicFilter, TopicName,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -308,4 +313,182 @@ fn publish_retained_unlogged(broker: &Broker) {
     let args: Vec<&str> =
         ["-r", "-t", "store/p", "-m", "v-p"].into_iter().chain(property).chain(expiry).collect();
     mosquitto_pub(broker, &args);
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily, so that a broker
+/// still running cannot keep it) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -t tmpfs on {}", dir.display());
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Fills the file system of `dir` with one file, until it is full.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![0xA5u8; 4096];
+    while file.write_all(&block).and_then(|()| file.sync_all()).is_ok() {}
+    path
+}
+
+fn publish_packet(topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: PacketId::new(id),
+        properties: Default::default(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+fn v5_client(broker: &Broker, client_id: &str) -> RawClient {
+    let mut client = RawClient::connect(broker.addr);
+    let Packet::Connect(mut connect) = connect_packet(client_id, true, 0) else { unreachable!() };
+    connect.version = ProtocolVersion::V5;
+    client.send(&Packet::Connect(connect));
+    assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+    client
+}
+
+fn v311_client(broker: &Broker, client_id: &str, clean: bool) -> RawClient {
+    let mut client = RawClient::connect(broker.addr);
+    client.send(&connect_packet(client_id, clean, 0));
+    assert!(matches!(client.recv(), Some(Packet::ConnAck(_))));
+    client
+}
+
+/// The payload of the next PUBLISH `client` receives (acknowledged if
+/// QoS 1), skipping others' until `payload`; false after 10 s.
+fn receives(client: &mut RawClient, payload: &[u8]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match client.recv() {
+            Some(Packet::Publish(p)) => {
+                if let Some(id) = p.packet_id {
+                    client.send(&Packet::PubAck(PubResponse::new(id)));
+                }
+                if p.payload[..] == *payload {
+                    return true;
+                }
+            }
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    false
+}
+
+#[test]
+fn a_full_disk_refuses_qos1_and_2_keeps_qos0_logs_once_and_recovers() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = temp_dir("full");
+    let _tmpfs = Tmpfs::mount(&dir, "2m");
+    let data_dir = dir.join("data");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = dir.with_extension("toml");
+    std::fs::write(&toml, config(&data_dir, &admin)).unwrap();
+    let log = dir.with_extension("log");
+    let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
+    common::wait_ready(&admin);
+    // A persistent subscriber: what it is sent at QoS 1 is logged.
+    let mut subscriber = v311_client(&broker, "full-sub", false);
+    subscriber.send(&Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: [Subscription {
+            filter: TopicFilter::new("full/#").unwrap(),
+            options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+        }]
+        .into_iter()
+        .collect(),
+        refused: Vec::new(),
+    }));
+    assert!(matches!(subscriber.recv(), Some(Packet::SubAck(_))));
+    let filler = fill(&dir);
+    // A retained QoS 0 message is logged by the shard of its topic: its
+    // write fails, the broker starts refusing. (Larger than a page: a
+    // write within the last page of the segment, already allocated, would
+    // not fail.)
+    let mut trigger = v311_client(&broker, "full-trigger", true);
+    trigger.send(&publish_packet("full-retained", &[b'r'; 65536], QoS::AtMostOnce, 0, true));
+    wait_counter(&admin, "store_write_errors", 1);
+    // Once every shard knows, a 3.1.1 QoS 1 PUBLISH closes the connection
+    // [MQTT-3.3.5-2]. (Before, one is accepted and its PUBACK waits for
+    // the disk: a new client probes again.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut probes = Vec::new();
+    loop {
+        let mut probe = v311_client(&broker, &format!("full-probe-{}", probes.len()), true);
+        probe.send(&publish_packet("full/probe", b"probe", QoS::AtLeastOnce, 1, false));
+        if probe.closed_within(Duration::from_millis(300)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "QoS 1 never refused while the disk is full");
+        probes.push(probe);
+    }
+    // MQTT 5: PUBACK / PUBREC 0x97 Quota exceeded; QoS 0 still flows.
+    let mut v5 = v5_client(&broker, "full-v5");
+    v5.send(&publish_packet("full/q1", b"q1", QoS::AtLeastOnce, 1, false));
+    v5.send(&publish_packet("full/q2", b"q2", QoS::ExactlyOnce, 2, false));
+    v5.send(&publish_packet("full/q0", b"q0", QoS::AtMostOnce, 0, false));
+    let Some(Packet::PubAck(puback)) = v5.recv() else { panic!("no PUBACK") };
+    assert_eq!((puback.packet_id.get(), puback.reason), (1, ReasonCode::QuotaExceeded));
+    let Some(Packet::PubRec(pubrec)) = v5.recv() else { panic!("no PUBREC") };
+    assert_eq!((pubrec.packet_id.get(), pubrec.reason), (2, ReasonCode::QuotaExceeded));
+    assert!(receives(&mut subscriber, b"q0"), "QoS 0 is served while the disk is full");
+    assert!(common::counter_at_least(&admin, "refused_store_unavailable", 3) >= 3);
+    // Retried every second, logged once per shard.
+    let errors = counter(&admin, "store_write_errors");
+    wait_counter(&admin, "store_write_errors", errors + 2);
+    // Space again: the writer's next retry succeeds and QoS 1 is
+    // accepted again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut id = 3;
+    loop {
+        v5.send(&publish_packet("full/again", b"again", QoS::AtLeastOnce, id, false));
+        let Some(Packet::PubAck(puback)) = v5.recv() else { panic!("no PUBACK") };
+        if puback.reason == ReasonCode::Success {
+            break;
+        }
+        assert_eq!(puback.reason, ReasonCode::QuotaExceeded);
+        assert!(Instant::now() < deadline, "QoS 1 still refused once space was freed");
+        std::thread::sleep(Duration::from_millis(100));
+        id += 1;
+    }
+    assert!(receives(&mut subscriber, b"again"));
+    drop(probes);
+    assert!(broker.stop().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failed = text.lines().filter(|l| l.contains("cannot write the durable log")).count();
+    let again = text.lines().filter(|l| l.contains("the durable log is written again")).count();
+    assert!((1..=SHARDS).contains(&failed), "one line per failing shard:\n{text}");
+    assert_eq!(failed, again, "{text}");
+    for path in [&log, &toml] {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark of ringmq, Mosquitto and rumqttd.
 
-Runs scenarios a-m of the comparison (listed in SCENARIOS below and in
+Runs scenarios a-n of the comparison (listed in SCENARIOS below and in
 BENCHMARKS.md) against each broker in turn, over several rounds, with the broker pinned to one CPU and
 ringmq-bench to another; writes BENCHMARKS.md and BENCHMARKS.json with the
 medians, the ratios ringmq/peer, the losses, the machine, the versions and
@@ -56,11 +56,14 @@ BENCH_USER, BENCH_PASSWORD = "bench", "bench-secret"
 class Variant:
     """What a scenario changes in a broker's configuration: the outgoing
     window, a TLS listener (on the broker's second port) with the
-    certificate of the run, a password file. `name` tells the variants
-    apart in BENCHMARKS.md."""
+    certificate of the run, a password file, persistence (ringmq's durable
+    log in `data_dir` with `durability = "always"`, Mosquitto's
+    `persistence true`, in a fresh directory per run). `name` tells the
+    variants apart in BENCHMARKS.md."""
 
-    def __init__(self, name="base", window=MAX_INFLIGHT, tls=False, password_file=None):
+    def __init__(self, name="base", window=MAX_INFLIGHT, tls=False, password_file=None, durable=False):
         self.name, self.window, self.tls, self.password_file = name, window, tls, password_file
+        self.durable = durable
 
 
 BASE = Variant()
@@ -81,24 +84,29 @@ class Broker:
     def __init__(self, name, label, kind, cpus, shards=1):
         self.name, self.label, self.kind, self.cpus, self.shards = name, label, kind, cpus, shards
 
-    def config(self, port, extra_port, variant=BASE, files=None):
+    def config(self, port, extra_port, variant=BASE, files=None, data_dir="DATA_DIR"):
         """The configuration file's text. `files` names the certificate,
-        key and password files of the run (placeholders when None)."""
+        key and password files of the run (placeholders when None);
+        `data_dir` the directory of a durable variant."""
         files = files or PLACEHOLDER_FILES
         if self.kind == "mosquitto":
             text = MOSQUITTO_CONF.format(port=port, inflight=variant.window, queued=MAX_QUEUED)
+            if variant.durable:
+                text = text.replace("persistence false\n", MOSQUITTO_PERSISTENCE.format(dir=data_dir))
             if variant.password_file:
                 text += MOSQUITTO_PASSWORDS.format(file=files[variant.password_file])
             if variant.tls:
                 text += MOSQUITTO_TLS.format(port=extra_port, cert=files["cert"], key=files["key"])
             return text
         if self.kind == "rumqttd":
-            if variant.tls or variant.password_file:
-                raise ValueError("rumqttd is not configured for TLS or passwords here")
+            if variant.tls or variant.password_file or variant.durable:
+                raise ValueError("rumqttd is not configured for TLS, passwords or persistence here")
             return RUMQTTD_CONF.format(port=port, port5=extra_port, inflight=variant.window, queued=MAX_QUEUED)
         top = ""
         if variant.password_file:
             top = RINGMQ_PASSWORDS.format(file=files[variant.password_file])
+        if variant.durable:
+            top += RINGMQ_DURABLE.format(dir=data_dir)
         tls = RINGMQ_TLS.format(port=extra_port, cert=files["cert"], key=files["key"]) if variant.tls else ""
         return RINGMQ_CONF.format(port=port, shards=self.shards, inflight=variant.window, queued=MAX_QUEUED,
                                   top=top, tls=tls)
@@ -199,6 +207,21 @@ max_queued_bytes = 1073741824
 level = "warn"
 """
 
+# Scenario n: the durable log; every QoS 1 PUBLISH is acknowledged once
+# what it queued for the (persistent) subscriber is fdatasync'ed.
+RINGMQ_DURABLE = """\
+data_dir = "{dir}"
+durability = "always"
+"""
+
+# Scenario n: Mosquitto's persistence. It keeps its state in memory and
+# writes it to {dir}mosquitto.db every autosave_interval (1800 s, its
+# default) and at exit: a PUBACK never waits for the disk.
+MOSQUITTO_PERSISTENCE = """\
+persistence true
+persistence_location {dir}
+"""
+
 RINGMQ_PASSWORDS = """\
 # Clients with a user name are checked against the file; anonymous ones
 # (the readiness probe) are let in.
@@ -296,7 +319,15 @@ class RunningBroker:
         self.workdir = workdir
         ext = "conf" if broker.kind == "mosquitto" else "toml"
         self.config_path = str(workdir / f"{broker.name}.{ext}")
-        Path(self.config_path).write_text(broker.config(self.port, self.extra_port, variant, files))
+        # A durable variant starts from an empty directory of its own.
+        data_dir = workdir / f"{broker.name}-data-{self.port}"
+        if variant.durable:
+            data_dir.mkdir()
+            # Mosquitto writes it after dropping root privileges.
+            data_dir.chmod(0o777)
+            workdir.chmod(0o755)
+        Path(self.config_path).write_text(
+            broker.config(self.port, self.extra_port, variant, files, f"{data_dir}/"))
         self.argv = broker.argv(binaries, self.config_path)
         self.log_path = workdir / f"{broker.name}.log"
         self.log = open(self.log_path, "ab")
@@ -417,7 +448,8 @@ PASS_P99_US = 1_000_000
 
 class Scenario:
     def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None,
-                 base=None, mqtt5=False, tls=False, auth=None, window=None, kinds=None):
+                 base=None, mqtt5=False, tls=False, auth=None, window=None, kinds=None, persistent=False,
+                 durable=False):
         self.key, self.title, self.metric, self.unit = key, title, metric, unit
         self.higher_is_better, self.target, self.describe = higher_is_better, target, describe
         # Deliveries per published message, for the ladder scenarios.
@@ -435,6 +467,9 @@ class Scenario:
         self.window = window
         # The broker kinds the scenario runs on (None: all).
         self.kinds = kinds
+        # Clients with persistent sessions (Clean Session 0), each step
+        # with client ids of its own; and the broker's durable variant.
+        self.persistent, self.durable = persistent, durable
 
     @property
     def ladder(self):
@@ -447,6 +482,9 @@ class Scenario:
         """What the scenario changes in `broker`'s configuration."""
         if self.window == "largest":
             return Variant(f"window {LARGEST_WINDOW[broker.kind]:,}", window=LARGEST_WINDOW[broker.kind])
+        if self.durable:
+            name = "persistence true" if broker.kind == "mosquitto" else 'durable log, durability "always"'
+            return Variant(name, durable=True)
         if self.tls:
             return Variant("TLS listener", tls=True)
         if self.auth == "own":
@@ -469,6 +507,9 @@ class Scenario:
             args += ["--tls", "--cafile", str(files["ca"])]
         if args is not None and self.auth:
             args += ["--username", BENCH_USER, "--password", BENCH_PASSWORD]
+        if args is not None and self.persistent:
+            # Sessions of one step are not resumed by the next.
+            args += ["--clean-start", "false", "--client-id-prefix", f"bench-{offered:g}"]
         return args
 
     def base_args(self, quick, offered, step):
@@ -525,6 +566,8 @@ class Scenario:
             rate_flag = "--total-rate" if self.kind in "ab" else "--rate"
             first = f"{offered:g}" if self.kind in "ab" else f"{offered / self.fanout:g}"
             text = text.replace(f"{rate_flag} {first}", f"{rate_flag} RATE")
+            if self.persistent:
+                text = text.replace(f"bench-{offered:g}", "bench-RATE")
         return text
 
 
@@ -601,7 +644,24 @@ SCENARIOS = [
              "As l with 2,000 clients (1,000 in quick mode), every broker reading the file "
              "`mosquitto_passwd` wrote (ringmq reads `$7$` hashes too).",
              base="f", auth="pbkdf2", kinds={"ringmq", "mosquitto"}),
+    Scenario("n", "fan-in, QoS 1, 16 B, persistent sessions, on disk: 100 publishers -> 1 subscriber",
+             "delivered_per_s", "msg/s", True, None,
+             "b' with persistent sessions (Clean Session 0, new client ids at every step) and the broker "
+             "keeping them on disk: ringmq with `data_dir` and `durability = \"always\"` (a PUBACK is sent "
+             "once the message is fdatasync'ed in the subscriber's queue, one sync per group commit), "
+             "Mosquitto with `persistence true` (it writes its state every `autosave_interval`, 1,800 s "
+             "by default, and at exit: its PUBACKs never wait for the disk). rumqttd keeps nothing on "
+             "disk and is not run. n' is the same load in memory.",
+             fanout=1, base="b", kinds={"ringmq", "mosquitto"}, persistent=True, durable=True),
+    Scenario("n'", "fan-in, QoS 1, 16 B, persistent sessions, in memory: 100 publishers -> 1 subscriber",
+             "delivered_per_s", "msg/s", True, None,
+             "n without the disk: ringmq `durability = \"none\"` (no `data_dir`), Mosquitto "
+             "`persistence false`.",
+             fanout=1, base="b", kinds={"ringmq", "mosquitto"}, persistent=True),
 ]
+# The durable scenario and its twin in memory: disk / memory per broker
+# (issue 15's target for ringmq: at least 0.5).
+DURABLE_PAIRS = [("n", "n'")]
 # MQTT 5.0 variants and the 3.1.1 scenario each repeats: ringmq's 5.0 / 3.1.1
 # ratio is reported for these pairs.
 MQTT5_PAIRS = [("h", "a"), ("i", "d")]
@@ -1050,7 +1110,7 @@ ROWS = {
           ("connect_p99_us", "connect latency p99", "µs", True)],
     "g": [("seconds", "time to receive all", "s", True), ("publish_s", "time to store all", "s", True)],
 }
-ROWS["b"] = ROWS["b'"] = ROWS["c"] = ROWS["h"] = ROWS["k"] = ROWS["a"]
+ROWS["b"] = ROWS["b'"] = ROWS["c"] = ROWS["h"] = ROWS["k"] = ROWS["n"] = ROWS["n'"] = ROWS["a"]
 ROWS["i"] = ROWS["d"]
 ROWS["j"] = [("connects_per_s", "TLS connections per second", "conn/s", False),
              ("connects_per_cpu_s", "per second of broker CPU (one core)", "conn/s", False),
@@ -1231,6 +1291,24 @@ def render(data):
                 old = data["scenarios"][v3]["summary"].get(b, {}).get("median", {}).get(metric)
                 cells.append(ratio_text(new, old))
             w(f"| {v5} / {v3} | {label} | " + " | ".join(cells) + " |")
+        w("")
+    durable = [(d, m) for d, m in DURABLE_PAIRS if d in data["scenarios"] and m in data["scenarios"]]
+    if durable:
+        w("## On disk beside in memory")
+        w("")
+        w("The same load with the broker's persistence on and off (n = n' on disk), per broker: "
+          "disk / memory (target for ringmq: at least 0.5 on the delivered rate).")
+        w("")
+        w("| scenarios | metric | ringmq | Mosquitto |")
+        w("| --- | --- | --: | --: |")
+        for d, m in durable:
+            for metric, label, _, _ in ROWS[m]:
+                cells = []
+                for b in ["ringmq", "mosquitto"]:
+                    new = data["scenarios"][d]["summary"].get(b, {}).get("median", {}).get(metric)
+                    old = data["scenarios"][m]["summary"].get(b, {}).get("median", {}).get(metric)
+                    cells.append(ratio_text(new, old))
+                w(f"| {d} / {m} | {label} | " + " | ".join(cells) + " |")
         w("")
     w("## Scenarios")
     w("")

@@ -2,10 +2,13 @@
 # The comparison of ringmq with Mosquitto and rumqttd: writes BENCHMARKS.md
 # and BENCHMARKS.json at the repository root.
 #
-#   benches/compare/run.sh            # 3 rounds of scenarios a-m, about 1.5 hours
+#   benches/compare/run.sh            # 3 rounds of scenarios a-n' (a-m took about 1.5 hours)
 #   benches/compare/run.sh --quick    # short runs, 1 round: a smoke test
 #   benches/compare/run.sh --scenarios ag --brokers ringmq,mosquitto --no-trie
 #   benches/compare/run.sh --quick --scenarios "bb'" --brokers ringmq,mosquitto,rumqttd
+#   benches/compare/run.sh --quick --scenarios "nn'" --brokers ringmq,mosquitto --no-trie
+#                                     # on disk (ringmq durability "always", Mosquitto
+#                                     # persistence true) beside in memory
 #   benches/compare/run.sh --render-only   # re-render BENCHMARKS.md from the JSON
 #
 # Needs Linux with io_uring, 2 CPUs or more, bash, python3, cargo and

@@ -324,6 +324,10 @@ pub struct SessionCounters {
     /// PUBLISH packets (and wills) the ACL file does not let their client
     /// publish: dropped, acknowledged as the protocol requires.
     pub acl_denied_publish: u64,
+    /// QoS 1/2 PUBLISH packets refused while the durable log could not be
+    /// written (disk full, EIO): 5.0 PUBACK/PUBREC 0x97, 3.1.1 connection
+    /// closed.
+    pub refused_store_unavailable: u64,
     /// SUBSCRIBE filters refused by the ACL file.
     pub acl_denied_subscribe: u64,
     /// Messages not sent to a subscriber that may not read their topic.

@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 81] = [
+const COUNTERS: [Field<u64>; 82] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -245,6 +245,11 @@ const COUNTERS: [Field<u64>; 81] = [
     ("reauth_failed", "v5 re-authentications failed or timed out (connection closed)", |s| {
         s.counters.session.reauth_failed
     }),
+    (
+        "refused_store_unavailable",
+        "QoS 1/2 publishes refused while the durable log could not be written (disk full, EIO)",
+        |s| s.counters.session.refused_store_unavailable,
+    ),
     (
         "topic_limit_exceeded",
         "Topics and filters refused past max_topic_length or max_topic_levels",

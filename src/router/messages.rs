@@ -123,6 +123,13 @@ pub enum ShardMessage {
         /// How many.
         count: u64,
     },
+    /// The sender's durable log started (`true`) or stopped failing (disk
+    /// full, EIO): while any shard's does, every shard refuses QoS 1/2
+    /// publishes.
+    StoreFailing {
+        /// Whether it fails now.
+        failing: bool,
+    },
     /// A session of the sender went past its queue limits with messages
     /// of `topic` that came from the receiver: the receiver holds back its
     /// connections that publish QoS 1/2 to `topic` until `Unblock` (see

@@ -749,19 +749,29 @@ async fn open_log(
             shard.borrow_mut().attach_log(Rc::clone(&log), opened.state, Instant::now());
             if options.durability == crate::config::Durability::Always {
                 shard.borrow_mut().set_durable_acks();
-                // Releases the acknowledgements that wait for the log
-                // each time its durable watermark moves; ends with the
-                // executor.
-                let (log, shard) = (Rc::clone(&log), Rc::clone(shard));
-                glommio::spawn_local(async move {
-                    let mut seen = 0;
-                    loop {
-                        seen = log.durable_moved(seen).await;
-                        shard.borrow_mut().handle_durable();
-                    }
-                })
-                .detach();
             }
+            // Releases the acknowledgements that wait for the log each
+            // time its durable watermark moves (`always`), and tells the
+            // shard when the log starts or stops failing (disk full, EIO:
+            // QoS 1/2 publishes are refused meanwhile); ends with the
+            // executor.
+            let (watched, watcher) = (Rc::clone(&log), Rc::clone(shard));
+            glommio::spawn_local(async move {
+                let (mut seen, mut failing) = (0, false);
+                loop {
+                    let (durable, now_failing) = watched.changed(seen, failing).await;
+                    let mut shard = watcher.borrow_mut();
+                    if durable > seen {
+                        seen = durable;
+                        shard.handle_durable();
+                    }
+                    if now_failing != failing {
+                        failing = now_failing;
+                        shard.handle_store_failing(failing);
+                    }
+                }
+            })
+            .detach();
             tracing::info!(
                 shard = id,
                 retained,
@@ -887,6 +897,7 @@ fn log_stopped(snapshot: &Snapshot) {
         client_id_too_long,
         publish_rate_limited,
         acl_denied_publish,
+        refused_store_unavailable,
         acl_denied_subscribe,
         acl_denied_delivery,
         dropped_slow_consumer,
@@ -980,6 +991,7 @@ fn log_stopped(snapshot: &Snapshot) {
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
+        refused_store_unavailable,
         store_records_recovered,
         store_torn_tails,
         store_torn_bytes,

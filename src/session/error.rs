@@ -61,6 +61,17 @@ pub enum SessionError {
     /// PUBLISH there: the connection is closed).
     #[error("topic name past limits.max_topic_length or limits.max_topic_levels")]
     TopicLimitExceeded,
+    /// Not the client's fault: a 3.1/3.1.1 QoS 1/2 PUBLISH while the
+    /// durable log cannot be written (disk full, EIO). 3.1.1 cannot refuse
+    /// a PUBLISH in its acknowledgement, and a positive one would claim a
+    /// durability the broker cannot give; §3.3.5 leaves a server that does
+    /// not perform a PUBLISH two choices: "It MUST either make a positive
+    /// acknowledgement, according to the normal QoS rules, or close the
+    /// Network Connection" [MQTT-3.3.5-2]. The connection is closed; the
+    /// client re-sends the message when it reconnects [MQTT-4.4.0-1]. (A
+    /// 5.0 client is answered with 0x97 Quota exceeded instead.)
+    #[error("the durable log cannot be written (disk full or I/O error)")]
+    StoreUnavailable,
     /// A DISCONNECT setting a non-zero Session Expiry Interval after a
     /// CONNECT whose interval was 0 [MQTT-3.14.2-2].
     #[error("session expiry interval set at DISCONNECT after 0 in CONNECT")]
@@ -109,6 +120,7 @@ impl SessionError {
             Self::PayloadFormatInvalid => ReasonCode::PayloadFormatInvalid,
             Self::RetainNotSupported => ReasonCode::RetainNotSupported,
             Self::TopicLimitExceeded => ReasonCode::TopicNameInvalid,
+            Self::StoreUnavailable => ReasonCode::QuotaExceeded,
         }
     }
 }

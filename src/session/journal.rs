@@ -56,6 +56,9 @@ pub enum SessionChange {
     Released(PacketId),
     /// The outgoing flow of this id is over.
     Completed(PacketId),
+    /// The newest queued entry of message `mid` was dropped (the queue cut
+    /// back to its limits).
+    Dropped(u64),
     /// An inbound QoS 2 PUBLISH answered with PUBREC.
     Qos2In(PacketId),
     /// The PUBREL of an inbound QoS 2 flow arrived.
@@ -396,6 +399,7 @@ mod tests {
             SessionChange::Sent { mid, packet_id } => vec![Record::Sent { sid, mid, packet_id }],
             SessionChange::Released(packet_id) => vec![Record::Released { sid, packet_id }],
             SessionChange::Completed(packet_id) => vec![Record::Completed { sid, packet_id }],
+            SessionChange::Dropped(mid) => vec![Record::Dropped { sid, mid }],
             SessionChange::Qos2In(packet_id) => vec![Record::Qos2In { sid, packet_id }],
             SessionChange::Qos2Done(packet_id) => vec![Record::Qos2Done { sid, packet_id }],
         }
@@ -410,7 +414,9 @@ mod tests {
         #[test]
         fn the_noted_changes_rebuild_the_session(ops in prop::collection::vec(op(), 1..120)) {
             let now = Instant::now();
-            let limits = SessionLimits::default();
+            // Small queues: a reconnection cuts them, and the cut is
+            // logged too.
+            let limits = SessionLimits { max_queued_messages: 3, ..SessionLimits::default() };
             let mut counters = SessionCounters::default();
             let mut session = Session::new(ByteString::from_static("c"), limits);
             session.enable_journal();

@@ -134,6 +134,9 @@ pub struct Session {
     /// Whether the acknowledgement of a QoS 1/2 PUBLISH waits for the
     /// durable log (see [`Session::set_durable_acks`]).
     durable_acks: bool,
+    /// Whether the durable log cannot be written now: QoS 1/2 publishes
+    /// are refused (see [`Session::set_store_unavailable`]).
+    store_unavailable: bool,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -175,6 +178,7 @@ impl Session {
             acl: None,
             journal: journal::Journal::default(),
             durable_acks: false,
+            store_unavailable: false,
         }
     }
 
@@ -593,6 +597,27 @@ impl Session {
                     _ => {}
                 }
                 return Ok(());
+            }
+        }
+        if self.store_unavailable {
+            if let Some(id) = packet_id {
+                counters.refused_store_unavailable += 1;
+                // 5.0 PUBACK / PUBREC 0x97 Quota exceeded, "An
+                // implementation or administrative imposed limit has been
+                // exceeded" (tables 3-4, 3-5): the disk is such a limit. A
+                // failed PUBREC ends the flow, the id is not kept
+                // [MQTT-4.3.3-4]. 3.1.1: see `SessionError::StoreUnavailable`.
+                return match (connection.version.is_v5(), qos) {
+                    (true, QoS::AtLeastOnce) => {
+                        connection.owe(Control::PubAck(id, ReasonCode::QuotaExceeded));
+                        Ok(())
+                    }
+                    (true, _) => {
+                        connection.owe(Control::PubRec(id, ReasonCode::QuotaExceeded));
+                        Ok(())
+                    }
+                    (false, _) => Err(SessionError::StoreUnavailable),
+                };
             }
         }
         let expires_at = properties
@@ -1165,6 +1190,15 @@ impl Session {
         self.durable_acks = on;
     }
 
+    /// While the durable log cannot be written (disk full, EIO) a QoS 1/2
+    /// PUBLISH is refused, as it could not be made durable: MQTT 5 with
+    /// 0x97 Quota exceeded in its PUBACK or PUBREC, 3.1/3.1.1 by closing
+    /// the connection (see [`SessionError::StoreUnavailable`]). QoS 0 is
+    /// never logged and still flows. The shard sets it before each packet.
+    pub fn set_store_unavailable(&mut self, unavailable: bool) {
+        self.store_unavailable = unavailable;
+    }
+
     /// Holds the acknowledgements owed from now on (and the CONNACK, when it
     /// is not written yet) until [`release_acks`](Self::release_acks): for
     /// what the shard must finish first, e.g. an authenticator's answer or
@@ -1380,7 +1414,13 @@ impl Session {
         // An offline session holds its limits: what was queued past them
         // while the client was connected (see `handle_delivery`) goes, the
         // newest first.
-        let trimmed = self.outbound.trim_to_limits(&self.limits);
+        // Logged as removed, so that they do not come back after a restart.
+        let (journal, expiry) = (&mut self.journal, self.expiry);
+        let trimmed = self.outbound.trim_to_limits(&self.limits, |queued| {
+            if queued.log_id != 0 {
+                journal.note(expiry, || SessionChange::Dropped(queued.log_id));
+            }
+        });
         if reason == CloseReason::SlowConsumer {
             counters.dropped_slow_consumer += trimmed.iter().sum::<u64>();
         } else {

@@ -292,10 +292,15 @@ impl Outbound {
 
     /// Cuts the queue back to its limits, dropping the newest messages
     /// past them (retained messages for new subscriptions, which have
-    /// their own limit, stay); returns how many were dropped, by QoS. What
-    /// is left is what [`Self::push`] would have admitted, oldest first,
-    /// so the client still receives a prefix of what was routed to it.
-    pub(super) fn trim_to_limits(&mut self, limits: &SessionLimits) -> [u64; 3] {
+    /// their own limit, stay); returns how many were dropped, by QoS, and
+    /// calls `dropped_one` with each, oldest first. What is left is what
+    /// [`Self::push`] would have admitted, oldest first, so the client
+    /// still receives a prefix of what was routed to it.
+    pub(super) fn trim_to_limits(
+        &mut self,
+        limits: &SessionLimits,
+        mut dropped_one: impl FnMut(&Queued),
+    ) -> [u64; 3] {
         let mut dropped = [0; 3];
         let others = self.queue.len() - self.queued_retained;
         if others <= limits.max_queued_messages && self.queued_bytes <= limits.max_queued_bytes {
@@ -316,6 +321,7 @@ impl Outbound {
                         || bytes + size > limits.max_queued_bytes));
             if cut {
                 dropped[queued.qos as usize] += 1;
+                dropped_one(queued);
                 return false;
             }
             kept += 1;

@@ -3195,3 +3195,84 @@ fn a_will_the_acl_denies_is_not_published() {
         assert_eq!(session.counters.acl_denied_publish, u64::from(!published));
     }
 }
+
+#[test]
+fn while_the_log_cannot_be_written_v5_qos1_and_qos2_publishes_get_0x97_and_qos0_flows() {
+    // 5.0 PUBACK / PUBREC 0x97 Quota exceeded, "An implementation or
+    // administrative imposed limit has been exceeded" (tables 3-4, 3-5;
+    // [MQTT-3.4.2-1], [MQTT-3.5.2-1]: a code the tables allow). Nothing is
+    // routed; the failed PUBREC ends the flow [MQTT-4.3.3-4].
+    let t0 = Instant::now();
+    let mut session = connected(t0, V5);
+    session.set_store_unavailable(true);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 1, "a"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "a"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "a"))).unwrap();
+    let codes: Vec<_> = drain(&mut session, t0)
+        .iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) | Packet::PubRec(ack) => (packet.packet_type(), ack.reason),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (PacketType::PubAck, ReasonCode::QuotaExceeded),
+            (PacketType::PubRec, ReasonCode::QuotaExceeded)
+        ]
+    );
+    assert!(ReasonCode::QuotaExceeded.is_valid_for(PacketType::PubAck));
+    assert!(ReasonCode::QuotaExceeded.is_valid_for(PacketType::PubRec));
+    let routed = events(&mut session);
+    assert!(
+        matches!(&routed[..], [SessionEvent::Publish(m)] if m.qos == QoS::AtMostOnce),
+        "only the QoS 0 message is routed: {routed:?}"
+    );
+    assert_eq!(session.counters.refused_store_unavailable, 2);
+    // The log works again: the same ids are served (the QoS 2 one was not
+    // kept).
+    session.set_store_unavailable(false);
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtLeastOnce, 1, "a"))).unwrap();
+    session.handle_packet(t0, Packet::Publish(publish_in(QoS::ExactlyOnce, 2, "a"))).unwrap();
+    assert_eq!(events(&mut session).len(), 2);
+    let codes: Vec<_> = drain(&mut session, t0)
+        .iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) | Packet::PubRec(ack) => ack.reason,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(codes, [ReasonCode::Success, ReasonCode::Success]);
+    assert!(session.is_connected());
+}
+
+#[test]
+fn while_the_log_cannot_be_written_a_v311_qos1_publish_closes_the_connection_mqtt_3_3_5_2() {
+    // 3.1.1 cannot refuse a PUBLISH in its acknowledgement and a positive
+    // one would claim durability: "It MUST either make a positive
+    // acknowledgement, according to the normal QoS rules, or close the
+    // Network Connection" [MQTT-3.3.5-2]. QoS 0 is served as usual.
+    let t0 = Instant::now();
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut session = connected(t0, V311);
+        session.set_store_unavailable(true);
+        session.handle_packet(t0, Packet::Publish(publish_in(QoS::AtMostOnce, 0, "a"))).unwrap();
+        assert_eq!(
+            session.handle_packet(t0, Packet::Publish(publish_in(qos, 1, "a"))),
+            Err(SessionError::StoreUnavailable)
+        );
+        assert!(drain(&mut session, t0).is_empty(), "no acknowledgement, no DISCONNECT in 3.1.1");
+        assert!(!session.is_connected());
+        let routed = events(&mut session);
+        let published: Vec<QoS> = routed
+            .iter()
+            .filter_map(|e| match e {
+                SessionEvent::Publish(m) => Some(m.qos),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(published, [QoS::AtMostOnce]);
+        assert_eq!(session.counters.refused_store_unavailable, 1);
+    }
+}

@@ -535,14 +535,17 @@ impl Shard {
         now: Instant,
         packet: crate::protocol::Packet,
     ) -> Result<bool, ConnectionError> {
+        let store_unavailable = self.store_unavailable();
         let slot = self.slots.get_mut(key).ok_or(ConnectionError::Detached)?;
         slot.link_mut(connection).ok_or(ConnectionError::Detached)?;
         let session = &mut slot.session;
+        session.set_store_unavailable(store_unavailable);
         let before = limit_hits(&self.counters.session);
         if let Err(error) = session.handle_packet(now, packet, &mut self.counters.session) {
-            tracing::debug!(client_id = %session.client_id(), %error, "protocol violation");
-            // A packet after the close is not a new violation.
-            if error != SessionError::NotConnected {
+            tracing::debug!(client_id = %session.client_id(), %error, "connection closed");
+            // A packet after the close is not a new violation, and a
+            // refusal for the log's sake is none.
+            if !matches!(error, SessionError::NotConnected | SessionError::StoreUnavailable) {
                 self.counters.shard.protocol_violations += 1;
             }
         }
@@ -1369,6 +1372,9 @@ impl Shard {
                 self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::Durable { count } => self.durable_acked(from, count),
+            ShardMessage::StoreFailing { failing } => {
+                self.set_store_failing(from, failing);
+            }
             ShardMessage::Block { topic } => self.outbox.handle_remote_gate(from, &topic, true),
             ShardMessage::Unblock { topic } => self.outbox.handle_remote_gate(from, &topic, false),
             ShardMessage::Interest(delta) => {

@@ -857,6 +857,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
                 client_id_too_long: 0,
                 publish_rate_limited: 0,
                 acl_denied_publish: 0,
+                refused_store_unavailable: 0,
                 acl_denied_subscribe: 0,
                 acl_denied_delivery: 0,
                 dropped_slow_consumer: 0,

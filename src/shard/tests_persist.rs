@@ -433,3 +433,93 @@ fn with_an_acl_file_a_restored_session_keeps_the_rules_of_its_user() {
     let (_, output) = cluster.connect_packet(&connect);
     assert_eq!(payloads(&output), vec![b"yes".as_slice()]);
 }
+
+#[test]
+fn while_one_shards_log_fails_every_shard_refuses_qos1_and_2_and_serves_qos0() {
+    let mut cluster = Cluster::new(2);
+    let _logs = with_logs(&mut cluster);
+    let sub = cluster.connect(&id_on("sub", 0, 2));
+    cluster.subscribe(&sub, "t");
+    cluster.settle();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    let connect = Connect {
+        version: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: id_on("pub5", 1, 2).into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    let (v5, _) = cluster.connect_packet(&connect);
+    let v311 = cluster.connect(&id_on("pub3", 1, 2));
+    // Shard 0's writer cannot write (disk full): it tells shard 1, whose
+    // publishers' messages could be logged on shard 0.
+    cluster.shards[0].handle_store_failing(true);
+    cluster.settle();
+    cluster.send(&v5, publish_qos("t", b"q1", QoS::AtLeastOnce, 1, false));
+    cluster.send(&v5, publish_qos("t", b"q2", QoS::ExactlyOnce, 2, false));
+    cluster.send(&v5, publish_qos("t", b"q0", QoS::AtMostOnce, 0, false));
+    cluster.settle();
+    let reasons: Vec<_> = cluster
+        .output(&v5)
+        .into_iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) | Packet::PubRec(ack) => (ack.packet_id.get(), ack.reason),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(reasons, [(1, ReasonCode::QuotaExceeded), (2, ReasonCode::QuotaExceeded)]);
+    // 3.1.1: closed [MQTT-3.3.5-2], not counted as a protocol violation.
+    let now = cluster.now;
+    let open = cluster.shards[1]
+        .handle_packet(v311.key, v311.id, now, publish_qos("t", b"x", QoS::AtLeastOnce, 1, false))
+        .unwrap();
+    assert!(!open, "closed");
+    assert_eq!(cluster.shards[1].counters().shard.protocol_violations, 0);
+    assert_eq!(cluster.shards[1].counters().session.refused_store_unavailable, 3);
+    cluster.settle();
+    assert_eq!(publishes(&cluster.output(&sub)), vec![(b"q0".to_vec(), None, false)]);
+    // Written again: accepted again.
+    cluster.shards[0].handle_store_failing(false);
+    cluster.settle();
+    cluster.send(&v5, publish_qos("t", b"q1", QoS::AtLeastOnce, 3, false));
+    cluster.settle();
+    let output = cluster.output(&v5);
+    assert!(
+        matches!(&output[..], [Packet::PubAck(ack)] if ack.reason == ReasonCode::Success),
+        "{output:?}"
+    );
+    assert_eq!(publishes(&cluster.output(&sub)).len(), 1);
+}
+
+#[test]
+fn messages_cut_from_a_persistent_queue_do_not_come_back_after_a_restart() {
+    let two = SessionLimits { max_queued_messages: 2, ..SessionLimits::default() };
+    let mut cluster = Cluster::with_limits(2, two);
+    let logs = with_logs(&mut cluster);
+    let sub_id = id_on("sub", 0, 2);
+    let (sub, _) = cluster.connect_with(&sub_id, false);
+    cluster.subscribe(&sub, "t");
+    cluster.settle();
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    // The subscriber reads nothing: five QoS 1 messages queue, past its
+    // limit of two (queued all the same while it is connected).
+    let publisher = cluster.connect(&id_on("pub", 0, 2));
+    for i in 0..5u8 {
+        let packet = publish_qos("t", &[i], QoS::AtLeastOnce, u16::from(i) + 1, false);
+        let now = cluster.now;
+        cluster.shards[publisher.shard]
+            .handle_packet(publisher.key, publisher.id, now, packet)
+            .unwrap();
+    }
+    cluster.settle();
+    // It leaves: its queue is cut to its limit, the newest go.
+    cluster.close(&sub);
+    assert_eq!(cluster.shards[0].counters().session.dropped_queue_full, [0, 3, 0]);
+    let (mut cluster, _) = restart(&cluster, &logs);
+    let (_, output) = cluster.connect_with(&sub_id, false);
+    let got: Vec<Vec<u8>> = publishes(&output).into_iter().map(|(p, ..)| p).collect();
+    assert_eq!(got, vec![vec![0], vec![1]], "what was cut stays cut");
+}

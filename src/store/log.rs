@@ -7,7 +7,7 @@
 //! reports the first one it has not made durable yet, so "durable" is a
 //! single watermark and a waiter needs no per-record state.
 
-use super::record::Record;
+use super::record::{FlowOp, Record, MAX_FLOW_OPS};
 use super::sessions::SessionState;
 use crate::message::Message;
 use crate::metrics::StoreCounters;
@@ -47,6 +47,9 @@ pub struct Log {
     /// Set by the writer when the log has grown past its compaction
     /// threshold; cleared when the shard hands over a snapshot.
     wants_compaction: Cell<bool>,
+    /// Set by the writer while its writes or syncs fail (disk full, EIO),
+    /// cleared once one succeeds again.
+    failing: Cell<bool>,
     counters: RefCell<StoreCounters>,
 }
 
@@ -63,8 +66,8 @@ struct Inner {
     waiters: Vec<(u64, Waker)>,
     /// The writer, parked until there is something to write.
     writer: Option<Waker>,
-    /// A task waiting for the durable watermark to move
-    /// ([`Log::durable_moved`]).
+    /// A task waiting for the durable watermark to move or the writer to
+    /// start or stop failing ([`Log::changed`]).
     watcher: Option<Waker>,
     /// No more entries: the writer writes what is queued and ends.
     closed: bool,
@@ -80,6 +83,22 @@ impl Log {
     /// [`Log::durable`] resolves.
     pub fn append(&self, record: Record) -> Lsn {
         self.push(Entry::Record(record))
+    }
+
+    /// Queues `op` on session `sid`'s outgoing flows: added to the last
+    /// queued record when that is a [`Record::Flows`] of the same session
+    /// with room left (so a run of PUBACKs or of sends is framed, checked
+    /// and written as one record), else queued as a new one.
+    pub fn append_flow(&self, sid: u64, op: FlowOp) -> Lsn {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(Entry::Record(Record::Flows { sid: last, ops })) = inner.queue.last_mut() {
+            if *last == sid && ops.len() < MAX_FLOW_OPS {
+                ops.push(op);
+                return Lsn(inner.next - 1);
+            }
+        }
+        drop(inner);
+        self.push(Entry::Record(Record::Flows { sid, ops: vec![op] }))
     }
 
     /// Whether the writer asked for a snapshot (see [`Log::compact`]).
@@ -110,18 +129,34 @@ impl Log {
         self.inner.borrow().next.checked_sub(1).map(Lsn)
     }
 
-    /// Resolves once records past the first `seen` are durable; returns
-    /// how many are. One task of the shard waits on it to release what
-    /// waits for durability.
-    pub fn durable_moved(&self, seen: u64) -> impl Future<Output = u64> + '_ {
+    /// Resolves once records past the first `seen` are durable, or the
+    /// writer's [`Log::is_failing`] is no longer `failing`; returns both
+    /// as they are then. One task of the shard waits on it to release what
+    /// waits for durability and to refuse what cannot be made durable.
+    pub fn changed(&self, seen: u64, failing: bool) -> impl Future<Output = (u64, bool)> + '_ {
         std::future::poll_fn(move |cx| {
             let mut inner = self.inner.borrow_mut();
-            if inner.durable > seen {
-                return Poll::Ready(inner.durable);
+            if inner.durable > seen || self.failing.get() != failing {
+                return Poll::Ready((inner.durable, self.failing.get()));
             }
             inner.watcher = Some(cx.waker().clone());
             Poll::Pending
         })
+    }
+
+    /// Whether the writer cannot write or sync the log now (disk full,
+    /// EIO): records wait in memory and it retries every second.
+    pub fn is_failing(&self) -> bool {
+        self.failing.get()
+    }
+
+    /// For the writer (and tests): its writes started or stopped failing.
+    pub(crate) fn set_failing(&self, failing: bool) {
+        if self.failing.replace(failing) != failing {
+            if let Some(watcher) = self.inner.borrow_mut().watcher.take() {
+                watcher.wake();
+            }
+        }
     }
 
     /// Whether the record `lsn` is durable.
@@ -221,5 +256,46 @@ impl Log {
                 i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PacketId;
+
+    fn completed(id: u16) -> FlowOp {
+        FlowOp::Completed(PacketId::new(id).unwrap())
+    }
+
+    fn flows(entries: &[Entry]) -> Vec<(u64, usize)> {
+        entries
+            .iter()
+            .map(|entry| match entry {
+                Entry::Record(Record::Flows { sid, ops }) => (*sid, ops.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flow_changes_of_one_session_in_a_row_share_a_record_until_taken_or_full() {
+        let log = Log::new();
+        let first = log.append_flow(1, completed(1));
+        assert_eq!(log.append_flow(1, completed(2)), first, "merged: the same record");
+        let other = log.append_flow(2, completed(1));
+        assert!(other > first);
+        // Session 1 again after another session's record: a new record,
+        // so the order between sessions is kept.
+        let again = log.append_flow(1, completed(3));
+        assert!(again > other);
+        assert_eq!(flows(&log.sync_now()), vec![(1, 2), (2, 1), (1, 1)]);
+        // Taken by the writer: never added to afterwards.
+        let after = log.append_flow(1, completed(4));
+        assert!(after > again);
+        for id in 0..MAX_FLOW_OPS as u16 {
+            log.append_flow(1, completed(id % 100 + 1));
+        }
+        assert_eq!(flows(&log.sync_now()), vec![(1, MAX_FLOW_OPS), (1, 1)]);
     }
 }

@@ -1,12 +1,12 @@
 //! The bytes of the durable log, sans-IO: the header that opens every
 //! segment file and the framed records after it.
 //!
-//! Layout (format version 1), integers little-endian:
+//! Layout (format version 2), integers little-endian:
 //!
 //! ```text
 //! segment header, 32 bytes:
 //!   [0..8)   magic "RINGMQLG"
-//!   [8..10)  u16 format version (1)
+//!   [8..10)  u16 format version (2; version 1 segments are read too)
 //!   [10..12) u16 kind: 0 appends, 1 snapshot
 //!   [12..14) u16 shard index
 //!   [14..16) u16 shard count when written
@@ -38,7 +38,23 @@
 //!    12 completed:       u64 sid, u16 packet id (PUBACK, PUBCOMP)
 //!    13 QoS 2 in:        u64 sid, u16 packet id (PUBREC sent)
 //!    14 QoS 2 done:      u64 sid, u16 packet id (PUBREL received)
+//!    15 flows:           u64 sid, then to the end of the body, in the
+//!                        order they happened, any number of:
+//!                          u8 10 + u64 mid + u16 packet id (sent),
+//!                          u8 11 + u16 packet id (released),
+//!                          u8 12 + u16 packet id (completed),
+//!                          u8 16 + u64 mid (dropped)
+//!                        (version 2: the changes of kinds 10-12 and 16
+//!                        of one session that follow each other in the
+//!                        log, framed once)
+//!    16 dropped:         u64 sid, u64 mid (version 2: the newest queued
+//!                        entry of the message was cut, past the limits)
 //! ```
+//!
+//! Version 2 adds kinds 15 and 16 and nothing else, so a version 1 segment is a
+//! valid version 2 one; a build that reads version 1 only refuses a
+//! version 2 segment by its header instead of cutting it off at the
+//! first new kind as a damaged tail.
 //!
 //! A body is never empty, so a length of zero is padding (the writer pads
 //! the last block of a file with zeros), never a record.
@@ -56,8 +72,15 @@ use std::time::Duration;
 /// The magic at the start of every segment file.
 const MAGIC: &[u8; 8] = b"RINGMQLG";
 
-/// The segment format this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The segment format this build writes.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest segment format this build reads.
+pub const OLDEST_VERSION: u16 = 1;
+
+/// Most changes a [`Record::Flows`] holds: a longer run goes on in the
+/// next record.
+pub const MAX_FLOW_OPS: usize = 4096;
 
 /// Bytes of a segment header.
 pub const HEADER_LEN: usize = 32;
@@ -83,6 +106,8 @@ const KIND_RELEASED: u8 = 11;
 const KIND_COMPLETED: u8 = 12;
 const KIND_QOS2_IN: u8 = 13;
 const KIND_QOS2_DONE: u8 = 14;
+const KIND_FLOWS: u8 = 15;
+const KIND_DROPPED: u8 = 16;
 
 /// What a segment file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +143,11 @@ pub enum HeaderError {
     /// Not a ringmq log file.
     #[error("not a ringmq log segment (bad magic)")]
     Magic,
-    /// Written by another format version.
-    #[error("segment format version {0}, this build reads version {FORMAT_VERSION}")]
+    /// Written by a format version this build does not read.
+    #[error(
+        "segment format version {0}, this build reads versions {OLDEST_VERSION} to \
+         {FORMAT_VERSION} (written by a newer ringmq?)"
+    )]
     Version(u16),
 }
 
@@ -162,7 +190,7 @@ impl SegmentHeader {
         }
         let u16_at = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
         let version = u16_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         let kind = match u16_at(10) {
@@ -275,6 +303,57 @@ pub enum Record {
         /// Its packet id.
         packet_id: PacketId,
     },
+    /// The newest queued entry of message `mid` was dropped: the queue was
+    /// cut back to its limits (an offline session, a slow consumer).
+    Dropped {
+        /// The session.
+        sid: u64,
+        /// The message.
+        mid: u64,
+    },
+    /// Changes to the outgoing flows and queue of one session, in order:
+    /// what [`Record::Sent`], [`Record::Released`], [`Record::Completed`]
+    /// and [`Record::Dropped`] say one by one, framed once (a subscriber's
+    /// PUBACKs read together, the messages sent by one write, a queue cut).
+    Flows {
+        /// The session.
+        sid: u64,
+        /// The changes, oldest first (1..=[`MAX_FLOW_OPS`]).
+        ops: Vec<FlowOp>,
+    },
+}
+
+/// One change in a [`Record::Flows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowOp {
+    /// As [`Record::Sent`].
+    Sent {
+        /// The message.
+        mid: u64,
+        /// Its packet id.
+        packet_id: PacketId,
+    },
+    /// As [`Record::Released`].
+    Released(PacketId),
+    /// As [`Record::Completed`].
+    Completed(PacketId),
+    /// As [`Record::Dropped`].
+    Dropped {
+        /// The message.
+        mid: u64,
+    },
+}
+
+impl FlowOp {
+    /// The single record that says the same for session `sid`.
+    pub fn record(self, sid: u64) -> Record {
+        match self {
+            Self::Sent { mid, packet_id } => Record::Sent { sid, mid, packet_id },
+            Self::Released(packet_id) => Record::Released { sid, packet_id },
+            Self::Completed(packet_id) => Record::Completed { sid, packet_id },
+            Self::Dropped { mid } => Record::Dropped { sid, mid },
+        }
+    }
 }
 
 /// Why a record's body (whose CRC matched) cannot be read: written by a
@@ -387,6 +466,36 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
             out.put_u64_le(*mid);
             out.put_u16_le(packet_id.get());
         }
+        Record::Flows { sid, ops } => {
+            out.put_u8(KIND_FLOWS);
+            out.put_u64_le(*sid);
+            for op in ops {
+                match *op {
+                    FlowOp::Sent { mid, packet_id } => {
+                        out.put_u8(KIND_SENT);
+                        out.put_u64_le(mid);
+                        out.put_u16_le(packet_id.get());
+                    }
+                    FlowOp::Released(packet_id) => {
+                        out.put_u8(KIND_RELEASED);
+                        out.put_u16_le(packet_id.get());
+                    }
+                    FlowOp::Completed(packet_id) => {
+                        out.put_u8(KIND_COMPLETED);
+                        out.put_u16_le(packet_id.get());
+                    }
+                    FlowOp::Dropped { mid } => {
+                        out.put_u8(KIND_DROPPED);
+                        out.put_u64_le(mid);
+                    }
+                }
+            }
+        }
+        Record::Dropped { sid, mid } => {
+            out.put_u8(KIND_DROPPED);
+            out.put_u64_le(*sid);
+            out.put_u64_le(*mid);
+        }
         Record::Released { sid, packet_id }
         | Record::Completed { sid, packet_id }
         | Record::Qos2In { sid, packet_id }
@@ -425,7 +534,7 @@ pub fn decode(body: &[u8], clocks: Clocks) -> Result<Record, RecordError> {
                 .map_err(|_| RecordError::Topic)
         }
         KIND_SNAPSHOT_END => Ok(Record::SnapshotEnd),
-        KIND_SESSION_OPEN..=KIND_QOS2_DONE => {
+        KIND_SESSION_OPEN..=KIND_DROPPED => {
             decode_session(kind, rest, clocks).ok_or(RecordError::Session)
         }
         other => Err(RecordError::Kind(other)),
@@ -537,6 +646,26 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
             let mid = u64_of(&mut rest)?;
             Record::Sent { sid, mid, packet_id: PacketId::new(u16_of(&mut rest)?)? }
         }
+        KIND_FLOWS => {
+            let mut ops = Vec::new();
+            while let Some(op) = u8_of(&mut rest) {
+                ops.push(match op {
+                    KIND_SENT => {
+                        let mid = u64_of(&mut rest)?;
+                        FlowOp::Sent { mid, packet_id: PacketId::new(u16_of(&mut rest)?)? }
+                    }
+                    KIND_RELEASED => FlowOp::Released(PacketId::new(u16_of(&mut rest)?)?),
+                    KIND_COMPLETED => FlowOp::Completed(PacketId::new(u16_of(&mut rest)?)?),
+                    KIND_DROPPED => FlowOp::Dropped { mid: u64_of(&mut rest)? },
+                    _ => return None,
+                });
+            }
+            if ops.is_empty() || ops.len() > MAX_FLOW_OPS {
+                return None;
+            }
+            Record::Flows { sid, ops }
+        }
+        KIND_DROPPED => Record::Dropped { sid, mid: u64_of(&mut rest)? },
         _ => {
             let packet_id = PacketId::new(u16_of(&mut rest)?)?;
             match kind {

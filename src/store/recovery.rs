@@ -327,11 +327,24 @@ mod tests {
             let outcome = Recovery::new(clocks).handle_segment(&bytes[..cut]).unwrap();
             assert_eq!((outcome.header, outcome.valid_len, outcome.torn_bytes), (None, 0, cut));
         }
-        let mut newer = bytes.clone();
-        newer[8] = 2;
-        let crc = crc32c::crc32c(&newer[..28]);
-        newer[28..32].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(Recovery::new(clocks).handle_segment(&newer), Err(HeaderError::Version(2)));
+        let with_version = |version: u8| {
+            let mut other = bytes.clone();
+            other[8] = version;
+            let crc = crc32c::crc32c(&other[..28]);
+            other[28..32].copy_from_slice(&crc.to_le_bytes());
+            other
+        };
+        assert_eq!(
+            Recovery::new(clocks).handle_segment(&with_version(3)),
+            Err(HeaderError::Version(3))
+        );
+        assert_eq!(
+            Recovery::new(clocks).handle_segment(&with_version(0)),
+            Err(HeaderError::Version(0))
+        );
+        // Version 1 (no kind 15 yet) is read as it is.
+        let (state, _) = recover(&[&with_version(1)], clocks);
+        assert_eq!(topics(&state), vec!["a/2"]);
         assert_eq!(
             Recovery::new(clocks).handle_segment(b"#!/bin/sh\necho this is not a log segment"),
             Err(HeaderError::Magic)

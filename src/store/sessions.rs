@@ -190,6 +190,13 @@ impl SessionState {
                     session.inflight.retain(|(id, _)| *id != packet_id);
                 }
             }
+            Record::Dropped { sid, mid } => {
+                // The queue is cut from its end (see `trim_to_limits`).
+                let Some(session) = self.sessions.get_mut(&sid) else { return true };
+                if let Some(at) = session.queue.iter().rposition(|e| e.mid == mid) {
+                    session.queue.remove(at);
+                }
+            }
             Record::Qos2In { sid, packet_id } => {
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     if !session.qos2_in.contains(&packet_id) {
@@ -200,6 +207,11 @@ impl SessionState {
             Record::Qos2Done { sid, packet_id } => {
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     session.qos2_in.retain(|id| *id != packet_id);
+                }
+            }
+            Record::Flows { sid, ops } => {
+                for op in ops {
+                    self.apply(op.record(sid));
                 }
             }
             Record::RetainSet(_) | Record::RetainDelete(_) | Record::SnapshotEnd => return false,
@@ -296,7 +308,7 @@ mod tests {
     use super::*;
     use crate::message::wire::Clocks;
     use crate::protocol::{BoxedPublishProperties, RetainHandling, TopicName};
-    use crate::store::record::{self, Frame, SegmentHeader, SegmentKind, HEADER_LEN};
+    use crate::store::record::{self, FlowOp, Frame, SegmentHeader, SegmentKind, HEADER_LEN};
     use crate::store::recovery::Recovery;
     use bytes::{Bytes, BytesMut};
     use proptest::prelude::*;
@@ -374,6 +386,20 @@ mod tests {
             Record::Sent { sid: 7, mid: 1, packet_id: pid(9) },
             Record::Released { sid: 7, packet_id: pid(9) },
             Record::Completed { sid: 7, packet_id: pid(9) },
+            Record::Enqueue { sid: 7, entry: entry(1, QoS::AtLeastOnce) },
+            Record::Flows {
+                sid: 7,
+                ops: vec![
+                    // Nothing of message 99 is queued: changes nothing.
+                    FlowOp::Dropped { mid: 99 },
+                    FlowOp::Sent { mid: 1, packet_id: pid(10) },
+                    FlowOp::Released(pid(10)),
+                    FlowOp::Completed(pid(10)),
+                    FlowOp::Sent { mid: 1, packet_id: pid(11) },
+                ],
+            },
+            Record::Enqueue { sid: 7, entry: entry(1, QoS::ExactlyOnce) },
+            Record::Dropped { sid: 7, mid: 1 },
             Record::Qos2In { sid: 7, packet_id: pid(65535) },
             Record::Qos2Done { sid: 7, packet_id: pid(65535) },
             Record::SessionEnd { sid: 8 },
@@ -436,18 +462,45 @@ mod tests {
         let body: &[u8] =
             &[9, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0b110, 1, 5, 0, 0, 0];
         assert_eq!(&out[8..], body);
+        let mut out = BytesMut::new();
+        let flows = Record::Flows {
+            sid: 3,
+            ops: vec![
+                FlowOp::Sent { mid: 0x0A0B, packet_id: pid(0x1234) },
+                FlowOp::Released(pid(2)),
+                FlowOp::Completed(pid(0x0102)),
+                FlowOp::Dropped { mid: 0x0C0D },
+            ],
+        };
+        record::encode(&flows, clocks, &mut out).unwrap();
+        let body: &[u8] = &[
+            15, // kind
+            3, 0, 0, 0, 0, 0, 0, 0, // sid
+            10, 0x0B, 0x0A, 0, 0, 0, 0, 0, 0, 0x34, 0x12, // sent: mid, packet id
+            11, 2, 0, // released
+            12, 0x02, 0x01, // completed
+            16, 0x0D, 0x0C, 0, 0, 0, 0, 0, 0, // dropped: mid
+        ];
+        assert_eq!(&out[8..], body);
     }
 
     #[test]
     fn invalid_session_bodies_are_refused() {
         let clocks = Clocks::read();
         // Enqueue of QoS 0 (never logged), a zero packet id, a bad filter,
-        // a body that goes on after its fields.
-        let bodies: [&[u8]; 4] = [
+        // a body that goes on after its fields; flows: none, an unknown
+        // change, one cut short, a zero packet id.
+        let bodies: [&[u8]; 10] = [
             &[9, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[12, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[7, 1, 0, 0, 0, 0, 0, 0, 0, b'a', b'#'],
             &[5, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0, 13, 1, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0, 12, 1, 0, 10, 1, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0],
+            &[15, 1, 0, 0, 0, 0, 0, 0, 0, 16, 1, 0, 0, 0, 0, 0, 0],
+            &[16, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0],
         ];
         for body in bodies {
             assert_eq!(record::decode(body, clocks), Err(record::RecordError::Session), "{body:?}");
@@ -491,10 +544,11 @@ mod tests {
         assert_eq!(session.client_id, "dev-1");
         assert_eq!(session.will.as_ref().unwrap().delay, 30);
         assert_eq!(session.subscriptions.len(), 1);
-        // Enqueued twice, sent once (then released and completed): the
-        // second entry is still queued.
-        assert_eq!(session.queue, vec![entry(1, QoS::ExactlyOnce)]);
-        assert!(session.inflight.is_empty());
+        // Enqueued four times: the first sent, released and completed;
+        // the second too (in one flows record); the third sent and not
+        // acknowledged; the fourth dropped.
+        assert!(session.queue.is_empty());
+        assert_eq!(session.inflight, vec![(pid(11), StoredFlow::Sent(entry(1, QoS::AtLeastOnce)))]);
         assert!(session.qos2_in.is_empty());
         assert_eq!(state.messages.len(), 1);
         assert_eq!((state.next_sid, state.next_mid), (9, 2));
@@ -542,6 +596,11 @@ mod tests {
         Send(u8),
         Release(u8),
         Complete(u8),
+        /// The newest queued entry of a session is dropped.
+        Drop(u8),
+        /// Sends (0), releases (1), completions (2) and drops (3) of one
+        /// session in one flows record.
+        Flows(u8, Vec<u8>),
         Qos2(u8, u16, bool),
         Rotate,
         Compact,
@@ -557,6 +616,8 @@ mod tests {
             3 => (0u8..4).prop_map(Op::Send),
             1 => (0u8..4).prop_map(Op::Release),
             2 => (0u8..4).prop_map(Op::Complete),
+            1 => (0u8..4).prop_map(Op::Drop),
+            3 => (0u8..4, prop::collection::vec(0u8..4, 1..8)).prop_map(|(s, k)| Op::Flows(s, k)),
             2 => (0u8..4, 1u16..4, any::<bool>()).prop_map(|(s, p, d)| Op::Qos2(s, p, d)),
             1 => Just(Op::Rotate),
             1 => Just(Op::Compact),
@@ -630,6 +691,41 @@ mod tests {
                     Op::Release(_) => Record::Released { sid: sid(s), packet_id },
                     _ => Record::Completed { sid: sid(s), packet_id },
                 }]
+            }
+            Op::Flows(s, kinds) if live(s) => {
+                // Each change as its own op would write it, applied in
+                // turn to a copy of the state.
+                let mut state = model.clone();
+                let mut ops = Vec::new();
+                for kind in kinds {
+                    let single = match kind {
+                        0 => Op::Send(*s),
+                        1 => Op::Release(*s),
+                        2 => Op::Complete(*s),
+                        _ => Op::Drop(*s),
+                    };
+                    for record in records_of(&single, &state, next_mid) {
+                        ops.push(match &record {
+                            Record::Sent { mid, packet_id, .. } => {
+                                FlowOp::Sent { mid: *mid, packet_id: *packet_id }
+                            }
+                            Record::Released { packet_id, .. } => FlowOp::Released(*packet_id),
+                            Record::Completed { packet_id, .. } => FlowOp::Completed(*packet_id),
+                            Record::Dropped { mid, .. } => FlowOp::Dropped { mid: *mid },
+                            other => unreachable!("{other:?}"),
+                        });
+                        state.apply(record);
+                    }
+                }
+                if ops.is_empty() {
+                    return Vec::new();
+                }
+                vec![Record::Flows { sid: sid(s), ops }]
+            }
+            Op::Drop(s) if live(s) => {
+                let session = &model.sessions[&sid(s)];
+                let Some(last) = session.queue.last() else { return Vec::new() };
+                vec![Record::Dropped { sid: sid(s), mid: last.mid }]
             }
             Op::Qos2(s, p, done) if live(s) => vec![match done {
                 true => Record::Qos2Done { sid: sid(s), packet_id: pid(*p) },

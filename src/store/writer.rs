@@ -22,9 +22,12 @@
 //!   record, syncs it, opens k+2 for what follows, and only then deletes
 //!   every segment up to k. A crash at any step leaves either the old
 //!   segments or the complete snapshot (see `recovery`).
-//! * A failed write or sync (disk full, EIO) is logged once, counted, and
-//!   retried every second with the same bytes until it succeeds; records
-//!   wait in memory meanwhile and their durability futures stay pending.
+//! * A failed write or sync (disk full, EIO) is logged once (one line per
+//!   shard and episode), counted, and retried every second with the same
+//!   bytes until it succeeds; records wait in memory meanwhile and their
+//!   durability futures stay pending. Meanwhile [`Log::is_failing`] says
+//!   so, and the broker refuses new QoS 1/2 publishes (see `shard`); the
+//!   first write that succeeds clears it and logs one line.
 
 use super::log::{Entry, Log, Snapshot};
 use super::record::{self, HeaderError, Record, SegmentHeader, SegmentKind};
@@ -332,7 +335,12 @@ impl Segment {
             match self.file.write_at(buffer, start + (i * CHUNK) as u64).await {
                 Ok(n) if n == size => written += n as u64,
                 Ok(_) => {
-                    result = Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+                    // What a write that runs out of space returns before
+                    // ENOSPC.
+                    result = Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "short write (is the file system full?)",
+                    ));
                     break;
                 }
                 Err(error) => {
@@ -424,7 +432,7 @@ impl Writer {
                 Ok(written) => {
                     self.appended += data.len() as u64;
                     log.count(|c| c.bytes_written += written);
-                    self.recovered();
+                    self.recovered(log);
                     return;
                 }
                 Err(error) => self.failed("write", &error, log).await,
@@ -443,7 +451,7 @@ impl Writer {
                         c.syncs += 1;
                         c.sync_latency.record(self.last_sync - started);
                     });
-                    self.recovered();
+                    self.recovered(log);
                     return;
                 }
                 Err(error) => self.failed("sync", &error.into(), log).await,
@@ -455,20 +463,27 @@ impl Writer {
         log.count(|c| c.write_errors += 1);
         if !self.failing {
             self.failing = true;
+            log.set_failing(true);
             tracing::error!(
                 shard = self.shard,
                 segment = %self.current.path.display(),
                 %error,
-                "cannot {what} the durable log; retrying every second (records wait in memory)"
+                "cannot {what} the durable log (data_dir): QoS 1/2 publishes are refused (MQTT 5: \
+                 0x97 Quota exceeded; 3.1.1: the connection is closed) and QoS 0 still flows \
+                 until it can; retrying every second, records wait in memory"
             );
         }
         glommio::timer::sleep(RETRY).await;
     }
 
-    fn recovered(&mut self) {
+    fn recovered(&mut self, log: &Log) {
         if self.failing {
             self.failing = false;
-            tracing::warn!(shard = self.shard, "the durable log is written again");
+            log.set_failing(false);
+            tracing::warn!(
+                shard = self.shard,
+                "the durable log is written again: QoS 1/2 publishes are accepted again"
+            );
         }
     }
 
@@ -576,7 +591,7 @@ impl Writer {
             match snapshot.write(&data).await {
                 Ok(written) => {
                     log.count(|c| c.bytes_written += written);
-                    self.recovered();
+                    self.recovered(log);
                     return;
                 }
                 Err(error) => self.failed("write a snapshot of", &error, log).await,

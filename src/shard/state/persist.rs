@@ -12,6 +12,7 @@ use crate::router::{ShardId, ShardMessage};
 use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
 use crate::shard::state::LocalSubscription;
+use crate::store::record::FlowOp;
 use crate::store::{Lsn, Record, SessionState, StoredFlow, StoredSession, StoredSubscription};
 use smallvec::SmallVec;
 use std::rc::Rc;
@@ -34,6 +35,11 @@ pub(super) struct SessionLog {
     changes: Vec<SessionChange>,
     /// With `durability = "always"`: what waits for durability.
     durable: Option<Box<DurableAcks>>,
+    /// Per shard (this one included): whether its log cannot be written
+    /// now (disk full, EIO). Empty until one fails.
+    failing: Vec<bool>,
+    /// How many of `failing` are true.
+    failing_count: usize,
 }
 
 /// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
@@ -69,6 +75,15 @@ struct DurableWait {
     peers: SmallVec<[(ShardId, u64); 4]>,
     key: SessionKey,
     token: AckToken,
+}
+
+impl DurableWait {
+    /// Whether this shard's records up to `lsn` are durable and every peer
+    /// reported its count (`acked`, per peer).
+    fn is_ready(&self, log: &crate::store::Log, acked: &[u64]) -> bool {
+        self.lsn.is_none_or(|lsn| log.is_durable(lsn))
+            && self.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count)
+    }
 }
 
 impl Shard {
@@ -199,9 +214,24 @@ impl Shard {
                     }
                     Record::Enqueue { sid, entry }
                 }
-                SessionChange::Sent { mid, packet_id } => Record::Sent { sid, mid, packet_id },
-                SessionChange::Released(packet_id) => Record::Released { sid, packet_id },
-                SessionChange::Completed(packet_id) => Record::Completed { sid, packet_id },
+                // The changes to its flows go into one record while they
+                // follow each other in the log (see `Log::append_flow`).
+                SessionChange::Sent { mid, packet_id } => {
+                    log.append_flow(sid, FlowOp::Sent { mid, packet_id });
+                    continue;
+                }
+                SessionChange::Released(packet_id) => {
+                    log.append_flow(sid, FlowOp::Released(packet_id));
+                    continue;
+                }
+                SessionChange::Completed(packet_id) => {
+                    log.append_flow(sid, FlowOp::Completed(packet_id));
+                    continue;
+                }
+                SessionChange::Dropped(mid) => {
+                    log.append_flow(sid, FlowOp::Dropped { mid });
+                    continue;
+                }
                 SessionChange::Qos2In(packet_id) => Record::Qos2In { sid, packet_id },
                 SessionChange::Qos2Done(packet_id) => Record::Qos2Done { sid, packet_id },
             };
@@ -273,6 +303,46 @@ impl Shard {
         state
     }
 
+    /// This shard's log started (`true`) or stopped failing: the change is
+    /// told to every other shard ([`ShardMessage::StoreFailing`]).
+    pub fn handle_store_failing(&mut self, failing: bool) {
+        let me = self.id;
+        if self.set_store_failing(me, failing) {
+            for peer in
+                (0..self.nr_shards).filter_map(ShardId::from_index).filter(|&peer| peer != me)
+            {
+                self.outbox.push(peer, ShardMessage::StoreFailing { failing });
+            }
+        }
+    }
+
+    /// Notes that the log of `shard` fails or works; returns whether that
+    /// changed anything.
+    pub(super) fn set_store_failing(&mut self, shard: ShardId, failing: bool) -> bool {
+        let log = &mut self.session_log;
+        if log.failing.is_empty() {
+            log.failing = vec![false; self.nr_shards];
+        }
+        let Some(slot) = log.failing.get_mut(shard.index()) else { return false };
+        if std::mem::replace(slot, failing) == failing {
+            return false;
+        }
+        if failing {
+            log.failing_count += 1;
+        } else {
+            log.failing_count -= 1;
+        }
+        true
+    }
+
+    /// Whether a QoS 1/2 PUBLISH is refused now: the log of this shard or
+    /// of another cannot be written (they share `data_dir`'s disk, and a
+    /// message may be logged on any shard it is routed to), so it could not
+    /// be made durable. QoS 0 is never logged and still flows.
+    pub(super) fn store_unavailable(&self) -> bool {
+        self.session_log.failing_count > 0
+    }
+
     /// `durability = "always"`: from now on a QoS 1/2 PUBLISH is
     /// acknowledged only once its records are durable here and on every
     /// shard it went to (see [`DurableAcks`]). Called at start, with the
@@ -322,8 +392,20 @@ impl Shard {
         let lsn = self.log.as_ref().and_then(|log| log.last());
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         let peers = std::mem::take(&mut durable.touched);
-        durable.waits.push(DurableWait { lsn, peers, key, token });
-        self.release_durable();
+        self.wait_durable(DurableWait { lsn, peers, key, token });
+    }
+
+    /// Releases `wait` at once if what it waits for is durable already,
+    /// else keeps it for [`Shard::release_durable`]. Only the new wait is
+    /// looked at: the others cannot have become ready since the last
+    /// event that moved the log's watermark or a peer's count.
+    fn wait_durable(&mut self, wait: DurableWait) {
+        let Some(durable) = self.session_log.durable.as_mut() else { return };
+        if self.log.as_ref().is_some_and(|log| wait.is_ready(log, &durable.acked)) {
+            self.release_acks(wait.key, wait.token);
+        } else {
+            durable.waits.push(wait);
+        }
     }
 
     /// Releases the SUBACK or UNSUBACK barrier `token` of a persistent
@@ -334,9 +416,8 @@ impl Shard {
         let persistent = self.slots.get(key).is_some_and(|slot| slot.log_id != 0);
         let lsn = self.log.as_ref().and_then(|log| log.last());
         match self.session_log.durable.as_mut() {
-            Some(durable) if persistent => {
-                durable.waits.push(DurableWait { lsn, peers: SmallVec::new(), key, token });
-                self.release_durable();
+            Some(_) if persistent => {
+                self.wait_durable(DurableWait { lsn, peers: SmallVec::new(), key, token });
             }
             _ => self.release_acks(key, token),
         }
@@ -354,7 +435,8 @@ impl Shard {
         durable.received[from.index()] += count;
         let total = durable.received[from.index()];
         durable.replies.push((from, total, lsn));
-        self.handle_durable();
+        // Nothing this shard waits for moved: only the reports are due.
+        self.send_durable_reports();
     }
 
     /// A peer reported `count` of this shard's messages durable.
@@ -368,6 +450,12 @@ impl Shard {
     /// The log's durable watermark moved: reports owed to peers are sent
     /// and the acknowledgements whose records are all durable released.
     pub fn handle_durable(&mut self) {
+        self.send_durable_reports();
+        self.release_durable();
+    }
+
+    /// Sends the reports owed to peers whose records are durable.
+    fn send_durable_reports(&mut self) {
         let Some(log) = self.log.clone() else { return };
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         // Records are durable in order: the replies due are a prefix.
@@ -386,18 +474,18 @@ impl Shard {
         for (peer, count) in latest {
             self.outbox.push(peer, ShardMessage::Durable { count });
         }
-        self.release_durable();
     }
 
-    /// Releases every waiting acknowledgement whose records are durable.
+    /// Releases every waiting acknowledgement whose records are durable:
+    /// a scan of the waits, once per move of the log's watermark or of a
+    /// peer's count (about once per group commit), not once per PUBLISH.
     fn release_durable(&mut self) {
         let Some(log) = self.log.clone() else { return };
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         let mut released: SmallVec<[(SessionKey, AckToken); 8]> = SmallVec::new();
         let acked = &durable.acked;
         durable.waits.retain(|wait| {
-            let ready = wait.lsn.is_none_or(|lsn| log.is_durable(lsn))
-                && wait.peers.iter().all(|(peer, count)| acked[peer.index()] >= *count);
+            let ready = wait.is_ready(&log, acked);
             if ready {
                 released.push((wait.key, wait.token));
             }
