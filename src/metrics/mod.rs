@@ -51,7 +51,8 @@ pub struct Counters {
 pub struct ClusterCounters {
     /// Messages published to NATS.
     pub published: u64,
-    /// Of those, QoS 1/2 ones, which cross nodes at most once.
+    /// Of those, QoS 1/2 ones (acknowledged to their publisher once every
+    /// interested node accepted them).
     pub published_qos12: u64,
     /// Messages NATS refused or that could not be encoded (past the
     /// server's max_payload, connection closed).
@@ -81,6 +82,12 @@ pub struct ClusterCounters {
     pub connects: u64,
     /// Connections to NATS lost.
     pub disconnects: u64,
+    /// QoS 1/2 messages acknowledged by every interested node.
+    pub remote_acked: u64,
+    /// QoS 1/2 messages sent again to a node that had not acknowledged.
+    pub resent: u64,
+    /// Nodes taken for dead: silent for `cluster.node_timeout_ms`.
+    pub nodes_expired: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 75] = [
+const COUNTERS: [Field<u64>; 78] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -307,11 +307,9 @@ const COUNTERS: [Field<u64>; 75] = [
     ("cluster_published", "Messages published to NATS (node-wide, on shard 0)", |s| {
         s.counters.cluster.published
     }),
-    (
-        "cluster_published_qos12",
-        "QoS 1/2 messages published to NATS: they cross nodes at most once",
-        |s| s.counters.cluster.published_qos12,
-    ),
+    ("cluster_published_qos12", "QoS 1/2 messages published to NATS", |s| {
+        s.counters.cluster.published_qos12
+    }),
     ("cluster_publish_failed", "Messages NATS refused (e.g. past its max_payload)", |s| {
         s.counters.cluster.publish_failed
     }),
@@ -354,6 +352,15 @@ const COUNTERS: [Field<u64>; 75] = [
         s.counters.cluster.connects
     }),
     ("cluster_disconnects", "Connections to NATS lost", |s| s.counters.cluster.disconnects),
+    ("cluster_remote_acked", "QoS 1/2 messages acknowledged by every interested node", |s| {
+        s.counters.cluster.remote_acked
+    }),
+    ("cluster_resent", "QoS 1/2 messages sent again to a node that had not acknowledged", |s| {
+        s.counters.cluster.resent
+    }),
+    ("cluster_nodes_expired", "Nodes taken for dead: silent for cluster.node_timeout_ms", |s| {
+        s.counters.cluster.nodes_expired
+    }),
 ];
 
 /// Renders `snapshots` (one per shard) and the process's open connections.

@@ -104,6 +104,9 @@ pub struct Shard {
     /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
     /// single node. See `state/cluster.rs`.
     cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
+    /// QoS 1/2 acknowledgements waiting for the other nodes (see
+    /// `state/bridge_acks.rs`).
+    bridge_waits: bridge_acks::BridgeWaits,
     /// What every session of the shard holds (queued messages and bytes,
     /// in-flight messages): the sum of their [`Slot::usage`], moved as
     /// sessions queue and drain (see [`Shard::account`]), never summed by
@@ -145,6 +148,7 @@ impl Shard {
             authenticators: Arc::default(),
             acl: None,
             cluster: None,
+            bridge_waits: Default::default(),
             usage: Usage::default(),
         }
     }
@@ -396,6 +400,7 @@ impl Shard {
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
         slot.session.set_durable_acks(durable_acks);
+        slot.session.set_bridge_acks(self.cluster.is_some());
         let acl = self.client_acl(connect);
         let slot = self.slots.slot_mut(key);
         slot.session.set_acl(acl);
@@ -751,6 +756,7 @@ impl Shard {
                 }
                 SessionEvent::Will(message) => self.route(message, now),
                 SessionEvent::Durable(ack) => self.durable_wait(key, ack),
+                SessionEvent::Bridged(ack) => self.bridge_wait(key, ack),
                 SessionEvent::Subscribe { grants, ack } => {
                     let filters = IndexFilters::Subscribe(grants.into_iter());
                     self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
@@ -1331,6 +1337,7 @@ impl Shard {
     }
 }
 
+mod bridge_acks;
 mod cluster;
 
 /// Why a connection task must stop.

@@ -15,9 +15,11 @@
 //! node's own messages do not come back to it: the connection asks the
 //! server for no echo, and the origin in every frame is checked too.
 
+mod reliable;
+
 use super::frame::{self, Dedup, Seen};
 use super::subject::{filter_subjects, queue_name, topic_subject};
-use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
+use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, Shared, ToShard};
 use crate::config::{ClusterConfig, NatsCredentials};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
@@ -87,6 +89,7 @@ impl Bridge {
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
+            max_pending: (config.max_pending_acks / nr_shards.max(1)).max(1),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -136,6 +139,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            remote_acked,
+            resent,
+            nodes_expired,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -152,6 +158,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            remote_acked,
+            resent,
+            nodes_expired,
             "NATS bridge stopped"
         );
     }
@@ -266,28 +275,48 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             // and the configuration checked them.
             (Err(error), _) | (_, Err(error)) => {
                 tracing::error!(%error, "cannot start the NATS client: the node stays alone");
-                // SUBACKs must not wait forever: every interest change is
-                // acknowledged (nothing is subscribed).
-                while let Some(Interest { shard, revision, .. }) =
-                    std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
-                {
-                    shared.inbound[shard.index()].push_control(revision);
-                }
+                // SUBACKs and PUBACKs must not wait forever: every
+                // interest change and message is acknowledged (nothing is
+                // subscribed, nothing published).
+                let messages = async {
+                    while let Some(Outgoing { ticket, .. }) =
+                        std::future::poll_fn(|cx| shared.outbound.poll_message(cx)).await
+                    {
+                        if let Some(ticket) = ticket {
+                            let accepted = ToShard::Accepted(ticket.number);
+                            shared.inbound[ticket.shard.index()].push_control(accepted);
+                        }
+                    }
+                };
+                let interest = async {
+                    while let Some(Interest { shard, revision, .. }) =
+                        std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
+                    {
+                        shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
+                    }
+                };
+                futures_lite::future::zip(messages, interest).await;
                 return;
             }
         };
+        let origin = origin();
         let bridge = Rc::new(BridgeState {
             client,
             queues,
             prefix: config.subject_prefix.clone(),
-            origin: origin(),
+            origin,
             shared: Arc::clone(&shared),
             subscriptions: RefCell::new(HashMap::new()),
             dedup: RefCell::new(Dedup::default()),
+            reliable: reliable::Reliable::new(&config, origin),
         });
+        let reliable = bridge.start_reliable().await;
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
+        for task in reliable {
+            task.abort();
+        }
         // Stop the readers (each unsubscribes), then flush.
         let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
         for reader in readers {
@@ -341,6 +370,8 @@ struct BridgeState {
     shared: Arc<Shared>,
     subscriptions: RefCell<HashMap<Key, Subscription>>,
     dedup: RefCell<Dedup>,
+    /// QoS 1/2 across nodes.
+    reliable: reliable::Reliable,
 }
 
 impl BridgeState {
@@ -348,22 +379,45 @@ impl BridgeState {
     async fn publish_task(self: Rc<Self>) {
         let counters = &self.shared.counters;
         let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
-        while let Some(message) =
+        while let Some(Outgoing { message, ticket }) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
+            // A QoS 1/2 message that cannot cross (a subject too long, a
+            // frame past max_payload, which `limits.max_packet_size`
+            // prevents) stays on this node: its publisher is answered.
             if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
                 BridgeCounters::add(&counters.subject_too_long);
+                if let Some(ticket) = ticket {
+                    self.accepted(ticket);
+                }
                 continue;
             }
-            sequence += 1;
-            if frame::encode(self.origin, sequence, &message, Clocks::read(), &mut buffer).is_err()
+            let number = match ticket {
+                Some(_) => self.reliable.next_sequence(),
+                None => {
+                    sequence += 1;
+                    sequence
+                }
+            };
+            if frame::encode(self.origin, number, &message, Clocks::read(), &mut buffer).is_err()
+                || !self.reliable.fits(buffer.len())
             {
                 BridgeCounters::add(&counters.publish_failed);
                 buffer.clear();
+                if let Some(ticket) = ticket {
+                    self.accepted(ticket);
+                }
                 continue;
             }
             let payload = buffer.split().freeze();
-            match self.client.publish(subject.clone(), payload).await {
+            let published = match ticket {
+                None => self.client.publish(subject.clone(), payload).await,
+                Some(ticket) => {
+                    let subject = subject.clone();
+                    self.publish_acked(ticket, number, &message.topic, subject, payload).await
+                }
+            };
+            match published {
                 Ok(()) => {
                     BridgeCounters::add(&counters.published);
                     if message.qos != crate::protocol::QoS::AtMostOnce {
@@ -387,6 +441,9 @@ impl BridgeState {
             // A shared subscription is a queue subscription of its own
             // (on the queue connection); a plain one a plain subscription.
             let group = filter.is_shared().then(|| filter.detached());
+            if group.is_none() {
+                self.announce(&filter, added).await;
+            }
             match filter_subjects(&self.prefix, filter.filter()) {
                 None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
                 None => {}
@@ -406,7 +463,7 @@ impl BridgeState {
                     }
                 }
             }
-            self.shared.inbound[shard.index()].push_control(revision);
+            self.shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
         }
     }
 
@@ -514,6 +571,9 @@ impl BridgeState {
     /// for a shared group the one its filter hashes to.
     fn handle_received(&self, message: async_nats::Message, group: Option<&TopicFilter>) {
         let counters = &self.shared.counters;
+        // A QoS 1/2 message waiting for this node's acknowledgement (not
+        // for a queue group's: its member is not known in advance).
+        let reply = message.reply.filter(|_| group.is_none());
         let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -537,18 +597,33 @@ impl BridgeState {
                     BridgeCounters::add(&counters.duplicates);
                     return;
                 }
-                match self.dedup.borrow_mut().see(origin, sequence) {
-                    Seen::New => {}
-                    Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
-                    Seen::Stale => return BridgeCounters::add(&counters.stale),
+                if let Some(reply) = &reply {
+                    if !self.see_acked(origin, sequence, reply) {
+                        return;
+                    }
+                } else {
+                    match self.dedup.borrow_mut().see(origin, sequence) {
+                        Seen::New => {}
+                        Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+                        Seen::Stale => return BridgeCounters::add(&counters.stale),
+                    }
                 }
                 let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
                 (shard, Delivery { message: Arc::new(message), group: None })
             }
         };
-        match self.shared.inbound[shard.index()].push_message(delivery) {
-            Ok(()) => BridgeCounters::add(&counters.received),
-            Err(_) => BridgeCounters::add(&counters.inbound_dropped),
+        let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
+            Ok(()) => {
+                BridgeCounters::add(&counters.received);
+                true
+            }
+            Err(_) => {
+                BridgeCounters::add(&counters.inbound_dropped);
+                false
+            }
+        };
+        if let Some(reply) = &reply {
+            self.handed_acked(origin, sequence, reply, delivered);
         }
     }
 }

@@ -34,11 +34,25 @@
 //! ([MQTT-4.8.2]: one member of the group in the whole cluster). A bridged
 //! message is therefore never given to a local group directly.
 //!
-//! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
-//! nodes at most once (the PUBACK does not wait for remote nodes),
-//! retained messages stay per node, sessions do not move between nodes.
+//! QoS 1/2 across nodes (`directory`, `ack`, `bridge::reliable`): every
+//! node announces the plain filters it holds (deltas, a heartbeat, a full
+//! list on request), so each bridge knows which nodes want a topic. A
+//! QoS 1/2 message is published with a reply subject and waits until
+//! every interested node acknowledged it (a node acknowledges once the
+//! message is in its shard's queue); the shard holds the PUBACK/PUBREC
+//! until then ([`FromBridge::Accepted`]). A node that did not acknowledge
+//! within `ack_timeout` is sent the message again on its own subject (its
+//! dedup drops repeats); one not heard from for `node_timeout` while this
+//! node is connected to NATS is taken for dead and waited for no longer.
+//! Shared groups across nodes stay at most once: a NATS queue group's
+//! member is not known in advance.
+//!
+//! Not in this slice (see the README's "Cluster" section): retained
+//! messages stay per node, sessions do not move between nodes.
 
+mod ack;
 mod bridge;
+mod directory;
 mod frame;
 mod lane;
 pub mod subject;
@@ -50,6 +64,7 @@ use super::ShardId;
 use crate::message::Message;
 use crate::protocol::{QoS, TopicFilter};
 use lane::Lane;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,6 +76,30 @@ struct Interest {
     filter: TopicFilter,
     added: bool,
     revision: u64,
+}
+
+/// A message a shard hands the bridge; a QoS 1/2 one with the ticket the
+/// shard waits on (see [`FromBridge::Accepted`]).
+#[derive(Debug)]
+struct Outgoing {
+    message: Arc<Message>,
+    ticket: Option<Ticket>,
+}
+
+/// Names a QoS 1/2 message of one shard waiting for the other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ticket {
+    shard: ShardId,
+    number: u64,
+}
+
+/// What the bridge tells a shard, besides messages.
+#[derive(Debug)]
+enum ToShard {
+    /// Interest changes applied up to this revision.
+    InterestAck(u64),
+    /// Every interested node accepted the message of this ticket.
+    Accepted(u64),
 }
 
 /// A message from NATS for a shard: for its plain subscribers (and its
@@ -90,6 +129,10 @@ pub enum FromBridge {
     },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
+    /// Every other node interested in the QoS 1/2 message of this ticket
+    /// (see [`ClusterLink::take_ticket`]) accepted it, or was taken for
+    /// dead: its PUBACK/PUBREC may go.
+    Accepted(u64),
 }
 
 /// The bridge's counters: atomics, since the bridge thread and every shard
@@ -98,7 +141,7 @@ pub enum FromBridge {
 pub struct BridgeCounters {
     /// Messages published to NATS.
     pub published: AtomicU64,
-    /// Of those, QoS 1/2 ones: they cross nodes at most once.
+    /// Of those, QoS 1/2 ones.
     pub published_qos12: AtomicU64,
     /// Messages NATS refused or that could not be encoded (larger than
     /// the server's max_payload, connection closed).
@@ -130,6 +173,12 @@ pub struct BridgeCounters {
     pub connects: AtomicU64,
     /// Connections to NATS lost.
     pub disconnects: AtomicU64,
+    /// QoS 1/2 messages acknowledged by every interested node.
+    pub remote_acked: AtomicU64,
+    /// QoS 1/2 messages sent again to a node that had not acknowledged.
+    pub resent: AtomicU64,
+    /// Nodes taken for dead (silent for `node_timeout`).
+    pub nodes_expired: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -155,6 +204,9 @@ impl BridgeCounters {
             slow_consumer: n(&self.slow_consumer),
             connects: n(&self.connects),
             disconnects: n(&self.disconnects),
+            remote_acked: n(&self.remote_acked),
+            resent: n(&self.resent),
+            nodes_expired: n(&self.nodes_expired),
         }
     }
 }
@@ -163,12 +215,16 @@ impl BridgeCounters {
 #[derive(Debug)]
 struct Shared {
     /// Shards to bridge: messages to publish, interest changes.
-    outbound: Lane<Arc<Message>, Interest>,
-    /// Bridge to each shard: messages received, interest acknowledgements.
-    inbound: Vec<Lane<Delivery, u64>>,
+    outbound: Lane<Outgoing, Interest>,
+    /// Bridge to each shard: messages received, interest acknowledgements,
+    /// accepted tickets.
+    inbound: Vec<Lane<Delivery, ToShard>>,
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
+    /// QoS 1/2 messages each shard may have waiting for other nodes
+    /// before it holds its publishers (`max_pending_acks` shared out).
+    max_pending: usize,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -179,7 +235,12 @@ pub struct ClusterSetup(Arc<Shared>);
 impl ClusterSetup {
     /// Shard `shard`'s link to the bridge.
     pub fn link(&self, shard: ShardId) -> ClusterLink {
-        ClusterLink { shared: Arc::clone(&self.0), shard }
+        ClusterLink {
+            shared: Arc::clone(&self.0),
+            shard,
+            tickets: Cell::new(0),
+            last: Cell::new(None),
+        }
     }
 }
 
@@ -189,20 +250,34 @@ impl ClusterSetup {
 pub struct ClusterLink {
     shared: Arc<Shared>,
     shard: ShardId,
+    /// The last ticket given.
+    tickets: Cell<u64>,
+    /// The ticket of the last message [`Self::publish`] took, if QoS 1/2.
+    last: Cell<Option<u64>>,
 }
 
 impl ClusterLink {
     /// Hands a message accepted on this node to the bridge, unless its
-    /// topic is local-only. A full lane drops it, counted (QoS 1/2 too:
-    /// across nodes every QoS is at most once in this release). Returns
-    /// whether the bridge took it: then the shared groups of the whole
-    /// cluster, this node's included, are served through NATS queue groups.
+    /// topic is local-only. A QoS 1/2 one gets a ticket
+    /// ([`Self::take_ticket`]) that the bridge answers once the other
+    /// nodes accepted it. A full lane drops it, counted. Returns whether
+    /// the bridge took it: then the shared groups of the whole cluster,
+    /// this node's included, are served through NATS queue groups.
     pub fn publish(&self, message: &Arc<Message>) -> bool {
+        self.last.set(None);
         let topic = &message.topic;
         if self.shared.local_only.iter().any(|filter| filter.matches(topic)) {
             return false;
         }
-        if self.shared.outbound.push_message(Arc::clone(message)).is_err() {
+        let ticket = (message.qos != QoS::AtMostOnce).then(|| {
+            let number = self.tickets.get() + 1;
+            self.tickets.set(number);
+            Ticket { shard: self.shard, number }
+        });
+        let outgoing = Outgoing { message: Arc::clone(message), ticket };
+        if self.shared.outbound.push_message(outgoing).is_ok() {
+            self.last.set(ticket.map(|ticket| ticket.number));
+        } else {
             let counters = &self.shared.counters;
             BridgeCounters::add(match message.qos {
                 QoS::AtMostOnce => &counters.outbound_dropped_qos0,
@@ -211,6 +286,13 @@ impl ClusterLink {
             return false;
         }
         true
+    }
+
+    /// The ticket of the QoS 1/2 message the last [`Self::publish`] handed
+    /// the bridge, if it did: the bridge answers it with
+    /// [`FromBridge::Accepted`].
+    pub fn take_ticket(&self) -> Option<u64> {
+        self.last.take()
     }
 
     /// This shard's first local subscriber to a filter arrived or its last
@@ -223,6 +305,12 @@ impl ClusterLink {
             added: delta.added,
             revision: delta.revision,
         });
+    }
+
+    /// QoS 1/2 messages this shard may have waiting for other nodes
+    /// before it holds its publishers.
+    pub fn max_pending(&self) -> usize {
+        self.shared.max_pending
     }
 
     /// The bridge's counters now (node-wide).
@@ -239,8 +327,11 @@ impl ClusterLink {
             // Acknowledgements first: a SUBACK waits for them.
             loop {
                 let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
-                    std::task::Poll::Ready(Some(revision)) => {
+                    std::task::Poll::Ready(Some(ToShard::InterestAck(revision))) => {
                         std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
+                    }
+                    std::task::Poll::Ready(Some(ToShard::Accepted(ticket))) => {
+                        std::task::Poll::Ready(Some(FromBridge::Accepted(ticket)))
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
                         delivery.map(|Delivery { message, group }| match group {
@@ -288,6 +379,7 @@ impl ClusterSetup {
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+            max_pending: 4,
         }))
     }
 
@@ -295,7 +387,9 @@ impl ClusterSetup {
     pub(crate) fn take_published(&self) -> Vec<String> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         std::iter::from_fn(|| match self.0.outbound.poll_message(&mut cx) {
-            std::task::Poll::Ready(Some(message)) => Some(message.topic.as_str().to_owned()),
+            std::task::Poll::Ready(Some(outgoing)) => {
+                Some(outgoing.message.topic.as_str().to_owned())
+            }
             _ => None,
         })
         .collect()

@@ -37,6 +37,7 @@ impl Shard {
         match event {
             FromBridge::Publish(message) => self.route_remote(&message, now),
             FromBridge::GroupPublish { filter, message } => self.route_group(&filter, message, now),
+            FromBridge::Accepted(ticket) => self.bridge_accepted(ticket),
             FromBridge::InterestAck(revision) => {
                 let mut released = std::mem::take(&mut self.released);
                 self.interest.handle_bridge_ack(revision, |key, ack| released.push((key, ack)));
@@ -276,5 +277,34 @@ mod tests {
         assert!(shard.handle_packet(key, id, now, publish("private/x")).unwrap());
         assert!(bridge.take_published().is_empty());
         assert!(matches!(output(&mut shard, private, private_id, now)[..], [Packet::Publish(_)]));
+    }
+
+    #[test]
+    fn a_qos_1_puback_waits_for_the_other_nodes_mqtt_4_3_2_2() {
+        // Issue 17 item 8: the PUBACK [MQTT-4.3.2-2] of a bridged QoS 1
+        // message waits until the bridge answers its ticket (every
+        // interested node accepted it); a local-only one is not held.
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(1, &["private/#"]);
+        let (key, id) = connect(&mut shard, 1, "p", now);
+        let qos1 = |topic: &str, id: u16| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicName::new(topic).unwrap(),
+                packet_id: PacketId::new(id),
+                properties: Default::default(),
+                payload: bytes::Bytes::from_static(b"x"),
+            })
+        };
+        assert!(shard.handle_packet(key, id, now, qos1("a/b", 1)).unwrap());
+        assert_eq!(bridge.take_published(), ["a/b"]);
+        assert!(output(&mut shard, key, id, now).is_empty(), "held for the other nodes");
+        shard.handle_cluster(FromBridge::Accepted(1), now);
+        assert!(matches!(output(&mut shard, key, id, now)[..], [Packet::PubAck(_)]));
+        assert!(shard.handle_packet(key, id, now, qos1("private/x", 2)).unwrap());
+        assert!(bridge.take_published().is_empty());
+        assert!(matches!(output(&mut shard, key, id, now)[..], [Packet::PubAck(_)]));
     }
 }
