@@ -62,8 +62,9 @@ pub struct ClusterCounters {
     pub subject_too_long: u64,
     /// QoS 0 messages dropped: the queue to the bridge was full.
     pub outbound_dropped_qos0: u64,
-    /// QoS 1/2 messages dropped: the queue to the bridge was full.
-    pub outbound_dropped_qos12: u64,
+    /// QoS 1/2 messages that found the queue to the bridge full and
+    /// waited in their shard (none is dropped).
+    pub outbound_spilled_qos12: u64,
     /// Messages received from other nodes and handed to a shard.
     pub received: u64,
     /// Messages received twice (two of the node's subscriptions matched).

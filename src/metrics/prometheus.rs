@@ -322,9 +322,9 @@ const COUNTERS: [Field<u64>; 78] = [
         |s| s.counters.cluster.outbound_dropped_qos0,
     ),
     (
-        "cluster_outbound_dropped_qos12",
-        "QoS 1/2 messages dropped: the queue to the NATS bridge was full",
-        |s| s.counters.cluster.outbound_dropped_qos12,
+        "cluster_outbound_spilled_qos12",
+        "QoS 1/2 messages that waited in their shard: the queue to the NATS bridge was full",
+        |s| s.counters.cluster.outbound_spilled_qos12,
     ),
     ("cluster_received", "Messages received from other nodes", |s| s.counters.cluster.received),
     (

@@ -83,6 +83,24 @@ impl Pending {
         });
     }
 
+    /// Sets the nodes `sequence` waits for (a message published before the
+    /// directory was complete): its ticket when there are none.
+    pub(super) fn wait_for(&mut self, sequence: u64, nodes: SmallVec<[u64; 4]>) -> Option<Ticket> {
+        let waiting = self.waiting.get_mut(&sequence)?;
+        waiting.nodes = nodes;
+        if waiting.nodes.is_empty() {
+            return self.waiting.remove(&sequence).map(|w| w.ticket);
+        }
+        None
+    }
+
+    /// Makes every message waiting due at `now` (sent again at the next
+    /// [`Self::due`]).
+    pub(super) fn make_due(&mut self, now: Instant) {
+        self.due.clear();
+        self.due.extend(self.waiting.keys().map(|&sequence| (now, sequence)));
+    }
+
     /// Calls `resend(sequence, waiting)` for every message due at `now`,
     /// and makes it due again at `next`.
     pub(super) fn due(
@@ -151,6 +169,19 @@ mod tests {
         let mut done = Vec::new();
         pending.gone(7, |t| done.push(t));
         assert_eq!(done, [ticket(11)]);
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn a_message_of_a_young_directory_waits_for_the_nodes_named_later() {
+        let now = Instant::now();
+        let mut pending = Pending::default();
+        pending.insert(1, waiting(1, &[]), now);
+        pending.insert(2, waiting(2, &[]), now);
+        assert_eq!(pending.ack(7, 1), None, "nobody was waited for yet");
+        assert_eq!(pending.wait_for(1, SmallVec::from_slice(&[7])), None);
+        assert_eq!(pending.ack(7, 1), Some(ticket(1)));
+        assert_eq!(pending.wait_for(2, SmallVec::new()), Some(ticket(2)));
         assert_eq!(pending.len(), 0);
     }
 

@@ -19,7 +19,9 @@ mod reliable;
 
 use super::frame::{self, Dedup, Seen};
 use super::subject::{filter_subjects, queue_name, topic_subject};
-use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, Shared, ToShard};
+use super::{
+    BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, RemoteAck, Shared, ToShard,
+};
 use crate::config::{ClusterConfig, NatsCredentials};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
@@ -87,6 +89,7 @@ impl Bridge {
         let shared = Arc::new(Shared {
             outbound: Lane::new(config.queue_capacity.saturating_mul(nr_shards)),
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
+            remote_acks: Lane::new(1),
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
             max_pending: (config.max_pending_acks / nr_shards.max(1)).max(1),
@@ -130,7 +133,7 @@ impl Bridge {
             publish_failed,
             subject_too_long,
             outbound_dropped_qos0,
-            outbound_dropped_qos12,
+            outbound_spilled_qos12,
             received,
             duplicates,
             stale,
@@ -149,7 +152,7 @@ impl Bridge {
             publish_failed,
             subject_too_long,
             outbound_dropped_qos0,
-            outbound_dropped_qos12,
+            outbound_spilled_qos12,
             received,
             duplicates,
             stale,
@@ -589,7 +592,7 @@ impl BridgeState {
             // members, this node's too.
             Some(group) => (
                 home_shard(group.as_str().as_bytes(), nr_shards),
-                Delivery { message: Arc::new(message), group: Some(group.clone()) },
+                Delivery { message: Arc::new(message), ack: None, group: Some(group.clone()) },
             ),
             None => {
                 if origin == self.origin {
@@ -609,7 +612,8 @@ impl BridgeState {
                     }
                 }
                 let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
-                (shard, Delivery { message: Arc::new(message), group: None })
+                let ack = reply.clone().map(|reply| RemoteAck { sequence, reply });
+                (shard, Delivery { message: Arc::new(message), ack, group: None })
             }
         };
         let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
@@ -622,8 +626,9 @@ impl BridgeState {
                 false
             }
         };
-        if let Some(reply) = &reply {
-            self.handed_acked(origin, sequence, reply, delivered);
+        // The shard acknowledges what it took, once routed (durable).
+        if reply.is_some() && !delivered {
+            self.not_handed(origin, sequence);
         }
     }
 }

@@ -38,8 +38,9 @@
 //! node announces the plain filters it holds (deltas, a heartbeat, a full
 //! list on request), so each bridge knows which nodes want a topic. A
 //! QoS 1/2 message is published with a reply subject and waits until
-//! every interested node acknowledged it (a node acknowledges once the
-//! message is in its shard's queue); the shard holds the PUBACK/PUBREC
+//! every interested node acknowledged it (a node acknowledges once its
+//! shard routed the message, with `durability = "always"` once what that
+//! logged is durable: [`FromBridge::AckedPublish`]); the shard holds the PUBACK/PUBREC
 //! until then ([`FromBridge::Accepted`]). A node that did not acknowledge
 //! within `ack_timeout` is sent the message again on its own subject (its
 //! dedup drops repeats); one not heard from for `node_timeout` while this
@@ -55,6 +56,7 @@ mod bridge;
 mod directory;
 mod frame;
 mod lane;
+mod spill;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
@@ -102,11 +104,24 @@ enum ToShard {
     Accepted(u64),
 }
 
+/// Another node's QoS 1/2 message, to acknowledge to it once this node
+/// accepted it (routed; durable with `durability = "always"`). Opaque to
+/// the shard, which hands it back ([`ClusterLink::accept_remote`]).
+#[derive(Clone, Debug)]
+pub struct RemoteAck {
+    /// Its QoS 1/2 sequence number on the publishing node.
+    sequence: u64,
+    /// Where it waits for the acknowledgement.
+    reply: async_nats::Subject,
+}
+
 /// A message from NATS for a shard: for its plain subscribers (and its
 /// peers'), or for one member of a shared group.
 #[derive(Debug)]
 struct Delivery {
     message: Arc<Message>,
+    /// A QoS 1/2 message the publishing node waits for.
+    ack: Option<RemoteAck>,
     /// The shared subscription (`$share/{group}/{filter}`) whose NATS
     /// queue group picked this node; `None` for plain subscriptions.
     group: Option<TopicFilter>,
@@ -118,6 +133,15 @@ pub enum FromBridge {
     /// A message published on another node, for this shard's subscribers
     /// and its peers'.
     Publish(Arc<Message>),
+    /// A QoS 1/2 message published on another node, which waits for this
+    /// node to accept it: routed as [`Self::Publish`], then `ack` is
+    /// handed back ([`ClusterLink::accept_remote`]).
+    AckedPublish {
+        /// The message.
+        message: Arc<Message>,
+        /// Its acknowledgement.
+        ack: RemoteAck,
+    },
     /// A message for one member, on this node, of the shared subscription
     /// `filter` (`$share/{group}/{filter}`): the NATS queue group of that
     /// subscription chose this node among the nodes with members.
@@ -151,9 +175,9 @@ pub struct BridgeCounters {
     pub subject_too_long: AtomicU64,
     /// QoS 0 messages dropped because the lane to the bridge was full.
     pub outbound_dropped_qos0: AtomicU64,
-    /// QoS 1/2 messages dropped because the lane to the bridge was full
-    /// (acknowledged to their publisher, delivered on this node only).
-    pub outbound_dropped_qos12: AtomicU64,
+    /// QoS 1/2 messages that found the lane to the bridge full and waited
+    /// in their shard (see `spill`).
+    pub outbound_spilled_qos12: AtomicU64,
     /// Messages received from other nodes and handed to a shard.
     pub received: AtomicU64,
     /// Messages received twice (two subscriptions of this node matched).
@@ -195,7 +219,7 @@ impl BridgeCounters {
             publish_failed: n(&self.publish_failed),
             subject_too_long: n(&self.subject_too_long),
             outbound_dropped_qos0: n(&self.outbound_dropped_qos0),
-            outbound_dropped_qos12: n(&self.outbound_dropped_qos12),
+            outbound_spilled_qos12: n(&self.outbound_spilled_qos12),
             received: n(&self.received),
             duplicates: n(&self.duplicates),
             stale: n(&self.stale),
@@ -219,6 +243,8 @@ struct Shared {
     /// Bridge to each shard: messages received, interest acknowledgements,
     /// accepted tickets.
     inbound: Vec<Lane<Delivery, ToShard>>,
+    /// Shards to bridge: other nodes' messages accepted here.
+    remote_acks: Lane<(), RemoteAck>,
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
@@ -240,6 +266,7 @@ impl ClusterSetup {
             shard,
             tickets: Cell::new(0),
             last: Cell::new(None),
+            spill: spill::Spill::default(),
         }
     }
 }
@@ -254,16 +281,19 @@ pub struct ClusterLink {
     tickets: Cell<u64>,
     /// The ticket of the last message [`Self::publish`] took, if QoS 1/2.
     last: Cell<Option<u64>>,
+    /// QoS 1/2 messages that found the lane full, in order.
+    spill: spill::Spill,
 }
 
 impl ClusterLink {
     /// Hands a message accepted on this node to the bridge, unless its
     /// topic is local-only. A QoS 1/2 one gets a ticket
     /// ([`Self::take_ticket`]) that the bridge answers once the other
-    /// nodes accepted it. A full lane drops it, counted. Returns whether
+    /// nodes accepted it. A full lane drops a QoS 0 message, counted; a
+    /// QoS 1/2 one waits in the shard (see `spill`). Returns whether
     /// the bridge took it: then the shared groups of the whole cluster,
     /// this node's included, are served through NATS queue groups.
-    pub fn publish(&self, message: &Arc<Message>) -> bool {
+    pub fn publish(self: &Rc<Self>, message: &Arc<Message>) -> bool {
         self.last.set(None);
         let topic = &message.topic;
         if self.shared.local_only.iter().any(|filter| filter.matches(topic)) {
@@ -275,16 +305,21 @@ impl ClusterLink {
             Ticket { shard: self.shard, number }
         });
         let outgoing = Outgoing { message: Arc::clone(message), ticket };
-        if self.shared.outbound.push_message(outgoing).is_ok() {
-            self.last.set(ticket.map(|ticket| ticket.number));
-        } else {
+        // Behind spilled messages, a QoS 1/2 one waits its turn (order).
+        let refused = match self.spill.is_empty() {
+            true => self.shared.outbound.push_message(outgoing).err(),
+            false => Some(outgoing),
+        };
+        if let Some(outgoing) = refused {
             let counters = &self.shared.counters;
-            BridgeCounters::add(match message.qos {
-                QoS::AtMostOnce => &counters.outbound_dropped_qos0,
-                _ => &counters.outbound_dropped_qos12,
-            });
-            return false;
+            if outgoing.ticket.is_none() {
+                BridgeCounters::add(&counters.outbound_dropped_qos0);
+                return false;
+            }
+            BridgeCounters::add(&counters.outbound_spilled_qos12);
+            self.spill_push(outgoing);
         }
+        self.last.set(ticket.map(|ticket| ticket.number));
         true
     }
 
@@ -313,6 +348,12 @@ impl ClusterLink {
         self.shared.max_pending
     }
 
+    /// Another node's QoS 1/2 message was accepted here: the bridge
+    /// acknowledges it to that node.
+    pub fn accept_remote(&self, ack: RemoteAck) {
+        self.shared.remote_acks.push_control(ack);
+    }
+
     /// The bridge's counters now (node-wide).
     pub fn counters(&self) -> crate::metrics::ClusterCounters {
         self.shared.counters.snapshot()
@@ -334,9 +375,10 @@ impl ClusterLink {
                         std::task::Poll::Ready(Some(FromBridge::Accepted(ticket)))
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
-                        delivery.map(|Delivery { message, group }| match group {
-                            Some(filter) => FromBridge::GroupPublish { filter, message },
-                            None => FromBridge::Publish(message),
+                        delivery.map(|Delivery { message, ack, group }| match (group, ack) {
+                            (Some(filter), _) => FromBridge::GroupPublish { filter, message },
+                            (None, Some(ack)) => FromBridge::AckedPublish { message, ack },
+                            (None, None) => FromBridge::Publish(message),
                         })
                     }),
                 })
@@ -370,6 +412,14 @@ impl ClusterTask {
 }
 
 #[cfg(test)]
+impl RemoteAck {
+    /// The acknowledgement of sequence `sequence`.
+    pub(crate) fn for_tests(sequence: u64) -> Self {
+        Self { sequence, reply: async_nats::Subject::from_static("reply") }
+    }
+}
+
+#[cfg(test)]
 impl ClusterSetup {
     /// A setup without a bridge thread: the test takes what the shards
     /// hand the bridge.
@@ -377,6 +427,7 @@ impl ClusterSetup {
         Self(Arc::new(Shared {
             outbound: Lane::new(16),
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
+            remote_acks: Lane::new(1),
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
             max_pending: 4,
@@ -390,6 +441,17 @@ impl ClusterSetup {
             std::task::Poll::Ready(Some(outgoing)) => {
                 Some(outgoing.message.topic.as_str().to_owned())
             }
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// The sequences of the other nodes' messages the shards accepted
+    /// since the last call.
+    pub(crate) fn take_remote_acks(&self) -> Vec<u64> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::iter::from_fn(|| match self.0.remote_acks.poll_control(&mut cx) {
+            std::task::Poll::Ready(Some(ack)) => Some(ack.sequence),
             _ => None,
         })
         .collect()

@@ -7,8 +7,13 @@
 //! share of `max_pending_acks`, the publisher is held (it stops being
 //! read) until half of them came back: a NATS partition slows publishers
 //! instead of growing without bound.
+//!
+//! The other way: a QoS 1/2 message from another node is acknowledged to
+//! it once this shard routed it (and, with `durability = "always"`, once
+//! that is durable), so that the publisher's PUBACK covers it.
 
 use super::Shard;
+use crate::router::cluster::RemoteAck;
 use crate::session::AckToken;
 use crate::shard::slots::SessionKey;
 use hashbrown::HashMap;
@@ -22,6 +27,22 @@ pub(super) struct BridgeWaits {
 }
 
 impl Shard {
+    /// Another node's QoS 1/2 message was routed here: it is acknowledged
+    /// to that node now, or with `durability = "always"` once what
+    /// routing it logged is durable (see `state/persist.rs`).
+    pub(super) fn remote_routed(&mut self, ack: RemoteAck) {
+        if let Some(ack) = self.durable_wait_remote(ack) {
+            self.accept_remote(ack);
+        }
+    }
+
+    /// Acknowledges another node's message through the bridge.
+    pub(super) fn accept_remote(&self, ack: RemoteAck) {
+        if let Some(link) = &self.cluster {
+            link.accept_remote(ack);
+        }
+    }
+
     /// The acknowledgement held by `token` waits for the other nodes to
     /// accept the PUBLISH just routed, when the bridge took it (a
     /// local-only topic, or a full queue to the bridge, releases it).

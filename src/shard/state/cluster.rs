@@ -36,6 +36,11 @@ impl Shard {
     pub fn handle_cluster(&mut self, event: FromBridge, now: Instant) {
         match event {
             FromBridge::Publish(message) => self.route_remote(&message, now),
+            FromBridge::AckedPublish { message, ack } => {
+                self.durable_route_start();
+                self.route_remote(&message, now);
+                self.remote_routed(ack);
+            }
             FromBridge::GroupPublish { filter, message } => self.route_group(&filter, message, now),
             FromBridge::Accepted(ticket) => self.bridge_accepted(ticket),
             FromBridge::InterestAck(revision) => {

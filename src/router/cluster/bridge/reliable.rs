@@ -26,7 +26,7 @@
 use super::super::ack::{self, Pending, Waiting, ACKED_WINDOW};
 use super::super::directory::{Directory, Send};
 use super::super::frame::{Dedup, Seen};
-use super::super::{BridgeCounters, Ticket, ToShard};
+use super::super::{BridgeCounters, RemoteAck, Ticket, ToShard};
 use super::BridgeState;
 use crate::config::ClusterConfig;
 use crate::protocol::TopicName;
@@ -69,6 +69,13 @@ pub(super) struct Reliable {
     max_payload: Cell<usize>,
     /// Scratch: the nodes a message waits for.
     interested: RefCell<SmallVec<[u64; 4]>>,
+    /// When the directory is complete: a heartbeat and a half after the
+    /// first connection (every node has beaten and been asked its list).
+    /// `None` before the first connection.
+    complete_at: Cell<Option<Instant>>,
+    /// Messages published before that, with their topics: the nodes they
+    /// wait for are named once it is complete.
+    young: RefCell<Vec<(u64, TopicName)>>,
 }
 
 impl Reliable {
@@ -87,6 +94,8 @@ impl Reliable {
             ack_timeout: config.ack_timeout,
             max_payload: Cell::new(config.max_payload as usize),
             interested: RefCell::new(SmallVec::new()),
+            complete_at: Cell::new(None),
+            young: RefCell::new(Vec::new()),
             prefix,
         }
     }
@@ -117,7 +126,9 @@ impl BridgeState {
     /// Publishes the QoS 1/2 frame `payload` of `topic` (sequence
     /// `sequence`) with a reply subject, and waits for the nodes the
     /// directory says are interested (none: the ticket is answered at
-    /// once).
+    /// once). Before the directory is complete (a node just started, see
+    /// `complete_at`) the message waits until it is, then for the nodes it
+    /// names then.
     pub(super) async fn publish_acked(
         &self,
         ticket: Ticket,
@@ -132,7 +143,11 @@ impl BridgeState {
             reliable.directory.borrow().interested(topic, &mut interested);
             interested.clone()
         };
-        if nodes.is_empty() {
+        let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
+        if young {
+            reliable.young.borrow_mut().push((sequence, topic.clone()));
+        }
+        if nodes.is_empty() && !young {
             self.accepted(ticket);
         } else {
             let due = Instant::now() + reliable.ack_timeout;
@@ -172,14 +187,10 @@ impl BridgeState {
         }
     }
 
-    /// A QoS 1/2 frame was handed to its shard (`delivered`) or not (the
-    /// shard's queue was full: not acknowledged, so it is sent again).
-    pub(super) fn handed_acked(&self, origin: u64, sequence: u64, reply: &str, delivered: bool) {
-        if delivered {
-            self.queue_ack(reply, sequence);
-        } else {
-            self.reliable.dedup.borrow_mut().forget(origin, sequence);
-        }
+    /// A QoS 1/2 frame could not be handed to its shard (its queue was
+    /// full): not acknowledged, so it is sent again, and then new.
+    pub(super) fn not_handed(&self, origin: u64, sequence: u64) {
+        self.reliable.dedup.borrow_mut().forget(origin, sequence);
     }
 
     /// Acknowledges `sequence` on `reply`, batched with the others of this
@@ -235,6 +246,15 @@ impl BridgeState {
             }
         }
         tasks.push(tokio::task::spawn_local(Rc::clone(self).tick_task()));
+        // What the shards accepted of other nodes' messages.
+        let me = Rc::clone(self);
+        tasks.push(tokio::task::spawn_local(async move {
+            while let Some(RemoteAck { sequence, reply, .. }) =
+                std::future::poll_fn(|cx| me.shared.remote_acks.poll_control(cx)).await
+            {
+                me.queue_ack(&reply, sequence);
+            }
+        }));
         tasks
     }
 
@@ -277,6 +297,25 @@ impl BridgeState {
         self.reliable.pending.borrow_mut().gone(origin, |ticket| self.accepted(ticket));
     }
 
+    /// The directory is complete: the messages published before wait for
+    /// the nodes it names (sent to them at once).
+    fn name_young_waits(&self, now: Instant) {
+        let reliable = &self.reliable;
+        let young = std::mem::take(&mut *reliable.young.borrow_mut());
+        if young.is_empty() {
+            return;
+        }
+        for (sequence, topic) in young {
+            let mut nodes = SmallVec::new();
+            reliable.directory.borrow().interested(&topic, &mut nodes);
+            if let Some(ticket) = reliable.pending.borrow_mut().wait_for(sequence, nodes) {
+                self.accepted(ticket);
+            }
+        }
+        // Sent again at the next tick to the nodes just named.
+        reliable.pending.borrow_mut().make_due(now);
+    }
+
     /// Heartbeats, expiry of silent nodes, and messages sent again.
     async fn tick_task(self: Rc<Self>) {
         let reliable = &self.reliable;
@@ -299,6 +338,12 @@ impl BridgeState {
                 reliable.directory.borrow_mut().refresh(now);
                 reliable.max_payload.set(self.client.server_info().max_payload);
                 next_beat = now;
+                if reliable.complete_at.get().is_none() {
+                    reliable.complete_at.set(Some(now + reliable.heartbeat * 3 / 2));
+                }
+            }
+            if reliable.complete_at.get().is_some_and(|at| now >= at) {
+                self.name_young_waits(now);
             }
             if now >= next_beat {
                 next_beat = now + reliable.heartbeat;
