@@ -63,7 +63,10 @@ impl Pending {
     /// waited for.
     pub(super) fn ack(&mut self, node: u64, sequence: u64) -> Option<Ticket> {
         let waiting = self.waiting.get_mut(&sequence)?;
-        waiting.nodes.retain(|n| *n != node);
+        // Only a node waited for counts: a message of a young directory
+        // waits for nobody yet, and an acknowledgement does not end it.
+        let at = waiting.nodes.iter().position(|n| *n == node)?;
+        waiting.nodes.swap_remove(at);
         if waiting.nodes.is_empty() {
             return self.waiting.remove(&sequence).map(|w| w.ticket);
         }

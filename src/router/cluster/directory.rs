@@ -19,6 +19,12 @@
 //!   one round trip.
 //! * `FULL` (to the asker's subject): the list, in parts of at most
 //!   [`PART_BYTES`], the last one flagged.
+//! * `SYNCED` (to a node's subject): the version of that node's list now
+//!   held, sent after each `DELTA` or complete `FULL` applied. A node's
+//!   SUBACK waits (bounded) until every node it knows holds the version
+//!   with the new filter: from then on their QoS 1/2 messages to it wait
+//!   for its acknowledgement, and reach it on its own subject even before
+//!   the NATS servers spread its subscription.
 //!
 //! A node known but whose list has not arrived yet counts as interested in
 //! every topic: a message then waits for its acknowledgement, which it
@@ -26,7 +32,8 @@
 //!
 //! Encoding (integers big-endian): `u8 kind`, `u64 origin`, then for BEAT
 //! `u64 version, str node_id`; DELTA `u64 version, u8 added, str filter`;
-//! WANT `str node_id`; FULL `u64 version, u8 last, u32 n, n × str filter`; a
+//! WANT `str node_id`; FULL `u64 version, u8 last, u32 n, n × str filter`;
+//! SYNCED `u64 version`; a
 //! `str` is a `u16` length and UTF-8 bytes.
 
 use crate::index::SubscriptionTrie;
@@ -40,6 +47,7 @@ const BEAT: u8 = 1;
 const DELTA: u8 = 2;
 const WANT: u8 = 3;
 const FULL: u8 = 4;
+const SYNCED: u8 = 5;
 
 /// The largest part of a `FULL` answer, well under NATS's default
 /// max_payload (1 MiB).
@@ -95,6 +103,8 @@ pub(super) struct Directory {
     index: SubscriptionTrie<u64, ()>,
     /// Nodes whose list has not arrived.
     unsynced: usize,
+    /// Per node, the version of this node's list it holds (`SYNCED`).
+    held_by: HashMap<u64, u64>,
 }
 
 impl Directory {
@@ -108,6 +118,7 @@ impl Directory {
             nodes: HashMap::new(),
             index: SubscriptionTrie::new(),
             unsynced: 0,
+            held_by: HashMap::new(),
         }
     }
 
@@ -135,6 +146,17 @@ impl Directory {
         out.put_u8(u8::from(added));
         put_str(&mut out, filter.as_str());
         Some(out.freeze())
+    }
+
+    /// The version of this node's list (the last `DELTA`'s).
+    pub(super) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether every node this one knows holds version `version` of its
+    /// list (or a later one).
+    pub(super) fn synced(&self, version: u64) -> bool {
+        self.nodes.keys().all(|origin| self.held_by.get(origin).is_some_and(|&v| v >= version))
     }
 
     /// The heartbeat to broadcast.
@@ -203,8 +225,10 @@ impl Directory {
                         }
                     }
                     Some(held) if held >= version => {}
-                    _ => self.want(origin, now, heartbeat, &mut effects),
+                    _ => return Ok(self.want_effects(origin, now, heartbeat, effects)),
                 }
+                let held = remote.version.unwrap_or(0);
+                effects.send.push(Send::To(origin, self.synced_message(held)));
             }
             WANT => {
                 let node_id = get_str(&mut message)?;
@@ -250,10 +274,34 @@ impl Directory {
                     self.index.insert(&filter, origin, ());
                     remote.filters.insert(filter);
                 }
+                effects.send.push(Send::To(origin, self.synced_message(version)));
+            }
+            SYNCED => {
+                let version = get_u64(&mut message)?;
+                let held = self.held_by.entry(origin).or_insert(0);
+                *held = (*held).max(version);
             }
             _ => return Err(Malformed),
         }
         Ok(effects)
+    }
+
+    fn want_effects(
+        &mut self,
+        origin: u64,
+        now: Instant,
+        heartbeat: std::time::Duration,
+        mut effects: Effects,
+    ) -> Effects {
+        self.want(origin, now, heartbeat, &mut effects);
+        effects
+    }
+
+    /// `SYNCED`: this node holds version `version` of the receiver's list.
+    fn synced_message(&self, version: u64) -> Bytes {
+        let mut out = header(SYNCED, self.origin);
+        out.put_u64(version);
+        out.freeze()
     }
 
     /// The node `origin`, known from now on.
@@ -322,6 +370,7 @@ impl Directory {
     }
 
     fn forget(&mut self, origin: u64) {
+        self.held_by.remove(&origin);
         let Some(remote) = self.nodes.remove(&origin) else { return };
         if remote.version.is_none() {
             self.unsynced -= 1;
@@ -472,11 +521,15 @@ mod tests {
         assert_eq!(interested(&b, "y/1"), Vec::<u64>::new(), "its own filter is not remote");
         assert_eq!(interested(&a, "y"), [2], "y/# matches y [MQTT-4.7.1-2]");
         assert_eq!(interested(&a, "x/1"), Vec::<u64>::new());
+        assert!(a.synced(a.version()), "b holds a's list");
+        assert!(b.synced(b.version()));
         // Deltas in order apply; the second release of x/+ withdraws it.
         assert!(a.own_change(&filter("x/+"), false).is_none());
         let delta = a.own_change(&filter("x/+"), false).unwrap();
+        assert!(!a.synced(a.version()), "b has not seen the change");
         exchange(&mut a, &mut b, vec![delta], now);
         assert_eq!(interested(&b, "x/1"), Vec::<u64>::new());
+        assert!(a.synced(a.version()), "b said so (SYNCED)");
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub(super) struct Reliable {
     /// Messages published before that, with their topics: the nodes they
     /// wait for are named once it is complete.
     young: RefCell<Vec<(u64, TopicName)>>,
+    /// Woken when another node says which version of this node's list it
+    /// holds.
+    synced: tokio::sync::Notify,
 }
 
 impl Reliable {
@@ -96,6 +99,7 @@ impl Reliable {
             interested: RefCell::new(SmallVec::new()),
             complete_at: Cell::new(None),
             young: RefCell::new(Vec::new()),
+            synced: tokio::sync::Notify::new(),
             prefix,
         }
     }
@@ -158,12 +162,32 @@ impl BridgeState {
         self.client.publish_with_reply(subject, reply, payload).await
     }
 
-    /// A plain filter of this node came or went: the other nodes are told
-    /// (before the SUBACK's round trip, which then covers it).
+    /// A plain filter of this node came or went: the other nodes are told.
+    /// A new one waits (at most `ack_timeout`: a node may be dead and not
+    /// yet forgotten) until every node known holds it, so that after the
+    /// SUBACK their QoS 1/2 messages wait for this node [MQTT-3.8.4-1].
     pub(super) async fn announce(&self, filter: &crate::protocol::TopicFilter, added: bool) {
-        let delta = self.reliable.directory.borrow_mut().own_change(filter, added);
-        if let Some(delta) = delta {
-            let _ = self.client.publish(self.reliable.ctl_subject.clone(), delta).await;
+        let reliable = &self.reliable;
+        let Some(delta) = reliable.directory.borrow_mut().own_change(filter, added) else {
+            return;
+        };
+        let _ = self.client.publish(reliable.ctl_subject.clone(), delta).await;
+        if !added {
+            return;
+        }
+        let version = reliable.directory.borrow().version();
+        let synced = async {
+            loop {
+                // Created before the check: it gets a wake-up from then on.
+                let changed = reliable.synced.notified();
+                if reliable.directory.borrow().synced(version) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        if tokio::time::timeout(reliable.ack_timeout, synced).await.is_err() {
+            tracing::debug!(filter = %filter.as_str(), "not every node confirmed a new filter in time");
         }
     }
 
@@ -273,6 +297,7 @@ impl BridgeState {
         for origin in effects.gone {
             self.node_gone(origin);
         }
+        reliable.synced.notify_waiters();
         for Send::To(origin, bytes) in effects.send {
             let _ = self.client.publish(reliable.node_subject(origin, "ctl"), bytes).await;
         }
