@@ -69,7 +69,8 @@ pub struct ClusterCounters {
     pub received: u64,
     /// Messages received twice (two of the node's subscriptions matched).
     pub duplicates: u64,
-    /// Messages received too late to be told from duplicates: dropped.
+    /// Messages received too late to be told from duplicates: QoS 0 ones
+    /// dropped, QoS 1/2 ones delivered (at least once).
     pub stale: u64,
     /// Frames that were not ringmq messages.
     pub malformed: u64,

@@ -332,9 +332,11 @@ const COUNTERS: [Field<u64>; 78] = [
         "Messages received twice from NATS (overlapping subscriptions), dropped",
         |s| s.counters.cluster.duplicates,
     ),
-    ("cluster_stale", "Messages from NATS too late to be told from duplicates, dropped", |s| {
-        s.counters.cluster.stale
-    }),
+    (
+        "cluster_stale",
+        "Messages from NATS too late to be told from duplicates (QoS 0 dropped, 1/2 delivered)",
+        |s| s.counters.cluster.stale,
+    ),
     ("cluster_malformed", "Messages from NATS that were not ringmq frames", |s| {
         s.counters.cluster.malformed
     }),

@@ -182,7 +182,8 @@ pub struct BridgeCounters {
     pub received: AtomicU64,
     /// Messages received twice (two subscriptions of this node matched).
     pub duplicates: AtomicU64,
-    /// Messages received too late to be told from duplicates: dropped.
+    /// Messages received too late to be told from duplicates: QoS 0 ones
+    /// dropped, QoS 1/2 ones delivered (at least once).
     pub stale: AtomicU64,
     /// Frames that were not ringmq messages.
     pub malformed: AtomicU64,

@@ -285,6 +285,43 @@ mod tests {
     }
 
     #[test]
+    fn past_its_share_of_max_pending_acks_a_shard_holds_its_publishers() {
+        // Issue 17 item 8: bounded; publishers are held, nothing dropped.
+        let now = Instant::now();
+        let id = ShardId::from_index(0).unwrap();
+        let outbox = Rc::new(Outbox::new(1));
+        let mut shard = Shard::new(id, 1, SessionLimits::default(), Rc::clone(&outbox), 1);
+        let bridge = ClusterSetup::for_tests(1, &[]);
+        shard.set_cluster(Rc::new(bridge.link(id)));
+        let (key, conn) = connect(&mut shard, 1, "p", now);
+        for n in 1..=4u16 {
+            outbox.take_held_by();
+            assert!(shard.handle_packet(key, conn, now, qos1("t", n)).unwrap());
+        }
+        // for_tests: 4 per shard.
+        let hold = outbox.take_held_by().expect("held at the fourth");
+        assert!(outbox.is_congested(hold));
+        shard.handle_cluster(FromBridge::Accepted(1), now);
+        assert!(outbox.is_congested(hold), "3 still wait: more than half");
+        shard.handle_cluster(FromBridge::Accepted(2), now);
+        assert!(!outbox.is_congested(hold), "released at half");
+        let acks = output(&mut shard, key, conn, now);
+        assert!(matches!(acks[..], [Packet::PubAck(_), Packet::PubAck(_)]), "{acks:?}");
+    }
+
+    fn qos1(topic: &str, id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            packet_id: PacketId::new(id),
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    #[test]
     fn a_qos_1_puback_waits_for_the_other_nodes_mqtt_4_3_2_2() {
         // Issue 17 item 8: the PUBACK [MQTT-4.3.2-2] of a bridged QoS 1
         // message waits until the bridge answers its ticket (every
@@ -292,17 +329,6 @@ mod tests {
         let now = Instant::now();
         let (mut shard, bridge) = shard(1, &["private/#"]);
         let (key, id) = connect(&mut shard, 1, "p", now);
-        let qos1 = |topic: &str, id: u16| {
-            Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: TopicName::new(topic).unwrap(),
-                packet_id: PacketId::new(id),
-                properties: Default::default(),
-                payload: bytes::Bytes::from_static(b"x"),
-            })
-        };
         assert!(shard.handle_packet(key, id, now, qos1("a/b", 1)).unwrap());
         assert_eq!(bridge.take_published(), ["a/b"]);
         assert!(output(&mut shard, key, id, now).is_empty(), "held for the other nodes");
