@@ -77,7 +77,9 @@ impl Pending {
     /// tickets no longer waiting for anyone.
     pub(super) fn gone(&mut self, node: u64, mut done: impl FnMut(Ticket)) {
         self.waiting.retain(|_, waiting| {
-            waiting.nodes.retain(|n| *n != node);
+            // As in `ack`: only a node waited for counts.
+            let Some(at) = waiting.nodes.iter().position(|n| *n == node) else { return true };
+            waiting.nodes.swap_remove(at);
             if waiting.nodes.is_empty() {
                 done(waiting.ticket);
                 return false;
@@ -182,6 +184,7 @@ mod tests {
         pending.insert(1, waiting(1, &[]), now);
         pending.insert(2, waiting(2, &[]), now);
         assert_eq!(pending.ack(7, 1), None, "nobody was waited for yet");
+        pending.gone(7, |_| panic!("nobody was waited for yet"));
         assert_eq!(pending.wait_for(1, SmallVec::from_slice(&[7])), None);
         assert_eq!(pending.ack(7, 1), Some(ticket(1)));
         assert_eq!(pending.wait_for(2, SmallVec::new()), Some(ticket(2)));

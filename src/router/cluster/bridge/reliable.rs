@@ -67,8 +67,6 @@ pub(super) struct Reliable {
     ack_timeout: Duration,
     /// The connected server's max_payload (read once per tick).
     max_payload: Cell<usize>,
-    /// Scratch: the nodes a message waits for.
-    interested: RefCell<SmallVec<[u64; 4]>>,
     /// When the directory is complete: a heartbeat and a half after the
     /// first connection (every node has beaten and been asked its list).
     /// `None` before the first connection.
@@ -96,7 +94,6 @@ impl Reliable {
             node_timeout: config.node_timeout,
             ack_timeout: config.ack_timeout,
             max_payload: Cell::new(config.max_payload as usize),
-            interested: RefCell::new(SmallVec::new()),
             complete_at: Cell::new(None),
             young: RefCell::new(Vec::new()),
             synced: tokio::sync::Notify::new(),
@@ -142,11 +139,8 @@ impl BridgeState {
         payload: Bytes,
     ) -> Result<(), async_nats::PublishError> {
         let reliable = &self.reliable;
-        let nodes = {
-            let mut interested = reliable.interested.borrow_mut();
-            reliable.directory.borrow().interested(topic, &mut interested);
-            interested.clone()
-        };
+        let mut nodes = SmallVec::new();
+        reliable.directory.borrow().interested(topic, &mut nodes);
         let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
         if young {
             reliable.young.borrow_mut().push((sequence, topic.clone()));
