@@ -682,13 +682,18 @@ async fn a_nats_server_killed_at_qos_1_loses_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (publisher, publisher_events) = connect(&a, "pub-a").await;
     let (_driver, acked) = drive_counting_acks(publisher_events);
-    let stream = tokio::spawn(async move {
-        for n in 1u64.. {
-            if publisher.publish("stream/n", QoS::AtLeastOnce, false, n.to_string()).await.is_err()
-            {
-                return;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stream = tokio::spawn({
+        let sent = std::sync::Arc::clone(&sent);
+        async move {
+            for n in 1u64.. {
+                let payload = n.to_string();
+                if publisher.publish("stream/n", QoS::AtLeastOnce, false, payload).await.is_err() {
+                    return;
+                }
+                sent.store(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
     let first = next_publish(&mut sub_b_events, Duration::from_secs(15)).await;
@@ -698,10 +703,13 @@ async fn a_nats_server_killed_at_qos_1_loses_nothing_acknowledged() {
         .iter()
         .position(|server| server.monitor("/connz").contains("\"name\": \"ringmq b\""))
         .expect("node b is connected to one of the servers");
+    let sent_at_kill = sent.load(std::sync::atomic::Ordering::SeqCst);
     servers[victim].kill();
     b.wait_log("disconnected from NATS", 1);
     b.wait_log("connected to NATS", 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The publisher is not stuck: what the dead server lost is sent again
+    // and acknowledged, and the stream goes on.
+    wait_for(|| acked.load(std::sync::atomic::Ordering::SeqCst) > sent_at_kill + 50).await;
     stream.abort();
     // PUBACKs come in order [MQTT-4.6.0-2]: the first `acked` were acked.
     tokio::time::sleep(Duration::from_millis(300)).await;
