@@ -43,6 +43,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// confirm a subscription (a round trip) before it is sent anyway.
 const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Interest changes applied together at most (see `interest_task`).
+const INTEREST_BATCH: usize = 1024;
+
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -436,46 +439,65 @@ impl BridgeState {
     }
 
     /// Applies the shards' interest changes, until the lane closes.
+    /// The changes queued together (up to [`INTEREST_BATCH`]) share one
+    /// round trip per connection and one wait for the other nodes (see
+    /// `announce`): a storm of subscribes costs a few round trips, not one
+    /// per filter.
     async fn interest_task(self: Rc<Self>) {
-        while let Some(change) =
+        let mut acks: Vec<(super::ShardId, u64)> = Vec::new();
+        while let Some(first) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
         {
-            let Interest { shard, filter, added, revision } = change;
-            // A shared subscription is a queue subscription of its own
-            // (on the queue connection); a plain one a plain subscription.
-            let group = filter.is_shared().then(|| filter.detached());
-            if group.is_none() {
-                self.announce(&filter, added).await;
-            }
-            match filter_subjects(&self.prefix, filter.filter()) {
-                None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
-                None => {}
-                Some(subjects) if added => {
-                    let mut subscribed = false;
-                    for subject in subjects {
-                        subscribed |= self.subscribe(Key { subject, group: group.clone() }).await;
+            // Which connections got new subscriptions, whether the other
+            // nodes were told of a new filter.
+            let (mut plain, mut queue, mut announced) = (false, false, false);
+            let mut next = Some(first);
+            while let Some(Interest { shard, filter, added, revision }) = next.take() {
+                // A shared subscription is a queue subscription of its own
+                // (on the queue connection); a plain one a plain subscription.
+                let group = filter.is_shared().then(|| filter.detached());
+                if group.is_none() {
+                    announced |= self.announce(&filter, added).await;
+                }
+                match filter_subjects(&self.prefix, filter.filter()) {
+                    None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
+                    None => {}
+                    Some(subjects) if added => {
+                        for subject in subjects {
+                            let key = Key { subject, group: group.clone() };
+                            if self.subscribe(key).await {
+                                *(if group.is_some() { &mut queue } else { &mut plain }) = true;
+                            }
+                        }
                     }
-                    let client = self.client_for(group.is_some());
-                    if subscribed && client.connection_state() == State::Connected {
-                        self.round_trip(client).await;
+                    Some(subjects) => {
+                        for subject in subjects {
+                            self.unsubscribe(&Key { subject, group: group.clone() }).await;
+                        }
                     }
                 }
-                Some(subjects) => {
-                    for subject in subjects {
-                        self.unsubscribe(&Key { subject, group: group.clone() }).await;
-                    }
+                acks.push((shard, revision));
+                if acks.len() < INTEREST_BATCH {
+                    next = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match self.shared.outbound.poll_control(cx) {
+                            std::task::Poll::Ready(change) => change,
+                            std::task::Poll::Pending => None,
+                        })
+                    })
+                    .await;
                 }
             }
-            self.shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
-        }
-    }
-
-    /// The connection of plain subscriptions (`false`) or of queue ones.
-    fn client_for(&self, queue: bool) -> &async_nats::Client {
-        if queue {
-            &self.queues
-        } else {
-            &self.client
+            for (new, client) in [(plain, &self.client), (queue, &self.queues)] {
+                if new && client.connection_state() == State::Connected {
+                    self.round_trip(client).await;
+                }
+            }
+            if announced {
+                self.wait_synced().await;
+            }
+            for (shard, revision) in acks.drain(..) {
+                self.shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
+            }
         }
     }
 

@@ -157,18 +157,27 @@ impl BridgeState {
     }
 
     /// A plain filter of this node came or went: the other nodes are told.
-    /// A new one waits (at most `ack_timeout`: a node may be dead and not
-    /// yet forgotten) until every node known holds it, so that after the
-    /// SUBACK their QoS 1/2 messages wait for this node [MQTT-3.8.4-1].
-    pub(super) async fn announce(&self, filter: &crate::protocol::TopicFilter, added: bool) {
+    /// Returns whether a new one was announced: the SUBACK then waits for
+    /// [`Self::wait_synced`].
+    pub(super) async fn announce(
+        &self,
+        filter: &crate::protocol::TopicFilter,
+        added: bool,
+    ) -> bool {
         let reliable = &self.reliable;
         let Some(delta) = reliable.directory.borrow_mut().own_change(filter, added) else {
-            return;
+            return false;
         };
         let _ = self.client.publish(reliable.ctl_subject.clone(), delta).await;
-        if !added {
-            return;
-        }
+        added
+    }
+
+    /// Waits (at most `ack_timeout`: a node may be dead and not yet
+    /// forgotten) until every node known holds this node's current list,
+    /// so that after the SUBACK their QoS 1/2 messages wait for this node
+    /// [MQTT-3.8.4-1].
+    pub(super) async fn wait_synced(&self) {
+        let reliable = &self.reliable;
         let version = reliable.directory.borrow().version();
         let synced = async {
             loop {
@@ -181,7 +190,7 @@ impl BridgeState {
             }
         };
         if tokio::time::timeout(reliable.ack_timeout, synced).await.is_err() {
-            tracing::debug!(filter = %filter.as_str(), "not every node confirmed a new filter in time");
+            tracing::debug!(version, "not every node confirmed this node's new filters in time");
         }
     }
 
