@@ -761,3 +761,32 @@ async fn a_dead_node_does_not_hold_publishers_forever() {
         assert_eq!(node.broker.stop().code(), Some(0));
     }
 }
+
+/// [MQTT-3.8.4-1] across a NATS cluster: a QoS 1 message published on node
+/// a (on another NATS server) right after node b's SUBACK reaches b's
+/// subscriber, though the NATS servers spread b's new subscription
+/// asynchronously: the SUBACK waited until a held b's new filter, so a
+/// waits for b's acknowledgement and sends the message to b's own subject.
+/// (On loopback the NATS routes usually win the race anyway: this checks
+/// the guarantee end to end, the directory tests check the mechanism.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos_1_message_published_right_after_a_remote_suback_arrives() {
+    let Some(binary) = nats_server_binary() else { return };
+    let servers = nats_cluster(&binary).await;
+    let a = Node::start("a", &[servers[0].url()], FAST);
+    let b = Node::start("b", &[servers[1].url()], FAST);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let (_driver, acked) = drive_counting_acks(publisher_events);
+    let (sub, mut sub_events) = connect(&b, "sub-b").await;
+    for n in 1..=20u64 {
+        let topic = format!("fresh/{n}");
+        subscribe(&sub, &mut sub_events, &[(&topic, QoS::AtLeastOnce)]).await;
+        publisher.publish(&topic, QoS::AtLeastOnce, false, n.to_string()).await.unwrap();
+        let publish = next_publish(&mut sub_events, WAIT).await;
+        assert_eq!(publish.topic, topic);
+    }
+    wait_for(|| acked.load(std::sync::atomic::Ordering::SeqCst) == 20).await;
+    assert_eq!(a.broker.stop().code(), Some(0));
+    assert_eq!(b.broker.stop().code(), Some(0));
+}
