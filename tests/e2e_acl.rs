@@ -3,7 +3,8 @@
 //! independent client: users x topics x read/write/subscribe, `%u`/`%c`
 //! patterns, the anonymous section, `deny`; the counters; a SIGHUP that
 //! applies a new ACL (to connected clients too) and keeps it on a broken
-//! file; a new password file on SIGHUP; Mosquitto `$6$` hashes;
+//! file; a new password file on SIGHUP, which closes the connections of
+//! the users it removed or whose password it changed; Mosquitto `$6$` hashes;
 //! `allow_anonymous` per listener; and Mosquitto itself as the oracle: the
 //! same password and ACL files give the same acks and deliveries.
 
@@ -565,6 +566,63 @@ fn sighup_applies_a_new_acl_to_connected_clients_and_keeps_it_on_a_broken_file()
     broker.signal(libc::SIGHUP);
     assert!(broker.log_shows("line 1: unknown hash format", 1), "{}", broker.log());
     connect(addr, V5, "dave3", Some(("dave", "d-pw")));
+    broker.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sighup_closes_the_connections_of_removed_users_and_of_changed_passwords() {
+    let dir = scratch("revoke");
+    let passwd = dir.join("passwd");
+    for (user, password) in [("alice", "a-pw"), ("bob", "b-pw"), ("carol", "c-pw")] {
+        set_password(&passwd, user, password);
+    }
+    let config = dir.join("ringmq.toml");
+    std::fs::write(&config, format!("password_file = {passwd:?}\n")).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let broker = Served::start(&config, &dir.join("log"), addr, true);
+    // Both shards, both versions.
+    let mut alice =
+        connect(addr, V311, &client_id_on_shard("alice", 0, 2), Some(("alice", "a-pw")));
+    let mut bob = connect(addr, V5, &client_id_on_shard("bob", 1, 2), Some(("bob", "b-pw")));
+    let mut carol = connect(addr, V5, &client_id_on_shard("carol", 0, 2), Some(("carol", "c-pw")));
+
+    // alice removed, bob's password changed, carol untouched.
+    let deleted = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["passwd", "-D", passwd.to_str().unwrap(), "alice"])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    set_password(&passwd, "bob", "b-pw-2");
+    broker.signal(libc::SIGHUP);
+    assert!(broker.log_shows("reload: password_file applied", 1), "{}", broker.log());
+    assert!(broker.log().contains("removed=1"), "{}", broker.log());
+
+    // 3.1.1 has no DISCONNECT from the server: the connection closes.
+    assert!(alice.closed_within(Duration::from_secs(10)), "alice stays connected");
+    // 5.0: DISCONNECT 0x87 Not authorized, then the close (as a failed
+    // re-authentication [MQTT-4.12.1-2]).
+    match bob.recv() {
+        Some(Packet::Disconnect(disconnect)) => {
+            assert_eq!(disconnect.reason, ReasonCode::NotAuthorized)
+        }
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    assert!(bob.closed_within(Duration::from_secs(10)));
+    assert!(
+        broker.log_shows("reload: closed the connections of users removed", 2),
+        "one line per shard that closed one: {}",
+        broker.log()
+    );
+    // carol is still served.
+    carol.send(&Packet::PingReq);
+    assert!(matches!(carol.recv(), Some(Packet::PingResp)));
+    // The new file decides from now on.
+    let (refused, _) = try_connect(addr, V5, "bob-again", Some(("bob", "b-pw")));
+    assert_eq!(refused, Some(ReasonCode::BadUserNameOrPassword));
+    connect(addr, V5, "bob-again", Some(("bob", "b-pw-2")));
+    let (refused, _) = try_connect(addr, V311, "alice-again", Some(("alice", "a-pw")));
+    assert_eq!(refused, Some(ReasonCode::BadUserNameOrPassword));
     broker.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,11 +1,12 @@
 //! End-to-end tests of a ringmq cluster over NATS (issue 17): real
 //! `nats-server` processes (Debian's, installed by `.ci/run`) on free
-//! loopback ports, started and killed by the test, and real ringmq nodes
-//! with rumqttc as the MQTT client.
+//! loopback ports, with JetStream (`-js`: the cluster's retained messages
+//! live in a key-value bucket), started and killed by the test, and real
+//! ringmq nodes with rumqttc as the MQTT client.
 
 mod common;
 
-use common::{counter_at_least, free_port, scratch_dir, Broker};
+use common::{counter_at_least, counter_total, free_port, scratch_dir, Broker};
 use ringmq::protocol::topic_matches;
 use ringmq::router::cluster::subject::{filter_subjects, topic_subject};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -51,7 +52,8 @@ struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts a server on a free port; with `cluster`, one of a cluster:
+    /// Starts a server on a free port, with JetStream (its store in a
+    /// scratch directory); with `cluster`, one of a cluster:
     /// its own route port and the route ports of all the servers.
     fn start(binary: &Path, cluster: Option<(u16, &[u16])>) -> Self {
         Self::start_on(binary, free_port(), cluster)
@@ -59,9 +61,25 @@ impl NatsServer {
 
     /// [`Self::start`] on client port `port`.
     fn start_on(binary: &Path, port: u16, cluster: Option<(u16, &[u16])>) -> Self {
+        Self::start_with(binary, port, cluster, true)
+    }
+
+    /// [`Self::start_on`], with JetStream or without.
+    fn start_with(
+        binary: &Path,
+        port: u16,
+        cluster: Option<(u16, &[u16])>,
+        jetstream: bool,
+    ) -> Self {
         let monitor = free_port();
         let mut command = Command::new(binary);
         command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
+        // JetStream needs a store, and in a cluster a name per server.
+        if jetstream {
+            let store = scratch_dir("cluster-nats", &port.to_string());
+            command.args(["-js", "--store_dir", store.to_str().unwrap()]);
+        }
+        command.args(["--server_name", &format!("nats-{port}")]);
         if let Some((route_port, routes)) = cluster {
             let routes: Vec<String> =
                 routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
@@ -326,8 +344,9 @@ fn node_subscriptions(nats: &NatsServer, name: &str) -> Vec<String> {
         .map(|s| s.trim().trim_matches('"').to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    // Topic subjects only: the inbox of the bridge's round trips and the
-    // subjects of QoS 1/2 across nodes (`ctl`, `node.*`, `ack.*`) aside.
+    // Topic subjects only: the inbox of the bridge's round trips (and of
+    // its JetStream watches), the subject of its session takeovers and
+    // those of QoS 1/2 across nodes (`ctl`, `node.*`, `ack.*`) aside.
     subjects.retain(|subject| subject.starts_with("ringmq.t.") || subject.starts_with("ringmq.s."));
     subjects.sort();
     subjects
@@ -588,6 +607,411 @@ async fn publishes_within(events: &mut EventLoop, within: Duration) -> Vec<rumqt
     })
     .await;
     got
+}
+
+/// What a new subscriber to `filter` on `node` is sent as retained
+/// messages: topic -> payload.
+async fn retained_on(node: &Node, filter: &str) -> std::collections::BTreeMap<String, String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!("look-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let (client, mut events) = connect(node, &id).await;
+    client.subscribe(filter, QoS::AtMostOnce).await.unwrap();
+    // Everything within 300 ms: the retained messages may come before the
+    // SUBACK, which waits for the bridge's NATS subscription.
+    let got = publishes_within(&mut events, Duration::from_millis(300)).await;
+    let _ = client.disconnect().await;
+    got.into_iter()
+        .filter(|publish| publish.retain)
+        .map(|p| (p.topic.clone(), String::from_utf8(p.payload.to_vec()).unwrap()))
+        .collect()
+}
+
+/// Polls [`retained_on`] until `done` holds of what each of `nodes` sends
+/// (within 20 s); returns the last look.
+async fn retained_until(
+    nodes: &[&Node],
+    filter: &str,
+    mut done: impl FnMut(&[std::collections::BTreeMap<String, String>]) -> bool,
+) -> Vec<std::collections::BTreeMap<String, String>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut looks = Vec::new();
+        for node in nodes {
+            looks.push(retained_on(node, filter).await);
+        }
+        if done(&looks) {
+            return looks;
+        }
+        assert!(Instant::now() < deadline, "retained messages never settled: {looks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Item 7: a retained message published on one node is sent to a new
+/// subscriber on another [MQTT-3.3.1-6], and replacing [MQTT-3.3.1-5] or
+/// deleting it [MQTT-3.3.1-10] on any node does so everywhere, through the
+/// cluster's JetStream bucket; a node that joins later gets its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_cross_nodes_with_replacements_and_deletes() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let a = Node::start("a", &[nats.url()], "");
+    let b = Node::start("b", &[nats.url()], "");
+    a.wait_log("cluster-wide retained messages: bucket open", 1);
+    b.wait_log("cluster-wide retained messages: bucket open", 1);
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("r/1", QoS::AtLeastOnce, true, "one").await.unwrap();
+    publisher.publish("r/2", QoS::AtMostOnce, true, "two").await.unwrap();
+    publisher.publish("r/plain", QoS::AtMostOnce, false, "not retained").await.unwrap();
+    let looks = retained_until(&[&b], "r/#", |looks| looks[0].len() == 2).await;
+    let want: std::collections::BTreeMap<String, String> =
+        [("r/1".into(), "one".into()), ("r/2".into(), "two".into())].into();
+    assert_eq!(looks[0], want);
+    // From node b: delete r/1, replace r/2.
+    let (publisher_b, publisher_b_events) = connect(&b, "pub-b").await;
+    let _driver_b = drive(publisher_b_events);
+    publisher_b.publish("r/1", QoS::AtLeastOnce, true, "").await.unwrap();
+    publisher_b.publish("r/2", QoS::AtLeastOnce, true, "deux").await.unwrap();
+    let want: std::collections::BTreeMap<String, String> = [("r/2".into(), "deux".into())].into();
+    retained_until(&[&a, &b], "r/#", |looks| looks.iter().all(|look| *look == want)).await;
+    assert!(counter_at_least(&a.admin, "cluster_retained_written", 2) >= 2);
+    assert!(counter_at_least(&b.admin, "cluster_retained_written", 2) >= 2);
+    assert_eq!(counter_total(&a.admin, "cluster_retained_failed"), 0);
+    // A node that joins later gets the bucket's content.
+    let c = Node::start("c", &[nats.url()], "");
+    c.wait_log("cluster-wide retained messages: bucket open", 1);
+    retained_until(&[&c], "r/#", |looks| looks[0] == want).await;
+    for node in [a, b, c] {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 7, races: two nodes set the same topics at the same time. Each
+/// stores its own message at once; the bucket orders the two writes, and
+/// every node ends with the one of the higher revision (the last writer
+/// wins everywhere), on a cluster of 3 NATS servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retained_sets_end_with_the_same_message_on_every_node() {
+    let Some(binary) = nats_server_binary() else { return };
+    let routes = [free_port(), free_port(), free_port()];
+    let servers: Vec<NatsServer> =
+        routes.iter().map(|&port| NatsServer::start(&binary, Some((port, &routes)))).collect();
+    for server in &servers {
+        wait_for(|| server.monitor("/routez").contains("\"num_routes\": 2")).await;
+    }
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    // Three replicas of the buckets, one per NATS server.
+    let nodes: Vec<Node> =
+        ["a", "b", "c"].into_iter().map(|id| Node::start(id, &urls, "kv_replicas = 3")).collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide retained messages: bucket open", 1);
+    }
+    let (pub_a, pub_a_events) = connect(&nodes[0], "pub-a").await;
+    let (pub_b, pub_b_events) = connect(&nodes[1], "pub-b").await;
+    let _drivers = (drive(pub_a_events), drive(pub_b_events));
+    const N: usize = 20;
+    for i in 0..N {
+        let topic = format!("race/{i}");
+        let (sent_a, sent_b) = futures_lite::future::zip(
+            pub_a.publish(topic.clone(), QoS::AtLeastOnce, true, "a"),
+            pub_b.publish(topic, QoS::AtLeastOnce, true, "b"),
+        )
+        .await;
+        sent_a.unwrap();
+        sent_b.unwrap();
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let looks = retained_until(&all, "race/#", |looks| {
+        looks[0].len() == N && looks.iter().all(|look| *look == looks[0])
+    })
+    .await;
+    assert!(looks[0].values().all(|v| v == "a" || v == "b"));
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Connects a 5.0 client (Clean Start) to `node`; returns it once the
+/// CONNACK is in.
+async fn connect_v5(node: &Node, id: &str) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+    let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", node.broker.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 100);
+    loop {
+        let event = timeout(WAIT, events.poll()).await.expect("connack in time").expect("poll");
+        if let rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)) = event {
+            return (client, events);
+        }
+    }
+}
+
+/// Polls a 5.0 client until its connection ends (within `within`): the
+/// reason code of the server's DISCONNECT, `None` for a plain close.
+async fn v5_end(
+    events: &mut rumqttc::v5::EventLoop,
+    within: Duration,
+) -> Option<Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode>> {
+    use rumqttc::v5::{ConnectionError, StateError};
+    timeout(within, async {
+        loop {
+            match events.poll().await {
+                Ok(_) => continue,
+                Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code,
+                    ..
+                })) => return Some(reason_code),
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// Starts `ids` nodes on `nats` and waits until each has its session
+/// directory and retained bucket open.
+fn start_nodes(ids: &[&str], nats: &[String]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(id, nats, "")).collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide sessions: directory open", 1);
+        node.wait_log("cluster-wide retained messages: bucket open", 1);
+    }
+    nodes
+}
+
+/// Item 6: a client id is unique in the cluster [MQTT-3.1.4-3]. A
+/// connection on node b takes over the live one on node a: a 5.0 client
+/// is sent DISCONNECT 0x8E (Session taken over) before its connection
+/// closes, a 3.1.1 client's connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_on_another_node_takes_the_live_session_over() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let (_first, mut first_events) = connect_v5(&nodes[0], "roamer-5").await;
+    let (_second, second_events) = connect_v5(&nodes[1], "roamer-5").await;
+    let reason = v5_end(&mut first_events, WAIT).await.expect("the first connection ends");
+    assert_eq!(reason, Some(DisconnectReasonCode::SessionTakenOver));
+    // A 3.1.1 client: its connection is closed.
+    let (_old, mut old_events) = connect(&nodes[0], "roamer-311").await;
+    let (_new, new_events) = connect(&nodes[1], "roamer-311").await;
+    let _drivers = (
+        tokio::spawn(async move {
+            let mut events = second_events;
+            while events.poll().await.is_ok() {}
+        }),
+        drive(new_events),
+    );
+    let closed = timeout(WAIT, async {
+        loop {
+            if old_events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the 3.1.1 connection on node a is closed");
+    assert_eq!(counter_at_least(&nodes[1].admin, "cluster_session_takeovers", 2), 2);
+    assert_eq!(counter_total(&nodes[1].admin, "cluster_session_claims_failed"), 0);
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 6: a persistent session (3.1.1 Clean Session 0) moves to the node
+/// its client reconnects to: the CONNACK says Session Present
+/// [MQTT-3.2.2-2], the QoS 1 messages queued for it while it was offline
+/// on node a are delivered on node b [MQTT-3.1.2-5], and its subscription
+/// now lives on node b (what node a's clients publish reaches it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_with_its_subscriptions_and_queued_messages() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let persistent = |node: &Node| {
+        let mut options = MqttOptions::new("mover", "127.0.0.1", node.broker.port());
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(false);
+        AsyncClient::new(options, 100)
+    };
+    let (mover, mut mover_events) = persistent(&nodes[0]);
+    subscribe(&mover, &mut mover_events, &[("q/#", QoS::AtLeastOnce)]).await;
+    mover.disconnect().await.unwrap();
+    while mover_events.poll().await.is_ok() {}
+    let (publisher, mut publisher_events) = connect(&nodes[0], "pub-a").await;
+    for i in 1..=3 {
+        publisher.publish(format!("q/{i}"), QoS::AtLeastOnce, false, "queued").await.unwrap();
+    }
+    let mut acked = 0;
+    while acked < 3 {
+        let event = timeout(WAIT, publisher_events.poll()).await.expect("puback").expect("poll");
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    // Reconnect on node b.
+    let (mover, mut mover_events) = persistent(&nodes[1]);
+    let present = loop {
+        let event = timeout(WAIT, mover_events.poll()).await.expect("connack").expect("poll");
+        if let Event::Incoming(Packet::ConnAck(ack)) = event {
+            break ack.session_present;
+        }
+    };
+    assert!(present, "[MQTT-3.2.2-2] Session Present: the session came from node a");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(next_publish(&mut mover_events, WAIT).await.topic);
+    }
+    assert_eq!(got, ["q/1", "q/2", "q/3"], "the queued messages, in order");
+    // Its subscription is node b's now, on NATS before the CONNACK: what
+    // node a's clients publish from now on reaches it.
+    let _driver = drive(publisher_events);
+    publisher.publish("q/after", QoS::AtLeastOnce, false, "after").await.unwrap();
+    assert_eq!(next_publish(&mut mover_events, WAIT).await.topic, "q/after");
+    drop(mover);
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 6, races: one client id connects on two nodes at the same time,
+/// through two servers of a NATS cluster. The directory's compare-and-set
+/// orders the two claims; the later one takes the session over from the
+/// earlier, whose client is sent 0x8E as soon as its own CONNECT is
+/// through. Exactly one connection is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_connects_of_one_client_id_on_two_nodes_leave_one() {
+    use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+    let Some(binary) = nats_server_binary() else { return };
+    // A cluster of 3 NATS servers, the directory on all three (R3), each
+    // node on a server of its own: the two claims meet in JetStream.
+    let routes = [free_port(), free_port(), free_port()];
+    let servers: Vec<NatsServer> =
+        routes.iter().map(|&port| NatsServer::start(&binary, Some((port, &routes)))).collect();
+    for server in &servers {
+        wait_for(|| server.monitor("/routez").contains("\"num_routes\": 2")).await;
+    }
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .zip(&servers)
+        .map(|(id, server)| Node::start(id, &[server.url()], "kv_replicas = 3"))
+        .collect();
+    for node in &nodes {
+        node.wait_log("cluster-wide sessions: directory open", 1);
+    }
+    for round in 0..5 {
+        let id = format!("twin-{round}");
+        let ((_a, mut a_events), (_b, mut b_events)) =
+            futures_lite::future::zip(connect_v5(&nodes[0], &id), connect_v5(&nodes[1], &id)).await;
+        let linger = Duration::from_secs(2);
+        let (a_end, b_end) =
+            futures_lite::future::zip(v5_end(&mut a_events, linger), v5_end(&mut b_events, linger))
+                .await;
+        let taken_over = Some(Some(DisconnectReasonCode::SessionTakenOver));
+        assert!(
+            (a_end == taken_over && b_end.is_none()) || (b_end == taken_over && a_end.is_none()),
+            "round {round}: one connection taken over, one left: {a_end:?} {b_end:?}"
+        );
+    }
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Without JetStream on the NATS server, a node says so once for each of
+/// `cluster.retained` and `cluster.sessions`, naming the fix, and serves
+/// as far as a node alone can: clients are accepted (their claims counted
+/// as failed), retained messages stay on the node, messages still cross.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_jetstream_a_node_says_so_and_keeps_retained_and_sessions_per_node() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start_with(&binary, free_port(), None, false);
+    let a = Node::start("a", &[nats.url()], "");
+    a.wait_log("cluster.retained = \"cluster\": cannot open the JetStream bucket", 1);
+    a.wait_log("cluster.sessions = \"cluster\": cannot open the JetStream bucket", 1);
+    let (publisher, publisher_events) = connect(&a, "pub-a").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("r/x", QoS::AtLeastOnce, true, "kept").await.unwrap();
+    let want: std::collections::BTreeMap<String, String> = [("r/x".into(), "kept".into())].into();
+    retained_until(&[&a], "r/#", |looks| looks[0] == want).await;
+    assert!(counter_at_least(&a.admin, "cluster_session_claims_failed", 2) >= 2);
+    assert!(counter_at_least(&a.admin, "cluster_retained_failed", 1) >= 1);
+    assert_eq!(a.broker.stop().code(), Some(0));
+}
+
+/// A node killed (SIGKILL) with a persistent session: its client
+/// reconnects to another node (the directory names the dead node, which
+/// has no responder: answered at once, not after a timeout, which would
+/// count as a failed claim) and gets a new session
+/// there (Session Present 0: what the dead node held stays in its own
+/// log), which works as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_reconnects_to_another_without_a_timeout() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let mut nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let persistent = |node: &Node| {
+        let mut options = MqttOptions::new("phoenix", "127.0.0.1", node.broker.port());
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(false);
+        AsyncClient::new(options, 100)
+    };
+    let (client, mut events) = persistent(&nodes[0]);
+    subscribe(&client, &mut events, &[("p/#", QoS::AtLeastOnce)]).await;
+    drop(nodes.remove(0)); // SIGKILL
+    let (client, mut events) = persistent(&nodes[0]);
+    let present = loop {
+        let event = timeout(WAIT, events.poll()).await.expect("connack");
+        if let Ok(Event::Incoming(Packet::ConnAck(ack))) = event {
+            break ack.session_present;
+        }
+    };
+    assert!(!present, "the dead node's session did not move");
+    assert_eq!(counter_at_least(&nodes[0].admin, "cluster_session_claims", 1), 1);
+    assert_eq!(counter_total(&nodes[0].admin, "cluster_session_claims_failed"), 0, "no timeout");
+    subscribe(&client, &mut events, &[("p/#", QoS::AtLeastOnce)]).await;
+    let (publisher, publisher_events) = connect(&nodes[0], "pub-b").await;
+    let _driver = drive(publisher_events);
+    publisher.publish("p/1", QoS::AtLeastOnce, false, "x").await.unwrap();
+    assert_eq!(next_publish(&mut events, WAIT).await.topic, "p/1");
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Item 7 with a Message Expiry Interval [MQTT-3.3.2-5]: a retained
+/// message published with a 3 s expiry on node a is sent by node b while
+/// it lives, and no longer once it expired (the expiry crosses nodes as an
+/// absolute time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_expires_on_every_node() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let (publisher, mut publisher_events) = connect_v5(&nodes[0], "pub-v5").await;
+    let _driver = tokio::spawn(async move { while publisher_events.poll().await.is_ok() {} });
+    let properties = PublishProperties { message_expiry_interval: Some(3), ..Default::default() };
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    publisher
+        .publish_with_properties("exp/short", qos, true, "soon gone", properties)
+        .await
+        .unwrap();
+    publisher.publish("exp/long", qos, true, "stays").await.unwrap();
+    let both: std::collections::BTreeMap<String, String> =
+        [("exp/long".into(), "stays".into()), ("exp/short".into(), "soon gone".into())].into();
+    let looks = retained_until(&[&nodes[1]], "exp/#", |looks| looks[0].len() == 2).await;
+    assert_eq!(looks[0], both);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let left: std::collections::BTreeMap<String, String> =
+        [("exp/long".into(), "stays".into())].into();
+    for node in &nodes {
+        assert_eq!(retained_on(node, "exp/#").await, left, "expired everywhere");
+    }
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
 }
 
 /// Three NATS servers clustered with routes (waited until each has both

@@ -53,7 +53,7 @@ pub struct PasswordFile {
 }
 
 /// What a reloaded password file changed, in users.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserChanges {
     /// Users new in the file.
     pub added: usize,
@@ -61,6 +61,9 @@ pub struct UserChanges {
     pub removed: usize,
     /// Users whose hash changed.
     pub changed: usize,
+    /// The users removed or whose hash changed: their connected clients
+    /// proved a password the new file no longer accepts.
+    pub revoked: Vec<String>,
 }
 
 impl UserChanges {
@@ -187,11 +190,17 @@ impl PasswordFile {
         for entry in &new.entries {
             match self.index.get(&entry.user).map(|&at| &self.entries[at]) {
                 None => changes.added += 1,
-                Some(old) if old.text != entry.text => changes.changed += 1,
+                Some(old) if old.text != entry.text => {
+                    changes.changed += 1;
+                    changes.revoked.push(entry.user.clone());
+                }
                 Some(_) => {}
             }
         }
-        changes.removed = self.entries.iter().filter(|e| !new.index.contains_key(&e.user)).count();
+        for removed in self.entries.iter().filter(|e| !new.index.contains_key(&e.user)) {
+            changes.removed += 1;
+            changes.revoked.push(removed.user.clone());
+        }
         changes
     }
 

@@ -143,3 +143,54 @@ fn the_pool_answers_and_refuses_when_full() {
         assert!(!futures_lite::future::block_on(verdict));
     }
 }
+
+#[test]
+fn a_reload_revokes_the_users_it_removes_and_those_whose_password_changed() {
+    let mut old = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+    old.set_password("bob", b"one").unwrap();
+    old.set_password("carol", b"three").unwrap();
+    let mut new = old.clone();
+    assert!(new.remove("alice"));
+    new.set_password("bob", b"two").unwrap();
+    new.set_password("dave", b"four").unwrap();
+    let changes = old.changes_to(&new);
+    assert_eq!((changes.added, changes.removed, changes.changed), (1, 1, 1));
+    let mut revoked = changes.revoked;
+    revoked.sort();
+    assert_eq!(revoked, ["alice", "bob"], "carol is unchanged, dave is new");
+    assert!(old.changes_to(&old.clone()).is_empty());
+}
+
+#[test]
+fn shards_see_every_reload_that_revoked_users_once() {
+    let file = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+    let verifier = pool::Verifier::start(file.clone(), 1, 1).unwrap();
+    assert_eq!(verifier.revoked_since(0), None);
+    verifier.replace(file.clone(), Vec::new());
+    assert_eq!(verifier.revoked_since(0), None, "nothing revoked, nothing to look at");
+    verifier.replace(file.clone(), vec!["alice".to_owned()]);
+    verifier.replace(file.clone(), vec!["bob".to_owned()]);
+    // A shard that looked at neither gets both.
+    assert_eq!(verifier.revoked_since(0), Some((2, vec!["alice".to_owned(), "bob".to_owned()])));
+    // One that saw the first gets the second; one that saw both, nothing.
+    assert_eq!(verifier.revoked_since(1), Some((2, vec!["bob".to_owned()])));
+    assert_eq!(verifier.revoked_since(2), None);
+}
+
+#[test]
+fn checks_whose_connection_stopped_waiting_are_skipped() {
+    let mut file = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+    file.set_password("bob", b"slow").unwrap();
+    let verifier = pool::Verifier::start(file, 1, 64).unwrap();
+    // One thread: the first check (argon2id, tens of milliseconds) keeps it
+    // busy while the next 20 queue; their connections give up (the
+    // verdicts are dropped) before the thread takes them.
+    let first = verifier.verify("bob", b"slow").unwrap();
+    let gave_up: Vec<_> = (0..20).map(|_| verifier.verify("alice", b"x").unwrap()).collect();
+    drop(gave_up);
+    assert!(futures_lite::future::block_on(first));
+    // A check queued behind them still gets its answer.
+    let last = verifier.verify("alice", b"s3cret pass").unwrap();
+    assert!(futures_lite::future::block_on(last));
+    assert_eq!(verifier.abandoned(), 20);
+}

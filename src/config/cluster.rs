@@ -17,6 +17,9 @@
 //! ack_timeout_ms = 500                   # QoS 1/2: re-sent to a node that did not ack
 //! max_pending_acks = 16384               # QoS 1/2 waiting for remote acks, per node
 //! max_payload = 1048576                  # the NATS servers' max_payload
+//! retained = "cluster"                   # or "node"
+//! sessions = "cluster"                   # or "node"
+//! kv_replicas = 1                        # of the two JetStream buckets
 //! ```
 
 use super::{ConfigError, Setting};
@@ -76,6 +79,9 @@ pub(super) struct RawCluster {
     pub(super) ack_timeout_ms: Option<i64>,
     pub(super) max_pending_acks: Option<i64>,
     pub(super) max_payload: Option<i64>,
+    pub(super) retained: Option<String>,
+    pub(super) sessions: Option<String>,
+    pub(super) kv_replicas: Option<i64>,
 }
 
 /// How the node authenticates to NATS.
@@ -105,6 +111,28 @@ impl std::fmt::Debug for NatsCredentials {
     }
 }
 
+/// `retained`: where the retained messages live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetainedScope {
+    /// `"cluster"` (the default): in a JetStream key-value bucket every
+    /// node watches (the NATS servers need JetStream, `-js`); a subscriber
+    /// on any node gets what was retained on any node.
+    Cluster,
+    /// `"node"`: each node keeps its own (no JetStream needed).
+    Node,
+}
+
+/// `sessions`: where a client id is unique.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionScope {
+    /// `"cluster"` (the default): a client id is claimed in a JetStream
+    /// key-value bucket before its CONNACK; connecting on another node
+    /// takes the session over and moves it there.
+    Cluster,
+    /// `"node"`: each node keeps its own sessions.
+    Node,
+}
+
 /// A validated `[cluster]` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -127,6 +155,13 @@ pub struct ClusterConfig {
     /// `queue_capacity`: messages each queue between a shard and the NATS
     /// bridge holds, each way.
     pub queue_capacity: usize,
+    /// `retained`: cluster-wide retained messages, or per node.
+    pub retained: RetainedScope,
+    /// `sessions`: sessions unique in the cluster, or per node.
+    pub sessions: SessionScope,
+    /// `kv_replicas`: the replicas of the JetStream buckets of retained
+    /// messages and sessions when the node creates them (1 to 5).
+    pub kv_replicas: usize,
     /// `node_timeout_ms`: a node not heard from for this long (while this
     /// node is connected to NATS) is taken for dead: QoS 1/2 messages stop
     /// waiting for its acknowledgement.
@@ -304,6 +339,34 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             |n| u32::try_from(n).ok(),
         )?,
     };
+    let retained = match raw.retained.as_deref() {
+        None | Some("cluster") => RetainedScope::Cluster,
+        Some("node") => RetainedScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a JetStream bucket shared by the nodes) or \"node\" \
+                 (each node its own)",
+                Setting::key("cluster.retained", other)
+            )))
+        }
+    };
+    let sessions = match raw.sessions.as_deref() {
+        None | Some("cluster") => SessionScope::Cluster,
+        Some("node") => SessionScope::Node,
+        Some(other) => {
+            return Err(ConfigError::invalid(format!(
+                "{}: must be \"cluster\" (a client id is unique in the cluster; its session \
+                 follows it) or \"node\" (each node its own)",
+                Setting::key("cluster.sessions", other)
+            )))
+        }
+    };
+    let kv_replicas = match raw.kv_replicas {
+        None => 1,
+        Some(n) => super::ranged(Setting::key("cluster.kv_replicas", n), n, 1, 5, |n| {
+            usize::try_from(n).ok()
+        })?,
+    };
     Ok(Some(ClusterConfig {
         node_id,
         nats,
@@ -316,6 +379,9 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         ack_timeout,
         max_pending_acks,
         max_payload,
+        retained,
+        sessions,
+        kv_replicas,
     }))
 }
 
@@ -384,6 +450,9 @@ mod tests {
         assert_eq!(cluster.max_pending_acks, DEFAULT_MAX_PENDING_ACKS);
         assert_eq!(cluster.max_payload, DEFAULT_MAX_PAYLOAD);
         assert_eq!(cluster.max_packet_size().get(), DEFAULT_MAX_PAYLOAD - FRAME_RESERVE);
+        assert_eq!(cluster.retained, RetainedScope::Cluster);
+        assert_eq!(cluster.sessions, SessionScope::Cluster);
+        assert_eq!(cluster.kv_replicas, 1);
     }
 
     #[test]
@@ -392,7 +461,8 @@ mod tests {
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
                     queue_capacity = 100\nnode_timeout_ms = 900\nack_timeout_ms = 50\n\
-                    max_pending_acks = 64\nmax_payload = 65536\n";
+                    max_pending_acks = 64\nmax_payload = 65536\nretained = \"node\"\nsessions = \"node\"\n\
+                    kv_replicas = 3\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -407,6 +477,9 @@ mod tests {
         assert_eq!(cluster.ack_timeout.as_millis(), 50);
         assert_eq!(cluster.max_pending_acks, 64);
         assert_eq!(cluster.max_payload, 65536);
+        assert_eq!(cluster.retained, RetainedScope::Node);
+        assert_eq!(cluster.sessions, SessionScope::Node);
+        assert_eq!(cluster.kv_replicas, 3);
         let token = parse(&format!("{MINIMAL}token = \"t\"")).unwrap();
         assert_eq!(token.cluster().unwrap().credentials, NatsCredentials::Token("t".into()));
     }
@@ -442,6 +515,9 @@ mod tests {
             (&format!("{MINIMAL}max_pending_acks = 1"), "cluster.max_pending_acks = 1: must"),
             (&format!("{MINIMAL}max_payload = 100"), "cluster.max_payload = 100: must be"),
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
+            (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
+            (&format!("{MINIMAL}sessions = \"x\""), "test.toml:4:12: cluster.sessions = \"x\""),
+            (&format!("{MINIMAL}kv_replicas = 6"), "test.toml:4:15: cluster.kv_replicas = 6"),
         ];
         for (text, expected) in cases {
             let message = error(text);

@@ -25,7 +25,7 @@ mod reload;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{ClusterConfig, NatsCredentials};
+pub use cluster::{ClusterConfig, NatsCredentials, RetainedScope, SessionScope};
 pub use error::ConfigError;
 pub use reload::{Change, Changes};
 

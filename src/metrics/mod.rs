@@ -90,6 +90,21 @@ pub struct ClusterCounters {
     pub resent: u64,
     /// Nodes taken for dead: silent for `cluster.node_timeout_ms`.
     pub nodes_expired: u64,
+    /// Retained messages (and deletes) written to the cluster's JetStream
+    /// bucket.
+    pub retained_written: u64,
+    /// Retained messages the bucket refused or never acknowledged: they
+    /// stay on their node.
+    pub retained_failed: u64,
+    /// Changes of the cluster's retained messages applied from the bucket.
+    pub retained_applied: u64,
+    /// Client ids claimed in the cluster's session directory.
+    pub session_claims: u64,
+    /// Claims that could not be made: the client was accepted on its node
+    /// alone.
+    pub session_claims_failed: u64,
+    /// Sessions taken over from another node.
+    pub session_takeovers: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 78] = [
+const COUNTERS: [Field<u64>; 84] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -362,6 +362,32 @@ const COUNTERS: [Field<u64>; 78] = [
     }),
     ("cluster_nodes_expired", "Nodes taken for dead: silent for cluster.node_timeout_ms", |s| {
         s.counters.cluster.nodes_expired
+    }),
+    (
+        "cluster_retained_written",
+        "Retained messages and deletes written to the cluster's JetStream bucket",
+        |s| s.counters.cluster.retained_written,
+    ),
+    (
+        "cluster_retained_failed",
+        "Retained messages the cluster's bucket refused: kept on their node",
+        |s| s.counters.cluster.retained_failed,
+    ),
+    (
+        "cluster_retained_applied",
+        "Changes of the cluster's retained messages applied from the bucket",
+        |s| s.counters.cluster.retained_applied,
+    ),
+    ("cluster_session_claims", "Client ids claimed in the cluster's session directory", |s| {
+        s.counters.cluster.session_claims
+    }),
+    (
+        "cluster_session_claims_failed",
+        "Claims of client ids that could not be made: accepted on this node alone",
+        |s| s.counters.cluster.session_claims_failed,
+    ),
+    ("cluster_session_takeovers", "Sessions taken over from another node", |s| {
+        s.counters.cluster.session_takeovers
     }),
 ];
 

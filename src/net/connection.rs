@@ -339,7 +339,21 @@ impl<T: Transport> Connection<T> {
                 }
             }
         }
+        // In a cluster a client id is unique: it is claimed before the
+        // CONNACK, which may bring its session over from another node
+        // (`router::cluster::sessions`). Boxed: the wait must not widen
+        // every connection's task.
+        let claim = self.ctx.shard.borrow_mut().begin_cluster_claim(&connect);
+        let claimed = claim.is_some();
+        if let Some(claim) = claim {
+            let state = Box::pin(claim).await;
+            let mut shard = self.ctx.shard.borrow_mut();
+            shard.restore_handover(&connect.client_id, &state, Instant::now());
+        }
         let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect);
+        if claimed {
+            self.ctx.shard.borrow_mut().end_cluster_claim(&connect.client_id, Instant::now());
+        }
         match placement {
             Placement::Attached { key, connection } => {
                 if self.ctx.may_log_connection() {

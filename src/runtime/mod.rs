@@ -643,6 +643,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
     // signal on, the drain closes connections step by step while the
     // others are still served.
     let mut drain: Option<Drain> = None;
+    let mut revoked_seen = 0;
     loop {
         glommio::timer::sleep(TICK).await;
         if drain.is_none() && startup.shutdown.load(Ordering::Relaxed) {
@@ -666,6 +667,20 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
             if let Some((now_seen, file)) = shared.changed_since(*seen) {
                 *seen = now_seen;
                 shard.borrow_mut().set_acl(file);
+            }
+        }
+        if let Some(verifier) = &startup.auth.verifier {
+            if let Some((seen, users)) = verifier.revoked_since(revoked_seen) {
+                revoked_seen = seen;
+                let closed = shard.borrow_mut().close_revoked(&users, Instant::now());
+                if closed > 0 {
+                    tracing::info!(
+                        shard = id.index(),
+                        closed,
+                        "reload: closed the connections of users removed from password_file \
+                         or whose password changed"
+                    );
+                }
             }
         }
         if let Some((seen, tls)) = startup.tls.changed_since(tls_seen) {

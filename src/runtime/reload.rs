@@ -16,7 +16,9 @@
 //! not in the configuration): a file that cannot be read or parsed keeps
 //! the one in force and logs one error line with the file and line. A new
 //! password file goes to the verification threads (new CONNECTs are
-//! checked against it; connected clients stay). A new ACL file is
+//! checked against it); the connected clients of users it removed, or
+//! whose password it changed, are closed by their shards at their next
+//! tick (v5: DISCONNECT 0x87 Not authorized), as Mosquitto does. A new ACL file is
 //! published in [`SharedAcl`]: each shard takes it at its next tick, for
 //! new connections and for every existing session from its next check, as
 //! Mosquitto re-applies its ACLs to connected clients.
@@ -180,9 +182,10 @@ impl AuthState {
                             added = changes.added,
                             removed = changes.removed,
                             changed = changes.changed,
-                            "reload: password_file applied to new connections"
+                            "reload: password_file applied; connections of removed users and \
+                             of changed passwords are closed"
                         );
-                        verifier.replace(new.clone());
+                        verifier.replace(new.clone(), changes.revoked);
                         *old = new;
                     }
                 }

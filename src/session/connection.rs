@@ -262,7 +262,7 @@ pub(super) struct Connection {
     /// starts full on every connection and grows with every PUBACK or
     /// PUBCOMP it receives, so QoS 2 flows inherited from an earlier
     /// connection do not count.
-    pub(super) unacknowledged_in: usize,
+    pub(super) unacknowledged_in: u16,
     /// Outgoing QoS 1/2 publishes in flight at most: the session's
     /// `max_inflight`, lowered to a v5 client's Receive Maximum
     /// [MQTT-3.3.4-9].
@@ -295,6 +295,10 @@ pub(super) struct Connection {
     /// `None` while neither is set, so an unlimited connection carries one
     /// pointer.
     pub(super) pace: Option<Box<super::pace::PublishPace>>,
+    /// The CONNECT's User Name, if any: a reloaded `password_file` that
+    /// removes the user or changes its password closes the connection
+    /// ([`Session::handle_credentials_revoked`](super::Session::handle_credentials_revoked)).
+    pub(super) user: Option<Box<str>>,
 }
 
 /// The method of a connection authenticated by enhanced authentication,

@@ -67,6 +67,9 @@ pub enum CloseReason {
     /// The client's queue stayed past its limits (its publishers held
     /// back) for longer than `slow_consumer_timeout`.
     SlowConsumer,
+    /// A reloaded `password_file` removed the client's user or changed its
+    /// password.
+    CredentialsRevoked,
 }
 
 impl CloseReason {
@@ -88,9 +91,9 @@ impl CloseReason {
             Self::Malformed(error) => Some(error.reason_code()),
             Self::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
             Self::ClientDisconnect(_) | Self::ConnectionLost | Self::ConnAckTooLarge => None,
-            Self::ReauthenticationFailed | Self::ReauthenticationTimeout => {
-                Some(ReasonCode::NotAuthorized)
-            }
+            Self::ReauthenticationFailed
+            | Self::ReauthenticationTimeout
+            | Self::CredentialsRevoked => Some(ReasonCode::NotAuthorized),
             // 5.0 §3.14.2.1, DISCONNECT 0x97 Quota exceeded: "An
             // implementation or administrative imposed limit has been
             // exceeded" - the queue limits and `slow_consumer_timeout`
@@ -118,6 +121,9 @@ impl CloseReason {
             Self::SlowConsumer => {
                 "slow consumer: queue past its limits for longer than slow_consumer_timeout"
                     .to_owned()
+            }
+            Self::CredentialsRevoked => {
+                "user removed from password_file, or its password changed".to_owned()
             }
             Self::ClientDisconnect(_) | Self::ConnectionLost => String::new(),
         }

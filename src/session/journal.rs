@@ -21,6 +21,7 @@ use crate::store::{StoredEntry, StoredFlow, StoredSession, StoredSubscription, S
 use bytestring::ByteString;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,7 +114,7 @@ impl Session {
             return;
         }
         let will = will
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|w| Box::new(stored_will(w, &self.client_id)));
         let expiry = self.expiry;
         let username = self.acl_user();
@@ -135,7 +136,7 @@ impl Session {
             .as_ref()
             .filter(|c| c.open)
             .and_then(|c| c.will.as_deref())
-            .or(self.delayed_will.as_ref().map(|d| &*d.will))
+            .or(self.delayed_will.as_ref().map(|d| &d.will))
             .map(|will| Box::new(stored_will(will, &self.client_id)));
         let subscriptions = self
             .subscriptions
@@ -164,8 +165,30 @@ impl Session {
                     None => (id, StoredFlow::Released),
                 })
                 .collect(),
-            qos2_in: self.inbound_qos2.iter().copied().collect(),
+            qos2_in: self.inbound_qos2.iter().collect(),
         }
+    }
+
+    /// The session as another cluster node takes it over (see
+    /// `store::handover`): as [`Self::stored`], with every queued and
+    /// in-flight message (logged or not), numbered from 1 in `messages`.
+    pub fn handover(&self, messages: &mut HashMap<u64, Arc<Message>>) -> StoredSession {
+        let mut stored = self.stored(&mut HashMap::new());
+        let (queue, inflight) = self.outbound.entries(false);
+        let mut number = |queued: &Queued| {
+            let mid = messages.len() as u64 + 1;
+            messages.insert(mid, Arc::clone(&queued.message));
+            StoredEntry { mid, ..stored_entry(queued) }
+        };
+        stored.queue = queue.map(&mut number).collect();
+        stored.inflight = inflight
+            .into_iter()
+            .map(|(id, queued)| match queued {
+                Some(queued) => (id, StoredFlow::Sent(number(queued))),
+                None => (id, StoredFlow::Released),
+            })
+            .collect();
+        stored
     }
 
     /// A session rebuilt from the log at start, offline: its will (if any)
@@ -177,7 +200,7 @@ impl Session {
     pub fn restore(
         stored: StoredSession,
         messages: &HashMap<u64, Arc<Message>>,
-        limits: SessionLimits,
+        limits: impl Into<Rc<SessionLimits>>,
         now: Instant,
     ) -> Self {
         // The user name goes to the shard, which has the ACL file.
@@ -193,9 +216,11 @@ impl Session {
         } = stored;
         let mut session = Session::new(client_id, limits);
         session.expiry = expiry;
-        session.delayed_will = will.map(|will| DelayedWill {
-            due: now + Duration::from_secs(u64::from(will.delay)),
-            will: Box::new(will_of(will.message, will.delay)),
+        session.delayed_will = will.map(|will| {
+            Box::new(DelayedWill {
+                due: now + Duration::from_secs(u64::from(will.delay)),
+                will: will_of(will.message, will.delay),
+            })
         });
         session.subscriptions = subscriptions
             .into_iter()

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 /// Tracks when the last packet arrived; time is always passed in.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KeepAlive {
-    /// 1.5 x the keep alive; `None` when the keep alive is 0 (disabled).
-    timeout: Option<Duration>,
+    /// The keep alive in seconds; 0: disabled. (Two bytes where the
+    /// timeout as a `Duration` took sixteen: it is in every connection.)
+    keep_alive: u16,
     /// When the last packet (any packet) was received, or the server
     /// resumed reading; `None` while the server does not read.
     last_received: Option<Instant>,
@@ -21,8 +22,13 @@ pub(super) struct KeepAlive {
 impl KeepAlive {
     /// A timer for `keep_alive` seconds, started at `now` (the CONNECT).
     pub(super) fn new(keep_alive: u16, now: Instant) -> Self {
-        let timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        Self { timeout, last_received: Some(now) }
+        Self { keep_alive, last_received: Some(now) }
+    }
+
+    /// 1.5 x the keep alive; `None` when the keep alive is 0 (disabled).
+    fn timeout(&self) -> Option<Duration> {
+        let keep_alive = u64::from(self.keep_alive);
+        (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500))
     }
 
     /// Any packet received resets the timer.
@@ -41,7 +47,7 @@ impl KeepAlive {
 
     /// When the connection is to be closed if nothing arrives before.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        self.last_received?.checked_add(self.timeout?)
+        self.last_received?.checked_add(self.timeout()?)
     }
 
     /// Whether the deadline has passed at `now`.

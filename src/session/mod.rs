@@ -47,6 +47,7 @@ mod keepalive;
 mod limits;
 mod outbound;
 mod pace;
+mod qos2_in;
 
 #[cfg(test)]
 mod proptests;
@@ -67,19 +68,20 @@ use crate::message::Message;
 use crate::metrics::SessionCounters;
 use crate::protocol::{
     Auth, BoxedPublishProperties, ConnAck, ConnAckProperties, Connect, Disconnect, Packet,
-    PacketId, PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS,
-    ReasonCode, Subscribe, TopicFilter, Unsubscribe, Will,
+    PacketType, ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode,
+    Subscribe, TopicFilter, Unsubscribe, Will,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 pub use connection::AckToken;
 use connection::{Connection, ConnectionAuth, Control, OutboundAliases, Owed, TopicAliases};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use keepalive::KeepAlive;
 use outbound::{AckOutcome, Outbound, Push, Queued};
 use pace::PublishPace;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,9 @@ pub const TRANSMIT_BATCH: usize = 64 * 1024;
 pub struct Session {
     /// The client id (assigned by the shard when the client sent none).
     client_id: ByteString,
-    limits: SessionLimits,
+    /// Shared with the shard and its other sessions: one copy per shard,
+    /// not one per session (8 bytes instead of 150 in every session).
+    limits: Rc<SessionLimits>,
     /// Subscriptions by filter; a SUBSCRIBE to an existing filter replaces
     /// it [MQTT-3.8.4-3].
     subscriptions: HashMap<TopicFilter, Subscribed>,
@@ -105,7 +109,7 @@ pub struct Session {
     /// Packet ids of QoS 2 publishes received and answered with PUBREC, not
     /// yet released by PUBREL: a re-sent PUBLISH with one of them is not
     /// routed again (method B of [MQTT-4.3.3-2]). Part of the session state.
-    inbound_qos2: HashSet<PacketId>,
+    inbound_qos2: qos2_in::InboundQos2,
     /// The attached connection, if any.
     connection: Option<Connection>,
     /// Events not yet polled, oldest first.
@@ -118,8 +122,9 @@ pub struct Session {
     expiry: Option<Duration>,
     /// A will whose v5 Will Delay Interval is running: published when it
     /// is due or when the session ends, whichever comes first, and never
-    /// if a connection attaches before [MQTT-3.1.3-9].
-    delayed_will: Option<DelayedWill>,
+    /// if a connection attaches before [MQTT-3.1.3-9]. Boxed: rare, and
+    /// in every session.
+    delayed_will: Option<Box<DelayedWill>>,
     /// The client's rules when an `acl_file` is configured: every publish
     /// (will included), subscription and delivery is checked against them.
     /// Boxed: a broker without an ACL file pays one pointer per session.
@@ -138,7 +143,7 @@ pub struct Session {
 #[derive(Debug)]
 struct DelayedWill {
     due: Instant,
-    will: Box<Will>,
+    will: Will,
 }
 
 impl Session {
@@ -153,18 +158,18 @@ impl Session {
     /// up with at CONNECT (`max_inflight`, `receive_maximum`,
     /// `topic_alias_maximum`, `max_keepalive`, `max_packet_size`) keeps
     /// its value until the client connects again.
-    pub fn set_limits(&mut self, limits: SessionLimits) {
-        self.limits = limits;
+    pub fn set_limits(&mut self, limits: impl Into<Rc<SessionLimits>>) {
+        self.limits = limits.into();
     }
 
     /// A new session with no state, not connected.
-    pub fn new(client_id: ByteString, limits: SessionLimits) -> Self {
+    pub fn new(client_id: ByteString, limits: impl Into<Rc<SessionLimits>>) -> Self {
         Self {
             client_id,
-            limits,
+            limits: limits.into(),
             subscriptions: HashMap::new(),
             outbound: Outbound::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: qos2_in::InboundQos2::default(),
             connection: None,
             events: VecDeque::new(),
             next_ack_token: 0,
@@ -322,6 +327,7 @@ impl Session {
             expiry_zero_at_connect: connect.properties.session_expiry_interval.unwrap_or(0) == 0,
             auth: None,
             pace: None,
+            user: connect.username.as_deref().map(Box::from),
         });
         connection.connack.insert(Box::new(connack))
     }
@@ -506,7 +512,7 @@ impl Session {
             _ => Some(packet_id.ok_or(SessionError::MissingPacketId)?),
         };
         if let Some(id) = packet_id {
-            if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(&id) {
+            if qos == QoS::ExactlyOnce && self.inbound_qos2.contains(id) {
                 // [MQTT-4.3.3-2] until PUBREL, a PUBLISH with the same id is
                 // answered with PUBREC again and not delivered again.
                 connection.owe(Control::PubRec(id, ReasonCode::Success));
@@ -516,11 +522,13 @@ impl Session {
             // [MQTT-3.3.4-7] a v5 client keeps at most Receive Maximum QoS 1/2
             // publishes unacknowledged.
             if connection.version.is_v5()
-                && connection.unacknowledged_in >= usize::from(connection.receive_maximum.get())
+                && connection.unacknowledged_in >= connection.receive_maximum.get()
             {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
-            connection.unacknowledged_in += 1;
+            // Saturating: only a v5 client's count is bounded (above); a
+            // 3.1.1 client may have more ids unanswered while acks wait.
+            connection.unacknowledged_in = connection.unacknowledged_in.saturating_add(1);
         }
         // `max_topic_length` / `max_topic_levels`, on the topic after alias
         // resolution. 5.0: 0x90 Topic Name invalid, "The Topic Name is not
@@ -701,7 +709,7 @@ impl Session {
         let Some(connection) = self.connection.as_mut() else { return };
         // [MQTT-4.3.3-2] discard the id and answer PUBCOMP; an unknown id
         // still gets one (v5 says it was not found).
-        let known = self.inbound_qos2.remove(&ack.packet_id);
+        let known = self.inbound_qos2.remove(ack.packet_id);
         let reason = if known || !connection.version.is_v5() {
             ReasonCode::Success
         } else {
@@ -980,6 +988,21 @@ impl Session {
         self.close(now, CloseReason::SlowConsumer, counters);
     }
 
+    /// The User Name the attached connection gave in its CONNECT.
+    pub fn connected_user(&self) -> Option<&str> {
+        self.connection.as_ref().filter(|c| c.open)?.user.as_deref()
+    }
+
+    /// A reloaded `password_file` removed the connected client's user or
+    /// changed its password: the connection is closed, a v5 client told
+    /// so with DISCONNECT 0x87 Not authorized first, as a failed
+    /// re-authentication is [MQTT-4.12.1-2]. The session itself stays,
+    /// like after any lost connection; the client must connect again with
+    /// credentials the new file accepts.
+    pub fn handle_credentials_revoked(&mut self, now: Instant, counters: &mut SessionCounters) {
+        self.close(now, CloseReason::CredentialsRevoked, counters);
+    }
+
     /// The next packet to send, in protocol order: the CONNACK, the
     /// re-sends of a resumed session, the acknowledgements and responses in
     /// the order of the requests, then queued messages within the in-flight
@@ -992,14 +1015,11 @@ impl Session {
         }
         // Nothing before the CONNACK [MQTT-3.2.0-1].
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
-        let publish =
+        let (publish, mid) =
             self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
         counters.publishes_sent[publish.qos as usize] += 1;
-        if let Some(packet_id) = publish.packet_id {
-            let mid = self.outbound.log_id_of(packet_id);
-            if mid != 0 {
-                self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
-            }
+        if let (Some(packet_id), true) = (publish.packet_id, mid != 0) {
+            self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });
         }
         Some(Packet::Publish(publish))
     }
@@ -1268,8 +1288,8 @@ impl Session {
     }
 
     fn publish_delayed_will(&mut self, now: Instant, counters: &mut SessionCounters) {
-        if let Some(DelayedWill { will, .. }) = self.delayed_will.take() {
-            self.publish_will(*will, now, counters);
+        if let Some(delayed) = self.delayed_will.take() {
+            self.publish_will(delayed.will, now, counters);
             self.note_state(None);
         }
     }
@@ -1360,7 +1380,7 @@ impl Session {
                 match will.properties.will_delay_interval.filter(|&delay| delay > 0) {
                     Some(delay) => {
                         let due = now + Duration::from_secs(u64::from(delay));
-                        self.delayed_will = Some(DelayedWill { due, will });
+                        self.delayed_will = Some(Box::new(DelayedWill { due, will: *will }));
                     }
                     None => will_now = Some(will),
                 }

@@ -6,7 +6,7 @@
 //! re-sends only what is in flight.
 
 use super::*;
-use crate::protocol::{ConnectProperties, SubscriptionOptions, TopicName};
+use crate::protocol::{ConnectProperties, PacketId, SubscriptionOptions, TopicName};
 use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::BTreeMap;

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::protocol::{
-    ConnectProperties, DecodeError, Decoder, PacketType, SubscribeProperties, Subscription,
-    SubscriptionOptions, TopicName, UnsubscribeProperties, WillProperties,
+    ConnectProperties, DecodeError, Decoder, PacketId, PacketType, SubscribeProperties,
+    Subscription, SubscriptionOptions, TopicName, UnsubscribeProperties, WillProperties,
 };
 use bytes::Bytes;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -1027,6 +1027,25 @@ fn a_slow_consumer_is_told_0x97_and_its_queue_cut_to_its_limits() {
         deliver(&mut fresh, t0, "late", QoS::AtLeastOnce),
         DeliveryOutcome::Dropped(DropReason::QueueFull)
     );
+}
+
+#[test]
+fn revoked_credentials_close_the_connection_with_0x87_and_keep_the_session() {
+    // A reloaded password_file removed the user (or changed its password):
+    // 5.0 §3.14.2.1, 0x87 Not authorized, as for a failed
+    // re-authentication [MQTT-4.12.1-2].
+    let t0 = Instant::now();
+    let connect = Connect { username: Some("alice".into()), ..connect_packet(V5, 0, false) };
+    let mut session = connected_with(t0, &connect, limits());
+    assert_eq!(session.connected_user(), Some("alice"));
+    session.handle_credentials_revoked(t0, &mut Default::default());
+    let last = drain(&mut session, t0);
+    let Some(Packet::Disconnect(disconnect)) = last.last() else { panic!("{last:?}") };
+    assert_eq!(disconnect.reason, ReasonCode::NotAuthorized);
+    assert!(!session.is_connected());
+    assert_eq!(session.connected_user(), None, "a closed connection has no user any more");
+    // Anonymous connections have no user to revoke.
+    assert_eq!(connected(t0, V311).connected_user(), None);
 }
 
 #[test]

@@ -105,6 +105,11 @@ impl InterestSync {
     }
 
     /// The latest interest revision of this shard that every peer applied.
+    /// The revision of this shard's latest interest change.
+    pub(super) fn revision(&self) -> u64 {
+        self.local.revision()
+    }
+
     pub(super) fn acked_by_all(&self) -> u64 {
         (0..self.nr_shards)
             .filter(|&peer| peer != self.me.index())

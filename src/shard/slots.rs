@@ -254,7 +254,6 @@ impl Slots {
         Some(slot)
     }
 
-    /// Every session, connected or not.
     /// Every slot.
     pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().flatten().map(|slot| &**slot)
@@ -270,5 +269,25 @@ impl Slots {
         let connected =
             slots.filter(|(_, slot)| slot.as_ref().is_some_and(|s| s.connection.is_some()));
         connected.map(|(index, _)| SessionKey(index as u32)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slot;
+
+    /// Every session costs its slot for as long as it lives, connected and
+    /// idle or offline: the largest part of the broker's memory per idle
+    /// device after the connection task (issue 18, `benches/idle_memory.sh`).
+    /// Rare state is boxed (`index_backlog`, `overload`, the session's
+    /// QoS 2 ids, ACL, delayed will and re-send list) and the limits are
+    /// shared; a field that grows
+    /// the slot past this bound should be boxed too, or the bound raised
+    /// with the reason in the commit.
+    #[test]
+    fn a_slot_stays_within_its_memory_budget() {
+        let size = std::mem::size_of::<Slot>();
+        eprintln!("slot: {size} bytes");
+        assert!(size <= 600, "a session slot grew to {size} bytes");
     }
 }

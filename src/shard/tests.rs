@@ -1411,4 +1411,122 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 /// Overload without loss: backpressure and slow consumers.
 mod overload;
 #[path = "tests_persist.rs"]
-mod persist;
+pub(in crate::shard) mod persist;
+
+#[test]
+fn a_retained_message_published_while_a_subscription_is_being_made_reaches_it() {
+    // A publisher on one shard sets a retained message while a client on
+    // the topic's owner shard subscribes: the publisher's shard has not yet
+    // heard of the new interest (no live delivery), and the owner looked
+    // for retained messages before the message reached it. The message
+    // must still reach the subscriber: either as the retained message of
+    // its subscription [MQTT-3.3.1-6] or as a publish that came after it.
+    let mut cluster = Cluster::new(2);
+    let owner = home_shard(b"cfg/device", 2).index();
+    let other = 1 - owner;
+    let sub = cluster.connect(&id_on("s", owner, 2));
+    let publisher = cluster.connect(&id_on("p", other, 2));
+    cluster.subscribe(&sub, "cfg/device");
+    cluster.send(&publisher, publish("cfg/device", b"v1", true));
+    cluster.settle();
+    let out = cluster.output(&sub);
+    assert!(matches!(out.first(), Some(Packet::SubAck(_))), "{out:?}");
+    assert_eq!(payloads(&out), [b"v1"], "{out:?}");
+    // And it is stored: a later subscriber gets it too.
+    let late = cluster.connect(&id_on("l", other, 2));
+    cluster.subscribe(&late, "cfg/device");
+    cluster.settle();
+    assert_eq!(payloads(&cluster.output(&late)), [b"v1"]);
+}
+
+#[test]
+fn a_retained_message_racing_a_new_subscription_arrives_exactly_once() {
+    // Both shards as the topic's owner, and the subscriber's interest
+    // reaching the publisher's shard before or after the publish: in each
+    // case the subscriber gets the message once, live or retained, never
+    // twice and never not at all [MQTT-3.3.1-6].
+    let topics = ["race/a", "race/b", "race/c", "race/d"];
+    let owners: std::collections::BTreeSet<usize> =
+        topics.iter().map(|topic| home_shard(topic.as_bytes(), 2).index()).collect();
+    assert_eq!(owners.len(), 2, "both shards own one of the topics");
+    for topic in topics {
+        for interest_first in [false, true] {
+            let mut cluster = Cluster::new(2);
+            let sub = cluster.connect(&id_on("s", 0, 2));
+            let publisher = cluster.connect(&id_on("p", 1, 2));
+            cluster.subscribe(&sub, topic);
+            if interest_first {
+                for message in cluster.queued(0, 1) {
+                    let origin = ShardId::from_index(0).unwrap();
+                    cluster.shards[1].handle_shard_message(origin, message, cluster.now);
+                }
+            }
+            cluster.send(&publisher, publish(topic, b"v1", true));
+            cluster.settle();
+            let out = cluster.output(&sub);
+            let owner = home_shard(topic.as_bytes(), 2).index();
+            assert_eq!(payloads(&out), [b"v1"], "owner {owner}, interest first {interest_first}");
+        }
+    }
+}
+
+/// A waker that counts how often it is woken.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// QoS 1 fan-in as the connection loop drives it: the publishes of one
+/// read batch are handled one by one, then the publisher's output is taken
+/// once. Their PUBACKs leave in that one transmit, in the order of the
+/// publishes ([MQTT-4.3.2-2] "MUST respond with a PUBACK Packet"; 4.6
+/// [MQTT-4.6.0-2] "MUST send PUBACK packets in the order in which the
+/// corresponding PUBLISH packets were received"); the subscriber's task is
+/// woken once for the whole batch, not once per message, and takes every
+/// delivery in one transmit; its PUBACKs, read in one batch, empty its
+/// window.
+#[test]
+fn one_read_batch_of_qos1_publishes_is_one_transmit_each_way_and_one_wake_up() {
+    const BATCH: u16 = 20;
+    let mut cluster = Cluster::new(1);
+    let sub = cluster.connect("sub");
+    cluster.subscribe(&sub, "t/#");
+    assert!(matches!(cluster.output(&sub)[..], [Packet::SubAck(_)]));
+    let publisher = cluster.connect("pub");
+    let wakes = std::sync::Arc::new(CountingWaker(Default::default()));
+    let waker = Waker::from(std::sync::Arc::clone(&wakes));
+    // The subscriber's task is parked, waiting for output.
+    assert!(!cluster.shards[0].register_waker(sub.key, sub.id, &waker));
+
+    for id in 1..=BATCH {
+        cluster.send(&publisher, publish_acked("t/x", QoS::AtLeastOnce, id, false));
+    }
+    let mut out = BytesMut::new();
+    let now = cluster.now;
+    let written =
+        cluster.shards[0].poll_transmit(publisher.key, publisher.id, now, &mut out).unwrap();
+    assert_eq!(written, usize::from(BATCH), "every PUBACK in one transmit");
+    let acks: Vec<_> = decode_all(publisher.version, out)
+        .into_iter()
+        .map(|packet| match packet {
+            Packet::PubAck(ack) => ack.packet_id.get(),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(acks, (1..=BATCH).collect::<Vec<_>>());
+
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1, "one wake-up per batch");
+    let deliveries = cluster.output(&sub);
+    assert_eq!(deliveries.len(), usize::from(BATCH), "every delivery in one transmit");
+    for packet in deliveries {
+        let Packet::Publish(publish) = packet else { panic!("expected a PUBLISH") };
+        let id = publish.packet_id.expect("QoS 1 has a packet id");
+        cluster.send(&sub, Packet::PubAck(crate::protocol::PubResponse::new(id)));
+    }
+    assert!(cluster.output(&sub).is_empty());
+    let session = cluster.shards[0].session_mut(sub.key, sub.id).unwrap();
+    assert_eq!(session.inflight_len(), 0, "every PUBACK freed its window slot");
+}

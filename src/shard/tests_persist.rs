@@ -22,7 +22,7 @@ fn with_logs(cluster: &mut Cluster) -> Vec<Rc<Log>> {
 
 /// What a restart finds in `log`: every entry written as the writer
 /// writes it (a snapshot opens a snapshot segment), then recovered.
-fn recovered(log: &Log) -> LiveState {
+pub(in crate::shard) fn recovered(log: &Log) -> LiveState {
     let clocks = Clocks::read();
     let mut entries = Vec::new();
     log.take_now(&mut entries);

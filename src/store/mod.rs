@@ -19,6 +19,8 @@
 //!   directory is writable and no other process uses it; and, when the
 //!   shard count changed since the log was written, `reshard` moves each
 //!   retained message to its new home shard.
+//! * [`handover`] (sans-IO): a persistent session as one cluster node
+//!   hands it to another, in the records of a snapshot.
 //!
 //! What is logged: the retained messages (set and delete), by the shard
 //! that owns their topic; and the persistent sessions with their
@@ -26,6 +28,7 @@
 //! state, by their home shard (see [`sessions`]).
 
 pub mod data_dir;
+pub mod handover;
 pub mod log;
 pub mod record;
 pub mod recovery;

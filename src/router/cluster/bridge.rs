@@ -18,11 +18,13 @@
 mod reliable;
 
 use super::frame::{self, Dedup, Seen};
+use super::retained::RetainedSync;
+use super::sessions::SessionSync;
 use super::subject::{filter_subjects, queue_name, topic_subject};
 use super::{
     BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, RemoteAck, Shared, ToShard,
 };
-use crate::config::{ClusterConfig, NatsCredentials};
+use crate::config::{ClusterConfig, NatsCredentials, RetainedScope, SessionScope};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
 use crate::router::home_shard;
@@ -96,6 +98,10 @@ impl Bridge {
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
             max_pending: (config.max_pending_acks / nr_shards.max(1)).max(1),
+            events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
+            sessions: Lane::new(1),
+            sessions_cluster: config.sessions == SessionScope::Cluster,
+            retained_cluster: config.retained == RetainedScope::Cluster,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -148,6 +154,12 @@ impl Bridge {
             remote_acked,
             resent,
             nodes_expired,
+            retained_written,
+            retained_failed,
+            retained_applied,
+            session_claims,
+            session_claims_failed,
+            session_takeovers,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -167,6 +179,12 @@ impl Bridge {
             remote_acked,
             resent,
             nodes_expired,
+            retained_written,
+            retained_failed,
+            retained_applied,
+            session_claims,
+            session_claims_failed,
+            session_takeovers,
             "NATS bridge stopped"
         );
     }
@@ -283,7 +301,17 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
                 tracing::error!(%error, "cannot start the NATS client: the node stays alone");
                 // SUBACKs and PUBACKs must not wait forever: every
                 // interest change and message is acknowledged (nothing is
-                // subscribed, nothing published).
+                // subscribed, nothing published). Nor CONNACKs: claims are
+                // dropped (the client gets a session here).
+                let sessions = tokio::task::spawn_local({
+                    let shared = Arc::clone(&shared);
+                    async move {
+                        while std::future::poll_fn(|cx| shared.sessions.poll_control(cx))
+                            .await
+                            .is_some()
+                        {}
+                    }
+                });
                 let messages = async {
                     while let Some(Outgoing { ticket, .. }) =
                         std::future::poll_fn(|cx| shared.outbound.poll_message(cx)).await
@@ -302,9 +330,28 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
                     }
                 };
                 futures_lite::future::zip(messages, interest).await;
+                sessions.abort();
                 return;
             }
         };
+        let retained = (config.retained == RetainedScope::Cluster).then(|| {
+            let (prefix, replicas) = (&config.subject_prefix, config.kv_replicas);
+            Rc::new(RetainedSync::new(client.clone(), prefix, replicas, Arc::clone(&shared)))
+        });
+        let watch = retained.clone().map(|sync| tokio::task::spawn_local(sync.run()));
+        // Sessions: the shards' claims are served in any case (answered at
+        // once while the directory is not open); so are their retained
+        // messages for the bucket.
+        let sessions = Rc::new(SessionSync::new(
+            client.clone(),
+            &config.node_id,
+            &config.subject_prefix,
+            config.kv_replicas,
+            Arc::clone(&shared),
+        ));
+        let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards(retained));
+        let directory = (config.sessions == SessionScope::Cluster)
+            .then(|| tokio::task::spawn_local(Rc::clone(&sessions).run()));
         let origin = origin();
         let bridge = Rc::new(BridgeState {
             client,
@@ -323,6 +370,10 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         for task in reliable {
             task.abort();
         }
+        for task in [watch, directory].into_iter().flatten() {
+            task.abort();
+        }
+        claims.abort();
         // Stop the readers (each unsubscribes), then flush.
         let readers: Vec<_> = bridge.subscriptions.borrow_mut().drain().map(|(_, s)| s).collect();
         for reader in readers {

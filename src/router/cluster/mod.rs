@@ -26,6 +26,11 @@
 //! * `lane`: the lock-free queues between the shards and the bridge.
 //! * `bridge`: the bridge thread (async-nats on a current-thread tokio
 //!   runtime): connection, reconnection with backoff, subscriptions.
+//! * `retained`: retained messages cluster-wide, through a JetStream
+//!   key-value bucket every node watches.
+//! * `sessions`: a client id unique in the cluster: a directory bucket
+//!   claimed with compare-and-set, and the session handed over by the node
+//!   that held it.
 //!
 //! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
 //! subscription of its own (queue group [`subject::queue_name`]), made on a
@@ -47,19 +52,19 @@
 //! node is connected to NATS is taken for dead and waited for no longer.
 //! Shared groups across nodes stay at most once: a NATS queue group's
 //! member is not known in advance.
-//!
-//! Not in this slice (see the README's "Cluster" section): retained
-//! messages stay per node, sessions do not move between nodes.
 
 mod ack;
 mod bridge;
 mod directory;
 mod frame;
 mod lane;
+mod retained;
+mod sessions;
 mod spill;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
+pub use sessions::Takeover;
 
 use super::interest::InterestDelta;
 use super::ShardId;
@@ -157,6 +162,13 @@ pub enum FromBridge {
     /// (see [`ClusterLink::take_ticket`]) accepted it, or was taken for
     /// dead: its PUBACK/PUBREC may go.
     Accepted(u64),
+    /// The cluster's retained message of a topic this shard owns changed
+    /// (an empty payload: deleted); see `retained`.
+    Retained(Arc<Message>),
+    /// Another node took the session of a client id homed on this shard
+    /// over: the shard closes its connection, and answers with the session
+    /// ([`ClusterLink::handover`]); see `sessions`.
+    Takeover(Takeover),
 }
 
 /// The bridge's counters: atomics, since the bridge thread and every shard
@@ -191,6 +203,21 @@ pub struct BridgeCounters {
     pub inbound_dropped: AtomicU64,
     /// Messages the NATS client dropped: the bridge read too slowly.
     pub slow_consumer: AtomicU64,
+    /// Retained messages (and deletes) written to the cluster's bucket.
+    pub retained_written: AtomicU64,
+    /// Retained messages the bucket refused or never acknowledged (no
+    /// JetStream, too large): they stay on this node.
+    pub retained_failed: AtomicU64,
+    /// Changes of the bucket handed to the shards.
+    pub retained_applied: AtomicU64,
+    /// Client ids claimed in the cluster's session directory.
+    pub session_claims: AtomicU64,
+    /// Claims that could not be made (no directory, NATS down, timeouts):
+    /// the client was accepted on this node alone.
+    pub session_claims_failed: AtomicU64,
+    /// Sessions taken over from another node (a live connection closed
+    /// there, and the session moved here unless Clean Start).
+    pub session_takeovers: AtomicU64,
     /// When a slow consumer was last logged, in seconds since the Unix
     /// epoch (logged at most once per 10 s).
     pub slow_consumer_logged: AtomicU64,
@@ -232,6 +259,12 @@ impl BridgeCounters {
             remote_acked: n(&self.remote_acked),
             resent: n(&self.resent),
             nodes_expired: n(&self.nodes_expired),
+            retained_written: n(&self.retained_written),
+            retained_failed: n(&self.retained_failed),
+            retained_applied: n(&self.retained_applied),
+            session_claims: n(&self.session_claims),
+            session_claims_failed: n(&self.session_claims_failed),
+            session_takeovers: n(&self.session_takeovers),
         }
     }
 }
@@ -252,6 +285,18 @@ struct Shared {
     /// QoS 1/2 messages each shard may have waiting for other nodes
     /// before it holds its publishers (`max_pending_acks` shared out).
     max_pending: usize,
+    /// Bridge to each shard: changes of the cluster's retained messages of
+    /// its topics, takeovers of its sessions. Never bounded (none may be
+    /// lost; they are as few as retained publishes and connects); only the
+    /// control side of each lane is used.
+    events: Vec<Lane<(), FromBridge>>,
+    /// Shards to bridge: session claims and handovers (see `sessions`),
+    /// retained messages for the bucket (see `retained`).
+    sessions: Lane<(), sessions::ToBridge>,
+    /// `cluster.sessions = "cluster"`: client ids are claimed.
+    sessions_cluster: bool,
+    /// `cluster.retained = "cluster"`: retained messages go to the bucket.
+    retained_cluster: bool,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -366,6 +411,8 @@ impl ClusterLink {
         let link = Rc::clone(self);
         let task = glommio::spawn_local(async move {
             let lane = &link.shared.inbound[link.shard.index()];
+            let events = &link.shared.events[link.shard.index()];
+            let mut changed = None;
             // Acknowledgements first: a SUBACK waits for them.
             loop {
                 let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
@@ -374,6 +421,9 @@ impl ClusterLink {
                     }
                     std::task::Poll::Ready(Some(ToShard::Accepted(ticket))) => {
                         std::task::Poll::Ready(Some(FromBridge::Accepted(ticket)))
+                    }
+                    _ if event_ready(events, cx, &mut changed) => {
+                        std::task::Poll::Ready(changed.take())
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
                         delivery.map(|Delivery { message, ack, group }| match (group, ack) {
@@ -396,6 +446,21 @@ impl ClusterLink {
     }
 }
 
+/// Whether an event of `Shared::events` is ready (then in `changed`).
+fn event_ready(
+    lane: &Lane<(), FromBridge>,
+    cx: &mut std::task::Context<'_>,
+    changed: &mut Option<FromBridge>,
+) -> bool {
+    match lane.poll_control(cx) {
+        std::task::Poll::Ready(Some(message)) => {
+            *changed = Some(message);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A shard's running task of its cluster link.
 #[derive(Debug)]
 pub struct ClusterTask {
@@ -408,6 +473,7 @@ impl ClusterTask {
     /// handed over) and waits for the task.
     pub async fn shutdown(self) {
         self.link.shared.inbound[self.link.shard.index()].close();
+        self.link.shared.events[self.link.shard.index()].close();
         self.task.await;
     }
 }
@@ -432,6 +498,10 @@ impl ClusterSetup {
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
             max_pending: 4,
+            events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
+            sessions: Lane::new(1),
+            sessions_cluster: true,
+            retained_cluster: true,
         }))
     }
 

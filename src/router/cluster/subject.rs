@@ -132,9 +132,9 @@ pub fn queue_name(shared: &str) -> String {
 }
 
 /// The MQTT topic name of a subject made by [`topic_subject`]: the inverse
-/// that proves the encoding injective.
-#[cfg(test)]
-fn decode_topic(prefix: &str, subject: &str) -> Option<String> {
+/// that proves the encoding injective (and names the topic of a retained
+/// message's key, see `retained`).
+pub(super) fn decode_topic(prefix: &str, subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let (space_token, levels) = rest.split_once('.')?;
     let mut topic = Vec::new();

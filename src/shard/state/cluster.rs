@@ -51,7 +51,10 @@ impl Shard {
                 }
                 released.clear();
                 self.released = released;
+                self.look_up_acknowledged_retained(now);
             }
+            FromBridge::Retained(message) => self.retain_from_cluster(message, now),
+            FromBridge::Takeover(takeover) => self.handle_cluster_takeover(takeover, now),
         }
     }
 
@@ -83,8 +86,9 @@ impl Shard {
     /// A message published on another node: delivered to this shard's
     /// subscribers and forwarded to its peers with interest, as a local
     /// publish, but never back to the bridge. Shared groups get it through
-    /// their own NATS queue subscriptions ([`Self::route_group`]), and the
-    /// retained store is per node in this release.
+    /// their own NATS queue subscriptions ([`Self::route_group`]); its
+    /// RETAIN flag is not stored here: the cluster's retained messages come
+    /// from their bucket ([`FromBridge::Retained`]), or stay per node.
     fn route_remote(&mut self, message: &Arc<Message>, now: Instant) {
         self.deliver_local(message, None, now);
         let shards = self.interest.replica().matching_shards(&message.topic);

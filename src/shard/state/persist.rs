@@ -12,8 +12,9 @@ use crate::router::{ShardId, ShardMessage};
 use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
 use crate::shard::state::LocalSubscription;
-use crate::store::{Lsn, Record, SessionState, StoredSubscription};
+use crate::store::{Lsn, Record, SessionState, StoredFlow, StoredSession, StoredSubscription};
 use smallvec::SmallVec;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,7 +100,7 @@ impl Shard {
             let acl = self.acl.as_ref().map(|file| {
                 crate::auth::acl::ClientAcl::new(Arc::clone(file), stored.username.as_deref())
             });
-            let mut session = Session::restore(stored, &messages, self.limits, now);
+            let mut session = Session::restore(stored, &messages, Rc::clone(&self.limits), now);
             session.set_acl(acl);
             let mut slot = Slot::new(session);
             slot.log_id = sid;
@@ -216,6 +217,44 @@ impl Shard {
             log.append(record);
         }
         self.session_log.changes = changes;
+    }
+
+    /// Writes a persistent session another cluster node handed over to
+    /// the log at once, as a snapshot writes one (its messages, then its
+    /// records), under new numbers of this shard (see
+    /// `state/cluster_sessions.rs`). Returns its session number (0: no log)
+    /// and the state renumbered, for `Session::restore`.
+    pub(super) fn log_handed_over(
+        &mut self,
+        mut stored: StoredSession,
+        messages: hashbrown::HashMap<u64, Arc<Message>>,
+    ) -> (u64, StoredSession, hashbrown::HashMap<u64, Arc<Message>>) {
+        let Some(log) = self.log.clone() else { return (0, stored, messages) };
+        let log_state = &mut self.session_log;
+        log_state.current = None;
+        let mut renumbered = hashbrown::HashMap::with_capacity(messages.len());
+        let mut new_mid = hashbrown::HashMap::with_capacity(messages.len());
+        for (mid, message) in messages {
+            let fresh = log_state.next_mid;
+            log_state.next_mid += 1;
+            new_mid.insert(mid, fresh);
+            log.append(Record::Message { mid: fresh, message: Arc::clone(&message) });
+            renumbered.insert(fresh, message);
+        }
+        let sent = stored.inflight.iter_mut().filter_map(|(_, flow)| match flow {
+            StoredFlow::Sent(entry) => Some(entry),
+            StoredFlow::Released => None,
+        });
+        for entry in stored.queue.iter_mut().chain(sent) {
+            // Every entry's message is there (`store::handover::decode`).
+            entry.mid = new_mid.get(&entry.mid).copied().unwrap_or(0);
+        }
+        let sid = log_state.next_sid;
+        log_state.next_sid += 1;
+        SessionState::session_records(sid, &stored, |record| {
+            log.append(record);
+        });
+        (sid, stored, renumbered)
     }
 
     /// A session leaves the shard: its end is logged.

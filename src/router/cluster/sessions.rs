@@ -1,0 +1,400 @@
+//! Sessions across nodes (issue 17, item 6): a client id is unique in the
+//! cluster, and a session follows its client to whichever node it connects.
+//!
+//! * **The directory.** A JetStream key-value bucket,
+//!   `{subject_prefix}_sessions`, maps each client id (its key: the id
+//!   encoded as a topic's subject under [`KEY_PREFIX`], see
+//!   [`super::subject`]) to the node that holds its session.
+//! * **A claim.** Before a node accepts a CONNECT (on the client id's home
+//!   shard, before the CONNACK), its bridge writes itself into the
+//!   directory with compare-and-set on the entry's revision: `create` when
+//!   there is none, `update(revision)` otherwise, read again and retried
+//!   when another node wrote in between. The revision written is the
+//!   claim's epoch.
+//! * **A takeover.** When the entry named another node, the claimer asks
+//!   it, with a NATS request to `{subject_prefix}.session.{node_id}`, to
+//!   give the session up. That node's home shard of the client id closes a
+//!   live connection as a local takeover does (a 5.0 client gets
+//!   DISCONNECT 0x8E Session taken over first [MQTT-3.1.4-3]), then either
+//!   ends the session (the new CONNECT has Clean Start [MQTT-3.1.2-4]) or
+//!   removes it and replies with it (`store::handover`: subscriptions,
+//!   queued and in-flight messages, QoS 2 state, will). The claimer
+//!   rebuilds it before its CONNACK, which then says Session Present
+//!   [MQTT-3.2.2-2].
+//! * **Races.** Two nodes that claim one client id at once both succeed in
+//!   turn (compare-and-set orders them): the later one takes the session
+//!   over from the earlier, which closes its client as soon as that
+//!   client's CONNECT is through (a request that arrives while its own
+//!   claim is in progress waits for it, see `Shard::end_cluster_claim`).
+//!   The later connect wins, as [MQTT-3.1.4-3] has it on one server.
+//! * **Failures.** The claim and the request are bounded ([`CLAIM_TIMEOUT`],
+//!   [`HANDOVER_TIMEOUT`]). A node that does not answer (dead, or
+//!   partitioned away) keeps whatever it held and the client gets a new
+//!   session; with NATS or the bucket unreachable the node accepts the
+//!   client as a single node would (availability first, counted, logged).
+
+use super::subject::topic_subject;
+use super::{BridgeCounters, ClusterLink, FromBridge, Shared};
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_lite::StreamExt;
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The first token of every key of the directory.
+const KEY_PREFIX: &str = "c";
+
+/// How long a claim may take in the directory.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a claimer waits for the previous owner's answer.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Compare-and-set attempts before a claim gives up (each lost one means
+/// another node wrote the entry in between).
+const MAX_ATTEMPTS: usize = 16;
+
+/// How long the bridge waits before it tries again to open the bucket.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// A request byte: the CONNECT that takes the session over has Clean Start.
+const CLEAN_START: u8 = 1;
+
+/// The name of the directory's bucket of a cluster with `subject_prefix`.
+pub fn bucket_name(subject_prefix: &str) -> String {
+    format!("{}_sessions", subject_prefix.replace('.', "_"))
+}
+
+/// What the shards send the bridge about sessions.
+#[derive(Debug)]
+pub(super) enum ToBridge {
+    /// Claim `client_id` for this node; `done` gets the session the
+    /// previous owner handed over, if any.
+    Claim { client_id: ByteString, clean_start: bool, done: tokio::sync::oneshot::Sender<Bytes> },
+    /// A shard's answer to a [`Takeover`]: the session (empty: none).
+    Handover { reply: async_nats::Subject, state: Bytes },
+    /// A retained message (or delete) published on this node, for the
+    /// cluster's bucket (see `retained`), from the shard that stored it.
+    Retain(Arc<crate::message::Message>),
+}
+
+/// Another node asks this one to give up the session of `client_id`.
+#[derive(Debug)]
+pub struct Takeover {
+    /// The client id.
+    pub client_id: ByteString,
+    /// Whether the taking CONNECT has Clean Start: the session ends
+    /// instead of moving [MQTT-3.1.2-4].
+    pub clean_start: bool,
+    /// Where the answer goes.
+    reply: async_nats::Subject,
+}
+
+impl ClusterLink {
+    /// Claims `client_id` for this node before its CONNECT is accepted
+    /// (see the module's doc). `None` when sessions stay per node
+    /// (`cluster.sessions = "node"`, or an empty client id, which the node
+    /// assigns); otherwise the future gives the session the previous
+    /// owner handed over (empty: none).
+    pub fn claim(
+        &self,
+        client_id: &ByteString,
+        clean_start: bool,
+    ) -> Option<impl Future<Output = Bytes> + 'static> {
+        if !self.shared.sessions_cluster || client_id.is_empty() {
+            return None;
+        }
+        let (done, handed) = tokio::sync::oneshot::channel();
+        let client_id = client_id.clone();
+        self.shared.sessions.push_control(ToBridge::Claim { client_id, clean_start, done });
+        // The bridge gone (stopping): no session.
+        Some(async move { handed.await.unwrap_or_default() })
+    }
+
+    /// Counts a handed-over session that did not read.
+    pub fn count_malformed(&self) {
+        BridgeCounters::add(&self.shared.counters.malformed);
+    }
+
+    /// Answers `takeover` with the session given up (`state`, empty for
+    /// none).
+    pub fn handover(&self, takeover: Takeover, state: Bytes) {
+        self.shared.sessions.push_control(ToBridge::Handover { reply: takeover.reply, state });
+    }
+}
+
+/// The bridge's side: the directory, claims and the takeover requests of
+/// other nodes.
+pub(super) struct SessionSync {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    bucket: String,
+    /// The directory, once open.
+    store: RefCell<Option<kv::Store>>,
+    /// This node's id, as written into the directory.
+    node: String,
+    /// `cluster.kv_replicas`, for a bucket this node creates.
+    replicas: usize,
+    prefix: String,
+    shared: Arc<Shared>,
+}
+
+impl SessionSync {
+    pub(super) fn new(
+        client: async_nats::Client,
+        node: &str,
+        subject_prefix: &str,
+        replicas: usize,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            replicas,
+            context: jetstream::new(client.clone()),
+            client,
+            bucket: bucket_name(subject_prefix),
+            store: RefCell::new(None),
+            node: node.to_owned(),
+            prefix: subject_prefix.to_owned(),
+            shared,
+        }
+    }
+
+    /// The subject other nodes send takeover requests for `node` to.
+    fn request_subject(&self, node: &str) -> String {
+        format!("{}.session.{node}", self.prefix)
+    }
+
+    /// Serves the shards' claims, handovers and retained messages (to
+    /// `retained`, the bucket's writer; dropped without one), in the order
+    /// the shards sent them, until the bridge stops.
+    pub(super) async fn serve_shards(
+        self: Rc<Self>,
+        retained: Option<Rc<super::retained::RetainedSync>>,
+    ) {
+        let mut buffer = bytes::BytesMut::new();
+        while let Some(item) =
+            std::future::poll_fn(|cx| self.shared.sessions.poll_control(cx)).await
+        {
+            match item {
+                ToBridge::Claim { client_id, clean_start, done } => {
+                    let sync = Rc::clone(&self);
+                    tokio::task::spawn_local(async move {
+                        let state = sync.claim(&client_id, clean_start).await;
+                        let _ = done.send(state);
+                    });
+                }
+                ToBridge::Handover { reply, state } => {
+                    if let Err(error) = self.client.publish(reply, state).await {
+                        tracing::warn!(%error, "cannot answer a session takeover");
+                    }
+                }
+                ToBridge::Retain(message) => {
+                    if let Some(retained) = &retained {
+                        retained.publish(&message, &mut buffer).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens the directory (retrying until it can) and serves the takeover
+    /// requests of other nodes, until the bridge stops.
+    pub(super) async fn run(self: Rc<Self>) {
+        let requests = match self.client.subscribe(self.request_subject(&self.node)).await {
+            Ok(requests) => requests,
+            Err(error) => return tracing::warn!(%error, "cannot serve session takeovers"),
+        };
+        let serve = tokio::task::spawn_local(Rc::clone(&self).serve_requests(requests));
+        let mut warned = false;
+        let store = loop {
+            match self.open().await {
+                Ok(store) => break store,
+                Err(error) if !warned => {
+                    tracing::error!(
+                        %error,
+                        bucket = %self.bucket,
+                        "cluster.sessions = \"cluster\": cannot open the JetStream bucket; start \
+                         nats-server with -js (and --store_dir), or set cluster.sessions = \
+                         \"node\". Client ids are unique per node only until then (trying again \
+                         every 2 s)"
+                    );
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(RETRY).await;
+        };
+        *self.store.borrow_mut() = Some(store);
+        tracing::info!(bucket = %self.bucket, "cluster-wide sessions: directory open");
+        let _ = serve.await;
+    }
+
+    /// The directory: the existing bucket, or a new one made as
+    /// `retained::RetainedSync::open` makes its own (history 1).
+    async fn open(&self) -> Result<kv::Store, async_nats::Error> {
+        if let Ok(store) = self.context.get_key_value(&self.bucket).await {
+            return Ok(store);
+        }
+        let config = jetstream::stream::Config {
+            name: format!("KV_{}", self.bucket),
+            subjects: vec![format!("$KV.{}.>", self.bucket)],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        self.context.get_or_create_stream(config).await?;
+        Ok(self.context.get_key_value(&self.bucket).await?)
+    }
+
+    /// Hands each takeover request to the home shard of its client id.
+    async fn serve_requests(self: Rc<Self>, mut requests: async_nats::Subscriber) {
+        while let Some(request) = requests.next().await {
+            let Some(reply) = request.reply else { continue };
+            let Some((&flags, id)) = request.payload.split_first() else { continue };
+            let Ok(client_id) = ByteString::try_from(Bytes::copy_from_slice(id)) else {
+                BridgeCounters::add(&self.shared.counters.malformed);
+                continue;
+            };
+            let shard = crate::router::home_shard(client_id.as_bytes(), self.shared.events.len());
+            let clean_start = flags & CLEAN_START != 0;
+            let takeover = Takeover { client_id, clean_start, reply };
+            self.shared.events[shard.index()].push_control(FromBridge::Takeover(takeover));
+        }
+    }
+
+    /// Claims `client_id`; returns the session its previous owner handed
+    /// over (empty: none, or the claim could not be made).
+    async fn claim(&self, client_id: &ByteString, clean_start: bool) -> Bytes {
+        let counters = &self.shared.counters;
+        // Not while disconnected: the client would wait for its
+        // reconnection, holding the CONNACK for the whole timeout.
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let Some(store) = self.store.borrow().clone().filter(|_| connected) else {
+            BridgeCounters::add(&counters.session_claims_failed);
+            return Bytes::new();
+        };
+        let mut key = String::new();
+        if !topic_subject(KEY_PREFIX, client_id, &mut key) {
+            BridgeCounters::add(&counters.subject_too_long);
+            return Bytes::new();
+        }
+        let previous = match tokio::time::timeout(CLAIM_TIMEOUT, self.set(&store, &key)).await {
+            Ok(Some(previous)) => previous,
+            Ok(None) | Err(_) => {
+                BridgeCounters::add(&counters.session_claims_failed);
+                tracing::warn!(
+                    client_id = &**client_id,
+                    "cannot claim the client id in the session directory: accepted on this \
+                     node alone"
+                );
+                return Bytes::new();
+            }
+        };
+        BridgeCounters::add(&counters.session_claims);
+        if previous.is_empty() || previous == self.node {
+            return Bytes::new();
+        }
+        let mut payload = Vec::with_capacity(1 + client_id.len());
+        payload.push(if clean_start { CLEAN_START } else { 0 });
+        payload.extend_from_slice(client_id.as_bytes());
+        let request = self.client.request(self.request_subject(&previous), payload.into());
+        match tokio::time::timeout(HANDOVER_TIMEOUT, request).await {
+            Ok(Ok(reply)) => {
+                BridgeCounters::add(&counters.session_takeovers);
+                reply.payload
+            }
+            Ok(Err(error)) => {
+                // "No responders": the node is gone; what it held is lost.
+                tracing::info!(
+                    client_id = &**client_id,
+                    node = %previous,
+                    %error,
+                    "the node that held the session did not answer: a new session"
+                );
+                Bytes::new()
+            }
+            Err(_) => {
+                BridgeCounters::add(&counters.session_claims_failed);
+                tracing::warn!(
+                    client_id = &**client_id,
+                    node = %previous,
+                    "the node that held the session did not answer in time: a new session"
+                );
+                Bytes::new()
+            }
+        }
+    }
+
+    /// Writes this node into `key` by compare-and-set; returns the node
+    /// that held it before ("" for none), or `None` past [`MAX_ATTEMPTS`]
+    /// or on an error.
+    async fn set(&self, store: &kv::Store, key: &str) -> Option<String> {
+        let value = Bytes::from(self.node.clone().into_bytes());
+        for _ in 0..MAX_ATTEMPTS {
+            let written = match store.entry(key).await.ok()? {
+                None => store.create(key, value.clone()).await.map(|_| String::new()).ok(),
+                Some(entry) => {
+                    let previous = match entry.operation {
+                        kv::Operation::Put => String::from_utf8_lossy(&entry.value).into_owned(),
+                        kv::Operation::Delete | kv::Operation::Purge => String::new(),
+                    };
+                    store.update(key, value.clone(), entry.revision).await.map(|_| previous).ok()
+                }
+            };
+            if let Some(previous) = written {
+                return Some(previous);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+impl Takeover {
+    /// A takeover request as the bridge makes it.
+    pub(crate) fn for_tests(client_id: &str, clean_start: bool) -> Self {
+        Self { client_id: client_id.into(), clean_start, reply: "reply".into() }
+    }
+}
+
+#[cfg(test)]
+impl super::ClusterSetup {
+    /// The shards' answers to takeovers, the client ids claimed, and the
+    /// topics of the retained messages for the bucket, since the last call.
+    pub(crate) fn take_sessions(&self) -> (Vec<Bytes>, Vec<String>, Vec<String>) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let (mut handovers, mut claims, mut retained) = (Vec::new(), Vec::new(), Vec::new());
+        while let std::task::Poll::Ready(Some(item)) = self.0.sessions.poll_control(&mut cx) {
+            match item {
+                ToBridge::Handover { state, .. } => handovers.push(state),
+                ToBridge::Claim { client_id, .. } => claims.push(client_id.to_string()),
+                ToBridge::Retain(message) => retained.push(message.topic.as_str().to_owned()),
+            }
+        }
+        (handovers, claims, retained)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_bucket_keys() {
+        for id in ["client-1", "a/b", "with space", "é", "a.b", "_", "/"] {
+            let mut key = String::new();
+            assert!(topic_subject(KEY_PREFIX, id, &mut key));
+            assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b)));
+            assert_eq!(super::super::subject::decode_topic(KEY_PREFIX, &key).as_deref(), Some(id));
+        }
+        assert_eq!(bucket_name("prod.mqtt"), "prod_mqtt_sessions");
+    }
+}
