@@ -13,6 +13,10 @@
 //! subject_prefix = "ringmq"
 //! local_only = ["$SYS/#"]
 //! queue_capacity = 8192
+//! node_timeout_ms = 5000                 # QoS 1/2: a silent node stops holding acks
+//! ack_timeout_ms = 500                   # QoS 1/2: re-sent to a node that did not ack
+//! max_pending_acks = 16384               # QoS 1/2 waiting for remote acks, per node
+//! max_payload = 1048576                  # the NATS servers' max_payload
 //! retained = "cluster"                   # or "node"
 //! sessions = "cluster"                   # or "node"
 //! kv_replicas = 1                        # of the two JetStream buckets
@@ -31,6 +35,25 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
 
 /// The range of `queue_capacity`.
 const QUEUE_CAPACITY_RANGE: (i64, i64) = (16, 1 << 20);
+
+/// The default `node_timeout_ms`.
+pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 5000;
+
+/// The default `ack_timeout_ms`.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 500;
+
+/// The default `max_pending_acks`.
+pub const DEFAULT_MAX_PENDING_ACKS: usize = 16384;
+
+/// The default `max_payload`: the NATS server's own default.
+pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 20;
+
+/// What a cluster frame adds to an MQTT packet at most, beyond its topic,
+/// properties and payload: the frame header and the publisher's client id
+/// (see `router::cluster::frame`). `max_packet_size` is lowered to
+/// `max_payload` minus this, so that any accepted PUBLISH fits a NATS
+/// message.
+pub const FRAME_RESERVE: u32 = 4096;
 
 /// The longest `node_id`.
 const MAX_NODE_ID_LEN: usize = 64;
@@ -52,6 +75,10 @@ pub(super) struct RawCluster {
     pub(super) subject_prefix: Option<String>,
     pub(super) local_only: Option<Vec<String>>,
     pub(super) queue_capacity: Option<i64>,
+    pub(super) node_timeout_ms: Option<i64>,
+    pub(super) ack_timeout_ms: Option<i64>,
+    pub(super) max_pending_acks: Option<i64>,
+    pub(super) max_payload: Option<i64>,
     pub(super) retained: Option<String>,
     pub(super) sessions: Option<String>,
     pub(super) kv_replicas: Option<i64>,
@@ -135,6 +162,27 @@ pub struct ClusterConfig {
     /// `kv_replicas`: the replicas of the JetStream buckets of retained
     /// messages and sessions when the node creates them (1 to 5).
     pub kv_replicas: usize,
+    /// `node_timeout_ms`: a node not heard from for this long (while this
+    /// node is connected to NATS) is taken for dead: QoS 1/2 messages stop
+    /// waiting for its acknowledgement.
+    pub node_timeout: std::time::Duration,
+    /// `ack_timeout_ms`: a QoS 1/2 message not acknowledged by an
+    /// interested node within this is sent to that node again.
+    pub ack_timeout: std::time::Duration,
+    /// `max_pending_acks`: QoS 1/2 messages of this node waiting for other
+    /// nodes' acknowledgements at most; past it publishers are held.
+    pub max_pending_acks: usize,
+    /// `max_payload`: the largest NATS message the servers take (their
+    /// `max_payload`); `limits.max_packet_size` is lowered to fit.
+    pub max_payload: u32,
+}
+
+impl ClusterConfig {
+    /// The largest MQTT packet that still fits one NATS message.
+    pub fn max_packet_size(&self) -> std::num::NonZeroU32 {
+        std::num::NonZeroU32::new(self.max_payload - FRAME_RESERVE)
+            .unwrap_or(std::num::NonZeroU32::MIN)
+    }
 }
 
 /// Validates the `[cluster]` table: `None` when absent.
@@ -263,6 +311,34 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             })?
         }
     };
+    let millis = |key: &str, raw: Option<i64>, default: u64, min: i64, max: i64| match raw {
+        None => Ok(std::time::Duration::from_millis(default)),
+        Some(n) => super::ranged(Setting::key(format!("cluster.{key}"), n), n, min, max, |n| {
+            u64::try_from(n).ok().map(std::time::Duration::from_millis)
+        }),
+    };
+    let node_timeout =
+        millis("node_timeout_ms", raw.node_timeout_ms, DEFAULT_NODE_TIMEOUT_MS, 200, 600_000)?;
+    let ack_timeout =
+        millis("ack_timeout_ms", raw.ack_timeout_ms, DEFAULT_ACK_TIMEOUT_MS, 10, 60_000)?;
+    let max_pending_acks = match raw.max_pending_acks {
+        None => DEFAULT_MAX_PENDING_ACKS,
+        Some(n) => {
+            super::ranged(Setting::key("cluster.max_pending_acks", n), n, 16, 1 << 20, |n| {
+                usize::try_from(n).ok()
+            })?
+        }
+    };
+    let max_payload = match raw.max_payload {
+        None => DEFAULT_MAX_PAYLOAD,
+        Some(n) => super::ranged(
+            Setting::key("cluster.max_payload", n),
+            n,
+            i64::from(2 * FRAME_RESERVE),
+            64 << 20,
+            |n| u32::try_from(n).ok(),
+        )?,
+    };
     let retained = match raw.retained.as_deref() {
         None | Some("cluster") => RetainedScope::Cluster,
         Some("node") => RetainedScope::Node,
@@ -299,6 +375,10 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         subject_prefix,
         local_only,
         queue_capacity,
+        node_timeout,
+        ack_timeout,
+        max_pending_acks,
+        max_payload,
         retained,
         sessions,
         kv_replicas,
@@ -365,6 +445,11 @@ mod tests {
         assert_eq!(cluster.subject_prefix, DEFAULT_SUBJECT_PREFIX);
         assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(cluster.node_timeout.as_millis(), u128::from(DEFAULT_NODE_TIMEOUT_MS));
+        assert_eq!(cluster.ack_timeout.as_millis(), u128::from(DEFAULT_ACK_TIMEOUT_MS));
+        assert_eq!(cluster.max_pending_acks, DEFAULT_MAX_PENDING_ACKS);
+        assert_eq!(cluster.max_payload, DEFAULT_MAX_PAYLOAD);
+        assert_eq!(cluster.max_packet_size().get(), DEFAULT_MAX_PAYLOAD - FRAME_RESERVE);
         assert_eq!(cluster.retained, RetainedScope::Cluster);
         assert_eq!(cluster.sessions, SessionScope::Cluster);
         assert_eq!(cluster.kv_replicas, 1);
@@ -375,7 +460,9 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\nretained = \"node\"\nsessions = \"node\"\nkv_replicas = 3\n";
+                    queue_capacity = 100\nnode_timeout_ms = 900\nack_timeout_ms = 50\n\
+                    max_pending_acks = 64\nmax_payload = 65536\nretained = \"node\"\nsessions = \"node\"\n\
+                    kv_replicas = 3\n";
         let config = parse(text).unwrap();
         let cluster = config.cluster().unwrap();
         assert_eq!(cluster.nats.len(), 2);
@@ -386,6 +473,10 @@ mod tests {
         assert_eq!(cluster.subject_prefix, "prod.mqtt");
         assert_eq!(cluster.local_only.len(), 2);
         assert_eq!(cluster.queue_capacity, 100);
+        assert_eq!(cluster.node_timeout.as_millis(), 900);
+        assert_eq!(cluster.ack_timeout.as_millis(), 50);
+        assert_eq!(cluster.max_pending_acks, 64);
+        assert_eq!(cluster.max_payload, 65536);
         assert_eq!(cluster.retained, RetainedScope::Node);
         assert_eq!(cluster.sessions, SessionScope::Node);
         assert_eq!(cluster.kv_replicas, 3);
@@ -419,6 +510,10 @@ mod tests {
             (&format!("{MINIMAL}local_only = [\"a/#/b\"]"), "cluster.local_only[0] = \"a/#/b\""),
             (&format!("{MINIMAL}local_only = [\"$share/g/a\"]"), "not a shared subscription"),
             (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
+            (&format!("{MINIMAL}node_timeout_ms = 5"), "cluster.node_timeout_ms = 5: must be"),
+            (&format!("{MINIMAL}ack_timeout_ms = 0"), "cluster.ack_timeout_ms = 0: must be"),
+            (&format!("{MINIMAL}max_pending_acks = 1"), "cluster.max_pending_acks = 1: must"),
+            (&format!("{MINIMAL}max_payload = 100"), "cluster.max_payload = 100: must be"),
             (&format!("{MINIMAL}nodes = 3"), "unknown key `cluster.nodes`"),
             (&format!("{MINIMAL}retained = \"all\""), "test.toml:4:12: cluster.retained = \"all\""),
             (&format!("{MINIMAL}sessions = \"x\""), "test.toml:4:12: cluster.sessions = \"x\""),

@@ -51,7 +51,8 @@ pub struct Counters {
 pub struct ClusterCounters {
     /// Messages published to NATS.
     pub published: u64,
-    /// Of those, QoS 1/2 ones, which cross nodes at most once.
+    /// Of those, QoS 1/2 ones (acknowledged to their publisher once every
+    /// interested node accepted them).
     pub published_qos12: u64,
     /// Messages NATS refused or that could not be encoded (past the
     /// server's max_payload, connection closed).
@@ -61,13 +62,15 @@ pub struct ClusterCounters {
     pub subject_too_long: u64,
     /// QoS 0 messages dropped: the queue to the bridge was full.
     pub outbound_dropped_qos0: u64,
-    /// QoS 1/2 messages dropped: the queue to the bridge was full.
-    pub outbound_dropped_qos12: u64,
+    /// QoS 1/2 messages that found the queue to the bridge full and
+    /// waited in their shard (none is dropped).
+    pub outbound_spilled_qos12: u64,
     /// Messages received from other nodes and handed to a shard.
     pub received: u64,
     /// Messages received twice (two of the node's subscriptions matched).
     pub duplicates: u64,
-    /// Messages received too late to be told from duplicates: dropped.
+    /// Messages received too late to be told from duplicates: QoS 0 ones
+    /// dropped, QoS 1/2 ones delivered (at least once).
     pub stale: u64,
     /// Frames that were not ringmq messages.
     pub malformed: u64,
@@ -81,6 +84,12 @@ pub struct ClusterCounters {
     pub connects: u64,
     /// Connections to NATS lost.
     pub disconnects: u64,
+    /// QoS 1/2 messages acknowledged by every interested node.
+    pub remote_acked: u64,
+    /// QoS 1/2 messages sent again to a node that had not acknowledged.
+    pub resent: u64,
+    /// Nodes taken for dead: silent for `cluster.node_timeout_ms`.
+    pub nodes_expired: u64,
     /// Retained messages (and deletes) written to the cluster's JetStream
     /// bucket.
     pub retained_written: u64,

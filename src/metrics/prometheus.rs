@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 82] = [
+const COUNTERS: [Field<u64>; 85] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -312,11 +312,9 @@ const COUNTERS: [Field<u64>; 82] = [
     ("cluster_published", "Messages published to NATS (node-wide, on shard 0)", |s| {
         s.counters.cluster.published
     }),
-    (
-        "cluster_published_qos12",
-        "QoS 1/2 messages published to NATS: they cross nodes at most once",
-        |s| s.counters.cluster.published_qos12,
-    ),
+    ("cluster_published_qos12", "QoS 1/2 messages published to NATS", |s| {
+        s.counters.cluster.published_qos12
+    }),
     ("cluster_publish_failed", "Messages NATS refused (e.g. past its max_payload)", |s| {
         s.counters.cluster.publish_failed
     }),
@@ -329,9 +327,9 @@ const COUNTERS: [Field<u64>; 82] = [
         |s| s.counters.cluster.outbound_dropped_qos0,
     ),
     (
-        "cluster_outbound_dropped_qos12",
-        "QoS 1/2 messages dropped: the queue to the NATS bridge was full",
-        |s| s.counters.cluster.outbound_dropped_qos12,
+        "cluster_outbound_spilled_qos12",
+        "QoS 1/2 messages that waited in their shard: the queue to the NATS bridge was full",
+        |s| s.counters.cluster.outbound_spilled_qos12,
     ),
     ("cluster_received", "Messages received from other nodes", |s| s.counters.cluster.received),
     (
@@ -339,9 +337,11 @@ const COUNTERS: [Field<u64>; 82] = [
         "Messages received twice from NATS (overlapping subscriptions), dropped",
         |s| s.counters.cluster.duplicates,
     ),
-    ("cluster_stale", "Messages from NATS too late to be told from duplicates, dropped", |s| {
-        s.counters.cluster.stale
-    }),
+    (
+        "cluster_stale",
+        "Messages from NATS too late to be told from duplicates (QoS 0 dropped, 1/2 delivered)",
+        |s| s.counters.cluster.stale,
+    ),
     ("cluster_malformed", "Messages from NATS that were not ringmq frames", |s| {
         s.counters.cluster.malformed
     }),
@@ -359,6 +359,15 @@ const COUNTERS: [Field<u64>; 82] = [
         s.counters.cluster.connects
     }),
     ("cluster_disconnects", "Connections to NATS lost", |s| s.counters.cluster.disconnects),
+    ("cluster_remote_acked", "QoS 1/2 messages acknowledged by every interested node", |s| {
+        s.counters.cluster.remote_acked
+    }),
+    ("cluster_resent", "QoS 1/2 messages sent again to a node that had not acknowledged", |s| {
+        s.counters.cluster.resent
+    }),
+    ("cluster_nodes_expired", "Nodes taken for dead: silent for cluster.node_timeout_ms", |s| {
+        s.counters.cluster.nodes_expired
+    }),
     (
         "cluster_retained_written",
         "Retained messages and deletes written to the cluster's JetStream bucket",

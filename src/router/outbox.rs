@@ -15,6 +15,7 @@
 //! whose gate is closed: a subscriber of it, here or on another core, is
 //! past its queue limits (see [`super::gates`]).
 
+use super::destination::BRIDGE_QUEUE;
 use super::gates::{GateId, Gates};
 use super::{Destination, RouterMessage, ShardId, ShardMessage};
 use crate::message::Message;
@@ -54,7 +55,7 @@ const TOPIC_BIT: u32 = 1 << 31;
 impl Hold {
     /// Waits for the queue towards `to`.
     pub fn peer(to: Destination) -> Self {
-        // A queue number is below MAX_SHARDS (256): 1..=256, not zero.
+        // A queue number is at most BRIDGE_QUEUE (256): 1..=257, not zero.
         Self(NonZeroU32::MIN.saturating_add(to.queue() as u32))
     }
 
@@ -70,8 +71,11 @@ impl Hold {
         if bits & TOPIC_BIT != 0 {
             HoldOn::Topic(GateId::from_bits(bits))
         } else {
-            // From `peer`: 1..=256.
-            HoldOn::Peer(Destination::Shard(ShardId::new((bits - 1) as u8)))
+            // From `peer`: 1..=257.
+            match (bits - 1) as usize {
+                BRIDGE_QUEUE => HoldOn::Peer(Destination::Bridge),
+                queue => HoldOn::Peer(Destination::Shard(ShardId::new(queue as u8))),
+            }
         }
     }
 }
@@ -103,6 +107,9 @@ pub struct Outbox {
     held_by: Cell<Option<Hold>>,
     /// The topic gates of this shard.
     gates: RefCell<Gates>,
+    /// Too many of this shard's QoS 1/2 messages wait for other nodes
+    /// (see [`Self::hold_bridge`]), and the connections held for it.
+    bridge: RefCell<(bool, Vec<Waker>)>,
     closed: Cell<bool>,
 }
 
@@ -113,6 +120,7 @@ impl Outbox {
             peers: RefCell::new((0..nr_shards).map(|_| PeerQueue::default()).collect()),
             held_by: Cell::new(None),
             gates: RefCell::new(Gates::default()),
+            bridge: RefCell::new((false, Vec::new())),
             closed: Cell::new(false),
         }
     }
@@ -256,6 +264,7 @@ impl Outbox {
     /// still closed.
     pub fn is_congested(&self, hold: Hold) -> bool {
         match hold.on() {
+            HoldOn::Peer(Destination::Bridge) => self.bridge.borrow().0,
             HoldOn::Peer(to) => {
                 self.peers.borrow().get(to.queue()).is_some_and(|queue| queue.congested)
             }
@@ -266,6 +275,12 @@ impl Outbox {
     /// Registers `waker` to be woken when `hold` is released.
     pub fn wait_drained(&self, hold: Hold, waker: &Waker) {
         match hold.on() {
+            HoldOn::Peer(Destination::Bridge) => {
+                let mut bridge = self.bridge.borrow_mut();
+                if !bridge.1.iter().any(|w| w.will_wake(waker)) {
+                    bridge.1.push(waker.clone());
+                }
+            }
             HoldOn::Peer(to) => {
                 let mut peers = self.peers.borrow_mut();
                 let Some(queue) = peers.get_mut(to.queue()) else { return };
@@ -275,6 +290,28 @@ impl Outbox {
             }
             HoldOn::Topic(gate) => self.gates.borrow_mut().wait(gate, waker),
         }
+    }
+
+    /// Too many of this shard's QoS 1/2 messages wait for other nodes'
+    /// acknowledgements: the connection that published the last one is
+    /// held (see [`Self::take_held_by`]) until [`Self::release_bridge`].
+    pub fn hold_bridge(&self) {
+        self.bridge.borrow_mut().0 = true;
+        self.held_by.set(Some(Hold::peer(Destination::Bridge)));
+    }
+
+    /// Enough acknowledgements came back: the connections held by
+    /// [`Self::hold_bridge`] resume.
+    pub fn release_bridge(&self) {
+        let held = {
+            let mut bridge = self.bridge.borrow_mut();
+            if !bridge.0 {
+                return;
+            }
+            bridge.0 = false;
+            std::mem::take(&mut bridge.1)
+        };
+        held.into_iter().for_each(Waker::wake);
     }
 
     /// A QoS 1/2 publish to `topic` was routed: when its gate is closed

@@ -258,6 +258,14 @@ impl SharedIntervals {
 /// `retain_available`, which a reload does not change).
 fn limits(config: &Config) -> (SessionLimits, NetLimits) {
     let limits = config.limits();
+    // In a cluster every accepted PUBLISH must fit one NATS message: a
+    // larger one is refused as any packet past the Maximum Packet Size
+    // (v5: DISCONNECT 0x95, advertised in the CONNACK; 3.1.1: the
+    // connection is closed), never acknowledged and then lost.
+    let max_packet_size = match config.cluster() {
+        Some(cluster) => limits.max_packet_size().min(cluster.max_packet_size()),
+        None => limits.max_packet_size(),
+    };
     let session = SessionLimits {
         max_inflight: limits.max_inflight(),
         max_queued_messages: limits.max_queued_messages().get() as usize,
@@ -271,7 +279,7 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
             u32::MAX => None,
             seconds => Some(Duration::from_secs(seconds.into())),
         },
-        max_packet_size: Some(limits.max_packet_size()),
+        max_packet_size: Some(max_packet_size),
         max_subscriptions: usize::try_from(limits.max_subscriptions_per_client())
             .unwrap_or(usize::MAX),
         retain_available: config.retain_available(),
@@ -287,7 +295,7 @@ fn limits(config: &Config) -> (SessionLimits, NetLimits) {
         slow_consumer_timeout: limits.slow_consumer_timeout(),
     };
     let net = NetLimits {
-        max_packet_size: limits.max_packet_size().get(),
+        max_packet_size: max_packet_size.get(),
         max_connect_size: limits.max_connect_size().get(),
         max_pending_connect_bytes: usize::try_from(limits.max_pending_connect_bytes())
             .unwrap_or(usize::MAX),

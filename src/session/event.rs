@@ -176,6 +176,12 @@ pub enum SessionEvent {
     /// [`Session::set_durable_acks`](super::Session::set_durable_acks));
     /// the shard releases `ack` then.
     Durable(AckToken),
+    /// The acknowledgement of the PUBLISH just before (PUBACK or PUBREC)
+    /// waits until every other node of the cluster interested in it
+    /// accepted it (see
+    /// [`Session::set_bridge_acks`](super::Session::set_bridge_acks)); the
+    /// shard releases `ack` then.
+    Bridged(AckToken),
     /// The will message to publish [MQTT-3.1.2-8], with the QoS and RETAIN
     /// of CONNECT [MQTT-3.1.2-16], [MQTT-3.1.2-17].
     Will(Arc<Message>),

@@ -137,6 +137,9 @@ pub struct Session {
     /// Whether the durable log cannot be written now: QoS 1/2 publishes
     /// are refused (see [`Session::set_store_unavailable`]).
     store_unavailable: bool,
+    /// Whether the acknowledgement of a QoS 1/2 PUBLISH waits for the
+    /// other nodes of a cluster (see [`Session::set_bridge_acks`]).
+    bridge_acks: bool,
 }
 
 /// A will waiting for its Will Delay Interval (5.0 §3.1.3.2.2).
@@ -179,6 +182,7 @@ impl Session {
             journal: journal::Journal::default(),
             durable_acks: false,
             store_unavailable: false,
+            bridge_acks: false,
         }
     }
 
@@ -640,6 +644,13 @@ impl Session {
             self.next_ack_token += 1;
             connection.hold(ack);
             self.events.push_back(SessionEvent::Durable(ack));
+        }
+        if self.bridge_acks && packet_id.is_some() {
+            // The acknowledgement below waits on this barrier too.
+            let ack = AckToken(self.next_ack_token);
+            self.next_ack_token += 1;
+            connection.hold(ack);
+            self.events.push_back(SessionEvent::Bridged(ack));
         }
         // Acknowledgements are queued in the order the publishes arrived
         // [MQTT-4.6.0-2], [MQTT-4.6.0-3].
@@ -1197,6 +1208,16 @@ impl Session {
     /// never logged and still flows. The shard sets it before each packet.
     pub fn set_store_unavailable(&mut self, unavailable: bool) {
         self.store_unavailable = unavailable;
+    }
+
+    /// In a cluster the shard asks that a QoS 1/2 PUBLISH be acknowledged
+    /// (PUBACK [MQTT-4.3.2-2], PUBREC [MQTT-4.3.3-2]) only once every
+    /// other node interested in it accepted it: each such PUBLISH is
+    /// followed by a [`SessionEvent::Bridged`] barrier, which holds that
+    /// acknowledgement and those owed after it, never the messages sent to
+    /// the client.
+    pub fn set_bridge_acks(&mut self, on: bool) {
+        self.bridge_acks = on;
     }
 
     /// Holds the acknowledgements owed from now on (and the CONNACK, when it

@@ -109,6 +109,9 @@ pub struct Shard {
     /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
     /// single node. See `state/cluster.rs`.
     cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
+    /// QoS 1/2 acknowledgements waiting for the other nodes (see
+    /// `state/bridge_acks.rs`).
+    bridge_waits: bridge_acks::BridgeWaits,
     /// Client ids whose claim in the cluster's session directory is in
     /// progress here: how many, and the takeovers from other nodes that
     /// wait for them (see `state/cluster_sessions.rs`).
@@ -155,6 +158,7 @@ impl Shard {
             authenticators: Arc::default(),
             acl: None,
             cluster: None,
+            bridge_waits: Default::default(),
             cluster_claims: hashbrown::HashMap::new(),
             usage: Usage::default(),
         }
@@ -393,6 +397,7 @@ impl Shard {
         let slot = self.slots.slot_mut(key);
         slot.expires_at = None;
         slot.session.set_durable_acks(durable_acks);
+        slot.session.set_bridge_acks(self.cluster.is_some());
         let acl = self.client_acl(connect);
         let slot = self.slots.slot_mut(key);
         slot.session.set_acl(acl);
@@ -793,6 +798,7 @@ impl Shard {
                 }
                 SessionEvent::Will(message) => self.route(message, now),
                 SessionEvent::Durable(ack) => self.durable_wait(key, ack),
+                SessionEvent::Bridged(ack) => self.bridge_wait(key, ack),
                 SessionEvent::Subscribe { grants, ack } => {
                     let filters = IndexFilters::Subscribe(grants.into_iter());
                     self.queue_index_work(key, IndexWork { filters, ack, revision: 0 }, now);
@@ -1408,6 +1414,7 @@ impl Shard {
     }
 }
 
+mod bridge_acks;
 mod cluster;
 mod cluster_retained;
 mod cluster_sessions;

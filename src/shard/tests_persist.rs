@@ -345,7 +345,71 @@ fn with_durability_always_messages_from_other_nodes_do_not_release_a_puback_earl
     logs[0].sync_now();
     cluster.shards[0].handle_durable();
     cluster.settle();
+    // In a cluster the PUBACK also waits for the other nodes (the bridge
+    // answers its ticket).
+    let accepted = crate::router::cluster::FromBridge::Accepted(1);
+    cluster.shards[1].handle_cluster(accepted, cluster.now);
     assert_eq!(pubacks(&cluster.output(&publisher)), vec![7]);
+}
+
+/// Issue 17 item 8: with `durability = "always"`, a QoS 1 message from
+/// another node is acknowledged to that node (whose publisher's PUBACK
+/// waits for it) only once every shard that logged it synced.
+#[test]
+fn with_durability_always_another_nodes_message_is_acknowledged_to_it_once_synced() {
+    use crate::router::cluster::{ClusterSetup, FromBridge, RemoteAck};
+    let mut cluster = Cluster::new(2);
+    let logs = with_logs(&mut cluster);
+    cluster.shards.iter_mut().for_each(|shard| shard.set_durable_acks());
+    let setup = ClusterSetup::for_tests(2, &[]);
+    cluster.shards[1].set_cluster(Rc::new(setup.link(ShardId::from_index(1).unwrap())));
+    let (sub, _) = cluster.connect_with(&id_on("sub", 0, 2), false);
+    cluster.subscribe(&sub, "t");
+    cluster.settle();
+    logs[0].sync_now();
+    cluster.shards[0].handle_durable();
+    cluster.output(&sub);
+    cluster.close(&sub);
+    logs.iter().for_each(|log| _ = log.sync_now());
+    let remote = Arc::new(crate::message::Message {
+        topic: TopicName::new("t").unwrap(),
+        payload: bytes::Bytes::from_static(b"remote"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        publisher: Some("elsewhere".into()),
+        expires_at: None,
+    });
+    let now = cluster.now;
+    let acked = FromBridge::AckedPublish { message: remote, ack: RemoteAck::for_tests(42) };
+    cluster.shards[1].handle_cluster(acked, now);
+    cluster.settle();
+    assert!(setup.take_remote_acks().is_empty(), "shard 0 logged it and has not synced");
+    logs[0].sync_now();
+    cluster.shards[0].handle_durable();
+    cluster.settle();
+    assert_eq!(setup.take_remote_acks(), [42]);
+    // Without durability the acknowledgement goes once it is routed.
+    cluster.shards[1] = Shard::new(
+        ShardId::from_index(1).unwrap(),
+        2,
+        crate::session::SessionLimits::default(),
+        Rc::clone(&cluster.outboxes[1]),
+        1,
+    );
+    cluster.shards[1].set_cluster(Rc::new(setup.link(ShardId::from_index(1).unwrap())));
+    let message = Arc::new(crate::message::Message {
+        topic: TopicName::new("u").unwrap(),
+        payload: bytes::Bytes::from_static(b"x"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        publisher: None,
+        expires_at: None,
+    });
+    let acked = FromBridge::AckedPublish { message, ack: RemoteAck::for_tests(43) };
+    cluster.shards[1].handle_cluster(acked, now);
+    assert_eq!(setup.take_remote_acks(), [43]);
 }
 
 #[test]

@@ -15,11 +15,15 @@
 //! node's own messages do not come back to it: the connection asks the
 //! server for no echo, and the origin in every frame is checked too.
 
+mod reliable;
+
 use super::frame::{self, Dedup, Seen};
 use super::retained::RetainedSync;
 use super::sessions::SessionSync;
 use super::subject::{filter_subjects, queue_name, topic_subject};
-use super::{BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Shared};
+use super::{
+    BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, RemoteAck, Shared, ToShard,
+};
 use crate::config::{ClusterConfig, NatsCredentials, RetainedScope, SessionScope};
 use crate::message::wire::Clocks;
 use crate::protocol::TopicFilter;
@@ -40,6 +44,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long an interest acknowledgement waits for the NATS server to
 /// confirm a subscription (a round trip) before it is sent anyway.
 const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Interest changes applied together at most (see `interest_task`).
+const INTEREST_BATCH: usize = 1024;
 
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,8 +94,10 @@ impl Bridge {
         let shared = Arc::new(Shared {
             outbound: Lane::new(config.queue_capacity.saturating_mul(nr_shards)),
             inbound: (0..nr_shards).map(|_| Lane::new(config.queue_capacity)).collect(),
+            remote_acks: Lane::new(1),
             counters: BridgeCounters::default(),
             local_only: config.local_only.clone(),
+            max_pending: (config.max_pending_acks / nr_shards.max(1)).max(1),
             events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
             sessions: Lane::new(1),
             sessions_cluster: config.sessions == SessionScope::Cluster,
@@ -133,7 +142,7 @@ impl Bridge {
             publish_failed,
             subject_too_long,
             outbound_dropped_qos0,
-            outbound_dropped_qos12,
+            outbound_spilled_qos12,
             received,
             duplicates,
             stale,
@@ -142,6 +151,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            remote_acked,
+            resent,
+            nodes_expired,
             retained_written,
             retained_failed,
             retained_applied,
@@ -155,7 +167,7 @@ impl Bridge {
             publish_failed,
             subject_too_long,
             outbound_dropped_qos0,
-            outbound_dropped_qos12,
+            outbound_spilled_qos12,
             received,
             duplicates,
             stale,
@@ -164,6 +176,9 @@ impl Bridge {
             slow_consumer,
             connects,
             disconnects,
+            remote_acked,
+            resent,
+            nodes_expired,
             retained_written,
             retained_failed,
             retained_applied,
@@ -284,9 +299,10 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             // and the configuration checked them.
             (Err(error), _) | (_, Err(error)) => {
                 tracing::error!(%error, "cannot start the NATS client: the node stays alone");
-                // SUBACKs must not wait forever: every interest change is
-                // acknowledged (nothing is subscribed). Nor CONNACKs:
-                // claims are dropped (the client gets a session here).
+                // SUBACKs and PUBACKs must not wait forever: every
+                // interest change and message is acknowledged (nothing is
+                // subscribed, nothing published). Nor CONNACKs: claims are
+                // dropped (the client gets a session here).
                 let sessions = tokio::task::spawn_local({
                     let shared = Arc::clone(&shared);
                     async move {
@@ -296,11 +312,24 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
                         {}
                     }
                 });
-                while let Some(Interest { shard, revision, .. }) =
-                    std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
-                {
-                    shared.inbound[shard.index()].push_control(revision);
-                }
+                let messages = async {
+                    while let Some(Outgoing { ticket, .. }) =
+                        std::future::poll_fn(|cx| shared.outbound.poll_message(cx)).await
+                    {
+                        if let Some(ticket) = ticket {
+                            let accepted = ToShard::Accepted(ticket.number);
+                            shared.inbound[ticket.shard.index()].push_control(accepted);
+                        }
+                    }
+                };
+                let interest = async {
+                    while let Some(Interest { shard, revision, .. }) =
+                        std::future::poll_fn(|cx| shared.outbound.poll_control(cx)).await
+                    {
+                        shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
+                    }
+                };
+                futures_lite::future::zip(messages, interest).await;
                 sessions.abort();
                 return;
             }
@@ -323,18 +352,24 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards(retained));
         let directory = (config.sessions == SessionScope::Cluster)
             .then(|| tokio::task::spawn_local(Rc::clone(&sessions).run()));
+        let origin = origin();
         let bridge = Rc::new(BridgeState {
             client,
             queues,
             prefix: config.subject_prefix.clone(),
-            origin: origin(),
+            origin,
             shared: Arc::clone(&shared),
             subscriptions: RefCell::new(HashMap::new()),
             dedup: RefCell::new(Dedup::default()),
+            reliable: reliable::Reliable::new(&config, origin),
         });
+        let reliable = bridge.start_reliable().await;
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
+        for task in reliable {
+            task.abort();
+        }
         for task in [watch, directory].into_iter().flatten() {
             task.abort();
         }
@@ -392,6 +427,8 @@ struct BridgeState {
     shared: Arc<Shared>,
     subscriptions: RefCell<HashMap<Key, Subscription>>,
     dedup: RefCell<Dedup>,
+    /// QoS 1/2 across nodes.
+    reliable: reliable::Reliable,
 }
 
 impl BridgeState {
@@ -399,22 +436,45 @@ impl BridgeState {
     async fn publish_task(self: Rc<Self>) {
         let counters = &self.shared.counters;
         let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
-        while let Some(message) =
+        while let Some(Outgoing { message, ticket }) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
+            // A QoS 1/2 message that cannot cross (a subject too long, a
+            // frame past max_payload, which `limits.max_packet_size`
+            // prevents) stays on this node: its publisher is answered.
             if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
                 BridgeCounters::add(&counters.subject_too_long);
+                if let Some(ticket) = ticket {
+                    self.accepted(ticket);
+                }
                 continue;
             }
-            sequence += 1;
-            if frame::encode(self.origin, sequence, &message, Clocks::read(), &mut buffer).is_err()
+            let number = match ticket {
+                Some(_) => self.reliable.next_sequence(),
+                None => {
+                    sequence += 1;
+                    sequence
+                }
+            };
+            if frame::encode(self.origin, number, &message, Clocks::read(), &mut buffer).is_err()
+                || !self.reliable.fits(buffer.len())
             {
                 BridgeCounters::add(&counters.publish_failed);
                 buffer.clear();
+                if let Some(ticket) = ticket {
+                    self.accepted(ticket);
+                }
                 continue;
             }
             let payload = buffer.split().freeze();
-            match self.client.publish(subject.clone(), payload).await {
+            let published = match ticket {
+                None => self.client.publish(subject.clone(), payload).await,
+                Some(ticket) => {
+                    let subject = subject.clone();
+                    self.publish_acked(ticket, number, &message.topic, subject, payload).await
+                }
+            };
+            match published {
                 Ok(()) => {
                     BridgeCounters::add(&counters.published);
                     if message.qos != crate::protocol::QoS::AtMostOnce {
@@ -430,43 +490,65 @@ impl BridgeState {
     }
 
     /// Applies the shards' interest changes, until the lane closes.
+    /// The changes queued together (up to [`INTEREST_BATCH`]) share one
+    /// round trip per connection and one wait for the other nodes (see
+    /// `announce`): a storm of subscribes costs a few round trips, not one
+    /// per filter.
     async fn interest_task(self: Rc<Self>) {
-        while let Some(change) =
+        let mut acks: Vec<(super::ShardId, u64)> = Vec::new();
+        while let Some(first) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
         {
-            let Interest { shard, filter, added, revision } = change;
-            // A shared subscription is a queue subscription of its own
-            // (on the queue connection); a plain one a plain subscription.
-            let group = filter.is_shared().then(|| filter.detached());
-            match filter_subjects(&self.prefix, filter.filter()) {
-                None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
-                None => {}
-                Some(subjects) if added => {
-                    let mut subscribed = false;
-                    for subject in subjects {
-                        subscribed |= self.subscribe(Key { subject, group: group.clone() }).await;
+            // Which connections got new subscriptions, whether the other
+            // nodes were told of a new filter.
+            let (mut plain, mut queue, mut announced) = (false, false, false);
+            let mut next = Some(first);
+            while let Some(Interest { shard, filter, added, revision }) = next.take() {
+                // A shared subscription is a queue subscription of its own
+                // (on the queue connection); a plain one a plain subscription.
+                let group = filter.is_shared().then(|| filter.detached());
+                if group.is_none() {
+                    announced |= self.announce(&filter, added).await;
+                }
+                match filter_subjects(&self.prefix, filter.filter()) {
+                    None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
+                    None => {}
+                    Some(subjects) if added => {
+                        for subject in subjects {
+                            let key = Key { subject, group: group.clone() };
+                            if self.subscribe(key).await {
+                                *(if group.is_some() { &mut queue } else { &mut plain }) = true;
+                            }
+                        }
                     }
-                    let client = self.client_for(group.is_some());
-                    if subscribed && client.connection_state() == State::Connected {
-                        self.round_trip(client).await;
+                    Some(subjects) => {
+                        for subject in subjects {
+                            self.unsubscribe(&Key { subject, group: group.clone() }).await;
+                        }
                     }
                 }
-                Some(subjects) => {
-                    for subject in subjects {
-                        self.unsubscribe(&Key { subject, group: group.clone() }).await;
-                    }
+                acks.push((shard, revision));
+                if acks.len() < INTEREST_BATCH {
+                    next = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(match self.shared.outbound.poll_control(cx) {
+                            std::task::Poll::Ready(change) => change,
+                            std::task::Poll::Pending => None,
+                        })
+                    })
+                    .await;
                 }
             }
-            self.shared.inbound[shard.index()].push_control(revision);
-        }
-    }
-
-    /// The connection of plain subscriptions (`false`) or of queue ones.
-    fn client_for(&self, queue: bool) -> &async_nats::Client {
-        if queue {
-            &self.queues
-        } else {
-            &self.client
+            for (new, client) in [(plain, &self.client), (queue, &self.queues)] {
+                if new && client.connection_state() == State::Connected {
+                    self.round_trip(client).await;
+                }
+            }
+            if announced {
+                self.wait_synced().await;
+            }
+            for (shard, revision) in acks.drain(..) {
+                self.shared.inbound[shard.index()].push_control(ToShard::InterestAck(revision));
+            }
         }
     }
 
@@ -565,6 +647,9 @@ impl BridgeState {
     /// for a shared group the one its filter hashes to.
     fn handle_received(&self, message: async_nats::Message, group: Option<&TopicFilter>) {
         let counters = &self.shared.counters;
+        // A QoS 1/2 message waiting for this node's acknowledgement (not
+        // for a queue group's: its member is not known in advance).
+        let reply = message.reply.filter(|_| group.is_none());
         let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -580,7 +665,7 @@ impl BridgeState {
             // members, this node's too.
             Some(group) => (
                 home_shard(group.as_str().as_bytes(), nr_shards),
-                Delivery { message: Arc::new(message), group: Some(group.clone()) },
+                Delivery { message: Arc::new(message), ack: None, group: Some(group.clone()) },
             ),
             None => {
                 if origin == self.origin {
@@ -588,18 +673,35 @@ impl BridgeState {
                     BridgeCounters::add(&counters.duplicates);
                     return;
                 }
-                match self.dedup.borrow_mut().see(origin, sequence) {
-                    Seen::New => {}
-                    Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
-                    Seen::Stale => return BridgeCounters::add(&counters.stale),
+                if let Some(reply) = &reply {
+                    if !self.see_acked(origin, sequence, reply) {
+                        return;
+                    }
+                } else {
+                    match self.dedup.borrow_mut().see(origin, sequence) {
+                        Seen::New => {}
+                        Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+                        Seen::Stale => return BridgeCounters::add(&counters.stale),
+                    }
                 }
                 let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
-                (shard, Delivery { message: Arc::new(message), group: None })
+                let ack = reply.clone().map(|reply| RemoteAck { sequence, reply });
+                (shard, Delivery { message: Arc::new(message), ack, group: None })
             }
         };
-        match self.shared.inbound[shard.index()].push_message(delivery) {
-            Ok(()) => BridgeCounters::add(&counters.received),
-            Err(_) => BridgeCounters::add(&counters.inbound_dropped),
+        let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
+            Ok(()) => {
+                BridgeCounters::add(&counters.received);
+                true
+            }
+            Err(_) => {
+                BridgeCounters::add(&counters.inbound_dropped);
+                false
+            }
+        };
+        // The shard acknowledges what it took, once routed (durable).
+        if reply.is_some() && !delivered {
+            self.not_handed(origin, sequence);
         }
     }
 }

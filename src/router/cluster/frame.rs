@@ -88,58 +88,93 @@ pub(super) enum Seen {
 struct Window {
     /// The highest sequence seen.
     top: u64,
-    /// Bit `s % WINDOW` is set when sequence `s` (within the window below
+    /// Bit `s % window` is set when sequence `s` (within the window below
     /// `top`, `top` included) was seen.
-    bits: Box<[u64; (WINDOW / 64) as usize]>,
+    bits: Box<[u64]>,
 }
 
 impl Window {
-    fn bit(sequence: u64) -> (usize, u64) {
-        let at = sequence % WINDOW;
+    fn len(&self) -> u64 {
+        self.bits.len() as u64 * 64
+    }
+
+    fn bit(&self, sequence: u64) -> (usize, u64) {
+        let at = sequence % self.len();
         ((at / 64) as usize, 1 << (at % 64))
     }
 
     fn see(&mut self, sequence: u64) -> Seen {
         if sequence > self.top {
             // Clear the slots of the sequences that leave the window.
-            if sequence - self.top >= WINDOW {
+            if sequence - self.top >= self.len() {
                 self.bits.fill(0);
             } else {
                 for gone in self.top + 1..=sequence {
-                    let (word, bit) = Self::bit(gone);
+                    let (word, bit) = self.bit(gone);
                     self.bits[word] &= !bit;
                 }
             }
             self.top = sequence;
-        } else if self.top - sequence >= WINDOW {
+        } else if self.top - sequence >= self.len() {
             return Seen::Stale;
         }
-        let (word, bit) = Self::bit(sequence);
+        let (word, bit) = self.bit(sequence);
         if self.bits[word] & bit != 0 {
             return Seen::Duplicate;
         }
         self.bits[word] |= bit;
         Seen::New
     }
+
+    /// Takes back a sequence seen: it was not delivered after all.
+    fn forget(&mut self, sequence: u64) {
+        if sequence <= self.top && self.top - sequence < self.len() {
+            let (word, bit) = self.bit(sequence);
+            self.bits[word] &= !bit;
+        }
+    }
 }
 
 /// The sequences seen per origin.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Dedup {
     origins: HashMap<u64, Window>,
+    /// Sequences per window, a multiple of 64.
+    window: u64,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self::with_window(WINDOW)
+    }
 }
 
 impl Dedup {
+    /// Tells apart the last `window` sequences of each origin (rounded up
+    /// to a multiple of 64).
+    pub(super) fn with_window(window: u64) -> Self {
+        Self { origins: HashMap::new(), window: window.div_ceil(64) * 64 }
+    }
+
     /// Records `(origin, sequence)` and says whether it is new.
     pub(super) fn see(&mut self, origin: u64, sequence: u64) -> Seen {
         if !self.origins.contains_key(&origin) && self.origins.len() >= MAX_ORIGINS {
             self.origins.clear();
         }
+        let words = (self.window / 64) as usize;
         let window = self
             .origins
             .entry(origin)
-            .or_insert_with(|| Window { top: 0, bits: Box::new([0; (WINDOW / 64) as usize]) });
+            .or_insert_with(|| Window { top: 0, bits: vec![0; words].into_boxed_slice() });
         window.see(sequence)
+    }
+
+    /// Takes back `(origin, sequence)`, seen but not delivered (its shard's
+    /// queue was full): a copy sent again is new.
+    pub(super) fn forget(&mut self, origin: u64, sequence: u64) {
+        if let Some(window) = self.origins.get_mut(&origin) {
+            window.forget(sequence);
+        }
     }
 }
 
@@ -182,6 +217,12 @@ mod tests {
         assert_eq!(dedup.see(1, 5 + WINDOW), Seen::New);
         assert_eq!(dedup.see(1, 5), Seen::Stale);
         assert_eq!(dedup.see(1, 6), Seen::New, "its slot was cleared when the window moved");
+        dedup.forget(1, 6);
+        assert_eq!(dedup.see(1, 6), Seen::New, "forgotten");
+        let mut small = Dedup::with_window(100);
+        assert_eq!(small.see(3, 200), Seen::New);
+        assert_eq!(small.see(3, 200 - 127), Seen::New, "rounded up to 128");
+        assert_eq!(small.see(3, 200 - 128), Seen::Stale);
     }
 
     proptest! {

@@ -75,6 +75,11 @@ impl<M, C> Lane<M, C> {
         poll(|| self.control.pop(), &self.control_waker, &self.closed, cx)
     }
 
+    /// Whether [`Self::close`] was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Ends the lane: pushes are refused, and the consumers see the end
     /// once they have taken what is queued.
     pub(super) fn close(&self) {

@@ -39,14 +39,28 @@
 //! ([MQTT-4.8.2]: one member of the group in the whole cluster). A bridged
 //! message is therefore never given to a local group directly.
 //!
-//! Not in this slice (see the README's "Cluster" section): QoS 1/2 cross
-//! nodes at most once (the PUBACK does not wait for remote nodes).
+//! QoS 1/2 across nodes (`directory`, `ack`, `bridge::reliable`): every
+//! node announces the plain filters it holds (deltas, a heartbeat, a full
+//! list on request), so each bridge knows which nodes want a topic. A
+//! QoS 1/2 message is published with a reply subject and waits until
+//! every interested node acknowledged it (a node acknowledges once its
+//! shard routed the message, with `durability = "always"` once what that
+//! logged is durable: [`FromBridge::AckedPublish`]); the shard holds the PUBACK/PUBREC
+//! until then ([`FromBridge::Accepted`]). A node that did not acknowledge
+//! within `ack_timeout` is sent the message again on its own subject (its
+//! dedup drops repeats); one not heard from for `node_timeout` while this
+//! node is connected to NATS is taken for dead and waited for no longer.
+//! Shared groups across nodes stay at most once: a NATS queue group's
+//! member is not known in advance.
 
+mod ack;
 mod bridge;
+mod directory;
 mod frame;
 mod lane;
 mod retained;
 mod sessions;
+mod spill;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
@@ -57,6 +71,7 @@ use super::ShardId;
 use crate::message::Message;
 use crate::protocol::{QoS, TopicFilter};
 use lane::Lane;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,11 +85,48 @@ struct Interest {
     revision: u64,
 }
 
+/// A message a shard hands the bridge; a QoS 1/2 one with the ticket the
+/// shard waits on (see [`FromBridge::Accepted`]).
+#[derive(Debug)]
+struct Outgoing {
+    message: Arc<Message>,
+    ticket: Option<Ticket>,
+}
+
+/// Names a QoS 1/2 message of one shard waiting for the other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ticket {
+    shard: ShardId,
+    number: u64,
+}
+
+/// What the bridge tells a shard, besides messages.
+#[derive(Debug)]
+enum ToShard {
+    /// Interest changes applied up to this revision.
+    InterestAck(u64),
+    /// Every interested node accepted the message of this ticket.
+    Accepted(u64),
+}
+
+/// Another node's QoS 1/2 message, to acknowledge to it once this node
+/// accepted it (routed; durable with `durability = "always"`). Opaque to
+/// the shard, which hands it back ([`ClusterLink::accept_remote`]).
+#[derive(Clone, Debug)]
+pub struct RemoteAck {
+    /// Its QoS 1/2 sequence number on the publishing node.
+    sequence: u64,
+    /// Where it waits for the acknowledgement.
+    reply: async_nats::Subject,
+}
+
 /// A message from NATS for a shard: for its plain subscribers (and its
 /// peers'), or for one member of a shared group.
 #[derive(Debug)]
 struct Delivery {
     message: Arc<Message>,
+    /// A QoS 1/2 message the publishing node waits for.
+    ack: Option<RemoteAck>,
     /// The shared subscription (`$share/{group}/{filter}`) whose NATS
     /// queue group picked this node; `None` for plain subscriptions.
     group: Option<TopicFilter>,
@@ -86,6 +138,15 @@ pub enum FromBridge {
     /// A message published on another node, for this shard's subscribers
     /// and its peers'.
     Publish(Arc<Message>),
+    /// A QoS 1/2 message published on another node, which waits for this
+    /// node to accept it: routed as [`Self::Publish`], then `ack` is
+    /// handed back ([`ClusterLink::accept_remote`]).
+    AckedPublish {
+        /// The message.
+        message: Arc<Message>,
+        /// Its acknowledgement.
+        ack: RemoteAck,
+    },
     /// A message for one member, on this node, of the shared subscription
     /// `filter` (`$share/{group}/{filter}`): the NATS queue group of that
     /// subscription chose this node among the nodes with members.
@@ -97,6 +158,10 @@ pub enum FromBridge {
     },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
+    /// Every other node interested in the QoS 1/2 message of this ticket
+    /// (see [`ClusterLink::take_ticket`]) accepted it, or was taken for
+    /// dead: its PUBACK/PUBREC may go.
+    Accepted(u64),
     /// The cluster's retained message of a topic this shard owns changed
     /// (an empty payload: deleted); see `retained`.
     Retained(Arc<Message>),
@@ -112,7 +177,7 @@ pub enum FromBridge {
 pub struct BridgeCounters {
     /// Messages published to NATS.
     pub published: AtomicU64,
-    /// Of those, QoS 1/2 ones: they cross nodes at most once.
+    /// Of those, QoS 1/2 ones.
     pub published_qos12: AtomicU64,
     /// Messages NATS refused or that could not be encoded (larger than
     /// the server's max_payload, connection closed).
@@ -122,14 +187,15 @@ pub struct BridgeCounters {
     pub subject_too_long: AtomicU64,
     /// QoS 0 messages dropped because the lane to the bridge was full.
     pub outbound_dropped_qos0: AtomicU64,
-    /// QoS 1/2 messages dropped because the lane to the bridge was full
-    /// (acknowledged to their publisher, delivered on this node only).
-    pub outbound_dropped_qos12: AtomicU64,
+    /// QoS 1/2 messages that found the lane to the bridge full and waited
+    /// in their shard (see `spill`).
+    pub outbound_spilled_qos12: AtomicU64,
     /// Messages received from other nodes and handed to a shard.
     pub received: AtomicU64,
     /// Messages received twice (two subscriptions of this node matched).
     pub duplicates: AtomicU64,
-    /// Messages received too late to be told from duplicates: dropped.
+    /// Messages received too late to be told from duplicates: QoS 0 ones
+    /// dropped, QoS 1/2 ones delivered (at least once).
     pub stale: AtomicU64,
     /// Frames that were not ringmq messages.
     pub malformed: AtomicU64,
@@ -159,6 +225,12 @@ pub struct BridgeCounters {
     pub connects: AtomicU64,
     /// Connections to NATS lost.
     pub disconnects: AtomicU64,
+    /// QoS 1/2 messages acknowledged by every interested node.
+    pub remote_acked: AtomicU64,
+    /// QoS 1/2 messages sent again to a node that had not acknowledged.
+    pub resent: AtomicU64,
+    /// Nodes taken for dead (silent for `node_timeout`).
+    pub nodes_expired: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -175,7 +247,7 @@ impl BridgeCounters {
             publish_failed: n(&self.publish_failed),
             subject_too_long: n(&self.subject_too_long),
             outbound_dropped_qos0: n(&self.outbound_dropped_qos0),
-            outbound_dropped_qos12: n(&self.outbound_dropped_qos12),
+            outbound_spilled_qos12: n(&self.outbound_spilled_qos12),
             received: n(&self.received),
             duplicates: n(&self.duplicates),
             stale: n(&self.stale),
@@ -184,6 +256,9 @@ impl BridgeCounters {
             slow_consumer: n(&self.slow_consumer),
             connects: n(&self.connects),
             disconnects: n(&self.disconnects),
+            remote_acked: n(&self.remote_acked),
+            resent: n(&self.resent),
+            nodes_expired: n(&self.nodes_expired),
             retained_written: n(&self.retained_written),
             retained_failed: n(&self.retained_failed),
             retained_applied: n(&self.retained_applied),
@@ -198,12 +273,18 @@ impl BridgeCounters {
 #[derive(Debug)]
 struct Shared {
     /// Shards to bridge: messages to publish, interest changes.
-    outbound: Lane<Arc<Message>, Interest>,
-    /// Bridge to each shard: messages received, interest acknowledgements.
-    inbound: Vec<Lane<Delivery, u64>>,
+    outbound: Lane<Outgoing, Interest>,
+    /// Bridge to each shard: messages received, interest acknowledgements,
+    /// accepted tickets.
+    inbound: Vec<Lane<Delivery, ToShard>>,
+    /// Shards to bridge: other nodes' messages accepted here.
+    remote_acks: Lane<(), RemoteAck>,
     counters: BridgeCounters,
     /// Topics that never leave the node.
     local_only: Vec<TopicFilter>,
+    /// QoS 1/2 messages each shard may have waiting for other nodes
+    /// before it holds its publishers (`max_pending_acks` shared out).
+    max_pending: usize,
     /// Bridge to each shard: changes of the cluster's retained messages of
     /// its topics, takeovers of its sessions. Never bounded (none may be
     /// lost; they are as few as retained publishes and connects); only the
@@ -226,7 +307,13 @@ pub struct ClusterSetup(Arc<Shared>);
 impl ClusterSetup {
     /// Shard `shard`'s link to the bridge.
     pub fn link(&self, shard: ShardId) -> ClusterLink {
-        ClusterLink { shared: Arc::clone(&self.0), shard }
+        ClusterLink {
+            shared: Arc::clone(&self.0),
+            shard,
+            tickets: Cell::new(0),
+            last: Cell::new(None),
+            spill: spill::Spill::default(),
+        }
     }
 }
 
@@ -236,28 +323,57 @@ impl ClusterSetup {
 pub struct ClusterLink {
     shared: Arc<Shared>,
     shard: ShardId,
+    /// The last ticket given.
+    tickets: Cell<u64>,
+    /// The ticket of the last message [`Self::publish`] took, if QoS 1/2.
+    last: Cell<Option<u64>>,
+    /// QoS 1/2 messages that found the lane full, in order.
+    spill: spill::Spill,
 }
 
 impl ClusterLink {
     /// Hands a message accepted on this node to the bridge, unless its
-    /// topic is local-only. A full lane drops it, counted (QoS 1/2 too:
-    /// across nodes every QoS is at most once in this release). Returns
-    /// whether the bridge took it: then the shared groups of the whole
-    /// cluster, this node's included, are served through NATS queue groups.
-    pub fn publish(&self, message: &Arc<Message>) -> bool {
+    /// topic is local-only. A QoS 1/2 one gets a ticket
+    /// ([`Self::take_ticket`]) that the bridge answers once the other
+    /// nodes accepted it. A full lane drops a QoS 0 message, counted; a
+    /// QoS 1/2 one waits in the shard (see `spill`). Returns whether
+    /// the bridge took it: then the shared groups of the whole cluster,
+    /// this node's included, are served through NATS queue groups.
+    pub fn publish(self: &Rc<Self>, message: &Arc<Message>) -> bool {
+        self.last.set(None);
         let topic = &message.topic;
         if self.shared.local_only.iter().any(|filter| filter.matches(topic)) {
             return false;
         }
-        if self.shared.outbound.push_message(Arc::clone(message)).is_err() {
+        let ticket = (message.qos != QoS::AtMostOnce).then(|| {
+            let number = self.tickets.get() + 1;
+            self.tickets.set(number);
+            Ticket { shard: self.shard, number }
+        });
+        let outgoing = Outgoing { message: Arc::clone(message), ticket };
+        // Behind spilled messages, a QoS 1/2 one waits its turn (order).
+        let refused = match self.spill.is_empty() {
+            true => self.shared.outbound.push_message(outgoing).err(),
+            false => Some(outgoing),
+        };
+        if let Some(outgoing) = refused {
             let counters = &self.shared.counters;
-            BridgeCounters::add(match message.qos {
-                QoS::AtMostOnce => &counters.outbound_dropped_qos0,
-                _ => &counters.outbound_dropped_qos12,
-            });
-            return false;
+            if outgoing.ticket.is_none() {
+                BridgeCounters::add(&counters.outbound_dropped_qos0);
+                return false;
+            }
+            BridgeCounters::add(&counters.outbound_spilled_qos12);
+            self.spill_push(outgoing);
         }
+        self.last.set(ticket.map(|ticket| ticket.number));
         true
+    }
+
+    /// The ticket of the QoS 1/2 message the last [`Self::publish`] handed
+    /// the bridge, if it did: the bridge answers it with
+    /// [`FromBridge::Accepted`].
+    pub fn take_ticket(&self) -> Option<u64> {
+        self.last.take()
     }
 
     /// This shard's first local subscriber to a filter arrived or its last
@@ -270,6 +386,18 @@ impl ClusterLink {
             added: delta.added,
             revision: delta.revision,
         });
+    }
+
+    /// QoS 1/2 messages this shard may have waiting for other nodes
+    /// before it holds its publishers.
+    pub fn max_pending(&self) -> usize {
+        self.shared.max_pending
+    }
+
+    /// Another node's QoS 1/2 message was accepted here: the bridge
+    /// acknowledges it to that node.
+    pub fn accept_remote(&self, ack: RemoteAck) {
+        self.shared.remote_acks.push_control(ack);
     }
 
     /// The bridge's counters now (node-wide).
@@ -288,16 +416,20 @@ impl ClusterLink {
             // Acknowledgements first: a SUBACK waits for them.
             loop {
                 let next = std::future::poll_fn(|cx| match lane.poll_control(cx) {
-                    std::task::Poll::Ready(Some(revision)) => {
+                    std::task::Poll::Ready(Some(ToShard::InterestAck(revision))) => {
                         std::task::Poll::Ready(Some(FromBridge::InterestAck(revision)))
+                    }
+                    std::task::Poll::Ready(Some(ToShard::Accepted(ticket))) => {
+                        std::task::Poll::Ready(Some(FromBridge::Accepted(ticket)))
                     }
                     _ if event_ready(events, cx, &mut changed) => {
                         std::task::Poll::Ready(changed.take())
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
-                        delivery.map(|Delivery { message, group }| match group {
-                            Some(filter) => FromBridge::GroupPublish { filter, message },
-                            None => FromBridge::Publish(message),
+                        delivery.map(|Delivery { message, ack, group }| match (group, ack) {
+                            (Some(filter), _) => FromBridge::GroupPublish { filter, message },
+                            (None, Some(ack)) => FromBridge::AckedPublish { message, ack },
+                            (None, None) => FromBridge::Publish(message),
                         })
                     }),
                 })
@@ -347,6 +479,14 @@ impl ClusterTask {
 }
 
 #[cfg(test)]
+impl RemoteAck {
+    /// The acknowledgement of sequence `sequence`.
+    pub(crate) fn for_tests(sequence: u64) -> Self {
+        Self { sequence, reply: async_nats::Subject::from_static("reply") }
+    }
+}
+
+#[cfg(test)]
 impl ClusterSetup {
     /// A setup without a bridge thread: the test takes what the shards
     /// hand the bridge.
@@ -354,8 +494,10 @@ impl ClusterSetup {
         Self(Arc::new(Shared {
             outbound: Lane::new(16),
             inbound: (0..nr_shards).map(|_| Lane::new(16)).collect(),
+            remote_acks: Lane::new(1),
             counters: BridgeCounters::default(),
             local_only: local_only.iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+            max_pending: 4,
             events: (0..nr_shards).map(|_| Lane::new(1)).collect(),
             sessions: Lane::new(1),
             sessions_cluster: true,
@@ -367,7 +509,20 @@ impl ClusterSetup {
     pub(crate) fn take_published(&self) -> Vec<String> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         std::iter::from_fn(|| match self.0.outbound.poll_message(&mut cx) {
-            std::task::Poll::Ready(Some(message)) => Some(message.topic.as_str().to_owned()),
+            std::task::Poll::Ready(Some(outgoing)) => {
+                Some(outgoing.message.topic.as_str().to_owned())
+            }
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// The sequences of the other nodes' messages the shards accepted
+    /// since the last call.
+    pub(crate) fn take_remote_acks(&self) -> Vec<u64> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::iter::from_fn(|| match self.0.remote_acks.poll_control(&mut cx) {
+            std::task::Poll::Ready(Some(ack)) => Some(ack.sequence),
             _ => None,
         })
         .collect()

@@ -36,7 +36,13 @@ impl Shard {
     pub fn handle_cluster(&mut self, event: FromBridge, now: Instant) {
         match event {
             FromBridge::Publish(message) => self.route_remote(&message, now),
+            FromBridge::AckedPublish { message, ack } => {
+                self.durable_route_start();
+                self.route_remote(&message, now);
+                self.remote_routed(ack);
+            }
             FromBridge::GroupPublish { filter, message } => self.route_group(&filter, message, now),
+            FromBridge::Accepted(ticket) => self.bridge_accepted(ticket),
             FromBridge::InterestAck(revision) => {
                 let mut released = std::mem::take(&mut self.released);
                 self.interest.handle_bridge_ack(revision, |key, ack| released.push((key, ack)));
@@ -280,5 +286,60 @@ mod tests {
         assert!(shard.handle_packet(key, id, now, publish("private/x")).unwrap());
         assert!(bridge.take_published().is_empty());
         assert!(matches!(output(&mut shard, private, private_id, now)[..], [Packet::Publish(_)]));
+    }
+
+    #[test]
+    fn past_its_share_of_max_pending_acks_a_shard_holds_its_publishers() {
+        // Issue 17 item 8: bounded; publishers are held, nothing dropped.
+        let now = Instant::now();
+        let id = ShardId::from_index(0).unwrap();
+        let outbox = Rc::new(Outbox::new(1));
+        let mut shard = Shard::new(id, 1, SessionLimits::default(), Rc::clone(&outbox), 1);
+        let bridge = ClusterSetup::for_tests(1, &[]);
+        shard.set_cluster(Rc::new(bridge.link(id)));
+        let (key, conn) = connect(&mut shard, 1, "p", now);
+        for n in 1..=4u16 {
+            outbox.take_held_by();
+            assert!(shard.handle_packet(key, conn, now, qos1("t", n)).unwrap());
+        }
+        // for_tests: 4 per shard.
+        let hold = outbox.take_held_by().expect("held at the fourth");
+        assert!(outbox.is_congested(hold));
+        shard.handle_cluster(FromBridge::Accepted(1), now);
+        assert!(outbox.is_congested(hold), "3 still wait: more than half");
+        shard.handle_cluster(FromBridge::Accepted(2), now);
+        assert!(!outbox.is_congested(hold), "released at half");
+        let acks = output(&mut shard, key, conn, now);
+        assert!(matches!(acks[..], [Packet::PubAck(_), Packet::PubAck(_)]), "{acks:?}");
+    }
+
+    fn qos1(topic: &str, id: u16) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: TopicName::new(topic).unwrap(),
+            packet_id: PacketId::new(id),
+            properties: Default::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    #[test]
+    fn a_qos_1_puback_waits_for_the_other_nodes_mqtt_4_3_2_2() {
+        // Issue 17 item 8: the PUBACK [MQTT-4.3.2-2] of a bridged QoS 1
+        // message waits until the bridge answers its ticket (every
+        // interested node accepted it); a local-only one is not held.
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(1, &["private/#"]);
+        let (key, id) = connect(&mut shard, 1, "p", now);
+        assert!(shard.handle_packet(key, id, now, qos1("a/b", 1)).unwrap());
+        assert_eq!(bridge.take_published(), ["a/b"]);
+        assert!(output(&mut shard, key, id, now).is_empty(), "held for the other nodes");
+        shard.handle_cluster(FromBridge::Accepted(1), now);
+        assert!(matches!(output(&mut shard, key, id, now)[..], [Packet::PubAck(_)]));
+        assert!(shard.handle_packet(key, id, now, qos1("private/x", 2)).unwrap());
+        assert!(bridge.take_published().is_empty());
+        assert!(matches!(output(&mut shard, key, id, now)[..], [Packet::PubAck(_)]));
     }
 }

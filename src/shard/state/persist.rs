@@ -73,8 +73,17 @@ struct DurableWait {
     lsn: Option<Lsn>,
     /// The peers it went to and the count each must report.
     peers: SmallVec<[(ShardId, u64); 4]>,
-    key: SessionKey,
-    token: AckToken,
+    waiter: Waiter,
+}
+
+/// What a durable acknowledgement releases.
+#[derive(Clone, Debug)]
+enum Waiter {
+    /// A session's barrier.
+    Session(SessionKey, AckToken),
+    /// Another node's QoS 1/2 message, acknowledged to it (see
+    /// `state/bridge_acks.rs`).
+    Remote(crate::router::cluster::RemoteAck),
 }
 
 impl DurableWait {
@@ -392,7 +401,7 @@ impl Shard {
         let lsn = self.log.as_ref().and_then(|log| log.last());
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         let peers = std::mem::take(&mut durable.touched);
-        self.wait_durable(DurableWait { lsn, peers, key, token });
+        self.wait_durable(DurableWait { lsn, peers, waiter: Waiter::Session(key, token) });
     }
 
     /// Releases `wait` at once if what it waits for is durable already,
@@ -402,10 +411,33 @@ impl Shard {
     fn wait_durable(&mut self, wait: DurableWait) {
         let Some(durable) = self.session_log.durable.as_mut() else { return };
         if self.log.as_ref().is_some_and(|log| wait.is_ready(log, &durable.acked)) {
-            self.release_acks(wait.key, wait.token);
+            self.release_waiter(wait.waiter);
         } else {
             durable.waits.push(wait);
         }
+    }
+
+    /// Releases what a durable wait held.
+    fn release_waiter(&mut self, waiter: Waiter) {
+        match waiter {
+            Waiter::Session(key, token) => self.release_acks(key, token),
+            Waiter::Remote(ack) => self.accept_remote(ack),
+        }
+    }
+
+    /// With `durability = "always"`, another node's QoS 1/2 message just
+    /// routed is acknowledged to it once what routing it logged is durable,
+    /// here and on the shards it went to; at once otherwise. Returns it
+    /// when it is to be acknowledged at once.
+    pub(super) fn durable_wait_remote(
+        &mut self,
+        ack: crate::router::cluster::RemoteAck,
+    ) -> Option<crate::router::cluster::RemoteAck> {
+        let lsn = self.log.as_ref().and_then(|log| log.last());
+        let Some(durable) = self.session_log.durable.as_mut() else { return Some(ack) };
+        let peers = std::mem::take(&mut durable.touched);
+        self.wait_durable(DurableWait { lsn, peers, waiter: Waiter::Remote(ack) });
+        None
     }
 
     /// Releases the SUBACK or UNSUBACK barrier `token` of a persistent
@@ -417,7 +449,8 @@ impl Shard {
         let lsn = self.log.as_ref().and_then(|log| log.last());
         match self.session_log.durable.as_mut() {
             Some(_) if persistent => {
-                self.wait_durable(DurableWait { lsn, peers: SmallVec::new(), key, token });
+                let waiter = Waiter::Session(key, token);
+                self.wait_durable(DurableWait { lsn, peers: SmallVec::new(), waiter });
             }
             _ => self.release_acks(key, token),
         }
@@ -482,17 +515,17 @@ impl Shard {
     fn release_durable(&mut self) {
         let Some(log) = self.log.clone() else { return };
         let Some(durable) = self.session_log.durable.as_mut() else { return };
-        let mut released: SmallVec<[(SessionKey, AckToken); 8]> = SmallVec::new();
+        let mut released: SmallVec<[Waiter; 8]> = SmallVec::new();
         let acked = &durable.acked;
         durable.waits.retain(|wait| {
             let ready = wait.is_ready(&log, acked);
             if ready {
-                released.push((wait.key, wait.token));
+                released.push(wait.waiter.clone());
             }
             !ready
         });
-        for (key, token) in released {
-            self.release_acks(key, token);
+        for waiter in released {
+            self.release_waiter(waiter);
         }
     }
 }
