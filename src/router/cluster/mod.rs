@@ -57,6 +57,7 @@ mod ack;
 mod bridge;
 mod directory;
 mod frame;
+mod kv;
 mod lane;
 mod retained;
 mod sessions;

@@ -44,6 +44,7 @@
 //!   bucket's content replaces it topic by topic, and a topic the bucket
 //!   does not know is kept on that node only.
 
+use super::kv::open_bucket;
 use super::sessions::ToBridge;
 use super::subject::{decode_topic, topic_subject};
 use super::{BridgeCounters, ClusterLink, FromBridge, Shared};
@@ -219,28 +220,9 @@ impl RetainedSync {
         }
     }
 
-    /// The bucket: the existing one (as it is), or a new one (history 1:
-    /// only the latest value of a key matters; `kv_replicas` replicas). The bucket's stream is made here as
-    /// `Context::create_key_value` makes it (ADR-8), because that function
-    /// first reads the account's JetStream info, which async-nats 0.46
-    /// cannot parse from a 2.9 server (Debian 12's nats-server).
+    /// The bucket (see [`open_bucket`]).
     async fn open(&self) -> Result<kv::Store, async_nats::Error> {
-        if let Ok(store) = self.context.get_key_value(&self.bucket).await {
-            return Ok(store);
-        }
-        let config = jetstream::stream::Config {
-            name: format!("KV_{}", self.bucket),
-            subjects: vec![format!("$KV.{}.>", self.bucket)],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: self.replicas,
-            ..Default::default()
-        };
-        self.context.get_or_create_stream(config).await?;
-        Ok(self.context.get_key_value(&self.bucket).await?)
+        open_bucket(&self.context, &self.bucket, self.replicas).await
     }
 
     /// Hands one change of the bucket to the shard of its topic.

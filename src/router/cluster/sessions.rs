@@ -33,6 +33,7 @@
 //!   session; with NATS or the bucket unreachable the node accepts the
 //!   client as a single node would (availability first, counted, logged).
 
+use super::kv::open_bucket;
 use super::subject::topic_subject;
 use super::{BridgeCounters, ClusterLink, FromBridge, Shared};
 use async_nats::jetstream::{self, kv};
@@ -233,25 +234,9 @@ impl SessionSync {
         let _ = serve.await;
     }
 
-    /// The directory: the existing bucket, or a new one made as
-    /// `retained::RetainedSync::open` makes its own (history 1).
+    /// The directory (see [`open_bucket`]).
     async fn open(&self) -> Result<kv::Store, async_nats::Error> {
-        if let Ok(store) = self.context.get_key_value(&self.bucket).await {
-            return Ok(store);
-        }
-        let config = jetstream::stream::Config {
-            name: format!("KV_{}", self.bucket),
-            subjects: vec![format!("$KV.{}.>", self.bucket)],
-            max_messages_per_subject: 1,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: self.replicas,
-            ..Default::default()
-        };
-        self.context.get_or_create_stream(config).await?;
-        Ok(self.context.get_key_value(&self.bucket).await?)
+        open_bucket(&self.context, &self.bucket, self.replicas).await
     }
 
     /// Hands each takeover request to the home shard of its client id.
