@@ -107,8 +107,10 @@ impl Shard {
     }
 }
 
+/// Shared with the other cluster tests of `state` (retained messages,
+/// sessions).
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::protocol::{
         Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
@@ -121,7 +123,7 @@ mod tests {
     use bytes::BytesMut;
 
     /// One shard of `n` (shard 0) linked to a bridge the test plays.
-    fn shard(n: usize, local_only: &[&str]) -> (Shard, ClusterSetup) {
+    pub(in crate::shard::state) fn shard(n: usize, local_only: &[&str]) -> (Shard, ClusterSetup) {
         let id = ShardId::from_index(0).unwrap();
         let mut shard = Shard::new(id, n, SessionLimits::default(), Rc::new(Outbox::new(n)), 1);
         let setup = ClusterSetup::for_tests(n, local_only);
@@ -130,7 +132,7 @@ mod tests {
     }
 
     /// Connects a client homed on shard 0 of `n`.
-    fn connect(
+    pub(in crate::shard::state) fn connect(
         shard: &mut Shard,
         n: usize,
         prefix: &str,
@@ -160,7 +162,12 @@ mod tests {
         (key, id)
     }
 
-    fn output(shard: &mut Shard, key: SessionKey, id: ConnectionId, now: Instant) -> Vec<Packet> {
+    pub(in crate::shard::state) fn output(
+        shard: &mut Shard,
+        key: SessionKey,
+        id: ConnectionId,
+        now: Instant,
+    ) -> Vec<Packet> {
         let mut out = BytesMut::new();
         shard.poll_transmit(key, id, now, &mut out).unwrap();
         let mut decoder = crate::protocol::Decoder::new(ProtocolVersion::V3_1_1, 1 << 20);

@@ -107,35 +107,13 @@ mod tests {
 
     #[test]
     fn a_retained_publish_goes_to_the_bucket_from_the_shard_that_stored_it() {
-        use crate::protocol::{Connect, Packet, ProtocolVersion, Publish};
-        use crate::shard::ConnectOutcome;
+        use crate::protocol::{Packet, Publish};
+        use crate::shard::state::cluster::tests::{connect, shard};
         let now = Instant::now();
         let n = 2;
         let shards: Vec<ShardId> = (0..n).filter_map(ShardId::from_index).collect();
-        let outbox = Rc::new(Outbox::new(n));
-        let mut shard = Shard::new(shards[0], n, SessionLimits::default(), outbox, 1);
-        let setup = ClusterSetup::for_tests(n, &["local/#"]);
-        shard.set_cluster(Rc::new(setup.link(shards[0])));
-        let client_id = (0..)
-            .map(|i| format!("p{i}"))
-            .find(|id| crate::router::home_shard(id.as_bytes(), n) == shards[0])
-            .unwrap();
-        let connect = Connect {
-            version: ProtocolVersion::V3_1_1,
-            clean_start: true,
-            keep_alive: 0,
-            client_id: client_id.as_str().into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: Default::default(),
-        };
-        let id = shard.new_connection_id();
-        let ConnectOutcome::Accepted(key) =
-            shard.handle_connect(now, &connect, client_id.into(), id)
-        else {
-            panic!("refused")
-        };
+        let (mut shard, setup) = shard(n, &["local/#"]);
+        let (key, id) = connect(&mut shard, n, "p", now);
         // One topic of each shard, and a local-only one.
         let topic_on = |shard: ShardId| {
             (0..)

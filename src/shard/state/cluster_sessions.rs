@@ -197,25 +197,19 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cluster::tests::output;
     use super::*;
     use crate::protocol::{
         Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
         SubscriptionOptions, TopicFilter, TopicName,
     };
     use crate::router::cluster::{ClusterSetup, FromBridge};
-    use crate::router::{Outbox, ShardId};
-    use crate::session::SessionLimits;
     use crate::shard::{ConnectOutcome, ConnectionId, SessionKey};
-    use bytes::BytesMut;
     use std::rc::Rc;
 
     /// A node of one shard, linked to a bridge the test plays.
     fn node() -> (Shard, ClusterSetup) {
-        let id = ShardId::from_index(0).unwrap();
-        let mut shard = Shard::new(id, 1, SessionLimits::default(), Rc::new(Outbox::new(1)), 1);
-        let setup = ClusterSetup::for_tests(1, &[]);
-        shard.set_cluster(Rc::new(setup.link(id)));
-        (shard, setup)
+        super::super::cluster::tests::shard(1, &[])
     }
 
     fn connect_packet(client_id: &str, clean_start: bool) -> Connect {
@@ -252,11 +246,19 @@ mod tests {
         (key, id, out)
     }
 
-    fn output(shard: &mut Shard, key: SessionKey, id: ConnectionId, now: Instant) -> Vec<Packet> {
-        let mut out = BytesMut::new();
-        let _ = shard.poll_transmit(key, id, now, &mut out);
-        let mut decoder = crate::protocol::Decoder::new(ProtocolVersion::V3_1_1, 1 << 20);
-        std::iter::from_fn(|| decoder.decode(&mut out).unwrap()).collect()
+    /// A QoS 1 subscription to `filter`.
+    fn subscribe(filter: &str) -> Packet {
+        Packet::Subscribe(Subscribe {
+            refused: Vec::new(),
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: [Subscription {
+                filter: TopicFilter::new(filter).unwrap(),
+                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            }]
+            .into_iter()
+            .collect(),
+        })
     }
 
     fn publish(topic: &str, packet_id: u16) -> Packet {
@@ -278,18 +280,7 @@ mod tests {
         // A persistent session on node a: subscribed, then offline.
         let (key, id, out) = connect(&mut a, &connect_packet("mover", false), &[], now);
         assert!(matches!(out[..], [Packet::ConnAck(ref ack)] if !ack.session_present));
-        let subscribe = Packet::Subscribe(Subscribe {
-            refused: Vec::new(),
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Default::default(),
-            subscriptions: [Subscription {
-                filter: TopicFilter::new("q/#").unwrap(),
-                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-            }]
-            .into_iter()
-            .collect(),
-        });
-        assert!(a.handle_packet(key, id, now, subscribe).unwrap());
+        assert!(a.handle_packet(key, id, now, subscribe("q/#")).unwrap());
         a.handle_cluster(FromBridge::InterestAck(1), now);
         a.handle_connection_closed(key, id, now);
         // Two messages queue for it.
@@ -332,18 +323,7 @@ mod tests {
         let now = Instant::now();
         let (mut a, bridge_a) = node();
         let (key, id, _) = connect(&mut a, &connect_packet("mover", false), &[], now);
-        let subscribe = Packet::Subscribe(Subscribe {
-            refused: Vec::new(),
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Default::default(),
-            subscriptions: [Subscription {
-                filter: TopicFilter::new("q/#").unwrap(),
-                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-            }]
-            .into_iter()
-            .collect(),
-        });
-        assert!(a.handle_packet(key, id, now, subscribe).unwrap());
+        assert!(a.handle_packet(key, id, now, subscribe("q/#")).unwrap());
         a.handle_cluster(FromBridge::InterestAck(1), now);
         a.handle_connection_closed(key, id, now);
         let (p, p_id, _) = connect(&mut a, &connect_packet("pub", true), &[], now);
