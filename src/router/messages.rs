@@ -70,6 +70,8 @@ pub struct RetainedReplyTo {
     pub options: SubscriptionOptions,
     /// The v5 Subscription Identifier of that subscription.
     pub subscription_id: Option<std::num::NonZeroU32>,
+    /// The asking shard's number for the request.
+    pub request: u64,
 }
 
 /// What shards send each other.
@@ -115,6 +117,18 @@ pub enum ShardMessage {
         /// The subscriber.
         reply_to: RetainedReplyTo,
     },
+    /// Send `RetainedFlushed { round }` back, behind everything sent to the
+    /// sender before: the owner of a topic answers retained queries once
+    /// every peer has (see `shard/state/retained_queries.rs`).
+    RetainedFlush {
+        /// The sender's round.
+        round: u64,
+    },
+    /// The answer to `RetainedFlush`.
+    RetainedFlushed {
+        /// The round it answers.
+        round: u64,
+    },
     /// With `durability = "always"`: the first `count` publishes, group
     /// publishes and retained messages the receiver sent to the sender
     /// (counted in the order they were sent) are handled and whatever they
@@ -143,7 +157,8 @@ pub enum ShardMessage {
         /// The topic.
         topic: TopicName,
     },
-    /// Retained messages for a subscriber homed on the receiving shard.
+    /// Retained messages for a subscriber homed on the receiving shard:
+    /// one owner's whole answer to its query, sent even when empty.
     Retained {
         /// The subscriber.
         reply_to: RetainedReplyTo,

@@ -33,7 +33,7 @@ use crate::store::data_dir::DataDirError;
 use crate::store::{self, Log, StoreOptions};
 use bytes::Bytes;
 use drain::Drain;
-use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use glommio::{CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, Shares};
 use preflight::PreflightError;
 use reload::{AuthState, Reloader, SharedAcl, SharedIntervals, SharedLimits, SharedTls};
 use socket2::Socket;
@@ -55,6 +55,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// entries (8 buckets) each cancellation walked an eighth of all the
 /// connections.
 const RING_DEPTH: usize = 4096;
+
+/// The latency the durable log's tasks ask of the executor: how long a
+/// completed write or sync may wait before the writer and the task that
+/// releases acknowledgements run. With the default task queue they waited
+/// for every queued connection task (QoS 1 fan-in, 100 publishers, 2
+/// shards, `always`: 153k -> 185k msg/s, medians of 4; see CHANGELOG).
+const LOG_LATENCY: Duration = Duration::from_micros(200);
 
 /// How long connections get to close during a shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -755,22 +762,36 @@ async fn open_log(
             // shard when the log starts or stops failing (disk full, EIO:
             // QoS 1/2 publishes are refused meanwhile); ends with the
             // executor.
+            // Both this task and the writer run in a latency-sensitive
+            // task queue: a completed write or sync then preempts the
+            // connection tasks (between two of them) instead of waiting
+            // for a turn behind all of them, and the PUBACKs it releases
+            // go out one executor turn sooner.
+            let queue = glommio::executor().create_task_queue(
+                Shares::default(),
+                Latency::Matters(LOG_LATENCY),
+                "durable-log",
+            );
             let (watched, watcher) = (Rc::clone(&log), Rc::clone(shard));
-            glommio::spawn_local(async move {
-                let (mut seen, mut failing) = (0, false);
-                loop {
-                    let (durable, now_failing) = watched.changed(seen, failing).await;
-                    let mut shard = watcher.borrow_mut();
-                    if durable > seen {
-                        seen = durable;
-                        shard.handle_durable();
+            glommio::spawn_local_into(
+                async move {
+                    let (mut seen, mut failing) = (0, false);
+                    loop {
+                        let (durable, now_failing) = watched.changed(seen, failing).await;
+                        let mut shard = watcher.borrow_mut();
+                        if durable > seen {
+                            seen = durable;
+                            shard.handle_durable();
+                        }
+                        if now_failing != failing {
+                            failing = now_failing;
+                            shard.handle_store_failing(failing);
+                        }
                     }
-                    if now_failing != failing {
-                        failing = now_failing;
-                        shard.handle_store_failing(failing);
-                    }
-                }
-            })
+                },
+                queue,
+            )
+            .expect("the task queue was just created")
             .detach();
             tracing::info!(
                 shard = id,
@@ -784,7 +805,8 @@ async fn open_log(
                 ms = started.elapsed().as_millis() as u64,
                 "durable log replayed"
             );
-            let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
+            let writer = glommio::spawn_local_into(opened.writer.run(Rc::clone(&log)), queue)
+                .expect("the task queue was just created");
             Ok((log, writer))
         }
         Err(error) => {

@@ -82,10 +82,9 @@ pub struct Shard {
     limit_warnings: LimitWarnings,
     /// Reused between interest acknowledgements: the barriers they release.
     released: Vec<(SessionKey, AckToken)>,
-    /// Lookups of this shard's own retained messages for new
-    /// subscriptions, each waiting until every peer has acknowledged the
-    /// interest revision it names (see [`Shard::subscribe`]).
-    retained_lookups: VecDeque<(u64, TopicFilter, RetainedReplyTo)>,
+    /// Retained messages asked for new subscriptions, and queries from
+    /// peers this shard answers (see `state/retained_queries.rs`).
+    retained_queries: retained_queries::RetainedQueries,
     /// Reused between publishes: the local sessions a message matched.
     matches: Vec<(SessionKey, LocalSubscription)>,
     /// When to look at which session.
@@ -148,7 +147,7 @@ impl Shard {
             drop_warnings: DropWarnings::default(),
             limit_warnings: LimitWarnings::default(),
             released: Vec::new(),
-            retained_lookups: VecDeque::new(),
+            retained_queries: Default::default(),
             matches: Vec::new(),
             deadlines: Deadlines::default(),
             farewells: Vec::new(),
@@ -1009,15 +1008,25 @@ impl Shard {
     /// whichever shard it lives [MQTT-4.8.2].
     pub fn route(&mut self, message: Arc<Message>, now: Instant) {
         self.durable_route_start();
+        self.route_live(&message, now);
         // With `retain_available = false` sessions refuse RETAIN 1, so only
         // the broker's own messages could ask to be stored: nothing is.
+        // Stored after the live copies left: a shard that gets both on one
+        // channel gets the live one first, and a new subscription there
+        // that got it live is not sent it again as retained (see
+        // `state/retained_queries.rs`).
         if message.retain && self.limits.retain_available {
             self.store_retained(&message, now);
         }
-        self.deliver_local(&message, None, now);
+    }
+
+    /// Delivers `message` to the local subscribers and sends it to the
+    /// shards and nodes with interest in it.
+    fn route_live(&mut self, message: &Arc<Message>, now: Instant) {
+        self.deliver_local(message, None, now);
         // In a cluster the message also goes to the other nodes; shared
         // groups are then served through NATS (see `state/cluster.rs`).
-        let bridged = self.cluster.as_ref().is_some_and(|cluster| cluster.publish(&message));
+        let bridged = self.cluster.as_ref().is_some_and(|cluster| cluster.publish(message));
         // Per matched group: the member shard chosen and its id for the
         // group, which is all that travels with the message.
         let mut chosen: smallvec::SmallVec<[(ShardId, GroupId); 4]> = smallvec::SmallVec::new();
@@ -1034,10 +1043,10 @@ impl Shard {
         }
         let me = self.id;
         for shard in shards.iter().filter(|&shard| shard != me) {
-            if !self.outbox.push_publish(shard, &message, &mut self.counters.router) {
+            if !self.outbox.push_publish(shard, message, &mut self.counters.router) {
                 self.count_drops(DropCause::PeerOverloaded, 1, now);
             } else {
-                self.durable_sent(shard, &message);
+                self.durable_sent(shard, message);
             }
         }
         if bridged {
@@ -1045,11 +1054,11 @@ impl Shard {
         }
         for (shard, group) in chosen {
             if shard == self.id {
-                self.deliver_to_group(group, &message, None, now);
+                self.deliver_to_group(group, message, None, now);
             } else {
-                let forward = ShardMessage::GroupPublish { group, message: Arc::clone(&message) };
+                let forward = ShardMessage::GroupPublish { group, message: Arc::clone(message) };
                 self.outbox.push(shard, forward);
-                self.durable_sent(shard, &message);
+                self.durable_sent(shard, message);
             }
         }
         // A subscriber of the topic, here or elsewhere, is past its queue
@@ -1158,6 +1167,9 @@ impl Shard {
             }
             if let Some(options) = merged {
                 self.deliver(key, message, options, ids, false, origin, now);
+                if message.retain && self.retained_queries.is_asking() {
+                    self.retained_queries.note_live(key, message);
+                }
             }
         }
         self.matches = matches;
@@ -1286,56 +1298,15 @@ impl Shard {
             client_id: self.slot(key).session.client_id().clone(),
             options,
             subscription_id,
+            request: 0,
         };
         let owners: Vec<ShardId> = if filter.has_wildcards() {
             (0..self.nr_shards).filter_map(ShardId::from_index).collect()
         } else {
             vec![home_shard(filter.filter().as_bytes(), self.nr_shards)]
         };
-        for owner in owners {
-            if owner == self.id {
-                // A peer that published a retained message for this topic
-                // before it learnt of this subscription's interest did not
-                // deliver it, and its `Retain` may still be on the way
-                // here. Peers send in order, so once each has acknowledged
-                // the interest, whatever it retained before is stored here:
-                // looking then misses nothing, and what they publish after
-                // comes as a live delivery [MQTT-3.3.1-6]. Another shard
-                // owning the topic gets its query right behind the interest
-                // change, in the same order, and needs no wait when it is
-                // also the publisher's. Left open: with three shards or
-                // more, a publisher on a third shard whose `Retain` reaches
-                // the owner after the query, having published before it
-                // learnt of the interest: a race across two channels that
-                // would need the query to wait for the publisher's channel
-                // too.
-                let revision = self.interest.revision();
-                if self.interest.acked_by_all() >= revision {
-                    let messages = self.retained_matching(&filter, now);
-                    self.deliver_retained(&reply_to, &messages, now);
-                } else {
-                    self.retained_lookups.push_back((revision, filter.clone(), reply_to.clone()));
-                }
-            } else {
-                let query = ShardMessage::RetainedQuery {
-                    filter: filter.clone(),
-                    reply_to: reply_to.clone(),
-                };
-                self.outbox.push(owner, query);
-            }
-        }
+        self.ask_retained(key, filter, reply_to, owners, now);
         revision
-    }
-
-    /// Runs the retained lookups whose interest every peer has now
-    /// acknowledged (see [`Shard::subscribe`]).
-    pub(super) fn look_up_acknowledged_retained(&mut self, now: Instant) {
-        let acked = self.interest.acked_by_all();
-        while self.retained_lookups.front().is_some_and(|&(revision, ..)| revision <= acked) {
-            let Some((_, filter, reply_to)) = self.retained_lookups.pop_front() else { break };
-            let messages = self.retained_matching(&filter, now);
-            self.deliver_retained(&reply_to, &messages, now);
-        }
     }
 
     fn retained_matching(&mut self, filter: &TopicFilter, now: Instant) -> Vec<Arc<Message>> {
@@ -1394,21 +1365,21 @@ impl Shard {
                 }
                 released.clear();
                 self.released = released;
-                self.look_up_acknowledged_retained(now);
+                self.ask_acknowledged_retained(now);
             }
             ShardMessage::Retain(message) => {
                 self.retain_published(Arc::clone(&message), now);
                 self.durable_received(from, std::slice::from_ref(&message));
             }
             ShardMessage::RetainedQuery { filter, reply_to } => {
-                let messages = self.retained_matching(&filter, now);
-                if !messages.is_empty() {
-                    let shard = reply_to.shard;
-                    self.outbox.push(shard, ShardMessage::Retained { reply_to, messages });
-                }
+                self.handle_retained_query(filter, reply_to, now);
             }
+            ShardMessage::RetainedFlush { round } => {
+                self.outbox.push(from, ShardMessage::RetainedFlushed { round });
+            }
+            ShardMessage::RetainedFlushed { round } => self.handle_retained_flushed(round, now),
             ShardMessage::Retained { reply_to, messages } => {
-                self.deliver_retained(&reply_to, &messages, now);
+                self.handle_retained_answer(&reply_to, &messages, now);
             }
         }
     }
@@ -1418,6 +1389,7 @@ mod bridge_acks;
 mod cluster;
 mod cluster_retained;
 mod cluster_sessions;
+mod retained_queries;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

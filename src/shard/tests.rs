@@ -1413,6 +1413,8 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
 mod overload;
 #[path = "tests_persist.rs"]
 pub(in crate::shard) mod persist;
+/// Retained messages racing new subscriptions across three shards.
+mod retained_race;
 
 #[test]
 fn a_retained_message_published_while_a_subscription_is_being_made_reaches_it() {

@@ -51,7 +51,7 @@ impl Shard {
                 }
                 released.clear();
                 self.released = released;
-                self.look_up_acknowledged_retained(now);
+                self.ask_acknowledged_retained(now);
             }
             FromBridge::Retained(message) => self.retain_from_cluster(message, now),
             FromBridge::Takeover(takeover) => self.handle_cluster_takeover(takeover, now),

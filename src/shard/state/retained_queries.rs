@@ -1,0 +1,246 @@
+//! Retained messages for a new subscription when the topic's owner is
+//! another shard, or a publish races the subscription: each matching
+//! retained message reaches the subscriber exactly once, as the retained
+//! message of its subscription or as a live publish [MQTT-3.3.1-6] ("When a
+//! new subscription is established, the last retained message, if any, on
+//! each matching topic name MUST be sent to the subscriber").
+//!
+//! A publisher shard P sends a retained message live to the subscriber's
+//! shard S only once it has applied S's interest, and its `Retain` to the
+//! topic's owner O on another channel. Three steps close the races:
+//!
+//! 1. S asks the owners (itself included) only once every peer has
+//!    acknowledged the interest revision of the subscription: whatever a
+//!    peer published before it applied the interest was sent to its owner
+//!    before that acknowledgement; whatever it publishes after comes live.
+//! 2. An owner O answers a query only after a flush round with its peers:
+//!    each answers `RetainedFlushed` behind the `Retain`s it sent O before,
+//!    so O has stored them when it looks. With two shards the only peer is
+//!    the asker, whose channel carried its `Retain`s before the query: no
+//!    round.
+//! 3. A message published after a peer applied the interest may come both
+//!    live and in an answer. Until every owner has answered, S notes the
+//!    retained-flagged messages the subscriber got live on the
+//!    subscription's topics and leaves them out of the answers (same topic
+//!    and payload: what the retained copy would have told it).
+//!
+//! One flush round at a time per owner; the queries that arrive meanwhile
+//! wait for the next one, so a subscribe storm costs a round per round
+//! trip, not per subscription.
+
+use super::Shard;
+use crate::message::Message;
+use crate::protocol::{TopicFilter, TopicName};
+use crate::router::{RetainedReplyTo, ShardId, ShardMessage};
+use crate::shard::slots::SessionKey;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Live copies noted per request at most: past it a racing publish may
+/// arrive twice (live and retained), never not at all.
+const MAX_LIVE_NOTED: usize = 256;
+
+/// A shard's retained queries: those it asks as a subscriber's shard and
+/// those it answers as an owner.
+#[derive(Debug, Default)]
+pub(super) struct RetainedQueries {
+    /// Requests waiting for every peer to acknowledge an interest revision
+    /// (step 1): the revision and the request, in revision order.
+    waiting: VecDeque<(u64, u64)>,
+    /// This shard's open requests, by id.
+    requests: hashbrown::HashMap<u64, Request>,
+    next_request: u64,
+    /// Queries from peers waiting for the next flush round (step 2).
+    queued: Vec<(TopicFilter, RetainedReplyTo)>,
+    /// The flush round in flight.
+    round: Option<Round>,
+    next_round: u64,
+}
+
+/// A new subscription's request for retained messages (steps 1 and 3).
+#[derive(Debug)]
+struct Request {
+    key: SessionKey,
+    filter: TopicFilter,
+    reply_to: RetainedReplyTo,
+    /// The shards owning the topics the filter can match.
+    owners: Vec<ShardId>,
+    /// Owners that have not answered yet.
+    unanswered: usize,
+    /// Retained-flagged messages the subscriber got live meanwhile.
+    live: Vec<(TopicName, Bytes)>,
+}
+
+/// A flush round of an owner (step 2).
+#[derive(Debug)]
+struct Round {
+    number: u64,
+    /// Peers that have not answered yet.
+    unanswered: usize,
+    /// The queries it answers.
+    queries: Vec<(TopicFilter, RetainedReplyTo)>,
+}
+
+impl RetainedQueries {
+    /// Whether any request is open (the publish path's one check).
+    pub(super) fn is_asking(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Notes that `key` got the retained-flagged `message` live, for the
+    /// open requests of its subscriptions that match it (step 3).
+    pub(super) fn note_live(&mut self, key: SessionKey, message: &Message) {
+        for request in self.requests.values_mut() {
+            if request.key == key
+                && request.live.len() < MAX_LIVE_NOTED
+                && request.filter.matches(&message.topic)
+            {
+                request.live.push((message.topic.clone(), message.payload.clone()));
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Asks `owners` for the retained messages matching the new
+    /// subscription of `key` once every peer has acknowledged the current
+    /// interest revision (step 1).
+    pub(super) fn ask_retained(
+        &mut self,
+        key: SessionKey,
+        filter: TopicFilter,
+        mut reply_to: RetainedReplyTo,
+        owners: Vec<ShardId>,
+        now: Instant,
+    ) {
+        let queries = &mut self.retained_queries;
+        let id = queries.next_request;
+        queries.next_request += 1;
+        reply_to.request = id;
+        let unanswered = owners.len();
+        let request = Request { key, filter, reply_to, owners, unanswered, live: Vec::new() };
+        queries.requests.insert(id, request);
+        queries.waiting.push_back((self.interest.revision(), id));
+        self.ask_acknowledged_retained(now);
+    }
+
+    /// Sends the requests whose interest every peer has now acknowledged.
+    pub(super) fn ask_acknowledged_retained(&mut self, now: Instant) {
+        let acked = self.interest.acked_by_all();
+        while let Some(&(revision, id)) = self.retained_queries.waiting.front() {
+            if revision > acked {
+                break;
+            }
+            self.retained_queries.waiting.pop_front();
+            let Some(request) = self.retained_queries.requests.get(&id) else { continue };
+            let (filter, reply_to) = (request.filter.clone(), request.reply_to.clone());
+            for owner in request.owners.clone() {
+                if owner == self.id {
+                    // Peers' `Retain`s for this shard came before their
+                    // acknowledgements, on the same channels: no round.
+                    let messages = self.retained_matching(&filter, now);
+                    self.handle_retained_answer(&reply_to, &messages, now);
+                } else {
+                    let query = ShardMessage::RetainedQuery {
+                        filter: filter.clone(),
+                        reply_to: reply_to.clone(),
+                    };
+                    self.outbox.push(owner, query);
+                }
+            }
+        }
+    }
+
+    /// A query from a subscriber's shard, answered after a flush round
+    /// (step 2).
+    pub(super) fn handle_retained_query(
+        &mut self,
+        filter: TopicFilter,
+        reply_to: RetainedReplyTo,
+        now: Instant,
+    ) {
+        if self.nr_shards <= 2 {
+            self.answer_retained_query(&filter, reply_to, now);
+            return;
+        }
+        self.retained_queries.queued.push((filter, reply_to));
+        self.start_flush_round();
+    }
+
+    /// Starts a flush round for the queued queries unless one is in flight.
+    fn start_flush_round(&mut self) {
+        let queries = &mut self.retained_queries;
+        if queries.round.is_some() || queries.queued.is_empty() {
+            return;
+        }
+        let number = queries.next_round;
+        queries.next_round += 1;
+        let round = Round {
+            number,
+            unanswered: self.nr_shards - 1,
+            queries: std::mem::take(&mut queries.queued),
+        };
+        queries.round = Some(round);
+        // Every peer, the askers included (they need none, but a round
+        // that asks everyone serves any mix of askers).
+        for peer in (0..self.nr_shards).filter_map(ShardId::from_index) {
+            if peer != self.id {
+                self.outbox.push(peer, ShardMessage::RetainedFlush { round: number });
+            }
+        }
+    }
+
+    /// A peer sent everything it sent before `round` (step 2).
+    pub(super) fn handle_retained_flushed(&mut self, round: u64, now: Instant) {
+        let Some(current) = self.retained_queries.round.as_mut() else { return };
+        if current.number != round {
+            return;
+        }
+        current.unanswered -= 1;
+        if current.unanswered > 0 {
+            return;
+        }
+        let Some(done) = self.retained_queries.round.take() else { return };
+        for (filter, reply_to) in done.queries {
+            self.answer_retained_query(&filter, reply_to, now);
+        }
+        self.start_flush_round();
+    }
+
+    /// Answers a query, even with nothing: the asker counts the answers.
+    fn answer_retained_query(
+        &mut self,
+        filter: &TopicFilter,
+        reply_to: RetainedReplyTo,
+        now: Instant,
+    ) {
+        let messages = self.retained_matching(filter, now);
+        let shard = reply_to.shard;
+        self.outbox.push(shard, ShardMessage::Retained { reply_to, messages });
+    }
+
+    /// One owner's answer to this shard's request: delivers what the
+    /// subscriber did not get live meanwhile (step 3).
+    pub(super) fn handle_retained_answer(
+        &mut self,
+        reply_to: &RetainedReplyTo,
+        messages: &[Arc<Message>],
+        now: Instant,
+    ) {
+        let Some(request) = self.retained_queries.requests.get_mut(&reply_to.request) else {
+            return;
+        };
+        request.unanswered -= 1;
+        let fresh: Vec<Arc<Message>> = messages
+            .iter()
+            .filter(|m| !request.live.iter().any(|(t, p)| *t == m.topic && *p == m.payload))
+            .cloned()
+            .collect();
+        if request.unanswered == 0 {
+            self.retained_queries.requests.remove(&reply_to.request);
+        }
+        self.deliver_retained(reply_to, &fresh, now);
+    }
+}
