@@ -199,7 +199,7 @@ const COUNTERS: [Field<u64>; 85] = [
     ("store_bytes_written", "Bytes written to durable log segments", |s| {
         s.counters.store.bytes_written
     }),
-    ("store_syncs", "fdatasync calls of the durable log (one per group commit)", |s| {
+    ("store_syncs", "Group commits of the durable log made durable (an fdatasync each; with always, O_DSYNC writes)", |s| {
         s.counters.store.syncs
     }),
     ("store_compactions", "Durable log snapshots written by compaction", |s| {
@@ -412,7 +412,7 @@ pub fn render(snapshots: &[Snapshot], connections: usize) -> String {
         snapshots.iter().map(|s| (s.shard as u64, s.counters.store.sync_latency.clone()));
     registry.register(
         "ringmq_store_sync_seconds",
-        "Time each fdatasync of the durable log took (one per group commit)",
+        "Time each group commit of the durable log took to become durable (with always its O_DSYNC write, else its fdatasync)",
         ShardSyncLatency(sync_latency.collect()),
     );
     for snapshot in snapshots {
