@@ -738,14 +738,15 @@ fn mosquitto_clients_over_tls_and_mtls() {
     let broker =
         TlsBroker::start(&dir, 2, "", &format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}"));
     let tls = ["--cafile", &ca_file];
-    assert_eq!(mosquitto_round_trip(broker.tls.port(), &tls, &tls), "over tls\n");
+    // On a failure the broker's log goes with the clients' output: this
+    // test failed now and then under load (the mTLS round trip timing out)
+    // without anything to tell why.
+    let got = mosquitto_round_trip(broker.tls.port(), &tls, &tls);
+    assert_eq!(got, "over tls\n", "broker log:\n{}", broker.log());
     for version in ["tlsv1.2", "tlsv1.3"] {
         let pinned = ["--cafile", &ca_file, "--tls-version", version];
-        assert_eq!(
-            mosquitto_round_trip(broker.tls.port(), &pinned, &pinned),
-            "over tls\n",
-            "{version}"
-        );
+        let got = mosquitto_round_trip(broker.tls.port(), &pinned, &pinned);
+        assert_eq!(got, "over tls\n", "{version}; broker log:\n{}", broker.log());
     }
     broker.stop();
 
@@ -762,7 +763,8 @@ fn mosquitto_clients_over_tls_and_mtls() {
     let (device_cert, device_key) =
         (dir.write("device.pem", &device.cert), dir.write("device.key", &device.key));
     let mtls = ["--cafile", &ca_file, "--cert", &device_cert, "--key", &device_key];
-    assert_eq!(mosquitto_round_trip(broker.tls.port(), &mtls, &mtls), "over tls\n");
+    let got = mosquitto_round_trip(broker.tls.port(), &mtls, &mtls);
+    assert_eq!(got, "over tls\n", "broker log:\n{}", broker.log());
     // Without a client certificate: refused.
     let port = broker.tls.port().to_string();
     let status = Command::new("mosquitto_pub")
