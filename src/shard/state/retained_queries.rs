@@ -51,6 +51,9 @@ pub(super) struct RetainedQueries {
     waiting: VecDeque<(u64, u64)>,
     /// This shard's open requests, by id.
     requests: hashbrown::HashMap<u64, Request>,
+    /// The open requests of each session (a publish looks only at its
+    /// subscriber's, however many are open in a subscribe storm).
+    by_key: hashbrown::HashMap<SessionKey, smallvec::SmallVec<[u64; 1]>>,
     next_request: u64,
     /// Queries from peers waiting for the next flush round (step 2).
     queued: Vec<(TopicFilter, RetainedReplyTo)>,
@@ -92,12 +95,31 @@ impl RetainedQueries {
     /// Notes that `key` got the retained-flagged `message` live, for the
     /// open requests of its subscriptions that match it (step 3).
     pub(super) fn note_live(&mut self, key: SessionKey, message: &Message) {
-        for request in self.requests.values_mut() {
-            if request.key == key
-                && request.live.len() < MAX_LIVE_NOTED
-                && request.filter.matches(&message.topic)
-            {
+        let Some(ids) = self.by_key.get(&key) else { return };
+        for id in ids {
+            let Some(request) = self.requests.get_mut(id) else { continue };
+            if request.live.len() < MAX_LIVE_NOTED && request.filter.matches(&message.topic) {
                 request.live.push((message.topic.clone(), message.payload.clone()));
+            }
+        }
+    }
+
+    /// Opens a request; returns its id.
+    fn open(&mut self, request: Request) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.by_key.entry(request.key).or_default().push(id);
+        self.requests.insert(id, request);
+        id
+    }
+
+    /// Closes request `id`, answered by every owner.
+    fn close(&mut self, id: u64) {
+        let Some(request) = self.requests.remove(&id) else { return };
+        if let hashbrown::hash_map::Entry::Occupied(mut ids) = self.by_key.entry(request.key) {
+            ids.get_mut().retain(|open| *open != id);
+            if ids.get().is_empty() {
+                ids.remove();
             }
         }
     }
@@ -116,12 +138,10 @@ impl Shard {
         now: Instant,
     ) {
         let queries = &mut self.retained_queries;
-        let id = queries.next_request;
-        queries.next_request += 1;
-        reply_to.request = id;
+        reply_to.request = queries.next_request;
         let unanswered = owners.len();
-        let request = Request { key, filter, reply_to, owners, unanswered, live: Vec::new() };
-        queries.requests.insert(id, request);
+        let id =
+            queries.open(Request { key, filter, reply_to, owners, unanswered, live: Vec::new() });
         queries.waiting.push_back((self.interest.revision(), id));
         self.ask_acknowledged_retained(now);
     }
@@ -239,7 +259,7 @@ impl Shard {
             .cloned()
             .collect();
         if request.unanswered == 0 {
-            self.retained_queries.requests.remove(&reply_to.request);
+            self.retained_queries.close(reply_to.request);
         }
         self.deliver_retained(reply_to, &fresh, now);
     }
