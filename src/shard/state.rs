@@ -1379,7 +1379,7 @@ impl Shard {
             }
             ShardMessage::RetainedFlushed { round } => self.handle_retained_flushed(round, now),
             ShardMessage::Retained { reply_to, messages } => {
-                self.handle_retained_answer(&reply_to, &messages, now);
+                self.handle_retained_answer(&reply_to, messages, now);
             }
         }
     }

@@ -19,14 +19,20 @@
 //!    the asker, whose channel carried its `Retain`s before the query: no
 //!    round.
 //! 3. A message published after a peer applied the interest may come both
-//!    live and in an answer. Until every owner has answered, S notes the
+//!    live and in an answer. While the request is open, S notes the
 //!    retained-flagged messages the subscriber got live on the
 //!    subscription's topics and leaves them out of the answers (same topic
-//!    and payload: what the retained copy would have told it).
+//!    and payload: what the retained copy would have told it). An answer
+//!    from another shard can overtake the live copy, which travels on the
+//!    publisher's channel: with three shards or more S holds such answers
+//!    for a flush round of its own, after which every live copy sent before
+//!    the answer was made has arrived (the publisher sent it before it
+//!    answered the owner's round, and answers S's round after that). With
+//!    two shards the owner is the publisher: one channel, live first.
 //!
-//! One flush round at a time per owner; the queries that arrive meanwhile
-//! wait for the next one, so a subscribe storm costs a round per round
-//! trip, not per subscription.
+//! One flush round at a time per shard, serving the queries and answers
+//! that wait for one; those that come meanwhile wait for the next, so a
+//! subscribe storm costs a round per round trip, not per subscription.
 
 use super::Shard;
 use crate::message::Message;
@@ -57,6 +63,9 @@ pub(super) struct RetainedQueries {
     next_request: u64,
     /// Queries from peers waiting for the next flush round (step 2).
     queued: Vec<(TopicFilter, RetainedReplyTo)>,
+    /// Requests answered by every owner, whose answers from other shards
+    /// wait for the next flush round (step 3).
+    answered: Vec<u64>,
     /// The flush round in flight.
     round: Option<Round>,
     next_round: u64,
@@ -74,6 +83,8 @@ struct Request {
     unanswered: usize,
     /// Retained-flagged messages the subscriber got live meanwhile.
     live: Vec<(TopicName, Bytes)>,
+    /// What other shards answered, held for a flush round (step 3).
+    answers: Vec<Arc<Message>>,
 }
 
 /// A flush round of an owner (step 2).
@@ -84,6 +95,8 @@ struct Round {
     unanswered: usize,
     /// The queries it answers.
     queries: Vec<(TopicFilter, RetainedReplyTo)>,
+    /// The requests whose held answers it releases.
+    answered: Vec<u64>,
 }
 
 impl RetainedQueries {
@@ -140,8 +153,8 @@ impl Shard {
         let queries = &mut self.retained_queries;
         reply_to.request = queries.next_request;
         let unanswered = owners.len();
-        let id =
-            queries.open(Request { key, filter, reply_to, owners, unanswered, live: Vec::new() });
+        let (live, answers) = (Vec::new(), Vec::new());
+        let id = queries.open(Request { key, filter, reply_to, owners, unanswered, live, answers });
         queries.waiting.push_back((self.interest.revision(), id));
         self.ask_acknowledged_retained(now);
     }
@@ -161,7 +174,8 @@ impl Shard {
                     // Peers' `Retain`s for this shard came before their
                     // acknowledgements, on the same channels: no round.
                     let messages = self.retained_matching(&filter, now);
-                    self.handle_retained_answer(&reply_to, &messages, now);
+                    self.deliver_retained_request(id, &messages, now);
+                    self.answer_received(id, now);
                 } else {
                     let query = ShardMessage::RetainedQuery {
                         filter: filter.clone(),
@@ -189,10 +203,11 @@ impl Shard {
         self.start_flush_round();
     }
 
-    /// Starts a flush round for the queued queries unless one is in flight.
+    /// Starts a flush round for the queued queries and answers unless one
+    /// is in flight.
     fn start_flush_round(&mut self) {
         let queries = &mut self.retained_queries;
-        if queries.round.is_some() || queries.queued.is_empty() {
+        if queries.round.is_some() || (queries.queued.is_empty() && queries.answered.is_empty()) {
             return;
         }
         let number = queries.next_round;
@@ -201,10 +216,11 @@ impl Shard {
             number,
             unanswered: self.nr_shards - 1,
             queries: std::mem::take(&mut queries.queued),
+            answered: std::mem::take(&mut queries.answered),
         };
         queries.round = Some(round);
-        // Every peer, the askers included (they need none, but a round
-        // that asks everyone serves any mix of askers).
+        // Every peer: an asker needs none for its own query, but one round
+        // serves any mix of askers and answers.
         for peer in (0..self.nr_shards).filter_map(ShardId::from_index) {
             if peer != self.id {
                 self.outbox.push(peer, ShardMessage::RetainedFlush { round: number });
@@ -226,6 +242,12 @@ impl Shard {
         for (filter, reply_to) in done.queries {
             self.answer_retained_query(&filter, reply_to, now);
         }
+        for id in done.answered {
+            let answers =
+                self.retained_queries.requests.get_mut(&id).map(|r| std::mem::take(&mut r.answers));
+            self.deliver_retained_request(id, &answers.unwrap_or_default(), now);
+            self.retained_queries.close(id);
+        }
         self.start_flush_round();
     }
 
@@ -241,26 +263,49 @@ impl Shard {
         self.outbox.push(shard, ShardMessage::Retained { reply_to, messages });
     }
 
-    /// One owner's answer to this shard's request: delivers what the
-    /// subscriber did not get live meanwhile (step 3).
+    /// Another shard's answer to this shard's request `reply_to.request`:
+    /// held until every owner answered and, with three shards or more, a
+    /// flush round passed (step 3).
     pub(super) fn handle_retained_answer(
         &mut self,
         reply_to: &RetainedReplyTo,
-        messages: &[Arc<Message>],
+        messages: Vec<Arc<Message>>,
         now: Instant,
     ) {
-        let Some(request) = self.retained_queries.requests.get_mut(&reply_to.request) else {
-            return;
-        };
+        let id = reply_to.request;
+        let Some(request) = self.retained_queries.requests.get_mut(&id) else { return };
+        request.answers.extend(messages);
+        self.answer_received(id, now);
+    }
+
+    /// Counts one owner's answer to request `id`; after the last, releases
+    /// the held answers (two shards: at once) or queues them for a round.
+    fn answer_received(&mut self, id: u64, now: Instant) {
+        let Some(request) = self.retained_queries.requests.get_mut(&id) else { return };
         request.unanswered -= 1;
+        if request.unanswered > 0 {
+            return;
+        }
+        if request.answers.is_empty() || self.nr_shards <= 2 {
+            let answers = std::mem::take(&mut request.answers);
+            self.deliver_retained_request(id, &answers, now);
+            self.retained_queries.close(id);
+        } else {
+            self.retained_queries.answered.push(id);
+            self.start_flush_round();
+        }
+    }
+
+    /// Delivers to request `id`'s subscriber the `messages` it did not get
+    /// live meanwhile.
+    fn deliver_retained_request(&mut self, id: u64, messages: &[Arc<Message>], now: Instant) {
+        let Some(request) = self.retained_queries.requests.get(&id) else { return };
         let fresh: Vec<Arc<Message>> = messages
             .iter()
             .filter(|m| !request.live.iter().any(|(t, p)| *t == m.topic && *p == m.payload))
             .cloned()
             .collect();
-        if request.unanswered == 0 {
-            self.retained_queries.close(reply_to.request);
-        }
-        self.deliver_retained(reply_to, &fresh, now);
+        let reply_to = request.reply_to.clone();
+        self.deliver_retained(&reply_to, &fresh, now);
     }
 }
