@@ -44,8 +44,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Live copies noted per request at most: past it a racing publish may
-/// arrive twice (live and retained), never not at all.
+/// Live copies noted per session at most while its requests are open:
+/// past it a racing publish may arrive twice (live and retained), never not
+/// at all.
 const MAX_LIVE_NOTED: usize = 256;
 
 /// A shard's retained queries: those it asks as a subscriber's shard and
@@ -57,9 +58,10 @@ pub(super) struct RetainedQueries {
     waiting: VecDeque<(u64, u64)>,
     /// This shard's open requests, by id.
     requests: hashbrown::HashMap<u64, Request>,
-    /// The open requests of each session (a publish looks only at its
-    /// subscriber's, however many are open in a subscribe storm).
-    by_key: hashbrown::HashMap<SessionKey, smallvec::SmallVec<[u64; 1]>>,
+    /// What each session with open requests got live meanwhile (step 3):
+    /// one entry per session, however many requests a subscribe storm
+    /// opens, so a publish and a close cost the same for any number.
+    live: hashbrown::HashMap<SessionKey, Live>,
     next_request: u64,
     /// Queries from peers waiting for the next flush round (step 2).
     queued: Vec<(TopicFilter, RetainedReplyTo)>,
@@ -81,10 +83,19 @@ struct Request {
     owners: Vec<ShardId>,
     /// Owners that have not answered yet.
     unanswered: usize,
-    /// Retained-flagged messages the subscriber got live meanwhile.
-    live: Vec<(TopicName, Bytes)>,
     /// What other shards answered, held for a flush round (step 3).
     answers: Vec<Arc<Message>>,
+}
+
+/// The retained-flagged messages a session got live while it had open
+/// requests.
+#[derive(Debug, Default)]
+struct Live {
+    /// Its open requests.
+    open: usize,
+    /// Each message with the number the next request would have got when
+    /// it came: it came after the requests numbered below that.
+    notes: Vec<(u64, TopicName, Bytes)>,
 }
 
 /// A flush round of an owner (step 2).
@@ -105,23 +116,30 @@ impl RetainedQueries {
         !self.requests.is_empty()
     }
 
-    /// Notes that `key` got the retained-flagged `message` live, for the
-    /// open requests of its subscriptions that match it (step 3).
+    /// Notes that `key` got the retained-flagged `message` live, if it has
+    /// open requests (step 3).
     pub(super) fn note_live(&mut self, key: SessionKey, message: &Message) {
-        let Some(ids) = self.by_key.get(&key) else { return };
-        for id in ids {
-            let Some(request) = self.requests.get_mut(id) else { continue };
-            if request.live.len() < MAX_LIVE_NOTED && request.filter.matches(&message.topic) {
-                request.live.push((message.topic.clone(), message.payload.clone()));
-            }
+        let Some(live) = self.live.get_mut(&key) else { return };
+        if live.notes.len() < MAX_LIVE_NOTED {
+            live.notes.push((self.next_request, message.topic.clone(), message.payload.clone()));
         }
+    }
+
+    /// Whether the subscriber of request `id` got `message` live since the
+    /// request opened.
+    fn got_live(&self, id: u64, key: SessionKey, message: &Message) -> bool {
+        self.live.get(&key).is_some_and(|live| {
+            live.notes.iter().any(|(after, topic, payload)| {
+                *after > id && *topic == message.topic && *payload == message.payload
+            })
+        })
     }
 
     /// Opens a request; returns its id.
     fn open(&mut self, request: Request) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
-        self.by_key.entry(request.key).or_default().push(id);
+        self.live.entry(request.key).or_default().open += 1;
         self.requests.insert(id, request);
         id
     }
@@ -129,10 +147,10 @@ impl RetainedQueries {
     /// Closes request `id`, answered by every owner.
     fn close(&mut self, id: u64) {
         let Some(request) = self.requests.remove(&id) else { return };
-        if let hashbrown::hash_map::Entry::Occupied(mut ids) = self.by_key.entry(request.key) {
-            ids.get_mut().retain(|open| *open != id);
-            if ids.get().is_empty() {
-                ids.remove();
+        if let hashbrown::hash_map::Entry::Occupied(mut live) = self.live.entry(request.key) {
+            live.get_mut().open -= 1;
+            if live.get().open == 0 {
+                live.remove();
             }
         }
     }
@@ -153,8 +171,8 @@ impl Shard {
         let queries = &mut self.retained_queries;
         reply_to.request = queries.next_request;
         let unanswered = owners.len();
-        let (live, answers) = (Vec::new(), Vec::new());
-        let id = queries.open(Request { key, filter, reply_to, owners, unanswered, live, answers });
+        let answers = Vec::new();
+        let id = queries.open(Request { key, filter, reply_to, owners, unanswered, answers });
         queries.waiting.push_back((self.interest.revision(), id));
         self.ask_acknowledged_retained(now);
     }
@@ -299,10 +317,11 @@ impl Shard {
     /// Delivers to request `id`'s subscriber the `messages` it did not get
     /// live meanwhile.
     fn deliver_retained_request(&mut self, id: u64, messages: &[Arc<Message>], now: Instant) {
-        let Some(request) = self.retained_queries.requests.get(&id) else { return };
+        let queries = &self.retained_queries;
+        let Some(request) = queries.requests.get(&id) else { return };
         let fresh: Vec<Arc<Message>> = messages
             .iter()
-            .filter(|m| !request.live.iter().any(|(t, p)| *t == m.topic && *p == m.payload))
+            .filter(|message| !queries.got_live(id, request.key, message))
             .cloned()
             .collect();
         let reply_to = request.reply_to.clone();
