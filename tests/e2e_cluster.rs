@@ -151,7 +151,6 @@ impl Node {
     fn start(id: &str, nats: &[String], extra: &str) -> Self {
         let node = Self::start_unconnected(id, nats, extra);
         node.wait_log("connected to NATS", 1);
-        node.wait_log("queue connection to NATS up", 1);
         node
     }
 
@@ -552,7 +551,8 @@ async fn a_node_serves_without_nats_and_joins_when_it_comes() {
 
 /// A shared subscription with members on two nodes: each message published
 /// (on either node) reaches exactly one member in the whole cluster
-/// [MQTT-4.8.2], through the NATS queue group of the subscription.
+/// [MQTT-4.8.2]: the publishing node picks one node with members per
+/// message, itself included (QoS 0: without acknowledgements).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_subscription_spans_nodes_one_member_per_message() {
     let Some(binary) = nats_server_binary() else { return };
@@ -1213,4 +1213,172 @@ async fn a_qos_1_message_published_right_after_a_remote_suback_arrives() {
     wait_for(|| acked.load(std::sync::atomic::Ordering::SeqCst) == 20).await;
     assert_eq!(a.broker.stop().code(), Some(0));
     assert_eq!(b.broker.stop().code(), Some(0));
+}
+
+/// Collects, in the background, the numbers in the payloads of the
+/// publishes `events` receives (until its connection ends).
+fn collect_numbers(
+    mut events: EventLoop,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = std::sync::Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(publish)) = event {
+                into.lock().unwrap().extend(numbers(&[publish]));
+            }
+        }
+    });
+    (task, got)
+}
+
+/// Issue 17 items 5 and 8: a shared group with members on nodes a and b,
+/// and a QoS 1 and 2 publisher on node c. Normal case: each message reaches
+/// exactly one member of the group in the whole cluster [MQTT-4.8.2] ("a
+/// publication that matches its Topic Filter is only sent to one of its
+/// subscribing Sessions"), both nodes' members in turn, and the PUBACKs wait for the
+/// picked node's acknowledgement. Then node b is killed (SIGKILL)
+/// mid-stream: the copies it no longer acknowledges go to node a (after
+/// `ack_timeout`, then because b is taken for dead), so every message c
+/// acknowledged reaches a member (at least once), but for the few node b
+/// had itself accepted and not yet written to its member when it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_1_to_a_shared_group_across_nodes_is_once_and_survives_a_member_node_killed() {
+    let Some(binary) = nats_server_binary() else { return };
+    let server = NatsServer::start(&binary, None);
+    // A long ack_timeout: on a loaded machine (seen: a stall of more than
+    // 2 s) a slow acknowledgement must not move a QoS 1 copy in the first
+    // part (a duplicate, which QoS 1 allows but the test counts); after
+    // the kill, b is taken for dead within 2 s and its copies move then.
+    let config = "node_timeout_ms = 2000\nack_timeout_ms = 10000";
+    let mut nodes: Vec<Node> =
+        ["a", "b", "c"].iter().map(|id| Node::start(id, &[server.url()], config)).collect();
+    let group = [("$share/g/work/+", QoS::ExactlyOnce)];
+    let (member_a, mut member_a_events) = connect(&nodes[0], "member-a").await;
+    subscribe(&member_a, &mut member_a_events, &group).await;
+    let (member_b, mut member_b_events) = connect(&nodes[1], "member-b").await;
+    subscribe(&member_b, &mut member_b_events, &group).await;
+    // The nodes learn each other's groups, and c's directory is complete.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_a_task, got_a) = collect_numbers(member_a_events);
+    let (_b_task, got_b) = collect_numbers(member_b_events);
+    let (publisher, publisher_events) = connect(&nodes[2], "pub-c").await;
+    let (_driver, acked) = drive_counting_acks(publisher_events);
+    let count = |got: &std::sync::Arc<std::sync::Mutex<Vec<u64>>>| got.lock().unwrap().len();
+    const N: u64 = 100;
+    for n in 1..=N {
+        let qos = if n % 2 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
+        publisher.publish("work/x", qos, false, n.to_string()).await.unwrap();
+    }
+    wait_for(|| acked.load(std::sync::atomic::Ordering::SeqCst) == N).await;
+    wait_for(|| count(&got_a) + count(&got_b) >= N as usize).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (on_a, on_b) = (got_a.lock().unwrap().clone(), got_b.lock().unwrap().clone());
+    let mut all: Vec<u64> = on_a.iter().chain(&on_b).copied().collect();
+    all.sort();
+    assert_eq!(all, (1..=N).collect::<Vec<_>>(), "each message to exactly one member");
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "both nodes' members served: {on_a:?}");
+    assert_eq!(counter_total(&nodes[2].admin, "cluster_group_moved"), 0, "nothing moved");
+    // A stream, and node b killed in the middle of it.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(N));
+    let stream = tokio::spawn({
+        let sent = std::sync::Arc::clone(&sent);
+        async move {
+            for n in N + 1.. {
+                let payload = n.to_string();
+                if publisher.publish("work/x", QoS::AtLeastOnce, false, payload).await.is_err() {
+                    return;
+                }
+                sent.store(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    wait_for(|| got_b.lock().unwrap().iter().any(|&n| n > N + 20)).await;
+    let killed = Command::new("kill").args(["-9", &nodes[1].broker.pid().to_string()]).status();
+    assert!(killed.unwrap().success());
+    // Read after the kill: what the stream publishes later reaches a
+    // cluster without node b.
+    let sent_at_kill = sent.load(std::sync::atomic::Ordering::SeqCst);
+    let acked_at_kill = acked.load(std::sync::atomic::Ordering::SeqCst);
+    // The publisher is not stuck: the stream goes on through node a.
+    wait_for(|| acked.load(std::sync::atomic::Ordering::SeqCst) > acked_at_kill + 100).await;
+    stream.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // PUBACKs come in order [MQTT-4.6.0-2]: the first `acked` were acked.
+    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let missing = |after: u64| -> Vec<u64> {
+        let (on_a, on_b) = (got_a.lock().unwrap(), got_b.lock().unwrap());
+        (after + 1..=acked).filter(|n| !on_a.contains(n) && !on_b.contains(n)).collect()
+    };
+    // Every copy node b did not acknowledge went to node a: nothing
+    // published after the kill is lost.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !missing(sent_at_kill).is_empty() {
+        let lost = missing(sent_at_kill);
+        assert!(Instant::now() < deadline, "acknowledged but received by no member: {lost:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Before it, node b may have accepted (and acknowledged) a copy that it
+    // had not yet written to its member's socket when it was killed: lost
+    // with it, as anything queued for any subscriber of a dead node (its
+    // queues are in memory). At most the few in its pipeline at that
+    // instant; every other copy it had not acknowledged went to node a.
+    let lost = missing(0);
+    assert!(lost.len() <= 5, "acknowledged but received by no member: {lost:?}");
+    if !lost.is_empty() {
+        eprintln!("accepted by node b and lost with it when killed: {lost:?}");
+    }
+    assert!(counter_at_least(&nodes[2].admin, "cluster_group_moved", 1) >= 1);
+    drop(nodes.remove(1));
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
+}
+
+/// Issue 17 item 6, assigned client ids: a 5.0 client that sends an empty
+/// client id with a Session Expiry Interval gets one assigned
+/// [MQTT-3.1.3-6] (in the CONNACK's Assigned Client Identifier), and its
+/// session, which outlives the connection, is claimed in the cluster's
+/// session directory like any other: the client coming back with that id
+/// on node b (Clean Start 0) moves the session there, Session Present 1
+/// [MQTT-3.2.2-2], as it would on a single server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_client_id_of_a_persistent_session_is_claimed_and_moves() {
+    use common::RawClient;
+    use ringmq::protocol::{Connect, ConnectProperties, Packet as Raw, ProtocolVersion};
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    let v5 = |client_id: &str, clean_start: bool| {
+        Raw::Connect(Box::new(Connect {
+            version: ProtocolVersion::V5,
+            clean_start,
+            keep_alive: 30,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: ConnectProperties {
+                session_expiry_interval: Some(600),
+                ..Default::default()
+            },
+        }))
+    };
+    let addr = |node: &Node| SocketAddr::from(([127, 0, 0, 1], node.broker.port()));
+    let mut first = RawClient::connect(addr(&nodes[0]));
+    first.send(&v5("", true));
+    let Some(Raw::ConnAck(ack)) = first.recv() else { panic!("no CONNACK") };
+    let id = ack.properties.assigned_client_identifier.clone().expect("an assigned id");
+    assert_eq!(counter_at_least(&nodes[0].admin, "cluster_session_claims", 1), 1, "claimed");
+    drop(first); // the connection ends; the session stays (600 s)
+    let mut again = RawClient::connect(addr(&nodes[1]));
+    again.send(&v5(&id, false));
+    let Some(Raw::ConnAck(ack)) = again.recv() else { panic!("no CONNACK") };
+    assert!(ack.session_present, "the session of {id} moved from node a");
+    assert!(counter_at_least(&nodes[1].admin, "cluster_session_takeovers", 1) >= 1);
+    drop(again);
+    for node in nodes {
+        assert_eq!(node.broker.stop().code(), Some(0));
+    }
 }

@@ -422,6 +422,11 @@ impl<K: Copy + Eq + Hash, V> SharedGroup<K, V> {
         &self.text["$share/".len()..self.filter_start - 1]
     }
 
+    /// The whole shared subscription, `$share/{share_name}/{filter}`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// The filter topics are matched against (without the share prefix).
     pub fn filter(&self) -> &str {
         &self.text[self.filter_start..]

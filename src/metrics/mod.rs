@@ -90,6 +90,10 @@ pub struct ClusterCounters {
     pub resent: u64,
     /// Nodes taken for dead: silent for `cluster.node_timeout_ms`.
     pub nodes_expired: u64,
+    /// Shared group copies of QoS 1/2 messages sent to another node than
+    /// first chosen (refused there, not acknowledged in time, or the node
+    /// taken for dead).
+    pub group_moved: u64,
     /// Retained messages (and deletes) written to the cluster's JetStream
     /// bucket.
     pub retained_written: u64,

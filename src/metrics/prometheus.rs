@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 85] = [
+const COUNTERS: [Field<u64>; 86] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -368,6 +368,11 @@ const COUNTERS: [Field<u64>; 85] = [
     ("cluster_nodes_expired", "Nodes taken for dead: silent for cluster.node_timeout_ms", |s| {
         s.counters.cluster.nodes_expired
     }),
+    (
+        "cluster_group_moved",
+        "Shared group copies of QoS 1/2 messages sent to another node than first chosen",
+        |s| s.counters.cluster.group_moved,
+    ),
     (
         "cluster_retained_written",
         "Retained messages and deletes written to the cluster's JetStream bucket",

@@ -356,6 +356,12 @@ impl<T: Transport> Connection<T> {
         }
         match placement {
             Placement::Attached { key, connection } => {
+                if connect.client_id.is_empty() {
+                    let claim = self.ctx.shard.borrow().claim_assigned(key);
+                    if let Some(claim) = claim {
+                        glommio::spawn_local(claim).detach();
+                    }
+                }
                 if self.ctx.may_log_connection() {
                     let shard = self.ctx.shard.borrow();
                     tracing::info!(

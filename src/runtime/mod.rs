@@ -424,9 +424,13 @@ fn serve(
         limits,
         open_connections: health.connection_count(),
         shutdown,
+        // In a cluster the node id is mixed in: ids assigned to clients
+        // that send none are claimed cluster-wide when their sessions
+        // persist, and two nodes must not assign the same one.
         boot: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ config.cluster().map_or(0, |c| crate::router::stable_hash(c.node_id.as_bytes())),
         intervals,
         finished: Finished::default(),
         health: Arc::clone(health),

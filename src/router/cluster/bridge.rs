@@ -1,13 +1,12 @@
 //! The NATS bridge: one thread per node, running async-nats on a
 //! current-thread tokio runtime (tokio never runs on a shard). Three kinds
-//! of task share the thread: the publisher (the shards' messages to NATS),
-//! the interest task (subscriptions, counted per subject and queue group),
-//! and one reader per NATS subscription (messages to the shards). Two
-//! connections: publishes and plain subscriptions (no echo), and the queue
-//! subscriptions of shared groups (with echo: a node's own messages go to
-//! its members too).
+//! of task share the thread: the publisher (the shards' messages to NATS,
+//! and to one node per matching shared group, see `reliable`), the
+//! interest task (subscriptions, counted per subject; shared subscriptions
+//! are only announced to the other nodes), and one reader per NATS
+//! subscription (messages to the shards).
 //!
-//! The connections: async-nats connects to any of the seeds in the
+//! The connection: async-nats connects to any of the seeds in the
 //! background, reconnects forever with exponential backoff (capped at
 //! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
 //! reconnect. While it is down, publishes wait in the client's bounded
@@ -20,13 +19,12 @@ mod reliable;
 use super::frame::{self, Dedup, Seen};
 use super::retained::RetainedSync;
 use super::sessions::SessionSync;
-use super::subject::{filter_subjects, queue_name, topic_subject};
+use super::subject::{filter_subjects, topic_subject};
 use super::{
     BridgeCounters, ClusterSetup, Delivery, Interest, Lane, Outgoing, RemoteAck, Shared, ToShard,
 };
 use crate::config::{ClusterConfig, NatsCredentials, RetainedScope, SessionScope};
 use crate::message::wire::Clocks;
-use crate::protocol::TopicFilter;
 use crate::router::home_shard;
 use async_nats::connection::State;
 use bytes::BytesMut;
@@ -154,6 +152,7 @@ impl Bridge {
             remote_acked,
             resent,
             nodes_expired,
+            group_moved,
             retained_written,
             retained_failed,
             retained_applied,
@@ -179,6 +178,7 @@ impl Bridge {
             remote_acked,
             resent,
             nodes_expired,
+            group_moved,
             retained_written,
             retained_failed,
             retained_applied,
@@ -190,29 +190,15 @@ impl Bridge {
     }
 }
 
-/// The connection options of `config`: for the main connection (publishes
-/// and plain subscriptions, no echo), or for the queue connection (the
-/// queue subscriptions of shared groups; it publishes nothing, and must
-/// get the node's own messages: a group's member on this node is chosen
-/// among all the members in the cluster).
-fn options(
-    config: &ClusterConfig,
-    shared: &Arc<Shared>,
-    queues: bool,
-) -> async_nats::ConnectOptions {
-    let (name, inbox) = match queues {
-        false => (format!("ringmq {}", config.node_id), config.node_id.clone()),
-        true => (format!("ringmq {} queues", config.node_id), format!("{}-q", config.node_id)),
-    };
+/// The connection options of `config` (no echo: the node's own messages
+/// do not come back to it).
+fn options(config: &ClusterConfig, shared: &Arc<Shared>) -> async_nats::ConnectOptions {
     let mut options = async_nats::ConnectOptions::new()
-        .name(name)
+        .name(format!("ringmq {}", config.node_id))
         // Every subject the node uses is under the prefix (one NATS
         // permission covers them): the inbox of its round trips too.
-        .custom_inbox_prefix(format!("{}._INBOX.{inbox}", config.subject_prefix));
-    if !queues {
-        options = options.no_echo();
-    }
-    options = options
+        .custom_inbox_prefix(format!("{}._INBOX.{}", config.subject_prefix, config.node_id))
+        .no_echo()
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(backoff)
@@ -231,26 +217,18 @@ fn options(
     let (shared, node) = (Arc::clone(shared), config.node_id.clone());
     options.event_callback(move |event| {
         let counters = &shared.counters;
-        match (&event, queues) {
-            (async_nats::Event::Connected, false) => {
+        match &event {
+            async_nats::Event::Connected => {
                 BridgeCounters::add(&counters.connects);
                 tracing::info!(node = %node, "connected to NATS");
             }
-            (async_nats::Event::Disconnected, false) => {
+            async_nats::Event::Disconnected => {
                 BridgeCounters::add(&counters.disconnects);
                 tracing::warn!(node = %node, "disconnected from NATS; reconnecting");
             }
-            (async_nats::Event::Connected, true) => {
-                BridgeCounters::add(&counters.connects);
-                tracing::info!(node = %node, "queue connection to NATS up");
-            }
-            (async_nats::Event::Disconnected, true) => {
-                BridgeCounters::add(&counters.disconnects);
-                tracing::warn!(node = %node, "queue connection to NATS lost; reconnecting");
-            }
             // Every failed reconnection attempt (at most one per
             // MAX_BACKOFF once backed off): the disconnect said it already.
-            (async_nats::Event::SlowConsumer(_), _) => {
+            async_nats::Event::SlowConsumer(_) => {
                 BridgeCounters::add(&counters.slow_consumer);
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -266,10 +244,10 @@ fn options(
                     );
                 }
             }
-            (async_nats::Event::ClientError(error), _) => {
+            async_nats::Event::ClientError(error) => {
                 tracing::debug!(node = %node, %error, "NATS client error")
             }
-            (event, _) => tracing::warn!(node = %node, %event, "NATS"),
+            event => tracing::warn!(node = %node, %event, "NATS"),
         }
         async {}
     })
@@ -288,16 +266,11 @@ fn backoff(attempts: usize) -> Duration {
 fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shared>) {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        let (client, queues) = match futures_lite::future::zip(
-            options(&config, &shared, false).connect(config.nats.clone()),
-            options(&config, &shared, true).connect(config.nats.clone()),
-        )
-        .await
-        {
-            (Ok(client), Ok(queues)) => (client, queues),
+        let client = match options(&config, &shared).connect(config.nats.clone()).await {
+            Ok(client) => client,
             // With retry_on_initial_connect only a bad address fails here,
             // and the configuration checked them.
-            (Err(error), _) | (_, Err(error)) => {
+            Err(error) => {
                 tracing::error!(%error, "cannot start the NATS client: the node stays alone");
                 // SUBACKs and PUBACKs must not wait forever: every
                 // interest change and message is acknowledged (nothing is
@@ -355,7 +328,6 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         let origin = origin();
         let bridge = Rc::new(BridgeState {
             client,
-            queues,
             prefix: config.subject_prefix.clone(),
             origin,
             shared: Arc::clone(&shared),
@@ -381,7 +353,6 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             let _ = reader.task.await;
         }
         let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.client.flush()).await;
-        let _ = tokio::time::timeout(STOP_FLUSH_TIMEOUT, bridge.queues.flush()).await;
     });
     // Whatever is left is dropped inside the runtime's context (async-nats
     // spawns on drop).
@@ -401,14 +372,6 @@ fn origin() -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
-/// A NATS subscription: its subject, and for a shared subscription the
-/// `$share/{group}/{filter}` whose queue group it joins.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    subject: String,
-    group: Option<TopicFilter>,
-}
-
 /// One NATS subscription and how many (shard, filter) pairs want it.
 struct Subscription {
     count: usize,
@@ -418,14 +381,13 @@ struct Subscription {
 
 /// The bridge thread's state, shared by its tasks.
 struct BridgeState {
-    /// Publishes and plain subscriptions (no echo).
+    /// The connection to NATS (no echo).
     client: async_nats::Client,
-    /// Queue subscriptions of shared groups.
-    queues: async_nats::Client,
     prefix: String,
     origin: u64,
     shared: Arc<Shared>,
-    subscriptions: RefCell<HashMap<Key, Subscription>>,
+    /// The NATS subscriptions, by subject.
+    subscriptions: RefCell<HashMap<String, Subscription>>,
     dedup: RefCell<Dedup>,
     /// QoS 1/2 across nodes.
     reliable: reliable::Reliable,
@@ -439,15 +401,14 @@ impl BridgeState {
         while let Some(Outgoing { message, ticket }) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
-            // A QoS 1/2 message that cannot cross (a subject too long, a
-            // frame past max_payload, which `limits.max_packet_size`
-            // prevents) stays on this node: its publisher is answered.
-            if !topic_subject(&self.prefix, message.topic.as_str(), &mut subject) {
+            // A topic whose subject is too long reaches no other node's
+            // plain subscriptions; its shared groups are still served (on
+            // node subjects). A frame past max_payload (which
+            // `limits.max_packet_size` prevents) stays on this node: its
+            // publisher is answered.
+            let plain = topic_subject(&self.prefix, message.topic.as_str(), &mut subject);
+            if !plain {
                 BridgeCounters::add(&counters.subject_too_long);
-                if let Some(ticket) = ticket {
-                    self.accepted(ticket);
-                }
-                continue;
             }
             let number = match ticket {
                 Some(_) => self.reliable.next_sequence(),
@@ -468,10 +429,16 @@ impl BridgeState {
             }
             let payload = buffer.split().freeze();
             let published = match ticket {
-                None => self.client.publish(subject.clone(), payload).await,
+                None => {
+                    self.send_groups_at_most_once(&message, &payload).await;
+                    match plain {
+                        true => self.client.publish(subject.clone(), payload).await,
+                        false => Ok(()),
+                    }
+                }
                 Some(ticket) => {
-                    let subject = subject.clone();
-                    self.publish_acked(ticket, number, &message.topic, subject, payload).await
+                    let subject = plain.then(|| subject.clone());
+                    self.publish_acked(ticket, number, &message, subject, payload).await
                 }
             };
             match published {
@@ -499,31 +466,29 @@ impl BridgeState {
         while let Some(first) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_control(cx)).await
         {
-            // Which connections got new subscriptions, whether the other
+            // Whether there are new NATS subscriptions, whether the other
             // nodes were told of a new filter.
-            let (mut plain, mut queue, mut announced) = (false, false, false);
+            let (mut subscribed, mut announced) = (false, false);
             let mut next = Some(first);
             while let Some(Interest { shard, filter, added, revision }) = next.take() {
-                // A shared subscription is a queue subscription of its own
-                // (on the queue connection); a plain one a plain subscription.
-                let group = filter.is_shared().then(|| filter.detached());
-                if group.is_none() {
-                    announced |= self.announce(&filter, added).await;
-                }
-                match filter_subjects(&self.prefix, filter.filter()) {
+                announced |= self.announce(&filter, added).await;
+                // A shared subscription is only announced: the publishing
+                // node sends a group's messages to the node it picks.
+                let subjects = match filter.is_shared() {
+                    true => Some(smallvec::SmallVec::new()),
+                    false => filter_subjects(&self.prefix, filter.filter()),
+                };
+                match subjects {
                     None if added => BridgeCounters::add(&self.shared.counters.subject_too_long),
                     None => {}
                     Some(subjects) if added => {
                         for subject in subjects {
-                            let key = Key { subject, group: group.clone() };
-                            if self.subscribe(key).await {
-                                *(if group.is_some() { &mut queue } else { &mut plain }) = true;
-                            }
+                            subscribed |= self.subscribe(subject).await;
                         }
                     }
                     Some(subjects) => {
                         for subject in subjects {
-                            self.unsubscribe(&Key { subject, group: group.clone() }).await;
+                            self.unsubscribe(&subject).await;
                         }
                     }
                 }
@@ -538,10 +503,8 @@ impl BridgeState {
                     .await;
                 }
             }
-            for (new, client) in [(plain, &self.client), (queue, &self.queues)] {
-                if new && client.connection_state() == State::Connected {
-                    self.round_trip(client).await;
-                }
+            if subscribed && self.client.connection_state() == State::Connected {
+                self.round_trip(&self.client).await;
             }
             if announced {
                 self.wait_synced().await;
@@ -566,37 +529,29 @@ impl BridgeState {
         let _ = tokio::time::timeout(SUBSCRIBE_SYNC_TIMEOUT, request).await;
     }
 
-    /// Counts one more want of `key`; subscribes on the first. Returns
+    /// Counts one more want of `subject`; subscribes on the first. Returns
     /// whether it subscribed.
-    async fn subscribe(self: &Rc<Self>, key: Key) -> bool {
-        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&key) {
+    async fn subscribe(self: &Rc<Self>, subject: String) -> bool {
+        if let Some(subscription) = self.subscriptions.borrow_mut().get_mut(&subject) {
             subscription.count += 1;
             return false;
         }
-        let subscribed = match &key.group {
-            None => self.client.subscribe(key.subject.clone()).await,
-            Some(group) => {
-                let queue = queue_name(group.as_str());
-                self.queues.queue_subscribe(key.subject.clone(), queue).await
-            }
-        };
-        let subscriber = match subscribed {
+        let subscriber = match self.client.subscribe(subject.clone()).await {
             Ok(subscriber) => subscriber,
             Err(error) => {
                 // Only when the client is closed (the bridge is stopping).
-                tracing::warn!(%error, subject = %key.subject, "NATS subscribe failed");
+                tracing::warn!(%error, %subject, "NATS subscribe failed");
                 return false;
             }
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let reader = Rc::clone(self).read(subscriber, key.group.clone(), stopped);
-        let task = tokio::task::spawn_local(reader);
-        self.subscriptions.borrow_mut().insert(key, Subscription { count: 1, stop, task });
+        let task = tokio::task::spawn_local(Rc::clone(self).read(subscriber, stopped));
+        self.subscriptions.borrow_mut().insert(subject, Subscription { count: 1, stop, task });
         true
     }
 
     /// Counts one want of `key` less; unsubscribes after the last.
-    async fn unsubscribe(&self, key: &Key) {
+    async fn unsubscribe(&self, key: &str) {
         let reader = {
             let mut subscriptions = self.subscriptions.borrow_mut();
             let Some(subscription) = subscriptions.get_mut(key) else { return };
@@ -612,12 +567,10 @@ impl BridgeState {
         }
     }
 
-    /// Hands what `subscriber` receives to the shards, until `stop`;
-    /// `group`: the shared subscription of a queue subscription.
+    /// Hands what `subscriber` receives to the shards, until `stop`.
     async fn read(
         self: Rc<Self>,
         mut subscriber: async_nats::Subscriber,
-        group: Option<TopicFilter>,
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         enum Next {
@@ -632,7 +585,7 @@ impl BridgeState {
                 })
                 .await;
             match next {
-                Next::Message(Some(message)) => self.handle_received(message, group.as_ref()),
+                Next::Message(Some(message)) => self.handle_received(message),
                 Next::Message(None) => return,
                 Next::Stop => break,
             }
@@ -640,16 +593,13 @@ impl BridgeState {
         let _ = subscriber.unsubscribe().await;
     }
 
-    /// A message from NATS: decoded, deduplicated (plain subscriptions:
-    /// two of them may match one message; a queue subscription gets each
-    /// message its group is given once), and handed to a shard: the one
-    /// its topic hashes to (one shard per topic keeps a topic's order), or
-    /// for a shared group the one its filter hashes to.
-    fn handle_received(&self, message: async_nats::Message, group: Option<&TopicFilter>) {
+    /// A message from NATS: decoded, deduplicated (two subscriptions of
+    /// this node may match one message), and handed to a shard: the one
+    /// its topic hashes to (one shard per topic keeps a topic's order).
+    fn handle_received(&self, message: async_nats::Message) {
         let counters = &self.shared.counters;
-        // A QoS 1/2 message waiting for this node's acknowledgement (not
-        // for a queue group's: its member is not known in advance).
-        let reply = message.reply.filter(|_| group.is_none());
+        // A QoS 1/2 message waiting for this node's acknowledgement.
+        let reply = message.reply;
         let (origin, sequence, message) = match frame::decode(message.payload, Clocks::read()) {
             Ok(decoded) => decoded,
             Err(error) => {
@@ -658,37 +608,30 @@ impl BridgeState {
                 return;
             }
         };
-        let nr_shards = self.shared.inbound.len();
-        let (shard, delivery) = match group {
-            // The node's own messages come back to its queue subscriptions
-            // (their connection asks for echo): a group picks among all its
-            // members, this node's too.
-            Some(group) => (
-                home_shard(group.as_str().as_bytes(), nr_shards),
-                Delivery { message: Arc::new(message), ack: None, group: Some(group.clone()) },
-            ),
-            None => {
-                if origin == self.origin {
-                    // no_echo should make this impossible.
-                    BridgeCounters::add(&counters.duplicates);
-                    return;
-                }
-                if let Some(reply) = &reply {
-                    if !self.see_acked(origin, sequence, reply) {
-                        return;
-                    }
-                } else {
-                    match self.dedup.borrow_mut().see(origin, sequence) {
-                        Seen::New => {}
-                        Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
-                        Seen::Stale => return BridgeCounters::add(&counters.stale),
-                    }
-                }
-                let shard = home_shard(message.topic.as_str().as_bytes(), nr_shards);
-                let ack = reply.clone().map(|reply| RemoteAck { sequence, reply });
-                (shard, Delivery { message: Arc::new(message), ack, group: None })
+        if origin == self.origin {
+            // no_echo should make this impossible.
+            BridgeCounters::add(&counters.duplicates);
+            return;
+        }
+        if let Some(reply) = &reply {
+            if !self.see_acked(origin, sequence, reply) {
+                return;
             }
-        };
+        } else {
+            match self.dedup.borrow_mut().see(origin, sequence) {
+                Seen::New => {}
+                Seen::Duplicate => return BridgeCounters::add(&counters.duplicates),
+                Seen::Stale => return BridgeCounters::add(&counters.stale),
+            }
+        }
+        let shard = home_shard(message.topic.as_str().as_bytes(), self.shared.inbound.len());
+        let ack = reply.clone().map(|reply| RemoteAck {
+            sequence,
+            origin,
+            reply: Some(reply),
+            refused: false,
+        });
+        let delivery = Delivery { message: Arc::new(message), ack, group: None };
         let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
             Ok(()) => {
                 BridgeCounters::add(&counters.received);

@@ -1,11 +1,14 @@
 //! The remote-interest directory: which other nodes want which topics, so
 //! that a QoS 1/2 message waits for the acknowledgements of exactly those
-//! nodes (see `ack`). Sans-IO: the bridge sends what it returns.
+//! nodes (see `ack`), and which nodes have members of which shared
+//! subscriptions, so that the publishing node picks the one node a
+//! message for a group goes to (see [`Directory::pick_groups`]). Sans-IO:
+//! the bridge sends what it returns.
 //!
-//! Each node announces the distinct plain filters its sessions hold (the
-//! bridge counts them across shards; shared subscriptions are not
-//! announced: a NATS queue group's member is not known in advance). The
-//! protocol, on NATS subjects under the prefix:
+//! Each node announces the distinct filters its sessions hold, plain
+//! filters and shared subscriptions (`$share/{group}/{filter}`, written
+//! whole) alike (the bridge counts them across shards). The protocol, on
+//! NATS subjects under the prefix:
 //!
 //! * `BEAT` (broadcast on `{prefix}.ctl`, every `node_timeout / 4`): the
 //!   node's origin, its interest version and its id. A node not heard from
@@ -29,6 +32,17 @@
 //! A node known but whose list has not arrived yet counts as interested in
 //! every topic: a message then waits for its acknowledgement, which it
 //! sends for what it does not want too (it gets it on its own subject).
+//! It is no candidate for shared groups until its list arrives.
+//!
+//! Shared groups: the groups of every node, this one's included, are kept
+//! in a trie of their own whose members are node origins. A message for a
+//! group goes to one node with members, the nodes taking turns per group
+//! (round robin, one turn per node whatever its number of members: a
+//! node's members then take turns among themselves, see
+//! `InterestTable::next_group_member`). Counting this node as a candidate
+//! spreads a node's own publishes over the cluster too. Member counts are
+//! not announced: weighting by them would move the turns at every
+//! subscribe, and the nodes of one cluster serve alike.
 //!
 //! Encoding (integers big-endian): `u8 kind`, `u64 origin`, then for BEAT
 //! `u64 version, str node_id`; DELTA `u64 version, u8 added, str filter`;
@@ -36,7 +50,7 @@
 //! SYNCED `u64 version`; a
 //! `str` is a `u16` length and UTF-8 bytes.
 
-use crate::index::SubscriptionTrie;
+use crate::index::{Match, SubscriptionTrie};
 use crate::protocol::{TopicFilter, TopicName};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
@@ -99,8 +113,11 @@ pub(super) struct Directory {
     own: HashMap<TopicFilter, usize>,
     version: u64,
     nodes: HashMap<u64, Remote>,
-    /// Every synced node's filters, keyed by origin.
+    /// Every synced node's plain filters, keyed by origin.
     index: SubscriptionTrie<u64, ()>,
+    /// Every shared subscription of the synced nodes and of this one,
+    /// its members being node origins.
+    groups: SubscriptionTrie<u64, ()>,
     /// Nodes whose list has not arrived.
     unsynced: usize,
     /// Per node, the version of this node's list it holds (`SYNCED`).
@@ -117,20 +134,24 @@ impl Directory {
             version: 0,
             nodes: HashMap::new(),
             index: SubscriptionTrie::new(),
+            groups: SubscriptionTrie::new(),
             unsynced: 0,
             held_by: HashMap::new(),
         }
     }
 
-    /// A shard's first subscriber to a plain filter arrived (`added`) or
-    /// its last one left: the `DELTA` to broadcast when the node's list
-    /// changed.
+    /// A shard's first subscriber to a filter (plain or shared) arrived
+    /// (`added`) or its last one left: the `DELTA` to broadcast when the
+    /// node's list changed.
     pub(super) fn own_change(&mut self, filter: &TopicFilter, added: bool) -> Option<Bytes> {
         if added {
             let count = self.own.entry(filter.detached()).or_insert(0);
             *count += 1;
             if *count > 1 {
                 return None;
+            }
+            if filter.is_shared() {
+                self.groups.insert(filter, self.origin, ());
             }
         } else {
             let count = self.own.get_mut(filter)?;
@@ -139,6 +160,9 @@ impl Directory {
                 return None;
             }
             self.own.remove(filter);
+            if filter.is_shared() {
+                self.groups.remove(filter, self.origin);
+            }
         }
         self.version += 1;
         let mut out = header(DELTA, self.origin);
@@ -216,12 +240,16 @@ impl Directory {
                 match remote.version {
                     Some(held) if held + 1 == version => {
                         remote.version = Some(version);
+                        let trie = match filter.is_shared() {
+                            true => &mut self.groups,
+                            false => &mut self.index,
+                        };
                         if added {
                             if remote.filters.insert(filter.clone()) {
-                                self.index.insert(&filter, origin, ());
+                                trie.insert(&filter, origin, ());
                             }
                         } else if remote.filters.remove(&filter) {
-                            self.index.remove(&filter, origin);
+                            trie.remove(&filter, origin);
                         }
                     }
                     Some(held) if held >= version => {}
@@ -268,10 +296,10 @@ impl Directory {
                 remote.version = Some(version);
                 remote.wanted = None;
                 for filter in remote.filters.drain() {
-                    self.index.remove(&filter, origin);
+                    trie_of(&mut self.index, &mut self.groups, &filter).remove(&filter, origin);
                 }
                 for filter in building {
-                    self.index.insert(&filter, origin, ());
+                    trie_of(&mut self.index, &mut self.groups, &filter).insert(&filter, origin, ());
                     remote.filters.insert(filter);
                 }
                 effects.send.push(Send::To(origin, self.synced_message(version)));
@@ -376,7 +404,7 @@ impl Directory {
             self.unsynced -= 1;
         }
         for filter in &remote.filters {
-            self.index.remove(filter, origin);
+            trie_of(&mut self.index, &mut self.groups, filter).remove(filter, origin);
         }
         tracing::warn!(node = %remote.node_id, "cluster node gone");
     }
@@ -427,6 +455,82 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// Whether any node (this one included) has a shared subscription: if
+    /// not, messages need no group lookup.
+    pub(super) fn has_groups(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    /// Calls `f(group, node)` once per shared subscription matching
+    /// `topic`, with the node (origin; this node's own included) its
+    /// message goes to: the nodes with members take turns, per group
+    /// [MQTT-4.8.2] ("a publication that matches its Topic Filter is only
+    /// sent to one of its subscribing Sessions", here: one node, which
+    /// gives it to one of its members).
+    pub(super) fn pick_groups(&self, topic: &TopicName, mut f: impl FnMut(&str, u64)) {
+        self.groups.for_each_match_grouped(topic, |found| {
+            if let Match::Group(group) = found {
+                if let Some((origin, _)) = group.next_member() {
+                    f(group.as_str(), origin);
+                }
+            }
+        });
+    }
+
+    /// Whether `node` (an origin, this node's included) has members of
+    /// the shared subscription `group`.
+    pub(super) fn is_member(&self, group: &TopicFilter, node: u64) -> bool {
+        self.groups.get(group, node).is_some()
+    }
+
+    /// The node a message for `group` goes to next, after it was sent to
+    /// `current` (`None`: not yet sent) and refused by the nodes of
+    /// `refused` (they have no member any more):
+    /// * `stay` (QoS 2, while `current` did not answer in time): `current`
+    ///   again, while it has members: a node that is slow but alive must
+    ///   not deliver a QoS 2 message a second member gets too. Its dedup
+    ///   drops the repeat. Only its death (it leaves the directory) moves
+    ///   the message.
+    /// * otherwise (QoS 1 timeouts, refusals, deaths) another member,
+    ///   taking turns, and `current` again only when it is the last one
+    ///   left.
+    ///
+    /// `None`: no node has members any more (the message is not delivered
+    /// to that group, as on a single node).
+    pub(super) fn choose(
+        &self,
+        group: &TopicFilter,
+        current: Option<u64>,
+        refused: &[u64],
+        stay: bool,
+    ) -> Option<u64> {
+        let usable = |node: u64| !refused.contains(&node) && self.is_member(group, node);
+        if let Some(current) = current.filter(|&node| stay && usable(node)) {
+            return Some(current);
+        }
+        let members = self.groups.group(self.groups.group_id(group)?)?;
+        for _ in 0..members.len() {
+            match members.next_member() {
+                Some((node, _)) if Some(node) != current && usable(node) => return Some(node),
+                _ => {}
+            }
+        }
+        current.filter(|&node| usable(node))
+    }
+}
+
+/// The trie a filter of a node's list goes to: `groups` for a shared
+/// subscription, `index` for a plain filter.
+fn trie_of<'t>(
+    index: &'t mut SubscriptionTrie<u64, ()>,
+    groups: &'t mut SubscriptionTrie<u64, ()>,
+    filter: &TopicFilter,
+) -> &'t mut SubscriptionTrie<u64, ()> {
+    match filter.is_shared() {
+        true => groups,
+        false => index,
     }
 }
 
@@ -565,6 +669,101 @@ mod tests {
         exchange(&mut a, &mut b, vec![beat], now);
         for i in [0, 99, 199] {
             assert_eq!(interested(&b, &format!("{long}/{i}")), [1]);
+        }
+    }
+
+    /// The groups and nodes `directory` picks for `topic`, once.
+    fn picks(directory: &Directory, topic: &str) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let topic = TopicName::new(topic).unwrap();
+        directory.pick_groups(&topic, |group, node| out.push((group.to_owned(), node)));
+        out
+    }
+
+    #[test]
+    fn shared_groups_are_picked_in_turns_among_nodes_this_one_included() {
+        // [MQTT-4.8.2] one member of a group per message in the whole
+        // cluster: one node per group, the nodes with members in turn.
+        let now = Instant::now();
+        let (mut a, mut b) = (Directory::new(1, "a"), Directory::new(2, "b"));
+        let g = filter("$share/g/jobs/+");
+        a.own_change(&g, true);
+        a.own_change(&filter("$share/h/jobs/#"), true);
+        a.own_change(&filter("plain/+"), true);
+        assert!(b.own_change(&g, true).is_some());
+        assert!(b.own_change(&g, true).is_none(), "counted per (shard, filter)");
+        assert!(b.has_groups());
+        assert_eq!(picks(&b, "jobs/1"), [("$share/g/jobs/+".to_owned(), 2)], "only its own yet");
+        let beat = a.beat();
+        exchange(&mut a, &mut b, vec![beat], now);
+        let mut g_nodes = Vec::new();
+        let mut h_nodes = Vec::new();
+        for _ in 0..4 {
+            for (group, node) in picks(&b, "jobs/1") {
+                match group.as_str() {
+                    "$share/g/jobs/+" => g_nodes.push(node),
+                    "$share/h/jobs/#" => h_nodes.push(node),
+                    other => panic!("{other}"),
+                }
+            }
+        }
+        g_nodes.sort();
+        assert_eq!(g_nodes, [1, 1, 2, 2], "the nodes take turns, b itself included");
+        assert_eq!(h_nodes, [1, 1, 1, 1], "h has members on a only");
+        assert!(picks(&b, "other").is_empty());
+        assert_eq!(interested(&b, "jobs/1"), Vec::<u64>::new(), "a group is no plain interest");
+        assert_eq!(interested(&b, "plain/x"), [1]);
+        // b's last member of g leaves: a no longer picks b.
+        assert!(b.own_change(&g, false).is_none());
+        let delta = b.own_change(&g, false).unwrap();
+        exchange(&mut b, &mut a, vec![delta], now);
+        let nodes: Vec<u64> = (0..3)
+            .flat_map(|_| picks(&a, "jobs/1"))
+            .filter(|(g, _)| g.contains("/g/"))
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(nodes, [1, 1, 1]);
+        // a is taken for dead: b has no group left to pick.
+        assert_eq!(b.expire(now + Duration::from_secs(1)), [1]);
+        assert!(picks(&b, "jobs/1").is_empty());
+        assert!(!b.has_groups());
+    }
+
+    #[test]
+    fn a_group_copy_moves_to_another_member_unless_qos_2_stays() {
+        let now = Instant::now();
+        let (mut a, mut b, mut c) =
+            (Directory::new(1, "a"), Directory::new(2, "b"), Directory::new(3, "c"));
+        let g = filter("$share/g/t");
+        for directory in [&mut a, &mut b, &mut c] {
+            directory.own_change(&g, true);
+        }
+        let (beat_b, beat_c) = (b.beat(), c.beat());
+        exchange(&mut b, &mut a, vec![beat_b], now);
+        exchange(&mut c, &mut a, vec![beat_c], now);
+        assert!(a.is_member(&g, 1) && a.is_member(&g, 2) && a.is_member(&g, 3));
+        // Not acknowledged in time: QoS 2 stays with its live node (no
+        // duplicate from a slow one), QoS 1 goes to another member.
+        assert_eq!(a.choose(&g, Some(2), &[], true), Some(2));
+        for _ in 0..4 {
+            let next = a.choose(&g, Some(2), &[], false).unwrap();
+            assert!(next == 1 || next == 3, "moved on: {next}");
+        }
+        // Refused: moves even at QoS 2, and never back to a refuser.
+        for _ in 0..4 {
+            let next = a.choose(&g, Some(2), &[2], true).unwrap();
+            assert!(next == 1 || next == 3, "moved on: {next}");
+        }
+        assert_eq!(a.choose(&g, Some(2), &[1, 3], false), Some(2), "the last one left");
+        assert_eq!(a.choose(&g, Some(2), &[1, 2, 3], false), None, "every node refused");
+        assert_eq!(a.choose(&filter("$share/x/t"), None, &[], false), None, "no such group");
+        // c is taken for dead (b beat since): its copies go to a or b.
+        a.handle(b.beat(), now + Duration::from_secs(2), BEAT_EVERY).unwrap();
+        assert_eq!(a.expire(now + Duration::from_secs(1)), [3]);
+        assert!(!a.is_member(&g, 3));
+        for stay in [false, true] {
+            let next = a.choose(&g, Some(3), &[], stay).unwrap();
+            assert!(next == 1 || next == 2, "moved on: {next}");
         }
     }
 

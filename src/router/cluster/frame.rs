@@ -18,8 +18,19 @@
 //! which of the [`WINDOW`] before it were seen; a repeat is dropped. A
 //! message older than the window is dropped too (QoS 0 crosses nodes at
 //! most once), and counted.
+//!
+//! A message for one shared group, sent to the node picked for it (on
+//! `node.{origin}.grp`), is a frame in a group envelope:
+//!
+//! ```text
+//! u8   envelope version (0x47, 'G')
+//! u64  the leg's own sequence (QoS 1/2; 0 at QoS 0, which is not deduplicated)
+//! u16  length, then the shared subscription `$share/{group}/{filter}` (UTF-8)
+//! ...  the frame
+//! ```
 
 use crate::message::{wire, Message};
+use crate::protocol::TopicFilter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
 
@@ -70,6 +81,39 @@ pub(super) fn decode(
     frame.advance(1);
     let (origin, sequence) = (frame.get_u64(), frame.get_u64());
     Ok((origin, sequence, wire::decode(frame, clocks)?))
+}
+
+const GROUP_VERSION: u8 = 0x47;
+
+/// The group envelope of `frame` for leg `leg` of the shared subscription
+/// `group`.
+pub(super) fn encode_group(leg: u64, group: &str, frame: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + 8 + 2 + group.len() + frame.len());
+    out.put_u8(GROUP_VERSION);
+    out.put_u64(leg);
+    // A filter is at most 65535 bytes (an MQTT string).
+    out.put_u16(group.len() as u16);
+    out.put_slice(group.as_bytes());
+    out.put_slice(frame);
+    out.freeze()
+}
+
+/// The leg's sequence, the shared subscription and the frame of a group
+/// envelope; `None` when malformed (or not a shared subscription).
+pub(super) fn decode_group(mut envelope: Bytes) -> Option<(u64, TopicFilter, Bytes)> {
+    if envelope.len() < 11 || envelope[0] != GROUP_VERSION {
+        return None;
+    }
+    envelope.advance(1);
+    let leg = envelope.get_u64();
+    let len = usize::from(envelope.get_u16());
+    if envelope.len() < len {
+        return None;
+    }
+    let group = std::str::from_utf8(&envelope[..len]).ok()?;
+    let group = TopicFilter::new(group).ok().filter(TopicFilter::is_shared)?;
+    envelope.advance(len);
+    Some((leg, group, envelope))
 }
 
 /// Whether a frame is new.
@@ -204,6 +248,16 @@ mod tests {
         assert_eq!(decode(Bytes::from_static(b"\x02"), clocks).unwrap_err(), FrameError::Header);
         let short = Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9]);
         assert!(matches!(decode(short, clocks), Err(FrameError::Message(_))));
+    }
+
+    #[test]
+    fn a_group_envelope_round_trips_and_refuses_what_is_not_one() {
+        let envelope = encode_group(9, "$share/g/a/+", b"frame");
+        let (leg, group, frame) = decode_group(envelope.clone()).unwrap();
+        assert_eq!((leg, group.as_str(), &frame[..]), (9, "$share/g/a/+", &b"frame"[..]));
+        assert!(decode_group(envelope.slice(..12)).is_none(), "cut in the group");
+        assert!(decode_group(encode_group(9, "a/+", b"f")).is_none(), "not shared");
+        assert!(decode_group(Bytes::from_static(&[1; 20])).is_none(), "a plain frame");
     }
 
     #[test]

@@ -32,26 +32,42 @@
 //!   claimed with compare-and-set, and the session handed over by the node
 //!   that held it.
 //!
-//! Shared subscriptions: `$share/{group}/{filter}` is a NATS queue
-//! subscription of its own (queue group [`subject::queue_name`]), made on a
-//! second connection that, unlike the first, gets the node's own messages:
-//! NATS picks one node among all those with members, the node one member
-//! ([MQTT-4.8.2]: one member of the group in the whole cluster). A bridged
-//! message is therefore never given to a local group directly.
-//!
 //! QoS 1/2 across nodes (`directory`, `ack`, `bridge::reliable`): every
-//! node announces the plain filters it holds (deltas, a heartbeat, a full
-//! list on request), so each bridge knows which nodes want a topic. A
-//! QoS 1/2 message is published with a reply subject and waits until
-//! every interested node acknowledged it (a node acknowledges once its
-//! shard routed the message, with `durability = "always"` once what that
-//! logged is durable: [`FromBridge::AckedPublish`]); the shard holds the PUBACK/PUBREC
-//! until then ([`FromBridge::Accepted`]). A node that did not acknowledge
-//! within `ack_timeout` is sent the message again on its own subject (its
-//! dedup drops repeats); one not heard from for `node_timeout` while this
-//! node is connected to NATS is taken for dead and waited for no longer.
-//! Shared groups across nodes stay at most once: a NATS queue group's
-//! member is not known in advance.
+//! node announces the filters it holds, plain and shared (deltas, a
+//! heartbeat, a full list on request), so each bridge knows which nodes
+//! want a topic. A QoS 1/2 message is published with a reply subject and
+//! waits until every interested node acknowledged it (a node acknowledges
+//! once its shard routed the message, with `durability = "always"` once
+//! what that logged is durable: [`FromBridge::AckedPublish`]); the shard
+//! holds the PUBACK/PUBREC until then ([`FromBridge::Accepted`]). A node
+//! that did not acknowledge within `ack_timeout` is sent the message again
+//! on its own subject (its dedup drops repeats); one not heard from for
+//! `node_timeout` while this node is connected to NATS is taken for dead
+//! and waited for no longer.
+//!
+//! Shared subscriptions (`$share/{group}/{filter}`, MQTT 5.0 sections 4.8
+//! and 4.8.2 [MQTT-4.8.2]: "a publication that matches its Topic Filter is
+//! only sent to one of its subscribing Sessions"; the sentence has no
+//! statement number of its own) are served by the publishing node's bridge, at every QoS: for each group
+//! matching a message, it picks one node among those with members, itself
+//! included, the nodes taking turns per group (`Directory::pick_groups`),
+//! and sends the message to that node's own subject with the group
+//! (`node.{origin}.grp`), or hands it to its own shard. That node gives it
+//! to one local member ([`FromBridge::GroupPublish`]). A bridged message is
+//! therefore never given to a local group by the shard directly. At QoS 1/2
+//! the copy is a *leg* of the message (see `ack`): the PUBACK/PUBREC waits
+//! for its acknowledgement too, and a leg refused (no member left there),
+//! not acknowledged within `ack_timeout` (QoS 1; QoS 2 is sent again to the
+//! same node, so that a slow node cannot make a duplicate), or whose node
+//! is taken for dead, goes to another node with members: at least once,
+//! and once in the normal case. QoS 0 takes the same path without
+//! acknowledgements (at most once) rather than NATS queue groups: one
+//! mechanism and one set of turns for every QoS, no second NATS connection
+//! (a queue group must get its own node's messages, that is echo), and a
+//! node's own members are served without a NATS round trip; the cost is a
+//! lookup in the groups' trie per message (skipped while no node has a
+//! shared subscription) and one NATS message per group from the publishing
+//! node, where a queue group has the server make it.
 
 mod ack;
 mod bridge;
@@ -110,15 +126,23 @@ enum ToShard {
     Accepted(u64),
 }
 
-/// Another node's QoS 1/2 message, to acknowledge to it once this node
-/// accepted it (routed; durable with `durability = "always"`). Opaque to
-/// the shard, which hands it back ([`ClusterLink::accept_remote`]).
+/// Another node's QoS 1/2 message (or a shared group's copy of one, a
+/// leg, possibly of this node's own message), to acknowledge once this
+/// node accepted it (routed; durable with `durability = "always"`), or to
+/// refuse (a leg whose group has no member here any more). Opaque to the
+/// shard, which hands it back ([`ClusterLink::accept_remote`],
+/// [`ClusterLink::refuse_remote`]).
 #[derive(Clone, Debug)]
 pub struct RemoteAck {
-    /// Its QoS 1/2 sequence number on the publishing node.
+    /// Its QoS 1/2 sequence number on the publishing node (a leg's own).
     sequence: u64,
-    /// Where it waits for the acknowledgement.
-    reply: async_nats::Subject,
+    /// The publishing node.
+    origin: u64,
+    /// Where it waits for the acknowledgement; `None` for a leg this node
+    /// picked itself (answered inside the bridge).
+    reply: Option<async_nats::Subject>,
+    /// Refused rather than accepted.
+    refused: bool,
 }
 
 /// A message from NATS for a shard: for its plain subscribers (and its
@@ -128,8 +152,8 @@ struct Delivery {
     message: Arc<Message>,
     /// A QoS 1/2 message the publishing node waits for.
     ack: Option<RemoteAck>,
-    /// The shared subscription (`$share/{group}/{filter}`) whose NATS
-    /// queue group picked this node; `None` for plain subscriptions.
+    /// The shared subscription (`$share/{group}/{filter}`) whose publishing
+    /// node picked this node; `None` for plain subscriptions.
     group: Option<TopicFilter>,
 }
 
@@ -149,13 +173,16 @@ pub enum FromBridge {
         ack: RemoteAck,
     },
     /// A message for one member, on this node, of the shared subscription
-    /// `filter` (`$share/{group}/{filter}`): the NATS queue group of that
-    /// subscription chose this node among the nodes with members.
+    /// `filter` (`$share/{group}/{filter}`): its publishing node chose this
+    /// node among the nodes with members.
     GroupPublish {
         /// The shared subscription.
         filter: TopicFilter,
         /// The message.
         message: Arc<Message>,
+        /// QoS 1/2: accepted once given to a member, refused when none is
+        /// left here.
+        ack: Option<RemoteAck>,
     },
     /// The bridge applied this shard's interest changes up to `revision`.
     InterestAck(u64),
@@ -232,6 +259,9 @@ pub struct BridgeCounters {
     pub resent: AtomicU64,
     /// Nodes taken for dead (silent for `node_timeout`).
     pub nodes_expired: AtomicU64,
+    /// Shared group copies (QoS 1/2) sent to another node than first
+    /// chosen: refused, not acknowledged in time, or their node dead.
+    pub group_moved: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -260,6 +290,7 @@ impl BridgeCounters {
             remote_acked: n(&self.remote_acked),
             resent: n(&self.resent),
             nodes_expired: n(&self.nodes_expired),
+            group_moved: n(&self.group_moved),
             retained_written: n(&self.retained_written),
             retained_failed: n(&self.retained_failed),
             retained_applied: n(&self.retained_applied),
@@ -339,7 +370,7 @@ impl ClusterLink {
     /// nodes accepted it. A full lane drops a QoS 0 message, counted; a
     /// QoS 1/2 one waits in the shard (see `spill`). Returns whether
     /// the bridge took it: then the shared groups of the whole cluster,
-    /// this node's included, are served through NATS queue groups.
+    /// this node's included, are served by the bridge (see the module).
     pub fn publish(self: &Rc<Self>, message: &Arc<Message>) -> bool {
         self.last.set(None);
         let topic = &message.topic;
@@ -401,6 +432,12 @@ impl ClusterLink {
         self.shared.remote_acks.push_control(ack);
     }
 
+    /// A shared group's QoS 1/2 copy found no member of its group here:
+    /// the bridge refuses it, and its publishing node sends it elsewhere.
+    pub fn refuse_remote(&self, ack: RemoteAck) {
+        self.shared.remote_acks.push_control(RemoteAck { refused: true, ..ack });
+    }
+
     /// The bridge's counters now (node-wide).
     pub fn counters(&self) -> crate::metrics::ClusterCounters {
         self.shared.counters.snapshot()
@@ -428,7 +465,9 @@ impl ClusterLink {
                     }
                     _ => lane.poll_message(cx).map(|delivery| {
                         delivery.map(|Delivery { message, ack, group }| match (group, ack) {
-                            (Some(filter), _) => FromBridge::GroupPublish { filter, message },
+                            (Some(filter), ack) => {
+                                FromBridge::GroupPublish { filter, message, ack }
+                            }
                             (None, Some(ack)) => FromBridge::AckedPublish { message, ack },
                             (None, None) => FromBridge::Publish(message),
                         })
@@ -483,7 +522,8 @@ impl ClusterTask {
 impl RemoteAck {
     /// The acknowledgement of sequence `sequence`.
     pub(crate) fn for_tests(sequence: u64) -> Self {
-        Self { sequence, reply: async_nats::Subject::from_static("reply") }
+        let reply = Some(async_nats::Subject::from_static("reply"));
+        Self { sequence, origin: 1, reply, refused: false }
     }
 }
 
@@ -519,11 +559,13 @@ impl ClusterSetup {
     }
 
     /// The sequences of the other nodes' messages the shards accepted
-    /// since the last call.
+    /// since the last call; those they refused with [`ack::REFUSED`] set.
     pub(crate) fn take_remote_acks(&self) -> Vec<u64> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         std::iter::from_fn(|| match self.0.remote_acks.poll_control(&mut cx) {
-            std::task::Poll::Ready(Some(ack)) => Some(ack.sequence),
+            std::task::Poll::Ready(Some(ack)) => {
+                Some(ack.sequence | if ack.refused { ack::REFUSED } else { 0 })
+            }
             _ => None,
         })
         .collect()

@@ -121,16 +121,6 @@ pub fn filter_subjects(prefix: &str, filter: &str) -> Option<smallvec::SmallVec<
     Some(subjects)
 }
 
-/// The NATS queue group of the shared subscription `shared`
-/// (`$share/{group}/{filter}`, written whole): the whole text as one
-/// escaped token, so that two shared subscriptions (another group name or
-/// another filter) never share a queue group.
-pub fn queue_name(shared: &str) -> String {
-    let mut name = String::with_capacity(shared.len() + 8);
-    push_level(shared, &mut name);
-    name
-}
-
 /// The MQTT topic name of a subject made by [`topic_subject`]: the inverse
 /// that proves the encoding injective (and names the topic of a retained
 /// message's key, see `retained`).
@@ -214,12 +204,6 @@ mod tests {
         assert_eq!(subjects("#"), ["ringmq.t.>"]);
         assert_eq!(subjects("+/#"), ["ringmq.t.*.>", "ringmq.t.*"]);
         assert_eq!(subjects("$SYS/#"), ["ringmq.s._24SYS.>", "ringmq.s._24SYS"]);
-    }
-
-    #[test]
-    fn queue_names_are_one_token_per_shared_subscription() {
-        assert_eq!(queue_name("$share/g/a/+"), "_24share_2Fg_2Fa_2F_2B");
-        assert_ne!(queue_name("$share/g/a/b"), queue_name("$share/g_2Fa/b"));
     }
 
     #[test]

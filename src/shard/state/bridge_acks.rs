@@ -43,6 +43,14 @@ impl Shard {
         }
     }
 
+    /// Refuses another node's copy of a message for a shared group that
+    /// has no member here any more (see `state/cluster.rs`).
+    pub(super) fn refuse_remote(&self, ack: RemoteAck) {
+        if let Some(link) = &self.cluster {
+            link.refuse_remote(ack);
+        }
+    }
+
     /// The acknowledgement held by `token` waits for the other nodes to
     /// accept the PUBLISH just routed, when the bridge took it (a
     /// local-only topic, or a full queue to the bridge, releases it).

@@ -41,7 +41,21 @@ impl Shard {
                 self.route_remote(&message, now);
                 self.remote_routed(ack);
             }
-            FromBridge::GroupPublish { filter, message } => self.route_group(&filter, message, now),
+            FromBridge::GroupPublish { filter, message, ack } => {
+                self.durable_route_start();
+                let given = self.route_group(&filter, message, now);
+                match ack {
+                    // Accepted once routed (durable), as a plain message.
+                    Some(ack) if given => self.remote_routed(ack),
+                    // No member here: its node sends it to another.
+                    Some(ack) => self.refuse_remote(ack),
+                    None if given => {}
+                    None => {
+                        self.counters.shard.deliveries_dropped += 1;
+                        self.count_drops(DropCause::NoGroupMember, 1, now);
+                    }
+                }
+            }
             FromBridge::Accepted(ticket) => self.bridge_accepted(ticket),
             FromBridge::InterestAck(revision) => {
                 let mut released = std::mem::take(&mut self.released);
@@ -61,32 +75,32 @@ impl Shard {
     /// A message for one member, on this node, of the shared subscription
     /// `filter` [MQTT-4.8.2]: the shards with members take turns. In a
     /// cluster every message bridged to NATS reaches the shared groups
-    /// this way, also those of its own node (the NATS queue group of the
-    /// subscription picks one node among those with members), so that each
-    /// message reaches one member in the whole cluster. Dropped, counted,
-    /// when the group has no member here any more.
-    fn route_group(&mut self, filter: &TopicFilter, message: Arc<Message>, now: Instant) {
+    /// this way, also those of its own node (the publishing node's bridge
+    /// picks one node among those with members), so that each message
+    /// reaches one member in the whole cluster. Returns whether it was
+    /// given to a member (here or on a peer shard): not when the group has
+    /// no member here any more.
+    fn route_group(&mut self, filter: &TopicFilter, message: Arc<Message>, now: Instant) -> bool {
         match self.interest.replica().next_group_member(filter) {
             Some((shard, group)) if shard == self.id => {
-                self.deliver_to_group(group, &message, None, now)
+                self.deliver_to_group(group, &message, None, now);
+                true
             }
             Some((shard, group)) => {
                 // Counted like a local publish's: the peer reports it
                 // durable with the rest (see `state/persist.rs`).
                 self.durable_sent(shard, &message);
-                self.outbox.push(shard, ShardMessage::GroupPublish { group, message })
+                self.outbox.push(shard, ShardMessage::GroupPublish { group, message });
+                true
             }
-            None => {
-                self.counters.shard.deliveries_dropped += 1;
-                self.count_drops(DropCause::NoGroupMember, 1, now);
-            }
+            None => false,
         }
     }
 
     /// A message published on another node: delivered to this shard's
     /// subscribers and forwarded to its peers with interest, as a local
     /// publish, but never back to the bridge. Shared groups get it through
-    /// their own NATS queue subscriptions ([`Self::route_group`]); its
+    /// the publishing node's bridge ([`Self::route_group`]); its
     /// RETAIN flag is not stored here: the cluster's retained messages come
     /// from their bucket ([`FromBridge::Retained`]), or stay per node.
     fn route_remote(&mut self, message: &Arc<Message>, now: Instant) {
@@ -258,8 +272,9 @@ pub(super) mod tests {
     #[test]
     fn shared_groups_are_served_through_the_bridge_when_a_message_is_bridged() {
         // Each message reaches one member of a group in the whole cluster
-        // [MQTT-4.8.2]: the NATS queue group picks the node, so a bridged
-        // message is not also given to a local member directly.
+        // [MQTT-4.8.2]: the publishing node's bridge picks the node (this
+        // one included), so a bridged message is not also given to a local
+        // member directly.
         let now = Instant::now();
         let (mut shard, bridge) = shard(1, &["private/#"]);
         let (sub, sub_id) = connect(&mut shard, 1, "s", now);
@@ -281,7 +296,7 @@ pub(super) mod tests {
             expires_at: None,
         });
         let filter = TopicFilter::new("$share/g/s/+").unwrap();
-        shard.handle_cluster(FromBridge::GroupPublish { filter, message }, now);
+        shard.handle_cluster(FromBridge::GroupPublish { filter, message, ack: None }, now);
         assert!(matches!(output(&mut shard, sub, sub_id, now)[..], [Packet::Publish(_)]));
         // A local-only topic is not bridged: its groups are served here.
         let (private, private_id) = connect(&mut shard, 1, "q", now);
@@ -318,6 +333,45 @@ pub(super) mod tests {
         assert!(!outbox.is_congested(hold), "released at half");
         let acks = output(&mut shard, key, conn, now);
         assert!(matches!(acks[..], [Packet::PubAck(_), Packet::PubAck(_)]), "{acks:?}");
+    }
+
+    #[test]
+    fn a_qos_1_group_copy_is_accepted_by_a_member_and_refused_without_one() {
+        // Issue 17 item 5/8: the node picked for a shared group acknowledges
+        // the message once a member has it [MQTT-4.8.2], and refuses it when
+        // its last member left meanwhile, so that the publishing node sends
+        // it to another node with members (at least once) instead of
+        // losing it here.
+        use crate::router::cluster::RemoteAck;
+        let now = Instant::now();
+        let (mut shard, bridge) = shard(1, &[]);
+        let (sub, sub_id) = connect(&mut shard, 1, "s", now);
+        assert!(shard.handle_packet(sub, sub_id, now, subscribe("$share/g/s/+")).unwrap());
+        let revision = bridge.take_interest()[0].3;
+        shard.handle_cluster(FromBridge::InterestAck(revision), now);
+        let _ = output(&mut shard, sub, sub_id, now);
+        let message = Arc::new(Message {
+            topic: TopicName::new("s/1").unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: None,
+            expires_at: None,
+        });
+        let filter = TopicFilter::new("$share/g/s/+").unwrap();
+        let copy = |sequence| FromBridge::GroupPublish {
+            filter: filter.clone(),
+            message: Arc::clone(&message),
+            ack: Some(RemoteAck::for_tests(sequence)),
+        };
+        shard.handle_cluster(copy(7), now);
+        assert_eq!(bridge.take_remote_acks(), [7]);
+        assert!(matches!(output(&mut shard, sub, sub_id, now)[..], [Packet::Publish(_)]));
+        // The member leaves: the next copy is refused, not delivered.
+        shard.handle_connection_closed(sub, sub_id, now);
+        shard.handle_cluster(copy(8), now);
+        assert_eq!(bridge.take_remote_acks(), [8 | (1u64 << 63)], "refused");
     }
 
     fn qos1(topic: &str, id: u16) -> Packet {

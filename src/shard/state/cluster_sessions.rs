@@ -50,6 +50,28 @@ impl Shard {
         Some(claim)
     }
 
+    /// A client that sent no client id was given one here [MQTT-3.1.3-6]
+    /// and attached as `key`. When its session outlives the connection
+    /// (5.0 Session Expiry Interval above 0, within `max_session_expiry`),
+    /// the id is claimed in the cluster's session directory like any other:
+    /// the client coming back with it on another node (Clean Start 0) then
+    /// moves the session there. Returns the claim to run; the CONNACK does
+    /// not wait for it: the id is new (no node holds it, nothing is handed
+    /// over). A session that ends with its connection is not claimed:
+    /// directory entries are never deleted, and one per anonymous
+    /// connection would grow the bucket without bound.
+    pub fn claim_assigned(
+        &self,
+        key: crate::shard::SessionKey,
+    ) -> Option<impl Future<Output = Bytes>> {
+        let link = self.cluster.as_ref()?;
+        let slot = self.slots.get(key)?;
+        if slot.session.expiry() == Some(std::time::Duration::ZERO) {
+            return None;
+        }
+        link.claim(self.client_id(key)?, true)
+    }
+
     /// A claim of `client_id` begun with [`Self::begin_cluster_claim`]
     /// ended (its CONNECT accepted or refused). When a session was handed
     /// over, the CONNACK waits until its subscriptions are known to the

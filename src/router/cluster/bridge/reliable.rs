@@ -5,16 +5,28 @@
 //!
 //! Subjects, under the prefix: `ctl` (broadcast announcements),
 //! `node.{origin}.ctl` (a node's list requests and answers),
-//! `node.{origin}.msg` (messages sent again to one node), and
-//! `ack.{origin}` (acknowledgements for the node's messages). `{origin}`
-//! is the node's origin for this run, in 16 hex digits.
+//! `node.{origin}.msg` (messages sent again to one node),
+//! `node.{origin}.grp` (messages for one of its shared groups, in a group
+//! envelope, see `frame`), and `ack.{origin}` (acknowledgements for the
+//! node's messages). `{origin}` is the node's origin for this run, in 16
+//! hex digits.
+//!
+//! Shared groups (see `super::super` and `ack`): the publishing bridge
+//! picks one node per matching group (`Directory::pick_groups`) and sends
+//! the message there, or hands it to its own shard (a leg acknowledged
+//! inside the bridge). A QoS 1/2 leg is moved to another node when it is
+//! refused, when its node is taken for dead, and at QoS 1 when it is not
+//! acknowledged within `ack_timeout` (`Directory::choose`).
 //!
 //! What happens when something dies:
 //! * An interested node dies: its heartbeat stops; after `node_timeout`
 //!   (counted only while this node is connected to NATS) it is forgotten
 //!   and the messages waiting for it are acknowledged to their publishers.
 //!   Its subscribers lose what it had not delivered (a node keeps its
-//!   queues in memory, or in its own log with `durability`).
+//!   queues in memory, or in its own log with `durability`). The shared
+//!   group copies it had not acknowledged go to other nodes with members
+//!   (QoS 1 already after `ack_timeout`): a group loses only what the dead
+//!   node had accepted and not yet delivered to its member.
 //! * The NATS server of this node dies: the client reconnects to another
 //!   seed; what it had buffered may be lost, and is sent again to each
 //!   node that did not acknowledge it once the connection is back. Nodes
@@ -23,13 +35,16 @@
 //!   and its heartbeat resumes; what it missed meanwhile is sent again on
 //!   its own subject. A cut longer than `node_timeout` counts as its death.
 
-use super::super::ack::{self, Pending, Waiting, ACKED_WINDOW};
+use super::super::ack::{self, Acked, Leg, Pending, Waiting, ACKED_WINDOW, REFUSED};
 use super::super::directory::{Directory, Send};
-use super::super::frame::{Dedup, Seen};
-use super::super::{BridgeCounters, RemoteAck, Ticket, ToShard};
+use super::super::frame::{self, Dedup, Seen};
+use super::super::{BridgeCounters, Delivery, RemoteAck, Ticket, ToShard};
 use super::BridgeState;
 use crate::config::ClusterConfig;
-use crate::protocol::TopicName;
+use crate::message::wire::Clocks;
+use crate::message::Message;
+use crate::protocol::{QoS, TopicFilter, TopicName};
+use crate::router::home_shard;
 use async_nats::connection::State;
 use bytes::{Bytes, BytesMut};
 use futures_lite::StreamExt;
@@ -37,7 +52,22 @@ use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A message's shared groups and the node picked for each.
+type Picks = SmallVec<[(TopicFilter, u64); 2]>;
+
+/// Why a shared group's copy moves (see [`BridgeState::move_leg`]).
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    /// This node refused it (no member there, or a full lane here).
+    Refused(u64),
+    /// Not acknowledged within `ack_timeout`.
+    Timeout,
+    /// Its node was taken for dead.
+    Gone,
+}
 
 /// Acknowledgements to send, per reply subject, and whether a task will
 /// send them.
@@ -71,9 +101,10 @@ pub(super) struct Reliable {
     /// first connection (every node has beaten and been asked its list).
     /// `None` before the first connection.
     complete_at: Cell<Option<Instant>>,
-    /// Messages published before that, with their topics: the nodes they
-    /// wait for are named once it is complete.
-    young: RefCell<Vec<(u64, TopicName)>>,
+    /// Messages published before that, with their topics and whether they
+    /// are QoS 2: the nodes they wait for, and their shared groups' nodes,
+    /// are named once it is complete.
+    young: RefCell<Vec<(u64, TopicName, bool)>>,
     /// Woken when another node says which version of this node's list it
     /// holds.
     synced: tokio::sync::Notify,
@@ -124,36 +155,227 @@ impl BridgeState {
         self.shared.inbound[ticket.shard.index()].push_control(ToShard::Accepted(ticket.number));
     }
 
-    /// Publishes the QoS 1/2 frame `payload` of `topic` (sequence
-    /// `sequence`) with a reply subject, and waits for the nodes the
-    /// directory says are interested (none: the ticket is answered at
-    /// once). Before the directory is complete (a node just started, see
-    /// `complete_at`) the message waits until it is, then for the nodes it
-    /// names then.
+    /// Publishes the QoS 1/2 frame `payload` of `message` (sequence
+    /// `sequence`) with a reply subject on `subject` (`None`: too long, no
+    /// plain subscription gets it), and waits for the nodes the directory
+    /// says are interested, and for one node per matching shared group
+    /// (none of either: the ticket is answered at once). Before the
+    /// directory is complete (a node just started, see `complete_at`) the
+    /// message waits until it is, then for the nodes it names then.
     pub(super) async fn publish_acked(
         &self,
         ticket: Ticket,
         sequence: u64,
-        topic: &TopicName,
-        subject: String,
+        message: &Arc<Message>,
+        subject: Option<String>,
         payload: Bytes,
     ) -> Result<(), async_nats::PublishError> {
         let reliable = &self.reliable;
+        let (topic, stay) = (&message.topic, message.qos == QoS::ExactlyOnce);
         let mut nodes = SmallVec::new();
-        reliable.directory.borrow().interested(topic, &mut nodes);
-        let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
-        if young {
-            reliable.young.borrow_mut().push((sequence, topic.clone()));
+        if subject.is_some() {
+            reliable.directory.borrow().interested(topic, &mut nodes);
         }
-        if nodes.is_empty() && !young {
+        let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
+        let mut picks = Picks::new();
+        if young {
+            reliable.young.borrow_mut().push((sequence, topic.clone(), stay));
+        } else {
+            self.pick_groups(topic, &mut picks);
+        }
+        if nodes.is_empty() && picks.is_empty() && !young {
             self.accepted(ticket);
         } else {
             let due = Instant::now() + reliable.ack_timeout;
-            let waiting = Waiting { ticket, nodes, frame: payload.clone() };
+            let waiting = Waiting::new(ticket, nodes, payload.clone());
             reliable.pending.borrow_mut().insert(sequence, waiting, due);
+            // Every leg is counted before any is sent: an early answer
+            // cannot end the message while others are still to go.
+            let legs = self.add_legs(sequence, picks, stay);
+            for leg in legs {
+                self.send_leg(leg, Some(message)).await;
+            }
         }
-        let reply = reliable.ack_subject.clone();
-        self.client.publish_with_reply(subject, reply, payload).await
+        match subject {
+            Some(subject) => {
+                let reply = reliable.ack_subject.clone();
+                self.client.publish_with_reply(subject, reply, payload).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The shared groups matching `topic`, each with the node picked for
+    /// it (this one's included), into `picks`.
+    fn pick_groups(&self, topic: &TopicName, picks: &mut Picks) {
+        let directory = self.reliable.directory.borrow();
+        if !directory.has_groups() {
+            return;
+        }
+        directory.pick_groups(topic, |group, node| {
+            if let Ok(group) = TopicFilter::new(group) {
+                picks.push((group, node));
+            }
+        });
+    }
+
+    /// A QoS 0 message (frame `frame`) for the shared groups matching it:
+    /// sent to the node picked for each, without acknowledgement (at most
+    /// once), or handed to this node's shard.
+    pub(super) async fn send_groups_at_most_once(&self, message: &Arc<Message>, frame: &Bytes) {
+        let mut picks = Picks::new();
+        self.pick_groups(&message.topic, &mut picks);
+        for (group, node) in picks {
+            if node == self.origin {
+                self.hand_to_group(group, Arc::clone(message), None);
+            } else {
+                let envelope = frame::encode_group(0, group.as_str(), frame);
+                let subject = self.reliable.node_subject(node, "grp");
+                let _ = self.client.publish(subject, envelope).await;
+            }
+        }
+    }
+
+    /// Adds a leg to message `parent` for each of `picks`; returns their
+    /// sequences, to send.
+    fn add_legs(&self, parent: u64, picks: Picks, stay: bool) -> SmallVec<[u64; 2]> {
+        let reliable = &self.reliable;
+        let due = Instant::now() + reliable.ack_timeout;
+        let mut legs = SmallVec::new();
+        for (group, node) in picks {
+            let leg = reliable.next_sequence();
+            let refused = SmallVec::new();
+            let entry = Leg { parent, group, node, refused, stay };
+            reliable.pending.borrow_mut().add_leg(leg, entry, due);
+            legs.push(leg);
+        }
+        legs
+    }
+
+    /// Sends leg `leg` to its node: on the node's own subject with a reply
+    /// subject, or to this node's shard (`message`: the message, else it
+    /// is decoded from the frame). A full lane to this node's shard counts
+    /// as a refusal: the leg moves on.
+    async fn send_leg(&self, leg: u64, mut message: Option<&Arc<Message>>) {
+        let reliable = &self.reliable;
+        loop {
+            let (node, group, frame) = {
+                let mut pending = reliable.pending.borrow_mut();
+                let Some(frame) = pending.leg_frame(leg) else { return };
+                let Some(entry) = pending.leg_mut(leg) else { return };
+                (entry.node, entry.group.clone(), frame)
+            };
+            if node != self.origin {
+                let envelope = frame::encode_group(leg, group.as_str(), &frame);
+                let (subject, reply) = (reliable.node_subject(node, "grp"), &reliable.ack_subject);
+                let _ = self.client.publish_with_reply(subject, reply.clone(), envelope).await;
+                return;
+            }
+            let message = match message.take() {
+                Some(message) => Arc::clone(message),
+                None => match frame::decode(frame, Clocks::read()) {
+                    Ok((_, _, message)) => Arc::new(message),
+                    // It was encoded here.
+                    Err(_) => return,
+                },
+            };
+            let ack = RemoteAck { sequence: leg, origin: self.origin, reply: None, refused: false };
+            if self.hand_to_group(group, message, Some(ack))
+                || !self.move_leg(leg, Move::Refused(node))
+            {
+                return;
+            }
+        }
+    }
+
+    /// Hands a message for one member of `group` on this node to the shard
+    /// the group's name hashes to; `false` when its lane is full (counted).
+    fn hand_to_group(
+        &self,
+        group: TopicFilter,
+        message: Arc<Message>,
+        ack: Option<RemoteAck>,
+    ) -> bool {
+        let shard = home_shard(group.as_str().as_bytes(), self.shared.inbound.len());
+        let delivery = Delivery { message, ack, group: Some(group) };
+        match self.shared.inbound[shard.index()].push_message(delivery) {
+            Ok(()) => true,
+            Err(_) => {
+                BridgeCounters::add(&self.shared.counters.inbound_dropped);
+                false
+            }
+        }
+    }
+
+    /// Chooses where leg `leg` goes next (see `Directory::choose`); returns
+    /// whether it is to be sent there. With no node left with members of
+    /// its group, the leg is done (nothing to deliver to).
+    fn move_leg(&self, leg: u64, cause: Move) -> bool {
+        let reliable = &self.reliable;
+        let mut pending = reliable.pending.borrow_mut();
+        let Some(entry) = pending.leg_mut(leg) else { return false };
+        if let Move::Refused(node) = cause {
+            if !entry.refused.contains(&node) {
+                entry.refused.push(node);
+            }
+        }
+        let stay = matches!(cause, Move::Timeout) && entry.stay;
+        let current = entry.node;
+        let next =
+            reliable.directory.borrow().choose(&entry.group, Some(current), &entry.refused, stay);
+        let counters = &self.shared.counters;
+        match next {
+            Some(node) => {
+                entry.node = node;
+                BridgeCounters::add(match node == current {
+                    true => &counters.resent,
+                    false => &counters.group_moved,
+                });
+                true
+            }
+            None => {
+                let done = pending.leg_done(leg);
+                drop(pending);
+                if let Some(ticket) = done {
+                    self.accepted(ticket);
+                }
+                false
+            }
+        }
+    }
+
+    /// A message for one of this node's shared groups, from the node that
+    /// picked it (`node.{origin}.grp`): deduplicated (QoS 1/2, by the leg's
+    /// sequence) and handed to the group's shard, which accepts or refuses
+    /// it (QoS 1/2).
+    pub(super) fn handle_group(&self, message: async_nats::Message) {
+        let counters = &self.shared.counters;
+        let Some((leg, group, frame)) = frame::decode_group(message.payload) else {
+            return BridgeCounters::add(&counters.malformed);
+        };
+        let (origin, _, decoded) = match frame::decode(frame, Clocks::read()) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                BridgeCounters::add(&counters.malformed);
+                return tracing::debug!(%error, "not a ringmq frame in a group envelope");
+            }
+        };
+        let ack = match message.reply {
+            Some(reply) => {
+                if !self.see_acked(origin, leg, &reply) {
+                    return;
+                }
+                Some(RemoteAck { sequence: leg, origin, reply: Some(reply), refused: false })
+            }
+            None => None,
+        };
+        let acked = ack.is_some();
+        if self.hand_to_group(group, Arc::new(decoded), ack) {
+            BridgeCounters::add(&counters.received);
+        } else if acked {
+            // Not acknowledged: sent again, or elsewhere.
+            self.not_handed(origin, leg);
+        }
     }
 
     /// A plain filter of this node came or went: the other nodes are told.
@@ -245,6 +467,22 @@ impl BridgeState {
         }
     }
 
+    /// What a shard did with another node's message (or this node's own
+    /// leg): acknowledged, or refused, to the node waiting for it.
+    async fn answer(&self, ack: RemoteAck) {
+        let sequence = ack.sequence | if ack.refused { REFUSED } else { 0 };
+        match &ack.reply {
+            None => self.handle_acks(self.origin, [sequence].into_iter()).await,
+            Some(reply) => {
+                if ack.refused {
+                    // Not delivered here: a copy sent again is new.
+                    self.not_handed(ack.origin, ack.sequence);
+                }
+                self.queue_ack(reply, sequence);
+            }
+        }
+    }
+
     /// Starts the tasks of QoS 1/2 across nodes; they end when aborted.
     pub(super) async fn start_reliable(self: &Rc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let reliable = &self.reliable;
@@ -253,6 +491,7 @@ impl BridgeState {
             (reliable.ctl_subject.clone(), Inbox::Control),
             (reliable.node_subject(self.origin, "ctl"), Inbox::Control),
             (reliable.node_subject(self.origin, "msg"), Inbox::Message),
+            (reliable.node_subject(self.origin, "grp"), Inbox::Group),
             (reliable.ack_subject.clone(), Inbox::Ack),
         ];
         for (subject, inbox) in subjects {
@@ -263,8 +502,9 @@ impl BridgeState {
                         while let Some(message) = subscriber.next().await {
                             match inbox {
                                 Inbox::Control => me.handle_control(message.payload).await,
-                                Inbox::Message => me.handle_received(message, None),
-                                Inbox::Ack => me.handle_ack(message.payload),
+                                Inbox::Message => me.handle_received(message),
+                                Inbox::Group => me.handle_group(message),
+                                Inbox::Ack => me.handle_ack(message.payload).await,
                             }
                         }
                     }));
@@ -276,10 +516,10 @@ impl BridgeState {
         // What the shards accepted of other nodes' messages.
         let me = Rc::clone(self);
         tasks.push(tokio::task::spawn_local(async move {
-            while let Some(RemoteAck { sequence, reply, .. }) =
+            while let Some(ack) =
                 std::future::poll_fn(|cx| me.shared.remote_acks.poll_control(cx)).await
             {
-                me.queue_ack(&reply, sequence);
+                me.answer(ack).await;
             }
         }));
         tasks
@@ -298,7 +538,7 @@ impl BridgeState {
             }
         };
         for origin in effects.gone {
-            self.node_gone(origin);
+            self.node_gone(origin).await;
         }
         reliable.synced.notify_waiters();
         for Send::To(origin, bytes) in effects.send {
@@ -306,38 +546,69 @@ impl BridgeState {
         }
     }
 
-    fn handle_ack(&self, payload: Bytes) {
+    async fn handle_ack(&self, payload: Bytes) {
         let Some((origin, sequences)) = ack::decode_ack(payload) else {
             return BridgeCounters::add(&self.shared.counters.malformed);
         };
-        let mut pending = self.reliable.pending.borrow_mut();
-        for sequence in sequences {
-            if let Some(ticket) = pending.ack(origin, sequence) {
-                BridgeCounters::add(&self.shared.counters.remote_acked);
-                self.accepted(ticket);
+        self.handle_acks(origin, sequences).await;
+    }
+
+    /// `node` acknowledged (or refused) `sequences`.
+    async fn handle_acks(&self, node: u64, sequences: impl Iterator<Item = u64>) {
+        let mut refused = SmallVec::<[u64; 4]>::new();
+        {
+            let mut pending = self.reliable.pending.borrow_mut();
+            for sequence in sequences {
+                match pending.acked(node, sequence) {
+                    Acked::Done(ticket) => {
+                        BridgeCounters::add(&self.shared.counters.remote_acked);
+                        self.accepted(ticket);
+                    }
+                    Acked::Refused(leg) => refused.push(leg),
+                    Acked::Nothing => {}
+                }
+            }
+        }
+        for leg in refused {
+            if self.move_leg(leg, Move::Refused(node)) {
+                self.send_leg(leg, None).await;
             }
         }
     }
 
-    /// `origin` is gone: nothing waits for it any more.
-    fn node_gone(&self, origin: u64) {
+    /// `origin` is gone: nothing waits for it any more, and the shared
+    /// group copies sent to it go to other nodes.
+    async fn node_gone(&self, origin: u64) {
         BridgeCounters::add(&self.shared.counters.nodes_expired);
         self.reliable.pending.borrow_mut().gone(origin, |ticket| self.accepted(ticket));
+        let legs = self.reliable.pending.borrow().legs_of(origin);
+        for leg in legs {
+            if self.move_leg(leg, Move::Gone) {
+                self.send_leg(leg, None).await;
+            }
+        }
     }
 
     /// The directory is complete: the messages published before wait for
-    /// the nodes it names (sent to them at once).
-    fn name_young_waits(&self, now: Instant) {
+    /// the nodes it names (sent to them at once), and for one node per
+    /// matching shared group.
+    async fn name_young_waits(&self, now: Instant) {
         let reliable = &self.reliable;
         let young = std::mem::take(&mut *reliable.young.borrow_mut());
         if young.is_empty() {
             return;
         }
-        for (sequence, topic) in young {
+        for (sequence, topic, stay) in young {
             let mut nodes = SmallVec::new();
             reliable.directory.borrow().interested(&topic, &mut nodes);
+            let mut picks = Picks::new();
+            self.pick_groups(&topic, &mut picks);
+            let legs = self.add_legs(sequence, picks, stay);
             if let Some(ticket) = reliable.pending.borrow_mut().wait_for(sequence, nodes) {
                 self.accepted(ticket);
+            }
+            for leg in legs {
+                self.send_leg(leg, None).await;
             }
         }
         // Sent again at the next tick to the nodes just named.
@@ -371,7 +642,7 @@ impl BridgeState {
                 }
             }
             if reliable.complete_at.get().is_some_and(|at| now >= at) {
-                self.name_young_waits(now);
+                self.name_young_waits(now).await;
             }
             if now >= next_beat {
                 next_beat = now + reliable.heartbeat;
@@ -380,7 +651,7 @@ impl BridgeState {
             }
             let gone = reliable.directory.borrow_mut().expire(now - reliable.node_timeout);
             for origin in gone {
-                self.node_gone(origin);
+                self.node_gone(origin).await;
             }
             let mut resend: Vec<(u64, Bytes)> = Vec::new();
             reliable.pending.borrow_mut().due(now, now + reliable.ack_timeout, |_, waiting| {
@@ -394,6 +665,12 @@ impl BridgeState {
                 let reply = reliable.ack_subject.clone();
                 let _ = self.client.publish_with_reply(subject, reply, frame).await;
             }
+            let legs = reliable.pending.borrow_mut().due_legs(now, now + reliable.ack_timeout);
+            for leg in legs {
+                if self.move_leg(leg, Move::Timeout) {
+                    self.send_leg(leg, None).await;
+                }
+            }
         }
     }
 }
@@ -403,5 +680,6 @@ impl BridgeState {
 enum Inbox {
     Control,
     Message,
+    Group,
     Ack,
 }
