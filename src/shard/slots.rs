@@ -277,7 +277,9 @@ impl Slots {
         }
     }
 
-    /// Every slot.
+    /// Every slot (for tests: the shard walks its sessions by position,
+    /// see [`Slots::next_from`]).
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().flatten().map(|slot| &**slot)
     }

@@ -78,7 +78,11 @@ impl Shard {
         let mut retained = self.retained.all();
         // The broker's own ($SYS) are not logged (see `retain_here`).
         retained.retain(|message| message.publisher.is_some());
-        self.session_log.compaction = Some(Box::new(Compaction { retained, ..Default::default() }));
+        // Room for every message queued or in flight now: the set does not
+        // grow (rehashing it whole) in the middle of a slice.
+        let written = HashSet::with_capacity(self.usage.queued + self.usage.inflight);
+        self.session_log.compaction =
+            Some(Box::new(Compaction { retained, written, ..Default::default() }));
         true
     }
 
