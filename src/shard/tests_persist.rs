@@ -327,6 +327,49 @@ fn a_compaction_in_slices_between_traffic_replays_to_the_live_sessions() {
     }
 }
 
+/// The message being fanned out when a compaction starts is written again
+/// for the sessions it is queued to afterwards: a session that took a
+/// position the sweep had passed is never sliced, and the record from
+/// before the start is deleted with the old segments.
+#[test]
+fn a_message_queued_again_after_a_compaction_started_is_written_again() {
+    let mut cluster = Cluster::new(1);
+    let logs = with_logs(&mut cluster);
+    // Position 0 of the session table, freed later.
+    let (first, _) = cluster.connect_with("first", true);
+    let publisher = cluster.connect("pub");
+    let Packet::Publish(mut retained) = publish_qos("r/1", b"r", QoS::AtLeastOnce, 1, false) else {
+        unreachable!()
+    };
+    retained.retain = true;
+    cluster.send(&publisher, Packet::Publish(retained));
+    // The stored retained message, sent to a persistent session that
+    // acknowledges it: no queue holds it when the compaction starts.
+    let (early, _) = cluster.connect_with("early", false);
+    cluster.subscribe(&early, "r/#");
+    for (_, id, _) in publishes(&cluster.output(&early)) {
+        let id = PacketId::new(id.unwrap()).unwrap();
+        cluster.send(&early, Packet::PubAck(PubResponse::new(id)));
+    }
+    logs[0].request_compaction();
+    let now = cluster.now;
+    assert!(cluster.shards[0].begin_compaction());
+    // The retained message, then position 0.
+    let step = cluster.shards[0].compaction_step(now, 2).unwrap();
+    assert!(!step.done, "the sweep passed position 0 only");
+    cluster.close(&first);
+    let (late, _) = cluster.connect_with("late", false);
+    cluster.subscribe(&late, "r/#");
+    while !cluster.shards[0].compaction_step(now, 1).unwrap().done {}
+    let expected = cluster.shards[0].stored_sessions();
+    let queued: usize = expected.sessions.values().map(|s| s.queue.len() + s.inflight.len()).sum();
+    assert_eq!(queued, 1, "{expected:?}");
+    let (segments, first_live) = segments_of(&logs[0]);
+    let state = recover(&segments[first_live..]);
+    assert_eq!(state.sessions.sessions, expected.sessions);
+    assert_eq!(state.sessions.messages, expected.messages);
+}
+
 /// [MQTT-3.3.2-5] A message whose expiry passed while it waited in an
 /// offline session's queue is not sent; its removal is logged, so the log
 /// holds what the session holds (a restart before its expiry by the wall
