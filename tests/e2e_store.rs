@@ -3,7 +3,8 @@
 //! torn tail is cut off, logged once and counted, they follow a change of
 //! the shard count, a bad `data_dir` is one line at start-up, and /readyz
 //! waits for every shard's replay; a full disk (a small tmpfs, as root)
-//! refuses QoS 1/2, keeps QoS 0, logs once and recovers.
+//! refuses QoS 1/2, keeps QoS 0, logs once and recovers, and a SIGTERM
+//! while it is still full stops the broker at once, saying what was lost.
 
 mod common;
 
@@ -488,6 +489,44 @@ fn a_full_disk_refuses_qos1_and_2_keeps_qos0_logs_once_and_recovers() {
     let again = text.lines().filter(|l| l.contains("the durable log is written again")).count();
     assert!((1..=SHARDS).contains(&failed), "one line per failing shard:\n{text}");
     assert_eq!(failed, again, "{text}");
+    for path in [&log, &toml] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn a_sigterm_while_the_disk_is_full_stops_at_once_and_says_what_was_not_written() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = temp_dir("full-stop");
+    let _tmpfs = Tmpfs::mount(&dir, "2m");
+    let data_dir = dir.join("data");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let toml = dir.with_extension("toml");
+    std::fs::write(&toml, config(&data_dir, &admin)).unwrap();
+    let log = dir.with_extension("log");
+    let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
+    common::wait_ready(&admin);
+    fill(&dir);
+    // A retained message the shard of its topic cannot write: it waits in
+    // memory, retried every second.
+    let mut trigger = v311_client(&broker, "full-stop-trigger", true);
+    trigger.send(&publish_packet("full-retained", &[b'r'; 65536], QoS::AtMostOnce, 0, true));
+    wait_counter(&admin, "store_write_errors", 1);
+    drop(trigger);
+    // One signal is enough: the writer gives up at its next failed retry
+    // (Broker::stop fails the test after 15 s).
+    let stopping = Instant::now();
+    assert!(broker.stop().success());
+    assert!(stopping.elapsed() < Duration::from_secs(10), "{:?}", stopping.elapsed());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lost: Vec<&str> =
+        text.lines().filter(|l| l.contains("records were not made durable")).collect();
+    assert_eq!(lost.len(), 1, "one line, from the shard that failed:\n{text}");
+    assert!(lost[0].contains("no acknowledged QoS 1/2 message is among them"), "{}", lost[0]);
     for path in [&log, &toml] {
         let _ = std::fs::remove_file(path);
     }

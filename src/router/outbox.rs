@@ -111,6 +111,19 @@ pub struct Outbox {
     /// (see [`Self::hold_bridge`]), and the connections held for it.
     bridge: RefCell<(bool, Vec<Waker>)>,
     closed: Cell<bool>,
+    /// Congestions that [`Outbox::push`] started, not yet counted in
+    /// `congestion_events` (it has no counters at hand).
+    congestions: Cell<u64>,
+}
+
+/// The publishes `message` carries (see [`Outbox::push`]).
+fn publishes_in(message: &RouterMessage) -> usize {
+    match message {
+        RouterMessage::Shard(ShardMessage::Publish(batch)) => batch.len(),
+        RouterMessage::Shard(ShardMessage::GroupPublish { .. } | ShardMessage::Retain(_)) => 1,
+        RouterMessage::Shard(ShardMessage::Retained { messages, .. }) => messages.len(),
+        _ => 0,
+    }
 }
 
 impl Outbox {
@@ -122,6 +135,7 @@ impl Outbox {
             gates: RefCell::new(Gates::default()),
             bridge: RefCell::new((false, Vec::new())),
             closed: Cell::new(false),
+            congestions: Cell::new(0),
         }
     }
 
@@ -160,6 +174,7 @@ impl Outbox {
         if queue.congested && message.qos != QoS::AtMostOnce {
             self.held_by.set(Some(Hold::peer(to)));
         }
+        counters.congestion_events += self.congestions.take();
         if let Some(waker) = queue.flusher.take() {
             waker.wake();
         }
@@ -171,10 +186,13 @@ impl Outbox {
         self.peers.borrow().iter().map(|queue| queue.queued_publishes).sum()
     }
 
-    /// Queues a message for `to`, after everything queued before. A
-    /// shared-group delivery counts as a publish: towards the high-water
-    /// mark, and a QoS 1/2 one pushed to a congested peer holds its
-    /// publisher back as [`Self::push_publish`] does.
+    /// Queues a message for `to`, after everything queued before. The
+    /// messages it carries count as publishes (towards the high-water mark
+    /// and the `cross_core_queued` gauge): a shared-group delivery, a
+    /// retained message sent to the shard that stores it, and the retained
+    /// messages sent back for a new subscription. A QoS 1/2 group delivery
+    /// or retained message pushed to a congested peer holds its publisher
+    /// back as [`Self::push_publish`] does (a reply has no publisher).
     pub fn push(&self, to: impl Into<Destination>, message: impl Into<RouterMessage>) {
         if self.closed.get() {
             return;
@@ -182,12 +200,21 @@ impl Outbox {
         let (to, message) = (to.into(), message.into());
         let mut peers = self.peers.borrow_mut();
         let queue = &mut peers[to.queue()];
-        if let RouterMessage::Shard(ShardMessage::GroupPublish { message, .. }) = &message {
-            queue.queued_publishes += 1;
-            // Counted in `congestion_events` by the next `push_publish`.
-            queue.congested |= queue.queued_publishes > HIGH_WATER;
-            if queue.congested && message.qos != QoS::AtMostOnce {
-                self.held_by.set(Some(Hold::peer(to)));
+        let publishes = publishes_in(&message);
+        if publishes > 0 {
+            queue.queued_publishes += publishes;
+            if !queue.congested && queue.queued_publishes > HIGH_WATER {
+                queue.congested = true;
+                // Counted in `congestion_events` by the next `push_publish`.
+                self.congestions.set(self.congestions.get() + 1);
+            }
+            if let RouterMessage::Shard(
+                ShardMessage::GroupPublish { message, .. } | ShardMessage::Retain(message),
+            ) = &message
+            {
+                if queue.congested && message.qos != QoS::AtMostOnce {
+                    self.held_by.set(Some(Hold::peer(to)));
+                }
             }
         }
         queue.items.push_back(message);
@@ -203,15 +230,7 @@ impl Outbox {
         let queue = &mut peers[peer];
         match queue.items.pop_front() {
             Some(message) => {
-                match &message {
-                    RouterMessage::Shard(ShardMessage::Publish(batch)) => {
-                        queue.queued_publishes -= batch.len();
-                    }
-                    RouterMessage::Shard(ShardMessage::GroupPublish { .. }) => {
-                        queue.queued_publishes -= 1;
-                    }
-                    _ => {}
-                }
+                queue.queued_publishes -= publishes_in(&message);
                 if queue.congested && queue.queued_publishes <= LOW_WATER {
                     queue.congested = false;
                     let held = std::mem::take(&mut queue.held);
@@ -455,6 +474,35 @@ mod tests {
         assert!(!outbox.is_congested(peer(1)));
         assert!(held.0.load(Ordering::SeqCst));
         assert!(!other.0.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn retained_traffic_counts_towards_the_high_water_mark_and_holds_its_publisher() {
+        let (outbox, mut counters) = (Outbox::new(2), RouterCounters::default());
+        let reply_to = crate::router::RetainedReplyTo {
+            shard: shard(1),
+            client_id: "sub".into(),
+            options: Default::default(),
+            subscription_id: None,
+            request: 0,
+        };
+        let messages = vec![message(QoS::AtLeastOnce); HIGH_WATER];
+        outbox.push(shard(1), ShardMessage::Retained { reply_to, messages });
+        assert_eq!(outbox.queued_publishes(), HIGH_WATER);
+        assert_eq!(outbox.take_held_by(), None, "at the mark, not past it; a reply holds no one");
+        // A retained QoS 1 message for the shard that stores it, past the
+        // mark: the peer is congested and its publisher held.
+        outbox.push(shard(1), ShardMessage::Retain(message(QoS::AtLeastOnce)));
+        assert_eq!(outbox.queued_publishes(), HIGH_WATER + 1);
+        assert!(outbox.is_congested(peer(1)));
+        assert_eq!(outbox.take_held_by(), Some(peer(1)));
+        // The congestion is counted with the next publish.
+        outbox.push_publish(shard(1), &message(QoS::AtMostOnce), &mut counters);
+        assert_eq!(counters.congestion_events, 1);
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(_)) = outbox.poll_pop(1, &mut cx) {}
+        assert_eq!(outbox.queued_publishes(), 0);
+        assert!(!outbox.is_congested(peer(1)));
     }
 
     #[test]

@@ -797,6 +797,13 @@ async fn open_log(
             )
             .expect("the task queue was just created")
             .detach();
+            // Compaction, in slices between the shard's other work, each
+            // time the writer asks; ends with the executor.
+            glommio::spawn_local(crate::shard::compact_when_asked(
+                Rc::clone(shard),
+                Rc::clone(&log),
+            ))
+            .detach();
             tracing::info!(
                 shard = id,
                 retained,

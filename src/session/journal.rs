@@ -59,6 +59,9 @@ pub enum SessionChange {
     /// The newest queued entry of message `mid` was dropped (the queue cut
     /// back to its limits).
     Dropped(u64),
+    /// The oldest queued entry of message `mid` was dropped at the head of
+    /// the queue: it expired [MQTT-3.3.2-5].
+    Expired(u64),
     /// An inbound QoS 2 PUBLISH answered with PUBREC.
     Qos2In(PacketId),
     /// The PUBREL of an inbound QoS 2 flow arrived.
@@ -400,6 +403,7 @@ mod tests {
             SessionChange::Released(packet_id) => vec![Record::Released { sid, packet_id }],
             SessionChange::Completed(packet_id) => vec![Record::Completed { sid, packet_id }],
             SessionChange::Dropped(mid) => vec![Record::Dropped { sid, mid }],
+            SessionChange::Expired(mid) => vec![Record::Expired { sid, mid }],
             SessionChange::Qos2In(packet_id) => vec![Record::Qos2In { sid, packet_id }],
             SessionChange::Qos2Done(packet_id) => vec![Record::Qos2Done { sid, packet_id }],
         }

@@ -1040,8 +1040,20 @@ impl Session {
         }
         // Nothing before the CONNACK [MQTT-3.2.0-1].
         let connection = self.connection.as_mut().filter(|c| c.open && c.connack.is_none())?;
-        let (publish, mid) =
-            self.outbound.poll_new(connection.send_window, connection.version, now, counters)?;
+        // An expired message dropped at the head of the queue is logged
+        // as removed, so the log holds what the queue holds.
+        let (journal, expiry) = (&mut self.journal, self.expiry);
+        let (publish, mid) = self.outbound.poll_new(
+            connection.send_window,
+            connection.version,
+            now,
+            counters,
+            |queued| {
+                if queued.log_id != 0 {
+                    journal.note(expiry, || SessionChange::Expired(queued.log_id));
+                }
+            },
+        )?;
         counters.publishes_sent[publish.qos as usize] += 1;
         if let (Some(packet_id), true) = (publish.packet_id, mid != 0) {
             self.journal.note(self.expiry, || SessionChange::Sent { mid, packet_id });

@@ -397,9 +397,10 @@ impl Outbound {
 
     /// Takes the next message off the queue if it may be sent now: a QoS 0
     /// message always, a QoS 1/2 message while fewer than `window` are in
-    /// flight. Expired messages are dropped on the way [MQTT-3.3.2-5].
-    /// Returned with the message's number in the durable log (0: not
-    /// logged), which the in-flight entry keeps.
+    /// flight. Expired messages are dropped on the way [MQTT-3.3.2-5], each
+    /// handed to `expired` (to log its removal). Returned with the
+    /// message's number in the durable log (0: not logged), which the
+    /// in-flight entry keeps.
     ///
     /// A QoS 1/2 message costs one lookup in the in-flight table: its
     /// packet id is found free and the entry filled in the same probe.
@@ -409,17 +410,21 @@ impl Outbound {
         version: ProtocolVersion,
         now: Instant,
         counters: &mut SessionCounters,
+        mut expired: impl FnMut(&Queued),
     ) -> Option<(Publish, u64)> {
         loop {
             let head = self.queue.front()?;
-            let expired = head.is_expired(now);
-            if !expired && head.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(window)
+            let is_expired = head.is_expired(now);
+            if !is_expired
+                && head.qos != QoS::AtMostOnce
+                && self.inflight.len() >= usize::from(window)
             {
                 return None;
             }
             let queued = self.pop()?;
-            if expired {
+            if is_expired {
                 counters.dropped_expired += 1;
+                expired(&queued);
                 continue;
             }
             if queued.qos == QoS::AtMostOnce {

@@ -30,4 +30,6 @@ mod tests;
 pub use index_work::INDEX_WORK_PER_TURN;
 pub use placement::Placement;
 pub use slots::{ConnectionId, SessionKey};
-pub use state::{ConnectOutcome, ConnectionError, Shard};
+pub use state::{
+    compact_when_asked, CompactionStep, ConnectOutcome, ConnectionError, Shard, SLICE_RECORDS,
+};

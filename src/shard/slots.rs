@@ -254,7 +254,32 @@ impl Slots {
         Some(slot)
     }
 
-    /// Every slot.
+    /// The first session at or after position `from` of the table, and the
+    /// position after it (a session keeps its position for its whole life;
+    /// see `state/compaction.rs`). `Ok(None)` at the end of the table;
+    /// `Err(position)` when the `budget` positions looked at were empty:
+    /// go on from `position`.
+    pub(super) fn next_from(
+        &self,
+        from: usize,
+        budget: usize,
+    ) -> Result<Option<(SessionKey, usize)>, usize> {
+        for (index, slot) in self.slots.iter().enumerate().skip(from).take(budget.max(1)) {
+            if slot.is_some() {
+                return Ok(Some((SessionKey(index as u32), index + 1)));
+            }
+        }
+        let reached = (from + budget.max(1)).min(self.slots.len());
+        if reached >= self.slots.len() {
+            Ok(None)
+        } else {
+            Err(reached)
+        }
+    }
+
+    /// Every slot (for tests: the shard walks its sessions by position,
+    /// see [`Slots::next_from`]).
+    #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().flatten().map(|slot| &**slot)
     }

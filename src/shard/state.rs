@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+mod compaction;
 mod persist;
 
 /// A local subscription as the index stores it.
@@ -565,15 +566,6 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
-        // Compaction: the live retained messages at this point of the log
-        // (pointer copies; the writer encodes them at its own pace).
-        if let Some(log) = self.log.clone().filter(|log| log.wants_compaction()) {
-            let mut retained = self.retained.all();
-            // The broker's own ($SYS) are not logged (see `retain_here`).
-            retained.retain(|message| message.publisher.is_some());
-            let sessions = self.live_sessions();
-            log.compact(crate::store::Snapshot { retained, sessions });
-        }
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
         }
@@ -1384,6 +1376,8 @@ impl Shard {
         }
     }
 }
+
+pub use compaction::{compact_when_asked, CompactionStep, SLICE_RECORDS};
 
 mod bridge_acks;
 mod cluster;

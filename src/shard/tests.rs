@@ -398,7 +398,7 @@ fn retained_messages_live_on_their_topic_owner_and_reach_wildcard_subscribers() 
 }
 
 /// What a shard's log holds, taken from it: `set TOPIC`, `delete TOPIC`,
-/// `snapshot TOPIC,TOPIC`.
+/// `compaction` and `compacted` (a compaction's start and end).
 fn logged(log: &crate::store::Log) -> Vec<String> {
     use crate::store::{Entry, Record};
     let mut entries = Vec::new();
@@ -410,12 +410,8 @@ fn logged(log: &crate::store::Log) -> Vec<String> {
             Entry::Record(Record::RetainDelete(topic)) => format!("delete {topic}"),
             Entry::Record(Record::SnapshotEnd) => "end".to_owned(),
             Entry::Record(other) => format!("{other:?}"),
-            Entry::Snapshot(live) => {
-                let mut topics: Vec<String> =
-                    live.retained.iter().map(|m| m.topic.to_string()).collect();
-                topics.sort();
-                format!("snapshot {}", topics.join(","))
-            }
+            Entry::CompactionStart => "compaction".to_owned(),
+            Entry::CompactionEnd => "compacted".to_owned(),
         })
         .collect()
 }
@@ -447,13 +443,27 @@ fn the_owner_of_a_retained_topic_logs_its_changes() {
             expected.push("delete r/1".to_owned());
         }
         assert_eq!(logged(log), expected, "shard {shard}");
-        // Compaction: asked by the writer, the snapshot comes at the next
-        // tick with the live messages the shard owns.
+        // Compaction: asked by the writer, the live messages the shard
+        // owns, a slice of at most two records at a time.
         log.request_compaction();
-        cluster.shards[shard].sweep(cluster.now);
-        let live: Vec<&str> = owned.into_iter().filter(|t| *t != "r/1").collect();
-        assert_eq!(logged(log), vec![format!("snapshot {}", live.join(","))], "shard {shard}");
+        let shard_state = &mut cluster.shards[shard];
+        assert!(shard_state.begin_compaction());
         assert!(!log.wants_compaction());
+        assert!(!shard_state.begin_compaction(), "one at a time");
+        let mut steps = 1;
+        while !shard_state.compaction_step(cluster.now, 2).unwrap().done {
+            steps += 1;
+        }
+        assert!(shard_state.compaction_step(cluster.now, 2).is_none(), "over");
+        let mut written = logged(log);
+        assert_eq!(written.first().map(String::as_str), Some("compaction"));
+        assert_eq!(written.pop().as_deref(), Some("compacted"));
+        written.remove(0);
+        written.sort();
+        let live: Vec<String> =
+            owned.into_iter().filter(|t| *t != "r/1").map(|t| format!("set {t}")).collect();
+        assert_eq!(written, live, "shard {shard}");
+        assert!(steps > live.len() / 2, "in slices: {steps} steps");
     }
 }
 

@@ -20,38 +20,45 @@ fn with_logs(cluster: &mut Cluster) -> Vec<Rc<Log>> {
     logs
 }
 
-/// What a restart finds in `log`: every entry written as the writer
-/// writes it (a snapshot opens a snapshot segment), then recovered.
-pub(in crate::shard) fn recovered(log: &Log) -> LiveState {
+/// The segments the writer would write from what `log` holds: a
+/// compaction opens a compaction segment, and the index of the last whose
+/// compaction completed (0: none).
+fn segments_of(log: &Log) -> (Vec<BytesMut>, usize) {
     let clocks = Clocks::read();
     let mut entries = Vec::new();
     log.take_now(&mut entries);
     let header = |kind, sequence| SegmentHeader { kind, shard: 0, shards: 1, sequence }.encode();
     let mut segments = vec![BytesMut::from(&header(SegmentKind::Appends, 1)[..])];
+    let mut first_live = 0;
     for entry in entries {
         match entry {
             Entry::Record(r) => record::encode(&r, clocks, segments.last_mut().unwrap()).unwrap(),
-            Entry::Snapshot(live) => {
+            Entry::CompactionStart => {
                 let n = segments.len() as u64 + 1;
-                let mut snapshot = BytesMut::from(&header(SegmentKind::Snapshot, n)[..]);
-                for m in &live.retained {
-                    record::encode(&Record::RetainSet(Arc::clone(m)), clocks, &mut snapshot)
-                        .unwrap();
-                }
-                live.sessions.snapshot_records(|r| {
-                    record::encode(&r, clocks, &mut snapshot).unwrap();
-                });
-                record::encode(&Record::SnapshotEnd, clocks, &mut snapshot).unwrap();
-                segments.push(snapshot);
-                segments.push(BytesMut::from(&header(SegmentKind::Appends, n + 1)[..]));
+                segments.push(BytesMut::from(&header(SegmentKind::Compaction, n)[..]));
+            }
+            Entry::CompactionEnd => {
+                let last = segments.last_mut().unwrap();
+                record::encode(&Record::SnapshotEnd, clocks, last).unwrap();
+                first_live = segments.len() - 1;
             }
         }
     }
-    let mut recovery = Recovery::new(clocks);
-    for segment in &segments {
+    (segments, first_live)
+}
+
+fn recover(segments: &[BytesMut]) -> LiveState {
+    let mut recovery = Recovery::new(Clocks::read());
+    for segment in segments {
         recovery.handle_segment(segment).unwrap();
     }
     recovery.finish().0
+}
+
+/// What a restart finds in `log`: every entry written as the writer
+/// writes it, then recovered.
+pub(in crate::shard) fn recovered(log: &Log) -> LiveState {
+    recover(&segments_of(log).0)
 }
 
 /// A kill -9: fresh shards loaded with what the logs of `cluster` hold.
@@ -238,7 +245,8 @@ fn compaction_keeps_the_live_sessions() {
     cluster.connect("gone");
     logs[0].request_compaction();
     let now = cluster.now;
-    cluster.shards[0].sweep(now);
+    assert!(cluster.shards[0].begin_compaction());
+    while !cluster.shards[0].compaction_step(now, crate::shard::SLICE_RECORDS).unwrap().done {}
     cluster.send(&publisher, publish_qos("t", b"late", QoS::AtLeastOnce, 1, false));
     let (mut cluster, _) = restart(&cluster, &logs);
     let (_, output) = cluster.connect_with("sub", false);
@@ -247,6 +255,155 @@ fn compaction_keeps_the_live_sessions() {
     let (_, output) = cluster.connect_with("gone", false);
     let Packet::ConnAck(connack) = &output[0] else { panic!() };
     assert!(!connack.session_present);
+}
+
+#[test]
+fn a_compaction_in_slices_between_traffic_replays_to_the_live_sessions() {
+    let mut cluster = Cluster::new(1);
+    let logs = with_logs(&mut cluster);
+    // Persistent subscribers, every other one offline.
+    let mut subs = Vec::new();
+    for i in 0..12 {
+        let (sub, _) = cluster.connect_with(&format!("s{i}"), false);
+        cluster.subscribe(&sub, "t/#");
+        cluster.output(&sub);
+        if i % 2 == 0 {
+            cluster.close(&sub);
+        }
+        subs.push(sub);
+    }
+    let publisher = cluster.connect("pub");
+    for i in 0..3u8 {
+        cluster.send(&publisher, publish_qos("t/a", &[i], QoS::AtLeastOnce, 1, false));
+    }
+    logs[0].request_compaction();
+    assert!(cluster.shards[0].begin_compaction());
+    let mut steps = 0u8;
+    loop {
+        // Between two slices: a message to everyone, an online subscriber
+        // acknowledges what it was sent, a session ends, another starts,
+        // a retained message changes.
+        let payload = [100 + steps];
+        cluster.send(&publisher, publish_qos("t/b", &payload, QoS::AtLeastOnce, 1, false));
+        let online = &subs[usize::from(steps) * 2 % 12 + 1];
+        for (_, id, _) in publishes(&cluster.output(online)) {
+            let id = PacketId::new(id.unwrap()).unwrap();
+            cluster.send(online, Packet::PubAck(PubResponse::new(id)));
+        }
+        if steps == 2 {
+            cluster.connect("s4");
+        }
+        if steps == 3 {
+            let (late, _) = cluster.connect_with("late", false);
+            cluster.subscribe(&late, "t/#");
+            cluster.close(&late);
+        }
+        let retained =
+            publish_qos(&format!("r/{}", steps % 3), &payload, QoS::AtMostOnce, 0, false);
+        let Packet::Publish(mut retained) = retained else { unreachable!() };
+        retained.retain = true;
+        cluster.send(&publisher, Packet::Publish(retained));
+        let now = cluster.now;
+        steps += 1;
+        if cluster.shards[0].compaction_step(now, 10).unwrap().done {
+            break;
+        }
+    }
+    assert!(steps > 5, "in slices: {steps}");
+    cluster.send(&publisher, publish_qos("t/c", b"after", QoS::AtLeastOnce, 1, false));
+    let expected = cluster.shards[0].stored_sessions();
+    assert_eq!(expected.sessions.len(), 12, "11 of the 12 and the late one");
+    let (segments, first_live) = segments_of(&logs[0]);
+    assert!(first_live > 0);
+    // With the segments before the compaction (a crash before they were
+    // deleted), and without them.
+    for from in [0, first_live] {
+        let state = recover(&segments[from..]);
+        assert_eq!(state.sessions.sessions, expected.sessions, "from segment {from}");
+        assert_eq!(state.sessions.messages, expected.messages, "from segment {from}");
+        let mut retained: Vec<String> = state.retained.keys().map(|t| t.to_string()).collect();
+        retained.sort();
+        assert_eq!(retained, ["r/0", "r/1", "r/2"], "from segment {from}");
+    }
+}
+
+/// The message being fanned out when a compaction starts is written again
+/// for the sessions it is queued to afterwards: a session that took a
+/// position the sweep had passed is never sliced, and the record from
+/// before the start is deleted with the old segments.
+#[test]
+fn a_message_queued_again_after_a_compaction_started_is_written_again() {
+    let mut cluster = Cluster::new(1);
+    let logs = with_logs(&mut cluster);
+    // Position 0 of the session table, freed later.
+    let (first, _) = cluster.connect_with("first", true);
+    let publisher = cluster.connect("pub");
+    let Packet::Publish(mut retained) = publish_qos("r/1", b"r", QoS::AtLeastOnce, 1, false) else {
+        unreachable!()
+    };
+    retained.retain = true;
+    cluster.send(&publisher, Packet::Publish(retained));
+    // The stored retained message, sent to a persistent session that
+    // acknowledges it: no queue holds it when the compaction starts.
+    let (early, _) = cluster.connect_with("early", false);
+    cluster.subscribe(&early, "r/#");
+    for (_, id, _) in publishes(&cluster.output(&early)) {
+        let id = PacketId::new(id.unwrap()).unwrap();
+        cluster.send(&early, Packet::PubAck(PubResponse::new(id)));
+    }
+    logs[0].request_compaction();
+    let now = cluster.now;
+    assert!(cluster.shards[0].begin_compaction());
+    // The retained message, then position 0.
+    let step = cluster.shards[0].compaction_step(now, 2).unwrap();
+    assert!(!step.done, "the sweep passed position 0 only");
+    cluster.close(&first);
+    let (late, _) = cluster.connect_with("late", false);
+    cluster.subscribe(&late, "r/#");
+    while !cluster.shards[0].compaction_step(now, 1).unwrap().done {}
+    let expected = cluster.shards[0].stored_sessions();
+    let queued: usize = expected.sessions.values().map(|s| s.queue.len() + s.inflight.len()).sum();
+    assert_eq!(queued, 1, "{expected:?}");
+    let (segments, first_live) = segments_of(&logs[0]);
+    let state = recover(&segments[first_live..]);
+    assert_eq!(state.sessions.sessions, expected.sessions);
+    assert_eq!(state.sessions.messages, expected.messages);
+}
+
+/// [MQTT-3.3.2-5] A message whose expiry passed while it waited in an
+/// offline session's queue is not sent; its removal is logged, so the log
+/// holds what the session holds (a restart before its expiry by the wall
+/// clock would otherwise bring it back).
+#[test]
+fn an_expired_message_dropped_at_the_head_of_a_queue_is_logged_as_removed() {
+    let mut cluster = Cluster::new(1);
+    let logs = with_logs(&mut cluster);
+    let (sub, _) = cluster.connect_with("sub", false);
+    cluster.subscribe(&sub, "t");
+    cluster.output(&sub);
+    cluster.close(&sub);
+    let (publisher, _) = cluster.connect_packet(&connect_v5("pub", 0));
+    let Packet::Publish(mut short) = publish_qos("t", b"short", QoS::AtLeastOnce, 1, false) else {
+        unreachable!()
+    };
+    short.properties = crate::protocol::PublishProperties {
+        message_expiry_interval: Some(3600),
+        ..Default::default()
+    }
+    .into();
+    cluster.send(&publisher, Packet::Publish(short));
+    cluster.send(&publisher, publish_qos("t", b"kept", QoS::AtLeastOnce, 2, false));
+    // Back after the first one expired (by the shard's clock; by the wall
+    // clock of the restart below it has not).
+    cluster.now += Duration::from_secs(3601);
+    let (_, output) = cluster.connect_with("sub", false);
+    let got: Vec<Vec<u8>> = publishes(&output).into_iter().map(|(p, ..)| p).collect();
+    assert_eq!(got, vec![b"kept".to_vec()]);
+    let held = cluster.shards[0].stored_sessions();
+    assert_eq!(held.sessions.len(), 1);
+    let logged = recovered(&logs[0]).sessions;
+    assert_eq!(logged.sessions, held.sessions);
+    assert_eq!(logged.messages, held.messages);
 }
 
 fn pubacks(packets: &[Packet]) -> Vec<u16> {

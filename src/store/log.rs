@@ -8,12 +8,9 @@
 //! single watermark and a waiter needs no per-record state.
 
 use super::record::{FlowOp, Record, MAX_FLOW_OPS};
-use super::sessions::SessionState;
-use crate::message::Message;
 use crate::metrics::StoreCounters;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 /// The place of a record in its shard's log.
@@ -25,19 +22,14 @@ pub struct Lsn(u64);
 pub enum Entry {
     /// A record to append.
     Record(Record),
-    /// Compaction: the live state at this point of the log. The writer
-    /// closes the current segment, writes it as a snapshot, then deletes
-    /// every segment before it.
-    Snapshot(Box<Snapshot>),
-}
-
-/// The live state a shard hands over for compaction.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// The retained messages (pointer copies).
-    pub retained: Vec<Arc<Message>>,
-    /// The persistent sessions and the messages they reference.
-    pub sessions: SessionState,
+    /// Compaction starts: the writer syncs the current segment and opens a
+    /// compaction segment for what follows: the shard's slices of its live
+    /// state, between the records of normal traffic.
+    CompactionStart,
+    /// Every slice is queued before this: the writer ends the snapshot
+    /// ([`Record::SnapshotEnd`]), syncs it, then deletes every segment
+    /// before the compaction segment.
+    CompactionEnd,
 }
 
 /// A shard's log, shared (`Rc`) by the shard and its writer task.
@@ -45,8 +37,10 @@ pub struct Snapshot {
 pub struct Log {
     inner: RefCell<Inner>,
     /// Set by the writer when the log has grown past its compaction
-    /// threshold; cleared when the shard hands over a snapshot.
+    /// threshold; cleared when the shard starts compacting.
     wants_compaction: Cell<bool>,
+    /// The task that compacts, parked until the writer asks.
+    compactor: RefCell<Option<Waker>>,
     /// Set by the writer while its writes or syncs fail (disk full, EIO),
     /// cleared once one succeeds again.
     failing: Cell<bool>,
@@ -101,16 +95,35 @@ impl Log {
         self.push(Entry::Record(Record::Flows { sid, ops: vec![op] }))
     }
 
-    /// Whether the writer asked for a snapshot (see [`Log::compact`]).
+    /// Whether the writer asked for a compaction (see
+    /// [`Log::begin_compaction`]).
     pub fn wants_compaction(&self) -> bool {
         self.wants_compaction.get()
     }
 
-    /// Hands the writer the live state at this point of the log, to write
-    /// as a snapshot that replaces every earlier segment.
-    pub fn compact(&self, live: Snapshot) -> Lsn {
+    /// Resolves once the writer asks for a compaction.
+    pub fn compaction_wanted(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.wants_compaction.get() {
+                return Poll::Ready(());
+            }
+            *self.compactor.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    /// Compaction starts at this point of the log: what the shard appends
+    /// from now on goes to a compaction segment, its slices of the live
+    /// state (see `shard::compaction`) among the rest.
+    pub fn begin_compaction(&self) -> Lsn {
         self.wants_compaction.set(false);
-        self.push(Entry::Snapshot(Box::new(live)))
+        self.push(Entry::CompactionStart)
+    }
+
+    /// Every slice of the live state is appended: the snapshot is complete
+    /// once this is durable, and the segments before it are deleted.
+    pub fn end_compaction(&self) -> Lsn {
+        self.push(Entry::CompactionEnd)
     }
 
     fn push(&self, entry: Entry) -> Lsn {
@@ -197,9 +210,30 @@ impl Log {
         f(&mut self.counters.borrow_mut());
     }
 
-    /// For the writer (and tests): asks the shard for a snapshot.
-    pub(crate) fn request_compaction(&self) {
+    /// Asks the shard for a compaction now (the writer does once the log
+    /// grew past its threshold; tools and tests may at any time).
+    pub fn request_compaction(&self) {
         self.wants_compaction.set(true);
+        if let Some(compactor) = self.compactor.borrow_mut().take() {
+            compactor.wake();
+        }
+    }
+
+    /// Whether [`Log::close`] was called: the broker is stopping.
+    pub fn is_closed(&self) -> bool {
+        self.inner.borrow().closed
+    }
+
+    /// Entries appended and not durable (yet): a flows record counts once.
+    pub fn not_durable(&self) -> u64 {
+        let inner = self.inner.borrow();
+        inner.next - inner.durable
+    }
+
+    /// For the writer, when it gives up at shutdown: drops every entry
+    /// still queued.
+    pub(super) fn discard_queued(&self) {
+        self.inner.borrow_mut().queue.clear();
     }
 
     /// For the writer: moves every queued entry into `out` and returns the

@@ -12,9 +12,9 @@
 //! * [`recovery`] (sans-IO): segments in, live state out; torn tails found
 //!   by their CRC, cut off and counted.
 //! * [`log`]: the shard's handle: append, durability futures, compaction
-//!   requests; no IO.
+//!   requests, start and end; no IO.
 //! * [`writer`]: the files: recovery at start, group commit, rotation,
-//!   compaction.
+//!   compaction segments (their slices come from `shard`).
 //! * [`data_dir`]: the checks made once, before any shard starts: the
 //!   directory is writable and no other process uses it; and, when the
 //!   shard count changed since the log was written, `reshard` moves each
@@ -36,7 +36,7 @@ mod reshard;
 pub mod sessions;
 pub mod writer;
 
-pub use log::{Entry, Log, Lsn, Snapshot};
+pub use log::{Entry, Log, Lsn};
 pub use record::Record;
 pub use recovery::{LiveState, RecoveryStats};
 pub use sessions::{

@@ -1,13 +1,13 @@
 //! The bytes of the durable log, sans-IO: the header that opens every
 //! segment file and the framed records after it.
 //!
-//! Layout (format version 2), integers little-endian:
+//! Layout (format version 3), integers little-endian:
 //!
 //! ```text
 //! segment header, 32 bytes:
 //!   [0..8)   magic "RINGMQLG"
-//!   [8..10)  u16 format version (2; version 1 segments are read too)
-//!   [10..12) u16 kind: 0 appends, 1 snapshot
+//!   [8..10)  u16 format version (3; versions 1 and 2 are read too)
+//!   [10..12) u16 kind: 0 appends, 1 snapshot, 2 compaction (version 3)
 //!   [12..14) u16 shard index
 //!   [14..16) u16 shard count when written
 //!   [16..24) u64 sequence number (the file's order in the shard's log)
@@ -49,12 +49,27 @@
 //!                        log, framed once)
 //!    16 dropped:         u64 sid, u64 mid (version 2: the newest queued
 //!                        entry of the message was cut, past the limits)
+//!    17 expired:         u64 sid, u64 mid (version 3: the oldest queued
+//!                        entry of the message was dropped at the head of
+//!                        the queue, its Message Expiry Interval over);
+//!                        also a change of a flows record (u8 17 + u64 mid)
 //! ```
+//!
+//! Segment kinds: an appends segment holds records in the order they
+//! happened; a snapshot segment (written whole by `reshard`, and by the
+//! compaction of versions 1 and 2) holds the live state and counts only
+//! once it ends with a snapshot end; a compaction segment (version 3)
+//! holds the live state written in slices between the records of normal
+//! traffic, then a snapshot end, then more appends (see `recovery` for how
+//! each is replayed).
 //!
 //! Version 2 adds kinds 15 and 16 and nothing else, so a version 1 segment is a
 //! valid version 2 one; a build that reads version 1 only refuses a
 //! version 2 segment by its header instead of cutting it off at the
-//! first new kind as a damaged tail.
+//! first new kind as a damaged tail. Version 3 adds record kind 17 and
+//! the compaction segment, whose records an older build would wrongly
+//! ignore while it is incomplete: so an older build refuses it by its
+//! header.
 //!
 //! A body is never empty, so a length of zero is padding (the writer pads
 //! the last block of a file with zeros), never a record.
@@ -73,7 +88,7 @@ use std::time::Duration;
 const MAGIC: &[u8; 8] = b"RINGMQLG";
 
 /// The segment format this build writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The oldest segment format this build reads.
 pub const OLDEST_VERSION: u16 = 1;
@@ -108,6 +123,7 @@ const KIND_QOS2_IN: u8 = 13;
 const KIND_QOS2_DONE: u8 = 14;
 const KIND_FLOWS: u8 = 15;
 const KIND_DROPPED: u8 = 16;
+const KIND_EXPIRED: u8 = 17;
 
 /// What a segment file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +133,13 @@ pub enum SegmentKind {
     /// The live state at one moment, closed by [`Record::SnapshotEnd`]
     /// once complete.
     Snapshot,
+    /// Compaction without a stall: the live state written in slices (a
+    /// retained message, or a whole session after a [`Record::SessionEnd`]
+    /// of it), with the records of normal traffic between them, then
+    /// [`Record::SnapshotEnd`] once every slice is written, then appends.
+    /// Complete, it alone rebuilds the state; incomplete, its records
+    /// apply as appends (they are: a slice rewrites what is live).
+    Compaction,
 }
 
 /// The header of a segment file.
@@ -143,6 +166,9 @@ pub enum HeaderError {
     /// Not a ringmq log file.
     #[error("not a ringmq log segment (bad magic)")]
     Magic,
+    /// A segment kind this build does not know.
+    #[error("unknown segment kind {0}")]
+    Kind(u16),
     /// Written by a format version this build does not read.
     #[error(
         "segment format version {0}, this build reads versions {OLDEST_VERSION} to \
@@ -160,6 +186,7 @@ impl SegmentHeader {
         let kind: u16 = match self.kind {
             SegmentKind::Appends => 0,
             SegmentKind::Snapshot => 1,
+            SegmentKind::Compaction => 2,
         };
         out[10..12].copy_from_slice(&kind.to_le_bytes());
         out[12..14].copy_from_slice(&self.shard.to_le_bytes());
@@ -193,9 +220,12 @@ impl SegmentHeader {
         if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
-        let kind = match u16_at(10) {
-            0 => SegmentKind::Appends,
-            _ => SegmentKind::Snapshot,
+        let kind = match (u16_at(10), version) {
+            (0, _) => SegmentKind::Appends,
+            // Versions 1 and 2 wrote 1 only, and read any other as 1.
+            (1, _) | (_, 1..=2) => SegmentKind::Snapshot,
+            (2, _) => SegmentKind::Compaction,
+            (other, _) => return Err(HeaderError::Kind(other)),
         };
         let mut sequence = [0u8; 8];
         sequence.copy_from_slice(&header[16..24]);
@@ -311,9 +341,17 @@ pub enum Record {
         /// The message.
         mid: u64,
     },
+    /// The oldest queued entry of message `mid` was dropped at the head of
+    /// the queue: its Message Expiry Interval was over [MQTT-3.3.2-5].
+    Expired {
+        /// The session.
+        sid: u64,
+        /// The message.
+        mid: u64,
+    },
     /// Changes to the outgoing flows and queue of one session, in order:
-    /// what [`Record::Sent`], [`Record::Released`], [`Record::Completed`]
-    /// and [`Record::Dropped`] say one by one, framed once (a subscriber's
+    /// what [`Record::Sent`], [`Record::Released`], [`Record::Completed`],
+    /// [`Record::Dropped`] and [`Record::Expired`] say one by one, framed once (a subscriber's
     /// PUBACKs read together, the messages sent by one write, a queue cut).
     Flows {
         /// The session.
@@ -342,6 +380,11 @@ pub enum FlowOp {
         /// The message.
         mid: u64,
     },
+    /// As [`Record::Expired`].
+    Expired {
+        /// The message.
+        mid: u64,
+    },
 }
 
 impl FlowOp {
@@ -352,6 +395,7 @@ impl FlowOp {
             Self::Released(packet_id) => Record::Released { sid, packet_id },
             Self::Completed(packet_id) => Record::Completed { sid, packet_id },
             Self::Dropped { mid } => Record::Dropped { sid, mid },
+            Self::Expired { mid } => Record::Expired { sid, mid },
         }
     }
 }
@@ -488,11 +532,19 @@ pub fn encode(record: &Record, clocks: Clocks, out: &mut BytesMut) -> Result<(),
                         out.put_u8(KIND_DROPPED);
                         out.put_u64_le(mid);
                     }
+                    FlowOp::Expired { mid } => {
+                        out.put_u8(KIND_EXPIRED);
+                        out.put_u64_le(mid);
+                    }
                 }
             }
         }
-        Record::Dropped { sid, mid } => {
-            out.put_u8(KIND_DROPPED);
+        Record::Dropped { sid, mid } | Record::Expired { sid, mid } => {
+            out.put_u8(if matches!(record, Record::Dropped { .. }) {
+                KIND_DROPPED
+            } else {
+                KIND_EXPIRED
+            });
             out.put_u64_le(*sid);
             out.put_u64_le(*mid);
         }
@@ -534,7 +586,7 @@ pub fn decode(body: &[u8], clocks: Clocks) -> Result<Record, RecordError> {
                 .map_err(|_| RecordError::Topic)
         }
         KIND_SNAPSHOT_END => Ok(Record::SnapshotEnd),
-        KIND_SESSION_OPEN..=KIND_DROPPED => {
+        KIND_SESSION_OPEN..=KIND_EXPIRED => {
             decode_session(kind, rest, clocks).ok_or(RecordError::Session)
         }
         other => Err(RecordError::Kind(other)),
@@ -657,6 +709,7 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
                     KIND_RELEASED => FlowOp::Released(PacketId::new(u16_of(&mut rest)?)?),
                     KIND_COMPLETED => FlowOp::Completed(PacketId::new(u16_of(&mut rest)?)?),
                     KIND_DROPPED => FlowOp::Dropped { mid: u64_of(&mut rest)? },
+                    KIND_EXPIRED => FlowOp::Expired { mid: u64_of(&mut rest)? },
                     _ => return None,
                 });
             }
@@ -666,6 +719,7 @@ fn decode_session(kind: u8, mut rest: &[u8], clocks: Clocks) -> Option<Record> {
             Record::Flows { sid, ops }
         }
         KIND_DROPPED => Record::Dropped { sid, mid: u64_of(&mut rest)? },
+        KIND_EXPIRED => Record::Expired { sid, mid: u64_of(&mut rest)? },
         _ => {
             let packet_id = PacketId::new(u16_of(&mut rest)?)?;
             match kind {

@@ -14,6 +14,16 @@
 //!   [`Record::SnapshotEnd`]); then it replaces the state built so far, so
 //!   every earlier segment is superseded. An incomplete one is ignored: the
 //!   segments it was to replace are still there.
+//! * A compaction segment (the live state written in slices between the
+//!   records of normal traffic, see `writer`) is read as appends: each
+//!   slice rewrites what was live when it was written (a session after a
+//!   [`Record::SessionEnd`] of it, a retained message), so its records are
+//!   right on top of the state before it. Once it holds its
+//!   [`Record::SnapshotEnd`], the state is what its records alone rebuild
+//!   (every earlier segment is superseded, and deleted), and its later
+//!   records apply to that: so a replay with the superseded segments still
+//!   there (a crash before they were deleted) gives what one without them
+//!   gives.
 
 use super::record::{self, Frame, HeaderError, Record, SegmentHeader, SegmentKind, HEADER_LEN};
 use super::sessions::SessionState;
@@ -33,6 +43,22 @@ pub struct LiveState {
 }
 
 impl LiveState {
+    /// Whether it holds nothing (the numbers seen aside).
+    fn is_empty(&self) -> bool {
+        self.retained.is_empty()
+            && self.sessions.sessions.is_empty()
+            && self.sessions.messages.is_empty()
+    }
+
+    /// Goes on from `fresh`, which a snapshot rebuilt: numbers only grow,
+    /// so those seen before it still count.
+    fn replace_with(&mut self, mut fresh: LiveState) {
+        let (sessions, before) = (&mut fresh.sessions, &self.sessions);
+        sessions.next_sid = sessions.next_sid.max(before.next_sid);
+        sessions.next_mid = sessions.next_mid.max(before.next_mid);
+        *self = fresh;
+    }
+
     /// Applies one record.
     pub fn apply(&mut self, record: Record) {
         if let record @ (Record::RetainSet(_) | Record::RetainDelete(_) | Record::SnapshotEnd) =
@@ -127,6 +153,12 @@ impl Recovery {
             Err(other) => return Err(other),
         };
         let mut snapshot = (header.kind == SegmentKind::Snapshot).then(LiveState::default);
+        // A compaction segment after other state: what its records alone
+        // rebuild, kept beside it until its end shows whether it counts.
+        // (After nothing, the two are the same.)
+        let mut fresh = (header.kind == SegmentKind::Compaction && !self.state.is_empty())
+            .then(LiveState::default);
+        let compaction = header.kind == SegmentKind::Compaction;
         let mut complete_snapshot = false;
         let mut records = 0;
         let mut at = HEADER_LEN;
@@ -145,17 +177,24 @@ impl Recovery {
                     match (&mut snapshot, record) {
                         (Some(_), Record::SnapshotEnd) => complete_snapshot = true,
                         (Some(snapshot), record) => snapshot.apply(record),
-                        (None, record) => self.state.apply(record),
+                        (None, Record::SnapshotEnd) if compaction => {
+                            complete_snapshot = true;
+                            if let Some(fresh) = fresh.take() {
+                                self.state.replace_with(fresh);
+                            }
+                        }
+                        (None, record) => {
+                            if let Some(fresh) = fresh.as_mut() {
+                                fresh.apply(record.clone());
+                            }
+                            self.state.apply(record);
+                        }
                     }
                 }
             }
         };
-        if let (Some(mut snapshot), true) = (snapshot, complete_snapshot) {
-            // Numbers only grow: those seen before the snapshot count too.
-            let (sessions, before) = (&mut snapshot.sessions, &self.state.sessions);
-            sessions.next_sid = sessions.next_sid.max(before.next_sid);
-            sessions.next_mid = sessions.next_mid.max(before.next_mid);
-            self.state = snapshot;
+        if let (Some(snapshot), true) = (snapshot, complete_snapshot) {
+            self.state.replace_with(snapshot);
         }
         self.stats.records += records;
         if torn_bytes > 0 {
@@ -335,13 +374,27 @@ mod tests {
             other
         };
         assert_eq!(
-            Recovery::new(clocks).handle_segment(&with_version(3)),
-            Err(HeaderError::Version(3))
+            Recovery::new(clocks).handle_segment(&with_version(4)),
+            Err(HeaderError::Version(4))
         );
         assert_eq!(
             Recovery::new(clocks).handle_segment(&with_version(0)),
             Err(HeaderError::Version(0))
         );
+        // The segment kinds: compaction from version 3 on; versions 1
+        // and 2 read any kind but 0 as a snapshot.
+        let with_kind = |version: u16, kind: u16| {
+            let mut other = bytes.clone();
+            other[8..10].copy_from_slice(&version.to_le_bytes());
+            other[10..12].copy_from_slice(&kind.to_le_bytes());
+            let crc = crc32c::crc32c(&other[..28]);
+            other[28..32].copy_from_slice(&crc.to_le_bytes());
+            other
+        };
+        let kind = |version, kind| SegmentHeader::decode(&with_kind(version, kind)).map(|h| h.kind);
+        assert_eq!(kind(3, 2), Ok(SegmentKind::Compaction));
+        assert_eq!(kind(2, 2), Ok(SegmentKind::Snapshot));
+        assert_eq!(kind(3, 7), Err(HeaderError::Kind(7)));
         // Version 1 (no kind 15 yet) is read as it is.
         let (state, _) = recover(&[&with_version(1)], clocks);
         assert_eq!(topics(&state), vec!["a/2"]);
@@ -375,6 +428,49 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_segment_is_appends_until_its_end_and_alone_the_state_after_it() {
+        let clocks = Clocks::read();
+        let old_records = [
+            Record::RetainSet(message("a/1", b"one")),
+            Record::RetainSet(message("a/2", b"two")),
+            Record::RetainSet(message("gone", b"x")),
+        ];
+        let (old, _) = segment(SegmentKind::Appends, &old_records, clocks);
+        // A slice (a/2), traffic between slices (a delete, a set), the
+        // last slice (a/1 as it is now), the end, then appends.
+        let compaction_records = [
+            Record::RetainSet(message("a/2", b"two")),
+            Record::RetainDelete(TopicName::new("gone").unwrap()),
+            Record::RetainSet(message("a/1", b"new")),
+            Record::RetainSet(message("a/1", b"new")),
+            Record::SnapshotEnd,
+            Record::RetainSet(message("a/3", b"three")),
+        ];
+        let (compaction, starts) = segment(SegmentKind::Compaction, &compaction_records, clocks);
+        let all = ["a/1", "a/2", "a/3"];
+        assert_eq!(topics(&recover(&[&old, &compaction], clocks).0), all);
+        // Once its end is written the segments before it are deleted.
+        let (alone, _) = recover(&[&compaction], clocks);
+        assert_eq!(topics(&alone), all);
+        assert_eq!(alone.retained[&TopicName::new("a/1").unwrap()].payload, "new");
+        // Cut before its end (a crash during the compaction): its records
+        // count as appends after the old segments.
+        let mut recovery = Recovery::new(clocks);
+        recovery.handle_segment(&old).unwrap();
+        let outcome = recovery.handle_segment(&compaction[..starts[4]]).unwrap();
+        assert!(!outcome.complete_snapshot);
+        assert_eq!(topics(&recovery.finish().0), ["a/1", "a/2"]);
+        // Complete, it alone is the state: what the old segments held and
+        // no slice rewrote is gone (as it is once they are deleted).
+        let (stale, _) =
+            segment(SegmentKind::Appends, &[Record::RetainSet(message("stale", b"s"))], clocks);
+        let mut recovery = Recovery::new(clocks);
+        recovery.handle_segment(&stale).unwrap();
+        assert!(recovery.handle_segment(&compaction).unwrap().complete_snapshot);
+        assert_eq!(topics(&recovery.finish().0), all);
+    }
+
+    #[test]
     fn expired_messages_are_not_loaded() {
         let clocks = Clocks::read();
         let mut soon = Message::clone(&message("e/1", b"x"));
@@ -395,8 +491,15 @@ mod tests {
         Delete(u8),
         /// Start a new segment here.
         Rotate,
-        /// Write a snapshot of the state so far here, as compaction does.
+        /// Write a snapshot of the state so far here, whole.
         Compact,
+        /// Start a compaction in slices: a compaction segment.
+        CompactStart,
+        /// Write the slices of the next retained messages of those there
+        /// when it started (each only if still its topic's).
+        CompactSlice(u8),
+        /// Write the last slices and the snapshot end.
+        CompactEnd,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -405,6 +508,9 @@ mod tests {
             2 => (0u8..8).prop_map(Op::Delete),
             1 => Just(Op::Rotate),
             1 => Just(Op::Compact),
+            1 => Just(Op::CompactStart),
+            2 => (1u8..4).prop_map(Op::CompactSlice),
+            1 => Just(Op::CompactEnd),
         ]
     }
 
@@ -424,10 +530,42 @@ mod tests {
             segments[0].extend_from_slice(&header(SegmentKind::Appends, 0).encode());
             // The model state after each record of the last segment.
             let mut states_in_last: Vec<(usize, LiveState)> = vec![(HEADER_LEN, model.clone())];
+            // A compaction in slices under way: the retained messages when
+            // it started, not written yet.
+            let mut slicing: Option<Vec<Arc<Message>>> = None;
+            let mut first_live = 0;
             for op in ops {
-                let record = match op {
-                    Op::Set(t, payload) => Record::RetainSet(message(topic(t).as_str(), &payload)),
-                    Op::Delete(t) => Record::RetainDelete(topic(t)),
+                let records = match op {
+                    Op::Set(t, payload) => vec![Record::RetainSet(message(topic(t).as_str(), &payload))],
+                    Op::Delete(t) => vec![Record::RetainDelete(topic(t))],
+                    // One at a time, and no rotation during one.
+                    Op::CompactStart | Op::Rotate | Op::Compact if slicing.is_some() => continue,
+                    Op::CompactStart => {
+                        slicing = Some(model.retained.values().cloned().collect());
+                        let mut next = BytesMut::new();
+                        next.extend_from_slice(&header(SegmentKind::Compaction, segments.len() as u64).encode());
+                        segments.push(next);
+                        states_in_last = vec![(HEADER_LEN, model.clone())];
+                        continue;
+                    }
+                    Op::CompactSlice(_) | Op::CompactEnd => {
+                        let Some(left) = slicing.as_mut() else { continue };
+                        let n = match op {
+                            Op::CompactSlice(n) => usize::from(n).min(left.len()),
+                            _ => left.len(),
+                        };
+                        let mut records: Vec<Record> = left
+                            .drain(..n)
+                            .filter(|m| model.retained.get(&m.topic).is_some_and(|now| Arc::ptr_eq(now, m)))
+                            .map(Record::RetainSet)
+                            .collect();
+                        if matches!(op, Op::CompactEnd) {
+                            records.push(Record::SnapshotEnd);
+                            slicing = None;
+                            first_live = segments.len() - 1;
+                        }
+                        records
+                    }
                     Op::Rotate | Op::Compact => {
                         let mut next = BytesMut::new();
                         let kind = if matches!(op, Op::Compact) { SegmentKind::Snapshot } else { SegmentKind::Appends };
@@ -437,6 +575,7 @@ mod tests {
                                 record::encode(&Record::RetainSet(Arc::clone(message)), clocks, &mut next).unwrap();
                             }
                             record::encode(&Record::SnapshotEnd, clocks, &mut next).unwrap();
+                            first_live = segments.len();
                         }
                         segments.push(next);
                         // An incomplete snapshot is ignored, which leaves
@@ -445,15 +584,20 @@ mod tests {
                         continue;
                     }
                 };
-                let last = segments.last_mut().unwrap();
-                record::encode(&record, clocks, last).unwrap();
-                model.apply(record);
-                states_in_last.push((last.len(), model.clone()));
+                for record in records {
+                    let last = segments.last_mut().unwrap();
+                    record::encode(&record, clocks, last).unwrap();
+                    model.apply(record);
+                    states_in_last.push((last.len(), model.clone()));
+                }
             }
             let all: Vec<&[u8]> = segments.iter().map(|s| &s[..]).collect();
             let (state, stats) = recover(&all, clocks);
             prop_assert_eq!(&state, &model);
             prop_assert_eq!(stats.torn_tails, 0);
+            // What the last complete snapshot superseded, deleted.
+            let (state, _) = recover(&all[first_live..], clocks);
+            prop_assert_eq!(&state.retained, &model.retained);
             // Tear the last segment anywhere after its header: the state is
             // the one after the last whole record before the cut.
             let last = segments.last().unwrap();

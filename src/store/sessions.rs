@@ -197,6 +197,13 @@ impl SessionState {
                     session.queue.remove(at);
                 }
             }
+            Record::Expired { sid, mid } => {
+                // Dropped at the head of the queue: the oldest entry.
+                let Some(session) = self.sessions.get_mut(&sid) else { return true };
+                if let Some(at) = session.queue.iter().position(|e| e.mid == mid) {
+                    session.queue.remove(at);
+                }
+            }
             Record::Qos2In { sid, packet_id } => {
                 if let Some(session) = self.sessions.get_mut(&sid) {
                     if !session.qos2_in.contains(&packet_id) {
@@ -392,6 +399,7 @@ mod tests {
                 ops: vec![
                     // Nothing of message 99 is queued: changes nothing.
                     FlowOp::Dropped { mid: 99 },
+                    FlowOp::Expired { mid: 99 },
                     FlowOp::Sent { mid: 1, packet_id: pid(10) },
                     FlowOp::Released(pid(10)),
                     FlowOp::Completed(pid(10)),
@@ -400,6 +408,7 @@ mod tests {
             },
             Record::Enqueue { sid: 7, entry: entry(1, QoS::ExactlyOnce) },
             Record::Dropped { sid: 7, mid: 1 },
+            Record::Expired { sid: 7, mid: 99 },
             Record::Qos2In { sid: 7, packet_id: pid(65535) },
             Record::Qos2Done { sid: 7, packet_id: pid(65535) },
             Record::SessionEnd { sid: 8 },
@@ -470,6 +479,7 @@ mod tests {
                 FlowOp::Released(pid(2)),
                 FlowOp::Completed(pid(0x0102)),
                 FlowOp::Dropped { mid: 0x0C0D },
+                FlowOp::Expired { mid: 0x0E0F },
             ],
         };
         record::encode(&flows, clocks, &mut out).unwrap();
@@ -480,8 +490,32 @@ mod tests {
             11, 2, 0, // released
             12, 0x02, 0x01, // completed
             16, 0x0D, 0x0C, 0, 0, 0, 0, 0, 0, // dropped: mid
+            17, 0x0F, 0x0E, 0, 0, 0, 0, 0, 0, // expired: mid
         ];
         assert_eq!(&out[8..], body);
+    }
+
+    #[test]
+    fn an_expired_entry_is_the_oldest_of_its_message_and_a_dropped_one_the_newest() {
+        let mut state = SessionState::default();
+        state.apply(Record::SessionOpen {
+            sid: 1,
+            client_id: "c".into(),
+            expiry: None,
+            username: None,
+            will: None,
+        });
+        // The same message queued twice (two matching subscriptions), and
+        // another between.
+        for (mid, qos) in [(1, QoS::AtLeastOnce), (2, QoS::AtLeastOnce), (1, QoS::ExactlyOnce)] {
+            state.apply(Record::Enqueue { sid: 1, entry: entry(mid, qos) });
+        }
+        let mut expired = state.clone();
+        expired.apply(Record::Flows { sid: 1, ops: vec![FlowOp::Expired { mid: 1 }] });
+        let queue = |s: &SessionState| s.sessions[&1].queue.clone();
+        assert_eq!(queue(&expired), [entry(2, QoS::AtLeastOnce), entry(1, QoS::ExactlyOnce)]);
+        state.apply(Record::Dropped { sid: 1, mid: 1 });
+        assert_eq!(queue(&state), [entry(1, QoS::AtLeastOnce), entry(2, QoS::AtLeastOnce)]);
     }
 
     #[test]
@@ -603,7 +637,15 @@ mod tests {
         Flows(u8, Vec<u8>),
         Qos2(u8, u16, bool),
         Rotate,
+        /// A snapshot written whole (as `reshard` writes one).
         Compact,
+        /// Compaction in slices: a compaction segment starts.
+        CompactStart,
+        /// The slices of the next sessions (by number), as the shard
+        /// writes them between other records.
+        CompactSlice(u8),
+        /// The last slices and the snapshot end.
+        CompactEnd,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -621,6 +663,9 @@ mod tests {
             2 => (0u8..4, 1u16..4, any::<bool>()).prop_map(|(s, p, d)| Op::Qos2(s, p, d)),
             1 => Just(Op::Rotate),
             1 => Just(Op::Compact),
+            1 => Just(Op::CompactStart),
+            2 => (1u8..3).prop_map(Op::CompactSlice),
+            1 => Just(Op::CompactEnd),
         ]
     }
 
@@ -735,10 +780,41 @@ mod tests {
         }
     }
 
+    /// A compaction in slices under way in the proptest: the next session
+    /// number to slice, and the messages its slices wrote.
+    #[derive(Debug, Default)]
+    struct Slicing {
+        next: u64,
+        written: hashbrown::HashSet<u64>,
+    }
+
+    /// The slices of the sessions numbered below `until` not sliced yet:
+    /// each live one's messages (once per compaction), its end, then its
+    /// records, as `shard::compaction` writes them.
+    fn slices(model: &SessionState, slicing: &mut Slicing, until: u64) -> Vec<Record> {
+        let mut out = Vec::new();
+        while slicing.next < until {
+            let sid = slicing.next;
+            slicing.next += 1;
+            let Some(session) = model.sessions.get(&sid) else { continue };
+            for entry in session.entries() {
+                if slicing.written.insert(entry.mid) {
+                    let message = Arc::clone(&model.messages[&entry.mid]);
+                    out.push(Record::Message { mid: entry.mid, message });
+                }
+            }
+            out.push(Record::SessionEnd { sid });
+            SessionState::session_records(sid, session, |r| out.push(r));
+        }
+        out
+    }
+
     proptest! {
-        /// replay(write(ops)) == state for sessions, across rotations and
-        /// snapshots (compaction), and with the last segment torn anywhere
-        /// (which loses the records after the cut, no more).
+        /// replay(write(ops)) == state for sessions, across rotations,
+        /// snapshots and compactions in slices started, advanced and ended
+        /// anywhere among the other records; with the segments a complete
+        /// compaction supersedes deleted or not; and with the last segment
+        /// torn anywhere (which loses the records after the cut, no more).
         #[test]
         fn replay_of_the_written_session_log_is_the_state(
             ops in prop::collection::vec(op(), 0..80),
@@ -755,34 +831,73 @@ mod tests {
                 done
             };
             let mut states_in_last = vec![(HEADER_LEN, finished(&model))];
+            let mut slicing: Option<Slicing> = None;
+            // The first segment a complete compaction or snapshot left.
+            let mut first_live = 0;
             for op in &ops {
-                if matches!(op, Op::Rotate | Op::Compact) {
-                    let kind = if matches!(op, Op::Compact) { SegmentKind::Snapshot } else { SegmentKind::Appends };
-                    let mut next = BytesMut::from(&header(kind, segments.len() as u64)[..]);
-                    if kind == SegmentKind::Snapshot {
-                        // What compaction writes: the live state.
-                        let mut live = finished(&model);
-                        live.snapshot_records(|r| record::encode(&r, clocks, &mut next).unwrap());
-                        record::encode(&Record::SnapshotEnd, clocks, &mut next).unwrap();
-                        // Unreferenced messages are gone from the snapshot.
-                        live.next_sid = model.next_sid;
-                        live.next_mid = model.next_mid;
-                        model = live;
+                let records = match op {
+                    // One compaction at a time, and the writer does not
+                    // rotate during one.
+                    Op::Rotate | Op::Compact | Op::CompactStart if slicing.is_some() => Vec::new(),
+                    Op::Rotate | Op::Compact => {
+                        let kind = if matches!(op, Op::Compact) { SegmentKind::Snapshot } else { SegmentKind::Appends };
+                        let mut next = BytesMut::from(&header(kind, segments.len() as u64)[..]);
+                        if kind == SegmentKind::Snapshot {
+                            // What compaction writes: the live state.
+                            let mut live = finished(&model);
+                            live.snapshot_records(|r| record::encode(&r, clocks, &mut next).unwrap());
+                            record::encode(&Record::SnapshotEnd, clocks, &mut next).unwrap();
+                            // Unreferenced messages are gone from the snapshot.
+                            live.next_sid = model.next_sid;
+                            live.next_mid = model.next_mid;
+                            model = live;
+                            first_live = segments.len();
+                        }
+                        segments.push(next);
+                        states_in_last = vec![(HEADER_LEN, finished(&model))];
+                        continue;
                     }
-                    segments.push(next);
-                    states_in_last = vec![(HEADER_LEN, finished(&model))];
-                    continue;
-                }
-                for record in records_of(op, &model, &mut next_mid) {
+                    Op::CompactStart => {
+                        slicing = Some(Slicing { next: 1, ..Slicing::default() });
+                        segments.push(BytesMut::from(&header(SegmentKind::Compaction, segments.len() as u64)[..]));
+                        states_in_last = vec![(HEADER_LEN, finished(&model))];
+                        continue;
+                    }
+                    Op::CompactSlice(n) => match slicing.as_mut() {
+                        Some(slicing) => {
+                            let until = slicing.next + u64::from(*n);
+                            slices(&model, slicing, until)
+                        }
+                        None => Vec::new(),
+                    },
+                    Op::CompactEnd => match slicing.take() {
+                        Some(mut slicing) => {
+                            let mut records = slices(&model, &mut slicing, 5);
+                            records.push(Record::SnapshotEnd);
+                            first_live = segments.len() - 1;
+                            records
+                        }
+                        None => Vec::new(),
+                    },
+                    op => records_of(op, &model, &mut next_mid),
+                };
+                for record in records {
                     let last = segments.last_mut().unwrap();
                     record::encode(&record, clocks, last).unwrap();
-                    prop_assert!(model.apply(record));
+                    // Every record but the snapshot end is a session's.
+                    let end = matches!(record, Record::SnapshotEnd);
+                    prop_assert_eq!(model.apply(record), !end);
                     states_in_last.push((last.len(), finished(&model)));
                 }
             }
             let all: Vec<&[u8]> = segments.iter().map(|s| &s[..]).collect();
             let state = recover(&all, clocks);
             prop_assert_eq!(&state, &finished(&model));
+            // The segments before the last complete snapshot deleted, as
+            // the writer does once it is durable.
+            let state = recover(&all[first_live..], clocks);
+            prop_assert_eq!(&state.sessions, &finished(&model).sessions);
+            prop_assert_eq!(&state.messages, &finished(&model).messages);
             let last = segments.last().unwrap();
             let at = HEADER_LEN + cut.index(last.len() - HEADER_LEN + 1);
             let expected = &states_in_last.iter().rev().find(|(end, _)| *end <= at).unwrap().1;

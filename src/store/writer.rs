@@ -7,12 +7,12 @@
 //!   ran (all the appends of one executor turn, plus those that came
 //!   while the previous write was in flight), writes them with one
 //!   io_uring write per MiB and then tells the [`Log`] they are durable.
-//!   With `durability = "always"` the segments of appends are opened with
-//!   O_DSYNC, so a write is durable when it completes (data and the
-//!   metadata needed to read it back, as an fdatasync would make them):
-//!   one operation per commit instead of a write and an fdatasync, each of
-//!   which waited for a turn of the executor (QoS 1 fan-in to a persistent
-//!   subscriber at `always`: 185k -> 243k msg/s, see CHANGELOG). With
+//!   With `durability = "always"` every segment is opened with O_DSYNC, so
+//!   a write is durable when it completes (data and the metadata needed to
+//!   read it back, as an fdatasync would make them): one operation per
+//!   commit instead of a write and an fdatasync, each of which waited for a
+//!   turn of the executor (QoS 1 fan-in to a persistent subscriber at
+//!   `always`: 185k -> about 203k msg/s, see CHANGELOG). With
 //!   `"interval"` the writes are plain and an fdatasync runs at most once
 //!   per `fsync_interval_ms`.
 //! * The last, partial block of the file is kept in memory and rewritten,
@@ -22,23 +22,31 @@
 //!   one opened.
 //! * Compaction, when the bytes appended since the last snapshot exceed
 //!   both `compact_min_bytes` and the size of the log after that snapshot:
-//!   the shard hands over its live state at one point of the log
-//!   ([`Entry::Snapshot`]); the writer syncs the current segment (sequence
-//!   k), writes the state to a snapshot segment (k+1) closed by an end
-//!   record, syncs it, opens k+2 for what follows, and only then deletes
-//!   every segment up to k. A crash at any step leaves either the old
-//!   segments or the complete snapshot (see `recovery`).
+//!   the writer asks ([`Log::request_compaction`]) and the shard starts one
+//!   ([`Entry::CompactionStart`]): the writer syncs the current segment
+//!   (sequence k) and opens a compaction segment (k+1) for everything
+//!   that follows. The shard then appends its live state in bounded slices
+//!   between the records of its normal traffic (see `shard::compaction`),
+//!   so no turn of its executor copies more than a slice; at
+//!   [`Entry::CompactionEnd`] the writer appends the snapshot end, syncs
+//!   it, and only then deletes every segment up to k. Segments do not
+//!   rotate meanwhile, so the snapshot end is in the segment it completes.
+//!   A crash at any step leaves either the old segments and the
+//!   compaction segment read as appends after them, or the complete
+//!   snapshot (see `recovery`).
 //! * A failed write or sync (disk full, EIO) is logged once (one line per
 //!   shard and episode), counted, and retried every second with the same
 //!   bytes until it succeeds; records wait in memory meanwhile and their
 //!   durability futures stay pending. Meanwhile [`Log::is_failing`] says
 //!   so, and the broker refuses new QoS 1/2 publishes (see `shard`); the
 //!   first write that succeeds clears it and logs one line.
+//! * At shutdown ([`Log::close`]) a write or sync that still fails is not
+//!   retried again: the writer ends, logging how many records were not made
+//!   durable, so a stop with a full disk takes at most one more retry.
 
-use super::log::{Entry, Log, Snapshot};
+use super::log::{Entry, Log};
 use super::record::{self, HeaderError, Record, SegmentHeader, SegmentKind};
 use super::recovery::{LiveState, Recovery, RecoveryStats};
-use super::sessions::SessionState;
 use crate::config::Durability;
 use crate::message::wire::Clocks;
 use bytes::BytesMut;
@@ -160,8 +168,11 @@ pub struct Writer {
     base_bytes: u64,
     /// Bytes appended since.
     appended: u64,
-    /// Whether the shard was asked for a snapshot and has not given it.
+    /// Whether the shard was asked for a compaction that has not ended.
     compaction_asked: bool,
+    /// Between [`Entry::CompactionStart`] and [`Entry::CompactionEnd`]:
+    /// the current segment is the compaction segment.
+    compacting: bool,
     last_sync: Instant,
     /// Whether writes are failing (logged once per episode).
     failing: bool,
@@ -282,6 +293,7 @@ pub async fn open(
         base_bytes,
         appended: 0,
         compaction_asked: false,
+        compacting: false,
         last_sync: Instant::now(),
         failing: false,
         scratch: BytesMut::new(),
@@ -374,25 +386,56 @@ impl Segment {
     }
 }
 
+/// The writer stopped retrying: the log was closed while its writes
+/// failed.
+#[derive(Debug)]
+struct GaveUp;
+
 impl Writer {
     /// Writes what `log` queues until it is closed; then everything is
-    /// written and synced.
+    /// written and synced. Closed while the disk fails, it ends after its
+    /// next failed retry, logging what was not made durable.
     pub async fn run(mut self, log: Rc<Log>) {
+        if self.serve(&log).await.is_ok() {
+            return;
+        }
+        let records = log.not_durable();
+        log.discard_queued();
+        let acknowledged = match self.options.durability {
+            Durability::Interval(_) => {
+                "with durability = \"interval\", QoS 1/2 messages acknowledged in the last \
+                 fsync_interval_ms may be among them"
+            }
+            _ => {
+                "no acknowledged QoS 1/2 message is among them (with durability = \"always\", \
+                 acknowledgements wait for the sync)"
+            }
+        };
+        tracing::error!(
+            shard = self.shard,
+            records,
+            segment = %self.current.path.display(),
+            "stopping while the durable log cannot be written (data_dir: disk full or I/O \
+             error): {records} records were not made durable and are lost; {acknowledged}"
+        );
+    }
+
+    async fn serve(&mut self, log: &Log) -> Result<(), GaveUp> {
         let mut entries = Vec::new();
         while let Some(mut end) = std::future::poll_fn(|cx| log.poll_take(cx, &mut entries)).await {
             let started = Instant::now();
-            self.write_entries(&mut entries, &log).await;
+            self.write_entries(&mut entries, log).await?;
             if let Durability::Interval(every) = self.options.durability {
                 let due = self.last_sync + every;
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     glommio::timer::sleep(wait).await;
                     end = log.take_now(&mut entries);
-                    self.write_entries(&mut entries, &log).await;
+                    self.write_entries(&mut entries, log).await?;
                 }
             }
-            self.sync(&log, started).await;
+            self.sync(log, started).await?;
             log.handle_durable(end);
-            self.rotate_if_full(&log).await;
+            self.rotate_if_full(log).await?;
             if !self.compaction_asked
                 && self.appended > self.options.compact_min_bytes.max(self.base_bytes)
             {
@@ -400,10 +443,11 @@ impl Writer {
                 log.request_compaction();
             }
         }
+        Ok(())
     }
 
     /// Encodes and writes `entries` (not synced).
-    async fn write_entries(&mut self, entries: &mut Vec<Entry>, log: &Log) {
+    async fn write_entries(&mut self, entries: &mut Vec<Entry>, log: &Log) -> Result<(), GaveUp> {
         let clocks = Clocks::read();
         let mut records = 0;
         for entry in entries.drain(..) {
@@ -412,17 +456,20 @@ impl Writer {
                     self.encode(&record, clocks);
                     records += 1;
                     if self.scratch.len() >= CHUNK {
-                        self.flush(log).await;
+                        self.flush(log).await?;
                     }
                 }
-                Entry::Snapshot(live) => {
-                    self.flush(log).await;
-                    self.compact(live, log).await;
+                Entry::CompactionStart => self.start_compaction(log).await?,
+                Entry::CompactionEnd => {
+                    self.encode(&Record::SnapshotEnd, clocks);
+                    records += 1;
+                    self.end_compaction(log).await?;
                 }
             }
         }
-        self.flush(log).await;
+        self.flush(log).await?;
         log.count(|c| c.records_written += records);
+        Ok(())
     }
 
     fn encode(&mut self, record: &Record, clocks: Clocks) {
@@ -435,9 +482,9 @@ impl Writer {
 
     /// Writes the encoded bytes to the current segment, retrying until it
     /// works.
-    async fn flush(&mut self, log: &Log) {
+    async fn flush(&mut self, log: &Log) -> Result<(), GaveUp> {
         if self.scratch.is_empty() {
-            return;
+            return Ok(());
         }
         let data = self.scratch.split().freeze();
         loop {
@@ -446,9 +493,9 @@ impl Writer {
                     self.appended += data.len() as u64;
                     log.count(|c| c.bytes_written += written);
                     self.recovered(log);
-                    return;
+                    return Ok(());
                 }
-                Err(error) => self.failed("write", &error, log).await,
+                Err(error) => self.failed("write", &error, log).await?,
             }
         }
     }
@@ -457,14 +504,14 @@ impl Writer {
     /// do for an O_DSYNC segment; otherwise an fdatasync, retried until it
     /// works. Counted as one commit, with the time since `commit_started`
     /// (O_DSYNC: the commit's write) or of the fdatasync.
-    async fn sync(&mut self, log: &Log, commit_started: Instant) {
+    async fn sync(&mut self, log: &Log, commit_started: Instant) -> Result<(), GaveUp> {
         if self.current.dsync {
             self.last_sync = Instant::now();
             log.count(|c| {
                 c.syncs += 1;
                 c.sync_latency.record(self.last_sync - commit_started);
             });
-            return;
+            return Ok(());
         }
         loop {
             let started = Instant::now();
@@ -476,14 +523,16 @@ impl Writer {
                         c.sync_latency.record(self.last_sync - started);
                     });
                     self.recovered(log);
-                    return;
+                    return Ok(());
                 }
-                Err(error) => self.failed("sync", &error.into(), log).await,
+                Err(error) => self.failed("sync", &error.into(), log).await?,
             }
         }
     }
 
-    async fn failed(&mut self, what: &str, error: &io::Error, log: &Log) {
+    /// Counts and reports a failed operation, then waits before it is
+    /// tried again; gives up instead once the log is closed.
+    async fn failed(&mut self, what: &str, error: &io::Error, log: &Log) -> Result<(), GaveUp> {
         log.count(|c| c.write_errors += 1);
         if !self.failing {
             self.failing = true;
@@ -497,7 +546,11 @@ impl Writer {
                  until it can; retrying every second, records wait in memory"
             );
         }
+        if log.is_closed() {
+            return Err(GaveUp);
+        }
         glommio::timer::sleep(RETRY).await;
+        Ok(())
     }
 
     fn recovered(&mut self, log: &Log) {
@@ -511,119 +564,92 @@ impl Writer {
         }
     }
 
-    /// Opens a new segment (retrying until it works), closing `current`.
-    async fn open_next(&mut self, sequence: u64, kind: SegmentKind, log: &Log) -> Segment {
+    /// Opens a new segment (retrying until it works).
+    async fn open_next(
+        &mut self,
+        sequence: u64,
+        kind: SegmentKind,
+        log: &Log,
+    ) -> Result<Segment, GaveUp> {
         loop {
-            // Snapshots are written in bulk and synced once at their end.
-            let dsync =
-                kind == SegmentKind::Appends && self.options.durability == Durability::Always;
+            // Every segment the writer opens takes acknowledged appends
+            // (a compaction's too, between its slices).
+            let dsync = self.options.durability == Durability::Always;
             match create_segment(&self.dir, sequence, kind, self.shard, self.shards, dsync).await {
-                Ok(segment) => return segment,
+                Ok(segment) => return Ok(segment),
                 Err(StoreError::Io { error, .. }) => {
-                    self.failed("create a segment of", &error, log).await
+                    self.failed("create a segment of", &error, log).await?
                 }
                 Err(other) => {
                     let error = io::Error::other(other.to_string());
-                    self.failed("create a segment of", &error, log).await;
+                    self.failed("create a segment of", &error, log).await?;
                 }
             }
         }
     }
 
-    async fn sync_dir_retrying(&mut self, log: &Log) {
+    async fn sync_dir_retrying(&mut self, log: &Log) -> Result<(), GaveUp> {
         while let Err(error) = sync_dir(&self.dir).await {
-            self.failed("sync the directory of", &io::Error::other(error.to_string()), log).await;
+            let error = io::Error::other(error.to_string());
+            self.failed("sync the directory of", &error, log).await?;
         }
+        Ok(())
+    }
+
+    /// Closes the current segment (synced) and goes on in a new one of
+    /// `kind`.
+    async fn next_segment(&mut self, kind: SegmentKind, log: &Log) -> Result<(), GaveUp> {
+        let next = self.open_next(self.current.sequence + 1, kind, log).await?;
+        self.sync_dir_retrying(log).await?;
+        let done = std::mem::replace(&mut self.current, next);
+        self.older.push(Closed { path: done.path, bytes: done.len });
+        let _ = done.file.close().await;
+        Ok(())
     }
 
     /// Past `segment_bytes`: the current segment (already synced) is
-    /// closed and the next one opened.
-    async fn rotate_if_full(&mut self, log: &Log) {
-        if self.current.len < self.options.segment_bytes {
-            return;
+    /// closed and the next one opened; not during a compaction.
+    async fn rotate_if_full(&mut self, log: &Log) -> Result<(), GaveUp> {
+        if self.compacting || self.current.len < self.options.segment_bytes {
+            return Ok(());
         }
-        let next = self.open_next(self.current.sequence + 1, SegmentKind::Appends, log).await;
-        self.sync_dir_retrying(log).await;
-        let done = std::mem::replace(&mut self.current, next);
-        self.older.push(Closed { path: done.path, bytes: done.len });
-        let _ = done.file.close().await;
+        self.next_segment(SegmentKind::Appends, log).await
     }
 
-    /// Writes `live` as a snapshot and deletes the segments it replaces.
-    async fn compact(&mut self, live: Box<Snapshot>, log: &Log) {
-        // Everything before the snapshot's point is written: make it
-        // durable, so the snapshot never comes before a hole.
-        self.sync(log, Instant::now()).await;
-        let base = self.current.sequence;
-        let mut snapshot = self.open_next(base + 1, SegmentKind::Snapshot, log).await;
-        let clocks = Clocks::read();
-        let now = clocks.now;
-        let Snapshot { retained, sessions } = *live;
-        for message in retained {
-            if message.expires_at.is_some_and(|at| at <= now) {
-                continue;
-            }
-            self.encode(&record::Record::RetainSet(message), clocks);
-            if self.scratch.len() >= CHUNK {
-                self.write_snapshot(&mut snapshot, log).await;
-                glommio::yield_if_needed().await;
-            }
+    /// [`Entry::CompactionStart`]: what came before is durable (so the
+    /// snapshot never follows a hole), and what follows goes to a new
+    /// compaction segment.
+    async fn start_compaction(&mut self, log: &Log) -> Result<(), GaveUp> {
+        self.flush(log).await?;
+        self.sync(log, Instant::now()).await?;
+        self.next_segment(SegmentKind::Compaction, log).await?;
+        self.compacting = true;
+        Ok(())
+    }
+
+    /// [`Entry::CompactionEnd`], its snapshot end encoded: once that is
+    /// durable, the segments before the compaction segment go.
+    async fn end_compaction(&mut self, log: &Log) -> Result<(), GaveUp> {
+        self.flush(log).await?;
+        self.sync(log, Instant::now()).await?;
+        if !self.compacting {
+            // No start was seen (a bug): nothing can be deleted.
+            tracing::warn!(shard = self.shard, "a compaction ended that had not started");
+            return Ok(());
         }
-        // A chunk at a time, yielding in between: a large state does not
-        // hold the shard's executor for long.
-        for (&mid, message) in &sessions.messages {
-            self.encode(&Record::Message { mid, message: std::sync::Arc::clone(message) }, clocks);
-            if self.scratch.len() >= CHUNK {
-                self.write_snapshot(&mut snapshot, log).await;
-                glommio::yield_if_needed().await;
-            }
-        }
-        for (&sid, session) in &sessions.sessions {
-            SessionState::session_records(sid, session, |record| self.encode(&record, clocks));
-            if self.scratch.len() >= CHUNK {
-                self.write_snapshot(&mut snapshot, log).await;
-                glommio::yield_if_needed().await;
-            }
-        }
-        drop(sessions);
-        self.encode(&Record::SnapshotEnd, clocks);
-        self.write_snapshot(&mut snapshot, log).await;
-        while let Err(error) = snapshot.file.fdatasync().await {
-            self.failed("sync a snapshot of", &error.into(), log).await;
-        }
-        let next = self.open_next(base + 2, SegmentKind::Appends, log).await;
-        self.sync_dir_retrying(log).await;
-        // The snapshot is complete and durable: what it replaces can go.
-        let done = std::mem::replace(&mut self.current, next);
-        let _ = done.file.close().await;
-        self.older.push(Closed { path: done.path, bytes: done.len });
+        self.compacting = false;
         for closed in self.older.drain(..) {
             if let Err(error) = glommio::io::remove(&closed.path).await {
                 tracing::warn!(shard = self.shard, segment = %closed.path.display(), %error, "cannot delete a compacted log segment");
             }
         }
-        self.sync_dir_retrying(log).await;
-        self.base_bytes = snapshot.len;
+        self.sync_dir_retrying(log).await?;
+        self.base_bytes = self.current.len;
         self.appended = 0;
         self.compaction_asked = false;
-        let _ = snapshot.file.close().await;
-        self.older.push(Closed { path: snapshot.path, bytes: self.base_bytes });
         log.count(|c| c.compactions += 1);
         tracing::debug!(shard = self.shard, bytes = self.base_bytes, "log compacted");
-    }
-
-    async fn write_snapshot(&mut self, snapshot: &mut Segment, log: &Log) {
-        let data = self.scratch.split().freeze();
-        loop {
-            match snapshot.write(&data).await {
-                Ok(written) => {
-                    log.count(|c| c.bytes_written += written);
-                    self.recovered(log);
-                    return;
-                }
-                Err(error) => self.failed("write a snapshot of", &error, log).await,
-            }
-        }
+        Ok(())
     }
 }
 
@@ -757,6 +783,7 @@ mod tests {
             let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
             // The live state: 10 topics, each overwritten 200 times.
             let mut live = std::collections::HashMap::new();
+            let mut slicing: Option<Vec<i32>> = None;
             let mut most_segments = 0;
             for round in 0..200 {
                 for topic in 0..10 {
@@ -767,13 +794,32 @@ mod tests {
                 let lsn = log.append(Record::RetainDelete(TopicName::new("c/none").unwrap()));
                 log.durable(lsn).await;
                 most_segments = most_segments.max(segments(&dir).len());
-                if log.wants_compaction() {
-                    // What the shard does at its next tick.
-                    log.compact(Snapshot {
-                        retained: live.values().cloned().collect(),
-                        ..Default::default()
-                    });
+                // What the shard does: the live state in slices (here two
+                // topics each), between the records of later rounds.
+                if let Some(left) = slicing.as_mut() {
+                    for _ in 0..2 {
+                        match left.pop() {
+                            Some(topic) => {
+                                _ = log.append(Record::RetainSet(Arc::clone(&live[&topic])))
+                            }
+                            None => {
+                                log.end_compaction();
+                                slicing = None;
+                                break;
+                            }
+                        }
+                    }
+                } else if log.wants_compaction() {
+                    log.begin_compaction();
+                    slicing = Some(live.keys().copied().collect::<Vec<_>>());
                 }
+            }
+            // A compaction under way ends.
+            if let Some(left) = slicing.take() {
+                for topic in left {
+                    log.append(Record::RetainSet(Arc::clone(&live[&topic])));
+                }
+                log.end_compaction();
             }
             let lsn = log.append(Record::RetainDelete(TopicName::new("c/9").unwrap()));
             log.durable(lsn).await;
@@ -785,7 +831,8 @@ mod tests {
                 .map(|name| std::fs::metadata(dir.join(name)).unwrap().len())
                 .sum();
             // History: ~120 KiB written; disk: about the live state (10
-            // records of ~70 bytes) plus at most one threshold of appends.
+            // records of ~70 bytes) and the appends made while it was
+            // written, plus at most one threshold of appends.
             assert!(counters.bytes_written > 100_000, "{counters:?}");
             assert!(on_disk < 8192 * 2 + 4096, "{on_disk} bytes on disk");
             log.close();
@@ -826,6 +873,49 @@ mod tests {
             writer.await;
             let (opened, _) = reopen(&dir, options).await;
             assert_eq!(retained(&opened.state), vec![("d/1".into(), "1".into())]);
+        });
+    }
+
+    #[test]
+    fn a_crash_during_a_compaction_keeps_what_its_segment_holds() {
+        on_executor("compact-crash", |dir| async move {
+            let options = StoreOptions::new(Durability::Always);
+            let (opened, log) = reopen(&dir, options).await;
+            let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
+            log.append(Record::RetainSet(message("k/1", "old")));
+            log.append(Record::RetainSet(message("k/2", "two")));
+            log.begin_compaction();
+            // A slice, and traffic after it: both are acknowledged records.
+            log.append(Record::RetainSet(message("k/2", "two")));
+            log.append(Record::RetainSet(message("k/1", "new")));
+            let lsn = log.append(Record::RetainSet(message("k/3", "three")));
+            log.durable(lsn).await;
+            drop(writer);
+            assert_eq!(segments(&dir).len(), 2, "the old segment and the compaction's");
+            let (opened, _) = reopen(&dir, options).await;
+            let expected: Vec<(String, String)> = vec![
+                ("k/1".into(), "new".into()),
+                ("k/2".into(), "two".into()),
+                ("k/3".into(), "three".into()),
+            ];
+            assert_eq!(retained(&opened.state), expected);
+            // Nothing was deleted: the compaction never ended.
+            assert_eq!(segments(&dir).len(), 3);
+            let log = Rc::new(Log::new());
+            let writer = glommio::spawn_local(opened.writer.run(Rc::clone(&log)));
+            // A compaction that ends deletes every segment before its own.
+            log.begin_compaction();
+            for (topic, payload) in &expected {
+                log.append(Record::RetainSet(message(topic, payload)));
+            }
+            let lsn = log.end_compaction();
+            log.durable(lsn).await;
+            assert_eq!(segments(&dir).len(), 1);
+            assert_eq!(log.counters().compactions, 1);
+            log.close();
+            writer.await;
+            let (opened, _) = reopen(&dir, options).await;
+            assert_eq!(retained(&opened.state), expected);
         });
     }
 

@@ -1,8 +1,8 @@
 //! The shard's side of logging persistent sessions (see
 //! `store::sessions`): it numbers sessions and messages, turns what a
 //! session noted ([`SessionChange`]) into records, writes a message fanned
-//! out to many sessions once, rebuilds the sessions at start and hands
-//! them over for compaction. Hooks only: the session queues work the same
+//! out to many sessions once, and rebuilds the sessions at start (their
+//! compaction is in `compaction`). Hooks only: the session queues work the same
 //! with or without a log.
 
 use super::Shard;
@@ -30,7 +30,7 @@ pub(super) struct SessionLog {
     /// written: a message queued to many sessions of the shard is written
     /// once. (An `Arc`, not a pointer: a freed message's address may come
     /// back.)
-    current: Option<(Arc<Message>, u64, bool)>,
+    pub(super) current: Option<(Arc<Message>, u64, bool)>,
     /// Reused between sessions: the changes taken from one.
     changes: Vec<SessionChange>,
     /// With `durability = "always"`: what waits for durability.
@@ -40,6 +40,8 @@ pub(super) struct SessionLog {
     failing: Vec<bool>,
     /// How many of `failing` are true.
     failing_count: usize,
+    /// The compaction in progress, if any (see `compaction`).
+    pub(super) compaction: Option<Box<super::compaction::Compaction>>,
 }
 
 /// `durability = "always"`: a QoS 1/2 PUBLISH is acknowledged once what
@@ -241,6 +243,10 @@ impl Shard {
                     log.append_flow(sid, FlowOp::Dropped { mid });
                     continue;
                 }
+                SessionChange::Expired(mid) => {
+                    log.append_flow(sid, FlowOp::Expired { mid });
+                    continue;
+                }
                 SessionChange::Qos2In(packet_id) => Record::Qos2In { sid, packet_id },
                 SessionChange::Qos2Done(packet_id) => Record::Qos2Done { sid, packet_id },
             };
@@ -292,24 +298,6 @@ impl Shard {
         if let (Some(log), true) = (&self.log, slot.log_id != 0) {
             log.append(Record::SessionEnd { sid: slot.log_id });
         }
-    }
-
-    /// The persistent sessions now, for a snapshot. The message being
-    /// fanned out is forgotten: its record may be older than the snapshot.
-    pub(super) fn live_sessions(&mut self) -> SessionState {
-        self.session_log.current = None;
-        let mut state = SessionState {
-            next_sid: self.session_log.next_sid,
-            next_mid: self.session_log.next_mid,
-            ..SessionState::default()
-        };
-        for slot in self.slots.iter() {
-            if slot.log_id != 0 && slot.session.is_persistent() {
-                let stored = slot.session.stored(&mut state.messages);
-                state.sessions.insert(slot.log_id, stored);
-            }
-        }
-        state
     }
 
     /// This shard's log started (`true`) or stopped failing: the change is
