@@ -922,7 +922,10 @@ impl Default for Config {
     }
 }
 
-/// `data_dir`: a non-empty path, or absent (memory only). Whether it can be
+/// `data_dir`: a non-empty path, or absent (memory only). A relative path
+/// is taken from the directory the broker starts in, and made absolute
+/// here: glommio opens the log's directories to sync them by absolute path
+/// only (a relative one failed at start with EBADF). Whether it can be
 /// created and written is checked at start, by the runtime.
 fn data_dir(raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
     match raw {
@@ -930,7 +933,12 @@ fn data_dir(raw: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
             "data_dir = \"\": must be a directory; remove the key to keep everything in memory \
              only",
         )),
-        raw => Ok(raw.map(PathBuf::from)),
+        Some(path) => std::path::absolute(path).map(Some).map_err(|error| {
+            ConfigError::invalid(format!(
+                "data_dir = {path:?}: cannot make it absolute ({error}); give an absolute path"
+            ))
+        }),
+        None => Ok(None),
     }
 }
 

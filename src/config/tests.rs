@@ -552,6 +552,13 @@ fn data_dir_defaults_to_always_and_takes_every_mode() {
 }
 
 #[test]
+fn a_relative_data_dir_is_taken_from_the_working_directory() {
+    let config = parse("data_dir = \"var/ringmq\"").unwrap();
+    let expected = std::env::current_dir().unwrap().join("var/ringmq");
+    assert_eq!(config.data_dir(), Some(expected.as_path()));
+}
+
+#[test]
 fn bad_persistence_settings_are_one_line_naming_the_key() {
     assert_eq!(
         error("durability = \"always\""),
