@@ -7,6 +7,14 @@
 //! subscriptions of shared groups (with echo: a node's own messages go to
 //! its members too).
 //!
+//! Batches: a shard wakes the publisher once for what it queued since its
+//! last wake, and the reader tasks wake each shard once per turn (see
+//! `doorbell`); the publisher hands the batch to the client in one run,
+//! so the client writes it to the server in one write, and the
+//! server delivers it to the other nodes in one write each. Frames and
+//! their subjects are encoded into shared chunks of [`ENCODE_CHUNK`]
+//! bytes, not an allocation each.
+//!
 //! The connections: async-nats connects to any of the seeds in the
 //! background, reconnects forever with exponential backoff (capped at
 //! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
@@ -17,6 +25,7 @@
 
 mod reliable;
 
+use super::doorbell::BridgeBell;
 use super::frame::{self, Dedup, Seen};
 use super::retained::RetainedSync;
 use super::sessions::SessionSync;
@@ -47,6 +56,11 @@ const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Interest changes applied together at most (see `interest_task`).
 const INTEREST_BATCH: usize = 1024;
+
+/// The frames and subjects of published messages are written into chunks
+/// of this size (a chunk is freed once all its frames are sent and
+/// acknowledged), not into an allocation each.
+const ENCODE_CHUNK: usize = 64 * 1024;
 
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -102,6 +116,7 @@ impl Bridge {
             sessions: Lane::new(1),
             sessions_cluster: config.sessions == SessionScope::Cluster,
             retained_cluster: config.retained == RetainedScope::Cluster,
+            batch_delay: config.batch_delay,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -362,12 +377,17 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             subscriptions: RefCell::new(HashMap::new()),
             dedup: RefCell::new(Dedup::default()),
             reliable: reliable::Reliable::new(&config, origin),
+            bell: BridgeBell::new(shared.inbound.len()),
+        });
+        let bell = tokio::task::spawn_local({
+            let bridge = Rc::clone(&bridge);
+            async move { bridge.bell.run(&bridge.shared.inbound).await }
         });
         let reliable = bridge.start_reliable().await;
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
-        for task in reliable {
+        for task in reliable.into_iter().chain([bell]) {
             task.abort();
         }
         for task in [watch, directory].into_iter().flatten() {
@@ -429,13 +449,16 @@ struct BridgeState {
     dedup: RefCell<Dedup>,
     /// QoS 1/2 across nodes.
     reliable: reliable::Reliable,
+    /// Wakes the shards for what the bridge queued for them, once per turn.
+    bell: BridgeBell,
 }
 
 impl BridgeState {
     /// Publishes every message the shards queue, until the lane closes.
     async fn publish_task(self: Rc<Self>) {
         let counters = &self.shared.counters;
-        let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
+        let (mut subject, mut sequence) = (String::new(), 0u64);
+        let mut buffer = BytesMut::with_capacity(ENCODE_CHUNK);
         while let Some(Outgoing { message, ticket }) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
@@ -467,10 +490,18 @@ impl BridgeState {
                 continue;
             }
             let payload = buffer.split().freeze();
+            // The subject shares the chunk too (it is ASCII: see `subject`).
+            buffer.extend_from_slice(subject.as_bytes());
+            let Ok(subject) = async_nats::Subject::from_utf8(buffer.split().freeze()) else {
+                BridgeCounters::add(&counters.publish_failed);
+                if let Some(ticket) = ticket {
+                    self.accepted(ticket);
+                }
+                continue;
+            };
             let published = match ticket {
-                None => self.client.publish(subject.clone(), payload).await,
+                None => self.client.publish(subject, payload).await,
                 Some(ticket) => {
-                    let subject = subject.clone();
                     self.publish_acked(ticket, number, &message.topic, subject, payload).await
                 }
             };
@@ -692,6 +723,7 @@ impl BridgeState {
         let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
             Ok(()) => {
                 BridgeCounters::add(&counters.received);
+                self.bell.ring(shard);
                 true
             }
             Err(_) => {
