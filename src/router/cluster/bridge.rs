@@ -723,7 +723,7 @@ impl BridgeState {
         let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
             Ok(()) => {
                 BridgeCounters::add(&counters.received);
-                self.bell.ring(shard);
+                self.bell.ring(shard, &self.shared.inbound[shard.index()]);
                 true
             }
             Err(_) => {

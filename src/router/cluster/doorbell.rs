@@ -17,8 +17,10 @@
 //!   not wait. The bridge then publishes the batch to NATS in one write,
 //!   and the NATS server delivers it to the other nodes in one write too.
 //! * [`BridgeBell`], the bridge's messages and acknowledgements for the
-//!   shards: every shard that got something is woken once at the end of
-//!   the bridge's turn (after what the NATS connection read at once).
+//!   shards: every shard that got something is woken once, after the
+//!   bridge's tasks that were ready (what the NATS connection read at
+//!   once), or at once every [`EARLY_WAKE`] items so that a long turn
+//!   does not leave a shard asleep while its lane fills.
 //!
 //! A consumer that is busy (it has not parked since its last wake) is not
 //! disturbed by a ring: it takes what is queued as it goes.
@@ -29,6 +31,10 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+
+/// Items the bridge queues for one shard in one turn before it wakes the
+/// shard without waiting for the end of the turn.
+pub(super) const EARLY_WAKE: u32 = 256;
 
 /// A shard's doorbell to the bridge (glommio side).
 #[derive(Debug, Default)]
@@ -81,8 +87,8 @@ impl ShardBell {
 /// The bridge's doorbell to the shards (tokio side, on the bridge thread).
 #[derive(Debug)]
 pub(super) struct BridgeBell {
-    /// Per shard: something was queued for it since its last wake.
-    marked: RefCell<Vec<bool>>,
+    /// Per shard: items queued for it since its last wake.
+    queued: RefCell<Vec<u32>>,
     /// The shards marked, in order.
     to_wake: RefCell<Vec<ShardId>>,
     /// The task of [`Self::run`], parked until a ring.
@@ -93,17 +99,23 @@ impl BridgeBell {
     /// A doorbell to `nr_shards` shards.
     pub(super) fn new(nr_shards: usize) -> Self {
         Self {
-            marked: RefCell::new(vec![false; nr_shards]),
+            queued: RefCell::new(vec![0; nr_shards]),
             to_wake: RefCell::new(Vec::with_capacity(nr_shards)),
             ringer: RefCell::new(None),
         }
     }
 
-    /// Something was queued for `shard`: it is woken at the end of this
-    /// turn.
-    pub(super) fn ring(&self, shard: ShardId) {
-        let mut marked = self.marked.borrow_mut();
-        if std::mem::replace(&mut marked[shard.index()], true) {
+    /// Something was queued for `shard` in `lane`: it is woken once the
+    /// bridge's ready tasks ran, or now when [`EARLY_WAKE`] items are
+    /// waiting.
+    pub(super) fn ring<M, C>(&self, shard: ShardId, lane: &Lane<M, C>) {
+        let mut queued = self.queued.borrow_mut();
+        let count = &mut queued[shard.index()];
+        *count += 1;
+        if *count > 1 {
+            if *count % EARLY_WAKE == 0 {
+                lane.wake();
+            }
             return;
         }
         self.to_wake.borrow_mut().push(shard);
@@ -126,13 +138,13 @@ impl BridgeBell {
                 }
             })
             .await;
-            // tokio runs a yielding task again only after it polled the
-            // sockets: what the NATS connection read meanwhile joins.
-            tokio::task::yield_now().await;
+            // This task was woken by the first ring: it runs after the
+            // tasks that were ready then (the readers of what the NATS
+            // connection read at once), whose items join the batch.
             std::mem::swap(&mut woken, &mut *self.to_wake.borrow_mut());
-            let mut marked = self.marked.borrow_mut();
+            let mut queued = self.queued.borrow_mut();
             for shard in woken.drain(..) {
-                marked[shard.index()] = false;
+                queued[shard.index()] = 0;
                 lanes[shard.index()].wake();
             }
         }
@@ -212,8 +224,8 @@ mod tests {
     }
 
     #[test]
-    fn the_bridge_wakes_each_shard_rung_once_per_turn() {
-        let lanes: Arc<Vec<Lane<u32, ()>>> = Arc::new((0..3).map(|_| Lane::new(16)).collect());
+    fn the_bridge_wakes_each_shard_rung_once_per_turn_or_early_in_a_long_one() {
+        let lanes: Arc<Vec<Lane<u32, ()>>> = Arc::new((0..3).map(|_| Lane::new(512)).collect());
         let wakes: Vec<_> =
             (0..3).map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0))).collect();
         let wakers: Vec<Waker> = (0..3)
@@ -237,10 +249,17 @@ mod tests {
             let shard = |i| ShardId::from_index(i).unwrap();
             for n in 0..10 {
                 lanes[0].push_message(n).unwrap();
-                bell.ring(shard(0));
+                bell.ring(shard(0), &lanes[0]);
             }
             lanes[2].push_message(7).unwrap();
-            bell.ring(shard(2));
+            bell.ring(shard(2), &lanes[2]);
+            // A long turn: shard 1 is woken without waiting for its end.
+            for n in 0..EARLY_WAKE {
+                lanes[1].push_message(n).unwrap();
+                bell.ring(shard(1), &lanes[1]);
+            }
+            assert_eq!(wakes[1].load(std::sync::atomic::Ordering::SeqCst), 1, "woken early");
+            assert_eq!(wakes[0].load(std::sync::atomic::Ordering::SeqCst), 0, "not yet");
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
@@ -248,6 +267,6 @@ mod tests {
         });
         let counts: Vec<usize> =
             wakes.iter().map(|w| w.load(std::sync::atomic::Ordering::SeqCst)).collect();
-        assert_eq!(counts, [1, 0, 1], "one wake per shard rung, none for the others");
+        assert_eq!(counts, [1, 1, 1], "one wake per shard rung");
     }
 }

@@ -124,7 +124,7 @@ impl BridgeState {
     pub(super) fn accepted(&self, ticket: Ticket) {
         let lane = &self.shared.inbound[ticket.shard.index()];
         lane.push_control_later(ToShard::Accepted(ticket.number));
-        self.bell.ring(ticket.shard);
+        self.bell.ring(ticket.shard, lane);
     }
 
     /// Publishes the QoS 1/2 frame `payload` of `topic` (sequence
