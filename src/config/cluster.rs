@@ -13,6 +13,7 @@
 //! subject_prefix = "ringmq"
 //! local_only = ["$SYS/#"]
 //! queue_capacity = 8192
+//! batch_delay_us = 200                   # a shard wakes the bridge at most this often
 //! node_timeout_ms = 5000                 # QoS 1/2: a silent node stops holding acks
 //! ack_timeout_ms = 500                   # QoS 1/2: re-sent to a node that did not ack
 //! max_pending_acks = 16384               # QoS 1/2 waiting for remote acks, per node
@@ -35,6 +36,10 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
 
 /// The range of `queue_capacity`.
 const QUEUE_CAPACITY_RANGE: (i64, i64) = (16, 1 << 20);
+
+/// The default `batch_delay_us`: at 20,000 messages a second a batch
+/// holds about four, and a message waits at most 0.2 ms for its batch.
+pub const DEFAULT_BATCH_DELAY_US: u64 = 200;
 
 /// The default `node_timeout_ms`.
 pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 5000;
@@ -75,6 +80,7 @@ pub(super) struct RawCluster {
     pub(super) subject_prefix: Option<String>,
     pub(super) local_only: Option<Vec<String>>,
     pub(super) queue_capacity: Option<i64>,
+    pub(super) batch_delay_us: Option<i64>,
     pub(super) node_timeout_ms: Option<i64>,
     pub(super) ack_timeout_ms: Option<i64>,
     pub(super) max_pending_acks: Option<i64>,
@@ -155,6 +161,10 @@ pub struct ClusterConfig {
     /// `queue_capacity`: messages each queue between a shard and the NATS
     /// bridge holds, each way.
     pub queue_capacity: usize,
+    /// `batch_delay_us`: a shard wakes the NATS bridge for the messages it
+    /// queued at most once per this long (at once after a quiet spell),
+    /// so that they cross in one batch; 0: once per turn of the shard.
+    pub batch_delay: std::time::Duration,
     /// `retained`: cluster-wide retained messages, or per node.
     pub retained: RetainedScope,
     /// `sessions`: sessions unique in the cluster, or per node.
@@ -317,6 +327,12 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
             u64::try_from(n).ok().map(std::time::Duration::from_millis)
         }),
     };
+    let batch_delay = match raw.batch_delay_us {
+        None => std::time::Duration::from_micros(DEFAULT_BATCH_DELAY_US),
+        Some(n) => super::ranged(Setting::key("cluster.batch_delay_us", n), n, 0, 100_000, |n| {
+            u64::try_from(n).ok().map(std::time::Duration::from_micros)
+        })?,
+    };
     let node_timeout =
         millis("node_timeout_ms", raw.node_timeout_ms, DEFAULT_NODE_TIMEOUT_MS, 200, 600_000)?;
     let ack_timeout =
@@ -375,6 +391,7 @@ pub(super) fn cluster(raw: Option<RawCluster>) -> Result<Option<ClusterConfig>, 
         subject_prefix,
         local_only,
         queue_capacity,
+        batch_delay,
         node_timeout,
         ack_timeout,
         max_pending_acks,
@@ -445,6 +462,7 @@ mod tests {
         assert_eq!(cluster.subject_prefix, DEFAULT_SUBJECT_PREFIX);
         assert_eq!(cluster.local_only, [TopicFilter::new("$SYS/#").unwrap()]);
         assert_eq!(cluster.queue_capacity, DEFAULT_QUEUE_CAPACITY);
+        assert_eq!(cluster.batch_delay.as_micros(), u128::from(DEFAULT_BATCH_DELAY_US));
         assert_eq!(cluster.node_timeout.as_millis(), u128::from(DEFAULT_NODE_TIMEOUT_MS));
         assert_eq!(cluster.ack_timeout.as_millis(), u128::from(DEFAULT_ACK_TIMEOUT_MS));
         assert_eq!(cluster.max_pending_acks, DEFAULT_MAX_PENDING_ACKS);
@@ -460,7 +478,7 @@ mod tests {
         let text = "[cluster]\nnode_id = \"node-b_2\"\nnats = [\"tls://n1:4222\", \"n2:4223\"]\n\
                     user = \"u\"\npassword = \"p\"\ntls_ca = \"/ca.pem\"\n\
                     subject_prefix = \"prod.mqtt\"\nlocal_only = [\"local/#\", \"+/x\"]\n\
-                    queue_capacity = 100\nnode_timeout_ms = 900\nack_timeout_ms = 50\n\
+                    queue_capacity = 100\nbatch_delay_us = 0\nnode_timeout_ms = 900\nack_timeout_ms = 50\n\
                     max_pending_acks = 64\nmax_payload = 65536\nretained = \"node\"\nsessions = \"node\"\n\
                     kv_replicas = 3\n";
         let config = parse(text).unwrap();
@@ -473,6 +491,7 @@ mod tests {
         assert_eq!(cluster.subject_prefix, "prod.mqtt");
         assert_eq!(cluster.local_only.len(), 2);
         assert_eq!(cluster.queue_capacity, 100);
+        assert_eq!(cluster.batch_delay, std::time::Duration::ZERO);
         assert_eq!(cluster.node_timeout.as_millis(), 900);
         assert_eq!(cluster.ack_timeout.as_millis(), 50);
         assert_eq!(cluster.max_pending_acks, 64);
@@ -510,6 +529,7 @@ mod tests {
             (&format!("{MINIMAL}local_only = [\"a/#/b\"]"), "cluster.local_only[0] = \"a/#/b\""),
             (&format!("{MINIMAL}local_only = [\"$share/g/a\"]"), "not a shared subscription"),
             (&format!("{MINIMAL}queue_capacity = 1"), "test.toml:4:18: cluster.queue_capacity"),
+            (&format!("{MINIMAL}batch_delay_us = -1"), "cluster.batch_delay_us = -1: must be"),
             (&format!("{MINIMAL}node_timeout_ms = 5"), "cluster.node_timeout_ms = 5: must be"),
             (&format!("{MINIMAL}ack_timeout_ms = 0"), "cluster.ack_timeout_ms = 0: must be"),
             (&format!("{MINIMAL}max_pending_acks = 1"), "cluster.max_pending_acks = 1: must"),

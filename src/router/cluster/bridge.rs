@@ -6,6 +6,14 @@
 //! are only announced to the other nodes), and one reader per NATS
 //! subscription (messages to the shards).
 //!
+//! Batches: a shard wakes the publisher once for what it queued since its
+//! last wake, and the reader tasks wake each shard once per turn (see
+//! `doorbell`); the publisher hands the batch to the client in one run,
+//! so the client writes it to the server in one write, and the
+//! server delivers it to the other nodes in one write each. Frames and
+//! their subjects are encoded into shared chunks of [`ENCODE_CHUNK`]
+//! bytes, not an allocation each.
+//!
 //! The connection: async-nats connects to any of the seeds in the
 //! background, reconnects forever with exponential backoff (capped at
 //! [`MAX_BACKOFF`]), and re-subscribes every subscription after a
@@ -16,6 +24,7 @@
 
 mod reliable;
 
+use super::doorbell::BridgeBell;
 use super::frame::{self, Dedup, Seen};
 use super::retained::RetainedSync;
 use super::sessions::SessionSync;
@@ -45,6 +54,11 @@ const SUBSCRIBE_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Interest changes applied together at most (see `interest_task`).
 const INTEREST_BATCH: usize = 1024;
+
+/// The frames and subjects of published messages are written into chunks
+/// of this size (a chunk is freed once all its frames are sent and
+/// acknowledged), not into an allocation each.
+const ENCODE_CHUNK: usize = 64 * 1024;
 
 /// How long a stopping bridge waits to flush what it published.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,6 +114,7 @@ impl Bridge {
             sessions: Lane::new(1),
             sessions_cluster: config.sessions == SessionScope::Cluster,
             retained_cluster: config.retained == RetainedScope::Cluster,
+            batch_delay: config.batch_delay,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -334,12 +349,17 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
             subscriptions: RefCell::new(HashMap::new()),
             dedup: RefCell::new(Dedup::default()),
             reliable: reliable::Reliable::new(&config, origin),
+            bell: BridgeBell::new(shared.inbound.len()),
+        });
+        let bell = tokio::task::spawn_local({
+            let bridge = Rc::clone(&bridge);
+            async move { bridge.bell.run(&bridge.shared.inbound).await }
         });
         let reliable = bridge.start_reliable().await;
         let interest = tokio::task::spawn_local(Rc::clone(&bridge).interest_task());
         Rc::clone(&bridge).publish_task().await;
         let _ = interest.await;
-        for task in reliable {
+        for task in reliable.into_iter().chain([bell]) {
             task.abort();
         }
         for task in [watch, directory].into_iter().flatten() {
@@ -391,13 +411,16 @@ struct BridgeState {
     dedup: RefCell<Dedup>,
     /// QoS 1/2 across nodes.
     reliable: reliable::Reliable,
+    /// Wakes the shards for what the bridge queued for them, once per turn.
+    bell: BridgeBell,
 }
 
 impl BridgeState {
     /// Publishes every message the shards queue, until the lane closes.
     async fn publish_task(self: Rc<Self>) {
         let counters = &self.shared.counters;
-        let (mut subject, mut buffer, mut sequence) = (String::new(), BytesMut::new(), 0u64);
+        let (mut subject, mut sequence) = (String::new(), 0u64);
+        let mut buffer = BytesMut::with_capacity(ENCODE_CHUNK);
         while let Some(Outgoing { message, ticket }) =
             std::future::poll_fn(|cx| self.shared.outbound.poll_message(cx)).await
         {
@@ -428,16 +451,34 @@ impl BridgeState {
                 continue;
             }
             let payload = buffer.split().freeze();
+            // The subject shares the chunk too (it is ASCII: see `subject`);
+            // `None` when it is too long for the other nodes' plain
+            // subscriptions.
+            let subject = match plain {
+                true => {
+                    buffer.extend_from_slice(subject.as_bytes());
+                    match async_nats::Subject::from_utf8(buffer.split().freeze()) {
+                        Ok(subject) => Some(subject),
+                        Err(_) => {
+                            BridgeCounters::add(&counters.publish_failed);
+                            if let Some(ticket) = ticket {
+                                self.accepted(ticket);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                false => None,
+            };
             let published = match ticket {
                 None => {
                     self.send_groups_at_most_once(&message, &payload).await;
-                    match plain {
-                        true => self.client.publish(subject.clone(), payload).await,
-                        false => Ok(()),
+                    match subject {
+                        Some(subject) => self.client.publish(subject, payload).await,
+                        None => Ok(()),
                     }
                 }
                 Some(ticket) => {
-                    let subject = plain.then(|| subject.clone());
                     self.publish_acked(ticket, number, &message, subject, payload).await
                 }
             };
@@ -635,6 +676,7 @@ impl BridgeState {
         let delivered = match self.shared.inbound[shard.index()].push_message(delivery) {
             Ok(()) => {
                 BridgeCounters::add(&counters.received);
+                self.bell.ring(shard, &self.shared.inbound[shard.index()]);
                 true
             }
             Err(_) => {

@@ -9,7 +9,9 @@
 //! and popping are a CAS on a crossbeam queue, waking is an
 //! [`AtomicWaker`] (glommio and tokio wakers both accept a wake from a
 //! foreign thread: glommio queues it to the executor and rings its
-//! eventfd). A wake costs a syscall only when the consumer is parked.
+//! eventfd). A wake of a parked consumer costs a syscall on each side and
+//! a context switch, so messages are pushed without one: the producer
+//! rings the consumer once for a batch ([`Lane::wake`], see `doorbell`).
 //!
 //! Messages are bounded: a full lane refuses the push and the caller
 //! counts the drop. Control items (interest changes and their
@@ -45,14 +47,14 @@ impl<M, C> Lane<M, C> {
         }
     }
 
-    /// Queues a message; gives it back when the lane is full or closed.
+    /// Queues a message without waking the consumer (the producer calls
+    /// [`Self::wake`] once for a batch); gives it back when the lane is
+    /// full or closed.
     pub(super) fn push_message(&self, message: M) -> Result<(), M> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(message);
         }
-        self.messages.push(message)?;
-        self.message_waker.wake();
-        Ok(())
+        self.messages.push(message)
     }
 
     /// Queues a control item (dropped once the lane is closed).
@@ -61,6 +63,22 @@ impl<M, C> Lane<M, C> {
             return;
         }
         self.control.push(item);
+        self.control_waker.wake();
+    }
+
+    /// Queues a control item without waking the consumer, as
+    /// [`Self::push_message`] does: for items as frequent as messages.
+    pub(super) fn push_control_later(&self, item: C) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.control.push(item);
+    }
+
+    /// Wakes the consumers of what was pushed without a wake (a consumer
+    /// that is not parked is not disturbed: nothing is registered).
+    pub(super) fn wake(&self) {
+        self.message_waker.wake();
         self.control_waker.wake();
     }
 
@@ -161,6 +179,7 @@ mod tests {
         });
         std::thread::sleep(std::time::Duration::from_millis(20));
         lane.push_message(message()).unwrap();
+        lane.wake();
         assert!(thread.join().unwrap().is_some());
     }
 }

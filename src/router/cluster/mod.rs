@@ -24,6 +24,10 @@
 //! * [`subject`]: MQTT topics and filters as NATS subjects.
 //! * `frame`: a message as published on NATS, and the receiver's dedup.
 //! * `lane`: the lock-free queues between the shards and the bridge.
+//! * `doorbell`: one wake-up of the other side per batch, not per message:
+//!   a shard wakes the bridge at most once per `cluster.batch_delay_us`
+//!   (at once when it was quiet), the bridge wakes each shard once per
+//!   turn; NATS publishes and deliveries are batched with them.
 //! * `bridge`: the bridge thread (async-nats on a current-thread tokio
 //!   runtime): connection, reconnection with backoff, subscriptions.
 //! * `retained`: retained messages cluster-wide, through a JetStream
@@ -72,6 +76,7 @@
 mod ack;
 mod bridge;
 mod directory;
+mod doorbell;
 mod frame;
 mod kv;
 mod lane;
@@ -329,6 +334,9 @@ struct Shared {
     sessions_cluster: bool,
     /// `cluster.retained = "cluster"`: retained messages go to the bucket.
     retained_cluster: bool,
+    /// `cluster.batch_delay_us`: a shard wakes the bridge at most once per
+    /// this long (see `doorbell`).
+    batch_delay: std::time::Duration,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -345,6 +353,7 @@ impl ClusterSetup {
             tickets: Cell::new(0),
             last: Cell::new(None),
             spill: spill::Spill::default(),
+            bell: doorbell::ShardBell::default(),
         }
     }
 }
@@ -361,6 +370,9 @@ pub struct ClusterLink {
     last: Cell<Option<u64>>,
     /// QoS 1/2 messages that found the lane full, in order.
     spill: spill::Spill,
+    /// Wakes the bridge for the messages and acknowledgements this shard
+    /// queued, once per batch.
+    bell: doorbell::ShardBell,
 }
 
 impl ClusterLink {
@@ -388,6 +400,7 @@ impl ClusterLink {
             true => self.shared.outbound.push_message(outgoing).err(),
             false => Some(outgoing),
         };
+        self.bell.ring();
         if let Some(outgoing) = refused {
             let counters = &self.shared.counters;
             if outgoing.ticket.is_none() {
@@ -429,7 +442,8 @@ impl ClusterLink {
     /// Another node's QoS 1/2 message was accepted here: the bridge
     /// acknowledges it to that node.
     pub fn accept_remote(&self, ack: RemoteAck) {
-        self.shared.remote_acks.push_control(ack);
+        self.shared.remote_acks.push_control_later(ack);
+        self.bell.ring();
     }
 
     /// A shared group's QoS 1/2 copy found no member of its group here:
@@ -444,8 +458,19 @@ impl ClusterLink {
     }
 
     /// Starts the task that hands what the bridge sends this shard to
-    /// `dispatch`.
+    /// `dispatch`, and the one that wakes the bridge for what the shard
+    /// queued (see `doorbell`).
     pub fn start(self: &Rc<Self>, dispatch: impl Fn(FromBridge) + 'static) -> ClusterTask {
+        let link = Rc::clone(self);
+        let bell = glommio::spawn_local(async move {
+            let shared = &link.shared;
+            link.bell
+                .run(shared.batch_delay, || {
+                    shared.outbound.wake();
+                    shared.remote_acks.wake();
+                })
+                .await
+        });
         let link = Rc::clone(self);
         let task = glommio::spawn_local(async move {
             let lane = &link.shared.inbound[link.shard.index()];
@@ -482,7 +507,7 @@ impl ClusterLink {
                 glommio::yield_if_needed().await;
             }
         });
-        ClusterTask { link: Rc::clone(self), task }
+        ClusterTask { link: Rc::clone(self), task, bell }
     }
 }
 
@@ -506,6 +531,8 @@ fn event_ready(
 pub struct ClusterTask {
     link: Rc<ClusterLink>,
     task: glommio::Task<()>,
+    /// The link's doorbell task (see `doorbell`).
+    bell: glommio::Task<()>,
 }
 
 impl ClusterTask {
@@ -515,6 +542,9 @@ impl ClusterTask {
         self.link.shared.inbound[self.link.shard.index()].close();
         self.link.shared.events[self.link.shard.index()].close();
         self.task.await;
+        // What is still queued for the bridge is taken when its lane
+        // closes (`Bridge::stop`), which wakes it.
+        drop(self.bell);
     }
 }
 
@@ -543,6 +573,7 @@ impl ClusterSetup {
             sessions: Lane::new(1),
             sessions_cluster: true,
             retained_cluster: true,
+            batch_delay: std::time::Duration::ZERO,
         }))
     }
 

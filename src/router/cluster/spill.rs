@@ -46,6 +46,7 @@ impl ClusterLink {
                         break;
                     }
                 }
+                link.bell.ring();
                 // A closed lane (the node stopping) takes nothing more.
                 if waiting.is_empty() || link.shared.outbound.is_closed() {
                     waiting.clear();

@@ -87,8 +87,9 @@ pub(super) struct Reliable {
     dedup: RefCell<Dedup>,
     /// Acknowledgements to send.
     acks: Rc<AckBatch>,
-    /// Where other nodes acknowledge this node's messages.
-    ack_subject: String,
+    /// Where other nodes acknowledge this node's messages (the reply
+    /// subject of each QoS 1/2 message: shared, not copied).
+    ack_subject: async_nats::Subject,
     /// Broadcast announcements.
     ctl_subject: String,
     prefix: String,
@@ -119,7 +120,7 @@ impl Reliable {
             sequence: Cell::new(0),
             dedup: RefCell::new(Dedup::with_window(ACKED_WINDOW)),
             acks: Rc::default(),
-            ack_subject: format!("{prefix}.ack.{origin:016x}"),
+            ack_subject: format!("{prefix}.ack.{origin:016x}").into(),
             ctl_subject: format!("{prefix}.ctl"),
             heartbeat: config.node_timeout / 4,
             node_timeout: config.node_timeout,
@@ -152,7 +153,9 @@ impl Reliable {
 impl BridgeState {
     /// The shard's ticket is answered: its PUBACK/PUBREC may go.
     pub(super) fn accepted(&self, ticket: Ticket) {
-        self.shared.inbound[ticket.shard.index()].push_control(ToShard::Accepted(ticket.number));
+        let lane = &self.shared.inbound[ticket.shard.index()];
+        lane.push_control_later(ToShard::Accepted(ticket.number));
+        self.bell.ring(ticket.shard, lane);
     }
 
     /// Publishes the QoS 1/2 frame `payload` of `message` (sequence
@@ -167,7 +170,7 @@ impl BridgeState {
         ticket: Ticket,
         sequence: u64,
         message: &Arc<Message>,
-        subject: Option<String>,
+        subject: Option<async_nats::Subject>,
         payload: Bytes,
     ) -> Result<(), async_nats::PublishError> {
         let reliable = &self.reliable;
@@ -492,7 +495,7 @@ impl BridgeState {
             (reliable.node_subject(self.origin, "ctl"), Inbox::Control),
             (reliable.node_subject(self.origin, "msg"), Inbox::Message),
             (reliable.node_subject(self.origin, "grp"), Inbox::Group),
-            (reliable.ack_subject.clone(), Inbox::Ack),
+            (reliable.ack_subject.as_str().to_owned(), Inbox::Ack),
         ];
         for (subject, inbox) in subjects {
             match self.client.subscribe(subject.clone()).await {
