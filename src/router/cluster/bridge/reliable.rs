@@ -301,8 +301,13 @@ impl BridgeState {
     ) -> bool {
         let shard = home_shard(group.as_str().as_bytes(), self.shared.inbound.len());
         let delivery = Delivery { message, ack, group: Some(group) };
-        match self.shared.inbound[shard.index()].push_message(delivery) {
-            Ok(()) => true,
+        let lane = &self.shared.inbound[shard.index()];
+        match lane.push_message(delivery) {
+            Ok(()) => {
+                // Pushed without a wake: the shard's bell rings once per turn.
+                self.bell.ring(shard, lane);
+                true
+            }
             Err(_) => {
                 BridgeCounters::add(&self.shared.counters.inbound_dropped);
                 false
