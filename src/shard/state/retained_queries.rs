@@ -153,6 +153,13 @@ impl RetainedQueries {
                 live.remove();
             }
         }
+        // The last one closed: the tables go too. A table keeps its room
+        // after removals, and requests come and go with ever new ids: kept,
+        // it could grow past the most ever open at once.
+        if self.requests.is_empty() {
+            self.requests = Default::default();
+            self.live = Default::default();
+        }
     }
 }
 
