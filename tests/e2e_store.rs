@@ -399,22 +399,41 @@ fn receives(client: &mut RawClient, payload: &[u8]) -> bool {
     false
 }
 
+/// A broker whose `data_dir` is on a 2 MiB tmpfs (filled by [`fill`]);
+/// `None` (the test skipped, said on stderr) unless root.
+struct OnTmpfs {
+    dir: PathBuf,
+    _tmpfs: Tmpfs,
+    admin: String,
+    toml: PathBuf,
+    log: PathBuf,
+    broker: Broker,
+}
+
+impl OnTmpfs {
+    fn start(name: &str) -> Option<Self> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = temp_dir(name);
+        let _tmpfs = Tmpfs::mount(&dir, "2m");
+        let admin = format!("127.0.0.1:{}", free_port());
+        let toml = dir.with_extension("toml");
+        std::fs::write(&toml, config(&dir.join("data"), &admin)).unwrap();
+        let log = dir.with_extension("log");
+        let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
+        common::wait_ready(&admin);
+        Some(Self { dir, _tmpfs, admin, toml, log, broker })
+    }
+}
+
 #[test]
 fn a_full_disk_refuses_qos1_and_2_keeps_qos0_logs_once_and_recovers() {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(OnTmpfs { dir, _tmpfs, admin, toml, log, broker }) = OnTmpfs::start("full") else {
         return;
-    }
-    let dir = temp_dir("full");
-    let _tmpfs = Tmpfs::mount(&dir, "2m");
-    let data_dir = dir.join("data");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let toml = dir.with_extension("toml");
-    std::fs::write(&toml, config(&data_dir, &admin)).unwrap();
-    let log = dir.with_extension("log");
-    let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
-    common::wait_ready(&admin);
+    };
     // A persistent subscriber: what it is sent at QoS 1 is logged.
     let mut subscriber = v311_client(&broker, "full-sub", false);
     subscriber.send(&Packet::Subscribe(Subscribe {
@@ -496,20 +515,10 @@ fn a_full_disk_refuses_qos1_and_2_keeps_qos0_logs_once_and_recovers() {
 
 #[test]
 fn a_sigterm_while_the_disk_is_full_stops_at_once_and_says_what_was_not_written() {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(OnTmpfs { dir, _tmpfs, admin, toml, log, broker }) = OnTmpfs::start("full-stop")
+    else {
         return;
-    }
-    let dir = temp_dir("full-stop");
-    let _tmpfs = Tmpfs::mount(&dir, "2m");
-    let data_dir = dir.join("data");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let toml = dir.with_extension("toml");
-    std::fs::write(&toml, config(&data_dir, &admin)).unwrap();
-    let log = dir.with_extension("log");
-    let broker = Broker::start_logging_to(SHARDS, &["--config", toml.to_str().unwrap()], &log);
-    common::wait_ready(&admin);
+    };
     fill(&dir);
     // A retained message the shard of its topic cannot write: it waits in
     // memory, retried every second.
