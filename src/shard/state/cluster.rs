@@ -189,13 +189,18 @@ pub(super) mod tests {
     }
 
     fn subscribe(filter: &str) -> Packet {
+        subscribe_at(filter, QoS::AtMostOnce)
+    }
+
+    /// A subscription to `filter` with maximum QoS `qos`.
+    pub(in crate::shard::state) fn subscribe_at(filter: &str, qos: QoS) -> Packet {
         Packet::Subscribe(Subscribe {
             refused: Vec::new(),
             packet_id: PacketId::new(1).unwrap(),
             properties: Default::default(),
             subscriptions: [Subscription {
                 filter: TopicFilter::new(filter).unwrap(),
-                options: SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() },
+                options: SubscriptionOptions { qos, ..Default::default() },
             }]
             .into_iter()
             .collect(),

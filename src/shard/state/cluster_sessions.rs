@@ -219,11 +219,10 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cluster::tests::output;
+    use super::super::cluster::tests::{output, subscribe_at};
     use super::*;
     use crate::protocol::{
-        Packet, PacketId, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
-        SubscriptionOptions, TopicFilter, TopicName,
+        Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter, TopicName,
     };
     use crate::router::cluster::{ClusterSetup, FromBridge};
     use crate::shard::{ConnectOutcome, ConnectionId, SessionKey};
@@ -270,17 +269,7 @@ mod tests {
 
     /// A QoS 1 subscription to `filter`.
     fn subscribe(filter: &str) -> Packet {
-        Packet::Subscribe(Subscribe {
-            refused: Vec::new(),
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Default::default(),
-            subscriptions: [Subscription {
-                filter: TopicFilter::new(filter).unwrap(),
-                options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-            }]
-            .into_iter()
-            .collect(),
-        })
+        subscribe_at(filter, QoS::AtLeastOnce)
     }
 
     fn publish(topic: &str, packet_id: u16) -> Packet {
