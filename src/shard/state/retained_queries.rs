@@ -98,7 +98,8 @@ struct Live {
     notes: Vec<(u64, TopicName, Bytes)>,
 }
 
-/// A flush round of an owner (step 2).
+/// A flush round: for the queries this shard answers as an owner (step 2)
+/// and the answers it holds as a subscriber's shard (step 3).
 #[derive(Debug)]
 struct Round {
     number: u64,
