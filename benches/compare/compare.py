@@ -252,6 +252,9 @@ BROKERS = {
 }
 PEERS = ["mosquitto", "rumqttd"]
 SCALING = ["ringmq-2s1c", "ringmq-2s2c"]
+# The scenarios the scaling variants run: the throughput ladders whose
+# efficiency issue 18 asks for (rate with 2 shards / with 1).
+SCALING_SCENARIOS = {"a", "b", "c"}
 
 
 def raise_nofile():
@@ -313,7 +316,7 @@ def proc_cpu_seconds(pid):
 class RunningBroker:
     """A started broker: its PID, port and log; stopped by PID."""
 
-    def __init__(self, broker, binaries, workdir, variant=BASE, files=None):
+    def __init__(self, broker, binaries, workdir, variant=BASE, files=None, quota=None):
         self.broker = broker
         self.port, self.extra_port = free_port(), free_port()
         self.workdir = workdir
@@ -331,9 +334,18 @@ class RunningBroker:
         self.argv = broker.argv(binaries, self.config_path)
         self.log_path = workdir / f"{broker.name}.log"
         self.log = open(self.log_path, "ab")
+        # The broker starts inside its CPU quota's cgroup (the child joins
+        # it before exec), so every thread it makes is held to it.
+        self.cgroup = CpuQuota(quota, f"ringmq-compare-{self.port}") if quota else None
+
+        def prepare():
+            raise_nofile()
+            if self.cgroup:
+                self.cgroup.join(os.getpid())
+
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-            preexec_fn=raise_nofile, start_new_session=True,
+            preexec_fn=prepare, start_new_session=True,
         )
         self.pid = self.proc.pid  # taskset execs the broker: same PID
 
@@ -379,6 +391,61 @@ class RunningBroker:
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.log.close()
+        if self.cgroup:
+            self.cgroup.remove()
+
+
+class CpuQuota:
+    """A cgroup that holds its processes to `share` of one CPU: cgroup v2
+    `cpu.max` where the cpu controller is on the unified hierarchy, else
+    v1 `cpu.cfs_quota_us` (hybrid hosts such as this project's VMs). Needs
+    root; refuses with what is missing otherwise."""
+
+    V2 = Path("/sys/fs/cgroup")
+    V1 = Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self, share, name):
+        quota = max(1000, round(share * QUOTA_PERIOD_US))
+        try:
+            if "cpu" in self._read(self.V2 / "cgroup.controllers").split():
+                subtree = self.V2 / "cgroup.subtree_control"
+                if "cpu" not in self._read(subtree).split():
+                    subtree.write_text("+cpu")
+                self.path = self.V2 / name
+                self.path.mkdir(exist_ok=True)
+                (self.path / "cpu.max").write_text(f"{quota} {QUOTA_PERIOD_US}")
+            elif (self.V1 / "cpu.cfs_quota_us").exists():
+                self.path = self.V1 / name
+                self.path.mkdir(exist_ok=True)
+                (self.path / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                raise RuntimeError("no cgroup cpu controller (cgroup v2 cpu.max or v1 cpu.cfs_quota_us)")
+        except OSError as error:
+            raise RuntimeError(f"cannot set a CPU quota ({error}): scenarios o and p need root and "
+                               "the cgroup cpu controller") from error
+
+    @staticmethod
+    def _read(path):
+        try:
+            return path.read_text()
+        except OSError:
+            return ""
+
+    def join(self, pid):
+        """Moves `pid` (with its threads) into the cgroup."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self):
+        """Removes the cgroup once its processes are gone."""
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 class Sampler(threading.Thread):
@@ -449,7 +516,7 @@ PASS_P99_US = 1_000_000
 class Scenario:
     def __init__(self, key, title, metric, unit, higher_is_better, target, describe, fanout=None,
                  base=None, mqtt5=False, tls=False, auth=None, window=None, kinds=None, persistent=False,
-                 durable=False):
+                 durable=False, quota=None):
         self.key, self.title, self.metric, self.unit = key, title, metric, unit
         self.higher_is_better, self.target, self.describe = higher_is_better, target, describe
         # Deliveries per published message, for the ladder scenarios.
@@ -470,12 +537,18 @@ class Scenario:
         # Clients with persistent sessions (Clean Session 0), each step
         # with client ids of its own; and the broker's durable variant.
         self.persistent, self.durable = persistent, durable
+        # The share of one CPU the broker may use (a cgroup CPU quota, the
+        # same for every broker), for the loads where ringmq-bench on its
+        # one CPU cannot offer more than a broker on a whole CPU takes.
+        self.quota = quota
 
     @property
     def ladder(self):
         return LADDER if self.fanout else None
 
     def runs_on(self, broker):
+        if broker.name in SCALING and self.key not in SCALING_SCENARIOS:
+            return False
         return self.kinds is None or broker.kind in self.kinds
 
     def variant(self, broker):
@@ -572,6 +645,11 @@ class Scenario:
 
 
 THROUGHPUT_TARGET = {"mosquitto": 2.0, "rumqttd": 1.5}
+# The CPU quota of scenarios o and p, as a share of one CPU, and its
+# period: short, so that the broker is throttled in slices of a few
+# milliseconds rather than stopped for most of a 100 ms default period.
+HALF_CPU = 0.5
+QUOTA_PERIOD_US = 20_000
 SCENARIOS = [
     Scenario("a", "fan-in, QoS 0, 16 B: 100 publishers -> 1 subscriber", "delivered_per_s", "msg/s",
              True, THROUGHPUT_TARGET,
@@ -658,6 +736,18 @@ SCENARIOS = [
              "n without the disk: ringmq `durability = \"none\"` (no `data_dir`), Mosquitto "
              "`persistence false`.",
              fanout=1, base="b", kinds={"ringmq", "mosquitto"}, persistent=True),
+    Scenario("o", "fan-in, QoS 0, 16 B, broker held to half a CPU: 100 publishers -> 1 subscriber",
+             "delivered_per_cpu_s", "msg/s", True, None,
+             f"Scenario a with the broker held to {HALF_CPU:.0%} of one CPU by a cgroup CPU quota (the same "
+             "for every broker: cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us` where the cpu controller is "
+             f"on v1, {QUOTA_PERIOD_US // 1000} ms period), so that one CPU of ringmq-bench offers more "
+             "than the broker takes. The metric is the best step's delivered rate per second of broker "
+             "CPU (delivered / the quota).", fanout=1, base="a", quota=HALF_CPU),
+    Scenario("p", "fan-out, QoS 0, 16 B, broker held to half a CPU: 1 publisher -> 1,000 subscribers",
+             "delivered_per_cpu_s", "msg/s", True, None,
+             "Scenario c with the broker held to half a CPU, as in o: c's brokers pass the top of its "
+             "ladder or leave ringmq-bench behind its schedule, which measures the bench, not them.",
+             fanout=1000, base="c", quota=HALF_CPU),
 ]
 # The durable scenario and its twin in memory: disk / memory per broker
 # (issue 15's target for ringmq: at least 0.5).
@@ -727,13 +817,16 @@ def what_limits(step, scenario, window):
 
     (broker_cpu, broker), (bench_cpu, bench) = demand("broker"), demand("bench")
     busy = 95
+    # A broker under a CPU quota is busy at 95% of its quota.
+    broker_busy = busy * (scenario.quota or 1)
     cpus = f"broker {broker_cpu:.0f}% CPU, ringmq-bench {bench_cpu:.0f}%"
     if broker > broker_cpu + 5 or bench > bench_cpu + 5:
         cpus += f"; with the time waiting for a CPU {broker:.0f}% and {bench:.0f}%"
-    if broker >= busy and bench >= busy:
+    held = f" quota of {scenario.quota:.0%}" if scenario.quota else ""
+    if broker >= broker_busy and bench >= busy:
         return f"both CPUs ({cpus})"
-    if broker >= busy:
-        return f"broker CPU ({cpus})"
+    if broker >= broker_busy:
+        return f"broker CPU{held} ({cpus})"
     if bench >= busy:
         return f"ringmq-bench CPU ({cpus})"
     if scenario.kind == "b":
@@ -862,6 +955,14 @@ def run_ladder(running, scenario, binaries, quick, workdir, log, files, variant)
         "connect_failures": sum(s.get("connect_failures", 0) for s in ok),
         "connection_errors": sum(s.get("connection_errors", 0) for s in ok),
     }
+    if scenario.quota:
+        # Under the quota the broker is saturated from the lowest steps on
+        # (it spends its quota however little it has to do), so a step's
+        # deliveries per second of its CPU are what a CPU-second of the
+        # broker moves; the best passing step is the broker at its best.
+        rates = [s["received"] / s["broker_cpu_s"] for s in passed
+                 if s.get("received") and s.get("broker_cpu_s")]
+        summary["delivered_per_cpu_s"] = round(max(rates), 1) if rates else None
     if passed:
         best = passed[-1]
         summary["cpu_us_per_msg"] = best.get("cpu_us_per_msg")
@@ -886,7 +987,10 @@ def run_once(scenario, broker, binaries, quick, workdir, log, files=None):
     password files of the run (make_files)."""
     result = {"broker": broker.name}
     variant = scenario.variant(broker)
-    running = RunningBroker(broker, binaries, workdir, variant, files)
+    try:
+        running = RunningBroker(broker, binaries, workdir, variant, files, scenario.quota)
+    except RuntimeError as error:
+        return {**result, "error": str(error)}
     try:
         running.wait_ready()
         if scenario.auth:
@@ -1112,6 +1216,8 @@ ROWS = {
 }
 ROWS["b"] = ROWS["b'"] = ROWS["c"] = ROWS["h"] = ROWS["k"] = ROWS["n"] = ROWS["n'"] = ROWS["a"]
 ROWS["i"] = ROWS["d"]
+ROWS["o"] = ROWS["p"] = [("delivered_per_cpu_s", "delivered per second of broker CPU", "msg/s", False),
+                         *ROWS["a"]]
 ROWS["j"] = [("connects_per_s", "TLS connections per second", "conn/s", False),
              ("connects_per_cpu_s", "per second of broker CPU (one core)", "conn/s", False),
              ("connect_p99_us", "connect latency p99", "µs", True)]

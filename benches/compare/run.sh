@@ -2,7 +2,10 @@
 # The comparison of ringmq with Mosquitto and rumqttd: writes BENCHMARKS.md
 # and BENCHMARKS.json at the repository root.
 #
-#   benches/compare/run.sh            # 3 rounds of scenarios a-n' (a-m took about 1.5 hours)
+#   benches/compare/run.sh            # 3 rounds of scenarios a-p (a-m took about 1.5 hours)
+#   benches/compare/run.sh --quick --scenarios op --brokers ringmq,mosquitto,rumqttd --no-trie
+#                                     # fan-in and fan-out with every broker held to half a
+#                                     # CPU (a cgroup CPU quota; needs root)
 #   benches/compare/run.sh --quick    # short runs, 1 round: a smoke test
 #   benches/compare/run.sh --scenarios ag --brokers ringmq,mosquitto --no-trie
 #   benches/compare/run.sh --quick --scenarios "bb'" --brokers ringmq,mosquitto,rumqttd
