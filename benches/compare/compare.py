@@ -741,8 +741,10 @@ SCENARIOS = [
              f"Scenario a with the broker held to {HALF_CPU:.0%} of one CPU by a cgroup CPU quota (the same "
              "for every broker: cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us` where the cpu controller is "
              f"on v1, {QUOTA_PERIOD_US // 1000} ms period), so that one CPU of ringmq-bench offers more "
-             "than the broker takes. The metric is the best step's delivered rate per second of broker "
-             "CPU (delivered / the quota).", fanout=1, base="a", quota=HALF_CPU),
+             "than the broker takes. The metric is what one second of broker CPU delivers: messages "
+             "delivered / the broker's CPU time over the run, at the step where that is highest (the "
+             "broker spends its whole quota at every step, so that is the step that saturates it).",
+             fanout=1, base="a", quota=HALF_CPU),
     Scenario("p", "fan-out, QoS 0, 16 B, broker held to half a CPU: 1 publisher -> 1,000 subscribers",
              "delivered_per_cpu_s", "msg/s", True, None,
              "Scenario c with the broker held to half a CPU, as in o: c's brokers pass the top of its "
@@ -956,13 +958,7 @@ def run_ladder(running, scenario, binaries, quick, workdir, log, files, variant)
         "connection_errors": sum(s.get("connection_errors", 0) for s in ok),
     }
     if scenario.quota:
-        # Under the quota the broker is saturated from the lowest steps on
-        # (it spends its quota however little it has to do), so a step's
-        # deliveries per second of its CPU are what a CPU-second of the
-        # broker moves; the best passing step is the broker at its best.
-        rates = [s["received"] / s["broker_cpu_s"] for s in passed
-                 if s.get("received") and s.get("broker_cpu_s")]
-        summary["delivered_per_cpu_s"] = round(max(rates), 1) if rates else None
+        summary["delivered_per_cpu_s"] = delivered_per_cpu_s(steps)
     if passed:
         best = passed[-1]
         summary["cpu_us_per_msg"] = best.get("cpu_us_per_msg")
@@ -978,6 +974,19 @@ def run_ladder(running, scenario, binaries, quick, workdir, log, files, variant)
     if "error" in last:
         summary["error"] = f"at {last['offered']:,}/s: {last['error']}"
     return summary
+
+
+def delivered_per_cpu_s(steps):
+    """What one second of a broker held to a CPU quota delivers: the most
+    messages delivered per second of its CPU at any step of its ladder.
+    Under the quota a broker spends its whole quota at every step (on this
+    VM even an idle-ish broker does, in wake-ups), so the step where the
+    ratio is highest is the broker at saturation: the step that overloads
+    it (at most 2x its rate) counts, since its deliveries are what it
+    managed; the ladder's doubling would otherwise halve the precision."""
+    rates = [s["received"] / s["broker_cpu_s"] for s in steps
+             if "error" not in s and s.get("received") and s.get("broker_cpu_s")]
+    return round(max(rates), 1) if rates else None
 
 
 def run_once(scenario, broker, binaries, quick, workdir, log, files=None):
@@ -1207,7 +1216,8 @@ ROWS = {
     "a": [("delivered_per_s", "delivered, best step", "msg/s", False),
           ("sustained_per_s", "highest passing rate", "msg/s", False),
           ("cpu_us_per_msg", "broker CPU per message at that rate", "µs", True)],
-    "d": [("p50_us", "latency p50", "µs", True), ("p99_us", "latency p99", "µs", True)],
+    "d": [("p50_us", "latency p50", "µs", True), ("p99_us", "latency p99", "µs", True),
+          ("p999_us", "latency p99.9", "µs", True)],
     "e": [("rss_per_conn_bytes", "RSS per connection", "B", True),
           ("rss_before_kib", "RSS before", "KiB", True)],
     "f": [("connects_per_s", "connections per second", "conn/s", False),
@@ -1441,7 +1451,7 @@ def render(data):
         w("| --- | --- |" + " --: |" * (len(header) + len(scaled)))
         for s in SCENARIOS:
             sc = data["scenarios"].get(s.key)
-            if not sc:
+            if not sc or not any(b in sc["summary"] for b in scaled):
                 continue
             one = sc["summary"].get("ringmq", {}).get("median", {}).get(s.metric)
             cells = [fmt(one, s.unit)]
@@ -1606,6 +1616,18 @@ def main():
 
     if args.render_only:
         data = json.loads(json_path.read_text())
+        # Figures derived from the ladder's steps are derived again, so
+        # that a change of their definition applies to measured runs.
+        for key, entry in data["scenarios"].items():
+            scenario = SCENARIO_BY_KEY.get(key)
+            if scenario is None or not scenario.quota:
+                continue
+            for rounds in entry["rounds"].values():
+                for r in rounds:
+                    if "steps" in r:
+                        r["delivered_per_cpu_s"] = delivered_per_cpu_s(r["steps"])
+            entry["describe"] = scenario.describe
+            entry["summary"] = {b: summarise(rs) for b, rs in entry["rounds"].items()}
         data["analysis"] = ANALYSIS.read_text() if ANALYSIS.exists() else ""
         json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         md_path.write_text(render(data))
