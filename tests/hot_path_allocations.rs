@@ -2,8 +2,9 @@
 //! 5; design.md: "no allocation per subscriber (share `Bytes`)"): a QoS 0
 //! publish to 1,000 subscribers and the writes of its 1,000 deliveries,
 //! and fan-in of 100 publishers to one subscriber at QoS 0 and at QoS 1
-//! (PUBACKs both ways), counted with a global allocator that counts the
-//! allocations this thread makes while the shard works.
+//! (PUBACKs both ways), and the ACL checks of a publish and a delivery,
+//! counted with a global allocator that counts the allocations this thread
+//! makes while the work runs.
 //!
 //! The shard runs through its public API on the test's own thread, as a
 //! connection task drives it: `handle_packet` for what a client sent,
@@ -13,6 +14,7 @@
 //! times: they are the same on any machine.
 
 use bytes::{Bytes, BytesMut};
+use ringmq::auth::acl::{AclFile, ClientAcl};
 use ringmq::protocol::{
     Connect, Decoder, Packet, PacketId, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
     Subscription, SubscriptionOptions, TopicFilter, TopicName,
@@ -24,6 +26,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::num::NonZeroU16;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The system allocator, counting this thread's allocations while
@@ -219,15 +222,31 @@ fn a_fan_out_publish_allocates_per_message_not_per_subscriber() {
     );
 }
 
+/// 100 publishers, each on a topic of its own, and one subscriber to all
+/// of them.
+struct FanIn {
+    broker: Broker,
+    subscriber: Client,
+    publishers: Vec<Client>,
+    topics: Vec<TopicName>,
+}
+
+impl FanIn {
+    fn new(qos: QoS) -> Self {
+        let mut broker = Broker::new();
+        let subscriber = broker.connect("fan-in-sub");
+        broker.subscribe(subscriber, "fan/in/+", qos);
+        let publishers = (0..100).map(|i| broker.connect(&format!("fan-in-pub-{i}"))).collect();
+        let topics = (0..100).map(|i| TopicName::new(format!("fan/in/{i}")).unwrap()).collect();
+        Self { broker, subscriber, publishers, topics }
+    }
+}
+
 /// 100 publishers, one subscriber, QoS 0: a message costs its own
 /// allocations, and its delivery and write none.
 #[test]
 fn qos0_fan_in_allocates_per_message_only() {
-    let mut broker = Broker::new();
-    let subscriber = broker.connect("fan-in-sub");
-    broker.subscribe(subscriber, "fan/in/+", QoS::AtMostOnce);
-    let publishers: Vec<_> = (0..100).map(|i| broker.connect(&format!("fan-in-pub-{i}"))).collect();
-    let topics: Vec<_> = (0..100).map(|i| TopicName::new(format!("fan/in/{i}")).unwrap()).collect();
+    let FanIn { mut broker, subscriber, publishers, topics } = FanIn::new(QoS::AtMostOnce);
     let payload = Bytes::from_static(&[7; 16]);
     let round = |broker: &mut Broker| {
         for (publisher, topic) in publishers.iter().zip(&topics) {
@@ -253,11 +272,7 @@ fn qos0_fan_in_allocates_per_message_only() {
 /// only (the in-flight entry shares the message).
 #[test]
 fn qos1_fan_in_allocates_per_message_only() {
-    let mut broker = Broker::new();
-    let subscriber = broker.connect("fan-in-sub");
-    broker.subscribe(subscriber, "fan/in/+", QoS::AtLeastOnce);
-    let publishers: Vec<_> = (0..100).map(|i| broker.connect(&format!("fan-in-pub-{i}"))).collect();
-    let topics: Vec<_> = (0..100).map(|i| TopicName::new(format!("fan/in/{i}")).unwrap()).collect();
+    let FanIn { mut broker, subscriber, publishers, topics } = FanIn::new(QoS::AtLeastOnce);
     let payload = Bytes::from_static(&[7; 16]);
     let mut next_id = 0u16;
     // One round: every publisher sends one PUBLISH and reads its PUBACK;
@@ -298,4 +313,56 @@ fn qos1_fan_in_allocates_per_message_only() {
         broker_allocations <= messages as u64 * PER_MESSAGE,
         "{broker_allocations} allocations for {messages} messages"
     );
+}
+
+const ACL: &str = "\
+topic read $SYS/#
+topic public/#
+user alice
+topic readwrite alice/#
+topic read shared/+/news
+topic deny alice/secret
+pattern readwrite devices/%c/#
+pattern read inbox/%u
+pattern deny devices/%c/locked
+";
+
+/// The ACL checks of a publish (`write`) and a delivery (`read`) allocate
+/// nothing, over users, patterns with `%u`/`%c`, deny rules and `$SYS`
+/// topics.
+#[test]
+fn acl_topic_checks_allocate_nothing() {
+    let file = Arc::new(AclFile::parse(ACL).unwrap());
+    let clients = [ClientAcl::new(Arc::clone(&file), Some("alice")), ClientAcl::new(file, None)];
+    let topics = [
+        "alice/a/b/c",
+        "alice/secret",
+        "shared/x/news",
+        "shared/x/y/news",
+        "devices/dev1/state",
+        "devices/dev1/locked",
+        "devices/dev2/state",
+        "inbox/alice",
+        "public/a",
+        "$SYS/broker/uptime",
+        "a/very/deep/topic/with/many/levels/that/matches/nothing/at/all",
+    ];
+    let (allocations, allowed) = allocations_of(|| {
+        let mut allowed = 0;
+        for _ in 0..100 {
+            for client in &clients {
+                for topic in topics {
+                    allowed += usize::from(client.may_publish(topic, "dev1"));
+                    allowed += usize::from(client.may_receive(topic, "dev1"));
+                }
+            }
+        }
+        allowed
+    });
+    assert_eq!(allocations, 0, "{allocations} allocations in 4,400 checks");
+    // The checks did answer: alice may write and read alice/a/b/c and her
+    // device's state, read shared/x/news and her inbox (6 of 22);
+    // anonymous may write and read public/a and the device's state, read
+    // $SYS/broker/uptime (5 of 22).
+    assert_eq!(allowed, 100 * (6 + 5), "checks allowed {allowed}");
 }
