@@ -1271,7 +1271,7 @@ def render(data):
     w("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".")
     w("")
     w("Reproduce (installs Mosquitto from Debian and rumqttd into a cache, builds ringmq; "
-      "about an hour and a half on 2 CPUs):")
+      "about an hour and a quarter on 2 CPUs):")
     w("")
     w("```sh")
     w(meta["command"])

@@ -2,7 +2,7 @@
 # The comparison of ringmq with Mosquitto and rumqttd: writes BENCHMARKS.md
 # and BENCHMARKS.json at the repository root.
 #
-#   benches/compare/run.sh            # 3 rounds of scenarios a-p (a-m took about 1.5 hours)
+#   benches/compare/run.sh            # 3 rounds of scenarios a-p (72 minutes on the 2-CPU VM)
 #   benches/compare/run.sh --quick --scenarios op --brokers ringmq,mosquitto,rumqttd --no-trie
 #                                     # fan-in and fan-out with every broker held to half a
 #                                     # CPU (a cgroup CPU quota; needs root)
