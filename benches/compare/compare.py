@@ -1616,8 +1616,9 @@ def main():
 
     if args.render_only:
         data = json.loads(json_path.read_text())
-        # Figures derived from the ladder's steps are derived again, so
-        # that a change of their definition applies to measured runs.
+        # The quota scenarios' rate per CPU-second is derived again from
+        # their steps (the measurement), so that its definition applies
+        # to runs measured before it changed.
         for key, entry in data["scenarios"].items():
             scenario = SCENARIO_BY_KEY.get(key)
             if scenario is None or not scenario.quota:
