@@ -94,6 +94,7 @@ fn qos1(c: &mut Criterion) {
         properties: BoxedPublishProperties::none(),
         publisher: Some(ByteString::from_static("publisher")),
         expires_at: None,
+        id: 0,
     });
     let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
     // Packet ids as the subscriber sees them, to acknowledge what it got.

@@ -140,6 +140,7 @@ fn retained(c: &mut Criterion) {
             properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at: None,
+            id: 0,
         }));
     }
     let all = filter("#".to_owned());

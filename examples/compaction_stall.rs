@@ -83,6 +83,7 @@ fn live_state(
                 properties: BoxedPublishProperties::none(),
                 publisher: Some("generator".into()),
                 expires_at: None,
+                id: 0,
             };
             state.messages.insert(mid, Arc::new(message));
             session.queue.push(StoredEntry {
@@ -109,6 +110,7 @@ fn live_state(
             properties: BoxedPublishProperties::none(),
             publisher: Some("generator".into()),
             expires_at: None,
+            id: 0,
         };
         live.retained.insert(topic, Arc::new(message));
     }

@@ -46,6 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             properties: BoxedPublishProperties::none(),
             publisher: Some("generator".into()),
             expires_at: None,
+            id: 0,
         };
         record::encode(&Record::RetainSet(Arc::new(message)), clocks, &mut segments[owner])?;
     }

@@ -76,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 properties: BoxedPublishProperties::none(),
                 publisher: Some("generator".into()),
                 expires_at: None,
+                id: 0,
             };
             record::encode(&Record::Message { mid, message: Arc::new(message) }, clocks, out)?;
             let entry = StoredEntry {

@@ -221,6 +221,7 @@ fn write_log(dir: &Path, count: usize, shards: u16) {
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         };
         let out = &mut segments[owner.index()];
         record::encode(&Record::RetainSet(std::sync::Arc::new(message)), clocks, out).unwrap();

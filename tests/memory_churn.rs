@@ -317,6 +317,7 @@ fn retained(topic: &TopicName, payload: &'static [u8]) -> Arc<Message> {
         properties: BoxedPublishProperties::default(),
         publisher: None,
         expires_at: None,
+        id: 0,
     })
 }
 

@@ -37,6 +37,13 @@ pub struct Message {
     pub publisher: Option<ByteString>,
     /// When the v5 Message Expiry Interval runs out [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
+    /// In a cluster, the message's id, the same in every copy of it on
+    /// every node (set by the shard that accepted the PUBLISH, carried in
+    /// cluster frames and handed-over sessions): a session that moved
+    /// between nodes recognises a message that reaches it twice (see
+    /// `shard::state::session_moves`). 0: none (a single node, the
+    /// broker's own messages, messages read back from the durable log).
+    pub id: u64,
 }
 
 impl fmt::Debug for Message {

@@ -165,6 +165,7 @@ pub fn decode(mut bytes: Bytes, clocks: Clocks) -> Result<Message, WireError> {
             properties: publish.properties,
             publisher,
             expires_at,
+            id: 0,
         }),
         Ok(other) => Err(WireError::Publish(format!("a {:?}, not a PUBLISH", other.packet_type()))),
         Err(error) => Err(WireError::Publish(error.to_string())),
@@ -185,6 +186,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at: None,
+            id: 0,
         }
     }
 

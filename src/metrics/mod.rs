@@ -109,6 +109,13 @@ pub struct ClusterCounters {
     pub session_claims_failed: u64,
     /// Sessions taken over from another node.
     pub session_takeovers: u64,
+    /// Messages sent on to the node a session moved to, acknowledged.
+    pub session_forwarded: u64,
+    /// Messages for a session that moved away its new node never
+    /// acknowledged: lost.
+    pub session_forward_failed: u64,
+    /// Second copies of a message around a session's move, dropped.
+    pub session_move_duplicates: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 86] = [
+const COUNTERS: [Field<u64>; 89] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -399,6 +399,21 @@ const COUNTERS: [Field<u64>; 86] = [
     ("cluster_session_takeovers", "Sessions taken over from another node", |s| {
         s.counters.cluster.session_takeovers
     }),
+    (
+        "cluster_session_forwarded",
+        "Messages sent on to the node a session moved to, and acknowledged by it",
+        |s| s.counters.cluster.session_forwarded,
+    ),
+    (
+        "cluster_session_forward_failed",
+        "Messages for a session that moved away that its new node never acknowledged: lost",
+        |s| s.counters.cluster.session_forward_failed,
+    ),
+    (
+        "cluster_session_move_duplicates",
+        "Second copies of a message that reached a session around its move, dropped",
+        |s| s.counters.cluster.session_move_duplicates,
+    ),
 ];
 
 /// Renders `snapshots` (one per shard) and the process's open connections.

@@ -848,6 +848,7 @@ fn publish_sys(shard: &mut Shard, tree: &mut SysTree, health: &Health, now: Inst
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         };
         shard.route(Arc::new(message), now);
     }

@@ -290,6 +290,7 @@ pub(super) fn stored_will(will: &Will, client_id: &ByteString) -> StoredWill {
         }),
         publisher: Some(client_id.clone()),
         expires_at: None,
+        id: 0,
     };
     StoredWill { delay: properties.will_delay_interval.unwrap_or(0), message }
 }
@@ -443,6 +444,7 @@ mod tests {
                             properties: BoxedPublishProperties::none(),
                             publisher: None,
                             expires_at: None,
+                            id: 0,
                         });
                         messages.insert(mid, Arc::clone(&message));
                         let options = SubscriptionOptions { qos: QoS::from_u8(s).unwrap(), ..Default::default() };

@@ -635,6 +635,7 @@ impl Session {
             properties,
             publisher: Some(self.client_id.clone()),
             expires_at,
+            id: 0,
         };
         // Counted by the shard as it routes it (`messages_received`).
         self.events.push_back(SessionEvent::Publish(Arc::new(message)));
@@ -1585,5 +1586,6 @@ fn will_message(will: Will, client_id: &ByteString, now: Instant) -> Message {
         }),
         publisher: Some(client_id.clone()),
         expires_at,
+        id: 0,
     }
 }

@@ -126,6 +126,7 @@ proptest! {
                         properties: BoxedPublishProperties::none(),
                         publisher: None,
                         expires_at: None,
+                        id: 0,
                     });
                     let delivery = Delivery {
                         message,

@@ -185,6 +185,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         properties: BoxedPublishProperties::none(),
         publisher: Some(ByteString::from_static("other")),
         expires_at: None,
+        id: 0,
     })
 }
 

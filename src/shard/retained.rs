@@ -389,6 +389,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at,
+            id: 0,
         })
     }
 

@@ -116,6 +116,10 @@ pub struct Shard {
     /// progress here: how many, and the takeovers from other nodes that
     /// wait for them (see `state/cluster_sessions.rs`).
     cluster_claims: hashbrown::HashMap<ByteString, cluster_sessions::Claiming>,
+    /// Sessions moving between nodes: the forwarders of those that left,
+    /// the ids seen by those that arrived, and the message ids (see
+    /// `state/session_moves.rs`).
+    moves: session_moves::SessionMoves,
     /// What every session of the shard holds (queued messages and bytes,
     /// in-flight messages): the sum of their [`Slot::usage`], moved as
     /// sessions queue and drain (see [`Shard::account`]), never summed by
@@ -160,6 +164,7 @@ impl Shard {
             cluster: None,
             bridge_waits: Default::default(),
             cluster_claims: hashbrown::HashMap::new(),
+            moves: session_moves::SessionMoves::new(),
             usage: Usage::default(),
         }
     }
@@ -269,7 +274,7 @@ impl Shard {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             shard: self.id.index(),
-            sessions: self.slots.len(),
+            sessions: self.session_count(),
             sessions_online: self.slots.online(),
             subscriptions: self.subscriptions.len(),
             retained: self.retained.len(),
@@ -290,7 +295,7 @@ impl Shard {
 
     /// Sessions on this shard, connected or not.
     pub fn session_count(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.moves.forwarders()
     }
 
     /// A new connection identity.
@@ -447,6 +452,9 @@ impl Shard {
     /// Removes a session: its subscriptions leave the index.
     fn remove_session(&mut self, key: SessionKey) {
         self.relieve(key);
+        if !self.moves.is_quiet() {
+            self.moves.forget(key);
+        }
         let Some(slot) = self.slots.remove(key) else { return };
         self.log_session_end(&slot);
         self.usage.queued -= slot.usage.queued;
@@ -566,6 +574,7 @@ impl Shard {
     /// Closes every connection whose keep alive expired [MQTT-3.1.2-24],
     /// and ends every session whose client stayed away past its expiry.
     pub fn sweep(&mut self, now: Instant) {
+        self.expire_arrivals(now);
         while let Some((cause, count)) = self.drop_warnings.poll_due(now) {
             self.warn_dropped(cause, count);
         }
@@ -577,7 +586,9 @@ impl Shard {
             let mut cut = 0;
             if slot.next_deadline().is_some_and(|deadline| deadline <= now) {
                 if slot.connection.is_none() && slot.expires_at.is_some_and(|at| at <= now) {
-                    self.counters.shard.sessions_expired += 1;
+                    if !self.moves.is_forwarder(key) {
+                        self.counters.shard.sessions_expired += 1;
+                    }
                     self.end_session(key, now);
                     continue;
                 }
@@ -783,11 +794,15 @@ impl Shard {
     fn drain_events(&mut self, key: SessionKey, now: Instant) {
         while let Some(event) = self.slot_mut(key).session.poll_event() {
             match event {
-                SessionEvent::Publish(message) => {
+                SessionEvent::Publish(mut message) => {
                     self.counters.shard.messages_received[message.qos as usize] += 1;
+                    self.stamp(&mut message);
                     self.route(message, now);
                 }
-                SessionEvent::Will(message) => self.route(message, now),
+                SessionEvent::Will(mut message) => {
+                    self.stamp(&mut message);
+                    self.route(message, now);
+                }
                 SessionEvent::Durable(ack) => self.durable_wait(key, ack),
                 SessionEvent::Bridged(ack) => self.bridge_wait(key, ack),
                 SessionEvent::Subscribe { grants, ack } => {
@@ -1213,6 +1228,11 @@ impl Shard {
         origin: Option<ShardId>,
         now: Instant,
     ) {
+        // In a cluster, a session that moved away forwards, one that
+        // arrived drops second copies (see `state/session_moves.rs`).
+        if !self.moves.is_quiet() && self.moved_delivery(key, message) {
+            return;
+        }
         let log_id = self.log_id_for(key, message);
         let delivery = Delivery {
             message: Arc::clone(message),
@@ -1384,6 +1404,7 @@ mod cluster;
 mod cluster_retained;
 mod cluster_sessions;
 mod retained_queries;
+mod session_moves;
 
 /// Why a connection task must stop.
 #[derive(Debug, thiserror::Error)]

@@ -795,6 +795,7 @@ fn the_snapshot_counts_connects_publishes_drops_takeovers_and_violations() {
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         }),
     };
     cluster.shards[0].handle_shard_message(ShardId::from_index(1).unwrap(), group, cluster.now);
@@ -1348,6 +1349,7 @@ fn retained_bytes_past_the_limit_refuse_new_topics() {
         properties: Default::default(),
         publisher: None,
         expires_at: None,
+        id: 0,
     };
     let now = cluster.now;
     cluster.shards[0].route(std::sync::Arc::new(sys), now);

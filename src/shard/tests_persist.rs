@@ -485,6 +485,7 @@ fn with_durability_always_messages_from_other_nodes_do_not_release_a_puback_earl
         properties: Default::default(),
         publisher: Some("elsewhere".into()),
         expires_at: None,
+        id: 0,
     });
     let now = cluster.now;
     cluster.shards[1].handle_cluster(crate::router::cluster::FromBridge::Publish(remote), now);
@@ -536,6 +537,7 @@ fn with_durability_always_another_nodes_message_is_acknowledged_to_it_once_synce
         properties: Default::default(),
         publisher: Some("elsewhere".into()),
         expires_at: None,
+        id: 0,
     });
     let now = cluster.now;
     let acked = FromBridge::AckedPublish { message: remote, ack: RemoteAck::for_tests(42) };
@@ -563,6 +565,7 @@ fn with_durability_always_another_nodes_message_is_acknowledged_to_it_once_synce
         properties: Default::default(),
         publisher: None,
         expires_at: None,
+        id: 0,
     });
     let acked = FromBridge::AckedPublish { message, ack: RemoteAck::for_tests(43) };
     cluster.shards[1].handle_cluster(acked, now);

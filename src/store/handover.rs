@@ -4,13 +4,18 @@
 //! flows, queue and QoS 2 ids; see [`super::sessions`]), framed as in a
 //! segment (length, CRC32C, body), one after the other. Reading them back
 //! applies them to an empty [`SessionState`] as recovery does.
+//!
+//! Before the records, the messages' cluster ids (`Message::id`, which the
+//! log does not keep): `u32 n`, then `n` times `u64 message number, u64
+//! id` (big-endian), for the messages that have one; the new node
+//! recognises their other copies by them (`shard::state::session_moves`).
 
 use super::record::{self, Frame};
 use super::sessions::{SessionState, StoredSession};
 use super::Record;
 use crate::message::wire::Clocks;
 use crate::message::Message;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
 use std::sync::Arc;
 
@@ -29,6 +34,9 @@ pub enum HandoverError {
     /// No session in it.
     #[error("no session")]
     Empty,
+    /// Cut short in its message ids.
+    #[error("cut short in its message ids")]
+    Ids,
 }
 
 /// The bytes of `session` and the messages its entries reference. A
@@ -37,6 +45,13 @@ pub enum HandoverError {
 pub fn encode(session: &StoredSession, messages: &HashMap<u64, Arc<Message>>) -> Bytes {
     let clocks = Clocks::read();
     let mut out = BytesMut::new();
+    let ids: Vec<(u64, u64)> =
+        messages.iter().filter(|(_, m)| m.id != 0).map(|(&mid, m)| (mid, m.id)).collect();
+    out.put_u32(ids.len() as u32);
+    for (mid, id) in ids {
+        out.put_u64(mid);
+        out.put_u64(id);
+    }
     let mut state = SessionState::default();
     state.sessions.insert(SID, session.clone());
     state.messages = messages.clone();
@@ -51,8 +66,19 @@ pub fn encode(session: &StoredSession, messages: &HashMap<u64, Arc<Message>>) ->
 /// The state held in `bytes` (made by [`encode`]): one session, numbered
 /// [`SID`], and its messages; queued messages whose expiry passed are
 /// dropped [MQTT-3.3.2-5].
-pub fn decode(bytes: &[u8], now: std::time::Instant) -> Result<SessionState, HandoverError> {
+pub fn decode(mut bytes: &[u8], now: std::time::Instant) -> Result<SessionState, HandoverError> {
     let clocks = Clocks::read();
+    if bytes.is_empty() {
+        return Err(HandoverError::Empty);
+    }
+    if bytes.len() < 4 {
+        return Err(HandoverError::Ids);
+    }
+    let count = bytes.get_u32() as usize;
+    if bytes.len() / 16 < count {
+        return Err(HandoverError::Ids);
+    }
+    let ids: HashMap<u64, u64> = (0..count).map(|_| (bytes.get_u64(), bytes.get_u64())).collect();
     let mut state = SessionState::default();
     let mut at = 0;
     loop {
@@ -73,6 +99,12 @@ pub fn decode(bytes: &[u8], now: std::time::Instant) -> Result<SessionState, Han
         return Err(HandoverError::Empty);
     }
     state.finish(now);
+    for (mid, message) in state.messages.iter_mut() {
+        // Each message was read here: no other reference yet.
+        if let (Some(&id), Some(message)) = (ids.get(mid), Arc::get_mut(message)) {
+            message.id = id;
+        }
+    }
     Ok(state)
 }
 
@@ -94,6 +126,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: Some("p".into()),
             expires_at,
+            id: 0,
         })
     }
 
@@ -122,7 +155,7 @@ mod tests {
         session.qos2_in = vec![PacketId::new(9).unwrap()];
         let messages: HashMap<u64, Arc<Message>> = [
             (1, message(b"one", None)),
-            (2, message(b"two", None)),
+            (2, Arc::new(Message { id: 0xfeed, ..(*message(b"two", None)).clone() })),
             (3, message(b"gone", Some(now + Duration::from_millis(10)))),
         ]
         .into_iter()
@@ -131,6 +164,8 @@ mod tests {
         let state = decode(&bytes, now).unwrap();
         assert_eq!(state.sessions[&SID], session);
         assert_eq!(state.messages.len(), 3);
+        let ids: Vec<u64> = (1..=3).map(|mid| state.messages[&mid].id).collect();
+        assert_eq!(ids, [0, 0xfeed, 0], "the message ids go with them");
         // [MQTT-3.3.2-5] read later, the expired message is dropped.
         let later = decode(&bytes, now + Duration::from_secs(1)).unwrap();
         assert_eq!(later.sessions[&SID].queue, [entry(1)]);
@@ -140,5 +175,6 @@ mod tests {
         damaged[last] ^= 1;
         assert!(matches!(decode(&damaged, now), Err(HandoverError::Torn(_))));
         assert_eq!(decode(&[], now), Err(HandoverError::Empty));
+        assert_eq!(decode(&bytes[..12], now).unwrap_err(), HandoverError::Ids, "cut in the ids");
     }
 }

@@ -239,6 +239,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: None,
             expires_at: None,
+            id: 0,
         })
     }
 

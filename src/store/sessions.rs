@@ -329,6 +329,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: Some("pub".into()),
             expires_at: None,
+            id: 0,
         })
     }
 

@@ -26,6 +26,7 @@ mod reliable;
 
 use super::doorbell::BridgeBell;
 use super::frame::{self, Dedup, Seen};
+use super::moves::Forwarder;
 use super::retained::RetainedSync;
 use super::sessions::SessionSync;
 use super::subject::{filter_subjects, topic_subject};
@@ -115,6 +116,7 @@ impl Bridge {
             sessions_cluster: config.sessions == SessionScope::Cluster,
             retained_cluster: config.retained == RetainedScope::Cluster,
             batch_delay: config.batch_delay,
+            move_window: config.node_timeout,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -174,6 +176,9 @@ impl Bridge {
             session_claims,
             session_claims_failed,
             session_takeovers,
+            session_forwarded,
+            session_forward_failed,
+            session_move_duplicates,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -200,6 +205,9 @@ impl Bridge {
             session_claims,
             session_claims_failed,
             session_takeovers,
+            session_forwarded,
+            session_forward_failed,
+            session_move_duplicates,
             "NATS bridge stopped"
         );
     }
@@ -330,17 +338,27 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         // Sessions: the shards' claims are served in any case (answered at
         // once while the directory is not open); so are their retained
         // messages for the bucket.
+        let origin = origin();
+        let forwarder = Rc::new(Forwarder::new(
+            client.clone(),
+            &config.subject_prefix,
+            &config.node_id,
+            origin,
+            Arc::clone(&shared),
+        ));
         let sessions = Rc::new(SessionSync::new(
             client.clone(),
             &config.node_id,
             &config.subject_prefix,
             config.kv_replicas,
             Arc::clone(&shared),
+            Rc::clone(&forwarder),
         ));
         let claims = tokio::task::spawn_local(Rc::clone(&sessions).serve_shards(retained));
         let directory = (config.sessions == SessionScope::Cluster)
             .then(|| tokio::task::spawn_local(Rc::clone(&sessions).run()));
-        let origin = origin();
+        let forwards = (config.sessions == SessionScope::Cluster)
+            .then(|| tokio::task::spawn_local(Rc::clone(&forwarder).serve()));
         let bridge = Rc::new(BridgeState {
             client,
             prefix: config.subject_prefix.clone(),
@@ -362,7 +380,7 @@ fn run(runtime: tokio::runtime::Runtime, config: ClusterConfig, shared: Arc<Shar
         for task in reliable.into_iter().chain([bell]) {
             task.abort();
         }
-        for task in [watch, directory].into_iter().flatten() {
+        for task in [watch, directory, forwards].into_iter().flatten() {
             task.abort();
         }
         claims.abort();

@@ -1,12 +1,13 @@
 //! What a node publishes on NATS, and how a receiving node recognises a
 //! message it has seen already. Sans-IO.
 //!
-//! Layout (version 1), integers big-endian:
+//! Layout (version 2), integers big-endian:
 //!
 //! ```text
-//! u8   frame version (1)
+//! u8   frame version (2)
 //! u64  origin: the publishing node's id for this run (random at start)
 //! u64  sequence: per origin, from 1, one per message published
+//! u64  the message's id (`Message::id`: the same in every copy, 0 for none)
 //! ...  the message in `crate::message::wire` form (QoS, RETAIN, publisher,
 //!      expiry, topic, v5 properties, payload)
 //! ```
@@ -34,8 +35,8 @@ use crate::protocol::TopicFilter;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hashbrown::HashMap;
 
-const VERSION: u8 = 1;
-const HEADER: usize = 1 + 8 + 8;
+const VERSION: u8 = 2;
+const HEADER: usize = 1 + 8 + 8 + 8;
 
 /// Sequences behind the newest one of an origin that are still told apart.
 pub(super) const WINDOW: u64 = 4096;
@@ -56,6 +57,7 @@ pub(super) fn encode(
     out.put_u8(VERSION);
     out.put_u64(origin);
     out.put_u64(sequence);
+    out.put_u64(message.id);
     wire::encode(message, clocks, out)
 }
 
@@ -79,8 +81,9 @@ pub(super) fn decode(
         return Err(FrameError::Header);
     }
     frame.advance(1);
-    let (origin, sequence) = (frame.get_u64(), frame.get_u64());
-    Ok((origin, sequence, wire::decode(frame, clocks)?))
+    let (origin, sequence, id) = (frame.get_u64(), frame.get_u64(), frame.get_u64());
+    let message = wire::decode(frame, clocks)?;
+    Ok((origin, sequence, Message { id, ..message }))
 }
 
 const GROUP_VERSION: u8 = 0x47;
@@ -239,15 +242,28 @@ mod tests {
             properties: Default::default(),
             publisher: Some("client".into()),
             expires_at: None,
+            id: 0x0123_4567_89ab_cdef,
         };
         let mut out = BytesMut::new();
         encode(7, 42, &message, clocks, &mut out).unwrap();
         let (origin, sequence, back) = decode(out.freeze(), clocks).unwrap();
         assert_eq!((origin, sequence), (7, 42));
-        assert_eq!(back, message);
+        assert_eq!(back, message, "the id too");
         assert_eq!(decode(Bytes::from_static(b"\x02"), clocks).unwrap_err(), FrameError::Header);
-        let short = Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 9]);
+        let mut version_1 = out_of(&message, clocks);
+        version_1[0] = 1;
+        assert_eq!(decode(version_1.freeze(), clocks).unwrap_err(), FrameError::Header);
+        let mut short = vec![2];
+        short.extend_from_slice(&[0; 24]);
+        short.push(9);
+        let short = Bytes::from(short);
         assert!(matches!(decode(short, clocks), Err(FrameError::Message(_))));
+    }
+
+    fn out_of(message: &Message, clocks: wire::Clocks) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode(7, 42, message, clocks, &mut out).unwrap();
+        out
     }
 
     #[test]

@@ -144,6 +144,7 @@ mod tests {
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         })
     }
 

@@ -35,6 +35,8 @@
 //! * `sessions`: a client id unique in the cluster: a directory bucket
 //!   claimed with compare-and-set, and the session handed over by the node
 //!   that held it.
+//! * `moves`: what the node a session left sends on to the node it moved
+//!   to, for a while after the move.
 //!
 //! QoS 1/2 across nodes (`directory`, `ack`, `bridge::reliable`): every
 //! node announces the filters it holds, plain and shared (deltas, a
@@ -80,12 +82,14 @@ mod doorbell;
 mod frame;
 mod kv;
 mod lane;
+mod moves;
 mod retained;
 mod sessions;
 mod spill;
 pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
+pub use moves::Forwarded;
 pub use sessions::Takeover;
 
 use super::interest::InterestDelta;
@@ -202,6 +206,10 @@ pub enum FromBridge {
     /// over: the shard closes its connection, and answers with the session
     /// ([`ClusterLink::handover`]); see `sessions`.
     Takeover(Takeover),
+    /// Another node sends on messages for a session that moved from it to
+    /// this node, homed on this shard; answered once queued
+    /// ([`ClusterLink::answer_forwarded`]); see `moves`.
+    Forwarded(Forwarded),
 }
 
 /// The bridge's counters: atomics, since the bridge thread and every shard
@@ -251,6 +259,16 @@ pub struct BridgeCounters {
     /// Sessions taken over from another node (a live connection closed
     /// there, and the session moved here unless Clean Start).
     pub session_takeovers: AtomicU64,
+    /// Messages sent on to the node a session moved to, and acknowledged
+    /// by it (see `moves`).
+    pub session_forwarded: AtomicU64,
+    /// Messages for a session that moved away that its new node never
+    /// acknowledged (gone, or unreachable): lost.
+    pub session_forward_failed: AtomicU64,
+    /// Copies of a message that reached a session twice around its move
+    /// (straight and sent on by its old node, or handed over and sent
+    /// again): the second one dropped (shards count these).
+    pub session_move_duplicates: AtomicU64,
     /// When a slow consumer was last logged, in seconds since the Unix
     /// epoch (logged at most once per 10 s).
     pub slow_consumer_logged: AtomicU64,
@@ -302,6 +320,9 @@ impl BridgeCounters {
             session_claims: n(&self.session_claims),
             session_claims_failed: n(&self.session_claims_failed),
             session_takeovers: n(&self.session_takeovers),
+            session_forwarded: n(&self.session_forwarded),
+            session_forward_failed: n(&self.session_forward_failed),
+            session_move_duplicates: n(&self.session_move_duplicates),
         }
     }
 }
@@ -337,6 +358,9 @@ struct Shared {
     /// `cluster.batch_delay_us`: a shard wakes the bridge at most once per
     /// this long (see `doorbell`).
     batch_delay: std::time::Duration,
+    /// `cluster.node_timeout_ms`: how long a node sends on what matches a
+    /// session that moved away (see `moves`).
+    move_window: std::time::Duration,
 }
 
 /// The shards' side of the bridge, before the shards start: `Send`,
@@ -574,6 +598,7 @@ impl ClusterSetup {
             sessions_cluster: true,
             retained_cluster: true,
             batch_delay: std::time::Duration::ZERO,
+            move_window: std::time::Duration::from_secs(5),
         }))
     }
 

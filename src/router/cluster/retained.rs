@@ -268,6 +268,7 @@ fn entry_message(
             // stands for a client's delete.
             publisher: Some("".into()),
             expires_at: None,
+            id: 0,
         }),
     }
 }
@@ -307,6 +308,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: Some("c".into()),
             expires_at: Some(clocks.now + Duration::from_secs(30)),
+            id: 0,
         };
         let mut value = BytesMut::new();
         wire::encode(&message, clocks, &mut value).unwrap();

@@ -20,7 +20,9 @@
 //!   removes it and replies with it (`store::handover`: subscriptions,
 //!   queued and in-flight messages, QoS 2 state, will). The claimer
 //!   rebuilds it before its CONNACK, which then says Session Present
-//!   [MQTT-3.2.2-2].
+//!   [MQTT-3.2.2-2]. The request names the claiming node: for
+//!   `cluster.node_timeout_ms` the old node sends on to it what still
+//!   matches the session's subscriptions there (see `moves`).
 //! * **Races.** Two nodes that claim one client id at once both succeed in
 //!   turn (compare-and-set orders them): the later one takes the session
 //!   over from the earlier, which closes its client as soon as that
@@ -34,8 +36,10 @@
 //!   client as a single node would (availability first, counted, logged).
 
 use super::kv::open_bucket;
+use super::moves::Forwarder;
 use super::subject::topic_subject;
 use super::{BridgeCounters, ClusterLink, FromBridge, Shared};
+use crate::message::Message;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -63,6 +67,8 @@ const MAX_ATTEMPTS: usize = 16;
 const RETRY: Duration = Duration::from_secs(2);
 
 /// A request byte: the CONNECT that takes the session over has Clean Start.
+/// A takeover request: `u8` flags, `u8` length and the claiming node's id,
+/// then the client id.
 const CLEAN_START: u8 = 1;
 
 /// The name of the directory's bucket of a cluster with `subject_prefix`.
@@ -76,8 +82,11 @@ pub(super) enum ToBridge {
     /// Claim `client_id` for this node; `done` gets the session the
     /// previous owner handed over, if any.
     Claim { client_id: ByteString, clean_start: bool, done: tokio::sync::oneshot::Sender<Bytes> },
-    /// A shard's answer to a [`Takeover`]: the session (empty: none).
-    Handover { reply: async_nats::Subject, state: Bytes },
+    /// A shard's answer to a [`Takeover`] (the session, empty for none) or
+    /// to a [`super::moves::Forwarded`] (empty).
+    Reply { reply: async_nats::Subject, payload: Bytes },
+    /// A message for a session that moved to another node (see `moves`).
+    Forward(super::moves::Forward),
     /// A retained message (or delete) published on this node, for the
     /// cluster's bucket (see `retained`), from the shard that stored it.
     Retain(Arc<crate::message::Message>),
@@ -91,6 +100,9 @@ pub struct Takeover {
     /// Whether the taking CONNECT has Clean Start: the session ends
     /// instead of moving [MQTT-3.1.2-4].
     pub clean_start: bool,
+    /// The node taking it (its `node_id`): a session that moves there is
+    /// followed by what still matches it here (see `moves`).
+    pub node: ByteString,
     /// Where the answer goes.
     reply: async_nats::Subject,
 }
@@ -121,10 +133,42 @@ impl ClusterLink {
         BridgeCounters::add(&self.shared.counters.malformed);
     }
 
+    /// Counts a second copy of a message dropped for a session that
+    /// arrived (see `shard::state::session_moves`).
+    pub fn count_move_duplicate(&self) {
+        BridgeCounters::add(&self.shared.counters.session_move_duplicates);
+    }
+
     /// Answers `takeover` with the session given up (`state`, empty for
     /// none).
     pub fn handover(&self, takeover: Takeover, state: Bytes) {
-        self.shared.sessions.push_control(ToBridge::Handover { reply: takeover.reply, state });
+        let reply = takeover.reply;
+        self.shared.sessions.push_control(ToBridge::Reply { reply, payload: state });
+    }
+
+    /// Sends `message` on to `node`, where the session of `client_id`
+    /// moved (see `moves`).
+    pub fn forward(&self, node: &ByteString, client_id: &ByteString, message: &Arc<Message>) {
+        let forward = super::moves::Forward {
+            node: node.clone(),
+            client_id: client_id.clone(),
+            message: Arc::clone(message),
+        };
+        self.shared.sessions.push_control(ToBridge::Forward(forward));
+    }
+
+    /// Answers another node's forward once its messages are queued here.
+    pub fn answer_forwarded(&self, forwarded: super::moves::Forwarded) {
+        if let Some(reply) = forwarded.reply {
+            self.shared.sessions.push_control(ToBridge::Reply { reply, payload: Bytes::new() });
+        }
+    }
+
+    /// How long a node sends on what matches a session that moved away,
+    /// and (with margin) how long the new node recognises copies of what
+    /// reached it twice: see `shard::state::session_moves`.
+    pub fn move_window(&self) -> std::time::Duration {
+        self.shared.move_window
     }
 }
 
@@ -134,6 +178,8 @@ pub(super) struct SessionSync {
     client: async_nats::Client,
     context: jetstream::Context,
     bucket: String,
+    /// Sends on what the shards forward for sessions that moved away.
+    forwarder: Rc<Forwarder>,
     /// The directory, once open.
     store: RefCell<Option<kv::Store>>,
     /// This node's id, as written into the directory.
@@ -151,8 +197,10 @@ impl SessionSync {
         subject_prefix: &str,
         replicas: usize,
         shared: Arc<Shared>,
+        forwarder: Rc<Forwarder>,
     ) -> Self {
         Self {
+            forwarder,
             replicas,
             context: jetstream::new(client.clone()),
             client,
@@ -188,11 +236,12 @@ impl SessionSync {
                         let _ = done.send(state);
                     });
                 }
-                ToBridge::Handover { reply, state } => {
-                    if let Err(error) = self.client.publish(reply, state).await {
-                        tracing::warn!(%error, "cannot answer a session takeover");
+                ToBridge::Reply { reply, payload } => {
+                    if let Err(error) = self.client.publish(reply, payload).await {
+                        tracing::warn!(%error, "cannot answer another node about a session");
                     }
                 }
+                ToBridge::Forward(forward) => self.forwarder.push(forward),
                 ToBridge::Retain(message) => {
                     if let Some(retained) = &retained {
                         retained.publish(&message, &mut buffer).await;
@@ -243,14 +292,13 @@ impl SessionSync {
     async fn serve_requests(self: Rc<Self>, mut requests: async_nats::Subscriber) {
         while let Some(request) = requests.next().await {
             let Some(reply) = request.reply else { continue };
-            let Some((&flags, id)) = request.payload.split_first() else { continue };
-            let Ok(client_id) = ByteString::try_from(Bytes::copy_from_slice(id)) else {
+            let Some((flags, node, client_id)) = decode_request(request.payload) else {
                 BridgeCounters::add(&self.shared.counters.malformed);
                 continue;
             };
             let shard = crate::router::home_shard(client_id.as_bytes(), self.shared.events.len());
             let clean_start = flags & CLEAN_START != 0;
-            let takeover = Takeover { client_id, clean_start, reply };
+            let takeover = Takeover { client_id, clean_start, node, reply };
             self.shared.events[shard.index()].push_control(FromBridge::Takeover(takeover));
         }
     }
@@ -287,10 +335,9 @@ impl SessionSync {
         if previous.is_empty() || previous == self.node {
             return Bytes::new();
         }
-        let mut payload = Vec::with_capacity(1 + client_id.len());
-        payload.push(if clean_start { CLEAN_START } else { 0 });
-        payload.extend_from_slice(client_id.as_bytes());
-        let request = self.client.request(self.request_subject(&previous), payload.into());
+        let flags = if clean_start { CLEAN_START } else { 0 };
+        let payload = encode_request(flags, &self.node, client_id);
+        let request = self.client.request(self.request_subject(&previous), payload);
         match tokio::time::timeout(HANDOVER_TIMEOUT, request).await {
             Ok(Ok(reply)) => {
                 BridgeCounters::add(&counters.session_takeovers);
@@ -342,29 +389,76 @@ impl SessionSync {
     }
 }
 
+/// A takeover request (see [`CLEAN_START`]); a node id is at most 64
+/// bytes (`config::cluster` checks it).
+fn encode_request(flags: u8, node: &str, client_id: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(2 + node.len() + client_id.len());
+    payload.push(flags);
+    payload.push(node.len() as u8);
+    payload.extend_from_slice(node.as_bytes());
+    payload.extend_from_slice(client_id.as_bytes());
+    payload.into()
+}
+
+/// The flags, claiming node and client id of a takeover request; `None`
+/// when malformed.
+fn decode_request(payload: Bytes) -> Option<(u8, ByteString, ByteString)> {
+    let (&flags, rest) = payload.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let node = ByteString::try_from(payload.slice(2..2 + len)).ok()?;
+    let client_id = ByteString::try_from(payload.slice(2 + len..)).ok()?;
+    Some((flags, node, client_id))
+}
+
 #[cfg(test)]
 impl Takeover {
-    /// A takeover request as the bridge makes it.
+    /// A takeover request as the bridge makes it, from node `b`.
     pub(crate) fn for_tests(client_id: &str, clean_start: bool) -> Self {
-        Self { client_id: client_id.into(), clean_start, reply: "reply".into() }
+        Self { client_id: client_id.into(), clean_start, node: "b".into(), reply: "reply".into() }
     }
 }
 
 #[cfg(test)]
 impl super::ClusterSetup {
-    /// The shards' answers to takeovers, the client ids claimed, and the
-    /// topics of the retained messages for the bucket, since the last call.
+    /// The shards' answers to takeovers (and to forwards), the client ids
+    /// claimed, and the topics of the retained messages for the bucket,
+    /// since the last call; forwards are left out (see
+    /// [`Self::take_forwards`]).
     pub(crate) fn take_sessions(&self) -> (Vec<Bytes>, Vec<String>, Vec<String>) {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let (mut handovers, mut claims, mut retained) = (Vec::new(), Vec::new(), Vec::new());
-        while let std::task::Poll::Ready(Some(item)) = self.0.sessions.poll_control(&mut cx) {
+        for item in self.take_to_bridge() {
             match item {
-                ToBridge::Handover { state, .. } => handovers.push(state),
+                ToBridge::Reply { payload, .. } => handovers.push(payload),
+                ToBridge::Forward(_) => {}
                 ToBridge::Claim { client_id, .. } => claims.push(client_id.to_string()),
                 ToBridge::Retain(message) => retained.push(message.topic.as_str().to_owned()),
             }
         }
         (handovers, claims, retained)
+    }
+
+    /// The messages the shards sent on for sessions that moved away, as
+    /// (node, client id, message), since the last call; the rest is left
+    /// out.
+    pub(crate) fn take_forwards(&self) -> Vec<(String, String, Arc<Message>)> {
+        let forwards = self.take_to_bridge().into_iter().filter_map(|item| match item {
+            ToBridge::Forward(f) => Some((f.node.to_string(), f.client_id.to_string(), f.message)),
+            _ => None,
+        });
+        forwards.collect()
+    }
+
+    fn take_to_bridge(&self) -> Vec<ToBridge> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::iter::from_fn(|| match self.0.sessions.poll_control(&mut cx) {
+            std::task::Poll::Ready(item) => item,
+            std::task::Poll::Pending => None,
+        })
+        .collect()
     }
 }
 
@@ -381,5 +475,15 @@ mod tests {
             assert_eq!(super::super::subject::decode_topic(KEY_PREFIX, &key).as_deref(), Some(id));
         }
         assert_eq!(bucket_name("prod.mqtt"), "prod_mqtt_sessions");
+    }
+
+    #[test]
+    fn a_takeover_request_names_the_claiming_node() {
+        let request = encode_request(CLEAN_START, "node-b", "a/é");
+        let (flags, node, client_id) = decode_request(request.clone()).unwrap();
+        assert_eq!((flags, &*node, &*client_id), (CLEAN_START, "node-b", "a/é"));
+        assert!(decode_request(request.slice(..5)).is_none(), "cut in the node id");
+        assert!(decode_request(Bytes::from_static(&[0])).is_none());
+        assert_eq!(decode_request(encode_request(0, "b", "")).unwrap().2, "");
     }
 }

@@ -69,6 +69,7 @@ impl Shard {
             }
             FromBridge::Retained(message) => self.retain_from_cluster(message, now),
             FromBridge::Takeover(takeover) => self.handle_cluster_takeover(takeover, now),
+            FromBridge::Forwarded(forwarded) => self.handle_forwarded(forwarded, now),
         }
     }
 
@@ -261,6 +262,7 @@ pub(super) mod tests {
             properties: Default::default(),
             publisher: Some("elsewhere".into()),
             expires_at: None,
+            id: 0,
         });
         shard.handle_cluster(FromBridge::Publish(remote), now);
         assert!(bridge.take_published().is_empty());
@@ -299,6 +301,7 @@ pub(super) mod tests {
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         });
         let filter = TopicFilter::new("$share/g/s/+").unwrap();
         shard.handle_cluster(FromBridge::GroupPublish { filter, message, ack: None }, now);
@@ -363,6 +366,7 @@ pub(super) mod tests {
             properties: Default::default(),
             publisher: None,
             expires_at: None,
+            id: 0,
         });
         let filter = TopicFilter::new("$share/g/s/+").unwrap();
         let copy = |sequence| FromBridge::GroupPublish {

@@ -70,6 +70,7 @@ mod tests {
             properties: BoxedPublishProperties::none(),
             publisher: Some("elsewhere".into()),
             expires_at,
+            id: 0,
         })
     }
 

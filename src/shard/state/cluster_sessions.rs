@@ -29,6 +29,9 @@ pub(super) struct Claiming {
     /// made: its CONNACK waits until the other shards and the NATS bridge
     /// have it.
     revision: u64,
+    /// Messages the node the session left sent on meanwhile (see
+    /// `state/session_moves.rs`): delivered once the claim ends.
+    pub(super) forwarded: Vec<Arc<crate::message::Message>>,
 }
 
 impl Shard {
@@ -95,7 +98,9 @@ impl Shard {
         if claims > 0 {
             return;
         }
-        let waiting = self.cluster_claims.remove(client_id).map(|c| c.waiting).unwrap_or_default();
+        let Claiming { waiting, forwarded, .. } =
+            self.cluster_claims.remove(client_id).unwrap_or_default();
+        self.settle_move(client_id, forwarded, now);
         for takeover in waiting {
             self.handle_cluster_takeover(takeover, now);
         }
@@ -146,6 +151,7 @@ impl Shard {
         slot.log_id = sid;
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let key = self.slots.insert(slot);
+        self.arrived(key, messages.values().map(|message| message.id), now);
         let filters: Vec<_> =
             self.slot(key).session.subscriptions().map(|(f, s)| (f.clone(), *s)).collect();
         let mut revision = 0;
@@ -175,7 +181,8 @@ impl Shard {
             claiming.waiting.push(takeover);
             return;
         }
-        let state = self.give_up_session(&takeover.client_id, takeover.clean_start, now);
+        let state =
+            self.give_up_session(&takeover.client_id, takeover.clean_start, &takeover.node, now);
         if let Some(link) = &self.cluster {
             link.handover(takeover, state);
         }
@@ -186,11 +193,14 @@ impl Shard {
     /// ends the session (the taking CONNECT has Clean Start
     /// [MQTT-3.1.2-4]), or removes it and returns it, to move (a will it
     /// still holds for its delay goes with it: the client reconnects
-    /// there, and [MQTT-3.1.3-9] has a will not published then).
+    /// there, and [MQTT-3.1.3-9] has a will not published then). A
+    /// session that moves to `node` leaves a forwarder (see
+    /// `state/session_moves.rs`).
     fn give_up_session(
         &mut self,
         client_id: &ByteString,
         clean_start: bool,
+        node: &ByteString,
         now: Instant,
     ) -> Bytes {
         let Some(key) = self.slots.find(client_id) else { return Bytes::new() };
@@ -204,6 +214,7 @@ impl Shard {
         let mut messages = hashbrown::HashMap::new();
         let stored = self.slot(key).session.handover(&mut messages);
         let state = handover::encode(&stored, &messages);
+        self.leave_forwarder(client_id, node, &stored, now);
         self.remove_session(key);
         state
     }
@@ -224,9 +235,10 @@ mod tests {
     use crate::protocol::{
         Packet, PacketId, ProtocolVersion, Publish, QoS, TopicFilter, TopicName,
     };
-    use crate::router::cluster::{ClusterSetup, FromBridge};
+    use crate::router::cluster::{ClusterSetup, Forwarded, FromBridge};
     use crate::shard::{ConnectOutcome, ConnectionId, SessionKey};
     use std::rc::Rc;
+    use std::time::Duration;
 
     /// A node of one shard, linked to a bridge the test plays.
     fn node() -> (Shard, ClusterSetup) {
@@ -355,6 +367,159 @@ mod tests {
         assert_eq!(session.queue.len(), 1);
         let message = &live.sessions.messages[&session.queue[0].mid];
         assert_eq!(message.topic.as_str(), "q/1");
+    }
+
+    /// A QoS 1 message from another node, with cluster id `id`.
+    fn remote(topic: &str, id: u64) -> Arc<crate::message::Message> {
+        Arc::new(crate::message::Message {
+            topic: TopicName::new(topic).unwrap(),
+            payload: Bytes::from_static(b"r"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            publisher: Some("elsewhere".into()),
+            expires_at: None,
+            id,
+        })
+    }
+
+    /// The topics of the PUBLISH packets in `out`.
+    fn topics(out: &[Packet]) -> Vec<String> {
+        out.iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// "mover" subscribed to `q/#` at QoS 1 on a node, then offline with
+    /// one message queued (`q/1`), handed over to node b: the node, its
+    /// bridge, the handed-over state and the queued message's id.
+    fn moved(now: Instant) -> (Shard, ClusterSetup, Bytes, u64) {
+        let (mut a, bridge_a) = node();
+        let (key, id, _) = connect(&mut a, &connect_packet("mover", false), &[], now);
+        assert!(a.handle_packet(key, id, now, subscribe("q/#")).unwrap());
+        a.handle_cluster(FromBridge::InterestAck(1), now);
+        a.handle_connection_closed(key, id, now);
+        let (p, p_id, _) = connect(&mut a, &connect_packet("pub", true), &[], now);
+        assert!(a.handle_packet(p, p_id, now, publish("q/1", 1)).unwrap());
+        bridge_a.take_interest();
+        bridge_a.take_sessions();
+        a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+        let state = bridge_a.take_sessions().0.remove(0);
+        let handed = handover::decode(&state, now).unwrap();
+        let [queued] = &handed.messages.values().collect::<Vec<_>>()[..] else { panic!() };
+        assert_ne!(queued.id, 0, "a message accepted in a cluster has an id");
+        let queued = queued.id;
+        (a, bridge_a, state, queued)
+    }
+
+    #[test]
+    fn a_session_that_moved_away_leaves_a_forwarder_for_what_still_comes() {
+        // Issue 17 item 6, "no message lost": after the handover, node a
+        // keeps the session's interest and sends what matches it on to
+        // node b (the node the takeover request named), for node_timeout.
+        let now = Instant::now();
+        let (mut a, bridge_a, _, queued) = moved(now);
+        assert!(a.slots.find("mover").is_none(), "the session left node a");
+        assert!(bridge_a.take_interest().is_empty(), "q/# is still wanted here: no change");
+        assert_eq!(a.session_count(), 1, "the publisher; a forwarder is no session");
+        // A publish on node a and one from another node, after the move.
+        let p = a.slots.find("pub").unwrap();
+        let p_id = a.slot(p).connection.as_ref().unwrap().id;
+        assert!(a.handle_packet(p, p_id, now, publish("q/2", 2)).unwrap());
+        a.handle_cluster(FromBridge::Publish(remote("q/3", 77)), now);
+        a.handle_cluster(FromBridge::Publish(remote("elsewhere", 78)), now);
+        let forwards = bridge_a.take_forwards();
+        let sent: Vec<_> =
+            forwards.iter().map(|(n, c, m)| (n.as_str(), c.as_str(), m.topic.as_str())).collect();
+        assert_eq!(sent, [("b", "mover", "q/2"), ("b", "mover", "q/3")]);
+        assert!(forwards[0].2.id != 0 && forwards[0].2.id != queued, "ids tell messages apart");
+        assert_eq!(forwards[1].2.id, 77, "a remote message keeps its id");
+        // After node_timeout (5 s here) the forwarder goes, and the
+        // interest with it; nothing is sent on any more.
+        let later = now + Duration::from_secs(6);
+        a.sweep(later);
+        let interest: Vec<_> = bridge_a.take_interest().into_iter().map(|i| (i.1, i.2)).collect();
+        assert_eq!(interest, [("q/#".to_owned(), false)]);
+        a.handle_cluster(FromBridge::Publish(remote("q/4", 79)), later);
+        assert!(bridge_a.take_forwards().is_empty());
+        assert_eq!(a.snapshot().counters.shard.sessions_expired, 0, "no session expired");
+    }
+
+    #[test]
+    fn a_session_that_arrived_is_given_each_message_once() {
+        // [MQTT-4.3.3] (QoS 2: exactly once), [MQTT-4.3.1] (QoS 0: at most
+        // once): the queued message that also comes straight from its
+        // node, and a message both sent straight and forwarded (twice, as
+        // a forward sent again), reach the session once each.
+        let now = Instant::now();
+        let (_a, _bridge_a, state, queued) = moved(now);
+        let (mut b, bridge_b) = node();
+        let (key, id, out) = connect(&mut b, &connect_packet("mover", false), &state, now);
+        let revision = bridge_b.take_interest()[0].3;
+        b.handle_cluster(FromBridge::InterestAck(revision), now);
+        b.handle_cluster(FromBridge::Publish(remote("q/1", queued)), now);
+        let forwarded = vec![remote("q/2", 500), remote("q/2", 500)];
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", forwarded)), now);
+        b.handle_cluster(FromBridge::Publish(remote("q/2", 500)), now);
+        b.handle_cluster(FromBridge::Publish(remote("q/3", 501)), now);
+        let out = [out, output(&mut b, key, id, now)].concat();
+        assert_eq!(topics(&out), ["q/1", "q/2", "q/3"]);
+        assert_eq!(b.snapshot().counters.cluster.session_move_duplicates, 3);
+        // Past the window, ids are no longer kept.
+        let later = now + Duration::from_secs(16);
+        b.sweep(later);
+        b.handle_cluster(FromBridge::Publish(remote("q/3", 501)), later);
+        assert_eq!(topics(&output(&mut b, key, id, later)), ["q/3"]);
+    }
+
+    #[test]
+    fn messages_forwarded_during_the_claim_wait_for_the_session() {
+        // The old node's forwards can overtake its answer to the takeover:
+        // they wait for the claim in progress, then reach the session.
+        let now = Instant::now();
+        let (_a, _bridge_a, state, _) = moved(now);
+        let (mut b, bridge_b) = node();
+        let connect = connect_packet("mover", false);
+        assert!(b.begin_cluster_claim(&connect).is_some());
+        let early = vec![remote("q/early", 900), remote("not/matching", 901)];
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", early)), now);
+        b.restore_handover(&connect.client_id, &state, now);
+        let id = b.new_connection_id();
+        let ConnectOutcome::Accepted(key) = b.handle_connect(now, &connect, "mover".into(), id)
+        else {
+            panic!("refused")
+        };
+        b.end_cluster_claim(&connect.client_id, now);
+        let revision = bridge_b.take_interest()[0].3;
+        b.handle_cluster(FromBridge::InterestAck(revision), now);
+        let out = output(&mut b, key, id, now);
+        assert!(matches!(out[0], Packet::ConnAck(ref ack) if ack.session_present));
+        assert_eq!(topics(&out), ["q/1", "q/early"], "queued first, then what was forwarded");
+    }
+
+    #[test]
+    fn a_session_coming_back_replaces_its_forwarder() {
+        // The client returns to node a before the forwarder expired: node
+        // b hands the session back, and node a delivers what matches it
+        // instead of sending it on; its interest never changed.
+        let now = Instant::now();
+        let (mut a, bridge_a, state, _) = moved(now);
+        let (mut b, bridge_b) = node();
+        let _ = connect(&mut b, &connect_packet("mover", false), &state, now);
+        let revision = bridge_b.take_interest()[0].3;
+        b.handle_cluster(FromBridge::InterestAck(revision), now);
+        b.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+        let back = bridge_b.take_sessions().0.remove(0);
+        let (key, id, out) = connect(&mut a, &connect_packet("mover", false), &back, now);
+        assert_eq!(a.moves.forwarders(), 0, "the forwarder went once the session was back");
+        assert!(bridge_a.take_interest().is_empty(), "q/#: the interest never changed");
+        a.handle_cluster(FromBridge::Publish(remote("q/5", 5)), now);
+        assert!(bridge_a.take_forwards().is_empty(), "delivered here, not sent on");
+        let out = [out, output(&mut a, key, id, now)].concat();
+        assert_eq!(topics(&out), ["q/1", "q/5"]);
     }
 
     #[test]
