@@ -7,6 +7,11 @@
 //! a foreign thread). The queue is bounded: when it is full the CONNECT is
 //! refused as busy at once rather than queued without limit, which also
 //! bounds how many verifications a connect storm can start.
+//!
+//! A check that passes says which reloads' revocations it had seen
+//! ([`Verified`]): a reload that revokes the user while the connection is
+//! still on its way to its session must not let it in
+//! ([`Verifier::revoked_after`]).
 
 use super::PasswordFile;
 use std::collections::VecDeque;
@@ -30,8 +35,9 @@ pub struct Verifier {
     /// shards close their connections ([`Verifier::revoked_since`]).
     revoked: Mutex<VecDeque<(u64, Arc<[String]>)>>,
     /// The number of the last list in `revoked`; read by every shard at
-    /// every tick, so nothing is locked while no reload revoked anyone.
-    revoked_generation: AtomicU64,
+    /// every tick, so nothing is locked while no reload revoked anyone,
+    /// and by the pool threads before each check ([`Verified`]).
+    revoked_generation: Arc<AtomicU64>,
     /// Checks skipped because their connection had stopped waiting.
     abandoned: Arc<AtomicU64>,
 }
@@ -50,7 +56,8 @@ struct Job {
 /// Where a pool thread leaves the answer for the waiting task.
 #[derive(Default)]
 struct Reply {
-    verdict: Option<bool>,
+    /// `Some` once checked: `Some(Some(_))` when the password matched.
+    verdict: Option<Option<Verified>>,
     waker: Option<Waker>,
 }
 
@@ -66,14 +73,15 @@ impl Verifier {
         let receiver = Arc::new(Mutex::new(receiver));
         let file = Arc::new(RwLock::new(Arc::new(file)));
         let abandoned = Arc::new(AtomicU64::new(0));
+        let revoked_generation = Arc::new(AtomicU64::new(0));
         for n in 0..threads.max(1) {
             let (receiver, file) = (Arc::clone(&receiver), Arc::clone(&file));
-            let abandoned = Arc::clone(&abandoned);
+            let (abandoned, generation) = (Arc::clone(&abandoned), Arc::clone(&revoked_generation));
             std::thread::Builder::new()
                 .name(format!("ringmq-auth-{n}"))
-                .spawn(move || work(&receiver, &file, &abandoned))?;
+                .spawn(move || work(&receiver, &file, &generation, &abandoned))?;
         }
-        let (revoked, revoked_generation) = (Mutex::default(), AtomicU64::new(0));
+        let revoked = Mutex::default();
         Ok(Self { jobs, file, revoked, revoked_generation, abandoned })
     }
 
@@ -82,6 +90,8 @@ impl Verifier {
     /// users (removed, or whose password changed) are to be closed: see
     /// [`Verifier::revoked_since`].
     pub fn replace(&self, file: PasswordFile, revoked: Vec<String>) {
+        // The file first, the generation after: a check that sees the new
+        // generation checks against the new file (see `work`).
         *self.file.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(file);
         if revoked.is_empty() {
             return;
@@ -114,8 +124,26 @@ impl Verifier {
         Some((lists.back().map_or(seen, |&(generation, _)| generation), users))
     }
 
-    /// Queues a check of `password` for `user`; the verdict is `true` when
-    /// it matches.
+    /// Whether a reload after the check that gave `verified` revoked
+    /// `user`: its password was checked against a file that no longer
+    /// accepts it. One atomic load while no reload revoked anyone since.
+    /// More reloads than [`REVOKED_KEPT`] since the check: `true`, as
+    /// nothing tells that they spared the user.
+    pub fn revoked_after(&self, verified: Verified, user: &str) -> bool {
+        let seen = verified.revoked_seen;
+        if self.revoked_generation.load(Ordering::Acquire) == seen {
+            return false;
+        }
+        let lists = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+        if lists.front().is_none_or(|&(oldest, _)| oldest > seen + 1) {
+            return true;
+        }
+        let newer = lists.iter().filter(|(generation, _)| *generation > seen);
+        newer.flat_map(|(_, users)| users.iter()).any(|revoked| revoked == user)
+    }
+
+    /// Queues a check of `password` for `user`; the verdict is
+    /// `Some` when it matches.
     pub fn verify(&self, user: &str, password: &[u8]) -> Result<Verdict, Busy> {
         let reply = Arc::new(Mutex::new(Reply::default()));
         let job =
@@ -130,7 +158,12 @@ impl Verifier {
 }
 
 /// A pool thread: checks jobs until the [`Verifier`] is dropped.
-fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>, abandoned: &AtomicU64) {
+fn work(
+    receiver: &Mutex<Receiver<Job>>,
+    file: &RwLock<Arc<PasswordFile>>,
+    revoked_generation: &AtomicU64,
+    abandoned: &AtomicU64,
+) {
     loop {
         // The lock is held only while waiting for the next job.
         let job = match receiver.lock() {
@@ -146,12 +179,17 @@ fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>, aband
             abandoned.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        // The generation before the file: `replace` stores them in the
+        // other order, so every reload whose file this check does not see
+        // is numbered above `revoked_seen` (one it sees may be too, for
+        // the instant between the two stores: refused, the safe side).
+        let revoked_seen = revoked_generation.load(Ordering::Acquire);
         // Held only to clone the pointer: a reload never waits on a check.
         let current = Arc::clone(&file.read().unwrap_or_else(PoisonError::into_inner));
         let verdict = current.verify(&job.user, &job.password);
         let waker = match job.reply.lock() {
             Ok(mut reply) => {
-                reply.verdict = Some(verdict);
+                reply.verdict = Some(verdict.then_some(Verified { revoked_seen }));
                 reply.waker.take()
             }
             Err(_) => None,
@@ -162,18 +200,30 @@ fn work(receiver: &Mutex<Receiver<Job>>, file: &RwLock<Arc<PasswordFile>>, aband
     }
 }
 
-/// The answer to one [`Verifier::verify`]: `true` when the password matches.
+/// The answer to one [`Verifier::verify`]: `Some` when the password
+/// matches.
 #[derive(Debug)]
 pub struct Verdict {
     reply: Arc<Mutex<Reply>>,
 }
 
-impl Future for Verdict {
-    type Output = bool;
+/// A password that matched, and the reloads whose revocations its check
+/// had seen: carried with the connection (across a hand-off too) to where
+/// it is placed, which asks [`Verifier::revoked_after`] whether a later
+/// reload revoked the user meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The revoked generation read before the check: every reload whose
+    /// file the check did not see is numbered above it.
+    revoked_seen: u64,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+impl Future for Verdict {
+    type Output = Option<Verified>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Verified>> {
         // A poisoned lock means a pool thread panicked mid-check: refuse.
-        let Ok(mut reply) = self.reply.lock() else { return Poll::Ready(false) };
+        let Ok(mut reply) = self.reply.lock() else { return Poll::Ready(None) };
         match reply.verdict {
             Some(verdict) => Poll::Ready(verdict),
             None => {

@@ -133,14 +133,14 @@ fn the_pool_answers_and_refuses_when_full() {
     let file = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
     let verifier = pool::Verifier::start(file, 1, 1).unwrap();
     let right = verifier.verify("alice", b"s3cret pass").unwrap();
-    assert!(futures_lite::future::block_on(right));
+    assert!(futures_lite::future::block_on(right).is_some());
     let wrong = verifier.verify("alice", b"nope").unwrap();
-    assert!(!futures_lite::future::block_on(wrong));
+    assert!(futures_lite::future::block_on(wrong).is_none());
     // One running plus one queued: more is refused until they finish.
     let pending: Vec<_> = (0..10).map(|_| verifier.verify("alice", b"x")).collect();
     assert!(pending.iter().any(|verdict| verdict.is_err()));
     for verdict in pending.into_iter().flatten() {
-        assert!(!futures_lite::future::block_on(verdict));
+        assert!(futures_lite::future::block_on(verdict).is_none());
     }
 }
 
@@ -177,6 +177,37 @@ fn shards_see_every_reload_that_revoked_users_once() {
     assert_eq!(verifier.revoked_since(2), None);
 }
 
+/// A password checked against the file before a reload that revoked its
+/// user is known as revoked afterwards; one checked after it, or of a user
+/// the reload spared, is not.
+#[test]
+fn a_check_knows_the_reloads_that_revoked_its_user_after_it() {
+    let mut old = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
+    old.set_password("bob", b"one").unwrap();
+    let verifier = pool::Verifier::start(old.clone(), 1, 4).unwrap();
+    let check = |user, password: &[u8]| {
+        futures_lite::future::block_on(verifier.verify(user, password).unwrap())
+    };
+    let alice = check("alice", b"s3cret pass").unwrap();
+    let bob = check("bob", b"one").unwrap();
+    assert!(!verifier.revoked_after(alice, "alice"), "no reload yet");
+    let mut new = old.clone();
+    new.set_password("alice", b"new pass").unwrap();
+    let changes = old.changes_to(&new);
+    verifier.replace(new, changes.revoked);
+    assert!(verifier.revoked_after(alice, "alice"));
+    assert!(!verifier.revoked_after(bob, "bob"), "bob is unchanged");
+    // The new password, checked against the new file: nothing after it.
+    let again = check("alice", b"new pass").unwrap();
+    assert!(!verifier.revoked_after(again, "alice"));
+    assert!(check("alice", b"s3cret pass").is_none());
+    // Past the reloads kept, nothing tells: revoked.
+    for _ in 0..20 {
+        verifier.replace(old.clone(), vec!["carol".to_owned()]);
+    }
+    assert!(verifier.revoked_after(bob, "bob"));
+}
+
 #[test]
 fn checks_whose_connection_stopped_waiting_are_skipped() {
     let mut file = PasswordFile::parse(MOSQUITTO_LINE).unwrap();
@@ -188,9 +219,9 @@ fn checks_whose_connection_stopped_waiting_are_skipped() {
     let first = verifier.verify("bob", b"slow").unwrap();
     let gave_up: Vec<_> = (0..20).map(|_| verifier.verify("alice", b"x").unwrap()).collect();
     drop(gave_up);
-    assert!(futures_lite::future::block_on(first));
+    assert!(futures_lite::future::block_on(first).is_some());
     // A check queued behind them still gets its answer.
     let last = verifier.verify("alice", b"s3cret pass").unwrap();
-    assert!(futures_lite::future::block_on(last));
+    assert!(futures_lite::future::block_on(last).is_some());
     assert_eq!(verifier.abandoned(), 20);
 }

@@ -10,6 +10,7 @@
 
 use super::transport::Transport;
 use super::NetContext;
+use crate::auth::pool::Verified;
 use crate::protocol::{
     decode_packet, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
     ProtocolVersion, ReasonCode,
@@ -120,9 +121,9 @@ pub enum Accepted {
     /// counted from the accept, shared with the PROXY header, the TLS
     /// handshake and the WebSocket upgrade before it).
     Read(Instant),
-    /// Handed off by the shard that accepted it, with its decoded CONNECT
-    /// and the bytes read after it.
-    HandedOff { connect: Box<Connect>, rest: Option<BytesMut> },
+    /// Handed off by the shard that accepted it, with its decoded CONNECT,
+    /// the bytes read after it and its password check.
+    HandedOff { connect: Box<Connect>, rest: Option<BytesMut>, verified: Option<Verified> },
 }
 
 /// Serves one connection to its end.
@@ -138,9 +139,11 @@ pub fn serve<T: Transport>(
     accepted: Accepted,
 ) -> impl std::future::Future<Output = ()> {
     let (decoder, rest, handed_off, connect_within_ms) = match accepted {
-        Accepted::HandedOff { connect, rest } => {
+        Accepted::HandedOff { connect, rest, verified } => {
             let decoder = Decoder::new(connect.version, ctx.limits().max_packet_size);
-            (decoder, rest, Some(connect), 0)
+            // Boxed: `serve`'s future holds it to the end, and every idle
+            // connection's task would pay for the check's width.
+            (decoder, rest, Some(Box::new((connect, verified))), 0)
         }
         // Until the CONNECT is read, the smaller limit applies.
         Accepted::Read(deadline) => {
@@ -265,11 +268,18 @@ impl<T: Transport> Connection<T> {
         &mut self,
         peer: SocketAddr,
         listener: usize,
-        handed_off: Option<Box<Connect>>,
+        handed_off: Option<Box<(Box<Connect>, Option<Verified>)>>,
     ) -> Result<(SessionKey, ConnectionId), CloseReason> {
         let adopted = handed_off.is_some();
+        // The password check, when there was one: `place` refuses the
+        // connection if a reload revoked its user since.
+        let mut verified = None;
         let (mut connect, deadline) = match handed_off {
-            Some(connect) => (connect, Instant::now() + self.ctx.limits().connect_timeout),
+            Some(handed_off) => {
+                let (connect, checked) = *handed_off;
+                verified = checked;
+                (connect, Instant::now() + self.ctx.limits().connect_timeout)
+            }
             None => {
                 let left = Duration::from_millis(self.connect_within_ms.into());
                 let deadline = Instant::now() + left;
@@ -332,11 +342,10 @@ impl<T: Transport> Connection<T> {
                     let exchange = self.exchange(&mut connect, method, deadline, peer);
                     Box::pin(exchange).await?;
                 }
-                None => {
-                    if let Err(reason) = self.authenticate(&mut connect, listener).await {
-                        return Err(self.refuse(&connect, peer, reason).await);
-                    }
-                }
+                None => match self.authenticate(&mut connect, listener).await {
+                    Ok(checked) => verified = checked,
+                    Err(reason) => return Err(self.refuse(&connect, peer, reason).await),
+                },
             }
         }
         // In a cluster a client id is unique: it is claimed before the
@@ -350,7 +359,7 @@ impl<T: Transport> Connection<T> {
             let mut shard = self.ctx.shard.borrow_mut();
             shard.restore_handover(&connect.client_id, &state, Instant::now());
         }
-        let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect);
+        let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect, verified);
         if claimed {
             self.ctx.shard.borrow_mut().end_cluster_claim(&connect.client_id, Instant::now());
         }
@@ -378,7 +387,7 @@ impl<T: Transport> Connection<T> {
                 Ok((key, connection))
             }
             Placement::HandOff(home) if !adopted => {
-                Err(self.hand_off(home, connect, peer, listener))
+                Err(self.hand_off(home, connect, verified, peer, listener))
             }
             Placement::HandOff(home) => {
                 tracing::error!(%peer, %home, "a handed-off connection is not homed here");
@@ -392,14 +401,19 @@ impl<T: Transport> Connection<T> {
     /// against the password file (on the verification threads, awaited
     /// under the connect timeout), or none where the listener accepts
     /// anonymous clients. Without a password file a user name is not
-    /// checked. The error is the CONNACK's reason code.
+    /// checked. The error is the CONNACK's reason code; `Some` when the
+    /// password was checked against the password file.
     ///
     /// On a listener with `use_identity_as_username`, the client
     /// certificate's identity replaces the CONNECT's user name and its
     /// password is dropped: the certificate, verified in the TLS handshake,
     /// is the credential, and the password file is not consulted (as in
     /// Mosquitto). A certificate without an identity is refused.
-    async fn authenticate(&self, connect: &mut Connect, listener: usize) -> Result<(), ReasonCode> {
+    async fn authenticate(
+        &self,
+        connect: &mut Connect,
+        listener: usize,
+    ) -> Result<Option<Verified>, ReasonCode> {
         let auth = &self.ctx.auth;
         if auth.identity_as_username.get(listener).copied().unwrap_or(false) {
             let Some(identity) = self.transport.peer_identity() else {
@@ -408,11 +422,11 @@ impl<T: Transport> Connection<T> {
             };
             connect.username = Some(identity.into());
             connect.password = None;
-            return Ok(());
+            return Ok(None);
         }
         let Some(user) = connect.username.as_deref() else {
             if auth.anonymous.get(listener).copied().unwrap_or(false) {
-                return Ok(());
+                return Ok(None);
             }
             self.ctx.count(|net| net.auth_failed += 1);
             return Err(ReasonCode::NotAuthorized);
@@ -422,7 +436,7 @@ impl<T: Transport> Connection<T> {
             // SCRAM is the configured authentication: then a user name
             // has nothing to be checked against.
             if auth.methods.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             self.ctx.count(|net| net.auth_failed += 1);
             return Err(ReasonCode::BadUserNameOrPassword);
@@ -439,8 +453,8 @@ impl<T: Transport> Connection<T> {
         })
         .await;
         match verdict {
-            Some(true) => Ok(()),
-            Some(false) => {
+            Some(Some(verified)) => Ok(Some(verified)),
+            Some(None) => {
                 self.ctx.count(|net| net.auth_failed += 1);
                 Err(ReasonCode::BadUserNameOrPassword)
             }
@@ -624,12 +638,13 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Moves the transport, with the decoded CONNECT and the bytes read
-    /// after it (neither copied nor decoded again), to the home shard of
-    /// its client id.
+    /// after it (neither copied nor decoded again) and its password check,
+    /// to the home shard of its client id.
     fn hand_off(
         &mut self,
         home: ShardId,
         connect: Box<Connect>,
+        verified: Option<Verified>,
         peer: SocketAddr,
         listener: usize,
     ) -> CloseReason {
@@ -637,7 +652,8 @@ impl<T: Transport> Connection<T> {
             Ok(transport) => transport,
             Err(error) => return CloseReason::Io(error),
         };
-        let handoff = HandOff { transport, connect, rest: self.read_buf.take(), peer, listener };
+        let rest = self.read_buf.take();
+        let handoff = HandOff { transport, connect, rest, verified, peer, listener };
         self.ctx.outbox.push(home, RouterMessage::HandOff(handoff));
         self.ctx.count_handoff();
         CloseReason::HandedOff

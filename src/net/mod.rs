@@ -362,12 +362,12 @@ impl NetContext {
         self.live.set(self.live.get() + 1);
         let ctx = Rc::clone(self);
         tracing::trace!(peer = %handoff.peer, "adopting a handed-off connection");
-        let HandOff { transport, connect, rest, peer, listener } = handoff;
+        let HandOff { transport, connect, rest, verified, peer, listener } = handoff;
         // SAFETY: the hand-off owns the fd, and `into_raw_fd` gives that
         // ownership to the stream.
         let tcp =
             |socket: std::os::fd::OwnedFd| unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-        let handed_off = |connect, rest| Accepted::HandedOff { connect, rest };
+        let handed_off = |connect, rest| Accepted::HandedOff { connect, rest, verified };
         let task = match transport {
             MovedTransport::Tcp(socket) => glommio::spawn_local(serve(
                 ctx,

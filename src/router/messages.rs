@@ -5,6 +5,7 @@
 //! the messages, see `crate::message::wire`).
 
 use super::interest::{self, ShardId};
+use crate::auth::pool::Verified;
 use crate::message::Message;
 use crate::protocol::{Connect, SubscriptionOptions, TopicFilter, TopicName};
 use bytes::BytesMut;
@@ -52,6 +53,9 @@ pub struct HandOff {
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT, not yet decoded.
     pub rest: Option<BytesMut>,
+    /// Its password check, when it had one: the home shard refuses it if a
+    /// reload revoked the user since (`Shard::place`).
+    pub verified: Option<Verified>,
     /// The client's address, for logs.
     pub peer: SocketAddr,
     /// Index of the listener that accepted it.

@@ -582,6 +582,7 @@ async fn serve_shard(startup: Arc<Startup>, mesh: MeshSetup) -> Result<(), Shard
         .borrow_mut()
         .set_response_information_prefix(startup.response_information_prefix.as_deref());
     shard.borrow_mut().set_authenticators(Arc::clone(&startup.auth.methods));
+    shard.borrow_mut().set_verifier(startup.auth.verifier.clone());
     // Before the log replay and any client: every subscription is seen by
     // the bridge.
     let cluster = startup.cluster.as_ref().map(|setup| {

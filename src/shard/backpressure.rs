@@ -57,7 +57,7 @@ mod tests {
             password: None,
             properties: Default::default(),
         };
-        let Placement::Attached { key, connection } = shard.place(start, &connect) else {
+        let Placement::Attached { key, connection } = shard.place(start, &connect, None) else {
             panic!("not attached")
         };
         let expired = |shard: &mut Shard, at: Instant| {

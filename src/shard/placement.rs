@@ -5,6 +5,7 @@
 
 use super::limit_log::LimitCause;
 use super::state::{ConnectOutcome, ConnectionId, SessionKey, Shard};
+use crate::auth::pool::Verified;
 use crate::protocol::{Connect, ProtocolVersion, ReasonCode};
 use crate::router::ShardId;
 use crate::session::SessionLimits;
@@ -31,11 +32,37 @@ pub enum Placement {
 impl Shard {
     /// Places a connection whose CONNECT this shard has read (accepted
     /// here, or handed off to this shard as its home). A client without a
-    /// client id gets one homed here, so it never moves.
-    pub fn place(&mut self, now: Instant, connect: &Connect) -> Placement {
+    /// client id gets one homed here, so it never moves. `verified`: its
+    /// password check, when it had one (see [`Shard::set_verifier`]).
+    pub fn place(
+        &mut self,
+        now: Instant,
+        connect: &Connect,
+        verified: Option<Verified>,
+    ) -> Placement {
         if let Some(reason) = connect_refusal(connect, self.is_shutting_down(), self.limits()) {
             self.count_refusal(reason, connect, now);
             return Placement::Refused(reason);
+        }
+        // A reload removed the user or changed its password after the
+        // check: a shard tick may already have closed that user's
+        // connections (`close_revoked`), and this one, placed after it,
+        // would stay open on credentials the file no longer accepts. It is
+        // refused as the same CONNECT sent now would be: CONNACK 0x86 Bad
+        // User Name or Password (3.1.1: return code 4, "Connection Refused,
+        // bad user name or password"), then the connection closes
+        // [MQTT-3.2.2-7] ([MQTT-3.2.2-5] in 3.1.1). Like the tick's close,
+        // it leaves the session as it was. Checked here and again on the
+        // home shard after a hand-off, so no revocation slips in between.
+        if self.revoked_since_checked(connect, verified) {
+            // Rare: only CONNECTs checked while a reload revoked their user.
+            tracing::info!(
+                client_id = &*connect.client_id,
+                username = connect.username.as_deref().unwrap_or(""),
+                "reload: refused a CONNECT whose user was removed from password_file, or \
+                 whose password changed, after its password was checked"
+            );
+            return Placement::Refused(ReasonCode::BadUserNameOrPassword);
         }
         let client_id = if connect.client_id.is_empty() {
             self.assign_client_id()
@@ -172,10 +199,13 @@ mod tests {
     fn a_connect_homed_here_is_attached_and_one_homed_elsewhere_moves() {
         let mut shard = shard();
         let now = Instant::now();
-        let here = shard.place(now, &connect(ProtocolVersion::V3_1_1, &id_on(0), true));
+        let here = shard.place(now, &connect(ProtocolVersion::V3_1_1, &id_on(0), true), None);
         assert!(matches!(here, Placement::Attached { .. }), "{here:?}");
         let there = connect(ProtocolVersion::V3_1_1, &id_on(1), true);
-        assert_eq!(shard.place(now, &there), Placement::HandOff(ShardId::from_index(1).unwrap()));
+        assert_eq!(
+            shard.place(now, &there, None),
+            Placement::HandOff(ShardId::from_index(1).unwrap())
+        );
         // Moving takes nothing on this shard.
         assert_eq!(shard.session_count(), 1);
     }
@@ -185,7 +215,7 @@ mod tests {
         let mut shard = shard();
         for _ in 0..20 {
             let placement =
-                shard.place(Instant::now(), &connect(ProtocolVersion::V3_1_1, "", true));
+                shard.place(Instant::now(), &connect(ProtocolVersion::V3_1_1, "", true), None);
             assert!(matches!(placement, Placement::Attached { .. }), "{placement:?}");
         }
         assert_eq!(shard.session_count(), 20);
@@ -203,17 +233,17 @@ mod tests {
         ];
         for (connect, reason) in cases {
             let mut shard = shard();
-            assert_eq!(shard.place(Instant::now(), &connect), Placement::Refused(reason));
+            assert_eq!(shard.place(Instant::now(), &connect, None), Placement::Refused(reason));
             assert_eq!(shard.session_count(), 0);
         }
         // A 5.0 CONNECT is served like any other: it moves to its home.
         let mut shard = shard();
         let v5 = connect(ProtocolVersion::V5, &there, true);
-        assert!(matches!(shard.place(Instant::now(), &v5), Placement::HandOff(_)));
+        assert!(matches!(shard.place(Instant::now(), &v5, None), Placement::HandOff(_)));
         shard.begin_shutdown(Instant::now());
         let connect = connect(ProtocolVersion::V3_1_1, &there, true);
         assert_eq!(
-            shard.place(Instant::now(), &connect),
+            shard.place(Instant::now(), &connect, None),
             Placement::Refused(ReasonCode::ServerUnavailable)
         );
     }
@@ -238,9 +268,9 @@ mod tests {
             connect
         };
         let mut shard = shard();
-        let refused = shard.place(Instant::now(), &with_will(b"\xff"));
+        let refused = shard.place(Instant::now(), &with_will(b"\xff"), None);
         assert_eq!(refused, Placement::Refused(ReasonCode::PayloadFormatInvalid));
-        let accepted = shard.place(Instant::now(), &with_will("adiós".as_bytes()));
+        let accepted = shard.place(Instant::now(), &with_will("adiós".as_bytes()), None);
         assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
     }
 
@@ -265,14 +295,73 @@ mod tests {
         let outbox = Rc::new(Outbox::new(2));
         let limits = SessionLimits { retain_available: false, ..SessionLimits::default() };
         let mut off = Shard::new(ShardId::from_index(0).unwrap(), 2, limits, outbox, 1);
-        let refused = off.place(Instant::now(), &with_will(true));
+        let refused = off.place(Instant::now(), &with_will(true), None);
         assert_eq!(refused, Placement::Refused(ReasonCode::RetainNotSupported));
-        let accepted = off.place(Instant::now(), &with_will(false));
+        let accepted = off.place(Instant::now(), &with_will(false), None);
         assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
         // Served as usual where retained messages are available.
         let mut on = shard();
-        let accepted = on.place(Instant::now(), &with_will(true));
+        let accepted = on.place(Instant::now(), &with_will(true), None);
         assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
+    }
+
+    /// The race a reload of `password_file` opens: a CONNECT whose
+    /// password was checked against the old file, placed after this
+    /// shard's tick closed its user's connections, must not stay connected
+    /// on credentials the new file refuses. It gets CONNACK 0x86 Bad User
+    /// Name or Password (3.1.1: return code 4) and the connection closes
+    /// [MQTT-3.2.2-7] ([MQTT-3.2.2-5] in 3.1.1), as the same CONNECT sent
+    /// after the reload would.
+    #[test]
+    fn a_connect_checked_before_a_reload_that_revoked_its_user_is_refused() {
+        use crate::auth::pool::Verifier;
+        use crate::auth::PasswordFile;
+        use futures_lite::future::block_on;
+        let mut old = PasswordFile::default();
+        old.set_password("alice", b"old").unwrap();
+        old.set_password("bob", b"bob").unwrap();
+        let verifier = std::sync::Arc::new(Verifier::start(old.clone(), 1, 4).unwrap());
+        let mut shard = shard();
+        shard.set_verifier(Some(std::sync::Arc::clone(&verifier)));
+        let check = |user, password: &[u8]| block_on(verifier.verify(user, password).unwrap());
+        let as_user = |version, client_id: &str, user: &str| {
+            let mut connect = connect(version, client_id, true);
+            connect.username = Some(user.into());
+            connect
+        };
+        let now = Instant::now();
+        // Alice is connected; nothing was reloaded since her check.
+        let first = as_user(ProtocolVersion::V5, &id_on(0), "alice");
+        let placed = shard.place(now, &first, check("alice", b"old"));
+        assert!(matches!(placed, Placement::Attached { .. }), "{placed:?}");
+        // Her next CONNECT (and bob's) passes the check against the old file...
+        let racing = check("alice", b"old");
+        let bob = check("bob", b"bob");
+        assert!(racing.is_some() && bob.is_some());
+        // ...a reload changes her password...
+        let mut new = old.clone();
+        new.set_password("alice", b"new").unwrap();
+        let changes = old.changes_to(&new);
+        verifier.replace(new, changes.revoked);
+        // ...this shard's tick closes her connection...
+        let (_, users) = verifier.revoked_since(0).unwrap();
+        assert_eq!(shard.close_revoked(&users, now), 1);
+        // ...and only then is the racing CONNECT placed: refused, whether
+        // homed here or (before moving) on the other shard, in 5.0 and 3.1.1.
+        let sessions = shard.session_count();
+        let bad = Placement::Refused(ReasonCode::BadUserNameOrPassword);
+        for (version, home) in [(ProtocolVersion::V5, 0), (ProtocolVersion::V3_1_1, 1)] {
+            assert_eq!(shard.place(now, &as_user(version, &id_on(home), "alice"), racing), bad);
+        }
+        assert_eq!(ReasonCode::BadUserNameOrPassword.to_v3_connect_return_code(), 4);
+        assert_eq!(shard.session_count(), sessions, "a refused CONNECT touches no session");
+        // Bob's user was spared; alice's new password, checked against the
+        // new file, is served.
+        let placed = shard.place(now, &as_user(ProtocolVersion::V5, &id_on(1), "bob"), bob);
+        assert!(matches!(placed, Placement::HandOff(_)), "{placed:?}");
+        let again = check("alice", b"new");
+        let placed = shard.place(now, &as_user(ProtocolVersion::V5, &id_on(0), "alice"), again);
+        assert!(matches!(placed, Placement::Attached { .. }), "{placed:?}");
     }
 
     #[test]
@@ -289,7 +378,7 @@ mod tests {
             },
         });
         let mut shard = shard();
-        shard.place(Instant::now(), &connect);
+        shard.place(Instant::now(), &connect, None);
         assert_eq!(shard.counters().session.payload_format_invalid, 1);
     }
 }

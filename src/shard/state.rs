@@ -6,6 +6,7 @@
 
 use crate::auth::acl::{AclFile, ClientAcl};
 use crate::auth::enhanced::Authenticators;
+use crate::auth::pool::{Verified, Verifier};
 use crate::index::{Match, SubscriptionTrie};
 use crate::message::Message;
 use crate::metrics::{Counters, NetCounters, Snapshot};
@@ -106,6 +107,10 @@ pub struct Shard {
     /// The ACL file in force (`acl_file`), shared by every shard; `None`
     /// without one (then nothing is checked).
     acl: Option<Arc<AclFile>>,
+    /// The password checks (`password_file`), shared by every shard: asked
+    /// at [`Shard::place`] whether a reload revoked a user after its
+    /// password was checked. `None` without a password file.
+    verifier: Option<Arc<Verifier>>,
     /// The link to the other nodes of a cluster (`[cluster]`); `None` on a
     /// single node. See `state/cluster.rs`.
     cluster: Option<Rc<crate::router::cluster::ClusterLink>>,
@@ -161,6 +166,7 @@ impl Shard {
             response_information_prefix: None,
             authenticators: Arc::default(),
             acl: None,
+            verifier: None,
             cluster: None,
             bridge_waits: Default::default(),
             cluster_claims: hashbrown::HashMap::new(),
@@ -195,6 +201,25 @@ impl Shard {
     /// The enhanced authentication methods offered (none by default).
     pub fn set_authenticators(&mut self, authenticators: Arc<Authenticators>) {
         self.authenticators = authenticators;
+    }
+
+    /// Sets the password checks (at start), which [`Shard::place`] asks
+    /// about the revocations after each check.
+    pub fn set_verifier(&mut self, verifier: Option<Arc<Verifier>>) {
+        self.verifier = verifier;
+    }
+
+    /// Whether a reload revoked `connect`'s user after its password was
+    /// checked (`verified`): the connection must not join its session.
+    pub(super) fn revoked_since_checked(
+        &self,
+        connect: &Connect,
+        verified: Option<Verified>,
+    ) -> bool {
+        match (&self.verifier, verified, connect.username.as_deref()) {
+            (Some(verifier), Some(verified), Some(user)) => verifier.revoked_after(verified, user),
+            _ => false,
+        }
     }
 
     /// Sets the ACL file (at start, or reloaded): new connections use it,

@@ -1392,11 +1392,11 @@ fn a_client_id_past_the_limit_gets_0x85_mqtt_3_1_3_5() {
     let now = cluster.now;
     let shard = &mut cluster.shards[0];
     let at_limit = "a".repeat(23);
-    let accepted = shard.place(now, &connect_with_will(ProtocolVersion::V5, &at_limit, None));
+    let accepted = shard.place(now, &connect_with_will(ProtocolVersion::V5, &at_limit, None), None);
     assert!(matches!(accepted, Placement::Attached { .. }), "{accepted:?}");
     for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
         let long = connect_with_will(version, &"a".repeat(24), None);
-        let refused = shard.place(now, &long);
+        let refused = shard.place(now, &long, None);
         assert_eq!(refused, Placement::Refused(ReasonCode::ClientIdentifierNotValid));
     }
     assert_eq!(ReasonCode::ClientIdentifierNotValid.to_v3_connect_return_code(), 2);
@@ -1413,11 +1413,11 @@ fn a_will_topic_past_the_limits_gets_connack_0x90() {
     let now = cluster.now;
     let shard = &mut cluster.shards[0];
     let deep = connect_with_will(ProtocolVersion::V5, "w1", Some("a/b/c"));
-    assert_eq!(shard.place(now, &deep), Placement::Refused(ReasonCode::TopicNameInvalid));
+    assert_eq!(shard.place(now, &deep, None), Placement::Refused(ReasonCode::TopicNameInvalid));
     assert!(ReasonCode::TopicNameInvalid.is_valid_for(crate::protocol::PacketType::ConnAck));
     assert_eq!(ReasonCode::TopicNameInvalid.to_v3_connect_return_code(), 3);
     let within = connect_with_will(ProtocolVersion::V5, "w2", Some("a/b"));
-    assert!(matches!(shard.place(now, &within), Placement::Attached { .. }));
+    assert!(matches!(shard.place(now, &within, None), Placement::Attached { .. }));
     assert_eq!(shard.counters().session.topic_limit_exceeded, 1);
 }
 
