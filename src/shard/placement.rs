@@ -55,6 +55,8 @@ impl Shard {
         // it leaves the session as it was. Checked here and again on the
         // home shard after a hand-off, so no revocation slips in between.
         if self.revoked_since_checked(connect, verified) {
+            // Counted as the password check's refusals are.
+            self.net_counters().auth_failed += 1;
             // Rare: only CONNECTs checked while a reload revoked their user.
             tracing::info!(
                 client_id = &*connect.client_id,
@@ -355,6 +357,7 @@ mod tests {
         }
         assert_eq!(ReasonCode::BadUserNameOrPassword.to_v3_connect_return_code(), 4);
         assert_eq!(shard.session_count(), sessions, "a refused CONNECT touches no session");
+        assert_eq!(shard.net_counters().auth_failed, 2, "counted as failed checks");
         // Bob's user was spared; alice's new password, checked against the
         // new file, is served.
         let placed = shard.place(now, &as_user(ProtocolVersion::V5, &id_on(1), "bob"), bob);
