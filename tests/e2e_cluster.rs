@@ -1580,13 +1580,23 @@ impl Mover {
         at
     }
 
-    /// Connects on `node` a last time and serves until nothing came for
-    /// 1.5 s.
-    fn drain(&mut self, node: SocketAddr) {
+    /// Connects on `node` a last time and serves until every number of
+    /// `acked` was delivered, then for 1 s more (a late copy would be a
+    /// duplicate); for at most 5 s.
+    fn drain(&mut self, node: SocketAddr, acked: &std::collections::BTreeSet<u64>) {
         let mut conn = Self::open(node);
         self.connack(&mut conn);
-        while let Some(Some(packet)) = conn.recv_within(Duration::from_millis(1500)) {
-            self.handle(&mut conn, packet);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut missing: std::collections::BTreeSet<u64> = acked.clone();
+        let mut closed = false;
+        while !closed && !missing.is_empty() && Instant::now() < deadline {
+            closed = self.serve(&mut conn, Duration::from_millis(50));
+            for n in &self.delivered {
+                missing.remove(n);
+            }
+        }
+        if !closed {
+            self.serve(&mut conn, Duration::from_secs(1));
         }
         Self::disconnect(conn);
     }
@@ -1719,16 +1729,19 @@ async fn session_moves(publisher_on: usize, how: Leave, min_moves: usize) {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let acked: std::collections::BTreeSet<u64> =
+        acked.lock().unwrap().iter().copied().filter(|&n| n > 0).collect();
     let last = pair[1 - left];
-    let mover = tokio::task::spawn_blocking(move || {
-        mover.drain(last);
-        mover
+    let mover = tokio::task::spawn_blocking({
+        let acked = acked.clone();
+        move || {
+            mover.drain(last, &acked);
+            mover
+        }
     })
     .await
     .unwrap();
     // The count.
-    let acked: std::collections::BTreeSet<u64> =
-        acked.lock().unwrap().iter().copied().filter(|&n| n > 0).collect();
     let mut times = std::collections::BTreeMap::<u64, usize>::new();
     for &n in &mover.delivered {
         *times.entry(n).or_default() += 1;
