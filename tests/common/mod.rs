@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -365,6 +365,33 @@ impl RawClient {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// The next packet within `within`: `Some(None)` when the server closed
+    /// the connection, `None` when nothing came in time. (Leaves the
+    /// socket's read timeout at what was left of `within`.)
+    pub fn recv_within(&mut self, within: Duration) -> Option<Option<ringmq::protocol::Packet>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).unwrap() {
+                return Some(Some(packet));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Some(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(None),
                 Err(e) => panic!("read: {e}"),
             }
         }
