@@ -7,8 +7,10 @@
 //!
 //! Before the records, the messages' cluster ids (`Message::id`, which the
 //! log does not keep): `u32 n`, then `n` times `u64 message number, u64
-//! id` (big-endian), for the messages that have one; the new node
-//! recognises their other copies by them (`shard::state::session_moves`).
+//! id` (big-endian), for the messages that have one; then the ids of the
+//! messages the session was given since it last arrived from another node
+//! (`u32 m`, `m` times `u64`). The new node recognises other copies of all
+//! of them (`shard::state::session_moves`).
 
 use super::record::{self, Frame};
 use super::sessions::{SessionState, StoredSession};
@@ -39,10 +41,15 @@ pub enum HandoverError {
     Ids,
 }
 
-/// The bytes of `session` and the messages its entries reference. A
-/// message that does not encode (at the very limit of MQTT's packet size)
-/// is left out, and so are the entries that reference it.
-pub fn encode(session: &StoredSession, messages: &HashMap<u64, Arc<Message>>) -> Bytes {
+/// The bytes of `session`, the messages its entries reference and the
+/// ids of messages it was given lately (`seen`). A message that does not
+/// encode (at the very limit of MQTT's packet size) is left out, and so
+/// are the entries that reference it.
+pub fn encode(
+    session: &StoredSession,
+    messages: &HashMap<u64, Arc<Message>>,
+    seen: &[u64],
+) -> Bytes {
     let clocks = Clocks::read();
     let mut out = BytesMut::new();
     let ids: Vec<(u64, u64)> =
@@ -50,6 +57,10 @@ pub fn encode(session: &StoredSession, messages: &HashMap<u64, Arc<Message>>) ->
     out.put_u32(ids.len() as u32);
     for (mid, id) in ids {
         out.put_u64(mid);
+        out.put_u64(id);
+    }
+    out.put_u32(seen.len() as u32);
+    for &id in seen {
         out.put_u64(id);
     }
     let mut state = SessionState::default();
@@ -64,9 +75,13 @@ pub fn encode(session: &StoredSession, messages: &HashMap<u64, Arc<Message>>) ->
 }
 
 /// The state held in `bytes` (made by [`encode`]): one session, numbered
-/// [`SID`], and its messages; queued messages whose expiry passed are
-/// dropped [MQTT-3.3.2-5].
-pub fn decode(mut bytes: &[u8], now: std::time::Instant) -> Result<SessionState, HandoverError> {
+/// [`SID`], and its messages (queued messages whose expiry passed are
+/// dropped [MQTT-3.3.2-5]); and the ids of the messages it was given
+/// lately.
+pub fn decode(
+    mut bytes: &[u8],
+    now: std::time::Instant,
+) -> Result<(SessionState, Vec<u64>), HandoverError> {
     let clocks = Clocks::read();
     if bytes.is_empty() {
         return Err(HandoverError::Empty);
@@ -79,6 +94,14 @@ pub fn decode(mut bytes: &[u8], now: std::time::Instant) -> Result<SessionState,
         return Err(HandoverError::Ids);
     }
     let ids: HashMap<u64, u64> = (0..count).map(|_| (bytes.get_u64(), bytes.get_u64())).collect();
+    if bytes.len() < 4 {
+        return Err(HandoverError::Ids);
+    }
+    let count = bytes.get_u32() as usize;
+    if bytes.len() / 8 < count {
+        return Err(HandoverError::Ids);
+    }
+    let seen: Vec<u64> = (0..count).map(|_| bytes.get_u64()).collect();
     let mut state = SessionState::default();
     let mut at = 0;
     loop {
@@ -105,7 +128,7 @@ pub fn decode(mut bytes: &[u8], now: std::time::Instant) -> Result<SessionState,
             message.id = id;
         }
     }
-    Ok(state)
+    Ok((state, seen))
 }
 
 #[cfg(test)]
@@ -160,14 +183,15 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let bytes = encode(&session, &messages);
-        let state = decode(&bytes, now).unwrap();
+        let bytes = encode(&session, &messages, &[41, 42]);
+        let (state, seen) = decode(&bytes, now).unwrap();
+        assert_eq!(seen, [41, 42], "the ids it was given lately");
         assert_eq!(state.sessions[&SID], session);
         assert_eq!(state.messages.len(), 3);
         let ids: Vec<u64> = (1..=3).map(|mid| state.messages[&mid].id).collect();
         assert_eq!(ids, [0, 0xfeed, 0], "the message ids go with them");
         // [MQTT-3.3.2-5] read later, the expired message is dropped.
-        let later = decode(&bytes, now + Duration::from_secs(1)).unwrap();
+        let (later, _) = decode(&bytes, now + Duration::from_secs(1)).unwrap();
         assert_eq!(later.sessions[&SID].queue, [entry(1)]);
         // Damage is found.
         let mut damaged = bytes.to_vec();

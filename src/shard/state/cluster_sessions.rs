@@ -118,8 +118,9 @@ impl Shard {
         if state.is_empty() {
             return;
         }
-        let SessionState { mut sessions, messages, .. } = match handover::decode(state, now) {
-            Ok(state) => state,
+        let (SessionState { mut sessions, messages, .. }, seen) = match handover::decode(state, now)
+        {
+            Ok(decoded) => decoded,
             Err(error) => {
                 self.count_malformed_handover();
                 tracing::warn!(client_id = &**client_id, %error, "a handed-over session is unreadable");
@@ -151,7 +152,7 @@ impl Shard {
         slot.log_id = sid;
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let key = self.slots.insert(slot);
-        self.arrived(key, messages.values().map(|message| message.id), now);
+        self.arrived(key, messages.values().map(|message| message.id).chain(seen), now);
         let filters: Vec<_> =
             self.slot(key).session.subscriptions().map(|(f, s)| (f.clone(), *s)).collect();
         let mut revision = 0;
@@ -213,7 +214,7 @@ impl Shard {
         }
         let mut messages = hashbrown::HashMap::new();
         let stored = self.slot(key).session.handover(&mut messages);
-        let state = handover::encode(&stored, &messages);
+        let state = handover::encode(&stored, &messages, &self.seen_since_arrival(key));
         self.leave_forwarder(client_id, node, &stored, now);
         self.remove_session(key);
         state
@@ -408,7 +409,7 @@ mod tests {
         bridge_a.take_sessions();
         a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
         let state = bridge_a.take_sessions().0.remove(0);
-        let handed = handover::decode(&state, now).unwrap();
+        let (handed, _) = handover::decode(&state, now).unwrap();
         let [queued] = &handed.messages.values().collect::<Vec<_>>()[..] else { panic!() };
         assert_ne!(queued.id, 0, "a message accepted in a cluster has an id");
         let queued = queued.id;
@@ -468,6 +469,30 @@ mod tests {
         let out = [out, output(&mut b, key, id, now)].concat();
         assert_eq!(topics(&out), ["q/1", "q/2", "q/3"]);
         assert_eq!(b.snapshot().counters.cluster.session_move_duplicates, 3);
+        // It moves on to node c, which knows what it was given here: a
+        // copy node a forwards late, sent on by node b, is not given again.
+        let (mut c, bridge_c) = node();
+        let (_b2, onward) = {
+            let (mut b2, bridge_b2) = node();
+            let (k, i, _) = connect(&mut b2, &connect_packet("mover", false), &state, now);
+            let revision = bridge_b2.take_interest()[0].3;
+            b2.handle_cluster(FromBridge::InterestAck(revision), now);
+            b2.handle_cluster(FromBridge::Publish(remote("q/2", 500)), now);
+            assert_eq!(topics(&output(&mut b2, k, i, now)), ["q/1", "q/2"]);
+            for packet_id in [1, 2] {
+                let ack = crate::protocol::PubResponse::new(PacketId::new(packet_id).unwrap());
+                assert!(b2.handle_packet(k, i, now, Packet::PubAck(ack)).unwrap());
+            }
+            b2.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+            (b2, bridge_b2.take_sessions().0.remove(0))
+        };
+        let (key_c, id_c, out_c) = connect(&mut c, &connect_packet("mover", false), &onward, now);
+        let revision = bridge_c.take_interest()[0].3;
+        c.handle_cluster(FromBridge::InterestAck(revision), now);
+        let late = vec![remote("q/2", 500), remote("q/1", queued)];
+        c.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", late)), now);
+        let out_c = [out_c, output(&mut c, key_c, id_c, now)].concat();
+        assert!(topics(&out_c).is_empty(), "nothing twice: {out_c:?}");
         // Past the window, ids are no longer kept.
         let later = now + Duration::from_secs(16);
         b.sweep(later);

@@ -216,6 +216,15 @@ impl Shard {
         true
     }
 
+    /// The ids of the messages the session of `key` was given since it
+    /// arrived from another node, while it still keeps them: they go with
+    /// it when it moves on (a copy forwarded after it moved must not reach
+    /// it twice at its next node either).
+    pub(super) fn seen_since_arrival(&self, key: SessionKey) -> Vec<u64> {
+        let arrived = self.moves.arrived.get(&key);
+        arrived.map(|arrived| arrived.ids.iter().copied().collect()).unwrap_or_default()
+    }
+
     /// Stops keeping ids for the sessions whose window passed.
     pub(super) fn expire_arrivals(&mut self, now: Instant) {
         if !self.moves.arrived.is_empty() {

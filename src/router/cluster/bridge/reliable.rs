@@ -58,6 +58,18 @@ use std::time::{Duration, Instant};
 /// A message's shared groups and the node picked for each.
 type Picks = SmallVec<[(TopicFilter, u64); 2]>;
 
+/// A QoS 1/2 message published before the directory was complete.
+struct Young {
+    sequence: u64,
+    topic: TopicName,
+    /// QoS 2.
+    stay: bool,
+    /// The nodes whose list named it then.
+    named: SmallVec<[u64; 4]>,
+    /// [`Directory::learned`] then.
+    mark: u64,
+}
+
 /// Why a shared group's copy moves (see [`BridgeState::move_leg`]).
 #[derive(Clone, Copy, Debug)]
 enum Move {
@@ -102,10 +114,9 @@ pub(super) struct Reliable {
     /// first connection (every node has beaten and been asked its list).
     /// `None` before the first connection.
     complete_at: Cell<Option<Instant>>,
-    /// Messages published before that, with their topics and whether they
-    /// are QoS 2: the nodes they wait for, and their shared groups' nodes,
-    /// are named once it is complete.
-    young: RefCell<Vec<(u64, TopicName, bool)>>,
+    /// Messages published before that: the nodes they wait for, and
+    /// their shared groups' nodes, are named once it is complete.
+    young: RefCell<Vec<Young>>,
     /// Woken when another node says which version of this node's list it
     /// holds.
     synced: tokio::sync::Notify,
@@ -182,7 +193,12 @@ impl BridgeState {
         let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
         let mut picks = Picks::new();
         if young {
-            reliable.young.borrow_mut().push((sequence, topic.clone(), stay));
+            let directory = reliable.directory.borrow();
+            let mut named = nodes.clone();
+            named.retain(|node| directory.is_synced(*node));
+            let mark = directory.learned();
+            let young = Young { sequence, topic: topic.clone(), stay, named, mark };
+            reliable.young.borrow_mut().push(young);
         } else {
             self.pick_groups(topic, &mut picks);
         }
@@ -599,16 +615,28 @@ impl BridgeState {
 
     /// The directory is complete: the messages published before wait for
     /// the nodes it names (sent to them at once), and for one node per
-    /// matching shared group.
+    /// matching shared group. Of the nodes interested now, only those
+    /// known to be interested when the message was published (their list
+    /// had arrived and named it), or unknown then: a node without that
+    /// interest then did not get it on NATS, and must not get it now (a
+    /// session that moved there since got it where it was; see
+    /// `shard::state::session_moves`). A node known whose list had not
+    /// arrived is not waited for: NATS gave it the message if it was
+    /// subscribed.
     async fn name_young_waits(&self, now: Instant) {
         let reliable = &self.reliable;
         let young = std::mem::take(&mut *reliable.young.borrow_mut());
         if young.is_empty() {
             return;
         }
-        for (sequence, topic, stay) in young {
-            let mut nodes = SmallVec::new();
-            reliable.directory.borrow().interested(&topic, &mut nodes);
+        for Young { sequence, topic, stay, named, mark } in young {
+            let nodes = {
+                let directory = reliable.directory.borrow();
+                let mut nodes = SmallVec::new();
+                directory.interested(&topic, &mut nodes);
+                nodes.retain(|node| named.contains(node) || directory.learned_after(*node, mark));
+                nodes
+            };
             let mut picks = Picks::new();
             self.pick_groups(&topic, &mut picks);
             let legs = self.add_legs(sequence, picks, stay);
