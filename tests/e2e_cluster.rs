@@ -1798,6 +1798,16 @@ async fn session_moves(publisher_on: usize, how: Leave, min_moves: usize) {
             && mover.not_present == 0,
         "{summary}"
     );
+    // The node a session left sent on what still reached it there, and
+    // every such forward was acknowledged by the node it moved to.
+    let total = |name: &str| nodes.iter().map(|node| counter_total(&node.admin, name)).sum::<u64>();
+    let (forwarded, failed) =
+        (total("cluster_session_forwarded"), total("cluster_session_forward_failed"));
+    eprintln!("forwarded {forwarded}, forward failed {failed}");
+    assert_eq!(failed, 0, "no forward lost");
+    if publisher_on == 0 {
+        assert!(forwarded > 0, "node a's own messages after each move away were sent on");
+    }
     for node in nodes {
         assert_eq!(node.broker.stop().code(), Some(0));
     }
