@@ -1192,10 +1192,7 @@ impl Shard {
                 if subscription.options.no_local && self.is_publisher(key, message) {
                     continue;
                 }
-                let options = merged.get_or_insert(subscription.options);
-                options.qos = options.qos.max(subscription.options.qos);
-                options.retain_as_published |= subscription.options.retain_as_published;
-                ids.extend(subscription.subscription_id);
+                merge_subscription(&mut merged, &mut ids, subscription);
             }
             if let Some(options) = merged {
                 self.deliver(key, message, options, ids, false, origin, now);
@@ -1444,6 +1441,21 @@ pub enum ConnectionError {
 
 /// The counters of the abuse limits a session's packet can hit: topics and
 /// filters past their limits, publish-rate pacing.
+/// Adds one of a session's subscriptions matching a message to the
+/// options and Subscription Identifiers it is delivered with: the highest
+/// maximum QoS, Retain As Published if any asks, every identifier (MQTT
+/// 5.0 3.3.4: overlapping subscriptions, one delivery).
+fn merge_subscription(
+    merged: &mut Option<SubscriptionOptions>,
+    ids: &mut crate::protocol::SubscriptionIds,
+    subscription: LocalSubscription,
+) {
+    let options = merged.get_or_insert(subscription.options);
+    options.qos = options.qos.max(subscription.options.qos);
+    options.retain_as_published |= subscription.options.retain_as_published;
+    ids.extend(subscription.subscription_id);
+}
+
 fn limit_hits(counters: &crate::metrics::SessionCounters) -> (u64, u64) {
     (counters.topic_limit_exceeded, counters.publish_rate_limited)
 }

@@ -345,15 +345,7 @@ mod tests {
         // node right after the move: its subscription and queue are logged
         // when it arrives, not at the next compaction.
         let now = Instant::now();
-        let (mut a, bridge_a) = node();
-        let (key, id, _) = connect(&mut a, &connect_packet("mover", false), &[], now);
-        assert!(a.handle_packet(key, id, now, subscribe("q/#")).unwrap());
-        a.handle_cluster(FromBridge::InterestAck(1), now);
-        a.handle_connection_closed(key, id, now);
-        let (p, p_id, _) = connect(&mut a, &connect_packet("pub", true), &[], now);
-        assert!(a.handle_packet(p, p_id, now, publish("q/1", 1)).unwrap());
-        a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
-        let state = bridge_a.take_sessions().0.remove(0);
+        let (_a, _bridge_a, state, _) = moved(now);
         let (mut b, _bridge_b) = node();
         let log = Rc::new(crate::store::Log::new());
         b.attach_log(Rc::clone(&log), crate::store::LiveState::default(), now);

@@ -285,10 +285,11 @@ impl Shard {
             if !filter.matches(&message.topic) || (subscribed.options.no_local && own) {
                 continue;
             }
-            let options = merged.get_or_insert(subscribed.options);
-            options.qos = options.qos.max(subscribed.options.qos);
-            options.retain_as_published |= subscribed.options.retain_as_published;
-            ids.extend(subscribed.identifier);
+            let subscription = LocalSubscription {
+                options: subscribed.options,
+                subscription_id: subscribed.identifier,
+            };
+            super::merge_subscription(&mut merged, &mut ids, subscription);
         }
         if let Some(options) = merged {
             self.deliver(key, message, options, ids, false, None, now);
