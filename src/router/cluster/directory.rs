@@ -101,9 +101,6 @@ struct Remote {
     /// When its list was last asked for (asked again at most once per
     /// heartbeat).
     wanted: Option<Instant>,
-    /// Its place in the order nodes were learned (see
-    /// [`Directory::learned_after`]).
-    learned: u64,
 }
 
 /// This node's interest and what it knows of the others'.
@@ -125,9 +122,6 @@ pub(super) struct Directory {
     unsynced: usize,
     /// Per node, the version of this node's list it holds (`SYNCED`).
     held_by: HashMap<u64, u64>,
-    /// Nodes learned so far (a node forgotten and learned again counts
-    /// twice).
-    learned: u64,
 }
 
 impl Directory {
@@ -143,7 +137,6 @@ impl Directory {
             groups: SubscriptionTrie::new(),
             unsynced: 0,
             held_by: HashMap::new(),
-            learned: 0,
         }
     }
 
@@ -341,10 +334,9 @@ impl Directory {
 
     /// The node `origin`, known from now on.
     fn remote(&mut self, origin: u64, node_id: &str, now: Instant) -> &mut Remote {
-        let (unsynced, learned) = (&mut self.unsynced, &mut self.learned);
+        let unsynced = &mut self.unsynced;
         self.nodes.entry(origin).or_insert_with(|| {
             *unsynced += 1;
-            *learned += 1;
             tracing::info!(node = node_id, "cluster node joined");
             Remote {
                 node_id: node_id.to_owned(),
@@ -353,26 +345,13 @@ impl Directory {
                 building: None,
                 last_seen: now,
                 wanted: None,
-                learned: *learned,
             }
         })
-    }
-
-    /// How many nodes were learned so far: a mark for
-    /// [`Self::learned_after`].
-    pub(super) fn learned(&self) -> u64 {
-        self.learned
     }
 
     /// Whether the list of the node `origin` has arrived.
     pub(super) fn is_synced(&self, origin: u64) -> bool {
         self.nodes.get(&origin).is_some_and(|remote| remote.version.is_some())
-    }
-
-    /// Whether the node `origin` was learned after `mark` (one of
-    /// [`Self::learned`]'s), i.e. unknown then.
-    pub(super) fn learned_after(&self, origin: u64, mark: u64) -> bool {
-        self.nodes.get(&origin).is_some_and(|remote| remote.learned > mark)
     }
 
     /// Asks `origin` for its list, at most once per heartbeat.

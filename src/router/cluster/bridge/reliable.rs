@@ -66,8 +66,6 @@ struct Young {
     stay: bool,
     /// The nodes whose list named it then.
     named: SmallVec<[u64; 4]>,
-    /// [`Directory::learned`] then.
-    mark: u64,
 }
 
 /// Why a shared group's copy moves (see [`BridgeState::move_leg`]).
@@ -196,8 +194,7 @@ impl BridgeState {
             let directory = reliable.directory.borrow();
             let mut named = nodes.clone();
             named.retain(|node| directory.is_synced(*node));
-            let mark = directory.learned();
-            let young = Young { sequence, topic: topic.clone(), stay, named, mark };
+            let young = Young { sequence, topic: topic.clone(), stay, named };
             reliable.young.borrow_mut().push(young);
         } else {
             self.pick_groups(topic, &mut picks);
@@ -617,24 +614,24 @@ impl BridgeState {
     /// the nodes it names (sent to them at once), and for one node per
     /// matching shared group. Of the nodes interested now, only those
     /// known to be interested when the message was published (their list
-    /// had arrived and named it), or unknown then: a node without that
-    /// interest then did not get it on NATS, and must not get it now (a
-    /// session that moved there since got it where it was; see
-    /// `shard::state::session_moves`). A node known whose list had not
-    /// arrived is not waited for: NATS gave it the message if it was
-    /// subscribed.
+    /// had arrived and named it): another did not get it on NATS unless it
+    /// was subscribed then, and must not be sent it now (a session that
+    /// moved there since got it where it was; see
+    /// `shard::state::session_moves`). A node whose list had not arrived,
+    /// or that was not known yet, is not waited for: NATS gave it the
+    /// message if it was subscribed.
     async fn name_young_waits(&self, now: Instant) {
         let reliable = &self.reliable;
         let young = std::mem::take(&mut *reliable.young.borrow_mut());
         if young.is_empty() {
             return;
         }
-        for Young { sequence, topic, stay, named, mark } in young {
+        for Young { sequence, topic, stay, named } in young {
             let nodes = {
                 let directory = reliable.directory.borrow();
                 let mut nodes = SmallVec::new();
                 directory.interested(&topic, &mut nodes);
-                nodes.retain(|node| named.contains(node) || directory.learned_after(*node, mark));
+                nodes.retain(|node| named.contains(node));
                 nodes
             };
             let mut picks = Picks::new();
