@@ -1665,16 +1665,6 @@ async fn session_moves(publisher_on: usize, how: Leave, min_moves: usize) {
     let started = Instant::now();
     let nats = NatsServer::start(&binary, None);
     let nodes = start_nodes(&["a", "b", "c"], &[nats.url()]);
-    // The test is of moves in a settled cluster: every node knows the
-    // others and holds their lists, and is past its first heartbeat and a
-    // half (node_timeout_ms 5000). Before that, a node sends its QoS 1/2
-    // messages again to the nodes whose list it does not hold yet, which
-    // can give a session that moved there one it had got where it was
-    // (README, "Cluster", limits).
-    for node in &nodes {
-        node.wait_log("cluster node joined", 2);
-    }
-    tokio::time::sleep(Duration::from_millis(2000)).await;
     let addr = |node: &Node| SocketAddr::from(([127, 0, 0, 1], node.broker.port()));
     // The session and its subscription, made on node a.
     let mut options = MqttOptions::new(MOVER, "127.0.0.1", nodes[0].broker.port());

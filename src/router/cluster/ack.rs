@@ -51,12 +51,16 @@ pub(super) struct Waiting {
     pub(super) frame: Bytes,
     /// Its legs (shared groups) not yet acknowledged.
     pub(super) legs: u32,
+    /// Of `nodes`, those counted only because their list had not arrived
+    /// when it was published: waited for one `ack_timeout`, never sent
+    /// again (see [`Pending::due`]).
+    pub(super) unsure: SmallVec<[u64; 2]>,
 }
 
 impl Waiting {
     /// A message waiting for `nodes` (its legs are added later).
     pub(super) fn new(ticket: Ticket, nodes: SmallVec<[u64; 4]>, frame: Bytes) -> Self {
-        Self { ticket, nodes, frame, legs: 0 }
+        Self { ticket, nodes, frame, legs: 0, unsure: SmallVec::new() }
     }
 
     fn is_done(&self) -> bool {
@@ -235,7 +239,9 @@ impl Pending {
     /// Sets the nodes `sequence` waits for (a message published before the
     /// directory was complete): its ticket when there are none.
     pub(super) fn wait_for(&mut self, sequence: u64, nodes: SmallVec<[u64; 4]>) -> Option<Ticket> {
-        self.waiting.get_mut(&sequence)?.nodes = nodes;
+        let waiting = self.waiting.get_mut(&sequence)?;
+        waiting.nodes = nodes;
+        waiting.unsure.clear();
         self.finish(sequence)
     }
 
@@ -247,23 +253,39 @@ impl Pending {
     }
 
     /// Calls `resend(sequence, waiting)` for every message due at `now`,
-    /// and makes it due again at `next`.
+    /// and makes it due again at `next`. The nodes it was waiting for only
+    /// because their list had not arrived (`Waiting::unsure`) are waited
+    /// for no longer, and not sent it again: one subscribed when it was
+    /// published got it on NATS, and one that was not must not get it (a
+    /// session that moved there since got it where it was). Returns the
+    /// tickets of the messages that then wait for nobody.
     pub(super) fn due(
         &mut self,
         now: Instant,
         next: Instant,
         mut resend: impl FnMut(u64, &Waiting),
-    ) {
+    ) -> Vec<Ticket> {
+        let mut done = Vec::new();
         while let Some(&(at, sequence)) = self.due.front() {
             if at > now {
                 break;
             }
             self.due.pop_front();
+            let Some(waiting) = self.waiting.get_mut(&sequence) else { continue };
+            if !waiting.unsure.is_empty() {
+                let unsure = std::mem::take(&mut waiting.unsure);
+                waiting.nodes.retain(|node| !unsure.contains(node));
+                if let Some(ticket) = self.finish(sequence) {
+                    done.push(ticket);
+                    continue;
+                }
+            }
             if let Some(waiting) = self.waiting.get(&sequence) {
                 resend(sequence, waiting);
                 self.due.push_back((next, sequence));
             }
         }
+        done
     }
 }
 
@@ -340,6 +362,27 @@ mod tests {
         assert_eq!(pending.due_legs(now + Duration::from_millis(10), next), [5]);
         assert_eq!(pending.leg_done(5), Some(ticket(11)));
         assert_eq!(pending.due_legs(next, next), Vec::<u64>::new(), "done: not due");
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn a_node_whose_list_had_not_arrived_is_waited_for_once_and_not_sent_it_again() {
+        let now = Instant::now();
+        let next = now + Duration::from_millis(500);
+        let mut pending = Pending::default();
+        // Message 1 waits for node 7 (list held) and node 8 (not yet).
+        let mut unsure = waiting(10, &[7, 8]);
+        unsure.unsure = [8].into_iter().collect();
+        pending.insert(1, unsure, now);
+        // Message 2 waits for node 8 alone, unsure: done at its due time.
+        let mut alone = waiting(11, &[8]);
+        alone.unsure = [8].into_iter().collect();
+        pending.insert(2, alone, now);
+        let mut resent = Vec::new();
+        let done = pending.due(now, next, |sequence, w| resent.push((sequence, w.nodes.to_vec())));
+        assert_eq!(done, [ticket(11)], "nobody left to wait for");
+        assert_eq!(resent, [(1, vec![7])], "sent again to node 7 only");
+        assert_eq!(pending.acked(7, 1), Acked::Done(ticket(10)));
         assert_eq!(pending.len(), 0);
     }
 

@@ -30,9 +30,12 @@
 //!   the NATS servers spread its subscription.
 //!
 //! A node known but whose list has not arrived yet counts as interested in
-//! every topic: a message then waits for its acknowledgement, which it
-//! sends for what it does not want too (it gets it on its own subject).
-//! It is no candidate for shared groups until its list arrives.
+//! every topic: a message then waits for its acknowledgement for one
+//! `ack_timeout` (it acknowledges what NATS gave it, if it was subscribed),
+//! and is not sent it again on its own subject: a node not subscribed when
+//! the message was published must not get it (a session that moved there
+//! since got it where it was; see `ack::Pending::due`). It is no candidate
+//! for shared groups until its list arrives.
 //!
 //! Shared groups: the groups of every node, this one's included, are kept
 //! in a trie of their own whose members are node origins. A message for a

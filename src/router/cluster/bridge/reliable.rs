@@ -203,7 +203,11 @@ impl BridgeState {
             self.accepted(ticket);
         } else {
             let due = Instant::now() + reliable.ack_timeout;
-            let waiting = Waiting::new(ticket, nodes, payload.clone());
+            let mut waiting = Waiting::new(ticket, nodes, payload.clone());
+            waiting.unsure = {
+                let directory = reliable.directory.borrow();
+                waiting.nodes.iter().copied().filter(|&node| !directory.is_synced(node)).collect()
+            };
             reliable.pending.borrow_mut().insert(sequence, waiting, due);
             // Every leg is counted before any is sent: an early answer
             // cannot end the message while others are still to go.
@@ -687,11 +691,15 @@ impl BridgeState {
                 self.node_gone(origin).await;
             }
             let mut resend: Vec<(u64, Bytes)> = Vec::new();
-            reliable.pending.borrow_mut().due(now, now + reliable.ack_timeout, |_, waiting| {
-                for &node in &waiting.nodes {
-                    resend.push((node, waiting.frame.clone()));
-                }
-            });
+            let done =
+                reliable.pending.borrow_mut().due(now, now + reliable.ack_timeout, |_, waiting| {
+                    for &node in &waiting.nodes {
+                        resend.push((node, waiting.frame.clone()));
+                    }
+                });
+            for ticket in done {
+                self.accepted(ticket);
+            }
             for (node, frame) in resend {
                 BridgeCounters::add(&self.shared.counters.resent);
                 let subject = reliable.node_subject(node, "msg");
