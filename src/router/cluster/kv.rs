@@ -28,6 +28,10 @@ pub(super) async fn open_bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    context.get_or_create_stream(config).await?;
+    if let Err(error) = context.get_or_create_stream(config).await {
+        // Two nodes starting together: the other one may have made it in
+        // between ("subjects overlap with an existing stream"); it opens.
+        return context.get_key_value(name).await.map_err(|_| error.into());
+    }
     Ok(context.get_key_value(name).await?)
 }
