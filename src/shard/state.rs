@@ -50,6 +50,12 @@ pub struct LocalSubscription {
     pub subscription_id: Option<NonZeroU32>,
 }
 
+impl From<&crate::session::Subscribed> for LocalSubscription {
+    fn from(subscribed: &crate::session::Subscribed) -> Self {
+        Self { options: subscribed.options, subscription_id: subscribed.identifier }
+    }
+}
+
 /// The outcome of a CONNECT at its home shard.
 #[derive(Debug)]
 pub enum ConnectOutcome {
@@ -1298,6 +1304,41 @@ impl Shard {
         }
     }
 
+    /// Adds `key`'s subscription to `filter` to the index. A pair of
+    /// filter and session new to it counts in the shard's interest, which
+    /// announces a filter new to the shard to the other shards (and the
+    /// bridge); returns that announcement's revision.
+    fn index_subscription(
+        &mut self,
+        key: SessionKey,
+        filter: &TopicFilter,
+        subscription: LocalSubscription,
+    ) -> Option<u64> {
+        if self.subscriptions.insert(filter, key, subscription).is_some() {
+            return None;
+        }
+        let group = self.subscriptions.group_id(filter);
+        self.interest.handle_subscribe(filter, group, &self.outbox)
+    }
+
+    /// Indexes every subscription of the session of `key` (one rebuilt
+    /// from the log, handed over, or a forwarder); returns the latest
+    /// revision of the interest announced (0: none).
+    fn index_session(&mut self, key: SessionKey) -> u64 {
+        let subscriptions: Vec<_> = self
+            .slot(key)
+            .session
+            .subscriptions()
+            .map(|(filter, subscribed)| (filter.clone(), LocalSubscription::from(subscribed)))
+            .collect();
+        let mut revision = 0;
+        for (filter, subscription) in subscriptions {
+            let made = self.index_subscription(key, &filter, subscription);
+            revision = revision.max(made.unwrap_or(0));
+        }
+        revision
+    }
+
     /// Adds a subscription of `key` to the index, announces new interest
     /// to the other shards, and asks for the retained messages it matches.
     /// Returns the revision of the interest it announced, if any.
@@ -1308,15 +1349,8 @@ impl Shard {
         now: Instant,
     ) -> Option<u64> {
         let SubscriptionGrant { filter, subscribed, is_new } = grant;
-        let (options, subscription_id) = (subscribed.options, subscribed.identifier);
-        let subscription = LocalSubscription { options, subscription_id };
-        let replaced = self.subscriptions.insert(&filter, key, subscription).is_some();
-        let revision = (!replaced)
-            .then(|| {
-                let group = self.subscriptions.group_id(&filter);
-                self.interest.handle_subscribe(&filter, group, &self.outbox)
-            })
-            .flatten();
+        let options = subscribed.options;
+        let revision = self.index_subscription(key, &filter, LocalSubscription::from(&subscribed));
         // [MQTT-3.3.1-6] Retained messages matching a new subscription are
         // sent; v5 Retain Handling may say otherwise [MQTT-3.3.1-9..-11].
         let send_retained = match options.retain_handling {
@@ -1331,7 +1365,7 @@ impl Shard {
             shard: self.id,
             client_id: self.slot(key).session.client_id().clone(),
             options,
-            subscription_id,
+            subscription_id: subscribed.identifier,
             request: 0,
         };
         let owners: Vec<ShardId> = if filter.has_wildcards() {

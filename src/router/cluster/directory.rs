@@ -352,9 +352,14 @@ impl Directory {
         })
     }
 
-    /// Whether the list of the node `origin` has arrived.
-    pub(super) fn is_synced(&self, origin: u64) -> bool {
-        self.nodes.get(&origin).is_some_and(|remote| remote.version.is_some())
+    /// Of `nodes`, those whose list has not arrived (none, without a
+    /// lookup, once every list has).
+    pub(super) fn unsynced_of(&self, nodes: &[u64]) -> SmallVec<[u64; 2]> {
+        if self.unsynced == 0 {
+            return SmallVec::new();
+        }
+        let unsynced = |origin: &&u64| self.nodes.get(*origin).is_some_and(|r| r.version.is_none());
+        nodes.iter().filter(unsynced).copied().collect()
     }
 
     /// Asks `origin` for its list, at most once per heartbeat.

@@ -3,7 +3,7 @@
 //! its CONNECT is accepted, the session another node hands over, and the
 //! takeover of a session of this node by another.
 
-use super::{LocalSubscription, Shard};
+use super::Shard;
 use crate::protocol::Connect;
 use crate::router::cluster::Takeover;
 use crate::session::Session;
@@ -153,20 +153,7 @@ impl Shard {
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let key = self.slots.insert(slot);
         self.arrived(key, messages.values().map(|message| message.id).chain(seen), now);
-        let filters: Vec<_> =
-            self.slot(key).session.subscriptions().map(|(f, s)| (f.clone(), *s)).collect();
-        let mut revision = 0;
-        for (filter, subscribed) in filters {
-            let subscription = LocalSubscription {
-                options: subscribed.options,
-                subscription_id: subscribed.identifier,
-            };
-            if self.subscriptions.insert(&filter, key, subscription).is_none() {
-                let group = self.subscriptions.group_id(&filter);
-                let made = self.interest.handle_subscribe(&filter, group, &self.outbox);
-                revision = revision.max(made.unwrap_or(0));
-            }
-        }
+        let revision = self.index_session(key);
         if let Some(claiming) = self.cluster_claims.get_mut(client_id) {
             claiming.revision = claiming.revision.max(revision);
         }

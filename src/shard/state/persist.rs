@@ -11,7 +11,6 @@ use crate::protocol::QoS;
 use crate::router::{ShardId, ShardMessage};
 use crate::session::{AckToken, Session, SessionChange};
 use crate::shard::slots::{SessionKey, Slot};
-use crate::shard::state::LocalSubscription;
 use crate::store::record::FlowOp;
 use crate::store::{Lsn, Record, SessionState, StoredFlow, StoredSession, StoredSubscription};
 use smallvec::SmallVec;
@@ -123,22 +122,7 @@ impl Shard {
             slot.log_id = sid;
             slot.expires_at = expiry.map(|expiry| now + expiry);
             let key = self.slots.insert(slot);
-            let filters: Vec<_> = self
-                .slot(key)
-                .session
-                .subscriptions()
-                .map(|(filter, s)| (filter.clone(), *s))
-                .collect();
-            for (filter, subscribed) in filters {
-                let subscription = LocalSubscription {
-                    options: subscribed.options,
-                    subscription_id: subscribed.identifier,
-                };
-                if self.subscriptions.insert(&filter, key, subscription).is_none() {
-                    let group = self.subscriptions.group_id(&filter);
-                    self.interest.handle_subscribe(&filter, group, &self.outbox);
-                }
-            }
+            self.index_session(key);
             self.schedule(key);
             // Its queue and in-flight messages, in the shard's gauges.
             self.account(key);

@@ -161,18 +161,8 @@ impl Shard {
         let mut slot = Slot::new(session);
         slot.expires_at = Some(now + window);
         let key = self.slots.insert(slot);
-        for (filter, subscribed) in &stored.subscriptions {
-            let subscription = LocalSubscription {
-                options: subscribed.options,
-                subscription_id: subscribed.identifier,
-            };
-            if self.subscriptions.insert(filter, key, subscription).is_none() {
-                let group = self.subscriptions.group_id(filter);
-                // The session's own subscription still counts: no change
-                // to announce.
-                let _ = self.interest.handle_subscribe(filter, group, &self.outbox);
-            }
-        }
+        // The session's own subscriptions still count: nothing announced.
+        self.index_session(key);
         let forwarder = Forwarder { client_id: client_id.clone(), node: node.clone() };
         self.moves.forwarders.insert(key, forwarder);
         self.schedule(key);
@@ -285,11 +275,7 @@ impl Shard {
             if !filter.matches(&message.topic) || (subscribed.options.no_local && own) {
                 continue;
             }
-            let subscription = LocalSubscription {
-                options: subscribed.options,
-                subscription_id: subscribed.identifier,
-            };
-            super::merge_subscription(&mut merged, &mut ids, subscription);
+            super::merge_subscription(&mut merged, &mut ids, LocalSubscription::from(subscribed));
         }
         if let Some(options) = merged {
             self.deliver(key, message, options, ids, false, None, now);

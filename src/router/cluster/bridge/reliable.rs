@@ -188,12 +188,14 @@ impl BridgeState {
         if subject.is_some() {
             reliable.directory.borrow().interested(topic, &mut nodes);
         }
+        // Nodes counted only because their list has not arrived: see
+        // `Waiting::unsure`.
+        let unsure = reliable.directory.borrow().unsynced_of(&nodes);
         let young = reliable.complete_at.get().is_none_or(|at| Instant::now() < at);
         let mut picks = Picks::new();
         if young {
-            let directory = reliable.directory.borrow();
             let mut named = nodes.clone();
-            named.retain(|node| directory.is_synced(*node));
+            named.retain(|node| !unsure.contains(node));
             let young = Young { sequence, topic: topic.clone(), stay, named };
             reliable.young.borrow_mut().push(young);
         } else {
@@ -204,10 +206,7 @@ impl BridgeState {
         } else {
             let due = Instant::now() + reliable.ack_timeout;
             let mut waiting = Waiting::new(ticket, nodes, payload.clone());
-            waiting.unsure = {
-                let directory = reliable.directory.borrow();
-                waiting.nodes.iter().copied().filter(|&node| !directory.is_synced(node)).collect()
-            };
+            waiting.unsure = unsure;
             reliable.pending.borrow_mut().insert(sequence, waiting, due);
             // Every leg is counted before any is sent: an early answer
             // cannot end the message while others are still to go.
