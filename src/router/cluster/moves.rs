@@ -249,6 +249,7 @@ impl Forwarder {
         while let Some(request) = requests.next().await {
             let Some((client_id, messages)) = decode(request.payload, Clocks::read()) else {
                 BridgeCounters::add(&self.shared.counters.malformed);
+                tracing::debug!(subject = %request.subject, "not a forward of ringmq's");
                 continue;
             };
             let shard = crate::router::home_shard(client_id.as_bytes(), self.shared.events.len());

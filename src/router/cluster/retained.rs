@@ -230,6 +230,7 @@ impl RetainedSync {
         let counters = &self.shared.counters;
         let Some(message) = entry_message(&entry.key, entry.value, entry.operation, Clocks::read())
         else {
+            tracing::debug!(key = %entry.key, "not a retained message of ringmq's");
             return BridgeCounters::add(&counters.malformed);
         };
         let topic = message.topic.as_str();

@@ -294,6 +294,7 @@ impl SessionSync {
             let Some(reply) = request.reply else { continue };
             let Some((flags, node, client_id)) = decode_request(request.payload) else {
                 BridgeCounters::add(&self.shared.counters.malformed);
+                tracing::debug!(subject = %request.subject, "not a takeover request of ringmq's");
                 continue;
             };
             let shard = crate::router::home_shard(client_id.as_bytes(), self.shared.events.len());

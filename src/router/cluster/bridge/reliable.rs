@@ -528,6 +528,11 @@ impl BridgeState {
                                 Inbox::Control => me.handle_control(message.payload).await,
                                 Inbox::Message => me.handle_received(message),
                                 Inbox::Group => me.handle_group(message),
+                                // A status, not an acknowledgement: NATS
+                                // answers a QoS 1/2 message that no node
+                                // subscribed to with 503 No Responders. The
+                                // directory, not NATS, says whom to wait for.
+                                Inbox::Ack if message.status.is_some() => {}
                                 Inbox::Ack => me.handle_ack(message.payload).await,
                             }
                         }
@@ -571,7 +576,8 @@ impl BridgeState {
     }
 
     async fn handle_ack(&self, payload: Bytes) {
-        let Some((origin, sequences)) = ack::decode_ack(payload) else {
+        let Some((origin, sequences)) = ack::decode_ack(payload.clone()) else {
+            tracing::debug!(?payload, "not an acknowledgement of ringmq's");
             return BridgeCounters::add(&self.shared.counters.malformed);
         };
         self.handle_acks(origin, sequences).await;
