@@ -892,6 +892,85 @@ async fn a_persistent_session_moves_with_its_subscriptions_and_queued_messages()
     }
 }
 
+/// The entries of the session directory (`KV_ringmq_sessions`), from the
+/// NATS server's monitor; `u64::MAX` before the bucket exists.
+fn directory_entries(nats: &NatsServer) -> u64 {
+    let jsz = nats.monitor("/jsz?streams=true");
+    let Some(at) = jsz.find("\"name\": \"KV_ringmq_sessions\"") else { return u64::MAX };
+    let state = &jsz[at..];
+    let at = state.find("\"messages\": ").expect("the stream's state") + "\"messages\": ".len();
+    state[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// Item 6, the directory's size: the entry of a session goes when the
+/// session ends on the node it names (a clean session's connection
+/// closes; a 5.0 session expires [MQTT-3.1.2-23]), and stays while the
+/// session lives, also after it moved to another node. Before, each
+/// client id ever seen kept an entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_directory_holds_only_the_sessions_that_exist() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let nodes = start_nodes(&["a", "b"], &[nats.url()]);
+    // 20 clean clients come and go on node a.
+    for i in 0..20 {
+        let (client, mut events) = connect(&nodes[0], &format!("clean-{i}")).await;
+        client.disconnect().await.unwrap();
+        while events.poll().await.is_ok() {}
+    }
+    // A 5.0 session that outlives its connection by 1 s.
+    let mut options = rumqttc::v5::MqttOptions::new("brief", "127.0.0.1", nodes[0].broker.port());
+    let properties = rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        session_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    options.set_connect_properties(properties);
+    let (brief, mut brief_events) = rumqttc::v5::AsyncClient::new(options, 10);
+    loop {
+        let event = timeout(WAIT, brief_events.poll()).await.expect("connack").expect("poll");
+        if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) = event
+        {
+            break;
+        }
+    }
+    brief.disconnect().await.unwrap();
+    while brief_events.poll().await.is_ok() {}
+    // A persistent session made on node a and moved to node b, offline.
+    for node in &nodes {
+        let mut options = MqttOptions::new("mover", "127.0.0.1", node.broker.port());
+        options.set_keep_alive(Duration::from_secs(30)).set_clean_session(false);
+        let (mover, mut events) = AsyncClient::new(options, 10);
+        subscribe(&mover, &mut events, &[("m/#", QoS::AtLeastOnce)]).await;
+        mover.disconnect().await.unwrap();
+        while events.poll().await.is_ok() {}
+    }
+    // Left: the mover's entry, naming node b.
+    wait_for(|| directory_entries(&nats) == 1).await;
+    assert!(counter_at_least(&nodes[0].admin, "cluster_session_released", 21) >= 21);
+    assert_eq!(counter_total(&nodes[1].admin, "cluster_session_released"), 0);
+    // A clean client that hops between the nodes, each connection taking
+    // the last one over, and stays on node b: the releases of its ended
+    // sessions leave the entry of the live one.
+    let mut hops = Vec::new();
+    for hop in 0..10 {
+        let (client, events) = connect(&nodes[hop % 2], "hopper").await;
+        hops.push((client, drive(events)));
+    }
+    wait_for(|| directory_entries(&nats) == 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(directory_entries(&nats), 2, "the live session's entry stays");
+    // It is still the hopper's: a connection on node a takes it over.
+    let (_client, _events) = connect(&nodes[0], "hopper").await;
+    let (_last, last_driver) = hops.pop().unwrap();
+    wait_for(|| last_driver.is_finished()).await;
+    for node in &nodes {
+        assert_eq!(counter_total(&node.admin, "cluster_session_release_failed"), 0);
+    }
+    for node in nodes {
+        node.stop();
+    }
+}
+
 /// Item 6, races: one client id connects on two nodes at the same time,
 /// through two servers of a NATS cluster. The directory's compare-and-set
 /// orders the two claims; the later one takes the session over from the

@@ -116,6 +116,11 @@ pub struct ClusterCounters {
     pub session_forward_failed: u64,
     /// Second copies of a message around a session's move, dropped.
     pub session_move_duplicates: u64,
+    /// Directory entries of sessions that ended here, removed.
+    pub session_released: u64,
+    /// Directory entries of sessions that ended here that could not be
+    /// removed.
+    pub session_release_failed: u64,
 }
 
 /// What the durable log of one shard did. Its writer task counts into the

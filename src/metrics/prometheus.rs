@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 89] = [
+const COUNTERS: [Field<u64>; 91] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -413,6 +413,16 @@ const COUNTERS: [Field<u64>; 89] = [
         "cluster_session_move_duplicates",
         "Second copies of a message that reached a session around its move, dropped",
         |s| s.counters.cluster.session_move_duplicates,
+    ),
+    (
+        "cluster_session_released",
+        "Session directory entries removed because their session ended on this node",
+        |s| s.counters.cluster.session_released,
+    ),
+    (
+        "cluster_session_release_failed",
+        "Session directory entries of sessions that ended here that could not be removed",
+        |s| s.counters.cluster.session_release_failed,
     ),
 ];
 

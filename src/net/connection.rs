@@ -353,22 +353,31 @@ impl<T: Transport> Connection<T> {
         // (`router::cluster::sessions`). Boxed: the wait must not widen
         // every connection's task.
         let claim = self.ctx.shard.borrow_mut().begin_cluster_claim(&connect);
-        let claimed = claim.is_some();
+        let mut claimed = None;
         if let Some(claim) = claim {
-            let state = Box::pin(claim).await;
+            let claim = Box::pin(claim).await;
             let mut shard = self.ctx.shard.borrow_mut();
-            shard.restore_handover(&connect.client_id, &state, Instant::now());
+            shard.restore_handover(&connect.client_id, &claim.state, Instant::now());
+            claimed = Some(claim.revision);
         }
         let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect, verified);
-        if claimed {
-            self.ctx.shard.borrow_mut().end_cluster_claim(&connect.client_id, Instant::now());
+        if let Some(revision) = claimed {
+            let mut shard = self.ctx.shard.borrow_mut();
+            shard.end_cluster_claim(&connect.client_id, revision, Instant::now());
         }
         match placement {
             Placement::Attached { key, connection } => {
                 if connect.client_id.is_empty() {
-                    let claim = self.ctx.shard.borrow().claim_assigned(key);
-                    if let Some(claim) = claim {
-                        glommio::spawn_local(claim).detach();
+                    let shard = &self.ctx.shard;
+                    let claim = shard.borrow().claim_assigned(key);
+                    let client_id = shard.borrow().client_id(key).cloned();
+                    if let (Some(claim), Some(client_id)) = (claim, client_id) {
+                        let shard = Rc::clone(shard);
+                        glommio::spawn_local(async move {
+                            let revision = claim.await.revision;
+                            shard.borrow_mut().note_claim(&client_id, revision);
+                        })
+                        .detach();
                     }
                 }
                 if self.ctx.may_log_connection() {

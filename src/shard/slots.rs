@@ -115,6 +115,10 @@ pub(super) struct Slot {
     pub(super) overload: Option<Box<Overload>>,
     /// What the session held when the shard's gauges last counted it.
     pub(super) usage: Usage,
+    /// In a cluster, the revision of the last entry this node's claims of
+    /// the client id wrote into the session directory (0: none): released
+    /// when the session ends here (see `router::cluster::sessions`).
+    pub(super) directory_revision: u64,
 }
 
 impl Slot {
@@ -129,6 +133,7 @@ impl Slot {
             log_id: 0,
             overload: None,
             usage: Usage::default(),
+            directory_revision: 0,
         }
     }
 

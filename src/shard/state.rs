@@ -476,7 +476,11 @@ impl Shard {
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let slot = self.slots.slot_mut(key);
         slot.session.handle_session_end(now, &mut self.counters.session);
+        let revision = std::mem::take(&mut slot.directory_revision);
         self.drain_events(key, now);
+        if let (Some(link), Some(client_id)) = (&self.cluster, self.client_id(key)) {
+            link.release(client_id, revision);
+        }
         self.remove_session(key);
     }
 

@@ -179,6 +179,8 @@ impl Bridge {
             session_forwarded,
             session_forward_failed,
             session_move_duplicates,
+            session_released,
+            session_release_failed,
         } = self.shared.counters.snapshot();
         tracing::info!(
             published,
@@ -208,6 +210,8 @@ impl Bridge {
             session_forwarded,
             session_forward_failed,
             session_move_duplicates,
+            session_released,
+            session_release_failed,
             "NATS bridge stopped"
         );
     }

@@ -90,7 +90,7 @@ pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
 pub use moves::Forwarded;
-pub use sessions::Takeover;
+pub use sessions::{Claimed, Takeover};
 
 use super::interest::InterestDelta;
 use super::ShardId;
@@ -269,6 +269,12 @@ pub struct BridgeCounters {
     /// (straight and sent on by its old node, or handed over and sent
     /// again): the second one dropped (shards count these).
     pub session_move_duplicates: AtomicU64,
+    /// Directory entries removed because the session they named ended on
+    /// this node (see `sessions`).
+    pub session_released: AtomicU64,
+    /// Directory entries of ended sessions that could not be removed (NATS
+    /// or the bucket unreachable): they stay, naming this node.
+    pub session_release_failed: AtomicU64,
     /// When a slow consumer was last logged, in seconds since the Unix
     /// epoch (logged at most once per 10 s).
     pub slow_consumer_logged: AtomicU64,
@@ -323,6 +329,8 @@ impl BridgeCounters {
             session_forwarded: n(&self.session_forwarded),
             session_forward_failed: n(&self.session_forward_failed),
             session_move_duplicates: n(&self.session_move_duplicates),
+            session_released: n(&self.session_released),
+            session_release_failed: n(&self.session_release_failed),
         }
     }
 }

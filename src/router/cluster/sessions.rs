@@ -29,6 +29,18 @@
 //!   client's CONNECT is through (a request that arrives while its own
 //!   claim is in progress waits for it, see `Shard::end_cluster_claim`).
 //!   The later connect wins, as [MQTT-3.1.4-3] has it on one server.
+//! * **Release.** When a session ends on the node its entry names (a
+//!   clean session's connection closes, a session expires [MQTT-3.1.2-23],
+//!   a Clean Start replaces it [MQTT-3.1.2-4]), the node removes the entry,
+//!   so that the bucket holds the sessions that exist rather than every
+//!   client id ever seen. It purges the key's messages up to the revision
+//!   of its own last claim (a JetStream stream purge by subject and
+//!   sequence): an entry another node (or this one) wrote since has a
+//!   higher revision and stays. A claim racing with the purge either wrote
+//!   after it (kept), or finds its compare-and-set refused, reads again,
+//!   and creates the entry anew. No marker is left behind, unlike a key-
+//!   value delete. Sessions rebuilt from the durable log after a restart
+//!   do not know their claim's revision and keep their entry.
 //! * **Failures.** The claim and the request are bounded ([`CLAIM_TIMEOUT`],
 //!   [`HANDOVER_TIMEOUT`]). A node that does not answer (dead, or
 //!   partitioned away) keeps whatever it held and the client gets a new
@@ -81,7 +93,10 @@ pub fn bucket_name(subject_prefix: &str) -> String {
 pub(super) enum ToBridge {
     /// Claim `client_id` for this node; `done` gets the session the
     /// previous owner handed over, if any.
-    Claim { client_id: ByteString, clean_start: bool, done: tokio::sync::oneshot::Sender<Bytes> },
+    Claim { client_id: ByteString, clean_start: bool, done: tokio::sync::oneshot::Sender<Claimed> },
+    /// The session of `client_id` ended on this node: remove its entry,
+    /// if no claim newer than `revision` (this node's last) wrote it.
+    Release { client_id: ByteString, revision: u64 },
     /// A shard's answer to a [`Takeover`] (the session, empty for none) or
     /// to a [`super::moves::Forwarded`] (empty).
     Reply { reply: async_nats::Subject, payload: Bytes },
@@ -90,6 +105,16 @@ pub(super) enum ToBridge {
     /// A retained message (or delete) published on this node, for the
     /// cluster's bucket (see `retained`), from the shard that stored it.
     Retain(Arc<crate::message::Message>),
+}
+
+/// What a claim of a client id gave.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The session the previous owner handed over (empty: none).
+    pub state: Bytes,
+    /// The revision of the directory entry the claim wrote (0: none was
+    /// written); what the session's end releases ([`ClusterLink::release`]).
+    pub revision: u64,
 }
 
 /// Another node asks this one to give up the session of `client_id`.
@@ -112,12 +137,12 @@ impl ClusterLink {
     /// (see the module's doc). `None` when sessions stay per node
     /// (`cluster.sessions = "node"`, or an empty client id, which the node
     /// assigns); otherwise the future gives the session the previous
-    /// owner handed over (empty: none).
+    /// owner handed over (empty: none) and the entry's revision.
     pub fn claim(
         &self,
         client_id: &ByteString,
         clean_start: bool,
-    ) -> Option<impl Future<Output = Bytes> + 'static> {
+    ) -> Option<impl Future<Output = Claimed> + 'static> {
         if !self.shared.sessions_cluster || client_id.is_empty() {
             return None;
         }
@@ -126,6 +151,16 @@ impl ClusterLink {
         self.shared.sessions.push_control(ToBridge::Claim { client_id, clean_start, done });
         // The bridge gone (stopping): no session.
         Some(async move { handed.await.unwrap_or_default() })
+    }
+
+    /// The session of `client_id`, whose last claim on this node wrote
+    /// `revision` into the directory, ended here: its entry goes, unless
+    /// a later claim wrote it (see the module).
+    pub fn release(&self, client_id: &ByteString, revision: u64) {
+        if revision > 0 {
+            let client_id = client_id.clone();
+            self.shared.sessions.push_control(ToBridge::Release { client_id, revision });
+        }
     }
 
     /// Counts a handed-over session that did not read.
@@ -232,8 +267,14 @@ impl SessionSync {
                 ToBridge::Claim { client_id, clean_start, done } => {
                     let sync = Rc::clone(&self);
                     tokio::task::spawn_local(async move {
-                        let state = sync.claim(&client_id, clean_start).await;
-                        let _ = done.send(state);
+                        let claimed = sync.claim(&client_id, clean_start).await;
+                        let _ = done.send(claimed);
+                    });
+                }
+                ToBridge::Release { client_id, revision } => {
+                    let sync = Rc::clone(&self);
+                    tokio::task::spawn_local(async move {
+                        sync.release(&client_id, revision).await;
                     });
                 }
                 ToBridge::Reply { reply, payload } => {
@@ -305,36 +346,39 @@ impl SessionSync {
     }
 
     /// Claims `client_id`; returns the session its previous owner handed
-    /// over (empty: none, or the claim could not be made).
-    async fn claim(&self, client_id: &ByteString, clean_start: bool) -> Bytes {
+    /// over (empty: none, or the claim could not be made) and the revision
+    /// written.
+    async fn claim(&self, client_id: &ByteString, clean_start: bool) -> Claimed {
         let counters = &self.shared.counters;
         // Not while disconnected: the client would wait for its
         // reconnection, holding the CONNACK for the whole timeout.
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let Some(store) = self.store.borrow().clone().filter(|_| connected) else {
             BridgeCounters::add(&counters.session_claims_failed);
-            return Bytes::new();
+            return Claimed::default();
         };
         let mut key = String::new();
         if !topic_subject(KEY_PREFIX, client_id, &mut key) {
             BridgeCounters::add(&counters.subject_too_long);
-            return Bytes::new();
+            return Claimed::default();
         }
-        let previous = match tokio::time::timeout(CLAIM_TIMEOUT, self.set(&store, &key)).await {
-            Ok(Some(previous)) => previous,
-            Ok(None) | Err(_) => {
-                BridgeCounters::add(&counters.session_claims_failed);
-                tracing::warn!(
-                    client_id = &**client_id,
-                    "cannot claim the client id in the session directory: accepted on this \
-                     node alone"
-                );
-                return Bytes::new();
-            }
-        };
+        let (previous, revision) =
+            match tokio::time::timeout(CLAIM_TIMEOUT, self.set(&store, &key)).await {
+                Ok(Some(written)) => written,
+                Ok(None) | Err(_) => {
+                    BridgeCounters::add(&counters.session_claims_failed);
+                    tracing::warn!(
+                        client_id = &**client_id,
+                        "cannot claim the client id in the session directory: accepted on this \
+                         node alone"
+                    );
+                    return Claimed::default();
+                }
+            };
         BridgeCounters::add(&counters.session_claims);
+        let claimed = |state| Claimed { state, revision };
         if previous.is_empty() || previous == self.node {
-            return Bytes::new();
+            return claimed(Bytes::new());
         }
         let flags = if clean_start { CLEAN_START } else { 0 };
         let payload = encode_request(flags, &self.node, client_id);
@@ -342,7 +386,7 @@ impl SessionSync {
         match tokio::time::timeout(HANDOVER_TIMEOUT, request).await {
             Ok(Ok(reply)) => {
                 BridgeCounters::add(&counters.session_takeovers);
-                reply.payload
+                claimed(reply.payload)
             }
             Ok(Err(error)) => {
                 // "No responders": the node is gone; what it held is lost.
@@ -352,7 +396,7 @@ impl SessionSync {
                     %error,
                     "the node that held the session did not answer: a new session"
                 );
-                Bytes::new()
+                claimed(Bytes::new())
             }
             Err(_) => {
                 BridgeCounters::add(&counters.session_claims_failed);
@@ -361,25 +405,26 @@ impl SessionSync {
                     node = %previous,
                     "the node that held the session did not answer in time: a new session"
                 );
-                Bytes::new()
+                claimed(Bytes::new())
             }
         }
     }
 
     /// Writes this node into `key` by compare-and-set; returns the node
-    /// that held it before ("" for none), or `None` past [`MAX_ATTEMPTS`]
-    /// or on an error.
-    async fn set(&self, store: &kv::Store, key: &str) -> Option<String> {
+    /// that held it before ("" for none) and the revision written, or
+    /// `None` past [`MAX_ATTEMPTS`] or on an error.
+    async fn set(&self, store: &kv::Store, key: &str) -> Option<(String, u64)> {
         let value = Bytes::from(self.node.clone().into_bytes());
         for _ in 0..MAX_ATTEMPTS {
             let written = match store.entry(key).await.ok()? {
-                None => store.create(key, value.clone()).await.map(|_| String::new()).ok(),
+                None => store.create(key, value.clone()).await.map(|rev| (String::new(), rev)).ok(),
                 Some(entry) => {
                     let previous = match entry.operation {
                         kv::Operation::Put => String::from_utf8_lossy(&entry.value).into_owned(),
                         kv::Operation::Delete | kv::Operation::Purge => String::new(),
                     };
-                    store.update(key, value.clone(), entry.revision).await.map(|_| previous).ok()
+                    let updated = store.update(key, value.clone(), entry.revision).await;
+                    updated.map(|revision| (previous, revision)).ok()
                 }
             };
             if let Some(previous) = written {
@@ -387,6 +432,39 @@ impl SessionSync {
             }
         }
         None
+    }
+}
+
+impl SessionSync {
+    /// Removes the entry of `client_id` up to `revision` (see the
+    /// module's Release): one purge of the key's subject in the bucket's
+    /// stream, bounded by [`CLAIM_TIMEOUT`].
+    async fn release(&self, client_id: &ByteString, revision: u64) {
+        let counters = &self.shared.counters;
+        let Some(store) = self.store.borrow().clone() else {
+            return BridgeCounters::add(&counters.session_release_failed);
+        };
+        let mut key = String::new();
+        if !topic_subject(KEY_PREFIX, client_id, &mut key) {
+            // Never claimed either (see `claim`).
+            return;
+        }
+        let subject = format!("{}{key}", store.prefix);
+        let purge = store.stream.purge().filter(subject).sequence(revision + 1);
+        match tokio::time::timeout(CLAIM_TIMEOUT, async { purge.await }).await {
+            Ok(Ok(purged)) if purged.purged > 0 => BridgeCounters::add(&counters.session_released),
+            // A later claim rewrote the entry first (its revision is
+            // higher), or another node's claim removed the older ones.
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                BridgeCounters::add(&counters.session_release_failed);
+                tracing::debug!(client_id = &**client_id, %error, "session entry not removed");
+            }
+            Err(_) => {
+                BridgeCounters::add(&counters.session_release_failed);
+                tracing::debug!(client_id = &**client_id, "session entry not removed in time");
+            }
+        }
     }
 }
 
@@ -436,6 +514,7 @@ impl super::ClusterSetup {
                 ToBridge::Reply { payload, .. } => handovers.push(payload),
                 ToBridge::Forward(_) => {}
                 ToBridge::Claim { client_id, .. } => claims.push(client_id.to_string()),
+                ToBridge::Release { .. } => {}
                 ToBridge::Retain(message) => retained.push(message.topic.as_str().to_owned()),
             }
         }
@@ -451,6 +530,16 @@ impl super::ClusterSetup {
             _ => None,
         });
         forwards.collect()
+    }
+
+    /// The releases of directory entries the shards asked for, as (client
+    /// id, revision), since the last call; the rest is left out.
+    pub(crate) fn take_releases(&self) -> Vec<(String, u64)> {
+        let releases = self.take_to_bridge().into_iter().filter_map(|item| match item {
+            ToBridge::Release { client_id, revision } => Some((client_id.to_string(), revision)),
+            _ => None,
+        });
+        releases.collect()
     }
 
     fn take_to_bridge(&self) -> Vec<ToBridge> {

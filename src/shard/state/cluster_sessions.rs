@@ -5,7 +5,7 @@
 
 use super::Shard;
 use crate::protocol::Connect;
-use crate::router::cluster::Takeover;
+use crate::router::cluster::{Claimed, Takeover};
 use crate::session::Session;
 use crate::shard::slots::Slot;
 use crate::store::{handover, SessionState};
@@ -43,7 +43,7 @@ impl Shard {
     pub fn begin_cluster_claim(
         &mut self,
         connect: &Connect,
-    ) -> Option<impl Future<Output = Bytes>> {
+    ) -> Option<impl Future<Output = Claimed>> {
         let link = self.cluster.as_ref()?;
         if self.home_of(&connect.client_id) != self.id {
             return None;
@@ -58,15 +58,15 @@ impl Shard {
     /// (5.0 Session Expiry Interval above 0, within `max_session_expiry`),
     /// the id is claimed in the cluster's session directory like any other:
     /// the client coming back with it on another node (Clean Start 0) then
-    /// moves the session there. Returns the claim to run; the CONNACK does
-    /// not wait for it: the id is new (no node holds it, nothing is handed
-    /// over). A session that ends with its connection is not claimed:
-    /// directory entries are never deleted, and one per anonymous
-    /// connection would grow the bucket without bound.
+    /// moves the session there. Returns the claim to run, whose revision
+    /// goes to [`Self::note_claim`]; the CONNACK does not wait for it: the
+    /// id is new (no node holds it, nothing is handed over). A session
+    /// that ends with its connection is not claimed: nobody can come back
+    /// to it, and it would cost two writes to the directory.
     pub fn claim_assigned(
         &self,
         key: crate::shard::SessionKey,
-    ) -> Option<impl Future<Output = Bytes>> {
+    ) -> Option<impl Future<Output = Claimed>> {
         let link = self.cluster.as_ref()?;
         let slot = self.slots.get(key)?;
         if slot.session.expiry() == Some(std::time::Duration::ZERO) {
@@ -81,8 +81,11 @@ impl Shard {
     /// other shards and subscribed on NATS, as a SUBACK does
     /// ([MQTT-3.8.4-1]: what is published after it, anywhere in the
     /// cluster, reaches the session). Once no claim of the id is in
-    /// progress, the takeovers that waited are served.
-    pub fn end_cluster_claim(&mut self, client_id: &ByteString, now: Instant) {
+    /// progress, the takeovers that waited are served. `entry_revision`
+    /// is what the claim wrote into the directory (see
+    /// [`Self::note_claim`]).
+    pub fn end_cluster_claim(&mut self, client_id: &ByteString, entry_revision: u64, now: Instant) {
+        self.note_claim(client_id, entry_revision);
         let Some(claiming) = self.cluster_claims.get_mut(client_id) else { return };
         claiming.claims -= 1;
         let (revision, claims) = (std::mem::take(&mut claiming.revision), claiming.claims);
@@ -103,6 +106,24 @@ impl Shard {
         self.settle_move(client_id, forwarded, now);
         for takeover in waiting {
             self.handle_cluster_takeover(takeover, now);
+        }
+    }
+
+    /// A claim of `client_id` wrote `revision` into the session directory:
+    /// the session's end here releases the entry up to it (see
+    /// `router::cluster::sessions`). Without a session here (its CONNECT
+    /// was refused, or it ended before the claim did) the entry goes now.
+    pub fn note_claim(&mut self, client_id: &ByteString, revision: u64) {
+        match self.slots.find(client_id) {
+            Some(key) => {
+                let slot = self.slots.slot_mut(key);
+                slot.directory_revision = slot.directory_revision.max(revision);
+            }
+            None => {
+                if let Some(link) = &self.cluster {
+                    link.release(client_id, revision);
+                }
+            }
         }
     }
 
@@ -192,6 +213,9 @@ impl Shard {
         now: Instant,
     ) -> Bytes {
         let Some(key) = self.slots.find(client_id) else { return Bytes::new() };
+        // The directory names `node` now: the session's end here releases
+        // nothing.
+        self.slots.slot_mut(key).directory_revision = 0;
         self.take_over_connection(key, now);
         // A clean 3.1.1 session ended with its connection.
         let Some(key) = self.slots.find(client_id) else { return Bytes::new() };
@@ -228,6 +252,9 @@ mod tests {
     use std::rc::Rc;
     use std::time::Duration;
 
+    /// The revision the test's bridge gives every claim.
+    const REVISION: u64 = 7;
+
     /// A node of one shard, linked to a bridge the test plays.
     fn node() -> (Shard, ClusterSetup) {
         super::super::cluster::tests::shard(1, &[])
@@ -262,7 +289,7 @@ mod tests {
         else {
             panic!("refused")
         };
-        shard.end_cluster_claim(&connect.client_id, now);
+        shard.end_cluster_claim(&connect.client_id, REVISION, now);
         let out = output(shard, key, id, now);
         (key, id, out)
     }
@@ -282,6 +309,54 @@ mod tests {
             properties: Default::default(),
             payload: Bytes::from_static(b"m"),
         })
+    }
+
+    /// The directory entry of a session goes when the session ends on the
+    /// node it names: a clean session with its connection, a persistent
+    /// one at its expiry [MQTT-3.1.2-23], one whose claim ended after it
+    /// did at once. Not while it lives, and not when it moves (the entry
+    /// names the new node).
+    #[test]
+    fn a_session_that_ends_here_releases_its_directory_entry_and_one_that_moves_does_not() {
+        let now = Instant::now();
+        let (mut a, bridge) = node();
+        let (key, id, _) = connect(&mut a, &connect_packet("clean", true), &[], now);
+        assert!(bridge.take_releases().is_empty(), "connected");
+        a.handle_connection_closed(key, id, now);
+        assert_eq!(bridge.take_releases(), [("clean".to_owned(), REVISION)]);
+        // A 5.0 session that outlives its connection by 1 s.
+        let mut v5 = connect_packet("lasting", true);
+        v5.version = ProtocolVersion::V5;
+        v5.properties.session_expiry_interval = Some(1);
+        assert!(a.begin_cluster_claim(&v5).is_some(), "claimed");
+        let id = a.new_connection_id();
+        let ConnectOutcome::Accepted(key) = a.handle_connect(now, &v5, v5.client_id.clone(), id)
+        else {
+            panic!("refused")
+        };
+        a.end_cluster_claim(&v5.client_id, REVISION, now);
+        a.handle_connection_closed(key, id, now);
+        a.sweep(now + Duration::from_millis(500));
+        assert!(bridge.take_releases().is_empty(), "offline, not expired");
+        // A later claim of the same id on this node: its higher revision
+        // is the one released.
+        a.note_claim(&"lasting".into(), REVISION + 5);
+        a.sweep(now + Duration::from_secs(2));
+        assert!(a.slots.find("lasting").is_none(), "expired");
+        assert_eq!(bridge.take_releases(), [("lasting".to_owned(), REVISION + 5)]);
+        // A claim that ends with no session here (its CONNECT refused).
+        a.note_claim(&"refused".into(), 9);
+        assert_eq!(bridge.take_releases(), [("refused".to_owned(), 9)]);
+        // A persistent session that moves to node b: no release here.
+        let (key, id, _) = connect(&mut a, &connect_packet("mover", false), &[], now);
+        a.handle_connection_closed(key, id, now);
+        a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+        assert!(a.slots.find("mover").is_none(), "gone from node a");
+        // Nor for a live clean session that b takes over with Clean Start.
+        let (_, _, _) = connect(&mut a, &connect_packet("twin", true), &[], now);
+        a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("twin", true)), now);
+        assert!(a.slots.find("twin").is_none(), "ended on node a");
+        assert!(bridge.take_releases().is_empty());
     }
 
     #[test]
@@ -496,7 +571,7 @@ mod tests {
         else {
             panic!("refused")
         };
-        b.end_cluster_claim(&connect.client_id, now);
+        b.end_cluster_claim(&connect.client_id, REVISION, now);
         let revision = bridge_b.take_interest()[0].3;
         b.handle_cluster(FromBridge::InterestAck(revision), now);
         let out = output(&mut b, key, id, now);
@@ -542,7 +617,7 @@ mod tests {
         else {
             panic!("refused")
         };
-        a.end_cluster_claim(&connect_a.client_id, now);
+        a.end_cluster_claim(&connect_a.client_id, REVISION, now);
         assert_eq!(bridge.take_sessions().0, [Bytes::new()], "answered: no session to move");
         assert!(a.session_mut(key, id).is_none(), "the connection was taken over");
     }

@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 pub(super) const ARRIVED_WINDOW: Duration = Duration::from_secs(10);
 
 /// The ids a session that arrived keeps at most; past it a copy may be
-/// delivered twice (counted nowhere: a session given this many messages
-/// in its first seconds here is far beyond what a device sends).
+/// delivered twice (logged once per session: a session given this many
+/// messages in its first seconds here is far beyond what a device sends).
 const MAX_IDS: usize = 1 << 16;
 
 /// What the shard keeps for sessions that move.
@@ -81,6 +81,8 @@ struct Arrived {
     ids: HashSet<u64>,
     /// When it stops keeping them.
     until: Instant,
+    /// Whether it was logged that [`MAX_IDS`] were reached.
+    full: bool,
 }
 
 impl SessionMoves {
@@ -180,7 +182,7 @@ impl Shard {
         let Some(window) = self.cluster.as_ref().map(|link| link.move_window()) else { return };
         let ids = ids.filter(|&id| id != 0).take(MAX_IDS).collect();
         let until = now + window + ARRIVED_WINDOW;
-        self.moves.arrived.insert(key, Arrived { ids, until });
+        self.moves.arrived.insert(key, Arrived { ids, until, full: false });
     }
 
     /// A delivery to `key` while sessions move: `true` when it is done
@@ -194,7 +196,19 @@ impl Shard {
             return true;
         }
         let Some(arrived) = self.moves.arrived.get_mut(&key) else { return false };
-        if message.id == 0 || arrived.ids.len() >= MAX_IDS {
+        if message.id == 0 {
+            return false;
+        }
+        if arrived.ids.len() >= MAX_IDS {
+            if !std::mem::replace(&mut arrived.full, true) {
+                let client_id = self.slots.get(key).map(|slot| slot.session.client_id().clone());
+                tracing::warn!(
+                    client_id = client_id.as_deref().unwrap_or(""),
+                    ids = MAX_IDS,
+                    "a session that moved here was given more messages than its duplicate check \
+                     keeps: a second copy sent on by its old node may now reach it"
+                );
+            }
             return false;
         }
         if arrived.ids.insert(message.id) {
