@@ -357,7 +357,7 @@ impl<T: Transport> Connection<T> {
         if let Some(claim) = claim {
             let claim = Box::pin(claim).await;
             let mut shard = self.ctx.shard.borrow_mut();
-            shard.restore_handover(&connect.client_id, &claim.state, Instant::now());
+            shard.restore_handover(&connect.client_id, &claim.state, &claim.from, Instant::now());
             claimed = Some(claim.revision);
         }
         let placement = self.ctx.shard.borrow_mut().place(Instant::now(), &connect, verified);

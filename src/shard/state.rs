@@ -488,7 +488,11 @@ impl Shard {
     fn remove_session(&mut self, key: SessionKey) {
         self.relieve(key);
         if !self.moves.is_quiet() {
-            self.moves.forget(key);
+            if let Some((node, client_id)) = self.moves.forget(key) {
+                if let Some(link) = &self.cluster {
+                    link.forwarder_gone(&node, &client_id);
+                }
+            }
         }
         let Some(slot) = self.slots.remove(key) else { return };
         self.log_session_end(&slot);
@@ -1261,8 +1265,10 @@ impl Shard {
         now: Instant,
     ) {
         // In a cluster, a session that moved away forwards, one that
-        // arrived drops second copies (see `state/session_moves.rs`).
-        if !self.moves.is_quiet() && self.moved_delivery(key, message) {
+        // arrived drops second copies and keeps the order (see
+        // `state/session_moves.rs`). Not retained messages sent for a new
+        // subscription: those go to it whatever it was given before.
+        if !retained && !self.moves.is_quiet() && self.moved_delivery(key, message) {
             return;
         }
         let log_id = self.log_id_for(key, message);

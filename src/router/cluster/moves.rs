@@ -24,6 +24,17 @@
 //! u16  length, then the client id (UTF-8)
 //! then, per message: u32 length, then its frame (see `frame`)
 //! ```
+//!
+//! When the forwarder goes (its time is up, or the session came back), the
+//! old node says so on the same subject, after the forwards before it and
+//! without an answer: the new node then stops holding back what reached
+//! the session straight (see `shard::state::session_moves`, "In order").
+//!
+//! ```text
+//! u8   envelope version (0x43, 'C')
+//! u16  length, then the client id (UTF-8)
+//! u8   length, then the node id of the forwarder's node (UTF-8)
+//! ```
 
 use super::frame;
 use super::{BridgeCounters, FromBridge, Shared};
@@ -39,6 +50,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const VERSION: u8 = 0x46;
+
+const CLOSED_VERSION: u8 = 0x43;
 
 /// How long one attempt waits for the new node's answer.
 pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,13 +73,17 @@ pub(super) struct Forward {
     pub(super) message: Arc<Message>,
 }
 
-/// Another node's messages for a session that moved here.
+/// Another node's messages for a session that moved here, or the end of
+/// its forwarder.
 #[derive(Debug)]
 pub struct Forwarded {
     /// The session's client id.
     pub client_id: ByteString,
     /// The messages, in the order the old node matched them.
     pub messages: Vec<Arc<Message>>,
+    /// The node whose forwarder for the session went (a 'C' envelope, with
+    /// no messages); it sends nothing more.
+    pub closed_by: Option<ByteString>,
     /// Where the answer goes ([`super::ClusterLink::answer_forwarded`]).
     pub(super) reply: Option<async_nats::Subject>,
 }
@@ -136,6 +153,47 @@ pub(super) fn decode(mut envelope: Bytes, clocks: Clocks) -> Option<(ByteString,
     Some((client_id, messages))
 }
 
+/// The envelope that says `node`'s forwarder for `client_id` went; a node
+/// id is at most 64 bytes (`config::cluster` checks it).
+pub(super) fn encode_closed(client_id: &str, node: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + client_id.len() + node.len());
+    out.put_u8(CLOSED_VERSION);
+    out.put_u16(client_id.len() as u16);
+    out.put_slice(client_id.as_bytes());
+    out.put_u8(node.len() as u8);
+    out.put_slice(node.as_bytes());
+    out.freeze()
+}
+
+/// The client id and node of a 'C' envelope; `None` when malformed.
+fn decode_closed(mut envelope: Bytes) -> Option<(ByteString, ByteString)> {
+    if envelope.len() < 3 || envelope[0] != CLOSED_VERSION {
+        return None;
+    }
+    envelope.advance(1);
+    let len = usize::from(envelope.get_u16());
+    if envelope.len() < len + 1 {
+        return None;
+    }
+    let client_id = ByteString::try_from(envelope.split_to(len)).ok()?;
+    let len = usize::from(envelope.get_u8());
+    if envelope.len() != len {
+        return None;
+    }
+    Some((client_id, ByteString::try_from(envelope).ok()?))
+}
+
+/// A forwarded envelope as the shards take it; `None` when malformed.
+fn decode_any(envelope: Bytes, reply: Option<async_nats::Subject>) -> Option<Forwarded> {
+    if envelope.first() == Some(&CLOSED_VERSION) {
+        let (client_id, node) = decode_closed(envelope)?;
+        return Some(Forwarded { client_id, messages: Vec::new(), closed_by: Some(node), reply });
+    }
+    let (client_id, messages) = decode(envelope, Clocks::read())?;
+    let messages = messages.into_iter().map(Arc::new).collect();
+    Some(Forwarded { client_id, messages, closed_by: None, reply })
+}
+
 /// Where forwards go: the node, and the client id of the session.
 type Destination = (ByteString, ByteString);
 
@@ -150,6 +208,8 @@ pub(super) struct Forwarder {
     /// What the shards handed over since the last flush, per (node,
     /// client id), in order.
     pending: RefCell<HashMap<Destination, Vec<Arc<Message>>>>,
+    /// Forwarders that went since the last flush: said after the forwards.
+    closed: RefCell<Vec<Destination>>,
     /// A flush is spawned.
     flushing: Cell<bool>,
 }
@@ -169,6 +229,7 @@ impl Forwarder {
             origin,
             shared,
             pending: RefCell::default(),
+            closed: RefCell::default(),
             flushing: Cell::new(false),
         }
     }
@@ -181,27 +242,49 @@ impl Forwarder {
     pub(super) fn push(self: &Rc<Self>, forward: Forward) {
         let Forward { node, client_id, message } = forward;
         self.pending.borrow_mut().entry((node, client_id)).or_default().push(message);
-        if !self.flushing.replace(true) {
-            let this = Rc::clone(self);
-            tokio::task::spawn_local(async move {
-                // The rest of the shards' turn joins the batch.
-                tokio::task::yield_now().await;
-                this.flushing.set(false);
-                let batches = std::mem::take(&mut *this.pending.borrow_mut());
-                for ((node, client_id), messages) in batches {
-                    let (envelopes, failed) =
-                        encode(this.origin, &client_id, &messages, Clocks::read());
-                    this.count_failed(failed, &client_id, &node);
-                    for (envelope, count) in envelopes {
-                        let this = Rc::clone(&this);
-                        let (node, client_id) = (node.clone(), client_id.clone());
-                        tokio::task::spawn_local(async move {
-                            this.send(&node, &client_id, envelope, count).await;
-                        });
-                    }
-                }
-            });
+        self.flush_soon();
+    }
+
+    /// A shard's forwarder for `client_id`, which sent to `node`, went.
+    pub(super) fn close(self: &Rc<Self>, node: ByteString, client_id: ByteString) {
+        self.closed.borrow_mut().push((node, client_id));
+        self.flush_soon();
+    }
+
+    /// Sends what the shards handed over, once the rest of their turn
+    /// joined it: the forwards, then the ends of forwarders (each task's
+    /// first attempt goes out in the order they were spawned).
+    fn flush_soon(self: &Rc<Self>) {
+        if self.flushing.replace(true) {
+            return;
         }
+        let this = Rc::clone(self);
+        tokio::task::spawn_local(async move {
+            tokio::task::yield_now().await;
+            this.flushing.set(false);
+            let batches = std::mem::take(&mut *this.pending.borrow_mut());
+            for ((node, client_id), messages) in batches {
+                let (envelopes, failed) =
+                    encode(this.origin, &client_id, &messages, Clocks::read());
+                this.count_failed(failed, &client_id, &node);
+                for (envelope, count) in envelopes {
+                    let this = Rc::clone(&this);
+                    let (node, client_id) = (node.clone(), client_id.clone());
+                    tokio::task::spawn_local(async move {
+                        this.send(&node, &client_id, envelope, count).await;
+                    });
+                }
+            }
+            for (node, client_id) in std::mem::take(&mut *this.closed.borrow_mut()) {
+                let this = Rc::clone(&this);
+                tokio::task::spawn_local(async move {
+                    let envelope = encode_closed(&client_id, &this.node);
+                    // Not answered: without it the new node stops holding
+                    // back at its own deadline.
+                    let _ = this.client.publish(this.subject(&node), envelope).await;
+                });
+            }
+        });
     }
 
     /// Sends one envelope until the new node answers, or counts its
@@ -247,14 +330,13 @@ impl Forwarder {
             Err(error) => return tracing::warn!(%error, "cannot receive forwarded messages"),
         };
         while let Some(request) = requests.next().await {
-            let Some((client_id, messages)) = decode(request.payload, Clocks::read()) else {
+            let Some(forwarded) = decode_any(request.payload, request.reply) else {
                 BridgeCounters::add(&self.shared.counters.malformed);
                 tracing::debug!(subject = %request.subject, "not a forward of ringmq's");
                 continue;
             };
-            let shard = crate::router::home_shard(client_id.as_bytes(), self.shared.events.len());
-            let messages = messages.into_iter().map(Arc::new).collect();
-            let forwarded = Forwarded { client_id, messages, reply: request.reply };
+            let client_id = forwarded.client_id.as_bytes();
+            let shard = crate::router::home_shard(client_id, self.shared.events.len());
             self.shared.events[shard.index()].push_control(FromBridge::Forwarded(forwarded));
         }
     }
@@ -264,7 +346,17 @@ impl Forwarder {
 impl Forwarded {
     /// Messages forwarded for `client_id`, as the bridge hands them over.
     pub(crate) fn for_tests(client_id: &str, messages: Vec<Arc<Message>>) -> Self {
-        Self { client_id: client_id.into(), messages, reply: None }
+        Self { client_id: client_id.into(), messages, closed_by: None, reply: None }
+    }
+
+    /// The end of `node`'s forwarder for `client_id`.
+    pub(crate) fn closed_for_tests(client_id: &str, node: &str) -> Self {
+        Self {
+            client_id: client_id.into(),
+            messages: Vec::new(),
+            closed_by: Some(node.into()),
+            reply: None,
+        }
     }
 }
 
@@ -300,6 +392,25 @@ mod tests {
         assert!(decode(envelope.slice(..envelope.len() - 1), clocks).is_none(), "cut short");
         assert!(decode(envelope.slice(..4), clocks).is_none(), "cut in the client id");
         assert!(decode(Bytes::from_static(&[0x47, 0, 0]), clocks).is_none(), "not an 'F'");
+    }
+
+    #[test]
+    fn the_end_of_a_forwarder_round_trips_and_is_told_from_a_forward() {
+        let envelope = encode_closed("mover/é", "node-a");
+        let closed = decode_any(envelope.clone(), None).unwrap();
+        assert_eq!(closed.client_id, "mover/é");
+        assert_eq!(closed.closed_by.as_deref(), Some("node-a"));
+        assert!(closed.messages.is_empty());
+        for cut in 1..envelope.len() {
+            assert!(decode_any(envelope.slice(..cut), None).is_none(), "cut at {cut}");
+        }
+        let mut longer = envelope.to_vec();
+        longer.push(b'x');
+        assert!(decode_any(longer.into(), None).is_none(), "trailing bytes");
+        let clocks = Clocks::read();
+        let (forwards, _) = encode(5, "mover", &[message("a/1", 11, 3)], clocks);
+        let forward = decode_any(forwards[0].0.clone(), None).unwrap();
+        assert_eq!((forward.closed_by, forward.messages.len()), (None, 1));
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub(super) enum ToBridge {
     Reply { reply: async_nats::Subject, payload: Bytes },
     /// A message for a session that moved to another node (see `moves`).
     Forward(super::moves::Forward),
+    /// The forwarder for `client_id`, which sent to `node`, went (see
+    /// `moves`).
+    ForwarderGone { node: ByteString, client_id: ByteString },
     /// A retained message (or delete) published on this node, for the
     /// cluster's bucket (see `retained`), from the shard that stored it.
     Retain(Arc<crate::message::Message>),
@@ -115,6 +118,8 @@ pub struct Claimed {
     /// The revision of the directory entry the claim wrote (0: none was
     /// written); what the session's end releases ([`ClusterLink::release`]).
     pub revision: u64,
+    /// The node that handed the session over (empty: none).
+    pub from: ByteString,
 }
 
 /// Another node asks this one to give up the session of `client_id`.
@@ -190,6 +195,13 @@ impl ClusterLink {
             message: Arc::clone(message),
         };
         self.shared.sessions.push_control(ToBridge::Forward(forward));
+    }
+
+    /// The forwarder for `client_id` that sent to `node` went: `node` is
+    /// told after what was sent on before (see `moves`).
+    pub fn forwarder_gone(&self, node: &ByteString, client_id: &ByteString) {
+        let (node, client_id) = (node.clone(), client_id.clone());
+        self.shared.sessions.push_control(ToBridge::ForwarderGone { node, client_id });
     }
 
     /// Answers another node's forward once its messages are queued here.
@@ -283,6 +295,9 @@ impl SessionSync {
                     }
                 }
                 ToBridge::Forward(forward) => self.forwarder.push(forward),
+                ToBridge::ForwarderGone { node, client_id } => {
+                    self.forwarder.close(node, client_id);
+                }
                 ToBridge::Retain(message) => {
                     if let Some(retained) = &retained {
                         retained.publish(&message, &mut buffer).await;
@@ -376,7 +391,8 @@ impl SessionSync {
                 }
             };
         BridgeCounters::add(&counters.session_claims);
-        let claimed = |state| Claimed { state, revision };
+        let from = ByteString::from(previous.as_str());
+        let claimed = |state| Claimed { state, revision, from };
         if previous.is_empty() || previous == self.node {
             return claimed(Bytes::new());
         }
@@ -512,7 +528,7 @@ impl super::ClusterSetup {
         for item in self.take_to_bridge() {
             match item {
                 ToBridge::Reply { payload, .. } => handovers.push(payload),
-                ToBridge::Forward(_) => {}
+                ToBridge::Forward(_) | ToBridge::ForwarderGone { .. } => {}
                 ToBridge::Claim { client_id, .. } => claims.push(client_id.to_string()),
                 ToBridge::Release { .. } => {}
                 ToBridge::Retain(message) => retained.push(message.topic.as_str().to_owned()),
@@ -530,6 +546,18 @@ impl super::ClusterSetup {
             _ => None,
         });
         forwards.collect()
+    }
+
+    /// The forwarders that went, as (node, client id), since the last
+    /// call; the rest is left out.
+    pub(crate) fn take_forwarders_gone(&self) -> Vec<(String, String)> {
+        let gone = self.take_to_bridge().into_iter().filter_map(|item| match item {
+            ToBridge::ForwarderGone { node, client_id } => {
+                Some((node.to_string(), client_id.to_string()))
+            }
+            _ => None,
+        });
+        gone.collect()
     }
 
     /// The releases of directory entries the shards asked for, as (client

@@ -135,7 +135,13 @@ impl Shard {
     /// sent as after any reconnection [MQTT-4.4.0-1]. A session this shard
     /// holds with a live connection is kept (the CONNECT takes it over);
     /// an offline one is replaced.
-    pub fn restore_handover(&mut self, client_id: &ByteString, state: &[u8], now: Instant) {
+    pub fn restore_handover(
+        &mut self,
+        client_id: &ByteString,
+        state: &[u8],
+        from: &ByteString,
+        now: Instant,
+    ) {
         if state.is_empty() {
             return;
         }
@@ -173,7 +179,7 @@ impl Shard {
         slot.log_id = sid;
         slot.expires_at = expiry.map(|expiry| now + expiry);
         let key = self.slots.insert(slot);
-        self.arrived(key, messages.values().map(|message| message.id).chain(seen), now);
+        self.arrived(key, messages.values().map(|message| message.id).chain(seen), from, now);
         let revision = self.index_session(key);
         if let Some(claiming) = self.cluster_claims.get_mut(client_id) {
             claiming.revision = claiming.revision.max(revision);
@@ -223,6 +229,8 @@ impl Shard {
             self.end_session(key, now);
             return Bytes::new();
         }
+        // What it held back for order goes with it, in its queue.
+        self.stop_holding(key, now);
         let mut messages = hashbrown::HashMap::new();
         let stored = self.slot(key).session.handover(&mut messages);
         let state = handover::encode(&stored, &messages, &self.seen_since_arrival(key));
@@ -274,15 +282,26 @@ mod tests {
     }
 
     /// Connects as the network layer does in a cluster: claim, restore
-    /// what was handed over, accept, end the claim.
+    /// what was handed over (by node a), accept, end the claim.
     fn connect(
         shard: &mut Shard,
         connect: &Connect,
         handed: &[u8],
         now: Instant,
     ) -> (SessionKey, ConnectionId, Vec<Packet>) {
+        connect_from(shard, connect, handed, "a", now)
+    }
+
+    /// [`connect`] with a session handed over by node `from`.
+    fn connect_from(
+        shard: &mut Shard,
+        connect: &Connect,
+        handed: &[u8],
+        from: &str,
+        now: Instant,
+    ) -> (SessionKey, ConnectionId, Vec<Packet>) {
         assert!(shard.begin_cluster_claim(connect).is_some(), "claimed");
-        shard.restore_handover(&connect.client_id, handed, now);
+        shard.restore_handover(&connect.client_id, handed, &from.into(), now);
         let id = shard.new_connection_id();
         let ConnectOutcome::Accepted(key) =
             shard.handle_connect(now, connect, connect.client_id.clone(), id)
@@ -412,7 +431,7 @@ mod tests {
         let log = Rc::new(crate::store::Log::new());
         b.attach_log(Rc::clone(&log), crate::store::LiveState::default(), now);
         assert!(b.begin_cluster_claim(&connect_packet("mover", false)).is_some());
-        b.restore_handover(&"mover".into(), &state, now);
+        b.restore_handover(&"mover".into(), &state, &"a".into(), now);
         let live = crate::shard::tests::persist::recovered(&log);
         let [session] = &live.sessions.sessions.values().collect::<Vec<_>>()[..] else {
             panic!("one session in the log: {:?}", live.sessions)
@@ -498,6 +517,8 @@ mod tests {
         a.sweep(later);
         let interest: Vec<_> = bridge_a.take_interest().into_iter().map(|i| (i.1, i.2)).collect();
         assert_eq!(interest, [("q/#".to_owned(), false)]);
+        // Node b is told, after what was sent on before.
+        assert_eq!(bridge_a.take_forwarders_gone(), [("b".to_owned(), "mover".to_owned())]);
         a.handle_cluster(FromBridge::Publish(remote("q/4", 79)), later);
         assert!(bridge_a.take_forwards().is_empty());
         assert_eq!(a.snapshot().counters.shard.sessions_expired, 0, "no session expired");
@@ -520,6 +541,8 @@ mod tests {
         b.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", forwarded)), now);
         b.handle_cluster(FromBridge::Publish(remote("q/2", 500)), now);
         b.handle_cluster(FromBridge::Publish(remote("q/3", 501)), now);
+        // q/3 came straight only: held back until node a's forwarder goes.
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::closed_for_tests("mover", "a")), now);
         let out = [out, output(&mut b, key, id, now)].concat();
         assert_eq!(topics(&out), ["q/1", "q/2", "q/3"]);
         assert_eq!(b.snapshot().counters.cluster.session_move_duplicates, 3);
@@ -532,6 +555,8 @@ mod tests {
             let revision = bridge_b2.take_interest()[0].3;
             b2.handle_cluster(FromBridge::InterestAck(revision), now);
             b2.handle_cluster(FromBridge::Publish(remote("q/2", 500)), now);
+            let closed = Forwarded::closed_for_tests("mover", "a");
+            b2.handle_cluster(FromBridge::Forwarded(closed), now);
             assert_eq!(topics(&output(&mut b2, k, i, now)), ["q/1", "q/2"]);
             for packet_id in [1, 2] {
                 let ack = crate::protocol::PubResponse::new(PacketId::new(packet_id).unwrap());
@@ -554,6 +579,77 @@ mod tests {
         assert_eq!(topics(&output(&mut b, key, id, later)), ["q/3"]);
     }
 
+    /// [MQTT-4.6.0-6] around a move: a publisher's messages reach the
+    /// session in order, though the earlier ones take the longer way (sent
+    /// on by node a). What comes straight and matches the subscriptions
+    /// the session arrived with is held back until its copy sent on comes
+    /// (delivered instead), or node a's forwarder goes; what matches only
+    /// a subscription made here is not held.
+    #[test]
+    fn a_session_that_arrived_gets_a_publishers_messages_in_order() {
+        let now = Instant::now();
+        let (_a, _bridge_a, state, _) = moved(now);
+        let (mut b, bridge_b) = node();
+        let (key, id, out) = connect(&mut b, &connect_packet("mover", false), &state, now);
+        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        assert!(b.handle_packet(key, id, now, subscribe("new/#")).unwrap());
+        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        // A publisher elsewhere sent 1st then 2nd: the 2nd comes straight
+        // before node a sends both on.
+        b.handle_cluster(FromBridge::Publish(remote("q/2nd", 601)), now);
+        b.handle_cluster(FromBridge::Publish(remote("new/x", 700)), now);
+        let out = [out, output(&mut b, key, id, now)].concat();
+        assert_eq!(topics(&out), ["q/1", "new/x"], "q/2nd held back");
+        let sent_on = vec![remote("q/1st", 600), remote("q/2nd", 601)];
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", sent_on)), now);
+        assert_eq!(topics(&output(&mut b, key, id, now)), ["q/1st", "q/2nd"]);
+        assert_eq!(b.snapshot().counters.cluster.session_move_duplicates, 1, "the held copy");
+        // One that node a never got (published after it unsubscribed):
+        // held until a says its forwarder went; another node's word does
+        // not count.
+        b.handle_cluster(FromBridge::Publish(remote("q/3rd", 602)), now);
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::closed_for_tests("mover", "c")), now);
+        assert!(topics(&output(&mut b, key, id, now)).is_empty());
+        b.handle_cluster(FromBridge::Forwarded(Forwarded::closed_for_tests("mover", "a")), now);
+        assert_eq!(topics(&output(&mut b, key, id, now)), ["q/3rd"]);
+        // From then on, straight at once.
+        b.handle_cluster(FromBridge::Publish(remote("q/4th", 603)), now);
+        assert_eq!(topics(&output(&mut b, key, id, now)), ["q/4th"]);
+    }
+
+    /// Without word from node a (dead, or the word lost), the session
+    /// stops holding back past node_timeout and a margin; and a session
+    /// that moves on while holding takes what it held in its queue.
+    #[test]
+    fn what_a_session_holds_back_is_delivered_at_its_deadline_or_moves_with_it() {
+        let now = Instant::now();
+        let (_a, _bridge_a, state, _) = moved(now);
+        let (mut b, bridge_b) = node();
+        let (key, id, _) = connect(&mut b, &connect_packet("mover", false), &state, now);
+        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        b.handle_cluster(FromBridge::Publish(remote("q/held", 601)), now);
+        assert!(topics(&output(&mut b, key, id, now)).iter().all(|t| t != "q/held"));
+        let deadline = now + Duration::from_secs(5) + super::super::session_moves::HOLD_MARGIN;
+        b.sweep(deadline - Duration::from_millis(1));
+        assert!(topics(&output(&mut b, key, id, now)).is_empty());
+        b.sweep(deadline);
+        assert_eq!(topics(&output(&mut b, key, id, deadline)), ["q/held"]);
+        // Another copy of the session, holding, moves on to node c.
+        let (mut b2, bridge_b2) = node();
+        let (k, i, _) = connect(&mut b2, &connect_packet("mover", false), &state, now);
+        b2.handle_cluster(FromBridge::InterestAck(bridge_b2.take_interest()[0].3), now);
+        b2.handle_cluster(FromBridge::Publish(remote("q/held", 601)), now);
+        assert_eq!(topics(&output(&mut b2, k, i, now)), ["q/1"]);
+        b2.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
+        let onward = bridge_b2.take_sessions().0.remove(0);
+        let (mut c, bridge_c) = node();
+        let (key_c, id_c, out) =
+            connect_from(&mut c, &connect_packet("mover", false), &onward, "b", now);
+        c.handle_cluster(FromBridge::InterestAck(bridge_c.take_interest()[0].3), now);
+        let out = [out, output(&mut c, key_c, id_c, now)].concat();
+        assert_eq!(topics(&out), ["q/1", "q/held"], "its queue, and what it held");
+    }
+
     #[test]
     fn messages_forwarded_during_the_claim_wait_for_the_session() {
         // The old node's forwards can overtake its answer to the takeover:
@@ -565,7 +661,7 @@ mod tests {
         assert!(b.begin_cluster_claim(&connect).is_some());
         let early = vec![remote("q/early", 900), remote("not/matching", 901)];
         b.handle_cluster(FromBridge::Forwarded(Forwarded::for_tests("mover", early)), now);
-        b.restore_handover(&connect.client_id, &state, now);
+        b.restore_handover(&connect.client_id, &state, &"a".into(), now);
         let id = b.new_connection_id();
         let ConnectOutcome::Accepted(key) = b.handle_connect(now, &connect, "mover".into(), id)
         else {
@@ -592,11 +688,14 @@ mod tests {
         b.handle_cluster(FromBridge::InterestAck(revision), now);
         b.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
         let back = bridge_b.take_sessions().0.remove(0);
-        let (key, id, out) = connect(&mut a, &connect_packet("mover", false), &back, now);
+        let (key, id, out) = connect_from(&mut a, &connect_packet("mover", false), &back, "b", now);
         assert_eq!(a.moves.forwarders(), 0, "the forwarder went once the session was back");
+        assert_eq!(bridge_a.take_forwarders_gone(), [("b".to_owned(), "mover".to_owned())]);
         assert!(bridge_a.take_interest().is_empty(), "q/#: the interest never changed");
         a.handle_cluster(FromBridge::Publish(remote("q/5", 5)), now);
         assert!(bridge_a.take_forwards().is_empty(), "delivered here, not sent on");
+        // Held back while node b forwards: given once b's forwarder went.
+        a.handle_cluster(FromBridge::Forwarded(Forwarded::closed_for_tests("mover", "b")), now);
         let out = [out, output(&mut a, key, id, now)].concat();
         assert_eq!(topics(&out), ["q/1", "q/5"]);
     }

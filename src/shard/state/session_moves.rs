@@ -23,6 +23,23 @@
 //!   ids of what it was given: a second copy is dropped, counted in
 //!   `cluster_session_move_duplicates` (QoS 2 exactly once, QoS 0 at most
 //!   once [MQTT-4.3.1], [MQTT-4.3.3]).
+//! * **In order.** A message sent on by the old node takes one more hop
+//!   than one that reaches the new node straight, and could arrive after
+//!   a later message of the same publisher [MQTT-4.6.0-6]. So while the
+//!   old node forwards (until it says its forwarder went, or
+//!   `node_timeout_ms` + [`HOLD_MARGIN`] after the arrival), the new node
+//!   holds back a message that reaches the session straight and matches
+//!   one of the subscriptions it arrived with: the old node has those
+//!   subscriptions too, so it gets the same message and sends it on, in
+//!   its order. The copy sent on is delivered, the one held back dropped
+//!   as its second copy. What is still held when the forwarder goes (the
+//!   old node never got it: published after it unsubscribed, or a QoS 0
+//!   message NATS did not give it) is delivered then, in the order it
+//!   came. A held message is never dropped unless its other copy was
+//!   delivered: a lost forward delays delivery, it does not lose it. A
+//!   session that moves on takes what it holds in its queue. Not with
+//!   `durability = "always"`, where a message is acknowledged only once
+//!   it is in a queue on disk (acknowledged before ordered).
 //! * **Forwarded messages** go to the session like any message, with the
 //!   options of its own subscriptions that match the topic (the new node
 //!   applies its maximum QoS, No Local, Subscription Identifiers); while
@@ -49,6 +66,16 @@ use std::time::{Duration, Instant};
 /// (`router::cluster::moves`).
 pub(super) const ARRIVED_WINDOW: Duration = Duration::from_secs(10);
 
+/// How long past the forwarding time a session that arrived holds back
+/// what reaches it straight when its old node never says its forwarder
+/// went (the old node died, or the message saying so was lost).
+pub(super) const HOLD_MARGIN: Duration = Duration::from_secs(1);
+
+/// Messages a session that arrived holds back at most; past it it stops
+/// holding (and delivers what it held): order around the move may then
+/// not be kept.
+const MAX_HELD: usize = 4096;
+
 /// The ids a session that arrived keeps at most; past it a copy may be
 /// delivered twice (logged once per session: a session given this many
 /// messages in its first seconds here is far beyond what a device sends).
@@ -63,6 +90,20 @@ pub(super) struct SessionMoves {
     arrived: HashMap<SessionKey, Arrived>,
     /// The last message id given; starts at a random value per shard.
     last_id: u64,
+    /// How the delivery in progress came (see [`Path`]).
+    path: Path,
+}
+
+/// How a delivery to a session that arrived came.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Path {
+    /// Straight: matched here (a publish of this node, or from NATS).
+    #[default]
+    Straight,
+    /// Sent on by the node the session left.
+    Forwarded,
+    /// Held back, now let go.
+    Released,
 }
 
 /// A session that moved to another node.
@@ -83,6 +124,39 @@ struct Arrived {
     until: Instant,
     /// Whether it was logged that [`MAX_IDS`] were reached.
     full: bool,
+    /// The node it came from, whose forwarder sends on what matches
+    /// [`Self::forwarded_filters`] there.
+    from: ByteString,
+    /// Its subscriptions when it arrived (not shared ones: a shared group
+    /// gives a message to one node), which the old node's forwarder has.
+    forwarded_filters: Vec<crate::protocol::TopicFilter>,
+    /// Until when it holds back what reaches it straight (see the
+    /// module's "In order"); `None`: it does not.
+    hold_until: Option<Instant>,
+    /// What it holds back, in the order it came.
+    held: std::collections::VecDeque<Arc<Message>>,
+}
+
+impl Arrived {
+    /// Whether a copy of `message` that came straight is held back.
+    fn holds(&self, message: &Message) -> bool {
+        self.hold_until.is_some()
+            && message.id != 0
+            && self.forwarded_filters.iter().any(|filter| filter.matches(&message.topic))
+    }
+
+    /// Forgets the held copy of the message `id`, delivered as sent on;
+    /// whether there was one.
+    fn drop_held(&mut self, id: u64) -> bool {
+        if self.held.front().is_some_and(|held| held.id == id) {
+            self.held.pop_front();
+        } else if let Some(at) = self.held.iter().position(|held| held.id == id) {
+            self.held.remove(at);
+        } else {
+            return false;
+        }
+        true
+    }
 }
 
 impl SessionMoves {
@@ -111,10 +185,10 @@ impl SessionMoves {
         self.forwarders.len()
     }
 
-    /// The session of `key` is gone.
-    pub(super) fn forget(&mut self, key: SessionKey) {
-        self.forwarders.remove(&key);
+    /// The session of `key` is gone; the forwarder it was, if any.
+    pub(super) fn forget(&mut self, key: SessionKey) -> Option<(ByteString, ByteString)> {
         self.arrived.remove(&key);
+        self.forwarders.remove(&key).map(|forwarder| (forwarder.node, forwarder.client_id))
     }
 }
 
@@ -170,19 +244,42 @@ impl Shard {
         self.schedule(key);
     }
 
-    /// The session of `key` arrived from another node with these messages
+    /// The session of `key` arrived from node `from` with these messages
     /// (queued or in flight): from now on it recognises their other copies
-    /// and those of what it is given (see the module).
+    /// and those of what it is given, and holds back what reaches it
+    /// straight while `from` forwards (see the module).
     pub(super) fn arrived(
         &mut self,
         key: SessionKey,
         ids: impl Iterator<Item = u64>,
+        from: &ByteString,
         now: Instant,
     ) {
         let Some(window) = self.cluster.as_ref().map(|link| link.move_window()) else { return };
         let ids = ids.filter(|&id| id != 0).take(MAX_IDS).collect();
         let until = now + window + ARRIVED_WINDOW;
-        self.moves.arrived.insert(key, Arrived { ids, until, full: false });
+        let forwarded_filters: Vec<_> = self
+            .slot(key)
+            .session
+            .subscriptions()
+            .map(|(filter, _)| filter)
+            .filter(|filter| !filter.is_shared())
+            .cloned()
+            .collect();
+        // With `durability = "always"` a message is acknowledged once it
+        // is in a session's queue on disk: one held back is in neither,
+        // so nothing is (acknowledged before order).
+        let holds = !from.is_empty() && !forwarded_filters.is_empty() && !self.durable_acks();
+        let arrived = Arrived {
+            ids,
+            until,
+            full: false,
+            from: from.clone(),
+            forwarded_filters,
+            hold_until: holds.then(|| now + window + HOLD_MARGIN),
+            held: Default::default(),
+        };
+        self.moves.arrived.insert(key, arrived);
     }
 
     /// A delivery to `key` while sessions move: `true` when it is done
@@ -198,6 +295,33 @@ impl Shard {
         let Some(arrived) = self.moves.arrived.get_mut(&key) else { return false };
         if message.id == 0 {
             return false;
+        }
+        if self.moves.path == Path::Straight && arrived.holds(message) {
+            if arrived.ids.contains(&message.id) {
+                // Its copy sent on came first.
+                if let Some(link) = &self.cluster {
+                    link.count_move_duplicate();
+                }
+                return true;
+            }
+            arrived.held.push_back(Arc::clone(message));
+            if arrived.held.len() >= MAX_HELD {
+                let client_id = self.slots.get(key).map(|slot| slot.session.client_id().clone());
+                tracing::warn!(
+                    client_id = client_id.as_deref().unwrap_or(""),
+                    held = MAX_HELD,
+                    "a session that moved here was given more messages than it holds back for \
+                     their order: delivered now, a later one sent on by its old node may come \
+                     after them"
+                );
+                self.stop_holding(key, Instant::now());
+            }
+            return true;
+        }
+        if self.moves.path == Path::Forwarded && arrived.drop_held(message.id) {
+            if let Some(link) = &self.cluster {
+                link.count_move_duplicate();
+            }
         }
         if arrived.ids.len() >= MAX_IDS {
             if !std::mem::replace(&mut arrived.full, true) {
@@ -229,11 +353,38 @@ impl Shard {
         arrived.map(|arrived| arrived.ids.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// Stops keeping ids for the sessions whose window passed.
+    /// Stops keeping ids for the sessions whose window passed, and stops
+    /// holding back for those whose old node never said its forwarder
+    /// went.
     pub(super) fn expire_arrivals(&mut self, now: Instant) {
-        if !self.moves.arrived.is_empty() {
-            self.moves.arrived.retain(|_, arrived| arrived.until > now);
+        if self.moves.arrived.is_empty() {
+            return;
         }
+        let due: Vec<SessionKey> = self
+            .moves
+            .arrived
+            .iter()
+            .filter(|(_, arrived)| arrived.hold_until.is_some_and(|until| until <= now))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in due {
+            self.stop_holding(key, now);
+        }
+        self.moves.arrived.retain(|_, arrived| arrived.until > now);
+    }
+
+    /// The session of `key` stops holding back what reaches it straight:
+    /// what it held goes to it now, in order, but for the copies already
+    /// delivered as sent on.
+    pub(super) fn stop_holding(&mut self, key: SessionKey, now: Instant) {
+        let Some(arrived) = self.moves.arrived.get_mut(&key) else { return };
+        arrived.hold_until = None;
+        let held = std::mem::take(&mut arrived.held);
+        self.moves.path = Path::Released;
+        for message in &held {
+            self.deliver_matching(key, message, now);
+        }
+        self.moves.path = Path::Straight;
     }
 
     /// Messages another node sends on for a session that moved here (see
@@ -241,6 +392,9 @@ impl Shard {
     pub(super) fn handle_forwarded(&mut self, mut forwarded: Forwarded, now: Instant) {
         let messages = std::mem::take(&mut forwarded.messages);
         let client_id = forwarded.client_id.clone();
+        if let Some(node) = forwarded.closed_by.take() {
+            return self.forwarder_closed(&client_id, &node, now);
+        }
         if let Some(link) = &self.cluster {
             link.answer_forwarded(forwarded);
         }
@@ -249,6 +403,15 @@ impl Shard {
             return;
         }
         self.deliver_forwarded(&client_id, &messages, now);
+    }
+
+    /// `node`'s forwarder for `client_id` went: the session, if it came
+    /// from there, gets what it held back (see the module's "In order").
+    fn forwarder_closed(&mut self, client_id: &ByteString, node: &ByteString, now: Instant) {
+        let Some(key) = self.slots.find(client_id) else { return };
+        if self.moves.arrived.get(&key).is_some_and(|arrived| arrived.from == *node) {
+            self.stop_holding(key, now);
+        }
     }
 
     /// Delivers `messages` forwarded for `client_id` to its session here,
@@ -260,9 +423,11 @@ impl Shard {
         now: Instant,
     ) {
         if let Some(key) = self.slots.find(client_id) {
+            self.moves.path = Path::Forwarded;
             for message in messages {
                 self.deliver_matching(key, message, now);
             }
+            self.moves.path = Path::Straight;
         } else if let Some(key) = self.slots.find(&forwarder_name(client_id)) {
             for message in messages {
                 self.moved_delivery(key, message);
