@@ -1268,7 +1268,7 @@ impl Shard {
         // arrived drops second copies and keeps the order (see
         // `state/session_moves.rs`). Not retained messages sent for a new
         // subscription: those go to it whatever it was given before.
-        if !retained && !self.moves.is_quiet() && self.moved_delivery(key, message) {
+        if !retained && !self.moves.is_quiet() && self.moved_delivery(key, message, now) {
             return;
         }
         let log_id = self.log_id_for(key, message);

@@ -285,7 +285,12 @@ impl Shard {
     /// A delivery to `key` while sessions move: `true` when it is done
     /// here, sent on (a forwarder) or dropped (a second copy for a session
     /// that arrived).
-    pub(super) fn moved_delivery(&mut self, key: SessionKey, message: &Arc<Message>) -> bool {
+    pub(super) fn moved_delivery(
+        &mut self,
+        key: SessionKey,
+        message: &Arc<Message>,
+        now: Instant,
+    ) -> bool {
         if let Some(forwarder) = self.moves.forwarders.get(&key) {
             if let Some(link) = &self.cluster {
                 link.forward(&forwarder.node, &forwarder.client_id, message);
@@ -314,7 +319,7 @@ impl Shard {
                      their order: delivered now, a later one sent on by its old node may come \
                      after them"
                 );
-                self.stop_holding(key, Instant::now());
+                self.stop_holding(key, now);
             }
             return true;
         }
@@ -430,7 +435,7 @@ impl Shard {
             self.moves.path = Path::Straight;
         } else if let Some(key) = self.slots.find(&forwarder_name(client_id)) {
             for message in messages {
-                self.moved_delivery(key, message);
+                self.moved_delivery(key, message, now);
             }
         } else {
             tracing::debug!(
