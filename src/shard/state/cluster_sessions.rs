@@ -489,6 +489,19 @@ mod tests {
         (a, bridge_a, state, queued)
     }
 
+    /// Node b, where the session of [`moved`] (`state`) arrived from node
+    /// a, with its subscription on NATS: the node, its bridge, the
+    /// session's key and connection, and what the connection was sent.
+    fn arrive(
+        state: &[u8],
+        now: Instant,
+    ) -> (Shard, ClusterSetup, SessionKey, ConnectionId, Vec<Packet>) {
+        let (mut b, bridge_b) = node();
+        let (key, id, out) = connect(&mut b, &connect_packet("mover", false), state, now);
+        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        (b, bridge_b, key, id, out)
+    }
+
     #[test]
     fn a_session_that_moved_away_leaves_a_forwarder_for_what_still_comes() {
         // Issue 17 item 6, "no message lost": after the handover, node a
@@ -589,9 +602,7 @@ mod tests {
     fn a_session_that_arrived_gets_a_publishers_messages_in_order() {
         let now = Instant::now();
         let (_a, _bridge_a, state, _) = moved(now);
-        let (mut b, bridge_b) = node();
-        let (key, id, out) = connect(&mut b, &connect_packet("mover", false), &state, now);
-        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        let (mut b, bridge_b, key, id, out) = arrive(&state, now);
         assert!(b.handle_packet(key, id, now, subscribe("new/#")).unwrap());
         b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
         // A publisher elsewhere sent 1st then 2nd: the 2nd comes straight
@@ -624,9 +635,7 @@ mod tests {
     fn what_a_session_holds_back_is_delivered_at_its_deadline_or_moves_with_it() {
         let now = Instant::now();
         let (_a, _bridge_a, state, _) = moved(now);
-        let (mut b, bridge_b) = node();
-        let (key, id, _) = connect(&mut b, &connect_packet("mover", false), &state, now);
-        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        let (mut b, _bridge_b, key, id, _) = arrive(&state, now);
         b.handle_cluster(FromBridge::Publish(remote("q/held", 601)), now);
         assert!(topics(&output(&mut b, key, id, now)).iter().all(|t| t != "q/held"));
         let deadline = now + Duration::from_secs(5) + super::super::session_moves::HOLD_MARGIN;
@@ -635,9 +644,7 @@ mod tests {
         b.sweep(deadline);
         assert_eq!(topics(&output(&mut b, key, id, deadline)), ["q/held"]);
         // Another copy of the session, holding, moves on to node c.
-        let (mut b2, bridge_b2) = node();
-        let (k, i, _) = connect(&mut b2, &connect_packet("mover", false), &state, now);
-        b2.handle_cluster(FromBridge::InterestAck(bridge_b2.take_interest()[0].3), now);
+        let (mut b2, bridge_b2, k, i, _) = arrive(&state, now);
         b2.handle_cluster(FromBridge::Publish(remote("q/held", 601)), now);
         assert_eq!(topics(&output(&mut b2, k, i, now)), ["q/1"]);
         b2.handle_cluster(FromBridge::Takeover(Takeover::for_tests("mover", false)), now);
