@@ -383,8 +383,15 @@ impl Shard {
     /// delivered as sent on.
     pub(super) fn stop_holding(&mut self, key: SessionKey, now: Instant) {
         let Some(arrived) = self.moves.arrived.get_mut(&key) else { return };
-        arrived.hold_until = None;
+        if arrived.hold_until.take().is_none() {
+            return;
+        }
         let held = std::mem::take(&mut arrived.held);
+        tracing::debug!(
+            client_id = &**self.slot(key).session.client_id(),
+            held = held.len(),
+            "a session that moved here stops holding back what comes straight"
+        );
         self.moves.path = Path::Released;
         for message in &held {
             self.deliver_matching(key, message, now);
