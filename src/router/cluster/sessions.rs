@@ -39,8 +39,10 @@
 //!   higher revision and stays. A claim racing with the purge either wrote
 //!   after it (kept), or finds its compare-and-set refused, reads again,
 //!   and creates the entry anew. No marker is left behind, unlike a key-
-//!   value delete. Sessions rebuilt from the durable log after a restart
-//!   do not know their claim's revision and keep their entry.
+//!   value delete. A session rebuilt from the durable log after a restart
+//!   does not know its claim's revision until its client connects again
+//!   (the connect claims it anew): one that expires before keeps its
+//!   entry.
 //! * **Failures.** The claim and the request are bounded ([`CLAIM_TIMEOUT`],
 //!   [`HANDOVER_TIMEOUT`]). A node that does not answer (dead, or
 //!   partitioned away) keeps whatever it held and the client gets a new
