@@ -657,6 +657,31 @@ mod tests {
         assert_eq!(topics(&out), ["q/1", "q/held"], "its queue, and what it held");
     }
 
+    /// A retained message is sent for a new subscription [MQTT-3.3.1-6]
+    /// even when the session, just arrived, was given the same message
+    /// live: the second-copy check is for live copies only.
+    #[test]
+    fn a_session_that_arrived_gets_retained_messages_it_was_given_live() {
+        let now = Instant::now();
+        let (_a, _bridge_a, state, queued) = moved(now);
+        let (mut b, bridge_b, key, id, _) = arrive(&state, now);
+        // q/1 (handed over in the queue) was also retained.
+        let mut retained = (*remote("q/1", queued)).clone();
+        retained.retain = true;
+        b.handle_cluster(FromBridge::Retained(Arc::new(retained)), now);
+        assert!(b.handle_packet(key, id, now, subscribe("q/1")).unwrap());
+        b.handle_cluster(FromBridge::InterestAck(bridge_b.take_interest()[0].3), now);
+        let out = output(&mut b, key, id, now);
+        let retained: Vec<_> = out
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) if p.retain => Some(p.topic.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(retained, ["q/1"], "{out:?}");
+    }
+
     #[test]
     fn messages_forwarded_during_the_claim_wait_for_the_session() {
         // The old node's forwards can overtake its answer to the takeover:
