@@ -365,17 +365,19 @@ impl Shard {
         if self.moves.arrived.is_empty() {
             return;
         }
-        let due: Vec<SessionKey> = self
-            .moves
-            .arrived
-            .iter()
-            .filter(|(_, arrived)| arrived.hold_until.is_some_and(|until| until <= now))
-            .map(|(&key, _)| key)
-            .collect();
+        // One pass: a session still holding past its deadline is kept
+        // until it let go of what it held.
+        let mut due = Vec::new();
+        self.moves.arrived.retain(|&key, arrived| {
+            if arrived.hold_until.is_some_and(|until| until <= now) {
+                due.push(key);
+                return true;
+            }
+            arrived.until > now
+        });
         for key in due {
             self.stop_holding(key, now);
         }
-        self.moves.arrived.retain(|_, arrived| arrived.until > now);
     }
 
     /// The session of `key` stops holding back what reaches it straight:
