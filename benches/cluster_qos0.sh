@@ -26,7 +26,8 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port="$(free_port)"
-"$NATS" -a 127.0.0.1 -p "$nats_port" > /dev/null 2>&1 & pids+=($!)
+# JetStream: the session directory and the retained bucket, as deployed.
+"$NATS" -a 127.0.0.1 -p "$nats_port" -js --store_dir "$WORK/nats" > /dev/null 2>&1 & pids+=($!)
 declare -A port
 for node in a b; do
     port[$node]="$(free_port)"

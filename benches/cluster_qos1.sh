@@ -50,7 +50,8 @@ else:
 PY
 }
 nats_port="$(free_port)"
-"$NATS" -a 127.0.0.1 -p "$nats_port" > /dev/null 2>&1 & pids+=($!)
+# JetStream: the session directory and the retained bucket, as deployed.
+"$NATS" -a 127.0.0.1 -p "$nats_port" -js --store_dir "$WORK/nats" > /dev/null 2>&1 & pids+=($!)
 nats_pid=$!
 declare -A port pid
 for node in a b c; do
