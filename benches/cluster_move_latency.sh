@@ -11,30 +11,12 @@
 #   cargo build --release -p ringmq
 #   benches/cluster_move_latency.sh [RATE] [SECS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 RATE="${1:-100}"
 SECS="${2:-10}"
-NATS="$(command -v nats-server || echo /usr/sbin/nats-server)"
-WORK="$(mktemp -d)"
-pids=()
-cleanup() {
-    # The nodes first, then NATS.
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; sleep 0.2; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-nats_port="$(free_port)"
-"$NATS" -a 127.0.0.1 -p "$nats_port" -js --store_dir "$WORK/nats" > /dev/null 2>&1 & pids+=($!)
-declare -A port
-for node in a b c; do
-    port[$node]="$(free_port)"
-    printf 'sys_interval_s = 0\n[[listener]]\nbind = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n[cluster]\nnode_id = "%s"\nnats = ["nats://127.0.0.1:%s"]\n' \
-        "${port[$node]}" "$node" "$nats_port" > "$WORK/$node.toml"
-    "$BIN/ringmq" serve --config "$WORK/$node.toml" & pids+=($!)
-done
+# shellcheck source=benches/cluster_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster_lib.sh"
+start_nats
+for node in a b c; do start_node "$node"; done
 sleep 2
 python3 - "${port[a]}" "${port[b]}" "${port[c]}" "$RATE" "$SECS" <<'PY'
 import sys, time

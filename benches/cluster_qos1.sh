@@ -13,23 +13,13 @@
 #   cargo build --release -p ringmq -p ringmq-bench
 #   benches/cluster_qos1.sh [RATE] [SECS] [SHARDS] [PUBS] [QOS]
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 RATE="${1:-20000}"
 SECS="${2:-10}"
 SHARDS="${3:-1}"
 PUBS="${4:-10}"
 QOS="${5:-1}"
-NATS="$(command -v nats-server || echo /usr/sbin/nats-server)"
-WORK="$(mktemp -d)"
-pids=()
-cleanup() {
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; sleep 0.2; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/cluster_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cluster_lib.sh"
 # CPU ticks (user + system) of a process, or of its thread named $2.
 ticks() {
     python3 - "$@" <<'PY'
@@ -49,18 +39,8 @@ else:
     print(total)
 PY
 }
-nats_port="$(free_port)"
-# JetStream: the session directory and the retained bucket, as deployed.
-"$NATS" -a 127.0.0.1 -p "$nats_port" -js --store_dir "$WORK/nats" > /dev/null 2>&1 & pids+=($!)
-nats_pid=$!
-declare -A port pid
-for node in a b c; do
-    port[$node]="$(free_port)"
-    printf 'shards = %s\nsys_interval_s = 0\n[[listener]]\nbind = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n[cluster]\nnode_id = "%s"\nnats = ["nats://127.0.0.1:%s"]\n' \
-        "$SHARDS" "${port[$node]}" "$node" "$nats_port" > "$WORK/$node.toml"
-    "$BIN/ringmq" serve --config "$WORK/$node.toml" & pids+=($!)
-    pid[$node]=$!
-done
+start_nats
+for node in a b c; do start_node "$node" "$SHARDS"; done
 sleep 2
 hz="$(getconf CLK_TCK)"
 for mode in same cross fanout; do

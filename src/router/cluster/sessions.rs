@@ -374,11 +374,10 @@ impl SessionSync {
             BridgeCounters::add(&counters.session_claims_failed);
             return Claimed::default();
         };
-        let mut key = String::new();
-        if !topic_subject(KEY_PREFIX, client_id, &mut key) {
+        let Some(key) = directory_key(client_id) else {
             BridgeCounters::add(&counters.subject_too_long);
             return Claimed::default();
-        }
+        };
         let (previous, revision) =
             match tokio::time::timeout(CLAIM_TIMEOUT, self.set(&store, &key)).await {
                 Ok(Some(written)) => written,
@@ -462,11 +461,8 @@ impl SessionSync {
         let Some(store) = self.store.borrow().clone() else {
             return BridgeCounters::add(&counters.session_release_failed);
         };
-        let mut key = String::new();
-        if !topic_subject(KEY_PREFIX, client_id, &mut key) {
-            // Never claimed either (see `claim`).
-            return;
-        }
+        // None: never claimed either (see `claim`).
+        let Some(key) = directory_key(client_id) else { return };
         let subject = format!("{}{key}", store.prefix);
         let purge = store.stream.purge().filter(subject).sequence(revision + 1);
         match tokio::time::timeout(CLAIM_TIMEOUT, async { purge.await }).await {
@@ -484,6 +480,13 @@ impl SessionSync {
             }
         }
     }
+}
+
+/// The directory's key of `client_id`; `None` when too long for a NATS
+/// subject.
+fn directory_key(client_id: &str) -> Option<String> {
+    let mut key = String::new();
+    topic_subject(KEY_PREFIX, client_id, &mut key).then_some(key)
 }
 
 /// A takeover request (see [`CLEAN_START`]); a node id is at most 64
@@ -589,8 +592,7 @@ mod tests {
     #[test]
     fn keys_are_valid_bucket_keys() {
         for id in ["client-1", "a/b", "with space", "é", "a.b", "_", "/"] {
-            let mut key = String::new();
-            assert!(topic_subject(KEY_PREFIX, id, &mut key));
+            let key = directory_key(id).unwrap();
             assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b)));
             assert_eq!(super::super::subject::decode_topic(KEY_PREFIX, &key).as_deref(), Some(id));
         }

@@ -311,9 +311,8 @@ impl Shard {
             }
             arrived.held.push_back(Arc::clone(message));
             if arrived.held.len() >= MAX_HELD {
-                let client_id = self.slots.get(key).map(|slot| slot.session.client_id().clone());
                 tracing::warn!(
-                    client_id = client_id.as_deref().unwrap_or(""),
+                    client_id = self.client_id(key).map_or("", |id| &**id),
                     held = MAX_HELD,
                     "a session that moved here was given more messages than it holds back for \
                      their order: delivered now, a later one sent on by its old node may come \
@@ -330,9 +329,8 @@ impl Shard {
         }
         if arrived.ids.len() >= MAX_IDS {
             if !std::mem::replace(&mut arrived.full, true) {
-                let client_id = self.slots.get(key).map(|slot| slot.session.client_id().clone());
                 tracing::warn!(
-                    client_id = client_id.as_deref().unwrap_or(""),
+                    client_id = self.client_id(key).map_or("", |id| &**id),
                     ids = MAX_IDS,
                     "a session that moved here was given more messages than its duplicate check \
                      keeps: a second copy sent on by its old node may now reach it"
