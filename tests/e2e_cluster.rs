@@ -154,8 +154,22 @@ impl Node {
         node
     }
 
+    /// [`Self::start`] with its state in `data_dir`: started again on it,
+    /// the node restores its persistent sessions.
+    fn start_with_data(id: &str, nats: &[String], data_dir: &Path) -> Self {
+        let node = Self::configured(id, nats, &format!("data_dir = {data_dir:?}\n"), "");
+        node.wait_log("connected to NATS", 1);
+        node
+    }
+
     /// [`Self::start`] without waiting for NATS.
     fn start_unconnected(id: &str, nats: &[String], extra: &str) -> Self {
+        Self::configured(id, nats, "", extra)
+    }
+
+    /// Starts node `id` with the top-level keys `top` and the extra
+    /// `[cluster]` keys `extra`.
+    fn configured(id: &str, nats: &[String], top: &str, extra: &str) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // Tests run in parallel, several with a node "a": one directory per
         // node.
@@ -163,7 +177,7 @@ impl Node {
         let admin = format!("127.0.0.1:{}", free_port());
         let seeds: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
         let config = format!(
-            "[[listener]]\nbind = \"{addr}\"\n[admin]\nlisten = \"{admin}\"\n\n\
+            "{top}[[listener]]\nbind = \"{addr}\"\n[admin]\nlisten = \"{admin}\"\n\n\
              [cluster]\nnode_id = \"{id}\"\nnats = [{}]\n{extra}\n",
             seeds.join(", ")
         );
@@ -967,6 +981,64 @@ async fn the_session_directory_holds_only_the_sessions_that_exist() {
         assert_eq!(counter_total(&node.admin, "cluster_session_release_failed"), 0);
     }
     for node in nodes {
+        node.stop();
+    }
+}
+
+/// Item 6, the directory's size across a restart: a node started again
+/// on its data_dir rebuilds its persistent sessions from its log, which
+/// does not hold the revisions of their claims. One that expires there
+/// before its client comes back [MQTT-3.1.2-23] releases its entry (read
+/// from the directory: it names the node and predates the restart); one
+/// whose client went to another node meanwhile leaves that node's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_restored_from_data_dir_releases_its_entry_when_it_expires() {
+    let Some(binary) = nats_server_binary() else { return };
+    let nats = NatsServer::start(&binary, None);
+    let data_dir = scratch_dir("cluster", &format!("restored-{}", nats.port));
+    let a = Node::start_with_data("a", &[nats.url()], &data_dir);
+    a.wait_log("cluster-wide sessions: directory open", 1);
+    let b = Node::start("b", &[nats.url()], "");
+    // Two 5.0 sessions on node a that outlive their connections by 5 s.
+    for client_id in ["stays-away", "goes-to-b"] {
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", a.broker.port());
+        let properties = rumqttc::v5::mqttbytes::v5::ConnectProperties {
+            session_expiry_interval: Some(5),
+            ..Default::default()
+        };
+        options.set_connect_properties(properties).set_clean_start(false);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 10);
+        loop {
+            let event = timeout(WAIT, events.poll()).await.expect("connack").expect("poll");
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) =
+                event
+            {
+                break;
+            }
+        }
+        client.disconnect().await.unwrap();
+        while events.poll().await.is_ok() {}
+    }
+    wait_for(|| directory_entries(&nats) == 2).await;
+    a.stop();
+    // While node a is down, one of the clients connects to node b: its
+    // entry names b now (a new session there; node a does not answer).
+    let (_moved, moved_events) = connect(&b, "goes-to-b").await;
+    let moved_driver = drive(moved_events);
+    let a = Node::start_with_data("a", &[nats.url()], &data_dir);
+    a.wait_log("cluster-wide sessions: directory open", 1);
+    // Both sessions expire on node a 5 s after its start: the entry of
+    // "stays-away" goes, b's entry of "goes-to-b" stays.
+    wait_for(|| directory_entries(&nats) == 1).await;
+    assert!(counter_at_least(&a.admin, "cluster_session_released", 1) >= 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(directory_entries(&nats), 1, "b's entry of its live session stays");
+    assert_eq!(counter_total(&a.admin, "cluster_session_released"), 1);
+    assert_eq!(counter_total(&a.admin, "cluster_session_release_failed"), 0);
+    // It is b's: a connection on node a takes the live session over.
+    let (_back, _back_events) = connect(&a, "goes-to-b").await;
+    wait_for(|| moved_driver.is_finished()).await;
+    for node in [a, b] {
         node.stop();
     }
 }

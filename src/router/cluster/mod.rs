@@ -90,7 +90,7 @@ pub mod subject;
 
 pub use bridge::{Bridge, BridgeError};
 pub use moves::Forwarded;
-pub use sessions::{Claimed, Takeover};
+pub use sessions::{Claimed, Takeover, REVISION_UNKNOWN};
 
 use super::interest::InterestDelta;
 use super::ShardId;

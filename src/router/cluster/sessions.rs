@@ -40,9 +40,13 @@
 //!   after it (kept), or finds its compare-and-set refused, reads again,
 //!   and creates the entry anew. No marker is left behind, unlike a key-
 //!   value delete. A session rebuilt from the durable log after a restart
-//!   does not know its claim's revision until its client connects again
-//!   (the connect claims it anew): one that expires before keeps its
-//!   entry.
+//!   does not know its claim's revision (the log does not keep it): its
+//!   end releases [`REVISION_UNKNOWN`], and the bridge reads the entry and
+//!   purges it if it names this node and was written before the directory
+//!   opened in this process (its revision at most the bucket's last
+//!   sequence then, the *horizon*): every claim of this process came
+//!   later and is never taken for it. A client that connects again first
+//!   claims anew, and that revision is the one released.
 //! * **Failures.** The claim and the request are bounded ([`CLAIM_TIMEOUT`],
 //!   [`HANDOVER_TIMEOUT`]). A node that does not answer (dead, or
 //!   partitioned away) keeps whatever it held and the client gets a new
@@ -79,6 +83,11 @@ const MAX_ATTEMPTS: usize = 16;
 
 /// How long the bridge waits before it tries again to open the bucket.
 const RETRY: Duration = Duration::from_secs(2);
+
+/// The revision a session rebuilt from the durable log releases: its
+/// claim came before the restart and is not in the log (see the module's
+/// Release).
+pub const REVISION_UNKNOWN: u64 = u64::MAX;
 
 /// A request byte: the CONNECT that takes the session over has Clean Start.
 /// A takeover request: `u8` flags, `u8` length and the claiming node's id,
@@ -160,9 +169,21 @@ impl ClusterLink {
         Some(async move { handed.await.unwrap_or_default() })
     }
 
+    /// What a session rebuilt from the durable log releases when it ends
+    /// (see [`Self::release`]): [`REVISION_UNKNOWN`] when client ids are
+    /// claimed cluster-wide, 0 (nothing) when they stay per node.
+    pub fn restored_revision(&self) -> u64 {
+        if self.shared.sessions_cluster {
+            REVISION_UNKNOWN
+        } else {
+            0
+        }
+    }
+
     /// The session of `client_id`, whose last claim on this node wrote
-    /// `revision` into the directory, ended here: its entry goes, unless
-    /// a later claim wrote it (see the module).
+    /// `revision` into the directory ([`REVISION_UNKNOWN`]: before a
+    /// restart), ended here: its entry goes, unless a later claim wrote it
+    /// (see the module).
     pub fn release(&self, client_id: &ByteString, revision: u64) {
         if revision > 0 {
             let client_id = client_id.clone();
@@ -231,6 +252,10 @@ pub(super) struct SessionSync {
     forwarder: Rc<Forwarder>,
     /// The directory, once open.
     store: RefCell<Option<kv::Store>>,
+    /// The bucket's last sequence when the directory opened: every entry
+    /// this process's claims wrote has a higher revision (see the module's
+    /// Release). 0 until then, or when it could not be read.
+    horizon: std::cell::Cell<u64>,
     /// This node's id, as written into the directory.
     node: String,
     /// `cluster.kv_replicas`, for a bucket this node creates.
@@ -255,6 +280,7 @@ impl SessionSync {
             client,
             bucket: bucket_name(subject_prefix),
             store: RefCell::new(None),
+            horizon: std::cell::Cell::new(0),
             node: node.to_owned(),
             prefix: subject_prefix.to_owned(),
             shared,
@@ -336,6 +362,16 @@ impl SessionSync {
             }
             tokio::time::sleep(RETRY).await;
         };
+        // Before any claim can write (they wait for the store).
+        match store.stream.get_info().await {
+            Ok(info) => self.horizon.set(info.state.last_sequence),
+            Err(error) => tracing::warn!(
+                %error,
+                bucket = %self.bucket,
+                "cannot read the session directory's last sequence: the entries of sessions \
+                 restored from data_dir stay when they expire"
+            ),
+        }
         *self.store.borrow_mut() = Some(store);
         tracing::info!(bucket = %self.bucket, "cluster-wide sessions: directory open");
         let _ = serve.await;
@@ -463,12 +499,26 @@ impl SessionSync {
         };
         // None: never claimed either (see `claim`).
         let Some(key) = directory_key(client_id) else { return };
-        let subject = format!("{}{key}", store.prefix);
-        let purge = store.stream.purge().filter(subject).sequence(revision + 1);
-        match tokio::time::timeout(CLAIM_TIMEOUT, async { purge.await }).await {
-            Ok(Ok(purged)) if purged.purged > 0 => BridgeCounters::add(&counters.session_released),
+        let purged = async {
+            let revision = match revision {
+                REVISION_UNKNOWN => {
+                    let entry = store.entry(&key).await?;
+                    match entry.and_then(|entry| self.restored_entry(&entry)) {
+                        Some(revision) => revision,
+                        None => return Ok(0),
+                    }
+                }
+                revision => revision,
+            };
+            let subject = format!("{}{key}", store.prefix);
+            let purge = store.stream.purge().filter(subject).sequence(revision + 1);
+            Ok::<_, async_nats::Error>(purge.await?.purged)
+        };
+        match tokio::time::timeout(CLAIM_TIMEOUT, purged).await {
+            Ok(Ok(purged)) if purged > 0 => BridgeCounters::add(&counters.session_released),
             // A later claim rewrote the entry first (its revision is
-            // higher), or another node's claim removed the older ones.
+            // higher), or another node's claim removed the older ones; a
+            // restored session's entry names another node, or is new.
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 BridgeCounters::add(&counters.session_release_failed);
@@ -480,6 +530,20 @@ impl SessionSync {
             }
         }
     }
+
+    /// The revision up to which the entry of a session rebuilt from the
+    /// durable log goes: its own, when it names this node and was written
+    /// before the directory opened here (see the module's Release).
+    fn restored_entry(&self, entry: &kv::Entry) -> Option<u64> {
+        let names_node = entry.operation == kv::Operation::Put && entry.value == self.node;
+        restored_release(names_node, entry.revision, self.horizon.get())
+    }
+}
+
+/// See [`SessionSync::restored_entry`]: an entry of `revision` that names
+/// this node (or not) goes when the directory opened at `horizon`.
+fn restored_release(names_node: bool, revision: u64, horizon: u64) -> Option<u64> {
+    (names_node && revision <= horizon).then_some(revision)
 }
 
 /// The directory's key of `client_id`; `None` when too long for a NATS
@@ -607,5 +671,17 @@ mod tests {
         assert!(decode_request(request.slice(..5)).is_none(), "cut in the node id");
         assert!(decode_request(Bytes::from_static(&[0])).is_none());
         assert_eq!(decode_request(encode_request(0, "b", "")).unwrap().2, "");
+    }
+
+    /// A restored session's end removes its entry only when the entry
+    /// names this node and predates the directory's opening here: a claim
+    /// of this process (after the horizon) or of another node stays.
+    #[test]
+    fn a_restored_session_releases_only_an_entry_of_this_node_from_before_the_restart() {
+        assert_eq!(restored_release(true, 40, 41), Some(40));
+        assert_eq!(restored_release(true, 41, 41), Some(41));
+        assert_eq!(restored_release(true, 42, 41), None, "claimed since the restart");
+        assert_eq!(restored_release(false, 40, 41), None, "names another node");
+        assert_eq!(restored_release(true, 1, 0), None, "the horizon was not read");
     }
 }

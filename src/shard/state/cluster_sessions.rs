@@ -5,7 +5,7 @@
 
 use super::Shard;
 use crate::protocol::Connect;
-use crate::router::cluster::{Claimed, Takeover};
+use crate::router::cluster::{Claimed, Takeover, REVISION_UNKNOWN};
 use crate::session::Session;
 use crate::shard::slots::Slot;
 use crate::store::{handover, SessionState};
@@ -113,11 +113,15 @@ impl Shard {
     /// the session's end here releases the entry up to it (see
     /// `router::cluster::sessions`). Without a session here (its CONNECT
     /// was refused, or it ended before the claim did) the entry goes now.
+    /// A session restored from the log learns its revision here.
     pub fn note_claim(&mut self, client_id: &ByteString, revision: u64) {
         match self.slots.find(client_id) {
             Some(key) => {
                 let slot = self.slots.slot_mut(key);
-                slot.directory_revision = slot.directory_revision.max(revision);
+                slot.directory_revision = match slot.directory_revision {
+                    REVISION_UNKNOWN if revision > 0 => revision,
+                    known => known.max(revision),
+                };
             }
             None => {
                 if let Some(link) = &self.cluster {
@@ -376,6 +380,53 @@ mod tests {
         a.handle_cluster(FromBridge::Takeover(Takeover::for_tests("twin", true)), now);
         assert!(a.slots.find("twin").is_none(), "ended on node a");
         assert!(bridge.take_releases().is_empty());
+    }
+
+    /// A session rebuilt from the durable log after a restart does not
+    /// know the revision its claim wrote: its expiry [MQTT-3.1.2-23]
+    /// releases [`REVISION_UNKNOWN`] (the bridge reads the entry), unless
+    /// its client claimed it again here first (that claim's revision).
+    #[test]
+    fn a_session_restored_from_the_log_releases_its_entry_when_it_ends() {
+        let now = Instant::now();
+        let (mut a, _) = node();
+        let log = Rc::new(crate::store::Log::new());
+        a.attach_log(Rc::clone(&log), crate::store::LiveState::default(), now);
+        // A 5.0 session that outlives its connection by 10 s, claimed
+        // (revision REVISION), then offline.
+        let visit = |shard: &mut Shard, client_id: &str| {
+            let mut v5 = connect_packet(client_id, false);
+            v5.version = ProtocolVersion::V5;
+            v5.properties.session_expiry_interval = Some(10);
+            assert!(shard.begin_cluster_claim(&v5).is_some(), "claimed");
+            let id = shard.new_connection_id();
+            let ConnectOutcome::Accepted(key) =
+                shard.handle_connect(now, &v5, v5.client_id.clone(), id)
+            else {
+                panic!("refused")
+            };
+            shard.end_cluster_claim(&v5.client_id, REVISION, now);
+            shard.handle_connection_closed(key, id, now);
+        };
+        visit(&mut a, "away");
+        visit(&mut a, "back");
+        // The node restarts: both sessions come back from its log.
+        let (mut restarted, bridge) = node();
+        let recovered = crate::shard::tests::persist::recovered(&log);
+        restarted.attach_log(Rc::new(crate::store::Log::new()), recovered, now);
+        assert!(restarted.slots.find("away").is_some() && restarted.slots.find("back").is_some());
+        // "back" connects again here first; a claim that wrote nothing
+        // (the directory unreachable) leaves "away" unknown.
+        visit(&mut restarted, "back");
+        restarted.note_claim(&"away".into(), 0);
+        restarted.sweep(now + Duration::from_secs(11));
+        assert!(restarted.slots.find("away").is_none(), "expired");
+        let mut releases = bridge.take_releases();
+        releases.sort();
+        assert_eq!(
+            releases,
+            [("away".to_owned(), REVISION_UNKNOWN), ("back".to_owned(), REVISION)]
+        );
     }
 
     #[test]

@@ -121,6 +121,9 @@ impl Shard {
             let mut slot = Slot::new(session);
             slot.log_id = sid;
             slot.expires_at = expiry.map(|expiry| now + expiry);
+            // Its claim in the session directory came before the restart.
+            slot.directory_revision =
+                self.cluster.as_ref().map_or(0, |link| link.restored_revision());
             let key = self.slots.insert(slot);
             self.index_session(key);
             self.schedule(key);
