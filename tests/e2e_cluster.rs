@@ -170,6 +170,7 @@ impl Node {
     /// Starts node `id` with the top-level keys `top` and the extra
     /// `[cluster]` keys `extra`.
     fn configured(id: &str, nats: &[String], top: &str, extra: &str) -> Self {
+        common::allow_core_dumps();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         // Tests run in parallel, several with a node "a": one directory per
         // node.
@@ -189,15 +190,26 @@ impl Node {
     }
 
     /// Stops the node with SIGTERM and checks that it exited cleanly;
-    /// otherwise fails with how it ended and the end of its log (a CI run
-    /// once saw a node end by a signal, and nothing else).
+    /// otherwise fails with how it ended, the end of its log and, when a
+    /// signal ended it, its threads' backtraces from its core (a node
+    /// has twice ended with SIGABRT after its shards stopped: glibc found
+    /// its heap corrupted).
     fn stop(self) {
+        use std::os::unix::process::ExitStatusExt;
         let status = self.broker.stop();
         if status.code() != Some(0) {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!("node ended with {status} ({}):\n{}", self.log.display(), tail.join("\n"));
+            let core = match (status.signal(), self.log.parent()) {
+                (Some(_), Some(dir)) => common::core_backtrace(dir),
+                _ => String::new(),
+            };
+            panic!(
+                "node ended with {status} ({}):\n{}\n{core}",
+                self.log.display(),
+                tail.join("\n")
+            );
         }
     }
 

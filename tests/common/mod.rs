@@ -48,7 +48,7 @@ impl Broker {
                 None => Stdio::inherit(),
                 Some(log) => std::fs::File::create(log).unwrap().into(),
             };
-            match Self::try_spawn(None, addr, shards, args, stderr) {
+            match Self::try_spawn(None, addr, shards, args, stderr, None) {
                 Ok(broker) => return broker,
                 Err(failure) => failures.push(failure),
             }
@@ -62,11 +62,12 @@ impl Broker {
     }
 
     /// Starts `ringmq` with `args` (a `--config` whose listeners include
-    /// `addr`: no `--listen` is given), its log written to `log`; waits
-    /// until `addr` accepts.
+    /// `addr`: no `--listen` is given), its log written to `log`, in the
+    /// log's directory (where a core dump of it lands, see
+    /// [`core_backtrace`]); waits until `addr` accepts.
     pub fn start_configured(addr: SocketAddr, shards: usize, args: &[&str], log: &Path) -> Self {
         let stderr = std::fs::File::create(log).unwrap().into();
-        Self::spawn_configured(Some(addr), addr, shards, args, stderr)
+        Self::spawn_configured(Some(addr), addr, shards, args, stderr, log.parent())
     }
 
     /// Starts `ringmq` with a configuration file of `toml` and one
@@ -82,13 +83,14 @@ impl Broker {
         let text = format!("{toml}\n[[listener]]\nbind = \"{addr}\"\n{listener_keys}\n");
         std::fs::write(&path, text).unwrap();
         let args = ["--config", path.to_str().unwrap()];
-        let broker = Self::spawn_configured(Some(addr), addr, shards, &args, Stdio::inherit());
+        let broker =
+            Self::spawn_configured(Some(addr), addr, shards, &args, Stdio::inherit(), None);
         let _ = std::fs::remove_file(&path);
         broker
     }
 
     fn spawn_on(addr: SocketAddr, shards: usize, args: &[&str], stderr: Stdio) -> Self {
-        Self::spawn_configured(None, addr, shards, args, stderr)
+        Self::spawn_configured(None, addr, shards, args, stderr, None)
     }
 
     fn spawn_configured(
@@ -97,8 +99,10 @@ impl Broker {
         shards: usize,
         args: &[&str],
         stderr: Stdio,
+        cwd: Option<&Path>,
     ) -> Self {
-        Self::try_spawn(from_file, addr, shards, args, stderr).unwrap_or_else(|e| panic!("{e}"))
+        Self::try_spawn(from_file, addr, shards, args, stderr, cwd)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts `ringmq` on `addr`: with `--listen addr`, unless `from_file`
@@ -107,15 +111,20 @@ impl Broker {
     /// another process listening there could answer (two CI runs failed
     /// so: a test talked to a listener that was not its broker, and removed
     /// a configuration file before the broker had read it). `Err` when the
-    /// broker exited before listening.
+    /// broker exited before listening. `cwd`: its working directory (the
+    /// test's by default).
     fn try_spawn(
         from_file: Option<SocketAddr>,
         addr: SocketAddr,
         shards: usize,
         args: &[&str],
         stderr: Stdio,
+        cwd: Option<&Path>,
     ) -> Result<Self, String> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         command.arg("serve");
         if from_file.is_none() {
             command.args(["--listen", &addr.to_string()]);
@@ -469,6 +478,52 @@ pub fn counter_at_least(admin: &str, name: &str, at_least: u64) -> u64 {
 }
 
 /// A fresh, empty directory for the files of test `name` of `suite`.
+/// Lets the brokers the test starts from now on dump core when they
+/// crash (the soft RLIMIT_CORE raised to the hard one; they inherit it):
+/// see [`core_backtrace`].
+pub fn allow_core_dumps() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit read or write one rlimit struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_CORE, &mut limit) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_CORE, &limit);
+            }
+        }
+    });
+}
+
+/// The threads' backtraces of the core a crashed broker left in `dir`
+/// (its working directory), by `gdb`, and the core removed; or why there
+/// are none. A broker that died by a signal is a defect whose cause the
+/// log alone may not show (a heap corruption found at exit, say).
+pub fn core_backtrace(dir: &Path) -> String {
+    let core = dir.join("core");
+    if !core.exists() {
+        let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+        return format!("no core file in {} (core_pattern: {})", dir.display(), pattern.trim());
+    }
+    let output = Command::new("gdb")
+        // The crashing thread's first (gdb selects it), then every one.
+        .args(["-batch", "-nx", "-ex", "bt", "-ex", "thread apply all bt"])
+        .arg(env!("CARGO_BIN_EXE_ringmq"))
+        .arg(&core)
+        .stdin(Stdio::null())
+        .output();
+    let _ = std::fs::remove_file(&core);
+    match output {
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let frames = text.lines().filter(|l| l.starts_with('#') || l.starts_with("Thread"));
+            let short = |line: &str| line.chars().take(240).collect::<String>();
+            frames.take(400).map(short).collect::<Vec<_>>().join("\n")
+        }
+        Err(error) => format!("a core in {}, but gdb did not run: {error}", dir.display()),
+    }
+}
+
 pub fn scratch_dir(suite: &str, name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ringmq-{suite}-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
