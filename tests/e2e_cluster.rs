@@ -777,9 +777,25 @@ async fn concurrent_retained_sets_end_with_the_same_message_on_every_node() {
 /// Connects a 5.0 client (Clean Start) to `node`; returns it once the
 /// CONNACK is in.
 async fn connect_v5(node: &Node, id: &str) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
-    use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+    connect_v5_expiring(node, id, None).await
+}
+
+/// [`connect_v5`] with a Session Expiry Interval of `expiry` seconds.
+async fn connect_v5_expiring(
+    node: &Node,
+    id: &str,
+    expiry: Option<u32>,
+) -> (rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet as V5Packet};
     let mut options = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", node.broker.port());
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some(expiry) = expiry {
+        let session_expiry_interval = Some(expiry);
+        options.set_connect_properties(ConnectProperties {
+            session_expiry_interval,
+            ..ConnectProperties::default()
+        });
+    }
     let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 100);
     loop {
         let event = timeout(WAIT, events.poll()).await.expect("connack in time").expect("poll");
@@ -945,20 +961,7 @@ async fn the_session_directory_holds_only_the_sessions_that_exist() {
         while events.poll().await.is_ok() {}
     }
     // A 5.0 session that outlives its connection by 1 s.
-    let mut options = rumqttc::v5::MqttOptions::new("brief", "127.0.0.1", nodes[0].broker.port());
-    let properties = rumqttc::v5::mqttbytes::v5::ConnectProperties {
-        session_expiry_interval: Some(1),
-        ..Default::default()
-    };
-    options.set_connect_properties(properties);
-    let (brief, mut brief_events) = rumqttc::v5::AsyncClient::new(options, 10);
-    loop {
-        let event = timeout(WAIT, brief_events.poll()).await.expect("connack").expect("poll");
-        if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) = event
-        {
-            break;
-        }
-    }
+    let (brief, mut brief_events) = connect_v5_expiring(&nodes[0], "brief", Some(1)).await;
     brief.disconnect().await.unwrap();
     while brief_events.poll().await.is_ok() {}
     // A persistent session made on node a and moved to node b, offline.
@@ -1013,21 +1016,7 @@ async fn a_session_restored_from_data_dir_releases_its_entry_when_it_expires() {
     let b = Node::start("b", &[nats.url()], "");
     // Two 5.0 sessions on node a that outlive their connections by 5 s.
     for client_id in ["stays-away", "goes-to-b"] {
-        let mut options = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", a.broker.port());
-        let properties = rumqttc::v5::mqttbytes::v5::ConnectProperties {
-            session_expiry_interval: Some(5),
-            ..Default::default()
-        };
-        options.set_connect_properties(properties).set_clean_start(false);
-        let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 10);
-        loop {
-            let event = timeout(WAIT, events.poll()).await.expect("connack").expect("poll");
-            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)) =
-                event
-            {
-                break;
-            }
-        }
+        let (client, mut events) = connect_v5_expiring(&a, client_id, Some(5)).await;
         client.disconnect().await.unwrap();
         while events.poll().await.is_ok() {}
     }
