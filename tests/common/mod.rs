@@ -500,11 +500,16 @@ pub fn allow_core_dumps() {
 /// are none. A broker that died by a signal is a defect whose cause the
 /// log alone may not show (a heap corruption found at exit, say).
 pub fn core_backtrace(dir: &Path) -> String {
-    let core = dir.join("core");
-    if !core.exists() {
+    // `core`, or `core.PID` with kernel.core_uses_pid.
+    let mut paths = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    let core = paths.find(|path| {
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        name == "core" || name.starts_with("core.")
+    });
+    let Some(core) = core else {
         let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
         return format!("no core file in {} (core_pattern: {})", dir.display(), pattern.trim());
-    }
+    };
     let output = Command::new("gdb")
         // The crashing thread's first (gdb selects it), then every one.
         .args(["-batch", "-nx", "-ex", "bt", "-ex", "thread apply all bt"])
