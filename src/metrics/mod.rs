@@ -116,6 +116,12 @@ pub struct ClusterCounters {
     pub session_forward_failed: u64,
     /// Second copies of a message around a session's move, dropped.
     pub session_move_duplicates: u64,
+    /// Sessions that moved here and stopped holding back at the hold's
+    /// deadline (order not guaranteed).
+    pub session_hold_expired: u64,
+    /// Messages sent on to a session's new node again (order not
+    /// guaranteed).
+    pub session_forward_resent: u64,
     /// Directory entries of sessions that ended here, removed.
     pub session_released: u64,
     /// Directory entries of sessions that ended here that could not be

@@ -122,7 +122,7 @@ const QOS_COUNTERS: [Field<[u64; 3]>; 3] = [
 ];
 
 /// The counters labelled by shard only.
-const COUNTERS: [Field<u64>; 91] = [
+const COUNTERS: [Field<u64>; 93] = [
     ("accepted", "Connections accepted", |s| s.counters.net.accepted),
     ("refused_at_limit", "Connections refused at max_connections (process or listener)", |s| {
         s.counters.net.refused_limit
@@ -413,6 +413,17 @@ const COUNTERS: [Field<u64>; 91] = [
         "cluster_session_move_duplicates",
         "Second copies of a message that reached a session around its move, dropped",
         |s| s.counters.cluster.session_move_duplicates,
+    ),
+    (
+        "cluster_session_hold_expired",
+        "Sessions that moved here and stopped holding back at the deadline, without their old \
+         node's word: order not guaranteed",
+        |s| s.counters.cluster.session_hold_expired,
+    ),
+    (
+        "cluster_session_forward_resent",
+        "Messages sent on to a session's new node again after no answer: order not guaranteed",
+        |s| s.counters.cluster.session_forward_resent,
     ),
     (
         "cluster_session_released",

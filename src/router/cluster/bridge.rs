@@ -179,6 +179,8 @@ impl Bridge {
             session_forwarded,
             session_forward_failed,
             session_move_duplicates,
+            session_hold_expired,
+            session_forward_resent,
             session_released,
             session_release_failed,
         } = self.shared.counters.snapshot();
@@ -210,6 +212,8 @@ impl Bridge {
             session_forwarded,
             session_forward_failed,
             session_move_duplicates,
+            session_hold_expired,
+            session_forward_resent,
             session_released,
             session_release_failed,
             "NATS bridge stopped"

@@ -269,6 +269,14 @@ pub struct BridgeCounters {
     /// (straight and sent on by its old node, or handed over and sent
     /// again): the second one dropped (shards count these).
     pub session_move_duplicates: AtomicU64,
+    /// Sessions that moved here and stopped holding back at their hold's
+    /// deadline, their old node's word not come: what it sends on after
+    /// may arrive after later messages (see `shard::state::session_moves`).
+    pub session_hold_expired: AtomicU64,
+    /// Messages sent on to a session's new node again, its answer not
+    /// come in time: what the new node did not have yet may arrive after
+    /// later messages (see `moves`).
+    pub session_forward_resent: AtomicU64,
     /// Directory entries removed because the session they named ended on
     /// this node (see `sessions`).
     pub session_released: AtomicU64,
@@ -329,6 +337,8 @@ impl BridgeCounters {
             session_forwarded: n(&self.session_forwarded),
             session_forward_failed: n(&self.session_forward_failed),
             session_move_duplicates: n(&self.session_move_duplicates),
+            session_hold_expired: n(&self.session_hold_expired),
+            session_forward_resent: n(&self.session_forward_resent),
             session_released: n(&self.session_released),
             session_release_failed: n(&self.session_release_failed),
         }

@@ -15,8 +15,11 @@
 //! On NATS, a batch of one session's messages is a request to
 //! `{prefix}.session.{node_id}.fwd`, answered (empty) once the new node's
 //! shard queued them; not answered within [`ATTEMPT_TIMEOUT`], it is sent
-//! again (the receiver drops what it has already), at most [`ATTEMPTS`]
-//! times, then counted as lost (`cluster_session_forward_failed`). The
+//! again (the receiver drops what it has already; counted in
+//! `cluster_session_forward_resent`: what the new node had not received
+//! may then reach the session after later messages), at most
+//! [`ATTEMPTS`] times, then counted as lost
+//! (`cluster_session_forward_failed`). The
 //! envelope (integers big-endian):
 //!
 //! ```text
@@ -292,6 +295,10 @@ impl Forwarder {
     async fn send(&self, node: &str, client_id: &str, envelope: Bytes, count: usize) {
         let subject = self.subject(node);
         for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                let counter = &self.shared.counters.session_forward_resent;
+                counter.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             let request = self.client.request(subject.clone(), envelope.clone());
             match tokio::time::timeout(ATTEMPT_TIMEOUT, request).await {
                 Ok(Ok(_)) => {

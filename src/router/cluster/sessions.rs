@@ -202,6 +202,13 @@ impl ClusterLink {
         BridgeCounters::add(&self.shared.counters.session_move_duplicates);
     }
 
+    /// Counts `sessions` that arrived and stopped holding back at their
+    /// hold's deadline (see `shard::state::session_moves`).
+    pub fn count_hold_expired(&self, sessions: usize) {
+        let counter = &self.shared.counters.session_hold_expired;
+        counter.fetch_add(sessions as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Answers `takeover` with the session given up (`state`, empty for
     /// none).
     pub fn handover(&self, takeover: Takeover, state: Bytes) {

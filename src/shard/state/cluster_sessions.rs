@@ -677,6 +677,8 @@ mod tests {
         // From then on, straight at once.
         b.handle_cluster(FromBridge::Publish(remote("q/4th", 603)), now);
         assert_eq!(topics(&output(&mut b, key, id, now)), ["q/4th"]);
+        // Released by node a's word, not by the deadline.
+        assert_eq!(b.snapshot().counters.cluster.session_hold_expired, 0);
     }
 
     /// Without word from node a (dead, or the word lost), the session
@@ -694,6 +696,8 @@ mod tests {
         assert!(topics(&output(&mut b, key, id, now)).is_empty());
         b.sweep(deadline);
         assert_eq!(topics(&output(&mut b, key, id, deadline)), ["q/held"]);
+        // Delivered at the deadline: counted, order no longer guaranteed.
+        assert_eq!(b.snapshot().counters.cluster.session_hold_expired, 1);
         // Another copy of the session, holding, moves on to node c.
         let (mut b2, bridge_b2, k, i, _) = arrive(&state, now);
         b2.handle_cluster(FromBridge::Publish(remote("q/held", 601)), now);

@@ -35,7 +35,10 @@
 //!   as its second copy. What is still held when the forwarder goes (the
 //!   old node never got it: published after it unsubscribed, or a QoS 0
 //!   message NATS did not give it) is delivered then, in the order it
-//!   came. A held message is never dropped unless its other copy was
+//!   came; so is what is held at the deadline, when the old node's word
+//!   has not come (counted per session in `cluster_session_hold_expired`:
+//!   what the old node sends on after it may come after later messages).
+//!   A held message is never dropped unless its other copy was
 //!   delivered: a lost forward delays delivery, it does not lose it. A
 //!   session that moves on takes what it holds in its queue. Not with
 //!   `durability = "always"`, where a message is acknowledged only once
@@ -373,6 +376,9 @@ impl Shard {
             }
             arrived.until > now
         });
+        if let (Some(link), false) = (&self.cluster, due.is_empty()) {
+            link.count_hold_expired(due.len());
+        }
         for key in due {
             self.stop_holding(key, now);
         }
