@@ -493,9 +493,7 @@ impl SessionSync {
         }
         None
     }
-}
 
-impl SessionSync {
     /// Removes the entry of `client_id` up to `revision` (see the
     /// module's Release): one purge of the key's subject in the bucket's
     /// stream, bounded by [`CLAIM_TIMEOUT`].

@@ -317,6 +317,23 @@ mod tests {
         (key, id, out)
     }
 
+    /// A 5.0 session of `client_id` that outlives its connection by
+    /// `expiry` seconds: claimed (revision [`REVISION`]), then offline.
+    fn visit_v5(shard: &mut Shard, client_id: &str, clean_start: bool, expiry: u32, now: Instant) {
+        let mut v5 = connect_packet(client_id, clean_start);
+        v5.version = ProtocolVersion::V5;
+        v5.properties.session_expiry_interval = Some(expiry);
+        assert!(shard.begin_cluster_claim(&v5).is_some(), "claimed");
+        let id = shard.new_connection_id();
+        let ConnectOutcome::Accepted(key) =
+            shard.handle_connect(now, &v5, v5.client_id.clone(), id)
+        else {
+            panic!("refused")
+        };
+        shard.end_cluster_claim(&v5.client_id, REVISION, now);
+        shard.handle_connection_closed(key, id, now);
+    }
+
     /// A QoS 1 subscription to `filter`.
     fn subscribe(filter: &str) -> Packet {
         subscribe_at(filter, QoS::AtLeastOnce)
@@ -348,17 +365,7 @@ mod tests {
         a.handle_connection_closed(key, id, now);
         assert_eq!(bridge.take_releases(), [("clean".to_owned(), REVISION)]);
         // A 5.0 session that outlives its connection by 1 s.
-        let mut v5 = connect_packet("lasting", true);
-        v5.version = ProtocolVersion::V5;
-        v5.properties.session_expiry_interval = Some(1);
-        assert!(a.begin_cluster_claim(&v5).is_some(), "claimed");
-        let id = a.new_connection_id();
-        let ConnectOutcome::Accepted(key) = a.handle_connect(now, &v5, v5.client_id.clone(), id)
-        else {
-            panic!("refused")
-        };
-        a.end_cluster_claim(&v5.client_id, REVISION, now);
-        a.handle_connection_closed(key, id, now);
+        visit_v5(&mut a, "lasting", true, 1, now);
         a.sweep(now + Duration::from_millis(500));
         assert!(bridge.take_releases().is_empty(), "offline, not expired");
         // A later claim of the same id on this node: its higher revision
@@ -392,24 +399,8 @@ mod tests {
         let (mut a, _) = node();
         let log = Rc::new(crate::store::Log::new());
         a.attach_log(Rc::clone(&log), crate::store::LiveState::default(), now);
-        // A 5.0 session that outlives its connection by 10 s, claimed
-        // (revision REVISION), then offline.
-        let visit = |shard: &mut Shard, client_id: &str| {
-            let mut v5 = connect_packet(client_id, false);
-            v5.version = ProtocolVersion::V5;
-            v5.properties.session_expiry_interval = Some(10);
-            assert!(shard.begin_cluster_claim(&v5).is_some(), "claimed");
-            let id = shard.new_connection_id();
-            let ConnectOutcome::Accepted(key) =
-                shard.handle_connect(now, &v5, v5.client_id.clone(), id)
-            else {
-                panic!("refused")
-            };
-            shard.end_cluster_claim(&v5.client_id, REVISION, now);
-            shard.handle_connection_closed(key, id, now);
-        };
-        visit(&mut a, "away");
-        visit(&mut a, "back");
+        visit_v5(&mut a, "away", false, 10, now);
+        visit_v5(&mut a, "back", false, 10, now);
         // The node restarts: both sessions come back from its log.
         let (mut restarted, bridge) = node();
         let recovered = crate::shard::tests::persist::recovered(&log);
@@ -417,7 +408,7 @@ mod tests {
         assert!(restarted.slots.find("away").is_some() && restarted.slots.find("back").is_some());
         // "back" connects again here first; a claim that wrote nothing
         // (the directory unreachable) leaves "away" unknown.
-        visit(&mut restarted, "back");
+        visit_v5(&mut restarted, "back", false, 10, now);
         restarted.note_claim(&"away".into(), 0);
         restarted.sweep(now + Duration::from_secs(11));
         assert!(restarted.slots.find("away").is_none(), "expired");

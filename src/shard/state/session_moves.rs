@@ -151,14 +151,8 @@ impl Arrived {
     /// Forgets the held copy of the message `id`, delivered as sent on;
     /// whether there was one.
     fn drop_held(&mut self, id: u64) -> bool {
-        if self.held.front().is_some_and(|held| held.id == id) {
-            self.held.pop_front();
-        } else if let Some(at) = self.held.iter().position(|held| held.id == id) {
-            self.held.remove(at);
-        } else {
-            return false;
-        }
-        true
+        let at = self.held.iter().position(|held| held.id == id);
+        at.and_then(|at| self.held.remove(at)).is_some()
     }
 }
 
